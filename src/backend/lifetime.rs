@@ -1,0 +1,165 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The most seconds memcached treats as relative; larger expiration times are absolute unix
+/// times.
+const MAX_RELATIVE_SECS: u32 = 60 * 60 * 24 * 30;
+
+/// How long an item lives, with memcached's rules done once, here.
+///
+/// memcached reads its 32-bit expiration time three ways: 0 never expires, up to 30 days
+/// is relative to now, and anything larger is an absolute unix time. `Lifetime` is built
+/// from what the caller means ([`Lifetime::from_secs`], [`Lifetime::at`],
+/// [`Lifetime::NEVER`]) and turned into memcached's number by [`Lifetime::exptime`], so no
+/// caller converts by hand.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_memcache::backend::Lifetime;
+///
+/// assert_eq!(Lifetime::NEVER.exptime(), 0);
+/// assert_eq!(Lifetime::from_secs(3600).exptime(), 3600);
+/// // Longer than 30 days becomes an absolute time, as memcached requires.
+/// let year = Lifetime::from_duration(Duration::from_secs(365 * 86_400));
+/// assert!(year.exptime() > 1_700_000_000);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lifetime(Repr);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Repr {
+    Never,
+    Relative(u32),
+    /// Unix seconds.
+    Absolute(u64),
+}
+
+impl Lifetime {
+    /// Never expires (memcached's 0); it may still be evicted.
+    pub const NEVER: Lifetime = Lifetime(Repr::Never);
+
+    /// Expires `secs` seconds from now; 0 means [`Lifetime::NEVER`], as in memcached.
+    /// Values over 30 days are turned into an absolute time.
+    pub fn from_secs(secs: u64) -> Self {
+        match secs {
+            0 => Self::NEVER,
+            s if s <= u64::from(MAX_RELATIVE_SECS) => Self(Repr::Relative(s as u32)),
+            s => Self(Repr::Absolute(unix_now().saturating_add(s))),
+        }
+    }
+
+    /// Like [`Lifetime::from_secs`], rounding sub-second durations up so that a short
+    /// positive lifetime never becomes "never".
+    pub fn from_duration(duration: Duration) -> Self {
+        let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+        Self::from_secs(secs)
+    }
+
+    /// Expires at a point in time; a time at or before now is already expired.
+    pub fn at(time: SystemTime) -> Self {
+        let secs = time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            // memcached reads 1..=30 days as relative; an absolute time that small is long
+            // past anyway, so clamp it into the absolute range.
+            .max(u64::from(MAX_RELATIVE_SECS) + 1);
+        Self(Repr::Absolute(secs))
+    }
+
+    /// Reads memcached's raw expiration number with memcached's rules.
+    pub fn from_exptime(exptime: u32) -> Self {
+        match exptime {
+            0 => Self::NEVER,
+            e if e <= MAX_RELATIVE_SECS => Self(Repr::Relative(e)),
+            e => Self(Repr::Absolute(u64::from(e))),
+        }
+    }
+
+    /// The number memcached expects on the wire.
+    pub fn exptime(&self) -> u32 {
+        match self.0 {
+            Repr::Never => 0,
+            Repr::Relative(secs) => secs,
+            // memcached's exptime is 32 bits; times past 2106 are as good as never, but
+            // must not wrap into the relative range.
+            Repr::Absolute(unix) => u32::try_from(unix).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// When the item expires, counted from `now`; `None` for never.
+    pub fn deadline(&self, now: SystemTime) -> Option<SystemTime> {
+        match self.0 {
+            Repr::Never => None,
+            Repr::Relative(secs) => Some(now + Duration::from_secs(u64::from(secs))),
+            Repr::Absolute(unix) => Some(UNIX_EPOCH + Duration::from_secs(unix)),
+        }
+    }
+
+    /// Whether this is [`Lifetime::NEVER`].
+    pub fn is_never(&self) -> bool {
+        self.0 == Repr::Never
+    }
+}
+
+impl Default for Lifetime {
+    /// The seeds' default lifetime: 3600 seconds.
+    fn default() -> Self {
+        Self::from_secs(3600)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memcached_rules_for_raw_exptimes() {
+        assert!(Lifetime::from_exptime(0).is_never());
+        assert_eq!(Lifetime::from_exptime(MAX_RELATIVE_SECS).exptime(), MAX_RELATIVE_SECS);
+        let now = SystemTime::now();
+        let rel = Lifetime::from_exptime(MAX_RELATIVE_SECS);
+        assert_eq!(
+            rel.deadline(now),
+            Some(now + Duration::from_secs(u64::from(MAX_RELATIVE_SECS)))
+        );
+        let abs = Lifetime::from_exptime(MAX_RELATIVE_SECS + 1);
+        assert_eq!(
+            abs.deadline(now),
+            Some(UNIX_EPOCH + Duration::from_secs(u64::from(MAX_RELATIVE_SECS) + 1))
+        );
+    }
+
+    #[test]
+    fn long_lifetimes_become_absolute() {
+        let secs = u64::from(MAX_RELATIVE_SECS) + 10;
+        let lifetime = Lifetime::from_secs(secs);
+        let expected = unix_now() + secs;
+        let got = u64::from(lifetime.exptime());
+        assert!(got.abs_diff(expected) <= 1, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn sub_second_durations_round_up() {
+        assert_eq!(Lifetime::from_duration(Duration::from_millis(1)).exptime(), 1);
+        assert!(Lifetime::from_duration(Duration::ZERO).is_never());
+    }
+
+    #[test]
+    fn past_absolute_times_stay_absolute() {
+        let lifetime = Lifetime::at(UNIX_EPOCH + Duration::from_secs(5));
+        assert!(lifetime.exptime() > MAX_RELATIVE_SECS);
+        assert!(lifetime.deadline(SystemTime::now()).unwrap() < SystemTime::now());
+    }
+
+    #[test]
+    fn default_is_the_seeds_hour() {
+        assert_eq!(Lifetime::default().exptime(), 3600);
+    }
+}

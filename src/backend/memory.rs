@@ -1,0 +1,593 @@
+//! [`MemoryBackend`]: an in-process fake of memcached that tests can trust.
+//!
+//! It keeps memcached's rules (key checks, item size limit, lifetimes, `add` only when
+//! absent, flags, CAS values, decimal counters, LRU eviction under a memory limit, stats
+//! under memcached's names), lets tests look inside like the seeds' `getFakeBackend(..)
+//! .cache`, and can be made unreachable or slow to test fail-open paths.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use super::{
+    Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD, Item, Lifetime, ServerStats,
+    check_item_size, validate_key,
+};
+
+/// The name the fake reports for itself in errors and stats.
+const SERVER_NAME: &str = "memory";
+
+/// memcached's default memory limit (`-m 64`).
+const DEFAULT_MEMORY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// An in-process memcached: same rules, bounded memory, inspectable, breakable.
+///
+/// Cloning is cheap and every clone shares the same store, like several connections to one
+/// server.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_memcache::backend::{Backend, BackendError, Lifetime, MemoryBackend};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BackendError> {
+/// let backend = MemoryBackend::builder()
+///     .memory_limit(1024 * 1024)
+///     .item_size_limit(64 * 1024)
+///     .build();
+/// backend.set("k", "v".into(), 7, Lifetime::NEVER).await?;
+///
+/// // Look inside, as the seeds' tests do with their fake.
+/// let item = backend.peek("k").expect("stored");
+/// assert_eq!((&item.value[..], item.flags), (&b"v"[..], 7));
+///
+/// // Break it: every call now fails as if the server were gone.
+/// backend.set_unreachable(true);
+/// assert!(matches!(backend.get("k").await, Err(BackendError::Unreachable { .. })));
+/// backend.set_unreachable(false);
+/// assert!(backend.get("k").await?.is_some());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    memory_limit: usize,
+    item_size_limit: usize,
+    started: SystemTime,
+    unreachable: AtomicBool,
+    latency_micros: AtomicU64,
+}
+
+struct State {
+    items: LruCache<String, Stored>,
+    bytes: usize,
+    next_cas: u64,
+    counters: Counters,
+}
+
+struct Stored {
+    value: Bytes,
+    flags: u32,
+    expires: Option<SystemTime>,
+    cas: u64,
+}
+
+impl Stored {
+    fn size(&self, key: &str) -> usize {
+        key.len() + self.value.len() + ITEM_OVERHEAD
+    }
+
+    fn is_live(&self, now: SystemTime) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
+
+    fn item(&self) -> Item {
+        Item {
+            value: self.value.clone(),
+            flags: self.flags,
+            cas: Some(self.cas),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    total_items: u64,
+    cmd_get: u64,
+    get_hits: u64,
+    get_misses: u64,
+    get_expired: u64,
+    cmd_set: u64,
+    cmd_touch: u64,
+    touch_hits: u64,
+    touch_misses: u64,
+    delete_hits: u64,
+    delete_misses: u64,
+    incr_hits: u64,
+    incr_misses: u64,
+    cmd_flush: u64,
+    evictions: u64,
+}
+
+/// Builds a [`MemoryBackend`] with limits other than memcached's defaults.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryBackendBuilder {
+    memory_limit: usize,
+    item_size_limit: usize,
+}
+
+impl MemoryBackendBuilder {
+    /// Total bytes of items (keys, values and per-item overhead) kept before the least
+    /// recently used are evicted. Defaults to 64 MiB, memcached's `-m 64`.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// The largest item (key, value and overhead) accepted. Defaults to 1 MiB, memcached's
+    /// `-I 1m`.
+    pub fn item_size_limit(mut self, bytes: usize) -> Self {
+        self.item_size_limit = bytes;
+        self
+    }
+
+    /// Builds the backend.
+    pub fn build(self) -> MemoryBackend {
+        MemoryBackend {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    items: LruCache::unbounded(),
+                    bytes: 0,
+                    next_cas: 1,
+                    counters: Counters::default(),
+                }),
+                memory_limit: self.memory_limit,
+                // An item can never be larger than the whole store.
+                item_size_limit: self.item_size_limit.min(self.memory_limit),
+                started: SystemTime::now(),
+                unreachable: AtomicBool::new(false),
+                latency_micros: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryBackendBuilder {
+    fn default() -> Self {
+        Self {
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            item_size_limit: DEFAULT_ITEM_SIZE_LIMIT,
+        }
+    }
+}
+
+impl MemoryBackend {
+    /// A fake with memcached's default limits: 64 MiB of memory, 1 MiB items.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for other limits.
+    pub fn builder() -> MemoryBackendBuilder {
+        MemoryBackendBuilder::default()
+    }
+
+    /// The item size limit in force.
+    pub fn item_size_limit(&self) -> usize {
+        self.inner.item_size_limit
+    }
+
+    /// Makes every call fail with [`BackendError::Unreachable`] (`true`) or work again
+    /// (`false`), as if the server went away and came back.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.inner.unreachable.store(unreachable, Ordering::SeqCst);
+    }
+
+    /// Delays every call by `latency` before it runs, like a slow network or server.
+    /// `Duration::ZERO` removes the delay.
+    pub fn set_latency(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.inner.latency_micros.store(micros, Ordering::SeqCst);
+    }
+
+    /// The live entries, sorted by key, without touching stats or LRU order: the seeds'
+    /// `getFakeBackend(client).cache`.
+    pub fn entries(&self) -> Vec<(String, Item)> {
+        let now = SystemTime::now();
+        let state = self.lock();
+        let mut entries: Vec<_> = state
+            .items
+            .iter()
+            .filter(|(_, stored)| stored.is_live(now))
+            .map(|(key, stored)| (key.clone(), stored.item()))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+
+    /// One live entry's raw bytes and flags, without touching stats or LRU order.
+    pub fn peek(&self, key: &str) -> Option<Item> {
+        let now = SystemTime::now();
+        let state = self.lock();
+        state
+            .items
+            .peek(key)
+            .filter(|stored| stored.is_live(now))
+            .map(Stored::item)
+    }
+
+    /// How many items are stored, expired ones not yet reclaimed included (memcached's
+    /// `curr_items`).
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes in use, counted as memcached's `bytes` stat.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the maps consistent (every mutation is a
+        // single insert/remove), so a poisoned lock is still safe to use.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn fault(&self) -> Result<(), BackendError> {
+        let micros = self.inner.latency_micros.load(Ordering::SeqCst);
+        if micros > 0 {
+            tokio::time::sleep(Duration::from_micros(micros)).await;
+        }
+        if self.inner.unreachable.load(Ordering::SeqCst) {
+            return Err(BackendError::Unreachable {
+                server: SERVER_NAME.to_string(),
+                reason: "failure injected".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn store(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime, only_if_absent: bool) -> Result<bool, BackendError> {
+        validate_key(key)?;
+        check_item_size(key, value.len(), self.inner.item_size_limit)?;
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        state.counters.cmd_set += 1;
+        if only_if_absent && state.live(key, now).is_some() {
+            // memcached bumps an existing item on a failed add.
+            return Ok(false);
+        }
+        let cas = state.next_cas;
+        state.next_cas += 1;
+        let stored = Stored {
+            value,
+            flags,
+            expires: lifetime.deadline(now),
+            cas,
+        };
+        state.insert(key, stored, self.inner.memory_limit);
+        Ok(true)
+    }
+}
+
+impl State {
+    /// The live item under `key`, promoted in LRU order; an expired one is reclaimed.
+    fn live(&mut self, key: &str, now: SystemTime) -> Option<&mut Stored> {
+        let expired = !self.items.get(key)?.is_live(now);
+        if expired {
+            self.remove(key);
+            self.counters.get_expired += 1;
+            return None;
+        }
+        self.items.get_mut(key)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Stored> {
+        let stored = self.items.pop(key)?;
+        self.bytes -= stored.size(key);
+        Some(stored)
+    }
+
+    fn insert(&mut self, key: &str, stored: Stored, memory_limit: usize) {
+        self.remove(key);
+        self.bytes += stored.size(key);
+        self.items.put(key.to_string(), stored);
+        self.counters.total_items += 1;
+        // The new item is the most recently used, so it is evicted last; the item size
+        // limit never exceeds the memory limit, so it always survives.
+        while self.bytes > memory_limit {
+            let Some((old_key, old)) = self.items.pop_lru() else {
+                break;
+            };
+            self.bytes -= old.size(&old_key);
+            self.counters.evictions += 1;
+        }
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("MemoryBackend")
+            .field("items", &state.items.len())
+            .field("bytes", &state.bytes)
+            .field("memory_limit", &self.inner.memory_limit)
+            .field("item_size_limit", &self.inner.item_size_limit)
+            .field("unreachable", &self.inner.unreachable.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Backend for MemoryBackend {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        self.fault().await?;
+        validate_key(key)?;
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        state.counters.cmd_get += 1;
+        let item = state.live(key, now).map(|stored| stored.item());
+        if item.is_some() {
+            state.counters.get_hits += 1;
+        } else {
+            state.counters.get_misses += 1;
+        }
+        Ok(item)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+        self.fault().await?;
+        for key in keys {
+            validate_key(key)?;
+        }
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        let mut found = HashMap::with_capacity(keys.len());
+        for &key in keys {
+            state.counters.cmd_get += 1;
+            match state.live(key, now).map(|stored| stored.item()) {
+                Some(item) => {
+                    state.counters.get_hits += 1;
+                    found.insert(key.to_string(), item);
+                }
+                None => state.counters.get_misses += 1,
+            }
+        }
+        Ok(found)
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
+        self.fault().await?;
+        self.store(key, value, flags, lifetime, false).map(drop)
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        self.fault().await?;
+        self.store(key, value, flags, lifetime, true)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.fault().await?;
+        validate_key(key)?;
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        let existed = state.live(key, now).is_some();
+        if existed {
+            state.remove(key);
+            state.counters.delete_hits += 1;
+        } else {
+            state.counters.delete_misses += 1;
+        }
+        Ok(existed)
+    }
+
+    async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
+        self.fault().await?;
+        validate_key(key)?;
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        state.counters.cmd_touch += 1;
+        let touched = match state.live(key, now) {
+            Some(stored) => {
+                stored.expires = lifetime.deadline(now);
+                true
+            }
+            None => false,
+        };
+        if touched {
+            state.counters.touch_hits += 1;
+        } else {
+            state.counters.touch_misses += 1;
+        }
+        Ok(touched)
+    }
+
+    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        self.fault().await?;
+        validate_key(key)?;
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        let Some(stored) = state.live(key, now) else {
+            state.counters.incr_misses += 1;
+            return Ok(None);
+        };
+        // memcached accepts only decimal digits here and reports anything else as a
+        // client error.
+        let current = std::str::from_utf8(&stored.value)
+            .ok()
+            .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| {
+                BackendError::Server(
+                    "CLIENT_ERROR cannot increment or decrement non-numeric value".to_string(),
+                )
+            })?;
+        let next = current.wrapping_add(delta);
+        let old_size = stored.value.len();
+        stored.value = Bytes::from(next.to_string());
+        let new_size = stored.value.len();
+        state.bytes = state.bytes + new_size - old_size;
+        state.counters.incr_hits += 1;
+        Ok(Some(next))
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        self.fault().await?;
+        let mut state = self.lock();
+        state.items.clear();
+        state.bytes = 0;
+        state.counters.cmd_flush += 1;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+        self.fault().await?;
+        let now = SystemTime::now();
+        let state = self.lock();
+        let c = &state.counters;
+        let unix_now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let uptime = now
+            .duration_since(self.inner.started)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let numbers: [(&str, u64); 21] = [
+            ("pid", u64::from(std::process::id())),
+            ("uptime", uptime),
+            ("time", unix_now),
+            ("curr_items", state.items.len() as u64),
+            ("total_items", c.total_items),
+            ("bytes", state.bytes as u64),
+            ("limit_maxbytes", self.inner.memory_limit as u64),
+            ("cmd_get", c.cmd_get),
+            ("cmd_set", c.cmd_set),
+            ("cmd_flush", c.cmd_flush),
+            ("cmd_touch", c.cmd_touch),
+            ("get_hits", c.get_hits),
+            ("get_misses", c.get_misses),
+            ("get_expired", c.get_expired),
+            ("touch_hits", c.touch_hits),
+            ("touch_misses", c.touch_misses),
+            ("delete_hits", c.delete_hits),
+            ("delete_misses", c.delete_misses),
+            ("incr_hits", c.incr_hits),
+            ("incr_misses", c.incr_misses),
+            ("evictions", c.evictions),
+        ];
+        let mut stats: HashMap<String, String> = numbers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        stats.insert(
+            "version".to_string(),
+            concat!("tower-memcache-memory/", env!("CARGO_PKG_VERSION")).to_string(),
+        );
+        Ok(vec![ServerStats {
+            server: SERVER_NAME.to_string(),
+            stats,
+        }])
+    }
+
+    fn is_available(&self, _key: &str) -> bool {
+        !self.inner.unreachable.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn val(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[tokio::test]
+    async fn lru_eviction_keeps_memory_bounded() {
+        let backend = MemoryBackend::builder().memory_limit(10_000).build();
+        for i in 0..100 {
+            backend
+                .set(&format!("k{i}"), val(500), 0, Lifetime::NEVER)
+                .await
+                .unwrap();
+            assert!(backend.bytes() <= 10_000);
+        }
+        assert!(backend.peek("k0").is_none(), "oldest evicted");
+        assert!(backend.peek("k99").is_some(), "newest kept");
+        let stats = &backend.stats().await.unwrap()[0];
+        assert!(stats.get_u64("evictions").unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn recently_read_items_survive_eviction() {
+        let backend = MemoryBackend::builder().memory_limit(3 * (500 + 2 + ITEM_OVERHEAD)).build();
+        for key in ["k1", "k2", "k3"] {
+            backend.set(key, val(500), 0, Lifetime::NEVER).await.unwrap();
+        }
+        backend.get("k1").await.unwrap();
+        backend.set("k4", val(500), 0, Lifetime::NEVER).await.unwrap();
+        assert!(backend.peek("k1").is_some());
+        assert!(backend.peek("k2").is_none());
+    }
+
+    #[tokio::test]
+    async fn incr_counts_bytes_and_refuses_text() {
+        let backend = MemoryBackend::new();
+        backend.set("n", "9".into(), 0, Lifetime::NEVER).await.unwrap();
+        let before = backend.bytes();
+        assert_eq!(backend.incr("n", 1).await.unwrap(), Some(10));
+        assert_eq!(backend.bytes(), before + 1);
+        assert_eq!(backend.incr("absent", 1).await.unwrap(), None);
+        backend.set("t", "ten".into(), 0, Lifetime::NEVER).await.unwrap();
+        assert!(matches!(backend.incr("t", 1).await, Err(BackendError::Server(_))));
+        backend
+            .set("max", u64::MAX.to_string().into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+        assert_eq!(backend.incr("max", 2).await.unwrap(), Some(1), "wraps like memcached");
+    }
+
+    #[tokio::test]
+    async fn latency_is_injected() {
+        let backend = MemoryBackend::new();
+        backend.set_latency(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        backend.get("k").await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        backend.set_latency(Duration::ZERO);
+    }
+}

@@ -1,0 +1,231 @@
+//! The storage interface: memcached's commands and rules, with nothing about HTTP or
+//! namespaces.
+//!
+//! [`Backend`] is implemented by [`MemoryBackend`], an in-process fake that follows
+//! memcached's rules, and (with the `tcp` feature) by `TcpBackend`, which talks to real
+//! servers. Both check keys and value sizes with the same functions before doing anything,
+//! so a bad key is refused identically everywhere.
+//!
+//! ```
+//! use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_memcache::backend::BackendError> {
+//! let backend = MemoryBackend::new();
+//! backend.set("greeting", "hello".into(), 0, Lifetime::from_secs(60)).await?;
+//! let item = backend.get("greeting").await?.expect("just stored");
+//! assert_eq!(&item.value[..], b"hello");
+//! assert!(!backend.add("greeting", "again".into(), 0, Lifetime::NEVER).await?);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod lifetime;
+pub mod memory;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use bytes::Bytes;
+
+pub use error::BackendError;
+pub use lifetime::Lifetime;
+#[doc(inline)]
+pub use memory::MemoryBackend;
+
+/// The longest key memcached accepts, in bytes.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// memcached's default item size limit (`-I 1m`).
+pub const DEFAULT_ITEM_SIZE_LIMIT: usize = 1024 * 1024;
+
+/// Bytes memcached spends on an item besides its key and value (item header, CAS, the
+/// `\r\n` suffix and flags). Counted against the item size limit so that a value the
+/// fake accepts is one a default memcached 1.6 accepts too.
+pub const ITEM_OVERHEAD: usize = 56;
+
+/// One stored value as memcached returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The stored bytes.
+    pub value: Bytes,
+    /// The 32-bit client flags stored with the value.
+    pub flags: u32,
+    /// The CAS unique value, when the backend reports one.
+    pub cas: Option<u64>,
+}
+
+/// Statistics of one server: memcached's stat names (`curr_items`, `get_hits`, …) to their
+/// values, exactly as the server reported them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStats {
+    /// The server's name, `host:port` for TCP servers and `memory` for the fake.
+    pub server: String,
+    /// Stat name to value.
+    pub stats: HashMap<String, String>,
+}
+
+impl ServerStats {
+    /// A stat parsed as an unsigned integer, if present and numeric.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use tower_memcache::backend::ServerStats;
+    /// let stats = ServerStats {
+    ///     server: "memory".into(),
+    ///     stats: HashMap::from([("curr_items".to_string(), "3".to_string())]),
+    /// };
+    /// assert_eq!(stats.get_u64("curr_items"), Some(3));
+    /// assert_eq!(stats.get_u64("missing"), None);
+    /// ```
+    pub fn get_u64(&self, name: &str) -> Option<u64> {
+        self.stats.get(name)?.parse().ok()
+    }
+}
+
+/// A memcached-like store: a cloneable handle whose async methods have memcached's
+/// semantics.
+///
+/// Keys are checked with [`validate_key`] before anything is sent; values larger than the
+/// backend's item size limit are refused with [`BackendError::ValueTooLarge`]. Lifetimes
+/// follow memcached's rules through [`Lifetime`].
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// Fetches one item.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Item>, BackendError>> + Send;
+
+    /// Fetches several items at once; absent keys are absent from the map.
+    fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, Item>, BackendError>> + Send;
+
+    /// Stores a value unconditionally.
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Stores a value only if the key holds none; `Ok(false)` when it already did.
+    fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
+
+    /// Removes a key; `Ok(false)` when it was not there.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, BackendError>> + Send;
+
+    /// Gives an existing item a new lifetime; `Ok(false)` when it was not there.
+    fn touch(
+        &self,
+        key: &str,
+        lifetime: Lifetime,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send;
+
+    /// Adds `delta` to a decimal counter, wrapping at 2^64 as memcached does; `Ok(None)`
+    /// when the key is absent. A value that is not a decimal number is a server error.
+    fn incr(
+        &self,
+        key: &str,
+        delta: u64,
+    ) -> impl Future<Output = Result<Option<u64>, BackendError>> + Send;
+
+    /// Invalidates every item on every server.
+    fn flush_all(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Statistics of every server.
+    fn stats(&self) -> impl Future<Output = Result<Vec<ServerStats>, BackendError>> + Send;
+
+    /// Whether the backend currently believes it can serve `key` (its server is not marked
+    /// down). A cheap, synchronous check used to skip work while a server is gone; the
+    /// default says yes.
+    fn is_available(&self, key: &str) -> bool {
+        let _ = key;
+        true
+    }
+}
+
+/// Checks a key against memcached's rules: 1 to 250 bytes, no whitespace or control
+/// characters.
+///
+/// ```
+/// use tower_memcache::backend::validate_key;
+/// assert!(validate_key("0a42907b589a309ad94f8874eacbc63f").is_ok());
+/// assert!(validate_key("").is_err());
+/// assert!(validate_key("two words").is_err());
+/// assert!(validate_key(&"k".repeat(251)).is_err());
+/// ```
+pub fn validate_key(key: &str) -> Result<(), BackendError> {
+    let reason = if key.is_empty() {
+        "key is empty"
+    } else if key.len() > MAX_KEY_LEN {
+        "key is longer than 250 bytes"
+    } else if key.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        "key contains whitespace or a control character"
+    } else {
+        return Ok(());
+    };
+    Err(BackendError::InvalidKey {
+        key: truncate_for_message(key),
+        reason,
+    })
+}
+
+/// Checks that an item (key, value and memcached's per-item overhead) fits `limit`.
+pub fn check_item_size(key: &str, value_len: usize, limit: usize) -> Result<(), BackendError> {
+    let size = key.len() + value_len + ITEM_OVERHEAD;
+    if size > limit {
+        return Err(BackendError::ValueTooLarge {
+            size: value_len,
+            limit: limit.saturating_sub(key.len() + ITEM_OVERHEAD),
+        });
+    }
+    Ok(())
+}
+
+fn truncate_for_message(key: &str) -> String {
+    const SHOWN: usize = 64;
+    if key.len() <= SHOWN {
+        return key.escape_debug().to_string();
+    }
+    let mut end = SHOWN;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", key[..end].escape_debug(), key.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_250_bytes_pass_and_251_fail() {
+        assert!(validate_key(&"k".repeat(250)).is_ok());
+        let err = validate_key(&"k".repeat(251)).unwrap_err();
+        assert!(matches!(err, BackendError::InvalidKey { .. }));
+        assert!(err.to_string().contains("251 bytes"), "{err}");
+    }
+
+    #[test]
+    fn whitespace_and_control_characters_are_refused() {
+        for key in ["a b", "a\nb", "a\rb", "a\tb", "a\0b", "a\x7fb", " "] {
+            assert!(validate_key(key).is_err(), "{key:?}");
+        }
+        assert!(validate_key("ümlaut-ok").is_ok());
+    }
+
+    #[test]
+    fn item_size_counts_key_and_overhead() {
+        let limit = 1024;
+        assert!(check_item_size("k", limit - ITEM_OVERHEAD - 1, limit).is_ok());
+        let err = check_item_size("k", limit - ITEM_OVERHEAD, limit).unwrap_err();
+        assert!(matches!(err, BackendError::ValueTooLarge { size, .. } if size == limit - ITEM_OVERHEAD));
+    }
+}

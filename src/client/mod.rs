@@ -1,0 +1,449 @@
+//! The seeds' memcache utility over any [`Backend`]: [`MemcacheClient`] and named
+//! invalidation through [`CacheRegistry`].
+//!
+//! The convenience methods never fail, as the seeds promise: with the server gone,
+//! [`query`](MemcacheClient::query) gives `None` and [`set`](MemcacheClient::set) stores
+//! nothing but still returns the key it would have used; the next call after the server is
+//! back uses it again. Every one of them has a `try_*` twin that returns the error.
+//!
+//! ```
+//! use tower_memcache::{MemcacheClient, backend::MemoryBackend};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let backend = MemoryBackend::new();
+//! let util1 = MemcacheClient::new(backend.clone()).with_namespace("1");
+//! let util2 = MemcacheClient::new(backend.clone()).with_namespace("2");
+//! util1.set(&1, &1).await;
+//! util2.set(&2, &2).await;
+//! assert_eq!(util1.query::<i32>(&1).await, Some(1));
+//! assert_eq!(util1.query::<i32>(&2).await, None);
+//! // The seeds' `ns=` argument: another namespace for one call.
+//! assert_eq!(util1.with_namespace("2").query::<i32>(&2).await, Some(2));
+//!
+//! backend.set_unreachable(true);
+//! assert_eq!(util1.query::<i32>(&1).await, None); // no error, just a miss
+//! backend.set_unreachable(false);
+//! assert_eq!(util1.query::<i32>(&1).await, Some(1)); // back at once
+//! # }
+//! ```
+
+mod registry;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, BackendError, Lifetime, ServerStats};
+use crate::codec::{self, CodecError, FLAG_BINCODE, FLAG_RAW};
+use crate::key::{KeyBase, build_key, md5_hex};
+
+pub use registry::CacheRegistry;
+
+/// Why a `try_*` call of [`MemcacheClient`] failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend failed or refused the call (server gone, value too large, …).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The value could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// [`MemcacheClient::try_invalidate_namespace`] on a client without namespace
+    /// versioning, or without a namespace.
+    #[error("namespace invalidation needs a namespace and namespace versioning turned on")]
+    NamespaceNotVersioned,
+}
+
+/// The seeds' memcache utility: namespaced md5 keys, a default lifetime, typed and raw
+/// values, invalidation and statistics over any [`Backend`].
+///
+/// Cheap to clone: clones share the backend.
+#[derive(Clone)]
+pub struct MemcacheClient<B> {
+    backend: B,
+    namespace: Option<Arc<str>>,
+    lifetime: Lifetime,
+    versioned: bool,
+}
+
+impl<B: fmt::Debug> fmt::Debug for MemcacheClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemcacheClient")
+            .field("backend", &self.backend)
+            .field("namespace", &self.namespace)
+            .field("lifetime", &self.lifetime)
+            .field("versioned", &self.versioned)
+            .finish()
+    }
+}
+
+impl<B: Backend> MemcacheClient<B> {
+    /// A client with the seeds' defaults: no namespace, a lifetime of 3600 seconds.
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            namespace: None,
+            lifetime: Lifetime::default(),
+            versioned: false,
+        }
+    }
+
+    /// The same client in another namespace; `None` or `""` for none. Clients in different
+    /// namespaces never see each other's keys. Cheap: use it per call for the seeds' `ns=`.
+    #[must_use]
+    pub fn with_namespace<'a>(&self, namespace: impl Into<Option<&'a str>>) -> Self {
+        let namespace = namespace.into().filter(|ns| !ns.is_empty()).map(Arc::from);
+        Self {
+            namespace,
+            ..self.clone()
+        }
+    }
+
+    /// The same client with another default lifetime (the seeds' `defaultLifetime`).
+    /// Defaults to 3600 seconds.
+    #[must_use]
+    pub fn with_lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// Turns namespace versioning on or off. Defaults to off.
+    ///
+    /// When on, a generation number kept in memcached is mixed into the namespace, so
+    /// [`invalidate_namespace`](Self::invalidate_namespace) can drop one namespace without
+    /// flushing the others. It costs one extra `get` per call, and keys are then
+    /// `md5(namespace ++ "\0" ++ generation ++ key)` rather than the seeds' formula, so
+    /// every client sharing a namespace must agree on this setting.
+    ///
+    /// ```
+    /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let backend = MemoryBackend::new();
+    /// let users = MemcacheClient::new(backend.clone()).with_namespace("users").with_versioned_namespace(true);
+    /// let posts = MemcacheClient::new(backend.clone()).with_namespace("posts");
+    /// users.set("alice", &1).await;
+    /// posts.set("hello", &2).await;
+    ///
+    /// users.invalidate_namespace().await;
+    /// assert_eq!(users.query::<i32>("alice").await, None);
+    /// assert_eq!(posts.query::<i32>("hello").await, Some(2));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_versioned_namespace(mut self, versioned: bool) -> Self {
+        self.versioned = versioned;
+        self
+    }
+
+    /// The namespace, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The default lifetime (the seeds' `defaultLifetime`, 3600 seconds unless changed).
+    pub fn lifetime(&self) -> Lifetime {
+        self.lifetime
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The seeds' `buildKey`: md5 of the namespace and the key's base bytes.
+    ///
+    /// ```
+    /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
+    ///
+    /// let client = MemcacheClient::new(MemoryBackend::new());
+    /// assert_eq!(client.build_key("cache_key"), "0a42907b589a309ad94f8874eacbc63f");
+    /// ```
+    pub fn build_key<K: KeyBase + ?Sized>(&self, key: &K) -> String {
+        build_key(self.namespace(), key)
+    }
+
+    /// Stores a value for the default lifetime and returns its memcache key. Never fails:
+    /// when the backend is gone, or the value cannot be stored, nothing is stored.
+    pub async fn set<K, T>(&self, key: &K, value: &T) -> String
+    where
+        K: KeyBase + ?Sized,
+        T: Serialize + ?Sized,
+    {
+        self.set_with_lifetime(key, value, self.lifetime).await
+    }
+
+    /// [`set`](Self::set) with an explicit lifetime.
+    pub async fn set_with_lifetime<K, T>(&self, key: &K, value: &T, lifetime: Lifetime) -> String
+    where
+        K: KeyBase + ?Sized,
+        T: Serialize + ?Sized,
+    {
+        match self.try_set_with_lifetime(key, value, lifetime).await {
+            Ok(stored_under) => stored_under,
+            Err(err) => {
+                tracing::debug!(error = %err, "memcache set failed; nothing stored");
+                self.build_key(key)
+            }
+        }
+    }
+
+    /// [`set`](Self::set) that reports failure.
+    pub async fn try_set<K, T>(&self, key: &K, value: &T) -> Result<String, Error>
+    where
+        K: KeyBase + ?Sized,
+        T: Serialize + ?Sized,
+    {
+        self.try_set_with_lifetime(key, value, self.lifetime).await
+    }
+
+    /// [`set_with_lifetime`](Self::set_with_lifetime) that reports failure.
+    pub async fn try_set_with_lifetime<K, T>(
+        &self,
+        key: &K,
+        value: &T,
+        lifetime: Lifetime,
+    ) -> Result<String, Error>
+    where
+        K: KeyBase + ?Sized,
+        T: Serialize + ?Sized,
+    {
+        let bytes = codec::encode_value(value)?;
+        self.store(key, Bytes::from(bytes), FLAG_BINCODE, lifetime).await
+    }
+
+    /// Reads a value stored by [`set`](Self::set). A miss, a server that is gone, a value
+    /// of another type or one that does not decode are all `None`; a value of ours that
+    /// does not decode is deleted.
+    pub async fn query<T: DeserializeOwned>(&self, key: &(impl KeyBase + ?Sized)) -> Option<T> {
+        self.try_query(key).await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "memcache query failed; treated as a miss");
+            None
+        })
+    }
+
+    /// [`query`](Self::query) that reports backend failures (decode failures stay misses).
+    pub async fn try_query<T: DeserializeOwned>(
+        &self,
+        key: &(impl KeyBase + ?Sized),
+    ) -> Result<Option<T>, Error> {
+        let memcache_key = self.resolve_key(key).await?;
+        let Some(item) = self.backend.get(&memcache_key).await? else {
+            return Ok(None);
+        };
+        if item.flags != FLAG_BINCODE {
+            // Someone else's value (a raw value, another client's format): not ours to
+            // decode, and not ours to delete.
+            tracing::debug!(key = %memcache_key, flags = item.flags, "value with foreign flags; miss");
+            return Ok(None);
+        }
+        match codec::decode_value(&item.value) {
+            Ok(value) => Ok(Some(value)),
+            Err(err) => {
+                tracing::debug!(key = %memcache_key, error = %err, "undecodable value deleted; miss");
+                // Best effort: a failure to delete leaves a value that will miss again.
+                let _ = self.backend.delete(&memcache_key).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores bytes as they are, with flags 0, so any memcached client can read them (the
+    /// seeds' `raw=True`). Never fails; returns the memcache key.
+    ///
+    /// ```
+    /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let backend = MemoryBackend::new();
+    /// let client = MemcacheClient::new(backend.clone());
+    /// let key = client.set_raw("a", "value of a").await;
+    /// assert_eq!(key, "0cc175b9c0f1b6a831c399e269772661");
+    /// assert_eq!(&backend.peek(&key).unwrap().value[..], b"value of a");
+    /// assert_eq!(client.query_raw("a").await.as_deref(), Some(&b"value of a"[..]));
+    /// # }
+    /// ```
+    pub async fn set_raw(&self, key: &(impl KeyBase + ?Sized), value: impl Into<Bytes>) -> String {
+        self.set_raw_with_lifetime(key, value, self.lifetime).await
+    }
+
+    /// [`set_raw`](Self::set_raw) with an explicit lifetime.
+    pub async fn set_raw_with_lifetime(
+        &self,
+        key: &(impl KeyBase + ?Sized),
+        value: impl Into<Bytes>,
+        lifetime: Lifetime,
+    ) -> String {
+        match self.try_set_raw_with_lifetime(key, value, lifetime).await {
+            Ok(stored_under) => stored_under,
+            Err(err) => {
+                tracing::debug!(error = %err, "memcache raw set failed; nothing stored");
+                self.build_key(key)
+            }
+        }
+    }
+
+    /// [`set_raw_with_lifetime`](Self::set_raw_with_lifetime) that reports failure.
+    pub async fn try_set_raw_with_lifetime(
+        &self,
+        key: &(impl KeyBase + ?Sized),
+        value: impl Into<Bytes>,
+        lifetime: Lifetime,
+    ) -> Result<String, Error> {
+        self.store(key, value.into(), FLAG_RAW, lifetime).await
+    }
+
+    /// Reads raw bytes stored with flags 0 (by [`set_raw`](Self::set_raw) or any other
+    /// client). A value stored with other flags is a miss.
+    pub async fn query_raw(&self, key: &(impl KeyBase + ?Sized)) -> Option<Bytes> {
+        self.try_query_raw(key).await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "memcache raw query failed; treated as a miss");
+            None
+        })
+    }
+
+    /// [`query_raw`](Self::query_raw) that reports backend failures.
+    pub async fn try_query_raw(&self, key: &(impl KeyBase + ?Sized)) -> Result<Option<Bytes>, Error> {
+        let memcache_key = self.resolve_key(key).await?;
+        let item = self.backend.get(&memcache_key).await?;
+        Ok(item.filter(|item| item.flags == FLAG_RAW).map(|item| item.value))
+    }
+
+    /// Removes a key's value. Never fails.
+    pub async fn invalidate(&self, key: &(impl KeyBase + ?Sized)) {
+        if let Err(err) = self.try_invalidate(key).await {
+            tracing::debug!(error = %err, "memcache invalidate failed");
+        }
+    }
+
+    /// [`invalidate`](Self::invalidate) that reports failure; `Ok(false)` when nothing was
+    /// stored under the key.
+    pub async fn try_invalidate(&self, key: &(impl KeyBase + ?Sized)) -> Result<bool, Error> {
+        let memcache_key = self.resolve_key(key).await?;
+        Ok(self.backend.delete(&memcache_key).await?)
+    }
+
+    /// Flushes everything on every server, every namespace included, as the seeds'
+    /// `invalidateAll` does. Never fails.
+    pub async fn invalidate_all(&self) {
+        if let Err(err) = self.try_invalidate_all().await {
+            tracing::debug!(error = %err, "memcache flush_all failed");
+        }
+    }
+
+    /// [`invalidate_all`](Self::invalidate_all) that reports failure.
+    pub async fn try_invalidate_all(&self) -> Result<(), Error> {
+        Ok(self.backend.flush_all().await?)
+    }
+
+    /// Drops every value of this client's namespace and no other, by moving the namespace
+    /// to a new generation. Needs [`with_versioned_namespace`](Self::with_versioned_namespace).
+    /// Never fails; a misconfigured client logs a warning.
+    pub async fn invalidate_namespace(&self) {
+        match self.try_invalidate_namespace().await {
+            Ok(()) => {}
+            Err(Error::NamespaceNotVersioned) => {
+                tracing::warn!("invalidate_namespace on a client without namespace versioning");
+            }
+            Err(err) => tracing::debug!(error = %err, "memcache namespace invalidation failed"),
+        }
+    }
+
+    /// [`invalidate_namespace`](Self::invalidate_namespace) that reports failure.
+    pub async fn try_invalidate_namespace(&self) -> Result<(), Error> {
+        let (true, Some(namespace)) = (self.versioned, self.namespace()) else {
+            return Err(Error::NamespaceNotVersioned);
+        };
+        let generation_key = generation_key(namespace);
+        if self.backend.incr(&generation_key, 1).await?.is_none() {
+            // No generation yet (or it was evicted): start a new one that no earlier
+            // generation can equal. If another client raced us, its start will do.
+            self.backend
+                .add(&generation_key, fresh_generation(), FLAG_RAW, Lifetime::NEVER)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Statistics of every server (the seeds' `getStatistics`); empty when the backend is
+    /// gone.
+    pub async fn stats(&self) -> Vec<ServerStats> {
+        self.try_stats().await.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "memcache stats failed");
+            Vec::new()
+        })
+    }
+
+    /// [`stats`](Self::stats) that reports failure.
+    pub async fn try_stats(&self) -> Result<Vec<ServerStats>, Error> {
+        Ok(self.backend.stats().await?)
+    }
+
+    async fn store(
+        &self,
+        key: &(impl KeyBase + ?Sized),
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<String, Error> {
+        let memcache_key = self.resolve_key(key).await?;
+        self.backend.set(&memcache_key, value, flags, lifetime).await?;
+        Ok(memcache_key)
+    }
+
+    /// The memcache key a call uses: the seeds' key, or with versioning the key in the
+    /// namespace's current generation.
+    async fn resolve_key(&self, key: &(impl KeyBase + ?Sized)) -> Result<String, Error> {
+        let (true, Some(namespace)) = (self.versioned, self.namespace()) else {
+            return Ok(self.build_key(key));
+        };
+        let generation = self.current_generation(namespace).await?;
+        Ok(md5_hex(&[
+            namespace.as_bytes(),
+            b"\0",
+            &generation,
+            &key.key_base(),
+        ]))
+    }
+
+    async fn current_generation(&self, namespace: &str) -> Result<Bytes, Error> {
+        let generation_key = generation_key(namespace);
+        if let Some(item) = self.backend.get(&generation_key).await? {
+            return Ok(item.value);
+        }
+        // Absent: never invalidated, or evicted. Starting from a fresh value (never 0)
+        // keeps values of an evicted generation from coming back.
+        let fresh = fresh_generation();
+        if self
+            .backend
+            .add(&generation_key, fresh.clone(), FLAG_RAW, Lifetime::NEVER)
+            .await?
+        {
+            return Ok(fresh);
+        }
+        match self.backend.get(&generation_key).await? {
+            Some(item) => Ok(item.value),
+            None => Ok(fresh),
+        }
+    }
+}
+
+fn generation_key(namespace: &str) -> String {
+    md5_hex(&[b"tower-memcache:namespace-generation\0", namespace.as_bytes()])
+}
+
+fn fresh_generation() -> Bytes {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    Bytes::from(micros.to_string())
+}

@@ -1,0 +1,87 @@
+//! How values are turned into bytes, and which flags say so.
+//!
+//! This is the only module that uses `bincode`: the crate pins bincode 2.0.1 (3.0.0 is a
+//! deliberate compile error and the crate is unmaintained, RUSTSEC-2025-0141), so a swap
+//! to another format touches this file alone.
+//!
+//! Typed values are stored with [`FLAG_BINCODE`] and raw bytes with [`FLAG_RAW`] (0, what
+//! every other memcached client writes for plain strings), so the two are never confused:
+//! a value read with flags it was not written with is a miss.
+//!
+//! ```
+//! use tower_memcache::codec::{decode_value, encode_value};
+//!
+//! let bytes = encode_value(&("cached value ä", 42u32))?;
+//! let back: (String, u32) = decode_value(&bytes)?;
+//! assert_eq!(back, ("cached value ä".to_string(), 42));
+//! // Bytes that were not written by the codec are an error, never a panic.
+//! assert!(decode_value::<(String, u32)>(b"\xff\xff\xff").is_err());
+//! # Ok::<(), tower_memcache::codec::CodecError>(())
+//! ```
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Flags of a raw value: bytes as they are, readable by any memcached client.
+pub const FLAG_RAW: u32 = 0;
+
+/// Flags of a value encoded by [`encode_value`] ("tm" and format 1). Chosen far from the
+/// small flags other clients use (python-memcached and pylibmc use 1–16 for pickle, int,
+/// long, zlib) so their values are never taken for ours.
+pub const FLAG_BINCODE: u32 = 0x746d_0001;
+
+/// The most bytes a decoded value may claim to allocate: more than any memcached item, so a
+/// corrupt length prefix cannot make the decoder reserve gigabytes.
+const DECODE_LIMIT: usize = 128 * 1024 * 1024;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(String);
+
+/// Encodes a value for storage under [`FLAG_BINCODE`].
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config())
+        .map_err(|err| CodecError(format!("cannot encode value: {err}")))
+}
+
+/// Decodes bytes written by [`encode_value`]. Trailing bytes, truncation and type mismatches
+/// are errors.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|err| CodecError(format!("cannot decode value: {err}")))?;
+    if read != bytes.len() {
+        return Err(CodecError(format!(
+            "cannot decode value: {} trailing bytes",
+            bytes.len() - read
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_foreign_bytes() {
+        let bytes = encode_value(&vec![1u64, 2, 3]).unwrap();
+        assert_eq!(decode_value::<Vec<u64>>(&bytes).unwrap(), vec![1, 2, 3]);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_value::<Vec<u64>>(&longer).is_err());
+        assert!(decode_value::<Vec<u64>>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_value::<String>(b"Vcached value\np1\n.").is_err());
+    }
+
+    #[test]
+    fn huge_length_prefixes_do_not_allocate() {
+        // A varint length of u64::MAX: must fail on the limit, not try to allocate.
+        let evil = [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(decode_value::<Vec<u8>>(&evil).is_err());
+    }
+}
