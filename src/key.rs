@@ -99,7 +99,9 @@ macro_rules! decimal_key_base {
     )*};
 }
 
-decimal_key_base!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+decimal_key_base!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
+);
 
 /// A serializable value used as a key through its encoded bytes, the seeds' "anything
 /// else is pickled".
@@ -167,11 +169,17 @@ mod tests {
 
     #[test]
     fn seed_vectors() {
-        assert_eq!(build_key(None, "cache_key"), "0a42907b589a309ad94f8874eacbc63f");
+        assert_eq!(
+            build_key(None, "cache_key"),
+            "0a42907b589a309ad94f8874eacbc63f"
+        );
         assert_eq!(build_key(None, "foo"), "acbd18db4cc2f85cedef654fccc4a4d8");
         assert_eq!(build_key(None, "a"), "0cc175b9c0f1b6a831c399e269772661");
         assert_eq!(build_key(None, "abc"), "900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(build_key(Some("one"), "key1"), "7d701cfc74a8bfe87fe6d448bf23c8f2");
+        assert_eq!(
+            build_key(Some("one"), "key1"),
+            "7d701cfc74a8bfe87fe6d448bf23c8f2"
+        );
     }
 
     #[test]
@@ -188,7 +196,10 @@ mod tests {
         assert_eq!(build_key(Some("n"), "bar"), md5_hex(&[b"nbar"]));
         assert_eq!(build_key(Some("n"), "foo"), build_key(None, "nfoo"));
         assert_eq!(build_key(None, "ä"), md5_hex(&["ä".as_bytes()]));
-        assert_eq!(build_key(None, &String::from("bar")), build_key(None, b"bar"));
+        assert_eq!(
+            build_key(None, &String::from("bar")),
+            build_key(None, b"bar")
+        );
         assert_eq!(build_key(Some(""), "x"), build_key(None, "x"));
     }
 
@@ -206,9 +217,6 @@ mod tests {
         let c = Encoded::new(&(2u32, "x")).unwrap();
         assert_eq!(build_key(None, &a), build_key(None, &b));
         assert_ne!(build_key(None, &a), build_key(None, &c));
-        assert_eq!(
-            build_key(Some("n"), &a),
-            md5_hex(&[b"n", a.as_bytes()])
-        );
+        assert_eq!(build_key(Some("n"), &a), md5_hex(&[b"n", a.as_bytes()]));
     }
 }

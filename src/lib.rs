@@ -48,3 +48,8 @@ pub mod key;
 
 #[doc(inline)]
 pub use client::{CacheRegistry, MemcacheClient};
+
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn memcached_rules_for_raw_exptimes() {
         assert!(Lifetime::from_exptime(0).is_never());
-        assert_eq!(Lifetime::from_exptime(MAX_RELATIVE_SECS).exptime(), MAX_RELATIVE_SECS);
+        assert_eq!(
+            Lifetime::from_exptime(MAX_RELATIVE_SECS).exptime(),
+            MAX_RELATIVE_SECS
+        );
         let now = SystemTime::now();
         let rel = Lifetime::from_exptime(MAX_RELATIVE_SECS);
         assert_eq!(
@@ -147,7 +150,10 @@ mod tests {
 
     #[test]
     fn sub_second_durations_round_up() {
-        assert_eq!(Lifetime::from_duration(Duration::from_millis(1)).exptime(), 1);
+        assert_eq!(
+            Lifetime::from_duration(Duration::from_millis(1)).exptime(),
+            1
+        );
         assert!(Lifetime::from_duration(Duration::ZERO).is_never());
     }
 

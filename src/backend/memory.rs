@@ -266,7 +266,14 @@ impl MemoryBackend {
         Ok(())
     }
 
-    fn store(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime, only_if_absent: bool) -> Result<bool, BackendError> {
+    fn store(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        only_if_absent: bool,
+    ) -> Result<bool, BackendError> {
         validate_key(key)?;
         check_item_size(key, value.len(), self.inner.item_size_limit)?;
         let now = SystemTime::now();
@@ -338,7 +345,10 @@ impl fmt::Debug for MemoryBackend {
             .field("bytes", &state.bytes)
             .field("memory_limit", &self.inner.memory_limit)
             .field("item_size_limit", &self.inner.item_size_limit)
-            .field("unreachable", &self.inner.unreachable.load(Ordering::Relaxed))
+            .field(
+                "unreachable",
+                &self.inner.unreachable.load(Ordering::Relaxed),
+            )
             .finish()
     }
 }
@@ -481,7 +491,10 @@ impl Backend for MemoryBackend {
         let now = SystemTime::now();
         let state = self.lock();
         let c = &state.counters;
-        let unix_now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix_now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let uptime = now
             .duration_since(self.inner.started)
             .map(|d| d.as_secs())
@@ -554,12 +567,20 @@ mod tests {
 
     #[tokio::test]
     async fn recently_read_items_survive_eviction() {
-        let backend = MemoryBackend::builder().memory_limit(3 * (500 + 2 + ITEM_OVERHEAD)).build();
+        let backend = MemoryBackend::builder()
+            .memory_limit(3 * (500 + 2 + ITEM_OVERHEAD))
+            .build();
         for key in ["k1", "k2", "k3"] {
-            backend.set(key, val(500), 0, Lifetime::NEVER).await.unwrap();
+            backend
+                .set(key, val(500), 0, Lifetime::NEVER)
+                .await
+                .unwrap();
         }
         backend.get("k1").await.unwrap();
-        backend.set("k4", val(500), 0, Lifetime::NEVER).await.unwrap();
+        backend
+            .set("k4", val(500), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
         assert!(backend.peek("k1").is_some());
         assert!(backend.peek("k2").is_none());
     }
@@ -567,18 +588,31 @@ mod tests {
     #[tokio::test]
     async fn incr_counts_bytes_and_refuses_text() {
         let backend = MemoryBackend::new();
-        backend.set("n", "9".into(), 0, Lifetime::NEVER).await.unwrap();
+        backend
+            .set("n", "9".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
         let before = backend.bytes();
         assert_eq!(backend.incr("n", 1).await.unwrap(), Some(10));
         assert_eq!(backend.bytes(), before + 1);
         assert_eq!(backend.incr("absent", 1).await.unwrap(), None);
-        backend.set("t", "ten".into(), 0, Lifetime::NEVER).await.unwrap();
-        assert!(matches!(backend.incr("t", 1).await, Err(BackendError::Server(_))));
+        backend
+            .set("t", "ten".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+        assert!(matches!(
+            backend.incr("t", 1).await,
+            Err(BackendError::Server(_))
+        ));
         backend
             .set("max", u64::MAX.to_string().into(), 0, Lifetime::NEVER)
             .await
             .unwrap();
-        assert_eq!(backend.incr("max", 2).await.unwrap(), Some(1), "wraps like memcached");
+        assert_eq!(
+            backend.incr("max", 2).await.unwrap(),
+            Some(1),
+            "wraps like memcached"
+        );
     }
 
     #[tokio::test]

@@ -226,6 +226,8 @@ mod tests {
         let limit = 1024;
         assert!(check_item_size("k", limit - ITEM_OVERHEAD - 1, limit).is_ok());
         let err = check_item_size("k", limit - ITEM_OVERHEAD, limit).unwrap_err();
-        assert!(matches!(err, BackendError::ValueTooLarge { size, .. } if size == limit - ITEM_OVERHEAD));
+        assert!(
+            matches!(err, BackendError::ValueTooLarge { size, .. } if size == limit - ITEM_OVERHEAD)
+        );
     }
 }

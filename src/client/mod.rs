@@ -216,7 +216,8 @@ impl<B: Backend> MemcacheClient<B> {
         T: Serialize + ?Sized,
     {
         let bytes = codec::encode_value(value)?;
-        self.store(key, Bytes::from(bytes), FLAG_BINCODE, lifetime).await
+        self.store(key, Bytes::from(bytes), FLAG_BINCODE, lifetime)
+            .await
     }
 
     /// Reads a value stored by [`set`](Self::set). A miss, a server that is gone, a value
@@ -311,10 +312,15 @@ impl<B: Backend> MemcacheClient<B> {
     }
 
     /// [`query_raw`](Self::query_raw) that reports backend failures.
-    pub async fn try_query_raw(&self, key: &(impl KeyBase + ?Sized)) -> Result<Option<Bytes>, Error> {
+    pub async fn try_query_raw(
+        &self,
+        key: &(impl KeyBase + ?Sized),
+    ) -> Result<Option<Bytes>, Error> {
         let memcache_key = self.resolve_key(key).await?;
         let item = self.backend.get(&memcache_key).await?;
-        Ok(item.filter(|item| item.flags == FLAG_RAW).map(|item| item.value))
+        Ok(item
+            .filter(|item| item.flags == FLAG_RAW)
+            .map(|item| item.value))
     }
 
     /// Removes a key's value. Never fails.
@@ -367,7 +373,12 @@ impl<B: Backend> MemcacheClient<B> {
             // No generation yet (or it was evicted): start a new one that no earlier
             // generation can equal. If another client raced us, its start will do.
             self.backend
-                .add(&generation_key, fresh_generation(), FLAG_RAW, Lifetime::NEVER)
+                .add(
+                    &generation_key,
+                    fresh_generation(),
+                    FLAG_RAW,
+                    Lifetime::NEVER,
+                )
                 .await?;
         }
         Ok(())
@@ -395,7 +406,9 @@ impl<B: Backend> MemcacheClient<B> {
         lifetime: Lifetime,
     ) -> Result<String, Error> {
         let memcache_key = self.resolve_key(key).await?;
-        self.backend.set(&memcache_key, value, flags, lifetime).await?;
+        self.backend
+            .set(&memcache_key, value, flags, lifetime)
+            .await?;
         Ok(memcache_key)
     }
 
@@ -437,7 +450,10 @@ impl<B: Backend> MemcacheClient<B> {
 }
 
 fn generation_key(namespace: &str) -> String {
-    md5_hex(&[b"tower-memcache:namespace-generation\0", namespace.as_bytes()])
+    md5_hex(&[
+        b"tower-memcache:namespace-generation\0",
+        namespace.as_bytes(),
+    ])
 }
 
 fn fresh_generation() -> Bytes {

@@ -72,17 +72,25 @@ impl<B> CacheRegistry<B> {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, MemcacheClient<B>>> {
         // Every write is one insert or remove, so a poisoned map is still consistent.
-        self.clients.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, MemcacheClient<B>>> {
-        self.clients.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl<B: Backend> CacheRegistry<B> {
     /// Registers a client under `name`, returning the client it replaces.
-    pub fn register(&self, name: impl Into<String>, client: MemcacheClient<B>) -> Option<MemcacheClient<B>> {
+    pub fn register(
+        &self,
+        name: impl Into<String>,
+        client: MemcacheClient<B>,
+    ) -> Option<MemcacheClient<B>> {
         self.write().insert(name.into(), client)
     }
 

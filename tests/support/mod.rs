@@ -1,0 +1,170 @@
+//! Shared helpers for the integration tests: a private memcached per test.
+#![allow(dead_code)] // each test crate uses a different part of this module
+
+pub mod conformance;
+pub mod seeds;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A memcached process of our own on a free loopback port, stopped when dropped.
+pub struct Memcached {
+    child: Option<Child>,
+    port: u16,
+    extra_args: Vec<String>,
+}
+
+/// Whether the environment demands memcached (CI sets `MEMCACHED_REQUIRED=1`).
+pub fn memcached_required() -> bool {
+    std::env::var("MEMCACHED_REQUIRED").is_ok_and(|v| v == "1")
+}
+
+fn binary_available() -> bool {
+    Command::new("memcached")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl Memcached {
+    /// Starts memcached, or returns `None` after printing a skip line when the binary is
+    /// missing. With `MEMCACHED_REQUIRED=1` a missing binary fails the test instead.
+    pub fn start(test: &str) -> Option<Self> {
+        Self::start_with_args(test, &[])
+    }
+
+    /// [`Memcached::start`] with extra command-line arguments (e.g. `-I 2m`).
+    pub fn start_with_args(test: &str, args: &[&str]) -> Option<Self> {
+        if !binary_available() {
+            assert!(
+                !memcached_required(),
+                "{test}: MEMCACHED_REQUIRED=1 but no memcached binary on PATH \
+                 (install it: apt-get install -y memcached)"
+            );
+            eprintln!("SKIP {test}: memcached binary not found (apt-get install -y memcached)");
+            return None;
+        }
+        // A free port can be taken between our check and memcached's bind; try again.
+        for _ in 0..10 {
+            let mut server = Memcached {
+                child: None,
+                port: free_port(),
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
+            };
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("{test}: could not start memcached on a free port");
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new process on the same port after [`Memcached::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("memcached did not restart on port {}", self.port);
+    }
+
+    /// Spawns on `self.port` and waits until it accepts connections; false if it exited.
+    fn spawn(&mut self) -> bool {
+        let mut command = Command::new("memcached");
+        command
+            .args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "0",
+                "-t",
+                "2",
+            ])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if running_as_root() {
+            // memcached refuses to run as root unless told which user to be.
+            command.args(["-u", "root"]);
+        }
+        let mut child = command.spawn().expect("spawn memcached");
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false; // exited: most likely the port was taken
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a private memcached or returns from the test (after a skip line).
+#[macro_export]
+macro_rules! memcached_or_skip {
+    ($test:expr) => {
+        match $crate::support::Memcached::start($test) {
+            Some(server) => server,
+            None => return,
+        }
+    };
+    ($test:expr, $($arg:expr),+) => {
+        match $crate::support::Memcached::start_with_args($test, &[$($arg),+]) {
+            Some(server) => server,
+            None => return,
+        }
+    };
+}
