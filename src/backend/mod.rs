@@ -23,6 +23,8 @@
 mod error;
 mod lifetime;
 pub mod memory;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +35,9 @@ pub use error::BackendError;
 pub use lifetime::Lifetime;
 #[doc(inline)]
 pub use memory::MemoryBackend;
+#[cfg(feature = "tcp")]
+#[doc(inline)]
+pub use tcp::TcpBackend;
 
 /// The longest key memcached accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 250;

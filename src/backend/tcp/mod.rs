@@ -1,0 +1,847 @@
+//! [`TcpBackend`]: memcached over TCP, for production.
+//!
+//! - The text protocol (works through twemproxy and mcrouter), parsed by pure functions.
+//! - A few pipelined connections per server, many requests in flight on each; no connect,
+//!   checkout or health round trip per request.
+//! - Every call is bounded by the operation timeout (100 ms by default) after a connect
+//!   timeout (100 ms by default) when a connection must be opened first.
+//! - Many servers through libmemcached-compatible weighted ketama, so the same key lands on
+//!   the same server as with libmemcached, pylibmc or any client built on it.
+//! - Fail-fast health: after a few consecutive failures a server is marked down and its
+//!   keys fail at once; a background probe puts it back as soon as it answers `version`.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_memcache::MemcacheClient;
+//! use tower_memcache::backend::TcpBackend;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let backend = TcpBackend::builder()
+//!     .server("10.0.0.1:11211")
+//!     .weighted_server("10.0.0.2:11211", 2)
+//!     .timeout(Duration::from_millis(50))
+//!     .build()?;
+//! let client = MemcacheClient::new(backend);
+//! client.set("cache_key", "cached value").await;
+//! # Ok(()) }
+//! ```
+
+mod connection;
+mod ketama;
+mod protocol;
+mod server;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+
+use self::connection::ConnectionSettings;
+use self::ketama::{Ring, ServerSpec};
+use self::protocol::{Limits, Reply, StoreCommand};
+use self::server::{Server, Transition};
+use super::{
+    Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, Item, Lifetime, ServerStats, check_item_size,
+    validate_key,
+};
+
+/// memcached's default port; libmemcached leaves it out of ketama's point names.
+const DEFAULT_PORT: u16 = 11211;
+
+/// Keys per `gets` line: long multi-gets are split so no request line grows unbounded.
+const MAX_KEYS_PER_GET: usize = 100;
+
+/// A bad [`TcpBackendBuilder`] setting.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No server was configured.
+    #[error("no memcached server configured")]
+    NoServers,
+    /// A server address is not `host`, `host:port` or `[v6]:port`.
+    #[error("invalid memcached server address {0:?}: expected host:port")]
+    InvalidAddress(String),
+    /// A weight of 0.
+    #[error("server {0} has weight 0; weights start at 1")]
+    ZeroWeight(String),
+}
+
+/// Builds a [`TcpBackend`]; nothing connects until the first call.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct TcpBackendBuilder {
+    servers: Vec<(String, u32)>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    connections_per_server: usize,
+    max_in_flight: usize,
+    failure_threshold: u32,
+    probe_interval: Duration,
+    remove_failed_servers: bool,
+    item_size_limit: usize,
+}
+
+impl Default for TcpBackendBuilder {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(100),
+            connections_per_server: 2,
+            max_in_flight: 1024,
+            failure_threshold: 3,
+            probe_interval: Duration::from_millis(200),
+            remove_failed_servers: false,
+            item_size_limit: DEFAULT_ITEM_SIZE_LIMIT,
+        }
+    }
+}
+
+impl TcpBackendBuilder {
+    /// Adds a server with weight 1: `host:port`, `host` (port 11211) or `[v6]:port`.
+    /// Order matters: it is part of the ketama ring, as in libmemcached.
+    pub fn server(self, addr: impl Into<String>) -> Self {
+        self.weighted_server(addr, 1)
+    }
+
+    /// Adds a server with a ketama weight (libmemcached's `KETAMA_WEIGHTED`).
+    pub fn weighted_server(mut self, addr: impl Into<String>, weight: u32) -> Self {
+        self.servers.push((addr.into(), weight));
+        self
+    }
+
+    /// Adds several servers with weight 1.
+    pub fn servers<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers
+            .extend(addrs.into_iter().map(|a| (a.into(), 1)));
+        self
+    }
+
+    /// The most one call waits for its reply (after connecting, if it had to). Defaults to
+    /// 100 ms: a cache that answers later than that is slower than the work it saves.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The most a call waits for a new connection. Defaults to 100 ms.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connections kept per server, each pipelining many requests. Defaults to 2.
+    pub fn connections_per_server(mut self, connections: usize) -> Self {
+        self.connections_per_server = connections.max(1);
+        self
+    }
+
+    /// Requests in flight per connection before further ones queue (and queued requests
+    /// per connection before callers wait). Defaults to 1024.
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests.max(1);
+        self
+    }
+
+    /// Consecutive failures (unreachable or timed out) that mark a server down. Defaults
+    /// to 3.
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures.max(1);
+        self
+    }
+
+    /// How often a server marked down is probed with `version`. Defaults to 200 ms.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Take servers marked down out of the ring, so their keys move to the others until
+    /// they are back (libmemcached's `REMOVE_FAILED_SERVERS`). Defaults to off: their keys
+    /// fail fast (a miss for a cache) instead of moving.
+    pub fn remove_failed_servers(mut self, remove: bool) -> Self {
+        self.remove_failed_servers = remove;
+        self
+    }
+
+    /// The largest item (key + value + memcached's overhead) sent; larger values are
+    /// refused before anything is sent. Set it to the servers' `-I`. Defaults to 1 MiB.
+    pub fn item_size_limit(mut self, bytes: usize) -> Self {
+        self.item_size_limit = bytes;
+        self
+    }
+
+    /// Builds the backend. Does not connect.
+    pub fn build(self) -> Result<TcpBackend, ConfigError> {
+        if self.servers.is_empty() {
+            return Err(ConfigError::NoServers);
+        }
+        let mut specs = Vec::with_capacity(self.servers.len());
+        let mut servers = Vec::with_capacity(self.servers.len());
+        for (addr, weight) in &self.servers {
+            let (host, port) = parse_address(addr)?;
+            if *weight == 0 {
+                return Err(ConfigError::ZeroWeight(addr.clone()));
+            }
+            let name: Arc<str> = Arc::from(format!("{}:{port}", display_host(&host)));
+            servers.push(Server::new(
+                host.clone(),
+                port,
+                name,
+                self.connections_per_server,
+            ));
+            specs.push(ServerSpec {
+                host,
+                port,
+                weight: *weight,
+            });
+        }
+        let ring = Ring::new(&specs);
+        let settings = ConnectionSettings {
+            connect_timeout: self.connect_timeout,
+            // A reply that makes no progress for twice the call timeout means the server
+            // is stuck; every caller has long given up on it.
+            stall_timeout: self
+                .timeout
+                .saturating_mul(2)
+                .max(Duration::from_millis(100)),
+            max_in_flight: self.max_in_flight,
+            max_queued: self.max_in_flight,
+            limits: Limits {
+                // Bounded, but roomy enough for values other clients stored on servers
+                // with a larger -I than ours.
+                max_value_len: self.item_size_limit.max(DEFAULT_ITEM_SIZE_LIMIT) * 4,
+                ..Limits::default()
+            },
+        };
+        Ok(TcpBackend {
+            inner: Arc::new(Inner {
+                servers,
+                specs,
+                ring: RwLock::new(Arc::new(ring)),
+                settings,
+                timeout: self.timeout,
+                failure_threshold: self.failure_threshold,
+                probe_interval: self.probe_interval,
+                remove_failed_servers: self.remove_failed_servers,
+                item_size_limit: self.item_size_limit,
+            }),
+        })
+    }
+}
+
+/// Splits `host:port`, `host` or `[v6]:port`; the host is kept exactly as written (minus
+/// IPv6 brackets), since ketama hashes it.
+fn parse_address(addr: &str) -> Result<(String, u16), ConfigError> {
+    let invalid = || ConfigError::InvalidAddress(addr.to_string());
+    let addr = addr.trim();
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(invalid)?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().map_err(|_| invalid())?,
+            None if after.is_empty() => DEFAULT_PORT,
+            None => return Err(invalid()),
+        };
+        if host.is_empty() {
+            return Err(invalid());
+        }
+        return Ok((host.to_string(), port));
+    }
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().map_err(|_| invalid())?),
+        Some(_) => return Err(invalid()), // a bare IPv6 address needs brackets
+        None => (addr, DEFAULT_PORT),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || port == 0 {
+        return Err(invalid());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn display_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// memcached over TCP: pipelined connections, libmemcached-compatible ketama over many
+/// servers, per-server health with fast failure and background probing.
+///
+/// Cheap to clone; clones share connections. See the [module docs](self) for an example.
+#[derive(Clone)]
+pub struct TcpBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: Vec<Server>,
+    specs: Vec<ServerSpec>,
+    ring: RwLock<Arc<Ring>>,
+    settings: ConnectionSettings,
+    timeout: Duration,
+    failure_threshold: u32,
+    probe_interval: Duration,
+    remove_failed_servers: bool,
+    item_size_limit: usize,
+}
+
+impl fmt::Debug for TcpBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<_> = self
+            .inner
+            .servers
+            .iter()
+            .map(|s| (s.name.to_string(), if s.is_down() { "down" } else { "up" }))
+            .collect();
+        f.debug_struct("TcpBackend")
+            .field("servers", &servers)
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+/// Which replies a command may get; anything else means the connection lost sync.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Values,
+    Store,
+    Delete,
+    Touch,
+    Number,
+    Ok,
+    Stats,
+    Version,
+}
+
+impl Expect {
+    fn accepts(self, reply: &Reply) -> bool {
+        match reply {
+            Reply::Error | Reply::ClientError(_) | Reply::ServerError(_) => true,
+            Reply::Values(_) => matches!(self, Self::Values | Self::Stats),
+            Reply::Stored | Reply::NotStored | Reply::Exists => matches!(self, Self::Store),
+            Reply::NotFound => matches!(
+                self,
+                Self::Store | Self::Delete | Self::Touch | Self::Number
+            ),
+            Reply::Deleted => matches!(self, Self::Delete),
+            Reply::Touched => matches!(self, Self::Touch),
+            Reply::Number(_) => matches!(self, Self::Number),
+            Reply::Ok => matches!(self, Self::Ok),
+            Reply::Stats(_) => matches!(self, Self::Stats),
+            Reply::Version(_) => matches!(self, Self::Version),
+        }
+    }
+}
+
+/// The outcome of a compare-and-swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The value was replaced.
+    Stored,
+    /// Someone changed the item since it was read; nothing was stored.
+    Exists,
+    /// The item is gone; nothing was stored.
+    NotFound,
+}
+
+impl TcpBackend {
+    /// A builder.
+    pub fn builder() -> TcpBackendBuilder {
+        TcpBackendBuilder::default()
+    }
+
+    /// A backend over these servers (weight 1 each) with the default settings.
+    pub fn new<I, S>(servers: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::builder().servers(servers).build()
+    }
+
+    /// The servers' names (`host:port`), in configuration order.
+    pub fn server_names(&self) -> Vec<String> {
+        self.inner
+            .servers
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect()
+    }
+
+    /// Which server (index into [`server_names`](Self::server_names)) holds `key` under
+    /// libmemcached's weighted ketama, given which servers are in the ring now.
+    pub fn server_for_key(&self, key: &str) -> Option<usize> {
+        self.ring().server_for(key.as_bytes())
+    }
+
+    /// Whether a server is marked down (by index into
+    /// [`server_names`](Self::server_names)).
+    pub fn is_server_down(&self, index: usize) -> bool {
+        self.inner.servers.get(index).is_some_and(Server::is_down)
+    }
+
+    /// Compare-and-swap (`cas`): stores only if the item's CAS value is still `cas`, as read
+    /// by [`Backend::get`] in [`Item::cas`].
+    pub async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        match self
+            .store(StoreCommand::Cas(cas), key, value, flags, lifetime)
+            .await?
+        {
+            Reply::Stored => Ok(CasOutcome::Stored),
+            Reply::Exists => Ok(CasOutcome::Exists),
+            _ => Ok(CasOutcome::NotFound),
+        }
+    }
+
+    /// Stores only if the key already holds a value (`replace`); `Ok(false)` when it did
+    /// not.
+    pub async fn replace(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        let reply = self
+            .store(StoreCommand::Replace, key, value, flags, lifetime)
+            .await?;
+        Ok(matches!(reply, Reply::Stored))
+    }
+
+    /// Appends bytes to an existing value (`append`); `Ok(false)` when the key is absent.
+    pub async fn append(&self, key: &str, value: Bytes) -> Result<bool, BackendError> {
+        let reply = self
+            .store(StoreCommand::Append, key, value, 0, Lifetime::NEVER)
+            .await?;
+        Ok(matches!(reply, Reply::Stored))
+    }
+
+    /// Prepends bytes to an existing value (`prepend`); `Ok(false)` when the key is absent.
+    pub async fn prepend(&self, key: &str, value: Bytes) -> Result<bool, BackendError> {
+        let reply = self
+            .store(StoreCommand::Prepend, key, value, 0, Lifetime::NEVER)
+            .await?;
+        Ok(matches!(reply, Reply::Stored))
+    }
+
+    /// Subtracts from a decimal counter, stopping at 0 as memcached does; `Ok(None)` when the
+    /// key is absent.
+    pub async fn decr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        validate_key(key)?;
+        let mut request = BytesMut::new();
+        protocol::encode_decr(&mut request, key, delta, false);
+        number_reply(self.keyed(key, request, Expect::Number).await?)
+    }
+
+    /// Every server's version string, by server name; servers that do not answer are left
+    /// out.
+    pub async fn versions(&self) -> Vec<(String, String)> {
+        let calls = (0..self.inner.servers.len()).map(|index| async move {
+            let mut request = BytesMut::new();
+            protocol::encode_version(&mut request);
+            match self.execute(index, request.freeze(), Expect::Version).await {
+                Ok(Reply::Version(version)) => {
+                    Some((self.inner.servers[index].name.to_string(), version))
+                }
+                _ => None,
+            }
+        });
+        join_all(calls).await.into_iter().flatten().collect()
+    }
+
+    fn ring(&self) -> Arc<Ring> {
+        Arc::clone(&self.inner.ring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn server_index(&self, key: &str) -> Result<usize, BackendError> {
+        self.server_for_key(key)
+            .ok_or_else(|| BackendError::Unreachable {
+                server: "(none)".to_string(),
+                reason: "every server is marked down".to_string(),
+            })
+    }
+
+    async fn keyed(
+        &self,
+        key: &str,
+        request: BytesMut,
+        expect: Expect,
+    ) -> Result<Reply, BackendError> {
+        let index = self.server_index(key)?;
+        self.execute(index, request.freeze(), expect).await
+    }
+
+    async fn store(
+        &self,
+        command: StoreCommand,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<Reply, BackendError> {
+        validate_key(key)?;
+        check_item_size(key, value.len(), self.inner.item_size_limit)?;
+        let mut request = BytesMut::with_capacity(key.len() + value.len() + 64);
+        protocol::encode_store(
+            &mut request,
+            command,
+            key,
+            flags,
+            lifetime.exptime(),
+            &value,
+            false,
+        );
+        match self.keyed(key, request, Expect::Store).await? {
+            reply @ (Reply::Stored | Reply::NotStored | Reply::Exists | Reply::NotFound) => {
+                Ok(reply)
+            }
+            other => Err(error_reply(other, Some(value.len()))),
+        }
+    }
+
+    /// Runs one request on one server: fast failure while it is down, the operation
+    /// timeout, health accounting, and dropping a connection that lost sync.
+    async fn execute(
+        &self,
+        index: usize,
+        request: Bytes,
+        expect: Expect,
+    ) -> Result<Reply, BackendError> {
+        let inner = &self.inner;
+        let server = &inner.servers[index];
+        if server.is_down() {
+            return Err(BackendError::Unreachable {
+                server: server.name.to_string(),
+                reason: "marked down after repeated failures".to_string(),
+            });
+        }
+        let deadline = inner.timeout + inner.settings.connect_timeout;
+        let outcome =
+            match tokio::time::timeout(deadline, server.call(request, &inner.settings)).await {
+                Err(_) => Err(BackendError::Timeout {
+                    server: server.name.to_string(),
+                    after: inner.timeout,
+                }),
+                Ok(Err(err)) => Err(err),
+                Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
+                    drop(conn);
+                    Ok(reply)
+                }
+                Ok(Ok((conn, reply))) => {
+                    // A reply of the wrong kind means we no longer know which reply belongs to
+                    // which request: drop the connection.
+                    conn.close();
+                    Err(BackendError::Protocol(format!(
+                        "unexpected reply {reply:?} to a {expect:?} command"
+                    )))
+                }
+            };
+        if server.record(&outcome, inner.failure_threshold) == Transition::WentDown {
+            tracing::warn!(server = %server.name, "memcached server marked down; probing");
+            server.close_connections();
+            self.rebuild_ring();
+            tokio::spawn(probe(Arc::downgrade(&self.inner), index));
+        }
+        outcome
+    }
+
+    fn rebuild_ring(&self) {
+        rebuild_ring(&self.inner);
+    }
+}
+
+fn rebuild_ring(inner: &Inner) {
+    if !inner.remove_failed_servers {
+        return;
+    }
+    let excluded: Vec<bool> = inner.servers.iter().map(Server::is_down).collect();
+    let ring = Ring::without(&inner.specs, &excluded);
+    *inner.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+}
+
+/// Probes a server marked down until it answers `version`, then puts it back. Holds only a
+/// weak reference, so a dropped backend ends its probes.
+async fn probe(inner: Weak<Inner>, index: usize) {
+    loop {
+        let interval = match inner.upgrade() {
+            Some(inner) => inner.probe_interval,
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let server = &inner.servers[index];
+        let mut request = BytesMut::new();
+        protocol::encode_version(&mut request);
+        let attempt = tokio::time::timeout(
+            inner.timeout + inner.settings.connect_timeout,
+            server.call(request.freeze(), &inner.settings),
+        )
+        .await;
+        if let Ok(Ok((_, Reply::Version(version)))) = attempt {
+            server.mark_up();
+            rebuild_ring(&inner);
+            tracing::info!(server = %server.name, %version, "memcached server answers again; back in use");
+            return;
+        }
+    }
+}
+
+/// Turns an error reply into an error; anything else here is a protocol error.
+fn error_reply(reply: Reply, value_len: Option<usize>) -> BackendError {
+    match reply {
+        Reply::ServerError(msg) if msg.contains("too large") => BackendError::ValueTooLarge {
+            size: value_len.unwrap_or(0),
+            limit: 0,
+        },
+        Reply::ServerError(msg) => BackendError::Server(format!("SERVER_ERROR {msg}")),
+        Reply::ClientError(msg) => BackendError::Server(format!("CLIENT_ERROR {msg}")),
+        Reply::Error => BackendError::Server("ERROR".to_string()),
+        other => BackendError::Protocol(format!("unexpected reply {other:?}")),
+    }
+}
+
+fn number_reply(reply: Reply) -> Result<Option<u64>, BackendError> {
+    match reply {
+        Reply::Number(n) => Ok(Some(n)),
+        Reply::NotFound => Ok(None),
+        other => Err(error_reply(other, None)),
+    }
+}
+
+fn into_item(value: protocol::Value) -> Item {
+    Item {
+        value: value.data,
+        flags: value.flags,
+        cas: value.cas,
+    }
+}
+
+impl Backend for TcpBackend {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        validate_key(key)?;
+        let mut request = BytesMut::with_capacity(key.len() + 8);
+        protocol::encode_get(&mut request, &[key], true);
+        match self.keyed(key, request, Expect::Values).await? {
+            Reply::Values(values) => Ok(values
+                .into_iter()
+                .find(|value| value.key == key)
+                .map(into_item)),
+            other => Err(error_reply(other, None)),
+        }
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        // One multi-get per server (in chunks), all servers at once.
+        let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
+        for &key in keys {
+            by_server
+                .entry(self.server_index(key)?)
+                .or_default()
+                .push(key);
+        }
+        let calls = by_server.into_iter().flat_map(|(index, keys)| {
+            keys.chunks(MAX_KEYS_PER_GET)
+                .map(|chunk| {
+                    let mut request = BytesMut::new();
+                    protocol::encode_get(&mut request, chunk, true);
+                    self.execute(index, request.freeze(), Expect::Values)
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut found = HashMap::with_capacity(keys.len());
+        for reply in join_all(calls).await {
+            match reply? {
+                Reply::Values(values) => {
+                    found.extend(values.into_iter().map(|v| (v.key.clone(), into_item(v))));
+                }
+                other => return Err(error_reply(other, None)),
+            }
+        }
+        Ok(found)
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
+        match self
+            .store(StoreCommand::Set, key, value, flags, lifetime)
+            .await?
+        {
+            Reply::Stored => Ok(()),
+            other => Err(BackendError::Server(format!("set not stored: {other:?}"))),
+        }
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        Ok(matches!(
+            self.store(StoreCommand::Add, key, value, flags, lifetime)
+                .await?,
+            Reply::Stored
+        ))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        validate_key(key)?;
+        let mut request = BytesMut::new();
+        protocol::encode_delete(&mut request, key, false);
+        match self.keyed(key, request, Expect::Delete).await? {
+            Reply::Deleted => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(error_reply(other, None)),
+        }
+    }
+
+    async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
+        validate_key(key)?;
+        let mut request = BytesMut::new();
+        protocol::encode_touch(&mut request, key, lifetime.exptime(), false);
+        match self.keyed(key, request, Expect::Touch).await? {
+            Reply::Touched => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(error_reply(other, None)),
+        }
+    }
+
+    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        validate_key(key)?;
+        let mut request = BytesMut::new();
+        protocol::encode_incr(&mut request, key, delta, false);
+        number_reply(self.keyed(key, request, Expect::Number).await?)
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        let calls = (0..self.inner.servers.len()).map(|index| {
+            let mut request = BytesMut::new();
+            protocol::encode_flush_all(&mut request, false);
+            self.execute(index, request.freeze(), Expect::Ok)
+        });
+        for reply in join_all(calls).await {
+            match reply? {
+                Reply::Ok => {}
+                other => return Err(error_reply(other, None)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+        let calls = (0..self.inner.servers.len()).map(|index| {
+            let mut request = BytesMut::new();
+            protocol::encode_stats(&mut request, None);
+            self.execute(index, request.freeze(), Expect::Stats)
+        });
+        let mut answered = Vec::new();
+        let mut last_error = None;
+        for (index, reply) in join_all(calls).await.into_iter().enumerate() {
+            let server = self.inner.servers[index].name.to_string();
+            match reply {
+                Ok(Reply::Stats(stats)) => answered.push(ServerStats {
+                    server,
+                    stats: stats.into_iter().collect(),
+                }),
+                Ok(Reply::Values(_)) => answered.push(ServerStats {
+                    server,
+                    stats: HashMap::new(),
+                }),
+                Ok(other) => last_error = Some(error_reply(other, None)),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        // The servers that answered, as the seeds' getStatistics lists the connected ones;
+        // an error only when none did.
+        match (answered.is_empty(), last_error) {
+            (true, Some(err)) => Err(err),
+            _ => Ok(answered),
+        }
+    }
+
+    fn is_available(&self, key: &str) -> bool {
+        self.server_for_key(key)
+            .is_some_and(|index| !self.inner.servers[index].is_down())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_as_libmemcached_names_them() {
+        assert_eq!(
+            parse_address("127.0.0.1:11212").unwrap(),
+            ("127.0.0.1".into(), 11212)
+        );
+        assert_eq!(parse_address("cache-a").unwrap(), ("cache-a".into(), 11211));
+        assert_eq!(parse_address("[::1]:11213").unwrap(), ("::1".into(), 11213));
+        assert_eq!(parse_address("[::1]").unwrap(), ("::1".into(), 11211));
+        for bad in [
+            "",
+            ":11211",
+            "host:",
+            "host:port",
+            "::1:11211",
+            "[::1",
+            "a b:1",
+            "h:0",
+            "h:70000",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn builder_refuses_bad_configuration() {
+        assert!(matches!(
+            TcpBackend::builder().build(),
+            Err(ConfigError::NoServers)
+        ));
+        assert!(matches!(
+            TcpBackend::builder().weighted_server("h:1", 0).build(),
+            Err(ConfigError::ZeroWeight(_))
+        ));
+        assert!(matches!(
+            TcpBackend::new(["nope:"]),
+            Err(ConfigError::InvalidAddress(_))
+        ));
+    }
+
+    #[test]
+    fn seed_servers_place_keys_like_libmemcached() {
+        let backend =
+            TcpBackend::new(["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]).unwrap();
+        assert_eq!(backend.server_for_key("foo"), Some(0));
+        assert_eq!(backend.server_for_key("bar"), Some(1));
+        assert_eq!(backend.server_for_key("baz"), Some(1));
+    }
+}

@@ -1,0 +1,1831 @@
+//! The memcached text ("ASCII") protocol: request encoding and reply parsing.
+//!
+//! Everything in this module is pure. Encoders append a request to a [`BytesMut`]; the parser
+//! looks at a byte slice and reports either that more bytes are needed, that the server broke the
+//! protocol, or a complete [`Reply`] together with the number of bytes it spans. The connection
+//! owns the socket and the read buffer, so every corner of the grammar can be tested here without
+//! a server (the same split as mini-redis' `Connection`/`Frame`).
+//!
+//! Grammar reference: memcached's `doc/protocol.txt`. Replies are self-describing by their first
+//! line, which is what lets [`parse_reply`] work without knowing which command was sent.
+
+use std::ops::Range;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Line terminator for request lines, reply lines and data blocks alike.
+const CRLF: &[u8] = b"\r\n";
+
+/// Suffix that asks the server not to answer a mutation.
+const NOREPLY: &[u8] = b" noreply";
+
+/// Decimal digits needed for `u64::MAX`; sizes the on-stack scratch of [`put_u64`].
+const MAX_U64_DIGITS: usize = 20;
+
+/// Room reserved per numeric argument: a separating space plus the widest `u64`.
+const NUMERIC_ARG_LEN: usize = 1 + MAX_U64_DIGITS;
+
+/// How much of an offending line is copied into an error, so errors stay small and printable.
+const SNIPPET_LEN: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Request encoding
+// ---------------------------------------------------------------------------------------------
+
+/// The six storage verbs; `Cas` carries the unique token previously returned by `gets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreCommand {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key is absent.
+    Add,
+    /// Store only if the key is present.
+    Replace,
+    /// Append the data to an existing value (flags and exptime are ignored by the server).
+    Append,
+    /// Prepend the data to an existing value (flags and exptime are ignored by the server).
+    Prepend,
+    /// Store only if the item's cas token still equals this one.
+    Cas(u64),
+}
+
+impl StoreCommand {
+    /// The command name as it appears on the wire.
+    fn verb(self) -> &'static [u8] {
+        match self {
+            StoreCommand::Set => b"set",
+            StoreCommand::Add => b"add",
+            StoreCommand::Replace => b"replace",
+            StoreCommand::Append => b"append",
+            StoreCommand::Prepend => b"prepend",
+            StoreCommand::Cas(_) => b"cas",
+        }
+    }
+}
+
+/// Encodes `get k1 k2 ...` (or `gets ...` when `with_cas`), asking for several keys at once.
+pub(crate) fn encode_get(buf: &mut BytesMut, keys: &[&str], with_cas: bool) {
+    debug_assert!(
+        !keys.is_empty(),
+        "a retrieval command needs at least one key"
+    );
+    let verb: &[u8] = if with_cas { b"gets" } else { b"get" };
+    let keys_len: usize = keys.iter().map(|key| 1 + key.len()).sum();
+    buf.reserve(verb.len() + keys_len + CRLF.len());
+    buf.put_slice(verb);
+    for key in keys {
+        put_key(buf, key);
+    }
+    buf.put_slice(CRLF);
+}
+
+/// Encodes a storage command line followed by its data block.
+///
+/// Wire form: `<verb> <key> <flags> <exptime> <bytes> [<cas>] [noreply]\r\n<data>\r\n`.
+pub(crate) fn encode_store(
+    buf: &mut BytesMut,
+    cmd: StoreCommand,
+    key: &str,
+    flags: u32,
+    exptime: u32,
+    value: &[u8],
+    noreply: bool,
+) {
+    let verb = cmd.verb();
+    buf.reserve(
+        verb.len()
+            + 1
+            + key.len()
+            + 4 * NUMERIC_ARG_LEN
+            + NOREPLY.len()
+            + CRLF.len()
+            + value.len()
+            + CRLF.len(),
+    );
+    buf.put_slice(verb);
+    put_key(buf, key);
+    put_arg(buf, u64::from(flags));
+    put_arg(buf, u64::from(exptime));
+    // usize -> u64 never truncates on the 32/64-bit targets memcached clients run on.
+    put_arg(buf, value.len() as u64);
+    if let StoreCommand::Cas(token) = cmd {
+        put_arg(buf, token);
+    }
+    put_noreply(buf, noreply);
+    buf.put_slice(CRLF);
+    buf.put_slice(value);
+    buf.put_slice(CRLF);
+}
+
+/// Encodes `delete <key> [noreply]`.
+pub(crate) fn encode_delete(buf: &mut BytesMut, key: &str, noreply: bool) {
+    encode_keyed(buf, b"delete", key, None, noreply);
+}
+
+/// Encodes `touch <key> <exptime> [noreply]`, which resets an item's expiry without fetching it.
+pub(crate) fn encode_touch(buf: &mut BytesMut, key: &str, exptime: u32, noreply: bool) {
+    encode_keyed(buf, b"touch", key, Some(u64::from(exptime)), noreply);
+}
+
+/// Encodes `incr <key> <delta> [noreply]`.
+pub(crate) fn encode_incr(buf: &mut BytesMut, key: &str, delta: u64, noreply: bool) {
+    encode_keyed(buf, b"incr", key, Some(delta), noreply);
+}
+
+/// Encodes `decr <key> <delta> [noreply]`.
+pub(crate) fn encode_decr(buf: &mut BytesMut, key: &str, delta: u64, noreply: bool) {
+    encode_keyed(buf, b"decr", key, Some(delta), noreply);
+}
+
+/// Encodes `flush_all [noreply]`, invalidating every item immediately.
+pub(crate) fn encode_flush_all(buf: &mut BytesMut, noreply: bool) {
+    buf.reserve(b"flush_all".len() + NOREPLY.len() + CRLF.len());
+    buf.put_slice(b"flush_all");
+    put_noreply(buf, noreply);
+    buf.put_slice(CRLF);
+}
+
+/// Encodes `stats` or `stats <group>` (for example `items`, `slabs`, `settings`).
+///
+/// The group may contain spaces (`detail dump`), but must not contain control characters: a
+/// stray `\r\n` would smuggle a second command onto the connection.
+pub(crate) fn encode_stats(buf: &mut BytesMut, group: Option<&str>) {
+    let group_len = group.map_or(0, |group| 1 + group.len());
+    buf.reserve(b"stats".len() + group_len + CRLF.len());
+    buf.put_slice(b"stats");
+    if let Some(group) = group {
+        debug_assert!(
+            !group.is_empty() && !group.bytes().any(|b| b.is_ascii_control()),
+            "invalid stats group {group:?}"
+        );
+        buf.put_u8(b' ');
+        buf.put_slice(group.as_bytes());
+    }
+    buf.put_slice(CRLF);
+}
+
+/// Encodes `version`.
+pub(crate) fn encode_version(buf: &mut BytesMut) {
+    buf.put_slice(b"version\r\n");
+}
+
+/// Shared shape of `<verb> <key> [<number>] [noreply]\r\n` commands.
+fn encode_keyed(buf: &mut BytesMut, verb: &[u8], key: &str, arg: Option<u64>, noreply: bool) {
+    buf.reserve(verb.len() + 1 + key.len() + NUMERIC_ARG_LEN + NOREPLY.len() + CRLF.len());
+    buf.put_slice(verb);
+    put_key(buf, key);
+    if let Some(arg) = arg {
+        put_arg(buf, arg);
+    }
+    put_noreply(buf, noreply);
+    buf.put_slice(CRLF);
+}
+
+/// Writes ` <key>`. Keys are validated by the caller; the debug check only catches bugs there.
+fn put_key(buf: &mut BytesMut, key: &str) {
+    debug_assert!(is_valid_key(key), "invalid memcached key {key:?}");
+    buf.put_u8(b' ');
+    buf.put_slice(key.as_bytes());
+}
+
+/// Writes ` <n>` in decimal.
+fn put_arg(buf: &mut BytesMut, n: u64) {
+    buf.put_u8(b' ');
+    put_u64(buf, n);
+}
+
+/// Writes ` noreply` when requested.
+fn put_noreply(buf: &mut BytesMut, noreply: bool) {
+    if noreply {
+        buf.put_slice(NOREPLY);
+    }
+}
+
+/// Writes `n` in decimal through a stack scratch buffer, so encoding never allocates.
+fn put_u64(buf: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; MAX_U64_DIGITS];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // `n % 10` is a single digit, so the narrowing cast is exact.
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&digits[start..]);
+}
+
+/// The key rules from `protocol.txt`: 1..=250 bytes, no whitespace, no control characters.
+fn is_valid_key(key: &str) -> bool {
+    (1..=250).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| !b.is_ascii_whitespace() && !b.is_ascii_control())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reply model
+// ---------------------------------------------------------------------------------------------
+
+/// One complete server reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// Zero or more `VALUE` blocks followed by `END` (get/gets). A bare `END` is `Values(vec![])`,
+    /// which is also what an empty `stats` listing looks like on the wire.
+    Values(Vec<Value>),
+    /// `STORED`: a storage command succeeded.
+    Stored,
+    /// `NOT_STORED`: the add/replace/append/prepend condition was not met.
+    NotStored,
+    /// `EXISTS`: a cas store lost the race against another writer.
+    Exists,
+    /// `NOT_FOUND`: the key does not exist.
+    NotFound,
+    /// `DELETED`: delete succeeded.
+    Deleted,
+    /// `TOUCHED`: touch succeeded.
+    Touched,
+    /// `OK`: flush_all (and a few admin commands) succeeded.
+    Ok,
+    /// The new value after incr/decr.
+    Number(u64),
+    /// `STAT <name> <value>` lines followed by `END`; only produced with at least one line.
+    Stats(Vec<(String, String)>),
+    /// `VERSION <version>`.
+    Version(String),
+    /// `ERROR`: the server did not recognise the command.
+    Error,
+    /// `CLIENT_ERROR <message>`: the request was malformed.
+    ClientError(String),
+    /// `SERVER_ERROR <message>`: the server failed to carry out the request.
+    ServerError(String),
+}
+
+/// One item of a get/gets reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Value {
+    /// The key, echoed by the server.
+    pub key: String,
+    /// Opaque client flags stored with the item.
+    pub flags: u32,
+    /// The cas token; present only in `gets` replies.
+    pub cas: Option<u64>,
+    /// The item's data. From [`decode`] this shares the read buffer instead of copying it.
+    pub data: Bytes,
+}
+
+/// Outcome of [`parse_reply`] on a buffer that does not (yet) violate the protocol.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// The buffer holds only a prefix of a reply; read more and parse again.
+    Incomplete,
+    /// A full reply occupying the first `len` bytes of the buffer.
+    Complete {
+        /// The parsed reply.
+        reply: Reply,
+        /// Bytes consumed, including every terminator.
+        len: usize,
+    },
+}
+
+/// Bounds applied while parsing, so a broken or hostile server cannot make the client buffer
+/// without limit before the reply is rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Largest accepted data block; checked against the announced length in the `VALUE` header.
+    pub max_value_len: usize,
+    /// Longest accepted text line, excluding its `\r\n`.
+    pub max_line_len: usize,
+    /// Most `VALUE` blocks (or `STAT` lines) accepted in one reply.
+    pub max_values: usize,
+}
+
+impl Default for Limits {
+    /// memcached's default item size cap (1 MiB), lines far longer than any legitimate header
+    /// (a 250-byte key plus three numbers), and a generous multi-get size.
+    fn default() -> Self {
+        Limits {
+            max_value_len: 1024 * 1024,
+            max_line_len: 8192,
+            max_values: 10_000,
+        }
+    }
+}
+
+/// Ways a server reply can violate the protocol. All of them leave the connection out of sync,
+/// so the caller should drop it rather than try to resynchronise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    /// The first line of a reply matches no known reply kind.
+    #[error("unknown reply line from memcached: {line:?}")]
+    UnknownLine {
+        /// Lossy, truncated copy of the line.
+        line: String,
+    },
+    /// A line starting with a digit (an incr/decr result) is not a valid `u64`.
+    #[error("invalid numeric reply from memcached: {line:?}")]
+    InvalidNumber {
+        /// Lossy, truncated copy of the line.
+        line: String,
+    },
+    /// A `VALUE` header with missing, extra or unparsable fields.
+    #[error("malformed VALUE header ({reason}): {line:?}")]
+    MalformedValueHeader {
+        /// Which field was wrong.
+        reason: &'static str,
+        /// Lossy, truncated copy of the line.
+        line: String,
+    },
+    /// A `STAT` line without a name.
+    #[error("malformed STAT line: {line:?}")]
+    MalformedStat {
+        /// Lossy, truncated copy of the line.
+        line: String,
+    },
+    /// The bytes after a data block of the announced length are not `\r\n`.
+    #[error("data block for key {key:?} is not terminated by \\r\\n")]
+    DataNotTerminated {
+        /// Key of the offending item.
+        key: String,
+    },
+    /// A `VALUE` header announced more data than [`Limits::max_value_len`].
+    #[error("memcached announced a {len}-byte value, over the {max}-byte limit")]
+    ValueTooLarge {
+        /// Announced length.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// More than [`Limits::max_line_len`] bytes arrived without a line terminator.
+    #[error("reply line longer than {max} bytes")]
+    LineTooLong {
+        /// Configured limit.
+        max: usize,
+    },
+    /// A line ended in a bare `\n`; memcached always sends `\r\n`, so the stream is corrupt.
+    #[error("reply line terminated by a bare \\n instead of \\r\\n: {line:?}")]
+    BareLineFeed {
+        /// Lossy, truncated copy of the line.
+        line: String,
+    },
+    /// More than [`Limits::max_values`] `VALUE` blocks or `STAT` lines in one reply.
+    #[error("reply holds more than {max} VALUE blocks or STAT lines")]
+    TooManyValues {
+        /// Configured limit.
+        max: usize,
+    },
+    /// A key, stat or version string is not UTF-8.
+    #[error("{what} in memcached reply is not valid UTF-8")]
+    NonUtf8 {
+        /// Which part of the reply.
+        what: &'static str,
+    },
+    /// A line that does not belong inside the multi-line reply being read.
+    #[error("unexpected line inside a multi-line {section} reply: {line:?}")]
+    UnexpectedLine {
+        /// `"get"` or `"stats"`.
+        section: &'static str,
+        /// Lossy, truncated copy of the line.
+        line: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reply parsing
+// ---------------------------------------------------------------------------------------------
+
+/// Parses one reply from the front of `buf`.
+///
+/// Value data is copied out of `buf`, since a plain slice cannot be shared; the connection uses
+/// [`decode`], which shares its buffer instead. Errors are returned as soon as a violation is
+/// visible, even if the rest of the reply has not arrived. The connection uses [`decode`];
+/// this copying twin exists for tests and fuzzing, which have only a slice.
+#[cfg(test)]
+pub(crate) fn parse_reply(buf: &[u8], limits: &Limits) -> Result<Frame, ProtocolError> {
+    Ok(match parse_raw(buf, limits)? {
+        None => Frame::Incomplete,
+        Some((raw, len)) => Frame::Complete {
+            reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range])),
+            len,
+        },
+    })
+}
+
+/// Takes one complete reply off the front of `buf`.
+///
+/// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete; the buffer is also
+/// left untouched on error. Value data are zero-copy slices of the bytes split off `buf`.
+pub(crate) fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
+    let Some((raw, len)) = parse_raw(buf, limits)? else {
+        return Ok(None);
+    };
+    Ok(Some(match raw {
+        // Nothing refers to the consumed bytes, so skip them without creating a shared handle.
+        RawReply::Ready(reply) => {
+            buf.advance(len);
+            reply
+        }
+        RawReply::Values(values) => {
+            let frame = buf.split_to(len).freeze();
+            RawReply::Values(values).into_reply(|range| frame.slice(range))
+        }
+    }))
+}
+
+/// A parsed reply whose value data are still offsets into the parsed buffer, so the caller
+/// decides whether to copy them ([`parse_reply`]) or share them ([`decode`]).
+enum RawReply {
+    /// A get reply with at least one value.
+    Values(Vec<PendingValue>),
+    /// Any reply that holds no buffer data.
+    Ready(Reply),
+}
+
+/// A [`Value`] whose data is still a byte range of the parsed buffer.
+struct PendingValue {
+    /// The echoed key.
+    key: String,
+    /// Client flags.
+    flags: u32,
+    /// Cas token, for gets.
+    cas: Option<u64>,
+    /// Where the data block sits in the buffer.
+    data: Range<usize>,
+}
+
+impl RawReply {
+    /// Resolves data ranges into `Bytes` with `data`.
+    fn into_reply(self, mut data: impl FnMut(Range<usize>) -> Bytes) -> Reply {
+        match self {
+            RawReply::Ready(reply) => reply,
+            RawReply::Values(values) => Reply::Values(
+                values
+                    .into_iter()
+                    .map(|value| Value {
+                        key: value.key,
+                        flags: value.flags,
+                        cas: value.cas,
+                        data: data(value.data),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The two multi-line reply kinds; which one is fixed by the reply's first line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    /// `VALUE` blocks (get/gets).
+    Values,
+    /// `STAT` lines.
+    Stats,
+}
+
+impl Section {
+    /// Classifies a line as the start of a `VALUE` block or a `STAT` line.
+    fn of(line: &[u8]) -> Option<Section> {
+        if after_keyword(line, b"VALUE").is_some() {
+            Some(Section::Values)
+        } else if after_keyword(line, b"STAT").is_some() {
+            Some(Section::Stats)
+        } else {
+            None
+        }
+    }
+
+    /// Name used in error messages.
+    fn name(self) -> &'static str {
+        match self {
+            Section::Values => "get",
+            Section::Stats => "stats",
+        }
+    }
+}
+
+/// One entry of a multi-line reply, borrowed from the buffer.
+enum Entry<'a> {
+    /// A `VALUE` header and the range of its data block.
+    Value(ValueHeader<'a>, Range<usize>),
+    /// A `STAT` line's name and value.
+    Stat(&'a str, &'a str),
+}
+
+/// How a multi-line reply ended.
+enum Ending {
+    /// With `END`.
+    End,
+    /// With an error line. memcached can abort a multi-get this way (for example when it runs
+    /// out of memory writing the reply); the framing is still intact, so this is a reply.
+    Error(Reply),
+}
+
+/// Parses one reply into offsets. `Ok(None)` means incomplete.
+fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, ProtocolError> {
+    let Some((first, next)) = read_line(buf, 0, limits.max_line_len)? else {
+        return Ok(None);
+    };
+    let Some(section) = Section::of(first) else {
+        return Ok(Some((RawReply::Ready(parse_single_line(first)?), next)));
+    };
+
+    // Check pass: validate and measure without allocating, so the common "not all here yet"
+    // case for a large multi-get costs no allocation however often it is retried.
+    let mut count = 0usize;
+    let Some((ending, len)) = walk(buf, section, limits, |_| count += 1)? else {
+        return Ok(None);
+    };
+    if let Ending::Error(reply) = ending {
+        return Ok(Some((RawReply::Ready(reply), len)));
+    }
+
+    // Parse pass over bytes already known to be a valid, complete reply.
+    let raw = match section {
+        Section::Values => {
+            let mut values = Vec::with_capacity(count);
+            walk(buf, section, limits, |entry| {
+                if let Entry::Value(header, data) = entry {
+                    values.push(PendingValue {
+                        key: header.key.to_owned(),
+                        flags: header.flags,
+                        cas: header.cas,
+                        data,
+                    });
+                }
+            })?;
+            RawReply::Values(values)
+        }
+        Section::Stats => {
+            let mut stats = Vec::with_capacity(count);
+            walk(buf, section, limits, |entry| {
+                if let Entry::Stat(name, value) = entry {
+                    stats.push((name.to_owned(), value.to_owned()));
+                }
+            })?;
+            RawReply::Ready(Reply::Stats(stats))
+        }
+    };
+    Ok(Some((raw, len)))
+}
+
+/// Walks a multi-line reply from the start of `buf`, handing each entry to `visit`.
+///
+/// Returns how the reply ended and its total length, or `Ok(None)` if it is incomplete.
+fn walk<'a>(
+    buf: &'a [u8],
+    section: Section,
+    limits: &Limits,
+    mut visit: impl FnMut(Entry<'a>),
+) -> Result<Option<(Ending, usize)>, ProtocolError> {
+    let mut pos = 0;
+    let mut entries = 0usize;
+    loop {
+        let Some((line, next)) = read_line(buf, pos, limits.max_line_len)? else {
+            return Ok(None);
+        };
+        if line == b"END" {
+            return Ok(Some((Ending::End, next)));
+        }
+        match Section::of(line) {
+            Some(kind) if kind == section => {}
+            Some(_) => return Err(unexpected_line(section, line)),
+            None => {
+                return match parse_error_line(line) {
+                    Some(reply) => Ok(Some((Ending::Error(reply), next))),
+                    None => Err(unexpected_line(section, line)),
+                };
+            }
+        }
+        if entries >= limits.max_values {
+            return Err(ProtocolError::TooManyValues {
+                max: limits.max_values,
+            });
+        }
+        entries += 1;
+        match section {
+            Section::Values => {
+                let header = parse_value_header(line, limits)?;
+                // Jump straight over the data block using the announced length: data may hold
+                // any bytes, "\r\n" included, and scanning it would make every retry O(size).
+                let data_end = next.saturating_add(header.len);
+                let block_end = data_end.saturating_add(CRLF.len());
+                let Some(terminator) = buf.get(data_end..block_end) else {
+                    return Ok(None);
+                };
+                if terminator != CRLF {
+                    return Err(ProtocolError::DataNotTerminated {
+                        key: header.key.to_owned(),
+                    });
+                }
+                visit(Entry::Value(header, next..data_end));
+                pos = block_end;
+            }
+            Section::Stats => {
+                let (name, value) = parse_stat_line(line)?;
+                visit(Entry::Stat(name, value));
+                pos = next;
+            }
+        }
+    }
+}
+
+/// Finds the line starting at `start`. Returns its content (without `\r\n`) and the offset just
+/// past it, or `Ok(None)` if the terminator has not arrived yet.
+///
+/// Only the first `max_line_len + 2` bytes are searched, so a huge buffer without a newline is
+/// rejected after bounded work rather than scanned in full on every retry.
+fn read_line(
+    buf: &[u8],
+    start: usize,
+    max_line_len: usize,
+) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+    let rest = buf.get(start..).unwrap_or_default();
+    let window = &rest[..rest.len().min(max_line_len.saturating_add(2))];
+    if let Some(newline) = memchr::memchr(b'\n', window) {
+        return match newline.checked_sub(1) {
+            Some(cr) if window[cr] == b'\r' => Ok(Some((&window[..cr], start + newline + 1))),
+            _ => Err(ProtocolError::BareLineFeed {
+                line: snippet(&window[..newline]),
+            }),
+        };
+    }
+    // No newline yet. Content of `max_line_len` bytes may still be followed by "\r\n", so only
+    // fail once the bytes present already rule that out.
+    let longest_prefix = max_line_len.saturating_add(1);
+    let too_long = rest.len() > longest_prefix
+        || (rest.len() == longest_prefix && rest.last() != Some(&b'\r'));
+    if too_long {
+        Err(ProtocolError::LineTooLong { max: max_line_len })
+    } else {
+        Ok(None)
+    }
+}
+
+/// Parses a reply that is a single line (everything except `VALUE`/`STAT` listings).
+fn parse_single_line(line: &[u8]) -> Result<Reply, ProtocolError> {
+    let reply = match line {
+        b"END" => Reply::Values(Vec::new()),
+        b"STORED" => Reply::Stored,
+        b"NOT_STORED" => Reply::NotStored,
+        b"EXISTS" => Reply::Exists,
+        b"NOT_FOUND" => Reply::NotFound,
+        b"DELETED" => Reply::Deleted,
+        b"TOUCHED" => Reply::Touched,
+        b"OK" => Reply::Ok,
+        _ => {
+            if let Some(reply) = parse_error_line(line) {
+                reply
+            } else if let Some(version) = after_keyword(line, b"VERSION") {
+                let version = std::str::from_utf8(version)
+                    .map_err(|_| ProtocolError::NonUtf8 { what: "version" })?;
+                Reply::Version(version.to_owned())
+            } else if line.first().is_some_and(u8::is_ascii_digit) {
+                // protocol.txt: after a shrinking decr the number "MAY be space-padded at the end".
+                let digits_end = line.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+                let number =
+                    parse_u64(&line[..digits_end]).ok_or_else(|| ProtocolError::InvalidNumber {
+                        line: snippet(line),
+                    })?;
+                Reply::Number(number)
+            } else {
+                return Err(ProtocolError::UnknownLine {
+                    line: snippet(line),
+                });
+            }
+        }
+    };
+    Ok(reply)
+}
+
+/// Recognises `ERROR`, `CLIENT_ERROR <msg>` and `SERVER_ERROR <msg>`.
+///
+/// Messages are human-readable diagnostics, so odd bytes are replaced rather than rejected;
+/// a bare `ERROR` may also carry a message (some admin commands send `ERROR <msg>`).
+fn parse_error_line(line: &[u8]) -> Option<Reply> {
+    if after_keyword(line, b"ERROR").is_some() {
+        Some(Reply::Error)
+    } else if let Some(message) = after_keyword(line, b"CLIENT_ERROR") {
+        Some(Reply::ClientError(
+            String::from_utf8_lossy(message).into_owned(),
+        ))
+    } else {
+        after_keyword(line, b"SERVER_ERROR")
+            .map(|message| Reply::ServerError(String::from_utf8_lossy(message).into_owned()))
+    }
+}
+
+/// The fields of a `VALUE <key> <flags> <bytes> [<cas>]` line.
+struct ValueHeader<'a> {
+    /// The echoed key.
+    key: &'a str,
+    /// Client flags.
+    flags: u32,
+    /// Announced data length.
+    len: usize,
+    /// Cas token, for gets.
+    cas: Option<u64>,
+}
+
+/// Parses a `VALUE` header, enforcing [`Limits::max_value_len`] before any data is awaited.
+fn parse_value_header<'a>(
+    line: &'a [u8],
+    limits: &Limits,
+) -> Result<ValueHeader<'a>, ProtocolError> {
+    let malformed = |reason: &'static str| ProtocolError::MalformedValueHeader {
+        reason,
+        line: snippet(line),
+    };
+    // Empty fields are skipped so that a doubled space is tolerated rather than misread.
+    let mut fields = line.split(|&b| b == b' ').filter(|field| !field.is_empty());
+    // The caller only dispatches lines that start with the VALUE keyword.
+    let _keyword = fields.next();
+    let key = fields.next().ok_or_else(|| malformed("missing key"))?;
+    let flags = fields.next().ok_or_else(|| malformed("missing flags"))?;
+    let len = fields
+        .next()
+        .ok_or_else(|| malformed("missing data length"))?;
+    let cas = fields.next();
+    if fields.next().is_some() {
+        return Err(malformed("unexpected trailing field"));
+    }
+
+    let flags = parse_u64(flags).ok_or_else(|| malformed("flags are not a decimal number"))?;
+    let flags = u32::try_from(flags).map_err(|_| malformed("flags exceed 32 bits"))?;
+    let len = parse_u64(len)
+        .and_then(|len| usize::try_from(len).ok())
+        .ok_or_else(|| malformed("data length is not a decimal number"))?;
+    if len > limits.max_value_len {
+        return Err(ProtocolError::ValueTooLarge {
+            len,
+            max: limits.max_value_len,
+        });
+    }
+    let cas = match cas {
+        Some(cas) => Some(parse_u64(cas).ok_or_else(|| malformed("cas is not a decimal number"))?),
+        None => None,
+    };
+    let key = std::str::from_utf8(key).map_err(|_| ProtocolError::NonUtf8 { what: "VALUE key" })?;
+    Ok(ValueHeader {
+        key,
+        flags,
+        len,
+        cas,
+    })
+}
+
+/// Splits `STAT <name> <value>`. The value is the rest of the line and may contain spaces
+/// (`stats sizes` can report an error message) or be empty.
+fn parse_stat_line(line: &[u8]) -> Result<(&str, &str), ProtocolError> {
+    let rest = after_keyword(line, b"STAT").unwrap_or_default();
+    let rest =
+        std::str::from_utf8(rest).map_err(|_| ProtocolError::NonUtf8 { what: "STAT line" })?;
+    let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
+    if name.is_empty() {
+        return Err(ProtocolError::MalformedStat {
+            line: snippet(line),
+        });
+    }
+    Ok((name, value))
+}
+
+/// If `line` is `keyword` alone or `keyword` followed by a space, returns what follows the
+/// space (empty for the bare keyword). Requiring the space keeps `ERRORS` from matching `ERROR`.
+fn after_keyword<'a>(line: &'a [u8], keyword: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(keyword)?;
+    match rest.split_first() {
+        None => Some(rest),
+        Some((&b' ', tail)) => Some(tail),
+        Some(_) => None,
+    }
+}
+
+/// Parses a non-empty run of ASCII digits; rejects signs, spaces and overflow.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Builds the error for a line that has no place in the current multi-line reply.
+fn unexpected_line(section: Section, line: &[u8]) -> ProtocolError {
+    ProtocolError::UnexpectedLine {
+        section: section.name(),
+        line: snippet(line),
+    }
+}
+
+/// A lossy, truncated copy of `line` for error messages.
+fn snippet(line: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(&line[..line.len().min(SNIPPET_LEN)]).into_owned();
+    if line.len() > SNIPPET_LEN {
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ---- helpers ----------------------------------------------------------------------------
+
+    fn parse(input: &[u8]) -> Result<Frame, ProtocolError> {
+        parse_reply(input, &Limits::default())
+    }
+
+    /// Parses `input`, asserting it is exactly one complete reply.
+    fn complete(input: &[u8]) -> Reply {
+        match parse(input) {
+            Ok(Frame::Complete { reply, len }) => {
+                assert_eq!(len, input.len(), "reply should span the whole input");
+                reply
+            }
+            other => panic!("expected a complete reply for {input:?}, got {other:?}"),
+        }
+    }
+
+    fn error(input: &[u8]) -> ProtocolError {
+        error_with(input, &Limits::default())
+    }
+
+    fn error_with(input: &[u8], limits: &Limits) -> ProtocolError {
+        match parse_reply(input, limits) {
+            Err(err) => err,
+            Ok(frame) => panic!("expected an error for {input:?}, got {frame:?}"),
+        }
+    }
+
+    fn value(key: &str, flags: u32, cas: Option<u64>, data: &[u8]) -> Value {
+        Value {
+            key: key.to_owned(),
+            flags,
+            cas,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    fn encoded(encode: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        encode(&mut buf);
+        buf.to_vec()
+    }
+
+    const MULTI_GET: &[u8] = b"VALUE alpha 0 5 11\r\nhello\r\n\
+VALUE beta 4294967295 0 12\r\n\r\n\
+VALUE gamma 7 6 18446744073709551615\r\na\r\nb\r\n\r\n\
+END\r\n";
+
+    fn multi_get_values() -> Vec<Value> {
+        vec![
+            value("alpha", 0, Some(11), b"hello"),
+            value("beta", u32::MAX, Some(12), b""),
+            value("gamma", 7, Some(u64::MAX), b"a\r\nb\r\n"),
+        ]
+    }
+
+    const STATS: &[u8] = b"STAT pid 1234\r\nSTAT version 1.6.21\r\n\
+STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
+
+    // ---- single-line replies ----------------------------------------------------------------
+
+    #[test]
+    fn status_replies() {
+        let cases: [(&[u8], Reply); 7] = [
+            (b"STORED\r\n", Reply::Stored),
+            (b"NOT_STORED\r\n", Reply::NotStored),
+            (b"EXISTS\r\n", Reply::Exists),
+            (b"NOT_FOUND\r\n", Reply::NotFound),
+            (b"DELETED\r\n", Reply::Deleted),
+            (b"TOUCHED\r\n", Reply::Touched),
+            (b"OK\r\n", Reply::Ok),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(complete(input), expected);
+        }
+    }
+
+    #[test]
+    fn number_reply() {
+        assert_eq!(complete(b"0\r\n"), Reply::Number(0));
+        assert_eq!(complete(b"42\r\n"), Reply::Number(42));
+        assert_eq!(
+            complete(b"18446744073709551615\r\n"),
+            Reply::Number(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn number_reply_tolerates_space_padding() {
+        assert_eq!(complete(b"9  \r\n"), Reply::Number(9));
+    }
+
+    #[test]
+    fn number_reply_rejects_overflow_and_garbage() {
+        assert!(matches!(
+            error(b"18446744073709551616\r\n"),
+            ProtocolError::InvalidNumber { .. }
+        ));
+        assert!(matches!(
+            error(b"12ab\r\n"),
+            ProtocolError::InvalidNumber { .. }
+        ));
+        assert!(matches!(
+            error(b"1 2\r\n"),
+            ProtocolError::InvalidNumber { .. }
+        ));
+    }
+
+    #[test]
+    fn version_reply() {
+        assert_eq!(
+            complete(b"VERSION 1.6.21\r\n"),
+            Reply::Version("1.6.21".to_owned())
+        );
+        assert_eq!(complete(b"VERSION\r\n"), Reply::Version(String::new()));
+    }
+
+    #[test]
+    fn version_must_be_utf8() {
+        assert_eq!(
+            error(b"VERSION \xff\r\n"),
+            ProtocolError::NonUtf8 { what: "version" }
+        );
+    }
+
+    #[test]
+    fn error_reply() {
+        assert_eq!(complete(b"ERROR\r\n"), Reply::Error);
+        assert_eq!(complete(b"ERROR unknown lru mode\r\n"), Reply::Error);
+    }
+
+    #[test]
+    fn client_error_reply() {
+        assert_eq!(
+            complete(b"CLIENT_ERROR bad data chunk\r\n"),
+            Reply::ClientError("bad data chunk".to_owned())
+        );
+        assert_eq!(
+            complete(b"CLIENT_ERROR\r\n"),
+            Reply::ClientError(String::new())
+        );
+    }
+
+    #[test]
+    fn server_error_reply() {
+        assert_eq!(
+            complete(b"SERVER_ERROR out of memory storing object\r\n"),
+            Reply::ServerError("out of memory storing object".to_owned())
+        );
+    }
+
+    #[test]
+    fn error_messages_are_decoded_lossily() {
+        assert_eq!(
+            complete(b"SERVER_ERROR bad \xff byte\r\n"),
+            Reply::ServerError("bad \u{fffd} byte".to_owned())
+        );
+    }
+
+    // ---- get replies ------------------------------------------------------------------------
+
+    #[test]
+    fn get_with_no_values() {
+        assert_eq!(complete(b"END\r\n"), Reply::Values(vec![]));
+    }
+
+    #[test]
+    fn get_with_one_value() {
+        assert_eq!(
+            complete(b"VALUE key 5 3\r\nabc\r\nEND\r\n"),
+            Reply::Values(vec![value("key", 5, None, b"abc")])
+        );
+    }
+
+    #[test]
+    fn gets_with_one_value() {
+        assert_eq!(
+            complete(b"VALUE key 5 3 99\r\nabc\r\nEND\r\n"),
+            Reply::Values(vec![value("key", 5, Some(99), b"abc")])
+        );
+    }
+
+    #[test]
+    fn get_with_several_values() {
+        assert_eq!(
+            complete(b"VALUE a 1 1\r\nx\r\nVALUE b 2 2\r\nyy\r\nVALUE c 3 0\r\n\r\nEND\r\n"),
+            Reply::Values(vec![
+                value("a", 1, None, b"x"),
+                value("b", 2, None, b"yy"),
+                value("c", 3, None, b""),
+            ])
+        );
+    }
+
+    #[test]
+    fn gets_with_several_values() {
+        assert_eq!(complete(MULTI_GET), Reply::Values(multi_get_values()));
+    }
+
+    #[test]
+    fn binary_data_may_contain_line_terminators_and_keywords() {
+        let data = b"\r\nEND\r\nVALUE x 0 1\r\n\n\r\0\xff";
+        let mut input = format!("VALUE bin 0 {}\r\n", data.len()).into_bytes();
+        input.extend_from_slice(data);
+        input.extend_from_slice(b"\r\nEND\r\n");
+        assert_eq!(
+            complete(&input),
+            Reply::Values(vec![value("bin", 0, None, data)])
+        );
+    }
+
+    #[test]
+    fn value_of_exactly_max_len_is_accepted() {
+        let limits = Limits {
+            max_value_len: 4,
+            ..Limits::default()
+        };
+        let input = b"VALUE k 0 4\r\nabcd\r\nEND\r\n";
+        assert_eq!(
+            parse_reply(input, &limits),
+            Ok(Frame::Complete {
+                reply: Reply::Values(vec![value("k", 0, None, b"abcd")]),
+                len: input.len(),
+            })
+        );
+    }
+
+    #[test]
+    fn error_line_ends_a_get_reply() {
+        assert_eq!(
+            complete(b"VALUE k 0 1\r\na\r\nSERVER_ERROR out of memory writing get response\r\n"),
+            Reply::ServerError("out of memory writing get response".to_owned())
+        );
+        assert_eq!(
+            complete(b"VALUE k 0 1\r\na\r\nCLIENT_ERROR bad command line format\r\n"),
+            Reply::ClientError("bad command line format".to_owned())
+        );
+    }
+
+    // ---- stats replies ----------------------------------------------------------------------
+
+    #[test]
+    fn stats_reply() {
+        assert_eq!(
+            complete(STATS),
+            Reply::Stats(vec![
+                ("pid".to_owned(), "1234".to_owned()),
+                ("version".to_owned(), "1.6.21".to_owned()),
+                ("sizes_error".to_owned(), "something went wrong".to_owned()),
+                ("empty".to_owned(), String::new()),
+            ])
+        );
+    }
+
+    #[test]
+    fn empty_stats_reply_reads_as_empty_values() {
+        // Indistinguishable on the wire from a get that found nothing.
+        assert_eq!(complete(b"END\r\n"), Reply::Values(vec![]));
+    }
+
+    #[test]
+    fn stat_without_name_is_malformed() {
+        assert!(matches!(
+            error(b"STAT\r\nEND\r\n"),
+            ProtocolError::MalformedStat { .. }
+        ));
+        assert!(matches!(
+            error(b"STAT  value\r\nEND\r\n"),
+            ProtocolError::MalformedStat { .. }
+        ));
+    }
+
+    #[test]
+    fn stat_must_be_utf8() {
+        assert_eq!(
+            error(b"STAT name \xfe\r\nEND\r\n"),
+            ProtocolError::NonUtf8 { what: "STAT line" }
+        );
+    }
+
+    // ---- incompleteness ---------------------------------------------------------------------
+
+    fn assert_every_prefix_incomplete(input: &[u8]) {
+        for split in 0..input.len() {
+            assert_eq!(
+                parse(&input[..split]),
+                Ok(Frame::Incomplete),
+                "prefix of {split} bytes"
+            );
+        }
+        assert!(matches!(
+            parse(input),
+            Ok(Frame::Complete { len, .. }) if len == input.len()
+        ));
+    }
+
+    #[test]
+    fn every_prefix_of_multi_value_reply_is_incomplete() {
+        assert_every_prefix_incomplete(MULTI_GET);
+    }
+
+    #[test]
+    fn every_prefix_of_stats_reply_is_incomplete() {
+        assert_every_prefix_incomplete(STATS);
+    }
+
+    #[test]
+    fn every_prefix_of_single_line_reply_is_incomplete() {
+        assert_every_prefix_incomplete(b"SERVER_ERROR out of memory\r\n");
+        assert_every_prefix_incomplete(b"12345\r\n");
+    }
+
+    #[test]
+    fn large_partial_value_is_incomplete() {
+        let mut input = b"VALUE big 0 1048576\r\n".to_vec();
+        input.resize(input.len() + 1024 * 1024, b'\n');
+        assert_eq!(parse(&input), Ok(Frame::Incomplete));
+        input.extend_from_slice(b"\r");
+        assert_eq!(parse(&input), Ok(Frame::Incomplete));
+        input.extend_from_slice(b"\nEND\r\n");
+        assert!(matches!(parse(&input), Ok(Frame::Complete { .. })));
+    }
+
+    // ---- decode -----------------------------------------------------------------------------
+
+    #[test]
+    fn decode_leaves_buffer_untouched_when_incomplete() {
+        let mut buf = BytesMut::from(&MULTI_GET[..MULTI_GET.len() - 1]);
+        let before = buf.clone();
+        let base = buf.as_ptr();
+        assert_eq!(decode(&mut buf, &Limits::default()), Ok(None));
+        assert_eq!(buf, before);
+        assert_eq!(buf.as_ptr(), base);
+    }
+
+    #[test]
+    fn decode_leaves_buffer_untouched_on_error() {
+        let mut buf = BytesMut::from(&b"GARBAGE\r\nSTORED\r\n"[..]);
+        let before = buf.clone();
+        assert!(decode(&mut buf, &Limits::default()).is_err());
+        assert_eq!(buf, before);
+    }
+
+    #[test]
+    fn decode_takes_one_reply_and_leaves_the_next() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(MULTI_GET);
+        buf.extend_from_slice(b"STORED\r\nVALUE k 0 2\r\nhi");
+        let limits = Limits::default();
+
+        assert_eq!(
+            decode(&mut buf, &limits),
+            Ok(Some(Reply::Values(multi_get_values())))
+        );
+        assert_eq!(&buf[..], b"STORED\r\nVALUE k 0 2\r\nhi");
+        assert_eq!(decode(&mut buf, &limits), Ok(Some(Reply::Stored)));
+        assert_eq!(&buf[..], b"VALUE k 0 2\r\nhi");
+        assert_eq!(decode(&mut buf, &limits), Ok(None));
+        buf.extend_from_slice(b"\r\nEND\r\n");
+        assert_eq!(
+            decode(&mut buf, &limits),
+            Ok(Some(Reply::Values(vec![value("k", 0, None, b"hi")])))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn parse_reply_reports_the_first_of_two_replies() {
+        let input = b"DELETED\r\nNOT_FOUND\r\n";
+        assert_eq!(
+            parse(input),
+            Ok(Frame::Complete {
+                reply: Reply::Deleted,
+                len: b"DELETED\r\n".len(),
+            })
+        );
+    }
+
+    #[test]
+    fn decode_shares_value_data_with_the_read_buffer() {
+        let mut buf = BytesMut::from(MULTI_GET);
+        let base = buf.as_ptr() as usize;
+        let Ok(Some(Reply::Values(values))) = decode(&mut buf, &Limits::default()) else {
+            panic!("expected values");
+        };
+        let offset = b"VALUE alpha 0 5 11\r\n".len();
+        assert_eq!(values[0].data.as_ptr() as usize, base + offset);
+    }
+
+    // ---- malformed replies ------------------------------------------------------------------
+
+    #[test]
+    fn garbage_is_an_unknown_line() {
+        assert!(matches!(
+            error(b"HELLO WORLD\r\n"),
+            ProtocolError::UnknownLine { .. }
+        ));
+        assert!(matches!(error(b"\r\n"), ProtocolError::UnknownLine { .. }));
+        assert!(matches!(
+            error(b"ERRORS\r\n"),
+            ProtocolError::UnknownLine { .. }
+        ));
+        assert!(matches!(
+            error(b"stored\r\n"),
+            ProtocolError::UnknownLine { .. }
+        ));
+        assert!(matches!(
+            error(b"-1\r\n"),
+            ProtocolError::UnknownLine { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_line_error_holds_a_truncated_lossy_copy() {
+        let mut input = vec![b'Z'; 100];
+        input[0] = 0xff;
+        input.extend_from_slice(b"\r\n");
+        let ProtocolError::UnknownLine { line } = error(&input) else {
+            panic!("expected UnknownLine");
+        };
+        assert!(line.starts_with('\u{fffd}'));
+        assert!(line.ends_with("..."));
+        assert_eq!(line.chars().count(), SNIPPET_LEN + 3);
+    }
+
+    fn assert_malformed_header(input: &[u8], expected_reason: &str) {
+        match error(input) {
+            ProtocolError::MalformedValueHeader { reason, .. } => {
+                assert_eq!(reason, expected_reason, "for {input:?}");
+            }
+            other => panic!("expected a malformed header for {input:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_value_headers() {
+        assert_malformed_header(b"VALUE\r\n", "missing key");
+        assert_malformed_header(b"VALUE k\r\n", "missing flags");
+        assert_malformed_header(b"VALUE k 0\r\n", "missing data length");
+        assert_malformed_header(b"VALUE k 0 1 2 3\r\n", "unexpected trailing field");
+        assert_malformed_header(b"VALUE k x 1\r\n", "flags are not a decimal number");
+        assert_malformed_header(b"VALUE k -1 1\r\n", "flags are not a decimal number");
+        assert_malformed_header(b"VALUE k 4294967296 1\r\n", "flags exceed 32 bits");
+        assert_malformed_header(b"VALUE k 0 -1\r\n", "data length is not a decimal number");
+        assert_malformed_header(b"VALUE k 0 +1\r\n", "data length is not a decimal number");
+        assert_malformed_header(
+            b"VALUE k 0 99999999999999999999999\r\n",
+            "data length is not a decimal number",
+        );
+        assert_malformed_header(b"VALUE k 0 1 abc\r\n", "cas is not a decimal number");
+        assert_malformed_header(
+            b"VALUE k 0 1 18446744073709551616\r\n",
+            "cas is not a decimal number",
+        );
+    }
+
+    #[test]
+    fn malformed_header_after_a_good_value() {
+        assert_malformed_header(b"VALUE a 0 1\r\nx\r\nVALUE b 0\r\n", "missing data length");
+    }
+
+    #[test]
+    fn value_key_must_be_utf8() {
+        assert_eq!(
+            error(b"VALUE \xc3\x28 0 1\r\nx\r\nEND\r\n"),
+            ProtocolError::NonUtf8 { what: "VALUE key" }
+        );
+    }
+
+    #[test]
+    fn data_block_must_end_with_crlf() {
+        assert_eq!(
+            error(b"VALUE k 0 3\r\nabcXY"),
+            ProtocolError::DataNotTerminated {
+                key: "k".to_owned()
+            }
+        );
+        assert_eq!(
+            error(b"VALUE k 0 3\r\nabcd\r\nEND\r\n"),
+            ProtocolError::DataNotTerminated {
+                key: "k".to_owned()
+            }
+        );
+        assert_eq!(
+            error(b"VALUE k 0 3\r\nabc\nEND\r\n"),
+            ProtocolError::DataNotTerminated {
+                key: "k".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn stat_after_value_is_unexpected() {
+        assert_eq!(
+            error(b"VALUE k 0 1\r\nx\r\nSTAT pid 1\r\nEND\r\n"),
+            ProtocolError::UnexpectedLine {
+                section: "get",
+                line: "STAT pid 1".to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn value_after_stat_is_unexpected() {
+        assert_eq!(
+            error(b"STAT pid 1\r\nVALUE k 0 1\r\nx\r\nEND\r\n"),
+            ProtocolError::UnexpectedLine {
+                section: "stats",
+                line: "VALUE k 0 1".to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn status_line_inside_multi_line_reply_is_unexpected() {
+        assert!(matches!(
+            error(b"VALUE k 0 1\r\nx\r\nSTORED\r\n"),
+            ProtocolError::UnexpectedLine { section: "get", .. }
+        ));
+        assert!(matches!(
+            error(b"STAT a b\r\n42\r\n"),
+            ProtocolError::UnexpectedLine {
+                section: "stats",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bare_line_feed_is_rejected() {
+        assert!(matches!(
+            error(b"STORED\n"),
+            ProtocolError::BareLineFeed { .. }
+        ));
+        assert!(matches!(error(b"\n"), ProtocolError::BareLineFeed { .. }));
+        assert!(matches!(
+            error(b"VALUE k 0 1\r\nx\r\nEND\n"),
+            ProtocolError::BareLineFeed { .. }
+        ));
+    }
+
+    // ---- limits -----------------------------------------------------------------------------
+
+    #[test]
+    fn default_limits() {
+        assert_eq!(
+            Limits::default(),
+            Limits {
+                max_value_len: 1024 * 1024,
+                max_line_len: 8192,
+                max_values: 10_000,
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_value_fails_before_data_arrives() {
+        assert_eq!(
+            error(b"VALUE k 0 1048577\r\n"),
+            ProtocolError::ValueTooLarge {
+                len: 1_048_577,
+                max: 1024 * 1024,
+            }
+        );
+        let limits = Limits {
+            max_value_len: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            error_with(b"VALUE a 0 1\r\nx\r\nVALUE k 0 4\r\n", &limits),
+            ProtocolError::ValueTooLarge { len: 4, max: 3 }
+        );
+    }
+
+    #[test]
+    fn overlong_line_without_newline_fails_early() {
+        let limits = Limits {
+            max_line_len: 8,
+            ..Limits::default()
+        };
+        // Up to 8 content bytes plus '\r' may still become a valid line.
+        assert_eq!(parse_reply(b"AAAAAAAA", &limits), Ok(Frame::Incomplete));
+        assert_eq!(parse_reply(b"AAAAAAAA\r", &limits), Ok(Frame::Incomplete));
+        assert_eq!(
+            error_with(b"AAAAAAAAA", &limits),
+            ProtocolError::LineTooLong { max: 8 }
+        );
+        assert_eq!(
+            error_with(b"AAAAAAAA\rX", &limits),
+            ProtocolError::LineTooLong { max: 8 }
+        );
+        assert_eq!(
+            error(&[b'A'; 8194]),
+            ProtocolError::LineTooLong { max: 8192 }
+        );
+    }
+
+    #[test]
+    fn line_length_limit_is_exact() {
+        let limits = Limits {
+            max_line_len: 6,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_reply(b"STORED\r\n", &limits),
+            Ok(Frame::Complete {
+                reply: Reply::Stored,
+                len: 8,
+            })
+        );
+        assert_eq!(
+            error_with(b"DELETED\r\n", &limits),
+            ProtocolError::LineTooLong { max: 6 }
+        );
+    }
+
+    #[test]
+    fn overlong_line_inside_a_get_reply() {
+        let limits = Limits {
+            max_line_len: 16,
+            ..Limits::default()
+        };
+        let mut input = b"VALUE a 0 1\r\nx\r\n".to_vec();
+        input.extend_from_slice(&[b'V'; 40]);
+        assert_eq!(
+            error_with(&input, &limits),
+            ProtocolError::LineTooLong { max: 16 }
+        );
+    }
+
+    #[test]
+    fn too_many_values() {
+        let limits = Limits {
+            max_values: 2,
+            ..Limits::default()
+        };
+        let two = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nEND\r\n";
+        assert!(matches!(
+            parse_reply(two, &limits),
+            Ok(Frame::Complete { .. })
+        ));
+        // Fails at the third header, before its data or the END has arrived.
+        assert_eq!(
+            error_with(
+                b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nVALUE c 0 1\r\n",
+                &limits
+            ),
+            ProtocolError::TooManyValues { max: 2 }
+        );
+        assert_eq!(
+            error_with(b"STAT a 1\r\nSTAT b 2\r\nSTAT c 3\r\n", &limits),
+            ProtocolError::TooManyValues { max: 2 }
+        );
+    }
+
+    #[test]
+    fn error_messages_are_readable() {
+        let err = ProtocolError::MalformedValueHeader {
+            reason: "flags exceed 32 bits",
+            line: "VALUE k 4294967296 1".to_owned(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "malformed VALUE header (flags exceed 32 bits): \"VALUE k 4294967296 1\""
+        );
+        assert_eq!(
+            ProtocolError::DataNotTerminated {
+                key: "k".to_owned()
+            }
+            .to_string(),
+            "data block for key \"k\" is not terminated by \\r\\n"
+        );
+    }
+
+    // ---- fuzz -------------------------------------------------------------------------------
+
+    /// xorshift64: deterministic, dependency-free pseudo-random numbers.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Builds one fuzz input: either a mutated valid reply, which reaches deep parser states, or
+    /// a soup of protocol fragments and random bytes.
+    fn fuzz_input(rng: &mut XorShift) -> Vec<u8> {
+        const SEEDS: &[&[u8]] = &[
+            MULTI_GET,
+            STATS,
+            b"VALUE k 0 3\r\nabc\r\nEND\r\n",
+            b"VALUE k 1 2 3\r\nxy\r\nVALUE j 0 0\r\n\r\nEND\r\n",
+            b"STORED\r\nEND\r\n",
+            b"42\r\n",
+            b"VERSION 1.6.21\r\n",
+            b"SERVER_ERROR oops\r\n",
+        ];
+        const FRAGMENTS: &[&[u8]] = &[
+            b"VALUE ",
+            b"STAT ",
+            b"END",
+            b"\r\n",
+            b"\r",
+            b"\n",
+            b" ",
+            b"k",
+            b"0",
+            b"1",
+            b"3",
+            b"4294967296",
+            b"18446744073709551616",
+            b"-1",
+            b"STORED",
+            b"ERROR",
+            b"CLIENT_ERROR ",
+            b"SERVER_ERROR",
+            b"VERSION ",
+            b"abc",
+            b"\xff",
+        ];
+        let mut input = Vec::new();
+        if rng.below(2) == 0 {
+            input.extend_from_slice(SEEDS[rng.below(SEEDS.len())]);
+            for _ in 0..rng.below(4) {
+                let at = rng.below(input.len() + 1);
+                match rng.below(4) {
+                    0 if at < input.len() => input[at] = rng.next() as u8,
+                    1 => input.truncate(at),
+                    2 => {
+                        let fragment = FRAGMENTS[rng.below(FRAGMENTS.len())];
+                        input.splice(at..at, fragment.iter().copied());
+                    }
+                    _ => {
+                        if at < input.len() {
+                            input.remove(at);
+                        }
+                    }
+                }
+            }
+        } else {
+            for _ in 0..=rng.below(16) {
+                if rng.below(4) == 0 {
+                    for _ in 0..=rng.below(6) {
+                        input.push(rng.next() as u8);
+                    }
+                } else {
+                    input.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())]);
+                }
+            }
+        }
+        input
+    }
+
+    #[test]
+    fn fuzz_never_panics_or_overreads() {
+        let tight = Limits {
+            max_value_len: 8,
+            max_line_len: 24,
+            max_values: 3,
+        };
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut completes = 0;
+        for round in 0..5000 {
+            let input = fuzz_input(&mut rng);
+            let limits = if round % 2 == 0 {
+                Limits::default()
+            } else {
+                tight
+            };
+            let parsed = parse_reply(&input, &limits);
+            if let Ok(Frame::Complete { len, reply }) = &parsed {
+                completes += 1;
+                assert!(*len > 0 && *len <= input.len(), "len {len} for {input:?}");
+                // A reply is self-delimiting: its own bytes parse to the same reply.
+                assert_eq!(
+                    parse_reply(&input[..*len], &limits),
+                    Ok(Frame::Complete {
+                        reply: reply.clone(),
+                        len: *len,
+                    })
+                );
+            }
+            // decode must agree with parse_reply and consume exactly `len` bytes.
+            let mut buf = BytesMut::from(&input[..]);
+            match (decode(&mut buf, &limits), parsed) {
+                (
+                    Ok(Some(reply)),
+                    Ok(Frame::Complete {
+                        reply: expected,
+                        len,
+                    }),
+                ) => {
+                    assert_eq!(reply, expected);
+                    assert_eq!(buf.len(), input.len() - len);
+                }
+                (Ok(None), Ok(Frame::Incomplete)) => assert_eq!(&buf[..], &input[..]),
+                (Err(err), Err(expected)) => {
+                    assert_eq!(err, expected);
+                    assert_eq!(&buf[..], &input[..]);
+                }
+                (got, expected) => panic!("decode {got:?} vs parse_reply {expected:?}"),
+            }
+        }
+        // Guard against the generator degenerating into pure noise.
+        assert!(completes > 300, "only {completes} complete replies");
+    }
+
+    // ---- encoders ---------------------------------------------------------------------------
+
+    #[test]
+    fn encode_get_single_and_multi() {
+        assert_eq!(encoded(|b| encode_get(b, &["foo"], false)), b"get foo\r\n");
+        assert_eq!(
+            encoded(|b| encode_get(b, &["a", "b", "c"], false)),
+            b"get a b c\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_get(b, &["a", "b"], true)),
+            b"gets a b\r\n"
+        );
+    }
+
+    #[test]
+    fn encode_store_commands() {
+        let cases: [(StoreCommand, &[u8]); 5] = [
+            (StoreCommand::Set, b"set k 1 2 3\r\nabc\r\n"),
+            (StoreCommand::Add, b"add k 1 2 3\r\nabc\r\n"),
+            (StoreCommand::Replace, b"replace k 1 2 3\r\nabc\r\n"),
+            (StoreCommand::Append, b"append k 1 2 3\r\nabc\r\n"),
+            (StoreCommand::Prepend, b"prepend k 1 2 3\r\nabc\r\n"),
+        ];
+        for (cmd, expected) in cases {
+            assert_eq!(
+                encoded(|b| encode_store(b, cmd, "k", 1, 2, b"abc", false)),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn encode_cas_and_noreply() {
+        assert_eq!(
+            encoded(|b| encode_store(b, StoreCommand::Cas(77), "k", 0, 0, b"v", false)),
+            b"cas k 0 0 1 77\r\nv\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_store(b, StoreCommand::Cas(u64::MAX), "k", 0, 0, b"v", true)),
+            b"cas k 0 0 1 18446744073709551615 noreply\r\nv\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_store(b, StoreCommand::Set, "k", u32::MAX, u32::MAX, b"", true)),
+            b"set k 4294967295 4294967295 0 noreply\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn encode_store_binary_value() {
+        assert_eq!(
+            encoded(|b| encode_store(b, StoreCommand::Set, "k", 0, 60, b"\r\n\0\xff", false)),
+            b"set k 0 60 4\r\n\r\n\0\xff\r\n"
+        );
+    }
+
+    #[test]
+    fn encode_delete_touch_incr_decr() {
+        assert_eq!(encoded(|b| encode_delete(b, "k", false)), b"delete k\r\n");
+        assert_eq!(
+            encoded(|b| encode_delete(b, "k", true)),
+            b"delete k noreply\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_touch(b, "k", 300, false)),
+            b"touch k 300\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_touch(b, "k", 0, true)),
+            b"touch k 0 noreply\r\n"
+        );
+        assert_eq!(encoded(|b| encode_incr(b, "n", 5, false)), b"incr n 5\r\n");
+        assert_eq!(
+            encoded(|b| encode_incr(b, "n", u64::MAX, true)),
+            b"incr n 18446744073709551615 noreply\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_decr(b, "n", 10, false)),
+            b"decr n 10\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_decr(b, "n", 0, true)),
+            b"decr n 0 noreply\r\n"
+        );
+    }
+
+    #[test]
+    fn encode_admin_commands() {
+        assert_eq!(encoded(|b| encode_flush_all(b, false)), b"flush_all\r\n");
+        assert_eq!(
+            encoded(|b| encode_flush_all(b, true)),
+            b"flush_all noreply\r\n"
+        );
+        assert_eq!(encoded(|b| encode_stats(b, None)), b"stats\r\n");
+        assert_eq!(
+            encoded(|b| encode_stats(b, Some("items"))),
+            b"stats items\r\n"
+        );
+        assert_eq!(
+            encoded(|b| encode_stats(b, Some("detail dump"))),
+            b"stats detail dump\r\n"
+        );
+        assert_eq!(encoded(encode_version), b"version\r\n");
+    }
+
+    #[test]
+    fn encoders_append_to_existing_contents() {
+        let mut buf = BytesMut::from(&b"get a\r\n"[..]);
+        encode_delete(&mut buf, "b", false);
+        encode_version(&mut buf);
+        assert_eq!(&buf[..], b"get a\r\ndelete b\r\nversion\r\n");
+    }
+
+    #[test]
+    fn encode_store_reserves_once() {
+        let mut buf = BytesMut::new();
+        let value = vec![b'x'; 4096];
+        encode_store(
+            &mut buf,
+            StoreCommand::Cas(u64::MAX),
+            &"k".repeat(250),
+            u32::MAX,
+            u32::MAX,
+            &value,
+            true,
+        );
+        let capacity = buf.capacity();
+        assert!(capacity >= buf.len());
+        // Everything fit into the single up-front reservation.
+        assert!(capacity - buf.len() < 128, "over-reserved: {capacity}");
+    }
+
+    #[test]
+    fn put_u64_formats_every_magnitude() {
+        let mut n = 1u64;
+        loop {
+            for candidate in [n - 1, n, n + 1] {
+                let mut buf = BytesMut::new();
+                put_u64(&mut buf, candidate);
+                assert_eq!(&buf[..], candidate.to_string().as_bytes());
+            }
+            match n.checked_mul(10) {
+                Some(next) if next < u64::MAX - 1 => n = next,
+                _ => break,
+            }
+        }
+        let mut buf = BytesMut::new();
+        put_u64(&mut buf, u64::MAX);
+        assert_eq!(&buf[..], u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn key_validation_rules() {
+        assert!(is_valid_key("a"));
+        assert!(is_valid_key(&"k".repeat(250)));
+        assert!(is_valid_key("ключ"));
+        assert!(!is_valid_key(""));
+        assert!(!is_valid_key(&"k".repeat(251)));
+        assert!(!is_valid_key("a b"));
+        assert!(!is_valid_key("a\r\nb"));
+        assert!(!is_valid_key("a\x7fb"));
+    }
+
+    #[test]
+    fn encoded_requests_round_trip_through_a_fake_server_reply() {
+        // A value stored with encode_store comes back byte-identical through decode.
+        let data = b"\x00\r\n\xffpayload";
+        let request = encoded(|b| encode_store(b, StoreCommand::Set, "rt", 9, 0, data, false));
+        let body_start = request.len() - data.len() - 2;
+        let mut reply = BytesMut::from(format!("VALUE rt 9 {}\r\n", data.len()).as_bytes());
+        reply.extend_from_slice(&request[body_start..]);
+        reply.extend_from_slice(b"END\r\n");
+        assert_eq!(
+            decode(&mut reply, &Limits::default()),
+            Ok(Some(Reply::Values(vec![value("rt", 9, None, data)])))
+        );
+    }
+}
