@@ -82,3 +82,89 @@ mod memory {
         assert!(backend.entries().is_empty());
     }
 }
+
+#[cfg(feature = "tcp")]
+mod tcp {
+    use super::*;
+    use crate::memcached_or_skip;
+    use tower_memcache::backend::TcpBackend;
+
+    fn backend(server: &support::Memcached) -> TcpBackend {
+        TcpBackend::new([server.addr()]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lovely_basics() {
+        let server = memcached_or_skip!("seeds::tcp::lovely_basics");
+        seeds::lovely_basics(backend(&server)).await;
+    }
+
+    #[tokio::test]
+    async fn namespaces() {
+        let server = memcached_or_skip!("seeds::tcp::namespaces");
+        seeds::namespaces(backend(&server)).await;
+    }
+
+    #[tokio::test]
+    async fn statistics() {
+        let server = memcached_or_skip!("seeds::tcp::statistics");
+        seeds::statistics(backend(&server), &server.addr()).await;
+    }
+
+    #[tokio::test]
+    async fn server_gone_and_back() {
+        let server = memcached_or_skip!("seeds::tcp::server_gone_and_back");
+        // The seeds' 127.0.0.1:8125: a port where nothing listens.
+        let dead = TcpBackend::new([format!("127.0.0.1:{}", support::free_port())]).unwrap();
+        let live = backend(&server);
+        let server = std::sync::Arc::new(std::sync::Mutex::new(server));
+        let (s1, s2) = (server.clone(), server.clone());
+        let live_probe = live.clone();
+        seeds::server_gone_and_back(
+            dead,
+            live,
+            async move || s1.lock().unwrap().kill(),
+            async move || {
+                s2.lock().unwrap().restart();
+                // "As soon as a server is back online it will immediately be used": the
+                // probe (200 ms) puts it back if it had been marked down.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while live_probe.is_server_down(0) && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                assert!(!live_probe.is_server_down(0), "not back in use within 1 s");
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn p01_basics() {
+        let server = memcached_or_skip!("seeds::tcp::p01_basics");
+        seeds::p01_basics(backend(&server)).await;
+    }
+
+    #[tokio::test]
+    async fn p01_encodings() {
+        let server = memcached_or_skip!("seeds::tcp::p01_encodings");
+        seeds::p01_encodings(backend(&server)).await;
+    }
+
+    #[tokio::test]
+    async fn p01_raw() {
+        let server = memcached_or_skip!("seeds::tcp::p01_raw");
+        seeds::p01_raw(backend(&server)).await;
+    }
+
+    #[tokio::test]
+    async fn p01_invalidation_event() {
+        let server = memcached_or_skip!("seeds::tcp::p01_invalidation_event");
+        seeds::p01_invalidation_event(backend(&server)).await;
+    }
+
+    #[tokio::test]
+    async fn namespace_invalidation() {
+        let server = memcached_or_skip!("seeds::tcp::namespace_invalidation");
+        seeds::namespace_invalidation(backend(&server)).await;
+    }
+}

@@ -222,7 +222,9 @@ pub async fn stats_use_memcached_names<B: Backend>(b: B) {
     ] {
         assert!(s.get_u64(name).is_some(), "stat {name} missing: {s:?}");
     }
-    assert_eq!(s.get_u64("curr_items"), Some(1));
+    // memcached counts flushed items in curr_items until it reclaims them, so only a lower
+    // bound holds across backends.
+    assert!(s.get_u64("curr_items").unwrap() >= 1);
     assert!(s.get_u64("get_hits").unwrap() >= 1);
     assert!(s.get_u64("get_misses").unwrap() >= 1);
     assert!(s.stats.contains_key("version"));

@@ -12,6 +12,7 @@
 //! connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -53,6 +54,9 @@ pub(crate) struct Connection {
     commands: mpsc::Sender<Command>,
     writer: AbortHandle,
     reader: AbortHandle,
+    /// Set the moment the connection is known to be finished; aborting tasks takes effect
+    /// later, and no new request may be queued in between.
+    closed: Arc<AtomicBool>,
     server: Arc<str>,
 }
 
@@ -77,6 +81,7 @@ impl Connection {
         let (read_half, write_half) = stream.into_split();
         let (commands_tx, commands_rx) = mpsc::channel(settings.max_queued.max(1));
         let (pending_tx, pending_rx) = mpsc::channel(settings.max_in_flight.max(1));
+        let closed = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(write_loop(write_half, commands_rx, pending_tx)).abort_handle();
         let reader = tokio::spawn(read_loop(
             read_half,
@@ -84,6 +89,7 @@ impl Connection {
             settings.clone(),
             Arc::clone(&server),
             writer.clone(),
+            Arc::clone(&closed),
         ))
         .abort_handle();
         tracing::debug!(%server, "memcached connection opened");
@@ -91,13 +97,14 @@ impl Connection {
             commands: commands_tx,
             writer,
             reader,
+            closed,
             server,
         })
     }
 
     /// Whether the connection has ended and must be replaced.
     pub(crate) fn is_closed(&self) -> bool {
-        self.commands.is_closed()
+        self.closed.load(Ordering::Acquire) || self.commands.is_closed()
     }
 
     /// Sends one encoded request and waits for its reply. Has no timeout of its own: the
@@ -113,6 +120,7 @@ impl Connection {
 
     /// Ends the connection now; waiters get an error.
     pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.writer.abort();
         self.reader.abort();
     }
@@ -172,6 +180,7 @@ async fn read_loop(
     settings: ConnectionSettings,
     server: Arc<str>,
     writer: AbortHandle,
+    closed: Arc<AtomicBool>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let failure = loop {
@@ -199,6 +208,7 @@ async fn read_loop(
             }
         }
     };
+    closed.store(true, Ordering::Release);
     writer.abort();
     pending.close();
     let err = failure.unwrap_or_else(|| unreachable(&server, "connection closed".to_string()));

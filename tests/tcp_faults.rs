@@ -1,0 +1,284 @@
+//! TcpBackend under faults: killed and restarted servers, servers that never answer, and
+//! servers that answer garbage. Every wait is bounded; every test ends by itself.
+#![cfg(feature = "tcp")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tower_memcache::backend::{Backend, BackendError, Lifetime, TcpBackend};
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+/// The most any call may take: connect timeout + operation timeout, plus scheduling slack
+/// for a loaded 2-core CI machine.
+const CALL_BOUND: Duration = Duration::from_millis(200 + 300);
+
+fn backend(addr: String) -> TcpBackend {
+    TcpBackend::builder()
+        .server(addr)
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_fails_calls_in_flight_within_their_timeout() {
+    let mut server = memcached_or_skip!("tcp_faults::killed_server");
+    let backend = backend(server.addr());
+    backend
+        .set("k", vec![b'x'; 100_000].into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let backend = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            // Keep the connection busy until the server dies under us.
+            let mut results = Vec::new();
+            for _ in 0..20 {
+                let started = Instant::now();
+                let result = if i % 2 == 0 {
+                    backend.get("k").await.map(drop)
+                } else {
+                    backend
+                        .set(&format!("k{i}"), "v".into(), 0, Lifetime::NEVER)
+                        .await
+                };
+                results.push((started.elapsed(), result));
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    server.kill();
+
+    let mut errors = 0;
+    for task in tasks {
+        let results = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("a call hung after the server was killed")
+            .expect("task panicked");
+        for (elapsed, result) in results {
+            assert!(elapsed <= CALL_BOUND, "a call took {elapsed:?}");
+            if let Err(err) = result {
+                assert!(err.is_unavailable(), "unexpected error kind: {err:?}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > 0, "killing the server produced no errors");
+    // Marked down by now: further calls fail at once.
+    let started = Instant::now();
+    assert!(backend.get("k").await.is_err());
+    assert!(
+        started.elapsed() < TIMEOUT,
+        "no fast failure: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn restarted_server_is_used_within_a_second_of_answering() {
+    let mut server = memcached_or_skip!("tcp_faults::restarted_server");
+    let backend = backend(server.addr());
+    backend
+        .set("k", "v".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    server.kill();
+    for _ in 0..5 {
+        assert!(backend.get("k").await.is_err());
+    }
+    assert!(
+        backend.is_server_down(0),
+        "not marked down after repeated failures"
+    );
+
+    server.restart();
+    let answering = Instant::now();
+    loop {
+        if backend
+            .set("k", "back".into(), 0, Lifetime::NEVER)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            answering.elapsed() < Duration::from_secs(1),
+            "restarted server not used within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(&backend.get("k").await.unwrap().unwrap().value[..], b"back");
+}
+
+#[tokio::test]
+async fn silent_server_times_out_then_fails_fast() {
+    // Accepts connections and reads, never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let backend = backend(addr);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = backend.get("k").await.unwrap_err();
+        assert!(matches!(err, BackendError::Timeout { .. }), "{err:?}");
+        assert!(started.elapsed() <= CALL_BOUND, "{:?}", started.elapsed());
+    }
+    assert!(backend.is_server_down(0));
+    let started = Instant::now();
+    let err = backend.get("k").await.unwrap_err();
+    assert!(matches!(err, BackendError::Unreachable { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(20),
+        "{:?}",
+        started.elapsed()
+    );
+    silent.abort();
+}
+
+/// What the fake server does on each accepted connection, in order; later connections
+/// behave like memcached for `get` (always a miss) and `set`.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Garbage,
+    Truncated,
+    WrongKind,
+    Proper,
+}
+
+async fn fake_server(script: Vec<Behaviour>) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = tokio::spawn(async move {
+        let mut script = script.into_iter();
+        while let Ok((socket, _)) = listener.accept().await {
+            let behaviour = script.next().unwrap_or(Behaviour::Proper);
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = match behaviour {
+                        Behaviour::Garbage => b"HELLO THERE\r\n",
+                        Behaviour::Truncated => b"VALUE k 0 10\r\nabc",
+                        Behaviour::WrongKind => b"STORED\r\n",
+                        Behaviour::Proper if line.starts_with("get") => b"END\r\n",
+                        Behaviour::Proper if line.starts_with("version") => b"VERSION fake\r\n",
+                        Behaviour::Proper => {
+                            // set: skip the data line, then answer.
+                            let _ = lines.next_line().await;
+                            b"STORED\r\n"
+                        }
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    if matches!(behaviour, Behaviour::Truncated) {
+                        return; // hang up mid-reply
+                    }
+                }
+            });
+        }
+    });
+    (addr, handle)
+}
+
+#[tokio::test]
+async fn garbage_truncated_and_mismatched_replies_drop_the_connection() {
+    let (addr, server) = fake_server(vec![
+        Behaviour::Garbage,
+        Behaviour::Truncated,
+        Behaviour::WrongKind,
+    ])
+    .await;
+    let backend = TcpBackend::builder()
+        .server(addr)
+        .connections_per_server(1)
+        .timeout(TIMEOUT)
+        .failure_threshold(10)
+        .build()
+        .unwrap();
+
+    let err = backend.get("k").await.unwrap_err();
+    assert!(matches!(err, BackendError::Protocol(_)), "garbage: {err:?}");
+    let err = backend.get("k").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::Unreachable { .. } | BackendError::Protocol(_)
+        ),
+        "truncated: {err:?}"
+    );
+    let err = backend.get("k").await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Protocol(_)),
+        "wrong kind: {err:?}"
+    );
+    // Each bad connection was dropped; the next one works.
+    assert_eq!(backend.get("k").await.unwrap(), None);
+    backend
+        .set("k", "v".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    server.abort();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_sent() {
+    // Nothing listens here: any attempt to send would fail as unreachable, not as bad input.
+    let backend = backend(format!("127.0.0.1:{}", support::free_port()));
+    assert!(matches!(
+        backend.get("bad key").await,
+        Err(BackendError::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        backend
+            .set("k", vec![0; 2 * 1024 * 1024].into(), 0, Lifetime::NEVER)
+            .await,
+        Err(BackendError::ValueTooLarge { .. })
+    ));
+    assert!(
+        !backend.is_server_down(0),
+        "bad input counted as a server failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_keeps_replies_matched_under_concurrency() {
+    let server = memcached_or_skip!("tcp_faults::pipelining");
+    let backend = TcpBackend::builder()
+        .server(server.addr())
+        .connections_per_server(2)
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..64 {
+        let backend = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let key = format!("t{task}-{i}");
+                let value = format!("{key}-{}", "x".repeat(i * 37));
+                backend
+                    .set(&key, value.clone().into(), i as u32, Lifetime::NEVER)
+                    .await
+                    .unwrap();
+                let item = backend.get(&key).await.unwrap().unwrap();
+                assert_eq!(item.value, value.as_bytes());
+                assert_eq!(item.flags, i as u32);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
