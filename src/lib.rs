@@ -42,9 +42,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+pub mod cache;
 pub mod client;
 pub mod codec;
 pub mod key;
+pub mod policy;
+pub mod stats;
 
 #[doc(inline)]
 pub use client::{CacheRegistry, MemcacheClient};

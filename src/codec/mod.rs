@@ -1,8 +1,10 @@
 //! How values are turned into bytes, and which flags say so.
 //!
+//! Typed values ([`encode_value`]) and HTTP responses ([`entry`]).
+//!
 //! This is the only module that uses `bincode`: the crate pins bincode 2.0.1 (3.0.0 is a
 //! deliberate compile error and the crate is unmaintained, RUSTSEC-2025-0141), so a swap
-//! to another format touches this file alone.
+//! to another format touches this module alone.
 //!
 //! Typed values are stored with [`FLAG_BINCODE`] and raw bytes with [`FLAG_RAW`] (0, what
 //! every other memcached client writes for plain strings), so the two are never confused:
@@ -18,6 +20,8 @@
 //! assert!(decode_value::<(String, u32)>(b"\xff\xff\xff").is_err());
 //! # Ok::<(), tower_memcache::codec::CodecError>(())
 //! ```
+
+pub mod entry;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

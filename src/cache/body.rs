@@ -1,0 +1,184 @@
+//! [`ResponseBody`]: a body served from the cache, or the inner service's body passed
+//! through while (when the response is being stored) a bounded copy is taken.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// Receives the complete body of a response being stored.
+pub(crate) type OnComplete = Box<dyn FnOnce(Bytes) + Send>;
+
+/// A bounded copy of a body in flight. Dropping it without completing (body too large,
+/// failed, trailers, client gone) stores nothing.
+pub(crate) struct Tee {
+    buf: BytesMut,
+    limit: usize,
+    on_complete: OnComplete,
+}
+
+impl Tee {
+    pub(crate) fn new(limit: usize, size_hint: &SizeHint, on_complete: OnComplete) -> Option<Self> {
+        if size_hint.lower() > limit as u64 {
+            return None; // declared larger than we keep: don't even start
+        }
+        let capacity = size_hint.exact().map_or(8 * 1024, |n| n as usize);
+        Some(Self {
+            buf: BytesMut::with_capacity(capacity.min(limit)),
+            limit,
+            on_complete,
+        })
+    }
+
+    /// Copies a chunk; `false` when the body outgrew the limit.
+    fn push(&mut self, data: &Bytes) -> bool {
+        if self.buf.len() + data.len() > self.limit {
+            return false;
+        }
+        self.buf.extend_from_slice(data);
+        true
+    }
+
+    fn complete(self) {
+        (self.on_complete)(self.buf.freeze());
+    }
+}
+
+pin_project! {
+    /// The body of every response from the cache layer.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        Cached { data: Option<Bytes> },
+        Live {
+            #[pin]
+            body: B,
+            tee: Option<Tee>,
+        },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// A body answered from the cache (zero-copy: `data` is a slice of the entry).
+    pub(crate) fn cached(data: Bytes) -> Self {
+        let data = (!data.is_empty()).then_some(data);
+        Self {
+            inner: Inner::Cached { data },
+        }
+    }
+
+    /// An empty body (a HEAD answered from the cache).
+    pub(crate) fn empty() -> Self {
+        Self {
+            inner: Inner::Cached { data: None },
+        }
+    }
+
+    /// The inner service's body, untouched.
+    pub(crate) fn passthrough(body: B) -> Self {
+        Self {
+            inner: Inner::Live { body, tee: None },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> ResponseBody<B> {
+    /// The inner body, copied on its way to the client. A body that is already complete
+    /// (empty, or known to end) completes the copy at once, since hyper may never poll it.
+    pub(crate) fn teeing(body: B, tee: Option<Tee>) -> Self {
+        let tee = match tee {
+            Some(tee) if body.is_end_stream() => {
+                tee.complete();
+                None
+            }
+            tee => tee,
+        };
+        Self {
+            inner: Inner::Live { body, tee },
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().inner.project() {
+            InnerProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            InnerProj::Live { mut body, tee } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(frame)) => match frame.data_ref() {
+                        Some(data) => {
+                            if tee.as_mut().is_some_and(|t| !t.push(data)) {
+                                tracing::debug!(
+                                    "response body over the entry size limit; not stored"
+                                );
+                                *tee = None;
+                            }
+                        }
+                        // Trailers are not stored, so neither is the response.
+                        None => *tee = None,
+                    },
+                    Some(Err(_)) => *tee = None,
+                    None => {}
+                }
+                // Complete on the end of stream, or as soon as the body says it has ended:
+                // hyper stops polling a body that reports its end.
+                if frame.is_none() || body.is_end_stream() {
+                    if let Some(tee) = tee.take() {
+                        tee.complete();
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Cached { data } => data.is_none(),
+            Inner::Live { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Cached { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Inner::Live { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Cached { data } => f
+                .debug_struct("ResponseBody::Cached")
+                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Inner::Live { tee, .. } => f
+                .debug_struct("ResponseBody::Live")
+                .field("teeing", &tee.is_some())
+                .finish(),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! [`MemcacheLayer`]: the configuration, and the layer that wraps services with it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use tower::Layer;
+
+use super::key::KeyFn;
+use super::service::{Memcache, Shared};
+use super::single_flight::SingleFlight;
+use crate::backend::{Backend, DEFAULT_ITEM_SIZE_LIMIT};
+use crate::policy::{Policy, RouteAction, RouteMatch, RouteRule};
+use crate::stats::CacheStats;
+
+/// The largest body stored by default: memcached's 1 MiB item size less room for the key,
+/// the entry's metadata and memcached's own overhead.
+pub const DEFAULT_MAX_ENTRY_SIZE: usize = DEFAULT_ITEM_SIZE_LIMIT - 16 * 1024;
+
+/// The header a handler can set to choose one response's lifetime in seconds (`0`: don't
+/// store); the layer removes it before the response is sent.
+pub const DEFAULT_LIFETIME_HEADER: &str = "x-memcache-lifetime";
+
+#[derive(Clone)]
+pub(crate) struct Config<B> {
+    pub(crate) backend: B,
+    pub(crate) namespace: String,
+    pub(crate) policy: Policy,
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) key_fn: Option<Arc<dyn KeyFn>>,
+    pub(crate) default_scheme: String,
+    pub(crate) cache_status: Option<String>,
+    pub(crate) lifetime_header: Option<HeaderName>,
+    pub(crate) max_entry_size: usize,
+    pub(crate) lookup_timeout: Duration,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) max_coalesced: usize,
+    pub(crate) stats: CacheStats,
+    pub(crate) flights: SingleFlight,
+}
+
+/// A tower [`Layer`] that caches the responses of the services it wraps in memcached.
+///
+/// Every builder method documents its default. The layer is cheap to clone; clones share
+/// their statistics and their in-process request coalescing.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_memcache::cache::MemcacheLayer;
+/// use tower_memcache::backend::MemoryBackend;
+/// use tower_memcache::policy::RouteMatch;
+///
+/// let layer = MemcacheLayer::new(MemoryBackend::new())
+///     .namespace("site")
+///     .route(RouteMatch::Prefix("/slow/".into()), Duration::from_secs(30))
+///     .no_cache(RouteMatch::Exact("/stats".into()));
+/// let stats = layer.stats();
+/// # let _ = stats;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct MemcacheLayer<B> {
+    config: Config<B>,
+}
+
+impl<B: fmt::Debug> fmt::Debug for MemcacheLayer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("MemcacheLayer")
+            .field("backend", &c.backend)
+            .field("namespace", &c.namespace)
+            .field("policy", &c.policy)
+            .field("key_headers", &c.key_headers)
+            .field("custom_key", &c.key_fn.is_some())
+            .field("cache_status", &c.cache_status)
+            .field("max_entry_size", &c.max_entry_size)
+            .field("lookup_timeout", &c.lookup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> MemcacheLayer<B> {
+    /// A layer over `backend` with the defaults below.
+    pub fn new(backend: B) -> Self {
+        Self {
+            config: Config {
+                backend,
+                namespace: String::new(),
+                policy: Policy::default(),
+                key_headers: Vec::new(),
+                key_fn: None,
+                default_scheme: "http".to_string(),
+                cache_status: Some("tower-memcache".to_string()),
+                lifetime_header: Some(HeaderName::from_static(DEFAULT_LIFETIME_HEADER)),
+                max_entry_size: DEFAULT_MAX_ENTRY_SIZE,
+                lookup_timeout: Duration::from_millis(100),
+                coalesce_timeout: Duration::from_secs(5),
+                max_coalesced: 1024,
+                stats: CacheStats::default(),
+                flights: SingleFlight::default(),
+            },
+        }
+    }
+
+    /// The namespace put in front of every key (the seeds' formula). Defaults to none.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
+        self
+    }
+
+    /// The lifetime of routes no rule names. Defaults to 3600 s, the seeds' lifetime.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.policy.set_default_lifetime(lifetime);
+        self
+    }
+
+    /// Caches the matching routes for `lifetime`. Exact rules win over patterns, patterns
+    /// over prefixes, longer prefixes over shorter. Defaults to no rules.
+    pub fn route(mut self, matcher: RouteMatch, lifetime: Duration) -> Self {
+        let action = RouteAction::Lifetime(lifetime);
+        self.config.policy.add_rule(RouteRule { matcher, action });
+        self
+    }
+
+    /// Never caches the matching routes.
+    pub fn no_cache(mut self, matcher: RouteMatch) -> Self {
+        let action = RouteAction::NoCache;
+        self.config.policy.add_rule(RouteRule { matcher, action });
+        self
+    }
+
+    /// The statuses that may be stored. Defaults to 200, 203, 204, 300, 301, 308, 404,
+    /// 405, 410, 414 and 501.
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
+        self.config.policy.set_statuses(statuses);
+        self
+    }
+
+    /// Whether responses that set cookies may be stored (and replayed to everyone).
+    /// Defaults to `false`.
+    pub fn store_set_cookie(mut self, store: bool) -> Self {
+        self.config.policy.set_store_set_cookie(store);
+        self
+    }
+
+    /// Request headers that are part of the key (e.g. `accept-language`). Defaults to none.
+    pub fn key_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.key_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// Replaces the canonical request key with your own; the namespace still applies.
+    /// Defaults to method (HEAD as GET), scheme, authority, path, query and
+    /// [`key_headers`](Self::key_headers).
+    pub fn key_fn(mut self, key_fn: impl KeyFn) -> Self {
+        self.config.key_fn = Some(Arc::new(key_fn));
+        self
+    }
+
+    /// The scheme used in keys when the request URI has none (servers see origin-form
+    /// targets). Defaults to `http`.
+    pub fn default_scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.config.default_scheme = scheme.into();
+        self
+    }
+
+    /// The cache's name in the RFC 9211 `Cache-Status` header. Defaults to
+    /// `tower-memcache`.
+    pub fn cache_status_name(mut self, name: impl Into<String>) -> Self {
+        self.config.cache_status = Some(name.into());
+        self
+    }
+
+    /// Turns the `Cache-Status` header off (`false`) or on. Defaults to on.
+    pub fn cache_status_header(mut self, enabled: bool) -> Self {
+        match (enabled, self.config.cache_status.is_some()) {
+            (false, _) => self.config.cache_status = None,
+            (true, false) => self.config.cache_status = Some("tower-memcache".to_string()),
+            (true, true) => {}
+        }
+        self
+    }
+
+    /// The response header a handler sets to choose that response's lifetime in seconds;
+    /// removed before sending. `None` turns it off. Defaults to `x-memcache-lifetime`.
+    /// (A [`CacheLifetime`](super::CacheLifetime) response extension does the same.)
+    pub fn lifetime_header(mut self, header: Option<HeaderName>) -> Self {
+        self.config.lifetime_header = header;
+        self
+    }
+
+    /// The largest body stored; larger bodies pass through unstored. Defaults to
+    /// [`DEFAULT_MAX_ENTRY_SIZE`] (just under memcached's 1 MiB item size).
+    pub fn max_entry_size(mut self, bytes: usize) -> Self {
+        self.config.max_entry_size = bytes;
+        self
+    }
+
+    /// The most a request waits for the cache lookup before going to the inner service.
+    /// Defaults to 100 ms.
+    pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.lookup_timeout = timeout;
+        self
+    }
+
+    /// The most a request waits for another request's response to the same key before
+    /// going to the inner service itself. Defaults to 5 s.
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.config.coalesce_timeout = timeout;
+        self
+    }
+
+    /// How many requests may wait for one in-flight response; more go to the inner
+    /// service. `0` turns coalescing off. Defaults to 1024.
+    pub fn max_coalesced(mut self, waiting: usize) -> Self {
+        self.config.max_coalesced = waiting;
+        self
+    }
+
+    /// The layer's statistics, shared by every service it builds.
+    pub fn stats(&self) -> CacheStats {
+        self.config.stats.clone()
+    }
+}
+
+impl<S, B: Backend> Layer<S> for MemcacheLayer<B> {
+    type Service = Memcache<S, B>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Memcache::from_shared(inner, Arc::new(Shared::new(self.config.clone())))
+    }
+}

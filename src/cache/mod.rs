@@ -1,0 +1,79 @@
+//! The HTTP cache middleware: [`MemcacheLayer`] and its service [`Memcache`].
+//!
+//! A GET or HEAD request is keyed by the seeds' formula over a canonical request key
+//! (method with HEAD as GET, scheme, authority, path, query, and headers you name), looked
+//! up in the backend and, on a hit, answered with the stored status, headers and body plus
+//! `Age` and an RFC 9211 `Cache-Status`. On a miss the inner service answers; its body
+//! streams to the client while a bounded copy is taken, and when it completes within the
+//! entry size limit and the policy allows, the entry is stored in the background.
+//!
+//! Cache trouble is never an error: a backend that is down, slow or returns bytes that are
+//! not ours means a miss, and the request goes to the inner service.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_memcache::backend::MemoryBackend;
+//! use tower_memcache::cache::MemcacheLayer;
+//! use tower_memcache::policy::RouteMatch;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = MemcacheLayer::new(MemoryBackend::new())
+//!     .route(RouteMatch::Prefix("/news/".into()), Duration::from_secs(30));
+//! let stats = layer.stats();
+//! let mut service = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<()>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+//! });
+//!
+//! for expected in ["fwd=uri-miss; stored", "hit"] {
+//!     let request = Request::get("http://example.com/news/1").body(()).unwrap();
+//!     let response = service.ready().await.unwrap().call(request).await.unwrap();
+//!     let status = response.headers()["cache-status"].to_str().unwrap().to_string();
+//!     assert_eq!(status, format!("tower-memcache; {expected}"));
+//!     let body = response.into_body().collect().await.unwrap().to_bytes();
+//!     assert_eq!(body, "hello");
+//!     // Stores happen in the background; give this one a moment.
+//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//! }
+//! assert_eq!(stats.snapshot().hits, 1);
+//! # }
+//! ```
+
+mod body;
+mod future;
+mod key;
+mod layer;
+mod service;
+mod single_flight;
+
+use std::time::Duration;
+
+#[doc(inline)]
+pub use body::ResponseBody;
+#[doc(inline)]
+pub use future::ResponseFuture;
+#[doc(inline)]
+pub use key::{KeyFn, RequestHead};
+#[doc(inline)]
+pub use layer::{DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, MemcacheLayer};
+#[doc(inline)]
+pub use service::Memcache;
+
+/// A response extension a handler sets to choose how long this one response is cached;
+/// `Duration::ZERO` keeps it out of the cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::Response;
+/// use tower_memcache::cache::CacheLifetime;
+///
+/// let mut response = Response::new("fresh for ten seconds");
+/// response.extensions_mut().insert(CacheLifetime(Duration::from_secs(10)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLifetime(pub Duration);

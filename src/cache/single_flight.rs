@@ -1,0 +1,140 @@
+//! Request coalescing inside one process: the first miss for a key calls the inner
+//! service, later misses for the same key wait (bounded in number and time) for its entry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::codec::entry::Entry;
+
+/// What a leader publishes: `Some(Some(entry))` stored, `Some(None)` nothing to share.
+type Outcome = Option<Option<Arc<Entry>>>;
+
+struct InFlight {
+    id: u64,
+    rx: watch::Receiver<Outcome>,
+    followers: usize,
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct SingleFlight {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    inflight: HashMap<String, InFlight>,
+    next_id: u64,
+}
+
+pub(crate) enum Flight {
+    /// Call the inner service, then [`Leader::finish`].
+    Leader(Leader),
+    /// Wait for the leader with [`wait`].
+    Follower(watch::Receiver<Outcome>),
+    /// Too many already waiting for this key: go alone.
+    Alone,
+}
+
+/// The request that calls the inner service for a key. Dropping it unfinished (an error,
+/// a client that went away) releases the followers to go on their own.
+pub(crate) struct Leader {
+    flights: SingleFlight,
+    key: String,
+    id: u64,
+    tx: watch::Sender<Outcome>,
+}
+
+impl SingleFlight {
+    pub(crate) fn join(&self, key: &str, max_followers: usize) -> Flight {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = state.inflight.get_mut(key) {
+            if flight.followers >= max_followers {
+                return Flight::Alone;
+            }
+            flight.followers += 1;
+            return Flight::Follower(flight.rx.clone());
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let (tx, rx) = watch::channel(None);
+        let flight = InFlight {
+            id,
+            rx,
+            followers: 0,
+        };
+        state.inflight.insert(key.to_string(), flight);
+        Flight::Leader(Leader {
+            flights: self.clone(),
+            key: key.to_string(),
+            id,
+            tx,
+        })
+    }
+}
+
+impl Leader {
+    /// Publishes the outcome to every follower.
+    pub(crate) fn finish(self, entry: Option<Arc<Entry>>) {
+        let _ = self.tx.send(Some(entry));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state
+            .inflight
+            .get(&self.key)
+            .is_some_and(|f| f.id == self.id)
+        {
+            state.inflight.remove(&self.key);
+        }
+    }
+}
+
+/// Waits at most `timeout` for the leader; `None` when it had nothing to share, went away
+/// or took too long.
+pub(crate) async fn wait(
+    mut rx: watch::Receiver<Outcome>,
+    timeout: Duration,
+) -> Option<Arc<Entry>> {
+    let waited = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(outcome) = rx.borrow_and_update().clone() {
+                return outcome;
+            }
+            if rx.changed().await.is_err() {
+                // The leader is gone; it may have published just before.
+                return rx.borrow().clone().flatten();
+            }
+        }
+    })
+    .await;
+    waited.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn followers_are_bounded_and_released_when_the_leader_drops() {
+        let flights = SingleFlight::default();
+        let Flight::Leader(leader) = flights.join("k", 2) else {
+            panic!("first is leader")
+        };
+        let Flight::Follower(a) = flights.join("k", 2) else {
+            panic!("follower")
+        };
+        let Flight::Follower(_b) = flights.join("k", 2) else {
+            panic!("follower")
+        };
+        assert!(matches!(flights.join("k", 2), Flight::Alone));
+        drop(leader);
+        assert!(wait(a, Duration::from_secs(1)).await.is_none());
+        assert!(matches!(flights.join("k", 2), Flight::Leader(_)));
+    }
+}

@@ -1,0 +1,144 @@
+//! The stored form of an HTTP response.
+//!
+//! `MAGIC (4) | format version (1) | metadata length (u32 LE) | metadata (bincode) | body`.
+//! The body is served as a zero-copy slice of the bytes the backend returned. Bytes that do
+//! not start with the magic and this format version are not ours (or an older format) and
+//! decode to an error, which the layer treats as a miss.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::{CodecError, decode_value, encode_value};
+
+/// memcached flags of an HTTP entry ("tm", kind 1, format 1).
+pub const FLAG_HTTP_ENTRY: u32 = 0x746d_0101;
+
+const MAGIC: &[u8; 4] = b"TMCE";
+/// Bumped whenever [`EntryMeta`] changes shape; entries of other versions are misses.
+pub const ENTRY_FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
+
+/// Everything about a stored response except its body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// The canonical request key the entry was stored under; compared on every read so an
+    /// md5 collision or a foreign value is never served.
+    pub canonical_key: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// HTTP version as 9 (0.9), 10, 11, 20 or 30.
+    pub version: u8,
+    /// End-to-end response headers, in order, as name and raw value.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The request header values the response varied on (`Vary`), lower-case name to
+    /// normalised value (`None` when the request had no such header).
+    pub vary: Vec<(String, Option<String>)>,
+    /// When the entry was stored, in milliseconds since the unix epoch.
+    pub stored_at_ms: u64,
+    /// How long the entry is fresh, in milliseconds.
+    pub fresh_for_ms: u64,
+}
+
+/// A decoded entry: its metadata and a zero-copy slice of its body.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Metadata.
+    pub meta: EntryMeta,
+    /// The body bytes.
+    pub body: Bytes,
+}
+
+/// Encodes an entry into the bytes stored in memcached.
+pub fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> {
+    let meta_bytes = encode_value(meta)?;
+    let meta_len = u32::try_from(meta_bytes.len()).map_err(|_| {
+        CodecError(format!(
+            "entry metadata too large: {} bytes",
+            meta_bytes.len()
+        ))
+    })?;
+    let mut out = BytesMut::with_capacity(HEADER_LEN + meta_bytes.len() + body.len());
+    out.put_slice(MAGIC);
+    out.put_u8(ENTRY_FORMAT_VERSION);
+    out.put_u32_le(meta_len);
+    out.put_slice(&meta_bytes);
+    out.put_slice(body);
+    Ok(out.freeze())
+}
+
+/// Decodes stored bytes; the body shares `bytes`' allocation.
+pub fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
+    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(CodecError("not an HTTP cache entry".to_string()));
+    }
+    let version = bytes[MAGIC.len()];
+    if version != ENTRY_FORMAT_VERSION {
+        return Err(CodecError(format!(
+            "entry format version {version} is not {ENTRY_FORMAT_VERSION}"
+        )));
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&bytes[MAGIC.len() + 1..HEADER_LEN]);
+    let meta_end = HEADER_LEN
+        .checked_add(u32::from_le_bytes(len) as usize)
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| CodecError("entry metadata length out of range".to_string()))?;
+    let meta = decode_value(&bytes[HEADER_LEN..meta_end])?;
+    Ok(Entry {
+        meta,
+        body: bytes.slice(meta_end..),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> EntryMeta {
+        EntryMeta {
+            canonical_key: "GET http://example.com/a?b".into(),
+            status: 200,
+            version: 11,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            vary: vec![("accept-encoding".into(), Some("gzip".into()))],
+            stored_at_ms: 1_700_000_000_000,
+            fresh_for_ms: 3_600_000,
+        }
+    }
+
+    #[test]
+    fn round_trip_shares_the_body() {
+        let bytes = encode_entry(&meta(), b"hello body").unwrap();
+        let entry = decode_entry(bytes.clone()).unwrap();
+        assert_eq!(entry.meta, meta());
+        assert_eq!(&entry.body[..], b"hello body");
+        let offset = entry.body.as_ptr() as usize - bytes.as_ptr() as usize;
+        assert_eq!(
+            offset,
+            bytes.len() - 10,
+            "body is a slice of the stored bytes"
+        );
+    }
+
+    #[test]
+    fn foreign_corrupt_and_other_version_bytes_are_errors() {
+        let good = encode_entry(&meta(), b"x").unwrap();
+        assert!(decode_entry(Bytes::from_static(b"")).is_err());
+        assert!(decode_entry(Bytes::from_static(b"cached value")).is_err());
+        let mut other_version = good.to_vec();
+        other_version[4] = ENTRY_FORMAT_VERSION + 1;
+        assert!(decode_entry(other_version.into()).is_err());
+        let mut bad_len = good.to_vec();
+        bad_len[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_entry(bad_len.into()).is_err());
+        for cut in 0..good.len() - 1 {
+            // Truncated metadata must fail; a truncated body just decodes shorter, which is
+            // why the layer also stores and checks the canonical key.
+            let _ = decode_entry(good.slice(..cut));
+        }
+        let mut garbage_meta = good.to_vec();
+        garbage_meta[9] = 0xff;
+        garbage_meta[10] = 0xff;
+        let _ = decode_entry(garbage_meta.into());
+    }
+}

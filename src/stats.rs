@@ -1,0 +1,117 @@
+//! Counters of what the cache layer did, kept with a few relaxed atomic adds per request,
+//! and a plain snapshot to read them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters, shared by every clone of a layer and its services.
+///
+/// ```
+/// use tower_memcache::stats::CacheStats;
+///
+/// let stats = CacheStats::default();
+/// stats.record_hit(1024);
+/// stats.record_miss();
+/// let snapshot = stats.snapshot();
+/// assert_eq!(snapshot.hits, 1);
+/// assert_eq!(snapshot.hit_ratio(), 0.5);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CacheStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    stores: AtomicU64,
+    store_failures: AtomicU64,
+    backend_errors: AtomicU64,
+    coalesced: AtomicU64,
+    bytes_served: AtomicU64,
+}
+
+/// A point-in-time copy of [`CacheStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Requests answered from the cache.
+    pub hits: u64,
+    /// Cacheable requests that were not in the cache (or could not be looked up).
+    pub misses: u64,
+    /// Requests the cache did not handle (method, route rule, request directives).
+    pub bypasses: u64,
+    /// Entries written to the backend.
+    pub stores: u64,
+    /// Entries the backend refused or failed to write.
+    pub store_failures: u64,
+    /// Backend errors and timeouts on lookup (each one became a miss).
+    pub backend_errors: u64,
+    /// Requests that waited for another request's response to the same key.
+    pub coalesced: u64,
+    /// Body bytes sent from the cache.
+    pub bytes_served: u64,
+}
+
+impl StatsSnapshot {
+    /// Hits divided by hits plus misses; 0 when there were neither.
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+}
+
+macro_rules! recorders {
+    ($($(#[$doc:meta])* $name:ident => $field:ident),* $(,)?) => {$(
+        $(#[$doc])*
+        pub fn $name(&self) {
+            self.inner.$field.fetch_add(1, Ordering::Relaxed);
+        }
+    )*};
+}
+
+impl CacheStats {
+    recorders! {
+        /// Counts a cacheable request that missed.
+        record_miss => misses,
+        /// Counts a request the cache did not handle.
+        record_bypass => bypasses,
+        /// Counts an entry written.
+        record_store => stores,
+        /// Counts an entry the backend did not take.
+        record_store_failure => store_failures,
+        /// Counts a failed or timed-out lookup.
+        record_backend_error => backend_errors,
+        /// Counts a request that waited for another's response.
+        record_coalesced => coalesced,
+    }
+
+    /// Counts a hit that sent `body_bytes` from the cache.
+    pub fn record_hit(&self, body_bytes: usize) {
+        self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .bytes_served
+            .fetch_add(body_bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let c = &self.inner;
+        StatsSnapshot {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            bypasses: c.bypasses.load(Ordering::Relaxed),
+            stores: c.stores.load(Ordering::Relaxed),
+            store_failures: c.store_failures.load(Ordering::Relaxed),
+            backend_errors: c.backend_errors.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            bytes_served: c.bytes_served.load(Ordering::Relaxed),
+        }
+    }
+}
