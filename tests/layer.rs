@@ -1,0 +1,604 @@
+//! MemcacheLayer end to end over an in-process origin, on MemoryBackend and on a real
+//! memcached through TcpBackend.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tower::{Service, ServiceExt};
+use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
+use tower_memcache::cache::{CacheLifetime, MemcacheLayer};
+use tower_memcache::codec::entry::FLAG_HTTP_ENTRY;
+use tower_memcache::key::build_key;
+use tower_memcache::policy::RouteMatch;
+use tower_memcache::stats::CacheStats;
+
+/// A response body of scripted chunks; an `Err` chunk fails the body there.
+struct TestBody {
+    chunks: VecDeque<Result<Bytes, std::io::Error>>,
+}
+
+impl TestBody {
+    fn full(data: impl Into<Bytes>) -> Self {
+        Self {
+            chunks: VecDeque::from([Ok(data.into())]),
+        }
+    }
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.chunks.pop_front().map(|chunk| chunk.map(Frame::data)))
+    }
+}
+
+/// The origin: routes by path, counts its calls.
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn respond(self, request: Request<()>) -> Result<Response<TestBody>, Infallible> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let path = request.uri().path().to_string();
+        let mut response = Response::new(TestBody::full(format!("{path} call {n}")));
+        let headers = response.headers_mut();
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        headers.insert("x-origin", "yes".parse().unwrap());
+        headers.append("x-multi", "a".parse().unwrap());
+        headers.append("x-multi", "b".parse().unwrap());
+        headers.insert("connection", "keep-alive".parse().unwrap());
+        match path.as_str() {
+            "/no-store" => _ = headers.insert("cache-control", "no-store".parse().unwrap()),
+            "/private" => {
+                _ = headers.insert("cache-control", "private, max-age=60".parse().unwrap())
+            }
+            "/cookie" => _ = headers.insert("set-cookie", "session=1".parse().unwrap()),
+            "/auth-public" => _ = headers.insert("cache-control", "public".parse().unwrap()),
+            "/vary" => {
+                headers.insert("vary", "Accept-Language".parse().unwrap());
+                let lang = request
+                    .headers()
+                    .get("accept-language")
+                    .map(|v| v.to_str().unwrap().to_string());
+                *response.body_mut() = TestBody::full(format!("lang {lang:?} call {n}"));
+            }
+            "/not-found" => *response.status_mut() = StatusCode::NOT_FOUND,
+            "/created" => *response.status_mut() = StatusCode::CREATED,
+            "/header-zero" => _ = headers.insert("x-memcache-lifetime", "0".parse().unwrap()),
+            "/header-short" => _ = headers.insert("x-memcache-lifetime", "1".parse().unwrap()),
+            "/extension-zero" => {
+                _ = response
+                    .extensions_mut()
+                    .insert(CacheLifetime(Duration::ZERO))
+            }
+            "/big" => {
+                // 2 MiB in 64 KiB chunks: over the entry limit.
+                let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
+                *response.body_mut() = TestBody {
+                    chunks: (0..32).map(|_| Ok(chunk.clone())).collect(),
+                };
+            }
+            "/fail" => {
+                *response.body_mut() = TestBody {
+                    chunks: VecDeque::from([
+                        Ok(Bytes::from("partial")),
+                        Err(std::io::Error::other("origin broke")),
+                    ]),
+                };
+            }
+            "/slow" => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => {}
+        }
+        Ok(response)
+    }
+}
+
+fn service<B: Backend>(
+    layer: MemcacheLayer<B>,
+    origin: &Origin,
+) -> impl Service<
+    Request<()>,
+    Response = Response<tower_memcache::cache::ResponseBody<TestBody>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    let origin = origin.clone();
+    let inner = tower::service_fn(move |request| origin.clone().respond(request));
+    tower::Layer::layer(&layer, inner)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Bytes, String>,
+}
+
+impl Answer {
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn body(&self) -> &[u8] {
+        self.body.as_ref().unwrap()
+    }
+}
+
+async fn send<S>(service: &S, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer
+where
+    S: Service<
+            Request<()>,
+            Response = Response<tower_memcache::cache::ResponseBody<TestBody>>,
+            Error = Infallible,
+        > + Clone,
+{
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://test.local{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = service
+        .clone()
+        .oneshot(request.body(()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+async fn get<S>(service: &S, path: &str) -> Answer
+where
+    S: Service<
+            Request<()>,
+            Response = Response<tower_memcache::cache::ResponseBody<TestBody>>,
+            Error = Infallible,
+        > + Clone,
+{
+    send(service, Method::GET, path, &[]).await
+}
+
+/// Stores run in the background: wait (bounded) until `n` have happened.
+async fn stores(stats: &CacheStats, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while stats.snapshot().stores < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} stores: {:?}",
+            stats.snapshot().stores,
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
+    MemcacheLayer::new(backend)
+        .namespace("test")
+        .route(RouteMatch::Prefix("/short".into()), Duration::from_secs(1))
+        .no_cache(RouteMatch::Exact("/never".into()))
+}
+
+async fn miss_then_hit_is_identical<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend);
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    let first = get(&svc, "/page?a=1").await;
+    assert_eq!(first.cache_status(), "tower-memcache; fwd=uri-miss; stored");
+    stores(&stats, 1).await;
+    let second = get(&svc, "/page?a=1").await;
+    assert_eq!(second.cache_status(), "tower-memcache; hit");
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(second.status, first.status);
+    assert_eq!(second.body(), first.body());
+    assert_eq!(second.body(), b"/page call 1");
+    for name in ["content-type", "x-origin"] {
+        assert_eq!(second.headers.get(name), first.headers.get(name), "{name}");
+    }
+    let multi: Vec<_> = second.headers.get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["a", "b"]);
+    assert!(
+        second.headers.get("connection").is_none(),
+        "hop-by-hop header stored"
+    );
+    assert_eq!(second.headers["content-length"], "12");
+    assert!(second.headers.contains_key("age"));
+    // Another query string is another resource.
+    assert_eq!(
+        get(&svc, "/page?a=2").await.cache_status(),
+        "tower-memcache; fwd=uri-miss; stored"
+    );
+    let snapshot = stats.snapshot();
+    assert_eq!((snapshot.hits, snapshot.misses), (1, 2));
+    assert_eq!(snapshot.bytes_served, 12);
+}
+
+async fn route_lifetimes_expire_on_time<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend);
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    get(&svc, "/short/a").await;
+    get(&svc, "/header-short").await;
+    get(&svc, "/long").await;
+    stores(&stats, 3).await;
+    assert_eq!(
+        get(&svc, "/short/a").await.cache_status(),
+        "tower-memcache; hit"
+    );
+    assert_eq!(
+        get(&svc, "/header-short").await.cache_status(),
+        "tower-memcache; hit"
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(
+        get(&svc, "/short/a").await.body(),
+        b"/short/a call 4",
+        "1 s route not expired"
+    );
+    assert_eq!(
+        get(&svc, "/header-short").await.cache_status(),
+        "tower-memcache; fwd=uri-miss; stored"
+    );
+    assert_eq!(
+        get(&svc, "/long").await.cache_status(),
+        "tower-memcache; hit",
+        "default lifetime expired"
+    );
+    // A route with caching off bypasses.
+    assert_eq!(
+        get(&svc, "/never").await.cache_status(),
+        "tower-memcache; fwd=bypass"
+    );
+}
+
+async fn unstorable_responses_are_never_stored<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend.clone());
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    let auth = [("authorization", "Bearer secret")];
+    for (path, headers) in [
+        ("/no-store", &[][..]),
+        ("/private", &[][..]),
+        ("/cookie", &[][..]),
+        ("/auth-private", &auth[..]),
+        ("/created", &[][..]),
+        ("/header-zero", &[][..]),
+        ("/extension-zero", &[][..]),
+        ("/no-store-request", &[("cache-control", "no-store")][..]),
+    ] {
+        for _ in 0..2 {
+            let answer = send(&svc, Method::GET, path, headers).await;
+            assert_eq!(
+                answer.cache_status(),
+                "tower-memcache; fwd=uri-miss",
+                "{path}"
+            );
+            assert!(
+                answer.headers.get("x-memcache-lifetime").is_none(),
+                "lifetime header leaked"
+            );
+        }
+    }
+    assert_eq!(origin.calls(), 16);
+    // Authorization with `public` may be stored; 404 is cacheable by default.
+    send(&svc, Method::GET, "/auth-public", &auth).await;
+    get(&svc, "/not-found").await;
+    stores(&stats, 2).await;
+    assert_eq!(
+        send(&svc, Method::GET, "/auth-public", &auth)
+            .await
+            .cache_status(),
+        "tower-memcache; hit"
+    );
+    let not_found = get(&svc, "/not-found").await;
+    assert_eq!(
+        (not_found.status, not_found.cache_status()),
+        (StatusCode::NOT_FOUND, "tower-memcache; hit")
+    );
+    assert_eq!(stats.snapshot().stores, 2);
+    // Other methods bypass the cache and are never answered from it.
+    let post = send(&svc, Method::POST, "/not-found", &[]).await;
+    assert_eq!(post.cache_status(), "tower-memcache; fwd=bypass");
+    // A client asking for a fresh copy goes to the origin (and refreshes the entry).
+    let fresh = send(
+        &svc,
+        Method::GET,
+        "/not-found",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(fresh.cache_status(), "tower-memcache; fwd=uri-miss; stored");
+}
+
+async fn head_is_served_from_the_get_entry<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend);
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    // A HEAD miss is answered by the origin and stores nothing.
+    let head_miss = send(&svc, Method::HEAD, "/doc", &[]).await;
+    assert_eq!(head_miss.cache_status(), "tower-memcache; fwd=uri-miss");
+    get(&svc, "/doc").await;
+    stores(&stats, 1).await;
+    let head = send(&svc, Method::HEAD, "/doc", &[]).await;
+    assert_eq!(head.cache_status(), "tower-memcache; hit");
+    assert!(head.body().is_empty());
+    assert_eq!(
+        head.headers["content-length"], "11",
+        "HEAD keeps the GET's length"
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+async fn oversized_and_failing_bodies_pass_through<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend);
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    for _ in 0..2 {
+        let big = get(&svc, "/big").await;
+        assert_eq!(big.body().len(), 2 * 1024 * 1024);
+        assert!(big.body().iter().all(|b| *b == b'z'));
+        let fail = get(&svc, "/fail").await;
+        assert_eq!(fail.status, StatusCode::OK);
+        assert!(
+            fail.body.as_ref().unwrap_err().contains("origin broke"),
+            "error not passed on"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(stats.snapshot().stores, 0);
+    assert_eq!(origin.calls(), 4);
+}
+
+async fn concurrent_misses_call_the_origin_once<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend);
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { get(&svc, "/slow").await })
+        })
+        .collect();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body(), b"/slow call 1");
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(stats.snapshot().coalesced, 99);
+}
+
+async fn vary_selects_the_variant<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend);
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    let de = [("accept-language", "de")];
+    let first = send(&svc, Method::GET, "/vary", &de).await;
+    stores(&stats, 1).await;
+    let again = send(&svc, Method::GET, "/vary", &[("accept-language", " de ")]).await;
+    assert_eq!(again.cache_status(), "tower-memcache; hit");
+    assert_eq!(again.body(), first.body());
+    let en = send(&svc, Method::GET, "/vary", &[("accept-language", "en")]).await;
+    assert_eq!(en.cache_status().split("; ").nth(1), Some("fwd=uri-miss"));
+    assert_eq!(en.body(), b"lang Some(\"en\") call 2");
+    let none = get(&svc, "/vary").await;
+    assert_ne!(
+        none.cache_status(),
+        "tower-memcache; hit",
+        "absent matched present"
+    );
+}
+
+/// A value under the key that is not ours, or is for another request: never served.
+async fn foreign_values_are_misses<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let svc = service(layer(backend.clone()), &origin);
+    let key = build_key(Some("test"), "GET http://test.local/foreign");
+    backend
+        .set(
+            &key,
+            "not an entry".into(),
+            FLAG_HTTP_ENTRY,
+            Lifetime::NEVER,
+        )
+        .await
+        .unwrap();
+    assert_eq!(get(&svc, "/foreign").await.body(), b"/foreign call 1");
+    // A real entry stored under this key for another URL (as an md5 collision would).
+    get(&svc, "/elsewhere").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let other = build_key(Some("test"), "GET http://test.local/elsewhere");
+    let entry = backend.get(&other).await.unwrap().unwrap();
+    backend
+        .set(&key, entry.value, FLAG_HTTP_ENTRY, Lifetime::NEVER)
+        .await
+        .unwrap();
+    let answer = get(&svc, "/foreign").await;
+    assert_eq!(answer.body(), b"/foreign call 3");
+}
+
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(MemoryBackend::new()).await;
+                }
+            )*
+        }
+
+        #[cfg(feature = "tcp")]
+        mod tcp {
+            use super::*;
+            use tower_memcache::backend::TcpBackend;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let server = memcached_or_skip!(concat!("layer::tcp::", stringify!($scenario)));
+                    super::$scenario(TcpBackend::new([server.addr()]).unwrap()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    miss_then_hit_is_identical,
+    route_lifetimes_expire_on_time,
+    unstorable_responses_are_never_stored,
+    head_is_served_from_the_get_entry,
+    oversized_and_failing_bodies_pass_through,
+    concurrent_misses_call_the_origin_once,
+    vary_selects_the_variant,
+    foreign_values_are_misses,
+);
+
+#[tokio::test]
+async fn backend_down_or_slow_falls_through() {
+    let backend = MemoryBackend::new();
+    let origin = Origin::default();
+    let layer = layer(backend.clone()).lookup_timeout(Duration::from_millis(50));
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    backend.set_unreachable(true);
+    let answer = get(&svc, "/x").await;
+    assert_eq!(answer.body(), b"/x call 1");
+    assert_eq!(
+        answer.cache_status(),
+        "tower-memcache; fwd=uri-miss; detail=backend-unavailable"
+    );
+    backend.set_unreachable(false);
+    backend.set_latency(Duration::from_secs(5));
+    let started = Instant::now();
+    let answer = get(&svc, "/x").await;
+    assert_eq!(answer.body(), b"/x call 2");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited for a slow backend"
+    );
+    assert!(stats.snapshot().backend_errors >= 1);
+    assert_eq!(stats.snapshot().hits, 0);
+}
+
+#[tokio::test]
+async fn custom_keys_status_header_switch_and_key_headers() {
+    let backend = MemoryBackend::new();
+    let origin = Origin::default();
+    let layer = MemcacheLayer::new(backend.clone())
+        .namespace("tenant")
+        .cache_status_header(false)
+        .key_fn(|req: &tower_memcache::cache::RequestHead<'_>| {
+            let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
+            Some(format!("{tenant}{}", req.uri.path()))
+        });
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    send(&svc, Method::GET, "/k", &[("x-tenant", "a")]).await;
+    stores(&stats, 1).await;
+    let hit = send(&svc, Method::GET, "/k?ignored", &[("x-tenant", "a")]).await;
+    assert!(hit.headers.get("cache-status").is_none());
+    assert_eq!(hit.body(), b"/k call 1");
+    assert_eq!(
+        send(&svc, Method::GET, "/k", &[("x-tenant", "b")])
+            .await
+            .body(),
+        b"/k call 2"
+    );
+    // No tenant: the key function says bypass.
+    get(&svc, "/k").await;
+    assert_eq!(stats.snapshot().bypasses, 1);
+    assert!(
+        backend
+            .peek(&build_key(Some("tenant"), "GET a/k"))
+            .is_some()
+    );
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_memcached_still_answers_and_caching_resumes_within_a_second() {
+    use tower_memcache::backend::TcpBackend;
+    let mut server = memcached_or_skip!("layer::killed_memcached");
+    let backend = TcpBackend::new([server.addr()]).unwrap();
+    let origin = Origin::default();
+    let layer = layer(backend.clone());
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    get(&svc, "/page").await;
+    stores(&stats, 1).await;
+    assert_eq!(
+        get(&svc, "/page").await.cache_status(),
+        "tower-memcache; hit"
+    );
+
+    server.kill();
+    for i in 0..20 {
+        let answer = get(&svc, &format!("/down/{i}")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            answer
+                .body()
+                .starts_with(format!("/down/{i} call").as_bytes())
+        );
+        let page = get(&svc, "/page").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body().starts_with(b"/page call"));
+    }
+
+    server.restart();
+    let answering = Instant::now();
+    loop {
+        get(&svc, "/after").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if get(&svc, "/after").await.cache_status() == "tower-memcache; hit" {
+            break;
+        }
+        assert!(
+            answering.elapsed() < Duration::from_secs(1),
+            "caching did not resume within 1 s"
+        );
+    }
+}
