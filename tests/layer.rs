@@ -602,3 +602,49 @@ async fn killed_memcached_still_answers_and_caching_resumes_within_a_second() {
         );
     }
 }
+
+/// `Router::route_layer` puts axum's `MatchedPath` in reach of the route rules.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_route_layer_rules_by_matched_path() {
+    use axum::Router;
+    use axum::routing::get;
+
+    let layer = MemcacheLayer::new(MemoryBackend::new())
+        .no_cache(RouteMatch::Pattern("/users/{id}".into()))
+        .route(
+            RouteMatch::Pattern("/posts/{id}".into()),
+            Duration::from_secs(60),
+        );
+    let stats = layer.stats();
+    let app = Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .route("/posts/{id}", get(|| async { "post" }))
+        .route_layer(layer);
+    let call = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let response = app
+                .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    assert_eq!(call("/users/1").await.0, "tower-memcache; fwd=bypass");
+    assert_eq!(
+        call("/posts/1").await.0,
+        "tower-memcache; fwd=uri-miss; stored"
+    );
+    stores(&stats, 1).await;
+    let (status, body) = call("/posts/1").await;
+    assert_eq!(
+        (status.as_str(), &body[..]),
+        ("tower-memcache; hit", &b"post"[..])
+    );
+}
