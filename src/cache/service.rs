@@ -349,7 +349,7 @@ impl<B: Backend> Shared<B> {
             Err(reason) => {
                 tracing::debug!(key = %plan.key, status = %response.status(), reason, "response not stored");
                 if let Some(leader) = leader {
-                    leader.finish(None);
+                    leader.publish(None);
                 }
                 (None, Outcome::Miss)
             }
@@ -423,15 +423,20 @@ impl<B: Backend> Shared<B> {
         let shared = Arc::clone(self);
         Box::new(move |body: Bytes| {
             let entry = Arc::new(Entry { meta, body });
-            if let Some(leader) = leader {
-                leader.finish(Some(Arc::clone(&entry)));
+            if let Some(leader) = &leader {
+                leader.publish(Some(Arc::clone(&entry)));
             }
             // A body polled outside a tokio runtime cannot be stored in the background.
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 tracing::debug!("no tokio runtime to store the entry; skipped");
                 return;
             };
-            runtime.spawn(async move { shared.store(key, &entry, lifetime).await });
+            runtime.spawn(async move {
+                shared.store(key, &entry, lifetime).await;
+                // Until the entry is in the backend, requests for the key join this flight
+                // and get the entry from it instead of missing.
+                drop(leader);
+            });
         })
     }
 

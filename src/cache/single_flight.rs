@@ -30,7 +30,7 @@ struct State {
 }
 
 pub(crate) enum Flight {
-    /// Call the inner service, then [`Leader::finish`].
+    /// Call the inner service, then [`Leader::publish`] its outcome.
     Leader(Leader),
     /// Wait for the leader with [`wait`].
     Follower(watch::Receiver<Outcome>),
@@ -76,8 +76,9 @@ impl SingleFlight {
 }
 
 impl Leader {
-    /// Publishes the outcome to every follower.
-    pub(crate) fn finish(self, entry: Option<Arc<Entry>>) {
+    /// Publishes the outcome to every follower, and to requests that join until the leader
+    /// is dropped (keep it until the entry is in the backend, so nobody misses in between).
+    pub(crate) fn publish(&self, entry: Option<Arc<Entry>>) {
         let _ = self.tx.send(Some(entry));
     }
 }
@@ -135,6 +136,14 @@ mod tests {
         assert!(matches!(flights.join("k", 2), Flight::Alone));
         drop(leader);
         assert!(wait(a, Duration::from_secs(1)).await.is_none());
-        assert!(matches!(flights.join("k", 2), Flight::Leader(_)));
+        let Flight::Leader(leader) = flights.join("k", 2) else {
+            panic!("new leader")
+        };
+        // Published but not dropped: late joiners still get the outcome at once.
+        leader.publish(None);
+        let Flight::Follower(late) = flights.join("k", 2) else {
+            panic!("late follower")
+        };
+        assert!(wait(late, Duration::from_millis(10)).await.is_none());
     }
 }
