@@ -282,3 +282,51 @@ async fn pipelining_keeps_replies_matched_under_concurrency() {
         task.await.unwrap();
     }
 }
+
+/// libmemcached's REMOVE_FAILED_SERVERS: a server marked down leaves the ring, its keys move
+/// to the others, and come back when it answers again.
+#[tokio::test]
+async fn removed_failed_servers_move_their_keys_and_come_back() {
+    let a = memcached_or_skip!("tcp_faults::remove_failed");
+    let mut b = memcached_or_skip!("tcp_faults::remove_failed");
+    let backend = TcpBackend::builder()
+        .servers([a.addr(), b.addr()])
+        .timeout(TIMEOUT)
+        .remove_failed_servers(true)
+        .build()
+        .unwrap();
+    let on_b: Vec<String> = (0..200)
+        .map(|i| format!("key-{i}"))
+        .filter(|key| backend.server_for_key(key) == Some(1))
+        .collect();
+    assert!(!on_b.is_empty());
+    b.kill();
+    for _ in 0..5 {
+        let _ = backend.get(&on_b[0]).await;
+    }
+    assert!(backend.is_server_down(1));
+    // Keys of the dead server now live on the other one.
+    for key in &on_b {
+        assert_eq!(backend.server_for_key(key), Some(0));
+        backend
+            .set(key, "moved".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+        assert_eq!(
+            &backend.get(key).await.unwrap().unwrap().value[..],
+            b"moved"
+        );
+    }
+    b.restart();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while backend.is_server_down(1) {
+        assert!(Instant::now() < deadline, "server not back in the ring");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(backend.server_for_key(&on_b[0]), Some(1));
+    assert_eq!(
+        backend.get(&on_b[0]).await.unwrap(),
+        None,
+        "restarted server is empty"
+    );
+}

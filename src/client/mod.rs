@@ -272,6 +272,16 @@ impl<B: Backend> MemcacheClient<B> {
     /// assert_eq!(client.query_raw("a").await.as_deref(), Some(&b"value of a"[..]));
     /// # }
     /// ```
+    ///
+    /// Raw values are bytes only: where the seeds raised `ValueError: Data must be a
+    /// string`, anything else does not compile.
+    ///
+    /// ```compile_fail
+    /// # use tower_memcache::{MemcacheClient, backend::MemoryBackend};
+    /// # async fn f(client: MemcacheClient<MemoryBackend>) {
+    /// client.set_raw("a", 42u32).await;
+    /// # }
+    /// ```
     pub async fn set_raw(&self, key: &(impl KeyBase + ?Sized), value: impl Into<Bytes>) -> String {
         self.set_raw_with_lifetime(key, value, self.lifetime).await
     }
