@@ -264,8 +264,9 @@ impl<B: Backend> Shared<B> {
         } else {
             ResponseBody::cached(entry.body.clone())
         });
+        // The version stays the default: it belongs to the client's connection, and an
+        // origin's HTTP/1.0 replayed to HTTP/1.1 clients would close their connections.
         *response.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
-        *response.version_mut() = version_from(meta.version);
         let headers = response.headers_mut();
         headers.reserve(meta.headers.len() + 3);
         let mut origin_age = 0;
@@ -289,7 +290,10 @@ impl<B: Backend> Shared<B> {
         // RFC 9111 §4.2.3: the age it had when stored plus the time it has spent here.
         let resident = now_ms().saturating_sub(meta.stored_at_ms) / 1000;
         headers.insert(header::AGE, HeaderValue::from(origin_age + resident));
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        if is_head {
+            // A GET's body length still describes the resource; hyper derives it for GET.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        }
         if let Some(status) = self.cache_status(outcome, None) {
             headers.append(CACHE_STATUS, status);
         }
@@ -573,15 +577,5 @@ fn version_code(version: Version) -> u8 {
         Version::HTTP_2 => 20,
         Version::HTTP_3 => 30,
         _ => 11,
-    }
-}
-
-fn version_from(code: u8) -> Version {
-    match code {
-        9 => Version::HTTP_09,
-        10 => Version::HTTP_10,
-        20 => Version::HTTP_2,
-        30 => Version::HTTP_3,
-        _ => Version::HTTP_11,
     }
 }

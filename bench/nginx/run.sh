@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Cache-hit throughput of examples/reverse_proxy.rs over a real memcached, side by side with
+# nginx + srcache + memc caching the same origin in the same memcached, measured with wrk.
+#
+#     bash bench/nginx/run.sh
+#
+# What it does, all on 127.0.0.1:
+#   1. starts memcached on a free port;
+#   2. starts nginx with bench/nginx/nginx.conf.template: the origin (a static 1 KiB file)
+#      and, on another port, the srcache + memc cache in front of it;
+#   3. builds and starts the proxy: reverse_proxy --upstream <origin> --memcache <memcached>
+#      --threads $WORKERS --ttl 300 (nginx gets worker_processes $WORKERS);
+#   4. warms both caches (curl twice each) and checks the second answer is a hit on both and
+#      that both serve the same body;
+#   5. runs wrk against each in turn for $ROUNDS rounds (the order swaps every round), and
+#      per round prints requests/s, latency, the CPU time per request of the server, of
+#      memcached and of wrk (from /proc and getrusage), memcached's get_hits / get_misses
+#      deltas (every request must be one memcached hit), and how much of the machine was
+#      idle or used by processes outside the benchmark (a disturbed round shows there);
+#   6. prints the medians and the ratio proxy / nginx. Everything it started is stopped on
+#      exit.
+#
+# Knobs (environment): ROUNDS=5 DURATION=10s WARMUP=3s CONNECTIONS=32 WRK_THREADS=1
+# WORKERS=2 MEMCACHED_THREADS=2 MODULES_DIR=/usr/lib/nginx/modules KEEP=1 (keep the temp
+# dir with configs and logs) PROXY_ENV='VAR=value ...' (extra environment for the proxy,
+# e.g. PROXY_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
+#
+# Needs: nginx, libnginx-mod-http-srcache-filter, libnginx-mod-http-memc, memcached, wrk,
+# curl, python3 (Debian: apt-get install -y nginx libnginx-mod-http-srcache-filter
+# libnginx-mod-http-memc memcached wrk curl python3) and cargo.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
+CONNECTIONS=${CONNECTIONS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+WORKERS=${WORKERS:-2}
+MEMCACHED_THREADS=${MEMCACHED_THREADS:-2}
+MODULES_DIR=${MODULES_DIR:-/usr/lib/nginx/modules}
+TARGET_PATH=/1k.html
+
+missing=()
+for tool in nginx memcached wrk curl python3 cargo; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+for module in ngx_http_srcache_filter_module ngx_http_memc_module; do
+    [[ -f $MODULES_DIR/$module.so ]] || missing+=("$MODULES_DIR/$module.so")
+done
+if ((${#missing[@]})); then
+    echo "missing: ${missing[*]}" >&2
+    echo "install: apt-get install -y nginx libnginx-mod-http-srcache-filter libnginx-mod-http-memc memcached wrk curl python3" >&2
+    exit 1
+fi
+
+WORK=$(mktemp -d /tmp/tower-memcache-nginx-bench.XXXXXX)
+chmod 755 "$WORK" # nginx workers may run as another user and must read html/
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${KEEP:-0} == 1 ]]; then
+        echo "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+# Four ports that were free a moment ago, all different.
+read -r MC_PORT ORIGIN_PORT CACHE_PORT PROXY_PORT < <(python3 - <<'PY'
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+PY
+)
+
+wait_port() {
+    local i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listens on 127.0.0.1:$1; logs in $WORK" >&2
+    KEEP=1
+    exit 1
+}
+
+# memcached's counter NAME.
+mc_stat() {
+    python3 - "$MC_PORT" "$1" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"stats\r\n")
+data = b""
+while not data.endswith(b"END\r\n"):
+    data += s.recv(65536)
+for line in data.decode().splitlines():
+    parts = line.split()
+    if len(parts) == 3 and parts[1] == sys.argv[2]:
+        print(parts[2])
+PY
+}
+
+# CPU seconds (user + system) used so far by these processes.
+cpu_seconds() {
+    python3 - "$@" <<'PY'
+import os, sys
+ticks = os.sysconf("SC_CLK_TCK")
+total = 0
+for pid in sys.argv[1:]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        pass
+print(f"{total / ticks:.2f}")
+PY
+}
+
+# Idle, stolen (by the hypervisor) and total jiffies of the whole machine so far
+# (/proc/stat): whether a run left CPU unused, or did not get all of it.
+machine_jiffies() {
+    awk '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, $9, t}' /proc/stat
+}
+
+echo "== versions"
+nginx -v 2>&1
+memcached -V
+wrk -v 2>&1 | head -1 || true
+rustc -V
+echo "cpus: $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+echo "kernel: $(uname -r)"
+
+echo "== building the proxy"
+(cd "$ROOT" && cargo build --release --example reverse_proxy --quiet)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+PROXY_BIN=$TARGET_DIR/release/examples/reverse_proxy
+
+echo "== starting memcached, nginx (origin + srcache) and the proxy"
+MC_USER=()
+[[ $(id -u) == 0 ]] && MC_USER=(-u root)
+memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -t "$MEMCACHED_THREADS" -m 64 -c 4096 "${MC_USER[@]}" \
+    >"$WORK/memcached.log" 2>&1 &
+PIDS+=($!)
+MC_PID=$!
+
+mkdir -p "$WORK/html"
+python3 -c 'import sys; line = b"tower-memcache benchmark body: the same 1 KiB from both caches.\n"; sys.stdout.buffer.write((line * 17)[:1024])' \
+    >"$WORK/html/1k.html"
+chmod -R a+rX "$WORK/html"
+sed -e "s|@WORKERS@|$WORKERS|" -e "s|@MODULES_DIR@|$MODULES_DIR|" \
+    -e "s|@CACHE_PORT@|$CACHE_PORT|" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|" \
+    -e "s|@MEMCACHED_PORT@|$MC_PORT|" \
+    "$ROOT/bench/nginx/nginx.conf.template" >"$WORK/nginx.conf"
+nginx -t -q -c "$WORK/nginx.conf" -p "$WORK/" -g 'daemon off;'
+nginx -c "$WORK/nginx.conf" -p "$WORK/" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
+PIDS+=($!)
+NGINX_PID=$!
+
+PROXY_ARGS=(--listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
+    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --ttl 300)
+read -r -a EXTRA_ENV <<<"${PROXY_ENV:-}"
+env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${PROXY_ARGS[@]}" >"$WORK/proxy.log" 2>&1 &
+PIDS+=($!)
+PROXY_PID=$!
+
+wait_port "$MC_PORT"
+wait_port "$ORIGIN_PORT"
+wait_port "$CACHE_PORT"
+wait_port "$PROXY_PORT"
+echo "memcached -l 127.0.0.1 -p $MC_PORT -U 0 -t $MEMCACHED_THREADS -m 64 -c 4096 ${MC_USER[*]}"
+echo "nginx -c $WORK/nginx.conf -p $WORK/ -g 'daemon off;'   (worker_processes $WORKERS)"
+echo "${PROXY_ENV:+$PROXY_ENV }cargo run --release --example reverse_proxy -- ${PROXY_ARGS[*]}"
+
+NGINX_URL=http://127.0.0.1:$CACHE_PORT$TARGET_PATH
+PROXY_URL=http://127.0.0.1:$PROXY_PORT$TARGET_PATH
+
+echo "== warming both caches"
+for _ in 1 2; do
+    curl -s -o /dev/null "$NGINX_URL"
+    curl -s -o /dev/null "$PROXY_URL"
+    sleep 0.3 # both store after the response has gone out
+done
+nginx_headers=$(curl -s -D - -o "$WORK/nginx.body" "$NGINX_URL")
+proxy_headers=$(curl -s -D - -o "$WORK/proxy.body" "$PROXY_URL")
+echo "-- nginx + srcache: $NGINX_URL"
+echo "$nginx_headers"
+echo "-- reverse_proxy: $PROXY_URL"
+echo "$proxy_headers"
+grep -qi '^x-cache: HIT' <<<"$nginx_headers" || { echo "nginx is not answering from memcached" >&2; KEEP=1; exit 1; }
+grep -qi '^cache-status: tower-memcache; hit' <<<"$proxy_headers" || { echo "the proxy is not answering from memcached" >&2; KEEP=1; exit 1; }
+cmp -s "$WORK/nginx.body" "$WORK/proxy.body" || { echo "the two bodies differ" >&2; KEEP=1; exit 1; }
+cmp -s "$WORK/nginx.body" "$WORK/html/1k.html" || { echo "the cached body is not the origin's" >&2; KEEP=1; exit 1; }
+echo "both hit; same $(wc -c <"$WORK/proxy.body")-byte body;" \
+    "response header bytes: nginx $(curl -s -o /dev/null -w '%{size_header}' "$NGINX_URL")," \
+    "proxy $(curl -s -o /dev/null -w '%{size_header}' "$PROXY_URL")"
+
+echo "== warm-up ($WARMUP each, not counted)"
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$NGINX_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$PROXY_URL" >/dev/null
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+# run_side ROUND NAME URL PID...: one wrk run, its line in results.tsv and on screen.
+run_side() {
+    local round=$1 name=$2 url=$3
+    shift 3
+    local cpu0 cpu1 mc0 mc1 hits0 hits1 miss0 miss1 out j0 j1 wrk_cpu
+    cpu0=$(cpu_seconds "$@")
+    mc0=$(cpu_seconds "$MC_PID")
+    hits0=$(mc_stat get_hits)
+    miss0=$(mc_stat get_misses)
+    out=$WORK/wrk-$name-$round.txt
+    j0=$(machine_jiffies)
+    # wrk through a wrapper that reports wrk's own CPU time.
+    wrk_cpu=$(python3 -c 'import resource, subprocess, sys
+with open(sys.argv[1], "w") as out:
+    subprocess.run(sys.argv[2:], stdout=out, check=True)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(usage.ru_utime + usage.ru_stime)' "$out" \
+        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+    j1=$(machine_jiffies)
+    cpu1=$(cpu_seconds "$@")
+    mc1=$(cpu_seconds "$MC_PID")
+    hits1=$(mc_stat get_hits)
+    miss1=$(mc_stat get_misses)
+    python3 - "$out" "$round" "$name" "$cpu0" "$cpu1" "$mc0" "$mc1" "$wrk_cpu" "$hits0" \
+        "$hits1" "$miss0" "$miss1" $j0 $j1 >>"$RESULTS" <<'PY'
+import os, re, sys
+out, rnd, name = sys.argv[1:4]
+cpu0, cpu1, mc0, mc1, wrk_cpu = map(float, sys.argv[4:9])
+hits0, hits1, miss0, miss1 = map(int, sys.argv[9:13])
+idle0, steal0, total0, idle1, steal1, total1 = map(int, sys.argv[13:19])
+hz = os.sysconf("SC_CLK_TCK")
+capacity = max(1, total1 - total0) / hz  # CPU-seconds the machine had during the run
+idle = (idle1 - idle0) / hz
+stolen = (steal1 - steal0) / hz
+cpu, mc = cpu1 - cpu0, mc1 - mc0
+# Busy time that was neither the server, memcached nor wrk: other processes on the machine
+# (and the hypervisor's steal). High values mark a disturbed round.
+others = max(0.0, capacity - idle - cpu - mc - wrk_cpu)
+text = open(out).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+total = int(re.search(r"(\d+) requests in", text).group(1))
+p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)
+p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errors = re.search(r"Socket errors: (.*)", text)
+note = []
+if bad:
+    note.append(f"non-2xx={bad.group(1)}")
+if errors:
+    note.append("socket errors: " + errors.group(1).strip())
+per = lambda seconds: f"{seconds / total * 1e6:.1f}" if total else "-"
+print("\t".join([rnd, name, f"{rps:.0f}", str(total), p50, p99, f"{cpu:.2f}", per(cpu),
+                 per(mc), per(wrk_cpu), str(hits1 - hits0), str(miss1 - miss0),
+                 f"{100 * idle / capacity:.0f}", f"{100 * others / capacity:.0f}",
+                 f"{100 * stolen / capacity:.0f}", " ".join(note) or "-"]))
+PY
+    tail -n1 "$RESULTS"
+}
+
+echo "== wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, order swapped each round"
+# server-us/req, memcached-us/req, wrk-us/req: CPU time per request of each. idle%: machine
+# CPU left unused; others%: machine CPU used by processes outside the benchmark; steal%:
+# taken by the hypervisor. A round with a high others% or steal% was disturbed.
+printf '%s\n' $'round\tside\treq/s\trequests\tp50\tp99\tserver-cpu-s\tserver-us/req\tmemcached-us/req\twrk-us/req\tget_hits\tget_misses\tidle%\tothers%\tsteal%\tnotes'
+NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
+for round in $(seq 1 "$ROUNDS"); do
+    if ((round % 2)); then
+        run_side "$round" nginx "$NGINX_URL" "${NGINX_PIDS[@]}"
+        run_side "$round" proxy "$PROXY_URL" "$PROXY_PID"
+    else
+        run_side "$round" proxy "$PROXY_URL" "$PROXY_PID"
+        run_side "$round" nginx "$NGINX_URL" "${NGINX_PIDS[@]}"
+    fi
+done
+
+echo "== summary (medians over $ROUNDS rounds)"
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+def med(side, col):
+    return statistics.median(float(r[col]) for r in rows if r[1] == side)
+n, p = med("nginx", 2), med("proxy", 2)
+for side, label in (("nginx", "nginx + srcache + memc"), ("proxy", "reverse_proxy")):
+    print(f"{label:23s} {med(side, 2):6.0f} req/s; CPU per request: server"
+          f" {med(side, 7):.1f} us, memcached {med(side, 8):.1f} us, wrk {med(side, 9):.1f} us;"
+          f" others {med(side, 13):.0f}% of the machine")
+per_round = []
+for rnd in sorted({r[0] for r in rows}, key=int):
+    side = {r[1]: float(r[2]) for r in rows if r[0] == rnd}
+    per_round.append(side["proxy"] / side["nginx"])
+print("ratio proxy / nginx per round: " + ", ".join(f"{x:.2f}" for x in per_round))
+verdict = "meets" if p >= n else "misses"
+print(f"median ratio proxy / nginx: {p / n:.2f} ({verdict} the target of >= 1.00)")
+PY

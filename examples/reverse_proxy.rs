@@ -1,0 +1,469 @@
+//! A caching reverse proxy in front of any HTTP origin: the deployment people know from
+//! nginx + srcache + memc, as a tower stack.
+//!
+//! ```text
+//! reverse_proxy --upstream URL [--listen ADDR] [--memcache HOST:PORT[,HOST:PORT...]]
+//!               [--ttl SECS] [--threads N] [--upstream-host]
+//! ```
+//!
+//! - `--upstream URL`: the origin, `http://host[:port]` (plain HTTP only; no TLS to the
+//!   origin, no path prefix).
+//! - `--listen ADDR`: where to serve HTTP/1.1 and HTTP/2 (prior knowledge); default
+//!   `127.0.0.1:3001`.
+//! - `--memcache SERVERS`: comma-separated memcached servers (ketama over them, as
+//!   libmemcached does). Without it, entries live in this process (`MemoryBackend`).
+//! - `--ttl SECS`: how long responses are cached when the origin does not say
+//!   (`Cache-Control: s-maxage` / `max-age`, less its `Age`, win); default 3600.
+//! - `--threads N`: tokio worker threads; default one per CPU.
+//! - `--upstream-host`: send the upstream's authority as `Host` (nginx's default
+//!   `$proxy_host`) and the client's in `X-Forwarded-Host`. Without it the client's `Host`
+//!   goes to the origin unchanged (nginx's `proxy_set_header Host $host`), which keeps the
+//!   cache key (built from the client's host) and what the origin saw the same.
+//!
+//! Every method, path, query and end-to-end header is forwarded; the request body streams
+//! through. Hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`, `Trailer`,
+//! `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both ways, and
+//! `X-Forwarded-For` / `X-Forwarded-Proto` are added. Upstream connections are pooled and
+//! kept alive, and spoken to in HTTP/1.1 whatever the client spoke; responses go out as
+//! the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An
+//! origin that cannot be reached answers 502 Bad Gateway, one that sends no response head
+//! within 60 s 504 Gateway Timeout; neither is cached.
+//!
+//! What is stored is [`MemcacheLayer`]'s policy: GET and HEAD, the heuristically cacheable
+//! statuses, never `no-store` / `private` / `no-cache` / `Set-Cookie` / `Vary: *`, keyed by
+//! method, host, path and query (namespace `proxy`). As with srcache, request cookies are
+//! not part of the key: an origin that personalises a response must say `private` or
+//! `Vary`. `RUST_LOG=debug` shows every cache decision.
+//!
+//! An example session, with Python's file server as the origin:
+//!
+//! ```text
+//! $ mkdir /tmp/site && echo hello > /tmp/site/index.html
+//! $ python3 -m http.server 8080 --bind 127.0.0.1 --directory /tmp/site &
+//! $ memcached -l 127.0.0.1 -p 11311 -U 0 &          # add -u root when running as root
+//! $ cargo run --release --example reverse_proxy -- \
+//!       --listen 127.0.0.1:3001 --upstream http://127.0.0.1:8080 --memcache 127.0.0.1:11311
+//! tower-memcache reverse proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads)
+//!
+//! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
+//! cache-status: tower-memcache; fwd=uri-miss; stored
+//! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
+//! age: 0
+//! cache-status: tower-memcache; hit
+//! $ curl -si -X POST -d 'x=1' http://127.0.0.1:3001/index.html | head -1   # passes through
+//! HTTP/1.1 501 Unsupported method ('POST')
+//! ```
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CacheLifetime, MemcacheLayer};
+use tower_memcache::policy::{CacheControl, is_hop_by_hop};
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] [--listen ADDR] \
+[--memcache HOST:PORT[,HOST:PORT...]] [--ttl SECS] [--threads N] [--upstream-host]";
+
+/// How long the origin may take to send its response head.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The command line.
+struct Args {
+    listen: SocketAddr,
+    upstream: Uri,
+    memcache: Option<Vec<String>>,
+    ttl: Duration,
+    threads: Option<usize>,
+    upstream_host: bool,
+}
+
+impl Args {
+    /// `Ok(None)` when help was asked for.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
+        let mut listen = SocketAddr::from(([127, 0, 0, 1], 3001));
+        let mut upstream = None;
+        let mut memcache = None;
+        let mut ttl = Duration::from_secs(3600);
+        let mut threads = None;
+        let mut upstream_host = false;
+        while let Some(arg) = args.next() {
+            // Both `--flag value` and `--flag=value`.
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => {
+                    (flag.to_string(), Some(value.to_string()))
+                }
+                _ => (arg, None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "--listen" => {
+                    let v = value()?;
+                    listen = v.parse().map_err(|e| format!("--listen {v:?}: {e}"))?;
+                }
+                "--upstream" => upstream = Some(parse_upstream(&value()?)?),
+                "--memcache" => {
+                    let servers: Vec<String> = value()?
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect();
+                    if servers.is_empty() {
+                        return Err("--memcache needs at least one HOST:PORT".into());
+                    }
+                    memcache = Some(servers);
+                }
+                "--ttl" => {
+                    let v = value()?;
+                    let secs = v.parse().map_err(|e| format!("--ttl {v:?}: {e}"))?;
+                    ttl = Duration::from_secs(secs);
+                }
+                "--threads" => {
+                    let v = value()?;
+                    let n: usize = v.parse().map_err(|e| format!("--threads {v:?}: {e}"))?;
+                    threads = Some(n.max(1));
+                }
+                "--upstream-host" => upstream_host = true,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        let upstream = upstream.ok_or("--upstream is required")?;
+        Ok(Some(Self {
+            listen,
+            upstream,
+            memcache,
+            ttl,
+            threads,
+            upstream_host,
+        }))
+    }
+}
+
+/// `http://host[:port]`, nothing else.
+fn parse_upstream(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("--upstream {text:?}: {e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(format!(
+            "--upstream {text:?}: only http:// origins are supported"
+        ));
+    }
+    if uri.authority().is_none() {
+        return Err(format!("--upstream {text:?}: no host"));
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(format!(
+            "--upstream {text:?}: a path prefix is not supported; give http://host[:port]"
+        ));
+    }
+    Ok(uri)
+}
+
+/// What the forwarding service knows: where the origin is and a pooled client to it.
+struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    /// The authority as a `Host` value, for `--upstream-host`.
+    host_value: HeaderValue,
+    upstream_host: bool,
+}
+
+/// The origin's body, or a short body the proxy made up (502, 504).
+type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The inner service: forwards one request to the origin. Never fails: trouble with the
+/// origin is a 502 or 504 response.
+async fn forward(
+    upstream: Arc<Upstream>,
+    client_addr: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // Where the client addressed the request: `Host`, or the URI's authority (HTTP/2's
+    // `:authority`, or an absolute-form HTTP/1.1 target, which wins over `Host`).
+    let client_host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(header::HOST).cloned(),
+    };
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let target = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build();
+    *request.uri_mut() = match target {
+        Ok(uri) => uri,
+        Err(err) => {
+            tracing::debug!(error = %err, "request target not forwardable");
+            return Ok(made_up(StatusCode::BAD_REQUEST, "400 Bad Request\n"));
+        }
+    };
+    // The pool speaks HTTP/1.1 to the origin whatever the client spoke.
+    *request.version_mut() = Version::HTTP_11;
+
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    if upstream.upstream_host {
+        headers.insert(header::HOST, upstream.host_value.clone());
+        if let Some(host) = client_host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    } else if let Some(host) = client_host {
+        headers.insert(header::HOST, host);
+    }
+    // No client host at all (HTTP/1.0): the client pool fills in the upstream's.
+    append_forwarded_for(headers, client_addr);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+
+    let method = request.method().clone();
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, upstream.client.request(request)).await {
+        Ok(Ok(mut response)) => {
+            // Our own version towards the client, whatever the origin spoke (hyper still
+            // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
+            // stored, and replayed on hits) would make HTTP/1.1 clients close the
+            // connection after every response.
+            *response.version_mut() = Version::HTTP_11;
+            strip_hop_by_hop(response.headers_mut());
+            // Without a word from the origin the layer's default lifetime (`--ttl`) applies.
+            if let Some(lifetime) = origin_lifetime(response.headers()) {
+                response.extensions_mut().insert(CacheLifetime(lifetime));
+            }
+            Ok(response.map(Either::Left))
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
+            Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"))
+        }
+        Err(_) => {
+            tracing::warn!(%method, upstream = %upstream.authority, "upstream sent no response in time");
+            Ok(made_up(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout\n",
+            ))
+        }
+    }
+}
+
+/// Drops the hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name, headers))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// `X-Forwarded-For: <what came in>, <client>`.
+fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
+    let ip = addr.ip().to_string();
+    let mut value = Vec::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        value.extend_from_slice(prior.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(ip.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// The origin's own freshness for a shared cache, `s-maxage` before `max-age`, less the
+/// `Age` it already has; `None` when it says nothing (the `--ttl` default applies). Zero
+/// keeps the response out of the cache.
+fn origin_lifetime(headers: &HeaderMap) -> Option<Duration> {
+    let cc = CacheControl::parse(headers);
+    let max_age = cc.s_maxage.or(cc.max_age)?;
+    let age = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(Duration::from_secs(max_age.saturating_sub(age)))
+}
+
+fn made_up(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An error and its sources on one line (hyper's own messages are terse).
+fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(message) => {
+            eprintln!("{message}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads);
+    }
+    runtime.build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    match args.memcache.clone() {
+        #[cfg(feature = "tcp")]
+        Some(servers) => {
+            let description = format!("memcached {}", servers.join(","));
+            let backend = tower_memcache::backend::TcpBackend::new(servers)?;
+            serve(args, backend, description).await
+        }
+        #[cfg(not(feature = "tcp"))]
+        Some(_) => Err("--memcache needs the crate's `tcp` feature".into()),
+        None => serve(args, MemoryBackend::new(), "in-process memory".to_string()).await,
+    }
+}
+
+async fn serve<B: Backend>(
+    args: Args,
+    backend: B,
+    description: String,
+) -> Result<(), Box<dyn Error>> {
+    let authority = args
+        .upstream
+        .authority()
+        .cloned()
+        .ok_or("--upstream has no host")?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let upstream_authority = authority.clone();
+    let upstream = Arc::new(Upstream {
+        client,
+        host_value: HeaderValue::from_str(authority.as_str())?,
+        authority,
+        upstream_host: args.upstream_host,
+    });
+
+    // One layer for the process; its services share statistics and request coalescing.
+    let layer = MemcacheLayer::new(backend)
+        .namespace("proxy")
+        .default_lifetime(args.ttl);
+
+    let listener = TcpListener::bind(args.listen).await?;
+    let threads = args
+        .threads
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    println!(
+        "tower-memcache reverse proxy on http://{} -> http://{} ({description}, {threads} threads)",
+        listener.local_addr()?,
+        upstream_authority,
+    );
+
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut ctrl_c = pin!(tokio::signal::ctrl_c());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off a little.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut ctrl_c => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // A cache service per connection, so the forwarding service knows the client's
+        // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
+        let upstream = Arc::clone(&upstream);
+        let service = layer.layer(tower::service_fn(move |request| {
+            forward(Arc::clone(&upstream), peer, request)
+        }));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %error_chain(&*err), "connection ended with an error");
+            }
+        });
+    }
+
+    println!("shutting down: finishing open requests (10 s at most)");
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+    }
+    Ok(())
+}
