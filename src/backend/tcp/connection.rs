@@ -150,6 +150,13 @@ async fn write_loop(
 ) {
     let mut batch = BytesMut::with_capacity(16 * 1024);
     while let Some(first) = commands.recv().await {
+        // Let the callers that are ready to run queue their requests too: woken through
+        // the scheduler's LIFO slot, the writer would otherwise run before any of them and
+        // write one request per syscall. Only when requests are in flight: an idle
+        // connection writes at once.
+        if pending.capacity() < pending.max_capacity() {
+            tokio::task::yield_now().await;
+        }
         let mut next = Some(first);
         while let Some(command) = next.take() {
             // A caller that already gave up needs no request sent.
@@ -192,11 +199,16 @@ async fn read_loop(
                 Some(waiter) => waiter,
                 None => break None, // writer ended cleanly: no more requests
             },
-            read = socket.read_buf(&mut buf) => break Some(match read {
-                Ok(0) => unreachable(&server, "connection closed by server".to_string()),
-                Ok(_) => BackendError::Protocol("unsolicited bytes from server".to_string()),
-                Err(err) => unreachable(&server, format!("read: {err}")),
-            }),
+            read = socket.read_buf(&mut buf) => match read {
+                Ok(0) => break Some(unreachable(&server, "connection closed by server".to_string())),
+                // A waiter is registered before its request is written, so bytes that
+                // answer a request find it now, even if it arrived after `pending` was polled.
+                Ok(_) => match pending.try_recv() {
+                    Ok(waiter) => waiter,
+                    Err(_) => break Some(BackendError::Protocol("unsolicited bytes from server".to_string())),
+                },
+                Err(err) => break Some(unreachable(&server, format!("read: {err}"))),
+            },
         };
         match read_reply(&mut socket, &mut buf, &settings, &server).await {
             Ok(reply) => {
