@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
 
@@ -205,10 +205,9 @@ impl<B: Backend> Shared<B> {
     }
 
     async fn lookup(&self, plan: &Plan, request_headers: &HeaderMap) -> Lookup {
+        // No separate availability check: a backend whose server is down fails the get at
+        // once, and checking first would route (hash) the key twice on every hit.
         let backend = &self.config.backend;
-        if !backend.is_available(&plan.key) {
-            return Lookup::Unavailable;
-        }
         let item =
             match tokio::time::timeout(self.config.lookup_timeout, backend.get(&plan.key)).await {
                 Ok(Ok(item)) => item,
@@ -407,7 +406,6 @@ impl<B: Backend> Shared<B> {
         EntryMeta {
             canonical_key: plan.canonical.clone(),
             status: response.status().as_u16(),
-            version: version_code(response.version()),
             headers,
             vary,
             stored_at_ms: now_ms(),
@@ -568,14 +566,4 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-fn version_code(version: Version) -> u8 {
-    match version {
-        Version::HTTP_09 => 9,
-        Version::HTTP_10 => 10,
-        Version::HTTP_2 => 20,
-        Version::HTTP_3 => 30,
-        _ => 11,
-    }
 }

@@ -24,10 +24,8 @@ pub struct EntryMeta {
     /// The canonical request key the entry was stored under; compared on every read so an
     /// md5 collision or a foreign value is never served.
     pub canonical_key: String,
-    /// HTTP status code.
+    /// HTTP status code. (No HTTP version: a hit takes the client connection's.)
     pub status: u16,
-    /// HTTP version as 9 (0.9), 10, 11, 20 or 30.
-    pub version: u8,
     /// End-to-end response headers, in order, as name and raw value.
     pub headers: Vec<(String, Vec<u8>)>,
     /// The request header values the response varied on (`Vary`), lower-case name to
@@ -98,7 +96,6 @@ mod tests {
         EntryMeta {
             canonical_key: "GET http://example.com/a?b".into(),
             status: 200,
-            version: 11,
             headers: vec![("content-type".into(), b"text/plain".to_vec())],
             vary: vec![("accept-encoding".into(), Some("gzip".into()))],
             stored_at_ms: 1_700_000_000_000,

@@ -555,14 +555,10 @@ impl TcpBackend {
         if server.record(&outcome, inner.failure_threshold) == Transition::WentDown {
             tracing::warn!(server = %server.name, "memcached server marked down; probing");
             server.close_connections();
-            self.rebuild_ring();
+            rebuild_ring(&self.inner);
             tokio::spawn(probe(Arc::downgrade(&self.inner), index));
         }
         outcome
-    }
-
-    fn rebuild_ring(&self) {
-        rebuild_ring(&self.inner);
     }
 }
 
