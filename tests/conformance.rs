@@ -73,3 +73,91 @@ mod tcp {
         conformance::client_bad_input(backend, 64 * 1024).await;
     }
 }
+
+/// TcpBackend's commands beyond the Backend trait, against a real memcached.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn tcp_extra_commands() {
+    use tower_memcache::backend::tcp::CasOutcome;
+    use tower_memcache::backend::{Backend, Lifetime, TcpBackend};
+
+    let server = memcached_or_skip!("conformance::tcp_extra_commands");
+    let backend = TcpBackend::new([server.addr()]).unwrap();
+
+    // cas: stores only while the item is unchanged since it was read.
+    backend
+        .set("c", "v1".into(), 3, Lifetime::NEVER)
+        .await
+        .unwrap();
+    let cas = backend
+        .get("c")
+        .await
+        .unwrap()
+        .unwrap()
+        .cas
+        .expect("gets returns cas");
+    assert_eq!(
+        backend
+            .cas("c", "v2".into(), 4, Lifetime::NEVER, cas)
+            .await
+            .unwrap(),
+        CasOutcome::Stored
+    );
+    assert_eq!(
+        backend
+            .cas("c", "v3".into(), 4, Lifetime::NEVER, cas)
+            .await
+            .unwrap(),
+        CasOutcome::Exists
+    );
+    let item = backend.get("c").await.unwrap().unwrap();
+    assert_eq!((&item.value[..], item.flags), (&b"v2"[..], 4));
+    assert_eq!(
+        backend
+            .cas("gone", "x".into(), 0, Lifetime::NEVER, 1)
+            .await
+            .unwrap(),
+        CasOutcome::NotFound
+    );
+
+    // replace / append / prepend: only for existing keys.
+    assert!(
+        !backend
+            .replace("r", "x".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap()
+    );
+    assert!(backend.get("r").await.unwrap().is_none());
+    backend
+        .set("r", "mid".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert!(
+        backend
+            .replace("r", "middle".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap()
+    );
+    assert!(backend.append("r", "-end".into()).await.unwrap());
+    assert!(backend.prepend("r", "start-".into()).await.unwrap());
+    assert_eq!(
+        &backend.get("r").await.unwrap().unwrap().value[..],
+        b"start-middle-end"
+    );
+    assert!(!backend.append("absent", "x".into()).await.unwrap());
+
+    // decr stops at zero, as memcached does.
+    backend
+        .set("n", "5".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert_eq!(backend.decr("n", 3).await.unwrap(), Some(2));
+    assert_eq!(backend.decr("n", 10).await.unwrap(), Some(0));
+    assert_eq!(backend.decr("absent", 1).await.unwrap(), None);
+
+    // version: one answer per server, named host:port.
+    let versions = backend.versions().await;
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].0, server.addr());
+    assert!(versions[0].1.starts_with("1."), "{versions:?}");
+}
