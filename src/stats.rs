@@ -31,6 +31,9 @@ struct Counters {
     backend_errors: AtomicU64,
     coalesced: AtomicU64,
     bytes_served: AtomicU64,
+    stale: AtomicU64,
+    revalidations: AtomicU64,
+    invalidations: AtomicU64,
 }
 
 /// A point-in-time copy of [`CacheStats`].
@@ -53,6 +56,13 @@ pub struct StatsSnapshot {
     pub coalesced: u64,
     /// Body bytes sent from the cache.
     pub bytes_served: u64,
+    /// Hits answered with a stale response (`stale-while-revalidate`, `stale-if-error`,
+    /// `max-stale`); also counted in `hits`.
+    pub stale: u64,
+    /// Conditional requests the layer sent to revalidate a stored response.
+    pub revalidations: u64,
+    /// URIs, tags and namespaces invalidated (unsafe methods and purges).
+    pub invalidations: u64,
 }
 
 impl StatsSnapshot {
@@ -90,6 +100,12 @@ impl CacheStats {
         record_backend_error => backend_errors,
         /// Counts a request that waited for another's response.
         record_coalesced => coalesced,
+        /// Counts a stale response served (also count the hit).
+        record_stale => stale,
+        /// Counts a conditional request sent to revalidate.
+        record_revalidation => revalidations,
+        /// Counts an invalidation.
+        record_invalidation => invalidations,
     }
 
     /// Counts a hit that sent `body_bytes` from the cache.
@@ -112,6 +128,9 @@ impl CacheStats {
             backend_errors: c.backend_errors.load(Ordering::Relaxed),
             coalesced: c.coalesced.load(Ordering::Relaxed),
             bytes_served: c.bytes_served.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            revalidations: c.revalidations.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
         }
     }
 }

@@ -336,7 +336,7 @@ async fn unstorable_responses_are_never_stored<B: Backend>(backend: B) {
     assert_eq!(stats.snapshot().stores, 2);
     // Other methods bypass the cache and are never answered from it.
     let post = send(&svc, Method::POST, "/not-found", &[]).await;
-    assert_eq!(post.cache_status(), "tower-memcache; fwd=bypass");
+    assert_eq!(post.cache_status(), "tower-memcache; fwd=method");
     // A client asking for a fresh copy goes to the origin (and refreshes the entry).
     let fresh = send(
         &svc,
@@ -345,7 +345,7 @@ async fn unstorable_responses_are_never_stored<B: Backend>(backend: B) {
         &[("cache-control", "no-cache")],
     )
     .await;
-    assert_eq!(fresh.cache_status(), "tower-memcache; fwd=uri-miss; stored");
+    assert_eq!(fresh.cache_status(), "tower-memcache; fwd=request; stored");
 }
 
 async fn head_is_served_from_the_get_entry<B: Backend>(backend: B) {
@@ -421,8 +421,15 @@ async fn vary_selects_the_variant<B: Backend>(backend: B) {
     assert_eq!(again.cache_status(), "tower-memcache; hit");
     assert_eq!(again.body(), first.body());
     let en = send(&svc, Method::GET, "/vary", &[("accept-language", "en")]).await;
-    assert_eq!(en.cache_status().split("; ").nth(1), Some("fwd=uri-miss"));
+    assert_eq!(en.cache_status().split("; ").nth(1), Some("fwd=vary-miss"));
     assert_eq!(en.body(), b"lang Some(\"en\") call 2");
+    stores(&stats, 2).await;
+    // Variants coexist: storing "en" did not evict "de".
+    let de_again = send(&svc, Method::GET, "/vary", &de).await;
+    assert_eq!(de_again.cache_status(), "tower-memcache; hit");
+    assert_eq!(de_again.body(), first.body());
+    let en_again = send(&svc, Method::GET, "/vary", &[("accept-language", "en")]).await;
+    assert_eq!(en_again.body(), b"lang Some(\"en\") call 2");
     let none = get(&svc, "/vary").await;
     assert_ne!(
         none.cache_status(),

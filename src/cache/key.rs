@@ -2,10 +2,7 @@
 
 use std::fmt::Write as _;
 
-use http::header::HeaderName;
 use http::{Extensions, HeaderMap, Method, Uri, header};
-
-use crate::policy::normalized_header;
 
 /// The parts of a request a key function may look at.
 #[derive(Debug, Clone, Copy)]
@@ -49,14 +46,10 @@ where
     }
 }
 
-/// The default canonical key: `GET scheme://authority/path?query`, then one line per
-/// configured header (`name: normalised value`, empty when absent). HEAD uses GET's key, so
-/// a HEAD is answered from a stored GET.
-pub(crate) fn canonical_key(
-    default_scheme: &str,
-    head: &RequestHead<'_>,
-    key_headers: &[HeaderName],
-) -> String {
+/// The default canonical key: `GET scheme://authority/path?query`. HEAD uses GET's key, so
+/// a HEAD is answered from a stored GET. (Configured key headers select variants under
+/// this key, like `Vary`, so purging a URL purges all of them.)
+pub(crate) fn canonical_key(default_scheme: &str, head: &RequestHead<'_>) -> String {
     let uri = head.uri;
     let scheme = uri.scheme_str().unwrap_or(default_scheme);
     let authority = uri
@@ -71,10 +64,6 @@ pub(crate) fn canonical_key(
         "GET {scheme}://{}{path_and_query}",
         authority.to_ascii_lowercase()
     );
-    for name in key_headers {
-        let value = normalized_header(head.headers, name.as_str()).unwrap_or_default();
-        let _ = write!(key, "\n{name}: {value}");
-    }
     key
 }
 
@@ -103,18 +92,14 @@ mod tests {
         headers.insert(header::HOST, "Example.COM".parse().unwrap());
         headers.insert("accept-language", "de,  en".parse().unwrap());
         let ext = Extensions::new();
-        let get = canonical_key("http", &head(&Method::GET, &uri, &headers, &ext), &[]);
-        let head_key = canonical_key("http", &head(&Method::HEAD, &uri, &headers, &ext), &[]);
+        let get = canonical_key("http", &head(&Method::GET, &uri, &headers, &ext));
+        let head_key = canonical_key("http", &head(&Method::HEAD, &uri, &headers, &ext));
         assert_eq!(get, "GET http://example.com/a/b?x=1");
         assert_eq!(get, head_key);
-        let lang = [HeaderName::from_static("accept-language")];
-        let with = canonical_key("https", &head(&Method::GET, &uri, &headers, &ext), &lang);
-        assert_eq!(
-            with,
-            "GET https://example.com/a/b?x=1\naccept-language: de, en"
-        );
+        let https = canonical_key("https", &head(&Method::GET, &uri, &headers, &ext));
+        assert_eq!(https, "GET https://example.com/a/b?x=1");
         let absolute: Uri = "http://other:8080/p".parse().unwrap();
-        let other = canonical_key("http", &head(&Method::GET, &absolute, &headers, &ext), &[]);
+        let other = canonical_key("http", &head(&Method::GET, &absolute, &headers, &ext));
         assert_eq!(other, "GET http://other:8080/p");
     }
 }

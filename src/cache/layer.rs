@@ -8,10 +8,12 @@ use http::header::HeaderName;
 use tower::Layer;
 
 use super::key::KeyFn;
+use super::purge::Purger;
 use super::service::{Memcache, Shared};
 use super::single_flight::SingleFlight;
 use crate::backend::{Backend, DEFAULT_ITEM_SIZE_LIMIT};
-use crate::policy::{Policy, RouteAction, RouteMatch, RouteRule};
+use crate::policy::freshness::Heuristic;
+use crate::policy::{CacheMode, Policy, RouteAction, RouteMatch, RouteRule};
 use crate::stats::CacheStats;
 
 /// The largest body stored by default: memcached's 1 MiB item size less room for the key,
@@ -21,6 +23,10 @@ pub const DEFAULT_MAX_ENTRY_SIZE: usize = DEFAULT_ITEM_SIZE_LIMIT - 16 * 1024;
 /// The header a handler can set to choose one response's lifetime in seconds (`0`: don't
 /// store); the layer removes it before the response is sent.
 pub const DEFAULT_LIFETIME_HEADER: &str = "x-memcache-lifetime";
+
+/// The response header that tags a response for [`Purger::purge_tag`]; the layer removes it
+/// before the response is sent.
+pub const DEFAULT_TAG_HEADER: &str = "surrogate-key";
 
 #[derive(Clone)]
 pub(crate) struct Config<B> {
@@ -36,6 +42,11 @@ pub(crate) struct Config<B> {
     pub(crate) lookup_timeout: Duration,
     pub(crate) coalesce_timeout: Duration,
     pub(crate) max_coalesced: usize,
+    pub(crate) tag_header: Option<HeaderName>,
+    pub(crate) keep_stale: Duration,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) lease_wait: Duration,
+    pub(crate) lease_poll: Duration,
     pub(crate) stats: CacheStats,
     pub(crate) flights: SingleFlight,
 }
@@ -97,6 +108,11 @@ impl<B: Backend> MemcacheLayer<B> {
                 lookup_timeout: Duration::from_millis(100),
                 coalesce_timeout: Duration::from_secs(5),
                 max_coalesced: 1024,
+                tag_header: Some(HeaderName::from_static(DEFAULT_TAG_HEADER)),
+                keep_stale: Duration::from_secs(60),
+                lease: Some(Duration::from_secs(5)),
+                lease_wait: Duration::from_secs(2),
+                lease_poll: Duration::from_millis(20),
                 stats: CacheStats::default(),
                 flights: SingleFlight::default(),
             },
@@ -218,9 +234,67 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
+    /// Who decides lifetimes: route rules ([`CacheMode::Routes`], the default) or the
+    /// origin's `Cache-Control` / `Expires` ([`CacheMode::Origin`]). The safety rules of
+    /// RFC 9111 (`no-store`, `private`, `no-cache`, `must-revalidate`, request directives,
+    /// validation, `Vary`, invalidation) hold in both.
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.config.policy.set_mode(mode);
+        self
+    }
+
+    /// Heuristic freshness in origin mode, for responses with `Last-Modified` and no
+    /// explicit lifetime (RFC 9111 §4.2.2). Defaults to a tenth of the time since the last
+    /// modification, at most a day; a fraction of `0.0` turns it off.
+    pub fn heuristic(mut self, fraction: f64, max: Duration) -> Self {
+        self.config
+            .policy
+            .set_heuristic(Heuristic { fraction, max });
+        self
+    }
+
+    /// The response header listing a response's tags (space- or comma-separated, at most
+    /// 32), removed before sending; [`Purger::purge_tag`] invalidates every entry with a
+    /// tag. `None` turns tags off. Defaults to `surrogate-key`.
+    pub fn tag_header(mut self, header: Option<HeaderName>) -> Self {
+        self.config.tag_header = header;
+        self
+    }
+
+    /// How long a stale entry with a validator (`ETag`, `Last-Modified`) stays in memcached
+    /// after its freshness and stale windows end, so it can be revalidated with a
+    /// conditional request instead of downloaded again. Defaults to 60 s.
+    pub fn keep_stale(mut self, duration: Duration) -> Self {
+        self.config.keep_stale = duration;
+        self
+    }
+
+    /// Stampede protection across processes: a process that misses takes a lease of this
+    /// lifetime in memcached before calling the inner service; the others wait for its
+    /// entry (see [`lease_wait`](Self::lease_wait)). `None` turns leases off (the single
+    /// flight inside each process stays). Defaults to 5 s.
+    pub fn lease(mut self, lifetime: Option<Duration>) -> Self {
+        self.config.lease = lifetime;
+        self
+    }
+
+    /// How long a request waits for another process's lease holder before going to the
+    /// inner service itself, and how often it looks. Defaults to 2 s, every 20 ms.
+    pub fn lease_wait(mut self, wait: Duration, poll_every: Duration) -> Self {
+        self.config.lease_wait = wait;
+        self.config.lease_poll = poll_every.max(Duration::from_millis(1));
+        self
+    }
+
     /// The layer's statistics, shared by every service it builds.
     pub fn stats(&self) -> CacheStats {
         self.config.stats.clone()
+    }
+
+    /// A handle that purges entries of this layer's namespace: one URL, one tag, the whole
+    /// namespace, or everything in the backend.
+    pub fn purger(&self) -> Purger<B> {
+        Purger::new(&self.config)
     }
 }
 

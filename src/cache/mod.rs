@@ -48,8 +48,13 @@ mod body;
 mod future;
 mod key;
 mod layer;
+mod lease;
+mod purge;
 mod service;
 mod single_flight;
+mod status;
+mod storage;
+mod stored;
 
 use std::time::Duration;
 
@@ -60,7 +65,11 @@ pub use future::ResponseFuture;
 #[doc(inline)]
 pub use key::{KeyFn, RequestHead};
 #[doc(inline)]
-pub use layer::{DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, MemcacheLayer};
+pub use layer::{
+    DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TAG_HEADER, MemcacheLayer,
+};
+#[doc(inline)]
+pub use purge::{PurgeError, Purger};
 #[doc(inline)]
 pub use service::Memcache;
 
@@ -77,3 +86,20 @@ pub use service::Memcache;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheLifetime(pub Duration);
+
+/// A response extension an inner service sets on a response it generated because the origin
+/// could not be reached (a proxy's 502 or 504). The layer then treats the exchange as an
+/// origin failure: it serves a stale entry inside its `stale-if-error` window, and answers
+/// 504 for a `must-revalidate` entry (RFC 9111 §4.2.4, §5.2.2.2). An inner service error
+/// (`Err`) counts the same.
+///
+/// ```
+/// use http::{Response, StatusCode};
+/// use tower_memcache::cache::OriginUnreachable;
+///
+/// let mut response = Response::new("origin unreachable");
+/// *response.status_mut() = StatusCode::BAD_GATEWAY;
+/// response.extensions_mut().insert(OriginUnreachable);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginUnreachable;

@@ -1,27 +1,35 @@
-//! [`Memcache`], the service: lookup, then a cached response or the inner service's
-//! response on its way into the cache.
+//! [`Memcache`], the service: lookup, then a cached response, a revalidation, or the inner
+//! service's response on its way into the cache.
 
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use tower::Service;
 
-use super::CacheLifetime;
 use super::body::{ResponseBody, Tee};
 use super::future::ResponseFuture;
 use super::key::{RequestHead, canonical_key};
 use super::layer::{Config, MemcacheLayer};
+use super::lease::{self, Acquired, Lease};
 use super::single_flight::{self, Flight, Leader};
-use crate::backend::{Backend, Lifetime};
-use crate::codec::entry::{Entry, EntryMeta, FLAG_HTTP_ENTRY, decode_entry, encode_entry};
-use crate::key::build_key;
-use crate::policy::{CacheControl, Policy, is_hop_by_hop, normalized_header, vary_names};
+use super::status::{CACHE_STATUS, CacheStatus};
+use super::storage::{Found, Lookup, Storage, parse_tags};
+use super::stored::{self, Admission, backend_ttl, header_map, now_ms};
+use super::{CacheLifetime, OriginUnreachable};
+use crate::backend::Backend;
+use crate::codec::entry::{Entry, EntryMeta, VariantIndex};
+use crate::policy::conditional::{
+    add_validators, has_origin_preconditions, has_preconditions, has_validators, not_modified,
+    same_representation,
+};
+use crate::policy::freshness::Reuse;
+use crate::policy::{CacheControl, Policy, normalized_header, vary_names};
 use crate::stats::CacheStats;
 
 /// A tower service that answers from memcached when it can and stores what its inner
@@ -113,65 +121,104 @@ where
     }
 }
 
-/// What the layer knows once, for every request: config plus precomputed header values.
+/// What the layer knows once, for every request.
 pub(crate) struct Shared<B> {
-    config: Config<B>,
-    status_values: Option<StatusValues>,
+    pub(crate) config: Config<B>,
+    pub(crate) storage: Storage<B>,
+    status: Option<CacheStatus>,
+    /// Response fields the layer consumes and never stores or sends on.
+    own_fields: Vec<HeaderName>,
 }
 
-/// `Cache-Status` values for the common outcomes, formatted once.
-struct StatusValues {
-    name: String,
-    hit: HeaderValue,
-    collapsed: HeaderValue,
-    stored: HeaderValue,
-    miss: HeaderValue,
-    bypass: HeaderValue,
+/// What the layer does with one cacheable request.
+struct Plan {
+    canonical: String,
+    key: String,
+    /// The route's lifetime.
+    lifetime: Duration,
+    request_cc: CacheControl,
+    /// `false` for requests with preconditions only the origin can evaluate.
+    lookup: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Outcome {
-    Hit,
-    Collapsed,
-    Stored,
-    Miss,
-    Bypass,
+/// Held by the request that refills a URL: its followers in this process and its lease
+/// across processes are released when it is dropped (after the store lands).
+struct Filler<B: Backend> {
+    leader: Option<Leader>,
+    _lease: Option<Lease<B>>,
+}
+
+impl<B: Backend> Filler<B> {
+    fn none() -> Self {
+        Self {
+            leader: None,
+            _lease: None,
+        }
+    }
+
+    fn publish(&self, entry: Option<Arc<Entry>>) {
+        if let Some(leader) = &self.leader {
+            leader.publish(entry);
+        }
+    }
 }
 
 impl<B: Backend> Shared<B> {
     pub(crate) fn new(config: Config<B>) -> Self {
-        let status_values = config.cache_status.as_ref().and_then(|name| {
-            let value = |params: &str| HeaderValue::from_str(&format!("{name}; {params}")).ok();
-            Some(StatusValues {
-                name: name.clone(),
-                hit: value("hit")?,
-                collapsed: value("fwd=uri-miss; collapsed")?,
-                stored: value("fwd=uri-miss; stored")?,
-                miss: value("fwd=uri-miss")?,
-                bypass: value("fwd=bypass")?,
-            })
-        });
+        let status = config.cache_status.as_deref().and_then(CacheStatus::new);
+        let own_fields = [
+            Some(CACHE_STATUS),
+            config.lifetime_header.clone(),
+            config.tag_header.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let storage = Storage::new(
+            config.backend.clone(),
+            &config.namespace,
+            config.lookup_timeout,
+            config.stats.clone(),
+        );
         Self {
             config,
-            status_values,
+            storage,
+            status,
+            own_fields,
         }
     }
 
-    fn cache_status(&self, outcome: Outcome, detail: Option<&str>) -> Option<HeaderValue> {
-        let values = self.status_values.as_ref()?;
-        let base = match outcome {
-            Outcome::Hit => &values.hit,
-            Outcome::Collapsed => &values.collapsed,
-            Outcome::Stored => &values.stored,
-            Outcome::Miss => &values.miss,
-            Outcome::Bypass => &values.bypass,
+    fn policy(&self) -> &Policy {
+        &self.config.policy
+    }
+
+    fn set_status<T>(&self, response: &mut Response<T>, params: &str, detail: Option<&str>) {
+        if let Some(value) = self
+            .status
+            .as_ref()
+            .and_then(|status| status.value(params, detail))
+        {
+            response.headers_mut().insert(CACHE_STATUS, value);
+        }
+    }
+
+    /// The canonical key of a GET for `uri` (with `headers` for the Host and a key
+    /// function); `None` when a key function declines it.
+    fn canonical_for(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Option<String> {
+        let head = RequestHead {
+            method: &Method::GET,
+            uri,
+            headers,
+            extensions,
         };
-        match detail {
-            None => Some(base.clone()),
-            Some(detail) => {
-                let text = format!("{}; detail={detail}", base.to_str().unwrap_or(&values.name));
-                HeaderValue::from_str(&text).ok()
-            }
+        match &self.config.key_fn {
+            Some(key_fn) => Some(format!("GET {}", key_fn.key(&head)?)),
+            None => Some(canonical_key(&self.config.default_scheme, &head)),
         }
     }
 
@@ -181,8 +228,7 @@ impl<B: Backend> Shared<B> {
             return None;
         }
         let lifetime = self
-            .config
-            .policy
+            .policy()
             .route_lifetime(request.uri().path(), matched_path(request))?;
         let head = RequestHead {
             method: request.method(),
@@ -192,180 +238,85 @@ impl<B: Backend> Shared<B> {
         };
         let canonical = match &self.config.key_fn {
             Some(key_fn) => format!("GET {}", key_fn.key(&head)?),
-            None => canonical_key(&self.config.default_scheme, &head, &self.config.key_headers),
+            None => canonical_key(&self.config.default_scheme, &head),
         };
-        let request_cc = CacheControl::parse(request.headers());
         Some(Plan {
-            key: build_key(Some(&self.config.namespace), &canonical),
+            key: self.storage.primary_key(&canonical),
             canonical,
             lifetime,
-            // The client asks for a fresh response: go to the origin, store the result.
-            lookup: !(request_cc.no_cache || request_cc.max_age == Some(0)),
+            request_cc: CacheControl::parse_request(request.headers()),
+            lookup: !has_origin_preconditions(request.headers()),
         })
     }
 
-    async fn lookup(&self, plan: &Plan, request_headers: &HeaderMap) -> Lookup {
-        // No separate availability check: a backend whose server is down fails the get at
-        // once, and checking first would route (hash) the key twice on every hit.
-        let backend = &self.config.backend;
-        let item =
-            match tokio::time::timeout(self.config.lookup_timeout, backend.get(&plan.key)).await {
-                Ok(Ok(item)) => item,
-                Ok(Err(err)) => {
-                    tracing::debug!(key = %plan.key, error = %err, "cache lookup failed; miss");
-                    self.config.stats.record_backend_error();
-                    return Lookup::Unavailable;
-                }
-                Err(_) => {
-                    tracing::debug!(key = %plan.key, "cache lookup timed out; miss");
-                    self.config.stats.record_backend_error();
-                    return Lookup::Unavailable;
-                }
-            };
-        let Some(item) = item.filter(|item| item.flags == FLAG_HTTP_ENTRY) else {
-            return Lookup::Miss;
-        };
-        match decode_entry(item.value) {
-            Ok(entry) if self.usable(&entry, plan, request_headers) => Lookup::Hit(Arc::new(entry)),
-            Ok(_) => Lookup::Miss,
-            Err(err) => {
-                tracing::debug!(key = %plan.key, error = %err, "undecodable cache entry; miss");
-                Lookup::Miss
-            }
-        }
-    }
-
-    /// Whether an entry may answer this request: same canonical key (never someone else's
-    /// bytes), still fresh, same selecting header values.
-    fn usable(&self, entry: &Entry, plan: &Plan, request_headers: &HeaderMap) -> bool {
-        let meta = &entry.meta;
-        if meta.canonical_key != plan.canonical {
-            tracing::debug!(key = %plan.key, "entry stored for another request; miss");
-            return false;
-        }
-        if now_ms() >= meta.stored_at_ms.saturating_add(meta.fresh_for_ms) {
-            return false;
-        }
-        meta.vary
-            .iter()
-            .all(|(name, stored)| normalized_header(request_headers, name) == *stored)
-    }
-
-    fn hit_response<ResBody>(
+    /// Answers from an entry: the stored response, or a 304 when the client's own
+    /// conditions hold (RFC 9110 §13.2.2).
+    fn answer<ResBody>(
         &self,
         entry: &Entry,
+        request_headers: &HeaderMap,
         is_head: bool,
-        outcome: Outcome,
+        params: Option<&str>,
     ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
-        let mut response = Response::new(if is_head {
-            ResponseBody::empty()
-        } else {
-            ResponseBody::cached(entry.body.clone())
-        });
-        // The version stays the default: it belongs to the client's connection, and an
-        // origin's HTTP/1.0 replayed to HTTP/1.1 clients would close their connections.
-        *response.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
-        let headers = response.headers_mut();
-        headers.reserve(meta.headers.len() + 3);
-        let mut origin_age = 0;
-        for (name, value) in &meta.headers {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(value),
-            ) else {
-                continue;
-            };
-            if name == header::AGE {
-                origin_age = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-                continue;
+        let now = now_ms();
+        let conditional = meta.status == 200
+            && has_preconditions(request_headers)
+            && not_modified(request_headers, &header_map(meta));
+        let mut response = stored::response(entry, is_head, conditional, now);
+        let freshness = stored::freshness(meta, now);
+        let stale = !freshness.is_fresh();
+        match (params, &self.status) {
+            (None, Some(status)) if !stale => {
+                response.headers_mut().insert(CACHE_STATUS, status.hit());
             }
-            headers.append(name, value);
+            (None, Some(_)) => {
+                let ttl = -i64::try_from(freshness.staleness().as_secs()).unwrap_or(i64::MAX);
+                self.set_status(&mut response, &format!("hit; ttl={ttl}"), None);
+            }
+            (Some(params), Some(_)) => self.set_status(&mut response, params, None),
+            (_, None) => {}
         }
-        // RFC 9111 §4.2.3: the age it had when stored plus the time it has spent here.
-        let resident = now_ms().saturating_sub(meta.stored_at_ms) / 1000;
-        headers.insert(header::AGE, HeaderValue::from(origin_age + resident));
-        if is_head {
-            // A GET's body length still describes the resource; hyper derives it for GET.
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        let sent = if is_head || conditional {
+            0
+        } else {
+            entry.body.len()
+        };
+        self.config.stats.record_hit(sent);
+        if stale {
+            self.config.stats.record_stale();
         }
-        if let Some(status) = self.cache_status(outcome, None) {
-            headers.append(CACHE_STATUS, status);
-        }
-        self.config
-            .stats
-            .record_hit(if is_head { 0 } else { entry.body.len() });
         tracing::debug!(
             status = meta.status,
-            bytes = entry.body.len(),
+            bytes = sent,
+            stale,
             "served from cache"
         );
         response
     }
 
-    /// Decides whether the inner service's response is stored, and sets it on its way.
-    fn on_response<ResBody>(
-        self: &Arc<Self>,
-        plan: Plan,
-        request_headers: &HeaderMap,
-        mut response: Response<ResBody>,
-        leader: Option<Leader>,
-        is_head: bool,
-        detail: Option<&str>,
-    ) -> Response<ResponseBody<ResBody>>
-    where
-        ResBody: Body<Data = Bytes> + Send + 'static,
-    {
-        let lifetime = self.response_lifetime(&mut response, plan.lifetime);
-        let decision = if is_head {
-            Err("a HEAD response has no body to store")
-        } else if lifetime.is_zero() {
-            Err("lifetime of zero")
-        } else if !self.config.backend.is_available(&plan.key) {
-            Err("backend unavailable")
-        } else {
-            self.config
-                .policy
-                .storable(request_headers, response.status(), response.headers())
-                .map_err(|_| "not storable by policy")
-        };
-        let (tee, outcome) = match decision {
-            Ok(()) => {
-                let meta = self.entry_meta(&plan, request_headers, &response, lifetime);
-                let on_complete = self.store_on_complete(plan.key, meta, lifetime, leader);
-                let tee = Tee::new(
-                    self.config.max_entry_size,
-                    &response.body().size_hint(),
-                    on_complete,
-                );
-                let outcome = if tee.is_some() {
-                    Outcome::Stored
-                } else {
-                    Outcome::Miss
-                };
-                (tee, outcome)
-            }
-            Err(reason) => {
-                tracing::debug!(key = %plan.key, status = %response.status(), reason, "response not stored");
-                if let Some(leader) = leader {
-                    leader.publish(None);
-                }
-                (None, Outcome::Miss)
-            }
-        };
-        if let Some(status) = self.cache_status(outcome, detail) {
-            response.headers_mut().append(CACHE_STATUS, status);
-        }
-        response.map(|body| ResponseBody::teeing(body, tee))
+    /// Whether an entry published by another request may answer this one now.
+    fn usable_now(&self, entry: &Entry, plan: &Plan, request_headers: &HeaderMap) -> bool {
+        let meta = &entry.meta;
+        meta.canonical_key == plan.canonical
+            && meta
+                .vary
+                .iter()
+                .all(|(name, stored)| normalized_header(request_headers, name) == *stored)
+            && matches!(
+                stored::freshness(meta, now_ms()).reuse(&plan.request_cc),
+                Reuse::Fresh | Reuse::StaleAccepted
+            )
     }
 
-    /// The response's own lifetime (extension or header, the header removed) or the route's.
-    fn response_lifetime<T>(&self, response: &mut Response<T>, route: Duration) -> Duration {
-        let mut lifetime = route;
+    /// The response's own lifetime (extension or header, the header removed) or the
+    /// route's, and whether the handler chose it.
+    fn response_lifetime<T>(
+        &self,
+        response: &mut Response<T>,
+        route: Duration,
+    ) -> (Duration, bool) {
+        let mut lifetime = (route, false);
         if let Some(name) = &self.config.lifetime_header {
             if let Some(value) = response.headers_mut().remove(name) {
                 match value
@@ -373,44 +324,173 @@ impl<B: Backend> Shared<B> {
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok())
                 {
-                    Some(secs) => lifetime = Duration::from_secs(secs),
+                    Some(secs) => lifetime = (Duration::from_secs(secs), true),
                     None => tracing::debug!(header = %name, "unparseable lifetime header ignored"),
                 }
             }
         }
         if let Some(CacheLifetime(chosen)) = response.extensions_mut().remove::<CacheLifetime>() {
-            lifetime = chosen;
+            lifetime = (chosen, true);
         }
         lifetime
     }
 
-    fn entry_meta<T>(
-        &self,
-        plan: &Plan,
-        request_headers: &HeaderMap,
-        response: &Response<T>,
-        lifetime: Duration,
-    ) -> EntryMeta {
-        let response_headers = response.headers();
-        let headers = response_headers
+    /// Removes the tag header (it is never sent on) and returns its tags.
+    fn take_tags<T>(&self, response: &mut Response<T>) -> Vec<String> {
+        let Some(name) = &self.config.tag_header else {
+            return Vec::new();
+        };
+        let values: Vec<String> = response
+            .headers()
+            .get_all(name)
             .iter()
-            .filter(|(name, _)| !is_hop_by_hop(name, response_headers) && *name != CACHE_STATUS)
-            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
             .collect();
-        let vary = vary_names(response_headers)
+        response.headers_mut().remove(name);
+        parse_tags(&values.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn admission(
+        &self,
+        chosen: Duration,
+        handler_override: bool,
+        request_time: SystemTime,
+    ) -> Admission<'_> {
+        Admission {
+            policy: self.policy(),
+            chosen,
+            handler_override,
+            own_fields: &self.own_fields,
+            request_time,
+            response_time: SystemTime::now(),
+        }
+    }
+
+    /// The selecting request headers: the response's `Vary` plus the configured key
+    /// headers, with this request's normalised values.
+    fn vary_values(
+        &self,
+        request_headers: &HeaderMap,
+        response_headers: &HeaderMap,
+    ) -> Vec<(String, Option<String>)> {
+        let mut names: Vec<String> = vary_names(response_headers).collect();
+        names.extend(
+            self.config
+                .key_headers
+                .iter()
+                .map(|n| n.as_str().to_string()),
+        );
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
             .map(|name| {
                 let value = normalized_header(request_headers, &name);
                 (name, value)
             })
-            .collect();
-        EntryMeta {
-            canonical_key: plan.canonical.clone(),
-            status: response.status().as_u16(),
-            headers,
-            vary,
-            stored_at_ms: now_ms(),
-            fresh_for_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
+            .collect()
+    }
+
+    /// Decides whether the inner service's response is stored, and sets it on its way.
+    #[allow(clippy::too_many_arguments)]
+    fn on_response<ResBody>(
+        self: &Arc<Self>,
+        plan: &Plan,
+        found: &Found,
+        request_headers: &HeaderMap,
+        request_time: SystemTime,
+        mut response: Response<ResBody>,
+        filler: Filler<B>,
+        is_head: bool,
+        fwd: &str,
+        detail: Option<&str>,
+    ) -> Response<ResponseBody<ResBody>>
+    where
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let tags = self.take_tags(&mut response);
+        let (chosen, handler_override) = self.response_lifetime(&mut response, plan.lifetime);
+        let admission = self.admission(chosen, handler_override, request_time);
+        let decision = self
+            .admit(
+                plan,
+                request_headers,
+                &response,
+                chosen,
+                handler_override,
+                is_head,
+            )
+            .and_then(|()| {
+                let vary = self.vary_values(request_headers, response.headers());
+                let meta = admission.meta(
+                    plan.canonical.clone(),
+                    response.status(),
+                    response.headers(),
+                    vary,
+                );
+                let can_revalidate = has_validators(response.headers());
+                let ttl = backend_ttl(&meta, can_revalidate, self.config.keep_stale);
+                if ttl.is_zero() {
+                    return Err("nothing to reuse: no freshness, stale window or validator");
+                }
+                Ok((meta, ttl))
+            });
+        let (tee, stored) = match decision {
+            Ok((meta, ttl)) => {
+                let on_complete =
+                    self.store_on_complete(plan.key.clone(), found, meta, tags, ttl, filler);
+                let tee = Tee::new(
+                    self.config.max_entry_size,
+                    &response.body().size_hint(),
+                    on_complete,
+                );
+                let stored = tee.is_some();
+                (tee, stored)
+            }
+            Err(reason) => {
+                tracing::debug!(key = %plan.key, status = %response.status(), reason, "response not stored");
+                filler.publish(None);
+                (None, false)
+            }
+        };
+        let params = if stored {
+            format!("fwd={fwd}; stored")
+        } else {
+            format!("fwd={fwd}")
+        };
+        self.set_status(&mut response, &params, detail);
+        response.map(|body| ResponseBody::teeing(body, tee))
+    }
+
+    fn admit<T>(
+        &self,
+        plan: &Plan,
+        request_headers: &HeaderMap,
+        response: &Response<T>,
+        chosen: Duration,
+        handler_override: bool,
+        is_head: bool,
+    ) -> Result<(), &'static str> {
+        if is_head {
+            return Err("a HEAD response has no body to store");
         }
+        let routes_mode = self.policy().mode() == crate::policy::CacheMode::Routes;
+        if chosen.is_zero() && (handler_override || routes_mode) {
+            return Err("lifetime of zero");
+        }
+        if !self.config.backend.is_available(&plan.key) {
+            return Err("backend unavailable");
+        }
+        let cc = CacheControl::parse(response.headers());
+        self.policy()
+            .storable(
+                request_headers,
+                &plan.request_cc,
+                response.status(),
+                response.headers(),
+                &cc,
+            )
+            .map_err(|_| "not storable by policy")
     }
 
     /// What happens when a stored body is complete: followers get the entry at once, and
@@ -418,81 +498,514 @@ impl<B: Backend> Shared<B> {
     fn store_on_complete(
         self: &Arc<Self>,
         key: String,
+        found: &Found,
         meta: EntryMeta,
-        lifetime: Duration,
-        leader: Option<Leader>,
+        tags: Vec<String>,
+        ttl: Duration,
+        filler: Filler<B>,
     ) -> Box<dyn FnOnce(Bytes) + Send> {
         let shared = Arc::clone(self);
+        let index = found.index.clone();
+        let generation = found.generation;
         Box::new(move |body: Bytes| {
-            let entry = Arc::new(Entry { meta, body });
-            if let Some(leader) = &leader {
-                leader.publish(Some(Arc::clone(&entry)));
-            }
-            // A body polled outside a tokio runtime cannot be stored in the background.
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                tracing::debug!("no tokio runtime to store the entry; skipped");
-                return;
-            };
-            runtime.spawn(async move {
-                shared.store(key, &entry, lifetime).await;
-                // Until the entry is in the backend, requests for the key join this flight
-                // and get the entry from it instead of missing.
-                drop(leader);
-            });
+            let entry = Entry { meta, body };
+            shared.store_in_background(key, index, generation, tags, entry, ttl, filler);
         })
     }
 
-    async fn store(&self, key: String, entry: &Entry, lifetime: Duration) {
+    /// Publishes `entry` to this process's followers and writes it to the backend in the
+    /// background; `filler` is released once it is there.
+    #[allow(clippy::too_many_arguments)]
+    fn store_in_background(
+        self: &Arc<Self>,
+        key: String,
+        index: Option<VariantIndex>,
+        generation: Option<u64>,
+        tags: Vec<String>,
+        entry: Entry,
+        ttl: Duration,
+        filler: Filler<B>,
+    ) {
+        filler.publish(Some(Arc::new(entry.clone())));
+        // A body polled outside a tokio runtime cannot be stored in the background.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("no tokio runtime to store the entry; skipped");
+            return;
+        };
+        let shared = Arc::clone(self);
+        runtime.spawn(async move {
+            shared
+                .store(&key, index, generation, &tags, entry, ttl)
+                .await;
+            // Until the entry is in the backend, requests for the key join this flight and
+            // get the entry from it instead of missing.
+            drop(filler);
+        });
+    }
+
+    async fn store(
+        &self,
+        key: &str,
+        index: Option<VariantIndex>,
+        generation: Option<u64>,
+        tags: &[String],
+        mut entry: Entry,
+        ttl: Duration,
+    ) {
         let stats = &self.config.stats;
-        let bytes = match encode_entry(&entry.meta, &entry.body) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                tracing::debug!(%key, error = %err, "entry not encodable; not stored");
+        let storage = &self.storage;
+        let Some(generation) = storage.generation(generation).await else {
+            stats.record_store_failure();
+            return;
+        };
+        entry.meta.generation = generation;
+        if !tags.is_empty() {
+            let Some(tags) = storage.tag_generations(tags).await else {
                 stats.record_store_failure();
                 return;
-            }
-        };
-        let set = self.config.backend.set(
-            &key,
-            bytes,
-            FLAG_HTTP_ENTRY,
-            Lifetime::from_duration(lifetime),
-        );
-        match tokio::time::timeout(self.config.lookup_timeout, set).await {
-            Ok(Ok(())) => {
-                stats.record_store();
-                tracing::debug!(%key, bytes = entry.body.len(), ?lifetime, "response stored");
-            }
-            Ok(Err(err)) => {
-                stats.record_store_failure();
-                tracing::debug!(%key, error = %err, "store failed");
-            }
-            Err(_) => {
-                stats.record_store_failure();
-                tracing::debug!(%key, "store timed out");
+            };
+            entry.meta.tags = tags;
+        }
+        if storage.store(key, &entry, index.as_ref(), ttl).await {
+            stats.record_store();
+            tracing::debug!(%key, bytes = entry.body.len(), ?ttl, "response stored");
+        } else {
+            stats.record_store_failure();
+        }
+    }
+
+    /// RFC 9111 §4.4: a successful response to an unsafe method invalidates the target
+    /// URI and the same-origin URIs in `Location` and `Content-Location`.
+    async fn invalidate_after(
+        &self,
+        target: &Uri,
+        request_headers: &HeaderMap,
+        extensions: &http::Extensions,
+        locations: Vec<HeaderValue>,
+    ) {
+        let mut uris = vec![target.clone()];
+        uris.extend(locations.iter().filter_map(|value| {
+            same_origin(target, request_headers, value, &self.config.default_scheme)
+        }));
+        for uri in uris {
+            let Some(canonical) = self.canonical_for(&uri, request_headers, extensions) else {
+                continue;
+            };
+            let key = self.storage.primary_key(&canonical);
+            match self.storage.invalidate(&key).await {
+                Ok(()) => tracing::debug!(%canonical, "invalidated by an unsafe method"),
+                Err(err) => tracing::debug!(%canonical, error = %err, "invalidation failed"),
             }
         }
     }
 }
 
-/// The RFC 9211 header.
-const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-struct Plan {
-    key: String,
-    canonical: String,
-    lifetime: Duration,
-    lookup: bool,
-}
-
-enum Lookup {
-    Hit(Arc<Entry>),
-    Miss,
-    Unavailable,
+/// A `Location` / `Content-Location` value as a URI on the request's origin, if it is one.
+fn same_origin(
+    target: &Uri,
+    request_headers: &HeaderMap,
+    value: &HeaderValue,
+    default_scheme: &str,
+) -> Option<Uri> {
+    let uri: Uri = value.to_str().ok()?.trim().parse().ok()?;
+    match uri.authority() {
+        None if uri.path().starts_with('/') => Some(uri),
+        None => None,
+        Some(authority) => {
+            let own_authority =
+                target
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| {
+                        request_headers
+                            .get(header::HOST)?
+                            .to_str()
+                            .ok()
+                            .map(str::to_string)
+                    })?;
+            let own_scheme = target.scheme_str().unwrap_or(default_scheme);
+            let same = authority.as_str().eq_ignore_ascii_case(&own_authority)
+                && uri
+                    .scheme_str()
+                    .unwrap_or(default_scheme)
+                    .eq_ignore_ascii_case(own_scheme);
+            same.then_some(uri)
+        }
+    }
 }
 
 async fn handle<S, B, ReqBody, ResBody>(
     shared: Arc<Shared<B>>,
+    inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Backend,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let Some(plan) = shared.plan(&request) else {
+        return bypass(&shared, inner, request).await;
+    };
+    let is_head = request.method() == Method::HEAD;
+    let (found, detail) = if plan.lookup {
+        match shared
+            .storage
+            .lookup(&plan.canonical, &plan.key, request.headers())
+            .await
+        {
+            Lookup::Found(found) => (found, None),
+            Lookup::Unavailable => (Found::default(), Some("backend-unavailable")),
+        }
+    } else {
+        (Found::default(), None)
+    };
+    let mut fwd = "uri-miss";
+    if let Some(entry) = &found.entry {
+        match stored::freshness(&entry.meta, now_ms()).reuse(&plan.request_cc) {
+            Reuse::Fresh | Reuse::StaleAccepted => {
+                return Ok(shared.answer(entry, request.headers(), is_head, None));
+            }
+            Reuse::StaleWhileRevalidate => {
+                let response = shared.answer(entry, request.headers(), is_head, None);
+                revalidate_in_background(&shared, inner, request, plan, found);
+                return Ok(response);
+            }
+            Reuse::Validate => {
+                fwd = if plan.request_cc.no_cache || plan.request_cc.max_age.is_some() {
+                    "request"
+                } else {
+                    "stale"
+                };
+            }
+        }
+    } else if found.index.is_some() {
+        fwd = "vary-miss";
+    }
+    if plan.request_cc.only_if_cached {
+        let mut response = stored::gateway_timeout();
+        shared.set_status(&mut response, "", Some("only-if-cached"));
+        return Ok(response);
+    }
+    // Coordinate with other requests for the key: in this process, then across processes.
+    let mut filler = Filler::none();
+    if !is_head {
+        match shared
+            .config
+            .flights
+            .join(&plan.key, shared.config.max_coalesced)
+        {
+            Flight::Leader(leader) => filler.leader = Some(leader),
+            Flight::Follower(rx) => {
+                shared.config.stats.record_coalesced();
+                let entry = single_flight::wait(rx, shared.config.coalesce_timeout).await;
+                if let Some(entry) =
+                    entry.filter(|e| shared.usable_now(e, &plan, request.headers()))
+                {
+                    let params = format!("fwd={fwd}; collapsed");
+                    return Ok(shared.answer(&entry, request.headers(), is_head, Some(&params)));
+                }
+            }
+            Flight::Alone => {}
+        }
+        if filler.leader.is_some() && detail.is_none() {
+            if let Some(ttl) = shared.config.lease {
+                match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
+                    Acquired::Mine(lease) => filler._lease = Some(lease),
+                    Acquired::Elsewhere => {
+                        if let Some(entry) =
+                            wait_for_other_process(&shared, &plan, request.headers()).await
+                        {
+                            filler.publish(Some(Arc::clone(&entry)));
+                            let params = format!("fwd={fwd}; collapsed");
+                            return Ok(shared.answer(
+                                &entry,
+                                request.headers(),
+                                is_head,
+                                Some(&params),
+                            ));
+                        }
+                    }
+                    Acquired::Unknown => {}
+                }
+            }
+        }
+    }
+    exchange(&shared, inner, request, &plan, &found, filler, fwd, detail).await
+}
+
+/// Polls for the entry another process is refilling, for at most the lease wait.
+async fn wait_for_other_process<B: Backend>(
+    shared: &Shared<B>,
+    plan: &Plan,
+    request_headers: &HeaderMap,
+) -> Option<Arc<Entry>> {
+    lease::poll_until(
+        shared.config.lease_wait,
+        shared.config.lease_poll,
+        || async {
+            match shared
+                .storage
+                .lookup(&plan.canonical, &plan.key, request_headers)
+                .await
+            {
+                Lookup::Found(Found {
+                    entry: Some(entry), ..
+                }) if shared.usable_now(&entry, plan, request_headers) => Some(entry),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+/// Sends the request to the inner service (conditionally, when a stored response can be
+/// revalidated) and turns its answer into the client's: a refreshed entry on 304, the
+/// stale entry when the origin fails and that is allowed, or the new response on its way
+/// into the cache.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<S, B, ReqBody, ResBody>(
+    shared: &Arc<Shared<B>>,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+    plan: &Plan,
+    found: &Found,
+    filler: Filler<B>,
+    fwd: &str,
+    detail: Option<&str>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    B: Backend,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let stats = &shared.config.stats;
+    let is_head = request.method() == Method::HEAD;
+    let request_headers = request.headers().clone();
+    let stale = found.entry.clone();
+    let stored_headers = stale.as_ref().map(|entry| header_map(&entry.meta));
+    let ours = match &stored_headers {
+        Some(stored) if !has_preconditions(&request_headers) => {
+            add_validators(request.headers_mut(), stored)
+        }
+        _ => false,
+    };
+    if stale.is_some() {
+        stats.record_revalidation();
+    } else {
+        stats.record_miss();
+    }
+    tracing::debug!(key = %plan.key, revalidating = stale.is_some(), conditional = ours, "calling the inner service");
+    let request_time = SystemTime::now();
+    let outcome = inner.call(request).await;
+    let stale_fallback = |unreachable: bool| {
+        let entry = stale.as_ref()?;
+        let freshness = stored::freshness(&entry.meta, now_ms());
+        if freshness.usable_on_error(&plan.request_cc) {
+            let ttl = -i64::try_from(freshness.staleness().as_secs()).unwrap_or(i64::MAX);
+            let params = format!("hit; ttl={ttl}; detail=stale-if-error");
+            return Some(shared.answer(entry, &request_headers, is_head, Some(&params)));
+        }
+        if unreachable && freshness.forbids_stale {
+            let mut response = stored::gateway_timeout();
+            shared.set_status(&mut response, "fwd=stale", Some("must-revalidate"));
+            return Some(response);
+        }
+        None
+    };
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(key = %plan.key, "inner service failed");
+            return match stale_fallback(true) {
+                Some(response) => Ok(response),
+                None => Err(err),
+            };
+        }
+    };
+    let unreachable = response.extensions().get::<OriginUnreachable>().is_some();
+    let failed = unreachable || matches!(response.status().as_u16(), 500 | 502 | 503 | 504);
+    if failed {
+        if let Some(fallback) = stale_fallback(unreachable) {
+            return Ok(fallback);
+        }
+    }
+    if let (Some(entry), Some(stored)) = (&stale, &stored_headers) {
+        let status = response.status();
+        if status == StatusCode::NOT_MODIFIED
+            && (ours || same_representation(response.headers(), stored))
+        {
+            // §4.3.4: the stored response is still good; refresh its headers and lifetime.
+            let tags = shared.take_tags(&mut response);
+            let (chosen, handler_override) = shared.response_lifetime(&mut response, plan.lifetime);
+            let refreshed = shared
+                .admission(chosen, handler_override, request_time)
+                .refreshed(entry, response.headers());
+            let tags = if tags.is_empty() {
+                refreshed
+                    .meta
+                    .tags
+                    .iter()
+                    .map(|(tag, _)| tag.clone())
+                    .collect()
+            } else {
+                tags
+            };
+            let ttl = backend_ttl(
+                &refreshed.meta,
+                has_validators(&header_map(&refreshed.meta)),
+                shared.config.keep_stale,
+            );
+            let answer = if ours {
+                shared.answer(
+                    &refreshed,
+                    &request_headers,
+                    is_head,
+                    Some("fwd=stale; fwd-status=304"),
+                )
+            } else {
+                let mut passed = response.map(ResponseBody::passthrough);
+                shared.set_status(&mut passed, "fwd=stale; fwd-status=304", None);
+                passed
+            };
+            tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
+            shared.store_in_background(
+                plan.key.clone(),
+                found.index.clone(),
+                found.generation,
+                tags,
+                refreshed,
+                ttl,
+                filler,
+            );
+            return Ok(answer);
+        }
+        if is_head && status == StatusCode::OK {
+            // §4.3.5: a HEAD response updates the stored GET response, or, when it
+            // describes another representation, makes it unusable.
+            let same_length = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|len| {
+                    len.to_str().ok().and_then(|l| l.parse::<usize>().ok())
+                        == Some(entry.body.len())
+                });
+            if same_representation(response.headers(), stored) && same_length {
+                let (chosen, handler_override) =
+                    shared.response_lifetime(&mut response, plan.lifetime);
+                let refreshed = shared
+                    .admission(chosen, handler_override, request_time)
+                    .refreshed(entry, response.headers());
+                let tags = refreshed
+                    .meta
+                    .tags
+                    .iter()
+                    .map(|(tag, _)| tag.clone())
+                    .collect();
+                let ttl = backend_ttl(
+                    &refreshed.meta,
+                    has_validators(stored),
+                    shared.config.keep_stale,
+                );
+                shared.store_in_background(
+                    plan.key.clone(),
+                    found.index.clone(),
+                    found.generation,
+                    tags,
+                    refreshed,
+                    ttl,
+                    filler,
+                );
+            } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
+                tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
+            }
+            shared.take_tags(&mut response);
+            let mut passed = response.map(ResponseBody::passthrough);
+            shared.set_status(&mut passed, &format!("fwd={fwd}"), detail);
+            return Ok(passed);
+        }
+    }
+    Ok(shared.on_response(
+        plan,
+        found,
+        &request_headers,
+        request_time,
+        response,
+        filler,
+        is_head,
+        fwd,
+        detail,
+    ))
+}
+
+/// RFC 5861 §3: the stale entry was served; refresh it with this same request in the
+/// background, once per key at a time in this process and, with leases, across processes.
+fn revalidate_in_background<S, B, ReqBody, ResBody>(
+    shared: &Arc<Shared<B>>,
+    inner: S,
+    request: Request<ReqBody>,
+    plan: Plan,
+    found: Found,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Backend,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    // `max_followers` 0: if a refresh is already under way, there is nothing to do.
+    let Flight::Leader(leader) = shared.config.flights.join(&plan.key, 0) else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let shared = Arc::clone(shared);
+    runtime.spawn(async move {
+        let mut filler = Filler {
+            leader: Some(leader),
+            _lease: None,
+        };
+        if let Some(ttl) = shared.config.lease {
+            match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
+                Acquired::Mine(lease) => filler._lease = Some(lease),
+                Acquired::Elsewhere => return,
+                Acquired::Unknown => {}
+            }
+        }
+        let mut inner = inner;
+        let inner = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+            Ok(()) => inner,
+            Err(_) => return,
+        };
+        if let Ok(response) = exchange(
+            &shared, inner, request, &plan, &found, filler, "stale", None,
+        )
+        .await
+        {
+            drain(response.into_body()).await;
+        }
+    });
+}
+
+/// Reads a body to its end, so a response refreshed in the background is stored.
+async fn drain<B: Body>(body: B) {
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = futures_util::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        if frame.is_err() {
+            break;
+        }
+    }
+}
+
+/// A request the cache does not look up: other methods (which may invalidate), and
+/// routes or keys that opt out.
+async fn bypass<S, B, ReqBody, ResBody>(
+    shared: &Arc<Shared<B>>,
     mut inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
@@ -501,51 +1014,39 @@ where
     B: Backend,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    let stats = &shared.config.stats;
-    let Some(plan) = shared.plan(&request) else {
-        stats.record_bypass();
-        tracing::debug!(method = %request.method(), path = request.uri().path(), "cache bypassed");
-        let mut response = inner.call(request).await?;
-        if let Some(status) = shared.cache_status(Outcome::Bypass, None) {
-            response.headers_mut().append(CACHE_STATUS, status);
-        }
-        return Ok(response.map(ResponseBody::passthrough));
-    };
-    let is_head = request.method() == Method::HEAD;
-    let mut detail = None;
-    if plan.lookup {
-        match shared.lookup(&plan, request.headers()).await {
-            Lookup::Hit(entry) => return Ok(shared.hit_response(&entry, is_head, Outcome::Hit)),
-            Lookup::Miss => {}
-            Lookup::Unavailable => detail = Some("backend-unavailable"),
+    shared.config.stats.record_bypass();
+    let method = request.method().clone();
+    tracing::debug!(%method, path = request.uri().path(), "cache bypassed");
+    let invalidates = Policy::invalidates(&method);
+    let saved = invalidates.then(|| {
+        (
+            request.uri().clone(),
+            request.headers().clone(),
+            request.extensions().clone(),
+        )
+    });
+    let mut response = inner.call(request).await?;
+    shared.take_tags(&mut response);
+    if let Some((uri, headers, extensions)) = saved {
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            let locations = [header::LOCATION, header::CONTENT_LOCATION]
+                .iter()
+                .filter_map(|name| response.headers().get(name).cloned())
+                .collect();
+            shared
+                .invalidate_after(&uri, &headers, &extensions, locations)
+                .await;
         }
     }
-    // A HEAD miss neither leads (its response has no body to share) nor follows.
-    let flight = if is_head {
-        Flight::Alone
+    let params = if Policy::is_cacheable_method(&method) {
+        "fwd=bypass"
     } else {
-        shared
-            .config
-            .flights
-            .join(&plan.key, shared.config.max_coalesced)
+        "fwd=method"
     };
-    let leader = match flight {
-        Flight::Leader(leader) => Some(leader),
-        Flight::Follower(rx) => {
-            stats.record_coalesced();
-            let entry = single_flight::wait(rx, shared.config.coalesce_timeout).await;
-            if let Some(entry) = entry.filter(|e| shared.usable(e, &plan, request.headers())) {
-                return Ok(shared.hit_response(&entry, is_head, Outcome::Collapsed));
-            }
-            None
-        }
-        Flight::Alone => None,
-    };
-    stats.record_miss();
-    tracing::debug!(key = %plan.key, "cache miss; calling the inner service");
-    let request_headers = request.headers().clone();
-    let response = inner.call(request).await?;
-    Ok(shared.on_response(plan, &request_headers, response, leader, is_head, detail))
+    let mut response = response.map(ResponseBody::passthrough);
+    shared.set_status(&mut response, params, None);
+    Ok(response)
 }
 
 #[cfg(feature = "axum")]
@@ -559,11 +1060,4 @@ fn matched_path<T>(request: &Request<T>) -> Option<&str> {
 #[cfg(not(feature = "axum"))]
 fn matched_path<T>(_request: &Request<T>) -> Option<&str> {
     None
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

@@ -1,6 +1,8 @@
-//! The stored form of an HTTP response.
+//! The stored forms of the HTTP cache: responses, and the variant index of a URL whose
+//! responses vary on request headers.
 //!
-//! `MAGIC (4) | format version (1) | metadata length (u32 LE) | metadata (bincode) | body`.
+//! An entry is `MAGIC (4) | format version (1) | metadata length (u32 LE) | metadata
+//! (bincode) | body`.
 //! The body is served as a zero-copy slice of the bytes the backend returned. Bytes that do
 //! not start with the magic and this format version are not ours (or an older format) and
 //! decode to an error, which the layer treats as a miss.
@@ -12,10 +14,14 @@ use super::{CodecError, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
 pub const FLAG_HTTP_ENTRY: u32 = 0x746d_0101;
+/// memcached flags of a variant index ("tm", kind 1, format 2).
+pub const FLAG_VARIANT_INDEX: u32 = 0x746d_0102;
 
 const MAGIC: &[u8; 4] = b"TMCE";
-/// Bumped whenever [`EntryMeta`] changes shape; entries of other versions are misses.
-pub const ENTRY_FORMAT_VERSION: u8 = 1;
+const INDEX_MAGIC: &[u8; 4] = b"TMCV";
+/// Bumped whenever [`EntryMeta`] or [`VariantIndex`] changes shape; entries of other
+/// versions are misses.
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Everything about a stored response except its body.
@@ -31,10 +37,38 @@ pub struct EntryMeta {
     /// The request header values the response varied on (`Vary`), lower-case name to
     /// normalised value (`None` when the request had no such header).
     pub vary: Vec<(String, Option<String>)>,
-    /// When the entry was stored, in milliseconds since the unix epoch.
+    /// When the response was received, in milliseconds since the unix epoch.
     pub stored_at_ms: u64,
-    /// How long the entry is fresh, in milliseconds.
+    /// Its corrected initial age (RFC 9111 §4.2.3) then, in milliseconds.
+    pub initial_age_ms: u64,
+    /// Its freshness lifetime, from age zero, in milliseconds.
     pub fresh_for_ms: u64,
+    /// RFC 5861 `stale-while-revalidate` window, in milliseconds.
+    pub stale_while_revalidate_ms: u64,
+    /// RFC 5861 `stale-if-error` window, in milliseconds.
+    pub stale_if_error_ms: u64,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale.
+    pub forbids_stale: bool,
+    /// `no-cache`: revalidated before every reuse.
+    pub no_cache: bool,
+    /// The namespace generation it was stored under; a purge of the namespace changes it.
+    pub generation: u64,
+    /// Its tags and their generations when stored; a purge of a tag changes its generation.
+    pub tags: Vec<(String, u64)>,
+}
+
+/// What the primary key of a URL holds when its responses vary on request headers: the
+/// selecting header names, and the id that every variant's key includes. A new index (a
+/// new id) leaves the variants of the old one unreachable, so a URL is invalidated by
+/// deleting its index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantIndex {
+    /// The canonical request key of the URL, checked on read like an entry's.
+    pub canonical_key: String,
+    /// The lower-case names of the selecting request headers.
+    pub names: Vec<String>,
+    /// Part of every variant's key.
+    pub id: u64,
 }
 
 /// A decoded entry: its metadata and a zero-copy slice of its body.
@@ -66,7 +100,35 @@ pub fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> 
 
 /// Decodes stored bytes; the body shares `bytes`' allocation.
 pub fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
-    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+    let (meta, body) = split(&bytes, MAGIC)?;
+    Ok(Entry {
+        meta: decode_value(meta)?,
+        body: bytes.slice(body..),
+    })
+}
+
+/// Encodes a variant index.
+pub fn encode_index(index: &VariantIndex) -> Result<Bytes, CodecError> {
+    let meta = encode_value(index)?;
+    let len = u32::try_from(meta.len())
+        .map_err(|_| CodecError(format!("variant index too large: {} bytes", meta.len())))?;
+    let mut out = BytesMut::with_capacity(HEADER_LEN + meta.len());
+    out.put_slice(INDEX_MAGIC);
+    out.put_u8(ENTRY_FORMAT_VERSION);
+    out.put_u32_le(len);
+    out.put_slice(&meta);
+    Ok(out.freeze())
+}
+
+/// Decodes a variant index.
+pub fn decode_index(bytes: &[u8]) -> Result<VariantIndex, CodecError> {
+    let (meta, _) = split(bytes, INDEX_MAGIC)?;
+    decode_value(meta)
+}
+
+/// Checks magic and version; returns the metadata and where the rest begins.
+fn split<'a>(bytes: &'a [u8], magic: &[u8; 4]) -> Result<(&'a [u8], usize), CodecError> {
+    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != magic {
         return Err(CodecError("not an HTTP cache entry".to_string()));
     }
     let version = bytes[MAGIC.len()];
@@ -81,11 +143,7 @@ pub fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
         .checked_add(u32::from_le_bytes(len) as usize)
         .filter(|end| *end <= bytes.len())
         .ok_or_else(|| CodecError("entry metadata length out of range".to_string()))?;
-    let meta = decode_value(&bytes[HEADER_LEN..meta_end])?;
-    Ok(Entry {
-        meta,
-        body: bytes.slice(meta_end..),
-    })
+    Ok((&bytes[HEADER_LEN..meta_end], meta_end))
 }
 
 #[cfg(test)]
@@ -99,8 +157,29 @@ mod tests {
             headers: vec![("content-type".into(), b"text/plain".to_vec())],
             vary: vec![("accept-encoding".into(), Some("gzip".into()))],
             stored_at_ms: 1_700_000_000_000,
+            initial_age_ms: 2_000,
             fresh_for_ms: 3_600_000,
+            stale_while_revalidate_ms: 30_000,
+            stale_if_error_ms: 0,
+            forbids_stale: false,
+            no_cache: true,
+            generation: 7,
+            tags: vec![("news".into(), 3)],
         }
+    }
+
+    #[test]
+    fn variant_index_round_trip_and_kinds_do_not_mix() {
+        let index = VariantIndex {
+            canonical_key: "GET http://example.com/".into(),
+            names: vec!["accept-encoding".into()],
+            id: 42,
+        };
+        let bytes = encode_index(&index).unwrap();
+        assert_eq!(decode_index(&bytes).unwrap(), index);
+        assert!(decode_entry(bytes).is_err(), "an index is not an entry");
+        let entry = encode_entry(&meta(), b"x").unwrap();
+        assert!(decode_index(&entry).is_err(), "an entry is not an index");
     }
 
     #[test]

@@ -1,108 +1,30 @@
 //! What the cache layer may store and for how long. Pure decisions over methods, paths
 //! and headers; no I/O.
+//!
+//! - [`cache_control`]: the directives of a request or response.
+//! - [`freshness`]: lifetimes, ages and whether a stored response may be reused.
+//! - [`conditional`]: validators, and 304s answered from the cache.
+//! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
+
+pub mod cache_control;
+pub mod conditional;
+pub mod freshness;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
+#[doc(inline)]
+pub use cache_control::CacheControl;
+use freshness::{Heuristic, explicit_lifetime, heuristic_lifetime};
+
 /// The statuses stored by default: RFC 9110's heuristically cacheable ones.
-pub const DEFAULT_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+pub const DEFAULT_STATUSES: [u16; 11] = freshness::HEURISTIC_STATUSES;
 
 /// The seeds' default lifetime.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
-
-/// The parsed `Cache-Control` directives of a request or response (all header lines
-/// together). Unknown directives are ignored.
-///
-/// ```
-/// use http::{HeaderMap, HeaderValue, header::CACHE_CONTROL};
-/// use tower_memcache::policy::CacheControl;
-///
-/// let mut headers = HeaderMap::new();
-/// headers.insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=60, x-unknown"));
-/// let cc = CacheControl::parse(&headers);
-/// assert!(cc.public);
-/// assert_eq!(cc.max_age, Some(60));
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CacheControl {
-    /// `no-store`.
-    pub no_store: bool,
-    /// `no-cache` (with or without field names).
-    pub no_cache: bool,
-    /// `private` (with or without field names).
-    pub private: bool,
-    /// `public`.
-    pub public: bool,
-    /// `must-revalidate`.
-    pub must_revalidate: bool,
-    /// `proxy-revalidate`.
-    pub proxy_revalidate: bool,
-    /// `max-age`; an invalid value counts as 0 (stale), as RFC 9111 §4.2.1 asks.
-    pub max_age: Option<u64>,
-    /// `s-maxage`; invalid counts as 0.
-    pub s_maxage: Option<u64>,
-}
-
-impl CacheControl {
-    /// Parses every `Cache-Control` line in `headers`. Where a directive with a value
-    /// appears twice, the most restrictive (smallest) value wins.
-    pub fn parse(headers: &HeaderMap) -> Self {
-        let mut cc = Self::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
-            let Ok(text) = value.to_str() else { continue };
-            for directive in split_directives(text) {
-                let (name, arg) = match directive.split_once('=') {
-                    Some((name, arg)) => (name.trim(), Some(arg.trim().trim_matches('"'))),
-                    None => (directive.trim(), None),
-                };
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
-                    "public" => cc.public = true,
-                    "must-revalidate" => cc.must_revalidate = true,
-                    "proxy-revalidate" => cc.proxy_revalidate = true,
-                    "max-age" => cc.max_age = Some(min_seconds(cc.max_age, arg)),
-                    "s-maxage" => cc.s_maxage = Some(min_seconds(cc.s_maxage, arg)),
-                    _ => {}
-                }
-            }
-        }
-        cc
-    }
-}
-
-fn min_seconds(current: Option<u64>, arg: Option<&str>) -> u64 {
-    let parsed = arg
-        .filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
-        .map(|a| a.parse::<u64>().unwrap_or(u64::MAX)) // too many digits: "very long"
-        .unwrap_or(0);
-    current.map_or(parsed, |c| c.min(parsed))
-}
-
-/// Splits on commas outside quoted strings (`no-cache="a, b"` is one directive).
-fn split_directives(text: &str) -> impl Iterator<Item = &str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in text.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                parts.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty())
-}
 
 /// Headers that describe one connection, never stored (RFC 9110 §7.6.1), plus the ones a
 /// `Connection` header names.
@@ -159,16 +81,31 @@ pub struct RouteRule {
     pub action: RouteAction,
 }
 
+/// Who decides how long a response stays fresh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Route rules (and the handler's `CacheLifetime` or lifetime header) set lifetimes;
+    /// the origin's `max-age` and `Expires` are not consulted. The layer's default.
+    #[default]
+    Routes,
+    /// The origin's headers rule (RFC 9111 §4.2): `s-maxage`, `max-age`, `Expires − Date`,
+    /// else heuristic freshness from `Last-Modified`; nothing else is fresh. A handler's
+    /// `CacheLifetime` still overrides. The reverse proxy's default.
+    Origin,
+}
+
 /// Why a response is not stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotStorable {
-    /// The status is not in the configured set.
+    /// The status is not in the configured set (and, in origin mode, the response has no
+    /// explicit freshness that would allow another understood status).
     Status,
     /// `Cache-Control: no-store` on the request or response.
     NoStore,
     /// `Cache-Control: private` (a shared cache must not store it).
     Private,
-    /// `Cache-Control: no-cache` on the response (it must be revalidated on every use).
+    /// `Cache-Control: no-cache` on a response with no validator to revalidate it with.
     NoCache,
     /// The response sets a cookie, and storing those is off.
     SetCookie,
@@ -176,26 +113,41 @@ pub enum NotStorable {
     Authorization,
     /// `Vary: *`.
     VaryStar,
-    /// A lifetime of zero.
+    /// Nothing to reuse: no freshness, no validator and no stale window.
     ZeroLifetime,
 }
 
-/// The storage policy: route rules, default lifetime, statuses, cookies.
+/// How long a stored response lives, as [`Policy::lifetimes`] decides it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Freshness lifetime, counted from age zero.
+    pub fresh: Duration,
+    /// `stale-while-revalidate` window.
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` window.
+    pub stale_if_error: Duration,
+}
+
+/// The storage policy: mode, route rules, default lifetime, statuses, cookies, heuristics.
 #[derive(Clone, Debug)]
 pub struct Policy {
+    mode: CacheMode,
     rules: Vec<RouteRule>,
     default_lifetime: Duration,
     statuses: HashSet<u16>,
     store_set_cookie: bool,
+    heuristic: Heuristic,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
+            mode: CacheMode::default(),
             rules: Vec::new(),
             default_lifetime: DEFAULT_LIFETIME,
             statuses: DEFAULT_STATUSES.into_iter().collect(),
             store_set_cookie: false,
+            heuristic: Heuristic::default(),
         }
     }
 }
@@ -205,6 +157,21 @@ impl Policy {
     /// longest prefix over shorter ones.
     pub fn add_rule(&mut self, rule: RouteRule) {
         self.rules.push(rule);
+    }
+
+    /// Sets who decides lifetimes.
+    pub fn set_mode(&mut self, mode: CacheMode) {
+        self.mode = mode;
+    }
+
+    /// Who decides lifetimes.
+    pub fn mode(&self) -> CacheMode {
+        self.mode
+    }
+
+    /// Sets heuristic freshness (origin mode).
+    pub fn set_heuristic(&mut self, heuristic: Heuristic) {
+        self.heuristic = heuristic;
     }
 
     /// Sets the lifetime of routes no rule names.
@@ -227,9 +194,18 @@ impl Policy {
         self.default_lifetime
     }
 
-    /// Whether the cache handles this method at all (GET and HEAD).
+    /// Whether the cache looks requests with this method up (GET and HEAD).
     pub fn is_cacheable_method(method: &Method) -> bool {
         method == Method::GET || method == Method::HEAD
+    }
+
+    /// Whether a successful response to this method invalidates the target URI
+    /// (RFC 9111 §4.4): every method not known to be safe.
+    pub fn invalidates(method: &Method) -> bool {
+        !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        )
     }
 
     /// The route's lifetime, or `None` when its rule turns caching off.
@@ -285,31 +261,64 @@ impl Policy {
         }
     }
 
-    /// Whether a response may be stored, given the request's headers.
+    /// Whether a response may be stored (RFC 9111 §3), given the request's directives.
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderValue, StatusCode};
+    /// use tower_memcache::policy::{CacheControl, NotStorable, Policy};
+    ///
+    /// let policy = Policy::default();
+    /// let request = HeaderMap::new();
+    /// let mut response = HeaderMap::new();
+    /// response.insert("cache-control", HeaderValue::from_static("private"));
+    /// let verdict = policy.storable(
+    ///     &request,
+    ///     &CacheControl::default(),
+    ///     StatusCode::OK,
+    ///     &response,
+    ///     &CacheControl::parse(&response),
+    /// );
+    /// assert_eq!(verdict, Err(NotStorable::Private));
+    /// ```
     pub fn storable(
         &self,
         request_headers: &HeaderMap,
+        request_cc: &CacheControl,
         status: StatusCode,
         response_headers: &HeaderMap,
+        cc: &CacheControl,
     ) -> Result<(), NotStorable> {
-        if !self.statuses.contains(&status.as_u16()) {
+        let understood = is_understood(status);
+        let explicit = cc.public
+            || cc.max_age.is_some()
+            || cc.s_maxage.is_some()
+            || response_headers.contains_key(header::EXPIRES);
+        let status_ok = self.statuses.contains(&status.as_u16())
+            || (self.mode == CacheMode::Origin && explicit && understood);
+        if !status_ok {
             return Err(NotStorable::Status);
         }
-        let request_cc = CacheControl::parse(request_headers);
-        let cc = CacheControl::parse(response_headers);
-        if cc.no_store || request_cc.no_store {
+        // §5.2.2.3: must-understand with a status the cache understands overrides no-store.
+        let no_store = cc.no_store && !(cc.must_understand && understood);
+        if no_store || request_cc.no_store {
             return Err(NotStorable::NoStore);
         }
         if cc.private {
             return Err(NotStorable::Private);
         }
-        if cc.no_cache {
+        if cc.no_cache && !conditional::has_validators(response_headers) {
             return Err(NotStorable::NoCache);
         }
-        if !self.store_set_cookie && response_headers.contains_key(header::SET_COOKIE) {
+        let cookie_stripped = [&cc.private_fields, &cc.no_cache_fields]
+            .iter()
+            .any(|fields| fields.iter().any(|f| f == "set-cookie"));
+        if !self.store_set_cookie
+            && !cookie_stripped
+            && response_headers.contains_key(header::SET_COOKIE)
+        {
             return Err(NotStorable::SetCookie);
         }
-        // RFC 9111 §3.5: only these directives let a shared cache store a response to an
+        // §3.5: only these directives let a shared cache store a response to an
         // authenticated request.
         if request_headers.contains_key(header::AUTHORIZATION)
             && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
@@ -321,6 +330,71 @@ impl Policy {
         }
         Ok(())
     }
+
+    /// How long a response stays fresh and how long it may then be served stale.
+    ///
+    /// `chosen` is the lifetime the route (or the handler) chose; `handler_override` says
+    /// the handler chose it for this response. In [`CacheMode::Routes`] `chosen` is the
+    /// lifetime; in [`CacheMode::Origin`] the origin's headers are, unless the handler
+    /// overrode them.
+    pub fn lifetimes(
+        &self,
+        chosen: Duration,
+        handler_override: bool,
+        status: StatusCode,
+        response_headers: &HeaderMap,
+        cc: &CacheControl,
+        response_time: SystemTime,
+    ) -> Lifetimes {
+        let fresh = match self.mode {
+            CacheMode::Routes => chosen,
+            CacheMode::Origin if handler_override => chosen,
+            CacheMode::Origin => explicit_lifetime(cc, response_headers, response_time)
+                .or_else(|| {
+                    heuristic_lifetime(
+                        status.as_u16(),
+                        cc,
+                        response_headers,
+                        response_time,
+                        &self.heuristic,
+                    )
+                })
+                .unwrap_or(Duration::ZERO),
+        };
+        let window = |secs: Option<u64>| {
+            if cc.forbids_stale() || cc.no_cache {
+                Duration::ZERO
+            } else {
+                secs.map_or(Duration::ZERO, Duration::from_secs)
+            }
+        };
+        Lifetimes {
+            fresh,
+            stale_while_revalidate: window(cc.stale_while_revalidate),
+            stale_if_error: window(cc.stale_if_error),
+        }
+    }
+}
+
+/// Statuses whose caching semantics the layer understands (§5.2.2.3): every final status
+/// but 206 (no range support) and 304 (handled as a revalidation).
+fn is_understood(status: StatusCode) -> bool {
+    (200..600).contains(&status.as_u16())
+        && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
+/// The response fields a shared cache does not store (RFC 9111 §3.1, §5.2.2.4, §5.2.2.7):
+/// hop-by-hop fields, `Age` (recomputed on reuse), and the fields a qualified `private` or
+/// `no-cache` names.
+pub fn is_unstored_field(name: &HeaderName, headers: &HeaderMap, cc: &CacheControl) -> bool {
+    name == header::AGE
+        || is_hop_by_hop(name, headers)
+        || cc
+            .private_fields
+            .iter()
+            .chain(&cc.no_cache_fields)
+            .any(|field| field == name.as_str())
 }
 
 /// The lower-cased field names a response's `Vary` lists.
@@ -369,23 +443,21 @@ mod tests {
     }
 
     #[test]
-    fn cache_control_parsing() {
-        let cc = CacheControl::parse(&headers(&[
-            ("cache-control", "no-cache=\"set-cookie, x-a\", max-age=10"),
-            ("cache-control", "MAX-AGE=5, s-maxage=abc, private"),
-        ]));
-        assert!(cc.no_cache && cc.private && !cc.public);
-        assert_eq!(cc.max_age, Some(5), "most restrictive wins");
-        assert_eq!(cc.s_maxage, Some(0), "invalid means stale");
-    }
-
-    #[test]
     fn storability() {
         let policy = Policy::default();
         let none = HeaderMap::new();
-        assert_eq!(policy.storable(&none, StatusCode::OK, &none), Ok(()));
+        let storable = |policy: &Policy, request: &HeaderMap, status, response: &HeaderMap| {
+            policy.storable(
+                request,
+                &CacheControl::parse_request(request),
+                status,
+                response,
+                &CacheControl::parse(response),
+            )
+        };
+        assert_eq!(storable(&policy, &none, StatusCode::OK, &none), Ok(()));
         assert_eq!(
-            policy.storable(&none, StatusCode::CREATED, &none),
+            storable(&policy, &none, StatusCode::CREATED, &none),
             Err(NotStorable::Status)
         );
         let cases = [
@@ -397,27 +469,58 @@ mod tests {
         ];
         for (response, reason) in cases {
             assert_eq!(
-                policy.storable(&none, StatusCode::OK, &headers(response)),
+                storable(&policy, &none, StatusCode::OK, &headers(response)),
                 Err(reason)
             );
         }
         let auth = headers(&[("authorization", "Bearer x")]);
         assert_eq!(
-            policy.storable(&auth, StatusCode::OK, &none),
+            storable(&policy, &auth, StatusCode::OK, &none),
             Err(NotStorable::Authorization)
         );
         for allow in ["public", "s-maxage=10", "must-revalidate"] {
             let response = headers(&[("cache-control", allow)]);
             assert_eq!(
-                policy.storable(&auth, StatusCode::OK, &response),
+                storable(&policy, &auth, StatusCode::OK, &response),
                 Ok(()),
                 "{allow}"
             );
         }
         let no_store_request = headers(&[("cache-control", "no-store")]);
         assert_eq!(
-            policy.storable(&no_store_request, StatusCode::OK, &none),
+            storable(&policy, &no_store_request, StatusCode::OK, &none),
             Err(NotStorable::NoStore)
+        );
+        // §5.2.2.3 must-understand overrides no-store for an understood status.
+        let understood = headers(&[("cache-control", "no-store, must-understand")]);
+        assert_eq!(
+            storable(&policy, &none, StatusCode::OK, &understood),
+            Ok(())
+        );
+        // §5.2.2.4: no-cache is stored only with a validator to revalidate it with.
+        let validated = headers(&[("cache-control", "no-cache"), ("etag", "\"1\"")]);
+        assert_eq!(storable(&policy, &none, StatusCode::OK, &validated), Ok(()));
+        // A cookie the response keeps out of shared caches is stripped, not a refusal.
+        let stripped = headers(&[
+            ("cache-control", "private=\"set-cookie\""),
+            ("set-cookie", "a=b"),
+        ]);
+        assert_eq!(storable(&policy, &none, StatusCode::OK, &stripped), Ok(()));
+        // Origin mode: explicit freshness allows statuses beyond the heuristic ones.
+        let explicit = headers(&[("cache-control", "max-age=5")]);
+        assert_eq!(
+            storable(&policy, &none, StatusCode::BAD_GATEWAY, &explicit),
+            Err(NotStorable::Status)
+        );
+        let mut origin = Policy::default();
+        origin.set_mode(CacheMode::Origin);
+        assert_eq!(
+            storable(&origin, &none, StatusCode::BAD_GATEWAY, &explicit),
+            Ok(())
+        );
+        assert_eq!(
+            storable(&origin, &none, StatusCode::PARTIAL_CONTENT, &explicit),
+            Err(NotStorable::Status)
         );
     }
 

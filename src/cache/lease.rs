@@ -1,0 +1,90 @@
+//! Stampede protection across processes. Inside one process the single flight makes
+//! concurrent misses for a URL wait for one request; across processes sharing memcached,
+//! the process that refills a URL first takes a short lease (an `add` of a lock key, which
+//! only one process can win), and the others poll for its entry for a bounded time before
+//! going to the origin themselves.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::storage::Storage;
+use crate::backend::{Backend, Lifetime};
+
+/// A lease this process holds; released (deleted) when dropped, so a leader that fails or
+/// is cancelled frees the URL for others at once instead of after the lease's lifetime.
+pub(crate) struct Lease<B: Backend> {
+    backend: B,
+    key: String,
+}
+
+impl<B: Backend> Drop for Lease<B> {
+    fn drop(&mut self) {
+        let (backend, key) = (self.backend.clone(), std::mem::take(&mut self.key));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = backend.delete(&key).await {
+                    tracing::debug!(%key, error = %err, "lease release failed; it expires");
+                }
+            });
+        }
+    }
+}
+
+pub(crate) enum Acquired<B: Backend> {
+    /// This process refills the URL.
+    Mine(Lease<B>),
+    /// Another process is refilling it.
+    Elsewhere,
+    /// The backend did not answer: go on without a lease (fail open).
+    Unknown,
+}
+
+/// Tries to take the lease on `canonical` for at most `ttl` (memcached rounds up to whole
+/// seconds).
+pub(crate) async fn acquire<B: Backend>(
+    storage: &Storage<B>,
+    canonical: &str,
+    ttl: Duration,
+) -> Acquired<B> {
+    let key = storage.lease_key(canonical);
+    let add = storage.backend().add(
+        &key,
+        Bytes::from_static(b"1"),
+        0,
+        Lifetime::from_duration(ttl),
+    );
+    match storage.bounded(add).await {
+        Ok(true) => Acquired::Mine(Lease {
+            backend: storage.backend().clone(),
+            key,
+        }),
+        Ok(false) => Acquired::Elsewhere,
+        Err(err) => {
+            tracing::debug!(error = %err, "lease not taken; going on without one");
+            Acquired::Unknown
+        }
+    }
+}
+
+/// Polls every `interval` for at most `wait` until `ready` yields something.
+pub(crate) async fn poll_until<T, F, Fut>(
+    wait: Duration,
+    interval: Duration,
+    mut ready: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Some(found) = ready().await {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+}

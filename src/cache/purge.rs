@@ -1,0 +1,119 @@
+//! [`Purger`]: invalidation on demand, seen by every process sharing the backend.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{Extensions, HeaderMap, Method, Uri};
+
+use super::key::{KeyFn, RequestHead, canonical_key};
+use super::layer::Config;
+use super::storage::Storage;
+use crate::backend::{Backend, BackendError};
+
+/// Why a purge did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PurgeError {
+    /// The URI is not absolute (`http://host/path`), or a key function declined it.
+    #[error("cannot purge {0:?}: an absolute http(s) URI is needed")]
+    InvalidUri(String),
+    /// The backend failed or timed out; nothing may have been purged.
+    #[error("purge failed: {0}")]
+    Backend(#[from] BackendError),
+}
+
+/// Purges entries of one layer's namespace: one URL (every variant), every entry with a
+/// tag, the whole namespace, or everything in the backend. Cheap to clone; get one from
+/// [`MemcacheLayer::purger`](super::MemcacheLayer::purger).
+///
+/// Tag and namespace purges give the tag (or namespace) a new generation in memcached, and
+/// every read checks generations, so other processes see a purge at once.
+///
+/// ```
+/// use tower_memcache::backend::MemoryBackend;
+/// use tower_memcache::cache::MemcacheLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_memcache::cache::PurgeError> {
+/// let layer = MemcacheLayer::new(MemoryBackend::new()).namespace("site");
+/// let purger = layer.purger();
+/// purger.purge_uri("http://example.com/news/1").await?;
+/// purger.purge_tag("news").await?;
+/// purger.purge_namespace().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Purger<B> {
+    storage: Storage<B>,
+    key_fn: Option<Arc<dyn KeyFn>>,
+    default_scheme: String,
+}
+
+impl<B> fmt::Debug for Purger<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Purger").finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Purger<B> {
+    pub(crate) fn new(config: &Config<B>) -> Self {
+        Self {
+            storage: Storage::new(
+                config.backend.clone(),
+                &config.namespace,
+                config.lookup_timeout,
+                config.stats.clone(),
+            ),
+            key_fn: config.key_fn.clone(),
+            default_scheme: config.default_scheme.clone(),
+        }
+    }
+
+    /// Invalidates the cached GET (and HEAD) responses of an absolute URI, every variant.
+    pub async fn purge_uri(&self, uri: &str) -> Result<(), PurgeError> {
+        let invalid = || PurgeError::InvalidUri(uri.to_string());
+        let parsed: Uri = uri.parse().map_err(|_| invalid())?;
+        if parsed.authority().is_none() {
+            return Err(invalid());
+        }
+        let (headers, extensions) = (HeaderMap::new(), Extensions::new());
+        let head = RequestHead {
+            method: &Method::GET,
+            uri: &parsed,
+            headers: &headers,
+            extensions: &extensions,
+        };
+        let canonical = match &self.key_fn {
+            Some(key_fn) => format!("GET {}", key_fn.key(&head).ok_or_else(invalid)?),
+            None => canonical_key(&self.default_scheme, &head),
+        };
+        let key = self.storage.primary_key(&canonical);
+        self.storage.invalidate(&key).await?;
+        tracing::debug!(%canonical, "purged");
+        Ok(())
+    }
+
+    /// Invalidates every entry stored with `tag` (in this namespace).
+    pub async fn purge_tag(&self, tag: &str) -> Result<(), PurgeError> {
+        self.storage.purge_tag(tag).await?;
+        tracing::debug!(tag, "tag purged");
+        Ok(())
+    }
+
+    /// Invalidates every entry of this namespace; other namespaces are untouched.
+    pub async fn purge_namespace(&self) -> Result<(), PurgeError> {
+        self.storage.purge_namespace().await?;
+        tracing::debug!("namespace purged");
+        Ok(())
+    }
+
+    /// Empties the whole backend (memcached's `flush_all`): every namespace, and anything
+    /// else stored there.
+    pub async fn purge_all(&self) -> Result<(), PurgeError> {
+        let storage = &self.storage;
+        storage.bounded(storage.backend().flush_all()).await?;
+        tracing::debug!("backend flushed");
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! Between HTTP responses and stored entries: an entry's metadata from a response, a
+//! response (full, 304 or HEAD) from an entry, and an entry refreshed by a 304
+//! (RFC 9111 §4.3.4).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::ResponseBody;
+use crate::codec::entry::{Entry, EntryMeta};
+use crate::policy::conditional::not_modified_headers;
+use crate::policy::freshness::{Freshness, initial_age};
+use crate::policy::{CacheControl, CacheMode, Policy, is_unstored_field};
+
+/// Milliseconds since the unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    millis(SystemTime::now())
+}
+
+pub(crate) fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An entry's freshness at `now_ms`.
+pub(crate) fn freshness(meta: &EntryMeta, now_ms: u64) -> Freshness {
+    let resident = now_ms.saturating_sub(meta.stored_at_ms);
+    Freshness {
+        lifetime: Duration::from_millis(meta.fresh_for_ms),
+        age: Duration::from_millis(meta.initial_age_ms.saturating_add(resident)),
+        stale_while_revalidate: Duration::from_millis(meta.stale_while_revalidate_ms),
+        stale_if_error: Duration::from_millis(meta.stale_if_error_ms),
+        forbids_stale: meta.forbids_stale,
+        no_cache: meta.no_cache,
+    }
+}
+
+/// How long memcached keeps an entry: the rest of its freshness, then its stale windows,
+/// then (when it has a validator) `keep_stale` more so it can still be revalidated.
+pub(crate) fn backend_ttl(
+    meta: &EntryMeta,
+    can_revalidate: bool,
+    keep_stale: Duration,
+) -> Duration {
+    let fresh_left = meta.fresh_for_ms.saturating_sub(meta.initial_age_ms);
+    let mut stale = meta.stale_while_revalidate_ms.max(meta.stale_if_error_ms);
+    if can_revalidate {
+        stale = stale.max(duration_ms(keep_stale));
+    }
+    Duration::from_millis(fresh_left.saturating_add(stale))
+}
+
+/// The stored headers of an entry as a map (for conditionals and refreshes).
+pub(crate) fn header_map(meta: &EntryMeta) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(meta.headers.len());
+    for (name, value) in &meta.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// Everything the layer decides about a response it is about to store.
+pub(crate) struct Admission<'a> {
+    pub(crate) policy: &'a Policy,
+    /// The route's (or handler's) lifetime.
+    pub(crate) chosen: Duration,
+    /// The handler chose it for this response.
+    pub(crate) handler_override: bool,
+    /// Fields the layer itself consumes (tag and lifetime headers, Cache-Status).
+    pub(crate) own_fields: &'a [HeaderName],
+    pub(crate) request_time: SystemTime,
+    pub(crate) response_time: SystemTime,
+}
+
+impl Admission<'_> {
+    /// The metadata of an entry for a response with these status and headers; `vary` are
+    /// the selecting request header values. Generation and tags are filled in on store.
+    pub(crate) fn meta(
+        &self,
+        canonical_key: String,
+        status: StatusCode,
+        headers: &HeaderMap,
+        vary: Vec<(String, Option<String>)>,
+    ) -> EntryMeta {
+        let cc = CacheControl::parse(headers);
+        let stored = headers
+            .iter()
+            .filter(|(name, _)| !is_unstored_field(name, headers, &cc))
+            .filter(|(name, _)| !self.own_fields.contains(name))
+            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+            .collect();
+        let mut meta = EntryMeta {
+            canonical_key,
+            status: status.as_u16(),
+            headers: stored,
+            vary,
+            stored_at_ms: 0,
+            initial_age_ms: 0,
+            fresh_for_ms: 0,
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
+            forbids_stale: false,
+            no_cache: false,
+            generation: 0,
+            tags: Vec::new(),
+        };
+        self.set_times(&mut meta, status, headers, &cc);
+        meta
+    }
+
+    /// Times, lifetimes and revalidation flags from a response's headers.
+    fn set_times(
+        &self,
+        meta: &mut EntryMeta,
+        status: StatusCode,
+        headers: &HeaderMap,
+        cc: &CacheControl,
+    ) {
+        let age = initial_age(headers, self.request_time, self.response_time);
+        let lifetimes = self.policy.lifetimes(
+            self.chosen,
+            self.handler_override,
+            status,
+            headers,
+            cc,
+            self.response_time,
+        );
+        let fresh = match self.policy.mode() {
+            // A route's lifetime counts from now: the origin's age only shows in `Age`.
+            CacheMode::Routes => age + lifetimes.fresh,
+            CacheMode::Origin if self.handler_override => age + lifetimes.fresh,
+            CacheMode::Origin => lifetimes.fresh,
+        };
+        meta.stored_at_ms = millis(self.response_time);
+        meta.initial_age_ms = duration_ms(age);
+        meta.fresh_for_ms = duration_ms(fresh);
+        meta.stale_while_revalidate_ms = duration_ms(lifetimes.stale_while_revalidate);
+        meta.stale_if_error_ms = duration_ms(lifetimes.stale_if_error);
+        meta.forbids_stale = cc.forbids_stale();
+        meta.no_cache = cc.no_cache;
+    }
+
+    /// The entry refreshed by a 304 (§4.3.4): the 304's fields replace the stored ones
+    /// (except `Content-Length` and fields never stored), and freshness starts again.
+    pub(crate) fn refreshed(&self, entry: &Entry, not_modified: &HeaderMap) -> Entry {
+        let cc_304 = CacheControl::parse(not_modified);
+        let mut headers = header_map(&entry.meta);
+        let updates = not_modified.keys().filter(|name| {
+            **name != header::CONTENT_LENGTH
+                && !is_unstored_field(name, not_modified, &cc_304)
+                && !self.own_fields.contains(name)
+        });
+        for name in updates {
+            headers.remove(name);
+            for value in not_modified.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        // The 304's Age describes this exchange (it is never stored, only read for times).
+        if let Some(age) = not_modified.get(header::AGE) {
+            headers.insert(header::AGE, age.clone());
+        }
+        let status = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
+        let canonical = entry.meta.canonical_key.clone();
+        let mut meta = self.meta(canonical, status, &headers, entry.meta.vary.clone());
+        meta.tags = entry.meta.tags.clone();
+        Entry {
+            meta,
+            body: entry.body.clone(),
+        }
+    }
+}
+
+/// A response answered from an entry: the stored status, headers and body (none for HEAD),
+/// or a 304 with the stored validators when `not_modified`. `Age` is recomputed (§4.2.3).
+pub(crate) fn response<B>(
+    entry: &Entry,
+    is_head: bool,
+    not_modified: bool,
+    now_ms: u64,
+) -> Response<ResponseBody<B>> {
+    let meta = &entry.meta;
+    let send_body = !(is_head || not_modified);
+    let mut response = Response::new(if send_body {
+        ResponseBody::cached(entry.body.clone())
+    } else {
+        ResponseBody::empty()
+    });
+    // The version stays the default: it belongs to the client's connection, and an
+    // origin's HTTP/1.0 replayed to HTTP/1.1 clients would close their connections.
+    if not_modified {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.headers_mut() = not_modified_headers(&header_map(meta));
+    } else {
+        *response.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
+        let headers = response.headers_mut();
+        headers.reserve(meta.headers.len() + 3);
+        for (name, value) in &meta.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        if is_head {
+            // A GET's body length still describes the resource; hyper derives it for GET.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        }
+    }
+    let age = freshness(meta, now_ms).age.as_secs();
+    response
+        .headers_mut()
+        .insert(header::AGE, HeaderValue::from(age));
+    response
+}
+
+/// 504 Gateway Timeout, generated by the cache (`only-if-cached` without a usable entry,
+/// or `must-revalidate` with an unreachable origin; RFC 9111 §5.2.1.7, §5.2.2.2).
+pub(crate) fn gateway_timeout<B>() -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::cached(Bytes::from_static(
+        b"504 Gateway Timeout: no usable cached response\n",
+    )));
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

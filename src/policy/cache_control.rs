@@ -1,0 +1,256 @@
+//! `Cache-Control` (RFC 9111 §5.2) and RFC 5861's stale directives, parsed once per
+//! message. Unknown directives are ignored, never an error.
+
+use http::header::{self, HeaderMap};
+
+/// The parsed `Cache-Control` directives of a request or a response (all header lines
+/// together).
+///
+/// Where a directive with a value appears more than once, the most restrictive value wins
+/// (the smallest `max-age`, the largest `min-fresh`, …). An invalid delta-seconds value
+/// (`max-age=abc`) counts as 0, which makes a response stale at once (RFC 9111 §4.2.1).
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, header::CACHE_CONTROL};
+/// use tower_memcache::policy::CacheControl;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(
+///     CACHE_CONTROL,
+///     HeaderValue::from_static("public, max-age=60, private=\"x-user\", x-unknown"),
+/// );
+/// let cc = CacheControl::parse(&headers);
+/// assert!(cc.public);
+/// assert_eq!(cc.max_age, Some(60));
+/// assert!(!cc.private, "the qualified form only names fields");
+/// assert_eq!(cc.private_fields, ["x-user"]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheControl {
+    /// `no-store`.
+    pub no_store: bool,
+    /// `no-cache` without field names (in a response: revalidate before every reuse; in a
+    /// request: do not answer from the cache without revalidating). A request's
+    /// `Pragma: no-cache` counts when it has no `Cache-Control`.
+    pub no_cache: bool,
+    /// The field names of a response's qualified `no-cache="a, b"`: those fields are not
+    /// reused without revalidation (the layer does not store them).
+    pub no_cache_fields: Vec<String>,
+    /// `private` without field names: a shared cache must not store the response.
+    pub private: bool,
+    /// The field names of a qualified `private="a, b"`: those fields are not stored.
+    pub private_fields: Vec<String>,
+    /// `public`.
+    pub public: bool,
+    /// `must-revalidate`.
+    pub must_revalidate: bool,
+    /// `proxy-revalidate`.
+    pub proxy_revalidate: bool,
+    /// `max-age`.
+    pub max_age: Option<u64>,
+    /// `s-maxage`.
+    pub s_maxage: Option<u64>,
+    /// A request's `max-stale`: `Some(None)` accepts any staleness, `Some(Some(n))` up to
+    /// `n` seconds.
+    pub max_stale: Option<Option<u64>>,
+    /// A request's `min-fresh`.
+    pub min_fresh: Option<u64>,
+    /// A request's `only-if-cached`.
+    pub only_if_cached: bool,
+    /// `no-transform` (the layer never transforms; recorded for completeness).
+    pub no_transform: bool,
+    /// `must-understand`.
+    pub must_understand: bool,
+    /// RFC 5861 `stale-while-revalidate`.
+    pub stale_while_revalidate: Option<u64>,
+    /// RFC 5861 `stale-if-error`.
+    pub stale_if_error: Option<u64>,
+}
+
+impl CacheControl {
+    /// Parses every `Cache-Control` line in `headers`.
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut cc = Self::default();
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(text) = value.to_str() else { continue };
+            for directive in split_directives(text) {
+                cc.apply(directive);
+            }
+        }
+        cc
+    }
+
+    /// Parses a request's directives: like [`parse`](Self::parse), plus HTTP/1.0's
+    /// `Pragma: no-cache` when there is no `Cache-Control` (RFC 9111 §5.4).
+    pub fn parse_request(headers: &HeaderMap) -> Self {
+        let mut cc = Self::parse(headers);
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            cc.no_cache |= headers
+                .get_all(header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|token| token.trim().eq_ignore_ascii_case("no-cache"));
+        }
+        cc
+    }
+
+    fn apply(&mut self, directive: &str) {
+        let (name, arg) = match directive.split_once('=') {
+            Some((name, arg)) => (name.trim(), Some(unquote(arg.trim()))),
+            None => (directive.trim(), None),
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "no-store" => self.no_store = true,
+            "no-cache" => match arg {
+                Some(fields) => self.no_cache_fields.extend(field_names(fields)),
+                None => self.no_cache = true,
+            },
+            "private" => match arg {
+                Some(fields) => self.private_fields.extend(field_names(fields)),
+                None => self.private = true,
+            },
+            "public" => self.public = true,
+            "must-revalidate" => self.must_revalidate = true,
+            "proxy-revalidate" => self.proxy_revalidate = true,
+            "no-transform" => self.no_transform = true,
+            "must-understand" => self.must_understand = true,
+            "only-if-cached" => self.only_if_cached = true,
+            "max-age" => self.max_age = Some(smallest(self.max_age, arg)),
+            "s-maxage" => self.s_maxage = Some(smallest(self.s_maxage, arg)),
+            "stale-while-revalidate" => {
+                self.stale_while_revalidate = Some(smallest(self.stale_while_revalidate, arg));
+            }
+            "stale-if-error" => self.stale_if_error = Some(smallest(self.stale_if_error, arg)),
+            "min-fresh" => {
+                let value = delta_seconds(arg);
+                self.min_fresh = Some(self.min_fresh.map_or(value, |c| c.max(value)));
+            }
+            "max-stale" => {
+                // Without a value any staleness is accepted; a bound is more restrictive,
+                // and the smallest bound wins.
+                let value = delta_seconds(arg);
+                self.max_stale = Some(match (self.max_stale, arg) {
+                    (Some(Some(current)), Some(_)) => Some(current.min(value)),
+                    (Some(Some(current)), None) => Some(current),
+                    (_, Some(_)) => Some(value),
+                    (_, None) => None,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the response forbids serving it stale in a shared cache:
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111 §5.2.2.2, §5.2.2.8,
+    /// §5.2.2.10).
+    pub fn forbids_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+}
+
+/// RFC 9111 §1.2.2: digits only; too many digits mean "very long" (2^31 is the RFC's
+/// minimum for that; the largest u64 is fine); anything else is invalid and counts as 0.
+fn delta_seconds(arg: Option<&str>) -> u64 {
+    arg.filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
+        .map(|a| a.parse::<u64>().unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn smallest(current: Option<u64>, arg: Option<&str>) -> u64 {
+    let parsed = delta_seconds(arg);
+    current.map_or(parsed, |c| c.min(parsed))
+}
+
+fn unquote(arg: &str) -> &str {
+    arg.strip_prefix('"')
+        .and_then(|a| a.strip_suffix('"'))
+        .unwrap_or(arg)
+}
+
+fn field_names(list: &str) -> impl Iterator<Item = String> + '_ {
+    list.split(',')
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+}
+
+/// Splits on commas outside quoted strings (`no-cache="a, b"` is one directive).
+fn split_directives(text: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter().map(str::trim).filter(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn cc(lines: &[&str]) -> CacheControl {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(header::CACHE_CONTROL, HeaderValue::from_str(line).unwrap());
+        }
+        CacheControl::parse(&headers)
+    }
+
+    #[test]
+    fn rfc9111_5_2_qualified_forms_and_conflicts() {
+        let parsed = cc(&[
+            "no-cache=\"set-cookie, X-A\", max-age=10",
+            "MAX-AGE=5, s-maxage=abc, private",
+        ]);
+        assert!(!parsed.no_cache, "qualified no-cache only names fields");
+        assert_eq!(parsed.no_cache_fields, ["set-cookie", "x-a"]);
+        assert!(parsed.private);
+        assert_eq!(parsed.max_age, Some(5), "most restrictive wins");
+        assert_eq!(parsed.s_maxage, Some(0), "invalid means stale");
+        assert!(
+            parsed.forbids_stale(),
+            "s-maxage forbids stale in a shared cache"
+        );
+    }
+
+    #[test]
+    fn rfc9111_5_2_1_request_directives() {
+        let parsed = cc(&["max-stale, min-fresh=5, min-fresh=9, only-if-cached"]);
+        assert_eq!(parsed.max_stale, Some(None));
+        assert_eq!(parsed.min_fresh, Some(9));
+        assert!(parsed.only_if_cached);
+        let bounded = cc(&["max-stale=30", "max-stale=10", "max-stale"]);
+        assert_eq!(bounded.max_stale, Some(Some(10)));
+        let mut pragma = HeaderMap::new();
+        pragma.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        assert!(CacheControl::parse_request(&pragma).no_cache);
+        pragma.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
+        assert!(
+            !CacheControl::parse_request(&pragma).no_cache,
+            "Cache-Control wins over Pragma"
+        );
+    }
+
+    #[test]
+    fn rfc5861_stale_directives_and_unknown_ones() {
+        let parsed = cc(&["stale-while-revalidate=30, stale-if-error=\"60\", x-foo=\"a,b\", bar"]);
+        assert_eq!(parsed.stale_while_revalidate, Some(30));
+        assert_eq!(parsed.stale_if_error, Some(60));
+        assert_eq!(
+            cc(&["max-age=99999999999999999999999"]).max_age,
+            Some(u64::MAX)
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! Conditional requests (RFC 9110 §13): answering a client's `If-None-Match` and
+//! `If-Modified-Since` from a stored response, and the validators a cache sends when it
+//! revalidates one (RFC 9111 §4.3.1).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::freshness::http_date;
+
+/// The precondition fields a request may carry.
+const PRECONDITIONS: [HeaderName; 5] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// The stored fields a 304 carries (RFC 9110 §15.4.5), plus `Last-Modified` to guide
+/// caches downstream.
+pub const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+    header::LAST_MODIFIED,
+];
+
+/// Whether the request carries any precondition.
+pub fn has_preconditions(headers: &HeaderMap) -> bool {
+    PRECONDITIONS.iter().any(|name| headers.contains_key(name))
+}
+
+/// Whether the request carries a precondition the cache cannot answer itself (`If-Match`,
+/// `If-Unmodified-Since`, `If-Range`); such requests go to the origin.
+pub fn has_origin_preconditions(headers: &HeaderMap) -> bool {
+    PRECONDITIONS[2..]
+        .iter()
+        .any(|name| headers.contains_key(name))
+}
+
+/// Weak comparison of two entity tags (RFC 9110 §8.8.3.2): equal opaque tags, whether or
+/// not either is weak.
+///
+/// ```
+/// use tower_memcache::policy::conditional::weak_match;
+///
+/// assert!(weak_match(b"W/\"1\"", b"\"1\""));
+/// assert!(!weak_match(b"\"1\"", b"\"2\""));
+/// ```
+pub fn weak_match(a: &[u8], b: &[u8]) -> bool {
+    let opaque = |tag: &[u8]| {
+        let tag = trim(tag);
+        tag.strip_prefix(b"W/").unwrap_or(tag).to_vec()
+    };
+    let (a, b) = (opaque(a), opaque(b));
+    a.len() >= 2 && a.first() == Some(&b'"') && a == b
+}
+
+/// Whether a client's `If-None-Match` / `If-Modified-Since` is satisfied by a stored 200
+/// response with these headers, so the answer is 304 Not Modified (RFC 9110 §13.1.2,
+/// §13.1.3, §13.2.2: `If-None-Match` wins; `If-Modified-Since` compares with
+/// `Last-Modified`, else `Date`).
+pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG) else {
+            return false;
+        };
+        return request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .flat_map(|v| split_list(v.as_bytes()))
+            .any(|tag| tag == b"*" || weak_match(tag, etag.as_bytes()));
+    }
+    let Some(since) = http_date(request, &header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    http_date(stored, &header::LAST_MODIFIED)
+        .or_else(|| http_date(stored, &header::DATE))
+        .is_some_and(|modified| modified <= since)
+}
+
+/// Adds the stored validators to a request the cache sends to revalidate a stored response
+/// (RFC 9111 §4.3.1): `If-None-Match` with its `ETag`, `If-Modified-Since` with its
+/// `Last-Modified`. Returns whether any was added.
+pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
+    let mut added = false;
+    if let Some(etag) = stored.get(header::ETAG) {
+        request.insert(header::IF_NONE_MATCH, etag.clone());
+        added = true;
+    }
+    if let Some(modified) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        added = true;
+    }
+    added
+}
+
+/// Whether a 304 or a HEAD response describes the same representation as the stored one
+/// (RFC 9111 §4.3.3, §4.3.5): its strong `ETag` if both have one, else `Last-Modified`;
+/// a response with neither validator matches only a stored response with neither.
+pub fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
+    match (fresh.get(header::ETAG), stored.get(header::ETAG)) {
+        (Some(a), Some(b)) => return trim(a.as_bytes()) == trim(b.as_bytes()),
+        (Some(_), None) | (None, Some(_)) => return false,
+        (None, None) => {}
+    }
+    fresh.get(header::LAST_MODIFIED) == stored.get(header::LAST_MODIFIED)
+}
+
+/// Whether a stored response has a validator the cache can revalidate it with.
+pub fn has_validators(stored: &HeaderMap) -> bool {
+    stored.contains_key(header::ETAG) || stored.contains_key(header::LAST_MODIFIED)
+}
+
+/// The headers of a 304 answered from a stored response.
+pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in NOT_MODIFIED_FIELDS {
+        for value in stored.get_all(&name) {
+            headers.append(name.clone(), HeaderValue::clone(value));
+        }
+    }
+    headers
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+/// Splits an entity-tag list on commas outside quotes.
+fn split_list(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                parts.push(trim(&bytes[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(trim(&bytes[start..]));
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn rfc9110_13_1_2_if_none_match_weak_comparison() {
+        let stored = headers(&[("etag", "W/\"v1\"")]);
+        assert!(not_modified(
+            &headers(&[("if-none-match", "\"v0\", \"v1\"")]),
+            &stored
+        ));
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), &stored));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"v2\"")]),
+            &stored
+        ));
+        // If-None-Match wins over If-Modified-Since.
+        let both = headers(&[
+            ("if-none-match", "\"v2\""),
+            ("if-modified-since", "Sun, 06 Nov 2094 08:49:37 GMT"),
+        ]);
+        assert!(!not_modified(&both, &stored));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"a,b\"")]),
+            &headers(&[("etag", "\"a\"")])
+        ));
+    }
+
+    #[test]
+    fn rfc9110_13_1_3_if_modified_since() {
+        let stored = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let ask = |date: &'static str| headers(&[("if-modified-since", date)]);
+        assert!(not_modified(&ask("Sun, 06 Nov 1994 08:49:37 GMT"), &stored));
+        assert!(!not_modified(
+            &ask("Sun, 06 Nov 1994 08:49:36 GMT"),
+            &stored
+        ));
+        assert!(!not_modified(&ask("not a date"), &stored));
+    }
+
+    #[test]
+    fn rfc9111_4_3_1_validators_and_4_3_5_representation_checks() {
+        let stored = headers(&[
+            ("etag", "\"1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        let mut request = HeaderMap::new();
+        assert!(add_validators(&mut request, &stored));
+        assert_eq!(request["if-none-match"], "\"1\"");
+        assert!(request.contains_key("if-modified-since"));
+        assert!(same_representation(&headers(&[("etag", "\"1\"")]), &stored));
+        assert!(!same_representation(
+            &headers(&[("etag", "\"2\"")]),
+            &stored
+        ));
+        assert!(!has_validators(&HeaderMap::new()));
+        let not_modified = not_modified_headers(&headers(&[
+            ("etag", "\"1\""),
+            ("content-type", "text/plain"),
+        ]));
+        assert!(not_modified.contains_key("etag") && !not_modified.contains_key("content-type"));
+    }
+}

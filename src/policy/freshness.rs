@@ -1,0 +1,348 @@
+//! Freshness (RFC 9111 §4.2) and stale serving (§4.2.4, RFC 5861): how long a response is
+//! fresh, how old it is, and whether a stored response may answer a request without the
+//! origin. Pure arithmetic over headers and times.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+
+use super::CacheControl;
+
+/// The statuses RFC 9110 §15.1 calls heuristically cacheable.
+pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// Heuristic freshness (RFC 9111 §4.2.2) for responses with `Last-Modified` and no explicit
+/// lifetime: a fraction of the time since the last modification, capped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Heuristic {
+    /// The fraction of `Date − Last-Modified`; `0.0` turns heuristic freshness off.
+    pub fraction: f64,
+    /// The longest heuristic lifetime.
+    pub max: Duration,
+}
+
+impl Default for Heuristic {
+    /// A tenth of the time since the last modification, at most a day.
+    fn default() -> Self {
+        Self {
+            fraction: 0.1,
+            max: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Parses an HTTP date field (IMF-fixdate and the two obsolete forms).
+pub fn http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+    let value = headers.get(name)?.to_str().ok()?;
+    httpdate::parse_http_date(value.trim()).ok()
+}
+
+/// The explicit freshness lifetime a shared cache gives a response (§4.2.1): `s-maxage`,
+/// else `max-age`, else `Expires − Date`. An invalid `Expires` means already expired. `None`
+/// when the response says nothing.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::{HeaderMap, HeaderValue};
+/// use tower_memcache::policy::{CacheControl, freshness::explicit_lifetime};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("date", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
+/// headers.insert("expires", HeaderValue::from_static("Sun, 06 Nov 1994 08:50:37 GMT"));
+/// let cc = CacheControl::parse(&headers);
+/// let lifetime = explicit_lifetime(&cc, &headers, SystemTime::now());
+/// assert_eq!(lifetime, Some(Duration::from_secs(60)));
+/// ```
+pub fn explicit_lifetime(
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+) -> Option<Duration> {
+    if let Some(secs) = cc.s_maxage.or(cc.max_age) {
+        return Some(Duration::from_secs(secs));
+    }
+    if !headers.contains_key(header::EXPIRES) {
+        return None;
+    }
+    let Some(expires) = http_date(headers, &header::EXPIRES) else {
+        return Some(Duration::ZERO); // "Expires: 0" and friends: already expired
+    };
+    let date = http_date(headers, &header::DATE).unwrap_or(response_time);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// The heuristic lifetime (§4.2.2): only for heuristically cacheable statuses (or a
+/// `public` response) with a `Last-Modified` in the past.
+pub fn heuristic_lifetime(
+    status: u16,
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+    heuristic: &Heuristic,
+) -> Option<Duration> {
+    if heuristic.fraction <= 0.0 || !(HEURISTIC_STATUSES.contains(&status) || cc.public) {
+        return None;
+    }
+    let last_modified = http_date(headers, &header::LAST_MODIFIED)?;
+    let date = http_date(headers, &header::DATE).unwrap_or(response_time);
+    let since = date.duration_since(last_modified).ok()?;
+    Some(since.mul_f64(heuristic.fraction).min(heuristic.max))
+}
+
+/// The corrected initial age of a response (§4.2.3): the larger of its apparent age
+/// (`response_time − Date`) and its `Age` plus the time the request took.
+pub fn initial_age(
+    headers: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Duration {
+    let age_value = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let apparent_age = http_date(headers, &header::DATE)
+        .and_then(|date| response_time.duration_since(date).ok())
+        .unwrap_or(Duration::ZERO);
+    let response_delay = response_time
+        .duration_since(request_time)
+        .unwrap_or(Duration::ZERO);
+    apparent_age.max(age_value + response_delay)
+}
+
+/// What a stored response knows about its own freshness, as the layer keeps it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// How long it is fresh, counted from age zero.
+    pub lifetime: Duration,
+    /// Its current age.
+    pub age: Duration,
+    /// RFC 5861 `stale-while-revalidate` window.
+    pub stale_while_revalidate: Duration,
+    /// RFC 5861 `stale-if-error` window.
+    pub stale_if_error: Duration,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale.
+    pub forbids_stale: bool,
+    /// `no-cache`: revalidated before every reuse.
+    pub no_cache: bool,
+}
+
+/// Whether a stored response may answer a request, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// Fresh enough for this request: answer from the cache.
+    Fresh,
+    /// Stale, but the request's `max-stale` accepts it: answer from the cache.
+    StaleAccepted,
+    /// Stale inside its `stale-while-revalidate` window: answer from the cache now and
+    /// revalidate in the background.
+    StaleWhileRevalidate,
+    /// Must be validated with the origin first.
+    Validate,
+}
+
+impl Freshness {
+    /// How long past its lifetime the response is (zero while fresh).
+    pub fn staleness(&self) -> Duration {
+        self.age.saturating_sub(self.lifetime)
+    }
+
+    /// Whether the response is fresh.
+    pub fn is_fresh(&self) -> bool {
+        self.age < self.lifetime
+    }
+
+    /// Decides reuse for a request with directives `request` (§4.2, §4.2.4, §5.2.1).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_memcache::policy::CacheControl;
+    /// use tower_memcache::policy::freshness::{Freshness, Reuse};
+    ///
+    /// let stored = Freshness {
+    ///     lifetime: Duration::from_secs(60),
+    ///     age: Duration::from_secs(70),
+    ///     stale_while_revalidate: Duration::from_secs(30),
+    ///     ..Freshness::default()
+    /// };
+    /// assert_eq!(stored.reuse(&CacheControl::default()), Reuse::StaleWhileRevalidate);
+    /// ```
+    pub fn reuse(&self, request: &CacheControl) -> Reuse {
+        if self.no_cache || request.no_cache {
+            return Reuse::Validate;
+        }
+        let secs = |s: u64| Duration::from_secs(s);
+        if request.max_age.is_some_and(|max| self.age > secs(max)) || request.max_age == Some(0) {
+            return Reuse::Validate;
+        }
+        let remaining = self.lifetime.saturating_sub(self.age);
+        let fresh_enough =
+            self.is_fresh() && request.min_fresh.is_none_or(|min| remaining >= secs(min));
+        if fresh_enough {
+            return Reuse::Fresh;
+        }
+        if self.forbids_stale || self.is_fresh() {
+            // Fresh but not fresh enough for min-fresh is not "stale": validate.
+            return Reuse::Validate;
+        }
+        let staleness = self.staleness();
+        match request.max_stale {
+            Some(None) => return Reuse::StaleAccepted,
+            Some(Some(max)) if staleness <= secs(max) => return Reuse::StaleAccepted,
+            _ => {}
+        }
+        if staleness <= self.stale_while_revalidate {
+            return Reuse::StaleWhileRevalidate;
+        }
+        Reuse::Validate
+    }
+
+    /// Whether the response may be served stale because the origin failed (RFC 5861 §4,
+    /// in the response's window or the request's `stale-if-error`).
+    pub fn usable_on_error(&self, request: &CacheControl) -> bool {
+        if self.forbids_stale || self.no_cache {
+            return false;
+        }
+        let staleness = self.staleness();
+        let request_window = request
+            .stale_if_error
+            .map_or(Duration::ZERO, Duration::from_secs);
+        staleness <= self.stale_if_error.max(request_window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn at(date: &str) -> SystemTime {
+        httpdate::parse_http_date(date).unwrap()
+    }
+
+    const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    #[test]
+    fn rfc9111_4_2_1_s_maxage_then_max_age_then_expires() {
+        let now = at(DATE);
+        let map = headers(&[
+            ("cache-control", "max-age=10, s-maxage=20"),
+            ("expires", "Sun, 06 Nov 1994 09:49:37 GMT"),
+            ("date", DATE),
+        ]);
+        let lifetime = |map: &HeaderMap| explicit_lifetime(&CacheControl::parse(map), map, now);
+        assert_eq!(lifetime(&map), Some(Duration::from_secs(20)));
+        let map = headers(&[("cache-control", "max-age=10"), ("expires", DATE)]);
+        assert_eq!(lifetime(&map), Some(Duration::from_secs(10)));
+        let map = headers(&[("expires", "Sun, 06 Nov 1994 09:49:37 GMT"), ("date", DATE)]);
+        assert_eq!(lifetime(&map), Some(Duration::from_secs(3600)));
+        let map = headers(&[("expires", "0"), ("date", DATE)]);
+        assert_eq!(lifetime(&map), Some(Duration::ZERO), "invalid Expires");
+        assert_eq!(lifetime(&headers(&[("date", DATE)])), None);
+    }
+
+    #[test]
+    fn rfc9111_4_2_2_heuristic_only_for_cacheable_statuses() {
+        let now = at(DATE);
+        let map = headers(&[
+            ("date", DATE),
+            ("last-modified", "Sun, 06 Nov 1994 07:49:37 GMT"),
+        ]);
+        let cc = CacheControl::parse(&map);
+        let h = Heuristic::default();
+        assert_eq!(
+            heuristic_lifetime(200, &cc, &map, now, &h),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(heuristic_lifetime(500, &cc, &map, now, &h), None);
+        let capped = Heuristic {
+            fraction: 0.5,
+            max: Duration::from_secs(100),
+        };
+        assert_eq!(
+            heuristic_lifetime(200, &cc, &map, now, &capped),
+            Some(Duration::from_secs(100))
+        );
+        let no_lm = headers(&[("date", DATE)]);
+        assert_eq!(heuristic_lifetime(200, &cc, &no_lm, now, &h), None);
+    }
+
+    #[test]
+    fn rfc9111_4_2_3_age_calculation() {
+        let request_time = at(DATE);
+        let response_time = request_time + Duration::from_secs(2);
+        // Apparent age 0 (Date = request time … 2 s ago), Age 10 + 2 s delay.
+        let map = headers(&[("date", DATE), ("age", "10")]);
+        assert_eq!(
+            initial_age(&map, request_time, response_time),
+            Duration::from_secs(12)
+        );
+        // A Date far in the past wins over a small Age.
+        let old = headers(&[("date", "Sun, 06 Nov 1994 07:49:37 GMT"), ("age", "1")]);
+        assert_eq!(
+            initial_age(&old, request_time, response_time),
+            Duration::from_secs(3602)
+        );
+    }
+
+    #[test]
+    fn rfc9111_4_2_4_and_rfc5861_reuse_decisions() {
+        let secs = Duration::from_secs;
+        let base = Freshness {
+            lifetime: secs(60),
+            age: secs(30),
+            stale_while_revalidate: secs(30),
+            stale_if_error: secs(300),
+            ..Freshness::default()
+        };
+        let req = |text: &'static str| CacheControl::parse(&headers(&[("cache-control", text)]));
+        let none = CacheControl::default();
+        assert_eq!(base.reuse(&none), Reuse::Fresh);
+        assert_eq!(base.reuse(&req("max-age=10")), Reuse::Validate);
+        assert_eq!(base.reuse(&req("max-age=0")), Reuse::Validate);
+        assert_eq!(base.reuse(&req("no-cache")), Reuse::Validate);
+        assert_eq!(base.reuse(&req("min-fresh=40")), Reuse::Validate);
+        assert_eq!(base.reuse(&req("min-fresh=20")), Reuse::Fresh);
+        let stale = Freshness {
+            age: secs(80),
+            ..base
+        };
+        assert_eq!(stale.reuse(&none), Reuse::StaleWhileRevalidate);
+        assert_eq!(stale.reuse(&req("max-stale=30")), Reuse::StaleAccepted);
+        assert_eq!(
+            stale.reuse(&req("max-stale=10")),
+            Reuse::StaleWhileRevalidate
+        );
+        let very_stale = Freshness {
+            age: secs(200),
+            ..base
+        };
+        assert_eq!(very_stale.reuse(&none), Reuse::Validate);
+        assert!(very_stale.usable_on_error(&none));
+        let strict = Freshness {
+            forbids_stale: true,
+            ..stale
+        };
+        assert_eq!(strict.reuse(&req("max-stale")), Reuse::Validate);
+        assert!(!strict.usable_on_error(&none));
+        let no_cache = Freshness {
+            no_cache: true,
+            ..base
+        };
+        assert_eq!(no_cache.reuse(&none), Reuse::Validate);
+        let no_window = Freshness {
+            stale_if_error: Duration::ZERO,
+            ..very_stale
+        };
+        assert!(!no_window.usable_on_error(&none));
+        assert!(no_window.usable_on_error(&req("stale-if-error=600")));
+    }
+}
