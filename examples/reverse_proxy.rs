@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! reverse_proxy --upstream URL [--listen ADDR] [--memcache HOST:PORT[,HOST:PORT...]]
-//!               [--ttl SECS] [--threads N] [--upstream-host]
+//!               [--mode origin|routes] [--ttl SECS] [--threads N] [--upstream-host]
 //! ```
 //!
 //! - `--upstream URL`: the origin, `http://host[:port]` (plain HTTP only; no TLS to the
@@ -12,8 +12,12 @@
 //!   `127.0.0.1:3001`.
 //! - `--memcache SERVERS`: comma-separated memcached servers (ketama over them, as
 //!   libmemcached does). Without it, entries live in this process (`MemoryBackend`).
-//! - `--ttl SECS`: how long responses are cached when the origin does not say
-//!   (`Cache-Control: s-maxage` / `max-age`, less its `Age`, win); default 3600.
+//! - `--mode origin|routes`: who decides how long a response is fresh. `origin` (the
+//!   default) follows RFC 9111: `s-maxage`, `max-age`, `Expires`, else a tenth of the time
+//!   since `Last-Modified`; a response with none of them is stored only to be revalidated.
+//!   `routes` caches every storable response for `--ttl` whatever the origin says (like
+//!   nginx's `srcache` with a fixed `$memc_exptime`).
+//! - `--ttl SECS`: the lifetime in `routes` mode; default 3600.
 //! - `--threads N`: tokio worker threads; default one per CPU.
 //! - `--upstream-host`: send the upstream's authority as `Host` (nginx's default
 //!   `$proxy_host`) and the client's in `X-Forwarded-Host`. Without it the client's `Host`
@@ -30,11 +34,15 @@
 //! origin that cannot be reached answers 502 Bad Gateway, one that sends no response head
 //! within 60 s 504 Gateway Timeout; neither is cached.
 //!
-//! What is stored is [`MemcacheLayer`]'s policy: GET and HEAD, the heuristically cacheable
-//! statuses, never `no-store` / `private` / `no-cache` / `Set-Cookie` / `Vary: *`, keyed by
-//! method, host, path and query (namespace `proxy`). As with srcache, request cookies are
-//! not part of the key: an origin that personalises a response must say `private` or
-//! `Vary`. `RUST_LOG=debug` shows every cache decision.
+//! What is stored, reused and invalidated is [`MemcacheLayer`]'s RFC 9111 shared-cache
+//! policy (see the README's directive table): GET and HEAD keyed by host, path and query
+//! (namespace `proxy`), variants by `Vary`, revalidation with `If-None-Match` /
+//! `If-Modified-Since`, `stale-while-revalidate` and `stale-if-error`, invalidation by
+//! POST, PUT, PATCH, DELETE and unknown methods, tags from `Surrogate-Key`. As with
+//! srcache, request cookies are not part of the key: an origin that personalises a response
+//! must say `private` or `Vary`. The proxy's own 502 and 504 carry
+//! [`OriginUnreachable`], so a stale entry can stand in for them. `RUST_LOG=debug` shows
+//! every cache decision.
 //!
 //! An example session, with Python's file server as the origin:
 //!
@@ -77,12 +85,13 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_memcache::backend::{Backend, MemoryBackend};
-use tower_memcache::cache::{CacheLifetime, MemcacheLayer};
-use tower_memcache::policy::{CacheControl, is_hop_by_hop};
+use tower_memcache::cache::{MemcacheLayer, OriginUnreachable};
+use tower_memcache::policy::{CacheMode, is_hop_by_hop};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] [--listen ADDR] \
-[--memcache HOST:PORT[,HOST:PORT...]] [--ttl SECS] [--threads N] [--upstream-host]";
+[--memcache HOST:PORT[,HOST:PORT...]] [--mode origin|routes] [--ttl SECS] [--threads N] \
+[--upstream-host]";
 
 /// How long the origin may take to send its response head.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -96,6 +105,7 @@ struct Args {
     listen: SocketAddr,
     upstream: Uri,
     memcache: Option<Vec<String>>,
+    mode: CacheMode,
     ttl: Duration,
     threads: Option<usize>,
     upstream_host: bool,
@@ -107,6 +117,7 @@ impl Args {
         let mut listen = SocketAddr::from(([127, 0, 0, 1], 3001));
         let mut upstream = None;
         let mut memcache = None;
+        let mut mode = CacheMode::Origin;
         let mut ttl = Duration::from_secs(3600);
         let mut threads = None;
         let mut upstream_host = false;
@@ -143,6 +154,13 @@ impl Args {
                     }
                     memcache = Some(servers);
                 }
+                "--mode" => {
+                    mode = match value()?.as_str() {
+                        "origin" => CacheMode::Origin,
+                        "routes" => CacheMode::Routes,
+                        other => return Err(format!("--mode {other:?}: origin or routes")),
+                    };
+                }
                 "--ttl" => {
                     let v = value()?;
                     let secs = v.parse().map_err(|e| format!("--ttl {v:?}: {e}"))?;
@@ -162,6 +180,7 @@ impl Args {
             listen,
             upstream,
             memcache,
+            mode,
             ttl,
             threads,
             upstream_host,
@@ -258,19 +277,15 @@ async fn forward(
             // connection after every response.
             *response.version_mut() = Version::HTTP_11;
             strip_hop_by_hop(response.headers_mut());
-            // Without a word from the origin the layer's default lifetime (`--ttl`) applies.
-            if let Some(lifetime) = origin_lifetime(response.headers()) {
-                response.extensions_mut().insert(CacheLifetime(lifetime));
-            }
             Ok(response.map(Either::Left))
         }
         Ok(Err(err)) => {
             tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
-            Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"))
+            Ok(unreachable(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"))
         }
         Err(_) => {
             tracing::warn!(%method, upstream = %upstream.authority, "upstream sent no response in time");
-            Ok(made_up(
+            Ok(unreachable(
                 StatusCode::GATEWAY_TIMEOUT,
                 "504 Gateway Timeout\n",
             ))
@@ -304,20 +319,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
     }
 }
 
-/// The origin's own freshness for a shared cache, `s-maxage` before `max-age`, less the
-/// `Age` it already has; `None` when it says nothing (the `--ttl` default applies). Zero
-/// keeps the response out of the cache.
-fn origin_lifetime(headers: &HeaderMap) -> Option<Duration> {
-    let cc = CacheControl::parse(headers);
-    let max_age = cc.s_maxage.or(cc.max_age)?;
-    let age = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Some(Duration::from_secs(max_age.saturating_sub(age)))
-}
-
 fn made_up(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),
@@ -329,6 +330,14 @@ fn made_up(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A 502 or 504 for an origin that did not answer: marked so that the cache layer may let a
+/// stale entry stand in (`stale-if-error`) or answer 504 for a `must-revalidate` one.
+fn unreachable(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = made_up(status, text);
+    response.extensions_mut().insert(OriginUnreachable);
     response
 }
 
@@ -412,6 +421,7 @@ async fn serve<B: Backend>(
     // One layer for the process; its services share statistics and request coalescing.
     let layer = MemcacheLayer::new(backend)
         .namespace("proxy")
+        .mode(args.mode)
         .default_lifetime(args.ttl);
 
     let listener = TcpListener::bind(args.listen).await?;

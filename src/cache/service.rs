@@ -609,7 +609,16 @@ fn same_origin(
 ) -> Option<Uri> {
     let uri: Uri = value.to_str().ok()?.trim().parse().ok()?;
     match uri.authority() {
-        None if uri.path().starts_with('/') => Some(uri),
+        // An absolute path: on the target's origin (the Host header fills in the
+        // authority when the target has none).
+        None if uri.path().starts_with('/') => match target.authority() {
+            Some(authority) => {
+                let scheme = target.scheme_str().unwrap_or(default_scheme);
+                let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+                format!("{scheme}://{authority}{path}").parse().ok()
+            }
+            None => Some(uri),
+        },
         None => None,
         Some(authority) => {
             let own_authority =
@@ -665,7 +674,8 @@ where
     };
     let mut fwd = "uri-miss";
     if let Some(entry) = &found.entry {
-        match stored::freshness(&entry.meta, now_ms()).reuse(&plan.request_cc) {
+        let freshness = stored::freshness(&entry.meta, now_ms());
+        match freshness.reuse(&plan.request_cc) {
             Reuse::Fresh | Reuse::StaleAccepted => {
                 return Ok(shared.answer(entry, request.headers(), is_head, None));
             }
@@ -674,13 +684,9 @@ where
                 revalidate_in_background(&shared, inner, request, plan, found);
                 return Ok(response);
             }
-            Reuse::Validate => {
-                fwd = if plan.request_cc.no_cache || plan.request_cc.max_age.is_some() {
-                    "request"
-                } else {
-                    "stale"
-                };
-            }
+            // Fresh, yet the request's directives ask for the origin: "request".
+            Reuse::Validate if freshness.is_fresh() || plan.request_cc.no_cache => fwd = "request",
+            Reuse::Validate => fwd = "stale",
         }
     } else if found.index.is_some() {
         fwd = "vary-miss";

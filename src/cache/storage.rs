@@ -282,30 +282,62 @@ impl<B: Backend> Storage<B> {
             Some(index) if index.names == names && index.canonical_key == meta.canonical_key => {
                 index.clone()
             }
-            _ => VariantIndex {
-                canonical_key: meta.canonical_key.clone(),
-                names,
-                id: unique(),
+            _ => match self
+                .create_index(primary_key, &meta.canonical_key, names)
+                .await
+            {
+                Some(index) => index,
+                None => return false,
             },
         };
         let variant_key = self.variant_key(&meta.canonical_key, index.id, &meta.vary);
         let set = self
             .backend
             .set(&variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
-        if self.timed("variant store", set).await.is_none() {
-            return false;
-        }
-        let Ok(index_bytes) = encode_index(&index) else {
-            return false;
+        self.timed("variant store", set).await.is_some()
+    }
+
+    /// Writes a new variant index for a URL, unless a concurrent store just wrote one for
+    /// the same headers: `add` lets the first writer win, so every variant stored at the
+    /// same time ends up under one index id.
+    async fn create_index(
+        &self,
+        primary_key: &str,
+        canonical: &str,
+        names: Vec<String>,
+    ) -> Option<VariantIndex> {
+        let fresh = VariantIndex {
+            canonical_key: canonical.to_string(),
+            names,
+            id: unique(),
         };
+        let bytes = encode_index(&fresh).ok()?;
         // The index outlives any one variant; memcached's LRU ages it out when unused.
-        let set = self.backend.set(
+        let add = self.backend.add(
             primary_key,
-            index_bytes,
+            bytes.clone(),
             FLAG_VARIANT_INDEX,
             Lifetime::NEVER,
         );
-        self.timed("index store", set).await.is_some()
+        if self.timed("index add", add).await? {
+            return Some(fresh);
+        }
+        let existing = self
+            .timed("index get", self.backend.get(primary_key))
+            .await?;
+        if let Some(index) = existing
+            .filter(|item| item.flags == FLAG_VARIANT_INDEX)
+            .and_then(|item| decode_index(&item.value).ok())
+            .filter(|index| index.canonical_key == canonical && index.names == fresh.names)
+        {
+            return Some(index);
+        }
+        // A plain entry, or an index for other headers: this response replaces it.
+        let set = self
+            .backend
+            .set(primary_key, bytes, FLAG_VARIANT_INDEX, Lifetime::NEVER);
+        self.timed("index store", set).await?;
+        Some(fresh)
     }
 
     /// Deletes a URL's entry or variant index (and so every variant).
