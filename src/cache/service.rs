@@ -865,16 +865,12 @@ where
                 has_validators(&header_map(&refreshed.meta)),
                 shared.config.keep_stale,
             );
+            let params = format!("fwd={fwd}; fwd-status=304");
             let answer = if ours {
-                shared.answer(
-                    &refreshed,
-                    &request_headers,
-                    is_head,
-                    Some("fwd=stale; fwd-status=304"),
-                )
+                shared.answer(&refreshed, &request_headers, is_head, Some(&params))
             } else {
                 let mut passed = response.map(ResponseBody::passthrough);
-                shared.set_status(&mut passed, "fwd=stale; fwd-status=304", None);
+                shared.set_status(&mut passed, &params, None);
                 passed
             };
             tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
