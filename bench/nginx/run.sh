@@ -9,7 +9,7 @@
 #   2. starts nginx with bench/nginx/nginx.conf.template: the origin (a static 1 KiB file)
 #      and, on another port, the srcache + memc cache in front of it;
 #   3. builds and starts the proxy: reverse_proxy --upstream <origin> --memcache <memcached>
-#      --threads $WORKERS --ttl 300 (nginx gets worker_processes $WORKERS);
+#      --threads $WORKERS --mode routes --ttl 300 (nginx gets worker_processes $WORKERS);
 #   4. warms both caches (curl twice each) and checks the second answer is a hit on both and
 #      that both serve the same body;
 #   5. runs wrk against each in turn for $ROUNDS rounds (the order swaps every round), and
@@ -169,7 +169,7 @@ PIDS+=($!)
 NGINX_PID=$!
 
 PROXY_ARGS=(--listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
-    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --ttl 300)
+    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300)
 read -r -a EXTRA_ENV <<<"${PROXY_ENV:-}"
 env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${PROXY_ARGS[@]}" >"$WORK/proxy.log" 2>&1 &
 PIDS+=($!)
