@@ -1,6 +1,7 @@
 //! The canonical request key: what makes two requests "the same" for the cache.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Method, Uri, header};
 
@@ -43,6 +44,24 @@ where
 {
     fn key(&self, request: &RequestHead<'_>) -> Option<String> {
         self(request)
+    }
+}
+
+/// How a layer turns a request into its canonical key: the user's key function, or the
+/// default below. One place for the lookup, the invalidations and the purge handle.
+#[derive(Clone)]
+pub(crate) struct Canonical {
+    pub(crate) key_fn: Option<Arc<dyn KeyFn>>,
+    pub(crate) default_scheme: String,
+}
+
+impl Canonical {
+    /// `None` when a key function declines the request.
+    pub(crate) fn key(&self, head: &RequestHead<'_>) -> Option<String> {
+        match &self.key_fn {
+            Some(key_fn) => Some(format!("GET {}", key_fn.key(head)?)),
+            None => Some(canonical_key(&self.default_scheme, head)),
+        }
     }
 }
 

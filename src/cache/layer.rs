@@ -7,10 +7,11 @@ use std::time::Duration;
 use http::header::HeaderName;
 use tower::Layer;
 
-use super::key::KeyFn;
+use super::key::{Canonical, KeyFn};
 use super::purge::Purger;
 use super::service::{Memcache, Shared};
 use super::single_flight::SingleFlight;
+use super::storage::Storage;
 use crate::backend::{Backend, DEFAULT_ITEM_SIZE_LIMIT};
 use crate::policy::freshness::Heuristic;
 use crate::policy::{CacheMode, Policy, RouteAction, RouteMatch, RouteRule};
@@ -34,8 +35,7 @@ pub(crate) struct Config<B> {
     pub(crate) namespace: String,
     pub(crate) policy: Policy,
     pub(crate) key_headers: Vec<HeaderName>,
-    pub(crate) key_fn: Option<Arc<dyn KeyFn>>,
-    pub(crate) default_scheme: String,
+    pub(crate) canonical: Canonical,
     pub(crate) cache_status: Option<String>,
     pub(crate) lifetime_header: Option<HeaderName>,
     pub(crate) max_entry_size: usize,
@@ -83,11 +83,23 @@ impl<B: fmt::Debug> fmt::Debug for MemcacheLayer<B> {
             .field("namespace", &c.namespace)
             .field("policy", &c.policy)
             .field("key_headers", &c.key_headers)
-            .field("custom_key", &c.key_fn.is_some())
+            .field("custom_key", &c.canonical.key_fn.is_some())
             .field("cache_status", &c.cache_status)
             .field("max_entry_size", &c.max_entry_size)
             .field("lookup_timeout", &c.lookup_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Config<B> {
+    /// The backend seen through the cache's key layout.
+    pub(crate) fn storage(&self) -> Storage<B> {
+        Storage::new(
+            self.backend.clone(),
+            &self.namespace,
+            self.lookup_timeout,
+            self.stats.clone(),
+        )
     }
 }
 
@@ -100,8 +112,10 @@ impl<B: Backend> MemcacheLayer<B> {
                 namespace: String::new(),
                 policy: Policy::default(),
                 key_headers: Vec::new(),
-                key_fn: None,
-                default_scheme: "http".to_string(),
+                canonical: Canonical {
+                    key_fn: None,
+                    default_scheme: "http".to_string(),
+                },
                 cache_status: Some("tower-memcache".to_string()),
                 lifetime_header: Some(HeaderName::from_static(DEFAULT_LIFETIME_HEADER)),
                 max_entry_size: DEFAULT_MAX_ENTRY_SIZE,
@@ -170,14 +184,14 @@ impl<B: Backend> MemcacheLayer<B> {
     /// Defaults to method (HEAD as GET), scheme, authority, path, query and
     /// [`key_headers`](Self::key_headers).
     pub fn key_fn(mut self, key_fn: impl KeyFn) -> Self {
-        self.config.key_fn = Some(Arc::new(key_fn));
+        self.config.canonical.key_fn = Some(Arc::new(key_fn));
         self
     }
 
     /// The scheme used in keys when the request URI has none (servers see origin-form
     /// targets). Defaults to `http`.
     pub fn default_scheme(mut self, scheme: impl Into<String>) -> Self {
-        self.config.default_scheme = scheme.into();
+        self.config.canonical.default_scheme = scheme.into();
         self
     }
 

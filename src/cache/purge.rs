@@ -1,11 +1,10 @@
 //! [`Purger`]: invalidation on demand, seen by every process sharing the backend.
 
 use std::fmt;
-use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Method, Uri};
 
-use super::key::{KeyFn, RequestHead, canonical_key};
+use super::key::{Canonical, RequestHead};
 use super::layer::Config;
 use super::storage::Storage;
 use crate::backend::{Backend, BackendError};
@@ -46,8 +45,7 @@ pub enum PurgeError {
 #[derive(Clone)]
 pub struct Purger<B> {
     storage: Storage<B>,
-    key_fn: Option<Arc<dyn KeyFn>>,
-    default_scheme: String,
+    canonical: Canonical,
 }
 
 impl<B> fmt::Debug for Purger<B> {
@@ -59,14 +57,8 @@ impl<B> fmt::Debug for Purger<B> {
 impl<B: Backend> Purger<B> {
     pub(crate) fn new(config: &Config<B>) -> Self {
         Self {
-            storage: Storage::new(
-                config.backend.clone(),
-                &config.namespace,
-                config.lookup_timeout,
-                config.stats.clone(),
-            ),
-            key_fn: config.key_fn.clone(),
-            default_scheme: config.default_scheme.clone(),
+            storage: config.storage(),
+            canonical: config.canonical.clone(),
         }
     }
 
@@ -84,10 +76,7 @@ impl<B: Backend> Purger<B> {
             headers: &headers,
             extensions: &extensions,
         };
-        let canonical = match &self.key_fn {
-            Some(key_fn) => format!("GET {}", key_fn.key(&head).ok_or_else(invalid)?),
-            None => canonical_key(&self.default_scheme, &head),
-        };
+        let canonical = self.canonical.key(&head).ok_or_else(invalid)?;
         let key = self.storage.primary_key(&canonical);
         self.storage.invalidate(&key).await?;
         tracing::debug!(%canonical, "purged");

@@ -14,7 +14,7 @@ use tower::Service;
 
 use super::body::{ResponseBody, Tee};
 use super::future::ResponseFuture;
-use super::key::{RequestHead, canonical_key};
+use super::key::RequestHead;
 use super::layer::{Config, MemcacheLayer};
 use super::lease::{self, Acquired, Lease};
 use super::single_flight::{self, Flight, Leader};
@@ -25,10 +25,9 @@ use super::{CacheLifetime, OriginUnreachable};
 use crate::backend::Backend;
 use crate::codec::entry::{Entry, EntryMeta, VariantIndex};
 use crate::policy::conditional::{
-    add_validators, has_origin_preconditions, has_preconditions, has_validators, not_modified,
-    same_representation,
+    add_validators, has_origin_preconditions, has_preconditions, not_modified, same_representation,
 };
-use crate::policy::freshness::Reuse;
+use crate::policy::freshness::{Freshness, Reuse};
 use crate::policy::{CacheControl, Policy, normalized_header, vary_names};
 use crate::stats::CacheStats;
 
@@ -145,14 +144,14 @@ struct Plan {
 /// across processes are released when it is dropped (after the store lands).
 struct Filler<B: Backend> {
     leader: Option<Leader>,
-    _lease: Option<Lease<B>>,
+    lease: Option<Lease<B>>,
 }
 
 impl<B: Backend> Filler<B> {
     fn none() -> Self {
         Self {
             leader: None,
-            _lease: None,
+            lease: None,
         }
     }
 
@@ -161,6 +160,30 @@ impl<B: Backend> Filler<B> {
             leader.publish(entry);
         }
     }
+}
+
+/// Where an entry for a request goes: its primary key, and what the lookup learnt about
+/// the URL's variant index and the namespace generation.
+struct Destination {
+    key: String,
+    index: Option<VariantIndex>,
+    generation: Option<u64>,
+}
+
+impl Destination {
+    fn new(plan: &Plan, found: &Found) -> Self {
+        Self {
+            key: plan.key.clone(),
+            index: found.index.clone(),
+            generation: found.generation,
+        }
+    }
+}
+
+/// `hit; ttl=-N`: RFC 9211's remaining freshness, negative for a stale response.
+fn stale_hit(freshness: &Freshness) -> String {
+    let ttl = -i64::try_from(freshness.staleness().as_secs()).unwrap_or(i64::MAX);
+    format!("hit; ttl={ttl}")
 }
 
 impl<B: Backend> Shared<B> {
@@ -174,12 +197,7 @@ impl<B: Backend> Shared<B> {
         .into_iter()
         .flatten()
         .collect();
-        let storage = Storage::new(
-            config.backend.clone(),
-            &config.namespace,
-            config.lookup_timeout,
-            config.stats.clone(),
-        );
+        let storage = config.storage();
         Self {
             config,
             storage,
@@ -216,10 +234,7 @@ impl<B: Backend> Shared<B> {
             headers,
             extensions,
         };
-        match &self.config.key_fn {
-            Some(key_fn) => Some(format!("GET {}", key_fn.key(&head)?)),
-            None => Some(canonical_key(&self.config.default_scheme, &head)),
-        }
+        self.config.canonical.key(&head)
     }
 
     /// What to do with a request: `None` to bypass the cache.
@@ -236,10 +251,7 @@ impl<B: Backend> Shared<B> {
             headers: request.headers(),
             extensions: request.extensions(),
         };
-        let canonical = match &self.config.key_fn {
-            Some(key_fn) => format!("GET {}", key_fn.key(&head)?),
-            None => canonical_key(&self.config.default_scheme, &head),
-        };
+        let canonical = self.config.canonical.key(&head)?;
         Some(Plan {
             key: self.storage.primary_key(&canonical),
             canonical,
@@ -259,25 +271,22 @@ impl<B: Backend> Shared<B> {
         params: Option<&str>,
     ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
-        let now = now_ms();
-        let conditional = meta.status == 200
-            && has_preconditions(request_headers)
-            && not_modified(request_headers, &header_map(meta));
-        let mut response = stored::response(entry, is_head, conditional, now);
-        let freshness = stored::freshness(meta, now);
+        let freshness = stored::freshness(meta, now_ms());
+        // Only a request with preconditions needs the stored headers as a map.
+        let stored_headers = (meta.status == 200 && has_preconditions(request_headers))
+            .then(|| header_map(meta))
+            .filter(|stored| not_modified(request_headers, stored));
+        let mut response = stored::response(entry, is_head, stored_headers.as_ref(), freshness.age);
         let stale = !freshness.is_fresh();
         match (params, &self.status) {
             (None, Some(status)) if !stale => {
                 response.headers_mut().insert(CACHE_STATUS, status.hit());
             }
-            (None, Some(_)) => {
-                let ttl = -i64::try_from(freshness.staleness().as_secs()).unwrap_or(i64::MAX);
-                self.set_status(&mut response, &format!("hit; ttl={ttl}"), None);
-            }
+            (None, Some(_)) => self.set_status(&mut response, &stale_hit(&freshness), None),
             (Some(params), Some(_)) => self.set_status(&mut response, params, None),
             (_, None) => {}
         }
-        let sent = if is_head || conditional {
+        let sent = if is_head || stored_headers.is_some() {
             0
         } else {
             entry.body.len()
@@ -340,14 +349,15 @@ impl<B: Backend> Shared<B> {
         let Some(name) = &self.config.tag_header else {
             return Vec::new();
         };
-        let values: Vec<String> = response
-            .headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
+        let tags = parse_tags(
+            response
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         response.headers_mut().remove(name);
-        parse_tags(&values.iter().map(String::as_str).collect::<Vec<_>>())
+        tags
     }
 
     fn admission(
@@ -428,8 +438,7 @@ impl<B: Backend> Shared<B> {
                     response.headers(),
                     vary,
                 );
-                let can_revalidate = has_validators(response.headers());
-                let ttl = backend_ttl(&meta, can_revalidate, self.config.keep_stale);
+                let ttl = backend_ttl(&meta, self.config.keep_stale);
                 if ttl.is_zero() {
                     return Err("nothing to reuse: no freshness, stale window or validator");
                 }
@@ -438,7 +447,7 @@ impl<B: Backend> Shared<B> {
         let (tee, stored) = match decision {
             Ok((meta, ttl)) => {
                 let on_complete =
-                    self.store_on_complete(plan.key.clone(), found, meta, tags, ttl, filler);
+                    self.store_on_complete(Destination::new(plan, found), meta, tags, ttl, filler);
                 let tee = Tee::new(
                     self.config.max_entry_size,
                     &response.body().size_hint(),
@@ -497,36 +506,54 @@ impl<B: Backend> Shared<B> {
     /// the backend gets it in the background.
     fn store_on_complete(
         self: &Arc<Self>,
-        key: String,
-        found: &Found,
+        to: Destination,
         meta: EntryMeta,
         tags: Vec<String>,
         ttl: Duration,
         filler: Filler<B>,
     ) -> Box<dyn FnOnce(Bytes) + Send> {
         let shared = Arc::clone(self);
-        let index = found.index.clone();
-        let generation = found.generation;
         Box::new(move |body: Bytes| {
-            let entry = Entry { meta, body };
-            shared.store_in_background(key, index, generation, tags, entry, ttl, filler);
+            let entry = Arc::new(Entry { meta, body });
+            shared.store_in_background(to, tags, entry, ttl, filler);
         })
     }
 
+    /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its
+    /// lifetime, new tags if it names any), published and put back in the background.
+    fn refresh<T>(
+        self: &Arc<Self>,
+        plan: &Plan,
+        found: &Found,
+        entry: &Entry,
+        response: &mut Response<T>,
+        request_time: SystemTime,
+        filler: Filler<B>,
+    ) -> Arc<Entry> {
+        let tags = self.take_tags(response);
+        let (chosen, handler_override) = self.response_lifetime(response, plan.lifetime);
+        let refreshed = self
+            .admission(chosen, handler_override, request_time)
+            .refreshed(entry, response.headers());
+        let refreshed = Arc::new(refreshed);
+        let ttl = backend_ttl(&refreshed.meta, self.config.keep_stale);
+        let to = Destination::new(plan, found);
+        self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
+        refreshed
+    }
+
     /// Publishes `entry` to this process's followers and writes it to the backend in the
-    /// background; `filler` is released once it is there.
-    #[allow(clippy::too_many_arguments)]
+    /// background; `filler` is released once it is there. `tags` are resolved to their
+    /// generations first (none: the entry keeps the tags it has).
     fn store_in_background(
         self: &Arc<Self>,
-        key: String,
-        index: Option<VariantIndex>,
-        generation: Option<u64>,
+        to: Destination,
         tags: Vec<String>,
-        entry: Entry,
+        entry: Arc<Entry>,
         ttl: Duration,
         filler: Filler<B>,
     ) {
-        filler.publish(Some(Arc::new(entry.clone())));
+        filler.publish(Some(Arc::clone(&entry)));
         // A body polled outside a tokio runtime cannot be stored in the background.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!("no tokio runtime to store the entry; skipped");
@@ -534,39 +561,34 @@ impl<B: Backend> Shared<B> {
         };
         let shared = Arc::clone(self);
         runtime.spawn(async move {
-            shared
-                .store(&key, index, generation, &tags, entry, ttl)
-                .await;
+            shared.store(&to, &tags, &entry, ttl).await;
             // Until the entry is in the backend, requests for the key join this flight and
             // get the entry from it instead of missing.
             drop(filler);
         });
     }
 
-    async fn store(
-        &self,
-        key: &str,
-        index: Option<VariantIndex>,
-        generation: Option<u64>,
-        tags: &[String],
-        mut entry: Entry,
-        ttl: Duration,
-    ) {
+    async fn store(&self, to: &Destination, tags: &[String], entry: &Entry, ttl: Duration) {
         let stats = &self.config.stats;
         let storage = &self.storage;
-        let Some(generation) = storage.generation(generation).await else {
+        let Some(generation) = storage.generation(to.generation).await else {
             stats.record_store_failure();
             return;
         };
-        entry.meta.generation = generation;
+        let mut meta = entry.meta.clone();
+        meta.generation = generation;
         if !tags.is_empty() {
             let Some(tags) = storage.tag_generations(tags).await else {
                 stats.record_store_failure();
                 return;
             };
-            entry.meta.tags = tags;
+            meta.tags = tags;
         }
-        if storage.store(key, &entry, index.as_ref(), ttl).await {
+        let key = &to.key;
+        if storage
+            .store(key, &meta, &entry.body, to.index.as_ref(), ttl)
+            .await
+        {
             stats.record_store();
             tracing::debug!(%key, bytes = entry.body.len(), ?ttl, "response stored");
         } else {
@@ -585,7 +607,12 @@ impl<B: Backend> Shared<B> {
     ) {
         let mut uris = vec![target.clone()];
         uris.extend(locations.iter().filter_map(|value| {
-            same_origin(target, request_headers, value, &self.config.default_scheme)
+            same_origin(
+                target,
+                request_headers,
+                value,
+                &self.config.canonical.default_scheme,
+            )
         }));
         for uri in uris {
             let Some(canonical) = self.canonical_for(&uri, request_headers, extensions) else {
@@ -720,7 +747,7 @@ where
         if filler.leader.is_some() && detail.is_none() {
             if let Some(ttl) = shared.config.lease {
                 match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
-                    Acquired::Mine(lease) => filler._lease = Some(lease),
+                    Acquired::Mine(lease) => filler.lease = Some(lease),
                     Acquired::Elsewhere => {
                         if let Some(entry) =
                             wait_for_other_process(&shared, &plan, request.headers()).await
@@ -811,8 +838,7 @@ where
         let entry = stale.as_ref()?;
         let freshness = stored::freshness(&entry.meta, now_ms());
         if freshness.usable_on_error(&plan.request_cc) {
-            let ttl = -i64::try_from(freshness.staleness().as_secs()).unwrap_or(i64::MAX);
-            let params = format!("hit; ttl={ttl}; detail=stale-if-error");
+            let params = format!("{}; detail=stale-if-error", stale_hit(&freshness));
             return Some(shared.answer(entry, &request_headers, is_head, Some(&params)));
         }
         if unreachable && freshness.forbids_stale {
@@ -845,45 +871,15 @@ where
             && (ours || same_representation(response.headers(), stored))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
-            let tags = shared.take_tags(&mut response);
-            let (chosen, handler_override) = shared.response_lifetime(&mut response, plan.lifetime);
-            let refreshed = shared
-                .admission(chosen, handler_override, request_time)
-                .refreshed(entry, response.headers());
-            let tags = if tags.is_empty() {
-                refreshed
-                    .meta
-                    .tags
-                    .iter()
-                    .map(|(tag, _)| tag.clone())
-                    .collect()
-            } else {
-                tags
-            };
-            let ttl = backend_ttl(
-                &refreshed.meta,
-                has_validators(&header_map(&refreshed.meta)),
-                shared.config.keep_stale,
-            );
-            let params = format!("fwd={fwd}; fwd-status=304");
-            let answer = if ours {
-                shared.answer(&refreshed, &request_headers, is_head, Some(&params))
-            } else {
-                let mut passed = response.map(ResponseBody::passthrough);
-                shared.set_status(&mut passed, &params, None);
-                passed
-            };
+            let refreshed = shared.refresh(plan, found, entry, &mut response, request_time, filler);
             tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
-            shared.store_in_background(
-                plan.key.clone(),
-                found.index.clone(),
-                found.generation,
-                tags,
-                refreshed,
-                ttl,
-                filler,
-            );
-            return Ok(answer);
+            let params = format!("fwd={fwd}; fwd-status=304");
+            if ours {
+                return Ok(shared.answer(&refreshed, &request_headers, is_head, Some(&params)));
+            }
+            let mut passed = response.map(ResponseBody::passthrough);
+            shared.set_status(&mut passed, &params, None);
+            return Ok(passed);
         }
         if is_head && status == StatusCode::OK {
             // §4.3.5: a HEAD response updates the stored GET response, or, when it
@@ -896,31 +892,7 @@ where
                         == Some(entry.body.len())
                 });
             if same_representation(response.headers(), stored) && same_length {
-                let (chosen, handler_override) =
-                    shared.response_lifetime(&mut response, plan.lifetime);
-                let refreshed = shared
-                    .admission(chosen, handler_override, request_time)
-                    .refreshed(entry, response.headers());
-                let tags = refreshed
-                    .meta
-                    .tags
-                    .iter()
-                    .map(|(tag, _)| tag.clone())
-                    .collect();
-                let ttl = backend_ttl(
-                    &refreshed.meta,
-                    has_validators(stored),
-                    shared.config.keep_stale,
-                );
-                shared.store_in_background(
-                    plan.key.clone(),
-                    found.index.clone(),
-                    found.generation,
-                    tags,
-                    refreshed,
-                    ttl,
-                    filler,
-                );
+                shared.refresh(plan, found, entry, &mut response, request_time, filler);
             } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
             }
@@ -959,8 +931,8 @@ fn revalidate_in_background<S, B, ReqBody, ResBody>(
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    // `max_followers` 0: if a refresh is already under way, there is nothing to do.
-    let Flight::Leader(leader) = shared.config.flights.join(&plan.key, 0) else {
+    // A refresh (or a miss) already under way for the key will do.
+    let Some(leader) = shared.config.flights.try_lead(&plan.key) else {
         return;
     };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -970,11 +942,11 @@ fn revalidate_in_background<S, B, ReqBody, ResBody>(
     runtime.spawn(async move {
         let mut filler = Filler {
             leader: Some(leader),
-            _lease: None,
+            lease: None,
         };
         if let Some(ttl) = shared.config.lease {
             match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
-                Acquired::Mine(lease) => filler._lease = Some(lease),
+                Acquired::Mine(lease) => filler.lease = Some(lease),
                 Acquired::Elsewhere => return,
                 Acquired::Unknown => {}
             }

@@ -57,6 +57,20 @@ impl SingleFlight {
             flight.followers += 1;
             return Flight::Follower(flight.rx.clone());
         }
+        Flight::Leader(self.lead(&mut state, key))
+    }
+
+    /// Leads a flight for `key` unless one is under way (a background refresh that nobody
+    /// waits for).
+    pub(crate) fn try_lead(&self, key: &str) -> Option<Leader> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.inflight.contains_key(key) {
+            return None;
+        }
+        Some(self.lead(&mut state, key))
+    }
+
+    fn lead(&self, state: &mut State, key: &str) -> Leader {
         let id = state.next_id;
         state.next_id += 1;
         let (tx, rx) = watch::channel(None);
@@ -66,12 +80,12 @@ impl SingleFlight {
             followers: 0,
         };
         state.inflight.insert(key.to_string(), flight);
-        Flight::Leader(Leader {
+        Leader {
             flights: self.clone(),
             key: key.to_string(),
             id,
             tx,
-        })
+        }
     }
 }
 
@@ -145,5 +159,8 @@ mod tests {
             panic!("late follower")
         };
         assert!(wait(late, Duration::from_millis(10)).await.is_none());
+        assert!(flights.try_lead("k").is_none(), "a flight is under way");
+        drop(leader);
+        assert!(flights.try_lead("k").is_some());
     }
 }

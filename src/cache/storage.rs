@@ -24,8 +24,8 @@ use http::HeaderMap;
 
 use crate::backend::{Backend, BackendError, Item, Lifetime};
 use crate::codec::entry::{
-    Entry, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_entry, decode_index,
-    encode_entry, encode_index,
+    Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_entry,
+    decode_index, encode_entry, encode_index,
 };
 use crate::key::build_key;
 use crate::policy::normalized_header;
@@ -258,11 +258,12 @@ impl<B: Backend> Storage<B> {
     pub(crate) async fn store(
         &self,
         primary_key: &str,
-        entry: &Entry,
+        meta: &EntryMeta,
+        body: &[u8],
         index: Option<&VariantIndex>,
         ttl: Duration,
     ) -> bool {
-        let bytes = match encode_entry(&entry.meta, &entry.body) {
+        let bytes = match encode_entry(meta, body) {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::debug!(key = primary_key, error = %err, "entry not encodable");
@@ -270,7 +271,6 @@ impl<B: Backend> Storage<B> {
             }
         };
         let lifetime = Lifetime::from_duration(ttl);
-        let meta = &entry.meta;
         if meta.vary.is_empty() {
             let set = self
                 .backend
@@ -405,9 +405,9 @@ pub(crate) fn unique() -> u64 {
 }
 
 /// The tags a response header lists (space- or comma-separated), bounded.
-pub(crate) fn parse_tags(values: &[&str]) -> Vec<String> {
+pub(crate) fn parse_tags<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut tags: Vec<String> = values
-        .iter()
+        .into_iter()
         .flat_map(|v| v.split(|c: char| c.is_ascii_whitespace() || c == ','))
         .filter(|tag| !tag.is_empty() && tag.len() <= MAX_TAG_LEN)
         .map(str::to_string)

@@ -43,11 +43,11 @@ pub(crate) fn freshness(meta: &EntryMeta, now_ms: u64) -> Freshness {
 
 /// How long memcached keeps an entry: the rest of its freshness, then its stale windows,
 /// then (when it has a validator) `keep_stale` more so it can still be revalidated.
-pub(crate) fn backend_ttl(
-    meta: &EntryMeta,
-    can_revalidate: bool,
-    keep_stale: Duration,
-) -> Duration {
+pub(crate) fn backend_ttl(meta: &EntryMeta, keep_stale: Duration) -> Duration {
+    let can_revalidate = meta
+        .headers
+        .iter()
+        .any(|(name, _)| name == "etag" || name == "last-modified");
     let fresh_left = meta.fresh_for_ms.saturating_sub(meta.initial_age_ms);
     let mut stale = meta.stale_while_revalidate_ms.max(meta.stale_if_error_ms);
     if can_revalidate {
@@ -183,15 +183,16 @@ impl Admission<'_> {
 }
 
 /// A response answered from an entry: the stored status, headers and body (none for HEAD),
-/// or a 304 with the stored validators when `not_modified`. `Age` is recomputed (§4.2.3).
+/// or, given the stored headers as `not_modified`, a 304 with the stored validators. `age`
+/// is the entry's current age (§4.2.3).
 pub(crate) fn response<B>(
     entry: &Entry,
     is_head: bool,
-    not_modified: bool,
-    now_ms: u64,
+    not_modified: Option<&HeaderMap>,
+    age: Duration,
 ) -> Response<ResponseBody<B>> {
     let meta = &entry.meta;
-    let send_body = !(is_head || not_modified);
+    let send_body = !is_head && not_modified.is_none();
     let mut response = Response::new(if send_body {
         ResponseBody::cached(entry.body.clone())
     } else {
@@ -199,9 +200,9 @@ pub(crate) fn response<B>(
     });
     // The version stays the default: it belongs to the client's connection, and an
     // origin's HTTP/1.0 replayed to HTTP/1.1 clients would close their connections.
-    if not_modified {
+    if let Some(stored) = not_modified {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
-        *response.headers_mut() = not_modified_headers(&header_map(meta));
+        *response.headers_mut() = not_modified_headers(stored);
     } else {
         *response.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
         let headers = response.headers_mut();
@@ -219,10 +220,9 @@ pub(crate) fn response<B>(
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         }
     }
-    let age = freshness(meta, now_ms).age.as_secs();
     response
         .headers_mut()
-        .insert(header::AGE, HeaderValue::from(age));
+        .insert(header::AGE, HeaderValue::from(age.as_secs()));
     response
 }
 
