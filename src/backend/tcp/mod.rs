@@ -623,11 +623,17 @@ fn number_reply(reply: Reply) -> Result<Option<u64>, BackendError> {
 }
 
 fn into_item(value: protocol::Value) -> Item {
-    Item {
+    into_keyed_item(value).1
+}
+
+/// A value as `get_many` returns it; the echoed key moves into the map, no copy.
+fn into_keyed_item(value: protocol::Value) -> (String, Item) {
+    let item = Item {
         value: value.data,
         flags: value.flags,
         cas: value.cas,
-    }
+    };
+    (value.key, item)
 }
 
 impl Backend for TcpBackend {
@@ -648,13 +654,29 @@ impl Backend for TcpBackend {
         for key in keys {
             validate_key(key)?;
         }
+        // The common case (a cache hit reads its entry and the namespace generation): every
+        // key on one server, one request, none of the per-server bookkeeping below.
+        let indexes = keys
+            .iter()
+            .map(|key| self.server_index(key))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(&first) = indexes.first() {
+            if keys.len() <= MAX_KEYS_PER_GET && indexes.iter().all(|&i| i == first) {
+                let mut request = BytesMut::new();
+                protocol::encode_get(&mut request, keys, true);
+                return match self
+                    .execute(first, request.freeze(), Expect::Values)
+                    .await?
+                {
+                    Reply::Values(values) => Ok(values.into_iter().map(into_keyed_item).collect()),
+                    other => Err(error_reply(other, None)),
+                };
+            }
+        }
         // One multi-get per server (in chunks), all servers at once.
         let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
-        for &key in keys {
-            by_server
-                .entry(self.server_index(key)?)
-                .or_default()
-                .push(key);
+        for (&key, index) in keys.iter().zip(indexes) {
+            by_server.entry(index).or_default().push(key);
         }
         let calls = by_server.into_iter().flat_map(|(index, keys)| {
             keys.chunks(MAX_KEYS_PER_GET)
@@ -669,7 +691,7 @@ impl Backend for TcpBackend {
         for reply in join_all(calls).await {
             match reply? {
                 Reply::Values(values) => {
-                    found.extend(values.into_iter().map(|v| (v.key.clone(), into_item(v))));
+                    found.extend(values.into_iter().map(into_keyed_item));
                 }
                 other => return Err(error_reply(other, None)),
             }
