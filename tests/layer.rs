@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::stores;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -21,7 +23,6 @@ use tower_memcache::cache::{CacheLifetime, MemcacheLayer};
 use tower_memcache::codec::entry::FLAG_HTTP_ENTRY;
 use tower_memcache::key::build_key;
 use tower_memcache::policy::RouteMatch;
-use tower_memcache::stats::CacheStats;
 
 /// A response body of scripted chunks; an `Err` chunk fails the body there.
 struct TestBody {
@@ -190,20 +191,6 @@ where
         > + Clone,
 {
     send(service, Method::GET, path, &[]).await
-}
-
-/// Stores run in the background: wait (bounded) until `n` have happened.
-async fn stores(stats: &CacheStats, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while stats.snapshot().stores < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} stores: {:?}",
-            stats.snapshot().stores,
-            stats.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
@@ -466,34 +453,8 @@ async fn foreign_values_are_misses<B: Backend>(backend: B) {
     assert_eq!(answer.body(), b"/foreign call 3");
 }
 
-macro_rules! on_every_backend {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    super::$scenario(MemoryBackend::new()).await;
-                }
-            )*
-        }
-
-        #[cfg(feature = "tcp")]
-        mod tcp {
-            use super::*;
-            use tower_memcache::backend::TcpBackend;
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    let server = memcached_or_skip!(concat!("layer::tcp::", stringify!($scenario)));
-                    super::$scenario(TcpBackend::new([server.addr()]).unwrap()).await;
-                }
-            )*
-        }
-    };
-}
-
 on_every_backend!(
+    "layer";
     miss_then_hit_is_identical,
     route_lifetimes_expire_on_time,
     unstorable_responses_are_never_stored,

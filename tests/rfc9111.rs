@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::stores;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,6 @@ use tower::ServiceExt;
 use tower_memcache::backend::{Backend, MemoryBackend};
 use tower_memcache::cache::{MemcacheLayer, OriginUnreachable, ResponseBody};
 use tower_memcache::policy::CacheMode;
-use tower_memcache::stats::CacheStats;
 
 /// What the origin answers for one path.
 #[derive(Clone, Default)]
@@ -208,15 +209,6 @@ async fn cached(svc: &Svc, path: &str, accept: &str) -> bool {
         headers.push(("accept", accept));
     }
     get_with(svc, path, &headers).await.status == StatusCode::OK
-}
-
-/// Stores run in the background: wait (bounded) until `n` have happened.
-async fn stores(stats: &CacheStats, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while stats.snapshot().stores < n {
-        assert!(Instant::now() < deadline, "only {:?}", stats.snapshot());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn http_date(offset_secs: i64) -> String {
@@ -1147,34 +1139,8 @@ async fn routes_mode_keeps_the_safety_rules<B: Backend>(backend: B) {
     assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
 }
 
-macro_rules! on_every_backend {
-    ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    super::$scenario(MemoryBackend::new()).await;
-                }
-            )*
-        }
-
-        #[cfg(feature = "tcp")]
-        mod tcp {
-            use super::*;
-            use tower_memcache::backend::TcpBackend;
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    let server = memcached_or_skip!(concat!("rfc9111::tcp::", stringify!($scenario)));
-                    super::$scenario(TcpBackend::new([server.addr()]).unwrap()).await;
-                }
-            )*
-        }
-    };
-}
-
 on_every_backend!(
+    "rfc9111";
     rfc9111_4_2_1_explicit_freshness,
     rfc9111_4_2_2_heuristic_freshness,
     rfc9111_4_2_3_age_counts_and_is_recomputed,

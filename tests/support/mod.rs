@@ -168,3 +168,44 @@ macro_rules! memcached_or_skip {
         }
     };
 }
+
+/// Runs each `async fn scenario<B: Backend>(backend: B)` as two tests: `memory::scenario`
+/// on a fresh `MemoryBackend`, and `tcp::scenario` on a private memcached (skipped, or
+/// failed with `MEMCACHED_REQUIRED=1`, when there is none). `$suite` names the test file
+/// in skip lines.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($suite:literal; $($scenario:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(tower_memcache::backend::MemoryBackend::new()).await;
+                }
+            )*
+        }
+
+        #[cfg(feature = "tcp")]
+        mod tcp {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let server = $crate::memcached_or_skip!(
+                        concat!($suite, "::tcp::", stringify!($scenario))
+                    );
+                    let backend = tower_memcache::backend::TcpBackend::new([server.addr()]);
+                    super::$scenario(backend.unwrap()).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The layer stores in the background: waits (at most 3 s) until `stats` counts `n` stores.
+pub async fn stores(stats: &tower_memcache::stats::CacheStats, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stats.snapshot().stores < n {
+        assert!(Instant::now() < deadline, "only {:?}", stats.snapshot());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
