@@ -151,14 +151,7 @@ fn split_list(bytes: &[u8]) -> Vec<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::policy::tests::headers;
 
     #[test]
     fn rfc9110_13_1_2_if_none_match_weak_comparison() {

@@ -214,15 +214,7 @@ impl Freshness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::policy::tests::headers;
 
     fn at(date: &str) -> SystemTime {
         httpdate::parse_http_date(date).unwrap()
