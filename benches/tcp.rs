@@ -424,6 +424,15 @@ impl Bench {
                 })
             })
             .collect();
+        self.measure_tasks(phase, workers)
+    }
+
+    /// Measures the phase while the spawned workers run, then adds up their tallies.
+    fn measure_tasks(
+        &self,
+        phase: &Arc<Phase>,
+        workers: Vec<tokio::task::JoinHandle<Tally>>,
+    ) -> (Tally, Window) {
         let window = measure(phase, &self.memcached, self.baseline, self.duration);
         let tally = self.runtime.block_on(async {
             let mut tallies = Vec::new();
@@ -481,15 +490,7 @@ impl Bench {
                 })
             })
             .collect();
-        let window = measure(phase, &self.memcached, self.baseline, self.duration);
-        let tally = self.runtime.block_on(async {
-            let mut tallies = Vec::new();
-            for worker in workers {
-                tallies.push(worker.await.expect("worker"));
-            }
-            Tally::sum(tallies)
-        });
-        (tally, window)
+        self.measure_tasks(phase, workers)
     }
 
     fn run_memcache(&self, config: Config, phase: &Arc<Phase>) -> (Tally, Window) {
