@@ -39,6 +39,20 @@ fn origin() -> impl Service<
     })
 }
 
+/// One GET through `service`, body read to the end.
+async fn round_trip<S, B>(service: S, uri: &str) -> Bytes
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let response = service
+        .oneshot(Request::get(uri).body(()).unwrap())
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
 fn layer_cost(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,14 +86,8 @@ fn layer_cost(c: &mut Criterion) {
             .iter(|| async { backend.get(&key).await.unwrap() })
     });
     group.bench_function("hit through the layer", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = service
-                .clone()
-                .oneshot(Request::get(uri).body(()).unwrap())
-                .await
-                .unwrap();
-            response.into_body().collect().await.unwrap()
-        })
+        b.to_async(&runtime)
+            .iter(|| round_trip(service.clone(), uri))
     });
     group.finish();
 
@@ -90,23 +98,11 @@ fn layer_cost(c: &mut Criterion) {
         origin(),
     );
     group.bench_function("inner service alone", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = origin()
-                .oneshot(Request::get(uri).body(()).unwrap())
-                .await
-                .unwrap();
-            response.into_body().collect().await.unwrap()
-        })
+        b.to_async(&runtime).iter(|| round_trip(origin(), uri))
     });
     group.bench_function("miss through the layer (not stored)", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = bypass
-                .clone()
-                .oneshot(Request::get(uri).body(()).unwrap())
-                .await
-                .unwrap();
-            response.into_body().collect().await.unwrap()
-        })
+        b.to_async(&runtime)
+            .iter(|| round_trip(bypass.clone(), uri))
     });
     group.finish();
 }

@@ -1113,6 +1113,28 @@ async fn leases_stop_stampedes_across_processes<B: Backend>(backend: B) {
     assert_eq!(origin.calls(), 4);
 }
 
+async fn leases_are_released_when_nothing_is_stored<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    origin.ok("/private", &[("cache-control", "no-store")], "p");
+    let wait = Duration::from_secs(5);
+    let layers: Vec<_> = (0..2)
+        .map(|_| origin_layer(backend.clone()).lease_wait(wait, Duration::from_millis(10)))
+        .collect();
+    let services: Vec<Svc> = layers.iter().map(|layer| service(layer, &origin)).collect();
+    // Misses that store nothing, one after the other, alternating processes: none waits
+    // for an entry the previous one never stored.
+    let started = Instant::now();
+    for i in 0..6 {
+        let answer = get(&services[i % 2], "/private").await;
+        assert_eq!(answer.body, format!("p #{}", i + 1));
+    }
+    assert!(
+        started.elapsed() < wait,
+        "a miss waited on a lease whose holder stored nothing"
+    );
+    assert_eq!(origin.calls(), 6);
+}
+
 async fn routes_mode_keeps_the_safety_rules<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = MemcacheLayer::new(backend)
@@ -1157,5 +1179,6 @@ on_every_backend!(
     purge_handle_uri_namespace_all,
     tags_purge_across_processes,
     leases_stop_stampedes_across_processes,
+    leases_are_released_when_nothing_is_stored,
     routes_mode_keeps_the_safety_rules,
 );

@@ -11,15 +11,32 @@ use bytes::Bytes;
 use super::storage::Storage;
 use crate::backend::{Backend, Lifetime};
 
-/// A lease this process holds; released (deleted) when dropped, so a leader that fails or
-/// is cancelled frees the URL for others at once instead of after the lease's lifetime.
+/// A lease this process holds. [`release`](Lease::release) it when the answer will not be
+/// stored; dropped, it is released in the background, so a leader that fails or is
+/// cancelled frees the URL for others at once instead of after the lease's lifetime.
 pub(crate) struct Lease<B: Backend> {
     backend: B,
     key: String,
+    timeout: Duration,
+}
+
+impl<B: Backend> Lease<B> {
+    /// Deletes the lease before returning, so the next request for the URL, here or in
+    /// another process, does not wait for an entry that will never come.
+    pub(crate) async fn release(mut self) {
+        let key = std::mem::take(&mut self.key);
+        match tokio::time::timeout(self.timeout, self.backend.delete(&key)).await {
+            Ok(Ok(_)) => {}
+            _ => tracing::debug!(%key, "lease release failed; it expires"),
+        }
+    }
 }
 
 impl<B: Backend> Drop for Lease<B> {
     fn drop(&mut self) {
+        if self.key.is_empty() {
+            return; // released already
+        }
         let (backend, key) = (self.backend.clone(), std::mem::take(&mut self.key));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -58,6 +75,7 @@ pub(crate) async fn acquire<B: Backend>(
         Ok(true) => Acquired::Mine(Lease {
             backend: storage.backend().clone(),
             key,
+            timeout: ttl.min(Duration::from_secs(1)),
         }),
         Ok(false) => Acquired::Elsewhere,
         Err(err) => {
@@ -65,6 +83,16 @@ pub(crate) async fn acquire<B: Backend>(
             Acquired::Unknown
         }
     }
+}
+
+/// Whether another process still holds the lease on `canonical`; `false` when it was
+/// released (its answer was not stored) or the backend cannot tell (fail open).
+pub(crate) async fn held<B: Backend>(storage: &Storage<B>, canonical: &str) -> bool {
+    let key = storage.lease_key(canonical);
+    matches!(
+        storage.bounded(storage.backend().get(&key)).await,
+        Ok(Some(_))
+    )
 }
 
 /// Polls every `interval` for at most `wait` until `ready` yields something.

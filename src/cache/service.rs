@@ -160,6 +160,15 @@ impl<B: Backend> Filler<B> {
             leader.publish(entry);
         }
     }
+
+    /// Nothing will be stored: followers go on their own, the lease is gone when this
+    /// returns.
+    async fn release(self) {
+        self.publish(None);
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
+    }
 }
 
 /// Where an entry for a request goes: its primary key, and what the lookup learnt about
@@ -414,7 +423,7 @@ impl<B: Backend> Shared<B> {
         is_head: bool,
         fwd: &str,
         detail: Option<&str>,
-    ) -> Response<ResponseBody<ResBody>>
+    ) -> (Response<ResponseBody<ResBody>>, Option<Filler<B>>)
     where
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
@@ -444,7 +453,7 @@ impl<B: Backend> Shared<B> {
                 }
                 Ok((meta, ttl))
             });
-        let (tee, stored) = match decision {
+        let (tee, unused) = match decision {
             Ok((meta, ttl)) => {
                 let on_complete =
                     self.store_on_complete(Destination::new(plan, found), meta, tags, ttl, filler);
@@ -453,22 +462,20 @@ impl<B: Backend> Shared<B> {
                     &response.body().size_hint(),
                     on_complete,
                 );
-                let stored = tee.is_some();
-                (tee, stored)
+                (tee, None)
             }
             Err(reason) => {
                 tracing::debug!(key = %plan.key, status = %response.status(), reason, "response not stored");
-                filler.publish(None);
-                (None, false)
+                (None, Some(filler))
             }
         };
-        let params = if stored {
+        let params = if tee.is_some() {
             format!("fwd={fwd}; stored")
         } else {
             format!("fwd={fwd}")
         };
         self.set_status(&mut response, &params, detail);
-        response.map(|body| ResponseBody::teeing(body, tee))
+        (response.map(|body| ResponseBody::teeing(body, tee)), unused)
     }
 
     fn admit<T>(
@@ -770,29 +777,35 @@ where
     exchange(&shared, inner, request, &plan, &found, filler, fwd, detail).await
 }
 
-/// Polls for the entry another process is refilling, for at most the lease wait.
+/// Polls for the entry another process is refilling, for at most the lease wait, and
+/// stops early when that process released its lease without storing anything.
 async fn wait_for_other_process<B: Backend>(
     shared: &Shared<B>,
     plan: &Plan,
     request_headers: &HeaderMap,
 ) -> Option<Arc<Entry>> {
-    lease::poll_until(
+    let outcome = lease::poll_until(
         shared.config.lease_wait,
         shared.config.lease_poll,
         || async {
-            match shared
+            let lookup = shared
                 .storage
                 .lookup(&plan.canonical, &plan.key, request_headers)
-                .await
+                .await;
+            if let Lookup::Found(Found {
+                entry: Some(entry), ..
+            }) = lookup
             {
-                Lookup::Found(Found {
-                    entry: Some(entry), ..
-                }) if shared.usable_now(&entry, plan, request_headers) => Some(entry),
-                _ => None,
+                if shared.usable_now(&entry, plan, request_headers) {
+                    return Some(Some(entry));
+                }
             }
+            // Released with nothing stored: stop waiting, go to the origin.
+            (!lease::held(&shared.storage, &plan.canonical).await).then_some(None)
         },
     )
-    .await
+    .await;
+    outcome.flatten()
 }
 
 /// Sends the request to the inner service (conditionally, when a stored response can be
@@ -902,7 +915,7 @@ where
             return Ok(passed);
         }
     }
-    Ok(shared.on_response(
+    let (response, unused) = shared.on_response(
         plan,
         found,
         &request_headers,
@@ -912,7 +925,11 @@ where
         is_head,
         fwd,
         detail,
-    ))
+    );
+    if let Some(filler) = unused {
+        filler.release().await;
+    }
+    Ok(response)
 }
 
 /// RFC 5861 §3: the stale entry was served; refresh it with this same request in the
