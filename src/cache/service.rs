@@ -691,7 +691,9 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let Some(plan) = shared.plan(&request) else {
-        return bypass(&shared, inner, request).await;
+        // Boxed, like the other paths that are not a hit: `handle`'s own future stays
+        // small, and a hit allocates and moves only what a hit needs.
+        return Box::pin(bypass(&shared, inner, request)).await;
     };
     let is_head = request.method() == Method::HEAD;
     let (found, detail) = if plan.lookup {
@@ -757,7 +759,8 @@ where
                     Acquired::Mine(lease) => filler.lease = Some(lease),
                     Acquired::Elsewhere => {
                         if let Some(entry) =
-                            wait_for_other_process(&shared, &plan, request.headers()).await
+                            Box::pin(wait_for_other_process(&shared, &plan, request.headers()))
+                                .await
                         {
                             filler.publish(Some(Arc::clone(&entry)));
                             let params = format!("fwd={fwd}; collapsed");
@@ -774,7 +777,10 @@ where
             }
         }
     }
-    exchange(&shared, inner, request, &plan, &found, filler, fwd, detail).await
+    Box::pin(exchange(
+        &shared, inner, request, &plan, &found, filler, fwd, detail,
+    ))
+    .await
 }
 
 /// Polls for the entry another process is refilling, for at most the lease wait, and
