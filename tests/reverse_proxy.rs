@@ -109,6 +109,25 @@ impl Origin {
                 headers.insert("age", "5".parse().unwrap());
                 headers.insert("etag", "\"m1\"".parse().unwrap());
             }
+            ("GET", "/aged") => {
+                headers.insert("cache-control", "max-age=600".parse().unwrap());
+                headers.insert("age", "30".parse().unwrap());
+            }
+            ("GET", "/old") => {
+                let now = std::time::SystemTime::now();
+                let modified = now - Duration::from_secs(10 * 24 * 3600);
+                headers.insert("date", httpdate::fmt_http_date(now).parse().unwrap());
+                headers.insert(
+                    "last-modified",
+                    httpdate::fmt_http_date(modified).parse().unwrap(),
+                );
+            }
+            ("GET", "/fields") => {
+                let cc = "max-age=60, private=\"x-user\", no-cache=\"x-token\"";
+                headers.insert("cache-control", cc.parse().unwrap());
+                headers.insert("x-user", "alice".parse().unwrap());
+                headers.insert("x-token", "t".parse().unwrap());
+            }
             ("GET", "/tagged") => {
                 headers.insert("cache-control", "max-age=60".parse().unwrap());
                 headers.insert("surrogate-key", "t1 t2".parse().unwrap());
@@ -343,13 +362,22 @@ async fn rfc9111_3_stores_and_replays_every_end_to_end_header() {
     let again = h.get("/no-store").await;
     assert_eq!(origin.calls_to("/no-store"), 2);
     assert_ne!(again.cache_status(), "tower-memcache; hit");
+    // §5.2.2.4, §5.2.2.7: fields a qualified private / no-cache names are not stored.
+    let fields = h.get("/fields").await;
+    assert_eq!(
+        fields.header("x-user"),
+        Some("alice"),
+        "the origin's answer is whole"
+    );
+    let hit = h.until_hit("/fields").await;
+    assert_eq!((hit.header("x-user"), hit.header("x-token")), (None, None));
     // The tag header is the cache's; it is never sent on.
     assert_eq!(h.get("/tagged").await.header("surrogate-key"), None);
     assert_eq!(h.until_hit("/tagged").await.header("surrogate-key"), None);
 }
 
 #[tokio::test]
-async fn rfc9111_4_2_1_freshness_from_the_origin() {
+async fn rfc9111_4_2_freshness_heuristics_and_age() {
     let h = Harness::start().await;
     // Expires − Date: fresh for a minute.
     h.get("/expires").await;
@@ -358,6 +386,17 @@ async fn rfc9111_4_2_1_freshness_from_the_origin() {
         "tower-memcache; hit"
     );
     assert_eq!(h.origin.calls_to("/expires"), 1);
+    // §4.2.2: heuristic freshness from an old Last-Modified.
+    h.get("/old").await;
+    assert_eq!(
+        h.until_hit("/old").await.cache_status(),
+        "tower-memcache; hit"
+    );
+    // §4.2.3: the origin's Age counts and is carried on.
+    h.get("/aged").await;
+    let aged = h.until_hit("/aged").await;
+    let age: u64 = aged.header("age").unwrap().parse().unwrap();
+    assert!((30..=33).contains(&age), "age {age}");
     // Nothing that makes it fresh, no validator: never reused.
     h.get("/plain").await;
     h.get("/plain").await;
