@@ -1,40 +1,71 @@
 //! One pipelined connection to one memcached server.
 //!
-//! Many requests share the socket: a writer task batches queued requests into as few
-//! writes as it can, a reader task parses replies and hands each to the oldest waiter. Text
-//! protocol replies come back in request order, so matching is a FIFO (the shape of
-//! redis-rs' multiplexed connection). Two tasks rather than one, because a single task
-//! that is busy writing a large batch while the server's replies fill the socket buffer
-//! would deadlock with the server.
+//! Many requests share the socket. Text protocol replies come back in request order, so a
+//! reply is matched to its request through a FIFO of waiters (the shape of redis-rs'
+//! multiplexed connection), kept in the same order as the requests' bytes on the socket.
+//!
+//! **Writing.** The write side has one owner at a time: nobody, a task writing
+//! synchronously (a caller, or the reader), or the writer task. Requests that are not
+//! written at once wait in a backlog, in order, behind whatever the owner is writing.
+//!
+//! - On an idle connection (nothing in flight) a caller claims the write side and writes
+//!   its request itself, in its own task, with a non-blocking write: no hand-off to another
+//!   task, no extra wakeup.
+//! - When requests are already in flight, its reply comes after theirs anyway, so the
+//!   caller puts its request in the backlog and yields once, letting the other tasks that
+//!   are ready to run add theirs, then writes the whole backlog in one `writev`. One write
+//!   for several requests costs memcached and both kernels much less than one each. The
+//!   caller holds nothing while it yields: if it is dropped or not polled again, the reader
+//!   writes the backlog when the next reply arrives (one is due, since requests were in
+//!   flight), so the backlog never waits for a caller that went away.
+//! - An owner never waits for the socket: when the socket is full (or after a few rounds of
+//!   other callers' backlog) it hands ownership and the rest of the bytes to the writer
+//!   task, which waits for the socket to drain.
+//!
+//! A waiter's place in the FIFO, the backlog and the owner change together under one lock,
+//! and an owner's writes are synchronous (no `.await` between claiming the write side and
+//! handing it on), so a caller whose future is dropped cannot leave half a request on the
+//! socket or a waiter out of order.
+//!
+//! **Reading.** A reader task parses replies and hands each to the oldest waiter. It reads
+//! even when nothing is in flight, so a server that hangs up or sends something nobody
+//! asked for is noticed before the connection is used again. Reading and writing are done
+//! by different tasks when the socket is full, so a large batch being written while the
+//! server's replies fill the socket buffer cannot deadlock with the server.
 //!
 //! When anything goes wrong (I/O error, EOF, unparseable or unsolicited bytes, a reply that
-//! stalls) both tasks stop, every waiter gets the error, and the owner replaces the
-//! connection.
+//! stalls) the connection is marked closed, every waiter gets the error, both tasks stop,
+//! and the owner replaces the connection.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::AbortHandle;
 
 use super::protocol::{self, Limits, Reply};
 use crate::backend::BackendError;
 
-/// Largest batch the writer gathers before writing, so one burst cannot grow the write
-/// buffer without bound.
+/// The most bytes one write gathers from the backlog, so one burst cannot make a single
+/// huge `writev`.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-type Waiter = oneshot::Sender<Result<Reply, BackendError>>;
+/// The most requests one write gathers (the `writev` slices live on the stack).
+const MAX_BATCH_REQUESTS: usize = 64;
 
-struct Command {
-    request: Bytes,
-    waiter: Waiter,
-}
+/// Batches a task writes synchronously before it hands the rest of the backlog to the
+/// writer task: enough to drain a burst, few enough that one caller is not kept writing
+/// for everyone under steady load.
+const MAX_SYNC_BATCHES: usize = 3;
+
+type Waiter = oneshot::Sender<Result<Reply, BackendError>>;
 
 /// How a connection is set up and bounded.
 #[derive(Clone, Debug)]
@@ -42,22 +73,64 @@ pub(crate) struct ConnectionSettings {
     pub(crate) connect_timeout: Duration,
     /// A reply that makes no progress for this long ends the connection.
     pub(crate) stall_timeout: Duration,
-    /// Requests written but not yet answered, at most; more wait in the queue.
+    /// Requests accepted but not yet answered (written, or in the backlog), at most; further
+    /// callers wait for a reply to free a slot.
     pub(crate) max_in_flight: usize,
-    /// Requests queued for the writer, at most; senders wait beyond that.
-    pub(crate) max_queued: usize,
     pub(crate) limits: Limits,
 }
 
 /// A handle to a live connection; dropping the last handle ends its tasks.
 pub(crate) struct Connection {
-    commands: mpsc::Sender<Command>,
-    writer: AbortHandle,
-    reader: AbortHandle,
-    /// Set the moment the connection is known to be finished; aborting tasks takes effect
-    /// later, and no new request may be queued in between.
-    closed: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+/// What the callers, the writer task and the reader task share.
+struct Shared {
+    socket: OwnedWriteHalf,
+    state: Mutex<State>,
+    /// One permit per request that may be outstanding; the reader gives a permit back with
+    /// every reply. Closed when the connection is.
+    slots: Semaphore,
+    /// Wakes the writer task when it is handed the write side.
+    wake_writer: Notify,
+    /// Mirrors `State::closed` for a lock-free check.
+    closed: AtomicBool,
+    /// The two tasks, aborted when the connection ends.
+    tasks: OnceLock<[AbortHandle; 2]>,
     server: Arc<str>,
+}
+
+struct State {
+    /// One per request accepted, in the order of their bytes on the socket.
+    waiters: VecDeque<Waiter>,
+    /// Requests accepted but not yet written, in order, behind whatever the owner writes.
+    /// Not empty while the write side is idle only during a caller's yield (see the module
+    /// docs); a request written before them is then still unanswered.
+    backlog: VecDeque<Bytes>,
+    writer: Owner,
+    /// Set once the connection is finished: no request is accepted after it.
+    closed: bool,
+}
+
+/// Who may write to the socket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Owner {
+    /// Nobody.
+    Idle,
+    /// A task writing synchronously: a caller, or the reader flushing the backlog.
+    Sync,
+    /// The writer task, which waits for the socket to take the backlog.
+    Task,
+}
+
+/// How a caller's request goes out.
+enum Claim {
+    /// The caller owns the write side and writes its request at once.
+    Now(Bytes),
+    /// The request is the first in the backlog; the caller writes the backlog after a yield.
+    AfterYield,
+    /// The request is in the backlog, for the owner or for the caller that yields.
+    Queued,
 }
 
 impl Connection {
@@ -79,60 +152,228 @@ impl Connection {
         // Requests are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
-        let (commands_tx, commands_rx) = mpsc::channel(settings.max_queued.max(1));
-        let (pending_tx, pending_rx) = mpsc::channel(settings.max_in_flight.max(1));
-        let closed = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(write_loop(write_half, commands_rx, pending_tx)).abort_handle();
-        let reader = tokio::spawn(read_loop(
-            read_half,
-            pending_rx,
-            settings.clone(),
-            Arc::clone(&server),
-            writer.clone(),
-            Arc::clone(&closed),
-        ))
-        .abort_handle();
+        let shared = Arc::new(Shared {
+            socket: write_half,
+            state: Mutex::new(State {
+                waiters: VecDeque::new(),
+                backlog: VecDeque::new(),
+                writer: Owner::Idle,
+                closed: false,
+            }),
+            slots: Semaphore::new(settings.max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
+            wake_writer: Notify::new(),
+            closed: AtomicBool::new(false),
+            tasks: OnceLock::new(),
+            server: Arc::clone(&server),
+        });
+        let writer = tokio::spawn(write_loop(Arc::clone(&shared))).abort_handle();
+        let reader = tokio::spawn(read_loop(Arc::clone(&shared), read_half, settings.clone()))
+            .abort_handle();
+        let _ = shared.tasks.set([writer, reader]);
+        // A task may have failed the connection before its handles were stored.
+        if shared.is_closed() {
+            shared.abort_tasks();
+        }
         tracing::debug!(%server, "memcached connection opened");
-        Ok(Self {
-            commands: commands_tx,
-            writer,
-            reader,
-            closed,
-            server,
-        })
+        Ok(Self { shared })
     }
 
     /// Whether the connection has ended and must be replaced.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.commands.is_closed()
+        self.shared.is_closed()
     }
 
     /// Sends one encoded request and waits for its reply. Has no timeout of its own: the
     /// caller bounds it, and a caller that gives up leaves the connection in sync.
     pub(crate) async fn call(&self, request: Bytes) -> Result<Reply, BackendError> {
+        let shared = &*self.shared;
+        // Cancelling here is harmless: nothing is queued yet.
+        let permit = match shared.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => shared
+                .slots
+                .acquire()
+                .await
+                .map_err(|_| shared.closed_error())?,
+            Err(TryAcquireError::Closed) => return Err(shared.closed_error()),
+        };
         let (waiter, reply) = oneshot::channel();
-        self.commands
-            .send(Command { request, waiter })
-            .await
-            .map_err(|_| self.closed())?;
-        reply.await.map_err(|_| self.closed())?
+        let claim = {
+            let mut state = shared.lock();
+            if state.closed {
+                return Err(shared.closed_error());
+            }
+            // The reader gives the slot back when it hands this waiter its reply.
+            permit.forget();
+            let in_flight = !state.waiters.is_empty();
+            state.waiters.push_back(waiter);
+            if state.writer == Owner::Idle && state.backlog.is_empty() {
+                if in_flight {
+                    state.backlog.push_back(request);
+                    Claim::AfterYield
+                } else {
+                    state.writer = Owner::Sync;
+                    Claim::Now(request)
+                }
+            } else {
+                state.backlog.push_back(request);
+                Claim::Queued
+            }
+        };
+        match claim {
+            Claim::Now(request) => shared.write_request(request),
+            Claim::AfterYield => {
+                // Let the other tasks that are ready to run queue their requests behind
+                // this one, then write them all at once (see the module docs). Nothing is
+                // held across the yield: the request is already in the backlog, and the
+                // reader writes it if this caller does not come back.
+                tokio::task::yield_now().await;
+                shared.flush_backlog();
+            }
+            Claim::Queued => {}
+        }
+        reply.await.map_err(|_| shared.closed_error())?
     }
 
     /// Ends the connection now; waiters get an error.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.writer.abort();
-        self.reader.abort();
-    }
-
-    fn closed(&self) -> BackendError {
-        unreachable(&self.server, "connection closed".to_string())
+        self.shared.fail(self.shared.closed_error());
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every critical section
+        // only pushes, pops or sets plain fields.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn closed_error(&self) -> BackendError {
+        unreachable(&self.server, "connection closed".to_string())
+    }
+
+    /// Writes the backlog if the write side is idle and something waits in it.
+    fn flush_backlog(&self) {
+        let mut batch = VecDeque::new();
+        if self.lock().claim_backlog(&mut batch) {
+            self.write_owned(batch);
+        }
+    }
+
+    /// Writes a request (just claimed with the write side) from the current task: the
+    /// common case on an idle connection, one `write` and no batch to build.
+    fn write_request(&self, mut request: Bytes) {
+        loop {
+            match self.socket.try_write(&request) {
+                Ok(0) => {
+                    let err = io::Error::from(io::ErrorKind::WriteZero);
+                    return self.fail(unreachable(&self.server, format!("write: {err}")));
+                }
+                Ok(written) if written == request.len() => break,
+                Ok(written) => request.advance(written),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return self.hand_to_writer(VecDeque::from([request]));
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return self.fail(unreachable(&self.server, format!("write: {err}"))),
+            }
+        }
+        // Then whatever other callers queued meanwhile, if anything.
+        self.write_owned(VecDeque::new());
+    }
+
+    /// Writes `batch` (just claimed with the write side) from the current task without
+    /// waiting, then up to [`MAX_SYNC_BATCHES`] batches of the backlog. Whatever the
+    /// socket does not take at once goes to the writer task with the write side.
+    /// Synchronous on purpose: see the module docs.
+    fn write_owned(&self, mut batch: VecDeque<Bytes>) {
+        for _ in 0..MAX_SYNC_BATCHES {
+            match write_now(&self.socket, &mut batch) {
+                Ok(true) => {}
+                Ok(false) => return self.hand_to_writer(batch),
+                Err(err) => return self.fail(unreachable(&self.server, format!("write: {err}"))),
+            }
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            if state.backlog.is_empty() {
+                state.writer = Owner::Idle;
+                return;
+            }
+            take_batch(&mut state.backlog, &mut batch);
+        }
+        self.hand_to_writer(batch)
+    }
+
+    /// Gives the write side and the unwritten `rest` (which goes before the backlog) to the
+    /// writer task.
+    fn hand_to_writer(&self, mut rest: VecDeque<Bytes>) {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            while let Some(bytes) = rest.pop_back() {
+                state.backlog.push_front(bytes);
+            }
+            state.writer = Owner::Task;
+        }
+        self.wake_writer.notify_one();
+    }
+
+    /// Ends the connection with `err`: no more requests, every waiter gets `err`, both
+    /// tasks stop. Only the first call has an effect.
+    fn fail(&self, err: BackendError) {
+        let waiters = {
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            state.backlog.clear();
+            std::mem::take(&mut state.waiters)
+        };
+        self.closed.store(true, Ordering::Release);
+        self.slots.close();
+        if failure_is_noteworthy(&err) {
+            tracing::debug!(server = %self.server, error = %err, "memcached connection closed");
+        }
+        for waiter in waiters {
+            let _ = waiter.send(Err(err.clone()));
+        }
+        self.abort_tasks();
+    }
+
+    fn abort_tasks(&self) {
+        if let Some(tasks) = self.tasks.get() {
+            for task in tasks {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl State {
+    /// Claims the write side and the first batch of the backlog, if the write side is idle
+    /// and the backlog holds something.
+    fn claim_backlog(&mut self, batch: &mut VecDeque<Bytes>) -> bool {
+        if self.closed || self.writer != Owner::Idle || self.backlog.is_empty() {
+            return false;
+        }
+        self.writer = Owner::Sync;
+        take_batch(&mut self.backlog, batch);
+        true
     }
 }
 
@@ -143,121 +384,317 @@ fn unreachable(server: &str, reason: String) -> BackendError {
     }
 }
 
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
-    mut commands: mpsc::Receiver<Command>,
-    pending: mpsc::Sender<Waiter>,
-) {
-    let mut batch = BytesMut::with_capacity(16 * 1024);
-    while let Some(first) = commands.recv().await {
-        // Let the callers that are ready to run queue their requests too: woken through
-        // the scheduler's LIFO slot, the writer would otherwise run before any of them and
-        // write one request per syscall. Only when requests are in flight: an idle
-        // connection writes at once.
-        if pending.capacity() < pending.max_capacity() {
-            tokio::task::yield_now().await;
-        }
-        let mut next = Some(first);
-        while let Some(command) = next.take() {
-            // A caller that already gave up needs no request sent.
-            if !command.waiter.is_closed() {
-                batch.extend_from_slice(&command.request);
-                // Registered before the bytes go out, so the reply always finds its waiter.
-                if pending.send(command.waiter).await.is_err() {
-                    return; // reader ended: the connection is finished
-                }
-            }
-            if batch.len() < MAX_BATCH_BYTES {
-                next = commands.try_recv().ok();
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        if socket.write_all(&batch).await.is_err() {
-            return; // the reader sees the broken socket and fails the waiters
-        }
-        batch.clear();
-    }
-}
-
-async fn read_loop(
-    mut socket: OwnedReadHalf,
-    mut pending: mpsc::Receiver<Waiter>,
-    settings: ConnectionSettings,
-    server: Arc<str>,
-    writer: AbortHandle,
-    closed: Arc<AtomicBool>,
-) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let failure = loop {
-        // Idle: wait for the next waiter, but notice at once if the server hangs up or
-        // sends something nobody asked for, so the connection is replaced before it is used.
-        let waiter = tokio::select! {
-            biased;
-            waiter = pending.recv() => match waiter {
-                Some(waiter) => waiter,
-                None => break None, // writer ended cleanly: no more requests
-            },
-            read = socket.read_buf(&mut buf) => match read {
-                Ok(0) => break Some(unreachable(&server, "connection closed by server".to_string())),
-                // A waiter is registered before its request is written, so bytes that
-                // answer a request find it now, even if it arrived after `pending` was polled.
-                Ok(_) => match pending.try_recv() {
-                    Ok(waiter) => waiter,
-                    Err(_) => break Some(BackendError::Protocol("unsolicited bytes from server".to_string())),
-                },
-                Err(err) => break Some(unreachable(&server, format!("read: {err}"))),
-            },
-        };
-        match read_reply(&mut socket, &mut buf, &settings, &server).await {
-            Ok(reply) => {
-                let _ = waiter.send(Ok(reply));
-            }
-            Err(err) => {
-                let _ = waiter.send(Err(err.clone()));
-                break Some(err);
-            }
-        }
-    };
-    closed.store(true, Ordering::Release);
-    writer.abort();
-    pending.close();
-    let err = failure.unwrap_or_else(|| unreachable(&server, "connection closed".to_string()));
-    if failure_is_noteworthy(&err) {
-        tracing::debug!(%server, error = %err, "memcached connection closed");
-    }
-    while let Ok(waiter) = pending.try_recv() {
-        let _ = waiter.send(Err(err.clone()));
-    }
-}
-
 fn failure_is_noteworthy(err: &BackendError) -> bool {
     !matches!(err, BackendError::Unreachable { reason, .. } if reason == "connection closed")
 }
 
-async fn read_reply(
-    socket: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    settings: &ConnectionSettings,
-    server: &str,
-) -> Result<Reply, BackendError> {
-    loop {
-        match protocol::decode(buf, &settings.limits) {
-            Ok(Some(reply)) => return Ok(reply),
-            Ok(None) => {}
-            Err(err) => return Err(BackendError::Protocol(err.to_string())),
+/// Moves requests from the front of `backlog` to `batch`, up to the batch bounds (at least
+/// one).
+fn take_batch(backlog: &mut VecDeque<Bytes>, batch: &mut VecDeque<Bytes>) {
+    let mut bytes = 0;
+    while let Some(front) = backlog.front() {
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH_REQUESTS || bytes >= MAX_BATCH_BYTES) {
+            break;
         }
-        match tokio::time::timeout(settings.stall_timeout, socket.read_buf(buf)).await {
-            Err(_) => {
-                return Err(BackendError::Timeout {
-                    server: server.to_string(),
-                    after: settings.stall_timeout,
-                });
+        bytes += front.len();
+        if let Some(request) = backlog.pop_front() {
+            batch.push_back(request);
+        }
+    }
+}
+
+/// Writes as much of `batch` as the socket takes without waiting, one `write` or `writev`
+/// per attempt, removing what was written. `Ok(true)` when all of it went out, `Ok(false)`
+/// when the socket is full.
+fn write_now(socket: &OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> io::Result<bool> {
+    while let Some(front) = batch.front() {
+        let written = if batch.len() == 1 {
+            socket.try_write(front)
+        } else {
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH_REQUESTS];
+            let count = batch.len().min(MAX_BATCH_REQUESTS);
+            for (slice, bytes) in slices.iter_mut().zip(batch.iter()) {
+                *slice = IoSlice::new(bytes);
             }
-            Ok(Ok(0)) => return Err(unreachable(server, "connection closed by server".into())),
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => return Err(unreachable(server, format!("read: {err}"))),
+            socket.try_write_vectored(&slices[..count])
+        };
+        match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut written) => {
+                while written > 0 {
+                    let Some(front) = batch.front_mut() else {
+                        break;
+                    };
+                    if front.len() <= written {
+                        written -= front.len();
+                        batch.pop_front();
+                    } else {
+                        front.advance(written);
+                        written = 0;
+                    }
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
         }
+    }
+    Ok(true)
+}
+
+/// Writes the backlog while it owns the write side, waiting for the socket when it is full;
+/// gives the write side back once the backlog is empty.
+async fn write_loop(shared: Arc<Shared>) {
+    let mut batch = VecDeque::new();
+    loop {
+        shared.wake_writer.notified().await;
+        loop {
+            {
+                let mut state = shared.lock();
+                // A leftover wakeup while another task (or nobody) owns the write side.
+                if state.closed || state.writer != Owner::Task {
+                    break;
+                }
+                if state.backlog.is_empty() {
+                    state.writer = Owner::Idle;
+                    break;
+                }
+                take_batch(&mut state.backlog, &mut batch);
+            }
+            loop {
+                match write_now(&shared.socket, &mut batch) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(err) => {
+                        return shared.fail(unreachable(&shared.server, format!("write: {err}")));
+                    }
+                }
+                if let Err(err) = shared.socket.writable().await {
+                    return shared.fail(unreachable(&shared.server, format!("write: {err}")));
+                }
+            }
+        }
+    }
+}
+
+/// Reads replies and hands each to the oldest waiter, until the connection fails.
+async fn read_loop(shared: Arc<Shared>, mut socket: OwnedReadHalf, settings: ConnectionSettings) {
+    let err = read_replies(&shared, &mut socket, &settings).await;
+    shared.fail(err);
+}
+
+async fn read_replies(
+    shared: &Shared,
+    socket: &mut OwnedReadHalf,
+    settings: &ConnectionSettings,
+) -> BackendError {
+    let server = &*shared.server;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut replies = Vec::new();
+    let mut answered = Vec::new();
+    let mut flush = VecDeque::new();
+    // Stall detection without a timer per read: a tick every `stall_timeout`; a tick that
+    // finds requests outstanding that were already outstanding at the previous tick, with no
+    // byte read in between, ends the connection. A stalled reply is so noticed after one to
+    // two `stall_timeout`s.
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.stall_timeout,
+        settings.stall_timeout,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut progress = false;
+    let mut waited_last_tick = false;
+    loop {
+        tokio::select! {
+            biased;
+            read = socket.read_buf(&mut buf) => match read {
+                Ok(0) => return unreachable(server, "connection closed by server".to_string()),
+                Ok(_) => progress = true,
+                Err(err) => return unreachable(server, format!("read: {err}")),
+            },
+            _ = ticker.tick() => {
+                let waiting = !shared.lock().waiters.is_empty();
+                if waiting && waited_last_tick && !progress {
+                    return BackendError::Timeout {
+                        server: server.to_string(),
+                        after: settings.stall_timeout,
+                    };
+                }
+                waited_last_tick = waiting;
+                progress = false;
+                continue;
+            }
+        }
+        // Every complete reply in the buffer, then one lock for all their waiters.
+        let failure = loop {
+            match protocol::decode(&mut buf, &settings.limits) {
+                Ok(Some(reply)) => replies.push(reply),
+                Ok(None) => break None,
+                Err(err) => break Some(BackendError::Protocol(err.to_string())),
+            }
+        };
+        let (unsolicited, flushing) = {
+            let mut state = shared.lock();
+            if state.closed {
+                return shared.closed_error();
+            }
+            // A waiter is queued before its request is written, so every byte that arrives
+            // belongs to a queued waiter: a reply, or the start of one, with nobody left to
+            // answer means the server sent something nobody asked for.
+            let count = replies.len().min(state.waiters.len());
+            answered.extend(state.waiters.drain(..count));
+            let unsolicited = count < replies.len()
+                || (failure.is_none() && !buf.is_empty() && state.waiters.is_empty());
+            // A caller that queued requests behind replies due and yielded may not be back:
+            // a reply arrived, so write what waits (see the module docs).
+            let flushing = !unsolicited && failure.is_none() && state.claim_backlog(&mut flush);
+            (unsolicited, flushing)
+        };
+        shared.slots.add_permits(answered.len());
+        for (waiter, reply) in answered.drain(..).zip(replies.drain(..)) {
+            let _ = waiter.send(Ok(reply));
+        }
+        if let Some(err) = failure {
+            return err;
+        }
+        if unsolicited {
+            return BackendError::Protocol("unsolicited bytes from server".to_string());
+        }
+        if flushing {
+            shared.write_owned(std::mem::take(&mut flush));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server that answers `get <key>` with one value whose data is the key, holding the
+    /// first answer back for `first_delay`.
+    async fn echo_server(first_delay: Duration) -> (String, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            socket.set_nodelay(true).unwrap();
+            let (read, mut write) = socket.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let mut first = true;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let key = line.trim_start_matches("gets ").trim_start_matches("get ");
+                if std::mem::take(&mut first) {
+                    tokio::time::sleep(first_delay).await;
+                }
+                let reply = format!("VALUE {key} 0 {}\r\n{key}\r\nEND\r\n", key.len());
+                if write.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ("127.0.0.1".to_string(), port)
+    }
+
+    fn settings() -> ConnectionSettings {
+        ConnectionSettings {
+            connect_timeout: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(5),
+            max_in_flight: 16,
+            limits: Limits::default(),
+        }
+    }
+
+    fn get(key: &str) -> Bytes {
+        let mut request = BytesMut::new();
+        protocol::encode_get(&mut request, &[key], false);
+        request.freeze()
+    }
+
+    fn value_of(reply: Result<Reply, BackendError>) -> String {
+        match reply {
+            Ok(Reply::Values(values)) if values.len() == 1 => {
+                String::from_utf8(values[0].data.to_vec()).unwrap()
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Polls `future` once, without a waker that would ever poll it again.
+    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn request_queued_by_a_caller_that_never_comes_back_is_still_written() {
+        let (host, port) = echo_server(Duration::from_millis(50)).await;
+        let conn = Arc::new(
+            Connection::connect(&host, port, "test".into(), &settings())
+                .await
+                .unwrap(),
+        );
+        // In flight, answered late: the next callers queue behind it and yield.
+        let first = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.call(get("a")).await }
+        });
+        tokio::task::yield_now().await;
+        while conn.shared.lock().waiters.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Queued its request, then yields; polled again never (kept) or dropped.
+        let mut parked = pin!(conn.call(get("b")));
+        assert!(poll_once(parked.as_mut()).is_pending());
+        let mut dropped = Box::pin(conn.call(get("c")));
+        assert!(poll_once(dropped.as_mut()).is_pending());
+        drop(dropped);
+        // Behind them; written when the first reply arrives, by the reader.
+        let last = tokio::time::timeout(Duration::from_secs(2), conn.call(get("d")))
+            .await
+            .expect("the backlog was never written");
+        assert_eq!(value_of(last), "d");
+        assert_eq!(value_of(first.await.unwrap()), "a");
+        // The parked caller's reply was delivered in order too.
+        match poll_once(parked.as_mut()) {
+            Poll::Ready(reply) => assert_eq!(value_of(reply), "b"),
+            Poll::Pending => panic!("the parked caller's reply was not delivered"),
+        }
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_callers_leave_the_connection_in_sync() {
+        let (host, port) = echo_server(Duration::ZERO).await;
+        let conn = Arc::new(
+            Connection::connect(&host, port, "test".into(), &settings())
+                .await
+                .unwrap(),
+        );
+        let mut tasks = Vec::new();
+        for task in 0..8 {
+            let conn = Arc::clone(&conn);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..200 {
+                    let key = format!("k{task}-{i}");
+                    if i % 3 == 0 {
+                        // Give up at once, at whatever point the call has reached.
+                        let mut call = Box::pin(conn.call(get(&key)));
+                        let _ = poll_once(call.as_mut());
+                        continue;
+                    }
+                    assert_eq!(value_of(conn.call(get(&key)).await), key);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(!conn.is_closed());
     }
 }

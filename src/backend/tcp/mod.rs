@@ -143,8 +143,9 @@ impl TcpBackendBuilder {
         self
     }
 
-    /// Requests in flight per connection before further ones queue (and queued requests
-    /// per connection before callers wait). Defaults to 1024.
+    /// Requests outstanding per connection (sent, or about to be sent with the next write,
+    /// and not yet answered); further callers wait until a reply frees a slot. Defaults to
+    /// 1024.
     pub fn max_in_flight(mut self, requests: usize) -> Self {
         self.max_in_flight = requests.max(1);
         self
@@ -213,7 +214,6 @@ impl TcpBackendBuilder {
                 .saturating_mul(2)
                 .max(Duration::from_millis(100)),
             max_in_flight: self.max_in_flight,
-            max_queued: self.max_in_flight,
             limits: Limits {
                 // Bounded, but roomy enough for values other clients stored on servers
                 // with a larger -I than ours.
