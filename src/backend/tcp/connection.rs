@@ -12,12 +12,14 @@
 //!   its request itself, in its own task, with a non-blocking write: no hand-off to another
 //!   task, no extra wakeup.
 //! - When requests are already in flight, its reply comes after theirs anyway, so the
-//!   caller puts its request in the backlog and yields once, letting the other tasks that
-//!   are ready to run add theirs, then writes the whole backlog in one `writev`. One write
-//!   for several requests costs memcached and both kernels much less than one each. The
-//!   caller holds nothing while it yields: if it is dropped or not polled again, the reader
-//!   writes the backlog when the next reply arrives (one is due, since requests were in
-//!   flight), so the backlog never waits for a caller that went away.
+//!   caller claims the write side, puts its request in the backlog and yields once, letting
+//!   the other tasks that are ready to run add theirs behind it, then writes the whole
+//!   backlog in one `writev`. One write for several requests costs memcached and both
+//!   kernels much less than one each. A caller dropped during its yield hands the write
+//!   side to the writer task. One that is neither dropped nor polled again is taken over:
+//!   the reader writes the backlog when it finds the same caller still yielding at its next
+//!   reply, and, when no reply is due, its stall tick does. So the backlog never waits long
+//!   for a caller that went away.
 //! - An owner never waits for the socket: when the socket is full (or after a few rounds of
 //!   other callers' backlog) it hands ownership and the rest of the bytes to the writer
 //!   task, which waits for the socket to drain.
@@ -91,6 +93,8 @@ struct Shared {
     /// One permit per request that may be outstanding; the reader gives a permit back with
     /// every reply. Closed when the connection is.
     slots: Semaphore,
+    /// The permits `slots` started with.
+    max_outstanding: usize,
     /// Wakes the writer task when it is handed the write side.
     wake_writer: Notify,
     /// Mirrors `State::closed` for a lock-free check.
@@ -104,10 +108,12 @@ struct State {
     /// One per request accepted, in the order of their bytes on the socket.
     waiters: VecDeque<Waiter>,
     /// Requests accepted but not yet written, in order, behind whatever the owner writes.
-    /// Not empty while the write side is idle only during a caller's yield (see the module
-    /// docs); a request written before them is then still unanswered.
+    /// Always empty while the write side is idle.
     backlog: VecDeque<Bytes>,
     writer: Owner,
+    /// Counts the yields of [`Owner::Yielding`], so that an observer can tell the same
+    /// yield from a later one.
+    yield_epoch: u64,
     /// Set once the connection is finished: no request is accepted after it.
     closed: bool,
 }
@@ -117,6 +123,8 @@ struct State {
 enum Owner {
     /// Nobody.
     Idle,
+    /// A caller that yields before writing the backlog (see the module docs).
+    Yielding,
     /// A task writing synchronously: a caller, or the reader flushing the backlog.
     Sync,
     /// The writer task, which waits for the socket to take the backlog.
@@ -127,9 +135,10 @@ enum Owner {
 enum Claim {
     /// The caller owns the write side and writes its request at once.
     Now(Bytes),
-    /// The request is the first in the backlog; the caller writes the backlog after a yield.
-    AfterYield,
-    /// The request is in the backlog, for the owner or for the caller that yields.
+    /// The caller owns the write side; its request is the first in the backlog, which it
+    /// writes after a yield. Holds the yield's epoch.
+    AfterYield(u64),
+    /// The request is in the backlog, for the owner.
     Queued,
 }
 
@@ -152,15 +161,18 @@ impl Connection {
         // Requests are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
+        let max_outstanding = settings.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             socket: write_half,
             state: Mutex::new(State {
                 waiters: VecDeque::new(),
                 backlog: VecDeque::new(),
                 writer: Owner::Idle,
+                yield_epoch: 0,
                 closed: false,
             }),
-            slots: Semaphore::new(settings.max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
+            slots: Semaphore::new(max_outstanding),
+            max_outstanding,
             wake_writer: Notify::new(),
             closed: AtomicBool::new(false),
             tasks: OnceLock::new(),
@@ -181,6 +193,13 @@ impl Connection {
     /// Whether the connection has ended and must be replaced.
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.is_closed()
+    }
+
+    /// Requests accepted and not yet answered (a snapshot).
+    pub(crate) fn outstanding(&self) -> usize {
+        self.shared
+            .max_outstanding
+            .saturating_sub(self.shared.slots.available_permits())
     }
 
     /// Sends one encoded request and waits for its reply. Has no timeout of its own: the
@@ -207,10 +226,12 @@ impl Connection {
             permit.forget();
             let in_flight = !state.waiters.is_empty();
             state.waiters.push_back(waiter);
-            if state.writer == Owner::Idle && state.backlog.is_empty() {
+            if state.writer == Owner::Idle {
                 if in_flight {
+                    state.writer = Owner::Yielding;
+                    state.yield_epoch += 1;
                     state.backlog.push_back(request);
-                    Claim::AfterYield
+                    Claim::AfterYield(state.yield_epoch)
                 } else {
                     state.writer = Owner::Sync;
                     Claim::Now(request)
@@ -222,13 +243,12 @@ impl Connection {
         };
         match claim {
             Claim::Now(request) => shared.write_request(request),
-            Claim::AfterYield => {
+            Claim::AfterYield(epoch) => {
                 // Let the other tasks that are ready to run queue their requests behind
-                // this one, then write them all at once (see the module docs). Nothing is
-                // held across the yield: the request is already in the backlog, and the
-                // reader writes it if this caller does not come back.
+                // this one, then write them all at once (see the module docs).
+                let yielding = Yielding { shared, epoch };
                 tokio::task::yield_now().await;
-                shared.flush_backlog();
+                yielding.resume();
             }
             Claim::Queued => {}
         }
@@ -262,12 +282,28 @@ impl Shared {
         unreachable(&self.server, "connection closed".to_string())
     }
 
-    /// Writes the backlog if the write side is idle and something waits in it.
-    fn flush_backlog(&self) {
+    /// Takes the write side from a caller found yielding at two observations in a row
+    /// (`seen` holds the epoch of the previous one) and writes the backlog: that caller was
+    /// not polled again in between, and the requests behind it must not wait for it.
+    /// Returns whether it took over.
+    fn take_over_stale_yield(&self, seen: &mut Option<u64>) -> bool {
         let mut batch = VecDeque::new();
-        if self.lock().claim_backlog(&mut batch) {
-            self.write_owned(batch);
+        {
+            let mut state = self.lock();
+            if state.closed || state.writer != Owner::Yielding {
+                *seen = None;
+                return false;
+            }
+            if *seen != Some(state.yield_epoch) {
+                *seen = Some(state.yield_epoch);
+                return false;
+            }
+            *seen = None;
+            state.writer = Owner::Sync;
+            take_batch(&mut state.backlog, &mut batch);
         }
+        self.write_owned(batch);
+        true
     }
 
     /// Writes a request (just claimed with the write side) from the current task: the
@@ -364,16 +400,47 @@ impl Shared {
     }
 }
 
-impl State {
-    /// Claims the write side and the first batch of the backlog, if the write side is idle
-    /// and the backlog holds something.
-    fn claim_backlog(&mut self, batch: &mut VecDeque<Bytes>) -> bool {
-        if self.closed || self.writer != Owner::Idle || self.backlog.is_empty() {
-            return false;
+/// A caller's claim on the write side while it yields (see [`Connection::call`]).
+struct Yielding<'a> {
+    shared: &'a Shared,
+    epoch: u64,
+}
+
+impl Yielding<'_> {
+    /// Back from the yield: writes the backlog, unless it was taken over meanwhile.
+    fn resume(self) {
+        let shared = self.shared;
+        let epoch = self.epoch;
+        std::mem::forget(self);
+        let mut batch = VecDeque::new();
+        {
+            let mut state = shared.lock();
+            if state.closed || state.writer != Owner::Yielding || state.yield_epoch != epoch {
+                return;
+            }
+            state.writer = Owner::Sync;
+            take_batch(&mut state.backlog, &mut batch);
         }
-        self.writer = Owner::Sync;
-        take_batch(&mut self.backlog, batch);
-        true
+        shared.write_owned(batch);
+    }
+}
+
+impl Drop for Yielding<'_> {
+    /// A caller dropped during its yield: the writer task writes the backlog instead. No
+    /// I/O in a destructor, and nothing was written yet, so nothing is half written.
+    fn drop(&mut self) {
+        let handed = {
+            let mut state = self.shared.lock();
+            let ours =
+                !state.closed && state.writer == Owner::Yielding && state.yield_epoch == self.epoch;
+            if ours {
+                state.writer = Owner::Task;
+            }
+            ours
+        };
+        if handed {
+            self.shared.wake_writer.notify_one();
+        }
     }
 }
 
@@ -492,7 +559,9 @@ async fn read_replies(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut replies = Vec::new();
     let mut answered = Vec::new();
-    let mut flush = VecDeque::new();
+    // The epoch of a yielding caller seen by the previous delivery, and by the previous tick.
+    let mut seen_by_reader = None;
+    let mut seen_by_ticker = None;
     // Stall detection without a timer per read: a tick every `stall_timeout`; a tick that
     // finds requests outstanding that were already outstanding at the previous tick, with no
     // byte read in between, ends the connection. A stalled reply is so noticed after one to
@@ -513,6 +582,12 @@ async fn read_replies(
                 Err(err) => return unreachable(server, format!("read: {err}")),
             },
             _ = ticker.tick() => {
+                // When no reply is due, nothing else would notice a caller that stopped
+                // in its yield.
+                if shared.take_over_stale_yield(&mut seen_by_ticker) {
+                    // Requests just went out: their replies get a full tick.
+                    progress = true;
+                }
                 let waiting = !shared.lock().waiters.is_empty();
                 if waiting && waited_last_tick && !progress {
                     return BackendError::Timeout {
@@ -533,7 +608,7 @@ async fn read_replies(
                 Err(err) => break Some(BackendError::Protocol(err.to_string())),
             }
         };
-        let (unsolicited, flushing) = {
+        let unsolicited = {
             let mut state = shared.lock();
             if state.closed {
                 return shared.closed_error();
@@ -543,14 +618,11 @@ async fn read_replies(
             // answer means the server sent something nobody asked for.
             let count = replies.len().min(state.waiters.len());
             answered.extend(state.waiters.drain(..count));
-            let unsolicited = count < replies.len()
-                || (failure.is_none() && !buf.is_empty() && state.waiters.is_empty());
-            // A caller that queued requests behind replies due and yielded may not be back:
-            // a reply arrived, so write what waits (see the module docs).
-            let flushing = !unsolicited && failure.is_none() && state.claim_backlog(&mut flush);
-            (unsolicited, flushing)
+            count < replies.len()
+                || (failure.is_none() && !buf.is_empty() && state.waiters.is_empty())
         };
-        shared.slots.add_permits(answered.len());
+        let delivered = answered.len();
+        shared.slots.add_permits(delivered);
         for (waiter, reply) in answered.drain(..).zip(replies.drain(..)) {
             let _ = waiter.send(Ok(reply));
         }
@@ -560,8 +632,8 @@ async fn read_replies(
         if unsolicited {
             return BackendError::Protocol("unsolicited bytes from server".to_string());
         }
-        if flushing {
-            shared.write_owned(std::mem::take(&mut flush));
+        if delivered > 0 {
+            shared.take_over_stale_yield(&mut seen_by_reader);
         }
     }
 }
@@ -602,10 +674,10 @@ mod tests {
         ("127.0.0.1".to_string(), port)
     }
 
-    fn settings() -> ConnectionSettings {
+    fn settings(stall_timeout: Duration) -> ConnectionSettings {
         ConnectionSettings {
             connect_timeout: Duration::from_secs(1),
-            stall_timeout: Duration::from_secs(5),
+            stall_timeout,
             max_in_flight: 16,
             limits: Limits::default(),
         }
@@ -631,30 +703,61 @@ mod tests {
         future.poll(&mut Context::from_waker(Waker::noop()))
     }
 
-    #[tokio::test]
-    async fn request_queued_by_a_caller_that_never_comes_back_is_still_written() {
+    /// Connects to a fresh [`echo_server`] and puts a first request in flight.
+    async fn connection_with_one_in_flight(
+        stall_timeout: Duration,
+    ) -> (
+        Arc<Connection>,
+        tokio::task::JoinHandle<Result<Reply, BackendError>>,
+    ) {
         let (host, port) = echo_server(Duration::from_millis(50)).await;
         let conn = Arc::new(
-            Connection::connect(&host, port, "test".into(), &settings())
+            Connection::connect(&host, port, "test".into(), &settings(stall_timeout))
                 .await
                 .unwrap(),
         );
-        // In flight, answered late: the next callers queue behind it and yield.
         let first = tokio::spawn({
             let conn = Arc::clone(&conn);
             async move { conn.call(get("a")).await }
         });
-        tokio::task::yield_now().await;
         while conn.shared.lock().waiters.is_empty() {
             tokio::task::yield_now().await;
         }
+        (conn, first)
+    }
+
+    #[tokio::test]
+    async fn caller_dropped_in_its_yield_hands_the_backlog_to_the_writer() {
+        // A stall tick far beyond the deadline below: only the hand-over can meet it.
+        let (conn, first) = connection_with_one_in_flight(Duration::from_secs(30)).await;
+        let mut dropped = Box::pin(conn.call(get("b")));
+        assert!(poll_once(dropped.as_mut()).is_pending());
+        assert_eq!(conn.shared.lock().writer, Owner::Yielding);
+        let queued = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.call(get("c")).await }
+        });
+        drop(dropped);
+        let last = tokio::time::timeout(Duration::from_secs(2), queued)
+            .await
+            .expect("the backlog was never written");
+        assert_eq!(value_of(last.unwrap()), "c");
+        assert_eq!(value_of(first.await.unwrap()), "a");
+        assert_eq!(conn.shared.lock().writer, Owner::Idle);
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn request_queued_by_a_caller_that_never_comes_back_is_still_written() {
+        // A short stall tick: the parked caller is taken over at the second tick.
+        let (conn, first) = connection_with_one_in_flight(Duration::from_millis(100)).await;
         // Queued its request, then yields; polled again never (kept) or dropped.
         let mut parked = pin!(conn.call(get("b")));
         assert!(poll_once(parked.as_mut()).is_pending());
         let mut dropped = Box::pin(conn.call(get("c")));
         assert!(poll_once(dropped.as_mut()).is_pending());
         drop(dropped);
-        // Behind them; written when the first reply arrives, by the reader.
+        // Behind them; written once the reader or the stall tick takes the parked caller over.
         let last = tokio::time::timeout(Duration::from_secs(2), conn.call(get("d")))
             .await
             .expect("the backlog was never written");
@@ -672,9 +775,14 @@ mod tests {
     async fn dropped_callers_leave_the_connection_in_sync() {
         let (host, port) = echo_server(Duration::ZERO).await;
         let conn = Arc::new(
-            Connection::connect(&host, port, "test".into(), &settings())
-                .await
-                .unwrap(),
+            Connection::connect(
+                &host,
+                port,
+                "test".into(),
+                &settings(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap(),
         );
         let mut tasks = Vec::new();
         for task in 0..8 {
