@@ -137,7 +137,10 @@ impl TcpBackendBuilder {
         self
     }
 
-    /// Connections kept per server, each pipelining many requests. Defaults to 2.
+    /// Connections per server, at most, each pipelining many requests. Requests go to the
+    /// first connection until it has 32 outstanding, then to the next: requests that share a
+    /// connection share writes and reads, so a further connection is only opened and used
+    /// for the overflow. Defaults to 2.
     pub fn connections_per_server(mut self, connections: usize) -> Self {
         self.connections_per_server = connections.max(1);
         self

@@ -1,4 +1,5 @@
-//! One configured memcached server: its small pool of pipelined connections and its health.
+//! One configured memcached server: its small pool of pipelined connections (filled in
+//! order, see [`Server::pick`]) and its health.
 //!
 //! Health is a count of consecutive failures. At the threshold the server is marked down:
 //! calls for its keys fail at once, without connecting or waiting, while a background probe
@@ -12,6 +13,11 @@ use bytes::Bytes;
 use super::connection::{Connection, ConnectionSettings};
 use super::protocol::Reply;
 use crate::backend::BackendError;
+
+/// Requests outstanding on a connection before further ones go to the next connection:
+/// enough for large batches, few enough that a burst still spreads over the connections
+/// (and over memcached's threads, which each serve their own connections).
+const SPILL_THRESHOLD: usize = 32;
 
 /// A server and its connections.
 pub(crate) struct Server {
@@ -75,10 +81,30 @@ impl Server {
         request: Bytes,
         settings: &ConnectionSettings,
     ) -> Result<(Arc<Connection>, Reply), BackendError> {
-        let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let conn = self.connection(&self.slots[index], settings).await?;
+        let conn = match self.pick() {
+            (_, Some(conn)) => conn,
+            (slot, None) => self.connection(slot, settings).await?,
+        };
         let reply = conn.call(request).await?;
         Ok((conn, reply))
+    }
+
+    /// The slot for the next request, with its live connection if it has one: the first
+    /// slot whose connection has fewer than [`SPILL_THRESHOLD`] requests outstanding (or
+    /// is not connected), so that concurrent requests share a connection and go out and
+    /// come back together: one write and one read for several requests, for memcached and
+    /// for both kernels, where spreading them over the connections would split every batch.
+    /// The further slots take the overflow, and are only connected when there is some.
+    /// When every connection is that busy, round robin.
+    fn pick(&self) -> (&Slot, Option<Arc<Connection>>) {
+        for slot in self.slots.iter() {
+            match slot.live() {
+                Some(conn) if conn.outstanding() >= SPILL_THRESHOLD => {}
+                live => return (slot, live),
+            }
+        }
+        let slot = &self.slots[self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        (slot, slot.live())
     }
 
     async fn connection(
