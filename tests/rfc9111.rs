@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
-use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::backend::{Backend, BackendError, Item, Lifetime, MemoryBackend, ServerStats};
 use tower_memcache::cache::{MemcacheLayer, OriginUnreachable, ResponseBody};
 use tower_memcache::policy::CacheMode;
 
@@ -1159,6 +1159,112 @@ async fn routes_mode_keeps_the_safety_rules<B: Backend>(backend: B) {
     assert!(forced.cache_status().contains("fwd=request"));
     let conditional = get_with(&svc, "/r", &[("if-none-match", "\"r\"")]).await;
     assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+}
+
+/// A backend whose lookups, after the first that misses, come back late: read at once,
+/// then held until the key they missed has been stored, and 50 ms more (by then the
+/// holder of the lease has released it). Stands for a reply overtaken by another
+/// process's store.
+#[derive(Clone)]
+struct LateMisses {
+    inner: MemoryBackend,
+    misses: Arc<AtomicUsize>,
+}
+
+impl Backend for LateMisses {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        self.inner.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+        let found = self.inner.get_many(keys).await?;
+        let missed = keys.first().is_some_and(|key| !found.contains_key(*key));
+        if missed && self.misses.fetch_add(1, Ordering::SeqCst) > 0 {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.inner.get(keys[0]).await?.is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(found)
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
+        self.inner.set(key, value, flags, lifetime).await
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        self.inner.add(key, value, flags, lifetime).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.inner.delete(key).await
+    }
+
+    async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
+        self.inner.touch(key, lifetime).await
+    }
+
+    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        self.inner.incr(key, delta).await
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        self.inner.flush_all().await
+    }
+
+    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+        self.inner.stats().await
+    }
+}
+
+/// A process waiting on another's lease must not take "the lease is gone" for "nothing was
+/// stored" when its lookup was read before the store landed.
+#[tokio::test]
+async fn lease_waiters_see_an_entry_stored_while_their_lookup_was_in_flight() {
+    let origin = Origin::default();
+    origin.ok("/hot", &[("cache-control", "max-age=60")], "hot");
+    origin.update("/hot", |s| s.delay = Duration::from_millis(100));
+    let memory = MemoryBackend::new();
+    let holder = service(&origin_layer(memory.clone()), &origin);
+    let waiter = service(
+        &origin_layer(LateMisses {
+            inner: memory,
+            misses: Arc::default(),
+        })
+        .lease_wait(Duration::from_secs(3), Duration::from_millis(10)),
+        &origin,
+    );
+    let (first, second) = tokio::join!(get(&holder, "/hot"), async {
+        // The holder has the lease once it is at the origin.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while origin.calls() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the first request never reached the origin"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        get(&waiter, "/hot").await
+    });
+    assert_eq!(first.body, "hot #1");
+    assert_eq!(
+        (second.body.as_str(), second.cache_status()),
+        ("hot #1", "tower-memcache; fwd=uri-miss; collapsed")
+    );
+    assert_eq!(origin.calls(), 1);
 }
 
 on_every_backend!(

@@ -794,6 +794,11 @@ async fn wait_for_other_process<B: Backend>(
         shared.config.lease_wait,
         shared.config.lease_poll,
         || async {
+            // The lease before the entry: its holder releases it only once its entry is
+            // stored, so a lease found gone means the lookup that follows sees that entry,
+            // whereas a lookup read first could miss a store that lands just before the
+            // release (and send this request to the origin as well).
+            let released = !lease::held(&shared.storage, &plan.canonical).await;
             let lookup = shared
                 .storage
                 .lookup(&plan.canonical, &plan.key, request_headers)
@@ -807,7 +812,7 @@ async fn wait_for_other_process<B: Backend>(
                 }
             }
             // Released with nothing stored: stop waiting, go to the origin.
-            (!lease::held(&shared.storage, &plan.canonical).await).then_some(None)
+            released.then_some(None)
         },
     )
     .await;

@@ -193,7 +193,14 @@ macro_rules! on_every_backend {
                     let server = $crate::memcached_or_skip!(
                         concat!($suite, "::tcp::", stringify!($scenario))
                     );
-                    let backend = tower_memcache::backend::TcpBackend::new([server.addr()]);
+                    // The scenarios check what the cache does, not how it fails open: a
+                    // timeout well above the default 100 ms keeps a loaded machine (CI's
+                    // two cores running tests in parallel) from turning a slow reply into
+                    // a bypass that changes the counts they assert.
+                    let backend = tower_memcache::backend::TcpBackend::builder()
+                        .server(server.addr())
+                        .timeout(std::time::Duration::from_secs(2))
+                        .build();
                     super::$scenario(backend.unwrap()).await;
                 }
             )*
