@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! reverse_proxy --upstream URL [--listen ADDR] [--memcache HOST:PORT[,HOST:PORT...]]
-//!               [--mode origin|routes] [--ttl SECS] [--threads N] [--upstream-host]
+//!               [--mode origin|routes] [--ttl SECS] [--threads N]
+//!               [--runtime per-thread|shared] [--upstream-host]
 //! ```
 //!
 //! - `--upstream URL`: the origin, `http://host[:port]` (plain HTTP only; no TLS to the
@@ -18,7 +19,17 @@
 //!   `routes` caches every storable response for `--ttl` whatever the origin says (like
 //!   nginx's `srcache` with a fixed `$memc_exptime`).
 //! - `--ttl SECS`: the lifetime in `routes` mode; default 3600.
-//! - `--threads N`: tokio worker threads; default one per CPU.
+//! - `--threads N`: threads serving requests; default one per CPU.
+//! - `--runtime per-thread|shared`: how the threads share the work. `per-thread` (the
+//!   default) is nginx's worker model: each thread runs its own single-threaded tokio
+//!   runtime with its own listening socket (`SO_REUSEPORT`: the kernel spreads connections
+//!   over them), its own pool to the origin and its own cache layer, with its own memcached
+//!   connections. A hit never leaves its thread, which is the fastest way to serve hits.
+//!   Request coalescing is then per thread, and memcached leases (or, without
+//!   `--memcache`, the one in-process store all threads share) keep the threads from all
+//!   calling the origin for one missing URL. `shared` is one multi-threaded, work-stealing
+//!   runtime behind one listener and one layer: better when the work per connection is
+//!   uneven (a few long-lived busy connections), or where `SO_REUSEPORT` is missing.
 //! - `--upstream-host`: send the upstream's authority as `Host` (nginx's default
 //!   `$proxy_host`) and the client's in `X-Forwarded-Host`. Without it the client's `Host`
 //!   goes to the origin unchanged (nginx's `proxy_set_header Host $host`), which keeps the
@@ -52,7 +63,7 @@
 //! $ memcached -l 127.0.0.1 -p 11311 -U 0 &          # add -u root when running as root
 //! $ cargo run --release --example reverse_proxy -- \
 //!       --listen 127.0.0.1:3001 --upstream http://127.0.0.1:8080 --memcache 127.0.0.1:11311
-//! tower-memcache reverse proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads)
+//! tower-memcache reverse proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads, a runtime per thread)
 //!
 //! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
 //! cache-status: tower-memcache; fwd=uri-miss; stored
@@ -82,7 +93,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tower::Layer;
 use tower_memcache::backend::{Backend, MemoryBackend};
 use tower_memcache::cache::{MemcacheLayer, OriginUnreachable};
@@ -91,7 +102,7 @@ use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] [--listen ADDR] \
 [--memcache HOST:PORT[,HOST:PORT...]] [--mode origin|routes] [--ttl SECS] [--threads N] \
-[--upstream-host]";
+[--runtime per-thread|shared] [--upstream-host]";
 
 /// How long the origin may take to send its response head.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -108,7 +119,17 @@ struct Args {
     mode: CacheMode,
     ttl: Duration,
     threads: Option<usize>,
+    runtime: RuntimeKind,
     upstream_host: bool,
+}
+
+/// How the proxy uses its threads (`--runtime`).
+#[derive(Clone, Copy, Debug)]
+enum RuntimeKind {
+    /// A single-threaded runtime per thread, each with its own listener and cache layer.
+    PerThread,
+    /// One multi-threaded (work-stealing) runtime, one listener, one cache layer.
+    Shared,
 }
 
 impl Args {
@@ -120,6 +141,7 @@ impl Args {
         let mut mode = CacheMode::Origin;
         let mut ttl = Duration::from_secs(3600);
         let mut threads = None;
+        let mut runtime = RuntimeKind::PerThread;
         let mut upstream_host = false;
         while let Some(arg) = args.next() {
             // Both `--flag value` and `--flag=value`.
@@ -171,6 +193,13 @@ impl Args {
                     let n: usize = v.parse().map_err(|e| format!("--threads {v:?}: {e}"))?;
                     threads = Some(n.max(1));
                 }
+                "--runtime" => {
+                    runtime = match value()?.as_str() {
+                        "per-thread" => RuntimeKind::PerThread,
+                        "shared" => RuntimeKind::Shared,
+                        other => return Err(format!("--runtime {other:?}: per-thread or shared")),
+                    };
+                }
                 "--upstream-host" => upstream_host = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -183,6 +212,7 @@ impl Args {
             mode,
             ttl,
             threads,
+            runtime,
             upstream_host,
         }))
     }
@@ -353,7 +383,7 @@ fn error_chain(err: &dyn Error) -> String {
     text
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> Result<(), BoxError> {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => {
@@ -370,33 +400,183 @@ fn main() -> Result<(), Box<dyn Error>> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads);
-    }
-    runtime.build()?.block_on(run(args))
-}
-
-async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     match args.memcache.clone() {
         #[cfg(feature = "tcp")]
         Some(servers) => {
             let description = format!("memcached {}", servers.join(","));
-            let backend = tower_memcache::backend::TcpBackend::new(servers)?;
-            serve(args, backend, description).await
+            // Checked once here, so that a bad address is reported before anything starts.
+            tower_memcache::backend::TcpBackend::new(&servers)?;
+            start(&args, &description, || {
+                Ok(tower_memcache::backend::TcpBackend::new(&servers)?)
+            })
         }
         #[cfg(not(feature = "tcp"))]
         Some(_) => Err("--memcache needs the crate's `tcp` feature".into()),
-        None => serve(args, MemoryBackend::new(), "in-process memory".to_string()).await,
+        None => {
+            // One store for every thread: the cache is the process's, whatever the runtime.
+            let memory = MemoryBackend::new();
+            start(&args, "in-process memory", || Ok(memory.clone()))
+        }
     }
 }
 
-async fn serve<B: Backend>(
-    args: Args,
-    backend: B,
-    description: String,
-) -> Result<(), Box<dyn Error>> {
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Runs the proxy on `args.threads` threads until Ctrl-C. `backend` makes the backend of
+/// each cache layer: one per thread with `--runtime per-thread`, one in all with `shared`.
+fn start<B, F>(args: &Args, description: &str, backend: F) -> Result<(), BoxError>
+where
+    B: Backend,
+    F: Fn() -> Result<B, BoxError> + Sync,
+{
+    let threads = args
+        .threads
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    match args.runtime {
+        RuntimeKind::PerThread => run_per_thread(args, threads, description, &backend),
+        RuntimeKind::Shared => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let listener = TcpListener::bind(args.listen).await?;
+                let worker = Worker {
+                    listener,
+                    layer: cache_layer(backend()?, args),
+                    upstream: upstream(args)?,
+                };
+                announce(args, worker.listener.local_addr()?, description, threads);
+                worker
+                    .serve(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                        announce_shutdown();
+                    })
+                    .await;
+                Ok(())
+            })
+        }
+    }
+}
+
+/// One single-threaded runtime per thread, each with its own listening socket, upstream
+/// pool, cache layer (and, over memcached, its own connections): nginx's worker model. A
+/// hit is then served start to end on one thread, with no hand-off between threads and
+/// no work stealing; the kernel spreads incoming connections over the sockets
+/// (`SO_REUSEPORT`).
+fn run_per_thread<B, F>(
+    args: &Args,
+    threads: usize,
+    description: &str,
+    backend: &F,
+) -> Result<(), BoxError>
+where
+    B: Backend,
+    F: Fn() -> Result<B, BoxError> + Sync,
+{
+    // Everything that can fail is set up here, before any thread starts serving; the first
+    // socket resolves port 0, and the others bind the same address.
+    let mut workers = Vec::with_capacity(threads);
+    let mut addr = args.listen;
+    for _ in 0..threads {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Sockets and pools register with the runtime they are made in.
+        let _entered = runtime.enter();
+        let listener = bind_shared(addr).map_err(|err| format!("--listen {addr}: {err}"))?;
+        addr = listener.local_addr()?;
+        let worker = Worker {
+            listener,
+            layer: cache_layer(backend()?, args),
+            upstream: upstream(args)?,
+        };
+        drop(_entered);
+        workers.push((runtime, worker));
+    }
+    announce(args, addr, description, threads);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    std::thread::scope(|scope| {
+        for (index, (runtime, worker)) in workers.into_iter().enumerate() {
+            let mut stopped = stopped.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("proxy-{index}"))
+                .spawn_scoped(scope, move || {
+                    runtime.block_on(worker.serve(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    }));
+                });
+            if let Err(err) = spawned {
+                // The threads already started stop before the scope ends.
+                let _ = stop.send(true);
+                return Err(err.into());
+            }
+        }
+        let signals = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match signals {
+            Ok(signals) => {
+                let _ = signals.block_on(tokio::signal::ctrl_c());
+                announce_shutdown();
+                let _ = stop.send(true);
+                Ok(())
+            }
+            Err(err) => {
+                let _ = stop.send(true);
+                Err(err.into())
+            }
+        }
+    })
+}
+
+/// A listening socket that other threads of this process may bind to the same address
+/// (`SO_REUSEPORT`); the kernel spreads incoming connections over them.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted proxy can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    // nginx's default backlog on Linux.
+    socket.listen(511)
+}
+
+fn announce(args: &Args, addr: SocketAddr, description: &str, threads: usize) {
+    let runtime = match args.runtime {
+        RuntimeKind::PerThread => "a runtime per thread",
+        RuntimeKind::Shared => "one shared runtime",
+    };
+    println!(
+        "tower-memcache reverse proxy on http://{addr} -> http://{} ({description}, {threads} threads, {runtime})",
+        args.upstream
+            .authority()
+            .map_or("", |authority| authority.as_str()),
+    );
+}
+
+fn announce_shutdown() {
+    println!(
+        "shutting down: finishing open requests ({} s at most)",
+        GRACE.as_secs()
+    );
+}
+
+/// How long open requests may take to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The pooled client to the origin; made inside the runtime that will use it.
+fn upstream(args: &Args) -> Result<Arc<Upstream>, BoxError> {
     let authority = args
         .upstream
         .authority()
@@ -410,70 +590,75 @@ async fn serve<B: Backend>(
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
         .build(connector);
-    let upstream_authority = authority.clone();
-    let upstream = Arc::new(Upstream {
+    Ok(Arc::new(Upstream {
         client,
         host_value: HeaderValue::from_str(authority.as_str())?,
         authority,
         upstream_host: args.upstream_host,
-    });
+    }))
+}
 
-    // One layer for the process; its services share statistics and request coalescing.
-    let layer = MemcacheLayer::new(backend)
+fn cache_layer<B: Backend>(backend: B, args: &Args) -> MemcacheLayer<B> {
+    MemcacheLayer::new(backend)
         .namespace("proxy")
         .mode(args.mode)
-        .default_lifetime(args.ttl);
+        .default_lifetime(args.ttl)
+}
 
-    let listener = TcpListener::bind(args.listen).await?;
-    let threads = args
-        .threads
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1);
-    println!(
-        "tower-memcache reverse proxy on http://{} -> http://{} ({description}, {threads} threads)",
-        listener.local_addr()?,
-        upstream_authority,
-    );
+/// What one runtime serves with: its listener, its cache layer (whose services share
+/// statistics and request coalescing) and its pool to the origin.
+struct Worker<B> {
+    listener: TcpListener,
+    layer: MemcacheLayer<B>,
+    upstream: Arc<Upstream>,
+}
 
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let mut ctrl_c = pin!(tokio::signal::ctrl_c());
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off a little.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+impl<B: Backend> Worker<B> {
+    /// Accepts and serves connections until `shutdown` completes, then lets open requests
+    /// finish ([`GRACE`] at most).
+    async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            layer,
+            upstream,
+        } = self;
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off a little.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            // A cache service per connection, so the forwarding service knows the client's
+            // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
+            let upstream = Arc::clone(&upstream);
+            let service = layer.layer(tower::service_fn(move |request| {
+                forward(Arc::clone(&upstream), peer, request)
+            }));
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%peer, error = %error_chain(&*err), "connection ended with an error");
                 }
-            },
-            _ = &mut ctrl_c => break,
-        };
-        let _ = stream.set_nodelay(true);
-        // A cache service per connection, so the forwarding service knows the client's
-        // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
-        let upstream = Arc::clone(&upstream);
-        let service = layer.layer(tower::service_fn(move |request| {
-            forward(Arc::clone(&upstream), peer, request)
-        }));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %error_chain(&*err), "connection ended with an error");
-            }
-        });
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(GRACE) => {}
+        }
     }
-
-    println!("shutting down: finishing open requests (10 s at most)");
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(10)) => {}
-    }
-    Ok(())
 }

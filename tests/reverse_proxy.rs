@@ -128,6 +128,10 @@ impl Origin {
                 headers.insert("x-user", "alice".parse().unwrap());
                 headers.insert("x-token", "t".parse().unwrap());
             }
+            ("GET", "/slow") => {
+                headers.insert("cache-control", "no-store".parse().unwrap());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             ("GET", "/tagged") => {
                 headers.insert("cache-control", "max-age=60".parse().unwrap());
                 headers.insert("surrogate-key", "t1 t2".parse().unwrap());
@@ -183,7 +187,8 @@ fn example_binary() -> PathBuf {
         .join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX))
 }
 
-fn start_proxy(upstream: SocketAddr) -> Proxy {
+/// The proxy in front of `upstream`, on one thread unless `args` say otherwise.
+fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
     let binary = example_binary();
     assert!(
         binary.exists(),
@@ -202,6 +207,7 @@ fn start_proxy(upstream: SocketAddr) -> Proxy {
             "--threads",
             "1",
         ])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -291,7 +297,7 @@ impl Harness {
         Self {
             origin,
             origin_task,
-            proxy: start_proxy(origin_addr),
+            proxy: start_proxy(origin_addr, &[]),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -566,4 +572,90 @@ async fn rfc5861_4_stale_if_error_and_rfc9111_4_2_4_must_revalidate() {
         "{}",
         strict.cache_status()
     );
+}
+
+/// A client with a fresh connection per request, so that requests reach the proxy on
+/// new connections, which the kernel spreads over the per-thread listeners.
+fn one_shot_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http()
+}
+
+#[tokio::test]
+async fn runtimes_per_thread_serve_one_cache() {
+    let origin = Origin::default();
+    let (origin_addr, _origin_task) = start_origin(origin.clone()).await;
+    // No --memcache: the threads must share the one in-process store, or hits on the
+    // threads that did not store the entry would be misses.
+    let proxy = start_proxy(origin_addr, &["--threads", "3", "--runtime", "per-thread"]);
+    let client = one_shot_client();
+    let first = send(&client, &proxy, "GET", "/page", &[]).await;
+    until_hit(&client, &proxy, "/page").await;
+    // 24 connections over 3 sockets: all on the storing thread has odds of 3⁻²³.
+    for _ in 0..24 {
+        let answer = send(&client, &proxy, "GET", "/page", &[]).await;
+        assert_eq!(answer.cache_status(), "tower-memcache; hit");
+        assert_eq!(answer.body, first.body);
+    }
+    assert_eq!(origin.calls_to("/page"), 1);
+}
+
+/// SIGINT: the proxy stops accepting, lets the request in progress finish, and exits
+/// cleanly, in both runtime modes.
+#[cfg(unix)]
+#[tokio::test]
+async fn interrupt_finishes_open_requests_then_exits() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    for runtime in ["per-thread", "shared"] {
+        let origin = Origin::default();
+        let (origin_addr, _origin_task) = start_origin(origin.clone()).await;
+        let mut proxy = start_proxy(origin_addr, &["--threads", "2", "--runtime", runtime]);
+        let client = one_shot_client();
+        let slow = tokio::spawn({
+            let client = client.clone();
+            let uri = format!("http://{}/slow", proxy.addr);
+            async move {
+                let request = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+                let response = client.request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while origin.calls_to("/slow") == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{runtime}: /slow never reached the origin"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let pid = Pid::from_raw(i32::try_from(proxy.child.id()).unwrap());
+        kill(pid, Signal::SIGINT).unwrap();
+        let (status, body) = slow.await.unwrap().expect("the open request was cut off");
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"GET /slow #1"[..]),
+            "{runtime}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let exit = loop {
+            if let Some(exit) = proxy.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{runtime}: the proxy did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(exit.success(), "{runtime}: {exit}");
+        assert!(
+            std::net::TcpStream::connect(proxy.addr).is_err(),
+            "{runtime}: still listening"
+        );
+    }
 }
