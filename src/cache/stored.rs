@@ -60,12 +60,7 @@ pub(crate) fn backend_ttl(meta: &EntryMeta, keep_stale: Duration) -> Duration {
 pub(crate) fn header_map(meta: &EntryMeta) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(meta.headers.len());
     for (name, value) in &meta.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            map.append(name, value);
-        }
+        map.append(name.clone(), value.clone());
     }
     map
 }
@@ -98,7 +93,7 @@ impl Admission<'_> {
             .iter()
             .filter(|(name, _)| !is_unstored_field(name, headers, &cc))
             .filter(|(name, _)| !self.own_fields.contains(name))
-            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+            .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         let mut meta = EntryMeta {
             canonical_key,
@@ -208,12 +203,7 @@ pub(crate) fn response<B>(
         let headers = response.headers_mut();
         headers.reserve(meta.headers.len() + 3);
         for (name, value) in &meta.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(value),
-            ) {
-                headers.append(name, value);
-            }
+            headers.append(name.clone(), value.clone());
         }
         if is_head {
             // A GET's body length still describes the resource; hyper derives it for GET.

@@ -8,9 +8,10 @@
 //! decode to an error, which the layer treats as a miss.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::{CodecError, decode_value, encode_value};
+use super::{CodecError, decode_borrowed, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
 pub const FLAG_HTTP_ENTRY: u32 = 0x746d_0101;
@@ -25,15 +26,16 @@ pub const ENTRY_FORMAT_VERSION: u8 = 2;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Everything about a stored response except its body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryMeta {
     /// The canonical request key the entry was stored under; compared on every read so an
     /// md5 collision or a foreign value is never served.
     pub canonical_key: String,
     /// HTTP status code. (No HTTP version: a hit takes the client connection's.)
     pub status: u16,
-    /// End-to-end response headers, in order, as name and raw value.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// End-to-end response headers, in order. Decoded, the values share the stored bytes
+    /// (a hit copies none of them).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The request header values the response varied on (`Vary`), lower-case name to
     /// normalised value (`None` when the request had no such header).
     pub vary: Vec<(String, Option<String>)>,
@@ -55,6 +57,98 @@ pub struct EntryMeta {
     pub generation: u64,
     /// Its tags and their generations when stored; a purge of a tag changes its generation.
     pub tags: Vec<(String, u64)>,
+}
+
+/// How [`EntryMeta`] is stored: the same fields, with text and bytes borrowed, so that
+/// decoding allocates only what the entry must own and header values can be slices of the
+/// stored bytes.
+#[derive(Serialize, Deserialize)]
+struct StoredMeta<'a> {
+    canonical_key: &'a str,
+    status: u16,
+    #[serde(borrow)]
+    headers: Vec<(&'a str, &'a [u8])>,
+    #[serde(borrow)]
+    vary: Vec<(&'a str, Option<&'a str>)>,
+    stored_at_ms: u64,
+    initial_age_ms: u64,
+    fresh_for_ms: u64,
+    stale_while_revalidate_ms: u64,
+    stale_if_error_ms: u64,
+    forbids_stale: bool,
+    no_cache: bool,
+    generation: u64,
+    #[serde(borrow)]
+    tags: Vec<(&'a str, u64)>,
+}
+
+impl<'a> StoredMeta<'a> {
+    fn of(meta: &'a EntryMeta) -> Self {
+        Self {
+            canonical_key: &meta.canonical_key,
+            status: meta.status,
+            headers: meta
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                .collect(),
+            vary: meta
+                .vary
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_deref()))
+                .collect(),
+            stored_at_ms: meta.stored_at_ms,
+            initial_age_ms: meta.initial_age_ms,
+            fresh_for_ms: meta.fresh_for_ms,
+            stale_while_revalidate_ms: meta.stale_while_revalidate_ms,
+            stale_if_error_ms: meta.stale_if_error_ms,
+            forbids_stale: meta.forbids_stale,
+            no_cache: meta.no_cache,
+            generation: meta.generation,
+            tags: meta
+                .tags
+                .iter()
+                .map(|(name, generation)| (name.as_str(), *generation))
+                .collect(),
+        }
+    }
+
+    /// The owned metadata; `stored` holds the bytes this was decoded from, which header
+    /// values are sliced from. A stored header that is not a valid field is left out.
+    fn into_meta(self, stored: &Bytes) -> EntryMeta {
+        let headers = self
+            .headers
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                let value = HeaderValue::from_maybe_shared(stored.slice_ref(value)).ok()?;
+                Some((name, value))
+            })
+            .collect();
+        EntryMeta {
+            canonical_key: self.canonical_key.to_owned(),
+            status: self.status,
+            headers,
+            vary: self
+                .vary
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.map(str::to_owned)))
+                .collect(),
+            stored_at_ms: self.stored_at_ms,
+            initial_age_ms: self.initial_age_ms,
+            fresh_for_ms: self.fresh_for_ms,
+            stale_while_revalidate_ms: self.stale_while_revalidate_ms,
+            stale_if_error_ms: self.stale_if_error_ms,
+            forbids_stale: self.forbids_stale,
+            no_cache: self.no_cache,
+            generation: self.generation,
+            tags: self
+                .tags
+                .into_iter()
+                .map(|(name, generation)| (name.to_owned(), generation))
+                .collect(),
+        }
+    }
 }
 
 /// What the primary key of a URL holds when its responses vary on request headers: the
@@ -82,7 +176,7 @@ pub struct Entry {
 
 /// Encodes an entry into the bytes stored in memcached.
 pub fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> {
-    let meta_bytes = encode_value(meta)?;
+    let meta_bytes = encode_value(&StoredMeta::of(meta))?;
     let meta_len = u32::try_from(meta_bytes.len()).map_err(|_| {
         CodecError(format!(
             "entry metadata too large: {} bytes",
@@ -101,8 +195,9 @@ pub fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> 
 /// Decodes stored bytes; the body shares `bytes`' allocation.
 pub fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
     let (meta, body) = split(&bytes, MAGIC)?;
+    let meta = decode_borrowed::<StoredMeta>(meta)?.into_meta(&bytes);
     Ok(Entry {
-        meta: decode_value(meta)?,
+        meta,
         body: bytes.slice(body..),
     })
 }
@@ -154,7 +249,16 @@ mod tests {
         EntryMeta {
             canonical_key: "GET http://example.com/a?b".into(),
             status: 200,
-            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            headers: vec![
+                (
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                ),
+                (
+                    HeaderName::from_static("x-custom"),
+                    HeaderValue::from_static("a"),
+                ),
+            ],
             vary: vec![("accept-encoding".into(), Some("gzip".into()))],
             stored_at_ms: 1_700_000_000_000,
             initial_age_ms: 2_000,
@@ -194,6 +298,39 @@ mod tests {
             bytes.len() - 10,
             "body is a slice of the stored bytes"
         );
+        let value = entry.meta.headers[0].1.as_bytes();
+        let stored = bytes.as_ptr_range();
+        assert!(
+            stored.contains(&value.as_ptr()),
+            "header values are slices of the stored bytes"
+        );
+    }
+
+    #[test]
+    fn stored_form_is_the_owned_shape_on_the_wire() {
+        // Entries of format 2 written with owned names and values read back unchanged.
+        let owned = vec![("content-type".to_string(), b"text/plain".to_vec())];
+        let borrowed = vec![("content-type", &b"text/plain"[..])];
+        assert_eq!(
+            encode_value(&owned).unwrap(),
+            encode_value(&borrowed).unwrap()
+        );
+    }
+
+    #[test]
+    fn invalid_stored_fields_are_left_out() {
+        let expected = meta();
+        let mut wire = StoredMeta::of(&expected);
+        wire.headers.push(("bad name", b"v"));
+        wire.headers.push(("x-ok", b"bad\nvalue"));
+        let mut bytes = BytesMut::new();
+        let encoded = encode_value(&wire).unwrap();
+        bytes.put_slice(MAGIC);
+        bytes.put_u8(ENTRY_FORMAT_VERSION);
+        bytes.put_u32_le(u32::try_from(encoded.len()).unwrap());
+        bytes.put_slice(&encoded);
+        let entry = decode_entry(bytes.freeze()).unwrap();
+        assert_eq!(entry.meta, meta());
     }
 
     #[test]

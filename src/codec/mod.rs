@@ -56,7 +56,14 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecEr
 /// Decodes bytes written by [`encode_value`]. Trailing bytes, truncation and type mismatches
 /// are errors.
 pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
+    decode_borrowed(bytes)
+}
+
+/// Decodes bytes written by [`encode_value`] into a value that may borrow from them.
+pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, CodecError> {
+    let (value, read) = bincode::serde::borrow_decode_from_slice(bytes, config())
         .map_err(|err| CodecError(format!("cannot decode value: {err}")))?;
     if read != bytes.len() {
         return Err(CodecError(format!(
