@@ -100,6 +100,12 @@ use tower_memcache::cache::{MemcacheLayer, OriginUnreachable};
 use tower_memcache::policy::{CacheMode, is_hop_by_hop};
 use tracing_subscriber::EnvFilter;
 
+// glibc's malloc was about a tenth of the CPU time of a cache hit here (a hit allocates
+// for the request, the entry's headers and the response); mimalloc's thread-local
+// free lists fit a server whose threads each allocate and free their own requests'.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] [--listen ADDR] \
 [--memcache HOST:PORT[,HOST:PORT...]] [--mode origin|routes] [--ttl SECS] [--threads N] \
 [--runtime per-thread|shared] [--upstream-host]";
