@@ -29,7 +29,9 @@
 //!   `--memcache`, the one in-process store all threads share) keep the threads from all
 //!   calling the origin for one missing URL. `shared` is one multi-threaded, work-stealing
 //!   runtime behind one listener and one layer: better when the work per connection is
-//!   uneven (a few long-lived busy connections), or where `SO_REUSEPORT` is missing.
+//!   uneven (a few long-lived busy connections), or where `SO_REUSEPORT` is missing. As
+//!   with nginx's `reuseport`, a second `per-thread` proxy that the same user starts on
+//!   the same address does not fail to bind: the two share the incoming connections.
 //! - `--upstream-host`: send the upstream's authority as `Host` (nginx's default
 //!   `$proxy_host`) and the client's in `X-Forwarded-Host`. Without it the client's `Host`
 //!   goes to the origin unchanged (nginx's `proxy_set_header Host $host`), which keeps the
