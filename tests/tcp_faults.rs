@@ -147,6 +147,42 @@ async fn silent_server_times_out_then_fails_fast() {
     silent.abort();
 }
 
+/// A caller that bounds a call by the backend's own timeout (as `MemcacheLayer` does with
+/// its lookup timeout) drops it at that moment; a hung server must still be marked down.
+#[tokio::test]
+async fn calls_abandoned_at_the_timeout_count_as_timeouts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let backend = backend(addr.clone());
+    // The first call connects (well inside the connect timeout), so it is abandoned
+    // waiting for its reply, as the later ones are.
+    for _ in 0..3 {
+        let abandoned = tokio::time::timeout(TIMEOUT, backend.get("k")).await;
+        assert!(
+            abandoned.is_err(),
+            "a silent server answered: {abandoned:?}"
+        );
+    }
+    assert!(backend.is_server_down(0));
+    // Calls given up well before the timeout say nothing about the server.
+    let patient = self::backend(addr);
+    for _ in 0..3 {
+        let abandoned = tokio::time::timeout(TIMEOUT / 5, patient.get("k")).await;
+        assert!(
+            abandoned.is_err(),
+            "a silent server answered: {abandoned:?}"
+        );
+    }
+    assert!(!patient.is_server_down(0));
+    silent.abort();
+}
+
 /// What the fake server does on each accepted connection, in order; later connections
 /// behave like memcached for `get` (always a miss) and `set`.
 #[derive(Clone, Copy)]

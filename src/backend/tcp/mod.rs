@@ -535,6 +535,14 @@ impl TcpBackend {
             });
         }
         let deadline = inner.timeout + inner.settings.connect_timeout;
+        // Counts the call as a timeout if its caller drops it past our timeout: a caller
+        // bounding calls by the same time (`MemcacheLayer` does) gives up first, and a hung
+        // server must still be marked down.
+        let abandoned = Abandoned {
+            backend: self,
+            index,
+            started: tokio::time::Instant::now(),
+        };
         let outcome =
             match tokio::time::timeout(deadline, server.call(request, &inner.settings)).await {
                 Err(_) => Err(BackendError::Timeout {
@@ -555,13 +563,45 @@ impl TcpBackend {
                     )))
                 }
             };
-        if server.record(&outcome, inner.failure_threshold) == Transition::WentDown {
+        std::mem::forget(abandoned);
+        self.account(index, &outcome);
+        outcome
+    }
+
+    /// Counts a call's outcome towards its server's health; at the failure threshold the
+    /// server is marked down and probed.
+    fn account(&self, index: usize, outcome: &Result<Reply, BackendError>) {
+        let server = &self.inner.servers[index];
+        if server.record(outcome, self.inner.failure_threshold) == Transition::WentDown {
             tracing::warn!(server = %server.name, "memcached server marked down; probing");
             server.close_connections();
             rebuild_ring(&self.inner);
-            tokio::spawn(probe(Arc::downgrade(&self.inner), index));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(probe(Arc::downgrade(&self.inner), index));
+            }
         }
-        outcome
+    }
+}
+
+/// A call in [`TcpBackend::execute`]; dropped unfinished (its caller gave up), it counts as
+/// a timeout once it has waited the backend's timeout. Calls given up earlier say nothing
+/// about the server.
+struct Abandoned<'a> {
+    backend: &'a TcpBackend,
+    index: usize,
+    started: tokio::time::Instant,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let inner = &self.backend.inner;
+        if self.started.elapsed() >= inner.timeout {
+            let timeout = Err(BackendError::Timeout {
+                server: inner.servers[self.index].name.to_string(),
+                after: inner.timeout,
+            });
+            self.backend.account(self.index, &timeout);
+        }
     }
 }
 
