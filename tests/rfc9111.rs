@@ -544,6 +544,20 @@ async fn rfc9110_13_conditionals_answered_from_the_cache<B: Backend>(backend: B)
     // If-Match is for the origin to judge.
     get_with(&svc, "/doc", &[("if-match", "\"v1\"")]).await;
     assert_eq!(origin.calls(), calls + 1);
+    // Also while another request for the URL is at the origin: it is not answered with
+    // that request's response either.
+    origin.ok("/slow-doc", &[("cache-control", "max-age=60")], "slow");
+    origin.update("/slow-doc", |s| s.delay = Duration::from_millis(100));
+    let (_, judged) = tokio::join!(get(&svc, "/slow-doc"), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        get_with(&svc, "/slow-doc", &[("if-match", "\"other\"")]).await
+    });
+    assert_eq!(judged.body, "slow #4", "its own answer from the origin");
+    assert!(
+        !judged.cache_status().contains("collapsed"),
+        "{}",
+        judged.cache_status()
+    );
 }
 
 async fn rfc9111_4_3_revalidation_refreshes_or_replaces<B: Backend>(backend: B) {

@@ -136,8 +136,9 @@ struct Plan {
     /// The route's lifetime.
     lifetime: Duration,
     request_cc: CacheControl,
-    /// `false` for requests with preconditions only the origin can evaluate.
-    lookup: bool,
+    /// `false` for requests with preconditions only the origin can evaluate: they are never
+    /// answered from the cache, neither from a lookup nor from another request's response.
+    from_cache: bool,
 }
 
 /// Held by the request that refills a URL: its followers in this process and its lease
@@ -266,7 +267,7 @@ impl<B: Backend> Shared<B> {
             canonical,
             lifetime,
             request_cc: CacheControl::parse_request(request.headers()),
-            lookup: !has_origin_preconditions(request.headers()),
+            from_cache: !has_origin_preconditions(request.headers()),
         })
     }
 
@@ -696,7 +697,7 @@ where
         return Box::pin(bypass(&shared, inner, request)).await;
     };
     let is_head = request.method() == Method::HEAD;
-    let (found, detail) = if plan.lookup {
+    let (found, detail) = if plan.from_cache {
         match shared
             .storage
             .lookup(&plan.canonical, &plan.key, request.headers())
@@ -734,7 +735,7 @@ where
     }
     // Coordinate with other requests for the key: in this process, then across processes.
     let mut filler = Filler::none();
-    if !is_head {
+    if !is_head && plan.from_cache {
         match shared
             .config
             .flights
