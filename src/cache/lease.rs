@@ -94,25 +94,3 @@ pub(crate) async fn held<B: Backend>(storage: &Storage<B>, canonical: &str) -> b
         Ok(Some(_))
     )
 }
-
-/// Polls every `interval` for at most `wait` until `ready` yields something.
-pub(crate) async fn poll_until<T, F, Fut>(
-    wait: Duration,
-    interval: Duration,
-    mut ready: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        tokio::time::sleep(interval).await;
-        if let Some(found) = ready().await {
-            return Some(found);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-    }
-}

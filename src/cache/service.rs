@@ -273,15 +273,16 @@ impl<B: Backend> Shared<B> {
 
     /// Answers from an entry: the stored response, or a 304 when the client's own
     /// conditions hold (RFC 9110 §13.2.2).
+    /// `freshness` is the entry's now, as the caller decided on it.
     fn answer<ResBody>(
         &self,
         entry: &Entry,
+        freshness: &Freshness,
         request_headers: &HeaderMap,
         is_head: bool,
         params: Option<&str>,
     ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
-        let freshness = stored::freshness(meta, now_ms());
         // Only a request with preconditions needs the stored headers as a map.
         let stored_headers = (meta.status == 200 && has_preconditions(request_headers))
             .then(|| header_map(meta))
@@ -292,7 +293,7 @@ impl<B: Backend> Shared<B> {
             (None, Some(status)) if !stale => {
                 response.headers_mut().insert(CACHE_STATUS, status.hit());
             }
-            (None, Some(_)) => self.set_status(&mut response, &stale_hit(&freshness), None),
+            (None, Some(_)) => self.set_status(&mut response, &stale_hit(freshness), None),
             (Some(params), Some(_)) => self.set_status(&mut response, params, None),
             (_, None) => {}
         }
@@ -314,18 +315,22 @@ impl<B: Backend> Shared<B> {
         response
     }
 
-    /// Whether an entry published by another request may answer this one now.
-    fn usable_now(&self, entry: &Entry, plan: &Plan, request_headers: &HeaderMap) -> bool {
+    /// The freshness of an entry published by another request, if it may answer this one
+    /// now.
+    fn usable_now(
+        &self,
+        entry: &Entry,
+        plan: &Plan,
+        request_headers: &HeaderMap,
+    ) -> Option<Freshness> {
         let meta = &entry.meta;
-        meta.canonical_key == plan.canonical
-            && meta
-                .vary
-                .iter()
-                .all(|(name, stored)| normalized_header(request_headers, name) == *stored)
+        let freshness = stored::freshness(meta, now_ms());
+        (stored::selects(meta, &plan.canonical, request_headers)
             && matches!(
-                stored::freshness(meta, now_ms()).reuse(&plan.request_cc),
+                freshness.reuse(&plan.request_cc),
                 Reuse::Fresh | Reuse::StaleAccepted
-            )
+            ))
+        .then_some(freshness)
     }
 
     /// The response's own lifetime (extension or header, the header removed) or the
@@ -714,10 +719,10 @@ where
         let freshness = stored::freshness(&entry.meta, now_ms());
         match freshness.reuse(&plan.request_cc) {
             Reuse::Fresh | Reuse::StaleAccepted => {
-                return Ok(shared.answer(entry, request.headers(), is_head, None));
+                return Ok(shared.answer(entry, &freshness, request.headers(), is_head, None));
             }
             Reuse::StaleWhileRevalidate => {
-                let response = shared.answer(entry, request.headers(), is_head, None);
+                let response = shared.answer(entry, &freshness, request.headers(), is_head, None);
                 revalidate_in_background(&shared, inner, request, plan, found);
                 return Ok(response);
             }
@@ -745,11 +750,13 @@ where
             Flight::Follower(rx) => {
                 shared.config.stats.record_coalesced();
                 let entry = single_flight::wait(rx, shared.config.coalesce_timeout).await;
-                if let Some(entry) =
-                    entry.filter(|e| shared.usable_now(e, &plan, request.headers()))
-                {
+                if let Some((entry, freshness)) = entry.and_then(|entry| {
+                    let freshness = shared.usable_now(&entry, &plan, request.headers())?;
+                    Some((entry, freshness))
+                }) {
                     let params = format!("fwd={fwd}; collapsed");
-                    return Ok(shared.answer(&entry, request.headers(), is_head, Some(&params)));
+                    let headers = request.headers();
+                    return Ok(shared.answer(&entry, &freshness, headers, is_head, Some(&params)));
                 }
             }
             Flight::Alone => {}
@@ -759,7 +766,7 @@ where
                 match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
                     Acquired::Mine(lease) => filler.lease = Some(lease),
                     Acquired::Elsewhere => {
-                        if let Some(entry) =
+                        if let Some((entry, freshness)) =
                             Box::pin(wait_for_other_process(&shared, &plan, request.headers()))
                                 .await
                         {
@@ -767,6 +774,7 @@ where
                             let params = format!("fwd={fwd}; collapsed");
                             return Ok(shared.answer(
                                 &entry,
+                                &freshness,
                                 request.headers(),
                                 is_head,
                                 Some(&params),
@@ -790,34 +798,32 @@ async fn wait_for_other_process<B: Backend>(
     shared: &Shared<B>,
     plan: &Plan,
     request_headers: &HeaderMap,
-) -> Option<Arc<Entry>> {
-    let outcome = lease::poll_until(
-        shared.config.lease_wait,
-        shared.config.lease_poll,
-        || async {
-            // The lease before the entry: its holder releases it only once its entry is
-            // stored, so a lease found gone means the lookup that follows sees that entry,
-            // whereas a lookup read first could miss a store that lands just before the
-            // release (and send this request to the origin as well).
-            let released = !lease::held(&shared.storage, &plan.canonical).await;
-            let lookup = shared
-                .storage
-                .lookup(&plan.canonical, &plan.key, request_headers)
-                .await;
-            if let Lookup::Found(Found {
-                entry: Some(entry), ..
-            }) = lookup
-            {
-                if shared.usable_now(&entry, plan, request_headers) {
-                    return Some(Some(entry));
-                }
+) -> Option<(Arc<Entry>, Freshness)> {
+    let deadline = tokio::time::Instant::now() + shared.config.lease_wait;
+    loop {
+        tokio::time::sleep(shared.config.lease_poll).await;
+        // The lease before the entry: its holder releases it only once its entry is
+        // stored, so a lease found gone means the lookup that follows sees that entry,
+        // whereas a lookup read first could miss a store that lands just before the
+        // release (and send this request to the origin as well).
+        let released = !lease::held(&shared.storage, &plan.canonical).await;
+        let lookup = shared
+            .storage
+            .lookup(&plan.canonical, &plan.key, request_headers)
+            .await;
+        if let Lookup::Found(Found {
+            entry: Some(entry), ..
+        }) = lookup
+        {
+            if let Some(freshness) = shared.usable_now(&entry, plan, request_headers) {
+                return Some((entry, freshness));
             }
-            // Released with nothing stored: stop waiting, go to the origin.
-            released.then_some(None)
-        },
-    )
-    .await;
-    outcome.flatten()
+        }
+        // Released with nothing stored: stop waiting, go to the origin.
+        if released || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
 }
 
 /// Sends the request to the inner service (conditionally, when a stored response can be
@@ -864,7 +870,13 @@ where
         let freshness = stored::freshness(&entry.meta, now_ms());
         if freshness.usable_on_error(&plan.request_cc) {
             let params = format!("{}; detail=stale-if-error", stale_hit(&freshness));
-            return Some(shared.answer(entry, &request_headers, is_head, Some(&params)));
+            return Some(shared.answer(
+                entry,
+                &freshness,
+                &request_headers,
+                is_head,
+                Some(&params),
+            ));
         }
         if unreachable && freshness.forbids_stale {
             let mut response = stored::gateway_timeout();
@@ -900,7 +912,9 @@ where
             tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
             let params = format!("fwd={fwd}; fwd-status=304");
             if ours {
-                return Ok(shared.answer(&refreshed, &request_headers, is_head, Some(&params)));
+                let freshness = stored::freshness(&refreshed.meta, now_ms());
+                let headers = &request_headers;
+                return Ok(shared.answer(&refreshed, &freshness, headers, is_head, Some(&params)));
             }
             let mut passed = response.map(ResponseBody::passthrough);
             shared.set_status(&mut passed, &params, None);

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::HeaderMap;
 
+use super::stored;
 use crate::backend::{Backend, BackendError, Item, Lifetime};
 use crate::codec::entry::{
     Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_entry,
@@ -172,12 +173,7 @@ impl<B: Backend> Storage<B> {
             return Lookup::Found(found);
         };
         let meta = &entry.meta;
-        let same_request = meta.canonical_key == canonical
-            && meta
-                .vary
-                .iter()
-                .all(|(name, stored)| normalized_header(request_headers, name) == *stored);
-        if !same_request {
+        if !stored::selects(meta, canonical, request_headers) {
             tracing::debug!(key = primary_key, "entry stored for another request; miss");
             return Lookup::Found(found);
         }

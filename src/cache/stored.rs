@@ -12,7 +12,7 @@ use super::body::ResponseBody;
 use crate::codec::entry::{Entry, EntryMeta};
 use crate::policy::conditional::not_modified_headers;
 use crate::policy::freshness::{Freshness, initial_age};
-use crate::policy::{CacheControl, CacheMode, Policy, is_unstored_field};
+use crate::policy::{CacheControl, CacheMode, Policy, is_unstored_field, normalized_header};
 
 /// Milliseconds since the unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -54,6 +54,16 @@ pub(crate) fn backend_ttl(meta: &EntryMeta, keep_stale: Duration) -> Duration {
         stale = stale.max(duration_ms(keep_stale));
     }
     Duration::from_millis(fresh_left.saturating_add(stale))
+}
+
+/// Whether `meta` was stored for this request: the same canonical key, and the same
+/// values of the request headers it varies on.
+pub(crate) fn selects(meta: &EntryMeta, canonical: &str, request_headers: &HeaderMap) -> bool {
+    meta.canonical_key == canonical
+        && meta
+            .vary
+            .iter()
+            .all(|(name, stored)| normalized_header(request_headers, name) == *stored)
 }
 
 /// The stored headers of an entry as a map (for conditionals and refreshes).

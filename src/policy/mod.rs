@@ -413,17 +413,23 @@ pub fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 pub fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
-    let joined = values
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect::<Vec<_>>()
-        .join(",");
-    Some(
-        joined
-            .split(',')
-            .map(|part| part.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
+    // One pass into one string: this runs for every varied header of every hit.
+    let mut normalized = String::new();
+    let mut first_part = true;
+    for value in values {
+        for part in String::from_utf8_lossy(value.as_bytes()).split(',') {
+            if !std::mem::take(&mut first_part) {
+                normalized.push_str(", ");
+            }
+            for (index, word) in part.split_whitespace().enumerate() {
+                if index > 0 {
+                    normalized.push(' ');
+                }
+                normalized.push_str(word);
+            }
+        }
+    }
+    Some(normalized)
 }
 
 #[cfg(test)]
@@ -579,6 +585,9 @@ pub(crate) mod tests {
             Some("gzip, br, deflate")
         );
         assert_eq!(normalized_header(&map, "accept"), None);
+        let odd = headers(&[("x", "a,,\tb  c"), ("x", ""), ("y", "")]);
+        assert_eq!(normalized_header(&odd, "x").as_deref(), Some("a, , b c, "));
+        assert_eq!(normalized_header(&odd, "y").as_deref(), Some(""));
         let names: Vec<_> = vary_names(&headers(&[("vary", "Accept-Encoding, ACCEPT")])).collect();
         assert_eq!(names, ["accept-encoding", "accept"]);
     }
