@@ -473,11 +473,7 @@ impl TcpBackend {
     }
 
     fn server_index(&self, key: &str) -> Result<usize, BackendError> {
-        self.server_for_key(key)
-            .ok_or_else(|| BackendError::Unreachable {
-                server: "(none)".to_string(),
-                reason: "every server is marked down".to_string(),
-            })
+        server_in(&self.ring(), key)
     }
 
     async fn keyed(
@@ -605,6 +601,15 @@ impl Drop for Abandoned<'_> {
     }
 }
 
+/// The server of `key` on `ring`.
+fn server_in(ring: &Ring, key: &str) -> Result<usize, BackendError> {
+    ring.server_for(key.as_bytes())
+        .ok_or_else(|| BackendError::Unreachable {
+            server: "(none)".to_string(),
+            reason: "every server is marked down".to_string(),
+        })
+}
+
 fn rebuild_ring(inner: &Inner) {
     if !inner.remove_failed_servers {
         return;
@@ -699,10 +704,12 @@ impl Backend for TcpBackend {
         }
         // The common case (a cache hit reads its entry and the namespace generation): every
         // key on one server, one request, none of the per-server bookkeeping below.
+        let ring = self.ring();
         let indexes = keys
             .iter()
-            .map(|key| self.server_index(key))
+            .map(|key| server_in(&ring, key))
             .collect::<Result<Vec<_>, _>>()?;
+        drop(ring);
         if let Some(&first) = indexes.first() {
             if keys.len() <= MAX_KEYS_PER_GET && indexes.iter().all(|&i| i == first) {
                 let mut request = BytesMut::new();

@@ -153,7 +153,11 @@ impl Server {
                 Transition::None
             }
             _ => {
-                self.consecutive_failures.store(0, Ordering::Release);
+                // Read first: a store on every success would bounce the cache line between
+                // the threads calling this server.
+                if self.consecutive_failures.load(Ordering::Acquire) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Release);
+                }
                 Transition::None
             }
         }
