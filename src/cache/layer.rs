@@ -174,15 +174,17 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
-    /// Request headers that are part of the key (e.g. `accept-language`). Defaults to none.
+    /// Request headers that select among a URL's stored responses as if every response
+    /// named them in `Vary` (e.g. `accept-language`): each value gets its own entry, under
+    /// the URL's key, so purging the URL purges them all. Defaults to none.
     pub fn key_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
         self.config.key_headers = headers.into_iter().collect();
         self
     }
 
     /// Replaces the canonical request key with your own; the namespace still applies.
-    /// Defaults to method (HEAD as GET), scheme, authority, path, query and
-    /// [`key_headers`](Self::key_headers).
+    /// Defaults to method (HEAD as GET), scheme, authority, path and query. Variants by
+    /// `Vary` and [`key_headers`](Self::key_headers) still apply under your key.
     pub fn key_fn(mut self, key_fn: impl KeyFn) -> Self {
         self.config.canonical.key_fn = Some(Arc::new(key_fn));
         self

@@ -1,8 +1,9 @@
 //! The HTTP cache middleware: [`MemcacheLayer`] and its service [`Memcache`].
 //!
 //! A GET or HEAD request is keyed by the seeds' formula over a canonical request key
-//! (method with HEAD as GET, scheme, authority, path, query, and headers you name), looked
-//! up in the backend and, on a hit, answered with the stored status, headers and body plus
+//! (method with HEAD as GET, scheme, authority, path, query; responses that vary on request
+//! headers, by `Vary` or the headers you name, are variants under that key), looked up in
+//! the backend and, on a hit, answered with the stored status, headers and body plus
 //! `Age` and an RFC 9211 `Cache-Status`. On a miss the inner service answers; its body
 //! streams to the client while a bounded copy is taken, and when it completes within the
 //! entry size limit and the policy allows, the entry is stored in the background.

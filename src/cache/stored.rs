@@ -47,7 +47,7 @@ pub(crate) fn backend_ttl(meta: &EntryMeta, keep_stale: Duration) -> Duration {
     let can_revalidate = meta
         .headers
         .iter()
-        .any(|(name, _)| name == "etag" || name == "last-modified");
+        .any(|(name, _)| name == header::ETAG || name == header::LAST_MODIFIED);
     let fresh_left = meta.fresh_for_ms.saturating_sub(meta.initial_age_ms);
     let mut stale = meta.stale_while_revalidate_ms.max(meta.stale_if_error_ms);
     if can_revalidate {

@@ -176,20 +176,7 @@ pub struct Entry {
 
 /// Encodes an entry into the bytes stored in memcached.
 pub fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> {
-    let meta_bytes = encode_value(&StoredMeta::of(meta))?;
-    let meta_len = u32::try_from(meta_bytes.len()).map_err(|_| {
-        CodecError(format!(
-            "entry metadata too large: {} bytes",
-            meta_bytes.len()
-        ))
-    })?;
-    let mut out = BytesMut::with_capacity(HEADER_LEN + meta_bytes.len() + body.len());
-    out.put_slice(MAGIC);
-    out.put_u8(ENTRY_FORMAT_VERSION);
-    out.put_u32_le(meta_len);
-    out.put_slice(&meta_bytes);
-    out.put_slice(body);
-    Ok(out.freeze())
+    frame(MAGIC, &encode_value(&StoredMeta::of(meta))?, body)
 }
 
 /// Decodes stored bytes; the body shares `bytes`' allocation.
@@ -204,14 +191,19 @@ pub fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
 
 /// Encodes a variant index.
 pub fn encode_index(index: &VariantIndex) -> Result<Bytes, CodecError> {
-    let meta = encode_value(index)?;
+    frame(INDEX_MAGIC, &encode_value(index)?, &[])
+}
+
+/// `magic | version | metadata length | metadata | rest`: what [`split`] takes apart.
+fn frame(magic: &[u8; 4], meta: &[u8], rest: &[u8]) -> Result<Bytes, CodecError> {
     let len = u32::try_from(meta.len())
-        .map_err(|_| CodecError(format!("variant index too large: {} bytes", meta.len())))?;
-    let mut out = BytesMut::with_capacity(HEADER_LEN + meta.len());
-    out.put_slice(INDEX_MAGIC);
+        .map_err(|_| CodecError(format!("metadata too large: {} bytes", meta.len())))?;
+    let mut out = BytesMut::with_capacity(HEADER_LEN + meta.len() + rest.len());
+    out.put_slice(magic);
     out.put_u8(ENTRY_FORMAT_VERSION);
     out.put_u32_le(len);
-    out.put_slice(&meta);
+    out.put_slice(meta);
+    out.put_slice(rest);
     Ok(out.freeze())
 }
 
@@ -323,13 +315,8 @@ mod tests {
         let mut wire = StoredMeta::of(&expected);
         wire.headers.push(("bad name", b"v"));
         wire.headers.push(("x-ok", b"bad\nvalue"));
-        let mut bytes = BytesMut::new();
-        let encoded = encode_value(&wire).unwrap();
-        bytes.put_slice(MAGIC);
-        bytes.put_u8(ENTRY_FORMAT_VERSION);
-        bytes.put_u32_le(u32::try_from(encoded.len()).unwrap());
-        bytes.put_slice(&encoded);
-        let entry = decode_entry(bytes.freeze()).unwrap();
+        let bytes = frame(MAGIC, &encode_value(&wire).unwrap(), &[]).unwrap();
+        let entry = decode_entry(bytes).unwrap();
         assert_eq!(entry.meta, meta());
     }
 

@@ -176,7 +176,7 @@ fn field_names(list: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Splits on commas outside quoted strings (`no-cache="a, b"` is one directive).
-fn split_directives(text: &str) -> impl Iterator<Item = &str> {
+pub(super) fn split_directives(text: &str) -> impl Iterator<Item = &str> {
     let mut parts = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, c) in text.char_indices() {

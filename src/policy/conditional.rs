@@ -4,6 +4,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::cache_control::split_directives;
 use super::freshness::http_date;
 
 /// The precondition fields a request may carry.
@@ -50,10 +51,10 @@ pub fn has_origin_preconditions(headers: &HeaderMap) -> bool {
 /// assert!(!weak_match(b"\"1\"", b"\"2\""));
 /// ```
 pub fn weak_match(a: &[u8], b: &[u8]) -> bool {
-    let opaque = |tag: &[u8]| {
-        let tag = trim(tag);
-        tag.strip_prefix(b"W/").unwrap_or(tag).to_vec()
-    };
+    fn opaque(tag: &[u8]) -> &[u8] {
+        let tag = tag.trim_ascii();
+        tag.strip_prefix(b"W/").unwrap_or(tag)
+    }
     let (a, b) = (opaque(a), opaque(b));
     a.len() >= 2 && a.first() == Some(&b'"') && a == b
 }
@@ -70,8 +71,9 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
         return request
             .get_all(header::IF_NONE_MATCH)
             .iter()
-            .flat_map(|v| split_list(v.as_bytes()))
-            .any(|tag| tag == b"*" || weak_match(tag, etag.as_bytes()));
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(split_directives)
+            .any(|tag| tag == "*" || weak_match(tag.as_bytes(), etag.as_bytes()));
     }
     let Some(since) = http_date(request, &header::IF_MODIFIED_SINCE) else {
         return false;
@@ -102,7 +104,7 @@ pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
 /// a response with neither validator matches only a stored response with neither.
 pub fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
     match (fresh.get(header::ETAG), stored.get(header::ETAG)) {
-        (Some(a), Some(b)) => return trim(a.as_bytes()) == trim(b.as_bytes()),
+        (Some(a), Some(b)) => return a.as_bytes().trim_ascii() == b.as_bytes().trim_ascii(),
         (Some(_), None) | (None, Some(_)) => return false,
         (None, None) => {}
     }
@@ -123,29 +125,6 @@ pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
         }
     }
     headers
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    bytes.trim_ascii()
-}
-
-/// Splits an entity-tag list on commas outside quotes.
-fn split_list(bytes: &[u8]) -> Vec<&[u8]> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted) = (0, false);
-    for (i, b) in bytes.iter().enumerate() {
-        match b {
-            b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                parts.push(trim(&bytes[start..i]));
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(trim(&bytes[start..]));
-    parts.retain(|p| !p.is_empty());
-    parts
 }
 
 #[cfg(test)]
