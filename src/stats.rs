@@ -50,7 +50,9 @@ pub struct StatsSnapshot {
     pub stores: u64,
     /// Entries the backend refused or failed to write.
     pub store_failures: u64,
-    /// Backend errors and timeouts on lookup (each one became a miss).
+    /// Backend operations that failed or timed out: lookups (each one became a miss), and
+    /// also stores, leases and purges (a failed store counts here and in
+    /// `store_failures`).
     pub backend_errors: u64,
     /// Requests that waited for another request's response to the same key.
     pub coalesced: u64,
@@ -96,7 +98,7 @@ impl CacheStats {
         record_store => stores,
         /// Counts an entry the backend did not take.
         record_store_failure => store_failures,
-        /// Counts a failed or timed-out lookup.
+        /// Counts a failed or timed-out backend operation.
         record_backend_error => backend_errors,
         /// Counts a request that waited for another's response.
         record_coalesced => coalesced,

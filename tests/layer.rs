@@ -89,6 +89,11 @@ impl Origin {
             "/created" => *response.status_mut() = StatusCode::CREATED,
             "/header-zero" => _ = headers.insert("x-memcache-lifetime", "0".parse().unwrap()),
             "/header-short" => _ = headers.insert("x-memcache-lifetime", "1".parse().unwrap()),
+            "/extension-short" => {
+                _ = response
+                    .extensions_mut()
+                    .insert(CacheLifetime(Duration::from_secs(1)))
+            }
             "/extension-zero" => {
                 _ = response
                     .extensions_mut()
@@ -243,8 +248,9 @@ async fn route_lifetimes_expire_on_time<B: Backend>(backend: B) {
     let svc = service(layer, &origin);
     get(&svc, "/short/a").await;
     get(&svc, "/header-short").await;
+    get(&svc, "/extension-short").await;
     get(&svc, "/long").await;
-    stores(&stats, 3).await;
+    stores(&stats, 4).await;
     assert_eq!(
         get(&svc, "/short/a").await.cache_status(),
         "tower-memcache; hit"
@@ -253,15 +259,24 @@ async fn route_lifetimes_expire_on_time<B: Backend>(backend: B) {
         get(&svc, "/header-short").await.cache_status(),
         "tower-memcache; hit"
     );
+    assert_eq!(
+        get(&svc, "/extension-short").await.cache_status(),
+        "tower-memcache; hit"
+    );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(
         get(&svc, "/short/a").await.body(),
-        b"/short/a call 4",
+        b"/short/a call 5",
         "1 s route not expired"
     );
     assert_eq!(
         get(&svc, "/header-short").await.cache_status(),
         "tower-memcache; fwd=uri-miss; stored"
+    );
+    assert_eq!(
+        get(&svc, "/extension-short").await.cache_status(),
+        "tower-memcache; fwd=uri-miss; stored",
+        "the handler's 1 s extension beats the default lifetime"
     );
     assert_eq!(
         get(&svc, "/long").await.cache_status(),
@@ -462,8 +477,75 @@ on_every_backend!(
     oversized_and_failing_bodies_pass_through,
     concurrent_misses_call_the_origin_once,
     vary_selects_the_variant,
+    key_headers_select_variants_under_a_named_status,
     foreign_values_are_misses,
 );
+
+async fn key_headers_select_variants_under_a_named_status<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = layer(backend)
+        .key_headers([http::HeaderName::from_static("x-tenant")])
+        .cache_status_name("edge");
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    let a = send(&svc, Method::GET, "/k", &[("x-tenant", "a")]).await;
+    assert_eq!(a.cache_status(), "edge; fwd=uri-miss; stored");
+    stores(&stats, 1).await;
+    let b = send(&svc, Method::GET, "/k", &[("x-tenant", "b")]).await;
+    assert_eq!(b.body(), b"/k call 2", "another tenant, another entry");
+    stores(&stats, 2).await;
+    for (tenant, body) in [("a", b"/k call 1"), ("b", b"/k call 2")] {
+        let again = send(&svc, Method::GET, "/k", &[("x-tenant", tenant)]).await;
+        assert_eq!(again.cache_status(), "edge; hit", "{tenant}");
+        assert_eq!(again.body(), body, "{tenant}");
+    }
+    assert_eq!(
+        get(&svc, "/k").await.body(),
+        b"/k call 3",
+        "no tenant: its own"
+    );
+}
+
+/// A follower waits for the leader's response at most `coalesce_timeout`, then goes to the
+/// inner service itself.
+#[tokio::test]
+async fn coalesced_waits_are_bounded() {
+    let origin = Origin::default();
+    let layer = layer(MemoryBackend::new()).coalesce_timeout(Duration::from_millis(50));
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    let (leader, follower) = tokio::join!(get(&svc, "/slow"), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        get(&svc, "/slow").await
+    });
+    assert_eq!(leader.body(), b"/slow call 1");
+    assert_eq!(
+        follower.body(),
+        b"/slow call 2",
+        "gave up waiting, asked itself"
+    );
+    assert!(!follower.cache_status().contains("collapsed"));
+    assert_eq!(stats.snapshot().coalesced, 1);
+}
+
+/// A store the backend refuses is counted, and the response still goes out whole.
+#[tokio::test]
+async fn refused_stores_are_counted() {
+    let origin = Origin::default();
+    let backend = MemoryBackend::builder().item_size_limit(64).build();
+    let layer = layer(backend);
+    let stats = layer.stats();
+    let svc = service(layer, &origin);
+    assert_eq!(get(&svc, "/page").await.body(), b"/page call 1");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stats.snapshot().store_failures == 0 {
+        assert!(Instant::now() < deadline, "{:?}", stats.snapshot());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let snapshot = stats.snapshot();
+    assert_eq!((snapshot.stores, snapshot.store_failures), (0, 1));
+    assert_eq!(get(&svc, "/page").await.body(), b"/page call 2");
+}
 
 #[tokio::test]
 async fn backend_down_or_slow_falls_through() {
@@ -493,7 +575,7 @@ async fn backend_down_or_slow_falls_through() {
 }
 
 #[tokio::test]
-async fn custom_keys_status_header_switch_and_key_headers() {
+async fn custom_key_fn_and_status_header_switch() {
     let backend = MemoryBackend::new();
     let origin = Origin::default();
     let layer = MemcacheLayer::new(backend.clone())
