@@ -23,7 +23,13 @@ pub(crate) struct Tee {
 impl Tee {
     pub(crate) fn new(limit: usize, size_hint: &SizeHint, on_complete: OnComplete) -> Option<Self> {
         if size_hint.lower() > limit as u64 {
-            return None; // declared larger than we keep: don't even start
+            // Declared larger than we keep: don't even start.
+            tracing::debug!(
+                declared = size_hint.lower(),
+                limit,
+                "response body declared over the entry size limit; not stored"
+            );
+            return None;
         }
         let capacity = size_hint.exact().map_or(8 * 1024, |n| n as usize);
         Some(Self {
@@ -123,21 +129,22 @@ where
             InnerProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             InnerProj::Live { mut body, tee } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
-                match &frame {
+                let not_stored = match &frame {
                     Some(Ok(frame)) => match frame.data_ref() {
-                        Some(data) => {
-                            if tee.as_mut().is_some_and(|t| !t.push(data)) {
-                                tracing::debug!(
-                                    "response body over the entry size limit; not stored"
-                                );
-                                *tee = None;
-                            }
-                        }
+                        Some(data) => tee
+                            .as_mut()
+                            .is_some_and(|t| !t.push(data))
+                            .then_some("response body over the entry size limit"),
                         // Trailers are not stored, so neither is the response.
-                        None => *tee = None,
+                        None => Some("response has trailers"),
                     },
-                    Some(Err(_)) => *tee = None,
-                    None => {}
+                    Some(Err(_)) => Some("response body failed mid-stream"),
+                    None => None,
+                };
+                if let Some(reason) = not_stored {
+                    if tee.take().is_some() {
+                        tracing::debug!(reason, "response not stored");
+                    }
                 }
                 // Complete on the end of stream, or as soon as the body says it has ended:
                 // hyper stops polling a body that reports its end.

@@ -585,6 +585,7 @@ impl<B: Backend> Shared<B> {
         let stats = &self.config.stats;
         let storage = &self.storage;
         let Some(generation) = storage.generation(to.generation).await else {
+            tracing::debug!(key = %to.key, "namespace generation unavailable; not stored");
             stats.record_store_failure();
             return;
         };
@@ -592,6 +593,7 @@ impl<B: Backend> Shared<B> {
         meta.generation = generation;
         if !tags.is_empty() {
             let Some(tags) = storage.tag_generations(tags).await else {
+                tracing::debug!(key = %to.key, "tag generations unavailable; not stored");
                 stats.record_store_failure();
                 return;
             };
@@ -734,6 +736,7 @@ where
         fwd = "vary-miss";
     }
     if plan.request_cc.only_if_cached {
+        tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
         let mut response = stored::gateway_timeout();
         shared.set_status(&mut response, "", Some("only-if-cached"));
         return Ok(response);
@@ -749,6 +752,7 @@ where
             Flight::Leader(leader) => filler.leader = Some(leader),
             Flight::Follower(rx) => {
                 shared.config.stats.record_coalesced();
+                tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
                 let entry = single_flight::wait(rx, shared.config.coalesce_timeout).await;
                 if let Some((entry, freshness)) = entry.and_then(|entry| {
                     let freshness = shared.usable_now(&entry, &plan, request.headers())?;
@@ -758,14 +762,19 @@ where
                     let headers = request.headers();
                     return Ok(shared.answer(&entry, &freshness, headers, is_head, Some(&params)));
                 }
+                tracing::debug!(key = %plan.key, "no usable response from the request waited for (timed out, failed or not stored); going on alone");
             }
             Flight::Alone => {}
         }
         if filler.leader.is_some() && detail.is_none() {
             if let Some(ttl) = shared.config.lease {
                 match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
-                    Acquired::Mine(lease) => filler.lease = Some(lease),
+                    Acquired::Mine(lease) => {
+                        tracing::debug!(key = %plan.key, "lease taken: this request refills the entry");
+                        filler.lease = Some(lease);
+                    }
                     Acquired::Elsewhere => {
+                        tracing::debug!(key = %plan.key, "another process holds the lease; waiting for its entry");
                         if let Some((entry, freshness)) =
                             Box::pin(wait_for_other_process(&shared, &plan, request.headers()))
                                 .await
@@ -780,6 +789,7 @@ where
                                 Some(&params),
                             ));
                         }
+                        tracing::debug!(key = %plan.key, "no entry from the lease holder (released, or the wait ended); going to the inner service");
                     }
                     Acquired::Unknown => {}
                 }
@@ -976,8 +986,10 @@ fn revalidate_in_background<S, B, ReqBody, ResBody>(
 {
     // A refresh (or a miss) already under way for the key will do.
     let Some(leader) = shared.config.flights.try_lead(&plan.key) else {
+        tracing::debug!(key = %plan.key, "stale served; a refresh is already under way");
         return;
     };
+    tracing::debug!(key = %plan.key, "stale served; refreshing in the background");
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -990,7 +1002,10 @@ fn revalidate_in_background<S, B, ReqBody, ResBody>(
         if let Some(ttl) = shared.config.lease {
             match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
                 Acquired::Mine(lease) => filler.lease = Some(lease),
-                Acquired::Elsewhere => return,
+                Acquired::Elsewhere => {
+                    tracing::debug!(key = %plan.key, "another process is refreshing; refresh skipped");
+                    return;
+                }
                 Acquired::Unknown => {}
             }
         }
