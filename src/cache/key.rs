@@ -63,6 +63,22 @@ impl Canonical {
             None => Some(canonical_key(&self.default_scheme, head)),
         }
     }
+
+    /// The key of a GET for `uri` (`headers` give the Host when `uri` has no authority,
+    /// and both go to a key function): what invalidation and purges remove.
+    pub(crate) fn key_for_get(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Option<String> {
+        self.key(&RequestHead {
+            method: &Method::GET,
+            uri,
+            headers,
+            extensions,
+        })
+    }
 }
 
 /// The default canonical key: `GET scheme://authority/path?query`. HEAD uses GET's key, so

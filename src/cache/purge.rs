@@ -2,9 +2,9 @@
 
 use std::fmt;
 
-use http::{Extensions, HeaderMap, Method, Uri};
+use http::{Extensions, HeaderMap, Uri};
 
-use super::key::{Canonical, RequestHead};
+use super::key::Canonical;
 use super::layer::Config;
 use super::storage::Storage;
 use crate::backend::{Backend, BackendError};
@@ -69,14 +69,10 @@ impl<B: Backend> Purger<B> {
         if parsed.authority().is_none() {
             return Err(invalid());
         }
-        let (headers, extensions) = (HeaderMap::new(), Extensions::new());
-        let head = RequestHead {
-            method: &Method::GET,
-            uri: &parsed,
-            headers: &headers,
-            extensions: &extensions,
-        };
-        let canonical = self.canonical.key(&head).ok_or_else(invalid)?;
+        let canonical = self
+            .canonical
+            .key_for_get(&parsed, &HeaderMap::new(), &Extensions::new())
+            .ok_or_else(invalid)?;
         let key = self.storage.primary_key(&canonical);
         self.storage.invalidate(&key).await?;
         tracing::debug!(%canonical, "purged");

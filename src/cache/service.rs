@@ -230,23 +230,6 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    /// The canonical key of a GET for `uri` (with `headers` for the Host and a key
-    /// function); `None` when a key function declines it.
-    fn canonical_for(
-        &self,
-        uri: &Uri,
-        headers: &HeaderMap,
-        extensions: &http::Extensions,
-    ) -> Option<String> {
-        let head = RequestHead {
-            method: &Method::GET,
-            uri,
-            headers,
-            extensions,
-        };
-        self.config.canonical.key(&head)
-    }
-
     /// What to do with a request: `None` to bypass the cache.
     fn plan<T>(&self, request: &Request<T>) -> Option<Plan> {
         if !Policy::is_cacheable_method(request.method()) {
@@ -630,7 +613,11 @@ impl<B: Backend> Shared<B> {
             )
         }));
         for uri in uris {
-            let Some(canonical) = self.canonical_for(&uri, request_headers, extensions) else {
+            let Some(canonical) =
+                self.config
+                    .canonical
+                    .key_for_get(&uri, request_headers, extensions)
+            else {
                 continue;
             };
             let key = self.storage.primary_key(&canonical);

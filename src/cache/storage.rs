@@ -113,19 +113,13 @@ impl<B: Backend> Storage<B> {
         what: &'static str,
         operation: impl Future<Output = Result<T, BackendError>>,
     ) -> Option<T> {
-        match tokio::time::timeout(self.timeout, operation).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(err)) => {
+        self.bounded(operation)
+            .await
+            .inspect_err(|err| {
                 tracing::debug!(error = %err, what, "cache backend failed");
                 self.stats.record_backend_error();
-                None
-            }
-            Err(_) => {
-                tracing::debug!(what, "cache backend timed out");
-                self.stats.record_backend_error();
-                None
-            }
-        }
+            })
+            .ok()
     }
 
     /// Finds the stored response for a request: one round trip for the entry and the
