@@ -108,9 +108,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let router = match std::env::var("MEMCACHE_SERVERS") {
         Ok(servers) if !servers.trim().is_empty() => {
-            let servers: Vec<&str> = servers.split(',').map(str::trim).collect();
-            println!("backend: memcached at {}", servers.join(", "));
-            app(TcpBackend::new(servers)?, "memcached")
+            let backend = TcpBackend::builder().server_list(&servers).build()?;
+            println!(
+                "backend: memcached at {}",
+                backend.server_names().join(", ")
+            );
+            app(backend, "memcached")
         }
         _ => {
             println!("backend: in-memory (set MEMCACHE_SERVERS=host:port for memcached)");

@@ -78,7 +78,7 @@ struct Options {
     origin_latency: Duration,
     lifetime: Duration,
     body_bytes: usize,
-    memcache: Option<Vec<String>>,
+    memcache: Option<String>,
     seed: u64,
 }
 
@@ -161,18 +161,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                 }
                 options.body_bytes = bytes;
             }
-            "--memcache" => {
-                let servers: Vec<String> = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-                if servers.is_empty() {
-                    return Err(format!("{flag}: no server in {value:?}"));
-                }
-                options.memcache = Some(servers);
-            }
+            "--memcache" => options.memcache = Some(value),
             "--seed" => options.seed = parse_number(&flag, &value)?,
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -465,7 +454,7 @@ async fn main() -> ExitCode {
             .await
             .map(|report| ("memory".to_string(), report)),
         Some(servers) => {
-            let backend = match TcpBackend::new(servers.iter().cloned()) {
+            let backend = match TcpBackend::builder().server_list(servers).build() {
                 Ok(backend) => backend,
                 Err(e) => {
                     eprintln!("hit_rate: --memcache: {e}");
@@ -478,7 +467,7 @@ async fn main() -> ExitCode {
                 eprintln!("hit_rate: {e}");
                 return ExitCode::FAILURE;
             }
-            let name = format!("memcached {}", servers.join(","));
+            let name = format!("memcached {}", backend.server_names().join(","));
             run(backend, &options, stream, &progress)
                 .await
                 .map(|report| (name, report))

@@ -123,7 +123,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 struct Args {
     listen: SocketAddr,
     upstream: Uri,
-    memcache: Option<Vec<String>>,
+    /// The `--memcache` list as given.
+    memcache: Option<String>,
     mode: CacheMode,
     ttl: Duration,
     threads: Option<usize>,
@@ -172,18 +173,7 @@ impl Args {
                     listen = v.parse().map_err(|e| format!("--listen {v:?}: {e}"))?;
                 }
                 "--upstream" => upstream = Some(parse_upstream(&value()?)?),
-                "--memcache" => {
-                    let servers: Vec<String> = value()?
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect();
-                    if servers.is_empty() {
-                        return Err("--memcache needs at least one HOST:PORT".into());
-                    }
-                    memcache = Some(servers);
-                }
+                "--memcache" => memcache = Some(value()?),
                 "--mode" => {
                     mode = match value()?.as_str() {
                         "origin" => CacheMode::Origin,
@@ -411,12 +401,15 @@ fn main() -> Result<(), BoxError> {
     match args.memcache.clone() {
         #[cfg(feature = "tcp")]
         Some(servers) => {
-            let description = format!("memcached {}", servers.join(","));
-            // Checked once here, so that a bad address is reported before anything starts.
-            tower_memcache::backend::TcpBackend::new(&servers)?;
-            start(&args, &description, || {
-                Ok(tower_memcache::backend::TcpBackend::new(&servers)?)
-            })
+            let backend = || {
+                tower_memcache::backend::TcpBackend::builder()
+                    .server_list(&servers)
+                    .build()
+                    .map_err(|err| format!("--memcache {servers:?}: {err}"))
+            };
+            // Checked once here, so that a bad list is reported before anything starts.
+            let description = format!("memcached {}", backend()?.server_names().join(","));
+            start(&args, &description, || Ok(backend()?))
         }
         #[cfg(not(feature = "tcp"))]
         Some(_) => Err("--memcache needs the crate's `tcp` feature".into()),

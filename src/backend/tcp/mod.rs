@@ -124,6 +124,21 @@ impl TcpBackendBuilder {
         self
     }
 
+    /// Adds the servers of a comma-separated list (`"10.0.0.1:11211, 10.0.0.2:11211"`), as
+    /// command lines and environment variables give them; blank entries are skipped. An
+    /// empty list adds none, which [`build`](Self::build) refuses.
+    ///
+    /// ```
+    /// # use tower_memcache::backend::TcpBackend;
+    /// let backend = TcpBackend::builder().server_list("127.0.0.1:11211, [::1]:11212").build()?;
+    /// assert_eq!(backend.server_names(), ["127.0.0.1:11211", "[::1]:11212"]);
+    /// assert!(TcpBackend::builder().server_list(" , ").build().is_err());
+    /// # Ok::<(), tower_memcache::backend::tcp::ConfigError>(())
+    /// ```
+    pub fn server_list(self, list: &str) -> Self {
+        self.servers(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+    }
+
     /// The most one call waits for its reply (after connecting, if it had to). Defaults to
     /// 100 ms: a cache that answers later than that is slower than the work it saves.
     pub fn timeout(mut self, timeout: Duration) -> Self {
