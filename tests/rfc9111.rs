@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::stores;
+use support::{assert_hit, assert_not_hit, assert_stale_hit, stores};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -270,10 +270,7 @@ async fn rfc9111_4_2_2_heuristic_freshness<B: Backend>(backend: B) {
     );
     get(&svc, "/old").await;
     stores(&stats, 1).await;
-    assert_eq!(
-        get(&svc, "/old").await.cache_status(),
-        "tower-memcache; hit"
-    );
+    assert_hit(get(&svc, "/old").await.cache_status());
     // Not for a status that is not heuristically cacheable.
     origin.script(
         "/created",
@@ -290,10 +287,7 @@ async fn rfc9111_4_2_2_heuristic_freshness<B: Backend>(backend: B) {
     let layer = origin_layer(MemoryBackend::new()).statuses([200, 302]);
     let svc = service(&layer, &origin);
     get(&svc, "/created").await;
-    assert_ne!(
-        get(&svc, "/created").await.cache_status(),
-        "tower-memcache; hit"
-    );
+    assert_not_hit(get(&svc, "/created").await.cache_status());
 }
 
 async fn rfc9111_4_2_3_age_counts_and_is_recomputed<B: Backend>(backend: B) {
@@ -319,7 +313,7 @@ async fn rfc9111_4_2_3_age_counts_and_is_recomputed<B: Backend>(backend: B) {
     get(&svc, "/too-old").await;
     stores(&stats, 2).await;
     let hit = get(&svc, "/aged").await;
-    assert_eq!(hit.cache_status(), "tower-memcache; hit");
+    assert_hit(hit.cache_status());
     let age: u64 = hit.header("age").unwrap().parse().unwrap();
     assert!((30..=32).contains(&age), "age {age}");
     // Already past its max-age when it arrived: revalidated, never a plain hit.
@@ -356,7 +350,7 @@ async fn rfc9111_5_2_1_request_directives<B: Backend>(backend: B) {
     get(&svc, "/r").await;
     stores(&stats, 1).await;
     let cached = get_with(&svc, "/r", &[("cache-control", "only-if-cached")]).await;
-    assert_eq!(cached.cache_status(), "tower-memcache; hit");
+    assert_hit(cached.cache_status());
     // max-age younger than the entry, min-fresh beyond its freshness, no-cache and
     // Pragma: each goes to the origin (with the stored validator).
     let calls = origin.calls();
@@ -382,7 +376,7 @@ async fn rfc9111_5_2_1_request_directives<B: Backend>(backend: B) {
         &[("cache-control", "max-age=100, min-fresh=10")],
     )
     .await;
-    assert_eq!(ok.cache_status(), "tower-memcache; hit");
+    assert_hit(ok.cache_status());
     // max-stale accepts a stale entry without the origin.
     // (With a validator, so a stale entry is kept to be revalidated.)
     origin.ok(
@@ -400,16 +394,10 @@ async fn rfc9111_5_2_1_request_directives<B: Backend>(backend: B) {
     stores(&stats, 6).await;
     let calls = origin.calls();
     let stale = get_with(&svc, "/stale", &[("cache-control", "max-stale=60")]).await;
-    assert!(
-        stale
-            .cache_status()
-            .starts_with("tower-memcache; hit; ttl=-"),
-        "{}",
-        stale.cache_status()
-    );
+    assert_stale_hit(stale.cache_status());
     assert_eq!(origin.calls(), calls);
     let too_stale = get_with(&svc, "/stale", &[("cache-control", "max-stale=1")]).await;
-    assert_ne!(too_stale.cache_status(), "tower-memcache; hit");
+    assert_not_hit(too_stale.cache_status());
     assert_eq!(origin.calls(), calls + 1);
 }
 
@@ -470,7 +458,7 @@ async fn rfc9111_5_2_2_response_directives<B: Backend>(backend: B) {
     stores(&stats, 4).await;
     // private="x-user" and no-cache="x-token": stored without those fields.
     let hit = get(&svc, "/fields").await;
-    assert_eq!(hit.cache_status(), "tower-memcache; hit");
+    assert_hit(hit.cache_status());
     assert_eq!(
         (
             hit.header("x-user"),
@@ -497,14 +485,8 @@ async fn rfc9111_5_2_2_response_directives<B: Backend>(backend: B) {
     );
     // must-understand with an understood status overrides no-store; unknown directives
     // are ignored.
-    assert_eq!(
-        get(&svc, "/understood").await.cache_status(),
-        "tower-memcache; hit"
-    );
-    assert_eq!(
-        get(&svc, "/unknown").await.cache_status(),
-        "tower-memcache; hit"
-    );
+    assert_hit(get(&svc, "/understood").await.cache_status());
+    assert_hit(get(&svc, "/unknown").await.cache_status());
 }
 
 async fn rfc9110_13_conditionals_answered_from_the_cache<B: Backend>(backend: B) {
@@ -599,7 +581,7 @@ async fn rfc9111_4_3_revalidation_refreshes_or_replaces<B: Backend>(backend: B) 
     assert_eq!(refreshed.header("x-version"), Some("2"));
     stores(&stats, 2).await;
     let hit = get(&svc, "/v").await;
-    assert_eq!(hit.cache_status(), "tower-memcache; hit");
+    assert_hit(hit.cache_status());
     assert_eq!(
         (hit.header("x-version"), hit.body.as_str()),
         (Some("2"), "v #1")
@@ -650,7 +632,7 @@ async fn rfc9111_4_3_revalidation_refreshes_or_replaces<B: Backend>(backend: B) 
     let passed = get_with(&svc, "/c", &[("if-none-match", "\"c1\"")]).await;
     assert_eq!(passed.status, StatusCode::NOT_MODIFIED);
     stores(&stats, 6).await;
-    assert_eq!(get(&svc, "/c").await.cache_status(), "tower-memcache; hit");
+    assert_hit(get(&svc, "/c").await.cache_status());
 }
 
 async fn rfc9111_4_3_5_head_updates_the_get_entry<B: Backend>(backend: B) {
@@ -702,7 +684,7 @@ async fn rfc9111_4_3_5_head_updates_the_get_entry<B: Backend>(backend: B) {
     assert_eq!(head.status, StatusCode::OK);
     stores(&stats, 3).await;
     let hit = get(&svc, "/h").await;
-    assert_eq!(hit.cache_status(), "tower-memcache; hit");
+    assert_hit(hit.cache_status());
     assert_eq!(
         (hit.header("x-meta"), hit.body.as_str()),
         (Some("2"), "h2 #3")
@@ -742,13 +724,7 @@ async fn rfc5861_3_stale_while_revalidate<B: Backend>(backend: B) {
     );
     for answer in &answers {
         assert_eq!(answer.body, "swr #1");
-        assert!(
-            answer
-                .cache_status()
-                .starts_with("tower-memcache; hit; ttl=-"),
-            "{}",
-            answer.cache_status()
-        );
+        assert_stale_hit(answer.cache_status());
     }
     stores(&stats, 2).await;
     assert_eq!(origin.calls(), 2, "one refresh for all five");
@@ -901,10 +877,7 @@ async fn rfc9111_4_1_vary_variants_coexist<B: Backend>(backend: B) {
         "star",
     );
     get(&svc, "/star").await;
-    assert_ne!(
-        get(&svc, "/star").await.cache_status(),
-        "tower-memcache; hit"
-    );
+    assert_not_hit(get(&svc, "/star").await.cache_status());
 }
 
 async fn rfc9111_4_4_unsafe_methods_invalidate<B: Backend>(backend: B) {
@@ -1062,23 +1035,11 @@ async fn tags_purge_across_processes<B: Backend>(backend: B) {
         );
     }
     second.purger().purge_tag("article-1").await.unwrap();
-    assert_ne!(
-        get(&svc1, "/news/1").await.cache_status(),
-        "tower-memcache; hit"
-    );
-    assert_eq!(
-        get(&svc1, "/news/2").await.cache_status(),
-        "tower-memcache; hit"
-    );
+    assert_not_hit(get(&svc1, "/news/1").await.cache_status());
+    assert_hit(get(&svc1, "/news/2").await.cache_status());
     first.purger().purge_tag("news").await.unwrap();
-    assert_ne!(
-        get(&svc2, "/news/2").await.cache_status(),
-        "tower-memcache; hit"
-    );
-    assert_eq!(
-        get(&svc2, "/about").await.cache_status(),
-        "tower-memcache; hit"
-    );
+    assert_not_hit(get(&svc2, "/news/2").await.cache_status());
+    assert_hit(get(&svc2, "/about").await.cache_status());
 }
 
 async fn leases_stop_stampedes_across_processes<B: Backend>(backend: B) {
@@ -1164,11 +1125,11 @@ async fn routes_mode_keeps_the_safety_rules<B: Backend>(backend: B) {
     );
     get(&svc, "/r").await;
     stores(&stats, 1).await;
-    assert_eq!(get(&svc, "/r").await.cache_status(), "tower-memcache; hit");
+    assert_hit(get(&svc, "/r").await.cache_status());
     // … but never over no-store, private, no-cache or a request's directives.
     origin.ok("/p", &[("cache-control", "private")], "p");
     get(&svc, "/p").await;
-    assert_ne!(get(&svc, "/p").await.cache_status(), "tower-memcache; hit");
+    assert_not_hit(get(&svc, "/p").await.cache_status());
     let forced = get_with(&svc, "/r", &[("cache-control", "no-cache")]).await;
     assert!(forced.cache_status().contains("fwd=request"));
     let conditional = get_with(&svc, "/r", &[("if-none-match", "\"r\"")]).await;

@@ -216,3 +216,27 @@ pub async fn stores(stats: &tower_memcache::stats::CacheStats, n: u64) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// `Cache-Status` of a fresh hit.
+pub const HIT: &str = "tower-memcache; hit";
+
+/// Asserts that a `Cache-Status` says fresh hit.
+#[track_caller]
+pub fn assert_hit(cache_status: &str) {
+    assert_eq!(cache_status, HIT);
+}
+
+/// Asserts that a `Cache-Status` says anything but a fresh hit.
+#[track_caller]
+pub fn assert_not_hit(cache_status: &str) {
+    assert_ne!(cache_status, HIT);
+}
+
+/// Asserts that a `Cache-Status` says hit on a stale entry (`ttl` below zero).
+#[track_caller]
+pub fn assert_stale_hit(cache_status: &str) {
+    assert!(
+        cache_status.starts_with("tower-memcache; hit; ttl=-"),
+        "{cache_status}"
+    );
+}
