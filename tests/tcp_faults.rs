@@ -117,17 +117,22 @@ async fn restarted_server_is_used_within_a_second_of_answering() {
     assert_eq!(&backend.get("k").await.unwrap().unwrap().value[..], b"back");
 }
 
-#[tokio::test]
-async fn silent_server_times_out_then_fails_fast() {
-    // Accepts connections and reads, never answers.
+/// A server that accepts connections and never answers.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let silent = tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((socket, _)) = listener.accept().await {
             held.push(socket);
         }
     });
+    (addr, handle)
+}
+
+#[tokio::test]
+async fn silent_server_times_out_then_fails_fast() {
+    let (addr, silent) = silent_server().await;
     let backend = backend(addr);
     for _ in 0..3 {
         let started = Instant::now();
@@ -151,14 +156,7 @@ async fn silent_server_times_out_then_fails_fast() {
 /// its lookup timeout) drops it at that moment; a hung server must still be marked down.
 #[tokio::test]
 async fn calls_abandoned_at_the_timeout_count_as_timeouts() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (addr, silent) = silent_server().await;
     let backend = backend(addr.clone());
     // The first call connects (well inside the connect timeout), so it is abandoned
     // waiting for its reply, as the later ones are.
