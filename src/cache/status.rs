@@ -32,6 +32,7 @@ impl CacheStatus {
             (false, None) => format!("{}; {params}", self.name),
             (false, Some(detail)) => format!("{}; {params}; detail={detail}", self.name),
         };
-        HeaderValue::from_str(&text).ok()
+        // Takes the string as it is: no second copy.
+        HeaderValue::try_from(text).ok()
     }
 }
