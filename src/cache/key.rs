@@ -1,6 +1,11 @@
 //! The canonical request key: what makes two requests "the same" for the cache.
+//!
+//! Clients are untrusted: the key is built from a parsed and validated authority
+//! ([`RequestTarget`]), never from raw `Host` text, so no request can be stored under the
+//! key of another URL.
 
-use std::fmt::Write as _;
+use std::fmt;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Method, Uri, header};
@@ -47,6 +52,170 @@ where
     }
 }
 
+/// Why a request's target cannot be keyed: the cache neither looks it up nor stores it,
+/// and a server in front of the layer should answer 400 (RFC 9112 §3.2, RFC 9113 §8.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidTarget {
+    /// More than one `Host` field.
+    #[error("more than one Host field")]
+    DuplicateHost,
+    /// `Host` (or the target's authority) is not `host [":" port]`: a path, user
+    /// information, white space or another character a host cannot hold, a bad IP literal.
+    #[error("the Host or authority is not host[:port]")]
+    MalformedAuthority,
+    /// The port is not a number from 0 to 65535.
+    #[error("the port is not a number from 0 to 65535")]
+    BadPort,
+    /// `Host` names another authority than the absolute-form target or `:authority`.
+    #[error("Host disagrees with the request target's authority")]
+    HostMismatch,
+    /// The scheme is neither `http` nor `https`.
+    #[error("the scheme is neither http nor https")]
+    UnsupportedScheme,
+}
+
+/// The validated scheme and authority of a request: what the default cache key is built
+/// from.
+///
+/// The authority comes from the target (absolute form, or HTTP/2's `:authority`) or from
+/// the single `Host` field; when both are present they must agree. It must be
+/// `host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered name of letters,
+/// digits, `-`, `.`, `_` and `~`, an IPv4 address, or a bracketed IPv6 address. Scheme and
+/// host are lower-cased and the scheme's default port dropped, so `Example.COM:80` and
+/// `example.com` are one key, while nothing an origin could tell apart is merged.
+///
+/// A server in front of the cache can use it to refuse what the cache would not key:
+///
+/// ```
+/// use http::Request;
+/// use tower_memcache::cache::{InvalidTarget, RequestTarget};
+///
+/// let ok = Request::get("/b").header("host", "Example.com:80").body(()).unwrap();
+/// let target = RequestTarget::from_parts("http", ok.uri(), ok.headers()).unwrap();
+/// assert_eq!(target.authority(), "example.com");
+///
+/// let poison = Request::get("/b").header("host", "example.com/a").body(()).unwrap();
+/// assert_eq!(
+///     RequestTarget::from_parts("http", poison.uri(), poison.headers()),
+///     Err(InvalidTarget::MalformedAuthority)
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestTarget {
+    scheme: &'static str,
+    authority: String,
+}
+
+impl RequestTarget {
+    /// Validates the target and `Host` of a request; `default_scheme` applies when the
+    /// target has none (origin form). A request with neither an authority nor a `Host`
+    /// (HTTP/1.0) has an empty authority.
+    pub fn from_parts(
+        default_scheme: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Self, InvalidTarget> {
+        let scheme = match uri.scheme_str().unwrap_or(default_scheme) {
+            s if s.eq_ignore_ascii_case("http") => "http",
+            s if s.eq_ignore_ascii_case("https") => "https",
+            _ => return Err(InvalidTarget::UnsupportedScheme),
+        };
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(InvalidTarget::DuplicateHost);
+        }
+        let from_host = host
+            .map(|value| normalize_authority(scheme, value.as_bytes()))
+            .transpose()?;
+        let authority = match uri.authority() {
+            Some(target) => {
+                let from_target = normalize_authority(scheme, target.as_str().as_bytes())?;
+                // RFC 9112 §3.2.2 lets a server ignore Host for an absolute-form target,
+                // but the origin behind may not: two different names are refused.
+                if from_host.as_ref().is_some_and(|host| *host != from_target) {
+                    return Err(InvalidTarget::HostMismatch);
+                }
+                from_target
+            }
+            None => from_host.unwrap_or_default(),
+        };
+        Ok(Self { scheme, authority })
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        self.scheme
+    }
+
+    /// `host[:port]`, lower-cased, without the scheme's default port; empty when the
+    /// request named none.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+impl fmt::Display for RequestTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// `host [":" port]` checked byte by byte and normalised; an empty value is no authority.
+fn normalize_authority(scheme: &str, raw: &[u8]) -> Result<String, InvalidTarget> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let (host, port) = if raw[0] == b'[' {
+        let close = memchr::memchr(b']', raw).ok_or(InvalidTarget::MalformedAuthority)?;
+        let literal =
+            std::str::from_utf8(&raw[1..close]).map_err(|_| InvalidTarget::MalformedAuthority)?;
+        // IPv6 only (no IPvFuture, no zone): what std parses is what an origin can route.
+        if literal.parse::<Ipv6Addr>().is_err() {
+            return Err(InvalidTarget::MalformedAuthority);
+        }
+        match &raw[close + 1..] {
+            [] => (&raw[..=close], None),
+            [b':', port @ ..] => (&raw[..=close], Some(port)),
+            _ => return Err(InvalidTarget::MalformedAuthority),
+        }
+    } else {
+        let (host, port) = match memchr::memrchr(b':', raw) {
+            Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
+            None => (raw, None),
+        };
+        let host_byte =
+            |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if host.is_empty() || !host.iter().all(host_byte) {
+            return Err(InvalidTarget::MalformedAuthority);
+        }
+        (host, port)
+    };
+    let port = match port {
+        // `host:` is allowed (port = *DIGIT) and means the default port.
+        None | Some([]) => None,
+        Some(digits) => {
+            if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(InvalidTarget::BadPort);
+            }
+            let port: u32 = digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'));
+            if port > 65535 {
+                return Err(InvalidTarget::BadPort);
+            }
+            Some(port)
+        }
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    // Only ASCII passed the checks above.
+    let mut authority = String::from_utf8_lossy(host).to_ascii_lowercase();
+    if let Some(port) = port.filter(|port| *port != default_port) {
+        authority.push(':');
+        authority.push_str(&port.to_string());
+    }
+    Ok(authority)
+}
+
 /// How a layer turns a request into its canonical key: the user's key function, or the
 /// default below. One place for the lookup, the invalidations and the purge handle.
 #[derive(Clone)]
@@ -55,12 +224,30 @@ pub(crate) struct Canonical {
     pub(crate) default_scheme: String,
 }
 
+/// What [`Canonical::key`] makes of a request.
+#[derive(Debug)]
+pub(crate) enum KeyOutcome {
+    Key(String),
+    /// A key function declined the request.
+    Declined,
+    /// The target cannot be keyed safely.
+    Invalid(InvalidTarget),
+}
+
 impl Canonical {
-    /// `None` when a key function declines the request.
-    pub(crate) fn key(&self, head: &RequestHead<'_>) -> Option<String> {
+    /// The request's key. The target is validated even when a key function builds the
+    /// key: a request whose Host the origin could read differently is never cached.
+    pub(crate) fn key(&self, head: &RequestHead<'_>) -> KeyOutcome {
+        let target = match RequestTarget::from_parts(&self.default_scheme, head.uri, head.headers) {
+            Ok(target) => target,
+            Err(invalid) => return KeyOutcome::Invalid(invalid),
+        };
         match &self.key_fn {
-            Some(key_fn) => Some(format!("GET {}", key_fn.key(head)?)),
-            None => Some(canonical_key(&self.default_scheme, head)),
+            Some(key_fn) => match key_fn.key(head) {
+                Some(key) => KeyOutcome::Key(format!("GET {key}")),
+                None => KeyOutcome::Declined,
+            },
+            None => KeyOutcome::Key(canonical_key(&target, head.uri)),
         }
     }
 
@@ -72,33 +259,33 @@ impl Canonical {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Option<String> {
-        self.key(&RequestHead {
+        match self.key(&RequestHead {
             method: &Method::GET,
             uri,
             headers,
             extensions,
-        })
+        }) {
+            KeyOutcome::Key(key) => Some(key),
+            KeyOutcome::Declined | KeyOutcome::Invalid(_) => None,
+        }
     }
 }
 
 /// The default canonical key: `GET scheme://authority/path?query`. HEAD uses GET's key, so
-/// a HEAD is answered from a stored GET. (Configured key headers select variants under
-/// this key, like `Vary`, so purging a URL purges all of them.)
-pub(crate) fn canonical_key(default_scheme: &str, head: &RequestHead<'_>) -> String {
-    let uri = head.uri;
-    let scheme = uri.scheme_str().unwrap_or(default_scheme);
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| head.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or("");
+/// a HEAD is answered from a stored GET. The path and query are kept byte for byte: two
+/// targets an origin can tell apart (`%2F` and `/`, `%2f` and `%2F`, `..`) are two keys.
+/// (Configured key headers select variants under this key, like `Vary`, so purging a URL
+/// purges all of them.)
+pub(crate) fn canonical_key(target: &RequestTarget, uri: &Uri) -> String {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut key = String::with_capacity(8 + scheme.len() + authority.len() + path_and_query.len());
-    let _ = write!(
-        key,
-        "GET {scheme}://{}{path_and_query}",
-        authority.to_ascii_lowercase()
+    let mut key = String::with_capacity(
+        12 + target.scheme.len() + target.authority.len() + path_and_query.len(),
     );
+    key.push_str("GET ");
+    key.push_str(target.scheme);
+    key.push_str("://");
+    key.push_str(&target.authority);
+    key.push_str(path_and_query);
     key
 }
 
@@ -106,35 +293,172 @@ pub(crate) fn canonical_key(default_scheme: &str, head: &RequestHead<'_>) -> Str
 mod tests {
     use super::*;
 
-    fn head<'a>(
-        method: &'a Method,
-        uri: &'a Uri,
-        headers: &'a HeaderMap,
-        ext: &'a Extensions,
-    ) -> RequestHead<'a> {
-        RequestHead {
-            method,
-            uri,
-            headers,
-            extensions: ext,
+    fn key(uri: &str, hosts: &[&str]) -> KeyOutcome {
+        let uri: Uri = uri.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for host in hosts {
+            headers.append(
+                header::HOST,
+                http::HeaderValue::from_bytes(host.as_bytes()).unwrap(),
+            );
+        }
+        let canonical = Canonical {
+            key_fn: None,
+            default_scheme: "http".into(),
+        };
+        canonical.key(&RequestHead {
+            method: &Method::HEAD,
+            uri: &uri,
+            headers: &headers,
+            extensions: &Extensions::new(),
+        })
+    }
+
+    fn valid(uri: &str, hosts: &[&str]) -> String {
+        match key(uri, hosts) {
+            KeyOutcome::Key(key) => key,
+            other => panic!("{uri} {hosts:?}: {other:?}"),
+        }
+    }
+
+    fn invalid(uri: &str, hosts: &[&str]) -> InvalidTarget {
+        match key(uri, hosts) {
+            KeyOutcome::Invalid(why) => why,
+            other => panic!("{uri} {hosts:?} was keyed: {other:?}"),
         }
     }
 
     #[test]
     fn head_and_get_share_a_key_and_host_fills_in_the_authority() {
-        let uri: Uri = "/a/b?x=1".parse().unwrap();
+        assert_eq!(
+            valid("/a/b?x=1", &["Example.COM"]),
+            "GET http://example.com/a/b?x=1"
+        );
+        assert_eq!(valid("http://other:8080/p", &[]), "GET http://other:8080/p");
+        assert_eq!(valid("HTTPS://Other:443/p", &[]), "GET https://other/p");
+        // HTTP/1.0 without Host: an empty authority.
+        assert_eq!(valid("/p", &[]), "GET http:///p");
+    }
+
+    #[test]
+    fn default_ports_and_case_fold_into_one_key() {
+        for host in [
+            "example.com",
+            "EXAMPLE.com:80",
+            "example.com:",
+            "example.com:0080",
+        ] {
+            assert_eq!(valid("/x", &[host]), "GET http://example.com/x", "{host}");
+        }
+        assert_eq!(
+            valid("/x", &["example.com:8080"]),
+            "GET http://example.com:8080/x"
+        );
+        assert_eq!(valid("/x", &["[::1]:3000"]), "GET http://[::1]:3000/x");
+        assert_eq!(valid("/x", &["[FE80::1]"]), "GET http://[fe80::1]/x");
+        assert_eq!(
+            valid("/x", &["127.0.0.1:3000"]),
+            "GET http://127.0.0.1:3000/x"
+        );
+    }
+
+    #[test]
+    fn a_host_with_a_path_or_odd_bytes_is_not_keyed() {
+        for host in [
+            "127.0.0.1:3000/a",
+            "example.com/",
+            "user@example.com",
+            "example.com\\a",
+            "exa mple.com",
+            "example.com?x",
+            "example.com#x",
+            "ex%41mple.com",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "[v1.x]",
+            "[not-ip]",
+            "a,b",
+        ] {
+            // Either reason will do ("3000/a" is a bad port): what matters is no key.
+            let why = invalid("/b", &[host]);
+            assert!(
+                matches!(
+                    why,
+                    InvalidTarget::MalformedAuthority | InvalidTarget::BadPort
+                ),
+                "{host}: {why:?}"
+            );
+        }
+        for port in [
+            "example.com:65536",
+            "example.com:8x",
+            "example.com:123456",
+            "[::1]:-1",
+        ] {
+            assert_eq!(invalid("/b", &[port]), InvalidTarget::BadPort, "{port}");
+        }
+    }
+
+    #[test]
+    fn duplicate_or_disagreeing_hosts_are_not_keyed() {
+        assert_eq!(
+            invalid("/b", &["a.example", "a.example"]),
+            InvalidTarget::DuplicateHost
+        );
+        assert_eq!(
+            invalid("http://a.example/b", &["b.example"]),
+            InvalidTarget::HostMismatch
+        );
+        // The same authority spelled differently agrees.
+        assert_eq!(
+            valid("http://a.example/b", &["A.example:80"]),
+            "GET http://a.example/b"
+        );
+        assert_eq!(
+            invalid("ftp://a.example/b", &[]),
+            InvalidTarget::UnsupportedScheme
+        );
+        assert_eq!(
+            invalid("http://user@a.example/b", &[]),
+            InvalidTarget::MalformedAuthority
+        );
+    }
+
+    #[test]
+    fn paths_are_kept_byte_for_byte() {
+        let keys: Vec<String> = [
+            "/a%2Fb", "/a/b", "/a%2fb", "/a/../b", "/b", "/a/b?", "/a/b?x",
+        ]
+        .iter()
+        .map(|path| valid(path, &["h"]))
+        .collect();
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "{keys:?}");
+    }
+
+    #[test]
+    fn a_key_function_still_needs_a_valid_host() {
+        let canonical = Canonical {
+            key_fn: Some(Arc::new(|req: &RequestHead<'_>| {
+                Some(req.uri.path().to_string())
+            })),
+            default_scheme: "http".into(),
+        };
+        let uri: Uri = "/b".parse().unwrap();
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "Example.COM".parse().unwrap());
-        headers.insert("accept-language", "de,  en".parse().unwrap());
-        let ext = Extensions::new();
-        let get = canonical_key("http", &head(&Method::GET, &uri, &headers, &ext));
-        let head_key = canonical_key("http", &head(&Method::HEAD, &uri, &headers, &ext));
-        assert_eq!(get, "GET http://example.com/a/b?x=1");
-        assert_eq!(get, head_key);
-        let https = canonical_key("https", &head(&Method::GET, &uri, &headers, &ext));
-        assert_eq!(https, "GET https://example.com/a/b?x=1");
-        let absolute: Uri = "http://other:8080/p".parse().unwrap();
-        let other = canonical_key("http", &head(&Method::GET, &absolute, &headers, &ext));
-        assert_eq!(other, "GET http://other:8080/p");
+        headers.insert(header::HOST, "h/a".parse().unwrap());
+        let outcome = canonical.key(&RequestHead {
+            method: &Method::GET,
+            uri: &uri,
+            headers: &headers,
+            extensions: &Extensions::new(),
+        });
+        assert!(matches!(
+            outcome,
+            KeyOutcome::Invalid(InvalidTarget::MalformedAuthority)
+        ));
     }
 }

@@ -64,7 +64,7 @@ pub use body::ResponseBody;
 #[doc(inline)]
 pub use future::ResponseFuture;
 #[doc(inline)]
-pub use key::{KeyFn, RequestHead};
+pub use key::{InvalidTarget, KeyFn, RequestHead, RequestTarget};
 #[doc(inline)]
 pub use layer::{
     DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TAG_HEADER, MemcacheLayer,

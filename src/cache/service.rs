@@ -14,7 +14,7 @@ use tower::Service;
 
 use super::body::{ResponseBody, Tee};
 use super::future::ResponseFuture;
-use super::key::RequestHead;
+use super::key::{KeyOutcome, RequestHead, RequestTarget};
 use super::layer::{Config, MemcacheLayer};
 use super::lease::{self, Acquired, Lease};
 use super::single_flight::{self, Flight, Leader};
@@ -244,7 +244,14 @@ impl<B: Backend> Shared<B> {
             headers: request.headers(),
             extensions: request.extensions(),
         };
-        let canonical = self.config.canonical.key(&head)?;
+        let canonical = match self.config.canonical.key(&head) {
+            KeyOutcome::Key(canonical) => canonical,
+            KeyOutcome::Declined => return None,
+            KeyOutcome::Invalid(invalid) => {
+                tracing::debug!(reason = %invalid, "request target cannot be keyed; cache bypassed");
+                return None;
+            }
+        };
         Some(Plan {
             key: self.storage.primary_key(&canonical),
             canonical,
@@ -630,6 +637,8 @@ impl<B: Backend> Shared<B> {
 }
 
 /// A `Location` / `Content-Location` value as a URI on the request's origin, if it is one.
+/// Both origins are validated authorities: a response cannot invalidate another site's
+/// entries by naming it, however its Host was spelled.
 fn same_origin(
     target: &Uri,
     request_headers: &HeaderMap,
@@ -637,37 +646,20 @@ fn same_origin(
     default_scheme: &str,
 ) -> Option<Uri> {
     let uri: Uri = value.to_str().ok()?.trim().parse().ok()?;
+    let own = RequestTarget::from_parts(default_scheme, target, request_headers).ok()?;
     match uri.authority() {
-        // An absolute path: on the target's origin (the Host header fills in the
-        // authority when the target has none).
-        None if uri.path().starts_with('/') => match target.authority() {
-            Some(authority) => {
-                let scheme = target.scheme_str().unwrap_or(default_scheme);
-                let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-                format!("{scheme}://{authority}{path}").parse().ok()
+        // An absolute path: on the target's origin.
+        None if uri.path().starts_with('/') => {
+            if own.authority().is_empty() {
+                return Some(uri);
             }
-            None => Some(uri),
-        },
+            let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            format!("{own}{path}").parse().ok()
+        }
         None => None,
-        Some(authority) => {
-            let own_authority =
-                target
-                    .authority()
-                    .map(|a| a.as_str().to_string())
-                    .or_else(|| {
-                        request_headers
-                            .get(header::HOST)?
-                            .to_str()
-                            .ok()
-                            .map(str::to_string)
-                    })?;
-            let own_scheme = target.scheme_str().unwrap_or(default_scheme);
-            let same = authority.as_str().eq_ignore_ascii_case(&own_authority)
-                && uri
-                    .scheme_str()
-                    .unwrap_or(default_scheme)
-                    .eq_ignore_ascii_case(own_scheme);
-            same.then_some(uri)
+        Some(_) => {
+            let theirs = RequestTarget::from_parts(default_scheme, &uri, &HeaderMap::new()).ok()?;
+            (theirs == own).then_some(uri)
         }
     }
 }
