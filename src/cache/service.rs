@@ -28,7 +28,7 @@ use crate::policy::conditional::{
     add_validators, has_origin_preconditions, has_preconditions, not_modified, same_representation,
 };
 use crate::policy::freshness::{Freshness, Reuse};
-use crate::policy::{CacheControl, Policy, normalized_header, vary_names};
+use crate::policy::{CacheControl, NotStorable, Policy, normalized_header, vary_names};
 use crate::stats::CacheStats;
 
 /// A tower service that answers from memcached when it can and stores what its inner
@@ -186,6 +186,53 @@ impl Destination {
             key: plan.key.clone(),
             index: found.index.clone(),
             generation: found.generation,
+        }
+    }
+}
+
+/// Why a response, or a stored response refreshed by one, does not become an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// A HEAD response has no body to store.
+    Head,
+    /// The backend is marked down: the write would fail.
+    BackendUnavailable,
+    /// The storing rules refuse it.
+    Policy(NotStorable),
+    /// A refresh names other selecting request headers than the stored response, whose
+    /// values for them are unknown.
+    VaryChanged,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Head => "a HEAD response has no body to store",
+            Self::BackendUnavailable => "backend unavailable",
+            Self::VaryChanged => "the refresh changes Vary",
+            Self::Policy(NotStorable::Status) => "status not stored",
+            Self::Policy(NotStorable::NoStore) => "no-store",
+            Self::Policy(NotStorable::Private) => "private",
+            Self::Policy(NotStorable::NoCache) => "no-cache without a validator",
+            Self::Policy(NotStorable::SetCookie) => "sets a cookie",
+            Self::Policy(NotStorable::Authorization) => "authenticated and not shareable",
+            Self::Policy(NotStorable::VaryStar) => "Vary: *",
+            Self::Policy(NotStorable::ZeroLifetime) => {
+                "nothing to reuse: no freshness, stale window or validator"
+            }
+        }
+    }
+
+    /// Whether a refused refresh leaves the stored entry unusable: the response now says
+    /// it must not be stored. A refusal that comes from the refreshing request alone (its
+    /// own `no-store`, its credentials, a backend that is down) leaves the entry as it was,
+    /// so no client can evict what others use just by asking.
+    fn makes_entry_unusable(self, request_cc: &CacheControl) -> bool {
+        match self {
+            Self::Head | Self::BackendUnavailable => false,
+            Self::Policy(NotStorable::NoStore) => !request_cc.no_store,
+            Self::Policy(NotStorable::Authorization) => false,
+            Self::Policy(_) | Self::VaryChanged => true,
         }
     }
 }
@@ -370,6 +417,7 @@ impl<B: Backend> Shared<B> {
         chosen: Duration,
         handler_override: bool,
         request_time: SystemTime,
+        authenticated: bool,
     ) -> Admission<'_> {
         Admission {
             policy: self.policy(),
@@ -378,6 +426,7 @@ impl<B: Backend> Shared<B> {
             own_fields: &self.own_fields,
             request_time,
             response_time: SystemTime::now(),
+            authenticated,
         }
     }
 
@@ -425,30 +474,21 @@ impl<B: Backend> Shared<B> {
     {
         let tags = self.take_tags(&mut response);
         let (chosen, handler_override) = self.response_lifetime(&mut response, plan.lifetime);
-        let admission = self.admission(chosen, handler_override, request_time);
-        let decision = self
-            .admit(
+        let authenticated = request_headers.contains_key(header::AUTHORIZATION);
+        let admission = self.admission(chosen, handler_override, request_time, authenticated);
+        let decision = if is_head {
+            Err(Refusal::Head)
+        } else {
+            let vary = self.vary_values(request_headers, response.headers());
+            self.admit(
                 plan,
                 request_headers,
-                &response,
-                chosen,
-                handler_override,
-                is_head,
+                response.status(),
+                response.headers(),
+                vary,
+                &admission,
             )
-            .and_then(|()| {
-                let vary = self.vary_values(request_headers, response.headers());
-                let meta = admission.meta(
-                    plan.canonical.clone(),
-                    response.status(),
-                    response.headers(),
-                    vary,
-                );
-                let ttl = backend_ttl(&meta, self.config.keep_stale);
-                if ttl.is_zero() {
-                    return Err("nothing to reuse: no freshness, stale window or validator");
-                }
-                Ok((meta, ttl))
-            });
+        };
         let (tee, unused) = match decision {
             Ok((meta, ttl)) => {
                 let on_complete =
@@ -460,8 +500,8 @@ impl<B: Backend> Shared<B> {
                 );
                 (tee, None)
             }
-            Err(reason) => {
-                tracing::debug!(key = %plan.key, status = %response.status(), reason, "response not stored");
+            Err(refusal) => {
+                tracing::debug!(key = %plan.key, status = %response.status(), reason = refusal.reason(), "response not stored");
                 (None, Some(filler))
             }
         };
@@ -474,35 +514,40 @@ impl<B: Backend> Shared<B> {
         (response.map(|body| ResponseBody::teeing(body, tee)), unused)
     }
 
-    fn admit<T>(
+    /// The admission gate: every write of an entry passes here, judged on the header set
+    /// it would store (a first response, or a stored one merged with a 304 or HEAD
+    /// response). Admitted, the entry's metadata and backend lifetime.
+    fn admit(
         &self,
         plan: &Plan,
         request_headers: &HeaderMap,
-        response: &Response<T>,
-        chosen: Duration,
-        handler_override: bool,
-        is_head: bool,
-    ) -> Result<(), &'static str> {
-        if is_head {
-            return Err("a HEAD response has no body to store");
-        }
+        status: StatusCode,
+        headers: &HeaderMap,
+        vary: Vec<(String, Option<String>)>,
+        admission: &Admission<'_>,
+    ) -> Result<(EntryMeta, Duration), Refusal> {
         let routes_mode = self.policy().mode() == crate::policy::CacheMode::Routes;
-        if chosen.is_zero() && (handler_override || routes_mode) {
-            return Err("lifetime of zero");
+        if admission.chosen.is_zero() && (admission.handler_override || routes_mode) {
+            return Err(Refusal::Policy(NotStorable::ZeroLifetime));
         }
         if !self.config.backend.is_available(&plan.key) {
-            return Err("backend unavailable");
+            return Err(Refusal::BackendUnavailable);
         }
-        let cc = CacheControl::parse(response.headers());
+        let cc = CacheControl::parse(headers);
         self.policy()
-            .storable(
-                request_headers,
-                &plan.request_cc,
-                response.status(),
-                response.headers(),
-                &cc,
-            )
-            .map_err(|_| "not storable by policy")
+            .storable(request_headers, &plan.request_cc, status, headers, &cc)
+            .map_err(Refusal::Policy)?;
+        // §3.5 for an entry first stored for an authenticated request, whoever refreshes
+        // it now.
+        if admission.authenticated && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+            return Err(Refusal::Policy(NotStorable::Authorization));
+        }
+        let meta = admission.meta(plan.canonical.clone(), status, headers, vary);
+        let ttl = backend_ttl(&meta, self.config.keep_stale);
+        if ttl.is_zero() {
+            return Err(Refusal::Policy(NotStorable::ZeroLifetime));
+        }
+        Ok((meta, ttl))
     }
 
     /// What happens when a stored body is complete: followers get the entry at once, and
@@ -523,25 +568,64 @@ impl<B: Backend> Shared<B> {
     }
 
     /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its
-    /// lifetime, new tags if it names any), published and put back in the background.
-    fn refresh<T>(
+    /// lifetime, new tags if it names any). The merged response passes the admission gate
+    /// like a first store: admitted, it is published and put back in the background;
+    /// refused for what the response now says (`private`, `no-store`, a new `Vary`, …)
+    /// the stored entry is removed; refused for what this request says (its own
+    /// `no-store`, `Authorization`) the stored entry is left as it was. Returns the
+    /// refreshed entry, to answer this request with.
+    #[allow(clippy::too_many_arguments)]
+    async fn refresh<T>(
         self: &Arc<Self>,
         plan: &Plan,
         found: &Found,
         entry: &Entry,
+        request_headers: &HeaderMap,
         response: &mut Response<T>,
         request_time: SystemTime,
         filler: Filler<B>,
     ) -> Arc<Entry> {
         let tags = self.take_tags(response);
         let (chosen, handler_override) = self.response_lifetime(response, plan.lifetime);
-        let refreshed = self
-            .admission(chosen, handler_override, request_time)
-            .refreshed(entry, response.headers());
-        let refreshed = Arc::new(refreshed);
-        let ttl = backend_ttl(&refreshed.meta, self.config.keep_stale);
-        let to = Destination::new(plan, found);
-        self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
+        let authenticated =
+            entry.meta.authenticated || request_headers.contains_key(header::AUTHORIZATION);
+        let admission = self.admission(chosen, handler_override, request_time, authenticated);
+        let merged = admission.merged_headers(entry, response.headers());
+        let refreshed = Arc::new(admission.refreshed(entry, &merged));
+        let status = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
+        let vary = self.vary_values(request_headers, &merged);
+        let same_selection = vary.len() == entry.meta.vary.len()
+            && vary
+                .iter()
+                .zip(&entry.meta.vary)
+                .all(|((new, _), (old, _))| new == old);
+        let verdict = if same_selection {
+            self.admit(
+                plan,
+                request_headers,
+                status,
+                &merged,
+                entry.meta.vary.clone(),
+                &admission,
+            )
+        } else {
+            Err(Refusal::VaryChanged)
+        };
+        match verdict {
+            Ok((_, ttl)) => {
+                let to = Destination::new(plan, found);
+                self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
+            }
+            Err(refusal) => {
+                tracing::debug!(key = %plan.key, reason = refusal.reason(), "refreshed response not stored");
+                if refusal.makes_entry_unusable(&plan.request_cc) {
+                    if let Err(err) = self.storage.invalidate(&plan.key).await {
+                        tracing::debug!(key = %plan.key, error = %err, "unstorable entry not removed");
+                    }
+                }
+                filler.release().await;
+            }
+        }
         refreshed
     }
 
@@ -897,13 +981,31 @@ where
             && (ours || same_representation(response.headers(), stored))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
-            let refreshed = shared.refresh(plan, found, entry, &mut response, request_time, filler);
+            let refreshed = shared
+                .refresh(
+                    plan,
+                    found,
+                    entry,
+                    &request_headers,
+                    &mut response,
+                    request_time,
+                    filler,
+                )
+                .await;
             tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
             let params = format!("fwd={fwd}; fwd-status=304");
             if ours {
                 let freshness = stored::freshness(&refreshed.meta, now_ms());
                 let headers = &request_headers;
-                return Ok(shared.answer(&refreshed, &freshness, headers, is_head, Some(&params)));
+                let mut answer =
+                    shared.answer(&refreshed, &freshness, headers, is_head, Some(&params));
+                // The cookies the origin set in its 304 are this client's, never stored.
+                for cookie in response.headers().get_all(header::SET_COOKIE) {
+                    answer
+                        .headers_mut()
+                        .append(header::SET_COOKIE, cookie.clone());
+                }
+                return Ok(answer);
             }
             let mut passed = response.map(ResponseBody::passthrough);
             shared.set_status(&mut passed, &params, None);
@@ -920,7 +1022,11 @@ where
                         == Some(entry.body.len())
                 });
             if same_representation(response.headers(), stored) && same_length {
-                shared.refresh(plan, found, entry, &mut response, request_time, filler);
+                let headers = &request_headers;
+                let (at, filler) = (request_time, filler);
+                shared
+                    .refresh(plan, found, entry, headers, &mut response, at, filler)
+                    .await;
             } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
             }

@@ -11,7 +11,7 @@ use http::{Response, StatusCode};
 use super::body::ResponseBody;
 use crate::codec::entry::{Entry, EntryMeta};
 use crate::policy::conditional::not_modified_headers;
-use crate::policy::freshness::{Freshness, initial_age};
+use crate::policy::freshness::{Freshness, explicit_lifetime, initial_age};
 use crate::policy::{CacheControl, CacheMode, Policy, is_unstored_field, normalized_header};
 
 /// Milliseconds since the unix epoch.
@@ -86,6 +86,9 @@ pub(crate) struct Admission<'a> {
     pub(crate) own_fields: &'a [HeaderName],
     pub(crate) request_time: SystemTime,
     pub(crate) response_time: SystemTime,
+    /// The response answers a request with `Authorization` (or refreshes an entry that
+    /// did): RFC 9111 §3.5.
+    pub(crate) authenticated: bool,
 }
 
 impl Admission<'_> {
@@ -117,6 +120,7 @@ impl Admission<'_> {
             stale_if_error_ms: 0,
             forbids_stale: false,
             no_cache: false,
+            authenticated: self.authenticated,
             generation: 0,
             tags: Vec::new(),
         };
@@ -141,12 +145,25 @@ impl Admission<'_> {
             cc,
             self.response_time,
         );
-        let fresh = match self.policy.mode() {
+        let mut fresh = match self.policy.mode() {
             // A route's lifetime counts from now: the origin's age only shows in `Age`.
-            CacheMode::Routes => age + lifetimes.fresh,
-            CacheMode::Origin if self.handler_override => age + lifetimes.fresh,
+            CacheMode::Routes => age.saturating_add(lifetimes.fresh),
+            CacheMode::Origin if self.handler_override => age.saturating_add(lifetimes.fresh),
             CacheMode::Origin => lifetimes.fresh,
         };
+        if self.authenticated && !self.handler_override {
+            // §3.5: `public`, `s-maxage` or `must-revalidate` let a shared cache store a
+            // response to an authenticated request because they keep its reuse under the
+            // origin's control. A route's lifetime (or a heuristic) must not undo that: the
+            // response is fresh only as long as its own `s-maxage` / `max-age` / `Expires`
+            // say, and without any of them only `public` (shareable as it is) lets the
+            // route decide; `must-revalidate` alone or `s-maxage=0` revalidate every reuse.
+            match explicit_lifetime(cc, headers, self.response_time) {
+                Some(own) => fresh = fresh.min(own),
+                None if cc.public => {}
+                None => fresh = Duration::ZERO,
+            }
+        }
         meta.stored_at_ms = millis(self.response_time);
         meta.initial_age_ms = duration_ms(age);
         meta.fresh_for_ms = duration_ms(fresh);
@@ -156,29 +173,36 @@ impl Admission<'_> {
         meta.no_cache = cc.no_cache;
     }
 
-    /// The entry refreshed by a 304 (§4.3.4): the 304's fields replace the stored ones
-    /// (except `Content-Length` and fields never stored), and freshness starts again.
-    pub(crate) fn refreshed(&self, entry: &Entry, not_modified: &HeaderMap) -> Entry {
-        let cc_304 = CacheControl::parse(not_modified);
+    /// The header set of `entry` refreshed by a 304 or a HEAD response (§4.3.4, §4.3.5):
+    /// the new response's fields replace the stored ones (except `Content-Length` and
+    /// fields never stored). This merged set is what the admission gate judges.
+    pub(crate) fn merged_headers(&self, entry: &Entry, update: &HeaderMap) -> HeaderMap {
+        let cc_update = CacheControl::parse(update);
         let mut headers = header_map(&entry.meta);
-        let updates = not_modified.keys().filter(|name| {
+        let updates = update.keys().filter(|name| {
             **name != header::CONTENT_LENGTH
-                && !is_unstored_field(name, not_modified, &cc_304)
+                && !is_unstored_field(name, update, &cc_update)
                 && !self.own_fields.contains(name)
         });
         for name in updates {
             headers.remove(name);
-            for value in not_modified.get_all(name) {
+            for value in update.get_all(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
-        // The 304's Age describes this exchange (it is never stored, only read for times).
-        if let Some(age) = not_modified.get(header::AGE) {
+        // The update's Age describes this exchange (it is never stored, only read for
+        // times).
+        if let Some(age) = update.get(header::AGE) {
             headers.insert(header::AGE, age.clone());
         }
+        headers
+    }
+
+    /// `entry` with the `merged` header set and freshness starting again.
+    pub(crate) fn refreshed(&self, entry: &Entry, merged: &HeaderMap) -> Entry {
         let status = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
         let canonical = entry.meta.canonical_key.clone();
-        let mut meta = self.meta(canonical, status, &headers, entry.meta.vary.clone());
+        let mut meta = self.meta(canonical, status, merged, entry.meta.vary.clone());
         meta.tags = entry.meta.tags.clone();
         Entry {
             meta,

@@ -22,7 +22,7 @@ const MAGIC: &[u8; 4] = b"TMCE";
 const INDEX_MAGIC: &[u8; 4] = b"TMCV";
 /// Bumped whenever [`EntryMeta`] or [`VariantIndex`] changes shape; entries of other
 /// versions are misses.
-pub const ENTRY_FORMAT_VERSION: u8 = 2;
+pub const ENTRY_FORMAT_VERSION: u8 = 3;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Everything about a stored response except its body.
@@ -53,6 +53,9 @@ pub struct EntryMeta {
     pub forbids_stale: bool,
     /// `no-cache`: revalidated before every reuse.
     pub no_cache: bool,
+    /// Stored for a request with `Authorization` (RFC 9111 §3.5): its freshness never
+    /// exceeds what its own directives allow, through every refresh.
+    pub authenticated: bool,
     /// The namespace generation it was stored under; a purge of the namespace changes it.
     pub generation: u64,
     /// Its tags and their generations when stored; a purge of a tag changes its generation.
@@ -77,6 +80,7 @@ struct StoredMeta<'a> {
     stale_if_error_ms: u64,
     forbids_stale: bool,
     no_cache: bool,
+    authenticated: bool,
     generation: u64,
     #[serde(borrow)]
     tags: Vec<(&'a str, u64)>,
@@ -104,6 +108,7 @@ impl<'a> StoredMeta<'a> {
             stale_if_error_ms: meta.stale_if_error_ms,
             forbids_stale: meta.forbids_stale,
             no_cache: meta.no_cache,
+            authenticated: meta.authenticated,
             generation: meta.generation,
             tags: meta
                 .tags
@@ -141,6 +146,7 @@ impl<'a> StoredMeta<'a> {
             stale_if_error_ms: self.stale_if_error_ms,
             forbids_stale: self.forbids_stale,
             no_cache: self.no_cache,
+            authenticated: self.authenticated,
             generation: self.generation,
             tags: self
                 .tags
@@ -259,6 +265,7 @@ mod tests {
             stale_if_error_ms: 0,
             forbids_stale: false,
             no_cache: true,
+            authenticated: true,
             generation: 7,
             tags: vec![("news".into(), 3)],
         }

@@ -385,10 +385,12 @@ fn is_understood(status: StatusCode) -> bool {
 }
 
 /// The response fields a shared cache does not store (RFC 9111 §3.1, §5.2.2.4, §5.2.2.7):
-/// hop-by-hop fields, `Age` (recomputed on reuse), and the fields a qualified `private` or
-/// `no-cache` names.
+/// hop-by-hop fields, `Age` (recomputed on reuse), the fields a qualified `private` or
+/// `no-cache` names, and `Set-Cookie`, which belongs to the one client it was sent to
+/// (even where storing such responses is allowed, the cookie itself never is).
 pub fn is_unstored_field(name: &HeaderName, headers: &HeaderMap, cc: &CacheControl) -> bool {
     name == header::AGE
+        || name == header::SET_COOKIE
         || is_hop_by_hop(name, headers)
         || cc
             .private_fields
@@ -410,6 +412,11 @@ pub fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 
 /// A request header's value normalised for `Vary` matching: all lines joined with `, `,
 /// runs of white space folded, ends trimmed. `None` when absent.
+///
+/// The normalisation is lossless for the bytes that remain: bytes outside ASCII are
+/// written `\xNN` and a backslash `\\`, so two values that differ in any byte (say
+/// `J\xfcrgen` and `J\xf6rgen`, which a lossy UTF-8 decoding would merge) never select
+/// each other's variant.
 pub fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
@@ -417,19 +424,38 @@ pub fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut normalized = String::new();
     let mut first_part = true;
     for value in values {
-        for part in String::from_utf8_lossy(value.as_bytes()).split(',') {
+        for part in value.as_bytes().split(|b| *b == b',') {
             if !std::mem::take(&mut first_part) {
                 normalized.push_str(", ");
             }
-            for (index, word) in part.split_whitespace().enumerate() {
+            let words = part
+                .split(|b| matches!(b, b' ' | b'\t'))
+                .filter(|word| !word.is_empty());
+            for (index, word) in words.enumerate() {
                 if index > 0 {
                     normalized.push(' ');
                 }
-                normalized.push_str(word);
+                push_escaped(&mut normalized, word);
             }
         }
     }
     Some(normalized)
+}
+
+/// Appends `bytes` with every byte outside printable ASCII as `\xNN` and `\` doubled.
+fn push_escaped(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &byte in bytes {
+        match byte {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(byte)),
+            _ => {
+                out.push_str("\\x");
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +614,16 @@ pub(crate) mod tests {
         let odd = headers(&[("x", "a,,\tb  c"), ("x", ""), ("y", "")]);
         assert_eq!(normalized_header(&odd, "x").as_deref(), Some("a, , b c, "));
         assert_eq!(normalized_header(&odd, "y").as_deref(), Some(""));
+        // Non-UTF-8 bytes stay apart (a lossy decoding made both "J\u{fffd}rgen").
+        let user = |value: &[u8]| {
+            let mut map = HeaderMap::new();
+            map.insert("x-user", http::HeaderValue::from_bytes(value).unwrap());
+            normalized_header(&map, "x-user")
+        };
+        assert_ne!(user(b"J\xfcrgen"), user(b"J\xf6rgen"));
+        assert_eq!(user(b"J\xfcrgen").as_deref(), Some("J\\xfcrgen"));
+        // The escape itself cannot be forged by a client writing it out.
+        assert_ne!(user(b"J\\xfcrgen"), user(b"J\xfcrgen"));
         let names: Vec<_> = vary_names(&headers(&[("vary", "Accept-Encoding, ACCEPT")])).collect();
         assert_eq!(names, ["accept-encoding", "accept"]);
     }
