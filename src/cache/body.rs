@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::fill::{self, QueueReader};
+
 /// Receives the complete body of a response being stored.
 pub(crate) type OnComplete = Box<dyn FnOnce(Bytes) + Send>;
 
@@ -48,7 +50,25 @@ impl Tee {
         true
     }
 
-    fn complete(self) {
+    /// Copies what `frame` carries; a reason when the response can no longer be stored.
+    pub(crate) fn take<E>(
+        &mut self,
+        frame: Option<&Result<Frame<Bytes>, E>>,
+    ) -> Option<&'static str> {
+        match frame {
+            Some(Ok(frame)) => match frame.data_ref() {
+                Some(data) => {
+                    (!self.push(data)).then_some("response body over the entry size limit")
+                }
+                // Trailers are not stored, so neither is the response.
+                None => Some("response has trailers"),
+            },
+            Some(Err(_)) => Some("response body failed mid-stream"),
+            None => None,
+        }
+    }
+
+    pub(crate) fn complete(self) {
         (self.on_complete)(self.buf.freeze());
     }
 }
@@ -65,6 +85,8 @@ pin_project! {
     #[project = InnerProj]
     enum Inner<B> {
         Cached { data: Option<Bytes> },
+        // Filled by a task of its own (see `fill`); the client reads the queue.
+        Queued { reader: QueueReader, hint: SizeHint, sent: u64 },
         Live {
             #[pin]
             body: B,
@@ -97,9 +119,15 @@ impl<B> ResponseBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> ResponseBody<B> {
+impl<B> ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
     /// The inner body, copied on its way to the client. A body that is already complete
-    /// (empty, or known to end) completes the copy at once, since hyper may never poll it.
+    /// (empty, or known to end) completes the copy at once, since hyper may never poll it;
+    /// any other is read at the origin's pace by a task of its own (see `fill`), so a
+    /// slow client never holds up the entry others wait for.
     pub(crate) fn teeing(body: B, tee: Option<Tee>) -> Self {
         let tee = match tee {
             Some(tee) if body.is_end_stream() => {
@@ -108,8 +136,25 @@ impl<B: Body<Data = Bytes>> ResponseBody<B> {
             }
             tee => tee,
         };
-        Self {
-            inner: Inner::Live { body, tee },
+        let Some(tee) = tee else {
+            return Self::passthrough(body);
+        };
+        let hint = body.size_hint();
+        match fill::start(body, tee) {
+            Ok(reader) => Self {
+                inner: Inner::Queued {
+                    reader,
+                    hint,
+                    sent: 0,
+                },
+            },
+            // No runtime to read on: copy as the client reads.
+            Err((body, tee)) => Self {
+                inner: Inner::Live {
+                    body,
+                    tee: Some(tee),
+                },
+            },
         }
     }
 }
@@ -117,6 +162,7 @@ impl<B: Body<Data = Bytes>> ResponseBody<B> {
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -127,24 +173,23 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
             InnerProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            InnerProj::Queued { reader, sent, .. } => {
+                Poll::Ready(match ready!(reader.queue().poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        *sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        Some(Ok(frame))
+                    }
+                    // Only this body's own errors go through its queue, so the downcast
+                    // holds; were it ever not to, the body ends instead of panicking.
+                    Some(Err(erased)) => erased.downcast::<B::Error>().ok().map(|err| Err(*err)),
+                    None => None,
+                })
+            }
             InnerProj::Live { mut body, tee } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
-                let not_stored = match &frame {
-                    Some(Ok(frame)) => match frame.data_ref() {
-                        Some(data) => tee
-                            .as_mut()
-                            .is_some_and(|t| !t.push(data))
-                            .then_some("response body over the entry size limit"),
-                        // Trailers are not stored, so neither is the response.
-                        None => Some("response has trailers"),
-                    },
-                    Some(Err(_)) => Some("response body failed mid-stream"),
-                    None => None,
-                };
-                if let Some(reason) = not_stored {
-                    if tee.take().is_some() {
-                        tracing::debug!(reason, "response not stored");
-                    }
+                if let Some(reason) = tee.as_mut().and_then(|t| t.take(frame.as_ref())) {
+                    tee.take();
+                    tracing::debug!(reason, "response not stored");
                 }
                 // Complete on the end of stream, or as soon as the body says it has ended:
                 // hyper stops polling a body that reports its end.
@@ -161,6 +206,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Cached { data } => data.is_none(),
+            Inner::Queued { reader, .. } => reader.queue().is_end_stream(),
             Inner::Live { body, .. } => body.is_end_stream(),
         }
     }
@@ -170,6 +216,7 @@ where
             Inner::Cached { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Inner::Queued { hint, sent, .. } => fill::remaining(hint, *sent),
             Inner::Live { body, .. } => body.size_hint(),
         }
     }
@@ -181,6 +228,10 @@ impl<B> fmt::Debug for ResponseBody<B> {
             Inner::Cached { data } => f
                 .debug_struct("ResponseBody::Cached")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Inner::Queued { sent, .. } => f
+                .debug_struct("ResponseBody::Queued")
+                .field("sent", sent)
                 .finish(),
             Inner::Live { tee, .. } => f
                 .debug_struct("ResponseBody::Live")

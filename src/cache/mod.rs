@@ -46,6 +46,7 @@
 //! ```
 
 mod body;
+mod fill;
 mod future;
 mod key;
 mod layer;

@@ -100,6 +100,7 @@ where
     B: Backend,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -471,6 +472,7 @@ impl<B: Backend> Shared<B> {
     ) -> (Response<ResponseBody<ResBody>>, Option<Filler<B>>)
     where
         ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
     {
         let tags = self.take_tags(&mut response);
         let (chosen, handler_override) = self.response_lifetime(&mut response, plan.lifetime);
@@ -760,6 +762,7 @@ where
     B: Backend,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     let Some(plan) = shared.plan(&request) else {
         // Boxed, like the other paths that are not a hit: `handle`'s own future stays
@@ -918,6 +921,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     B: Backend,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     let stats = &shared.config.stats;
     let is_head = request.method() == Method::HEAD;
@@ -973,6 +977,17 @@ where
     if failed {
         if let Some(fallback) = stale_fallback(unreachable) {
             return Ok(fallback);
+        }
+        if stale.is_some() {
+            // §4.3.3: a 5xx to a revalidation may be treated as no answer. It passes to
+            // the client, and the stored response stays for later requests (and their
+            // stale-if-error) instead of being replaced by an error page.
+            tracing::debug!(key = %plan.key, status = %response.status(), "origin failed a revalidation; stored response kept");
+            filler.release().await;
+            shared.take_tags(&mut response);
+            let mut passed = response.map(ResponseBody::passthrough);
+            shared.set_status(&mut passed, &format!("fwd={fwd}"), detail);
+            return Ok(passed);
         }
     }
     if let (Some(entry), Some(stored)) = (&stale, &stored_headers) {
@@ -1068,6 +1083,7 @@ fn revalidate_in_background<S, B, ReqBody, ResBody>(
     B: Backend,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     // A refresh (or a miss) already under way for the key will do.
     let Some(leader) = shared.config.flights.try_lead(&plan.key) else {
@@ -1130,6 +1146,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     B: Backend,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     shared.config.stats.record_bypass();
     let method = request.method().clone();

@@ -33,7 +33,7 @@ pub(crate) enum Flight {
     /// Call the inner service, then [`Leader::publish`] its outcome.
     Leader(Leader),
     /// Wait for the leader with [`wait`].
-    Follower(watch::Receiver<Outcome>),
+    Follower(Follower),
     /// Too many already waiting for this key: go alone.
     Alone,
 }
@@ -55,7 +55,12 @@ impl SingleFlight {
                 return Flight::Alone;
             }
             flight.followers += 1;
-            return Flight::Follower(flight.rx.clone());
+            return Flight::Follower(Follower {
+                rx: flight.rx.clone(),
+                flights: self.clone(),
+                key: key.to_string(),
+                id: flight.id,
+            });
         }
         Flight::Leader(self.lead(&mut state, key))
     }
@@ -110,12 +115,32 @@ impl Drop for Leader {
     }
 }
 
+/// A request waiting for a leader. It counts against the flight's bound only while it
+/// waits: dropped (answered, timed out, cancelled), it leaves room for another.
+pub(crate) struct Follower {
+    rx: watch::Receiver<Outcome>,
+    flights: SingleFlight,
+    key: String,
+    id: u64,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = state
+            .inflight
+            .get_mut(&self.key)
+            .filter(|f| f.id == self.id)
+        {
+            flight.followers = flight.followers.saturating_sub(1);
+        }
+    }
+}
+
 /// Waits at most `timeout` for the leader; `None` when it had nothing to share, went away
 /// or took too long.
-pub(crate) async fn wait(
-    mut rx: watch::Receiver<Outcome>,
-    timeout: Duration,
-) -> Option<Arc<Entry>> {
+pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Option<Arc<Entry>> {
+    let mut rx = follower.rx.clone();
     let waited = tokio::time::timeout(timeout, async {
         loop {
             if let Some(outcome) = rx.borrow_and_update().clone() {
@@ -148,6 +173,11 @@ mod tests {
             panic!("follower")
         };
         assert!(matches!(flights.join("k", 2), Flight::Alone));
+        // A follower that stops waiting leaves room for another.
+        drop(_b);
+        let Flight::Follower(_c) = flights.join("k", 2) else {
+            panic!("room again")
+        };
         drop(leader);
         assert!(wait(a, Duration::from_secs(1)).await.is_none());
         let Flight::Leader(leader) = flights.join("k", 2) else {
