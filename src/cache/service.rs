@@ -218,6 +218,7 @@ impl Refusal {
             Self::Policy(NotStorable::SetCookie) => "sets a cookie",
             Self::Policy(NotStorable::Authorization) => "authenticated and not shareable",
             Self::Policy(NotStorable::VaryStar) => "Vary: *",
+            Self::Policy(NotStorable::Partial) => "partial content",
             Self::Policy(NotStorable::ZeroLifetime) => {
                 "nothing to reuse: no freshness, stale window or validator"
             }
@@ -281,6 +282,13 @@ impl<B: Backend> Shared<B> {
     /// What to do with a request: `None` to bypass the cache.
     fn plan<T>(&self, request: &Request<T>) -> Option<Plan> {
         if !Policy::is_cacheable_method(request.method()) {
+            return None;
+        }
+        if let Some(reason) = Policy::unkeyed_request_input(request.headers()) {
+            tracing::debug!(
+                reason,
+                "request carries input the key cannot hold; cache bypassed"
+            );
             return None;
         }
         let lifetime = self

@@ -115,6 +115,10 @@ pub enum NotStorable {
     VaryStar,
     /// Nothing to reuse: no freshness, no validator and no stale window.
     ZeroLifetime,
+    /// A response with `Content-Range`: its body may not be the whole representation, and
+    /// is never stored or served as if it were. (A `206` is refused as
+    /// [`Status`](Self::Status).)
+    Partial,
 }
 
 /// How long a stored response lives, as [`Policy::lifetimes`] decides it.
@@ -197,6 +201,41 @@ impl Policy {
     /// Whether the cache looks requests with this method up (GET and HEAD).
     pub fn is_cacheable_method(method: &Method) -> bool {
         method == Method::GET || method == Method::HEAD
+    }
+
+    /// Why a GET or HEAD carries input that can change its response yet is in no cache
+    /// key: a body (RFC 9110 §9.3.1 gives it no meaning, but some origins read it), or a
+    /// method-override field that makes frameworks run another method's handler. Such a
+    /// request is neither answered from the cache nor stored: its answer could belong to
+    /// another request. `None` for an ordinary request.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_memcache::policy::Policy;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// assert_eq!(Policy::unkeyed_request_input(&headers), None);
+    /// headers.insert("x-http-method-override", "POST".parse().unwrap());
+    /// assert!(Policy::unkeyed_request_input(&headers).is_some());
+    /// ```
+    pub fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
+        const METHOD_OVERRIDES: [&str; 3] = [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ];
+        if METHOD_OVERRIDES
+            .iter()
+            .any(|name| headers.contains_key(*name))
+        {
+            return Some("method override field");
+        }
+        let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .any(|len| len.as_bytes().iter().any(|b| *b != b'0'));
+        has_body.then_some("request body")
     }
 
     /// Whether a successful response to this method invalidates the target URI
@@ -297,6 +336,11 @@ impl Policy {
             || (self.mode == CacheMode::Origin && explicit && understood);
         if !status_ok {
             return Err(NotStorable::Status);
+        }
+        // A 206 never gets here (not an understood status); any other status with a
+        // Content-Range is an origin's partial body all the same.
+        if response_headers.contains_key(header::CONTENT_RANGE) {
+            return Err(NotStorable::Partial);
         }
         // §5.2.2.3: must-understand with a status the cache understands overrides no-store.
         let no_store = cc.no_store && !(cc.must_understand && understood);
@@ -555,6 +599,16 @@ pub(crate) mod tests {
             storable(&origin, &none, StatusCode::PARTIAL_CONTENT, &explicit),
             Err(NotStorable::Status)
         );
+        let ranged = headers(&[
+            ("cache-control", "max-age=5"),
+            ("content-range", "bytes 0-4/10"),
+        ]);
+        for policy in [&policy, &origin] {
+            assert_eq!(
+                storable(policy, &none, StatusCode::OK, &ranged),
+                Err(NotStorable::Partial)
+            );
+        }
     }
 
     #[test]
