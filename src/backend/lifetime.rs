@@ -50,7 +50,10 @@ impl Lifetime {
     /// Like [`Lifetime::from_secs`], rounding sub-second durations up so that a short
     /// positive lifetime never becomes "never".
     pub fn from_duration(duration: Duration) -> Self {
-        let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+        // Saturating: `Duration::MAX` has u64::MAX whole seconds and a fraction.
+        let secs = duration
+            .as_secs()
+            .saturating_add(u64::from(duration.subsec_nanos() > 0));
         Self::from_secs(secs)
     }
 
@@ -86,12 +89,14 @@ impl Lifetime {
         }
     }
 
-    /// When the item expires, counted from `now`; `None` for never.
+    /// When the item expires, counted from `now`; `None` for never, and for a time past
+    /// what `SystemTime` can hold (`from_secs(u64::MAX)`), which is as good as never.
     pub fn deadline(&self, now: SystemTime) -> Option<SystemTime> {
+        // `SystemTime + Duration` panics on overflow; checked_add does not.
         match self.0 {
             Repr::Never => None,
-            Repr::Relative(secs) => Some(now + Duration::from_secs(u64::from(secs))),
-            Repr::Absolute(unix) => Some(UNIX_EPOCH + Duration::from_secs(unix)),
+            Repr::Relative(secs) => now.checked_add(Duration::from_secs(u64::from(secs))),
+            Repr::Absolute(unix) => UNIX_EPOCH.checked_add(Duration::from_secs(unix)),
         }
     }
 

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::{CodecError, decode_borrowed, decode_value, encode_value};
+use super::{CodecError, bounded_seq, decode_borrowed, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
 pub const FLAG_HTTP_ENTRY: u32 = 0x746d_0101;
@@ -66,9 +66,9 @@ pub struct EntryMeta {
 struct StoredMeta<'a> {
     canonical_key: &'a str,
     status: u16,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded_seq")]
     headers: Vec<(&'a str, &'a [u8])>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded_seq")]
     vary: Vec<(&'a str, Option<&'a str>)>,
     stored_at_ms: u64,
     initial_age_ms: u64,
@@ -78,7 +78,7 @@ struct StoredMeta<'a> {
     forbids_stale: bool,
     no_cache: bool,
     generation: u64,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded_seq")]
     tags: Vec<(&'a str, u64)>,
 }
 
@@ -160,6 +160,7 @@ pub struct VariantIndex {
     /// The canonical request key of the URL, checked on read like an entry's.
     pub canonical_key: String,
     /// The lower-case names of the selecting request headers.
+    #[serde(deserialize_with = "bounded_seq")]
     pub names: Vec<String>,
     /// Part of every variant's key.
     pub id: u64,

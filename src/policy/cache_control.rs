@@ -8,7 +8,8 @@ use http::header::{self, HeaderMap};
 ///
 /// Where a directive with a value appears more than once, the most restrictive value wins
 /// (the smallest `max-age`, the largest `min-fresh`, …). An invalid delta-seconds value
-/// (`max-age=abc`) counts as 0, which makes a response stale at once (RFC 9111 §4.2.1).
+/// (`max-age=abc`) counts as 0, which makes a response stale at once (RFC 9111 §4.2.1); a
+/// value over 2^31 counts as 2^31 (§1.2.2).
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue, header::CACHE_CONTROL};
@@ -150,12 +151,28 @@ impl CacheControl {
     }
 }
 
-/// RFC 9111 §1.2.2: digits only; too many digits mean "very long" (2^31 is the RFC's
-/// minimum for that; the largest u64 is fine); anything else is invalid and counts as 0.
+/// The largest delta-seconds value kept (RFC 9111 §1.2.2: a cache treats any larger value,
+/// and any that overflows, as 2^31). Keeps every duration built from a header far from
+/// `Duration`'s and `SystemTime`'s limits.
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// Parses delta-seconds (RFC 9111 §1.2.2): digits only, clamped to
+/// [`MAX_DELTA_SECONDS`]; `None` when invalid.
+pub(crate) fn parse_delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Only digits: a parse error can only be an overflow, which means "very long".
+    Some(
+        text.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |secs| secs.min(MAX_DELTA_SECONDS)),
+    )
+}
+
+/// A directive's delta-seconds argument; a missing or invalid one counts as 0 (stale at
+/// once, RFC 9111 §4.2.1).
 fn delta_seconds(arg: Option<&str>) -> u64 {
-    arg.filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
-        .map(|a| a.parse::<u64>().unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    arg.and_then(parse_delta_seconds).unwrap_or(0)
 }
 
 fn smallest(current: Option<u64>, arg: Option<&str>) -> u64 {
@@ -250,7 +267,8 @@ mod tests {
         assert_eq!(parsed.stale_if_error, Some(60));
         assert_eq!(
             cc(&["max-age=99999999999999999999999"]).max_age,
-            Some(u64::MAX)
+            Some(MAX_DELTA_SECONDS),
+            "RFC 9111 §1.2.2: overflow means 2^31"
         );
     }
 }

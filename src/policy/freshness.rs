@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 
 use super::CacheControl;
+use super::cache_control::parse_delta_seconds;
 
 /// The statuses RFC 9110 §15.1 calls heuristically cacheable.
 pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
@@ -80,13 +81,20 @@ pub fn heuristic_lifetime(
     response_time: SystemTime,
     heuristic: &Heuristic,
 ) -> Option<Duration> {
-    if heuristic.fraction <= 0.0 || !(HEURISTIC_STATUSES.contains(&status) || cc.public) {
+    if heuristic.fraction.is_nan()
+        || heuristic.fraction <= 0.0
+        || !(HEURISTIC_STATUSES.contains(&status) || cc.public)
+    {
         return None;
     }
     let last_modified = http_date(headers, &header::LAST_MODIFIED)?;
     let date = http_date(headers, &header::DATE).unwrap_or(response_time);
     let since = date.duration_since(last_modified).ok()?;
-    Some(since.mul_f64(heuristic.fraction).min(heuristic.max))
+    // `mul_f64` panics when the product overflows a Duration (a huge configured fraction):
+    // anything that large is over the cap anyway.
+    let lifetime = Duration::try_from_secs_f64(since.as_secs_f64() * heuristic.fraction)
+        .unwrap_or(Duration::MAX);
+    Some(lifetime.min(heuristic.max))
 }
 
 /// The corrected initial age of a response (§4.2.3): the larger of its apparent age
@@ -96,18 +104,23 @@ pub fn initial_age(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Duration {
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let age_value = age_header(headers).map_or(Duration::ZERO, Duration::from_secs);
     let apparent_age = http_date(headers, &header::DATE)
         .and_then(|date| response_time.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    apparent_age.max(age_value + response_delay)
+    // Saturating: `Age` is clamped to 2^31 s, but the request's own delay is a clock
+    // difference, and a panic here would drop the client's connection.
+    apparent_age.max(age_value.saturating_add(response_delay))
+}
+
+/// The `Age` field in seconds (RFC 9111 §5.1: delta-seconds, so clamped to 2^31); `None`
+/// when absent or invalid, which is ignored like a missing one.
+fn age_header(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::AGE)?.to_str().ok()?;
+    parse_delta_seconds(value.trim())
 }
 
 /// What a stored response knows about its own freshness, as the layer keeps it.
