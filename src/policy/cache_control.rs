@@ -216,6 +216,7 @@ pub(super) fn split_directives(text: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
 
     fn cc(lines: &[&str]) -> CacheControl {
         let mut headers = HeaderMap::new();
@@ -270,5 +271,85 @@ mod tests {
             Some(MAX_DELTA_SECONDS),
             "RFC 9111 §1.2.2: overflow means 2^31"
         );
+    }
+
+    /// Every numeric directive of a parsed message, request or response.
+    fn numbers(cc: &CacheControl) -> Vec<u64> {
+        [
+            cc.max_age,
+            cc.s_maxage,
+            cc.min_fresh,
+            cc.max_stale.flatten(),
+            cc.stale_while_revalidate,
+            cc.stale_if_error,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    #[test]
+    fn rfc9111_1_2_2_delta_seconds_clamp_at_2_pow_31() {
+        assert_eq!(parse_delta_seconds("2147483647"), Some(2_147_483_647));
+        assert_eq!(parse_delta_seconds("2147483649"), Some(MAX_DELTA_SECONDS));
+        assert_eq!(
+            parse_delta_seconds(&u64::MAX.to_string()),
+            Some(MAX_DELTA_SECONDS)
+        );
+        for invalid in ["", "+5", "-1", "1.5", " 1", "0x10"] {
+            assert_eq!(parse_delta_seconds(invalid), None, "{invalid:?}");
+        }
+        let huge = cc(&["max-age=18446744073709551615, stale-if-error=18446744073709551615"]);
+        assert_eq!(huge.max_age, Some(MAX_DELTA_SECONDS));
+        assert_eq!(huge.stale_if_error, Some(MAX_DELTA_SECONDS));
+    }
+
+    // Default config: 256 cases unless PROPTEST_CASES says otherwise (`with_cases` would
+    // ignore it).
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn any_header_bytes_parse_without_panic(
+            lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4),
+            pragma in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let mut headers = HeaderMap::new();
+            for line in &lines {
+                if let Ok(value) = HeaderValue::from_bytes(line) {
+                    headers.append(header::CACHE_CONTROL, value);
+                }
+            }
+            if let Ok(value) = HeaderValue::from_bytes(&pragma) {
+                headers.append(header::PRAGMA, value);
+            }
+            for parsed in [CacheControl::parse(&headers), CacheControl::parse_request(&headers)] {
+                prop_assert!(numbers(&parsed).iter().all(|n| *n <= MAX_DELTA_SECONDS));
+            }
+        }
+
+        #[test]
+        fn directive_soup_parses_without_panic(text in r#"([a-zA-Z-]{0,24}(=("[^"]{0,12}"?|[0-9]{0,30}))?[ ,"\\]{0,3}){0,8}"#) {
+            let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CACHE_CONTROL, value);
+            let parsed = CacheControl::parse_request(&headers);
+            prop_assert!(numbers(&parsed).iter().all(|n| *n <= MAX_DELTA_SECONDS));
+        }
+
+        #[test]
+        fn numeric_directives_saturate(
+            name in prop::sample::select(vec![
+                "max-age", "s-maxage", "min-fresh", "max-stale",
+                "stale-while-revalidate", "stale-if-error",
+            ]),
+            value in any::<u128>(),
+            quoted in any::<bool>(),
+        ) {
+            let text = if quoted { format!("{name}=\"{value}\"") } else { format!("{name}={value}") };
+            let parsed = cc(&[&text]);
+            let expected = u64::try_from(value).unwrap_or(u64::MAX).min(MAX_DELTA_SECONDS);
+            prop_assert_eq!(numbers(&parsed), vec![expected]);
+        }
     }
 }
