@@ -155,6 +155,26 @@ mod tests {
     }
 
     #[test]
+    fn claims_are_bounded_by_the_input_length() {
+        // 9 bytes claiming a 100 MiB string: refused on the limit (under the old fixed
+        // 128 MiB limit, bincode allocated 100 MiB and then ran out of input).
+        let mut evil = vec![0xfc]; // varint: u32 follows
+        evil.extend_from_slice(&(100u32 << 20).to_le_bytes());
+        let err = decode_value::<String>(&evil).unwrap_err();
+        assert!(err.to_string().contains("LimitExceeded"), "{err}");
+        // Honest values near each size class still decode: u64s claim 8 bytes per 1-byte
+        // varint, the densest claim of the crate's types.
+        for len in [0usize, 200, 256, 1000, 5000, 70_000] {
+            let numbers = vec![1u64; len];
+            let bytes = encode_value(&numbers).unwrap();
+            assert_eq!(decode_value::<Vec<u64>>(&bytes).unwrap(), numbers);
+            let text = "x".repeat(len * 4);
+            let bytes = encode_value(&text).unwrap();
+            assert_eq!(decode_value::<String>(&bytes).unwrap(), text);
+        }
+    }
+
+    #[test]
     fn huge_length_prefixes_do_not_allocate() {
         // A varint length of u64::MAX: must fail on the limit, not try to allocate.
         let evil = [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];

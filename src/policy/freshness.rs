@@ -225,7 +225,7 @@ impl Freshness {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::cache_control::MAX_DELTA_SECONDS;
     use crate::policy::tests::headers;
@@ -462,7 +462,7 @@ mod tests {
     }
 
     /// An HTTP date field value: a formattable date, or any text.
-    fn date_field() -> impl Strategy<Value = String> {
+    pub(crate) fn date_field() -> impl Strategy<Value = String> {
         // The last second of 9999, the last one IMF-fixdate can say.
         const MAX_HTTP_DATE: i64 = 253_402_300_799;
         prop_oneof![
@@ -481,10 +481,14 @@ mod tests {
         ]
     }
 
-    fn with(pairs: &[(&'static str, Option<&str>)]) -> HeaderMap {
+    /// A header map of the pairs whose value is present and valid.
+    pub(crate) fn with<V: AsRef<[u8]>>(pairs: &[(&'static str, Option<V>)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            if let Some(value) = value
+                .as_ref()
+                .and_then(|v| HeaderValue::from_bytes(v.as_ref()).ok())
+            {
                 map.append(*name, value);
             }
         }
@@ -555,7 +559,7 @@ mod tests {
         ) {
             let cache_control = format!("{directive}={seconds}");
             let map = with(&[
-                ("cache-control", Some(&cache_control)),
+                ("cache-control", Some(cache_control.as_str())),
                 ("expires", expires.as_deref()),
                 ("date", date.as_deref()),
             ]);
