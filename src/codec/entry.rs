@@ -394,29 +394,20 @@ mod tests {
         )
             .prop_map(
                 |((canonical_key, status, headers, vary), times, flags, tags)| {
-                    let (
-                        stored_at_ms,
-                        initial_age_ms,
-                        fresh_for_ms,
-                        stale_while_revalidate_ms,
-                        stale_if_error_ms,
+                    // Field by field over the fixed example, so fields added later keep a value.
+                    let mut meta = meta();
+                    (meta.canonical_key, meta.status, meta.headers, meta.vary) =
+                        (canonical_key, status, headers, vary);
+                    (
+                        meta.stored_at_ms,
+                        meta.initial_age_ms,
+                        meta.fresh_for_ms,
+                        meta.stale_while_revalidate_ms,
+                        meta.stale_if_error_ms,
                     ) = times;
-                    let (forbids_stale, no_cache, generation) = flags;
-                    EntryMeta {
-                        canonical_key,
-                        status,
-                        headers,
-                        vary,
-                        stored_at_ms,
-                        initial_age_ms,
-                        fresh_for_ms,
-                        stale_while_revalidate_ms,
-                        stale_if_error_ms,
-                        forbids_stale,
-                        no_cache,
-                        generation,
-                        tags,
-                    }
+                    (meta.forbids_stale, meta.no_cache, meta.generation) = flags;
+                    meta.tags = tags;
+                    meta
                 },
             )
     }
