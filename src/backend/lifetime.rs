@@ -50,7 +50,10 @@ impl Lifetime {
     /// Like [`Lifetime::from_secs`], rounding sub-second durations up so that a short
     /// positive lifetime never becomes "never".
     pub fn from_duration(duration: Duration) -> Self {
-        let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+        // Saturating: `Duration::MAX` has u64::MAX whole seconds and a fraction.
+        let secs = duration
+            .as_secs()
+            .saturating_add(u64::from(duration.subsec_nanos() > 0));
         Self::from_secs(secs)
     }
 
@@ -86,12 +89,14 @@ impl Lifetime {
         }
     }
 
-    /// When the item expires, counted from `now`; `None` for never.
+    /// When the item expires, counted from `now`; `None` for never, and for a time past
+    /// what `SystemTime` can hold (`from_secs(u64::MAX)`), which is as good as never.
     pub fn deadline(&self, now: SystemTime) -> Option<SystemTime> {
+        // `SystemTime + Duration` panics on overflow; checked_add does not.
         match self.0 {
             Repr::Never => None,
-            Repr::Relative(secs) => Some(now + Duration::from_secs(u64::from(secs))),
-            Repr::Absolute(unix) => Some(UNIX_EPOCH + Duration::from_secs(unix)),
+            Repr::Relative(secs) => now.checked_add(Duration::from_secs(u64::from(secs))),
+            Repr::Absolute(unix) => UNIX_EPOCH.checked_add(Duration::from_secs(unix)),
         }
     }
 
@@ -118,6 +123,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn memcached_rules_for_raw_exptimes() {
@@ -167,5 +173,53 @@ mod tests {
     #[test]
     fn default_is_the_seeds_hour() {
         assert_eq!(Lifetime::default().exptime(), 3600);
+    }
+
+    #[test]
+    fn the_largest_lifetimes_do_not_overflow() {
+        // A lifetime header of u64::MAX seconds reaches the backend as these.
+        let now = SystemTime::now();
+        for lifetime in [
+            Lifetime::from_secs(u64::MAX),
+            Lifetime::from_duration(Duration::MAX),
+            Lifetime::from_duration(Duration::from_millis(u64::MAX)),
+        ] {
+            assert_eq!(lifetime.exptime(), u32::MAX, "past 2106: as good as never");
+            let _ = lifetime.deadline(now);
+        }
+        assert_eq!(Lifetime::from_secs(u64::MAX).deadline(now), None);
+        assert_eq!(
+            Lifetime::from_exptime(1).deadline(UNIX_EPOCH + Duration::from_secs(i64::MAX as u64)),
+            None,
+            "a relative time past what SystemTime holds"
+        );
+    }
+
+    // Default config: 256 cases unless PROPTEST_CASES says otherwise.
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn any_lifetime_converts_without_panic(
+            secs in prop_oneof![any::<u64>(), Just(u64::MAX), 0..=u64::from(MAX_RELATIVE_SECS) + 1],
+            nanos in 0..1_000_000_000u32,
+            exptime in any::<u32>(),
+            (at, now) in (any::<u64>(), any::<u64>()),
+        ) {
+            let now = UNIX_EPOCH.checked_add(Duration::from_secs(now)).unwrap_or(UNIX_EPOCH);
+            let at = UNIX_EPOCH.checked_add(Duration::from_secs(at)).unwrap_or(UNIX_EPOCH);
+            for lifetime in [
+                Lifetime::from_secs(secs),
+                Lifetime::from_duration(Duration::new(secs, nanos)),
+                Lifetime::from_exptime(exptime),
+                Lifetime::at(at),
+            ] {
+                let _ = (lifetime.exptime(), lifetime.deadline(now), lifetime.is_never());
+            }
+            // memcached's number reads back as what was sent.
+            let raw = Lifetime::from_exptime(exptime);
+            prop_assert_eq!(raw.exptime(), exptime);
+            prop_assert_eq!(Lifetime::from_secs(secs).is_never(), secs == 0);
+        }
     }
 }

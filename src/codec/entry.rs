@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::{CodecError, decode_borrowed, decode_value, encode_value};
+use super::{CodecError, bounded_seq, decode_borrowed, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
 pub const FLAG_HTTP_ENTRY: u32 = 0x746d_0101;
@@ -69,9 +69,9 @@ pub struct EntryMeta {
 struct StoredMeta<'a> {
     canonical_key: &'a str,
     status: u16,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded_seq")]
     headers: Vec<(&'a str, &'a [u8])>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded_seq")]
     vary: Vec<(&'a str, Option<&'a str>)>,
     stored_at_ms: u64,
     initial_age_ms: u64,
@@ -82,7 +82,7 @@ struct StoredMeta<'a> {
     no_cache: bool,
     authenticated: bool,
     generation: u64,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded_seq")]
     tags: Vec<(&'a str, u64)>,
 }
 
@@ -166,6 +166,7 @@ pub struct VariantIndex {
     /// The canonical request key of the URL, checked on read like an entry's.
     pub canonical_key: String,
     /// The lower-case names of the selecting request headers.
+    #[serde(deserialize_with = "bounded_seq")]
     pub names: Vec<String>,
     /// Part of every variant's key.
     pub id: u64,
@@ -242,6 +243,7 @@ fn split<'a>(bytes: &'a [u8], magic: &[u8; 4]) -> Result<(&'a [u8], usize), Code
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn meta() -> EntryMeta {
         EntryMeta {
@@ -347,5 +349,149 @@ mod tests {
         garbage_meta[9] = 0xff;
         garbage_meta[10] = 0xff;
         let _ = decode_entry(garbage_meta.into());
+    }
+
+    #[test]
+    fn lying_length_prefixes_are_refused_before_allocating() {
+        // A variant index whose key claims 1 MiB: bincode would allocate that before reading
+        // it; the limit for so short an input refuses the claim instead.
+        let mut key = vec![0xfd]; // varint: u64 follows
+        key.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        let err = decode_index(&frame(INDEX_MAGIC, &key, &[]).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("LimitExceeded"), "{err}");
+        // A name list claiming 2^60 elements, and an entry whose header list does: errors,
+        // with a few elements reserved at most.
+        let mut names = vec![1, b'k', 0xfd];
+        names.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode_index(&frame(INDEX_MAGIC, &names, &[]).unwrap()).is_err());
+        let mut meta = vec![1, b'k', 200]; // key "k", status 200
+        meta.push(0xfd);
+        meta.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode_entry(frame(MAGIC, &meta, &[]).unwrap()).is_err());
+    }
+
+    /// Any value that a u64 field may hold, its extremes often.
+    fn any_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![any::<u64>(), Just(u64::MAX), Just(0)]
+    }
+
+    fn any_meta() -> impl Strategy<Value = EntryMeta> {
+        let header = (
+            "[a-z0-9!#$%&'*+.^_`|~-]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..24),
+        )
+            .prop_filter_map("a valid field", |(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(&value).ok()?,
+                ))
+            });
+        let texts =
+            || proptest::collection::vec((".{0,16}", proptest::option::of(".{0,16}")), 0..4);
+        (
+            (
+                ".{0,64}",
+                any::<u16>(),
+                proptest::collection::vec(header, 0..6),
+                texts(),
+            ),
+            (any_u64(), any_u64(), any_u64(), any_u64(), any_u64()),
+            (any::<bool>(), any::<bool>(), any_u64()),
+            proptest::collection::vec((".{0,16}", any_u64()), 0..4),
+        )
+            .prop_map(
+                |((canonical_key, status, headers, vary), times, flags, tags)| {
+                    // Field by field over the fixed example, so fields added later keep a value.
+                    let mut meta = meta();
+                    (meta.canonical_key, meta.status, meta.headers, meta.vary) =
+                        (canonical_key, status, headers, vary);
+                    (
+                        meta.stored_at_ms,
+                        meta.initial_age_ms,
+                        meta.fresh_for_ms,
+                        meta.stale_while_revalidate_ms,
+                        meta.stale_if_error_ms,
+                    ) = times;
+                    (meta.forbids_stale, meta.no_cache, meta.generation) = flags;
+                    meta.tags = tags;
+                    meta
+                },
+            )
+    }
+
+    /// Decoded metadata owns at most what its input held: no claim of the input is
+    /// believed beyond the bytes that back it.
+    fn owned_len(meta: &EntryMeta) -> usize {
+        meta.canonical_key.len()
+            + meta
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>()
+            + meta
+                .vary
+                .iter()
+                .map(|(n, v)| n.len() + v.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+            + meta.tags.iter().map(|(n, _)| n.len()).sum::<usize>()
+    }
+
+    // Default config: 256 cases unless PROPTEST_CASES says otherwise.
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn entries_round_trip(meta in any_meta(), body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let bytes = encode_entry(&meta, &body).unwrap();
+            let entry = decode_entry(bytes).unwrap();
+            prop_assert_eq!(&entry.meta, &meta);
+            prop_assert_eq!(&entry.body[..], &body[..]);
+        }
+
+        #[test]
+        fn indexes_round_trip(
+            canonical_key in ".{0,64}",
+            names in proptest::collection::vec("[a-z-]{0,16}", 0..6),
+            id in any_u64(),
+        ) {
+            let index = VariantIndex { canonical_key, names, id };
+            prop_assert_eq!(decode_index(&encode_index(&index).unwrap()).unwrap(), index);
+        }
+
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_index(&bytes);
+            let _ = decode_entry(Bytes::from(bytes));
+        }
+
+        #[test]
+        fn any_framed_metadata_decodes_without_panic(
+            meta in proptest::collection::vec(any::<u8>(), 0..256),
+            rest in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let _ = decode_index(&frame(INDEX_MAGIC, &meta, &rest).unwrap());
+            let bytes = frame(MAGIC, &meta, &rest).unwrap();
+            if let Ok(entry) = decode_entry(bytes.clone()) {
+                prop_assert!(owned_len(&entry.meta) <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn corrupted_entries_decode_without_panic(
+            meta in any_meta(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = encode_entry(&meta, b"body").unwrap().to_vec();
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let len = bytes.len();
+            if let Ok(entry) = decode_entry(Bytes::from(bytes)) {
+                prop_assert!(owned_len(&entry.meta) <= len);
+            }
+        }
     }
 }

@@ -42,6 +42,71 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
+/// Decodes with a claim limit of `LIMIT` bytes (see [`decode_borrowed`]).
+fn decode_limited<'a, T: serde::Deserialize<'a>, const LIMIT: usize>(
+    bytes: &'a [u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    bincode::serde::borrow_decode_from_slice(bytes, config)
+}
+
+/// Decodes `bytes` with the smallest limit of a few that fits their length.
+///
+/// bincode allocates an owned string's or byte buffer's claimed length before reading it,
+/// bounded only by the config's limit, a constant; and it counts every decoded value at its
+/// in-memory size (a one-byte varint u64 claims 8). A limit of 16 times the input (in steps
+/// of 4) admits every honest value and keeps a lying length prefix to at most 64 times the
+/// input's length (4 KiB for small ones).
+fn decode_sized<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    const K: usize = 1024;
+    match bytes.len() {
+        0..=256 => decode_limited::<T, { 4 * K }>(bytes),
+        257..=1024 => decode_limited::<T, { 16 * K }>(bytes),
+        1025..=4096 => decode_limited::<T, { 64 * K }>(bytes),
+        4097..=16_384 => decode_limited::<T, { 256 * K }>(bytes),
+        16_385..=65_536 => decode_limited::<T, { K * K }>(bytes),
+        65_537..=262_144 => decode_limited::<T, { 4 * K * K }>(bytes),
+        262_145..=1_048_576 => decode_limited::<T, { 16 * K * K }>(bytes),
+        1_048_577..=4_194_304 => decode_limited::<T, { 64 * K * K }>(bytes),
+        _ => decode_limited::<T, DECODE_LIMIT>(bytes),
+    }
+}
+
+/// Sequences of stored metadata are deserialized with this: serde's own `Vec` reserves a
+/// claimed length up to 1 MiB before reading an element, however short the input; this
+/// reserves a few elements and grows only with elements actually decoded (each of which
+/// consumed input).
+pub(crate) fn bounded_seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOC_ELEMENTS));
+            while let Some(element) = seq.next_element()? {
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded(std::marker::PhantomData))
+}
+
+/// How many elements [`bounded_seq`] reserves at most before decoding them.
+const PREALLOC_ELEMENTS: usize = 16;
+
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -63,8 +128,8 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
 pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
     bytes: &'a [u8],
 ) -> Result<T, CodecError> {
-    let (value, read) = bincode::serde::borrow_decode_from_slice(bytes, config())
-        .map_err(|err| CodecError(format!("cannot decode value: {err}")))?;
+    let (value, read) =
+        decode_sized(bytes).map_err(|err| CodecError(format!("cannot decode value: {err}")))?;
     if read != bytes.len() {
         return Err(CodecError(format!(
             "cannot decode value: {} trailing bytes",
@@ -87,6 +152,26 @@ mod tests {
         assert!(decode_value::<Vec<u64>>(&longer).is_err());
         assert!(decode_value::<Vec<u64>>(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_value::<String>(b"Vcached value\np1\n.").is_err());
+    }
+
+    #[test]
+    fn claims_are_bounded_by_the_input_length() {
+        // 9 bytes claiming a 100 MiB string: refused on the limit (under the old fixed
+        // 128 MiB limit, bincode allocated 100 MiB and then ran out of input).
+        let mut evil = vec![0xfc]; // varint: u32 follows
+        evil.extend_from_slice(&(100u32 << 20).to_le_bytes());
+        let err = decode_value::<String>(&evil).unwrap_err();
+        assert!(err.to_string().contains("LimitExceeded"), "{err}");
+        // Honest values near each size class still decode: u64s claim 8 bytes per 1-byte
+        // varint, the densest claim of the crate's types.
+        for len in [0usize, 200, 256, 1000, 5000, 70_000] {
+            let numbers = vec![1u64; len];
+            let bytes = encode_value(&numbers).unwrap();
+            assert_eq!(decode_value::<Vec<u64>>(&bytes).unwrap(), numbers);
+            let text = "x".repeat(len * 4);
+            let bytes = encode_value(&text).unwrap();
+            assert_eq!(decode_value::<String>(&bytes).unwrap(), text);
+        }
     }
 
     #[test]

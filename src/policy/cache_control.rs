@@ -8,7 +8,8 @@ use http::header::{self, HeaderMap};
 ///
 /// Where a directive with a value appears more than once, the most restrictive value wins
 /// (the smallest `max-age`, the largest `min-fresh`, …). An invalid delta-seconds value
-/// (`max-age=abc`) counts as 0, which makes a response stale at once (RFC 9111 §4.2.1).
+/// (`max-age=abc`) counts as 0, which makes a response stale at once (RFC 9111 §4.2.1); a
+/// value over 2^31 counts as 2^31 (§1.2.2).
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue, header::CACHE_CONTROL};
@@ -150,12 +151,28 @@ impl CacheControl {
     }
 }
 
-/// RFC 9111 §1.2.2: digits only; too many digits mean "very long" (2^31 is the RFC's
-/// minimum for that; the largest u64 is fine); anything else is invalid and counts as 0.
+/// The largest delta-seconds value kept (RFC 9111 §1.2.2: a cache treats any larger value,
+/// and any that overflows, as 2^31). Keeps every duration built from a header far from
+/// `Duration`'s and `SystemTime`'s limits.
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// Parses delta-seconds (RFC 9111 §1.2.2): digits only, clamped to
+/// [`MAX_DELTA_SECONDS`]; `None` when invalid.
+pub(crate) fn parse_delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Only digits: a parse error can only be an overflow, which means "very long".
+    Some(
+        text.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |secs| secs.min(MAX_DELTA_SECONDS)),
+    )
+}
+
+/// A directive's delta-seconds argument; a missing or invalid one counts as 0 (stale at
+/// once, RFC 9111 §4.2.1).
 fn delta_seconds(arg: Option<&str>) -> u64 {
-    arg.filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
-        .map(|a| a.parse::<u64>().unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    arg.and_then(parse_delta_seconds).unwrap_or(0)
 }
 
 fn smallest(current: Option<u64>, arg: Option<&str>) -> u64 {
@@ -199,6 +216,7 @@ pub(super) fn split_directives(text: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
 
     fn cc(lines: &[&str]) -> CacheControl {
         let mut headers = HeaderMap::new();
@@ -250,7 +268,88 @@ mod tests {
         assert_eq!(parsed.stale_if_error, Some(60));
         assert_eq!(
             cc(&["max-age=99999999999999999999999"]).max_age,
-            Some(u64::MAX)
+            Some(MAX_DELTA_SECONDS),
+            "RFC 9111 §1.2.2: overflow means 2^31"
         );
+    }
+
+    /// Every numeric directive of a parsed message, request or response.
+    fn numbers(cc: &CacheControl) -> Vec<u64> {
+        [
+            cc.max_age,
+            cc.s_maxage,
+            cc.min_fresh,
+            cc.max_stale.flatten(),
+            cc.stale_while_revalidate,
+            cc.stale_if_error,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    #[test]
+    fn rfc9111_1_2_2_delta_seconds_clamp_at_2_pow_31() {
+        assert_eq!(parse_delta_seconds("2147483647"), Some(2_147_483_647));
+        assert_eq!(parse_delta_seconds("2147483649"), Some(MAX_DELTA_SECONDS));
+        assert_eq!(
+            parse_delta_seconds(&u64::MAX.to_string()),
+            Some(MAX_DELTA_SECONDS)
+        );
+        for invalid in ["", "+5", "-1", "1.5", " 1", "0x10"] {
+            assert_eq!(parse_delta_seconds(invalid), None, "{invalid:?}");
+        }
+        let huge = cc(&["max-age=18446744073709551615, stale-if-error=18446744073709551615"]);
+        assert_eq!(huge.max_age, Some(MAX_DELTA_SECONDS));
+        assert_eq!(huge.stale_if_error, Some(MAX_DELTA_SECONDS));
+    }
+
+    // Default config: 256 cases unless PROPTEST_CASES says otherwise (`with_cases` would
+    // ignore it).
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn any_header_bytes_parse_without_panic(
+            lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4),
+            pragma in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let mut headers = HeaderMap::new();
+            for line in &lines {
+                if let Ok(value) = HeaderValue::from_bytes(line) {
+                    headers.append(header::CACHE_CONTROL, value);
+                }
+            }
+            if let Ok(value) = HeaderValue::from_bytes(&pragma) {
+                headers.append(header::PRAGMA, value);
+            }
+            for parsed in [CacheControl::parse(&headers), CacheControl::parse_request(&headers)] {
+                prop_assert!(numbers(&parsed).iter().all(|n| *n <= MAX_DELTA_SECONDS));
+            }
+        }
+
+        #[test]
+        fn directive_soup_parses_without_panic(text in r#"([a-zA-Z-]{0,24}(=("[^"]{0,12}"?|[0-9]{0,30}))?[ ,"\\]{0,3}){0,8}"#) {
+            let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CACHE_CONTROL, value);
+            let parsed = CacheControl::parse_request(&headers);
+            prop_assert!(numbers(&parsed).iter().all(|n| *n <= MAX_DELTA_SECONDS));
+        }
+
+        #[test]
+        fn numeric_directives_saturate(
+            name in prop::sample::select(vec![
+                "max-age", "s-maxage", "min-fresh", "max-stale",
+                "stale-while-revalidate", "stale-if-error",
+            ]),
+            value in any::<u128>(),
+            quoted in any::<bool>(),
+        ) {
+            let text = if quoted { format!("{name}=\"{value}\"") } else { format!("{name}={value}") };
+            let parsed = cc(&[&text]);
+            let expected = u64::try_from(value).unwrap_or(u64::MAX).min(MAX_DELTA_SECONDS);
+            prop_assert_eq!(numbers(&parsed), vec![expected]);
+        }
     }
 }

@@ -130,7 +130,9 @@ pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::freshness::tests::{date_field, with};
     use crate::policy::tests::headers;
+    use proptest::prelude::*;
 
     #[test]
     fn rfc9110_13_1_2_if_none_match_weak_comparison() {
@@ -189,5 +191,49 @@ mod tests {
             ("content-type", "text/plain"),
         ]));
         assert!(not_modified.contains_key("etag") && !not_modified.contains_key("content-type"));
+    }
+
+    /// A field value: any bytes, a date, or entity tags.
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..48),
+            date_field().prop_map(String::into_bytes),
+            r#"(\*|(W/)?"[!#-~\x80-\xff]{0,6}"?|[ ,]){0,6}"#.prop_map(String::into_bytes),
+        ]
+    }
+
+    // Default config: 256 cases unless PROPTEST_CASES says otherwise.
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn preconditions_on_any_bytes_never_panic(
+            (if_none_match, if_modified_since) in (proptest::option::of(field()), proptest::option::of(field())),
+            (etag, last_modified, date) in (
+                proptest::option::of(field()),
+                proptest::option::of(field()),
+                proptest::option::of(field()),
+            ),
+        ) {
+            let request = with(&[
+                ("if-none-match", if_none_match.as_ref()),
+                ("if-modified-since", if_modified_since.as_ref()),
+            ]);
+            let stored = with(&[
+                ("etag", etag.as_ref()),
+                ("last-modified", last_modified.as_ref()),
+                ("date", date.as_ref()),
+            ]);
+            let _ = (not_modified(&request, &stored), has_preconditions(&request));
+            let _ = (same_representation(&request, &stored), not_modified_headers(&stored));
+            let mut revalidation = request.clone();
+            prop_assert_eq!(add_validators(&mut revalidation, &stored), has_validators(&stored));
+        }
+
+        #[test]
+        fn weak_match_is_symmetric(a in field(), b in field()) {
+            prop_assert_eq!(weak_match(&a, &b), weak_match(&b, &a));
+            prop_assert!(!weak_match(&a, &b) || weak_match(&a, &a));
+        }
     }
 }

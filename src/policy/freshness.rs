@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 
 use super::CacheControl;
+use super::cache_control::parse_delta_seconds;
 
 /// The statuses RFC 9110 §15.1 calls heuristically cacheable.
 pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
@@ -80,13 +81,20 @@ pub fn heuristic_lifetime(
     response_time: SystemTime,
     heuristic: &Heuristic,
 ) -> Option<Duration> {
-    if heuristic.fraction <= 0.0 || !(HEURISTIC_STATUSES.contains(&status) || cc.public) {
+    if heuristic.fraction.is_nan()
+        || heuristic.fraction <= 0.0
+        || !(HEURISTIC_STATUSES.contains(&status) || cc.public)
+    {
         return None;
     }
     let last_modified = http_date(headers, &header::LAST_MODIFIED)?;
     let date = http_date(headers, &header::DATE).unwrap_or(response_time);
     let since = date.duration_since(last_modified).ok()?;
-    Some(since.mul_f64(heuristic.fraction).min(heuristic.max))
+    // `mul_f64` panics when the product overflows a Duration (a huge configured fraction):
+    // anything that large is over the cap anyway.
+    let lifetime = Duration::try_from_secs_f64(since.as_secs_f64() * heuristic.fraction)
+        .unwrap_or(Duration::MAX);
+    Some(lifetime.min(heuristic.max))
 }
 
 /// The corrected initial age of a response (§4.2.3): the larger of its apparent age
@@ -96,18 +104,23 @@ pub fn initial_age(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Duration {
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let age_value = age_header(headers).map_or(Duration::ZERO, Duration::from_secs);
     let apparent_age = http_date(headers, &header::DATE)
         .and_then(|date| response_time.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    apparent_age.max(age_value + response_delay)
+    // Saturating: `Age` is clamped to 2^31 s, but the request's own delay is a clock
+    // difference, and a panic here would drop the client's connection.
+    apparent_age.max(age_value.saturating_add(response_delay))
+}
+
+/// The `Age` field in seconds (RFC 9111 §5.1: delta-seconds, so clamped to 2^31); `None`
+/// when absent or invalid, which is ignored like a missing one.
+fn age_header(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::AGE)?.to_str().ok()?;
+    parse_delta_seconds(value.trim())
 }
 
 /// What a stored response knows about its own freshness, as the layer keeps it.
@@ -212,9 +225,14 @@ impl Freshness {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::policy::cache_control::MAX_DELTA_SECONDS;
     use crate::policy::tests::headers;
+    use crate::policy::{CacheMode, Policy};
+    use http::{HeaderValue, StatusCode};
+    use proptest::prelude::*;
+    use std::time::UNIX_EPOCH;
 
     fn at(date: &str) -> SystemTime {
         httpdate::parse_http_date(date).unwrap()
@@ -336,5 +354,266 @@ mod tests {
         };
         assert!(!no_window.usable_on_error(&none));
         assert!(no_window.usable_on_error(&req("stale-if-error=600")));
+    }
+
+    const SECS_2_POW_31: Duration = Duration::from_secs(MAX_DELTA_SECONDS);
+
+    #[test]
+    fn defect_6_huge_age_with_a_one_second_exchange() {
+        // The reported values: `Age: u64::MAX`, the response a second after the request.
+        let request_time = at(DATE);
+        let response_time = request_time + Duration::from_secs(1);
+        let map = headers(&[("date", DATE), ("age", "18446744073709551615")]);
+        let age = initial_age(&map, request_time, response_time);
+        assert_eq!(age, SECS_2_POW_31 + Duration::from_secs(1));
+        // An Age too large even for u64 is "very long" too, not ignored (RFC 9111 §1.2.2).
+        let larger = headers(&[("age", "99999999999999999999999")]);
+        assert_eq!(
+            initial_age(&larger, request_time, response_time),
+            SECS_2_POW_31 + Duration::from_secs(1)
+        );
+        // Both modes' lifetimes for that response, the handler choosing the largest
+        // lifetime header value (the layer's `x-memcache-lifetime: 18446744073709551615`).
+        let huge_lifetime = Duration::from_secs(u64::MAX);
+        let cc = CacheControl::parse(&map);
+        for mode in [CacheMode::Routes, CacheMode::Origin] {
+            let mut policy = Policy::default();
+            policy.set_mode(mode);
+            for handler_override in [true, false] {
+                let lifetimes = policy.lifetimes(
+                    huge_lifetime,
+                    handler_override,
+                    StatusCode::OK,
+                    &map,
+                    &cc,
+                    response_time,
+                );
+                // The layer stores `age + fresh` in routes mode and for a handler's override:
+                // a plain `+` there overflows (src/cache/stored.rs must saturate).
+                let chosen = mode == CacheMode::Routes || handler_override;
+                assert_eq!(age.checked_add(lifetimes.fresh).is_none(), chosen);
+                assert_eq!(
+                    lifetimes.fresh,
+                    if chosen {
+                        huge_lifetime
+                    } else {
+                        Duration::ZERO
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn defect_6_huge_lifetime_with_an_old_date() {
+        // An old Date makes the apparent age large; the lifetime header adds u64::MAX s.
+        let now = SystemTime::now();
+        let map = headers(&[("date", "Thu, 01 Jan 1970 00:00:00 GMT")]);
+        let age = initial_age(&map, now - Duration::from_secs(1), now);
+        assert!(age >= Duration::from_secs(1_700_000_000));
+        assert!(age.checked_add(Duration::from_secs(u64::MAX)).is_none());
+    }
+
+    #[test]
+    fn heuristic_survives_odd_fractions() {
+        let now = at(DATE);
+        let map = headers(&[
+            ("date", DATE),
+            ("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT"),
+        ]);
+        let cc = CacheControl::parse(&map);
+        for fraction in [f64::NAN, -1.0, 0.0] {
+            let h = Heuristic {
+                fraction,
+                max: Duration::MAX,
+            };
+            assert_eq!(
+                heuristic_lifetime(200, &cc, &map, now, &h),
+                None,
+                "{fraction}"
+            );
+        }
+        for fraction in [f64::INFINITY, f64::MAX, 1e300] {
+            let h = Heuristic {
+                fraction,
+                max: Duration::MAX,
+            };
+            assert_eq!(
+                heuristic_lifetime(200, &cc, &map, now, &h),
+                Some(Duration::MAX)
+            );
+        }
+    }
+
+    /// A time `secs` (negative: before) from the epoch, or the epoch past `SystemTime`'s range.
+    fn time(secs: i64, nanos: u32) -> SystemTime {
+        let offset = Duration::new(secs.unsigned_abs(), nanos % 1_000_000_000);
+        if secs >= 0 {
+            UNIX_EPOCH.checked_add(offset)
+        } else {
+            UNIX_EPOCH.checked_sub(offset)
+        }
+        .unwrap_or(UNIX_EPOCH)
+    }
+
+    /// Any time `SystemTime` holds (bar the extremes), including before the epoch.
+    fn any_time() -> impl Strategy<Value = SystemTime> {
+        (any::<i64>(), any::<u32>()).prop_map(|(secs, nanos)| time(secs, nanos))
+    }
+
+    /// An HTTP date field value: a formattable date, or any text.
+    pub(crate) fn date_field() -> impl Strategy<Value = String> {
+        // The last second of 9999, the last one IMF-fixdate can say.
+        const MAX_HTTP_DATE: i64 = 253_402_300_799;
+        prop_oneof![
+            (0..=MAX_HTTP_DATE).prop_map(|secs| httpdate::fmt_http_date(time(secs, 0))),
+            "[ -~]{0,40}",
+        ]
+    }
+
+    /// An `Age` (or any delta-seconds) field value: numbers of any size, or any text.
+    fn seconds_field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            "[0-9]{0,30}",
+            "[ -~]{0,12}",
+        ]
+    }
+
+    /// A header map of the pairs whose value is present and valid.
+    pub(crate) fn with<V: AsRef<[u8]>>(pairs: &[(&'static str, Option<V>)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            if let Some(value) = value
+                .as_ref()
+                .and_then(|v| HeaderValue::from_bytes(v.as_ref()).ok())
+            {
+                map.append(*name, value);
+            }
+        }
+        map
+    }
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (any::<u64>(), 0..1_000_000_000u32).prop_map(|(s, n)| Duration::new(s, n)),
+            Just(Duration::MAX),
+            (0..100_000u64).prop_map(Duration::from_secs),
+        ]
+    }
+
+    fn any_request_cc() -> impl Strategy<Value = CacheControl> {
+        let number = || proptest::option::of(prop_oneof![any::<u64>(), 0..1000u64]);
+        (
+            (number(), number(), number()),
+            (proptest::option::of(number()), any::<bool>()),
+        )
+            .prop_map(
+                |((max_age, min_fresh, stale_if_error), (max_stale, no_cache))| {
+                    let mut cc = CacheControl::default();
+                    (cc.max_age, cc.min_fresh, cc.stale_if_error) =
+                        (max_age, min_fresh, stale_if_error);
+                    (cc.max_stale, cc.no_cache) = (max_stale, no_cache);
+                    cc
+                },
+            )
+    }
+
+    // Default config: 256 cases unless PROPTEST_CASES says otherwise.
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn initial_age_never_panics_and_grows_with_age(
+            date in proptest::option::of(date_field()),
+            (a, b) in (any::<u64>(), any::<u64>()),
+            request_time in any_time(),
+            response_time in any_time(),
+            delay in any_duration(),
+            text in seconds_field(),
+        ) {
+            let (small, large) = (a.min(b), a.max(b));
+            let age = |age: &str, response_time| {
+                let map = with(&[("date", date.as_deref()), ("age", Some(age))]);
+                initial_age(&map, request_time, response_time)
+            };
+            let younger = age(&small.to_string(), response_time);
+            let older = age(&large.to_string(), response_time);
+            prop_assert!(younger <= older, "larger Age gave a smaller age");
+            prop_assert!(younger >= Duration::from_secs(small.min(MAX_DELTA_SECONDS)));
+            let _ = age(&text, response_time);
+            // A response far after its request (and SystemTime's largest steps).
+            if let Some(later) = request_time.checked_add(delay) {
+                let _ = age(&large.to_string(), later);
+            }
+        }
+
+        #[test]
+        fn explicit_lifetime_never_panics_and_is_clamped(
+            directive in prop::sample::select(vec!["max-age", "s-maxage", "x-other"]),
+            seconds in seconds_field(),
+            expires in proptest::option::of(date_field()),
+            date in proptest::option::of(date_field()),
+            response_time in any_time(),
+        ) {
+            let cache_control = format!("{directive}={seconds}");
+            let map = with(&[
+                ("cache-control", Some(cache_control.as_str())),
+                ("expires", expires.as_deref()),
+                ("date", date.as_deref()),
+            ]);
+            let lifetime = explicit_lifetime(&CacheControl::parse(&map), &map, response_time);
+            if directive != "x-other" {
+                prop_assert!(lifetime.is_some_and(|l| l <= SECS_2_POW_31));
+            }
+        }
+
+        #[test]
+        fn heuristic_lifetime_never_panics_is_capped_and_grows_with_age(
+            fraction in prop_oneof![any::<f64>(), 0.0..10.0f64, Just(f64::NAN), Just(f64::INFINITY)],
+            max in any_duration(),
+            (a, b) in (date_field(), date_field()),
+            date in proptest::option::of(date_field()),
+            response_time in any_time(),
+            status in 100..600u16,
+        ) {
+            let heuristic = Heuristic { fraction, max };
+            let lifetime = |last_modified: &str| {
+                let map = with(&[("last-modified", Some(last_modified)), ("date", date.as_deref())]);
+                let cc = CacheControl::parse(&map);
+                heuristic_lifetime(status, &cc, &map, response_time, &heuristic)
+            };
+            let (la, lb) = (lifetime(&a), lifetime(&b));
+            prop_assert!(la.is_none_or(|l| l <= max) && lb.is_none_or(|l| l <= max));
+            // An earlier Last-Modified never gives a shorter lifetime.
+            let (ta, tb) = (httpdate::parse_http_date(&a), httpdate::parse_http_date(&b));
+            if let (Ok(ta), Ok(tb), Some(la), Some(lb)) = (ta, tb, la, lb) {
+                prop_assert!((ta <= tb) == (la >= lb) || la == lb);
+            }
+        }
+
+        #[test]
+        fn reuse_never_panics_and_a_younger_response_is_no_less_fresh(
+            (lifetime, a, b) in (any_duration(), any_duration(), any_duration()),
+            (stale_while_revalidate, stale_if_error) in (any_duration(), any_duration()),
+            (forbids_stale, no_cache) in (any::<bool>(), any::<bool>()),
+            request in any_request_cc(),
+        ) {
+            let older = Freshness {
+                lifetime,
+                age: a.max(b),
+                stale_while_revalidate,
+                stale_if_error,
+                forbids_stale,
+                no_cache,
+            };
+            let younger = Freshness { age: a.min(b), ..older };
+            let _ = (older.usable_on_error(&request), younger.usable_on_error(&request));
+            if older.reuse(&request) == Reuse::Fresh {
+                prop_assert_eq!(younger.reuse(&request), Reuse::Fresh);
+            }
+            prop_assert!(younger.staleness() <= older.staleness());
+        }
     }
 }
