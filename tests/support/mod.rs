@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 pub mod conformance;
+pub mod proxy;
 pub mod seeds;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
