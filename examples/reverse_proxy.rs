@@ -330,7 +330,7 @@ async fn forward(
     client_addr: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // `ValidTarget` let only valid targets through; checked again rather than trusted.
+    // `ValidTarget` lets only valid targets through; checked again rather than trusted.
     let target = match RequestTarget::from_parts("http", request.uri(), request.headers()) {
         Ok(target) => target,
         Err(invalid) => return Ok(refused(invalid).map(Either::Right)),
