@@ -33,19 +33,57 @@
 //!   with nginx's `reuseport`, a second `per-thread` proxy that the same user starts on
 //!   the same address does not fail to bind: the two share the incoming connections.
 //! - `--upstream-host`: send the upstream's authority as `Host` (nginx's default
-//!   `$proxy_host`) and the client's in `X-Forwarded-Host`. Without it the client's `Host`
-//!   goes to the origin unchanged (nginx's `proxy_set_header Host $host`), which keeps the
-//!   cache key (built from the client's host) and what the origin saw the same.
+//!   `$proxy_host`). Without it the client's `Host` goes to the origin (nginx's
+//!   `proxy_set_header Host $host`), which keeps the cache key (built from the client's
+//!   host) and what the origin saw the same. Either way the client's authority is sent
+//!   as the cache key holds it: validated, lower-cased, without the default port.
 //!
-//! Every method, path, query and end-to-end header is forwarded; the request body streams
-//! through. Hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
-//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`, `Trailer`,
-//! `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both ways, and
-//! `X-Forwarded-For` / `X-Forwarded-Proto` are added. Upstream connections are pooled and
-//! kept alive, and spoken to in HTTP/1.1 whatever the client spoke; responses go out as
-//! the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An
-//! origin that cannot be reached answers 502 Bad Gateway, one that sends no response head
-//! within 60 s 504 Gateway Timeout; neither is cached.
+//! Every method, path, query and end-to-end header is forwarded, except the forwarding
+//! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
+//! the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
+//! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
+//! ways. Upstream connections are pooled and kept alive, and spoken to in HTTP/1.1
+//! whatever the client spoke; responses go out as the proxy's own HTTP/1.1 (HTTP/1.0
+//! clients still get 1.0), not the origin's version. An origin that cannot be reached
+//! answers 502 Bad Gateway, one that sends no response head within 60 s 504 Gateway
+//! Timeout; neither is cached.
+//!
+//! # Requests refused
+//!
+//! Before the cache sees it, a request is answered `400 Bad Request` (RFC 9112 §3.2) when
+//! its authority cannot be keyed safely ([`RequestTarget::from_parts`]): a `Host` that is
+//! not `host[:port]` (`127.0.0.1:3001/a` would otherwise let `GET /b` be stored as
+//! `/a/b`), user information, more than one `Host`, a `Host` that disagrees with an
+//! absolute-form target; also an HTTP/1.1 request without `Host`, and an absolute-form
+//! target whose scheme is not `http` (the proxy only listens on plain HTTP).
+//!
+//! # Forwarding headers
+//!
+//! The rule: no request input that can change the origin's response reaches the origin
+//! unless it is part of the cache key or the origin names it in `Vary`. Headers that
+//! proxies use to tell an origin where a request came from are such inputs (an origin
+//! that builds links from `X-Forwarded-Host` would otherwise have one client's value
+//! served to everyone as a hit), so the client's copies are dropped and the proxy sends
+//! its own:
+//!
+//! - `X-Forwarded-Host`: the validated client authority (the key's), in both `Host`
+//!   modes; `X-Forwarded-Proto: http`.
+//! - `X-Forwarded-For`: the peer address alone. A client-supplied chain is *replaced*,
+//!   not appended to as nginx's `$proxy_add_x_forwarded_for` does: an origin that trusts
+//!   the first entry would otherwise answer (and the cache store) what the client claims.
+//!   Behind another proxy, the origin therefore sees that proxy's address.
+//! - `Forwarded` (RFC 7239): `for=<peer>;host="<authority>";proto=http`.
+//! - Dropped and not replaced: `X-Forwarded-Port`, `X-Forwarded-Prefix`,
+//!   `X-Forwarded-Server`, `X-Forwarded-Scheme`, `X-Forwarded-Ssl`, `Front-End-Https`,
+//!   `X-Url-Scheme`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Original-URL`,
+//!   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`.
+//! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
+//!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
+//!   would run another handler (a POST's) whose answer is stored under the GET's key.
+//!   Other methods keep them; their answers are never stored.
+//!
+//! An origin that varies its response on any other request header must name it in
+//! `Vary`; see SECURITY.md for the whole trust model.
 //!
 //! What is stored, reused and invalidated is [`MemcacheLayer`]'s RFC 9111 shared-cache
 //! policy (see the README's directive table): GET and HEAD keyed by host, path and query
@@ -74,6 +112,8 @@
 //! cache-status: tower-memcache; hit
 //! $ curl -si -X POST -d 'x=1' http://127.0.0.1:3001/index.html | head -1   # passes through
 //! HTTP/1.1 501 Unsupported method ('POST')
+//! $ curl -si -H 'Host: 127.0.0.1:3001/a' http://127.0.0.1:3001/index.html | head -1
+//! HTTP/1.1 400 Bad Request
 //! ```
 
 use std::convert::Infallible;
@@ -81,12 +121,14 @@ use std::error::Error;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{self, TryFutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -96,9 +138,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
-use tower::Layer;
+use tower::{Layer, Service};
 use tower_memcache::backend::{Backend, MemoryBackend};
-use tower_memcache::cache::{MemcacheLayer, OriginUnreachable};
+use tower_memcache::cache::{InvalidTarget, MemcacheLayer, OriginUnreachable, RequestTarget};
 use tower_memcache::policy::{CacheMode, is_hop_by_hop};
 use tracing_subscriber::EnvFilter;
 
@@ -118,6 +160,38 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Request headers that tell an origin where a request came from or what it "really"
+/// asked for. Clients' copies never reach the origin (see the module docs): the first
+/// four are replaced by the proxy's own values, the rest dropped.
+const FORWARDING: [HeaderName; 18] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-host"),
+];
+
+/// Headers that make some frameworks run another method's handler; dropped from GET and
+/// HEAD, whose answers are stored under the GET's key.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// The command line.
 struct Args {
@@ -256,23 +330,26 @@ async fn forward(
     client_addr: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // Where the client addressed the request: `Host`, or the URI's authority (HTTP/2's
-    // `:authority`, or an absolute-form HTTP/1.1 target, which wins over `Host`).
-    let client_host = match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(header::HOST).cloned(),
+    // `ValidTarget` lets only valid targets through; checked again rather than trusted.
+    let target = match RequestTarget::from_parts("http", request.uri(), request.headers()) {
+        Ok(target) => target,
+        Err(invalid) => return Ok(refused(invalid).map(Either::Right)),
+    };
+    let client_host = match target.authority() {
+        "" => None,
+        authority => HeaderValue::from_str(authority).ok(),
     };
     let path_and_query = request
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let target = Uri::builder()
+    let uri = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(upstream.authority.clone())
         .path_and_query(path_and_query)
         .build();
-    *request.uri_mut() = match target {
+    *request.uri_mut() = match uri {
         Ok(uri) => uri,
         Err(err) => {
             tracing::debug!(error = %err, "request target not forwardable");
@@ -282,19 +359,16 @@ async fn forward(
     // The pool speaks HTTP/1.1 to the origin whatever the client spoke.
     *request.version_mut() = Version::HTTP_11;
 
+    let stored_method = matches!(*request.method(), Method::GET | Method::HEAD);
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
+    set_forwarding(headers, client_addr, client_host.as_ref(), stored_method);
     if upstream.upstream_host {
         headers.insert(header::HOST, upstream.host_value.clone());
-        if let Some(host) = client_host {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
     } else if let Some(host) = client_host {
         headers.insert(header::HOST, host);
     }
     // No client host at all (HTTP/1.0): the client pool fills in the upstream's.
-    append_forwarded_for(headers, client_addr);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 
     let method = request.method().clone();
     match tokio::time::timeout(UPSTREAM_TIMEOUT, upstream.client.request(request)).await {
@@ -333,24 +407,76 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For: <what came in>, <client>`.
-fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
-    let ip = addr.ip().to_string();
-    let mut value = Vec::new();
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
-        value.extend_from_slice(prior.as_bytes());
-        value.extend_from_slice(b", ");
+/// Replaces every forwarding header of the client's by the proxy's own (see the module
+/// docs); drops method overrides from requests whose answers are stored.
+fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    client_host: Option<&HeaderValue>,
+    stored_method: bool,
+) {
+    for name in &FORWARDING {
+        headers.remove(name);
     }
-    value.extend_from_slice(ip.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
+    if stored_method {
+        for name in &METHOD_OVERRIDES {
+            headers.remove(name);
+        }
+    }
+    let ip = peer.ip();
+    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
         headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    // RFC 7239 §6: an IPv6 node is bracketed and quoted; a host with a port needs quotes.
+    let mut forwarded = match ip {
+        std::net::IpAddr::V4(v4) => format!("for={v4}"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    if let Some(host) = client_host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        // A validated authority holds no quote or backslash.
+        if let Ok(host) = host.to_str() {
+            forwarded.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    forwarded.push_str(";proto=http");
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
     }
 }
 
+/// Why a request is refused before the cache sees it, if it is.
+fn check_target<B>(request: &Request<B>) -> Result<(), InvalidTarget> {
+    // The proxy listens on plain HTTP only: an `https://` target here is a lie (and would
+    // be keyed apart from the same page under `http://`).
+    if request
+        .uri()
+        .scheme_str()
+        .is_some_and(|scheme| !scheme.eq_ignore_ascii_case("http"))
+    {
+        return Err(InvalidTarget::UnsupportedScheme);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+    if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+        return Err(InvalidTarget::MalformedAuthority);
+    }
+    RequestTarget::from_parts("http", request.uri(), request.headers()).map(drop)
+}
+
+/// The 400 for a target the proxy refuses.
+fn refused(invalid: InvalidTarget) -> Response<Full<Bytes>> {
+    tracing::debug!(reason = %invalid, "request refused: 400");
+    plain(StatusCode::BAD_REQUEST, "400 Bad Request\n")
+}
+
 fn made_up(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
+    plain(status, text).map(Either::Right)
+}
+
+/// A short `text/plain` answer of the proxy's own, never stored.
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -367,6 +493,49 @@ fn unreachable(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut response = made_up(status, text);
     response.extensions_mut().insert(OriginUnreachable);
     response
+}
+
+/// The outermost service: answers 400 to a request whose target the proxy refuses
+/// ([`check_target`]), before the cache or the origin see it; passes the rest on.
+#[derive(Clone)]
+struct ValidTarget<S> {
+    inner: S,
+}
+
+/// The inner service's response, or the 400.
+type GuardedResponse<B> = Response<Either<B, Full<Bytes>>>;
+
+impl<S, B> Service<Request<Incoming>> for ValidTarget<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = GuardedResponse<B>;
+    type Error = Infallible;
+    type Future = future::Either<
+        future::Ready<Result<GuardedResponse<B>, Infallible>>,
+        future::MapOk<S::Future, fn(Response<B>) -> GuardedResponse<B>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        match check_target(&request) {
+            Err(invalid) => {
+                future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
+            }
+            Ok(()) => future::Either::Right(
+                self.inner
+                    .call(request)
+                    .map_ok(passed as fn(Response<B>) -> GuardedResponse<B>),
+            ),
+        }
+    }
+}
+
+fn passed<B>(response: Response<B>) -> GuardedResponse<B> {
+    response.map(Either::Left)
 }
 
 /// An error and its sources on one line (hyper's own messages are terse).
@@ -643,9 +812,11 @@ impl<B: Backend> Worker<B> {
             // A cache service per connection, so the forwarding service knows the client's
             // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
             let upstream = Arc::clone(&upstream);
-            let service = layer.layer(tower::service_fn(move |request| {
-                forward(Arc::clone(&upstream), peer, request)
-            }));
+            let service = ValidTarget {
+                inner: layer.layer(tower::service_fn(move |request| {
+                    forward(Arc::clone(&upstream), peer, request)
+                })),
+            };
             let connection = builder
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                 .into_owned();

@@ -3,12 +3,11 @@
 
 mod support;
 
+use support::proxy::{Proxy, raw_request, start_proxy};
 use support::{assert_hit, assert_not_hit, assert_stale_hit};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -134,6 +133,32 @@ impl Origin {
                 headers.insert("cache-control", "no-store".parse().unwrap());
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            ("GET", "/b" | "/a/b") => {
+                headers.insert("cache-control", "max-age=60".parse().unwrap());
+            }
+            ("GET" | "POST", "/reflect") => {
+                // An origin that trusts forwarding headers: what it is told is in the page.
+                headers.insert("cache-control", "max-age=60".parse().unwrap());
+                let seen = |name: &str| {
+                    request
+                        .headers()
+                        .get(name)
+                        .map_or("-", |v| v.to_str().unwrap_or("?"))
+                        .to_string()
+                };
+                let reflected = [
+                    "x-forwarded-host",
+                    "x-forwarded-proto",
+                    "x-forwarded-for",
+                    "forwarded",
+                    "x-http-method-override",
+                    "x-original-url",
+                ]
+                .map(|name| format!("\n{name}: {}", seen(name)))
+                .concat();
+                *response.body_mut() =
+                    Full::new(Bytes::from(format!("{method} {path} #{n}{reflected}")));
+            }
             ("GET", "/tagged") => {
                 headers.insert("cache-control", "max-age=60".parse().unwrap());
                 headers.insert("surrogate-key", "t1 t2".parse().unwrap());
@@ -165,65 +190,6 @@ async fn start_origin(origin: Origin) -> (SocketAddr, JoinHandle<()>) {
         }
     });
     (addr, task)
-}
-
-/// The example binary, killed when dropped.
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn example_binary() -> PathBuf {
-    // target/<profile>/deps/reverse_proxy-<hash> → target/<profile>/examples/reverse_proxy
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    profile_dir
-        .join("examples")
-        .join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX))
-}
-
-/// The proxy in front of `upstream`, on one thread unless `args` say otherwise.
-fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
-    let binary = example_binary();
-    assert!(
-        binary.exists(),
-        "{} not built (cargo test builds examples)",
-        binary.display()
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .unwrap();
-    let child = Command::new(binary)
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--threads",
-            "1",
-        ])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proxy = Proxy { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    proxy
 }
 
 struct Answer {
@@ -287,6 +253,7 @@ async fn until_hit(
 /// An origin, the proxy in front of it, and a client.
 struct Harness {
     origin: Origin,
+    origin_addr: SocketAddr,
     origin_task: JoinHandle<()>,
     proxy: Proxy,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -294,12 +261,18 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With these proxy arguments.
+    async fn start_with(args: &[&str]) -> Self {
         let origin = Origin::default();
         let (origin_addr, origin_task) = start_origin(origin.clone()).await;
         Self {
             origin,
+            origin_addr,
             origin_task,
-            proxy: start_proxy(origin_addr, &[]),
+            proxy: start_proxy(origin_addr, args),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -647,5 +620,132 @@ async fn interrupt_finishes_open_requests_then_exits() {
             std::net::TcpStream::connect(proxy.addr).is_err(),
             "{runtime}: still listening"
         );
+    }
+}
+
+/// `raw_request` on a blocking thread, so the origin on this runtime keeps answering.
+async fn raw(proxy: &Proxy, head: String) -> (u16, String) {
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || raw_request(addr, &head))
+        .await
+        .unwrap()
+}
+
+/// RFC 9112 §3.2: a Host that is not `host[:port]` is refused before the cache sees it.
+/// Keyed as text, `GET /b` with `Host: 127.0.0.1:PORT/a` would be stored as `/a/b`.
+#[tokio::test]
+async fn rfc9112_3_2_a_host_with_a_path_is_refused_and_poisons_nothing() {
+    for args in [&[][..], &["--upstream-host"][..]] {
+        let h = Harness::start_with(args).await;
+        let host = h.proxy.addr;
+        let (status, response) =
+            raw(&h.proxy, format!("GET /b HTTP/1.1\r\nHost: {host}/a\r\n")).await;
+        assert_eq!(status, 400, "{args:?}: {response}");
+        assert_eq!(h.origin.calls_to("/b"), 0, "{args:?}: reached the origin");
+        // /a/b is its own page, from the origin, then from the cache.
+        let page = h.get("/a/b").await;
+        assert!(
+            page.body.starts_with("GET /a/b #"),
+            "{args:?}: {}",
+            page.body
+        );
+        assert_not_hit(page.cache_status());
+        assert_eq!(h.until_hit("/a/b").await.body, page.body, "{args:?}");
+        // A valid request for /b is served as usual.
+        let b = h.get("/b").await;
+        assert!(b.body.starts_with("GET /b #"), "{args:?}: {}", b.body);
+    }
+}
+
+#[tokio::test]
+async fn rfc9112_3_2_malformed_or_ambiguous_targets_get_400() {
+    let h = Harness::start().await;
+    let host = h.proxy.addr;
+    let port = host.port();
+    for head in [
+        format!("GET /b HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\n"),
+        format!("GET /b HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n"),
+        format!("GET /b HTTP/1.1\r\nHost: user@{host}\r\n"),
+        format!("GET /b HTTP/1.1\r\nHost: {host}:{port}\r\n"),
+        format!("GET /b HTTP/1.1\r\nHost: {host}\\a\r\n"),
+        // HTTP/1.1 without Host.
+        "GET /b HTTP/1.1\r\n".to_string(),
+        // Absolute form: Host must agree, the scheme must be http, no user information.
+        format!("GET http://evil.example/b HTTP/1.1\r\nHost: {host}\r\n"),
+        format!("GET https://{host}/b HTTP/1.1\r\nHost: {host}\r\n"),
+        format!("GET http://user@{host}/b HTTP/1.1\r\nHost: {host}\r\n"),
+    ] {
+        let (status, response) = raw(&h.proxy, head.clone()).await;
+        assert_eq!(status, 400, "{head:?}: {response}");
+    }
+    assert_eq!(h.origin.calls_to("/b"), 0);
+    // What is valid still passes: absolute form that agrees with Host, HTTP/1.0 without
+    // Host, a host name in capitals.
+    for head in [
+        format!("GET http://{host}/b HTTP/1.1\r\nHost: {host}\r\n"),
+        "GET /b HTTP/1.0\r\n".to_string(),
+        format!("GET /b HTTP/1.1\r\nHost: LOCALHOST:{port}\r\n"),
+    ] {
+        let (status, response) = raw(&h.proxy, head.clone()).await;
+        assert_eq!(status, 200, "{head:?}: {response}");
+    }
+}
+
+/// Defect 7: forwarding headers a client sends never reach the origin; the proxy's own do.
+/// An origin that reflects them would otherwise have one client's values served to all.
+#[tokio::test]
+async fn forwarding_headers_are_the_proxys_own() {
+    for args in [&[][..], &["--upstream-host"][..]] {
+        let h = Harness::start_with(args).await;
+        let host = h.proxy.addr.to_string();
+        let evil = [
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-port", "6666"),
+            ("x-forwarded-prefix", "/evil"),
+            ("forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+            ("x-http-method-override", "POST"),
+            ("x-method-override", "DELETE"),
+            ("x-original-url", "/evil"),
+            ("x-rewrite-url", "/evil"),
+        ];
+        let first = h.send("GET", "/reflect", &evil).await;
+        for bad in ["evil", "6.6.6.6", "https", "POST"] {
+            assert!(!first.body.contains(bad), "{args:?}: {}", first.body);
+        }
+        let own = format!(
+            "\nx-forwarded-host: {host}\nx-forwarded-proto: http\nx-forwarded-for: 127.0.0.1\n\
+             forwarded: for=127.0.0.1;host=\"{host}\";proto=http\n\
+             x-http-method-override: -\nx-original-url: -"
+        );
+        assert!(first.body.ends_with(&own), "{args:?}: {}", first.body);
+        let seen = h.origin.last().2;
+        for (name, _) in evil {
+            if ![
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-forwarded-for",
+                "forwarded",
+            ]
+            .contains(&name)
+            {
+                assert_eq!(seen.get(name), None, "{args:?}: {name}");
+            }
+        }
+        let expected_host = if args.is_empty() {
+            host.clone()
+        } else {
+            h.origin_addr.to_string()
+        };
+        assert_eq!(seen["host"], expected_host.as_str(), "{args:?}");
+        // A clean client's hit is the page made with the proxy's values.
+        let hit = h.until_hit("/reflect").await;
+        assert_hit(hit.cache_status());
+        assert_eq!(hit.body, first.body, "{args:?}");
+        // Other methods keep their override: their answers are never stored.
+        h.send("POST", "/reflect", &[("x-http-method-override", "PUT")])
+            .await;
+        assert_eq!(h.origin.last().2["x-http-method-override"], "PUT");
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 pub mod conformance;
+pub mod proxy;
 pub mod seeds;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -82,6 +83,11 @@ impl Memcached {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The process id while it runs (for SIGSTOP and SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the process (SIGKILL) and waits for it.
