@@ -359,10 +359,9 @@ async fn forward(
     // The pool speaks HTTP/1.1 to the origin whatever the client spoke.
     *request.version_mut() = Version::HTTP_11;
 
-    let stored_method = matches!(*request.method(), Method::GET | Method::HEAD);
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
-    set_forwarding(headers, client_addr, client_host.as_ref(), stored_method);
+    set_forwarding(headers, client_addr, client_host.as_ref());
     if upstream.upstream_host {
         headers.insert(header::HOST, upstream.host_value.clone());
     } else if let Some(host) = client_host {
@@ -408,20 +407,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Replaces every forwarding header of the client's by the proxy's own (see the module
-/// docs); drops method overrides from requests whose answers are stored.
-fn set_forwarding(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    client_host: Option<&HeaderValue>,
-    stored_method: bool,
-) {
+/// docs).
+fn set_forwarding(headers: &mut HeaderMap, peer: SocketAddr, client_host: Option<&HeaderValue>) {
     for name in &FORWARDING {
         headers.remove(name);
-    }
-    if stored_method {
-        for name in &METHOD_OVERRIDES {
-            headers.remove(name);
-        }
     }
     let ip = peer.ip();
     if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
@@ -495,8 +484,9 @@ fn unreachable(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     response
 }
 
-/// The outermost service: answers 400 to a request whose target the proxy refuses
-/// ([`check_target`]), before the cache or the origin see it; passes the rest on.
+/// The outermost service: drops method overrides from GET and HEAD, and answers 400 to a
+/// request whose target the proxy refuses ([`check_target`]), before the cache or the
+/// origin see it; passes the rest on.
 #[derive(Clone)]
 struct ValidTarget<S> {
     inner: S,
@@ -520,7 +510,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        if matches!(*request.method(), Method::GET | Method::HEAD) {
+            // A method override on a GET could run another method's handler at the origin
+            // for an answer stored under the GET's key. Dropped here, before the cache
+            // (which would otherwise bypass such a request), the origin never sees it.
+            for name in &METHOD_OVERRIDES {
+                request.headers_mut().remove(name);
+            }
+        }
         match check_target(&request) {
             Err(invalid) => {
                 future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))

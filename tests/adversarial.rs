@@ -35,6 +35,8 @@ struct Script {
     not_modified: Option<Vec<(&'static str, String)>>,
     /// Fields of a 200 answer to HEAD in place of `headers`.
     head_headers: Option<Vec<(&'static str, String)>>,
+    /// How long the origin takes.
+    delay: Duration,
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +74,14 @@ impl Origin {
 
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    fn delay(&self, path: &str) -> Duration {
+        self.scripts
+            .lock()
+            .unwrap()
+            .get(path)
+            .map_or(Duration::ZERO, |s| s.delay)
     }
 
     fn respond<T>(&self, request: &Request<T>) -> Response<Bytes> {
@@ -172,7 +182,10 @@ fn service<B: Backend>(
         .layer(layer.clone())
         .service_fn(move |request: Request<()>| {
             let origin = origin.clone();
-            async move { Ok::<_, Infallible>(origin.respond(&request).map(|b| Chunk(Some(b)))) }
+            async move {
+                tokio::time::sleep(origin.delay(request.uri().path())).await;
+                Ok::<_, Infallible>(origin.respond(&request).map(|b| Chunk(Some(b))))
+            }
         })
 }
 
@@ -645,10 +658,13 @@ async fn vary_on_cookie_authorization_or_encoding_crosses_users<B: Backend>(back
         ("/enc", "accept-encoding", b"gzip", b"br"),
     ];
     for (n, (path, name, first, second)) in cases.iter().enumerate() {
+        let stored_before = 3 * n as u64;
         let a = get(&svc, path, &[HOST, (name, first)]).await;
-        stores(&stats, n as u64 + 1).await;
+        stores(&stats, stored_before + 1).await;
         let b = get(&svc, path, &[HOST, (name, second)]).await;
         assert_not_hit(b.cache_status());
+        // (Until b's variant lands, a request for a's would wait for b's flight.)
+        stores(&stats, stored_before + 2).await;
         assert_ne!(a.body, b.body, "{path}");
         let a_again = get(&svc, path, &[HOST, (name, first)]).await;
         assert_hit(a_again.cache_status());
@@ -656,6 +672,7 @@ async fn vary_on_cookie_authorization_or_encoding_crosses_users<B: Backend>(back
         // And no header at all is yet another variant.
         let none = get(&svc, path, &[HOST]).await;
         assert_not_hit(none.cache_status());
+        stores(&stats, stored_before + 3).await;
     }
 }
 
@@ -731,7 +748,47 @@ async fn a_client_that_stops_reading_stalls_others<B: Backend>(backend: B) {
     drop(stalled);
 }
 
+// ---------------------------------------------------------------------------------------
+// No header value crashes the cache.
+
+async fn an_age_or_lifetime_of_u64_max_crashes_the_request<B: Backend>(backend: B) {
+    const HUGE: &str = "18446744073709551615";
+    let origin = Origin::default();
+    // An origin that takes over a second makes the response delay non-zero (§4.2.3).
+    origin.script(
+        "/age",
+        Script {
+            headers: vec![("age", HUGE.into()), ("cache-control", "max-age=60".into())],
+            delay: Duration::from_millis(1100),
+            ..Script::default()
+        },
+    );
+    origin.headers(
+        "/lifetime",
+        &[
+            ("x-memcache-lifetime", HUGE),
+            ("date", "Thu, 01 Jan 1970 00:00:01 GMT"),
+            (
+                "cache-control",
+                format!("max-age={HUGE}, stale-while-revalidate={HUGE}").leak(),
+            ),
+        ],
+    );
+    for layer in both_modes(&backend) {
+        let svc = service(&layer, &origin);
+        for path in ["/age", "/lifetime"] {
+            for _ in 0..2 {
+                let answer = get(&svc, path, &[HOST]).await;
+                assert_eq!(answer.status, StatusCode::OK, "{path}");
+                assert!(answer.body.starts_with(&format!("GET {path} ")));
+                assert!(answer.headers.get("x-memcache-lifetime").is_none());
+            }
+        }
+    }
+}
+
 on_every_backend!("adversarial";
+    an_age_or_lifetime_of_u64_max_crashes_the_request,
     host_with_a_path_poisons_another_url,
     host_spellings_of_one_authority_share_an_entry_others_do_not,
     malformed_hosts_are_never_looked_up_or_stored,

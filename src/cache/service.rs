@@ -24,6 +24,7 @@ use super::stored::{self, Admission, backend_ttl, header_map, now_ms};
 use super::{CacheLifetime, OriginUnreachable};
 use crate::backend::Backend;
 use crate::codec::entry::{Entry, EntryMeta, VariantIndex};
+use crate::policy::cache_control::parse_delta_seconds;
 use crate::policy::conditional::{
     add_validators, has_origin_preconditions, has_preconditions, not_modified, same_representation,
 };
@@ -389,10 +390,11 @@ impl<B: Backend> Shared<B> {
         let mut lifetime = (route, false);
         if let Some(name) = &self.config.lifetime_header {
             if let Some(value) = response.headers_mut().remove(name) {
+                // Clamped like delta-seconds, so no lifetime overflows a time sum.
                 match value
                     .to_str()
                     .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .and_then(|v| parse_delta_seconds(v.trim()))
                 {
                     Some(secs) => lifetime = (Duration::from_secs(secs), true),
                     None => tracing::debug!(header = %name, "unparseable lifetime header ignored"),
@@ -883,7 +885,12 @@ async fn wait_for_other_process<B: Backend>(
     plan: &Plan,
     request_headers: &HeaderMap,
 ) -> Option<(Arc<Entry>, Freshness)> {
-    let deadline = tokio::time::Instant::now() + shared.config.lease_wait;
+    let now = tokio::time::Instant::now();
+    // A configured wait too long to add is as good as forever: the lease's own lifetime
+    // still ends the wait.
+    let deadline = now
+        .checked_add(shared.config.lease_wait)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
     loop {
         tokio::time::sleep(shared.config.lease_poll).await;
         // The lease before the entry: its holder releases it only once its entry is

@@ -388,10 +388,10 @@ pub(crate) fn unique() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let previous = LAST
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-            Some(now.max(last + 1))
+            Some(now.max(last.saturating_add(1)))
         })
         .unwrap_or(now);
-    now.max(previous + 1)
+    now.max(previous.saturating_add(1))
 }
 
 /// The tags a response header lists (space- or comma-separated), bounded.
