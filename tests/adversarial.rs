@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{assert_hit, assert_not_hit, stores};
+use support::{Answer, assert_hit, assert_not_hit, stores};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -203,20 +203,6 @@ fn both_modes<B: Backend>(backend: &B) -> [MemcacheLayer<B>; 2] {
         routes_layer(backend.clone()).namespace("routes"),
         origin_layer(backend.clone()).namespace("origin"),
     ]
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
-    }
 }
 
 /// Sends a request with raw header bytes (an attacker is not bound to valid text).

@@ -4,7 +4,7 @@
 mod support;
 
 use support::proxy::{Proxy, raw_request, start_proxy};
-use support::{assert_hit, assert_not_hit, assert_stale_hit};
+use support::{Answer, assert_hit, assert_not_hit, assert_stale_hit};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -190,22 +190,6 @@ async fn start_origin(origin: Origin) -> (SocketAddr, JoinHandle<()>) {
         }
     });
     (addr, task)
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    fn cache_status(&self) -> &str {
-        self.header("cache-status").unwrap_or("")
-    }
 }
 
 async fn send(

@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{assert_hit, assert_not_hit, assert_stale_hit, stores};
+use support::{Answer, assert_hit, assert_not_hit, assert_stale_hit, stores};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -151,25 +151,6 @@ fn origin_layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
     MemcacheLayer::new(backend)
         .namespace("rfc")
         .mode(CacheMode::Origin)
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
 }
 
 async fn send(

@@ -223,6 +223,26 @@ pub async fn stores(stats: &tower_memcache::stats::CacheStats, n: u64) {
     }
 }
 
+/// A response read to its end: what the HTTP-level suites assert on.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// A header as text (`None` when absent).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// `Cache-Status`, or `""`.
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+}
+
 /// `Cache-Status` of a fresh hit.
 pub const HIT: &str = "tower-memcache; hit";
 
