@@ -7,7 +7,9 @@
 //! a server (the same split as mini-redis' `Connection`/`Frame`).
 //!
 //! Grammar reference: memcached's `doc/protocol.txt`. Replies are self-describing by their first
-//! line, which is what lets [`parse_reply`] work without knowing which command was sent.
+//! line, but a reply is also bounded by the request it answers ([`Asked`]): a get may only be
+//! answered with values for the keys it asked for, one each, so a broken or hostile server is
+//! refused at the first header too many rather than after its data has been buffered.
 
 use std::ops::Range;
 
@@ -296,10 +298,12 @@ pub(crate) enum Frame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
     /// Largest accepted data block; checked against the announced length in the `VALUE` header.
+    /// Also bounds a whole `STAT` listing, which is a few KiB in practice.
     pub max_value_len: usize,
     /// Longest accepted text line, excluding its `\r\n`.
     pub max_line_len: usize,
-    /// Most `VALUE` blocks (or `STAT` lines) accepted in one reply.
+    /// Most `STAT` lines accepted in one reply. `VALUE` blocks are bounded by the request
+    /// instead (one per key asked, see [`Asked`]).
     pub max_values: usize,
 }
 
@@ -312,6 +316,136 @@ impl Default for Limits {
             max_line_len: 8192,
             max_values: 10_000,
         }
+    }
+}
+
+/// What one request allows its reply to hold, so that a reply is bounded by its request while
+/// it is parsed: a server cannot make the client buffer values nobody asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// A get/gets: at most one `VALUE` block per key asked, and only for those keys.
+    Keys {
+        /// The keys as the request line lists them (`k1 k2 ...`): a view of the request's
+        /// bytes, so remembering them costs no copy.
+        keys: Bytes,
+        /// How many keys `keys` lists, duplicates included.
+        count: usize,
+    },
+    /// `stats`: `STAT` lines, within [`Limits`].
+    Stats,
+    /// Any other command: a one-line reply (or a bare `END`).
+    Line,
+}
+
+impl Asked {
+    /// What `request`, one request as encoded by this module, may be answered with.
+    pub(crate) fn of_request(request: &Bytes) -> Asked {
+        let line_end = memchr::memchr(b'\r', request).unwrap_or(request.len());
+        let line = &request[..line_end];
+        let keys = after_keyword(line, b"gets").or_else(|| after_keyword(line, b"get"));
+        if let Some(keys) = keys {
+            let count = asked_keys(keys, 0).count();
+            Asked::Keys {
+                keys: request.slice(line_end - keys.len()..line_end),
+                count,
+            }
+        } else if after_keyword(line, b"stats").is_some() {
+            Asked::Stats
+        } else {
+            Asked::Line
+        }
+    }
+
+    /// How many entries of `section` the reply may hold.
+    fn max_entries(&self, section: Section, limits: &Limits) -> usize {
+        match (self, section) {
+            (Asked::Keys { count, .. }, Section::Values) => *count,
+            (Asked::Stats, Section::Stats) => limits.max_values,
+            _ => 0,
+        }
+    }
+
+    /// The keys of a get/gets line; empty for other commands.
+    fn keys(&self) -> &[u8] {
+        match self {
+            Asked::Keys { keys, .. } => keys,
+            Asked::Stats | Asked::Line => &[],
+        }
+    }
+}
+
+/// The keys of a request line from byte `start` on, each with the offset just past it.
+fn asked_keys(keys: &[u8], start: usize) -> impl Iterator<Item = (&[u8], usize)> {
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        while keys.get(pos) == Some(&b' ') {
+            pos += 1;
+        }
+        let rest = keys.get(pos..).filter(|rest| !rest.is_empty())?;
+        let end = pos + memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        let key = &keys[pos..end];
+        pos = end;
+        Some((key, end))
+    })
+}
+
+/// Matches the keys of a get reply's `VALUE` headers against the keys asked, each asked key
+/// (each occurrence of a key asked twice) answered at most once. No allocation up to 128 keys.
+struct KeyCheck<'a> {
+    /// The request's key list.
+    keys: &'a [u8],
+    /// Bit `i` is set once the `i`th key asked has been answered.
+    answered: u128,
+    /// The same, for keys past the 128th; empty (unallocated) for shorter requests.
+    answered_beyond: Vec<u128>,
+    /// Index and offset of the key after the one answered last: memcached answers in request
+    /// order, so that is where the next key is found at once.
+    next: (usize, usize),
+}
+
+impl<'a> KeyCheck<'a> {
+    fn new(asked: &'a Asked) -> Self {
+        let count = match asked {
+            Asked::Keys { count, .. } => *count,
+            Asked::Stats | Asked::Line => 0,
+        };
+        KeyCheck {
+            keys: asked.keys(),
+            answered: 0,
+            answered_beyond: vec![0; count.div_ceil(128).saturating_sub(1)],
+            next: (0, 0),
+        }
+    }
+
+    /// Records an answer for `key`; false if it was not asked, or every time it was asked has
+    /// been answered already. Order is not required (a proxy may reassemble a split
+    /// multi-get differently), only looked at first.
+    fn answer(&mut self, key: &[u8]) -> bool {
+        let (next_index, next_offset) = self.next;
+        let later = asked_keys(self.keys, next_offset).zip(next_index..);
+        let earlier = asked_keys(self.keys, 0).zip(0..next_index);
+        for ((asked, end), index) in later.chain(earlier) {
+            if asked == key && self.mark(index) {
+                self.next = (index + 1, end);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sets bit `index`; false if it was set already.
+    fn mark(&mut self, index: usize) -> bool {
+        let word = match index / 128 {
+            0 => &mut self.answered,
+            n => match self.answered_beyond.get_mut(n - 1) {
+                Some(word) => word,
+                None => return false,
+            },
+        };
+        let bit = 1u128 << (index % 128);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
     }
 }
 
@@ -371,9 +505,24 @@ pub(crate) enum ProtocolError {
         /// Lossy, truncated copy of the line.
         line: String,
     },
-    /// More than [`Limits::max_values`] `VALUE` blocks or `STAT` lines in one reply.
+    /// More `VALUE` blocks than the request asked keys for (none for a command other than
+    /// get/gets), or more than [`Limits::max_values`] `STAT` lines (none unless `stats` was
+    /// sent). Refused at the header or line one too many, before its data arrives.
     #[error("reply holds more than {max} VALUE blocks or STAT lines")]
     TooManyValues {
+        /// Keys asked, or the configured limit for `STAT` lines.
+        max: usize,
+    },
+    /// A `VALUE` block for a key the request did not ask for, or for a key asked once (or
+    /// `n` times) answered more often than that.
+    #[error("memcached answered for key {key:?}, which the request did not ask for")]
+    UnexpectedKey {
+        /// Lossy, truncated copy of the key.
+        key: String,
+    },
+    /// A `STAT` listing longer than [`Limits::max_value_len`] bytes.
+    #[error("STAT listing longer than {max} bytes")]
+    StatsTooLarge {
         /// Configured limit.
         max: usize,
     },
@@ -397,15 +546,19 @@ pub(crate) enum ProtocolError {
 // Reply parsing
 // ---------------------------------------------------------------------------------------------
 
-/// Parses one reply from the front of `buf`.
+/// Parses one reply to a request that asked `asked` from the front of `buf`.
 ///
 /// Value data is copied out of `buf`, since a plain slice cannot be shared; the connection uses
 /// [`decode`], which shares its buffer instead. Errors are returned as soon as a violation is
 /// visible, even if the rest of the reply has not arrived. The connection uses [`decode`];
 /// this copying twin exists for tests and fuzzing, which have only a slice.
 #[cfg(test)]
-pub(crate) fn parse_reply(buf: &[u8], limits: &Limits) -> Result<Frame, ProtocolError> {
-    Ok(match parse_raw(buf, limits)? {
+pub(crate) fn parse_reply(
+    buf: &[u8],
+    limits: &Limits,
+    asked: &Asked,
+) -> Result<Frame, ProtocolError> {
+    Ok(match parse_raw(buf, limits, asked)? {
         None => Frame::Incomplete,
         Some((raw, len)) => Frame::Complete {
             reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range])),
@@ -414,12 +567,16 @@ pub(crate) fn parse_reply(buf: &[u8], limits: &Limits) -> Result<Frame, Protocol
     })
 }
 
-/// Takes one complete reply off the front of `buf`.
+/// Takes one complete reply, to a request that asked `asked`, off the front of `buf`.
 ///
 /// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete; the buffer is also
 /// left untouched on error. Value data are zero-copy slices of the bytes split off `buf`.
-pub(crate) fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
-    let Some((raw, len)) = parse_raw(buf, limits)? else {
+pub(crate) fn decode(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    asked: &Asked,
+) -> Result<Option<Reply>, ProtocolError> {
+    let Some((raw, len)) = parse_raw(buf, limits, asked)? else {
         return Ok(None);
     };
     Ok(Some(match raw {
@@ -524,7 +681,11 @@ enum Ending {
 }
 
 /// Parses one reply into offsets. `Ok(None)` means incomplete.
-fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, ProtocolError> {
+fn parse_raw(
+    buf: &[u8],
+    limits: &Limits,
+    asked: &Asked,
+) -> Result<Option<(RawReply, usize)>, ProtocolError> {
     let Some((first, next)) = read_line(buf, 0, limits.max_line_len)? else {
         return Ok(None);
     };
@@ -535,7 +696,7 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
     // Check pass: validate and measure without allocating, so the common "not all here yet"
     // case for a large multi-get costs no allocation however often it is retried.
     let mut count = 0usize;
-    let Some((ending, len)) = walk(buf, section, limits, |_| count += 1)? else {
+    let Some((ending, len)) = walk(buf, section, limits, asked, |_| count += 1)? else {
         return Ok(None);
     };
     if let Ending::Error(reply) = ending {
@@ -546,7 +707,7 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
     let raw = match section {
         Section::Values => {
             let mut values = Vec::with_capacity(count);
-            walk(buf, section, limits, |entry| {
+            walk(buf, section, limits, asked, |entry| {
                 if let Entry::Value(header, data) = entry {
                     values.push(PendingValue {
                         key: header.key.to_owned(),
@@ -560,7 +721,7 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
         }
         Section::Stats => {
             let mut stats = Vec::with_capacity(count);
-            walk(buf, section, limits, |entry| {
+            walk(buf, section, limits, asked, |entry| {
                 if let Entry::Stat(name, value) = entry {
                     stats.push((name.to_owned(), value.to_owned()));
                 }
@@ -574,14 +735,19 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
 /// Walks a multi-line reply from the start of `buf`, handing each entry to `visit`.
 ///
 /// Returns how the reply ended and its total length, or `Ok(None)` if it is incomplete.
+/// Every entry is checked against `asked` as soon as its header line is in, so what an
+/// incomplete reply has buffered is always a prefix of a reply the request allows.
 fn walk<'a>(
     buf: &'a [u8],
     section: Section,
     limits: &Limits,
+    asked: &Asked,
     mut visit: impl FnMut(Entry<'a>),
 ) -> Result<Option<(Ending, usize)>, ProtocolError> {
     let mut pos = 0;
     let mut entries = 0usize;
+    let max_entries = asked.max_entries(section, limits);
+    let mut keys = KeyCheck::new(asked);
     loop {
         let Some((line, next)) = read_line(buf, pos, limits.max_line_len)? else {
             return Ok(None);
@@ -599,15 +765,18 @@ fn walk<'a>(
                 };
             }
         }
-        if entries >= limits.max_values {
-            return Err(ProtocolError::TooManyValues {
-                max: limits.max_values,
-            });
+        if entries >= max_entries {
+            return Err(ProtocolError::TooManyValues { max: max_entries });
         }
         entries += 1;
         match section {
             Section::Values => {
                 let header = parse_value_header(line, limits)?;
+                if !keys.answer(header.key.as_bytes()) {
+                    return Err(ProtocolError::UnexpectedKey {
+                        key: snippet(header.key.as_bytes()),
+                    });
+                }
                 // Jump straight over the data block using the announced length: data may hold
                 // any bytes, "\r\n" included, and scanning it would make every retry O(size).
                 let data_end = next.saturating_add(header.len);
@@ -624,6 +793,11 @@ fn walk<'a>(
                 pos = block_end;
             }
             Section::Stats => {
+                if next > limits.max_value_len {
+                    return Err(ProtocolError::StatsTooLarge {
+                        max: limits.max_value_len,
+                    });
+                }
                 let (name, value) = parse_stat_line(line)?;
                 visit(Entry::Stat(name, value));
                 pos = next;
@@ -839,7 +1013,53 @@ mod tests {
     // ---- helpers ----------------------------------------------------------------------------
 
     fn parse(input: &[u8]) -> Result<Frame, ProtocolError> {
-        parse_reply(input, &Limits::default())
+        parse_with(input, &Limits::default())
+    }
+
+    /// Parses `input` as the reply to a request that asked what `input` answers.
+    fn parse_with(input: &[u8], limits: &Limits) -> Result<Frame, ProtocolError> {
+        parse_reply(input, limits, &asked_for(input))
+    }
+
+    /// What a request answered by `input` asked: `stats` for a STAT listing, else a `gets`
+    /// of every key a `VALUE` header in `input` names (a match inside data only widens it),
+    /// else a one-line command.
+    fn asked_for(input: &[u8]) -> Asked {
+        if input.starts_with(b"STAT") {
+            return Asked::Stats;
+        }
+        let mut request = b"gets".to_vec();
+        for at in (0..input.len()).filter(|&at| input[at..].starts_with(b"VALUE ")) {
+            let rest = &input[at + b"VALUE ".len()..];
+            let key = rest
+                .split(|&b| b == b' ' || b == b'\r' || b == b'\n')
+                .next()
+                .unwrap_or_default();
+            if !key.is_empty() {
+                request.push(b' ');
+                request.extend_from_slice(key);
+            }
+        }
+        if request.len() == b"gets".len() {
+            if !input.windows(5).any(|window| window == b"VALUE") {
+                return Asked::Line;
+            }
+            // A header too broken to name a key still has room for one.
+            request.extend_from_slice(b" k");
+        }
+        request.extend_from_slice(CRLF);
+        Asked::of_request(&Bytes::from(request))
+    }
+
+    /// What `request` asks, for a request written out in a test.
+    fn asked(request: &'static [u8]) -> Asked {
+        Asked::of_request(&Bytes::from_static(request))
+    }
+
+    /// Decodes `buf` as the reply to a request that asked what its contents answer.
+    fn decode_any(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
+        let asked = asked_for(buf);
+        decode(buf, limits, &asked)
     }
 
     /// Parses `input`, asserting it is exactly one complete reply.
@@ -858,7 +1078,7 @@ mod tests {
     }
 
     fn error_with(input: &[u8], limits: &Limits) -> ProtocolError {
-        match parse_reply(input, limits) {
+        match parse_with(input, limits) {
             Err(err) => err,
             Ok(frame) => panic!("expected an error for {input:?}, got {frame:?}"),
         }
@@ -1055,7 +1275,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         };
         let input = b"VALUE k 0 4\r\nabcd\r\nEND\r\n";
         assert_eq!(
-            parse_reply(input, &limits),
+            parse_with(input, &limits),
             Ok(Frame::Complete {
                 reply: Reply::Values(vec![value("k", 0, None, b"abcd")]),
                 len: input.len(),
@@ -1166,7 +1386,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         let mut buf = BytesMut::from(&MULTI_GET[..MULTI_GET.len() - 1]);
         let before = buf.clone();
         let base = buf.as_ptr();
-        assert_eq!(decode(&mut buf, &Limits::default()), Ok(None));
+        assert_eq!(decode_any(&mut buf, &Limits::default()), Ok(None));
         assert_eq!(buf, before);
         assert_eq!(buf.as_ptr(), base);
     }
@@ -1175,7 +1395,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     fn decode_leaves_buffer_untouched_on_error() {
         let mut buf = BytesMut::from(&b"GARBAGE\r\nSTORED\r\n"[..]);
         let before = buf.clone();
-        assert!(decode(&mut buf, &Limits::default()).is_err());
+        assert!(decode_any(&mut buf, &Limits::default()).is_err());
         assert_eq!(buf, before);
     }
 
@@ -1187,16 +1407,16 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         let limits = Limits::default();
 
         assert_eq!(
-            decode(&mut buf, &limits),
+            decode_any(&mut buf, &limits),
             Ok(Some(Reply::Values(multi_get_values())))
         );
         assert_eq!(&buf[..], b"STORED\r\nVALUE k 0 2\r\nhi");
-        assert_eq!(decode(&mut buf, &limits), Ok(Some(Reply::Stored)));
+        assert_eq!(decode_any(&mut buf, &limits), Ok(Some(Reply::Stored)));
         assert_eq!(&buf[..], b"VALUE k 0 2\r\nhi");
-        assert_eq!(decode(&mut buf, &limits), Ok(None));
+        assert_eq!(decode_any(&mut buf, &limits), Ok(None));
         buf.extend_from_slice(b"\r\nEND\r\n");
         assert_eq!(
-            decode(&mut buf, &limits),
+            decode_any(&mut buf, &limits),
             Ok(Some(Reply::Values(vec![value("k", 0, None, b"hi")])))
         );
         assert!(buf.is_empty());
@@ -1218,7 +1438,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     fn decode_shares_value_data_with_the_read_buffer() {
         let mut buf = BytesMut::from(MULTI_GET);
         let base = buf.as_ptr() as usize;
-        let Ok(Some(Reply::Values(values))) = decode(&mut buf, &Limits::default()) else {
+        let Ok(Some(Reply::Values(values))) = decode_any(&mut buf, &Limits::default()) else {
             panic!("expected values");
         };
         let offset = b"VALUE alpha 0 5 11\r\n".len();
@@ -1417,8 +1637,8 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             ..Limits::default()
         };
         // Up to 8 content bytes plus '\r' may still become a valid line.
-        assert_eq!(parse_reply(b"AAAAAAAA", &limits), Ok(Frame::Incomplete));
-        assert_eq!(parse_reply(b"AAAAAAAA\r", &limits), Ok(Frame::Incomplete));
+        assert_eq!(parse_with(b"AAAAAAAA", &limits), Ok(Frame::Incomplete));
+        assert_eq!(parse_with(b"AAAAAAAA\r", &limits), Ok(Frame::Incomplete));
         assert_eq!(
             error_with(b"AAAAAAAAA", &limits),
             ProtocolError::LineTooLong { max: 8 }
@@ -1440,7 +1660,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             ..Limits::default()
         };
         assert_eq!(
-            parse_reply(b"STORED\r\n", &limits),
+            parse_with(b"STORED\r\n", &limits),
             Ok(Frame::Complete {
                 reply: Reply::Stored,
                 len: 8,
@@ -1473,17 +1693,19 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             ..Limits::default()
         };
         let two = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nEND\r\n";
+        let asked_two = asked(b"get a b\r\n");
         assert!(matches!(
-            parse_reply(two, &limits),
+            parse_reply(two, &limits, &asked_two),
             Ok(Frame::Complete { .. })
         ));
         // Fails at the third header, before its data or the END has arrived.
         assert_eq!(
-            error_with(
+            parse_reply(
                 b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nVALUE c 0 1\r\n",
-                &limits
+                &limits,
+                &asked_two,
             ),
-            ProtocolError::TooManyValues { max: 2 }
+            Err(ProtocolError::TooManyValues { max: 2 })
         );
         assert_eq!(
             error_with(b"STAT a 1\r\nSTAT b 2\r\nSTAT c 3\r\n", &limits),
@@ -1613,13 +1835,13 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             } else {
                 tight
             };
-            let parsed = parse_reply(&input, &limits);
+            let parsed = parse_with(&input, &limits);
             if let Ok(Frame::Complete { len, reply }) = &parsed {
                 completes += 1;
                 assert!(*len > 0 && *len <= input.len(), "len {len} for {input:?}");
                 // A reply is self-delimiting: its own bytes parse to the same reply.
                 assert_eq!(
-                    parse_reply(&input[..*len], &limits),
+                    parse_with(&input[..*len], &limits),
                     Ok(Frame::Complete {
                         reply: reply.clone(),
                         len: *len,
@@ -1628,7 +1850,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             }
             // decode must agree with parse_reply and consume exactly `len` bytes.
             let mut buf = BytesMut::from(&input[..]);
-            match (decode(&mut buf, &limits), parsed) {
+            match (decode_any(&mut buf, &limits), parsed) {
                 (
                     Ok(Some(reply)),
                     Ok(Frame::Complete {
@@ -1824,7 +2046,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         reply.extend_from_slice(&request[body_start..]);
         reply.extend_from_slice(b"END\r\n");
         assert_eq!(
-            decode(&mut reply, &Limits::default()),
+            decode_any(&mut reply, &Limits::default()),
             Ok(Some(Reply::Values(vec![value("rt", 9, None, data)])))
         );
     }
