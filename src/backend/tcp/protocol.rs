@@ -1732,6 +1732,227 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         );
     }
 
+    // ---- bounded by the request -------------------------------------------------------------
+
+    #[test]
+    fn what_a_request_asks() {
+        assert_eq!(
+            asked(b"get a\r\n"),
+            Asked::Keys {
+                keys: Bytes::from_static(b"a"),
+                count: 1
+            }
+        );
+        assert_eq!(
+            asked(b"gets a b a\r\n"),
+            Asked::Keys {
+                keys: Bytes::from_static(b"a b a"),
+                count: 3
+            }
+        );
+        assert_eq!(asked(b"stats\r\n"), Asked::Stats);
+        assert_eq!(asked(b"stats items\r\n"), Asked::Stats);
+        for other in [
+            &b"getx a\r\n"[..],
+            b"set get 0 0 1\r\nx\r\n",
+            b"delete gets\r\n",
+            b"version\r\n",
+            b"statsx\r\n",
+        ] {
+            assert_eq!(Asked::of_request(&Bytes::from(other)), Asked::Line);
+        }
+        // The key list is a view of the request, not a copy.
+        let request = Bytes::from_static(b"gets alpha beta\r\n");
+        let Asked::Keys { keys, .. } = Asked::of_request(&request) else {
+            panic!("not a get");
+        };
+        assert_eq!(keys.as_ptr(), request[5..].as_ptr());
+    }
+
+    #[test]
+    fn value_for_a_key_not_asked_is_refused_at_its_header() {
+        // Refused before any of the announced megabyte has arrived.
+        assert_eq!(
+            parse_reply(
+                b"VALUE b 0 1048576\r\n",
+                &Limits::default(),
+                &asked(b"get a\r\n")
+            ),
+            Err(ProtocolError::UnexpectedKey {
+                key: "b".to_owned()
+            })
+        );
+        assert_eq!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nVALUE ab 0 1\r\n",
+                &Limits::default(),
+                &asked(b"get a b\r\n")
+            ),
+            Err(ProtocolError::UnexpectedKey {
+                key: "ab".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn more_values_than_keys_asked_are_refused_at_the_header_one_too_many() {
+        let limits = Limits::default();
+        assert_eq!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nVALUE a 0 1048576\r\n",
+                &limits,
+                &asked(b"gets a\r\n")
+            ),
+            Err(ProtocolError::TooManyValues { max: 1 })
+        );
+        // Exactly as many as asked is fine.
+        assert!(matches!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nEND\r\n",
+                &limits,
+                &asked(b"gets a\r\n")
+            ),
+            Ok(Frame::Complete { .. })
+        ));
+    }
+
+    #[test]
+    fn a_key_asked_twice_may_be_answered_twice_and_no_more() {
+        let limits = Limits::default();
+        let twice = b"VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\nEND\r\n";
+        assert!(matches!(
+            parse_reply(twice, &limits, &asked(b"get a a\r\n")),
+            Ok(Frame::Complete { .. })
+        ));
+        assert_eq!(
+            parse_reply(twice, &limits, &asked(b"get a b\r\n")),
+            Err(ProtocolError::UnexpectedKey {
+                key: "a".to_owned()
+            })
+        );
+        assert_eq!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nVALUE a 0 1\r\n",
+                &limits,
+                &asked(b"get a b a\r\n")
+            )
+            .map(|_| ()),
+            Ok(())
+        );
+        assert_eq!(
+            parse_reply(
+                b"VALUE b 0 1\r\ny\r\nVALUE b 0 1\r\n",
+                &limits,
+                &asked(b"get a b a\r\n")
+            ),
+            Err(ProtocolError::UnexpectedKey {
+                key: "b".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn values_may_come_in_any_order() {
+        let reply = b"VALUE c 0 1\r\n3\r\nVALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n";
+        assert!(matches!(
+            parse_reply(reply, &Limits::default(), &asked(b"get a b c\r\n")),
+            Ok(Frame::Complete { len, .. }) if len == reply.len()
+        ));
+    }
+
+    #[test]
+    fn long_key_lists_are_checked_past_the_128th_key() {
+        let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let request = encoded(|b| encode_get(b, &keys, true));
+        let asked = Asked::of_request(&Bytes::from(request));
+        let mut reply = Vec::new();
+        // Reverse order: every lookup misses the in-order fast path.
+        for key in keys.iter().rev() {
+            reply.extend_from_slice(format!("VALUE {key} 0 1\r\nx\r\n").as_bytes());
+        }
+        let mut complete = reply.clone();
+        complete.extend_from_slice(b"END\r\n");
+        let Ok(Frame::Complete {
+            reply: Reply::Values(values),
+            ..
+        }) = parse_reply(&complete, &Limits::default(), &asked)
+        else {
+            panic!("300 values for 300 keys refused");
+        };
+        assert_eq!(values.len(), 300);
+        let mut extra = reply.clone();
+        extra.extend_from_slice(b"VALUE k0 0 1\r\n");
+        assert_eq!(
+            parse_reply(&extra, &Limits::default(), &asked),
+            Err(ProtocolError::TooManyValues { max: 300 })
+        );
+        // 299 distinct keys, then one answered a second time.
+        let mut again = b"VALUE k200 0 1\r\nx\r\n".to_vec();
+        for key in keys.iter().filter(|&&key| key != "k7") {
+            again.extend_from_slice(format!("VALUE {key} 0 1\r\nx\r\n").as_bytes());
+        }
+        assert_eq!(
+            parse_reply(&again, &Limits::default(), &asked),
+            Err(ProtocolError::UnexpectedKey {
+                key: "k200".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn only_a_get_is_answered_with_values_and_only_stats_with_stat_lines() {
+        let limits = Limits::default();
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"VALUE k 0 1048576\r\n", b"set k 0 0 1\r\nx\r\n"),
+            (b"VALUE k 0 1\r\n", b"stats\r\n"),
+            (b"STAT pid 1\r\n", b"get k\r\n"),
+            (b"STAT pid 1\r\n", b"version\r\n"),
+        ];
+        for (reply, request) in cases {
+            assert_eq!(
+                parse_reply(reply, &limits, &Asked::of_request(&Bytes::from(request))),
+                Err(ProtocolError::TooManyValues { max: 0 }),
+                "{request:?}"
+            );
+        }
+        // A bare END reads as an empty listing whatever was asked; the backend judges it.
+        for request in [&b"get k\r\n"[..], b"stats\r\n", b"version\r\n"] {
+            assert_eq!(
+                parse_reply(
+                    b"END\r\n",
+                    &limits,
+                    &Asked::of_request(&Bytes::from(request))
+                ),
+                Ok(Frame::Complete {
+                    reply: Reply::Values(vec![]),
+                    len: 5
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn stats_listing_is_bounded_in_bytes() {
+        let limits = Limits {
+            max_value_len: 32,
+            ..Limits::default()
+        };
+        let fits = b"STAT a 1\r\nSTAT b 2\r\nSTAT c 3\r\nEND\r\n";
+        assert!(matches!(
+            parse_reply(fits, &limits, &Asked::Stats),
+            Ok(Frame::Complete { .. })
+        ));
+        assert_eq!(
+            parse_reply(
+                b"STAT a 1\r\nSTAT b 2\r\nSTAT c 3\r\nSTAT d 4\r\n",
+                &limits,
+                &Asked::Stats
+            ),
+            Err(ProtocolError::StatsTooLarge { max: 32 })
+        );
+    }
+
     // ---- fuzz -------------------------------------------------------------------------------
 
     /// xorshift64: deterministic, dependency-free pseudo-random numbers.
@@ -1826,6 +2047,9 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             max_line_len: 24,
             max_values: 3,
         };
+        // Mostly what the reply itself answers (to reach deep states), sometimes a request
+        // it may not answer.
+        let others = [asked(b"gets k j alpha\r\n"), Asked::Stats, Asked::Line];
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let mut completes = 0;
         for round in 0..5000 {
@@ -1835,13 +2059,18 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             } else {
                 tight
             };
-            let parsed = parse_with(&input, &limits);
+            let asked = if round % 3 == 2 {
+                others[round / 3 % others.len()].clone()
+            } else {
+                asked_for(&input)
+            };
+            let parsed = parse_reply(&input, &limits, &asked);
             if let Ok(Frame::Complete { len, reply }) = &parsed {
                 completes += 1;
                 assert!(*len > 0 && *len <= input.len(), "len {len} for {input:?}");
                 // A reply is self-delimiting: its own bytes parse to the same reply.
                 assert_eq!(
-                    parse_with(&input[..*len], &limits),
+                    parse_reply(&input[..*len], &limits, &asked),
                     Ok(Frame::Complete {
                         reply: reply.clone(),
                         len: *len,
@@ -1850,7 +2079,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             }
             // decode must agree with parse_reply and consume exactly `len` bytes.
             let mut buf = BytesMut::from(&input[..]);
-            match (decode_any(&mut buf, &limits), parsed) {
+            match (decode(&mut buf, &limits, &asked), parsed) {
                 (
                     Ok(Some(reply)),
                     Ok(Frame::Complete {
@@ -1871,6 +2100,198 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         }
         // Guard against the generator degenerating into pure noise.
         assert!(completes > 300, "only {completes} complete replies");
+    }
+
+    // ---- properties -------------------------------------------------------------------------
+
+    /// Parses `input` with both entry points and checks what must hold for any input: they
+    /// agree, nothing panics, a reply spans at most the input, decode consumes exactly that
+    /// and leaves the buffer untouched otherwise, value data are views of the input, a reply
+    /// holds no more than the request allows, and what it holds is no larger than the input.
+    fn assert_sound(input: &[u8], limits: &Limits, asked: &Asked) -> Result<Frame, ProtocolError> {
+        let parsed = parse_reply(input, limits, asked);
+        let mut buf = BytesMut::from(input);
+        let (base, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + input.len());
+        match (decode(&mut buf, limits, asked), &parsed) {
+            (Ok(Some(reply)), Ok(Frame::Complete { reply: copied, len })) => {
+                assert!(*len > 0 && *len <= input.len(), "len {len} of {input:?}");
+                assert_eq!(&reply, copied);
+                assert_eq!(buf.len(), input.len() - len);
+                let held = match &reply {
+                    Reply::Values(values) => {
+                        let allowed = match asked {
+                            Asked::Keys { count, .. } => *count,
+                            Asked::Stats | Asked::Line => 0,
+                        };
+                        assert!(values.len() <= allowed, "{values:?} for {asked:?}");
+                        for value in values.iter().filter(|value| !value.data.is_empty()) {
+                            let start = value.data.as_ptr() as usize;
+                            assert!(start >= base && start + value.data.len() <= end);
+                        }
+                        values.iter().map(|v| v.key.len() + v.data.len()).sum()
+                    }
+                    Reply::Stats(stats) => {
+                        assert!(stats.len() <= limits.max_values);
+                        stats
+                            .iter()
+                            .map(|(name, value)| name.len() + value.len())
+                            .sum()
+                    }
+                    _ => 0,
+                };
+                assert!(held <= *len, "{held} bytes held from a {len}-byte reply");
+            }
+            (Ok(None), Ok(Frame::Incomplete)) | (Err(_), Err(_)) => {
+                assert_eq!(&buf[..], input);
+            }
+            (decoded, parsed) => panic!("decode {decoded:?} vs parse_reply {parsed:?}"),
+        }
+        if let (Err(a), Err(b)) = (&parsed, decode(&mut BytesMut::from(input), limits, asked)) {
+            assert_eq!(a, &b);
+        }
+        parsed
+    }
+
+    /// Requests the properties answer: keys (one duplicated), stats, a one-line command.
+    const PROPERTY_REQUESTS: [&[u8]; 5] = [
+        b"get k\r\n",
+        b"gets k j a\r\n",
+        b"gets a a\r\n",
+        b"stats\r\n",
+        b"version\r\n",
+    ];
+
+    const PROPERTY_KEYS: [&str; 3] = ["k", "j", "a"];
+
+    /// Tight limits, so that the bounds are reached by small inputs too.
+    const TIGHT: Limits = Limits {
+        max_value_len: 16,
+        max_line_len: 40,
+        max_values: 3,
+    };
+
+    /// A valid get reply of `values` and the request it answers (their keys, plus one that
+    /// missed).
+    fn get_exchange(values: &[(usize, u32, Vec<u8>, Option<u64>)]) -> (Asked, Vec<u8>) {
+        let mut request = b"gets".to_vec();
+        let mut reply = Vec::new();
+        for (key, flags, data, cas) in values {
+            let key = PROPERTY_KEYS[key % PROPERTY_KEYS.len()];
+            request.extend_from_slice(format!(" {key}").as_bytes());
+            let cas = cas.map(|cas| format!(" {cas}")).unwrap_or_default();
+            reply.extend_from_slice(
+                format!("VALUE {key} {flags} {}{cas}\r\n", data.len()).as_bytes(),
+            );
+            reply.extend_from_slice(data);
+            reply.extend_from_slice(CRLF);
+        }
+        request.extend_from_slice(b" missed\r\n");
+        reply.extend_from_slice(b"END\r\n");
+        (Asked::of_request(&Bytes::from(request)), reply)
+    }
+
+    /// Applies `(position, operation, byte)` edits: overwrite, truncate, insert, remove.
+    fn mutate(input: &mut Vec<u8>, edits: &[(proptest::sample::Index, u8, u8)]) {
+        for (at, operation, byte) in edits {
+            let at = at.index(input.len() + 1);
+            match operation % 4 {
+                0 if at < input.len() => input[at] = *byte,
+                1 => input.truncate(at),
+                2 => input.insert(at, *byte),
+                _ if at < input.len() => {
+                    input.remove(at);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    proptest::proptest! {
+        // proptest's default: 256 cases, or PROPTEST_CASES; no regression files in src/.
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        #[test]
+        fn arbitrary_bytes_are_parsed_soundly(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            request in 0..PROPERTY_REQUESTS.len(),
+            tight in proptest::prelude::any::<bool>(),
+        ) {
+            let limits = if tight { TIGHT } else { Limits::default() };
+            let _ = assert_sound(&input, &limits, &asked(PROPERTY_REQUESTS[request]));
+        }
+
+        #[test]
+        fn valid_get_replies_parse_whole_and_their_prefixes_are_incomplete(
+            values in proptest::collection::vec(
+                (
+                    0..PROPERTY_KEYS.len(),
+                    proptest::prelude::any::<u32>(),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+                    proptest::option::of(proptest::prelude::any::<u64>()),
+                ),
+                0..5,
+            ),
+        ) {
+            let (asked, reply) = get_exchange(&values);
+            let expected: Vec<Value> = values
+                .iter()
+                .map(|(key, flags, data, cas)| {
+                    value(PROPERTY_KEYS[key % PROPERTY_KEYS.len()], *flags, *cas, data)
+                })
+                .collect();
+            proptest::prop_assert_eq!(
+                assert_sound(&reply, &Limits::default(), &asked),
+                Ok(Frame::Complete { reply: Reply::Values(expected), len: reply.len() })
+            );
+            for split in 0..reply.len() {
+                proptest::prop_assert_eq!(
+                    assert_sound(&reply[..split], &Limits::default(), &asked),
+                    Ok(Frame::Incomplete),
+                    "prefix of {} bytes", split
+                );
+            }
+        }
+
+        #[test]
+        fn mutated_replies_are_parsed_soundly(
+            values in proptest::collection::vec(
+                (
+                    0..PROPERTY_KEYS.len(),
+                    proptest::prelude::any::<u32>(),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+                    proptest::option::of(proptest::prelude::any::<u64>()),
+                ),
+                0..5,
+            ),
+            stats in proptest::collection::vec(("[a-z_]{1,8}", "[ -~]{0,12}"), 0..5),
+            edits in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<proptest::sample::Index>(),
+                    proptest::prelude::any::<u8>(),
+                    proptest::prelude::any::<u8>(),
+                ),
+                0..4,
+            ),
+            as_stats in proptest::prelude::any::<bool>(),
+            tight in proptest::prelude::any::<bool>(),
+        ) {
+            let (asked, mut input) = if as_stats {
+                let mut listing = Vec::new();
+                for (name, value) in &stats {
+                    listing.extend_from_slice(format!("STAT {name} {value}\r\n").as_bytes());
+                }
+                listing.extend_from_slice(b"END\r\n");
+                (Asked::Stats, listing)
+            } else {
+                get_exchange(&values)
+            };
+            mutate(&mut input, &edits);
+            let limits = if tight { TIGHT } else { Limits::default() };
+            let _ = assert_sound(&input, &limits, &asked);
+        }
     }
 
     // ---- encoders ---------------------------------------------------------------------------
