@@ -365,6 +365,17 @@ async fn removed_failed_servers_move_their_keys_and_come_back() {
     );
 }
 
+/// A backend with a single connection, so that a second call shows whether the first
+/// connection was replaced.
+fn one_connection_backend(addr: String) -> TcpBackend {
+    TcpBackend::builder()
+        .server(addr)
+        .connections_per_server(1)
+        .timeout(TIMEOUT)
+        .build()
+        .unwrap()
+}
+
 /// One flood: `VALUE <key> 0 <len>` blocks, `blocks` of them and no `END`, in answer to a
 /// one-key get of `k`.
 #[derive(Clone, Copy, Debug)]
@@ -468,12 +479,7 @@ async fn flood_of_values_for_a_one_key_get_is_cut_off_at_once() {
     ];
     for flood in floods {
         let (addr, written) = flooding_server(flood).await;
-        let backend = TcpBackend::builder()
-            .server(addr)
-            .connections_per_server(1)
-            .timeout(TIMEOUT)
-            .build()
-            .unwrap();
+        let backend = one_connection_backend(addr);
         let started = Instant::now();
         let err = backend.get("k").await.unwrap_err();
         assert!(
@@ -526,12 +532,7 @@ async fn value_for_a_key_not_asked_for_drops_the_connection() {
             });
         }
     });
-    let backend = TcpBackend::builder()
-        .server(addr)
-        .connections_per_server(1)
-        .timeout(TIMEOUT)
-        .build()
-        .unwrap();
+    let backend = one_connection_backend(addr);
     let started = Instant::now();
     let err = backend.get_many(&["a", "b"]).await.unwrap_err();
     assert!(matches!(err, BackendError::Protocol(_)), "{err:?}");

@@ -627,8 +627,8 @@ async fn read_replies(
         // one lock for all their waiters. A request is queued before it is written, so every
         // byte that arrives belongs to a queued request: bytes with none left to answer are
         // something nobody asked for. Parsing stops at the first incomplete reply, so what
-        // stays in `buf` is a prefix of a reply its request allows: the buffer grows only as
-        // far as the oldest outstanding request can legitimately make it.
+        // stays in `buf` is a prefix of a reply its request allows: the buffer holds at most
+        // what the oldest outstanding request can legitimately be sent, plus one read.
         let failure = loop {
             if buf.is_empty() {
                 break None;
@@ -668,7 +668,11 @@ async fn read_replies(
             Some(Failure::Malformed(err)) => {
                 // The stream cannot be resynchronised, and a hostile server must not get to
                 // send more: the connection goes now, its waiters get the error.
-                tracing::warn!(%server, error = %err, "memcached reply breaks the protocol; dropping the connection");
+                tracing::warn!(
+                    %server,
+                    error = %err,
+                    "memcached reply breaks the protocol; dropping the connection"
+                );
                 return BackendError::Protocol(err.to_string());
             }
             Some(Failure::Unsolicited) => return unsolicited(server),

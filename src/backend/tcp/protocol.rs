@@ -2190,6 +2190,21 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         (Asked::of_request(&Bytes::from(request)), reply)
     }
 
+    /// The values of a get reply for [`get_exchange`]: key index, flags, data, cas.
+    fn get_values()
+    -> impl proptest::strategy::Strategy<Value = Vec<(usize, u32, Vec<u8>, Option<u64>)>> {
+        use proptest::prelude::any;
+        proptest::collection::vec(
+            (
+                0..PROPERTY_KEYS.len(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..24),
+                proptest::option::of(any::<u64>()),
+            ),
+            0..5,
+        )
+    }
+
     /// Applies `(position, operation, byte)` edits: overwrite, truncate, insert, remove.
     fn mutate(input: &mut Vec<u8>, edits: &[(proptest::sample::Index, u8, u8)]) {
         for (at, operation, byte) in edits {
@@ -2225,15 +2240,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
 
         #[test]
         fn valid_get_replies_parse_whole_and_their_prefixes_are_incomplete(
-            values in proptest::collection::vec(
-                (
-                    0..PROPERTY_KEYS.len(),
-                    proptest::prelude::any::<u32>(),
-                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
-                    proptest::option::of(proptest::prelude::any::<u64>()),
-                ),
-                0..5,
-            ),
+            values in get_values(),
         ) {
             let (asked, reply) = get_exchange(&values);
             let expected: Vec<Value> = values
@@ -2257,15 +2264,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
 
         #[test]
         fn mutated_replies_are_parsed_soundly(
-            values in proptest::collection::vec(
-                (
-                    0..PROPERTY_KEYS.len(),
-                    proptest::prelude::any::<u32>(),
-                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
-                    proptest::option::of(proptest::prelude::any::<u64>()),
-                ),
-                0..5,
-            ),
+            values in get_values(),
             stats in proptest::collection::vec(("[a-z_]{1,8}", "[ -~]{0,12}"), 0..5),
             edits in proptest::collection::vec(
                 (
