@@ -364,3 +364,183 @@ async fn removed_failed_servers_move_their_keys_and_come_back() {
         "restarted server is empty"
     );
 }
+
+/// A backend with a single connection, so that a second call shows whether the first
+/// connection was replaced.
+fn one_connection_backend(addr: String) -> TcpBackend {
+    TcpBackend::builder()
+        .server(addr)
+        .connections_per_server(1)
+        .timeout(TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+/// One flood: `VALUE <key> 0 <len>` blocks, `blocks` of them and no `END`, in answer to a
+/// one-key get of `k`.
+#[derive(Clone, Copy, Debug)]
+struct Flood {
+    /// `k` every time (asked, but once), or `k0`, `k1`, ... (never asked).
+    distinct_keys: bool,
+    len: usize,
+    blocks: usize,
+}
+
+/// A server that answers the first request of its first connection with `flood`, writing
+/// until it is done or the client hangs up, and reports the bytes it got out; later
+/// connections answer like a memcached holding nothing.
+async fn flooding_server(flood: Flood) -> (String, tokio::sync::oneshot::Receiver<usize>) {
+    // A small send buffer, so that the bytes written track what the client took.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (report, written) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut report = Some(report);
+        while let Ok((socket, _)) = listener.accept().await {
+            let first = report.take();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                if let Some(report) = first {
+                    let Ok(Some(_)) = lines.next_line().await else {
+                        return;
+                    };
+                    let data = vec![b'x'; flood.len];
+                    let mut written = 0;
+                    for n in 0..flood.blocks {
+                        let key = if flood.distinct_keys {
+                            format!("k{n}")
+                        } else {
+                            "k".to_string()
+                        };
+                        let header = format!("VALUE {key} 0 {}\r\n", flood.len);
+                        let mut block = [header.as_bytes(), &data, b"\r\n"].concat();
+                        let mut rest = &mut block[..];
+                        // Counted write by write, so a block cut off counts what went out.
+                        while !rest.is_empty() {
+                            match write.write(rest).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    written += n;
+                                    rest = &mut rest[n..];
+                                }
+                            }
+                        }
+                        if !rest.is_empty() {
+                            break;
+                        }
+                    }
+                    let _ = report.send(written);
+                    return;
+                }
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if line.starts_with("get") {
+                        b"END\r\n"
+                    } else {
+                        b"VERSION fake\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, written)
+}
+
+/// A one-key get answered with a hundred large values and no `END` (the same key again,
+/// keys never asked, values over the item size limit): the connection is dropped at the
+/// first header the request does not allow, so the call fails at once with a protocol
+/// error rather than a timeout, the client takes about one value and the server no more
+/// than that plus what the sockets hold, and the next call gets a new connection.
+#[tokio::test]
+async fn flood_of_values_for_a_one_key_get_is_cut_off_at_once() {
+    const MIB: usize = 1024 * 1024;
+    let floods = [
+        Flood {
+            distinct_keys: false,
+            len: MIB,
+            blocks: 100,
+        },
+        Flood {
+            distinct_keys: true,
+            len: MIB,
+            blocks: 100,
+        },
+        Flood {
+            distinct_keys: true,
+            len: 4 * MIB,
+            blocks: 100,
+        },
+    ];
+    for flood in floods {
+        let (addr, written) = flooding_server(flood).await;
+        let backend = one_connection_backend(addr);
+        let started = Instant::now();
+        let err = backend.get("k").await.unwrap_err();
+        assert!(
+            matches!(err, BackendError::Protocol(_)),
+            "{flood:?}: {err:?}"
+        );
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{flood:?}: {:?}",
+            started.elapsed()
+        );
+        let written = tokio::time::timeout(Duration::from_secs(20), written)
+            .await
+            .expect("the flood never ended")
+            .unwrap();
+        // At most one value (the item size limit) plus what the sockets buffer (about
+        // 200 KiB here; 4 MiB of room): the flood is 100 MiB or more.
+        assert!(
+            written < 5 * MIB,
+            "{flood:?}: the server got {written} bytes out"
+        );
+        assert!(!backend.is_server_down(0));
+        assert_eq!(backend.get("k").await.unwrap(), None, "{flood:?}");
+    }
+}
+
+/// A reply with a value for a key that was not asked for is refused, not passed on:
+/// `get_many` must return only keys it asked for.
+#[tokio::test]
+async fn value_for_a_key_not_asked_for_drops_the_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((socket, _)) = listener.accept().await {
+            let smuggle = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(_)) = lines.next_line().await {
+                    let reply: &[u8] = if smuggle {
+                        b"VALUE a 0 1\r\n1\r\nVALUE evil 0 4\r\nevil\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
+                    } else {
+                        b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let backend = one_connection_backend(addr);
+    let started = Instant::now();
+    let err = backend.get_many(&["a", "b"]).await.unwrap_err();
+    assert!(matches!(err, BackendError::Protocol(_)), "{err:?}");
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+    // A new connection, which behaves.
+    let found = backend.get_many(&["a", "b"]).await.unwrap();
+    let mut keys: Vec<_> = found.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["a", "b"]);
+    server.abort();
+}

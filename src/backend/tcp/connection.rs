@@ -52,7 +52,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::AbortHandle;
 
-use super::protocol::{self, Limits, Reply};
+use super::protocol::{self, Asked, Limits, Reply};
 use crate::backend::BackendError;
 
 /// The most bytes one write gathers from the backlog, so one burst cannot make a single
@@ -107,6 +107,9 @@ struct Shared {
 struct State {
     /// One per request accepted, in the order of their bytes on the socket.
     waiters: VecDeque<Waiter>,
+    /// What each request accepted asked for, in the same order, until the reader takes it
+    /// to bound the request's reply while parsing it.
+    asked: VecDeque<Asked>,
     /// Requests accepted but not yet written, in order, behind whatever the owner writes.
     /// Always empty while the write side is idle.
     backlog: VecDeque<Bytes>,
@@ -166,6 +169,7 @@ impl Connection {
             socket: write_half,
             state: Mutex::new(State {
                 waiters: VecDeque::new(),
+                asked: VecDeque::new(),
                 backlog: VecDeque::new(),
                 writer: Owner::Idle,
                 yield_epoch: 0,
@@ -217,6 +221,7 @@ impl Connection {
             Err(TryAcquireError::Closed) => return Err(shared.closed_error()),
         };
         let (waiter, reply) = oneshot::channel();
+        let asked = Asked::of_request(&request);
         let claim = {
             let mut state = shared.lock();
             if state.closed {
@@ -226,6 +231,7 @@ impl Connection {
             permit.forget();
             let in_flight = !state.waiters.is_empty();
             state.waiters.push_back(waiter);
+            state.asked.push_back(asked);
             if state.writer == Owner::Idle {
                 if in_flight {
                     state.writer = Owner::Yielding;
@@ -378,6 +384,7 @@ impl Shared {
             }
             state.closed = true;
             state.backlog.clear();
+            state.asked.clear();
             std::mem::take(&mut state.waiters)
         };
         self.closed.store(true, Ordering::Release);
@@ -544,6 +551,19 @@ async fn write_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Why the reader stops parsing a connection's bytes.
+enum Failure {
+    /// A reply breaks the protocol or is more than its request allows.
+    Malformed(protocol::ProtocolError),
+    /// Bytes arrived with no request left to answer.
+    Unsolicited,
+}
+
+fn unsolicited(server: &str) -> BackendError {
+    tracing::warn!(%server, "unsolicited bytes from memcached; dropping the connection");
+    BackendError::Protocol("unsolicited bytes from server".to_string())
+}
+
 /// Reads replies and hands each to the oldest waiter, until the connection fails.
 async fn read_loop(shared: Arc<Shared>, mut socket: OwnedReadHalf, settings: ConnectionSettings) {
     let err = read_replies(&shared, &mut socket, &settings).await;
@@ -559,6 +579,9 @@ async fn read_replies(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut replies = Vec::new();
     let mut answered = Vec::new();
+    // What the requests whose replies are due asked for, oldest first: the reader's copy of
+    // the front of `State::asked`, refreshed under the lock it takes anyway.
+    let mut pending: VecDeque<Asked> = VecDeque::new();
     // The epoch of a yielding caller seen by the previous delivery, and by the previous tick.
     let mut seen_by_reader = None;
     let mut seen_by_ticker = None;
@@ -600,37 +623,61 @@ async fn read_replies(
                 continue;
             }
         }
-        // Every complete reply in the buffer, then one lock for all their waiters.
+        // Every complete reply in the buffer, each bounded by what its request asked, then
+        // one lock for all their waiters. A request is queued before it is written, so every
+        // byte that arrives belongs to a queued request: bytes with none left to answer are
+        // something nobody asked for. Parsing stops at the first incomplete reply, so what
+        // stays in `buf` is a prefix of a reply its request allows: the buffer holds at most
+        // what the oldest outstanding request can legitimately be sent, plus one read.
         let failure = loop {
-            match protocol::decode(&mut buf, &settings.limits) {
-                Ok(Some(reply)) => replies.push(reply),
+            if buf.is_empty() {
+                break None;
+            }
+            if pending.is_empty() {
+                pending.extend(shared.lock().asked.drain(..));
+            }
+            let Some(asked) = pending.front() else {
+                break Some(Failure::Unsolicited);
+            };
+            match protocol::decode(&mut buf, &settings.limits, asked) {
+                Ok(Some(reply)) => {
+                    replies.push(reply);
+                    pending.pop_front();
+                }
                 Ok(None) => break None,
-                Err(err) => break Some(BackendError::Protocol(err.to_string())),
+                Err(err) => break Some(Failure::Malformed(err)),
             }
         };
-        let unsolicited = {
+        let unmatched = {
             let mut state = shared.lock();
             if state.closed {
                 return shared.closed_error();
             }
-            // A waiter is queued before its request is written, so every byte that arrives
-            // belongs to a queued waiter: a reply, or the start of one, with nobody left to
-            // answer means the server sent something nobody asked for.
+            pending.extend(state.asked.drain(..));
             let count = replies.len().min(state.waiters.len());
             answered.extend(state.waiters.drain(..count));
+            // Never true (each reply consumed a queued request's `Asked`), kept as a guard.
             count < replies.len()
-                || (failure.is_none() && !buf.is_empty() && state.waiters.is_empty())
         };
         let delivered = answered.len();
         shared.slots.add_permits(delivered);
         for (waiter, reply) in answered.drain(..).zip(replies.drain(..)) {
             let _ = waiter.send(Ok(reply));
         }
-        if let Some(err) = failure {
-            return err;
-        }
-        if unsolicited {
-            return BackendError::Protocol("unsolicited bytes from server".to_string());
+        match failure {
+            Some(Failure::Malformed(err)) => {
+                // The stream cannot be resynchronised, and a hostile server must not get to
+                // send more: the connection goes now, its waiters get the error.
+                tracing::warn!(
+                    %server,
+                    error = %err,
+                    "memcached reply breaks the protocol; dropping the connection"
+                );
+                return BackendError::Protocol(err.to_string());
+            }
+            Some(Failure::Unsolicited) => return unsolicited(server),
+            None if unmatched => return unsolicited(server),
+            None => {}
         }
         if delivered > 0 {
             shared.take_over_stale_yield(&mut seen_by_reader);

@@ -192,6 +192,8 @@ impl TcpBackendBuilder {
 
     /// The largest item (key + value + memcached's overhead) sent; larger values are
     /// refused before anything is sent. Set it to the servers' `-I`. Defaults to 1 MiB.
+    /// Replies are held to it too: a server announcing a larger value (never refused below
+    /// 1 MiB) is treated as broken and its connection dropped.
     pub fn item_size_limit(mut self, bytes: usize) -> Self {
         self.item_size_limit = bytes;
         self
@@ -233,9 +235,11 @@ impl TcpBackendBuilder {
                 .max(Duration::from_millis(100)),
             max_in_flight: self.max_in_flight,
             limits: Limits {
-                // Bounded, but roomy enough for values other clients stored on servers
-                // with a larger -I than ours.
-                max_value_len: self.item_size_limit.max(DEFAULT_ITEM_SIZE_LIMIT) * 4,
+                // No value is larger than the servers' item size limit (which the setting
+                // mirrors), and a server announcing one is refused before its data is
+                // buffered. Never below memcached's default, so lowering the setting for our
+                // own writes still reads what other clients stored.
+                max_value_len: self.item_size_limit.max(DEFAULT_ITEM_SIZE_LIMIT),
                 ..Limits::default()
             },
         };

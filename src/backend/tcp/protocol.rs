@@ -7,7 +7,9 @@
 //! a server (the same split as mini-redis' `Connection`/`Frame`).
 //!
 //! Grammar reference: memcached's `doc/protocol.txt`. Replies are self-describing by their first
-//! line, which is what lets [`parse_reply`] work without knowing which command was sent.
+//! line, but a reply is also bounded by the request it answers ([`Asked`]): a get may only be
+//! answered with values for the keys it asked for, one each, so a broken or hostile server is
+//! refused at the first header too many rather than after its data has been buffered.
 
 use std::ops::Range;
 
@@ -296,10 +298,12 @@ pub(crate) enum Frame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
     /// Largest accepted data block; checked against the announced length in the `VALUE` header.
+    /// Also bounds a whole `STAT` listing, which is a few KiB in practice.
     pub max_value_len: usize,
     /// Longest accepted text line, excluding its `\r\n`.
     pub max_line_len: usize,
-    /// Most `VALUE` blocks (or `STAT` lines) accepted in one reply.
+    /// Most `STAT` lines accepted in one reply. `VALUE` blocks are bounded by the request
+    /// instead (one per key asked, see [`Asked`]).
     pub max_values: usize,
 }
 
@@ -312,6 +316,136 @@ impl Default for Limits {
             max_line_len: 8192,
             max_values: 10_000,
         }
+    }
+}
+
+/// What one request allows its reply to hold, so that a reply is bounded by its request while
+/// it is parsed: a server cannot make the client buffer values nobody asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// A get/gets: at most one `VALUE` block per key asked, and only for those keys.
+    Keys {
+        /// The keys as the request line lists them (`k1 k2 ...`): a view of the request's
+        /// bytes, so remembering them costs no copy.
+        keys: Bytes,
+        /// How many keys `keys` lists, duplicates included.
+        count: usize,
+    },
+    /// `stats`: `STAT` lines, within [`Limits`].
+    Stats,
+    /// Any other command: a one-line reply (or a bare `END`).
+    Line,
+}
+
+impl Asked {
+    /// What `request`, one request as encoded by this module, may be answered with.
+    pub(crate) fn of_request(request: &Bytes) -> Asked {
+        let line_end = memchr::memchr(b'\r', request).unwrap_or(request.len());
+        let line = &request[..line_end];
+        let keys = after_keyword(line, b"gets").or_else(|| after_keyword(line, b"get"));
+        if let Some(keys) = keys {
+            let count = asked_keys(keys, 0).count();
+            Asked::Keys {
+                keys: request.slice(line_end - keys.len()..line_end),
+                count,
+            }
+        } else if after_keyword(line, b"stats").is_some() {
+            Asked::Stats
+        } else {
+            Asked::Line
+        }
+    }
+
+    /// How many entries of `section` the reply may hold.
+    fn max_entries(&self, section: Section, limits: &Limits) -> usize {
+        match (self, section) {
+            (Asked::Keys { count, .. }, Section::Values) => *count,
+            (Asked::Stats, Section::Stats) => limits.max_values,
+            _ => 0,
+        }
+    }
+
+    /// The keys of a get/gets line; empty for other commands.
+    fn keys(&self) -> &[u8] {
+        match self {
+            Asked::Keys { keys, .. } => keys,
+            Asked::Stats | Asked::Line => &[],
+        }
+    }
+}
+
+/// The keys of a request line from byte `start` on, each with the offset just past it.
+fn asked_keys(keys: &[u8], start: usize) -> impl Iterator<Item = (&[u8], usize)> {
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        while keys.get(pos) == Some(&b' ') {
+            pos += 1;
+        }
+        let rest = keys.get(pos..).filter(|rest| !rest.is_empty())?;
+        let end = pos + memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        let key = &keys[pos..end];
+        pos = end;
+        Some((key, end))
+    })
+}
+
+/// Matches the keys of a get reply's `VALUE` headers against the keys asked, each asked key
+/// (each occurrence of a key asked twice) answered at most once. No allocation up to 128 keys.
+struct KeyCheck<'a> {
+    /// The request's key list.
+    keys: &'a [u8],
+    /// Bit `i` is set once the `i`th key asked has been answered.
+    answered: u128,
+    /// The same, for keys past the 128th; empty (unallocated) for shorter requests.
+    answered_beyond: Vec<u128>,
+    /// Index and offset of the key after the one answered last: memcached answers in request
+    /// order, so that is where the next key is found at once.
+    next: (usize, usize),
+}
+
+impl<'a> KeyCheck<'a> {
+    fn new(asked: &'a Asked) -> Self {
+        let count = match asked {
+            Asked::Keys { count, .. } => *count,
+            Asked::Stats | Asked::Line => 0,
+        };
+        KeyCheck {
+            keys: asked.keys(),
+            answered: 0,
+            answered_beyond: vec![0; count.div_ceil(128).saturating_sub(1)],
+            next: (0, 0),
+        }
+    }
+
+    /// Records an answer for `key`; false if it was not asked, or every time it was asked has
+    /// been answered already. Order is not required (a proxy may reassemble a split
+    /// multi-get differently), only looked at first.
+    fn answer(&mut self, key: &[u8]) -> bool {
+        let (next_index, next_offset) = self.next;
+        let later = asked_keys(self.keys, next_offset).zip(next_index..);
+        let earlier = asked_keys(self.keys, 0).zip(0..next_index);
+        for ((asked, end), index) in later.chain(earlier) {
+            if asked == key && self.mark(index) {
+                self.next = (index + 1, end);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sets bit `index`; false if it was set already.
+    fn mark(&mut self, index: usize) -> bool {
+        let word = match index / 128 {
+            0 => &mut self.answered,
+            n => match self.answered_beyond.get_mut(n - 1) {
+                Some(word) => word,
+                None => return false,
+            },
+        };
+        let bit = 1u128 << (index % 128);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
     }
 }
 
@@ -371,9 +505,24 @@ pub(crate) enum ProtocolError {
         /// Lossy, truncated copy of the line.
         line: String,
     },
-    /// More than [`Limits::max_values`] `VALUE` blocks or `STAT` lines in one reply.
+    /// More `VALUE` blocks than the request asked keys for (none for a command other than
+    /// get/gets), or more than [`Limits::max_values`] `STAT` lines (none unless `stats` was
+    /// sent). Refused at the header or line one too many, before its data arrives.
     #[error("reply holds more than {max} VALUE blocks or STAT lines")]
     TooManyValues {
+        /// Keys asked, or the configured limit for `STAT` lines.
+        max: usize,
+    },
+    /// A `VALUE` block for a key the request did not ask for, or for a key asked once (or
+    /// `n` times) answered more often than that.
+    #[error("memcached answered for key {key:?}, which the request did not ask for")]
+    UnexpectedKey {
+        /// Lossy, truncated copy of the key.
+        key: String,
+    },
+    /// A `STAT` listing longer than [`Limits::max_value_len`] bytes.
+    #[error("STAT listing longer than {max} bytes")]
+    StatsTooLarge {
         /// Configured limit.
         max: usize,
     },
@@ -397,15 +546,19 @@ pub(crate) enum ProtocolError {
 // Reply parsing
 // ---------------------------------------------------------------------------------------------
 
-/// Parses one reply from the front of `buf`.
+/// Parses one reply to a request that asked `asked` from the front of `buf`.
 ///
 /// Value data is copied out of `buf`, since a plain slice cannot be shared; the connection uses
 /// [`decode`], which shares its buffer instead. Errors are returned as soon as a violation is
 /// visible, even if the rest of the reply has not arrived. The connection uses [`decode`];
 /// this copying twin exists for tests and fuzzing, which have only a slice.
 #[cfg(test)]
-pub(crate) fn parse_reply(buf: &[u8], limits: &Limits) -> Result<Frame, ProtocolError> {
-    Ok(match parse_raw(buf, limits)? {
+pub(crate) fn parse_reply(
+    buf: &[u8],
+    limits: &Limits,
+    asked: &Asked,
+) -> Result<Frame, ProtocolError> {
+    Ok(match parse_raw(buf, limits, asked)? {
         None => Frame::Incomplete,
         Some((raw, len)) => Frame::Complete {
             reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range])),
@@ -414,12 +567,16 @@ pub(crate) fn parse_reply(buf: &[u8], limits: &Limits) -> Result<Frame, Protocol
     })
 }
 
-/// Takes one complete reply off the front of `buf`.
+/// Takes one complete reply, to a request that asked `asked`, off the front of `buf`.
 ///
 /// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete; the buffer is also
 /// left untouched on error. Value data are zero-copy slices of the bytes split off `buf`.
-pub(crate) fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
-    let Some((raw, len)) = parse_raw(buf, limits)? else {
+pub(crate) fn decode(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    asked: &Asked,
+) -> Result<Option<Reply>, ProtocolError> {
+    let Some((raw, len)) = parse_raw(buf, limits, asked)? else {
         return Ok(None);
     };
     Ok(Some(match raw {
@@ -524,7 +681,11 @@ enum Ending {
 }
 
 /// Parses one reply into offsets. `Ok(None)` means incomplete.
-fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, ProtocolError> {
+fn parse_raw(
+    buf: &[u8],
+    limits: &Limits,
+    asked: &Asked,
+) -> Result<Option<(RawReply, usize)>, ProtocolError> {
     let Some((first, next)) = read_line(buf, 0, limits.max_line_len)? else {
         return Ok(None);
     };
@@ -535,7 +696,7 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
     // Check pass: validate and measure without allocating, so the common "not all here yet"
     // case for a large multi-get costs no allocation however often it is retried.
     let mut count = 0usize;
-    let Some((ending, len)) = walk(buf, section, limits, |_| count += 1)? else {
+    let Some((ending, len)) = walk(buf, section, limits, asked, |_| count += 1)? else {
         return Ok(None);
     };
     if let Ending::Error(reply) = ending {
@@ -546,7 +707,7 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
     let raw = match section {
         Section::Values => {
             let mut values = Vec::with_capacity(count);
-            walk(buf, section, limits, |entry| {
+            walk(buf, section, limits, asked, |entry| {
                 if let Entry::Value(header, data) = entry {
                     values.push(PendingValue {
                         key: header.key.to_owned(),
@@ -560,7 +721,7 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
         }
         Section::Stats => {
             let mut stats = Vec::with_capacity(count);
-            walk(buf, section, limits, |entry| {
+            walk(buf, section, limits, asked, |entry| {
                 if let Entry::Stat(name, value) = entry {
                     stats.push((name.to_owned(), value.to_owned()));
                 }
@@ -574,14 +735,19 @@ fn parse_raw(buf: &[u8], limits: &Limits) -> Result<Option<(RawReply, usize)>, P
 /// Walks a multi-line reply from the start of `buf`, handing each entry to `visit`.
 ///
 /// Returns how the reply ended and its total length, or `Ok(None)` if it is incomplete.
+/// Every entry is checked against `asked` as soon as its header line is in, so what an
+/// incomplete reply has buffered is always a prefix of a reply the request allows.
 fn walk<'a>(
     buf: &'a [u8],
     section: Section,
     limits: &Limits,
+    asked: &Asked,
     mut visit: impl FnMut(Entry<'a>),
 ) -> Result<Option<(Ending, usize)>, ProtocolError> {
     let mut pos = 0;
     let mut entries = 0usize;
+    let max_entries = asked.max_entries(section, limits);
+    let mut keys = KeyCheck::new(asked);
     loop {
         let Some((line, next)) = read_line(buf, pos, limits.max_line_len)? else {
             return Ok(None);
@@ -599,15 +765,18 @@ fn walk<'a>(
                 };
             }
         }
-        if entries >= limits.max_values {
-            return Err(ProtocolError::TooManyValues {
-                max: limits.max_values,
-            });
+        if entries >= max_entries {
+            return Err(ProtocolError::TooManyValues { max: max_entries });
         }
         entries += 1;
         match section {
             Section::Values => {
                 let header = parse_value_header(line, limits)?;
+                if !keys.answer(header.key.as_bytes()) {
+                    return Err(ProtocolError::UnexpectedKey {
+                        key: snippet(header.key.as_bytes()),
+                    });
+                }
                 // Jump straight over the data block using the announced length: data may hold
                 // any bytes, "\r\n" included, and scanning it would make every retry O(size).
                 let data_end = next.saturating_add(header.len);
@@ -624,6 +793,11 @@ fn walk<'a>(
                 pos = block_end;
             }
             Section::Stats => {
+                if next > limits.max_value_len {
+                    return Err(ProtocolError::StatsTooLarge {
+                        max: limits.max_value_len,
+                    });
+                }
                 let (name, value) = parse_stat_line(line)?;
                 visit(Entry::Stat(name, value));
                 pos = next;
@@ -839,7 +1013,53 @@ mod tests {
     // ---- helpers ----------------------------------------------------------------------------
 
     fn parse(input: &[u8]) -> Result<Frame, ProtocolError> {
-        parse_reply(input, &Limits::default())
+        parse_with(input, &Limits::default())
+    }
+
+    /// Parses `input` as the reply to a request that asked what `input` answers.
+    fn parse_with(input: &[u8], limits: &Limits) -> Result<Frame, ProtocolError> {
+        parse_reply(input, limits, &asked_for(input))
+    }
+
+    /// What a request answered by `input` asked: `stats` for a STAT listing, else a `gets`
+    /// of every key a `VALUE` header in `input` names (a match inside data only widens it),
+    /// else a one-line command.
+    fn asked_for(input: &[u8]) -> Asked {
+        if input.starts_with(b"STAT") {
+            return Asked::Stats;
+        }
+        let mut request = b"gets".to_vec();
+        for at in (0..input.len()).filter(|&at| input[at..].starts_with(b"VALUE ")) {
+            let rest = &input[at + b"VALUE ".len()..];
+            let key = rest
+                .split(|&b| b == b' ' || b == b'\r' || b == b'\n')
+                .next()
+                .unwrap_or_default();
+            if !key.is_empty() {
+                request.push(b' ');
+                request.extend_from_slice(key);
+            }
+        }
+        if request.len() == b"gets".len() {
+            if !input.windows(5).any(|window| window == b"VALUE") {
+                return Asked::Line;
+            }
+            // A header too broken to name a key still has room for one.
+            request.extend_from_slice(b" k");
+        }
+        request.extend_from_slice(CRLF);
+        Asked::of_request(&Bytes::from(request))
+    }
+
+    /// What `request` asks, for a request written out in a test.
+    fn asked(request: &'static [u8]) -> Asked {
+        Asked::of_request(&Bytes::from_static(request))
+    }
+
+    /// Decodes `buf` as the reply to a request that asked what its contents answer.
+    fn decode_any(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
+        let asked = asked_for(buf);
+        decode(buf, limits, &asked)
     }
 
     /// Parses `input`, asserting it is exactly one complete reply.
@@ -858,7 +1078,7 @@ mod tests {
     }
 
     fn error_with(input: &[u8], limits: &Limits) -> ProtocolError {
-        match parse_reply(input, limits) {
+        match parse_with(input, limits) {
             Err(err) => err,
             Ok(frame) => panic!("expected an error for {input:?}, got {frame:?}"),
         }
@@ -1055,7 +1275,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         };
         let input = b"VALUE k 0 4\r\nabcd\r\nEND\r\n";
         assert_eq!(
-            parse_reply(input, &limits),
+            parse_with(input, &limits),
             Ok(Frame::Complete {
                 reply: Reply::Values(vec![value("k", 0, None, b"abcd")]),
                 len: input.len(),
@@ -1166,7 +1386,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         let mut buf = BytesMut::from(&MULTI_GET[..MULTI_GET.len() - 1]);
         let before = buf.clone();
         let base = buf.as_ptr();
-        assert_eq!(decode(&mut buf, &Limits::default()), Ok(None));
+        assert_eq!(decode_any(&mut buf, &Limits::default()), Ok(None));
         assert_eq!(buf, before);
         assert_eq!(buf.as_ptr(), base);
     }
@@ -1175,7 +1395,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     fn decode_leaves_buffer_untouched_on_error() {
         let mut buf = BytesMut::from(&b"GARBAGE\r\nSTORED\r\n"[..]);
         let before = buf.clone();
-        assert!(decode(&mut buf, &Limits::default()).is_err());
+        assert!(decode_any(&mut buf, &Limits::default()).is_err());
         assert_eq!(buf, before);
     }
 
@@ -1187,16 +1407,16 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         let limits = Limits::default();
 
         assert_eq!(
-            decode(&mut buf, &limits),
+            decode_any(&mut buf, &limits),
             Ok(Some(Reply::Values(multi_get_values())))
         );
         assert_eq!(&buf[..], b"STORED\r\nVALUE k 0 2\r\nhi");
-        assert_eq!(decode(&mut buf, &limits), Ok(Some(Reply::Stored)));
+        assert_eq!(decode_any(&mut buf, &limits), Ok(Some(Reply::Stored)));
         assert_eq!(&buf[..], b"VALUE k 0 2\r\nhi");
-        assert_eq!(decode(&mut buf, &limits), Ok(None));
+        assert_eq!(decode_any(&mut buf, &limits), Ok(None));
         buf.extend_from_slice(b"\r\nEND\r\n");
         assert_eq!(
-            decode(&mut buf, &limits),
+            decode_any(&mut buf, &limits),
             Ok(Some(Reply::Values(vec![value("k", 0, None, b"hi")])))
         );
         assert!(buf.is_empty());
@@ -1218,7 +1438,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     fn decode_shares_value_data_with_the_read_buffer() {
         let mut buf = BytesMut::from(MULTI_GET);
         let base = buf.as_ptr() as usize;
-        let Ok(Some(Reply::Values(values))) = decode(&mut buf, &Limits::default()) else {
+        let Ok(Some(Reply::Values(values))) = decode_any(&mut buf, &Limits::default()) else {
             panic!("expected values");
         };
         let offset = b"VALUE alpha 0 5 11\r\n".len();
@@ -1417,8 +1637,8 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             ..Limits::default()
         };
         // Up to 8 content bytes plus '\r' may still become a valid line.
-        assert_eq!(parse_reply(b"AAAAAAAA", &limits), Ok(Frame::Incomplete));
-        assert_eq!(parse_reply(b"AAAAAAAA\r", &limits), Ok(Frame::Incomplete));
+        assert_eq!(parse_with(b"AAAAAAAA", &limits), Ok(Frame::Incomplete));
+        assert_eq!(parse_with(b"AAAAAAAA\r", &limits), Ok(Frame::Incomplete));
         assert_eq!(
             error_with(b"AAAAAAAAA", &limits),
             ProtocolError::LineTooLong { max: 8 }
@@ -1440,7 +1660,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             ..Limits::default()
         };
         assert_eq!(
-            parse_reply(b"STORED\r\n", &limits),
+            parse_with(b"STORED\r\n", &limits),
             Ok(Frame::Complete {
                 reply: Reply::Stored,
                 len: 8,
@@ -1473,17 +1693,19 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             ..Limits::default()
         };
         let two = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nEND\r\n";
+        let asked_two = asked(b"get a b\r\n");
         assert!(matches!(
-            parse_reply(two, &limits),
+            parse_reply(two, &limits, &asked_two),
             Ok(Frame::Complete { .. })
         ));
         // Fails at the third header, before its data or the END has arrived.
         assert_eq!(
-            error_with(
+            parse_reply(
                 b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nVALUE c 0 1\r\n",
-                &limits
+                &limits,
+                &asked_two,
             ),
-            ProtocolError::TooManyValues { max: 2 }
+            Err(ProtocolError::TooManyValues { max: 2 })
         );
         assert_eq!(
             error_with(b"STAT a 1\r\nSTAT b 2\r\nSTAT c 3\r\n", &limits),
@@ -1507,6 +1729,227 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             }
             .to_string(),
             "data block for key \"k\" is not terminated by \\r\\n"
+        );
+    }
+
+    // ---- bounded by the request -------------------------------------------------------------
+
+    #[test]
+    fn what_a_request_asks() {
+        assert_eq!(
+            asked(b"get a\r\n"),
+            Asked::Keys {
+                keys: Bytes::from_static(b"a"),
+                count: 1
+            }
+        );
+        assert_eq!(
+            asked(b"gets a b a\r\n"),
+            Asked::Keys {
+                keys: Bytes::from_static(b"a b a"),
+                count: 3
+            }
+        );
+        assert_eq!(asked(b"stats\r\n"), Asked::Stats);
+        assert_eq!(asked(b"stats items\r\n"), Asked::Stats);
+        for other in [
+            &b"getx a\r\n"[..],
+            b"set get 0 0 1\r\nx\r\n",
+            b"delete gets\r\n",
+            b"version\r\n",
+            b"statsx\r\n",
+        ] {
+            assert_eq!(Asked::of_request(&Bytes::from(other)), Asked::Line);
+        }
+        // The key list is a view of the request, not a copy.
+        let request = Bytes::from_static(b"gets alpha beta\r\n");
+        let Asked::Keys { keys, .. } = Asked::of_request(&request) else {
+            panic!("not a get");
+        };
+        assert_eq!(keys.as_ptr(), request[5..].as_ptr());
+    }
+
+    #[test]
+    fn value_for_a_key_not_asked_is_refused_at_its_header() {
+        // Refused before any of the announced megabyte has arrived.
+        assert_eq!(
+            parse_reply(
+                b"VALUE b 0 1048576\r\n",
+                &Limits::default(),
+                &asked(b"get a\r\n")
+            ),
+            Err(ProtocolError::UnexpectedKey {
+                key: "b".to_owned()
+            })
+        );
+        assert_eq!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nVALUE ab 0 1\r\n",
+                &Limits::default(),
+                &asked(b"get a b\r\n")
+            ),
+            Err(ProtocolError::UnexpectedKey {
+                key: "ab".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn more_values_than_keys_asked_are_refused_at_the_header_one_too_many() {
+        let limits = Limits::default();
+        assert_eq!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nVALUE a 0 1048576\r\n",
+                &limits,
+                &asked(b"gets a\r\n")
+            ),
+            Err(ProtocolError::TooManyValues { max: 1 })
+        );
+        // Exactly as many as asked is fine.
+        assert!(matches!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nEND\r\n",
+                &limits,
+                &asked(b"gets a\r\n")
+            ),
+            Ok(Frame::Complete { .. })
+        ));
+    }
+
+    #[test]
+    fn a_key_asked_twice_may_be_answered_twice_and_no_more() {
+        let limits = Limits::default();
+        let twice = b"VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\nEND\r\n";
+        assert!(matches!(
+            parse_reply(twice, &limits, &asked(b"get a a\r\n")),
+            Ok(Frame::Complete { .. })
+        ));
+        assert_eq!(
+            parse_reply(twice, &limits, &asked(b"get a b\r\n")),
+            Err(ProtocolError::UnexpectedKey {
+                key: "a".to_owned()
+            })
+        );
+        assert_eq!(
+            parse_reply(
+                b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nVALUE a 0 1\r\n",
+                &limits,
+                &asked(b"get a b a\r\n")
+            )
+            .map(|_| ()),
+            Ok(())
+        );
+        assert_eq!(
+            parse_reply(
+                b"VALUE b 0 1\r\ny\r\nVALUE b 0 1\r\n",
+                &limits,
+                &asked(b"get a b a\r\n")
+            ),
+            Err(ProtocolError::UnexpectedKey {
+                key: "b".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn values_may_come_in_any_order() {
+        let reply = b"VALUE c 0 1\r\n3\r\nVALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n";
+        assert!(matches!(
+            parse_reply(reply, &Limits::default(), &asked(b"get a b c\r\n")),
+            Ok(Frame::Complete { len, .. }) if len == reply.len()
+        ));
+    }
+
+    #[test]
+    fn long_key_lists_are_checked_past_the_128th_key() {
+        let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let request = encoded(|b| encode_get(b, &keys, true));
+        let asked = Asked::of_request(&Bytes::from(request));
+        let mut reply = Vec::new();
+        // Reverse order: every lookup misses the in-order fast path.
+        for key in keys.iter().rev() {
+            reply.extend_from_slice(format!("VALUE {key} 0 1\r\nx\r\n").as_bytes());
+        }
+        let mut complete = reply.clone();
+        complete.extend_from_slice(b"END\r\n");
+        let Ok(Frame::Complete {
+            reply: Reply::Values(values),
+            ..
+        }) = parse_reply(&complete, &Limits::default(), &asked)
+        else {
+            panic!("300 values for 300 keys refused");
+        };
+        assert_eq!(values.len(), 300);
+        let mut extra = reply.clone();
+        extra.extend_from_slice(b"VALUE k0 0 1\r\n");
+        assert_eq!(
+            parse_reply(&extra, &Limits::default(), &asked),
+            Err(ProtocolError::TooManyValues { max: 300 })
+        );
+        // 299 distinct keys, then one answered a second time.
+        let mut again = b"VALUE k200 0 1\r\nx\r\n".to_vec();
+        for key in keys.iter().filter(|&&key| key != "k7") {
+            again.extend_from_slice(format!("VALUE {key} 0 1\r\nx\r\n").as_bytes());
+        }
+        assert_eq!(
+            parse_reply(&again, &Limits::default(), &asked),
+            Err(ProtocolError::UnexpectedKey {
+                key: "k200".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn only_a_get_is_answered_with_values_and_only_stats_with_stat_lines() {
+        let limits = Limits::default();
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"VALUE k 0 1048576\r\n", b"set k 0 0 1\r\nx\r\n"),
+            (b"VALUE k 0 1\r\n", b"stats\r\n"),
+            (b"STAT pid 1\r\n", b"get k\r\n"),
+            (b"STAT pid 1\r\n", b"version\r\n"),
+        ];
+        for (reply, request) in cases {
+            assert_eq!(
+                parse_reply(reply, &limits, &Asked::of_request(&Bytes::from(request))),
+                Err(ProtocolError::TooManyValues { max: 0 }),
+                "{request:?}"
+            );
+        }
+        // A bare END reads as an empty listing whatever was asked; the backend judges it.
+        for request in [&b"get k\r\n"[..], b"stats\r\n", b"version\r\n"] {
+            assert_eq!(
+                parse_reply(
+                    b"END\r\n",
+                    &limits,
+                    &Asked::of_request(&Bytes::from(request))
+                ),
+                Ok(Frame::Complete {
+                    reply: Reply::Values(vec![]),
+                    len: 5
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn stats_listing_is_bounded_in_bytes() {
+        let limits = Limits {
+            max_value_len: 32,
+            ..Limits::default()
+        };
+        let fits = b"STAT a 1\r\nSTAT b 2\r\nSTAT c 3\r\nEND\r\n";
+        assert!(matches!(
+            parse_reply(fits, &limits, &Asked::Stats),
+            Ok(Frame::Complete { .. })
+        ));
+        assert_eq!(
+            parse_reply(
+                b"STAT a 1\r\nSTAT b 2\r\nSTAT c 3\r\nSTAT d 4\r\n",
+                &limits,
+                &Asked::Stats
+            ),
+            Err(ProtocolError::StatsTooLarge { max: 32 })
         );
     }
 
@@ -1604,6 +2047,9 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             max_line_len: 24,
             max_values: 3,
         };
+        // Mostly what the reply itself answers (to reach deep states), sometimes a request
+        // it may not answer.
+        let others = [asked(b"gets k j alpha\r\n"), Asked::Stats, Asked::Line];
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let mut completes = 0;
         for round in 0..5000 {
@@ -1613,13 +2059,18 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             } else {
                 tight
             };
-            let parsed = parse_reply(&input, &limits);
+            let asked = if round % 3 == 2 {
+                others[round / 3 % others.len()].clone()
+            } else {
+                asked_for(&input)
+            };
+            let parsed = parse_reply(&input, &limits, &asked);
             if let Ok(Frame::Complete { len, reply }) = &parsed {
                 completes += 1;
                 assert!(*len > 0 && *len <= input.len(), "len {len} for {input:?}");
                 // A reply is self-delimiting: its own bytes parse to the same reply.
                 assert_eq!(
-                    parse_reply(&input[..*len], &limits),
+                    parse_reply(&input[..*len], &limits, &asked),
                     Ok(Frame::Complete {
                         reply: reply.clone(),
                         len: *len,
@@ -1628,7 +2079,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             }
             // decode must agree with parse_reply and consume exactly `len` bytes.
             let mut buf = BytesMut::from(&input[..]);
-            match (decode(&mut buf, &limits), parsed) {
+            match (decode(&mut buf, &limits, &asked), parsed) {
                 (
                     Ok(Some(reply)),
                     Ok(Frame::Complete {
@@ -1649,6 +2100,197 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         }
         // Guard against the generator degenerating into pure noise.
         assert!(completes > 300, "only {completes} complete replies");
+    }
+
+    // ---- properties -------------------------------------------------------------------------
+
+    /// Parses `input` with both entry points and checks what must hold for any input: they
+    /// agree, nothing panics, a reply spans at most the input, decode consumes exactly that
+    /// and leaves the buffer untouched otherwise, value data are views of the input, a reply
+    /// holds no more than the request allows, and what it holds is no larger than the input.
+    fn assert_sound(input: &[u8], limits: &Limits, asked: &Asked) -> Result<Frame, ProtocolError> {
+        let parsed = parse_reply(input, limits, asked);
+        let mut buf = BytesMut::from(input);
+        let (base, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + input.len());
+        match (decode(&mut buf, limits, asked), &parsed) {
+            (Ok(Some(reply)), Ok(Frame::Complete { reply: copied, len })) => {
+                assert!(*len > 0 && *len <= input.len(), "len {len} of {input:?}");
+                assert_eq!(&reply, copied);
+                assert_eq!(buf.len(), input.len() - len);
+                let held = match &reply {
+                    Reply::Values(values) => {
+                        let allowed = match asked {
+                            Asked::Keys { count, .. } => *count,
+                            Asked::Stats | Asked::Line => 0,
+                        };
+                        assert!(values.len() <= allowed, "{values:?} for {asked:?}");
+                        for value in values.iter().filter(|value| !value.data.is_empty()) {
+                            let start = value.data.as_ptr() as usize;
+                            assert!(start >= base && start + value.data.len() <= end);
+                        }
+                        values.iter().map(|v| v.key.len() + v.data.len()).sum()
+                    }
+                    Reply::Stats(stats) => {
+                        assert!(stats.len() <= limits.max_values);
+                        stats
+                            .iter()
+                            .map(|(name, value)| name.len() + value.len())
+                            .sum()
+                    }
+                    _ => 0,
+                };
+                assert!(held <= *len, "{held} bytes held from a {len}-byte reply");
+            }
+            (Ok(None), Ok(Frame::Incomplete)) | (Err(_), Err(_)) => {
+                assert_eq!(&buf[..], input);
+            }
+            (decoded, parsed) => panic!("decode {decoded:?} vs parse_reply {parsed:?}"),
+        }
+        if let (Err(a), Err(b)) = (&parsed, decode(&mut BytesMut::from(input), limits, asked)) {
+            assert_eq!(a, &b);
+        }
+        parsed
+    }
+
+    /// Requests the properties answer: keys (one duplicated), stats, a one-line command.
+    const PROPERTY_REQUESTS: [&[u8]; 5] = [
+        b"get k\r\n",
+        b"gets k j a\r\n",
+        b"gets a a\r\n",
+        b"stats\r\n",
+        b"version\r\n",
+    ];
+
+    const PROPERTY_KEYS: [&str; 3] = ["k", "j", "a"];
+
+    /// Tight limits, so that the bounds are reached by small inputs too.
+    const TIGHT: Limits = Limits {
+        max_value_len: 16,
+        max_line_len: 40,
+        max_values: 3,
+    };
+
+    /// A valid get reply of `values` and the request it answers (their keys, plus one that
+    /// missed).
+    fn get_exchange(values: &[(usize, u32, Vec<u8>, Option<u64>)]) -> (Asked, Vec<u8>) {
+        let mut request = b"gets".to_vec();
+        let mut reply = Vec::new();
+        for (key, flags, data, cas) in values {
+            let key = PROPERTY_KEYS[key % PROPERTY_KEYS.len()];
+            request.extend_from_slice(format!(" {key}").as_bytes());
+            let cas = cas.map(|cas| format!(" {cas}")).unwrap_or_default();
+            reply.extend_from_slice(
+                format!("VALUE {key} {flags} {}{cas}\r\n", data.len()).as_bytes(),
+            );
+            reply.extend_from_slice(data);
+            reply.extend_from_slice(CRLF);
+        }
+        request.extend_from_slice(b" missed\r\n");
+        reply.extend_from_slice(b"END\r\n");
+        (Asked::of_request(&Bytes::from(request)), reply)
+    }
+
+    /// The values of a get reply for [`get_exchange`]: key index, flags, data, cas.
+    fn get_values()
+    -> impl proptest::strategy::Strategy<Value = Vec<(usize, u32, Vec<u8>, Option<u64>)>> {
+        use proptest::prelude::any;
+        proptest::collection::vec(
+            (
+                0..PROPERTY_KEYS.len(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..24),
+                proptest::option::of(any::<u64>()),
+            ),
+            0..5,
+        )
+    }
+
+    /// Applies `(position, operation, byte)` edits: overwrite, truncate, insert, remove.
+    fn mutate(input: &mut Vec<u8>, edits: &[(proptest::sample::Index, u8, u8)]) {
+        for (at, operation, byte) in edits {
+            let at = at.index(input.len() + 1);
+            match operation % 4 {
+                0 if at < input.len() => input[at] = *byte,
+                1 => input.truncate(at),
+                2 => input.insert(at, *byte),
+                _ if at < input.len() => {
+                    input.remove(at);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    proptest::proptest! {
+        // proptest's default: 256 cases, or PROPTEST_CASES; no regression files in src/.
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        #[test]
+        fn arbitrary_bytes_are_parsed_soundly(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            request in 0..PROPERTY_REQUESTS.len(),
+            tight in proptest::prelude::any::<bool>(),
+        ) {
+            let limits = if tight { TIGHT } else { Limits::default() };
+            let _ = assert_sound(&input, &limits, &asked(PROPERTY_REQUESTS[request]));
+        }
+
+        #[test]
+        fn valid_get_replies_parse_whole_and_their_prefixes_are_incomplete(
+            values in get_values(),
+        ) {
+            let (asked, reply) = get_exchange(&values);
+            let expected: Vec<Value> = values
+                .iter()
+                .map(|(key, flags, data, cas)| {
+                    value(PROPERTY_KEYS[key % PROPERTY_KEYS.len()], *flags, *cas, data)
+                })
+                .collect();
+            proptest::prop_assert_eq!(
+                assert_sound(&reply, &Limits::default(), &asked),
+                Ok(Frame::Complete { reply: Reply::Values(expected), len: reply.len() })
+            );
+            for split in 0..reply.len() {
+                proptest::prop_assert_eq!(
+                    assert_sound(&reply[..split], &Limits::default(), &asked),
+                    Ok(Frame::Incomplete),
+                    "prefix of {} bytes", split
+                );
+            }
+        }
+
+        #[test]
+        fn mutated_replies_are_parsed_soundly(
+            values in get_values(),
+            stats in proptest::collection::vec(("[a-z_]{1,8}", "[ -~]{0,12}"), 0..5),
+            edits in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<proptest::sample::Index>(),
+                    proptest::prelude::any::<u8>(),
+                    proptest::prelude::any::<u8>(),
+                ),
+                0..4,
+            ),
+            as_stats in proptest::prelude::any::<bool>(),
+            tight in proptest::prelude::any::<bool>(),
+        ) {
+            let (asked, mut input) = if as_stats {
+                let mut listing = Vec::new();
+                for (name, value) in &stats {
+                    listing.extend_from_slice(format!("STAT {name} {value}\r\n").as_bytes());
+                }
+                listing.extend_from_slice(b"END\r\n");
+                (Asked::Stats, listing)
+            } else {
+                get_exchange(&values)
+            };
+            mutate(&mut input, &edits);
+            let limits = if tight { TIGHT } else { Limits::default() };
+            let _ = assert_sound(&input, &limits, &asked);
+        }
     }
 
     // ---- encoders ---------------------------------------------------------------------------
@@ -1824,7 +2466,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         reply.extend_from_slice(&request[body_start..]);
         reply.extend_from_slice(b"END\r\n");
         assert_eq!(
-            decode(&mut reply, &Limits::default()),
+            decode_any(&mut reply, &Limits::default()),
             Ok(Some(Reply::Values(vec![value("rt", 9, None, data)])))
         );
     }

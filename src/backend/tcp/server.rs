@@ -41,8 +41,13 @@ struct Slot {
 
 impl Slot {
     fn live(&self) -> Option<Arc<Connection>> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        current.as_ref().filter(|conn| !conn.is_closed()).cloned()
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        // A closed connection still holds its socket: let it go, so the server sees it
+        // closed instead of filling our receive buffer.
+        if current.as_ref().is_some_and(|conn| conn.is_closed()) {
+            *current = None;
+        }
+        current.clone()
     }
 
     fn replace(&self, conn: Option<Arc<Connection>>) {
@@ -85,8 +90,27 @@ impl Server {
             (_, Some(conn)) => conn,
             (slot, None) => self.connection(slot, settings).await?,
         };
-        let reply = conn.call(request).await?;
-        Ok((conn, reply))
+        match conn.call(request).await {
+            Ok(reply) => Ok((conn, reply)),
+            Err(err) => {
+                if conn.is_closed() {
+                    // Release the socket now rather than at the slot's next use: a server
+                    // that broke the protocol may still be sending.
+                    self.forget(&conn);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Empties the slot that holds `conn`, if one still does.
+    fn forget(&self, conn: &Arc<Connection>) {
+        for slot in self.slots.iter() {
+            let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.as_ref().is_some_and(|held| Arc::ptr_eq(held, conn)) {
+                *current = None;
+            }
+        }
     }
 
     /// The slot for the next request, with its live connection if it has one: the first
