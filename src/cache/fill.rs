@@ -1,8 +1,8 @@
 //! Filling an entry at the origin's pace. A response on its way into the cache is read by
 //! a task of its own, which takes the bounded copy and completes the fill (publishing the
 //! entry to waiting requests, storing it, releasing the flight and the lease) as soon as
-//! the origin has sent the body, whatever the client does. The client reads the same
-//! frames from a queue at its own speed.
+//! the origin has sent the body, however slowly the client reads. The client reads the
+//! same frames from a queue at its own speed; a client that goes away ends the fill.
 //!
 //! Why not a plain channel: while the copy is taken, the reader must never wait for the
 //! client (a client with a zero HTTP/2 window would hold every other request for the URL),
@@ -65,10 +65,13 @@ impl Queue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether the reader may read another frame; `Ready(false)` when nobody needs it.
+    /// Whether the reader may read another frame; `Ready(false)` once the client is gone.
+    /// (Filling on for waiters after the client left would keep a slow stream, say
+    /// server-sent events, open for as long as it takes to outgrow the entry limit;
+    /// the waiters go to the origin themselves instead, as they would have before.)
     fn poll_room(&self, cx: &mut Context<'_>, filling: bool) -> Poll<bool> {
         let mut state = self.lock();
-        if state.client_gone && !filling {
+        if state.client_gone {
             return Poll::Ready(false);
         }
         if filling || state.queued_bytes < QUEUE_LOW_WATER {
@@ -76,6 +79,15 @@ impl Queue {
         }
         state.reader = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Whether the client is gone; if not, the reader is woken when it goes.
+    fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.lock();
+        if !state.client_gone {
+            state.reader = Some(cx.waker().clone());
+        }
+        state.client_gone
     }
 
     fn push(&self, frame: Option<Result<Frame<Bytes>, ErasedError>>, end: bool) {
@@ -126,7 +138,7 @@ impl Queue {
     }
 
     /// The client's body was dropped: nothing more is queued for it, and the reader stops
-    /// unless it is still filling the entry.
+    /// (the entry is not stored).
     fn client_gone(&self) {
         let mut state = self.lock();
         state.client_gone = true;
@@ -189,10 +201,20 @@ where
     loop {
         let filling = tee.is_some();
         if !std::future::poll_fn(|cx| queue.poll_room(cx, filling)).await {
-            tracing::debug!("client gone and nothing to store; origin body dropped");
+            tracing::debug!("client gone; origin body dropped and the response not stored");
             return;
         }
-        let frame = std::future::poll_fn(|cx| Pin::as_mut(&mut body).poll_frame(cx)).await;
+        // A client that leaves while the origin is slow to send ends the wait at once.
+        let next = std::future::poll_fn(|cx| {
+            if queue.poll_client_gone(cx) {
+                return Poll::Ready(None);
+            }
+            Pin::as_mut(&mut body).poll_frame(cx).map(Some)
+        });
+        let Some(frame) = next.await else {
+            tracing::debug!("client gone; origin body dropped and the response not stored");
+            return;
+        };
         let end = frame.is_none() || body.is_end_stream();
         if let Some(copy) = tee.as_mut() {
             if let Some(reason) = copy.take(frame.as_ref()) {
@@ -221,4 +243,117 @@ pub(crate) fn remaining(hint: &SizeHint, sent: u64) -> SizeHint {
         left.set_upper(upper.saturating_sub(sent));
     }
     left
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+    use crate::cache::ResponseBody;
+
+    /// An origin body fed by the test, counting the frames it was asked for.
+    struct Fed {
+        rx: mpsc::Receiver<Bytes>,
+        polled: Arc<AtomicUsize>,
+    }
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let frame = std::task::ready!(self.rx.poll_recv(cx));
+            self.polled
+                .fetch_add(usize::from(frame.is_some()), Ordering::SeqCst);
+            Poll::Ready(frame.map(|data| Ok(Frame::data(data))))
+        }
+    }
+
+    fn fed() -> (mpsc::Sender<Bytes>, Fed, Arc<AtomicUsize>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let polled = Arc::new(AtomicUsize::new(0));
+        let body = Fed {
+            rx,
+            polled: Arc::clone(&polled),
+        };
+        (tx, body, polled)
+    }
+
+    fn tee(limit: usize) -> (Tee, oneshot::Receiver<Bytes>) {
+        let (done, stored) = oneshot::channel();
+        let tee = Tee::new(
+            limit,
+            &SizeHint::new(),
+            Box::new(move |body| {
+                let _ = done.send(body);
+            }),
+        );
+        (tee.unwrap(), stored)
+    }
+
+    #[tokio::test]
+    async fn the_entry_is_filled_while_the_client_reads_nothing() {
+        let (tx, body, _) = fed();
+        let (tee, stored) = tee(1024);
+        let client = ResponseBody::teeing(body, Some(tee));
+        tx.send(Bytes::from_static(b"hello ")).await.unwrap();
+        tx.send(Bytes::from_static(b"world")).await.unwrap();
+        drop(tx);
+        let stored = tokio::time::timeout(Duration::from_secs(1), stored).await;
+        assert_eq!(stored.unwrap().unwrap(), "hello world");
+        // The client, reading later, gets the same bytes.
+        let read = client.collect().await.unwrap().to_bytes();
+        assert_eq!(read, "hello world");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_ends_the_fill() {
+        let (tx, body, _) = fed();
+        let (tee, stored) = tee(1024);
+        let client = ResponseBody::teeing(body, Some(tee));
+        tx.send(Bytes::from_static(b"part")).await.unwrap();
+        tokio::task::yield_now().await;
+        drop(client);
+        // Nothing stored, and the reader let go of the origin's body.
+        assert!(stored.await.is_err());
+        tokio::time::timeout(Duration::from_secs(1), tx.closed())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn past_the_entry_limit_the_reader_waits_for_the_client() {
+        let (tx, body, polled) = fed();
+        let (tee, stored) = tee(10);
+        let mut client = ResponseBody::teeing(body, Some(tee));
+        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+        for _ in 0..64 {
+            tx.send(chunk.clone()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Over the limit: not stored, and read ahead by at most the low-water mark.
+        assert!(stored.await.is_err());
+        let ahead = polled.load(Ordering::SeqCst);
+        assert!(
+            ahead * chunk.len() <= QUEUE_LOW_WATER + chunk.len(),
+            "{ahead}"
+        );
+        let first = client.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), chunk.len());
+        drop(tx);
+        let mut total = first.len();
+        while let Some(frame) = client.frame().await {
+            total += frame.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(total, 64 * chunk.len());
+    }
 }
