@@ -4,7 +4,7 @@
 //! ([`RequestTarget`]), never from raw `Host` text, so no request can be stored under the
 //! key of another URL.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
@@ -116,31 +116,8 @@ impl RequestTarget {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<Self, InvalidTarget> {
-        let scheme = match uri.scheme_str().unwrap_or(default_scheme) {
-            s if s.eq_ignore_ascii_case("http") => "http",
-            s if s.eq_ignore_ascii_case("https") => "https",
-            _ => return Err(InvalidTarget::UnsupportedScheme),
-        };
-        let mut hosts = headers.get_all(header::HOST).iter();
-        let host = hosts.next();
-        if hosts.next().is_some() {
-            return Err(InvalidTarget::DuplicateHost);
-        }
-        let from_host = host
-            .map(|value| normalize_authority(scheme, value.as_bytes()))
-            .transpose()?;
-        let authority = match uri.authority() {
-            Some(target) => {
-                let from_target = normalize_authority(scheme, target.as_str().as_bytes())?;
-                // RFC 9112 §3.2.2 lets a server ignore Host for an absolute-form target,
-                // but the origin behind may not: two different names are refused.
-                if from_host.as_ref().is_some_and(|host| *host != from_target) {
-                    return Err(InvalidTarget::HostMismatch);
-                }
-                from_target
-            }
-            None => from_host.unwrap_or_default(),
-        };
+        let mut authority = String::new();
+        let scheme = validate_into(default_scheme, uri, headers, &mut authority, |_, _| {})?;
         Ok(Self { scheme, authority })
     }
 
@@ -162,10 +139,52 @@ impl fmt::Display for RequestTarget {
     }
 }
 
-/// `host [":" port]` checked byte by byte and normalised; an empty value is no authority.
-fn normalize_authority(scheme: &str, raw: &[u8]) -> Result<String, InvalidTarget> {
+/// Validates a request's target (see [`RequestTarget`]): writes `prefix(out, scheme)`, then
+/// the normalised authority, into `out`, and returns the scheme. Writing into the caller's
+/// buffer lets the cache key be built without a second copy of the authority.
+fn validate_into(
+    default_scheme: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    out: &mut String,
+    prefix: impl FnOnce(&mut String, &'static str),
+) -> Result<&'static str, InvalidTarget> {
+    let scheme = match uri.scheme_str().unwrap_or(default_scheme) {
+        s if s.eq_ignore_ascii_case("http") => "http",
+        s if s.eq_ignore_ascii_case("https") => "https",
+        _ => return Err(InvalidTarget::UnsupportedScheme),
+    };
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(InvalidTarget::DuplicateHost);
+    }
+    prefix(out, scheme);
+    let start = out.len();
+    match (uri.authority(), host) {
+        (Some(target), host) => {
+            push_authority(scheme, target.as_str().as_bytes(), out)?;
+            if let Some(host) = host {
+                // RFC 9112 §3.2.2 lets a server ignore Host for an absolute-form target,
+                // but the origin behind may not: two different names are refused.
+                let mut from_host = String::new();
+                push_authority(scheme, host.as_bytes(), &mut from_host)?;
+                if from_host != out[start..] {
+                    return Err(InvalidTarget::HostMismatch);
+                }
+            }
+        }
+        (None, Some(host)) => push_authority(scheme, host.as_bytes(), out)?,
+        (None, None) => {}
+    }
+    Ok(scheme)
+}
+
+/// `host [":" port]` checked byte by byte and appended to `out` normalised; an empty value
+/// is no authority.
+fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), InvalidTarget> {
     if raw.is_empty() {
-        return Ok(String::new());
+        return Ok(());
     }
     let (host, port) = if raw[0] == b'[' {
         let close = memchr::memchr(b']', raw).ok_or(InvalidTarget::MalformedAuthority)?;
@@ -185,9 +204,7 @@ fn normalize_authority(scheme: &str, raw: &[u8]) -> Result<String, InvalidTarget
             Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
             None => (raw, None),
         };
-        let host_byte =
-            |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-        if host.is_empty() || !host.iter().all(host_byte) {
+        if host.is_empty() || !host.iter().all(|b| REG_NAME[usize::from(*b)]) {
             return Err(InvalidTarget::MalformedAuthority);
         }
         (host, port)
@@ -207,14 +224,30 @@ fn normalize_authority(scheme: &str, raw: &[u8]) -> Result<String, InvalidTarget
         }
     };
     let default_port = if scheme == "https" { 443 } else { 80 };
-    // Only ASCII passed the checks above.
-    let mut authority = String::from_utf8_lossy(host).to_ascii_lowercase();
+    // Every byte left is ASCII (checked above), so this cannot fail.
+    let host = std::str::from_utf8(host).map_err(|_| InvalidTarget::MalformedAuthority)?;
+    let start = out.len();
+    out.push_str(host);
+    out[start..].make_ascii_lowercase();
     if let Some(port) = port.filter(|port| *port != default_port) {
-        authority.push(':');
-        authority.push_str(&port.to_string());
+        let _ = write!(out, ":{port}");
     }
-    Ok(authority)
+    Ok(())
 }
+
+/// The bytes a registered name may hold here: letters, digits, `-`, `.`, `_`, `~`
+/// (RFC 3986's unreserved set; its sub-delims and percent-encoding are refused, since no
+/// real host needs them and an origin could read them differently).
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        byte += 1;
+    }
+    table
+};
 
 /// How a layer turns a request into its canonical key: the user's key function, or the
 /// default below. One place for the lookup, the invalidations and the purge handle.
@@ -238,16 +271,20 @@ impl Canonical {
     /// The request's key. The target is validated even when a key function builds the
     /// key: a request whose Host the origin could read differently is never cached.
     pub(crate) fn key(&self, head: &RequestHead<'_>) -> KeyOutcome {
-        let target = match RequestTarget::from_parts(&self.default_scheme, head.uri, head.headers) {
-            Ok(target) => target,
-            Err(invalid) => return KeyOutcome::Invalid(invalid),
+        let Some(key_fn) = &self.key_fn else {
+            return match canonical_key(&self.default_scheme, head.uri, head.headers) {
+                Ok(key) => KeyOutcome::Key(key),
+                Err(invalid) => KeyOutcome::Invalid(invalid),
+            };
         };
-        match &self.key_fn {
-            Some(key_fn) => match key_fn.key(head) {
-                Some(key) => KeyOutcome::Key(format!("GET {key}")),
-                None => KeyOutcome::Declined,
-            },
-            None => KeyOutcome::Key(canonical_key(&target, head.uri)),
+        if let Err(invalid) =
+            RequestTarget::from_parts(&self.default_scheme, head.uri, head.headers)
+        {
+            return KeyOutcome::Invalid(invalid);
+        }
+        match key_fn.key(head) {
+            Some(key) => KeyOutcome::Key(format!("GET {key}")),
+            None => KeyOutcome::Declined,
         }
     }
 
@@ -276,17 +313,20 @@ impl Canonical {
 /// targets an origin can tell apart (`%2F` and `/`, `%2f` and `%2F`, `..`) are two keys.
 /// (Configured key headers select variants under this key, like `Vary`, so purging a URL
 /// purges all of them.)
-pub(crate) fn canonical_key(target: &RequestTarget, uri: &Uri) -> String {
+pub(crate) fn canonical_key(
+    default_scheme: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<String, InvalidTarget> {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut key = String::with_capacity(
-        12 + target.scheme.len() + target.authority.len() + path_and_query.len(),
-    );
-    key.push_str("GET ");
-    key.push_str(target.scheme);
-    key.push_str("://");
-    key.push_str(&target.authority);
+    let mut key = String::with_capacity(64 + path_and_query.len());
+    validate_into(default_scheme, uri, headers, &mut key, |key, scheme| {
+        key.push_str("GET ");
+        key.push_str(scheme);
+        key.push_str("://");
+    })?;
     key.push_str(path_and_query);
-    key
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -121,15 +121,28 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecEr
 /// Decodes bytes written by [`encode_value`]. Trailing bytes, truncation and type mismatches
 /// are errors.
 pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    decode_borrowed(bytes)
+    whole(bytes, decode_sized(bytes))
 }
 
-/// Decodes bytes written by [`encode_value`] into a value that may borrow from them.
+/// Decodes bytes written by [`encode_value`] into a value that borrows its text and bytes
+/// from them. For types whose only allocations are [`bounded_seq`] sequences (each element
+/// consumes input), which bound themselves; so one fixed limit serves, and the hit path
+/// keeps a single, inlined decoder instead of [`decode_sized`]'s dispatch.
 pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
     bytes: &'a [u8],
 ) -> Result<T, CodecError> {
-    let (value, read) =
-        decode_sized(bytes).map_err(|err| CodecError(format!("cannot decode value: {err}")))?;
+    whole(
+        bytes,
+        bincode::serde::borrow_decode_from_slice(bytes, config()),
+    )
+}
+
+/// The decoded value, if it used every byte.
+fn whole<T>(
+    bytes: &[u8],
+    decoded: Result<(T, usize), bincode::error::DecodeError>,
+) -> Result<T, CodecError> {
+    let (value, read) = decoded.map_err(|err| CodecError(format!("cannot decode value: {err}")))?;
     if read != bytes.len() {
         return Err(CodecError(format!(
             "cannot decode value: {} trailing bytes",
