@@ -501,4 +501,52 @@ mod tests {
             KeyOutcome::Invalid(InvalidTarget::MalformedAuthority)
         ));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Host values an attacker might send: mostly host-like bytes, with the separators
+        /// and odd bytes that matter mixed in.
+        fn host_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let byte = prop_oneof![
+                6 => proptest::sample::select(b"abcXYZ019.-_~".to_vec()),
+                3 => proptest::sample::select(b":[]/@\\?#% ,;=*".to_vec()),
+                1 => any::<u8>().prop_filter("a header value byte", |b| *b >= 0x20 && *b != 0x7f),
+            ];
+            proptest::collection::vec(byte, 0..40)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::default())]
+
+            /// Any Host: no panic; a keyed one holds no byte that could end the authority,
+            /// is already normalised, and keys the same as its own normal form.
+            #[test]
+            fn any_host_is_refused_or_keyed_safely(host in host_bytes(), https in any::<bool>()) {
+                let scheme = if https { "https" } else { "http" };
+                let uri: Uri = "/p".parse().unwrap();
+                let mut headers = HeaderMap::new();
+                let Ok(value) = http::HeaderValue::from_bytes(&host) else {
+                    return Ok(());
+                };
+                headers.insert(header::HOST, value);
+                if let Ok(target) = RequestTarget::from_parts(scheme, &uri, &headers) {
+                    let authority = target.authority();
+                    prop_assert!(!authority.contains(['/', '?', '#', '@', '\\', ' ', '%']));
+                    prop_assert_eq!(authority, authority.to_ascii_lowercase());
+                    let mut again = HeaderMap::new();
+                    if !authority.is_empty() {
+                        again.insert(header::HOST, authority.parse().unwrap());
+                    }
+                    let renormalised = RequestTarget::from_parts(scheme, &uri, &again);
+                    prop_assert_eq!(renormalised.as_ref(), Ok(&target));
+                    // The key starts with exactly this origin, then the path.
+                    let key = canonical_key(scheme, &uri, &headers).unwrap();
+                    prop_assert_eq!(key, format!("GET {target}/p"));
+                }
+            }
+        }
+    }
 }

@@ -682,4 +682,36 @@ pub(crate) mod tests {
         let names: Vec<_> = vary_names(&headers(&[("vary", "Accept-Encoding, ACCEPT")])).collect();
         assert_eq!(names, ["accept-encoding", "accept"]);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A byte of a header value that is neither white space nor a list separator.
+        fn word_byte() -> impl Strategy<Value = u8> {
+            let bytes: Vec<u8> = (0x21..=0xff).filter(|b| *b != 0x7f && *b != b',').collect();
+            proptest::sample::select(bytes)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::default())]
+
+            /// Two values that differ other than in white space around words never
+            /// normalise alike, whatever their bytes (no lossy decoding).
+            #[test]
+            fn distinct_words_stay_distinct(
+                a in proptest::collection::vec(word_byte(), 1..12),
+                b in proptest::collection::vec(word_byte(), 1..12),
+            ) {
+                prop_assume!(a != b);
+                let normalise = |value: &[u8]| {
+                    let mut map = HeaderMap::new();
+                    map.insert("x", http::HeaderValue::from_bytes(value).unwrap());
+                    normalized_header(&map, "x")
+                };
+                prop_assert_ne!(normalise(&a), normalise(&b));
+            }
+        }
+    }
 }
