@@ -3,21 +3,24 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::fill::{self, QueueReader};
+use super::fill::{self, FillBudget, QueueReader};
 
 /// Receives the complete body of a response being stored.
 pub(crate) type OnComplete = Box<dyn FnOnce(Bytes) + Send>;
 
-/// A bounded copy of a body in flight. Dropping it without completing (body too large,
-/// failed, trailers, client gone) stores nothing.
+/// A bounded copy of a body in flight: the chunks themselves (reference-counted, shared
+/// with the client's queue, not copied), joined when the body is complete. Dropping it
+/// without completing (body too large, failed, trailers, client gone) stores nothing.
 pub(crate) struct Tee {
-    buf: BytesMut,
+    chunks: Vec<Bytes>,
+    len: usize,
     limit: usize,
     on_complete: OnComplete,
 }
@@ -33,20 +36,23 @@ impl Tee {
             );
             return None;
         }
-        let capacity = size_hint.exact().map_or(8 * 1024, |n| n as usize);
         Some(Self {
-            buf: BytesMut::with_capacity(capacity.min(limit)),
+            chunks: Vec::new(),
+            len: 0,
             limit,
             on_complete,
         })
     }
 
-    /// Copies a chunk; `false` when the body outgrew the limit.
+    /// Keeps a chunk; `false` when the body outgrew the limit.
     fn push(&mut self, data: &Bytes) -> bool {
-        if self.buf.len() + data.len() > self.limit {
+        if self.len + data.len() > self.limit {
             return false;
         }
-        self.buf.extend_from_slice(data);
+        if !data.is_empty() {
+            self.len += data.len();
+            self.chunks.push(data.clone());
+        }
         true
     }
 
@@ -68,8 +74,20 @@ impl Tee {
         }
     }
 
-    pub(crate) fn complete(self) {
-        (self.on_complete)(self.buf.freeze());
+    pub(crate) fn complete(mut self) {
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            // The common case of a body in one frame: no copy at all.
+            1 => self.chunks.swap_remove(0),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.len);
+                for chunk in &self.chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        };
+        (self.on_complete)(body);
     }
 }
 
@@ -128,7 +146,7 @@ where
     /// (empty, or known to end) completes the copy at once, since hyper may never poll it;
     /// any other is read at the origin's pace by a task of its own (see `fill`), so a
     /// slow client never holds up the entry others wait for.
-    pub(crate) fn teeing(body: B, tee: Option<Tee>) -> Self {
+    pub(crate) fn teeing(body: B, tee: Option<Tee>, budget: &Arc<FillBudget>) -> Self {
         let tee = match tee {
             Some(tee) if body.is_end_stream() => {
                 tee.complete();
@@ -140,7 +158,7 @@ where
             return Self::passthrough(body);
         };
         let hint = body.size_hint();
-        match fill::start(body, tee) {
+        match fill::start(body, tee, budget) {
             Ok(reader) => Self {
                 inner: Inner::Queued {
                     reader,

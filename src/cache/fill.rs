@@ -6,13 +6,16 @@
 //!
 //! Why not a plain channel: while the copy is taken, the reader must never wait for the
 //! client (a client with a zero HTTP/2 window would hold every other request for the URL),
-//! and the queue is bounded by the entry size limit anyway, since everything in it is also
-//! in the copy. Once nothing is being stored (the body outgrew the limit), the reader
-//! waits for the client again, with at most [`QUEUE_LOW_WATER`] bytes read ahead.
+//! and the queue is bounded by the entry size limit anyway, since it shares its chunks with
+//! the copy. What clients have not read yet counts against one [`FillBudget`] per layer,
+//! so many clients that stop reading cannot make the process hold a full entry each: past
+//! the budget, and once nothing is being stored (the body outgrew the limit), the reader
+//! waits for its client again, with at most [`QUEUE_LOW_WATER`] bytes read ahead.
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -24,6 +27,51 @@ use super::body::Tee;
 /// How far the reader runs ahead of a slow client once it no longer fills an entry.
 const QUEUE_LOW_WATER: usize = 64 * 1024;
 
+/// What a queued frame counts for at least, so empty frames cannot pile up for free.
+const FRAME_COST_FLOOR: usize = 64;
+
+/// Bytes read from origins but not yet by clients, across the fills of one layer.
+#[derive(Debug)]
+pub(crate) struct FillBudget {
+    queued: AtomicUsize,
+    limit: usize,
+}
+
+impl FillBudget {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queued: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) < self.limit
+    }
+
+    fn take(&self, cost: usize) {
+        self.queued.fetch_add(cost, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, cost: usize) {
+        // Never below zero, whatever the interleaving of a client's drop and a read.
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                Some(queued.saturating_sub(cost))
+            });
+    }
+}
+
+/// What a frame counts for in the queue and the budget.
+fn cost(frame: &Result<Frame<Bytes>, ErasedError>) -> usize {
+    let data = match frame {
+        Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
+        Err(_) => 0,
+    };
+    data.max(FRAME_COST_FLOOR)
+}
+
 /// A body error on its way through the queue. The queue is not generic over the body so
 /// that [`ResponseBody`](super::ResponseBody) needs no `Body` bound on its type; the
 /// client's side turns it back into the body's own error type.
@@ -32,6 +80,7 @@ pub(crate) type ErasedError = Box<dyn Any + Send>;
 /// The queue between the reading task and the client's body.
 pub(crate) struct Queue {
     state: Mutex<State>,
+    budget: Arc<FillBudget>,
 }
 
 struct State {
@@ -42,11 +91,15 @@ struct State {
     client_gone: bool,
     client: Option<Waker>,
     reader: Option<Waker>,
+    /// The origin's body panicked while the reader polled it: the client's body re-raises
+    /// it, as if it had polled the body itself.
+    panicked: Option<Box<dyn Any + Send>>,
 }
 
 impl Queue {
-    fn new() -> Self {
+    fn new(budget: Arc<FillBudget>) -> Self {
         Self {
+            budget,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 queued_bytes: 0,
@@ -54,6 +107,7 @@ impl Queue {
                 client_gone: false,
                 client: None,
                 reader: None,
+                panicked: None,
             }),
         }
     }
@@ -74,7 +128,7 @@ impl Queue {
         if state.client_gone {
             return Poll::Ready(false);
         }
-        if filling || state.queued_bytes < QUEUE_LOW_WATER {
+        if (filling && self.budget.has_room()) || state.queued_bytes < QUEUE_LOW_WATER {
             return Poll::Ready(true);
         }
         state.reader = Some(cx.waker().clone());
@@ -94,9 +148,9 @@ impl Queue {
         let mut state = self.lock();
         if let Some(frame) = frame {
             if !state.client_gone {
-                if let Ok(data) = frame.as_ref().map(Frame::data_ref) {
-                    state.queued_bytes += data.map_or(0, Bytes::len);
-                }
+                let cost = cost(&frame);
+                state.queued_bytes += cost;
+                self.budget.take(cost);
                 state.frames.push_back(frame);
             }
         }
@@ -110,6 +164,11 @@ impl Queue {
         self.push(None, true);
     }
 
+    fn panicked(&self, payload: Box<dyn Any + Send>) {
+        self.lock().panicked = Some(payload);
+        self.end();
+    }
+
     /// The client's side: the next frame, the end, or a wait.
     pub(crate) fn poll_frame(
         &self,
@@ -117,13 +176,17 @@ impl Queue {
     ) -> Poll<Option<Result<Frame<Bytes>, ErasedError>>> {
         let mut state = self.lock();
         if let Some(frame) = state.frames.pop_front() {
-            if let Ok(Some(data)) = frame.as_ref().map(Frame::data_ref) {
-                state.queued_bytes -= data.len();
-            }
+            let cost = cost(&frame);
+            state.queued_bytes -= cost;
+            self.budget.give_back(cost);
             if let Some(reader) = state.reader.take() {
                 reader.wake();
             }
             return Poll::Ready(Some(frame));
+        }
+        if let Some(payload) = state.panicked.take() {
+            drop(state);
+            std::panic::resume_unwind(payload);
         }
         if state.ended {
             return Poll::Ready(None);
@@ -143,7 +206,8 @@ impl Queue {
         let mut state = self.lock();
         state.client_gone = true;
         state.frames.clear();
-        state.queued_bytes = 0;
+        self.budget
+            .give_back(std::mem::take(&mut state.queued_bytes));
         if let Some(reader) = state.reader.take() {
             reader.wake();
         }
@@ -162,7 +226,7 @@ impl Drop for EndOnDrop {
 
 /// Starts reading `body` on a task of its own, filling `tee`; the queue the client reads
 /// from, or the body and copy back when there is no tokio runtime to read them on.
-pub(crate) fn start<B>(body: B, tee: Tee) -> Result<QueueReader, (B, Tee)>
+pub(crate) fn start<B>(body: B, tee: Tee, budget: &Arc<FillBudget>) -> Result<QueueReader, (B, Tee)>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Send + 'static,
@@ -170,7 +234,7 @@ where
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Err((body, tee));
     };
-    let queue = Arc::new(Queue::new());
+    let queue = Arc::new(Queue::new(Arc::clone(budget)));
     runtime.spawn(read(body, tee, EndOnDrop(Arc::clone(&queue))));
     Ok(QueueReader(queue))
 }
@@ -207,15 +271,32 @@ where
         // A client that leaves while the origin is slow to send ends the wait at once.
         let next = std::future::poll_fn(|cx| {
             if queue.poll_client_gone(cx) {
-                return Poll::Ready(None);
+                return Poll::Ready(Read::ClientGone);
             }
-            Pin::as_mut(&mut body).poll_frame(cx).map(Some)
+            // A panic in the origin's body surfaces in the client's body, where polling
+            // the body inline would have raised it.
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Pin::as_mut(&mut body).poll_frame(cx)
+            }));
+            match polled {
+                Ok(Poll::Ready(frame)) => Poll::Ready(Read::Frame(frame)),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(payload) => Poll::Ready(Read::Panicked(payload)),
+            }
         });
-        let Some(frame) = next.await else {
-            tracing::debug!("client gone; origin body dropped and the response not stored");
-            return;
+        let frame = match next.await {
+            Read::Frame(frame) => frame,
+            Read::ClientGone => {
+                tracing::debug!("client gone; origin body dropped and the response not stored");
+                return;
+            }
+            Read::Panicked(payload) => {
+                queue.panicked(payload);
+                return;
+            }
         };
-        let end = frame.is_none() || body.is_end_stream();
+        // An error ends the body: it is passed on, and nothing after it is read.
+        let end = !matches!(frame, Some(Ok(_))) || body.is_end_stream();
         if let Some(copy) = tee.as_mut() {
             if let Some(reason) = copy.take(frame.as_ref()) {
                 tracing::debug!(reason, "response not stored");
@@ -233,6 +314,13 @@ where
             return;
         }
     }
+}
+
+/// What one read of the origin's body gave.
+enum Read<F> {
+    Frame(Option<F>),
+    ClientGone,
+    Panicked(Box<dyn Any + Send>),
 }
 
 /// What the client's body reports of its size: the origin's hint less what was sent.
@@ -304,7 +392,7 @@ mod tests {
     async fn the_entry_is_filled_while_the_client_reads_nothing() {
         let (tx, body, _) = fed();
         let (tee, stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee));
+        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
         tx.send(Bytes::from_static(b"hello ")).await.unwrap();
         tx.send(Bytes::from_static(b"world")).await.unwrap();
         drop(tx);
@@ -319,7 +407,7 @@ mod tests {
     async fn a_client_that_leaves_ends_the_fill() {
         let (tx, body, _) = fed();
         let (tee, stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee));
+        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
         tx.send(Bytes::from_static(b"part")).await.unwrap();
         tokio::task::yield_now().await;
         drop(client);
@@ -334,7 +422,7 @@ mod tests {
     async fn past_the_entry_limit_the_reader_waits_for_the_client() {
         let (tx, body, polled) = fed();
         let (tee, stored) = tee(10);
-        let mut client = ResponseBody::teeing(body, Some(tee));
+        let mut client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
         let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
         for _ in 0..64 {
             tx.send(chunk.clone()).await.unwrap();
@@ -355,5 +443,85 @@ mod tests {
             total += frame.unwrap().into_data().unwrap().len();
         }
         assert_eq!(total, 64 * chunk.len());
+    }
+
+    /// A body that fails on every poll (as some streams do after their first error), or
+    /// panics.
+    struct Broken {
+        polled: Arc<AtomicUsize>,
+        panics: bool,
+    }
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = &'static str;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, &'static str>>> {
+            self.polled.fetch_add(1, Ordering::SeqCst);
+            assert!(!self.panics, "origin body bug");
+            Poll::Ready(Some(Err("broken")))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_ends_the_body() {
+        let polled = Arc::new(AtomicUsize::new(0));
+        let body = Broken {
+            polled: Arc::clone(&polled),
+            panics: false,
+        };
+        let (tee, stored) = tee(1024);
+        let mut client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            polled.load(Ordering::SeqCst),
+            1,
+            "polled again after an error"
+        );
+        assert!(stored.await.is_err());
+        assert_eq!(client.frame().await.unwrap().unwrap_err(), "broken");
+        assert!(client.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_origin_body_reaches_the_client() {
+        let body = Broken {
+            polled: Arc::new(AtomicUsize::new(0)),
+            panics: true,
+        };
+        let (tee, _stored) = tee(1024);
+        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
+        let read = tokio::spawn(async move { client.collect().await.map(|_| ()) });
+        let joined = read.await.unwrap_err();
+        assert!(joined.is_panic(), "a truncated body must not look complete");
+    }
+
+    #[tokio::test]
+    async fn clients_that_read_nothing_share_one_budget() {
+        let budget = FillBudget::new(64 * 1024);
+        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+        let mut clients = Vec::new();
+        let mut fed_counts = Vec::new();
+        for _ in 0..4 {
+            let (tx, body, polled) = fed();
+            let (tee, _stored) = tee(1024 * 1024);
+            clients.push((ResponseBody::teeing(body, Some(tee), &budget), tx.clone()));
+            for _ in 0..32 {
+                tx.send(chunk.clone()).await.unwrap();
+            }
+            fed_counts.push(polled);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Past the budget each fill reads at most the low-water mark ahead of its client.
+        let read: usize = fed_counts.iter().map(|p| p.load(Ordering::SeqCst)).sum();
+        let bound = 64 * 1024 + 4 * (QUEUE_LOW_WATER + chunk.len());
+        assert!(read * chunk.len() <= bound, "{read} chunks read ahead");
+        assert!(read < 4 * 32);
+        // Reading gives the budget back.
+        drop(clients);
+        assert_eq!(budget.queued.load(Ordering::SeqCst), 0);
     }
 }

@@ -110,7 +110,7 @@ pub struct RequestTarget {
 impl RequestTarget {
     /// Validates the target and `Host` of a request; `default_scheme` applies when the
     /// target has none (origin form). A request with neither an authority nor a `Host`
-    /// (HTTP/1.0) has an empty authority.
+    /// field (HTTP/1.0) has an empty authority; an empty `Host` field is refused.
     pub fn from_parts(
         default_scheme: &str,
         uri: &Uri,
@@ -180,11 +180,12 @@ fn validate_into(
     Ok(scheme)
 }
 
-/// `host [":" port]` checked byte by byte and appended to `out` normalised; an empty value
-/// is no authority.
+/// `host [":" port]` checked byte by byte and appended to `out` normalised. An empty one
+/// is refused: an http(s) URI always has a host (RFC 9110 §4.2.1), and an empty `Host`
+/// would reach the origin's default site under the key of requests that name none.
 fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), InvalidTarget> {
     if raw.is_empty() {
-        return Ok(());
+        return Err(InvalidTarget::MalformedAuthority);
     }
     let (host, port) = if raw[0] == b'[' {
         let close = memchr::memchr(b']', raw).ok_or(InvalidTarget::MalformedAuthority)?;
@@ -419,6 +420,7 @@ mod tests {
             "[v1.x]",
             "[not-ip]",
             "a,b",
+            "",
         ] {
             // Either reason will do ("3000/a" is a bad port): what matters is no key.
             let why = invalid("/b", &[host]);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use tower::Layer;
 
+use super::fill::FillBudget;
 use super::key::{Canonical, KeyFn};
 use super::purge::Purger;
 use super::service::{Memcache, Shared};
@@ -24,6 +25,9 @@ pub const DEFAULT_MAX_ENTRY_SIZE: usize = DEFAULT_ITEM_SIZE_LIMIT - 16 * 1024;
 /// The header a handler can set to choose one response's lifetime in seconds (`0`: don't
 /// store); the layer removes it before the response is sent.
 pub const DEFAULT_LIFETIME_HEADER: &str = "x-memcache-lifetime";
+
+/// The default of [`MemcacheLayer::fill_buffer`]: 64 MiB.
+const DEFAULT_FILL_BUFFER: usize = 64 * 1024 * 1024;
 
 /// The response header that tags a response for [`Purger::purge_tag`]; the layer removes it
 /// before the response is sent.
@@ -49,6 +53,9 @@ pub(crate) struct Config<B> {
     pub(crate) lease_poll: Duration,
     pub(crate) stats: CacheStats,
     pub(crate) flights: SingleFlight,
+    /// Shared by the layer's clones: what clients have not read yet of responses being
+    /// stored.
+    pub(crate) fill_budget: Arc<FillBudget>,
 }
 
 /// A tower [`Layer`] that caches the responses of the services it wraps in memcached.
@@ -129,6 +136,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 lease_poll: Duration::from_millis(20),
                 stats: CacheStats::default(),
                 flights: SingleFlight::default(),
+                fill_budget: FillBudget::new(DEFAULT_FILL_BUFFER),
             },
         }
     }
@@ -167,8 +175,9 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
-    /// Whether responses that set cookies may be stored (and replayed to everyone).
-    /// Defaults to `false`.
+    /// Whether responses that set cookies may be stored. The cookie itself never is: the
+    /// entry is stored without its `Set-Cookie` fields, which go only to the client whose
+    /// request brought them. Defaults to `false`.
     pub fn store_set_cookie(mut self, store: bool) -> Self {
         self.config.policy.set_store_set_cookie(store);
         self
@@ -247,6 +256,16 @@ impl<B: Backend> MemcacheLayer<B> {
     /// service. `0` turns coalescing off. Defaults to 1024.
     pub fn max_coalesced(mut self, waiting: usize) -> Self {
         self.config.max_coalesced = waiting;
+        self
+    }
+
+    /// How many bytes of responses being stored may wait, across all clients of this
+    /// layer, for clients that read more slowly than the origin sends. Within it, an entry
+    /// is filled at the origin's pace whatever its client does; past it, reading follows
+    /// the client again (so a crowd of stalled clients costs this much memory, not an
+    /// entry each). Defaults to 64 MiB.
+    pub fn fill_buffer(mut self, bytes: usize) -> Self {
+        self.config.fill_budget = FillBudget::new(bytes);
         self
     }
 

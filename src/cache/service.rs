@@ -18,7 +18,7 @@ use super::key::{KeyOutcome, RequestHead, RequestTarget};
 use super::layer::{Config, MemcacheLayer};
 use super::lease::{self, Acquired, Lease};
 use super::single_flight::{self, Flight, Leader};
-use super::status::{CACHE_STATUS, CacheStatus};
+use super::status::{CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
 use super::storage::{Found, Lookup, Storage, parse_tags};
 use super::stored::{self, Admission, backend_ttl, header_map, now_ms};
 use super::{CacheLifetime, OriginUnreachable};
@@ -204,6 +204,9 @@ enum Refusal {
     /// A refresh names other selecting request headers than the stored response, whose
     /// values for them are unknown.
     VaryChanged,
+    /// A response stored for an authenticated request lost the directives that let a
+    /// shared cache keep it (RFC 9111 §3.5).
+    NoLongerShareable,
 }
 
 impl Refusal {
@@ -212,6 +215,7 @@ impl Refusal {
             Self::Head => "a HEAD response has no body to store",
             Self::BackendUnavailable => "backend unavailable",
             Self::VaryChanged => "the refresh changes Vary",
+            Self::NoLongerShareable => "authenticated and no longer shareable",
             Self::Policy(NotStorable::Status) => "status not stored",
             Self::Policy(NotStorable::NoStore) => "no-store",
             Self::Policy(NotStorable::Private) => "private",
@@ -235,15 +239,53 @@ impl Refusal {
             Self::Head | Self::BackendUnavailable => false,
             Self::Policy(NotStorable::NoStore) => !request_cc.no_store,
             Self::Policy(NotStorable::Authorization) => false,
-            Self::Policy(_) | Self::VaryChanged => true,
+            Self::Policy(_) | Self::VaryChanged | Self::NoLongerShareable => true,
         }
     }
 }
 
-/// `hit; ttl=-N`: RFC 9211's remaining freshness, negative for a stale response.
-fn stale_hit(freshness: &Freshness) -> String {
-    let ttl = -i64::try_from(freshness.staleness().as_secs()).unwrap_or(i64::MAX);
-    format!("hit; ttl={ttl}")
+/// How a request comes to be answered from a stored response.
+#[derive(Clone, Copy, Debug)]
+enum Answered {
+    /// Its own lookup found it: a hit, or a stale hit.
+    Lookup,
+    /// Another request's exchange for the same URL produced it.
+    Collapsed(Forward),
+    /// The origin's 304 to this request's revalidation refreshed it.
+    Revalidated(Forward),
+    /// It stands in, stale, for an origin that failed.
+    StaleIfError,
+}
+
+impl Answered {
+    fn outcome(self, freshness: &Freshness) -> Outcome {
+        let stale_for = freshness.staleness().as_secs();
+        match self {
+            Self::Lookup if freshness.is_fresh() => Outcome::Hit,
+            Self::Lookup => Outcome::StaleHit {
+                stale_for,
+                detail: None,
+            },
+            Self::StaleIfError => Outcome::StaleHit {
+                stale_for,
+                detail: Some(Detail::StaleIfError),
+            },
+            Self::Collapsed(fwd) => Outcome::Forwarded {
+                fwd,
+                fwd_status: None,
+                stored: false,
+                collapsed: true,
+                detail: None,
+            },
+            Self::Revalidated(fwd) => Outcome::Forwarded {
+                fwd,
+                fwd_status: Some(304),
+                stored: false,
+                collapsed: false,
+                detail: None,
+            },
+        }
+    }
 }
 
 impl<B: Backend> Shared<B> {
@@ -270,11 +312,12 @@ impl<B: Backend> Shared<B> {
         &self.config.policy
     }
 
-    fn set_status<T>(&self, response: &mut Response<T>, params: &str, detail: Option<&str>) {
+    /// Says what the cache did in `Cache-Status` (when the layer sends it).
+    fn set_status<T>(&self, response: &mut Response<T>, outcome: Outcome) {
         if let Some(value) = self
             .status
             .as_ref()
-            .and_then(|status| status.value(params, detail))
+            .and_then(|status| status.value(outcome))
         {
             response.headers_mut().insert(CACHE_STATUS, value);
         }
@@ -327,7 +370,7 @@ impl<B: Backend> Shared<B> {
         freshness: &Freshness,
         request_headers: &HeaderMap,
         is_head: bool,
-        params: Option<&str>,
+        answered: Answered,
     ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
         // Only a request with preconditions needs the stored headers as a map.
@@ -336,14 +379,7 @@ impl<B: Backend> Shared<B> {
             .filter(|stored| not_modified(request_headers, stored));
         let mut response = stored::response(entry, is_head, stored_headers.as_ref(), freshness.age);
         let stale = !freshness.is_fresh();
-        match (params, &self.status) {
-            (None, Some(status)) if !stale => {
-                response.headers_mut().insert(CACHE_STATUS, status.hit());
-            }
-            (None, Some(_)) => self.set_status(&mut response, &stale_hit(freshness), None),
-            (Some(params), Some(_)) => self.set_status(&mut response, params, None),
-            (_, None) => {}
-        }
+        self.set_status(&mut response, answered.outcome(freshness));
         let sent = if is_head || stored_headers.is_some() {
             0
         } else {
@@ -477,8 +513,8 @@ impl<B: Backend> Shared<B> {
         mut response: Response<ResBody>,
         filler: Filler<B>,
         is_head: bool,
-        fwd: &str,
-        detail: Option<&str>,
+        fwd: Forward,
+        detail: Option<Detail>,
     ) -> (Response<ResponseBody<ResBody>>, Option<Filler<B>>)
     where
         ResBody: Body<Data = Bytes> + Send + 'static,
@@ -517,13 +553,18 @@ impl<B: Backend> Shared<B> {
                 (None, Some(filler))
             }
         };
-        let params = if tee.is_some() {
-            format!("fwd={fwd}; stored")
-        } else {
-            format!("fwd={fwd}")
+        let outcome = Outcome::Forwarded {
+            fwd,
+            fwd_status: None,
+            stored: tee.is_some(),
+            collapsed: false,
+            detail,
         };
-        self.set_status(&mut response, &params, detail);
-        (response.map(|body| ResponseBody::teeing(body, tee)), unused)
+        self.set_status(&mut response, outcome);
+        (
+            response.map(|body| ResponseBody::teeing(body, tee, &self.config.fill_budget)),
+            unused,
+        )
     }
 
     /// The admission gate: every write of an entry passes here, judged on the header set
@@ -549,11 +590,6 @@ impl<B: Backend> Shared<B> {
         self.policy()
             .storable(request_headers, &plan.request_cc, status, headers, &cc)
             .map_err(Refusal::Policy)?;
-        // §3.5 for an entry first stored for an authenticated request, whoever refreshes
-        // it now.
-        if admission.authenticated && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
-            return Err(Refusal::Policy(NotStorable::Authorization));
-        }
         let meta = admission.meta(plan.canonical.clone(), status, headers, vary);
         let ttl = backend_ttl(&meta, self.config.keep_stale);
         if ttl.is_zero() {
@@ -599,9 +635,15 @@ impl<B: Backend> Shared<B> {
     ) -> Arc<Entry> {
         let tags = self.take_tags(response);
         let (chosen, handler_override) = self.response_lifetime(response, plan.lifetime);
-        let authenticated =
-            entry.meta.authenticated || request_headers.contains_key(header::AUTHORIZATION);
-        let admission = self.admission(chosen, handler_override, request_time, authenticated);
+        // Only the stored response's own history marks it authenticated: a refreshing
+        // request's credentials (which anyone can make up) must not change how long
+        // everyone else may reuse it.
+        let admission = self.admission(
+            chosen,
+            handler_override,
+            request_time,
+            entry.meta.authenticated,
+        );
         let merged = admission.merged_headers(entry, response.headers());
         let refreshed = Arc::new(admission.refreshed(entry, &merged));
         let status = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
@@ -611,7 +653,17 @@ impl<B: Backend> Shared<B> {
                 .iter()
                 .zip(&entry.meta.vary)
                 .all(|((new, _), (old, _))| new == old);
-        let verdict = if same_selection {
+        let verdict = if request_headers.contains_key(header::AUTHORIZATION)
+            && !entry.meta.authenticated
+        {
+            // The merged response would answer an authenticated request now; leave the
+            // stored one as it was.
+            Err(Refusal::Policy(NotStorable::Authorization))
+        } else if entry.meta.authenticated && !CacheControl::parse(&merged).allows_authenticated() {
+            // §3.5 for an entry first stored for an authenticated request, whoever
+            // refreshes it now.
+            Err(Refusal::NoLongerShareable)
+        } else if same_selection {
             self.admit(
                 plan,
                 request_headers,
@@ -787,34 +839,41 @@ where
             .await
         {
             Lookup::Found(found) => (found, None),
-            Lookup::Unavailable => (Found::default(), Some("backend-unavailable")),
+            Lookup::Unavailable => (Found::default(), Some(Detail::BackendUnavailable)),
         }
     } else {
         (Found::default(), None)
     };
-    let mut fwd = "uri-miss";
+    let mut fwd = Forward::UriMiss;
     if let Some(entry) = &found.entry {
         let freshness = stored::freshness(&entry.meta, now_ms());
         match freshness.reuse(&plan.request_cc) {
             Reuse::Fresh | Reuse::StaleAccepted => {
-                return Ok(shared.answer(entry, &freshness, request.headers(), is_head, None));
+                let headers = request.headers();
+                return Ok(shared.answer(entry, &freshness, headers, is_head, Answered::Lookup));
             }
             Reuse::StaleWhileRevalidate => {
-                let response = shared.answer(entry, &freshness, request.headers(), is_head, None);
+                let headers = request.headers();
+                let response = shared.answer(entry, &freshness, headers, is_head, Answered::Lookup);
                 revalidate_in_background(&shared, inner, request, plan, found);
                 return Ok(response);
             }
             // Fresh, yet the request's directives ask for the origin: "request".
-            Reuse::Validate if freshness.is_fresh() || plan.request_cc.no_cache => fwd = "request",
-            Reuse::Validate => fwd = "stale",
+            Reuse::Validate if freshness.is_fresh() || plan.request_cc.no_cache => {
+                fwd = Forward::Request;
+            }
+            Reuse::Validate => fwd = Forward::Stale,
         }
     } else if found.index.is_some() {
-        fwd = "vary-miss";
+        fwd = Forward::VaryMiss;
     }
     if plan.request_cc.only_if_cached {
         tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
         let mut response = stored::gateway_timeout();
-        shared.set_status(&mut response, "", Some("only-if-cached"));
+        let outcome = Outcome::Generated {
+            detail: Detail::OnlyIfCached,
+        };
+        shared.set_status(&mut response, outcome);
         return Ok(response);
     }
     // Coordinate with other requests for the key: in this process, then across processes.
@@ -834,9 +893,9 @@ where
                     let freshness = shared.usable_now(&entry, &plan, request.headers())?;
                     Some((entry, freshness))
                 }) {
-                    let params = format!("fwd={fwd}; collapsed");
                     let headers = request.headers();
-                    return Ok(shared.answer(&entry, &freshness, headers, is_head, Some(&params)));
+                    let answered = Answered::Collapsed(fwd);
+                    return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
                 }
                 tracing::debug!(key = %plan.key, "no usable response from the request waited for (timed out, failed or not stored); going on alone");
             }
@@ -856,13 +915,12 @@ where
                                 .await
                         {
                             filler.publish(Some(Arc::clone(&entry)));
-                            let params = format!("fwd={fwd}; collapsed");
                             return Ok(shared.answer(
                                 &entry,
                                 &freshness,
                                 request.headers(),
                                 is_head,
-                                Some(&params),
+                                Answered::Collapsed(fwd),
                             ));
                         }
                         tracing::debug!(key = %plan.key, "no entry from the lease holder (released, or the wait ended); going to the inner service");
@@ -929,8 +987,8 @@ async fn exchange<S, B, ReqBody, ResBody>(
     plan: &Plan,
     found: &Found,
     filler: Filler<B>,
-    fwd: &str,
-    detail: Option<&str>,
+    fwd: Forward,
+    detail: Option<Detail>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -961,18 +1019,18 @@ where
         let entry = stale.as_ref()?;
         let freshness = stored::freshness(&entry.meta, now_ms());
         if freshness.usable_on_error(&plan.request_cc) {
-            let params = format!("{}; detail=stale-if-error", stale_hit(&freshness));
             return Some(shared.answer(
                 entry,
                 &freshness,
                 &request_headers,
                 is_head,
-                Some(&params),
+                Answered::StaleIfError,
             ));
         }
         if unreachable && freshness.forbids_stale {
             let mut response = stored::gateway_timeout();
-            shared.set_status(&mut response, "fwd=stale", Some("must-revalidate"));
+            let outcome = Outcome::forwarded(Forward::Stale, Some(Detail::MustRevalidate));
+            shared.set_status(&mut response, outcome);
             return Some(response);
         }
         None
@@ -1001,7 +1059,7 @@ where
             filler.release().await;
             shared.take_tags(&mut response);
             let mut passed = response.map(ResponseBody::passthrough);
-            shared.set_status(&mut passed, &format!("fwd={fwd}"), detail);
+            shared.set_status(&mut passed, Outcome::forwarded(fwd, detail));
             return Ok(passed);
         }
     }
@@ -1023,12 +1081,11 @@ where
                 )
                 .await;
             tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
-            let params = format!("fwd={fwd}; fwd-status=304");
+            let answered = Answered::Revalidated(fwd);
             if ours {
                 let freshness = stored::freshness(&refreshed.meta, now_ms());
                 let headers = &request_headers;
-                let mut answer =
-                    shared.answer(&refreshed, &freshness, headers, is_head, Some(&params));
+                let mut answer = shared.answer(&refreshed, &freshness, headers, is_head, answered);
                 // The cookies the origin set in its 304 are this client's, never stored.
                 for cookie in response.headers().get_all(header::SET_COOKIE) {
                     answer
@@ -1038,7 +1095,8 @@ where
                 return Ok(answer);
             }
             let mut passed = response.map(ResponseBody::passthrough);
-            shared.set_status(&mut passed, &params, None);
+            let freshness = stored::freshness(&refreshed.meta, now_ms());
+            shared.set_status(&mut passed, answered.outcome(&freshness));
             return Ok(passed);
         }
         if is_head && status == StatusCode::OK {
@@ -1062,7 +1120,7 @@ where
             }
             shared.take_tags(&mut response);
             let mut passed = response.map(ResponseBody::passthrough);
-            shared.set_status(&mut passed, &format!("fwd={fwd}"), detail);
+            shared.set_status(&mut passed, Outcome::forwarded(fwd, detail));
             return Ok(passed);
         }
     }
@@ -1131,7 +1189,7 @@ fn revalidate_in_background<S, B, ReqBody, ResBody>(
             Err(_) => return,
         };
         if let Ok(response) = exchange(
-            &shared, inner, request, &plan, &found, filler, "stale", None,
+            &shared, inner, request, &plan, &found, filler, Forward::Stale, None,
         )
         .await
         {
@@ -1188,13 +1246,13 @@ where
                 .await;
         }
     }
-    let params = if Policy::is_cacheable_method(&method) {
-        "fwd=bypass"
+    let fwd = if Policy::is_cacheable_method(&method) {
+        Forward::Bypass
     } else {
-        "fwd=method"
+        Forward::Method
     };
     let mut response = response.map(ResponseBody::passthrough);
-    shared.set_status(&mut response, params, None);
+    shared.set_status(&mut response, Outcome::forwarded(fwd, None));
     Ok(response)
 }
 

@@ -1,10 +1,144 @@
-//! The RFC 9211 `Cache-Status` header: `<cache name>; hit`, `…; fwd=uri-miss; stored`, and
-//! so on. The plain hit, by far the most common, is formatted once.
+//! The RFC 9211 `Cache-Status` header: what the cache did with a request, as an
+//! [`Outcome`], rendered to text in one place. The plain hit, by far the most common, is
+//! formatted once.
+
+use std::fmt::Write as _;
 
 use http::header::{HeaderName, HeaderValue};
 
 /// The header's name.
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Why a request went to the origin (RFC 9211 §2.2 `fwd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Forward {
+    /// Nothing stored for the URL.
+    UriMiss,
+    /// The URL is stored, but not the variant this request selects.
+    VaryMiss,
+    /// The stored response was stale and is being revalidated.
+    Stale,
+    /// The stored response was fresh, but the request's directives asked for the origin.
+    Request,
+    /// A method the cache does not look up.
+    Method,
+    /// The route, the key function or the request opts out of the cache.
+    Bypass,
+}
+
+impl Forward {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::UriMiss => "uri-miss",
+            Self::VaryMiss => "vary-miss",
+            Self::Stale => "stale",
+            Self::Request => "request",
+            Self::Method => "method",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+/// Extra detail (RFC 9211 §2.8 `detail`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// The backend could not be asked (down or timed out): the cache was skipped.
+    BackendUnavailable,
+    /// A stale response stood in for an origin that failed.
+    StaleIfError,
+    /// The origin could not be reached and the stored response may not be served stale.
+    MustRevalidate,
+    /// `only-if-cached` and nothing usable stored.
+    OnlyIfCached,
+}
+
+impl Detail {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::BackendUnavailable => "backend-unavailable",
+            Self::StaleIfError => "stale-if-error",
+            Self::MustRevalidate => "must-revalidate",
+            Self::OnlyIfCached => "only-if-cached",
+        }
+    }
+}
+
+/// What the cache did with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Answered from a fresh stored response.
+    Hit,
+    /// Answered from a stale stored response, `stale_for` seconds past its freshness.
+    StaleHit {
+        stale_for: u64,
+        detail: Option<Detail>,
+    },
+    /// Answered by the origin, or from another request's exchange with it.
+    Forwarded {
+        fwd: Forward,
+        /// The origin answered a revalidation with this status (a 304).
+        fwd_status: Option<u16>,
+        /// The answer is being stored.
+        stored: bool,
+        /// The answer came from another request's exchange.
+        collapsed: bool,
+        detail: Option<Detail>,
+    },
+    /// Answered by the cache itself without a stored response (a 504).
+    Generated { detail: Detail },
+}
+
+impl Outcome {
+    /// Forwarded for `fwd`, with `detail`, and nothing more to say.
+    pub(crate) fn forwarded(fwd: Forward, detail: Option<Detail>) -> Self {
+        Self::Forwarded {
+            fwd,
+            fwd_status: None,
+            stored: false,
+            collapsed: false,
+            detail,
+        }
+    }
+
+    /// The parameters after the cache's name, as RFC 9211 writes them.
+    fn render(self, text: &mut String) {
+        match self {
+            Self::Hit => text.push_str("; hit"),
+            Self::StaleHit { stale_for, detail } => {
+                let _ = write!(text, "; hit; ttl=-{stale_for}");
+                push_detail(text, detail);
+            }
+            Self::Forwarded {
+                fwd,
+                fwd_status,
+                stored,
+                collapsed,
+                detail,
+            } => {
+                text.push_str("; fwd=");
+                text.push_str(fwd.as_str());
+                if let Some(status) = fwd_status {
+                    let _ = write!(text, "; fwd-status={status}");
+                }
+                if stored {
+                    text.push_str("; stored");
+                }
+                if collapsed {
+                    text.push_str("; collapsed");
+                }
+                push_detail(text, detail);
+            }
+            Self::Generated { detail } => push_detail(text, Some(detail)),
+        }
+    }
+}
+
+fn push_detail(text: &mut String, detail: Option<Detail>) {
+    if let Some(detail) = detail {
+        text.push_str("; detail=");
+        text.push_str(detail.as_str());
+    }
+}
 
 pub(crate) struct CacheStatus {
     name: String,
@@ -20,19 +154,67 @@ impl CacheStatus {
         })
     }
 
-    pub(crate) fn hit(&self) -> HeaderValue {
-        self.hit.clone()
-    }
-
-    /// `<name>; <params>`, with `; detail=<detail>` when given.
-    pub(crate) fn value(&self, params: &str, detail: Option<&str>) -> Option<HeaderValue> {
-        let text = match (params.is_empty(), detail) {
-            (true, None) => self.name.clone(),
-            (true, Some(detail)) => format!("{}; detail={detail}", self.name),
-            (false, None) => format!("{}; {params}", self.name),
-            (false, Some(detail)) => format!("{}; {params}; detail={detail}", self.name),
-        };
+    /// The header's value for `outcome`.
+    pub(crate) fn value(&self, outcome: Outcome) -> Option<HeaderValue> {
+        if outcome == Outcome::Hit {
+            return Some(self.hit.clone());
+        }
+        let mut text = String::with_capacity(self.name.len() + 40);
+        text.push_str(&self.name);
+        outcome.render(&mut text);
         // Takes the string as it is: no second copy.
         HeaderValue::try_from(text).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_render_as_rfc_9211_parameters() {
+        let status = CacheStatus::new("edge").unwrap();
+        let text = |outcome| status.value(outcome).unwrap().to_str().unwrap().to_string();
+        assert_eq!(text(Outcome::Hit), "edge; hit");
+        let stale = Outcome::StaleHit {
+            stale_for: 5,
+            detail: Some(Detail::StaleIfError),
+        };
+        assert_eq!(text(stale), "edge; hit; ttl=-5; detail=stale-if-error");
+        let stored = Outcome::Forwarded {
+            fwd: Forward::VaryMiss,
+            fwd_status: None,
+            stored: true,
+            collapsed: false,
+            detail: None,
+        };
+        assert_eq!(text(stored), "edge; fwd=vary-miss; stored");
+        let refreshed = Outcome::Forwarded {
+            fwd: Forward::Stale,
+            fwd_status: Some(304),
+            stored: false,
+            collapsed: false,
+            detail: None,
+        };
+        assert_eq!(text(refreshed), "edge; fwd=stale; fwd-status=304");
+        let collapsed = Outcome::Forwarded {
+            fwd: Forward::UriMiss,
+            fwd_status: None,
+            stored: false,
+            collapsed: true,
+            detail: Some(Detail::BackendUnavailable),
+        };
+        assert_eq!(
+            text(collapsed),
+            "edge; fwd=uri-miss; collapsed; detail=backend-unavailable"
+        );
+        let generated = Outcome::Generated {
+            detail: Detail::OnlyIfCached,
+        };
+        assert_eq!(text(generated), "edge; detail=only-if-cached");
+        assert_eq!(
+            text(Outcome::forwarded(Forward::Bypass, None)),
+            "edge; fwd=bypass"
+        );
     }
 }

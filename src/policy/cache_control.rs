@@ -70,6 +70,12 @@ pub struct CacheControl {
 }
 
 impl CacheControl {
+    /// Whether these response directives let a shared cache store a response to a request
+    /// with `Authorization` (RFC 9111 §3.5): `public`, `s-maxage` or `must-revalidate`.
+    pub fn allows_authenticated(&self) -> bool {
+        self.public || self.s_maxage.is_some() || self.must_revalidate
+    }
+
     /// Parses every `Cache-Control` line in `headers`.
     pub fn parse(headers: &HeaderMap) -> Self {
         let mut cc = Self::default();

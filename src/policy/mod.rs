@@ -188,7 +188,8 @@ impl Policy {
         self.statuses = statuses.into_iter().collect();
     }
 
-    /// Whether responses with `Set-Cookie` may be stored.
+    /// Whether responses with `Set-Cookie` may be stored (without the cookie: it never
+    /// enters an entry).
     pub fn set_store_set_cookie(&mut self, store: bool) {
         self.store_set_cookie = store;
     }
@@ -365,9 +366,7 @@ impl Policy {
         }
         // §3.5: only these directives let a shared cache store a response to an
         // authenticated request.
-        if request_headers.contains_key(header::AUTHORIZATION)
-            && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
-        {
+        if request_headers.contains_key(header::AUTHORIZATION) && !cc.allows_authenticated() {
             return Err(NotStorable::Authorization);
         }
         if vary_names(response_headers).any(|name| name == "*") {

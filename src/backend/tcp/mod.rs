@@ -235,11 +235,16 @@ impl TcpBackendBuilder {
                 .max(Duration::from_millis(100)),
             max_in_flight: self.max_in_flight,
             limits: Limits {
-                // No value is larger than the servers' item size limit (which the setting
-                // mirrors), and a server announcing one is refused before its data is
-                // buffered. Never below memcached's default, so lowering the setting for our
-                // own writes still reads what other clients stored.
-                max_value_len: self.item_size_limit.max(DEFAULT_ITEM_SIZE_LIMIT),
+                // A server announcing a value beyond this is refused before its data is
+                // buffered. Four times the item size limit (and never below memcached's
+                // default): clients sharing the servers with a larger setting (`-I`) store
+                // larger values, and refusing them would drop the connection, and every
+                // call on it, on each read of such a key. A reply holds at most one value
+                // per key asked, so the bound per reply stays small.
+                max_value_len: self
+                    .item_size_limit
+                    .max(DEFAULT_ITEM_SIZE_LIMIT)
+                    .saturating_mul(4),
                 ..Limits::default()
             },
         };
