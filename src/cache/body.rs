@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::fill::{self, FillBudget, QueueReader};
+use super::fill::reader::{self, FillBudget, QueueReader};
 
 /// Receives the complete body of a response being stored.
 pub(crate) type OnComplete = Box<dyn FnOnce(Bytes) + Send>;
@@ -158,7 +158,7 @@ where
             return Self::passthrough(body);
         };
         let hint = body.size_hint();
-        match fill::start(body, tee, budget) {
+        match reader::start(body, tee, budget) {
             Ok(reader) => Self {
                 inner: Inner::Queued {
                     reader,
@@ -234,7 +234,7 @@ where
             Inner::Cached { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Inner::Queued { hint, sent, .. } => fill::remaining(hint, *sent),
+            Inner::Queued { hint, sent, .. } => reader::remaining(hint, *sent),
             Inner::Live { body, .. } => body.size_hint(),
         }
     }

@@ -1,527 +1,290 @@
-//! Filling an entry at the origin's pace. A response on its way into the cache is read by
-//! a task of its own, which takes the bounded copy and completes the fill (publishing the
-//! entry to waiting requests, storing it, releasing the flight and the lease) as soon as
-//! the origin has sent the body, however slowly the client reads. The client reads the
-//! same frames from a queue at its own speed; a client that goes away ends the fill.
-//!
-//! Why not a plain channel: while the copy is taken, the reader must never wait for the
-//! client (a client with a zero HTTP/2 window would hold every other request for the URL),
-//! and the queue is bounded by the entry size limit anyway, since it shares its chunks with
-//! the copy. What clients have not read yet counts against one [`FillBudget`] per layer,
-//! so many clients that stop reading cannot make the process hold a full entry each: past
-//! the budget, and once nothing is being stored (the body outgrew the limit), the reader
-//! waits for its client again, with at most [`QUEUE_LOW_WATER`] bytes read ahead.
+//! Filling the cache: the admission gate every write of an entry passes, the copy of a
+//! response on its way to the client, and the store in the background.
 
-use std::any::Any;
-use std::collections::VecDeque;
-use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+pub(super) mod reader;
+
+pub(crate) use reader::FillBudget;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http::header::{self};
+use http::{HeaderMap, Response, StatusCode};
+use http_body::Body;
 
-use super::body::Tee;
+use super::body::{ResponseBody, Tee};
+use super::coalesce::Filler;
+use super::exchange::Plan;
+use super::service::Shared;
+use super::status::{Detail, Forward, Outcome};
+use super::storage::Found;
+use super::stored::{Admission, backend_ttl};
+use crate::backend::Backend;
+use crate::codec::entry::{Entry, EntryMeta, VariantIndex};
+use crate::policy::{CacheControl, NotStorable};
 
-/// How far the reader runs ahead of a slow client once it no longer fills an entry.
-const QUEUE_LOW_WATER: usize = 64 * 1024;
-
-/// What a queued frame counts for at least, so empty frames cannot pile up for free.
-const FRAME_COST_FLOOR: usize = 64;
-
-/// Bytes read from origins but not yet by clients, across the fills of one layer.
-#[derive(Debug)]
-pub(crate) struct FillBudget {
-    queued: AtomicUsize,
-    limit: usize,
+/// Where an entry for a request goes: its primary key, and what the lookup learnt about
+/// the URL's variant index and the namespace generation.
+pub(super) struct Destination {
+    pub(super) key: String,
+    pub(super) index: Option<VariantIndex>,
+    pub(super) generation: Option<u64>,
 }
 
-impl FillBudget {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self {
-            queued: AtomicUsize::new(0),
-            limit,
+impl Destination {
+    pub(super) fn new(plan: &Plan, found: &Found) -> Self {
+        Self {
+            key: plan.key.clone(),
+            index: found.index.clone(),
+            generation: found.generation,
+        }
+    }
+}
+
+/// Why a response, or a stored response refreshed by one, does not become an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// A HEAD response has no body to store.
+    Head,
+    /// The backend is marked down: the write would fail.
+    BackendUnavailable,
+    /// The storing rules refuse it.
+    Policy(NotStorable),
+    /// A refresh names other selecting request headers than the stored response, whose
+    /// values for them are unknown.
+    VaryChanged,
+    /// A response stored for an authenticated request lost the directives that let a
+    /// shared cache keep it (RFC 9111 §3.5).
+    NoLongerShareable,
+}
+
+impl Refusal {
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Self::Head => "a HEAD response has no body to store",
+            Self::BackendUnavailable => "backend unavailable",
+            Self::VaryChanged => "the refresh changes Vary",
+            Self::NoLongerShareable => "authenticated and no longer shareable",
+            Self::Policy(NotStorable::Status) => "status not stored",
+            Self::Policy(NotStorable::NoStore) => "no-store",
+            Self::Policy(NotStorable::Private) => "private",
+            Self::Policy(NotStorable::NoCache) => "no-cache without a validator",
+            Self::Policy(NotStorable::SetCookie) => "sets a cookie",
+            Self::Policy(NotStorable::Authorization) => "authenticated and not shareable",
+            Self::Policy(NotStorable::VaryStar) => "Vary: *",
+            Self::Policy(NotStorable::Partial) => "partial content",
+            Self::Policy(NotStorable::ZeroLifetime) => {
+                "nothing to reuse: no freshness, stale window or validator"
+            }
+        }
+    }
+
+    /// Whether a refused refresh leaves the stored entry unusable: the response now says
+    /// it must not be stored. A refusal that comes from the refreshing request alone (its
+    /// own `no-store`, its credentials, a backend that is down) leaves the entry as it was,
+    /// so no client can evict what others use just by asking.
+    pub(super) fn makes_entry_unusable(self, request_cc: &CacheControl) -> bool {
+        match self {
+            Self::Head | Self::BackendUnavailable => false,
+            Self::Policy(NotStorable::NoStore) => !request_cc.no_store,
+            Self::Policy(NotStorable::Authorization) => false,
+            Self::Policy(_) | Self::VaryChanged | Self::NoLongerShareable => true,
+        }
+    }
+}
+
+impl<B: Backend> Shared<B> {
+    pub(super) fn admission(
+        &self,
+        chosen: Duration,
+        handler_override: bool,
+        request_time: SystemTime,
+        authenticated: bool,
+    ) -> Admission<'_> {
+        Admission {
+            policy: self.policy(),
+            chosen,
+            handler_override,
+            own_fields: &self.own_fields,
+            request_time,
+            response_time: SystemTime::now(),
+            authenticated,
+        }
+    }
+
+    /// Decides whether the inner service's response is stored, and sets it on its way.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_response<ResBody>(
+        self: &Arc<Self>,
+        plan: &Plan,
+        found: &Found,
+        request_headers: &HeaderMap,
+        request_time: SystemTime,
+        mut response: Response<ResBody>,
+        filler: Filler<B>,
+        is_head: bool,
+        fwd: Forward,
+        detail: Option<Detail>,
+    ) -> (Response<ResponseBody<ResBody>>, Option<Filler<B>>)
+    where
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        let tags = self.take_tags(&mut response);
+        let (chosen, handler_override) = self.response_lifetime(&mut response, plan.lifetime);
+        let authenticated = request_headers.contains_key(header::AUTHORIZATION);
+        let admission = self.admission(chosen, handler_override, request_time, authenticated);
+        let decision = if is_head {
+            Err(Refusal::Head)
+        } else {
+            let vary = self.vary_values(request_headers, response.headers());
+            self.admit(
+                plan,
+                request_headers,
+                response.status(),
+                response.headers(),
+                vary,
+                &admission,
+            )
+        };
+        let (tee, unused) = match decision {
+            Ok((meta, ttl)) => {
+                let on_complete =
+                    self.store_on_complete(Destination::new(plan, found), meta, tags, ttl, filler);
+                let tee = Tee::new(
+                    self.config.max_entry_size,
+                    &response.body().size_hint(),
+                    on_complete,
+                );
+                (tee, None)
+            }
+            Err(refusal) => {
+                tracing::debug!(key = %plan.key, status = %response.status(), reason = refusal.reason(), "response not stored");
+                (None, Some(filler))
+            }
+        };
+        let outcome = Outcome::Forwarded {
+            fwd,
+            fwd_status: None,
+            stored: tee.is_some(),
+            collapsed: false,
+            detail,
+        };
+        self.set_status(&mut response, outcome);
+        (
+            response.map(|body| ResponseBody::teeing(body, tee, &self.config.fill_budget)),
+            unused,
+        )
+    }
+
+    /// The admission gate: every write of an entry passes here, judged on the header set
+    /// it would store (a first response, or a stored one merged with a 304 or HEAD
+    /// response). Admitted, the entry's metadata and backend lifetime.
+    pub(super) fn admit(
+        &self,
+        plan: &Plan,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        headers: &HeaderMap,
+        vary: Vec<(String, Option<String>)>,
+        admission: &Admission<'_>,
+    ) -> Result<(EntryMeta, Duration), Refusal> {
+        let routes_mode = self.policy().mode() == crate::policy::CacheMode::Routes;
+        if admission.chosen.is_zero() && (admission.handler_override || routes_mode) {
+            return Err(Refusal::Policy(NotStorable::ZeroLifetime));
+        }
+        if !self.config.backend.is_available(&plan.key) {
+            return Err(Refusal::BackendUnavailable);
+        }
+        let cc = CacheControl::parse(headers);
+        self.policy()
+            .storable(request_headers, &plan.request_cc, status, headers, &cc)
+            .map_err(Refusal::Policy)?;
+        let meta = admission.meta(plan.canonical.clone(), status, headers, vary);
+        let ttl = backend_ttl(&meta, self.config.keep_stale);
+        if ttl.is_zero() {
+            return Err(Refusal::Policy(NotStorable::ZeroLifetime));
+        }
+        Ok((meta, ttl))
+    }
+
+    /// What happens when a stored body is complete: followers get the entry at once, and
+    /// the backend gets it in the background.
+    pub(super) fn store_on_complete(
+        self: &Arc<Self>,
+        to: Destination,
+        meta: EntryMeta,
+        tags: Vec<String>,
+        ttl: Duration,
+        filler: Filler<B>,
+    ) -> Box<dyn FnOnce(Bytes) + Send> {
+        let shared = Arc::clone(self);
+        Box::new(move |body: Bytes| {
+            let entry = Arc::new(Entry { meta, body });
+            shared.store_in_background(to, tags, entry, ttl, filler);
         })
     }
 
-    fn has_room(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) < self.limit
-    }
-
-    fn take(&self, cost: usize) {
-        self.queued.fetch_add(cost, Ordering::Relaxed);
-    }
-
-    fn give_back(&self, cost: usize) {
-        // Never below zero, whatever the interleaving of a client's drop and a read.
-        let _ = self
-            .queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                Some(queued.saturating_sub(cost))
-            });
-    }
-}
-
-/// What a frame counts for in the queue and the budget.
-fn cost(frame: &Result<Frame<Bytes>, ErasedError>) -> usize {
-    let data = match frame {
-        Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
-        Err(_) => 0,
-    };
-    data.max(FRAME_COST_FLOOR)
-}
-
-/// A body error on its way through the queue. The queue is not generic over the body so
-/// that [`ResponseBody`](super::ResponseBody) needs no `Body` bound on its type; the
-/// client's side turns it back into the body's own error type.
-pub(crate) type ErasedError = Box<dyn Any + Send>;
-
-/// The queue between the reading task and the client's body.
-pub(crate) struct Queue {
-    state: Mutex<State>,
-    budget: Arc<FillBudget>,
-}
-
-struct State {
-    frames: VecDeque<Result<Frame<Bytes>, ErasedError>>,
-    queued_bytes: usize,
-    /// The origin's body has ended (or its reader is gone): nothing more will come.
-    ended: bool,
-    client_gone: bool,
-    client: Option<Waker>,
-    reader: Option<Waker>,
-    /// The origin's body panicked while the reader polled it: the client's body re-raises
-    /// it, as if it had polled the body itself.
-    panicked: Option<Box<dyn Any + Send>>,
-}
-
-impl Queue {
-    fn new(budget: Arc<FillBudget>) -> Self {
-        Self {
-            budget,
-            state: Mutex::new(State {
-                frames: VecDeque::new(),
-                queued_bytes: 0,
-                ended: false,
-                client_gone: false,
-                client: None,
-                reader: None,
-                panicked: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere while holding the lock leaves consistent data: go on.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Whether the reader may read another frame; `Ready(false)` once the client is gone.
-    /// (Filling on for waiters after the client left would keep a slow stream, say
-    /// server-sent events, open for as long as it takes to outgrow the entry limit;
-    /// the waiters go to the origin themselves instead, as they would have before.)
-    fn poll_room(&self, cx: &mut Context<'_>, filling: bool) -> Poll<bool> {
-        let mut state = self.lock();
-        if state.client_gone {
-            return Poll::Ready(false);
-        }
-        if (filling && self.budget.has_room()) || state.queued_bytes < QUEUE_LOW_WATER {
-            return Poll::Ready(true);
-        }
-        state.reader = Some(cx.waker().clone());
-        Poll::Pending
-    }
-
-    /// Whether the client is gone; if not, the reader is woken when it goes.
-    fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
-        let mut state = self.lock();
-        if !state.client_gone {
-            state.reader = Some(cx.waker().clone());
-        }
-        state.client_gone
-    }
-
-    fn push(&self, frame: Option<Result<Frame<Bytes>, ErasedError>>, end: bool) {
-        let mut state = self.lock();
-        if let Some(frame) = frame {
-            if !state.client_gone {
-                let cost = cost(&frame);
-                state.queued_bytes += cost;
-                self.budget.take(cost);
-                state.frames.push_back(frame);
-            }
-        }
-        state.ended |= end;
-        if let Some(client) = state.client.take() {
-            client.wake();
-        }
-    }
-
-    fn end(&self) {
-        self.push(None, true);
-    }
-
-    fn panicked(&self, payload: Box<dyn Any + Send>) {
-        self.lock().panicked = Some(payload);
-        self.end();
-    }
-
-    /// The client's side: the next frame, the end, or a wait.
-    pub(crate) fn poll_frame(
-        &self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ErasedError>>> {
-        let mut state = self.lock();
-        if let Some(frame) = state.frames.pop_front() {
-            let cost = cost(&frame);
-            state.queued_bytes -= cost;
-            self.budget.give_back(cost);
-            if let Some(reader) = state.reader.take() {
-                reader.wake();
-            }
-            return Poll::Ready(Some(frame));
-        }
-        if let Some(payload) = state.panicked.take() {
-            drop(state);
-            std::panic::resume_unwind(payload);
-        }
-        if state.ended {
-            return Poll::Ready(None);
-        }
-        state.client = Some(cx.waker().clone());
-        Poll::Pending
-    }
-
-    pub(crate) fn is_end_stream(&self) -> bool {
-        let state = self.lock();
-        state.ended && state.frames.is_empty()
-    }
-
-    /// The client's body was dropped: nothing more is queued for it, and the reader stops
-    /// (the entry is not stored).
-    fn client_gone(&self) {
-        let mut state = self.lock();
-        state.client_gone = true;
-        state.frames.clear();
-        self.budget
-            .give_back(std::mem::take(&mut state.queued_bytes));
-        if let Some(reader) = state.reader.take() {
-            reader.wake();
-        }
-    }
-}
-
-/// Ends the queue however the reader stops (finished, or dropped with its runtime), so the
-/// client is never left waiting for a frame that cannot come.
-struct EndOnDrop(Arc<Queue>);
-
-impl Drop for EndOnDrop {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
-/// Starts reading `body` on a task of its own, filling `tee`; the queue the client reads
-/// from, or the body and copy back when there is no tokio runtime to read them on.
-pub(crate) fn start<B>(body: B, tee: Tee, budget: &Arc<FillBudget>) -> Result<QueueReader, (B, Tee)>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Send + 'static,
-{
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return Err((body, tee));
-    };
-    let queue = Arc::new(Queue::new(Arc::clone(budget)));
-    runtime.spawn(read(body, tee, EndOnDrop(Arc::clone(&queue))));
-    Ok(QueueReader(queue))
-}
-
-/// The client's end of a [`Queue`]; dropping it tells the reader.
-pub(crate) struct QueueReader(Arc<Queue>);
-
-impl QueueReader {
-    pub(crate) fn queue(&self) -> &Queue {
-        &self.0
-    }
-}
-
-impl Drop for QueueReader {
-    fn drop(&mut self) {
-        self.0.client_gone();
-    }
-}
-
-async fn read<B>(body: B, tee: Tee, queue: EndOnDrop)
-where
-    B: Body<Data = Bytes>,
-    B::Error: Send + 'static,
-{
-    let queue = &queue.0;
-    let mut body = pin!(body);
-    let mut tee = Some(tee);
-    loop {
-        let filling = tee.is_some();
-        if !std::future::poll_fn(|cx| queue.poll_room(cx, filling)).await {
-            tracing::debug!("client gone; origin body dropped and the response not stored");
+    /// Publishes `entry` to this process's followers and writes it to the backend in the
+    /// background; `filler` is released once it is there. `tags` are resolved to their
+    /// generations first (none: the entry keeps the tags it has).
+    pub(super) fn store_in_background(
+        self: &Arc<Self>,
+        to: Destination,
+        tags: Vec<String>,
+        entry: Arc<Entry>,
+        ttl: Duration,
+        filler: Filler<B>,
+    ) {
+        filler.publish(Some(Arc::clone(&entry)));
+        // A body polled outside a tokio runtime cannot be stored in the background.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("no tokio runtime to store the entry; skipped");
             return;
-        }
-        // A client that leaves while the origin is slow to send ends the wait at once.
-        let next = std::future::poll_fn(|cx| {
-            if queue.poll_client_gone(cx) {
-                return Poll::Ready(Read::ClientGone);
-            }
-            // A panic in the origin's body surfaces in the client's body, where polling
-            // the body inline would have raised it.
-            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Pin::as_mut(&mut body).poll_frame(cx)
-            }));
-            match polled {
-                Ok(Poll::Ready(frame)) => Poll::Ready(Read::Frame(frame)),
-                Ok(Poll::Pending) => Poll::Pending,
-                Err(payload) => Poll::Ready(Read::Panicked(payload)),
-            }
+        };
+        let shared = Arc::clone(self);
+        runtime.spawn(async move {
+            shared.store(&to, &tags, &entry, ttl).await;
+            // Until the entry is in the backend, requests for the key join this flight and
+            // get the entry from it instead of missing.
+            drop(filler);
         });
-        let frame = match next.await {
-            Read::Frame(frame) => frame,
-            Read::ClientGone => {
-                tracing::debug!("client gone; origin body dropped and the response not stored");
-                return;
-            }
-            Read::Panicked(payload) => {
-                queue.panicked(payload);
-                return;
-            }
-        };
-        // An error ends the body: it is passed on, and nothing after it is read.
-        let end = !matches!(frame, Some(Ok(_))) || body.is_end_stream();
-        if let Some(copy) = tee.as_mut() {
-            if let Some(reason) = copy.take(frame.as_ref()) {
-                tracing::debug!(reason, "response not stored");
-                tee = None;
-            }
-        }
-        if end {
-            if let Some(copy) = tee.take() {
-                copy.complete();
-            }
-        }
-        let erased = frame.map(|frame| frame.map_err(|err| Box::new(err) as ErasedError));
-        queue.push(erased, end);
-        if end {
+    }
+
+    pub(super) async fn store(
+        &self,
+        to: &Destination,
+        tags: &[String],
+        entry: &Entry,
+        ttl: Duration,
+    ) {
+        let stats = &self.config.stats;
+        let storage = &self.storage;
+        let Some(generation) = storage.generation(to.generation).await else {
+            tracing::debug!(key = %to.key, "namespace generation unavailable; not stored");
+            stats.record_store_failure();
             return;
-        }
-    }
-}
-
-/// What one read of the origin's body gave.
-enum Read<F> {
-    Frame(Option<F>),
-    ClientGone,
-    Panicked(Box<dyn Any + Send>),
-}
-
-/// What the client's body reports of its size: the origin's hint less what was sent.
-pub(crate) fn remaining(hint: &SizeHint, sent: u64) -> SizeHint {
-    let mut left = SizeHint::new();
-    left.set_lower(hint.lower().saturating_sub(sent));
-    if let Some(upper) = hint.upper() {
-        left.set_upper(upper.saturating_sub(sent));
-    }
-    left
-}
-
-#[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
-
-    use http_body_util::BodyExt;
-    use tokio::sync::{mpsc, oneshot};
-
-    use super::*;
-    use crate::cache::ResponseBody;
-
-    /// An origin body fed by the test, counting the frames it was asked for.
-    struct Fed {
-        rx: mpsc::Receiver<Bytes>,
-        polled: Arc<AtomicUsize>,
-    }
-
-    impl Body for Fed {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            let frame = std::task::ready!(self.rx.poll_recv(cx));
-            self.polled
-                .fetch_add(usize::from(frame.is_some()), Ordering::SeqCst);
-            Poll::Ready(frame.map(|data| Ok(Frame::data(data))))
-        }
-    }
-
-    fn fed() -> (mpsc::Sender<Bytes>, Fed, Arc<AtomicUsize>) {
-        let (tx, rx) = mpsc::channel(1024);
-        let polled = Arc::new(AtomicUsize::new(0));
-        let body = Fed {
-            rx,
-            polled: Arc::clone(&polled),
         };
-        (tx, body, polled)
-    }
-
-    fn tee(limit: usize) -> (Tee, oneshot::Receiver<Bytes>) {
-        let (done, stored) = oneshot::channel();
-        let tee = Tee::new(
-            limit,
-            &SizeHint::new(),
-            Box::new(move |body| {
-                let _ = done.send(body);
-            }),
-        );
-        (tee.unwrap(), stored)
-    }
-
-    #[tokio::test]
-    async fn the_entry_is_filled_while_the_client_reads_nothing() {
-        let (tx, body, _) = fed();
-        let (tee, stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
-        tx.send(Bytes::from_static(b"hello ")).await.unwrap();
-        tx.send(Bytes::from_static(b"world")).await.unwrap();
-        drop(tx);
-        let stored = tokio::time::timeout(Duration::from_secs(1), stored).await;
-        assert_eq!(stored.unwrap().unwrap(), "hello world");
-        // The client, reading later, gets the same bytes.
-        let read = client.collect().await.unwrap().to_bytes();
-        assert_eq!(read, "hello world");
-    }
-
-    #[tokio::test]
-    async fn a_client_that_leaves_ends_the_fill() {
-        let (tx, body, _) = fed();
-        let (tee, stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
-        tx.send(Bytes::from_static(b"part")).await.unwrap();
-        tokio::task::yield_now().await;
-        drop(client);
-        // Nothing stored, and the reader let go of the origin's body.
-        assert!(stored.await.is_err());
-        tokio::time::timeout(Duration::from_secs(1), tx.closed())
+        let mut meta = entry.meta.clone();
+        meta.generation = generation;
+        if !tags.is_empty() {
+            let Some(tags) = storage.tag_generations(tags).await else {
+                tracing::debug!(key = %to.key, "tag generations unavailable; not stored");
+                stats.record_store_failure();
+                return;
+            };
+            meta.tags = tags;
+        }
+        let key = &to.key;
+        if storage
+            .store(key, &meta, &entry.body, to.index.as_ref(), ttl)
             .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn past_the_entry_limit_the_reader_waits_for_the_client() {
-        let (tx, body, polled) = fed();
-        let (tee, stored) = tee(10);
-        let mut client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
-        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
-        for _ in 0..64 {
-            tx.send(chunk.clone()).await.unwrap();
+        {
+            stats.record_store();
+            tracing::debug!(%key, bytes = entry.body.len(), ?ttl, "response stored");
+        } else {
+            stats.record_store_failure();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // Over the limit: not stored, and read ahead by at most the low-water mark.
-        assert!(stored.await.is_err());
-        let ahead = polled.load(Ordering::SeqCst);
-        assert!(
-            ahead * chunk.len() <= QUEUE_LOW_WATER + chunk.len(),
-            "{ahead}"
-        );
-        let first = client.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(first.len(), chunk.len());
-        drop(tx);
-        let mut total = first.len();
-        while let Some(frame) = client.frame().await {
-            total += frame.unwrap().into_data().unwrap().len();
-        }
-        assert_eq!(total, 64 * chunk.len());
-    }
-
-    /// A body that fails on every poll (as some streams do after their first error), or
-    /// panics.
-    struct Broken {
-        polled: Arc<AtomicUsize>,
-        panics: bool,
-    }
-
-    impl Body for Broken {
-        type Data = Bytes;
-        type Error = &'static str;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, &'static str>>> {
-            self.polled.fetch_add(1, Ordering::SeqCst);
-            assert!(!self.panics, "origin body bug");
-            Poll::Ready(Some(Err("broken")))
-        }
-    }
-
-    #[tokio::test]
-    async fn an_error_ends_the_body() {
-        let polled = Arc::new(AtomicUsize::new(0));
-        let body = Broken {
-            polled: Arc::clone(&polled),
-            panics: false,
-        };
-        let (tee, stored) = tee(1024);
-        let mut client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            polled.load(Ordering::SeqCst),
-            1,
-            "polled again after an error"
-        );
-        assert!(stored.await.is_err());
-        assert_eq!(client.frame().await.unwrap().unwrap_err(), "broken");
-        assert!(client.frame().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_panic_in_the_origin_body_reaches_the_client() {
-        let body = Broken {
-            polled: Arc::new(AtomicUsize::new(0)),
-            panics: true,
-        };
-        let (tee, _stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
-        let read = tokio::spawn(async move { client.collect().await.map(|_| ()) });
-        let joined = read.await.unwrap_err();
-        assert!(joined.is_panic(), "a truncated body must not look complete");
-    }
-
-    #[tokio::test]
-    async fn clients_that_read_nothing_share_one_budget() {
-        let budget = FillBudget::new(64 * 1024);
-        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
-        let mut clients = Vec::new();
-        let mut fed_counts = Vec::new();
-        for _ in 0..4 {
-            let (tx, body, polled) = fed();
-            let (tee, _stored) = tee(1024 * 1024);
-            clients.push((ResponseBody::teeing(body, Some(tee), &budget), tx.clone()));
-            for _ in 0..32 {
-                tx.send(chunk.clone()).await.unwrap();
-            }
-            fed_counts.push(polled);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // Past the budget each fill reads at most the low-water mark ahead of its client.
-        let read: usize = fed_counts.iter().map(|p| p.load(Ordering::SeqCst)).sum();
-        let bound = 64 * 1024 + 4 * (QUEUE_LOW_WATER + chunk.len());
-        assert!(read * chunk.len() <= bound, "{read} chunks read ahead");
-        assert!(read < 4 * 32);
-        // Reading gives the budget back.
-        drop(clients);
-        assert_eq!(budget.queued.load(Ordering::SeqCst), 0);
     }
 }

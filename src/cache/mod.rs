@@ -46,12 +46,16 @@
 //! ```
 
 mod body;
+mod coalesce;
+mod exchange;
 mod fill;
 mod future;
+mod invalidate;
 mod key;
 mod layer;
 mod lease;
 mod purge;
+mod revalidate;
 mod service;
 mod single_flight;
 mod status;

@@ -1,0 +1,129 @@
+//! Invalidation: what a successful unsafe request removes (RFC 9111 §4.4), and the
+//! requests the cache does not look up.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri};
+use http_body::Body;
+use tower::Service;
+
+use super::body::ResponseBody;
+use super::key::RequestTarget;
+use super::service::Shared;
+use super::status::{Forward, Outcome};
+use crate::backend::Backend;
+use crate::policy::Policy;
+
+impl<B: Backend> Shared<B> {
+    /// RFC 9111 §4.4: a successful response to an unsafe method invalidates the target
+    /// URI and the same-origin URIs in `Location` and `Content-Location`.
+    pub(super) async fn invalidate_after(
+        &self,
+        target: &Uri,
+        request_headers: &HeaderMap,
+        extensions: &http::Extensions,
+        locations: Vec<HeaderValue>,
+    ) {
+        let mut uris = vec![target.clone()];
+        uris.extend(locations.iter().filter_map(|value| {
+            same_origin(
+                target,
+                request_headers,
+                value,
+                &self.config.canonical.default_scheme,
+            )
+        }));
+        for uri in uris {
+            let Some(canonical) =
+                self.config
+                    .canonical
+                    .key_for_get(&uri, request_headers, extensions)
+            else {
+                continue;
+            };
+            let key = self.storage.primary_key(&canonical);
+            match self.storage.invalidate(&key).await {
+                Ok(()) => tracing::debug!(%canonical, "invalidated by an unsafe method"),
+                Err(err) => tracing::debug!(%canonical, error = %err, "invalidation failed"),
+            }
+        }
+    }
+}
+
+/// A `Location` / `Content-Location` value as a URI on the request's origin, if it is one.
+/// Both origins are validated authorities: a response cannot invalidate another site's
+/// entries by naming it, however its Host was spelled.
+pub(super) fn same_origin(
+    target: &Uri,
+    request_headers: &HeaderMap,
+    value: &HeaderValue,
+    default_scheme: &str,
+) -> Option<Uri> {
+    let uri: Uri = value.to_str().ok()?.trim().parse().ok()?;
+    let own = RequestTarget::from_parts(default_scheme, target, request_headers).ok()?;
+    match uri.authority() {
+        // An absolute path: on the target's origin.
+        None if uri.path().starts_with('/') => {
+            if own.authority().is_empty() {
+                return Some(uri);
+            }
+            let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            format!("{own}{path}").parse().ok()
+        }
+        None => None,
+        Some(_) => {
+            let theirs = RequestTarget::from_parts(default_scheme, &uri, &HeaderMap::new()).ok()?;
+            (theirs == own).then_some(uri)
+        }
+    }
+}
+
+/// A request the cache does not look up: other methods (which may invalidate), and
+/// routes or keys that opt out.
+pub(super) async fn bypass<S, B, ReqBody, ResBody>(
+    shared: &Arc<Shared<B>>,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    B: Backend,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    shared.config.stats.record_bypass();
+    let method = request.method().clone();
+    tracing::debug!(%method, path = request.uri().path(), "cache bypassed");
+    let invalidates = Policy::invalidates(&method);
+    let saved = invalidates.then(|| {
+        (
+            request.uri().clone(),
+            request.headers().clone(),
+            request.extensions().clone(),
+        )
+    });
+    let mut response = inner.call(request).await?;
+    shared.take_tags(&mut response);
+    if let Some((uri, headers, extensions)) = saved {
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            let locations = [header::LOCATION, header::CONTENT_LOCATION]
+                .iter()
+                .filter_map(|name| response.headers().get(name).cloned())
+                .collect();
+            shared
+                .invalidate_after(&uri, &headers, &extensions, locations)
+                .await;
+        }
+    }
+    let fwd = if Policy::is_cacheable_method(&method) {
+        Forward::Bypass
+    } else {
+        Forward::Method
+    };
+    let mut response = response.map(ResponseBody::passthrough);
+    shared.set_status(&mut response, Outcome::forwarded(fwd, None));
+    Ok(response)
+}

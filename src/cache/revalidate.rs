@@ -1,0 +1,341 @@
+//! The exchange with the origin when nothing fresh is stored: a conditional request when
+//! a stored response can be revalidated, a 304 or HEAD refreshing it (through the
+//! admission gate), stale responses standing in for a failed origin, and background
+//! refreshes (RFC 5861).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower::Service;
+
+use super::OriginUnreachable;
+use super::body::ResponseBody;
+use super::coalesce::Filler;
+use super::exchange::Plan;
+use super::fill::{Destination, Refusal};
+use super::lease::{self, Acquired};
+use super::service::{Answered, Shared};
+use super::status::{Detail, Forward, Outcome};
+use super::storage::Found;
+use super::stored::{self, header_map, now_ms};
+use crate::backend::Backend;
+use crate::codec::entry::Entry;
+use crate::policy::conditional::{add_validators, has_preconditions, same_representation};
+use crate::policy::{CacheControl, NotStorable};
+
+impl<B: Backend> Shared<B> {
+    /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its
+    /// lifetime, new tags if it names any). The merged response passes the admission gate
+    /// like a first store: admitted, it is published and put back in the background;
+    /// refused for what the response now says (`private`, `no-store`, a new `Vary`, …)
+    /// the stored entry is removed; refused for what this request says (its own
+    /// `no-store`, `Authorization`) the stored entry is left as it was. Returns the
+    /// refreshed entry, to answer this request with.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn refresh<T>(
+        self: &Arc<Self>,
+        plan: &Plan,
+        found: &Found,
+        entry: &Entry,
+        request_headers: &HeaderMap,
+        response: &mut Response<T>,
+        request_time: SystemTime,
+        filler: Filler<B>,
+    ) -> Arc<Entry> {
+        let tags = self.take_tags(response);
+        let (chosen, handler_override) = self.response_lifetime(response, plan.lifetime);
+        // Only the stored response's own history marks it authenticated: a refreshing
+        // request's credentials (which anyone can make up) must not change how long
+        // everyone else may reuse it.
+        let admission = self.admission(
+            chosen,
+            handler_override,
+            request_time,
+            entry.meta.authenticated,
+        );
+        let merged = admission.merged_headers(entry, response.headers());
+        let refreshed = Arc::new(admission.refreshed(entry, &merged));
+        let status = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
+        let vary = self.vary_values(request_headers, &merged);
+        let same_selection = vary.len() == entry.meta.vary.len()
+            && vary
+                .iter()
+                .zip(&entry.meta.vary)
+                .all(|((new, _), (old, _))| new == old);
+        let verdict = if request_headers.contains_key(header::AUTHORIZATION)
+            && !entry.meta.authenticated
+        {
+            // The merged response would answer an authenticated request now; leave the
+            // stored one as it was.
+            Err(Refusal::Policy(NotStorable::Authorization))
+        } else if entry.meta.authenticated && !CacheControl::parse(&merged).allows_authenticated() {
+            // §3.5 for an entry first stored for an authenticated request, whoever
+            // refreshes it now.
+            Err(Refusal::NoLongerShareable)
+        } else if same_selection {
+            self.admit(
+                plan,
+                request_headers,
+                status,
+                &merged,
+                entry.meta.vary.clone(),
+                &admission,
+            )
+        } else {
+            Err(Refusal::VaryChanged)
+        };
+        match verdict {
+            Ok((_, ttl)) => {
+                let to = Destination::new(plan, found);
+                self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
+            }
+            Err(refusal) => {
+                tracing::debug!(key = %plan.key, reason = refusal.reason(), "refreshed response not stored");
+                if refusal.makes_entry_unusable(&plan.request_cc) {
+                    if let Err(err) = self.storage.invalidate(&plan.key).await {
+                        tracing::debug!(key = %plan.key, error = %err, "unstorable entry not removed");
+                    }
+                }
+                filler.release().await;
+            }
+        }
+        refreshed
+    }
+}
+
+/// Sends the request to the inner service (conditionally, when a stored response can be
+/// revalidated) and turns its answer into the client's: a refreshed entry on 304, the
+/// stale entry when the origin fails and that is allowed, or the new response on its way
+/// into the cache.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn exchange<S, B, ReqBody, ResBody>(
+    shared: &Arc<Shared<B>>,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+    plan: &Plan,
+    found: &Found,
+    filler: Filler<B>,
+    fwd: Forward,
+    detail: Option<Detail>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    B: Backend,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    let stats = &shared.config.stats;
+    let is_head = request.method() == Method::HEAD;
+    let request_headers = request.headers().clone();
+    let stale = found.entry.clone();
+    let stored_headers = stale.as_ref().map(|entry| header_map(&entry.meta));
+    let ours = match &stored_headers {
+        Some(stored) if !has_preconditions(&request_headers) => {
+            add_validators(request.headers_mut(), stored)
+        }
+        _ => false,
+    };
+    if stale.is_some() {
+        stats.record_revalidation();
+    } else {
+        stats.record_miss();
+    }
+    tracing::debug!(key = %plan.key, revalidating = stale.is_some(), conditional = ours, "calling the inner service");
+    let request_time = SystemTime::now();
+    let outcome = inner.call(request).await;
+    let stale_fallback = |unreachable: bool| {
+        let entry = stale.as_ref()?;
+        let freshness = stored::freshness(&entry.meta, now_ms());
+        if freshness.usable_on_error(&plan.request_cc) {
+            return Some(shared.answer(
+                entry,
+                &freshness,
+                &request_headers,
+                is_head,
+                Answered::StaleIfError,
+            ));
+        }
+        if unreachable && freshness.forbids_stale {
+            let mut response = stored::gateway_timeout();
+            let outcome = Outcome::forwarded(Forward::Stale, Some(Detail::MustRevalidate));
+            shared.set_status(&mut response, outcome);
+            return Some(response);
+        }
+        None
+    };
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(key = %plan.key, "inner service failed");
+            return match stale_fallback(true) {
+                Some(response) => Ok(response),
+                None => Err(err),
+            };
+        }
+    };
+    let unreachable = response.extensions().get::<OriginUnreachable>().is_some();
+    let failed = unreachable || matches!(response.status().as_u16(), 500 | 502 | 503 | 504);
+    if failed {
+        if let Some(fallback) = stale_fallback(unreachable) {
+            return Ok(fallback);
+        }
+        if stale.is_some() {
+            // §4.3.3: a 5xx to a revalidation may be treated as no answer. It passes to
+            // the client, and the stored response stays for later requests (and their
+            // stale-if-error) instead of being replaced by an error page.
+            tracing::debug!(key = %plan.key, status = %response.status(), "origin failed a revalidation; stored response kept");
+            filler.release().await;
+            shared.take_tags(&mut response);
+            let mut passed = response.map(ResponseBody::passthrough);
+            shared.set_status(&mut passed, Outcome::forwarded(fwd, detail));
+            return Ok(passed);
+        }
+    }
+    if let (Some(entry), Some(stored)) = (&stale, &stored_headers) {
+        let status = response.status();
+        if status == StatusCode::NOT_MODIFIED
+            && (ours || same_representation(response.headers(), stored))
+        {
+            // §4.3.4: the stored response is still good; refresh its headers and lifetime.
+            let refreshed = shared
+                .refresh(
+                    plan,
+                    found,
+                    entry,
+                    &request_headers,
+                    &mut response,
+                    request_time,
+                    filler,
+                )
+                .await;
+            tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
+            let answered = Answered::Revalidated(fwd);
+            if ours {
+                let freshness = stored::freshness(&refreshed.meta, now_ms());
+                let headers = &request_headers;
+                let mut answer = shared.answer(&refreshed, &freshness, headers, is_head, answered);
+                // The cookies the origin set in its 304 are this client's, never stored.
+                for cookie in response.headers().get_all(header::SET_COOKIE) {
+                    answer
+                        .headers_mut()
+                        .append(header::SET_COOKIE, cookie.clone());
+                }
+                return Ok(answer);
+            }
+            let mut passed = response.map(ResponseBody::passthrough);
+            let freshness = stored::freshness(&refreshed.meta, now_ms());
+            shared.set_status(&mut passed, answered.outcome(&freshness));
+            return Ok(passed);
+        }
+        if is_head && status == StatusCode::OK {
+            // §4.3.5: a HEAD response updates the stored GET response, or, when it
+            // describes another representation, makes it unusable.
+            let same_length = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|len| {
+                    len.to_str().ok().and_then(|l| l.parse::<usize>().ok())
+                        == Some(entry.body.len())
+                });
+            if same_representation(response.headers(), stored) && same_length {
+                let headers = &request_headers;
+                let (at, filler) = (request_time, filler);
+                shared
+                    .refresh(plan, found, entry, headers, &mut response, at, filler)
+                    .await;
+            } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
+                tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
+            }
+            shared.take_tags(&mut response);
+            let mut passed = response.map(ResponseBody::passthrough);
+            shared.set_status(&mut passed, Outcome::forwarded(fwd, detail));
+            return Ok(passed);
+        }
+    }
+    let (response, unused) = shared.on_response(
+        plan,
+        found,
+        &request_headers,
+        request_time,
+        response,
+        filler,
+        is_head,
+        fwd,
+        detail,
+    );
+    if let Some(filler) = unused {
+        filler.release().await;
+    }
+    Ok(response)
+}
+
+/// RFC 5861 §3: the stale entry was served; refresh it with this same request in the
+/// background, once per key at a time in this process and, with leases, across processes.
+pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
+    shared: &Arc<Shared<B>>,
+    inner: S,
+    request: Request<ReqBody>,
+    plan: Plan,
+    found: Found,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Backend,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    // A refresh (or a miss) already under way for the key will do.
+    let Some(leader) = shared.config.flights.try_lead(&plan.key) else {
+        tracing::debug!(key = %plan.key, "stale served; a refresh is already under way");
+        return;
+    };
+    tracing::debug!(key = %plan.key, "stale served; refreshing in the background");
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let shared = Arc::clone(shared);
+    runtime.spawn(async move {
+        let mut filler = Filler {
+            leader: Some(leader),
+            lease: None,
+        };
+        if let Some(ttl) = shared.config.lease {
+            match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
+                Acquired::Mine(lease) => filler.lease = Some(lease),
+                Acquired::Elsewhere => {
+                    tracing::debug!(key = %plan.key, "another process is refreshing; refresh skipped");
+                    return;
+                }
+                Acquired::Unknown => {}
+            }
+        }
+        let mut inner = inner;
+        let inner = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+            Ok(()) => inner,
+            Err(_) => return,
+        };
+        if let Ok(response) = exchange(
+            &shared, inner, request, &plan, &found, filler, Forward::Stale, None,
+        )
+        .await
+        {
+            drain(response.into_body()).await;
+        }
+    });
+}
+
+/// Reads a body to its end, so a response refreshed in the background is stored.
+pub(super) async fn drain<B: Body>(body: B) {
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = futures_util::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        if frame.is_err() {
+            break;
+        }
+    }
+}
