@@ -7,12 +7,12 @@ use std::time::Duration;
 use http::header::HeaderName;
 use tower::Layer;
 
+use super::config::Config;
 use super::fill::FillBudget;
 use super::key::{Canonical, KeyFn};
 use super::purge::Purger;
 use super::service::{Memcache, Shared};
 use super::single_flight::SingleFlight;
-use super::storage::Storage;
 use crate::backend::{Backend, DEFAULT_ITEM_SIZE_LIMIT};
 use crate::policy::freshness::Heuristic;
 use crate::policy::{CacheMode, Policy, RouteAction, RouteMatch, RouteRule};
@@ -32,31 +32,6 @@ const DEFAULT_FILL_BUFFER: usize = 64 * 1024 * 1024;
 /// The response header that tags a response for [`Purger::purge_tag`]; the layer removes it
 /// before the response is sent.
 pub const DEFAULT_TAG_HEADER: &str = "surrogate-key";
-
-#[derive(Clone)]
-pub(crate) struct Config<B> {
-    pub(crate) backend: B,
-    pub(crate) namespace: String,
-    pub(crate) policy: Policy,
-    pub(crate) key_headers: Vec<HeaderName>,
-    pub(crate) canonical: Canonical,
-    pub(crate) cache_status: Option<String>,
-    pub(crate) lifetime_header: Option<HeaderName>,
-    pub(crate) max_entry_size: usize,
-    pub(crate) lookup_timeout: Duration,
-    pub(crate) coalesce_timeout: Duration,
-    pub(crate) max_coalesced: usize,
-    pub(crate) tag_header: Option<HeaderName>,
-    pub(crate) keep_stale: Duration,
-    pub(crate) lease: Option<Duration>,
-    pub(crate) lease_wait: Duration,
-    pub(crate) lease_poll: Duration,
-    pub(crate) stats: CacheStats,
-    pub(crate) flights: SingleFlight,
-    /// Shared by the layer's clones: what clients have not read yet of responses being
-    /// stored.
-    pub(crate) fill_budget: Arc<FillBudget>,
-}
 
 /// A tower [`Layer`] that caches the responses of the services it wraps in memcached.
 ///
@@ -95,18 +70,6 @@ impl<B: fmt::Debug> fmt::Debug for MemcacheLayer<B> {
             .field("max_entry_size", &c.max_entry_size)
             .field("lookup_timeout", &c.lookup_timeout)
             .finish_non_exhaustive()
-    }
-}
-
-impl<B: Backend> Config<B> {
-    /// The backend seen through the cache's key layout.
-    pub(crate) fn storage(&self) -> Storage<B> {
-        Storage::new(
-            self.backend.clone(),
-            &self.namespace,
-            self.lookup_timeout,
-            self.stats.clone(),
-        )
     }
 }
 

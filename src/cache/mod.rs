@@ -47,6 +47,7 @@
 
 mod body;
 mod coalesce;
+mod config;
 mod exchange;
 mod fill;
 mod future;

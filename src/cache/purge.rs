@@ -4,8 +4,8 @@ use std::fmt;
 
 use http::{Extensions, HeaderMap, Uri};
 
+use super::config::Config;
 use super::key::Canonical;
-use super::layer::Config;
 use super::storage::Storage;
 use crate::backend::{Backend, BackendError};
 

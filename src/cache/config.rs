@@ -1,0 +1,52 @@
+//! [`Config`]: everything a layer is configured with, shared by the layer, its services and
+//! its purger (which is why it lives apart from all three).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+use super::fill::FillBudget;
+use super::key::Canonical;
+use super::single_flight::SingleFlight;
+use super::storage::Storage;
+use crate::backend::Backend;
+use crate::policy::Policy;
+use crate::stats::CacheStats;
+
+#[derive(Clone)]
+pub(crate) struct Config<B> {
+    pub(crate) backend: B,
+    pub(crate) namespace: String,
+    pub(crate) policy: Policy,
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) canonical: Canonical,
+    pub(crate) cache_status: Option<String>,
+    pub(crate) lifetime_header: Option<HeaderName>,
+    pub(crate) max_entry_size: usize,
+    pub(crate) lookup_timeout: Duration,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) max_coalesced: usize,
+    pub(crate) tag_header: Option<HeaderName>,
+    pub(crate) keep_stale: Duration,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) lease_wait: Duration,
+    pub(crate) lease_poll: Duration,
+    pub(crate) stats: CacheStats,
+    pub(crate) flights: SingleFlight,
+    /// Shared by the layer's clones: what clients have not read yet of responses being
+    /// stored.
+    pub(crate) fill_budget: Arc<FillBudget>,
+}
+
+impl<B: Backend> Config<B> {
+    /// The backend seen through the cache's key layout.
+    pub(crate) fn storage(&self) -> Storage<B> {
+        Storage::new(
+            self.backend.clone(),
+            &self.namespace,
+            self.lookup_timeout,
+            self.stats.clone(),
+        )
+    }
+}
