@@ -6,14 +6,82 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use super::exchange::Plan;
-use super::lease::{self, Lease};
+use super::exchange::{Exchange, Plan};
+use super::lease::{self, Acquired, Lease};
 use super::service::Shared;
-use super::single_flight::Leader;
+use super::single_flight::{self, Flight, Leader};
 use super::storage::{Found, Lookup};
 use crate::backend::Backend;
 use crate::codec::entry::Entry;
 use crate::policy::freshness::Freshness;
+
+/// What coordinating with the other requests for a key gave.
+pub(super) enum Coordinated<B: Backend> {
+    /// Another request's response, usable for this one.
+    Answered(Arc<Entry>, Freshness),
+    /// Go to the origin, holding what this request leads (maybe nothing).
+    Go(Filler<B>),
+}
+
+impl<B: Backend> Shared<B> {
+    /// Coordinates with other requests for the key: in this process (lead the flight, or
+    /// wait for its leader), then across processes (take the lease, or wait for its
+    /// holder's entry).
+    pub(super) async fn coordinate(
+        &self,
+        ex: &Exchange,
+        request_headers: &HeaderMap,
+    ) -> Coordinated<B> {
+        let plan = &ex.plan;
+        let mut filler = Filler::none();
+        if ex.is_head || !plan.from_cache {
+            return Coordinated::Go(filler);
+        }
+        match self
+            .config
+            .flights
+            .join(&plan.key, self.config.max_coalesced)
+        {
+            Flight::Leader(leader) => filler.leader = Some(leader),
+            Flight::Follower(rx) => {
+                self.config.stats.record_coalesced();
+                tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
+                let entry = single_flight::wait(rx, self.config.coalesce_timeout).await;
+                if let Some(entry) = entry {
+                    if let Some(freshness) = self.usable_now(&entry, plan, request_headers) {
+                        return Coordinated::Answered(entry, freshness);
+                    }
+                }
+                tracing::debug!(key = %plan.key, "no usable response from the request waited for (timed out, failed or not stored); going on alone");
+            }
+            Flight::Alone => {}
+        }
+        let Some(ttl) = self.config.lease else {
+            return Coordinated::Go(filler);
+        };
+        if filler.leader.is_none() || ex.detail.is_some() {
+            return Coordinated::Go(filler);
+        }
+        match lease::acquire(&self.storage, &plan.canonical, ttl).await {
+            Acquired::Mine(lease) => {
+                tracing::debug!(key = %plan.key, "lease taken: this request refills the entry");
+                filler.lease = Some(lease);
+            }
+            Acquired::Elsewhere => {
+                tracing::debug!(key = %plan.key, "another process holds the lease; waiting for its entry");
+                if let Some((entry, freshness)) =
+                    Box::pin(wait_for_other_process(self, plan, request_headers)).await
+                {
+                    filler.publish(Some(Arc::clone(&entry)));
+                    return Coordinated::Answered(entry, freshness);
+                }
+                tracing::debug!(key = %plan.key, "no entry from the lease holder (released, or the wait ended); going to the inner service");
+            }
+            Acquired::Unknown => {}
+        }
+        Coordinated::Go(filler)
+    }
+}
 
 /// Held by the request that refills a URL: its followers in this process and its lease
 /// across processes are released when it is dropped (after the store lands).

@@ -1,8 +1,34 @@
-//! One cacheable request on its way through the cache: what was planned for it.
+//! One cacheable request on its way through the cache: what was planned for it, what the
+//! lookup found, why it goes to the origin and, once it has, what was sent.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use http::HeaderMap;
+
+use super::status::{Detail, Forward};
+use super::storage::Found;
 use crate::policy::CacheControl;
+
+/// One cacheable request after its lookup: the state every later phase (coalescing,
+/// the origin exchange, filling, revalidation) works from, in one value instead of
+/// loose arguments.
+pub(super) struct Exchange {
+    pub(super) plan: Plan,
+    /// What the lookup found (nothing, when the request skipped it).
+    pub(super) found: Found,
+    /// Why the request goes to the origin, if it does.
+    pub(super) fwd: Forward,
+    /// Why the cache was of no help, if it was not (the backend could not be asked).
+    pub(super) detail: Option<Detail>,
+    pub(super) is_head: bool,
+}
+
+/// What an exchange sent to the origin: the request's fields (before the cache's own
+/// validators were added) and when it went.
+pub(super) struct Sent {
+    pub(super) request_headers: HeaderMap,
+    pub(super) request_time: SystemTime,
+}
 
 /// What the layer does with one cacheable request.
 pub(super) struct Plan {

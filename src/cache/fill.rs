@@ -15,10 +15,9 @@ use http_body::Body;
 
 use super::body::{ResponseBody, Tee};
 use super::coalesce::Filler;
-use super::exchange::Plan;
+use super::exchange::{Exchange, Plan, Sent};
 use super::service::Shared;
-use super::status::{Detail, Forward, Outcome};
-use super::storage::Found;
+use super::status::Outcome;
 use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
 use crate::codec::entry::{Entry, EntryMeta, VariantIndex};
@@ -33,11 +32,11 @@ pub(super) struct Destination {
 }
 
 impl Destination {
-    pub(super) fn new(plan: &Plan, found: &Found) -> Self {
+    pub(super) fn new(ex: &Exchange) -> Self {
         Self {
-            key: plan.key.clone(),
-            index: found.index.clone(),
-            generation: found.generation,
+            key: ex.plan.key.clone(),
+            index: ex.found.index.clone(),
+            generation: ex.found.generation,
         }
     }
 }
@@ -114,28 +113,23 @@ impl<B: Backend> Shared<B> {
     }
 
     /// Decides whether the inner service's response is stored, and sets it on its way.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_response<ResBody>(
         self: &Arc<Self>,
-        plan: &Plan,
-        found: &Found,
-        request_headers: &HeaderMap,
-        request_time: SystemTime,
+        ex: &Exchange,
+        sent: &Sent,
         mut response: Response<ResBody>,
         filler: Filler<B>,
-        is_head: bool,
-        fwd: Forward,
-        detail: Option<Detail>,
     ) -> (Response<ResponseBody<ResBody>>, Option<Filler<B>>)
     where
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Send + 'static,
     {
+        let (plan, request_headers) = (&ex.plan, &sent.request_headers);
         let tags = self.take_tags(&mut response);
         let (chosen, handler_override) = self.response_lifetime(&mut response, plan.lifetime);
         let authenticated = request_headers.contains_key(header::AUTHORIZATION);
-        let admission = self.admission(chosen, handler_override, request_time, authenticated);
-        let decision = if is_head {
+        let admission = self.admission(chosen, handler_override, sent.request_time, authenticated);
+        let decision = if ex.is_head {
             Err(Refusal::Head)
         } else {
             let vary = self.vary_values(request_headers, response.headers());
@@ -151,7 +145,7 @@ impl<B: Backend> Shared<B> {
         let (tee, unused) = match decision {
             Ok((meta, ttl)) => {
                 let on_complete =
-                    self.store_on_complete(Destination::new(plan, found), meta, tags, ttl, filler);
+                    self.store_on_complete(Destination::new(ex), meta, tags, ttl, filler);
                 let tee = Tee::new(
                     self.config.max_entry_size,
                     &response.body().size_hint(),
@@ -165,11 +159,11 @@ impl<B: Backend> Shared<B> {
             }
         };
         let outcome = Outcome::Forwarded {
-            fwd,
+            fwd: ex.fwd,
             fwd_status: None,
             stored: tee.is_some(),
             collapsed: false,
-            detail,
+            detail: ex.detail,
         };
         self.set_status(&mut response, outcome);
         (

@@ -8,19 +8,18 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
 
 use super::OriginUnreachable;
 use super::body::ResponseBody;
 use super::coalesce::Filler;
-use super::exchange::Plan;
+use super::exchange::{Exchange, Sent};
 use super::fill::{Destination, Refusal};
 use super::lease::{self, Acquired};
 use super::service::{Answered, Shared};
 use super::status::{Detail, Forward, Outcome};
-use super::storage::Found;
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::codec::entry::Entry;
@@ -35,17 +34,15 @@ impl<B: Backend> Shared<B> {
     /// the stored entry is removed; refused for what this request says (its own
     /// `no-store`, `Authorization`) the stored entry is left as it was. Returns the
     /// refreshed entry, to answer this request with.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn refresh<T>(
         self: &Arc<Self>,
-        plan: &Plan,
-        found: &Found,
+        ex: &Exchange,
+        sent: &Sent,
         entry: &Entry,
-        request_headers: &HeaderMap,
         response: &mut Response<T>,
-        request_time: SystemTime,
         filler: Filler<B>,
     ) -> Arc<Entry> {
+        let (plan, request_headers) = (&ex.plan, &sent.request_headers);
         let tags = self.take_tags(response);
         let (chosen, handler_override) = self.response_lifetime(response, plan.lifetime);
         // Only the stored response's own history marks it authenticated: a refreshing
@@ -54,7 +51,7 @@ impl<B: Backend> Shared<B> {
         let admission = self.admission(
             chosen,
             handler_override,
-            request_time,
+            sent.request_time,
             entry.meta.authenticated,
         );
         let merged = admission.merged_headers(entry, response.headers());
@@ -90,7 +87,7 @@ impl<B: Backend> Shared<B> {
         };
         match verdict {
             Ok((_, ttl)) => {
-                let to = Destination::new(plan, found);
+                let to = Destination::new(ex);
                 self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
             }
             Err(refusal) => {
@@ -111,16 +108,12 @@ impl<B: Backend> Shared<B> {
 /// revalidated) and turns its answer into the client's: a refreshed entry on 304, the
 /// stale entry when the origin fails and that is allowed, or the new response on its way
 /// into the cache.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn exchange<S, B, ReqBody, ResBody>(
     shared: &Arc<Shared<B>>,
     mut inner: S,
     mut request: Request<ReqBody>,
-    plan: &Plan,
-    found: &Found,
+    ex: &Exchange,
     filler: Filler<B>,
-    fwd: Forward,
-    detail: Option<Detail>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -129,9 +122,9 @@ where
     ResBody::Error: Send + 'static,
 {
     let stats = &shared.config.stats;
-    let is_head = request.method() == Method::HEAD;
+    let (plan, is_head, fwd, detail) = (&ex.plan, ex.is_head, ex.fwd, ex.detail);
     let request_headers = request.headers().clone();
-    let stale = found.entry.clone();
+    let stale = ex.found.entry.clone();
     let stored_headers = stale.as_ref().map(|entry| header_map(&entry.meta));
     let ours = match &stored_headers {
         Some(stored) if !has_preconditions(&request_headers) => {
@@ -145,7 +138,11 @@ where
         stats.record_miss();
     }
     tracing::debug!(key = %plan.key, revalidating = stale.is_some(), conditional = ours, "calling the inner service");
-    let request_time = SystemTime::now();
+    let sent = Sent {
+        request_headers,
+        request_time: SystemTime::now(),
+    };
+    let request_headers = &sent.request_headers;
     let outcome = inner.call(request).await;
     let stale_fallback = |unreachable: bool| {
         let entry = stale.as_ref()?;
@@ -154,7 +151,7 @@ where
             return Some(shared.answer(
                 entry,
                 &freshness,
-                &request_headers,
+                request_headers,
                 is_head,
                 Answered::StaleIfError,
             ));
@@ -202,21 +199,13 @@ where
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
             let refreshed = shared
-                .refresh(
-                    plan,
-                    found,
-                    entry,
-                    &request_headers,
-                    &mut response,
-                    request_time,
-                    filler,
-                )
+                .refresh(ex, &sent, entry, &mut response, filler)
                 .await;
             tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
             let answered = Answered::Revalidated(fwd);
             if ours {
                 let freshness = stored::freshness(&refreshed.meta, now_ms());
-                let headers = &request_headers;
+                let headers = request_headers;
                 let mut answer = shared.answer(&refreshed, &freshness, headers, is_head, answered);
                 // The cookies the origin set in its 304 are this client's, never stored.
                 for cookie in response.headers().get_all(header::SET_COOKIE) {
@@ -242,10 +231,8 @@ where
                         == Some(entry.body.len())
                 });
             if same_representation(response.headers(), stored) && same_length {
-                let headers = &request_headers;
-                let (at, filler) = (request_time, filler);
                 shared
-                    .refresh(plan, found, entry, headers, &mut response, at, filler)
+                    .refresh(ex, &sent, entry, &mut response, filler)
                     .await;
             } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
@@ -256,17 +243,7 @@ where
             return Ok(passed);
         }
     }
-    let (response, unused) = shared.on_response(
-        plan,
-        found,
-        &request_headers,
-        request_time,
-        response,
-        filler,
-        is_head,
-        fwd,
-        detail,
-    );
+    let (response, unused) = shared.on_response(ex, &sent, response, filler);
     if let Some(filler) = unused {
         filler.release().await;
     }
@@ -279,8 +256,7 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     shared: &Arc<Shared<B>>,
     inner: S,
     request: Request<ReqBody>,
-    plan: Plan,
-    found: Found,
+    ex: Exchange,
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -290,6 +266,7 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
+    let plan = &ex.plan;
     // A refresh (or a miss) already under way for the key will do.
     let Some(leader) = shared.config.flights.try_lead(&plan.key) else {
         tracing::debug!(key = %plan.key, "stale served; a refresh is already under way");
@@ -301,6 +278,7 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     };
     let shared = Arc::clone(shared);
     runtime.spawn(async move {
+        let plan = &ex.plan;
         let mut filler = Filler {
             leader: Some(leader),
             lease: None,
@@ -320,11 +298,7 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
             Ok(()) => inner,
             Err(_) => return,
         };
-        if let Ok(response) = exchange(
-            &shared, inner, request, &plan, &found, filler, Forward::Stale, None,
-        )
-        .await
-        {
+        if let Ok(response) = exchange(&shared, inner, request, &ex, filler).await {
             drain(response.into_body()).await;
         }
     });

@@ -16,16 +16,14 @@ use tower::Service;
 
 use super::CacheLifetime;
 use super::body::ResponseBody;
-use super::coalesce::{Filler, wait_for_other_process};
+use super::coalesce::Coordinated;
 use super::config::Config;
-use super::exchange::Plan;
+use super::exchange::{Exchange, Plan};
 use super::future::ResponseFuture;
 use super::invalidate::bypass;
 use super::key::{KeyOutcome, RequestHead};
 use super::layer::MemcacheLayer;
-use super::lease::{self, Acquired};
 use super::revalidate::{exchange, revalidate_in_background};
-use super::single_flight::{self, Flight};
 use super::status::{CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
 use super::storage::{Found, Lookup, Storage, parse_tags};
 use super::stored::{self, header_map, now_ms};
@@ -419,7 +417,14 @@ where
             Reuse::StaleWhileRevalidate => {
                 let headers = request.headers();
                 let response = shared.answer(entry, &freshness, headers, is_head, Answered::Lookup);
-                revalidate_in_background(&shared, inner, request, plan, found);
+                let ex = Exchange {
+                    plan,
+                    found,
+                    fwd: Forward::Stale,
+                    detail: None,
+                    is_head,
+                };
+                revalidate_in_background(&shared, inner, request, ex);
                 return Ok(response);
             }
             // Fresh, yet the request's directives ask for the origin: "request".
@@ -440,64 +445,22 @@ where
         shared.set_status(&mut response, outcome);
         return Ok(response);
     }
-    // Coordinate with other requests for the key: in this process, then across processes.
-    let mut filler = Filler::none();
-    if !is_head && plan.from_cache {
-        match shared
-            .config
-            .flights
-            .join(&plan.key, shared.config.max_coalesced)
-        {
-            Flight::Leader(leader) => filler.leader = Some(leader),
-            Flight::Follower(rx) => {
-                shared.config.stats.record_coalesced();
-                tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
-                let entry = single_flight::wait(rx, shared.config.coalesce_timeout).await;
-                if let Some((entry, freshness)) = entry.and_then(|entry| {
-                    let freshness = shared.usable_now(&entry, &plan, request.headers())?;
-                    Some((entry, freshness))
-                }) {
-                    let headers = request.headers();
-                    let answered = Answered::Collapsed(fwd);
-                    return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
-                }
-                tracing::debug!(key = %plan.key, "no usable response from the request waited for (timed out, failed or not stored); going on alone");
-            }
-            Flight::Alone => {}
+    let ex = Exchange {
+        plan,
+        found,
+        fwd,
+        detail,
+        is_head,
+    };
+    let filler = match shared.coordinate(&ex, request.headers()).await {
+        Coordinated::Answered(entry, freshness) => {
+            let headers = request.headers();
+            let answered = Answered::Collapsed(ex.fwd);
+            return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
         }
-        if filler.leader.is_some() && detail.is_none() {
-            if let Some(ttl) = shared.config.lease {
-                match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
-                    Acquired::Mine(lease) => {
-                        tracing::debug!(key = %plan.key, "lease taken: this request refills the entry");
-                        filler.lease = Some(lease);
-                    }
-                    Acquired::Elsewhere => {
-                        tracing::debug!(key = %plan.key, "another process holds the lease; waiting for its entry");
-                        if let Some((entry, freshness)) =
-                            Box::pin(wait_for_other_process(&shared, &plan, request.headers()))
-                                .await
-                        {
-                            filler.publish(Some(Arc::clone(&entry)));
-                            return Ok(shared.answer(
-                                &entry,
-                                &freshness,
-                                request.headers(),
-                                is_head,
-                                Answered::Collapsed(fwd),
-                            ));
-                        }
-                        tracing::debug!(key = %plan.key, "no entry from the lease holder (released, or the wait ended); going to the inner service");
-                    }
-                    Acquired::Unknown => {}
-                }
-            }
-        }
-    }
-    Box::pin(exchange(
-        &shared, inner, request, &plan, &found, filler, fwd, detail,
-    ))
-    .await
+        Coordinated::Go(filler) => filler,
+    };
+    Box::pin(exchange(&shared, inner, request, &ex, filler)).await
 }
 
 #[cfg(feature = "axum")]
