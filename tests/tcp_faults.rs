@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tower_memcache::backend::{Backend, BackendError, Lifetime, TcpBackend};
+use tower_memcache::backend::tcp::ProtocolError;
+use tower_memcache::backend::{Backend, BackendError, Lifetime, TcpBackend, UnreachableReason};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 /// The most any call may take: connect timeout + operation timeout, plus scheduling slack
@@ -143,7 +144,16 @@ async fn silent_server_times_out_then_fails_fast() {
     assert!(backend.is_server_down(0));
     let started = Instant::now();
     let err = backend.get("k").await.unwrap_err();
-    assert!(matches!(err, BackendError::Unreachable { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BackendError::Unreachable {
+                reason: UnreachableReason::MarkedDown,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(20),
         "{:?}",
@@ -188,6 +198,8 @@ enum Behaviour {
     Garbage,
     Truncated,
     WrongKind,
+    /// Reads a request, then closes the connection without answering.
+    HangUp,
     Proper,
 }
 
@@ -203,6 +215,7 @@ async fn fake_server(script: Vec<Behaviour>) -> (String, tokio::task::JoinHandle
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let reply: &[u8] = match behaviour {
+                        Behaviour::HangUp => return,
                         Behaviour::Garbage => b"HELLO THERE\r\n",
                         Behaviour::Truncated => b"VALUE k 0 10\r\nabc",
                         Behaviour::WrongKind => b"STORED\r\n",
@@ -233,6 +246,7 @@ async fn garbage_truncated_and_mismatched_replies_drop_the_connection() {
         Behaviour::Garbage,
         Behaviour::Truncated,
         Behaviour::WrongKind,
+        Behaviour::HangUp,
     ])
     .await;
     let backend = TcpBackend::builder()
@@ -244,7 +258,11 @@ async fn garbage_truncated_and_mismatched_replies_drop_the_connection() {
         .unwrap();
 
     let err = backend.get("k").await.unwrap_err();
-    assert!(matches!(err, BackendError::Protocol(_)), "garbage: {err:?}");
+    assert!(
+        matches!(&err, BackendError::Protocol(violation)
+            if matches!(violation.downcast_ref(), Some(ProtocolError::UnknownLine { .. }))),
+        "garbage: {err:?}"
+    );
     let err = backend.get("k").await.unwrap_err();
     assert!(
         matches!(
@@ -255,8 +273,20 @@ async fn garbage_truncated_and_mismatched_replies_drop_the_connection() {
     );
     let err = backend.get("k").await.unwrap_err();
     assert!(
-        matches!(err, BackendError::Protocol(_)),
+        matches!(&err, BackendError::Protocol(violation)
+            if matches!(violation.downcast_ref(), Some(ProtocolError::UnexpectedReply { .. }))),
         "wrong kind: {err:?}"
+    );
+    let err = backend.get("k").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::Unreachable {
+                reason: UnreachableReason::ClosedByPeer,
+                ..
+            }
+        ),
+        "hang-up: {err:?}"
     );
     // Each bad connection was dropped; the next one works.
     assert_eq!(backend.get("k").await.unwrap(), None);
@@ -543,4 +573,28 @@ async fn value_for_a_key_not_asked_for_drops_the_connection() {
     keys.sort_unstable();
     assert_eq!(keys, ["a", "b"]);
     server.abort();
+}
+
+#[tokio::test]
+async fn refused_connect_is_unreachable_with_its_io_error() {
+    // A port nobody listens on any more.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let err = backend(addr).get("k").await.unwrap_err();
+    let BackendError::Unreachable {
+        reason: UnreachableReason::Connect(io),
+        ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused, "{err:?}");
+    // The I/O error is the end of the source chain.
+    let source = std::error::Error::source(&err).and_then(std::error::Error::source);
+    assert!(
+        source.is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("connect failed"), "{err}");
 }

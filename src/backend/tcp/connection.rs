@@ -52,8 +52,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::AbortHandle;
 
-use super::protocol::{self, Asked, Limits, Reply};
-use crate::backend::BackendError;
+use super::protocol::{self, Asked, Limits, ProtocolError, Reply};
+use crate::backend::{BackendError, ProtocolViolation, UnreachableReason};
 
 /// The most bytes one write gathers from the backlog, so one burst cannot make a single
 /// huge `writev`.
@@ -160,7 +160,7 @@ impl Connection {
                     server: server.to_string(),
                     after: settings.connect_timeout,
                 })?
-                .map_err(|err| unreachable(&server, format!("connect: {err}")))?;
+                .map_err(|err| unreachable(&server, UnreachableReason::Connect(Arc::new(err))))?;
         // Requests are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
@@ -285,7 +285,7 @@ impl Shared {
     }
 
     fn closed_error(&self) -> BackendError {
-        unreachable(&self.server, "connection closed".to_string())
+        unreachable(&self.server, UnreachableReason::Closed)
     }
 
     /// Takes the write side from a caller found yielding at two observations in a row
@@ -319,7 +319,7 @@ impl Shared {
             match self.socket.try_write(&request) {
                 Ok(0) => {
                     let err = io::Error::from(io::ErrorKind::WriteZero);
-                    return self.fail(unreachable(&self.server, format!("write: {err}")));
+                    return self.fail(write_failed(&self.server, err));
                 }
                 Ok(written) if written == request.len() => break,
                 Ok(written) => request.advance(written),
@@ -327,7 +327,7 @@ impl Shared {
                     return self.hand_to_writer(VecDeque::from([request]));
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return self.fail(unreachable(&self.server, format!("write: {err}"))),
+                Err(err) => return self.fail(write_failed(&self.server, err)),
             }
         }
         // Then whatever other callers queued meanwhile, if anything.
@@ -343,7 +343,7 @@ impl Shared {
             match write_now(&self.socket, &mut batch) {
                 Ok(true) => {}
                 Ok(false) => return self.hand_to_writer(batch),
-                Err(err) => return self.fail(unreachable(&self.server, format!("write: {err}"))),
+                Err(err) => return self.fail(write_failed(&self.server, err)),
             }
             let mut state = self.lock();
             if state.closed {
@@ -451,15 +451,26 @@ impl Drop for Yielding<'_> {
     }
 }
 
-fn unreachable(server: &str, reason: String) -> BackendError {
+fn unreachable(server: &str, reason: UnreachableReason) -> BackendError {
     BackendError::Unreachable {
         server: server.to_string(),
         reason,
     }
 }
 
+fn write_failed(server: &str, err: io::Error) -> BackendError {
+    unreachable(server, UnreachableReason::Write(Arc::new(err)))
+}
+
+/// Whether a connection's end is worth a log line: not when this client closed it.
 fn failure_is_noteworthy(err: &BackendError) -> bool {
-    !matches!(err, BackendError::Unreachable { reason, .. } if reason == "connection closed")
+    !matches!(
+        err,
+        BackendError::Unreachable {
+            reason: UnreachableReason::Closed,
+            ..
+        }
+    )
 }
 
 /// Moves requests from the front of `backlog` to `batch`, up to the batch bounds (at least
@@ -539,12 +550,10 @@ async fn write_loop(shared: Arc<Shared>) {
                 match write_now(&shared.socket, &mut batch) {
                     Ok(true) => break,
                     Ok(false) => {}
-                    Err(err) => {
-                        return shared.fail(unreachable(&shared.server, format!("write: {err}")));
-                    }
+                    Err(err) => return shared.fail(write_failed(&shared.server, err)),
                 }
                 if let Err(err) = shared.socket.writable().await {
-                    return shared.fail(unreachable(&shared.server, format!("write: {err}")));
+                    return shared.fail(write_failed(&shared.server, err));
                 }
             }
         }
@@ -554,14 +563,14 @@ async fn write_loop(shared: Arc<Shared>) {
 /// Why the reader stops parsing a connection's bytes.
 enum Failure {
     /// A reply breaks the protocol or is more than its request allows.
-    Malformed(protocol::ProtocolError),
+    Malformed(ProtocolError),
     /// Bytes arrived with no request left to answer.
     Unsolicited,
 }
 
 fn unsolicited(server: &str) -> BackendError {
     tracing::warn!(%server, "unsolicited bytes from memcached; dropping the connection");
-    BackendError::Protocol("unsolicited bytes from server".to_string())
+    BackendError::Protocol(ProtocolViolation::new(ProtocolError::Unsolicited))
 }
 
 /// Reads replies and hands each to the oldest waiter, until the connection fails.
@@ -600,9 +609,9 @@ async fn read_replies(
         tokio::select! {
             biased;
             read = socket.read_buf(&mut buf) => match read {
-                Ok(0) => return unreachable(server, "connection closed by server".to_string()),
+                Ok(0) => return unreachable(server, UnreachableReason::ClosedByPeer),
                 Ok(_) => progress = true,
-                Err(err) => return unreachable(server, format!("read: {err}")),
+                Err(err) => return unreachable(server, UnreachableReason::Read(Arc::new(err))),
             },
             _ = ticker.tick() => {
                 // When no reply is due, nothing else would notice a caller that stopped
@@ -673,7 +682,7 @@ async fn read_replies(
                     error = %err,
                     "memcached reply breaks the protocol; dropping the connection"
                 );
-                return BackendError::Protocol(err.to_string());
+                return BackendError::Protocol(ProtocolViolation::new(err));
             }
             Some(Failure::Unsolicited) => return unsolicited(server),
             None if unmatched => return unsolicited(server),
