@@ -569,10 +569,11 @@ impl TcpBackend {
         // Counts the call as a timeout if its caller drops it past our timeout: a caller
         // bounding calls by the same time (`MemcacheLayer` does) gives up first, and a hung
         // server must still be marked down.
-        let abandoned = Abandoned {
+        let mut abandoned = Abandoned {
             backend: self,
             index,
             started: tokio::time::Instant::now(),
+            armed: true,
         };
         let outcome =
             match tokio::time::timeout(deadline, server.call(request, &inner.settings)).await {
@@ -597,7 +598,8 @@ impl TcpBackend {
                     )))
                 }
             };
-        std::mem::forget(abandoned);
+        // Finished: counted below, by its outcome.
+        abandoned.armed = false;
         self.account(index, &outcome);
         outcome
     }
@@ -624,10 +626,15 @@ struct Abandoned<'a> {
     backend: &'a TcpBackend,
     index: usize,
     started: tokio::time::Instant,
+    /// Cleared once the call finished: dropping the guard then counts nothing.
+    armed: bool,
 }
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let inner = &self.backend.inner;
         if self.started.elapsed() >= inner.timeout {
             let timeout = Err(BackendError::Timeout {
