@@ -4,11 +4,13 @@
 
 mod support;
 
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tower_memcache::backend::{Backend, BackendError, Lifetime, TcpBackend};
+use tower_memcache::backend::tcp::ProtocolError;
+use tower_memcache::backend::{Backend, BackendError, Lifetime, TcpBackend, UnreachableReason};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 /// The most any call may take: connect timeout + operation timeout, plus scheduling slack
@@ -143,7 +145,16 @@ async fn silent_server_times_out_then_fails_fast() {
     assert!(backend.is_server_down(0));
     let started = Instant::now();
     let err = backend.get("k").await.unwrap_err();
-    assert!(matches!(err, BackendError::Unreachable { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BackendError::Unreachable {
+                reason: UnreachableReason::MarkedDown,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(20),
         "{:?}",
@@ -188,6 +199,8 @@ enum Behaviour {
     Garbage,
     Truncated,
     WrongKind,
+    /// Reads a request, then closes the connection without answering.
+    HangUp,
     Proper,
 }
 
@@ -203,6 +216,7 @@ async fn fake_server(script: Vec<Behaviour>) -> (String, tokio::task::JoinHandle
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let reply: &[u8] = match behaviour {
+                        Behaviour::HangUp => return,
                         Behaviour::Garbage => b"HELLO THERE\r\n",
                         Behaviour::Truncated => b"VALUE k 0 10\r\nabc",
                         Behaviour::WrongKind => b"STORED\r\n",
@@ -233,6 +247,7 @@ async fn garbage_truncated_and_mismatched_replies_drop_the_connection() {
         Behaviour::Garbage,
         Behaviour::Truncated,
         Behaviour::WrongKind,
+        Behaviour::HangUp,
     ])
     .await;
     let backend = TcpBackend::builder()
@@ -244,7 +259,11 @@ async fn garbage_truncated_and_mismatched_replies_drop_the_connection() {
         .unwrap();
 
     let err = backend.get("k").await.unwrap_err();
-    assert!(matches!(err, BackendError::Protocol(_)), "garbage: {err:?}");
+    assert!(
+        matches!(&err, BackendError::Protocol(violation)
+            if matches!(violation.downcast_ref(), Some(ProtocolError::UnknownLine { .. }))),
+        "garbage: {err:?}"
+    );
     let err = backend.get("k").await.unwrap_err();
     assert!(
         matches!(
@@ -255,8 +274,20 @@ async fn garbage_truncated_and_mismatched_replies_drop_the_connection() {
     );
     let err = backend.get("k").await.unwrap_err();
     assert!(
-        matches!(err, BackendError::Protocol(_)),
+        matches!(&err, BackendError::Protocol(violation)
+            if matches!(violation.downcast_ref(), Some(ProtocolError::UnexpectedReply { .. }))),
         "wrong kind: {err:?}"
+    );
+    let err = backend.get("k").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::Unreachable {
+                reason: UnreachableReason::ClosedByPeer,
+                ..
+            }
+        ),
+        "hang-up: {err:?}"
     );
     // Each bad connection was dropped; the next one works.
     assert_eq!(backend.get("k").await.unwrap(), None);
@@ -543,4 +574,258 @@ async fn value_for_a_key_not_asked_for_drops_the_connection() {
     keys.sort_unstable();
     assert_eq!(keys, ["a", "b"]);
     server.abort();
+}
+
+#[tokio::test]
+async fn refused_connect_is_unreachable_with_its_io_error() {
+    // A port nobody listens on any more.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let err = backend(addr).get("k").await.unwrap_err();
+    let BackendError::Unreachable {
+        reason: UnreachableReason::Connect(io),
+        ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused, "{err:?}");
+    // The I/O error is the end of the source chain.
+    let source = std::error::Error::source(&err).and_then(std::error::Error::source);
+    assert!(
+        source.is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("connect failed"), "{err}");
+}
+
+/// What a task knows of one of its keys: the last version it set that was confirmed, and
+/// the last it asked for (a set given up on may have been applied or not).
+#[derive(Clone, Copy, Default)]
+struct Versions {
+    confirmed: Option<u64>,
+    attempted: Option<u64>,
+}
+
+impl Versions {
+    /// Checks a value read by a request queued when the versions were `self`: one of the
+    /// key's own values, no older than the last confirmed set and no newer than the last
+    /// attempted one (the task's requests share one connection, so go out in order).
+    fn check(self, key: &str, value: Option<&[u8]>, context: &str) {
+        let Some(value) = value else {
+            assert!(
+                self.confirmed.is_none(),
+                "{context}: {key} missing after a confirmed set"
+            );
+            return;
+        };
+        let text = String::from_utf8_lossy(value);
+        let version = text
+            .strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        let Some(version) = version else {
+            panic!("{context}: {key} answered with another request's value {text:?}");
+        };
+        assert!(
+            self.confirmed.is_none_or(|c| version >= c)
+                && self.attempted.is_some_and(|a| version <= a),
+            "{context}: {key} = version {version}, expected between {:?} and {:?}",
+            self.confirmed,
+            self.attempted
+        );
+    }
+}
+
+/// A value for version `n` of `key`: small, or now and then large enough to fill the socket,
+/// so that writers also hand the rest of a batch to the writer task.
+fn stress_value(rng: &mut impl rand::Rng, key: &str, n: u64) -> bytes::Bytes {
+    let mut value = format!("{key}:{n}:").into_bytes();
+    if rng.random_bool(0.1) {
+        value.resize(value.len() + rng.random_range(64 * 1024..512 * 1024), b'x');
+    }
+    value.into()
+}
+
+/// Polls `future` once, with a waker that never wakes it.
+fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// Polls `call` once and leaves it unpolled while other tasks run; then either awaits it
+/// (`Some`) or drops it.
+async fn park<F: std::future::Future>(rng: &mut impl rand::Rng, call: F) -> Option<F::Output> {
+    let mut call = Box::pin(call);
+    let first = poll_once(call.as_mut());
+    for _ in 0..rng.random_range(0..4) {
+        tokio::task::yield_now().await;
+    }
+    if !rng.random_bool(0.5) {
+        return None;
+    }
+    Some(match first {
+        Poll::Ready(output) => output,
+        Poll::Pending => call.await,
+    })
+}
+
+/// One task of the stress test: random sets and gets on its own keys, some awaited, some
+/// given up on at a random point (a short timeout), some polled once and then parked
+/// (yielding, unpolled) before being awaited or dropped. Every answer is checked.
+async fn stress_task(backend: TcpBackend, seed: u64, prefix: String, steps: usize) {
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let keys: Vec<String> = (0..4).map(|k| format!("{prefix}-{k}")).collect();
+    let mut versions = vec![Versions::default(); keys.len()];
+    let mut next_version = 0u64;
+    for step in 0..steps {
+        let k = rng.random_range(0..keys.len());
+        let key = keys[k].as_str();
+        let context = format!("{prefix} step {step}");
+        match rng.random_range(0..9) {
+            // A set, awaited.
+            0 | 1 => {
+                next_version += 1;
+                versions[k].attempted = Some(next_version);
+                let value = stress_value(&mut rng, key, next_version);
+                let result = backend.set(key, value, 0, Lifetime::NEVER).await;
+                result.unwrap_or_else(|err| panic!("{context}: set failed: {err}"));
+                versions[k].confirmed = Some(next_version);
+            }
+            // A get, awaited.
+            2 | 3 => {
+                let known = versions[k];
+                let item = backend.get(key).await;
+                let item = item.unwrap_or_else(|err| panic!("{context}: get failed: {err}"));
+                known.check(key, item.as_ref().map(|i| &i.value[..]), &context);
+            }
+            // A get of every key, awaited.
+            4 => {
+                let all: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let known = versions.clone();
+                let found = backend.get_many(&all).await;
+                let found = found.unwrap_or_else(|err| panic!("{context}: get_many: {err}"));
+                for (k, key) in keys.iter().enumerate() {
+                    let value = found.get(key).map(|i| &i.value[..]);
+                    known[k].check(key, value, &context);
+                }
+            }
+            // A call given up on at a random point.
+            5 => {
+                let bound = Duration::from_micros(rng.random_range(0..1500));
+                if rng.random_bool(0.5) {
+                    next_version += 1;
+                    versions[k].attempted = Some(next_version);
+                    let value = stress_value(&mut rng, key, next_version);
+                    let set = backend.set(key, value, 0, Lifetime::NEVER);
+                    if let Ok(result) = tokio::time::timeout(bound, set).await {
+                        result.unwrap_or_else(|err| panic!("{context}: set failed: {err}"));
+                        versions[k].confirmed = Some(next_version);
+                    }
+                } else {
+                    let known = versions[k];
+                    if let Ok(item) = tokio::time::timeout(bound, backend.get(key)).await {
+                        let item = item.unwrap_or_else(|err| panic!("{context}: get: {err}"));
+                        known.check(key, item.as_ref().map(|i| &i.value[..]), &context);
+                    }
+                }
+            }
+            // A call polled once, left unpolled (perhaps holding the write side in its
+            // yield) while other tasks run, then awaited or dropped.
+            6 => {
+                let known = versions[k];
+                if let Some(item) = park(&mut rng, backend.get(key)).await {
+                    let item = item.unwrap_or_else(|err| panic!("{context}: parked get: {err}"));
+                    known.check(key, item.as_ref().map(|i| &i.value[..]), &context);
+                }
+            }
+            _ => {
+                next_version += 1;
+                versions[k].attempted = Some(next_version);
+                let value = stress_value(&mut rng, key, next_version);
+                let set = backend.set(key, value, 0, Lifetime::NEVER);
+                if let Some(result) = park(&mut rng, set).await {
+                    result.unwrap_or_else(|err| panic!("{context}: parked set: {err}"));
+                    versions[k].confirmed = Some(next_version);
+                }
+            }
+        }
+        for _ in 0..rng.random_range(0..3) {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Seeded randomized stress of a connection's write hand-off: many tasks share one
+/// connection to a real memcached and call it concurrently, giving up on calls at random
+/// points and leaving calls parked mid-yield. Every reply must belong to its request (each
+/// value names its key and version, checked against what the task set before), no call may
+/// fail or time out (a request left unwritten would stall), and each round must end in
+/// time. `TCP_STRESS_SEED` replays a seed, `TCP_STRESS_ROUNDS` runs more rounds (one seed
+/// each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_hand_off_survives_randomized_concurrent_calls() {
+    use rand::{Rng, SeedableRng};
+
+    let server = memcached_or_skip!("tcp_faults::write_hand_off_stress");
+    let base_seed = std::env::var("TCP_STRESS_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(0x5eed_u64);
+    let rounds: u64 = std::env::var("TCP_STRESS_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(3);
+    for round in 0..rounds {
+        let seed = base_seed.wrapping_add(round);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // Sometimes few request slots, so that callers also wait for one (and give up
+        // while waiting).
+        let max_in_flight = [4, 16, 1024][rng.random_range(0..3)];
+        let tasks = rng.random_range(8..48);
+        let steps = 150;
+        eprintln!(
+            "write hand-off stress: TCP_STRESS_SEED={seed} ({tasks} tasks, {steps} steps, \
+             max_in_flight {max_in_flight})"
+        );
+        let backend = TcpBackend::builder()
+            .server(server.addr())
+            .connections_per_server(1)
+            .max_in_flight(max_in_flight)
+            // Generous: under this load on a slow machine, only a stuck request is late.
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            handles.push(tokio::spawn(stress_task(
+                backend.clone(),
+                rng.random(),
+                format!("s{seed}-t{task}"),
+                steps,
+            )));
+        }
+        let all = async {
+            for handle in handles {
+                if let Err(err) = handle.await {
+                    std::panic::resume_unwind(err.into_panic());
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: the calls did not finish within 60 s"));
+        assert!(!backend.is_server_down(0), "seed {seed}");
+        // The connection is still in sync.
+        backend
+            .set("after", "v".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+        let item = backend.get("after").await.unwrap().unwrap();
+        assert_eq!(&item.value[..], b"v", "seed {seed}");
+    }
 }

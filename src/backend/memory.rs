@@ -16,7 +16,7 @@ use lru::LruCache;
 
 use super::{
     Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD, Item, Lifetime, ServerStats,
-    check_item_size, validate_key,
+    UnreachableReason, check_item_size, validate_key,
 };
 
 /// The name the fake reports for itself in errors and stats.
@@ -260,7 +260,7 @@ impl MemoryBackend {
         if self.inner.unreachable.load(Ordering::SeqCst) {
             return Err(BackendError::Unreachable {
                 server: SERVER_NAME.to_string(),
-                reason: "failure injected".to_string(),
+                reason: UnreachableReason::Injected,
             });
         }
         Ok(())

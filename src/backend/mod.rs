@@ -31,7 +31,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
-pub use error::BackendError;
+pub use error::{BackendError, ProtocolViolation, UnreachableReason};
 pub use lifetime::Lifetime;
 #[doc(inline)]
 pub use memory::MemoryBackend;

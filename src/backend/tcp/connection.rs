@@ -27,7 +27,8 @@
 //! A waiter's place in the FIFO, the backlog and the owner change together under one lock,
 //! and an owner's writes are synchronous (no `.await` between claiming the write side and
 //! handing it on), so a caller whose future is dropped cannot leave half a request on the
-//! socket or a waiter out of order.
+//! socket or a waiter out of order. Every change of owner is a method of [`WriteTurn`],
+//! which checks the rules it relies on in debug builds.
 //!
 //! **Reading.** A reader task parses replies and hands each to the oldest waiter. It reads
 //! even when nothing is in flight, so a server that hangs up or sends something nobody
@@ -52,8 +53,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::AbortHandle;
 
-use super::protocol::{self, Asked, Limits, Reply};
-use crate::backend::BackendError;
+use super::protocol::{self, Asked, Limits, ProtocolError, Reply};
+use crate::backend::{BackendError, ProtocolViolation, UnreachableReason};
 
 /// The most bytes one write gathers from the backlog, so one burst cannot make a single
 /// huge `writev`.
@@ -110,15 +111,153 @@ struct State {
     /// What each request accepted asked for, in the same order, until the reader takes it
     /// to bound the request's reply while parsing it.
     asked: VecDeque<Asked>,
-    /// Requests accepted but not yet written, in order, behind whatever the owner writes.
-    /// Always empty while the write side is idle.
-    backlog: VecDeque<Bytes>,
-    writer: Owner,
+    /// Who writes, and what waits to be written.
+    write: WriteTurn,
+    /// Set once the connection is finished: no request is accepted after it. The write
+    /// side's methods are only called while it is clear.
+    closed: bool,
+}
+
+/// The write side: its owner and the requests waiting for it. Every change of owner goes
+/// through these methods, under the state lock; they only move ownership and requests, and
+/// the owner then writes outside the lock, synchronously or in the writer task.
+///
+/// Invariants (checked with `debug_assert!`):
+/// - one owner at a time, and only the owner takes requests from the backlog;
+/// - the backlog is empty while the write side is [`Owner::Idle`] (every request is
+///   either written by the caller that claimed the write side, or queued behind an owner);
+/// - while a caller yields, its request is first in the backlog: nobody else takes it;
+/// - a yield is known by its epoch, so that a caller back from its yield (or dropped) after
+///   being taken over cannot act on a later caller's yield.
+struct WriteTurn {
+    owner: Owner,
     /// Counts the yields of [`Owner::Yielding`], so that an observer can tell the same
     /// yield from a later one.
     yield_epoch: u64,
-    /// Set once the connection is finished: no request is accepted after it.
-    closed: bool,
+    /// Requests accepted but not yet written, in order, behind whatever the owner writes.
+    backlog: VecDeque<Bytes>,
+}
+
+impl WriteTurn {
+    fn new() -> Self {
+        Self {
+            owner: Owner::Idle,
+            yield_epoch: 0,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// A caller's `request`, its waiter just queued. `in_flight`: requests queued before it
+    /// await replies, so this one's reply comes after theirs anyway and it may yield first.
+    fn claim(&mut self, request: Bytes, in_flight: bool) -> Claim {
+        if self.owner != Owner::Idle {
+            self.backlog.push_back(request);
+            return Claim::Queued;
+        }
+        debug_assert!(self.backlog.is_empty(), "an idle write side with a backlog");
+        if in_flight {
+            self.owner = Owner::Yielding;
+            self.yield_epoch += 1;
+            self.backlog.push_back(request);
+            Claim::AfterYield(self.yield_epoch)
+        } else {
+            self.owner = Owner::Sync;
+            Claim::Now(request)
+        }
+    }
+
+    /// Whether the caller that yielded at `epoch` still owns the write side.
+    fn is_yield(&self, epoch: u64) -> bool {
+        let ours = self.owner == Owner::Yielding && self.yield_epoch == epoch;
+        debug_assert!(
+            !ours || !self.backlog.is_empty(),
+            "a yield without its request"
+        );
+        ours
+    }
+
+    /// The caller that yielded at `epoch` is back: it writes synchronously, starting with
+    /// `batch` (filled here). False when it was taken over meanwhile.
+    fn resume(&mut self, epoch: u64, batch: &mut VecDeque<Bytes>) -> bool {
+        if !self.is_yield(epoch) {
+            return false;
+        }
+        self.owner = Owner::Sync;
+        take_batch(&mut self.backlog, batch);
+        true
+    }
+
+    /// The caller that yielded at `epoch` was dropped: the writer task gets the write side
+    /// (true: wake it), unless the caller was taken over meanwhile.
+    fn yield_to_task(&mut self, epoch: u64) -> bool {
+        if !self.is_yield(epoch) {
+            return false;
+        }
+        self.owner = Owner::Task;
+        true
+    }
+
+    /// An observer's look for a caller stuck in its yield: takes the write side for a
+    /// synchronous write of `batch` (filled here) when the yield it saw at its previous
+    /// look (`seen`) still holds it. Each observer keeps its own `seen`.
+    fn take_over_stale_yield(
+        &mut self,
+        seen: &mut Option<u64>,
+        batch: &mut VecDeque<Bytes>,
+    ) -> bool {
+        if self.owner != Owner::Yielding {
+            *seen = None;
+            return false;
+        }
+        if *seen != Some(self.yield_epoch) {
+            *seen = Some(self.yield_epoch);
+            return false;
+        }
+        *seen = None;
+        debug_assert!(self.is_yield(self.yield_epoch));
+        self.owner = Owner::Sync;
+        take_batch(&mut self.backlog, batch);
+        true
+    }
+
+    /// The owner `by` (a synchronous writer, or the writer task) has written its batch:
+    /// the next one goes to `batch`, or, when the backlog is empty, the write side is given
+    /// up (false).
+    fn next_batch(&mut self, by: Owner, batch: &mut VecDeque<Bytes>) -> bool {
+        debug_assert_eq!(
+            self.owner, by,
+            "a batch taken by a task that does not own the write side"
+        );
+        debug_assert!(
+            batch.is_empty(),
+            "a batch taken before the last one was written"
+        );
+        if self.backlog.is_empty() {
+            self.owner = Owner::Idle;
+            return false;
+        }
+        take_batch(&mut self.backlog, batch);
+        true
+    }
+
+    /// A synchronous writer hands the write side and its unwritten `rest` (which goes
+    /// before the backlog) to the writer task, which is to be woken.
+    fn hand_on(&mut self, rest: &mut VecDeque<Bytes>) {
+        debug_assert_eq!(
+            self.owner,
+            Owner::Sync,
+            "handed on by a task that does not own it"
+        );
+        while let Some(bytes) = rest.pop_back() {
+            self.backlog.push_front(bytes);
+        }
+        self.owner = Owner::Task;
+    }
+
+    /// The connection ended: nothing more is written.
+    fn close(&mut self) {
+        self.backlog.clear();
+    }
 }
 
 /// Who may write to the socket.
@@ -160,7 +299,7 @@ impl Connection {
                     server: server.to_string(),
                     after: settings.connect_timeout,
                 })?
-                .map_err(|err| unreachable(&server, format!("connect: {err}")))?;
+                .map_err(|err| unreachable(&server, UnreachableReason::Connect(Arc::new(err))))?;
         // Requests are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
@@ -170,9 +309,7 @@ impl Connection {
             state: Mutex::new(State {
                 waiters: VecDeque::new(),
                 asked: VecDeque::new(),
-                backlog: VecDeque::new(),
-                writer: Owner::Idle,
-                yield_epoch: 0,
+                write: WriteTurn::new(),
                 closed: false,
             }),
             slots: Semaphore::new(max_outstanding),
@@ -232,27 +369,18 @@ impl Connection {
             let in_flight = !state.waiters.is_empty();
             state.waiters.push_back(waiter);
             state.asked.push_back(asked);
-            if state.writer == Owner::Idle {
-                if in_flight {
-                    state.writer = Owner::Yielding;
-                    state.yield_epoch += 1;
-                    state.backlog.push_back(request);
-                    Claim::AfterYield(state.yield_epoch)
-                } else {
-                    state.writer = Owner::Sync;
-                    Claim::Now(request)
-                }
-            } else {
-                state.backlog.push_back(request);
-                Claim::Queued
-            }
+            state.write.claim(request, in_flight)
         };
         match claim {
             Claim::Now(request) => shared.write_request(request),
             Claim::AfterYield(epoch) => {
                 // Let the other tasks that are ready to run queue their requests behind
                 // this one, then write them all at once (see the module docs).
-                let yielding = Yielding { shared, epoch };
+                let yielding = Yielding {
+                    shared,
+                    epoch,
+                    armed: true,
+                };
                 tokio::task::yield_now().await;
                 yielding.resume();
             }
@@ -285,7 +413,7 @@ impl Shared {
     }
 
     fn closed_error(&self) -> BackendError {
-        unreachable(&self.server, "connection closed".to_string())
+        unreachable(&self.server, UnreachableReason::Closed)
     }
 
     /// Takes the write side from a caller found yielding at two observations in a row
@@ -296,17 +424,13 @@ impl Shared {
         let mut batch = VecDeque::new();
         {
             let mut state = self.lock();
-            if state.closed || state.writer != Owner::Yielding {
+            if state.closed {
                 *seen = None;
                 return false;
             }
-            if *seen != Some(state.yield_epoch) {
-                *seen = Some(state.yield_epoch);
+            if !state.write.take_over_stale_yield(seen, &mut batch) {
                 return false;
             }
-            *seen = None;
-            state.writer = Owner::Sync;
-            take_batch(&mut state.backlog, &mut batch);
         }
         self.write_owned(batch);
         true
@@ -319,7 +443,7 @@ impl Shared {
             match self.socket.try_write(&request) {
                 Ok(0) => {
                     let err = io::Error::from(io::ErrorKind::WriteZero);
-                    return self.fail(unreachable(&self.server, format!("write: {err}")));
+                    return self.fail(write_failed(&self.server, err));
                 }
                 Ok(written) if written == request.len() => break,
                 Ok(written) => request.advance(written),
@@ -327,7 +451,7 @@ impl Shared {
                     return self.hand_to_writer(VecDeque::from([request]));
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return self.fail(unreachable(&self.server, format!("write: {err}"))),
+                Err(err) => return self.fail(write_failed(&self.server, err)),
             }
         }
         // Then whatever other callers queued meanwhile, if anything.
@@ -343,17 +467,12 @@ impl Shared {
             match write_now(&self.socket, &mut batch) {
                 Ok(true) => {}
                 Ok(false) => return self.hand_to_writer(batch),
-                Err(err) => return self.fail(unreachable(&self.server, format!("write: {err}"))),
+                Err(err) => return self.fail(write_failed(&self.server, err)),
             }
             let mut state = self.lock();
-            if state.closed {
+            if state.closed || !state.write.next_batch(Owner::Sync, &mut batch) {
                 return;
             }
-            if state.backlog.is_empty() {
-                state.writer = Owner::Idle;
-                return;
-            }
-            take_batch(&mut state.backlog, &mut batch);
         }
         self.hand_to_writer(batch)
     }
@@ -366,10 +485,7 @@ impl Shared {
             if state.closed {
                 return;
             }
-            while let Some(bytes) = rest.pop_back() {
-                state.backlog.push_front(bytes);
-            }
-            state.writer = Owner::Task;
+            state.write.hand_on(&mut rest);
         }
         self.wake_writer.notify_one();
     }
@@ -383,7 +499,7 @@ impl Shared {
                 return;
             }
             state.closed = true;
-            state.backlog.clear();
+            state.write.close();
             state.asked.clear();
             std::mem::take(&mut state.waiters)
         };
@@ -411,24 +527,22 @@ impl Shared {
 struct Yielding<'a> {
     shared: &'a Shared,
     epoch: u64,
+    /// Whether dropping the guard hands the write side on: until the caller is back.
+    armed: bool,
 }
 
 impl Yielding<'_> {
     /// Back from the yield: writes the backlog, unless it was taken over meanwhile.
-    fn resume(self) {
-        let shared = self.shared;
-        let epoch = self.epoch;
-        std::mem::forget(self);
+    fn resume(mut self) {
+        self.armed = false;
         let mut batch = VecDeque::new();
         {
-            let mut state = shared.lock();
-            if state.closed || state.writer != Owner::Yielding || state.yield_epoch != epoch {
+            let mut state = self.shared.lock();
+            if state.closed || !state.write.resume(self.epoch, &mut batch) {
                 return;
             }
-            state.writer = Owner::Sync;
-            take_batch(&mut state.backlog, &mut batch);
         }
-        shared.write_owned(batch);
+        self.shared.write_owned(batch);
     }
 }
 
@@ -436,14 +550,12 @@ impl Drop for Yielding<'_> {
     /// A caller dropped during its yield: the writer task writes the backlog instead. No
     /// I/O in a destructor, and nothing was written yet, so nothing is half written.
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let handed = {
             let mut state = self.shared.lock();
-            let ours =
-                !state.closed && state.writer == Owner::Yielding && state.yield_epoch == self.epoch;
-            if ours {
-                state.writer = Owner::Task;
-            }
-            ours
+            !state.closed && state.write.yield_to_task(self.epoch)
         };
         if handed {
             self.shared.wake_writer.notify_one();
@@ -451,15 +563,26 @@ impl Drop for Yielding<'_> {
     }
 }
 
-fn unreachable(server: &str, reason: String) -> BackendError {
+fn unreachable(server: &str, reason: UnreachableReason) -> BackendError {
     BackendError::Unreachable {
         server: server.to_string(),
         reason,
     }
 }
 
+fn write_failed(server: &str, err: io::Error) -> BackendError {
+    unreachable(server, UnreachableReason::Write(Arc::new(err)))
+}
+
+/// Whether a connection's end is worth a log line: not when this client closed it.
 fn failure_is_noteworthy(err: &BackendError) -> bool {
-    !matches!(err, BackendError::Unreachable { reason, .. } if reason == "connection closed")
+    !matches!(
+        err,
+        BackendError::Unreachable {
+            reason: UnreachableReason::Closed,
+            ..
+        }
+    )
 }
 
 /// Moves requests from the front of `backlog` to `batch`, up to the batch bounds (at least
@@ -526,25 +649,21 @@ async fn write_loop(shared: Arc<Shared>) {
             {
                 let mut state = shared.lock();
                 // A leftover wakeup while another task (or nobody) owns the write side.
-                if state.closed || state.writer != Owner::Task {
+                if state.closed || state.write.owner != Owner::Task {
                     break;
                 }
-                if state.backlog.is_empty() {
-                    state.writer = Owner::Idle;
+                if !state.write.next_batch(Owner::Task, &mut batch) {
                     break;
                 }
-                take_batch(&mut state.backlog, &mut batch);
             }
             loop {
                 match write_now(&shared.socket, &mut batch) {
                     Ok(true) => break,
                     Ok(false) => {}
-                    Err(err) => {
-                        return shared.fail(unreachable(&shared.server, format!("write: {err}")));
-                    }
+                    Err(err) => return shared.fail(write_failed(&shared.server, err)),
                 }
                 if let Err(err) = shared.socket.writable().await {
-                    return shared.fail(unreachable(&shared.server, format!("write: {err}")));
+                    return shared.fail(write_failed(&shared.server, err));
                 }
             }
         }
@@ -554,14 +673,14 @@ async fn write_loop(shared: Arc<Shared>) {
 /// Why the reader stops parsing a connection's bytes.
 enum Failure {
     /// A reply breaks the protocol or is more than its request allows.
-    Malformed(protocol::ProtocolError),
+    Malformed(ProtocolError),
     /// Bytes arrived with no request left to answer.
     Unsolicited,
 }
 
 fn unsolicited(server: &str) -> BackendError {
     tracing::warn!(%server, "unsolicited bytes from memcached; dropping the connection");
-    BackendError::Protocol("unsolicited bytes from server".to_string())
+    BackendError::Protocol(ProtocolViolation::new(ProtocolError::Unsolicited))
 }
 
 /// Reads replies and hands each to the oldest waiter, until the connection fails.
@@ -600,9 +719,9 @@ async fn read_replies(
         tokio::select! {
             biased;
             read = socket.read_buf(&mut buf) => match read {
-                Ok(0) => return unreachable(server, "connection closed by server".to_string()),
+                Ok(0) => return unreachable(server, UnreachableReason::ClosedByPeer),
                 Ok(_) => progress = true,
-                Err(err) => return unreachable(server, format!("read: {err}")),
+                Err(err) => return unreachable(server, UnreachableReason::Read(Arc::new(err))),
             },
             _ = ticker.tick() => {
                 // When no reply is due, nothing else would notice a caller that stopped
@@ -673,7 +792,7 @@ async fn read_replies(
                     error = %err,
                     "memcached reply breaks the protocol; dropping the connection"
                 );
-                return BackendError::Protocol(err.to_string());
+                return BackendError::Protocol(ProtocolViolation::new(err));
             }
             Some(Failure::Unsolicited) => return unsolicited(server),
             None if unmatched => return unsolicited(server),
@@ -779,7 +898,7 @@ mod tests {
         let (conn, first) = connection_with_one_in_flight(Duration::from_secs(30)).await;
         let mut dropped = Box::pin(conn.call(get("b")));
         assert!(poll_once(dropped.as_mut()).is_pending());
-        assert_eq!(conn.shared.lock().writer, Owner::Yielding);
+        assert_eq!(conn.shared.lock().write.owner, Owner::Yielding);
         let queued = tokio::spawn({
             let conn = Arc::clone(&conn);
             async move { conn.call(get("c")).await }
@@ -790,7 +909,7 @@ mod tests {
             .expect("the backlog was never written");
         assert_eq!(value_of(last.unwrap()), "c");
         assert_eq!(value_of(first.await.unwrap()), "a");
-        assert_eq!(conn.shared.lock().writer, Owner::Idle);
+        assert_eq!(conn.shared.lock().write.owner, Owner::Idle);
         assert!(!conn.is_closed());
     }
 

@@ -31,6 +31,8 @@ mod ketama;
 mod protocol;
 mod server;
 
+pub use self::protocol::ProtocolError;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock, Weak};
@@ -44,8 +46,8 @@ use self::ketama::{Ring, ServerSpec};
 use self::protocol::{Limits, Reply, StoreCommand};
 use self::server::{Server, Transition};
 use super::{
-    Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, Item, Lifetime, ServerStats, check_item_size,
-    validate_key,
+    Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, Item, Lifetime, ProtocolViolation, ServerStats,
+    UnreachableReason, check_item_size, validate_key,
 };
 
 /// memcached's default port; libmemcached leaves it out of ketama's point names.
@@ -367,6 +369,20 @@ impl Expect {
             Reply::Version(_) => matches!(self, Self::Version),
         }
     }
+
+    /// The replies accepted besides errors, for [`ProtocolError::UnexpectedReply`].
+    fn expected(self) -> &'static str {
+        match self {
+            Self::Values => "VALUE blocks or END",
+            Self::Store => "STORED, NOT_STORED, EXISTS or NOT_FOUND",
+            Self::Delete => "DELETED or NOT_FOUND",
+            Self::Touch => "TOUCHED or NOT_FOUND",
+            Self::Number => "a number or NOT_FOUND",
+            Self::Ok => "OK",
+            Self::Stats => "STAT lines or END",
+            Self::Version => "VERSION",
+        }
+    }
 }
 
 /// The outcome of a compare-and-swap.
@@ -551,17 +567,18 @@ impl TcpBackend {
         if server.is_down() {
             return Err(BackendError::Unreachable {
                 server: server.name.to_string(),
-                reason: "marked down after repeated failures".to_string(),
+                reason: UnreachableReason::MarkedDown,
             });
         }
         let deadline = inner.timeout + inner.settings.connect_timeout;
         // Counts the call as a timeout if its caller drops it past our timeout: a caller
         // bounding calls by the same time (`MemcacheLayer` does) gives up first, and a hung
         // server must still be marked down.
-        let abandoned = Abandoned {
+        let mut abandoned = Abandoned {
             backend: self,
             index,
             started: tokio::time::Instant::now(),
+            armed: true,
         };
         let outcome =
             match tokio::time::timeout(deadline, server.call(request, &inner.settings)).await {
@@ -578,12 +595,16 @@ impl TcpBackend {
                     // A reply of the wrong kind means we no longer know which reply belongs to
                     // which request: drop the connection.
                     conn.close();
-                    Err(BackendError::Protocol(format!(
-                        "unexpected reply {reply:?} to a {expect:?} command"
+                    Err(BackendError::Protocol(ProtocolViolation::new(
+                        ProtocolError::UnexpectedReply {
+                            reply: format!("{reply:?}"),
+                            expected: expect.expected(),
+                        },
                     )))
                 }
             };
-        std::mem::forget(abandoned);
+        // Finished: counted below, by its outcome.
+        abandoned.armed = false;
         self.account(index, &outcome);
         outcome
     }
@@ -610,10 +631,15 @@ struct Abandoned<'a> {
     backend: &'a TcpBackend,
     index: usize,
     started: tokio::time::Instant,
+    /// Cleared once the call finished: dropping the guard then counts nothing.
+    armed: bool,
 }
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let inner = &self.backend.inner;
         if self.started.elapsed() >= inner.timeout {
             let timeout = Err(BackendError::Timeout {
@@ -630,7 +656,7 @@ fn server_in(ring: &Ring, key: &str) -> Result<usize, BackendError> {
     ring.server_for(key.as_bytes())
         .ok_or_else(|| BackendError::Unreachable {
             server: "(none)".to_string(),
-            reason: "every server is marked down".to_string(),
+            reason: UnreachableReason::NoServerLeft,
         })
 }
 
@@ -682,7 +708,12 @@ fn error_reply(reply: Reply, value_len: Option<usize>) -> BackendError {
         Reply::ServerError(msg) => BackendError::Server(format!("SERVER_ERROR {msg}")),
         Reply::ClientError(msg) => BackendError::Server(format!("CLIENT_ERROR {msg}")),
         Reply::Error => BackendError::Server("ERROR".to_string()),
-        other => BackendError::Protocol(format!("unexpected reply {other:?}")),
+        // Not expected: `Expect::accepts` lets through only errors and the replies each
+        // caller handles.
+        other => BackendError::Protocol(ProtocolViolation::new(ProtocolError::UnexpectedReply {
+            reply: format!("{other:?}"),
+            expected: "an error reply",
+        })),
     }
 }
 

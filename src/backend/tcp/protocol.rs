@@ -451,8 +451,13 @@ impl<'a> KeyCheck<'a> {
 
 /// Ways a server reply can violate the protocol. All of them leave the connection out of sync,
 /// so the caller should drop it rather than try to resynchronise.
+///
+/// What [`BackendError::Protocol`](crate::backend::BackendError::Protocol) holds for
+/// [`TcpBackend`](super::TcpBackend), reached with
+/// [`ProtocolViolation::downcast_ref`](crate::backend::ProtocolViolation::downcast_ref).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ProtocolError {
+#[non_exhaustive]
+pub enum ProtocolError {
     /// The first line of a reply matches no known reply kind.
     #[error("unknown reply line from memcached: {line:?}")]
     UnknownLine {
@@ -485,7 +490,7 @@ pub(crate) enum ProtocolError {
         /// Key of the offending item.
         key: String,
     },
-    /// A `VALUE` header announced more data than [`Limits::max_value_len`].
+    /// A `VALUE` header announced more data than the value size limit.
     #[error("memcached announced a {len}-byte value, over the {max}-byte limit")]
     ValueTooLarge {
         /// Announced length.
@@ -493,7 +498,7 @@ pub(crate) enum ProtocolError {
         /// Configured limit.
         max: usize,
     },
-    /// More than [`Limits::max_line_len`] bytes arrived without a line terminator.
+    /// A line grew past the line length limit without its terminator.
     #[error("reply line longer than {max} bytes")]
     LineTooLong {
         /// Configured limit.
@@ -506,8 +511,7 @@ pub(crate) enum ProtocolError {
         line: String,
     },
     /// More `VALUE` blocks than the request asked keys for (none for a command other than
-    /// get/gets), or more than [`Limits::max_values`] `STAT` lines (none unless `stats` was
-    /// sent). Refused at the header or line one too many, before its data arrives.
+    /// get/gets), or more `STAT` lines than the limit (none unless `stats` was sent). Refused at the header or line one too many, before its data arrives.
     #[error("reply holds more than {max} VALUE blocks or STAT lines")]
     TooManyValues {
         /// Keys asked, or the configured limit for `STAT` lines.
@@ -520,7 +524,7 @@ pub(crate) enum ProtocolError {
         /// Lossy, truncated copy of the key.
         key: String,
     },
-    /// A `STAT` listing longer than [`Limits::max_value_len`] bytes.
+    /// A `STAT` listing longer than the value size limit.
     #[error("STAT listing longer than {max} bytes")]
     StatsTooLarge {
         /// Configured limit.
@@ -539,6 +543,17 @@ pub(crate) enum ProtocolError {
         section: &'static str,
         /// Lossy, truncated copy of the line.
         line: String,
+    },
+    /// Bytes arrived with no request left to answer.
+    #[error("unsolicited bytes from memcached, with no request left to answer")]
+    Unsolicited,
+    /// A well-formed reply of a kind the request cannot get (`STORED` to a `get`, say).
+    #[error("unexpected reply {reply} (expected {expected})")]
+    UnexpectedReply {
+        /// The reply, as `Debug` shows it.
+        reply: String,
+        /// What the request can get.
+        expected: &'static str,
     },
 }
 
