@@ -21,9 +21,9 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use http::header;
 use tower_memcache::backend::{Backend, MemoryBackend, TcpBackend};
+use tower_memcache::cache::CacheStats;
 use tower_memcache::cache::MemcacheLayer;
-use tower_memcache::policy::RouteMatch;
-use tower_memcache::stats::CacheStats;
+use tower_memcache::cache::RouteMatch;
 
 #[derive(Clone)]
 struct AppState {

@@ -47,7 +47,7 @@ use rand_distr::{Distribution, Zipf};
 use tower::{ServiceExt, service_fn};
 use tower_memcache::backend::{Backend, MemoryBackend, TcpBackend};
 use tower_memcache::cache::MemcacheLayer;
-use tower_memcache::stats::StatsSnapshot;
+use tower_memcache::cache::StatsSnapshot;
 
 const USAGE: &str = "\
 usage: hit_rate [--keys N] [--exponent S] [--requests N] [--concurrency N]

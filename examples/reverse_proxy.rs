@@ -140,8 +140,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tower::{Layer, Service};
 use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CacheMode, is_hop_by_hop};
 use tower_memcache::cache::{InvalidTarget, MemcacheLayer, OriginUnreachable, RequestTarget};
-use tower_memcache::policy::{CacheMode, is_hop_by_hop};
 use tracing_subscriber::EnvFilter;
 
 // glibc's malloc was about a tenth of the CPU time of a cache hit here (a hit allocates

@@ -37,6 +37,7 @@
 //! 1.85 (edition 2024).
 
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -46,9 +47,14 @@ pub mod cache;
 pub mod client;
 pub mod codec;
 pub mod key;
-pub mod policy;
-pub mod stats;
 
+#[doc(inline)]
+pub use backend::MemoryBackend;
+#[cfg(feature = "tcp")]
+#[doc(inline)]
+pub use backend::TcpBackend;
+#[doc(inline)]
+pub use cache::{CacheMode, Memcache, MemcacheLayer, RouteMatch};
 #[doc(inline)]
 pub use client::{CacheRegistry, MemcacheClient};
 

@@ -23,8 +23,8 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 use tower_memcache::backend::Backend;
+use tower_memcache::cache::CacheMode;
 use tower_memcache::cache::{MemcacheLayer, ResponseBody};
-use tower_memcache::policy::CacheMode;
 
 /// What the origin answers for one path, beyond its echo.
 #[derive(Clone, Default)]

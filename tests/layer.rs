@@ -19,10 +19,10 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
+use tower_memcache::cache::FLAG_HTTP_ENTRY;
+use tower_memcache::cache::RouteMatch;
 use tower_memcache::cache::{CacheLifetime, MemcacheLayer};
-use tower_memcache::codec::entry::FLAG_HTTP_ENTRY;
 use tower_memcache::key::build_key;
-use tower_memcache::policy::RouteMatch;
 
 /// A response body of scripted chunks; an `Err` chunk fails the body there.
 struct TestBody {

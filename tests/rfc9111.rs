@@ -19,8 +19,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower_memcache::backend::{Backend, BackendError, Item, Lifetime, MemoryBackend, ServerStats};
+use tower_memcache::cache::CacheMode;
 use tower_memcache::cache::{MemcacheLayer, OriginUnreachable, ResponseBody};
-use tower_memcache::policy::CacheMode;
 
 /// What the origin answers for one path.
 #[derive(Clone, Default)]

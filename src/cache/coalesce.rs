@@ -12,8 +12,8 @@ use super::service::Shared;
 use super::single_flight::{self, Flight, Leader};
 use super::storage::{Found, Lookup};
 use crate::backend::Backend;
-use crate::codec::entry::Entry;
-use crate::policy::freshness::Freshness;
+use crate::cache::entry::Entry;
+use crate::cache::policy::freshness::Freshness;
 
 /// What coordinating with the other requests for a key gave.
 pub(super) enum Coordinated<B: Backend> {

@@ -11,8 +11,8 @@ use super::key::Canonical;
 use super::single_flight::SingleFlight;
 use super::storage::Storage;
 use crate::backend::Backend;
-use crate::policy::Policy;
-use crate::stats::CacheStats;
+use crate::cache::policy::Policy;
+use crate::cache::stats::CacheStats;
 
 #[derive(Clone)]
 pub(crate) struct Config<B> {

@@ -7,7 +7,7 @@ use http::HeaderMap;
 
 use super::status::{Detail, Forward};
 use super::storage::Found;
-use crate::policy::CacheControl;
+use crate::cache::policy::CacheControl;
 
 /// One cacheable request after its lookup: the state every later phase (coalescing,
 /// the origin exchange, filling, revalidation) works from, in one value instead of

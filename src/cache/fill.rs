@@ -20,8 +20,8 @@ use super::service::Shared;
 use super::status::Outcome;
 use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
-use crate::codec::entry::{Entry, EntryMeta, VariantIndex};
-use crate::policy::{CacheControl, NotStorable};
+use crate::cache::entry::{Entry, EntryMeta, VariantIndex};
+use crate::cache::policy::{CacheControl, NotStorable};
 
 /// Where an entry for a request goes: its primary key, and what the lookup learnt about
 /// the URL's variant index and the namespace generation.
@@ -184,7 +184,7 @@ impl<B: Backend> Shared<B> {
         vary: Vec<(String, Option<String>)>,
         admission: &Admission<'_>,
     ) -> Result<(EntryMeta, Duration), Refusal> {
-        let routes_mode = self.policy().mode() == crate::policy::CacheMode::Routes;
+        let routes_mode = self.policy().mode() == crate::cache::policy::CacheMode::Routes;
         if admission.chosen.is_zero() && (admission.handler_override || routes_mode) {
             return Err(Refusal::Policy(NotStorable::ZeroLifetime));
         }

@@ -14,7 +14,7 @@ use super::key::RequestTarget;
 use super::service::Shared;
 use super::status::{Forward, Outcome};
 use crate::backend::Backend;
-use crate::policy::Policy;
+use crate::cache::policy::Policy;
 
 impl<B: Backend> Shared<B> {
     /// RFC 9111 §4.4: a successful response to an unsafe method invalidates the target

@@ -14,9 +14,9 @@ use super::purge::Purger;
 use super::service::{Memcache, Shared};
 use super::single_flight::SingleFlight;
 use crate::backend::{Backend, DEFAULT_ITEM_SIZE_LIMIT};
-use crate::policy::freshness::Heuristic;
-use crate::policy::{CacheMode, Policy, RouteAction, RouteMatch, RouteRule};
-use crate::stats::CacheStats;
+use crate::cache::policy::freshness::Heuristic;
+use crate::cache::policy::{CacheMode, Policy, RouteAction, RouteMatch, RouteRule};
+use crate::cache::stats::CacheStats;
 
 /// The largest body stored by default: memcached's 1 MiB item size less room for the key,
 /// the entry's metadata and memcached's own overhead.
@@ -42,7 +42,7 @@ pub const DEFAULT_TAG_HEADER: &str = "surrogate-key";
 /// use std::time::Duration;
 /// use tower_memcache::cache::MemcacheLayer;
 /// use tower_memcache::backend::MemoryBackend;
-/// use tower_memcache::policy::RouteMatch;
+/// use tower_memcache::cache::RouteMatch;
 ///
 /// let layer = MemcacheLayer::new(MemoryBackend::new())
 ///     .namespace("site")

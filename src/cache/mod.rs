@@ -20,7 +20,7 @@
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_memcache::backend::MemoryBackend;
 //! use tower_memcache::cache::MemcacheLayer;
-//! use tower_memcache::policy::RouteMatch;
+//! use tower_memcache::cache::RouteMatch;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -48,6 +48,7 @@
 mod body;
 mod coalesce;
 mod config;
+mod entry;
 mod exchange;
 mod fill;
 mod future;
@@ -55,10 +56,12 @@ mod invalidate;
 mod key;
 mod layer;
 mod lease;
+mod policy;
 mod purge;
 mod revalidate;
 mod service;
 mod single_flight;
+mod stats;
 mod status;
 mod storage;
 mod stored;
@@ -67,6 +70,9 @@ use std::time::Duration;
 
 #[doc(inline)]
 pub use body::ResponseBody;
+/// The memcached flags of a stored HTTP entry, for tools that inspect the backend.
+#[doc(hidden)]
+pub use entry::FLAG_HTTP_ENTRY;
 #[doc(inline)]
 pub use future::ResponseFuture;
 #[doc(inline)]
@@ -76,9 +82,13 @@ pub use layer::{
     DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TAG_HEADER, MemcacheLayer,
 };
 #[doc(inline)]
+pub use policy::{CacheMode, DEFAULT_LIFETIME, RouteMatch, is_hop_by_hop};
+#[doc(inline)]
 pub use purge::{PurgeError, Purger};
 #[doc(inline)]
 pub use service::Memcache;
+#[doc(inline)]
+pub use stats::{CacheStats, StatsSnapshot};
 
 /// A response extension a handler sets to choose how long this one response is cached;
 /// `Duration::ZERO` keeps it out of the cache.

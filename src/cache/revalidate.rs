@@ -22,9 +22,9 @@ use super::service::{Answered, Shared};
 use super::status::{Detail, Forward, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
-use crate::codec::entry::Entry;
-use crate::policy::conditional::{add_validators, has_preconditions, same_representation};
-use crate::policy::{CacheControl, NotStorable};
+use crate::cache::entry::Entry;
+use crate::cache::policy::conditional::{add_validators, has_preconditions, same_representation};
+use crate::cache::policy::{CacheControl, NotStorable};
 
 impl<B: Backend> Shared<B> {
     /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its

@@ -28,12 +28,14 @@ use super::status::{CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
 use super::storage::{Found, Lookup, Storage, parse_tags};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
-use crate::codec::entry::Entry;
-use crate::policy::cache_control::parse_delta_seconds;
-use crate::policy::conditional::{has_origin_preconditions, has_preconditions, not_modified};
-use crate::policy::freshness::{Freshness, Reuse};
-use crate::policy::{CacheControl, Policy, normalized_header, vary_names};
-use crate::stats::CacheStats;
+use crate::cache::entry::Entry;
+use crate::cache::policy::cache_control::parse_delta_seconds;
+use crate::cache::policy::conditional::{
+    has_origin_preconditions, has_preconditions, not_modified,
+};
+use crate::cache::policy::freshness::{Freshness, Reuse};
+use crate::cache::policy::{CacheControl, Policy, normalized_header, vary_names};
+use crate::cache::stats::CacheStats;
 
 /// A tower service that answers from memcached when it can and stores what its inner
 /// service answers when the policy allows. Built by [`MemcacheLayer`].

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::codec::entry::Entry;
+use crate::cache::entry::Entry;
 
 /// What a leader publishes: `Some(Some(entry))` stored, `Some(None)` nothing to share.
 type Outcome = Option<Option<Arc<Entry>>>;

@@ -24,13 +24,13 @@ use http::HeaderMap;
 
 use super::stored;
 use crate::backend::{Backend, BackendError, Item, Lifetime};
-use crate::codec::entry::{
+use crate::cache::entry::{
     Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_entry,
     decode_index, encode_entry, encode_index,
 };
+use crate::cache::policy::normalized_header;
+use crate::cache::stats::CacheStats;
 use crate::key::build_key;
-use crate::policy::normalized_header;
-use crate::stats::CacheStats;
 
 /// At most this many tags per response are kept (bounded work per store and per read).
 pub(crate) const MAX_TAGS: usize = 32;

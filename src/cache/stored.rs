@@ -9,10 +9,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
-use crate::codec::entry::{Entry, EntryMeta};
-use crate::policy::conditional::not_modified_headers;
-use crate::policy::freshness::{Freshness, explicit_lifetime, initial_age};
-use crate::policy::{CacheControl, CacheMode, Policy, is_unstored_field, normalized_header};
+use crate::cache::entry::{Entry, EntryMeta};
+use crate::cache::policy::conditional::not_modified_headers;
+use crate::cache::policy::freshness::{Freshness, explicit_lifetime, initial_age};
+use crate::cache::policy::{CacheControl, CacheMode, Policy, is_unstored_field, normalized_header};
 
 /// Milliseconds since the unix epoch.
 pub(crate) fn now_ms() -> u64 {

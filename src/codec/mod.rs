@@ -1,8 +1,9 @@
 //! How values are turned into bytes, and which flags say so.
 //!
-//! Typed values ([`encode_value`]) and HTTP responses ([`entry`]).
+//! Typed values ([`encode_value`]) for the memcache client, and the decoding helpers the
+//! HTTP cache's entry format is built on.
 //!
-//! This is the only module that uses `bincode`: the crate pins bincode 2.0.1 (3.0.0 is a
+//! This is the only module that uses `bincode` (with the cache's entry format): the crate pins bincode 2.0.1 (3.0.0 is a
 //! deliberate compile error and the crate is unmaintained, RUSTSEC-2025-0141), so a swap
 //! to another format touches this module alone.
 //!
@@ -20,8 +21,6 @@
 //! assert!(decode_value::<(String, u32)>(b"\xff\xff\xff").is_err());
 //! # Ok::<(), tower_memcache::codec::CodecError>(())
 //! ```
-
-pub mod entry;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -110,7 +109,7 @@ const PREALLOC_ELEMENTS: usize = 16;
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct CodecError(String);
+pub struct CodecError(pub(crate) String);
 
 /// Encodes a value for storage under [`FLAG_BINCODE`].
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {

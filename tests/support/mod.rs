@@ -215,7 +215,7 @@ macro_rules! on_every_backend {
 }
 
 /// The layer stores in the background: waits (at most 3 s) until `stats` counts `n` stores.
-pub async fn stores(stats: &tower_memcache::stats::CacheStats, n: u64) {
+pub async fn stores(stats: &tower_memcache::cache::CacheStats, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(3);
     while stats.snapshot().stores < n {
         assert!(Instant::now() < deadline, "only {:?}", stats.snapshot());

@@ -10,12 +10,13 @@ use super::CacheControl;
 use super::cache_control::parse_delta_seconds;
 
 /// The statuses RFC 9110 §15.1 calls heuristically cacheable.
-pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+pub(crate) const HEURISTIC_STATUSES: [u16; 11] =
+    [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// Heuristic freshness (RFC 9111 §4.2.2) for responses with `Last-Modified` and no explicit
 /// lifetime: a fraction of the time since the last modification, capped.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Heuristic {
+pub(crate) struct Heuristic {
     /// The fraction of `Date − Last-Modified`; `0.0` turns heuristic freshness off.
     pub fraction: f64,
     /// The longest heuristic lifetime.
@@ -33,7 +34,7 @@ impl Default for Heuristic {
 }
 
 /// Parses an HTTP date field (IMF-fixdate and the two obsolete forms).
-pub fn http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+pub(crate) fn http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     let value = headers.get(name)?.to_str().ok()?;
     httpdate::parse_http_date(value.trim()).ok()
 }
@@ -41,20 +42,7 @@ pub fn http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
 /// The explicit freshness lifetime a shared cache gives a response (§4.2.1): `s-maxage`,
 /// else `max-age`, else `Expires − Date`. An invalid `Expires` means already expired. `None`
 /// when the response says nothing.
-///
-/// ```
-/// use std::time::{Duration, SystemTime};
-/// use http::{HeaderMap, HeaderValue};
-/// use tower_memcache::policy::{CacheControl, freshness::explicit_lifetime};
-///
-/// let mut headers = HeaderMap::new();
-/// headers.insert("date", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
-/// headers.insert("expires", HeaderValue::from_static("Sun, 06 Nov 1994 08:50:37 GMT"));
-/// let cc = CacheControl::parse(&headers);
-/// let lifetime = explicit_lifetime(&cc, &headers, SystemTime::now());
-/// assert_eq!(lifetime, Some(Duration::from_secs(60)));
-/// ```
-pub fn explicit_lifetime(
+pub(crate) fn explicit_lifetime(
     cc: &CacheControl,
     headers: &HeaderMap,
     response_time: SystemTime,
@@ -74,7 +62,7 @@ pub fn explicit_lifetime(
 
 /// The heuristic lifetime (§4.2.2): only for heuristically cacheable statuses (or a
 /// `public` response) with a `Last-Modified` in the past.
-pub fn heuristic_lifetime(
+pub(crate) fn heuristic_lifetime(
     status: u16,
     cc: &CacheControl,
     headers: &HeaderMap,
@@ -99,7 +87,7 @@ pub fn heuristic_lifetime(
 
 /// The corrected initial age of a response (§4.2.3): the larger of its apparent age
 /// (`response_time − Date`) and its `Age` plus the time the request took.
-pub fn initial_age(
+pub(crate) fn initial_age(
     headers: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
@@ -125,7 +113,7 @@ fn age_header(headers: &HeaderMap) -> Option<u64> {
 
 /// What a stored response knows about its own freshness, as the layer keeps it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Freshness {
+pub(crate) struct Freshness {
     /// How long it is fresh, counted from age zero.
     pub lifetime: Duration,
     /// Its current age.
@@ -142,7 +130,7 @@ pub struct Freshness {
 
 /// Whether a stored response may answer a request, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reuse {
+pub(crate) enum Reuse {
     /// Fresh enough for this request: answer from the cache.
     Fresh,
     /// Stale, but the request's `max-stale` accepts it: answer from the cache.
@@ -156,31 +144,17 @@ pub enum Reuse {
 
 impl Freshness {
     /// How long past its lifetime the response is (zero while fresh).
-    pub fn staleness(&self) -> Duration {
+    pub(crate) fn staleness(&self) -> Duration {
         self.age.saturating_sub(self.lifetime)
     }
 
     /// Whether the response is fresh.
-    pub fn is_fresh(&self) -> bool {
+    pub(crate) fn is_fresh(&self) -> bool {
         self.age < self.lifetime
     }
 
     /// Decides reuse for a request with directives `request` (§4.2, §4.2.4, §5.2.1).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_memcache::policy::CacheControl;
-    /// use tower_memcache::policy::freshness::{Freshness, Reuse};
-    ///
-    /// let stored = Freshness {
-    ///     lifetime: Duration::from_secs(60),
-    ///     age: Duration::from_secs(70),
-    ///     stale_while_revalidate: Duration::from_secs(30),
-    ///     ..Freshness::default()
-    /// };
-    /// assert_eq!(stored.reuse(&CacheControl::default()), Reuse::StaleWhileRevalidate);
-    /// ```
-    pub fn reuse(&self, request: &CacheControl) -> Reuse {
+    pub(crate) fn reuse(&self, request: &CacheControl) -> Reuse {
         if self.no_cache || request.no_cache {
             return Reuse::Validate;
         }
@@ -212,7 +186,7 @@ impl Freshness {
 
     /// Whether the response may be served stale because the origin failed (RFC 5861 §4,
     /// in the response's window or the request's `stale-if-error`).
-    pub fn usable_on_error(&self, request: &CacheControl) -> bool {
+    pub(crate) fn usable_on_error(&self, request: &CacheControl) -> bool {
         if self.forbids_stale || self.no_cache {
             return false;
         }
@@ -227,9 +201,9 @@ impl Freshness {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::policy::cache_control::MAX_DELTA_SECONDS;
-    use crate::policy::tests::headers;
-    use crate::policy::{CacheMode, Policy};
+    use crate::cache::policy::cache_control::MAX_DELTA_SECONDS;
+    use crate::cache::policy::tests::headers;
+    use crate::cache::policy::{CacheMode, Policy};
     use http::{HeaderValue, StatusCode};
     use proptest::prelude::*;
     use std::time::UNIX_EPOCH;
@@ -615,5 +589,48 @@ pub(crate) mod tests {
             }
             prop_assert!(younger.staleness() <= older.staleness());
         }
+    }
+}
+
+/// The examples these items once carried in their docs, kept as tests now that the
+/// module is internal.
+#[cfg(test)]
+mod doc_examples {
+    #[test]
+    fn example_1() {
+        use crate::cache::policy::{CacheControl, freshness::explicit_lifetime};
+        use http::{HeaderMap, HeaderValue};
+        use std::time::{Duration, SystemTime};
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "date",
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        headers.insert(
+            "expires",
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:50:37 GMT"),
+        );
+        let cc = CacheControl::parse(&headers);
+        let lifetime = explicit_lifetime(&cc, &headers, SystemTime::now());
+        assert_eq!(lifetime, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn example_2() {
+        use crate::cache::policy::CacheControl;
+        use crate::cache::policy::freshness::{Freshness, Reuse};
+        use std::time::Duration;
+
+        let stored = Freshness {
+            lifetime: Duration::from_secs(60),
+            age: Duration::from_secs(70),
+            stale_while_revalidate: Duration::from_secs(30),
+            ..Freshness::default()
+        };
+        assert_eq!(
+            stored.reuse(&CacheControl::default()),
+            Reuse::StaleWhileRevalidate
+        );
     }
 }

@@ -11,23 +11,23 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::{CodecError, bounded_seq, decode_borrowed, decode_value, encode_value};
+use crate::codec::{CodecError, bounded_seq, decode_borrowed, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
 pub const FLAG_HTTP_ENTRY: u32 = 0x746d_0101;
 /// memcached flags of a variant index ("tm", kind 1, format 2).
-pub const FLAG_VARIANT_INDEX: u32 = 0x746d_0102;
+pub(super) const FLAG_VARIANT_INDEX: u32 = 0x746d_0102;
 
 const MAGIC: &[u8; 4] = b"TMCE";
 const INDEX_MAGIC: &[u8; 4] = b"TMCV";
 /// Bumped whenever [`EntryMeta`] or [`VariantIndex`] changes shape; entries of other
 /// versions are misses.
-pub const ENTRY_FORMAT_VERSION: u8 = 3;
+pub(super) const ENTRY_FORMAT_VERSION: u8 = 3;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Everything about a stored response except its body.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EntryMeta {
+pub(crate) struct EntryMeta {
     /// The canonical request key the entry was stored under; compared on every read so an
     /// md5 collision or a foreign value is never served.
     pub canonical_key: String,
@@ -162,7 +162,7 @@ impl<'a> StoredMeta<'a> {
 /// new id) leaves the variants of the old one unreachable, so a URL is invalidated by
 /// deleting its index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VariantIndex {
+pub(crate) struct VariantIndex {
     /// The canonical request key of the URL, checked on read like an entry's.
     pub canonical_key: String,
     /// The lower-case names of the selecting request headers.
@@ -174,7 +174,7 @@ pub struct VariantIndex {
 
 /// A decoded entry: its metadata and a zero-copy slice of its body.
 #[derive(Clone, Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Metadata.
     pub meta: EntryMeta,
     /// The body bytes.
@@ -182,12 +182,12 @@ pub struct Entry {
 }
 
 /// Encodes an entry into the bytes stored in memcached.
-pub fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> {
+pub(super) fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> {
     frame(MAGIC, &encode_value(&StoredMeta::of(meta))?, body)
 }
 
 /// Decodes stored bytes; the body shares `bytes`' allocation.
-pub fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
+pub(super) fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
     let (meta, body) = split(&bytes, MAGIC)?;
     let meta = decode_borrowed::<StoredMeta>(meta)?.into_meta(&bytes);
     Ok(Entry {
@@ -197,7 +197,7 @@ pub fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
 }
 
 /// Encodes a variant index.
-pub fn encode_index(index: &VariantIndex) -> Result<Bytes, CodecError> {
+pub(super) fn encode_index(index: &VariantIndex) -> Result<Bytes, CodecError> {
     frame(INDEX_MAGIC, &encode_value(index)?, &[])
 }
 
@@ -215,7 +215,7 @@ fn frame(magic: &[u8; 4], meta: &[u8], rest: &[u8]) -> Result<Bytes, CodecError>
 }
 
 /// Decodes a variant index.
-pub fn decode_index(bytes: &[u8]) -> Result<VariantIndex, CodecError> {
+pub(super) fn decode_index(bytes: &[u8]) -> Result<VariantIndex, CodecError> {
     let (meta, _) = split(bytes, INDEX_MAGIC)?;
     decode_value(meta)
 }

@@ -10,25 +10,9 @@ use http::header::{self, HeaderMap};
 /// (the smallest `max-age`, the largest `min-fresh`, …). An invalid delta-seconds value
 /// (`max-age=abc`) counts as 0, which makes a response stale at once (RFC 9111 §4.2.1); a
 /// value over 2^31 counts as 2^31 (§1.2.2).
-///
-/// ```
-/// use http::{HeaderMap, HeaderValue, header::CACHE_CONTROL};
-/// use tower_memcache::policy::CacheControl;
-///
-/// let mut headers = HeaderMap::new();
-/// headers.insert(
-///     CACHE_CONTROL,
-///     HeaderValue::from_static("public, max-age=60, private=\"x-user\", x-unknown"),
-/// );
-/// let cc = CacheControl::parse(&headers);
-/// assert!(cc.public);
-/// assert_eq!(cc.max_age, Some(60));
-/// assert!(!cc.private, "the qualified form only names fields");
-/// assert_eq!(cc.private_fields, ["x-user"]);
-/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CacheControl {
+pub(crate) struct CacheControl {
     /// `no-store`.
     pub no_store: bool,
     /// `no-cache` without field names (in a response: revalidate before every reuse; in a
@@ -72,12 +56,12 @@ pub struct CacheControl {
 impl CacheControl {
     /// Whether these response directives let a shared cache store a response to a request
     /// with `Authorization` (RFC 9111 §3.5): `public`, `s-maxage` or `must-revalidate`.
-    pub fn allows_authenticated(&self) -> bool {
+    pub(crate) fn allows_authenticated(&self) -> bool {
         self.public || self.s_maxage.is_some() || self.must_revalidate
     }
 
     /// Parses every `Cache-Control` line in `headers`.
-    pub fn parse(headers: &HeaderMap) -> Self {
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut cc = Self::default();
         for value in headers.get_all(header::CACHE_CONTROL) {
             let Ok(text) = value.to_str() else { continue };
@@ -90,7 +74,7 @@ impl CacheControl {
 
     /// Parses a request's directives: like [`parse`](Self::parse), plus HTTP/1.0's
     /// `Pragma: no-cache` when there is no `Cache-Control` (RFC 9111 §5.4).
-    pub fn parse_request(headers: &HeaderMap) -> Self {
+    pub(crate) fn parse_request(headers: &HeaderMap) -> Self {
         let mut cc = Self::parse(headers);
         if !headers.contains_key(header::CACHE_CONTROL) {
             cc.no_cache |= headers
@@ -152,7 +136,7 @@ impl CacheControl {
     /// Whether the response forbids serving it stale in a shared cache:
     /// `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111 §5.2.2.2, §5.2.2.8,
     /// §5.2.2.10).
-    pub fn forbids_stale(&self) -> bool {
+    pub(crate) fn forbids_stale(&self) -> bool {
         self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
     }
 }
@@ -357,5 +341,27 @@ mod tests {
             let expected = u64::try_from(value).unwrap_or(u64::MAX).min(MAX_DELTA_SECONDS);
             prop_assert_eq!(numbers(&parsed), vec![expected]);
         }
+    }
+}
+
+/// The examples these items once carried in their docs, kept as tests now that the
+/// module is internal.
+#[cfg(test)]
+mod doc_examples {
+    #[test]
+    fn example_1() {
+        use crate::cache::policy::CacheControl;
+        use http::{HeaderMap, HeaderValue, header::CACHE_CONTROL};
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60, private=\"x-user\", x-unknown"),
+        );
+        let cc = CacheControl::parse(&headers);
+        assert!(cc.public);
+        assert_eq!(cc.max_age, Some(60));
+        assert!(!cc.private, "the qualified form only names fields");
+        assert_eq!(cc.private_fields, ["x-user"]);
     }
 }

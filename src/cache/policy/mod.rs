@@ -6,9 +6,9 @@
 //! - [`conditional`]: validators, and 304s answered from the cache.
 //! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
 
-pub mod cache_control;
-pub mod conditional;
-pub mod freshness;
+pub(super) mod cache_control;
+pub(super) mod conditional;
+pub(super) mod freshness;
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -17,11 +17,11 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
 #[doc(inline)]
-pub use cache_control::CacheControl;
+pub(super) use cache_control::CacheControl;
 use freshness::{Heuristic, explicit_lifetime, heuristic_lifetime};
 
 /// The statuses stored by default: RFC 9110's heuristically cacheable ones.
-pub const DEFAULT_STATUSES: [u16; 11] = freshness::HEURISTIC_STATUSES;
+pub(super) const DEFAULT_STATUSES: [u16; 11] = freshness::HEURISTIC_STATUSES;
 
 /// The seeds' default lifetime.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -53,6 +53,7 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
 
 /// How a route rule picks requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RouteMatch {
     /// The request path, exactly.
     Exact(String),
@@ -65,7 +66,7 @@ pub enum RouteMatch {
 
 /// What a route rule decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteAction {
+pub(crate) enum RouteAction {
     /// Cache for this long.
     Lifetime(Duration),
     /// Never cache (requests bypass the cache).
@@ -74,7 +75,7 @@ pub enum RouteAction {
 
 /// One per-route rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteRule {
+pub(crate) struct RouteRule {
     /// Which requests.
     pub matcher: RouteMatch,
     /// What to do with them.
@@ -83,6 +84,7 @@ pub struct RouteRule {
 
 /// Who decides how long a response stays fresh.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CacheMode {
     /// Route rules (and the handler's `CacheLifetime` or lifetime header) set lifetimes;
     /// the origin's `max-age` and `Expires` are not consulted. The layer's default.
@@ -97,7 +99,7 @@ pub enum CacheMode {
 /// Why a response is not stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum NotStorable {
+pub(crate) enum NotStorable {
     /// The status is not in the configured set (and, in origin mode, the response has no
     /// explicit freshness that would allow another understood status).
     Status,
@@ -123,7 +125,7 @@ pub enum NotStorable {
 
 /// How long a stored response lives, as [`Policy::lifetimes`] decides it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Lifetimes {
+pub(crate) struct Lifetimes {
     /// Freshness lifetime, counted from age zero.
     pub fresh: Duration,
     /// `stale-while-revalidate` window.
@@ -134,7 +136,7 @@ pub struct Lifetimes {
 
 /// The storage policy: mode, route rules, default lifetime, statuses, cookies, heuristics.
 #[derive(Clone, Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     mode: CacheMode,
     rules: Vec<RouteRule>,
     default_lifetime: Duration,
@@ -159,48 +161,43 @@ impl Default for Policy {
 impl Policy {
     /// Adds a route rule. Exact rules win over patterns, patterns over prefixes, and the
     /// longest prefix over shorter ones.
-    pub fn add_rule(&mut self, rule: RouteRule) {
+    pub(crate) fn add_rule(&mut self, rule: RouteRule) {
         self.rules.push(rule);
     }
 
     /// Sets who decides lifetimes.
-    pub fn set_mode(&mut self, mode: CacheMode) {
+    pub(crate) fn set_mode(&mut self, mode: CacheMode) {
         self.mode = mode;
     }
 
     /// Who decides lifetimes.
-    pub fn mode(&self) -> CacheMode {
+    pub(crate) fn mode(&self) -> CacheMode {
         self.mode
     }
 
     /// Sets heuristic freshness (origin mode).
-    pub fn set_heuristic(&mut self, heuristic: Heuristic) {
+    pub(crate) fn set_heuristic(&mut self, heuristic: Heuristic) {
         self.heuristic = heuristic;
     }
 
     /// Sets the lifetime of routes no rule names.
-    pub fn set_default_lifetime(&mut self, lifetime: Duration) {
+    pub(crate) fn set_default_lifetime(&mut self, lifetime: Duration) {
         self.default_lifetime = lifetime;
     }
 
     /// Replaces the set of statuses that may be stored.
-    pub fn set_statuses(&mut self, statuses: impl IntoIterator<Item = u16>) {
+    pub(crate) fn set_statuses(&mut self, statuses: impl IntoIterator<Item = u16>) {
         self.statuses = statuses.into_iter().collect();
     }
 
     /// Whether responses with `Set-Cookie` may be stored (without the cookie: it never
     /// enters an entry).
-    pub fn set_store_set_cookie(&mut self, store: bool) {
+    pub(crate) fn set_store_set_cookie(&mut self, store: bool) {
         self.store_set_cookie = store;
     }
 
-    /// The default lifetime.
-    pub fn default_lifetime(&self) -> Duration {
-        self.default_lifetime
-    }
-
     /// Whether the cache looks requests with this method up (GET and HEAD).
-    pub fn is_cacheable_method(method: &Method) -> bool {
+    pub(crate) fn is_cacheable_method(method: &Method) -> bool {
         method == Method::GET || method == Method::HEAD
     }
 
@@ -209,17 +206,7 @@ impl Policy {
     /// method-override field that makes frameworks run another method's handler. Such a
     /// request is neither answered from the cache nor stored: its answer could belong to
     /// another request. `None` for an ordinary request.
-    ///
-    /// ```
-    /// use http::HeaderMap;
-    /// use tower_memcache::policy::Policy;
-    ///
-    /// let mut headers = HeaderMap::new();
-    /// assert_eq!(Policy::unkeyed_request_input(&headers), None);
-    /// headers.insert("x-http-method-override", "POST".parse().unwrap());
-    /// assert!(Policy::unkeyed_request_input(&headers).is_some());
-    /// ```
-    pub fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
+    pub(crate) fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
         const METHOD_OVERRIDES: [&str; 3] = [
             "x-http-method-override",
             "x-http-method",
@@ -242,7 +229,7 @@ impl Policy {
 
     /// Whether a successful response to this method invalidates the target URI
     /// (RFC 9111 §4.4): every method not known to be safe.
-    pub fn invalidates(method: &Method) -> bool {
+    pub(crate) fn invalidates(method: &Method) -> bool {
         !matches!(
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
@@ -250,25 +237,7 @@ impl Policy {
     }
 
     /// The route's lifetime, or `None` when its rule turns caching off.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_memcache::policy::{Policy, RouteAction, RouteMatch, RouteRule};
-    ///
-    /// let mut policy = Policy::default();
-    /// policy.add_rule(RouteRule {
-    ///     matcher: RouteMatch::Prefix("/api/".into()),
-    ///     action: RouteAction::Lifetime(Duration::from_secs(30)),
-    /// });
-    /// policy.add_rule(RouteRule {
-    ///     matcher: RouteMatch::Exact("/api/live".into()),
-    ///     action: RouteAction::NoCache,
-    /// });
-    /// assert_eq!(policy.route_lifetime("/api/users", None), Some(Duration::from_secs(30)));
-    /// assert_eq!(policy.route_lifetime("/api/live", None), None);
-    /// assert_eq!(policy.route_lifetime("/", None), Some(Duration::from_secs(3600)));
-    /// ```
-    pub fn route_lifetime(&self, path: &str, pattern: Option<&str>) -> Option<Duration> {
+    pub(crate) fn route_lifetime(&self, path: &str, pattern: Option<&str>) -> Option<Duration> {
         let exact = self
             .rules
             .iter()
@@ -303,25 +272,7 @@ impl Policy {
     }
 
     /// Whether a response may be stored (RFC 9111 §3), given the request's directives.
-    ///
-    /// ```
-    /// use http::{HeaderMap, HeaderValue, StatusCode};
-    /// use tower_memcache::policy::{CacheControl, NotStorable, Policy};
-    ///
-    /// let policy = Policy::default();
-    /// let request = HeaderMap::new();
-    /// let mut response = HeaderMap::new();
-    /// response.insert("cache-control", HeaderValue::from_static("private"));
-    /// let verdict = policy.storable(
-    ///     &request,
-    ///     &CacheControl::default(),
-    ///     StatusCode::OK,
-    ///     &response,
-    ///     &CacheControl::parse(&response),
-    /// );
-    /// assert_eq!(verdict, Err(NotStorable::Private));
-    /// ```
-    pub fn storable(
+    pub(crate) fn storable(
         &self,
         request_headers: &HeaderMap,
         request_cc: &CacheControl,
@@ -381,7 +332,7 @@ impl Policy {
     /// the handler chose it for this response. In [`CacheMode::Routes`] `chosen` is the
     /// lifetime; in [`CacheMode::Origin`] the origin's headers are, unless the handler
     /// overrode them.
-    pub fn lifetimes(
+    pub(crate) fn lifetimes(
         &self,
         chosen: Duration,
         handler_override: bool,
@@ -432,7 +383,7 @@ fn is_understood(status: StatusCode) -> bool {
 /// hop-by-hop fields, `Age` (recomputed on reuse), the fields a qualified `private` or
 /// `no-cache` names, and `Set-Cookie`, which belongs to the one client it was sent to
 /// (even where storing such responses is allowed, the cookie itself never is).
-pub fn is_unstored_field(name: &HeaderName, headers: &HeaderMap, cc: &CacheControl) -> bool {
+pub(super) fn is_unstored_field(name: &HeaderName, headers: &HeaderMap, cc: &CacheControl) -> bool {
     name == header::AGE
         || name == header::SET_COOKIE
         || is_hop_by_hop(name, headers)
@@ -444,7 +395,7 @@ pub fn is_unstored_field(name: &HeaderName, headers: &HeaderMap, cc: &CacheContr
 }
 
 /// The lower-cased field names a response's `Vary` lists.
-pub fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+pub(super) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     headers
         .get_all(header::VARY)
         .iter()
@@ -461,7 +412,7 @@ pub fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 /// written `\xNN` and a backslash `\\`, so two values that differ in any byte (say
 /// `J\xfcrgen` and `J\xf6rgen`, which a lossy UTF-8 decoding would merge) never select
 /// each other's variant.
-pub fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
     // One pass into one string: this runs for every varied header of every hit.
@@ -712,5 +663,65 @@ pub(crate) mod tests {
                 prop_assert_ne!(normalise(&a), normalise(&b));
             }
         }
+    }
+}
+
+/// The examples these items once carried in their docs, kept as tests now that the
+/// module is internal.
+#[cfg(test)]
+mod doc_examples {
+    #[test]
+    fn example_1() {
+        use crate::cache::policy::Policy;
+        use http::HeaderMap;
+
+        let mut headers = HeaderMap::new();
+        assert_eq!(Policy::unkeyed_request_input(&headers), None);
+        headers.insert("x-http-method-override", "POST".parse().unwrap());
+        assert!(Policy::unkeyed_request_input(&headers).is_some());
+    }
+
+    #[test]
+    fn example_2() {
+        use crate::cache::policy::{Policy, RouteAction, RouteMatch, RouteRule};
+        use std::time::Duration;
+
+        let mut policy = Policy::default();
+        policy.add_rule(RouteRule {
+            matcher: RouteMatch::Prefix("/api/".into()),
+            action: RouteAction::Lifetime(Duration::from_secs(30)),
+        });
+        policy.add_rule(RouteRule {
+            matcher: RouteMatch::Exact("/api/live".into()),
+            action: RouteAction::NoCache,
+        });
+        assert_eq!(
+            policy.route_lifetime("/api/users", None),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(policy.route_lifetime("/api/live", None), None);
+        assert_eq!(
+            policy.route_lifetime("/", None),
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn example_3() {
+        use crate::cache::policy::{CacheControl, NotStorable, Policy};
+        use http::{HeaderMap, HeaderValue, StatusCode};
+
+        let policy = Policy::default();
+        let request = HeaderMap::new();
+        let mut response = HeaderMap::new();
+        response.insert("cache-control", HeaderValue::from_static("private"));
+        let verdict = policy.storable(
+            &request,
+            &CacheControl::default(),
+            StatusCode::OK,
+            &response,
+            &CacheControl::parse(&response),
+        );
+        assert_eq!(verdict, Err(NotStorable::Private));
     }
 }

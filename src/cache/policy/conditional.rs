@@ -18,7 +18,7 @@ const PRECONDITIONS: [HeaderName; 5] = [
 
 /// The stored fields a 304 carries (RFC 9110 §15.4.5), plus `Last-Modified` to guide
 /// caches downstream.
-pub const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
+pub(crate) const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
     header::CACHE_CONTROL,
     header::CONTENT_LOCATION,
     header::DATE,
@@ -29,13 +29,13 @@ pub const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
 ];
 
 /// Whether the request carries any precondition.
-pub fn has_preconditions(headers: &HeaderMap) -> bool {
+pub(crate) fn has_preconditions(headers: &HeaderMap) -> bool {
     PRECONDITIONS.iter().any(|name| headers.contains_key(name))
 }
 
 /// Whether the request carries a precondition the cache cannot answer itself (`If-Match`,
 /// `If-Unmodified-Since`, `If-Range`); such requests go to the origin.
-pub fn has_origin_preconditions(headers: &HeaderMap) -> bool {
+pub(crate) fn has_origin_preconditions(headers: &HeaderMap) -> bool {
     PRECONDITIONS[2..]
         .iter()
         .any(|name| headers.contains_key(name))
@@ -43,14 +43,7 @@ pub fn has_origin_preconditions(headers: &HeaderMap) -> bool {
 
 /// Weak comparison of two entity tags (RFC 9110 §8.8.3.2): equal opaque tags, whether or
 /// not either is weak.
-///
-/// ```
-/// use tower_memcache::policy::conditional::weak_match;
-///
-/// assert!(weak_match(b"W/\"1\"", b"\"1\""));
-/// assert!(!weak_match(b"\"1\"", b"\"2\""));
-/// ```
-pub fn weak_match(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn weak_match(a: &[u8], b: &[u8]) -> bool {
     fn opaque(tag: &[u8]) -> &[u8] {
         let tag = tag.trim_ascii();
         tag.strip_prefix(b"W/").unwrap_or(tag)
@@ -63,7 +56,7 @@ pub fn weak_match(a: &[u8], b: &[u8]) -> bool {
 /// response with these headers, so the answer is 304 Not Modified (RFC 9110 §13.1.2,
 /// §13.1.3, §13.2.2: `If-None-Match` wins; `If-Modified-Since` compares with
 /// `Last-Modified`, else `Date`).
-pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
         let Some(etag) = stored.get(header::ETAG) else {
             return false;
@@ -86,7 +79,7 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
 /// Adds the stored validators to a request the cache sends to revalidate a stored response
 /// (RFC 9111 §4.3.1): `If-None-Match` with its `ETag`, `If-Modified-Since` with its
 /// `Last-Modified`. Returns whether any was added.
-pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
+pub(crate) fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
     let mut added = false;
     if let Some(etag) = stored.get(header::ETAG) {
         request.insert(header::IF_NONE_MATCH, etag.clone());
@@ -102,7 +95,7 @@ pub fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
 /// Whether a 304 or a HEAD response describes the same representation as the stored one
 /// (RFC 9111 §4.3.3, §4.3.5): its strong `ETag` if both have one, else `Last-Modified`;
 /// a response with neither validator matches only a stored response with neither.
-pub fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
+pub(crate) fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
     match (fresh.get(header::ETAG), stored.get(header::ETAG)) {
         (Some(a), Some(b)) => return a.as_bytes().trim_ascii() == b.as_bytes().trim_ascii(),
         (Some(_), None) | (None, Some(_)) => return false,
@@ -112,12 +105,12 @@ pub fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
 }
 
 /// Whether a stored response has a validator the cache can revalidate it with.
-pub fn has_validators(stored: &HeaderMap) -> bool {
+pub(crate) fn has_validators(stored: &HeaderMap) -> bool {
     stored.contains_key(header::ETAG) || stored.contains_key(header::LAST_MODIFIED)
 }
 
 /// The headers of a 304 answered from a stored response.
-pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
+pub(crate) fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for name in NOT_MODIFIED_FIELDS {
         for value in stored.get_all(&name) {
@@ -130,8 +123,8 @@ pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::freshness::tests::{date_field, with};
-    use crate::policy::tests::headers;
+    use crate::cache::policy::freshness::tests::{date_field, with};
+    use crate::cache::policy::tests::headers;
     use proptest::prelude::*;
 
     #[test]
@@ -235,5 +228,18 @@ mod tests {
             prop_assert_eq!(weak_match(&a, &b), weak_match(&b, &a));
             prop_assert!(!weak_match(&a, &b) || weak_match(&a, &a));
         }
+    }
+}
+
+/// The examples these items once carried in their docs, kept as tests now that the
+/// module is internal.
+#[cfg(test)]
+mod doc_examples {
+    #[test]
+    fn example_1() {
+        use crate::cache::policy::conditional::weak_match;
+
+        assert!(weak_match(b"W/\"1\"", b"\"1\""));
+        assert!(!weak_match(b"\"1\"", b"\"2\""));
     }
 }

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Live counters, shared by every clone of a layer and its services.
 ///
 /// ```
-/// use tower_memcache::stats::CacheStats;
+/// use tower_memcache::MemcacheLayer;
+/// use tower_memcache::backend::MemoryBackend;
 ///
-/// let stats = CacheStats::default();
-/// stats.record_hit(1024);
-/// stats.record_miss();
+/// let layer = MemcacheLayer::new(MemoryBackend::new());
+/// let stats = layer.stats();
 /// let snapshot = stats.snapshot();
-/// assert_eq!(snapshot.hits, 1);
-/// assert_eq!(snapshot.hit_ratio(), 0.5);
+/// assert_eq!((snapshot.hits, snapshot.misses), (0, 0));
+/// assert_eq!(snapshot.hit_ratio(), 0.0);
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct CacheStats {
@@ -82,7 +82,7 @@ impl StatsSnapshot {
 macro_rules! recorders {
     ($($(#[$doc:meta])* $name:ident => $field:ident),* $(,)?) => {$(
         $(#[$doc])*
-        pub fn $name(&self) {
+        pub(crate) fn $name(&self) {
             self.inner.$field.fetch_add(1, Ordering::Relaxed);
         }
     )*};
@@ -111,7 +111,7 @@ impl CacheStats {
     }
 
     /// Counts a hit that sent `body_bytes` from the cache.
-    pub fn record_hit(&self, body_bytes: usize) {
+    pub(crate) fn record_hit(&self, body_bytes: usize) {
         self.inner.hits.fetch_add(1, Ordering::Relaxed);
         self.inner
             .bytes_served
@@ -134,5 +134,21 @@ impl CacheStats {
             revalidations: c.revalidations.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_the_hit_ratio() {
+        let stats = CacheStats::default();
+        stats.record_hit(1024);
+        stats.record_miss();
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.hits, 1);
+        assert_eq!(snapshot.bytes_served, 1024);
+        assert_eq!(snapshot.hit_ratio(), 0.5);
     }
 }
