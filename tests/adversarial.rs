@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{Answer, assert_hit, assert_not_hit, stores};
+use support::{Answer, Watch, assert_hit, assert_not_hit, stores};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -248,7 +248,7 @@ async fn host_with_a_path_poisons_another_url<B: Backend>(backend: B) {
         let origin = Origin::default();
         origin.headers("/b", &[("cache-control", "max-age=60")]);
         origin.headers("/a/b", &[("cache-control", "max-age=60")]);
-        let stats = layer.stats();
+        let stats = Watch::of(&layer);
         let svc = service(&layer, &origin);
         // The attacker's request reaches the origin as /b, under a Host of "site.example/a".
         let attack = get(&svc, "/b", &[("host", b"site.example/a")]).await;
@@ -275,7 +275,7 @@ async fn host_with_a_path_poisons_another_url<B: Backend>(backend: B) {
 async fn host_spellings_of_one_authority_share_an_entry_others_do_not<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     let first = get(&svc, "/p", &[("host", b"Site.Example:80")]).await;
     stores(&stats, 1).await;
@@ -297,7 +297,7 @@ async fn host_spellings_of_one_authority_share_an_entry_others_do_not<B: Backend
 async fn malformed_hosts_are_never_looked_up_or_stored<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     let malformed: [&[u8]; 11] = [
         b"",
@@ -333,7 +333,7 @@ async fn malformed_hosts_are_never_looked_up_or_stored<B: Backend>(backend: B) {
 async fn absolute_form_target_disagreeing_with_host_poisons_nothing<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     // HTTP/2's :authority (or an absolute-form target) names one site, Host another.
     let attack = get(
@@ -360,7 +360,7 @@ async fn absolute_form_target_disagreeing_with_host_poisons_nothing<B: Backend>(
 async fn encoded_and_dotted_paths_are_kept_apart<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     let paths = [
         "/a/b", "/a%2Fb", "/a%2fb", "/a/../b", "/a/./b", "/A/b", "/a/b?", "/a/b?x=1", "/a/b?X=1",
@@ -386,7 +386,7 @@ async fn encoded_and_dotted_paths_are_kept_apart<B: Backend>(backend: B) {
 async fn method_override_or_body_on_a_get_is_not_cached<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     for (name, value) in [
         ("x-http-method-override", &b"DELETE"[..]),
@@ -427,7 +427,7 @@ async fn set_cookie_in_a_304_reaches_the_next_user<B: Backend>(backend: B) {
                 ..Script::default()
             },
         );
-        let stats = layer.stats();
+        let stats = Watch::of(&layer);
         let svc = service(&layer, &origin);
         get(&svc, "/session", &[HOST]).await;
         stores(&stats, 1).await;
@@ -470,7 +470,7 @@ async fn a_304_that_turns_private_or_no_store_keeps_serving<B: Backend>(backend:
             },
         );
         let layer = origin_layer(backend.clone()).namespace(path);
-        let stats = layer.stats();
+        let stats = Watch::of(&layer);
         let svc = service(&layer, &origin);
         get(&svc, path, &[HOST]).await;
         stores(&stats, 1).await;
@@ -498,7 +498,7 @@ async fn a_304_that_adds_vary_keeps_serving_one_variant_to_all<B: Backend>(backe
         },
     );
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     get(&svc, "/v", &[HOST, ("x-user", b"alice")]).await;
     stores(&stats, 1).await;
@@ -545,7 +545,7 @@ async fn a_head_that_turns_private_or_sets_a_cookie_updates_the_entry<B: Backend
         },
     );
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     get(&svc, "/h", &[HOST]).await;
     get(&svc, "/hp", &[HOST]).await;
@@ -627,7 +627,7 @@ async fn made_up_credentials_on_a_revalidation_switch_caching_off<B: Backend>(ba
         },
     );
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     get(&svc, "/rv", &[HOST]).await;
     stores(&stats, 1).await;
@@ -664,7 +664,7 @@ async fn an_authenticated_entry_outlives_the_origin_withdrawing_public<B: Backen
         },
     );
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     get(&svc, "/pub", &[HOST, ("authorization", b"Bearer alice")]).await;
     stores(&stats, 1).await;
@@ -683,7 +683,7 @@ async fn non_utf8_vary_values_select_each_others_variant<B: Backend>(backend: B)
     let origin = Origin::default();
     origin.headers("/u", &[("vary", "x-user")]);
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     let first = get(&svc, "/u", &[HOST, ("x-user", b"J\xfcrgen")]).await;
     stores(&stats, 1).await;
@@ -703,7 +703,7 @@ async fn vary_on_cookie_authorization_or_encoding_crosses_users<B: Backend>(back
     );
     origin.headers("/enc", &[("vary", "Accept-Encoding")]);
     let layer = routes_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     let cases: [(&str, &str, &[u8], &[u8]); 3] = [
         ("/cookie", "cookie", b"sid=alice", b"sid=bob"),

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{assert_hit, stores};
+use support::{Watch, assert_hit, stores};
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -208,7 +208,7 @@ fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
 async fn miss_then_hit_is_identical<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     let first = get(&svc, "/page?a=1").await;
     assert_eq!(first.cache_status(), "tower-memcache; fwd=uri-miss; stored");
@@ -244,7 +244,7 @@ async fn miss_then_hit_is_identical<B: Backend>(backend: B) {
 async fn route_lifetimes_expire_on_time<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     get(&svc, "/short/a").await;
     get(&svc, "/header-short").await;
@@ -284,7 +284,7 @@ async fn route_lifetimes_expire_on_time<B: Backend>(backend: B) {
 async fn unstorable_responses_are_never_stored<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = layer(backend.clone());
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     let auth = [("authorization", "Bearer secret")];
     for (path, headers) in [
@@ -343,7 +343,7 @@ async fn unstorable_responses_are_never_stored<B: Backend>(backend: B) {
 async fn head_is_served_from_the_get_entry<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     // A HEAD miss is answered by the origin and stores nothing.
     let head_miss = send(&svc, Method::HEAD, "/doc", &[]).await;
@@ -363,7 +363,7 @@ async fn head_is_served_from_the_get_entry<B: Backend>(backend: B) {
 async fn oversized_and_failing_bodies_pass_through<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     for _ in 0..2 {
         let big = get(&svc, "/big").await;
@@ -384,7 +384,7 @@ async fn oversized_and_failing_bodies_pass_through<B: Backend>(backend: B) {
 async fn concurrent_misses_call_the_origin_once<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     let tasks: Vec<_> = (0..100)
         .map(|_| {
@@ -404,7 +404,7 @@ async fn concurrent_misses_call_the_origin_once<B: Backend>(backend: B) {
 async fn vary_selects_the_variant<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     let de = [("accept-language", "de")];
     let first = send(&svc, Method::GET, "/vary", &de).await;
@@ -476,7 +476,7 @@ async fn key_headers_select_variants_under_a_named_status<B: Backend>(backend: B
     let layer = layer(backend)
         .key_headers([http::HeaderName::from_static("x-tenant")])
         .cache_status_name("edge");
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     let a = send(&svc, Method::GET, "/k", &[("x-tenant", "a")]).await;
     assert_eq!(a.cache_status(), "edge; fwd=uri-miss; stored");
@@ -502,7 +502,7 @@ async fn key_headers_select_variants_under_a_named_status<B: Backend>(backend: B
 async fn coalesced_waits_are_bounded() {
     let origin = Origin::default();
     let layer = layer(MemoryBackend::new()).coalesce_timeout(Duration::from_millis(50));
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     let (leader, follower) = tokio::join!(get(&svc, "/slow"), async {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -524,14 +524,10 @@ async fn refused_stores_are_counted() {
     let origin = Origin::default();
     let backend = MemoryBackend::builder().item_size_limit(64).build();
     let layer = layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     assert_eq!(get(&svc, "/page").await.body(), b"/page call 1");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while stats.snapshot().store_failures == 0 {
-        assert!(Instant::now() < deadline, "{:?}", stats.snapshot());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    stats.settled().await;
     let snapshot = stats.snapshot();
     assert_eq!((snapshot.stores, snapshot.store_failures), (0, 1));
     assert_eq!(get(&svc, "/page").await.body(), b"/page call 2");
@@ -542,7 +538,7 @@ async fn backend_down_or_slow_falls_through() {
     let backend = MemoryBackend::new();
     let origin = Origin::default();
     let layer = layer(backend.clone()).lookup_timeout(Duration::from_millis(50));
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     backend.set_unreachable(true);
     let answer = get(&svc, "/x").await;
@@ -575,7 +571,7 @@ async fn custom_key_fn_and_status_header_switch() {
             let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
             Some(format!("{tenant}{}", req.uri.path()))
         });
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     send(&svc, Method::GET, "/k", &[("x-tenant", "a")]).await;
     stores(&stats, 1).await;
@@ -606,7 +602,7 @@ async fn killed_memcached_still_answers_and_caching_resumes_within_a_second() {
     let backend = TcpBackend::new([server.addr()]).unwrap();
     let origin = Origin::default();
     let layer = layer(backend.clone());
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(layer, &origin);
     get(&svc, "/page").await;
     stores(&stats, 1).await;
@@ -654,7 +650,7 @@ async fn axum_route_layer_rules_by_matched_path() {
             RouteMatch::Pattern("/posts/{id}".into()),
             Duration::from_secs(60),
         );
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let app = Router::new()
         .route("/users/{id}", get(|| async { "user" }))
         .route("/posts/{id}", get(|| async { "post" }))

@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{Answer, assert_hit, assert_not_hit, assert_stale_hit, stores};
+use support::{Answer, Watch, assert_hit, assert_not_hit, assert_stale_hit, stores};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -205,7 +205,7 @@ fn http_date(offset_secs: i64) -> String {
 async fn rfc9111_4_2_1_explicit_freshness<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     origin.ok("/max-age", &[("cache-control", "max-age=60")], "a");
     origin.ok(
@@ -241,7 +241,7 @@ async fn rfc9111_4_2_1_explicit_freshness<B: Backend>(backend: B) {
 async fn rfc9111_4_2_2_heuristic_freshness<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     let (date, modified) = (http_date(0), http_date(-10 * 24 * 3600));
     origin.ok(
@@ -274,7 +274,7 @@ async fn rfc9111_4_2_2_heuristic_freshness<B: Backend>(backend: B) {
 async fn rfc9111_4_2_3_age_counts_and_is_recomputed<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     origin.ok(
         "/aged",
@@ -309,7 +309,7 @@ async fn rfc9111_4_2_3_age_counts_and_is_recomputed<B: Backend>(backend: B) {
 async fn rfc9111_5_2_1_request_directives<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     // only-if-cached on a miss: 504, and the origin is not asked.
     let answer = get_with(&svc, "/r", &[("cache-control", "only-if-cached")]).await;
@@ -385,7 +385,7 @@ async fn rfc9111_5_2_1_request_directives<B: Backend>(backend: B) {
 async fn rfc9111_5_2_2_response_directives<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     origin.ok(
         "/fields",
@@ -473,7 +473,7 @@ async fn rfc9111_5_2_2_response_directives<B: Backend>(backend: B) {
 async fn rfc9110_13_conditionals_answered_from_the_cache<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     let modified = http_date(-3600);
     origin.ok(
@@ -526,7 +526,7 @@ async fn rfc9110_13_conditionals_answered_from_the_cache<B: Backend>(backend: B)
 async fn rfc9111_4_3_revalidation_refreshes_or_replaces<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     origin.ok(
         "/v",
@@ -619,7 +619,7 @@ async fn rfc9111_4_3_revalidation_refreshes_or_replaces<B: Backend>(backend: B) 
 async fn rfc9111_4_3_5_head_updates_the_get_entry<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     origin.ok(
         "/h",
@@ -675,7 +675,7 @@ async fn rfc9111_4_3_5_head_updates_the_get_entry<B: Backend>(backend: B) {
 async fn rfc5861_3_stale_while_revalidate<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     origin.ok(
         "/swr",
@@ -719,7 +719,7 @@ async fn rfc5861_3_stale_while_revalidate<B: Backend>(backend: B) {
 async fn rfc5861_4_stale_if_error<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     for path in ["/sie-err", "/sie-500", "/sie-unreachable"] {
         origin.ok(
@@ -782,7 +782,7 @@ async fn rfc5861_4_stale_if_error<B: Backend>(backend: B) {
 async fn rfc9111_4_2_4_never_stale_when_forbidden<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     for (path, cc) in [
         (
@@ -823,7 +823,7 @@ async fn rfc9111_4_2_4_never_stale_when_forbidden<B: Backend>(backend: B) {
 async fn rfc9111_4_1_vary_variants_coexist<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     origin.ok(
         "/v",
@@ -864,7 +864,7 @@ async fn rfc9111_4_1_vary_variants_coexist<B: Backend>(backend: B) {
 async fn rfc9111_4_4_unsafe_methods_invalidate<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     for path in ["/a", "/b", "/c", "/d", "/v"] {
         origin.ok(
@@ -946,7 +946,7 @@ async fn purge_handle_uri_namespace_all<B: Backend>(backend: B) {
         .namespace("other")
         .mode(CacheMode::Origin);
     let (svc, other_svc) = (service(&one, &origin), service(&other, &origin));
-    let (stats, other_stats) = (one.stats(), other.stats());
+    let (stats, other_stats) = (Watch::of(&one), Watch::of(&other));
     for path in ["/p1", "/p2"] {
         origin.ok(
             path,
@@ -1007,7 +1007,7 @@ async fn tags_purge_across_processes<B: Backend>(backend: B) {
         let answer = get(&svc1, path).await;
         assert_eq!(answer.header("surrogate-key"), None, "tag header removed");
     }
-    stores(&first.stats(), 3).await;
+    stores(&Watch::of(&first), 3).await;
     for path in ["/news/1", "/news/2", "/about"] {
         assert_eq!(
             get(&svc2, path).await.cache_status(),
@@ -1096,7 +1096,7 @@ async fn routes_mode_keeps_the_safety_rules<B: Backend>(backend: B) {
     let layer = MemcacheLayer::new(backend)
         .namespace("routes")
         .default_lifetime(Duration::from_secs(60));
-    let stats = layer.stats();
+    let stats = Watch::of(&layer);
     let svc = service(&layer, &origin);
     // The route's lifetime wins over the origin's max-age=0 …
     origin.ok(

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::background::Background;
 use super::fill::reader::{self, FillBudget, QueueReader};
 
 /// Receives the complete body of a response being stored.
@@ -146,7 +147,12 @@ where
     /// (empty, or known to end) completes the copy at once, since hyper may never poll it;
     /// any other is read at the origin's pace by a task of its own (see `fill`), so a
     /// slow client never holds up the entry others wait for.
-    pub(crate) fn teeing(body: B, tee: Option<Tee>, budget: &Arc<FillBudget>) -> Self {
+    pub(crate) fn teeing(
+        body: B,
+        tee: Option<Tee>,
+        budget: &Arc<FillBudget>,
+        background: &Background,
+    ) -> Self {
         let tee = match tee {
             Some(tee) if body.is_end_stream() => {
                 tee.complete();
@@ -158,7 +164,7 @@ where
             return Self::passthrough(body);
         };
         let hint = body.size_hint();
-        match reader::start(body, tee, budget) {
+        match reader::start(body, tee, budget, background) {
             Ok(reader) => Self {
                 inner: Inner::Queued {
                     reader,

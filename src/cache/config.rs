@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 
+use super::background::Background;
 use super::fill::FillBudget;
 use super::key::Canonical;
 use super::single_flight::SingleFlight;
@@ -37,6 +38,8 @@ pub(crate) struct Config<B> {
     /// Shared by the layer's clones: what clients have not read yet of responses being
     /// stored.
     pub(crate) fill_budget: Arc<FillBudget>,
+    /// Stores, refreshes and lease releases still running, shared by the layer's clones.
+    pub(crate) background: Background,
 }
 
 impl<B: Backend> Config<B> {
@@ -47,6 +50,7 @@ impl<B: Backend> Config<B> {
             &self.namespace,
             self.lookup_timeout,
             self.stats.clone(),
+            self.background.clone(),
         )
     }
 }

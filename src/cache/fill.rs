@@ -167,7 +167,9 @@ impl<B: Backend> Shared<B> {
         };
         self.set_status(&mut response, outcome);
         (
-            response.map(|body| ResponseBody::teeing(body, tee, &self.config.fill_budget)),
+            response.map(|body| {
+                ResponseBody::teeing(body, tee, &self.config.fill_budget, &self.config.background)
+            }),
             unused,
         )
     }
@@ -232,18 +234,17 @@ impl<B: Backend> Shared<B> {
         filler: Filler<B>,
     ) {
         filler.publish(Some(Arc::clone(&entry)));
-        // A body polled outside a tokio runtime cannot be stored in the background.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!("no tokio runtime to store the entry; skipped");
-            return;
-        };
         let shared = Arc::clone(self);
-        runtime.spawn(async move {
+        let stored = self.config.background.spawn(async move {
             shared.store(&to, &tags, &entry, ttl).await;
             // Until the entry is in the backend, requests for the key join this flight and
             // get the entry from it instead of missing.
             drop(filler);
         });
+        if !stored {
+            // A body polled outside a tokio runtime cannot be stored in the background.
+            tracing::debug!("no tokio runtime to store the entry; skipped");
+        }
     }
 
     pub(super) async fn store(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use tower::Layer;
 
+use super::background::Background;
 use super::config::Config;
 use super::fill::FillBudget;
 use super::key::{Canonical, KeyFn};
@@ -100,6 +101,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 stats: CacheStats::default(),
                 flights: SingleFlight::default(),
                 fill_budget: FillBudget::new(DEFAULT_FILL_BUFFER),
+                background: Background::default(),
             },
         }
     }
@@ -287,6 +289,12 @@ impl<B: Backend> MemcacheLayer<B> {
     /// The layer's statistics, shared by every service it builds.
     pub fn stats(&self) -> CacheStats {
         self.config.stats.clone()
+    }
+
+    /// The layer's background work (stores, refreshes, lease releases), to wait for:
+    /// see [`Background::idle`].
+    pub fn background(&self) -> Background {
+        self.config.background.clone()
     }
 
     /// A handle that purges entries of this layer's namespace: one URL, one tag, the whole

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::background::Background;
 use super::storage::Storage;
 use crate::backend::{Backend, Lifetime};
 
@@ -18,6 +19,7 @@ pub(crate) struct Lease<B: Backend> {
     backend: B,
     key: String,
     timeout: Duration,
+    background: Background,
 }
 
 impl<B: Backend> Lease<B> {
@@ -38,13 +40,11 @@ impl<B: Backend> Drop for Lease<B> {
             return; // released already
         }
         let (backend, key) = (self.backend.clone(), std::mem::take(&mut self.key));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(err) = backend.delete(&key).await {
-                    tracing::debug!(%key, error = %err, "lease release failed; it expires");
-                }
-            });
-        }
+        self.background.spawn(async move {
+            if let Err(err) = backend.delete(&key).await {
+                tracing::debug!(%key, error = %err, "lease release failed; it expires");
+            }
+        });
     }
 }
 
@@ -76,6 +76,7 @@ pub(crate) async fn acquire<B: Backend>(
             backend: storage.backend().clone(),
             key,
             timeout: ttl.min(Duration::from_secs(1)),
+            background: storage.background().clone(),
         }),
         Ok(false) => Acquired::Elsewhere,
         Err(err) => {

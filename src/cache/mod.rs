@@ -19,14 +19,13 @@
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_memcache::backend::MemoryBackend;
-//! use tower_memcache::cache::MemcacheLayer;
-//! use tower_memcache::cache::RouteMatch;
+//! use tower_memcache::cache::{MemcacheLayer, RouteMatch};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let layer = MemcacheLayer::new(MemoryBackend::new())
 //!     .route(RouteMatch::Prefix("/news/".into()), Duration::from_secs(30));
-//! let stats = layer.stats();
+//! let (stats, background) = (layer.stats(), layer.background());
 //! let mut service = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<()>| async {
 //!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
 //! });
@@ -38,13 +37,14 @@
 //!     assert_eq!(status, format!("tower-memcache; {expected}"));
 //!     let body = response.into_body().collect().await.unwrap().to_bytes();
 //!     assert_eq!(body, "hello");
-//!     // Stores happen in the background; give this one a moment.
-//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//!     // Stores happen in the background: wait for this one.
+//!     background.idle().await;
 //! }
 //! assert_eq!(stats.snapshot().hits, 1);
 //! # }
 //! ```
 
+mod background;
 mod body;
 mod coalesce;
 mod config;
@@ -68,6 +68,8 @@ mod stored;
 
 use std::time::Duration;
 
+#[doc(inline)]
+pub use background::Background;
 #[doc(inline)]
 pub use body::ResponseBody;
 /// The memcached flags of a stored HTTP entry, for tools that inspect the backend.

@@ -273,11 +273,9 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
         return;
     };
     tracing::debug!(key = %plan.key, "stale served; refreshing in the background");
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
+    let background = shared.config.background.clone();
     let shared = Arc::clone(shared);
-    runtime.spawn(async move {
+    background.spawn(async move {
         let plan = &ex.plan;
         let mut filler = Filler {
             leader: Some(leader),

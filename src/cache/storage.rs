@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::HeaderMap;
 
+use super::background::Background;
 use super::stored;
 use crate::backend::{Backend, BackendError, Item, Lifetime};
 use crate::cache::entry::{
@@ -63,21 +64,34 @@ pub(crate) struct Storage<B> {
     generation_key: Arc<str>,
     timeout: Duration,
     stats: CacheStats,
+    background: Background,
 }
 
 impl<B: Backend> Storage<B> {
-    pub(crate) fn new(backend: B, namespace: &str, timeout: Duration, stats: CacheStats) -> Self {
+    pub(crate) fn new(
+        backend: B,
+        namespace: &str,
+        timeout: Duration,
+        stats: CacheStats,
+        background: Background,
+    ) -> Self {
         Self {
             generation_key: build_key(Some(namespace), "\0generation").into(),
             namespace: namespace.into(),
             backend,
             timeout,
             stats,
+            background,
         }
     }
 
     pub(crate) fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Where work that outlives a request runs.
+    pub(crate) fn background(&self) -> &Background {
+        &self.background
     }
 
     pub(crate) fn primary_key(&self, canonical: &str) -> String {

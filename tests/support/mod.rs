@@ -214,13 +214,42 @@ macro_rules! on_every_backend {
     };
 }
 
-/// The layer stores in the background: waits (at most 3 s) until `stats` counts `n` stores.
-pub async fn stores(stats: &tower_memcache::cache::CacheStats, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while stats.snapshot().stores < n {
-        assert!(Instant::now() < deadline, "only {:?}", stats.snapshot());
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// What a test watches of a layer: its counters, and its background work to wait for.
+#[derive(Clone)]
+pub struct Watch {
+    stats: tower_memcache::cache::CacheStats,
+    background: tower_memcache::cache::Background,
+}
+
+impl Watch {
+    pub fn of<B>(layer: &tower_memcache::MemcacheLayer<B>) -> Self
+    where
+        B: tower_memcache::backend::Backend,
+    {
+        Self {
+            stats: layer.stats(),
+            background: layer.background(),
+        }
     }
+
+    pub fn snapshot(&self) -> tower_memcache::cache::StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Waits until the layer's background work (stores, refreshes) is done.
+    pub async fn settled(&self) {
+        tokio::time::timeout(Duration::from_secs(5), self.background.idle())
+            .await
+            .expect("background work did not finish within 5 s");
+    }
+}
+
+/// The layer stores in the background: waits for that work to finish, then checks that
+/// at least `n` stores happened.
+pub async fn stores(watch: &Watch, n: u64) {
+    watch.settled().await;
+    let snapshot = watch.snapshot();
+    assert!(snapshot.stores >= n, "only {snapshot:?}");
 }
 
 /// A response read to its end: what the HTTP-level suites assert on.

@@ -22,6 +22,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::cache::background::Background;
 use crate::cache::body::Tee;
 
 /// How far the reader runs ahead of a slow client once it no longer fills an entry.
@@ -226,16 +227,21 @@ impl Drop for EndOnDrop {
 
 /// Starts reading `body` on a task of its own, filling `tee`; the queue the client reads
 /// from, or the body and copy back when there is no tokio runtime to read them on.
-pub(crate) fn start<B>(body: B, tee: Tee, budget: &Arc<FillBudget>) -> Result<QueueReader, (B, Tee)>
+pub(crate) fn start<B>(
+    body: B,
+    tee: Tee,
+    budget: &Arc<FillBudget>,
+    background: &Background,
+) -> Result<QueueReader, (B, Tee)>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Send + 'static,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    if tokio::runtime::Handle::try_current().is_err() {
         return Err((body, tee));
-    };
+    }
     let queue = Arc::new(Queue::new(Arc::clone(budget)));
-    runtime.spawn(read(body, tee, EndOnDrop(Arc::clone(&queue))));
+    background.spawn(read(body, tee, EndOnDrop(Arc::clone(&queue))));
     Ok(QueueReader(queue))
 }
 
@@ -392,7 +398,12 @@ mod tests {
     async fn the_entry_is_filled_while_the_client_reads_nothing() {
         let (tx, body, _) = fed();
         let (tee, stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
+        let client = ResponseBody::teeing(
+            body,
+            Some(tee),
+            &FillBudget::new(usize::MAX),
+            &Background::default(),
+        );
         tx.send(Bytes::from_static(b"hello ")).await.unwrap();
         tx.send(Bytes::from_static(b"world")).await.unwrap();
         drop(tx);
@@ -407,7 +418,12 @@ mod tests {
     async fn a_client_that_leaves_ends_the_fill() {
         let (tx, body, _) = fed();
         let (tee, stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
+        let client = ResponseBody::teeing(
+            body,
+            Some(tee),
+            &FillBudget::new(usize::MAX),
+            &Background::default(),
+        );
         tx.send(Bytes::from_static(b"part")).await.unwrap();
         tokio::task::yield_now().await;
         drop(client);
@@ -422,7 +438,12 @@ mod tests {
     async fn past_the_entry_limit_the_reader_waits_for_the_client() {
         let (tx, body, polled) = fed();
         let (tee, stored) = tee(10);
-        let mut client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
+        let mut client = ResponseBody::teeing(
+            body,
+            Some(tee),
+            &FillBudget::new(usize::MAX),
+            &Background::default(),
+        );
         let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
         for _ in 0..64 {
             tx.send(chunk.clone()).await.unwrap();
@@ -474,7 +495,12 @@ mod tests {
             panics: false,
         };
         let (tee, stored) = tee(1024);
-        let mut client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
+        let mut client = ResponseBody::teeing(
+            body,
+            Some(tee),
+            &FillBudget::new(usize::MAX),
+            &Background::default(),
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(
             polled.load(Ordering::SeqCst),
@@ -493,7 +519,12 @@ mod tests {
             panics: true,
         };
         let (tee, _stored) = tee(1024);
-        let client = ResponseBody::teeing(body, Some(tee), &FillBudget::new(usize::MAX));
+        let client = ResponseBody::teeing(
+            body,
+            Some(tee),
+            &FillBudget::new(usize::MAX),
+            &Background::default(),
+        );
         let read = tokio::spawn(async move { client.collect().await.map(|_| ()) });
         let joined = read.await.unwrap_err();
         assert!(joined.is_panic(), "a truncated body must not look complete");
@@ -508,7 +539,10 @@ mod tests {
         for _ in 0..4 {
             let (tx, body, polled) = fed();
             let (tee, _stored) = tee(1024 * 1024);
-            clients.push((ResponseBody::teeing(body, Some(tee), &budget), tx.clone()));
+            clients.push((
+                ResponseBody::teeing(body, Some(tee), &budget, &Background::default()),
+                tx.clone(),
+            ));
             for _ in 0..32 {
                 tx.send(chunk.clone()).await.unwrap();
             }

@@ -1,0 +1,149 @@
+//! [`Background`]: the layer's work that outlives a response (stores, refreshes, lease
+//! releases, bodies being read into the cache), counted so that a caller can wait for it.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// A handle on a layer's background work. Get one from
+/// [`MemcacheLayer::background`](super::MemcacheLayer::background); clones share it.
+///
+/// Tests, graceful shutdowns and examples wait for stores with [`idle`](Self::idle)
+/// instead of sleeping:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_memcache::MemcacheLayer;
+/// use tower_memcache::backend::MemoryBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = MemcacheLayer::new(MemoryBackend::new());
+/// let (stats, background) = (layer.stats(), layer.background());
+/// let service = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<()>| async {
+///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+/// });
+/// let request = Request::get("http://example.com/").body(()).unwrap();
+/// let response = service.oneshot(request).await.unwrap();
+/// response.into_body().collect().await.unwrap();
+/// background.idle().await;
+/// assert_eq!(stats.snapshot().stores, 1);
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Background {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl fmt::Debug for Background {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Background")
+            .field("running", &self.running())
+            .finish()
+    }
+}
+
+/// Counts a task as finished however it ends (completed, cancelled, panicked).
+struct Running(Arc<Inner>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Background {
+    /// Runs `task` on the current tokio runtime, counted until it ends; `false` (and the
+    /// task dropped) outside a runtime.
+    pub(crate) fn spawn<F>(&self, task: F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        self.inner.running.fetch_add(1, Ordering::AcqRel);
+        let running = Running(Arc::clone(&self.inner));
+        runtime.spawn(async move {
+            let _running = running;
+            task.await;
+        });
+        true
+    }
+
+    /// How many background tasks are running now.
+    pub fn running(&self) -> usize {
+        self.inner.running.load(Ordering::Acquire)
+    }
+
+    /// Waits until no background task is running, including those the running ones start
+    /// (a store a refresh makes). Returns at once when there are none.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so an end between the two is not missed.
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_waits_for_tasks_and_the_tasks_they_start() {
+        let background = Background::default();
+        background.idle().await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let inner = background.clone();
+        assert!(background.spawn(async move {
+            let _ = rx.await;
+            inner.spawn(async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            });
+        }));
+        assert_eq!(background.running(), 1);
+        let waiting = tokio::spawn({
+            let background = background.clone();
+            async move { background.idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(background.running(), 0);
+    }
+
+    #[test]
+    fn outside_a_runtime_nothing_is_spawned() {
+        let background = Background::default();
+        assert!(!background.spawn(async {}));
+        assert_eq!(background.running(), 0);
+    }
+}
