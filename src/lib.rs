@@ -33,7 +33,7 @@
 //! let layer = MemcacheLayer::new(MemoryBackend::new()) // or TcpBackend::new([…])?
 //!     .route(RouteMatch::Prefix("/news/".into()), Duration::from_secs(30))
 //!     .no_cache(RouteMatch::Exact("/health".into()));
-//! let stats = layer.stats();
+//! let (stats, background) = (layer.stats(), layer.background());
 //! let app = Router::new()
 //!     .route("/news/{id}", get(|| async { "breaking" }))
 //!     .route("/health", get(|| async { "ok" }))
@@ -44,13 +44,9 @@
 //! assert_eq!(miss.headers()["cache-status"], "tower-memcache; fwd=uri-miss; stored");
 //! assert_eq!(miss.into_body().collect().await.unwrap().to_bytes(), "breaking");
 //!
-//! // The entry is stored in the background once the body is complete.
-//! for _ in 0..100 {
-//!     if stats.snapshot().stores == 1 {
-//!         break;
-//!     }
-//!     tokio::time::sleep(Duration::from_millis(10)).await;
-//! }
+//! // The entry is stored in the background once the body is complete: wait for it.
+//! background.idle().await;
+//! assert_eq!(stats.snapshot().stores, 1);
 //! let hit = app.clone().oneshot(request()).await.unwrap();
 //! assert_eq!(hit.headers()["cache-status"], "tower-memcache; hit");
 //! assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), "breaking");
