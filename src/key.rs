@@ -1,10 +1,11 @@
-//! Memcache keys by the seeds' formula: the lowercase hex md5 of the namespace bytes
-//! followed by the key's base bytes.
+//! Memcache keys by the formula of the Python memcache utilities lovely.memcached and
+//! p01.memcache: the lowercase hex md5 of the namespace bytes followed by the key's base
+//! bytes.
 //!
-//! What the base bytes are depends on the key, as in the seeds: text is its UTF-8, an
+//! What the base bytes are depends on the key, as in p01.memcache: text is its UTF-8, an
 //! integer its decimal digits, bytes are themselves, your own types say what identifies
-//! them by implementing [`KeyBase`] (the seeds' `_p_oid`), and any serializable value can be
-//! keyed by its encoding through [`Encoded`] (the seeds' pickle).
+//! them by implementing [`KeyBase`] (p01.memcache's `_p_oid`), and any serializable value can be
+//! keyed by its encoding through [`Encoded`] (p01.memcache's pickle).
 //!
 //! ```
 //! use tower_memcache::key::build_key;
@@ -21,7 +22,7 @@ use md5::{Digest, Md5};
 
 /// Something that can name a cached value: it gives the bytes hashed after the namespace.
 ///
-/// Implement it for your own types to key them by their identity, as the seeds used a
+/// Implement it for your own types to key them by their identity, as p01.memcache used a
 /// persistent object's `_p_oid`:
 ///
 /// ```
@@ -103,7 +104,7 @@ decimal_key_base!(
     u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
 );
 
-/// A serializable value used as a key through its encoded bytes, the seeds' "anything
+/// A serializable value used as a key through its encoded bytes, p01.memcache's "anything
 /// else is pickled".
 ///
 /// ```
@@ -138,7 +139,7 @@ impl KeyBase for Encoded {
     }
 }
 
-/// The seeds' `buildKey`: lowercase hex md5 of `namespace ++ key base`; no namespace is an
+/// p01.memcache's `buildKey`: lowercase hex md5 of `namespace ++ key base`; no namespace is an
 /// empty prefix. Always 32 characters, so always a valid memcached key.
 pub fn build_key<K: KeyBase + ?Sized>(namespace: Option<&str>, key: &K) -> String {
     md5_hex(&[namespace.unwrap_or("").as_bytes(), &key.key_base()])

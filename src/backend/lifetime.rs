@@ -107,7 +107,7 @@ impl Lifetime {
 }
 
 impl Default for Lifetime {
-    /// The seeds' default lifetime: 3600 seconds.
+    /// The default lifetime of lovely.memcached and p01.memcache: 3600 seconds.
     fn default() -> Self {
         Self::from_secs(3600)
     }

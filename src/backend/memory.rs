@@ -2,7 +2,7 @@
 //!
 //! It keeps memcached's rules (key checks, item size limit, lifetimes, `add` only when
 //! absent, flags, CAS values, decimal counters, LRU eviction under a memory limit, stats
-//! under memcached's names), lets tests look inside like the seeds' `getFakeBackend(..)
+//! under memcached's names), lets tests look inside like p01.memcache's `getFakeBackend(..)
 //! .cache`, and can be made unreachable or slow to test fail-open paths.
 
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ const DEFAULT_MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 ///     .build();
 /// backend.set("k", "v".into(), 7, Lifetime::NEVER).await?;
 ///
-/// // Look inside, as the seeds' tests do with their fake.
+/// // Look inside, as p01.memcache's tests do with their fake.
 /// let item = backend.peek("k").expect("stored");
 /// assert_eq!((&item.value[..], item.flags), (&b"v"[..], 7));
 ///
@@ -201,7 +201,7 @@ impl MemoryBackend {
         self.inner.latency_micros.store(micros, Ordering::SeqCst);
     }
 
-    /// The live entries, sorted by key, without touching stats or LRU order: the seeds'
+    /// The live entries, sorted by key, without touching stats or LRU order: p01.memcache's
     /// `getFakeBackend(client).cache`.
     pub fn entries(&self) -> Vec<(String, Item)> {
         let now = SystemTime::now();

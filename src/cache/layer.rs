@@ -106,13 +106,13 @@ impl<B: Backend> MemcacheLayer<B> {
         }
     }
 
-    /// The namespace put in front of every key (the seeds' formula). Defaults to none.
+    /// The namespace put in front of every key (the key formula of [`crate::key`]). Defaults to none.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.config.namespace = namespace.into();
         self
     }
 
-    /// The lifetime of routes no rule names. Defaults to 3600 s, the seeds' lifetime.
+    /// The lifetime of routes no rule names. Defaults to 3600 s, the memcache client's default.
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
         self.config.policy.set_default_lifetime(lifetime);
         self

@@ -1,6 +1,6 @@
 //! The HTTP cache middleware: [`MemcacheLayer`] and its service [`Memcache`].
 //!
-//! A GET or HEAD request is keyed by the seeds' formula over a canonical request key
+//! A GET or HEAD request is keyed by the key formula of [`crate::key`] over a canonical request key
 //! (method with HEAD as GET, scheme, authority, path, query; responses that vary on request
 //! headers, by `Vary` or the headers you name, are variants under that key), looked up in
 //! the backend and, on a hit, answered with the stored status, headers and body plus

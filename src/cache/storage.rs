@@ -1,6 +1,6 @@
 //! How the HTTP cache lays itself out in the backend.
 //!
-//! - The **primary key** of a URL (`md5(namespace ++ canonical request key)`, the seeds'
+//! - The **primary key** of a URL (`md5(namespace ++ canonical request key)`, the
 //!   formula) holds its entry, or, when its responses vary on request headers, a
 //!   [`VariantIndex`]. Each variant then lives under a key made of the canonical key, the
 //!   index id and the selecting header values, so variants coexist, and deleting the index

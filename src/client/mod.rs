@@ -1,7 +1,7 @@
-//! The seeds' memcache utility over any [`Backend`]: [`MemcacheClient`] and named
+//! The memcache utility of lovely.memcached and p01.memcache over any [`Backend`]: [`MemcacheClient`] and named
 //! invalidation through [`CacheRegistry`].
 //!
-//! The convenience methods never fail, as the seeds promise: with the server gone,
+//! The convenience methods never fail, as those utilities promise: with the server gone,
 //! [`query`](MemcacheClient::query) gives `None` and [`set`](MemcacheClient::set) stores
 //! nothing but still returns the key it would have used; the next call after the server is
 //! back uses it again. Every one of them has a `try_*` twin that returns the error.
@@ -18,7 +18,7 @@
 //! util2.set(&2, &2).await;
 //! assert_eq!(util1.query::<i32>(&1).await, Some(1));
 //! assert_eq!(util1.query::<i32>(&2).await, None);
-//! // The seeds' `ns=` argument: another namespace for one call.
+//! // lovely.memcached's `ns=` argument: another namespace for one call.
 //! assert_eq!(util1.with_namespace("2").query::<i32>(&2).await, Some(2));
 //!
 //! backend.set_unreachable(true);
@@ -60,7 +60,7 @@ pub enum Error {
     NamespaceNotVersioned,
 }
 
-/// The seeds' memcache utility: namespaced md5 keys, a default lifetime, typed and raw
+/// The memcache utility of lovely.memcached and p01.memcache: namespaced md5 keys, a default lifetime, typed and raw
 /// values, invalidation and statistics over any [`Backend`].
 ///
 /// Cheap to clone: clones share the backend.
@@ -84,7 +84,7 @@ impl<B: fmt::Debug> fmt::Debug for MemcacheClient<B> {
 }
 
 impl<B: Backend> MemcacheClient<B> {
-    /// A client with the seeds' defaults: no namespace, a lifetime of 3600 seconds.
+    /// A client with their defaults: no namespace, a lifetime of 3600 seconds.
     pub fn new(backend: B) -> Self {
         Self {
             backend,
@@ -95,7 +95,7 @@ impl<B: Backend> MemcacheClient<B> {
     }
 
     /// The same client in another namespace; `None` or `""` for none. Clients in different
-    /// namespaces never see each other's keys. Cheap: use it per call for the seeds' `ns=`.
+    /// namespaces never see each other's keys. Cheap: use it per call for lovely.memcached's `ns=`.
     #[must_use]
     pub fn with_namespace<'a>(&self, namespace: impl Into<Option<&'a str>>) -> Self {
         let namespace = namespace.into().filter(|ns| !ns.is_empty()).map(Arc::from);
@@ -105,7 +105,7 @@ impl<B: Backend> MemcacheClient<B> {
         }
     }
 
-    /// The same client with another default lifetime (the seeds' `defaultLifetime`).
+    /// The same client with another default lifetime (lovely.memcached's `defaultLifetime`).
     /// Defaults to 3600 seconds.
     #[must_use]
     pub fn with_lifetime(mut self, lifetime: Lifetime) -> Self {
@@ -118,7 +118,7 @@ impl<B: Backend> MemcacheClient<B> {
     /// When on, a generation number kept in memcached is mixed into the namespace, so
     /// [`invalidate_namespace`](Self::invalidate_namespace) can drop one namespace without
     /// flushing the others. It costs one extra `get` per call, and keys are then
-    /// `md5(namespace ++ "\0" ++ generation ++ key)` rather than the seeds' formula, so
+    /// `md5(namespace ++ "\0" ++ generation ++ key)` rather than the plain formula, so
     /// every client sharing a namespace must agree on this setting.
     ///
     /// ```
@@ -148,7 +148,7 @@ impl<B: Backend> MemcacheClient<B> {
         self.namespace.as_deref()
     }
 
-    /// The default lifetime (the seeds' `defaultLifetime`, 3600 seconds unless changed).
+    /// The default lifetime (lovely.memcached's `defaultLifetime`, 3600 seconds unless changed).
     pub fn lifetime(&self) -> Lifetime {
         self.lifetime
     }
@@ -158,7 +158,7 @@ impl<B: Backend> MemcacheClient<B> {
         &self.backend
     }
 
-    /// The seeds' `buildKey`: md5 of the namespace and the key's base bytes.
+    /// p01.memcache's `buildKey`: md5 of the namespace and the key's base bytes.
     ///
     /// ```
     /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
@@ -257,7 +257,7 @@ impl<B: Backend> MemcacheClient<B> {
     }
 
     /// Stores bytes as they are, with flags 0, so any memcached client can read them (the
-    /// seeds' `raw=True`). Never fails; returns the memcache key.
+    /// p01.memcache's `raw=True`). Never fails; returns the memcache key.
     ///
     /// ```
     /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
@@ -273,7 +273,7 @@ impl<B: Backend> MemcacheClient<B> {
     /// # }
     /// ```
     ///
-    /// Raw values are bytes only: where the seeds raised `ValueError: Data must be a
+    /// Raw values are bytes only: where p01.memcache raised `ValueError: Data must be a
     /// string`, anything else does not compile.
     ///
     /// ```compile_fail
@@ -347,8 +347,8 @@ impl<B: Backend> MemcacheClient<B> {
         Ok(self.backend.delete(&memcache_key).await?)
     }
 
-    /// Flushes everything on every server, every namespace included, as the seeds'
-    /// `invalidateAll` does. Never fails.
+    /// Flushes everything on every server, every namespace included, as `invalidateAll` in both
+    /// utilities does. Never fails.
     pub async fn invalidate_all(&self) {
         if let Err(err) = self.try_invalidate_all().await {
             tracing::debug!(error = %err, "memcache flush_all failed");
@@ -394,7 +394,7 @@ impl<B: Backend> MemcacheClient<B> {
         Ok(())
     }
 
-    /// Statistics of every server (the seeds' `getStatistics`); empty when the backend is
+    /// Statistics of every server (`getStatistics` in both utilities); empty when the backend is
     /// gone.
     pub async fn stats(&self) -> Vec<ServerStats> {
         self.try_stats().await.unwrap_or_else(|err| {
@@ -422,7 +422,7 @@ impl<B: Backend> MemcacheClient<B> {
         Ok(memcache_key)
     }
 
-    /// The memcache key a call uses: the seeds' key, or with versioning the key in the
+    /// The memcache key a call uses: the plain key, or with versioning the key in the
     /// namespace's current generation.
     async fn resolve_key(&self, key: &(impl KeyBase + ?Sized)) -> Result<String, Error> {
         let (true, Some(namespace)) = (self.versioned, self.namespace()) else {

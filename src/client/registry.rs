@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::key::KeyBase;
 
 /// Named clients, so that a key can be invalidated in all of them or in one by name: the
-/// seeds' `InvalidateCacheEvent(key, cacheName=…)`.
+/// p01.memcache's `InvalidateCacheEvent(key, cacheName=…)`.
 ///
 /// ```
 /// use tower_memcache::{CacheRegistry, MemcacheClient, backend::MemoryBackend};

@@ -901,7 +901,7 @@ impl Backend for TcpBackend {
                 Err(err) => last_error = Some(err),
             }
         }
-        // The servers that answered, as the seeds' getStatistics lists the connected ones;
+        // The servers that answered, as getStatistics in lovely.memcached and p01.memcache lists the connected ones;
         // an error only when none did.
         match (answered.is_empty(), last_error) {
             (true, Some(err)) => Err(err),

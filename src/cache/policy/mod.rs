@@ -23,7 +23,7 @@ use freshness::{Heuristic, explicit_lifetime, heuristic_lifetime};
 /// The statuses stored by default: RFC 9110's heuristically cacheable ones.
 pub(super) const DEFAULT_STATUSES: [u16; 11] = freshness::HEURISTIC_STATUSES;
 
-/// The seeds' default lifetime.
+/// The default lifetime of lovely.memcached and p01.memcache: an hour.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Headers that describe one connection, never stored (RFC 9110 §7.6.1), plus the ones a
