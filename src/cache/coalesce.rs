@@ -152,3 +152,56 @@ pub(super) async fn wait_for_other_process<B: Backend>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::cache::MemcacheLayer;
+    use crate::cache::service::testing::{entry, exchange_for, get, shared};
+
+    #[tokio::test]
+    async fn a_second_request_waits_for_the_first_and_gets_its_entry() {
+        let layer = MemcacheLayer::new(MemoryBackend::new()).lease(None);
+        let shared = shared(&layer);
+        let request = get("http://site.example/w");
+        let first = exchange_for(&shared, &request).await;
+        let Coordinated::Go(filler) = shared.coordinate(&first, request.headers()).await else {
+            panic!("the first request goes to the origin")
+        };
+        assert!(filler.leader.is_some(), "and leads the flight");
+        let follower = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let request = get("http://site.example/w");
+                let second = exchange_for(&shared, &request).await;
+                match shared.coordinate(&second, request.headers()).await {
+                    Coordinated::Answered(entry, _) => Some(entry.body.clone()),
+                    Coordinated::Go(_) => None,
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        filler.publish(Some(Arc::new(entry(&first, &[]))));
+        let answered = tokio::time::timeout(Duration::from_secs(1), follower)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answered.as_deref(), Some(&b"stored"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_head_or_an_origin_precondition_coordinates_with_nobody() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/h");
+        let mut ex = exchange_for(&shared, &request).await;
+        ex.is_head = true;
+        let Coordinated::Go(filler) = shared.coordinate(&ex, request.headers()).await else {
+            panic!("goes alone")
+        };
+        assert!(filler.leader.is_none() && filler.lease.is_none());
+    }
+}

@@ -283,3 +283,109 @@ impl<B: Backend> Shared<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::cache::MemcacheLayer;
+    use crate::cache::coalesce::Filler;
+    use crate::cache::exchange::Sent;
+    use crate::cache::service::testing::{exchange_for, get, shared};
+    use crate::cache::storage::Lookup;
+
+    fn sent() -> Sent {
+        Sent {
+            request_headers: HeaderMap::new(),
+            request_time: std::time::SystemTime::now(),
+        }
+    }
+
+    fn response(fields: &[(&'static str, &'static str)]) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"page")));
+        for (name, value) in fields {
+            response
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    #[tokio::test]
+    async fn the_gate_refuses_what_a_shared_cache_must_not_store() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let ex = exchange_for(&shared, &get("http://site.example/x")).await;
+        let sent = sent();
+        let admission = shared.admission(Duration::from_secs(60), false, sent.request_time, false);
+        let verdict = |fields: &[(&'static str, &'static str)]| {
+            let response = response(fields);
+            let (status, headers) = (response.status(), response.headers());
+            shared
+                .admit(
+                    &ex.plan,
+                    &sent.request_headers,
+                    status,
+                    headers,
+                    Vec::new(),
+                    &admission,
+                )
+                .map(|_| ())
+        };
+        assert_eq!(verdict(&[]), Ok(()));
+        for (fields, refusal) in [
+            (&[("cache-control", "private")][..], NotStorable::Private),
+            (&[("cache-control", "no-store")][..], NotStorable::NoStore),
+            (&[("set-cookie", "sid=1")][..], NotStorable::SetCookie),
+            (&[("vary", "*")][..], NotStorable::VaryStar),
+            (
+                &[("content-range", "bytes 0-1/4")][..],
+                NotStorable::Partial,
+            ),
+        ] {
+            assert_eq!(verdict(fields), Err(Refusal::Policy(refusal)));
+        }
+        let zero = shared.admission(Duration::ZERO, false, sent.request_time, false);
+        let response = response(&[]);
+        let refused = shared.admit(
+            &ex.plan,
+            &sent.request_headers,
+            StatusCode::OK,
+            response.headers(),
+            Vec::new(),
+            &zero,
+        );
+        assert!(matches!(
+            refused,
+            Err(Refusal::Policy(NotStorable::ZeroLifetime))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stored_response_never_keeps_its_cookie() {
+        let layer = MemcacheLayer::new(MemoryBackend::new()).store_set_cookie(true);
+        let shared = shared(&layer);
+        let request = get("http://site.example/c");
+        let ex = exchange_for(&shared, &request).await;
+        let response = response(&[("set-cookie", "sid=A"), ("x-kept", "1")]);
+        let (response, unused) = shared.on_response(&ex, &sent(), response, Filler::none());
+        assert!(unused.is_none(), "stored");
+        // The client that asked still gets its cookie.
+        assert_eq!(response.headers()["set-cookie"], "sid=A");
+        response.into_body().collect().await.unwrap();
+        layer.background().idle().await;
+        let Lookup::Found(found) = shared
+            .storage
+            .lookup(&ex.plan.canonical, &ex.plan.key, request.headers())
+            .await
+        else {
+            panic!("lookup failed")
+        };
+        let entry = found.entry.expect("stored");
+        let names: Vec<_> = entry.meta.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+}

@@ -127,3 +127,42 @@ where
     shared.set_status(&mut response, Outcome::forwarded(fwd, None));
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn location(target: &str, host: Option<&str>, value: &'static str) -> Option<String> {
+        let target: Uri = target.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        if let Some(host) = host {
+            headers.insert(http::header::HOST, host.parse().unwrap());
+        }
+        same_origin(&target, &headers, &HeaderValue::from_static(value), "http")
+            .map(|uri| uri.to_string())
+    }
+
+    #[test]
+    fn only_locations_on_the_requests_own_origin_are_invalidated() {
+        assert_eq!(
+            location("/a", Some("Site.example"), "/b?x=1").as_deref(),
+            Some("http://site.example/b?x=1")
+        );
+        assert_eq!(
+            location("/a", Some("site.example"), "http://SITE.example:80/c").as_deref(),
+            Some("http://SITE.example:80/c")
+        );
+        for other in [
+            "http://other.example/c",
+            "http://site.example:8080/c",
+            "https://site.example/c",
+            "relative/path",
+        ] {
+            assert_eq!(location("/a", Some("site.example"), other), None, "{other}");
+        }
+        // A request whose own Host cannot be keyed invalidates nothing else.
+        assert_eq!(location("/a", Some("site.example/x"), "/b"), None);
+    }
+}

@@ -286,6 +286,12 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
+    /// The configuration (for the lifecycle modules' unit tests).
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &Config<B> {
+        &self.config
+    }
+
     /// The layer's statistics, shared by every service it builds.
     pub fn stats(&self) -> CacheStats {
         self.config.stats.clone()

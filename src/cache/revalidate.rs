@@ -311,3 +311,86 @@ pub(super) async fn drain<B: Body>(body: B) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::cache::MemcacheLayer;
+    use crate::cache::fill::Destination;
+    use crate::cache::service::testing::{entry, exchange_for, get, shared};
+    use crate::cache::storage::Lookup;
+
+    /// Stores `entry` for the request, then answers a refresh of it with a 304 carrying
+    /// `fields`; whether an entry is stored afterwards, and the refreshed entry.
+    async fn refresh_with(fields: &[(&'static str, &'static str)]) -> (bool, Arc<Entry>) {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/r");
+        let ex = exchange_for(&shared, &request).await;
+        let stored = entry(&ex, &[("etag", "\"1\""), ("x-old", "1")]);
+        let ttl = Duration::from_secs(60);
+        shared
+            .store(&Destination::new(&ex), &[], &stored, ttl)
+            .await;
+        let ex = exchange_for(&shared, &request).await;
+        let stale = ex.found.entry.clone().expect("stored");
+        let mut not_modified = Response::new(());
+        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+        for (name, value) in fields {
+            not_modified
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        let sent = Sent {
+            request_headers: request.headers().clone(),
+            request_time: SystemTime::now(),
+        };
+        let filler = Filler::none();
+        let refreshed = shared
+            .refresh(&ex, &sent, &stale, &mut not_modified, filler)
+            .await;
+        layer.background().idle().await;
+        let Lookup::Found(found) = shared
+            .storage
+            .lookup(&ex.plan.canonical, &ex.plan.key, request.headers())
+            .await
+        else {
+            panic!("lookup failed")
+        };
+        (found.entry.is_some(), refreshed)
+    }
+
+    #[tokio::test]
+    async fn a_304_refreshes_fields_but_never_stores_a_cookie() {
+        let (kept, refreshed) = refresh_with(&[("x-new", "2"), ("set-cookie", "sid=A")]).await;
+        assert!(kept);
+        let names: Vec<_> = refreshed
+            .meta
+            .headers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert!(
+            names.contains(&"x-new") && names.contains(&"x-old"),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"set-cookie"), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn a_304_that_makes_the_response_unstorable_removes_it() {
+        for fields in [
+            &[("cache-control", "private")][..],
+            &[("cache-control", "no-store")][..],
+            &[("vary", "x-user")][..],
+        ] {
+            let (kept, _) = refresh_with(fields).await;
+            assert!(!kept, "{fields:?}");
+        }
+    }
+}

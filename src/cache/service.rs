@@ -477,3 +477,85 @@ pub(super) fn matched_path<T>(request: &Request<T>) -> Option<&str> {
 pub(super) fn matched_path<T>(_request: &Request<T>) -> Option<&str> {
     None
 }
+
+/// Helpers for the lifecycle modules' unit tests: one layer's `Shared` over
+/// `MemoryBackend`, and a request's `Exchange` after its lookup, without the service.
+#[cfg(test)]
+pub(super) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::Request;
+
+    use super::Shared;
+    use crate::backend::MemoryBackend;
+    use crate::cache::MemcacheLayer;
+    use crate::cache::entry::{Entry, EntryMeta};
+    use crate::cache::exchange::Exchange;
+    use crate::cache::status::Forward;
+    use crate::cache::storage::{Found, Lookup};
+    use crate::cache::stored::now_ms;
+
+    pub(crate) fn shared(layer: &MemcacheLayer<MemoryBackend>) -> Arc<Shared<MemoryBackend>> {
+        Arc::new(Shared::new(layer.config().clone()))
+    }
+
+    pub(crate) fn get(uri: &str) -> Request<()> {
+        Request::get(uri).body(()).unwrap()
+    }
+
+    /// The request planned and looked up, as `handle` does before deciding.
+    pub(crate) async fn exchange_for(
+        shared: &Shared<MemoryBackend>,
+        request: &Request<()>,
+    ) -> Exchange {
+        let plan = shared.plan(request).expect("a cacheable request");
+        let found = match shared
+            .storage
+            .lookup(&plan.canonical, &plan.key, request.headers())
+            .await
+        {
+            Lookup::Found(found) => found,
+            Lookup::Unavailable => Found::default(),
+        };
+        Exchange {
+            plan,
+            found,
+            fwd: Forward::UriMiss,
+            detail: None,
+            is_head: false,
+        }
+    }
+
+    /// A fresh 200 entry for `ex`'s URL, with `headers`.
+    pub(crate) fn entry(ex: &Exchange, headers: &[(&'static str, &'static str)]) -> Entry {
+        Entry {
+            meta: EntryMeta {
+                canonical_key: ex.plan.canonical.clone(),
+                status: 200,
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            http::HeaderName::from_static(n),
+                            http::HeaderValue::from_static(v),
+                        )
+                    })
+                    .collect(),
+                vary: Vec::new(),
+                stored_at_ms: now_ms(),
+                initial_age_ms: 0,
+                fresh_for_ms: Duration::from_secs(60).as_millis() as u64,
+                stale_while_revalidate_ms: 0,
+                stale_if_error_ms: 0,
+                forbids_stale: false,
+                no_cache: false,
+                authenticated: false,
+                generation: 0,
+                tags: Vec::new(),
+            },
+            body: Bytes::from_static(b"stored"),
+        }
+    }
+}
