@@ -294,8 +294,7 @@ mod tests {
     use crate::cache::MemcacheLayer;
     use crate::cache::coalesce::Filler;
     use crate::cache::exchange::Sent;
-    use crate::cache::service::testing::{exchange_for, get, shared};
-    use crate::cache::storage::Lookup;
+    use crate::cache::service::testing::{exchange_for, get, shared, stored_entry};
 
     fn sent() -> Sent {
         Sent {
@@ -377,14 +376,7 @@ mod tests {
         assert_eq!(response.headers()["set-cookie"], "sid=A");
         response.into_body().collect().await.unwrap();
         layer.background().idle().await;
-        let Lookup::Found(found) = shared
-            .storage
-            .lookup(&ex.plan.canonical, &ex.plan.key, request.headers())
-            .await
-        else {
-            panic!("lookup failed")
-        };
-        let entry = found.entry.expect("stored");
+        let entry = stored_entry(&shared, &request).await.expect("stored");
         let names: Vec<_> = entry.meta.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
     }

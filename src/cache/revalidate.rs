@@ -322,8 +322,7 @@ mod tests {
     use crate::backend::MemoryBackend;
     use crate::cache::MemcacheLayer;
     use crate::cache::fill::Destination;
-    use crate::cache::service::testing::{entry, exchange_for, get, shared};
-    use crate::cache::storage::Lookup;
+    use crate::cache::service::testing::{entry, exchange_for, get, shared, stored_entry};
 
     /// Stores `entry` for the request, then answers a refresh of it with a 304 carrying
     /// `fields`; whether an entry is stored afterwards, and the refreshed entry.
@@ -355,14 +354,7 @@ mod tests {
             .refresh(&ex, &sent, &stale, &mut not_modified, filler)
             .await;
         layer.background().idle().await;
-        let Lookup::Found(found) = shared
-            .storage
-            .lookup(&ex.plan.canonical, &ex.plan.key, request.headers())
-            .await
-        else {
-            panic!("lookup failed")
-        };
-        (found.entry.is_some(), refreshed)
+        (stored_entry(&shared, &request).await.is_some(), refreshed)
     }
 
     #[tokio::test]

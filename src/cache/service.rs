@@ -528,6 +528,14 @@ pub(super) mod testing {
         }
     }
 
+    /// What a lookup for `request` finds stored now.
+    pub(crate) async fn stored_entry(
+        shared: &Shared<MemoryBackend>,
+        request: &Request<()>,
+    ) -> Option<Arc<Entry>> {
+        exchange_for(shared, request).await.found.entry
+    }
+
     /// A fresh 200 entry for `ex`'s URL, with `headers`.
     pub(crate) fn entry(ex: &Exchange, headers: &[(&'static str, &'static str)]) -> Entry {
         Entry {
