@@ -45,6 +45,14 @@ pub enum BackendError {
         /// The timeout that expired.
         after: Duration,
     },
+    /// The caller's own deadline (the cache layer's lookup timeout) passed before the
+    /// backend answered; the backend may not have timed out itself, and which server was
+    /// slow is not known at that level.
+    #[error("no answer from the backend within the caller's deadline of {after:?}")]
+    Deadline {
+        /// The deadline that passed.
+        after: Duration,
+    },
     /// The server answered with an error (`SERVER_ERROR`, `CLIENT_ERROR`, `ERROR`).
     #[error("memcached server error: {0}")]
     Server(String),

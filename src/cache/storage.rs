@@ -376,8 +376,7 @@ impl<B: Backend> Storage<B> {
     ) -> Result<T, BackendError> {
         tokio::time::timeout(self.timeout, operation)
             .await
-            .map_err(|_| BackendError::Timeout {
-                server: "cache".to_string(),
+            .map_err(|_| BackendError::Deadline {
                 after: self.timeout,
             })?
     }
