@@ -602,7 +602,7 @@ async fn an_authenticated_response_is_reused_by_everyone_for_a_route_lifetime<B:
     for (path, _) in cases {
         let alice = get(&svc, path, &[HOST, ("authorization", b"Bearer alice")]).await;
         assert!(alice.body.contains("authorization=Bearer alice"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        layer.background().idle().await;
         let calls = origin.calls();
         let anonymous = get(&svc, path, &[HOST]).await;
         assert!(
@@ -643,7 +643,7 @@ async fn made_up_credentials_on_a_revalidation_switch_caching_off<B: Backend>(ba
     )
     .await;
     assert!(attack.cache_status().contains("fwd-status=304"));
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    stats.settled().await;
     // Everyone else still gets the route's hour.
     let calls = origin.calls();
     assert_hit(get(&svc, "/rv", &[HOST]).await.cache_status());
@@ -671,7 +671,7 @@ async fn an_authenticated_entry_outlives_the_origin_withdrawing_public<B: Backen
     // Revalidated for an anonymous request: the origin's 304 no longer says public.
     let anonymous = get(&svc, "/pub", &[HOST]).await;
     assert!(anonymous.cache_status().contains("fwd-status=304"));
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    stats.settled().await;
     // The entry is gone, not kept for ten minutes.
     let calls = origin.calls();
     let next = get(&svc, "/pub", &[HOST]).await;
@@ -756,7 +756,7 @@ async fn a_range_request_on_a_miss_stores_a_206_as_the_full_page<B: Backend>(bac
         let svc = service(&layer, &origin);
         for path in ["/video", "/odd"] {
             get(&svc, path, &[HOST, ("range", b"bytes=0-4")]).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            layer.background().idle().await;
             let full = get(&svc, path, &[HOST]).await;
             assert_not_hit(full.cache_status());
             assert_eq!(layer.stats().snapshot().stores, 0, "{path}");

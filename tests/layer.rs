@@ -376,7 +376,7 @@ async fn oversized_and_failing_bodies_pass_through<B: Backend>(backend: B) {
             "error not passed on"
         );
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    stats.settled().await;
     assert_eq!(stats.snapshot().stores, 0);
     assert_eq!(origin.calls(), 4);
 }
@@ -433,7 +433,9 @@ async fn vary_selects_the_variant<B: Backend>(backend: B) {
 /// A value under the key that is not ours, or is for another request: never served.
 async fn foreign_values_are_misses<B: Backend>(backend: B) {
     let origin = Origin::default();
-    let svc = service(layer(backend.clone()), &origin);
+    let layer = layer(backend.clone());
+    let stats = Watch::of(&layer);
+    let svc = service(layer, &origin);
     let key = build_key(Some("test"), "GET http://test.local/foreign");
     backend
         .set(
@@ -447,7 +449,7 @@ async fn foreign_values_are_misses<B: Backend>(backend: B) {
     assert_eq!(get(&svc, "/foreign").await.body(), b"/foreign call 1");
     // A real entry stored under this key for another URL (as an md5 collision would).
     get(&svc, "/elsewhere").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    stats.settled().await;
     let other = build_key(Some("test"), "GET http://test.local/elsewhere");
     let entry = backend.get(&other).await.unwrap().unwrap();
     backend

@@ -326,7 +326,7 @@ async fn rfc9111_5_2_1_request_directives<B: Backend>(backend: B) {
     );
     // no-store: answered, not stored.
     get_with(&svc, "/r", &[("cache-control", "no-store")]).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    stats.settled().await;
     assert_eq!(stats.snapshot().stores, 0);
     get(&svc, "/r").await;
     stores(&stats, 1).await;
