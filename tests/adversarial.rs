@@ -23,8 +23,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 use tower_memcache::backend::Backend;
-use tower_memcache::cache::CacheMode;
-use tower_memcache::cache::{MemcacheLayer, ResponseBody};
+use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody, RouteMatch};
 
 /// What the origin answers for one path, beyond its echo.
 #[derive(Clone, Default)]
@@ -838,7 +837,28 @@ async fn an_age_or_lifetime_of_u64_max_crashes_the_request<B: Backend>(backend: 
     }
 }
 
+async fn a_percent_encoded_path_slips_past_a_no_cache_rule<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = routes_layer(backend).no_cache(RouteMatch::Exact("/account".into()));
+    let stats = Watch::of(&layer);
+    let svc = service(&layer, &origin);
+    for path in ["/%61ccount", "/acc%6Funt", "/account"] {
+        for _ in 0..2 {
+            let answer = get(&svc, path, &[HOST]).await;
+            assert!(
+                answer.cache_status().contains("fwd=bypass"),
+                "{path}: {}",
+                answer.cache_status()
+            );
+        }
+    }
+    stats.settled().await;
+    assert_eq!(stats.snapshot().stores, 0);
+    assert_eq!(origin.calls(), 6);
+}
+
 on_every_backend!("adversarial";
+    a_percent_encoded_path_slips_past_a_no_cache_rule,
     an_age_or_lifetime_of_u64_max_crashes_the_request,
     host_with_a_path_poisons_another_url,
     host_spellings_of_one_authority_share_an_entry_others_do_not,

@@ -10,6 +10,7 @@ pub(super) mod cache_control;
 pub(super) mod conditional;
 pub(super) mod freshness;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
@@ -238,6 +239,9 @@ impl Policy {
 
     /// The route's lifetime, or `None` when its rule turns caching off.
     pub(crate) fn route_lifetime(&self, path: &str, pattern: Option<&str>) -> Option<Duration> {
+        // Rules see the path as an origin that decodes it does: `/%61ccount` must not
+        // slip past a rule for `/account`.
+        let path = &*rule_path(path);
         let exact = self
             .rules
             .iter()
@@ -392,6 +396,54 @@ pub(super) fn is_unstored_field(name: &HeaderName, headers: &HeaderMap, cc: &Cac
             .iter()
             .chain(&cc.no_cache_fields)
             .any(|field| field == name.as_str())
+}
+
+/// A request path as route rules see it: percent-encoded unreserved characters decoded
+/// (RFC 3986 §6.2.2.2), other escapes kept with upper-case hex (§6.2.2.1). The cache key
+/// keeps the path byte for byte; this is only what a rule is matched against.
+pub(crate) fn rule_path(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| {
+                Some((
+                    hex_value(*bytes.get(i + 1)?)?,
+                    hex_value(*bytes.get(i + 2)?)?,
+                ))
+            })
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                let byte = high << 4 | low;
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(byte));
+                } else {
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(high)]));
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(low)]));
+                }
+                i += 3;
+            }
+            None => {
+                // The rest up to the next '%' as it is (a `Uri` path is ASCII).
+                let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
 }
 
 /// The lower-cased field names a response's `Vary` lists.
@@ -563,6 +615,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn rule_paths_decode_unreserved_escapes_only() {
+        assert_eq!(rule_path("/account"), "/account");
+        assert_eq!(rule_path("/%61ccount"), "/account");
+        assert_eq!(rule_path("/a%2fb%7E%2D"), "/a%2Fb~-");
+        assert_eq!(rule_path("/%zz%4"), "/%zz%4");
+        assert_eq!(rule_path("%"), "%");
+    }
+
+    #[test]
     fn hop_by_hop_includes_connection_tokens() {
         let map = headers(&[("connection", "close, X-Custom")]);
         assert!(is_hop_by_hop(&header::TRANSFER_ENCODING, &map));
@@ -603,6 +664,9 @@ pub(crate) mod tests {
             Some(Duration::from_secs(3))
         );
         assert_eq!(policy.route_lifetime("/a/b/c", Some("/a/{id}")), None);
+        // Rules match the path an origin that decodes it sees.
+        assert_eq!(policy.route_lifetime("/a/b/%63", Some("/a/{id}")), None);
+        assert_eq!(policy.route_lifetime("/%61/b/c", None), None);
     }
 
     #[test]
@@ -646,6 +710,13 @@ pub(crate) mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::default())]
+
+            /// Any path: no panic, and a rule path is its own rule path.
+            #[test]
+            fn rule_paths_are_stable(path in "[/a-zA-Z0-9%._~-]{0,24}") {
+                let once = rule_path(&path).into_owned();
+                prop_assert_eq!(rule_path(&once), once.as_str());
+            }
 
             /// Two values that differ other than in white space around words never
             /// normalise alike, whatever their bytes (no lossy decoding).
