@@ -857,7 +857,29 @@ async fn a_percent_encoded_path_slips_past_a_no_cache_rule<B: Backend>(backend: 
     assert_eq!(origin.calls(), 6);
 }
 
+async fn a_purge_misses_an_entry_stored_under_another_spelling_of_its_host<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = routes_layer(backend);
+    let stats = Watch::of(&layer);
+    let svc = service(&layer, &origin);
+    get(&svc, "/p", &[("host", b"Site.Example:80")]).await;
+    stores(&stats, 1).await;
+    assert_hit(
+        get(&svc, "/p", &[("host", b"site.example")])
+            .await
+            .cache_status(),
+    );
+    layer
+        .purger()
+        .purge_uri("http://site.example/p")
+        .await
+        .unwrap();
+    let after = get(&svc, "/p", &[("host", b"SITE.example:80")]).await;
+    assert_not_hit(after.cache_status());
+}
+
 on_every_backend!("adversarial";
+    a_purge_misses_an_entry_stored_under_another_spelling_of_its_host,
     a_percent_encoded_path_slips_past_a_no_cache_rule,
     an_age_or_lifetime_of_u64_max_crashes_the_request,
     host_with_a_path_poisons_another_url,
