@@ -93,6 +93,11 @@ impl Background {
 
     /// Waits until no background task is running, including those the running ones start
     /// (a store a refresh makes). Returns at once when there are none.
+    ///
+    /// A body on its way into the cache counts until the origin has sent it or its client
+    /// has gone; past the layer's `fill_buffer` it is read at its client's pace. A graceful
+    /// shutdown that must not wait on a stalled client should bound this wait with a
+    /// timeout.
     pub async fn idle(&self) {
         loop {
             let notified = self.inner.idle.notified();

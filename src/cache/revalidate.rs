@@ -57,12 +57,12 @@ impl<B: Backend> Shared<B> {
         let merged = admission.merged_headers(entry, response.headers());
         let refreshed = Arc::new(admission.refreshed(entry, &merged));
         let status = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
-        let vary = self.vary_values(request_headers, &merged);
-        let same_selection = vary.len() == entry.meta.vary.len()
-            && vary
+        // The refresh may not change which request headers select the response: the stored
+        // one's values for any new name are unknown.
+        let same_selection =
+            self.selecting_names(&merged)
                 .iter()
-                .zip(&entry.meta.vary)
-                .all(|((new, _), (old, _))| new == old);
+                .eq(entry.meta.vary.iter().map(|(name, _)| name));
         let verdict = if request_headers.contains_key(header::AUTHORIZATION)
             && !entry.meta.authenticated
         {

@@ -151,15 +151,16 @@ pub(super) enum Answered {
 
 impl Answered {
     pub(super) fn outcome(self, freshness: &Freshness) -> Outcome {
-        let stale_for = freshness.staleness().as_secs();
+        // Only a stale answer says by how much (a fresh hit, the common case, skips it).
+        let stale_for = || freshness.staleness().as_secs();
         match self {
             Self::Lookup if freshness.is_fresh() => Outcome::Hit,
             Self::Lookup => Outcome::StaleHit {
-                stale_for,
+                stale_for: stale_for(),
                 detail: None,
             },
             Self::StaleIfError => Outcome::StaleHit {
-                stale_for,
+                stale_for: stale_for(),
                 detail: Some(Detail::StaleIfError),
             },
             Self::Collapsed(fwd) => Outcome::Forwarded {
@@ -350,13 +351,9 @@ impl<B: Backend> Shared<B> {
         response.headers_mut().remove(name);
         tags
     }
-    /// The selecting request headers: the response's `Vary` plus the configured key
-    /// headers, with this request's normalised values.
-    pub(super) fn vary_values(
-        &self,
-        request_headers: &HeaderMap,
-        response_headers: &HeaderMap,
-    ) -> Vec<(String, Option<String>)> {
+    /// The names of the selecting request headers: the response's `Vary` plus the
+    /// configured key headers, sorted, once each.
+    pub(super) fn selecting_names(&self, response_headers: &HeaderMap) -> Vec<String> {
         let mut names: Vec<String> = vary_names(response_headers).collect();
         names.extend(
             self.config
@@ -367,6 +364,15 @@ impl<B: Backend> Shared<B> {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// The selecting request headers with this request's normalised values.
+    pub(super) fn vary_values(
+        &self,
+        request_headers: &HeaderMap,
+        response_headers: &HeaderMap,
+    ) -> Vec<(String, Option<String>)> {
+        self.selecting_names(response_headers)
             .into_iter()
             .map(|name| {
                 let value = normalized_header(request_headers, &name);
