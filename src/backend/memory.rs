@@ -412,6 +412,38 @@ impl Backend for MemoryBackend {
         self.store(key, value, flags, lifetime, true)
     }
 
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<crate::backend::CasOutcome, BackendError> {
+        use crate::backend::CasOutcome;
+        self.fault().await?;
+        validate_key(key)?;
+        check_item_size(key, value.len(), self.inner.item_size_limit)?;
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        state.counters.cmd_set += 1;
+        match state.live(key, now) {
+            None => return Ok(CasOutcome::NotFound),
+            Some(stored) if stored.cas != cas => return Ok(CasOutcome::Exists),
+            Some(_) => {}
+        }
+        let cas = state.next_cas;
+        state.next_cas += 1;
+        let stored = Stored {
+            value,
+            flags,
+            expires: lifetime.deadline(now),
+            cas,
+        };
+        state.insert(key, stored, self.inner.memory_limit);
+        Ok(CasOutcome::Stored)
+    }
+
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         self.fault().await?;
         validate_key(key)?;
@@ -534,6 +566,10 @@ impl Backend for MemoryBackend {
             server: SERVER_NAME.to_string(),
             stats,
         }])
+    }
+
+    fn item_size_limit(&self) -> usize {
+        self.inner.item_size_limit
     }
 
     fn is_available(&self, _key: &str) -> bool {

@@ -61,6 +61,17 @@ pub struct Item {
     pub cas: Option<u64>,
 }
 
+/// The outcome of a compare-and-swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The value was replaced.
+    Stored,
+    /// Someone changed the item since it was read; nothing was stored.
+    Exists,
+    /// The item is gone; nothing was stored.
+    NotFound,
+}
+
 /// Statistics of one server: memcached's stat names (`curr_items`, `get_hits`, …) to their
 /// values, exactly as the server reported them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +134,17 @@ pub trait Backend: Clone + Send + Sync + 'static {
         lifetime: Lifetime,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send;
 
+    /// Compare-and-swap: stores only if the item's CAS value is still `cas`, as read in
+    /// [`Item::cas`].
+    fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> impl Future<Output = Result<CasOutcome, BackendError>> + Send;
+
     /// Removes a key; `Ok(false)` when it was not there.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, BackendError>> + Send;
 
@@ -146,6 +168,87 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Statistics of every server.
     fn stats(&self) -> impl Future<Output = Result<Vec<ServerStats>, BackendError>> + Send;
+
+    /// [`get_many`](Self::get_many) on the server that holds `route`.
+    fn get_many_by_key(
+        &self,
+        route: &str,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, Item>, BackendError>> + Send {
+        let _ = route;
+        self.get_many(keys)
+    }
+
+    /// [`set`](Self::set) on the server that holds `route`.
+    fn set_by_key(
+        &self,
+        route: &str,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = route;
+        self.set(key, value, flags, lifetime)
+    }
+
+    /// [`add`](Self::add) on the server that holds `route`.
+    fn add_by_key(
+        &self,
+        route: &str,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send {
+        let _ = route;
+        self.add(key, value, flags, lifetime)
+    }
+
+    /// [`cas`](Self::cas) on the server that holds `route`.
+    fn cas_by_key(
+        &self,
+        route: &str,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> impl Future<Output = Result<CasOutcome, BackendError>> + Send {
+        let _ = route;
+        self.cas(key, value, flags, lifetime, cas)
+    }
+
+    /// [`delete`](Self::delete) on the server that holds `route`.
+    fn delete_by_key(
+        &self,
+        route: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send {
+        let _ = route;
+        self.delete(key)
+    }
+
+    /// Stores `key` on every server.
+    fn set_on_every_server(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        self.set(key, value, flags, lifetime)
+    }
+
+    /// Registers a key deleted on a server that comes back after being marked down.
+    fn reset_on_rejoin(&self, key: &str) {
+        let _ = key;
+    }
+
+    /// The largest item the backend accepts now.
+    fn item_size_limit(&self) -> usize {
+        DEFAULT_ITEM_SIZE_LIMIT
+    }
 
     /// Whether the backend currently believes it can serve `key` (its server is not marked
     /// down). A cheap, synchronous check used to skip work while a server is gone; the

@@ -1,19 +1,25 @@
 //! Coalescing: requests for a URL being refilled wait for the one that refills it, in this
-//! process (the single flight) and across processes (the lease in memcached).
+//! process (the single flight, one per variant) and across processes (the placeholder the
+//! refilling request puts in memcached, see [`lease`](super::lease)).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 
 use super::exchange::{Exchange, Plan};
-use super::lease::{self, Acquired, Lease};
+use super::lease::Lease;
 use super::service::Shared;
-use super::single_flight::{self, Flight, Leader};
-use super::storage::{Found, Lookup};
+use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
+use super::storage::{Found, Lookup, Placed, Slot, Target};
+use super::stored::now_ms;
 use crate::backend::Backend;
-use crate::cache::entry::Entry;
+use crate::cache::entry::{Entry, VariantIndex};
 use crate::cache::policy::freshness::Freshness;
+
+/// How long other processes wait for a placeholder when this layer has leases off (they
+/// may have them on).
+const DEFAULT_HOLD: Duration = Duration::from_secs(5);
 
 /// What coordinating with the other requests for a key gave.
 pub(super) enum Coordinated<B: Backend> {
@@ -21,73 +27,206 @@ pub(super) enum Coordinated<B: Backend> {
     Answered(Arc<Entry>, Freshness),
     /// Go to the origin, holding what this request leads (maybe nothing).
     Go(Filler<B>),
+    /// The request waited for did not help (another variant, overtaken by a purge): look
+    /// the URL up again and coordinate anew.
+    Retry,
+}
+
+/// What a store must find in the primary key, as read by the latest lookup before this
+/// request went to the origin.
+#[derive(Clone)]
+pub(super) struct Guard {
+    slot: Slot,
+    generation: Option<u64>,
+    index: Option<VariantIndex>,
+}
+
+impl Guard {
+    fn of(found: &Found) -> Self {
+        Self {
+            slot: found.slot,
+            generation: found.generation,
+            index: found.index.clone(),
+        }
+    }
 }
 
 impl<B: Backend> Shared<B> {
-    /// Coordinates with other requests for the key: in this process (lead the flight, or
-    /// wait for its leader), then across processes (take the lease, or wait for its
-    /// holder's entry).
+    /// Coordinates with other requests for the key: in this process (lead the flight of
+    /// this request's variant, or wait for its leader), then across processes (put a
+    /// placeholder in place, or wait for the one there). `retry` says whether a wait that
+    /// gave nothing usable may send the request back to its lookup.
     pub(super) async fn coordinate(
         &self,
         ex: &Exchange,
         request_headers: &HeaderMap,
+        retry: bool,
     ) -> Coordinated<B> {
         let plan = &ex.plan;
         let mut filler = Filler::none();
         if ex.is_head || !plan.from_cache {
             return Coordinated::Go(filler);
         }
+        let flight = self.flight_key(ex, request_headers);
         match self
             .config
             .flights
-            .join(&plan.key, self.config.max_coalesced)
+            .join(&flight, self.config.max_coalesced, &ex.found)
         {
             Flight::Leader(leader) => filler.leader = Some(leader),
             Flight::Follower(rx) => {
                 self.config.stats.record_coalesced();
                 tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
-                let entry = single_flight::wait(rx, self.config.coalesce_timeout).await;
-                if let Some(entry) = entry {
-                    if let Some(freshness) = self.usable_now(&entry, plan, request_headers) {
-                        return Coordinated::Answered(entry, freshness);
+                let changed = match single_flight::wait(rx, self.config.coalesce_timeout).await {
+                    Waited::Entry(entry) => {
+                        if let Some(freshness) = self.usable_now(&entry, plan, request_headers) {
+                            return Coordinated::Answered(entry, freshness);
+                        }
+                        // Another variant's response: its index is stored now, so a new
+                        // lookup finds this request's own variant flight.
+                        true
+                    }
+                    Waited::Overtaken => true,
+                    Waited::Nothing => false,
+                };
+                tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, timed out, failed or not stored)");
+                return if retry && changed {
+                    Coordinated::Retry
+                } else {
+                    Coordinated::Go(filler)
+                };
+            }
+            Flight::Alone => return Coordinated::Go(filler),
+        }
+        if ex.detail.is_some() {
+            return Coordinated::Go(filler);
+        }
+        let mut found = Guard::of(&ex.found);
+        let mut started = ex.found.started;
+        let deadline = Instant::now()
+            .checked_add(self.config.lease_wait)
+            .unwrap_or_else(Instant::now);
+        // Bounded: each round either sleeps a poll interval or changes what it saw.
+        for _ in 0..self.max_placement_rounds() {
+            match found.slot {
+                Slot::Value { cas } => {
+                    // A stored response (stale) or an index: the store replaces it, or the
+                    // variant goes under it.
+                    filler.mark(cas, &found, started);
+                    filler.guard = Some(found);
+                    return Coordinated::Go(filler);
+                }
+                Slot::Unknown => return Coordinated::Go(filler),
+                Slot::Placeholder { placeholder, .. } if placeholder.until_ms > now_ms() => {
+                    if self.config.lease.is_none() {
+                        // Not waiting for other processes: go now, and store only if that
+                        // placeholder is still there (nothing purged the URL meanwhile).
+                        filler.mark(placeholder.token, &found, started);
+                        filler.guard = Some(found);
+                        return Coordinated::Go(filler);
+                    }
+                    if Instant::now() < deadline {
+                        tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
+                        tokio::time::sleep(self.config.lease_poll).await;
+                        match self.look_again(plan, request_headers).await {
+                            Looked::Usable(entry, freshness) => {
+                                filler.publish(Some((Arc::clone(&entry), None)));
+                                return Coordinated::Answered(entry, freshness);
+                            }
+                            Looked::Slot(again) => {
+                                started = again.started;
+                                found = Guard::of(&again);
+                            }
+                            Looked::Unavailable => return Coordinated::Go(filler),
+                        }
+                        continue;
+                    }
+                    // Waited as long as allowed: its holder is gone or too slow. Take the
+                    // URL over, so the next request waits for a live one.
+                    tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; taking over");
+                }
+                Slot::Absent | Slot::Placeholder { .. } => {}
+            }
+            let until = SystemTime::now() + self.config.lease.unwrap_or(DEFAULT_HOLD);
+            match self.storage.place(&plan.key, found.slot, until).await {
+                Placed::Mine(placeholder, at) => {
+                    tracing::debug!(key = %plan.key, "placeholder in place: this request refills the URL");
+                    filler.mark(placeholder.token, &found, at);
+                    filler.lease = Some(Lease::new(&self.storage, &plan.key, placeholder));
+                    filler.guard = Some(found);
+                    return Coordinated::Go(filler);
+                }
+                Placed::Unknown => return Coordinated::Go(filler),
+                Placed::Held | Placed::Taken => {
+                    match self.look_again(plan, request_headers).await {
+                        Looked::Usable(entry, freshness) => {
+                            filler.publish(Some((Arc::clone(&entry), None)));
+                            return Coordinated::Answered(entry, freshness);
+                        }
+                        Looked::Slot(again) => {
+                            started = again.started;
+                            found = Guard::of(&again);
+                        }
+                        Looked::Unavailable => return Coordinated::Go(filler),
                     }
                 }
-                tracing::debug!(key = %plan.key, "no usable response from the request waited for (timed out, failed or not stored); going on alone");
             }
-            Flight::Alone => {}
-        }
-        let Some(ttl) = self.config.lease else {
-            return Coordinated::Go(filler);
-        };
-        if filler.leader.is_none() || ex.detail.is_some() {
-            return Coordinated::Go(filler);
-        }
-        match lease::acquire(&self.storage, &plan.canonical, ttl).await {
-            Acquired::Mine(lease) => {
-                tracing::debug!(key = %plan.key, "lease taken: this request refills the entry");
-                filler.lease = Some(lease);
-            }
-            Acquired::Elsewhere => {
-                tracing::debug!(key = %plan.key, "another process holds the lease; waiting for its entry");
-                if let Some((entry, freshness)) =
-                    Box::pin(wait_for_other_process(self, plan, request_headers)).await
-                {
-                    filler.publish(Some(Arc::clone(&entry)));
-                    return Coordinated::Answered(entry, freshness);
-                }
-                tracing::debug!(key = %plan.key, "no entry from the lease holder (released, or the wait ended); going to the inner service");
-            }
-            Acquired::Unknown => {}
         }
         Coordinated::Go(filler)
     }
+
+    fn max_placement_rounds(&self) -> u32 {
+        let polls = self.config.lease_wait.as_millis() / self.config.lease_poll.as_millis().max(1);
+        u32::try_from(polls).unwrap_or(u32::MAX).saturating_add(4)
+    }
+
+    /// The single flight a request joins: its URL's, or, once the URL is known to vary, its
+    /// variant's, so that requests for one variant never wait for another's response.
+    fn flight_key(&self, ex: &Exchange, request_headers: &HeaderMap) -> String {
+        match &ex.found.index {
+            Some(index) => self
+                .storage
+                .variant_keys(index, request_headers)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| ex.plan.key.clone()),
+            None => ex.plan.key.clone(),
+        }
+    }
+
+    async fn look_again(&self, plan: &Plan, request_headers: &HeaderMap) -> Looked {
+        match self
+            .storage
+            .lookup(&plan.canonical, &plan.key, request_headers)
+            .await
+        {
+            Lookup::Found(found) => {
+                if let Some(entry) = &found.entry {
+                    if let Some(freshness) = self.usable_now(entry, plan, request_headers) {
+                        return Looked::Usable(Arc::clone(entry), freshness);
+                    }
+                }
+                Looked::Slot(found)
+            }
+            Lookup::Unavailable => Looked::Unavailable,
+        }
+    }
 }
 
-/// Held by the request that refills a URL: its followers in this process and its lease
-/// across processes are released when it is dropped (after the store lands).
+enum Looked {
+    Usable(Arc<Entry>, Freshness),
+    Slot(Found),
+    Unavailable,
+}
+
+/// Held by the request that refills a URL: its followers in this process, its placeholder
+/// across processes, and what its store must find in memcached.
 pub(super) struct Filler<B: Backend> {
     pub(super) leader: Option<Leader>,
     pub(super) lease: Option<Lease<B>>,
+    /// What the latest lookup before the request went out saw, when it was not the
+    /// exchange's own.
+    pub(super) guard: Option<Guard>,
 }
 
 impl<B: Backend> Filler<B> {
@@ -95,16 +234,46 @@ impl<B: Backend> Filler<B> {
         Self {
             leader: None,
             lease: None,
+            guard: None,
         }
     }
 
-    pub(super) fn publish(&self, entry: Option<Arc<Entry>>) {
+    fn mark(&self, guard: u64, found: &Guard, at: Instant) {
         if let Some(leader) = &self.leader {
-            leader.publish(entry);
+            leader.mark(Mark {
+                guard,
+                generation: found.generation,
+                at,
+            });
         }
     }
 
-    /// Nothing will be stored: followers go on their own, the lease is gone when this
+    /// Where this request's response is stored, and against what.
+    pub(super) fn target(&self, ex: &Exchange, requested: SystemTime) -> Target {
+        let guard = self.guard.clone().unwrap_or_else(|| Guard::of(&ex.found));
+        let slot = match &self.lease {
+            Some(lease) => Slot::Placeholder {
+                cas: 0,
+                placeholder: lease.placeholder(),
+            },
+            None => guard.slot,
+        };
+        Target {
+            key: ex.plan.key.clone(),
+            slot,
+            index: guard.index,
+            generation: guard.generation,
+            requested,
+        }
+    }
+
+    pub(super) fn publish(&self, published: Option<Published>) {
+        if let Some(leader) = &self.leader {
+            leader.publish(published);
+        }
+    }
+
+    /// Nothing will be stored: followers go on their own, the placeholder is gone when this
     /// returns.
     pub(super) async fn release(self) {
         self.publish(None);
@@ -112,43 +281,11 @@ impl<B: Backend> Filler<B> {
             lease.release().await;
         }
     }
-}
 
-/// Polls for the entry another process is refilling, for at most the lease wait, and
-/// stops early when that process released its lease without storing anything.
-pub(super) async fn wait_for_other_process<B: Backend>(
-    shared: &Shared<B>,
-    plan: &Plan,
-    request_headers: &HeaderMap,
-) -> Option<(Arc<Entry>, Freshness)> {
-    let now = tokio::time::Instant::now();
-    // A configured wait too long to add is as good as forever: the lease's own lifetime
-    // still ends the wait.
-    let deadline = now
-        .checked_add(shared.config.lease_wait)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
-    loop {
-        tokio::time::sleep(shared.config.lease_poll).await;
-        // The lease before the entry: its holder releases it only once its entry is
-        // stored, so a lease found gone means the lookup that follows sees that entry,
-        // whereas a lookup read first could miss a store that lands just before the
-        // release (and send this request to the origin as well).
-        let released = !lease::held(&shared.storage, &plan.canonical).await;
-        let lookup = shared
-            .storage
-            .lookup(&plan.canonical, &plan.key, request_headers)
-            .await;
-        if let Lookup::Found(Found {
-            entry: Some(entry), ..
-        }) = lookup
-        {
-            if let Some(freshness) = shared.usable_now(&entry, plan, request_headers) {
-                return Some((entry, freshness));
-            }
-        }
-        // Released with nothing stored: stop waiting, go to the origin.
-        if released || tokio::time::Instant::now() >= deadline {
-            return None;
+    /// The entry is stored: the placeholder was replaced by it.
+    pub(super) fn fulfilled(mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.fulfilled();
         }
     }
 }
@@ -168,7 +305,8 @@ mod tests {
         let shared = shared(&layer);
         let request = get("http://site.example/w");
         let first = exchange_for(&shared, &request).await;
-        let Coordinated::Go(filler) = shared.coordinate(&first, request.headers()).await else {
+        let Coordinated::Go(filler) = shared.coordinate(&first, request.headers(), false).await
+        else {
             panic!("the first request goes to the origin")
         };
         assert!(filler.leader.is_some(), "and leads the flight");
@@ -177,14 +315,14 @@ mod tests {
             tokio::spawn(async move {
                 let request = get("http://site.example/w");
                 let second = exchange_for(&shared, &request).await;
-                match shared.coordinate(&second, request.headers()).await {
+                match shared.coordinate(&second, request.headers(), false).await {
                     Coordinated::Answered(entry, _) => Some(entry.body.clone()),
-                    Coordinated::Go(_) => None,
+                    Coordinated::Go(_) | Coordinated::Retry => None,
                 }
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        filler.publish(Some(Arc::new(entry(&first, &[]))));
+        filler.publish(Some((Arc::new(entry(&first, &[])), None)));
         let answered = tokio::time::timeout(Duration::from_secs(1), follower)
             .await
             .unwrap()
@@ -199,7 +337,7 @@ mod tests {
         let request = get("http://site.example/h");
         let mut ex = exchange_for(&shared, &request).await;
         ex.is_head = true;
-        let Coordinated::Go(filler) = shared.coordinate(&ex, request.headers()).await else {
+        let Coordinated::Go(filler) = shared.coordinate(&ex, request.headers(), false).await else {
             panic!("goes alone")
         };
         assert!(filler.leader.is_none() && filler.lease.is_none());

@@ -17,12 +17,14 @@ use crate::codec::{CodecError, bounded_seq, decode_borrowed, decode_value, encod
 pub const FLAG_HTTP_ENTRY: u32 = 0x746d_0101;
 /// memcached flags of a variant index ("tm", kind 1, format 2).
 pub(super) const FLAG_VARIANT_INDEX: u32 = 0x746d_0102;
+/// memcached flags of a fill placeholder ("tm", kind 1, format 3): see [`Placeholder`].
+pub(super) const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
 
 const MAGIC: &[u8; 4] = b"TMCE";
 const INDEX_MAGIC: &[u8; 4] = b"TMCV";
 /// Bumped whenever [`EntryMeta`] or [`VariantIndex`] changes shape; entries of other
 /// versions are misses.
-pub(super) const ENTRY_FORMAT_VERSION: u8 = 3;
+pub(super) const ENTRY_FORMAT_VERSION: u8 = 4;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Everything about a stored response except its body.
@@ -158,18 +160,45 @@ impl<'a> StoredMeta<'a> {
 }
 
 /// What the primary key of a URL holds when its responses vary on request headers: the
-/// selecting header names, and the id that every variant's key includes. A new index (a
-/// new id) leaves the variants of the old one unreachable, so a URL is invalidated by
-/// deleting its index.
+/// sets of selecting header names its responses named (most recent first, a few at most,
+/// as Varnish keeps variants of several `Vary` values), and the id that every variant's
+/// key includes. A new index (a new id) leaves the variants of the old one unreachable, so
+/// a URL is invalidated by deleting its index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VariantIndex {
     /// The canonical request key of the URL, checked on read like an entry's.
     pub canonical_key: String,
-    /// The lower-case names of the selecting request headers.
+    /// Each set: the sorted lower-case names of the selecting request headers.
     #[serde(deserialize_with = "bounded_seq")]
-    pub names: Vec<String>,
+    pub name_sets: Vec<Vec<String>>,
     /// Part of every variant's key.
     pub id: u64,
+}
+
+/// What the primary key holds while one request refills a missing URL: its token, and
+/// until when (milliseconds since the epoch) other requests wait for it. A store replaces
+/// the placeholder only by compare-and-swap, so a purge, which deletes it, makes the store
+/// of a response produced before the purge fail (the lease pattern of "Scaling Memcache at
+/// Facebook", §3.2.1, in text-protocol commands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Placeholder {
+    pub token: u64,
+    pub until_ms: u64,
+}
+
+impl Placeholder {
+    pub(super) fn encode(self) -> Bytes {
+        Bytes::from(format!("{} {}", self.token, self.until_ms))
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (token, until_ms) = text.split_once(' ')?;
+        Some(Self {
+            token: token.parse().ok()?,
+            until_ms: until_ms.parse().ok()?,
+        })
+    }
 }
 
 /// A decoded entry: its metadata and a zero-copy slice of its body.
@@ -277,7 +306,7 @@ mod tests {
     fn variant_index_round_trip_and_kinds_do_not_mix() {
         let index = VariantIndex {
             canonical_key: "GET http://example.com/".into(),
-            names: vec!["accept-encoding".into()],
+            name_sets: vec![vec!["accept-encoding".into()], vec!["origin".into()]],
             id: 42,
         };
         let bytes = encode_index(&index).unwrap();
@@ -454,7 +483,7 @@ mod tests {
             names in proptest::collection::vec("[a-z-]{0,16}", 0..6),
             id in any_u64(),
         ) {
-            let index = VariantIndex { canonical_key, names, id };
+            let index = VariantIndex { canonical_key, name_sets: vec![names.clone(), names], id };
             prop_assert_eq!(decode_index(&encode_index(&index).unwrap()).unwrap(), index);
         }
 

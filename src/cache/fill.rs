@@ -18,28 +18,11 @@ use super::coalesce::Filler;
 use super::exchange::{Exchange, Plan, Sent};
 use super::service::Shared;
 use super::status::Outcome;
+use super::storage::{StoreOutcome, Target};
 use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
-use crate::cache::entry::{Entry, EntryMeta, VariantIndex};
+use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::policy::{CacheControl, NotStorable};
-
-/// Where an entry for a request goes: its primary key, and what the lookup learnt about
-/// the URL's variant index and the namespace generation.
-pub(super) struct Destination {
-    pub(super) key: String,
-    pub(super) index: Option<VariantIndex>,
-    pub(super) generation: Option<u64>,
-}
-
-impl Destination {
-    pub(super) fn new(ex: &Exchange) -> Self {
-        Self {
-            key: ex.plan.key.clone(),
-            index: ex.found.index.clone(),
-            generation: ex.found.generation,
-        }
-    }
-}
 
 /// Why a response, or a stored response refreshed by one, does not become an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,8 +127,8 @@ impl<B: Backend> Shared<B> {
         };
         let (tee, unused) = match decision {
             Ok((meta, ttl)) => {
-                let on_complete =
-                    self.store_on_complete(Destination::new(ex), meta, tags, ttl, filler);
+                let to = filler.target(ex, sent.request_time);
+                let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
                 let tee = Tee::new(
                     self.config.max_entry_size,
                     &response.body().size_hint(),
@@ -209,7 +192,7 @@ impl<B: Backend> Shared<B> {
     /// the backend gets it in the background.
     pub(super) fn store_on_complete(
         self: &Arc<Self>,
-        to: Destination,
+        to: Target,
         meta: EntryMeta,
         tags: Vec<String>,
         ttl: Duration,
@@ -222,24 +205,29 @@ impl<B: Backend> Shared<B> {
         })
     }
 
-    /// Publishes `entry` to this process's followers and writes it to the backend in the
-    /// background; `filler` is released once it is there. `tags` are resolved to their
-    /// generations first (none: the entry keeps the tags it has).
+    /// Writes `entry` to the backend in the background, then publishes it to this
+    /// process's followers (those that joined before a purge that overtook it) and ends
+    /// the flight, so later requests find it stored. `tags` are the response's (none: the
+    /// entry keeps the tags it has, which must still be current).
     pub(super) fn store_in_background(
         self: &Arc<Self>,
-        to: Destination,
+        to: Target,
         tags: Vec<String>,
         entry: Arc<Entry>,
         ttl: Duration,
         filler: Filler<B>,
     ) {
-        filler.publish(Some(Arc::clone(&entry)));
         let shared = Arc::clone(self);
         let stored = self.config.background.spawn(async move {
-            shared.store(&to, &tags, &entry, ttl).await;
-            // Until the entry is in the backend, requests for the key join this flight and
-            // get the entry from it instead of missing.
-            drop(filler);
+            let outcome = shared.store(&to, &tags, &entry, ttl).await;
+            let since = match outcome {
+                StoreOutcome::Superseded { since } => Some(since),
+                StoreOutcome::Stored | StoreOutcome::Overtaken | StoreOutcome::Failed => None,
+            };
+            filler.publish(Some((entry, since)));
+            if outcome == StoreOutcome::Stored {
+                filler.fulfilled();
+            }
         });
         if !stored {
             // A body polled outside a tokio runtime cannot be stored in the background.
@@ -249,38 +237,28 @@ impl<B: Backend> Shared<B> {
 
     pub(super) async fn store(
         &self,
-        to: &Destination,
+        to: &Target,
         tags: &[String],
         entry: &Entry,
         ttl: Duration,
-    ) {
+    ) -> StoreOutcome {
         let stats = &self.config.stats;
-        let storage = &self.storage;
-        let Some(generation) = storage.generation(to.generation).await else {
-            tracing::debug!(key = %to.key, "namespace generation unavailable; not stored");
-            stats.record_store_failure();
-            return;
-        };
-        let mut meta = entry.meta.clone();
-        meta.generation = generation;
-        if !tags.is_empty() {
-            let Some(tags) = storage.tag_generations(tags).await else {
-                tracing::debug!(key = %to.key, "tag generations unavailable; not stored");
-                stats.record_store_failure();
-                return;
-            };
-            meta.tags = tags;
-        }
         let key = &to.key;
-        if storage
-            .store(key, &meta, &entry.body, to.index.as_ref(), ttl)
-            .await
-        {
-            stats.record_store();
-            tracing::debug!(%key, bytes = entry.body.len(), ?ttl, "response stored");
-        } else {
-            stats.record_store_failure();
+        let outcome = self
+            .storage
+            .store(to, &entry.meta, &entry.body, tags, ttl)
+            .await;
+        match outcome {
+            StoreOutcome::Stored => {
+                stats.record_store();
+                tracing::debug!(%key, bytes = entry.body.len(), ?ttl, "response stored");
+            }
+            StoreOutcome::Superseded { .. } | StoreOutcome::Overtaken => {
+                tracing::debug!(%key, "response not stored: the URL was purged or refilled since its request went out");
+            }
+            StoreOutcome::Failed => stats.record_store_failure(),
         }
+        outcome
     }
 }
 
@@ -292,7 +270,7 @@ mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
     use crate::cache::MemcacheLayer;
-    use crate::cache::coalesce::Filler;
+    use crate::cache::coalesce::Coordinated;
     use crate::cache::exchange::Sent;
     use crate::cache::service::testing::{exchange_for, get, shared, stored_entry};
 
@@ -370,7 +348,11 @@ mod tests {
         let request = get("http://site.example/c");
         let ex = exchange_for(&shared, &request).await;
         let response = response(&[("set-cookie", "sid=A"), ("x-kept", "1")]);
-        let (response, unused) = shared.on_response(&ex, &sent(), response, Filler::none());
+        let Coordinated::Go(filler) = shared.coordinate(&ex, request.headers(), false).await else {
+            panic!("a miss goes to the origin")
+        };
+        assert!(filler.lease.is_some(), "with a placeholder in place");
+        let (response, unused) = shared.on_response(&ex, &sent(), response, filler);
         assert!(unused.is_none(), "stored");
         // The client that asked still gets its cookie.
         assert_eq!(response.headers()["set-cookie"], "sid=A");

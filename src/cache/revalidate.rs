@@ -16,8 +16,7 @@ use super::OriginUnreachable;
 use super::body::ResponseBody;
 use super::coalesce::Filler;
 use super::exchange::{Exchange, Sent};
-use super::fill::{Destination, Refusal};
-use super::lease::{self, Acquired};
+use super::fill::Refusal;
 use super::service::{Answered, Shared};
 use super::status::{Detail, Forward, Outcome};
 use super::stored::{self, header_map, now_ms};
@@ -87,7 +86,7 @@ impl<B: Backend> Shared<B> {
         };
         match verdict {
             Ok((_, ttl)) => {
-                let to = Destination::new(ex);
+                let to = filler.target(ex, sent.request_time);
                 self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
             }
             Err(refusal) => {
@@ -277,20 +276,11 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     let shared = Arc::clone(shared);
     background.spawn(async move {
         let plan = &ex.plan;
-        let mut filler = Filler {
-            leader: Some(leader),
-            lease: None,
-        };
-        if let Some(ttl) = shared.config.lease {
-            match lease::acquire(&shared.storage, &plan.canonical, ttl).await {
-                Acquired::Mine(lease) => filler.lease = Some(lease),
-                Acquired::Elsewhere => {
-                    tracing::debug!(key = %plan.key, "another process is refreshing; refresh skipped");
-                    return;
-                }
-                Acquired::Unknown => {}
-            }
-        }
+        // The refresh replaces the stale entry its lookup saw, by compare-and-swap; other
+        // processes may refresh it at the same time (one of them stores).
+        let _ = plan;
+        let mut filler = Filler::none();
+        filler.leader = Some(leader);
         let mut inner = inner;
         let inner = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
             Ok(()) => inner,
@@ -314,15 +304,12 @@ pub(super) async fn drain<B: Body>(body: B) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use http::HeaderValue;
 
     use super::*;
     use crate::backend::MemoryBackend;
     use crate::cache::MemcacheLayer;
-    use crate::cache::fill::Destination;
-    use crate::cache::service::testing::{entry, exchange_for, get, shared, stored_entry};
+    use crate::cache::service::testing::{entry, exchange_for, get, put, shared, stored_entry};
 
     /// Stores `entry` for the request, then answers a refresh of it with a 304 carrying
     /// `fields`; whether an entry is stored afterwards, and the refreshed entry.
@@ -332,10 +319,7 @@ mod tests {
         let request = get("http://site.example/r");
         let ex = exchange_for(&shared, &request).await;
         let stored = entry(&ex, &[("etag", "\"1\""), ("x-old", "1")]);
-        let ttl = Duration::from_secs(60);
-        shared
-            .store(&Destination::new(&ex), &[], &stored, ttl)
-            .await;
+        put(&shared, &request, &stored).await;
         let ex = exchange_for(&shared, &request).await;
         let stale = ex.found.entry.clone().expect("stored");
         let mut not_modified = Response::new(());

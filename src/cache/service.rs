@@ -396,79 +396,96 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
-    let Some(plan) = shared.plan(&request) else {
+    let Some(mut plan) = shared.plan(&request) else {
         // Boxed, like the other paths that are not a hit: `handle`'s own future stays
         // small, and a hit allocates and moves only what a hit needs.
         return Box::pin(bypass(&shared, inner, request)).await;
     };
     let is_head = request.method() == Method::HEAD;
-    let (found, detail) = if plan.from_cache {
-        match shared
-            .storage
-            .lookup(&plan.canonical, &plan.key, request.headers())
-            .await
-        {
-            Lookup::Found(found) => (found, None),
-            Lookup::Unavailable => (Found::default(), Some(Detail::BackendUnavailable)),
-        }
-    } else {
-        (Found::default(), None)
-    };
-    let mut fwd = Forward::UriMiss;
-    if let Some(entry) = &found.entry {
-        let freshness = stored::freshness(&entry.meta, now_ms());
-        match freshness.reuse(&plan.request_cc) {
-            Reuse::Fresh | Reuse::StaleAccepted => {
-                let headers = request.headers();
-                return Ok(shared.answer(entry, &freshness, headers, is_head, Answered::Lookup));
+    // A request whose wait for another gave nothing usable (another variant's response,
+    // one overtaken by a purge) looks the URL up again, once.
+    let mut may_retry = true;
+    loop {
+        let (found, detail) = if plan.from_cache {
+            match shared
+                .storage
+                .lookup(&plan.canonical, &plan.key, request.headers())
+                .await
+            {
+                Lookup::Found(found) => (found, None),
+                Lookup::Unavailable => (Found::default(), Some(Detail::BackendUnavailable)),
             }
-            Reuse::StaleWhileRevalidate => {
-                let headers = request.headers();
-                let response = shared.answer(entry, &freshness, headers, is_head, Answered::Lookup);
-                let ex = Exchange {
-                    plan,
-                    found,
-                    fwd: Forward::Stale,
-                    detail: None,
-                    is_head,
-                };
-                revalidate_in_background(&shared, inner, request, ex);
-                return Ok(response);
-            }
-            // Fresh, yet the request's directives ask for the origin: "request".
-            Reuse::Validate if freshness.is_fresh() || plan.request_cc.no_cache => {
-                fwd = Forward::Request;
-            }
-            Reuse::Validate => fwd = Forward::Stale,
-        }
-    } else if found.index.is_some() {
-        fwd = Forward::VaryMiss;
-    }
-    if plan.request_cc.only_if_cached {
-        tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
-        let mut response = stored::gateway_timeout();
-        let outcome = Outcome::Generated {
-            detail: Detail::OnlyIfCached,
+        } else {
+            (Found::default(), None)
         };
-        shared.set_status(&mut response, outcome);
-        return Ok(response);
-    }
-    let ex = Exchange {
-        plan,
-        found,
-        fwd,
-        detail,
-        is_head,
-    };
-    let filler = match shared.coordinate(&ex, request.headers()).await {
-        Coordinated::Answered(entry, freshness) => {
-            let headers = request.headers();
-            let answered = Answered::Collapsed(ex.fwd);
-            return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
+        let mut fwd = Forward::UriMiss;
+        if let Some(entry) = &found.entry {
+            let freshness = stored::freshness(&entry.meta, now_ms());
+            match freshness.reuse(&plan.request_cc) {
+                Reuse::Fresh | Reuse::StaleAccepted => {
+                    let headers = request.headers();
+                    return Ok(shared.answer(
+                        entry,
+                        &freshness,
+                        headers,
+                        is_head,
+                        Answered::Lookup,
+                    ));
+                }
+                Reuse::StaleWhileRevalidate => {
+                    let headers = request.headers();
+                    let response =
+                        shared.answer(entry, &freshness, headers, is_head, Answered::Lookup);
+                    let ex = Exchange {
+                        plan,
+                        found,
+                        fwd: Forward::Stale,
+                        detail: None,
+                        is_head,
+                    };
+                    revalidate_in_background(&shared, inner, request, ex);
+                    return Ok(response);
+                }
+                // Fresh, yet the request's directives ask for the origin: "request".
+                Reuse::Validate if freshness.is_fresh() || plan.request_cc.no_cache => {
+                    fwd = Forward::Request;
+                }
+                Reuse::Validate => fwd = Forward::Stale,
+            }
+        } else if found.index.is_some() {
+            fwd = Forward::VaryMiss;
         }
-        Coordinated::Go(filler) => filler,
-    };
-    Box::pin(exchange(&shared, inner, request, &ex, filler)).await
+        if plan.request_cc.only_if_cached {
+            tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
+            let mut response = stored::gateway_timeout();
+            let outcome = Outcome::Generated {
+                detail: Detail::OnlyIfCached,
+            };
+            shared.set_status(&mut response, outcome);
+            return Ok(response);
+        }
+        let ex = Exchange {
+            plan,
+            found,
+            fwd,
+            detail,
+            is_head,
+        };
+        let filler = match shared.coordinate(&ex, request.headers(), may_retry).await {
+            Coordinated::Answered(entry, freshness) => {
+                let headers = request.headers();
+                let answered = Answered::Collapsed(ex.fwd);
+                return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
+            }
+            Coordinated::Go(filler) => filler,
+            Coordinated::Retry => {
+                may_retry = false;
+                plan = ex.plan;
+                continue;
+            }
+        };
+        return Box::pin(exchange(&shared, inner, request, &ex, filler)).await;
+    }
 }
 
 #[cfg(feature = "axum")]
@@ -534,6 +551,31 @@ pub(super) mod testing {
         }
     }
 
+    /// Stores `entry` for `request` as a fill would: a placeholder first, then the entry
+    /// in its place.
+    pub(crate) async fn put(shared: &Shared<MemoryBackend>, request: &Request<()>, entry: &Entry) {
+        let ex = exchange_for(shared, request).await;
+        let placed = shared
+            .storage
+            .place(&ex.plan.key, ex.found.slot, std::time::SystemTime::now())
+            .await;
+        let crate::cache::storage::Placed::Mine(placeholder, _) = placed else {
+            panic!("no placeholder placed")
+        };
+        let to = crate::cache::storage::Target {
+            key: ex.plan.key.clone(),
+            slot: crate::cache::storage::Slot::Placeholder {
+                cas: 0,
+                placeholder,
+            },
+            index: ex.found.index.clone(),
+            generation: ex.found.generation,
+            requested: std::time::SystemTime::now(),
+        };
+        let stored = shared.store(&to, &[], entry, Duration::from_secs(60)).await;
+        assert_eq!(stored, crate::cache::storage::StoreOutcome::Stored);
+    }
+
     /// What a lookup for `request` finds stored now.
     pub(crate) async fn stored_entry(
         shared: &Shared<MemoryBackend>,
@@ -542,11 +584,20 @@ pub(super) mod testing {
         exchange_for(shared, request).await.found.entry
     }
 
+    /// A fresh 200 entry for no URL in particular.
+    pub(crate) fn bare_entry() -> Entry {
+        entry_for(String::new(), &[])
+    }
+
     /// A fresh 200 entry for `ex`'s URL, with `headers`.
     pub(crate) fn entry(ex: &Exchange, headers: &[(&'static str, &'static str)]) -> Entry {
+        entry_for(ex.plan.canonical.clone(), headers)
+    }
+
+    fn entry_for(canonical_key: String, headers: &[(&'static str, &'static str)]) -> Entry {
         Entry {
             meta: EntryMeta {
-                canonical_key: ex.plan.canonical.clone(),
+                canonical_key,
                 status: 200,
                 headers: headers
                     .iter()

@@ -1,21 +1,61 @@
 //! Request coalescing inside one process: the first miss for a key calls the inner
 //! service, later misses for the same key wait (bounded in number and time) for its entry.
+//!
+//! A request joins a flight only if its own lookup saw what the leader's did (the same
+//! placeholder or stored response, the same namespace generation), or looked before the
+//! leader put its placeholder in place: a request whose lookup shows the URL purged since
+//! starts a flight of its own. A leader's response that a purge overtook is handed only to
+//! the followers that joined before the purge.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::storage::{Found, Slot};
 use crate::cache::entry::Entry;
 
-/// What a leader publishes: `Some(Some(entry))` stored, `Some(None)` nothing to share.
-type Outcome = Option<Option<Arc<Entry>>>;
+/// An entry and, when a purge overtook it, the time after which joiners may not have it.
+pub(crate) type Published = (Arc<Entry>, Option<SystemTime>);
+
+/// What a leader publishes: `Some(Some(..))` an entry, `Some(None)` nothing to share.
+type Outcome = Option<Option<Published>>;
 
 struct InFlight {
     id: u64,
     rx: watch::Receiver<Outcome>,
     followers: usize,
+    mark: Option<Mark>,
+}
+
+/// What the leader's store will replace, and the generation its response is produced
+/// under: a joiner must have seen the same.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    /// The placeholder token or the CAS value the leader's store expects.
+    pub(crate) guard: u64,
+    pub(crate) generation: Option<u64>,
+    /// When the guard was in place.
+    pub(crate) at: Instant,
+}
+
+impl Mark {
+    fn admits(&self, seen: &Found) -> bool {
+        if seen.generation != self.generation {
+            return false;
+        }
+        if seen.started < self.at {
+            // Looked before the leader's placeholder landed: the leader's request goes out
+            // after this one arrived.
+            return true;
+        }
+        match seen.slot {
+            Slot::Placeholder { placeholder, .. } => placeholder.token == self.guard,
+            Slot::Value { cas } => cas == self.guard,
+            Slot::Absent | Slot::Unknown => false,
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -48,19 +88,26 @@ pub(crate) struct Leader {
 }
 
 impl SingleFlight {
-    pub(crate) fn join(&self, key: &str, max_followers: usize) -> Flight {
+    /// Joins the flight for `key` if `seen` (this request's lookup) allows, or leads a new
+    /// one.
+    pub(crate) fn join(&self, key: &str, max_followers: usize, seen: &Found) -> Flight {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = state.inflight.get_mut(key) {
-            if flight.followers >= max_followers {
-                return Flight::Alone;
+            if flight.mark.is_none_or(|mark| mark.admits(seen)) {
+                if flight.followers >= max_followers {
+                    return Flight::Alone;
+                }
+                flight.followers += 1;
+                return Flight::Follower(Follower {
+                    rx: flight.rx.clone(),
+                    flights: self.clone(),
+                    key: key.to_string(),
+                    id: flight.id,
+                    joined: SystemTime::now(),
+                });
             }
-            flight.followers += 1;
-            return Flight::Follower(Follower {
-                rx: flight.rx.clone(),
-                flights: self.clone(),
-                key: key.to_string(),
-                id: flight.id,
-            });
+            // The URL changed under that flight (purged, refilled): this request's response
+            // must be its own. The old flight keeps its followers.
         }
         Flight::Leader(self.lead(&mut state, key))
     }
@@ -83,6 +130,7 @@ impl SingleFlight {
             id,
             rx,
             followers: 0,
+            mark: None,
         };
         state.inflight.insert(key.to_string(), flight);
         Leader {
@@ -95,15 +143,27 @@ impl SingleFlight {
 }
 
 impl Leader {
-    /// Publishes the outcome to every follower, and to requests that join until the leader
-    /// is dropped (keep it until the entry is in the backend, so nobody misses in between).
-    pub(crate) fn publish(&self, entry: Option<Arc<Entry>>) {
-        let _ = self.tx.send(Some(entry));
+    /// Says what the leader's store will replace: from now on, only requests that saw the
+    /// same join.
+    pub(crate) fn mark(&self, mark: Mark) {
+        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = state
+            .inflight
+            .get_mut(&self.key)
+            .filter(|f| f.id == self.id)
+        {
+            flight.mark = Some(mark);
+        }
     }
-}
 
-impl Drop for Leader {
-    fn drop(&mut self) {
+    /// Publishes the outcome to every follower and ends the flight: it is published once
+    /// the entry is in the backend (or will not be), so later requests find it there.
+    pub(crate) fn publish(&self, published: Option<Published>) {
+        self.leave();
+        let _ = self.tx.send(Some(published));
+    }
+
+    fn leave(&self) {
         let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
         if state
             .inflight
@@ -115,6 +175,12 @@ impl Drop for Leader {
     }
 }
 
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 /// A request waiting for a leader. It counts against the flight's bound only while it
 /// waits: dropped (answered, timed out, cancelled), it leaves room for another.
 pub(crate) struct Follower {
@@ -122,6 +188,7 @@ pub(crate) struct Follower {
     flights: SingleFlight,
     key: String,
     id: u64,
+    joined: SystemTime,
 }
 
 impl Drop for Follower {
@@ -137,9 +204,29 @@ impl Drop for Follower {
     }
 }
 
-/// Waits at most `timeout` for the leader; `None` when it had nothing to share, went away
-/// or took too long.
-pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Option<Arc<Entry>> {
+/// What waiting for a leader gave.
+pub(crate) enum Waited {
+    Entry(Arc<Entry>),
+    /// The leader's response predates a purge this request came after.
+    Overtaken,
+    /// The leader had nothing to share, went away, or took too long.
+    Nothing,
+}
+
+/// Waits at most `timeout` for the leader.
+pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
+    let joined = follower.joined;
+    match wait_published(follower, timeout).await {
+        Some((_, Some(since))) if joined >= since => {
+            tracing::debug!("the response waited for predates a purge this request followed");
+            Waited::Overtaken
+        }
+        Some((entry, _)) => Waited::Entry(entry),
+        None => Waited::Nothing,
+    }
+}
+
+async fn wait_published(follower: Follower, timeout: Duration) -> Option<Published> {
     let mut rx = follower.rx.clone();
     let waited = tokio::time::timeout(timeout, async {
         loop {
@@ -160,37 +247,117 @@ pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Option<Arc<En
 mod tests {
     use super::*;
 
+    use crate::cache::entry::Placeholder;
+
+    fn seen(slot: Slot) -> Found {
+        Found {
+            slot,
+            generation: Some(1),
+            ..Found::default()
+        }
+    }
+
     #[tokio::test]
     async fn followers_are_bounded_and_released_when_the_leader_drops() {
         let flights = SingleFlight::default();
-        let Flight::Leader(leader) = flights.join("k", 2) else {
+        let any = seen(Slot::Absent);
+        let Flight::Leader(leader) = flights.join("k", 2, &any) else {
             panic!("first is leader")
         };
-        let Flight::Follower(a) = flights.join("k", 2) else {
+        let Flight::Follower(a) = flights.join("k", 2, &any) else {
             panic!("follower")
         };
-        let Flight::Follower(_b) = flights.join("k", 2) else {
+        let Flight::Follower(_b) = flights.join("k", 2, &any) else {
             panic!("follower")
         };
-        assert!(matches!(flights.join("k", 2), Flight::Alone));
+        assert!(matches!(flights.join("k", 2, &any), Flight::Alone));
         // A follower that stops waiting leaves room for another.
         drop(_b);
-        let Flight::Follower(_c) = flights.join("k", 2) else {
+        let Flight::Follower(_c) = flights.join("k", 2, &any) else {
             panic!("room again")
         };
         drop(leader);
-        assert!(wait(a, Duration::from_secs(1)).await.is_none());
-        let Flight::Leader(leader) = flights.join("k", 2) else {
+        assert!(matches!(
+            wait(a, Duration::from_secs(1)).await,
+            Waited::Nothing
+        ));
+        let Flight::Leader(leader) = flights.join("k", 2, &any) else {
             panic!("new leader")
         };
-        // Published but not dropped: late joiners still get the outcome at once.
-        leader.publish(None);
-        let Flight::Follower(late) = flights.join("k", 2) else {
-            panic!("late follower")
-        };
-        assert!(wait(late, Duration::from_millis(10)).await.is_none());
         assert!(flights.try_lead("k").is_none(), "a flight is under way");
-        drop(leader);
+        // Published: the flight is over, the next request leads.
+        leader.publish(None);
         assert!(flights.try_lead("k").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_saw_the_url_change_leads_its_own_flight() {
+        let flights = SingleFlight::default();
+        let before = seen(Slot::Absent);
+        let Flight::Leader(leader) = flights.join("k", 8, &before) else {
+            panic!("leader")
+        };
+        let placeholder = Placeholder {
+            token: 7,
+            until_ms: 0,
+        };
+        leader.mark(Mark {
+            guard: 7,
+            generation: Some(1),
+            at: Instant::now(),
+        });
+        // Looked before the placeholder landed: joins.
+        assert!(matches!(flights.join("k", 8, &before), Flight::Follower(_)));
+        // Saw the leader's placeholder: joins.
+        let same = seen(Slot::Placeholder {
+            cas: 3,
+            placeholder,
+        });
+        assert!(matches!(flights.join("k", 8, &same), Flight::Follower(_)));
+        // Saw the URL empty after the placeholder landed (a purge deleted it), or another
+        // namespace generation: leads a flight of its own.
+        let purged = seen(Slot::Absent);
+        assert!(matches!(flights.join("k", 8, &purged), Flight::Leader(_)));
+        let Flight::Leader(second) = flights.join("k2", 8, &before) else {
+            panic!("leader")
+        };
+        second.mark(Mark {
+            guard: 9,
+            generation: Some(1),
+            at: Instant::now(),
+        });
+        let mut other_generation = seen(Slot::Value { cas: 9 });
+        other_generation.generation = Some(2);
+        assert!(matches!(
+            flights.join("k2", 8, &other_generation),
+            Flight::Leader(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_response_overtaken_by_a_purge_reaches_only_earlier_followers() {
+        let flights = SingleFlight::default();
+        let any = seen(Slot::Absent);
+        let Flight::Leader(leader) = flights.join("k", 8, &any) else {
+            panic!("leader")
+        };
+        let Flight::Follower(early) = flights.join("k", 8, &any) else {
+            panic!("follower")
+        };
+        let purge = SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let Flight::Follower(late) = flights.join("k", 8, &any) else {
+            panic!("follower")
+        };
+        let entry = Arc::new(crate::cache::service::testing::bare_entry());
+        leader.publish(Some((entry, Some(purge))));
+        assert!(matches!(
+            wait(early, Duration::from_secs(1)).await,
+            Waited::Entry(_)
+        ));
+        assert!(matches!(
+            wait(late, Duration::from_secs(1)).await,
+            Waited::Overtaken
+        ));
     }
 }

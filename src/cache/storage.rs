@@ -1,33 +1,44 @@
-//! How the HTTP cache lays itself out in the backend.
+//! How the HTTP cache lays itself out in the backend, and the rules that make a purge
+//! hold.
 //!
 //! - The **primary key** of a URL (`md5(namespace ++ canonical request key)`, the
-//!   formula) holds its entry, or, when its responses vary on request headers, a
-//!   [`VariantIndex`]. Each variant then lives under a key made of the canonical key, the
-//!   index id and the selecting header values, so variants coexist, and deleting the index
-//!   invalidates all of them at once.
-//! - The **namespace generation** and one **generation per tag** are raw decimal values
-//!   under their own keys. Every entry records the generations it was stored under, and a
-//!   read checks them, so a purge in any process is seen by every process at once. A
-//!   generation is a fresh unique number, never a counter: if memcached evicts it, the
-//!   next read sees "absent", which matches no entry (a miss, never a resurrected one).
-//! - A **lease** key is `add`ed by the one process that refills a missing URL.
+//!   formula) holds its entry; or, when its responses vary on request headers, a
+//!   [`VariantIndex`], each variant then living under a key made of the canonical key, the
+//!   index id and the selecting header values; or, while one request refills the URL, a
+//!   [`Placeholder`].
+//! - **Everything a lookup needs lives on the server of the entry it guards** (libmemcached's
+//!   "by key" routing): variants, the namespace generation and the tag generations are
+//!   read and written with the primary key as the route. So a lookup is one server's
+//!   business, and a dead server costs only the URLs it held. Each server keeps its own
+//!   copy of the namespace and tag generations; purges write them on every server, and a
+//!   server that was marked down has its copy of the namespace generation deleted before it
+//!   serves again ([`Backend::reset_on_rejoin`]), which orphans whatever it held.
+//! - A **generation** is a fresh unique number (the clock in nanoseconds), never a counter:
+//!   a generation that memcached evicted reads as "absent", which matches no entry (a miss,
+//!   never a resurrected one). Being a time, it also says when a purge happened.
+//! - **A store replaces exactly what its lookup saw, by compare-and-swap**: the placeholder
+//!   its request put in the primary key before going to the origin, or the stale entry it
+//!   refreshes, or (for a variant) the index whose id the variant key carries. A purge or
+//!   invalidation deletes the primary key, so every store of a response produced before it
+//!   fails. Namespace and tag generations are read before the response is produced (tags, which
+//!   only the response names, are checked for purges newer than the request instead).
 //!
 //! Every operation is bounded by the layer's timeout and fails open.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
 
 use super::background::Background;
 use super::stored;
-use crate::backend::{Backend, BackendError, Item, Lifetime};
+use crate::backend::{Backend, BackendError, CasOutcome, Item, Lifetime};
 use crate::cache::entry::{
-    Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_entry,
-    decode_index, encode_entry, encode_index,
+    Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_PLACEHOLDER, FLAG_VARIANT_INDEX, Placeholder,
+    VariantIndex, decode_entry, decode_index, encode_entry, encode_index,
 };
 use crate::cache::policy::normalized_header;
 use crate::cache::stats::CacheStats;
@@ -37,6 +48,15 @@ use crate::key::build_key;
 pub(crate) const MAX_TAGS: usize = 32;
 /// Longer tags are ignored.
 pub(crate) const MAX_TAG_LEN: usize = 128;
+/// Sets of selecting header names a URL's variant index keeps (the most recent ones).
+pub(crate) const MAX_NAME_SETS: usize = 4;
+/// How far apart the clocks of processes sharing memcached may be. A response whose
+/// request went out less than this before a purge of one of its tags counts as produced
+/// before it.
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(1);
+/// The longest a fill may take and still be stored: its placeholder's lifetime in
+/// memcached.
+pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
 
 /// What a lookup found.
 pub(crate) enum Lookup {
@@ -45,15 +65,109 @@ pub(crate) enum Lookup {
     Unavailable,
 }
 
-#[derive(Default)]
+/// What the primary key held when a lookup read it: what a store must find there still.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Not read (the lookup failed or was skipped): nothing may be stored.
+    #[default]
+    Unknown,
+    Absent,
+    /// A refill under way (maybe this request's own).
+    Placeholder {
+        cas: u64,
+        placeholder: Placeholder,
+    },
+    /// An entry, an index, or bytes that are not ours.
+    Value {
+        cas: u64,
+    },
+}
+
+impl Slot {
+    fn of(item: &Item) -> Self {
+        let Some(cas) = item.cas else {
+            return Self::Unknown;
+        };
+        match item.flags {
+            FLAG_PLACEHOLDER => match Placeholder::decode(&item.value) {
+                Some(placeholder) => Self::Placeholder { cas, placeholder },
+                None => Self::Value { cas },
+            },
+            _ => Self::Value { cas },
+        }
+    }
+}
+
 pub(crate) struct Found {
     /// A stored response for this request (same canonical key, same variant, current
     /// generations); its freshness is the caller's business.
     pub(crate) entry: Option<Arc<Entry>>,
     /// The URL's variant index, when its responses vary.
     pub(crate) index: Option<VariantIndex>,
-    /// The namespace generation read with the entry.
+    /// The namespace generation on the entry's server, read (or created) before anything
+    /// went to the origin.
     pub(crate) generation: Option<u64>,
+    /// What the primary key held.
+    pub(crate) slot: Slot,
+    /// When the lookup started: a slot read before a placeholder was put in place says
+    /// nothing about it.
+    pub(crate) started: Instant,
+}
+
+impl Default for Found {
+    fn default() -> Self {
+        Self {
+            entry: None,
+            index: None,
+            generation: None,
+            slot: Slot::Unknown,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Where and against what an entry is stored: the URL's primary key, what the request's
+/// lookup saw there (or the placeholder it put there), and the generation it was produced
+/// under.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) key: String,
+    pub(crate) slot: Slot,
+    pub(crate) index: Option<VariantIndex>,
+    pub(crate) generation: Option<u64>,
+    /// When the request that produced the response went to the origin.
+    pub(crate) requested: SystemTime,
+}
+
+/// How a store ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreOutcome {
+    Stored,
+    /// Not stored: the URL was purged, invalidated or refilled, or the namespace purged,
+    /// since the response's request went out. The requests that joined it in this process
+    /// looked the URL up before that (the single flight admits no other), so they may still
+    /// have it.
+    Overtaken,
+    /// Not stored: one of the response's tags was purged after its request went out.
+    /// Requests that joined after `since` may not have the response: tags are only known
+    /// from it, so their lookups could not tell.
+    Superseded {
+        since: SystemTime,
+    },
+    /// Not stored: the backend failed, or nothing guards the write.
+    Failed,
+}
+
+/// A placeholder put in place by [`Storage::place`], or why none was.
+pub(crate) enum Placed {
+    /// This request refills the URL; its token and when the placeholder landed.
+    Mine(Placeholder, Instant),
+    /// Another request's placeholder.
+    Held,
+    /// Something else arrived first (an entry, an index).
+    Taken,
+    /// The backend did not answer.
+    Unknown,
 }
 
 /// The backend, seen through the cache's key layout.
@@ -75,8 +189,12 @@ impl<B: Backend> Storage<B> {
         stats: CacheStats,
         background: Background,
     ) -> Self {
+        let generation_key: Arc<str> = build_key(Some(namespace), "\0generation").into();
+        // A server that comes back may have missed purges: its copy of the generation goes,
+        // and with it everything it held for this namespace.
+        backend.reset_on_rejoin(&generation_key);
         Self {
-            generation_key: build_key(Some(namespace), "\0generation").into(),
+            generation_key,
             namespace: namespace.into(),
             backend,
             timeout,
@@ -102,10 +220,6 @@ impl<B: Backend> Storage<B> {
         build_key(Some(&self.namespace), &format!("\0tag\0{tag}"))
     }
 
-    pub(crate) fn lease_key(&self, canonical: &str) -> String {
-        build_key(Some(&self.namespace), &format!("\0lease\0{canonical}"))
-    }
-
     fn variant_key(&self, canonical: &str, id: u64, values: &[(String, Option<String>)]) -> String {
         let mut base = format!("{canonical}\0{id}");
         for (name, value) in values {
@@ -119,6 +233,25 @@ impl<B: Backend> Storage<B> {
             }
         }
         build_key(Some(&self.namespace), &base)
+    }
+
+    /// The variant keys of a request under `index`, one per name set, most recent first.
+    pub(crate) fn variant_keys(
+        &self,
+        index: &VariantIndex,
+        request_headers: &HeaderMap,
+    ) -> Vec<String> {
+        index
+            .name_sets
+            .iter()
+            .map(|names| {
+                let values: Vec<_> = names
+                    .iter()
+                    .map(|name| (name.clone(), normalized_header(request_headers, name)))
+                    .collect();
+                self.variant_key(&index.canonical_key, index.id, &values)
+            })
+            .collect()
     }
 
     /// Runs one backend operation within the timeout; failures are logged and counted.
@@ -136,42 +269,54 @@ impl<B: Backend> Storage<B> {
             .ok()
     }
 
-    /// Finds the stored response for a request: one round trip for the entry and the
-    /// namespace generation, one more for a variant, one more for tags.
+    /// Finds the stored response for a request: one round trip to the entry's server for
+    /// the entry and the namespace generation, one more for a variant, one more for tags.
     pub(crate) async fn lookup(
         &self,
         canonical: &str,
         primary_key: &str,
         request_headers: &HeaderMap,
     ) -> Lookup {
+        let started = Instant::now();
         let keys = [primary_key, &*self.generation_key];
-        let Some(mut items) = self.timed("lookup", self.backend.get_many(&keys)).await else {
+        let read = self.backend.get_many_by_key(primary_key, &keys);
+        let Some(mut items) = self.timed("lookup", read).await else {
             return Lookup::Unavailable;
         };
-        let generation = items
+        let mut generation = items
             .remove(&*self.generation_key)
             .and_then(|item| parse_generation(&item));
+        if generation.is_none() {
+            // A cold server, a flush, a reset after a rejoin: the generation this request's
+            // response will be stored under must exist before the response is produced, or
+            // a purge during the fill would not reach it.
+            generation = self.ensure_generation(primary_key).await;
+        }
         let mut found = Found {
             generation,
+            started,
             ..Found::default()
         };
-        let entry = match items.remove(primary_key) {
+        let primary = items.remove(primary_key);
+        found.slot = primary.as_ref().map_or(Slot::Absent, Slot::of);
+        let entry = match primary {
             Some(item) if item.flags == FLAG_HTTP_ENTRY => decode(item.value),
             Some(item) if item.flags == FLAG_VARIANT_INDEX => match decode_index(&item.value) {
-                Ok(index) if index.canonical_key == canonical => {
-                    let values = index
-                        .names
-                        .iter()
-                        .map(|name| (name.clone(), normalized_header(request_headers, name)))
-                        .collect::<Vec<_>>();
-                    let key = self.variant_key(canonical, index.id, &values);
+                Ok(index) if index.canonical_key == canonical && !index.name_sets.is_empty() => {
+                    let keys = self.variant_keys(&index, request_headers);
                     found.index = Some(index);
-                    match self.timed("variant lookup", self.backend.get(&key)).await {
-                        Some(item) => item
-                            .filter(|item| item.flags == FLAG_HTTP_ENTRY)
-                            .and_then(|item| decode(item.value)),
-                        None => return Lookup::Unavailable,
-                    }
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let read = self.backend.get_many_by_key(primary_key, &refs);
+                    let Some(mut variants) = self.timed("variant lookup", read).await else {
+                        return Lookup::Unavailable;
+                    };
+                    // The most recent name set first: its variant is the one a response
+                    // would be stored under now.
+                    keys.iter()
+                        .filter_map(|key| variants.remove(key))
+                        .filter(|item| item.flags == FLAG_HTTP_ENTRY)
+                        .filter_map(|item| decode(item.value))
+                        .find(|entry| stored::selects(&entry.meta, canonical, request_headers))
                 }
                 _ => None,
             },
@@ -192,7 +337,7 @@ impl<B: Backend> Storage<B> {
             );
             return Lookup::Found(found);
         }
-        if !meta.tags.is_empty() && !self.tags_current(&meta.tags).await {
+        if !meta.tags.is_empty() && !self.tags_current(primary_key, &meta.tags).await {
             tracing::debug!(key = primary_key, "entry from before a tag purge; miss");
             return Lookup::Found(found);
         }
@@ -200,10 +345,11 @@ impl<B: Backend> Storage<B> {
         Lookup::Found(found)
     }
 
-    async fn tags_current(&self, tags: &[(String, u64)]) -> bool {
+    async fn tags_current(&self, route: &str, tags: &[(String, u64)]) -> bool {
         let keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let Some(items) = self.timed("tag lookup", self.backend.get_many(&refs)).await else {
+        let read = self.backend.get_many_by_key(route, &refs);
+        let Some(items) = self.timed("tag lookup", read).await else {
             return false;
         };
         keys.iter()
@@ -211,160 +357,299 @@ impl<B: Backend> Storage<B> {
             .all(|(key, (_, stored))| items.get(key).and_then(parse_generation) == Some(*stored))
     }
 
-    /// The current generation under `key`, created when absent.
-    async fn ensure_generation(&self, key: &str) -> Option<u64> {
+    /// The namespace generation on the server of `route`, created when absent.
+    async fn ensure_generation(&self, route: &str) -> Option<u64> {
+        let key = &*self.generation_key;
         let fresh = unique();
         let value = Bytes::from(fresh.to_string());
-        if self
-            .timed(
-                "generation add",
-                self.backend.add(key, value, 0, Lifetime::NEVER),
-            )
-            .await?
-        {
+        let add = self
+            .backend
+            .add_by_key(route, key, value, 0, Lifetime::NEVER);
+        if self.timed("generation add", add).await? {
             return Some(fresh);
         }
-        let item = self
-            .timed("generation get", self.backend.get(key))
-            .await??;
-        parse_generation(&item)
+        let keys = [key];
+        let read = self.backend.get_many_by_key(route, &keys);
+        let items = self.timed("generation get", read).await?;
+        items.get(key).and_then(parse_generation)
     }
 
-    /// The namespace generation to store an entry under.
-    pub(crate) async fn generation(&self, known: Option<u64>) -> Option<u64> {
-        match known {
-            Some(generation) => Some(generation),
-            None => self.ensure_generation(&self.generation_key).await,
+    /// Puts a placeholder in a URL's primary key before its request goes to the origin:
+    /// where the lookup saw nothing (`add`), or a placeholder that its waiters may take
+    /// over (`cas`). Other requests wait for it until `until`.
+    pub(crate) async fn place(&self, key: &str, seen: Slot, until: SystemTime) -> Placed {
+        let placeholder = Placeholder {
+            token: unique(),
+            until_ms: millis(until),
+        };
+        let lifetime = Lifetime::from_duration(FILL_HOLD);
+        let put = match seen {
+            Slot::Absent => {
+                let add = self
+                    .backend
+                    .add(key, placeholder.encode(), FLAG_PLACEHOLDER, lifetime);
+                self.timed("placeholder add", add).await.map(|added| {
+                    if added {
+                        CasOutcome::Stored
+                    } else {
+                        CasOutcome::Exists
+                    }
+                })
+            }
+            Slot::Placeholder { cas, .. } => {
+                let cas =
+                    self.backend
+                        .cas(key, placeholder.encode(), FLAG_PLACEHOLDER, lifetime, cas);
+                self.timed("placeholder takeover", cas).await
+            }
+            Slot::Value { .. } => return Placed::Taken,
+            Slot::Unknown => return Placed::Unknown,
+        };
+        match put {
+            Some(CasOutcome::Stored) => Placed::Mine(placeholder, Instant::now()),
+            Some(CasOutcome::Exists | CasOutcome::NotFound) => {
+                // Someone was faster: what is there now?
+                match self.timed("placeholder read", self.backend.get(key)).await {
+                    Some(Some(item)) => match Slot::of(&item) {
+                        Slot::Placeholder { .. } => Placed::Held,
+                        _ => Placed::Taken,
+                    },
+                    Some(None) => Placed::Taken,
+                    None => Placed::Unknown,
+                }
+            }
+            None => Placed::Unknown,
         }
     }
 
-    /// The current generation of each tag, created when absent.
-    pub(crate) async fn tag_generations(&self, tags: &[String]) -> Option<Vec<(String, u64)>> {
-        let keys: Vec<String> = tags.iter().map(|tag| self.tag_key(tag)).collect();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let items = self
-            .timed("tag lookup", self.backend.get_many(&refs))
-            .await?;
-        let mut generations = Vec::with_capacity(tags.len());
-        for (tag, key) in tags.iter().zip(&keys) {
-            let generation = match items.get(key).and_then(parse_generation) {
-                Some(generation) => generation,
-                None => self.ensure_generation(key).await?,
-            };
-            generations.push((tag.clone(), generation));
+    /// Ends this request's placeholder without an entry: it is replaced by one that nobody
+    /// waits for, unless something else is there already.
+    pub(crate) async fn release(&self, key: &str, mine: Placeholder) -> Result<(), BackendError> {
+        let item = self.bounded(self.backend.get(key)).await?;
+        let Some((cas, Slot::Placeholder { placeholder, .. })) =
+            item.map(|item| (item.cas, Slot::of(&item)))
+        else {
+            return Ok(());
+        };
+        if placeholder != mine {
+            return Ok(());
         }
-        Some(generations)
+        let Some(cas) = cas else { return Ok(()) };
+        let released = Placeholder {
+            token: 0,
+            until_ms: 0,
+        };
+        let lifetime = Lifetime::from_secs(1);
+        self.bounded(
+            self.backend
+                .cas(key, released.encode(), FLAG_PLACEHOLDER, lifetime, cas),
+        )
+        .await
+        .map(drop)
     }
 
-    /// Writes an entry (and, when it varies, the URL's variant index) for `ttl`.
-    /// `index` is the index the lookup found, reused when the selecting headers are the
-    /// same so the URL's other variants stay reachable.
+    /// Writes an entry (and, when it varies, the URL's variant index) for `ttl`, if what
+    /// the request's lookup saw is still there and no purge touched it since the request
+    /// went out. `tags` are the response's; an entry that names none keeps those in its
+    /// metadata (a refresh), which must still be current.
     pub(crate) async fn store(
         &self,
-        primary_key: &str,
+        to: &Target,
         meta: &EntryMeta,
         body: &[u8],
-        index: Option<&VariantIndex>,
+        tags: &[String],
         ttl: Duration,
-    ) -> bool {
-        let bytes = match encode_entry(meta, body) {
+    ) -> StoreOutcome {
+        let failed = StoreOutcome::Failed;
+        let Some(generation) = to.generation else {
+            tracing::debug!(key = %to.key, "no namespace generation read before the request; not stored");
+            return failed;
+        };
+        let route = to.key.as_str();
+        let tag_names: Vec<String> = if tags.is_empty() {
+            meta.tags.iter().map(|(tag, _)| tag.clone()).collect()
+        } else {
+            tags.to_vec()
+        };
+        let tag_keys: Vec<String> = tag_names.iter().map(|tag| self.tag_key(tag)).collect();
+        let mut keys: Vec<&str> = vec![route, &self.generation_key];
+        keys.extend(tag_keys.iter().map(String::as_str));
+        let read = self.backend.get_many_by_key(route, &keys);
+        let Some(mut now) = self.timed("store check", read).await else {
+            return failed;
+        };
+        let superseded = |since: SystemTime| StoreOutcome::Superseded { since };
+        let skewed = |at: u64| from_millis(at / 1_000_000).checked_sub(CLOCK_SKEW);
+        // Namespace purge since the lookup?
+        let current = now
+            .remove(&*self.generation_key)
+            .and_then(|item| parse_generation(&item));
+        if current != Some(generation) {
+            // Requests that joined this one in the process saw the same generation, so
+            // looked before the purge: they may still have the response.
+            tracing::debug!(key = %to.key, "namespace purged during the fill; not stored");
+            return StoreOutcome::Overtaken;
+        }
+        // Tags: a purge newer than the request, or (for a refresh) another generation.
+        let mut resolved = Vec::with_capacity(tag_names.len());
+        let requested_ns = nanos(to.requested);
+        for (tag, key) in tag_names.iter().zip(&tag_keys) {
+            let (value, purged_at) = match now.get(key.as_str()).and_then(parse_tag_mark) {
+                Some(mark) => mark,
+                None => {
+                    // First use of the tag on this server (or an eviction): it starts here,
+                    // marked as created rather than purged.
+                    let fresh = unique();
+                    let add = self.backend.add_by_key(
+                        route,
+                        key,
+                        Bytes::from(format!("{fresh}{CREATED}")),
+                        0,
+                        Lifetime::NEVER,
+                    );
+                    match self.timed("tag generation add", add).await {
+                        Some(true) => (fresh, None),
+                        // Created or purged at this very moment by someone else.
+                        Some(false) => return superseded(to.requested),
+                        None => return failed,
+                    }
+                }
+            };
+            let kept = meta.tags.iter().find(|(t, _)| t == tag).map(|(_, g)| *g);
+            let purged_since = match (kept, purged_at) {
+                // A refresh keeps the generations its entry was read under.
+                (Some(kept), _) if tags.is_empty() => value != kept,
+                (_, Some(at)) => at.saturating_add(nanos_of(CLOCK_SKEW)) > requested_ns,
+                (_, None) => false,
+            };
+            if purged_since {
+                tracing::debug!(key = %to.key, tag, "tag purged during the fill; not stored");
+                return superseded(purged_at.and_then(skewed).unwrap_or(to.requested));
+            }
+            resolved.push((tag.clone(), value));
+        }
+        let mut meta = meta.clone();
+        meta.generation = generation;
+        meta.tags = resolved;
+        let primary = now.remove(route);
+        let Some(primary_cas) = self.guarded(to, primary.as_ref()) else {
+            tracing::debug!(key = %to.key, "the URL was purged or refilled during the fill; not stored");
+            return StoreOutcome::Overtaken;
+        };
+        let bytes = match encode_entry(&meta, body) {
             Ok(bytes) => bytes,
             Err(err) => {
-                tracing::debug!(key = primary_key, error = %err, "entry not encodable");
-                return false;
+                tracing::debug!(key = %to.key, error = %err, "entry not encodable");
+                return failed;
             }
         };
         let lifetime = Lifetime::from_duration(ttl);
         if meta.vary.is_empty() {
-            let set = self
+            let cas = self
                 .backend
-                .set(primary_key, bytes, FLAG_HTTP_ENTRY, lifetime);
-            return self.timed("store", set).await.is_some();
+                .cas(route, bytes, FLAG_HTTP_ENTRY, lifetime, primary_cas);
+            return match self.timed("store", cas).await {
+                Some(CasOutcome::Stored) => StoreOutcome::Stored,
+                Some(_) => StoreOutcome::Overtaken,
+                None => failed,
+            };
         }
         let names: Vec<String> = meta.vary.iter().map(|(name, _)| name.clone()).collect();
-        let index = match index {
-            Some(index) if index.names == names && index.canonical_key == meta.canonical_key => {
-                index.clone()
+        let existing = primary
+            .filter(|item| item.flags == FLAG_VARIANT_INDEX)
+            .and_then(|item| decode_index(&item.value).ok());
+        let index = match existing {
+            Some(index) if index.name_sets.first() == Some(&names) => index,
+            existing => {
+                // A new index where a placeholder or a plain entry was; this name set first
+                // in an existing one (bounded, the least recent set goes).
+                let mut index = existing.unwrap_or_else(|| VariantIndex {
+                    canonical_key: meta.canonical_key.clone(),
+                    name_sets: Vec::new(),
+                    id: unique(),
+                });
+                index.name_sets.retain(|set| *set != names);
+                index.name_sets.insert(0, names);
+                index.name_sets.truncate(MAX_NAME_SETS);
+                let Ok(encoded) = encode_index(&index) else {
+                    return failed;
+                };
+                // The index outlives any one variant; memcached's LRU ages it out.
+                let cas = self.backend.cas(
+                    route,
+                    encoded,
+                    FLAG_VARIANT_INDEX,
+                    Lifetime::NEVER,
+                    primary_cas,
+                );
+                match self.timed("index store", cas).await {
+                    Some(CasOutcome::Stored) => index,
+                    Some(_) => return StoreOutcome::Overtaken,
+                    None => return failed,
+                }
             }
-            _ => match self
-                .create_index(primary_key, &meta.canonical_key, names)
-                .await
-            {
-                Some(index) => index,
-                None => return false,
-            },
         };
         let variant_key = self.variant_key(&meta.canonical_key, index.id, &meta.vary);
         let set = self
             .backend
-            .set(&variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
-        self.timed("variant store", set).await.is_some()
+            .set_by_key(route, &variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
+        match self.timed("variant store", set).await {
+            Some(()) => StoreOutcome::Stored,
+            None => failed,
+        }
     }
 
-    /// Writes a new variant index for a URL, unless a concurrent store just wrote one for
-    /// the same headers: `add` lets the first writer win, so every variant stored at the
-    /// same time ends up under one index id.
-    async fn create_index(
-        &self,
-        primary_key: &str,
-        canonical: &str,
-        names: Vec<String>,
-    ) -> Option<VariantIndex> {
-        let fresh = VariantIndex {
-            canonical_key: canonical.to_string(),
-            names,
-            id: unique(),
-        };
-        let bytes = encode_index(&fresh).ok()?;
-        // The index outlives any one variant; memcached's LRU ages it out when unused.
-        let add = self.backend.add(
-            primary_key,
-            bytes.clone(),
-            FLAG_VARIANT_INDEX,
-            Lifetime::NEVER,
-        );
-        if self.timed("index add", add).await? {
-            return Some(fresh);
+    /// The CAS value to replace `now` with, if it is what the request's lookup saw (its own
+    /// placeholder, the entry it refreshed, or the index its variant belongs to).
+    fn guarded(&self, to: &Target, now: Option<&Item>) -> Option<u64> {
+        let now = now?;
+        let cas = now.cas?;
+        match (to.slot, Slot::of(now)) {
+            (
+                Slot::Placeholder {
+                    placeholder: mine, ..
+                },
+                Slot::Placeholder { placeholder, .. },
+            ) if mine == placeholder => Some(cas),
+            (Slot::Value { cas: seen }, Slot::Value { .. }) if seen == cas => Some(cas),
+            (Slot::Value { .. }, Slot::Value { .. }) => {
+                // Changed since the lookup; still the same index (another variant or name
+                // set was added) keeps its variants' keys valid.
+                let seen = to.index.as_ref()?;
+                let index = decode_index(&now.value).ok()?;
+                (now.flags == FLAG_VARIANT_INDEX && index.id == seen.id).then_some(cas)
+            }
+            _ => None,
         }
-        let existing = self
-            .timed("index get", self.backend.get(primary_key))
-            .await?;
-        if let Some(index) = existing
-            .filter(|item| item.flags == FLAG_VARIANT_INDEX)
-            .and_then(|item| decode_index(&item.value).ok())
-            .filter(|index| index.canonical_key == canonical && index.names == fresh.names)
-        {
-            return Some(index);
-        }
-        // A plain entry, or an index for other headers: this response replaces it.
-        let set = self
-            .backend
-            .set(primary_key, bytes, FLAG_VARIANT_INDEX, Lifetime::NEVER);
-        self.timed("index store", set).await?;
-        Some(fresh)
     }
 
-    /// Deletes a URL's entry or variant index (and so every variant).
+    /// Removes a URL's entry or variant index (and so every variant), and any placeholder:
+    /// a fill under way for it can no longer store.
     pub(crate) async fn invalidate(&self, primary_key: &str) -> Result<(), BackendError> {
         self.bounded(self.backend.delete(primary_key)).await?;
         self.stats.record_invalidation();
         Ok(())
     }
 
-    /// Gives the namespace a new generation: every entry stored before is a miss.
+    /// Gives the namespace a new generation on every server: every entry stored before,
+    /// or produced before and stored after, is a miss.
     pub(crate) async fn purge_namespace(&self) -> Result<(), BackendError> {
         self.bump(&self.generation_key.clone()).await
     }
 
-    /// Gives a tag a new generation: every entry stored with it before is a miss.
+    /// Gives a tag a new generation on every server: every entry stored with it before is
+    /// a miss, and fills of responses requested before it are not stored.
     pub(crate) async fn purge_tag(&self, tag: &str) -> Result<(), BackendError> {
         self.bump(&self.tag_key(tag)).await
     }
 
     async fn bump(&self, key: &str) -> Result<(), BackendError> {
         let value = Bytes::from(unique().to_string());
-        self.bounded(self.backend.set(key, value, 0, Lifetime::NEVER))
-            .await?;
+        self.bounded(
+            self.backend
+                .set_on_every_server(key, value, 0, Lifetime::NEVER),
+        )
+        .await?;
         self.stats.record_invalidation();
         Ok(())
     }
@@ -382,14 +667,49 @@ impl<B: Backend> Storage<B> {
     }
 }
 
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn nanos_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH)
+}
+
 fn decode(value: Bytes) -> Option<Entry> {
     decode_entry(value)
         .inspect_err(|err| tracing::debug!(error = %err, "undecodable cache entry; miss"))
         .ok()
 }
 
+/// Marks a tag generation created on first use, not by a purge.
+const CREATED: char = 'c';
+
 fn parse_generation(item: &Item) -> Option<u64> {
-    std::str::from_utf8(&item.value).ok()?.trim().parse().ok()
+    parse_tag_mark(item).map(|(generation, _)| generation)
+}
+
+/// A generation, and when it was purged (`None` when it was created on first use).
+fn parse_tag_mark(item: &Item) -> Option<(u64, Option<u64>)> {
+    let text = std::str::from_utf8(&item.value).ok()?.trim();
+    match text.strip_suffix(CREATED) {
+        Some(created) => Some((created.parse().ok()?, None)),
+        None => {
+            let purged = text.parse().ok()?;
+            Some((purged, Some(purged)))
+        }
+    }
 }
 
 /// A number no earlier call in any process is likely to have produced: the clock in

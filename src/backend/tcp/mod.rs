@@ -385,16 +385,7 @@ impl Expect {
     }
 }
 
-/// The outcome of a compare-and-swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CasOutcome {
-    /// The value was replaced.
-    Stored,
-    /// Someone changed the item since it was read; nothing was stored.
-    Exists,
-    /// The item is gone; nothing was stored.
-    NotFound,
-}
+pub use super::CasOutcome;
 
 impl TcpBackend {
     /// A builder.
@@ -434,7 +425,7 @@ impl TcpBackend {
 
     /// Compare-and-swap (`cas`): stores only if the item's CAS value is still `cas`, as read
     /// by [`Backend::get`] in [`Item::cas`].
-    pub async fn cas(
+    async fn cas_inherent(
         &self,
         key: &str,
         value: Bytes,
@@ -751,6 +742,17 @@ impl Backend for TcpBackend {
                 .map(into_item)),
             other => Err(error_reply(other, None)),
         }
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        self.cas_inherent(key, value, flags, lifetime, cas).await
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
