@@ -10,7 +10,7 @@ use super::background::Background;
 use super::fill::FillBudget;
 use super::key::Canonical;
 use super::single_flight::SingleFlight;
-use super::storage::Storage;
+use super::storage::{LocalPurges, Storage};
 use crate::backend::Backend;
 use crate::cache::policy::Policy;
 use crate::cache::stats::CacheStats;
@@ -40,6 +40,8 @@ pub(crate) struct Config<B> {
     pub(crate) fill_budget: Arc<FillBudget>,
     /// Stores, refreshes and lease releases still running, shared by the layer's clones.
     pub(crate) background: Background,
+    /// Tag purges made by this layer and its purgers, recently.
+    pub(crate) local_purges: Arc<LocalPurges>,
 }
 
 impl<B: Backend> Config<B> {
@@ -51,6 +53,7 @@ impl<B: Backend> Config<B> {
             self.lookup_timeout,
             self.stats.clone(),
             self.background.clone(),
+            Arc::clone(&self.local_purges),
         )
     }
 }

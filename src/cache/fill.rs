@@ -130,7 +130,7 @@ impl<B: Backend> Shared<B> {
                 let to = filler.target(ex, sent.request_time);
                 let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
                 let tee = Tee::new(
-                    self.config.max_entry_size,
+                    self.storable_body_size(),
                     &response.body().size_hint(),
                     on_complete,
                 );
@@ -155,6 +155,18 @@ impl<B: Backend> Shared<B> {
             }),
             unused,
         )
+    }
+
+    /// The largest body worth copying: the layer's entry size limit, or less when the
+    /// backend's item size limit (learnt from the servers) leaves less room, so a body
+    /// memcached would refuse is neither buffered nor sent.
+    pub(super) fn storable_body_size(&self) -> usize {
+        // Room for the key and the entry's metadata (status, headers, times).
+        const ENVELOPE: usize = crate::backend::MAX_KEY_LEN + crate::backend::ITEM_OVERHEAD + 8192;
+        let backend = self.config.backend.item_size_limit();
+        self.config
+            .max_entry_size
+            .min(backend.saturating_sub(ENVELOPE))
     }
 
     /// The admission gate: every write of an entry passes here, judged on the header set

@@ -102,6 +102,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 flights: SingleFlight::default(),
                 fill_budget: FillBudget::new(DEFAULT_FILL_BUFFER),
                 background: Background::default(),
+                local_purges: Arc::default(),
             },
         }
     }

@@ -25,9 +25,10 @@
 //!
 //! Every operation is bounded by the layer's timeout and fails open.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -170,10 +171,39 @@ pub(crate) enum Placed {
     Unknown,
 }
 
+/// The generations this process gave tags by purging them, for as long as the clock skew
+/// margin: a fill here compares its request time with them on the same clock, so needs no
+/// margin (a page purged and refilled at once by one process is stored again at once).
+#[derive(Default)]
+pub(crate) struct LocalPurges(Mutex<VecDeque<(u64, Instant)>>);
+
+impl LocalPurges {
+    /// Most purges remembered: older ones get the margin, which is only a lost store.
+    const MAX: usize = 4096;
+
+    fn record(&self, generation: u64) {
+        let mut purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while purges
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() > CLOCK_SKEW)
+            || purges.len() >= Self::MAX
+        {
+            purges.pop_front();
+        }
+        purges.push_back((generation, Instant::now()));
+    }
+
+    fn made_here(&self, generation: u64) -> bool {
+        let purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        purges.iter().any(|(made, _)| *made == generation)
+    }
+}
+
 /// The backend, seen through the cache's key layout.
 #[derive(Clone)]
 pub(crate) struct Storage<B> {
     backend: B,
+    local_purges: Arc<LocalPurges>,
     namespace: Arc<str>,
     generation_key: Arc<str>,
     timeout: Duration,
@@ -188,6 +218,7 @@ impl<B: Backend> Storage<B> {
         timeout: Duration,
         stats: CacheStats,
         background: Background,
+        local_purges: Arc<LocalPurges>,
     ) -> Self {
         let generation_key: Arc<str> = build_key(Some(namespace), "\0generation").into();
         // A server that comes back may have missed purges: its copy of the generation goes,
@@ -195,6 +226,7 @@ impl<B: Backend> Storage<B> {
         backend.reset_on_rejoin(&generation_key);
         Self {
             generation_key,
+            local_purges,
             namespace: namespace.into(),
             backend,
             timeout,
@@ -310,13 +342,21 @@ impl<B: Backend> Storage<B> {
                     let Some(mut variants) = self.timed("variant lookup", read).await else {
                         return Lookup::Unavailable;
                     };
-                    // The most recent name set first: its variant is the one a response
-                    // would be stored under now.
+                    // Of the variants this request selects, the one stored for the most
+                    // selecting headers (a response the origin chose for a request like
+                    // this in more ways), then the most recent name set.
                     keys.iter()
                         .filter_map(|key| variants.remove(key))
                         .filter(|item| item.flags == FLAG_HTTP_ENTRY)
                         .filter_map(|item| decode(item.value))
-                        .find(|entry| stored::selects(&entry.meta, canonical, request_headers))
+                        .filter(|entry| stored::selects(&entry.meta, canonical, request_headers))
+                        .reduce(|best, entry| {
+                            if entry.meta.vary.len() > best.meta.vary.len() {
+                                entry
+                            } else {
+                                best
+                            }
+                        })
                 }
                 _ => None,
             },
@@ -479,7 +519,14 @@ impl<B: Backend> Storage<B> {
             return failed;
         };
         let superseded = |since: SystemTime| StoreOutcome::Superseded { since };
-        let skewed = |at: u64| from_millis(at / 1_000_000).checked_sub(CLOCK_SKEW);
+        let margin = |at: u64| {
+            if self.local_purges.made_here(at) {
+                Duration::ZERO
+            } else {
+                CLOCK_SKEW
+            }
+        };
+        let skewed = |at: u64| from_millis(at / 1_000_000).checked_sub(margin(at));
         // Namespace purge since the lookup?
         let current = now
             .remove(&*self.generation_key)
@@ -519,7 +566,7 @@ impl<B: Backend> Storage<B> {
             let purged_since = match (kept, purged_at) {
                 // A refresh keeps the generations its entry was read under.
                 (Some(kept), _) if tags.is_empty() => value != kept,
-                (_, Some(at)) => at.saturating_add(nanos_of(CLOCK_SKEW)) > requested_ns,
+                (_, Some(at)) => at.saturating_add(nanos_of(margin(at))) > requested_ns,
                 (_, None) => false,
             };
             if purged_since {
@@ -644,7 +691,9 @@ impl<B: Backend> Storage<B> {
     }
 
     async fn bump(&self, key: &str) -> Result<(), BackendError> {
-        let value = Bytes::from(unique().to_string());
+        let generation = unique();
+        self.local_purges.record(generation);
+        let value = Bytes::from(generation.to_string());
         self.bounded(
             self.backend
                 .set_on_every_server(key, value, 0, Lifetime::NEVER),

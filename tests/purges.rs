@@ -1,0 +1,621 @@
+//! Purges that hold, and coalescing that helps: tried against a gated origin, a
+//! "database" whose version a request reads when it arrives and which the test bumps while
+//! that request's response is still held at the gate. After a purge or an invalidation has
+//! returned, no response produced before it may be served. Each scenario runs on
+//! MemoryBackend and on a private memcached (see `on_every_backend!`).
+
+mod support;
+
+use support::{Answer, Watch, assert_hit, stores};
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{Notify, Semaphore};
+use tower::ServiceExt;
+use tower_memcache::backend::{
+    Backend, BackendError, CasOutcome, Item, Lifetime, ServerStats, UnreachableReason,
+};
+use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
+
+/// Requests held at the origin until the test opens the gate; counts who arrived.
+struct Gate {
+    arrived: AtomicUsize,
+    notify: Notify,
+    open: Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            arrived: AtomicUsize::new(0),
+            notify: Notify::new(),
+            open: Semaphore::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Waits until `n` requests in all have arrived (5 s at most).
+    async fn arrivals(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let notified = self.notify.notified();
+            if self.arrived.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::timeout_at(deadline, notified)
+                .await
+                .unwrap_or_else(|_| panic!("{n} requests never reached the origin"));
+        }
+    }
+
+    fn open(&self) {
+        self.open.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// The origin over a database: a response says which version it was produced from.
+#[derive(Clone, Default)]
+struct Db {
+    version: Arc<AtomicU64>,
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Gate>,
+    gated: Arc<AtomicBool>,
+    /// Extra response fields per path.
+    fields: Arc<Mutex<HashMap<String, Vec<(&'static str, &'static str)>>>>,
+}
+
+impl Db {
+    fn hold(&self) -> Arc<Gate> {
+        self.gated.store(true, Ordering::SeqCst);
+        Arc::clone(&self.gate)
+    }
+
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn fields(&self, path: &str, fields: &[(&'static str, &'static str)]) {
+        self.fields
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), fields.to_vec());
+    }
+
+    async fn respond(&self, request: Request<()>) -> Response<Full<Bytes>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let version = self.version.load(Ordering::SeqCst);
+        if self.gated.load(Ordering::SeqCst) {
+            self.gate.arrived.fetch_add(1, Ordering::SeqCst);
+            self.gate.notify.notify_waiters();
+            if let Ok(permit) = self.gate.open.acquire().await {
+                permit.forget();
+            }
+        }
+        let path = request.uri().path().to_string();
+        let etag = format!("\"v{version}\"");
+        let mut response = if request.method() != Method::GET && request.method() != Method::HEAD {
+            Response::new(Full::new(Bytes::from("done")))
+        } else if request
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+        {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            let language = request
+                .headers()
+                .get("accept-language")
+                .map(|v| format!(" {}", v.to_str().unwrap_or("?")))
+                .unwrap_or_default();
+            let cors = if request.headers().contains_key("origin") {
+                " cors"
+            } else {
+                ""
+            };
+            Response::new(Full::new(Bytes::from(format!(
+                "{path} v{version}{language}{cors}"
+            ))))
+        };
+        let headers = response.headers_mut();
+        headers.insert("etag", HeaderValue::from_str(&etag).unwrap());
+        let fields = self.fields.lock().unwrap().get(&path).cloned();
+        match fields {
+            Some(fields) => {
+                for (name, value) in fields {
+                    headers.append(name, HeaderValue::from_static(value));
+                }
+            }
+            None => {
+                headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+            }
+        }
+        // CORS answers name one more selecting header than the others.
+        if request.headers().contains_key("origin") {
+            headers.insert("vary", HeaderValue::from_static("accept-encoding, origin"));
+        }
+        response
+    }
+}
+
+type Svc =
+    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+
+fn service<B: Backend>(layer: &MemcacheLayer<B>, db: &Db) -> Svc {
+    let db = db.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |request: Request<()>| {
+            let db = db.clone();
+            async move { Ok::<_, Infallible>(db.respond(request).await) }
+        });
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
+fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
+    MemcacheLayer::new(backend)
+        .namespace("purges")
+        .mode(CacheMode::Origin)
+}
+
+async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://site.example{path}"))
+        .body(())
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    let response = svc.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get(svc: &Svc, path: &str) -> Answer {
+    send(svc, Method::GET, path, &[]).await
+}
+
+/// Sends a GET in a task of its own.
+fn spawn_get(svc: &Svc, path: &str, headers: &[(&str, &str)]) -> tokio::task::JoinHandle<Answer> {
+    let (svc, path) = (svc.clone(), path.to_string());
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    tokio::spawn(async move {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        send(&svc, Method::GET, &path, &headers).await
+    })
+}
+
+async fn joined(handle: tokio::task::JoinHandle<Answer>) -> Answer {
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("request finished")
+        .expect("request task")
+}
+
+/// After the purge, the page is the new version, from the origin and then from the cache.
+async fn serves_only_the_new_version(svc: &Svc, watch: &Watch, path: &str, new: &str) {
+    watch.settled().await;
+    let after = get(svc, path).await;
+    assert_eq!(after.body, new, "{}", after.cache_status());
+    watch.settled().await;
+    let again = get(svc, path).await;
+    assert_eq!(again.body, new);
+    assert_hit(again.cache_status());
+}
+
+// ---------------------------------------------------------------------------------------
+// A purge or an invalidation that returned is never undone by a fill that was under way.
+
+async fn a_uri_purge_during_a_fill_is_not_undone_by_its_store<B: Backend>(backend: B) {
+    let db = Db::default();
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let filling = spawn_get(&svc, "/p", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer
+        .purger()
+        .purge_uri("http://site.example/p")
+        .await
+        .unwrap();
+    gate.open();
+    assert_eq!(
+        joined(filling).await.body,
+        "/p v0",
+        "its own client gets it"
+    );
+    serves_only_the_new_version(&svc, &watch, "/p", "/p v1").await;
+}
+
+async fn a_tag_purge_during_a_fill_is_not_undone_by_its_store<B: Backend>(backend: B) {
+    let db = Db::default();
+    db.fields(
+        "/t",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "news")],
+    );
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let filling = spawn_get(&svc, "/t", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer.purger().purge_tag("news").await.unwrap();
+    gate.open();
+    assert_eq!(joined(filling).await.body, "/t v0");
+    serves_only_the_new_version(&svc, &watch, "/t", "/t v1").await;
+}
+
+async fn an_invalidation_by_a_post_during_a_fill_is_not_undone<B: Backend>(backend: B) {
+    let db = Db::default();
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let filling = spawn_get(&svc, "/p", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    // The POST goes through the same gate: let it (and the held GET) through, and wait for
+    // the POST's answer, which comes after its invalidation.
+    let post = {
+        let svc = svc.clone();
+        tokio::spawn(async move { send(&svc, Method::POST, "/p", &[]).await })
+    };
+    gate.arrivals(2).await;
+    gate.open();
+    let post = joined(post).await;
+    assert_eq!(post.status, StatusCode::OK);
+    assert_eq!(joined(filling).await.body, "/p v0");
+    serves_only_the_new_version(&svc, &watch, "/p", "/p v1").await;
+}
+
+async fn a_304_after_a_purge_does_not_bring_the_entry_back<B: Backend>(backend: B) {
+    let db = Db::default();
+    // Stored, stale at once, revalidated with its validator.
+    db.fields("/r", &[("cache-control", "max-age=0")]);
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    assert_eq!(get(&svc, "/r").await.body, "/r v0");
+    stores(&watch, 1).await;
+    let gate = db.hold();
+    // The origin reads version 0 when the revalidation arrives, and will answer 304.
+    let revalidating = spawn_get(&svc, "/r", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer
+        .purger()
+        .purge_uri("http://site.example/r")
+        .await
+        .unwrap();
+    gate.open();
+    let answer = joined(revalidating).await;
+    assert_eq!(answer.body, "/r v0", "{}", answer.cache_status());
+    watch.settled().await;
+    db.fields("/r", &[("cache-control", "max-age=600")]);
+    let after = get(&svc, "/r").await;
+    assert_eq!(after.body, "/r v1", "{}", after.cache_status());
+}
+
+async fn a_namespace_purge_during_the_first_fill_after_a_cold_start_holds<B: Backend>(backend: B) {
+    let db = Db::default();
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let filling = spawn_get(&svc, "/cold", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer.purger().purge_namespace().await.unwrap();
+    gate.open();
+    assert_eq!(joined(filling).await.body, "/cold v0");
+    serves_only_the_new_version(&svc, &watch, "/cold", "/cold v1").await;
+}
+
+async fn a_request_sent_after_a_purge_does_not_join_the_older_flight<B: Backend>(backend: B) {
+    let db = Db::default();
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let first = spawn_get(&svc, "/f", &[]);
+    gate.arrivals(1).await;
+    // Sent before the purge: may share the first request's response.
+    let early = spawn_get(&svc, "/f", &[]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    db.bump();
+    layer
+        .purger()
+        .purge_uri("http://site.example/f")
+        .await
+        .unwrap();
+    let late = spawn_get(&svc, "/f", &[]);
+    gate.arrivals(2).await;
+    gate.open();
+    let late = joined(late).await;
+    assert_eq!(late.body, "/f v1", "{}", late.cache_status());
+    assert_eq!(joined(first).await.body, "/f v0");
+    // Concurrent with the purge: either version is a correct answer.
+    let early = joined(early).await;
+    assert!(
+        early.body == "/f v0" || early.body == "/f v1",
+        "{}",
+        early.body
+    );
+    assert!(!late.cache_status().contains("collapsed"));
+    serves_only_the_new_version(&svc, &watch, "/f", "/f v1").await;
+}
+
+async fn a_request_sent_after_a_tag_purge_does_not_get_the_older_flights_response<B: Backend>(
+    backend: B,
+) {
+    let db = Db::default();
+    db.fields(
+        "/g",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "g")],
+    );
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let first = spawn_get(&svc, "/g", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer.purger().purge_tag("g").await.unwrap();
+    // Its lookup cannot know the tags of a response not yet produced: it joins the flight,
+    // and must not be handed the older response.
+    let late = spawn_get(&svc, "/g", &[]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.open();
+    assert_eq!(joined(first).await.body, "/g v0");
+    let late = joined(late).await;
+    assert_eq!(late.body, "/g v1", "{}", late.cache_status());
+    serves_only_the_new_version(&svc, &watch, "/g", "/g v1").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Coalescing and leases that help.
+
+async fn followers_of_another_variant_elect_a_leader_of_their_own<B: Backend>(backend: B) {
+    let db = Db::default();
+    db.fields(
+        "/v",
+        &[
+            ("cache-control", "max-age=600"),
+            ("vary", "accept-language"),
+        ],
+    );
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let en = spawn_get(&svc, "/v", &[("accept-language", "en")]);
+    gate.arrivals(1).await;
+    let fr: Vec<_> = (0..20)
+        .map(|_| spawn_get(&svc, "/v", &[("accept-language", "fr")]))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.open();
+    assert_eq!(joined(en).await.body, "/v v0 en");
+    for answer in fr {
+        assert_eq!(joined(answer).await.body, "/v v0 fr");
+    }
+    assert_eq!(db.calls(), 2, "one origin call per variant");
+    watch.settled().await;
+    assert_hit(
+        send(&svc, Method::GET, "/v", &[("accept-language", "fr")])
+            .await
+            .cache_status(),
+    );
+}
+
+async fn variants_of_several_vary_header_sets_coexist<B: Backend>(backend: B) {
+    let db = Db::default();
+    db.fields(
+        "/c",
+        &[
+            ("cache-control", "max-age=600"),
+            ("vary", "accept-encoding"),
+        ],
+    );
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let plain = [("accept-encoding", "gzip")];
+    let cors = [
+        ("accept-encoding", "gzip"),
+        ("origin", "https://app.example"),
+    ];
+    // The CORS answer first: the plain one, stored after it, must not drop it.
+    assert_eq!(
+        send(&svc, Method::GET, "/c", &cors).await.body,
+        "/c v0 cors"
+    );
+    stores(&watch, 1).await;
+    assert_eq!(send(&svc, Method::GET, "/c", &plain).await.body, "/c v0");
+    stores(&watch, 2).await;
+    let calls = db.calls();
+    for round in 0..20 {
+        let (headers, body): (&[(&str, &str)], _) = if round % 2 == 0 {
+            (&plain, "/c v0")
+        } else {
+            (&cors, "/c v0 cors")
+        };
+        let answer = send(&svc, Method::GET, "/c", headers).await;
+        assert_hit(answer.cache_status());
+        assert_eq!(answer.body, body);
+    }
+    assert_eq!(db.calls(), calls, "20 requests, no origin call");
+}
+
+/// A backend that stops answering once `die` is set: a process that crashed while its
+/// request was at the origin, leaving its placeholder behind.
+#[derive(Clone)]
+struct Dying<B> {
+    inner: B,
+    dead: Arc<AtomicBool>,
+}
+
+impl<B: Backend> Dying<B> {
+    fn check(&self) -> Result<(), BackendError> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(BackendError::Unreachable {
+                server: "dead process".into(),
+                reason: UnreachableReason::Injected,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Backend for Dying<B> {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+        self.check()?;
+        self.inner.get_many(keys).await
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
+        self.check()?;
+        self.inner.set(key, value, flags, lifetime).await
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        self.check()?;
+        self.inner.add(key, value, flags, lifetime).await
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        self.check()?;
+        self.inner.cas(key, value, flags, lifetime, cas).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.check()?;
+        self.inner.delete(key).await
+    }
+
+    async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
+        self.check()?;
+        self.inner.touch(key, lifetime).await
+    }
+
+    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        self.check()?;
+        self.inner.incr(key, delta).await
+    }
+
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        self.check()?;
+        self.inner.flush_all().await
+    }
+
+    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+        self.check()?;
+        self.inner.stats().await
+    }
+}
+
+async fn a_dead_processs_lease_makes_one_request_wait_not_every_one<B: Backend>(backend: B) {
+    let db = Db::default();
+    // Not storable: nothing ever replaces the placeholders.
+    db.fields("/d", &[("cache-control", "private")]);
+    let dead = Arc::new(AtomicBool::new(false));
+    let crashed = layer(Dying {
+        inner: backend.clone(),
+        dead: Arc::clone(&dead),
+    })
+    .lease(Some(Duration::from_secs(30)));
+    let crashed = service(&crashed, &db);
+    let gate = db.hold();
+    let orphan = spawn_get(&crashed, "/d", &[]);
+    gate.arrivals(1).await;
+    dead.store(true, Ordering::SeqCst);
+    gate.open();
+    joined(orphan).await;
+    // Another process: waits for the orphaned placeholder at most its lease wait, once.
+    let survivor = layer(backend).lease_wait(Duration::from_millis(400), Duration::from_millis(10));
+    let survivor = service(&survivor, &db);
+    let started = Instant::now();
+    get(&survivor, "/d").await;
+    let first = started.elapsed();
+    assert!(
+        first >= Duration::from_millis(350),
+        "waited for the orphan: {first:?}"
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        get(&survivor, "/d").await;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(200),
+            "the next request waited {waited:?} (the first {first:?})"
+        );
+    }
+}
+
+on_every_backend!("purges";
+    a_uri_purge_during_a_fill_is_not_undone_by_its_store,
+    a_tag_purge_during_a_fill_is_not_undone_by_its_store,
+    an_invalidation_by_a_post_during_a_fill_is_not_undone,
+    a_304_after_a_purge_does_not_bring_the_entry_back,
+    a_namespace_purge_during_the_first_fill_after_a_cold_start_holds,
+    a_request_sent_after_a_purge_does_not_join_the_older_flight,
+    a_request_sent_after_a_tag_purge_does_not_get_the_older_flights_response,
+    followers_of_another_variant_elect_a_leader_of_their_own,
+    variants_of_several_vary_header_sets_coexist,
+    a_dead_processs_lease_makes_one_request_wait_not_every_one,
+);
