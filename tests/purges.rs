@@ -61,6 +61,8 @@ impl Gate {
     }
 }
 
+type Fields = Vec<(&'static str, &'static str)>;
+
 /// The origin over a database: a response says which version it was produced from.
 #[derive(Clone, Default)]
 struct Db {
@@ -69,7 +71,7 @@ struct Db {
     gate: Arc<Gate>,
     gated: Arc<AtomicBool>,
     /// Extra response fields per path.
-    fields: Arc<Mutex<HashMap<String, Vec<(&'static str, &'static str)>>>>,
+    fields: Arc<Mutex<HashMap<String, Fields>>>,
 }
 
 impl Db {
