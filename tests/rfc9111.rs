@@ -18,7 +18,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
-use tower_memcache::backend::{Backend, BackendError, Item, Lifetime, MemoryBackend, ServerStats};
+use tower_memcache::backend::{
+    Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend, ServerStats,
+};
 use tower_memcache::cache::CacheMode;
 use tower_memcache::cache::{MemcacheLayer, OriginUnreachable, ResponseBody};
 
@@ -1163,6 +1165,17 @@ impl Backend for LateMisses {
         lifetime: Lifetime,
     ) -> Result<bool, BackendError> {
         self.inner.add(key, value, flags, lifetime).await
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        self.inner.cas(key, value, flags, lifetime, cas).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {

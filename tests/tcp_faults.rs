@@ -193,7 +193,9 @@ async fn calls_abandoned_at_the_timeout_count_as_timeouts() {
 }
 
 /// What the fake server does on each accepted connection, in order; later connections
-/// behave like memcached for `get` (always a miss) and `set`.
+/// behave like memcached for `get` (always a miss) and `set`. Every connection answers
+/// `stats settings` (asked first on each new connection) with an empty listing, so that
+/// the behaviour meets the request under test.
 #[derive(Clone, Copy)]
 enum Behaviour {
     Garbage,
@@ -215,6 +217,12 @@ async fn fake_server(script: Vec<Behaviour>) -> (String, tokio::task::JoinHandle
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("stats") {
+                        if write.write_all(b"END\r\n").await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let reply: &[u8] = match behaviour {
                         Behaviour::HangUp => return,
                         Behaviour::Garbage => b"HELLO THERE\r\n",
@@ -417,9 +425,10 @@ struct Flood {
     blocks: usize,
 }
 
-/// A server that answers the first request of its first connection with `flood`, writing
-/// until it is done or the client hangs up, and reports the bytes it got out; later
-/// connections answer like a memcached holding nothing.
+/// A server that answers the first request of its first connection (after `stats
+/// settings`, answered with an empty listing) with `flood`, writing until it is done or
+/// the client hangs up, and reports the bytes it got out; later connections answer like a
+/// memcached holding nothing.
 async fn flooding_server(flood: Flood) -> (String, tokio::sync::oneshot::Receiver<usize>) {
     // A small send buffer, so that the bytes written track what the client took.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -436,9 +445,17 @@ async fn flooding_server(flood: Flood) -> (String, tokio::sync::oneshot::Receive
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
                 if let Some(report) = first {
-                    let Ok(Some(_)) = lines.next_line().await else {
-                        return;
-                    };
+                    loop {
+                        let Ok(Some(line)) = lines.next_line().await else {
+                            return;
+                        };
+                        if !line.starts_with("stats") {
+                            break;
+                        }
+                        if write.write_all(b"END\r\n").await.is_err() {
+                            return;
+                        }
+                    }
                     let data = vec![b'x'; flood.len];
                     let mut written = 0;
                     for n in 0..flood.blocks {
@@ -468,7 +485,7 @@ async fn flooding_server(flood: Flood) -> (String, tokio::sync::oneshot::Receive
                     return;
                 }
                 while let Ok(Some(line)) = lines.next_line().await {
-                    let reply: &[u8] = if line.starts_with("get") {
+                    let reply: &[u8] = if line.starts_with("get") || line.starts_with("stats") {
                         b"END\r\n"
                     } else {
                         b"VERSION fake\r\n"
@@ -550,8 +567,10 @@ async fn value_for_a_key_not_asked_for_drops_the_connection() {
             tokio::spawn(async move {
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(_)) = lines.next_line().await {
-                    let reply: &[u8] = if smuggle {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if line.starts_with("stats") {
+                        b"END\r\n"
+                    } else if smuggle {
                         b"VALUE a 0 1\r\n1\r\nVALUE evil 0 4\r\nevil\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
                     } else {
                         b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
