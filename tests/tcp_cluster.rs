@@ -77,6 +77,20 @@ fn keys_away_from(backend: &TcpBackend, index: usize, count: usize) -> Vec<Strin
         .collect()
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`).
+fn every_thread_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // `pid (comm) state ...`: the state follows the last `)`.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
+}
+
 /// Polls `done` every 10 ms until it holds; fails after `within`.
 async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -283,6 +297,11 @@ async fn rejoining_server_is_reset_before_it_serves() {
 
     let pid = Pid::from_raw(i32::try_from(b.pid().unwrap()).unwrap());
     kill(pid, Signal::SIGSTOP).unwrap();
+    // The signal is delivered asynchronously: a request sent at once could still be served.
+    eventually(Duration::from_secs(5), "B stopped", || {
+        every_thread_stopped(b.pid().unwrap())
+    })
+    .await;
     // B cannot take this one: marked down at once. (A key that is not registered: B
     // stores it when it resumes, which says nothing about the reset.)
     backend
@@ -468,6 +487,10 @@ async fn item_size_limit_is_learned_from_the_server() {
         assert!(matches!(err, BackendError::ValueTooLarge { .. }), "{err:?}");
         let after = counter(&backend.stats().await.unwrap()[0], "store_too_large");
         assert_eq!(after, before, "the refused size was sent again");
+    } else {
+        // memcached 1.6 refuses it (59 bytes of overhead, 63 with flags); refusals on a
+        // fake server are covered in tcp_faults.
+        eprintln!("this memcached stores an item at ITEM_OVERHEAD's limit");
     }
 }
 
