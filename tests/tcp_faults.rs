@@ -193,7 +193,9 @@ async fn calls_abandoned_at_the_timeout_count_as_timeouts() {
 }
 
 /// What the fake server does on each accepted connection, in order; later connections
-/// behave like memcached for `get` (always a miss) and `set`.
+/// behave like memcached for `get` (always a miss) and `set`. Every connection answers
+/// `stats settings` (asked first on each new connection) with an empty listing, so that
+/// the behaviour meets the request under test.
 #[derive(Clone, Copy)]
 enum Behaviour {
     Garbage,
@@ -215,6 +217,12 @@ async fn fake_server(script: Vec<Behaviour>) -> (String, tokio::task::JoinHandle
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("stats") {
+                        if write.write_all(b"END\r\n").await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let reply: &[u8] = match behaviour {
                         Behaviour::HangUp => return,
                         Behaviour::Garbage => b"HELLO THERE\r\n",
@@ -417,9 +425,10 @@ struct Flood {
     blocks: usize,
 }
 
-/// A server that answers the first request of its first connection with `flood`, writing
-/// until it is done or the client hangs up, and reports the bytes it got out; later
-/// connections answer like a memcached holding nothing.
+/// A server that answers the first request of its first connection (after `stats
+/// settings`, answered with an empty listing) with `flood`, writing until it is done or
+/// the client hangs up, and reports the bytes it got out; later connections answer like a
+/// memcached holding nothing.
 async fn flooding_server(flood: Flood) -> (String, tokio::sync::oneshot::Receiver<usize>) {
     // A small send buffer, so that the bytes written track what the client took.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -436,9 +445,17 @@ async fn flooding_server(flood: Flood) -> (String, tokio::sync::oneshot::Receive
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
                 if let Some(report) = first {
-                    let Ok(Some(_)) = lines.next_line().await else {
-                        return;
-                    };
+                    loop {
+                        let Ok(Some(line)) = lines.next_line().await else {
+                            return;
+                        };
+                        if !line.starts_with("stats") {
+                            break;
+                        }
+                        if write.write_all(b"END\r\n").await.is_err() {
+                            return;
+                        }
+                    }
                     let data = vec![b'x'; flood.len];
                     let mut written = 0;
                     for n in 0..flood.blocks {
@@ -468,7 +485,7 @@ async fn flooding_server(flood: Flood) -> (String, tokio::sync::oneshot::Receive
                     return;
                 }
                 while let Ok(Some(line)) = lines.next_line().await {
-                    let reply: &[u8] = if line.starts_with("get") {
+                    let reply: &[u8] = if line.starts_with("get") || line.starts_with("stats") {
                         b"END\r\n"
                     } else {
                         b"VERSION fake\r\n"
@@ -550,8 +567,10 @@ async fn value_for_a_key_not_asked_for_drops_the_connection() {
             tokio::spawn(async move {
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(_)) = lines.next_line().await {
-                    let reply: &[u8] = if smuggle {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if line.starts_with("stats") {
+                        b"END\r\n"
+                    } else if smuggle {
                         b"VALUE a 0 1\r\n1\r\nVALUE evil 0 4\r\nevil\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
                     } else {
                         b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
@@ -828,4 +847,246 @@ async fn write_hand_off_survives_randomized_concurrent_calls() {
         let item = backend.get("after").await.unwrap().unwrap();
         assert_eq!(&item.value[..], b"v", "seed {seed}");
     }
+}
+
+/// What [`line_server`] does with one request line.
+enum Answer {
+    /// Writes these bytes.
+    Reply(&'static [u8]),
+    /// Reads the data line of a storage command, then writes these bytes.
+    AfterData(&'static [u8]),
+    /// Closes the connection.
+    Close,
+}
+
+/// A fake memcached that answers each request line with `answer(line)`; every connection
+/// alike. Aborting the task closes the port (connections end when the client closes them).
+async fn line_server<F>(answer: F) -> (String, tokio::task::JoinHandle<()>)
+where
+    F: Fn(&str) -> Answer + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let answer = std::sync::Arc::new(answer);
+    let handle = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let answer = std::sync::Arc::clone(&answer);
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = match answer(&line) {
+                        Answer::Reply(reply) => reply,
+                        Answer::AfterData(reply) => {
+                            let Ok(Some(_)) = lines.next_line().await else {
+                                return;
+                            };
+                            reply
+                        }
+                        Answer::Close => return,
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, handle)
+}
+
+/// twemproxy closes the connection on `stats`, which a new connection asks first (`stats
+/// settings`): the backend opens another connection that skips it, so calls still work,
+/// nothing counts as a failure, and later connections do not ask again.
+#[tokio::test]
+async fn server_closing_the_connection_on_stats_settings_is_still_used() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (addr, server) = line_server({
+        let asked = Arc::clone(&asked);
+        move |line| {
+            if line.starts_with("stats") {
+                asked.fetch_add(1, Ordering::SeqCst);
+                Answer::Close
+            } else if line.starts_with("get") {
+                Answer::Reply(b"END\r\n")
+            } else {
+                Answer::AfterData(b"STORED\r\n")
+            }
+        }
+    })
+    .await;
+    let backend = TcpBackend::builder()
+        .server(addr)
+        .connections_per_server(2)
+        .timeout(TIMEOUT)
+        .failure_threshold(1)
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        assert_eq!(backend.get("k").await.unwrap(), None, "call {i}");
+        backend
+            .set("k", "v".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+    }
+    // Enough concurrent calls to open the second connection too.
+    let calls = (0..200).map(|_| backend.get("k"));
+    for reply in futures_util::future::join_all(calls).await {
+        assert_eq!(reply.unwrap(), None);
+    }
+    assert!(!backend.is_server_down(0));
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "asked again");
+    assert_eq!(backend.item_size_limit(), 1024 * 1024);
+    server.abort();
+}
+
+/// A server that refuses items as too large without telling its limit (no
+/// `item_size_max`): each refusal lowers the limit below the refused item, so that size
+/// is refused before it is sent again; smaller items are still sent.
+#[tokio::test]
+async fn items_refused_as_too_large_are_not_sent_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const SERVER_LIMIT: usize = 1000;
+    let sets = Arc::new(AtomicUsize::new(0));
+    let (addr, server) = line_server({
+        let sets = Arc::clone(&sets);
+        move |line| {
+            if line.starts_with("stats") {
+                return Answer::Reply(b"STAT pid 1\r\nSTAT item_size_max nonsense\r\nEND\r\n");
+            }
+            sets.fetch_add(1, Ordering::SeqCst);
+            // set <key> <flags> <exptime> <bytes>
+            let len: usize = line.split(' ').nth(4).and_then(|n| n.parse().ok()).unwrap();
+            if len > SERVER_LIMIT {
+                Answer::AfterData(b"SERVER_ERROR object too large for cache\r\n")
+            } else {
+                Answer::AfterData(b"STORED\r\n")
+            }
+        }
+    })
+    .await;
+    let backend = one_connection_backend(addr);
+    let value = |len: usize| bytes::Bytes::from(vec![b'x'; len]);
+    let size = |len: usize| "k".len() + len + tower_memcache::backend::ITEM_OVERHEAD;
+
+    let err = backend
+        .set("k", value(2000), 0, Lifetime::NEVER)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::ValueTooLarge {
+                size: 2000,
+                limit: 1999
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(sets.load(Ordering::SeqCst), 1);
+    assert_eq!(backend.item_size_limit(), size(2000) - 1);
+    for len in [2000, 5000] {
+        let err = backend
+            .set("k", value(len), 0, Lifetime::NEVER)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::ValueTooLarge { .. }), "{err:?}");
+    }
+    assert_eq!(
+        sets.load(Ordering::SeqCst),
+        1,
+        "a refused size was sent again"
+    );
+    // Smaller, still too large for the server: sent once, refused, lower again.
+    assert!(
+        backend
+            .set("k", value(1500), 0, Lifetime::NEVER)
+            .await
+            .is_err()
+    );
+    assert_eq!(sets.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.item_size_limit(), size(1500) - 1);
+    backend
+        .set("k", value(SERVER_LIMIT), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert_eq!(sets.load(Ordering::SeqCst), 3);
+    // A refusal is not a failure of the server.
+    assert!(!backend.is_server_down(0));
+    server.abort();
+}
+
+/// A server that answers its probe but cannot delete the keys to reset stays down, probed
+/// on, until the deletes succeed (`NOT_FOUND` counts); a write to every server that the
+/// server refuses with an error reply marks it down at once.
+#[tokio::test]
+async fn server_stays_down_until_its_keys_are_reset() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let deletes = Arc::new(AtomicUsize::new(0));
+    let can_delete = Arc::new(AtomicBool::new(false));
+    let (addr, server) = line_server({
+        let deletes = Arc::clone(&deletes);
+        let can_delete = Arc::clone(&can_delete);
+        move |line| {
+            if line.starts_with("stats") {
+                Answer::Reply(b"END\r\n")
+            } else if line.starts_with("version") {
+                Answer::Reply(b"VERSION fake\r\n")
+            } else if line == "delete generation" {
+                deletes.fetch_add(1, Ordering::SeqCst);
+                if can_delete.load(Ordering::SeqCst) {
+                    Answer::Reply(b"NOT_FOUND\r\n")
+                } else {
+                    Answer::Reply(b"SERVER_ERROR busy\r\n")
+                }
+            } else if line.starts_with("get") {
+                Answer::Reply(b"END\r\n")
+            } else {
+                Answer::AfterData(b"SERVER_ERROR out of memory storing object\r\n")
+            }
+        }
+    })
+    .await;
+    let backend = TcpBackend::builder()
+        .server(addr)
+        .timeout(TIMEOUT)
+        .failure_threshold(100)
+        .probe_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    backend.reset_on_rejoin("generation");
+    // The only server refused it: an error, and marked down although error replies never
+    // count towards the threshold.
+    let err = backend
+        .set_on_every_server("generation", "2".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Server(_)), "{err:?}");
+    assert!(backend.is_server_down(0));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while deletes.load(Ordering::SeqCst) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the probe does not try the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(backend.is_server_down(0), "back without its reset");
+
+    can_delete.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.is_server_down(0) {
+        assert!(Instant::now() < deadline, "not back after its reset");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(backend.get("generation").await.unwrap(), None);
+    server.abort();
 }

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use lru::LruCache;
 
 use super::{
-    Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD, Item, Lifetime, ServerStats,
-    UnreachableReason, check_item_size, validate_key,
+    Backend, BackendError, CasOutcome, DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD, Item, Lifetime,
+    ServerStats, UnreachableReason, check_item_size, validate_key,
 };
 
 /// The name the fake reports for itself in errors and stats.
@@ -115,6 +115,9 @@ struct Counters {
     delete_misses: u64,
     incr_hits: u64,
     incr_misses: u64,
+    cas_hits: u64,
+    cas_misses: u64,
+    cas_badval: u64,
     cmd_flush: u64,
     evictions: u64,
 }
@@ -183,7 +186,7 @@ impl MemoryBackend {
         MemoryBackendBuilder::default()
     }
 
-    /// The item size limit in force.
+    /// The item size limit in force (also [`Backend::item_size_limit`]).
     pub fn item_size_limit(&self) -> usize {
         self.inner.item_size_limit
     }
@@ -283,20 +286,33 @@ impl MemoryBackend {
             // memcached bumps an existing item on a failed add.
             return Ok(false);
         }
-        let cas = state.next_cas;
-        state.next_cas += 1;
+        state.put(key, value, flags, lifetime, now, self.inner.memory_limit);
+        Ok(true)
+    }
+}
+
+impl State {
+    /// Stores a new item under `key` with a fresh CAS value.
+    fn put(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        now: SystemTime,
+        memory_limit: usize,
+    ) {
+        let cas = self.next_cas;
+        self.next_cas += 1;
         let stored = Stored {
             value,
             flags,
             expires: lifetime.deadline(now),
             cas,
         };
-        state.insert(key, stored, self.inner.memory_limit);
-        Ok(true)
+        self.insert(key, stored, memory_limit);
     }
-}
 
-impl State {
     /// The live item under `key`, promoted in LRU order; an expired one is reclaimed.
     fn live(&mut self, key: &str, now: SystemTime) -> Option<&mut Stored> {
         let expired = !self.items.get(key)?.is_live(now);
@@ -419,29 +435,30 @@ impl Backend for MemoryBackend {
         flags: u32,
         lifetime: Lifetime,
         cas: u64,
-    ) -> Result<crate::backend::CasOutcome, BackendError> {
-        use crate::backend::CasOutcome;
+    ) -> Result<CasOutcome, BackendError> {
         self.fault().await?;
         validate_key(key)?;
         check_item_size(key, value.len(), self.inner.item_size_limit)?;
         let now = SystemTime::now();
         let mut state = self.lock();
         state.counters.cmd_set += 1;
-        match state.live(key, now) {
-            None => return Ok(CasOutcome::NotFound),
-            Some(stored) if stored.cas != cas => return Ok(CasOutcome::Exists),
-            Some(_) => {}
-        }
-        let cas = state.next_cas;
-        state.next_cas += 1;
-        let stored = Stored {
-            value,
-            flags,
-            expires: lifetime.deadline(now),
-            cas,
+        let current = state.live(key, now).map(|stored| stored.cas);
+        let outcome = match current {
+            None => {
+                state.counters.cas_misses += 1;
+                CasOutcome::NotFound
+            }
+            Some(current) if current != cas => {
+                state.counters.cas_badval += 1;
+                CasOutcome::Exists
+            }
+            Some(_) => {
+                state.counters.cas_hits += 1;
+                state.put(key, value, flags, lifetime, now, self.inner.memory_limit);
+                CasOutcome::Stored
+            }
         };
-        state.insert(key, stored, self.inner.memory_limit);
-        Ok(CasOutcome::Stored)
+        Ok(outcome)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
@@ -531,7 +548,7 @@ impl Backend for MemoryBackend {
             .duration_since(self.inner.started)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let numbers: [(&str, u64); 21] = [
+        let numbers: [(&str, u64); 24] = [
             ("pid", u64::from(std::process::id())),
             ("uptime", uptime),
             ("time", unix_now),
@@ -552,6 +569,9 @@ impl Backend for MemoryBackend {
             ("delete_misses", c.delete_misses),
             ("incr_hits", c.incr_hits),
             ("incr_misses", c.incr_misses),
+            ("cas_hits", c.cas_hits),
+            ("cas_misses", c.cas_misses),
+            ("cas_badval", c.cas_badval),
             ("evictions", c.evictions),
         ];
         let mut stats: HashMap<String, String> = numbers
@@ -568,12 +588,12 @@ impl Backend for MemoryBackend {
         }])
     }
 
-    fn item_size_limit(&self) -> usize {
-        self.inner.item_size_limit
-    }
-
     fn is_available(&self, _key: &str) -> bool {
         !self.inner.unreachable.load(Ordering::Relaxed)
+    }
+
+    fn item_size_limit(&self) -> usize {
+        self.inner.item_size_limit
     }
 }
 
@@ -649,6 +669,34 @@ mod tests {
             Some(1),
             "wraps like memcached"
         );
+    }
+
+    #[tokio::test]
+    async fn cas_is_counted_as_memcached_counts_it() {
+        let backend = MemoryBackend::new();
+        backend
+            .set("c", "1".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+        let cas = backend.peek("c").unwrap().cas.unwrap();
+        for outcome in [CasOutcome::Stored, CasOutcome::Exists] {
+            let got = backend
+                .cas("c", "2".into(), 0, Lifetime::NEVER, cas)
+                .await
+                .unwrap();
+            assert_eq!(got, outcome);
+        }
+        let got = backend
+            .cas("absent", "2".into(), 0, Lifetime::NEVER, cas)
+            .await
+            .unwrap();
+        assert_eq!(got, CasOutcome::NotFound);
+        let stats = &backend.stats().await.unwrap()[0];
+        for name in ["cas_hits", "cas_badval", "cas_misses"] {
+            assert_eq!(stats.get_u64(name), Some(1), "{name}");
+        }
+        assert_eq!(stats.get_u64("cmd_set"), Some(4));
+        assert_eq!(backend.bytes(), "c".len() + 1 + ITEM_OVERHEAD);
     }
 
     #[tokio::test]

@@ -61,17 +61,6 @@ pub struct Item {
     pub cas: Option<u64>,
 }
 
-/// The outcome of a compare-and-swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CasOutcome {
-    /// The value was replaced.
-    Stored,
-    /// Someone changed the item since it was read; nothing was stored.
-    Exists,
-    /// The item is gone; nothing was stored.
-    NotFound,
-}
-
 /// Statistics of one server: memcached's stat names (`curr_items`, `get_hits`, …) to their
 /// values, exactly as the server reported them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,17 +89,50 @@ impl ServerStats {
     }
 }
 
+/// The outcome of a compare-and-swap ([`Backend::cas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The value was replaced.
+    Stored,
+    /// Someone changed the item since it was read; nothing was stored.
+    Exists,
+    /// The item is gone; nothing was stored.
+    NotFound,
+}
+
+/// The most keys [`Backend::reset_on_rejoin`] keeps; further ones are ignored (with a
+/// warning), so the work a rejoining server waits for stays bounded.
+pub const MAX_RESET_ON_REJOIN_KEYS: usize = 64;
+
 /// A memcached-like store: a cloneable handle whose async methods have memcached's
 /// semantics.
 ///
 /// Keys are checked with [`validate_key`] before anything is sent; values larger than the
 /// backend's item size limit are refused with [`BackendError::ValueTooLarge`]. Lifetimes
 /// follow memcached's rules through [`Lifetime`].
+///
+/// # Several servers
+///
+/// A backend may spread keys over several servers. Three groups of methods exist for that,
+/// each with a default that suits a backend with a single store (such as
+/// [`MemoryBackend`]), so such backends and wrappers need not implement them:
+///
+/// - the `*_by_key` methods (libmemcached's `memcached_*_by_key`) place a key on the
+///   server of another key, its `route`, so that a lookup that needs several keys (an
+///   entry and the copies of what validates it) asks one server only;
+/// - [`set_on_every_server`](Self::set_on_every_server) writes a key to every server, for
+///   values every server must hold (a purge);
+/// - [`reset_on_rejoin`](Self::reset_on_rejoin) names keys to delete on a server that was
+///   unreachable before it is used again, since it may have missed such writes.
 pub trait Backend: Clone + Send + Sync + 'static {
     /// Fetches one item.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Item>, BackendError>> + Send;
 
     /// Fetches several items at once; absent keys are absent from the map.
+    ///
+    /// Over several servers, each server holding some of the keys is asked once (in
+    /// bounded chunks). A server that fails contributes no items: its keys are absent, as
+    /// if missing. The call fails only when no server answered (with the first error).
     fn get_many(
         &self,
         keys: &[&str],
@@ -134,8 +156,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
         lifetime: Lifetime,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send;
 
-    /// Compare-and-swap: stores only if the item's CAS value is still `cas`, as read in
-    /// [`Item::cas`].
+    /// Compare-and-swap (memcached's `cas`): stores only if the item is unchanged since it
+    /// was read, that is if its CAS value ([`Item::cas`]) is still `cas`.
+    /// [`CasOutcome::Exists`] when it changed meanwhile, [`CasOutcome::NotFound`] when it
+    /// is gone (deleted, evicted or expired); a stored value gets a new CAS value.
     fn cas(
         &self,
         key: &str,
@@ -169,17 +193,44 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Statistics of every server.
     fn stats(&self) -> impl Future<Output = Result<Vec<ServerStats>, BackendError>> + Send;
 
-    /// [`get_many`](Self::get_many) on the server that holds `route`.
+    /// Whether the backend currently believes it can serve `key` (its server is not marked
+    /// down). A cheap, synchronous check used to skip work while a server is gone; the
+    /// default says yes.
+    fn is_available(&self, key: &str) -> bool {
+        let _ = key;
+        true
+    }
+
+    /// The largest item (key + value + [`ITEM_OVERHEAD`]) the backend currently accepts on
+    /// every server: larger ones are refused with [`BackendError::ValueTooLarge`] before
+    /// anything is sent. It may shrink as the backend learns its servers' limits. The
+    /// default is [`DEFAULT_ITEM_SIZE_LIMIT`].
+    fn item_size_limit(&self) -> usize {
+        DEFAULT_ITEM_SIZE_LIMIT
+    }
+
+    /// [`get_many`](Self::get_many) from the server of `route`: keep what a lookup needs
+    /// on the server of the entry it guards, so that the lookup asks one server and
+    /// depends on that one only. Every key is read from that server, wherever it would
+    /// live on its own, so the keys must have been stored with the same `route` (through
+    /// the other `*_by_key` methods). As that is one server, the call fails when it does.
+    ///
+    /// `route` is hashed like a key but never sent: it may be any non-empty string
+    /// ([`validate_route`]). The default, for backends with a single store, ignores it.
     fn get_many_by_key(
         &self,
         route: &str,
         keys: &[&str],
     ) -> impl Future<Output = Result<HashMap<String, Item>, BackendError>> + Send {
-        let _ = route;
-        self.get_many(keys)
+        let routed = validate_route(route);
+        async move {
+            routed?;
+            self.get_many(keys).await
+        }
     }
 
-    /// [`set`](Self::set) on the server that holds `route`.
+    /// [`set`](Self::set) on the server of `route`: keep what a lookup needs on the server
+    /// of the entry it guards. See [`get_many_by_key`](Self::get_many_by_key).
     fn set_by_key(
         &self,
         route: &str,
@@ -188,11 +239,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
         flags: u32,
         lifetime: Lifetime,
     ) -> impl Future<Output = Result<(), BackendError>> + Send {
-        let _ = route;
-        self.set(key, value, flags, lifetime)
+        let routed = validate_route(route);
+        async move {
+            routed?;
+            self.set(key, value, flags, lifetime).await
+        }
     }
 
-    /// [`add`](Self::add) on the server that holds `route`.
+    /// [`add`](Self::add) on the server of `route`: keep what a lookup needs on the server
+    /// of the entry it guards. See [`get_many_by_key`](Self::get_many_by_key).
     fn add_by_key(
         &self,
         route: &str,
@@ -201,11 +256,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
         flags: u32,
         lifetime: Lifetime,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send {
-        let _ = route;
-        self.add(key, value, flags, lifetime)
+        let routed = validate_route(route);
+        async move {
+            routed?;
+            self.add(key, value, flags, lifetime).await
+        }
     }
 
-    /// [`cas`](Self::cas) on the server that holds `route`.
+    /// [`cas`](Self::cas) on the server of `route`: keep what a lookup needs on the server
+    /// of the entry it guards. See [`get_many_by_key`](Self::get_many_by_key).
     fn cas_by_key(
         &self,
         route: &str,
@@ -215,21 +274,35 @@ pub trait Backend: Clone + Send + Sync + 'static {
         lifetime: Lifetime,
         cas: u64,
     ) -> impl Future<Output = Result<CasOutcome, BackendError>> + Send {
-        let _ = route;
-        self.cas(key, value, flags, lifetime, cas)
+        let routed = validate_route(route);
+        async move {
+            routed?;
+            self.cas(key, value, flags, lifetime, cas).await
+        }
     }
 
-    /// [`delete`](Self::delete) on the server that holds `route`.
+    /// [`delete`](Self::delete) on the server of `route`: keep what a lookup needs on the
+    /// server of the entry it guards. See [`get_many_by_key`](Self::get_many_by_key).
     fn delete_by_key(
         &self,
         route: &str,
         key: &str,
     ) -> impl Future<Output = Result<bool, BackendError>> + Send {
-        let _ = route;
-        self.delete(key)
+        let routed = validate_route(route);
+        async move {
+            routed?;
+            self.delete(key).await
+        }
     }
 
-    /// Stores `key` on every server.
+    /// Stores a value on every server, for values every server must hold (a namespace or
+    /// tag generation that lookups routed to any server compare against).
+    ///
+    /// `Ok` when at least one server stored it. A server that is marked down is skipped,
+    /// and a server that fails the write is marked down at once: either way it has missed
+    /// the value, so it must not serve until [`reset_on_rejoin`](Self::reset_on_rejoin)'s
+    /// keys are deleted on it. The default, for backends with a single store, is
+    /// [`set`](Self::set).
     fn set_on_every_server(
         &self,
         key: &str,
@@ -240,23 +313,37 @@ pub trait Backend: Clone + Send + Sync + 'static {
         self.set(key, value, flags, lifetime)
     }
 
-    /// Registers a key deleted on a server that comes back after being marked down.
+    /// Registers a key to delete on a server that comes back after being marked down,
+    /// before it serves again.
+    ///
+    /// A server that was unreachable may have missed writes made meanwhile on every server
+    /// ([`set_on_every_server`](Self::set_on_every_server): purges), so what it still holds
+    /// under those keys is stale. Deleting them when it rejoins makes it hold nothing
+    /// rather than an old value. Keys are deduplicated and shared by clones; at most
+    /// [`MAX_RESET_ON_REJOIN_KEYS`] are kept, and invalid or further keys are ignored with
+    /// a warning. The default, for backends whose store never leaves, does nothing.
     fn reset_on_rejoin(&self, key: &str) {
         let _ = key;
     }
+}
 
-    /// The largest item the backend accepts now.
-    fn item_size_limit(&self) -> usize {
-        DEFAULT_ITEM_SIZE_LIMIT
+/// Checks the `route` of the `*_by_key` methods ([`Backend::get_many_by_key`]): any
+/// non-empty string, since it is only hashed to pick a server, never sent.
+///
+/// ```
+/// use tower_memcache::backend::validate_route;
+/// assert!(validate_route("page:/news").is_ok());
+/// assert!(validate_route("with spaces is fine").is_ok());
+/// assert!(validate_route("").is_err());
+/// ```
+pub fn validate_route(route: &str) -> Result<(), BackendError> {
+    if route.is_empty() {
+        return Err(BackendError::InvalidKey {
+            key: String::new(),
+            reason: "route is empty",
+        });
     }
-
-    /// Whether the backend currently believes it can serve `key` (its server is not marked
-    /// down). A cheap, synchronous check used to skip work while a server is gone; the
-    /// default says yes.
-    fn is_available(&self, key: &str) -> bool {
-        let _ = key;
-        true
-    }
+    Ok(())
 }
 
 /// Checks a key against memcached's rules: 1 to 250 bytes, no whitespace or control

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tower_memcache::backend::{Backend, BackendError, Lifetime};
+use tower_memcache::backend::{Backend, BackendError, CasOutcome, Lifetime};
 use tower_memcache::{MemcacheClient, codec};
 
 pub async fn set_get_keeps_bytes_and_flags<B: Backend>(b: B) {
@@ -285,6 +285,245 @@ pub async fn client_bad_input<B: Backend>(b: B, limit: usize) {
     assert_eq!(client.query::<String>("keep").await.as_deref(), Some("old"));
 }
 
+/// `cas` stores only while the item is unchanged since it was read; a stored value gets a
+/// new CAS value; a missing item is `NotFound`, a changed one `Exists`.
+pub async fn cas_replaces_only_an_unchanged_item<B: Backend>(b: B) {
+    b.set("c", "v1".into(), 3, Lifetime::NEVER).await.unwrap();
+    let first = b.get("c").await.unwrap().unwrap().cas.expect("a CAS value");
+    assert_eq!(
+        b.cas("c", "v2".into(), 4, Lifetime::NEVER, first)
+            .await
+            .unwrap(),
+        CasOutcome::Stored
+    );
+    let item = b.get("c").await.unwrap().unwrap();
+    assert_eq!((&item.value[..], item.flags), (&b"v2"[..], 4));
+    let second = item.cas.expect("a CAS value");
+    assert_ne!(second, first, "a stored cas must change the CAS value");
+    // The value read before the swap is stale now.
+    assert_eq!(
+        b.cas("c", "v3".into(), 5, Lifetime::NEVER, first)
+            .await
+            .unwrap(),
+        CasOutcome::Exists
+    );
+    assert_eq!(&b.get("c").await.unwrap().unwrap().value[..], b"v2");
+    // Any other store changes it too.
+    b.set("c", "v4".into(), 0, Lifetime::NEVER).await.unwrap();
+    assert_eq!(
+        b.cas("c", "v5".into(), 0, Lifetime::NEVER, second)
+            .await
+            .unwrap(),
+        CasOutcome::Exists
+    );
+    assert_eq!(
+        b.cas("gone", "x".into(), 0, Lifetime::NEVER, first)
+            .await
+            .unwrap(),
+        CasOutcome::NotFound
+    );
+    assert!(
+        b.get("gone").await.unwrap().is_none(),
+        "cas created an item"
+    );
+    // Deleted or expired since read: NotFound.
+    let third = b.get("c").await.unwrap().unwrap().cas.unwrap();
+    b.delete("c").await.unwrap();
+    assert_eq!(
+        b.cas("c", "v6".into(), 0, Lifetime::NEVER, third)
+            .await
+            .unwrap(),
+        CasOutcome::NotFound
+    );
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    b.set("e", "x".into(), 0, Lifetime::NEVER).await.unwrap();
+    let cas = b.get("e").await.unwrap().unwrap().cas.unwrap();
+    b.touch("e", Lifetime::at(past)).await.unwrap();
+    assert_eq!(
+        b.cas("e", "y".into(), 0, Lifetime::NEVER, cas)
+            .await
+            .unwrap(),
+        CasOutcome::NotFound
+    );
+    // Bad input is refused like any store's.
+    assert!(matches!(
+        b.cas("bad key", "x".into(), 0, Lifetime::NEVER, 1).await,
+        Err(BackendError::InvalidKey { .. })
+    ));
+    let huge = Bytes::from(vec![b'x'; b.item_size_limit() + 1]);
+    assert!(matches!(
+        b.cas("huge", huge, 0, Lifetime::NEVER, 1).await,
+        Err(BackendError::ValueTooLarge { .. })
+    ));
+}
+
+/// The `*_by_key` methods keep the semantics of the plain ones (on one server, or routed to
+/// one): what is stored under a route is read back under it; an empty route and bad keys
+/// are refused.
+pub async fn routed_calls_keep_their_semantics<B: Backend>(b: B) {
+    let route = "entry-route";
+    b.set_by_key(route, "r1", "one".into(), 7, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert!(
+        b.add_by_key(route, "r2", "two".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.add_by_key(route, "r2", "again".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap()
+    );
+    let found = b
+        .get_many_by_key(route, &["r1", "r2", "r-absent"])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(
+        (&found["r1"].value[..], found["r1"].flags),
+        (&b"one"[..], 7)
+    );
+    assert_eq!(&found["r2"].value[..], b"two");
+    let cas = found["r1"].cas.expect("a CAS value");
+    assert_eq!(
+        b.cas_by_key(route, "r1", "uno".into(), 8, Lifetime::NEVER, cas)
+            .await
+            .unwrap(),
+        CasOutcome::Stored
+    );
+    assert_eq!(
+        b.cas_by_key(route, "r1", "eins".into(), 8, Lifetime::NEVER, cas)
+            .await
+            .unwrap(),
+        CasOutcome::Exists
+    );
+    assert_eq!(
+        b.cas_by_key(route, "r-absent", "x".into(), 0, Lifetime::NEVER, cas)
+            .await
+            .unwrap(),
+        CasOutcome::NotFound
+    );
+    let item = &b.get_many_by_key(route, &["r1"]).await.unwrap()["r1"];
+    assert_eq!((&item.value[..], item.flags), (&b"uno"[..], 8));
+    assert!(b.delete_by_key(route, "r2").await.unwrap());
+    assert!(!b.delete_by_key(route, "r2").await.unwrap());
+    assert!(b.get_many_by_key(route, &[]).await.unwrap().is_empty());
+    // A route is never sent: spaces are fine in it.
+    b.set_by_key("a route with spaces", "r3", "x".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert!(
+        b.get_many_by_key("a route with spaces", &["r3"])
+            .await
+            .unwrap()
+            .contains_key("r3")
+    );
+
+    let invalid = |result: Result<(), BackendError>, what: &str| {
+        assert!(
+            matches!(result, Err(BackendError::InvalidKey { .. })),
+            "{what}: {result:?}"
+        );
+    };
+    invalid(
+        b.set_by_key("", "k", "x".into(), 0, Lifetime::NEVER).await,
+        "set_by_key, empty route",
+    );
+    invalid(
+        b.add_by_key("", "k", "x".into(), 0, Lifetime::NEVER)
+            .await
+            .map(drop),
+        "add_by_key, empty route",
+    );
+    invalid(
+        b.cas_by_key("", "k", "x".into(), 0, Lifetime::NEVER, 1)
+            .await
+            .map(drop),
+        "cas_by_key, empty route",
+    );
+    invalid(
+        b.delete_by_key("", "k").await.map(drop),
+        "delete_by_key, empty route",
+    );
+    invalid(
+        b.get_many_by_key("", &["k"]).await.map(drop),
+        "get_many_by_key, empty route",
+    );
+    invalid(
+        b.set_by_key(route, "bad key", "x".into(), 0, Lifetime::NEVER)
+            .await,
+        "set_by_key, bad key",
+    );
+    invalid(
+        b.get_many_by_key(route, &["ok", "bad key"]).await.map(drop),
+        "get_many_by_key, bad key",
+    );
+    invalid(
+        b.delete_by_key(route, "bad key").await.map(drop),
+        "delete_by_key, bad key",
+    );
+    let huge = Bytes::from(vec![b'x'; b.item_size_limit() + 1]);
+    assert!(matches!(
+        b.set_by_key(route, "huge", huge, 0, Lifetime::NEVER).await,
+        Err(BackendError::ValueTooLarge { .. })
+    ));
+}
+
+/// `set_on_every_server` stores like `set` on a backend of one server; bad input is refused.
+pub async fn set_on_every_server_stores_everywhere<B: Backend>(b: B) {
+    b.set_on_every_server("everywhere", "g1".into(), 9, Lifetime::NEVER)
+        .await
+        .unwrap();
+    let item = b.get("everywhere").await.unwrap().unwrap();
+    assert_eq!((&item.value[..], item.flags), (&b"g1"[..], 9));
+    b.set_on_every_server("everywhere", "g2".into(), 9, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert_eq!(
+        &b.get("everywhere").await.unwrap().unwrap().value[..],
+        b"g2"
+    );
+    assert!(matches!(
+        b.set_on_every_server("bad key", "x".into(), 0, Lifetime::NEVER)
+            .await,
+        Err(BackendError::InvalidKey { .. })
+    ));
+    let huge = Bytes::from(vec![b'x'; b.item_size_limit() + 1]);
+    assert!(matches!(
+        b.set_on_every_server("huge", huge, 0, Lifetime::NEVER)
+            .await,
+        Err(BackendError::ValueTooLarge { .. })
+    ));
+    // Registering keys to reset is accepted (and repeated or bad keys are harmless).
+    b.reset_on_rejoin("everywhere");
+    b.reset_on_rejoin("everywhere");
+    b.reset_on_rejoin("bad key");
+    assert!(b.get("everywhere").await.unwrap().is_some());
+}
+
+/// The backend reports the item size limit it enforces: `limit`, the one it was given
+/// (the servers under test accept at least that much).
+pub async fn item_size_limit_is_reported<B: Backend>(b: B, limit: usize) {
+    // Once connected too: a TcpBackend learns its servers' limits on connecting.
+    b.set("limit", "x".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert_eq!(b.item_size_limit(), limit);
+    let key = "at-limit";
+    let largest = limit - key.len() - tower_memcache::backend::ITEM_OVERHEAD;
+    assert!(matches!(
+        b.set(
+            key,
+            Bytes::from(vec![b'x'; largest + 1]),
+            0,
+            Lifetime::NEVER
+        )
+        .await,
+        Err(BackendError::ValueTooLarge { .. })
+    ));
+}
+
 /// Runs every scenario above that does not sleep, then the one that does.
 pub async fn all<B: Backend>(make: impl Fn() -> futures_like::BoxFuture<B>, limit: usize) {
     set_get_keeps_bytes_and_flags(make().await).await;
@@ -297,6 +536,10 @@ pub async fn all<B: Backend>(make: impl Fn() -> futures_like::BoxFuture<B>, limi
     oversized_values_are_refused(make().await, limit).await;
     stats_use_memcached_names(make().await).await;
     client_bad_input(make().await, limit).await;
+    cas_replaces_only_an_unchanged_item(make().await).await;
+    routed_calls_keep_their_semantics(make().await).await;
+    set_on_every_server_stores_everywhere(make().await).await;
+    item_size_limit_is_reported(make().await, limit).await;
     lifetimes_expire(make().await).await;
 }
 

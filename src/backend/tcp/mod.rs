@@ -8,7 +8,12 @@
 //! - Many servers through libmemcached-compatible weighted ketama, so the same key lands on
 //!   the same server as with libmemcached, pylibmc or any client built on it.
 //! - Fail-fast health: after a few consecutive failures a server is marked down and its
-//!   keys fail at once; a background probe puts it back as soon as it answers `version`.
+//!   keys fail at once; a background probe puts it back as soon as it answers `version`
+//!   (after deleting the keys registered with [`Backend::reset_on_rejoin`] on it).
+//! - Routing by key (libmemcached's `*_by_key`), writes to every server, and multi-gets
+//!   that answer with what the servers that answered hold.
+//! - Each server's item size limit (`item_size_max`, and the sizes it refused) is learned,
+//!   so an item it would refuse is refused before it is sent.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -32,10 +37,13 @@ mod protocol;
 mod server;
 
 pub use self::protocol::ProtocolError;
+/// Re-exported from [`backend`](super), where it moved with [`Backend::cas`].
+#[doc(no_inline)]
+pub use super::CasOutcome;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -46,8 +54,9 @@ use self::ketama::{Ring, ServerSpec};
 use self::protocol::{Limits, Reply, StoreCommand};
 use self::server::{Server, Transition};
 use super::{
-    Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, Item, Lifetime, ProtocolViolation, ServerStats,
-    UnreachableReason, check_item_size, validate_key,
+    Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD, Item, Lifetime,
+    MAX_RESET_ON_REJOIN_KEYS, ProtocolViolation, ServerStats, UnreachableReason, check_item_size,
+    validate_key, validate_route,
 };
 
 /// memcached's default port; libmemcached leaves it out of ketama's point names.
@@ -193,7 +202,9 @@ impl TcpBackendBuilder {
     }
 
     /// The largest item (key + value + memcached's overhead) sent; larger values are
-    /// refused before anything is sent. Set it to the servers' `-I`. Defaults to 1 MiB.
+    /// refused before anything is sent. Defaults to 1 MiB. A server that reports a smaller
+    /// `item_size_max` (its `-I`) on connecting, or refuses an item as too large, gets a
+    /// smaller limit of its own ([`Backend::item_size_limit`]).
     /// Replies are held to it too: a server announcing a larger value (never refused below
     /// 1 MiB) is treated as broken and its connection dropped.
     pub fn item_size_limit(mut self, bytes: usize) -> Self {
@@ -261,6 +272,7 @@ impl TcpBackendBuilder {
                 probe_interval: self.probe_interval,
                 remove_failed_servers: self.remove_failed_servers,
                 item_size_limit: self.item_size_limit,
+                reset_on_rejoin: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -321,6 +333,9 @@ struct Inner {
     probe_interval: Duration,
     remove_failed_servers: bool,
     item_size_limit: usize,
+    /// Keys deleted on a server that answers its probe, before it is marked up
+    /// ([`Backend::reset_on_rejoin`]); at most [`MAX_RESET_ON_REJOIN_KEYS`].
+    reset_on_rejoin: Mutex<Vec<String>>,
 }
 
 impl fmt::Debug for TcpBackend {
@@ -385,8 +400,6 @@ impl Expect {
     }
 }
 
-pub use super::CasOutcome;
-
 impl TcpBackend {
     /// A builder.
     pub fn builder() -> TcpBackendBuilder {
@@ -423,26 +436,6 @@ impl TcpBackend {
         self.inner.servers.get(index).is_some_and(Server::is_down)
     }
 
-    /// Compare-and-swap (`cas`): stores only if the item's CAS value is still `cas`, as read
-    /// by [`Backend::get`] in [`Item::cas`].
-    async fn cas_inherent(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-        cas: u64,
-    ) -> Result<CasOutcome, BackendError> {
-        match self
-            .store(StoreCommand::Cas(cas), key, value, flags, lifetime)
-            .await?
-        {
-            Reply::Stored => Ok(CasOutcome::Stored),
-            Reply::Exists => Ok(CasOutcome::Exists),
-            _ => Ok(CasOutcome::NotFound),
-        }
-    }
-
     /// Stores only if the key already holds a value (`replace`); `Ok(false)` when it did
     /// not.
     pub async fn replace(
@@ -453,7 +446,7 @@ impl TcpBackend {
         lifetime: Lifetime,
     ) -> Result<bool, BackendError> {
         let reply = self
-            .store(StoreCommand::Replace, key, value, flags, lifetime)
+            .store(StoreCommand::Replace, None, key, value, flags, lifetime)
             .await?;
         Ok(matches!(reply, Reply::Stored))
     }
@@ -461,7 +454,7 @@ impl TcpBackend {
     /// Appends bytes to an existing value (`append`); `Ok(false)` when the key is absent.
     pub async fn append(&self, key: &str, value: Bytes) -> Result<bool, BackendError> {
         let reply = self
-            .store(StoreCommand::Append, key, value, 0, Lifetime::NEVER)
+            .store(StoreCommand::Append, None, key, value, 0, Lifetime::NEVER)
             .await?;
         Ok(matches!(reply, Reply::Stored))
     }
@@ -469,7 +462,7 @@ impl TcpBackend {
     /// Prepends bytes to an existing value (`prepend`); `Ok(false)` when the key is absent.
     pub async fn prepend(&self, key: &str, value: Bytes) -> Result<bool, BackendError> {
         let reply = self
-            .store(StoreCommand::Prepend, key, value, 0, Lifetime::NEVER)
+            .store(StoreCommand::Prepend, None, key, value, 0, Lifetime::NEVER)
             .await?;
         Ok(matches!(reply, Reply::Stored))
     }
@@ -517,16 +510,35 @@ impl TcpBackend {
         self.execute(index, request.freeze(), expect).await
     }
 
+    /// The item size limit for server `index`: the configured one, or less when the
+    /// server was found to accept less.
+    fn limit_of(&self, index: usize) -> usize {
+        self.inner
+            .item_size_limit
+            .min(self.inner.servers[index].item_limit.get())
+    }
+
+    /// Stores on the server of `route`, or of `key` without one.
     async fn store(
         &self,
         command: StoreCommand,
+        route: Option<&str>,
         key: &str,
         value: Bytes,
         flags: u32,
         lifetime: Lifetime,
     ) -> Result<Reply, BackendError> {
         validate_key(key)?;
+        // Bad input is refused before a server is chosen (which fails while none is left).
         check_item_size(key, value.len(), self.inner.item_size_limit)?;
+        let index = match route {
+            Some(route) => {
+                validate_route(route)?;
+                self.server_index(route)?
+            }
+            None => self.server_index(key)?,
+        };
+        check_item_size(key, value.len(), self.limit_of(index))?;
         let mut request = BytesMut::with_capacity(key.len() + value.len() + 64);
         protocol::encode_store(
             &mut request,
@@ -537,11 +549,110 @@ impl TcpBackend {
             &value,
             false,
         );
-        match self.keyed(key, request, Expect::Store).await? {
+        match self.execute(index, request.freeze(), Expect::Store).await? {
             reply @ (Reply::Stored | Reply::NotStored | Reply::Exists | Reply::NotFound) => {
                 Ok(reply)
             }
-            other => Err(error_reply(other, Some(value.len()))),
+            other => Err(self.store_error(index, key.len(), value.len(), other)),
+        }
+    }
+
+    /// The error for a store's error reply. A refusal as too large lowers the server's
+    /// limit below that item, so that the same size is refused before it is sent again.
+    fn store_error(
+        &self,
+        index: usize,
+        key_len: usize,
+        value_len: usize,
+        reply: Reply,
+    ) -> BackendError {
+        let Reply::ServerError(msg) = &reply else {
+            return error_reply(reply, Some(value_len));
+        };
+        if !msg.contains("too large") {
+            return error_reply(reply, Some(value_len));
+        }
+        let server = &self.inner.servers[index];
+        let size = key_len + value_len + ITEM_OVERHEAD;
+        let limit = server
+            .item_limit
+            .refused(size)
+            .min(self.inner.item_size_limit);
+        tracing::debug!(server = %server.name, size, limit, "memcached refused an item as too large; limit lowered");
+        BackendError::ValueTooLarge {
+            size: value_len,
+            limit: limit.saturating_sub(key_len + ITEM_OVERHEAD),
+        }
+    }
+
+    /// Multi-get of `keys` (all of them held by server `index`), one `gets` per
+    /// [`MAX_KEYS_PER_GET`] keys. One server: any failed chunk fails the call.
+    async fn get_on(
+        &self,
+        index: usize,
+        keys: &[&str],
+    ) -> Result<HashMap<String, Item>, BackendError> {
+        let calls = keys.chunks(MAX_KEYS_PER_GET).map(|chunk| {
+            let mut request = BytesMut::new();
+            protocol::encode_get(&mut request, chunk, true);
+            self.execute(index, request.freeze(), Expect::Values)
+        });
+        let mut found = HashMap::with_capacity(keys.len());
+        for reply in join_all(calls).await {
+            match reply? {
+                Reply::Values(values) => found.extend(values.into_iter().map(into_keyed_item)),
+                other => return Err(error_reply(other, None)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sets an encoded `set` request on every server that is not marked down, marking down
+    /// each that fails it. See [`Backend::set_on_every_server`].
+    async fn set_everywhere(
+        &self,
+        request: Bytes,
+        key_len: usize,
+        value_len: usize,
+    ) -> Result<(), BackendError> {
+        let calls = (0..self.inner.servers.len()).map(|index| {
+            let request = request.clone();
+            async move {
+                if self.inner.servers[index].is_down() {
+                    // Skipped: it is reset before it serves again.
+                    return None;
+                }
+                let outcome = match self.execute(index, request, Expect::Store).await {
+                    Ok(Reply::Stored) => Ok(()),
+                    Ok(reply @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_))) => {
+                        Err(self.store_error(index, key_len, value_len, reply))
+                    }
+                    Ok(other) => Err(BackendError::Server(format!("set not stored: {other:?}"))),
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = &outcome {
+                    // It missed a value every server must hold: it must not serve until
+                    // it has been reset, whatever its failure count.
+                    self.force_down(index, err);
+                }
+                Some(outcome)
+            }
+        });
+        let mut stored = false;
+        let mut last_error = None;
+        for outcome in join_all(calls).await.into_iter().flatten() {
+            match outcome {
+                Ok(()) => stored = true,
+                Err(err) => last_error = Some(err),
+            }
+        }
+        match (stored, last_error) {
+            (true, _) => Ok(()),
+            (false, Some(err)) => Err(err),
+            (false, None) => Err(BackendError::Unreachable {
+                server: "(none)".to_string(),
+                reason: UnreachableReason::NoServerLeft,
+            }),
         }
     }
 
@@ -606,11 +717,30 @@ impl TcpBackend {
         let server = &self.inner.servers[index];
         if server.record(outcome, self.inner.failure_threshold) == Transition::WentDown {
             tracing::warn!(server = %server.name, "memcached server marked down; probing");
-            server.close_connections();
-            rebuild_ring(&self.inner);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(probe(Arc::downgrade(&self.inner), index));
-            }
+            self.went_down(index);
+        }
+    }
+
+    /// Marks a server down at once, whatever its failure count, after it failed `err`.
+    fn force_down(&self, index: usize, err: &BackendError) {
+        let server = &self.inner.servers[index];
+        if server.mark_down() {
+            tracing::warn!(
+                server = %server.name,
+                error = %err,
+                "memcached server missed a write every server must hold; marked down until reset"
+            );
+            self.went_down(index);
+        }
+    }
+
+    /// A server was just marked down: its connections go, the ring is rebuilt, and a probe
+    /// watches for its return.
+    fn went_down(&self, index: usize) {
+        self.inner.servers[index].close_connections();
+        rebuild_ring(&self.inner);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(probe(Arc::downgrade(&self.inner), index));
         }
     }
 }
@@ -660,8 +790,9 @@ fn rebuild_ring(inner: &Inner) {
     *inner.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
 }
 
-/// Probes a server marked down until it answers `version`, then puts it back. Holds only a
-/// weak reference, so a dropped backend ends its probes.
+/// Probes a server marked down until it answers `version` and the keys to reset on rejoin
+/// are deleted on it, then puts it back. Holds only a weak reference, so a dropped backend
+/// ends its probes.
 async fn probe(inner: Weak<Inner>, index: usize) {
     loop {
         let interval = match inner.upgrade() {
@@ -681,12 +812,76 @@ async fn probe(inner: Weak<Inner>, index: usize) {
         )
         .await;
         if let Ok(Ok((_, Reply::Version(version)))) = attempt {
+            // It may have missed writes every server must hold while it was gone: what
+            // it holds under those keys goes before it serves again.
+            if let Err(err) = reset(&inner, index).await {
+                tracing::debug!(server = %server.name, error = %err, "reset on rejoin failed; probing on");
+                continue;
+            }
             server.mark_up();
             rebuild_ring(&inner);
             tracing::info!(server = %server.name, %version, "memcached server answers again; back in use");
             return;
         }
     }
+}
+
+/// Deletes the keys registered with [`Backend::reset_on_rejoin`] on server `index`, directly
+/// (it is marked down, so ordinary calls fail fast). Absent keys count as deleted.
+async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
+    let server = &inner.servers[index];
+    let mut done = 0;
+    // Keys are only ever appended, at most MAX_RESET_ON_REJOIN_KEYS of them: those
+    // registered during a round are deleted in the next, so the rounds are bounded too.
+    loop {
+        let keys: Vec<String> = {
+            let registered = inner
+                .reset_on_rejoin
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            registered.get(done..).unwrap_or_default().to_vec()
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let deletes = keys.iter().map(|key| {
+            let mut request = BytesMut::new();
+            protocol::encode_delete(&mut request, key, false);
+            server.call(request.freeze(), &inner.settings)
+        });
+        let replies = tokio::time::timeout(
+            inner.timeout + inner.settings.connect_timeout,
+            join_all(deletes),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            server: server.name.to_string(),
+            after: inner.timeout,
+        })?;
+        for reply in replies {
+            match reply? {
+                (_, Reply::Deleted | Reply::NotFound) => {}
+                (_, other @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_))) => {
+                    return Err(error_reply(other, None));
+                }
+                (conn, other) => {
+                    // Out of sync: this connection cannot be trusted with the next probe.
+                    conn.close();
+                    return Err(BackendError::Protocol(ProtocolViolation::new(
+                        ProtocolError::UnexpectedReply {
+                            reply: format!("{other:?}"),
+                            expected: Expect::Delete.expected(),
+                        },
+                    )));
+                }
+            }
+        }
+        done += keys.len();
+    }
+    if done > 0 {
+        tracing::info!(server = %server.name, keys = done, "keys reset on a rejoining memcached server");
+    }
+    Ok(())
 }
 
 /// Turns an error reply into an error; anything else here is a protocol error.
@@ -744,23 +939,12 @@ impl Backend for TcpBackend {
         }
     }
 
-    async fn cas(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-        cas: u64,
-    ) -> Result<CasOutcome, BackendError> {
-        self.cas_inherent(key, value, flags, lifetime, cas).await
-    }
-
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
         for key in keys {
             validate_key(key)?;
         }
-        // The common case (a cache hit reads its entry and the namespace generation): every
-        // key on one server, one request, none of the per-server bookkeeping below.
+        // The common case (a cache hit reads its entry and what validates it): every key
+        // on one server, one request, none of the per-server bookkeeping below.
         let ring = self.ring();
         let indexes = keys
             .iter()
@@ -768,16 +952,8 @@ impl Backend for TcpBackend {
             .collect::<Result<Vec<_>, _>>()?;
         drop(ring);
         if let Some(&first) = indexes.first() {
-            if keys.len() <= MAX_KEYS_PER_GET && indexes.iter().all(|&i| i == first) {
-                let mut request = BytesMut::new();
-                protocol::encode_get(&mut request, keys, true);
-                return match self
-                    .execute(first, request.freeze(), Expect::Values)
-                    .await?
-                {
-                    Reply::Values(values) => Ok(values.into_iter().map(into_keyed_item).collect()),
-                    other => Err(error_reply(other, None)),
-                };
+            if indexes.iter().all(|&i| i == first) {
+                return self.get_on(first, keys).await;
             }
         }
         // One multi-get per server (in chunks), all servers at once.
@@ -785,25 +961,29 @@ impl Backend for TcpBackend {
         for (&key, index) in keys.iter().zip(indexes) {
             by_server.entry(index).or_default().push(key);
         }
-        let calls = by_server.into_iter().flat_map(|(index, keys)| {
-            keys.chunks(MAX_KEYS_PER_GET)
-                .map(|chunk| {
-                    let mut request = BytesMut::new();
-                    protocol::encode_get(&mut request, chunk, true);
-                    self.execute(index, request.freeze(), Expect::Values)
-                })
-                .collect::<Vec<_>>()
-        });
+        let calls = by_server
+            .iter()
+            .map(|(&index, keys)| self.get_on(index, keys));
+        // What the servers that answered hold: a failed server's keys are absent, as
+        // misses are; only when none answered is that an error.
         let mut found = HashMap::with_capacity(keys.len());
+        let mut answered = false;
+        let mut first_error = None;
         for reply in join_all(calls).await {
-            match reply? {
-                Reply::Values(values) => {
-                    found.extend(values.into_iter().map(into_keyed_item));
+            match reply {
+                Ok(items) => {
+                    answered = true;
+                    found.extend(items);
                 }
-                other => return Err(error_reply(other, None)),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
             }
         }
-        Ok(found)
+        match first_error {
+            Some(err) if !answered => Err(err),
+            _ => Ok(found),
+        }
     }
 
     async fn set(
@@ -813,13 +993,10 @@ impl Backend for TcpBackend {
         flags: u32,
         lifetime: Lifetime,
     ) -> Result<(), BackendError> {
-        match self
-            .store(StoreCommand::Set, key, value, flags, lifetime)
-            .await?
-        {
-            Reply::Stored => Ok(()),
-            other => Err(BackendError::Server(format!("set not stored: {other:?}"))),
-        }
+        set_reply(
+            self.store(StoreCommand::Set, None, key, value, flags, lifetime)
+                .await?,
+        )
     }
 
     async fn add(
@@ -830,9 +1007,23 @@ impl Backend for TcpBackend {
         lifetime: Lifetime,
     ) -> Result<bool, BackendError> {
         Ok(matches!(
-            self.store(StoreCommand::Add, key, value, flags, lifetime)
+            self.store(StoreCommand::Add, None, key, value, flags, lifetime)
                 .await?,
             Reply::Stored
+        ))
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        Ok(cas_outcome(
+            self.store(StoreCommand::Cas(cas), None, key, value, flags, lifetime)
+                .await?,
         ))
     }
 
@@ -840,11 +1031,7 @@ impl Backend for TcpBackend {
         validate_key(key)?;
         let mut request = BytesMut::new();
         protocol::encode_delete(&mut request, key, false);
-        match self.keyed(key, request, Expect::Delete).await? {
-            Reply::Deleted => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(error_reply(other, None)),
-        }
+        delete_reply(self.keyed(key, request, Expect::Delete).await?)
     }
 
     async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
@@ -914,6 +1101,181 @@ impl Backend for TcpBackend {
     fn is_available(&self, key: &str) -> bool {
         self.server_for_key(key)
             .is_some_and(|index| !self.inner.servers[index].is_down())
+    }
+
+    /// The smallest limit over the servers: the configured one, or less for a server that
+    /// reported a smaller `item_size_max` or refused an item as too large.
+    fn item_size_limit(&self) -> usize {
+        (0..self.inner.servers.len())
+            .map(|index| self.limit_of(index))
+            .min()
+            .unwrap_or(self.inner.item_size_limit)
+    }
+
+    /// One `gets` (a line per 100 keys) to the server of `route` on the current ring.
+    async fn get_many_by_key(
+        &self,
+        route: &str,
+        keys: &[&str],
+    ) -> Result<HashMap<String, Item>, BackendError> {
+        validate_route(route)?;
+        for key in keys {
+            validate_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let index = self.server_index(route)?;
+        self.get_on(index, keys).await
+    }
+
+    async fn set_by_key(
+        &self,
+        route: &str,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
+        set_reply(
+            self.store(StoreCommand::Set, Some(route), key, value, flags, lifetime)
+                .await?,
+        )
+    }
+
+    async fn add_by_key(
+        &self,
+        route: &str,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        Ok(matches!(
+            self.store(StoreCommand::Add, Some(route), key, value, flags, lifetime)
+                .await?,
+            Reply::Stored
+        ))
+    }
+
+    async fn cas_by_key(
+        &self,
+        route: &str,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        Ok(cas_outcome(
+            self.store(
+                StoreCommand::Cas(cas),
+                Some(route),
+                key,
+                value,
+                flags,
+                lifetime,
+            )
+            .await?,
+        ))
+    }
+
+    async fn delete_by_key(&self, route: &str, key: &str) -> Result<bool, BackendError> {
+        validate_route(route)?;
+        validate_key(key)?;
+        let index = self.server_index(route)?;
+        let mut request = BytesMut::new();
+        protocol::encode_delete(&mut request, key, false);
+        delete_reply(
+            self.execute(index, request.freeze(), Expect::Delete)
+                .await?,
+        )
+    }
+
+    /// Sends `set` to every configured server at once, those out of the ring included.
+    /// The writes run in a task of their own: they finish, and a server that fails one is
+    /// marked down, even if the returned future is dropped.
+    async fn set_on_every_server(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
+        validate_key(key)?;
+        // Every server must take it: held to the smallest limit.
+        check_item_size(key, value.len(), self.item_size_limit())?;
+        let mut request = BytesMut::with_capacity(key.len() + value.len() + 64);
+        protocol::encode_store(
+            &mut request,
+            StoreCommand::Set,
+            key,
+            flags,
+            lifetime.exptime(),
+            &value,
+            false,
+        );
+        let request = request.freeze();
+        let backend = self.clone();
+        let (key_len, value_len) = (key.len(), value.len());
+        let writes =
+            tokio::spawn(async move { backend.set_everywhere(request, key_len, value_len).await });
+        match writes.await {
+            Ok(outcome) => outcome,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Cancelled: only when the runtime shuts down.
+            Err(_) => Err(BackendError::Unreachable {
+                server: "(none)".to_string(),
+                reason: UnreachableReason::Closed,
+            }),
+        }
+    }
+
+    fn reset_on_rejoin(&self, key: &str) {
+        if let Err(err) = validate_key(key) {
+            tracing::warn!(error = %err, "key to reset on rejoin ignored");
+            return;
+        }
+        let mut keys = self
+            .inner
+            .reset_on_rejoin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if keys.iter().any(|known| known == key) {
+            return;
+        }
+        if keys.len() >= MAX_RESET_ON_REJOIN_KEYS {
+            tracing::warn!(
+                key,
+                max = MAX_RESET_ON_REJOIN_KEYS,
+                "too many keys to reset on rejoin; ignored"
+            );
+            return;
+        }
+        keys.push(key.to_string());
+    }
+}
+
+fn set_reply(reply: Reply) -> Result<(), BackendError> {
+    match reply {
+        Reply::Stored => Ok(()),
+        other => Err(BackendError::Server(format!("set not stored: {other:?}"))),
+    }
+}
+
+fn cas_outcome(reply: Reply) -> CasOutcome {
+    match reply {
+        Reply::Stored => CasOutcome::Stored,
+        Reply::Exists => CasOutcome::Exists,
+        _ => CasOutcome::NotFound,
+    }
+}
+
+fn delete_reply(reply: Reply) -> Result<bool, BackendError> {
+    match reply {
+        Reply::Deleted => Ok(true),
+        Reply::NotFound => Ok(false),
+        other => Err(error_reply(other, None)),
     }
 }
 

@@ -3,16 +3,24 @@
 //!
 //! Health is a count of consecutive failures. At the threshold the server is marked down:
 //! calls for its keys fail at once, without connecting or waiting, while a background probe
-//! sends `version` at a short interval and marks it up the moment it answers.
+//! sends `version` at a short interval and marks it up the moment it answers (and the keys
+//! to reset on rejoin are deleted on it).
+//!
+//! Each new connection first asks `stats settings` for the server's `item_size_max`, the
+//! item size limit learned for the server ([`ItemLimit`]), so that items the server would
+//! refuse are refused before they are sent.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::connection::{Connection, ConnectionSettings};
-use super::protocol::Reply;
+use super::protocol::{self, Reply};
 use crate::backend::BackendError;
+
+/// memcached refuses an `-I` below 1 KiB; a smaller `item_size_max` is not believed.
+const MIN_ITEM_SIZE_MAX: usize = 1024;
 
 /// Requests outstanding on a connection before further ones go to the next connection:
 /// enough for large batches, few enough that a burst still spreads over the connections
@@ -29,6 +37,54 @@ pub(crate) struct Server {
     next_slot: AtomicUsize,
     consecutive_failures: AtomicU32,
     down: AtomicBool,
+    /// What this server is known to accept.
+    pub(crate) item_limit: ItemLimit,
+    /// Cleared when `stats settings` cost a connection (twemproxy closes the connection
+    /// on `stats`): new connections then skip it, until the server is marked up again.
+    ask_settings: AtomicBool,
+}
+
+/// The item size limit learned for one server; `usize::MAX` while nothing is known.
+#[derive(Debug)]
+pub(crate) struct ItemLimit {
+    /// `item_size_max` as the server reported it on its last new connection.
+    reported: AtomicUsize,
+    /// Just below the smallest item it refused as too large since that report.
+    refused_below: AtomicUsize,
+}
+
+impl ItemLimit {
+    fn new() -> Self {
+        Self {
+            reported: AtomicUsize::new(usize::MAX),
+            refused_below: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// The largest item (as [`check_item_size`](crate::backend::check_item_size) counts
+    /// it) the server is believed to accept.
+    pub(crate) fn get(&self) -> usize {
+        self.reported
+            .load(Ordering::Acquire)
+            .min(self.refused_below.load(Ordering::Acquire))
+    }
+
+    /// The server reports `item_size_max`. A different figure than before means it was
+    /// reconfigured: what it refused earlier no longer tells anything.
+    fn report(&self, item_size_max: usize) {
+        let previous = self.reported.swap(item_size_max, Ordering::AcqRel);
+        if previous != item_size_max {
+            self.refused_below.store(usize::MAX, Ordering::Release);
+        }
+    }
+
+    /// The server refused an item of `size` as too large: nothing that large is sent
+    /// again. Returns the new limit.
+    pub(crate) fn refused(&self, size: usize) -> usize {
+        self.refused_below
+            .fetch_min(size.saturating_sub(1), Ordering::AcqRel);
+        self.get()
+    }
 }
 
 /// A connection slot: the live connection (cheap to read on every call) and a lock that
@@ -72,6 +128,8 @@ impl Server {
             next_slot: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             down: AtomicBool::new(false),
+            item_limit: ItemLimit::new(),
+            ask_settings: AtomicBool::new(true),
         }
     }
 
@@ -144,11 +202,86 @@ impl Server {
         if let Some(conn) = slot.live() {
             return Ok(conn);
         }
-        let conn = Arc::new(
-            Connection::connect(&self.host, self.port, Arc::clone(&self.name), settings).await?,
-        );
+        let mut conn = self.connect(settings).await?;
+        if self.ask_settings.load(Ordering::Acquire) && !self.learn_settings(&conn, settings).await
+        {
+            // The query cost the connection: open another, which skips it.
+            conn = self.connect(settings).await?;
+        }
         slot.replace(Some(Arc::clone(&conn)));
         Ok(conn)
+    }
+
+    async fn connect(
+        &self,
+        settings: &ConnectionSettings,
+    ) -> Result<Arc<Connection>, BackendError> {
+        let conn =
+            Connection::connect(&self.host, self.port, Arc::clone(&self.name), settings).await?;
+        Ok(Arc::new(conn))
+    }
+
+    /// Asks a new connection for `stats settings` and records the server's
+    /// `item_size_max`, within the connect timeout. False when the query closed the
+    /// connection or got a reply of the wrong kind: the connection is given up. An error
+    /// reply, an empty listing or a slow answer leave the limit as it was and the
+    /// connection in use. Part of connecting, so a server's limit is known before the
+    /// requests it would refuse are sent, at the cost of one round trip per new connection.
+    async fn learn_settings(&self, conn: &Connection, settings: &ConnectionSettings) -> bool {
+        let mut request = BytesMut::new();
+        protocol::encode_stats(&mut request, Some("settings"));
+        let reply =
+            tokio::time::timeout(settings.connect_timeout, conn.call(request.freeze())).await;
+        match reply {
+            Ok(Ok(Reply::Stats(stats))) => {
+                let item_size_max = stats
+                    .iter()
+                    .find(|(name, _)| name == "item_size_max")
+                    .and_then(|(_, value)| value.parse::<usize>().ok())
+                    .filter(|&max| max >= MIN_ITEM_SIZE_MAX);
+                match item_size_max {
+                    Some(max) => {
+                        self.item_limit.report(max);
+                        tracing::debug!(server = %self.name, item_size_max = max, "memcached item size limit learned");
+                    }
+                    None => {
+                        tracing::debug!(server = %self.name, "no usable item_size_max in stats settings")
+                    }
+                }
+                true
+            }
+            // An empty listing, or an error reply: not supported here (a proxy).
+            Ok(Ok(
+                Reply::Values(_) | Reply::Error | Reply::ClientError(_) | Reply::ServerError(_),
+            )) => true,
+            // Answered, but not in sync (or not with what was asked): unusable.
+            Ok(Ok(_)) => {
+                conn.close();
+                self.stop_asking_settings();
+                false
+            }
+            // Too slow: the reply is discarded when it comes; the connection stays in sync.
+            Err(_) => true,
+            Ok(Err(err)) => {
+                if conn.is_closed() {
+                    tracing::debug!(server = %self.name, error = %err, "stats settings closed the connection");
+                    self.stop_asking_settings();
+                    false
+                } else {
+                    true
+                }
+            }
+        }
+    }
+
+    fn stop_asking_settings(&self) {
+        if self.ask_settings.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                server = %self.name,
+                "memcached server does not answer stats settings; its item size limit is \
+                 learned from refusals only until it is marked down and up again"
+            );
+        }
     }
 
     /// Drops every pooled connection (they are replaced on next use).
@@ -187,9 +320,40 @@ impl Server {
         }
     }
 
-    /// Marks the server up again after the probe got an answer.
+    /// Marks the server down whatever its failure count; true if it was up.
+    pub(crate) fn mark_down(&self) -> bool {
+        !self.down.swap(true, Ordering::AcqRel)
+    }
+
+    /// Marks the server up again after the probe got an answer. It may be another process
+    /// now (restarted, replaced), so its settings are asked again.
     pub(crate) fn mark_up(&self) {
         self.consecutive_failures.store(0, Ordering::Release);
+        self.ask_settings.store(true, Ordering::Release);
         self.down.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_limit_is_the_smaller_of_report_and_refusals() {
+        let limit = ItemLimit::new();
+        assert_eq!(limit.get(), usize::MAX, "nothing known");
+        limit.report(512 * 1024);
+        assert_eq!(limit.get(), 512 * 1024);
+        // A refusal below the report lowers it; one above changes nothing.
+        assert_eq!(limit.refused(600 * 1024), 512 * 1024);
+        assert_eq!(limit.refused(400 * 1024), 400 * 1024 - 1);
+        assert_eq!(limit.refused(450 * 1024), 400 * 1024 - 1);
+        // The same report again (a new connection): refusals still hold.
+        limit.report(512 * 1024);
+        assert_eq!(limit.get(), 400 * 1024 - 1);
+        // Another figure: the server was reconfigured, refusals are forgotten.
+        limit.report(2 * 1024 * 1024);
+        assert_eq!(limit.get(), 2 * 1024 * 1024);
+        assert_eq!(limit.refused(0), 0, "no underflow");
     }
 }
