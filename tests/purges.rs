@@ -405,6 +405,40 @@ async fn a_request_sent_after_a_tag_purge_does_not_get_the_older_flights_respons
     serves_only_the_new_version(&svc, &watch, "/g", "/g v1").await;
 }
 
+async fn a_request_after_a_purge_does_not_get_a_background_refresh_begun_before_it<B: Backend>(
+    backend: B,
+) {
+    let db = Db::default();
+    db.fields(
+        "/s",
+        &[("cache-control", "max-age=0, stale-while-revalidate=600")],
+    );
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    assert_eq!(get(&svc, "/s").await.body, "/s v0");
+    stores(&watch, 1).await;
+    let gate = db.hold();
+    // Served stale at once; its refresh waits at the origin with version 0.
+    let stale = get(&svc, "/s").await;
+    assert_eq!(stale.body, "/s v0");
+    gate.arrivals(1).await;
+    db.bump();
+    layer
+        .purger()
+        .purge_uri("http://site.example/s")
+        .await
+        .unwrap();
+    let late = spawn_get(&svc, "/s", &[]);
+    gate.arrivals(2).await;
+    gate.open();
+    let late = joined(late).await;
+    assert_eq!(late.body, "/s v1", "{}", late.cache_status());
+    watch.settled().await;
+    let again = get(&svc, "/s").await;
+    assert_eq!(again.body, "/s v1", "{}", again.cache_status());
+}
+
 // ---------------------------------------------------------------------------------------
 // Coalescing and leases that help.
 
@@ -617,6 +651,7 @@ on_every_backend!("purges";
     a_namespace_purge_during_the_first_fill_after_a_cold_start_holds,
     a_request_sent_after_a_purge_does_not_join_the_older_flight,
     a_request_sent_after_a_tag_purge_does_not_get_the_older_flights_response,
+    a_request_after_a_purge_does_not_get_a_background_refresh_begun_before_it,
     followers_of_another_variant_elect_a_leader_of_their_own,
     variants_of_several_vary_header_sets_coexist,
     a_dead_processs_lease_makes_one_request_wait_not_every_one,

@@ -295,6 +295,19 @@ pub trait Backend: Clone + Send + Sync + 'static {
         }
     }
 
+    /// Deletes `key` on every server: where a key may have lived while its own server was
+    /// out of the ring (`remove_failed_servers`), a stale copy can wait for the next
+    /// outage. Like [`set_on_every_server`](Self::set_on_every_server), a server that
+    /// misses the delete is marked down until it has been reset; `Ok` when at least one
+    /// server answered. The default deletes on the key's server.
+    fn delete_on_every_server(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let deleted = self.delete(key);
+        async move { deleted.await.map(drop) }
+    }
+
     /// Stores a value on every server, for values every server must hold (a namespace or
     /// tag generation that lookups routed to any server compare against).
     ///

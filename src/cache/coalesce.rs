@@ -238,6 +238,20 @@ impl<B: Backend> Filler<B> {
         }
     }
 
+    /// A background refresh of the stale entry `found` read: only requests that saw that
+    /// same entry may join it.
+    pub(super) fn refreshing(leader: Leader, found: &Found) -> Self {
+        let filler = Self {
+            leader: Some(leader),
+            lease: None,
+            guard: None,
+        };
+        if let Slot::Value { cas } = found.slot {
+            filler.mark(cas, &Guard::of(found), found.started);
+        }
+        filler
+    }
+
     fn mark(&self, guard: u64, found: &Guard, at: Instant) {
         if let Some(leader) = &self.leader {
             leader.mark(Mark {

@@ -279,8 +279,7 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
         // The refresh replaces the stale entry its lookup saw, by compare-and-swap; other
         // processes may refresh it at the same time (one of them stores).
         let _ = plan;
-        let mut filler = Filler::none();
-        filler.leader = Some(leader);
+        let filler = Filler::refreshing(leader, &ex.found);
         let mut inner = inner;
         let inner = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
             Ok(()) => inner,

@@ -55,6 +55,8 @@ pub(crate) const MAX_NAME_SETS: usize = 4;
 /// request went out less than this before a purge of one of its tags counts as produced
 /// before it.
 pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(1);
+/// The most a purge or invalidation waits for every server to answer.
+pub(crate) const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a fill may take and still be stored: its placeholder's lifetime in
 /// memcached.
 pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
@@ -672,8 +674,11 @@ impl<B: Backend> Storage<B> {
 
     /// Removes a URL's entry or variant index (and so every variant), and any placeholder:
     /// a fill under way for it can no longer store.
+    /// Deleted on every server: a copy left on another server while the URL's own was out
+    /// of the ring must not come back at the next outage.
     pub(crate) async fn invalidate(&self, primary_key: &str) -> Result<(), BackendError> {
-        self.bounded(self.backend.delete(primary_key)).await?;
+        self.bounded_purge(self.backend.delete_on_every_server(primary_key))
+            .await?;
         self.stats.record_invalidation();
         Ok(())
     }
@@ -694,13 +699,25 @@ impl<B: Backend> Storage<B> {
         let generation = unique();
         self.local_purges.record(generation);
         let value = Bytes::from(generation.to_string());
-        self.bounded(
-            self.backend
-                .set_on_every_server(key, value, 0, Lifetime::NEVER),
-        )
-        .await?;
+        let write = self
+            .backend
+            .set_on_every_server(key, value, 0, Lifetime::NEVER);
+        self.bounded_purge(write).await?;
         self.stats.record_invalidation();
         Ok(())
+    }
+
+    /// Runs a write to every server: bounded by the backend's own timeouts (a server that
+    /// does not answer is marked down, which a purge waits for), and here by
+    /// [`PURGE_TIMEOUT`] at most.
+    pub(crate) async fn bounded_purge<T>(
+        &self,
+        operation: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let limit = PURGE_TIMEOUT.max(self.timeout);
+        tokio::time::timeout(limit, operation)
+            .await
+            .map_err(|_| BackendError::Deadline { after: limit })?
     }
 
     /// Runs an operation whose error the caller wants, within the timeout.

@@ -615,6 +615,27 @@ impl TcpBackend {
         key_len: usize,
         value_len: usize,
     ) -> Result<(), BackendError> {
+        self.everywhere(request, Expect::Store, |index, reply| match reply {
+            Reply::Stored => Ok(()),
+            reply @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_)) => {
+                Err(self.store_error(index, key_len, value_len, reply))
+            }
+            other => Err(BackendError::Server(format!("set not stored: {other:?}"))),
+        })
+        .await
+    }
+
+    /// Sends `request` to every server not marked down; a server that fails it (`judge`
+    /// says how a reply fails) is marked down at once: it missed a write every server must
+    /// have, and must not serve until it has been reset. `Ok` when at least one server
+    /// took it.
+    async fn everywhere(
+        &self,
+        request: Bytes,
+        expect: Expect,
+        judge: impl Fn(usize, Reply) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        let judge = &judge;
         let calls = (0..self.inner.servers.len()).map(|index| {
             let request = request.clone();
             async move {
@@ -622,17 +643,11 @@ impl TcpBackend {
                     // Skipped: it is reset before it serves again.
                     return None;
                 }
-                let outcome = match self.execute(index, request, Expect::Store).await {
-                    Ok(Reply::Stored) => Ok(()),
-                    Ok(reply @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_))) => {
-                        Err(self.store_error(index, key_len, value_len, reply))
-                    }
-                    Ok(other) => Err(BackendError::Server(format!("set not stored: {other:?}"))),
-                    Err(err) => Err(err),
-                };
+                let outcome = self
+                    .execute(index, request, expect)
+                    .await
+                    .and_then(|reply| judge(index, reply));
                 if let Err(err) = &outcome {
-                    // It missed a value every server must hold: it must not serve until
-                    // it has been reset, whatever its failure count.
                     self.force_down(index, err);
                 }
                 Some(outcome)
@@ -1224,6 +1239,31 @@ impl Backend for TcpBackend {
             Ok(outcome) => outcome,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             // Cancelled: only when the runtime shuts down.
+            Err(_) => Err(BackendError::Unreachable {
+                server: "(none)".to_string(),
+                reason: UnreachableReason::Closed,
+            }),
+        }
+    }
+
+    async fn delete_on_every_server(&self, key: &str) -> Result<(), BackendError> {
+        validate_key(key)?;
+        let mut request = BytesMut::with_capacity(key.len() + 16);
+        protocol::encode_delete(&mut request, key, false);
+        let request = request.freeze();
+        let backend = self.clone();
+        // In a task of its own, like `set_on_every_server`: a caller that gives up cannot
+        // leave a server that missed the delete in use.
+        let deletes = tokio::spawn(async move {
+            backend
+                .everywhere(request, Expect::Delete, |_, reply| {
+                    delete_reply(reply).map(drop)
+                })
+                .await
+        });
+        match deletes.await {
+            Ok(outcome) => outcome,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Err(BackendError::Unreachable {
                 server: "(none)".to_string(),
                 reason: UnreachableReason::Closed,
