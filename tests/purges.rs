@@ -344,6 +344,42 @@ async fn a_namespace_purge_during_the_first_fill_after_a_cold_start_holds<B: Bac
     serves_only_the_new_version(&svc, &watch, "/cold", "/cold v1").await;
 }
 
+async fn a_flush_during_a_fill_is_not_undone_by_its_store<B: Backend>(backend: B) {
+    let db = Db::default();
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let filling = spawn_get(&svc, "/p", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer.purger().purge_all().await.unwrap();
+    gate.open();
+    assert_eq!(joined(filling).await.body, "/p v0");
+    serves_only_the_new_version(&svc, &watch, "/p", "/p v1").await;
+}
+
+/// A fill whose lookup timed out saw no generation: it must not be stored under one read
+/// after a purge.
+#[tokio::test]
+async fn a_namespace_purge_during_a_fill_whose_lookup_timed_out_holds() {
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let db = Db::default();
+    let layer = layer(backend.clone()).lookup_timeout(Duration::from_millis(30));
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    backend.set_latency(Duration::from_millis(100));
+    let filling = spawn_get(&svc, "/slow", &[]);
+    gate.arrivals(1).await;
+    backend.set_latency(Duration::ZERO);
+    db.bump();
+    layer.purger().purge_namespace().await.unwrap();
+    gate.open();
+    assert_eq!(joined(filling).await.body, "/slow v0");
+    serves_only_the_new_version(&svc, &watch, "/slow", "/slow v1").await;
+}
+
 async fn a_request_sent_after_a_purge_does_not_join_the_older_flight<B: Backend>(backend: B) {
     let db = Db::default();
     let layer = layer(backend);
@@ -649,6 +685,7 @@ on_every_backend!("purges";
     an_invalidation_by_a_post_during_a_fill_is_not_undone,
     a_304_after_a_purge_does_not_bring_the_entry_back,
     a_namespace_purge_during_the_first_fill_after_a_cold_start_holds,
+    a_flush_during_a_fill_is_not_undone_by_its_store,
     a_request_sent_after_a_purge_does_not_join_the_older_flight,
     a_request_sent_after_a_tag_purge_does_not_get_the_older_flights_response,
     a_request_after_a_purge_does_not_get_a_background_refresh_begun_before_it,

@@ -252,7 +252,7 @@ impl<B: Backend> Filler<B> {
         filler
     }
 
-    fn mark(&self, guard: u64, found: &Guard, at: Instant) {
+    fn mark(&self, guard: u64, found: &Guard, at: u64) {
         if let Some(leader) = &self.leader {
             leader.mark(Mark {
                 guard,

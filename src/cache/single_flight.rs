@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
@@ -36,8 +36,8 @@ pub(crate) struct Mark {
     /// The placeholder token or the CAS value the leader's store expects.
     pub(crate) guard: u64,
     pub(crate) generation: Option<u64>,
-    /// When the guard was in place.
-    pub(crate) at: Instant,
+    /// When the guard was in place, on the placement clock (`storage::placements`).
+    pub(crate) at: u64,
 }
 
 impl Mark {
@@ -304,7 +304,7 @@ mod tests {
         leader.mark(Mark {
             guard: 7,
             generation: Some(1),
-            at: Instant::now(),
+            at: crate::cache::storage::placed(),
         });
         // Looked before the placeholder landed: joins.
         assert!(matches!(flights.join("k", 8, &before), Flight::Follower(_)));
@@ -324,7 +324,7 @@ mod tests {
         second.mark(Mark {
             guard: 9,
             generation: Some(1),
-            at: Instant::now(),
+            at: crate::cache::storage::placed(),
         });
         let mut other_generation = seen(Slot::Value { cas: 9 });
         other_generation.generation = Some(2);

@@ -61,6 +61,21 @@ pub(crate) const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// memcached.
 pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
 
+/// A clock that ticks once per placeholder put in place (or stale entry guarded) in this
+/// process: cheaper on every lookup than reading the time, and all the single flight needs
+/// to tell a lookup that started before a placeholder landed from one that started after.
+static PLACEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// The placement clock now.
+pub(crate) fn placements() -> u64 {
+    PLACEMENTS.load(Ordering::SeqCst)
+}
+
+/// Ticks the placement clock: lookups that start from now on count as after this.
+pub(crate) fn placed() -> u64 {
+    PLACEMENTS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
 /// What a lookup found.
 pub(crate) enum Lookup {
     Found(Found),
@@ -112,9 +127,9 @@ pub(crate) struct Found {
     pub(crate) generation: Option<u64>,
     /// What the primary key held.
     pub(crate) slot: Slot,
-    /// When the lookup started: a slot read before a placeholder was put in place says
-    /// nothing about it.
-    pub(crate) started: Instant,
+    /// When the lookup started, on the [`placements`] clock: a slot read before a
+    /// placeholder was put in place says nothing about it.
+    pub(crate) started: u64,
 }
 
 impl Default for Found {
@@ -124,7 +139,7 @@ impl Default for Found {
             index: None,
             generation: None,
             slot: Slot::Unknown,
-            started: Instant::now(),
+            started: placements(),
         }
     }
 }
@@ -163,8 +178,9 @@ pub(crate) enum StoreOutcome {
 
 /// A placeholder put in place by [`Storage::place`], or why none was.
 pub(crate) enum Placed {
-    /// This request refills the URL; its token and when the placeholder landed.
-    Mine(Placeholder, Instant),
+    /// This request refills the URL; its token and when the placeholder landed (on the
+    /// [`placements`] clock).
+    Mine(Placeholder, u64),
     /// Another request's placeholder.
     Held,
     /// Something else arrived first (an entry, an index).
@@ -311,7 +327,7 @@ impl<B: Backend> Storage<B> {
         primary_key: &str,
         request_headers: &HeaderMap,
     ) -> Lookup {
-        let started = Instant::now();
+        let started = placements();
         let keys = [primary_key, &*self.generation_key];
         let read = self.backend.get_many_by_key(primary_key, &keys);
         let Some(mut items) = self.timed("lookup", read).await else {
@@ -448,7 +464,7 @@ impl<B: Backend> Storage<B> {
             Slot::Unknown => return Placed::Unknown,
         };
         match put {
-            Some(CasOutcome::Stored) => Placed::Mine(placeholder, Instant::now()),
+            Some(CasOutcome::Stored) => Placed::Mine(placeholder, placed()),
             Some(CasOutcome::Exists | CasOutcome::NotFound) => {
                 // Someone was faster: what is there now?
                 match self.timed("placeholder read", self.backend.get(key)).await {
