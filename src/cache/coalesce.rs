@@ -11,7 +11,7 @@ use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
 use super::service::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
-use super::storage::{Found, Lookup, Placed, Slot, Target};
+use super::storage::{FILL_HOLD, Found, Lookup, Placed, Slot, Target, placed};
 use super::stored::now_ms;
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, VariantIndex};
@@ -20,6 +20,10 @@ use crate::cache::policy::freshness::Freshness;
 /// How long other processes wait for a placeholder when this layer has leases off (they
 /// may have them on).
 const DEFAULT_HOLD: Duration = Duration::from_secs(5);
+
+/// The mark of a flight whose leader holds no guard: no placeholder token or CAS value is
+/// 0, so only requests that looked before the leader went out join it.
+const UNGUARDED: u64 = 0;
 
 /// What coordinating with the other requests for a key gave.
 pub(super) enum Coordinated<B: Backend> {
@@ -98,14 +102,18 @@ impl<B: Backend> Shared<B> {
             }
             Flight::Alone => return Coordinated::Go(filler),
         }
+        let mut found = Guard::of(&ex.found);
         if ex.detail.is_some() {
+            // Nothing known of the URL: only requests that looked before this one goes out
+            // may share its response.
+            filler.mark(UNGUARDED, &found, placed());
             return Coordinated::Go(filler);
         }
-        let mut found = Guard::of(&ex.found);
         let mut started = ex.found.started;
         let deadline = Instant::now()
             .checked_add(self.config.lease_wait)
             .unwrap_or_else(Instant::now);
+        let mut waited = false;
         // Bounded: each round either sleeps a poll interval or changes what it saw.
         for _ in 0..self.max_placement_rounds() {
             match found.slot {
@@ -116,39 +124,47 @@ impl<B: Backend> Shared<B> {
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
                 }
-                Slot::Unknown => return Coordinated::Go(filler),
-                Slot::Placeholder { placeholder, .. } if placeholder.until_ms > now_ms() => {
-                    if self.config.lease.is_none() {
-                        // Not waiting for other processes: go now, and store only if that
-                        // placeholder is still there (nothing purged the URL meanwhile).
-                        filler.mark(placeholder.token, &found, started);
-                        filler.guard = Some(found);
-                        return Coordinated::Go(filler);
-                    }
-                    if Instant::now() < deadline {
+                Slot::Unknown => break,
+                Slot::Placeholder { placeholder, .. } => {
+                    let live = placeholder.until_ms > now_ms();
+                    if live && self.config.lease.is_some() && Instant::now() < deadline {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
+                        waited = true;
                         tokio::time::sleep(self.config.lease_poll).await;
+                        let read = SystemTime::now();
                         match self.look_again(plan, request_headers).await {
                             Looked::Usable(entry, freshness) => {
-                                filler.publish(Some((Arc::clone(&entry), None)));
+                                // Read now: requests that joined after this read began may
+                                // come after a purge, and look for themselves.
+                                filler.publish(Some((Arc::clone(&entry), Some(read))));
                                 return Coordinated::Answered(entry, freshness);
                             }
                             Looked::Slot(again) => {
                                 started = again.started;
                                 found = Guard::of(&again);
                             }
-                            Looked::Unavailable => return Coordinated::Go(filler),
+                            Looked::Unavailable => break,
                         }
                         continue;
                     }
-                    // Waited as long as allowed: its holder is gone or too slow. Take the
-                    // URL over, so the next request waits for a live one.
-                    tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; taking over");
+                    // Not waiting (any longer): go alongside the refilling request, guarded
+                    // by its placeholder; whichever finishes first stores (never replacing
+                    // a live request's placeholder, so a slow origin still gets stored).
+                    if waited && live {
+                        tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; not waiting for it again");
+                        self.storage.demote(&plan.key, placeholder).await;
+                    }
+                    filler.mark(placeholder.token, &found, started);
+                    filler.guard = Some(found);
+                    return Coordinated::Go(filler);
                 }
-                Slot::Absent | Slot::Placeholder { .. } => {}
+                Slot::Absent => {}
             }
-            let until = SystemTime::now() + self.config.lease.unwrap_or(DEFAULT_HOLD);
-            match self.storage.place(&plan.key, found.slot, until).await {
+            let hold = self.config.lease.unwrap_or(DEFAULT_HOLD);
+            let until = SystemTime::now()
+                .checked_add(hold)
+                .unwrap_or_else(|| SystemTime::now() + FILL_HOLD);
+            match self.storage.place(&plan.key, until).await {
                 Placed::Mine(placeholder, at) => {
                     tracing::debug!(key = %plan.key, "placeholder in place: this request refills the URL");
                     filler.mark(placeholder.token, &found, at);
@@ -156,22 +172,27 @@ impl<B: Backend> Shared<B> {
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
                 }
-                Placed::Unknown => return Coordinated::Go(filler),
-                Placed::Held | Placed::Taken => {
+                Placed::Unknown => break,
+                Placed::Taken => {
+                    let read = SystemTime::now();
                     match self.look_again(plan, request_headers).await {
                         Looked::Usable(entry, freshness) => {
-                            filler.publish(Some((Arc::clone(&entry), None)));
+                            filler.publish(Some((Arc::clone(&entry), Some(read))));
                             return Coordinated::Answered(entry, freshness);
                         }
                         Looked::Slot(again) => {
                             started = again.started;
                             found = Guard::of(&again);
                         }
-                        Looked::Unavailable => return Coordinated::Go(filler),
+                        Looked::Unavailable => break,
                     }
                 }
             }
         }
+        // The backend could not tell: go unguarded (nothing will be stored), sharing the
+        // response only with requests that looked before it goes out.
+        filler.guard = None;
+        filler.mark(UNGUARDED, &found, placed());
         Coordinated::Go(filler)
     }
 
@@ -182,7 +203,7 @@ impl<B: Backend> Shared<B> {
 
     /// The single flight a request joins: its URL's, or, once the URL is known to vary, its
     /// variant's, so that requests for one variant never wait for another's response.
-    fn flight_key(&self, ex: &Exchange, request_headers: &HeaderMap) -> String {
+    pub(super) fn flight_key(&self, ex: &Exchange, request_headers: &HeaderMap) -> String {
         match &ex.found.index {
             Some(index) => self
                 .storage

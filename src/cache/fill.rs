@@ -29,6 +29,9 @@ use crate::cache::policy::{CacheControl, NotStorable};
 pub(super) enum Refusal {
     /// A HEAD response has no body to store.
     Head,
+    /// The request was not looked up (it has preconditions only the origin evaluates):
+    /// nothing read before it went out guards a store.
+    NotLookedUp,
     /// The backend is marked down: the write would fail.
     BackendUnavailable,
     /// The storing rules refuse it.
@@ -45,6 +48,7 @@ impl Refusal {
     pub(super) fn reason(self) -> &'static str {
         match self {
             Self::Head => "a HEAD response has no body to store",
+            Self::NotLookedUp => "the request was not looked up",
             Self::BackendUnavailable => "backend unavailable",
             Self::VaryChanged => "the refresh changes Vary",
             Self::NoLongerShareable => "authenticated and no longer shareable",
@@ -68,7 +72,7 @@ impl Refusal {
     /// so no client can evict what others use just by asking.
     pub(super) fn makes_entry_unusable(self, request_cc: &CacheControl) -> bool {
         match self {
-            Self::Head | Self::BackendUnavailable => false,
+            Self::Head | Self::NotLookedUp | Self::BackendUnavailable => false,
             Self::Policy(NotStorable::NoStore) => !request_cc.no_store,
             Self::Policy(NotStorable::Authorization) => false,
             Self::Policy(_) | Self::VaryChanged | Self::NoLongerShareable => true,
@@ -114,6 +118,8 @@ impl<B: Backend> Shared<B> {
         let admission = self.admission(chosen, handler_override, sent.request_time, authenticated);
         let decision = if ex.is_head {
             Err(Refusal::Head)
+        } else if !plan.from_cache {
+            Err(Refusal::NotLookedUp)
         } else {
             let vary = self.vary_values(request_headers, response.headers());
             self.admit(
@@ -231,12 +237,8 @@ impl<B: Backend> Shared<B> {
     ) {
         let shared = Arc::clone(self);
         let stored = self.config.background.spawn(async move {
-            let outcome = shared.store(&to, &tags, &entry, ttl).await;
-            let since = match outcome {
-                StoreOutcome::Superseded { since } => Some(since),
-                StoreOutcome::Stored | StoreOutcome::Overtaken | StoreOutcome::Failed => None,
-            };
-            filler.publish(Some((entry, since)));
+            let (outcome, cutoff) = shared.store(&to, &tags, &entry, ttl).await;
+            filler.publish(Some((entry, cutoff)));
             if outcome == StoreOutcome::Stored {
                 filler.fulfilled();
             }
@@ -253,10 +255,10 @@ impl<B: Backend> Shared<B> {
         tags: &[String],
         entry: &Entry,
         ttl: Duration,
-    ) -> StoreOutcome {
+    ) -> (StoreOutcome, Option<SystemTime>) {
         let stats = &self.config.stats;
         let key = &to.key;
-        let outcome = self
+        let (outcome, cutoff) = self
             .storage
             .store(to, &entry.meta, &entry.body, tags, ttl)
             .await;
@@ -270,7 +272,7 @@ impl<B: Backend> Shared<B> {
             }
             StoreOutcome::Failed => stats.record_store_failure(),
         }
-        outcome
+        (outcome, cutoff)
     }
 }
 

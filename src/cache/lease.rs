@@ -43,9 +43,7 @@ impl<B: Backend> Lease<B> {
     /// Ends the placeholder before returning.
     pub(crate) async fn release(mut self) {
         self.done = true;
-        if let Err(err) = self.storage.release(&self.key, self.placeholder).await {
-            tracing::debug!(key = %self.key, error = %err, "placeholder not released; it expires");
-        }
+        self.storage.release(&self.key, self.placeholder).await;
     }
 }
 
@@ -60,9 +58,7 @@ impl<B: Backend> Drop for Lease<B> {
             self.placeholder,
         );
         self.background.spawn(async move {
-            if let Err(err) = storage.release(&key, placeholder).await {
-                tracing::debug!(%key, error = %err, "placeholder not released; it expires");
-            }
+            storage.release(&key, placeholder).await;
         });
     }
 }

@@ -266,8 +266,9 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     ResBody::Error: Send + 'static,
 {
     let plan = &ex.plan;
-    // A refresh (or a miss) already under way for the key will do.
-    let Some(leader) = shared.config.flights.try_lead(&plan.key) else {
+    // A refresh (or a miss) already under way for the variant will do.
+    let flight = shared.flight_key(&ex, request.headers());
+    let Some(leader) = shared.config.flights.try_lead(&flight) else {
         tracing::debug!(key = %plan.key, "stale served; a refresh is already under way");
         return;
     };

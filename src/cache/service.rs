@@ -557,7 +557,7 @@ pub(super) mod testing {
         let ex = exchange_for(shared, request).await;
         let placed = shared
             .storage
-            .place(&ex.plan.key, ex.found.slot, std::time::SystemTime::now())
+            .place(&ex.plan.key, std::time::SystemTime::now())
             .await;
         let crate::cache::storage::Placed::Mine(placeholder, _) = placed else {
             panic!("no placeholder placed")
@@ -572,7 +572,7 @@ pub(super) mod testing {
             generation: ex.found.generation,
             requested: std::time::SystemTime::now(),
         };
-        let stored = shared.store(&to, &[], entry, Duration::from_secs(60)).await;
+        let (stored, _) = shared.store(&to, &[], entry, Duration::from_secs(60)).await;
         assert_eq!(stored, crate::cache::storage::StoreOutcome::Stored);
     }
 

@@ -181,9 +181,7 @@ pub(crate) enum Placed {
     /// This request refills the URL; its token and when the placeholder landed (on the
     /// [`placements`] clock).
     Mine(Placeholder, u64),
-    /// Another request's placeholder.
-    Held,
-    /// Something else arrived first (an entry, an index).
+    /// Something arrived first (another request's placeholder, an entry, an index).
     Taken,
     /// The backend did not answer.
     Unknown,
@@ -432,84 +430,69 @@ impl<B: Backend> Storage<B> {
         items.get(key).and_then(parse_generation)
     }
 
-    /// Puts a placeholder in a URL's primary key before its request goes to the origin:
-    /// where the lookup saw nothing (`add`), or a placeholder that its waiters may take
-    /// over (`cas`). Other requests wait for it until `until`.
-    pub(crate) async fn place(&self, key: &str, seen: Slot, until: SystemTime) -> Placed {
+    /// Puts a placeholder in a URL's primary key, where the lookup saw nothing, before its
+    /// request goes to the origin. Other requests wait for it until `until`.
+    pub(crate) async fn place(&self, key: &str, until: SystemTime) -> Placed {
         let placeholder = Placeholder {
             token: unique(),
             until_ms: millis(until),
         };
         let lifetime = Lifetime::from_duration(FILL_HOLD);
-        let put = match seen {
-            Slot::Absent => {
-                let add = self
-                    .backend
-                    .add(key, placeholder.encode(), FLAG_PLACEHOLDER, lifetime);
-                self.timed("placeholder add", add).await.map(|added| {
-                    if added {
-                        CasOutcome::Stored
-                    } else {
-                        CasOutcome::Exists
-                    }
-                })
-            }
-            Slot::Placeholder { cas, .. } => {
-                let cas =
-                    self.backend
-                        .cas(key, placeholder.encode(), FLAG_PLACEHOLDER, lifetime, cas);
-                self.timed("placeholder takeover", cas).await
-            }
-            Slot::Value { .. } => return Placed::Taken,
-            Slot::Unknown => return Placed::Unknown,
-        };
-        match put {
-            Some(CasOutcome::Stored) => Placed::Mine(placeholder, placed()),
-            Some(CasOutcome::Exists | CasOutcome::NotFound) => {
-                // Someone was faster: what is there now?
-                match self.timed("placeholder read", self.backend.get(key)).await {
-                    Some(Some(item)) => match Slot::of(&item) {
-                        Slot::Placeholder { .. } => Placed::Held,
-                        _ => Placed::Taken,
-                    },
-                    Some(None) => Placed::Taken,
-                    None => Placed::Unknown,
-                }
-            }
+        let add = self
+            .backend
+            .add(key, placeholder.encode(), FLAG_PLACEHOLDER, lifetime);
+        match self.timed("placeholder add", add).await {
+            Some(true) => Placed::Mine(placeholder, placed()),
+            Some(false) => Placed::Taken,
             None => Placed::Unknown,
         }
     }
 
-    /// Ends this request's placeholder without an entry: it is replaced by one that nobody
-    /// waits for, unless something else is there already.
-    pub(crate) async fn release(&self, key: &str, mine: Placeholder) -> Result<(), BackendError> {
-        let item = self.bounded(self.backend.get(key)).await?;
-        let Some((cas, Slot::Placeholder { placeholder, .. })) =
-            item.map(|item| (item.cas, Slot::of(&item)))
-        else {
-            return Ok(());
+    /// Says nobody should wait for `placeholder` any longer (its request is gone or slow),
+    /// keeping its token: its request, or one going alongside it, still stores over it.
+    pub(crate) async fn demote(&self, key: &str, placeholder: Placeholder) {
+        self.end_wait(key, placeholder, FILL_HOLD).await;
+    }
+
+    /// Ends this request's placeholder without an entry: nobody waits for it any longer,
+    /// and it soon goes.
+    pub(crate) async fn release(&self, key: &str, mine: Placeholder) {
+        self.end_wait(key, mine, Duration::from_secs(1)).await;
+    }
+
+    /// Rewrites `placeholder` (if it is still there) to be waited for no longer, with the
+    /// same token, for `lifetime`.
+    async fn end_wait(&self, key: &str, placeholder: Placeholder, lifetime: Duration) {
+        let Some(Some(item)) = self.timed("placeholder read", self.backend.get(key)).await else {
+            return;
         };
-        if placeholder != mine {
-            return Ok(());
+        let (Some(cas), Slot::Placeholder { placeholder: now, .. }) = (item.cas, Slot::of(&item))
+        else {
+            return;
+        };
+        if now.token != placeholder.token || now.until_ms == 0 {
+            return;
         }
-        let Some(cas) = cas else { return Ok(()) };
-        let released = Placeholder {
-            token: 0,
+        let ended = Placeholder {
+            token: placeholder.token,
             until_ms: 0,
         };
-        let lifetime = Lifetime::from_secs(1);
-        self.bounded(
-            self.backend
-                .cas(key, released.encode(), FLAG_PLACEHOLDER, lifetime, cas),
-        )
-        .await
-        .map(drop)
+        let lifetime = Lifetime::from_duration(lifetime);
+        let cas = self
+            .backend
+            .cas(key, ended.encode(), FLAG_PLACEHOLDER, lifetime, cas);
+        self.timed("placeholder end", cas).await;
     }
 
     /// Writes an entry (and, when it varies, the URL's variant index) for `ttl`, if what
     /// the request's lookup saw is still there and no purge touched it since the request
     /// went out. `tags` are the response's; an entry that names none keeps those in its
     /// metadata (a refresh), which must still be current.
+    ///
+    /// Also says which of the requests that joined this one in the process may have the
+    /// response (`Some(t)`: those that joined before `t`). Only tags need that: a purge of
+    /// the URL or of the namespace shows in a lookup, so the single flight admitted no
+    /// request that came after one; a tag purge does not.
     pub(crate) async fn store(
         &self,
         to: &Target,
@@ -517,8 +500,30 @@ impl<B: Backend> Storage<B> {
         body: &[u8],
         tags: &[String],
         ttl: Duration,
-    ) -> StoreOutcome {
-        let failed = StoreOutcome::Failed;
+    ) -> (StoreOutcome, Option<SystemTime>) {
+        let tagged = !tags.is_empty() || !meta.tags.is_empty();
+        let checked = SystemTime::now();
+        let (outcome, tags_checked) = self.store_checked(to, meta, body, tags, ttl).await;
+        let cutoff = match outcome {
+            _ if !tagged => None,
+            StoreOutcome::Superseded { since } => Some(since),
+            // A tag purge that returned before the check read would have shown in it.
+            _ if tags_checked => Some(checked),
+            _ => Some(to.requested),
+        };
+        (outcome, cutoff)
+    }
+
+    /// [`store`](Self::store); and whether the tags were checked.
+    async fn store_checked(
+        &self,
+        to: &Target,
+        meta: &EntryMeta,
+        body: &[u8],
+        tags: &[String],
+        ttl: Duration,
+    ) -> (StoreOutcome, bool) {
+        let failed = (StoreOutcome::Failed, false);
         let Some(generation) = to.generation else {
             tracing::debug!(key = %to.key, "no namespace generation read before the request; not stored");
             return failed;
@@ -536,7 +541,7 @@ impl<B: Backend> Storage<B> {
         let Some(mut now) = self.timed("store check", read).await else {
             return failed;
         };
-        let superseded = |since: SystemTime| StoreOutcome::Superseded { since };
+        let superseded = |since: SystemTime| (StoreOutcome::Superseded { since }, true);
         let margin = |at: u64| {
             if self.local_purges.made_here(at) {
                 Duration::ZERO
@@ -545,16 +550,8 @@ impl<B: Backend> Storage<B> {
             }
         };
         let skewed = |at: u64| from_millis(at / 1_000_000).checked_sub(margin(at));
-        // Namespace purge since the lookup?
-        let current = now
-            .remove(&*self.generation_key)
-            .and_then(|item| parse_generation(&item));
-        if current != Some(generation) {
-            // Requests that joined this one in the process saw the same generation, so
-            // looked before the purge: they may still have the response.
-            tracing::debug!(key = %to.key, "namespace purged during the fill; not stored");
-            return StoreOutcome::Overtaken;
-        }
+        let overtaken = (StoreOutcome::Overtaken, true);
+        let failed_checked = (StoreOutcome::Failed, true);
         // Tags: a purge newer than the request, or (for a refresh) another generation.
         let mut resolved = Vec::with_capacity(tag_names.len());
         let requested_ns = nanos(to.requested);
@@ -593,19 +590,27 @@ impl<B: Backend> Storage<B> {
             }
             resolved.push((tag.clone(), value));
         }
+        // Namespace purge since the lookup?
+        let current = now
+            .remove(&*self.generation_key)
+            .and_then(|item| parse_generation(&item));
+        if current != Some(generation) {
+            tracing::debug!(key = %to.key, "namespace purged during the fill; not stored");
+            return overtaken;
+        }
         let mut meta = meta.clone();
         meta.generation = generation;
         meta.tags = resolved;
         let primary = now.remove(route);
         let Some(primary_cas) = self.guarded(to, primary.as_ref()) else {
             tracing::debug!(key = %to.key, "the URL was purged or refilled during the fill; not stored");
-            return StoreOutcome::Overtaken;
+            return overtaken;
         };
         let bytes = match encode_entry(&meta, body) {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::debug!(key = %to.key, error = %err, "entry not encodable");
-                return failed;
+                return failed_checked;
             }
         };
         let lifetime = Lifetime::from_duration(ttl);
@@ -614,9 +619,9 @@ impl<B: Backend> Storage<B> {
                 .backend
                 .cas(route, bytes, FLAG_HTTP_ENTRY, lifetime, primary_cas);
             return match self.timed("store", cas).await {
-                Some(CasOutcome::Stored) => StoreOutcome::Stored,
-                Some(_) => StoreOutcome::Overtaken,
-                None => failed,
+                Some(CasOutcome::Stored) => (StoreOutcome::Stored, true),
+                Some(_) => overtaken,
+                None => failed_checked,
             };
         }
         let names: Vec<String> = meta.vary.iter().map(|(name, _)| name.clone()).collect();
@@ -637,7 +642,7 @@ impl<B: Backend> Storage<B> {
                 index.name_sets.insert(0, names);
                 index.name_sets.truncate(MAX_NAME_SETS);
                 let Ok(encoded) = encode_index(&index) else {
-                    return failed;
+                    return failed_checked;
                 };
                 // The index outlives any one variant; memcached's LRU ages it out.
                 let cas = self.backend.cas(
@@ -649,8 +654,8 @@ impl<B: Backend> Storage<B> {
                 );
                 match self.timed("index store", cas).await {
                     Some(CasOutcome::Stored) => index,
-                    Some(_) => return StoreOutcome::Overtaken,
-                    None => return failed,
+                    Some(_) => return overtaken,
+                    None => return failed_checked,
                 }
             }
         };
@@ -659,8 +664,8 @@ impl<B: Backend> Storage<B> {
             .backend
             .set_by_key(route, &variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
         match self.timed("variant store", set).await {
-            Some(()) => StoreOutcome::Stored,
-            None => failed,
+            Some(()) => (StoreOutcome::Stored, true),
+            None => failed_checked,
         }
     }
 
