@@ -693,3 +693,179 @@ on_every_backend!("purges";
     variants_of_several_vary_header_sets_coexist,
     a_dead_processs_lease_makes_one_request_wait_not_every_one,
 );
+
+// ---------------------------------------------------------------------------------------
+// Review (wip-review): requests that arrive after a purge returned and still get a
+// response whose request went to the origin before it.
+
+/// A leader whose own lookup timed out leads a flight with no mark: every later request
+/// joins it, even one sent after a purge, and is handed the leader's older response (its
+/// store fails for want of a generation, and a failed store publishes to every follower).
+#[tokio::test]
+async fn review_a_request_after_a_purge_does_not_join_a_flight_whose_lookup_timed_out() {
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let db = Db::default();
+    let layer = layer(backend.clone()).lookup_timeout(Duration::from_millis(30));
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    backend.set_latency(Duration::from_millis(100));
+    let first = spawn_get(&svc, "/ut", &[]);
+    gate.arrivals(1).await;
+    backend.set_latency(Duration::ZERO);
+    db.bump();
+    layer
+        .purger()
+        .purge_uri("http://site.example/ut")
+        .await
+        .unwrap();
+    let late = spawn_get(&svc, "/ut", &[]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.open();
+    assert_eq!(joined(first).await.body, "/ut v0");
+    let late = joined(late).await;
+    assert_eq!(late.body, "/ut v1", "{}", late.cache_status());
+}
+
+/// A leader whose store fails (here: the backend is slow at that moment) publishes its
+/// response to every follower, even one that joined after a tag purge returned (its lookup
+/// saw the leader's placeholder, which a tag purge does not touch).
+#[tokio::test]
+async fn review_a_failed_store_does_not_hand_a_tag_purged_response_to_later_followers() {
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let db = Db::default();
+    db.fields(
+        "/ft",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "ft")],
+    );
+    let layer = layer(backend.clone()).lookup_timeout(Duration::from_millis(30));
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let first = spawn_get(&svc, "/ft", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer.purger().purge_tag("ft").await.unwrap();
+    let late = spawn_get(&svc, "/ft", &[]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The leader's store check times out: StoreOutcome::Failed.
+    backend.set_latency(Duration::from_millis(100));
+    gate.open();
+    assert_eq!(joined(first).await.body, "/ft v0");
+    let late = joined(late).await;
+    backend.set_latency(Duration::ZERO);
+    assert_eq!(late.body, "/ft v1", "{}", late.cache_status());
+}
+
+/// A namespace purge after a tag purge: the leader's store is Overtaken (checked before
+/// the tags), and Overtaken publishes to every follower, including one that joined after
+/// the tag purge returned.
+#[tokio::test]
+async fn review_an_overtaken_store_does_not_hand_a_tag_purged_response_to_later_followers() {
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let db = Db::default();
+    db.fields(
+        "/nt",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "nt")],
+    );
+    let layer = layer(backend.clone());
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let first = spawn_get(&svc, "/nt", &[]);
+    gate.arrivals(1).await;
+    db.bump();
+    layer.purger().purge_tag("nt").await.unwrap();
+    let late = spawn_get(&svc, "/nt", &[]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    layer.purger().purge_namespace().await.unwrap();
+    gate.open();
+    assert_eq!(joined(first).await.body, "/nt v0");
+    let late = joined(late).await;
+    assert_eq!(late.body, "/nt v1", "{}", late.cache_status());
+}
+
+/// A backend whose `cas` can be held: the store's verification read has passed, its cas
+/// has not landed yet.
+#[derive(Clone)]
+struct HeldCas<B> {
+    inner: B,
+    hold: Arc<AtomicBool>,
+    reached: Arc<Notify>,
+    release: Arc<Semaphore>,
+}
+
+impl<B: Backend> Backend for HeldCas<B> {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime) -> Result<(), BackendError> {
+        self.inner.set(key, value, flags, lifetime).await
+    }
+    async fn add(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime) -> Result<bool, BackendError> {
+        self.inner.add(key, value, flags, lifetime).await
+    }
+    async fn cas(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime, cas: u64) -> Result<CasOutcome, BackendError> {
+        if flags == tower_memcache::cache::FLAG_HTTP_ENTRY && self.hold.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.acquire().await.unwrap().forget();
+        }
+        self.inner.cas(key, value, flags, lifetime, cas).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.inner.delete(key).await
+    }
+    async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
+        self.inner.touch(key, lifetime).await
+    }
+    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        self.inner.incr(key, delta).await
+    }
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        self.inner.flush_all().await
+    }
+    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+        self.inner.stats().await
+    }
+}
+
+/// A tag purge that lands between the store's verification read and its cas: the store
+/// succeeds (lookups then see the tag's new generation, fine), but the leader publishes
+/// with no cutoff, so a follower whose lookup (after the purge returned) saw the leader's
+/// placeholder is handed the older response.
+#[tokio::test]
+async fn review_a_tag_purge_between_the_store_check_and_its_cas_holds_for_followers() {
+    let hold = Arc::new(AtomicBool::new(false));
+    let reached = Arc::new(Notify::new());
+    let release = Arc::new(Semaphore::new(0));
+    let backend = HeldCas {
+        inner: tower_memcache::backend::MemoryBackend::new(),
+        hold: Arc::clone(&hold),
+        reached: Arc::clone(&reached),
+        release: Arc::clone(&release),
+    };
+    let db = Db::default();
+    db.fields(
+        "/ct",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "ct")],
+    );
+    let layer = layer(backend);
+    let svc = service(&layer, &db);
+    let gate = db.hold();
+    let first = spawn_get(&svc, "/ct", &[]);
+    gate.arrivals(1).await;
+    hold.store(true, Ordering::SeqCst);
+    let held = reached.notified();
+    gate.open();
+    assert_eq!(joined(first).await.body, "/ct v0");
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the store reached its cas");
+    db.bump();
+    layer.purger().purge_tag("ct").await.unwrap();
+    let late = spawn_get(&svc, "/ct", &[]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.add_permits(1);
+    let late = joined(late).await;
+    assert_eq!(late.body, "/ct v1", "{}", late.cache_status());
+}
