@@ -869,3 +869,51 @@ async fn review_a_tag_purge_between_the_store_check_and_its_cas_holds_for_follow
     let late = joined(late).await;
     assert_eq!(late.body, "/ct v1", "{}", late.cache_status());
 }
+
+/// Two processes, steady traffic, an origin slower than the lease wait: each waiter whose
+/// wait ran out takes the live holder's placeholder over, so the holder's store fails; the
+/// next waiter in the other process does the same to it. Nothing is ever stored.
+#[tokio::test]
+async fn review_an_origin_slower_than_the_lease_wait_still_gets_stored() {
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = |calls: Arc<AtomicUsize>| {
+        move |_request: Request<()>| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut response = Response::new(Full::new(Bytes::from("slow page")));
+                response
+                    .headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=600"));
+                Ok::<_, Infallible>(response)
+            }
+        }
+    };
+    let process = |backend: tower_memcache::backend::MemoryBackend| -> Svc {
+        let layer = layer(backend).lease_wait(Duration::from_millis(100), Duration::from_millis(10));
+        tower::util::BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .layer(layer)
+                .service_fn(origin(Arc::clone(&calls))),
+        )
+    };
+    let (a, b) = (process(backend.clone()), process(backend.clone()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        tasks.push(spawn_get(&a, "/slow", &[]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tasks.push(spawn_get(&b, "/slow", &[]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut hits = 0;
+    for task in tasks {
+        if joined(task).await.cache_status().contains("hit") {
+            hits += 1;
+        }
+    }
+    let calls = calls.load(Ordering::SeqCst);
+    assert!(hits > 0 && calls <= 6, "{calls} origin calls, {hits} hits in 3 s");
+}
