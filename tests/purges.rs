@@ -799,14 +799,35 @@ impl<B: Backend> Backend for HeldCas<B> {
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
         self.inner.get_many(keys).await
     }
-    async fn set(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime) -> Result<(), BackendError> {
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
         self.inner.set(key, value, flags, lifetime).await
     }
-    async fn add(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime) -> Result<bool, BackendError> {
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
         self.inner.add(key, value, flags, lifetime).await
     }
-    async fn cas(&self, key: &str, value: Bytes, flags: u32, lifetime: Lifetime, cas: u64) -> Result<CasOutcome, BackendError> {
-        if flags == tower_memcache::cache::FLAG_HTTP_ENTRY && self.hold.swap(false, Ordering::SeqCst) {
+    async fn cas(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        if flags == tower_memcache::cache::FLAG_HTTP_ENTRY
+            && self.hold.swap(false, Ordering::SeqCst)
+        {
             self.reached.notify_one();
             self.release.acquire().await.unwrap().forget();
         }
@@ -892,7 +913,8 @@ async fn review_an_origin_slower_than_the_lease_wait_still_gets_stored() {
         }
     };
     let process = |backend: tower_memcache::backend::MemoryBackend| -> Svc {
-        let layer = layer(backend).lease_wait(Duration::from_millis(100), Duration::from_millis(10));
+        let layer =
+            layer(backend).lease_wait(Duration::from_millis(100), Duration::from_millis(10));
         tower::util::BoxCloneSyncService::new(
             tower::ServiceBuilder::new()
                 .layer(layer)
@@ -915,5 +937,8 @@ async fn review_an_origin_slower_than_the_lease_wait_still_gets_stored() {
         }
     }
     let calls = calls.load(Ordering::SeqCst);
-    assert!(hits > 0 && calls <= 6, "{calls} origin calls, {hits} hits in 3 s");
+    assert!(
+        hits > 0 && calls <= 6,
+        "{calls} origin calls, {hits} hits in 3 s"
+    );
 }

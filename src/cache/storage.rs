@@ -466,7 +466,12 @@ impl<B: Backend> Storage<B> {
         let Some(Some(item)) = self.timed("placeholder read", self.backend.get(key)).await else {
             return;
         };
-        let (Some(cas), Slot::Placeholder { placeholder: now, .. }) = (item.cas, Slot::of(&item))
+        let (
+            Some(cas),
+            Slot::Placeholder {
+                placeholder: now, ..
+            },
+        ) = (item.cas, Slot::of(&item))
         else {
             return;
         };
