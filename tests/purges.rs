@@ -942,3 +942,119 @@ async fn review_an_origin_slower_than_the_lease_wait_still_gets_stored() {
         "{calls} origin calls, {hits} hits in 3 s"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Review 2 (wip-review): the fixes of 6dd11cc.
+
+/// A holder whose origin is slower than the other process's lease wait: the waiter demotes
+/// the placeholder (same token, `until_ms` 0) and goes alongside it. `guarded` compares the
+/// whole placeholder (token and `until_ms`), so neither the holder (its lease's `until`)
+/// nor the waiter (the `until` it saw before demoting) matches the demoted one: both
+/// stores are Overtaken, and the next request misses.
+#[tokio::test]
+async fn review2_a_demoted_placeholder_is_still_stored_over_by_its_holder_or_the_waiter() {
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = |calls: Arc<AtomicUsize>| {
+        move |_request: Request<()>| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut response = Response::new(Full::new(Bytes::from("slow page")));
+                response
+                    .headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=600"));
+                Ok::<_, Infallible>(response)
+            }
+        }
+    };
+    let process = |backend: tower_memcache::backend::MemoryBackend| -> Svc {
+        let layer =
+            layer(backend).lease_wait(Duration::from_millis(100), Duration::from_millis(10));
+        tower::util::BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .layer(layer)
+                .service_fn(origin(Arc::clone(&calls))),
+        )
+    };
+    let (a, b) = (process(backend.clone()), process(backend.clone()));
+    let holder = spawn_get(&a, "/demoted", &[]);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let waiter = spawn_get(&b, "/demoted", &[]);
+    joined(holder).await;
+    joined(waiter).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = get(&a, "/demoted").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "{}", after.cache_status());
+    assert_hit(after.cache_status());
+}
+
+/// A demoted placeholder lives FILL_HOLD (300 s) and `place` only `add`s: when neither the
+/// holder nor the waiter that demoted it stores (an overloaded origin answering 503s), no
+/// request can put a placeholder in place for five minutes, and every process's requests go
+/// to the origin at once instead of waiting for one (a release, by contrast, lasts 1 s).
+#[tokio::test]
+async fn review2_after_a_demoted_fill_fails_the_next_fill_is_still_coalesced_across_processes() {
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(true));
+    let origin = |calls: Arc<AtomicUsize>, failing: Arc<AtomicBool>| {
+        move |_request: Request<()>| {
+            let calls = Arc::clone(&calls);
+            let failing = Arc::clone(&failing);
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let mut response = if failing.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut response = Response::new(Full::new(Bytes::from("overloaded")));
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    response
+                } else {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    Response::new(Full::new(Bytes::from("page")))
+                };
+                response
+                    .headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=600"));
+                if failing.load(Ordering::SeqCst) {
+                    response
+                        .headers_mut()
+                        .insert("cache-control", HeaderValue::from_static("no-store"));
+                }
+                Ok::<_, Infallible>(response)
+            }
+        }
+    };
+    let process = |backend: tower_memcache::backend::MemoryBackend| -> Svc {
+        let layer =
+            layer(backend).lease_wait(Duration::from_millis(100), Duration::from_millis(10));
+        tower::util::BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .layer(layer)
+                .service_fn(origin(Arc::clone(&calls), Arc::clone(&failing))),
+        )
+    };
+    let (a, b) = (process(backend.clone()), process(backend.clone()));
+    // The holder (a) and a waiter that demotes its placeholder (b): both get 503s.
+    let holder = spawn_get(&a, "/overload", &[]);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let waiter = spawn_get(&b, "/overload", &[]);
+    joined(holder).await;
+    joined(waiter).await;
+    // Well past a release's 1 s: the origin has recovered.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    failing.store(false, Ordering::SeqCst);
+    let before = calls.load(Ordering::SeqCst);
+    let first = spawn_get(&a, "/overload", &[]);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let second = spawn_get(&b, "/overload", &[]);
+    let (first, second) = (joined(first).await, joined(second).await);
+    assert_eq!(
+        calls.load(Ordering::SeqCst) - before,
+        1,
+        "{} / {}",
+        first.cache_status(),
+        second.cache_status()
+    );
+}
