@@ -21,9 +21,9 @@ use crate::cache::policy::freshness::Freshness;
 /// may have them on).
 const DEFAULT_HOLD: Duration = Duration::from_secs(5);
 
-/// The mark of a flight whose leader holds no guard: no placeholder token or CAS value is
-/// 0, so only requests that looked before the leader went out join it.
-const UNGUARDED: u64 = 0;
+/// The mark of a flight whose leader holds no guard: only requests that looked before the
+/// leader went out join it.
+const UNGUARDED: Option<u64> = None;
 
 /// What coordinating with the other requests for a key gave.
 pub(super) enum Coordinated<B: Backend> {
@@ -110,17 +110,18 @@ impl<B: Backend> Shared<B> {
             return Coordinated::Go(filler);
         }
         let mut started = ex.found.started;
+        // A wait too long to add is as good as forever: the placeholder's own time still
+        // ends it.
         let deadline = Instant::now()
             .checked_add(self.config.lease_wait)
-            .unwrap_or_else(Instant::now);
-        let mut waited = false;
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         // Bounded: each round either sleeps a poll interval or changes what it saw.
         for _ in 0..self.max_placement_rounds() {
             match found.slot {
                 Slot::Value { cas } => {
                     // A stored response (stale) or an index: the store replaces it, or the
                     // variant goes under it.
-                    filler.mark(cas, &found, started);
+                    filler.mark(Some(cas), &found, started);
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
                 }
@@ -129,7 +130,6 @@ impl<B: Backend> Shared<B> {
                     let live = placeholder.until_ms > now_ms();
                     if live && self.config.lease.is_some() && Instant::now() < deadline {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
-                        waited = true;
                         tokio::time::sleep(self.config.lease_poll).await;
                         let read = SystemTime::now();
                         match self.look_again(plan, request_headers).await {
@@ -147,27 +147,56 @@ impl<B: Backend> Shared<B> {
                         }
                         continue;
                     }
-                    // Not waiting (any longer): go alongside the refilling request, guarded
-                    // by its placeholder; whichever finishes first stores (never replacing
-                    // a live request's placeholder, so a slow origin still gets stored).
-                    if waited && live {
-                        tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; not waiting for it again");
-                        self.storage.demote(&plan.key, placeholder).await;
+                    if live && self.config.lease.is_none() {
+                        // Not waiting for other processes: go now alongside it, and store
+                        // only if its token is still there (nothing purged the URL).
+                        filler.mark(Some(placeholder.token), &found, started);
+                        filler.guard = Some(found);
+                        return Coordinated::Go(filler);
                     }
-                    filler.mark(placeholder.token, &found, started);
-                    filler.guard = Some(found);
-                    return Coordinated::Go(filler);
+                    // Nobody waits for it any longer (released, expired, or its request is
+                    // slow): arm it again for this request, with the same token, so others
+                    // wait for this one; whichever request finishes first stores (a live
+                    // request's placeholder is never replaced, or a slow origin would
+                    // never be stored under load).
+                    if live {
+                        tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; going alongside it");
+                    }
+                    match self
+                        .storage
+                        .rearm(&plan.key, found.slot, self.hold_until())
+                        .await
+                    {
+                        Placed::Mine(armed, at) => {
+                            filler.mark(Some(armed.token), &found, at);
+                            filler.lease = Some(Lease::new(&self.storage, &plan.key, armed));
+                            filler.guard = Some(found);
+                            return Coordinated::Go(filler);
+                        }
+                        Placed::Unknown => break,
+                        Placed::Taken => {
+                            let read = SystemTime::now();
+                            match self.look_again(plan, request_headers).await {
+                                Looked::Usable(entry, freshness) => {
+                                    filler.publish(Some((Arc::clone(&entry), Some(read))));
+                                    return Coordinated::Answered(entry, freshness);
+                                }
+                                Looked::Slot(again) => {
+                                    started = again.started;
+                                    found = Guard::of(&again);
+                                }
+                                Looked::Unavailable => break,
+                            }
+                            continue;
+                        }
+                    }
                 }
                 Slot::Absent => {}
             }
-            let hold = self.config.lease.unwrap_or(DEFAULT_HOLD);
-            let until = SystemTime::now()
-                .checked_add(hold)
-                .unwrap_or_else(|| SystemTime::now() + FILL_HOLD);
-            match self.storage.place(&plan.key, until).await {
+            match self.storage.place(&plan.key, self.hold_until()).await {
                 Placed::Mine(placeholder, at) => {
                     tracing::debug!(key = %plan.key, "placeholder in place: this request refills the URL");
-                    filler.mark(placeholder.token, &found, at);
+                    filler.mark(Some(placeholder.token), &found, at);
                     filler.lease = Some(Lease::new(&self.storage, &plan.key, placeholder));
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
@@ -194,6 +223,14 @@ impl<B: Backend> Shared<B> {
         filler.guard = None;
         filler.mark(UNGUARDED, &found, placed());
         Coordinated::Go(filler)
+    }
+
+    /// Until when other requests wait for a placeholder this request holds.
+    fn hold_until(&self) -> SystemTime {
+        let hold = self.config.lease.unwrap_or(DEFAULT_HOLD);
+        SystemTime::now()
+            .checked_add(hold)
+            .unwrap_or_else(|| SystemTime::now() + FILL_HOLD)
     }
 
     fn max_placement_rounds(&self) -> u32 {
@@ -268,12 +305,12 @@ impl<B: Backend> Filler<B> {
             guard: None,
         };
         if let Slot::Value { cas } = found.slot {
-            filler.mark(cas, &Guard::of(found), found.started);
+            filler.mark(Some(cas), &Guard::of(found), found.started);
         }
         filler
     }
 
-    fn mark(&self, guard: u64, found: &Guard, at: u64) {
+    fn mark(&self, guard: Option<u64>, found: &Guard, at: u64) {
         if let Some(leader) = &self.leader {
             leader.mark(Mark {
                 guard,

@@ -33,8 +33,9 @@ struct InFlight {
 /// under: a joiner must have seen the same.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Mark {
-    /// The placeholder token or the CAS value the leader's store expects.
-    pub(crate) guard: u64,
+    /// The placeholder token or the CAS value the leader's store expects (`None`: it holds
+    /// no guard, and only requests that looked before it went out join).
+    pub(crate) guard: Option<u64>,
     pub(crate) generation: Option<u64>,
     /// When the guard was in place, on the placement clock (`storage::placements`).
     pub(crate) at: u64,
@@ -51,8 +52,8 @@ impl Mark {
             return true;
         }
         match seen.slot {
-            Slot::Placeholder { placeholder, .. } => placeholder.token == self.guard,
-            Slot::Value { cas } => cas == self.guard,
+            Slot::Placeholder { placeholder, .. } => Some(placeholder.token) == self.guard,
+            Slot::Value { cas } => Some(cas) == self.guard,
             Slot::Absent | Slot::Unknown => false,
         }
     }
@@ -302,7 +303,7 @@ mod tests {
             until_ms: 0,
         };
         leader.mark(Mark {
-            guard: 7,
+            guard: Some(7),
             generation: Some(1),
             at: crate::cache::storage::placed(),
         });
@@ -322,7 +323,7 @@ mod tests {
             panic!("leader")
         };
         second.mark(Mark {
-            guard: 9,
+            guard: Some(9),
             generation: Some(1),
             at: crate::cache::storage::placed(),
         });

@@ -448,10 +448,27 @@ impl<B: Backend> Storage<B> {
         }
     }
 
-    /// Says nobody should wait for `placeholder` any longer (its request is gone or slow),
-    /// keeping its token: its request, or one going alongside it, still stores over it.
-    pub(crate) async fn demote(&self, key: &str, placeholder: Placeholder) {
-        self.end_wait(key, placeholder, FILL_HOLD).await;
+    /// Takes part in a refill whose placeholder nobody waits for any longer (it expired its
+    /// wait, was released, or its request is slow): the placeholder is armed again, with
+    /// the same token, for this request's hold, so others wait for it; whichever request
+    /// finishes first stores over the token.
+    pub(crate) async fn rearm(&self, key: &str, seen: Slot, until: SystemTime) -> Placed {
+        let Slot::Placeholder { cas, placeholder } = seen else {
+            return Placed::Taken;
+        };
+        let armed = Placeholder {
+            token: placeholder.token,
+            until_ms: millis(until),
+        };
+        let lifetime = Lifetime::from_duration(FILL_HOLD);
+        let cas = self
+            .backend
+            .cas(key, armed.encode(), FLAG_PLACEHOLDER, lifetime, cas);
+        match self.timed("placeholder rearm", cas).await {
+            Some(CasOutcome::Stored) => Placed::Mine(armed, placed()),
+            Some(CasOutcome::Exists | CasOutcome::NotFound) => Placed::Taken,
+            None => Placed::Unknown,
+        }
     }
 
     /// Ends this request's placeholder without an entry: nobody waits for it any longer,
@@ -460,8 +477,8 @@ impl<B: Backend> Storage<B> {
         self.end_wait(key, mine, Duration::from_secs(1)).await;
     }
 
-    /// Rewrites `placeholder` (if it is still there) to be waited for no longer, with the
-    /// same token, for `lifetime`.
+    /// Rewrites `placeholder` (if it is still there, and waited for) to be waited for no
+    /// longer, with the same token, for `lifetime`.
     async fn end_wait(&self, key: &str, placeholder: Placeholder, lifetime: Duration) {
         let Some(Some(item)) = self.timed("placeholder read", self.backend.get(key)).await else {
             return;
@@ -685,7 +702,7 @@ impl<B: Backend> Storage<B> {
                     placeholder: mine, ..
                 },
                 Slot::Placeholder { placeholder, .. },
-            ) if mine == placeholder => Some(cas),
+            ) if mine.token == placeholder.token => Some(cas),
             (Slot::Value { cas: seen }, Slot::Value { .. }) if seen == cas => Some(cas),
             (Slot::Value { .. }, Slot::Value { .. }) => {
                 // Changed since the lookup; still the same index (another variant or name
