@@ -5,6 +5,7 @@
 //! reverse_proxy --upstream URL [--listen ADDR] [--memcache HOST:PORT[,HOST:PORT...]]
 //!               [--mode origin|routes] [--ttl SECS] [--threads N]
 //!               [--runtime per-thread|shared] [--upstream-host]
+//!               [--stale-if-unreachable SECS]
 //! ```
 //!
 //! - `--upstream URL`: the origin, `http://host[:port]` (plain HTTP only; no TLS to the
@@ -19,6 +20,11 @@
 //!   `routes` caches every storable response for `--ttl` whatever the origin says (like
 //!   nginx's `srcache` with a fixed `$memc_exptime`).
 //! - `--ttl SECS`: the lifetime in `routes` mode; default 3600.
+//! - `--stale-if-unreachable SECS`: when the origin cannot be reached (connection refused
+//!   or closed, timeout), answer with a stored response up to this long past its lifetime
+//!   (never one that said `must-revalidate`, `proxy-revalidate`, `no-cache` or
+//!   `s-maxage`), as nginx's `proxy_cache_use_stale error timeout`; default 3600, 0 turns
+//!   it off.
 //! - `--threads N`: threads serving requests; default one per CPU.
 //! - `--runtime per-thread|shared`: how the threads share the work. `per-thread` (the
 //!   default) is nginx's worker model: each thread runs its own single-threaded tokio
@@ -152,7 +158,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] [--listen ADDR] \
 [--memcache HOST:PORT[,HOST:PORT...]] [--mode origin|routes] [--ttl SECS] [--threads N] \
-[--runtime per-thread|shared] [--upstream-host]";
+[--runtime per-thread|shared] [--upstream-host] [--stale-if-unreachable SECS]";
 
 /// How long the origin may take to send its response head.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,6 +210,7 @@ struct Args {
     threads: Option<usize>,
     runtime: RuntimeKind,
     upstream_host: bool,
+    stale_if_unreachable: Option<Duration>,
 }
 
 /// How the proxy uses its threads (`--runtime`).
@@ -226,6 +233,7 @@ impl Args {
         let mut threads = None;
         let mut runtime = RuntimeKind::PerThread;
         let mut upstream_host = false;
+        let mut stale_if_unreachable = Some(Duration::from_secs(3600));
         while let Some(arg) = args.next() {
             // Both `--flag value` and `--flag=value`.
             let (flag, inline) = match arg.split_once('=') {
@@ -273,6 +281,13 @@ impl Args {
                     };
                 }
                 "--upstream-host" => upstream_host = true,
+                "--stale-if-unreachable" => {
+                    let v = value()?;
+                    let secs: u64 = v
+                        .parse()
+                        .map_err(|e| format!("--stale-if-unreachable {v:?}: {e}"))?;
+                    stale_if_unreachable = (secs > 0).then(|| Duration::from_secs(secs));
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -286,6 +301,7 @@ impl Args {
             threads,
             runtime,
             upstream_host,
+            stale_if_unreachable,
         }))
     }
 }
@@ -771,6 +787,7 @@ fn cache_layer<B: Backend>(backend: B, args: &Args) -> MemcacheLayer<B> {
         .namespace("proxy")
         .mode(args.mode)
         .default_lifetime(args.ttl)
+        .stale_if_unreachable(args.stale_if_unreachable)
 }
 
 /// What one runtime serves with: its listener, its cache layer (whose services share

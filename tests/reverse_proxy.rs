@@ -84,6 +84,14 @@ impl Origin {
             ("GET", "/no-store") => {
                 headers.insert("cache-control", "no-store".parse().unwrap());
             }
+            ("GET", "/gone") => {
+                // Stale on arrival, no stale-if-error: only a disconnected origin lets the
+                // proxy serve it (its `--stale-if-unreachable`).
+                headers.insert("cache-control", "max-age=1".parse().unwrap());
+                headers.insert("age", "5".parse().unwrap());
+                // Kept in memcached to be revalidated, with the proxy's stale bound or not.
+                headers.insert("etag", "\"g\"".parse().unwrap());
+            }
             ("GET", "/expires") => {
                 let now = std::time::SystemTime::now();
                 let expires = now + Duration::from_secs(60);
@@ -518,6 +526,54 @@ async fn rfc5861_4_stale_if_error_and_rfc9111_4_2_4_must_revalidate() {
         strict.cache_status().contains("detail=must-revalidate"),
         "{}",
         strict.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_4_stale_served_when_the_origin_disconnects() {
+    let mut h = Harness::start().await;
+    let first = h.get("/gone").await;
+    h.get("/must").await;
+    h.until_stored("/gone", &[]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The origin reachable: a stale entry is revalidated, not served.
+    let fetched = h.get("/gone").await;
+    assert!(
+        !fetched.cache_status().contains("hit"),
+        "{}",
+        fetched.cache_status()
+    );
+    h.until_stored("/gone", &[]).await;
+    h.origin_task.abort();
+    let _ = (&mut h.origin_task).await;
+    let stale = h.get("/gone").await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert!(stale.body.starts_with("GET /gone #"), "{}", stale.body);
+    assert_ne!(stale.body, "");
+    assert!(
+        stale.cache_status().ends_with("detail=origin-unreachable"),
+        "{}",
+        stale.cache_status()
+    );
+    let _ = first;
+    // must-revalidate: never stale, 504.
+    let strict = h.get("/must").await;
+    assert_eq!(strict.status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn stale_if_unreachable_can_be_turned_off_in_the_proxy() {
+    let mut h = Harness::start_with(&["--stale-if-unreachable", "0"]).await;
+    h.get("/gone").await;
+    h.until_stored("/gone", &[]).await;
+    h.origin_task.abort();
+    let _ = (&mut h.origin_task).await;
+    let answer = h.get("/gone").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        answer.cache_status()
     );
 }
 

@@ -824,6 +824,96 @@ async fn rfc9111_4_2_4_never_stale_when_forbidden<B: Backend>(backend: B) {
     }
 }
 
+/// §4.2.4: a disconnected cache may serve stale, bounded by the operator
+/// (`stale_if_unreachable`), unless the response forbids it; a 5xx from a reachable origin
+/// is not "unreachable"; off by default.
+async fn rfc9111_4_2_4_stale_when_the_origin_is_unreachable<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = origin_layer(backend.clone())
+        .namespace("unreachable")
+        .stale_if_unreachable(Some(Duration::from_secs(60)));
+    let stats = Watch::of(&layer);
+    let svc = service(&layer, &origin);
+    let cases = [
+        ("/plain", "max-age=10"),
+        ("/old", "max-age=10"),
+        ("/must", "max-age=10, must-revalidate"),
+        ("/proxy", "max-age=10, proxy-revalidate"),
+        ("/shared", "s-maxage=10"),
+        ("/nocache", "no-cache"),
+    ];
+    for (path, cc) in cases {
+        // Already 5 s stale when stored (`/old`: 100 s, past the 60 s bound).
+        let age = if path == "/old" { "110" } else { "15" };
+        origin.ok(
+            path,
+            &[("cache-control", cc), ("age", age), ("etag", "\"e\"")],
+            "stored",
+        );
+        get(&svc, path).await;
+    }
+    stores(&stats, cases.len() as u64).await;
+    for (path, _) in cases {
+        origin.update(path, |s| s.fail = true);
+    }
+    let stale = get(&svc, "/plain").await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert!(stale.body.starts_with("stored"));
+    assert!(
+        stale.cache_status().ends_with("detail=origin-unreachable"),
+        "{}",
+        stale.cache_status()
+    );
+    // A gateway's own "unreachable" answer counts too.
+    origin.update("/plain", |s| {
+        s.fail = false;
+        s.status = 502;
+        s.unreachable = true;
+    });
+    assert_eq!(get(&svc, "/plain").await.status, StatusCode::OK);
+    // A request that asks for the origin does not get stale.
+    let asked = get_with(&svc, "/plain", &[("cache-control", "no-cache")]).await;
+    assert_eq!(asked.status, StatusCode::BAD_GATEWAY);
+    // Past the bound: the error passes.
+    let old = send(&svc, Method::GET, "/old", &[]).await;
+    assert!(old.is_err(), "past the bound, the origin's failure passes");
+    // Forbidden by the response: 504 (must-revalidate and its kin) or the failure.
+    for path in ["/must", "/proxy", "/shared"] {
+        let answer = get(&svc, path).await;
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{path}");
+    }
+    assert!(
+        send(&svc, Method::GET, "/nocache", &[]).await.is_err(),
+        "no-cache: never stale"
+    );
+    // A 500 from a reachable origin is an answer, not a disconnection.
+    origin.update("/plain", |s| {
+        s.unreachable = false;
+        s.status = 500;
+    });
+    assert_eq!(
+        get(&svc, "/plain").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    // Off by default.
+    let plain = origin_layer(backend).namespace("default");
+    let plain_stats = Watch::of(&plain);
+    let default_svc = service(&plain, &origin);
+    origin.ok(
+        "/d",
+        &[
+            ("cache-control", "max-age=10"),
+            ("age", "15"),
+            ("etag", "\"d\""),
+        ],
+        "d",
+    );
+    get(&default_svc, "/d").await;
+    stores(&plain_stats, 1).await;
+    origin.update("/d", |s| s.fail = true);
+    assert!(send(&default_svc, Method::GET, "/d", &[]).await.is_err());
+}
+
 async fn rfc9111_4_1_vary_variants_coexist<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
@@ -1240,6 +1330,7 @@ async fn lease_waiters_see_an_entry_stored_while_their_lookup_was_in_flight() {
 
 on_every_backend!(
     "rfc9111";
+    rfc9111_4_2_4_stale_when_the_origin_is_unreachable,
     rfc9111_4_2_1_explicit_freshness,
     rfc9111_4_2_2_heuristic_freshness,
     rfc9111_4_2_3_age_counts_and_is_recomputed,

@@ -30,6 +30,9 @@ pub(crate) struct Config<B> {
     pub(crate) max_coalesced: usize,
     pub(crate) tag_header: Option<HeaderName>,
     pub(crate) keep_stale: Duration,
+    /// How stale a stored response may be to stand in for an origin that cannot be
+    /// reached; `None`: only within `stale-if-error`.
+    pub(crate) stale_if_unreachable: Option<Duration>,
     pub(crate) lease: Option<Duration>,
     pub(crate) lease_wait: Duration,
     pub(crate) lease_poll: Duration,

@@ -199,7 +199,11 @@ impl<B: Backend> Shared<B> {
             .storable(request_headers, &plan.request_cc, status, headers, &cc)
             .map_err(Refusal::Policy)?;
         let meta = admission.meta(plan.canonical.clone(), status, headers, vary);
-        let ttl = backend_ttl(&meta, self.config.keep_stale);
+        let ttl = backend_ttl(
+            &meta,
+            self.config.keep_stale,
+            self.config.stale_if_unreachable,
+        );
         if ttl.is_zero() {
             return Err(Refusal::Policy(NotStorable::ZeroLifetime));
         }

@@ -95,6 +95,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 max_coalesced: 1024,
                 tag_header: Some(HeaderName::from_static(DEFAULT_TAG_HEADER)),
                 keep_stale: Duration::from_secs(60),
+                stale_if_unreachable: None,
                 lease: Some(Duration::from_secs(5)),
                 lease_wait: Duration::from_secs(2),
                 lease_poll: Duration::from_millis(20),
@@ -267,6 +268,29 @@ impl<B: Backend> MemcacheLayer<B> {
     /// conditional request instead of downloaded again. Defaults to 60 s.
     pub fn keep_stale(mut self, duration: Duration) -> Self {
         self.config.keep_stale = duration;
+        self
+    }
+
+    /// Serve a stale stored response, at most `max_staleness` past its lifetime, when the
+    /// origin cannot be reached: the inner service fails, or answers with a response
+    /// carrying [`OriginUnreachable`](super::OriginUnreachable) (connection refused or
+    /// closed, timeout), as nginx's `proxy_cache_use_stale error timeout` and Varnish's
+    /// grace do. Never for a response that said `must-revalidate`, `proxy-revalidate`,
+    /// `no-cache` or `s-maxage` (RFC 9111 §4.2.4), nor for a request with `no-cache`; the
+    /// answer says `Cache-Status: …; hit; ttl=-N; detail=origin-unreachable`. Entries stay
+    /// in memcached that much longer. Defaults to `None`: stale only within
+    /// `stale-if-error`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_memcache::{MemcacheLayer, MemoryBackend};
+    ///
+    /// let layer = MemcacheLayer::new(MemoryBackend::new())
+    ///     .stale_if_unreachable(Some(Duration::from_secs(3600)));
+    /// # let _ = layer;
+    /// ```
+    pub fn stale_if_unreachable(mut self, max_staleness: Option<Duration>) -> Self {
+        self.config.stale_if_unreachable = max_staleness;
         self
     }
 

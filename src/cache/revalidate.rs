@@ -155,6 +155,18 @@ where
                 Answered::StaleIfError,
             ));
         }
+        if let Some(bound) = shared.config.stale_if_unreachable.filter(|_| unreachable) {
+            if freshness.usable_when_unreachable(&plan.request_cc, bound) {
+                tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
+                return Some(shared.answer(
+                    entry,
+                    &freshness,
+                    request_headers,
+                    is_head,
+                    Answered::StaleIfUnreachable,
+                ));
+            }
+        }
         if unreachable && freshness.forbids_stale {
             let mut response = stored::gateway_timeout();
             let outcome = Outcome::forwarded(Forward::Stale, Some(Detail::MustRevalidate));

@@ -147,6 +147,8 @@ pub(super) enum Answered {
     Revalidated(Forward),
     /// It stands in, stale, for an origin that failed.
     StaleIfError,
+    /// It stands in, stale, for an origin that could not be reached.
+    StaleIfUnreachable,
 }
 
 impl Answered {
@@ -162,6 +164,10 @@ impl Answered {
             Self::StaleIfError => Outcome::StaleHit {
                 stale_for: stale_for(),
                 detail: Some(Detail::StaleIfError),
+            },
+            Self::StaleIfUnreachable => Outcome::StaleHit {
+                stale_for: stale_for(),
+                detail: Some(Detail::OriginUnreachable),
             },
             Self::Collapsed(fwd) => Outcome::Forwarded {
                 fwd,

@@ -46,6 +46,9 @@ pub(crate) enum Detail {
     BackendUnavailable,
     /// A stale response stood in for an origin that failed.
     StaleIfError,
+    /// A stale response stood in for an origin that could not be reached (the layer's
+    /// `stale_if_unreachable`, RFC 9111 §4.2.4).
+    OriginUnreachable,
     /// The origin could not be reached and the stored response may not be served stale.
     MustRevalidate,
     /// `only-if-cached` and nothing usable stored.
@@ -57,6 +60,7 @@ impl Detail {
         match self {
             Self::BackendUnavailable => "backend-unavailable",
             Self::StaleIfError => "stale-if-error",
+            Self::OriginUnreachable => "origin-unreachable",
             Self::MustRevalidate => "must-revalidate",
             Self::OnlyIfCached => "only-if-cached",
         }

@@ -43,7 +43,11 @@ pub(crate) fn freshness(meta: &EntryMeta, now_ms: u64) -> Freshness {
 
 /// How long memcached keeps an entry: the rest of its freshness, then its stale windows,
 /// then (when it has a validator) `keep_stale` more so it can still be revalidated.
-pub(crate) fn backend_ttl(meta: &EntryMeta, keep_stale: Duration) -> Duration {
+pub(crate) fn backend_ttl(
+    meta: &EntryMeta,
+    keep_stale: Duration,
+    stale_if_unreachable: Option<Duration>,
+) -> Duration {
     let can_revalidate = meta
         .headers
         .iter()
@@ -52,6 +56,10 @@ pub(crate) fn backend_ttl(meta: &EntryMeta, keep_stale: Duration) -> Duration {
     let mut stale = meta.stale_while_revalidate_ms.max(meta.stale_if_error_ms);
     if can_revalidate {
         stale = stale.max(duration_ms(keep_stale));
+    }
+    // Kept to stand in for an unreachable origin, unless it may never be served stale.
+    if let Some(bound) = stale_if_unreachable.filter(|_| !meta.forbids_stale && !meta.no_cache) {
+        stale = stale.max(duration_ms(bound));
     }
     Duration::from_millis(fresh_left.saturating_add(stale))
 }

@@ -184,6 +184,14 @@ impl Freshness {
         Reuse::Validate
     }
 
+    /// Whether the response may be served stale, at most `bound` past its lifetime, because
+    /// the origin could not be reached (RFC 9111 §4.2.4: a disconnected cache may, unless
+    /// the response forbids it with `must-revalidate`, `proxy-revalidate`, `s-maxage` or
+    /// `no-cache`, or the request asks for the origin with `no-cache`).
+    pub(crate) fn usable_when_unreachable(&self, request: &CacheControl, bound: Duration) -> bool {
+        !(self.forbids_stale || self.no_cache || request.no_cache) && self.staleness() <= bound
+    }
+
     /// Whether the response may be served stale because the origin failed (RFC 5861 §4,
     /// in the response's window or the request's `stale-if-error`).
     pub(crate) fn usable_on_error(&self, request: &CacheControl) -> bool {
