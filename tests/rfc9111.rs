@@ -914,6 +914,66 @@ async fn rfc9111_4_2_4_stale_when_the_origin_is_unreachable<B: Backend>(backend:
     assert!(send(&default_svc, Method::GET, "/d", &[]).await.is_err());
 }
 
+/// §7.3 permits a shared cache to store and replay `Set-Cookie`; this one does only when
+/// the operator says so (`share_set_cookie`), never by default.
+async fn rfc9111_7_3_set_cookie_is_replayed_only_when_the_operator_says<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    origin.ok(
+        "/consent",
+        &[
+            ("cache-control", "max-age=60"),
+            ("set-cookie", "consent=v2"),
+        ],
+        "page",
+    );
+    origin.ok(
+        "/kept-out",
+        &[
+            ("cache-control", "max-age=60, private=\"set-cookie\""),
+            ("set-cookie", "sid=1"),
+        ],
+        "page",
+    );
+    for (namespace, share, store) in [("d", false, false), ("s", false, true), ("r", true, false)] {
+        let layer = origin_layer(backend.clone())
+            .namespace(namespace)
+            .store_set_cookie(store)
+            .share_set_cookie(share);
+        let stats = Watch::of(&layer);
+        let svc = service(&layer, &origin);
+        let first = get(&svc, "/consent").await;
+        assert_eq!(
+            first.header("set-cookie"),
+            Some("consent=v2"),
+            "its own client"
+        );
+        get(&svc, "/kept-out").await;
+        stats.settled().await;
+        let again = get(&svc, "/consent").await;
+        match (share, store) {
+            (false, false) => assert_not_hit(again.cache_status()),
+            (false, true) => {
+                assert_hit(again.cache_status());
+                assert_eq!(again.header("set-cookie"), None, "stored without it");
+            }
+            _ => {
+                assert_hit(again.cache_status());
+                assert_eq!(again.header("set-cookie"), Some("consent=v2"), "replayed");
+            }
+        }
+        let kept_out = get(&svc, "/kept-out").await;
+        if share {
+            assert_hit(kept_out.cache_status());
+        }
+        assert_eq!(
+            kept_out
+                .header("set-cookie")
+                .filter(|_| kept_out.cache_status().contains("hit")),
+            None
+        );
+    }
+}
+
 async fn rfc9111_4_1_vary_variants_coexist<B: Backend>(backend: B) {
     let origin = Origin::default();
     let layer = origin_layer(backend);
@@ -1331,6 +1391,7 @@ async fn lease_waiters_see_an_entry_stored_while_their_lookup_was_in_flight() {
 on_every_backend!(
     "rfc9111";
     rfc9111_4_2_4_stale_when_the_origin_is_unreachable,
+    rfc9111_7_3_set_cookie_is_replayed_only_when_the_operator_says,
     rfc9111_4_2_1_explicit_freshness,
     rfc9111_4_2_2_heuristic_freshness,
     rfc9111_4_2_3_age_counts_and_is_recomputed,

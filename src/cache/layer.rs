@@ -150,6 +150,25 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
+    /// Stores `Set-Cookie` with the response and replays it to **every** client that gets
+    /// the stored response, as RFC 9111 §7.3 permits a shared cache to do. Only for cookies
+    /// that are the same for everyone (a consent flag, a load balancer's affinity value):
+    /// a session or any per-user cookie would be handed to strangers. A `private="set-cookie"`
+    /// or `no-cache="set-cookie"` still keeps it out. Defaults to `false`, and nothing else
+    /// turns it on.
+    ///
+    /// ```
+    /// use tower_memcache::{MemcacheLayer, MemoryBackend};
+    ///
+    /// // An origin whose only cookie is a site-wide "consent=v2" banner flag.
+    /// let layer = MemcacheLayer::new(MemoryBackend::new()).share_set_cookie(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn share_set_cookie(mut self, share: bool) -> Self {
+        self.config.policy.set_share_set_cookie(share);
+        self
+    }
+
     /// Request headers that select among a URL's stored responses as if every response
     /// named them in `Vary` (e.g. `accept-language`): each value gets its own entry, under
     /// the URL's key, so purging the URL purges them all. Defaults to none.

@@ -112,7 +112,9 @@ impl Admission<'_> {
         let cc = CacheControl::parse(headers);
         let stored = headers
             .iter()
-            .filter(|(name, _)| !is_unstored_field(name, headers, &cc))
+            .filter(|(name, _)| {
+                !is_unstored_field(name, headers, &cc, self.policy.shares_set_cookie())
+            })
             .filter(|(name, _)| !self.own_fields.contains(name))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
@@ -189,7 +191,7 @@ impl Admission<'_> {
         let mut headers = header_map(&entry.meta);
         let updates = update.keys().filter(|name| {
             **name != header::CONTENT_LENGTH
-                && !is_unstored_field(name, update, &cc_update)
+                && !is_unstored_field(name, update, &cc_update, self.policy.shares_set_cookie())
                 && !self.own_fields.contains(name)
         });
         for name in updates {

@@ -143,6 +143,7 @@ pub(crate) struct Policy {
     default_lifetime: Duration,
     statuses: HashSet<u16>,
     store_set_cookie: bool,
+    share_set_cookie: bool,
     heuristic: Heuristic,
 }
 
@@ -154,6 +155,7 @@ impl Default for Policy {
             default_lifetime: DEFAULT_LIFETIME,
             statuses: DEFAULT_STATUSES.into_iter().collect(),
             store_set_cookie: false,
+            share_set_cookie: false,
             heuristic: Heuristic::default(),
         }
     }
@@ -195,6 +197,16 @@ impl Policy {
     /// enters an entry).
     pub(crate) fn set_store_set_cookie(&mut self, store: bool) {
         self.store_set_cookie = store;
+    }
+
+    pub(crate) fn set_share_set_cookie(&mut self, share: bool) {
+        self.share_set_cookie = share;
+    }
+
+    /// Whether `Set-Cookie` is stored and replayed to everyone (RFC 9111 §7.3 permits it;
+    /// off unless the operator says so).
+    pub(crate) fn shares_set_cookie(&self) -> bool {
+        self.share_set_cookie
     }
 
     /// Whether the cache looks requests with this method up (GET and HEAD).
@@ -314,6 +326,7 @@ impl Policy {
             .iter()
             .any(|fields| fields.iter().any(|f| f == "set-cookie"));
         if !self.store_set_cookie
+            && !self.share_set_cookie
             && !cookie_stripped
             && response_headers.contains_key(header::SET_COOKIE)
         {
@@ -387,9 +400,14 @@ fn is_understood(status: StatusCode) -> bool {
 /// hop-by-hop fields, `Age` (recomputed on reuse), the fields a qualified `private` or
 /// `no-cache` names, and `Set-Cookie`, which belongs to the one client it was sent to
 /// (even where storing such responses is allowed, the cookie itself never is).
-pub(super) fn is_unstored_field(name: &HeaderName, headers: &HeaderMap, cc: &CacheControl) -> bool {
+pub(super) fn is_unstored_field(
+    name: &HeaderName,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    share_set_cookie: bool,
+) -> bool {
     name == header::AGE
-        || name == header::SET_COOKIE
+        || (name == header::SET_COOKIE && !share_set_cookie)
         || is_hop_by_hop(name, headers)
         || cc
             .private_fields
