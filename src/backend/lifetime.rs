@@ -4,10 +4,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// times.
 const MAX_RELATIVE_SECS: u32 = 60 * 60 * 24 * 30;
 
+/// The largest expiration time memcached keeps: it reads the number as a signed 32-bit
+/// integer, so anything larger wraps negative and the item expires at once (an item
+/// "stored" for 2^31 seconds or until 2106 would be gone before the next `get`). This
+/// absolute time is Tue, 19 Jan 2038 03:14:07 GMT.
+const MAX_EXPTIME: u64 = i32::MAX as u64;
+
 /// How long an item lives, with memcached's rules done once, here.
 ///
 /// memcached reads its 32-bit expiration time three ways: 0 never expires, up to 30 days
-/// is relative to now, and anything larger is an absolute unix time. `Lifetime` is built
+/// is relative to now, and anything larger is an absolute unix time, up to `i32::MAX`
+/// (larger numbers read as negative: expired at once). `Lifetime` is built
 /// from what the caller means ([`Lifetime::from_secs`], [`Lifetime::at`],
 /// [`Lifetime::NEVER`]) and turned into memcached's number by [`Lifetime::exptime`], so no
 /// caller converts by hand.
@@ -38,12 +45,25 @@ impl Lifetime {
     pub const NEVER: Lifetime = Lifetime(Repr::Never);
 
     /// Expires `secs` seconds from now; 0 means [`Lifetime::NEVER`], as in memcached.
-    /// Values over 30 days are turned into an absolute time.
+    /// Values over 30 days are turned into an absolute time, at most the last second
+    /// memcached can keep (Tue, 19 Jan 2038 03:14:07 GMT): a longer lifetime is capped
+    /// there rather than wrapping into "expired".
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// use tower_memcache::backend::Lifetime;
+    ///
+    /// let forever = Lifetime::from_secs(u64::MAX);
+    /// assert_eq!(forever.exptime(), i32::MAX as u32);
+    /// assert!(forever.deadline(SystemTime::now()) > Some(SystemTime::now()));
+    /// ```
     pub fn from_secs(secs: u64) -> Self {
         match secs {
             0 => Self::NEVER,
             s if s <= u64::from(MAX_RELATIVE_SECS) => Self(Repr::Relative(s as u32)),
-            s => Self(Repr::Absolute(unix_now().saturating_add(s))),
+            s => Self(Repr::Absolute(
+                unix_now().saturating_add(s).min(MAX_EXPTIME),
+            )),
         }
     }
 
@@ -57,7 +77,8 @@ impl Lifetime {
         Self::from_secs(secs)
     }
 
-    /// Expires at a point in time; a time at or before now is already expired.
+    /// Expires at a point in time; a time at or before now is already expired. A time
+    /// past what memcached can keep is capped at its last second (2038-01-19).
     pub fn at(time: SystemTime) -> Self {
         let secs = time
             .duration_since(UNIX_EPOCH)
@@ -65,11 +86,12 @@ impl Lifetime {
             .unwrap_or(0)
             // memcached reads 1..=30 days as relative; an absolute time that small is long
             // past anyway, so clamp it into the absolute range.
-            .max(u64::from(MAX_RELATIVE_SECS) + 1);
+            .clamp(u64::from(MAX_RELATIVE_SECS) + 1, MAX_EXPTIME);
         Self(Repr::Absolute(secs))
     }
 
-    /// Reads memcached's raw expiration number with memcached's rules.
+    /// Reads memcached's raw expiration number with memcached's rules (a number above
+    /// `i32::MAX` is negative to memcached: its [`deadline`](Self::deadline) is past).
     pub fn from_exptime(exptime: u32) -> Self {
         match exptime {
             0 => Self::NEVER,
@@ -83,19 +105,21 @@ impl Lifetime {
         match self.0 {
             Repr::Never => 0,
             Repr::Relative(secs) => secs,
-            // memcached's exptime is 32 bits; times past 2106 are as good as never, but
-            // must not wrap into the relative range.
+            // Built by `from_secs` or `at`, at most MAX_EXPTIME; only `from_exptime` holds
+            // larger numbers, and gives them back as they were.
             Repr::Absolute(unix) => u32::try_from(unix).unwrap_or(u32::MAX),
         }
     }
 
-    /// When the item expires, counted from `now`; `None` for never, and for a time past
-    /// what `SystemTime` can hold (`from_secs(u64::MAX)`), which is as good as never.
+    /// When the item expires, counted from `now`, as memcached decides it; `None` for
+    /// never, and for a time past what `SystemTime` can hold, which is as good as never.
     pub fn deadline(&self, now: SystemTime) -> Option<SystemTime> {
         // `SystemTime + Duration` panics on overflow; checked_add does not.
         match self.0 {
             Repr::Never => None,
             Repr::Relative(secs) => now.checked_add(Duration::from_secs(u64::from(secs))),
+            // A negative exptime to memcached: expired at once.
+            Repr::Absolute(unix) if unix > MAX_EXPTIME => Some(UNIX_EPOCH),
             Repr::Absolute(unix) => UNIX_EPOCH.checked_add(Duration::from_secs(unix)),
         }
     }
@@ -164,6 +188,15 @@ mod tests {
     }
 
     #[test]
+    fn raw_exptimes_past_i32_are_expired_as_memcached_reads_them() {
+        let now = SystemTime::now();
+        let wrapped = Lifetime::from_exptime(u32::MAX);
+        assert!(wrapped.deadline(now).is_some_and(|d| d < now));
+        let last = Lifetime::from_exptime(i32::MAX as u32);
+        assert!(last.deadline(now).is_some_and(|d| d > now));
+    }
+
+    #[test]
     fn past_absolute_times_stay_absolute() {
         let lifetime = Lifetime::at(UNIX_EPOCH + Duration::from_secs(5));
         assert!(lifetime.exptime() > MAX_RELATIVE_SECS);
@@ -179,15 +212,18 @@ mod tests {
     fn the_largest_lifetimes_do_not_overflow() {
         // A lifetime header of u64::MAX seconds reaches the backend as these.
         let now = SystemTime::now();
+        let last = UNIX_EPOCH + Duration::from_secs(MAX_EXPTIME);
         for lifetime in [
             Lifetime::from_secs(u64::MAX),
+            Lifetime::from_secs(1 << 31),
             Lifetime::from_duration(Duration::MAX),
             Lifetime::from_duration(Duration::from_millis(u64::MAX)),
+            Lifetime::at(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX))),
         ] {
-            assert_eq!(lifetime.exptime(), u32::MAX, "past 2106: as good as never");
-            let _ = lifetime.deadline(now);
+            // memcached reads a larger number as negative: expired, not "as good as never".
+            assert_eq!(lifetime.exptime(), i32::MAX as u32, "{lifetime:?}");
+            assert_eq!(lifetime.deadline(now), Some(last));
         }
-        assert_eq!(Lifetime::from_secs(u64::MAX).deadline(now), None);
         assert_eq!(
             Lifetime::from_exptime(1).deadline(UNIX_EPOCH + Duration::from_secs(i64::MAX as u64)),
             None,
@@ -220,6 +256,10 @@ mod tests {
             let raw = Lifetime::from_exptime(exptime);
             prop_assert_eq!(raw.exptime(), exptime);
             prop_assert_eq!(Lifetime::from_secs(secs).is_never(), secs == 0);
+            // What the layer builds is a number memcached keeps (no negative wrap).
+            for built in [Lifetime::from_secs(secs), Lifetime::at(at)] {
+                prop_assert!(u64::from(built.exptime()) <= MAX_EXPTIME);
+            }
         }
     }
 }

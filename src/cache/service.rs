@@ -275,7 +275,7 @@ impl<B: Backend> Shared<B> {
         // Only a request with preconditions needs the stored headers as a map.
         let stored_headers = (meta.status == 200 && has_preconditions(request_headers))
             .then(|| header_map(meta))
-            .filter(|stored| not_modified(request_headers, stored));
+            .filter(|map| not_modified(request_headers, map, stored::received_at(meta)));
         let mut response = stored::response(entry, is_head, stored_headers.as_ref(), freshness.age);
         let stale = !freshness.is_fresh();
         self.set_status(&mut response, answered.outcome(freshness));

@@ -24,6 +24,14 @@ pub(crate) fn millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// When an entry's response was received (or last refreshed): what RFC 9111 §4.3.2 compares
+/// an `If-Modified-Since` with when the response has neither `Last-Modified` nor `Date`.
+pub(crate) fn received_at(meta: &EntryMeta) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(meta.stored_at_ms))
+        .unwrap_or(UNIX_EPOCH)
+}
+
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -41,8 +49,16 @@ pub(crate) fn freshness(meta: &EntryMeta, now_ms: u64) -> Freshness {
     }
 }
 
+/// The longest an entry stays in memcached, however long its HTTP lifetime: a year. Its
+/// freshness (`Age`, `Cache-Status` ttl) is the HTTP one all the same; an entry that
+/// outlives this is fetched again, which is cheap next to keeping lifetimes memcached
+/// cannot say (its absolute times end in January 2038, see `Lifetime`).
+pub(crate) const MAX_BACKEND_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long memcached keeps an entry: the rest of its freshness, then its stale windows,
-/// then (when it has a validator) `keep_stale` more so it can still be revalidated.
+/// then (when it has a validator) `keep_stale` more so it can still be revalidated, or
+/// `stale_if_unreachable` more (when it may be served stale at all); at most
+/// [`MAX_BACKEND_TTL`].
 pub(crate) fn backend_ttl(
     meta: &EntryMeta,
     keep_stale: Duration,
@@ -61,7 +77,7 @@ pub(crate) fn backend_ttl(
     if let Some(bound) = stale_if_unreachable.filter(|_| !meta.forbids_stale && !meta.no_cache) {
         stale = stale.max(duration_ms(bound));
     }
-    Duration::from_millis(fresh_left.saturating_add(stale))
+    Duration::from_millis(fresh_left.saturating_add(stale)).min(MAX_BACKEND_TTL)
 }
 
 /// Whether `meta` was stored for this request: the same canonical key, and the same

@@ -2,6 +2,8 @@
 //! `If-Modified-Since` from a stored response, and the validators a cache sends when it
 //! revalidates one (RFC 9111 §4.3.1).
 
+use std::time::SystemTime;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::cache_control::split_directives;
@@ -53,10 +55,12 @@ pub(crate) fn weak_match(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Whether a client's `If-None-Match` / `If-Modified-Since` is satisfied by a stored 200
-/// response with these headers, so the answer is 304 Not Modified (RFC 9110 §13.1.2,
-/// §13.1.3, §13.2.2: `If-None-Match` wins; `If-Modified-Since` compares with
-/// `Last-Modified`, else `Date`).
-pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+/// response with these headers, received at `received`, so the answer is 304 Not Modified
+/// (RFC 9110 §13.1.2, §13.1.3, §13.2.2: `If-None-Match` wins; `If-Modified-Since` compares
+/// with `Last-Modified`, else, as RFC 9111 §4.3.2 asks of a cache, the stored `Date`, else
+/// the time the response was received). An `If-Modified-Since` that is not a date is
+/// ignored (§13.1.3), so the full response is sent.
+pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap, received: SystemTime) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
         let Some(etag) = stored.get(header::ETAG) else {
             return false;
@@ -71,9 +75,10 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(since) = http_date(request, &header::IF_MODIFIED_SINCE) else {
         return false;
     };
-    http_date(stored, &header::LAST_MODIFIED)
+    let modified = http_date(stored, &header::LAST_MODIFIED)
         .or_else(|| http_date(stored, &header::DATE))
-        .is_some_and(|modified| modified <= since)
+        .unwrap_or(received);
+    modified <= since
 }
 
 /// Adds the stored validators to a request the cache sends to revalidate a stored response
@@ -126,6 +131,14 @@ mod tests {
     use crate::cache::policy::freshness::tests::{date_field, with};
     use crate::cache::policy::tests::headers;
     use proptest::prelude::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// When the stored responses of these tests were received, unless they say.
+    const RECEIVED: SystemTime = UNIX_EPOCH;
+
+    fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+        super::not_modified(request, stored, RECEIVED)
+    }
 
     #[test]
     fn rfc9110_13_1_2_if_none_match_weak_comparison() {
@@ -161,6 +174,34 @@ mod tests {
             &stored
         ));
         assert!(!not_modified(&ask("not a date"), &stored));
+        // Obsolete formats and names in any case are dates all the same.
+        assert!(not_modified(
+            &ask("Sunday, 06-Nov-94 08:49:37 GMT"),
+            &stored
+        ));
+        assert!(not_modified(&ask("sun nov  6 08:49:37 1994"), &stored));
+    }
+
+    #[test]
+    fn rfc9111_4_3_2_if_modified_since_without_last_modified() {
+        let ask = |date: &'static str| headers(&[("if-modified-since", date)]);
+        // The stored Date stands for the modification time...
+        let dated = headers(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(not_modified(&ask("Sun, 06 Nov 1994 08:49:37 GMT"), &dated));
+        assert!(not_modified(&ask("Sun, 06 Nov 1994 09:00:00 GMT"), &dated));
+        assert!(!not_modified(&ask("Sun, 06 Nov 1994 08:49:36 GMT"), &dated));
+        // ... and without a Date, the time the response was received.
+        let undated = HeaderMap::new();
+        let received = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let at = |date| super::not_modified(&ask(date), &undated, received);
+        assert!(at("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert!(!at("Sun, 06 Nov 1994 08:49:36 GMT"));
+        let later = received + Duration::from_secs(3600);
+        assert!(!super::not_modified(
+            &ask("Sun, 06 Nov 1994 08:49:37 GMT"),
+            &undated,
+            later
+        ));
     }
 
     #[test]

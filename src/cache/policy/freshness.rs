@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName};
 
 use super::CacheControl;
 use super::cache_control::parse_delta_seconds;
+use super::date::parse_http_date;
 
 /// The statuses RFC 9110 §15.1 calls heuristically cacheable.
 pub(crate) const HEURISTIC_STATUSES: [u16; 11] =
@@ -33,10 +34,11 @@ impl Default for Heuristic {
     }
 }
 
-/// Parses an HTTP date field (IMF-fixdate and the two obsolete forms).
+/// Parses an HTTP date field (IMF-fixdate and the two obsolete forms, names in any case:
+/// see [`parse_http_date`]).
 pub(crate) fn http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     let value = headers.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(value.trim()).ok()
+    parse_http_date(value, SystemTime::now())
 }
 
 /// The explicit freshness lifetime a shared cache gives a response (§4.2.1): `s-maxage`,
@@ -105,10 +107,18 @@ pub(crate) fn initial_age(
 }
 
 /// The `Age` field in seconds (RFC 9111 §5.1: delta-seconds, so clamped to 2^31); `None`
-/// when absent or invalid, which is ignored like a missing one.
+/// when absent or invalid, which is ignored like a missing one. A list (`Age: 7200, 0`, or
+/// several `Age` lines, which are one list) counts by its first member, as §5.1 asks: the
+/// later members are discarded, not a reason to ignore the field.
 fn age_header(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(header::AGE)?.to_str().ok()?;
-    parse_delta_seconds(value.trim())
+    // The first non-empty member (RFC 9110 §5.6.1: empty list elements do not count).
+    let first = headers
+        .get_all(header::AGE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|member| !member.is_empty())?;
+    parse_delta_seconds(std::str::from_utf8(first).ok()?)
 }
 
 /// What a stored response knows about its own freshness, as the layer keeps it.

@@ -4,14 +4,17 @@
 //! - [`cache_control`]: the directives of a request or response.
 //! - [`freshness`]: lifetimes, ages and whether a stored response may be reused.
 //! - [`conditional`]: validators, and 304s answered from the cache.
+//! - [`date`]: HTTP dates, read as tolerantly as RFC 9111 §4.2 asks of a cache.
 //! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
 
 pub(super) mod cache_control;
 pub(super) mod conditional;
+pub(super) mod date;
 pub(super) mod freshness;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -311,8 +314,12 @@ impl Policy {
         if response_headers.contains_key(header::CONTENT_RANGE) {
             return Err(NotStorable::Partial);
         }
-        // §5.2.2.3: must-understand with a status the cache understands overrides no-store.
-        let no_store = cc.no_store && !(cc.must_understand && understood);
+        // §3 and §5.2.2.3: with must-understand a response is stored only when the cache
+        // implements its status code's caching rules, and then its no-store is ignored.
+        if cc.must_understand && !implements_status(status) {
+            return Err(NotStorable::Status);
+        }
+        let no_store = cc.no_store && !cc.must_understand;
         if no_store || request_cc.no_store {
             return Err(NotStorable::NoStore);
         }
@@ -394,6 +401,18 @@ fn is_understood(status: StatusCode) -> bool {
     (200..600).contains(&status.as_u16())
         && status != StatusCode::PARTIAL_CONTENT
         && status != StatusCode::NOT_MODIFIED
+}
+
+/// Statuses whose caching requirements the layer implements, for `must-understand`
+/// (RFC 9111 §5.2.2.3): the final statuses RFC 9110 §15 defines (their caching rules are
+/// RFC 9111's general ones), less 206 (partial responses are never stored) and 304 (a
+/// revalidation, never stored as such). An unregistered status such as 599 may still be
+/// stored on explicit freshness (§3), but not with `must-understand`.
+fn implements_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=303 | 305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
 }
 
 /// The response fields a shared cache does not store (RFC 9111 §3.1, §5.2.2.4, §5.2.2.7):
@@ -482,9 +501,21 @@ pub(super) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + 
 /// written `\xNN` and a backslash `\\`, so two values that differ in any byte (say
 /// `J\xfcrgen` and `J\xf6rgen`, which a lossy UTF-8 decoding would merge) never select
 /// each other's variant.
+///
+/// The proactive negotiation fields (`Accept`, `Accept-Charset`, `Accept-Encoding`,
+/// `Accept-Language`) go further, as RFC 9111 §4.1 allows for values "known to have
+/// identical semantics": see [`normalized_preferences`].
 pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
+    if NEGOTIATION_FIELDS
+        .iter()
+        .any(|field| field.eq_ignore_ascii_case(name))
+    {
+        if let Some(normalized) = normalized_preferences(headers.get_all(name)) {
+            return Some(normalized);
+        }
+    }
     // One pass into one string: this runs for every varied header of every hit.
     let mut normalized = String::new();
     let mut first_part = true;
@@ -505,6 +536,115 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
         }
     }
     Some(normalized)
+}
+
+/// The request fields of proactive negotiation (RFC 9110 §12.5), whose values are lists of
+/// case-insensitive tokens (or media ranges) weighted by q-values.
+const NEGOTIATION_FIELDS: [&str; 4] = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+];
+
+/// The most members of a negotiation field that are sorted; a longer list (no browser
+/// sends one) is compared as it is.
+const MAX_PREFERENCES: usize = 64;
+
+/// A negotiation field's lines in canonical form (RFC 9110 §12.4, §12.5; RFC 9111 §4.1):
+/// members sorted by descending weight, then by name, names lower-cased, white space
+/// dropped, weights written `q=0.xyz` (none when 1), empty members skipped. So `en, de`,
+/// `de,en` and `DE, EN;q=1.0` share a variant, while `en;q=0.5, de` (another preference)
+/// and `de;q=0` (de refused) do not share one with `de, en`: members with weight 0 are
+/// kept, since a refusal can change what the origin sends.
+///
+/// Media-type parameters other than `q` keep their values' case (they may be
+/// case-sensitive); anything outside the fields' grammar (a bad weight, quoted text,
+/// bytes outside visible ASCII, more than [`MAX_PREFERENCES`] members) gives `None`, and
+/// the caller falls back to the byte-exact normalisation.
+fn normalized_preferences<'a>(
+    values: impl IntoIterator<Item = &'a http::HeaderValue>,
+) -> Option<String> {
+    let mut members: Vec<(u16, String)> = Vec::new();
+    for value in values {
+        let text = std::str::from_utf8(value.as_bytes()).ok()?;
+        // Quoted strings (in media-type parameters) may hold commas and semicolons, and a
+        // backslash is in no token: both are left to the byte-exact comparison.
+        let plain = |b: u8| b == b'\t' || ((0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+        if !text.bytes().all(plain) {
+            return None;
+        }
+        for member in text.split(',') {
+            let mut parts = member.split(';').map(|part| part.trim_matches([' ', '\t']));
+            let name = parts.next().unwrap_or("");
+            if name.is_empty() {
+                // `a, , b` is `a, b` (RFC 9110 §5.6.1); `;q=1` alone is not a member.
+                if parts.next().is_some() {
+                    return None;
+                }
+                continue;
+            }
+            if name.contains([' ', '\t']) || members.len() == MAX_PREFERENCES {
+                return None;
+            }
+            let mut canonical = name.to_ascii_lowercase();
+            let mut weight = 1000;
+            for parameter in parts {
+                let (key, value) = parameter.split_once('=')?;
+                let (key, value) = (
+                    key.trim_matches([' ', '\t']),
+                    value.trim_matches([' ', '\t']),
+                );
+                if key.eq_ignore_ascii_case("q") {
+                    // The weight ends the media range's parameters (RFC 9110 §12.5.1).
+                    weight = qvalue(value)?;
+                } else if key.is_empty()
+                    || value.is_empty()
+                    || key.contains([' ', '\t'])
+                    || value.contains([' ', '\t'])
+                {
+                    return None;
+                } else {
+                    canonical.push(';');
+                    canonical.push_str(&key.to_ascii_lowercase());
+                    canonical.push('=');
+                    canonical.push_str(value);
+                }
+            }
+            members.push((weight, canonical));
+        }
+    }
+    members.sort_by(|(wa, a), (wb, b)| wb.cmp(wa).then_with(|| a.cmp(b)));
+    let mut normalized = String::new();
+    for (index, (weight, member)) in members.iter().enumerate() {
+        if index > 0 {
+            normalized.push_str(", ");
+        }
+        normalized.push_str(member);
+        if *weight < 1000 {
+            // Writing to a String cannot fail.
+            let _ = write!(normalized, ";q=0.{weight:03}");
+        }
+    }
+    Some(normalized)
+}
+
+/// A weight (RFC 9110 §12.4.2: `0[.ddd]` or `1[.000]`) in thousandths.
+fn qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |n, digit| n * 10 + u16::from(digit - b'0'));
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// Appends `bytes` with every byte outside printable ASCII as `\xNN` and `\` doubled.
@@ -589,12 +729,37 @@ pub(crate) mod tests {
             storable(&policy, &no_store_request, StatusCode::OK, &none),
             Err(NotStorable::NoStore)
         );
-        // §5.2.2.3 must-understand overrides no-store for an understood status.
+        // §5.2.2.3 must-understand overrides no-store for an understood status...
         let understood = headers(&[("cache-control", "no-store, must-understand")]);
         assert_eq!(
             storable(&policy, &none, StatusCode::OK, &understood),
             Ok(())
         );
+        // ... and keeps any other status out, whatever else allows storing it.
+        let mut everything = Policy::default();
+        everything.set_mode(CacheMode::Origin);
+        everything.set_statuses(100..1000);
+        let unknown = StatusCode::from_u16(599).unwrap();
+        let must_understand = headers(&[("cache-control", "max-age=60, must-understand")]);
+        for response in [&understood, &must_understand] {
+            assert_eq!(
+                storable(&everything, &none, unknown, response),
+                Err(NotStorable::Status)
+            );
+        }
+        let fresh = headers(&[("cache-control", "max-age=60")]);
+        assert_eq!(storable(&everything, &none, unknown, &fresh), Ok(()));
+        for status in [
+            StatusCode::OK,
+            StatusCode::NOT_FOUND,
+            StatusCode::BAD_GATEWAY,
+        ] {
+            assert_eq!(
+                storable(&everything, &none, status, &understood),
+                Ok(()),
+                "{status}"
+            );
+        }
         // §5.2.2.4: no-cache is stored only with a validator to revalidate it with.
         let validated = headers(&[("cache-control", "no-cache"), ("etag", "\"1\"")]);
         assert_eq!(storable(&policy, &none, StatusCode::OK, &validated), Ok(()));
@@ -695,7 +860,8 @@ pub(crate) mod tests {
         ]);
         assert_eq!(
             normalized_header(&map, "accept-encoding").as_deref(),
-            Some("gzip, br, deflate")
+            Some("br, deflate, gzip"),
+            "a negotiation field: sorted"
         );
         assert_eq!(normalized_header(&map, "accept"), None);
         let odd = headers(&[("x", "a,,\tb  c"), ("x", ""), ("y", "")]);
@@ -713,6 +879,103 @@ pub(crate) mod tests {
         assert_ne!(user(b"J\\xfcrgen"), user(b"J\xfcrgen"));
         let names: Vec<_> = vary_names(&headers(&[("vary", "Accept-Encoding, ACCEPT")])).collect();
         assert_eq!(names, ["accept-encoding", "accept"]);
+    }
+
+    #[test]
+    fn rfc9111_4_1_negotiation_fields_are_normalised() {
+        let norm = |name: &str, lines: &[&str]| {
+            let mut map = HeaderMap::new();
+            for line in lines {
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(line).unwrap(),
+                );
+            }
+            normalized_header(&map, name)
+        };
+        let language = |lines: &[&str]| norm("accept-language", lines);
+        // Order among equal weights, case, white space, lines, empty members, `q=1`.
+        let de_en = language(&["de, en"]);
+        assert_eq!(de_en.as_deref(), Some("de, en"));
+        for same in [
+            &["en, de"][..],
+            &["EN,de"],
+            &["en", "de"],
+            &[" en ,, De;Q=1.000 "],
+            &["de;q=1, en"],
+        ] {
+            assert_eq!(language(same), de_en, "{same:?}");
+        }
+        // Weights order the list, and change what is asked for.
+        assert_eq!(
+            language(&["en;q=0.5, de"]).as_deref(),
+            Some("de, en;q=0.500")
+        );
+        assert_eq!(language(&["de, en;q=0.50"]), language(&["en;q=0.5 ,de"]));
+        assert_ne!(language(&["en;q=0.5, de"]), de_en);
+        assert_ne!(language(&["en;q=0.5, de"]), language(&["de;q=0.5, en"]));
+        // A refusal (q=0) is kept.
+        assert_ne!(language(&["de, en, fr;q=0"]), de_en);
+        assert_eq!(
+            language(&["de, en, fr;q=0"]).as_deref(),
+            Some("de, en, fr;q=0.000")
+        );
+        // Media ranges: type and parameter names fold, parameter values keep their case.
+        assert_eq!(
+            norm("accept", &["Text/HTML;Level=A, */*;q=0.1"]).as_deref(),
+            Some("text/html;level=A, */*;q=0.100")
+        );
+        assert_ne!(
+            norm("accept", &["text/html;level=A"]),
+            norm("accept", &["text/html;level=a"])
+        );
+        assert_eq!(
+            norm("accept-encoding", &["gzip, br"]),
+            norm("Accept-Encoding", &["BR,GZIP"])
+        );
+        assert_eq!(
+            norm("accept-charset", &["utf-8, ISO-8859-1"]).as_deref(),
+            Some("iso-8859-1, utf-8")
+        );
+        // Outside the grammar: compared byte for byte as before.
+        for odd in [
+            "en;q=2",
+            "en;q=0.5000",
+            "en;q",
+            "text/html;a=\"x,y\"",
+            "en us",
+            ";q=1",
+        ] {
+            assert_eq!(
+                language(&[odd]),
+                norm("x-other", &[odd]),
+                "{odd:?} falls back"
+            );
+        }
+        // Other fields keep their order and case.
+        assert_ne!(norm("x-other", &["en, de"]), norm("x-other", &["de, en"]));
+    }
+
+    #[test]
+    fn qvalues() {
+        for (text, expected) in [
+            ("1", Some(1000)),
+            ("1.", Some(1000)),
+            ("1.000", Some(1000)),
+            ("0", Some(0)),
+            ("0.5", Some(500)),
+            ("0.05", Some(50)),
+            ("0.123", Some(123)),
+            ("1.001", None),
+            ("0.1234", None),
+            ("2", None),
+            ("", None),
+            ("-0", None),
+            ("0.x", None),
+            (".5", None),
+        ] {
+            assert_eq!(qvalue(text), expected, "{text:?}");
+        }
     }
 
     mod properties {
@@ -750,6 +1013,52 @@ pub(crate) mod tests {
                     normalized_header(&map, "x")
                 };
                 prop_assert_ne!(normalise(&a), normalise(&b));
+            }
+
+            /// Negotiation fields: the same members in any order, case and spacing
+            /// normalise alike; any bytes at all normalise without panic; and two lists
+            /// with different sets of (lower-cased name, weight) never share a variant.
+            #[test]
+            fn preferences_normalise_by_meaning(
+                members in proptest::collection::vec(("[a-zA-Z*]{1,8}(-[a-zA-Z0-9]{1,8})?", proptest::option::of(0..=1000u16)), 1..8),
+                rotation in 0..8usize,
+                noise in proptest::collection::vec(any::<u8>(), 0..48),
+                other in proptest::collection::vec(("[a-z]{1,3}", proptest::option::of(0..=1000u16)), 1..4),
+            ) {
+                let render = |list: &[(String, Option<u16>)], upper: bool| {
+                    list.iter()
+                        .map(|(name, weight)| {
+                            let name = if upper { name.to_ascii_uppercase() } else { name.clone() };
+                            match weight {
+                                Some(w) => format!("{name} ; q={}.{:03}", w / 1000, w % 1000),
+                                None => name,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ,")
+                };
+                let normalise = |text: &str| {
+                    let mut map = HeaderMap::new();
+                    map.insert("accept-language", http::HeaderValue::from_str(text).unwrap());
+                    normalized_header(&map, "accept-language")
+                };
+                let mut rotated = members.clone();
+                let len = rotated.len();
+                rotated.rotate_left(rotation % len);
+                prop_assert_eq!(normalise(&render(&members, false)), normalise(&render(&rotated, true)));
+                if let Ok(value) = http::HeaderValue::from_bytes(&noise) {
+                    let mut map = HeaderMap::new();
+                    map.insert("accept", value);
+                    let _ = normalized_header(&map, "accept");
+                }
+                let meaning = |list: &[(String, Option<u16>)]| {
+                    let mut set: Vec<_> = list.iter().map(|(n, w)| (n.to_ascii_lowercase(), w.unwrap_or(1000))).collect();
+                    set.sort();
+                    set
+                };
+                if meaning(&members) != meaning(&other) {
+                    prop_assert_ne!(normalise(&render(&members, false)), normalise(&render(&other, false)));
+                }
             }
         }
     }
