@@ -4,11 +4,14 @@
 //! - [`cache_control`]: the directives of a request or response.
 //! - [`freshness`]: lifetimes, ages and whether a stored response may be reused.
 //! - [`conditional`]: validators, and 304s answered from the cache.
+//! - [`targeted`]: targeted cache-control fields (RFC 9213), which rule a response
+//!   instead of its `Cache-Control` and `Expires`.
 //! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
 
 pub(super) mod cache_control;
 pub(super) mod conditional;
 pub(super) mod freshness;
+pub(super) mod targeted;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -144,6 +147,8 @@ pub(crate) struct Policy {
     statuses: HashSet<u16>,
     store_set_cookie: bool,
     heuristic: Heuristic,
+    /// RFC 9213's target list (see [`targeted`]); empty: off.
+    targets: Vec<HeaderName>,
 }
 
 impl Default for Policy {
@@ -155,6 +160,7 @@ impl Default for Policy {
             statuses: DEFAULT_STATUSES.into_iter().collect(),
             store_set_cookie: false,
             heuristic: Heuristic::default(),
+            targets: Vec::new(),
         }
     }
 }
@@ -276,6 +282,8 @@ impl Policy {
     }
 
     /// Whether a response may be stored (RFC 9111 §3), given the request's directives.
+    /// `response_headers` and `cc` are as [`Policy::response_directives`] gives them (a
+    /// targeted field's directives, and the headers without `Expires`, when one rules).
     pub(crate) fn storable(
         &self,
         request_headers: &HeaderMap,
