@@ -194,10 +194,23 @@ impl<B: Backend> Shared<B> {
         if !self.config.backend.is_available(&plan.key) {
             return Err(Refusal::BackendUnavailable);
         }
-        let cc = CacheControl::parse(headers);
+        // RFC 9213: a targeted field on the policy's list rules instead of Cache-Control
+        // and Expires.
+        let ruling = self.policy().response_directives(headers);
         self.policy()
-            .storable(request_headers, &plan.request_cc, status, headers, &cc)
-            .map_err(Refusal::Policy)?;
+            .storable(
+                request_headers,
+                &plan.request_cc,
+                status,
+                &ruling.headers,
+                &ruling.cc,
+            )
+            .map_err(|reason| {
+                if let Some(field) = &ruling.target {
+                    tracing::debug!(key = %plan.key, %field, ?reason, "not stored, as the targeted field says");
+                }
+                Refusal::Policy(reason)
+            })?;
         let meta = admission.meta(plan.canonical.clone(), status, headers, vary);
         let ttl = backend_ttl(
             &meta,

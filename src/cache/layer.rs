@@ -34,6 +34,11 @@ const DEFAULT_FILL_BUFFER: usize = 64 * 1024 * 1024;
 /// before the response is sent.
 pub const DEFAULT_TAG_HEADER: &str = "surrogate-key";
 
+/// `CDN-Cache-Control`, the targeted cache-control field of RFC 9213 §3 (for caches that
+/// operate on behalf of an origin, as a CDN does), to give
+/// [`MemcacheLayer::targeted_cache_control`].
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+
 /// A tower [`Layer`] that caches the responses of the services it wraps in memcached.
 ///
 /// Every builder method documents its default. The layer is cheap to clone; clones share
@@ -271,6 +276,39 @@ impl<B: Backend> MemcacheLayer<B> {
         self.config
             .policy
             .set_heuristic(Heuristic { fraction, max });
+        self
+    }
+
+    /// The targeted cache-control fields (RFC 9213) this cache obeys, most applicable first
+    /// (its *target list*): e.g. a field named for your deployment, then
+    /// [`CDN_CACHE_CONTROL`]. The first of them that a response carries with a valid,
+    /// non-empty value (an RFC 8941 Dictionary of cache directives) decides, instead of
+    /// the response's `Cache-Control` and `Expires`, whether the response is stored and
+    /// how long it is fresh or may be served stale: `max-age`, `s-maxage`, `no-store`,
+    /// `no-cache`, `private`, `public`, `must-revalidate`, `proxy-revalidate`,
+    /// `stale-while-revalidate`, `stale-if-error`, `must-understand`. A field that is not
+    /// a valid dictionary, or gives a known directive a value of the wrong type
+    /// (`max-age="60"`), is ignored, and `Cache-Control` applies. The fields are stored
+    /// and forwarded unchanged, for caches downstream; a request's are never read.
+    /// Lifetimes come from them only in [`CacheMode::Origin`], as from `Cache-Control`.
+    /// Defaults to none (targeted fields are not obeyed; the reverse proxy example
+    /// obeys `CDN-Cache-Control`).
+    ///
+    /// ```
+    /// use http::header::HeaderName;
+    /// use tower_memcache::backend::MemoryBackend;
+    /// use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, MemcacheLayer};
+    ///
+    /// let layer = MemcacheLayer::new(MemoryBackend::new())
+    ///     .mode(CacheMode::Origin)
+    ///     .targeted_cache_control([
+    ///         HeaderName::from_static("example-cache-control"),
+    ///         CDN_CACHE_CONTROL,
+    ///     ]);
+    /// # let _ = layer;
+    /// ```
+    pub fn targeted_cache_control(mut self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.policy.set_targets(fields);
         self
     }
 

@@ -81,7 +81,8 @@ pub use future::ResponseFuture;
 pub use key::{InvalidTarget, KeyFn, RequestHead, RequestTarget};
 #[doc(inline)]
 pub use layer::{
-    DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TAG_HEADER, MemcacheLayer,
+    CDN_CACHE_CONTROL, DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TAG_HEADER,
+    MemcacheLayer,
 };
 #[doc(inline)]
 pub use policy::{CacheMode, DEFAULT_LIFETIME, RouteMatch, is_hop_by_hop};

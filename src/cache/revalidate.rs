@@ -22,8 +22,8 @@ use super::status::{Detail, Forward, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::Entry;
+use crate::cache::policy::NotStorable;
 use crate::cache::policy::conditional::{add_validators, has_preconditions, same_representation};
-use crate::cache::policy::{CacheControl, NotStorable};
 
 impl<B: Backend> Shared<B> {
     /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its
@@ -62,28 +62,33 @@ impl<B: Backend> Shared<B> {
             self.selecting_names(&merged)
                 .iter()
                 .eq(entry.meta.vary.iter().map(|(name, _)| name));
-        let verdict = if request_headers.contains_key(header::AUTHORIZATION)
-            && !entry.meta.authenticated
-        {
-            // The merged response would answer an authenticated request now; leave the
-            // stored one as it was.
-            Err(Refusal::Policy(NotStorable::Authorization))
-        } else if entry.meta.authenticated && !CacheControl::parse(&merged).allows_authenticated() {
-            // §3.5 for an entry first stored for an authenticated request, whoever
-            // refreshes it now.
-            Err(Refusal::NoLongerShareable)
-        } else if same_selection {
-            self.admit(
-                plan,
-                request_headers,
-                status,
-                &merged,
-                entry.meta.vary.clone(),
-                &admission,
-            )
-        } else {
-            Err(Refusal::VaryChanged)
-        };
+        let verdict =
+            if request_headers.contains_key(header::AUTHORIZATION) && !entry.meta.authenticated {
+                // The merged response would answer an authenticated request now; leave the
+                // stored one as it was.
+                Err(Refusal::Policy(NotStorable::Authorization))
+            } else if entry.meta.authenticated
+                && !self
+                    .policy()
+                    .response_directives(&merged)
+                    .cc
+                    .allows_authenticated()
+            {
+                // §3.5 for an entry first stored for an authenticated request, whoever
+                // refreshes it now.
+                Err(Refusal::NoLongerShareable)
+            } else if same_selection {
+                self.admit(
+                    plan,
+                    request_headers,
+                    status,
+                    &merged,
+                    entry.meta.vary.clone(),
+                    &admission,
+                )
+            } else {
+                Err(Refusal::VaryChanged)
+            };
         match verdict {
             Ok((_, ttl)) => {
                 let to = filler.target(ex, sent.request_time);

@@ -12,7 +12,7 @@ use super::body::ResponseBody;
 use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::policy::conditional::not_modified_headers;
 use crate::cache::policy::freshness::{Freshness, explicit_lifetime, initial_age};
-use crate::cache::policy::{CacheControl, CacheMode, Policy, is_unstored_field, normalized_header};
+use crate::cache::policy::{CacheControl, CacheMode, Policy, normalized_header};
 
 /// Milliseconds since the unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -125,11 +125,13 @@ impl Admission<'_> {
         headers: &HeaderMap,
         vary: Vec<(String, Option<String>)>,
     ) -> EntryMeta {
-        let cc = CacheControl::parse(headers);
+        // RFC 9213: a targeted field on the policy's list rules instead of Cache-Control
+        // and Expires (the entry still keeps all three, for downstream caches).
+        let ruling = self.policy.response_directives(headers);
         let stored = headers
             .iter()
             .filter(|(name, _)| {
-                !is_unstored_field(name, headers, &cc, self.policy.shares_set_cookie())
+                !ruling.is_unstored_field(name, headers, self.policy.shares_set_cookie())
             })
             .filter(|(name, _)| !self.own_fields.contains(name))
             .map(|(name, value)| (name.clone(), value.clone()))
@@ -150,7 +152,7 @@ impl Admission<'_> {
             generation: 0,
             tags: Vec::new(),
         };
-        self.set_times(&mut meta, status, headers, &cc);
+        self.set_times(&mut meta, status, &ruling.headers, &ruling.cc);
         meta
     }
 
@@ -203,11 +205,11 @@ impl Admission<'_> {
     /// the new response's fields replace the stored ones (except `Content-Length` and
     /// fields never stored). This merged set is what the admission gate judges.
     pub(crate) fn merged_headers(&self, entry: &Entry, update: &HeaderMap) -> HeaderMap {
-        let cc_update = CacheControl::parse(update);
+        let ruling = self.policy.response_directives(update);
         let mut headers = header_map(&entry.meta);
         let updates = update.keys().filter(|name| {
             **name != header::CONTENT_LENGTH
-                && !is_unstored_field(name, update, &cc_update, self.policy.shares_set_cookie())
+                && !ruling.is_unstored_field(name, update, self.policy.shares_set_cookie())
                 && !self.own_fields.contains(name)
         });
         for name in updates {

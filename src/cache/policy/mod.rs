@@ -5,12 +5,15 @@
 //! - [`freshness`]: lifetimes, ages and whether a stored response may be reused.
 //! - [`conditional`]: validators, and 304s answered from the cache.
 //! - [`date`]: HTTP dates, read as tolerantly as RFC 9111 §4.2 asks of a cache.
+//! - [`targeted`]: targeted cache-control fields (RFC 9213), which rule a response
+//!   instead of its `Cache-Control` and `Expires`.
 //! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
 
 pub(super) mod cache_control;
 pub(super) mod conditional;
 pub(super) mod date;
 pub(super) mod freshness;
+pub(super) mod targeted;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -148,6 +151,8 @@ pub(crate) struct Policy {
     store_set_cookie: bool,
     share_set_cookie: bool,
     heuristic: Heuristic,
+    /// RFC 9213's target list (see [`targeted`]); empty: off.
+    targets: Vec<HeaderName>,
 }
 
 impl Default for Policy {
@@ -160,6 +165,7 @@ impl Default for Policy {
             store_set_cookie: false,
             share_set_cookie: false,
             heuristic: Heuristic::default(),
+            targets: Vec::new(),
         }
     }
 }
@@ -291,6 +297,8 @@ impl Policy {
     }
 
     /// Whether a response may be stored (RFC 9111 §3), given the request's directives.
+    /// `response_headers` and `cc` are as [`Policy::response_directives`] gives them (a
+    /// targeted field's directives, and the headers without `Expires`, when one rules).
     pub(crate) fn storable(
         &self,
         request_headers: &HeaderMap,

@@ -1,0 +1,380 @@
+//! Targeted cache-control fields (RFC 9213): `CDN-Cache-Control` and the other response
+//! fields on the layer's *target list*. The first field of the list that a response
+//! carries with a valid, non-empty value rules this cache's storing and freshness
+//! decisions for that response *instead of* its `Cache-Control` and `Expires` (§2.2);
+//! without one, `Cache-Control` and `Expires` rule as usual.
+//!
+//! A targeted field is an RFC 8941 Dictionary (§2.1), parsed by `sfv` with its strict
+//! error handling: a field that does not parse (`max-age =60`, `MaX-aGe=60`, `max-age=1,`)
+//! is ignored as if absent, and so is an empty one. A known directive whose value has
+//! another type than the one RFC 9213 §2.1 infers for it (`max-age="60"`, `max-age=1.5`,
+//! `max-age=-1`, `no-store=?0`, `private=x`) makes the whole field invalid too (§2.1:
+//! implementations "SHOULD NOT consume values that violate these inferred constraints"),
+//! so the origin's `Cache-Control` applies rather than a guess. Unknown directives and
+//! parameters are ignored.
+//!
+//! Targeted fields are response fields only: a request's are never read.
+//!
+//! Forwarding: the field is stored and forwarded downstream unchanged. RFC 9213 §3 says
+//! CDN caches using `CDN-Cache-Control` "will typically forward this header so that
+//! downstream CDN caches can use it as well" (they MAY remove it when it is known to be
+//! unused downstream), and §2.2 says fields *not* on a cache's target list "MUST be
+//! passed through".
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderMap, HeaderName};
+use sfv::{BareItem, Dictionary, ListEntry, Parser, Version};
+
+use super::cache_control::{CacheControl, MAX_DELTA_SECONDS};
+use super::{Policy, is_unstored_field};
+
+/// The longest targeted field (all its lines joined) the cache parses; a longer one is
+/// ignored like an invalid one. Real ones are a few dozen bytes.
+pub(crate) const MAX_FIELD_LEN: usize = 4096;
+
+/// The directives that rule a response in this cache, and its headers as the freshness
+/// rules must see them.
+#[derive(Debug)]
+pub(crate) struct ResponseDirectives<'h> {
+    /// The ruling directives: the targeted field's, or the response's `Cache-Control`.
+    pub(crate) cc: CacheControl,
+    /// The response's headers without `Expires` when a targeted field rules (RFC 9213
+    /// §2.2: the cache "MUST ignore the Cache-Control and Expires header fields"); the
+    /// response's own headers otherwise. Borrowed unless there was an `Expires` to drop.
+    pub(crate) headers: Cow<'h, HeaderMap>,
+    /// The targeted field that rules; `None` when `Cache-Control` does.
+    pub(crate) target: Option<HeaderName>,
+    /// The response's own `Cache-Control` when a targeted field overrides it: the fields
+    /// its qualified `private="…"` / `no-cache="…"` name are still not stored (keeping a
+    /// field out of shared caches is never wrong, and the origin asked for it).
+    overridden: Option<CacheControl>,
+}
+
+impl<'h> ResponseDirectives<'h> {
+    /// The directives of a response with `headers`, for a cache whose target list is
+    /// `targets` (most applicable first).
+    pub(crate) fn of(targets: &[HeaderName], headers: &'h HeaderMap) -> Self {
+        for name in targets {
+            let Some(cc) = parse_field(headers, name) else {
+                continue;
+            };
+            tracing::trace!(field = %name, "targeted cache-control rules this response");
+            let view = if headers.contains_key(header::EXPIRES) {
+                let mut without = headers.clone();
+                without.remove(header::EXPIRES);
+                Cow::Owned(without)
+            } else {
+                Cow::Borrowed(headers)
+            };
+            return Self {
+                cc,
+                headers: view,
+                target: Some(name.clone()),
+                overridden: Some(CacheControl::parse(headers)),
+            };
+        }
+        Self {
+            cc: CacheControl::parse(headers),
+            headers: Cow::Borrowed(headers),
+            target: None,
+            overridden: None,
+        }
+    }
+
+    /// Whether the response field `name` is kept out of the entry: see
+    /// [`is_unstored_field`], for the ruling directives and for an overridden
+    /// `Cache-Control`'s field names.
+    pub(crate) fn is_unstored_field(
+        &self,
+        name: &HeaderName,
+        headers: &HeaderMap,
+        share_set_cookie: bool,
+    ) -> bool {
+        is_unstored_field(name, headers, &self.cc, share_set_cookie)
+            || self
+                .overridden
+                .as_ref()
+                .is_some_and(|cc| is_unstored_field(name, headers, cc, share_set_cookie))
+    }
+}
+
+impl Policy {
+    /// Sets the target list (RFC 9213 §2.2): the targeted cache-control fields this cache
+    /// obeys, most applicable first. Empty (the default) turns targeted fields off.
+    pub(crate) fn set_targets(&mut self, targets: impl IntoIterator<Item = HeaderName>) {
+        let mut list: Vec<HeaderName> = Vec::new();
+        for name in targets {
+            // A repeated name would only be looked up twice.
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        }
+        self.targets = list;
+    }
+
+    /// The directives that rule a response with `headers` in this cache.
+    pub(crate) fn response_directives<'h>(&self, headers: &'h HeaderMap) -> ResponseDirectives<'h> {
+        ResponseDirectives::of(&self.targets, headers)
+    }
+}
+
+/// A targeted field's directives; `None` when the response does not carry it, or carries
+/// it empty, too large or invalid (RFC 9213 §2.1: then "that field MUST be ignored").
+pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
+    let mut lines = headers
+        .get_all(name)
+        .iter()
+        .map(|value| value.as_bytes().trim_ascii())
+        .filter(|line| !line.is_empty())
+        .peekable();
+    lines.peek()?;
+    // RFC 8941 §4.2: several lines parse as one, joined by commas.
+    let mut joined = Vec::new();
+    for line in lines {
+        let separator = if joined.is_empty() { 0 } else { 2 };
+        if joined
+            .len()
+            .saturating_add(separator)
+            .saturating_add(line.len())
+            > MAX_FIELD_LEN
+        {
+            tracing::debug!(field = %name, limit = MAX_FIELD_LEN, "targeted cache-control field too large; ignored");
+            return None;
+        }
+        if separator > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(line);
+    }
+    // RFC 9213 §2.1 refers to RFC 8941, which has no Dates or Display Strings.
+    let parsed = Parser::new(&joined)
+        .with_version(Version::Rfc8941)
+        .parse_dictionary::<Dictionary>();
+    let dictionary = match parsed {
+        Ok(dictionary) if !dictionary.is_empty() => dictionary,
+        Ok(_) => return None,
+        Err(error) => {
+            tracing::debug!(field = %name, %error, "targeted cache-control field is not a structured dictionary; ignored");
+            return None;
+        }
+    };
+    let cc = directives(&dictionary);
+    if cc.is_none() {
+        tracing::debug!(field = %name, "targeted cache-control directive with a value of the wrong type; field ignored");
+    }
+    cc
+}
+
+/// The response directives of a parsed dictionary; `None` when a known one has a value
+/// of the wrong type. A repeated key was already resolved by the parser (the last wins,
+/// RFC 8941 §4.2.2).
+fn directives(dictionary: &Dictionary) -> Option<CacheControl> {
+    let mut cc = CacheControl::default();
+    for (key, entry) in dictionary {
+        // Parameters are ignored (§2.1); an inner list is no directive's type.
+        let value = match entry {
+            ListEntry::Item(item) => Some(&item.bare_item),
+            ListEntry::InnerList(_) => None,
+        };
+        let valid = match key.as_str() {
+            "no-store" => flag(value, &mut cc.no_store),
+            "public" => flag(value, &mut cc.public),
+            "must-revalidate" => flag(value, &mut cc.must_revalidate),
+            "proxy-revalidate" => flag(value, &mut cc.proxy_revalidate),
+            "no-transform" => flag(value, &mut cc.no_transform),
+            "must-understand" => flag(value, &mut cc.must_understand),
+            "no-cache" => flag_or_fields(value, &mut cc.no_cache, &mut cc.no_cache_fields),
+            "private" => flag_or_fields(value, &mut cc.private, &mut cc.private_fields),
+            "max-age" => seconds(value, &mut cc.max_age),
+            "s-maxage" => seconds(value, &mut cc.s_maxage),
+            "stale-while-revalidate" => seconds(value, &mut cc.stale_while_revalidate),
+            "stale-if-error" => seconds(value, &mut cc.stale_if_error),
+            // Unknown and request-only directives: ignored whatever their value.
+            _ => true,
+        };
+        if !valid {
+            return None;
+        }
+    }
+    Some(cc)
+}
+
+/// A directive without a value: Boolean true.
+fn flag(value: Option<&BareItem>, to: &mut bool) -> bool {
+    let valid = matches!(value, Some(BareItem::Boolean(true)));
+    *to |= valid;
+    valid
+}
+
+/// `no-cache` and `private`: Boolean true, or a String listing field names.
+fn flag_or_fields(value: Option<&BareItem>, to: &mut bool, fields: &mut Vec<String>) -> bool {
+    match value {
+        Some(BareItem::Boolean(true)) => *to = true,
+        Some(BareItem::String(names)) => fields.extend(
+            names
+                .as_str()
+                .split(',')
+                .map(|name| name.trim().to_ascii_lowercase())
+                .filter(|name| !name.is_empty()),
+        ),
+        _ => return false,
+    }
+    true
+}
+
+/// delta-seconds: a non-negative Integer, clamped like `Cache-Control`'s (RFC 9111
+/// §1.2.2).
+fn seconds(value: Option<&BareItem>, to: &mut Option<u64>) -> bool {
+    let Some(BareItem::Integer(n)) = value else {
+        return false;
+    };
+    let Ok(secs) = u64::try_from(i64::from(*n)) else {
+        return false;
+    };
+    *to = Some(secs.min(MAX_DELTA_SECONDS));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::policy::tests::headers;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    const CDN: HeaderName = HeaderName::from_static("cdn-cache-control");
+    const OURS: HeaderName = HeaderName::from_static("tower-memcache-cache-control");
+
+    fn field(value: &str) -> Option<CacheControl> {
+        parse_field(&headers(&[("cdn-cache-control", value)]), &CDN)
+    }
+
+    #[test]
+    fn rfc9213_2_1_directives_map_from_structured_types() {
+        let cc = field("max-age=60, s-maxage=30, no-cache=\"Set-Cookie, x-a\", private, must-revalidate, stale-if-error=5;p=1, foo=(a b), bar=?0").unwrap();
+        assert_eq!(cc.max_age, Some(60));
+        assert_eq!(cc.s_maxage, Some(30));
+        assert!(!cc.no_cache, "the string form only names fields");
+        assert_eq!(cc.no_cache_fields, ["set-cookie", "x-a"]);
+        assert!(cc.private && cc.must_revalidate);
+        assert_eq!(cc.stale_if_error, Some(5), "parameters are ignored");
+        assert_eq!(
+            field("max-age=999999999999999").unwrap().max_age,
+            Some(MAX_DELTA_SECONDS)
+        );
+        assert_eq!(
+            field("max-age=1, max-age=9").unwrap().max_age,
+            Some(9),
+            "a dictionary's last member wins"
+        );
+        let lines = headers(&[
+            ("cdn-cache-control", "max-age=60"),
+            ("cdn-cache-control", ""),
+            ("cdn-cache-control", "no-store"),
+        ]);
+        let cc = parse_field(&lines, &CDN).unwrap();
+        assert!(cc.no_store && cc.max_age == Some(60), "lines join");
+    }
+
+    #[test]
+    fn rfc9213_2_1_invalid_or_empty_fields_are_ignored() {
+        for invalid in [
+            "",
+            "max-age =60",
+            "max-age= 60",
+            "MaX-aGe=60",
+            "max-age=60, &&&",
+            "max-age=60,",
+            "max-age=\"60\"",
+            "max-age=1.5",
+            "max-age=-1",
+            "max-age=9999999999999999",
+            "max-age=(1 2)",
+            "no-store=?0",
+            "no-store=1",
+            "private=x-a",
+            "no-cache=?0",
+            "max-age=@1659578233",
+        ] {
+            assert_eq!(field(invalid), None, "{invalid:?}");
+        }
+        assert!(
+            field("none").is_some(),
+            "an unknown directive is still a value"
+        );
+        let huge = format!("max-age=1, x=\"{}\"", "a".repeat(MAX_FIELD_LEN));
+        assert_eq!(field(&huge), None, "bounded");
+        let mut map = HeaderMap::new();
+        map.insert(
+            &CDN,
+            HeaderValue::from_bytes(b"max-age=1, x=\"\xff\"").unwrap(),
+        );
+        assert_eq!(parse_field(&map, &CDN), None);
+    }
+
+    #[test]
+    fn rfc9213_2_2_first_valid_field_of_the_list_rules_and_expires_is_ignored() {
+        let response = headers(&[
+            ("cache-control", "max-age=5, private=\"x-user\""),
+            ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+            ("tower-memcache-cache-control", "max-age=\"bad\""),
+            ("cdn-cache-control", "max-age=600"),
+            ("x-user", "u"),
+        ]);
+        let mut policy = Policy::default();
+        let plain = policy.response_directives(&response);
+        assert_eq!(plain.target, None, "off by default");
+        assert_eq!(plain.cc.max_age, Some(5));
+        assert!(plain.headers.contains_key(header::EXPIRES));
+        policy.set_targets([OURS, CDN, CDN]);
+        assert_eq!(policy.targets, [OURS, CDN], "repeats dropped");
+        let targeted = policy.response_directives(&response);
+        assert_eq!(
+            targeted.target,
+            Some(CDN),
+            "the invalid first field is skipped"
+        );
+        assert_eq!(targeted.cc.max_age, Some(600));
+        assert!(!targeted.headers.contains_key(header::EXPIRES));
+        assert!(
+            response.contains_key(header::EXPIRES),
+            "only the view drops it"
+        );
+        let x_user = HeaderName::from_static("x-user");
+        assert!(targeted.is_unstored_field(&x_user, &response, false));
+        let mut ours = response.clone();
+        ours.insert(&OURS, HeaderValue::from_static("no-store"));
+        let first = policy.response_directives(&ours);
+        assert_eq!(first.target, Some(OURS));
+        assert!(first.cc.no_store && first.cc.max_age.is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn any_field_bytes_parse_without_panic(
+            lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4),
+        ) {
+            let mut map = HeaderMap::new();
+            for line in &lines {
+                if let Ok(value) = HeaderValue::from_bytes(line) {
+                    map.append(CDN, value);
+                }
+            }
+            if let Some(cc) = parse_field(&map, &CDN) {
+                let numbers = [cc.max_age, cc.s_maxage, cc.stale_while_revalidate, cc.stale_if_error];
+                prop_assert!(numbers.into_iter().flatten().all(|n| n <= MAX_DELTA_SECONDS));
+            }
+        }
+
+        #[test]
+        fn directive_soup_parses_without_panic(text in r#"([a-zA-Z*-]{0,12}(=("[^"]{0,8}"?|-?[0-9]{0,18}(\.[0-9]{0,4})?|\?[01]|\([a-z ]{0,6}\)))?(;[a-z]{1,3}(=[0-9]{1,3})?)?[ ,]{0,2}){0,6}"#) {
+            let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+            let mut map = HeaderMap::new();
+            map.insert(CDN, value);
+            let _ = parse_field(&map, &CDN);
+        }
+    }
+}
