@@ -5,12 +5,14 @@
 //! - [`freshness`]: lifetimes, ages and whether a stored response may be reused.
 //! - [`conditional`]: validators, and 304s answered from the cache.
 //! - [`date`]: HTTP dates, read as tolerantly as RFC 9111 §4.2 asks of a cache.
+//! - [`range`]: `Range` and `If-Range`, answered from a stored response.
 //! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
 
 pub(super) mod cache_control;
 pub(super) mod conditional;
 pub(super) mod date;
 pub(super) mod freshness;
+pub(super) mod range;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
