@@ -190,6 +190,8 @@ pub(crate) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
 }
 
 #[cfg(test)]
+// A one-range set is what these tests mean.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use crate::cache::policy::tests::headers;
