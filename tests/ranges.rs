@@ -408,7 +408,29 @@ async fn rfc9111_3_3_a_range_request_shares_a_full_miss<B: Backend>(backend: B) 
     assert_eq!(origin.seen().len(), 1);
 }
 
+async fn rfc5861_3_a_stale_range_is_answered_and_the_whole_refreshed<B: Backend>(backend: B) {
+    let mut origin = Origin::new(1000);
+    origin.ranges = true;
+    origin.headers[0].1 = "max-age=60, stale-while-revalidate=600".into();
+    origin.headers.push(("age", "100".into()));
+    let layer = layer(backend);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &origin);
+    get(&svc, &[]).await;
+    watch.settled().await;
+    let got = get(&svc, &[("range", "bytes=10-19")]).await;
+    assert_partial(&got, &origin.body, 10, 20);
+    support::assert_stale_hit(got.header("cache-status"));
+    watch.settled().await;
+    // The background refresh asked for the whole entry, not the client's range.
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(!seen[1].2.contains_key("range"));
+    assert_eq!(seen[1].2["if-none-match"], "\"v1\"");
+}
+
 on_every_backend!("ranges";
+    rfc5861_3_a_stale_range_is_answered_and_the_whole_refreshed,
     rfc9110_14_2_single_open_and_suffix_ranges_from_a_stored_200,
     rfc9110_14_6_several_ranges_are_multipart_byteranges,
     rfc9110_15_5_17_unsatisfiable_range_gets_416,

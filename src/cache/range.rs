@@ -202,6 +202,13 @@ const NOT_FORWARDED: [header::HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
+/// Removes what makes a request ask for part of the representation (`Range`, and the
+/// `If-Range` that only qualifies it), for requests that refresh a whole entry.
+pub(super) fn strip(headers: &mut HeaderMap) {
+    headers.remove(header::RANGE);
+    headers.remove(header::IF_RANGE);
+}
+
 /// The GET of the whole representation a range request's miss may start, ready before
 /// the range request goes out (it moves its request to the origin).
 pub(super) struct WholeFill<S, R> {

@@ -454,6 +454,9 @@ where
                         detail: None,
                         is_head,
                     };
+                    // The refresh is for the entry, whole: a 206 would refresh nothing.
+                    let mut request = request;
+                    range::strip(request.headers_mut());
                     revalidate_in_background(&shared, inner, request, ex);
                     return Ok(response);
                 }
