@@ -141,7 +141,7 @@ use futures_util::future::{self, TryFutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -358,7 +358,7 @@ fn parse_upstream(text: &str) -> Result<Uri, String> {
 
 /// What the forwarding service knows: where the origin is and a pooled client to it.
 struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ProxyRequestBody>,
     authority: Authority,
     /// The authority as a `Host` value, for `--upstream-host`.
     host_value: HeaderValue,
@@ -368,12 +368,16 @@ struct Upstream {
 /// The origin's body, or a short body the proxy made up (502, 504).
 type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// The client's request body, or none for a request the cache makes of its own (the whole
+/// representation after a range request's miss: see `MemcacheLayer::own_request_body`).
+type ProxyRequestBody = Either<Incoming, Empty<Bytes>>;
+
 /// The inner service: forwards one request to the origin. Never fails: trouble with the
 /// origin is a 502 or 504 response.
 async fn forward(
     upstream: Arc<Upstream>,
     client_addr: SocketAddr,
-    mut request: Request<Incoming>,
+    mut request: Request<ProxyRequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // `ValidTarget` lets only valid targets through; checked again rather than trusted.
     let target = match RequestTarget::from_parts("http", request.uri(), request.headers()) {
@@ -542,7 +546,7 @@ type GuardedResponse<B> = Response<Either<B, Full<Bytes>>>;
 
 impl<S, B> Service<Request<Incoming>> for ValidTarget<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<ProxyRequestBody>, Response = Response<B>, Error = Infallible>,
 {
     type Response = GuardedResponse<B>;
     type Error = Infallible;
@@ -570,7 +574,7 @@ where
             }
             Ok(()) => future::Either::Right(
                 self.inner
-                    .call(request)
+                    .call(request.map(Either::Left))
                     .map_ok(passed as fn(Response<B>) -> GuardedResponse<B>),
             ),
         }
@@ -818,6 +822,7 @@ fn cache_layer<B: Backend>(backend: B, args: &Args) -> MemcacheLayer<B> {
         .default_lifetime(args.ttl)
         .stale_if_unreachable(args.stale_if_unreachable)
         .targeted_cache_control(args.targeted.iter().cloned())
+        .own_request_body(|| ProxyRequestBody::Right(Empty::new()))
 }
 
 /// What one runtime serves with: its listener, its cache layer (whose services share

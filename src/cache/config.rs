@@ -45,6 +45,9 @@ pub(crate) struct Config<B> {
     pub(crate) background: Background,
     /// Tag purges made by this layer and its purgers, recently.
     pub(crate) local_purges: Arc<LocalPurges>,
+    /// Makes the body of the layer's own requests (a range miss's whole-representation
+    /// GET); `None`: a few common body types only.
+    pub(crate) own_request_body: Option<super::range::MakeBody>,
 }
 
 impl<B: Backend> Config<B> {

@@ -109,6 +109,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 fill_budget: FillBudget::new(DEFAULT_FILL_BUFFER),
                 background: Background::default(),
                 local_purges: Arc::default(),
+                own_request_body: None,
             },
         }
     }
@@ -365,6 +366,35 @@ impl<B: Backend> MemcacheLayer<B> {
     pub fn lease_wait(mut self, wait: Duration, poll_every: Duration) -> Self {
         self.config.lease_wait = wait;
         self.config.lease_poll = poll_every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How the layer makes the (empty) body of a request of its own. When a `Range`
+    /// request misses, it goes to the inner service as it is; once that answers 206 with a
+    /// complete length within [`max_entry_size`](Self::max_entry_size), the layer fetches
+    /// the whole representation in the background with a GET of its own, so that later
+    /// range requests are answered from the cache. That GET needs a body of the inner
+    /// service's request body type: `()`, `String`, `Vec<u8>`, `Bytes` (and, with the
+    /// `axum` feature, `axum::body::Body`) are made without this setting; for any other,
+    /// give `make`, which must return that type (checked at run time: a mismatch, or no
+    /// maker, only means range misses fill nothing).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tower_memcache::backend::MemoryBackend;
+    /// use tower_memcache::cache::MemcacheLayer;
+    ///
+    /// // An inner service taking `Request<Option<Bytes>>`.
+    /// let layer = MemcacheLayer::new(MemoryBackend::new())
+    ///     .own_request_body(|| Option::<Bytes>::None);
+    /// # let _ = layer;
+    /// ```
+    pub fn own_request_body<T, F>(mut self, make: F) -> Self
+    where
+        T: Send + 'static,
+        F: Fn() -> T + Send + Sync + 'static,
+    {
+        self.config.own_request_body = Some(Arc::new(move || Box::new(make())));
         self
     }
 

@@ -58,6 +58,7 @@ mod layer;
 mod lease;
 mod policy;
 mod purge;
+mod range;
 mod revalidate;
 mod service;
 mod single_flight;

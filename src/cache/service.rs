@@ -23,6 +23,7 @@ use super::future::ResponseFuture;
 use super::invalidate::bypass;
 use super::key::{KeyOutcome, RequestHead};
 use super::layer::MemcacheLayer;
+use super::range::{self, WholeFill};
 use super::revalidate::{exchange, revalidate_in_background};
 use super::status::{CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
 use super::storage::{Found, Lookup, Storage, parse_tags};
@@ -278,11 +279,15 @@ impl<B: Backend> Shared<B> {
             .filter(|map| not_modified(request_headers, map, stored::received_at(meta)));
         let mut response = stored::response(entry, is_head, stored_headers.as_ref(), freshness.age);
         let stale = !freshness.is_fresh();
+        // §13.2.2: a `Range` applies once the other preconditions let the 200 through.
+        let ranged = (!is_head && stored_headers.is_none() && meta.status == 200)
+            .then(|| range::apply(&mut response, entry, request_headers))
+            .flatten();
         self.set_status(&mut response, answered.outcome(freshness));
         let sent = if is_head || stored_headers.is_some() {
             0
         } else {
-            entry.body.len()
+            ranged.unwrap_or(entry.body.len())
         };
         self.config.stats.record_hit(sent);
         if stale {
@@ -394,7 +399,7 @@ pub(super) async fn handle<S, B, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Backend,
@@ -449,6 +454,9 @@ where
                         detail: None,
                         is_head,
                     };
+                    // The refresh is for the entry, whole: a 206 would refresh nothing.
+                    let mut request = request;
+                    range::strip(request.headers_mut());
                     revalidate_in_background(&shared, inner, request, ex);
                     return Ok(response);
                 }
@@ -490,7 +498,13 @@ where
                 continue;
             }
         };
-        return Box::pin(exchange(&shared, inner, request, &ex, filler)).await;
+        // A range miss: the range goes as it is, the whole may follow (see `range`).
+        let whole = WholeFill::for_request(&shared, &inner, &request, &ex);
+        let response = Box::pin(exchange(&shared, inner, request, &ex, filler)).await;
+        if let (Some(whole), Ok(answered)) = (whole, &response) {
+            whole.start(&shared, answered);
+        }
+        return response;
     }
 }
 

@@ -36,9 +36,11 @@ pub(crate) fn has_preconditions(headers: &HeaderMap) -> bool {
 }
 
 /// Whether the request carries a precondition the cache cannot answer itself (`If-Match`,
-/// `If-Unmodified-Since`, `If-Range`); such requests go to the origin.
+/// `If-Unmodified-Since`); such requests go to the origin. (`If-Range` only decides
+/// whether a `Range` applies, which the cache answers from a stored response: see
+/// `policy::range`.)
 pub(crate) fn has_origin_preconditions(headers: &HeaderMap) -> bool {
-    PRECONDITIONS[2..]
+    PRECONDITIONS[2..4]
         .iter()
         .any(|name| headers.contains_key(name))
 }

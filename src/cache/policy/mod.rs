@@ -7,12 +7,14 @@
 //! - [`date`]: HTTP dates, read as tolerantly as RFC 9111 §4.2 asks of a cache.
 //! - [`targeted`]: targeted cache-control fields (RFC 9213), which rule a response
 //!   instead of its `Cache-Control` and `Expires`.
+//! - [`range`]: `Range` and `If-Range`, answered from a stored response.
 //! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
 
 pub(super) mod cache_control;
 pub(super) mod conditional;
 pub(super) mod date;
 pub(super) mod freshness;
+pub(super) mod range;
 pub(super) mod targeted;
 
 use std::borrow::Cow;

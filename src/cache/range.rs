@@ -1,0 +1,424 @@
+//! Range requests (RFC 9110 §14, RFC 9111 §3.3–3.4): a `Range` answered from a stored
+//! complete response (206 with one slice of the zero-copy body, `multipart/byteranges`
+//! for several, 416 when none overlaps), and, on a miss, the whole representation fetched
+//! in the background so the next range request is a hit.
+//!
+//! On a miss the range request goes to the origin as it is and the origin's 206 passes
+//! through (never stored, never replayed as a 200): stripping `Range` and waiting for the
+//! whole body would make a player seeking into a video, or a download manager fetching
+//! the last segment of a file, wait for every byte before its range. Once that 206 names
+//! a complete length the entry size limit allows, a GET of the layer's own (no `Range`,
+//! no conditions) fetches the whole in the background, through the same single flight,
+//! placeholder and admission gate as any miss ("Purges that hold" holds for it). Partial
+//! entries (keeping 206s and combining them, §3.4) are not kept: a representation is
+//! cached whole or not at all.
+
+use std::any::Any;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower::Service;
+
+use super::body::ResponseBody;
+use super::coalesce::Coordinated;
+use super::exchange::Exchange;
+use super::revalidate::exchange;
+use super::service::Shared;
+use super::status::Forward;
+use super::storage::{Found, Lookup};
+use super::stored::header_map;
+use crate::backend::Backend;
+use crate::cache::entry::Entry;
+use crate::cache::policy::range::{self, Resolved};
+
+/// Makes the body of a request of the layer's own (see
+/// [`MemcacheLayer::own_request_body`](super::MemcacheLayer::own_request_body)), type-erased
+/// because the layer is not generic over the inner service's request body.
+pub(crate) type MakeBody = Arc<dyn Fn() -> Box<dyn Any + Send> + Send + Sync>;
+
+/// Turns `response`, a stored complete 200 answered to a GET, into the answer to the
+/// request's `Range` (§14.2): a 206, a 416, or (the field ignored, `If-Range` false) left
+/// as it is. Returns the length of the new body when it changed the response.
+pub(super) fn apply<B>(
+    response: &mut Response<ResponseBody<B>>,
+    entry: &Entry,
+    request_headers: &HeaderMap,
+) -> Option<usize> {
+    if !request_headers.contains_key(header::RANGE) {
+        return None;
+    }
+    let specs = range::parse(request_headers)?;
+    let stored = header_map(&entry.meta);
+    if !range::if_range_holds(request_headers, &stored) {
+        tracing::debug!("If-Range does not match the stored response: the whole is sent");
+        return None;
+    }
+    let body = &entry.body;
+    let len = u64::try_from(body.len()).ok()?;
+    let ranges = match range::resolve(&specs, len) {
+        Resolved::Ignore => return None,
+        Resolved::Unsatisfiable => {
+            // §15.5.17: the generated 416 says how long the representation is.
+            let headers = response.headers_mut();
+            headers.clear();
+            headers.insert(header::CONTENT_RANGE, content_range(None, len)?);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            *response.body_mut() = ResponseBody::empty();
+            return Some(0);
+        }
+        Resolved::Ranges(ranges) => ranges,
+    };
+    let slices = ranges
+        .iter()
+        .map(|r| Some((r.clone(), slice(body, r)?)))
+        .collect::<Option<Vec<_>>>()?;
+    let (data, content_type, content_range) = match slices.as_slice() {
+        [(r, data)] => (data.clone(), None, Some(content_range(Some(r), len)?)),
+        parts => {
+            let media = response.headers().get(header::CONTENT_TYPE).cloned();
+            let (data, boundary) = multipart(parts, media.as_ref(), len)?;
+            let value = format!("multipart/byteranges; boundary={boundary}");
+            (data, Some(HeaderValue::from_str(&value).ok()?), None)
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+    if let Some(content_range) = content_range {
+        headers.insert(header::CONTENT_RANGE, content_range);
+    }
+    if let Some(content_type) = content_type {
+        headers.insert(header::CONTENT_TYPE, content_type);
+    }
+    let sent = data.len();
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    *response.body_mut() = ResponseBody::cached(data);
+    tracing::debug!(
+        ranges = ranges.len(),
+        bytes = sent,
+        "range answered from cache"
+    );
+    Some(sent)
+}
+
+/// `bytes first-last/len`, or `bytes */len` for a 416.
+fn content_range(range: Option<&Range<u64>>, len: u64) -> Option<HeaderValue> {
+    let text = match range {
+        Some(r) => format!("bytes {}-{}/{len}", r.start, r.end.checked_sub(1)?),
+        None => format!("bytes */{len}"),
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+/// A zero-copy slice of the stored body.
+fn slice(body: &Bytes, range: &Range<u64>) -> Option<Bytes> {
+    let start = usize::try_from(range.start).ok()?;
+    let end = usize::try_from(range.end).ok()?;
+    (start < end && end <= body.len()).then(|| body.slice(start..end))
+}
+
+/// A `multipart/byteranges` body (§14.6) and its boundary; `None` when the boundary
+/// happens to occur in the data (the whole is sent then).
+fn multipart(
+    parts: &[(Range<u64>, Bytes)],
+    media: Option<&HeaderValue>,
+    len: u64,
+) -> Option<(Bytes, String)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let boundary = format!(
+        "tower-memcache-{:08x}{:08x}",
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let delimiter = format!("--{boundary}");
+    let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
+    if parts.iter().any(|(_, data)| finder.find(data).is_some()) {
+        return None;
+    }
+    let total: usize = parts.iter().map(|(_, d)| d.len()).sum();
+    let mut body = BytesMut::with_capacity(total.saturating_add(parts.len().saturating_mul(128)));
+    for (i, (range, data)) in parts.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(delimiter.as_bytes());
+        body.extend_from_slice(b"\r\n");
+        if let Some(media) = media {
+            body.extend_from_slice(b"Content-Type: ");
+            body.extend_from_slice(media.as_bytes());
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"Content-Range: ");
+        body.extend_from_slice(content_range(Some(range), len)?.as_bytes());
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(data);
+    }
+    body.extend_from_slice(b"\r\n");
+    body.extend_from_slice(delimiter.as_bytes());
+    body.extend_from_slice(b"--\r\n");
+    Some((body.freeze(), boundary))
+}
+
+/// The body of a request of the layer's own, of the inner service's type: the configured
+/// maker's, else an empty one of a few common types.
+fn own_body<R: 'static>(make: Option<&MakeBody>) -> Option<R> {
+    if let Some(make) = make {
+        return make().downcast::<R>().ok().map(|b| *b);
+    }
+    let mut slot: Option<R> = None;
+    let any: &mut dyn Any = &mut slot;
+    if let Some(s) = any.downcast_mut::<Option<()>>() {
+        *s = Some(());
+    } else if let Some(s) = any.downcast_mut::<Option<String>>() {
+        *s = Some(String::new());
+    } else if let Some(s) = any.downcast_mut::<Option<Vec<u8>>>() {
+        *s = Some(Vec::new());
+    } else if let Some(s) = any.downcast_mut::<Option<Bytes>>() {
+        *s = Some(Bytes::new());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(s) = any.downcast_mut::<Option<axum::body::Body>>() {
+        *s = Some(axum::body::Body::empty());
+    }
+    slot
+}
+
+/// Request fields the whole-representation GET leaves out: it asks for the whole,
+/// unconditionally.
+const NOT_FORWARDED: [header::HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Removes what makes a request ask for part of the representation (`Range`, and the
+/// `If-Range` that only qualifies it), for requests that refresh a whole entry.
+pub(super) fn strip(headers: &mut HeaderMap) {
+    headers.remove(header::RANGE);
+    headers.remove(header::IF_RANGE);
+}
+
+/// The GET of the whole representation a range request's miss may start, ready before
+/// the range request goes out (it moves its request to the origin).
+pub(super) struct WholeFill<S, R> {
+    inner: S,
+    request: Request<R>,
+}
+
+impl<S, R> WholeFill<S, R> {
+    /// For a GET with `Range` going to the origin: its whole-representation GET, if the
+    /// layer can make one.
+    pub(super) fn for_request<B: Backend>(
+        shared: &Shared<B>,
+        inner: &S,
+        request: &Request<R>,
+        ex: &Exchange,
+    ) -> Option<Self>
+    where
+        S: Clone,
+        R: 'static,
+    {
+        if ex.is_head
+            || !ex.plan.from_cache
+            || request.method() != Method::GET
+            || !request.headers().contains_key(header::RANGE)
+        {
+            return None;
+        }
+        let Some(body) = own_body::<R>(shared.config.own_request_body.as_ref()) else {
+            tracing::debug!(
+                "no request body of the inner service's type: a range miss fills nothing"
+            );
+            return None;
+        };
+        let mut whole = Request::new(body);
+        *whole.method_mut() = Method::GET;
+        *whole.uri_mut() = request.uri().clone();
+        *whole.version_mut() = request.version();
+        *whole.extensions_mut() = request.extensions().clone();
+        let headers = whole.headers_mut();
+        for (name, value) in request.headers() {
+            if !NOT_FORWARDED.contains(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Some(Self {
+            inner: inner.clone(),
+            request: whole,
+        })
+    }
+
+    /// Starts the GET in the background when the origin answered the range request with
+    /// a 206 whose complete length the entry size limit allows (a 200 was stored, or
+    /// refused, as any response; a 206 of unknown length or a multipart one could be of
+    /// any size).
+    pub(super) fn start<B, T, ResBody>(self, shared: &Arc<Shared<B>>, answered: &Response<T>)
+    where
+        B: Backend,
+        S: Service<Request<R>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        R: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        if answered.status() != StatusCode::PARTIAL_CONTENT {
+            return;
+        }
+        let limit = shared.storable_body_size();
+        let Some(total) = complete_length(answered.headers()) else {
+            return;
+        };
+        if usize::try_from(total).map_or(true, |total| total > limit) {
+            tracing::debug!(
+                total,
+                limit,
+                "range miss: the whole is over the entry size limit; not fetched"
+            );
+            return;
+        }
+        let Self { inner, request } = self;
+        let task = Arc::clone(shared);
+        let started = shared.config.background.spawn(async move {
+            fill_whole(&task, inner, request, limit).await;
+        });
+        if !started {
+            tracing::debug!("no tokio runtime for the whole-representation fill; skipped");
+        }
+    }
+}
+
+/// The complete length in a single-part 206's `Content-Range: bytes a-b/len`.
+fn complete_length(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let (unit, rest) = value.trim().split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (_, len) = rest.trim().split_once('/')?;
+    let len = len.trim();
+    if len.is_empty() || len.len() > 19 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    len.parse().ok()
+}
+
+/// The whole-representation GET: looked up and coordinated like any miss (it stores over
+/// its own placeholder, or waits for another request's fill and is done), then read to
+/// its end so the response is stored.
+async fn fill_whole<B, S, R, ResBody>(
+    shared: &Arc<Shared<B>>,
+    mut inner: S,
+    request: Request<R>,
+    limit: usize,
+) where
+    B: Backend,
+    S: Service<Request<R>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    let Some(plan) = shared.plan(&request) else {
+        return;
+    };
+    let (found, detail) = match shared
+        .storage
+        .lookup(&plan.canonical, &plan.key, request.headers())
+        .await
+    {
+        Lookup::Found(found) => (found, None),
+        Lookup::Unavailable => (
+            Found::default(),
+            Some(super::status::Detail::BackendUnavailable),
+        ),
+    };
+    if let Some(entry) = &found.entry {
+        if shared.usable_now(entry, &plan, request.headers()).is_some() {
+            return;
+        }
+    }
+    let fwd = if found.entry.is_some() {
+        Forward::Stale
+    } else {
+        Forward::UriMiss
+    };
+    let ex = Exchange {
+        plan,
+        found,
+        fwd,
+        detail,
+        is_head: false,
+    };
+    let filler = match shared.coordinate(&ex, request.headers(), false).await {
+        Coordinated::Go(filler) => filler,
+        Coordinated::Answered(..) | Coordinated::Retry => return,
+    };
+    if futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .is_err()
+    {
+        filler.release().await;
+        return;
+    }
+    tracing::debug!(key = %ex.plan.key, "range miss: fetching the whole representation in the background");
+    if let Ok(response) = exchange(shared, inner, request, &ex, filler).await {
+        drain_bounded(response.into_body(), limit).await;
+    }
+}
+
+/// Reads a body being stored to its end, or until it is longer than the entry size limit
+/// (it is no longer being stored then, and the rest is not worth fetching).
+async fn drain_bounded<T: Body>(body: T, limit: usize) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
+    while let Some(frame) = futures_util::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            read = read.saturating_add(bytes::Buf::remaining(data));
+            if read > limit {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc9110_14_4_complete_length_of_a_206() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(complete_length(&with("bytes 0-4/10")), Some(10));
+        assert_eq!(complete_length(&with("bytes 0-4/*")), None);
+        assert_eq!(complete_length(&with("items 0-4/10")), None);
+        assert_eq!(complete_length(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn own_bodies_of_common_types() {
+        assert_eq!(own_body::<String>(None), Some(String::new()));
+        assert_eq!(own_body::<()>(None), Some(()));
+        assert!(own_body::<std::fs::File>(None).is_none());
+        let make: MakeBody = Arc::new(|| Box::new(7u8));
+        assert_eq!(own_body::<u8>(Some(&make)), Some(7));
+        assert_eq!(own_body::<u16>(Some(&make)), None);
+    }
+}
