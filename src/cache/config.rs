@@ -43,6 +43,8 @@ pub(crate) struct Config<B> {
     pub(crate) fill_budget: Arc<FillBudget>,
     /// Stores, refreshes and lease releases still running, shared by the layer's clones.
     pub(crate) background: Background,
+    /// Whole-representation fills after range misses under way (bounded).
+    pub(crate) whole_fills: Arc<tokio::sync::Semaphore>,
     /// Tag purges made by this layer and its purgers, recently.
     pub(crate) local_purges: Arc<LocalPurges>,
     /// Makes the body of the layer's own requests (a range miss's whole-representation

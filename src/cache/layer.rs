@@ -19,6 +19,10 @@ use crate::cache::policy::freshness::Heuristic;
 use crate::cache::policy::{CacheMode, Policy, RouteAction, RouteMatch, RouteRule};
 use crate::cache::stats::CacheStats;
 
+/// Whole-representation fills after range misses that run at once, per layer; further
+/// range misses pass through without one.
+const MAX_WHOLE_FILLS: usize = 8;
+
 /// The largest body stored by default: memcached's 1 MiB item size less room for the key,
 /// the entry's metadata and memcached's own overhead.
 pub const DEFAULT_MAX_ENTRY_SIZE: usize = DEFAULT_ITEM_SIZE_LIMIT - 16 * 1024;
@@ -109,6 +113,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 fill_budget: FillBudget::new(DEFAULT_FILL_BUFFER),
                 background: Background::default(),
                 local_purges: Arc::default(),
+                whole_fills: Arc::new(tokio::sync::Semaphore::new(MAX_WHOLE_FILLS)),
                 own_request_body: None,
             },
         }

@@ -28,12 +28,13 @@ use super::body::ResponseBody;
 use super::coalesce::Coordinated;
 use super::exchange::Exchange;
 use super::revalidate::exchange;
-use super::service::Shared;
+use super::service::{FromCache, Shared};
 use super::status::Forward;
-use super::storage::{Found, Lookup};
+use super::storage::Lookup;
 use super::stored::header_map;
 use crate::backend::Backend;
 use crate::cache::entry::Entry;
+use crate::cache::policy::CacheControl;
 use crate::cache::policy::range::{self, Resolved};
 
 /// Makes the body of a request of the layer's own (see
@@ -273,9 +274,37 @@ impl<S, R> WholeFill<S, R> {
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Send + 'static,
     {
-        if answered.status() != StatusCode::PARTIAL_CONTENT {
+        if answered.status() != StatusCode::PARTIAL_CONTENT
+            || answered.extensions().get::<FromCache>().is_some()
+        {
             return;
         }
+        // Nothing to fetch when the whole could not be stored anyway (`private`,
+        // `no-store`, `Set-Cookie`, `Vary: *`, credentials, the request's own `no-store`):
+        // judged on the 206's fields as if they were the 200's, `Content-Range` aside.
+        let mut whole_headers = answered.headers().clone();
+        whole_headers.remove(header::CONTENT_RANGE);
+        let ruling = shared.policy().response_directives(&whole_headers);
+        let request_cc = CacheControl::parse_request(self.request.headers());
+        if let Err(reason) = shared.policy().storable(
+            self.request.headers(),
+            &request_cc,
+            StatusCode::OK,
+            &ruling.headers,
+            &ruling.cc,
+        ) {
+            tracing::debug!(
+                ?reason,
+                "range miss: the whole would not be stored; not fetched"
+            );
+            return;
+        }
+        // Bounded: a client spraying range requests over many URLs gets a few whole
+        // fills at a time, the rest are skipped (their ranges still pass through).
+        let Ok(permit) = Arc::clone(&shared.config.whole_fills).try_acquire_owned() else {
+            tracing::debug!("range miss: enough whole fills under way; not fetched");
+            return;
+        };
         let limit = shared.storable_body_size();
         let Some(total) = complete_length(answered.headers()) else {
             return;
@@ -292,6 +321,7 @@ impl<S, R> WholeFill<S, R> {
         let task = Arc::clone(shared);
         let started = shared.config.background.spawn(async move {
             fill_whole(&task, inner, request, limit).await;
+            drop(permit);
         });
         if !started {
             tracing::debug!("no tokio runtime for the whole-representation fill; skipped");
@@ -334,16 +364,14 @@ async fn fill_whole<B, S, R, ResBody>(
     let Some(plan) = shared.plan(&request) else {
         return;
     };
-    let (found, detail) = match shared
+    let found = match shared
         .storage
         .lookup(&plan.canonical, &plan.key, request.headers())
         .await
     {
-        Lookup::Found(found) => (found, None),
-        Lookup::Unavailable => (
-            Found::default(),
-            Some(super::status::Detail::BackendUnavailable),
-        ),
+        Lookup::Found(found) => found,
+        // Nothing could be stored: do not ask the origin for the whole.
+        Lookup::Unavailable => return,
     };
     if let Some(entry) = &found.entry {
         if shared.usable_now(entry, &plan, request.headers()).is_some() {
@@ -359,7 +387,7 @@ async fn fill_whole<B, S, R, ResBody>(
         plan,
         found,
         fwd,
-        detail,
+        detail: None,
         is_head: false,
     };
     let filler = match shared.coordinate(&ex, request.headers(), false).await {

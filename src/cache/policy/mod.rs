@@ -314,13 +314,20 @@ impl Policy {
             || cc.max_age.is_some()
             || cc.s_maxage.is_some()
             || response_headers.contains_key(header::EXPIRES);
+        // A 206 (single or multipart) is a part, a 304 no representation: never stored as
+        // an entry, whatever `statuses` lists, or a part would be replayed as the whole.
+        if status == StatusCode::PARTIAL_CONTENT {
+            return Err(NotStorable::Partial);
+        }
+        if status == StatusCode::NOT_MODIFIED {
+            return Err(NotStorable::Status);
+        }
         let status_ok = self.statuses.contains(&status.as_u16())
             || (self.mode == CacheMode::Origin && explicit && understood);
         if !status_ok {
             return Err(NotStorable::Status);
         }
-        // A 206 never gets here (not an understood status); any other status with a
-        // Content-Range is an origin's partial body all the same.
+        // Any other status with a Content-Range is an origin's partial body all the same.
         if response_headers.contains_key(header::CONTENT_RANGE) {
             return Err(NotStorable::Partial);
         }
@@ -793,7 +800,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             storable(&origin, &none, StatusCode::PARTIAL_CONTENT, &explicit),
-            Err(NotStorable::Status)
+            Err(NotStorable::Partial)
         );
         let ranged = headers(&[
             ("cache-control", "max-age=5"),

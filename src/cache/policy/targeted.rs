@@ -159,16 +159,15 @@ pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<Cach
             return None;
         }
     };
-    let cc = directives(&dictionary);
-    if cc.is_none() {
-        tracing::debug!(field = %name, "targeted cache-control directive with a value of the wrong type; field ignored");
-    }
-    cc
+    directives(&dictionary)
 }
 
-/// The response directives of a parsed dictionary; `None` when a known one has a value
-/// of the wrong type. A repeated key was already resolved by the parser (the last wins,
-/// RFC 8941 §4.2.2).
+/// The response directives of a parsed dictionary. A member whose value has the wrong
+/// type is not consumed (RFC 9213 §2.1) and the others still rule, failing closed: a
+/// restrictive directive (`no-store`, `private`, `no-cache`, `must-revalidate`,
+/// `proxy-revalidate`) with any value but `?0` still restricts, so one mistyped member
+/// cannot turn a targeted `private` into a shared response. A repeated key was already
+/// resolved by the parser (the last wins, RFC 8941 §4.2.2).
 fn directives(dictionary: &Dictionary) -> Option<CacheControl> {
     let mut cc = CacheControl::default();
     for (key, entry) in dictionary {
@@ -178,10 +177,10 @@ fn directives(dictionary: &Dictionary) -> Option<CacheControl> {
             ListEntry::InnerList(_) => None,
         };
         let valid = match key.as_str() {
-            "no-store" => flag(value, &mut cc.no_store),
+            "no-store" => restrictive(value, &mut cc.no_store),
             "public" => flag(value, &mut cc.public),
-            "must-revalidate" => flag(value, &mut cc.must_revalidate),
-            "proxy-revalidate" => flag(value, &mut cc.proxy_revalidate),
+            "must-revalidate" => restrictive(value, &mut cc.must_revalidate),
+            "proxy-revalidate" => restrictive(value, &mut cc.proxy_revalidate),
             "no-transform" => flag(value, &mut cc.no_transform),
             "must-understand" => flag(value, &mut cc.must_understand),
             "no-cache" => flag_or_fields(value, &mut cc.no_cache, &mut cc.no_cache_fields),
@@ -194,10 +193,21 @@ fn directives(dictionary: &Dictionary) -> Option<CacheControl> {
             _ => true,
         };
         if !valid {
-            return None;
+            tracing::debug!(
+                directive = key.as_str(),
+                "targeted cache-control directive with a value of the wrong type; not consumed"
+            );
         }
     }
     Some(cc)
+}
+
+/// A restrictive directive: Boolean true; any other value but `?0` is of the wrong type,
+/// yet still restricts (fail closed).
+fn restrictive(value: Option<&BareItem>, to: &mut bool) -> bool {
+    let valid = matches!(value, Some(BareItem::Boolean(true)));
+    *to |= !matches!(value, Some(BareItem::Boolean(false)));
+    valid
 }
 
 /// A directive without a value: Boolean true.
@@ -218,7 +228,12 @@ fn flag_or_fields(value: Option<&BareItem>, to: &mut bool, fields: &mut Vec<Stri
                 .map(|name| name.trim().to_ascii_lowercase())
                 .filter(|name| !name.is_empty()),
         ),
-        _ => return false,
+        // Of the wrong type (`?0` aside): not consumed, but restrictive (fail closed).
+        Some(BareItem::Boolean(false)) => return false,
+        _ => {
+            *to = true;
+            return false;
+        }
     }
     true
 }
@@ -286,19 +301,28 @@ mod tests {
             "MaX-aGe=60",
             "max-age=60, &&&",
             "max-age=60,",
-            "max-age=\"60\"",
-            "max-age=1.5",
-            "max-age=-1",
             "max-age=9999999999999999",
-            "max-age=(1 2)",
-            "no-store=?0",
-            "no-store=1",
-            "private=x-a",
-            "no-cache=?0",
             "max-age=@1659578233",
         ] {
             assert_eq!(field(invalid), None, "{invalid:?}");
         }
+        // Valid dictionaries with a mistyped member: the member is not consumed; a
+        // restrictive one still restricts.
+        for mistyped in [
+            "max-age=\"60\"",
+            "max-age=1.5",
+            "max-age=-1",
+            "max-age=(1 2)",
+        ] {
+            let cc = field(mistyped).expect(mistyped);
+            assert_eq!(cc.max_age, None, "{mistyped:?}");
+        }
+        assert!(!field("no-store=?0").unwrap().no_store);
+        assert!(!field("no-cache=?0").unwrap().no_cache);
+        assert!(field("no-store=1").unwrap().no_store, "fail closed");
+        assert!(field("private=x-a").unwrap().private, "fail closed");
+        let mixed = field("private, max-age=\"60\"").unwrap();
+        assert!(mixed.private, "one mistyped member voids nothing else");
         assert!(
             field("none").is_some(),
             "an unknown directive is still a value"
@@ -318,7 +342,7 @@ mod tests {
         let response = headers(&[
             ("cache-control", "max-age=5, private=\"x-user\""),
             ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
-            ("tower-memcache-cache-control", "max-age=\"bad\""),
+            ("tower-memcache-cache-control", "max-age=600, &&"),
             ("cdn-cache-control", "max-age=600"),
             ("x-user", "u"),
         ]);
