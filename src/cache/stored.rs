@@ -49,11 +49,12 @@ pub(crate) fn freshness(meta: &EntryMeta, now_ms: u64) -> Freshness {
     }
 }
 
-/// The longest an entry stays in memcached, however long its HTTP lifetime: a year. Its
-/// freshness (`Age`, `Cache-Status` ttl) is the HTTP one all the same; an entry that
-/// outlives this is fetched again, which is cheap next to keeping lifetimes memcached
-/// cannot say (its absolute times end in January 2038, see `Lifetime`).
-pub(crate) const MAX_BACKEND_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest an entry stays in memcached, however long its HTTP lifetime: 30 days, the
+/// longest lifetime memcached takes as relative (longer ones are absolute times, which
+/// depend on the server's clock and end in January 2038, see `Lifetime`). Its freshness
+/// (`Age`, `Cache-Status` ttl) is the HTTP one all the same; an entry that outlives this
+/// is fetched again, once a month at most.
+pub(crate) const MAX_BACKEND_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How long memcached keeps an entry: the rest of its freshness, then its stale windows,
 /// then (when it has a validator) `keep_stale` more so it can still be revalidated, or
