@@ -529,7 +529,11 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
         .iter()
         .any(|field| field.eq_ignore_ascii_case(name))
     {
-        if let Some(normalized) = normalized_preferences(headers.get_all(name)) {
+        // Servers commonly break ties between media types by the client's order (HTML
+        // or JSON for `text/html, application/json`): `Accept` keeps it; the others are
+        // sets whose order among equal weights says nothing.
+        let keep_order = name.eq_ignore_ascii_case("accept");
+        if let Some(normalized) = normalized_preferences(headers.get_all(name), keep_order) {
             return Some(normalized);
         }
     }
@@ -569,7 +573,8 @@ const NEGOTIATION_FIELDS: [&str; 4] = [
 const MAX_PREFERENCES: usize = 64;
 
 /// A negotiation field's lines in canonical form (RFC 9110 §12.4, §12.5; RFC 9111 §4.1):
-/// members sorted by descending weight, then by name, names lower-cased, white space
+/// members sorted by descending weight, then by name (for `Accept`, kept in the client's
+/// order among equal weights), names lower-cased, white space
 /// dropped, weights written `q=0.xyz` (none when 1), empty members skipped. So `en, de`,
 /// `de,en` and `DE, EN;q=1.0` share a variant, while `en;q=0.5, de` (another preference)
 /// and `de;q=0` (de refused) do not share one with `de, en`: members with weight 0 are
@@ -581,6 +586,7 @@ const MAX_PREFERENCES: usize = 64;
 /// the caller falls back to the byte-exact normalisation.
 fn normalized_preferences<'a>(
     values: impl IntoIterator<Item = &'a http::HeaderValue>,
+    keep_order: bool,
 ) -> Option<String> {
     let mut members: Vec<(u16, String)> = Vec::new();
     for value in values {
@@ -631,7 +637,12 @@ fn normalized_preferences<'a>(
             members.push((weight, canonical));
         }
     }
-    members.sort_by(|(wa, a), (wb, b)| wb.cmp(wa).then_with(|| a.cmp(b)));
+    if keep_order {
+        // Stable: equal weights stay in the client's order.
+        members.sort_by(|(wa, _), (wb, _)| wb.cmp(wa));
+    } else {
+        members.sort_by(|(wa, a), (wb, b)| wb.cmp(wa).then_with(|| a.cmp(b)));
+    }
     let mut normalized = String::new();
     for (index, (weight, member)) in members.iter().enumerate() {
         if index > 0 {
@@ -896,6 +907,31 @@ pub(crate) mod tests {
         assert_ne!(user(b"J\\xfcrgen"), user(b"J\xfcrgen"));
         let names: Vec<_> = vary_names(&headers(&[("vary", "Accept-Encoding, ACCEPT")])).collect();
         assert_eq!(names, ["accept-encoding", "accept"]);
+    }
+
+    #[test]
+    fn accept_keeps_the_clients_order_among_equal_weights() {
+        let norm = |name: &'static str, value: &'static str| {
+            let mut map = HeaderMap::new();
+            map.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+            normalized_header(&map, name)
+        };
+        // An origin choosing by the client's order sends HTML to one, JSON to the other.
+        assert_ne!(
+            norm("accept", "text/html, application/json"),
+            norm("accept", "application/json, text/html")
+        );
+        assert_eq!(
+            norm("accept", "Text/HTML,application/json;q=1.0"),
+            norm("accept", "text/html, application/json")
+        );
+        assert_eq!(
+            norm("accept-language", "en, de"),
+            norm("accept-language", "de, en")
+        );
     }
 
     #[test]
