@@ -123,7 +123,7 @@ async fn failover(n: usize, remove_failed: bool) -> Option<Vec<[f64; 4]>> {
     let layer = layer(backend.clone());
     let svc = service(&layer, &Arc::new(AtomicU64::new(0)));
     let mut rows = Vec::with_capacity(n);
-    for victim in 0..n {
+    for (victim, server) in servers.iter_mut().enumerate() {
         // Fill (again, after the previous victim's restart emptied it).
         let mut before = 0.0;
         for _ in 0..5 {
@@ -132,12 +132,12 @@ async fn failover(n: usize, remove_failed: bool) -> Option<Vec<[f64; 4]>> {
                 break;
             }
         }
-        servers[victim].kill();
+        server.kill();
         // The first pass finds the server down; with `remove_failed_servers` it also refills
         // the dead server's URLs on the others, which the second pass shows.
         let first = hit_ratio(&svc, &layer).await;
         let during = hit_ratio(&svc, &layer).await;
-        servers[victim].restart();
+        server.restart();
         let after = hit_ratio(&svc, &layer).await;
         until("the restarted server is back", || {
             !backend.is_server_down(victim)

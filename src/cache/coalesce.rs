@@ -117,7 +117,7 @@ impl<B: Backend> Shared<B> {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         // Bounded: each round either sleeps a poll interval or changes what it saw.
         for _ in 0..self.max_placement_rounds() {
-            match found.slot {
+            let placed = match found.slot {
                 Slot::Value { cas } => {
                     // A stored response (stale) or an index: the store replaces it, or the
                     // variant goes under it.
@@ -131,91 +131,53 @@ impl<B: Backend> Shared<B> {
                     if live && self.config.lease.is_some() && Instant::now() < deadline {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
                         tokio::time::sleep(self.config.lease_poll).await;
-                        let read = SystemTime::now();
-                        match self.look_again(plan, request_headers).await {
-                            Looked::Usable(entry, freshness) => {
-                                // Read now: requests that joined after this read began may
-                                // come after a purge, and look for themselves.
-                                filler.publish(Some((Arc::clone(&entry), Some(read))));
-                                return Coordinated::Answered(entry, freshness);
-                            }
-                            Looked::Slot(again) => {
-                                started = again.started;
-                                found = Guard::of(&again);
-                            }
-                            Looked::Unavailable => break,
-                        }
-                        continue;
-                    }
-                    if live && self.config.lease.is_none() {
+                        None
+                    } else if live && self.config.lease.is_none() {
                         // Not waiting for other processes: go now alongside it, and store
                         // only if its token is still there (nothing purged the URL).
                         filler.mark(Some(placeholder.token), &found, started);
                         filler.guard = Some(found);
                         return Coordinated::Go(filler);
-                    }
-                    // Nobody waits for it any longer (released, expired, or its request is
-                    // slow): arm it again for this request, with the same token, so others
-                    // wait for this one; whichever request finishes first stores (a live
-                    // request's placeholder is never replaced, or a slow origin would
-                    // never be stored under load).
-                    if live {
-                        tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; going alongside it");
-                    }
-                    match self
-                        .storage
-                        .rearm(&plan.key, found.slot, self.hold_until())
-                        .await
-                    {
-                        Placed::Mine(armed, at) => {
-                            filler.mark(Some(armed.token), &found, at);
-                            filler.lease = Some(Lease::new(&self.storage, &plan.key, armed));
-                            filler.guard = Some(found);
-                            return Coordinated::Go(filler);
+                    } else {
+                        // Nobody waits for it any longer (released, expired, or its request
+                        // is slow): arm it again for this request, same token, so others
+                        // wait for this one; whichever request finishes first stores (a
+                        // live request's placeholder is never replaced, or a slow origin
+                        // would never be stored under load).
+                        if live {
+                            tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; going alongside it");
                         }
-                        Placed::Unknown => break,
-                        Placed::Taken => {
-                            let read = SystemTime::now();
-                            match self.look_again(plan, request_headers).await {
-                                Looked::Usable(entry, freshness) => {
-                                    filler.publish(Some((Arc::clone(&entry), Some(read))));
-                                    return Coordinated::Answered(entry, freshness);
-                                }
-                                Looked::Slot(again) => {
-                                    started = again.started;
-                                    found = Guard::of(&again);
-                                }
-                                Looked::Unavailable => break,
-                            }
-                            continue;
-                        }
+                        let until = self.hold_until();
+                        Some(self.storage.rearm(&plan.key, found.slot, until).await)
                     }
                 }
-                Slot::Absent => {}
-            }
-            match self.storage.place(&plan.key, self.hold_until()).await {
-                Placed::Mine(placeholder, at) => {
+                Slot::Absent => Some(self.storage.place(&plan.key, self.hold_until()).await),
+            };
+            match placed {
+                Some(Placed::Mine(placeholder, at)) => {
                     tracing::debug!(key = %plan.key, "placeholder in place: this request refills the URL");
                     filler.mark(Some(placeholder.token), &found, at);
                     filler.lease = Some(Lease::new(&self.storage, &plan.key, placeholder));
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
                 }
-                Placed::Unknown => break,
-                Placed::Taken => {
-                    let read = SystemTime::now();
-                    match self.look_again(plan, request_headers).await {
-                        Looked::Usable(entry, freshness) => {
-                            filler.publish(Some((Arc::clone(&entry), Some(read))));
-                            return Coordinated::Answered(entry, freshness);
-                        }
-                        Looked::Slot(again) => {
-                            started = again.started;
-                            found = Guard::of(&again);
-                        }
-                        Looked::Unavailable => break,
-                    }
+                Some(Placed::Unknown) => break,
+                // Waited a poll interval, or someone was faster: what is there now?
+                Some(Placed::Taken) | None => {}
+            }
+            let read = SystemTime::now();
+            match self.look_again(plan, request_headers).await {
+                Looked::Usable(entry, freshness) => {
+                    // Read now: requests that joined after this read began may come after
+                    // a purge, and look for themselves.
+                    filler.publish(Some((Arc::clone(&entry), Some(read))));
+                    return Coordinated::Answered(entry, freshness);
                 }
+                Looked::Slot(again) => {
+                    started = again.started;
+                    found = Guard::of(&again);
+                }
+                Looked::Unavailable => break,
             }
         }
         // The backend could not tell: go unguarded (nothing will be stored), sharing the
