@@ -89,6 +89,23 @@ async fn hit_ratio(svc: &Svc, layer: &MemcacheLayer<TcpBackend>) -> f64 {
 fn signal(server: &Memcached, signal: Signal) {
     let pid = i32::try_from(server.pid().expect("running")).unwrap();
     kill(Pid::from_raw(pid), signal).unwrap();
+    if signal == Signal::SIGSTOP {
+        // The signal is delivered asynchronously: wait until the kernel shows it stopped,
+        // or a request sent right after could still be answered.
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            // `pid (comm) S ...`: the state follows the command's closing parenthesis.
+            if state
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 fn start(n: usize, test: &str) -> Option<Vec<Memcached>> {
