@@ -9,6 +9,9 @@
 //! Then try `curl -i http://127.0.0.1:3000/slow/7` twice: the first answer takes 100 ms
 //! and says `cache-status: tower-memcache; fwd=uri-miss; stored`, the second is instant
 //! with `cache-status: tower-memcache; hit` and the same origin run count.
+//!
+//! With `--features metrics`, `curl http://127.0.0.1:3000/metrics` shows the layer's
+//! metrics in Prometheus' text format (`tower_memcache_requests_total{namespace="demo",outcome="hit"}`, …).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,6 +123,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             app(MemoryBackend::new(), "memory")
         }
     };
+    // The recorder goes in before the first request: the layer registers its metrics with
+    // the recorder of its first count. The route is added outside the cache layer.
+    #[cfg(feature = "metrics")]
+    let router = {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        router.route("/metrics", get(move || std::future::ready(handle.render())))
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     println!("listening on {url}");
@@ -128,6 +138,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i {url}/clock     # cached for 2 s");
     println!("  curl -i {url}/private   # Cache-Control: private, never stored");
     println!("  curl {url}/stats        # the layer's counters (never cached)");
+    #[cfg(feature = "metrics")]
+    println!("  curl {url}/metrics      # the same, for Prometheus");
     axum::serve(listener, router).await?;
     Ok(())
 }

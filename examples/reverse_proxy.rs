@@ -6,7 +6,7 @@
 //!               [--mode origin|routes] [--ttl SECS] [--threads N]
 //!               [--runtime per-thread|shared] [--upstream-host]
 //!               [--stale-if-unreachable SECS]
-//!               [--targeted-cache-control NAME[,NAME...]|none]
+//!               [--targeted-cache-control NAME[,NAME...]|none] [--metrics ADDR]
 //! ```
 //!
 //! - `--upstream URL`: the origin, `http://host[:port]` (plain HTTP only; no TLS to the
@@ -49,6 +49,10 @@
 //!   `example-cache-control,cdn-cache-control`); `none` obeys none. Default
 //!   `cdn-cache-control`: the proxy is a cache on the origin's behalf, what RFC 9213 §3
 //!   calls a CDN. Such fields are forwarded to the client unchanged either way.
+//! - `--metrics ADDR`: serve the cache's metrics in Prometheus' text format on
+//!   `http://ADDR/metrics` (any path answers), from a thread of their own. Needs the crate's
+//!   `metrics` feature (`cargo run --example reverse_proxy --features metrics -- ...`); the
+//!   names are listed in `tower_memcache::cache::METRIC_NAMES`.
 //!
 //! Every method, path, query and end-to-end header is forwarded, except the forwarding
 //! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
@@ -167,7 +171,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] [--listen ADDR] \
 [--memcache HOST:PORT[,HOST:PORT...]] [--mode origin|routes] [--ttl SECS] [--threads N] \
 [--runtime per-thread|shared] [--upstream-host] [--stale-if-unreachable SECS] \
-[--targeted-cache-control NAME[,NAME...]|none]";
+[--targeted-cache-control NAME[,NAME...]|none] [--metrics ADDR]";
 
 /// How long the origin may take to send its response head.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -222,6 +226,8 @@ struct Args {
     stale_if_unreachable: Option<Duration>,
     /// RFC 9213's target list (`--targeted-cache-control`).
     targeted: Vec<HeaderName>,
+    /// Where to serve the metrics (`--metrics`).
+    metrics: Option<SocketAddr>,
 }
 
 /// How the proxy uses its threads (`--runtime`).
@@ -246,6 +252,7 @@ impl Args {
         let mut upstream_host = false;
         let mut stale_if_unreachable = Some(Duration::from_secs(3600));
         let mut targeted = vec![CDN_CACHE_CONTROL];
+        let mut metrics = None;
         while let Some(arg) = args.next() {
             // Both `--flag value` and `--flag=value`.
             let (flag, inline) = match arg.split_once('=') {
@@ -301,6 +308,10 @@ impl Args {
                     stale_if_unreachable = (secs > 0).then(|| Duration::from_secs(secs));
                 }
                 "--targeted-cache-control" => targeted = parse_targeted(&value()?)?,
+                "--metrics" => {
+                    let v = value()?;
+                    metrics = Some(v.parse().map_err(|e| format!("--metrics {v:?}: {e}"))?);
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -316,6 +327,7 @@ impl Args {
             upstream_host,
             stale_if_unreachable,
             targeted,
+            metrics,
         }))
     }
 }
@@ -614,6 +626,9 @@ fn main() -> Result<(), BoxError> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    if let Some(addr) = args.metrics {
+        serve_metrics(addr)?;
+    }
     match args.memcache.clone() {
         #[cfg(feature = "tcp")]
         Some(servers) => {
@@ -638,6 +653,26 @@ fn main() -> Result<(), BoxError> {
 }
 
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Installs the Prometheus recorder and its HTTP listener on `addr`, before any layer
+/// counts (the layer registers its metrics with the recorder of its first count). With no
+/// runtime running yet, the exporter runs on a thread of its own, so scrapes never wait
+/// behind proxied requests.
+#[cfg(feature = "metrics")]
+fn serve_metrics(addr: SocketAddr) -> Result<(), BoxError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|err| format!("--metrics {addr}: {err}"))?;
+    tracing::info!(%addr, "serving metrics");
+    Ok(())
+}
+
+/// Without the `metrics` feature the layer emits nothing: an empty endpoint would mislead.
+#[cfg(not(feature = "metrics"))]
+fn serve_metrics(_addr: SocketAddr) -> Result<(), BoxError> {
+    Err("--metrics needs the crate's `metrics` feature (--features metrics)".into())
+}
 
 /// Runs the proxy on `args.threads` threads until Ctrl-C. `backend` makes the backend of
 /// each cache layer: one per thread with `--runtime per-thread`, one in all with `shared`.

@@ -122,6 +122,7 @@ impl<B: Backend> MemcacheLayer<B> {
     /// The namespace put in front of every key (the key formula of [`crate::key`]). Defaults to none.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.config.namespace = namespace.into();
+        self.config.stats.label_namespace(&self.config.namespace);
         self
     }
 

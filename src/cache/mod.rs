@@ -92,7 +92,7 @@ pub use purge::{PurgeError, Purger};
 #[doc(inline)]
 pub use service::Memcache;
 #[doc(inline)]
-pub use stats::{CacheStats, StatsSnapshot};
+pub use stats::{CacheStats, METRIC_NAMES, StatsSnapshot};
 
 /// A response extension a handler sets to choose how long this one response is cached;
 /// `Duration::ZERO` keeps it out of the cache.

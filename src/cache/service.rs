@@ -296,10 +296,7 @@ impl<B: Backend> Shared<B> {
         } else {
             ranged.unwrap_or(entry.body.len())
         };
-        self.config.stats.record_hit(sent);
-        if stale {
-            self.config.stats.record_stale();
-        }
+        self.config.stats.record_hit(sent, stale);
         tracing::debug!(
             status = meta.status,
             bytes = sent,

@@ -1,5 +1,6 @@
 //! Counters of what the cache layer did, kept with a few relaxed atomic adds per request,
-//! and a plain snapshot to read them.
+//! and a plain snapshot to read them. With the `metrics` feature the same events also go
+//! to the [`metrics`](https://docs.rs/metrics) facade (see [`METRIC_NAMES`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,8 @@ struct Counters {
     stale: AtomicU64,
     revalidations: AtomicU64,
     invalidations: AtomicU64,
+    #[cfg(feature = "metrics")]
+    exported: exported::Exported,
 }
 
 /// A point-in-time copy of [`CacheStats`].
@@ -84,6 +87,8 @@ macro_rules! recorders {
         $(#[$doc])*
         pub(crate) fn $name(&self) {
             self.inner.$field.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            self.inner.exported.handles().$field.increment(1);
         }
     )*};
 }
@@ -102,20 +107,43 @@ impl CacheStats {
         record_backend_error => backend_errors,
         /// Counts a request that waited for another's response.
         record_coalesced => coalesced,
-        /// Counts a stale response served (also count the hit).
-        record_stale => stale,
         /// Counts a conditional request sent to revalidate.
         record_revalidation => revalidations,
         /// Counts an invalidation.
         record_invalidation => invalidations,
     }
 
-    /// Counts a hit that sent `body_bytes` from the cache.
-    pub(crate) fn record_hit(&self, body_bytes: usize) {
+    /// Counts a hit that sent `body_bytes` from the cache; `stale`: a stale response
+    /// (counted in `hits` and in `stale`).
+    pub(crate) fn record_hit(&self, body_bytes: usize, stale: bool) {
+        let bytes = u64::try_from(body_bytes).unwrap_or(u64::MAX);
         self.inner.hits.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .bytes_served
-            .fetch_add(body_bytes as u64, Ordering::Relaxed);
+        self.inner.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+        if stale {
+            self.inner.stale.fetch_add(1, Ordering::Relaxed);
+        }
+        #[cfg(feature = "metrics")]
+        {
+            let handles = self.inner.exported.handles();
+            // The outcomes are exclusive: a stale hit is not also a `hit`.
+            if stale {
+                handles.stale.increment(1);
+            } else {
+                handles.hits.increment(1);
+            }
+            handles.bytes_served.increment(bytes);
+        }
+    }
+
+    /// Labels this layer's metrics with `namespace="…"` (the `metrics` feature); without a
+    /// call, or with an empty namespace, they carry no such label. Only counts made after
+    /// the call carry it: the layer calls it while it is being built.
+    #[cfg_attr(not(feature = "metrics"), allow(clippy::unused_self))]
+    pub(crate) fn label_namespace(&self, namespace: &str) {
+        #[cfg(feature = "metrics")]
+        self.inner.exported.set_namespace(namespace);
+        #[cfg(not(feature = "metrics"))]
+        let _ = namespace;
     }
 
     /// Reads every counter.
@@ -137,6 +165,128 @@ impl CacheStats {
     }
 }
 
+/// The names of the metrics the layer and the TCP backend emit with the `metrics` feature,
+/// with their labels, in Prometheus' conventions (units in names, `_total` for counters).
+///
+/// Every metric of the layer carries `namespace="…"` when the layer has a namespace
+/// ([`MemcacheLayer::namespace`](crate::MemcacheLayer::namespace)). They are registered
+/// with the recorder installed when the layer (or the backend's server) first counts
+/// something: install yours (`metrics::set_global_recorder`, or an exporter's `install`)
+/// before the first request.
+///
+/// ```
+/// use tower_memcache::cache::METRIC_NAMES;
+///
+/// assert!(METRIC_NAMES.iter().any(|(name, _)| *name == "tower_memcache_requests_total"));
+/// ```
+pub const METRIC_NAMES: &[(&str, &str)] = &[
+    (
+        "tower_memcache_requests_total",
+        "counter; outcome=\"hit\" (fresh), \"stale\" (a stale response served), \"miss\", \"revalidate\" (a stored response revalidated with the origin), \"bypass\" (not handled by the cache)",
+    ),
+    (
+        "tower_memcache_coalesced_requests_total",
+        "counter; requests that waited for another's response to the same key (each also ends as one of the outcomes above)",
+    ),
+    ("tower_memcache_stores_total", "counter; entries written"),
+    (
+        "tower_memcache_store_failures_total",
+        "counter; entries the backend refused or failed to write",
+    ),
+    (
+        "tower_memcache_invalidations_total",
+        "counter; URIs, tags and namespaces invalidated",
+    ),
+    (
+        "tower_memcache_backend_errors_total",
+        "counter; backend operations of the layer that failed or timed out",
+    ),
+    (
+        "tower_memcache_bytes_served_total",
+        "counter; body bytes sent from the cache",
+    ),
+    (
+        "tower_memcache_backend_request_duration_seconds",
+        "histogram; server=\"host:port\": one TCP backend request, sent to answered or failed",
+    ),
+    (
+        "tower_memcache_backend_server_up",
+        "gauge; server=\"host:port\": 1 while the TCP backend uses the server, 0 while it is marked down",
+    ),
+];
+
+#[cfg(feature = "metrics")]
+mod exported {
+    //! The layer's handles into the `metrics` recorder, registered once (the first count)
+    //! so that a request costs an atomic load and the recorder's own increments, with no
+    //! key building or allocation.
+
+    use std::sync::{Mutex, OnceLock};
+
+    use metrics::{Counter, Label, counter};
+
+    #[derive(Debug, Default)]
+    pub(super) struct Exported {
+        namespace: Mutex<Option<String>>,
+        handles: OnceLock<Handles>,
+    }
+
+    #[derive(Debug)]
+    pub(super) struct Handles {
+        pub(super) hits: Counter,
+        pub(super) stale: Counter,
+        pub(super) misses: Counter,
+        pub(super) revalidations: Counter,
+        pub(super) bypasses: Counter,
+        pub(super) coalesced: Counter,
+        pub(super) stores: Counter,
+        pub(super) store_failures: Counter,
+        pub(super) invalidations: Counter,
+        pub(super) backend_errors: Counter,
+        pub(super) bytes_served: Counter,
+    }
+
+    impl Exported {
+        pub(super) fn set_namespace(&self, namespace: &str) {
+            let mut slot = self.namespace.lock().unwrap_or_else(|p| p.into_inner());
+            *slot = (!namespace.is_empty()).then(|| namespace.to_string());
+        }
+
+        pub(super) fn handles(&self) -> &Handles {
+            self.handles.get_or_init(|| {
+                let namespace = self
+                    .namespace
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let base: Vec<Label> = namespace
+                    .map(|ns| Label::new("namespace", ns))
+                    .into_iter()
+                    .collect();
+                let outcome = |value: &'static str| {
+                    let mut labels = base.clone();
+                    labels.push(Label::new("outcome", value));
+                    counter!("tower_memcache_requests_total", labels)
+                };
+                let plain = |name: &'static str| counter!(name, base.clone());
+                Handles {
+                    hits: outcome("hit"),
+                    stale: outcome("stale"),
+                    misses: outcome("miss"),
+                    revalidations: outcome("revalidate"),
+                    bypasses: outcome("bypass"),
+                    coalesced: plain("tower_memcache_coalesced_requests_total"),
+                    stores: plain("tower_memcache_stores_total"),
+                    store_failures: plain("tower_memcache_store_failures_total"),
+                    invalidations: plain("tower_memcache_invalidations_total"),
+                    backend_errors: plain("tower_memcache_backend_errors_total"),
+                    bytes_served: plain("tower_memcache_bytes_served_total"),
+                }
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +294,7 @@ mod tests {
     #[test]
     fn counters_and_the_hit_ratio() {
         let stats = CacheStats::default();
-        stats.record_hit(1024);
+        stats.record_hit(1024, false);
         stats.record_miss();
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.hits, 1);

@@ -39,6 +39,9 @@ fn build_example() -> PathBuf {
     if cfg!(feature = "axum") {
         features.push("axum");
     }
+    if cfg!(feature = "metrics") {
+        features.push("metrics");
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command

@@ -722,6 +722,7 @@ impl TcpBackend {
             };
         // Finished: counted below, by its outcome.
         abandoned.armed = false;
+        server.observe_duration(abandoned.started.elapsed());
         self.account(index, &outcome);
         outcome
     }
@@ -753,6 +754,7 @@ impl TcpBackend {
     /// watches for its return.
     fn went_down(&self, index: usize) {
         self.inner.servers[index].close_connections();
+        self.inner.servers[index].export_health();
         rebuild_ring(&self.inner);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(probe(Arc::downgrade(&self.inner), index));
@@ -834,6 +836,7 @@ async fn probe(inner: Weak<Inner>, index: usize) {
                 continue;
             }
             server.mark_up();
+            server.export_health();
             rebuild_ring(&inner);
             tracing::info!(server = %server.name, %version, "memcached server answers again; back in use");
             return;

@@ -42,6 +42,16 @@ pub(crate) struct Server {
     /// Cleared when `stats settings` cost a connection (twemproxy closes the connection
     /// on `stats`): new connections then skip it, until the server is marked up again.
     ask_settings: AtomicBool,
+    /// Its handles into the `metrics` recorder, registered on first use.
+    #[cfg(feature = "metrics")]
+    exported: std::sync::OnceLock<Exported>,
+}
+
+/// A server's latency histogram and health gauge.
+#[cfg(feature = "metrics")]
+struct Exported {
+    duration: metrics::Histogram,
+    up: metrics::Gauge,
 }
 
 /// The item size limit learned for one server; `usize::MAX` while nothing is known.
@@ -130,7 +140,42 @@ impl Server {
             down: AtomicBool::new(false),
             item_limit: ItemLimit::new(),
             ask_settings: AtomicBool::new(true),
+            #[cfg(feature = "metrics")]
+            exported: std::sync::OnceLock::new(),
         }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn exported(&self) -> &Exported {
+        self.exported.get_or_init(|| {
+            let labels = [metrics::Label::new("server", self.name.to_string())];
+            let exported = Exported {
+                duration: metrics::histogram!(
+                    "tower_memcache_backend_request_duration_seconds",
+                    labels.iter()
+                ),
+                up: metrics::gauge!("tower_memcache_backend_server_up", labels.iter()),
+            };
+            exported.up.set(if self.is_down() { 0.0 } else { 1.0 });
+            exported
+        })
+    }
+
+    /// Records how long one request to this server took (the `metrics` feature).
+    pub(crate) fn observe_duration(&self, elapsed: std::time::Duration) {
+        #[cfg(feature = "metrics")]
+        self.exported().duration.record(elapsed.as_secs_f64());
+        #[cfg(not(feature = "metrics"))]
+        let _ = elapsed;
+    }
+
+    /// Exports whether the server is in use now (the `metrics` feature); called after
+    /// each transition.
+    pub(crate) fn export_health(&self) {
+        #[cfg(feature = "metrics")]
+        self.exported()
+            .up
+            .set(if self.is_down() { 0.0 } else { 1.0 });
     }
 
     pub(crate) fn is_down(&self) -> bool {
