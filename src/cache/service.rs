@@ -282,9 +282,12 @@ impl<B: Backend> Shared<B> {
             .then(|| header_map(meta))
             .filter(|map| not_modified(request_headers, map, stored::received_at(meta)));
         let mut response = stored::response(entry, is_head, stored_headers.as_ref(), freshness.age);
-        // Built from the cache, not passed through from the origin (a range miss's whole
-        // fill starts only for the origin's own 206).
-        response.extensions_mut().insert(FromCache);
+        // Built from the cache, not passed through from the origin: a range miss's whole
+        // fill starts only for the origin's own 206. Only a range request can start one,
+        // so only its answer is marked (a first extension allocates; a hit should not).
+        if request_headers.contains_key(http::header::RANGE) {
+            response.extensions_mut().insert(FromCache);
+        }
         let stale = !freshness.is_fresh();
         // §13.2.2: a `Range` applies once the other preconditions let the 200 through.
         let ranged = (!is_head && stored_headers.is_none() && meta.status == 200)
