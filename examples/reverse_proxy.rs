@@ -15,16 +15,36 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Request;
 use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tower::ServiceBuilder;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::MemcacheLayer;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sends `request` to `origin`, keeping its path and query.
+async fn forward(
+    client: Client<HttpConnector, Incoming>,
+    origin: Uri,
+    mut request: Request<Incoming>,
+) -> Result<Response<Incoming>, BoxError> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = origin.into_parts();
+    parts.path_and_query = Some(path);
+    *request.uri_mut() = Uri::from_parts(parts)?;
+    Ok(client.request(request).await?)
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,21 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // would use `TcpBackend` (memcached) and answer 502 rather than fail on origin errors.
     let service = ServiceBuilder::new()
         .layer(MemcacheLayer::new(MemoryBackend::new()).default_lifetime(Duration::from_secs(60)))
-        .service_fn(move |mut request: Request<Incoming>| {
-            let client = client.clone();
-            let origin = origin.clone();
-            async move {
-                let path = request
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                let mut parts = origin.into_parts();
-                parts.path_and_query = Some(path);
-                *request.uri_mut() = Uri::from_parts(parts)?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(client.request(request).await?)
-            }
-        });
+        .service_fn(move |request| forward(client.clone(), origin.clone(), request));
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("caching proxy on http://{}", listener.local_addr()?);

@@ -62,7 +62,7 @@
 //! An origin that varies its response on any other request header must name it in
 //! `Vary`; see SECURITY.md for the whole trust model.
 //!
-//! What is stored, reused and invalidated is [`MemcacheLayer`](tower_memcache::MemcacheLayer)'s RFC 9111 shared-cache
+//! What is stored, reused and invalidated is [`MemcacheLayer`]'s RFC 9111 shared-cache
 //! policy (see the README's directive table): GET and HEAD keyed by host, path and query
 //! (namespace `proxy`), variants by `Vary`, revalidation with `If-None-Match` /
 //! `If-Modified-Since`, `stale-while-revalidate` and `stale-if-error`, invalidation by
@@ -94,7 +94,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
 use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -131,9 +132,16 @@ const GRACE: Duration = Duration::from_secs(10);
 /// (RUST_LOG filters them, default "info"). SIGTERM or Ctrl-C: stop accepting, finish open
 /// requests and pending stores (10 s at most), exit 0.
 #[derive(Parser, Debug)]
-#[command(name = "tower-memcache-proxy", version, max_term_width = 100)]
+// A flag given twice takes the last value, as most daemons (and the example before) do:
+// wrappers can append to a default command line.
+#[command(
+    name = "tower-memcache-proxy",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
 struct Args {
-    /// The origin to forward requests to: http://HOST[:PORT].
+    /// The origin to forward requests to: http://HOST or http://HOST:PORT.
     ///
     /// Plain HTTP only (no TLS to the origin) and no path prefix. One origin per process.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
@@ -218,7 +226,9 @@ struct Args {
     /// $host"), which keeps the cache key (built from the client's host) and what the origin
     /// saw the same. Either way the client's authority is sent as the cache key holds it:
     /// validated, lower-cased, without the default port.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_HOST")]
+    ///
+    /// From the environment: true/false, yes/no, on/off or 1/0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_HOST", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     upstream_host: bool,
 
     /// The targeted cache-control fields (RFC 9213) obeyed instead of Cache-Control and
