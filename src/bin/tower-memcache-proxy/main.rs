@@ -385,27 +385,37 @@ fn serve_metrics(_addr: SocketAddr) -> Result<(), BoxError> {
     Err("--metrics needs the crate's `metrics` feature (--features proxy,metrics)".into())
 }
 
-/// Completes on SIGTERM (what systemd, Docker and Kubernetes send) or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
+/// Listens for SIGTERM (what systemd, Docker and Kubernetes send) and SIGINT (Ctrl-C) from
+/// the call on, so that a signal sent as soon as the proxy accepts connections is never the
+/// default action (an exit without draining); the future completes on the first. Called
+/// inside a runtime.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
             }
-            Err(err) => {
+            (Err(err), _) | (_, Err(err)) => {
                 tracing::warn!(error = %err, "cannot listen for SIGTERM; Ctrl-C only");
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        announce_shutdown();
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    announce_shutdown();
 }
 
 /// Runs the proxy on `args.threads` threads until SIGTERM or Ctrl-C. `backend` makes the
@@ -429,6 +439,7 @@ where
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
+                let signal = shutdown_signal();
                 let listener = TcpListener::bind(args.listen)
                     .await
                     .map_err(|err| format!("--listen {}: {err}", args.listen))?;
@@ -439,7 +450,7 @@ where
                     access_log: args.access_log == OnOff::On,
                 };
                 announce(args, worker.listener.local_addr()?, description, threads);
-                worker.serve(shutdown_signal()).await;
+                worker.serve(signal).await;
                 Ok(())
             })
         }
@@ -461,6 +472,15 @@ where
     B: Backend,
     F: Fn() -> Result<B, BoxError> + Sync,
 {
+    // Listened for before the sockets are bound, so that a SIGTERM sent as soon as the
+    // proxy accepts connections is never the default action (an exit without draining).
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signal = {
+        let _entered = signals.enter();
+        shutdown_signal()
+    };
     // Everything that can fail is set up here, before any thread starts serving; the first
     // socket resolves port 0, and the others bind the same address.
     let mut workers = Vec::with_capacity(threads);
@@ -482,15 +502,6 @@ where
         drop(_entered);
         workers.push((runtime, worker));
     }
-    // Listened for before the startup line, so that a SIGTERM sent as soon as the proxy
-    // answers is never the default action (an exit without draining).
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let signal = {
-        let _entered = signals.enter();
-        tokio::spawn(shutdown_signal())
-    };
     announce(args, addr, description, threads);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -510,7 +521,7 @@ where
                 return Err(err.into());
             }
         }
-        let _ = signals.block_on(signal);
+        signals.block_on(signal);
         let _ = stop.send(true);
         Ok(())
     })
