@@ -1,4 +1,4 @@
-//! Fault soak: `examples/reverse_proxy.rs` over two memcached servers while they fail in
+//! Fault soak: the `tower-memcache-proxy` binary over two memcached servers while they fail in
 //! turn (SIGSTOP/SIGCONT, SIGKILL and restart, both restarted, a server answering garbage
 //! on one's port), under concurrent clients whose every body is checked against its URL.
 //!

@@ -1,5 +1,5 @@
-//! `examples/reverse_proxy.rs` as users run it: the example binary (built by `cargo test`)
-//! in front of a small HTTP origin this test starts, spoken to over loopback HTTP.
+//! The `tower-memcache-proxy` binary as users run it (built by `cargo test`, see
+//! `support::proxy`) in front of a small HTTP origin this test starts, over loopback HTTP.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! `examples/reverse_proxy.rs` as a child process, and a raw HTTP/1.1 client for requests
+//! The `tower-memcache-proxy` binary as a child process, and a raw HTTP/1.1 client for requests
 //! a real client would not send.
 
 use std::io::{Read, Write};
@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The example binary, killed when dropped.
+/// The proxy binary, killed when dropped.
 pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
@@ -21,21 +21,27 @@ impl Drop for Proxy {
     }
 }
 
-/// The example binary, built once per test process: `cargo test --test X` builds no
-/// examples, and a binary left from an earlier build would test old code.
-pub fn example_binary() -> PathBuf {
+/// The `tower-memcache-proxy` binary with this test's features. `cargo test` builds it
+/// when the `proxy` feature is on (`--all-features`); otherwise it is built here, once per
+/// test process, since a binary left from an earlier build (or by another feature set)
+/// would test old code.
+pub fn proxy_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_example).clone()
+    BUILT
+        .get_or_init(|| match option_env!("CARGO_BIN_EXE_tower-memcache-proxy") {
+            // Cargo names the path even when `required-features` kept it from building
+            // the binary: trusted only when the `proxy` feature is on.
+            Some(built) if cfg!(feature = "proxy") => PathBuf::from(built),
+            _ => build_binary(),
+        })
+        .clone()
 }
 
-fn build_example() -> PathBuf {
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/examples/reverse_proxy
+fn build_binary() -> PathBuf {
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/tower-memcache-proxy
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let mut features = Vec::new();
-    if cfg!(feature = "tcp") {
-        features.push("tcp");
-    }
+    let mut features = vec!["proxy"];
     if cfg!(feature = "axum") {
         features.push("axum");
     }
@@ -46,19 +52,20 @@ fn build_example() -> PathBuf {
     let mut command = Command::new(cargo);
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--example", "reverse_proxy"])
+        .args(["build", "--quiet", "--bin", "tower-memcache-proxy"])
         .args(["--no-default-features", "--features", &features.join(",")]);
     if profile_dir.ends_with("release") {
         command.arg("--release");
     }
-    let status = command.status().expect("run cargo build --example");
+    let status = command.status().expect("run cargo build --bin");
     assert!(
         status.success(),
-        "cargo build --example reverse_proxy failed"
+        "cargo build --bin tower-memcache-proxy failed"
     );
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX));
+    let binary = profile_dir.join(format!(
+        "tower-memcache-proxy{}",
+        std::env::consts::EXE_SUFFIX
+    ));
     assert!(binary.exists(), "{} not built", binary.display());
     binary
 }
@@ -66,7 +73,7 @@ fn build_example() -> PathBuf {
 /// The proxy in front of `upstream`, on one thread unless `args` say otherwise.
 pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
     let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
-    let child = Command::new(example_binary())
+    let child = Command::new(proxy_binary())
         .args([
             "--listen",
             &addr.to_string(),
@@ -74,6 +81,8 @@ pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
             &format!("http://{upstream}"),
             "--threads",
             "1",
+            "--access-log",
+            "off",
         ])
         .args(args)
         .stdout(Stdio::null())

@@ -1,0 +1,242 @@
+//! The access log: one line per request on stdout, nginx's `combined` format followed by
+//! the cache outcome and the time to the response head:
+//!
+//! ```text
+//! 127.0.0.1 - - [03/Dec/2026:13:52:40 +0000] "GET /index.html HTTP/1.1" 200 6 "-" "curl/8.5.0" "tower-memcache; hit" 0.000
+//! ```
+//!
+//! The cache outcome is the response's `Cache-Status` (RFC 9211), `-` when the cache did
+//! not see the request (a 400 for a target the proxy refuses). The size is the response's
+//! `Content-Length`, `-` when the body streams without one. Quotes, backslashes and bytes
+//! that are not printable ASCII are written as `\xHH`, as nginx does, so a client cannot
+//! forge a line.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, Version};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Longest request target and header value written, in bytes: a line stays bounded.
+const MAX_FIELD: usize = 2048;
+
+/// Logs every request the inner service answers, when the response head is ready.
+#[derive(Clone)]
+pub(crate) struct AccessLog<S> {
+    pub(crate) inner: S,
+    pub(crate) peer: IpAddr,
+    /// `--access-log`: off, requests pass with nothing recorded.
+    pub(crate) enabled: bool,
+}
+
+/// What the line needs from the request, kept until the response.
+struct Pending {
+    peer: IpAddr,
+    request_line: String,
+    referer: String,
+    user_agent: String,
+    started: Instant,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AccessLog<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Infallible>,
+{
+    type Response = Response<ResB>;
+    type Error = Infallible;
+    type Future = Logged<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        if !self.enabled {
+            return Logged {
+                inner: self.inner.call(request),
+                pending: None,
+            };
+        }
+        let mut request_line = String::with_capacity(64);
+        escape_into(&mut request_line, request.method().as_str().as_bytes());
+        request_line.push(' ');
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str());
+        escape_into(&mut request_line, target.as_bytes());
+        request_line.push(' ');
+        request_line.push_str(version(request.version()));
+        let pending = Pending {
+            peer: self.peer,
+            request_line,
+            referer: field(request.headers(), &header::REFERER),
+            user_agent: field(request.headers(), &header::USER_AGENT),
+            started: Instant::now(),
+        };
+        Logged {
+            inner: self.inner.call(request),
+            pending: Some(pending),
+        }
+    }
+}
+
+pin_project! {
+    /// The inner service's future; writes the line when it completes.
+    pub(crate) struct Logged<F> {
+        #[pin]
+        inner: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, B> Future for Logged<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
+            write_line(&pending, response);
+        }
+        Poll::Ready(result)
+    }
+}
+
+fn write_line<B>(pending: &Pending, response: &Response<B>) {
+    let headers = response.headers();
+    let size = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or("-");
+    let mut line = String::with_capacity(
+        160 + pending.request_line.len() + pending.referer.len() + pending.user_agent.len(),
+    );
+    let _ = write!(
+        line,
+        "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\" \"{}\" {:.3}",
+        pending.peer,
+        clf_time(SystemTime::now()),
+        pending.request_line,
+        response.status().as_u16(),
+        size,
+        pending.referer,
+        pending.user_agent,
+        field(headers, &CACHE_STATUS),
+        pending.started.elapsed().as_secs_f64(),
+    );
+    line.push('\n');
+    // One write per line, so that lines of different threads do not interleave. A closed
+    // stdout loses the log, not the request.
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+}
+
+/// A header's value escaped, `-` when absent.
+fn field(headers: &HeaderMap, name: &HeaderName) -> String {
+    match headers.get(name) {
+        None => "-".to_string(),
+        Some(value) => {
+            let mut text = String::with_capacity(value.len().min(MAX_FIELD));
+            escape_into(&mut text, value.as_bytes());
+            text
+        }
+    }
+}
+
+/// Appends `bytes` (at most [`MAX_FIELD`] of them) with `"`, `\` and anything but
+/// printable ASCII as `\xHH`.
+fn escape_into(out: &mut String, bytes: &[u8]) {
+    for &byte in bytes.iter().take(MAX_FIELD) {
+        if byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' || byte == b' ' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "\\x{byte:02X}");
+        }
+    }
+}
+
+fn version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// `03/Dec/2026:13:52:40 +0000`: the Common Log Format's time, in UTC.
+fn clf_time(now: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rest = secs % 86_400;
+    let month_name = MONTHS
+        .get(usize::from(month.saturating_sub(1)))
+        .copied()
+        .unwrap_or("Jan");
+    format!(
+        "{day:02}/{month_name}/{year}:{:02}:{:02}:{:02} +0000",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month 1-12, day 1-31): Howard Hinnant's algorithm, for
+/// days from the epoch on (all `SystemTime::now` gives on a working clock).
+fn civil_from_days(days: u64) -> (u64, u8, u8) {
+    let z = days.saturating_add(719_468);
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (
+        year,
+        u8::try_from(month).unwrap_or(1),
+        u8::try_from(day).unwrap_or(1),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn clf_time_matches_known_dates() {
+        let at = |secs| clf_time(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "01/Jan/1970:00:00:00 +0000");
+        // 2000-02-29 (a leap day) 13:55:36.
+        assert_eq!(at(951_832_536), "29/Feb/2000:13:55:36 +0000");
+        assert_eq!(at(1_796_305_960), "03/Dec/2026:13:52:40 +0000");
+    }
+
+    #[test]
+    fn escapes_what_could_forge_a_line() {
+        let mut out = String::new();
+        escape_into(&mut out, b"a \"b\\\n\xff");
+        assert_eq!(out, "a \\x22b\\x5C\\x0A\\xFF");
+    }
+}

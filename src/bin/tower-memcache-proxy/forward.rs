@@ -1,0 +1,329 @@
+//! Forwarding to the origin: the request as the origin sees it (target, `Host`, forwarding
+//! headers, hop-by-hop headers dropped), the pooled client, and the 400, 502 and 504 the
+//! proxy answers itself.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{self, TryFutureExt};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
+
+/// How long the origin may take to send its response head.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Request headers that tell an origin where a request came from or what it "really"
+/// asked for. Clients' copies never reach the origin (see the crate docs): the first
+/// four are replaced by the proxy's own values, the rest dropped.
+const FORWARDING: [HeaderName; 18] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-host"),
+];
+
+/// Headers that make some frameworks run another method's handler; dropped from GET and
+/// HEAD, whose answers are stored under the GET's key.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// What the forwarding service knows: where the origin is and a pooled client to it.
+pub(crate) struct Upstream {
+    client: Client<HttpConnector, ProxyRequestBody>,
+    authority: Authority,
+    /// The authority as a `Host` value, for `--upstream-host`.
+    host_value: HeaderValue,
+    upstream_host: bool,
+}
+
+/// The origin's body, or a short body the proxy made up (502, 504).
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The client's request body, or none for a request the cache makes of its own (the whole
+/// representation after a range request's miss: see `MemcacheLayer::own_request_body`).
+pub(crate) type ProxyRequestBody = Either<Incoming, Empty<Bytes>>;
+
+/// The inner service: forwards one request to the origin. Never fails: trouble with the
+/// origin is a 502 or 504 response.
+pub(crate) async fn forward(
+    upstream: Arc<Upstream>,
+    client_addr: SocketAddr,
+    mut request: Request<ProxyRequestBody>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // `ValidTarget` lets only valid targets through; checked again rather than trusted.
+    let target = match RequestTarget::from_parts("http", request.uri(), request.headers()) {
+        Ok(target) => target,
+        Err(invalid) => return Ok(refused(invalid).map(Either::Right)),
+    };
+    let client_host = match target.authority() {
+        "" => None,
+        authority => HeaderValue::from_str(authority).ok(),
+    };
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build();
+    *request.uri_mut() = match uri {
+        Ok(uri) => uri,
+        Err(err) => {
+            tracing::debug!(error = %err, "request target not forwardable");
+            return Ok(made_up(StatusCode::BAD_REQUEST, "400 Bad Request\n"));
+        }
+    };
+    // The pool speaks HTTP/1.1 to the origin whatever the client spoke.
+    *request.version_mut() = Version::HTTP_11;
+
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    set_forwarding(headers, client_addr, client_host.as_ref());
+    if upstream.upstream_host {
+        headers.insert(header::HOST, upstream.host_value.clone());
+    } else if let Some(host) = client_host {
+        headers.insert(header::HOST, host);
+    }
+    // No client host at all (HTTP/1.0): the client pool fills in the upstream's.
+
+    let method = request.method().clone();
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, upstream.client.request(request)).await {
+        Ok(Ok(mut response)) => {
+            // Our own version towards the client, whatever the origin spoke (hyper still
+            // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
+            // stored, and replayed on hits) would make HTTP/1.1 clients close the
+            // connection after every response.
+            *response.version_mut() = Version::HTTP_11;
+            strip_hop_by_hop(response.headers_mut());
+            Ok(response.map(Either::Left))
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
+            Ok(unreachable(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"))
+        }
+        Err(_) => {
+            tracing::warn!(%method, upstream = %upstream.authority, "upstream sent no response in time");
+            Ok(unreachable(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout\n",
+            ))
+        }
+    }
+}
+
+/// Drops the hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name, headers))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// Replaces every forwarding header of the client's by the proxy's own (see the crate
+/// docs).
+fn set_forwarding(headers: &mut HeaderMap, peer: SocketAddr, client_host: Option<&HeaderValue>) {
+    for name in &FORWARDING {
+        headers.remove(name);
+    }
+    let ip = peer.ip();
+    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    // RFC 7239 §6: an IPv6 node is bracketed and quoted; a host with a port needs quotes.
+    let mut forwarded = match ip {
+        std::net::IpAddr::V4(v4) => format!("for={v4}"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    if let Some(host) = client_host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        // A validated authority holds no quote or backslash.
+        if let Ok(host) = host.to_str() {
+            forwarded.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    forwarded.push_str(";proto=http");
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// Why a request is refused before the cache sees it, if it is.
+fn check_target<B>(request: &Request<B>) -> Result<(), InvalidTarget> {
+    // The proxy listens on plain HTTP only: an `https://` target here is a lie (and would
+    // be keyed apart from the same page under `http://`).
+    if request
+        .uri()
+        .scheme_str()
+        .is_some_and(|scheme| !scheme.eq_ignore_ascii_case("http"))
+    {
+        return Err(InvalidTarget::UnsupportedScheme);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+    if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+        return Err(InvalidTarget::MalformedAuthority);
+    }
+    RequestTarget::from_parts("http", request.uri(), request.headers()).map(drop)
+}
+
+/// The 400 for a target the proxy refuses.
+fn refused(invalid: InvalidTarget) -> Response<Full<Bytes>> {
+    tracing::debug!(reason = %invalid, "request refused: 400");
+    plain(StatusCode::BAD_REQUEST, "400 Bad Request\n")
+}
+
+fn made_up(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    plain(status, text).map(Either::Right)
+}
+
+/// A short `text/plain` answer of the proxy's own, never stored.
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A 502 or 504 for an origin that did not answer: marked so that the cache layer may let a
+/// stale entry stand in (`stale-if-error`) or answer 504 for a `must-revalidate` one.
+fn unreachable(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = made_up(status, text);
+    response.extensions_mut().insert(OriginUnreachable);
+    response
+}
+
+/// The outermost service: drops method overrides from GET and HEAD, and answers 400 to a
+/// request whose target the proxy refuses ([`check_target`]), before the cache or the
+/// origin see it; passes the rest on.
+#[derive(Clone)]
+pub(crate) struct ValidTarget<S> {
+    pub(crate) inner: S,
+}
+
+/// The inner service's response, or the 400.
+pub(crate) type GuardedResponse<B> = Response<Either<B, Full<Bytes>>>;
+
+impl<S, B> Service<Request<Incoming>> for ValidTarget<S>
+where
+    S: Service<Request<ProxyRequestBody>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = GuardedResponse<B>;
+    type Error = Infallible;
+    type Future = future::Either<
+        future::Ready<Result<GuardedResponse<B>, Infallible>>,
+        future::MapOk<S::Future, fn(Response<B>) -> GuardedResponse<B>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        if matches!(*request.method(), Method::GET | Method::HEAD) {
+            // A method override on a GET could run another method's handler at the origin
+            // for an answer stored under the GET's key. Dropped here, before the cache
+            // (which would otherwise bypass such a request), the origin never sees it.
+            for name in &METHOD_OVERRIDES {
+                request.headers_mut().remove(name);
+            }
+        }
+        match check_target(&request) {
+            Err(invalid) => {
+                future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
+            }
+            Ok(()) => future::Either::Right(
+                self.inner
+                    .call(request.map(Either::Left))
+                    .map_ok(passed as fn(Response<B>) -> GuardedResponse<B>),
+            ),
+        }
+    }
+}
+
+fn passed<B>(response: Response<B>) -> GuardedResponse<B> {
+    response.map(Either::Left)
+}
+
+/// An error and its sources on one line (hyper's own messages are terse).
+pub(crate) fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The pooled client to `origin` (`http://host[:port]`); made inside the runtime that will
+/// use it. `upstream_host`: send the origin's authority as `Host` (`--upstream-host`).
+pub(crate) fn upstream(
+    origin: &Uri,
+    upstream_host: bool,
+) -> Result<Arc<Upstream>, crate::BoxError> {
+    let authority = origin
+        .authority()
+        .cloned()
+        .ok_or("--upstream has no host")?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    Ok(Arc::new(Upstream {
+        client,
+        host_value: HeaderValue::from_str(authority.as_str())?,
+        authority,
+        upstream_host,
+    }))
+}

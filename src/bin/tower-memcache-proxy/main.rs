@@ -1,0 +1,667 @@
+//! `tower-memcache-proxy`: a caching reverse proxy in front of any HTTP origin, the
+//! deployment people know from nginx + srcache + memc (or Varnish), as a tower stack over
+//! memcached. Install it with `cargo install tower-memcache --features proxy` (add
+//! `metrics` for `--metrics`); `tower-memcache-proxy --help` lists every flag, its
+//! environment variable and its default. `contrib/tower-memcache-proxy.service` is an
+//! example systemd unit.
+//!
+//! Logs: an access log line per request on stdout (`--access-log off` turns it off; the
+//! format is in the `access_log` module: nginx's `combined` plus the `Cache-Status` and the
+//! time to the response head); events on stderr, filtered by `RUST_LOG` (default `info`;
+//! `RUST_LOG=tower_memcache=debug` shows every cache decision), as text or
+//! `--log-format json`.
+//!
+//! Shutdown: on SIGTERM or Ctrl-C (SIGINT) the proxy stops accepting, lets the open
+//! requests finish and the cache finish its pending stores, 10 s at most in all, then exits
+//! with status 0.
+//!
+//! Every method, path, query and end-to-end header is forwarded, except the forwarding
+//! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
+//! the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
+//! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
+//! ways. Upstream connections are pooled and kept alive, and spoken to in HTTP/1.1
+//! whatever the client spoke; responses go out as the proxy's own HTTP/1.1 (HTTP/1.0
+//! clients still get 1.0), not the origin's version. An origin that cannot be reached
+//! answers 502 Bad Gateway, one that sends no response head within 60 s 504 Gateway
+//! Timeout; neither is cached.
+//!
+//! # Requests refused
+//!
+//! Before the cache sees it, a request is answered `400 Bad Request` (RFC 9112 §3.2) when
+//! its authority cannot be keyed safely ([`RequestTarget::from_parts`](tower_memcache::cache::RequestTarget::from_parts)): a `Host` that is
+//! not `host[:port]` (`127.0.0.1:3001/a` would otherwise let `GET /b` be stored as
+//! `/a/b`), user information, more than one `Host`, a `Host` that disagrees with an
+//! absolute-form target; also an HTTP/1.1 request without `Host`, and an absolute-form
+//! target whose scheme is not `http` (the proxy only listens on plain HTTP).
+//!
+//! # Forwarding headers
+//!
+//! The rule: no request input that can change the origin's response reaches the origin
+//! unless it is part of the cache key or the origin names it in `Vary`. Headers that
+//! proxies use to tell an origin where a request came from are such inputs (an origin
+//! that builds links from `X-Forwarded-Host` would otherwise have one client's value
+//! served to everyone as a hit), so the client's copies are dropped and the proxy sends
+//! its own:
+//!
+//! - `X-Forwarded-Host`: the validated client authority (the key's), in both `Host`
+//!   modes; `X-Forwarded-Proto: http`.
+//! - `X-Forwarded-For`: the peer address alone. A client-supplied chain is *replaced*,
+//!   not appended to as nginx's `$proxy_add_x_forwarded_for` does: an origin that trusts
+//!   the first entry would otherwise answer (and the cache store) what the client claims.
+//!   Behind another proxy, the origin therefore sees that proxy's address.
+//! - `Forwarded` (RFC 7239): `for=<peer>;host="<authority>";proto=http`.
+//! - Dropped and not replaced: `X-Forwarded-Port`, `X-Forwarded-Prefix`,
+//!   `X-Forwarded-Server`, `X-Forwarded-Scheme`, `X-Forwarded-Ssl`, `Front-End-Https`,
+//!   `X-Url-Scheme`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Original-URL`,
+//!   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`.
+//! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
+//!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
+//!   would run another handler (a POST's) whose answer is stored under the GET's key.
+//!   Other methods keep them; their answers are never stored.
+//!
+//! An origin that varies its response on any other request header must name it in
+//! `Vary`; see SECURITY.md for the whole trust model.
+//!
+//! What is stored, reused and invalidated is [`MemcacheLayer`]'s RFC 9111 shared-cache
+//! policy (see the README's directive table): GET and HEAD keyed by host, path and query
+//! (namespace `proxy`), variants by `Vary`, revalidation with `If-None-Match` /
+//! `If-Modified-Since`, `stale-while-revalidate` and `stale-if-error`, invalidation by
+//! POST, PUT, PATCH, DELETE and unknown methods, tags from `Surrogate-Key`. As with
+//! srcache, request cookies are not part of the key: an origin that personalises a response
+//! must say `private` or `Vary`. The proxy's own 502 and 504 carry
+//! [`OriginUnreachable`](tower_memcache::cache::OriginUnreachable), so a stale entry can stand in for them. `RUST_LOG=debug` shows
+//! every cache decision.
+//!
+//! An example session, with Python's file server as the origin:
+//!
+//! ```text
+//! $ mkdir /tmp/site && echo hello > /tmp/site/index.html
+//! $ python3 -m http.server 8080 --bind 127.0.0.1 --directory /tmp/site &
+//! $ memcached -l 127.0.0.1 -p 11311 -U 0 &          # add -u root when running as root
+//! $ tower-memcache-proxy \
+//!       --listen 127.0.0.1:3001 --upstream http://127.0.0.1:8080 --memcache 127.0.0.1:11311
+//! tower-memcache-proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads, a runtime per thread)
+//!
+//! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
+//! cache-status: tower-memcache; fwd=uri-miss; stored
+
+mod access_log;
+mod forward;
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
+use http::header::HeaderName;
+use http::uri::{Scheme, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::time::Instant;
+use tower::Layer;
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode};
+use tracing_subscriber::EnvFilter;
+
+use access_log::AccessLog;
+use forward::{ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
+
+// glibc's malloc was about a tenth of the CPU time of a cache hit here (a hit allocates
+// for the request, the entry's headers and the response); mimalloc's thread-local
+// free lists fit a server whose threads each allocate and free their own requests'.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How long open requests and pending stores may take to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A caching reverse proxy (RFC 9111 shared cache) in front of one HTTP origin, storing
+/// responses in memcached.
+///
+/// Every flag can also be given by the environment variable shown with it; a flag on the
+/// command line wins. Logs: an access log line per request on stdout, events on stderr
+/// (RUST_LOG filters them, default "info"). SIGTERM or Ctrl-C: stop accepting, finish open
+/// requests and pending stores (10 s at most), exit 0.
+#[derive(Parser, Debug)]
+// A flag given twice takes the last value, as most daemons (and the example before) do:
+// wrappers can append to a default command line.
+#[command(
+    name = "tower-memcache-proxy",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
+struct Args {
+    /// The origin to forward requests to: http://HOST or http://HOST:PORT.
+    ///
+    /// Plain HTTP only (no TLS to the origin) and no path prefix. One origin per process.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+    upstream: Uri,
+
+    /// The address and port to listen on, for HTTP/1.1 and HTTP/2 (prior knowledge).
+    ///
+    /// Port 0 picks a free port (the startup line on stderr tells which).
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:3001"
+    )]
+    listen: SocketAddr,
+
+    /// The memcached servers, comma-separated HOST:PORT; keys are spread over them by
+    /// consistent hashing (ketama, as libmemcached does).
+    ///
+    /// Without it, entries live in this process's memory, shared by its threads, and are
+    /// lost when it exits.
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_MEMCACHE",
+        value_name = "HOST:PORT[,HOST:PORT...]"
+    )]
+    memcache: Option<String>,
+
+    /// Who decides how long a response is fresh.
+    ///
+    /// "origin" follows RFC 9111: s-maxage, max-age, Expires, else a tenth of the time since
+    /// Last-Modified; a response with none of them is stored only to be revalidated.
+    /// "routes" caches every storable response for --ttl whatever the origin says (like
+    /// nginx's srcache with a fixed $memc_exptime).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MODE", value_enum, default_value_t = Mode::Origin)]
+    mode: Mode,
+
+    /// The lifetime of a response in "routes" mode, in seconds.
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_TTL",
+        value_name = "SECS",
+        default_value_t = 3600
+    )]
+    ttl: u64,
+
+    /// When the origin cannot be reached (connection refused or closed, timeout), answer
+    /// with a stored response up to this many seconds past its lifetime, as nginx's
+    /// "proxy_cache_use_stale error timeout"; 0 turns it off.
+    ///
+    /// Never a response that said must-revalidate, proxy-revalidate, no-cache or s-maxage.
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_STALE_IF_UNREACHABLE",
+        value_name = "SECS",
+        default_value_t = 3600
+    )]
+    stale_if_unreachable: u64,
+
+    /// The number of threads serving requests; default: one per CPU.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+
+    /// How the threads share the work.
+    ///
+    /// "per-thread" is nginx's worker model: each thread runs its own single-threaded
+    /// runtime with its own listening socket (SO_REUSEPORT: the kernel spreads connections
+    /// over them), its own pool to the origin and its own cache layer and memcached
+    /// connections; a hit never leaves its thread. Request coalescing is then per thread
+    /// (memcached leases keep the threads from all calling the origin for one missing
+    /// URL). As with nginx's "reuseport", a second proxy that the same user starts on the
+    /// same address shares the incoming connections instead of failing to bind.
+    /// "shared" is one multi-threaded, work-stealing runtime behind one listener and one
+    /// cache layer: better when the work per connection is uneven, or where SO_REUSEPORT is
+    /// missing.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_RUNTIME", value_enum, default_value_t = RuntimeKind::PerThread)]
+    runtime: RuntimeKind,
+
+    /// Send the upstream's authority as Host (nginx's default $proxy_host).
+    ///
+    /// Without it the client's Host goes to the origin (nginx's "proxy_set_header Host
+    /// $host"), which keeps the cache key (built from the client's host) and what the origin
+    /// saw the same. Either way the client's authority is sent as the cache key holds it:
+    /// validated, lower-cased, without the default port.
+    ///
+    /// From the environment: true/false, yes/no, on/off or 1/0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_HOST", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    upstream_host: bool,
+
+    /// The targeted cache-control fields (RFC 9213) obeyed instead of Cache-Control and
+    /// Expires, comma-separated, most applicable first; "none" obeys none.
+    ///
+    /// The proxy is a cache on the origin's behalf, what RFC 9213 calls a CDN. Such fields
+    /// are forwarded to the client unchanged either way.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_TARGETED_CACHE_CONTROL", value_name = "NAME[,NAME...]|none", default_value = "cdn-cache-control", value_parser = parse_targeted)]
+    targeted_cache_control: Targeted,
+
+    /// Serve the cache's metrics in Prometheus' text format on http://ADDR/metrics (any
+    /// path answers), from a thread of their own.
+    ///
+    /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
+    /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_METRICS", value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
+    /// Write an access log line per request to stdout: nginx's "combined" format, then
+    /// the response's Cache-Status in quotes and the seconds to the response head.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_ACCESS_LOG", value_enum, default_value_t = OnOff::On)]
+    access_log: OnOff,
+
+    /// The format of the events on stderr; RUST_LOG chooses which (e.g.
+    /// RUST_LOG=tower_memcache=debug for every cache decision).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// Freshness from the origin's headers (RFC 9111).
+    Origin,
+    /// Every storable response for --ttl.
+    Routes,
+}
+
+/// How the proxy uses its threads (`--runtime`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuntimeKind {
+    /// A single-threaded runtime per thread, each with its own listener and cache layer.
+    PerThread,
+    /// One multi-threaded (work-stealing) runtime, one listener, one cache layer.
+    Shared,
+}
+
+/// `--access-log`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    /// Log every request.
+    On,
+    /// Log none.
+    Off,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// RFC 9213's target list (`--targeted-cache-control`).
+#[derive(Clone, Debug)]
+struct Targeted(Vec<HeaderName>);
+
+/// `--targeted-cache-control`: comma-separated field names, or `none`.
+fn parse_targeted(text: &str) -> Result<Targeted, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Targeted(Vec::new()));
+    }
+    let names = text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if names.is_empty() {
+        // An empty value is more likely a mistake (an unset variable) than "none".
+        return Ok(Targeted(vec![CDN_CACHE_CONTROL]));
+    }
+    Ok(Targeted(names))
+}
+
+/// `http://host[:port]`, nothing else.
+fn parse_upstream(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err("only http:// origins are supported".into());
+    }
+    if uri.authority().is_none() {
+        return Err("no host".into());
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err("a path prefix is not supported; give http://host[:port]".into());
+    }
+    Ok(uri)
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // stderr: stdout is the access log's.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    if let Some(addr) = args.metrics {
+        serve_metrics(addr)?;
+    }
+    match args.memcache.clone() {
+        Some(servers) => {
+            let backend = || {
+                tower_memcache::backend::TcpBackend::builder()
+                    .server_list(&servers)
+                    .build()
+                    .map_err(|err| format!("--memcache {servers:?}: {err}"))
+            };
+            // Checked once here, so that a bad list is reported before anything starts.
+            let description = format!("memcached {}", backend()?.server_names().join(","));
+            start(&args, &description, || Ok(backend()?))
+        }
+        None => {
+            // One store for every thread: the cache is the process's, whatever the runtime.
+            let memory = MemoryBackend::new();
+            start(&args, "in-process memory", || Ok(memory.clone()))
+        }
+    }
+}
+
+/// Installs the Prometheus recorder and its HTTP listener on `addr`, before any layer
+/// counts (the layer registers its metrics with the recorder of its first count). With no
+/// runtime running yet, the exporter runs on a thread of its own, so scrapes never wait
+/// behind proxied requests.
+#[cfg(feature = "metrics")]
+fn serve_metrics(addr: SocketAddr) -> Result<(), BoxError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|err| format!("--metrics {addr}: {err}"))?;
+    tracing::info!(%addr, "serving metrics");
+    Ok(())
+}
+
+/// Without the `metrics` feature the layer emits nothing: an empty endpoint would mislead.
+#[cfg(not(feature = "metrics"))]
+fn serve_metrics(_addr: SocketAddr) -> Result<(), BoxError> {
+    Err("--metrics needs the crate's `metrics` feature (--features proxy,metrics)".into())
+}
+
+/// Listens for SIGTERM (what systemd, Docker and Kubernetes send) and SIGINT (Ctrl-C) from
+/// the call on, so that a signal sent as soon as the proxy accepts connections is never the
+/// default action (an exit without draining); the future completes on the first. Called
+/// inside a runtime.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        announce_shutdown();
+    }
+}
+
+/// Runs the proxy on `args.threads` threads until SIGTERM or Ctrl-C. `backend` makes the
+/// backend of each cache layer: one per thread with `--runtime per-thread`, one in all with
+/// `shared`.
+fn start<B, F>(args: &Args, description: &str, backend: F) -> Result<(), BoxError>
+where
+    B: Backend,
+    F: Fn() -> Result<B, BoxError> + Sync,
+{
+    let threads = args
+        .threads
+        .map(usize::from)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    match args.runtime {
+        RuntimeKind::PerThread => run_per_thread(args, threads, description, &backend),
+        RuntimeKind::Shared => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let signal = shutdown_signal();
+                let listener = TcpListener::bind(args.listen)
+                    .await
+                    .map_err(|err| format!("--listen {}: {err}", args.listen))?;
+                let worker = Worker {
+                    listener,
+                    layer: cache_layer(backend()?, args),
+                    upstream: forward::upstream(&args.upstream, args.upstream_host)?,
+                    access_log: args.access_log == OnOff::On,
+                };
+                announce(args, worker.listener.local_addr()?, description, threads);
+                worker.serve(signal).await;
+                Ok(())
+            })
+        }
+    }
+}
+
+/// One single-threaded runtime per thread, each with its own listening socket, upstream
+/// pool, cache layer (and, over memcached, its own connections): nginx's worker model. A
+/// hit is then served start to end on one thread, with no hand-off between threads and
+/// no work stealing; the kernel spreads incoming connections over the sockets
+/// (`SO_REUSEPORT`).
+fn run_per_thread<B, F>(
+    args: &Args,
+    threads: usize,
+    description: &str,
+    backend: &F,
+) -> Result<(), BoxError>
+where
+    B: Backend,
+    F: Fn() -> Result<B, BoxError> + Sync,
+{
+    // Listened for before the sockets are bound, so that a SIGTERM sent as soon as the
+    // proxy accepts connections is never the default action (an exit without draining).
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signal = {
+        let _entered = signals.enter();
+        shutdown_signal()
+    };
+    // Everything that can fail is set up here, before any thread starts serving; the first
+    // socket resolves port 0, and the others bind the same address.
+    let mut workers = Vec::with_capacity(threads);
+    let mut addr = args.listen;
+    for _ in 0..threads {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Sockets and pools register with the runtime they are made in.
+        let _entered = runtime.enter();
+        let listener = bind_shared(addr).map_err(|err| format!("--listen {addr}: {err}"))?;
+        addr = listener.local_addr()?;
+        let worker = Worker {
+            listener,
+            layer: cache_layer(backend()?, args),
+            upstream: forward::upstream(&args.upstream, args.upstream_host)?,
+            access_log: args.access_log == OnOff::On,
+        };
+        drop(_entered);
+        workers.push((runtime, worker));
+    }
+    announce(args, addr, description, threads);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    std::thread::scope(|scope| {
+        for (index, (runtime, worker)) in workers.into_iter().enumerate() {
+            let mut stopped = stopped.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("proxy-{index}"))
+                .spawn_scoped(scope, move || {
+                    runtime.block_on(worker.serve(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    }));
+                });
+            if let Err(err) = spawned {
+                // The threads already started stop before the scope ends.
+                let _ = stop.send(true);
+                return Err(err.into());
+            }
+        }
+        signals.block_on(signal);
+        let _ = stop.send(true);
+        Ok(())
+    })
+}
+
+/// A listening socket that other threads of this process may bind to the same address
+/// (`SO_REUSEPORT`); the kernel spreads incoming connections over them.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted proxy can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    // nginx's default backlog on Linux.
+    socket.listen(511)
+}
+
+/// The startup line, on stderr (stdout is the access log's).
+fn announce(args: &Args, addr: SocketAddr, description: &str, threads: usize) {
+    let runtime = match args.runtime {
+        RuntimeKind::PerThread => "a runtime per thread",
+        RuntimeKind::Shared => "one shared runtime",
+    };
+    eprintln!(
+        "tower-memcache-proxy on http://{addr} -> http://{} ({description}, {threads} threads, {runtime})",
+        args.upstream
+            .authority()
+            .map_or("", |authority| authority.as_str()),
+    );
+}
+
+fn announce_shutdown() {
+    eprintln!(
+        "shutting down: finishing open requests and pending stores ({} s at most)",
+        GRACE.as_secs()
+    );
+}
+
+fn cache_layer<B: Backend>(backend: B, args: &Args) -> MemcacheLayer<B> {
+    let mode = match args.mode {
+        Mode::Origin => CacheMode::Origin,
+        Mode::Routes => CacheMode::Routes,
+    };
+    MemcacheLayer::new(backend)
+        .namespace("proxy")
+        .mode(mode)
+        .default_lifetime(Duration::from_secs(args.ttl))
+        .stale_if_unreachable(
+            (args.stale_if_unreachable > 0).then(|| Duration::from_secs(args.stale_if_unreachable)),
+        )
+        .targeted_cache_control(args.targeted_cache_control.0.iter().cloned())
+        .own_request_body(|| ProxyRequestBody::Right(http_body_util::Empty::new()))
+}
+
+/// What one runtime serves with: its listener, its cache layer (whose services share
+/// statistics and request coalescing) and its pool to the origin.
+struct Worker<B> {
+    listener: TcpListener,
+    layer: MemcacheLayer<B>,
+    upstream: Arc<Upstream>,
+    access_log: bool,
+}
+
+impl<B: Backend> Worker<B> {
+    /// Accepts and serves connections until `shutdown` completes, then lets open requests
+    /// and the layer's pending stores finish ([`GRACE`] at most in all).
+    async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            layer,
+            upstream,
+            access_log,
+        } = self;
+        let background = layer.background();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off a little.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            // A cache service per connection, so the forwarding service knows the client's
+            // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
+            let upstream = Arc::clone(&upstream);
+            let service = ValidTarget {
+                inner: layer.layer(tower::service_fn(move |request| {
+                    forward(Arc::clone(&upstream), peer, request)
+                })),
+            };
+            let service = AccessLog {
+                inner: service,
+                peer: peer.ip(),
+                enabled: access_log,
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%peer, error = %error_chain(&*err), "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let deadline = Instant::now() + GRACE;
+        if tokio::time::timeout_at(deadline, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("open requests still running at the end of the grace period");
+        }
+        // Stores of responses just sent (and refreshes) run in the background, on this
+        // runtime: they end with it.
+        if tokio::time::timeout_at(deadline, background.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = background.running(),
+                "pending stores dropped at the end of the grace period"
+            );
+        }
+    }
+}

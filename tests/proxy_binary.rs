@@ -1,0 +1,299 @@
+//! The `tower-memcache-proxy` binary as an operator runs it: its `--help`, its environment
+//! variables, its access log and its graceful shutdown on SIGTERM. What it caches is tested
+//! through it in `tests/reverse_proxy.rs` and the others that use `support::proxy`.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::proxy::{proxy_binary, raw_request};
+
+/// Every flag, with the environment variable that also sets it.
+const FLAGS: [(&str, &str); 13] = [
+    ("--upstream", "TOWER_MEMCACHE_PROXY_UPSTREAM"),
+    ("--listen", "TOWER_MEMCACHE_PROXY_LISTEN"),
+    ("--memcache", "TOWER_MEMCACHE_PROXY_MEMCACHE"),
+    ("--mode", "TOWER_MEMCACHE_PROXY_MODE"),
+    ("--ttl", "TOWER_MEMCACHE_PROXY_TTL"),
+    (
+        "--stale-if-unreachable",
+        "TOWER_MEMCACHE_PROXY_STALE_IF_UNREACHABLE",
+    ),
+    ("--threads", "TOWER_MEMCACHE_PROXY_THREADS"),
+    ("--runtime", "TOWER_MEMCACHE_PROXY_RUNTIME"),
+    ("--upstream-host", "TOWER_MEMCACHE_PROXY_UPSTREAM_HOST"),
+    (
+        "--targeted-cache-control",
+        "TOWER_MEMCACHE_PROXY_TARGETED_CACHE_CONTROL",
+    ),
+    ("--metrics", "TOWER_MEMCACHE_PROXY_METRICS"),
+    ("--access-log", "TOWER_MEMCACHE_PROXY_ACCESS_LOG"),
+    ("--log-format", "TOWER_MEMCACHE_PROXY_LOG_FORMAT"),
+];
+
+/// A small origin on its own threads: `/slow` answers after 800 ms, everything else at
+/// once; every answer is fresh for a minute. Counts the requests it got.
+struct Origin {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        std::thread::spawn(move || {
+            // Bounded: the test process ends long before this many connections.
+            for stream in listener.incoming().take(1000) {
+                let Ok(stream) = stream else { continue };
+                let counted = Arc::clone(&counted);
+                std::thread::spawn(move || answer(stream, &counted));
+            }
+        });
+        Self { addr, calls }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves the requests of one connection until the client closes it.
+fn answer(stream: TcpStream, calls: &AtomicUsize) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        calls.fetch_add(1, Ordering::SeqCst);
+        let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
+        if path == "/slow" {
+            std::thread::sleep(Duration::from_millis(800));
+        }
+        let body = format!("origin {path}");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: max-age=60\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The proxy in front of `origin`, configured by `env` alone, with its stdout piped.
+fn spawn(env: &[(&str, String)]) -> (Child, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let mut command = Command::new(proxy_binary());
+    // Whatever the environment of the test run says, only ours counts.
+    for (_, var) in FLAGS {
+        command.env_remove(var);
+    }
+    let child = command
+        .env("TOWER_MEMCACHE_PROXY_LISTEN", addr.to_string())
+        .env("TOWER_MEMCACHE_PROXY_THREADS", "1")
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, addr)
+}
+
+/// Waits for `child` to exit, 10 s at most.
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the proxy did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn help_documents_every_flag_its_variable_and_default() {
+    let output = Command::new(proxy_binary()).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for (flag, var) in FLAGS {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+    for default in [
+        "[default: 127.0.0.1:3001]",
+        "[default: origin]",
+        "[default: 3600]",
+        "[default: per-thread]",
+        "[default: cdn-cache-control]",
+        "[default: on]",
+    ] {
+        assert!(help.contains(default), "--help does not say {default}");
+    }
+}
+
+/// Every flag from the environment: here the listen address, the origin and `--mode
+/// routes`, whose fixed lifetime stores a response the origin did not mark (it did here,
+/// so a second request is a hit either way; the point is that the values are read).
+#[test]
+fn flags_are_read_from_environment_variables() {
+    let origin = Origin::start();
+    let (mut child, addr) = spawn(&[
+        (
+            "TOWER_MEMCACHE_PROXY_UPSTREAM",
+            format!("http://{}", origin.addr),
+        ),
+        ("TOWER_MEMCACHE_PROXY_MODE", "routes".into()),
+        ("TOWER_MEMCACHE_PROXY_ACCESS_LOG", "off".into()),
+    ]);
+    let (status, response) = raw_request(addr, "GET /env HTTP/1.1\r\nHost: example.com\r\n");
+    assert_eq!(status, 200, "{response}");
+    assert!(response.ends_with("origin /env"), "{response}");
+    let (status, response) = raw_request(addr, "GET /env HTTP/1.1\r\nHost: example.com\r\n");
+    assert_eq!(status, 200, "{response}");
+    assert!(response.contains("; hit"), "{response}");
+    assert_eq!(origin.calls(), 1);
+    // A bad value from the environment is refused like one on the command line.
+    let output = Command::new(proxy_binary())
+        .env("TOWER_MEMCACHE_PROXY_UPSTREAM", "https://example.com")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only http://"));
+    let _ = child.kill();
+    let _ = child.wait();
+    // `--access-log off`: nothing on stdout.
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(stdout, "");
+}
+
+/// RFC 9211 §2: the access log carries each response's cache outcome (its `Cache-Status`),
+/// one line per request in nginx's `combined` format.
+#[test]
+fn rfc9211_2_access_log_lines_carry_the_cache_status() {
+    let origin = Origin::start();
+    let (mut child, addr) = spawn(&[(
+        "TOWER_MEMCACHE_PROXY_UPSTREAM",
+        format!("http://{}", origin.addr),
+    )]);
+    for _ in 0..2 {
+        let (status, _) = raw_request(
+            addr,
+            "GET /logged?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: probe \"x\"\r\n",
+        );
+        assert_eq!(status, 200);
+    }
+    let (status, _) = raw_request(addr, "GET / HTTP/1.1\r\nHost: a/b\r\n");
+    assert_eq!(status, 400);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for line in &lines[..2] {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.contains(
+                " +0000] \"GET /logged?q=1 HTTP/1.1\" 200 18 \"-\" \"probe \\x22x\\x22\" \""
+            ),
+            "{line}"
+        );
+    }
+    assert!(
+        lines[0].contains("\"tower-memcache; fwd=uri-miss; stored\""),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("\"tower-memcache; hit"), "{}", lines[1]);
+    // Refused before the cache: no Cache-Status.
+    assert!(lines[2].contains("\"GET / HTTP/1.1\" 400 "), "{}", lines[2]);
+    assert!(lines[2].contains("\"-\" \"-\" \"-\" "), "{}", lines[2]);
+}
+
+/// SIGTERM, what systemd and container runtimes send: the proxy stops accepting, lets the
+/// request in progress finish, and exits 0, in both runtime modes.
+#[cfg(unix)]
+#[test]
+fn sigterm_finishes_open_requests_then_exits_cleanly() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    for runtime in ["per-thread", "shared"] {
+        let origin = Origin::start();
+        let (mut child, addr) = spawn(&[
+            (
+                "TOWER_MEMCACHE_PROXY_UPSTREAM",
+                format!("http://{}", origin.addr),
+            ),
+            ("TOWER_MEMCACHE_PROXY_RUNTIME", runtime.into()),
+            ("TOWER_MEMCACHE_PROXY_ACCESS_LOG", "off".into()),
+        ]);
+        let slow = std::thread::spawn(move || {
+            raw_request(addr, "GET /slow HTTP/1.1\r\nHost: example.com\r\n")
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while origin.calls() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{runtime}: /slow never reached the origin"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        kill(pid, Signal::SIGTERM).unwrap();
+        let (status, response) = slow.join().unwrap();
+        assert_eq!(status, 200, "{runtime}: {response}");
+        assert!(response.ends_with("origin /slow"), "{runtime}: {response}");
+        let exit = wait_exit(&mut child);
+        assert!(exit.success(), "{runtime}: {exit}");
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "{runtime}: still listening"
+        );
+    }
+}
