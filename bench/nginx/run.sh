@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cache-hit throughput of examples/reverse_proxy.rs over a real memcached, side by side with
+# Cache-hit throughput of the tower-memcache-proxy binary over a real memcached, side by side with
 # nginx + srcache + memc caching the same origin in the same memcached, measured with wrk.
 #
 #     bash bench/nginx/run.sh
@@ -8,7 +8,7 @@
 #   1. starts memcached on a free port;
 #   2. starts nginx with bench/nginx/nginx.conf.template: the origin (a static 1 KiB file)
 #      and, on another port, the srcache + memc cache in front of it;
-#   3. builds and starts the proxy: reverse_proxy --upstream <origin> --memcache <memcached>
+#   3. builds and starts the proxy: tower-memcache-proxy --upstream <origin> --memcache <memcached>
 #      --threads $WORKERS --mode routes --ttl 300 (nginx gets worker_processes $WORKERS);
 #   4. warms both caches (curl twice each) and checks the second answer is a hit on both and
 #      that both serve the same body;
@@ -142,10 +142,10 @@ echo "cpus: $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 
 echo "kernel: $(uname -r)"
 
 echo "== building the proxy"
-(cd "$ROOT" && cargo build --release --example reverse_proxy --quiet)
+(cd "$ROOT" && cargo build --release --features proxy --bin tower-memcache-proxy --quiet)
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-PROXY_BIN=$TARGET_DIR/release/examples/reverse_proxy
+PROXY_BIN=$TARGET_DIR/release/tower-memcache-proxy
 
 echo "== starting memcached, nginx (origin + srcache) and the proxy"
 MC_USER=()
@@ -169,7 +169,7 @@ PIDS+=($!)
 NGINX_PID=$!
 
 PROXY_ARGS=(--listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
-    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300)
+    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300 --access-log off)
 read -r -a EXTRA_ENV <<<"${PROXY_ENV:-}"
 env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${PROXY_ARGS[@]}" >"$WORK/proxy.log" 2>&1 &
 PIDS+=($!)
@@ -181,7 +181,7 @@ wait_port "$CACHE_PORT"
 wait_port "$PROXY_PORT"
 echo "memcached -l 127.0.0.1 -p $MC_PORT -U 0 -t $MEMCACHED_THREADS -m 64 -c 4096 ${MC_USER[*]}"
 echo "nginx -c $WORK/nginx.conf -p $WORK/ -g 'daemon off;'   (worker_processes $WORKERS)"
-echo "${PROXY_ENV:+$PROXY_ENV }cargo run --release --example reverse_proxy -- ${PROXY_ARGS[*]}"
+echo "${PROXY_ENV:+$PROXY_ENV }cargo run --release --features proxy --bin tower-memcache-proxy -- ${PROXY_ARGS[*]}"
 
 NGINX_URL=http://127.0.0.1:$CACHE_PORT$TARGET_PATH
 PROXY_URL=http://127.0.0.1:$PROXY_PORT$TARGET_PATH
