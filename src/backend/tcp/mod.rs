@@ -1236,17 +1236,7 @@ impl Backend for TcpBackend {
         let request = request.freeze();
         let backend = self.clone();
         let (key_len, value_len) = (key.len(), value.len());
-        let writes =
-            tokio::spawn(async move { backend.set_everywhere(request, key_len, value_len).await });
-        match writes.await {
-            Ok(outcome) => outcome,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            // Cancelled: only when the runtime shuts down.
-            Err(_) => Err(BackendError::Unreachable {
-                server: "(none)".to_string(),
-                reason: UnreachableReason::Closed,
-            }),
-        }
+        detached(async move { backend.set_everywhere(request, key_len, value_len).await }).await
     }
 
     async fn delete_on_every_server(&self, key: &str) -> Result<(), BackendError> {
@@ -1255,23 +1245,14 @@ impl Backend for TcpBackend {
         protocol::encode_delete(&mut request, key, false);
         let request = request.freeze();
         let backend = self.clone();
-        // In a task of its own, like `set_on_every_server`: a caller that gives up cannot
-        // leave a server that missed the delete in use.
-        let deletes = tokio::spawn(async move {
+        detached(async move {
             backend
                 .everywhere(request, Expect::Delete, |_, reply| {
                     delete_reply(reply).map(drop)
                 })
                 .await
-        });
-        match deletes.await {
-            Ok(outcome) => outcome,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => Err(BackendError::Unreachable {
-                server: "(none)".to_string(),
-                reason: UnreachableReason::Closed,
-            }),
-        }
+        })
+        .await
     }
 
     fn reset_on_rejoin(&self, key: &str) {
@@ -1296,6 +1277,22 @@ impl Backend for TcpBackend {
             return;
         }
         keys.push(key.to_string());
+    }
+}
+
+/// Runs a write to every server in a task of its own: a caller that gives up cannot leave
+/// a server that missed the write in use (it is marked down when its call ends).
+async fn detached(
+    write: impl Future<Output = Result<(), BackendError>> + Send + 'static,
+) -> Result<(), BackendError> {
+    match tokio::spawn(write).await {
+        Ok(outcome) => outcome,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        // Cancelled: only when the runtime shuts down.
+        Err(_) => Err(BackendError::Unreachable {
+            server: "(none)".to_string(),
+            reason: UnreachableReason::Closed,
+        }),
     }
 }
 
