@@ -189,7 +189,7 @@ fn service<B: Backend>(
 }
 
 fn routes_layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
-    MemcacheLayer::new(backend).namespace("adversarial")
+    support::layer(backend).namespace("adversarial")
 }
 
 fn origin_layer<B: Backend>(backend: B) -> MemcacheLayer<B> {

@@ -111,7 +111,7 @@ async fn get(svc: &Svc, path: &str, headers: &[(&str, &str)]) -> (StatusCode, He
 }
 
 fn layer(backend: MemoryBackend) -> MemcacheLayer<MemoryBackend> {
-    MemcacheLayer::new(backend)
+    support::layer(backend)
         .namespace("review13")
         .mode(CacheMode::Origin)
 }

@@ -49,7 +49,7 @@ fn service(layer: &MemcacheLayer<TcpBackend>, version: &Arc<AtomicU64>) -> Svc {
 }
 
 fn layer(backend: TcpBackend) -> MemcacheLayer<TcpBackend> {
-    MemcacheLayer::new(backend)
+    support::layer(backend)
         .namespace("cluster")
         .mode(CacheMode::Origin)
 }

@@ -145,9 +145,11 @@ struct Answer {
 
 impl Answer {
     fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
+        support::as_seen(
+            self.headers
+                .get("cache-status")
+                .map_or("", |v| v.to_str().unwrap()),
+        )
     }
 
     fn body(&self) -> &[u8] {
@@ -199,7 +201,7 @@ where
 }
 
 fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
-    MemcacheLayer::new(backend)
+    support::layer(backend)
         .namespace("test")
         .route(RouteMatch::Prefix("/short".into()), Duration::from_secs(1))
         .no_cache(RouteMatch::Exact("/never".into()))
@@ -567,7 +569,7 @@ async fn backend_down_or_slow_falls_through() {
 async fn custom_key_fn_and_status_header_switch() {
     let backend = MemoryBackend::new();
     let origin = Origin::default();
-    let layer = MemcacheLayer::new(backend.clone())
+    let layer = support::layer(backend.clone())
         .namespace("tenant")
         .cache_status_header(false)
         .key_fn(|req: &tower_memcache::cache::RequestHead<'_>| {
@@ -647,7 +649,7 @@ async fn axum_route_layer_rules_by_matched_path() {
     use axum::Router;
     use axum::routing::get;
 
-    let layer = MemcacheLayer::new(MemoryBackend::new())
+    let layer = support::layer(MemoryBackend::new())
         .no_cache(RouteMatch::Pattern("/users/{id}".into()))
         .route(
             RouteMatch::Pattern("/posts/{id}".into()),

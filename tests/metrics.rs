@@ -21,7 +21,6 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, ServiceExt};
-use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::Backend;
 
 /// The one recorder of this test process, installed before any layer counts.
@@ -92,7 +91,7 @@ where
 async fn rfc9111_4_requests_are_counted_by_outcome<B: Backend>(backend: B) {
     let handle = recorder();
     let namespace = fresh_namespace("outcomes");
-    let layer = MemcacheLayer::new(backend).namespace(namespace.clone());
+    let layer = support::layer(backend).namespace(namespace.clone());
     let watch = Watch::of(&layer);
     let service = layer.layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, Infallible>(

@@ -168,7 +168,7 @@ fn service<B: Backend>(layer: &MemcacheLayer<B>, db: &Db) -> Svc {
 }
 
 fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
-    MemcacheLayer::new(backend)
+    support::layer(backend)
         .namespace("purges")
         .mode(CacheMode::Origin)
 }

@@ -114,7 +114,7 @@ fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
 }
 
 fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
-    MemcacheLayer::new(backend)
+    support::layer(backend)
         .namespace("ranges")
         .mode(CacheMode::Origin)
 }
@@ -128,7 +128,12 @@ struct Got {
 
 impl Got {
     fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+        let value = self.headers.get(name).map_or("", |v| v.to_str().unwrap());
+        if name == "cache-status" {
+            support::as_seen(value)
+        } else {
+            value
+        }
     }
 }
 

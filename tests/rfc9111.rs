@@ -150,7 +150,7 @@ fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
 }
 
 fn origin_layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
-    MemcacheLayer::new(backend)
+    support::layer(backend)
         .namespace("rfc")
         .mode(CacheMode::Origin)
 }
@@ -1096,7 +1096,7 @@ async fn rfc9111_4_4_unsafe_methods_invalidate<B: Backend>(backend: B) {
 async fn purge_handle_uri_namespace_all<B: Backend>(backend: B) {
     let origin = Origin::default();
     let one = origin_layer(backend.clone());
-    let other = MemcacheLayer::new(backend.clone())
+    let other = support::layer(backend.clone())
         .namespace("other")
         .mode(CacheMode::Origin);
     let (svc, other_svc) = (service(&one, &origin), service(&other, &origin));
@@ -1253,7 +1253,7 @@ async fn leases_are_released_when_nothing_is_stored<B: Backend>(backend: B) {
 
 async fn routes_mode_keeps_the_safety_rules<B: Backend>(backend: B) {
     let origin = Origin::default();
-    let layer = MemcacheLayer::new(backend)
+    let layer = support::layer(backend)
         .namespace("routes")
         .default_lifetime(Duration::from_secs(60));
     let stats = Watch::of(&layer);

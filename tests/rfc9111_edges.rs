@@ -18,7 +18,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower_memcache::backend::Backend;
-use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
+use tower_memcache::cache::{CacheMode, ResponseBody};
 
 /// What the origin answers for one path: a status and header lines (repeated names are
 /// separate lines, in order); the body says which call answered.
@@ -84,7 +84,7 @@ type Svc =
 /// An origin-mode layer (the origin's headers decide lifetimes, as in the reverse proxy)
 /// in front of `origin`.
 fn service<B: Backend>(backend: B, origin: &Origin) -> (Svc, Watch) {
-    let layer = MemcacheLayer::new(backend)
+    let layer = support::layer(backend)
         .namespace("edges")
         .mode(CacheMode::Origin);
     let watch = Watch::of(&layer);

@@ -131,7 +131,7 @@ fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
 
 /// An origin-mode layer (as the reverse proxy runs) obeying `CDN-Cache-Control`.
 fn cdn_layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
-    MemcacheLayer::new(backend)
+    support::layer(backend)
         .namespace("rfc9213")
         .mode(CacheMode::Origin)
         .targeted_cache_control([CDN_CACHE_CONTROL])
@@ -224,7 +224,7 @@ async fn rfc9213_2_2_targeted_directives_forbid_reuse<B: Backend>(backend: B) {
     }
     // The plain layer does not obey targeted fields: Cache-Control rules.
     let plain =
-        MemcacheLayer::new(tower_memcache::backend::MemoryBackend::new()).mode(CacheMode::Origin);
+        support::layer(tower_memcache::backend::MemoryBackend::new()).mode(CacheMode::Origin);
     let plain_watch = Watch::of(&plain);
     let plain_svc = service(&plain, &origin);
     assert_eq!(
@@ -420,7 +420,7 @@ async fn rfc9213_2_2_target_list_precedence<B: Backend>(backend: B) {
             ("other-cache-control", "no-store"),
         ],
     );
-    let layer = MemcacheLayer::new(backend)
+    let layer = support::layer(backend)
         .namespace("rfc9213")
         .mode(CacheMode::Origin)
         .targeted_cache_control([HeaderName::from_static(ours), CDN_CACHE_CONTROL]);
@@ -440,7 +440,7 @@ async fn rfc9213_2_2_target_list_precedence<B: Backend>(backend: B) {
     let hit = get(&svc, "/other-field").await;
     assert_eq!(hit.header("other-cache-control"), Some("no-store"));
     // A list with only the product's field ignores CDN-Cache-Control.
-    let only_ours = MemcacheLayer::new(tower_memcache::backend::MemoryBackend::new())
+    let only_ours = support::layer(tower_memcache::backend::MemoryBackend::new())
         .mode(CacheMode::Origin)
         .targeted_cache_control([HeaderName::from_static(ours)]);
     let only_watch = Watch::of(&only_ours);
@@ -619,7 +619,7 @@ async fn rfc9213_2_2_storing_rules_hold_in_routes_mode<B: Backend>(backend: B) {
     );
     origin.ok("/plain", &[(cdn, "must-understand, none")]);
     origin.ok("/auth", &[(cdn, "public"), ("cache-control", "private")]);
-    let layer = MemcacheLayer::new(backend)
+    let layer = support::layer(backend)
         .namespace("rfc9213-routes")
         .targeted_cache_control([CDN_CACHE_CONTROL]);
     let watch = Watch::of(&layer);

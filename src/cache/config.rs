@@ -9,6 +9,7 @@ use http::header::HeaderName;
 use super::background::Background;
 use super::fill::FillBudget;
 use super::key::Canonical;
+use super::near::NearCache;
 use super::single_flight::SingleFlight;
 use super::storage::{LocalPurges, Storage};
 use crate::backend::Backend;
@@ -50,6 +51,8 @@ pub(crate) struct Config<B> {
     /// Makes the body of the layer's own requests (a range miss's whole-representation
     /// GET); `None`: a few common body types only.
     pub(crate) own_request_body: Option<super::range::MakeBody>,
+    /// The in-process tier in front of the backend, when there is one.
+    pub(crate) near: Option<NearCache>,
 }
 
 impl<B: Backend> Config<B> {
@@ -62,6 +65,7 @@ impl<B: Backend> Config<B> {
             self.stats.clone(),
             self.background.clone(),
             Arc::clone(&self.local_purges),
+            self.near.clone(),
         )
     }
 }

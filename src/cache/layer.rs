@@ -115,6 +115,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 local_purges: Arc::default(),
                 whole_fills: Arc::new(tokio::sync::Semaphore::new(MAX_WHOLE_FILLS)),
                 own_request_body: None,
+                near: None,
             },
         }
     }
@@ -233,6 +234,36 @@ impl<B: Backend> MemcacheLayer<B> {
     /// [`DEFAULT_MAX_ENTRY_SIZE`] (just under memcached's 1 MiB item size).
     pub fn max_entry_size(mut self, bytes: usize) -> Self {
         self.config.max_entry_size = bytes;
+        self
+    }
+
+    /// Puts an in-process near tier in front of the backend: hot entries are answered from
+    /// this process's memory, without a memcached round trip, for at most the tier's
+    /// `max_staleness` after they were last read from memcached. Off by default.
+    ///
+    /// - Only fresh entries are answered from it, with the usual `Age`, conditionals and
+    ///   ranges, and `Cache-Status: …; hit; detail=near`; anything else is looked up in
+    ///   memcached as without it.
+    /// - Purges ([`Purger`](crate::cache::Purger)), unsafe-method invalidations and stores
+    ///   made through this process (every layer and purger sharing the `NearCache`) apply
+    ///   to it before they return; those of other processes show within `max_staleness`.
+    /// - It keeps only what a lookup found in memcached, bounded in bytes; URLs whose
+    ///   responses vary on more than one set of request headers are not kept.
+    ///
+    /// Give the same [`NearCache`](crate::cache::NearCache) to every layer of a process
+    /// (one per thread, say) so that they share one bound and see each other's purges.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_memcache::MemcacheLayer;
+    /// use tower_memcache::backend::MemoryBackend;
+    /// use tower_memcache::cache::NearCache;
+    ///
+    /// let layer = MemcacheLayer::new(MemoryBackend::new())
+    ///     .near_cache(NearCache::new(32 << 20, Duration::from_secs(1)));
+    /// ```
+    pub fn near_cache(mut self, near: super::NearCache) -> Self {
+        self.config.near = Some(near);
         self
     }
 

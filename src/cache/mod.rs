@@ -56,6 +56,7 @@ mod invalidate;
 mod key;
 mod layer;
 mod lease;
+mod near;
 mod policy;
 mod purge;
 mod range;
@@ -85,6 +86,8 @@ pub use layer::{
     CDN_CACHE_CONTROL, DEFAULT_LIFETIME_HEADER, DEFAULT_MAX_ENTRY_SIZE, DEFAULT_TAG_HEADER,
     MemcacheLayer,
 };
+#[doc(inline)]
+pub use near::{NEAR_ENTRY_OVERHEAD, NearCache};
 #[doc(inline)]
 pub use policy::{CacheMode, DEFAULT_LIFETIME, RouteMatch, is_hop_by_hop};
 #[doc(inline)]

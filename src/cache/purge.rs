@@ -97,7 +97,11 @@ impl<B: Backend> Purger<B> {
     /// else stored there.
     pub async fn purge_all(&self) -> Result<(), PurgeError> {
         let storage = &self.storage;
-        storage.bounded(storage.backend().flush_all()).await?;
+        let flushed = storage.bounded(storage.backend().flush_all()).await;
+        if let Some(near) = storage.near() {
+            near.forget_all();
+        }
+        flushed?;
         tracing::debug!("backend flushed");
         Ok(())
     }

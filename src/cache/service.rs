@@ -146,6 +146,8 @@ pub(crate) struct Shared<B> {
 pub(super) enum Answered {
     /// Its own lookup found it: a hit, or a stale hit.
     Lookup,
+    /// The near tier had it, fresh.
+    Near,
     /// Another request's exchange for the same URL produced it.
     Collapsed(Forward),
     /// The origin's 304 to this request's revalidation refreshed it.
@@ -161,6 +163,7 @@ impl Answered {
         // Only a stale answer says by how much (a fresh hit, the common case, skips it).
         let stale_for = || freshness.staleness().as_secs();
         match self {
+            Self::Near => Outcome::NearHit,
             Self::Lookup if freshness.is_fresh() => Outcome::Hit,
             Self::Lookup => Outcome::StaleHit {
                 stale_for: stale_for(),
@@ -424,6 +427,19 @@ where
     // one overtaken by a purge) looks the URL up again, once.
     let mut may_retry = true;
     loop {
+        let mut near_mark = None;
+        if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
+            let headers = request.headers();
+            if let Some(entry) = near.get(&plan.key, &plan.canonical, headers) {
+                let freshness = stored::freshness(&entry.meta, now_ms());
+                if freshness.reuse(&plan.request_cc) == Reuse::Fresh {
+                    shared.config.stats.record_near_hit();
+                    let answered = Answered::Near;
+                    return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
+                }
+            }
+            near_mark = Some((near, near.mark()));
+        }
         let (found, detail) = if plan.from_cache {
             match shared
                 .storage
@@ -441,6 +457,17 @@ where
             let freshness = stored::freshness(&entry.meta, now_ms());
             match freshness.reuse(&plan.request_cc) {
                 Reuse::Fresh | Reuse::StaleAccepted => {
+                    if let Some((near, mark)) = near_mark.filter(|_| freshness.is_fresh()) {
+                        // One set of selecting headers: a request selects at most one of
+                        // the variants kept, as it would in memcached.
+                        match &found.index {
+                            None => near.keep(&plan.key, entry, false, mark),
+                            Some(index) if index.name_sets.len() == 1 => {
+                                near.keep(&plan.key, entry, true, mark);
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     let headers = request.headers();
                     return Ok(shared.answer(
                         entry,

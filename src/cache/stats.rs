@@ -35,6 +35,7 @@ struct Counters {
     stale: AtomicU64,
     revalidations: AtomicU64,
     invalidations: AtomicU64,
+    near_hits: AtomicU64,
     #[cfg(feature = "metrics")]
     exported: exported::Exported,
 }
@@ -68,6 +69,9 @@ pub struct StatsSnapshot {
     pub revalidations: u64,
     /// URIs, tags and namespaces invalidated (unsafe methods and purges).
     pub invalidations: u64,
+    /// Hits answered from the near tier, without asking the backend; also counted in
+    /// `hits`.
+    pub near_hits: u64,
 }
 
 impl StatsSnapshot {
@@ -111,6 +115,8 @@ impl CacheStats {
         record_revalidation => revalidations,
         /// Counts an invalidation.
         record_invalidation => invalidations,
+        /// Counts a hit answered from the near tier (its `hits` is counted as any hit's).
+        record_near_hit => near_hits,
     }
 
     /// Counts a hit that sent `body_bytes` from the cache; `stale`: a stale response
@@ -161,6 +167,7 @@ impl CacheStats {
             stale: c.stale.load(Ordering::Relaxed),
             revalidations: c.revalidations.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
+            near_hits: c.near_hits.load(Ordering::Relaxed),
         }
     }
 }
@@ -187,6 +194,10 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     (
         "tower_memcache_coalesced_requests_total",
         "counter; requests that waited for another's response to the same key (each also ends as one of the outcomes above)",
+    ),
+    (
+        "tower_memcache_near_hits_total",
+        "counter; hits answered from the near tier without asking the backend (each also counted as outcome=\"hit\" above)",
     ),
     ("tower_memcache_stores_total", "counter; entries written"),
     (
@@ -242,6 +253,7 @@ mod exported {
         pub(super) stores: Counter,
         pub(super) store_failures: Counter,
         pub(super) invalidations: Counter,
+        pub(super) near_hits: Counter,
         pub(super) backend_errors: Counter,
         pub(super) bytes_served: Counter,
     }
@@ -279,6 +291,7 @@ mod exported {
                     stores: plain("tower_memcache_stores_total"),
                     store_failures: plain("tower_memcache_store_failures_total"),
                     invalidations: plain("tower_memcache_invalidations_total"),
+                    near_hits: plain("tower_memcache_near_hits_total"),
                     backend_errors: plain("tower_memcache_backend_errors_total"),
                     bytes_served: plain("tower_memcache_bytes_served_total"),
                 }

@@ -72,6 +72,9 @@ impl Detail {
 pub(crate) enum Outcome {
     /// Answered from a fresh stored response.
     Hit,
+    /// Answered from a fresh stored response kept in the near tier (this process's
+    /// memory), without asking memcached.
+    NearHit,
     /// Answered from a stale stored response, `stale_for` seconds past its freshness.
     StaleHit {
         stale_for: u64,
@@ -108,6 +111,7 @@ impl Outcome {
     fn render(self, text: &mut String) {
         match self {
             Self::Hit => text.push_str("; hit"),
+            Self::NearHit => text.push_str("; hit; detail=near"),
             Self::StaleHit { stale_for, detail } => {
                 let _ = write!(text, "; hit; ttl=-{stale_for}");
                 push_detail(text, detail);
@@ -147,6 +151,7 @@ fn push_detail(text: &mut String, detail: Option<Detail>) {
 pub(crate) struct CacheStatus {
     name: String,
     hit: HeaderValue,
+    near_hit: HeaderValue,
 }
 
 impl CacheStatus {
@@ -154,14 +159,17 @@ impl CacheStatus {
     pub(crate) fn new(name: &str) -> Option<Self> {
         Some(Self {
             hit: HeaderValue::from_str(&format!("{name}; hit")).ok()?,
+            near_hit: HeaderValue::from_str(&format!("{name}; hit; detail=near")).ok()?,
             name: name.to_string(),
         })
     }
 
     /// The header's value for `outcome`.
     pub(crate) fn value(&self, outcome: Outcome) -> Option<HeaderValue> {
-        if outcome == Outcome::Hit {
-            return Some(self.hit.clone());
+        match outcome {
+            Outcome::Hit => return Some(self.hit.clone()),
+            Outcome::NearHit => return Some(self.near_hit.clone()),
+            _ => {}
         }
         let mut text = String::with_capacity(self.name.len() + 40);
         text.push_str(&self.name);
@@ -180,6 +188,7 @@ mod tests {
         let status = CacheStatus::new("edge").unwrap();
         let text = |outcome| status.value(outcome).unwrap().to_str().unwrap().to_string();
         assert_eq!(text(Outcome::Hit), "edge; hit");
+        assert_eq!(text(Outcome::NearHit), "edge; hit; detail=near");
         let stale = Outcome::StaleHit {
             stale_for: 5,
             detail: Some(Detail::StaleIfError),

@@ -41,6 +41,7 @@ use crate::cache::entry::{
     Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_PLACEHOLDER, FLAG_VARIANT_INDEX, Placeholder,
     VariantIndex, decode_entry, decode_index, encode_entry, encode_index,
 };
+use crate::cache::near::NearCache;
 use crate::cache::policy::normalized_header;
 use crate::cache::stats::CacheStats;
 use crate::key::build_key;
@@ -225,6 +226,8 @@ pub(crate) struct Storage<B> {
     timeout: Duration,
     stats: CacheStats,
     background: Background,
+    /// The in-process tier: what this process purges, invalidates or stores leaves it.
+    near: Option<NearCache>,
 }
 
 impl<B: Backend> Storage<B> {
@@ -235,6 +238,7 @@ impl<B: Backend> Storage<B> {
         stats: CacheStats,
         background: Background,
         local_purges: Arc<LocalPurges>,
+        near: Option<NearCache>,
     ) -> Self {
         let generation_key: Arc<str> = build_key(Some(namespace), "\0generation").into();
         // A server that comes back may have missed purges: its copy of the generation goes,
@@ -248,7 +252,13 @@ impl<B: Backend> Storage<B> {
             timeout,
             stats,
             background,
+            near,
         }
+    }
+
+    /// The in-process tier, when there is one.
+    pub(crate) fn near(&self) -> Option<&NearCache> {
+        self.near.as_ref()
     }
 
     pub(crate) fn backend(&self) -> &B {
@@ -526,6 +536,9 @@ impl<B: Backend> Storage<B> {
         let tagged = !tags.is_empty() || !meta.tags.is_empty();
         let checked = SystemTime::now();
         let (outcome, tags_checked) = self.store_checked(to, meta, body, tags, ttl).await;
+        if let (Some(near), StoreOutcome::Stored) = (&self.near, outcome) {
+            near.forget(&to.key);
+        }
         let cutoff = match outcome {
             _ if !tagged => None,
             StoreOutcome::Superseded { since } => Some(since),
@@ -720,8 +733,15 @@ impl<B: Backend> Storage<B> {
     /// Deleted on every server: a copy left on another server while the URL's own was out
     /// of the ring must not come back at the next outage.
     pub(crate) async fn invalidate(&self, primary_key: &str) -> Result<(), BackendError> {
-        self.bounded_purge(self.backend.delete_on_every_server(primary_key))
-            .await?;
+        let deleted = self
+            .bounded_purge(self.backend.delete_on_every_server(primary_key))
+            .await;
+        // After memcached (a lookup that read it before is then refused by the near tier),
+        // and even when memcached failed: this process at least forgets.
+        if let Some(near) = &self.near {
+            near.forget(primary_key);
+        }
+        deleted?;
         self.stats.record_invalidation();
         Ok(())
     }
@@ -729,13 +749,21 @@ impl<B: Backend> Storage<B> {
     /// Gives the namespace a new generation on every server: every entry stored before,
     /// or produced before and stored after, is a miss.
     pub(crate) async fn purge_namespace(&self) -> Result<(), BackendError> {
-        self.bump(&self.generation_key.clone()).await
+        let bumped = self.bump(&self.generation_key.clone()).await;
+        if let Some(near) = &self.near {
+            near.forget_all();
+        }
+        bumped
     }
 
     /// Gives a tag a new generation on every server: every entry stored with it before is
     /// a miss, and fills of responses requested before it are not stored.
     pub(crate) async fn purge_tag(&self, tag: &str) -> Result<(), BackendError> {
-        self.bump(&self.tag_key(tag)).await
+        let bumped = self.bump(&self.tag_key(tag)).await;
+        if let Some(near) = &self.near {
+            near.forget_tag(tag);
+        }
+        bumped
     }
 
     async fn bump(&self, key: &str) -> Result<(), BackendError> {

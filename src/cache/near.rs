@@ -1,0 +1,383 @@
+//! The near tier: an in-process cache of hot entries in front of memcached, so that a hot
+//! page is answered without a round trip.
+//!
+//! It keeps what a lookup in memcached found (decoded, its bytes shared by every hit) and
+//! answers from it for at most `max_staleness` after that lookup started. The rules:
+//!
+//! - An entry is answered from the near tier only while it is fresh by HTTP's rules, with
+//!   the same `Age`, conditional and range handling as any hit; anything else (stale,
+//!   `no-cache`, a request that asks for the origin) goes through a lookup in memcached.
+//! - Past `max_staleness`, an entry is checked again in memcached (entry, namespace and tag
+//!   generations) before it is reused: a purge or refresh by another process shows within
+//!   that bound.
+//! - Purges, invalidations and stores made through this process apply to it before they
+//!   return: a *fence* orders them with the insertions of lookups that started before them,
+//!   which are dropped.
+//! - It holds nothing memcached did not hold: entries come only from lookups that found
+//!   them there.
+//!
+//! The map is [`quick_cache`]'s: sharded, lock-light reads, and an S3-FIFO-like admission
+//! (a hot set survives one-hit scans), bounded by a weight in bytes. It was measured
+//! against `moka` in `benches/near_tier.rs` (see BENCHMARKS.md).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
+
+use super::entry::Entry;
+use super::stored;
+
+/// Variants of one URL the near tier keeps at most.
+const MAX_VARIANTS: usize = 8;
+
+/// Bytes counted for each entry beyond its key, headers, body and metadata text: the map's
+/// slot, the shared pointers, the entry's own structure and the allocator's rounding.
+pub const NEAR_ENTRY_OVERHEAD: u64 = 320;
+
+/// Typical weight of an entry, to size the map's bookkeeping (ghost keys) before it fills.
+const TYPICAL_ENTRY: u64 = 4096;
+
+/// An in-process tier of hot entries in front of the backend, shared by every layer it is
+/// given to (the threads of a server, say). See
+/// [`MemcacheLayer::near_cache`](crate::MemcacheLayer::near_cache) for what it answers and
+/// how far behind memcached it may be.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_memcache::MemcacheLayer;
+/// use tower_memcache::backend::MemoryBackend;
+/// use tower_memcache::cache::NearCache;
+///
+/// // 64 MiB of hot entries, each at most one second behind memcached.
+/// let near = NearCache::new(64 << 20, Duration::from_secs(1));
+/// let layer = MemcacheLayer::new(MemoryBackend::new()).near_cache(near.clone());
+/// assert_eq!(near.entries(), 0);
+/// assert!(near.weight() <= near.capacity());
+/// ```
+#[derive(Clone)]
+pub struct NearCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: Cache<Box<str>, Arc<Slot>, ByBytes, DefaultHashBuilder>,
+    capacity: u64,
+    max_entry: u64,
+    max_staleness: Duration,
+    /// Taken shared by insertions, exclusively by purges: an insertion checks `changes`
+    /// and inserts as one step with respect to a purge's bump-and-remove.
+    fence: RwLock<()>,
+    /// Bumped by every purge, invalidation and store of this process: a lookup that
+    /// started before one may have read what it removed.
+    changes: AtomicU64,
+}
+
+/// What the near tier holds for one URL (its primary key): its entry, or the variants of
+/// it requests here selected.
+struct Slot {
+    kept: Vec<Kept>,
+    weight: u64,
+}
+
+#[derive(Clone)]
+struct Kept {
+    entry: Arc<Entry>,
+    /// When the lookup that found it in memcached started.
+    checked: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct ByBytes;
+
+impl Weighter<Box<str>, Arc<Slot>> for ByBytes {
+    fn weight(&self, _key: &Box<str>, slot: &Arc<Slot>) -> u64 {
+        slot.weight
+    }
+}
+
+/// A point in the near tier's history of changes, read before a lookup: what the lookup
+/// finds may be kept only if nothing changed since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    changes: u64,
+    at: Instant,
+}
+
+impl std::fmt::Debug for NearCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NearCache")
+            .field("capacity", &self.inner.capacity)
+            .field("max_staleness", &self.inner.max_staleness)
+            .field("entries", &self.entries())
+            .field("weight", &self.weight())
+            .finish()
+    }
+}
+
+impl NearCache {
+    /// A near tier of at most `max_bytes` (entries' bodies, headers and metadata, plus
+    /// [`NEAR_ENTRY_OVERHEAD`] each), whose entries are answered for at most
+    /// `max_staleness` after they were read from memcached. `Duration::ZERO` checks every
+    /// request in memcached (the tier then only saves decoding).
+    ///
+    /// The map is split in shards for concurrency; an entry heavier than one shard's share
+    /// of `max_bytes` (see [`max_entry_weight`](Self::max_entry_weight)) is not kept.
+    pub fn new(max_bytes: u64, max_staleness: Duration) -> Self {
+        // Few shards on a small machine: each is a bound of its own, so fewer shards let
+        // bigger entries in; enough on a big one that threads rarely share a lock.
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = (cores * 2).clamp(4, 64);
+        let estimated = usize::try_from(max_bytes / TYPICAL_ENTRY)
+            .unwrap_or(usize::MAX)
+            .max(16);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(estimated)
+            .weight_capacity(max_bytes)
+            .shards(shards)
+            .build();
+        let slots = match options {
+            Ok(options) => Cache::with_options(
+                options,
+                ByBytes,
+                DefaultHashBuilder::default(),
+                Default::default(),
+            ),
+            // Only reachable with options out of range, which the ones above are not.
+            Err(_) => Cache::with(
+                estimated,
+                max_bytes,
+                ByBytes,
+                DefaultHashBuilder::default(),
+                Default::default(),
+            ),
+        };
+        let max_entry = slots.shard_capacity();
+        Self {
+            inner: Arc::new(Inner {
+                slots,
+                capacity: max_bytes,
+                max_entry,
+                max_staleness,
+                fence: RwLock::new(()),
+                changes: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The configured bound, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// How long after its lookup in memcached an entry may be answered from here.
+    pub fn max_staleness(&self) -> Duration {
+        self.inner.max_staleness
+    }
+
+    /// The heaviest entry (all variants of a URL together) the tier keeps.
+    pub fn max_entry_weight(&self) -> u64 {
+        self.inner.max_entry
+    }
+
+    /// URLs held now.
+    pub fn entries(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    /// Bytes held now, as counted against [`capacity`](Self::capacity).
+    pub fn weight(&self) -> u64 {
+        self.inner.slots.weight()
+    }
+
+    /// Where this tier's history stands, before a lookup.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            changes: self.inner.changes.load(Ordering::SeqCst),
+            at: Instant::now(),
+        }
+    }
+
+    /// The entry for this request, if one was checked in memcached within `max_staleness`.
+    /// Its HTTP freshness is the caller's business.
+    pub(crate) fn get(
+        &self,
+        key: &str,
+        canonical: &str,
+        request_headers: &HeaderMap,
+    ) -> Option<Arc<Entry>> {
+        let slot = self.inner.slots.get(key)?;
+        let now = Instant::now();
+        slot.kept
+            .iter()
+            .find(|kept| {
+                now.saturating_duration_since(kept.checked) <= self.inner.max_staleness
+                    && stored::selects(&kept.entry.meta, canonical, request_headers)
+            })
+            .map(|kept| Arc::clone(&kept.entry))
+    }
+
+    /// Keeps what a lookup that started at `mark` found in memcached, unless this process
+    /// changed something since (then the lookup may have read what a purge removed).
+    /// `varies`: the URL's responses vary, so this is one variant among others.
+    pub(crate) fn keep(&self, key: &str, entry: &Entry, varies: bool, mark: Mark) {
+        if self.inner.max_staleness.is_zero() {
+            return;
+        }
+        let kept = Kept {
+            entry: Arc::new(detached(entry)),
+            checked: mark.at,
+        };
+        let fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
+        if self.inner.changes.load(Ordering::SeqCst) != mark.changes {
+            return;
+        }
+        let mut all = vec![kept];
+        if varies {
+            // The other variants requests here selected, still within the bound; this one
+            // replaces its own older copy.
+            if let Some(slot) = self.inner.slots.get(key) {
+                let now = Instant::now();
+                let meta = &all[0].entry.meta;
+                let others: Vec<Kept> = slot
+                    .kept
+                    .iter()
+                    .filter(|other| {
+                        other.entry.meta.vary != meta.vary
+                            && now.saturating_duration_since(other.checked)
+                                <= self.inner.max_staleness
+                    })
+                    .take(MAX_VARIANTS - 1)
+                    .cloned()
+                    .collect();
+                all.extend(others);
+            }
+        }
+        let weight = all
+            .iter()
+            .map(|kept| weight_of(&kept.entry))
+            .fold(key.len() as u64, u64::saturating_add);
+        if weight > self.inner.max_entry {
+            return;
+        }
+        self.inner
+            .slots
+            .insert(key.into(), Arc::new(Slot { kept: all, weight }));
+        drop(fence);
+    }
+
+    /// A purge, invalidation or store of `key` by this process, once memcached has it:
+    /// from now on the tier answers nothing it held for the URL.
+    pub(crate) fn forget(&self, key: &str) {
+        let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.slots.remove(key);
+    }
+
+    /// A purge of the tag `tag` by this process: every URL holding an entry with it goes.
+    pub(crate) fn forget_tag(&self, tag: &str) {
+        let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.slots.retain(|_, slot| {
+            !slot
+                .kept
+                .iter()
+                .any(|kept| kept.entry.meta.tags.iter().any(|(name, _)| name == tag))
+        });
+    }
+
+    /// A purge of the namespace (or everything) by this process.
+    pub(crate) fn forget_all(&self) {
+        let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
+        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.slots.clear();
+    }
+}
+
+/// A copy of `entry` that owns its bytes: a decoded entry's body and header values are
+/// slices of the buffer memcached's reply was read into, which a long-lived copy would
+/// keep whole (and uncounted) in memory.
+fn detached(entry: &Entry) -> Entry {
+    let mut meta = entry.meta.clone();
+    for (_, value) in &mut meta.headers {
+        if let Ok(owned) = HeaderValue::from_bytes(value.as_bytes()) {
+            let sensitive = value.is_sensitive();
+            *value = owned;
+            value.set_sensitive(sensitive);
+        }
+    }
+    Entry {
+        meta,
+        body: Bytes::copy_from_slice(&entry.body),
+    }
+}
+
+/// What an entry costs in memory, in bytes.
+fn weight_of(entry: &Entry) -> u64 {
+    let meta = &entry.meta;
+    let headers: usize = meta
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    let vary: usize = meta
+        .vary
+        .iter()
+        .map(|(name, value)| name.len() + value.as_ref().map_or(0, String::len) + 48)
+        .sum();
+    let tags: usize = meta.tags.iter().map(|(tag, _)| tag.len() + 32).sum();
+    let total = entry.body.len() + meta.canonical_key.len() + headers + vary + tags;
+    u64::try_from(total)
+        .unwrap_or(u64::MAX)
+        .saturating_add(NEAR_ENTRY_OVERHEAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::service::testing::bare_entry;
+
+    #[test]
+    fn an_entry_is_answered_within_the_bound_and_not_after() {
+        let near = NearCache::new(1 << 20, Duration::from_millis(50));
+        let entry = bare_entry();
+        let canonical = entry.meta.canonical_key.clone();
+        near.keep("k", &entry, false, near.mark());
+        let headers = HeaderMap::new();
+        assert!(near.get("k", &canonical, &headers).is_some());
+        assert!(near.get("k", "another", &headers).is_none());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(near.get("k", &canonical, &headers).is_none());
+    }
+
+    #[test]
+    fn a_lookup_that_started_before_a_purge_is_not_kept() {
+        let near = NearCache::new(1 << 20, Duration::from_secs(5));
+        let entry = bare_entry();
+        let canonical = entry.meta.canonical_key.clone();
+        let mark = near.mark();
+        near.forget("other");
+        near.keep("k", &entry, false, mark);
+        assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
+        near.keep("k", &entry, false, near.mark());
+        assert!(near.get("k", &canonical, &HeaderMap::new()).is_some());
+        near.forget_all();
+        assert_eq!(near.entries(), 0);
+    }
+
+    #[test]
+    fn the_weight_stays_within_the_capacity() {
+        let near = NearCache::new(64 << 10, Duration::from_secs(5));
+        let mut entry = bare_entry();
+        entry.body = Bytes::from(vec![b'x'; 1000]);
+        for i in 0..1000 {
+            near.keep(&format!("k{i}"), &entry, false, near.mark());
+        }
+        assert!(near.entries() > 0);
+        assert!(near.weight() <= near.capacity(), "{near:?}");
+    }
+}
