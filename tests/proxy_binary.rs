@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::proxy::{proxy_binary, raw_request};
 
 /// Every flag, with the environment variable that also sets it.
-const FLAGS: [(&str, &str); 13] = [
+const FLAGS: [(&str, &str); 19] = [
     ("--upstream", "TOWER_MEMCACHE_PROXY_UPSTREAM"),
     ("--listen", "TOWER_MEMCACHE_PROXY_LISTEN"),
     ("--memcache", "TOWER_MEMCACHE_PROXY_MEMCACHE"),
@@ -31,6 +31,15 @@ const FLAGS: [(&str, &str); 13] = [
         "--targeted-cache-control",
         "TOWER_MEMCACHE_PROXY_TARGETED_CACHE_CONTROL",
     ),
+    ("--near-cache", "TOWER_MEMCACHE_PROXY_NEAR_CACHE"),
+    ("--max-entry-size", "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE"),
+    ("--cache-timeout", "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT"),
+    (
+        "--upstream-timeout",
+        "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT",
+    ),
+    ("--connect-timeout", "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT"),
+    ("--shutdown-grace", "TOWER_MEMCACHE_PROXY_SHUTDOWN_GRACE"),
     ("--metrics", "TOWER_MEMCACHE_PROXY_METRICS"),
     ("--access-log", "TOWER_MEMCACHE_PROXY_ACCESS_LOG"),
     ("--log-format", "TOWER_MEMCACHE_PROXY_LOG_FORMAT"),
@@ -91,7 +100,11 @@ fn answer(stream: TcpStream, calls: &AtomicUsize) {
         if path == "/slow" {
             std::thread::sleep(Duration::from_millis(800));
         }
-        let body = format!("origin {path}");
+        let body = if path == "/big" {
+            "b".repeat(4096)
+        } else {
+            format!("origin {path}")
+        };
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: max-age=60\r\n\r\n{body}",
             body.len()
@@ -162,6 +175,12 @@ fn help_documents_every_flag_its_variable_and_default() {
         "[default: per-thread]",
         "[default: cdn-cache-control]",
         "[default: on]",
+        "[default: off]",
+        "[default: 1008K]",
+        "[default: 100ms]",
+        "[default: 60s]",
+        "[default: 5s]",
+        "[default: 10s]",
     ] {
         assert!(help.contains(default), "--help does not say {default}");
     }
@@ -296,4 +315,89 @@ fn sigterm_finishes_open_requests_then_exits_cleanly() {
             "{runtime}: still listening"
         );
     }
+}
+
+/// `--near-cache`: the third request for a page is answered from the proxy's memory
+/// (`detail=near`), even once memcached lost it, and a POST through the proxy (an
+/// invalidation) takes it out at once. Over the in-process store and over memcached.
+#[test]
+fn near_cache_answers_hot_pages_and_forgets_what_the_proxy_invalidates() {
+    let origin = Origin::start();
+    let server = support::Memcached::start("proxy_binary::near_cache");
+    let memcache = server.as_ref().map(|server| server.addr().to_string());
+    let mut args = vec!["--near-cache", "1M,30s"];
+    if let Some(memcache) = &memcache {
+        args.extend(["--memcache", memcache.as_str()]);
+    }
+    let proxy = support::proxy::start_proxy(origin.addr, &args);
+    let get = || raw_request(proxy.addr, "GET /hot HTTP/1.1\r\nHost: example.com\r\n");
+    let statuses: Vec<String> = (0..3)
+        .map(|_| {
+            let (status, response) = get();
+            assert_eq!(status, 200, "{response}");
+            // The store is in the background: let it land before the next request.
+            std::thread::sleep(Duration::from_millis(100));
+            cache_status(&response)
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "tower-memcache; fwd=uri-miss; stored",
+            "tower-memcache; hit",
+            "tower-memcache; hit; detail=near"
+        ]
+    );
+    if let Some(server) = &server {
+        server.flush_all();
+        assert_eq!(cache_status(&get().1), "tower-memcache; hit; detail=near");
+    }
+    assert_eq!(origin.calls(), 1);
+    let (status, _) = raw_request(
+        proxy.addr,
+        "POST /hot HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        cache_status(&get().1),
+        "tower-memcache; fwd=uri-miss; stored"
+    );
+}
+
+/// `--upstream-timeout`: an origin slower than it gets the client a 504 in about that
+/// time; `--max-entry-size`: a larger body is passed through, never stored.
+#[test]
+fn upstream_timeout_and_max_entry_size_are_obeyed() {
+    let origin = Origin::start();
+    let proxy = support::proxy::start_proxy(
+        origin.addr,
+        &["--upstream-timeout", "300ms", "--max-entry-size", "1K"],
+    );
+    let started = Instant::now();
+    let (status, response) = raw_request(proxy.addr, "GET /slow HTTP/1.1\r\nHost: example.com\r\n");
+    assert_eq!(status, 504, "{response}");
+    assert!(
+        started.elapsed() < Duration::from_millis(790),
+        "{:?}",
+        started.elapsed()
+    );
+    for _ in 0..2 {
+        let (status, response) =
+            raw_request(proxy.addr, "GET /big HTTP/1.1\r\nHost: example.com\r\n");
+        assert_eq!(status, 200);
+        assert!(response.ends_with(&"b".repeat(4096)));
+        assert!(!cache_status(&response).contains("; hit"), "{response}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cache_status(response: &str) -> String {
+    response
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("cache-status")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default()
 }

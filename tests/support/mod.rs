@@ -80,6 +80,19 @@ impl Memcached {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Empties it (`flush_all`), behind every client's back.
+    pub fn flush_all(&self) {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(self.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(b"flush_all\r\n").unwrap();
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"OK\r\n");
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port

@@ -22,9 +22,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
 
-/// How long the origin may take to send its response head.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -68,6 +65,8 @@ pub(crate) struct Upstream {
     /// The authority as a `Host` value, for `--upstream-host`.
     host_value: HeaderValue,
     upstream_host: bool,
+    /// How long the origin may take to send its response head (`--upstream-timeout`).
+    head_timeout: Duration,
 }
 
 /// The origin's body, or a short body the proxy made up (502, 504).
@@ -124,7 +123,7 @@ pub(crate) async fn forward(
     // No client host at all (HTTP/1.0): the client pool fills in the upstream's.
 
     let method = request.method().clone();
-    match tokio::time::timeout(UPSTREAM_TIMEOUT, upstream.client.request(request)).await {
+    match tokio::time::timeout(upstream.head_timeout, upstream.client.request(request)).await {
         Ok(Ok(mut response)) => {
             // Our own version towards the client, whatever the origin spoke (hyper still
             // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
@@ -302,19 +301,27 @@ pub(crate) fn error_chain(err: &dyn Error) -> String {
     text
 }
 
-/// The pooled client to `origin` (`http://host[:port]`); made inside the runtime that will
-/// use it. `upstream_host`: send the origin's authority as `Host` (`--upstream-host`).
-pub(crate) fn upstream(
-    origin: &Uri,
-    upstream_host: bool,
-) -> Result<Arc<Upstream>, crate::BoxError> {
+/// How the proxy talks to its origin (`--upstream*`, `--connect-timeout`).
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamSettings {
+    pub(crate) origin: Uri,
+    /// Send the origin's authority as `Host` (`--upstream-host`).
+    pub(crate) upstream_host: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) head_timeout: Duration,
+}
+
+/// The pooled client to the origin (`http://host[:port]`); made inside the runtime that
+/// will use it.
+pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, crate::BoxError> {
+    let origin = &settings.origin;
     let authority = origin
         .authority()
         .cloned()
         .ok_or("--upstream has no host")?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_connect_timeout(Some(settings.connect_timeout));
     let client = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
@@ -324,6 +331,7 @@ pub(crate) fn upstream(
         client,
         host_value: HeaderValue::from_str(authority.as_str())?,
         authority,
-        upstream_host,
+        upstream_host: settings.upstream_host,
+        head_timeout: settings.head_timeout,
     }))
 }

@@ -12,8 +12,8 @@
 //! `--log-format json`.
 //!
 //! Shutdown: on SIGTERM or Ctrl-C (SIGINT) the proxy stops accepting, lets the open
-//! requests finish and the cache finish its pending stores, 10 s at most in all, then exits
-//! with status 0.
+//! requests finish and the cache finish its pending stores, `--shutdown-grace` (10 s) at
+//! most in all, then exits with status 0.
 //!
 //! Every method, path, query and end-to-end header is forwarded, except the forwarding
 //! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
@@ -22,8 +22,8 @@
 //! ways. Upstream connections are pooled and kept alive, and spoken to in HTTP/1.1
 //! whatever the client spoke; responses go out as the proxy's own HTTP/1.1 (HTTP/1.0
 //! clients still get 1.0), not the origin's version. An origin that cannot be reached
-//! answers 502 Bad Gateway, one that sends no response head within 60 s 504 Gateway
-//! Timeout; neither is cached.
+//! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
+//! (60 s) 504 Gateway Timeout; neither is cached.
 //!
 //! # Requests refused
 //!
@@ -107,7 +107,7 @@ use tokio::time::Instant;
 use tower::Layer;
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, MemoryBackend};
-use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode};
+use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, NearCache};
 use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
@@ -122,7 +122,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type BoxError = Box<dyn Error + Send + Sync>;
 
 /// How long open requests and pending stores may take to finish at shutdown.
-const GRACE: Duration = Duration::from_secs(10);
 
 /// A caching reverse proxy (RFC 9111 shared cache) in front of one HTTP origin, storing
 /// responses in memcached.
@@ -239,6 +238,43 @@ struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_TARGETED_CACHE_CONTROL", value_name = "NAME[,NAME...]|none", default_value = "cdn-cache-control", value_parser = parse_targeted)]
     targeted_cache_control: Targeted,
 
+    /// Keep hot entries in this process's memory too, up to SIZE bytes (K, M, G: powers
+    /// of 1024), and answer them without asking memcached for at most STALENESS (default
+    /// 1s) after they were last read from it; "off" turns it off.
+    ///
+    /// Purges and invalidations through this proxy apply at once; those of other processes
+    /// sharing the memcached servers show within STALENESS. Only fresh responses are
+    /// answered from it (Cache-Status "hit; detail=near"). The threads share one tier.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_NEAR_CACHE", value_name = "SIZE[,STALENESS]|off", default_value = "off", value_parser = parse_near_cache)]
+    near_cache: NearSetting,
+
+    /// The largest response body stored (K, M, G: powers of 1024); larger responses are
+    /// passed through, not stored.
+    ///
+    /// memcached's item size limit (-I, 1 MiB by default) bounds it too: the proxy learns
+    /// each server's and does not copy bodies it could not store.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_size)]
+    max_entry_size: u64,
+
+    /// How long a request waits for memcached before going to the origin as a miss.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    cache_timeout: Duration,
+
+    /// How long the origin may take to send a response head before the client gets 504
+    /// Gateway Timeout (nginx's proxy_read_timeout for the head).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+
+    /// How long connecting to the origin may take before the client gets 502 Bad Gateway
+    /// (nginx's proxy_connect_timeout).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long open requests and pending stores may take to finish
+    /// before the proxy exits anyway.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+
     /// Serve the cache's metrics in Prometheus' text format on http://ADDR/metrics (any
     /// path answers), from a thread of their own.
     ///
@@ -316,6 +352,62 @@ fn parse_targeted(text: &str) -> Result<Targeted, String> {
     Ok(Targeted(names))
 }
 
+/// `--near-cache`: off, or a size and how far behind memcached it may be.
+#[derive(Clone, Copy, Debug)]
+struct NearSetting(Option<(u64, Duration)>);
+
+/// Near-tier staleness when `--near-cache` gives only a size.
+const DEFAULT_NEAR_STALENESS: Duration = Duration::from_secs(1);
+
+/// `--near-cache SIZE[,STALENESS]|off`.
+fn parse_near_cache(text: &str) -> Result<NearSetting, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") || text == "0" {
+        return Ok(NearSetting(None));
+    }
+    let (size, staleness) = match text.split_once(',') {
+        Some((size, staleness)) => (size, parse_duration(staleness)?),
+        None => (text, DEFAULT_NEAR_STALENESS),
+    };
+    let size = parse_size(size)?;
+    if size == 0 {
+        return Ok(NearSetting(None));
+    }
+    Ok(NearSetting(Some((size, staleness))))
+}
+
+/// A byte count: digits, then optionally K, M or G (powers of 1024, "KiB"/"KB"/"k" alike).
+/// Hand-written: four suffixes do not justify a dependency.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a size is digits, then K, M or G"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M or G)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+/// A duration: `500ms`, `5s`, `2m`, `1h 30m`; a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}"))
+}
+
 /// `http://host[:port]`, nothing else.
 fn parse_upstream(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
@@ -345,6 +437,12 @@ fn main() -> Result<(), BoxError> {
     if let Some(addr) = args.metrics {
         serve_metrics(addr)?;
     }
+    // One near tier for the whole process, whatever the runtime: one bound, and every
+    // thread's purges apply to what every thread answers.
+    let near = args
+        .near_cache
+        .0
+        .map(|(size, staleness)| NearCache::new(size, staleness));
     match args.memcache.clone() {
         Some(servers) => {
             let backend = || {
@@ -355,12 +453,14 @@ fn main() -> Result<(), BoxError> {
             };
             // Checked once here, so that a bad list is reported before anything starts.
             let description = format!("memcached {}", backend()?.server_names().join(","));
-            start(&args, &description, || Ok(backend()?))
+            start(&args, &description, near.as_ref(), || Ok(backend()?))
         }
         None => {
             // One store for every thread: the cache is the process's, whatever the runtime.
             let memory = MemoryBackend::new();
-            start(&args, "in-process memory", || Ok(memory.clone()))
+            start(&args, "in-process memory", near.as_ref(), || {
+                Ok(memory.clone())
+            })
         }
     }
 }
@@ -421,7 +521,12 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 /// Runs the proxy on `args.threads` threads until SIGTERM or Ctrl-C. `backend` makes the
 /// backend of each cache layer: one per thread with `--runtime per-thread`, one in all with
 /// `shared`.
-fn start<B, F>(args: &Args, description: &str, backend: F) -> Result<(), BoxError>
+fn start<B, F>(
+    args: &Args,
+    description: &str,
+    near: Option<&NearCache>,
+    backend: F,
+) -> Result<(), BoxError>
 where
     B: Backend,
     F: Fn() -> Result<B, BoxError> + Sync,
@@ -432,7 +537,7 @@ where
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
     match args.runtime {
-        RuntimeKind::PerThread => run_per_thread(args, threads, description, &backend),
+        RuntimeKind::PerThread => run_per_thread(args, threads, description, near, &backend),
         RuntimeKind::Shared => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
@@ -445,9 +550,10 @@ where
                     .map_err(|err| format!("--listen {}: {err}", args.listen))?;
                 let worker = Worker {
                     listener,
-                    layer: cache_layer(backend()?, args),
-                    upstream: forward::upstream(&args.upstream, args.upstream_host)?,
+                    layer: cache_layer(backend()?, args, near),
+                    upstream: forward::upstream(&upstream_settings(args))?,
                     access_log: args.access_log == OnOff::On,
+                    grace: args.shutdown_grace,
                 };
                 announce(args, worker.listener.local_addr()?, description, threads);
                 worker.serve(signal).await;
@@ -466,6 +572,7 @@ fn run_per_thread<B, F>(
     args: &Args,
     threads: usize,
     description: &str,
+    near: Option<&NearCache>,
     backend: &F,
 ) -> Result<(), BoxError>
 where
@@ -495,9 +602,10 @@ where
         addr = listener.local_addr()?;
         let worker = Worker {
             listener,
-            layer: cache_layer(backend()?, args),
-            upstream: forward::upstream(&args.upstream, args.upstream_host)?,
+            layer: cache_layer(backend()?, args, near),
+            upstream: forward::upstream(&upstream_settings(args))?,
             access_log: args.access_log == OnOff::On,
+            grace: args.shutdown_grace,
         };
         drop(_entered);
         workers.push((runtime, worker));
@@ -562,18 +670,24 @@ fn announce(args: &Args, addr: SocketAddr, description: &str, threads: usize) {
 }
 
 fn announce_shutdown() {
-    eprintln!(
-        "shutting down: finishing open requests and pending stores ({} s at most)",
-        GRACE.as_secs()
-    );
+    eprintln!("shutting down: finishing open requests and pending stores");
 }
 
-fn cache_layer<B: Backend>(backend: B, args: &Args) -> MemcacheLayer<B> {
+fn upstream_settings(args: &Args) -> forward::UpstreamSettings {
+    forward::UpstreamSettings {
+        origin: args.upstream.clone(),
+        upstream_host: args.upstream_host,
+        connect_timeout: args.connect_timeout,
+        head_timeout: args.upstream_timeout,
+    }
+}
+
+fn cache_layer<B: Backend>(backend: B, args: &Args, near: Option<&NearCache>) -> MemcacheLayer<B> {
     let mode = match args.mode {
         Mode::Origin => CacheMode::Origin,
         Mode::Routes => CacheMode::Routes,
     };
-    MemcacheLayer::new(backend)
+    let layer = MemcacheLayer::new(backend)
         .namespace("proxy")
         .mode(mode)
         .default_lifetime(Duration::from_secs(args.ttl))
@@ -582,6 +696,12 @@ fn cache_layer<B: Backend>(backend: B, args: &Args) -> MemcacheLayer<B> {
         )
         .targeted_cache_control(args.targeted_cache_control.0.iter().cloned())
         .own_request_body(|| ProxyRequestBody::Right(http_body_util::Empty::new()))
+        .max_entry_size(usize::try_from(args.max_entry_size).unwrap_or(usize::MAX))
+        .lookup_timeout(args.cache_timeout);
+    match near {
+        Some(near) => layer.near_cache(near.clone()),
+        None => layer,
+    }
 }
 
 /// What one runtime serves with: its listener, its cache layer (whose services share
@@ -591,17 +711,20 @@ struct Worker<B> {
     layer: MemcacheLayer<B>,
     upstream: Arc<Upstream>,
     access_log: bool,
+    /// `--shutdown-grace`.
+    grace: Duration,
 }
 
 impl<B: Backend> Worker<B> {
     /// Accepts and serves connections until `shutdown` completes, then lets open requests
-    /// and the layer's pending stores finish ([`GRACE`] at most in all).
+    /// and the layer's pending stores finish (`grace` at most in all).
     async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Self {
             listener,
             layer,
             upstream,
             access_log,
+            grace,
         } = self;
         let background = layer.background();
         let builder = auto::Builder::new(TokioExecutor::new());
@@ -645,7 +768,7 @@ impl<B: Backend> Worker<B> {
             });
         }
         drop(listener);
-        let deadline = Instant::now() + GRACE;
+        let deadline = Instant::now() + grace;
         if tokio::time::timeout_at(deadline, graceful.shutdown())
             .await
             .is_err()
@@ -663,5 +786,40 @@ impl<B: Backend> Worker<B> {
                 "pending stores dropped at the end of the grace period"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_and_the_near_cache_setting() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64 MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("12T").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+        let default_entry = usize::try_from(parse_size("1008K").unwrap()).unwrap();
+        assert_eq!(default_entry, tower_memcache::cache::DEFAULT_MAX_ENTRY_SIZE);
+
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+
+        assert!(parse_near_cache("off").unwrap().0.is_none());
+        assert!(parse_near_cache("0").unwrap().0.is_none());
+        assert_eq!(
+            parse_near_cache("64M").unwrap().0,
+            Some((64 << 20, DEFAULT_NEAR_STALENESS))
+        );
+        assert_eq!(
+            parse_near_cache("1G,500ms").unwrap().0,
+            Some((1 << 30, Duration::from_millis(500)))
+        );
+        assert!(parse_near_cache("64M,never").is_err());
     }
 }
