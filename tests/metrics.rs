@@ -268,3 +268,122 @@ fn reverse_proxy_serves_metrics_for_prometheus() {
         "{text}"
     );
 }
+
+/// `memcached_stat(addr, "evictions")`: one number from memcached's own `stats`.
+fn memcached_stat(addr: &str, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"stats\r\n").unwrap();
+    let mut text = String::new();
+    let mut buffer = [0u8; 4096];
+    while !text.ends_with("END\r\n") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "memcached closed during stats");
+        text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("STAT {name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// What the proxy reads rather than counts: memcached's evictions, items and memory (a
+/// server made to evict before the proxy starts), the near tier's size and hits, and the
+/// backend latency as a Prometheus histogram with buckets.
+#[test]
+fn reverse_proxy_exports_memcached_and_near_tier_gauges() {
+    let Some(server) = support::Memcached::start_with_args(
+        "metrics::reverse_proxy_exports_memcached_and_near_tier_gauges",
+        &["-m", "2"],
+    ) else {
+        return;
+    };
+    // 4 MiB of 100 KiB values into 2 MiB: memcached evicts.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let value = vec![b'v'; 100 * 1024];
+    for i in 0..40 {
+        stream
+            .write_all(format!("set filler{i} 0 0 {}\r\n", value.len()).as_bytes())
+            .unwrap();
+        stream.write_all(&value).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"STORED\r\n");
+    }
+    let evictions = memcached_stat(&server.addr(), "evictions");
+    assert!(evictions > 0, "memcached -m 2 evicted nothing");
+
+    let origin = start_origin();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let memcache = server.addr();
+    let proxy = start_proxy(
+        origin,
+        &[
+            "--metrics",
+            &metrics_addr.to_string(),
+            "--memcache",
+            &memcache,
+            "--near-cache",
+            "1M,30s",
+        ],
+    );
+    let request = "GET /page HTTP/1.1\r\nHost: example.com\r\n";
+    let mut near_hits = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near_hits < 3 {
+        assert!(Instant::now() < deadline, "no near hits through the proxy");
+        let (status, response) = raw_request(proxy.addr, request);
+        assert_eq!(status, 200, "{response}");
+        if response.contains("; hit; detail=near") {
+            near_hits += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(metrics_addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the metrics endpoint did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, text) = raw_request(metrics_addr, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n");
+    assert_eq!(status, 200, "{text}");
+    let at = [("server", memcache.as_str())];
+    // Read when the proxy started, after the filling and before its own traffic.
+    assert_eq!(
+        sample(&text, "tower_memcache_memcached_evictions_total", &at),
+        Some(evictions as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tower_memcache_memcached_limit_bytes", &at),
+        Some(f64::from(2u32 << 20)),
+        "{text}"
+    );
+    assert!(sample(&text, "tower_memcache_memcached_items", &at).is_some_and(|n| n > 0.0));
+    let ns = ("namespace", "proxy");
+    assert_eq!(
+        sample(&text, "tower_memcache_near_hits_total", &[ns]),
+        Some(f64::from(near_hits)),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "tower_memcache_backend_request_duration_seconds_bucket",
+            &[("server", memcache.as_str()), ("le", "0.1")]
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+}

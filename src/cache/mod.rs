@@ -94,6 +94,9 @@ pub use policy::{CacheMode, DEFAULT_LIFETIME, RouteMatch, is_hop_by_hop};
 pub use purge::{PurgeError, Purger};
 #[doc(inline)]
 pub use service::Memcache;
+#[cfg(feature = "metrics")]
+#[doc(inline)]
+pub use stats::record_backend_gauges;
 #[doc(inline)]
 pub use stats::{CacheStats, METRIC_NAMES, StatsSnapshot};
 

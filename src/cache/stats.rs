@@ -224,7 +224,82 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
         "tower_memcache_backend_server_up",
         "gauge; server=\"host:port\": 1 while the TCP backend uses the server, 0 while it is marked down",
     ),
+    (
+        "tower_memcache_memcached_evictions_total",
+        "counter; server=\"host:port\": items memcached evicted to make room (its `evictions` stat), as last read by `record_backend_gauges`",
+    ),
+    (
+        "tower_memcache_memcached_items",
+        "gauge; server=\"host:port\": items held (`curr_items`), as last read",
+    ),
+    (
+        "tower_memcache_memcached_bytes",
+        "gauge; server=\"host:port\": bytes held (`bytes`), as last read",
+    ),
+    (
+        "tower_memcache_memcached_limit_bytes",
+        "gauge; server=\"host:port\": the memory memcached may use (`limit_maxbytes`, its -m)",
+    ),
+    (
+        "tower_memcache_near_cache_bytes",
+        "gauge; bytes held by the near tier, as last read by `record_backend_gauges`",
+    ),
+    (
+        "tower_memcache_near_cache_entries",
+        "gauge; URLs held by the near tier, as last read",
+    ),
 ];
+
+/// Sets the gauges that are read rather than counted (the `metrics` feature): each
+/// memcached server's evictions, items and bytes from its `stats`, and the near tier's
+/// size. Call it every few seconds (or when scraped) with what
+/// [`Backend::stats`](crate::backend::Backend::stats) returned; the proxy does every 10 s.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+/// use tower_memcache::backend::ServerStats;
+/// use tower_memcache::cache::{NearCache, record_backend_gauges};
+///
+/// let stats = ServerStats {
+///     server: "127.0.0.1:11211".into(),
+///     stats: HashMap::from([("evictions".to_string(), "12".to_string())]),
+/// };
+/// let near = NearCache::new(1 << 20, Duration::from_secs(1));
+/// record_backend_gauges(&[stats], Some(&near));
+/// ```
+#[cfg(feature = "metrics")]
+pub fn record_backend_gauges(
+    servers: &[crate::backend::ServerStats],
+    near: Option<&super::NearCache>,
+) {
+    for server in servers {
+        let labels = [("server", server.server.clone())];
+        if let Some(evictions) = server.get_u64("evictions") {
+            metrics::counter!("tower_memcache_memcached_evictions_total", &labels)
+                .absolute(evictions);
+        }
+        let gauges = [
+            ("curr_items", "tower_memcache_memcached_items"),
+            ("bytes", "tower_memcache_memcached_bytes"),
+            ("limit_maxbytes", "tower_memcache_memcached_limit_bytes"),
+        ];
+        for (stat, name) in gauges {
+            if let Some(value) = server.get_u64(stat) {
+                // Gauges are f64: exact to 2^53 bytes, far beyond any memcached.
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!(name, &labels).set(value as f64);
+            }
+        }
+    }
+    if let Some(near) = near {
+        #[allow(clippy::cast_precision_loss)]
+        {
+            metrics::gauge!("tower_memcache_near_cache_bytes").set(near.weight() as f64);
+            metrics::gauge!("tower_memcache_near_cache_entries").set(near.entries() as f64);
+        }
+    }
+}
 
 #[cfg(feature = "metrics")]
 mod exported {

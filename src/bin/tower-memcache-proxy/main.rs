@@ -121,8 +121,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-/// How long open requests and pending stores may take to finish at shutdown.
-
 /// A caching reverse proxy (RFC 9111 shared cache) in front of one HTTP origin, storing
 /// responses in memcached.
 ///
@@ -471,8 +469,20 @@ fn main() -> Result<(), BoxError> {
 /// behind proxied requests.
 #[cfg(feature = "metrics")]
 fn serve_metrics(addr: SocketAddr) -> Result<(), BoxError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Buckets make the backend's latency a Prometheus histogram (aggregatable over
+    // servers and proxies) rather than a summary: 100 µs (a loopback hit) to the 100 ms
+    // lookup timeout and beyond.
+    const LATENCY_BUCKETS: [f64; 12] = [
+        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ];
+    PrometheusBuilder::new()
         .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full("tower_memcache_backend_request_duration_seconds".into()),
+            &LATENCY_BUCKETS,
+        )
+        .map_err(|err| format!("--metrics {addr}: {err}"))?
         .install()
         .map_err(|err| format!("--metrics {addr}: {err}"))?;
     tracing::info!(%addr, "serving metrics");
@@ -554,6 +564,7 @@ where
                     upstream: forward::upstream(&upstream_settings(args))?,
                     access_log: args.access_log == OnOff::On,
                     grace: args.shutdown_grace,
+                    gauges: gauges(args, near, &backend)?,
                 };
                 announce(args, worker.listener.local_addr()?, description, threads);
                 worker.serve(signal).await;
@@ -592,7 +603,7 @@ where
     // socket resolves port 0, and the others bind the same address.
     let mut workers = Vec::with_capacity(threads);
     let mut addr = args.listen;
-    for _ in 0..threads {
+    for index in 0..threads {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -606,6 +617,11 @@ where
             upstream: forward::upstream(&upstream_settings(args))?,
             access_log: args.access_log == OnOff::On,
             grace: args.shutdown_grace,
+            gauges: if index == 0 {
+                gauges(args, near, backend)?
+            } else {
+                None
+            },
         };
         drop(_entered);
         workers.push((runtime, worker));
@@ -673,6 +689,24 @@ fn announce_shutdown() {
     eprintln!("shutting down: finishing open requests and pending stores");
 }
 
+/// The gauge poller of `--metrics`, for one worker.
+fn gauges<B, F>(
+    args: &Args,
+    near: Option<&NearCache>,
+    backend: &F,
+) -> Result<Option<Gauges<B>>, BoxError>
+where
+    F: Fn() -> Result<B, BoxError>,
+{
+    if args.metrics.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Gauges {
+        backend: backend()?,
+        near: near.cloned(),
+    }))
+}
+
 fn upstream_settings(args: &Args) -> forward::UpstreamSettings {
     forward::UpstreamSettings {
         origin: args.upstream.clone(),
@@ -713,6 +747,42 @@ struct Worker<B> {
     access_log: bool,
     /// `--shutdown-grace`.
     grace: Duration,
+    /// With `--metrics`, one worker reads memcached's and the near tier's gauges (a
+    /// backend of its own for it).
+    gauges: Option<Gauges<B>>,
+}
+
+/// What the gauge poller reads.
+struct Gauges<B> {
+    backend: B,
+    near: Option<NearCache>,
+}
+
+/// How often memcached's `stats` and the near tier's size are read for `--metrics`.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
+
+impl<B: Backend> Gauges<B> {
+    /// Reads the gauges every [`GAUGE_INTERVAL`] until aborted.
+    #[cfg_attr(not(feature = "metrics"), allow(clippy::unused_async))]
+    async fn poll(self) {
+        #[cfg(feature = "metrics")]
+        loop {
+            let servers = tokio::time::timeout(Duration::from_secs(2), self.backend.stats()).await;
+            let servers = match servers {
+                Ok(Ok(servers)) => servers,
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "memcached stats for the gauges failed");
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            };
+            tower_memcache::cache::record_backend_gauges(&servers, self.near.as_ref());
+            tokio::time::sleep(GAUGE_INTERVAL).await;
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (self.backend, self.near);
+    }
 }
 
 impl<B: Backend> Worker<B> {
@@ -725,7 +795,9 @@ impl<B: Backend> Worker<B> {
             upstream,
             access_log,
             grace,
+            gauges,
         } = self;
+        let poller = gauges.map(|gauges| tokio::spawn(gauges.poll()));
         let background = layer.background();
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
@@ -768,6 +840,9 @@ impl<B: Backend> Worker<B> {
             });
         }
         drop(listener);
+        if let Some(poller) = poller {
+            poller.abort();
+        }
         let deadline = Instant::now() + grace;
         if tokio::time::timeout_at(deadline, graceful.shutdown())
             .await
