@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Cache-hit throughput of the tower-memcache-proxy binary over a real memcached, side by side with
-# nginx + srcache + memc caching the same origin in the same memcached, measured with wrk.
+# nginx + srcache + memc caching the same origin in the same memcached, and with nginx serving
+# the same file from disk with no cache at all (the ceiling for an HTTP server here), measured
+# with wrk. The proxy runs twice: without and with its near tier (--near-cache).
 #
 #     bash bench/nginx/run.sh
 #
@@ -8,20 +10,21 @@
 #   1. starts memcached on a free port;
 #   2. starts nginx with bench/nginx/nginx.conf.template: the origin (a static 1 KiB file)
 #      and, on another port, the srcache + memc cache in front of it;
-#   3. builds and starts the proxy: tower-memcache-proxy --upstream <origin> --memcache <memcached>
-#      --threads $WORKERS --mode routes --ttl 300 (nginx gets worker_processes $WORKERS);
+#   3. builds and starts the proxy twice: tower-memcache-proxy --upstream <origin> --memcache
+#      <memcached> --threads $WORKERS --mode routes --ttl 300 (nginx gets worker_processes
+#      $WORKERS), and the same with --near-cache $NEAR_CACHE;
 #   4. warms both caches (curl twice each) and checks the second answer is a hit on both and
 #      that both serve the same body;
-#   5. runs wrk against each in turn for $ROUNDS rounds (the order swaps every round), and
+#   5. runs wrk against each in turn for $ROUNDS rounds (the order rotates every round), and
 #      per round prints requests/s, latency, the CPU time per request of the server, of
 #      memcached and of wrk (from /proc and getrusage), memcached's get_hits / get_misses
-#      deltas (every request must be one memcached hit), and how much of the machine was
+#      deltas (a request is one memcached hit, or none from the near tier), and how much of the machine was
 #      idle or used by processes outside the benchmark (a disturbed round shows there);
-#   6. prints the medians and the ratio proxy / nginx. Everything it started is stopped on
-#      exit.
+#   6. prints the medians, the ratios to nginx + srcache and to nginx's static file, and
+#      each proxy's resident memory. Everything it started is stopped on exit.
 #
 # Knobs (environment): ROUNDS=5 DURATION=10s WARMUP=3s CONNECTIONS=32 WRK_THREADS=1
-# WORKERS=2 MEMCACHED_THREADS=2 MODULES_DIR=/usr/lib/nginx/modules KEEP=1 (keep the temp
+# WORKERS=2 MEMCACHED_THREADS=2 NEAR_CACHE=64M,1s MODULES_DIR=/usr/lib/nginx/modules KEEP=1 (keep the temp
 # dir with configs and logs) PROXY_ENV='VAR=value ...' (extra environment for the proxy,
 # e.g. PROXY_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
 #
@@ -39,6 +42,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-2}
 MEMCACHED_THREADS=${MEMCACHED_THREADS:-2}
 MODULES_DIR=${MODULES_DIR:-/usr/lib/nginx/modules}
+NEAR_CACHE=${NEAR_CACHE:-64M,1s}
 TARGET_PATH=/1k.html
 
 missing=()
@@ -73,10 +77,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Four ports that were free a moment ago, all different.
-read -r MC_PORT ORIGIN_PORT CACHE_PORT PROXY_PORT < <(python3 - <<'PY'
+# Five ports that were free a moment ago, all different.
+read -r MC_PORT ORIGIN_PORT CACHE_PORT PROXY_PORT NEAR_PORT < <(python3 - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -174,24 +178,37 @@ read -r -a EXTRA_ENV <<<"${PROXY_ENV:-}"
 env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${PROXY_ARGS[@]}" >"$WORK/proxy.log" 2>&1 &
 PIDS+=($!)
 PROXY_PID=$!
+NEAR_ARGS=(--listen "127.0.0.1:$NEAR_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
+    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300 --access-log off
+    --near-cache "$NEAR_CACHE")
+env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${NEAR_ARGS[@]}" >"$WORK/near.log" 2>&1 &
+PIDS+=($!)
+NEAR_PID=$!
 
 wait_port "$MC_PORT"
 wait_port "$ORIGIN_PORT"
 wait_port "$CACHE_PORT"
 wait_port "$PROXY_PORT"
+wait_port "$NEAR_PORT"
 echo "memcached -l 127.0.0.1 -p $MC_PORT -U 0 -t $MEMCACHED_THREADS -m 64 -c 4096 ${MC_USER[*]}"
 echo "nginx -c $WORK/nginx.conf -p $WORK/ -g 'daemon off;'   (worker_processes $WORKERS)"
 echo "${PROXY_ENV:+$PROXY_ENV }cargo run --release --features proxy --bin tower-memcache-proxy -- ${PROXY_ARGS[*]}"
+echo "${PROXY_ENV:+$PROXY_ENV }cargo run --release --features proxy --bin tower-memcache-proxy -- ${NEAR_ARGS[*]}"
 
 NGINX_URL=http://127.0.0.1:$CACHE_PORT$TARGET_PATH
 PROXY_URL=http://127.0.0.1:$PROXY_PORT$TARGET_PATH
+NEAR_URL=http://127.0.0.1:$NEAR_PORT$TARGET_PATH
+STATIC_URL=http://127.0.0.1:$ORIGIN_PORT$TARGET_PATH
 
 echo "== warming both caches"
-for _ in 1 2; do
+for _ in 1 2 3; do
     curl -s -o /dev/null "$NGINX_URL"
     curl -s -o /dev/null "$PROXY_URL"
+    curl -s -o /dev/null "$NEAR_URL"
     sleep 0.3 # both store after the response has gone out
 done
+near_headers=$(curl -s -D - -o "$WORK/near.body" "$NEAR_URL")
+static_status=$(curl -s -o "$WORK/static.body" -w '%{http_code}' "$STATIC_URL")
 nginx_headers=$(curl -s -D - -o "$WORK/nginx.body" "$NGINX_URL")
 proxy_headers=$(curl -s -D - -o "$WORK/proxy.body" "$PROXY_URL")
 echo "-- nginx + srcache: $NGINX_URL"
@@ -200,6 +217,12 @@ echo "-- reverse_proxy: $PROXY_URL"
 echo "$proxy_headers"
 grep -qi '^x-cache: HIT' <<<"$nginx_headers" || { echo "nginx is not answering from memcached" >&2; KEEP=1; exit 1; }
 grep -qi '^cache-status: tower-memcache; hit' <<<"$proxy_headers" || { echo "the proxy is not answering from memcached" >&2; KEEP=1; exit 1; }
+echo "-- proxy with --near-cache $NEAR_CACHE: $NEAR_URL"
+echo "$near_headers"
+grep -qi '^cache-status: tower-memcache; hit; detail=near' <<<"$near_headers" || { echo "the near-tier proxy is not answering from its near tier" >&2; KEEP=1; exit 1; }
+[[ $static_status == 200 ]] || { echo "nginx's static file answers $static_status" >&2; KEEP=1; exit 1; }
+cmp -s "$WORK/near.body" "$WORK/html/1k.html" || { echo "the near tier's body is not the origin's" >&2; KEEP=1; exit 1; }
+cmp -s "$WORK/static.body" "$WORK/html/1k.html" || { echo "nginx's static body differs" >&2; KEEP=1; exit 1; }
 cmp -s "$WORK/nginx.body" "$WORK/proxy.body" || { echo "the two bodies differ" >&2; KEEP=1; exit 1; }
 cmp -s "$WORK/nginx.body" "$WORK/html/1k.html" || { echo "the cached body is not the origin's" >&2; KEEP=1; exit 1; }
 echo "both hit; same $(wc -c <"$WORK/proxy.body")-byte body;" \
@@ -209,6 +232,8 @@ echo "both hit; same $(wc -c <"$WORK/proxy.body")-byte body;" \
 echo "== warm-up ($WARMUP each, not counted)"
 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$NGINX_URL" >/dev/null
 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$PROXY_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$NEAR_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$STATIC_URL" >/dev/null
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -271,21 +296,28 @@ PY
     tail -n1 "$RESULTS"
 }
 
-echo "== wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, order swapped each round"
+echo "== wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, order rotated each round"
 # server-us/req, memcached-us/req, wrk-us/req: CPU time per request of each. idle%: machine
 # CPU left unused; others%: machine CPU used by processes outside the benchmark; steal%:
 # taken by the hypervisor. A round with a high others% or steal% was disturbed.
 printf '%s\n' $'round\tside\treq/s\trequests\tp50\tp99\tserver-cpu-s\tserver-us/req\tmemcached-us/req\twrk-us/req\tget_hits\tget_misses\tidle%\tothers%\tsteal%\tnotes'
 NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
+SIDES=(nginx proxy near static)
+run_named() {
+    case $2 in
+    nginx) run_side "$1" nginx "$NGINX_URL" "${NGINX_PIDS[@]}" ;;
+    proxy) run_side "$1" proxy "$PROXY_URL" "$PROXY_PID" ;;
+    near) run_side "$1" near "$NEAR_URL" "$NEAR_PID" ;;
+    static) run_side "$1" static "$STATIC_URL" "${NGINX_PIDS[@]}" ;;
+    esac
+}
 for round in $(seq 1 "$ROUNDS"); do
-    if ((round % 2)); then
-        run_side "$round" nginx "$NGINX_URL" "${NGINX_PIDS[@]}"
-        run_side "$round" proxy "$PROXY_URL" "$PROXY_PID"
-    else
-        run_side "$round" proxy "$PROXY_URL" "$PROXY_PID"
-        run_side "$round" nginx "$NGINX_URL" "${NGINX_PIDS[@]}"
-    fi
+    for i in 0 1 2 3; do
+        run_named "$round" "${SIDES[$(((i + round - 1) % 4))]}"
+    done
 done
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+echo "resident memory: proxy $(rss_kib "$PROXY_PID") KiB, proxy with --near-cache $NEAR_CACHE $(rss_kib "$NEAR_PID") KiB"
 
 echo "== summary (medians over $ROUNDS rounds)"
 python3 - "$RESULTS" <<'PY'
@@ -293,16 +325,31 @@ import statistics, sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
 def med(side, col):
     return statistics.median(float(r[col]) for r in rows if r[1] == side)
-n, p = med("nginx", 2), med("proxy", 2)
-for side, label in (("nginx", "nginx + srcache + memc"), ("proxy", "reverse_proxy")):
-    print(f"{label:23s} {med(side, 2):6.0f} req/s; CPU per request: server"
-          f" {med(side, 7):.1f} us, memcached {med(side, 8):.1f} us, wrk {med(side, 9):.1f} us;"
+labels = {"nginx": "nginx + srcache + memc", "proxy": "proxy", "near": "proxy + near tier",
+          "static": "nginx static file"}
+for side, label in labels.items():
+    requests = sum(int(r[3]) for r in rows if r[1] == side)
+    gets = sum(int(r[10]) + int(r[11]) for r in rows if r[1] == side)
+    print(f"{label:23s} {med(side, 2):6.0f} req/s, p99 {[r[5] for r in rows if r[1] == side]};"
+          f" CPU per request: server {med(side, 7):.1f} us, memcached {med(side, 8):.1f} us"
+          f" (total {med(side, 7) + med(side, 8):.1f}), wrk {med(side, 9):.1f} us;"
+          f" memcached keys read per request {gets / max(1, requests):.3f};"
           f" others {med(side, 13):.0f}% of the machine")
-per_round = []
-for rnd in sorted({r[0] for r in rows}, key=int):
-    side = {r[1]: float(r[2]) for r in rows if r[0] == rnd}
-    per_round.append(side["proxy"] / side["nginx"])
-print("ratio proxy / nginx per round: " + ", ".join(f"{x:.2f}" for x in per_round))
-verdict = "meets" if p >= n else "misses"
-print(f"median ratio proxy / nginx: {p / n:.2f} ({verdict} the target of >= 1.00)")
+rounds = sorted({r[0] for r in rows}, key=int)
+def ratios(a, b, col=2):
+    out = []
+    for rnd in rounds:
+        side = {r[1]: float(r[col]) for r in rows if r[0] == rnd}
+        out.append(side[a] / side[b])
+    return out
+for a, b, target in (("proxy", "nginx", 1.3), ("near", "nginx", 1.6), ("near", "static", 1.0),
+                     ("proxy", "static", None)):
+    per_round = ratios(a, b)
+    median = statistics.median(per_round)
+    verdict = "" if target is None else f" ({'meets' if median >= target else 'misses'} >= {target})"
+    print(f"throughput {labels[a]} / {labels[b]}: median {median:.2f}{verdict};"
+          " per round " + ", ".join(f"{x:.2f}" for x in per_round))
+total = {side: med(side, 7) + med(side, 8) for side in ("nginx", "proxy", "near")}
+print(f"CPU per hit (server + memcached) proxy / nginx: {total['proxy'] / total['nginx']:.2f};"
+      f" proxy + near tier / nginx: {total['near'] / total['nginx']:.2f}")
 PY
