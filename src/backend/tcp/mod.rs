@@ -599,7 +599,10 @@ impl TcpBackend {
             // The common case (a lookup's few keys): one request, no futures to join.
             let mut request = BytesMut::new();
             protocol::encode_get(&mut request, keys, true);
-            return match self.execute(index, request.freeze(), Expect::Values).await? {
+            return match self
+                .execute(index, request.freeze(), Expect::Values)
+                .await?
+            {
                 Reply::Values(values) => Ok(values.into_iter().map(into_keyed_item).collect()),
                 other => Err(error_reply(other, None)),
             };
@@ -716,33 +719,29 @@ impl TcpBackend {
         let deadline = started
             .checked_add(deadline)
             .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365 * 30));
-        let outcome = match tokio::time::timeout_at(
-            deadline,
-            server.call(request, &inner.settings),
-        )
-        .await
-        {
-            Err(_) => Err(BackendError::Timeout {
-                server: server.name.to_string(),
-                after: inner.timeout,
-            }),
-            Ok(Err(err)) => Err(err),
-            Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
-                drop(conn);
-                Ok(reply)
-            }
-            Ok(Ok((conn, reply))) => {
-                // A reply of the wrong kind means we no longer know which reply belongs to
-                // which request: drop the connection.
-                conn.close();
-                Err(BackendError::Protocol(ProtocolViolation::new(
-                    ProtocolError::UnexpectedReply {
-                        reply: format!("{reply:?}"),
-                        expected: expect.expected(),
-                    },
-                )))
-            }
-        };
+        let outcome =
+            match tokio::time::timeout_at(deadline, server.call(request, &inner.settings)).await {
+                Err(_) => Err(BackendError::Timeout {
+                    server: server.name.to_string(),
+                    after: inner.timeout,
+                }),
+                Ok(Err(err)) => Err(err),
+                Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
+                    drop(conn);
+                    Ok(reply)
+                }
+                Ok(Ok((conn, reply))) => {
+                    // A reply of the wrong kind means we no longer know which reply belongs to
+                    // which request: drop the connection.
+                    conn.close();
+                    Err(BackendError::Protocol(ProtocolViolation::new(
+                        ProtocolError::UnexpectedReply {
+                            reply: format!("{reply:?}"),
+                            expected: expect.expected(),
+                        },
+                    )))
+                }
+            };
         // Finished: counted below, by its outcome.
         abandoned.armed = false;
         #[cfg(feature = "metrics")]
