@@ -592,6 +592,21 @@ impl TcpBackend {
         index: usize,
         keys: &[&str],
     ) -> Result<HashMap<String, Item>, BackendError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        if keys.len() <= MAX_KEYS_PER_GET {
+            // The common case (a lookup's few keys): one request, no futures to join.
+            let mut request = BytesMut::new();
+            protocol::encode_get(&mut request, keys, true);
+            return match self
+                .execute(index, request.freeze(), Expect::Values)
+                .await?
+            {
+                Reply::Values(values) => Ok(values.into_iter().map(into_keyed_item).collect()),
+                other => Err(error_reply(other, None)),
+            };
+        }
         let calls = keys.chunks(MAX_KEYS_PER_GET).map(|chunk| {
             let mut request = BytesMut::new();
             protocol::encode_get(&mut request, chunk, true);
@@ -691,14 +706,21 @@ impl TcpBackend {
         // Counts the call as a timeout if its caller drops it past our timeout: a caller
         // bounding calls by the same time (`MemcacheLayer` does) gives up first, and a hung
         // server must still be marked down.
+        // One clock read serves the deadline, the guard and the latency metric.
+        let started = tokio::time::Instant::now();
         let mut abandoned = Abandoned {
             backend: self,
             index,
-            started: tokio::time::Instant::now(),
+            started,
             armed: true,
         };
+        // The call future is built in place (binding it first would copy it once more).
+        // A timeout too large to add is no timeout (as `tokio::time::timeout` treats it).
+        let deadline = started
+            .checked_add(deadline)
+            .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365 * 30));
         let outcome =
-            match tokio::time::timeout(deadline, server.call(request, &inner.settings)).await {
+            match tokio::time::timeout_at(deadline, server.call(request, &inner.settings)).await {
                 Err(_) => Err(BackendError::Timeout {
                     server: server.name.to_string(),
                     after: inner.timeout,
@@ -722,7 +744,8 @@ impl TcpBackend {
             };
         // Finished: counted below, by its outcome.
         abandoned.armed = false;
-        server.observe_duration(abandoned.started.elapsed());
+        #[cfg(feature = "metrics")]
+        server.observe_duration(started.elapsed());
         self.account(index, &outcome);
         outcome
     }

@@ -576,7 +576,7 @@ pub(crate) fn parse_reply(
     Ok(match parse_raw(buf, limits, asked)? {
         None => Frame::Incomplete,
         Some((raw, len)) => Frame::Complete {
-            reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range])),
+            reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range]), buf),
             len,
         },
     })
@@ -602,7 +602,7 @@ pub(crate) fn decode(
         }
         RawReply::Values(values) => {
             let frame = buf.split_to(len).freeze();
-            RawReply::Values(values).into_reply(|range| frame.slice(range))
+            RawReply::Values(values).into_reply(|range| frame.slice(range), &frame)
         }
     }))
 }
@@ -616,10 +616,10 @@ enum RawReply {
     Ready(Reply),
 }
 
-/// A [`Value`] whose data is still a byte range of the parsed buffer.
+/// A [`Value`] whose key and data are still byte ranges of the parsed buffer.
 struct PendingValue {
-    /// The echoed key.
-    key: String,
+    /// Where the echoed key (checked to be UTF-8) sits in the buffer.
+    key: Range<usize>,
     /// Client flags.
     flags: u32,
     /// Cas token, for gets.
@@ -629,15 +629,18 @@ struct PendingValue {
 }
 
 impl RawReply {
-    /// Resolves data ranges into `Bytes` with `data`.
-    fn into_reply(self, mut data: impl FnMut(Range<usize>) -> Bytes) -> Reply {
+    /// Resolves data ranges into `Bytes` with `data`, and keys into strings from `buf`, the
+    /// parsed bytes.
+    fn into_reply(self, mut data: impl FnMut(Range<usize>) -> Bytes, buf: &[u8]) -> Reply {
         match self {
             RawReply::Ready(reply) => reply,
             RawReply::Values(values) => Reply::Values(
                 values
                     .into_iter()
                     .map(|value| Value {
-                        key: value.key,
+                        // Checked while parsing: the lossy conversion never replaces anything.
+                        key: String::from_utf8_lossy(buf.get(value.key).unwrap_or_default())
+                            .into_owned(),
                         flags: value.flags,
                         cas: value.cas,
                         data: data(value.data),
@@ -680,8 +683,8 @@ impl Section {
 
 /// One entry of a multi-line reply, borrowed from the buffer.
 enum Entry<'a> {
-    /// A `VALUE` header and the range of its data block.
-    Value(ValueHeader<'a>, Range<usize>),
+    /// A `VALUE` header, the range of its key and the range of its data block.
+    Value(ValueHeader<'a>, Range<usize>, Range<usize>),
     /// A `STAT` line's name and value.
     Stat(&'a str, &'a str),
 }
@@ -708,8 +711,36 @@ fn parse_raw(
         return Ok(Some((RawReply::Ready(parse_single_line(first)?), next)));
     };
 
+    if section == Section::Values {
+        // One pass: values are recorded as offsets (a key is copied only once the reply is
+        // complete), so a "not all here yet" retry of a large multi-get costs at most the
+        // vector's allocation, and a complete reply is walked once.
+        let mut values = Vec::new();
+        let Some((ending, len)) = walk(buf, section, limits, asked, |entry| {
+            if let Entry::Value(header, key, data) = entry {
+                if values.is_empty() {
+                    // Room for every key asked (the walk refuses more), allocated once.
+                    values.reserve_exact(asked.max_entries(Section::Values, limits));
+                }
+                values.push(PendingValue {
+                    key,
+                    flags: header.flags,
+                    cas: header.cas,
+                    data,
+                });
+            }
+        })?
+        else {
+            return Ok(None);
+        };
+        return Ok(Some(match ending {
+            Ending::Error(reply) => (RawReply::Ready(reply), len),
+            Ending::End => (RawReply::Values(values), len),
+        }));
+    }
+
     // Check pass: validate and measure without allocating, so the common "not all here yet"
-    // case for a large multi-get costs no allocation however often it is retried.
+    // case for a large listing costs no allocation however often it is retried.
     let mut count = 0usize;
     let Some((ending, len)) = walk(buf, section, limits, asked, |_| count += 1)? else {
         return Ok(None);
@@ -720,20 +751,8 @@ fn parse_raw(
 
     // Parse pass over bytes already known to be a valid, complete reply.
     let raw = match section {
-        Section::Values => {
-            let mut values = Vec::with_capacity(count);
-            walk(buf, section, limits, asked, |entry| {
-                if let Entry::Value(header, data) = entry {
-                    values.push(PendingValue {
-                        key: header.key.to_owned(),
-                        flags: header.flags,
-                        cas: header.cas,
-                        data,
-                    });
-                }
-            })?;
-            RawReply::Values(values)
-        }
+        // Handled above.
+        Section::Values => RawReply::Values(Vec::new()),
         Section::Stats => {
             let mut stats = Vec::with_capacity(count);
             walk(buf, section, limits, asked, |entry| {
@@ -804,7 +823,8 @@ fn walk<'a>(
                         key: header.key.to_owned(),
                     });
                 }
-                visit(Entry::Value(header, next..data_end));
+                let key = pos + header.key_at.start..pos + header.key_at.end;
+                visit(Entry::Value(header, key, next..data_end));
                 pos = block_end;
             }
             Section::Stats => {
@@ -910,6 +930,8 @@ fn parse_error_line(line: &[u8]) -> Option<Reply> {
 struct ValueHeader<'a> {
     /// The echoed key.
     key: &'a str,
+    /// Where the key sits in the line.
+    key_at: Range<usize>,
     /// Client flags.
     flags: u32,
     /// Announced data length.
@@ -928,10 +950,11 @@ fn parse_value_header<'a>(
         line: snippet(line),
     };
     // Empty fields are skipped so that a doubled space is tolerated rather than misread.
-    let mut fields = line.split(|&b| b == b' ').filter(|field| !field.is_empty());
+    let mut fields = Fields { line, pos: 0 };
     // The caller only dispatches lines that start with the VALUE keyword.
     let _keyword = fields.next();
-    let key = fields.next().ok_or_else(|| malformed("missing key"))?;
+    let key_at = fields.next_at().ok_or_else(|| malformed("missing key"))?;
+    let key = line.get(key_at.clone()).unwrap_or_default();
     let flags = fields.next().ok_or_else(|| malformed("missing flags"))?;
     let len = fields
         .next()
@@ -959,10 +982,39 @@ fn parse_value_header<'a>(
     let key = std::str::from_utf8(key).map_err(|_| ProtocolError::NonUtf8 { what: "VALUE key" })?;
     Ok(ValueHeader {
         key,
+        key_at,
         flags,
         len,
         cas,
     })
+}
+
+/// The space-separated, non-empty fields of a line (what `split(' ')` without the empty
+/// fields gives, found with `memchr` rather than a test per byte).
+struct Fields<'a> {
+    line: &'a [u8],
+    pos: usize,
+}
+
+impl Fields<'_> {
+    /// Where the next field sits in the line.
+    fn next_at(&mut self) -> Option<Range<usize>> {
+        let rest = self.line.get(self.pos..)?;
+        let start = self.pos + rest.iter().position(|&b| b != b' ')?;
+        let field = self.line.get(start..)?;
+        let end = start + memchr::memchr(b' ', field).unwrap_or(field.len());
+        self.pos = end;
+        Some(start..end)
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let at = self.next_at()?;
+        self.line.get(at)
+    }
 }
 
 /// Splits `STAT <name> <value>`. The value is the rest of the line and may contain spaces
@@ -2251,6 +2303,19 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         ) {
             let limits = if tight { TIGHT } else { Limits::default() };
             let _ = assert_sound(&input, &limits, &asked(PROPERTY_REQUESTS[request]));
+        }
+
+        #[test]
+        fn fields_are_the_non_empty_pieces_between_spaces(
+            line in proptest::collection::vec(
+                proptest::sample::select(vec![b' ', b'a', b'7', b'\xff']),
+                0..40,
+            ),
+        ) {
+            let fields: Vec<&[u8]> = Fields { line: &line, pos: 0 }.collect();
+            let split: Vec<&[u8]> =
+                line.split(|&b| b == b' ').filter(|field| !field.is_empty()).collect();
+            proptest::prop_assert_eq!(fields, split);
         }
 
         #[test]
