@@ -21,6 +21,7 @@
 
 mod lab;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -35,6 +36,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // The servers the sweep starts are killed when their point's future is dropped:
     // stop on Ctrl-C or SIGTERM by dropping the run, not by exiting under it.
