@@ -315,8 +315,8 @@ fn check(args: &Args) -> Result<(), String> {
     if let Some(&l) = args.lifetime.iter().find(|&&l| l > 365 * 86_400) {
         return bad(format!("--lifetime {l}: at most a year"));
     }
-    if !(args.speedup.is_finite() && args.speedup > 0.0) {
-        return bad(format!("--speedup {}: a number above 0", args.speedup));
+    if !(0.001..=1_000_000.0).contains(&args.speedup) {
+        return bad(format!("--speedup {}: 0.001 to 1000000", args.speedup));
     }
     if !(1..=4096).contains(&args.concurrency) {
         return bad("--concurrency: 1 to 4096".into());
