@@ -4,7 +4,13 @@
 //! cargo run --example axum                                   # in-memory backend
 //! MEMCACHE_SERVERS=127.0.0.1:11211 cargo run --example axum  # real memcached
 //! LISTEN=127.0.0.1:8080 cargo run --example axum             # another address
+//! NEAR_CACHE_MB=64 cargo run --example axum                  # with a near tier
 //! ```
+//!
+//! `NEAR_CACHE_MB` puts a near tier of that many MiB in front of the backend
+//! (`MemcacheLayer::near_cache`), each entry at most `NEAR_STALENESS_MS` (default 1000)
+//! behind memcached: hot pages then answer with `cache-status: tower-memcache; hit;
+//! detail=near`.
 //!
 //! Then try `curl -i http://127.0.0.1:3000/slow/7` twice: the first answer takes 100 ms
 //! and says `cache-status: tower-memcache; fwd=uri-miss; stored`, the second is instant
@@ -26,6 +32,7 @@ use http::header;
 use tower_memcache::backend::{Backend, MemoryBackend, TcpBackend};
 use tower_memcache::cache::CacheStats;
 use tower_memcache::cache::MemcacheLayer;
+use tower_memcache::cache::NearCache;
 use tower_memcache::cache::RouteMatch;
 
 #[derive(Clone)]
@@ -35,12 +42,15 @@ struct AppState {
     backend: &'static str,
 }
 
-fn app<B: Backend>(backend: B, backend_name: &'static str) -> Router {
-    let layer = MemcacheLayer::new(backend)
+fn app<B: Backend>(backend: B, backend_name: &'static str, near: Option<NearCache>) -> Router {
+    let mut layer = MemcacheLayer::new(backend)
         .namespace("demo")
         .route(RouteMatch::Prefix("/slow/".into()), Duration::from_secs(30))
         .route(RouteMatch::Exact("/clock".into()), Duration::from_secs(2))
         .no_cache(RouteMatch::Exact("/stats".into()));
+    if let Some(near) = near {
+        layer = layer.near_cache(near);
+    }
     let state = AppState {
         origin_runs: Arc::default(),
         stats: layer.stats(),
@@ -109,6 +119,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen: SocketAddr = std::env::var("LISTEN")
         .unwrap_or_else(|_| "127.0.0.1:3000".to_string())
         .parse()?;
+    let near = match std::env::var("NEAR_CACHE_MB") {
+        Ok(mb) => {
+            let staleness = std::env::var("NEAR_STALENESS_MS").map_or(Ok(1000), |ms| ms.parse())?;
+            let (mb, staleness) = (mb.parse::<u64>()?, Duration::from_millis(staleness));
+            println!("near tier: {mb} MiB, at most {staleness:?} behind memcached");
+            Some(NearCache::new(mb << 20, staleness))
+        }
+        Err(_) => None,
+    };
     let router = match std::env::var("MEMCACHE_SERVERS") {
         Ok(servers) if !servers.trim().is_empty() => {
             let backend = TcpBackend::builder().server_list(&servers).build()?;
@@ -116,11 +135,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "backend: memcached at {}",
                 backend.server_names().join(", ")
             );
-            app(backend, "memcached")
+            app(backend, "memcached", near)
         }
         _ => {
             println!("backend: in-memory (set MEMCACHE_SERVERS=host:port for memcached)");
-            app(MemoryBackend::new(), "memory")
+            app(MemoryBackend::new(), "memory", near)
         }
     };
     // The recorder goes in before the first request: the layer registers its metrics with

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Cache-hit throughput of examples/axum.rs (MemcacheLayer over TcpBackend) against
 # examples/axum_raw_get.rs (axum doing one raw TcpBackend `get` per request and answering its
-# bytes: no cache logic at all), over the same memcached, measured with wrk.
+# bytes: no cache logic at all), over the same memcached, measured with wrk; and the same
+# examples/axum.rs with a near tier (NEAR_CACHE_MB=64, 1 s behind memcached at most).
 #
 #     bash bench/axum/run.sh
 #
 # What it does, all on 127.0.0.1:
 #   1. builds both examples in release and starts memcached on a free port;
-#   2. starts both servers on it (MEMCACHE_SERVERS), the same axum/tokio setup
+#   2. starts the three servers on it (MEMCACHE_SERVERS), the same axum/tokio setup
 #      (#[tokio::main], one worker thread per CPU, axum::serve);
 #   3. warms the layer (GET / twice) and checks that its answer is a hit
 #      (`Cache-Status: tower-memcache; hit`), stores the same body under the raw key, and checks
 #      that both answer 200 with the same body;
-#   4. runs wrk against each in turn for $ROUNDS rounds (the order swaps every round), and per
+#   4. runs wrk against each in turn for $ROUNDS rounds (the order rotates every round), and per
 #      round prints requests/s, p50 / p99 latency, the CPU time per request of the server and
 #      of memcached (/proc/PID/stat utime + stime deltas), memcached's get_hits delta per
 #      request (the layer reads its entry and the namespace generation in one multi-get: 2;
@@ -66,10 +67,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Three ports that were free a moment ago, all different.
-read -r MC_PORT LAYER_PORT RAW_PORT < <(python3 - <<'PY'
+# Four ports that were free a moment ago, all different.
+read -r MC_PORT LAYER_PORT RAW_PORT NEAR_PORT < <(python3 - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -168,24 +169,34 @@ env RUST_LOG=warn MEMCACHE_SERVERS="127.0.0.1:$MC_PORT" LISTEN="127.0.0.1:$LAYER
     "$WORK/axum" >"$WORK/axum.log" 2>&1 &
 PIDS+=($!)
 LAYER_PID=$!
+env RUST_LOG=warn MEMCACHE_SERVERS="127.0.0.1:$MC_PORT" LISTEN="127.0.0.1:$NEAR_PORT" \
+    NEAR_CACHE_MB=64 NEAR_STALENESS_MS=1000 "$WORK/axum" >"$WORK/axum-near.log" 2>&1 &
+PIDS+=($!)
+NEAR_PID=$!
 env RUST_LOG=warn MEMCACHE_SERVERS="127.0.0.1:$MC_PORT" LISTEN="127.0.0.1:$RAW_PORT" \
     RAW_KEY="$RAW_KEY" "$WORK/axum_raw_get" >"$WORK/axum_raw_get.log" 2>&1 &
 PIDS+=($!)
 RAW_PID=$!
 wait_port "$LAYER_PORT"
 wait_port "$RAW_PORT"
+wait_port "$NEAR_PORT"
 echo "memcached -l 127.0.0.1 -p $MC_PORT -U 0 -t $MEMCACHED_THREADS -m 64 -c 4096 ${MC_USER[*]}"
 echo "MEMCACHE_SERVERS=127.0.0.1:$MC_PORT LISTEN=127.0.0.1:$LAYER_PORT target/release/examples/axum"
 echo "MEMCACHE_SERVERS=127.0.0.1:$MC_PORT LISTEN=127.0.0.1:$RAW_PORT RAW_KEY=$RAW_KEY target/release/examples/axum_raw_get"
 
 LAYER_URL=http://127.0.0.1:$LAYER_PORT/
+NEAR_URL=http://127.0.0.1:$NEAR_PORT/
 RAW_URL=http://127.0.0.1:$RAW_PORT/
 
 echo "== filling memcached and checking both answers"
-for _ in 1 2; do
+for _ in 1 2 3; do
     curl -s -o /dev/null "$LAYER_URL"
+    curl -s -o /dev/null "$NEAR_URL"
     sleep 0.3 # the layer stores after the response has gone out
 done
+near_headers=$(curl -s -D - -o "$WORK/near.body" "$NEAR_URL")
+grep -qi '^cache-status: tower-memcache; hit; detail=near' <<<"$near_headers" || { echo "the near tier is not answering: $near_headers" >&2; KEEP=1; exit 1; }
+
 layer_headers=$(curl -s -D - -o "$WORK/layer.body" "$LAYER_URL")
 mc_set "$RAW_KEY" "$WORK/layer.body"
 raw_headers=$(curl -s -D - -o "$WORK/raw.body" "$RAW_URL")
@@ -204,6 +215,7 @@ echo "both answer 200 with the same $(wc -c <"$WORK/raw.body")-byte body; the la
 echo "== warm-up ($WARMUP each, not counted)"
 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$LAYER_URL" >/dev/null
 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$RAW_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$NEAR_URL" >/dev/null
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -267,14 +279,15 @@ echo "== wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, order sw
 # processes outside the benchmark; steal%: taken by the hypervisor. A round with a high
 # others% or steal% was disturbed.
 printf '%s\n' $'round\tside\treq/s\trequests\tp50\tp99\tserver-us/req\tmemcached-us/req\ttotal-us/req\twrk-us/req\thits/req\tidle%\tothers%\tsteal%\tnotes'
+SIDES=(raw layer near)
 for round in $(seq 1 "$ROUNDS"); do
-    if ((round % 2)); then
-        run_side "$round" raw "$RAW_URL" "$RAW_PID"
-        run_side "$round" layer "$LAYER_URL" "$LAYER_PID"
-    else
-        run_side "$round" layer "$LAYER_URL" "$LAYER_PID"
-        run_side "$round" raw "$RAW_URL" "$RAW_PID"
-    fi
+    for i in 0 1 2; do
+        case ${SIDES[$(((i + round - 1) % 3))]} in
+        raw) run_side "$round" raw "$RAW_URL" "$RAW_PID" ;;
+        layer) run_side "$round" layer "$LAYER_URL" "$LAYER_PID" ;;
+        near) run_side "$round" near "$NEAR_URL" "$NEAR_PID" ;;
+        esac
+    done
 done
 
 echo "== summary (medians over $ROUNDS rounds)"
@@ -293,7 +306,8 @@ def p99(side):
             unit = next(u for u in ("us", "ms", "s") if text.endswith(u))
             values.append(float(text[: -len(unit)]) * scale[unit])
     return statistics.median(values)
-for side, label in (("raw", "axum raw get"), ("layer", "axum + MemcacheLayer hit")):
+for side, label in (("raw", "axum raw get"), ("layer", "axum + MemcacheLayer hit"),
+                    ("near", "axum + layer, near tier")):
     print(f"{label:25s} {med(side, 2):7.0f} req/s, p99 {p99(side):.2f} ms; CPU per request:"
           f" server {med(side, 6):.1f} us, memcached {med(side, 7):.1f} us,"
           f" both {med(side, 8):.1f} us; memcached hits/req {med(side, 10):.2f};"
@@ -306,6 +320,12 @@ for rnd in sorted({r[0] for r in rows}, key=int):
 print("throughput layer / raw per round: " + ", ".join(f"{x:.2f}" for x in per_round))
 print("CPU per request (server + memcached) layer / raw per round: "
       + ", ".join(f"{x:.2f}" for x in cpu_round))
+near_round = []
+for rnd in sorted({r[0] for r in rows}, key=int):
+    side = {r[1]: r for r in rows if r[0] == rnd}
+    near_round.append(float(side["near"][2]) / float(side["raw"][2]))
+print("throughput near tier / raw per round: " + ", ".join(f"{x:.2f}" for x in near_round)
+      + f" (median {statistics.median(near_round):.2f})")
 ratio = statistics.median(per_round)
 verdict = "meets" if ratio >= 0.95 else "misses"
 print(f"median throughput ratio layer / raw: {ratio:.2f} ({verdict} the target of >= 0.95);"

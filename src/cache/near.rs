@@ -35,9 +35,9 @@ use super::stored;
 /// Variants of one URL the near tier keeps at most.
 const MAX_VARIANTS: usize = 8;
 
-/// Bytes counted for each entry beyond its key, headers, body and metadata text: the map's
-/// slot, the shared pointers, the entry's own structure and the allocator's rounding.
-pub const NEAR_ENTRY_OVERHEAD: u64 = 320;
+/// Bytes counted for each entry beyond what the entry itself owns: the map's slot, its key,
+/// the slot's variant list and the admission policy's bookkeeping.
+pub const NEAR_ENTRY_OVERHEAD: u64 = 256;
 
 /// Typical weight of an entry, to size the map's bookkeeping (ghost keys) before it fills.
 const TYPICAL_ENTRY: u64 = 4096;
@@ -316,24 +316,84 @@ fn detached(entry: &Entry) -> Entry {
     }
 }
 
-/// What an entry costs in memory, in bytes.
+/// What an entry costs in memory, in bytes: what it owns, counted as the allocator
+/// hands it out (each allocation rounded up and with its bookkeeping), plus
+/// [`NEAR_ENTRY_OVERHEAD`] for the map's own share.
 fn weight_of(entry: &Entry) -> u64 {
+    use std::mem::size_of;
     let meta = &entry.meta;
-    let headers: usize = meta
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 32)
-        .sum();
-    let vary: usize = meta
-        .vary
-        .iter()
-        .map(|(name, value)| name.len() + value.as_ref().map_or(0, String::len) + 48)
-        .sum();
-    let tags: usize = meta.tags.iter().map(|(tag, _)| tag.len() + 32).sum();
-    let total = entry.body.len() + meta.canonical_key.len() + headers + vary + tags;
+    let headers: usize = meta.headers.capacity() * size_of::<(http::HeaderName, HeaderValue)>()
+        + meta
+            .headers
+            .iter()
+            .map(|(name, value)| allocation(value.len()) + custom_name(name))
+            .sum::<usize>();
+    let vary: usize = meta.vary.capacity() * size_of::<(String, Option<String>)>()
+        + meta
+            .vary
+            .iter()
+            .map(|(name, value)| {
+                allocation(name.len()) + value.as_ref().map_or(0, |v| allocation(v.len()))
+            })
+            .sum::<usize>();
+    let tags: usize = meta.tags.capacity() * size_of::<(String, u64)>()
+        + meta
+            .tags
+            .iter()
+            .map(|(tag, _)| allocation(tag.len()))
+            .sum::<usize>();
+    let total = size_of::<Entry>()
+        + size_of::<Kept>()
+        + allocation(entry.body.len())
+        + allocation(meta.canonical_key.len())
+        + headers
+        + vary
+        + tags;
     u64::try_from(total)
         .unwrap_or(u64::MAX)
         .saturating_add(NEAR_ENTRY_OVERHEAD)
+}
+
+/// One heap allocation of `len` bytes as the allocator spends it: rounded up to its size
+/// class (a sixteenth of the size, at least 16 bytes) plus the shared pointer's header
+/// where `Bytes` and `Arc` add one.
+fn allocation(len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let class = (len / 16).next_power_of_two().max(16);
+    len.div_ceil(class) * class + 32
+}
+
+/// A header name outside `http`'s standard set owns a copy of its bytes. Which names are
+/// standard `http` does not say; the common ones of a response are counted as such, any
+/// other as owned (an overestimate, on the safe side).
+fn custom_name(name: &http::HeaderName) -> usize {
+    if is_common(name) {
+        0
+    } else {
+        allocation(name.as_str().len())
+    }
+}
+
+fn is_common(name: &http::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "cache-control"
+            | "content-type"
+            | "content-length"
+            | "content-encoding"
+            | "date"
+            | "etag"
+            | "expires"
+            | "last-modified"
+            | "server"
+            | "vary"
+            | "accept-ranges"
+            | "age"
+            | "location"
+            | "set-cookie"
+    )
 }
 
 #[cfg(test)]
