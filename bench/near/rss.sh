@@ -25,9 +25,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r MC_PORT ORIGIN_PORT PLAIN_PORT NEAR_PORT METRICS_PORT < <(python3 - <<'PY'
+read -r MC_PORT ORIGIN_PORT PLAIN_PORT NEAR_PORT METRICS_PORT PLAIN_METRICS_PORT < <(python3 - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(5)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -74,14 +74,18 @@ PY
 PIDS+=($!)
 COMMON=(--upstream "http://127.0.0.1:$ORIGIN_PORT" --memcache "127.0.0.1:$MC_PORT"
     --threads "$THREADS" --access-log off)
-"$PROXY_BIN" --listen "127.0.0.1:$PLAIN_PORT" "${COMMON[@]}" 2>/dev/null &
+# Both with --metrics, so that the exporter's own memory is on both sides.
+"$PROXY_BIN" --listen "127.0.0.1:$PLAIN_PORT" "${COMMON[@]}" \
+    --metrics "127.0.0.1:$PLAIN_METRICS_PORT" 2>/dev/null &
 PIDS+=($!)
 PLAIN_PID=$!
 "$PROXY_BIN" --listen "127.0.0.1:$NEAR_PORT" "${COMMON[@]}" --near-cache "$NEAR_SIZE,60s" \
     --metrics "127.0.0.1:$METRICS_PORT" 2>/dev/null &
 PIDS+=($!)
 NEAR_PID=$!
-for port in "$MC_PORT" "$ORIGIN_PORT" "$PLAIN_PORT" "$NEAR_PORT" "$METRICS_PORT"; do wait_port "$port"; done
+for port in "$MC_PORT" "$ORIGIN_PORT" "$PLAIN_PORT" "$NEAR_PORT" "$METRICS_PORT" "$PLAIN_METRICS_PORT"; do
+    wait_port "$port"
+done
 echo "tower-memcache-proxy ${COMMON[*]}  (and the same with --near-cache $NEAR_SIZE,60s)"
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
