@@ -677,8 +677,14 @@ fn announce(args: &Args, addr: SocketAddr, description: &str, threads: usize) {
         RuntimeKind::PerThread => "a runtime per thread",
         RuntimeKind::Shared => "one shared runtime",
     };
+    let near = match args.near_cache.0 {
+        Some((bytes, staleness)) => {
+            format!(", near tier {} KiB within {staleness:?}", bytes / 1024)
+        }
+        None => String::new(),
+    };
     eprintln!(
-        "tower-memcache-proxy on http://{addr} -> http://{} ({description}, {threads} threads, {runtime})",
+        "tower-memcache-proxy on http://{addr} -> http://{} ({description}{near}, {threads} threads, {runtime})",
         args.upstream
             .authority()
             .map_or("", |authority| authority.as_str()),
