@@ -603,7 +603,7 @@ impl TcpBackend {
                 .execute(index, request.freeze(), Expect::Values)
                 .await?
             {
-                Reply::Values(values) => Ok(values.into_iter().map(into_keyed_item).collect()),
+                Reply::Values(values) => Ok(keyed_items(keys, values).collect()),
                 other => Err(error_reply(other, None)),
             };
         }
@@ -613,12 +613,55 @@ impl TcpBackend {
             self.execute(index, request.freeze(), Expect::Values)
         });
         let mut found = HashMap::with_capacity(keys.len());
-        for reply in join_all(calls).await {
+        for (reply, chunk) in join_all(calls)
+            .await
+            .into_iter()
+            .zip(keys.chunks(MAX_KEYS_PER_GET))
+        {
             match reply? {
-                Reply::Values(values) => found.extend(values.into_iter().map(into_keyed_item)),
+                Reply::Values(values) => found.extend(keyed_items(chunk, values)),
                 other => return Err(error_reply(other, None)),
             }
         }
+        Ok(found)
+    }
+
+    /// [`get_on`](Self::get_on), answered in the order of `keys`.
+    async fn get_ordered_on(
+        &self,
+        index: usize,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        let mut found = vec![None; keys.len()];
+        if keys.is_empty() {
+            return Ok(found);
+        }
+        if keys.len() <= MAX_KEYS_PER_GET {
+            let mut request = BytesMut::new();
+            protocol::encode_get(&mut request, keys, true);
+            match self
+                .execute(index, request.freeze(), Expect::Values)
+                .await?
+            {
+                Reply::Values(values) => place_items(&mut found, 0, values),
+                other => return Err(error_reply(other, None)),
+            }
+        } else {
+            let calls = keys.chunks(MAX_KEYS_PER_GET).map(|chunk| {
+                let mut request = BytesMut::new();
+                protocol::encode_get(&mut request, chunk, true);
+                self.execute(index, request.freeze(), Expect::Values)
+            });
+            for (chunk, reply) in join_all(calls).await.into_iter().enumerate() {
+                match reply? {
+                    Reply::Values(values) => {
+                        place_items(&mut found, chunk * MAX_KEYS_PER_GET, values);
+                    }
+                    other => return Err(error_reply(other, None)),
+                }
+            }
+        }
+        share_repeated(keys, &mut found);
         Ok(found)
     }
 
@@ -953,17 +996,67 @@ fn number_reply(reply: Reply) -> Result<Option<u64>, BackendError> {
 }
 
 fn into_item(value: protocol::Value) -> Item {
-    into_keyed_item(value).1
-}
-
-/// A value as `get_many` returns it; the echoed key moves into the map, no copy.
-fn into_keyed_item(value: protocol::Value) -> (String, Item) {
-    let item = Item {
+    Item {
         value: value.data,
         flags: value.flags,
         cas: value.cas,
-    };
-    (value.key, item)
+    }
+}
+
+/// The values of a reply to a get of `keys`, as `get_many` returns them: keyed by the keys
+/// they answer (the parser checked each echoed key against the one asked at its place).
+fn keyed_items<'a>(
+    keys: &'a [&str],
+    values: Vec<protocol::Value>,
+) -> impl Iterator<Item = (String, Item)> + 'a {
+    values.into_iter().filter_map(|value| {
+        let key = keys.get(value.asked)?;
+        Some((key.to_string(), into_item(value)))
+    })
+}
+
+/// Puts the values of a reply to a get of the keys from `offset` on in their places in
+/// `found`, one per key asked.
+fn place_items(found: &mut [Option<Item>], offset: usize, values: Vec<protocol::Value>) {
+    for value in values {
+        if let Some(place) = found.get_mut(offset + value.asked) {
+            *place = Some(into_item(value));
+        }
+    }
+}
+
+/// Gives a key listed more than once the value found at one of its places at all of them:
+/// memcached answers each place, but a proxy may answer a repeated key once. Only misses
+/// are looked at; past a few keys through a map, so the work stays linear.
+fn share_repeated(keys: &[&str], found: &mut [Option<Item>]) {
+    const SCAN_UP_TO: usize = 16;
+    if !found.iter().any(Option::is_none) {
+        return;
+    }
+    if keys.len() <= SCAN_UP_TO {
+        for place in 0..keys.len() {
+            if found[place].is_some() {
+                continue;
+            }
+            let shared = keys
+                .iter()
+                .zip(found.iter())
+                .find_map(|(key, item)| item.as_ref().filter(|_| *key == keys[place]))
+                .cloned();
+            found[place] = shared;
+        }
+        return;
+    }
+    let answered: HashMap<&str, Item> = keys
+        .iter()
+        .zip(found.iter())
+        .filter_map(|(key, item)| Some((*key, item.clone()?)))
+        .collect();
+    for (key, place) in keys.iter().zip(found.iter_mut()) {
+        if place.is_none() {
+            *place = answered.get(key).cloned();
+        }
+    }
 }
 
 impl Backend for TcpBackend {
@@ -972,10 +1065,8 @@ impl Backend for TcpBackend {
         let mut request = BytesMut::with_capacity(key.len() + 8);
         protocol::encode_get(&mut request, &[key], true);
         match self.keyed(key, request, Expect::Values).await? {
-            Reply::Values(values) => Ok(values
-                .into_iter()
-                .find(|value| value.key == key)
-                .map(into_item)),
+            // At most one value, for the one key asked (the parser checked that).
+            Reply::Values(values) => Ok(values.into_iter().next().map(into_item)),
             other => Err(error_reply(other, None)),
         }
     }
@@ -1168,6 +1259,28 @@ impl Backend for TcpBackend {
         }
         let index = self.server_index(route)?;
         self.get_on(index, keys).await
+    }
+
+    /// One `gets` (a line per 100 keys) to the server of `route`, as
+    /// [`get_many_by_key`](Backend::get_many_by_key); each value goes to the place of the
+    /// key it answers, so no key is copied and no map built.
+    async fn get_many_by_key_ordered(
+        &self,
+        route: &str,
+        keys: &[&str],
+        limit: Duration,
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        validate_route(route)?;
+        for key in keys {
+            validate_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let index = self.server_index(route)?;
+        tokio::time::timeout(limit, self.get_ordered_on(index, keys))
+            .await
+            .map_err(|_| BackendError::Deadline { after: limit })?
     }
 
     async fn set_by_key(
@@ -1384,6 +1497,53 @@ mod tests {
             TcpBackend::new(["nope:"]),
             Err(ConfigError::InvalidAddress(_))
         ));
+    }
+
+    fn item(value: &'static str) -> Option<Item> {
+        Some(Item {
+            value: value.into(),
+            flags: 0,
+            cas: None,
+        })
+    }
+
+    #[test]
+    fn values_take_the_place_of_the_key_they_answer() {
+        let value = |asked, data: &'static str| protocol::Value {
+            asked,
+            flags: 0,
+            cas: None,
+            data: data.into(),
+        };
+        let mut found = vec![None; 4];
+        // A second chunk's values, from its first key on; one place outside is ignored.
+        place_items(
+            &mut found,
+            2,
+            vec![value(1, "d"), value(0, "c"), value(2, "x")],
+        );
+        assert_eq!(found, [None, None, item("c"), item("d")]);
+        let keyed: Vec<_> = keyed_items(&["a", "b"], vec![value(1, "b"), value(5, "x")]).collect();
+        assert_eq!(keyed, [("b".to_string(), item("b").unwrap())]);
+    }
+
+    #[test]
+    fn a_repeated_key_answered_once_has_its_value_at_every_place() {
+        let mut found = vec![None, item("b"), item("a"), None];
+        share_repeated(&["a", "b", "a", "c"], &mut found);
+        assert_eq!(found, [item("a"), item("b"), item("a"), None]);
+        // Past the scan, through a map.
+        let keys: Vec<String> = (0..40).map(|i| format!("k{}", i % 20)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut found: Vec<_> = (0..40)
+            .map(|i| if i >= 30 { item("late") } else { None })
+            .collect();
+        share_repeated(&keys, &mut found);
+        for (i, item) in found.iter().enumerate() {
+            // Places 10..20 hold the keys of 30..40.
+            let shared = (10..20).contains(&i) || i >= 30;
+            assert_eq!(item.is_some(), shared, "place {i}");
+        }
     }
 
     #[test]
