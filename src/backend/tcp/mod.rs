@@ -626,11 +626,12 @@ impl TcpBackend {
         Ok(found)
     }
 
-    /// [`get_on`](Self::get_on), answered in the order of `keys`.
+    /// [`get_on`](Self::get_on), answered in the order of `keys`, given up at `limit`.
     async fn get_ordered_on(
         &self,
         index: usize,
         keys: &[&str],
+        limit: Duration,
     ) -> Result<Vec<Option<Item>>, BackendError> {
         let mut found = vec![None; keys.len()];
         if keys.is_empty() {
@@ -640,7 +641,7 @@ impl TcpBackend {
             let mut request = BytesMut::new();
             protocol::encode_get(&mut request, keys, true);
             match self
-                .execute(index, request.freeze(), Expect::Values)
+                .execute_within(index, request.freeze(), Expect::Values, Some(limit))
                 .await?
             {
                 Reply::Values(values) => place_items(&mut found, 0, values),
@@ -650,7 +651,7 @@ impl TcpBackend {
             let calls = keys.chunks(MAX_KEYS_PER_GET).map(|chunk| {
                 let mut request = BytesMut::new();
                 protocol::encode_get(&mut request, chunk, true);
-                self.execute(index, request.freeze(), Expect::Values)
+                self.execute_within(index, request.freeze(), Expect::Values, Some(limit))
             });
             for (chunk, reply) in join_all(calls).await.into_iter().enumerate() {
                 match reply? {
@@ -731,11 +732,26 @@ impl TcpBackend {
 
     /// Runs one request on one server: fast failure while it is down, the operation
     /// timeout, health accounting, and dropping a connection that lost sync.
-    async fn execute(
+    fn execute(
         &self,
         index: usize,
         request: Bytes,
         expect: Expect,
+    ) -> impl Future<Output = Result<Reply, BackendError>> {
+        // Not an `async fn` around the other: that would hold the call's future twice.
+        self.execute_within(index, request, expect, None)
+    }
+
+    /// [`execute`](Self::execute), given up at `limit` (the caller's deadline) if that comes
+    /// before the operation timeout, with [`BackendError::Deadline`]: one timer serves
+    /// both, where a caller's own timeout around the call would be a second. A call given
+    /// up so counts towards the server's health exactly as a call its caller drops.
+    async fn execute_within(
+        &self,
+        index: usize,
+        request: Bytes,
+        expect: Expect,
+        limit: Option<Duration>,
     ) -> Result<Reply, BackendError> {
         let inner = &self.inner;
         let server = &inner.servers[index];
@@ -759,15 +775,28 @@ impl TcpBackend {
         };
         // The call future is built in place (binding it first would copy it once more).
         // A timeout too large to add is no timeout (as `tokio::time::timeout` treats it).
-        let deadline = started
-            .checked_add(deadline)
-            .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365 * 30));
+        let far = || started + Duration::from_secs(86_400 * 365 * 30);
+        let own = started.checked_add(deadline).unwrap_or_else(far);
+        // The caller's deadline where it comes first; on a tie ours, as when the caller's
+        // timer ran around ours (the inner future is polled first).
+        let (deadline, theirs) = match limit {
+            Some(limit) => match started.checked_add(limit).unwrap_or_else(far) {
+                at if at < own => (at, Some(limit)),
+                _ => (own, None),
+            },
+            None => (own, None),
+        };
         let outcome =
             match tokio::time::timeout_at(deadline, server.call(request, &inner.settings)).await {
-                Err(_) => Err(BackendError::Timeout {
-                    server: server.name.to_string(),
-                    after: inner.timeout,
-                }),
+                Err(_) => match theirs {
+                    // The caller's deadline: the call is given up as if dropped there, and
+                    // the guard counts it (or not) as it counts a dropped call.
+                    Some(limit) => return Err(BackendError::Deadline { after: limit }),
+                    None => Err(BackendError::Timeout {
+                        server: server.name.to_string(),
+                        after: inner.timeout,
+                    }),
+                },
                 Ok(Err(err)) => Err(err),
                 Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
                     drop(conn);
@@ -1263,7 +1292,8 @@ impl Backend for TcpBackend {
 
     /// One `gets` (a line per 100 keys) to the server of `route`, as
     /// [`get_many_by_key`](Backend::get_many_by_key); each value goes to the place of the
-    /// key it answers, so no key is copied and no map built.
+    /// key it answers, so no key is copied and no map built. `limit` joins the operation
+    /// timeout's timer: one timer per call.
     async fn get_many_by_key_ordered(
         &self,
         route: &str,
@@ -1278,9 +1308,7 @@ impl Backend for TcpBackend {
             return Ok(Vec::new());
         }
         let index = self.server_index(route)?;
-        tokio::time::timeout(limit, self.get_ordered_on(index, keys))
-            .await
-            .map_err(|_| BackendError::Deadline { after: limit })?
+        self.get_ordered_on(index, keys, limit).await
     }
 
     async fn set_by_key(
@@ -1544,6 +1572,75 @@ mod tests {
             let shared = (10..20).contains(&i) || i >= 30;
             assert_eq!(item.is_some(), shared, "place {i}");
         }
+    }
+
+    /// A server that accepts connections and never answers.
+    async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, handle)
+    }
+
+    #[tokio::test]
+    async fn ordered_reads_given_up_at_their_limit_count_as_dropped_calls() {
+        const TIMEOUT: Duration = Duration::from_millis(100);
+        // Scheduling slack for a loaded machine.
+        const SLACK: Duration = Duration::from_millis(300);
+        let (addr, silent) = silent_server().await;
+        let backend = |addr: &str| {
+            TcpBackend::builder()
+                .server(addr)
+                .timeout(TIMEOUT)
+                .connect_timeout(TIMEOUT)
+                .build()
+                .unwrap()
+        };
+        let read = |backend: &TcpBackend, limit| {
+            let backend = backend.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                let err = backend
+                    .get_many_by_key_ordered("r", &["k", "j"], limit)
+                    .await
+                    .unwrap_err();
+                (err, started.elapsed())
+            }
+        };
+        // Given up at the operation timeout (before the backend's own deadline, which
+        // adds the connect timeout): the caller's error, and a timeout for the server's
+        // health, as for a call its caller drops then.
+        let bounded = backend(&addr);
+        for _ in 0..3 {
+            let (err, took) = read(&bounded, TIMEOUT).await;
+            assert!(
+                matches!(err, BackendError::Deadline { after } if after == TIMEOUT),
+                "{err:?}"
+            );
+            assert!(took >= TIMEOUT && took < TIMEOUT + SLACK, "{took:?}");
+        }
+        assert!(bounded.is_server_down(0));
+        // Given up well before the timeout: nothing said about the server.
+        let patient = backend(&addr);
+        for _ in 0..3 {
+            let (err, took) = read(&patient, TIMEOUT / 5).await;
+            assert!(
+                matches!(err, BackendError::Deadline { after } if after == TIMEOUT / 5),
+                "{err:?}"
+            );
+            assert!(took < TIMEOUT, "{took:?}");
+        }
+        assert!(!patient.is_server_down(0));
+        // A limit past the backend's own deadline: the backend's timeout.
+        let (err, took) = read(&patient, Duration::from_secs(5)).await;
+        assert!(matches!(err, BackendError::Timeout { .. }), "{err:?}");
+        assert!(took < 2 * TIMEOUT + SLACK, "{took:?}");
+        silent.abort();
     }
 
     #[test]
