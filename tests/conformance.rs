@@ -58,6 +58,7 @@ mod tcp {
         conformance::set_get_keeps_bytes_and_flags(backend.clone()).await;
         conformance::cas_replaces_only_an_unchanged_item(backend.clone()).await;
         conformance::routed_calls_keep_their_semantics(backend.clone()).await;
+        conformance::ordered_reads_match_the_map(backend.clone()).await;
         conformance::flush_all_empties_everything(backend.clone()).await;
         let stats = backend.stats().await.unwrap();
         assert_eq!(stats.len(), 3);

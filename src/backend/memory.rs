@@ -16,7 +16,7 @@ use lru::LruCache;
 
 use super::{
     Backend, BackendError, CasOutcome, DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD, Item, Lifetime,
-    ServerStats, UnreachableReason, check_item_size, validate_key,
+    ServerStats, UnreachableReason, check_item_size, validate_key, validate_route,
 };
 
 /// The name the fake reports for itself in errors and stats.
@@ -595,6 +595,41 @@ impl Backend for MemoryBackend {
     fn item_size_limit(&self) -> usize {
         self.inner.item_size_limit
     }
+
+    /// Each key read in place: no map, no copy of a key.
+    async fn get_many_by_key_ordered(
+        &self,
+        route: &str,
+        keys: &[&str],
+        limit: Duration,
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        validate_route(route)?;
+        let read = async {
+            self.fault().await?;
+            for key in keys {
+                validate_key(key)?;
+            }
+            let now = SystemTime::now();
+            let mut state = self.lock();
+            let found = keys
+                .iter()
+                .map(|&key| {
+                    state.counters.cmd_get += 1;
+                    let item = state.live(key, now).map(|stored| stored.item());
+                    if item.is_some() {
+                        state.counters.get_hits += 1;
+                    } else {
+                        state.counters.get_misses += 1;
+                    }
+                    item
+                })
+                .collect();
+            Ok(found)
+        };
+        tokio::time::timeout(limit, read)
+            .await
+            .map_err(|_| BackendError::Deadline { after: limit })?
+    }
 }
 
 #[cfg(test)]
@@ -707,5 +742,27 @@ mod tests {
         backend.get("k").await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(50));
         backend.set_latency(Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordered_reads_end_at_their_limit() {
+        let backend = MemoryBackend::new();
+        backend.set_latency(Duration::from_millis(50));
+        let limit = Duration::from_millis(20);
+        let started = tokio::time::Instant::now();
+        let late = backend.get_many_by_key_ordered("r", &["k"], limit).await;
+        assert!(
+            matches!(late, Err(BackendError::Deadline { after }) if after == limit),
+            "{late:?}"
+        );
+        assert_eq!(started.elapsed(), limit);
+        // Counted as memcached counts them.
+        let found = backend
+            .get_many_by_key_ordered("r", &["k", "k"], Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(found, [None, None]);
+        let stats = &backend.stats().await.unwrap()[0];
+        assert_eq!(stats.get_u64("get_misses"), Some(2));
     }
 }

@@ -28,6 +28,7 @@ pub mod tcp;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -229,6 +230,47 @@ pub trait Backend: Clone + Send + Sync + 'static {
         }
     }
 
+    /// [`get_many_by_key`](Self::get_many_by_key) answered in the order of `keys` (`None`
+    /// for a key that missed; a key listed twice gets its value at both places), and
+    /// bounded by `limit`: past it the call fails with [`BackendError::Deadline`].
+    ///
+    /// What a cache lookup uses: it knows which keys it asked, so it needs no map keyed by
+    /// copies of them, and a backend that bounds its calls by a timer of its own can take
+    /// `limit` into that timer instead of running a second one. The default maps the
+    /// answer of [`get_many_by_key`](Self::get_many_by_key) within a
+    /// [`tokio::time::timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_memcache::backend::BackendError> {
+    /// let backend = MemoryBackend::new();
+    /// backend.set_by_key("page", "b", "two".into(), 0, Lifetime::NEVER).await?;
+    /// let found = backend
+    ///     .get_many_by_key_ordered("page", &["a", "b"], Duration::from_millis(100))
+    ///     .await?;
+    /// assert!(found[0].is_none());
+    /// assert_eq!(found[1].as_ref().map(|item| &item.value[..]), Some(&b"two"[..]));
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn get_many_by_key_ordered(
+        &self,
+        route: &str,
+        keys: &[&str],
+        limit: Duration,
+    ) -> impl Future<Output = Result<Vec<Option<Item>>, BackendError>> + Send {
+        let read = self.get_many_by_key(route, keys);
+        async move {
+            let found = tokio::time::timeout(limit, read)
+                .await
+                .map_err(|_| BackendError::Deadline { after: limit })??;
+            Ok(keys.iter().map(|key| found.get(*key).cloned()).collect())
+        }
+    }
+
     /// [`set`](Self::set) on the server of `route`: keep what a lookup needs on the server
     /// of the entry it guards. See [`get_many_by_key`](Self::get_many_by_key).
     fn set_by_key(
@@ -412,6 +454,90 @@ fn truncate_for_message(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend with only the required methods: every default at work.
+    #[derive(Clone)]
+    struct Plain(MemoryBackend);
+
+    impl Backend for Plain {
+        async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+            self.0.get(key).await
+        }
+        async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+            self.0.get_many(keys).await
+        }
+        async fn set(
+            &self,
+            key: &str,
+            value: Bytes,
+            flags: u32,
+            at: Lifetime,
+        ) -> Result<(), BackendError> {
+            self.0.set(key, value, flags, at).await
+        }
+        async fn add(
+            &self,
+            key: &str,
+            value: Bytes,
+            flags: u32,
+            at: Lifetime,
+        ) -> Result<bool, BackendError> {
+            self.0.add(key, value, flags, at).await
+        }
+        async fn cas(
+            &self,
+            key: &str,
+            value: Bytes,
+            flags: u32,
+            at: Lifetime,
+            cas: u64,
+        ) -> Result<CasOutcome, BackendError> {
+            self.0.cas(key, value, flags, at, cas).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+            self.0.delete(key).await
+        }
+        async fn touch(&self, key: &str, at: Lifetime) -> Result<bool, BackendError> {
+            self.0.touch(key, at).await
+        }
+        async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+            self.0.incr(key, delta).await
+        }
+        async fn flush_all(&self) -> Result<(), BackendError> {
+            self.0.flush_all().await
+        }
+        async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+            self.0.stats().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_default_ordered_read_maps_get_many_by_key_within_its_limit() {
+        let backend = Plain(MemoryBackend::new());
+        backend
+            .set("b", "two".into(), 3, Lifetime::NEVER)
+            .await
+            .unwrap();
+        let limit = Duration::from_millis(20);
+        let found = backend
+            .get_many_by_key_ordered("r", &["a", "b", "b"], limit)
+            .await
+            .unwrap();
+        let two = backend.0.peek("b");
+        assert_eq!(found, [None, two.clone(), two]);
+        assert!(matches!(
+            backend.get_many_by_key_ordered("", &["a"], limit).await,
+            Err(BackendError::InvalidKey { .. })
+        ));
+        backend.0.set_latency(Duration::from_millis(50));
+        let started = tokio::time::Instant::now();
+        let late = backend.get_many_by_key_ordered("r", &["b"], limit).await;
+        assert!(
+            matches!(late, Err(BackendError::Deadline { after }) if after == limit),
+            "{late:?}"
+        );
+        assert_eq!(started.elapsed(), limit);
+    }
 
     #[test]
     fn keys_of_250_bytes_pass_and_251_fail() {

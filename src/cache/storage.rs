@@ -318,10 +318,44 @@ impl<B: Backend> Storage<B> {
         what: &'static str,
         operation: impl Future<Output = Result<T, BackendError>>,
     ) -> Option<T> {
-        self.bounded(operation)
-            .await
+        let outcome = self.bounded(operation).await;
+        self.logged(what, outcome)
+    }
+
+    /// The outcome of one backend operation; a failure is logged and counted. (A function
+    /// of the outcome, not of the operation: a wrapping future would hold the operation's
+    /// future twice.)
+    fn logged<T>(&self, what: &'static str, outcome: Result<T, BackendError>) -> Option<T> {
+        outcome
             .inspect_err(|err| {
                 tracing::debug!(error = %err, what, "cache backend failed");
+                self.stats.record_backend_error();
+            })
+            .ok()
+    }
+
+    /// Reads `N` keys from the server of `route`, in their order, within the timeout (the
+    /// backend's own timer takes it when it has one); failures are logged and counted.
+    async fn read<const N: usize>(
+        &self,
+        what: &'static str,
+        route: &str,
+        keys: &[&str; N],
+    ) -> Option<[Option<Item>; N]> {
+        let read = self
+            .backend
+            .get_many_by_key_ordered(route, keys, self.timeout)
+            .await;
+        let items = self.logged(what, read)?;
+        // A backend that answers with another count is broken: treated as a failure.
+        <[Option<Item>; N]>::try_from(items)
+            .inspect_err(|items| {
+                tracing::debug!(
+                    what,
+                    asked = N,
+                    answered = items.len(),
+                    "cache backend answered out of shape"
+                );
                 self.stats.record_backend_error();
             })
             .ok()
@@ -337,13 +371,10 @@ impl<B: Backend> Storage<B> {
     ) -> Lookup {
         let started = placements();
         let keys = [primary_key, &*self.generation_key];
-        let read = self.backend.get_many_by_key(primary_key, &keys);
-        let Some(mut items) = self.timed("lookup", read).await else {
+        let Some([primary, generation]) = self.read("lookup", primary_key, &keys).await else {
             return Lookup::Unavailable;
         };
-        let mut generation = items
-            .remove(&*self.generation_key)
-            .and_then(|item| parse_generation(&item));
+        let mut generation = generation.and_then(|item| parse_generation(&item));
         if generation.is_none() {
             // A cold server, a flush, a reset after a rejoin: the generation this request's
             // response will be stored under must exist before the response is produced, or
@@ -355,7 +386,6 @@ impl<B: Backend> Storage<B> {
             started,
             ..Found::default()
         };
-        let primary = items.remove(primary_key);
         found.slot = primary.as_ref().map_or(Slot::Absent, Slot::of);
         let entry = match primary {
             Some(item) if item.flags == FLAG_HTTP_ENTRY => decode(item.value),
@@ -364,15 +394,19 @@ impl<B: Backend> Storage<B> {
                     let keys = self.variant_keys(&index, request_headers);
                     found.index = Some(index);
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let read = self.backend.get_many_by_key(primary_key, &refs);
-                    let Some(mut variants) = self.timed("variant lookup", read).await else {
+                    let read = self
+                        .backend
+                        .get_many_by_key_ordered(primary_key, &refs, self.timeout)
+                        .await;
+                    let Some(variants) = self.logged("variant lookup", read) else {
                         return Lookup::Unavailable;
                     };
                     // Of the variants this request selects, the one stored for the most
                     // selecting headers (a response the origin chose for a request like
                     // this in more ways), then the most recent name set.
-                    keys.iter()
-                        .filter_map(|key| variants.remove(key))
+                    variants
+                        .into_iter()
+                        .flatten()
                         .filter(|item| item.flags == FLAG_HTTP_ENTRY)
                         .filter_map(|item| decode(item.value))
                         .filter(|entry| stored::selects(&entry.meta, canonical, request_headers))
@@ -414,13 +448,17 @@ impl<B: Backend> Storage<B> {
     async fn tags_current(&self, route: &str, tags: &[(String, u64)]) -> bool {
         let keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let read = self.backend.get_many_by_key(route, &refs);
-        let Some(items) = self.timed("tag lookup", read).await else {
+        let read = self
+            .backend
+            .get_many_by_key_ordered(route, &refs, self.timeout)
+            .await;
+        let Some(items) = self.logged("tag lookup", read) else {
             return false;
         };
-        keys.iter()
-            .zip(tags)
-            .all(|(key, (_, stored))| items.get(key).and_then(parse_generation) == Some(*stored))
+        items.len() == tags.len()
+            && items.iter().zip(tags).all(|(item, (_, stored))| {
+                item.as_ref().and_then(parse_generation) == Some(*stored)
+            })
     }
 
     /// The namespace generation on the server of `route`, created when absent.
@@ -434,10 +472,8 @@ impl<B: Backend> Storage<B> {
         if self.timed("generation add", add).await? {
             return Some(fresh);
         }
-        let keys = [key];
-        let read = self.backend.get_many_by_key(route, &keys);
-        let items = self.timed("generation get", read).await?;
-        items.get(key).and_then(parse_generation)
+        let [generation] = self.read("generation get", route, &[key]).await?;
+        generation.as_ref().and_then(parse_generation)
     }
 
     /// Puts a placeholder in a URL's primary key, where the lookup saw nothing, before its

@@ -470,6 +470,70 @@ pub async fn routed_calls_keep_their_semantics<B: Backend>(b: B) {
     ));
 }
 
+/// `get_many_by_key_ordered` answers what `get_many_by_key` does, in the order of the keys
+/// asked: `None` for a miss, a repeated key at each of its places, past one `gets` line
+/// (100 keys) too; bad input is refused alike.
+pub async fn ordered_reads_match_the_map<B: Backend>(b: B) {
+    let route = "ordered-route";
+    let limit = Duration::from_secs(5);
+    b.set_by_key(route, "o1", "one".into(), 7, Lifetime::NEVER)
+        .await
+        .unwrap();
+    b.set_by_key(route, "o2", "two".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    let keys = ["o-absent", "o1", "o2", "o1"];
+    let ordered = b
+        .get_many_by_key_ordered(route, &keys, limit)
+        .await
+        .unwrap();
+    let map = b.get_many_by_key(route, &keys).await.unwrap();
+    assert_eq!(ordered.len(), keys.len());
+    for (key, item) in keys.iter().zip(&ordered) {
+        assert_eq!(item.as_ref(), map.get(*key), "{key}");
+    }
+    assert!(ordered[0].is_none());
+    let one = ordered[1].as_ref().expect("o1 stored");
+    assert_eq!((&one.value[..], one.flags), (&b"one"[..], 7));
+    assert!(one.cas.is_some(), "a CAS value");
+    assert_eq!(ordered[3], ordered[1]);
+    assert_eq!(
+        ordered[2].as_ref().map(|item| &item.value[..]),
+        Some(&b"two"[..])
+    );
+
+    let many: Vec<String> = (0..150).map(|i| format!("o-many-{i}")).collect();
+    for key in many.iter().step_by(3) {
+        b.set_by_key(route, key, key.clone().into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+    }
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let ordered = b
+        .get_many_by_key_ordered(route, &refs, limit)
+        .await
+        .unwrap();
+    assert_eq!(ordered.len(), many.len());
+    for (i, (key, item)) in many.iter().zip(&ordered).enumerate() {
+        let expected = (i % 3 == 0).then_some(key.as_bytes());
+        assert_eq!(item.as_ref().map(|item| &item.value[..]), expected, "{key}");
+    }
+
+    assert!(
+        b.get_many_by_key_ordered(route, &[], limit)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for (route, keys) in [("", &["k"][..]), (route, &["ok", "bad key"][..])] {
+        let result = b.get_many_by_key_ordered(route, keys, limit).await;
+        assert!(
+            matches!(result, Err(BackendError::InvalidKey { .. })),
+            "{route:?} {keys:?}: {result:?}"
+        );
+    }
+}
+
 /// `set_on_every_server` stores like `set` on a backend of one server; bad input is refused.
 pub async fn set_on_every_server_stores_everywhere<B: Backend>(b: B) {
     b.set_on_every_server("everywhere", "g1".into(), 9, Lifetime::NEVER)
@@ -538,6 +602,7 @@ pub async fn all<B: Backend>(make: impl Fn() -> futures_like::BoxFuture<B>, limi
     client_bad_input(make().await, limit).await;
     cas_replaces_only_an_unchanged_item(make().await).await;
     routed_calls_keep_their_semantics(make().await).await;
+    ordered_reads_match_the_map(make().await).await;
     set_on_every_server_stores_everywhere(make().await).await;
     item_size_limit_is_reported(make().await, limit).await;
     lifetimes_expire(make().await).await;

@@ -603,7 +603,7 @@ impl TcpBackend {
                 .execute(index, request.freeze(), Expect::Values)
                 .await?
             {
-                Reply::Values(values) => Ok(values.into_iter().map(into_keyed_item).collect()),
+                Reply::Values(values) => Ok(keyed_items(keys, values).collect()),
                 other => Err(error_reply(other, None)),
             };
         }
@@ -613,12 +613,56 @@ impl TcpBackend {
             self.execute(index, request.freeze(), Expect::Values)
         });
         let mut found = HashMap::with_capacity(keys.len());
-        for reply in join_all(calls).await {
+        for (reply, chunk) in join_all(calls)
+            .await
+            .into_iter()
+            .zip(keys.chunks(MAX_KEYS_PER_GET))
+        {
             match reply? {
-                Reply::Values(values) => found.extend(values.into_iter().map(into_keyed_item)),
+                Reply::Values(values) => found.extend(keyed_items(chunk, values)),
                 other => return Err(error_reply(other, None)),
             }
         }
+        Ok(found)
+    }
+
+    /// [`get_on`](Self::get_on), answered in the order of `keys`, given up at `limit`.
+    async fn get_ordered_on(
+        &self,
+        index: usize,
+        keys: &[&str],
+        limit: Duration,
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        let mut found = vec![None; keys.len()];
+        if keys.is_empty() {
+            return Ok(found);
+        }
+        if keys.len() <= MAX_KEYS_PER_GET {
+            let mut request = BytesMut::new();
+            protocol::encode_get(&mut request, keys, true);
+            match self
+                .execute_within(index, request.freeze(), Expect::Values, Some(limit))
+                .await?
+            {
+                Reply::Values(values) => place_items(&mut found, 0, values),
+                other => return Err(error_reply(other, None)),
+            }
+        } else {
+            let calls = keys.chunks(MAX_KEYS_PER_GET).map(|chunk| {
+                let mut request = BytesMut::new();
+                protocol::encode_get(&mut request, chunk, true);
+                self.execute_within(index, request.freeze(), Expect::Values, Some(limit))
+            });
+            for (chunk, reply) in join_all(calls).await.into_iter().enumerate() {
+                match reply? {
+                    Reply::Values(values) => {
+                        place_items(&mut found, chunk * MAX_KEYS_PER_GET, values);
+                    }
+                    other => return Err(error_reply(other, None)),
+                }
+            }
+        }
+        share_repeated(keys, &mut found);
         Ok(found)
     }
 
@@ -688,11 +732,26 @@ impl TcpBackend {
 
     /// Runs one request on one server: fast failure while it is down, the operation
     /// timeout, health accounting, and dropping a connection that lost sync.
-    async fn execute(
+    fn execute(
         &self,
         index: usize,
         request: Bytes,
         expect: Expect,
+    ) -> impl Future<Output = Result<Reply, BackendError>> {
+        // Not an `async fn` around the other: that would hold the call's future twice.
+        self.execute_within(index, request, expect, None)
+    }
+
+    /// [`execute`](Self::execute), given up at `limit` (the caller's deadline) if that comes
+    /// before the operation timeout, with [`BackendError::Deadline`]: one timer serves
+    /// both, where a caller's own timeout around the call would be a second. A call given
+    /// up so counts towards the server's health exactly as a call its caller drops.
+    async fn execute_within(
+        &self,
+        index: usize,
+        request: Bytes,
+        expect: Expect,
+        limit: Option<Duration>,
     ) -> Result<Reply, BackendError> {
         let inner = &self.inner;
         let server = &inner.servers[index];
@@ -716,15 +775,28 @@ impl TcpBackend {
         };
         // The call future is built in place (binding it first would copy it once more).
         // A timeout too large to add is no timeout (as `tokio::time::timeout` treats it).
-        let deadline = started
-            .checked_add(deadline)
-            .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365 * 30));
+        let far = || started + Duration::from_secs(86_400 * 365 * 30);
+        let own = started.checked_add(deadline).unwrap_or_else(far);
+        // The caller's deadline where it comes first; on a tie ours, as when the caller's
+        // timer ran around ours (the inner future is polled first).
+        let (deadline, theirs) = match limit {
+            Some(limit) => match started.checked_add(limit).unwrap_or_else(far) {
+                at if at < own => (at, Some(limit)),
+                _ => (own, None),
+            },
+            None => (own, None),
+        };
         let outcome =
             match tokio::time::timeout_at(deadline, server.call(request, &inner.settings)).await {
-                Err(_) => Err(BackendError::Timeout {
-                    server: server.name.to_string(),
-                    after: inner.timeout,
-                }),
+                Err(_) => match theirs {
+                    // The caller's deadline: the call is given up as if dropped there, and
+                    // the guard counts it (or not) as it counts a dropped call.
+                    Some(limit) => return Err(BackendError::Deadline { after: limit }),
+                    None => Err(BackendError::Timeout {
+                        server: server.name.to_string(),
+                        after: inner.timeout,
+                    }),
+                },
                 Ok(Err(err)) => Err(err),
                 Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
                     drop(conn);
@@ -953,17 +1025,67 @@ fn number_reply(reply: Reply) -> Result<Option<u64>, BackendError> {
 }
 
 fn into_item(value: protocol::Value) -> Item {
-    into_keyed_item(value).1
-}
-
-/// A value as `get_many` returns it; the echoed key moves into the map, no copy.
-fn into_keyed_item(value: protocol::Value) -> (String, Item) {
-    let item = Item {
+    Item {
         value: value.data,
         flags: value.flags,
         cas: value.cas,
-    };
-    (value.key, item)
+    }
+}
+
+/// The values of a reply to a get of `keys`, as `get_many` returns them: keyed by the keys
+/// they answer (the parser checked each echoed key against the one asked at its place).
+fn keyed_items<'a>(
+    keys: &'a [&str],
+    values: Vec<protocol::Value>,
+) -> impl Iterator<Item = (String, Item)> + 'a {
+    values.into_iter().filter_map(|value| {
+        let key = keys.get(value.asked)?;
+        Some((key.to_string(), into_item(value)))
+    })
+}
+
+/// Puts the values of a reply to a get of the keys from `offset` on in their places in
+/// `found`, one per key asked.
+fn place_items(found: &mut [Option<Item>], offset: usize, values: Vec<protocol::Value>) {
+    for value in values {
+        if let Some(place) = found.get_mut(offset + value.asked) {
+            *place = Some(into_item(value));
+        }
+    }
+}
+
+/// Gives a key listed more than once the value found at one of its places at all of them:
+/// memcached answers each place, but a proxy may answer a repeated key once. Only misses
+/// are looked at; past a few keys through a map, so the work stays linear.
+fn share_repeated(keys: &[&str], found: &mut [Option<Item>]) {
+    const SCAN_UP_TO: usize = 16;
+    if !found.iter().any(Option::is_none) {
+        return;
+    }
+    if keys.len() <= SCAN_UP_TO {
+        for place in 0..keys.len() {
+            if found[place].is_some() {
+                continue;
+            }
+            let shared = keys
+                .iter()
+                .zip(found.iter())
+                .find_map(|(key, item)| item.as_ref().filter(|_| *key == keys[place]))
+                .cloned();
+            found[place] = shared;
+        }
+        return;
+    }
+    let answered: HashMap<&str, Item> = keys
+        .iter()
+        .zip(found.iter())
+        .filter_map(|(key, item)| Some((*key, item.clone()?)))
+        .collect();
+    for (key, place) in keys.iter().zip(found.iter_mut()) {
+        if place.is_none() {
+            *place = answered.get(key).cloned();
+        }
+    }
 }
 
 impl Backend for TcpBackend {
@@ -972,10 +1094,8 @@ impl Backend for TcpBackend {
         let mut request = BytesMut::with_capacity(key.len() + 8);
         protocol::encode_get(&mut request, &[key], true);
         match self.keyed(key, request, Expect::Values).await? {
-            Reply::Values(values) => Ok(values
-                .into_iter()
-                .find(|value| value.key == key)
-                .map(into_item)),
+            // At most one value, for the one key asked (the parser checked that).
+            Reply::Values(values) => Ok(values.into_iter().next().map(into_item)),
             other => Err(error_reply(other, None)),
         }
     }
@@ -1168,6 +1288,27 @@ impl Backend for TcpBackend {
         }
         let index = self.server_index(route)?;
         self.get_on(index, keys).await
+    }
+
+    /// One `gets` (a line per 100 keys) to the server of `route`, as
+    /// [`get_many_by_key`](Backend::get_many_by_key); each value goes to the place of the
+    /// key it answers, so no key is copied and no map built. `limit` joins the operation
+    /// timeout's timer: one timer per call.
+    async fn get_many_by_key_ordered(
+        &self,
+        route: &str,
+        keys: &[&str],
+        limit: Duration,
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        validate_route(route)?;
+        for key in keys {
+            validate_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let index = self.server_index(route)?;
+        self.get_ordered_on(index, keys, limit).await
     }
 
     async fn set_by_key(
@@ -1384,6 +1525,122 @@ mod tests {
             TcpBackend::new(["nope:"]),
             Err(ConfigError::InvalidAddress(_))
         ));
+    }
+
+    fn item(value: &'static str) -> Option<Item> {
+        Some(Item {
+            value: value.into(),
+            flags: 0,
+            cas: None,
+        })
+    }
+
+    #[test]
+    fn values_take_the_place_of_the_key_they_answer() {
+        let value = |asked, data: &'static str| protocol::Value {
+            asked,
+            flags: 0,
+            cas: None,
+            data: data.into(),
+        };
+        let mut found = vec![None; 4];
+        // A second chunk's values, from its first key on; one place outside is ignored.
+        place_items(
+            &mut found,
+            2,
+            vec![value(1, "d"), value(0, "c"), value(2, "x")],
+        );
+        assert_eq!(found, [None, None, item("c"), item("d")]);
+        let keyed: Vec<_> = keyed_items(&["a", "b"], vec![value(1, "b"), value(5, "x")]).collect();
+        assert_eq!(keyed, [("b".to_string(), item("b").unwrap())]);
+    }
+
+    #[test]
+    fn a_repeated_key_answered_once_has_its_value_at_every_place() {
+        let mut found = vec![None, item("b"), item("a"), None];
+        share_repeated(&["a", "b", "a", "c"], &mut found);
+        assert_eq!(found, [item("a"), item("b"), item("a"), None]);
+        // Past the scan, through a map.
+        let keys: Vec<String> = (0..40).map(|i| format!("k{}", i % 20)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut found: Vec<_> = (0..40)
+            .map(|i| if i >= 30 { item("late") } else { None })
+            .collect();
+        share_repeated(&keys, &mut found);
+        for (i, item) in found.iter().enumerate() {
+            // Places 10..20 hold the keys of 30..40.
+            let shared = (10..20).contains(&i) || i >= 30;
+            assert_eq!(item.is_some(), shared, "place {i}");
+        }
+    }
+
+    /// A server that accepts connections and never answers.
+    async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, handle)
+    }
+
+    #[tokio::test]
+    async fn ordered_reads_given_up_at_their_limit_count_as_dropped_calls() {
+        const TIMEOUT: Duration = Duration::from_millis(100);
+        // Scheduling slack for a loaded machine.
+        const SLACK: Duration = Duration::from_millis(300);
+        let (addr, silent) = silent_server().await;
+        let backend = |addr: &str| {
+            TcpBackend::builder()
+                .server(addr)
+                .timeout(TIMEOUT)
+                .connect_timeout(TIMEOUT)
+                .build()
+                .unwrap()
+        };
+        let read = |backend: &TcpBackend, limit| {
+            let backend = backend.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                let err = backend
+                    .get_many_by_key_ordered("r", &["k", "j"], limit)
+                    .await
+                    .unwrap_err();
+                (err, started.elapsed())
+            }
+        };
+        // Given up at the operation timeout (before the backend's own deadline, which
+        // adds the connect timeout): the caller's error, and a timeout for the server's
+        // health, as for a call its caller drops then.
+        let bounded = backend(&addr);
+        for _ in 0..3 {
+            let (err, took) = read(&bounded, TIMEOUT).await;
+            assert!(
+                matches!(err, BackendError::Deadline { after } if after == TIMEOUT),
+                "{err:?}"
+            );
+            assert!(took >= TIMEOUT && took < TIMEOUT + SLACK, "{took:?}");
+        }
+        assert!(bounded.is_server_down(0));
+        // Given up well before the timeout: nothing said about the server.
+        let patient = backend(&addr);
+        for _ in 0..3 {
+            let (err, took) = read(&patient, TIMEOUT / 5).await;
+            assert!(
+                matches!(err, BackendError::Deadline { after } if after == TIMEOUT / 5),
+                "{err:?}"
+            );
+            assert!(took < TIMEOUT, "{took:?}");
+        }
+        assert!(!patient.is_server_down(0));
+        // A limit past the backend's own deadline: the backend's timeout.
+        let (err, took) = read(&patient, Duration::from_secs(5)).await;
+        assert!(matches!(err, BackendError::Timeout { .. }), "{err:?}");
+        assert!(took < 2 * TIMEOUT + SLACK, "{took:?}");
+        silent.abort();
     }
 
     #[test]

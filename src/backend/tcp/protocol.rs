@@ -268,8 +268,10 @@ pub(crate) enum Reply {
 /// One item of a get/gets reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Value {
-    /// The key, echoed by the server.
-    pub key: String,
+    /// Which key of the request this answers: its position in the request's key list. The
+    /// echoed key was checked to be that key, so callers take the key from their own list
+    /// and need no copy of it (nor a search).
+    pub asked: usize,
     /// Opaque client flags stored with the item.
     pub flags: u32,
     /// The cas token; present only in `gets` replies.
@@ -417,20 +419,21 @@ impl<'a> KeyCheck<'a> {
         }
     }
 
-    /// Records an answer for `key`; false if it was not asked, or every time it was asked has
-    /// been answered already. Order is not required (a proxy may reassemble a split
-    /// multi-get differently), only looked at first.
-    fn answer(&mut self, key: &[u8]) -> bool {
+    /// Records an answer for `key`: the position of the asked key it answers, or `None` if
+    /// it was not asked, or every time it was asked has been answered already. Order is not
+    /// required (a proxy may reassemble a split multi-get differently), only looked at
+    /// first.
+    fn answer(&mut self, key: &[u8]) -> Option<usize> {
         let (next_index, next_offset) = self.next;
         let later = asked_keys(self.keys, next_offset).zip(next_index..);
         let earlier = asked_keys(self.keys, 0).zip(0..next_index);
         for ((asked, end), index) in later.chain(earlier) {
             if asked == key && self.mark(index) {
                 self.next = (index + 1, end);
-                return true;
+                return Some(index);
             }
         }
-        false
+        None
     }
 
     /// Sets bit `index`; false if it was set already.
@@ -576,7 +579,7 @@ pub(crate) fn parse_reply(
     Ok(match parse_raw(buf, limits, asked)? {
         None => Frame::Incomplete,
         Some((raw, len)) => Frame::Complete {
-            reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range]), buf),
+            reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range])),
             len,
         },
     })
@@ -602,7 +605,7 @@ pub(crate) fn decode(
         }
         RawReply::Values(values) => {
             let frame = buf.split_to(len).freeze();
-            RawReply::Values(values).into_reply(|range| frame.slice(range), &frame)
+            RawReply::Values(values).into_reply(|range| frame.slice(range))
         }
     }))
 }
@@ -616,10 +619,10 @@ enum RawReply {
     Ready(Reply),
 }
 
-/// A [`Value`] whose key and data are still byte ranges of the parsed buffer.
+/// A [`Value`] whose data is still a byte range of the parsed buffer.
 struct PendingValue {
-    /// Where the echoed key (checked to be UTF-8) sits in the buffer.
-    key: Range<usize>,
+    /// Which key of the request it answers.
+    asked: usize,
     /// Client flags.
     flags: u32,
     /// Cas token, for gets.
@@ -629,18 +632,15 @@ struct PendingValue {
 }
 
 impl RawReply {
-    /// Resolves data ranges into `Bytes` with `data`, and keys into strings from `buf`, the
-    /// parsed bytes.
-    fn into_reply(self, mut data: impl FnMut(Range<usize>) -> Bytes, buf: &[u8]) -> Reply {
+    /// Resolves data ranges into `Bytes` with `data`.
+    fn into_reply(self, mut data: impl FnMut(Range<usize>) -> Bytes) -> Reply {
         match self {
             RawReply::Ready(reply) => reply,
             RawReply::Values(values) => Reply::Values(
                 values
                     .into_iter()
                     .map(|value| Value {
-                        // Checked while parsing: the lossy conversion never replaces anything.
-                        key: String::from_utf8_lossy(buf.get(value.key).unwrap_or_default())
-                            .into_owned(),
+                        asked: value.asked,
                         flags: value.flags,
                         cas: value.cas,
                         data: data(value.data),
@@ -683,8 +683,9 @@ impl Section {
 
 /// One entry of a multi-line reply, borrowed from the buffer.
 enum Entry<'a> {
-    /// A `VALUE` header, the range of its key and the range of its data block.
-    Value(ValueHeader<'a>, Range<usize>, Range<usize>),
+    /// A `VALUE` header, the position of the asked key it answers and the range of its
+    /// data block.
+    Value(ValueHeader<'a>, usize, Range<usize>),
     /// A `STAT` line's name and value.
     Stat(&'a str, &'a str),
 }
@@ -712,18 +713,18 @@ fn parse_raw(
     };
 
     if section == Section::Values {
-        // One pass: values are recorded as offsets (a key is copied only once the reply is
-        // complete), so a "not all here yet" retry of a large multi-get costs at most the
-        // vector's allocation, and a complete reply is walked once.
+        // One pass: values are recorded as offsets, so a "not all here yet" retry of a large
+        // multi-get costs at most the vector's allocation, and a complete reply is walked
+        // once.
         let mut values = Vec::new();
         let Some((ending, len)) = walk(buf, section, limits, asked, |entry| {
-            if let Entry::Value(header, key, data) = entry {
+            if let Entry::Value(header, index, data) = entry {
                 if values.is_empty() {
                     // Room for every key asked (the walk refuses more), allocated once.
                     values.reserve_exact(asked.max_entries(Section::Values, limits));
                 }
                 values.push(PendingValue {
-                    key,
+                    asked: index,
                     flags: header.flags,
                     cas: header.cas,
                     data,
@@ -806,11 +807,11 @@ fn walk<'a>(
         match section {
             Section::Values => {
                 let header = parse_value_header(line, limits)?;
-                if !keys.answer(header.key.as_bytes()) {
+                let Some(index) = keys.answer(header.key.as_bytes()) else {
                     return Err(ProtocolError::UnexpectedKey {
                         key: snippet(header.key.as_bytes()),
                     });
-                }
+                };
                 // Jump straight over the data block using the announced length: data may hold
                 // any bytes, "\r\n" included, and scanning it would make every retry O(size).
                 let data_end = next.saturating_add(header.len);
@@ -823,8 +824,7 @@ fn walk<'a>(
                         key: header.key.to_owned(),
                     });
                 }
-                let key = pos + header.key_at.start..pos + header.key_at.end;
-                visit(Entry::Value(header, key, next..data_end));
+                visit(Entry::Value(header, index, next..data_end));
                 pos = block_end;
             }
             Section::Stats => {
@@ -930,8 +930,6 @@ fn parse_error_line(line: &[u8]) -> Option<Reply> {
 struct ValueHeader<'a> {
     /// The echoed key.
     key: &'a str,
-    /// Where the key sits in the line.
-    key_at: Range<usize>,
     /// Client flags.
     flags: u32,
     /// Announced data length.
@@ -953,8 +951,7 @@ fn parse_value_header<'a>(
     let mut fields = Fields { line, pos: 0 };
     // The caller only dispatches lines that start with the VALUE keyword.
     let _keyword = fields.next();
-    let key_at = fields.next_at().ok_or_else(|| malformed("missing key"))?;
-    let key = line.get(key_at.clone()).unwrap_or_default();
+    let key = fields.next().ok_or_else(|| malformed("missing key"))?;
     let flags = fields.next().ok_or_else(|| malformed("missing flags"))?;
     let len = fields
         .next()
@@ -982,7 +979,6 @@ fn parse_value_header<'a>(
     let key = std::str::from_utf8(key).map_err(|_| ProtocolError::NonUtf8 { what: "VALUE key" })?;
     Ok(ValueHeader {
         key,
-        key_at,
         flags,
         len,
         cas,
@@ -1151,9 +1147,10 @@ mod tests {
         }
     }
 
-    fn value(key: &str, flags: u32, cas: Option<u64>, data: &[u8]) -> Value {
+    /// A value answering the `asked`th key of its request.
+    fn value(asked: usize, flags: u32, cas: Option<u64>, data: &[u8]) -> Value {
         Value {
-            key: key.to_owned(),
+            asked,
             flags,
             cas,
             data: Bytes::copy_from_slice(data),
@@ -1173,9 +1170,9 @@ END\r\n";
 
     fn multi_get_values() -> Vec<Value> {
         vec![
-            value("alpha", 0, Some(11), b"hello"),
-            value("beta", u32::MAX, Some(12), b""),
-            value("gamma", 7, Some(u64::MAX), b"a\r\nb\r\n"),
+            value(0, 0, Some(11), b"hello"),
+            value(1, u32::MAX, Some(12), b""),
+            value(2, 7, Some(u64::MAX), b"a\r\nb\r\n"),
         ]
     }
 
@@ -1293,7 +1290,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     fn get_with_one_value() {
         assert_eq!(
             complete(b"VALUE key 5 3\r\nabc\r\nEND\r\n"),
-            Reply::Values(vec![value("key", 5, None, b"abc")])
+            Reply::Values(vec![value(0, 5, None, b"abc")])
         );
     }
 
@@ -1301,7 +1298,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     fn gets_with_one_value() {
         assert_eq!(
             complete(b"VALUE key 5 3 99\r\nabc\r\nEND\r\n"),
-            Reply::Values(vec![value("key", 5, Some(99), b"abc")])
+            Reply::Values(vec![value(0, 5, Some(99), b"abc")])
         );
     }
 
@@ -1310,9 +1307,9 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         assert_eq!(
             complete(b"VALUE a 1 1\r\nx\r\nVALUE b 2 2\r\nyy\r\nVALUE c 3 0\r\n\r\nEND\r\n"),
             Reply::Values(vec![
-                value("a", 1, None, b"x"),
-                value("b", 2, None, b"yy"),
-                value("c", 3, None, b""),
+                value(0, 1, None, b"x"),
+                value(1, 2, None, b"yy"),
+                value(2, 3, None, b""),
             ])
         );
     }
@@ -1330,7 +1327,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         input.extend_from_slice(b"\r\nEND\r\n");
         assert_eq!(
             complete(&input),
-            Reply::Values(vec![value("bin", 0, None, data)])
+            Reply::Values(vec![value(0, 0, None, data)])
         );
     }
 
@@ -1344,7 +1341,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         assert_eq!(
             parse_with(input, &limits),
             Ok(Frame::Complete {
-                reply: Reply::Values(vec![value("k", 0, None, b"abcd")]),
+                reply: Reply::Values(vec![value(0, 0, None, b"abcd")]),
                 len: input.len(),
             })
         );
@@ -1484,7 +1481,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         buf.extend_from_slice(b"\r\nEND\r\n");
         assert_eq!(
             decode_any(&mut buf, &limits),
-            Ok(Some(Reply::Values(vec![value("k", 0, None, b"hi")])))
+            Ok(Some(Reply::Values(vec![value(0, 0, None, b"hi")])))
         );
         assert!(buf.is_empty());
     }
@@ -1906,6 +1903,19 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             .map(|_| ()),
             Ok(())
         );
+        // Each answer takes the next place the key was asked at.
+        let reply = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nVALUE a 0 1\r\nz\r\nEND\r\n";
+        assert_eq!(
+            parse_reply(reply, &limits, &asked(b"get a b a\r\n")),
+            Ok(Frame::Complete {
+                reply: Reply::Values(vec![
+                    value(0, 0, None, b"x"),
+                    value(1, 0, None, b"y"),
+                    value(2, 0, None, b"z"),
+                ]),
+                len: reply.len()
+            })
+        );
         assert_eq!(
             parse_reply(
                 b"VALUE b 0 1\r\ny\r\nVALUE b 0 1\r\n",
@@ -1921,10 +1931,18 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     #[test]
     fn values_may_come_in_any_order() {
         let reply = b"VALUE c 0 1\r\n3\r\nVALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n";
-        assert!(matches!(
+        assert_eq!(
             parse_reply(reply, &Limits::default(), &asked(b"get a b c\r\n")),
-            Ok(Frame::Complete { len, .. }) if len == reply.len()
-        ));
+            Ok(Frame::Complete {
+                // Each names the key it answers by its place in the request.
+                reply: Reply::Values(vec![
+                    value(2, 0, None, b"3"),
+                    value(0, 0, None, b"1"),
+                    value(1, 0, None, b"2"),
+                ]),
+                len: reply.len()
+            })
+        );
     }
 
     #[test]
@@ -2195,7 +2213,16 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                             let start = value.data.as_ptr() as usize;
                             assert!(start >= base && start + value.data.len() <= end);
                         }
-                        values.iter().map(|v| v.key.len() + v.data.len()).sum()
+                        // Each answers a key asked, and no asked key twice.
+                        let mut answered = vec![false; allowed];
+                        for value in values {
+                            assert!(value.asked < allowed, "{values:?} for {asked:?}");
+                            assert!(
+                                !std::mem::replace(&mut answered[value.asked], true),
+                                "{values:?} for {asked:?}"
+                            );
+                        }
+                        values.iter().map(|v| v.data.len()).sum()
                     }
                     Reply::Stats(stats) => {
                         assert!(stats.len() <= limits.max_values);
@@ -2325,9 +2352,8 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             let (asked, reply) = get_exchange(&values);
             let expected: Vec<Value> = values
                 .iter()
-                .map(|(key, flags, data, cas)| {
-                    value(PROPERTY_KEYS[key % PROPERTY_KEYS.len()], *flags, *cas, data)
-                })
+                .enumerate()
+                .map(|(asked, (_, flags, data, cas))| value(asked, *flags, *cas, data))
                 .collect();
             proptest::prop_assert_eq!(
                 assert_sound(&reply, &Limits::default(), &asked),
@@ -2339,6 +2365,45 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                     Ok(Frame::Incomplete),
                     "prefix of {} bytes", split
                 );
+            }
+        }
+
+        #[test]
+        fn values_in_any_order_name_the_place_of_the_key_they_answer(
+            request in proptest::collection::vec(0..PROPERTY_KEYS.len(), 1..8),
+            answered in proptest::collection::vec(proptest::prelude::any::<bool>(), 8),
+            order in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            // A request with repeated keys, answered for some of its places in a shuffled
+            // order (a proxy may reassemble a multi-get so), each value's data its place.
+            let keys: Vec<&str> = request.iter().map(|&key| PROPERTY_KEYS[key]).collect();
+            let mut places: Vec<usize> =
+                (0..keys.len()).filter(|&place| answered[place]).collect();
+            if !places.is_empty() {
+                let turn = order.index(places.len());
+                places.rotate_left(turn);
+                places[..turn.max(1)].reverse();
+            }
+            let mut reply = Vec::new();
+            for &place in &places {
+                reply.extend_from_slice(
+                    format!("VALUE {} 0 1\r\n{place}\r\n", keys[place]).as_bytes(),
+                );
+            }
+            reply.extend_from_slice(b"END\r\n");
+            let asked = Asked::of_request(&Bytes::from(encoded(|b| encode_get(b, &keys, true))));
+            let Ok(Frame::Complete { reply: Reply::Values(values), .. }) =
+                assert_sound(&reply, &Limits::default(), &asked)
+            else {
+                return Err(proptest::test_runner::TestCaseError::fail("not a complete reply"));
+            };
+            proptest::prop_assert_eq!(values.len(), places.len());
+            for value in &values {
+                // The echoed key is the key asked at the place the value names; with
+                // repeated keys the place is the next one not yet answered, so it may not
+                // be the place the server meant, but it always holds the same key.
+                let meant: usize = std::str::from_utf8(&value.data).unwrap().parse().unwrap();
+                proptest::prop_assert_eq!(keys[value.asked], keys[meant]);
             }
         }
 
@@ -2547,7 +2612,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         reply.extend_from_slice(b"END\r\n");
         assert_eq!(
             decode_any(&mut reply, &Limits::default()),
-            Ok(Some(Reply::Values(vec![value("rt", 9, None, data)])))
+            Ok(Some(Reply::Values(vec![value(0, 9, None, data)])))
         );
     }
 }
