@@ -48,8 +48,9 @@ const MAX_SERVERS: usize = 16;
         cargo run --release --example hit_rate -- --log access.log --memory 64,256,1024 \
         --lifetime 300,3600,86400 --csv sweep.csv\n  \
         cargo run --release --example hit_rate -- --synthetic scan --lifetime 3600\n  \
-        cargo run --release --example hit_rate -- --keys 1000 --rate 50000 --requests 200000 \
-        --timing --speedup 0.2 --servers 2 --near-cache off,8M --lifetime 3600 --memory 64"
+        cargo run --release --example hit_rate -- --keys 10000 --rate 50000 --timing \
+        --speedup 0.25 --requests 300000 --warmup 100000 --servers 2 --memory 64 \
+        --lifetime 3600 --near-cache off,8M,32M"
 )]
 pub struct Args {
     /// Replay this access log, in Common or Combined Log Format (nginx's and Apache's

@@ -307,10 +307,18 @@ const COLOURS: [RGBColor; 8] = [
 type Line = (u64, Option<NearTier>);
 
 /// Draws hit ratio and byte hit ratio against memcached memory, one solid line per
-/// combination of lifetime and near tier and each lifetime's ideal as a dashed line (in
-/// the colour of its first line), and, when the servers reported their operations, a
-/// third panel of memcached operations per request, where the near tier shows (its hits
-/// are hits either way, so its lines in the first two panels lie on or near the others).
+/// lifetime and its ideal as a dashed line of the same colour, and, when the servers
+/// reported their operations, a third panel of memcached operations per request with one
+/// line per combination of lifetime and near tier.
+///
+/// The near tier's lines are kept off the first two panels: its hits are hits either way,
+/// so its lines lay on top of the others wherever memcached does not evict (it differs
+/// only where memcached drops entries the tier still answers within its staleness bound,
+/// a few hundredths at most on the runs tried), and two or three near-tier sizes per
+/// lifetime hid the lines and ideals under them and a legend twice as long. Those panels
+/// draw each lifetime at the sweep's first near-tier value (`off` when the list starts
+/// with it; the legend says which); the table and CSV have every point, and the third
+/// panel is where the near tier shows.
 pub fn write_svg(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
     // Memory sizes are usually doublings: the x axis is log2(MB), labelled in MB.
     let memories: Vec<f64> = points
@@ -344,6 +352,16 @@ pub fn write_svg(path: &Path, title: &str, points: &[Point]) -> Result<(), Strin
             format!("lifetime {lifetime}")
         }
     };
+    // The ratio panels' lines: each lifetime's first, with its index (for its colour).
+    let mut ratio_lines: Vec<(usize, Line)> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !ratio_lines
+            .iter()
+            .any(|(_, (lifetime, _))| *lifetime == line.0)
+        {
+            ratio_lines.push((i, *line));
+        }
+    }
     let with_ops = points.iter().all(|p| p.ops_per_request.is_some());
     let most_ops = points
         .iter()
@@ -390,8 +408,7 @@ pub fn write_svg(path: &Path, title: &str, points: &[Point]) -> Result<(), Strin
                 .y_label_formatter(&|v| format!("{v:.1}"))
                 .light_line_style(WHITE)
                 .draw()?;
-            let mut ideals_drawn: Vec<u64> = Vec::new();
-            for (i, line_spec) in lines.iter().enumerate() {
+            for (i, line_spec) in &ratio_lines {
                 let colour = COLOURS[i % COLOURS.len()];
                 let line = series(points, line_spec, measured);
                 chart
@@ -404,12 +421,7 @@ pub fn write_svg(path: &Path, title: &str, points: &[Point]) -> Result<(), Strin
                     line.iter()
                         .map(|&point| Circle::new(point, 3, colour.filled())),
                 )?;
-                // The ideal depends on the lifetime alone: one line per lifetime.
                 let lifetime = line_spec.0;
-                if ideals_drawn.contains(&lifetime) {
-                    continue;
-                }
-                ideals_drawn.push(lifetime);
                 if let Some(best) = points
                     .iter()
                     .find(|p| p.spec.lifetime_s == lifetime)
@@ -444,12 +456,15 @@ pub fn write_svg(path: &Path, title: &str, points: &[Point]) -> Result<(), Strin
         }
         if let Some(panel) = panels.get(2).filter(|_| with_ops) {
             let name = "memcached operations per request";
+            let legend_clear = (1.0 - (lines.len() as f64 * 15.0 + 30.0) / 370.0).max(0.3);
             let mut chart = ChartBuilder::on(panel)
                 .caption(name, ("sans-serif", 16))
                 .margin(12)
                 .x_label_area_size(45)
                 .y_label_area_size(55)
-                .build_cartesian_2d(lo..hi, 0f64..most_ops * 1.1)?;
+                // Headroom above the lines for the legend: 15 px a line of the ~370 px
+                // plot, and a margin.
+                .build_cartesian_2d(lo..hi, 0f64..most_ops / legend_clear)?;
             chart
                 .configure_mesh()
                 .x_desc("cache memory, MB (memcached -m)")
