@@ -1,7 +1,7 @@
 //! The hit-rate lab (examples/hit_rate/) end to end, its modules included by path: a slice
 //! of the sample log replayed against real memcached servers the lab starts at two memory
 //! sizes, and against a `MemoryBackend` too large to evict, which must reach the ideal
-//! exactly.
+//! exactly; a synthetic stream against two servers with the near tier off and on.
 //! The log parser's unit tests come along with the modules.
 #![cfg(feature = "tcp")]
 
@@ -197,6 +197,160 @@ async fn unbounded_cache_reaches_the_ideal() {
     }
     assert!(outcome.points[0].hit_ratio < outcome.points[1].hit_ratio);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The near-tier axis and the memcached operation counts: a Zipf stream against two
+/// memcached servers, near tier off and on. Only the tier answers near hits; with it, far
+/// fewer requests reach memcached; the busiest server's share is a share, and with two
+/// servers at least half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_tier_and_memcached_operations_on_two_servers() {
+    if let Err(e) = lab::memcached::version("memcached") {
+        assert!(
+            !support::memcached_required(),
+            "MEMCACHED_REQUIRED=1 but the lab cannot run memcached: {e}"
+        );
+        eprintln!("SKIP hit_rate_lab: {e}");
+        return;
+    }
+    let dir = scratch("near");
+    let csv = dir.join("near.csv");
+    let csv_s = csv.to_string_lossy().to_string();
+    // As fast as possible: the whole run lasts well under the 5 s staleness bound, so the
+    // tier answers every hot entry after its first lookup.
+    let outcome = run(&[
+        "--requests",
+        "4000",
+        "--keys",
+        "300",
+        "--servers",
+        "2",
+        "--memory",
+        "8",
+        "--lifetime",
+        "3600",
+        "--near-cache",
+        "off,4M,5s",
+        "--warmup",
+        "500",
+        "--csv",
+        &csv_s,
+        "--no-svg",
+    ])
+    .await;
+    assert_eq!(outcome.points.len(), 2);
+    let (off, on) = (&outcome.points[0], &outcome.points[1]);
+    assert_eq!(off.spec.near, None);
+    assert_eq!(
+        on.spec.near.map(|n| (n.bytes, n.staleness_ms)),
+        Some((4 << 20, 5000))
+    );
+    eprintln!(
+        "near off: {:?} ops/request, busiest {:?}; near on: {} near hits, {:?} ops/request, \
+         busiest {:?}, {:?} bytes in the tier",
+        off.ops_per_request,
+        off.busiest_share,
+        on.near_hits,
+        on.ops_per_request,
+        on.busiest_share,
+        on.near_weight
+    );
+    for point in [off, on] {
+        assert_eq!(point.servers, 2, "{point:?}");
+        assert_eq!(point.backend_errors, 0, "{point:?}");
+        assert!(point.hits > 0, "{point:?}");
+        let share = point
+            .busiest_share
+            .expect("the servers report their operations");
+        assert!((0.5..=1.0).contains(&share), "{point:?}");
+        assert!(point.memcached_ops > Some(0), "{point:?}");
+    }
+    // Only the tier answers near hits, and its hits are hits.
+    assert_eq!((off.near_hits, off.near_weight), (0, None));
+    assert!(on.near_hits > 0 && on.near_hits <= on.hits, "{on:?}");
+    assert!(
+        on.near_weight > Some(0) && on.near_weight <= Some(4 << 20),
+        "{on:?}"
+    );
+    // Without the tier every lookup reaches memcached (at least 2 keys per request);
+    // with it, far fewer.
+    let (ops_off, ops_on) = (
+        off.ops_per_request.expect("ops"),
+        on.ops_per_request.expect("ops"),
+    );
+    assert!(ops_off >= 2.0, "{off:?}");
+    assert!(ops_on < ops_off / 2.0, "{ops_on} vs {ops_off}");
+
+    let text = std::fs::read_to_string(&csv).expect("the CSV was written");
+    let header = text.lines().next().expect("a header");
+    for expected in [
+        "near_bytes",
+        "near_staleness_ms",
+        "near_hits",
+        "near_hit_ratio",
+        "near_weight",
+        "servers",
+        "memcached_ops",
+        "ops_per_request",
+        "busiest_share",
+    ] {
+        assert!(
+            header.split(',').any(|c| c == expected),
+            "{expected} missing from {header}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--near-cache` reads sizes, `off` and staleness bounds, as a list.
+#[test]
+fn near_cache_lists() {
+    use lab::cli::parse_near_list;
+    use lab::sweep::NearTier;
+    let tier = |bytes: u64, staleness_ms: u64| {
+        Some(NearTier {
+            bytes,
+            staleness_ms,
+        })
+    };
+    assert_eq!(
+        parse_near_list("off,1M,8M").expect("valid").0,
+        [None, tier(1 << 20, 1000), tier(8 << 20, 1000)]
+    );
+    assert_eq!(
+        parse_near_list("64M,250ms, 512K ,OFF,2G,1min")
+            .expect("valid")
+            .0,
+        [
+            tier(64 << 20, 250),
+            tier(512 << 10, 1000),
+            None,
+            tier(2 << 30, 60_000)
+        ]
+    );
+    assert_eq!(parse_near_list("0").expect("valid").0, [None]);
+    for bad in ["1s", "off,1s", "8M,1s,2s", "8X", "", "8M,,1M", "1.5M"] {
+        assert!(parse_near_list(bad).is_err(), "{bad:?} accepted");
+    }
+    // Flags that cannot go together are refused before anything runs.
+    let args = Args::try_parse_from([
+        "hit_rate",
+        "--backend",
+        "memory",
+        "--servers",
+        "2",
+        "--no-svg",
+    ])
+    .expect("parses");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let refused = runtime.block_on(lab::cli::run(args));
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("--servers")),
+        "{refused:?}"
+    );
 }
 
 /// `--help` documents every flag.

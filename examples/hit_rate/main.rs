@@ -2,10 +2,12 @@
 //!
 //! Replays an access log (Common or Combined Log Format, nginx's and Apache's default) or a
 //! synthetic stream (Zipf, or Zipf with one-hit scans) through [`MemcacheLayer`] against
-//! real memcached servers it starts itself, one per point of a sweep over memory sizes
-//! (`-m`) and lifetimes, and reports for each point the hit ratio, the byte hit ratio,
-//! the origin calls and memcached's own evictions, beside the ideal (an infinite cache
-//! with the same lifetime, computed from the trace).
+//! real memcached servers it starts itself (`--servers` per point), over a sweep of memory
+//! sizes (`-m`), lifetimes and near-tier sizes (`--near-cache`), and reports for each
+//! point the hit ratio, the byte hit ratio, the origin calls and memcached's own
+//! evictions, beside the ideal (an infinite cache with the same lifetime, computed from
+//! the trace), with the near tier's hits and the memcached operations per request and
+//! the busiest server's share of them.
 //!
 //! ```text
 //! cargo run --release --example hit_rate -- --log bench/hit_rate/sample-access.log

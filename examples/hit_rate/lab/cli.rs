@@ -14,7 +14,7 @@ use tower_memcache::cache::DEFAULT_MAX_ENTRY_SIZE;
 use super::memcached;
 use super::replay::Settings;
 use super::report::{self, TraceSummary};
-use super::sweep::{self, Axes, Point, Target};
+use super::sweep::{self, Axes, NearTier, Point, Target};
 use super::trace::{self, Synthetic, Trace};
 
 /// Room left in a memcached item for the key, the entry's metadata and headers, as the
@@ -24,14 +24,18 @@ const ENTRY_HEADROOM: u64 = 16 * 1024;
 /// Bounds on the command line, so one typo cannot ask for a day of replays.
 const MAX_POINTS_PER_AXIS: usize = 32;
 const MAX_REQUESTS: usize = 100_000_000;
+const MAX_SERVERS: usize = 16;
 
 /// The hit-rate lab: replays traffic through MemcacheLayer against real memcached servers
 /// of several sizes, and shows what each size buys.
 ///
-/// Each point of the sweep (every --lifetime with every --memory) starts a fresh memcached
-/// (`memcached -p PORT -l 127.0.0.1 -m MB -U 0`) on a free loopback port, replays the
-/// whole trace through the layer, reads memcached's `stats`, and stops it. Beside each
-/// point: the ideal, an infinite cache with the same lifetime, computed from the trace.
+/// Each point of the sweep (every --lifetime with every --near-cache and every --memory)
+/// starts --servers fresh memcached (`memcached -p PORT -l 127.0.0.1 -m MB -U 0`) on free
+/// loopback ports, replays the whole trace through the layer (with a fresh near tier of
+/// the point's size, if any), reads memcached's `stats`, and stops them. Beside each
+/// point: the ideal, an infinite cache with the same lifetime, computed from the trace;
+/// the near tier's hits; and the memcached operations per request (from the servers'
+/// own counters: keys for gets, commands otherwise) with the busiest server's share.
 /// Lifetimes are in the trace's clock (log timestamps, or --rate for synthetic streams),
 /// however fast the replay runs.
 ///
@@ -43,7 +47,10 @@ const MAX_REQUESTS: usize = 100_000_000;
         cargo run --release --example hit_rate -- --log bench/hit_rate/sample-access.log\n  \
         cargo run --release --example hit_rate -- --log access.log --memory 64,256,1024 \
         --lifetime 300,3600,86400 --csv sweep.csv\n  \
-        cargo run --release --example hit_rate -- --synthetic scan --lifetime 3600"
+        cargo run --release --example hit_rate -- --synthetic scan --lifetime 3600\n  \
+        cargo run --release --example hit_rate -- --keys 10000 --rate 50000 --timing \
+        --speedup 0.25 --requests 300000 --warmup 100000 --servers 2 --memory 64 \
+        --lifetime 3600 --near-cache off,8M,32M"
 )]
 pub struct Args {
     /// Replay this access log, in Common or Combined Log Format (nginx's and Apache's
@@ -168,6 +175,21 @@ pub struct Args {
     #[arg(long, value_name = "MB,...", value_delimiter = ',', default_values_t = [4u64, 8, 16, 32, 64, 128], help_heading = "Sweep")]
     pub memory: Vec<u64>,
 
+    /// Near-tier sizes to sweep, comma-separated: `off`, or a size in bytes with K, M or G
+    /// (powers of 1024), each optionally followed by its staleness bound with a time unit
+    /// (`8M,250ms`; default 1s): e.g. `off,1M,8M` or `off,8M,1s,8M,100ms`. Each point's
+    /// layer gets a fresh NearCache of that size (near hits are answered without
+    /// memcached). The staleness is in trace time with --timing (divided by --speedup, as
+    /// lifetimes are) and in wall time without it.
+    #[arg(
+        long,
+        value_name = "SIZE[,STALENESS],...",
+        default_value = "off",
+        value_parser = parse_near_list,
+        help_heading = "Sweep"
+    )]
+    pub near_cache: NearList,
+
     /// Cache lifetimes to sweep, seconds of trace time, comma-separated (0: nothing is
     /// stored).
     #[arg(long, value_name = "SECONDS,...", value_delimiter = ',', default_values_t = [60u64, 3600], help_heading = "Sweep")]
@@ -183,6 +205,11 @@ pub struct Args {
     /// its limit: memcached without slab classes; no memcached needed).
     #[arg(long, value_enum, default_value_t = BackendKind::Memcached, help_heading = "Cache")]
     pub backend: BackendKind,
+
+    /// memcached servers per point, each started with --memory: the layer's TcpBackend
+    /// spreads keys over them (ketama), and the `busiest` column says how evenly.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Cache")]
+    pub servers: usize,
 
     /// Use these running memcached servers (host:port, comma-separated) instead of
     /// starting one per point: no memory axis, evictions counted during each point.
@@ -220,6 +247,13 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 8, help_heading = "Replay")]
     pub concurrency: usize,
 
+    /// Count memcached operations (ops/req, busiest) only after this many requests, so
+    /// that a short run's cold fills do not hide the steady state; every other column
+    /// covers the whole run. The replay waits for the warm-up's requests and stores to
+    /// finish before reading the servers' stats.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Replay")]
+    pub warmup: usize,
+
     /// Time the origin takes per call, ms.
     #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Replay")]
     pub origin_latency_ms: u64,
@@ -256,6 +290,83 @@ pub struct Args {
     pub no_svg: bool,
 }
 
+/// `--near-cache`: the near-tier sizes to sweep (`None`: off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearList(pub Vec<Option<NearTier>>);
+
+/// The staleness of a `--near-cache` size given without one.
+pub const DEFAULT_NEAR_STALENESS: Duration = Duration::from_secs(1);
+
+/// `--near-cache off,1M,8M,250ms`: sizes (or `off`), each optionally followed by its
+/// staleness. A staleness needs a time unit (`ms`, `s`, `min`, `h`); `m` is a size (MiB).
+pub fn parse_near_list(text: &str) -> Result<NearList, String> {
+    let mut tiers: Vec<Option<NearTier>> = Vec::new();
+    // Whether the last token was a size still waiting for its staleness.
+    let mut open = false;
+    for token in text.split(',').map(str::trim) {
+        if token.is_empty() {
+            return Err(format!("{text:?}: an empty item"));
+        }
+        if !token.eq_ignore_ascii_case("off") && is_duration(token) {
+            let last = tiers.last_mut().and_then(Option::as_mut).filter(|_| open);
+            let Some(tier) = last else {
+                return Err(format!(
+                    "{token:?}: a staleness follows a size (`8M,{token}`)"
+                ));
+            };
+            let staleness =
+                humantime::parse_duration(token).map_err(|e| format!("{token:?}: {e}"))?;
+            tier.staleness_ms = u64::try_from(staleness.as_millis()).unwrap_or(u64::MAX);
+            open = false;
+            continue;
+        }
+        let bytes = if token.eq_ignore_ascii_case("off") {
+            0
+        } else {
+            parse_size(token)?
+        };
+        open = bytes > 0;
+        tiers.push((bytes > 0).then(|| NearTier {
+            bytes,
+            staleness_ms: DEFAULT_NEAR_STALENESS.as_millis() as u64,
+        }));
+    }
+    Ok(NearList(tiers))
+}
+
+/// Whether a `--near-cache` item is a duration: digits then a unit that is not a size's.
+fn is_duration(token: &str) -> bool {
+    let unit = token.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    !unit.is_empty()
+        && unit.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && !matches!(
+            unit.trim().to_ascii_lowercase().as_str(),
+            "b" | "k" | "kb" | "kib" | "m" | "mb" | "mib" | "g" | "gb" | "gib"
+        )
+}
+
+/// A byte count: digits, then optionally K, M or G (powers of 1024; "KiB", "KB" and "k"
+/// alike), as the proxy's `--near-cache` reads it. Four suffixes do not need a crate.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a size is digits, then K, M or G"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M or G)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
 /// `--synthetic`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SyntheticKind {
@@ -287,6 +398,11 @@ pub struct Setup {
     pub origin_latency_ms: u64,
     /// `None`: as fast as possible; else the speed-up over the trace's clock.
     pub timing_speedup: Option<f64>,
+    /// Requests before memcached operations are counted (`--warmup`).
+    pub warmup: usize,
+    /// The clock of the near tier's staleness bound: `trace` with `--timing`, `wall`
+    /// without.
+    pub near_staleness_clock: &'static str,
 }
 
 /// What a run produced.
@@ -314,6 +430,29 @@ fn check(args: &Args) -> Result<(), String> {
     }
     if let Some(&l) = args.lifetime.iter().find(|&&l| l > 365 * 86_400) {
         return bad(format!("--lifetime {l}: at most a year"));
+    }
+    let near = &args.near_cache.0;
+    if near.is_empty() || near.len() > MAX_POINTS_PER_AXIS {
+        return bad(format!("--near-cache: 1 to {MAX_POINTS_PER_AXIS} sizes"));
+    }
+    if let Some(tier) = near.iter().flatten().find(|t| t.bytes > 64 << 30) {
+        return bad(format!("--near-cache {} bytes: at most 64G", tier.bytes));
+    }
+    if let Some(tier) = near.iter().flatten().find(|t| t.staleness_ms > 86_400_000) {
+        return bad(format!(
+            "--near-cache staleness {} ms: at most a day",
+            tier.staleness_ms
+        ));
+    }
+    if !(1..=MAX_SERVERS).contains(&args.servers) {
+        return bad(format!("--servers: 1 to {MAX_SERVERS}"));
+    }
+    if args.servers > 1 && (args.memcache.is_some() || args.backend == BackendKind::Memory) {
+        return bad(
+            "--servers: only for the memcached servers the lab starts (not with --memcache \
+             or --backend memory)"
+                .into(),
+        );
     }
     if !(0.001..=1_000_000.0).contains(&args.speedup) {
         return bad(format!("--speedup {}: 0.001 to 1000000", args.speedup));
@@ -436,11 +575,20 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
             let version = memcached::version(&args.memcached_bin)?;
             (
                 Target::Spawn {
+                    servers: args.servers,
                     binary: args.memcached_bin.clone(),
                     item_size_kb: args.item_size_kb,
                     extra_args,
+                    ports: Arc::default(),
                 },
-                format!("{version}, a fresh server per point"),
+                if args.servers == 1 {
+                    format!("{version}, a fresh server per point")
+                } else {
+                    format!(
+                        "{version}, {} fresh servers per point (each -m of the point)",
+                        args.servers
+                    )
+                },
             )
         }
     };
@@ -451,6 +599,13 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
             trace.label
         ));
     }
+    if args.warmup >= trace.requests.len() {
+        return Err(format!(
+            "--warmup {}: the trace has only {} requests",
+            args.warmup,
+            trace.requests.len()
+        ));
+    }
     let summary = TraceSummary::new(&trace, max_entry);
     let settings = Settings {
         concurrency: args.concurrency,
@@ -458,6 +613,7 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
         timing: args.timing.then_some(args.speedup),
         max_entry,
         backend_timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        warmup: args.warmup,
     };
     let setup = Setup {
         cache,
@@ -465,9 +621,16 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
         concurrency: settings.concurrency,
         origin_latency_ms: args.origin_latency_ms,
         timing_speedup: settings.timing,
+        warmup: args.warmup,
+        near_staleness_clock: if settings.timing.is_some() {
+            "trace"
+        } else {
+            "wall"
+        },
     };
     let axes = Axes {
         lifetimes_s: args.lifetime.clone(),
+        near: args.near_cache.0.clone(),
         memory_mb: match target {
             Target::Spawn { .. } | Target::Memory => {
                 args.memory.iter().copied().map(Some).collect()
@@ -479,7 +642,7 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
 
     print!("{}", summary.describe());
     println!(
-        "setup     {}; entries up to {} B; concurrency {}; origin latency {} ms; {}",
+        "setup     {}; entries up to {} B; concurrency {}; origin latency {} ms; {}{}",
         setup.cache,
         setup.max_entry_bytes,
         setup.concurrency,
@@ -487,8 +650,24 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
         match settings.timing {
             Some(speedup) => format!("trace timing at {speedup}x"),
             None => "as fast as possible".into(),
+        },
+        if args.warmup > 0 {
+            format!(
+                "; memcached operations counted after {} requests",
+                args.warmup
+            )
+        } else {
+            String::new()
         }
     );
+    let near_on = specs.iter().any(|spec| spec.near.is_some());
+    if near_on && settings.timing.is_none() {
+        println!(
+            "note      the near tier's staleness bound is wall time here: without --timing the \
+             replay runs as fast as it can, so one bound covers more requests than at --rate \
+             (or the log's pace); add --timing for a bound in trace time"
+        );
+    }
     println!();
     println!("{}", report::table_header());
 
@@ -496,10 +675,11 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
     let mut points = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         progress.set_message(format!(
-            "point {}/{}: lifetime {}{}",
+            "point {}/{}: lifetime {}, near tier {}{}",
             i + 1,
             specs.len(),
             report::duration(spec.lifetime_s as f64),
+            report::near_label(spec.near),
             spec.memory_mb
                 .map(|m| format!(", {m} MB"))
                 .unwrap_or_default()

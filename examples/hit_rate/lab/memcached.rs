@@ -18,17 +18,25 @@ pub struct Server {
 
 impl Server {
     /// Starts `binary -p PORT -l 127.0.0.1 -m MEMORY_MB -U 0 [-I ITEM_SIZE] [EXTRA...]` and
-    /// waits until it accepts connections.
+    /// waits until it accepts connections. `PORT` is `preferred` when it is free (the
+    /// sweep gives each point's servers the ports of the point before: the client's
+    /// ketama ring hashes `host:port`, so the same ports spread keys the same way), else
+    /// any free port.
     pub async fn start(
         binary: &str,
         memory_mb: u64,
         item_size_kb: Option<u64>,
         extra: &[String],
+        preferred: Option<u16>,
     ) -> Result<Self, String> {
         let mut last_error = String::new();
+        let mut preferred = preferred.filter(|&port| port_is_free(port));
         // A port free a moment ago can be taken before memcached binds it: try again.
         for _ in 0..10 {
-            let port = free_port()?;
+            let port = match preferred.take() {
+                Some(port) => port,
+                None => free_port()?,
+            };
             match Self::spawn(binary, port, memory_mb, item_size_kb, extra).await {
                 Ok(server) => return Ok(server),
                 Err(Spawn::Fatal(message)) => return Err(message),
@@ -113,6 +121,11 @@ impl Server {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 impl Drop for Server {
@@ -176,6 +189,10 @@ fn drain(child: &mut Child) -> Arc<Mutex<Vec<u8>>> {
         });
     }
     tail
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 fn free_port() -> Result<u16, String> {

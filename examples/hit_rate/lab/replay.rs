@@ -17,6 +17,13 @@
 //! is `lifetime` of wall time (divided by the speed-up with `--timing`), so it never
 //! expires an entry the trace still holds fresh unless the replay runs slower than the
 //! trace did. The ideal line (`trace::ideal`) applies the same rule without evictions.
+//!
+//! **The near tier** (`--near-cache`) is the crate's `NearCache`, given to the layer (and
+//! so to its purger: an expiry delete also drops the entry from the tier, as memcached's
+//! own expiry would make the next re-check miss). Its staleness bound is a wall-clock
+//! bound (it reads `Instant`), so it is given the trace-time bound divided by the
+//! speed-up with `--timing`; as fast as possible, it is wall time, and the replay's own
+//! speed decides how many requests one bound covers.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -31,8 +38,8 @@ use indicatif::ProgressBar;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower::{ServiceExt, service_fn};
-use tower_memcache::backend::Backend;
-use tower_memcache::cache::{MemcacheLayer, StatsSnapshot};
+use tower_memcache::backend::{Backend, ServerStats};
+use tower_memcache::cache::{MemcacheLayer, NearCache, StatsSnapshot};
 
 use super::trace::{LAB_STATUSES, Trace};
 
@@ -59,6 +66,20 @@ pub struct Settings {
     pub max_entry: u64,
     /// Timeout of lookups (layer) and of each memcached operation (backend).
     pub backend_timeout: Duration,
+    /// Requests after which the servers' stats are read again (0: only before), so that
+    /// memcached operations can be counted without the cold start.
+    pub warmup: usize,
+}
+
+/// Where a replay stood after its warm-up requests.
+#[derive(Debug, Clone)]
+pub struct WarmUp {
+    /// Requests answered by then (the warm-up).
+    pub requests: u64,
+    /// Entries the replay had expired by then.
+    pub expired: u64,
+    /// The servers' stats then.
+    pub stats: Vec<ServerStats>,
 }
 
 /// What one replay measured.
@@ -86,14 +107,18 @@ pub struct Measured {
     pub p99: Duration,
     /// With `--timing`: the furthest a request was sent behind its schedule.
     pub max_lag: Duration,
+    /// With a warm-up: where the replay stood after it.
+    pub warm: Option<WarmUp>,
 }
 
-/// Sends the whole trace through a fresh layer over `backend`.
+/// Sends the whole trace through a fresh layer over `backend`, with `near` in front of it
+/// if given.
 pub async fn replay<B: Backend>(
     backend: B,
     namespace: String,
     trace: &Arc<Trace>,
     lifetime: Duration,
+    near: Option<NearCache>,
     settings: &Settings,
     progress: &ProgressBar,
 ) -> Result<Measured, String> {
@@ -102,12 +127,16 @@ pub async fn replay<B: Backend>(
         Some(speedup) => lifetime.div_f64(speedup),
         None => lifetime,
     };
-    let layer = MemcacheLayer::new(backend)
+    let mut layer = MemcacheLayer::new(backend.clone())
         .namespace(namespace)
         .default_lifetime(wall_lifetime)
         .statuses(LAB_STATUSES)
         .max_entry_size(usize::try_from(settings.max_entry).unwrap_or(usize::MAX))
         .lookup_timeout(settings.backend_timeout);
+    if let Some(near) = near {
+        // The purger below comes from this layer: the lab's expiry deletes reach the tier.
+        layer = layer.near_cache(near);
+    }
     let stats = layer.stats();
     let background = layer.background();
     let purger = layer.purger();
@@ -205,6 +234,27 @@ pub async fn replay<B: Backend>(
             } else {
                 measured.max_lag = measured.max_lag.max(now - due);
             }
+        }
+        if index == settings.warmup && index > 0 {
+            // Everything before has landed (answers and stores): read the servers now.
+            while let Some(result) = tasks.join_next().await {
+                absorb(result, &mut measured, &mut latencies)?;
+            }
+            if tokio::time::timeout(Duration::from_secs(10), background.idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!("background stores still running after 10 s of warm-up");
+            }
+            let stats = backend
+                .stats()
+                .await
+                .map_err(|e| format!("memcached stats after the warm-up: {e}"))?;
+            measured.warm = Some(WarmUp {
+                requests: measured.requests,
+                expired: measured.expired,
+                stats,
+            });
         }
         // A permit first: with one request in flight, the one before has finished its
         // lookup when this one's expiries run.

@@ -1,28 +1,70 @@
 //! The sweep: every combination of the axes is a point, and each point is one replay of
 //! the trace against a fresh cache.
 //!
-//! **Adding an axis** (the near tier's size, next): a field in [`PointSpec`], a loop in
-//! [`Axes::points`], its use where [`run_point`] builds the cache (through
-//! `replay::replay`'s layer), a flag in `cli.rs`, and a column in `report::COLUMNS` (the
-//! table, CSV and JSON follow from it; the chart draws one line per value of the other
-//! axes, see `report::write_svg`).
+//! **Adding an axis**: a field in [`PointSpec`], a loop in [`Axes::points`], its use where
+//! [`run_point`] builds the cache (through `replay::replay`'s layer), a flag in `cli.rs`,
+//! and a column in `report::COLUMNS` (the table, CSV and JSON follow from it; the chart
+//! draws one line per value of the other axes, see `report::write_svg`). The near tier's
+//! size went in that way.
+//!
+//! **memcached operations.** Each point reads every server's `stats` before and after the
+//! replay and counts, per server, the change in
+//! `cmd_get + cmd_set + cmd_touch + cmd_flush + delete_hits + delete_misses + incr_hits +
+//! incr_misses + decr_hits + decr_misses` ([`OPERATION_STATS`]). That is memcached's own
+//! accounting: `cmd_get` counts **keys** (a lookup is one multi-get of two keys, the entry
+//! and the namespace generation, so it counts 2), `cmd_set` counts every storage command
+//! (`set`, `add`, `cas`, ...; `cas_*` are a subset of it and are not added again),
+//! `touch_*` likewise within `cmd_touch`. The deletes the lab itself sends to expire
+//! entries in trace time (one per server per expired entry, standing for memcached's own
+//! expiry, which costs no command) are taken off.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::ProgressBar;
 use serde::Serialize;
-use tower_memcache::backend::{Backend, MemoryBackend, TcpBackend};
+use tower_memcache::backend::{Backend, MemoryBackend, ServerStats, TcpBackend};
+use tower_memcache::cache::NearCache;
 
 use super::memcached;
 use super::replay::{self, Measured, Settings};
 use super::trace::{self, Trace};
+
+/// The stats whose changes are counted as memcached operations (see the module's doc).
+pub const OPERATION_STATS: [&str; 10] = [
+    "cmd_get",
+    "cmd_set",
+    "cmd_touch",
+    "cmd_flush",
+    "delete_hits",
+    "delete_misses",
+    "incr_hits",
+    "incr_misses",
+    "decr_hits",
+    "decr_misses",
+];
+
+/// A near tier in front of memcached (`--near-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NearTier {
+    /// Its bound in bytes (`NearCache::new`'s `max_bytes`).
+    #[serde(rename = "near_bytes")]
+    pub bytes: u64,
+    /// How long after its lookup an entry may be answered from it, ms of trace time (of
+    /// wall time without `--timing`).
+    #[serde(rename = "near_staleness_ms")]
+    pub staleness_ms: u64,
+}
 
 /// The values of every axis at one point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PointSpec {
     /// Cache lifetime, seconds of trace time.
     pub lifetime_s: u64,
+    /// The near tier, if any (`near_bytes` and `near_staleness_ms` in JSON, absent when
+    /// off).
+    #[serde(flatten)]
+    pub near: Option<NearTier>,
     /// memcached's `-m` (or the in-memory backend's limit); `None` for running servers.
     pub memory_mb: Option<u64>,
 }
@@ -32,20 +74,26 @@ pub struct PointSpec {
 pub struct Axes {
     /// `--lifetime`.
     pub lifetimes_s: Vec<u64>,
+    /// `--near-cache` (a single `None`: no near tier).
+    pub near: Vec<Option<NearTier>>,
     /// `--memory`, or a single `None`.
     pub memory_mb: Vec<Option<u64>>,
 }
 
 impl Axes {
-    /// Every combination, lifetime outermost (the table groups rows by lifetime).
+    /// Every combination, lifetime outermost, then the near tier (the table groups rows by
+    /// both; memory innermost, the chart's x axis).
     pub fn points(&self) -> Vec<PointSpec> {
         let mut points = Vec::new();
         for &lifetime_s in &self.lifetimes_s {
-            for &memory_mb in &self.memory_mb {
-                points.push(PointSpec {
-                    lifetime_s,
-                    memory_mb,
-                });
+            for &near in &self.near {
+                for &memory_mb in &self.memory_mb {
+                    points.push(PointSpec {
+                        lifetime_s,
+                        near,
+                        memory_mb,
+                    });
+                }
             }
         }
         points
@@ -55,14 +103,19 @@ impl Axes {
 /// Where the cache lives.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A memcached the lab starts for each point, with the point's memory.
+    /// memcached servers the lab starts for each point, each with the point's memory.
     Spawn {
+        /// How many (`--servers`); the layer's `TcpBackend` spreads keys over them.
+        servers: usize,
         /// The memcached binary.
         binary: String,
         /// `-I` in KiB, when not memcached's default.
         item_size_kb: Option<u64>,
         /// More arguments (`--memcached-args`).
         extra_args: Vec<String>,
+        /// The ports of the last point's servers, tried first for the next point's (the
+        /// same ring, so that the busiest server's share compares across points).
+        ports: Arc<Mutex<Vec<u16>>>,
     },
     /// Servers already running (`--memcache`), shared by every point.
     Running {
@@ -115,6 +168,25 @@ pub struct Point {
     pub backend_errors: u64,
     /// Entries purged because they expired in trace time.
     pub expired: u64,
+    /// Hits answered from the near tier, without asking memcached (also in `hits`).
+    pub near_hits: u64,
+    /// `near_hits / requests`.
+    pub near_hit_ratio: f64,
+    /// The near tier's bytes at the end (`NearCache::weight`); `None` without one.
+    pub near_weight: Option<u64>,
+    /// The near tier's URLs at the end (`NearCache::entries`).
+    pub near_entries: Option<u64>,
+    /// memcached servers.
+    pub servers: usize,
+    /// memcached operations during the replay (after its `--warmup` requests), summed over
+    /// the servers (see the module's doc for what counts: keys for gets, commands
+    /// otherwise).
+    pub memcached_ops: Option<u64>,
+    /// `memcached_ops / requests` (both after `--warmup`).
+    pub ops_per_request: Option<f64>,
+    /// The busiest server's share of `memcached_ops` (its operations over the sum; 1 with
+    /// one server).
+    pub busiest_share: Option<f64>,
     /// Wall time of the replay.
     pub seconds: f64,
     /// Requests per second of wall time.
@@ -143,6 +215,30 @@ pub async fn run_point(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros())
     );
+    // A fresh tier per point. Its staleness is in trace time like the lifetimes: with
+    // `--timing` the wall bound is divided by the speed-up; without, it is wall time.
+    let near = spec.near.map(|tier| {
+        let staleness = Duration::from_millis(tier.staleness_ms);
+        let staleness = match settings.timing {
+            Some(speedup) => staleness.div_f64(speedup),
+            None => staleness,
+        };
+        NearCache::new(tier.bytes, staleness)
+    });
+    // One replay over a backend of any type (a closure would fix one).
+    macro_rules! replay {
+        ($backend:expr) => {
+            replay::replay(
+                $backend,
+                namespace.clone(),
+                trace,
+                lifetime,
+                near.clone(),
+                settings,
+                progress,
+            )
+        };
+    }
     let (measured, counts) = match target {
         Target::Memory => {
             let mut builder = MemoryBackend::builder();
@@ -150,41 +246,48 @@ pub async fn run_point(
                 builder = builder.memory_limit(usize::try_from(mb << 20).unwrap_or(usize::MAX));
             }
             let backend = builder.build();
-            let measured = replay::replay(
-                backend.clone(),
-                namespace,
-                trace,
-                lifetime,
-                settings,
-                progress,
-            )
-            .await?;
-            let counts = server_counts(&backend, &[]).await?;
-            (measured, Some(counts))
+            let before = operations(&backend).await?;
+            let measured = replay!(backend.clone()).await?;
+            let (before, lab_deletes) = window(&measured, before);
+            let counts = server_counts(&backend, &[], &before, lab_deletes).await?;
+            (measured, counts)
         }
         Target::Spawn {
+            servers,
             binary,
             item_size_kb,
             extra_args,
+            ports,
         } => {
             let memory_mb = spec
                 .memory_mb
                 .ok_or("a spawned memcached needs a memory size")?;
-            let server =
-                memcached::Server::start(binary, memory_mb, *item_size_kb, extra_args).await?;
-            let backend = tcp_backend(&server.addr(), settings)?;
-            let measured = replay::replay(
-                backend.clone(),
-                namespace,
-                trace,
-                lifetime,
-                settings,
-                progress,
-            )
-            .await?;
-            let counts = server_counts(&backend, &[server.addr()]).await?;
-            drop(server);
-            (measured, Some(counts))
+            let last = ports.lock().map(|p| p.clone()).unwrap_or_default();
+            let mut started = Vec::with_capacity(*servers);
+            for i in 0..*servers {
+                let preferred = last.get(i).copied();
+                started.push(
+                    memcached::Server::start(
+                        binary,
+                        memory_mb,
+                        *item_size_kb,
+                        extra_args,
+                        preferred,
+                    )
+                    .await?,
+                );
+            }
+            if let Ok(mut ports) = ports.lock() {
+                *ports = started.iter().map(memcached::Server::port).collect();
+            }
+            let addrs: Vec<String> = started.iter().map(memcached::Server::addr).collect();
+            let backend = tcp_backend(&addrs.join(","), settings)?;
+            let before = operations(&backend).await?;
+            let measured = replay!(backend.clone()).await?;
+            let (before, lab_deletes) = window(&measured, before);
+            let counts = server_counts(&backend, &addrs, &before, lab_deletes).await?;
+            drop(started);
+            (measured, counts)
         }
         Target::Running { servers } => {
             let backend = tcp_backend(servers, settings)?;
@@ -194,31 +297,26 @@ pub async fn run_point(
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
-            let before = server_counts(&backend, &addrs).await?;
-            let measured = replay::replay(
-                backend.clone(),
-                namespace,
-                trace,
-                lifetime,
-                settings,
-                progress,
-            )
-            .await?;
-            let mut counts = server_counts(&backend, &addrs).await?;
-            counts.evictions = counts.evictions.saturating_sub(before.evictions);
-            (measured, Some(counts))
+            let before = operations(&backend).await?;
+            let evictions_before = server_counts(&backend, &addrs, &before, 0).await?.evictions;
+            let measured = replay!(backend.clone()).await?;
+            let (before, lab_deletes) = window(&measured, before);
+            let mut counts = server_counts(&backend, &addrs, &before, lab_deletes).await?;
+            counts.evictions = counts.evictions.saturating_sub(evictions_before);
+            (measured, counts)
         }
     };
     let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
     let ideal = trace::ideal(trace, lifetime_ms, settings.max_entry);
-    Ok(point(spec, &measured, ideal, counts))
+    Ok(point(spec, &measured, ideal, counts, near.as_ref()))
 }
 
 fn point(
     spec: PointSpec,
     m: &Measured,
     ideal: trace::Ideal,
-    counts: Option<ServerCounts>,
+    counts: ServerCounts,
+    near: Option<&NearCache>,
 ) -> Point {
     let ratio = |part: u64, whole: u64| {
         if whole == 0 {
@@ -240,12 +338,25 @@ fn point(
         ideal_byte_hit_ratio: ratio(ideal.hit_bytes, m.bytes),
         origin_calls: m.origin_calls,
         ideal_origin_calls: m.requests.saturating_sub(ideal.hits),
-        evictions: counts.map(|c| c.evictions),
-        items: counts.map(|c| c.items),
-        malloced_mb: counts.map(|c| c.malloced as f64 / (1024.0 * 1024.0)),
+        evictions: Some(counts.evictions),
+        items: Some(counts.items),
+        malloced_mb: Some(counts.malloced as f64 / (1024.0 * 1024.0)),
         store_failures: m.stats.store_failures,
         backend_errors: m.stats.backend_errors,
         expired: m.expired,
+        near_hits: m.stats.near_hits,
+        near_hit_ratio: ratio(m.stats.near_hits, m.requests),
+        near_weight: near.map(NearCache::weight),
+        near_entries: near.map(|n| n.entries() as u64),
+        servers: counts.servers,
+        memcached_ops: counts.ops.map(|(sum, _)| sum),
+        ops_per_request: counts.ops.map(|(sum, _)| {
+            ratio(
+                sum,
+                m.requests - m.warm.as_ref().map_or(0, |warm| warm.requests),
+            )
+        }),
+        busiest_share: counts.ops.map(|(sum, max)| ratio(max, sum)),
         seconds,
         requests_per_s: if seconds > 0.0 {
             m.requests as f64 / seconds
@@ -266,17 +377,65 @@ fn tcp_backend(servers: &str, settings: &Settings) -> Result<TcpBackend, String>
         .map_err(|e| format!("memcached {servers}: {e}"))
 }
 
+/// Where memcached operations are counted from: the servers' stats after the warm-up if
+/// there was one (else `before`), and the lab's expiry deletes on each server since.
+fn window(measured: &Measured, before: Operations) -> (Operations, u64) {
+    match &measured.warm {
+        Some(warm) => (
+            operations_of(&warm.stats),
+            measured.expired.saturating_sub(warm.expired),
+        ),
+        None => (before, measured.expired),
+    }
+}
+
 /// What memcached says about itself, summed over the servers.
 #[derive(Debug, Clone, Copy)]
 struct ServerCounts {
+    servers: usize,
     evictions: u64,
     items: u64,
     malloced: u64,
+    /// memcached operations during the replay: the sum over servers, and the busiest
+    /// server's. `None` when a server did not report them.
+    ops: Option<(u64, u64)>,
 }
 
-/// `evictions` and `curr_items` (read with the backend's `stats`) and `total_malloced`
-/// (`stats slabs`, on a connection of its own to each of `addrs`).
-async fn server_counts(backend: &impl Backend, addrs: &[String]) -> Result<ServerCounts, String> {
+/// Each server's operations so far ([`OPERATION_STATS`] summed), by server name; `None`
+/// for a server that lacks one of them.
+type Operations = Vec<(String, Option<u64>)>;
+
+fn operations_of(stats: &[ServerStats]) -> Operations {
+    stats
+        .iter()
+        .map(|server| {
+            let ops = OPERATION_STATS
+                .iter()
+                .map(|name| server.get_u64(name))
+                .try_fold(0u64, |sum, value| Some(sum.saturating_add(value?)));
+            (server.server.clone(), ops)
+        })
+        .collect()
+}
+
+/// The servers' operations before a replay.
+async fn operations(backend: &impl Backend) -> Result<Operations, String> {
+    let stats = backend
+        .stats()
+        .await
+        .map_err(|e| format!("memcached stats: {e}"))?;
+    Ok(operations_of(&stats))
+}
+
+/// `evictions` and `curr_items` (read with the backend's `stats`), `total_malloced`
+/// (`stats slabs`, on a connection of its own to each of `addrs`), and the operations
+/// since `before`, less `lab_deletes` on each server (the lab's expiry deletes).
+async fn server_counts(
+    backend: &impl Backend,
+    addrs: &[String],
+    before: &Operations,
+    lab_deletes: u64,
+) -> Result<ServerCounts, String> {
     let stats = backend
         .stats()
         .await
@@ -295,9 +454,21 @@ async fn server_counts(backend: &impl Backend, addrs: &[String]) -> Result<Serve
             .and_then(|(_, value)| value.parse::<u64>().ok())
             .unwrap_or(0);
     }
+    let per_server: Option<Vec<u64>> = operations_of(&stats)
+        .into_iter()
+        .map(|(server, after)| {
+            let before = before
+                .iter()
+                .find(|(name, _)| *name == server)
+                .map_or(Some(0), |(_, ops)| *ops);
+            Some(after?.saturating_sub(before?).saturating_sub(lab_deletes))
+        })
+        .collect();
     Ok(ServerCounts {
+        servers: stats.len(),
         evictions: sum("evictions"),
         items: sum("curr_items"),
         malloced,
+        ops: per_server.map(|ops| (ops.iter().sum(), ops.iter().copied().max().unwrap_or(0))),
     })
 }
