@@ -71,12 +71,30 @@ struct Inner {
     capacity: u64,
     max_entry: u64,
     max_staleness: Duration,
-    /// Taken shared by insertions, exclusively by purges: an insertion checks `changes`
-    /// and inserts as one step with respect to a purge's bump-and-remove.
+    /// Taken shared by insertions, exclusively by purges: an insertion checks the change
+    /// counters and inserts as one step with respect to a purge's bump-and-remove.
     fence: RwLock<()>,
-    /// Bumped by every purge, invalidation and store of this process: a lookup that
-    /// started before one may have read what it removed.
-    changes: AtomicU64,
+    /// Bumped by every purge, invalidation and store of this process of a key of the
+    /// stripe: a lookup of such a key that started before one may have read what it
+    /// removed. Striped, so that a store of one URL does not refuse what lookups of
+    /// every other URL found meanwhile.
+    changes: Box<[AtomicU64]>,
+    /// Bumped by every tag, namespace and whole purge: they concern every key.
+    cleared: AtomicU64,
+}
+
+/// Stripes of the change counters.
+const STRIPES: usize = 64;
+
+/// The stripe of a key (a primary key is an md5 in hex: any of its bytes will do, a few
+/// mixed are cheap and spread better).
+fn stripe(key: &str) -> usize {
+    let hash = key
+        .bytes()
+        .rev()
+        .take(8)
+        .fold(0usize, |hash, byte| hash.rotate_left(5) ^ usize::from(byte));
+    hash % STRIPES
 }
 
 /// What the near tier holds for one URL (its primary key): its entry, or the variants of
@@ -107,6 +125,7 @@ impl Weighter<Box<str>, Arc<Slot>> for ByBytes {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Mark {
     changes: u64,
+    cleared: u64,
     at: Instant,
 }
 
@@ -166,7 +185,8 @@ impl NearCache {
                 max_entry,
                 max_staleness,
                 fence: RwLock::new(()),
-                changes: AtomicU64::new(0),
+                changes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                cleared: AtomicU64::new(0),
             }),
         }
     }
@@ -196,10 +216,11 @@ impl NearCache {
         self.inner.slots.weight()
     }
 
-    /// Where this tier's history stands, before a lookup.
-    pub(crate) fn mark(&self) -> Mark {
+    /// Where this tier's history stands for `key`, before a lookup of it.
+    pub(crate) fn mark(&self, key: &str) -> Mark {
         Mark {
-            changes: self.inner.changes.load(Ordering::SeqCst),
+            changes: self.inner.changes[stripe(key)].load(Ordering::SeqCst),
+            cleared: self.inner.cleared.load(Ordering::SeqCst),
             at: Instant::now(),
         }
     }
@@ -235,7 +256,9 @@ impl NearCache {
             checked: mark.at,
         };
         let fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
-        if self.inner.changes.load(Ordering::SeqCst) != mark.changes {
+        if self.inner.changes[stripe(key)].load(Ordering::SeqCst) != mark.changes
+            || self.inner.cleared.load(Ordering::SeqCst) != mark.cleared
+        {
             return;
         }
         let mut all = vec![kept];
@@ -276,14 +299,14 @@ impl NearCache {
     /// from now on the tier answers nothing it held for the URL.
     pub(crate) fn forget(&self, key: &str) {
         let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
-        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.changes[stripe(key)].fetch_add(1, Ordering::SeqCst);
         self.inner.slots.remove(key);
     }
 
     /// A purge of the tag `tag` by this process: every URL holding an entry with it goes.
     pub(crate) fn forget_tag(&self, tag: &str) {
         let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
-        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.cleared.fetch_add(1, Ordering::SeqCst);
         self.inner.slots.retain(|_, slot| {
             !slot
                 .kept
@@ -295,7 +318,7 @@ impl NearCache {
     /// A purge of the namespace (or everything) by this process.
     pub(crate) fn forget_all(&self) {
         let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
-        self.inner.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.cleared.fetch_add(1, Ordering::SeqCst);
         self.inner.slots.clear();
     }
 }
@@ -408,7 +431,7 @@ mod tests {
         let near = NearCache::new(1 << 20, Duration::from_millis(50));
         let entry = bare_entry();
         let canonical = entry.meta.canonical_key.clone();
-        near.keep("k", &entry, false, near.mark());
+        near.keep("k", &entry, false, near.mark("k"));
         let headers = HeaderMap::new();
         assert!(near.get("k", &canonical, &headers).is_some());
         assert!(near.get("k", "another", &headers).is_none());
@@ -421,13 +444,28 @@ mod tests {
         let near = NearCache::new(1 << 20, Duration::from_secs(5));
         let entry = bare_entry();
         let canonical = entry.meta.canonical_key.clone();
-        let mark = near.mark();
-        near.forget("other");
+        let mark = near.mark("k");
+        near.forget("k");
         near.keep("k", &entry, false, mark);
         assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
-        near.keep("k", &entry, false, near.mark());
+        // A purge of another URL (in another stripe) does not refuse it.
+        let other = (0..100)
+            .map(|i| format!("other{i}"))
+            .find(|other| stripe(other) != stripe("k"))
+            .unwrap();
+        let mark = near.mark("k");
+        near.forget(&other);
+        near.keep("k", &entry, false, mark);
         assert!(near.get("k", &canonical, &HeaderMap::new()).is_some());
-        near.forget_all();
+        // A tag or namespace purge concerns every key.
+        for purge in [NearCache::forget_all as fn(&NearCache), |near| {
+            near.forget_tag("t")
+        }] {
+            let mark = near.mark("k");
+            purge(&near);
+            near.keep("k", &entry, false, mark);
+            assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
+        }
         assert_eq!(near.entries(), 0);
     }
 
@@ -437,7 +475,8 @@ mod tests {
         let mut entry = bare_entry();
         entry.body = Bytes::from(vec![b'x'; 1000]);
         for i in 0..1000 {
-            near.keep(&format!("k{i}"), &entry, false, near.mark());
+            let key = format!("k{i}");
+            near.keep(&key, &entry, false, near.mark(&key));
         }
         assert!(near.entries() > 0);
         assert!(near.weight() <= near.capacity(), "{near:?}");

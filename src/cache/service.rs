@@ -438,7 +438,7 @@ where
                     return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
                 }
             }
-            near_mark = Some((near, near.mark()));
+            near_mark = Some((near, near.mark(&plan.key)));
         }
         let (found, detail) = if plan.from_cache {
             match shared
