@@ -251,6 +251,10 @@ impl NearCache {
         if self.inner.max_staleness.is_zero() {
             return;
         }
+        // Too heavy to keep: known before copying it.
+        if weight_of(entry) > self.inner.max_entry {
+            return;
+        }
         let kept = Kept {
             entry: Arc::new(detached(entry)),
             checked: mark.at,

@@ -572,7 +572,9 @@ impl<B: Backend> Storage<B> {
         let tagged = !tags.is_empty() || !meta.tags.is_empty();
         let checked = SystemTime::now();
         let (outcome, tags_checked) = self.store_checked(to, meta, body, tags, ttl).await;
-        if let (Some(near), StoreOutcome::Stored) = (&self.near, outcome) {
+        // Whatever the outcome: a store that failed half way (an index written, its variant
+        // refused) or whose reply was lost may have changed memcached all the same.
+        if let Some(near) = &self.near {
             near.forget(&to.key);
         }
         let cutoff = match outcome {

@@ -1,0 +1,296 @@
+//! The near tier tried as an adversarial reviewer did: stores that fail half way or whose
+//! reply is lost (memcached changed, the near tier must not keep the old response), a
+//! purge racing lookups in flight, and sizes that could panic. The first two failed before
+//! `Storage::store` made the tier forget whatever the store's outcome.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use support::{Answer, Watch};
+use tower::ServiceExt;
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{
+    Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend, ServerStats,
+};
+use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
+
+const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
+
+type Svc =
+    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+
+/// The origin: `/page` without Vary at version 0; from version 1 on it varies on
+/// Accept-Encoding and (with `pad`) carries a header large enough that the encoded entry
+/// exceeds memcached's item size.
+#[derive(Clone, Default)]
+struct Origin {
+    version: Arc<AtomicU64>,
+    pad: Arc<AtomicBool>,
+}
+
+impl Origin {
+    fn respond(&self, request: &Request<()>) -> Response<Full<Bytes>> {
+        let version = self.version.load(Ordering::SeqCst);
+        let path = request.uri().path();
+        let body = format!("{path} v{version}");
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        let headers = response.headers_mut();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+        headers.insert("surrogate-key", HeaderValue::from_static("news"));
+        if version >= 1 && path == "/varies-later" {
+            headers.insert("vary", HeaderValue::from_static("accept-encoding"));
+        }
+        if self.pad.load(Ordering::SeqCst) {
+            // 1.1 MB of header: the entry's encoding exceeds the 1 MiB item size.
+            let pad = "p".repeat(1_100_000);
+            headers.insert("x-pad", HeaderValue::from_str(&pad).unwrap());
+        }
+        response
+    }
+}
+
+fn layer<B: Backend>(backend: B, near: &NearCache) -> MemcacheLayer<B> {
+    MemcacheLayer::new(backend)
+        .namespace("review")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")))
+        .near_cache(near.clone())
+}
+
+fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
+    let origin = origin.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |request: Request<()>| {
+            let response = origin.respond(&request);
+            async move { Ok::<_, Infallible>(response) }
+        });
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
+async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://site.example{path}"))
+        .body(())
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    let response = svc.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn warm(svc: &Svc, watch: &Watch, path: &str) {
+    send(svc, Method::GET, path, &[]).await;
+    watch.settled().await;
+    send(svc, Method::GET, path, &[]).await; // from memcached: kept
+    let near = send(svc, Method::GET, path, &[]).await;
+    assert_eq!(near.header("cache-status"), Some(NEAR_HIT), "warm {path}");
+}
+
+/// A no-cache refresh by this process whose response now varies: the store replaces the
+/// URL's plain entry with a variant index (CAS, succeeds), then writes the variant, which
+/// memcached refuses (too large). memcached no longer holds the old response (a lookup is
+/// a vary miss and goes to the origin); the near tier keeps answering it.
+async fn a_half_done_store_does_not_leave_the_old_response_in_the_near_tier<B: Backend>(
+    backend: B,
+) {
+    let origin = Origin::default();
+    let near = NearCache::new(16 << 20, Duration::from_secs(30));
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    warm(&svc, &watch, "/varies-later").await;
+    origin.version.store(1, Ordering::SeqCst);
+    origin.pad.store(true, Ordering::SeqCst);
+    let refreshed = send(
+        &svc,
+        Method::GET,
+        "/varies-later",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(refreshed.body, "/varies-later v1");
+    watch.settled().await;
+    // What memcached says now: another process (no near tier of its own here) misses.
+    let elsewhere = MemcacheLayer::new(backend)
+        .namespace("review")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let other = service(&elsewhere, &origin);
+    let from_memcached = send(&other, Method::GET, "/varies-later", &[]).await;
+    assert_eq!(
+        from_memcached.body, "/varies-later v1",
+        "memcached no longer holds v0"
+    );
+    // This process, through its near tier.
+    let here_now = send(&svc, Method::GET, "/varies-later", &[]).await;
+    assert_eq!(
+        here_now.body,
+        "/varies-later v1",
+        "the near tier answers what this process's store replaced in memcached ({})",
+        here_now.header("cache-status").unwrap_or("")
+    );
+}
+
+on_every_backend!("near_tier_adversarial";
+    a_half_done_store_does_not_leave_the_old_response_in_the_near_tier,
+);
+
+/// MemoryBackend whose next `cas` lands but whose reply is lost (a timeout after the
+/// server applied it: what a slow network or a loaded server produces).
+#[derive(Clone)]
+struct LostReply {
+    inner: MemoryBackend,
+    lose: Arc<AtomicBool>,
+}
+
+impl Backend for LostReply {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
+        self.inner.set(k, v, f, l).await
+    }
+    async fn add(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<bool, BackendError> {
+        self.inner.add(k, v, f, l).await
+    }
+    async fn cas(
+        &self,
+        k: &str,
+        v: Bytes,
+        f: u32,
+        l: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        let outcome = self.inner.cas(k, v, f, l, cas).await?;
+        if self.lose.swap(false, Ordering::SeqCst) {
+            return Err(BackendError::Timeout {
+                server: "memory".into(),
+                after: Duration::from_millis(100),
+            });
+        }
+        Ok(outcome)
+    }
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.inner.delete(key).await
+    }
+    async fn touch(&self, key: &str, l: Lifetime) -> Result<bool, BackendError> {
+        self.inner.touch(key, l).await
+    }
+    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        self.inner.incr(key, delta).await
+    }
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        self.inner.flush_all().await
+    }
+    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+        self.inner.stats().await
+    }
+}
+
+/// A no-cache refresh by this process whose store's CAS lands in memcached but whose
+/// reply is lost: memcached holds v1, the near tier keeps answering v0.
+#[tokio::test]
+async fn a_store_whose_reply_was_lost_does_not_leave_the_old_response_in_the_near_tier() {
+    let origin = Origin::default();
+    let memory = MemoryBackend::new();
+    let backend = LostReply {
+        inner: memory.clone(),
+        lose: Arc::new(AtomicBool::new(false)),
+    };
+    let near = NearCache::new(16 << 20, Duration::from_secs(30));
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    warm(&svc, &watch, "/page").await;
+    origin.version.store(1, Ordering::SeqCst);
+    backend.lose.store(true, Ordering::SeqCst);
+    let refreshed = send(&svc, Method::GET, "/page", &[("cache-control", "no-cache")]).await;
+    assert_eq!(refreshed.body, "/page v1");
+    watch.settled().await;
+    assert!(!backend.lose.load(Ordering::SeqCst), "the cas ran");
+    let elsewhere = MemcacheLayer::new(memory)
+        .namespace("review")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let from_memcached = send(&service(&elsewhere, &origin), Method::GET, "/page", &[]).await;
+    assert_eq!(
+        (
+            from_memcached.body.as_str(),
+            from_memcached.header("cache-status")
+        ),
+        ("/page v1", Some("tower-memcache; hit"))
+    );
+    let here_now = send(&svc, Method::GET, "/page", &[]).await;
+    assert_eq!(
+        here_now.body,
+        "/page v1",
+        "near tier still answers v0 ({})",
+        here_now.header("cache-status").unwrap_or("")
+    );
+}
+
+/// Held? A lookup in flight when a purge by this process runs is not kept.
+#[tokio::test]
+async fn a_lookup_in_flight_during_a_purge_is_not_kept() {
+    let origin = Origin::default();
+    let memory = MemoryBackend::new();
+    let near = NearCache::new(16 << 20, Duration::from_secs(30));
+    let here = layer(memory.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    for round in 0..20u64 {
+        let path = format!("/race{round}");
+        send(&svc, Method::GET, &path, &[]).await;
+        watch.settled().await;
+        origin.version.store(round + 1, Ordering::SeqCst);
+        memory.set_latency(Duration::from_millis(20));
+        let svc2 = svc.clone();
+        let p2 = path.clone();
+        let lookup = tokio::spawn(async move { send(&svc2, Method::GET, &p2, &[]).await });
+        tokio::time::sleep(Duration::from_millis(round % 25)).await;
+        here.purger()
+            .purge_uri(&format!("http://site.example{path}"))
+            .await
+            .unwrap();
+        let _ = lookup.await.unwrap();
+        memory.set_latency(Duration::ZERO);
+        let after = send(&svc, Method::GET, &path, &[]).await;
+        assert_ne!(
+            after.header("cache-status"),
+            Some(NEAR_HIT),
+            "round {round}: {}",
+            after.body
+        );
+        watch.settled().await;
+    }
+}
+
+#[test]
+fn odd_sizes_do_not_panic() {
+    for bytes in [0, 1, 100, u64::MAX] {
+        let near = NearCache::new(bytes, Duration::from_secs(1));
+        assert!(near.weight() <= near.capacity());
+        let _ = near.max_entry_weight();
+    }
+    let _ = NearCache::new(1 << 20, Duration::MAX);
+}
