@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use support::{Answer, Watch};
-use tower::ServiceExt;
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{
     Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend, ServerStats,
@@ -77,25 +76,7 @@ fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
 }
 
 async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://site.example{path}"))
-        .body(())
-        .unwrap();
-    for (name, value) in headers {
-        request.headers_mut().append(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    let response = svc.clone().oneshot(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    support::send(svc, method, &format!("http://site.example{path}"), headers).await
 }
 
 async fn warm(svc: &Svc, watch: &Watch, path: &str) {

@@ -350,6 +350,42 @@ impl Answer {
     }
 }
 
+/// Sends `method url` with `headers` through `service` and reads the response to its end.
+pub async fn send<S, B>(
+    service: &S,
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer
+where
+    S: tower::Service<http::Request<()>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(())
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    let response = service.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
 /// `Cache-Status` of a fresh hit.
 pub const HIT: &str = "tower-memcache; hit";
 
