@@ -15,7 +15,9 @@
 //!   caller claims the write side, puts its request in the backlog and yields once, letting
 //!   the other tasks that are ready to run add theirs behind it, then writes the whole
 //!   backlog in one `writev`. One write for several requests costs memcached and both
-//!   kernels much less than one each. A caller dropped during its yield hands the write
+//!   kernels much less than one each. Consecutive gets in the backlog are merged into one
+//!   multi-key line while they wait, which memcached answers with one write instead of one
+//!   each ([`super::merge`]). A caller dropped during its yield hands the write
 //!   side to the writer task. One that is neither dropped nor polled again is taken over:
 //!   the reader writes the backlog when it finds the same caller still yielding at its next
 //!   reply, and, when no reply is due, its stall tick does. So the backlog never waits long
@@ -53,6 +55,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot};
 use tokio::task::AbortHandle;
 
+use super::merge::{OpenGets, Retrieval, Waiter, Waiting};
 use super::protocol::{self, Asked, Limits, ProtocolError, Reply};
 use crate::backend::{BackendError, ProtocolViolation, UnreachableReason};
 
@@ -67,8 +70,6 @@ const MAX_BATCH_REQUESTS: usize = 64;
 /// writer task: enough to drain a burst, few enough that one caller is not kept writing
 /// for everyone under steady load.
 const MAX_SYNC_BATCHES: usize = 3;
-
-type Waiter = oneshot::Sender<Result<Reply, BackendError>>;
 
 /// How a connection is set up and bounded.
 #[derive(Clone, Debug)]
@@ -106,9 +107,10 @@ struct Shared {
 }
 
 struct State {
-    /// One per request accepted, in the order of their bytes on the socket.
-    waiters: VecDeque<Waiter>,
-    /// What each request accepted asked for, in the same order, until the reader takes it
+    /// Whom each request's reply goes to, in the order of their bytes on the socket: one
+    /// per request in the backlog or written, not yet for the open merged gets.
+    waiters: VecDeque<Waiting>,
+    /// What each of those requests asked for, in the same order, until the reader takes it
     /// to bound the request's reply while parsing it.
     asked: VecDeque<Asked>,
     /// Who writes, and what waits to be written.
@@ -124,9 +126,13 @@ struct State {
 ///
 /// Invariants (checked with `debug_assert!`):
 /// - one owner at a time, and only the owner takes requests from the backlog;
-/// - the backlog is empty while the write side is [`Owner::Idle`] (every request is
-///   either written by the caller that claimed the write side, or queued behind an owner);
-/// - while a caller yields, its request is first in the backlog: nobody else takes it;
+/// - the backlog is empty and no merged gets is open while the write side is
+///   [`Owner::Idle`] (every request is either written by the caller that claimed the write
+///   side, or queued behind an owner);
+/// - while a caller yields, its request is first in the backlog (or the open merged gets):
+///   nobody else takes it;
+/// - the open merged gets comes after the whole backlog, and is sealed into it before any
+///   batch is taken or any other request queued ([`State::seal`]);
 /// - a yield is known by its epoch, so that a caller back from its yield (or dropped) after
 ///   being taken over cannot act on a later caller's yield.
 struct WriteTurn {
@@ -136,6 +142,8 @@ struct WriteTurn {
     yield_epoch: u64,
     /// Requests accepted but not yet written, in order, behind whatever the owner writes.
     backlog: VecDeque<Bytes>,
+    /// Gets queued after the backlog that later gets may still join (see [`super::merge`]).
+    open: Option<OpenGets>,
 }
 
 impl WriteTurn {
@@ -144,33 +152,45 @@ impl WriteTurn {
             owner: Owner::Idle,
             yield_epoch: 0,
             backlog: VecDeque::new(),
+            open: None,
         }
     }
 
-    /// A caller's `request`, its waiter just queued. `in_flight`: requests queued before it
-    /// await replies, so this one's reply comes after theirs anyway and it may yield first.
-    fn claim(&mut self, request: Bytes, in_flight: bool) -> Claim {
-        if self.owner != Owner::Idle {
-            self.backlog.push_back(request);
-            return Claim::Queued;
-        }
-        debug_assert!(self.backlog.is_empty(), "an idle write side with a backlog");
-        if in_flight {
-            self.owner = Owner::Yielding;
-            self.yield_epoch += 1;
-            self.backlog.push_back(request);
-            Claim::AfterYield(self.yield_epoch)
-        } else {
-            self.owner = Owner::Sync;
-            Claim::Now(request)
-        }
+    /// Whether nobody owns the write side: the caller that finds it so writes at once, or
+    /// yields first when replies are due before its own.
+    fn is_idle(&self) -> bool {
+        let idle = self.owner == Owner::Idle;
+        debug_assert!(
+            !idle || (self.backlog.is_empty() && self.open.is_none()),
+            "an idle write side with requests waiting"
+        );
+        idle
+    }
+
+    /// The caller that found the write side idle writes its request now.
+    fn claim_now(&mut self) {
+        debug_assert!(self.is_idle());
+        self.owner = Owner::Sync;
+    }
+
+    /// The caller that found the write side idle, with replies due before its own, yields
+    /// first (its request just queued); returns the yield's epoch.
+    fn claim_after_yield(&mut self) -> u64 {
+        debug_assert_eq!(self.owner, Owner::Idle);
+        debug_assert!(
+            !self.backlog.is_empty() || self.open.is_some(),
+            "a yield without its request"
+        );
+        self.owner = Owner::Yielding;
+        self.yield_epoch += 1;
+        self.yield_epoch
     }
 
     /// Whether the caller that yielded at `epoch` still owns the write side.
     fn is_yield(&self, epoch: u64) -> bool {
         let ours = self.owner == Owner::Yielding && self.yield_epoch == epoch;
         debug_assert!(
-            !ours || !self.backlog.is_empty(),
+            !ours || !self.backlog.is_empty() || self.open.is_some(),
             "a yield without its request"
         );
         ours
@@ -256,7 +276,90 @@ impl WriteTurn {
 
     /// The connection ended: nothing more is written.
     fn close(&mut self) {
+        debug_assert!(
+            self.open.is_none(),
+            "closed before the merged gets was sealed"
+        );
         self.backlog.clear();
+    }
+}
+
+impl State {
+    /// Queues a caller's `request` (which asked `asked`, its reply for `waiter`) and says
+    /// how it goes out. A get queued behind an owner joins the open merged gets when it
+    /// fits (see [`super::merge`]).
+    fn accept(&mut self, request: Bytes, asked: Asked, waiter: Waiter) -> Claim {
+        // Requests queued before this one await replies, so its reply comes after theirs
+        // anyway and it may yield first.
+        let in_flight = !self.waiters.is_empty();
+        let idle = self.write.is_idle();
+        if idle && !in_flight {
+            self.waiters.push_back(Waiting::One(waiter));
+            self.asked.push_back(asked);
+            self.write.claim_now();
+            return Claim::Now(request);
+        }
+        match Retrieval::of(&request, &asked) {
+            Some(retrieval) => {
+                let waiter = match self.write.open.as_mut() {
+                    Some(open) => match open.join(&retrieval, waiter) {
+                        Ok(()) => return Claim::Queued,
+                        Err(waiter) => waiter,
+                    },
+                    None => waiter,
+                };
+                self.seal();
+                self.write.open = Some(OpenGets::open(request, retrieval, waiter));
+            }
+            None => {
+                self.seal();
+                self.waiters.push_back(Waiting::One(waiter));
+                self.asked.push_back(asked);
+                self.write.backlog.push_back(request);
+            }
+        }
+        if idle {
+            Claim::AfterYield(self.write.claim_after_yield())
+        } else {
+            Claim::Queued
+        }
+    }
+
+    /// Closes the open merged gets, if any, into the backlog (with its waiters and what it
+    /// asked): nothing joins it any more. Done before a batch is taken from the backlog,
+    /// so it is written with it, and before another request queues behind it.
+    fn seal(&mut self) {
+        if let Some(open) = self.write.open.take() {
+            let (request, asked, waiting) = open.seal();
+            self.write.backlog.push_back(request);
+            self.asked.push_back(asked);
+            self.waiters.push_back(waiting);
+        }
+    }
+
+    /// [`WriteTurn::resume`], with the open merged gets in the backlog.
+    fn resume(&mut self, epoch: u64, batch: &mut VecDeque<Bytes>) -> bool {
+        // Harmless when the yield was taken over: the gets only stops taking joiners.
+        self.seal();
+        self.write.resume(epoch, batch)
+    }
+
+    /// [`WriteTurn::next_batch`], with the open merged gets in the backlog.
+    fn next_batch(&mut self, by: Owner, batch: &mut VecDeque<Bytes>) -> bool {
+        self.seal();
+        self.write.next_batch(by, batch)
+    }
+
+    /// [`WriteTurn::take_over_stale_yield`], with the open merged gets in the backlog.
+    fn take_over_stale_yield(
+        &mut self,
+        seen: &mut Option<u64>,
+        batch: &mut VecDeque<Bytes>,
+    ) -> bool {
+        if self.write.owner == Owner::Yielding && *seen == Some(self.write.yield_epoch) {
+            self.seal();
+        }
+        self.write.take_over_stale_yield(seen, batch)
     }
 }
 
@@ -366,10 +469,7 @@ impl Connection {
             }
             // The reader gives the slot back when it hands this waiter its reply.
             permit.forget();
-            let in_flight = !state.waiters.is_empty();
-            state.waiters.push_back(waiter);
-            state.asked.push_back(asked);
-            state.write.claim(request, in_flight)
+            state.accept(request, asked, waiter)
         };
         match claim {
             Claim::Now(request) => shared.write_request(request),
@@ -428,7 +528,7 @@ impl Shared {
                 *seen = None;
                 return false;
             }
-            if !state.write.take_over_stale_yield(seen, &mut batch) {
+            if !state.take_over_stale_yield(seen, &mut batch) {
                 return false;
             }
         }
@@ -470,7 +570,7 @@ impl Shared {
                 Err(err) => return self.fail(write_failed(&self.server, err)),
             }
             let mut state = self.lock();
-            if state.closed || !state.write.next_batch(Owner::Sync, &mut batch) {
+            if state.closed || !state.next_batch(Owner::Sync, &mut batch) {
                 return;
             }
         }
@@ -499,6 +599,8 @@ impl Shared {
                 return;
             }
             state.closed = true;
+            // Its callers get the error with the others.
+            state.seal();
             state.write.close();
             state.asked.clear();
             std::mem::take(&mut state.waiters)
@@ -508,8 +610,8 @@ impl Shared {
         if failure_is_noteworthy(&err) {
             tracing::debug!(server = %self.server, error = %err, "memcached connection closed");
         }
-        for waiter in waiters {
-            let _ = waiter.send(Err(err.clone()));
+        for waiting in waiters {
+            waiting.answer(Err(err.clone()));
         }
         self.abort_tasks();
     }
@@ -538,7 +640,7 @@ impl Yielding<'_> {
         let mut batch = VecDeque::new();
         {
             let mut state = self.shared.lock();
-            if state.closed || !state.write.resume(self.epoch, &mut batch) {
+            if state.closed || !state.resume(self.epoch, &mut batch) {
                 return;
             }
         }
@@ -652,7 +754,7 @@ async fn write_loop(shared: Arc<Shared>) {
                 if state.closed || state.write.owner != Owner::Task {
                     break;
                 }
-                if !state.write.next_batch(Owner::Task, &mut batch) {
+                if !state.next_batch(Owner::Task, &mut batch) {
                     break;
                 }
             }
@@ -779,9 +881,11 @@ async fn read_replies(
             count < replies.len()
         };
         let delivered = answered.len();
-        shared.slots.add_permits(delivered);
-        for (waiter, reply) in answered.drain(..).zip(replies.drain(..)) {
-            let _ = waiter.send(Ok(reply));
+        shared
+            .slots
+            .add_permits(answered.iter().map(Waiting::callers).sum());
+        for (waiting, reply) in answered.drain(..).zip(replies.drain(..)) {
+            waiting.answer(Ok(reply));
         }
         match failure {
             Some(Failure::Malformed(err)) => {
@@ -815,11 +919,22 @@ mod tests {
 
     use super::*;
 
-    /// A server that answers `get <key>` with one value whose data is the key, holding the
-    /// first answer back for `first_delay`.
+    /// A server that answers `get <keys>` with a value per key whose data is the key,
+    /// holding the first answer back for `first_delay`.
     async fn echo_server(first_delay: Duration) -> (String, u16) {
+        let (host, port, _) = recording_echo_server(first_delay).await;
+        (host, port)
+    }
+
+    /// [`echo_server`], which also keeps the request lines it read, and has no value for
+    /// keys that start with `miss`.
+    async fn recording_echo_server(
+        first_delay: Duration,
+    ) -> (String, u16, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
         tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
             socket.set_nodelay(true).unwrap();
@@ -827,17 +942,23 @@ mod tests {
             let mut lines = BufReader::new(read).lines();
             let mut first = true;
             while let Ok(Some(line)) = lines.next_line().await {
-                let key = line.trim_start_matches("gets ").trim_start_matches("get ");
+                record.lock().unwrap().push(line.clone());
+                let keys = line.trim_start_matches("gets ").trim_start_matches("get ");
                 if std::mem::take(&mut first) {
                     tokio::time::sleep(first_delay).await;
                 }
-                let reply = format!("VALUE {key} 0 {}\r\n{key}\r\nEND\r\n", key.len());
+                // Merged gets ask for several keys: a value for each.
+                let mut reply = String::new();
+                for key in keys.split(' ').filter(|key| !key.starts_with("miss")) {
+                    reply += &format!("VALUE {key} 0 {}\r\n{key}\r\n", key.len());
+                }
+                reply += "END\r\n";
                 if write.write_all(reply.as_bytes()).await.is_err() {
                     return;
                 }
             }
         });
-        ("127.0.0.1".to_string(), port)
+        ("127.0.0.1".to_string(), port, seen)
     }
 
     fn settings(stall_timeout: Duration) -> ConnectionSettings {
@@ -850,8 +971,12 @@ mod tests {
     }
 
     fn get(key: &str) -> Bytes {
+        get_keys(&[key])
+    }
+
+    fn get_keys(keys: &[&str]) -> Bytes {
         let mut request = BytesMut::new();
-        protocol::encode_get(&mut request, &[key], false);
+        protocol::encode_get(&mut request, keys, false);
         request.freeze()
     }
 
@@ -890,6 +1015,72 @@ mod tests {
             tokio::task::yield_now().await;
         }
         (conn, first)
+    }
+
+    #[tokio::test]
+    async fn gets_queued_behind_an_owner_share_one_line_and_each_caller_gets_its_own_values() {
+        let (host, port, lines) = recording_echo_server(Duration::from_millis(50)).await;
+        let conn = Arc::new(
+            Connection::connect(
+                &host,
+                port,
+                "test".into(),
+                &settings(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap(),
+        );
+        // In flight, its answer held back: the callers below queue behind it.
+        let first = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.call(get("first")).await }
+        });
+        while conn.shared.lock().waiters.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let callers: Vec<_> = (0..12)
+            .map(|i| {
+                let conn = Arc::clone(&conn);
+                tokio::spawn(async move {
+                    // The same key in every caller, one of its own, and one nobody has.
+                    let own = format!("k{i}");
+                    let missing = format!("miss{i}");
+                    let keys = if i % 3 == 0 {
+                        vec!["ns", &missing, &own]
+                    } else {
+                        vec!["ns", &own]
+                    };
+                    (keys.len(), conn.call(get_keys(&keys)).await)
+                })
+            })
+            .collect();
+        assert_eq!(value_of(first.await.unwrap()), "first");
+        for (i, caller) in callers.into_iter().enumerate() {
+            let (asked, reply) = caller.await.unwrap();
+            let Ok(Reply::Values(values)) = reply else {
+                panic!("caller {i}: unexpected reply {reply:?}");
+            };
+            let got: Vec<(usize, String)> = values
+                .into_iter()
+                .map(|value| (value.asked, String::from_utf8(value.data.to_vec()).unwrap()))
+                .collect();
+            // Positions are the caller's own, whatever line its keys went out in.
+            assert_eq!(
+                got,
+                vec![(0, "ns".to_string()), (asked - 1, format!("k{i}"))],
+                "caller {i}"
+            );
+        }
+        let lines = lines.lock().unwrap().clone();
+        assert!(
+            lines.len() < 13
+                && lines
+                    .iter()
+                    .any(|line| line.contains(" k0 ") && line.contains(" k1")),
+            "the queued gets were not merged: {lines:?}"
+        );
+        assert_eq!(conn.outstanding(), 0, "every caller's slot was given back");
+        assert!(!conn.is_closed());
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@
 
 mod connection;
 mod ketama;
+mod merge;
 mod protocol;
 mod server;
 
