@@ -101,6 +101,9 @@ struct Shared {
     wake_writer: Notify,
     /// Mirrors `State::closed` for a lock-free check.
     closed: AtomicBool,
+    /// Whether queued gets may be merged into one line: only once the server showed it is
+    /// memcached itself ([`Connection::merge_gets`]).
+    merge_gets: AtomicBool,
     /// The two tasks, aborted when the connection ends.
     tasks: OnceLock<[AbortHandle; 2]>,
     server: Arc<str>,
@@ -286,9 +289,9 @@ impl WriteTurn {
 
 impl State {
     /// Queues a caller's `request` (which asked `asked`, its reply for `waiter`) and says
-    /// how it goes out. A get queued behind an owner joins the open merged gets when it
-    /// fits (see [`super::merge`]).
-    fn accept(&mut self, request: Bytes, asked: Asked, waiter: Waiter) -> Claim {
+    /// how it goes out. With `merge`, a get queued behind an owner joins the open merged
+    /// gets when it fits (see [`super::merge`]).
+    fn accept(&mut self, request: Bytes, asked: Asked, waiter: Waiter, merge: bool) -> Claim {
         // Requests queued before this one await replies, so its reply comes after theirs
         // anyway and it may yield first.
         let in_flight = !self.waiters.is_empty();
@@ -299,7 +302,7 @@ impl State {
             self.write.claim_now();
             return Claim::Now(request);
         }
-        match Retrieval::of(&request, &asked) {
+        match Retrieval::of(&request, &asked).filter(|_| merge) {
             Some(retrieval) => {
                 let waiter = match self.write.open.as_mut() {
                     Some(open) => match open.join(&retrieval, waiter) {
@@ -419,6 +422,7 @@ impl Connection {
             max_outstanding,
             wake_writer: Notify::new(),
             closed: AtomicBool::new(false),
+            merge_gets: AtomicBool::new(false),
             tasks: OnceLock::new(),
             server: Arc::clone(&server),
         });
@@ -432,6 +436,14 @@ impl Connection {
         }
         tracing::debug!(%server, "memcached connection opened");
         Ok(Self { shared })
+    }
+
+    /// Lets gets queued on this connection be merged into one multi-key line from now on
+    /// (see [`super::merge`]). Only for memcached itself: twemproxy (nutcracker 0.5) answers
+    /// a multi-get that touches an unreachable server with one error for all its keys and
+    /// closes the connection, which would fail every caller merged into the line.
+    pub(crate) fn merge_gets(&self) {
+        self.shared.merge_gets.store(true, Ordering::Relaxed);
     }
 
     /// Whether the connection has ended and must be replaced.
@@ -469,7 +481,12 @@ impl Connection {
             }
             // The reader gives the slot back when it hands this waiter its reply.
             permit.forget();
-            state.accept(request, asked, waiter)
+            state.accept(
+                request,
+                asked,
+                waiter,
+                shared.merge_gets.load(Ordering::Relaxed),
+            )
         };
         match claim {
             Claim::Now(request) => shared.write_request(request),
@@ -1030,6 +1047,7 @@ mod tests {
             .await
             .unwrap(),
         );
+        conn.merge_gets();
         // In flight, its answer held back: the callers below queue behind it.
         let first = tokio::spawn({
             let conn = Arc::clone(&conn);

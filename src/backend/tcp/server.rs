@@ -278,6 +278,10 @@ impl Server {
             tokio::time::timeout(settings.connect_timeout, conn.call(request.freeze())).await;
         match reply {
             Ok(Ok(Reply::Stats(stats))) => {
+                // A settings listing: memcached itself, which answers a multi-get key by
+                // key, so queued gets may share one line (twemproxy closes the
+                // connection on `stats`, and fails a whole multi-get for one dead server).
+                conn.merge_gets();
                 let item_size_max = stats
                     .iter()
                     .find(|(name, _)| name == "item_size_max")
