@@ -8,11 +8,12 @@
 //! ones into one line while they wait. Nothing waits longer for it: a request is only merged
 //! into one that has not been written yet.
 //!
-//! The merged line lists each caller's keys in turn, duplicates kept, so a reply's value is
-//! matched to its caller by its position in the line ([`Value::asked`], checked against
-//! the key the server echoes): a caller only ever gets values for the keys it asked, in
-//! positions relative to its own request. A reply other than values (an error line) goes
-//! to every caller of the line.
+//! A key already in the line (every cache lookup also reads its namespace generation) is
+//! not listed again: the caller is given the value of the one listed. Each caller keeps the
+//! line position of each of its keys, so a reply's value is matched to its callers by its
+//! position in the line ([`Value::asked`], checked against the key the server echoes): a
+//! caller only ever gets values for the keys it asked, at positions relative to its own
+//! request. A reply other than values (an error line) goes to every caller of the line.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -23,9 +24,9 @@ use crate::backend::BackendError;
 /// Most keys one merged line lists. memcached reads a multi-get line of any length, but
 /// the reader buffers a reply whole before it splits it, so this bounds that buffer to this
 /// many largest values (where pipelined requests had their replies parsed one by one), and
-/// one large reply is what the other callers' replies queue behind. 32 keys take 16
-/// two-key lookups, more than the batch a connection sees at a few dozen requests in
-/// flight.
+/// one large reply is what the other callers' replies queue behind. 32 keys take 31
+/// lookups of an entry and a shared generation, more than the batch a connection sees at a
+/// few dozen requests in flight.
 const MAX_MERGED_KEYS: usize = 32;
 
 /// Most bytes of keys one merged line lists.
@@ -38,15 +39,42 @@ pub(super) type Waiter = oneshot::Sender<Result<Reply, BackendError>>;
 pub(super) enum Waiting {
     /// One caller's own request.
     One(Waiter),
-    /// Callers whose gets were merged into one line, in the order of their keys in it.
+    /// Callers whose gets were merged into one line, in the order they joined it.
     Merged(Vec<Member>),
 }
 
-/// One caller of a merged line: its keys are the `keys` positions from `first` on.
+/// One caller of a merged line.
 pub(super) struct Member {
     waiter: Waiter,
-    first: usize,
-    keys: usize,
+    places: Places,
+}
+
+/// The line position of each of a caller's keys, in the caller's order.
+enum Places {
+    /// `count` positions from `first` on: keys the line did not hold yet, appended.
+    Run { first: usize, count: usize },
+    /// Some keys were already in the line.
+    Listed(Vec<usize>),
+}
+
+impl Places {
+    /// The caller's keys (as indexes into its own request) at line position `position`.
+    fn asked_at(&self, position: usize) -> impl Iterator<Item = usize> + '_ {
+        let (run, listed) = match self {
+            Places::Run { first, count } => {
+                let own = position.checked_sub(*first).filter(|own| own < count);
+                (own, &[][..])
+            }
+            Places::Listed(places) => (None, &places[..]),
+        };
+        run.into_iter().chain(
+            listed
+                .iter()
+                .enumerate()
+                .filter(move |(_, place)| **place == position)
+                .map(|(own, _)| own),
+        )
+    }
 }
 
 impl Waiting {
@@ -78,23 +106,22 @@ impl Waiting {
             }
         };
         let mut split: Vec<Vec<Value>> = members.iter().map(|_| Vec::new()).collect();
-        for mut value in values {
-            // Members are in key order: the last one starting at or before the position.
-            let index = members
-                .partition_point(|member| member.first <= value.asked)
-                .saturating_sub(1);
-            let Some(member) = members.get(index) else {
-                continue;
-            };
-            // The reply's key check bounds `asked` by the line's key count, which the
-            // members cover exactly; anything else is dropped rather than misdelivered.
-            if value.asked >= member.first + member.keys {
-                continue;
+        for value in values {
+            // The reply's key check bounds `asked` by the line's key count; a position no
+            // caller holds is dropped rather than misdelivered.
+            for (member, own) in members.iter().zip(split.iter_mut()) {
+                for asked in member.places.asked_at(value.asked) {
+                    own.push(Value {
+                        asked,
+                        ..value.clone()
+                    });
+                }
             }
-            value.asked -= member.first;
-            split[index].push(value);
         }
-        for (member, values) in members.into_iter().zip(split) {
+        for (member, mut values) in members.into_iter().zip(split) {
+            if matches!(member.places, Places::Listed(_)) {
+                values.sort_unstable_by_key(|value| value.asked);
+            }
             let _ = member.waiter.send(Ok(Reply::Values(values)));
         }
     }
@@ -126,6 +153,12 @@ impl Retrieval {
             count: *count,
         })
     }
+
+    fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.keys
+            .split(|&byte| byte == b' ')
+            .filter(|key| !key.is_empty())
+    }
 }
 
 /// A merged line still open to more callers: not written yet, the last request of its
@@ -133,9 +166,11 @@ impl Retrieval {
 pub(super) struct OpenGets {
     /// The first caller's request as it came, used as is when nobody joins.
     first: Bytes,
-    /// The merged line without its CRLF, once a second caller joined.
-    line: Option<BytesMut>,
+    /// The merged line without its CRLF, and where each of its keys is in it, once a
+    /// second caller joined.
+    line: Option<(BytesMut, Vec<(usize, usize)>)>,
     with_cas: bool,
+    /// Keys the line lists.
     keys: usize,
     key_bytes: usize,
     members: Vec<Member>,
@@ -152,55 +187,85 @@ impl OpenGets {
             key_bytes: retrieval.keys.len(),
             members: vec![Member {
                 waiter,
-                first: 0,
-                keys: retrieval.count,
+                places: Places::Run {
+                    first: 0,
+                    count: retrieval.count,
+                },
             }],
         }
     }
 
-    /// Adds a caller's keys to the line, or gives its waiter back when it does not fit
-    /// (another verb, or the line is full).
+    /// Adds a caller's keys to the line (those it does not list yet), or gives its waiter
+    /// back when they do not fit (another verb, or the line is full).
     pub(super) fn join(&mut self, retrieval: &Retrieval, waiter: Waiter) -> Result<(), Waiter> {
-        let fits = retrieval.with_cas == self.with_cas
-            && self.keys + retrieval.count <= MAX_MERGED_KEYS
-            && self.key_bytes + 1 + retrieval.keys.len() <= MAX_MERGED_KEY_BYTES;
-        if !fits {
+        if retrieval.with_cas != self.with_cas {
             return Err(waiter);
         }
-        let line = self.line.get_or_insert_with(|| {
+        let (line, spans) = self.line.get_or_insert_with(|| {
             let mut line = BytesMut::with_capacity(1024);
             line.put_slice(&self.first[..self.first.len() - 2]);
-            line
+            let spans = spans_of(&line);
+            (line, spans)
         });
-        line.put_u8(b' ');
-        line.put_slice(&retrieval.keys);
-        self.members.push(Member {
-            waiter,
-            first: self.keys,
-            keys: retrieval.count,
-        });
-        self.keys += retrieval.count;
-        self.key_bytes += 1 + retrieval.keys.len();
+        // What the line would grow by; nothing changes unless it all fits.
+        let (mut new_keys, mut new_bytes) = (0, 0);
+        for key in retrieval.keys() {
+            if listed_in(line, spans, key).is_none() {
+                new_keys += 1;
+                new_bytes += 1 + key.len();
+            }
+        }
+        if self.keys + new_keys > MAX_MERGED_KEYS
+            || self.key_bytes + new_bytes > MAX_MERGED_KEY_BYTES
+        {
+            return Err(waiter);
+        }
+        let appended_from = spans.len();
+        let mut places = Vec::with_capacity(retrieval.count);
+        for key in retrieval.keys() {
+            // Keys this caller lists twice are listed once as well.
+            let place = match listed_in(line, spans, key) {
+                Some(place) => place,
+                None => {
+                    line.put_u8(b' ');
+                    let start = line.len();
+                    line.put_slice(key);
+                    spans.push((start, line.len()));
+                    spans.len() - 1
+                }
+            };
+            places.push(place);
+        }
+        let all_appended = places
+            .iter()
+            .enumerate()
+            .all(|(own, &place)| place == appended_from + own);
+        let places = if all_appended {
+            Places::Run {
+                first: appended_from,
+                count: places.len(),
+            }
+        } else {
+            Places::Listed(places)
+        };
+        self.members.push(Member { waiter, places });
+        self.keys = spans.len();
+        self.key_bytes += new_bytes;
         Ok(())
     }
 
     /// Closes the line: the request to write, what it asked, and whom its reply goes to.
     pub(super) fn seal(self) -> (Bytes, Asked, Waiting) {
         let (request, waiting) = match self.line {
+            // Nobody joined: the first caller's request, as it came.
             None => {
-                let mut members = self.members;
-                let waiting = match members.pop() {
-                    Some(member) if members.is_empty() => Waiting::One(member.waiter),
-                    // Never: a line without a second caller has exactly one member.
-                    Some(member) => {
-                        members.push(member);
-                        Waiting::Merged(members)
-                    }
-                    None => Waiting::Merged(Vec::new()),
+                let waiting = match <[Member; 1]>::try_from(self.members) {
+                    Ok([member]) => Waiting::One(member.waiter),
+                    Err(members) => Waiting::Merged(members),
                 };
                 (self.first, waiting)
             }
-            Some(mut line) => {
+            Some((mut line, _)) => {
                 line.put_slice(b"\r\n");
                 (line.freeze(), Waiting::Merged(self.members))
             }
@@ -208,6 +273,38 @@ impl OpenGets {
         let asked = Asked::of_request(&request);
         (request, asked, waiting)
     }
+}
+
+/// The position of `key` among the line's keys, if listed.
+fn listed_in(line: &[u8], spans: &[(usize, usize)], key: &[u8]) -> Option<usize> {
+    spans
+        .iter()
+        .position(|&(start, end)| &line[start..end] == key)
+}
+
+/// Where each key of a request line (without its CRLF) is.
+fn spans_of(line: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = None;
+    // Past the verb: the first space.
+    let keys_from = line
+        .iter()
+        .position(|&byte| byte == b' ')
+        .unwrap_or(line.len());
+    for (at, &byte) in line.iter().enumerate().skip(keys_from) {
+        match (byte == b' ', start) {
+            (true, Some(from)) => {
+                spans.push((from, at));
+                start = None;
+            }
+            (false, None) => start = Some(at),
+            _ => {}
+        }
+    }
+    if let Some(from) = start {
+        spans.push((from, line.len()));
+    }
+    spans
 }
 
 #[cfg(test)]
@@ -258,15 +355,16 @@ mod tests {
         let c = request(&["c"], true);
         assert!(open.join(&retrieval(&c), third_tx).is_ok());
         let (line, asked, waiting) = open.seal();
-        assert_eq!(&line[..], b"gets ns a ns b c\r\n");
-        assert!(matches!(asked, Asked::Keys { count: 5, .. }));
+        // `ns` listed once, for both callers that asked it.
+        assert_eq!(&line[..], b"gets ns a b c\r\n");
+        assert!(matches!(asked, Asked::Keys { count: 4, .. }));
         assert_eq!(waiting.callers(), 3);
-        // ns and b for the second caller, c for the third, nothing for the first's `a`.
+        // ns for the first two callers, b for the second, c for the third, nothing for
+        // the first's `a`.
         waiting.answer(Ok(Reply::Values(vec![
             value(0, "g1"),
-            value(2, "g2"),
-            value(3, "B"),
-            value(4, "C"),
+            value(2, "B"),
+            value(3, "C"),
         ])));
         let got = |rx: &mut oneshot::Receiver<Result<Reply, BackendError>>| match rx.try_recv() {
             Ok(Ok(Reply::Values(values))) => values
@@ -278,7 +376,7 @@ mod tests {
         assert_eq!(got(&mut first_rx), vec![(0, "g1".to_string())]);
         assert_eq!(
             got(&mut second_rx),
-            vec![(0, "g2".to_string()), (1, "B".to_string())]
+            vec![(0, "g1".to_string()), (1, "B".to_string())]
         );
         assert_eq!(got(&mut third_rx), vec![(0, "C".to_string())]);
     }
@@ -304,6 +402,56 @@ mod tests {
         for rx in [&mut first_rx, &mut second_rx] {
             assert!(matches!(rx.try_recv(), Ok(Ok(Reply::ServerError(_)))));
         }
+    }
+
+    #[test]
+    fn keys_already_listed_are_answered_at_every_place_that_asked_them() {
+        let mut receivers = Vec::new();
+        let mut join = |open: &mut Option<OpenGets>, keys: &[&str]| {
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            let request = request(keys, true);
+            match open {
+                None => *open = Some(OpenGets::open(request.clone(), retrieval(&request), tx)),
+                Some(open) => assert!(open.join(&retrieval(&request), tx).is_ok()),
+            }
+        };
+        let mut open = None;
+        join(&mut open, &["x", "x", "y"]);
+        // Listed twice by itself, both already in the line, out of the line's order.
+        join(&mut open, &["y", "z", "x", "z"]);
+        let (line, asked, waiting) = open.unwrap().seal();
+        assert_eq!(&line[..], b"gets x x y z\r\n");
+        assert!(matches!(asked, Asked::Keys { count: 4, .. }));
+        // memcached answers both places of the first caller's own `x x`.
+        waiting.answer(Ok(Reply::Values(vec![
+            value(0, "X"),
+            value(1, "X2"),
+            value(2, "Y"),
+            value(3, "Z"),
+        ])));
+        let got = |rx: &mut oneshot::Receiver<Result<Reply, BackendError>>| match rx.try_recv() {
+            Ok(Ok(Reply::Values(values))) => values
+                .into_iter()
+                .map(|v| (v.asked, String::from_utf8(v.data.to_vec()).unwrap()))
+                .collect::<Vec<_>>(),
+            other => panic!("unexpected {other:?}"),
+        };
+        let owned = |pairs: &[(usize, &str)]| {
+            pairs
+                .iter()
+                .map(|(at, data)| (*at, data.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            got(&mut receivers[0]),
+            owned(&[(0, "X"), (1, "X2"), (2, "Y")])
+        );
+        // In its own order, the first `x` of the line for its `x`.
+        assert_eq!(
+            got(&mut receivers[1]),
+            owned(&[(0, "Y"), (1, "Z"), (2, "X"), (3, "Z")])
+        );
     }
 
     #[test]
