@@ -9,7 +9,7 @@ mod support;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
@@ -26,7 +26,7 @@ type Svc =
     tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
 /// The origin: a version counter bumped by the test, answered in every body; paths ask for
-/// their headers (`/short` fresh for 1 s, `/tagged` carries a tag, `/vary` varies on
+/// their headers (`/short` fresh for 1 s, `/tagged...` carries a tag, `/vary` varies on
 /// `Accept-Encoding`, `/two` on two sets of headers depending on `Origin`).
 #[derive(Clone, Default)]
 struct Origin {
@@ -53,7 +53,7 @@ impl Origin {
         };
         headers.insert("cache-control", HeaderValue::from_static(max_age));
         headers.insert("etag", HeaderValue::from_static("\"e1\""));
-        if path == "/tagged" {
+        if path.starts_with("/tagged") {
             headers.insert("surrogate-key", HeaderValue::from_static("news"));
         }
         if path == "/vary" {
@@ -114,6 +114,21 @@ async fn warm(svc: &Svc, watch: &Watch, path: &str, headers: &[(&str, &str)]) {
     let hit = send(svc, Method::GET, path, headers).await;
     let status = hit.header("cache-status").unwrap_or("");
     assert!(status == HIT || status == NEAR_HIT, "{path}: {status}");
+}
+
+/// Keys read from memcached so far (its `cmd_get`, which counts keys: a lookup of an entry
+/// and its namespace generation counts 2).
+async fn keys_read<B: Backend>(backend: &B) -> u64 {
+    let stats = backend.stats().await.unwrap();
+    stats.iter().filter_map(|s| s.get_u64("cmd_get")).sum()
+}
+
+/// A GET's `Cache-Status` and the keys it read from memcached.
+async fn checked<B: Backend>(svc: &Svc, backend: &B, path: &str) -> (String, u64) {
+    let before = keys_read(backend).await;
+    let answer = get(svc, path).await;
+    let status = answer.header("cache-status").unwrap_or("").to_string();
+    (status, keys_read(backend).await - before)
 }
 
 /// A hit read from memcached is kept; the next is answered from the near tier with the
@@ -379,6 +394,160 @@ async fn layers_sharing_a_tier_share_purges_and_the_bound<B: Backend>(backend: B
     assert!(near.weight() <= near.capacity(), "{near:?}");
 }
 
+/// Checks past the bound: the first reads the namespace generation with its entry (one
+/// multi-get, 2 keys); for a sixteenth of the bound that generation (and a tag's, once
+/// read) vouches for other entries, whose checks read the entry alone (1 key, where a
+/// tagged entry read 3 before). An entry so vouched for is answered from the tier no
+/// longer than the bound after the *generation's* read started, not its own. A layer
+/// without a near tier reads the generations with every lookup, as before.
+async fn a_check_reads_the_entry_alone_while_the_generations_are_recent<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let bound = Duration::from_secs(3);
+    let near = NearCache::new(1 << 20, bound);
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    for path in ["/a", "/b", "/tagged/a", "/tagged/b"] {
+        warm(&svc, &watch, path, &[]).await;
+    }
+    assert_eq!(checked(&svc, &backend, "/b").await, (NEAR_HIT.into(), 0));
+    tokio::time::sleep(bound + Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    assert_eq!(
+        checked(&svc, &backend, "/a").await,
+        (HIT.into(), 2),
+        "entry + namespace"
+    );
+    // Within the reuse window (187 ms), later than the generation's read by 100 ms.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        checked(&svc, &backend, "/b").await,
+        (HIT.into(), 1),
+        "entry alone"
+    );
+    assert_eq!(
+        checked(&svc, &backend, "/tagged/a").await,
+        (HIT.into(), 2),
+        "entry, then the tag's generation"
+    );
+    assert_eq!(checked(&svc, &backend, "/tagged/b").await, (HIT.into(), 1));
+    assert!(
+        t0.elapsed() < bound / 16,
+        "too slow a machine: {:?}",
+        t0.elapsed()
+    );
+    tokio::time::sleep_until((t0 + bound - Duration::from_millis(150)).into()).await;
+    assert_eq!(checked(&svc, &backend, "/b").await, (NEAR_HIT.into(), 0));
+    // /b's own check started 100 ms after the generation's read: answered from the tier
+    // until then, it would still be.
+    tokio::time::sleep_until((t0 + bound + Duration::from_millis(50)).into()).await;
+    assert_eq!(
+        checked(&svc, &backend, "/b").await,
+        (HIT.into(), 2),
+        "the generation read at t0 vouched for /b until t0 + the bound only"
+    );
+
+    let plain = MemcacheLayer::new(backend.clone())
+        .namespace("near")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let plain = service(&plain, &origin);
+    for _ in 0..2 {
+        assert_eq!(checked(&plain, &backend, "/b").await, (HIT.into(), 2));
+        assert_eq!(
+            checked(&plain, &backend, "/tagged/b").await,
+            (HIT.into(), 3)
+        );
+    }
+}
+
+/// A purge of the namespace or of a tag by another process shows within the bound, also
+/// when this process's tier had just read (and remembers) the generation it replaced.
+async fn another_process_namespace_and_tag_purges_show_within_the_bound<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let bound = Duration::from_millis(800);
+    let near = NearCache::new(1 << 20, bound);
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let elsewhere = layer(backend, &NearCache::new(1 << 20, bound));
+    for (version, kind) in ["namespace", "tag"].into_iter().enumerate() {
+        let paths = if kind == "tag" {
+            ["/tagged/a", "/tagged/b"]
+        } else {
+            ["/a", "/b"]
+        };
+        for path in paths {
+            warm(&svc, &watch, path, &[]).await;
+        }
+        tokio::time::sleep(bound + Duration::from_millis(50)).await;
+        // A check: the generations are read, and remembered.
+        assert_eq!(get(&svc, paths[0]).await.header("cache-status"), Some(HIT));
+        origin.bump();
+        let purger = elsewhere.purger();
+        match kind {
+            "tag" => purger.purge_tag("news").await.unwrap(),
+            _ => purger.purge_namespace().await.unwrap(),
+        }
+        let purged = Instant::now();
+        // May still be the old one: the tier read the old generation a moment ago.
+        get(&svc, paths[1]).await;
+        tokio::time::sleep_until((purged + bound + Duration::from_millis(50)).into()).await;
+        for path in paths {
+            let now = get(&svc, path).await;
+            assert_eq!(
+                now.body,
+                format!("{path} v{} identity", version + 1),
+                "{kind}: {}",
+                now.header("cache-status").unwrap_or("")
+            );
+        }
+        watch.settled().await;
+    }
+}
+
+/// A purge of the namespace or of a tag by this process drops the generations the tier
+/// remembers too: an entry the purge orphaned, which the tier never kept (another layer
+/// stored it), is not vouched for by the generation the purge replaced.
+async fn local_purges_drop_the_generations_remembered<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let near = NearCache::new(1 << 20, Duration::from_secs(30));
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let plain = MemcacheLayer::new(backend)
+        .namespace("near")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let (plain_svc, plain_watch) = (service(&plain, &origin), Watch::of(&plain));
+    for (version, kind) in ["namespace", "tag"].into_iter().enumerate() {
+        let (kept, other) = if kind == "tag" {
+            ("/tagged/a", "/tagged/b")
+        } else {
+            ("/a", "/b")
+        };
+        // The generations read now are remembered for 30 s / 16.
+        warm(&svc, &watch, kept, &[]).await;
+        get(&plain_svc, other).await;
+        plain_watch.settled().await;
+        assert_eq!(
+            get(&plain_svc, other).await.header("cache-status"),
+            Some(HIT)
+        );
+        origin.bump();
+        let purger = here.purger();
+        match kind {
+            "tag" => purger.purge_tag("news").await.unwrap(),
+            _ => purger.purge_namespace().await.unwrap(),
+        }
+        let now = get(&svc, other).await;
+        assert_eq!(
+            now.body,
+            format!("{other} v{} identity", version + 1),
+            "{kind}: {}",
+            now.header("cache-status").unwrap_or("")
+        );
+        watch.settled().await;
+    }
+}
+
 on_every_backend!("near_tier";
     a_hot_entry_is_answered_without_memcached,
     another_process_purge_shows_within_the_bound,
@@ -386,4 +555,7 @@ on_every_backend!("near_tier";
     only_fresh_entries_and_willing_requests,
     variants_are_kept_apart,
     layers_sharing_a_tier_share_purges_and_the_bound,
+    a_check_reads_the_entry_alone_while_the_generations_are_recent,
+    another_process_namespace_and_tag_purges_show_within_the_bound,
+    local_purges_drop_the_generations_remembered,
 );

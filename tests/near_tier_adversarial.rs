@@ -1,6 +1,7 @@
 //! The near tier tried as an adversarial reviewer did: stores that fail half way or whose
 //! reply is lost (memcached changed, the near tier must not keep the old response), a
-//! purge racing lookups in flight, and sizes that could panic. The first two failed before
+//! purge racing lookups in flight (their entries and the generations they read), the
+//! generations of two servers, and sizes that could panic. The first two failed before
 //! `Storage::store` made the tier forget whatever the store's outcome.
 
 mod support;
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
@@ -264,6 +265,158 @@ async fn a_lookup_in_flight_during_a_purge_is_not_kept() {
         );
         watch.settled().await;
     }
+}
+
+/// MemoryBackend whose multi-get replies arrive `slow_ms` after memcached read them.
+#[derive(Clone)]
+struct SlowReply {
+    inner: MemoryBackend,
+    slow_ms: Arc<AtomicU64>,
+}
+
+impl Backend for SlowReply {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
+        self.inner.get_many(keys).await
+    }
+    async fn get_many_by_key_ordered(
+        &self,
+        route: &str,
+        keys: &[&str],
+        limit: Duration,
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        let read = self.inner.get_many_by_key_ordered(route, keys, limit).await;
+        let slow = self.slow_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(slow)).await;
+        read
+    }
+    fn server_of(&self, route: &str) -> Option<usize> {
+        self.inner.server_of(route)
+    }
+    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
+        self.inner.set(k, v, f, l).await
+    }
+    async fn add(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<bool, BackendError> {
+        self.inner.add(k, v, f, l).await
+    }
+    async fn cas(
+        &self,
+        k: &str,
+        v: Bytes,
+        f: u32,
+        l: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        self.inner.cas(k, v, f, l, cas).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.inner.delete(key).await
+    }
+    async fn touch(&self, key: &str, l: Lifetime) -> Result<bool, BackendError> {
+        self.inner.touch(key, l).await
+    }
+    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
+        self.inner.incr(key, delta).await
+    }
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        self.inner.flush_all().await
+    }
+    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
+        self.inner.stats().await
+    }
+}
+
+/// A lookup that read the namespace and tag generations before a namespace purge by this
+/// process, and whose reply came after the purge returned, does not leave them
+/// remembered: another URL's entry, orphaned by the purge, is not vouched for by them.
+#[tokio::test]
+async fn a_lookup_in_flight_during_a_purge_does_not_leave_its_generations() {
+    let origin = Origin::default();
+    let memory = MemoryBackend::new();
+    let backend = SlowReply {
+        inner: memory.clone(),
+        slow_ms: Arc::new(AtomicU64::new(0)),
+    };
+    let near = NearCache::new(16 << 20, Duration::from_secs(30));
+    let here = layer(backend.clone(), &near);
+    let svc = service(&here, &origin);
+    // Stored by another process: this tier has read (and remembers) nothing yet.
+    let elsewhere = MemcacheLayer::new(memory)
+        .namespace("review")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let (elsewhere_svc, elsewhere_watch) = (service(&elsewhere, &origin), Watch::of(&elsewhere));
+    for path in ["/a", "/b"] {
+        send(&elsewhere_svc, Method::GET, path, &[]).await;
+        elsewhere_watch.settled().await;
+    }
+    origin.version.store(1, Ordering::SeqCst);
+    backend.slow_ms.store(50, Ordering::SeqCst);
+    let in_flight = svc.clone();
+    let lookup = tokio::spawn(async move { send(&in_flight, Method::GET, "/a", &[]).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    here.purger().purge_namespace().await.unwrap();
+    // Read before the purge: it may answer what it read.
+    let _ = lookup.await.unwrap();
+    backend.slow_ms.store(0, Ordering::SeqCst);
+    let after = send(&svc, Method::GET, "/b", &[]).await;
+    assert_eq!(
+        after.body,
+        "/b v1",
+        "{}",
+        after.header("cache-status").unwrap_or("")
+    );
+}
+
+/// Each memcached server holds its own namespace generation (each created its own): the
+/// tier remembers them per server, so the checks of 20 URLs spread over two servers read
+/// each server's generation once (20 entries + 2 generations), not at every change of
+/// server.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn generations_are_remembered_per_server() {
+    let test = "near_tier_adversarial::generations_are_remembered_per_server";
+    let one = memcached_or_skip!(test);
+    let two = memcached_or_skip!(test);
+    let backend = tower_memcache::backend::TcpBackend::builder()
+        .server(one.addr())
+        .server(two.addr())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let keys_read = || async {
+        let stats = backend.stats().await.unwrap();
+        assert_eq!(stats.len(), 2);
+        stats
+            .iter()
+            .filter_map(|s| s.get_u64("cmd_get"))
+            .sum::<u64>()
+    };
+    let origin = Origin::default();
+    let bound = Duration::from_secs(3);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let paths: Vec<String> = (0..20).map(|i| format!("/p{i}")).collect();
+    for path in &paths {
+        warm(&svc, &watch, path).await;
+    }
+    tokio::time::sleep(bound + Duration::from_millis(100)).await;
+    let before = keys_read().await;
+    let t0 = Instant::now();
+    for path in &paths {
+        let answer = send(&svc, Method::GET, path, &[]).await;
+        assert_eq!(answer.header("cache-status"), Some("tower-memcache; hit"));
+    }
+    assert!(
+        t0.elapsed() < bound / 16,
+        "too slow a machine: {:?}",
+        t0.elapsed()
+    );
+    // Entries carry the tag "news": its generation too, once per server.
+    assert_eq!(keys_read().await - before, 20 + 2 + 2);
 }
 
 #[test]

@@ -588,6 +588,11 @@ impl Backend for MemoryBackend {
         }])
     }
 
+    /// One store.
+    fn server_of(&self, _route: &str) -> Option<usize> {
+        Some(0)
+    }
+
     fn is_available(&self, _key: &str) -> bool {
         !self.inner.unreachable.load(Ordering::Relaxed)
     }

@@ -202,6 +202,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
         true
     }
 
+    /// Which server the `*_by_key` methods send `route`'s keys to now, as an index that
+    /// names the same server for the backend's life; `None` when unknown (the default).
+    /// For callers that remember what they read per server: the near tier reuses a
+    /// server's generations it read recently only when this says which server an entry
+    /// lives on (without it, it reads them with every lookup).
+    ///
+    /// ```
+    /// use tower_memcache::backend::{Backend, MemoryBackend};
+    ///
+    /// assert_eq!(MemoryBackend::new().server_of("page"), Some(0));
+    /// ```
+    fn server_of(&self, route: &str) -> Option<usize> {
+        let _ = route;
+        None
+    }
+
     /// The largest item (key + value + [`ITEM_OVERHEAD`]) the backend currently accepts on
     /// every server: larger ones are refused with [`BackendError::ValueTooLarge`] before
     /// anything is sent. It may shrink as the backend learns its servers' limits. The

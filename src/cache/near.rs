@@ -10,6 +10,10 @@
 //! - Past `max_staleness`, an entry is checked again in memcached (entry, namespace and tag
 //!   generations) before it is reused: a purge or refresh by another process shows within
 //!   that bound.
+//! - The generations a check read are remembered (per server, a bounded number) for a
+//!   sixteenth of `max_staleness`, and vouch for other entries meanwhile: a check then
+//!   reads the entry alone. An entry is answered for `max_staleness` after the *earliest*
+//!   of the reads it relied on started, so nothing it depends on is further behind.
 //! - Purges, invalidations and stores made through this process apply to it before they
 //!   return: a *fence* orders them with the insertions of lookups that started before them,
 //!   which are dropped.
@@ -27,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
+use quick_cache::{DefaultHashBuilder, Equivalent, OptionsBuilder, Weighter};
 
 use super::entry::Entry;
 use super::stored;
@@ -43,6 +47,15 @@ pub const NEAR_ENTRY_OVERHEAD: u64 = 512;
 
 /// Typical weight of an entry, to size the map's bookkeeping (ghost keys) before it fills.
 const TYPICAL_ENTRY: u64 = 4096;
+
+/// Generations (namespace and tags, per server) remembered at most: a few hundred KiB.
+const MAX_GENERATIONS: usize = 4096;
+
+/// A generation read vouches for entries for this share of `max_staleness` after its read
+/// started (so an entry it vouches for is answered for at least the rest): long enough that
+/// generations are read a few times per window rather than with every check, short enough
+/// that entries are not checked again much sooner than without it.
+const GENERATION_REUSE_SHARE: u32 = 16;
 
 /// An in-process tier of hot entries in front of the backend, shared by every layer it is
 /// given to (the threads of a server, say). See
@@ -79,8 +92,39 @@ struct Inner {
     /// removed. Striped, so that a store of one URL does not refuse what lookups of
     /// every other URL found meanwhile.
     changes: Box<[AtomicU64]>,
-    /// Bumped by every tag, namespace and whole purge: they concern every key.
+    /// Bumped by every tag, namespace and whole purge: they concern every key (and every
+    /// generation remembered).
     cleared: AtomicU64,
+    /// Generations lookups read, by server and key, with when their read started.
+    generations: Cache<GenKey, Seen>,
+}
+
+/// A generation's key on one server (each server holds its own copy).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct GenKey {
+    server: usize,
+    key: Box<str>,
+}
+
+/// A [`GenKey`] borrowed, to look one up without copying the key (hashed alike: same
+/// fields, and `&str` hashes as `Box<str>` does).
+#[derive(Hash)]
+struct GenRef<'a> {
+    server: usize,
+    key: &'a str,
+}
+
+impl Equivalent<GenKey> for GenRef<'_> {
+    fn equivalent(&self, key: &GenKey) -> bool {
+        self.server == key.server && self.key == &*key.key
+    }
+}
+
+/// A generation's value and when the read that found it started.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seen {
+    pub(crate) value: u64,
+    pub(crate) read: Instant,
 }
 
 /// Stripes of the change counters.
@@ -127,6 +171,17 @@ pub(crate) struct Mark {
     changes: u64,
     cleared: u64,
     at: Instant,
+}
+
+impl Mark {
+    /// This mark, as of `since` if that is earlier: an entry a lookup found is no more
+    /// current than the earliest read it relied on.
+    pub(crate) fn since(self, since: Option<Instant>) -> Self {
+        Self {
+            at: since.map_or(self.at, |since| since.min(self.at)),
+            ..self
+        }
+    }
 }
 
 impl std::fmt::Debug for NearCache {
@@ -187,6 +242,7 @@ impl NearCache {
                 fence: RwLock::new(()),
                 changes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 cleared: AtomicU64::new(0),
+                generations: Cache::new(MAX_GENERATIONS),
             }),
         }
     }
@@ -222,6 +278,50 @@ impl NearCache {
             changes: self.inner.changes[stripe(key)].load(Ordering::SeqCst),
             cleared: self.inner.cleared.load(Ordering::SeqCst),
             at: Instant::now(),
+        }
+    }
+
+    /// Whether this tier remembers generations (it keeps anything at all).
+    pub(crate) fn recalls(&self) -> bool {
+        !self.inner.max_staleness.is_zero()
+    }
+
+    /// The generation under `key` on `server`, if a lookup read it within the reuse window
+    /// (a sixteenth of `max_staleness`).
+    pub(crate) fn generation(&self, server: usize, key: &str) -> Option<Seen> {
+        let seen = self.inner.generations.get(&GenRef { server, key })?;
+        let reuse = self.inner.max_staleness / GENERATION_REUSE_SHARE;
+        (seen.read.elapsed() <= reuse).then_some(seen)
+    }
+
+    /// Remembers generations a lookup that started at `mark` read from `server` (keys and
+    /// values), unless a tag, namespace or whole purge of this process came since (the
+    /// lookup may have read what it replaced).
+    pub(crate) fn remember(&self, server: usize, read: &[(&str, u64)], mark: Mark) {
+        if !self.recalls() {
+            return;
+        }
+        let _fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
+        if self.inner.cleared.load(Ordering::SeqCst) != mark.cleared {
+            return;
+        }
+        for &(key, value) in read {
+            let newer = self
+                .inner
+                .generations
+                .get(&GenRef { server, key })
+                .is_none_or(|seen| seen.read < mark.at);
+            if newer {
+                let key = GenKey {
+                    server,
+                    key: key.into(),
+                };
+                let seen = Seen {
+                    value,
+                    read: mark.at,
+                };
+                self.inner.generations.insert(key, seen);
+            }
         }
     }
 
@@ -307,10 +407,14 @@ impl NearCache {
         self.inner.slots.remove(key);
     }
 
-    /// A purge of the tag `tag` by this process: every URL holding an entry with it goes.
-    pub(crate) fn forget_tag(&self, tag: &str) {
+    /// A purge of the tag `tag` (whose generation lives under `key`) by this process:
+    /// every URL holding an entry with it goes, and so do its generations remembered.
+    pub(crate) fn forget_tag(&self, tag: &str, key: &str) {
         let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
         self.inner.cleared.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .generations
+            .retain(|remembered, _| &*remembered.key != key);
         self.inner.slots.retain(|_, slot| {
             !slot
                 .kept
@@ -324,6 +428,7 @@ impl NearCache {
         let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
         self.inner.cleared.fetch_add(1, Ordering::SeqCst);
         self.inner.slots.clear();
+        self.inner.generations.clear();
     }
 }
 
@@ -463,7 +568,7 @@ mod tests {
         assert!(near.get("k", &canonical, &HeaderMap::new()).is_some());
         // A tag or namespace purge concerns every key.
         for purge in [NearCache::forget_all as fn(&NearCache), |near| {
-            near.forget_tag("t")
+            near.forget_tag("t", "tk")
         }] {
             let mark = near.mark("k");
             purge(&near);
@@ -471,6 +576,84 @@ mod tests {
             assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
         }
         assert_eq!(near.entries(), 0);
+    }
+
+    #[test]
+    fn generations_are_remembered_per_server_for_a_sixteenth_of_the_bound() {
+        let near = NearCache::new(1 << 20, Duration::from_millis(800));
+        near.remember(0, &[("g", 7), ("t", 9)], near.mark("k"));
+        let seen = near.generation(0, "g").map(|seen| seen.value);
+        assert_eq!(seen, Some(7));
+        assert_eq!(near.generation(0, "t").map(|seen| seen.value), Some(9));
+        assert!(near.generation(1, "g").is_none(), "another server's copy");
+        // An older read does not replace a newer one.
+        let mut old = near.mark("k");
+        old.at -= Duration::from_millis(10);
+        near.remember(0, &[("g", 6)], old);
+        assert_eq!(near.generation(0, "g").map(|seen| seen.value), Some(7));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(near.generation(0, "g").is_none(), "past 800 ms / 16");
+        // Without a bound, nothing is remembered.
+        let off = NearCache::new(1 << 20, Duration::ZERO);
+        off.remember(0, &[("g", 7)], off.mark("k"));
+        assert!(off.generation(0, "g").is_none());
+    }
+
+    #[test]
+    fn a_lookup_that_started_before_a_purge_leaves_no_generation() {
+        let near = NearCache::new(1 << 20, Duration::from_secs(5));
+        for purge in [NearCache::forget_all as fn(&NearCache), |near| {
+            near.forget_tag("t", "tk")
+        }] {
+            let mark = near.mark("k");
+            purge(&near);
+            near.remember(0, &[("g", 1), ("tk", 2)], mark);
+            assert!(near.generation(0, "g").is_none());
+            assert!(near.generation(0, "tk").is_none());
+        }
+        // A purge of a URL says nothing about generations.
+        let mark = near.mark("k");
+        near.forget("k");
+        near.remember(0, &[("g", 1)], mark);
+        assert!(near.generation(0, "g").is_some());
+        // A tag purge drops that tag's generations (on every server), not the others.
+        near.remember(0, &[("tk", 2), ("other", 3)], near.mark("k"));
+        near.remember(1, &[("tk", 2)], near.mark("k"));
+        near.forget_tag("t", "tk");
+        assert!(near.generation(0, "tk").is_none());
+        assert!(near.generation(1, "tk").is_none());
+        assert!(near.generation(0, "other").is_some());
+        assert!(near.generation(0, "g").is_some());
+        near.forget_all();
+        assert!(near.generation(0, "g").is_none());
+    }
+
+    #[test]
+    fn generations_remembered_are_bounded() {
+        let near = NearCache::new(1 << 20, Duration::from_secs(5));
+        for i in 0..3 * MAX_GENERATIONS {
+            near.remember(i % 3, &[(&format!("g{i}"), 1)], near.mark("k"));
+        }
+        assert!(near.inner.generations.len() <= MAX_GENERATIONS);
+    }
+
+    #[test]
+    fn an_entry_is_answered_no_longer_than_its_earliest_read() {
+        let near = NearCache::new(1 << 20, Duration::from_millis(100));
+        let entry = bare_entry();
+        let canonical = entry.meta.canonical_key.clone();
+        let mark = near.mark("k");
+        near.keep(
+            "k",
+            &entry,
+            false,
+            mark.since(Some(mark.at - Duration::from_millis(70))),
+        );
+        assert!(near.get("k", &canonical, &HeaderMap::new()).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
+        // A later instant changes nothing.
+        assert_eq!(mark.since(Some(mark.at + Duration::from_secs(1))), mark);
     }
 
     #[test]

@@ -458,6 +458,7 @@ where
             match freshness.reuse(&plan.request_cc) {
                 Reuse::Fresh | Reuse::StaleAccepted => {
                     if let Some((near, mark)) = near_mark.filter(|_| freshness.is_fresh()) {
+                        let mark = mark.since(found.vouched);
                         // One set of selecting headers: a request selects at most one of
                         // the variants kept, as it would in memcached.
                         match &found.index {

@@ -41,7 +41,7 @@ use crate::cache::entry::{
     Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_PLACEHOLDER, FLAG_VARIANT_INDEX, Placeholder,
     VariantIndex, decode_entry, decode_index, encode_entry, encode_index,
 };
-use crate::cache::near::NearCache;
+use crate::cache::near::{Mark, NearCache, Seen};
 use crate::cache::policy::normalized_header;
 use crate::cache::stats::CacheStats;
 use crate::key::build_key;
@@ -131,6 +131,10 @@ pub(crate) struct Found {
     /// When the lookup started, on the [`placements`] clock: a slot read before a
     /// placeholder was put in place says nothing about it.
     pub(crate) started: u64,
+    /// When the earliest generation the near tier vouched for the entry with (instead of
+    /// its being read in this lookup) was read: the entry is then no more current than
+    /// that.
+    pub(crate) vouched: Option<Instant>,
 }
 
 impl Default for Found {
@@ -141,6 +145,7 @@ impl Default for Found {
             generation: None,
             slot: Slot::Unknown,
             started: placements(),
+            vouched: None,
         }
     }
 }
@@ -213,6 +218,37 @@ impl LocalPurges {
     fn made_here(&self, generation: u64) -> bool {
         let purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
         purges.iter().any(|(made, _)| *made == generation)
+    }
+}
+
+/// The near tier's memory of one server's generations, for one lookup.
+struct Recall<'a> {
+    near: &'a NearCache,
+    server: usize,
+    /// Taken before the lookup read anything: what it reads is remembered as read then,
+    /// and not at all if this process purged something since.
+    mark: Mark,
+}
+
+impl Recall<'_> {
+    fn generation(&self, key: &str) -> Option<Seen> {
+        self.near.generation(self.server, key)
+    }
+
+    fn remember<B: Backend>(&self, backend: &B, route: &str, read: &[(&str, u64)]) {
+        // The ring changed meanwhile (a server left or came back): the read may have gone
+        // to another server than the one it would be remembered for.
+        if backend.server_of(route) == Some(self.server) {
+            self.near.remember(self.server, read, self.mark);
+        }
+    }
+}
+
+/// The earlier of two instants, either of them maybe unknown.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -363,6 +399,12 @@ impl<B: Backend> Storage<B> {
 
     /// Finds the stored response for a request: one round trip to the entry's server for
     /// the entry and the namespace generation, one more for a variant, one more for tags.
+    ///
+    /// With a near tier, generations it read from that server within its reuse window
+    /// ([`NearCache::generation`]) vouch for an entry instead of being read again: the
+    /// first round trip then reads the entry alone, the tags' only those not vouched for.
+    /// A generation that does not vouch for what was found (no entry, another generation)
+    /// is read after all, as it would have been.
     pub(crate) async fn lookup(
         &self,
         canonical: &str,
@@ -370,57 +412,67 @@ impl<B: Backend> Storage<B> {
         request_headers: &HeaderMap,
     ) -> Lookup {
         let started = placements();
-        let keys = [primary_key, &*self.generation_key];
-        let Some([primary, generation]) = self.read("lookup", primary_key, &keys).await else {
+        let recall = self.recall(primary_key);
+        let cached = recall
+            .as_ref()
+            .and_then(|recall| recall.generation(&self.generation_key));
+        let (primary, read_generation) = if cached.is_some() {
+            let Some([primary]) = self.read("lookup", primary_key, &[primary_key]).await else {
+                return Lookup::Unavailable;
+            };
+            (primary, None)
+        } else {
+            let keys = [primary_key, &*self.generation_key];
+            let Some([primary, generation]) = self.read("lookup", primary_key, &keys).await else {
+                return Lookup::Unavailable;
+            };
+            (
+                primary,
+                Some(generation.and_then(|item| parse_generation(&item))),
+            )
+        };
+        let slot = primary.as_ref().map_or(Slot::Absent, Slot::of);
+        let Some((entry, index)) = self
+            .entry_of(primary, canonical, primary_key, request_headers)
+            .await
+        else {
             return Lookup::Unavailable;
         };
-        let mut generation = generation.and_then(|item| parse_generation(&item));
+        let mut vouched = None;
+        let mut generation = match (read_generation, cached, &entry) {
+            (Some(read), _, _) => read,
+            (None, Some(seen), Some(entry)) if entry.meta.generation == seen.value => {
+                vouched = Some(seen.read);
+                Some(seen.value)
+            }
+            // No entry, or one of another generation (a purge by another process since,
+            // or an entry from before one): what the server holds decides, as without
+            // the near tier (a miss goes to the origin next: this round trip is small
+            // beside it).
+            _ => {
+                let key = &*self.generation_key;
+                let Some([read]) = self.read("generation get", primary_key, &[key]).await else {
+                    return Lookup::Unavailable;
+                };
+                read.and_then(|item| parse_generation(&item))
+            }
+        };
         if generation.is_none() {
             // A cold server, a flush, a reset after a rejoin: the generation this request's
             // response will be stored under must exist before the response is produced, or
             // a purge during the fill would not reach it.
             generation = self.ensure_generation(primary_key).await;
         }
+        if let (Some(recall), Some(value), None) = (&recall, generation, vouched) {
+            recall.remember(&self.backend, primary_key, &[(&self.generation_key, value)]);
+        }
         let mut found = Found {
             generation,
             started,
+            slot,
+            index,
+            vouched,
             ..Found::default()
-        };
-        found.slot = primary.as_ref().map_or(Slot::Absent, Slot::of);
-        let entry = match primary {
-            Some(item) if item.flags == FLAG_HTTP_ENTRY => decode(item.value),
-            Some(item) if item.flags == FLAG_VARIANT_INDEX => match decode_index(&item.value) {
-                Ok(index) if index.canonical_key == canonical && !index.name_sets.is_empty() => {
-                    let keys = self.variant_keys(&index, request_headers);
-                    found.index = Some(index);
-                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let read = self
-                        .backend
-                        .get_many_by_key_ordered(primary_key, &refs, self.timeout)
-                        .await;
-                    let Some(variants) = self.logged("variant lookup", read) else {
-                        return Lookup::Unavailable;
-                    };
-                    // Of the variants this request selects, the one stored for the most
-                    // selecting headers (a response the origin chose for a request like
-                    // this in more ways), then the most recent name set.
-                    variants
-                        .into_iter()
-                        .flatten()
-                        .filter(|item| item.flags == FLAG_HTTP_ENTRY)
-                        .filter_map(|item| decode(item.value))
-                        .filter(|entry| stored::selects(&entry.meta, canonical, request_headers))
-                        .reduce(|best, entry| {
-                            if entry.meta.vary.len() > best.meta.vary.len() {
-                                entry
-                            } else {
-                                best
-                            }
-                        })
-                }
-                _ => None,
-            },
-            _ => None,
         };
         let Some(entry) = entry else {
             return Lookup::Found(found);
@@ -437,28 +489,128 @@ impl<B: Backend> Storage<B> {
             );
             return Lookup::Found(found);
         }
-        if !meta.tags.is_empty() && !self.tags_current(primary_key, &meta.tags).await {
-            tracing::debug!(key = primary_key, "entry from before a tag purge; miss");
-            return Lookup::Found(found);
+        if !meta.tags.is_empty() {
+            match self
+                .tags_current(primary_key, &meta.tags, recall.as_ref())
+                .await
+            {
+                Some(tags_vouched) => found.vouched = earliest(found.vouched, tags_vouched),
+                None => {
+                    tracing::debug!(key = primary_key, "entry from before a tag purge; miss");
+                    return Lookup::Found(found);
+                }
+            }
         }
         found.entry = Some(Arc::new(entry));
         Lookup::Found(found)
     }
 
-    async fn tags_current(&self, route: &str, tags: &[(String, u64)]) -> bool {
-        let keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    /// The near tier's memory of generations read from the server of `route`, when there
+    /// is a near tier and the backend says which server that is.
+    fn recall(&self, route: &str) -> Option<Recall<'_>> {
+        let near = self.near.as_ref().filter(|near| near.recalls())?;
+        let server = self.backend.server_of(route)?;
+        Some(Recall {
+            near,
+            server,
+            mark: near.mark(route),
+        })
+    }
+
+    /// The entry (or the variant this request selects) in what the primary key held, and
+    /// the URL's variant index; `None` when the variant read failed.
+    async fn entry_of(
+        &self,
+        primary: Option<Item>,
+        canonical: &str,
+        primary_key: &str,
+        request_headers: &HeaderMap,
+    ) -> Option<(Option<Entry>, Option<VariantIndex>)> {
+        let Some(item) = primary else {
+            return Some((None, None));
+        };
+        match item.flags {
+            FLAG_HTTP_ENTRY => Some((decode(item.value), None)),
+            FLAG_VARIANT_INDEX => match decode_index(&item.value) {
+                Ok(index) if index.canonical_key == canonical && !index.name_sets.is_empty() => {
+                    let keys = self.variant_keys(&index, request_headers);
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let read = self
+                        .backend
+                        .get_many_by_key_ordered(primary_key, &refs, self.timeout)
+                        .await;
+                    let variants = self.logged("variant lookup", read)?;
+                    // Of the variants this request selects, the one stored for the most
+                    // selecting headers (a response the origin chose for a request like
+                    // this in more ways), then the most recent name set.
+                    let entry = variants
+                        .into_iter()
+                        .flatten()
+                        .filter(|item| item.flags == FLAG_HTTP_ENTRY)
+                        .filter_map(|item| decode(item.value))
+                        .filter(|entry| stored::selects(&entry.meta, canonical, request_headers))
+                        .reduce(|best, entry| {
+                            if entry.meta.vary.len() > best.meta.vary.len() {
+                                entry
+                            } else {
+                                best
+                            }
+                        });
+                    Some((entry, Some(index)))
+                }
+                _ => Some((None, None)),
+            },
+            _ => Some((None, None)),
+        }
+    }
+
+    /// Whether an entry's tags are current on the server of `route`: `Some` with when the
+    /// earliest generation the near tier vouched for was read (`None`: all were read now),
+    /// `None` when one was purged or the read failed.
+    async fn tags_current(
+        &self,
+        route: &str,
+        tags: &[(String, u64)],
+        recall: Option<&Recall<'_>>,
+    ) -> Option<Option<Instant>> {
+        let mut vouched = None;
+        let mut unread: Vec<(String, u64)> = Vec::with_capacity(tags.len());
+        for (tag, stored) in tags {
+            let key = self.tag_key(tag);
+            match recall.and_then(|recall| recall.generation(&key)) {
+                Some(seen) if seen.value == *stored => vouched = earliest(vouched, Some(seen.read)),
+                _ => unread.push((key, *stored)),
+            }
+        }
+        if unread.is_empty() {
+            return Some(vouched);
+        }
+        let refs: Vec<&str> = unread.iter().map(|(key, _)| key.as_str()).collect();
         let read = self
             .backend
             .get_many_by_key_ordered(route, &refs, self.timeout)
             .await;
-        let Some(items) = self.logged("tag lookup", read) else {
-            return false;
-        };
-        items.len() == tags.len()
-            && items.iter().zip(tags).all(|(item, (_, stored))| {
-                item.as_ref().and_then(parse_generation) == Some(*stored)
-            })
+        let items = self.logged("tag lookup", read)?;
+        if items.len() != unread.len() {
+            return None;
+        }
+        let values: Vec<Option<u64>> = items
+            .iter()
+            .map(|item| item.as_ref().and_then(parse_generation))
+            .collect();
+        if let Some(recall) = recall {
+            let read: Vec<(&str, u64)> = unread
+                .iter()
+                .zip(&values)
+                .filter_map(|((key, _), value)| Some((key.as_str(), (*value)?)))
+                .collect();
+            recall.remember(&self.backend, route, &read);
+        }
+        let current = unread
+            .iter()
+            .zip(&values)
+            .all(|((_, stored), value)| *value == Some(*stored));
+        current.then_some(vouched)
     }
 
     /// The namespace generation on the server of `route`, created when absent.
@@ -797,9 +949,10 @@ impl<B: Backend> Storage<B> {
     /// Gives a tag a new generation on every server: every entry stored with it before is
     /// a miss, and fills of responses requested before it are not stored.
     pub(crate) async fn purge_tag(&self, tag: &str) -> Result<(), BackendError> {
-        let bumped = self.bump(&self.tag_key(tag)).await;
+        let key = self.tag_key(tag);
+        let bumped = self.bump(&key).await;
         if let Some(near) = &self.near {
-            near.forget_tag(tag);
+            near.forget_tag(tag, &key);
         }
         bumped
     }

@@ -1260,6 +1260,10 @@ impl Backend for TcpBackend {
         }
     }
 
+    fn server_of(&self, route: &str) -> Option<usize> {
+        self.server_for_key(route)
+    }
+
     fn is_available(&self, key: &str) -> bool {
         self.server_for_key(key)
             .is_some_and(|index| !self.inner.servers[index].is_down())
