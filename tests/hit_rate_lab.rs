@@ -272,13 +272,14 @@ async fn near_tier_and_memcached_operations_on_two_servers() {
         on.near_weight > Some(0) && on.near_weight <= Some(4 << 20),
         "{on:?}"
     );
-    // Without the tier every lookup reaches memcached (at least 2 keys per request);
+    // Without the tier every lookup reaches memcached (its entry and the namespace
+    // generation, which lookups merged into one line share: more than 1 key per request);
     // with it, far fewer.
     let (ops_off, ops_on) = (
         off.ops_per_request.expect("ops"),
         on.ops_per_request.expect("ops"),
     );
-    assert!(ops_off >= 2.0, "{off:?}");
+    assert!(ops_off > 1.0, "{off:?}");
     assert!(ops_on < ops_off / 2.0, "{ops_on} vs {ops_off}");
 
     let text = std::fs::read_to_string(&csv).expect("the CSV was written");
