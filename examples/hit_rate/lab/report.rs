@@ -250,7 +250,8 @@ stats at the end (malloced above memory: memcached gives each slab class in use 
 page whatever -m says); store: entries memcached refused (store failures); near: the near
 tier (size,staleness); near hits: requests it answered without memcached, share of all
 requests; ops/req: memcached operations per request, from the servers' own counters
-(cmd_get counts keys: a lookup is 2; sets, touches, deletes, incr/decr count 1 each; the
+(cmd_get counts keys: a lookup is at most 2, lookups merged into one line share the
+namespace generation; sets, touches, deletes, incr/decr count 1 each; the
 lab's expiry deletes left out); busiest: the busiest server's share of those operations.";
 
 /// `90 s`, `15 min`, `2 h 5 min`.

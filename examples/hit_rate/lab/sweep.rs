@@ -12,7 +12,8 @@
 //! `cmd_get + cmd_set + cmd_touch + cmd_flush + delete_hits + delete_misses + incr_hits +
 //! incr_misses + decr_hits + decr_misses` ([`OPERATION_STATS`]). That is memcached's own
 //! accounting: `cmd_get` counts **keys** (a lookup is one multi-get of two keys, the entry
-//! and the namespace generation, so it counts 2), `cmd_set` counts every storage command
+//! and the namespace generation, so it counts 2, or less when lookups queued on one
+//! connection were merged into one line, which lists the generation once), `cmd_set` counts every storage command
 //! (`set`, `add`, `cas`, ...; `cas_*` are a subset of it and are not added again),
 //! `touch_*` likewise within `cmd_touch`. The deletes the lab itself sends to expire
 //! entries in trace time (one per server per expired entry, standing for memcached's own
