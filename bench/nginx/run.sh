@@ -23,7 +23,12 @@
 #   6. prints the medians, the ratios to nginx + srcache and to nginx's static file, and
 #      each proxy's resident memory. Everything it started is stopped on exit.
 #
-# Knobs (environment): ROUNDS=5 DURATION=10s WARMUP=3s CONNECTIONS=32 WRK_THREADS=1
+# PATHS=N (default 1) spreads the requests over N copies of the file (/1k-0.html ...), in
+# turn, through a wrk script: with one URL every lookup of a batch reads the same two keys,
+# which the proxy's merged gets list once; with many, only the namespace generation is
+# shared, as on a real site. The warm-up stores them all.
+#
+# Knobs (environment): ROUNDS=5 DURATION=10s WARMUP=3s CONNECTIONS=32 WRK_THREADS=1 PATHS=1
 # WORKERS=2 MEMCACHED_THREADS=2 NEAR_CACHE=64M,1s MODULES_DIR=/usr/lib/nginx/modules KEEP=1 (keep the temp
 # dir with configs and logs) PROXY_ENV='VAR=value ...' (extra environment for the proxy,
 # e.g. PROXY_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
@@ -43,6 +48,7 @@ WORKERS=${WORKERS:-2}
 MEMCACHED_THREADS=${MEMCACHED_THREADS:-2}
 MODULES_DIR=${MODULES_DIR:-/usr/lib/nginx/modules}
 NEAR_CACHE=${NEAR_CACHE:-64M,1s}
+PATHS=${PATHS:-1}
 TARGET_PATH=/1k.html
 
 missing=()
@@ -162,6 +168,19 @@ MC_PID=$!
 mkdir -p "$WORK/html"
 python3 -c 'import sys; line = b"tower-memcache benchmark body: the same 1 KiB from both caches.\n"; sys.stdout.buffer.write((line * 17)[:1024])' \
     >"$WORK/html/1k.html"
+WRK_SCRIPT=()
+if ((PATHS > 1)); then
+    for ((i = 0; i < PATHS; i++)); do cp "$WORK/html/1k.html" "$WORK/html/1k-$i.html"; done
+    cat >"$WORK/paths.lua" <<LUA
+-- Each request the next of $PATHS copies of the file, in turn.
+local i = 0
+request = function()
+    i = i + 1
+    return wrk.format("GET", "/1k-" .. (i % $PATHS) .. ".html")
+end
+LUA
+    WRK_SCRIPT=(-s "$WORK/paths.lua")
+fi
 chmod -R a+rX "$WORK/html"
 sed -e "s|@WORKERS@|$WORKERS|" -e "s|@MODULES_DIR@|$MODULES_DIR|" \
     -e "s|@CACHE_PORT@|$CACHE_PORT|" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|" \
@@ -230,10 +249,10 @@ echo "both hit; same $(wc -c <"$WORK/proxy.body")-byte body;" \
     "proxy $(curl -s -o /dev/null -w '%{size_header}' "$PROXY_URL")"
 
 echo "== warm-up ($WARMUP each, not counted)"
-wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$NGINX_URL" >/dev/null
-wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$PROXY_URL" >/dev/null
-wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$NEAR_URL" >/dev/null
-wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$STATIC_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" "$NGINX_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" "$PROXY_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" "$NEAR_URL" >/dev/null
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${WRK_SCRIPT[@]}" "$STATIC_URL" >/dev/null
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -254,7 +273,7 @@ with open(sys.argv[1], "w") as out:
     subprocess.run(sys.argv[2:], stdout=out, check=True)
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(usage.ru_utime + usage.ru_stime)' "$out" \
-        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${WRK_SCRIPT[@]}" "$url")
     j1=$(machine_jiffies)
     cpu1=$(cpu_seconds "$@")
     mc1=$(cpu_seconds "$MC_PID")
@@ -296,7 +315,7 @@ PY
     tail -n1 "$RESULTS"
 }
 
-echo "== wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, order rotated each round"
+echo "== wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, order rotated each round, $PATHS path(s)"
 # server-us/req, memcached-us/req, wrk-us/req: CPU time per request of each. idle%: machine
 # CPU left unused; others%: machine CPU used by processes outside the benchmark; steal%:
 # taken by the hypervisor. A round with a high others% or steal% was disturbed.
