@@ -43,6 +43,16 @@
 //!   through `Client::with_pool`, as a reference for the protocol cost alone. It is shown
 //!   but not used for the targets.
 //!
+//! `BENCH_OPS=N` runs each configuration for exactly `N` operations per task instead, with
+//! no warm-up and no time limit: for instruction counts under valgrind, where the
+//! difference between two `N` (say 5000 and 1000) divided by their difference is the
+//! instructions per operation, set-up excluded:
+//!
+//! ```text
+//! BENCH_OPS=5000 BENCH_ROUNDS=1 BENCH_FILTER="TcpBackend get 1" \
+//!     valgrind --tool=callgrind target/release/deps/tcp-HASH
+//! ```
+//!
 //! Targets (from the issue): at 64 tasks, `TcpBackend` reaches at least 1.1× the best
 //! peer's throughput while holding at most 4 connections, and uses less CPU per operation
 //! than every peer. The bench prints whether each is met; it never fails.
@@ -361,12 +371,18 @@ struct Bench {
     keys: Arc<Vec<String>>,
     value: Bytes,
     duration: Duration,
+    /// `BENCH_OPS`: a fixed number of operations per task instead of a fixed time.
+    ops_per_task: Option<usize>,
 }
 
 impl Bench {
     fn run(&self, config: Config) -> Sample {
         self.memcached.settle(self.baseline);
         let phase = Arc::new(Phase::default());
+        if self.ops_per_task.is_some() {
+            // Every operation counts, from the first.
+            phase.set(MEASURING);
+        }
         let (tally, window) = match config.client {
             Client::Tcp => self.run_tcp(config, &phase),
             Client::AsyncMemcached => self.run_async_memcached(config, &phase),
@@ -388,6 +404,29 @@ impl Bench {
         }
     }
 
+    /// How many operations each worker runs: `BENCH_OPS`, or until told to stop.
+    fn ops_limit(&self) -> usize {
+        self.ops_per_task.unwrap_or(usize::MAX)
+    }
+
+    /// The measured window: until the workers are done with `BENCH_OPS`, else the
+    /// warm-up and `BENCH_SECONDS`. `join` waits for the workers.
+    fn window<T>(&self, phase: &Phase, join: impl FnOnce() -> T) -> (T, Window) {
+        if self.ops_per_task.is_none() {
+            let window = measure(phase, &self.memcached, self.baseline, self.duration);
+            return (join(), window);
+        }
+        let cpu_start = cpu_time();
+        let start = Instant::now();
+        let joined = join();
+        let window = Window {
+            elapsed: start.elapsed(),
+            cpu: cpu_time() - cpu_start,
+            connections: self.memcached.curr_connections() - self.baseline,
+        };
+        (joined, window)
+    }
+
     /// Key `i` for worker `task`: workers start spread over the key set.
     fn key(&self, task: usize, i: usize) -> &str {
         &self.keys[(task * 131 + i) % KEYS]
@@ -400,6 +439,7 @@ impl Bench {
             .timeout(Duration::from_secs(1))
             .build()
             .expect("TcpBackend");
+        let limit = self.ops_limit();
         let workers: Vec<_> = (0..config.tasks)
             .map(|task| {
                 let backend = backend.clone();
@@ -408,7 +448,7 @@ impl Bench {
                 let value = self.value.clone();
                 self.runtime.spawn(async move {
                     let mut tally = Tally::default();
-                    for i in 0.. {
+                    for i in 0..limit {
                         let key = &keys[(task * 131 + i) % KEYS];
                         let outcome = match config.op {
                             Op::Get => fetched(backend.get(key).await, |item| item.value.len()),
@@ -433,15 +473,15 @@ impl Bench {
         phase: &Arc<Phase>,
         workers: Vec<tokio::task::JoinHandle<Tally>>,
     ) -> (Tally, Window) {
-        let window = measure(phase, &self.memcached, self.baseline, self.duration);
-        let tally = self.runtime.block_on(async {
-            let mut tallies = Vec::new();
-            for worker in workers {
-                tallies.push(worker.await.expect("worker"));
-            }
-            Tally::sum(tallies)
-        });
-        (tally, window)
+        self.window(phase, || {
+            self.runtime.block_on(async {
+                let mut tallies = Vec::new();
+                for worker in workers {
+                    tallies.push(worker.await.expect("worker"));
+                }
+                Tally::sum(tallies)
+            })
+        })
     }
 
     fn run_async_memcached(&self, config: Config, phase: &Arc<Phase>) -> (Tally, Window) {
@@ -458,6 +498,7 @@ impl Bench {
             }
             clients
         });
+        let limit = self.ops_limit();
         let workers: Vec<_> = clients
             .into_iter()
             .enumerate()
@@ -468,7 +509,7 @@ impl Bench {
                 let dsn = dsn.clone();
                 self.runtime.spawn(async move {
                     let mut tally = Tally::default();
-                    for i in 0.. {
+                    for i in 0..limit {
                         let key = &keys[(task * 131 + i) % KEYS];
                         let outcome = match config.op {
                             Op::Get => fetched(client.get(key).await, |item| {
@@ -517,12 +558,13 @@ impl Bench {
                 .expect("memcache client"),
         };
         let client = &client;
+        let limit = self.ops_limit();
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..config.tasks)
                 .map(|task| {
                     scope.spawn(move || {
                         let mut tally = Tally::default();
-                        for i in 0.. {
+                        for i in 0..limit {
                             let key = self.key(task, i);
                             let outcome = match config.op {
                                 Op::Get => fetched(client.get::<Vec<u8>>(key), Vec::len),
@@ -536,9 +578,9 @@ impl Bench {
                     })
                 })
                 .collect();
-            let window = measure(phase, &self.memcached, self.baseline, self.duration);
-            let tally = Tally::sum(workers.into_iter().map(|w| w.join().expect("worker")));
-            (tally, window)
+            self.window(phase, || {
+                Tally::sum(workers.into_iter().map(|w| w.join().expect("worker")))
+            })
         })
     }
 }
@@ -631,6 +673,7 @@ fn main() {
         keys,
         value,
         duration: Duration::from_secs_f64(seconds),
+        ops_per_task: std::env::var("BENCH_OPS").ok().and_then(|n| n.parse().ok()),
         memcached,
     };
     println!(
