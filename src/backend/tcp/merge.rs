@@ -322,6 +322,17 @@ mod tests {
         Retrieval::of(request, &Asked::of_request(request)).expect("a retrieval line")
     }
 
+    /// The values a caller was handed: (its own position, data).
+    fn got(rx: &mut oneshot::Receiver<Result<Reply, BackendError>>) -> Vec<(usize, String)> {
+        match rx.try_recv() {
+            Ok(Ok(Reply::Values(values))) => values
+                .into_iter()
+                .map(|v| (v.asked, String::from_utf8(v.data.to_vec()).unwrap()))
+                .collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     fn value(asked: usize, data: &'static str) -> Value {
         Value {
             asked,
@@ -366,13 +377,6 @@ mod tests {
             value(2, "B"),
             value(3, "C"),
         ])));
-        let got = |rx: &mut oneshot::Receiver<Result<Reply, BackendError>>| match rx.try_recv() {
-            Ok(Ok(Reply::Values(values))) => values
-                .into_iter()
-                .map(|v| (v.asked, String::from_utf8(v.data.to_vec()).unwrap()))
-                .collect::<Vec<_>>(),
-            other => panic!("unexpected {other:?}"),
-        };
         assert_eq!(got(&mut first_rx), vec![(0, "g1".to_string())]);
         assert_eq!(
             got(&mut second_rx),
@@ -430,13 +434,6 @@ mod tests {
             value(2, "Y"),
             value(3, "Z"),
         ])));
-        let got = |rx: &mut oneshot::Receiver<Result<Reply, BackendError>>| match rx.try_recv() {
-            Ok(Ok(Reply::Values(values))) => values
-                .into_iter()
-                .map(|v| (v.asked, String::from_utf8(v.data.to_vec()).unwrap()))
-                .collect::<Vec<_>>(),
-            other => panic!("unexpected {other:?}"),
-        };
         let owned = |pairs: &[(usize, &str)]| {
             pairs
                 .iter()
