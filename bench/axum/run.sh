@@ -50,59 +50,13 @@ if ((${#missing[@]})); then
 fi
 
 WORK=$(mktemp -d /tmp/tower-memcache-axum-bench.XXXXXX)
+source "$ROOT/bench/lib.sh"
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ ${KEEP:-0} == 1 ]]; then
-        echo "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
 trap cleanup EXIT
 
-# Four ports that were free a moment ago, all different.
-read -r MC_PORT LAYER_PORT RAW_PORT NEAR_PORT < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
+read -r MC_PORT LAYER_PORT RAW_PORT NEAR_PORT < <(free_ports 4)
 
-wait_port() {
-    local i
-    for i in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on 127.0.0.1:$1; logs in $WORK" >&2
-    KEEP=1
-    exit 1
-}
 
-# memcached's counter NAME.
-mc_stat() {
-    python3 - "$MC_PORT" "$1" <<'PY'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.sendall(b"stats\r\n")
-data = b""
-while not data.endswith(b"END\r\n"):
-    data += s.recv(65536)
-for line in data.decode().splitlines():
-    parts = line.split()
-    if len(parts) == 3 and parts[1] == sys.argv[2]:
-        print(parts[2])
-PY
-}
 
 # mc_set KEY FILE: stores FILE's bytes under KEY (flags 0, no expiry).
 mc_set() {
@@ -118,27 +72,7 @@ if reply != b"STORED\r\n":
 PY
 }
 
-# CPU seconds (user + system) used so far by these processes.
-cpu_seconds() {
-    python3 - "$@" <<'PY'
-import os, sys
-ticks = os.sysconf("SC_CLK_TCK")
-total = 0
-for pid in sys.argv[1:]:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    except OSError:
-        pass
-print(f"{total / ticks:.2f}")
-PY
-}
 
-# Idle, stolen and total jiffies of the whole machine so far (/proc/stat).
-machine_jiffies() {
-    awk '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, $9, t}' /proc/stat
-}
 
 echo "== versions"
 memcached -V

@@ -17,30 +17,11 @@ NEAR_SIZE=${NEAR_SIZE:-16M}
 THREADS=${THREADS:-2}
 
 WORK=$(mktemp -d /tmp/tower-memcache-near-rss.XXXXXX)
+source "$ROOT/bench/lib.sh"
 PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
 trap cleanup EXIT
 
-read -r MC_PORT ORIGIN_PORT PLAIN_PORT NEAR_PORT METRICS_PORT PLAIN_METRICS_PORT < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(6)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on 127.0.0.1:$1" >&2
-    exit 1
-}
+read -r MC_PORT ORIGIN_PORT PLAIN_PORT NEAR_PORT METRICS_PORT PLAIN_METRICS_PORT < <(free_ports 6)
 
 (cd "$ROOT" && cargo build --release --features proxy,metrics --bin tower-memcache-proxy --quiet)
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
@@ -88,7 +69,6 @@ for port in "$MC_PORT" "$ORIGIN_PORT" "$PLAIN_PORT" "$NEAR_PORT" "$METRICS_PORT"
 done
 echo "tower-memcache-proxy ${COMMON[*]}  (and the same with --near-cache $NEAR_SIZE,60s)"
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 echo "before: proxy $(rss_kib "$PLAIN_PID") KiB, proxy with near tier $(rss_kib "$NEAR_PID") KiB"
 python3 - "$PLAIN_PORT" "$NEAR_PORT" "$URLS" <<'PY'
 import http.client, sys

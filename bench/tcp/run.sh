@@ -39,9 +39,8 @@ if [[ -n $COMPARE && ! -x $COMPARE ]]; then
 fi
 
 WORK=$(mktemp -d /tmp/tower-memcache-tcp-bench.XXXXXX)
-cleanup() {
-    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
+source "$ROOT/bench/lib.sh"
+PIDS=()
 trap cleanup EXIT
 
 echo "== versions"
@@ -61,10 +60,6 @@ for line in sys.stdin:
 cp "$BIN" "$WORK/tcp-this"
 echo "this build: $BIN (copied)"
 [[ -n $COMPARE ]] && cp "$COMPARE" "$WORK/tcp-compare" && echo "compared with: $COMPARE (copied)"
-
-machine_jiffies() {
-    awk '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, $9, t}' /proc/stat
-}
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
