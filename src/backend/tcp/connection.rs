@@ -302,7 +302,7 @@ impl State {
             self.write.claim_now();
             return Claim::Now(request);
         }
-        match Retrieval::of(&request, &asked).filter(|_| merge) {
+        match merge.then(|| Retrieval::of(&request, &asked)).flatten() {
             Some(retrieval) => {
                 let waiter = match self.write.open.as_mut() {
                     Some(open) => match open.join(&retrieval, waiter) {
