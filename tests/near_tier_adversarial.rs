@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,9 +16,7 @@ use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{
-    Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend, ServerStats,
-};
+use tower_memcache::backend::{Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend};
 use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
 
 const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
@@ -145,18 +142,6 @@ struct LostReply {
 }
 
 impl Backend for LostReply {
-    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
-        self.inner.set(k, v, f, l).await
-    }
-    async fn add(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<bool, BackendError> {
-        self.inner.add(k, v, f, l).await
-    }
     async fn cas(
         &self,
         k: &str,
@@ -174,21 +159,9 @@ impl Backend for LostReply {
         }
         Ok(outcome)
     }
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        self.inner.delete(key).await
-    }
-    async fn touch(&self, key: &str, l: Lifetime) -> Result<bool, BackendError> {
-        self.inner.touch(key, l).await
-    }
-    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
-        self.inner.incr(key, delta).await
-    }
-    async fn flush_all(&self) -> Result<(), BackendError> {
-        self.inner.flush_all().await
-    }
-    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
-        self.inner.stats().await
-    }
+    forward_to_inner!(
+        get, get_many, set, add, delete, touch, incr, flush_all, stats
+    );
 }
 
 /// A no-cache refresh by this process whose store's CAS lands in memcached but whose
@@ -275,12 +248,6 @@ struct SlowReply {
 }
 
 impl Backend for SlowReply {
-    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
-        self.inner.get_many(keys).await
-    }
     async fn get_many_by_key_ordered(
         &self,
         route: &str,
@@ -292,40 +259,9 @@ impl Backend for SlowReply {
         tokio::time::sleep(Duration::from_millis(slow)).await;
         read
     }
-    fn server_of(&self, route: &str) -> Option<usize> {
-        self.inner.server_of(route)
-    }
-    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
-        self.inner.set(k, v, f, l).await
-    }
-    async fn add(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<bool, BackendError> {
-        self.inner.add(k, v, f, l).await
-    }
-    async fn cas(
-        &self,
-        k: &str,
-        v: Bytes,
-        f: u32,
-        l: Lifetime,
-        cas: u64,
-    ) -> Result<CasOutcome, BackendError> {
-        self.inner.cas(k, v, f, l, cas).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        self.inner.delete(key).await
-    }
-    async fn touch(&self, key: &str, l: Lifetime) -> Result<bool, BackendError> {
-        self.inner.touch(key, l).await
-    }
-    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
-        self.inner.incr(key, delta).await
-    }
-    async fn flush_all(&self) -> Result<(), BackendError> {
-        self.inner.flush_all().await
-    }
-    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
-        self.inner.stats().await
-    }
+    forward_to_inner!(
+        get, get_many, server_of, set, add, cas, delete, touch, incr, flush_all, stats
+    );
 }
 
 /// A lookup that read the namespace and tag generations before a namespace purge by this

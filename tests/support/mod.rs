@@ -188,6 +188,112 @@ macro_rules! memcached_or_skip {
     };
 }
 
+/// Inside `impl Backend for Wrapper`, forwards the named methods to `self.inner`, so that a
+/// test's failure-injecting wrapper spells out only the methods it changes. Paths are
+/// absolute: the caller needs no imports for them.
+#[macro_export]
+macro_rules! forward_to_inner {
+    ($($method:ident),+ $(,)?) => {
+        $($crate::forward_to_inner!(@ $method);)+
+    };
+    (@ get) => {
+        async fn get(
+            &self,
+            key: &str,
+        ) -> Result<Option<tower_memcache::backend::Item>, tower_memcache::backend::BackendError>
+        {
+            self.inner.get(key).await
+        }
+    };
+    (@ get_many) => {
+        async fn get_many(
+            &self,
+            keys: &[&str],
+        ) -> Result<
+            std::collections::HashMap<String, tower_memcache::backend::Item>,
+            tower_memcache::backend::BackendError,
+        > {
+            self.inner.get_many(keys).await
+        }
+    };
+    (@ server_of) => {
+        fn server_of(&self, route: &str) -> Option<usize> {
+            self.inner.server_of(route)
+        }
+    };
+    (@ set) => {
+        async fn set(
+            &self,
+            key: &str,
+            value: bytes::Bytes,
+            flags: u32,
+            lifetime: tower_memcache::backend::Lifetime,
+        ) -> Result<(), tower_memcache::backend::BackendError> {
+            self.inner.set(key, value, flags, lifetime).await
+        }
+    };
+    (@ add) => {
+        async fn add(
+            &self,
+            key: &str,
+            value: bytes::Bytes,
+            flags: u32,
+            lifetime: tower_memcache::backend::Lifetime,
+        ) -> Result<bool, tower_memcache::backend::BackendError> {
+            self.inner.add(key, value, flags, lifetime).await
+        }
+    };
+    (@ cas) => {
+        async fn cas(
+            &self,
+            key: &str,
+            value: bytes::Bytes,
+            flags: u32,
+            lifetime: tower_memcache::backend::Lifetime,
+            cas: u64,
+        ) -> Result<tower_memcache::backend::CasOutcome, tower_memcache::backend::BackendError>
+        {
+            self.inner.cas(key, value, flags, lifetime, cas).await
+        }
+    };
+    (@ delete) => {
+        async fn delete(&self, key: &str) -> Result<bool, tower_memcache::backend::BackendError> {
+            self.inner.delete(key).await
+        }
+    };
+    (@ touch) => {
+        async fn touch(
+            &self,
+            key: &str,
+            lifetime: tower_memcache::backend::Lifetime,
+        ) -> Result<bool, tower_memcache::backend::BackendError> {
+            self.inner.touch(key, lifetime).await
+        }
+    };
+    (@ incr) => {
+        async fn incr(
+            &self,
+            key: &str,
+            delta: u64,
+        ) -> Result<Option<u64>, tower_memcache::backend::BackendError> {
+            self.inner.incr(key, delta).await
+        }
+    };
+    (@ flush_all) => {
+        async fn flush_all(&self) -> Result<(), tower_memcache::backend::BackendError> {
+            self.inner.flush_all().await
+        }
+    };
+    (@ stats) => {
+        async fn stats(
+            &self,
+        ) -> Result<Vec<tower_memcache::backend::ServerStats>, tower_memcache::backend::BackendError>
+        {
+            self.inner.stats().await
+        }
+    };
+}
+
 /// Runs each `async fn scenario<B: Backend>(backend: B)` as two tests: `memory::scenario`
 /// on a fresh `MemoryBackend`, and `tcp::scenario` on a private memcached (skipped, or
 /// failed with `MEMCACHED_REQUIRED=1`, when there is none). `$suite` names the test file
