@@ -394,13 +394,15 @@ async fn layers_sharing_a_tier_share_purges_and_the_bound<B: Backend>(backend: B
     assert!(near.weight() <= near.capacity(), "{near:?}");
 }
 
-/// Checks past the bound: the first reads the namespace generation with its entry (one
-/// multi-get, 2 keys); for a sixteenth of the bound that generation (and a tag's, once
-/// read) vouches for other entries, whose checks read the entry alone (1 key, where a
-/// tagged entry read 3 before). An entry so vouched for is answered from the tier no
-/// longer than the bound after the *generation's* read started, not its own. A layer
-/// without a near tier reads the generations with every lookup, as before.
-async fn a_check_reads_the_entry_alone_while_the_generations_are_recent<B: Backend>(backend: B) {
+/// Checks past the bound confirm an entry without reading it: its server's store epoch
+/// (for its stripe of URLs), the namespace generation and its tags' generations are read
+/// (one multi-get, at most 2 keys here, 3 with a tag) and, unchanged, the entry is
+/// answered from the tier for another window. Those values are remembered (the epochs for
+/// a quarter of the bound, generations for a sixteenth) and confirm other entries with no
+/// round trip. A confirmed entry is answered no longer than the bound after the earliest
+/// read it relied on. A layer without a near tier reads the generations with every
+/// lookup, as before, and no epoch.
+async fn a_lapsed_entry_is_confirmed_without_reading_it<B: Backend>(backend: B) {
     let origin = Origin::default();
     let bound = Duration::from_secs(3);
     let near = NearCache::new(1 << 20, bound);
@@ -414,35 +416,37 @@ async fn a_check_reads_the_entry_alone_while_the_generations_are_recent<B: Backe
     let t0 = Instant::now();
     assert_eq!(
         checked(&svc, &backend, "/a").await,
-        (HIT.into(), 2),
-        "entry + namespace"
+        (NEAR_HIT.into(), 2),
+        "epoch + namespace generation, not the entry"
     );
-    // Within the reuse window (187 ms), later than the generation's read by 100 ms.
+    // Within the generation's reuse window (187 ms).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        checked(&svc, &backend, "/b").await,
-        (HIT.into(), 1),
-        "entry alone"
-    );
-    assert_eq!(
-        checked(&svc, &backend, "/tagged/a").await,
-        (HIT.into(), 2),
-        "entry, then the tag's generation"
-    );
-    assert_eq!(checked(&svc, &backend, "/tagged/b").await, (HIT.into(), 1));
+    let (status, keys) = checked(&svc, &backend, "/b").await;
+    assert_eq!(status, NEAR_HIT);
+    assert!(keys <= 1, "its stripe's epoch at most: {keys}");
+    let (status, keys) = checked(&svc, &backend, "/tagged/a").await;
+    assert_eq!(status, NEAR_HIT);
+    assert!(keys <= 2, "epoch and the tag's generation at most: {keys}");
+    let (status, keys) = checked(&svc, &backend, "/tagged/b").await;
+    assert_eq!(status, NEAR_HIT);
+    assert!(keys <= 1, "the tag's generation is remembered: {keys}");
     assert!(
         t0.elapsed() < bound / 16,
         "too slow a machine: {:?}",
         t0.elapsed()
     );
+    for path in ["/a", "/b", "/tagged/a", "/tagged/b"] {
+        assert_eq!(checked(&svc, &backend, path).await, (NEAR_HIT.into(), 0));
+    }
+    // /b's confirmation started 100 ms after the generation's read it relied on:
+    // answered from the tier until t0 + the bound, then confirmed again.
     tokio::time::sleep_until((t0 + bound - Duration::from_millis(150)).into()).await;
     assert_eq!(checked(&svc, &backend, "/b").await, (NEAR_HIT.into(), 0));
-    // /b's own check started 100 ms after the generation's read: answered from the tier
-    // until then, it would still be.
     tokio::time::sleep_until((t0 + bound + Duration::from_millis(50)).into()).await;
-    assert_eq!(
-        checked(&svc, &backend, "/b").await,
-        (HIT.into(), 2),
+    let (status, keys) = checked(&svc, &backend, "/b").await;
+    assert_eq!(status, NEAR_HIT);
+    assert!(
+        keys >= 1,
         "the generation read at t0 vouched for /b until t0 + the bound only"
     );
 
@@ -457,6 +461,94 @@ async fn a_check_reads_the_entry_alone_while_the_generations_are_recent<B: Backe
             checked(&plain, &backend, "/tagged/b").await,
             (HIT.into(), 3)
         );
+    }
+}
+
+/// However often it is confirmed, an entry is read in full again within 8 windows of its
+/// last full read.
+async fn a_confirmed_entry_is_read_in_full_within_eight_windows<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let bound = Duration::from_millis(200);
+    let near = NearCache::new(1 << 20, bound);
+    let here = layer(backend, &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    warm(&svc, &watch, "/page", &[]).await;
+    let read = Instant::now();
+    let mut full_reads = Vec::new();
+    let mut confirmed = 0;
+    while read.elapsed() < bound * 8 + Duration::from_millis(400) {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        match get(&svc, "/page")
+            .await
+            .header("cache-status")
+            .unwrap_or("")
+        {
+            HIT => full_reads.push(read.elapsed()),
+            NEAR_HIT => confirmed += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert!(confirmed > 20, "{confirmed}");
+    let first = full_reads.first().copied();
+    assert!(
+        first.is_some_and(|at| at >= bound * 2 && at <= bound * 8 + Duration::from_millis(300)),
+        "full reads at {full_reads:?}"
+    );
+}
+
+/// A refresh or an invalidation by another process, with a near tier or without one,
+/// shows within the bound also in an entry the tier keeps confirming without reading it:
+/// each writes a new store epoch.
+async fn another_process_refresh_and_invalidation_show_within_the_bound<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let bound = Duration::from_millis(600);
+    let near = NearCache::new(1 << 20, bound);
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let tiered = layer(backend.clone(), &NearCache::new(1 << 20, bound));
+    let plain = MemcacheLayer::new(backend)
+        .namespace("near")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let mut version = 0;
+    for (writer, writer_name) in [(&tiered, "with a tier"), (&plain, "without")] {
+        let (writer_svc, writer_watch) = (service(writer, &origin), Watch::of(writer));
+        for change in ["refresh", "post"] {
+            let path = format!("/{change}/{version}");
+            warm(&svc, &watch, &path, &[]).await;
+            tokio::time::sleep(bound + Duration::from_millis(50)).await;
+            let confirmed = get(&svc, &path).await;
+            assert_eq!(confirmed.header("cache-status"), Some(NEAR_HIT));
+            origin.bump();
+            version += 1;
+            match change {
+                "refresh" => {
+                    let refreshed = send(
+                        &writer_svc,
+                        Method::GET,
+                        &path,
+                        &[("cache-control", "no-cache")],
+                    )
+                    .await;
+                    assert!(refreshed.body.contains(&format!(" v{version} ")));
+                }
+                _ => {
+                    let posted = send(&writer_svc, Method::POST, &path, &[]).await;
+                    assert!(posted.status.is_success());
+                }
+            }
+            writer_watch.settled().await;
+            let changed = Instant::now();
+            tokio::time::sleep_until((changed + bound + Duration::from_millis(50)).into()).await;
+            let now = get(&svc, &path).await;
+            assert!(
+                now.body.contains(&format!(" v{version} ")),
+                "{change} by a layer {writer_name}: {} ({})",
+                now.body,
+                now.header("cache-status").unwrap_or("")
+            );
+            watch.settled().await;
+        }
     }
 }
 
@@ -479,8 +571,11 @@ async fn another_process_namespace_and_tag_purges_show_within_the_bound<B: Backe
             warm(&svc, &watch, path, &[]).await;
         }
         tokio::time::sleep(bound + Duration::from_millis(50)).await;
-        // A check: the generations are read, and remembered.
-        assert_eq!(get(&svc, paths[0]).await.header("cache-status"), Some(HIT));
+        // A check: the generations are read, and remembered (and confirm the entry).
+        assert_eq!(
+            get(&svc, paths[0]).await.header("cache-status"),
+            Some(NEAR_HIT)
+        );
         origin.bump();
         let purger = elsewhere.purger();
         match kind {
@@ -555,7 +650,9 @@ on_every_backend!("near_tier";
     only_fresh_entries_and_willing_requests,
     variants_are_kept_apart,
     layers_sharing_a_tier_share_purges_and_the_bound,
-    a_check_reads_the_entry_alone_while_the_generations_are_recent,
+    a_lapsed_entry_is_confirmed_without_reading_it,
+    a_confirmed_entry_is_read_in_full_within_eight_windows,
+    another_process_refresh_and_invalidation_show_within_the_bound,
     another_process_namespace_and_tag_purges_show_within_the_bound,
     local_purges_drop_the_generations_remembered,
 );

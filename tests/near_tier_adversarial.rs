@@ -307,9 +307,10 @@ async fn a_lookup_in_flight_during_a_purge_does_not_leave_its_generations() {
 }
 
 /// Each memcached server holds its own namespace generation (each created its own): the
-/// tier remembers them per server, so the checks of 20 URLs spread over two servers read
-/// each server's generation once (20 entries + 2 generations), not at every change of
-/// server.
+/// tier remembers them per server, so the checks of 20 URLs spread over two servers
+/// confirm every entry (a value remembered for the other server would not match) and read
+/// each server's generations once (2 + 2 for the tag), plus at most one store epoch per
+/// URL, never the entries.
 #[cfg(feature = "tcp")]
 #[tokio::test]
 async fn generations_are_remembered_per_server() {
@@ -344,7 +345,10 @@ async fn generations_are_remembered_per_server() {
     let t0 = Instant::now();
     for path in &paths {
         let answer = send(&svc, Method::GET, path, &[]).await;
-        assert_eq!(answer.header("cache-status"), Some("tower-memcache; hit"));
+        assert_eq!(
+            answer.header("cache-status"),
+            Some("tower-memcache; hit; detail=near")
+        );
     }
     assert!(
         t0.elapsed() < bound / 16,
@@ -352,7 +356,8 @@ async fn generations_are_remembered_per_server() {
         t0.elapsed()
     );
     // Entries carry the tag "news": its generation too, once per server.
-    assert_eq!(keys_read().await - before, 20 + 2 + 2);
+    let read = keys_read().await - before;
+    assert!((2 + 2 + 2..=20 + 2 + 2).contains(&read), "{read}");
 }
 
 #[test]

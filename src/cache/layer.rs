@@ -247,6 +247,11 @@ impl<B: Backend> MemcacheLayer<B> {
     /// - Purges ([`Purger`](crate::cache::Purger)), unsafe-method invalidations and stores
     ///   made through this process (every layer and purger sharing the `NearCache`) apply
     ///   to it before they return; those of other processes show within `max_staleness`.
+    /// - Past `max_staleness` an entry is confirmed by its server's store epoch and its
+    ///   generations (usually remembered: no round trip) rather than read again, and read
+    ///   in full at least every `8 × max_staleness`; an entry memcached evicted may be
+    ///   answered, while fresh, until then. Every process sharing the namespace must write
+    ///   store epochs (any layer of this version does).
     /// - It keeps only what a lookup found in memcached, bounded in bytes; URLs whose
     ///   responses vary on more than one set of request headers are not kept.
     ///

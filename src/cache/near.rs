@@ -14,6 +14,13 @@
 //!   sixteenth of `max_staleness`, and vouch for other entries meanwhile: a check then
 //!   reads the entry alone. An entry is answered for `max_staleness` after the *earliest*
 //!   of the reads it relied on started, so nothing it depends on is further behind.
+//! - An entry read in full carries its server's *store epoch* for its stripe of URLs, read
+//!   before the entry was. Every store that replaces an entry and every invalidation
+//!   writes a new epoch after it (any process, tier or not): while the epoch, the
+//!   namespace and the tag generations are unchanged, nothing the entry relies on changed,
+//!   and a check past the window confirms the entry by reading those alone (usually
+//!   remembered: no round trip at all) instead of reading the entry again. An entry is
+//!   read in full at least every [`RENEWABLE_WINDOWS`] windows all the same.
 //! - Purges, invalidations and stores made through this process apply to it before they
 //!   return: a *fence* orders them with the insertions of lookups that started before them,
 //!   which are dropped.
@@ -56,6 +63,16 @@ const MAX_GENERATIONS: usize = 4096;
 /// generations are read a few times per window rather than with every check, short enough
 /// that entries are not checked again much sooner than without it.
 const GENERATION_REUSE_SHARE: u32 = 16;
+
+/// A store epoch read vouches for this share of `max_staleness`: there are many of them
+/// (one per stripe and server), each read only to confirm entries, so they are read a few
+/// times per window, not sixteen.
+const EPOCH_REUSE_SHARE: u32 = 4;
+
+/// An entry confirmed by its epoch and generations is read in full again after this many
+/// windows at the latest: what would keep a change from showing otherwise (a store whose
+/// epoch write was lost with its server) is bounded by it.
+pub(crate) const RENEWABLE_WINDOWS: u32 = 8;
 
 /// An in-process tier of hot entries in front of the backend, shared by every layer it is
 /// given to (the threads of a server, say). See
@@ -151,8 +168,42 @@ struct Slot {
 #[derive(Clone)]
 struct Kept {
     entry: Arc<Entry>,
-    /// When the lookup that found it in memcached started.
+    /// When the earliest read it relies on started: it is answered for `max_staleness`
+    /// after.
     checked: Instant,
+    /// When the lookup that read it in full started.
+    read: Instant,
+    /// The store epoch it was read against, when one was known before the read.
+    basis: Option<Basis>,
+}
+
+/// What an entry was read against: its server, and that server's store epoch for the
+/// entry's stripe, read (and the read finished) before the entry was read. The same epoch
+/// later means that no store replaced or invalidated an entry of the stripe since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Basis {
+    pub(crate) server: usize,
+    pub(crate) epoch: u64,
+}
+
+/// What the tier holds for a request.
+pub(crate) enum Near {
+    /// An entry within its window: answered as it is (if fresh by HTTP's rules).
+    Current(Arc<Entry>),
+    /// An entry past its window that its epoch and generations may confirm without
+    /// reading it again ([`NearCache::renew`] once they did).
+    Lapsed(Arc<Entry>, Basis),
+    Nothing,
+}
+
+#[cfg(test)]
+impl Near {
+    fn current(self) -> Option<Arc<Entry>> {
+        match self {
+            Near::Current(entry) => Some(entry),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -174,6 +225,11 @@ pub(crate) struct Mark {
 }
 
 impl Mark {
+    /// When it was taken.
+    pub(crate) fn at(&self) -> Instant {
+        self.at
+    }
+
     /// This mark, as of `since` if that is earlier: an entry a lookup found is no more
     /// current than the earliest read it relied on.
     pub(crate) fn since(self, since: Option<Instant>) -> Self {
@@ -289,8 +345,18 @@ impl NearCache {
     /// The generation under `key` on `server`, if a lookup read it within the reuse window
     /// (a sixteenth of `max_staleness`).
     pub(crate) fn generation(&self, server: usize, key: &str) -> Option<Seen> {
+        self.remembered(server, key, GENERATION_REUSE_SHARE)
+    }
+
+    /// The store epoch under `key` on `server`, if a lookup read it within its reuse
+    /// window (a quarter of `max_staleness`).
+    pub(crate) fn epoch(&self, server: usize, key: &str) -> Option<Seen> {
+        self.remembered(server, key, EPOCH_REUSE_SHARE)
+    }
+
+    fn remembered(&self, server: usize, key: &str, share: u32) -> Option<Seen> {
         let seen = self.inner.generations.get(&GenRef { server, key })?;
-        let reuse = self.inner.max_staleness / GENERATION_REUSE_SHARE;
+        let reuse = self.inner.max_staleness / share;
         (seen.read.elapsed() <= reuse).then_some(seen)
     }
 
@@ -325,29 +391,78 @@ impl NearCache {
         }
     }
 
-    /// The entry for this request, if one was checked in memcached within `max_staleness`.
-    /// Its HTTP freshness is the caller's business.
-    pub(crate) fn get(
-        &self,
-        key: &str,
-        canonical: &str,
-        request_headers: &HeaderMap,
-    ) -> Option<Arc<Entry>> {
-        let slot = self.inner.slots.get(key)?;
+    /// The entry for this request: [`Near::Current`] if one was checked in memcached
+    /// within `max_staleness`, [`Near::Lapsed`] if one past that may be confirmed. Its
+    /// HTTP freshness is the caller's business.
+    pub(crate) fn get(&self, key: &str, canonical: &str, request_headers: &HeaderMap) -> Near {
+        let Some(slot) = self.inner.slots.get(key) else {
+            return Near::Nothing;
+        };
         let now = Instant::now();
-        slot.kept
+        let bound = self.inner.max_staleness;
+        let mut lapsed = None;
+        for kept in &slot.kept {
+            if !stored::selects(&kept.entry.meta, canonical, request_headers) {
+                continue;
+            }
+            if now.saturating_duration_since(kept.checked) <= bound {
+                return Near::Current(Arc::clone(&kept.entry));
+            }
+            let renewable = now.saturating_duration_since(kept.read) <= bound * RENEWABLE_WINDOWS;
+            if let (Some(basis), true, None) = (kept.basis, renewable, &lapsed) {
+                lapsed = Some(Near::Lapsed(Arc::clone(&kept.entry), basis));
+            }
+        }
+        lapsed.unwrap_or(Near::Nothing)
+    }
+
+    /// Answers `entry` (as [`get`](Self::get) gave it) for another window, from `mark`:
+    /// its epoch and generations were found unchanged by reads that started no earlier.
+    /// Nothing happens if this process changed the URL (or purged) since `mark`, or the
+    /// tier holds something else for it by now.
+    pub(crate) fn renew(&self, key: &str, entry: &Arc<Entry>, mark: Mark) {
+        let _fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
+        if self.inner.changes[stripe(key)].load(Ordering::SeqCst) != mark.changes
+            || self.inner.cleared.load(Ordering::SeqCst) != mark.cleared
+        {
+            return;
+        }
+        let Some(slot) = self.inner.slots.get(key) else {
+            return;
+        };
+        if !slot.kept.iter().any(|kept| Arc::ptr_eq(&kept.entry, entry)) {
+            return;
+        }
+        let kept = slot
+            .kept
             .iter()
-            .find(|kept| {
-                now.saturating_duration_since(kept.checked) <= self.inner.max_staleness
-                    && stored::selects(&kept.entry.meta, canonical, request_headers)
+            .map(|kept| {
+                let mut kept = kept.clone();
+                if Arc::ptr_eq(&kept.entry, entry) {
+                    kept.checked = kept.checked.max(mark.at);
+                }
+                kept
             })
-            .map(|kept| Arc::clone(&kept.entry))
+            .collect();
+        let renewed = Slot {
+            kept,
+            weight: slot.weight,
+        };
+        self.inner.slots.insert(key.into(), Arc::new(renewed));
     }
 
     /// Keeps what a lookup that started at `mark` found in memcached, unless this process
     /// changed something since (then the lookup may have read what a purge removed).
-    /// `varies`: the URL's responses vary, so this is one variant among others.
-    pub(crate) fn keep(&self, key: &str, entry: &Entry, varies: bool, mark: Mark) {
+    /// `varies`: the URL's responses vary, so this is one variant among others. `basis`:
+    /// the store epoch the lookup read the entry against, if it knew one.
+    pub(crate) fn keep(
+        &self,
+        key: &str,
+        entry: &Entry,
+        varies: bool,
+        mark: Mark,
+        basis: Option<Basis>,
+    ) {
         if self.inner.max_staleness.is_zero() {
             return;
         }
@@ -358,6 +473,8 @@ impl NearCache {
         let kept = Kept {
             entry: Arc::new(detached(entry)),
             checked: mark.at,
+            read: mark.at,
+            basis,
         };
         let fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
         if self.inner.changes[stripe(key)].load(Ordering::SeqCst) != mark.changes
@@ -540,12 +657,12 @@ mod tests {
         let near = NearCache::new(1 << 20, Duration::from_millis(50));
         let entry = bare_entry();
         let canonical = entry.meta.canonical_key.clone();
-        near.keep("k", &entry, false, near.mark("k"));
+        near.keep("k", &entry, false, near.mark("k"), None);
         let headers = HeaderMap::new();
-        assert!(near.get("k", &canonical, &headers).is_some());
-        assert!(near.get("k", "another", &headers).is_none());
+        assert!(near.get("k", &canonical, &headers).current().is_some());
+        assert!(near.get("k", "another", &headers).current().is_none());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(near.get("k", &canonical, &headers).is_none());
+        assert!(near.get("k", &canonical, &headers).current().is_none());
     }
 
     #[test]
@@ -555,8 +672,12 @@ mod tests {
         let canonical = entry.meta.canonical_key.clone();
         let mark = near.mark("k");
         near.forget("k");
-        near.keep("k", &entry, false, mark);
-        assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
+        near.keep("k", &entry, false, mark, None);
+        assert!(
+            near.get("k", &canonical, &HeaderMap::new())
+                .current()
+                .is_none()
+        );
         // A purge of another URL (in another stripe) does not refuse it.
         let other = (0..100)
             .map(|i| format!("other{i}"))
@@ -564,16 +685,24 @@ mod tests {
             .unwrap();
         let mark = near.mark("k");
         near.forget(&other);
-        near.keep("k", &entry, false, mark);
-        assert!(near.get("k", &canonical, &HeaderMap::new()).is_some());
+        near.keep("k", &entry, false, mark, None);
+        assert!(
+            near.get("k", &canonical, &HeaderMap::new())
+                .current()
+                .is_some()
+        );
         // A tag or namespace purge concerns every key.
         for purge in [NearCache::forget_all as fn(&NearCache), |near| {
             near.forget_tag("t", "tk")
         }] {
             let mark = near.mark("k");
             purge(&near);
-            near.keep("k", &entry, false, mark);
-            assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
+            near.keep("k", &entry, false, mark, None);
+            assert!(
+                near.get("k", &canonical, &HeaderMap::new())
+                    .current()
+                    .is_none()
+            );
         }
         assert_eq!(near.entries(), 0);
     }
@@ -648,12 +777,77 @@ mod tests {
             &entry,
             false,
             mark.since(Some(mark.at - Duration::from_millis(70))),
+            None,
         );
-        assert!(near.get("k", &canonical, &HeaderMap::new()).is_some());
+        assert!(
+            near.get("k", &canonical, &HeaderMap::new())
+                .current()
+                .is_some()
+        );
         std::thread::sleep(Duration::from_millis(40));
-        assert!(near.get("k", &canonical, &HeaderMap::new()).is_none());
+        assert!(
+            near.get("k", &canonical, &HeaderMap::new())
+                .current()
+                .is_none()
+        );
         // A later instant changes nothing.
         assert_eq!(mark.since(Some(mark.at + Duration::from_secs(1))), mark);
+    }
+
+    #[test]
+    fn a_lapsed_entry_with_an_epoch_is_offered_for_renewal_within_eight_windows() {
+        let bound = Duration::from_millis(20);
+        let near = NearCache::new(1 << 20, bound);
+        let entry = bare_entry();
+        let canonical = entry.meta.canonical_key.clone();
+        let headers = HeaderMap::new();
+        let basis = Basis {
+            server: 1,
+            epoch: 7,
+        };
+        near.keep("with", &entry, false, near.mark("with"), Some(basis));
+        near.keep("without", &entry, false, near.mark("without"), None);
+        std::thread::sleep(bound + Duration::from_millis(5));
+        assert!(matches!(
+            near.get("without", &canonical, &headers),
+            Near::Nothing
+        ));
+        let Near::Lapsed(kept, offered) = near.get("with", &canonical, &headers) else {
+            panic!("not offered");
+        };
+        assert_eq!(offered, basis);
+        // Renewed: current again, for a window from the mark.
+        near.renew("with", &kept, near.mark("with"));
+        assert!(near.get("with", &canonical, &headers).current().is_some());
+        // Not after this process changed the URL since the mark.
+        std::thread::sleep(bound + Duration::from_millis(5));
+        let mark = near.mark("with");
+        near.forget("with");
+        near.keep("with", &entry, false, near.mark("with"), Some(basis));
+        near.renew("with", &kept, mark);
+        std::thread::sleep(bound + Duration::from_millis(5));
+        let Near::Lapsed(newer, _) = near.get("with", &canonical, &headers) else {
+            panic!("not offered");
+        };
+        assert!(
+            !Arc::ptr_eq(&newer, &kept),
+            "the old entry was not put back"
+        );
+        // Nor an entry the tier no longer holds.
+        near.renew("with", &kept, near.mark("with"));
+        assert!(near.get("with", &canonical, &headers).current().is_none());
+        // Read in full more than eight windows ago: no longer offered, however renewed.
+        for _ in 0..RENEWABLE_WINDOWS {
+            std::thread::sleep(bound + Duration::from_millis(2));
+            if let Near::Lapsed(kept, _) = near.get("with", &canonical, &headers) {
+                near.renew("with", &kept, near.mark("with"));
+            }
+        }
+        std::thread::sleep(bound + Duration::from_millis(5));
+        assert!(matches!(
+            near.get("with", &canonical, &headers),
+            Near::Nothing
+        ));
     }
 
     #[test]
@@ -663,7 +857,7 @@ mod tests {
         entry.body = Bytes::from(vec![b'x'; 1000]);
         for i in 0..1000 {
             let key = format!("k{i}");
-            near.keep(&key, &entry, false, near.mark(&key));
+            near.keep(&key, &entry, false, near.mark(&key), None);
         }
         assert!(near.entries() > 0);
         assert!(near.weight() <= near.capacity(), "{near:?}");

@@ -23,6 +23,7 @@ use super::future::ResponseFuture;
 use super::invalidate::bypass;
 use super::key::{KeyOutcome, RequestHead};
 use super::layer::MemcacheLayer;
+use super::near::Near;
 use super::range::{self, WholeFill};
 use super::revalidate::{exchange, revalidate_in_background};
 use super::status::{CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
@@ -430,15 +431,38 @@ where
         let mut near_mark = None;
         if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
             let headers = request.headers();
-            if let Some(entry) = near.get(&plan.key, &plan.canonical, headers) {
+            let (entry, basis) = match near.get(&plan.key, &plan.canonical, headers) {
+                Near::Current(entry) => (Some(entry), None),
+                Near::Lapsed(entry, basis) => (Some(entry), Some(basis)),
+                Near::Nothing => (None, None),
+            };
+            let mark = near.mark(&plan.key);
+            if let Some(entry) = entry {
                 let freshness = stored::freshness(&entry.meta, now_ms());
-                if freshness.reuse(&plan.request_cc) == Reuse::Fresh {
+                let fresh = freshness.reuse(&plan.request_cc) == Reuse::Fresh;
+                // Past its window: confirmed by its store epoch and generations (most often
+                // remembered: no round trip), or looked up in full below.
+                let current = match basis {
+                    None => true,
+                    Some(basis) if fresh => {
+                        let storage = &shared.storage;
+                        match storage.reconfirm(&plan.key, &entry.meta, basis).await {
+                            Some(read) => {
+                                near.renew(&plan.key, &entry, mark.since(Some(read)));
+                                true
+                            }
+                            None => false,
+                        }
+                    }
+                    Some(_) => false,
+                };
+                if fresh && current {
                     shared.config.stats.record_near_hit();
                     let answered = Answered::Near;
                     return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
                 }
             }
-            near_mark = Some((near, near.mark(&plan.key)));
+            near_mark = Some((near, mark));
         }
         let (found, detail) = if plan.from_cache {
             match shared
@@ -462,9 +486,9 @@ where
                         // One set of selecting headers: a request selects at most one of
                         // the variants kept, as it would in memcached.
                         match &found.index {
-                            None => near.keep(&plan.key, entry, false, mark),
+                            None => near.keep(&plan.key, entry, false, mark, found.basis),
                             Some(index) if index.name_sets.len() == 1 => {
-                                near.keep(&plan.key, entry, true, mark);
+                                near.keep(&plan.key, entry, true, mark, found.basis);
                             }
                             Some(_) => {}
                         }

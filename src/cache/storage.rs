@@ -22,6 +22,13 @@
 //!   invalidation deletes the primary key, so every store of a response produced before it
 //!   fails. Namespace and tag generations are read before the response is produced (tags, which
 //!   only the response names, are checked for purges newer than the request instead).
+//! - A **store epoch** per server and stripe of URLs ([`EPOCH_STRIPES`] of them, the
+//!   stripe a function of the primary key) is given a fresh unique number after every
+//!   store that replaces an entry (a refresh, a variant added under an index) and every
+//!   invalidation, by every process. A near tier that read the epoch before it read an
+//!   entry, and reads the same epoch later, knows that nothing replaced or removed the
+//!   entry meanwhile (a store into an empty slot does not write it: no tier can hold what
+//!   was not there). Like a generation, an epoch that memcached evicted matches nothing.
 //!
 //! Every operation is bounded by the layer's timeout and fails open.
 
@@ -41,7 +48,7 @@ use crate::cache::entry::{
     Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_PLACEHOLDER, FLAG_VARIANT_INDEX, Placeholder,
     VariantIndex, decode_entry, decode_index, encode_entry, encode_index,
 };
-use crate::cache::near::{Mark, NearCache, Seen};
+use crate::cache::near::{Basis, Mark, NearCache, Seen};
 use crate::cache::policy::normalized_header;
 use crate::cache::stats::CacheStats;
 use crate::key::build_key;
@@ -61,6 +68,21 @@ pub(crate) const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a fill may take and still be stored: its placeholder's lifetime in
 /// memcached.
 pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
+/// Store epochs per server: a replacement makes a near tier read again in full only the
+/// entries of its stripe. Part of the layout every process sharing a namespace agrees on.
+pub(crate) const EPOCH_STRIPES: usize = 64;
+
+/// The store-epoch stripe of a primary key (FNV-1a: the same in every process, unlike
+/// std's seeded hasher).
+fn epoch_stripe(primary_key: &str) -> usize {
+    let hash = primary_key
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    // The remainder is below EPOCH_STRIPES, so it fits.
+    (hash % EPOCH_STRIPES as u64) as usize
+}
 
 /// A clock that ticks once per placeholder put in place (or stale entry guarded) in this
 /// process: cheaper on every lookup than reading the time, and all the single flight needs
@@ -135,6 +157,9 @@ pub(crate) struct Found {
     /// its being read in this lookup) was read: the entry is then no more current than
     /// that.
     pub(crate) vouched: Option<Instant>,
+    /// The store epoch the entry was read against, when the near tier knew it before the
+    /// read.
+    pub(crate) basis: Option<Basis>,
 }
 
 impl Default for Found {
@@ -146,6 +171,7 @@ impl Default for Found {
             slot: Slot::Unknown,
             started: placements(),
             vouched: None,
+            basis: None,
         }
     }
 }
@@ -235,6 +261,10 @@ impl Recall<'_> {
         self.near.generation(self.server, key)
     }
 
+    fn epoch(&self, key: &str) -> Option<Seen> {
+        self.near.epoch(self.server, key)
+    }
+
     fn remember<B: Backend>(&self, backend: &B, route: &str, read: &[(&str, u64)]) {
         // The ring changed meanwhile (a server left or came back): the read may have gone
         // to another server than the one it would be remembered for.
@@ -310,6 +340,14 @@ impl<B: Backend> Storage<B> {
         build_key(Some(&self.namespace), canonical)
     }
 
+    /// The key of the store epoch that guards `primary_key`'s entries. (Made when needed,
+    /// one md5: a near tier's lookups and confirmations and a replacing store need it,
+    /// while a layer is built per connection by some servers.)
+    fn epoch_key(&self, primary_key: &str) -> String {
+        let stripe = epoch_stripe(primary_key);
+        build_key(Some(&self.namespace), &format!("\0epoch\0{stripe}"))
+    }
+
     fn tag_key(&self, tag: &str) -> String {
         build_key(Some(&self.namespace), &format!("\0tag\0{tag}"))
     }
@@ -378,23 +416,34 @@ impl<B: Backend> Storage<B> {
         route: &str,
         keys: &[&str; N],
     ) -> Option<[Option<Item>; N]> {
+        let items = self.read_all(what, route, keys).await?;
+        <[Option<Item>; N]>::try_from(items).ok()
+    }
+
+    /// [`read`](Self::read), for a count known only at run time.
+    async fn read_all(
+        &self,
+        what: &'static str,
+        route: &str,
+        keys: &[&str],
+    ) -> Option<Vec<Option<Item>>> {
         let read = self
             .backend
             .get_many_by_key_ordered(route, keys, self.timeout)
             .await;
         let items = self.logged(what, read)?;
         // A backend that answers with another count is broken: treated as a failure.
-        <[Option<Item>; N]>::try_from(items)
-            .inspect_err(|items| {
-                tracing::debug!(
-                    what,
-                    asked = N,
-                    answered = items.len(),
-                    "cache backend answered out of shape"
-                );
-                self.stats.record_backend_error();
-            })
-            .ok()
+        if items.len() != keys.len() {
+            tracing::debug!(
+                what,
+                asked = keys.len(),
+                answered = items.len(),
+                "cache backend answered out of shape"
+            );
+            self.stats.record_backend_error();
+            return None;
+        }
+        Some(items)
     }
 
     /// Finds the stored response for a request: one round trip to the entry's server for
@@ -416,20 +465,44 @@ impl<B: Backend> Storage<B> {
         let cached = recall
             .as_ref()
             .and_then(|recall| recall.generation(&self.generation_key));
-        let (primary, read_generation) = if cached.is_some() {
-            let Some([primary]) = self.read("lookup", primary_key, &[primary_key]).await else {
-                return Lookup::Unavailable;
-            };
-            (primary, None)
+        // The store epoch an entry found now is read against must have been read before
+        // it (one read in the same line could be newer than the entry): one remembered.
+        let epoch_key = recall.as_ref().map(|_| self.epoch_key(primary_key));
+        let epoch_key = epoch_key.as_deref().unwrap_or_default();
+        let known_epoch = recall.as_ref().and_then(|recall| recall.epoch(epoch_key));
+        let read_epoch = recall.is_some() && known_epoch.is_none();
+        let mut keys = [primary_key, "", ""];
+        let mut asked = 1;
+        if cached.is_none() {
+            keys[asked] = &self.generation_key;
+            asked += 1;
+        }
+        if read_epoch {
+            keys[asked] = epoch_key;
+            asked += 1;
+        }
+        let Some(items) = self.read_all("lookup", primary_key, &keys[..asked]).await else {
+            return Lookup::Unavailable;
+        };
+        let mut items = items.into_iter();
+        let primary = items.next().flatten();
+        let read_generation = cached.is_none().then(|| {
+            items
+                .next()
+                .flatten()
+                .and_then(|item| parse_generation(&item))
+        });
+        let epoch = if read_epoch {
+            match items
+                .next()
+                .flatten()
+                .and_then(|item| parse_generation(&item))
+            {
+                Some(epoch) => Some(epoch),
+                None => self.bump_epoch(primary_key).await,
+            }
         } else {
-            let keys = [primary_key, &*self.generation_key];
-            let Some([primary, generation]) = self.read("lookup", primary_key, &keys).await else {
-                return Lookup::Unavailable;
-            };
-            (
-                primary,
-                Some(generation.and_then(|item| parse_generation(&item))),
-            )
+            None
         };
         let slot = primary.as_ref().map_or(Slot::Absent, Slot::of);
         let Some((entry, index)) = self
@@ -463,15 +536,32 @@ impl<B: Backend> Storage<B> {
             // a purge during the fill would not reach it.
             generation = self.ensure_generation(primary_key).await;
         }
-        if let (Some(recall), Some(value), None) = (&recall, generation, vouched) {
-            recall.remember(&self.backend, primary_key, &[(&self.generation_key, value)]);
+        if let Some(recall) = &recall {
+            let generation_read = generation
+                .filter(|_| vouched.is_none())
+                .map(|value| (&*self.generation_key, value));
+            let read: Vec<(&str, u64)> = generation_read
+                .into_iter()
+                .chain(epoch.map(|value| (epoch_key, value)))
+                .collect();
+            if !read.is_empty() {
+                recall.remember(&self.backend, primary_key, &read);
+            }
         }
+        let basis = recall
+            .as_ref()
+            .zip(known_epoch)
+            .map(|(recall, seen)| Basis {
+                server: recall.server,
+                epoch: seen.value,
+            });
         let mut found = Found {
             generation,
             started,
             slot,
             index,
             vouched,
+            basis,
             ..Found::default()
         };
         let Some(entry) = entry else {
@@ -613,6 +703,96 @@ impl<B: Backend> Storage<B> {
         current.then_some(vouched)
     }
 
+    /// Whether an entry the near tier holds is still what memcached would answer, without
+    /// reading it again: its server's store epoch for its stripe (`basis`), the namespace
+    /// generation and its tags' generations are what they were when it was read. Values
+    /// the tier remembers (read within their reuse window) count; the others are read, in
+    /// one round trip. `Some` with when the earliest of the reads it relied on started,
+    /// `None` when something changed, failed or moved to another server.
+    pub(crate) async fn reconfirm(
+        &self,
+        primary_key: &str,
+        meta: &EntryMeta,
+        basis: Basis,
+    ) -> Option<Instant> {
+        let recall = self.recall(primary_key)?;
+        if recall.server != basis.server {
+            return None;
+        }
+        let epoch_key = &*self.epoch_key(primary_key);
+        let tag_keys: Vec<String> = meta.tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
+        let expected = [
+            (epoch_key, basis.epoch, recall.epoch(epoch_key)),
+            (
+                &*self.generation_key,
+                meta.generation,
+                recall.generation(&self.generation_key),
+            ),
+        ];
+        let tags = tag_keys
+            .iter()
+            .zip(&meta.tags)
+            .map(|(key, (_, value))| (key.as_str(), *value, recall.generation(key)));
+        let mut earliest_read = None;
+        let mut unread: Vec<(&str, u64)> = Vec::new();
+        for (key, value, seen) in expected.into_iter().chain(tags) {
+            match seen {
+                Some(seen) if seen.value == value => {
+                    earliest_read = earliest(earliest_read, Some(seen.read));
+                }
+                Some(_) => return None,
+                None => unread.push((key, value)),
+            }
+        }
+        if unread.is_empty() {
+            return earliest_read;
+        }
+        let keys: Vec<&str> = unread.iter().map(|(key, _)| *key).collect();
+        let items = self.read_all("near confirm", primary_key, &keys).await?;
+        let values: Vec<Option<u64>> = items
+            .iter()
+            .map(|item| item.as_ref().and_then(parse_generation))
+            .collect();
+        let read: Vec<(&str, u64)> = keys
+            .iter()
+            .zip(&values)
+            .filter_map(|(key, value)| Some((*key, (*value)?)))
+            .collect();
+        recall.remember(&self.backend, primary_key, &read);
+        let unchanged = unread
+            .iter()
+            .zip(&values)
+            .all(|((_, expected), value)| *value == Some(*expected));
+        let read_now = recall.mark.at();
+        unchanged.then(|| earliest_read.map_or(read_now, |at| at.min(read_now)))
+    }
+
+    /// Gives the store epoch guarding `route` a new value: after a store that replaced an
+    /// entry or an invalidation, so that near tiers that read an entry against the old
+    /// value read it again; or where a lookup found none (a fresh server, an eviction,
+    /// bytes that are not an epoch). A set, not an add: any new value is safe, only an
+    /// unchanged one across a replacement would not be. The value, once written.
+    async fn bump_epoch(&self, route: &str) -> Option<u64> {
+        let fresh = unique();
+        let value = Bytes::from(fresh.to_string());
+        let key = self.epoch_key(route);
+        let set = self
+            .backend
+            .set_by_key(route, &key, value, 0, Lifetime::NEVER);
+        self.timed("epoch bump", set).await.map(|()| fresh)
+    }
+
+    /// [`bump_epoch`](Self::bump_epoch) once more, a timeout from now, in the background:
+    /// a write that failed (timed out) may still land after the first bump, from the
+    /// socket it was written to.
+    fn bump_epoch_later(&self, route: &str) {
+        let (storage, route) = (self.clone(), route.to_owned());
+        self.background.spawn(async move {
+            tokio::time::sleep(storage.timeout).await;
+            storage.bump_epoch(&route).await;
+        });
+    }
+
     /// The namespace generation on the server of `route`, created when absent.
     async fn ensure_generation(&self, route: &str) -> Option<u64> {
         let key = &*self.generation_key;
@@ -724,6 +904,16 @@ impl<B: Backend> Storage<B> {
         let tagged = !tags.is_empty() || !meta.tags.is_empty();
         let checked = SystemTime::now();
         let (outcome, tags_checked) = self.store_checked(to, meta, body, tags, ttl).await;
+        // Over an entry or an index (what a near tier may hold), and maybe written even
+        // when it failed (half way, or its reply lost): near tiers must read it again.
+        let replaced = matches!(to.slot, Slot::Value { .. })
+            && matches!(outcome, StoreOutcome::Stored | StoreOutcome::Failed);
+        if replaced {
+            self.bump_epoch(&to.key).await;
+            if outcome == StoreOutcome::Failed {
+                self.bump_epoch_later(&to.key);
+            }
+        }
         // Whatever the outcome: a store that failed half way (an index written, its variant
         // refused) or whose reply was lost may have changed memcached all the same.
         if let Some(near) = &self.near {
@@ -926,6 +1116,11 @@ impl<B: Backend> Storage<B> {
         let deleted = self
             .bounded_purge(self.backend.delete_on_every_server(primary_key))
             .await;
+        // Even when the delete failed on some server: it may have landed on others.
+        self.bump_epoch(primary_key).await;
+        if deleted.is_err() {
+            self.bump_epoch_later(primary_key);
+        }
         // After memcached (a lookup that read it before is then refused by the near tier),
         // and even when memcached failed: this process at least forgets.
         if let Some(near) = &self.near {
