@@ -131,6 +131,8 @@ async fn a_half_done_store_does_not_leave_the_old_response_in_the_near_tier<B: B
 
 on_every_backend!("near_tier_adversarial";
     a_half_done_store_does_not_leave_the_old_response_in_the_near_tier,
+    a_flush_by_another_process_shows_within_the_bound,
+    a_variant_refreshed_by_another_process_shows_within_the_bound,
 );
 
 /// MemoryBackend whose next `cas` lands but whose reply is lost (a timeout after the
@@ -368,4 +370,330 @@ fn odd_sizes_do_not_panic() {
         let _ = near.max_entry_weight();
     }
     let _ = NearCache::new(1 << 20, Duration::MAX);
+}
+
+// ---------------------------------------------------------------------------------------
+// Store epochs (a lapsed entry confirmed by its epoch and generations instead of read
+// again), tried as an adversarial reviewer did: an epoch write that fails, an eviction, an
+// epoch read in the same line as the entry, a flush, a variant refreshed elsewhere.
+// ---------------------------------------------------------------------------------------
+
+const HIT: &str = "tower-memcache; hit";
+
+/// Another process: a layer over the same backend, without a near tier of its own.
+fn plain<B: Backend>(backend: B) -> MemcacheLayer<B> {
+    MemcacheLayer::new(backend)
+        .namespace("review")
+        .mode(CacheMode::Origin)
+        .tag_header(Some(http::HeaderName::from_static("surrogate-key")))
+}
+
+/// Fills `path` and reads it from memcached twice quickly: the second lookup knows its
+/// stripe's store epoch (the first read it), so the entry it keeps can be confirmed.
+/// Then checks that it is: past the bound it is answered from the tier.
+async fn keep_confirmable(svc: &Svc, watch: &Watch, path: &str, bound: Duration) {
+    send(svc, Method::GET, path, &[]).await;
+    watch.settled().await;
+    let hit = send(svc, Method::GET, path, &[]).await;
+    assert_eq!(hit.header("cache-status"), Some(HIT), "{path}");
+    tokio::time::sleep(bound + Duration::from_millis(30)).await;
+    let confirmed = send(svc, Method::GET, path, &[]).await;
+    assert_eq!(
+        confirmed.header("cache-status"),
+        Some(NEAR_HIT),
+        "{path}: confirmed from its epoch"
+    );
+}
+
+/// MemoryBackend on which a working server refuses the next `fail` plain writes with flags
+/// 0 (store epochs; `SERVER_ERROR out of memory`, which memcached answers when it cannot
+/// make room): nothing was written, and the writer is told so.
+#[derive(Clone)]
+struct EpochWritesRefused {
+    inner: MemoryBackend,
+    fail: Arc<AtomicU64>,
+}
+
+impl Backend for EpochWritesRefused {
+    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
+        let refuse = f == 0
+            && self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if refuse {
+            return Err(BackendError::Server(
+                "SERVER_ERROR out of memory storing object".into(),
+            ));
+        }
+        self.inner.set(k, v, f, l).await
+    }
+    forward_to_inner!(
+        get, get_many, server_of, add, cas, delete, touch, incr, flush_all, stats
+    );
+}
+
+/// An invalidation (a POST) and a refresh (no-cache) by another process whose store epoch
+/// write is refused once (the delete or the store itself succeeded): the change must show
+/// in this process's tier within the bound all the same, not after eight windows.
+#[tokio::test]
+async fn a_change_whose_epoch_write_was_refused_shows_within_the_bound() {
+    let origin = Origin::default();
+    let memory = MemoryBackend::new();
+    let bound = Duration::from_millis(400);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(memory.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let writer_backend = EpochWritesRefused {
+        inner: memory,
+        fail: Arc::new(AtomicU64::new(0)),
+    };
+    let writer = plain(writer_backend.clone());
+    let (writer_svc, writer_watch) = (service(&writer, &origin), Watch::of(&writer));
+    for (round, change) in ["post", "refresh"].into_iter().enumerate() {
+        let path = format!("/{change}");
+        keep_confirmable(&svc, &watch, &path, bound).await;
+        let version = round as u64 + 1;
+        origin.version.store(version, Ordering::SeqCst);
+        writer_backend.fail.store(1, Ordering::SeqCst);
+        let headers: &[(&str, &str)] = match change {
+            "post" => &[],
+            _ => &[("cache-control", "no-cache")],
+        };
+        let method = if change == "post" {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let changed = send(&writer_svc, method, &path, headers).await;
+        assert!(changed.status.is_success());
+        writer_watch.settled().await;
+        assert_eq!(
+            writer_backend.fail.load(Ordering::SeqCst),
+            0,
+            "{change}: the epoch write was refused"
+        );
+        let at = Instant::now();
+        tokio::time::sleep_until((at + bound + Duration::from_millis(50)).into()).await;
+        let now = send(&svc, Method::GET, &path, &[]).await;
+        assert_eq!(
+            now.body,
+            format!("{path} v{version}"),
+            "{change} by another process, its epoch write refused: still answered ({})",
+            now.header("cache-status").unwrap_or("")
+        );
+        watch.settled().await;
+    }
+}
+
+/// An entry memcached evicted (its server keeps the epoch and generations: nothing tells
+/// the tier) is answered from the tier, confirmed by its epoch, for at most eight windows
+/// after its last full read, not a window more (README: "read in full again at least every
+/// 8 × max_staleness"): a confirmation just before that must not extend it.
+#[tokio::test]
+async fn an_evicted_entry_is_answered_no_longer_than_eight_windows() {
+    let origin = Origin::default();
+    let memory = MemoryBackend::new();
+    let bound = Duration::from_millis(250);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(memory.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    send(&svc, Method::GET, "/evicted", &[]).await;
+    watch.settled().await;
+    let read = Instant::now();
+    let hit = send(&svc, Method::GET, "/evicted", &[]).await;
+    assert_eq!(hit.header("cache-status"), Some(HIT));
+    // Evicted: the entry goes, the epoch and generations (flags 0) stay.
+    for (key, item) in memory.entries() {
+        if item.flags != 0 {
+            memory.delete(&key).await.unwrap();
+        }
+    }
+    origin.version.store(1, Ordering::SeqCst);
+    // Nobody asks until just before the eighth window ends, then once just after it.
+    let margin = Duration::from_millis(60);
+    tokio::time::sleep_until((read + bound * 8 - margin).into()).await;
+    let before = send(&svc, Method::GET, "/evicted", &[]).await;
+    watch.settled().await;
+    tokio::time::sleep_until((read + bound * 8 + margin).into()).await;
+    let after = send(&svc, Method::GET, "/evicted", &[]).await;
+    assert_eq!(
+        after.body,
+        "/evicted v1",
+        "evicted, answered from the tier {:?} after its read ({}; before: {} {})",
+        read.elapsed(),
+        after.header("cache-status").unwrap_or(""),
+        before.body,
+        before.header("cache-status").unwrap_or("")
+    );
+}
+
+/// MemoryBackend whose next multi-get of more than one key (a lookup that reads the entry,
+/// the namespace generation and the store epoch in one line) reads its first key, then
+/// waits for `resume` before it reads the others: another process's refresh lands between
+/// them, as it may between two keys of one line in memcached.
+#[derive(Clone)]
+struct SplitRead {
+    inner: MemoryBackend,
+    armed: Arc<AtomicBool>,
+    paused: Arc<tokio::sync::Notify>,
+    resume: Arc<tokio::sync::Notify>,
+}
+
+impl Backend for SplitRead {
+    async fn get_many_by_key_ordered(
+        &self,
+        route: &str,
+        keys: &[&str],
+        limit: Duration,
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        if keys.len() < 2 || !self.armed.swap(false, Ordering::SeqCst) {
+            return self.inner.get_many_by_key_ordered(route, keys, limit).await;
+        }
+        let first = self
+            .inner
+            .get_many_by_key_ordered(route, &keys[..1], limit)
+            .await?;
+        self.paused.notify_one();
+        self.resume.notified().await;
+        let rest = self
+            .inner
+            .get_many_by_key_ordered(route, &keys[1..], limit)
+            .await?;
+        Ok(first.into_iter().chain(rest).collect())
+    }
+    forward_to_inner!(
+        get, get_many, server_of, set, add, cas, delete, touch, incr, flush_all, stats
+    );
+}
+
+/// The first lookup of this tier reads the entry and its stripe's epoch in one line;
+/// another process's refresh lands between the two reads, its epoch write too. The epoch
+/// read is newer than the entry, so it must not vouch for it: past the bound the entry is
+/// read again (the refresh shows), not confirmed for eight windows.
+#[tokio::test]
+async fn an_epoch_read_after_the_entry_in_its_line_does_not_vouch_for_it() {
+    let origin = Origin::default();
+    let memory = MemoryBackend::new();
+    let split = SplitRead {
+        inner: memory.clone(),
+        armed: Arc::new(AtomicBool::new(false)),
+        paused: Arc::new(tokio::sync::Notify::new()),
+        resume: Arc::new(tokio::sync::Notify::new()),
+    };
+    let bound = Duration::from_millis(300);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(split.clone(), &near).lookup_timeout(Duration::from_secs(5));
+    let svc = service(&here, &origin);
+    let writer = plain(memory);
+    let (writer_svc, writer_watch) = (service(&writer, &origin), Watch::of(&writer));
+    // Stored by the other process, refreshed once so that the stripe has an epoch.
+    send(&writer_svc, Method::GET, "/line", &[]).await;
+    writer_watch.settled().await;
+    send(
+        &writer_svc,
+        Method::GET,
+        "/line",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    writer_watch.settled().await;
+    split.armed.store(true, Ordering::SeqCst);
+    let lookup = {
+        let svc = svc.clone();
+        tokio::spawn(async move { send(&svc, Method::GET, "/line", &[]).await })
+    };
+    split.paused.notified().await;
+    origin.version.store(1, Ordering::SeqCst);
+    let refreshed = send(
+        &writer_svc,
+        Method::GET,
+        "/line",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(refreshed.body, "/line v1");
+    writer_watch.settled().await;
+    split.resume.notify_one();
+    let first = lookup.await.unwrap();
+    // Read before the refresh: it may answer v0, and the tier keeps it.
+    assert_eq!(
+        (first.body.as_str(), first.header("cache-status")),
+        ("/line v0", Some(HIT))
+    );
+    assert!(!split.armed.load(Ordering::SeqCst), "the line was split");
+    let kept = send(&svc, Method::GET, "/line", &[]).await;
+    assert_eq!(kept.header("cache-status"), Some(NEAR_HIT));
+    tokio::time::sleep(bound + Duration::from_millis(50)).await;
+    let now = send(&svc, Method::GET, "/line", &[]).await;
+    assert_eq!(
+        now.body,
+        "/line v1",
+        "confirmed by an epoch read after it ({})",
+        now.header("cache-status").unwrap_or("")
+    );
+}
+
+/// Everything flushed by another process (`Purger::purge_all`): the epochs and generations
+/// the tier confirms with are gone, which confirms nothing; the flush shows within the
+/// bound.
+async fn a_flush_by_another_process_shows_within_the_bound<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let bound = Duration::from_millis(400);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    keep_confirmable(&svc, &watch, "/flushed", bound).await;
+    origin.version.store(1, Ordering::SeqCst);
+    plain(backend).purger().purge_all().await.unwrap();
+    let at = Instant::now();
+    tokio::time::sleep_until((at + bound + Duration::from_millis(50)).into()).await;
+    let now = send(&svc, Method::GET, "/flushed", &[]).await;
+    assert_eq!(
+        now.body,
+        "/flushed v1",
+        "{}",
+        now.header("cache-status").unwrap_or("")
+    );
+}
+
+/// A variant this tier keeps, refreshed by another process (a store over the URL's
+/// variant index, not over the entry itself): the refresh writes the epoch of the URL's
+/// primary key and shows within the bound.
+async fn a_variant_refreshed_by_another_process_shows_within_the_bound<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    origin.version.store(1, Ordering::SeqCst); // /varies-later varies from version 1 on
+    let bound = Duration::from_millis(400);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(backend.clone(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let gzip: &[(&str, &str)] = &[("accept-encoding", "gzip")];
+    send(&svc, Method::GET, "/varies-later", gzip).await;
+    watch.settled().await;
+    let hit = send(&svc, Method::GET, "/varies-later", gzip).await;
+    assert_eq!(hit.header("cache-status"), Some(HIT));
+    tokio::time::sleep(bound + Duration::from_millis(30)).await;
+    let confirmed = send(&svc, Method::GET, "/varies-later", gzip).await;
+    assert_eq!(confirmed.header("cache-status"), Some(NEAR_HIT));
+    origin.version.store(2, Ordering::SeqCst);
+    let writer = plain(backend);
+    let (writer_svc, writer_watch) = (service(&writer, &origin), Watch::of(&writer));
+    let refreshed = send(
+        &writer_svc,
+        Method::GET,
+        "/varies-later",
+        &[("accept-encoding", "gzip"), ("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(refreshed.body, "/varies-later v2");
+    writer_watch.settled().await;
+    let at = Instant::now();
+    tokio::time::sleep_until((at + bound + Duration::from_millis(50)).into()).await;
+    let now = send(&svc, Method::GET, "/varies-later", gzip).await;
+    assert_eq!(
+        now.body,
+        "/varies-later v2",
+        "{}",
+        now.header("cache-status").unwrap_or("")
+    );
 }

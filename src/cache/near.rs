@@ -69,9 +69,10 @@ const GENERATION_REUSE_SHARE: u32 = 16;
 /// times per window, not sixteen.
 const EPOCH_REUSE_SHARE: u32 = 4;
 
-/// An entry confirmed by its epoch and generations is read in full again after this many
-/// windows at the latest: what would keep a change from showing otherwise (a store whose
-/// epoch write was lost with its server) is bounded by it.
+/// An entry confirmed by its epoch and generations is answered no later than this many
+/// windows after its last full read (then it is read in full again): what would keep a
+/// change from showing otherwise (an eviction, a store whose epoch writes were all lost)
+/// is bounded by it.
 pub(crate) const RENEWABLE_WINDOWS: u32 = 8;
 
 /// An in-process tier of hot entries in front of the backend, shared by every layer it is
@@ -408,7 +409,12 @@ impl NearCache {
             if now.saturating_duration_since(kept.checked) <= bound {
                 return Near::Current(Arc::clone(&kept.entry));
             }
-            let renewable = now.saturating_duration_since(kept.read) <= bound * RENEWABLE_WINDOWS;
+            // A renewal answers it for up to a window more: offered only while that
+            // window ends within RENEWABLE_WINDOWS of its full read.
+            let renewable = now
+                .saturating_duration_since(kept.read)
+                .saturating_add(bound)
+                <= bound.saturating_mul(RENEWABLE_WINDOWS);
             if let (Some(basis), true, None) = (kept.basis, renewable, &lapsed) {
                 lapsed = Some(Near::Lapsed(Arc::clone(&kept.entry), basis));
             }

@@ -784,7 +784,7 @@ impl<B: Backend> Storage<B> {
 
     /// [`bump_epoch`](Self::bump_epoch) once more, a timeout from now, in the background:
     /// a write that failed (timed out) may still land after the first bump, from the
-    /// socket it was written to.
+    /// socket it was written to, and a first bump may itself have failed.
     fn bump_epoch_later(&self, route: &str) {
         let (storage, route) = (self.clone(), route.to_owned());
         self.background.spawn(async move {
@@ -909,8 +909,10 @@ impl<B: Backend> Storage<B> {
         let replaced = matches!(to.slot, Slot::Value { .. })
             && matches!(outcome, StoreOutcome::Stored | StoreOutcome::Failed);
         if replaced {
-            self.bump_epoch(&to.key).await;
-            if outcome == StoreOutcome::Failed {
+            let bumped = self.bump_epoch(&to.key).await.is_some();
+            // Once more a timeout later: a failed store may land late, and an epoch write
+            // that failed (refused, lost) left the old epoch vouching for the old entry.
+            if outcome == StoreOutcome::Failed || !bumped {
                 self.bump_epoch_later(&to.key);
             }
         }
@@ -1116,9 +1118,10 @@ impl<B: Backend> Storage<B> {
         let deleted = self
             .bounded_purge(self.backend.delete_on_every_server(primary_key))
             .await;
-        // Even when the delete failed on some server: it may have landed on others.
-        self.bump_epoch(primary_key).await;
-        if deleted.is_err() {
+        // Even when the delete failed on some server: it may have landed on others. Once
+        // more a timeout later when either failed (see `store`).
+        let bumped = self.bump_epoch(primary_key).await.is_some();
+        if deleted.is_err() || !bumped {
             self.bump_epoch_later(primary_key);
         }
         // After memcached (a lookup that read it before is then refused by the near tier),
