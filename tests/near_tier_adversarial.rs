@@ -697,3 +697,54 @@ async fn a_variant_refreshed_by_another_process_shows_within_the_bound<B: Backen
         now.header("cache-status").unwrap_or("")
     );
 }
+
+/// This process invalidates a URL (a POST) while a request's confirmation of the URL's
+/// lapsed entry is in flight, its epoch already read: the confirmation may answer the
+/// request it serves (which overlapped the POST) but must not renew the entry: the next
+/// request, which starts after the POST returned, gets what the POST left.
+#[tokio::test]
+async fn a_local_invalidation_during_a_confirmation_applies_at_once() {
+    let origin = Origin::default();
+    let memory = MemoryBackend::new();
+    let split = SplitRead {
+        inner: memory,
+        armed: Arc::new(AtomicBool::new(false)),
+        paused: Arc::new(tokio::sync::Notify::new()),
+        resume: Arc::new(tokio::sync::Notify::new()),
+    };
+    let bound = Duration::from_millis(300);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(split.clone(), &near).lookup_timeout(Duration::from_secs(5));
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    keep_confirmable(&svc, &watch, "/confirming", bound).await;
+    // Lapsed again, and nothing it relies on remembered: the confirmation reads the epoch,
+    // the namespace generation and the tag's in one line.
+    tokio::time::sleep(bound + Duration::from_millis(50)).await;
+    split.armed.store(true, Ordering::SeqCst);
+    let confirming = {
+        let svc = svc.clone();
+        tokio::spawn(async move { send(&svc, Method::GET, "/confirming", &[]).await })
+    };
+    split.paused.notified().await;
+    origin.version.store(1, Ordering::SeqCst);
+    let posted = send(&svc, Method::POST, "/confirming", &[]).await;
+    assert!(posted.status.is_success());
+    split.resume.notify_one();
+    let overlapped = confirming.await.unwrap();
+    assert!(
+        !split.armed.load(Ordering::SeqCst),
+        "the confirmation was split"
+    );
+    assert_eq!(
+        overlapped.header("cache-status"),
+        Some(NEAR_HIT),
+        "the confirmation read the epoch before the POST"
+    );
+    let after = send(&svc, Method::GET, "/confirming", &[]).await;
+    assert_eq!(
+        after.body,
+        "/confirming v1",
+        "{}",
+        after.header("cache-status").unwrap_or("")
+    );
+}
