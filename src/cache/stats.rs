@@ -2,8 +2,9 @@
 //! and a plain snapshot to read them. With the `metrics` feature the same events also go
 //! to the [`metrics`](https://docs.rs/metrics) facade (see [`METRIC_NAMES`]).
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Live counters, shared by every clone of a layer and its services.
 ///
@@ -24,6 +25,22 @@ pub struct CacheStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    shards: [Shard; SHARDS],
+    #[cfg(feature = "metrics")]
+    exported: exported::Exported,
+}
+
+/// Shards of the counters. Each thread adds to one of its own (threads take them in turn),
+/// so that threads answering hits at once do not pass one cache line back and forth with
+/// every add (measured: a few percent of a near-tier hit's CPU on two cores); a snapshot
+/// sums them.
+const SHARDS: usize = 8;
+
+/// One shard, on cache lines of its own (128 bytes: a pair of 64-byte lines, which some
+/// processors fetch together).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
     hits: AtomicU64,
     misses: AtomicU64,
     bypasses: AtomicU64,
@@ -36,8 +53,20 @@ struct Counters {
     revalidations: AtomicU64,
     invalidations: AtomicU64,
     near_hits: AtomicU64,
-    #[cfg(feature = "metrics")]
-    exported: exported::Exported,
+}
+
+/// The shard this thread counts into.
+fn thread_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|shard| {
+        if shard.get() == usize::MAX {
+            shard.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        shard.get()
+    })
 }
 
 /// A point-in-time copy of [`CacheStats`].
@@ -90,7 +119,7 @@ macro_rules! recorders {
     ($($(#[$doc:meta])* $name:ident => $field:ident),* $(,)?) => {$(
         $(#[$doc])*
         pub(crate) fn $name(&self) {
-            self.inner.$field.fetch_add(1, Ordering::Relaxed);
+            self.shard().$field.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
             self.inner.exported.handles().$field.increment(1);
         }
@@ -98,6 +127,10 @@ macro_rules! recorders {
 }
 
 impl CacheStats {
+    fn shard(&self) -> &Shard {
+        &self.inner.shards[thread_shard()]
+    }
+
     recorders! {
         /// Counts a cacheable request that missed.
         record_miss => misses,
@@ -123,10 +156,11 @@ impl CacheStats {
     /// (counted in `hits` and in `stale`).
     pub(crate) fn record_hit(&self, body_bytes: usize, stale: bool) {
         let bytes = u64::try_from(body_bytes).unwrap_or(u64::MAX);
-        self.inner.hits.fetch_add(1, Ordering::Relaxed);
-        self.inner.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+        let shard = self.shard();
+        shard.hits.fetch_add(1, Ordering::Relaxed);
+        shard.bytes_served.fetch_add(bytes, Ordering::Relaxed);
         if stale {
-            self.inner.stale.fetch_add(1, Ordering::Relaxed);
+            shard.stale.fetch_add(1, Ordering::Relaxed);
         }
         #[cfg(feature = "metrics")]
         {
@@ -154,20 +188,26 @@ impl CacheStats {
 
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let c = &self.inner;
+        let sum = |field: fn(&Shard) -> &AtomicU64| {
+            self.inner
+                .shards
+                .iter()
+                .map(|shard| field(shard).load(Ordering::Relaxed))
+                .fold(0, u64::wrapping_add)
+        };
         StatsSnapshot {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            bypasses: c.bypasses.load(Ordering::Relaxed),
-            stores: c.stores.load(Ordering::Relaxed),
-            store_failures: c.store_failures.load(Ordering::Relaxed),
-            backend_errors: c.backend_errors.load(Ordering::Relaxed),
-            coalesced: c.coalesced.load(Ordering::Relaxed),
-            bytes_served: c.bytes_served.load(Ordering::Relaxed),
-            stale: c.stale.load(Ordering::Relaxed),
-            revalidations: c.revalidations.load(Ordering::Relaxed),
-            invalidations: c.invalidations.load(Ordering::Relaxed),
-            near_hits: c.near_hits.load(Ordering::Relaxed),
+            hits: sum(|c| &c.hits),
+            misses: sum(|c| &c.misses),
+            bypasses: sum(|c| &c.bypasses),
+            stores: sum(|c| &c.stores),
+            store_failures: sum(|c| &c.store_failures),
+            backend_errors: sum(|c| &c.backend_errors),
+            coalesced: sum(|c| &c.coalesced),
+            bytes_served: sum(|c| &c.bytes_served),
+            stale: sum(|c| &c.stale),
+            revalidations: sum(|c| &c.revalidations),
+            invalidations: sum(|c| &c.invalidations),
+            near_hits: sum(|c| &c.near_hits),
         }
     }
 }
@@ -378,6 +418,30 @@ mod exported {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let stats = CacheStats::default();
+        // More threads than shards: some share one.
+        std::thread::scope(|scope| {
+            for thread in 0..3 * SHARDS {
+                let stats = &stats;
+                scope.spawn(move || {
+                    for _ in 0..100 {
+                        stats.record_hit(thread, thread % 2 == 0);
+                        stats.record_near_hit();
+                    }
+                });
+            }
+        });
+        let snapshot = stats.snapshot();
+        let threads = 3 * SHARDS as u64;
+        assert_eq!(snapshot.hits, threads * 100);
+        assert_eq!(snapshot.near_hits, threads * 100);
+        assert_eq!(snapshot.stale, threads / 2 * 100);
+        assert_eq!(snapshot.bytes_served, (0..threads).sum::<u64>() * 100);
+        assert_eq!(snapshot.misses, 0);
+    }
 
     #[test]
     fn counters_and_the_hit_ratio() {
