@@ -35,20 +35,21 @@ impl<B: Backend> Shared<B> {
                 &self.config.canonical.default_scheme,
             )
         }));
-        for uri in uris {
-            let Some(canonical) =
-                self.config
-                    .canonical
-                    .key_for_get(&uri, request_headers, extensions)
-            else {
-                continue;
-            };
+        let canonicals = uris.iter().filter_map(|uri| {
+            self.config
+                .canonical
+                .key_for_get(uri, request_headers, extensions)
+        });
+        // At the same time (three at most): each is a delete on every server, then a new
+        // store epoch, and the response waits for all of them.
+        let invalidations = canonicals.map(|canonical| async move {
             let key = self.storage.primary_key(&canonical);
             match self.storage.invalidate(&key).await {
                 Ok(()) => tracing::debug!(%canonical, "invalidated by an unsafe method"),
                 Err(err) => tracing::debug!(%canonical, error = %err, "invalidation failed"),
             }
-        }
+        });
+        futures_util::future::join_all(invalidations).await;
     }
 }
 
