@@ -555,7 +555,8 @@ where
             detail,
             is_head,
         };
-        let filler = match shared.coordinate(&ex, request.headers(), may_retry).await {
+        let coordinate = Box::pin(shared.coordinate(&ex, request.headers(), may_retry));
+        let filler = match coordinate.await {
             Coordinated::Answered(entry, freshness) => {
                 let headers = request.headers();
                 let answered = Answered::Collapsed(ex.fwd);

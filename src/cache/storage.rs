@@ -499,7 +499,7 @@ impl<B: Backend> Storage<B> {
                 .and_then(|item| parse_generation(&item))
             {
                 Some(epoch) => Some(epoch),
-                None => self.bump_epoch(primary_key).await,
+                None => Box::pin(self.bump_epoch(primary_key)).await,
             }
         } else {
             None
@@ -524,7 +524,9 @@ impl<B: Backend> Storage<B> {
             // beside it).
             _ => {
                 let key = &*self.generation_key;
-                let Some([read]) = self.read("generation get", primary_key, &[key]).await else {
+                let keys = [key];
+                let read = Box::pin(self.read("generation get", primary_key, &keys));
+                let Some([read]) = read.await else {
                     return Lookup::Unavailable;
                 };
                 read.and_then(|item| parse_generation(&item))
@@ -534,7 +536,7 @@ impl<B: Backend> Storage<B> {
             // A cold server, a flush, a reset after a rejoin: the generation this request's
             // response will be stored under must exist before the response is produced, or
             // a purge during the fill would not reach it.
-            generation = self.ensure_generation(primary_key).await;
+            generation = Box::pin(self.ensure_generation(primary_key)).await;
         }
         if let Some(recall) = &recall {
             let generation_read = generation
@@ -580,10 +582,10 @@ impl<B: Backend> Storage<B> {
             return Lookup::Found(found);
         }
         if !meta.tags.is_empty() {
-            match self
-                .tags_current(primary_key, &meta.tags, recall.as_ref())
-                .await
-            {
+            // Boxed, as every step of a lookup that not every hit takes: the future of
+            // every request holds the lookup's, and a plain hit's stays small.
+            let tags = Box::pin(self.tags_current(primary_key, &meta.tags, recall.as_ref()));
+            match tags.await {
                 Some(tags_vouched) => found.vouched = earliest(found.vouched, tags_vouched),
                 None => {
                     tracing::debug!(key = primary_key, "entry from before a tag purge; miss");
@@ -625,10 +627,10 @@ impl<B: Backend> Storage<B> {
                 Ok(index) if index.canonical_key == canonical && !index.name_sets.is_empty() => {
                     let keys = self.variant_keys(&index, request_headers);
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let read = self
-                        .backend
-                        .get_many_by_key_ordered(primary_key, &refs, self.timeout)
-                        .await;
+                    let read =
+                        self.backend
+                            .get_many_by_key_ordered(primary_key, &refs, self.timeout);
+                    let read = Box::pin(read).await;
                     let variants = self.logged("variant lookup", read)?;
                     // Of the variants this request selects, the one stored for the most
                     // selecting headers (a response the origin chose for a request like
