@@ -274,6 +274,13 @@ impl Recall<'_> {
     }
 }
 
+/// A value a key should still hold on a server, and what the near tier remembers of it.
+struct Expected<'a> {
+    key: &'a str,
+    value: u64,
+    seen: Option<Seen>,
+}
+
 /// The earlier of two instants, either of them maybe unknown.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -665,43 +672,62 @@ impl<B: Backend> Storage<B> {
         tags: &[(String, u64)],
         recall: Option<&Recall<'_>>,
     ) -> Option<Option<Instant>> {
+        let keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
+        let expected: Vec<Expected<'_>> = keys
+            .iter()
+            .zip(tags)
+            .map(|(key, (_, stored))| Expected {
+                key,
+                value: *stored,
+                seen: recall.and_then(|recall| recall.generation(key)),
+            })
+            .collect();
+        self.unchanged("tag lookup", route, &expected, recall).await
+    }
+
+    /// Whether values the server of `route` holds under keys (generations, store epochs)
+    /// are still those expected. Those the near tier remembers with that value count as
+    /// read when they were; the others are read in one round trip (and remembered, with a
+    /// near tier). `Some` with when the earliest remembered one was read (`None`: all
+    /// were read now), `None` when one differs or the read failed.
+    async fn unchanged(
+        &self,
+        what: &'static str,
+        route: &str,
+        expected: &[Expected<'_>],
+        recall: Option<&Recall<'_>>,
+    ) -> Option<Option<Instant>> {
         let mut vouched = None;
-        let mut unread: Vec<(String, u64)> = Vec::with_capacity(tags.len());
-        for (tag, stored) in tags {
-            let key = self.tag_key(tag);
-            match recall.and_then(|recall| recall.generation(&key)) {
-                Some(seen) if seen.value == *stored => vouched = earliest(vouched, Some(seen.read)),
-                _ => unread.push((key, *stored)),
+        let mut unread: Vec<(&str, u64)> = Vec::with_capacity(expected.len());
+        for item in expected {
+            match item.seen {
+                Some(seen) if seen.value == item.value => {
+                    vouched = earliest(vouched, Some(seen.read));
+                }
+                _ => unread.push((item.key, item.value)),
             }
         }
         if unread.is_empty() {
             return Some(vouched);
         }
-        let refs: Vec<&str> = unread.iter().map(|(key, _)| key.as_str()).collect();
-        let read = self
-            .backend
-            .get_many_by_key_ordered(route, &refs, self.timeout)
-            .await;
-        let items = self.logged("tag lookup", read)?;
-        if items.len() != unread.len() {
-            return None;
-        }
+        let keys: Vec<&str> = unread.iter().map(|(key, _)| *key).collect();
+        let items = self.read_all(what, route, &keys).await?;
         let values: Vec<Option<u64>> = items
             .iter()
             .map(|item| item.as_ref().and_then(parse_generation))
             .collect();
         if let Some(recall) = recall {
-            let read: Vec<(&str, u64)> = unread
+            let read: Vec<(&str, u64)> = keys
                 .iter()
                 .zip(&values)
-                .filter_map(|((key, _), value)| Some((key.as_str(), (*value)?)))
+                .filter_map(|(key, value)| Some((*key, (*value)?)))
                 .collect();
             recall.remember(&self.backend, route, &read);
         }
         let current = unread
             .iter()
             .zip(&values)
-            .all(|((_, stored), value)| *value == Some(*stored));
+            .all(|((_, expected), value)| *value == Some(*expected));
         current.then_some(vouched)
     }
 
@@ -721,52 +747,36 @@ impl<B: Backend> Storage<B> {
         if recall.server != basis.server {
             return None;
         }
-        let epoch_key = &*self.epoch_key(primary_key);
+        let epoch_key = self.epoch_key(primary_key);
         let tag_keys: Vec<String> = meta.tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
-        let expected = [
-            (epoch_key, basis.epoch, recall.epoch(epoch_key)),
-            (
-                &*self.generation_key,
-                meta.generation,
-                recall.generation(&self.generation_key),
-            ),
+        let mut expected = vec![
+            Expected {
+                key: &epoch_key,
+                value: basis.epoch,
+                seen: recall.epoch(&epoch_key),
+            },
+            Expected {
+                key: &self.generation_key,
+                value: meta.generation,
+                seen: recall.generation(&self.generation_key),
+            },
         ];
-        let tags = tag_keys
-            .iter()
-            .zip(&meta.tags)
-            .map(|(key, (_, value))| (key.as_str(), *value, recall.generation(key)));
-        let mut earliest_read = None;
-        let mut unread: Vec<(&str, u64)> = Vec::new();
-        for (key, value, seen) in expected.into_iter().chain(tags) {
-            match seen {
-                Some(seen) if seen.value == value => {
-                    earliest_read = earliest(earliest_read, Some(seen.read));
-                }
-                Some(_) => return None,
-                None => unread.push((key, value)),
-            }
-        }
-        if unread.is_empty() {
-            return earliest_read;
-        }
-        let keys: Vec<&str> = unread.iter().map(|(key, _)| *key).collect();
-        let items = self.read_all("near confirm", primary_key, &keys).await?;
-        let values: Vec<Option<u64>> = items
-            .iter()
-            .map(|item| item.as_ref().and_then(parse_generation))
-            .collect();
-        let read: Vec<(&str, u64)> = keys
-            .iter()
-            .zip(&values)
-            .filter_map(|(key, value)| Some((*key, (*value)?)))
-            .collect();
-        recall.remember(&self.backend, primary_key, &read);
-        let unchanged = unread
-            .iter()
-            .zip(&values)
-            .all(|((_, expected), value)| *value == Some(*expected));
+        expected.extend(
+            tag_keys
+                .iter()
+                .zip(&meta.tags)
+                .map(|(key, (_, value))| Expected {
+                    key,
+                    value: *value,
+                    seen: recall.generation(key),
+                }),
+        );
+        let vouched = self
+            .unchanged("near confirm", primary_key, &expected, Some(&recall))
+            .await?;
+        // What was read now was read from the recall's mark on.
         let read_now = recall.mark.at();
-        unchanged.then(|| earliest_read.map_or(read_now, |at| at.min(read_now)))
+        Some(vouched.map_or(read_now, |at| at.min(read_now)))
     }
 
     /// Gives the store epoch guarding `route` a new value: after a store that replaced an
