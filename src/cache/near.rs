@@ -428,33 +428,29 @@ impl NearCache {
     /// tier holds something else for it by now.
     pub(crate) fn renew(&self, key: &str, entry: &Arc<Entry>, mark: Mark) {
         let _fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
-        if self.inner.changes[stripe(key)].load(Ordering::SeqCst) != mark.changes
-            || self.inner.cleared.load(Ordering::SeqCst) != mark.cleared
-        {
+        if self.changed_since(key, mark) {
             return;
         }
         let Some(slot) = self.inner.slots.get(key) else {
             return;
         };
-        if !slot.kept.iter().any(|kept| Arc::ptr_eq(&kept.entry, entry)) {
+        let mut kept = slot.kept.clone();
+        let Some(renewed) = kept.iter_mut().find(|kept| Arc::ptr_eq(&kept.entry, entry)) else {
             return;
-        }
-        let kept = slot
-            .kept
-            .iter()
-            .map(|kept| {
-                let mut kept = kept.clone();
-                if Arc::ptr_eq(&kept.entry, entry) {
-                    kept.checked = kept.checked.max(mark.at);
-                }
-                kept
-            })
-            .collect();
-        let renewed = Slot {
+        };
+        renewed.checked = renewed.checked.max(mark.at);
+        let slot = Slot {
             kept,
             weight: slot.weight,
         };
-        self.inner.slots.insert(key.into(), Arc::new(renewed));
+        self.inner.slots.insert(key.into(), Arc::new(slot));
+    }
+
+    /// Whether this process purged, invalidated or stored `key` (or purged a tag, the
+    /// namespace or everything) since `mark`. Called under the fence, read side.
+    fn changed_since(&self, key: &str, mark: Mark) -> bool {
+        self.inner.changes[stripe(key)].load(Ordering::SeqCst) != mark.changes
+            || self.inner.cleared.load(Ordering::SeqCst) != mark.cleared
     }
 
     /// Keeps what a lookup that started at `mark` found in memcached, unless this process
@@ -483,9 +479,7 @@ impl NearCache {
             basis,
         };
         let fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
-        if self.inner.changes[stripe(key)].load(Ordering::SeqCst) != mark.changes
-            || self.inner.cleared.load(Ordering::SeqCst) != mark.cleared
-        {
+        if self.changed_since(key, mark) {
             return;
         }
         let mut all = vec![kept];

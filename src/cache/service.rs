@@ -285,16 +285,16 @@ impl<B: Backend> Shared<B> {
         let stored_headers = (meta.status == 200 && has_preconditions(request_headers))
             .then(|| header_map(meta))
             .filter(|map| not_modified(request_headers, map, stored::received_at(meta)));
-        let shared = match answered {
-            Answered::Near => stored::Shared::ByThreads,
-            _ => stored::Shared::No,
+        let readers = match answered {
+            Answered::Near => stored::Readers::Threads,
+            _ => stored::Readers::One,
         };
         let mut response = stored::response(
             entry,
             is_head,
             stored_headers.as_ref(),
             freshness.age,
-            shared,
+            readers,
         );
         // Built from the cache, not passed through from the origin: a range miss's whole
         // fill starts only for the origin's own 206. Only a range request can start one,
@@ -441,38 +441,40 @@ where
         let mut near_mark = None;
         if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
             let headers = request.headers();
-            let lapsed = match near.get(&plan.key, &plan.canonical, headers) {
-                Near::Current(entry) => {
-                    let freshness = stored::freshness(&entry.meta, now_ms());
-                    if freshness.reuse(&plan.request_cc) == Reuse::Fresh {
-                        shared.config.stats.record_near_hit();
-                        let answered = Answered::Near;
-                        return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
-                    }
-                    None
-                }
-                Near::Lapsed(entry, basis) => Some((entry, basis)),
-                Near::Nothing => None,
+            let (entry, basis) = match near.get(&plan.key, &plan.canonical, headers) {
+                Near::Current(entry) => (Some(entry), None),
+                Near::Lapsed(entry, basis) => (Some(entry), Some(basis)),
+                Near::Nothing => (None, None),
             };
-            // Before anything is read: what this process changes from now on refuses what
-            // the reads find.
-            let mark = near.mark(&plan.key);
-            if let Some((entry, basis)) = lapsed {
+            if let Some(entry) = entry {
                 let freshness = stored::freshness(&entry.meta, now_ms());
-                if freshness.reuse(&plan.request_cc) == Reuse::Fresh {
+                let fresh = freshness.reuse(&plan.request_cc) == Reuse::Fresh;
+                let current = match basis {
+                    None => true,
                     // Past its window: confirmed by its store epoch and generations (most
                     // often remembered: no round trip), else looked up in full below.
                     // Boxed: once per window, and a hit's own future stays small.
-                    let storage = &shared.storage;
-                    let confirm = Box::pin(storage.reconfirm(&plan.key, &entry.meta, basis));
-                    if let Some(read) = confirm.await {
-                        near.renew(&plan.key, &entry, mark.since(Some(read)));
-                        shared.config.stats.record_near_hit();
-                        let answered = Answered::Near;
-                        return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
+                    Some(basis) if fresh => {
+                        let mark = near.mark(&plan.key);
+                        let storage = &shared.storage;
+                        let confirm = Box::pin(storage.reconfirm(&plan.key, &entry.meta, basis));
+                        let read = confirm.await;
+                        if let Some(read) = read {
+                            near.renew(&plan.key, &entry, mark.since(Some(read)));
+                        }
+                        read.is_some()
                     }
+                    Some(_) => false,
+                };
+                if fresh && current {
+                    shared.config.stats.record_near_hit();
+                    let answered = Answered::Near;
+                    return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
                 }
             }
+            // Before the lookup reads anything: what this process changes from now on
+            // refuses what it finds.
+            let mark = near.mark(&plan.key);
             near_mark = Some((near, mark));
         }
         let (found, detail) = if plan.from_cache {

@@ -249,12 +249,12 @@ pub(crate) fn response<B>(
     is_head: bool,
     not_modified: Option<&HeaderMap>,
     age: Duration,
-    shared: Shared,
+    readers: Readers,
 ) -> Response<ResponseBody<B>> {
     let meta = &entry.meta;
     let send_body = !is_head && not_modified.is_none();
     let mut response = Response::new(if send_body {
-        ResponseBody::cached(shared.body(&entry.body))
+        ResponseBody::cached(readers.body(&entry.body))
     } else {
         ResponseBody::empty()
     });
@@ -268,7 +268,7 @@ pub(crate) fn response<B>(
         let headers = response.headers_mut();
         headers.reserve(meta.headers.len() + 3);
         for (name, value) in &meta.headers {
-            headers.append(name.clone(), shared.value(value));
+            headers.append(name.clone(), readers.value(value));
         }
         if is_head {
             // A GET's body length still describes the resource; hyper derives it for GET.
@@ -281,16 +281,16 @@ pub(crate) fn response<B>(
     response
 }
 
-/// Whether an entry's bytes are read by other threads at the same time (a near-tier entry):
-/// then a response copies its small header values and body rather than share them, since
-/// sharing adds to a reference count that every thread answering the entry writes, and
-/// that cache line passing between cores costs more than a copy of a few hundred bytes.
+/// Who else reads an entry's bytes while a response is built from it. Threads answering a
+/// near-tier entry at once would all add to the same reference counts, and that cache line
+/// passing between cores costs more than a copy of a few hundred bytes: their responses
+/// copy small header values and bodies instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Shared {
-    /// Read by this request alone (decoded from a memcached reply): shared, not copied.
-    No,
-    /// Read by every thread's hits: small values copied.
-    ByThreads,
+pub(crate) enum Readers {
+    /// This request alone (an entry decoded from a memcached reply): shared, not copied.
+    One,
+    /// Every thread's hits (a near-tier entry): small values copied.
+    Threads,
 }
 
 /// Header values up to this length are copied from a near-tier entry.
@@ -298,9 +298,9 @@ const COPIED_VALUE: usize = 256;
 /// Bodies up to this length are copied from a near-tier entry.
 const COPIED_BODY: usize = 2048;
 
-impl Shared {
+impl Readers {
     fn value(self, value: &HeaderValue) -> HeaderValue {
-        if self == Self::ByThreads && value.len() <= COPIED_VALUE {
+        if self == Self::Threads && value.len() <= COPIED_VALUE {
             // Valid already (it is one); the check is a pass over a few bytes.
             if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
                 copy.set_sensitive(value.is_sensitive());
@@ -311,7 +311,7 @@ impl Shared {
     }
 
     fn body(self, body: &Bytes) -> Bytes {
-        if self == Self::ByThreads && body.len() <= COPIED_BODY {
+        if self == Self::Threads && body.len() <= COPIED_BODY {
             Bytes::copy_from_slice(body)
         } else {
             body.clone()
@@ -391,22 +391,22 @@ mod tests {
     fn near_tier_answers_copy_small_values_and_share_big_ones() {
         let mut secret = HeaderValue::from_bytes(b"sid=1").unwrap();
         secret.set_sensitive(true);
-        let copied = Shared::ByThreads.value(&secret);
+        let copied = Readers::Threads.value(&secret);
         assert_eq!(copied, secret);
         assert!(copied.is_sensitive());
         assert_ne!(copied.as_bytes().as_ptr(), secret.as_bytes().as_ptr());
-        let shared = Shared::No.value(&secret);
+        let shared = Readers::One.value(&secret);
         assert_eq!(shared.as_bytes().as_ptr(), secret.as_bytes().as_ptr());
         let long = HeaderValue::from_bytes(&[b'a'; COPIED_VALUE + 1]).unwrap();
-        let kept = Shared::ByThreads.value(&long);
+        let kept = Readers::Threads.value(&long);
         assert_eq!(kept.as_bytes().as_ptr(), long.as_bytes().as_ptr());
 
         let small = Bytes::from(vec![7u8; COPIED_BODY]);
         let big = Bytes::from(vec![7u8; COPIED_BODY + 1]);
-        let copied = Shared::ByThreads.body(&small);
+        let copied = Readers::Threads.body(&small);
         assert_eq!(copied, small);
         assert_ne!(copied.as_ptr(), small.as_ptr());
-        assert_eq!(Shared::ByThreads.body(&big).as_ptr(), big.as_ptr());
-        assert_eq!(Shared::No.body(&small).as_ptr(), small.as_ptr());
+        assert_eq!(Readers::Threads.body(&big).as_ptr(), big.as_ptr());
+        assert_eq!(Readers::One.body(&small).as_ptr(), small.as_ptr());
     }
 }
