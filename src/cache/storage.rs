@@ -68,6 +68,9 @@ pub(crate) const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a fill may take and still be stored: its placeholder's lifetime in
 /// memcached.
 pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
+/// Background tasks of a layer beyond which a failed write's second epoch write is
+/// skipped.
+const MAX_LATER_BUMPS: usize = 1024;
 /// Store epochs per server: a replacement makes a near tier read again in full only the
 /// entries of its stripe. Part of the layout every process sharing a namespace agrees on.
 pub(crate) const EPOCH_STRIPES: usize = 64;
@@ -797,7 +800,14 @@ impl<B: Backend> Storage<B> {
     /// [`bump_epoch`](Self::bump_epoch) once more, a timeout from now, in the background:
     /// a write that failed (timed out) may still land after the first bump, from the
     /// socket it was written to, and a first bump may itself have failed.
+    ///
+    /// Best effort, and bounded: not when the layer already runs
+    /// [`MAX_LATER_BUMPS`] background tasks (a dead server fails every write; the full
+    /// read every 8 windows still bounds what a skipped one would have shown).
     fn bump_epoch_later(&self, route: &str) {
+        if self.background.running() >= MAX_LATER_BUMPS {
+            return;
+        }
         let (storage, route) = (self.clone(), route.to_owned());
         self.background.spawn(async move {
             tokio::time::sleep(storage.timeout).await;
