@@ -79,12 +79,17 @@ impl Origin {
     }
 }
 
-fn layer<B: Backend>(backend: B, near: &NearCache) -> MemcacheLayer<B> {
+/// The layer every test uses, without a near tier: another process's, or a layer that
+/// has none.
+fn plain<B: Backend>(backend: B) -> MemcacheLayer<B> {
     MemcacheLayer::new(backend)
         .namespace("near")
         .mode(CacheMode::Origin)
         .tag_header(Some(http::HeaderName::from_static("surrogate-key")))
-        .near_cache(near.clone())
+}
+
+fn layer<B: Backend>(backend: B, near: &NearCache) -> MemcacheLayer<B> {
+    plain(backend).near_cache(near.clone())
 }
 
 fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
@@ -450,10 +455,7 @@ async fn a_lapsed_entry_is_confirmed_without_reading_it<B: Backend>(backend: B) 
         "the generation read at t0 vouched for /b until t0 + the bound only"
     );
 
-    let plain = MemcacheLayer::new(backend.clone())
-        .namespace("near")
-        .mode(CacheMode::Origin)
-        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let plain = plain(backend.clone());
     let plain = service(&plain, &origin);
     for _ in 0..2 {
         assert_eq!(checked(&plain, &backend, "/b").await, (HIT.into(), 2));
@@ -506,10 +508,7 @@ async fn another_process_refresh_and_invalidation_show_within_the_bound<B: Backe
     let here = layer(backend.clone(), &near);
     let (svc, watch) = (service(&here, &origin), Watch::of(&here));
     let tiered = layer(backend.clone(), &NearCache::new(1 << 20, bound));
-    let plain = MemcacheLayer::new(backend)
-        .namespace("near")
-        .mode(CacheMode::Origin)
-        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let plain = plain(backend);
     let mut version = 0;
     for (writer, writer_name) in [(&tiered, "with a tier"), (&plain, "without")] {
         let (writer_svc, writer_watch) = (service(writer, &origin), Watch::of(writer));
@@ -607,10 +606,7 @@ async fn local_purges_drop_the_generations_remembered<B: Backend>(backend: B) {
     let near = NearCache::new(1 << 20, Duration::from_secs(30));
     let here = layer(backend.clone(), &near);
     let (svc, watch) = (service(&here, &origin), Watch::of(&here));
-    let plain = MemcacheLayer::new(backend)
-        .namespace("near")
-        .mode(CacheMode::Origin)
-        .tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let plain = plain(backend);
     let (plain_svc, plain_watch) = (service(&plain, &origin), Watch::of(&plain));
     for (version, kind) in ["namespace", "tag"].into_iter().enumerate() {
         let (kept, other) = if kind == "tag" {
