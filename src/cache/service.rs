@@ -414,11 +414,15 @@ impl<B: Backend> Shared<B> {
     }
 }
 
-pub(super) async fn handle<S, B, ReqBody, ResBody>(
+// An `async` block rather than an `async fn`: an `async fn`'s future keeps its arguments
+// twice (as arguments and as the body's locals), and this future is allocated for every
+// request.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn handle<S, B, ReqBody, ResBody>(
     shared: Arc<Shared<B>>,
     inner: S,
     request: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send + 'static
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -428,156 +432,159 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
-    let Some(mut plan) = shared.plan(&request) else {
-        // Boxed, like the other paths that are not a hit: `handle`'s own future stays
-        // small, and a hit allocates and moves only what a hit needs.
-        return Box::pin(bypass(&shared, inner, request)).await;
-    };
-    let is_head = request.method() == Method::HEAD;
-    // A request whose wait for another gave nothing usable (another variant's response,
-    // one overtaken by a purge) looks the URL up again, once.
-    let mut may_retry = true;
-    loop {
-        let mut near_mark = None;
-        if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
-            let headers = request.headers();
-            let (entry, basis) = match near.get(&plan.key, &plan.canonical, headers) {
-                Near::Current(entry) => (Some(entry), None),
-                Near::Lapsed(entry, basis) => (Some(entry), Some(basis)),
-                Near::Nothing => (None, None),
-            };
-            if let Some(entry) = entry {
-                let freshness = stored::freshness(&entry.meta, now_ms());
-                let fresh = freshness.reuse(&plan.request_cc) == Reuse::Fresh;
-                let current = match basis {
-                    None => true,
-                    // Past its window: confirmed by its store epoch and generations (most
-                    // often remembered: no round trip), else looked up in full below.
-                    // Boxed: once per window, and a hit's own future stays small.
-                    Some(basis) if fresh => {
-                        let mark = near.mark(&plan.key);
-                        let storage = &shared.storage;
-                        let confirm = Box::pin(storage.reconfirm(&plan.key, &entry.meta, basis));
-                        let read = confirm.await;
-                        if let Some(read) = read {
-                            near.renew(&plan.key, &entry, mark.since(Some(read)));
-                        }
-                        read.is_some()
-                    }
-                    Some(_) => false,
+    async move {
+        let Some(mut plan) = shared.plan(&request) else {
+            // Boxed, like the other paths that are not a hit: `handle`'s own future stays
+            // small, and a hit allocates and moves only what a hit needs.
+            return Box::pin(bypass(&shared, inner, request)).await;
+        };
+        let is_head = request.method() == Method::HEAD;
+        // A request whose wait for another gave nothing usable (another variant's response,
+        // one overtaken by a purge) looks the URL up again, once.
+        let mut may_retry = true;
+        loop {
+            let mut near_mark = None;
+            if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
+                let headers = request.headers();
+                let (entry, basis) = match near.get(&plan.key, &plan.canonical, headers) {
+                    Near::Current(entry) => (Some(entry), None),
+                    Near::Lapsed(entry, basis) => (Some(entry), Some(basis)),
+                    Near::Nothing => (None, None),
                 };
-                if fresh && current {
-                    shared.config.stats.record_near_hit();
-                    let answered = Answered::Near;
+                if let Some(entry) = entry {
+                    let freshness = stored::freshness(&entry.meta, now_ms());
+                    let fresh = freshness.reuse(&plan.request_cc) == Reuse::Fresh;
+                    let current = match basis {
+                        None => true,
+                        // Past its window: confirmed by its store epoch and generations (most
+                        // often remembered: no round trip), else looked up in full below.
+                        // Boxed: once per window, and a hit's own future stays small.
+                        Some(basis) if fresh => {
+                            let mark = near.mark(&plan.key);
+                            let storage = &shared.storage;
+                            let confirm =
+                                Box::pin(storage.reconfirm(&plan.key, &entry.meta, basis));
+                            let read = confirm.await;
+                            if let Some(read) = read {
+                                near.renew(&plan.key, &entry, mark.since(Some(read)));
+                            }
+                            read.is_some()
+                        }
+                        Some(_) => false,
+                    };
+                    if fresh && current {
+                        shared.config.stats.record_near_hit();
+                        let answered = Answered::Near;
+                        return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
+                    }
+                }
+                // Before the lookup reads anything: what this process changes from now on
+                // refuses what it finds.
+                let mark = near.mark(&plan.key);
+                near_mark = Some((near, mark));
+            }
+            let (found, detail) = if plan.from_cache {
+                match shared
+                    .storage
+                    .lookup(&plan.canonical, &plan.key, request.headers())
+                    .await
+                {
+                    Lookup::Found(found) => (found, None),
+                    Lookup::Unavailable => (Found::default(), Some(Detail::BackendUnavailable)),
+                }
+            } else {
+                (Found::default(), None)
+            };
+            let mut fwd = Forward::UriMiss;
+            if let Some(entry) = &found.entry {
+                let freshness = stored::freshness(&entry.meta, now_ms());
+                match freshness.reuse(&plan.request_cc) {
+                    Reuse::Fresh | Reuse::StaleAccepted => {
+                        if let Some((near, mark)) = near_mark.filter(|_| freshness.is_fresh()) {
+                            let mark = mark.since(found.vouched);
+                            // One set of selecting headers: a request selects at most one of
+                            // the variants kept, as it would in memcached.
+                            match &found.index {
+                                None => near.keep(&plan.key, entry, false, mark, found.basis),
+                                Some(index) if index.name_sets.len() == 1 => {
+                                    near.keep(&plan.key, entry, true, mark, found.basis);
+                                }
+                                Some(_) => {}
+                            }
+                        }
+                        let headers = request.headers();
+                        return Ok(shared.answer(
+                            entry,
+                            &freshness,
+                            headers,
+                            is_head,
+                            Answered::Lookup,
+                        ));
+                    }
+                    Reuse::StaleWhileRevalidate => {
+                        let headers = request.headers();
+                        let response =
+                            shared.answer(entry, &freshness, headers, is_head, Answered::Lookup);
+                        let ex = Exchange {
+                            plan,
+                            found,
+                            fwd: Forward::Stale,
+                            detail: None,
+                            is_head,
+                        };
+                        // The refresh is for the entry, whole: a 206 would refresh nothing.
+                        let mut request = request;
+                        range::strip(request.headers_mut());
+                        revalidate_in_background(&shared, inner, request, ex);
+                        return Ok(response);
+                    }
+                    // Fresh, yet the request's directives ask for the origin: "request".
+                    Reuse::Validate if freshness.is_fresh() || plan.request_cc.no_cache => {
+                        fwd = Forward::Request;
+                    }
+                    Reuse::Validate => fwd = Forward::Stale,
+                }
+            } else if found.index.is_some() {
+                fwd = Forward::VaryMiss;
+            }
+            if plan.request_cc.only_if_cached {
+                tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
+                let mut response = stored::gateway_timeout();
+                let outcome = Outcome::Generated {
+                    detail: Detail::OnlyIfCached,
+                };
+                shared.set_status(&mut response, outcome);
+                return Ok(response);
+            }
+            let ex = Exchange {
+                plan,
+                found,
+                fwd,
+                detail,
+                is_head,
+            };
+            let coordinate = Box::pin(shared.coordinate(&ex, request.headers(), may_retry));
+            let filler = match coordinate.await {
+                Coordinated::Answered(entry, freshness) => {
+                    let headers = request.headers();
+                    let answered = Answered::Collapsed(ex.fwd);
                     return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
                 }
-            }
-            // Before the lookup reads anything: what this process changes from now on
-            // refuses what it finds.
-            let mark = near.mark(&plan.key);
-            near_mark = Some((near, mark));
-        }
-        let (found, detail) = if plan.from_cache {
-            match shared
-                .storage
-                .lookup(&plan.canonical, &plan.key, request.headers())
-                .await
-            {
-                Lookup::Found(found) => (found, None),
-                Lookup::Unavailable => (Found::default(), Some(Detail::BackendUnavailable)),
-            }
-        } else {
-            (Found::default(), None)
-        };
-        let mut fwd = Forward::UriMiss;
-        if let Some(entry) = &found.entry {
-            let freshness = stored::freshness(&entry.meta, now_ms());
-            match freshness.reuse(&plan.request_cc) {
-                Reuse::Fresh | Reuse::StaleAccepted => {
-                    if let Some((near, mark)) = near_mark.filter(|_| freshness.is_fresh()) {
-                        let mark = mark.since(found.vouched);
-                        // One set of selecting headers: a request selects at most one of
-                        // the variants kept, as it would in memcached.
-                        match &found.index {
-                            None => near.keep(&plan.key, entry, false, mark, found.basis),
-                            Some(index) if index.name_sets.len() == 1 => {
-                                near.keep(&plan.key, entry, true, mark, found.basis);
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                    let headers = request.headers();
-                    return Ok(shared.answer(
-                        entry,
-                        &freshness,
-                        headers,
-                        is_head,
-                        Answered::Lookup,
-                    ));
+                Coordinated::Go(filler) => filler,
+                Coordinated::Retry => {
+                    may_retry = false;
+                    plan = ex.plan;
+                    continue;
                 }
-                Reuse::StaleWhileRevalidate => {
-                    let headers = request.headers();
-                    let response =
-                        shared.answer(entry, &freshness, headers, is_head, Answered::Lookup);
-                    let ex = Exchange {
-                        plan,
-                        found,
-                        fwd: Forward::Stale,
-                        detail: None,
-                        is_head,
-                    };
-                    // The refresh is for the entry, whole: a 206 would refresh nothing.
-                    let mut request = request;
-                    range::strip(request.headers_mut());
-                    revalidate_in_background(&shared, inner, request, ex);
-                    return Ok(response);
-                }
-                // Fresh, yet the request's directives ask for the origin: "request".
-                Reuse::Validate if freshness.is_fresh() || plan.request_cc.no_cache => {
-                    fwd = Forward::Request;
-                }
-                Reuse::Validate => fwd = Forward::Stale,
-            }
-        } else if found.index.is_some() {
-            fwd = Forward::VaryMiss;
-        }
-        if plan.request_cc.only_if_cached {
-            tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
-            let mut response = stored::gateway_timeout();
-            let outcome = Outcome::Generated {
-                detail: Detail::OnlyIfCached,
             };
-            shared.set_status(&mut response, outcome);
-            return Ok(response);
-        }
-        let ex = Exchange {
-            plan,
-            found,
-            fwd,
-            detail,
-            is_head,
-        };
-        let coordinate = Box::pin(shared.coordinate(&ex, request.headers(), may_retry));
-        let filler = match coordinate.await {
-            Coordinated::Answered(entry, freshness) => {
-                let headers = request.headers();
-                let answered = Answered::Collapsed(ex.fwd);
-                return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
+            // A range miss: the range goes as it is, the whole may follow (see `range`).
+            let whole = WholeFill::for_request(&shared, &inner, &request, &ex);
+            let response = Box::pin(exchange(&shared, inner, request, &ex, filler)).await;
+            if let (Some(whole), Ok(answered)) = (whole, &response) {
+                whole.start(&shared, answered);
             }
-            Coordinated::Go(filler) => filler,
-            Coordinated::Retry => {
-                may_retry = false;
-                plan = ex.plan;
-                continue;
-            }
-        };
-        // A range miss: the range goes as it is, the whole may follow (see `range`).
-        let whole = WholeFill::for_request(&shared, &inner, &request, &ex);
-        let response = Box::pin(exchange(&shared, inner, request, &ex, filler)).await;
-        if let (Some(whole), Ok(answered)) = (whole, &response) {
-            whole.start(&shared, answered);
+            return response;
         }
-        return response;
     }
 }
 

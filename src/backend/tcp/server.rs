@@ -190,7 +190,9 @@ impl Server {
     ) -> Result<(Arc<Connection>, Reply), BackendError> {
         let conn = match self.pick() {
             (_, Some(conn)) => conn,
-            (slot, None) => self.connection(slot, settings).await?,
+            // Boxed: connecting is rare, and every call's future (and each future that
+            // awaits one, up to a request's) would otherwise carry its state.
+            (slot, None) => Box::pin(self.connection(slot, settings)).await?,
         };
         match conn.call(request).await {
             Ok(reply) => Ok((conn, reply)),
