@@ -59,6 +59,8 @@
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
 //!   Other methods keep them; their answers are never stored.
 //!
+//! The cache looks a request up as the origin will see it (hop-by-hop fields dropped,
+//! forwarding headers replaced), so a `Vary` on one of them selects by the proxy's value.
 //! An origin that varies its response on any other request header must name it in
 //! `Vary`; see SECURITY.md for the whole trust model.
 //!
@@ -829,6 +831,7 @@ impl<B: Backend> Worker<B> {
                 inner: layer.layer(tower::service_fn(move |request| {
                     forward(Arc::clone(&upstream), peer, request)
                 })),
+                peer,
             };
             let service = AccessLog {
                 inner: service,
