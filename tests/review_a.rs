@@ -245,3 +245,58 @@ async fn vary_on_x_forwarded_for_serves_one_clients_answer_to_another() {
     let (_, body) = raw_from("127.0.0.4", &proxy, &spoofed).await;
     assert_eq!(body, "ip=127.0.0.4");
 }
+
+/// Whether the proxy closes a connection on which the client sends `sent` and then
+/// nothing, within `within`.
+async fn closes_stalled(proxy: &Proxy, sent: &[u8], within: Duration) -> bool {
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    let mut buf = Vec::new();
+    // The end of the stream (perhaps after a 408) or a reset: closed.
+    tokio::time::timeout(within, stream.read_to_end(&mut buf))
+        .await
+        .is_ok()
+}
+
+/// Slowloris: connections that never finish a request head (or never start one, or sit
+/// idle after a response) are closed after `--client-header-timeout`, so a client cannot
+/// hold the proxy's sockets forever.
+#[tokio::test]
+async fn stalled_request_heads_are_closed() {
+    let origin = start_origin().await;
+    let proxy = start_proxy(origin.addr, &["--client-header-timeout", "500ms"]);
+    let within = Duration::from_secs(3);
+    assert!(closes_stalled(&proxy, b"", within).await, "nothing sent");
+    assert!(closes_stalled(&proxy, b"G", within).await, "one byte");
+    assert!(
+        closes_stalled(&proxy, b"GET / HTTP/1.1\r\nHost: a\r\n", within).await,
+        "a head without its end"
+    );
+    assert!(
+        closes_stalled(&proxy, b"PRI * HTTP/2.0\r\n", within).await,
+        "part of the h2 preface"
+    );
+    // A kept-alive connection idle after its response.
+    assert!(
+        closes_stalled(&proxy, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", within).await,
+        "an idle kept-alive connection"
+    );
+    // A slow but steady client is served.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for part in [
+        "GET /y HTTP/1.1\r\n",
+        "Host: a\r\n",
+        "Connection: close\r\n",
+        "\r\n",
+    ] {
+        stream.write_all(part.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+}
