@@ -300,3 +300,45 @@ async fn stalled_request_heads_are_closed() {
         String::from_utf8_lossy(&response)
     );
 }
+
+/// A HEAD on a miss goes to the origin as a HEAD and is not stored: a GET after it gets
+/// the body, and so does a GET whose `Connection` names `Host` (the key's authority stays
+/// the one the origin is sent).
+#[tokio::test]
+async fn a_head_first_never_leaves_an_empty_get() {
+    let origin = start_origin().await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let (status, body) = raw(&proxy, "HEAD /page HTTP/1.1\r\nHost: site.example\r\n").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = raw(&proxy, "GET /page HTTP/1.1\r\nHost: site.example\r\n").await;
+    assert_eq!((status, body.as_str()), (200, "GET /page"));
+    let body = until_cached(&proxy, "GET /page HTTP/1.1\r\nHost: site.example\r\n").await;
+    assert_eq!(body, "GET /page");
+    let (_, body) = raw(
+        &proxy,
+        "GET /page HTTP/1.1\r\nHost: site.example\r\nConnection: host\r\n",
+    )
+    .await;
+    assert_eq!(body, "GET /page");
+}
+
+/// An HTTP/1.0 request without `Host` reaches the origin's default site under a key of
+/// its own: it is not served to a request naming a host, nor the other way round.
+#[tokio::test]
+async fn a_request_without_host_shares_nothing_with_a_named_host() {
+    let origin = start_origin().await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let (status, _) = raw(&proxy, "GET /p HTTP/1.0\r\n").await;
+    assert_eq!(status, 200);
+    until_cached(&proxy, "GET /p HTTP/1.0\r\n").await;
+    let (status, _) = raw(
+        &proxy,
+        "GET /p HTTP/1.1\r\nHost: site.example\r\nCache-Control: only-if-cached\r\n",
+    )
+    .await;
+    assert_eq!(
+        status, 504,
+        "the host-less answer was served for site.example"
+    );
+}
