@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::proxy::{proxy_binary, raw_request};
 
 /// Every flag, with the environment variable that also sets it.
-const FLAGS: [(&str, &str); 19] = [
+const FLAGS: [(&str, &str); 20] = [
     ("--upstream", "TOWER_MEMCACHE_PROXY_UPSTREAM"),
     ("--listen", "TOWER_MEMCACHE_PROXY_LISTEN"),
     ("--memcache", "TOWER_MEMCACHE_PROXY_MEMCACHE"),
@@ -39,6 +39,10 @@ const FLAGS: [(&str, &str); 19] = [
         "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT",
     ),
     ("--connect-timeout", "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT"),
+    (
+        "--client-header-timeout",
+        "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT",
+    ),
     ("--shutdown-grace", "TOWER_MEMCACHE_PROXY_SHUTDOWN_GRACE"),
     ("--metrics", "TOWER_MEMCACHE_PROXY_METRICS"),
     ("--access-log", "TOWER_MEMCACHE_PROXY_ACCESS_LOG"),

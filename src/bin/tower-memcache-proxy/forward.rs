@@ -149,14 +149,37 @@ pub(crate) async fn forward(
 
 /// Drops the hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_hop_by_hop_but(headers, &[]);
+}
+
+/// [`strip_hop_by_hop`], keeping the fields in `kept`.
+fn strip_hop_by_hop_but(headers: &mut HeaderMap, kept: &[HeaderName]) {
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name, headers))
+        .filter(|name| !kept.contains(name) && is_hop_by_hop(name, headers))
         .cloned()
         .collect();
     for name in doomed {
         headers.remove(&name);
     }
+}
+
+/// A request as the origin will see it, before the cache looks it up: the cache chooses
+/// a variant by the request's fields, so they must be the ones the origin answers. Without
+/// this, `Connection: accept-language` would hide `Accept-Language` from the origin after
+/// the cache chose the French variant (the default page stored as the French one), and a
+/// `Vary: X-Forwarded-For` would select by the client's value, not the address the origin
+/// is told (one client's page served to the others). `Host` stays (it was validated and
+/// keys the request; [`forward`] sets it), and so do the body's framing fields: the cache
+/// bypasses a GET with a body by them; [`forward`] drops them after it.
+fn as_forwarded(headers: &mut HeaderMap, peer: SocketAddr, client_host: Option<&HeaderValue>) {
+    let kept = [
+        header::HOST,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+    ];
+    strip_hop_by_hop_but(headers, &kept);
+    set_forwarding(headers, peer, client_host);
 }
 
 /// Replaces every forwarding header of the client's by the proxy's own (see the crate
@@ -188,8 +211,8 @@ fn set_forwarding(headers: &mut HeaderMap, peer: SocketAddr, client_host: Option
     }
 }
 
-/// Why a request is refused before the cache sees it, if it is.
-fn check_target<B>(request: &Request<B>) -> Result<(), InvalidTarget> {
+/// Why a request is refused before the cache sees it, if it is; else its target.
+fn check_target<B>(request: &Request<B>) -> Result<RequestTarget, InvalidTarget> {
     // The proxy listens on plain HTTP only: an `https://` target here is a lie (and would
     // be keyed apart from the same page under `http://`).
     if request
@@ -203,7 +226,7 @@ fn check_target<B>(request: &Request<B>) -> Result<(), InvalidTarget> {
     if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
         return Err(InvalidTarget::MalformedAuthority);
     }
-    RequestTarget::from_parts("http", request.uri(), request.headers()).map(drop)
+    RequestTarget::from_parts("http", request.uri(), request.headers())
 }
 
 /// The 400 for a target the proxy refuses.
@@ -239,10 +262,12 @@ fn unreachable(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 
 /// The outermost service: drops method overrides from GET and HEAD, and answers 400 to a
 /// request whose target the proxy refuses ([`check_target`]), before the cache or the
-/// origin see it; passes the rest on.
+/// origin see it; passes the rest on as the origin will see it ([`as_forwarded`]).
 #[derive(Clone)]
 pub(crate) struct ValidTarget<S> {
     pub(crate) inner: S,
+    /// The client's address (the connection's peer).
+    pub(crate) peer: SocketAddr,
 }
 
 /// The inner service's response, or the 400.
@@ -276,11 +301,16 @@ where
             Err(invalid) => {
                 future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
             }
-            Ok(()) => future::Either::Right(
+            Ok(target) => future::Either::Right({
+                let client_host = match target.authority() {
+                    "" => None,
+                    authority => HeaderValue::from_str(authority).ok(),
+                };
+                as_forwarded(request.headers_mut(), self.peer, client_host.as_ref());
                 self.inner
                     .call(request.map(Either::Left))
-                    .map_ok(passed as fn(Response<B>) -> GuardedResponse<B>),
-            ),
+                    .map_ok(passed as fn(Response<B>) -> GuardedResponse<B>)
+            }),
         }
     }
 }

@@ -59,6 +59,8 @@
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
 //!   Other methods keep them; their answers are never stored.
 //!
+//! The cache looks a request up as the origin will see it (hop-by-hop fields dropped,
+//! forwarding headers replaced), so a `Vary` on one of them selects by the proxy's value.
 //! An origin that varies its response on any other request header must name it in
 //! `Vary`; see SECURITY.md for the whole trust model.
 //!
@@ -86,6 +88,7 @@
 //! cache-status: tower-memcache; fwd=uri-miss; stored
 
 mod access_log;
+mod first_bytes;
 mod forward;
 
 use std::error::Error;
@@ -98,7 +101,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -111,6 +114,7 @@ use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, NearCache};
 use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
+use first_bytes::FirstBytes;
 use forward::{ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
 
 // glibc's malloc was about a tenth of the CPU time of a cache hit here (a hit allocates
@@ -262,6 +266,14 @@ struct Args {
     /// Gateway Timeout (nginx's proxy_read_timeout for the head).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     upstream_timeout: Duration,
+
+    /// How long a client may take to send a request head: from the connection's start, or
+    /// from the end of the previous response on a kept-alive connection (nginx's
+    /// client_header_timeout and keepalive_timeout in one). Slower connections are closed,
+    /// so that clients that send nothing, or a head a byte at a time, cannot hold the
+    /// proxy's sockets.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    client_header_timeout: Duration,
 
     /// How long connecting to the origin may take before the client gets 502 Bad Gateway
     /// (nginx's proxy_connect_timeout).
@@ -563,6 +575,7 @@ where
                     layer: cache_layer(backend()?, args, near),
                     upstream: forward::upstream(&upstream_settings(args))?,
                     access_log: args.access_log == OnOff::On,
+                    header_timeout: args.client_header_timeout,
                     grace: args.shutdown_grace,
                     gauges: gauges(args, near, &backend)?,
                 };
@@ -616,6 +629,7 @@ where
             layer: cache_layer(backend()?, args, near),
             upstream: forward::upstream(&upstream_settings(args))?,
             access_log: args.access_log == OnOff::On,
+            header_timeout: args.client_header_timeout,
             grace: args.shutdown_grace,
             gauges: if index == 0 {
                 gauges(args, near, backend)?
@@ -751,6 +765,8 @@ struct Worker<B> {
     layer: MemcacheLayer<B>,
     upstream: Arc<Upstream>,
     access_log: bool,
+    /// `--client-header-timeout`.
+    header_timeout: Duration,
     /// `--shutdown-grace`.
     grace: Duration,
     /// With `--metrics`, one worker reads memcached's and the near tier's gauges (a
@@ -800,12 +816,20 @@ impl<B: Backend> Worker<B> {
             layer,
             upstream,
             access_log,
+            header_timeout,
             grace,
             gauges,
         } = self;
         let poller = gauges.map(|gauges| tokio::spawn(gauges.poll()));
         let background = layer.background();
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Without a timer hyper keeps no header timeout at all (a client could hold a
+        // connection forever by never finishing its head); with one, the timeout also
+        // closes kept-alive connections left idle.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
         let graceful = GracefulShutdown::new();
         let mut shutdown = pin!(shutdown);
         loop {
@@ -829,6 +853,7 @@ impl<B: Backend> Worker<B> {
                 inner: layer.layer(tower::service_fn(move |request| {
                     forward(Arc::clone(&upstream), peer, request)
                 })),
+                peer,
             };
             let service = AccessLog {
                 inner: service,
@@ -836,7 +861,10 @@ impl<B: Backend> Worker<B> {
                 enabled: access_log,
             };
             let connection = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection(
+                    TokioIo::new(FirstBytes::new(stream, header_timeout)),
+                    TowerToHyperService::new(service),
+                )
                 .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
