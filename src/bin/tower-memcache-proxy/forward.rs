@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::error::Error;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,7 +80,7 @@ pub(crate) type ProxyRequestBody = Either<Incoming, Empty<Bytes>>;
 /// origin is a 502 or 504 response.
 pub(crate) async fn forward(
     upstream: Arc<Upstream>,
-    client_addr: SocketAddr,
+    client: Arc<PeerFields>,
     mut request: Request<ProxyRequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // `ValidTarget` lets only valid targets through; checked again rather than trusted.
@@ -114,7 +114,7 @@ pub(crate) async fn forward(
 
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
-    set_forwarding(headers, client_addr, client_host.as_ref());
+    set_forwarding(headers, &client, client_host.as_ref());
     if upstream.upstream_host {
         headers.insert(header::HOST, upstream.host_value.clone());
     } else if let Some(host) = client_host {
@@ -154,13 +154,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// [`strip_hop_by_hop`], keeping the fields in `kept`.
 fn strip_hop_by_hop_but(headers: &mut HeaderMap, kept: &[HeaderName]) {
-    let doomed: Vec<HeaderName> = headers
+    // The fixed names by a look at each field, those `Connection` names by reading it
+    // once (asking `is_hop_by_hop` with the request's fields would read it per field:
+    // this runs on every request, hits included).
+    let no_fields = HeaderMap::new();
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| !kept.contains(name) && is_hop_by_hop(name, headers))
+        .filter(|name| is_hop_by_hop(name, &no_fields))
         .cloned()
         .collect();
-    for name in doomed {
-        headers.remove(&name);
+    let named = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok());
+    doomed.extend(named);
+    for name in doomed.iter().filter(|name| !kept.contains(name)) {
+        headers.remove(name);
     }
 }
 
@@ -172,41 +183,88 @@ fn strip_hop_by_hop_but(headers: &mut HeaderMap, kept: &[HeaderName]) {
 /// is told (one client's page served to the others). `Host` stays (it was validated and
 /// keys the request; [`forward`] sets it), and so do the body's framing fields: the cache
 /// bypasses a GET with a body by them; [`forward`] drops them after it.
-fn as_forwarded(headers: &mut HeaderMap, peer: SocketAddr, client_host: Option<&HeaderValue>) {
+fn as_forwarded(headers: &mut HeaderMap, client: &PeerFields, client_host: Option<&HeaderValue>) {
     let kept = [
         header::HOST,
         header::TRANSFER_ENCODING,
         header::CONTENT_LENGTH,
     ];
     strip_hop_by_hop_but(headers, &kept);
-    set_forwarding(headers, peer, client_host);
+    set_forwarding(headers, client, client_host);
+}
+
+/// What the forwarding headers say of a client connection's peer, built once per
+/// connection: they are set on every request (hits included, see [`as_forwarded`]), and
+/// formatting an address each time cost more than the rest of the step.
+pub(crate) struct PeerFields {
+    /// `X-Forwarded-For`: the peer address alone.
+    x_forwarded_for: HeaderValue,
+    /// The `for=` parameter of `Forwarded` (RFC 7239 §6: an IPv6 node is bracketed and
+    /// quoted).
+    forwarded_for: String,
+    /// The `Forwarded` value of the first host the connection asked for, with that host:
+    /// a connection mostly asks for one.
+    forwarded_first: OnceLock<(HeaderValue, HeaderValue)>,
+}
+
+impl PeerFields {
+    pub(crate) fn new(peer: SocketAddr) -> Self {
+        let ip = peer.ip();
+        let forwarded_for = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+        };
+        // An address's text is always a valid field value.
+        let x_forwarded_for = HeaderValue::try_from(ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            x_forwarded_for,
+            forwarded_for,
+            forwarded_first: OnceLock::new(),
+        }
+    }
+
+    /// `Forwarded: for=<peer>;host="<host>";proto=http` (without `host` for none).
+    fn forwarded(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+        if let (Some(host), Some((first, value))) = (host, self.forwarded_first.get()) {
+            if host == first {
+                return Some(value.clone());
+            }
+        }
+        let mut forwarded = String::with_capacity(self.forwarded_for.len() + 64);
+        forwarded.push_str(&self.forwarded_for);
+        // A validated authority holds no quote or backslash.
+        if let Some(text) = host.and_then(|host| host.to_str().ok()) {
+            forwarded.push_str(";host=\"");
+            forwarded.push_str(text);
+            forwarded.push('"');
+        }
+        forwarded.push_str(";proto=http");
+        let value = HeaderValue::try_from(forwarded).ok()?;
+        if let Some(host) = host {
+            let _ = self.forwarded_first.set((host.clone(), value.clone()));
+        }
+        Some(value)
+    }
 }
 
 /// Replaces every forwarding header of the client's by the proxy's own (see the crate
 /// docs).
-fn set_forwarding(headers: &mut HeaderMap, peer: SocketAddr, client_host: Option<&HeaderValue>) {
-    for name in &FORWARDING {
-        headers.remove(name);
-    }
-    let ip = peer.ip();
-    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    // RFC 7239 §6: an IPv6 node is bracketed and quoted; a host with a port needs quotes.
-    let mut forwarded = match ip {
-        std::net::IpAddr::V4(v4) => format!("for={v4}"),
-        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-    };
-    if let Some(host) = client_host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-        // A validated authority holds no quote or backslash.
-        if let Ok(host) = host.to_str() {
-            forwarded.push_str(&format!(";host=\"{host}\""));
+fn set_forwarding(headers: &mut HeaderMap, client: &PeerFields, client_host: Option<&HeaderValue>) {
+    // One pass over the request's fields first: most clients send none of these, and a
+    // removal is a hashed lookup per name.
+    if headers.keys().any(|name| FORWARDING.contains(name)) {
+        for name in &FORWARDING {
+            headers.remove(name);
         }
     }
-    forwarded.push_str(";proto=http");
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    headers.reserve(4);
+    headers.insert(X_FORWARDED_FOR, client.x_forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = client_host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    if let Some(value) = client.forwarded(client_host) {
         headers.insert(header::FORWARDED, value);
     }
 }
@@ -266,8 +324,8 @@ fn unreachable(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 #[derive(Clone)]
 pub(crate) struct ValidTarget<S> {
     pub(crate) inner: S,
-    /// The client's address (the connection's peer).
-    pub(crate) peer: SocketAddr,
+    /// What the forwarding headers say of the client (the connection's peer).
+    pub(crate) client: Arc<PeerFields>,
 }
 
 /// The inner service's response, or the 400.
@@ -293,8 +351,12 @@ where
             // A method override on a GET could run another method's handler at the origin
             // for an answer stored under the GET's key. Dropped here, before the cache
             // (which would otherwise bypass such a request), the origin never sees it.
-            for name in &METHOD_OVERRIDES {
-                request.headers_mut().remove(name);
+            let headers = request.headers_mut();
+            // Most requests carry none: one pass rather than a hashed removal per name.
+            if headers.keys().any(|name| METHOD_OVERRIDES.contains(name)) {
+                for name in &METHOD_OVERRIDES {
+                    headers.remove(name);
+                }
             }
         }
         match check_target(&request) {
@@ -304,9 +366,13 @@ where
             Ok(target) => future::Either::Right({
                 let client_host = match target.authority() {
                     "" => None,
-                    authority => HeaderValue::from_str(authority).ok(),
+                    // Most often the `Host` field as it came: shared, not copied.
+                    authority => match request.headers().get(header::HOST) {
+                        Some(host) if host.as_bytes() == authority.as_bytes() => Some(host.clone()),
+                        _ => HeaderValue::from_str(authority).ok(),
+                    },
                 };
-                as_forwarded(request.headers_mut(), self.peer, client_host.as_ref());
+                as_forwarded(request.headers_mut(), &self.client, client_host.as_ref());
                 self.inner
                     .call(request.map(Either::Left))
                     .map_ok(passed as fn(Response<B>) -> GuardedResponse<B>)

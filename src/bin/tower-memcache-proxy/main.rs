@@ -115,7 +115,7 @@ use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
 use first_bytes::FirstBytes;
-use forward::{ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
+use forward::{PeerFields, ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
 
 // glibc's malloc was about a tenth of the CPU time of a cache hit here (a hit allocates
 // for the request, the entry's headers and the response); mimalloc's thread-local
@@ -849,11 +849,13 @@ impl<B: Backend> Worker<B> {
             // A cache service per connection, so the forwarding service knows the client's
             // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
             let upstream = Arc::clone(&upstream);
+            let client = Arc::new(PeerFields::new(peer));
             let service = ValidTarget {
-                inner: layer.layer(tower::service_fn(move |request| {
-                    forward(Arc::clone(&upstream), peer, request)
+                inner: layer.layer(tower::service_fn({
+                    let client = Arc::clone(&client);
+                    move |request| forward(Arc::clone(&upstream), Arc::clone(&client), request)
                 })),
-                peer,
+                client,
             };
             let service = AccessLog {
                 inner: service,
