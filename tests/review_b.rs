@@ -41,16 +41,6 @@ impl Origin {
         }
     }
 
-    fn rescript(
-        &self,
-        script: impl Fn(&Request<()>, usize) -> (u16, Vec<(&'static str, String)>, String)
-        + Send
-        + Sync
-        + 'static,
-    ) {
-        *self.script.lock().unwrap() = Arc::new(script);
-    }
-
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
@@ -184,4 +174,161 @@ async fn the_layers_own_fields_never_reach_a_client() {
     assert_eq!(answer.status, 503, "{answer:?}");
     check(&answer, "a failed revalidation");
     assert!(origin.calls() >= 6);
+}
+
+#[cfg(feature = "tcp")]
+mod rejoin {
+    use super::*;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::Instant;
+    use support::Memcached;
+    use tower_memcache::backend::TcpBackend;
+    use tower_memcache::cache::NearCache;
+
+    fn signal(server: &Memcached, signal: Signal) {
+        let pid = i32::try_from(server.pid().expect("running")).unwrap();
+        kill(Pid::from_raw(pid), signal).unwrap();
+        if signal == Signal::SIGSTOP {
+            // Delivered asynchronously: wait until the kernel shows it stopped.
+            let stat = format!("/proc/{pid}/stat");
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                let state = std::fs::read_to_string(&stat).unwrap_or_default();
+                if state
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ready() {
+            assert!(Instant::now() < deadline, "{what}: not within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A server that missed this process's purges while it was marked down is reset when it
+    /// rejoins (its namespace generation deleted), so what it held is a miss. A near tier
+    /// remembers that generation for a while (a sixteenth of `max_staleness`) to save
+    /// reading it again; that memory must not vouch for the old content the reset
+    /// orphaned: "for this process the rule holds as before".
+    async fn purges_by_this_process_hold_when_a_server_rejoins(
+        purge_by_tag: bool,
+        with_near: bool,
+    ) {
+        let Some(servers) = (0..2)
+            .map(|_| Memcached::start("review_b::rejoin"))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        let backend = TcpBackend::builder()
+            .servers(servers.iter().map(Memcached::addr))
+            .timeout(Duration::from_millis(100))
+            .probe_interval(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        // A long max_staleness: its generation window is then a few seconds.
+        let near = NearCache::new(16 << 20, Duration::from_secs(60));
+        let layer = MemcacheLayer::new(backend.clone())
+            .namespace("rejoin")
+            .mode(CacheMode::Origin);
+        let layer = if with_near {
+            layer.near_cache(near)
+        } else {
+            layer
+        };
+        let watch = Watch::of(&layer);
+        let version = Arc::new(AtomicUsize::new(0));
+        let origin = {
+            let version = Arc::clone(&version);
+            Origin::new(move |request, _| {
+                let v = version.load(Ordering::SeqCst);
+                (
+                    200,
+                    vec![
+                        ("cache-control", s("max-age=600")),
+                        ("surrogate-key", s("all")),
+                    ],
+                    format!("{} v{v}", request.uri().path()),
+                )
+            })
+        };
+        let svc = service(&layer, &origin);
+        let paths: Vec<String> = (0..24).map(|i| format!("/p{i}")).collect();
+        for path in &paths {
+            send(&svc, Method::GET, path, &[]).await;
+        }
+        watch.settled().await;
+        // Read every entry from memcached again (the near tier keeps only what a lookup
+        // found fresh): the generations of both servers are now remembered.
+        for path in &paths {
+            let answer = send(&svc, Method::GET, path, &[]).await;
+            assert_eq!(answer.body, format!("{path} v0"));
+        }
+
+        signal(&servers[0], Signal::SIGSTOP);
+        // A write every server must take marks the stopped one down (it runs that write
+        // when it continues: the purges below are the ones it never sees).
+        let unrelated = "http://review-b.test/unrelated";
+        layer.purger().purge_uri(unrelated).await.unwrap();
+        assert!(
+            backend.is_server_down(0),
+            "the stopped server is marked down"
+        );
+        version.store(1, Ordering::SeqCst);
+        if purge_by_tag {
+            layer.purger().purge_tag("all").await.unwrap();
+        } else {
+            for path in &paths {
+                let url = format!("http://review-b.test{path}");
+                layer.purger().purge_uri(&url).await.unwrap();
+            }
+        }
+        assert!(
+            backend.is_server_down(0),
+            "the stopped server is marked down"
+        );
+        signal(&servers[0], Signal::SIGCONT);
+        until("the server is back", || !backend.is_server_down(0)).await;
+
+        let mut old = Vec::new();
+        for path in &paths {
+            let answer = send(&svc, Method::GET, path, &[]).await;
+            if answer.body != format!("{path} v1") {
+                old.push((path.clone(), answer.cache_status().to_string(), answer.body));
+            }
+        }
+        assert!(
+            old.is_empty(),
+            "purged by this process, served after the purge returned: {old:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn uri_purges_by_this_process_hold_when_a_server_rejoins_with_a_near_tier() {
+        purges_by_this_process_hold_when_a_server_rejoins(false, true).await;
+    }
+
+    #[tokio::test]
+    async fn uri_purges_hold_when_a_server_rejoins() {
+        purges_by_this_process_hold_when_a_server_rejoins(false, false).await;
+    }
+
+    #[tokio::test]
+    async fn tag_purges_hold_when_a_server_rejoins() {
+        purges_by_this_process_hold_when_a_server_rejoins(true, false).await;
+    }
+
+    #[tokio::test]
+    async fn tag_purges_by_this_process_hold_when_a_server_rejoins_with_a_near_tier() {
+        purges_by_this_process_hold_when_a_server_rejoins(true, true).await;
+    }
 }
