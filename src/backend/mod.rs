@@ -218,6 +218,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
         None
     }
 
+    /// How many times one of the backend's servers was marked down, over the backend's
+    /// life; the default, for backends that never mark one down, is 0. A server marked
+    /// down may miss writes every server must hold (purges) and rejoins reset
+    /// ([`reset_on_rejoin`](Self::reset_on_rejoin)): a caller that remembers values it
+    /// read per server ([`server_of`](Self::server_of)), as the near tier does, forgets
+    /// them when this changes, or they would vouch for what the reset orphaned.
+    fn outages(&self) -> u64 {
+        0
+    }
+
     /// The largest item (key + value + [`ITEM_OVERHEAD`]) the backend currently accepts on
     /// every server: larger ones are refused with [`BackendError::ValueTooLarge`] before
     /// anything is sent. It may shrink as the backend learns its servers' limits. The

@@ -106,7 +106,7 @@ where
         )
     });
     let mut response = inner.call(request).await?;
-    shared.take_tags(&mut response);
+    shared.drop_own_fields(&mut response);
     if let Some((uri, headers, extensions)) = saved {
         let status = response.status();
         if status.is_success() || status.is_redirection() {

@@ -540,6 +540,14 @@ impl NearCache {
         });
     }
 
+    /// A server was marked down (it may have missed purges, and rejoins reset): the
+    /// generations and epochs remembered go, and lookups under way remember none of theirs.
+    pub(crate) fn forget_generations(&self) {
+        let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
+        self.inner.cleared.fetch_add(1, Ordering::SeqCst);
+        self.inner.generations.clear();
+    }
+
     /// A purge of the namespace (or everything) by this process.
     pub(crate) fn forget_all(&self) {
         let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());

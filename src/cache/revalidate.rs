@@ -202,7 +202,7 @@ where
             // stale-if-error) instead of being replaced by an error page.
             tracing::debug!(key = %plan.key, status = %response.status(), "origin failed a revalidation; stored response kept");
             filler.release().await;
-            shared.take_tags(&mut response);
+            shared.drop_own_fields(&mut response);
             let mut passed = response.map(ResponseBody::passthrough);
             shared.set_status(&mut passed, Outcome::forwarded(fwd, detail));
             return Ok(passed);
@@ -253,7 +253,7 @@ where
             } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
             }
-            shared.take_tags(&mut response);
+            shared.drop_own_fields(&mut response);
             let mut passed = response.map(ResponseBody::passthrough);
             shared.set_status(&mut passed, Outcome::forwarded(fwd, detail));
             return Ok(passed);

@@ -368,6 +368,15 @@ impl<B: Backend> Shared<B> {
         lifetime
     }
 
+    /// Removes the fields the layer consumes (tag and lifetime headers) from a response
+    /// passed on without being stored: they are instructions to the layer, never sent on.
+    pub(super) fn drop_own_fields<T>(&self, response: &mut Response<T>) {
+        self.take_tags(response);
+        if let Some(name) = &self.config.lifetime_header {
+            response.headers_mut().remove(name);
+        }
+    }
+
     /// Removes the tag header (it is never sent on) and returns its tags.
     pub(super) fn take_tags<T>(&self, response: &mut Response<T>) -> Vec<String> {
         let Some(name) = &self.config.tag_header else {

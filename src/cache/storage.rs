@@ -304,6 +304,9 @@ pub(crate) struct Storage<B> {
     background: Background,
     /// The in-process tier: what this process purges, invalidates or stores leaves it.
     near: Option<NearCache>,
+    /// The backend's [`Backend::outages`] when the near tier's memory of generations was
+    /// last known to predate none of them.
+    outages: Arc<AtomicU64>,
 }
 
 impl<B: Backend> Storage<B> {
@@ -329,6 +332,7 @@ impl<B: Backend> Storage<B> {
             stats,
             background,
             near,
+            outages: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -612,6 +616,14 @@ impl<B: Backend> Storage<B> {
     fn recall(&self, route: &str) -> Option<Recall<'_>> {
         let near = self.near.as_ref().filter(|near| near.recalls())?;
         let server = self.backend.server_of(route)?;
+        // A server marked down since generations were read may have missed purges (this
+        // process's too) and rejoins reset: what was read from it must not vouch for what
+        // it still holds. Forgotten before this lookup reads the tier's memory.
+        let outages = self.backend.outages();
+        if self.outages.load(Ordering::SeqCst) != outages {
+            near.forget_generations();
+            self.outages.store(outages, Ordering::SeqCst);
+        }
         Some(Recall {
             near,
             server,

@@ -44,6 +44,7 @@ pub use super::CasOutcome;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -274,6 +275,7 @@ impl TcpBackendBuilder {
                 remove_failed_servers: self.remove_failed_servers,
                 item_size_limit: self.item_size_limit,
                 reset_on_rejoin: Mutex::new(Vec::new()),
+                outages: AtomicU64::new(0),
             }),
         })
     }
@@ -337,6 +339,8 @@ struct Inner {
     /// Keys deleted on a server that answers its probe, before it is marked up
     /// ([`Backend::reset_on_rejoin`]); at most [`MAX_RESET_ON_REJOIN_KEYS`].
     reset_on_rejoin: Mutex<Vec<String>>,
+    /// Servers marked down so far ([`Backend::outages`]).
+    outages: AtomicU64,
 }
 
 impl fmt::Debug for TcpBackend {
@@ -849,6 +853,7 @@ impl TcpBackend {
     /// A server was just marked down: its connections go, the ring is rebuilt, and a probe
     /// watches for its return.
     fn went_down(&self, index: usize) {
+        self.inner.outages.fetch_add(1, Ordering::SeqCst);
         self.inner.servers[index].close_connections();
         self.inner.servers[index].export_health();
         rebuild_ring(&self.inner);
@@ -1262,6 +1267,10 @@ impl Backend for TcpBackend {
 
     fn server_of(&self, route: &str) -> Option<usize> {
         self.server_for_key(route)
+    }
+
+    fn outages(&self) -> u64 {
+        self.inner.outages.load(Ordering::SeqCst)
     }
 
     fn is_available(&self, key: &str) -> bool {
