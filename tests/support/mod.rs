@@ -220,6 +220,10 @@ macro_rules! forward_to_inner {
         fn server_of(&self, route: &str) -> Option<usize> {
             self.inner.server_of(route)
         }
+        // Goes with `server_of`: what is remembered per server is forgotten after an outage.
+        fn outages(&self) -> u64 {
+            self.inner.outages()
+        }
     };
     (@ set) => {
         async fn set(
