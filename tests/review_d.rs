@@ -358,8 +358,342 @@ async fn rfc9211_2_members_from_upstream_are_kept_and_ours_is_last<B: Backend>(b
     );
 }
 
+/// RFC 9111 §4.3.4: "If the new response contains a strong validator …, then that strong
+/// validator identifies the selected representation for update. … If none of the stored
+/// responses contain the same strong validator, then the cache MUST NOT use the new
+/// response to update any stored responses." A 304 to the cache's own `If-None-Match:
+/// "v1"` that names `ETag: "v2"` must not relabel the stored body of "v1" as "v2" (every
+/// later client revalidating "v2" would then keep the wrong body).
+async fn rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let (svc, watch) = service(backend, &origin);
+    origin.ok(
+        "/v",
+        &[
+            ("cache-control", "max-age=1"),
+            ("age", "5"),
+            ("etag", "\"v1\""),
+            ("x-version", "1"),
+        ],
+    );
+    origin.not_modified(
+        "/v",
+        &[
+            ("cache-control", "max-age=600"),
+            ("etag", "\"v2\""),
+            ("x-version", "2"),
+        ],
+    );
+    let first = get(&svc, "/v").await;
+    stores(&watch, 1).await;
+    let revalidated = get(&svc, "/v").await;
+    assert_eq!(
+        origin.last_request()["if-none-match"],
+        "\"v1\"",
+        "the cache revalidates its own entry"
+    );
+    watch.settled().await;
+    let later = get(&svc, "/v").await;
+    assert_ne!(later.body, first.body, "the superseded entry is not reused");
+    for answer in [&revalidated, &later] {
+        let mixed = answer.body == first.body && answer.header("etag") == Some("\"v2\"");
+        assert!(
+            !mixed,
+            "the body of \"v1\" went out as \"v2\": {:?} {}",
+            answer.headers, answer.body
+        );
+    }
+}
+
+/// `Cache-Control` and freshness parsing edges (RFC 9111 §1.2.2, §4.2.1, §4.2.3, §5.2,
+/// §5.2.2.10; cache-tests.fyi `cc-parse`, `cc-freshness`). Reused: directive names in
+/// any case (§5.2 "case-insensitive"), a quoted argument (§5.2 "recipients ought to
+/// accept both forms"), leading zeros, `s-maxage` over `max-age=0` for a shared cache,
+/// `max-age` over an invalid or past `Expires` (§5.3 "MUST ignore the Expires"), a `Date`
+/// in the future (apparent age clamps at 0), `no-store` inside another directive's
+/// quoted string. Not reused: a negative, decimal or single-quoted `max-age` (§1.2.2,
+/// §4.2.1: invalid means stale), `max-age` only inside a quoted string, an `Age` or a
+/// `Date` already past the lifetime (§4.2.3), heuristics when `Expires` is present
+/// (§4.2.2 "only … when there is no explicit expiration time").
+async fn rfc9111_5_2_cache_control_and_freshness_parsing<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let (svc, watch) = service(backend, &origin);
+    let (now, hour_ago, in_an_hour) = (http_date(0), http_date(-3600), http_date(3600));
+    let old = http_date(-30 * 86_400);
+    let cases: [(&str, Vec<(&'static str, &str)>, bool); 16] = [
+        (
+            "/upper",
+            vec![("cache-control", "PUBLIC, MAX-AGE=600")],
+            true,
+        ),
+        ("/quoted", vec![("cache-control", "max-age=\"600\"")], true),
+        ("/zeros", vec![("cache-control", "max-age=000600")], true),
+        (
+            "/s-maxage",
+            vec![("cache-control", "max-age=0, s-maxage=600")],
+            true,
+        ),
+        (
+            "/expires-0",
+            vec![("cache-control", "max-age=600"), ("expires", "0")],
+            true,
+        ),
+        (
+            "/expires-past",
+            vec![("cache-control", "max-age=600"), ("expires", &hour_ago)],
+            true,
+        ),
+        (
+            "/date-future",
+            vec![("cache-control", "max-age=600"), ("date", &in_an_hour)],
+            true,
+        ),
+        (
+            "/quoted-no-store",
+            vec![("cache-control", "x-note=\"no-store, private\", max-age=600")],
+            true,
+        ),
+        ("/negative", vec![("cache-control", "max-age=-1")], false),
+        ("/decimal", vec![("cache-control", "max-age=600.5")], false),
+        (
+            "/single-quoted",
+            vec![("cache-control", "max-age='600'")],
+            false,
+        ),
+        (
+            "/only-quoted",
+            vec![("cache-control", "x-note=\"max-age=600\""), ("date", &now)],
+            false,
+        ),
+        (
+            "/age-past",
+            vec![("cache-control", "max-age=600"), ("age", "601")],
+            false,
+        ),
+        (
+            "/date-past",
+            vec![("cache-control", "max-age=600"), ("date", &hour_ago)],
+            false,
+        ),
+        (
+            "/expires-invalid-heuristic",
+            vec![("expires", "soon"), ("last-modified", &old), ("date", &now)],
+            false,
+        ),
+        (
+            "/s-maxage-zero",
+            vec![("cache-control", "s-maxage=0, max-age=600")],
+            false,
+        ),
+    ];
+    for (path, headers, _) in &cases {
+        origin.ok(path, headers);
+    }
+    let paths: Vec<&str> = cases.iter().map(|(p, _, _)| *p).collect();
+    let fresh: Vec<&str> = cases
+        .iter()
+        .filter(|(_, _, fresh)| *fresh)
+        .map(|(p, _, _)| *p)
+        .collect();
+    assert_eq!(reused(&svc, &watch, &origin, &paths).await, fresh);
+}
+
+/// RFC 9111 §4.2.2: heuristic freshness only for heuristically cacheable statuses (RFC
+/// 9110 §15.1: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501) or `public`, never
+/// for others (302, 307, 400, 403, 500) even when the operator stores them, and never
+/// past an explicit lifetime of zero.
+async fn rfc9111_4_2_2_heuristics_by_status<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = support::layer(backend).statuses([
+        200, 203, 204, 300, 301, 302, 307, 308, 400, 403, 404, 405, 410, 414, 500, 501,
+    ]);
+    let (svc, watch) = service_of(layer, &origin);
+    let (now, old) = (http_date(0), http_date(-30 * 86_400));
+    let heuristic = [("last-modified", old.as_str()), ("date", now.as_str())];
+    let statuses = [
+        200, 203, 204, 300, 301, 302, 307, 308, 400, 403, 404, 405, 410, 414, 500, 501,
+    ];
+    let mut paths = Vec::new();
+    for status in statuses {
+        paths.push(format!("/s{status}"));
+        origin.answer(&format!("/s{status}"), status, &heuristic);
+    }
+    origin.answer(
+        "/public-302",
+        302,
+        &[heuristic[0], heuristic[1], ("cache-control", "public")],
+    );
+    origin.answer(
+        "/max-age-0",
+        200,
+        &[heuristic[0], heuristic[1], ("cache-control", "max-age=0")],
+    );
+    paths.push("/public-302".into());
+    paths.push("/max-age-0".into());
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let expected: Vec<&str> = [
+        "/s200",
+        "/s203",
+        "/s204",
+        "/s300",
+        "/s301",
+        "/s308",
+        "/s404",
+        "/s405",
+        "/s410",
+        "/s414",
+        "/s501",
+        "/public-302",
+    ]
+    .to_vec();
+    assert_eq!(reused(&svc, &watch, &origin, &paths).await, expected);
+}
+
+/// What is never stored, or stored and never shared (RFC 9111 §3, §4.1, §3.5): `Vary: *`
+/// anywhere in a list or across lines, a 304 to an unconditional request, `private`
+/// spelled in upper case or next to `public`, an authenticated request's answer without
+/// `public` / `s-maxage` / `must-revalidate`. And `Vary` names compared without regard to
+/// case or duplicates: `Vary: Accept-Language, ACCEPT-LANGUAGE` selects on one field.
+async fn rfc9111_3_what_is_never_stored<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let (svc, watch) = service(backend, &origin);
+    let fresh = ("cache-control", "max-age=600");
+    origin.ok("/vary-star-list", &[fresh, ("vary", "accept-language, *")]);
+    origin.ok(
+        "/vary-star-lines",
+        &[fresh, ("vary", "accept-language"), ("vary", "*")],
+    );
+    origin.answer("/not-modified", 304, &[fresh, ("etag", "\"n\"")]);
+    origin.ok(
+        "/private-upper",
+        &[("cache-control", "PRIVATE, max-age=600")],
+    );
+    origin.ok(
+        "/private-public",
+        &[("cache-control", "public, private, max-age=600")],
+    );
+    for path in [
+        "/vary-star-list",
+        "/vary-star-lines",
+        "/not-modified",
+        "/private-upper",
+        "/private-public",
+    ] {
+        get(&svc, path).await;
+        watch.settled().await;
+        let again = get(&svc, path).await;
+        assert_not_hit(again.cache_status());
+    }
+    assert_eq!(watch.snapshot().stores, 0);
+    origin.ok("/auth", &[fresh]);
+    let alice = get_with(&svc, "/auth", &[("authorization", "Basic YTpi")]).await;
+    watch.settled().await;
+    let other = get(&svc, "/auth").await;
+    assert_not_hit(other.cache_status());
+    assert_ne!(
+        other.body, alice.body,
+        "an authenticated answer went to another client"
+    );
+    origin.ok(
+        "/vary-dup",
+        &[
+            fresh,
+            ("vary", "Accept-Language, ACCEPT-LANGUAGE"),
+            ("vary", "accept-language"),
+        ],
+    );
+    let en = get_with(&svc, "/vary-dup", &[("accept-language", "en")]).await;
+    stores(&watch, 2).await;
+    assert_hit(
+        get_with(&svc, "/vary-dup", &[("accept-language", "en")])
+            .await
+            .cache_status(),
+    );
+    let de = get_with(&svc, "/vary-dup", &[("accept-language", "de")]).await;
+    assert_not_hit(de.cache_status());
+    assert_ne!(de.body, en.body);
+}
+
+/// RFC 9110 §13.2.2 with RFC 9111 §4.3.2, answered from a stored response: with both
+/// `If-None-Match` and `If-Modified-Since`, "If-None-Match … is evaluated" and
+/// `If-Modified-Since` ignored; `If-None-Match: *` matches any stored representation;
+/// preconditions only for a 2xx stored response (§13.2.1: "MUST ignore all received
+/// preconditions if its response … would have been a status code other than a 2xx"), so a
+/// stored 404 is never turned into a 304; and an `If-Range` with a weak validator never
+/// applies a `Range` (§13.1.5: "strong comparison").
+async fn rfc9110_13_2_preconditions_answered_from_the_cache<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let (svc, watch) = service(backend, &origin);
+    let modified = http_date(-3600);
+    origin.ok(
+        "/doc",
+        &[
+            ("cache-control", "max-age=600"),
+            ("etag", "\"d1\""),
+            ("last-modified", &modified),
+        ],
+    );
+    origin.ok(
+        "/weak",
+        &[("cache-control", "max-age=600"), ("etag", "W/\"w1\"")],
+    );
+    origin.answer(
+        "/gone",
+        404,
+        &[("cache-control", "max-age=600"), ("etag", "\"g1\"")],
+    );
+    for path in ["/doc", "/weak", "/gone"] {
+        get(&svc, path).await;
+    }
+    stores(&watch, 3).await;
+    let calls = origin.calls();
+    let now = http_date(0);
+    // If-None-Match does not match; If-Modified-Since would: the full response.
+    let both = get_with(
+        &svc,
+        "/doc",
+        &[("if-none-match", "\"other\""), ("if-modified-since", &now)],
+    )
+    .await;
+    assert_eq!(both.status, StatusCode::OK);
+    // If-None-Match matches; If-Modified-Since would not: 304.
+    let both = get_with(
+        &svc,
+        "/doc",
+        &[
+            ("if-none-match", "\"d1\""),
+            ("if-modified-since", &http_date(-7200)),
+        ],
+    )
+    .await;
+    assert_eq!(both.status, StatusCode::NOT_MODIFIED);
+    let star = get_with(&svc, "/doc", &[("if-none-match", "*")]).await;
+    assert_eq!(star.status, StatusCode::NOT_MODIFIED);
+    let gone = get_with(&svc, "/gone", &[("if-none-match", "\"g1\"")]).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let gone = get_with(&svc, "/gone", &[("if-none-match", "*")]).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let ranged = get_with(
+        &svc,
+        "/weak",
+        &[("range", "bytes=0-1"), ("if-range", "W/\"w1\"")],
+    )
+    .await;
+    assert_eq!(
+        ranged.status,
+        StatusCode::OK,
+        "a weak If-Range never applies"
+    );
+    assert_eq!(origin.calls(), calls, "all answered from the cache");
+}
+
 on_every_backend!(
     "review_d";
     rfc9211_2_every_outcome_is_a_structured_list,
     rfc9211_2_members_from_upstream_are_kept_and_ours_is_last,
+    rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing,
+    rfc9111_5_2_cache_control_and_freshness_parsing,
+    rfc9111_4_2_2_heuristics_by_status,
+    rfc9111_3_what_is_never_stored,
+    rfc9110_13_2_preconditions_answered_from_the_cache,
 );
