@@ -405,6 +405,9 @@ async fn rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing<B: Bac
     }
 }
 
+/// A path, the origin's header lines for it, and whether it is reused fresh.
+type Case<'a> = (&'a str, Vec<(&'static str, &'a str)>, bool);
+
 /// `Cache-Control` and freshness parsing edges (RFC 9111 §1.2.2, §4.2.1, §4.2.3, §5.2,
 /// §5.2.2.10; cache-tests.fyi `cc-parse`, `cc-freshness`). Reused: directive names in
 /// any case (§5.2 "case-insensitive"), a quoted argument (§5.2 "recipients ought to
@@ -420,7 +423,7 @@ async fn rfc9111_5_2_cache_control_and_freshness_parsing<B: Backend>(backend: B)
     let (svc, watch) = service(backend, &origin);
     let (now, hour_ago, in_an_hour) = (http_date(0), http_date(-3600), http_date(3600));
     let old = http_date(-30 * 86_400);
-    let cases: [(&str, Vec<(&'static str, &str)>, bool); 16] = [
+    let cases: [Case; 16] = [
         (
             "/upper",
             vec![("cache-control", "PUBLIC, MAX-AGE=600")],
