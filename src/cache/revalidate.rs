@@ -23,7 +23,9 @@ use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::Entry;
 use crate::cache::policy::NotStorable;
-use crate::cache::policy::conditional::{add_validators, has_preconditions, same_representation};
+use crate::cache::policy::conditional::{
+    add_validators, has_preconditions, names_another_representation, same_representation,
+};
 
 impl<B: Backend> Shared<B> {
     /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its
@@ -210,7 +212,22 @@ where
     }
     if let (Some(entry), Some(stored)) = (&stale, &stored_headers) {
         let status = response.status();
+        // §4.3.4: a 304 naming another representation than the one whose validators the
+        // cache sent updates nothing ("MUST NOT use the new response to update any stored
+        // responses"): relabelled, the stored body would go out under the new ETag. The
+        // stored one is no longer current: removed, so the next request fetches the whole;
+        // this origin answer passes as it is.
+        let another = status == StatusCode::NOT_MODIFIED
+            && ours
+            && names_another_representation(response.headers(), stored);
+        if another {
+            tracing::debug!(key = %plan.key, "304 for another representation; stored response removed");
+            if let Err(err) = shared.storage.invalidate(&plan.key).await {
+                tracing::debug!(key = %plan.key, error = %err, "superseded entry not removed");
+            }
+        }
         if status == StatusCode::NOT_MODIFIED
+            && !another
             && (ours || same_representation(response.headers(), stored))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.

@@ -26,7 +26,7 @@ use super::layer::MemcacheLayer;
 use super::near::Near;
 use super::range::{self, WholeFill};
 use super::revalidate::{exchange, revalidate_in_background};
-use super::status::{CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
+use super::status::{self, CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
 use super::storage::{Found, Lookup, Storage, parse_tags};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
@@ -199,14 +199,12 @@ impl Answered {
 impl<B: Backend> Shared<B> {
     pub(crate) fn new(config: Config<B>) -> Self {
         let status = config.cache_status.as_deref().and_then(CacheStatus::new);
-        let own_fields = [
-            Some(CACHE_STATUS),
-            config.lifetime_header.clone(),
-            config.tag_header.clone(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        // `Cache-Status` is not among them: the members of caches nearer the origin are
+        // stored with the response, and ours follows them on every answer.
+        let own_fields = [config.lifetime_header.clone(), config.tag_header.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
         let storage = config.storage();
         Self {
             config,
@@ -220,14 +218,27 @@ impl<B: Backend> Shared<B> {
         &self.config.policy
     }
 
-    /// Says what the cache did in `Cache-Status` (when the layer sends it).
+    /// Says what the cache did in `Cache-Status` (when the layer sends it), after the
+    /// members of the caches nearer the origin (RFC 9211 §2: "the last member represents
+    /// the cache closest to the user", and "caches SHOULD preserve the existing field
+    /// value"). Members that do not parse as a Structured List are dropped: appended to,
+    /// they would make ours unreadable too.
     pub(super) fn set_status<T>(&self, response: &mut Response<T>, outcome: Outcome) {
-        if let Some(value) = self
+        let Some(value) = self
             .status
             .as_ref()
             .and_then(|status| status.value(outcome))
-        {
-            response.headers_mut().insert(CACHE_STATUS, value);
+        else {
+            return;
+        };
+        match response.headers_mut().entry(CACHE_STATUS) {
+            http::header::Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
+            http::header::Entry::Occupied(mut slot) => {
+                let joined = status::appended(slot.iter(), &value);
+                slot.insert(joined.unwrap_or(value));
+            }
         }
     }
 

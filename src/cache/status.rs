@@ -155,12 +155,14 @@ pub(crate) struct CacheStatus {
 }
 
 impl CacheStatus {
-    /// `None` when `name` cannot be a header value.
+    /// `None` when `name` cannot be written as a Structured Field String (a byte outside
+    /// printable ASCII).
     pub(crate) fn new(name: &str) -> Option<Self> {
+        let name = identifier(name)?;
         Some(Self {
             hit: HeaderValue::from_str(&format!("{name}; hit")).ok()?,
             near_hit: HeaderValue::from_str(&format!("{name}; hit; detail=near")).ok()?,
-            name: name.to_string(),
+            name,
         })
     }
 
@@ -177,6 +179,66 @@ impl CacheStatus {
         // Takes the string as it is: no second copy.
         HeaderValue::try_from(text).ok()
     }
+}
+
+/// `Cache-Status` lines received from caches nearer the origin, with `ours` appended as
+/// the last member; `None` when they are not an RFC 8941 List (a parser would reject the
+/// whole field, ours included) or are too long to be worth keeping.
+pub(crate) fn appended<'a>(
+    theirs: impl Iterator<Item = &'a HeaderValue>,
+    ours: &HeaderValue,
+) -> Option<HeaderValue> {
+    /// Longer upstream values are dropped rather than copied into every answer.
+    const MAX_UPSTREAM: usize = 4096;
+    let mut joined = Vec::new();
+    for value in theirs {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+        if joined.len() > MAX_UPSTREAM {
+            return None;
+        }
+    }
+    let list = sfv::Parser::new(&joined)
+        .with_version(sfv::Version::Rfc8941)
+        .parse_list::<sfv::List>()
+        .ok()?;
+    if list.is_empty() {
+        return None;
+    }
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(ours.as_bytes());
+    HeaderValue::from_bytes(&joined).ok()
+}
+
+/// The cache's name as RFC 9211 §2 asks ("this identifier MUST be a String or Token"): as
+/// it is when it is an RFC 8941 Token (§3.3.4), else quoted as a String (§3.3.3), so that
+/// `Example CDN` does not make the whole field unparseable. `None` when no String can
+/// hold it.
+fn identifier(name: &str) -> Option<String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b);
+    let bytes = name.as_bytes();
+    let token = bytes
+        .first()
+        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'*')
+        && bytes.iter().all(|b| tchar(*b));
+    if token {
+        return Some(name.to_string());
+    }
+    if !bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return None;
+    }
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    Some(quoted)
 }
 
 #[cfg(test)]
@@ -229,5 +291,41 @@ mod tests {
             text(Outcome::forwarded(Forward::Bypass, None)),
             "edge; fwd=bypass"
         );
+    }
+
+    #[test]
+    fn rfc9211_2_names_are_tokens_or_strings() {
+        let value = |name| {
+            let status = CacheStatus::new(name).map(|s| s.value(Outcome::Hit).unwrap());
+            status.map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            value("edge-1.example:443/x").unwrap(),
+            "edge-1.example:443/x; hit"
+        );
+        assert_eq!(value("Example CDN").unwrap(), "\"Example CDN\"; hit");
+        assert_eq!(value("3rd").unwrap(), "\"3rd\"; hit");
+        assert_eq!(value("a\"b\\c").unwrap(), "\"a\\\"b\\\\c\"; hit");
+        assert_eq!(value("").unwrap(), "\"\"; hit");
+        assert!(value("tab\there").is_none());
+    }
+
+    #[test]
+    fn rfc9211_2_upstream_members_stay_first_when_they_parse() {
+        let ours = HeaderValue::from_static("edge; hit");
+        let join = |lines: &[&'static str]| {
+            let lines: Vec<_> = lines.iter().map(|l| HeaderValue::from_static(l)).collect();
+            appended(lines.iter(), &ours).map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            join(&["Origin; hit; ttl=5", "\"Mid CDN\"; fwd=uri-miss"]).as_deref(),
+            Some("Origin; hit; ttl=5, \"Mid CDN\"; fwd=uri-miss, edge; hit")
+        );
+        for broken in ["Mid CDN; hit", "a;;", "", "(a b)x"] {
+            assert_eq!(join(&[broken]), None, "{broken:?}");
+        }
+        let long = "a; hit, ".repeat(600) + "a";
+        let long = HeaderValue::from_str(&long).unwrap();
+        assert_eq!(appended(std::iter::once(&long), &ours), None);
     }
 }

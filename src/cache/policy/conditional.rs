@@ -111,6 +111,26 @@ pub(crate) fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool
     fresh.get(header::LAST_MODIFIED) == stored.get(header::LAST_MODIFIED)
 }
 
+/// Whether a 304 names, by its `ETag`, a representation other than the stored one
+/// (RFC 9111 §4.3.4: a strong validator selects the stored responses with the same strong
+/// validator, a weak one those it corresponds to; "If none of the stored responses
+/// contain the same strong validator, then the cache MUST NOT use the new response to
+/// update any stored responses"). A 304 without `ETag` names none.
+pub(crate) fn names_another_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
+    let Some(tag) = fresh.get(header::ETAG) else {
+        return false;
+    };
+    let Some(stored) = stored.get(header::ETAG) else {
+        return true;
+    };
+    let (tag, stored) = (tag.as_bytes().trim_ascii(), stored.as_bytes().trim_ascii());
+    if tag.starts_with(b"W/") {
+        !weak_match(tag, stored)
+    } else {
+        tag != stored
+    }
+}
+
 /// Whether a stored response has a validator the cache can revalidate it with.
 pub(crate) fn has_validators(stored: &HeaderMap) -> bool {
     stored.contains_key(header::ETAG) || stored.contains_key(header::LAST_MODIFIED)
@@ -163,6 +183,27 @@ mod tests {
         assert!(!not_modified(
             &headers(&[("if-none-match", "\"a,b\"")]),
             &headers(&[("etag", "\"a\"")])
+        ));
+    }
+
+    #[test]
+    fn rfc9111_4_3_4_a_304_selects_by_its_validator() {
+        let stored = headers(&[("etag", "\"v1\"")]);
+        let names = |tag: &str| names_another_representation(&headers(&[("etag", tag)]), &stored);
+        assert!(!names("\"v1\""));
+        assert!(!names(" \"v1\" "));
+        assert!(!names("W/\"v1\""), "a weak validator corresponds");
+        assert!(names("\"v2\""));
+        assert!(names("W/\"v2\""));
+        assert!(!names_another_representation(&HeaderMap::new(), &stored));
+        let weak = headers(&[("etag", "W/\"v1\"")]);
+        assert!(
+            names_another_representation(&headers(&[("etag", "\"v1\"")]), &weak),
+            "a strong validator selects only the same strong validator"
+        );
+        assert!(names_another_representation(
+            &headers(&[("etag", "\"v1\"")]),
+            &HeaderMap::new()
         ));
     }
 
