@@ -800,13 +800,20 @@ impl<B: Backend> Storage<B> {
     /// bytes that are not an epoch). A set, not an add: any new value is safe, only an
     /// unchanged one across a replacement would not be. The value, once written.
     async fn bump_epoch(&self, route: &str) -> Option<u64> {
+        let bumped = self.try_bump_epoch(route).await;
+        self.logged("epoch bump", bumped)
+    }
+
+    /// [`bump_epoch`](Self::bump_epoch), with the error (for a purge, which must not
+    /// return `Ok` while near tiers can still confirm what it removed).
+    async fn try_bump_epoch(&self, route: &str) -> Result<u64, BackendError> {
         let fresh = unique();
         let value = Bytes::from(fresh.to_string());
         let key = self.epoch_key(route);
         let set = self
             .backend
             .set_by_key(route, &key, value, 0, Lifetime::NEVER);
-        self.timed("epoch bump", set).await.map(|()| fresh)
+        self.bounded(set).await.map(|()| fresh)
     }
 
     /// [`bump_epoch`](Self::bump_epoch) once more, a timeout from now, in the background:
@@ -1154,8 +1161,8 @@ impl<B: Backend> Storage<B> {
             .await;
         // Even when the delete failed on some server: it may have landed on others. Once
         // more a timeout later when either failed (see `store`).
-        let bumped = self.bump_epoch(primary_key).await.is_some();
-        if deleted.is_err() || !bumped {
+        let bumped = self.try_bump_epoch(primary_key).await;
+        if deleted.is_err() || bumped.is_err() {
             self.bump_epoch_later(primary_key);
         }
         // After memcached (a lookup that read it before is then refused by the near tier),
@@ -1164,6 +1171,14 @@ impl<B: Backend> Storage<B> {
             near.forget(primary_key);
         }
         deleted?;
+        // The entry is gone, but other processes' near tiers confirm what they hold by the
+        // epoch, unchanged until the later write lands (a timeout from now, if it does):
+        // the purge does not hold within their bound yet, and the caller must know.
+        if let Err(err) = bumped {
+            self.stats.record_backend_error();
+            tracing::debug!(key = primary_key, error = %err, "store epoch not written after an invalidation");
+            return Err(err);
+        }
         self.stats.record_invalidation();
         Ok(())
     }
