@@ -1173,8 +1173,10 @@ impl<B: Backend> Storage<B> {
         deleted?;
         // The entry is gone, but other processes' near tiers confirm what they hold by the
         // epoch, unchanged until the later write lands (a timeout from now, if it does):
-        // the purge does not hold within their bound yet, and the caller must know.
-        if let Err(err) = bumped {
+        // the purge does not hold within their bound yet, and the caller must know. (A
+        // server marked down is another matter: it rejoins reset, its epochs orphaned with
+        // the rest, as the delete counts on.)
+        if let (Err(err), true) = (bumped, self.backend.is_available(primary_key)) {
             self.stats.record_backend_error();
             tracing::debug!(key = primary_key, error = %err, "store epoch not written after an invalidation");
             return Err(err);
