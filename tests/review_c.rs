@@ -160,3 +160,54 @@ async fn a_uri_purge_whose_epoch_write_was_refused_does_not_return_ok_and_leave_
     }
     assert!(last.starts_with("/purged v1"), "{last}");
 }
+
+/// A layer (no near tier) whose origin names `tags` in `Surrogate-Key`, at version
+/// `version`.
+fn tagged_service(layer: &MemcacheLayer<MemoryBackend>, tags: String, version: Arc<AtomicU64>) -> Svc {
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |request: Request<()>| {
+            let body = format!("{} v{}", request.uri().path(), version.load(Ordering::SeqCst));
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            let headers = response.headers_mut();
+            headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+            headers.insert("surrogate-key", HeaderValue::from_str(&tags).unwrap());
+            async move { Ok::<_, Infallible>(response) }
+        });
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
+/// A response naming more tags than the layer keeps (32), or a tag longer than it keeps
+/// (128 bytes): a purge of any tag it named must still hold. The layer used to store it
+/// with the first 32 tags (in sorted order) only, so `purge_tag` of a later one returned
+/// `Ok` and the entry stayed.
+#[tokio::test]
+async fn a_purge_of_any_tag_a_response_named_holds_however_many_it_named() {
+    let long = "l".repeat(129);
+    let many: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    for (tags, purged) in [
+        (many.join(" "), "t39".to_string()),
+        (format!("short {long}"), long.clone()),
+        // Not visible ASCII, yet a tag `purge_tag` can name.
+        ("short café".to_string(), "café".to_string()),
+    ] {
+        let memory = MemoryBackend::new();
+        let layer = process(memory, None);
+        let version = Arc::new(AtomicU64::new(0));
+        let (svc, watch) = (tagged_service(&layer, tags, Arc::clone(&version)), Watch::of(&layer));
+        get(&svc, "/tagged").await;
+        watch.settled().await;
+        get(&svc, "/tagged").await;
+        version.store(1, Ordering::SeqCst);
+        let purge = layer.purger().purge_tag(&purged).await;
+        assert!(purge.is_ok(), "{purge:?}");
+        let after = get(&svc, "/tagged").await;
+        assert_eq!(
+            after.body,
+            "/tagged v1",
+            "tag {}… purged: still answered ({})",
+            purged.chars().take(4).collect::<String>(),
+            after.header("cache-status").unwrap_or("")
+        );
+    }
+}

@@ -1316,16 +1316,28 @@ pub(crate) fn unique() -> u64 {
     now.max(previous.saturating_add(1))
 }
 
-/// The tags a response header lists (space- or comma-separated), bounded.
-pub(crate) fn parse_tags<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut tags: Vec<String> = values
+/// The tags a response header lists (space- or comma-separated), bounded; `None` when it
+/// lists more than [`MAX_TAGS`] or one longer than [`MAX_TAG_LEN`]: an entry stored with
+/// some of its tags only would outlive a purge of the others, so such a response is not
+/// stored.
+pub(crate) fn parse_tags<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Vec<String>> {
+    let mut tags: Vec<String> = Vec::new();
+    for tag in values
         .into_iter()
         .flat_map(|v| v.split(|c: char| c.is_ascii_whitespace() || c == ','))
-        .filter(|tag| !tag.is_empty() && tag.len() <= MAX_TAG_LEN)
-        .map(str::to_string)
-        .collect();
+        .filter(|tag| !tag.is_empty())
+    {
+        if tag.len() > MAX_TAG_LEN {
+            return None;
+        }
+        if !tags.iter().any(|kept| kept == tag) {
+            // Bounded work and memory whatever the header holds.
+            if tags.len() == MAX_TAGS {
+                return None;
+            }
+            tags.push(tag.to_string());
+        }
+    }
     tags.sort();
-    tags.dedup();
-    tags.truncate(MAX_TAGS);
-    tags
+    Some(tags)
 }
