@@ -42,6 +42,9 @@ pub(super) enum Refusal {
     /// A response stored for an authenticated request lost the directives that let a
     /// shared cache keep it (RFC 9111 §3.5).
     NoLongerShareable,
+    /// The response names tags the layer cannot all keep (too many, too long, not UTF-8):
+    /// a purge of one left out would not reach the entry.
+    TagsUnkept,
 }
 
 impl Refusal {
@@ -52,6 +55,7 @@ impl Refusal {
             Self::BackendUnavailable => "backend unavailable",
             Self::VaryChanged => "the refresh changes Vary",
             Self::NoLongerShareable => "authenticated and no longer shareable",
+            Self::TagsUnkept => "tags that cannot all be kept",
             Self::Policy(NotStorable::Status) => "status not stored",
             Self::Policy(NotStorable::NoStore) => "no-store",
             Self::Policy(NotStorable::Private) => "private",
@@ -75,7 +79,9 @@ impl Refusal {
             Self::Head | Self::NotLookedUp | Self::BackendUnavailable => false,
             Self::Policy(NotStorable::NoStore) => !request_cc.no_store,
             Self::Policy(NotStorable::Authorization) => false,
-            Self::Policy(_) | Self::VaryChanged | Self::NoLongerShareable => true,
+            Self::Policy(_) | Self::VaryChanged | Self::NoLongerShareable | Self::TagsUnkept => {
+                true
+            }
         }
     }
 }
@@ -120,6 +126,8 @@ impl<B: Backend> Shared<B> {
             Err(Refusal::Head)
         } else if !plan.from_cache {
             Err(Refusal::NotLookedUp)
+        } else if tags.is_none() {
+            Err(Refusal::TagsUnkept)
         } else {
             let vary = self.vary_values(request_headers, response.headers());
             self.admit(
@@ -134,6 +142,7 @@ impl<B: Backend> Shared<B> {
         let (tee, unused) = match decision {
             Ok((meta, ttl)) => {
                 let to = filler.target(ex, sent.request_time);
+                let tags = tags.unwrap_or_default();
                 let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
                 let tee = Tee::new(
                     self.storable_body_size(),

@@ -356,8 +356,10 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The response header listing a response's tags (space- or comma-separated, at most
-    /// 32), removed before sending; [`Purger::purge_tag`] invalidates every entry with a
-    /// tag. `None` turns tags off. Defaults to `surrogate-key`.
+    /// 32 of at most 128 bytes each), removed before sending; [`Purger::purge_tag`]
+    /// invalidates every entry with a tag. A response naming more, or longer ones, is not
+    /// stored (a purge of a tag left out would not reach it). `None` turns tags off.
+    /// Defaults to `surrogate-key`.
     pub fn tag_header(mut self, header: Option<HeaderName>) -> Self {
         self.config.tag_header = header;
         self

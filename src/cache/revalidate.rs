@@ -79,6 +79,8 @@ impl<B: Backend> Shared<B> {
                 // §3.5 for an entry first stored for an authenticated request, whoever
                 // refreshes it now.
                 Err(Refusal::NoLongerShareable)
+            } else if tags.is_none() {
+                Err(Refusal::TagsUnkept)
             } else if same_selection {
                 self.admit(
                     plan,
@@ -94,6 +96,7 @@ impl<B: Backend> Shared<B> {
         match verdict {
             Ok((_, ttl)) => {
                 let to = filler.target(ex, sent.request_time);
+                let tags = tags.unwrap_or_default();
                 self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
             }
             Err(refusal) => {

@@ -388,18 +388,20 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    /// Removes the tag header (it is never sent on) and returns its tags.
-    pub(super) fn take_tags<T>(&self, response: &mut Response<T>) -> Vec<String> {
+    /// Removes the tag header (it is never sent on) and returns its tags; `None` when they
+    /// cannot all be kept (too many, too long, not UTF-8): a purge of one left out would
+    /// not reach the entry, so the response must not be stored.
+    pub(super) fn take_tags<T>(&self, response: &mut Response<T>) -> Option<Vec<String>> {
         let Some(name) = &self.config.tag_header else {
-            return Vec::new();
+            return Some(Vec::new());
         };
-        let tags = parse_tags(
-            response
-                .headers()
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
+        let values: Option<Vec<&str>> = response
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .collect();
+        let tags = values.and_then(parse_tags);
         response.headers_mut().remove(name);
         tags
     }

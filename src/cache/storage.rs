@@ -800,13 +800,20 @@ impl<B: Backend> Storage<B> {
     /// bytes that are not an epoch). A set, not an add: any new value is safe, only an
     /// unchanged one across a replacement would not be. The value, once written.
     async fn bump_epoch(&self, route: &str) -> Option<u64> {
+        let bumped = self.try_bump_epoch(route).await;
+        self.logged("epoch bump", bumped)
+    }
+
+    /// [`bump_epoch`](Self::bump_epoch), with the error (for a purge, which must not
+    /// return `Ok` while near tiers can still confirm what it removed).
+    async fn try_bump_epoch(&self, route: &str) -> Result<u64, BackendError> {
         let fresh = unique();
         let value = Bytes::from(fresh.to_string());
         let key = self.epoch_key(route);
         let set = self
             .backend
             .set_by_key(route, &key, value, 0, Lifetime::NEVER);
-        self.timed("epoch bump", set).await.map(|()| fresh)
+        self.bounded(set).await.map(|()| fresh)
     }
 
     /// [`bump_epoch`](Self::bump_epoch) once more, a timeout from now, in the background:
@@ -1154,8 +1161,8 @@ impl<B: Backend> Storage<B> {
             .await;
         // Even when the delete failed on some server: it may have landed on others. Once
         // more a timeout later when either failed (see `store`).
-        let bumped = self.bump_epoch(primary_key).await.is_some();
-        if deleted.is_err() || !bumped {
+        let bumped = self.try_bump_epoch(primary_key).await;
+        if deleted.is_err() || bumped.is_err() {
             self.bump_epoch_later(primary_key);
         }
         // After memcached (a lookup that read it before is then refused by the near tier),
@@ -1164,6 +1171,16 @@ impl<B: Backend> Storage<B> {
             near.forget(primary_key);
         }
         deleted?;
+        // The entry is gone, but other processes' near tiers confirm what they hold by the
+        // epoch, unchanged until the later write lands (a timeout from now, if it does):
+        // the purge does not hold within their bound yet, and the caller must know. (A
+        // server marked down is another matter: it rejoins reset, its epochs orphaned with
+        // the rest, as the delete counts on.)
+        if let (Err(err), true) = (bumped, self.backend.is_available(primary_key)) {
+            self.stats.record_backend_error();
+            tracing::debug!(key = primary_key, error = %err, "store epoch not written after an invalidation");
+            return Err(err);
+        }
         self.stats.record_invalidation();
         Ok(())
     }
@@ -1299,16 +1316,28 @@ pub(crate) fn unique() -> u64 {
     now.max(previous.saturating_add(1))
 }
 
-/// The tags a response header lists (space- or comma-separated), bounded.
-pub(crate) fn parse_tags<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut tags: Vec<String> = values
+/// The tags a response header lists (space- or comma-separated), bounded; `None` when it
+/// lists more than [`MAX_TAGS`] or one longer than [`MAX_TAG_LEN`]: an entry stored with
+/// some of its tags only would outlive a purge of the others, so such a response is not
+/// stored.
+pub(crate) fn parse_tags<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Vec<String>> {
+    let mut tags: Vec<String> = Vec::new();
+    for tag in values
         .into_iter()
         .flat_map(|v| v.split(|c: char| c.is_ascii_whitespace() || c == ','))
-        .filter(|tag| !tag.is_empty() && tag.len() <= MAX_TAG_LEN)
-        .map(str::to_string)
-        .collect();
+        .filter(|tag| !tag.is_empty())
+    {
+        if tag.len() > MAX_TAG_LEN {
+            return None;
+        }
+        if !tags.iter().any(|kept| kept == tag) {
+            // Bounded work and memory whatever the header holds.
+            if tags.len() == MAX_TAGS {
+                return None;
+            }
+            tags.push(tag.to_string());
+        }
+    }
     tags.sort();
-    tags.dedup();
-    tags.truncate(MAX_TAGS);
-    tags
+    Some(tags)
 }
