@@ -287,7 +287,9 @@ where
 }
 
 /// RFC 5861 §3: the stale entry was served; refresh it with this same request in the
-/// background, once per key at a time in this process and, with leases, across processes.
+/// background, once per key at a time in this process. Processes are not coordinated (no
+/// placeholder: N processes serving the stale entry send N refreshes); each guards its
+/// store by the stale entry's CAS value, so one store wins.
 pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     shared: &Arc<Shared<B>>,
     inner: S,
