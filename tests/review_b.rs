@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use tower::ServiceExt;
+use http_body_util::Full;
+
 use tower_memcache::backend::{Backend, MemoryBackend};
 use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
 
@@ -74,24 +74,7 @@ fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
 }
 
 async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://review-b.test{path}"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = svc
-        .clone()
-        .oneshot(request.body(()).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    support::send(svc, method, &format!("http://review-b.test{path}"), headers).await
 }
 
 fn s(value: &str) -> String {

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use tower::ServiceExt;
+use http_body_util::Full;
+
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, MemoryBackend};
 use tower_memcache::cache::{CacheMode, ResponseBody};
@@ -124,24 +124,7 @@ fn service<B: Backend>(backend: B, origin: &Origin) -> (Svc, Watch) {
 }
 
 async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://review-d.test{path}"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = svc
-        .clone()
-        .oneshot(request.body(()).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
+    support::send(svc, method, &format!("http://review-d.test{path}"), headers).await
 }
 
 async fn get_with(svc: &Svc, path: &str, headers: &[(&str, &str)]) -> Answer {
