@@ -382,8 +382,7 @@ impl<B: Backend> Shared<B> {
     /// Removes the fields the layer consumes (tag and lifetime headers) from a response
     /// passed on without being stored: they are instructions to the layer, never sent on.
     pub(super) fn drop_own_fields<T>(&self, response: &mut Response<T>) {
-        self.take_tags(response);
-        if let Some(name) = &self.config.lifetime_header {
+        for name in &self.own_fields {
             response.headers_mut().remove(name);
         }
     }

@@ -620,6 +620,8 @@ impl<B: Backend> Storage<B> {
         // process's too) and rejoins reset: what was read from it must not vouch for what
         // it still holds. Forgotten before this lookup reads the tier's memory.
         let outages = self.backend.outages();
+        // Forgotten before the count is noted: a lookup that sees the new count finds the
+        // memory already emptied.
         if self.outages.load(Ordering::SeqCst) != outages {
             near.forget_generations();
             self.outages.store(outages, Ordering::SeqCst);
