@@ -375,6 +375,11 @@ async fn rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing<B: Bac
         "\"v1\"",
         "the cache revalidates its own entry"
     );
+    assert_eq!(
+        revalidated.status,
+        StatusCode::BAD_GATEWAY,
+        "a client that asked without conditions gets no 304, and no body under a wrong tag"
+    );
     watch.settled().await;
     let later = get(&svc, "/v").await;
     assert_ne!(later.body, first.body, "the superseded entry is not reused");

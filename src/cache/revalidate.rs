@@ -218,8 +218,10 @@ where
         // §4.3.4: a 304 naming another representation than the one whose validators the
         // cache sent updates nothing ("MUST NOT use the new response to update any stored
         // responses"): relabelled, the stored body would go out under the new ETag. The
-        // stored one is no longer current: removed, so the next request fetches the whole;
-        // this origin answer passes as it is.
+        // stored one is no longer current: removed, so the next request fetches the whole.
+        // The client asked without conditions (the validators were the cache's): a 304 is
+        // no answer to it, and one that contradicts the validator it answers is an invalid
+        // response, so it gets a 502 it can retry.
         let another = status == StatusCode::NOT_MODIFIED
             && ours
             && names_another_representation(response.headers(), stored);
@@ -228,9 +230,16 @@ where
             if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "superseded entry not removed");
             }
+            filler.release().await;
+            let mut refused = stored::bad_gateway();
+            let mut outcome = Outcome::forwarded(fwd, detail);
+            if let Outcome::Forwarded { fwd_status, .. } = &mut outcome {
+                *fwd_status = Some(304);
+            }
+            shared.set_status(&mut refused, outcome);
+            return Ok(refused);
         }
         if status == StatusCode::NOT_MODIFIED
-            && !another
             && (ours || same_representation(response.headers(), stored))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
