@@ -301,6 +301,90 @@ async fn stalled_request_heads_are_closed() {
     );
 }
 
+/// An HTTP/2 connection (preface and SETTINGS sent, or one request made) that then starts
+/// no request is closed after `--client-header-timeout`, which hyper applies to HTTP/1
+/// heads only; one that keeps asking is not.
+#[tokio::test]
+async fn idle_h2_connections_are_closed() {
+    let origin = start_origin().await;
+    let proxy = start_proxy(origin.addr, &["--client-header-timeout", "400ms"]);
+    let within = Duration::from_secs(3);
+    // The preface and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    assert!(
+        closes_stalled(&proxy, &hello, within).await,
+        "an h2 connection that never asks"
+    );
+
+    let h2 = |stream| {
+        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+    };
+    let get = || {
+        Request::get(format!("http://{}/h2", proxy.addr))
+            .body(Full::default())
+            .unwrap()
+    };
+    // A busy connection stays open past the timeout.
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = h2(stream).await.unwrap();
+    let mut connection = tokio::spawn(connection);
+    for _ in 0..8 {
+        let response = sender.send_request(get()).await.unwrap();
+        assert!(response.status().is_success());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(!connection.is_finished(), "a busy h2 connection was closed");
+    // Idle after its requests: closed.
+    let closed = tokio::time::timeout(within, &mut connection).await;
+    assert!(
+        matches!(closed, Ok(Ok(Ok(())))),
+        "an idle h2 connection stayed open: {closed:?}"
+    );
+}
+
+/// `--max-connections`: past it the proxy stops accepting, so that clients cannot make it
+/// hold more sockets than the operator allowed; a connection that closes makes room.
+#[tokio::test]
+async fn connections_past_the_limit_wait_for_a_free_place() {
+    let origin = start_origin().await;
+    let proxy = start_proxy(origin.addr, &["--max-connections", "2", "--threads", "2"]);
+    async fn ask(stream: &mut tokio::net::TcpStream) {
+        let head = "GET /n HTTP/1.1\r\nHost: a\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+    }
+    // Whether a response head comes back on `stream` within `within`.
+    async fn answered(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 12];
+        matches!(
+            tokio::time::timeout(within, stream.read_exact(&mut buf)).await,
+            Ok(Ok(_)) if buf.starts_with(b"HTTP/1.1 200")
+        )
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        ask(&mut stream).await;
+        assert!(answered(&mut stream, Duration::from_secs(3)).await);
+        held.push(stream);
+    }
+    // The kernel completes the handshake (the listen backlog); the proxy does not serve it.
+    let mut third = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    ask(&mut third).await;
+    assert!(
+        !answered(&mut third, Duration::from_millis(700)).await,
+        "a third connection was served past --max-connections 2"
+    );
+    drop(held.pop());
+    assert!(
+        answered(&mut third, Duration::from_secs(3)).await,
+        "a closed connection did not make room"
+    );
+}
+
 /// A HEAD on a miss goes to the origin as a HEAD and is not stored: a GET after it gets
 /// the body, and so does a GET whose `Connection` names `Host` (the key's authority stays
 /// the one the origin is sent).

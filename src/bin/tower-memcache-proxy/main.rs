@@ -88,6 +88,7 @@
 //! cache-status: tower-memcache; fwd=uri-miss; stored
 
 mod access_log;
+mod connections;
 mod first_bytes;
 mod forward;
 
@@ -103,7 +104,6 @@ use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
@@ -114,6 +114,7 @@ use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, NearCache};
 use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
+use connections::{Activity, ConnectionLimit, CountRequests, run_bounded};
 use first_bytes::FirstBytes;
 use forward::{PeerFields, ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
 
@@ -271,9 +272,17 @@ struct Args {
     /// from the end of the previous response on a kept-alive connection (nginx's
     /// client_header_timeout and keepalive_timeout in one). Slower connections are closed,
     /// so that clients that send nothing, or a head a byte at a time, cannot hold the
-    /// proxy's sockets.
+    /// proxy's sockets. A connection (HTTP/2 too) that starts no request for that long is
+    /// closed gracefully: requests under way finish first.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     client_header_timeout: Duration,
+
+    /// How many client connections the proxy holds at once, over all its threads (nginx's
+    /// worker_connections). Past it the proxy stops accepting until one closes; new
+    /// clients wait in the kernel's listen backlog. Each connection can hold a file
+    /// descriptor to the origin too: keep it under half the open-files limit.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_CONNECTIONS", value_name = "COUNT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
 
     /// How long connecting to the origin may take before the client gets 502 Bad Gateway
     /// (nginx's proxy_connect_timeout).
@@ -558,8 +567,13 @@ where
         .map(usize::from)
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
+    let connections = Arc::new(ConnectionLimit::new(
+        usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+    ));
     match args.runtime {
-        RuntimeKind::PerThread => run_per_thread(args, threads, description, near, &backend),
+        RuntimeKind::PerThread => {
+            run_per_thread(args, threads, description, near, &connections, &backend)
+        }
         RuntimeKind::Shared => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
@@ -576,6 +590,7 @@ where
                     upstream: forward::upstream(&upstream_settings(args))?,
                     access_log: args.access_log == OnOff::On,
                     header_timeout: args.client_header_timeout,
+                    connections: Arc::clone(&connections),
                     grace: args.shutdown_grace,
                     gauges: gauges(args, near, &backend)?,
                 };
@@ -597,6 +612,7 @@ fn run_per_thread<B, F>(
     threads: usize,
     description: &str,
     near: Option<&NearCache>,
+    connections: &Arc<ConnectionLimit>,
     backend: &F,
 ) -> Result<(), BoxError>
 where
@@ -630,6 +646,7 @@ where
             upstream: forward::upstream(&upstream_settings(args))?,
             access_log: args.access_log == OnOff::On,
             header_timeout: args.client_header_timeout,
+            connections: Arc::clone(connections),
             grace: args.shutdown_grace,
             gauges: if index == 0 {
                 gauges(args, near, backend)?
@@ -767,6 +784,8 @@ struct Worker<B> {
     access_log: bool,
     /// `--client-header-timeout`.
     header_timeout: Duration,
+    /// `--max-connections`, shared by every worker.
+    connections: Arc<ConnectionLimit>,
     /// `--shutdown-grace`.
     grace: Duration,
     /// With `--metrics`, one worker reads memcached's and the near tier's gauges (a
@@ -817,6 +836,7 @@ impl<B: Backend> Worker<B> {
             upstream,
             access_log,
             header_timeout,
+            connections,
             grace,
             gauges,
         } = self;
@@ -830,7 +850,15 @@ impl<B: Backend> Worker<B> {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout);
-        let graceful = GracefulShutdown::new();
+        // An HTTP/2 client that stops answering pings (one draining an idle connection
+        // among them: a graceful close waits for its ack) is cut off.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(header_timeout)
+            .keep_alive_timeout(header_timeout);
+        // Every connection task holds a receiver until its connection ended.
+        let (drain, draining) = tokio::sync::watch::channel(false);
         let mut shutdown = pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -845,6 +873,13 @@ impl<B: Backend> Worker<B> {
                 },
                 () = &mut shutdown => break,
             };
+            // Taken after the accept: each worker's socket has its own queue, so a place
+            // held by an idle worker would stop another from serving within the limit.
+            // A connection accepted past the limit waits here, one per worker.
+            let permit = tokio::select! {
+                permit = connections.admit() => permit,
+                () = &mut shutdown => break,
+            };
             let _ = stream.set_nodelay(true);
             // A cache service per connection, so the forwarding service knows the client's
             // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
@@ -857,8 +892,12 @@ impl<B: Backend> Worker<B> {
                 })),
                 client,
             };
+            let activity = Arc::new(Activity::default());
             let service = AccessLog {
-                inner: service,
+                inner: CountRequests {
+                    inner: service,
+                    activity: Arc::clone(&activity),
+                },
                 peer: peer.ip(),
                 enabled: access_log,
             };
@@ -868,19 +907,30 @@ impl<B: Backend> Worker<B> {
                     TowerToHyperService::new(service),
                 )
                 .into_owned();
-            let connection = graceful.watch(connection);
+            let draining = draining.clone();
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
+                let ended = run_bounded(
+                    connection,
+                    auto::Connection::graceful_shutdown,
+                    activity,
+                    header_timeout,
+                    draining,
+                )
+                .await;
+                if let Err(err) = ended {
                     tracing::debug!(%peer, error = %error_chain(&*err), "connection ended with an error");
                 }
+                drop(permit);
             });
         }
         drop(listener);
+        drop(draining);
         if let Some(poller) = poller {
             poller.abort();
         }
         let deadline = Instant::now() + grace;
-        if tokio::time::timeout_at(deadline, graceful.shutdown())
+        let _ = drain.send(true);
+        if tokio::time::timeout_at(deadline, drain.closed())
             .await
             .is_err()
         {
