@@ -169,10 +169,23 @@ pub(crate) struct VariantIndex {
     /// The canonical request key of the URL, checked on read like an entry's.
     pub canonical_key: String,
     /// Each set: the sorted lower-case names of the selecting request headers.
-    #[serde(deserialize_with = "bounded_seq")]
+    #[serde(deserialize_with = "bounded_name_sets")]
     pub name_sets: Vec<Vec<String>>,
     /// Part of every variant's key.
     pub id: u64,
+}
+
+/// One of [`VariantIndex::name_sets`] as read: bounded like the list that holds it (serde's
+/// own `Vec` would reserve up to 1 MiB for the length a corrupt value claims).
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct NameSet(#[serde(deserialize_with = "bounded_seq")] Vec<String>);
+
+fn bounded_name_sets<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Vec<String>>, D::Error> {
+    let sets: Vec<NameSet> = bounded_seq(deserializer)?;
+    Ok(sets.into_iter().map(|set| set.0).collect())
 }
 
 /// What the primary key holds while one request refills a missing URL: its token, and
@@ -393,6 +406,10 @@ mod tests {
         let mut names = vec![1, b'k', 0xfd];
         names.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(decode_index(&frame(INDEX_MAGIC, &names, &[]).unwrap()).is_err());
+        // One name set that does (bounded like the list: an error after reserving a few).
+        let mut set = vec![1, b'k', 1, 0xfd];
+        set.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode_index(&frame(INDEX_MAGIC, &set, &[]).unwrap()).is_err());
         let mut meta = vec![1, b'k', 200]; // key "k", status 200
         meta.push(0xfd);
         meta.extend_from_slice(&(1u64 << 60).to_le_bytes());
