@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::Service;
 
@@ -101,45 +101,69 @@ where
 
 /// Drives `connection` to its end, draining it (`drain`: hyper's graceful shutdown) once
 /// `shutdown` says so or once a whole `idle` period passed in which it started no
-/// request. The receiver is held until the connection ended, so that the
-/// `watch::Sender::closed` of the serving loop waits for it.
+/// request. A receiver of `shutdown` is held until the connection ended, so that the
+/// serving loop's `watch::Sender::closed` waits for it.
+///
+/// The timer and the shutdown signal are watched by a task of their own, which hands the
+/// connection one oneshot: the connection's task, woken a few times per request, then
+/// polls that alone (tens of instructions) rather than a timer and a watch each time.
 pub(crate) async fn run_bounded<C, E>(
     connection: C,
     drain: fn(Pin<&mut C>),
     activity: Arc<Activity>,
     idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
+    let (drain_now, mut drained) = oneshot::channel();
+    tokio::spawn(watch_idle(activity, idle, shutdown.clone(), drain_now));
+    let _held = shutdown;
     let mut connection = pin!(connection);
-    // Accepted just as the serving loop stopped: the signal may predate this receiver.
-    let mut draining = *shutdown.borrow_and_update();
-    if draining {
-        drain(connection.as_mut());
-    }
-    let mut idle_check = tokio::time::interval_at(Instant::now() + idle, idle);
-    idle_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut seen = activity.started();
-    loop {
-        tokio::select! {
-            biased;
-            ended = connection.as_mut() => return ended,
-            // A closed channel (the loop is gone) means the same.
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                drain(connection.as_mut());
-            }
-            _ = idle_check.tick(), if !draining => {
-                let started = activity.started();
-                if started == seen {
-                    tracing::debug!(?idle, "closing a connection that started no request");
-                    draining = true;
+    let mut watching = true;
+    std::future::poll_fn(|cx| {
+        if watching {
+            if let Poll::Ready(said) = Pin::new(&mut drained).poll(cx) {
+                watching = false;
+                // An error: the watcher is gone (its runtime is stopping), nothing to say.
+                if said.is_ok() {
                     drain(connection.as_mut());
                 }
-                seen = started;
+            }
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Says `drain_now` once `shutdown` says so (or its sender is gone) or once an `idle`
+/// period passed in which the connection started no request; ends with the connection.
+async fn watch_idle(
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut drain_now: oneshot::Sender<()>,
+) {
+    // Accepted just as the serving loop stopped: the signal may predate this receiver.
+    if !*shutdown.borrow_and_update() {
+        let mut idle_check = tokio::time::interval_at(Instant::now() + idle, idle);
+        idle_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut seen = activity.started();
+        loop {
+            tokio::select! {
+                () = drain_now.closed() => return,
+                _ = shutdown.changed() => break,
+                _ = idle_check.tick() => {
+                    let started = activity.started();
+                    if started == seen {
+                        tracing::debug!(?idle, "closing a connection that started no request");
+                        break;
+                    }
+                    seen = started;
+                }
             }
         }
     }
+    let _ = drain_now.send(());
 }
