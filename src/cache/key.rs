@@ -4,7 +4,7 @@
 //! ([`RequestTarget`]), never from raw `Host` text, so no request can be stored under the
 //! key of another URL.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
@@ -221,7 +221,7 @@ fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), Inva
             if port > 65535 {
                 return Err(InvalidTarget::BadPort);
             }
-            Some(port)
+            Some((port, digits))
         }
     };
     let default_port = if scheme == "https" { 443 } else { 80 };
@@ -230,8 +230,17 @@ fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), Inva
     let start = out.len();
     out.push_str(host);
     out[start..].make_ascii_lowercase();
-    if let Some(port) = port.filter(|port| *port != default_port) {
-        let _ = write!(out, ":{port}");
+    if let Some((_, digits)) = port.filter(|(port, _)| *port != default_port) {
+        // The digits without their leading zeros are the port's decimal form (formatting
+        // the number cost more than the rest of this function, which runs twice a request
+        // in the proxy).
+        let significant = match digits.iter().position(|digit| *digit != b'0') {
+            Some(first) => &digits[first..],
+            None => b"0",
+        };
+        out.push(':');
+        // ASCII digits (checked above).
+        out.push_str(std::str::from_utf8(significant).map_err(|_| InvalidTarget::BadPort)?);
     }
     Ok(())
 }
@@ -391,10 +400,15 @@ mod tests {
         ] {
             assert_eq!(valid("/x", &[host]), "GET http://example.com/x", "{host}");
         }
-        assert_eq!(
-            valid("/x", &["example.com:8080"]),
-            "GET http://example.com:8080/x"
-        );
+        for host in ["example.com:8080", "example.com:08080"] {
+            assert_eq!(
+                valid("/x", &[host]),
+                "GET http://example.com:8080/x",
+                "{host}"
+            );
+        }
+        assert_eq!(valid("/x", &["a:000"]), "GET http://a:0/x");
+        assert_eq!(valid("/x", &["a:10"]), "GET http://a:10/x");
         assert_eq!(valid("/x", &["[::1]:3000"]), "GET http://[::1]:3000/x");
         assert_eq!(valid("/x", &["[FE80::1]"]), "GET http://[fe80::1]/x");
         assert_eq!(
