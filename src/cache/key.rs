@@ -298,6 +298,45 @@ impl Canonical {
         }
     }
 
+    /// Gives a request about to go to the inner service the authority its key holds, in
+    /// `Host` and in an absolute target (HTTP/2's `:authority`), where the client spelled it
+    /// otherwise. The key merges `API.example.com:80` with `api.example.com`; the answer
+    /// it stores must then be the one for the key's spelling, or an application that
+    /// tells its virtual hosts apart by name (a string comparison) would answer the
+    /// odd spelling with its default site, stored for every client of the named one.
+    /// Called on the way to the origin only (misses and refreshes), never on a hit.
+    pub(crate) fn spell_as_keyed<T>(&self, request: &mut http::Request<T>) {
+        let Ok(target) =
+            RequestTarget::from_parts(&self.default_scheme, request.uri(), request.headers())
+        else {
+            return;
+        };
+        let authority = target.authority();
+        if authority.is_empty() {
+            return;
+        }
+        if let Some(host) = request.headers().get(header::HOST) {
+            if host.as_bytes() != authority.as_bytes() {
+                // A validated authority is a valid field value.
+                if let Ok(value) = http::HeaderValue::from_str(authority) {
+                    request.headers_mut().insert(header::HOST, value);
+                }
+            }
+        }
+        let respelled = request
+            .uri()
+            .authority()
+            .filter(|given| given.as_str() != authority)
+            .and_then(|_| http::uri::Authority::try_from(authority).ok());
+        if let Some(respelled) = respelled {
+            let mut parts = request.uri().clone().into_parts();
+            parts.authority = Some(respelled);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+
     /// The key of a GET for `uri` (`headers` give the Host when `uri` has no authority,
     /// and both go to a key function): what invalidation and purges remove.
     pub(crate) fn key_for_get(

@@ -556,6 +556,7 @@ where
                         // The refresh is for the entry, whole: a 206 would refresh nothing.
                         let mut request = request;
                         range::strip(request.headers_mut());
+                        shared.config.canonical.spell_as_keyed(&mut request);
                         revalidate_in_background(&shared, inner, request, ex);
                         return Ok(response);
                     }
@@ -598,6 +599,9 @@ where
                     continue;
                 }
             };
+            // The origin answers for the authority the key holds, as the key spells it.
+            let mut request = request;
+            shared.config.canonical.spell_as_keyed(&mut request);
             // A range miss: the range goes as it is, the whole may follow (see `range`).
             let whole = WholeFill::for_request(&shared, &inner, &request, &ex);
             let response = Box::pin(exchange(&shared, inner, request, &ex, filler)).await;

@@ -27,8 +27,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Request headers that tell an origin where a request came from or what it "really"
-/// asked for. Clients' copies never reach the origin (see the crate docs): the first
-/// four are replaced by the proxy's own values, the rest dropped.
+/// asked for. Clients' copies never reach the origin (see the crate docs), in any
+/// spelling a CGI-style gateway reads as theirs ([`cgi_spelling_of`]): the first four
+/// are replaced by the proxy's own values, the rest dropped.
 const FORWARDING: [HeaderName; 18] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
@@ -51,7 +52,7 @@ const FORWARDING: [HeaderName; 18] = [
 ];
 
 /// Headers that make some frameworks run another method's handler; dropped from GET and
-/// HEAD, whose answers are stored under the GET's key.
+/// HEAD, whose answers are stored under the GET's key (in every spelling, as above).
 const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-http-method"),
@@ -183,7 +184,15 @@ fn strip_hop_by_hop_but(headers: &mut HeaderMap, kept: &[HeaderName]) {
 /// is told (one client's page served to the others). `Host` stays (it was validated and
 /// keys the request; [`forward`] sets it), and so do the body's framing fields: the cache
 /// bypasses a GET with a body by them; [`forward`] drops them after it.
-fn as_forwarded(headers: &mut HeaderMap, client: &PeerFields, client_host: Option<&HeaderValue>) {
+///
+/// HTTP/2 cookie crumbs become one `Cookie` line here, for the same reason: the origin
+/// is spoken to in HTTP/1.1, where RFC 9113 §8.2.3 has them joined with `; `.
+fn as_forwarded(
+    headers: &mut HeaderMap,
+    version: Version,
+    client: &PeerFields,
+    client_host: Option<&HeaderValue>,
+) {
     let kept = [
         header::HOST,
         header::TRANSFER_ENCODING,
@@ -191,6 +200,33 @@ fn as_forwarded(headers: &mut HeaderMap, client: &PeerFields, client_host: Optio
     ];
     strip_hop_by_hop_but(headers, &kept);
     set_forwarding(headers, client, client_host);
+    if version == Version::HTTP_2 {
+        join_cookie_crumbs(headers);
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may send `Cookie` as one field per cookie; "these
+/// MUST be concatenated into a single octet string using the two-octet delimiter of 0x3b,
+/// 0x20 ("; ") before being passed into a non-HTTP/2 context, such as an HTTP/1.1
+/// connection". Sent as separate lines, they reach an HTTP/1.1 origin as a message
+/// HTTP/1.1 forbids (RFC 6265 §5.4), which gateways that join repeated lines with `,`
+/// read as one cookie holding the others.
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Field values joined by a visible delimiter are a field value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// What the forwarding headers say of a client connection's peer, built once per
@@ -248,16 +284,49 @@ impl PeerFields {
     }
 }
 
+/// Whether `field` is one of `names` as a CGI-style gateway reads it. WSGI, Rack and
+/// CGI hand a field to the application as `HTTP_` + its name upper-cased with `-` made
+/// `_`, so `X_Forwarded_Host` (or `x-forwarded_host`) is `X-Forwarded-Host` to it: passed
+/// on, it would reach the origin beside or instead of the proxy's own value (Puma's
+/// CVE-2024-45614; nginx and Apache drop such names for this reason). Only names holding
+/// `_` are looked at: the exact names are matched by the caller's own lookups.
+fn cgi_spelling_of(field: &HeaderName, names: &[HeaderName]) -> bool {
+    let field = field.as_str().as_bytes();
+    memchr::memchr(b'_', field).is_some()
+        && names.iter().any(|name| {
+            let name = name.as_str().as_bytes();
+            name.len() == field.len()
+                && field
+                    .iter()
+                    .zip(name)
+                    .all(|(f, n)| f == n || (*f == b'_' && *n == b'-'))
+        })
+}
+
+/// Removes every field that is one of `names`, exactly or in a CGI spelling.
+fn remove_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
+    // One pass over the request's fields first: most clients send none of these, and a
+    // removal is a hashed lookup per name.
+    let present = headers
+        .keys()
+        .any(|field| names.contains(field) || cgi_spelling_of(field, names));
+    if !present {
+        return;
+    }
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|field| cgi_spelling_of(field, names))
+        .cloned()
+        .collect();
+    for name in names.iter().chain(&aliases) {
+        headers.remove(name);
+    }
+}
+
 /// Replaces every forwarding header of the client's by the proxy's own (see the crate
 /// docs).
 fn set_forwarding(headers: &mut HeaderMap, client: &PeerFields, client_host: Option<&HeaderValue>) {
-    // One pass over the request's fields first: most clients send none of these, and a
-    // removal is a hashed lookup per name.
-    if headers.keys().any(|name| FORWARDING.contains(name)) {
-        for name in &FORWARDING {
-            headers.remove(name);
-        }
-    }
+    remove_spellings(headers, &FORWARDING);
     headers.reserve(4);
     headers.insert(X_FORWARDED_FOR, client.x_forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -351,13 +420,7 @@ where
             // A method override on a GET could run another method's handler at the origin
             // for an answer stored under the GET's key. Dropped here, before the cache
             // (which would otherwise bypass such a request), the origin never sees it.
-            let headers = request.headers_mut();
-            // Most requests carry none: one pass rather than a hashed removal per name.
-            if headers.keys().any(|name| METHOD_OVERRIDES.contains(name)) {
-                for name in &METHOD_OVERRIDES {
-                    headers.remove(name);
-                }
-            }
+            remove_spellings(request.headers_mut(), &METHOD_OVERRIDES);
         }
         match check_target(&request) {
             Err(invalid) => {
@@ -372,7 +435,13 @@ where
                         _ => HeaderValue::from_str(authority).ok(),
                     },
                 };
-                as_forwarded(request.headers_mut(), &self.client, client_host.as_ref());
+                let version = request.version();
+                as_forwarded(
+                    request.headers_mut(),
+                    version,
+                    &self.client,
+                    client_host.as_ref(),
+                );
                 self.inner
                     .call(request.map(Either::Left))
                     .map_ok(passed as fn(Response<B>) -> GuardedResponse<B>)

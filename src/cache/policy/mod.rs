@@ -230,6 +230,10 @@ impl Policy {
     /// method-override field that makes frameworks run another method's handler. Such a
     /// request is neither answered from the cache nor stored: its answer could belong to
     /// another request. `None` for an ordinary request.
+    ///
+    /// An override spelled with `_` (`X_HTTP_Method_Override`) counts: CGI-style gateways
+    /// (WSGI, Rack, PHP's `$_SERVER`) read `_` and `-` alike, so the frameworks behind them
+    /// follow it as the override itself.
     pub(crate) fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
         const METHOD_OVERRIDES: [&str; 3] = [
             "x-http-method-override",
@@ -244,7 +248,10 @@ impl Policy {
             {
                 return Some("request body");
             }
-            if METHOD_OVERRIDES.contains(&name.as_str()) {
+            if METHOD_OVERRIDES
+                .iter()
+                .any(|spelled| same_to_cgi(name.as_str(), spelled))
+            {
                 return Some("method override field");
             }
         }
@@ -452,6 +459,17 @@ pub(super) fn is_unstored_field(
             .any(|field| field == name.as_str())
 }
 
+/// Whether the field name `field` is `name` to a CGI-style gateway, which makes both
+/// `HTTP_` + the name upper-cased with `-` as `_`: equal, with `_` standing for `-`
+/// anywhere. (Names are lower-case in a `HeaderMap`; `name` is.)
+fn same_to_cgi(field: &str, name: &str) -> bool {
+    field.len() == name.len()
+        && field
+            .bytes()
+            .zip(name.bytes())
+            .all(|(f, n)| f == n || (f == b'_' && n == b'-'))
+}
+
 /// A request path as route rules see it: percent-encoded unreserved characters decoded
 /// (RFC 3986 §6.2.2.2), other escapes kept with upper-case hex (§6.2.2.1). The cache key
 /// keeps the path byte for byte; this is only what a rule is matched against.
@@ -511,8 +529,16 @@ pub(super) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + 
         .filter(|name| !name.is_empty())
 }
 
-/// A request header's value normalised for `Vary` matching: all lines joined with `, `,
-/// runs of white space folded, ends trimmed. `None` when absent.
+/// A request header's value normalised for `Vary` matching: each line's list members
+/// joined with `, `, runs of white space folded, ends trimmed; lines kept apart by
+/// [`LINE_BREAK`]. `None` when absent.
+///
+/// Lines are not joined into one list (RFC 9111 §4.1 allows it, but only a list-based
+/// field means the same either way): `User-Agent` and `Cookie` are no comma lists, and an
+/// origin reads a repeated singleton field by one of its lines, HTTP/2 cookie crumbs as
+/// `; `-joined. Joined with `, `, the two lines `(KHTML` and `like Gecko) Chrome/…`
+/// selected the variant of the one line `(KHTML, like Gecko) Chrome/…`, which the origin
+/// answers differently: one client's page stored for another's request.
 ///
 /// The normalisation is lossless for the bytes that remain: bytes outside ASCII are
 /// written `\xNN` and a backslash `\\`, so two values that differ in any byte (say
@@ -539,10 +565,12 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
     }
     // One pass into one string: this runs for every varied header of every hit.
     let mut normalized = String::new();
-    let mut first_part = true;
-    for value in values {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            if !std::mem::take(&mut first_part) {
+    for (line, value) in values.enumerate() {
+        if line > 0 {
+            normalized.push(LINE_BREAK);
+        }
+        for (index, part) in value.as_bytes().split(|b| *b == b',').enumerate() {
+            if index > 0 {
                 normalized.push_str(", ");
             }
             let words = part
@@ -558,6 +586,11 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
     }
     Some(normalized)
 }
+
+/// What stands between two lines of one field in a normalised value: a byte no line's
+/// normalised text holds (a field value holds no line feed, and [`push_escaped`] writes
+/// every control byte out as `\xNN`).
+const LINE_BREAK: char = '\n';
 
 /// The request fields of proactive negotiation (RFC 9110 §12.5), whose values are lists of
 /// case-insensitive tokens (or media ranges) weighted by q-values.
@@ -895,7 +928,12 @@ pub(crate) mod tests {
         );
         assert_eq!(normalized_header(&map, "accept"), None);
         let odd = headers(&[("x", "a,,\tb  c"), ("x", ""), ("y", "")]);
-        assert_eq!(normalized_header(&odd, "x").as_deref(), Some("a, , b c, "));
+        assert_eq!(normalized_header(&odd, "x").as_deref(), Some("a, , b c\n"));
+        // Lines stay lines: `a` and `b` are not the one line `a, b` (whose meaning they
+        // share only in a list-based field).
+        let two = headers(&[("x", "a"), ("x", "b")]);
+        let one = headers(&[("x", "a, b")]);
+        assert_ne!(normalized_header(&two, "x"), normalized_header(&one, "x"));
         assert_eq!(normalized_header(&odd, "y").as_deref(), Some(""));
         // Non-UTF-8 bytes stay apart (a lossy decoding made both "J\u{fffd}rgen").
         let user = |value: &[u8]| {
