@@ -21,6 +21,7 @@ use support::Memcached;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
+use tower_memcache::MemcacheClient;
 use tower_memcache::backend::TcpBackend;
 use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
 use tower_memcache::key::build_key;
@@ -333,6 +334,63 @@ async fn a_purge_while_a_rejoining_server_is_being_reset_is_not_skipped() {
     );
 }
 
+/// The seed utility with namespace versioning, over three servers: its generation lives on
+/// one of them, so losing that one loses every value of the namespace, not a third.
+#[tokio::test]
+async fn a_versioned_namespace_loses_only_the_dead_servers_share() {
+    let Some(mut servers) = (0..3)
+        .map(|_| Memcached::start("review_f::versioned_share"))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let backend = TcpBackend::builder()
+        .servers(servers.iter().map(Memcached::addr))
+        .probe_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let client = MemcacheClient::new(backend.clone())
+        .with_namespace("review-f-versioned")
+        .with_versioned_namespace(true);
+    const KEYS: usize = 90;
+    for i in 0..KEYS {
+        client.set(&format!("k{i}"), &i).await;
+    }
+    let hits = async || {
+        let mut hits = 0;
+        for i in 0..KEYS {
+            if client.query::<usize>(&format!("k{i}")).await == Some(i) {
+                hits += 1;
+            }
+        }
+        hits
+    };
+    assert_eq!(hits().await, KEYS, "everything is there");
+    // Each server in turn is killed, then restarted empty; the ratio while it is gone
+    // and after it came back.
+    for (victim, server) in servers.iter_mut().enumerate() {
+        for i in 0..KEYS {
+            client.set(&format!("k{i}"), &i).await;
+        }
+        server.kill();
+        // The first pass finds it dead (and marks it down).
+        hits().await;
+        let during = hits().await;
+        server.restart();
+        until("the restarted server is back", || {
+            !backend.is_server_down(victim)
+        })
+        .await;
+        let after = hits().await;
+        // Ketama's shares of 90 keys over three servers are uneven; losing the others'
+        // values too is what must not happen.
+        assert!(
+            during >= KEYS / 5 && after >= KEYS / 5,
+            "server #{victim} dead: {during}/{KEYS} hits left, {after}/{KEYS} after its restart"
+        );
+    }
+}
+
 fn stop(server: &Memcached, signal: nix::sys::signal::Signal) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
@@ -351,6 +409,82 @@ fn stop(server: &Memcached, signal: nix::sys::signal::Signal) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The seed utility with namespace versioning, over three servers: a namespace
+/// invalidated while one server is stopped (marked down, its old content kept) stays
+/// invalidated when that server continues, and its values are misses meanwhile while the
+/// others' are not.
+#[tokio::test]
+async fn a_namespace_invalidated_while_a_server_was_stopped_stays_invalidated() {
+    use nix::sys::signal::Signal;
+    let Some(servers) = (0..3)
+        .map(|_| Memcached::start("review_f::versioned_rejoin"))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let backend = TcpBackend::builder()
+        .servers(servers.iter().map(Memcached::addr))
+        .probe_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let ns = "review-f-stopped";
+    let client = MemcacheClient::new(backend.clone())
+        .with_namespace(ns)
+        .with_versioned_namespace(true);
+    // The server that held the generation for the whole namespace before.
+    let generation_key =
+        tower_memcache::key::md5_hex(&[b"tower-memcache:namespace-generation\0", ns.as_bytes()]);
+    let victim = backend.server_for_key(&generation_key).unwrap();
+    const KEYS: usize = 60;
+    for i in 0..KEYS {
+        client.set(&format!("k{i}"), &i).await;
+    }
+    stop(&servers[victim], Signal::SIGSTOP);
+    // Another namespace's invalidation marks it down (the stopped server runs that write
+    // when it continues: the one below is skipped, and it never sees it).
+    client
+        .with_namespace("review-f-elsewhere")
+        .try_invalidate_namespace()
+        .await
+        .unwrap();
+    assert!(backend.is_server_down(victim));
+    client
+        .try_invalidate_namespace()
+        .await
+        .expect("reached or marked down every server");
+    assert!(backend.is_server_down(victim));
+    // New values, while it is away (its own keys fail fast: nothing stored there).
+    for i in 0..KEYS {
+        client.set(&format!("k{i}"), &(i + 1000)).await;
+    }
+    let mut answered = 0;
+    for i in 0..KEYS {
+        match client.query::<usize>(&format!("k{i}")).await {
+            Some(v) if v == i + 1000 => answered += 1,
+            None => {}
+            Some(old) => panic!("k{i}: {old}, invalidated, while the server is away"),
+        }
+    }
+    assert!(
+        answered >= KEYS / 5,
+        "only {answered}/{KEYS} while one is away"
+    );
+    stop(&servers[victim], Signal::SIGCONT);
+    until("the stopped server is back", || {
+        !backend.is_server_down(victim)
+    })
+    .await;
+    for i in 0..KEYS {
+        if let Some(value) = client.query::<usize>(&format!("k{i}")).await {
+            assert_eq!(
+                value,
+                i + 1000,
+                "k{i}: a value from before the invalidation"
+            );
         }
     }
 }
