@@ -32,13 +32,14 @@ mod registry;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, BackendError, Lifetime, ServerStats};
+use crate::backend::{Backend, BackendError, Item, Lifetime, ServerStats};
 use crate::codec::{self, CodecError, FLAG_BINCODE, FLAG_RAW};
 use crate::key::{KeyBase, build_key, md5_hex};
 
@@ -103,6 +104,7 @@ impl<B: Backend> MemcacheClient<B> {
             namespace,
             ..self.clone()
         }
+        .registered()
     }
 
     /// The same client with another default lifetime (lovely.memcached's `defaultLifetime`).
@@ -120,6 +122,12 @@ impl<B: Backend> MemcacheClient<B> {
     /// flushing the others. It costs one extra `get` per call, and keys are then
     /// `md5(namespace ++ "\0" ++ generation ++ key)` rather than the plain formula, so
     /// every client sharing a namespace must agree on this setting.
+    ///
+    /// Each server keeps its own copy of the generation, next to the values it holds (a
+    /// value and its generation are routed by the plain key): losing one of several
+    /// servers costs only the values it held. An invalidation writes a new generation on
+    /// every server; one that misses it is marked down and loses its copy before it
+    /// serves again ([`Backend::reset_on_rejoin`]).
     ///
     /// ```
     /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
@@ -140,7 +148,7 @@ impl<B: Backend> MemcacheClient<B> {
     #[must_use]
     pub fn with_versioned_namespace(mut self, versioned: bool) -> Self {
         self.versioned = versioned;
-        self
+        self.registered()
     }
 
     /// The namespace, if any.
@@ -235,10 +243,11 @@ impl<B: Backend> MemcacheClient<B> {
         &self,
         key: &(impl KeyBase + ?Sized),
     ) -> Result<Option<T>, Error> {
-        let memcache_key = self.resolve_key(key).await?;
-        let Some(item) = self.backend.get(&memcache_key).await? else {
+        let resolved = self.resolve_key(key).await?;
+        let Some(item) = self.get_resolved(&resolved).await? else {
             return Ok(None);
         };
+        let memcache_key = &resolved.key;
         if item.flags != FLAG_BINCODE {
             // Someone else's value (a raw value, another client's format): not ours to
             // decode, and not ours to delete.
@@ -250,7 +259,7 @@ impl<B: Backend> MemcacheClient<B> {
             Err(err) => {
                 tracing::debug!(key = %memcache_key, error = %err, "undecodable value deleted; miss");
                 // Best effort: a failure to delete leaves a value that will miss again.
-                let _ = self.backend.delete(&memcache_key).await;
+                let _ = self.delete_resolved(&resolved).await;
                 Ok(None)
             }
         }
@@ -326,8 +335,8 @@ impl<B: Backend> MemcacheClient<B> {
         &self,
         key: &(impl KeyBase + ?Sized),
     ) -> Result<Option<Bytes>, Error> {
-        let memcache_key = self.resolve_key(key).await?;
-        let item = self.backend.get(&memcache_key).await?;
+        let resolved = self.resolve_key(key).await?;
+        let item = self.get_resolved(&resolved).await?;
         Ok(item
             .filter(|item| item.flags == FLAG_RAW)
             .map(|item| item.value))
@@ -343,8 +352,8 @@ impl<B: Backend> MemcacheClient<B> {
     /// [`invalidate`](Self::invalidate) that reports failure; `Ok(false)` when nothing was
     /// stored under the key.
     pub async fn try_invalidate(&self, key: &(impl KeyBase + ?Sized)) -> Result<bool, Error> {
-        let memcache_key = self.resolve_key(key).await?;
-        Ok(self.backend.delete(&memcache_key).await?)
+        let resolved = self.resolve_key(key).await?;
+        Ok(self.delete_resolved(&resolved).await?)
     }
 
     /// Flushes everything on every server, every namespace included, as `invalidateAll` in both
@@ -378,19 +387,17 @@ impl<B: Backend> MemcacheClient<B> {
         let (true, Some(namespace)) = (self.versioned, self.namespace()) else {
             return Err(Error::NamespaceNotVersioned);
         };
-        let generation_key = generation_key(namespace);
-        if self.backend.incr(&generation_key, 1).await?.is_none() {
-            // No generation yet (or it was evicted): start a new one that no earlier
-            // generation can equal. If another client raced us, its start will do.
-            self.backend
-                .add(
-                    &generation_key,
-                    fresh_generation(),
-                    FLAG_RAW,
-                    Lifetime::NEVER,
-                )
-                .await?;
-        }
+        // Every server holds its own copy, read with the values it holds: a new one on
+        // each. A server that misses it is marked down and, before it serves again, loses
+        // its copy (`registered`), and with it the values of the old generation.
+        self.backend
+            .set_on_every_server(
+                &generation_key(namespace),
+                fresh_generation(),
+                FLAG_RAW,
+                Lifetime::NEVER,
+            )
+            .await?;
         Ok(())
     }
 
@@ -415,48 +422,108 @@ impl<B: Backend> MemcacheClient<B> {
         flags: u32,
         lifetime: Lifetime,
     ) -> Result<String, Error> {
-        let memcache_key = self.resolve_key(key).await?;
-        self.backend
-            .set(&memcache_key, value, flags, lifetime)
-            .await?;
-        Ok(memcache_key)
+        let resolved = self.resolve_key(key).await?;
+        match &resolved.route {
+            Some(route) => {
+                self.backend
+                    .set_by_key(route, &resolved.key, value, flags, lifetime)
+                    .await?;
+            }
+            None => {
+                self.backend
+                    .set(&resolved.key, value, flags, lifetime)
+                    .await?
+            }
+        }
+        Ok(resolved.key)
+    }
+
+    async fn get_resolved(&self, resolved: &Resolved) -> Result<Option<Item>, BackendError> {
+        match &resolved.route {
+            Some(route) => Ok(self
+                .backend
+                .get_many_by_key(route, &[&resolved.key])
+                .await?
+                .remove(&resolved.key)),
+            None => self.backend.get(&resolved.key).await,
+        }
+    }
+
+    async fn delete_resolved(&self, resolved: &Resolved) -> Result<bool, BackendError> {
+        match &resolved.route {
+            Some(route) => self.backend.delete_by_key(route, &resolved.key).await,
+            None => self.backend.delete(&resolved.key).await,
+        }
     }
 
     /// The memcache key a call uses: the plain key, or with versioning the key in the
-    /// namespace's current generation.
-    async fn resolve_key(&self, key: &(impl KeyBase + ?Sized)) -> Result<String, Error> {
+    /// namespace's current generation, which lives (with the value) on the server of the
+    /// plain key, the route.
+    async fn resolve_key(&self, key: &(impl KeyBase + ?Sized)) -> Result<Resolved, Error> {
+        let plain = self.build_key(key);
         let (true, Some(namespace)) = (self.versioned, self.namespace()) else {
-            return Ok(self.build_key(key));
+            return Ok(Resolved {
+                key: plain,
+                route: None,
+            });
         };
-        let generation = self.current_generation(namespace).await?;
-        Ok(md5_hex(&[
-            namespace.as_bytes(),
-            b"\0",
-            &generation,
-            &key.key_base(),
-        ]))
+        let generation = self.current_generation(namespace, &plain).await?;
+        let key = md5_hex(&[namespace.as_bytes(), b"\0", &generation, &key.key_base()]);
+        Ok(Resolved {
+            key,
+            route: Some(plain),
+        })
     }
 
-    async fn current_generation(&self, namespace: &str) -> Result<Bytes, Error> {
+    /// The namespace's generation on the server of `route`, created there when absent.
+    async fn current_generation(&self, namespace: &str, route: &str) -> Result<Bytes, Error> {
         let generation_key = generation_key(namespace);
-        if let Some(item) = self.backend.get(&generation_key).await? {
-            return Ok(item.value);
+        let read = async || -> Result<Option<Bytes>, Error> {
+            let mut found = self
+                .backend
+                .get_many_by_key(route, &[&generation_key])
+                .await?;
+            Ok(found.remove(&generation_key).map(|item| item.value))
+        };
+        if let Some(generation) = read().await? {
+            return Ok(generation);
         }
-        // Absent: never invalidated, or evicted. Starting from a fresh value (never 0)
-        // keeps values of an evicted generation from coming back.
+        // Absent: never invalidated, evicted, or reset on this server. Starting from a
+        // fresh value keeps values of an earlier generation from coming back.
         let fresh = fresh_generation();
         if self
             .backend
-            .add(&generation_key, fresh.clone(), FLAG_RAW, Lifetime::NEVER)
+            .add_by_key(
+                route,
+                &generation_key,
+                fresh.clone(),
+                FLAG_RAW,
+                Lifetime::NEVER,
+            )
             .await?
         {
             return Ok(fresh);
         }
-        match self.backend.get(&generation_key).await? {
-            Some(item) => Ok(item.value),
-            None => Ok(fresh),
-        }
+        Ok(read().await?.unwrap_or(fresh))
     }
+
+    /// With versioning, the generation key goes on every server that rejoins after being
+    /// marked down: it may hold a generation from before an invalidation it missed.
+    fn registered(self) -> Self {
+        if let (true, Some(namespace)) = (self.versioned, self.namespace()) {
+            self.backend.reset_on_rejoin(&generation_key(namespace));
+        }
+        self
+    }
+}
+
+/// Where a call's value lives.
+struct Resolved {
+    /// Its memcache key.
+    key: String,
+    /// With namespace versioning, the plain key, whose server holds the namespace's
+    /// generation and the value (`*_by_key`); `None`: the value is found by its key.
+    route: Option<String>,
 }
 
 fn generation_key(namespace: &str) -> String {
@@ -466,10 +533,17 @@ fn generation_key(namespace: &str) -> String {
     ])
 }
 
+/// A generation no earlier one is likely to equal: the clock in nanoseconds, strictly
+/// increasing within the process (two invalidations in one clock tick still differ).
 fn fresh_generation() -> Bytes {
-    let micros = SystemTime::now()
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    Bytes::from(micros.to_string())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    Bytes::from(now.max(previous.saturating_add(1)).to_string())
 }

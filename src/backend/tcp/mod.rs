@@ -689,10 +689,11 @@ impl TcpBackend {
         .await
     }
 
-    /// Sends `request` to every server not marked down; a server that fails it (`judge`
-    /// says how a reply fails) is marked down at once: it missed a write every server must
-    /// have, and must not serve until it has been reset. `Ok` when at least one server
-    /// took it.
+    /// Sends `request` to every server not marked down (a server whose reset on rejoin is
+    /// under way gets it too); a server that fails it (`judge` says how a reply fails) is
+    /// marked down at once: it missed a write every server must have, and must not serve
+    /// until it has been reset (again, if its reset was under way). `Ok` when at least one
+    /// server took it.
     async fn everywhere(
         &self,
         request: Bytes,
@@ -703,12 +704,13 @@ impl TcpBackend {
         let calls = (0..self.inner.servers.len()).map(|index| {
             let request = request.clone();
             async move {
-                if self.inner.servers[index].is_down() {
-                    // Skipped: it is reset before it serves again.
+                if self.inner.servers[index].misses_writes_to_every_server() {
+                    // Skipped: it is reset before it serves again (its reset has not
+                    // begun: one under way gets the write).
                     return None;
                 }
                 let outcome = self
-                    .execute(index, request, expect)
+                    .execute_on(index, request, expect, None, Reaches::Rejoining)
                     .await
                     .and_then(|reply| judge(index, reply));
                 if let Err(err) = &outcome {
@@ -744,23 +746,41 @@ impl TcpBackend {
         expect: Expect,
     ) -> impl Future<Output = Result<Reply, BackendError>> {
         // Not an `async fn` around the other: that would hold the call's future twice.
-        self.execute_within(index, request, expect, None)
+        self.execute_on(index, request, expect, None, Reaches::Up)
+    }
+
+    /// [`execute`](Self::execute), given up at `limit` (see
+    /// [`execute_on`](Self::execute_on)).
+    fn execute_within(
+        &self,
+        index: usize,
+        request: Bytes,
+        expect: Expect,
+        limit: Option<Duration>,
+    ) -> impl Future<Output = Result<Reply, BackendError>> {
+        self.execute_on(index, request, expect, limit, Reaches::Up)
     }
 
     /// [`execute`](Self::execute), given up at `limit` (the caller's deadline) if that comes
     /// before the operation timeout, with [`BackendError::Deadline`]: one timer serves
     /// both, where a caller's own timeout around the call would be a second. A call given
     /// up so counts towards the server's health exactly as a call its caller drops.
-    async fn execute_within(
+    /// `reaches`: which servers out of use it is sent to all the same.
+    async fn execute_on(
         &self,
         index: usize,
         request: Bytes,
         expect: Expect,
         limit: Option<Duration>,
+        reaches: Reaches,
     ) -> Result<Reply, BackendError> {
         let inner = &self.inner;
         let server = &inner.servers[index];
-        if server.is_down() {
+        let refused = match reaches {
+            Reaches::Up => server.is_down(),
+            Reaches::Rejoining => server.misses_writes_to_every_server(),
+        };
+        if refused {
             return Err(BackendError::Unreachable {
                 server: server.name.to_string(),
                 reason: UnreachableReason::MarkedDown,
@@ -863,6 +883,15 @@ impl TcpBackend {
     }
 }
 
+/// Which servers a call is sent to.
+#[derive(Clone, Copy)]
+enum Reaches {
+    /// Those in use only.
+    Up,
+    /// Those rejoining too: a write every server must take.
+    Rejoining,
+}
+
 /// A call in [`TcpBackend::execute`]; dropped unfinished (its caller gave up), it counts as
 /// a timeout once it has waited the backend's timeout. Calls given up earlier say nothing
 /// about the server.
@@ -931,12 +960,21 @@ async fn probe(inner: Weak<Inner>, index: usize) {
         .await;
         if let Ok(Ok((_, Reply::Version(version)))) = attempt {
             // It may have missed writes every server must hold while it was gone: what
-            // it holds under those keys goes before it serves again.
+            // it holds under those keys goes before it serves again. Writes from now on
+            // reach it: one skipped after the reset began would not be made up for.
+            if !server.begin_rejoin() {
+                // Not marked down: not this probe's business (one runs per outage).
+                return;
+            }
             if let Err(err) = reset(&inner, index).await {
+                server.abort_rejoin();
                 tracing::debug!(server = %server.name, error = %err, "reset on rejoin failed; probing on");
                 continue;
             }
-            server.mark_up();
+            if !server.finish_rejoin() {
+                tracing::debug!(server = %server.name, "a write failed during the reset on rejoin; resetting again");
+                continue;
+            }
             server.export_health();
             rebuild_ring(&inner);
             tracing::info!(server = %server.name, %version, "memcached server answers again; back in use");

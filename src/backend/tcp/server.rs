@@ -4,13 +4,16 @@
 //! Health is a count of consecutive failures. At the threshold the server is marked down:
 //! calls for its keys fail at once, without connecting or waiting, while a background probe
 //! sends `version` at a short interval and marks it up the moment it answers (and the keys
-//! to reset on rejoin are deleted on it).
+//! to reset on rejoin are deleted on it). While those keys are being deleted the server is
+//! *rejoining*: still out of use for its keys, but writes every server must take
+//! ([`Server::misses_writes_to_every_server`]) go to it, so none is skipped once the reset
+//! that was to make up for skipped ones has begun.
 //!
 //! Each new connection first asks `stats settings` for the server's `item_size_max`, the
 //! item size limit learned for the server ([`ItemLimit`]), so that items the server would
 //! refuse are refused before they are sent.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -36,7 +39,8 @@ pub(crate) struct Server {
     slots: Box<[Slot]>,
     next_slot: AtomicUsize,
     consecutive_failures: AtomicU32,
-    down: AtomicBool,
+    /// [`UP`], [`DOWN`] or [`REJOINING`].
+    health: AtomicU8,
     /// What this server is known to accept.
     pub(crate) item_limit: ItemLimit,
     /// Cleared when `stats settings` cost a connection (twemproxy closes the connection
@@ -121,6 +125,15 @@ impl Slot {
     }
 }
 
+/// In use.
+const UP: u8 = 0;
+/// Marked down: calls fail fast, and writes to every server skip it (it is reset before it
+/// serves again).
+const DOWN: u8 = 1;
+/// Answering again, its reset under way: calls for its keys still fail fast, but writes to
+/// every server reach it (the reset may already be behind them).
+const REJOINING: u8 = 2;
+
 /// What a transition of [`Server::record`] changed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Transition {
@@ -137,7 +150,7 @@ impl Server {
             slots: (0..connections.max(1)).map(|_| Slot::default()).collect(),
             next_slot: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
-            down: AtomicBool::new(false),
+            health: AtomicU8::new(UP),
             item_limit: ItemLimit::new(),
             ask_settings: AtomicBool::new(true),
             #[cfg(feature = "metrics")]
@@ -177,8 +190,18 @@ impl Server {
             .set(if self.is_down() { 0.0 } else { 1.0 });
     }
 
+    /// Out of use: marked down, or rejoining.
     pub(crate) fn is_down(&self) -> bool {
-        self.down.load(Ordering::Acquire)
+        self.health.load(Ordering::Acquire) != UP
+    }
+
+    /// Whether writes every server must take skip this server: only while it is marked
+    /// down and its reset has not begun (a reset that begins later orphans what they
+    /// would have changed). A rejoining server takes them: its reset may have deleted the
+    /// keys already, and a server that skipped a write after that would serve content
+    /// that missed it.
+    pub(crate) fn misses_writes_to_every_server(&self) -> bool {
+        self.health.load(Ordering::Acquire) == DOWN
     }
 
     /// Sends a request on one of the pooled connections, connecting the slot if needed.
@@ -354,7 +377,12 @@ impl Server {
         match outcome {
             Err(err) if err.is_unavailable() => {
                 let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-                if failures >= threshold && !self.down.swap(true, Ordering::AcqRel) {
+                if failures >= threshold
+                    && self
+                        .health
+                        .compare_exchange(UP, DOWN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
                     return Transition::WentDown;
                 }
                 Transition::None
@@ -370,17 +398,37 @@ impl Server {
         }
     }
 
-    /// Marks the server down whatever its failure count; true if it was up.
+    /// Marks the server down whatever its failure count; true if it was up (false if it
+    /// was rejoining: its probe, still running, then resets it once more).
     pub(crate) fn mark_down(&self) -> bool {
-        !self.down.swap(true, Ordering::AcqRel)
+        self.health.swap(DOWN, Ordering::AcqRel) == UP
     }
 
-    /// Marks the server up again after the probe got an answer. It may be another process
-    /// now (restarted, replaced), so its settings are asked again.
-    pub(crate) fn mark_up(&self) {
+    /// The probe got an answer and is about to reset the server: from now on writes to
+    /// every server reach it. False if it is not marked down.
+    pub(crate) fn begin_rejoin(&self) -> bool {
+        self.health
+            .compare_exchange(DOWN, REJOINING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The reset failed: the server is marked down again (writes skip it until the next
+    /// reset begins).
+    pub(crate) fn abort_rejoin(&self) {
+        let _ = self
+            .health
+            .compare_exchange(REJOINING, DOWN, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Marks the server up again after its reset. It may be another process now
+    /// (restarted, replaced), so its settings are asked again. False if it was marked
+    /// down meanwhile (it failed a write every server must take): it needs another reset.
+    pub(crate) fn finish_rejoin(&self) -> bool {
         self.consecutive_failures.store(0, Ordering::Release);
         self.ask_settings.store(true, Ordering::Release);
-        self.down.store(false, Ordering::Release);
+        self.health
+            .compare_exchange(REJOINING, UP, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
