@@ -121,6 +121,18 @@ fn answer(method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Full<Byte
             };
             (None, page.to_string())
         }
+        // Content negotiation as a CGI-style origin sees it: where two fields make one
+        // variable, the later line wins (old Puma let the `_` spelling overwrite).
+        "/lang" => {
+            let env = cgi_env(headers);
+            let language = env
+                .get("HTTP_ACCEPT_LANGUAGE")
+                .and_then(|joined| joined.rsplit(',').next())
+                .unwrap_or("none")
+                .trim()
+                .to_string();
+            (Some("accept-language"), format!("lang={language}"))
+        }
         // Virtual hosts, told apart by the `Host` field as it came (a string comparison,
         // as an application matching its configured names does).
         "/home" => {
@@ -445,4 +457,38 @@ async fn http2_cookie_crumbs_reach_an_http1_origin_as_one_line() {
     assert!(response.status().is_success());
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&body), "consent=yes; ab=B");
+}
+
+/// `Accept_Language` beside `Accept-Language`: the cache chooses the variant by the real
+/// field, a CGI-style origin answers by the variable both make. The proxy drops every
+/// field whose name holds `_` (nginx's `underscores_in_headers off`), so the French page
+/// is not stored as the English one; `--underscores-in-headers` passes them on.
+#[tokio::test]
+async fn an_underscored_twin_of_a_varied_field_poisons_its_variant() {
+    let origin = start_origin().await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let attack = "GET /lang HTTP/1.1\r\nHost: shop.example\r\nAccept-Language: en\r\nAccept_Language: fr\r\n";
+    let (status, page) = raw(&proxy, attack).await;
+    assert_eq!((status, page.as_str()), (200, "lang=en"));
+    let page = until_cached(
+        &proxy,
+        "GET /lang HTTP/1.1\r\nHost: shop.example\r\nAccept-Language: en\r\n",
+    )
+    .await;
+    assert_eq!(
+        page, "lang=en",
+        "the French page was stored as the English one"
+    );
+
+    let passing = start_proxy(origin.addr, &["--underscores-in-headers"]);
+    let (status, page) = raw(
+        &passing,
+        "GET /lang HTTP/1.1\r\nHost: other.example\r\nAccept_Language: de\r\n",
+    )
+    .await;
+    assert_eq!(
+        (status, page.as_str()),
+        (200, "lang=de"),
+        "the flag passed nothing"
+    );
 }

@@ -443,7 +443,10 @@ pub fn validate_key(key: &str) -> Result<(), BackendError> {
     } else if key.len() > MAX_KEY_LEN {
         "key is longer than 250 bytes"
     // Without an early exit the check vectorizes: every lookup validates its keys.
-    } else if key.bytes().fold(false, |bad, b| bad | (b <= b' ') | (b == 0x7f)) {
+    } else if key
+        .bytes()
+        .fold(false, |bad, b| bad | (b <= b' ') | (b == 0x7f))
+    {
         "key contains whitespace or a control character"
     } else {
         return Ok(());

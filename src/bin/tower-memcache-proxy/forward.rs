@@ -115,6 +115,8 @@ pub(crate) async fn forward(
 
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
+    // Gone since `as_forwarded`, before the cache; made sure of rather than trusted.
+    remove_spellings(headers, &FORWARDING);
     set_forwarding(headers, &client, client_host.as_ref());
     if upstream.upstream_host {
         headers.insert(header::HOST, upstream.host_value.clone());
@@ -150,11 +152,6 @@ pub(crate) async fn forward(
 
 /// Drops the hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_hop_by_hop_but(headers, &[]);
-}
-
-/// [`strip_hop_by_hop`], keeping the fields in `kept`.
-fn strip_hop_by_hop_but(headers: &mut HeaderMap, kept: &[HeaderName]) {
     // The fixed names by a look at each field, those `Connection` names by reading it
     // once (asking `is_hop_by_hop` with the request's fields would read it per field:
     // this runs on every request, hits included).
@@ -171,7 +168,7 @@ fn strip_hop_by_hop_but(headers: &mut HeaderMap, kept: &[HeaderName]) {
         .flat_map(|value| value.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok());
     doomed.extend(named);
-    for name in doomed.iter().filter(|name| !kept.contains(name)) {
+    for name in &doomed {
         headers.remove(name);
     }
 }
@@ -189,19 +186,80 @@ fn strip_hop_by_hop_but(headers: &mut HeaderMap, kept: &[HeaderName]) {
 /// is spoken to in HTTP/1.1, where RFC 9113 §8.2.3 has them joined with `; `.
 fn as_forwarded(
     headers: &mut HeaderMap,
-    version: Version,
+    request: Clients<'_>,
     client: &PeerFields,
     client_host: Option<&HeaderValue>,
 ) {
-    let kept = [
-        header::HOST,
-        header::TRANSFER_ENCODING,
-        header::CONTENT_LENGTH,
-    ];
-    strip_hop_by_hop_but(headers, &kept);
+    // One pass over the fields, whose names are compared, not hashed: this runs on every
+    // request, hits included, and most requests carry none of the fields dropped.
+    let no_fields = HeaderMap::new();
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| request.drops(name, &no_fields))
+        .cloned()
+        .collect();
+    // Those `Connection` names, read once (`is_hop_by_hop` would read it per field).
+    let named = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !KEPT_FOR_THE_CACHE.contains(name));
+    doomed.extend(named);
+    for name in &doomed {
+        headers.remove(name);
+    }
     set_forwarding(headers, client, client_host);
-    if version == Version::HTTP_2 {
+    if request.version == Version::HTTP_2 {
         join_cookie_crumbs(headers);
+    }
+}
+
+/// Hop-by-hop fields the cache still needs to see: `Host` was validated and keys the
+/// request ([`forward`] sets it), and the cache bypasses a GET with a body by its framing
+/// fields ([`forward`] drops them after it).
+const KEPT_FOR_THE_CACHE: [HeaderName; 3] = [
+    header::HOST,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+];
+
+/// What [`as_forwarded`] needs to know of a request besides its fields.
+#[derive(Clone, Copy)]
+pub(crate) struct Clients<'a> {
+    version: Version,
+    method: &'a Method,
+    /// `--underscores-in-headers`.
+    pass_underscored: bool,
+}
+
+impl Clients<'_> {
+    /// Whether the client's field `name` stays away from the cache and the origin.
+    fn drops(&self, name: &HeaderName, no_fields: &HeaderMap) -> bool {
+        if KEPT_FOR_THE_CACHE.contains(name) {
+            return false;
+        }
+        // A method override on a GET or HEAD could run another method's handler at the
+        // origin for an answer stored under the GET's key. Dropped before the cache
+        // (which would otherwise bypass such a request), the origin never sees it.
+        let stored = matches!(*self.method, Method::GET | Method::HEAD);
+        if is_hop_by_hop(name, no_fields)
+            || FORWARDING.contains(name)
+            || (stored && METHOD_OVERRIDES.contains(name))
+        {
+            return true;
+        }
+        if memchr::memchr(b'_', name.as_str().as_bytes()).is_none() {
+            return false;
+        }
+        // nginx's `underscores_in_headers off`: a CGI-style gateway reads `Accept_Language`
+        // as `Accept-Language`, so passed on beside the real one it could choose the page
+        // stored as another variant. Passed (`--underscores-in-headers`), the spellings of
+        // the fields dropped above still go.
+        !self.pass_underscored
+            || cgi_spelling_of(name, &FORWARDING)
+            || (stored && cgi_spelling_of(name, &METHOD_OVERRIDES))
     }
 }
 
@@ -323,10 +381,9 @@ fn remove_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-/// Replaces every forwarding header of the client's by the proxy's own (see the crate
-/// docs).
+/// Sets the proxy's own forwarding headers (see the crate docs), over any the request
+/// still holds.
 fn set_forwarding(headers: &mut HeaderMap, client: &PeerFields, client_host: Option<&HeaderValue>) {
-    remove_spellings(headers, &FORWARDING);
     headers.reserve(4);
     headers.insert(X_FORWARDED_FOR, client.x_forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -395,6 +452,8 @@ pub(crate) struct ValidTarget<S> {
     pub(crate) inner: S,
     /// What the forwarding headers say of the client (the connection's peer).
     pub(crate) client: Arc<PeerFields>,
+    /// `--underscores-in-headers`: pass fields whose names hold `_`.
+    pub(crate) pass_underscored: bool,
 }
 
 /// The inner service's response, or the 400.
@@ -416,12 +475,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        if matches!(*request.method(), Method::GET | Method::HEAD) {
-            // A method override on a GET could run another method's handler at the origin
-            // for an answer stored under the GET's key. Dropped here, before the cache
-            // (which would otherwise bypass such a request), the origin never sees it.
-            remove_spellings(request.headers_mut(), &METHOD_OVERRIDES);
-        }
         match check_target(&request) {
             Err(invalid) => {
                 future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
@@ -435,10 +488,16 @@ where
                         _ => HeaderValue::from_str(authority).ok(),
                     },
                 };
-                let version = request.version();
+                // A standard method's clone is a copy.
+                let method = request.method().clone();
+                let clients = Clients {
+                    version: request.version(),
+                    method: &method,
+                    pass_underscored: self.pass_underscored,
+                };
                 as_forwarded(
                     request.headers_mut(),
-                    version,
+                    clients,
                     &self.client,
                     client_host.as_ref(),
                 );

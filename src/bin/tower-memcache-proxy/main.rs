@@ -58,6 +58,12 @@
 //!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
 //!   Other methods keep them; their answers are never stored.
+//! - Fields whose names hold `_` are dropped (nginx's `underscores_in_headers off`): a
+//!   CGI-style gateway reads `X_Forwarded_Host` as `X-Forwarded-Host`, and
+//!   `Accept_Language` as `Accept-Language`. `--underscores-in-headers` passes them,
+//!   except the `_` spellings of the fields above.
+//! - HTTP/2 cookie crumbs (one `Cookie` field per cookie) go to the origin as one line
+//!   joined with `; ` (RFC 9113 §8.2.3).
 //!
 //! The cache looks a request up as the origin will see it (hop-by-hop fields dropped,
 //! forwarding headers replaced), so a `Vary` on one of them selects by the proxy's value.
@@ -276,6 +282,16 @@ struct Args {
     /// closed gracefully: requests under way finish first.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     client_header_timeout: Duration,
+
+    /// Pass request fields whose names hold an underscore (`X_Forwarded_Host`) to the
+    /// cache and the origin. Off by default, as nginx's underscores_in_headers: CGI-style
+    /// gateways (WSGI, Rack, PHP) read `Accept_Language` as `Accept-Language`, so such a
+    /// field could choose the page stored for another variant. Even when passed, the
+    /// spellings of the forwarding fields and method overrides the proxy drops still go.
+    ///
+    /// From the environment: true/false, yes/no, on/off or 1/0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UNDERSCORES_IN_HEADERS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    underscores_in_headers: bool,
 
     /// How many client connections the proxy holds at once, over all its threads (nginx's
     /// worker_connections). Past it the proxy stops accepting until one closes; new
@@ -589,6 +605,7 @@ where
                     layer: cache_layer(backend()?, args, near),
                     upstream: forward::upstream(&upstream_settings(args))?,
                     access_log: args.access_log == OnOff::On,
+                    pass_underscored: args.underscores_in_headers,
                     header_timeout: args.client_header_timeout,
                     connections: Arc::clone(&connections),
                     grace: args.shutdown_grace,
@@ -645,6 +662,7 @@ where
             layer: cache_layer(backend()?, args, near),
             upstream: forward::upstream(&upstream_settings(args))?,
             access_log: args.access_log == OnOff::On,
+            pass_underscored: args.underscores_in_headers,
             header_timeout: args.client_header_timeout,
             connections: Arc::clone(connections),
             grace: args.shutdown_grace,
@@ -782,6 +800,8 @@ struct Worker<B> {
     layer: MemcacheLayer<B>,
     upstream: Arc<Upstream>,
     access_log: bool,
+    /// `--underscores-in-headers`.
+    pass_underscored: bool,
     /// `--client-header-timeout`.
     header_timeout: Duration,
     /// `--max-connections`, shared by every worker.
@@ -835,6 +855,7 @@ impl<B: Backend> Worker<B> {
             layer,
             upstream,
             access_log,
+            pass_underscored,
             header_timeout,
             connections,
             grace,
@@ -891,6 +912,7 @@ impl<B: Backend> Worker<B> {
                     move |request| forward(Arc::clone(&upstream), Arc::clone(&client), request)
                 })),
                 client,
+                pass_underscored,
             };
             let activity = Arc::new(Activity::default());
             let service = AccessLog {
