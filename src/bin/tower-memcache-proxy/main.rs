@@ -280,7 +280,7 @@ struct Args {
     /// so that clients that send nothing, or a head a byte at a time, cannot hold the
     /// proxy's sockets. A connection (HTTP/2 too) that starts no request for that long is
     /// closed gracefully: requests under way finish first.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     client_header_timeout: Duration,
 
     /// Pass request fields whose names hold an underscore (`X_Forwarded_Host`) to the
@@ -441,6 +441,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}"))
+}
+
+/// A duration of more than zero (a zero timeout would close every connection at once).
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{:?}: must be more than 0", text.trim())),
+        duration => Ok(duration),
+    }
 }
 
 /// `http://host[:port]`, nothing else.
@@ -992,6 +1000,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0ms").is_err());
 
         assert!(parse_near_cache("off").unwrap().0.is_none());
         assert!(parse_near_cache("0").unwrap().0.is_none());
