@@ -10,6 +10,8 @@
 //! - Fail-fast health: after a few consecutive failures a server is marked down and its
 //!   keys fail at once; a background probe puts it back as soon as it answers `version`
 //!   (after deleting the keys registered with [`Backend::reset_on_rejoin`] on it).
+//!   [`TcpBackend::sibling`] makes a backend with connections of its own that shares this
+//!   health: one backend per runtime, one view of the servers per process.
 //! - Routing by key (libmemcached's `*_by_key`), writes to every server, and multi-gets
 //!   that answer with what the servers that answered hold.
 //! - Each server's item size limit (`item_size_max`, and the sizes it refused) is learned,
@@ -54,7 +56,7 @@ use futures_util::future::join_all;
 use self::connection::ConnectionSettings;
 use self::ketama::{Ring, ServerSpec};
 use self::protocol::{Limits, Reply, StoreCommand};
-use self::server::{Server, Transition};
+use self::server::{ProbeClaim, Server, Transition};
 use super::{
     Backend, BackendError, DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD, Item, Lifetime,
     MAX_RESET_ON_REJOIN_KEYS, ProtocolViolation, ServerStats, UnreachableReason, check_item_size,
@@ -263,21 +265,23 @@ impl TcpBackendBuilder {
                 ..Limits::default()
             },
         };
-        Ok(TcpBackend {
-            inner: Arc::new(Inner {
-                servers,
-                specs,
-                ring: RwLock::new(Arc::new(ring)),
-                settings,
-                timeout: self.timeout,
-                failure_threshold: self.failure_threshold,
-                probe_interval: self.probe_interval,
-                remove_failed_servers: self.remove_failed_servers,
-                item_size_limit: self.item_size_limit,
-                reset_on_rejoin: Mutex::new(Vec::new()),
-                outages: AtomicU64::new(0),
-            }),
-        })
+        let family = Arc::new(Family {
+            specs,
+            ring: RwLock::new(Arc::new(ring)),
+            reset_on_rejoin: Mutex::new(Vec::new()),
+            outages: AtomicU64::new(0),
+            members: Mutex::new(Vec::new()),
+        });
+        Ok(TcpBackend::join(Inner {
+            servers,
+            settings,
+            timeout: self.timeout,
+            failure_threshold: self.failure_threshold,
+            probe_interval: self.probe_interval,
+            remove_failed_servers: self.remove_failed_servers,
+            item_size_limit: self.item_size_limit,
+            family,
+        }))
     }
 }
 
@@ -320,27 +324,57 @@ fn display_host(host: &str) -> String {
 /// memcached over TCP: pipelined connections, libmemcached-compatible ketama over many
 /// servers, per-server health with fast failure and background probing.
 ///
-/// Cheap to clone; clones share connections. See the [module docs](self) for an example.
+/// Cheap to clone; clones share connections. [`sibling`](Self::sibling) makes a backend
+/// with connections of its own that shares everything else (for one backend per runtime).
+/// See the [module docs](self) for an example.
 #[derive(Clone)]
 pub struct TcpBackend {
     inner: Arc<Inner>,
 }
 
+/// One backend's connections and settings (its clones share them).
 struct Inner {
+    /// Each server's connections, and its [`Health`](server), which the siblings share.
     servers: Vec<Server>,
-    specs: Vec<ServerSpec>,
-    ring: RwLock<Arc<Ring>>,
     settings: ConnectionSettings,
     timeout: Duration,
     failure_threshold: u32,
     probe_interval: Duration,
     remove_failed_servers: bool,
     item_size_limit: usize,
+    /// What the siblings share besides each server's health. Strong: a sibling keeps
+    /// the family alive; the family only knows its members weakly.
+    family: Arc<Family>,
+}
+
+/// What a backend and its [siblings](TcpBackend::sibling) share besides each server's
+/// health.
+struct Family {
+    specs: Vec<ServerSpec>,
+    ring: RwLock<Arc<Ring>>,
     /// Keys deleted on a server that answers its probe, before it is marked up
     /// ([`Backend::reset_on_rejoin`]); at most [`MAX_RESET_ON_REJOIN_KEYS`].
     reset_on_rejoin: Mutex<Vec<String>>,
     /// Servers marked down so far ([`Backend::outages`]).
     outages: AtomicU64,
+    /// The siblings, whose connections to a server marked down are all closed.
+    members: Mutex<Vec<Weak<Inner>>>,
+}
+
+impl Family {
+    fn ring(&self) -> Arc<Ring> {
+        Arc::clone(&self.ring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The siblings still alive.
+    fn members(&self) -> Vec<Arc<Inner>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
 }
 
 impl fmt::Debug for TcpBackend {
@@ -418,6 +452,77 @@ impl TcpBackend {
         S: Into<String>,
     {
         Self::builder().servers(servers).build()
+    }
+
+    /// A backend over the same servers with the same settings and connections of its own
+    /// (opened on first use, on the runtime of the call that needs them), sharing
+    /// everything it knows about the servers with this one: each server's health (a server
+    /// marked down by one sibling is down for all at once, and watched by one probe, which
+    /// resets it once and puts it back for all), the ring, the keys to
+    /// [reset on rejoin](Backend::reset_on_rejoin), the [outages](Backend::outages) counter
+    /// and the item size limits learned.
+    ///
+    /// For one backend per runtime in one process (a runtime per thread, as
+    /// `tower-memcache-proxy` runs by default): each thread's calls stay on its own
+    /// connections, while a purge made through one thread holds for all of them. A
+    /// [`clone`](Clone::clone) shares the connections too, and so the runtime that opened
+    /// them.
+    ///
+    /// ```
+    /// use tower_memcache::backend::{Backend, TcpBackend};
+    ///
+    /// let first = TcpBackend::new(["127.0.0.1:11211", "127.0.0.1:11212"])?;
+    /// first.reset_on_rejoin("namespace-generation");
+    /// // One per thread, each made (and first used) in that thread's runtime.
+    /// let threads: Vec<_> = (0..2)
+    ///     .map(|_| {
+    ///         let backend = first.sibling();
+    ///         std::thread::spawn(move || {
+    ///             let runtime = tokio::runtime::Builder::new_current_thread()
+    ///                 .enable_all()
+    ///                 .build()
+    ///                 .unwrap();
+    ///             runtime.block_on(async move {
+    ///                 // Fails open when nothing listens there, like any call.
+    ///                 let _ = backend.get("key").await;
+    ///                 backend.outages()
+    ///             })
+    ///         })
+    ///     })
+    ///     .collect();
+    /// for thread in threads {
+    ///     // The counter is the family's: every sibling reads the same.
+    ///     let _outages = thread.join().unwrap();
+    /// }
+    /// assert_eq!(first.sibling().server_names(), first.server_names());
+    /// # Ok::<(), tower_memcache::backend::tcp::ConfigError>(())
+    /// ```
+    pub fn sibling(&self) -> TcpBackend {
+        let inner = &self.inner;
+        Self::join(Inner {
+            servers: inner.servers.iter().map(Server::sibling).collect(),
+            settings: inner.settings.clone(),
+            timeout: inner.timeout,
+            failure_threshold: inner.failure_threshold,
+            probe_interval: inner.probe_interval,
+            remove_failed_servers: inner.remove_failed_servers,
+            item_size_limit: inner.item_size_limit,
+            family: Arc::clone(&inner.family),
+        })
+    }
+
+    /// A backend of `inner`, made a member of its family.
+    fn join(inner: Inner) -> TcpBackend {
+        let inner = Arc::new(inner);
+        let mut members = inner
+            .family
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        members.retain(|member| member.strong_count() > 0);
+        members.push(Arc::downgrade(&inner));
+        drop(members);
+        TcpBackend { inner }
     }
 
     /// The servers' names (`host:port`), in configuration order.
@@ -498,7 +603,7 @@ impl TcpBackend {
     }
 
     fn ring(&self) -> Arc<Ring> {
-        Arc::clone(&self.inner.ring.read().unwrap_or_else(|p| p.into_inner()))
+        self.inner.family.ring()
     }
 
     fn server_index(&self, key: &str) -> Result<usize, BackendError> {
@@ -520,7 +625,7 @@ impl TcpBackend {
     fn limit_of(&self, index: usize) -> usize {
         self.inner
             .item_size_limit
-            .min(self.inner.servers[index].item_limit.get())
+            .min(self.inner.servers[index].item_limit().get())
     }
 
     /// Stores on the server of `route`, or of `key` without one.
@@ -580,7 +685,7 @@ impl TcpBackend {
         let server = &self.inner.servers[index];
         let size = key_len + value_len + ITEM_OVERHEAD;
         let limit = server
-            .item_limit
+            .item_limit()
             .refused(size)
             .min(self.inner.item_size_limit);
         tracing::debug!(server = %server.name, size, limit, "memcached refused an item as too large; limit lowered");
@@ -704,9 +809,13 @@ impl TcpBackend {
         let calls = (0..self.inner.servers.len()).map(|index| {
             let request = request.clone();
             async move {
-                if self.inner.servers[index].misses_writes_to_every_server() {
+                let server = &self.inner.servers[index];
+                if server.misses_writes_to_every_server() {
                     // Skipped: it is reset before it serves again (its reset has not
                     // begun: one under way gets the write).
+                    if !server.is_probed() {
+                        self.watch(index);
+                    }
                     return None;
                 }
                 let outcome = self
@@ -781,6 +890,11 @@ impl TcpBackend {
             Reaches::Rejoining => server.misses_writes_to_every_server(),
         };
         if refused {
+            // A probe ends with the sibling (or runtime) it ran on: the server is still
+            // down, so another one starts here. One load while one runs.
+            if !server.is_probed() {
+                self.watch(index);
+            }
             return Err(BackendError::Unreachable {
                 server: server.name.to_string(),
                 reason: UnreachableReason::MarkedDown,
@@ -870,15 +984,29 @@ impl TcpBackend {
         }
     }
 
-    /// A server was just marked down: its connections go, the ring is rebuilt, and a probe
-    /// watches for its return.
+    /// A server was just marked down (for every sibling): its connections go, every
+    /// sibling's, the ring is rebuilt, and a probe watches for its return.
     fn went_down(&self, index: usize) {
-        self.inner.outages.fetch_add(1, Ordering::SeqCst);
-        self.inner.servers[index].close_connections();
+        let family = &self.inner.family;
+        family.outages.fetch_add(1, Ordering::SeqCst);
+        for member in family.members() {
+            member.servers[index].close_connections();
+        }
         self.inner.servers[index].export_health();
         rebuild_ring(&self.inner);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(probe(Arc::downgrade(&self.inner), index));
+        self.watch(index);
+    }
+
+    /// Starts a probe of server `index` (marked down) on the caller's runtime, with this
+    /// backend's connections, unless one watches it already: one for the whole family. A
+    /// probe ends with the sibling or the runtime it runs on; the next call that finds the
+    /// server down then starts another.
+    fn watch(&self, index: usize) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(claim) = self.inner.servers[index].claim_probe() {
+            runtime.spawn(probe(Arc::downgrade(&self.inner), index, claim));
         }
     }
 }
@@ -928,19 +1056,24 @@ fn server_in(ring: &Ring, key: &str) -> Result<usize, BackendError> {
         })
 }
 
+/// With `remove_failed_servers`, the ring of the servers in use now. Computed under the
+/// write lock: siblings rebuilding at once (each after its own transition) leave the ring
+/// of the later view, never an earlier one.
 fn rebuild_ring(inner: &Inner) {
     if !inner.remove_failed_servers {
         return;
     }
+    let family = &inner.family;
+    let mut ring = family.ring.write().unwrap_or_else(|p| p.into_inner());
     let excluded: Vec<bool> = inner.servers.iter().map(Server::is_down).collect();
-    let ring = Ring::without(&inner.specs, &excluded);
-    *inner.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+    *ring = Arc::new(Ring::without(&family.specs, &excluded));
 }
 
 /// Probes a server marked down until it answers `version` and the keys to reset on rejoin
-/// are deleted on it, then puts it back. Holds only a weak reference, so a dropped backend
-/// ends its probes.
-async fn probe(inner: Weak<Inner>, index: usize) {
+/// are deleted on it, then puts it back, for every sibling. Holds only a weak reference, so
+/// a dropped backend ends its probes (and releases `claim`: a sibling's next call to the
+/// server, still down, starts another).
+async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClaim) {
     loop {
         let interval = match inner.upgrade() {
             Some(inner) => inner.probe_interval,
@@ -963,7 +1096,8 @@ async fn probe(inner: Weak<Inner>, index: usize) {
             // it holds under those keys goes before it serves again. Writes from now on
             // reach it: one skipped after the reset began would not be made up for.
             if !server.begin_rejoin() {
-                // Not marked down: not this probe's business (one runs per outage).
+                // Not marked down: not this probe's business (one watches a server, for
+                // every sibling).
                 return;
             }
             if let Err(err) = reset(&inner, index).await {
@@ -978,7 +1112,17 @@ async fn probe(inner: Weak<Inner>, index: usize) {
             server.export_health();
             rebuild_ring(&inner);
             tracing::info!(server = %server.name, %version, "memcached server answers again; back in use");
-            return;
+            // A sibling that marked it down again since found this probe still watching
+            // and started none: watch on, unless a probe of its own got the claim.
+            drop(claim);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !server.is_down() {
+                return;
+            }
+            match server.claim_probe() {
+                Some(again) => claim = again,
+                None => return,
+            }
         }
     }
 }
@@ -993,6 +1137,7 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
     loop {
         let keys: Vec<String> = {
             let registered = inner
+                .family
                 .reset_on_rejoin
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
@@ -1308,7 +1453,7 @@ impl Backend for TcpBackend {
     }
 
     fn outages(&self) -> u64 {
-        self.inner.outages.load(Ordering::SeqCst)
+        self.inner.family.outages.load(Ordering::SeqCst)
     }
 
     fn is_available(&self, key: &str) -> bool {
@@ -1478,6 +1623,7 @@ impl Backend for TcpBackend {
         }
         let mut keys = self
             .inner
+            .family
             .reset_on_rejoin
             .lock()
             .unwrap_or_else(|p| p.into_inner());

@@ -4,7 +4,9 @@
 //! Health is a count of consecutive failures. At the threshold the server is marked down:
 //! calls for its keys fail at once, without connecting or waiting, while a background probe
 //! sends `version` at a short interval and marks it up the moment it answers (and the keys
-//! to reset on rejoin are deleted on it). While those keys are being deleted the server is
+//! to reset on rejoin are deleted on it). Health ([`Health`]) is shared by the same server
+//! of sibling backends, which each have their own connections: one probe watches it for
+//! all ([`ProbeClaim`]). While those keys are being deleted the server is
 //! *rejoining*: still out of use for its keys, but writes every server must take
 //! ([`Server::misses_writes_to_every_server`]) go to it, so none is skipped once the reset
 //! that was to make up for skipped ones has begun.
@@ -30,7 +32,8 @@ const MIN_ITEM_SIZE_MAX: usize = 1024;
 /// (and over memcached's threads, which each serve their own connections).
 const SPILL_THRESHOLD: usize = 32;
 
-/// A server and its connections.
+/// A server and its connections. Its [`Health`] may be shared with the same server of
+/// sibling backends (`TcpBackend::sibling`), which have connections of their own.
 pub(crate) struct Server {
     /// `host:port` as configured.
     pub(crate) name: Arc<str>,
@@ -38,11 +41,21 @@ pub(crate) struct Server {
     pub(crate) port: u16,
     slots: Box<[Slot]>,
     next_slot: AtomicUsize,
+    /// Shared by the siblings.
+    health: Arc<Health>,
+}
+
+/// What is known about a server, whichever connections learned it: shared by every
+/// sibling backend, so that a server marked down by one is down for all.
+struct Health {
     consecutive_failures: AtomicU32,
     /// [`UP`], [`DOWN`] or [`REJOINING`].
-    health: AtomicU8,
+    state: AtomicU8,
+    /// Set while a probe task watches the server (one for all siblings); cleared when the
+    /// probe ends, however it ends (its runtime may shut down while the server is down).
+    probing: AtomicBool,
     /// What this server is known to accept.
-    pub(crate) item_limit: ItemLimit,
+    item_limit: ItemLimit,
     /// Cleared when `stats settings` cost a connection (twemproxy closes the connection
     /// on `stats`): new connections then skip it, until the server is marked up again.
     ask_settings: AtomicBool,
@@ -125,6 +138,16 @@ impl Slot {
     }
 }
 
+/// The watch over a server held by its one probe; released when dropped (the probe ended,
+/// or its task was dropped with its runtime).
+pub(crate) struct ProbeClaim(Arc<Health>);
+
+impl Drop for ProbeClaim {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::SeqCst);
+    }
+}
+
 /// In use.
 const UP: u8 = 0;
 /// Marked down: calls fail fast, and writes to every server skip it (it is reset before it
@@ -149,18 +172,53 @@ impl Server {
             port,
             slots: (0..connections.max(1)).map(|_| Slot::default()).collect(),
             next_slot: AtomicUsize::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            health: AtomicU8::new(UP),
-            item_limit: ItemLimit::new(),
-            ask_settings: AtomicBool::new(true),
-            #[cfg(feature = "metrics")]
-            exported: std::sync::OnceLock::new(),
+            health: Arc::new(Health {
+                consecutive_failures: AtomicU32::new(0),
+                state: AtomicU8::new(UP),
+                probing: AtomicBool::new(false),
+                item_limit: ItemLimit::new(),
+                ask_settings: AtomicBool::new(true),
+                #[cfg(feature = "metrics")]
+                exported: std::sync::OnceLock::new(),
+            }),
         }
+    }
+
+    /// The same server with connections of its own (none yet), sharing this one's health.
+    pub(crate) fn sibling(&self) -> Self {
+        Self {
+            name: Arc::clone(&self.name),
+            host: self.host.clone(),
+            port: self.port,
+            slots: (0..self.slots.len()).map(|_| Slot::default()).collect(),
+            next_slot: AtomicUsize::new(0),
+            health: Arc::clone(&self.health),
+        }
+    }
+
+    /// What this server is known to accept.
+    pub(crate) fn item_limit(&self) -> &ItemLimit {
+        &self.health.item_limit
+    }
+
+    /// Claims the watch over this server for a new probe; `None` if a probe (of any
+    /// sibling) holds it. Read first: calls that fail fast ask on each call.
+    pub(crate) fn claim_probe(&self) -> Option<ProbeClaim> {
+        let probing = &self.health.probing;
+        if probing.load(Ordering::SeqCst) || probing.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(ProbeClaim(Arc::clone(&self.health)))
+    }
+
+    /// Whether a probe watches this server.
+    pub(crate) fn is_probed(&self) -> bool {
+        self.health.probing.load(Ordering::SeqCst)
     }
 
     #[cfg(feature = "metrics")]
     fn exported(&self) -> &Exported {
-        self.exported.get_or_init(|| {
+        self.health.exported.get_or_init(|| {
             let labels = [metrics::Label::new("server", self.name.to_string())];
             let exported = Exported {
                 duration: metrics::histogram!(
@@ -192,7 +250,7 @@ impl Server {
 
     /// Out of use: marked down, or rejoining.
     pub(crate) fn is_down(&self) -> bool {
-        self.health.load(Ordering::Acquire) != UP
+        self.health.state.load(Ordering::Acquire) != UP
     }
 
     /// Whether writes every server must take skip this server: only while it is marked
@@ -201,7 +259,7 @@ impl Server {
     /// keys already, and a server that skipped a write after that would serve content
     /// that missed it.
     pub(crate) fn misses_writes_to_every_server(&self) -> bool {
-        self.health.load(Ordering::Acquire) == DOWN
+        self.health.state.load(Ordering::Acquire) == DOWN
     }
 
     /// Sends a request on one of the pooled connections, connecting the slot if needed.
@@ -272,7 +330,8 @@ impl Server {
             return Ok(conn);
         }
         let mut conn = self.connect(settings).await?;
-        if self.ask_settings.load(Ordering::Acquire) && !self.learn_settings(&conn, settings).await
+        if self.health.ask_settings.load(Ordering::Acquire)
+            && !self.learn_settings(&conn, settings).await
         {
             // The query cost the connection: open another, which skips it.
             conn = self.connect(settings).await?;
@@ -314,7 +373,7 @@ impl Server {
                     .filter(|&max| max >= MIN_ITEM_SIZE_MAX);
                 match item_size_max {
                     Some(max) => {
-                        self.item_limit.report(max);
+                        self.health.item_limit.report(max);
                         tracing::debug!(server = %self.name, item_size_max = max, "memcached item size limit learned");
                     }
                     None => {
@@ -348,7 +407,7 @@ impl Server {
     }
 
     fn stop_asking_settings(&self) {
-        if self.ask_settings.swap(false, Ordering::AcqRel) {
+        if self.health.ask_settings.swap(false, Ordering::AcqRel) {
             tracing::info!(
                 server = %self.name,
                 "memcached server does not answer stats settings; its item size limit is \
@@ -376,11 +435,17 @@ impl Server {
     ) -> Transition {
         match outcome {
             Err(err) if err.is_unavailable() => {
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+                let failures = self
+                    .health
+                    .consecutive_failures
+                    .fetch_add(1, Ordering::AcqRel)
+                    + 1;
                 if failures >= threshold
                     && self
                         .health
-                        .compare_exchange(UP, DOWN, Ordering::AcqRel, Ordering::Acquire)
+                        .state
+                        // SeqCst, as `mark_down`: see `claim_probe`.
+                        .compare_exchange(UP, DOWN, Ordering::SeqCst, Ordering::Acquire)
                         .is_ok()
                 {
                     return Transition::WentDown;
@@ -390,8 +455,8 @@ impl Server {
             _ => {
                 // Read first: a store on every success would bounce the cache line between
                 // the threads calling this server.
-                if self.consecutive_failures.load(Ordering::Acquire) != 0 {
-                    self.consecutive_failures.store(0, Ordering::Release);
+                if self.health.consecutive_failures.load(Ordering::Acquire) != 0 {
+                    self.health.consecutive_failures.store(0, Ordering::Release);
                 }
                 Transition::None
             }
@@ -401,13 +466,17 @@ impl Server {
     /// Marks the server down whatever its failure count; true if it was up (false if it
     /// was rejoining: its probe, still running, then resets it once more).
     pub(crate) fn mark_down(&self) -> bool {
-        self.health.swap(DOWN, Ordering::AcqRel) == UP
+        // SeqCst: a probe ending after its server's rejoin reads the state after
+        // releasing its claim; this transition, followed by the marker's claim attempt,
+        // is then seen by one of them (the probe watches on, or the marker starts one).
+        self.health.state.swap(DOWN, Ordering::SeqCst) == UP
     }
 
     /// The probe got an answer and is about to reset the server: from now on writes to
     /// every server reach it. False if it is not marked down.
     pub(crate) fn begin_rejoin(&self) -> bool {
         self.health
+            .state
             .compare_exchange(DOWN, REJOINING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
@@ -415,18 +484,22 @@ impl Server {
     /// The reset failed: the server is marked down again (writes skip it until the next
     /// reset begins).
     pub(crate) fn abort_rejoin(&self) {
-        let _ = self
-            .health
-            .compare_exchange(REJOINING, DOWN, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.health.state.compare_exchange(
+            REJOINING,
+            DOWN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// Marks the server up again after its reset. It may be another process now
     /// (restarted, replaced), so its settings are asked again. False if it was marked
     /// down meanwhile (it failed a write every server must take): it needs another reset.
     pub(crate) fn finish_rejoin(&self) -> bool {
-        self.consecutive_failures.store(0, Ordering::Release);
-        self.ask_settings.store(true, Ordering::Release);
+        self.health.consecutive_failures.store(0, Ordering::Release);
+        self.health.ask_settings.store(true, Ordering::Release);
         self.health
+            .state
             .compare_exchange(REJOINING, UP, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }

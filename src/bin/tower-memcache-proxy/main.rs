@@ -218,7 +218,8 @@ struct Args {
     /// "per-thread" is nginx's worker model: each thread runs its own single-threaded
     /// runtime with its own listening socket (SO_REUSEPORT: the kernel spreads connections
     /// over them), its own pool to the origin and its own cache layer and memcached
-    /// connections; a hit never leaves its thread. Request coalescing is then per thread
+    /// connections (the memcached servers' health is the process's: a server one thread
+    /// marks down is down for all); a hit never leaves its thread. Request coalescing is then per thread
     /// (memcached leases keep the threads from all calling the origin for one missing
     /// URL). As with nginx's "reuseport", a second proxy that the same user starts on the
     /// same address shares the incoming connections instead of failing to bind.
@@ -488,15 +489,16 @@ fn main() -> Result<(), BoxError> {
         .map(|(size, staleness)| NearCache::new(size, staleness));
     match args.memcache.clone() {
         Some(servers) => {
-            let backend = || {
-                tower_memcache::backend::TcpBackend::builder()
-                    .server_list(&servers)
-                    .build()
-                    .map_err(|err| format!("--memcache {servers:?}: {err}"))
-            };
-            // Checked once here, so that a bad list is reported before anything starts.
-            let description = format!("memcached {}", backend()?.server_names().join(","));
-            start(&args, &description, near.as_ref(), || Ok(backend()?))
+            // Built once here, so that a bad list is reported before anything starts.
+            let first = tower_memcache::backend::TcpBackend::builder()
+                .server_list(&servers)
+                .build()
+                .map_err(|err| format!("--memcache {servers:?}: {err}"))?;
+            let description = format!("memcached {}", first.server_names().join(","));
+            // Each thread's backend has its own connections (made on its own runtime), and
+            // shares each server's health with the others: a server one thread marks down
+            // is down for all, so a purge that skipped it holds on every thread.
+            start(&args, &description, near.as_ref(), || Ok(first.sibling()))
         }
         None => {
             // One store for every thread: the cache is the process's, whatever the runtime.
@@ -628,7 +630,8 @@ where
 }
 
 /// One single-threaded runtime per thread, each with its own listening socket, upstream
-/// pool, cache layer (and, over memcached, its own connections): nginx's worker model. A
+/// pool, cache layer (and, over memcached, its own connections; the servers' health is
+/// shared, see `TcpBackend::sibling`): nginx's worker model. A
 /// hit is then served start to end on one thread, with no hand-off between threads and
 /// no work stealing; the kernel spreads incoming connections over the sockets
 /// (`SO_REUSEPORT`).
