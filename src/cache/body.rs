@@ -13,12 +13,15 @@ use pin_project_lite::pin_project;
 use super::background::Background;
 use super::fill::reader::{self, FillBudget, QueueReader};
 
-/// Receives the complete body of a response being stored.
-pub(crate) type OnComplete = Box<dyn FnOnce(Bytes) + Send>;
+/// Receives the complete body of a response being stored, or `None` once the response
+/// turned out not storable (too large, failed, trailers).
+pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
 
 /// A bounded copy of a body in flight: the chunks themselves (reference-counted, shared
-/// with the client's queue, not copied), joined when the body is complete. Dropping it
-/// without completing (body too large, failed, trailers, client gone) stores nothing.
+/// with the client's queue, not copied), joined when the body is complete. A body that
+/// turns out not storable is [`refuse`](Self::refuse)d; dropping the copy without either
+/// (its client went away) stores nothing and says nothing, and requests waiting for the
+/// response then elect another leader.
 pub(crate) struct Tee {
     chunks: Vec<Bytes>,
     len: usize,
@@ -35,6 +38,7 @@ impl Tee {
                 limit,
                 "response body declared over the entry size limit; not stored"
             );
+            on_complete(None);
             return None;
         }
         Some(Self {
@@ -88,7 +92,12 @@ impl Tee {
                 joined.freeze()
             }
         };
-        (self.on_complete)(body);
+        (self.on_complete)(Some(body));
+    }
+
+    /// The response cannot be stored (`take` gave a reason): nothing to wait for.
+    pub(crate) fn refuse(self) {
+        (self.on_complete)(None);
     }
 }
 
@@ -134,6 +143,19 @@ impl<B> ResponseBody<B> {
     pub(crate) fn passthrough(body: B) -> Self {
         Self {
             inner: Inner::Live { body, tee: None },
+        }
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Whether this body may still be copied into the cache as it is read: `false` for a
+    /// body from the cache or one passed through untouched (nothing would be stored by
+    /// reading it).
+    pub(crate) fn is_filling(&self) -> bool {
+        match &self.inner {
+            Inner::Cached { .. } => false,
+            Inner::Queued { .. } => true,
+            Inner::Live { tee, .. } => tee.is_some(),
         }
     }
 }
@@ -212,7 +234,9 @@ where
             InnerProj::Live { mut body, tee } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 if let Some(reason) = tee.as_mut().and_then(|t| t.take(frame.as_ref())) {
-                    tee.take();
+                    if let Some(tee) = tee.take() {
+                        tee.refuse();
+                    }
                     tracing::debug!(reason, "response not stored");
                 }
                 // Complete on the end of stream, or as soon as the body says it has ended:

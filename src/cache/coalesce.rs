@@ -93,10 +93,12 @@ impl<B: Backend> Shared<B> {
                         // lookup finds this request's own variant flight.
                         true
                     }
-                    Waited::Overtaken => true,
+                    // Nothing learnt, and nobody else is asking now: one of the followers
+                    // leads next, rather than all of them going at once.
+                    Waited::Overtaken | Waited::Abandoned => true,
                     Waited::Nothing => false,
                 };
-                tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, timed out, failed or not stored)");
+                tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, its client gone, timed out, failed or not stored)");
                 return if retry && changed {
                     Coordinated::Retry
                 } else {

@@ -46,6 +46,8 @@ pub(crate) struct Config<B> {
     pub(crate) background: Background,
     /// Whole-representation fills after range misses under way (bounded).
     pub(crate) whole_fills: Arc<tokio::sync::Semaphore>,
+    /// Background (stale-while-revalidate) refreshes under way (bounded).
+    pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     /// Tag purges made by this layer and its purgers, recently.
     pub(crate) local_purges: Arc<LocalPurges>,
     /// Makes the body of the layer's own requests (a range miss's whole-representation

@@ -241,11 +241,16 @@ impl<B: Backend> Shared<B> {
         tags: Vec<String>,
         ttl: Duration,
         filler: Filler<B>,
-    ) -> Box<dyn FnOnce(Bytes) + Send> {
+    ) -> super::body::OnComplete {
         let shared = Arc::clone(self);
-        Box::new(move |body: Bytes| {
-            let entry = Arc::new(Entry { meta, body });
-            shared.store_in_background(to, tags, entry, ttl, filler);
+        Box::new(move |body: Option<Bytes>| match body {
+            Some(body) => {
+                let entry = Arc::new(Entry { meta, body });
+                shared.store_in_background(to, tags, entry, ttl, filler);
+            }
+            // Not storable after all: the followers go on their own (they would get the
+            // same), and the placeholder is released in the background.
+            None => filler.publish(None),
         })
     }
 

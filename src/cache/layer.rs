@@ -23,6 +23,12 @@ use crate::cache::stats::CacheStats;
 /// range misses pass through without one.
 const MAX_WHOLE_FILLS: usize = 8;
 
+/// Background refreshes (stale-while-revalidate) a layer runs at once. A stale hit costs
+/// its client nothing to wait for, so without a bound a client sweeping stale URLs would
+/// open an origin request (a socket, a task) per URL; past it the stale response is
+/// served and the refresh left to a later request within the window.
+const MAX_BACKGROUND_REFRESHES: usize = 64;
+
 /// The largest body stored by default: memcached's 1 MiB item size less room for the key,
 /// the entry's metadata and memcached's own overhead.
 pub const DEFAULT_MAX_ENTRY_SIZE: usize = DEFAULT_ITEM_SIZE_LIMIT - 16 * 1024;
@@ -114,6 +120,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 background: Background::default(),
                 local_purges: Arc::default(),
                 whole_fills: Arc::new(tokio::sync::Semaphore::new(MAX_WHOLE_FILLS)),
+                refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_REFRESHES)),
                 own_request_body: None,
                 near: None,
             },

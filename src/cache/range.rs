@@ -27,7 +27,7 @@ use tower::Service;
 use super::body::ResponseBody;
 use super::coalesce::Coordinated;
 use super::exchange::Exchange;
-use super::revalidate::exchange;
+use super::revalidate::{drain_stored, exchange};
 use super::service::{FromCache, Shared};
 use super::status::Forward;
 use super::storage::Lookup;
@@ -403,23 +403,7 @@ async fn fill_whole<B, S, R, ResBody>(
     }
     tracing::debug!(key = %ex.plan.key, "range miss: fetching the whole representation in the background");
     if let Ok(response) = exchange(shared, inner, request, &ex, filler).await {
-        drain_bounded(response.into_body(), limit).await;
-    }
-}
-
-/// Reads a body being stored to its end, or until it is longer than the entry size limit
-/// (it is no longer being stored then, and the rest is not worth fetching).
-async fn drain_bounded<T: Body>(body: T, limit: usize) {
-    let mut body = std::pin::pin!(body);
-    let mut read = 0usize;
-    while let Some(frame) = futures_util::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let Ok(frame) = frame else { break };
-        if let Some(data) = frame.data_ref() {
-            read = read.saturating_add(bytes::Buf::remaining(data));
-            if read > limit {
-                break;
-            }
-        }
+        drain_stored(response.into_body(), limit).await;
     }
 }
 

@@ -314,6 +314,12 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     ResBody::Error: Send + 'static,
 {
     let plan = &ex.plan;
+    // Bounded per layer: a sweep over stale URLs gets a few refreshes at a time, the
+    // others are served stale and refreshed by a later request within the window.
+    let Ok(permit) = Arc::clone(&shared.config.refreshes).try_acquire_owned() else {
+        tracing::debug!(key = %plan.key, "stale served; enough refreshes under way, not refreshed now");
+        return;
+    };
     // A refresh (or a miss) already under way for the variant will do.
     let flight = shared.flight_key(&ex, request.headers());
     let Some(leader) = shared.config.flights.try_lead(&flight) else {
@@ -324,28 +330,43 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     let background = shared.config.background.clone();
     let shared = Arc::clone(shared);
     background.spawn(async move {
-        let plan = &ex.plan;
+        let _permit = permit;
         // The refresh replaces the stale entry its lookup saw, by compare-and-swap; other
         // processes may refresh it at the same time (one of them stores).
-        let _ = plan;
         let filler = Filler::refreshing(leader, &ex.found);
         let mut inner = inner;
         let inner = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
             Ok(()) => inner,
             Err(_) => return,
         };
+        let limit = shared.storable_body_size();
         if let Ok(response) = exchange(&shared, inner, request, &ex, filler).await {
-            drain(response.into_body()).await;
+            drain_stored(response.into_body(), limit).await;
         }
     });
 }
 
-/// Reads a body to its end, so a response refreshed in the background is stored.
-pub(super) async fn drain<B: Body>(body: B) {
+/// Reads the body of a response the layer asked for itself (a background refresh, a
+/// range miss's whole representation), so that it is stored: to its end, or until it is
+/// longer than `limit`, the entry size limit. Nobody reads the rest: a response that is
+/// not being stored (refused, a 304's stored body) is not read at all, and one that
+/// outgrew the limit no longer is, so an endless or huge body costs no more than an entry.
+pub(super) async fn drain_stored<T: Body<Data = Bytes>>(body: ResponseBody<T>, limit: usize)
+where
+    T::Error: 'static,
+{
+    if !body.is_filling() {
+        return;
+    }
     let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
     while let Some(frame) = futures_util::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        if frame.is_err() {
-            break;
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            read = read.saturating_add(data.len());
+            if read > limit {
+                break;
+            }
         }
     }
 }

@@ -461,8 +461,10 @@ where
         };
         let is_head = request.method() == Method::HEAD;
         // A request whose wait for another gave nothing usable (another variant's response,
-        // one overtaken by a purge) looks the URL up again, once.
-        let mut may_retry = true;
+        // one overtaken by a purge, a leader whose client hung up) looks the URL up again,
+        // a few times at most: each round ends with an answer, a wait bounded by
+        // `coalesce_timeout`, or the origin.
+        let mut retries: u8 = 3;
         loop {
             let mut near_mark = None;
             if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
@@ -585,7 +587,7 @@ where
                 detail,
                 is_head,
             };
-            let coordinate = Box::pin(shared.coordinate(&ex, request.headers(), may_retry));
+            let coordinate = Box::pin(shared.coordinate(&ex, request.headers(), retries > 0));
             let filler = match coordinate.await {
                 Coordinated::Answered(entry, freshness) => {
                     let headers = request.headers();
@@ -594,7 +596,7 @@ where
                 }
                 Coordinated::Go(filler) => filler,
                 Coordinated::Retry => {
-                    may_retry = false;
+                    retries = retries.saturating_sub(1);
                     plan = ex.plan;
                     continue;
                 }

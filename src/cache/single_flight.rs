@@ -210,7 +210,11 @@ pub(crate) enum Waited {
     Entry(Arc<Entry>),
     /// The leader's response predates a purge this request came after.
     Overtaken,
-    /// The leader had nothing to share, went away, or took too long.
+    /// The leader went away without a word (its client hung up before the response was
+    /// complete): nothing was learnt of the URL, so the followers elect another leader
+    /// rather than all go to the origin at once.
+    Abandoned,
+    /// The leader had nothing to share (the response is not stored), or took too long.
     Nothing,
 }
 
@@ -218,30 +222,33 @@ pub(crate) enum Waited {
 pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
     let joined = follower.joined;
     match wait_published(follower, timeout).await {
-        Some((_, Some(since))) if joined >= since => {
+        Some(Some((_, Some(since)))) if joined >= since => {
             tracing::debug!("the response waited for predates a purge this request followed");
             Waited::Overtaken
         }
-        Some((entry, _)) => Waited::Entry(entry),
-        None => Waited::Nothing,
+        Some(Some((entry, _))) => Waited::Entry(entry),
+        Some(None) => Waited::Nothing,
+        None => Waited::Abandoned,
     }
 }
 
-async fn wait_published(follower: Follower, timeout: Duration) -> Option<Published> {
+/// The leader's outcome: `Some(published)`, or `None` when it went without publishing;
+/// `Some(None)` too when the wait timed out.
+async fn wait_published(follower: Follower, timeout: Duration) -> Option<Option<Published>> {
     let mut rx = follower.rx.clone();
     let waited = tokio::time::timeout(timeout, async {
         loop {
             if let Some(outcome) = rx.borrow_and_update().clone() {
-                return outcome;
+                return Some(outcome);
             }
             if rx.changed().await.is_err() {
                 // The leader is gone; it may have published just before.
-                return rx.borrow().clone().flatten();
+                return rx.borrow().clone();
             }
         }
     })
     .await;
-    waited.ok().flatten()
+    waited.unwrap_or(Some(None))
 }
 
 #[cfg(test)]
@@ -280,7 +287,7 @@ mod tests {
         drop(leader);
         assert!(matches!(
             wait(a, Duration::from_secs(1)).await,
-            Waited::Nothing
+            Waited::Abandoned
         ));
         let Flight::Leader(leader) = flights.join("k", 2, &any) else {
             panic!("new leader")

@@ -306,7 +306,9 @@ where
         if let Some(copy) = tee.as_mut() {
             if let Some(reason) = copy.take(frame.as_ref()) {
                 tracing::debug!(reason, "response not stored");
-                tee = None;
+                if let Some(copy) = tee.take() {
+                    copy.refuse();
+                }
             }
         }
         if end {
@@ -388,7 +390,10 @@ mod tests {
             limit,
             &SizeHint::new(),
             Box::new(move |body| {
-                let _ = done.send(body);
+                // Refused: the sender goes unused, as it did when a refusal said nothing.
+                if let Some(body) = body {
+                    let _ = done.send(body);
+                }
             }),
         );
         (tee.unwrap(), stored)
