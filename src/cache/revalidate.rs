@@ -22,10 +22,10 @@ use super::status::{Detail, Forward, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::Entry;
-use crate::cache::policy::NotStorable;
 use crate::cache::policy::conditional::{
     add_validators, has_preconditions, names_another_representation, same_representation,
 };
+use crate::cache::policy::{NotStorable, PER_CLIENT_FIELDS};
 
 impl<B: Backend> Shared<B> {
     /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its
@@ -252,11 +252,16 @@ where
                 let freshness = stored::freshness(&refreshed.meta, now_ms());
                 let headers = request_headers;
                 let mut answer = shared.answer(&refreshed, &freshness, headers, is_head, answered);
-                // The cookies the origin set in its 304 are this client's, never stored.
-                for cookie in response.headers().get_all(header::SET_COOKIE) {
-                    answer
-                        .headers_mut()
-                        .append(header::SET_COOKIE, cookie.clone());
+                // The cookies the origin set in its 304, and its answer to this request's
+                // credentials, are this client's, never stored (a cookie the operator
+                // shares is in the refreshed entry already).
+                for name in &PER_CLIENT_FIELDS {
+                    if answer.headers().contains_key(name) {
+                        continue;
+                    }
+                    for value in response.headers().get_all(name) {
+                        answer.headers_mut().append(name.clone(), value.clone());
+                    }
                 }
                 return Ok(answer);
             }

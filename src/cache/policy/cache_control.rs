@@ -61,11 +61,17 @@ impl CacheControl {
     }
 
     /// Parses every `Cache-Control` line in `headers`.
+    ///
+    /// A line with bytes outside visible ASCII (obs-text, which RFC 9110 §5.6.4 allows in
+    /// a quoted string: `private, community="Zürich"`) is read all the same, bytes that are
+    /// not UTF-8 as replacement characters: skipped as unreadable, the line's `private` or
+    /// `no-store` was lost and one user's page stored for everyone.
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut cc = Self::default();
         for value in headers.get_all(header::CACHE_CONTROL) {
-            let Ok(text) = value.to_str() else { continue };
-            for directive in split_directives(text) {
+            // Borrowed (no copy) for the usual ASCII line.
+            let text = String::from_utf8_lossy(value.as_bytes());
+            for directive in split_directives(&text) {
                 cc.apply(directive);
             }
         }

@@ -353,13 +353,18 @@ impl Policy {
         if cc.no_cache && !conditional::has_validators(response_headers) {
             return Err(NotStorable::NoCache);
         }
-        let cookie_stripped = [&cc.private_fields, &cc.no_cache_fields]
-            .iter()
-            .any(|fields| fields.iter().any(|f| f == "set-cookie"));
+        // A cookie the response sets, in either field, that its own directives do not
+        // keep out of the cache.
+        let stripped = |field: &HeaderName| {
+            [&cc.private_fields, &cc.no_cache_fields]
+                .iter()
+                .any(|fields| fields.iter().any(|f| f == field.as_str()))
+        };
         if !self.store_set_cookie
             && !self.share_set_cookie
-            && !cookie_stripped
-            && response_headers.contains_key(header::SET_COOKIE)
+            && COOKIE_SETTERS
+                .iter()
+                .any(|field| response_headers.contains_key(field) && !stripped(field))
         {
             return Err(NotStorable::SetCookie);
         }
@@ -439,10 +444,29 @@ fn implements_status(status: StatusCode) -> bool {
     )
 }
 
+/// The response fields that set a cookie: `Set-Cookie`, and RFC 2965's `Set-Cookie2`,
+/// obsolete but still honoured by some clients (Java's `java.net.CookieManager`).
+const COOKIE_SETTERS: [HeaderName; 2] =
+    [header::SET_COOKIE, HeaderName::from_static("set-cookie2")];
+
+/// The response fields that belong to the one client whose request brought them, never
+/// stored: the cookie setters (unless the operator shares cookies), and the answers to
+/// that request's credentials, `Authentication-Info` (RFC 9110 §11.6.3) and
+/// `Proxy-Authentication-Info` (§11.7.3), whose Digest `rspauth` is a hash of the user's
+/// password another client could attack offline, and whose `nextnonce` is the user's.
+/// A 304 or HEAD that refreshes an entry gives them to its own client only.
+pub(crate) const PER_CLIENT_FIELDS: [HeaderName; 4] = [
+    header::SET_COOKIE,
+    HeaderName::from_static("set-cookie2"),
+    HeaderName::from_static("authentication-info"),
+    HeaderName::from_static("proxy-authentication-info"),
+];
+
 /// The response fields a shared cache does not store (RFC 9111 §3.1, §5.2.2.4, §5.2.2.7):
 /// hop-by-hop fields, `Age` (recomputed on reuse), the fields a qualified `private` or
-/// `no-cache` names, and `Set-Cookie`, which belongs to the one client it was sent to
-/// (even where storing such responses is allowed, the cookie itself never is).
+/// `no-cache` names, and the [`PER_CLIENT_FIELDS`], which belong to the one client they
+/// were sent to (even where storing such responses is allowed, the cookie itself never
+/// is, unless `share_set_cookie`).
 pub(super) fn is_unstored_field(
     name: &HeaderName,
     headers: &HeaderMap,
@@ -450,7 +474,8 @@ pub(super) fn is_unstored_field(
     share_set_cookie: bool,
 ) -> bool {
     name == header::AGE
-        || (name == header::SET_COOKIE && !share_set_cookie)
+        || (PER_CLIENT_FIELDS.contains(name)
+            && !(share_set_cookie && COOKIE_SETTERS.contains(name)))
         || is_hop_by_hop(name, headers)
         || cc
             .private_fields
@@ -518,13 +543,14 @@ fn hex_value(digit: u8) -> Option<u8> {
         .and_then(|v| u8::try_from(v).ok())
 }
 
-/// The lower-cased field names a response's `Vary` lists.
+/// The lower-cased field names a response's `Vary` lists. A line that is not visible
+/// ASCII names no field a cache can read (field names are tokens) and counts as `*`:
+/// skipped, `Vary: Cookie, X-\xfc` stored one user's page as everyone's.
 pub(super) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     headers
         .get_all(header::VARY)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.to_str().unwrap_or("*").split(','))
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
 }

@@ -1,0 +1,594 @@
+//! Review I: one user's data served to another, through every path a response takes into
+//! or out of the cache. The origin here personalises: it answers each user (named by
+//! `Authorization: Bearer <user>` or `Cookie: user=<user>`) with a page and header fields
+//! that carry the user's name, and marks them as a careful origin would. User A's marker
+//! must never reach user B.
+
+mod support;
+
+use support::Watch;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::ServiceExt;
+
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CacheMode, ResponseBody};
+
+/// The user a request is from: `Authorization: Bearer <user>`, else `Cookie: user=<user>`,
+/// else `anonymous`.
+fn user_of(headers: &HeaderMap) -> String {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    if let Some(auth) = text(http::header::AUTHORIZATION) {
+        return auth.trim_start_matches("Bearer ").to_string();
+    }
+    if let Some(cookie) = text(http::header::COOKIE) {
+        if let Some(user) = cookie
+            .split(';')
+            .find_map(|c| c.trim().strip_prefix("user="))
+        {
+            return user.to_string();
+        }
+    }
+    "anonymous".into()
+}
+
+/// How the origin answers one request: status, raw header lines (bytes, so obs-text can
+/// be sent as origins do) and body. `{user}` in a value or the body is the user's name.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, Vec<u8>)>,
+    body: String,
+}
+
+impl Reply {
+    fn ok(headers: &[(&'static str, &[u8])], body: &str) -> Self {
+        Self {
+            status: 200,
+            headers: headers.iter().map(|(n, v)| (*n, v.to_vec())).collect(),
+            body: body.into(),
+        }
+    }
+}
+
+type Script = Arc<dyn Fn(&Request<()>, usize) -> Reply + Send + Sync>;
+
+#[derive(Clone)]
+struct Origin {
+    script: Arc<Mutex<Script>>,
+    calls: Arc<AtomicUsize>,
+    /// How long the origin takes to answer, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl Origin {
+    fn new(script: impl Fn(&Request<()>, usize) -> Reply + Send + Sync + 'static) -> Self {
+        Self {
+            script: Arc::new(Mutex::new(Arc::new(script))),
+            calls: Arc::default(),
+            delay_ms: Arc::default(),
+        }
+    }
+
+    /// From now on, the origin answers this way.
+    fn then(&self, script: impl Fn(&Request<()>, usize) -> Reply + Send + Sync + 'static) {
+        *self.script.lock().unwrap() = Arc::new(script);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn respond(&self, request: &Request<()>) -> Response<Full<Bytes>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let script = Arc::clone(&self.script.lock().unwrap());
+        let reply = script(request, n);
+        let user = user_of(request.headers());
+        let fill = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(bytes);
+            if text.contains("{user}") {
+                text.replace("{user}", &user).into_bytes()
+            } else {
+                bytes.to_vec()
+            }
+        };
+        let mut response = Response::new(Full::new(Bytes::from(fill(reply.body.as_bytes()))));
+        *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+        for (name, value) in reply.headers {
+            response.headers_mut().append(
+                HeaderName::from_static(name),
+                HeaderValue::from_bytes(&fill(&value)).unwrap(),
+            );
+        }
+        response
+    }
+}
+
+type Svc =
+    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+
+fn service_of<B: Backend>(layer: MemcacheLayer<B>, origin: &Origin) -> (Svc, Watch) {
+    let layer = layer.namespace("review-i");
+    let watch = Watch::of(&layer);
+    let origin = origin.clone();
+    let inner = tower::service_fn(move |request: Request<()>| {
+        let response = origin.respond(&request);
+        let delay = Duration::from_millis(origin.delay_ms.load(Ordering::SeqCst));
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    (
+        tower::util::BoxCloneSyncService::new(tower::Layer::layer(&layer, inner)),
+        watch,
+    )
+}
+
+/// An answer read to its end, header values as bytes.
+#[derive(Debug)]
+struct Seen {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Seen {
+    /// Every header line and the body, as text: where a marker must not be.
+    fn everything(&self) -> String {
+        let mut all = String::new();
+        for (name, value) in &self.headers {
+            all.push_str(name.as_str());
+            all.push_str(": ");
+            all.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            all.push('\n');
+        }
+        all.push_str(&self.body);
+        all
+    }
+}
+
+async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &[u8])]) -> Seen {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://review-i.test{path}"))
+        .body(())
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    let response = svc.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Seen {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get(svc: &Svc, path: &str, headers: &[(&str, &[u8])]) -> Seen {
+    send(svc, Method::GET, path, headers).await
+}
+
+const ALICE: &[(&str, &[u8])] = &[("cookie", b"user=alice")];
+const BOB: &[(&str, &[u8])] = &[("cookie", b"user=bob")];
+
+#[track_caller]
+fn assert_no_alice(seen: &Seen) {
+    let all = seen.everything();
+    assert!(
+        !all.contains("alice"),
+        "user A's marker reached user B:\n{all}"
+    );
+}
+
+/// A conditional request: one the cache made to revalidate its entry.
+fn conditional(request: &Request<()>) -> bool {
+    request.headers().contains_key("if-none-match")
+}
+
+fn not_modified(headers: &[(&'static str, &[u8])]) -> Reply {
+    Reply {
+        status: 304,
+        headers: headers.iter().map(|(n, v)| (*n, v.to_vec())).collect(),
+        body: String::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Directives the cache could not read as text
+// ---------------------------------------------------------------------------------------
+
+/// RFC 9110 §5.6.4 allows obs-text (bytes 0x80-0xFF) in a quoted string, and origins send
+/// it (a city, a name in an extension directive). `Cache-Control` lines that were not
+/// visible ASCII were skipped whole, with the `private` beside it (a `max-age` on another
+/// line, as frameworks add them, still counted): Alice's page was stored and answered to
+/// Bob, in both modes, on a first store and on a background (stale-while-revalidate)
+/// refresh made with Alice's request.
+#[tokio::test]
+async fn a_private_beside_obs_text_keeps_the_page_out_of_the_cache() {
+    for mode in [CacheMode::Routes, CacheMode::Origin] {
+        let origin = Origin::new(|_, _| {
+            Reply::ok(
+                &[
+                    ("cache-control", b"max-age=60"),
+                    ("cache-control", b"private, community=\"Z\xfcrich\""),
+                ],
+                "page of {user}",
+            )
+        });
+        let (svc, watch) = service_of(MemcacheLayer::new(MemoryBackend::new()).mode(mode), &origin);
+        let alice = get(&svc, "/p", ALICE).await;
+        assert!(alice.body.contains("alice"));
+        watch.settled().await;
+        let bob = get(&svc, "/p", BOB).await;
+        assert_no_alice(&bob);
+        assert_eq!(bob.body, "page of bob", "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_background_refresh_answered_private_beside_obs_text_stores_nothing() {
+    // The URL is a shared page at first, refreshed in the background once stale.
+    let origin = Origin::new(|_, _| {
+        Reply::ok(
+            &[("cache-control", b"max-age=1, stale-while-revalidate=600")],
+            "shared page",
+        )
+    });
+    let (svc, watch) = service_of(
+        MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin),
+        &origin,
+    );
+    get(&svc, "/swr", &[]).await;
+    watch.settled().await;
+    // Then the origin personalises it, and says so.
+    origin.then(|_, _| {
+        Reply::ok(
+            &[
+                ("cache-control", b"max-age=60"),
+                ("cache-control", b"private, realm=\"M\xfcnchen\""),
+            ],
+            "page of {user}",
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let alice = get(&svc, "/swr", ALICE).await;
+    assert_eq!(alice.body, "shared page", "served stale, refreshed behind");
+    watch.settled().await;
+    assert_eq!(origin.calls(), 2, "Alice's request refreshed the entry");
+    let bob = get(&svc, "/swr", BOB).await;
+    assert_no_alice(&bob);
+}
+
+/// `Vary` names request fields, which are tokens: a line that is not visible ASCII was
+/// skipped, `Vary: Cookie` with it, and Alice's page answered to everyone. It now counts
+/// as `Vary: *` (never stored).
+#[tokio::test]
+async fn a_vary_line_that_is_not_text_is_vary_star() {
+    let origin = Origin::new(|_, _| {
+        Reply::ok(
+            &[
+                ("cache-control", b"max-age=60"),
+                ("vary", b"Cookie, X-\xfc"),
+            ],
+            "page of {user}",
+        )
+    });
+    let (svc, watch) = service_of(
+        MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin),
+        &origin,
+    );
+    get(&svc, "/v", ALICE).await;
+    watch.settled().await;
+    let bob = get(&svc, "/v", BOB).await;
+    assert_no_alice(&bob);
+    assert_eq!(bob.body, "page of bob");
+}
+
+// ---------------------------------------------------------------------------------------
+// Fields that belong to one exchange
+// ---------------------------------------------------------------------------------------
+
+/// RFC 2965's `Set-Cookie2` is obsolete, but Java's `CookieManager` still honours it: it
+/// was stored and replayed like any field, on a first store and when a 304 or a HEAD
+/// refreshed an entry. Now it is `Set-Cookie`'s twin: a response setting it is not stored
+/// (unless `store_set_cookie`), and the cookie never enters an entry.
+#[tokio::test]
+async fn set_cookie2_never_reaches_another_user() {
+    // A first store: not stored at all by default, stored without the cookie when the
+    // application allows responses that set cookies.
+    for store_set_cookie in [false, true] {
+        let origin = Origin::new(|_, _| {
+            Reply::ok(
+                &[
+                    ("cache-control", b"max-age=60"),
+                    ("set-cookie2", b"session={user}; Version=1"),
+                ],
+                "public page",
+            )
+        });
+        let layer = MemcacheLayer::new(MemoryBackend::new())
+            .mode(CacheMode::Origin)
+            .store_set_cookie(store_set_cookie);
+        let (svc, watch) = service_of(layer, &origin);
+        let alice = get(&svc, "/c", ALICE).await;
+        assert_eq!(
+            alice.headers["set-cookie2"], "session=alice; Version=1",
+            "Alice gets her cookie"
+        );
+        watch.settled().await;
+        let bob = get(&svc, "/c", BOB).await;
+        assert_no_alice(&bob);
+        if !store_set_cookie {
+            assert_eq!(
+                origin.calls(),
+                2,
+                "a response setting a cookie is not stored"
+            );
+        }
+    }
+
+    // Refreshes: a 304 to Alice's revalidation, then a HEAD, each setting her cookie.
+    let origin = Origin::new(|request, _| {
+        if conditional(request) {
+            not_modified(&[
+                ("etag", b"\"v1\""),
+                ("cache-control", b"max-age=0"),
+                ("set-cookie2", b"session={user}; Version=1"),
+            ])
+        } else {
+            let mut reply = Reply::ok(
+                &[("etag", b"\"v1\""), ("cache-control", b"max-age=0")],
+                "public page",
+            );
+            if request.method() == Method::HEAD {
+                reply
+                    .headers
+                    .push(("set-cookie2", b"session={user}; Version=1".to_vec()));
+            }
+            reply
+        }
+    });
+    let (svc, watch) = service_of(
+        MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin),
+        &origin,
+    );
+    get(&svc, "/r", &[]).await;
+    watch.settled().await;
+    let alice = get(&svc, "/r", ALICE).await;
+    assert_eq!(alice.body, "public page");
+    assert_eq!(
+        alice.headers["set-cookie2"], "session=alice; Version=1",
+        "the 304's cookie goes to the client whose request brought it"
+    );
+    watch.settled().await;
+    let bob = get(&svc, "/r", BOB).await;
+    assert_no_alice(&bob);
+    // A HEAD refreshes the stored GET response (RFC 9111 §4.3.5).
+    send(&svc, Method::HEAD, "/r", ALICE).await;
+    watch.settled().await;
+    let bob = get(&svc, "/r", BOB).await;
+    assert_no_alice(&bob);
+}
+
+/// `Authentication-Info` (RFC 9110 §11.6.3) answers the credentials of one request: with
+/// Digest its `rspauth` is a hash of the user's password (an offline dictionary attack
+/// away) and `nextnonce` is the user's. A response to Alice's authenticated request that
+/// says `public` is shared, as RFC 9111 §3.5 allows, but this field was shared with it:
+/// to an anonymous follower that waited for Alice's request, to Bob's hit, to Bob's range
+/// request, and after a 304 refreshed the entry.
+#[tokio::test]
+async fn authentication_info_never_reaches_another_user() {
+    let origin = Origin::new(|request, _| {
+        let info: &[u8] = b"rspauth=\"digest-of-{user}\", nextnonce=\"nonce-of-{user}\"";
+        if conditional(request) {
+            not_modified(&[
+                ("etag", b"\"v1\""),
+                ("cache-control", b"public, max-age=0"),
+                ("authentication-info", info),
+            ])
+        } else {
+            Reply::ok(
+                &[
+                    ("etag", b"\"v1\""),
+                    ("cache-control", b"public, max-age=60"),
+                    ("authentication-info", info),
+                ],
+                "0123456789 public page",
+            )
+        }
+    });
+    origin.delay_ms.store(200, Ordering::SeqCst);
+    let (svc, watch) = service_of(
+        MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin),
+        &origin,
+    );
+    // Alice's request fills the URL; an anonymous request waits for it.
+    let leader = {
+        let svc = svc.clone();
+        tokio::spawn(async move { get(&svc, "/ai", &[("authorization", b"Bearer alice")]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let follower = get(&svc, "/ai", &[]).await;
+    let alice = leader.await.unwrap();
+    assert!(alice.everything().contains("digest-of-alice"), "hers");
+    assert_eq!(
+        origin.calls(),
+        1,
+        "the anonymous request waited for Alice's"
+    );
+    assert_no_alice(&follower);
+    watch.settled().await;
+    origin.delay_ms.store(0, Ordering::SeqCst);
+    assert_no_alice(&get(&svc, "/ai", BOB).await);
+    let range = get(&svc, "/ai", &[("range", b"bytes=0-3")]).await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert_no_alice(&range);
+}
+
+/// The refresh path of the same field: an entry first stored for Carol's authenticated
+/// request (`public`), refreshed by a 304 to Alice's, which carries Alice's
+/// `Authentication-Info`. The merged entry kept it, and Bob's hit got it.
+#[tokio::test]
+async fn authentication_info_from_a_304_goes_to_its_client_alone() {
+    let origin = Origin::new(|request, _| {
+        if conditional(request) {
+            let mut reply = not_modified(&[
+                ("etag", b"\"v1\""),
+                ("cache-control", b"public, max-age=60"),
+            ]);
+            if request.headers().contains_key("authorization") {
+                reply.headers.push((
+                    "authentication-info",
+                    b"rspauth=\"digest-of-{user}\"".to_vec(),
+                ));
+            }
+            reply
+        } else {
+            Reply::ok(
+                &[("etag", b"\"v1\""), ("cache-control", b"public, max-age=0")],
+                "public page",
+            )
+        }
+    });
+    let (svc, watch) = service_of(
+        MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin),
+        &origin,
+    );
+    get(&svc, "/r", &[("authorization", b"Bearer carol")]).await;
+    watch.settled().await;
+    let alice = get(&svc, "/r", &[("authorization", b"Bearer alice")]).await;
+    assert_eq!(alice.body, "public page");
+    assert_eq!(origin.calls(), 2, "revalidated");
+    assert_eq!(
+        alice.headers["authentication-info"], "rspauth=\"digest-of-alice\"",
+        "the 304's answer to her credentials goes to her"
+    );
+    watch.settled().await;
+    let bob = get(&svc, "/r", BOB).await;
+    assert_eq!(origin.calls(), 2, "the refreshed entry answers Bob");
+    assert_no_alice(&bob);
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------------------
+
+/// The proxy in front of a real origin that writes `Cache-Control` with obs-text (a
+/// Latin-1 name in an extension directive, as HTTP/1.1 allows), and, on other URLs,
+/// `Set-Cookie2` and `Authentication-Info` on a `public` page. Bob must get none of
+/// Alice's.
+#[tokio::test]
+async fn through_the_proxy_alices_page_and_fields_stay_hers() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let origin = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let user = user_of(request.headers());
+                        // The authenticated page is the same for everyone (`public`).
+                        let body = match request.uri().path() {
+                            "/auth" => "public page".to_string(),
+                            _ => format!("page of {user}"),
+                        };
+                        let mut response = Response::new(Full::new(Bytes::from(body)));
+                        let headers = response.headers_mut();
+                        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+                        let extra: (&str, Vec<u8>) = match request.uri().path() {
+                            "/private" => {
+                                ("cache-control", b"private, owner=\"J\xfcrgen\"".to_vec())
+                            }
+                            "/cookie2" => (
+                                "set-cookie2",
+                                format!("session={user}; Version=1").into_bytes(),
+                            ),
+                            _ => (
+                                "authentication-info",
+                                format!("rspauth=\"digest-of-{user}\"").into_bytes(),
+                            ),
+                        };
+                        headers.append(
+                            HeaderName::from_static(extra.0),
+                            HeaderValue::from_bytes(&extra.1).unwrap(),
+                        );
+                        if request.uri().path() == "/auth" {
+                            headers.insert(
+                                "cache-control",
+                                HeaderValue::from_static("public, max-age=60"),
+                            );
+                        }
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let proxy = support::proxy::start_proxy(upstream, &[]);
+    let fetch = |head: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+            .await
+            .expect("the proxy answered within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    for (path, alice) in [
+        ("/private", "Cookie: user=alice\r\n"),
+        ("/cookie2", "Cookie: user=alice\r\n"),
+        ("/auth", "Authorization: Bearer alice\r\n"),
+    ] {
+        let head = |who: &str| format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\n{who}");
+        let answer = fetch(head(alice)).await;
+        assert!(answer.contains("alice"), "{answer}");
+        // Stores run in the background: give them time, then ask as Bob, twice.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..2 {
+            let answer = fetch(head("Cookie: user=bob\r\n")).await;
+            assert!(
+                !answer.contains("alice"),
+                "{path}: Alice's marker reached Bob:\n{answer}"
+            );
+            if path == "/auth" {
+                // Shared, as `public` allows (RFC 9111 §3.5): Bob's answer is the entry.
+                assert!(
+                    answer.contains("cache-status: tower-memcache; hit"),
+                    "{answer}"
+                );
+            }
+        }
+    }
+    origin.abort();
+}
