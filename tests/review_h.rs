@@ -413,17 +413,13 @@ mod proxy {
 /// cached page of about 900 KiB on a hundred streams, reading nothing. Every hit is read
 /// from memcached into a buffer of its own, and each stream keeps its buffer until the
 /// response is sent: which is never (no write timeout; the connection is not idle while
-/// responses are under way, so `--client-header-timeout` does not close it). A hundred
-/// streams pin ~90 MiB, and the client may open such connections up to
-/// `--max-connections` (200 streams each), so one machine exhausts the proxy's memory.
-///
-/// Not fixed here (the proxy's `main.rs` is being changed elsewhere); see the review
-/// report: a stalled-response timeout (nginx's `send_timeout`) that closes a connection
-/// whose writes made no progress for `--client-header-timeout`, and a lower
-/// `max_concurrent_streams`. Run with `--ignored` to see it.
+/// responses are under way, so `--client-header-timeout` did not close it). A hundred
+/// streams pinned ~140 MiB, and the client may open such connections up to
+/// `--max-connections`, so one machine exhausted the proxy's memory. The proxy now
+/// closes a connection that had responses to send and wrote almost nothing of them for
+/// a whole `--client-header-timeout` (nginx's `send_timeout`), and allows 128 streams.
 #[cfg(feature = "proxy")]
 #[tokio::test]
-#[ignore = "the proxy holds a non-reading client's responses forever: fix pending in main.rs"]
 async fn an_h2_client_that_never_opens_its_window_cannot_pin_the_proxys_memory() {
     const STREAMS: usize = 100;
     let memcached = memcached_or_skip!("review_h_h2_window");
@@ -482,18 +478,16 @@ async fn an_h2_client_that_never_opens_its_window_cannot_pin_the_proxys_memory()
     );
 }
 
-/// HTTP/1.1 request heads are buffered up to hyper's default of ~400 KiB per connection
+/// HTTP/1.1 request heads were buffered up to hyper's default of ~400 KiB per connection
 /// (nginx: 1 KiB, then at most four 8 KiB buffers). A client that sends 350 KiB of header
 /// lines and never ends its head holds that much of the proxy's memory per connection for
 /// `--client-header-timeout` (30 s), and may hold up to `--max-connections` (10 000) such
 /// connections: about 4 GiB from one machine, renewed every 30 s.
 ///
-/// Not fixed here (the proxy's `main.rs` is being changed elsewhere): `http1()
-/// .max_buf_size(..)` of a few tens of KiB (and `max_headers`) in `Worker::serve` bounds
-/// it. Run with `--ignored` to see it.
+/// The proxy now holds at most 64 KiB of request head per connection (a longer head is
+/// refused with 431).
 #[cfg(feature = "proxy")]
 #[tokio::test]
-#[ignore = "hyper's 400 KiB head buffer per connection: fix pending in main.rs"]
 async fn unfinished_huge_request_heads_cost_little_memory_each() {
     use tokio::io::AsyncWriteExt;
     const CONNECTIONS: usize = 100;

@@ -120,7 +120,7 @@ use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, NearCache};
 use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
-use connections::{Activity, ConnectionLimit, CountRequests, run_bounded};
+use connections::{Activity, ConnectionLimit, CountRequests, CountWrites, run_bounded};
 use first_bytes::FirstBytes;
 use forward::{PeerFields, ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
 
@@ -280,7 +280,9 @@ struct Args {
     /// client_header_timeout and keepalive_timeout in one). Slower connections are closed,
     /// so that clients that send nothing, or a head a byte at a time, cannot hold the
     /// proxy's sockets. A connection (HTTP/2 too) that starts no request for that long is
-    /// closed gracefully: requests under way finish first.
+    /// closed gracefully: requests under way finish first. One that has responses to send
+    /// and takes less than 1 KiB of them in that long is closed at once (nginx's
+    /// send_timeout): a client that stops reading cannot hold them in memory.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     client_header_timeout: Duration,
 
@@ -830,6 +832,10 @@ struct Gauges<B> {
     near: Option<NearCache>,
 }
 
+/// The most an HTTP/1 request head may take (hyper's read buffer): requests with more
+/// are refused with 431.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 /// How often memcached's `stats` and the near tier's size are read for `--metrics`.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
@@ -881,14 +887,21 @@ impl<B: Backend> Worker<B> {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+            .header_read_timeout(header_timeout)
+            // A request head held while it arrives: hyper's default (about 400 KiB) let
+            // a client that never finishes one hold that much per connection until the
+            // header timeout. nginx allows four 8 KiB buffers.
+            .max_buf_size(MAX_REQUEST_HEAD);
         // An HTTP/2 client that stops answering pings (one draining an idle connection
         // among them: a graceful close waits for its ack) is cut off.
         builder
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(header_timeout)
-            .keep_alive_timeout(header_timeout);
+            .keep_alive_timeout(header_timeout)
+            // nginx's http2_max_concurrent_streams (hyper's default is 200): each stream
+            // may hold a response of up to an entry while its client reads it.
+            .max_concurrent_streams(128);
         // Every connection task holds a receiver until its connection ended.
         let (drain, draining) = tokio::sync::watch::channel(false);
         let mut shutdown = pin!(shutdown);
@@ -936,7 +949,10 @@ impl<B: Backend> Worker<B> {
             };
             let connection = builder
                 .serve_connection(
-                    TokioIo::new(FirstBytes::new(stream, header_timeout)),
+                    TokioIo::new(FirstBytes::new(
+                        CountWrites::new(stream, Arc::clone(&activity)),
+                        header_timeout,
+                    )),
                     TowerToHyperService::new(service),
                 )
                 .into_owned();
