@@ -133,6 +133,12 @@ fn answer(method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Full<Byte
                 .to_string();
             (Some("accept-language"), format!("lang={language}"))
         }
+        // The names of the fields the origin received.
+        "/names" => {
+            let mut names: Vec<_> = headers.keys().map(|name| name.as_str()).collect();
+            names.sort_unstable();
+            (None, names.join(" "))
+        }
         // Virtual hosts, told apart by the `Host` field as it came (a string comparison,
         // as an application matching its configured names does).
         "/home" => {
@@ -491,4 +497,35 @@ async fn an_underscored_twin_of_a_varied_field_poisons_its_variant() {
         (200, "lang=de"),
         "the flag passed nothing"
     );
+}
+
+/// Other proxies' names for the original target, host and client (Traefik's
+/// `X-Forwarded-Uri`, nginx `auth_request`'s `X-Original-URI`, ASP.NET's
+/// `X-Original-For`, …) are dropped like the `X-Forwarded-*` family: frameworks that
+/// trust them route or build links by them.
+#[tokio::test]
+async fn other_proxies_forwarding_fields_never_reach_the_origin() {
+    let origin = start_origin().await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let sent = [
+        "X-Forwarded-Uri",
+        "X-Forwarded-Path",
+        "X-Original-URI",
+        "X-HTTP-Host-Override",
+        "X-Original-For",
+        "X-Original-Proto",
+    ];
+    let mut head = String::from("GET /names HTTP/1.1\r\nHost: shop.example\r\n");
+    for name in sent {
+        head.push_str(&format!("{name}: /admin\r\n"));
+    }
+    let (status, names) = raw(&proxy, &head).await;
+    assert_eq!(status, 200);
+    for name in sent {
+        assert!(
+            !names.contains(&name.to_ascii_lowercase()),
+            "{name} reached the origin: {names}"
+        );
+    }
+    assert!(names.contains("x-forwarded-host"), "{names}");
 }

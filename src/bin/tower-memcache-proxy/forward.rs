@@ -30,7 +30,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// asked for. Clients' copies never reach the origin (see the crate docs), in any
 /// spelling a CGI-style gateway reads as theirs ([`cgi_spelling_of`]): the first four
 /// are replaced by the proxy's own values, the rest dropped.
-const FORWARDING: [HeaderName; 18] = [
+const FORWARDING: [HeaderName; 24] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -49,6 +49,13 @@ const FORWARDING: [HeaderName; 18] = [
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-original-host"),
     HeaderName::from_static("x-host"),
+    // Traefik's, nginx auth_request's, ASP.NET's and others' names for the same things.
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-http-host-override"),
+    HeaderName::from_static("x-original-for"),
+    HeaderName::from_static("x-original-proto"),
 ];
 
 /// Headers that make some frameworks run another method's handler; dropped from GET and

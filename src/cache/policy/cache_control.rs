@@ -74,6 +74,11 @@ impl CacheControl {
             for directive in split_directives(&text) {
                 cc.apply(directive);
             }
+            // A quoted string left open swallowed the directives after it (a `private`
+            // among them, perhaps): read fail-closed, as `no-store`.
+            if text.contains('"') && !quotes_balanced(&text) {
+                cc.no_store = true;
+            }
         }
         cc
     }
@@ -100,12 +105,14 @@ impl CacheControl {
         };
         match name.to_ascii_lowercase().as_str() {
             "no-store" => self.no_store = true,
-            "no-cache" => match arg {
-                Some(fields) => self.no_cache_fields.extend(field_names(fields)),
+            // A qualified form naming no field (`private=`, `no-cache=""`) is malformed:
+            // read fail-closed, as the unqualified directive.
+            "no-cache" => match arg.map(field_names).filter(|names| !names.is_empty()) {
+                Some(names) => self.no_cache_fields.extend(names),
                 None => self.no_cache = true,
             },
-            "private" => match arg {
-                Some(fields) => self.private_fields.extend(field_names(fields)),
+            "private" => match arg.map(field_names).filter(|names| !names.is_empty()) {
+                Some(names) => self.private_fields.extend(names),
                 None => self.private = true,
             },
             "public" => self.public = true,
@@ -182,10 +189,40 @@ fn unquote(arg: &str) -> &str {
         .unwrap_or(arg)
 }
 
-fn field_names(list: &str) -> impl Iterator<Item = String> + '_ {
+/// The field names of a qualified directive's list, lower-cased. A quoted-pair (`\-`)
+/// stands for its character (RFC 9110 §5.6.4): kept, `private="x\-user"` would not name
+/// `X-User`, and the field would be stored.
+fn field_names(list: &str) -> Vec<String> {
     list.split(',')
-        .map(|name| name.trim().to_ascii_lowercase())
+        .map(|name| {
+            let mut unescaped = String::with_capacity(name.len());
+            let mut escaped = false;
+            for c in name.trim().chars() {
+                if c == '\\' && !escaped {
+                    escaped = true;
+                    continue;
+                }
+                escaped = false;
+                unescaped.push(c.to_ascii_lowercase());
+            }
+            unescaped
+        })
         .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// Whether every quoted string of a line is closed (quoted-pairs counted).
+fn quotes_balanced(text: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// Splits on commas outside quoted strings (`no-cache="a, b"` is one directive).
@@ -220,6 +257,24 @@ mod tests {
             headers.append(header::CACHE_CONTROL, HeaderValue::from_str(line).unwrap());
         }
         CacheControl::parse(&headers)
+    }
+
+    #[test]
+    fn malformed_directives_read_fail_closed() {
+        // A qualified form naming nothing is the unqualified directive.
+        assert!(cc(&["private="]).private);
+        assert!(cc(&["private=\"\", max-age=60"]).private);
+        assert!(cc(&["no-cache=\" , \""]).no_cache);
+        // A quoted string left open swallows what follows: not stored.
+        let open = cc(&["no-cache=\"Set-Cookie, private", "max-age=60"]);
+        assert!(open.no_store, "{open:?}");
+        assert!(!cc(&["no-cache=\"Set-Cookie\", max-age=60"]).no_store);
+        assert!(
+            !cc(&["private=\"a\\\"b\""]).no_store,
+            "an escaped quote is no end"
+        );
+        // A quoted-pair stands for its character.
+        assert_eq!(cc(&["private=\"X\\-User\""]).private_fields, ["x-user"]);
     }
 
     #[test]
