@@ -19,34 +19,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tower::ServiceExt;
 use tower_memcache::backend::{Backend, TcpBackend};
-use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
+use tower_memcache::cache::{CacheMode, MemcacheLayer};
 
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
-
-/// An origin whose pages say which database version they were produced from.
-fn service(layer: &MemcacheLayer<TcpBackend>, version: &Arc<AtomicU64>) -> Svc {
-    let version = Arc::clone(version);
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let version = version.load(Ordering::SeqCst);
-            async move {
-                let body = format!("{} v{version}", request.uri().path());
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                response
-                    .headers_mut()
-                    .insert("cache-control", "max-age=600".parse().unwrap());
-                Ok::<_, Infallible>(response)
-            }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
-}
+use support::versioned::{Svc, service};
 
 fn layer(backend: TcpBackend) -> MemcacheLayer<TcpBackend> {
     support::layer(backend)
@@ -55,17 +34,8 @@ fn layer(backend: TcpBackend) -> MemcacheLayer<TcpBackend> {
 }
 
 async fn get(svc: &Svc, path: &str) -> (String, bool) {
-    let request = Request::get(format!("http://site.example{path}"))
-        .body(())
-        .unwrap();
-    let response = svc.clone().oneshot(request).await.unwrap();
-    let hit = response
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.ends_with("; hit"));
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (String::from_utf8_lossy(&body).into_owned(), hit)
+    let (body, status) = support::versioned::get(svc, &format!("http://site.example{path}")).await;
+    (body, status.ends_with("; hit"))
 }
 
 const URLS: usize = 60;

@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,14 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
 use support::Memcached;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
 use tower_memcache::backend::{Backend, BackendError, TcpBackend, UnreachableReason};
-use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
+use tower_memcache::cache::{CacheMode, MemcacheLayer};
 use tower_memcache::key::build_key;
 
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -428,8 +424,7 @@ fn a_probe_ended_with_its_thread_is_taken_over() {
 
 const HOST: &str = "per-thread.example";
 
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+use support::versioned::Svc;
 
 /// One thread's cache: an origin whose pages say which version of the data they were
 /// produced from, behind a layer over `backend`.
@@ -444,24 +439,8 @@ impl Cache {
         let layer = MemcacheLayer::new(backend)
             .namespace(namespace)
             .mode(CacheMode::Origin);
-        let version = Arc::clone(version);
-        let svc = tower::ServiceBuilder::new()
-            .layer(layer.clone())
-            .service_fn(move |request: Request<()>| {
-                let version = version.load(Ordering::SeqCst);
-                async move {
-                    let body = format!("{} v{version}", request.uri().path());
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
-                    response
-                        .headers_mut()
-                        .insert("cache-control", "max-age=600".parse().unwrap());
-                    Ok::<_, Infallible>(response)
-                }
-            });
-        Cache {
-            svc: tower::util::BoxCloneSyncService::new(svc),
-            layer,
-        }
+        let svc = support::versioned::service(&layer, version);
+        Cache { svc, layer }
     }
 
     /// GET `path` on the test host on `worker`, and wait for the stores it makes: the
@@ -469,18 +448,10 @@ impl Cache {
     fn get(&self, worker: &Worker, path: &str) -> (String, bool) {
         let (cache, path) = (self.clone(), path.to_string());
         worker.run(move || async move {
-            let request = Request::get(format!("http://{HOST}{path}"))
-                .body(())
-                .unwrap();
-            let response = cache.svc.oneshot(request).await.unwrap();
-            let hit = response
-                .headers()
-                .get("cache-status")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("; hit"));
-            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let (body, status) =
+                support::versioned::get(&cache.svc, &format!("http://{HOST}{path}")).await;
             cache.layer.background().idle().await;
-            (String::from_utf8_lossy(&body).into_owned(), hit)
+            (body, status.contains("; hit"))
         })
     }
 }

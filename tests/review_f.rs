@@ -9,25 +9,19 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
 use support::Memcached;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
 use tower_memcache::MemcacheClient;
 use tower_memcache::backend::TcpBackend;
-use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
+use tower_memcache::cache::{CacheMode, MemcacheLayer};
 use tower_memcache::key::build_key;
 
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+use support::versioned::{Svc, service};
 
 const HOST: &str = "review-f.example";
 
@@ -40,25 +34,6 @@ async fn until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// An origin whose pages say which version of the data they were produced from.
-fn service(layer: &MemcacheLayer<TcpBackend>, version: &Arc<AtomicU64>) -> Svc {
-    let version = Arc::clone(version);
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let version = version.load(Ordering::SeqCst);
-            async move {
-                let body = format!("{} v{version}", request.uri().path());
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                response
-                    .headers_mut()
-                    .insert("cache-control", "max-age=600".parse().unwrap());
-                Ok::<_, Infallible>(response)
-            }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
-}
-
 fn layer(backend: TcpBackend, namespace: &str) -> MemcacheLayer<TcpBackend> {
     MemcacheLayer::new(backend)
         .namespace(namespace)
@@ -67,17 +42,8 @@ fn layer(backend: TcpBackend, namespace: &str) -> MemcacheLayer<TcpBackend> {
 
 /// GET `path` on the test host: the body, and whether it was a hit.
 async fn get(svc: &Svc, path: &str) -> (String, bool) {
-    let request = Request::get(format!("http://{HOST}{path}"))
-        .body(())
-        .unwrap();
-    let response = svc.clone().oneshot(request).await.unwrap();
-    let hit = response
-        .headers()
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("; hit"));
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (String::from_utf8_lossy(&body).into_owned(), hit)
+    let (body, status) = support::versioned::get(svc, &format!("http://{HOST}{path}")).await;
+    (body, status.contains("; hit"))
 }
 
 /// The primary key the layer gives `path` in `namespace` (the canonical key's formula).

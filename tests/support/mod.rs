@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod proxy;
 pub mod seeds;
+pub mod versioned;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
