@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::proxy::{Proxy, start_proxy};
+use support::proxy::{Proxy, raw, raw_from, start_proxy, until_cached};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 
 /// The origin: every answer is `public, max-age=60` and says what the origin saw.
 ///
@@ -107,52 +107,6 @@ async fn start_origin() -> Origin {
         }
     });
     Origin { addr, calls, task }
-}
-
-/// Sends `head` (request line and fields, each ending in CRLF) from a socket bound to
-/// `from`, with `Connection: close`; the status and the body.
-async fn raw_from(from: &str, proxy: &Proxy, head: &str) -> (u16, String) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let mut stream = socket.connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string());
-    (status, body)
-}
-
-async fn raw(proxy: &Proxy, head: &str) -> (u16, String) {
-    raw_from("127.0.0.1", proxy, head).await
-}
-
-/// Retries `head` (bounded) until the proxy answers it from its cache: stores run in the
-/// background.
-async fn until_cached(proxy: &Proxy, head: &str) -> String {
-    let head = format!("{head}Cache-Control: only-if-cached\r\n");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let (status, body) = raw(proxy, &head).await;
-        if status == 200 {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "never stored: {head:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A request body of unknown length: an HTTP/2 client sends it as DATA frames with no

@@ -14,21 +14,19 @@
 
 mod support;
 
-use support::proxy::{Proxy, start_proxy};
+use support::proxy::{raw, start_proxy, until_cached};
 use support::{Watch, send};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::MemcacheLayer;
 
@@ -342,46 +340,6 @@ async fn start_origin() -> Origin {
         }
     });
     Origin { addr, task }
-}
-
-/// Sends `head` (request line and fields, each ending in CRLF) as is, with
-/// `Connection: close`; the status and the body.
-async fn raw(proxy: &Proxy, head: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .expect("the proxy answered within 5 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string());
-    (status, body)
-}
-
-/// Retries `head` (bounded) until the proxy answers it from its cache: stores run in the
-/// background.
-async fn until_cached(proxy: &Proxy, head: &str) -> String {
-    let head = format!("{head}Cache-Control: only-if-cached\r\n");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let (status, body) = raw(proxy, &head).await;
-        if status == 200 {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "never stored: {head:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The original poisoning of "Practical Web Cache Poisoning", through the one door the

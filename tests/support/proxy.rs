@@ -122,3 +122,52 @@ pub fn raw_request(addr: SocketAddr, head: &str) -> (u16, String) {
         .unwrap_or_else(|| panic!("no status line in {response:?}"));
     (status, response)
 }
+
+/// Sends `head` (request line and fields, each ending in CRLF) as is, from a socket bound
+/// to the loopback address `from`, with `Connection: close`; the status and the body. 5 s
+/// at most.
+pub async fn raw_from(from: &str, proxy: &Proxy, head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("the proxy answered within 5 s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string());
+    (status, body)
+}
+
+/// [`raw_from`] 127.0.0.1.
+pub async fn raw(proxy: &Proxy, head: &str) -> (u16, String) {
+    raw_from("127.0.0.1", proxy, head).await
+}
+
+/// Retries `head` (for 3 s at most) until the proxy answers it from its cache (stores run
+/// in the background); the body.
+pub async fn until_cached(proxy: &Proxy, head: &str) -> String {
+    let head = format!("{head}Cache-Control: only-if-cached\r\n");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = raw(proxy, &head).await;
+        if status == 200 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never stored: {head:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
