@@ -27,7 +27,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Request headers that tell an origin where a request came from or what it "really"
-/// asked for. Clients' copies never reach the origin (see the crate docs), in any
+/// asked for. ClientRequest' copies never reach the origin (see the crate docs), in any
 /// spelling a CGI-style gateway reads as theirs ([`cgi_spelling_of`]): the first four
 /// are replaced by the proxy's own values, the rest dropped.
 const FORWARDING: [HeaderName; 24] = [
@@ -168,16 +168,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|name| is_hop_by_hop(name, &no_fields))
         .cloned()
         .collect();
-    let named = headers
+    doomed.extend(connection_named(headers));
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
+
+/// The fields `Connection` names (read once: `is_hop_by_hop` would read it per field).
+fn connection_named(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok());
-    doomed.extend(named);
-    for name in &doomed {
-        headers.remove(name);
-    }
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
 }
 
 /// A request as the origin will see it, before the cache looks it up: the cache chooses
@@ -193,7 +197,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// is spoken to in HTTP/1.1, where RFC 9113 §8.2.3 has them joined with `; `.
 fn as_forwarded(
     headers: &mut HeaderMap,
-    request: Clients<'_>,
+    request: ClientRequest<'_>,
     client: &PeerFields,
     client_host: Option<&HeaderValue>,
 ) {
@@ -205,14 +209,7 @@ fn as_forwarded(
         .filter(|name| request.drops(name, &no_fields))
         .cloned()
         .collect();
-    // Those `Connection` names, read once (`is_hop_by_hop` would read it per field).
-    let named = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| !KEPT_FOR_THE_CACHE.contains(name));
+    let named = connection_named(headers).filter(|name| !KEPT_FOR_THE_CACHE.contains(name));
     doomed.extend(named);
     for name in &doomed {
         headers.remove(name);
@@ -234,14 +231,14 @@ const KEPT_FOR_THE_CACHE: [HeaderName; 3] = [
 
 /// What [`as_forwarded`] needs to know of a request besides its fields.
 #[derive(Clone, Copy)]
-pub(crate) struct Clients<'a> {
+pub(crate) struct ClientRequest<'a> {
     version: Version,
     method: &'a Method,
     /// `--underscores-in-headers`.
     pass_underscored: bool,
 }
 
-impl Clients<'_> {
+impl ClientRequest<'_> {
     /// Whether the client's field `name` stays away from the cache and the origin.
     fn drops(&self, name: &HeaderName, no_fields: &HeaderMap) -> bool {
         if KEPT_FOR_THE_CACHE.contains(name) {
@@ -497,7 +494,7 @@ where
                 };
                 // A standard method's clone is a copy.
                 let method = request.method().clone();
-                let clients = Clients {
+                let clients = ClientRequest {
                     version: request.version(),
                     method: &method,
                     pass_underscored: self.pass_underscored,
