@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tower_memcache::backend::{Backend, TcpBackend};
 use tower_memcache::cache::{CacheMode, MemcacheLayer};
 
@@ -54,28 +53,6 @@ async fn hit_ratio(svc: &Svc, layer: &MemcacheLayer<TcpBackend>) -> f64 {
     }
     layer.background().idle().await;
     f64::from(hits) / URLS as f64
-}
-
-fn signal(server: &Memcached, signal: Signal) {
-    let pid = i32::try_from(server.pid().expect("running")).unwrap();
-    kill(Pid::from_raw(pid), signal).unwrap();
-    if signal == Signal::SIGSTOP {
-        // The signal is delivered asynchronously: wait until the kernel shows it stopped,
-        // or a request sent right after could still be answered.
-        let stat = format!("/proc/{pid}/stat");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            let state = std::fs::read_to_string(&stat).unwrap_or_default();
-            // `pid (comm) S ...`: the state follows the command's closing parenthesis.
-            if state
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
 }
 
 fn start(n: usize, test: &str) -> Option<Vec<Memcached>> {
@@ -190,7 +167,7 @@ async fn purges_hold_across_a_servers_absence(remove_failed: bool) {
     let svc = service(&layer, &version);
     hit_ratio(&svc, &layer).await;
     assert_eq!(hit_ratio(&svc, &layer).await, 1.0);
-    signal(&servers[0], Signal::SIGSTOP);
+    servers[0].signal(Signal::SIGSTOP);
     version.store(1, Ordering::SeqCst);
     // The purges reach the running server; the stopped one is marked down, at once.
     layer.purger().purge_namespace().await.unwrap();
@@ -206,7 +183,7 @@ async fn purges_hold_across_a_servers_absence(remove_failed: bool) {
     for path in paths() {
         assert_eq!(get(&svc, &path).await.0, format!("{path} v1"), "while away");
     }
-    signal(&servers[0], Signal::SIGCONT);
+    servers[0].signal(Signal::SIGCONT);
     until("the server is back", || !backend.is_server_down(0)).await;
     layer.background().idle().await;
     for _ in 0..2 {

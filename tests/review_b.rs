@@ -162,32 +162,12 @@ async fn the_layers_own_fields_never_reach_a_client() {
 #[cfg(feature = "tcp")]
 mod rejoin {
     use super::*;
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
+    use nix::sys::signal::Signal;
+
     use std::time::Instant;
     use support::Memcached;
     use tower_memcache::backend::TcpBackend;
     use tower_memcache::cache::NearCache;
-
-    fn signal(server: &Memcached, signal: Signal) {
-        let pid = i32::try_from(server.pid().expect("running")).unwrap();
-        kill(Pid::from_raw(pid), signal).unwrap();
-        if signal == Signal::SIGSTOP {
-            // Delivered asynchronously: wait until the kernel shows it stopped.
-            let stat = format!("/proc/{pid}/stat");
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                let state = std::fs::read_to_string(&stat).unwrap_or_default();
-                if state
-                    .rsplit_once(')')
-                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-                {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
 
     async fn until(what: &str, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -257,7 +237,7 @@ mod rejoin {
             assert_eq!(answer.body, format!("{path} v0"));
         }
 
-        signal(&servers[0], Signal::SIGSTOP);
+        servers[0].signal(Signal::SIGSTOP);
         // A write every server must take marks the stopped one down (it runs that write
         // when it continues: the purges below are the ones it never sees).
         let unrelated = "http://review-b.test/unrelated";
@@ -279,7 +259,7 @@ mod rejoin {
             backend.is_server_down(0),
             "the stopped server is marked down"
         );
-        signal(&servers[0], Signal::SIGCONT);
+        servers[0].signal(Signal::SIGCONT);
         until("the server is back", || !backend.is_server_down(0)).await;
 
         let mut old = Vec::new();

@@ -357,28 +357,6 @@ async fn a_versioned_namespace_loses_only_the_dead_servers_share() {
     }
 }
 
-fn stop(server: &Memcached, signal: nix::sys::signal::Signal) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    let pid = i32::try_from(server.pid().expect("running")).unwrap();
-    kill(Pid::from_raw(pid), signal).unwrap();
-    if signal == Signal::SIGSTOP {
-        // Delivered asynchronously: wait until the kernel shows it stopped.
-        let stat = format!("/proc/{pid}/stat");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            let state = std::fs::read_to_string(&stat).unwrap_or_default();
-            if state
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
 /// The seed utility with namespace versioning, over three servers: a namespace
 /// invalidated while one server is stopped (marked down, its old content kept) stays
 /// invalidated when that server continues, and its values are misses meanwhile while the
@@ -409,7 +387,7 @@ async fn a_namespace_invalidated_while_a_server_was_stopped_stays_invalidated() 
     for i in 0..KEYS {
         client.set(&format!("k{i}"), &i).await;
     }
-    stop(&servers[victim], Signal::SIGSTOP);
+    servers[victim].signal(Signal::SIGSTOP);
     // Another namespace's invalidation marks it down (the stopped server runs that write
     // when it continues: the one below is skipped, and it never sees it).
     client
@@ -439,7 +417,7 @@ async fn a_namespace_invalidated_while_a_server_was_stopped_stays_invalidated() 
         answered >= KEYS / 5,
         "only {answered}/{KEYS} while one is away"
     );
-    stop(&servers[victim], Signal::SIGCONT);
+    servers[victim].signal(Signal::SIGCONT);
     until("the stopped server is back", || {
         !backend.is_server_down(victim)
     })
@@ -492,7 +470,7 @@ async fn a_silent_server_costs_only_its_share(near: bool) {
         layer.background().idle().await;
     }
     let victim = 0;
-    stop(&servers[victim], Signal::SIGSTOP);
+    servers[victim].signal(Signal::SIGSTOP);
     let on_victim = |path: &str| backend.server_for_key(&primary_key(ns, path)) == Some(victim);
     // Several passes, across the near tier's windows: others' URLs stay hits and fast;
     // the silent server's cost its timeout until it is marked down (the failure
@@ -530,7 +508,7 @@ async fn a_silent_server_costs_only_its_share(near: bool) {
         timed_out.len() <= 3,
         "the silent server's URLs waited for it more than the failure threshold: {timed_out:?}"
     );
-    stop(&servers[victim], Signal::SIGCONT);
+    servers[victim].signal(Signal::SIGCONT);
 }
 
 #[tokio::test]

@@ -104,6 +104,31 @@ impl Memcached {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends `signal` to the process. After SIGSTOP, waits (2 s at most) until the kernel
+    /// shows it stopped: the signal is delivered asynchronously, and a request sent right
+    /// after could still be answered.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pid = i32::try_from(self.pid().expect("running")).unwrap();
+        kill(Pid::from_raw(pid), signal).unwrap();
+        if signal == Signal::SIGSTOP {
+            let stat = format!("/proc/{pid}/stat");
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                let state = std::fs::read_to_string(&stat).unwrap_or_default();
+                // `pid (comm) S ...`: the state follows the command's closing parenthesis.
+                if state
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
     /// Kills the process (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
