@@ -498,7 +498,6 @@ async fn authentication_info_from_a_304_goes_to_its_client_alone() {
 #[tokio::test]
 async fn through_the_proxy_alices_page_and_fields_stay_hers() {
     use hyper_util::rt::TokioIo;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
@@ -552,19 +551,8 @@ async fn through_the_proxy_alices_page_and_fields_stay_hers() {
         }
     });
     let proxy = support::proxy::start_proxy(upstream, &[]);
-    let fetch = |head: String| async move {
-        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        stream
-            .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut response = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-            .await
-            .expect("the proxy answered within 5 s")
-            .unwrap();
-        String::from_utf8_lossy(&response).into_owned()
-    };
+    let proxy = &proxy;
+    let fetch = |head: String| async move { support::proxy::raw_text(proxy, &head).await };
     for (path, alice) in [
         ("/private", "Cookie: user=alice\r\n"),
         ("/cookie2", "Cookie: user=alice\r\n"),

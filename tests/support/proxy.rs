@@ -127,6 +127,24 @@ pub fn raw_request(addr: SocketAddr, head: &str) -> (u16, String) {
 /// to the loopback address `from`, with `Connection: close`; the status and the body. 5 s
 /// at most.
 pub async fn raw_from(from: &str, proxy: &Proxy, head: &str) -> (u16, String) {
+    let response = raw_text_from(from, proxy, head).await;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string());
+    (status, body)
+}
+
+/// [`raw_from`] 127.0.0.1, the whole response as text.
+pub async fn raw_text(proxy: &Proxy, head: &str) -> String {
+    raw_text_from("127.0.0.1", proxy, head).await
+}
+
+async fn raw_text_from(from: &str, proxy: &Proxy, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
@@ -140,16 +158,7 @@ pub async fn raw_from(from: &str, proxy: &Proxy, head: &str) -> (u16, String) {
         .await
         .expect("the proxy answered within 5 s")
         .unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string());
-    (status, body)
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// [`raw_from`] 127.0.0.1.
