@@ -233,7 +233,11 @@ fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), Inva
         None | Some([]) => None,
         Some(digits) => {
             let port = (digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit))
-                .then(|| digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+                .then(|| {
+                    digits
+                        .iter()
+                        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+                })
                 .filter(|port| *port <= 65535);
             let Some(port) = port else {
                 out.truncate(start);
@@ -587,8 +591,82 @@ mod tests {
             proptest::collection::vec(byte, 0..40)
         }
 
+        /// `push_authority` as it was before its one-pass form (check, UTF-8 pass,
+        /// lower-casing), kept to show the two agree on every input.
+        fn three_pass(scheme: &str, raw: &[u8]) -> Result<String, InvalidTarget> {
+            if raw.is_empty() {
+                return Err(InvalidTarget::MalformedAuthority);
+            }
+            let (host, port) = if raw[0] == b'[' {
+                let close = memchr::memchr(b']', raw).ok_or(InvalidTarget::MalformedAuthority)?;
+                let literal = std::str::from_utf8(&raw[1..close])
+                    .map_err(|_| InvalidTarget::MalformedAuthority)?;
+                if literal.parse::<Ipv6Addr>().is_err() {
+                    return Err(InvalidTarget::MalformedAuthority);
+                }
+                match &raw[close + 1..] {
+                    [] => (&raw[..=close], None),
+                    [b':', port @ ..] => (&raw[..=close], Some(port)),
+                    _ => return Err(InvalidTarget::MalformedAuthority),
+                }
+            } else {
+                let (host, port) = match memchr::memrchr(b':', raw) {
+                    Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
+                    None => (raw, None),
+                };
+                let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~".contains(b);
+                if host.is_empty() || !host.iter().all(reg_name) {
+                    return Err(InvalidTarget::MalformedAuthority);
+                }
+                (host, port)
+            };
+            let port = match port {
+                None | Some([]) => None,
+                Some(digits) => {
+                    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+                        return Err(InvalidTarget::BadPort);
+                    }
+                    let port: u32 = std::str::from_utf8(digits).unwrap().parse().unwrap();
+                    if port > 65535 {
+                        return Err(InvalidTarget::BadPort);
+                    }
+                    Some(port)
+                }
+            };
+            let mut out = std::str::from_utf8(host).unwrap().to_ascii_lowercase();
+            let default_port = if scheme == "https" { 443 } else { 80 };
+            if let Some(port) = port.filter(|port| *port != default_port) {
+                out.push_str(&format!(":{port}"));
+            }
+            Ok(out)
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::default())]
+
+            /// The one-pass `push_authority` keys and refuses exactly as the three-pass one
+            /// did, and leaves the buffer as it found it when it refuses.
+            #[test]
+            fn push_authority_agrees_with_three_passes(
+                raw in prop_oneof![
+                    host_bytes(),
+                    "(Example\\.COM|127\\.0\\.0\\.1|\\[::1\\]|\\[FE80::A\\]|\\[::g\\])(:[0-9]{0,7})?"
+                        .prop_map(String::into_bytes),
+                ],
+                https in any::<bool>(),
+            ) {
+                let scheme = if https { "https" } else { "http" };
+                let mut out = String::from("GET http://");
+                let pushed = push_authority(scheme, &raw, &mut out).map(|()| out.clone());
+                let expected = three_pass(scheme, &raw);
+                prop_assert_eq!(
+                    pushed.as_deref().map(|text| text.trim_start_matches("GET http://")),
+                    expected.as_deref()
+                );
+                if pushed.is_err() {
+                    prop_assert_eq!(out, "GET http://");
+                }
+            }
 
             /// Any Host: no panic; a keyed one holds no byte that could end the authority,
             /// is already normalised, and keys the same as its own normal form.
