@@ -27,7 +27,7 @@ use tower::Service;
 use super::body::ResponseBody;
 use super::coalesce::Coordinated;
 use super::exchange::Exchange;
-use super::revalidate::{drain_stored, exchange};
+use super::revalidate::{For, drain_stored, exchange};
 use super::service::{FromCache, Shared};
 use super::status::Forward;
 use super::storage::Lookup;
@@ -402,7 +402,7 @@ async fn fill_whole<B, S, R, ResBody>(
         return;
     }
     tracing::debug!(key = %ex.plan.key, "range miss: fetching the whole representation in the background");
-    if let Ok(response) = exchange(shared, inner, request, &ex, filler).await {
+    if let Ok(response) = exchange(shared, inner, request, &ex, filler, For::Background).await {
         drain_stored(response.into_body(), limit).await;
     }
 }

@@ -17,7 +17,7 @@ use super::body::ResponseBody;
 use super::coalesce::Filler;
 use super::exchange::{Exchange, Sent};
 use super::fill::Refusal;
-use super::service::{Answered, Shared};
+use super::service::{Answered, Counted, Shared};
 use super::status::{Detail, Forward, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
@@ -123,6 +123,7 @@ pub(super) async fn exchange<S, B, ReqBody, ResBody>(
     mut request: Request<ReqBody>,
     ex: &Exchange,
     filler: Filler<B>,
+    caller: For,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -141,11 +142,19 @@ where
         }
         _ => false,
     };
-    if stale.is_some() {
-        stats.record_revalidation();
-    } else {
-        stats.record_miss();
+    // A client's request is counted once, as a miss or a revalidation, whatever comes of
+    // it. The layer's own exchanges (a background refresh, a range miss's whole fetch) were
+    // counted with the request they run for; a refresh is still a conditional request sent.
+    match (stale.is_some(), caller) {
+        (true, For::Client) => stats.record_revalidation(),
+        (true, For::Background) => stats.record_background_revalidation(),
+        (false, For::Client) => stats.record_miss(),
+        (false, For::Background) => {}
     }
+    let counted = match caller {
+        For::Client => Counted::AfterRevalidation,
+        For::Background => Counted::Nobody,
+    };
     tracing::debug!(key = %plan.key, revalidating = stale.is_some(), conditional = ours, "calling the inner service");
     let sent = Sent {
         request_headers,
@@ -157,23 +166,25 @@ where
         let entry = stale.as_ref()?;
         let freshness = stored::freshness(&entry.meta, now_ms());
         if freshness.usable_on_error(&plan.request_cc) {
-            return Some(shared.answer(
+            return Some(shared.answer_counted(
                 entry,
                 &freshness,
                 request_headers,
                 is_head,
                 Answered::StaleIfError,
+                counted,
             ));
         }
         if let Some(bound) = shared.config.stale_if_unreachable.filter(|_| unreachable) {
             if freshness.usable_when_unreachable(&plan.request_cc, bound) {
                 tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
-                return Some(shared.answer(
+                return Some(shared.answer_counted(
                     entry,
                     &freshness,
                     request_headers,
                     is_head,
                     Answered::StaleIfUnreachable,
+                    counted,
                 ));
             }
         }
@@ -251,7 +262,8 @@ where
             if ours {
                 let freshness = stored::freshness(&refreshed.meta, now_ms());
                 let headers = request_headers;
-                let mut answer = shared.answer(&refreshed, &freshness, headers, is_head, answered);
+                let mut answer = shared
+                    .answer_counted(&refreshed, &freshness, headers, is_head, answered, counted);
                 // The cookies the origin set in its 304, and its answer to this request's
                 // credentials, are this client's, never stored (a cookie the operator
                 // shares is in the refreshed entry already).
@@ -300,6 +312,16 @@ where
     Ok(response)
 }
 
+/// Whom an [`exchange`] with the origin is for, which decides how it is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum For {
+    /// A client's request: counted once, as a miss or a revalidation.
+    Client,
+    /// The layer's own request (a background refresh, a range miss's whole fetch), made
+    /// for a request already counted: no request outcome of its own.
+    Background,
+}
+
 /// RFC 5861 §3: the stale entry was served; refresh it with this same request in the
 /// background, once per key at a time in this process. Processes are not coordinated (no
 /// placeholder: N processes serving the stale entry send N refreshes); each guards its
@@ -345,7 +367,8 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
             Err(_) => return,
         };
         let limit = shared.storable_body_size();
-        if let Ok(response) = exchange(&shared, inner, request, &ex, filler).await {
+        if let Ok(response) = exchange(&shared, inner, request, &ex, filler, For::Background).await
+        {
             drain_stored(response.into_body(), limit).await;
         }
     });

@@ -25,7 +25,7 @@ use super::key::{KeyOutcome, RequestHead};
 use super::layer::MemcacheLayer;
 use super::near::Near;
 use super::range::{self, WholeFill};
-use super::revalidate::{exchange, revalidate_in_background};
+use super::revalidate::{For, exchange, revalidate_in_background};
 use super::status::{self, CACHE_STATUS, CacheStatus, Detail, Forward, Outcome};
 use super::storage::{Found, Lookup, Storage, parse_tags};
 use super::stored::{self, header_map, now_ms};
@@ -157,6 +157,18 @@ pub(super) enum Answered {
     StaleIfError,
     /// It stands in, stale, for an origin that could not be reached.
     StaleIfUnreachable,
+}
+
+/// How an answer from an entry is counted in the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Counted {
+    /// A hit (or stale hit): the request's one outcome.
+    Hit,
+    /// Served from the cache after the request was counted as a revalidation: a hit in
+    /// the snapshot, but no second outcome in `tower_memcache_requests_total`.
+    AfterRevalidation,
+    /// The layer's own background work: it answers nobody.
+    Nobody,
 }
 
 impl Answered {
@@ -291,6 +303,27 @@ impl<B: Backend> Shared<B> {
         is_head: bool,
         answered: Answered,
     ) -> Response<ResponseBody<ResBody>> {
+        let counted = Counted::Hit;
+        self.answer_counted(
+            entry,
+            freshness,
+            request_headers,
+            is_head,
+            answered,
+            counted,
+        )
+    }
+
+    /// [`answer`](Self::answer), counted as `counted` says.
+    pub(super) fn answer_counted<ResBody>(
+        &self,
+        entry: &Entry,
+        freshness: &Freshness,
+        request_headers: &HeaderMap,
+        is_head: bool,
+        answered: Answered,
+        counted: Counted,
+    ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
         // Only a request with preconditions needs the stored headers as a map.
         let stored_headers = (meta.status == 200 && has_preconditions(request_headers))
@@ -324,7 +357,11 @@ impl<B: Backend> Shared<B> {
         } else {
             ranged.unwrap_or(entry.body.len())
         };
-        self.config.stats.record_hit(sent, stale);
+        match counted {
+            Counted::Hit => self.config.stats.record_hit(sent, stale),
+            Counted::AfterRevalidation => self.config.stats.record_served(sent, stale),
+            Counted::Nobody => {}
+        }
         tracing::debug!(
             status = meta.status,
             bytes = sent,
@@ -606,7 +643,8 @@ where
             shared.config.canonical.spell_as_keyed(&mut request);
             // A range miss: the range goes as it is, the whole may follow (see `range`).
             let whole = WholeFill::for_request(&shared, &inner, &request, &ex);
-            let response = Box::pin(exchange(&shared, inner, request, &ex, filler)).await;
+            let response =
+                Box::pin(exchange(&shared, inner, request, &ex, filler, For::Client)).await;
             if let (Some(whole), Ok(answered)) = (whole, &response) {
                 whole.start(&shared, answered);
             }

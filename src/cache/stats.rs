@@ -175,6 +175,28 @@ impl CacheStats {
         }
     }
 
+    /// Counts what a request answered from the cache after its revalidation (a 304, or a
+    /// stale response standing in for a failed origin): a hit in the snapshot, as any
+    /// answer from the cache, but not a second outcome in `tower_memcache_requests_total`,
+    /// where the request already counts as `revalidate`.
+    pub(crate) fn record_served(&self, body_bytes: usize, stale: bool) {
+        let bytes = u64::try_from(body_bytes).unwrap_or(u64::MAX);
+        let shard = self.shard();
+        shard.hits.fetch_add(1, Ordering::Relaxed);
+        shard.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+        if stale {
+            shard.stale.fetch_add(1, Ordering::Relaxed);
+        }
+        #[cfg(feature = "metrics")]
+        self.inner.exported.handles().bytes_served.increment(bytes);
+    }
+
+    /// Counts a conditional request the layer sent on its own (a background refresh) for a
+    /// request already counted: in the snapshot's `revalidations`, in no request outcome.
+    pub(crate) fn record_background_revalidation(&self) {
+        self.shard().revalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Labels this layer's metrics with `namespace="…"` (the `metrics` feature); without a
     /// call, or with an empty namespace, they carry no such label. Only counts made after
     /// the call carry it: the layer calls it while it is being built.
@@ -229,7 +251,7 @@ impl CacheStats {
 pub const METRIC_NAMES: &[(&str, &str)] = &[
     (
         "tower_memcache_requests_total",
-        "counter; outcome=\"hit\" (fresh), \"stale\" (a stale response served), \"miss\", \"revalidate\" (a stored response revalidated with the origin), \"bypass\" (not handled by the cache)",
+        "counter; one outcome per request: outcome=\"hit\" (fresh), \"stale\" (a stale response served), \"miss\", \"revalidate\" (its stored response revalidated with the origin, whatever the answer), \"bypass\" (not handled by the cache); the layer's own background requests are not counted",
     ),
     (
         "tower_memcache_coalesced_requests_total",

@@ -297,7 +297,9 @@ fn parse_address(addr: &str) -> Result<(String, u16), ConfigError> {
             None if after.is_empty() => DEFAULT_PORT,
             None => return Err(invalid()),
         };
-        if host.is_empty() {
+        // The same checks as the unbracketed form: port 0 can never be connected to (the
+        // server would only ever be down, every lookup a silent miss).
+        if host.is_empty() || host.contains(char::is_whitespace) || port == 0 {
             return Err(invalid());
         }
         return Ok((host.to_string(), port));

@@ -439,13 +439,25 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?}: too large"))
 }
 
-/// A duration: `500ms`, `5s`, `2m`, `1h 30m`; a bare number is seconds.
+/// The longest duration a flag takes. Timeouts, the grace period and the near tier's
+/// staleness are added to clock readings (by the proxy, hyper and tokio), and
+/// `Instant + Duration` panics on overflow: `--shutdown-grace 18446744073709551615` made
+/// the proxy panic on SIGTERM, and as large a `--client-header-timeout` every connection.
+/// A year is far beyond any sensible value and far from any overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// A duration: `500ms`, `5s`, `2m`, `1h 30m`; a bare number is seconds. At most
+/// [`MAX_DURATION`].
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let duration = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}"))?,
+    };
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?}: at most 365 days"));
     }
-    humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}"))
+    Ok(duration)
 }
 
 /// A duration of more than zero (a zero timeout would close every connection at once).
@@ -491,7 +503,7 @@ fn main() -> Result<(), BoxError> {
         .near_cache
         .0
         .map(|(size, staleness)| NearCache::new(size, staleness));
-    match args.memcache.clone() {
+    let served = match args.memcache.clone() {
         Some(servers) => {
             // Built once here, so that a bad list is reported before anything starts.
             let first = tower_memcache::backend::TcpBackend::builder()
@@ -511,7 +523,10 @@ fn main() -> Result<(), BoxError> {
                 Ok(memory.clone())
             })
         }
-    }
+    };
+    // The last lines of the access log, unless its reader stopped reading.
+    access_log::flush();
+    served
 }
 
 /// Installs the Prometheus recorder and its HTTP listener on `addr`, before any layer
@@ -1021,6 +1036,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert!(parse_duration("366d").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
         assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_positive_duration("0").is_err());
         assert!(parse_positive_duration("0ms").is_err());

@@ -188,7 +188,10 @@ impl Freshness {
             Some(Some(max)) if staleness <= secs(max) => return Reuse::StaleAccepted,
             _ => {}
         }
-        if staleness <= self.stale_while_revalidate {
+        // RFC 5861 §3: within N seconds *after* it became stale; with no window (none given,
+        // or 0) never, not even in the millisecond where its age equals its lifetime, which
+        // served a `max-age=0` response stale to requests arriving as it was stored.
+        if !self.stale_while_revalidate.is_zero() && staleness <= self.stale_while_revalidate {
             return Reuse::StaleWhileRevalidate;
         }
         Reuse::Validate
