@@ -95,8 +95,15 @@ impl<B: Backend> MemcacheClient<B> {
         }
     }
 
-    /// The same client in another namespace; `None` or `""` for none. Clients in different
-    /// namespaces never see each other's keys. Cheap: use it per call for lovely.memcached's `ns=`.
+    /// The same client in another namespace; `None` or `""` for none. Cheap: use it per
+    /// call for lovely.memcached's `ns=`.
+    ///
+    /// Namespaces keep keys apart as the seed's formula does: the md5 of namespace and key
+    /// concatenated, so namespace `"1"` with key `"23"` is the same memcache key as
+    /// namespace `"12"` with key `"3"`. Keep apart only namespaces none of which starts
+    /// with another (all of one length, say), or use
+    /// [`with_versioned_namespace`](Self::with_versioned_namespace), whose keys end the
+    /// namespace with a `\0`.
     #[must_use]
     pub fn with_namespace<'a>(&self, namespace: impl Into<Option<&'a str>>) -> Self {
         let namespace = namespace.into().filter(|ns| !ns.is_empty()).map(Arc::from);
