@@ -164,6 +164,51 @@ fn a_stalled_access_log_reader_stops_neither_requests_nor_shutdown() {
     assert!(exit.success(), "{exit}");
 }
 
+/// The same for stderr, where tracing's events go: an origin that refuses connections
+/// makes every request log a warning, and with nobody reading stderr the request threads
+/// blocked in `write` once the pipe was full (the events are now queued to a writer
+/// thread as the access log's lines are).
+#[cfg(unix)]
+#[test]
+fn a_stalled_stderr_reader_stops_neither_requests_nor_shutdown() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    // Each 502 logs a warning of about 150 bytes: 1,500 of them are 3 pipes' worth.
+    const REQUESTS: usize = 1_500;
+    let closed = format!("127.0.0.1:{}", support::free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let mut child = Command::new(proxy_binary())
+        .args(["--upstream", &format!("http://{closed}")])
+        .args(["--listen", &addr.to_string(), "--threads", "1"])
+        .args(["--shutdown-grace", "2s", "--access-log", "off"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the proxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in 0..REQUESTS {
+        // 5 s at most each: a blocked proxy fails here.
+        let (status, _) = support::proxy::raw_request(
+            addr,
+            &format!("GET /page/{n} HTTP/1.1\r\nHost: example.com\r\n"),
+        );
+        assert_eq!(status, 502, "request {n}");
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let exit = exit_within(&mut child, Duration::from_secs(6));
+    let exit = exit.expect("did not exit within --shutdown-grace (2 s) and a margin");
+    assert!(exit.success(), "{exit}");
+}
+
 /// `tower_memcache_requests_total{outcome}` (and the snapshot's hits and misses) count
 /// client requests, each once. A request whose stored response was revalidated was
 /// counted twice (`revalidate` and `hit` for a 304, `revalidate` and `stale` for a

@@ -11,29 +11,23 @@
 //! that are not printable ASCII are written as `\xHH`, as nginx does, so a client cannot
 //! forge a line.
 //!
-//! The lines are written by a thread of their own ([`Sink`]): a log reader that stops
-//! reading (a full pipe to a stalled collector) then costs log lines, never requests. A
-//! request thread that wrote them itself blocked in `write` with the pipe full, and the
-//! proxy answered nothing more, nor exited on SIGTERM, until the pipe was read. Up to
-//! [`MAX_QUEUED`] bytes wait for the writer; lines past that are dropped and counted, and
-//! the count goes to stderr once the writer moves again.
+//! The lines are written by a thread of their own ([`log_sink`]): a log reader that stops
+//! reading then costs log lines, never requests.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, Version};
 use pin_project_lite::pin_project;
 use tower::Service;
+
+use crate::log_sink;
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -150,102 +144,7 @@ fn write_line<B>(pending: &Pending, response: &Response<B>) {
         pending.started.elapsed().as_secs_f64(),
     );
     line.push('\n');
-    Sink::get().push(line);
-}
-
-/// Bytes of lines that may wait for the writer thread: a few seconds of a busy proxy's
-/// log, bounded whatever the lines (each is at most a few times [`MAX_FIELD`]).
-const MAX_QUEUED: usize = 4 << 20;
-
-/// The process's sink, once a line was logged.
-static SINK: OnceLock<Sink> = OnceLock::new();
-
-/// The access log's writer: a thread that writes queued lines to stdout, many per
-/// `write`, so that no request thread ever blocks on stdout.
-pub(crate) struct Sink {
-    lines: mpsc::Sender<String>,
-    /// Bytes sent to the writer and not yet written.
-    queued: AtomicUsize,
-    /// Lines dropped since the writer last said so.
-    dropped: AtomicU64,
-}
-
-impl Sink {
-    /// The process's sink, its thread started with the first line.
-    fn get() -> &'static Sink {
-        SINK.get_or_init(|| {
-            let (lines, queue) = mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("access-log".into())
-                .spawn(move || write_lines(&queue));
-            if let Err(err) = spawned {
-                // The receiver is gone with the closure: every line is dropped, and
-                // counted, rather than the proxy failing.
-                tracing::warn!(error = %err, "cannot start the access log writer");
-            }
-            Sink {
-                lines,
-                queued: AtomicUsize::new(0),
-                dropped: AtomicU64::new(0),
-            }
-        })
-    }
-
-    /// Queues a line, or drops it when [`MAX_QUEUED`] bytes are already waiting.
-    fn push(&self, line: String) {
-        let len = line.len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        if before.saturating_add(len) > MAX_QUEUED || self.lines.send(line).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The writer thread: writes what is queued, 64 KiB at a time at most, until the process
-/// ends. A closed stdout loses the log, not the requests.
-fn write_lines(queue: &mpsc::Receiver<String>) {
-    let mut batch = String::new();
-    while let Ok(line) = queue.recv() {
-        batch.clear();
-        batch.push_str(&line);
-        while batch.len() < 64 << 10 {
-            match queue.try_recv() {
-                Ok(line) => batch.push_str(&line),
-                Err(_) => break,
-            }
-        }
-        let _ = std::io::stdout().lock().write_all(batch.as_bytes());
-        // Initialised before the first line was sent.
-        let Some(sink) = SINK.get() else { continue };
-        sink.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        let dropped = sink.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!(
-                lines = dropped,
-                "access log lines dropped: stdout was not read fast enough"
-            );
-        }
-    }
-}
-
-/// At exit: waits while the writer makes progress on the lines still queued, and gives up
-/// once it made none for 100 ms (stdout not being read): the proxy's exit must not wait
-/// for its log reader.
-pub(crate) fn flush() {
-    let Some(sink) = SINK.get() else {
-        return;
-    };
-    let mut last = sink.queued.load(Ordering::Relaxed);
-    let mut since = Instant::now();
-    while last > 0 && since.elapsed() < Duration::from_millis(100) {
-        std::thread::sleep(Duration::from_millis(1));
-        let now = sink.queued.load(Ordering::Relaxed);
-        if now < last {
-            since = Instant::now();
-        }
-        last = now;
-    }
+    log_sink::stdout().push(line);
 }
 
 /// A header's value escaped, `-` when absent.

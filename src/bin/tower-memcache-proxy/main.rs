@@ -99,6 +99,7 @@ mod access_log;
 mod connections;
 mod first_bytes;
 mod forward;
+mod log_sink;
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -486,10 +487,10 @@ fn parse_upstream(text: &str) -> Result<Uri, String> {
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // stderr: stdout is the access log's.
+    // stderr: stdout is the access log's. Off the request threads, as the access log.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(log_sink::Stderr);
     match args.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
@@ -525,7 +526,7 @@ fn main() -> Result<(), BoxError> {
         }
     };
     // The last lines of the access log, unless its reader stopped reading.
-    access_log::flush();
+    log_sink::flush();
     served
 }
 
@@ -762,16 +763,16 @@ fn announce(args: &Args, addr: SocketAddr, description: &str, threads: usize) {
         }
         None => String::new(),
     };
-    eprintln!(
+    log_sink::stderr_line(format!(
         "tower-memcache-proxy on http://{addr} -> http://{} ({description}{near}, {threads} threads, {runtime})",
         args.upstream
             .authority()
             .map_or("", |authority| authority.as_str()),
-    );
+    ));
 }
 
 fn announce_shutdown() {
-    eprintln!("shutting down: finishing open requests and pending stores");
+    log_sink::stderr_line("shutting down: finishing open requests and pending stores".into());
 }
 
 /// The gauge poller of `--metrics`, for one worker.
