@@ -140,6 +140,14 @@ pub(crate) async fn forward(
             // stored, and replayed on hits) would make HTTP/1.1 clients close the
             // connection after every response.
             *response.version_mut() = Version::HTTP_11;
+            // RFC 9112 §6.3: `Transfer-Encoding` overrides `Content-Length` (hyper read
+            // the body chunked), and an intermediary "MUST first remove the received
+            // Content-Length field" before forwarding. Kept beside the whole body once
+            // `Transfer-Encoding` (hop-by-hop) is gone, it framed the client's copy short
+            // and, stored, every hit: the rest of the body read as the next response.
+            if response.headers().contains_key(header::TRANSFER_ENCODING) {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             strip_hop_by_hop(response.headers_mut());
             Ok(response.map(Either::Left))
         }

@@ -1,0 +1,358 @@
+//! Review J: HTTP message framing and request smuggling through `tower-memcache-proxy`, and
+//! what of a request reaches memcached's wire. Each test is one desync or injection an
+//! attacker who knows the HTTP desync research ("HTTP Desync Attacks", "Browser-powered
+//! desync") would try; it fails if the attack works.
+//!
+//! The origin here is a raw TCP server answering canned bytes per path, so that it can
+//! say what hyper-based origins never would (both `Content-Length` and
+//! `Transfer-Encoding`, and the like), and records the request heads it was sent.
+
+mod support;
+
+use support::proxy::{Proxy, start_proxy};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw origin: answers `GET <path>` with the canned bytes for `<path>` (a 404 for
+/// others), or for `<path>#range` when the request has a `Range`, keeps the connection
+/// open, and remembers every request head.
+struct RawOrigin {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawOrigin {
+    async fn start(answers: &[(&str, &[u8])]) -> Self {
+        let answers: Arc<HashMap<String, Vec<u8>>> = Arc::new(
+            answers
+                .iter()
+                .map(|(path, bytes)| ((*path).to_string(), bytes.to_vec()))
+                .collect(),
+        );
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn({
+            let heads = Arc::clone(&heads);
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    connections.spawn(serve_raw(stream, Arc::clone(&answers), Arc::clone(&heads)));
+                }
+            }
+        });
+        Self { addr, heads, task }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// One origin connection: each request head (bodies are not expected) gets its path's
+/// canned answer.
+async fn serve_raw(
+    mut stream: TcpStream,
+    answers: Arc<HashMap<String, Vec<u8>>>,
+    heads: Arc<Mutex<Vec<String>>>,
+) {
+    let mut buffer = Vec::new();
+    loop {
+        let Some(end) = find(&buffer, b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
+        buffer.drain(..end + 4);
+        let mut path = head.split(' ').nth(1).unwrap_or("").to_string();
+        if head.to_ascii_lowercase().contains("\r\nrange:") {
+            path.push_str("#range");
+        }
+        heads.lock().unwrap().push(head);
+        let answer = answers
+            .get(&path)
+            .cloned()
+            .unwrap_or_else(|| b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec());
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// One response read off a client connection by its own framing (`Content-Length` or
+/// chunked), as a browser reads it: its head and body.
+struct Framed {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Framed {
+    fn status(&self) -> u16 {
+        self.head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (field, value) = line.split_once(':')?;
+            field
+                .trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    }
+}
+
+/// A keep-alive client connection to the proxy that reads responses by their framing.
+struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(proxy: &Proxy) -> Self {
+        Self {
+            stream: TcpStream::connect(proxy.addr).await.unwrap(),
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more; `false` at the end of the stream (or after 5 s of nothing).
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The next response, read by its framing; `None` if the connection ends first.
+    /// `head_request`: the response answers a HEAD (no body whatever it says).
+    async fn response(&mut self, head_request: bool) -> Option<Framed> {
+        let end = loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                break end;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..end + 4]).into_owned();
+        self.buffer.drain(..end + 4);
+        let mut framed = Framed {
+            head,
+            body: Vec::new(),
+        };
+        let status = framed.status();
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            return Some(framed);
+        }
+        let chunked = framed
+            .header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(at) = find(&self.buffer, b"\r\n") {
+                        break at;
+                    }
+                    if !self.fill().await {
+                        return None;
+                    }
+                };
+                let line = String::from_utf8_lossy(&self.buffer[..line_end]).into_owned();
+                let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+                while self.buffer.len() < line_end + 2 + size + 2 {
+                    if !self.fill().await {
+                        return None;
+                    }
+                }
+                framed
+                    .body
+                    .extend_from_slice(&self.buffer[line_end + 2..line_end + 2 + size]);
+                self.buffer.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    return Some(framed);
+                }
+            }
+        }
+        let length: usize = framed.header("content-length")?.parse().ok()?;
+        while self.buffer.len() < length {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        framed.body = self.buffer.drain(..length).collect();
+        Some(framed)
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Origin-side framing.
+
+/// The body an origin sends chunked while also saying `Content-Length: 5`: its first five
+/// bytes, then a whole response of the attacker's choosing (a page that reflects what a
+/// user uploaded, say). RFC 9112 §6.3: `Transfer-Encoding` overrides `Content-Length`,
+/// and "an intermediary that chooses to forward the message MUST first remove the received
+/// Content-Length field".
+const SPLIT_BODY: &[u8] =
+    b"hello HTTP/1.1 200 OK\r\nContent-Length: 8\r\nCache-Control: no-store\r\n\r\nsmuggled";
+
+fn chunked_with_content_length() -> Vec<u8> {
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 5\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        SPLIT_BODY.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(SPLIT_BODY);
+    answer.extend_from_slice(b"\r\n0\r\n\r\n");
+    answer
+}
+
+/// An origin response with both `Content-Length` and `Transfer-Encoding: chunked`: the
+/// proxy kept the `Content-Length` when it dropped the hop-by-hop `Transfer-Encoding`.
+/// The client of a miss got the first five bytes; and once the whole body was stored (a
+/// range request's miss fills the entry in the background), every hit said
+/// `Content-Length: 5` and sent the whole body: the rest of it was read by the client as
+/// the response to its next request on the connection (response splitting on every
+/// keep-alive connection that hit the entry; in a debug build hyper's assertion killed
+/// the connection instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_content_length_beside_chunked_never_splits_a_hit() {
+    let answer = chunked_with_content_length();
+    let range = format!(
+        "HTTP/1.1 206 Partial Content\r\nCache-Control: public, max-age=60\r\n\
+         Content-Range: bytes 0-1/{}\r\nContent-Length: 2\r\n\r\nhe",
+        SPLIT_BODY.len()
+    );
+    let origin = RawOrigin::start(&[
+        ("/split", &answer),
+        ("/split#range", range.as_bytes()),
+        ("/miss", &answer),
+    ])
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let mut client = Client::connect(&proxy).await;
+
+    // A miss: the body is the one the origin framed.
+    client.send(get("/miss").as_bytes()).await;
+    let miss = client.response(false).await.expect("a response to /miss");
+    assert_eq!(miss.body, SPLIT_BODY, "a miss's body ({})", miss.head);
+
+    // A range request's miss stores the whole in the background.
+    client
+        .send(b"GET /split HTTP/1.1\r\nHost: shop.example\r\nRange: bytes=0-1\r\n\r\n")
+        .await;
+    let _ = client
+        .response(false)
+        .await
+        .expect("a response to the range");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut client = Client::connect(&proxy).await;
+    client.send(get("/split").as_bytes()).await;
+    client.send(get("/next").as_bytes()).await;
+    let hit = client
+        .response(false)
+        .await
+        .expect("a response to /split (the connection was cut)");
+    assert!(
+        hit.header("cache-status")
+            .is_some_and(|s| s.contains("hit")),
+        "stored by the range's fill: {}",
+        hit.head
+    );
+    assert_eq!(hit.body, SPLIT_BODY, "a hit's body ({})", hit.head);
+    let next = client.response(false).await.expect("a response to /next");
+    assert_eq!(
+        next.status(),
+        404,
+        "the next request got the rest of the last body: {:?}",
+        next.head
+    );
+}
+
+/// The same response behind the layer alone: an inner service (a hyper client, say) whose
+/// response says `Content-Length: 5` over a body of unknown length that holds more. The
+/// entry kept the field and every hit replayed it beside the whole stored body, which a
+/// server writes as it is told (hyper trusts the field in release builds): the rest of
+/// the body became the next response on the client's connection. A hit's length is its
+/// body's.
+#[tokio::test]
+async fn a_hit_is_framed_by_its_stored_body_not_a_stored_content_length() {
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::{Layer, ServiceExt};
+
+    let layer = support::layer(tower_memcache::backend::MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|_request: http::Request<()>| async {
+        let frames = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            http_body::Frame::data(bytes::Bytes::from_static(SPLIT_BODY)),
+        )]);
+        let response = http::Response::builder()
+            .header("cache-control", "public, max-age=60")
+            .header("content-length", "5")
+            .body(StreamBody::new(frames))
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    }));
+    for round in ["miss", "hit"] {
+        let request = http::Request::get("http://shop.example/split")
+            .body(())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        if round == "hit" {
+            support::assert_hit(parts.headers["cache-status"].to_str().unwrap());
+            assert_eq!(body.as_ref(), SPLIT_BODY);
+            assert_eq!(
+                parts.headers.get("content-length").map(|v| v.as_bytes()),
+                Some(SPLIT_BODY.len().to_string().as_bytes()),
+                "a hit's Content-Length is its body's"
+            );
+        }
+        watch.settled().await;
+    }
+}
