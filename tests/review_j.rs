@@ -21,7 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A raw origin: answers `GET <path>` with the canned bytes for `<path>` (a 404 for
 /// others), or for `<path>#range` when the request has a `Range`, keeps the connection
-/// open, and remembers every request head.
+/// open (but closes it after answering a path that starts with `/close`), and remembers
+/// every request head.
 struct RawOrigin {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
@@ -93,7 +94,7 @@ async fn serve_raw(
             .get(&path)
             .cloned()
             .unwrap_or_else(|| b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec());
-        if stream.write_all(&answer).await.is_err() {
+        if stream.write_all(&answer).await.is_err() || path.starts_with("/close") {
             return;
         }
     }
@@ -355,4 +356,149 @@ async fn a_hit_is_framed_by_its_stored_body_not_a_stored_content_length() {
         }
         watch.settled().await;
     }
+}
+
+fn page(text: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{text}",
+        text.len()
+    )
+    .into_bytes()
+}
+
+/// Response queue poisoning: an origin answers a HEAD (or a 204, or a 304) with a body,
+/// which is a whole response of the attacker's making. The proxy's pooled connection must
+/// not read it as the answer to the next request it sends on that connection (which the
+/// cache would store under that request's URL for everyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_after_a_head_or_204_never_answers_the_next_request() {
+    let planted = page("planted");
+    let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    head.extend_from_slice(&planted);
+    let mut empty = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+    empty.extend_from_slice(&planted);
+    let victim = page("the victim page");
+    let origin = RawOrigin::start(&[
+        ("/head", &head),
+        ("/empty", &empty),
+        ("/victim", &victim),
+        ("/victim2", &victim),
+    ])
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for (first, method, then) in [("/head", "HEAD", "/victim"), ("/empty", "GET", "/victim2")] {
+        let mut client = Client::connect(&proxy).await;
+        client
+            .send(format!("{method} {first} HTTP/1.1\r\nHost: shop.example\r\n\r\n").as_bytes())
+            .await;
+        let _ = client.response(method == "HEAD").await;
+        // Another client, on the same pooled origin connection.
+        for _ in 0..2 {
+            let mut client = Client::connect(&proxy).await;
+            client.send(get(then).as_bytes()).await;
+            let answer = client.response(false).await;
+            let body = answer.map(|a| String::from_utf8_lossy(&a.body).into_owned());
+            assert_ne!(
+                body.as_deref(),
+                Some("planted"),
+                "{method} {first} then {then}"
+            );
+        }
+    }
+}
+
+/// An origin that stops in the middle of a body (its connection closes before the
+/// `Content-Length` is reached, or before the last chunk) sent an incomplete response: it
+/// must never be stored as if it were whole, or every later client gets the truncated
+/// page (a truncated script or stylesheet breaks a site for an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_by_the_origin_is_never_stored() {
+    let short_length =
+        b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 100\r\n\r\nonly ten b"
+            .to_vec();
+    let short_chunked = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\n\
+        Transfer-Encoding: chunked\r\n\r\na\r\nonly ten b\r\n"
+        .to_vec();
+    let origin = RawOrigin::start(&[
+        ("/close-length", &short_length),
+        ("/close-chunked", &short_chunked),
+    ])
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for path in ["/close-length", "/close-chunked"] {
+        let mut client = Client::connect(&proxy).await;
+        client.send(get(path).as_bytes()).await;
+        // The client sees the response fail (its connection cut, or a short body).
+        let _ = client.response(false).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut client = Client::connect(&proxy).await;
+        client
+            .send(
+                format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+        let cached = client.response(false).await.expect("an answer");
+        assert_eq!(
+            cached.status(),
+            504,
+            "{path} was stored: {} {:?}",
+            cached.head,
+            String::from_utf8_lossy(&cached.body)
+        );
+    }
+}
+
+/// A 101 (Switching Protocols: a WebSocket handshake's answer) is no response to keep:
+/// what follows it is another protocol on that one connection. With `statuses` covering
+/// every code (`100..600`, "store whatever the routes say"), the layer stored it and
+/// answered the next GET of the URL, plain or not, with another client's handshake (its
+/// `Sec-WebSocket-Accept`), which hyper treats as the end of HTTP on that connection:
+/// the page was gone for everyone until the entry expired. Like 206 and 304, a 1xx is
+/// never stored, whatever `statuses` lists.
+#[tokio::test]
+async fn a_websocket_handshake_is_never_replayed_whatever_statuses_allow() {
+    use tower::Layer;
+
+    let layer = support::layer(tower_memcache::backend::MemoryBackend::new())
+        .statuses(100..600)
+        .default_lifetime(Duration::from_secs(60));
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|request: http::Request<()>| async move {
+        let upgrade = request.headers().contains_key("upgrade");
+        let response = if upgrade {
+            http::Response::builder()
+                .status(101)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+        } else {
+            http::Response::builder().body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"the chat page",
+            )))
+        };
+        Ok::<_, std::convert::Infallible>(response.unwrap())
+    }));
+    let handshake = support::send(
+        &service,
+        http::Method::GET,
+        "http://shop.example/ws",
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ],
+    )
+    .await;
+    assert_eq!(handshake.status, 101);
+    watch.settled().await;
+    let plain = support::send(&service, http::Method::GET, "http://shop.example/ws", &[]).await;
+    assert_eq!(
+        (plain.status.as_u16(), plain.body.as_str()),
+        (200, "the chat page"),
+        "{}",
+        plain.cache_status()
+    );
 }
