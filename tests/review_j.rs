@@ -453,3 +453,38 @@ async fn a_websocket_handshake_is_never_replayed_whatever_statuses_allow() {
         plain.cache_status()
     );
 }
+
+/// "the real page", gzip-compressed.
+const GZIPPED: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff\x2b\xc9\x48\x55\x28\x4a\x4d\xcc\x51\x28\x48\x4c\x4f\x05\x00\x08\xf8\x9f\xd5\x0d\x00\x00\x00";
+
+/// An origin that applies a transfer coding besides `chunked` (`Transfer-Encoding: gzip,
+/// chunked`, RFC 9112 §7): hyper undoes only the chunking, and the proxy dropped the
+/// hop-by-hop field, so the client got (and the cache stored for everyone) compressed
+/// bytes that nothing said were compressed. A proxy that cannot undo a transfer coding
+/// must not pass the body on as if it had (nginx answers 502: "upstream sent unknown
+/// Transfer-Encoding").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_the_proxy_cannot_undo_never_reaches_a_client_undone() {
+    let mut coded = format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\n\
+         Transfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n",
+        GZIPPED.len()
+    )
+    .into_bytes();
+    coded.extend_from_slice(GZIPPED);
+    coded.extend_from_slice(b"\r\n0\r\n\r\n");
+    let origin = RawOrigin::start(&[("/coded", &coded)]).await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for attempt in ["first", "second"] {
+        let mut client = Client::connect(&proxy).await;
+        client.send(get("/coded").as_bytes()).await;
+        let answer = client.response(false).await.expect("an answer");
+        let coding = answer.header("transfer-encoding").unwrap_or_default();
+        let what = format!("{attempt}: {} {:?}", answer.head, answer.body);
+        assert!(
+            answer.status() == 502 || answer.body == b"the real page" || coding.contains("gzip"),
+            "compressed bytes passed on as the page: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
