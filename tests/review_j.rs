@@ -488,3 +488,62 @@ async fn a_transfer_coding_the_proxy_cannot_undo_never_reaches_a_client_undone()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn page(text: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{text}",
+        text.len()
+    )
+    .into_bytes()
+}
+
+/// An absolute-form target with an empty path and a query (`GET http://shop.example?x=1
+/// HTTP/1.1`; RFC 9110 §4.2.3: the path is `/`) reached the origin as `/?x=1`, but was
+/// keyed as `http://shop.example?x=1`, apart from `/?x=1`: a purge or an invalidation of
+/// `/?x=1` (a POST to it) left that spelling's entry in place, served to every client that
+/// asks that way. The key is `/?x=1`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
+    let home = page("home");
+    let query = page("home with x");
+    let origin = RawOrigin::start(&[("/", &home), ("/?x=1", &query)]).await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for (target, expected) in [
+        ("http://shop.example", "home"),
+        ("http://shop.example?x=1", "home with x"),
+    ] {
+        let mut client = Client::connect(&proxy).await;
+        client
+            .send(format!("GET {target} HTTP/1.1\r\nHost: shop.example\r\n\r\n").as_bytes())
+            .await;
+        let answer = client.response(false).await.expect("an answer");
+        assert_eq!(
+            String::from_utf8_lossy(&answer.body),
+            expected,
+            "{target}: {} (the origin saw {:?})",
+            answer.head,
+            origin.heads()
+        );
+    }
+    // Both were stored under the keys of `/` and `/?x=1`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (target, expected) in [("/", "home"), ("/?x=1", "home with x")] {
+        let mut client = Client::connect(&proxy).await;
+        client
+            .send(
+                format!(
+                    "GET {target} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        let answer = client.response(false).await.expect("an answer");
+        assert_eq!(
+            String::from_utf8_lossy(&answer.body),
+            expected,
+            "{target}: {} {:?}",
+            answer.head,
+            origin.heads()
+        );
+    }
+}
