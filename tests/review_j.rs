@@ -1,7 +1,7 @@
-//! Review J: HTTP message framing and request smuggling through `tower-memcache-proxy`, and
-//! what of a request reaches memcached's wire. Each test is one desync or injection an
+//! Review J: HTTP message framing through `tower-memcache-proxy` and the layer: what an
 //! attacker who knows the HTTP desync research ("HTTP Desync Attacks", "Browser-powered
-//! desync") would try; it fails if the attack works.
+//! desync") would try against a cache, on the origin side (responses framed two ways,
+//! cut short, coded, 1xx) and in the request target. Each test fails if the attack works.
 //!
 //! The origin here is a raw TCP server answering canned bytes per path, so that it can
 //! say what hyper-based origins never would (both `Content-Length` and
