@@ -392,6 +392,12 @@ pub(crate) fn canonical_key(
         key.push_str(scheme);
         key.push_str("://");
     })?;
+    // An empty path is `/` (RFC 9110 §4.2.3), and the origin is asked for `/?query`
+    // (`Uri` writes it so); `http` gives an absolute target's `?query` without it. Keyed
+    // apart, a purge or invalidation of `/?query` would leave that spelling's entry.
+    if path_and_query.starts_with('?') {
+        key.push('/');
+    }
     key.push_str(path_and_query);
     Ok(key)
 }
@@ -550,6 +556,9 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), keys.len(), "{keys:?}");
+        // An empty path is `/` (RFC 9110 §4.2.3): what the origin is asked for.
+        assert_eq!(valid("http://h", &[]), valid("/", &["h"]));
+        assert_eq!(valid("http://h?x", &[]), valid("/?x", &["h"]));
     }
 
     #[test]

@@ -156,7 +156,8 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The statuses that may be stored. Defaults to 200, 203, 204, 300, 301, 308, 404,
-    /// 405, 410, 414 and 501.
+    /// 405, 410, 414 and 501. A 1xx (101 Switching Protocols among them), a 206 and a 304
+    /// are never stored, whatever this lists.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
         self.config.policy.set_statuses(statuses);
         self

@@ -267,11 +267,20 @@ pub(crate) fn response<B>(
         *response.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
         let headers = response.headers_mut();
         headers.reserve(meta.headers.len() + 3);
+        let mut had_length = false;
         for (name, value) in &meta.headers {
+            if name == header::CONTENT_LENGTH {
+                had_length = true;
+                continue;
+            }
             headers.append(name.clone(), readers.value(value));
         }
-        if is_head {
-            // A GET's body length still describes the resource; hyper derives it for GET.
+        if is_head || had_length {
+            // The length is the stored body's, never the stored field's (for HEAD, the
+            // GET's body length still describes the resource). A field that disagreed
+            // with the body (an origin that sent it beside `Transfer-Encoding`, whose
+            // body is the chunked one) would frame every hit short, and the rest of the
+            // body would be read by the client as the next response on its connection.
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         }
     }

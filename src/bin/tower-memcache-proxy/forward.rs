@@ -140,6 +140,18 @@ pub(crate) async fn forward(
             // stored, and replayed on hits) would make HTTP/1.1 clients close the
             // connection after every response.
             *response.version_mut() = Version::HTTP_11;
+            // RFC 9112 §6.3: `Transfer-Encoding` overrides `Content-Length` (hyper read
+            // the body chunked), and an intermediary "MUST first remove the received
+            // Content-Length field" before forwarding. Kept beside the whole body once
+            // `Transfer-Encoding` (hop-by-hop) is gone, it framed the client's copy short
+            // and, stored, every hit: the rest of the body read as the next response.
+            if response.headers().contains_key(header::TRANSFER_ENCODING) {
+                if !only_chunked(response.headers()) {
+                    tracing::warn!(%method, upstream = %upstream.authority, "upstream sent a transfer coding other than chunked");
+                    return Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
+                }
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             strip_hop_by_hop(response.headers_mut());
             Ok(response.map(Either::Left))
         }
@@ -155,6 +167,26 @@ pub(crate) async fn forward(
             ))
         }
     }
+}
+
+/// Whether every transfer coding a response names is one hyper undoes: `chunked` (or the
+/// obsolete `identity`, none at all). Another (`gzip, chunked`) is left on the body hyper
+/// hands over, and dropping the hop-by-hop field would pass it on, and store it, as if it
+/// were the representation: such a response is a 502, as nginx makes it ("upstream sent
+/// unknown Transfer-Encoding").
+fn only_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .all(|value| {
+            value.to_str().is_ok_and(|codings| {
+                codings.split(',').all(|coding| {
+                    let coding = coding.trim();
+                    coding.eq_ignore_ascii_case("chunked")
+                        || coding.eq_ignore_ascii_case("identity")
+                })
+            })
+        })
 }
 
 /// Drops the hop-by-hop headers, including those the `Connection` header names.

@@ -23,7 +23,10 @@
 //! whatever the client spoke; responses go out as the proxy's own HTTP/1.1 (HTTP/1.0
 //! clients still get 1.0), not the origin's version. An origin that cannot be reached
 //! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
-//! (60 s) 504 Gateway Timeout; neither is cached.
+//! (60 s) 504 Gateway Timeout; neither is cached. A response whose `Transfer-Encoding`
+//! names a coding other than `chunked` (`gzip, chunked`) is answered 502 too: the proxy
+//! cannot undo it, and the body would go on (and into the cache) still coded. An origin's
+//! `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 §6.3).
 //!
 //! # Requests refused
 //!

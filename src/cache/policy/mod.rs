@@ -326,7 +326,10 @@ impl Policy {
         if status == StatusCode::PARTIAL_CONTENT {
             return Err(NotStorable::Partial);
         }
-        if status == StatusCode::NOT_MODIFIED {
+        // A 1xx is no final response: a 101 hands the connection to another protocol (a
+        // WebSocket handshake, with its `Sec-WebSocket-Accept` for one client's key), and
+        // replayed it ends HTTP on every connection that asks. Never stored either.
+        if status == StatusCode::NOT_MODIFIED || status.is_informational() {
             return Err(NotStorable::Status);
         }
         let status_ok = self.statuses.contains(&status.as_u16())
