@@ -1283,24 +1283,12 @@ fn parse_generation(item: &Item) -> Option<u64> {
 fn parse_tag_mark(item: &Item) -> Option<(u64, Option<u64>)> {
     let text = item.value.trim_ascii();
     match text.strip_suffix(&[CREATED as u8]) {
-        Some(created) => Some((parse_decimal(created)?, None)),
+        Some(created) => Some((stored::parse_decimal(created)?, None)),
         None => {
-            let purged = parse_decimal(text)?;
+            let purged = stored::parse_decimal(text)?;
             Some((purged, Some(purged)))
         }
     }
-}
-
-/// A non-empty run of ASCII digits as a `u64` (what `str::parse` accepts, less a leading
-/// `+`, which no writer of ours puts there); read on every lookup, so no UTF-8 pass first.
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
-        n.checked_mul(10)?.checked_add(u64::from(digit))
-    })
 }
 
 /// A number no earlier call in any process is likely to have produced: the clock in

@@ -267,20 +267,26 @@ pub(crate) fn response<B>(
         *response.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
         let headers = response.headers_mut();
         headers.reserve(meta.headers.len() + 3);
-        let mut had_length = false;
+        // The length sent is the stored body's, never a stored field that disagrees
+        // with it (an origin that sent one beside `Transfer-Encoding`, whose body is the
+        // chunked one): it would frame every hit short, and the rest of the body would be
+        // read by the client as the next response on its connection. For HEAD, the GET's
+        // body length still describes the resource. A field that agrees is sent as it is
+        // (formatting the length would cost every hit an allocation).
+        let (mut length_sent, mut length_dropped) = (false, false);
         for (name, value) in &meta.headers {
             if name == header::CONTENT_LENGTH {
-                had_length = true;
-                continue;
+                let agrees = parse_decimal(value.as_bytes())
+                    .is_some_and(|length| length == entry.body.len() as u64);
+                if length_sent || !agrees {
+                    length_dropped = true;
+                    continue;
+                }
+                length_sent = true;
             }
             headers.append(name.clone(), readers.value(value));
         }
-        if is_head || had_length {
-            // The length is the stored body's, never the stored field's (for HEAD, the
-            // GET's body length still describes the resource). A field that disagreed
-            // with the body (an origin that sent it beside `Transfer-Encoding`, whose
-            // body is the chunked one) would frame every hit short, and the rest of the
-            // body would be read by the client as the next response on its connection.
+        if (is_head || length_dropped) && !length_sent {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         }
     }
@@ -385,6 +391,18 @@ fn generated<B>(status: StatusCode, text: &'static [u8]) -> Response<ResponseBod
     response
 }
 
+/// A non-empty run of ASCII digits as a `u64` (what `str::parse` accepts, less a leading
+/// `+`, which no writer of ours puts there); read on every lookup and hit, so no UTF-8 pass first.
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +450,52 @@ mod tests {
         assert_ne!(copied.as_ptr(), small.as_ptr());
         assert_eq!(Readers::Threads.body(&big).as_ptr(), big.as_ptr());
         assert_eq!(Readers::One.body(&small).as_ptr(), small.as_ptr());
+    }
+
+    #[test]
+    fn a_hit_sends_one_content_length_the_stored_bodys() {
+        let entry = |lengths: &[&'static str]| Entry {
+            meta: EntryMeta {
+                canonical_key: "GET http://h/".into(),
+                status: 200,
+                headers: lengths
+                    .iter()
+                    .map(|length| (header::CONTENT_LENGTH, HeaderValue::from_static(length)))
+                    .collect(),
+                vary: Vec::new(),
+                stored_at_ms: 0,
+                initial_age_ms: 0,
+                fresh_for_ms: 0,
+                stale_while_revalidate_ms: 0,
+                stale_if_error_ms: 0,
+                forbids_stale: false,
+                no_cache: false,
+                authenticated: false,
+                generation: 0,
+                tags: Vec::new(),
+            },
+            body: Bytes::from_static(b"12345"),
+        };
+        let lengths = |stored: &[&'static str], is_head: bool| -> Vec<String> {
+            let response: Response<ResponseBody<()>> =
+                response(&entry(stored), is_head, None, Duration::ZERO, Readers::One);
+            response
+                .headers()
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|value| value.to_str().unwrap().to_string())
+                .collect()
+        };
+        // An agreeing field is sent as stored; none stays none (hyper derives it for GET).
+        assert_eq!(lengths(&["5"], false), ["5"]);
+        assert_eq!(lengths(&[], false), Vec::<String>::new());
+        // One that disagrees, a repeat, or a non-number never frames the body.
+        assert_eq!(lengths(&["3"], false), ["5"]);
+        assert_eq!(lengths(&["5", "5"], false), ["5"]);
+        assert_eq!(lengths(&["3", "5"], false), ["5"]);
+        assert_eq!(lengths(&["+5"], false), ["5"]);
+        // HEAD: the GET's length, always.
+        assert_eq!(lengths(&[], true), ["5"]);
+        assert_eq!(lengths(&["9"], true), ["5"]);
     }
 }
