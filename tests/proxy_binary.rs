@@ -176,7 +176,7 @@ fn help_documents_every_flag_its_variable_and_default() {
         "[default: 127.0.0.1:3001]",
         "[default: origin]",
         "[default: 3600]",
-        "[default: per-thread]",
+        "[default: shared]",
         "[default: cdn-cache-control]",
         "[default: on]",
         "[default: off]",

@@ -31,7 +31,8 @@
 # Knobs (environment): ROUNDS=5 DURATION=10s WARMUP=3s CONNECTIONS=32 WRK_THREADS=1 PATHS=1
 # WORKERS=2 MEMCACHED_THREADS=2 NEAR_CACHE=64M,1s MODULES_DIR=/usr/lib/nginx/modules KEEP=1 (keep the temp
 # dir with configs and logs) PROXY_ENV='VAR=value ...' (extra environment for the proxy,
-# e.g. PROXY_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
+# e.g. PROXY_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2) PROXY_FLAGS='...'
+# (extra flags for both proxies, e.g. PROXY_FLAGS='--runtime per-thread').
 #
 # Needs: nginx, libnginx-mod-http-srcache-filter, libnginx-mod-http-memc, memcached, wrk,
 # curl, python3 (Debian: apt-get install -y nginx libnginx-mod-http-srcache-filter
@@ -126,13 +127,15 @@ NGINX_PID=$!
 
 PROXY_ARGS=(--listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
     --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300 --access-log off)
+read -r -a EXTRA_FLAGS <<<"${PROXY_FLAGS:-}"
+PROXY_ARGS+=("${EXTRA_FLAGS[@]}")
 read -r -a EXTRA_ENV <<<"${PROXY_ENV:-}"
 env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${PROXY_ARGS[@]}" >"$WORK/proxy.log" 2>&1 &
 PIDS+=($!)
 PROXY_PID=$!
 NEAR_ARGS=(--listen "127.0.0.1:$NEAR_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
     --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300 --access-log off
-    --near-cache "$NEAR_CACHE")
+    --near-cache "$NEAR_CACHE" "${EXTRA_FLAGS[@]}")
 env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${NEAR_ARGS[@]}" >"$WORK/near.log" 2>&1 &
 PIDS+=($!)
 NEAR_PID=$!

@@ -221,6 +221,11 @@ struct Args {
 
     /// How the threads share the work.
     ///
+    /// "shared" (the default) is one multi-threaded, work-stealing runtime behind one
+    /// listener and one cache layer: a thread with nothing to do takes work queued on
+    /// another, so uneven connections (a few busy keep-alive clients, a slow origin on
+    /// some) do not leave a thread idle while another is saturated. Request coalescing
+    /// covers the whole process.
     /// "per-thread" is nginx's worker model: each thread runs its own single-threaded
     /// runtime with its own listening socket (SO_REUSEPORT: the kernel spreads connections
     /// over them), its own pool to the origin and its own cache layer and memcached
@@ -228,11 +233,10 @@ struct Args {
     /// marks down is down for all); a hit never leaves its thread. Request coalescing is then per thread
     /// (memcached leases keep the threads from all calling the origin for one missing
     /// URL). As with nginx's "reuseport", a second proxy that the same user starts on the
-    /// same address shares the incoming connections instead of failing to bind.
-    /// "shared" is one multi-threaded, work-stealing runtime behind one listener and one
-    /// cache layer: better when the work per connection is uneven, or where SO_REUSEPORT is
-    /// missing.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_RUNTIME", value_enum, default_value_t = RuntimeKind::PerThread)]
+    /// same address shares the incoming connections instead of failing to bind. Its tail
+    /// latency over memcached is lower; its throughput is lower where connections are few
+    /// or uneven (BENCHMARKS.md).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_RUNTIME", value_enum, default_value_t = RuntimeKind::Shared)]
     runtime: RuntimeKind,
 
     /// Send the upstream's authority as Host (nginx's default $proxy_host).
