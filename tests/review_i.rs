@@ -443,6 +443,77 @@ async fn authentication_info_never_reaches_another_user() {
     assert_no_alice(&range);
 }
 
+/// `Clear-Site-Data` (W3C Clear Site Data) tells the browser of the request it answers to
+/// drop that user's cookies and storage: on a logout page, say, which an origin marks
+/// `public` because the page itself is the same for all. Stored with the entry, every
+/// later visitor of the URL was logged out. It goes to the client whose request brought
+/// it (from a fill or from a 304), never into the entry.
+#[tokio::test]
+async fn clear_site_data_reaches_only_the_client_it_was_sent_to() {
+    let origin = Origin::new(|request, _| {
+        let clear: &[u8] = b"\"cookies\", \"storage\"";
+        if conditional(request) {
+            not_modified(&[
+                ("etag", b"\"v1\""),
+                ("cache-control", b"public, max-age=0"),
+                ("clear-site-data", clear),
+            ])
+        } else {
+            Reply::ok(
+                &[
+                    ("etag", b"\"v1\""),
+                    ("cache-control", b"public, max-age=0"),
+                    ("clear-site-data", clear),
+                ],
+                "you are logged out",
+            )
+        }
+    });
+    let (svc, watch) = service_of(
+        MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin),
+        &origin,
+    );
+    let alice = get(&svc, "/logout", ALICE).await;
+    assert!(alice.headers.contains_key("clear-site-data"), "hers");
+    watch.settled().await;
+    // Stale at once: Bob's request revalidates, and the 304 carries the field again.
+    let bob = get(&svc, "/logout", BOB).await;
+    assert!(
+        bob.headers.contains_key("clear-site-data"),
+        "from his own 304"
+    );
+    assert_eq!(origin.calls(), 2);
+    watch.settled().await;
+    // Now fresh for a minute: Carol's revalidation stores it, Dave's request is a hit.
+    origin.then(|_, _| {
+        Reply::ok(
+            &[
+                ("etag", b"\"v2\""),
+                ("cache-control", b"public, max-age=60"),
+                ("clear-site-data", b"\"cookies\""),
+            ],
+            "you are logged out",
+        )
+    });
+    let carol = get(&svc, "/logout", &[("cookie", b"user=carol")]).await;
+    assert!(
+        carol.headers.contains_key("clear-site-data"),
+        "from the origin"
+    );
+    watch.settled().await;
+    let dave = get(&svc, "/logout", &[("cookie", b"user=dave")]).await;
+    assert!(
+        dave.headers
+            .get("cache-status")
+            .is_some_and(|status| status.to_str().unwrap().contains("hit")),
+        "{dave:?}"
+    );
+    assert!(
+        !dave.headers.contains_key("clear-site-data"),
+        "another client's Clear-Site-Data replayed from the cache: {dave:?}"
+    );
+}
+
 /// The refresh path of the same field: an entry first stored for Carol's authenticated
 /// request (`public`), refreshed by a 304 to Alice's, which carries Alice's
 /// `Authentication-Info`. The merged entry kept it, and Bob's hit got it.

@@ -456,13 +456,16 @@ const COOKIE_SETTERS: [HeaderName; 2] =
 /// stored: the cookie setters (unless the operator shares cookies), and the answers to
 /// that request's credentials, `Authentication-Info` (RFC 9110 §11.6.3) and
 /// `Proxy-Authentication-Info` (§11.7.3), whose Digest `rspauth` is a hash of the user's
-/// password another client could attack offline, and whose `nextnonce` is the user's.
-/// A 304 or HEAD that refreshes an entry gives them to its own client only.
-pub(crate) const PER_CLIENT_FIELDS: [HeaderName; 4] = [
+/// password another client could attack offline, and whose `nextnonce` is the user's;
+/// and `Clear-Site-Data`, which has the browser of that request drop its user's cookies
+/// and storage (replayed, it would log out every later visitor of a `public` logout
+/// page). A 304 or HEAD that refreshes an entry gives them to its own client only.
+pub(crate) const PER_CLIENT_FIELDS: [HeaderName; 5] = [
     header::SET_COOKIE,
     HeaderName::from_static("set-cookie2"),
     HeaderName::from_static("authentication-info"),
     HeaderName::from_static("proxy-authentication-info"),
+    HeaderName::from_static("clear-site-data"),
 ];
 
 /// The response fields a shared cache does not store (RFC 9111 §3.1, §5.2.2.4, §5.2.2.7):
