@@ -5,11 +5,15 @@
 mod support;
 
 use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use support::Watch;
+use support::proxy::{raw_request, start_proxy};
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
@@ -47,6 +51,69 @@ async fn rfc9110_8_6_a_cached_204_carries_no_content_length() {
                 None,
                 "{method} hit of a 204 stored with Content-Length {origin_length:?}"
             );
+        }
+    }
+}
+
+/// An origin on a thread of its own that answers every request with `answer`, as is,
+/// then closes the connection.
+fn canned_origin(answer: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = stream.write_all(&answer);
+        }
+    });
+    addr
+}
+
+/// Review J made a transfer coding other than `chunked` a 502, but let through any list
+/// of `chunked` and `identity`. hyper undoes one chunking, and only when `chunked` is the
+/// last coding: `chunked, chunked` (chunked twice, which RFC 9112 §6.1 forbids) kept the
+/// inner chunk framing in the body, and `chunked, identity` (chunked not last) was read to
+/// the connection's close with all of its framing. Either way the client got, and the
+/// cache stored for everyone, chunk-size lines as the page.
+#[test]
+fn a_chunking_hyper_does_not_undo_never_reaches_a_client_as_the_page() {
+    let inner = b"5\r\nhello\r\n0\r\n\r\n";
+    let mut twice = format!("{:x}\r\n", inner.len()).into_bytes();
+    twice.extend_from_slice(inner);
+    twice.extend_from_slice(b"\r\n0\r\n\r\n");
+    let head = |codings: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\n\
+             Transfer-Encoding: {codings}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let cases: [(&str, &[u8]); 3] = [
+        ("chunked, chunked", &twice),
+        ("chunked\r\nTransfer-Encoding: chunked", &twice),
+        ("chunked, identity", inner),
+    ];
+    for (codings, body) in cases {
+        let mut answer = head(codings);
+        answer.extend_from_slice(body);
+        let proxy = start_proxy(canned_origin(answer), &[]);
+        for attempt in ["first", "second"] {
+            let (status, response) = raw_request(proxy.addr, "GET /page HTTP/1.1\r\nHost: h\r\n");
+            // The proxy cannot undo these codings: a 502, as for any it cannot undo.
+            assert_eq!(
+                status, 502,
+                "{codings:?}, {attempt}: chunk framing passed on as the page: {response:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }

@@ -24,8 +24,9 @@
 //! clients still get 1.0), not the origin's version. An origin that cannot be reached
 //! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
 //! (60 s) 504 Gateway Timeout; neither is cached. A response whose `Transfer-Encoding`
-//! names a coding other than `chunked` (`gzip, chunked`) is answered 502 too: the proxy
-//! cannot undo it, and the body would go on (and into the cache) still coded. An origin's
+//! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
+//! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
+//! it, and the body would go on (and into the cache) still coded. An origin's
 //! `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 §6.3).
 //!
 //! # Requests refused
