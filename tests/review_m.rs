@@ -7,6 +7,8 @@ mod support;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -116,4 +118,53 @@ fn a_chunking_hyper_does_not_undo_never_reaches_a_client_as_the_page() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Review K gave `stale-while-revalidate` no window when none is given (its
+/// `staleness <= window` held at staleness 0, in the millisecond where a response's age
+/// equals its lifetime); `stale-if-error` kept the same comparison. A `max-age=0`
+/// response with no `stale-if-error`, revalidated in the millisecond it was stored, was
+/// served stale in place of the origin's 500 (RFC 9111 §4.2.4: a cache must not generate
+/// a stale response unless the origin or the client permits it).
+#[tokio::test]
+async fn rfc5861_4_no_window_no_stale_if_error_even_at_age_equal_lifetime() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let calls = Arc::clone(&calls);
+        tower::service_fn(move |_: Request<()>| {
+            // Each URL is asked twice: a storable 200, then a failure.
+            let first = calls.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+            async move {
+                let response = if first {
+                    Response::builder()
+                        .header("etag", "\"v1\"")
+                        .header("cache-control", "max-age=0")
+                        .body(Full::<Bytes>::from("stored, never fresh"))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::INTERNAL_SERVER_ERROR)
+                        .body(Full::<Bytes>::from("origin failed"))
+                };
+                Ok::<_, Infallible>(response.unwrap())
+            }
+        })
+    };
+    let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(origin);
+    for n in 0..50 {
+        let url = format!("http://example.com/failing/{n}");
+        support::send(&service, Method::GET, &url, &[]).await;
+        watch.settled().await;
+        let answer = support::send(&service, Method::GET, &url, &[]).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{url}: served stale without stale-if-error: {}",
+            answer.cache_status()
+        );
+        watch.settled().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 100);
+    assert_eq!(watch.snapshot().stores, 50, "{:?}", watch.snapshot());
 }
