@@ -494,6 +494,9 @@ fn parse_upstream(text: &str) -> Result<Uri, String> {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    // The last lines of the logs, unless their readers stopped reading, on every way out
+    // of `main` (dropped before an error it returns is printed).
+    let _flush = log_sink::FlushOnExit;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // stderr: stdout is the access log's. Off the request threads, as the access log.
     let subscriber = tracing_subscriber::fmt()
@@ -512,7 +515,7 @@ fn main() -> Result<(), BoxError> {
         .near_cache
         .0
         .map(|(size, staleness)| NearCache::new(size, staleness));
-    let served = match args.memcache.clone() {
+    match args.memcache.clone() {
         Some(servers) => {
             // Built once here, so that a bad list is reported before anything starts.
             let first = tower_memcache::backend::TcpBackend::builder()
@@ -532,10 +535,7 @@ fn main() -> Result<(), BoxError> {
                 Ok(memory.clone())
             })
         }
-    };
-    // The last lines of the access log, unless its reader stopped reading.
-    log_sink::flush();
-    served
+    }
 }
 
 /// Installs the Prometheus recorder and its HTTP listener on `addr`, before any layer
