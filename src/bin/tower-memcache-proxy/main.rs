@@ -94,7 +94,7 @@
 //! $ memcached -l 127.0.0.1 -p 11311 -U 0 &          # add -u root when running as root
 //! $ tower-memcache-proxy \
 //!       --listen 127.0.0.1:3001 --upstream http://127.0.0.1:8080 --memcache 127.0.0.1:11311
-//! tower-memcache-proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads, a runtime per thread)
+//! tower-memcache-proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads, one shared runtime)
 //!
 //! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
 //! cache-status: tower-memcache; fwd=uri-miss; stored
@@ -227,13 +227,14 @@ struct Args {
     /// another, so uneven connections (a few busy keep-alive clients, a slow origin on
     /// some) do not leave a thread idle while another is saturated. Request coalescing
     /// covers the whole process.
+    ///
     /// "per-thread" is nginx's worker model: each thread runs its own single-threaded
     /// runtime with its own listening socket (SO_REUSEPORT: the kernel spreads connections
     /// over them), its own pool to the origin and its own cache layer and memcached
     /// connections (the memcached servers' health is the process's: a server one thread
-    /// marks down is down for all); a hit never leaves its thread. Request coalescing is then per thread
-    /// (memcached leases keep the threads from all calling the origin for one missing
-    /// URL). As with nginx's "reuseport", a second proxy that the same user starts on the
+    /// marks down is down for all); a hit never leaves its thread. Request coalescing is
+    /// then per thread (memcached leases keep the threads from all calling the origin for
+    /// one missing URL). As with nginx's "reuseport", a second proxy that the same user starts on the
     /// same address shares the incoming connections instead of failing to bind. Its tail
     /// latency over memcached is lower; its throughput is lower where connections are few
     /// or uneven (BENCHMARKS.md).
