@@ -72,7 +72,8 @@ struct StoredMeta<'a> {
     canonical_key: &'a str,
     status: u16,
     /// Names as bytes, not `str`: the same bytes stored, and a hit's decode skips a UTF-8
-    /// pass that `HeaderName::from_bytes` makes redundant.
+    /// pass that `HeaderName::from_bytes` makes redundant (a name that is not UTF-8 is
+    /// left out, as any other invalid name).
     #[serde(borrow, deserialize_with = "bounded_seq")]
     headers: Vec<(&'a [u8], &'a [u8])>,
     #[serde(borrow, deserialize_with = "bounded_seq")]
@@ -360,7 +361,8 @@ mod tests {
             encode_value(&owned).unwrap(),
             encode_value(&borrowed).unwrap()
         );
-        // Names read as bytes since format 4: the same bytes as names read as text.
+        // Names are read as bytes (format 4 as before: the wire form did not change), the
+        // same bytes as names read as text.
         let name_bytes = vec![(&b"content-type"[..], &b"text/plain"[..])];
         assert_eq!(
             encode_value(&borrowed).unwrap(),
@@ -374,6 +376,9 @@ mod tests {
         let mut wire = StoredMeta::of(&expected);
         wire.headers.push((b"bad name", b"v"));
         wire.headers.push((b"x-ok", b"bad\nvalue"));
+        // Not UTF-8: refused by `HeaderName` as any other name that is no token (names
+        // read as text made the whole entry undecodable).
+        wire.headers.push((b"x-\xff", b"v"));
         let bytes = frame(MAGIC, &encode_value(&wire).unwrap(), &[]).unwrap();
         let entry = decode_entry(bytes).unwrap();
         assert_eq!(entry.meta, meta());

@@ -292,9 +292,9 @@ impl<B: Backend> Shared<B> {
         })
     }
 
-    /// Answers from an entry: the stored response, or a 304 when the client's own
-    /// conditions hold (RFC 9110 §13.2.2).
-    /// `freshness` is the entry's now, as the caller decided on it.
+    /// Answers from an entry, counted as a hit: the stored response, or a 304 when the
+    /// client's own conditions hold (RFC 9110 §13.2.2). `freshness` is the entry's now, as
+    /// the caller decided on it.
     pub(super) fn answer<ResBody>(
         &self,
         entry: &Entry,

@@ -272,13 +272,15 @@ pub(crate) fn response<B>(
         // chunked one): it would frame every hit short, and the rest of the body would be
         // read by the client as the next response on its connection. For HEAD, the GET's
         // body length still describes the resource. A field that agrees is sent as it is
-        // (formatting the length would cost every hit an allocation).
+        // (formatting the length would cost every hit an allocation). A 204 has none at
+        // all (RFC 9110 §8.6: a server MUST NOT send one), whatever its origin sent.
+        let has_length = meta.status != StatusCode::NO_CONTENT.as_u16();
         let (mut length_sent, mut length_dropped) = (false, false);
         for (name, value) in &meta.headers {
             if name == header::CONTENT_LENGTH {
                 let agrees = parse_decimal(value.as_bytes())
                     .is_some_and(|length| length == entry.body.len() as u64);
-                if length_sent || !agrees {
+                if length_sent || !agrees || !has_length {
                     length_dropped = true;
                     continue;
                 }
@@ -286,7 +288,7 @@ pub(crate) fn response<B>(
             }
             headers.append(name.clone(), readers.value(value));
         }
-        if (is_head || length_dropped) && !length_sent {
+        if has_length && (is_head || length_dropped) && !length_sent {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         }
     }

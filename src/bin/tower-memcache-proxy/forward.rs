@@ -147,7 +147,7 @@ pub(crate) async fn forward(
             // and, stored, every hit: the rest of the body read as the next response.
             if response.headers().contains_key(header::TRANSFER_ENCODING) {
                 if !only_chunked(response.headers()) {
-                    tracing::warn!(%method, upstream = %upstream.authority, "upstream sent a transfer coding other than chunked");
+                    tracing::warn!(%method, upstream = %upstream.authority, "upstream sent a transfer coding other than one chunking");
                     return Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
                 }
                 response.headers_mut().remove(header::CONTENT_LENGTH);
@@ -169,24 +169,32 @@ pub(crate) async fn forward(
     }
 }
 
-/// Whether every transfer coding a response names is one hyper undoes: `chunked` (or the
-/// obsolete `identity`, none at all). Another (`gzip, chunked`) is left on the body hyper
-/// hands over, and dropping the hop-by-hop field would pass it on, and store it, as if it
-/// were the representation: such a response is a 502, as nginx makes it ("upstream sent
-/// unknown Transfer-Encoding").
+/// Whether hyper undid every transfer coding the response names, so that the body it
+/// hands over is the representation: `chunked` once, as the last coding (or none, the
+/// obsolete `identity` aside). Another coding (`gzip, chunked`) is left on the body, and
+/// so is a second chunking (`chunked, chunked`), or all of the framing when `chunked` is
+/// not last (`chunked, identity`: hyper then reads to the connection's close); dropping
+/// the hop-by-hop field would pass that on, and store it, as if it were the
+/// representation. Such a response is a 502, as nginx makes it ("upstream sent unknown
+/// Transfer-Encoding").
 fn only_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .all(|value| {
-            value.to_str().is_ok_and(|codings| {
-                codings.split(',').all(|coding| {
-                    let coding = coding.trim();
-                    coding.eq_ignore_ascii_case("chunked")
-                        || coding.eq_ignore_ascii_case("identity")
-                })
-            })
-        })
+    let (mut chunked, mut last_chunked) = (0usize, false);
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(codings) = value.to_str() else {
+            return false;
+        };
+        for coding in codings.split(',').map(str::trim) {
+            if coding.eq_ignore_ascii_case("chunked") {
+                chunked += 1;
+                last_chunked = true;
+            } else if coding.eq_ignore_ascii_case("identity") {
+                last_chunked = false;
+            } else {
+                return false;
+            }
+        }
+    }
+    chunked == 0 || (chunked == 1 && last_chunked)
 }
 
 /// Drops the hop-by-hop headers, including those the `Connection` header names.

@@ -22,7 +22,8 @@ use tracing_subscriber::fmt::MakeWriter;
 /// log, bounded whatever the lines.
 const MAX_QUEUED: usize = 4 << 20;
 
-/// Lines written by one `write` at most.
+/// Bytes of queued lines gathered into one write: lines are added while the batch is
+/// shorter, so it may end up one line longer.
 const BATCH: usize = 64 << 10;
 
 /// Which stream a sink writes.
@@ -107,7 +108,7 @@ impl Sink {
     }
 }
 
-/// A writer thread: writes what is queued, [`BATCH`] bytes at a time at most, until the
+/// A writer thread: writes what is queued, about [`BATCH`] bytes at a time, until the
 /// process ends. A closed stream loses its lines, not the requests.
 fn write_lines(stream: Stream, queue: &mpsc::Receiver<String>) {
     let mut batch = String::new();
@@ -140,10 +141,21 @@ fn write_lines(stream: Stream, queue: &mpsc::Receiver<String>) {
     }
 }
 
+/// Flushes (see [`flush`]) when dropped: held by `main`, so that the lines queued before
+/// an exit are written on every way out of it, an early error return or a panic that
+/// unwinds through it included.
+pub(crate) struct FlushOnExit;
+
+impl Drop for FlushOnExit {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
 /// At exit: waits while each writer makes progress on the lines still queued, and gives
 /// up once one made none for 100 ms (its stream not being read): the proxy's exit must
 /// not wait for its log readers.
-pub(crate) fn flush() {
+fn flush() {
     for stream in [Stream::Stdout, Stream::Stderr] {
         let Some(sink) = stream.sink().get() else {
             continue;
@@ -191,7 +203,9 @@ impl Write for EventWriter {
 impl Drop for EventWriter {
     fn drop(&mut self) {
         if !self.0.is_empty() {
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.0)).into_owned();
+            // Formatted from `str`s: valid UTF-8 but for a bug, so taken without a copy.
+            let line = String::from_utf8(std::mem::take(&mut self.0))
+                .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
             sink(Stream::Stderr).push(line);
         }
     }

@@ -24,8 +24,9 @@
 //! clients still get 1.0), not the origin's version. An origin that cannot be reached
 //! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
 //! (60 s) 504 Gateway Timeout; neither is cached. A response whose `Transfer-Encoding`
-//! names a coding other than `chunked` (`gzip, chunked`) is answered 502 too: the proxy
-//! cannot undo it, and the body would go on (and into the cache) still coded. An origin's
+//! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
+//! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
+//! it, and the body would go on (and into the cache) still coded. An origin's
 //! `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 §6.3).
 //!
 //! # Requests refused
@@ -93,7 +94,7 @@
 //! $ memcached -l 127.0.0.1 -p 11311 -U 0 &          # add -u root when running as root
 //! $ tower-memcache-proxy \
 //!       --listen 127.0.0.1:3001 --upstream http://127.0.0.1:8080 --memcache 127.0.0.1:11311
-//! tower-memcache-proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads, a runtime per thread)
+//! tower-memcache-proxy on http://127.0.0.1:3001 -> http://127.0.0.1:8080 (memcached 127.0.0.1:11311, 2 threads, one shared runtime)
 //!
 //! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
 //! cache-status: tower-memcache; fwd=uri-miss; stored
@@ -226,13 +227,14 @@ struct Args {
     /// another, so uneven connections (a few busy keep-alive clients, a slow origin on
     /// some) do not leave a thread idle while another is saturated. Request coalescing
     /// covers the whole process.
+    ///
     /// "per-thread" is nginx's worker model: each thread runs its own single-threaded
     /// runtime with its own listening socket (SO_REUSEPORT: the kernel spreads connections
     /// over them), its own pool to the origin and its own cache layer and memcached
     /// connections (the memcached servers' health is the process's: a server one thread
-    /// marks down is down for all); a hit never leaves its thread. Request coalescing is then per thread
-    /// (memcached leases keep the threads from all calling the origin for one missing
-    /// URL). As with nginx's "reuseport", a second proxy that the same user starts on the
+    /// marks down is down for all); a hit never leaves its thread. Request coalescing is
+    /// then per thread (memcached leases keep the threads from all calling the origin for
+    /// one missing URL). As with nginx's "reuseport", a second proxy that the same user starts on the
     /// same address shares the incoming connections instead of failing to bind. Its tail
     /// latency over memcached is lower; its throughput is lower where connections are few
     /// or uneven (BENCHMARKS.md).
@@ -493,6 +495,9 @@ fn parse_upstream(text: &str) -> Result<Uri, String> {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    // The last lines of the logs, unless their readers stopped reading, on every way out
+    // of `main` (dropped before an error it returns is printed).
+    let _flush = log_sink::FlushOnExit;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // stderr: stdout is the access log's. Off the request threads, as the access log.
     let subscriber = tracing_subscriber::fmt()
@@ -511,7 +516,7 @@ fn main() -> Result<(), BoxError> {
         .near_cache
         .0
         .map(|(size, staleness)| NearCache::new(size, staleness));
-    let served = match args.memcache.clone() {
+    match args.memcache.clone() {
         Some(servers) => {
             // Built once here, so that a bad list is reported before anything starts.
             let first = tower_memcache::backend::TcpBackend::builder()
@@ -531,10 +536,7 @@ fn main() -> Result<(), BoxError> {
                 Ok(memory.clone())
             })
         }
-    };
-    // The last lines of the access log, unless its reader stopped reading.
-    log_sink::flush();
-    served
+    }
 }
 
 /// Installs the Prometheus recorder and its HTTP listener on `addr`, before any layer

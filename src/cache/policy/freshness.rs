@@ -211,11 +211,13 @@ impl Freshness {
         if self.forbids_stale || self.no_cache {
             return false;
         }
-        let staleness = self.staleness();
         let request_window = request
             .stale_if_error
             .map_or(Duration::ZERO, Duration::from_secs);
-        staleness <= self.stale_if_error.max(request_window)
+        let window = self.stale_if_error.max(request_window);
+        // As for `stale-while-revalidate`: no window (none given, or 0) is no stale
+        // response, not even where its age equals its lifetime.
+        !window.is_zero() && self.staleness() <= window
     }
 }
 
