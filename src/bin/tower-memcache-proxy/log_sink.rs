@@ -153,16 +153,19 @@ impl Drop for FlushOnExit {
 }
 
 /// At exit: waits while each writer makes progress on the lines still queued, and gives
-/// up once one made none for 100 ms (its stream not being read): the proxy's exit must
-/// not wait for its log readers.
+/// up once one made none for 100 ms (its stream not being read), or after a second in
+/// all (a reader that drains 4 MiB slowly): the proxy's exit must not wait for its log
+/// readers much beyond `--shutdown-grace`.
 fn flush() {
+    let deadline = Instant::now() + Duration::from_secs(1);
     for stream in [Stream::Stdout, Stream::Stderr] {
         let Some(sink) = stream.sink().get() else {
             continue;
         };
         let mut last = sink.queued.load(Ordering::Relaxed);
         let mut since = Instant::now();
-        while last > 0 && since.elapsed() < Duration::from_millis(100) {
+        while last > 0 && since.elapsed() < Duration::from_millis(100) && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(1));
             let now = sink.queued.load(Ordering::Relaxed);
             if now < last {
