@@ -202,8 +202,9 @@ pub(crate) enum StoreOutcome {
     /// have it.
     Overtaken,
     /// Not stored: one of the response's tags was purged after its request went out.
-    /// Requests that joined after `since` may not have the response: tags are only known
-    /// from it, so their lookups could not tell.
+    /// Requests that joined after `since` (when the request went out) may not have the
+    /// response: tags are only known from it, so their lookups could not tell, and a tag
+    /// keeps only its latest purge's time, so the first purge after the request is unknown.
     Superseded {
         since: SystemTime,
     },
@@ -1009,7 +1010,6 @@ impl<B: Backend> Storage<B> {
                 CLOCK_SKEW
             }
         };
-        let skewed = |at: u64| from_millis(at / 1_000_000).checked_sub(margin(at));
         let overtaken = (StoreOutcome::Overtaken, true);
         let failed_checked = (StoreOutcome::Failed, true);
         // Tags: a purge newer than the request, or (for a refresh) another generation.
@@ -1046,7 +1046,11 @@ impl<B: Backend> Storage<B> {
             };
             if purged_since {
                 tracing::debug!(key = %to.key, tag, "tag purged during the fill; not stored");
-                return superseded(purged_at.and_then(skewed).unwrap_or(to.requested));
+                // Followers that joined before the request went out may have it; not those
+                // that joined before the purge found: a tag keeps only its latest purge's
+                // time, and an earlier purge may have come (and returned) between the
+                // request and that one, with followers joining after it.
+                return superseded(to.requested);
             }
             resolved.push((tag.clone(), value));
         }
@@ -1258,12 +1262,6 @@ fn nanos(time: SystemTime) -> u64 {
 
 fn nanos_of(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
-pub(crate) fn from_millis(ms: u64) -> SystemTime {
-    UNIX_EPOCH
-        .checked_add(Duration::from_millis(ms))
-        .unwrap_or(UNIX_EPOCH)
 }
 
 fn decode(value: Bytes) -> Option<Entry> {
