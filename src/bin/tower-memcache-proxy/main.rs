@@ -279,8 +279,8 @@ struct Args {
     max_entry_size: u64,
 
     /// How long a request waits for memcached before going to the origin as a miss. Each
-    /// memcached call (connecting included) may take this long, but never less than 100 ms
-    /// (stores and purges keep that floor).
+    /// memcached call may also take this long (100 ms at least) to connect, and as long
+    /// again for its reply: stores and purges, which no request waits for in a lookup.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     cache_timeout: Duration,
 
