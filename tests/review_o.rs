@@ -206,16 +206,18 @@ const BOUND: Duration = Duration::from_millis(1000);
 
 /// One of three servers SIGSTOPped: every request answered within [`BOUND`] with the right
 /// body, every URL on the two others still a hit; after SIGCONT its URLs are cached again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_server_of_three_costs_only_its_share_and_comes_back() {
-    let test = "review_o::a_hung_server_of_three_costs_only_its_share_and_comes_back";
-    let Some(servers) = start_three(test) else {
+async fn a_hung_server_of_three_costs_only_its_share_and_comes_back(runtime: &str) {
+    let test = format!("review_o::a_hung_server_of_three_costs_only_its_share({runtime})");
+    let Some(servers) = start_three(&test) else {
         return;
     };
     let origin = start_origin().await;
     let addrs: Vec<String> = servers.iter().map(Memcached::addr).collect();
     let list = list(&addrs);
-    let proxy = start_proxy(origin, &["--memcache", &list, "--threads", "2"]);
+    let proxy = start_proxy(
+        origin,
+        &["--memcache", &list, "--threads", "2", "--runtime", runtime],
+    );
     let by_server = paths_by_server(&ring(&list), 3, 33);
     for (server, paths) in by_server.iter().enumerate() {
         for path in paths {
@@ -282,6 +284,16 @@ async fn a_hung_server_of_three_costs_only_its_share_and_comes_back() {
         }
     }
     drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_of_three_costs_only_its_share_and_comes_back_shared_runtime() {
+    a_hung_server_of_three_costs_only_its_share_and_comes_back("shared").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_of_three_costs_only_its_share_and_comes_back_per_thread_runtime() {
+    a_hung_server_of_three_costs_only_its_share_and_comes_back("per-thread").await;
 }
 
 /// How a server is away while a purge is made.
