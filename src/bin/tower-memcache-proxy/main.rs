@@ -278,7 +278,9 @@ struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_size)]
     max_entry_size: u64,
 
-    /// How long a request waits for memcached before going to the origin as a miss.
+    /// How long a request waits for memcached before going to the origin as a miss. Each
+    /// memcached call may also take this long (100 ms at least) to connect, and as long
+    /// again for its reply: stores and purges, which no request waits for in a lookup.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     cache_timeout: Duration,
 
@@ -519,8 +521,15 @@ fn main() -> Result<(), BoxError> {
     match args.memcache.clone() {
         Some(servers) => {
             // Built once here, so that a bad list is reported before anything starts.
+            // The backend's own timeouts at least `--cache-timeout`: left at their 100 ms
+            // defaults, a longer `--cache-timeout` (memcached over a slow link) would be
+            // cut short by the backend, every lookup failing and the server marked down.
+            // Never below the defaults: stores and purges keep their time.
+            let call_timeout = args.cache_timeout.max(Duration::from_millis(100));
             let first = tower_memcache::backend::TcpBackend::builder()
                 .server_list(&servers)
+                .timeout(call_timeout)
+                .connect_timeout(call_timeout)
                 .build()
                 .map_err(|err| format!("--memcache {servers:?}: {err}"))?;
             let description = format!("memcached {}", first.server_names().join(","));
