@@ -11,10 +11,10 @@ use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
 use super::service::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
-use super::storage::{FILL_HOLD, Found, Lookup, Placed, Slot, Target, placed};
+use super::storage::{FILL_HOLD, Found, Lookup, Placed, Slot, Target, placed, unique};
 use super::stored::now_ms;
 use crate::backend::Backend;
-use crate::cache::entry::{Entry, VariantIndex};
+use crate::cache::entry::{Entry, Placeholder, VariantIndex};
 use crate::cache::policy::freshness::Freshness;
 
 /// How long other processes wait for a placeholder when this layer has leases off (they
@@ -153,22 +153,41 @@ impl<B: Backend> Shared<B> {
                             tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; going alongside it");
                         }
                         let until = self.hold_until();
-                        Some(self.storage.rearm(&plan.key, found.slot, until).await)
+                        let pending = Lease::new(&self.storage, &plan.key, placeholder);
+                        let placed = self.storage.rearm(&plan.key, found.slot, until).await;
+                        Some((placed, pending))
                     }
                 }
-                Slot::Absent => Some(self.storage.place(&plan.key, self.hold_until()).await),
+                Slot::Absent => {
+                    let token = unique();
+                    let pending =
+                        Lease::new(&self.storage, &plan.key, Placeholder { token, until_ms: 0 });
+                    let placed = self
+                        .storage
+                        .place(&plan.key, token, self.hold_until())
+                        .await;
+                    Some((placed, pending))
+                }
             };
+            // `pending` guards the add (or CAS) while it is under way: should this request
+            // be dropped meanwhile (its client reset the stream or hung up), what landed
+            // is released in the background, rather than left for every request for the
+            // URL, here and in other processes, to wait `lease_wait` for.
             match placed {
-                Some(Placed::Mine(placeholder, at)) => {
+                Some((Placed::Mine(placeholder, at), pending)) => {
                     tracing::debug!(key = %plan.key, "placeholder in place: this request refills the URL");
                     filler.mark(Some(placeholder.token), &found, at);
-                    filler.lease = Some(Lease::new(&self.storage, &plan.key, placeholder));
+                    filler.lease = Some(pending.placed(placeholder));
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
                 }
-                Some(Placed::Unknown) => break,
+                Some((Placed::Unknown, pending)) => {
+                    pending.not_placed();
+                    break;
+                }
                 // Waited a poll interval, or someone was faster: what is there now?
-                Some(Placed::Taken) | None => {}
+                Some((Placed::Taken, pending)) => pending.not_placed(),
+                None => {}
             }
             let read = SystemTime::now();
             match self.look_again(plan, request_headers).await {

@@ -40,6 +40,18 @@ impl<B: Backend> Lease<B> {
         self.done = true;
     }
 
+    /// Guarding the add (or CAS) of what is now in place: `placeholder` as it landed.
+    pub(crate) fn placed(mut self, placeholder: Placeholder) -> Self {
+        self.placeholder = placeholder;
+        self
+    }
+
+    /// What it guarded was not put in place (another request's placeholder or an entry
+    /// was there, or the backend could not tell): nothing to release.
+    pub(crate) fn not_placed(mut self) {
+        self.done = true;
+    }
+
     /// Ends the placeholder before returning.
     pub(crate) async fn release(mut self) {
         self.done = true;

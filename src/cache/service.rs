@@ -722,7 +722,11 @@ pub(super) mod testing {
         let ex = exchange_for(shared, request).await;
         let placed = shared
             .storage
-            .place(&ex.plan.key, std::time::SystemTime::now())
+            .place(
+                &ex.plan.key,
+                crate::cache::storage::unique(),
+                std::time::SystemTime::now(),
+            )
             .await;
         let crate::cache::storage::Placed::Mine(placeholder, _) = placed else {
             panic!("no placeholder placed")

@@ -852,11 +852,13 @@ impl<B: Backend> Storage<B> {
         generation.as_ref().and_then(parse_generation)
     }
 
-    /// Puts a placeholder in a URL's primary key, where the lookup saw nothing, before its
-    /// request goes to the origin. Other requests wait for it until `until`.
-    pub(crate) async fn place(&self, key: &str, until: SystemTime) -> Placed {
+    /// Puts a placeholder with `token` (a fresh [`unique`] value, known to the caller
+    /// before the add is sent so that it can release what lands should it be dropped
+    /// meanwhile) in a URL's primary key, where the lookup saw nothing, before its request
+    /// goes to the origin. Other requests wait for it until `until`.
+    pub(crate) async fn place(&self, key: &str, token: u64, until: SystemTime) -> Placed {
         let placeholder = Placeholder {
-            token: unique(),
+            token,
             until_ms: millis(until),
         };
         let lifetime = Lifetime::from_duration(FILL_HOLD);
