@@ -90,22 +90,7 @@ async fn start_origin() -> Origin {
     let addr = listener.local_addr().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
-    let task = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let calls = Arc::clone(&counted);
-            connections.spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req| origin(req, Arc::clone(&calls)));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let task = support::origin::serve_http1(listener, move |req| origin(req, Arc::clone(&counted)));
     Origin { addr, calls, task }
 }
 

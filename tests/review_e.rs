@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::MemcacheLayer;
@@ -322,22 +322,9 @@ impl Drop for Origin {
 async fn start_origin() -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            connections.spawn(async move {
-                let service = hyper::service::service_fn(|request: Request<Incoming>| {
-                    let response = answer(request.method(), request.uri(), request.headers());
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    let task = support::origin::serve_http1(listener, |request: Request<Incoming>| {
+        let response = answer(request.method(), request.uri(), request.headers());
+        async move { Ok::<_, Infallible>(response) }
     });
     Origin { addr, task }
 }

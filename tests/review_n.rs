@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use support::proxy::{Proxy, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -151,22 +150,7 @@ async fn start_origin() -> Origin {
     let addr = listener.local_addr().unwrap();
     let counts = Arc::new(Counts::default());
     let counted = Arc::clone(&counts);
-    let task = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counts = Arc::clone(&counted);
-            connections.spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req| origin(req, Arc::clone(&counts)));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let task = support::origin::serve_http1(listener, move |req| origin(req, Arc::clone(&counted)));
     Origin { addr, counts, task }
 }
 
