@@ -20,7 +20,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::rngs::StdRng;
@@ -55,26 +55,14 @@ const BACK_RATIO: f64 = 0.75;
 async fn start_origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                    let body = format!("url {}", request.uri());
-                    let response = Response::builder()
-                        .header("cache-control", "max-age=3600")
-                        .header("content-type", "text/plain")
-                        .body(Full::new(Bytes::from(body)))
-                        .unwrap();
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    support::origin::serve_http1(listener, |request: Request<Incoming>| async move {
+        let body = format!("url {}", request.uri());
+        let response = Response::builder()
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        Ok::<_, Infallible>(response)
     });
     addr
 }

@@ -453,26 +453,15 @@ mod proxy {
     use http_body_util::Full;
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioExecutor;
     use tokio::net::TcpListener;
 
     async fn start_origin(origin: Origin) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let origin = origin.clone();
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let r = origin.respond(req.method(), req.uri().path(), req.headers());
-                            async move { Ok::<_, Infallible>(r) }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        support::origin::serve_http1(listener, move |req: Request<hyper::body::Incoming>| {
+            let r = origin.respond(req.method(), req.uri().path(), req.headers());
+            async move { Ok::<_, Infallible>(r) }
         });
         addr
     }

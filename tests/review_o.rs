@@ -35,7 +35,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,36 +51,23 @@ async fn start_origin() -> SocketAddr {
     let versions: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let versions = Arc::clone(&versions);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let versions = Arc::clone(&versions);
-                    async move {
-                        let path = request.uri().path().to_string();
-                        let mut versions = versions.lock().unwrap();
-                        let version = versions.entry(path.clone()).or_default();
-                        if request.method() == Method::POST {
-                            *version += 1;
-                            return Ok::<_, Infallible>(Response::new(Full::new(
-                                Bytes::from_static(b"posted"),
-                            )));
-                        }
-                        let response = Response::builder()
-                            .header("cache-control", "max-age=3600")
-                            .body(Full::new(Bytes::from(format!("{path} v{version}"))))
-                            .unwrap();
-                        Ok(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    support::origin::serve_http1(listener, move |request: Request<Incoming>| {
+        let versions = Arc::clone(&versions);
+        async move {
+            let path = request.uri().path().to_string();
+            let mut versions = versions.lock().unwrap();
+            let version = versions.entry(path.clone()).or_default();
+            if request.method() == Method::POST {
+                *version += 1;
+                return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"posted",
+                ))));
+            }
+            let response = Response::builder()
+                .header("cache-control", "max-age=3600")
+                .body(Full::new(Bytes::from(format!("{path} v{version}"))))
+                .unwrap();
+            Ok(response)
         }
     });
     addr
