@@ -154,14 +154,9 @@ impl CacheStats {
 
     /// Counts a hit that sent `body_bytes` from the cache; `stale`: a stale response
     /// (counted in `hits` and in `stale`).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn record_hit(&self, body_bytes: usize, stale: bool) {
-        let bytes = u64::try_from(body_bytes).unwrap_or(u64::MAX);
-        let shard = self.shard();
-        shard.hits.fetch_add(1, Ordering::Relaxed);
-        shard.bytes_served.fetch_add(bytes, Ordering::Relaxed);
-        if stale {
-            shard.stale.fetch_add(1, Ordering::Relaxed);
-        }
+        let bytes = self.count_served(body_bytes, stale);
         #[cfg(feature = "metrics")]
         {
             let handles = self.inner.exported.handles();
@@ -179,7 +174,16 @@ impl CacheStats {
     /// stale response standing in for a failed origin): a hit in the snapshot, as any
     /// answer from the cache, but not a second outcome in `tower_memcache_requests_total`,
     /// where the request already counts as `revalidate`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn record_served(&self, body_bytes: usize, stale: bool) {
+        let bytes = self.count_served(body_bytes, stale);
+        #[cfg(feature = "metrics")]
+        self.inner.exported.handles().bytes_served.increment(bytes);
+    }
+
+    /// The snapshot's side of an answer from the cache: a hit (and a stale one), and its
+    /// body bytes, which it returns.
+    fn count_served(&self, body_bytes: usize, stale: bool) -> u64 {
         let bytes = u64::try_from(body_bytes).unwrap_or(u64::MAX);
         let shard = self.shard();
         shard.hits.fetch_add(1, Ordering::Relaxed);
@@ -187,8 +191,7 @@ impl CacheStats {
         if stale {
             shard.stale.fetch_add(1, Ordering::Relaxed);
         }
-        #[cfg(feature = "metrics")]
-        self.inner.exported.handles().bytes_served.increment(bytes);
+        bytes
     }
 
     /// Counts a conditional request the layer sent on its own (a background refresh) for a
