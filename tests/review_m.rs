@@ -5,8 +5,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -57,29 +55,6 @@ async fn rfc9110_8_6_a_cached_204_carries_no_content_length() {
     }
 }
 
-/// An origin on a thread of its own that answers every request with `answer`, as is,
-/// then closes the connection.
-fn canned_origin(answer: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(16) {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let _ = stream.write_all(&answer);
-        }
-    });
-    addr
-}
-
 /// Review J made a transfer coding other than `chunked` a 502, but let through any list
 /// of `chunked` and `identity`. hyper undoes one chunking, and only when `chunked` is the
 /// last coding: `chunked, chunked` (chunked twice, which RFC 9112 §6.1 forbids) kept the
@@ -107,7 +82,7 @@ fn a_chunking_hyper_does_not_undo_never_reaches_a_client_as_the_page() {
     for (codings, body) in cases {
         let mut answer = head(codings);
         answer.extend_from_slice(body);
-        let proxy = start_proxy(canned_origin(answer), &[]);
+        let proxy = start_proxy(support::origin::canned(answer, 16), &[]);
         for attempt in ["first", "second"] {
             let (status, response) = raw_request(proxy.addr, "GET /page HTTP/1.1\r\nHost: h\r\n");
             // The proxy cannot undo these codings: a 502, as for any it cannot undo.

@@ -36,3 +36,29 @@ where
         }
     })
 }
+
+/// An origin on a thread of its own that reads each request head and answers it with
+/// `answer`, as is, then closes the connection; it serves `connections` connections at
+/// most, so it ends by itself.
+pub fn canned(answer: Vec<u8>, connections: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = stream.write_all(&answer);
+        }
+    });
+    addr
+}
