@@ -1048,3 +1048,54 @@ async fn a_request_dropped_while_placing_its_placeholder_holds_nobody() {
         "the next request waited {took:?} for the rearmed placeholder of a request long gone"
     );
 }
+
+/// The same add whose reply outlives the lookup timeout: the layer goes to the origin
+/// unguarded (it cannot tell whether its placeholder landed), and left the one that did
+/// land for every request for the URL to wait `lease_wait` for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_add_that_timed_out_holds_nobody() {
+    let slow_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let backend = SlowAdd {
+        inner: tower_memcache::backend::MemoryBackend::new(),
+        slow_ms: Arc::clone(&slow_ms),
+    };
+    let layer = tower_memcache::MemcacheLayer::new(backend)
+        .namespace("review-n")
+        .mode(tower_memcache::cache::CacheMode::Origin)
+        .lookup_timeout(Duration::from_millis(50));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn({
+            let calls = Arc::clone(&calls);
+            move |_request: Request<()>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let mut response =
+                        Response::new(http_body_util::Full::new(Bytes::from("page")));
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "public, max-age=60".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                }
+            }
+        });
+    let warm = support::send(&svc, http::Method::GET, "http://site.example/warm", &[]).await;
+    assert_eq!(warm.body, "page");
+    slow_ms.store(200, Ordering::SeqCst);
+    let first = support::send(&svc, http::Method::GET, "http://site.example/timed", &[]).await;
+    assert_eq!(
+        first.body, "page",
+        "a timed-out add still answers from the origin"
+    );
+    slow_ms.store(0, Ordering::SeqCst);
+    let _ = tokio::time::timeout(Duration::from_secs(1), layer.background().idle()).await;
+    let started = Instant::now();
+    let next = support::send(&svc, http::Method::GET, "http://site.example/timed", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(next.body, "page");
+    assert!(
+        took < Duration::from_millis(500),
+        "the next request waited {took:?} for a placeholder whose add timed out"
+    );
+}

@@ -181,8 +181,11 @@ impl<B: Backend> Shared<B> {
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
                 }
+                // The add (or CAS) may have landed though its reply did not come in time:
+                // dropping the guard releases what may be there, in the background, or
+                // every request for the URL would wait `lease_wait` for it.
                 Some((Placed::Unknown, pending)) => {
-                    pending.not_placed();
+                    drop(pending);
                     break;
                 }
                 // Waited a poll interval, or someone was faster: what is there now?

@@ -47,7 +47,7 @@ impl<B: Backend> Lease<B> {
     }
 
     /// What it guarded was not put in place (another request's placeholder or an entry
-    /// was there, or the backend could not tell): nothing to release.
+    /// was there): nothing to release.
     pub(crate) fn not_placed(mut self) {
         self.done = true;
     }
