@@ -815,6 +815,7 @@ async fn read_replies(
 ) -> BackendError {
     let server = &*shared.server;
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut decoder = protocol::Decoder::default();
     let mut replies = Vec::new();
     let mut answered = Vec::new();
     // What the requests whose replies are due asked for, oldest first: the reader's copy of
@@ -877,7 +878,7 @@ async fn read_replies(
             let Some(asked) = pending.front() else {
                 break Some(Failure::Unsolicited);
             };
-            match protocol::decode(&mut buf, &settings.limits, asked) {
+            match decoder.decode(&mut buf, &settings.limits, asked) {
                 Ok(Some(reply)) => {
                     replies.push(reply);
                     pending.pop_front();

@@ -576,45 +576,77 @@ pub(crate) fn parse_reply(
     limits: &Limits,
     asked: &Asked,
 ) -> Result<Frame, ProtocolError> {
-    Ok(match parse_raw(buf, limits, asked)? {
+    let mut values = Vec::new();
+    Ok(match parse_raw(buf, limits, asked, &mut values)? {
         None => Frame::Incomplete,
         Some((raw, len)) => Frame::Complete {
-            reply: raw.into_reply(|range| Bytes::copy_from_slice(&buf[range])),
+            reply: raw.into_reply(&mut values, |range| Bytes::copy_from_slice(&buf[range])),
             len,
         },
     })
 }
 
-/// Takes one complete reply, to a request that asked `asked`, off the front of `buf`.
-///
-/// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete; the buffer is also
-/// left untouched on error. Value data are zero-copy slices of the bytes split off `buf`.
+/// Takes one complete reply, to a request that asked `asked`, off the front of `buf`, with
+/// a fresh [`Decoder`] (tests; a connection keeps one).
+#[cfg(test)]
 pub(crate) fn decode(
     buf: &mut BytesMut,
     limits: &Limits,
     asked: &Asked,
 ) -> Result<Option<Reply>, ProtocolError> {
-    let Some((raw, len)) = parse_raw(buf, limits, asked)? else {
-        return Ok(None);
-    };
-    Ok(Some(match raw {
-        // Nothing refers to the consumed bytes, so skip them without creating a shared handle.
-        RawReply::Ready(reply) => {
-            buf.advance(len);
-            reply
+    Decoder::default().decode(buf, limits, asked)
+}
+
+/// Decodes a connection's replies, keeping the scratch space of its parses: the offsets of
+/// a get reply's values are found before its bytes are split off, and would otherwise take
+/// an allocation of their own per reply.
+#[derive(Default)]
+pub(crate) struct Decoder {
+    values: Vec<PendingValue>,
+}
+
+impl Decoder {
+    /// Most value offsets kept between replies (a larger multi-get's go with it).
+    const KEPT: usize = 64;
+
+    /// Takes one complete reply, to a request that asked `asked`, off the front of `buf`.
+    ///
+    /// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete; the buffer
+    /// is also left untouched on error. Value data are zero-copy slices of the bytes split off
+    /// `buf`.
+    pub(crate) fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        asked: &Asked,
+    ) -> Result<Option<Reply>, ProtocolError> {
+        self.values.clear();
+        if self.values.capacity() > Self::KEPT {
+            self.values = Vec::new();
         }
-        RawReply::Values(values) => {
-            let frame = buf.split_to(len).freeze();
-            RawReply::Values(values).into_reply(|range| frame.slice(range))
-        }
-    }))
+        let Some((raw, len)) = parse_raw(buf, limits, asked, &mut self.values)? else {
+            return Ok(None);
+        };
+        Ok(Some(match raw {
+            // Nothing refers to the consumed bytes, so skip them without creating a shared
+            // handle.
+            RawReply::Ready(reply) => {
+                buf.advance(len);
+                reply
+            }
+            RawReply::Values => {
+                let frame = buf.split_to(len).freeze();
+                RawReply::Values.into_reply(&mut self.values, |range| frame.slice(range))
+            }
+        }))
+    }
 }
 
 /// A parsed reply whose value data are still offsets into the parsed buffer, so the caller
 /// decides whether to copy them ([`parse_reply`]) or share them ([`decode`]).
 enum RawReply {
-    /// A get reply with at least one value.
-    Values(Vec<PendingValue>),
+    /// A get reply with at least one value, found in the values [`parse_raw`] was given.
+    Values,
     /// Any reply that holds no buffer data.
     Ready(Reply),
 }
@@ -632,13 +664,17 @@ struct PendingValue {
 }
 
 impl RawReply {
-    /// Resolves data ranges into `Bytes` with `data`.
-    fn into_reply(self, mut data: impl FnMut(Range<usize>) -> Bytes) -> Reply {
+    /// Resolves the data ranges of `values` (taken) into `Bytes` with `data`.
+    fn into_reply(
+        self,
+        values: &mut Vec<PendingValue>,
+        mut data: impl FnMut(Range<usize>) -> Bytes,
+    ) -> Reply {
         match self {
             RawReply::Ready(reply) => reply,
-            RawReply::Values(values) => Reply::Values(
+            RawReply::Values => Reply::Values(
                 values
-                    .into_iter()
+                    .drain(..)
                     .map(|value| Value {
                         asked: value.asked,
                         flags: value.flags,
@@ -704,6 +740,7 @@ fn parse_raw(
     buf: &[u8],
     limits: &Limits,
     asked: &Asked,
+    values: &mut Vec<PendingValue>,
 ) -> Result<Option<(RawReply, usize)>, ProtocolError> {
     let Some((first, next)) = read_line(buf, 0, limits.max_line_len)? else {
         return Ok(None);
@@ -716,12 +753,12 @@ fn parse_raw(
         // One pass: values are recorded as offsets, so a "not all here yet" retry of a large
         // multi-get costs at most the vector's allocation, and a complete reply is walked
         // once.
-        let mut values = Vec::new();
+        values.clear();
         let Some((ending, len)) = walk(buf, section, limits, asked, |entry| {
             if let Entry::Value(header, index, data) = entry {
                 if values.is_empty() {
                     // Room for every key asked (the walk refuses more), allocated once.
-                    values.reserve_exact(asked.max_entries(Section::Values, limits));
+                    values.reserve(asked.max_entries(Section::Values, limits));
                 }
                 values.push(PendingValue {
                     asked: index,
@@ -736,7 +773,7 @@ fn parse_raw(
         };
         return Ok(Some(match ending {
             Ending::Error(reply) => (RawReply::Ready(reply), len),
-            Ending::End => (RawReply::Values(values), len),
+            Ending::End => (RawReply::Values, len),
         }));
     }
 
@@ -753,7 +790,7 @@ fn parse_raw(
     // Parse pass over bytes already known to be a valid, complete reply.
     let raw = match section {
         // Handled above.
-        Section::Values => RawReply::Values(Vec::new()),
+        Section::Values => RawReply::Values,
         Section::Stats => {
             let mut stats = Vec::with_capacity(count);
             walk(buf, section, limits, asked, |entry| {
@@ -807,9 +844,13 @@ fn walk<'a>(
         match section {
             Section::Values => {
                 let header = parse_value_header(line, limits)?;
-                let Some(index) = keys.answer(header.key.as_bytes()) else {
+                let Some(index) = keys.answer(header.key) else {
+                    // Asked keys are ASCII, so only a key that matches none needs a look.
+                    if std::str::from_utf8(header.key).is_err() {
+                        return Err(ProtocolError::NonUtf8 { what: "VALUE key" });
+                    }
                     return Err(ProtocolError::UnexpectedKey {
-                        key: snippet(header.key.as_bytes()),
+                        key: snippet(header.key),
                     });
                 };
                 // Jump straight over the data block using the announced length: data may hold
@@ -821,7 +862,7 @@ fn walk<'a>(
                 };
                 if terminator != CRLF {
                     return Err(ProtocolError::DataNotTerminated {
-                        key: header.key.to_owned(),
+                        key: String::from_utf8_lossy(header.key).into_owned(),
                     });
                 }
                 visit(Entry::Value(header, index, next..data_end));
@@ -928,8 +969,8 @@ fn parse_error_line(line: &[u8]) -> Option<Reply> {
 
 /// The fields of a `VALUE <key> <flags> <bytes> [<cas>]` line.
 struct ValueHeader<'a> {
-    /// The echoed key.
-    key: &'a str,
+    /// The echoed key (checked against the keys asked, not decoded).
+    key: &'a [u8],
     /// Client flags.
     flags: u32,
     /// Announced data length.
@@ -976,7 +1017,6 @@ fn parse_value_header<'a>(
         Some(cas) => Some(parse_u64(cas).ok_or_else(|| malformed("cas is not a decimal number"))?),
         None => None,
     };
-    let key = std::str::from_utf8(key).map_err(|_| ProtocolError::NonUtf8 { what: "VALUE key" })?;
     Ok(ValueHeader {
         key,
         flags,
@@ -1583,9 +1623,14 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
 
     #[test]
     fn value_key_must_be_utf8() {
+        // Keys asked are `str`s: a key that is no UTF-8 answers none of them.
         assert_eq!(
-            error(b"VALUE \xc3\x28 0 1\r\nx\r\nEND\r\n"),
-            ProtocolError::NonUtf8 { what: "VALUE key" }
+            parse_reply(
+                b"VALUE \xc3\x28 0 1\r\nx\r\nEND\r\n",
+                &Limits::default(),
+                &asked(b"get k\r\n")
+            ),
+            Err(ProtocolError::NonUtf8 { what: "VALUE key" })
         );
     }
 
