@@ -517,3 +517,39 @@ async fn a_targeted_private_naming_no_field_name_reads_unqualified() {
         assert_no_alice(&bob);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Authorization (RFC 9111 §3.5)
+// ---------------------------------------------------------------------------------------
+
+/// A request with `Authorization`, in any spelling and even empty, keeps a response
+/// without `public`, `s-maxage` or `must-revalidate` out of the cache, in both modes.
+#[tokio::test]
+async fn authorization_in_any_form_keeps_an_unshareable_answer_out() {
+    for mode in [CacheMode::Routes, CacheMode::Origin] {
+        for (name, value) in [
+            ("authorization", &b"Bearer alice"[..]),
+            ("Authorization", b"bearer alice"),
+            ("AUTHORIZATION", b""),
+            ("authorization", b"   "),
+        ] {
+            let origin = Origin::new(|request, _| {
+                let user = if request.headers().contains_key("authorization") {
+                    "alice"
+                } else {
+                    "anonymous"
+                };
+                Reply::ok(
+                    &[("cache-control", b"max-age=60")],
+                    &format!("page of {user}"),
+                )
+            });
+            let (svc, watch) =
+                service_of(MemcacheLayer::new(MemoryBackend::new()).mode(mode), &origin);
+            get(&svc, "/a", &[(name, value)]).await;
+            watch.settled().await;
+            let bob = get(&svc, "/a", &[]).await;
+            assert_no_alice(&bob);
+        }
+    }
+}
