@@ -553,3 +553,30 @@ async fn authorization_in_any_form_keeps_an_unshareable_answer_out() {
         }
     }
 }
+
+/// `Vary` in the shapes origins send: empty members, the field on several lines, names in
+/// any case, `*` beside names. Each selects by Alice's cookie or stores nothing.
+#[tokio::test]
+async fn vary_in_every_list_shape_selects_by_the_cookie() {
+    let shapes: [&[&[u8]]; 5] = [
+        &[b", Cookie,"],
+        &[b"Accept", b"COOKIE"],
+        &[b"", b"cookie"],
+        &[b"Cookie, *"],
+        &[b"Accept-Encoding ,\tCookie"],
+    ];
+    for lines in shapes {
+        let origin = Origin::new(move |_, _| {
+            let mut headers: Vec<(&'static str, &[u8])> =
+                vec![("cache-control", b"public, max-age=60")];
+            headers.extend(lines.iter().map(|line| ("vary", *line)));
+            Reply::ok(&headers, "page of {user}")
+        });
+        let (svc, watch) = origin_mode(&origin);
+        get(&svc, "/vs", ALICE).await;
+        watch.settled().await;
+        let bob = get(&svc, "/vs", BOB).await;
+        assert_no_alice(&bob);
+        assert_eq!(bob.body, "page of bob");
+    }
+}
