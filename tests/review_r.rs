@@ -580,3 +580,32 @@ async fn vary_in_every_list_shape_selects_by_the_cookie() {
         assert_eq!(bob.body, "page of bob");
     }
 }
+
+/// A malformed `no-cache="…"` list on a response with a validator reads as `no-cache`:
+/// stored, but never reused without asking the origin, whose answer for Bob is Bob's.
+#[tokio::test]
+async fn a_malformed_no_cache_list_revalidates_every_reuse() {
+    let origin = Origin::new(|request, _| {
+        let headers: &[(&'static str, &[u8])] = &[
+            (
+                "cache-control",
+                b"public, max-age=60, no-cache=\"X-Token X-User\"",
+            ),
+            ("etag", b"\"v1\""),
+            ("x-user", b"{user}"),
+        ];
+        if conditional(request) {
+            not_modified(headers)
+        } else {
+            Reply::ok(headers, "the same page for all")
+        }
+    });
+    let (svc, watch) = origin_mode(&origin);
+    get(&svc, "/nc", ALICE).await;
+    watch.settled().await;
+    let bob = get(&svc, "/nc", BOB).await;
+    assert_eq!(origin.calls(), 2, "revalidated");
+    assert_no_alice(&bob);
+    assert_eq!(bob.headers.get("x-user").unwrap(), "bob");
+    assert_eq!(bob.body, "the same page for all");
+}
