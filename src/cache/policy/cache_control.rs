@@ -191,9 +191,13 @@ fn unquote(arg: &str) -> &str {
 
 /// The field names of a qualified directive's list, lower-cased. A quoted-pair (`\-`)
 /// stands for its character (RFC 9110 §5.6.4): kept, `private="x\-user"` would not name
-/// `X-User`, and the field would be stored.
+/// `X-User`, and the field would be stored. A list with a member that is no field name
+/// (`"X-Token X-User"`, `"X-User;"`) is malformed and names nothing (so the directive
+/// reads unqualified): taken as written, it matched no field, and every field it meant
+/// to keep out was stored for everyone.
 fn field_names(list: &str) -> Vec<String> {
-    list.split(',')
+    let names: Vec<String> = list
+        .split(',')
         .map(|name| {
             let mut unescaped = String::with_capacity(name.len());
             let mut escaped = false;
@@ -208,7 +212,12 @@ fn field_names(list: &str) -> Vec<String> {
             unescaped
         })
         .filter(|name| !name.is_empty())
-        .collect()
+        .collect();
+    if names.iter().all(|name| name.bytes().all(super::is_tchar)) {
+        names
+    } else {
+        Vec::new()
+    }
 }
 
 /// Whether every quoted string of a line is closed (quoted-pairs counted).
@@ -275,6 +284,19 @@ mod tests {
         );
         // A quoted-pair stands for its character.
         assert_eq!(cc(&["private=\"X\\-User\""]).private_fields, ["x-user"]);
+        // A list that is no list of field names names nothing: unqualified.
+        for malformed in [
+            "private=\"X-A X-B\"",
+            "private=X-A;",
+            "private=\"X-A, X/B\"",
+        ] {
+            let parsed = cc(&[malformed]);
+            assert!(
+                parsed.private && parsed.private_fields.is_empty(),
+                "{malformed}"
+            );
+        }
+        assert!(cc(&["no-cache=\"X-A X-B\""]).no_cache);
     }
 
     #[test]

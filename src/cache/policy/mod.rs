@@ -551,14 +551,29 @@ fn hex_value(digit: u8) -> Option<u8> {
 
 /// The lower-cased field names a response's `Vary` lists. A line that is not visible
 /// ASCII names no field a cache can read (field names are tokens) and counts as `*`:
-/// skipped, `Vary: Cookie, X-\xfc` stored one user's page as everyone's.
+/// skipped, `Vary: Cookie, X-\xfc` stored one user's page as everyone's. So does a
+/// member that is no token (`Cookie X-User`, `Cookie;`, `"Cookie"`): no request carries
+/// a field by that name, every request matched the stored absence, and the page that
+/// varied by Alice's cookie was Bob's too.
 pub(super) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     headers
         .get_all(header::VARY)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("*").split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
+        .map(|name| {
+            let name = name.trim();
+            if name.bytes().all(is_tchar) {
+                name.to_ascii_lowercase()
+            } else {
+                "*".to_string()
+            }
+        })
         .filter(|name| !name.is_empty())
+}
+
+/// A byte of a token (RFC 9110 §5.6.2), which is what a field name is.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// A request header's value normalised for `Vary` matching: each line's list members
@@ -979,6 +994,10 @@ pub(crate) mod tests {
         assert_ne!(user(b"J\\xfcrgen"), user(b"J\xfcrgen"));
         let names: Vec<_> = vary_names(&headers(&[("vary", "Accept-Encoding, ACCEPT")])).collect();
         assert_eq!(names, ["accept-encoding", "accept"]);
+        // A member that is no field name can select nothing: `*`.
+        let names: Vec<_> =
+            vary_names(&headers(&[("vary", "Cookie X-User, Accept, \"Cookie\"")])).collect();
+        assert_eq!(names, ["*", "accept", "*"]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use sfv::{BareItem, Dictionary, ListEntry, Parser, Version};
 
 use super::cache_control::{CacheControl, MAX_DELTA_SECONDS};
-use super::{Policy, is_unstored_field};
+use super::{Policy, is_tchar, is_unstored_field};
 
 /// The longest targeted field (all its lines joined) the cache parses; a longer one is
 /// ignored like an invalid one. Real ones are a few dozen bytes.
@@ -221,13 +221,22 @@ fn flag(value: Option<&BareItem>, to: &mut bool) -> bool {
 fn flag_or_fields(value: Option<&BareItem>, to: &mut bool, fields: &mut Vec<String>) -> bool {
     match value {
         Some(BareItem::Boolean(true)) => *to = true,
-        Some(BareItem::String(names)) => fields.extend(
-            names
+        Some(BareItem::String(names)) => {
+            let names: Vec<String> = names
                 .as_str()
                 .split(',')
                 .map(|name| name.trim().to_ascii_lowercase())
-                .filter(|name| !name.is_empty()),
-        ),
+                .filter(|name| !name.is_empty())
+                .collect();
+            // A list naming no field (`""`) or with a member that is no field name
+            // (`"X-Token X-User"`) keeps nothing out as written: read as the unqualified
+            // directive, as `Cache-Control`'s is.
+            if names.is_empty() || !names.iter().all(|name| name.bytes().all(is_tchar)) {
+                *to = true;
+            } else {
+                fields.extend(names);
+            }
+        }
         // Of the wrong type (`?0` aside): not consumed, but restrictive (fail closed).
         Some(BareItem::Boolean(false)) => return false,
         _ => {
