@@ -609,3 +609,65 @@ async fn a_malformed_no_cache_list_revalidates_every_reuse() {
     assert_eq!(bob.headers.get("x-user").unwrap(), "bob");
     assert_eq!(bob.body, "the same page for all");
 }
+
+// ---------------------------------------------------------------------------------------
+// Credentials in stored selecting values
+// ---------------------------------------------------------------------------------------
+
+/// A response that varies on `Cookie` or `Authorization` is selected by the request's
+/// value of it: the entry kept that value, so every user's session cookie or bearer token
+/// sat in memcached (unauthenticated, shared with every client of it) in the clear, for
+/// as long as the page did. Only a digest is stored; selection is unchanged.
+#[tokio::test]
+async fn credentials_a_response_varies_on_are_not_stored_in_the_clear() {
+    for (field, secret) in [
+        ("cookie", &b"user=alice; session=s3cr3t-alice-session"[..]),
+        ("authorization", b"Bearer alice-t0ken-s3cr3t"),
+        ("proxy-authorization", b"Basic YWxpY2U6czNjcjN0"),
+    ] {
+        let backend = MemoryBackend::new();
+        let origin = Origin::new(move |_, _| {
+            Reply::ok(
+                &[
+                    ("cache-control", b"public, max-age=60"),
+                    ("vary", field.as_bytes()),
+                ],
+                // Not the user's name: a bearer token is the name `user_of` reads.
+                "a personal page",
+            )
+        });
+        let (svc, watch) = service_of(
+            MemcacheLayer::new(backend.clone()).mode(CacheMode::Origin),
+            &origin,
+        );
+        let alice: &[(&str, &[u8])] = &[(field, secret)];
+        let first = get(&svc, "/secret", alice).await;
+        watch.settled().await;
+        let again = get(&svc, "/secret", alice).await;
+        assert_eq!(first.body, again.body);
+        assert!(
+            again
+                .headers
+                .get("cache-status")
+                .is_some_and(|v| v.to_str().unwrap().contains("hit")),
+            "{field}: the same credentials select the stored page: {:?}",
+            again.headers
+        );
+        let bob = get(&svc, "/secret", &[(field, b"user=bob; session=other")]).await;
+        assert!(
+            bob.headers
+                .get("cache-status")
+                .is_some_and(|v| !v.to_str().unwrap().contains("hit")),
+            "{field}: other credentials select another variant: {:?}",
+            bob.headers
+        );
+        let needle = String::from_utf8_lossy(secret).into_owned();
+        for (key, item) in backend.entries() {
+            let value = String::from_utf8_lossy(&item.value);
+            assert!(
+                !value.contains(&needle) && !value.contains("s3cr3t"),
+                "{field}: stored in the clear under {key}"
+            );
+        }
+    }
+}

@@ -610,6 +610,9 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
             return Some(normalized);
         }
     }
+    let credential = CREDENTIAL_FIELDS
+        .iter()
+        .any(|field| field.eq_ignore_ascii_case(name));
     // One pass into one string: this runs for every varied header of every hit.
     let mut normalized = String::new();
     for (line, value) in values.enumerate() {
@@ -631,7 +634,25 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
             }
         }
     }
+    if credential {
+        return Some(credential_digest(&normalized));
+    }
     Some(normalized)
+}
+
+/// Request fields that carry credentials. A response that varies on one is selected by
+/// a digest of the value, not the value: the entry (in memcached, which has no access
+/// control, and shared by every client of it) would keep each user's session cookie or
+/// token in the clear for as long as the page lives.
+const CREDENTIAL_FIELDS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// The digest a credential field's normalised value is selected by. Its leading NUL is
+/// in no normalised text ([`push_escaped`] writes control bytes out), so an entry stored
+/// with a value in the clear (before digests) selects no request.
+fn credential_digest(normalized: &str) -> String {
+    let mut digest = String::from("\0md5:");
+    digest.push_str(&crate::key::md5_hex(&[normalized.as_bytes()]));
+    digest
 }
 
 /// What stands between two lines of one field in a normalised value: a byte no line's
