@@ -27,6 +27,13 @@ const INDEX_MAGIC: &[u8; 4] = b"TMCV";
 pub(super) const ENTRY_FORMAT_VERSION: u8 = 4;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
+/// The most header fields an entry holds. A `HeaderMap` takes about 24 000 and panics
+/// past that (`reserve`, `with_capacity`), and a hit reserves room for every stored field
+/// and its own; an origin can send any number of one name's values. Far beyond any real
+/// response (hyper's client reads 100 at most), so a response with more is not stored
+/// (the admission gate) and an entry with more, read back, is a miss.
+pub(crate) const MAX_FIELDS: usize = 4096;
+
 /// Everything about a stored response except its body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct EntryMeta {
@@ -235,6 +242,14 @@ pub(super) fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, Codec
 pub(super) fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
     let (meta, body) = split(&bytes, MAGIC)?;
     let meta = decode_borrowed::<StoredMeta>(meta)?;
+    // More fields than a hit's `HeaderMap` takes would panic the request that read them
+    // (see [`MAX_FIELDS`]): never written by the layer, a miss.
+    if meta.headers.len() > MAX_FIELDS {
+        return Err(CodecError(format!(
+            "{} stored header fields, more than {MAX_FIELDS}",
+            meta.headers.len()
+        )));
+    }
     // Statuses the cache never stores (a 1xx hands the connection to another protocol; a
     // 206 or 304 is no whole response): from a foreign or corrupt value, or one stored
     // before they were refused, such an entry would be replayed as one.
@@ -378,6 +393,31 @@ mod tests {
             encode_value(&borrowed).unwrap(),
             encode_value(&name_bytes).unwrap()
         );
+    }
+
+    /// A memcached value of more fields than a hit's `HeaderMap` takes (the layer never
+    /// writes one) is a miss, not a panic on every request that reads it.
+    #[test]
+    fn entries_of_more_fields_than_an_entry_holds_do_not_decode() {
+        let fields = |count: usize| EntryMeta {
+            headers: vec![
+                (
+                    HeaderName::from_static("x-a"),
+                    HeaderValue::from_static("v")
+                );
+                count
+            ],
+            ..meta()
+        };
+        let at_most = encode_entry(&fields(MAX_FIELDS), b"x").unwrap();
+        assert_eq!(
+            decode_entry(at_most).unwrap().meta.headers.len(),
+            MAX_FIELDS
+        );
+        for count in [MAX_FIELDS + 1, 30_000] {
+            let stored = encode_entry(&fields(count), b"x").unwrap();
+            assert!(decode_entry(stored).is_err(), "{count}");
+        }
     }
 
     #[test]

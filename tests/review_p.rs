@@ -1,0 +1,67 @@
+//! Review P: an adversarial review of the one-pass authority, stored header names read as
+//! bytes, a hit's `Content-Length`, the proxy's transfer-coding checks, its off-thread log
+//! writers, `--runtime shared` as the default and `--cache-timeout` as the backend's
+//! timeouts. Each test fails if the defect it names returns.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use support::Watch;
+use tower::Layer;
+
+use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::CacheMode;
+
+/// A `HeaderMap` holds at most 24 576 fields' worth of slots, and `HeaderMap::reserve`
+/// (and `with_capacity`) panic past it. An entry is a list of fields, as many as its
+/// bytes hold: one of 30 000 fields (a few bytes each, far below the item size limit)
+/// panicked every request that read it, the hit's `reserve(fields + 3)` being the first
+/// to give up. Such an entry comes from a memcached that holds garbage, or from an origin
+/// (a handler, a reflecting one) that repeats a field: a `HeaderMap` holds any number of
+/// one name's values. Now it is neither stored nor, read back, served: a miss.
+#[tokio::test]
+async fn an_entry_of_more_fields_than_a_header_map_holds_is_a_miss_not_a_panic() {
+    const FIELDS: usize = 30_000;
+    let origin = tower::service_fn(|_: Request<()>| async {
+        // Slow enough for concurrent requests to wait for this one's entry.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut response = Response::new(Full::new(Bytes::from_static(b"body")));
+        let headers = response.headers_mut();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        let name = HeaderName::from_static("x-many");
+        for _ in 0..FIELDS {
+            headers.append(name.clone(), HeaderValue::from_static("v"));
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(origin);
+    let url = "http://example.com/many";
+    // Concurrent requests first (followers answered from the leader's entry), then one at
+    // a time (hits read back from the backend).
+    for (round, concurrent) in [3, 1, 1].into_iter().enumerate() {
+        let sent: Vec<_> = (0..concurrent)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { support::send(&service, Method::GET, url, &[]).await })
+            })
+            .collect();
+        for sent in sent {
+            let answer = tokio::time::timeout(Duration::from_secs(10), sent)
+                .await
+                .expect("answered in time");
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(err) => panic!("round {round}: a request panicked: {err}"),
+            };
+            assert_eq!(answer.body, "body", "round {round}");
+        }
+        watch.settled().await;
+    }
+}
