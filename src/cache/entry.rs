@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use super::storage::MAX_TAGS;
 use crate::codec::{CodecError, bounded_seq, decode_borrowed, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
@@ -250,6 +251,14 @@ pub(super) fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
             meta.headers.len()
         )));
     }
+    // Each tag is a key read (and named by an md5) on every lookup of the entry: no more
+    // than the layer keeps, or a foreign value would set the cost of each lookup.
+    if meta.tags.len() > MAX_TAGS {
+        return Err(CodecError(format!(
+            "{} stored tags, more than {MAX_TAGS}",
+            meta.tags.len()
+        )));
+    }
     // Statuses the cache never stores (a 1xx hands the connection to another protocol; a
     // 206 or 304 is no whole response): from a foreign or corrupt value, or one stored
     // before they were refused, such an entry would be replayed as one.
@@ -416,6 +425,23 @@ mod tests {
         );
         for count in [MAX_FIELDS + 1, 30_000] {
             let stored = encode_entry(&fields(count), b"x").unwrap();
+            assert!(decode_entry(stored).is_err(), "{count}");
+        }
+    }
+
+    /// Each tag of an entry is a key read on every lookup (and an md5 to name it): a
+    /// memcached value that lists more than the layer ever stores is a miss, not a lookup
+    /// that asks memcached for as many keys as the value has bytes.
+    #[test]
+    fn entries_of_more_tags_than_kept_do_not_decode() {
+        let tags = |count: usize| EntryMeta {
+            tags: (0..count).map(|tag| (tag.to_string(), 1)).collect(),
+            ..meta()
+        };
+        let at_most = encode_entry(&tags(MAX_TAGS), b"x").unwrap();
+        assert_eq!(decode_entry(at_most).unwrap().meta.tags.len(), MAX_TAGS);
+        for count in [MAX_TAGS + 1, 100_000] {
+            let stored = encode_entry(&tags(count), b"x").unwrap();
             assert!(decode_entry(stored).is_err(), "{count}");
         }
     }
