@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::storage::MAX_TAGS;
+use super::storage::{MAX_NAME_SETS, MAX_TAGS};
 use crate::codec::{CodecError, bounded_seq, decode_borrowed, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
@@ -296,7 +296,16 @@ fn frame(magic: &[u8; 4], meta: &[u8], rest: &[u8]) -> Result<Bytes, CodecError>
 /// Decodes a variant index.
 pub(super) fn decode_index(bytes: &[u8]) -> Result<VariantIndex, CodecError> {
     let (meta, _) = split(bytes, INDEX_MAGIC)?;
-    decode_value(meta)
+    let index: VariantIndex = decode_value(meta)?;
+    // Each name set is a variant key named and read on every lookup: no more than the
+    // layer keeps, or a foreign value would set the cost of each lookup.
+    if index.name_sets.len() > MAX_NAME_SETS {
+        return Err(CodecError(format!(
+            "{} name sets in a variant index, more than {MAX_NAME_SETS}",
+            index.name_sets.len()
+        )));
+    }
+    Ok(index)
 }
 
 /// Checks magic and version; returns the metadata and where the rest begins.
@@ -443,6 +452,25 @@ mod tests {
         for count in [MAX_TAGS + 1, 100_000] {
             let stored = encode_entry(&tags(count), b"x").unwrap();
             assert!(decode_entry(stored).is_err(), "{count}");
+        }
+    }
+
+    /// Each name set of a variant index is a variant key named (by an md5) and read on
+    /// every lookup: an index of more sets than the layer keeps is a miss.
+    #[test]
+    fn indexes_of_more_name_sets_than_kept_do_not_decode() {
+        let index = |sets: usize| VariantIndex {
+            canonical_key: "GET http://h/".into(),
+            name_sets: vec![vec!["accept".to_string()]; sets],
+            id: 1,
+        };
+        let at_most = encode_index(&index(MAX_NAME_SETS)).unwrap();
+        assert_eq!(decode_index(&at_most).unwrap(), index(MAX_NAME_SETS));
+        for sets in [MAX_NAME_SETS + 1, 100_000] {
+            assert!(
+                decode_index(&encode_index(&index(sets)).unwrap()).is_err(),
+                "{sets}"
+            );
         }
     }
 
