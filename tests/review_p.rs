@@ -65,3 +65,60 @@ async fn an_entry_of_more_fields_than_a_header_map_holds_is_a_miss_not_a_panic()
         watch.settled().await;
     }
 }
+
+/// The same through a refresh: a 304 merges its fields into the stored response's, and the
+/// request is answered from the merged set whether or not it may be stored. A 304 that
+/// repeats a field 30 000 times panicked the request it answered (and every request that
+/// revalidated). Now the request gets the stored response the 304 confirmed, and the
+/// entry, which can no longer be refreshed, is removed.
+#[tokio::test]
+async fn a_304_of_more_fields_than_an_entry_holds_answers_without_a_panic() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const FIELDS: usize = 30_000;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let calls = Arc::clone(&calls);
+        tower::service_fn(move |request: Request<()>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"body")));
+                let headers = response.headers_mut();
+                headers.insert("cache-control", HeaderValue::from_static("max-age=0"));
+                headers.insert("etag", HeaderValue::from_static("\"v1\""));
+                if call > 0 && request.headers().contains_key("if-none-match") {
+                    *response.status_mut() = http::StatusCode::NOT_MODIFIED;
+                    *response.body_mut() = Full::default();
+                    let name = HeaderName::from_static("x-many");
+                    let headers = response.headers_mut();
+                    for _ in 0..FIELDS {
+                        headers.append(name.clone(), HeaderValue::from_static("v"));
+                    }
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(origin);
+    let url = "http://example.com/refreshed";
+    support::send(&service, Method::GET, url, &[]).await;
+    support::stores(&watch, 1).await;
+    for attempt in 0..2 {
+        let sent = {
+            let service = service.clone();
+            tokio::spawn(async move { support::send(&service, Method::GET, url, &[]).await })
+        };
+        let answer = match tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("answered in time")
+        {
+            Ok(answer) => answer,
+            Err(err) => panic!("request {attempt} panicked: {err}"),
+        };
+        assert_eq!(answer.status, http::StatusCode::OK, "request {attempt}");
+        assert_eq!(answer.body, "body", "request {attempt}");
+        watch.settled().await;
+    }
+}
