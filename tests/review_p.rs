@@ -122,3 +122,59 @@ async fn a_304_of_more_fields_than_an_entry_holds_answers_without_a_panic() {
         watch.settled().await;
     }
 }
+
+/// A `HeaderMap` holds some 24 000 distinct names: a stored response's names and a 304's
+/// (each within the bound) merged past it panicked the refresh, for each request that
+/// revalidated. Now the merge stops at the bound; the merged set, too large to be stored,
+/// is refused as above.
+#[tokio::test]
+async fn a_304_whose_names_and_the_stored_ones_overflow_a_header_map_does_not_panic() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let calls = Arc::clone(&calls);
+        tower::service_fn(move |request: Request<()>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"body")));
+                let headers = response.headers_mut();
+                headers.insert("cache-control", HeaderValue::from_static("max-age=0"));
+                headers.insert("etag", HeaderValue::from_static("\"v1\""));
+                let (names, prefix) = if call > 0 && request.headers().contains_key("if-none-match")
+                {
+                    *response.status_mut() = http::StatusCode::NOT_MODIFIED;
+                    *response.body_mut() = Full::default();
+                    (24_000, "x-new-")
+                } else {
+                    (4_000, "x-stored-")
+                };
+                let headers = response.headers_mut();
+                for index in 0..names {
+                    let name = HeaderName::from_bytes(format!("{prefix}{index}").as_bytes());
+                    headers.append(name.unwrap(), HeaderValue::from_static("v"));
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(origin);
+    let url = "http://example.com/merged";
+    support::send(&service, Method::GET, url, &[]).await;
+    support::stores(&watch, 1).await;
+    let sent = {
+        let service = service.clone();
+        tokio::spawn(async move { support::send(&service, Method::GET, url, &[]).await })
+    };
+    let answer = match tokio::time::timeout(Duration::from_secs(20), sent)
+        .await
+        .expect("answered in time")
+    {
+        Ok(answer) => answer,
+        Err(err) => panic!("the revalidating request panicked: {err}"),
+    };
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert_eq!(answer.body, "body");
+}
