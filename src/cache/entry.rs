@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use super::storage::{MAX_NAME_SETS, MAX_TAGS};
 use crate::codec::{CodecError, bounded_seq, decode_borrowed, decode_value, encode_value};
 
 /// memcached flags of an HTTP entry ("tm", kind 1, format 1).
@@ -26,6 +27,13 @@ const INDEX_MAGIC: &[u8; 4] = b"TMCV";
 /// versions are misses.
 pub(super) const ENTRY_FORMAT_VERSION: u8 = 4;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
+
+/// The most header fields an entry holds. A `HeaderMap` takes about 24 000 and panics
+/// past that (`reserve`, `with_capacity`), and a hit reserves room for every stored field
+/// and its own; an origin can send any number of one name's values. Far beyond any real
+/// response (hyper's client reads 100 at most), so a response with more is not stored
+/// (the admission gate) and an entry with more, read back, is a miss.
+pub(crate) const MAX_FIELDS: usize = 4096;
 
 /// Everything about a stored response except its body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,6 +243,22 @@ pub(super) fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, Codec
 pub(super) fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
     let (meta, body) = split(&bytes, MAGIC)?;
     let meta = decode_borrowed::<StoredMeta>(meta)?;
+    // More fields than a hit's `HeaderMap` takes would panic the request that read them
+    // (see [`MAX_FIELDS`]): never written by the layer, a miss.
+    if meta.headers.len() > MAX_FIELDS {
+        return Err(CodecError(format!(
+            "{} stored header fields, more than {MAX_FIELDS}",
+            meta.headers.len()
+        )));
+    }
+    // Each tag is a key read (and named by an md5) on every lookup of the entry: no more
+    // than the layer keeps, or a foreign value would set the cost of each lookup.
+    if meta.tags.len() > MAX_TAGS {
+        return Err(CodecError(format!(
+            "{} stored tags, more than {MAX_TAGS}",
+            meta.tags.len()
+        )));
+    }
     // Statuses the cache never stores (a 1xx hands the connection to another protocol; a
     // 206 or 304 is no whole response): from a foreign or corrupt value, or one stored
     // before they were refused, such an entry would be replayed as one.
@@ -272,7 +296,16 @@ fn frame(magic: &[u8; 4], meta: &[u8], rest: &[u8]) -> Result<Bytes, CodecError>
 /// Decodes a variant index.
 pub(super) fn decode_index(bytes: &[u8]) -> Result<VariantIndex, CodecError> {
     let (meta, _) = split(bytes, INDEX_MAGIC)?;
-    decode_value(meta)
+    let index: VariantIndex = decode_value(meta)?;
+    // Each name set is a variant key named and read on every lookup: no more than the
+    // layer keeps, or a foreign value would set the cost of each lookup.
+    if index.name_sets.len() > MAX_NAME_SETS {
+        return Err(CodecError(format!(
+            "{} name sets in a variant index, more than {MAX_NAME_SETS}",
+            index.name_sets.len()
+        )));
+    }
+    Ok(index)
 }
 
 /// Checks magic and version; returns the metadata and where the rest begins.
@@ -378,6 +411,67 @@ mod tests {
             encode_value(&borrowed).unwrap(),
             encode_value(&name_bytes).unwrap()
         );
+    }
+
+    /// A memcached value of more fields than a hit's `HeaderMap` takes (the layer never
+    /// writes one) is a miss, not a panic on every request that reads it.
+    #[test]
+    fn entries_of_more_fields_than_an_entry_holds_do_not_decode() {
+        let fields = |count: usize| EntryMeta {
+            headers: vec![
+                (
+                    HeaderName::from_static("x-a"),
+                    HeaderValue::from_static("v")
+                );
+                count
+            ],
+            ..meta()
+        };
+        let at_most = encode_entry(&fields(MAX_FIELDS), b"x").unwrap();
+        assert_eq!(
+            decode_entry(at_most).unwrap().meta.headers.len(),
+            MAX_FIELDS
+        );
+        for count in [MAX_FIELDS + 1, 30_000] {
+            let stored = encode_entry(&fields(count), b"x").unwrap();
+            assert!(decode_entry(stored).is_err(), "{count}");
+        }
+    }
+
+    /// Each tag of an entry is a key read on every lookup (and an md5 to name it): a
+    /// memcached value that lists more than the layer ever stores is a miss, not a lookup
+    /// that asks memcached for as many keys as the value has bytes.
+    #[test]
+    fn entries_of_more_tags_than_kept_do_not_decode() {
+        let tags = |count: usize| EntryMeta {
+            tags: (0..count).map(|tag| (tag.to_string(), 1)).collect(),
+            ..meta()
+        };
+        let at_most = encode_entry(&tags(MAX_TAGS), b"x").unwrap();
+        assert_eq!(decode_entry(at_most).unwrap().meta.tags.len(), MAX_TAGS);
+        for count in [MAX_TAGS + 1, 100_000] {
+            let stored = encode_entry(&tags(count), b"x").unwrap();
+            assert!(decode_entry(stored).is_err(), "{count}");
+        }
+    }
+
+    /// Each name set of a variant index is a variant key named (by an md5) and read on
+    /// every lookup: an index of more sets than the layer keeps is a miss.
+    #[test]
+    fn indexes_of_more_name_sets_than_kept_do_not_decode() {
+        let index = |sets: usize| VariantIndex {
+            canonical_key: "GET http://h/".into(),
+            name_sets: vec![vec!["accept".to_string()]; sets],
+            id: 1,
+        };
+        let at_most = encode_index(&index(MAX_NAME_SETS)).unwrap();
+        assert_eq!(decode_index(&at_most).unwrap(), index(MAX_NAME_SETS));
+        for sets in [MAX_NAME_SETS + 1, 100_000] {
+            assert!(
+                decode_index(&encode_index(&index(sets)).unwrap()).is_err(),
+                "{sets}"
+            );
+        }
     }
 
     #[test]

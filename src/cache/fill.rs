@@ -21,7 +21,7 @@ use super::status::Outcome;
 use super::storage::{StoreOutcome, Target};
 use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
-use crate::cache::entry::{Entry, EntryMeta};
+use crate::cache::entry::{Entry, EntryMeta, MAX_FIELDS};
 use crate::cache::policy::{CacheControl, NotStorable};
 
 /// Why a response, or a stored response refreshed by one, does not become an entry.
@@ -45,6 +45,8 @@ pub(super) enum Refusal {
     /// The response names tags the layer cannot all keep (too many, too long, not UTF-8):
     /// a purge of one left out would not reach the entry.
     TagsUnkept,
+    /// More header fields than an entry holds ([`MAX_FIELDS`]): served, it would panic.
+    TooManyFields,
 }
 
 impl Refusal {
@@ -56,6 +58,7 @@ impl Refusal {
             Self::VaryChanged => "the refresh changes Vary",
             Self::NoLongerShareable => "authenticated and no longer shareable",
             Self::TagsUnkept => "tags that cannot all be kept",
+            Self::TooManyFields => "more header fields than an entry holds",
             Self::Policy(NotStorable::Status) => "status not stored",
             Self::Policy(NotStorable::NoStore) => "no-store",
             Self::Policy(NotStorable::Private) => "private",
@@ -79,9 +82,11 @@ impl Refusal {
             Self::Head | Self::NotLookedUp | Self::BackendUnavailable => false,
             Self::Policy(NotStorable::NoStore) => !request_cc.no_store,
             Self::Policy(NotStorable::Authorization) => false,
-            Self::Policy(_) | Self::VaryChanged | Self::NoLongerShareable | Self::TagsUnkept => {
-                true
-            }
+            Self::Policy(_)
+            | Self::VaryChanged
+            | Self::NoLongerShareable
+            | Self::TagsUnkept
+            | Self::TooManyFields => true,
         }
     }
 }
@@ -221,6 +226,9 @@ impl<B: Backend> Shared<B> {
                 Refusal::Policy(reason)
             })?;
         let meta = admission.meta(plan.canonical.clone(), status, headers, vary);
+        if meta.headers.len() > MAX_FIELDS {
+            return Err(Refusal::TooManyFields);
+        }
         let ttl = backend_ttl(
             &meta,
             self.config.keep_stale,

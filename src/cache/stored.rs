@@ -217,13 +217,18 @@ impl Admission<'_> {
         for name in updates {
             headers.remove(name);
             for value in update.get_all(name) {
-                headers.append(name.clone(), value.clone());
+                // Past the names a `HeaderMap` holds (the stored ones and the update's,
+                // each within it) `append` panics; the set is far past `MAX_FIELDS` by
+                // then, and is refused.
+                if headers.try_append(name.clone(), value.clone()).is_err() {
+                    return headers;
+                }
             }
         }
         // The update's Age describes this exchange (it is never stored, only read for
         // times).
         if let Some(age) = update.get(header::AGE) {
-            headers.insert(header::AGE, age.clone());
+            let _ = headers.try_insert(header::AGE, age.clone());
         }
         headers
     }
