@@ -275,7 +275,7 @@ impl<B: Backend> Shared<B> {
             headers: request.headers(),
             extensions: request.extensions(),
         };
-        let canonical = match self.config.canonical.key(&head) {
+        let canonical = match self.config.canonical.request_key(&head) {
             KeyOutcome::Key(canonical) => canonical,
             KeyOutcome::Declined => return None,
             KeyOutcome::Invalid(invalid) => {
