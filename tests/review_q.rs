@@ -177,3 +177,63 @@ fn a_get_in_asterisk_or_authority_form_reaches_the_cache() {
         "{response}"
     );
 }
+
+/// Two nested routers (`/v1`, `/v2`) that share a cache layer: axum's `nest` hands the
+/// inner router the path without its prefix, and the key was made from that, so `/v1/x`
+/// and `/v2/x` (two pages) shared the key of `/x`.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn nested_routers_share_the_key_of_their_stripped_path() {
+    use axum::Router;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let cache = layer(&MemoryBackend::new());
+    let watch = Watch::of(&cache);
+    let page =
+        |text: &'static str| async move { ([("cache-control", "public, max-age=60")], text) };
+    let app = Router::new()
+        .nest(
+            "/v1",
+            Router::new()
+                .route("/x", get(move || page("v1")))
+                .route_layer(cache.clone()),
+        )
+        .nest(
+            "/v2",
+            Router::new()
+                .route("/x", get(move || page("v2")).post(|| async { "posted" }))
+                .route_layer(cache.clone()),
+        );
+    // The body, and whether the cache answered.
+    let call = |path: &'static str, method: Method| {
+        let app = app.clone();
+        async move {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "h")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let hit = support::as_seen(response.headers()["cache-status"].to_str().unwrap())
+                == support::HIT;
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (String::from_utf8_lossy(&body).into_owned(), hit)
+        }
+    };
+    assert_eq!(call("/v1/x", Method::GET).await, ("v1".into(), false));
+    watch.settled().await;
+    assert_eq!(
+        call("/v2/x", Method::GET).await,
+        ("v2".into(), false),
+        "/v2/x was answered with /v1/x"
+    );
+    watch.settled().await;
+    assert_eq!(call("/v2/x", Method::GET).await, ("v2".into(), true));
+    // A POST to the nested page invalidates its whole target.
+    call("/v2/x", Method::POST).await;
+    assert_eq!(call("/v2/x", Method::GET).await, ("v2".into(), false));
+    assert_eq!(call("/v1/x", Method::GET).await, ("v1".into(), true));
+}

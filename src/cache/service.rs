@@ -271,7 +271,7 @@ impl<B: Backend> Shared<B> {
             .route_lifetime(request.uri().path(), matched_path(request))?;
         let head = RequestHead {
             method: request.method(),
-            uri: request.uri(),
+            uri: client_target(request),
             headers: request.headers(),
             extensions: request.extensions(),
         };
@@ -664,6 +664,23 @@ pub(super) fn matched_path<T>(request: &Request<T>) -> Option<&str> {
 #[cfg(not(feature = "axum"))]
 pub(super) fn matched_path<T>(_request: &Request<T>) -> Option<&str> {
     None
+}
+
+/// The target the client sent, which keys the request. axum's `Router::nest` hands a
+/// nested router (and a layer on it) the path without its prefix, and keeps the whole
+/// target as `OriginalUri`: keyed by the stripped path, `/v1/x` and `/v2/x` of two nested
+/// routers sharing a layer shared the key of `/x`, one's page served for the other.
+#[cfg(feature = "axum")]
+pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
+    request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or(request.uri(), |original| &original.0)
+}
+
+#[cfg(not(feature = "axum"))]
+pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
+    request.uri()
 }
 
 /// Helpers for the lifecycle modules' unit tests: one layer's `Shared` over
