@@ -237,3 +237,28 @@ async fn nested_routers_share_the_key_of_their_stripped_path() {
     assert_eq!(call("/v2/x", Method::GET).await, ("v2".into(), false));
     assert_eq!(call("/v1/x", Method::GET).await, ("v1".into(), true));
 }
+
+/// h2c with `:scheme: https` (held): the proxy listens in clear, so the request is
+/// refused before the cache or the origin sees it (`:path *`: `tests/review_n.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_request_claiming_https_is_refused() {
+    let proxy = start_proxy(echo_origin(), &[]);
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    for target in [
+        format!("https://{}/x", proxy.addr),
+        format!("http://{}/x", proxy.addr),
+    ] {
+        let request = Request::get(&target).body(()).unwrap();
+        let mut ready = sender.clone().ready().await.unwrap();
+        let (response, _) = ready.send_request(request, true).unwrap();
+        let status = response.await.unwrap().status();
+        let expected = if target.starts_with("https") {
+            400
+        } else {
+            200
+        };
+        assert_eq!(status, expected, "{target}");
+    }
+}
