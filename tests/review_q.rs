@@ -262,3 +262,38 @@ async fn an_h2c_request_claiming_https_is_refused() {
         assert_eq!(status, expected, "{target}");
     }
 }
+
+/// A `no_cache` rule for `/account` on a layer of the router nested at `/account`: the
+/// rule was matched against the path axum handed the nested router (`/me`), not the
+/// URL's (`/account/me`, as the key and a `Pattern` rule's `MatchedPath` have it), and a
+/// per-user page was stored for everyone.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_no_cache_rule_misses_the_pages_of_a_nested_router() {
+    use axum::Router;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    let cache = support::layer(MemoryBackend::new())
+        .namespace("review-q-rules")
+        .no_cache(tower_memcache::RouteMatch::Prefix("/account".into()));
+    let watch = Watch::of(&cache);
+    let app = Router::new().nest(
+        "/account",
+        Router::new()
+            .route("/me", get(|| async { "my account" }))
+            .route_layer(cache),
+    );
+    let request = Request::get("/account/me")
+        .header("host", "h")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    watch.settled().await;
+    assert!(status.contains("fwd=bypass"), "{status}");
+    assert_eq!(watch.snapshot().stores, 0);
+}

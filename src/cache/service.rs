@@ -266,12 +266,16 @@ impl<B: Backend> Shared<B> {
             );
             return None;
         }
+        // Rules match the path the key holds (and `MatchedPath` names), not a nested
+        // router's stripped one: a `no_cache` rule for `/account` must hold for the
+        // router nested there.
+        let target = client_target(request);
         let lifetime = self
             .policy()
-            .route_lifetime(request.uri().path(), matched_path(request))?;
+            .route_lifetime(target.path(), matched_path(request))?;
         let head = RequestHead {
             method: request.method(),
-            uri: client_target(request),
+            uri: target,
             headers: request.headers(),
             extensions: request.extensions(),
         };
