@@ -266,7 +266,7 @@ async fn an_h2c_request_claiming_https_is_refused() {
 /// A `no_cache` rule for `/account` on a layer of the router nested at `/account`: the
 /// rule was matched against the path axum handed the nested router (`/me`), not the
 /// URL's (`/account/me`, as the key and a `Pattern` rule's `MatchedPath` have it), and a
-/// per-user page was stored for everyone.
+/// per-user page was stored for everyone. A rule for `/me` must hold all the same.
 #[cfg(feature = "axum")]
 #[tokio::test]
 async fn a_no_cache_rule_misses_the_pages_of_a_nested_router() {
@@ -296,4 +296,21 @@ async fn a_no_cache_rule_misses_the_pages_of_a_nested_router() {
     watch.settled().await;
     assert!(status.contains("fwd=bypass"), "{status}");
     assert_eq!(watch.snapshot().stores, 0);
+    // A rule written for the path the nested router sees holds as well.
+    let cache = support::layer(MemoryBackend::new())
+        .namespace("review-q-rules")
+        .no_cache(tower_memcache::RouteMatch::Exact("/me".into()));
+    let app = Router::new().nest(
+        "/account",
+        Router::new()
+            .route("/me", get(|| async { "my account" }))
+            .route_layer(cache),
+    );
+    let request = Request::get("/account/me")
+        .header("host", "h")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.headers()["cache-status"].to_str().unwrap();
+    assert!(status.contains("fwd=bypass"), "{status}");
 }

@@ -266,13 +266,19 @@ impl<B: Backend> Shared<B> {
             );
             return None;
         }
-        // Rules match the path the key holds (and `MatchedPath` names), not a nested
-        // router's stripped one: a `no_cache` rule for `/account` must hold for the
-        // router nested there.
+        // Rules match the path the key holds (and `MatchedPath` names): a `no_cache` rule
+        // for `/account` must hold for the router nested there, which sees `/me`. Rules
+        // written for that stripped path still hold too: in a nested router the stricter
+        // reading wins (no caching, else the shorter lifetime).
         let target = client_target(request);
-        let lifetime = self
-            .policy()
-            .route_lifetime(target.path(), matched_path(request))?;
+        let pattern = matched_path(request);
+        let mut lifetime = self.policy().route_lifetime(target.path(), pattern)?;
+        if !std::ptr::eq(target, request.uri()) && target.path() != request.uri().path() {
+            let stripped = self
+                .policy()
+                .route_lifetime(request.uri().path(), pattern)?;
+            lifetime = lifetime.min(stripped);
+        }
         let head = RequestHead {
             method: request.method(),
             uri: target,
