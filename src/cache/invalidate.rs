@@ -11,7 +11,7 @@ use tower::Service;
 
 use super::body::ResponseBody;
 use super::key::RequestTarget;
-use super::service::Shared;
+use super::service::{Shared, client_target};
 use super::status::{Forward, Outcome};
 use crate::backend::Backend;
 use crate::cache::policy::Policy;
@@ -100,7 +100,8 @@ where
     let invalidates = Policy::invalidates(&method);
     let saved = invalidates.then(|| {
         (
-            request.uri().clone(),
+            // The whole target, as the lookup keys it (see `client_target`).
+            client_target(&request).clone(),
             request.headers().clone(),
             request.extensions().clone(),
         )

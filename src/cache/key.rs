@@ -73,6 +73,15 @@ pub enum InvalidTarget {
     /// The scheme is neither `http` nor `https`.
     #[error("the scheme is neither http nor https")]
     UnsupportedScheme,
+    /// The target is in asterisk form (`*`, a server-wide OPTIONS) or authority form
+    /// (`host:port`, CONNECT's): it names no resource (RFC 9112 §3.2.3, §3.2.4).
+    #[error("the request target is in asterisk or authority form")]
+    NotAResource,
+    /// The target's scheme (absolute form, HTTP/2's `:scheme`) is not the one the layer
+    /// serves ([`default_scheme`](super::MemcacheLayer::default_scheme)): the client
+    /// claims a connection it is not on (RFC 9110 §7.4).
+    #[error("the target's scheme is not the listener's")]
+    SchemeMismatch,
 }
 
 /// The validated scheme and authority of a request: what the default cache key is built
@@ -299,6 +308,16 @@ impl Canonical {
     /// The request's key. The target is validated even when a key function builds the
     /// key: a request whose Host the origin could read differently is never cached.
     pub(crate) fn key(&self, head: &RequestHead<'_>) -> KeyOutcome {
+        // `GET *` or `GET host:port` would be keyed as `/` or the path `*`, while the
+        // application sees a path that is `*` or empty: whatever it answers for that
+        // (a 404, a fallback page) was stored as the home page.
+        let names_a_resource = match head.uri.path_and_query() {
+            Some(path_and_query) => path_and_query.path().starts_with('/'),
+            None => head.uri.scheme().is_some(),
+        };
+        if !names_a_resource {
+            return KeyOutcome::Invalid(InvalidTarget::NotAResource);
+        }
         let Some(key_fn) = &self.key_fn else {
             return match canonical_key(&self.default_scheme, head.uri, head.headers) {
                 Ok(key) => KeyOutcome::Key(key),
@@ -314,6 +333,23 @@ impl Canonical {
             Some(key) => KeyOutcome::Key(format!("GET {key}")),
             None => KeyOutcome::Declined,
         }
+    }
+
+    /// The key of a request the layer answers: as [`key`](Self::key), but a target whose
+    /// scheme is not the layer's own is not keyed. The application answers for the
+    /// connection it is on (a plain listener's redirect to https, say), so an `https://`
+    /// target sent in clear, keyed as such, stored that answer for the TLS listener's
+    /// clients where both share a namespace. Purges and invalidations name URIs of either
+    /// scheme and use [`key`](Self::key).
+    pub(crate) fn request_key(&self, head: &RequestHead<'_>) -> KeyOutcome {
+        if head
+            .uri
+            .scheme_str()
+            .is_some_and(|scheme| !scheme.eq_ignore_ascii_case(&self.default_scheme))
+        {
+            return KeyOutcome::Invalid(InvalidTarget::SchemeMismatch);
+        }
+        self.key(head)
     }
 
     /// Gives a request about to go to the inner service the authority its key holds, in
@@ -542,6 +578,19 @@ mod tests {
             invalid("http://user@a.example/b", &[]),
             InvalidTarget::MalformedAuthority
         );
+    }
+
+    #[test]
+    fn asterisk_and_authority_forms_name_no_resource() {
+        for target in ["*", "a.example:80", "a.example"] {
+            assert_eq!(
+                invalid(target, &["a.example"]),
+                InvalidTarget::NotAResource,
+                "{target}"
+            );
+        }
+        // The absolute form without a path names `/`.
+        assert_eq!(valid("http://a.example", &[]), valid("/", &["a.example"]));
     }
 
     #[test]

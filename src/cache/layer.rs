@@ -206,8 +206,10 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
-    /// The scheme used in keys when the request URI has none (servers see origin-form
-    /// targets). Defaults to `http`.
+    /// The scheme of the connections the layer serves (`https` behind TLS): the scheme
+    /// of keys, since servers see origin-form targets. A request whose target names
+    /// another scheme (absolute form, HTTP/2's `:scheme`) is not cached: its answer is
+    /// the one for this connection. Defaults to `http`.
     pub fn default_scheme(mut self, scheme: impl Into<String>) -> Self {
         self.config.canonical.default_scheme = scheme.into();
         self

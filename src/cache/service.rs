@@ -266,16 +266,26 @@ impl<B: Backend> Shared<B> {
             );
             return None;
         }
-        let lifetime = self
-            .policy()
-            .route_lifetime(request.uri().path(), matched_path(request))?;
+        // Rules match the path the key holds (and `MatchedPath` names): a `no_cache` rule
+        // for `/account` must hold for the router nested there, which sees `/me`. Rules
+        // written for that stripped path still hold too: in a nested router the stricter
+        // reading wins (no caching, else the shorter lifetime).
+        let target = client_target(request);
+        let pattern = matched_path(request);
+        let mut lifetime = self.policy().route_lifetime(target.path(), pattern)?;
+        if !std::ptr::eq(target, request.uri()) && target.path() != request.uri().path() {
+            let stripped = self
+                .policy()
+                .route_lifetime(request.uri().path(), pattern)?;
+            lifetime = lifetime.min(stripped);
+        }
         let head = RequestHead {
             method: request.method(),
-            uri: request.uri(),
+            uri: target,
             headers: request.headers(),
             extensions: request.extensions(),
         };
-        let canonical = match self.config.canonical.key(&head) {
+        let canonical = match self.config.canonical.request_key(&head) {
             KeyOutcome::Key(canonical) => canonical,
             KeyOutcome::Declined => return None,
             KeyOutcome::Invalid(invalid) => {
@@ -664,6 +674,23 @@ pub(super) fn matched_path<T>(request: &Request<T>) -> Option<&str> {
 #[cfg(not(feature = "axum"))]
 pub(super) fn matched_path<T>(_request: &Request<T>) -> Option<&str> {
     None
+}
+
+/// The target the client sent, which keys the request. axum's `Router::nest` hands a
+/// nested router (and a layer on it) the path without its prefix, and keeps the whole
+/// target as `OriginalUri`: keyed by the stripped path, `/v1/x` and `/v2/x` of two nested
+/// routers sharing a layer shared the key of `/x`, one's page served for the other.
+#[cfg(feature = "axum")]
+pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
+    request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or(request.uri(), |original| &original.0)
+}
+
+#[cfg(not(feature = "axum"))]
+pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
+    request.uri()
 }
 
 /// Helpers for the lifecycle modules' unit tests: one layer's `Shared` over

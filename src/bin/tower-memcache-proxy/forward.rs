@@ -450,6 +450,19 @@ fn check_target<B>(request: &Request<B>) -> Result<RequestTarget, InvalidTarget>
     {
         return Err(InvalidTarget::UnsupportedScheme);
     }
+    // RFC 9112 §3.2.3, §3.2.4: the asterisk form is a server-wide OPTIONS's and the
+    // authority form CONNECT's. A `GET *` was stored and replayed; a `GET host:port` went
+    // to the origin as `GET /`.
+    let form_allowed = match request.uri().path_and_query() {
+        Some(path_and_query) if path_and_query.as_str() == "*" => {
+            request.method() == Method::OPTIONS
+        }
+        Some(path_and_query) => path_and_query.path().starts_with('/'),
+        None => request.uri().scheme().is_some() || request.method() == Method::CONNECT,
+    };
+    if !form_allowed {
+        return Err(InvalidTarget::NotAResource);
+    }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
     if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
         return Err(InvalidTarget::MalformedAuthority);
