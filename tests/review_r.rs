@@ -671,3 +671,34 @@ async fn credentials_a_response_varies_on_are_not_stored_in_the_clear() {
         }
     }
 }
+
+/// Every field a response varies on is normalised from the request on each lookup of its
+/// entry: an origin that varies on hundreds set the cost of every hit. More than an entry
+/// is selected by (64) is not stored; as many is.
+#[tokio::test]
+async fn a_response_varying_on_more_fields_than_an_entry_holds_is_not_stored() {
+    for (names, stored) in [(64, true), (65, false), (2000, false)] {
+        let vary: Vec<u8> = (0..names)
+            .map(|n| format!("X-F{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into_bytes();
+        let vary: &'static [u8] = Box::leak(vary.into_boxed_slice());
+        let origin = Origin::new(move |_, _| {
+            Reply::ok(
+                &[("cache-control", b"public, max-age=60"), ("vary", vary)],
+                "page",
+            )
+        });
+        let (svc, watch) = origin_mode(&origin);
+        get(&svc, "/many", &[]).await;
+        watch.settled().await;
+        let again = get(&svc, "/many", &[]).await;
+        let status = again
+            .headers
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert_eq!(status.contains("hit"), stored, "{names} names: {status}");
+    }
+}

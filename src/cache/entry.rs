@@ -35,6 +35,12 @@ const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 /// (the admission gate) and an entry with more, read back, is a miss.
 pub(crate) const MAX_FIELDS: usize = 4096;
 
+/// The most request fields an entry (or a variant index's name set) is selected by. Each
+/// is normalised from the request on every lookup of the entry; real responses vary on a
+/// handful. A response that varies on more is not stored, and an entry or index with
+/// more, read back, is a miss: a foreign value would set the cost of each lookup.
+pub(crate) const MAX_SELECTING_FIELDS: usize = 64;
+
 /// Everything about a stored response except its body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct EntryMeta {
@@ -253,6 +259,12 @@ pub(super) fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
     }
     // Each tag is a key read (and named by an md5) on every lookup of the entry: no more
     // than the layer keeps, or a foreign value would set the cost of each lookup.
+    if meta.vary.len() > MAX_SELECTING_FIELDS {
+        return Err(CodecError(format!(
+            "{} selecting fields, more than {MAX_SELECTING_FIELDS}",
+            meta.vary.len()
+        )));
+    }
     if meta.tags.len() > MAX_TAGS {
         return Err(CodecError(format!(
             "{} stored tags, more than {MAX_TAGS}",
@@ -303,6 +315,16 @@ pub(super) fn decode_index(bytes: &[u8]) -> Result<VariantIndex, CodecError> {
         return Err(CodecError(format!(
             "{} name sets in a variant index, more than {MAX_NAME_SETS}",
             index.name_sets.len()
+        )));
+    }
+    if let Some(names) = index
+        .name_sets
+        .iter()
+        .find(|names| names.len() > MAX_SELECTING_FIELDS)
+    {
+        return Err(CodecError(format!(
+            "a name set of {} names in a variant index, more than {MAX_SELECTING_FIELDS}",
+            names.len()
         )));
     }
     Ok(index)
@@ -452,6 +474,39 @@ mod tests {
         for count in [MAX_TAGS + 1, 100_000] {
             let stored = encode_entry(&tags(count), b"x").unwrap();
             assert!(decode_entry(stored).is_err(), "{count}");
+        }
+    }
+
+    /// Each selecting field of an entry (or name of an index's set) is normalised from the
+    /// request on every lookup: more than an entry holds is a miss.
+    #[test]
+    fn entries_and_indexes_of_more_selecting_fields_than_kept_do_not_decode() {
+        let vary = |count: usize| EntryMeta {
+            vary: (0..count).map(|n| (format!("x-{n}"), None)).collect(),
+            ..meta()
+        };
+        let at_most = encode_entry(&vary(MAX_SELECTING_FIELDS), b"x").unwrap();
+        assert_eq!(
+            decode_entry(at_most).unwrap().meta.vary.len(),
+            MAX_SELECTING_FIELDS
+        );
+        for count in [MAX_SELECTING_FIELDS + 1, 100_000] {
+            let stored = encode_entry(&vary(count), b"x").unwrap();
+            assert!(decode_entry(stored).is_err(), "{count}");
+        }
+        let index = |names: usize| VariantIndex {
+            canonical_key: "GET http://example.com/a?b".into(),
+            name_sets: vec![
+                vec!["accept".into()],
+                (0..names).map(|n| format!("x-{n}")).collect(),
+            ],
+            id: 7,
+        };
+        let at_most = encode_index(&index(MAX_SELECTING_FIELDS)).unwrap();
+        assert_eq!(decode_index(&at_most).unwrap(), index(MAX_SELECTING_FIELDS));
+        for names in [MAX_SELECTING_FIELDS + 1, 100_000] {
+            let stored = encode_index(&index(names)).unwrap();
+            assert!(decode_index(&stored).is_err(), "{names}");
         }
     }
 

@@ -21,7 +21,7 @@ use super::status::Outcome;
 use super::storage::{StoreOutcome, Target};
 use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
-use crate::cache::entry::{Entry, EntryMeta, MAX_FIELDS};
+use crate::cache::entry::{Entry, EntryMeta, MAX_FIELDS, MAX_SELECTING_FIELDS};
 use crate::cache::policy::{CacheControl, NotStorable};
 
 /// Why a response, or a stored response refreshed by one, does not become an entry.
@@ -47,6 +47,9 @@ pub(super) enum Refusal {
     TagsUnkept,
     /// More header fields than an entry holds ([`MAX_FIELDS`]): served, it would panic.
     TooManyFields,
+    /// Varies on more request fields than an entry is selected by
+    /// ([`MAX_SELECTING_FIELDS`]): each is read on every lookup.
+    TooManySelectingFields,
 }
 
 impl Refusal {
@@ -59,6 +62,7 @@ impl Refusal {
             Self::NoLongerShareable => "authenticated and no longer shareable",
             Self::TagsUnkept => "tags that cannot all be kept",
             Self::TooManyFields => "more header fields than an entry holds",
+            Self::TooManySelectingFields => "varies on more fields than an entry is selected by",
             Self::Policy(NotStorable::Status) => "status not stored",
             Self::Policy(NotStorable::NoStore) => "no-store",
             Self::Policy(NotStorable::Private) => "private",
@@ -86,7 +90,8 @@ impl Refusal {
             | Self::VaryChanged
             | Self::NoLongerShareable
             | Self::TagsUnkept
-            | Self::TooManyFields => true,
+            | Self::TooManyFields
+            | Self::TooManySelectingFields => true,
         }
     }
 }
@@ -228,6 +233,9 @@ impl<B: Backend> Shared<B> {
         let meta = admission.meta(plan.canonical.clone(), status, headers, vary);
         if meta.headers.len() > MAX_FIELDS {
             return Err(Refusal::TooManyFields);
+        }
+        if meta.vary.len() > MAX_SELECTING_FIELDS {
+            return Err(Refusal::TooManySelectingFields);
         }
         let ttl = backend_ttl(
             &meta,

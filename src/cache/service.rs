@@ -21,7 +21,7 @@ use super::config::Config;
 use super::exchange::{Exchange, Plan};
 use super::future::ResponseFuture;
 use super::invalidate::bypass;
-use super::key::{KeyOutcome, RequestHead};
+use super::key::{InvalidTarget, KeyOutcome, RequestHead};
 use super::layer::MemcacheLayer;
 use super::near::Near;
 use super::range::{self, WholeFill};
@@ -288,6 +288,10 @@ impl<B: Backend> Shared<B> {
         let canonical = match self.config.canonical.request_key(&head) {
             KeyOutcome::Key(canonical) => canonical,
             KeyOutcome::Declined => return None,
+            KeyOutcome::Invalid(InvalidTarget::SchemeMismatch) => {
+                warn_scheme_mismatch_once(request.uri(), &self.config.canonical.default_scheme);
+                return None;
+            }
             KeyOutcome::Invalid(invalid) => {
                 tracing::debug!(reason = %invalid, "request target cannot be keyed; cache bypassed");
                 return None;
@@ -674,6 +678,25 @@ pub(super) fn matched_path<T>(request: &Request<T>) -> Option<&str> {
 #[cfg(not(feature = "axum"))]
 pub(super) fn matched_path<T>(_request: &Request<T>) -> Option<&str> {
     None
+}
+
+/// Says once per process that a request named another scheme than the layer's: a layer
+/// behind TLS left at the default `http` sees every HTTP/2 request so (`:scheme https`),
+/// and caches none of them; on a plain listener it is a client's doing, and one line is
+/// all it gets.
+fn warn_scheme_mismatch_once(uri: &http::Uri, default_scheme: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(scheme = ?uri.scheme_str(), "target names another scheme than the layer's; cache bypassed");
+        return;
+    }
+    tracing::warn!(
+        scheme = ?uri.scheme_str(),
+        default_scheme,
+        "a request names another scheme than the layer's default_scheme and is not cached \
+         (further ones are logged at debug level); a layer serving TLS needs \
+         MemcacheLayer::default_scheme(\"https\")"
+    );
 }
 
 /// The target the client sent, which keys the request. axum's `Router::nest` hands a
