@@ -1113,7 +1113,8 @@ async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClaim) {
             }
             server.export_health();
             rebuild_ring(&inner);
-            tracing::info!(server = %server.name, %version, "memcached server answers again; back in use");
+            // `?`: the server's text, escaped (a control byte in it could forge log lines).
+            tracing::info!(server = %server.name, ?version, "memcached server answers again; back in use");
             // A sibling that marked it down again since found this probe still watching
             // and started none: watch on, unless a probe of its own got the claim.
             drop(claim);
