@@ -314,3 +314,20 @@ async fn a_no_cache_rule_misses_the_pages_of_a_nested_router() {
     let status = response.headers()["cache-status"].to_str().unwrap();
     assert!(status.contains("fwd=bypass"), "{status}");
 }
+
+/// A reverse proxy tunnels nothing: `CONNECT` went on to the origin (hyper's client sends
+/// `CONNECT <upstream>`), and an origin that is itself a forward proxy (or answers 200 to
+/// anything) would have opened a tunnel through it. The proxy answers 501 itself.
+#[test]
+fn connect_is_not_forwarded() {
+    let proxy = start_proxy(echo_origin(), &[]);
+    let host = proxy.addr;
+    for head in [
+        format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n"),
+        "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n".to_string(),
+    ] {
+        let (status, response) = raw_request(proxy.addr, &head);
+        assert_eq!(status, 501, "{head:?}: {response}");
+        assert!(!response.contains("CONNECT"), "{response}");
+    }
+}

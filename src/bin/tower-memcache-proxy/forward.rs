@@ -532,6 +532,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        // A reverse proxy tunnels nothing: forwarded, CONNECT asked the origin (which may
+        // itself be a forward proxy) to open a tunnel for any client.
+        if request.method() == Method::CONNECT {
+            tracing::debug!("CONNECT refused: 501");
+            let response = plain(StatusCode::NOT_IMPLEMENTED, "501 Not Implemented\n");
+            return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
+        }
         match check_target(&request) {
             Err(invalid) => {
                 future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
