@@ -86,7 +86,20 @@ async fn origin(
     let path = request.uri().path().to_string();
     let mut gap = Duration::ZERO;
     let mut vary = None;
-    let halves = if path.starts_with("/slow/") {
+    let halves = if path == "/search" {
+        // Reads its request's body, as a search API that takes GET with a query body.
+        let query = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .map(|body| body.to_bytes())
+            .unwrap_or_default();
+        [
+            Some(Bytes::from(format!(
+                "results for {}",
+                String::from_utf8_lossy(&query)
+            ))),
+            None,
+        ]
+    } else if path.starts_with("/slow/") {
         tokio::time::sleep(Duration::from_millis(300)).await;
         [Some(Bytes::from("slow")), None]
     } else if path.starts_with("/drip/") {
@@ -1098,4 +1111,42 @@ async fn a_placeholder_add_that_timed_out_holds_nobody() {
         took < Duration::from_millis(500),
         "the next request waited {took:?} for a placeholder whose add timed out"
     );
+}
+
+/// An HTTP/2 GET may carry a body (DATA frames) without `content-length`, and origins
+/// that take GET with a query body (search APIs) answer by it. The cache keys the URL
+/// alone and sees no body field: were the body passed on, the answer to the attacker's
+/// query would be stored as the URL's, for every later GET of it. (It held: a guard.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_get_body_without_length_is_not_cached_as_the_urls() {
+    let origin = start_origin().await;
+    let proxy = proxy(&origin, &[]);
+    let (sender, _driver) = h2_client(&proxy).await;
+    let mut ready = sender.clone().ready().await.unwrap();
+    let (response, mut stream) = ready
+        .send_request(get_request(&proxy, "/search"), false)
+        .unwrap();
+    stream
+        .send_data(Bytes::from_static(b"attacker-chosen"), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let mut body = response.into_body();
+    let mut all = Vec::new();
+    while let Some(chunk) = body.data().await {
+        all.extend_from_slice(&chunk.unwrap());
+    }
+    // The proxy may forward the body or drop it (it does: a GET's body has no defined
+    // meaning, RFC 9110 §9.3.1); either way no later GET may get the answer to it.
+    assert!(all.starts_with(b"results for "), "{all:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        let (status, cache_status, body) = fresh_get(&proxy, "/search", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body, "results for ",
+            "a bodiless GET got the attacker's answer ({cache_status})"
+        );
+    }
 }
