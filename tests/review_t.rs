@@ -1,0 +1,384 @@
+//! Review T: the seed-derived client API (`MemcacheClient`) under hostile input, and the
+//! in-memory fake (`MemoryBackend`) against a real memcached for the same operations: a
+//! test that passes on the fake must not fail in production.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use tower_memcache::MemcacheClient;
+use tower_memcache::backend::{Backend, BackendError, CasOutcome, Lifetime, MemoryBackend};
+
+const DAY: u64 = 86_400;
+const THIRTY_DAYS: u64 = 30 * DAY;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// ---------------------------------------------------------------------------------------
+// Lifetimes
+// ---------------------------------------------------------------------------------------
+
+/// A client keeps its default lifetime for its whole life: one of 31 days set at startup
+/// must still mean "31 days from the store", not "31 days from when the client was built",
+/// or a long-running process stores already-expired items once that date has passed.
+#[test]
+fn a_lifetime_over_30_days_counts_from_its_use_not_its_construction() {
+    let lifetime = Lifetime::from_secs(31 * DAY);
+    // The same lifetime, used 40 days after it was built.
+    let later = SystemTime::now() + Duration::from_secs(40 * DAY);
+    let deadline = lifetime.deadline(later).expect("expires");
+    assert!(
+        deadline >= later + Duration::from_secs(31 * DAY - 1),
+        "used 40 days later, a 31-day lifetime must not be already expired: {deadline:?} vs {later:?}"
+    );
+    // On the wire, the absolute time is taken when it is sent.
+    let exptime = u64::from(lifetime.exptime());
+    assert!(exptime.abs_diff(unix_now() + 31 * DAY) <= 1, "{exptime}");
+    // Two equal lifetimes built at different times are equal.
+    let client = MemcacheClient::new(MemoryBackend::new()).with_lifetime(lifetime);
+    assert_eq!(client.lifetime(), Lifetime::from_secs(31 * DAY));
+}
+
+#[tokio::test]
+async fn client_lifetimes_at_the_30_day_boundary_and_beyond_store_live_values() {
+    let backend = MemoryBackend::new();
+    let client = MemcacheClient::new(backend.clone());
+    for secs in [
+        1,
+        THIRTY_DAYS - 1,
+        THIRTY_DAYS,
+        THIRTY_DAYS + 1,
+        31 * DAY,
+        365 * DAY,
+        1 << 31,
+        u64::from(u32::MAX),
+        u64::MAX,
+    ] {
+        let key = format!("k{secs}");
+        client
+            .try_set_with_lifetime(&key, &secs, Lifetime::from_secs(secs))
+            .await
+            .unwrap();
+        assert_eq!(client.query::<u64>(&key).await, Some(secs), "{secs}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The fake against memcached
+// ---------------------------------------------------------------------------------------
+
+#[cfg(feature = "tcp")]
+mod differential {
+    use super::*;
+    use crate::memcached_or_skip;
+    use tower_memcache::backend::TcpBackend;
+
+    /// What both backends must agree on for one call (CAS values are each server's own).
+    fn outcome<T: std::fmt::Debug>(result: &Result<T, BackendError>) -> String {
+        match result {
+            Ok(value) => format!("{value:?}"),
+            Err(BackendError::Server(message)) => format!("server error {message}"),
+            Err(BackendError::InvalidKey { .. }) => "invalid key".into(),
+            Err(BackendError::ValueTooLarge { .. }) => "too large".into(),
+            Err(other) => format!("other error {other}"),
+        }
+    }
+
+    /// memcached writes an `incr` result in place, padded with spaces to the old length,
+    /// only while no other connection holds the item (`refcount == 2`), else as a new,
+    /// unpadded item: which one is a race, so trailing spaces are not compared.
+    fn unpadded(value: &Bytes) -> Bytes {
+        let end = value.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+        value.slice(..end)
+    }
+
+    fn item_outcome(
+        result: &Result<Option<tower_memcache::backend::Item>, BackendError>,
+    ) -> String {
+        outcome(
+            &result
+                .as_ref()
+                .map(|item| {
+                    item.as_ref()
+                        .map(|item| (unpadded(&item.value), item.flags))
+                })
+                .map_err(Clone::clone),
+        )
+    }
+
+    const VALUES: &[&[u8]] = &[
+        b"",
+        b"0",
+        b"1",
+        b"9",
+        b"99",
+        b"007",
+        b"0099",
+        b" 5",
+        b"5 ",
+        b"+5",
+        b"-5",
+        b"-0",
+        b"5abc",
+        b"5 abc",
+        b"18446744073709551615",
+        b"18446744073709551614",
+        b"18446744073709551616",
+        b"00000000000000000000000000001",
+        b"text",
+        b"with space",
+        // Not whitespace alone: memcached's strtoull then reads past the value, into
+        // whatever the slab held before.
+        b"\r\nx",
+        b"1\r\n",
+        b"\t7\x0b",
+        b"3\0x",
+        b"\0\xff",
+    ];
+
+    fn lifetime(rng: &mut StdRng) -> Lifetime {
+        match rng.random_range(0..8) {
+            0 => Lifetime::NEVER,
+            1 => Lifetime::from_secs(100),
+            2 => Lifetime::from_secs(THIRTY_DAYS),
+            3 => Lifetime::from_secs(THIRTY_DAYS + 1),
+            4 => Lifetime::from_secs(365 * DAY),
+            // Absolute times in the past, the smallest absolute one (1970 + 30 days + 1 s).
+            5 => Lifetime::at(UNIX_EPOCH + Duration::from_secs(unix_now() - 10)),
+            6 => Lifetime::from_exptime(THIRTY_DAYS as u32 + 1),
+            _ => Lifetime::from_secs(u64::MAX),
+        }
+    }
+
+    /// The same seeded random sequence of calls on the fake and on memcached: every answer
+    /// must be the same.
+    #[tokio::test]
+    async fn the_fake_answers_as_memcached_for_random_sequences() {
+        let server = memcached_or_skip!("review_t::differential");
+        let real = TcpBackend::new([server.addr()]).unwrap();
+        let fake = MemoryBackend::new();
+        let keys = ["a", "b", "c", "d"];
+        let started = std::time::Instant::now();
+        for seed in 0..40u64 {
+            real.flush_all().await.unwrap();
+            fake.flush_all().await.unwrap();
+            let mut rng = StdRng::seed_from_u64(seed);
+            // Last CAS value each side saw per key, and the step's log for the message.
+            let mut cas_real = [0u64; 4];
+            let mut cas_fake = [0u64; 4];
+            let mut log = Vec::new();
+            for _ in 0..60 {
+                let k = rng.random_range(0..keys.len());
+                let key = keys[k];
+                let value = Bytes::from_static(VALUES[rng.random_range(0..VALUES.len())]);
+                let flags = rng.random_range(0..3u32);
+                let (step, a, b) = match rng.random_range(0..10) {
+                    0 | 1 => {
+                        let lifetime = lifetime(&mut rng);
+                        (
+                            format!("set {key} {value:?} {lifetime:?}"),
+                            outcome(&real.set(key, value.clone(), flags, lifetime).await),
+                            outcome(&fake.set(key, value, flags, lifetime).await),
+                        )
+                    }
+                    2 => {
+                        let lifetime = lifetime(&mut rng);
+                        (
+                            format!("add {key} {value:?} {lifetime:?}"),
+                            outcome(&real.add(key, value.clone(), flags, lifetime).await),
+                            outcome(&fake.add(key, value, flags, lifetime).await),
+                        )
+                    }
+                    3 => {
+                        let r = real.get(key).await;
+                        let f = fake.get(key).await;
+                        if let Ok(Some(item)) = &r {
+                            cas_real[k] = item.cas.unwrap_or(0);
+                        }
+                        if let Ok(Some(item)) = &f {
+                            cas_fake[k] = item.cas.unwrap_or(0);
+                        }
+                        (format!("get {key}"), item_outcome(&r), item_outcome(&f))
+                    }
+                    4 => {
+                        let lifetime = lifetime(&mut rng);
+                        (
+                            format!("cas {key} {value:?} {lifetime:?}"),
+                            outcome(
+                                &real
+                                    .cas(key, value.clone(), flags, lifetime, cas_real[k])
+                                    .await,
+                            ),
+                            outcome(&fake.cas(key, value, flags, lifetime, cas_fake[k]).await),
+                        )
+                    }
+                    5 => {
+                        let lifetime = lifetime(&mut rng);
+                        (
+                            format!("touch {key} {lifetime:?}"),
+                            outcome(&real.touch(key, lifetime).await),
+                            outcome(&fake.touch(key, lifetime).await),
+                        )
+                    }
+                    6 | 7 => {
+                        let delta = match rng.random_range(0..3) {
+                            0 => 1,
+                            1 => u64::MAX,
+                            _ => rng.random_range(0..1000),
+                        };
+                        (
+                            format!("incr {key} {delta}"),
+                            outcome(&real.incr(key, delta).await),
+                            outcome(&fake.incr(key, delta).await),
+                        )
+                    }
+                    8 => (
+                        format!("delete {key}"),
+                        outcome(&real.delete(key).await),
+                        outcome(&fake.delete(key).await),
+                    ),
+                    _ => {
+                        let asked = [keys[k], "a", keys[k], "d"];
+                        let norm = |r: Result<
+                            std::collections::HashMap<String, tower_memcache::backend::Item>,
+                            BackendError,
+                        >| {
+                            outcome(&r.map(|found| {
+                                let mut found: Vec<_> = found
+                                    .into_iter()
+                                    .map(|(k, item)| (k, unpadded(&item.value), item.flags))
+                                    .collect();
+                                found.sort();
+                                found
+                            }))
+                        };
+                        (
+                            format!("get_many {asked:?}"),
+                            norm(real.get_many(&asked).await),
+                            norm(fake.get_many(&asked).await),
+                        )
+                    }
+                };
+                log.push(format!("{step} -> {a}"));
+                assert_eq!(
+                    a,
+                    b,
+                    "seed {seed}: memcached and the fake differ at the last step of:\n{}",
+                    log.join("\n")
+                );
+                // After every step, every key reads the same on both.
+                for key in keys {
+                    let r = item_outcome(&real.get(key).await);
+                    let f = item_outcome(&fake.get(key).await);
+                    assert_eq!(
+                        r,
+                        f,
+                        "seed {seed}: {key} reads differently after:\n{}",
+                        log.join("\n")
+                    );
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "bounded at 10 s"
+            );
+        }
+    }
+}
+
+/// The fake's answers that must be memcached's, run on both backends.
+mod on_both {
+    use super::*;
+
+    /// `incr` gives the item a new CAS value: a compare-and-swap with the value read
+    /// before it must fail, or a read-modify-write racing a counter loses the increment.
+    pub async fn cas_after_incr_is_refused<B: Backend>(b: B) {
+        b.set("n", "41".into(), 0, Lifetime::NEVER).await.unwrap();
+        let cas = b.get("n").await.unwrap().unwrap().cas.unwrap();
+        assert_eq!(b.incr("n", 1).await.unwrap(), Some(42));
+        assert_eq!(
+            b.cas("n", "0".into(), 0, Lifetime::NEVER, cas)
+                .await
+                .unwrap(),
+            CasOutcome::Exists
+        );
+        // touch keeps it: a CAS read before a touch still swaps.
+        let cas = b.get("n").await.unwrap().unwrap().cas.unwrap();
+        assert!(b.touch("n", Lifetime::from_secs(100)).await.unwrap());
+        assert_eq!(
+            b.cas("n", "7".into(), 0, Lifetime::NEVER, cas)
+                .await
+                .unwrap(),
+            CasOutcome::Stored
+        );
+    }
+
+    /// memcached reads the counter with strtoull: leading whitespace and sign, digits,
+    /// then whitespace or the end.
+    pub async fn incr_reads_numbers_as_memcached_does<B: Backend>(b: B) {
+        for (value, expected) in [
+            (&b"0099"[..], Some(100)),
+            (b" 5", Some(6)),
+            (b"5 ", Some(6)),
+            (b"5 abc", Some(6)),
+            (b"+5", Some(6)),
+            (b"-0", Some(1)),
+            (b"-5", None),
+            (b"5abc", None),
+            (b"18446744073709551616", None),
+            (b"", None),
+        ] {
+            b.set("n", Bytes::from_static(value), 0, Lifetime::NEVER)
+                .await
+                .unwrap();
+            let got = b.incr("n", 1).await;
+            match expected {
+                Some(n) => assert_eq!(got.unwrap(), Some(n), "{value:?}"),
+                None => assert!(
+                    matches!(got, Err(BackendError::Server(_))),
+                    "{value:?}: {got:?}"
+                ),
+            }
+        }
+        // A result no longer than the value reads back as the number (padded or not).
+        b.set("n", "0099".into(), 0, Lifetime::NEVER).await.unwrap();
+        b.incr("n", 1).await.unwrap();
+        let item = b.get("n").await.unwrap().unwrap();
+        assert_eq!(std::str::from_utf8(&item.value).unwrap().trim_end(), "100");
+        // And the next incr reads it again.
+        assert_eq!(b.incr("n", 1).await.unwrap(), Some(101));
+    }
+}
+
+#[tokio::test]
+async fn the_fake_renews_cas_on_incr() {
+    on_both::cas_after_incr_is_refused(MemoryBackend::new()).await;
+}
+
+#[tokio::test]
+async fn the_fake_reads_counters_as_memcached() {
+    on_both::incr_reads_numbers_as_memcached_does(MemoryBackend::new()).await;
+    // Where memcached writes in place (the usual case), it pads with spaces.
+    let b = MemoryBackend::new();
+    b.set("n", "0099".into(), 0, Lifetime::NEVER).await.unwrap();
+    b.incr("n", 1).await.unwrap();
+    assert_eq!(&b.peek("n").unwrap().value[..], b"100 ");
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn memcached_renews_cas_on_incr_and_reads_counters_so() {
+    let server = memcached_or_skip!("review_t::memcached_renews_cas_on_incr");
+    let b = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    on_both::cas_after_incr_is_refused(b.clone()).await;
+    on_both::incr_reads_numbers_as_memcached_does(b).await;
+}
