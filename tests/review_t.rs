@@ -382,3 +382,61 @@ async fn memcached_renews_cas_on_incr_and_reads_counters_so() {
     on_both::cas_after_incr_is_refused(b.clone()).await;
     on_both::incr_reads_numbers_as_memcached_does(b).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The client: a set that cannot store
+// ---------------------------------------------------------------------------------------
+
+/// A value that cannot be encoded.
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("refused"))
+    }
+}
+
+/// memcached drops the old value when a `set` is refused as too large ("avoid stale data
+/// persisting in cache because we failed alloc"); the client refuses before sending, so it
+/// must drop it itself: `set` never fails, and a caller that stored a new value must not
+/// read the one it replaced.
+async fn a_set_that_cannot_store_leaves_no_old_value<B: Backend>(b: B) {
+    let huge = vec![b'x'; b.item_size_limit()];
+    for versioned in [false, true] {
+        let client = MemcacheClient::new(b.clone())
+            .with_namespace("ns")
+            .with_versioned_namespace(versioned);
+        client.set("k", &1u32).await;
+        client.set("k", &huge).await;
+        assert_eq!(
+            client.query::<u32>("k").await,
+            None,
+            "versioned {versioned}"
+        );
+
+        client.set("k", &1u32).await;
+        assert!(client.try_set("k", &Unencodable).await.is_err());
+        assert_eq!(
+            client.query::<u32>("k").await,
+            None,
+            "versioned {versioned}"
+        );
+
+        client.set_raw("r", "old").await;
+        client.set_raw("r", huge.clone()).await;
+        assert_eq!(client.query_raw("r").await, None, "versioned {versioned}");
+    }
+}
+
+#[tokio::test]
+async fn a_set_that_cannot_store_leaves_no_old_value_on_the_fake() {
+    a_set_that_cannot_store_leaves_no_old_value(MemoryBackend::new()).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn a_set_that_cannot_store_leaves_no_old_value_on_memcached() {
+    let server = memcached_or_skip!("review_t::a_set_that_cannot_store");
+    let b = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    a_set_that_cannot_store_leaves_no_old_value(b).await;
+}

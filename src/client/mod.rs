@@ -186,7 +186,9 @@ impl<B: Backend> MemcacheClient<B> {
     }
 
     /// Stores a value for the default lifetime and returns its memcache key. Never fails:
-    /// when the backend is gone, or the value cannot be stored, nothing is stored.
+    /// when the backend is gone, or the value cannot be stored, nothing is stored (and a
+    /// value that cannot be stored, too large or unencodable, removes the one it was to
+    /// replace, as memcached does with one too large).
     pub async fn set<K, T>(&self, key: &K, value: &T) -> String
     where
         K: KeyBase + ?Sized,
@@ -230,7 +232,13 @@ impl<B: Backend> MemcacheClient<B> {
         K: KeyBase + ?Sized,
         T: Serialize + ?Sized,
     {
-        let bytes = codec::encode_value(value)?;
+        let bytes = match codec::encode_value(value) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.drop_replaced(key).await;
+                return Err(err.into());
+            }
+        };
         self.store(key, Bytes::from(bytes), FLAG_BINCODE, lifetime)
             .await
     }
@@ -430,19 +438,35 @@ impl<B: Backend> MemcacheClient<B> {
         lifetime: Lifetime,
     ) -> Result<String, Error> {
         let resolved = self.resolve_key(key).await?;
-        match &resolved.route {
+        let stored = match &resolved.route {
             Some(route) => {
                 self.backend
                     .set_by_key(route, &resolved.key, value, flags, lifetime)
-                    .await?;
+                    .await
             }
             None => {
                 self.backend
                     .set(&resolved.key, value, flags, lifetime)
-                    .await?
+                    .await
             }
+        };
+        if let Err(err) = stored {
+            if matches!(err, BackendError::ValueTooLarge { .. }) {
+                // Refused before sending, where memcached would have dropped the old value.
+                let _ = self.delete_resolved(&resolved).await;
+            }
+            return Err(err.into());
         }
         Ok(resolved.key)
+    }
+
+    /// A set whose value cannot be stored drops the value it was to replace, as memcached
+    /// does with one too large: the caller must not read back what it meant to replace.
+    /// Best effort, like the set.
+    async fn drop_replaced(&self, key: &(impl KeyBase + ?Sized)) {
+        if let Err(err) = self.try_invalidate(key).await {
+            tracing::debug!(error = %err, "memcache delete after a failed set failed");
+        }
     }
 
     async fn get_resolved(&self, resolved: &Resolved) -> Result<Option<Item>, BackendError> {
