@@ -159,6 +159,33 @@ mod differential {
         }
     }
 
+    /// The counters compared. Not `get_expired`, `curr_items` nor `total_items`:
+    /// memcached's LRU crawler reclaims expired and flushed items in the background (a
+    /// later read is a plain miss), and an `incr` makes a new item or not depending on
+    /// other connections' references.
+    async fn counters<B: Backend>(b: &B) -> Vec<(String, Option<u64>)> {
+        let stats = b.stats().await.unwrap().remove(0);
+        [
+            "cmd_get",
+            "get_hits",
+            "get_misses",
+            "cmd_set",
+            "cmd_touch",
+            "touch_hits",
+            "touch_misses",
+            "delete_hits",
+            "delete_misses",
+            "incr_hits",
+            "incr_misses",
+            "cas_hits",
+            "cas_misses",
+            "cas_badval",
+        ]
+        .into_iter()
+        .map(|name| (name.to_string(), stats.get_u64(name)))
+        .collect()
+    }
+
     /// The same seeded random sequence of calls on the fake and on memcached: every answer
     /// must be the same.
     #[tokio::test]
@@ -171,6 +198,7 @@ mod differential {
         for seed in 0..40u64 {
             real.flush_all().await.unwrap();
             fake.flush_all().await.unwrap();
+            let stats_before = (counters(&real).await, counters(&fake).await);
             let mut rng = StdRng::seed_from_u64(seed);
             // Last CAS value each side saw per key, and the step's log for the message.
             let mut cas_real = [0u64; 4];
@@ -287,6 +315,20 @@ mod differential {
                     );
                 }
             }
+            // The counters moved alike (memcached's are cumulative: compare the deltas).
+            let delta = |after: Vec<(String, Option<u64>)>, before: &Vec<(String, Option<u64>)>| {
+                after
+                    .into_iter()
+                    .zip(before)
+                    .map(|((name, a), (_, b))| (name, a.zip(*b).map(|(a, b)| a.wrapping_sub(b))))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                delta(counters(&real).await, &stats_before.0),
+                delta(counters(&fake).await, &stats_before.1),
+                "seed {seed}: stats differ after:\n{}",
+                log.join("\n")
+            );
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "bounded at 10 s"
@@ -439,4 +481,237 @@ async fn a_set_that_cannot_store_leaves_no_old_value_on_memcached() {
     let server = memcached_or_skip!("review_t::a_set_that_cannot_store");
     let b = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
     a_set_that_cannot_store_leaves_no_old_value(b).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Boundaries against memcached
+// ---------------------------------------------------------------------------------------
+
+/// What the fake accepts at its item size limit memcached stores too, for the shortest and
+/// the longest keys, at the default limit and others.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn the_largest_item_the_fake_accepts_memcached_stores() {
+    use tower_memcache::backend::{ITEM_OVERHEAD, TcpBackend};
+    for (limit, args) in [
+        (1024 * 1024, &[][..]),
+        (512 * 1024, &["-I", "512k"][..]),
+        (2 * 1024 * 1024, &["-I", "2m"][..]),
+    ] {
+        let Some(server) = support::Memcached::start_with_args("review_t::largest_item", args)
+        else {
+            return;
+        };
+        let real = TcpBackend::builder()
+            .server(server.addr())
+            .item_size_limit(limit)
+            .build()
+            .unwrap();
+        let fake = MemoryBackend::builder().item_size_limit(limit).build();
+        for key in ["k".to_string(), "k".repeat(250)] {
+            let largest = limit - key.len() - ITEM_OVERHEAD;
+            let value = Bytes::from(vec![b'v'; largest]);
+            fake.set(&key, value.clone(), 0, Lifetime::NEVER)
+                .await
+                .unwrap();
+            real.set(&key, value.clone(), 0, Lifetime::NEVER)
+                .await
+                .unwrap_or_else(|err| panic!("-I {limit}, key of {}: {err}", key.len()));
+            assert_eq!(real.get(&key).await.unwrap().unwrap().value, value);
+        }
+    }
+}
+
+/// One-second lifetimes and past absolute times expire on both; `flush_all` leaves a store
+/// that takes new values at once.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn expiry_and_flush_behave_alike() {
+    let server = memcached_or_skip!("review_t::expiry_and_flush");
+    let real = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    let fake = MemoryBackend::new();
+    async fn before<B: Backend>(b: &B) {
+        let past = Lifetime::at(SystemTime::now() - Duration::from_secs(5));
+        b.set("one", "1".into(), 0, Lifetime::from_secs(1))
+            .await
+            .unwrap();
+        b.set("past", "p".into(), 0, past).await.unwrap();
+        b.set("epoch", "e".into(), 0, Lifetime::at(UNIX_EPOCH))
+            .await
+            .unwrap();
+        b.set("long", "l".into(), 0, Lifetime::from_secs(THIRTY_DAYS + 1))
+            .await
+            .unwrap();
+        assert!(b.get("one").await.unwrap().is_some());
+        assert!(b.get("past").await.unwrap().is_none());
+        assert!(b.get("epoch").await.unwrap().is_none());
+        assert!(b.get("long").await.unwrap().is_some());
+        // add over an expired item stores.
+        assert!(
+            b.add("past", "new".into(), 0, Lifetime::NEVER)
+                .await
+                .unwrap()
+        );
+        // A touch into the past expires.
+        b.set("t", "t".into(), 0, Lifetime::NEVER).await.unwrap();
+        assert!(b.touch("t", Lifetime::at(UNIX_EPOCH)).await.unwrap());
+        assert!(b.get("t").await.unwrap().is_none());
+    }
+    async fn after<B: Backend>(b: &B) {
+        assert!(b.get("one").await.unwrap().is_none());
+        assert!(b.get("long").await.unwrap().is_some());
+        b.flush_all().await.unwrap();
+        assert!(b.get("long").await.unwrap().is_none());
+        assert!(
+            b.add("long", "again".into(), 0, Lifetime::NEVER)
+                .await
+                .unwrap()
+        );
+        assert_eq!(&b.get("long").await.unwrap().unwrap().value[..], b"again");
+    }
+    before(&real).await;
+    before(&fake).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    after(&real).await;
+    after(&fake).await;
+}
+
+/// Bytes under our flags that another writer (or a corrupt server) put there: any type
+/// asked of them is a value or a miss, never a panic nor a huge allocation.
+#[tokio::test]
+async fn foreign_bytes_under_our_flags_never_panic() {
+    use std::collections::HashMap;
+    use tower_memcache::codec::FLAG_BINCODE;
+    let backend = MemoryBackend::new();
+    let client = MemcacheClient::new(backend.clone());
+    let key = client.build_key("k");
+    let mut rng = StdRng::seed_from_u64(7);
+    for round in 0..2000 {
+        let len = rng.random_range(0..24);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        if round % 3 == 0 && !bytes.is_empty() {
+            bytes[0] = [0xfb, 0xfc, 0xfd][round % 3]; // varint prefixes of long lengths
+        }
+        let value = Bytes::from(bytes);
+        let put = || backend.set(&key, value.clone(), FLAG_BINCODE, Lifetime::NEVER);
+        put().await.unwrap();
+        let _ = client.query::<String>("k").await;
+        put().await.unwrap();
+        let _ = client.query::<Vec<u64>>("k").await;
+        put().await.unwrap();
+        let _ = client.query::<HashMap<String, Vec<u8>>>("k").await;
+        put().await.unwrap();
+        let _ = client.query::<(char, bool, f64, i128)>("k").await;
+        put().await.unwrap();
+        let _ = client.query::<(Duration, SystemTime)>("k").await;
+        put().await.unwrap();
+        let _ = client.query::<Option<Box<str>>>("k").await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Versioned namespaces: restarts and concurrent invalidations
+// ---------------------------------------------------------------------------------------
+
+/// Through a restart (memcached loses everything, the generation included) a versioned
+/// client misses, never fails, and stores again once the server is back; what it stored
+/// before an invalidation never comes back, however the invalidation races the sets.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_namespace_survives_restarts_and_racing_invalidations() {
+    let mut server = memcached_or_skip!("review_t::versioned_restart");
+    let backend = tower_memcache::backend::TcpBackend::builder()
+        .server(server.addr())
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let client = MemcacheClient::new(backend)
+        .with_namespace("users")
+        .with_versioned_namespace(true);
+    client.set("alice", &1u32).await;
+    assert_eq!(client.query::<u32>("alice").await, Some(1));
+
+    server.kill();
+    assert_eq!(client.query::<u32>("alice").await, None);
+    client.set("alice", &2u32).await; // nothing stored, no panic
+    server.restart();
+    // Back: used again within a short while (the backend may wait out its retry delay).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        client.set("alice", &3u32).await;
+        if client.query::<u32>("alice").await == Some(3) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server not used again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Sets racing invalidations: a value written before an invalidation has completed
+    // may be lost, one whose set began after it must be visible, and none from before an
+    // invalidation may be read after it.
+    for round in 0..20u32 {
+        let writers: Vec<_> = (0..8u32)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    client.set(&format!("k{i}"), &(round, i)).await;
+                })
+            })
+            .collect();
+        client.invalidate_namespace().await;
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        client.invalidate_namespace().await;
+        for i in 0..8u32 {
+            assert_eq!(
+                client.query::<(u32, u32)>(&format!("k{i}")).await,
+                None,
+                "round {round}: k{i} outlived an invalidation"
+            );
+        }
+        client.set("after", &round).await;
+        assert_eq!(client.query::<u32>("after").await, Some(round));
+    }
+
+    // invalidate_all flushes the generation too: old values stay gone.
+    client.set("bob", &7u32).await;
+    client.invalidate_all().await;
+    assert_eq!(client.query::<u32>("bob").await, None);
+    client.set("bob", &8u32).await;
+    assert_eq!(client.query::<u32>("bob").await, Some(8));
+}
+
+/// Namespaces and keys of any bytes and length reach memcached only as md5 hex: spaces,
+/// control bytes, CR LF, unicode and a megabyte of namespace store and read back, each
+/// apart from the others.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn hostile_namespaces_and_keys_are_only_hashed() {
+    let server = memcached_or_skip!("review_t::hostile_keys");
+    let backend = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    let huge = "n".repeat(1 << 20);
+    let namespaces = ["with space", "\r\nset x 0 0 1\r\n", "ä\u{0}\u{7f}", &huge];
+    let keys: [&[u8]; 4] = [b"a b", b"\r\nget x\r\n", "ü".as_bytes(), &[0xff; 300]];
+    for versioned in [false, true] {
+        for (n, namespace) in namespaces.iter().enumerate() {
+            let client = MemcacheClient::new(backend.clone())
+                .with_namespace(*namespace)
+                .with_versioned_namespace(versioned);
+            for (k, key) in keys.iter().enumerate() {
+                client.try_set(*key, &(n, k)).await.unwrap();
+            }
+        }
+        for (n, namespace) in namespaces.iter().enumerate() {
+            let client = MemcacheClient::new(backend.clone())
+                .with_namespace(*namespace)
+                .with_versioned_namespace(versioned);
+            for (k, key) in keys.iter().enumerate() {
+                assert_eq!(client.query::<(usize, usize)>(*key).await, Some((n, k)));
+            }
+        }
+    }
 }
