@@ -715,3 +715,62 @@ async fn hostile_namespaces_and_keys_are_only_hashed() {
         }
     }
 }
+
+/// A server that missed a namespace invalidation (marked down meanwhile) must not serve
+/// that namespace's old values when it rejoins — for the 65th versioned namespace as for
+/// the first: only 64 keys are reset on rejoin, so a generation per namespace cannot be
+/// one of them.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoining_server_serves_no_values_of_an_invalidated_namespace() {
+    use nix::sys::signal::Signal;
+    use tower_memcache::backend::TcpBackend;
+    let test = "review_t::rejoin_namespace";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    let backend = TcpBackend::builder()
+        .servers([a.addr(), b.addr()])
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    // 64 versioned namespaces in use before the one invalidated.
+    for i in 0..64 {
+        let other = MemcacheClient::new(backend.clone())
+            .with_namespace(format!("ns{i}").as_str())
+            .with_versioned_namespace(true);
+        other.set("k", &i).await;
+    }
+    let victim = MemcacheClient::new(backend.clone())
+        .with_namespace("victim")
+        .with_versioned_namespace(true);
+    // A key whose value (and generation copy) lives on server A.
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| backend.server_for_key(&victim.build_key(k.as_str())) == Some(0))
+        .unwrap();
+    victim.try_set(key.as_str(), &1u32).await.unwrap();
+    assert_eq!(victim.query::<u32>(key.as_str()).await, Some(1));
+
+    a.signal(Signal::SIGSTOP);
+    // A write to every server marks A down; the invalidation then skips it.
+    let _ = backend
+        .set_on_every_server("marker", "x".into(), 0, Lifetime::NEVER)
+        .await;
+    assert!(backend.is_server_down(0));
+    victim.try_invalidate_namespace().await.unwrap();
+    a.signal(Signal::SIGCONT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while backend.is_server_down(0) {
+        assert!(std::time::Instant::now() < deadline, "A not back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        victim.query::<u32>(key.as_str()).await,
+        None,
+        "a value from before the invalidation came back with its server"
+    );
+    victim.set(key.as_str(), &2u32).await;
+    assert_eq!(victim.query::<u32>(key.as_str()).await, Some(2));
+}
