@@ -774,3 +774,68 @@ async fn a_rejoining_server_serves_no_values_of_an_invalidated_namespace() {
     victim.set(key.as_str(), &2u32).await;
     assert_eq!(victim.query::<u32>(key.as_str()).await, Some(2));
 }
+
+/// The client's own keys (a namespace's generation) must be out of reach of keys built
+/// from user input: `md5(namespace ++ key)` of a crafted key must not name them, or
+/// whoever chooses a key and value (a raw cache of user data, say) can read a namespace's
+/// generation and, after an invalidation, put the old one back: the invalidated values
+/// are visible again.
+#[tokio::test]
+async fn crafted_keys_cannot_reach_a_namespace_generation() {
+    let backend = MemoryBackend::new();
+    let users = MemcacheClient::new(backend.clone())
+        .with_namespace("users")
+        .with_versioned_namespace(true);
+    users.set("alice", &1u32).await;
+    for (namespace, crafted) in [
+        (None, &b"tower-memcache:namespace-generation\0users"[..]),
+        (Some("tower-memcache:"), &b"namespace-generation\0users"[..]),
+    ] {
+        let attacker = MemcacheClient::new(backend.clone()).with_namespace(namespace);
+        let old = attacker.query_raw(crafted).await;
+        assert_eq!(old, None, "the generation read through a crafted key");
+        users.invalidate_namespace().await;
+        assert_eq!(users.query::<u32>("alice").await, None);
+        // Even blind: nothing a crafted key stores changes the namespace's generation.
+        let before = users.set("probe", &0u32).await;
+        attacker.set_raw(crafted, "1").await;
+        attacker.set(crafted, &1u64).await;
+        assert_eq!(users.set("probe", &0u32).await, before);
+    }
+}
+
+/// The same for the HTTP layer sharing the memcached: a `MemcacheClient` whose keys a user
+/// picks must not reach the layer's namespace generation, or a user puts the generation
+/// from before a purge back and the purged pages are served again.
+#[tokio::test]
+async fn client_keys_cannot_reach_the_layers_generation() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tower_memcache::MemcacheLayer;
+    use tower_memcache::cache::CacheMode;
+    let backend = MemoryBackend::new();
+    let layer = MemcacheLayer::new(backend.clone())
+        .namespace("site")
+        .mode(CacheMode::Origin);
+    let version = Arc::new(AtomicU64::new(0));
+    let svc = support::versioned::service(&layer, &version);
+    let url = "http://example.test/page";
+    let (body, _) = support::versioned::get(&svc, url).await;
+    assert_eq!(body, "/page v0");
+    layer.background().idle().await;
+    assert!(support::versioned::get(&svc, url).await.1.contains("hit"));
+
+    let attacker = MemcacheClient::new(backend.clone()).with_namespace("site");
+    let old = attacker.query_raw("\0generation").await;
+    assert_eq!(
+        old, None,
+        "the layer's generation read through a client key"
+    );
+    version.store(1, Ordering::SeqCst);
+    layer.purger().purge_namespace().await.unwrap();
+    attacker.set_raw("\0generation", "1").await;
+    for key in ["\0tag\0news", "\0epoch\0\x30"] {
+        attacker.set_raw(key, "1").await;
+    }
+    assert_eq!(support::versioned::get(&svc, url).await.0, "/page v1");
+}

@@ -41,7 +41,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, BackendError, Item, Lifetime, ServerStats};
 use crate::codec::{self, CodecError, FLAG_BINCODE, FLAG_RAW};
-use crate::key::{KeyBase, build_key, md5_hex};
+use crate::key::{KeyBase, build_key, md5_hex, md5_hex_prefixed};
 
 pub use registry::CacheRegistry;
 
@@ -580,11 +580,11 @@ struct Resolved {
     route: Option<String>,
 }
 
+/// A namespace's generation key. Prefixed, so that no key built by
+/// [`build_key`](crate::key::build_key) (32 hex digits) names it: a crafted user key could
+/// otherwise read a generation and, after an invalidation, write the old one back.
 fn generation_key(namespace: &str) -> String {
-    md5_hex(&[
-        b"tower-memcache:namespace-generation\0",
-        namespace.as_bytes(),
-    ])
+    md5_hex_prefixed("ng:", &[namespace.as_bytes()])
 }
 
 /// A generation no earlier one is likely to equal: the clock in nanoseconds, strictly
