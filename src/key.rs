@@ -147,22 +147,30 @@ pub fn build_key<K: KeyBase + ?Sized>(namespace: Option<&str>, key: &K) -> Strin
 
 /// Lowercase hex md5 of the concatenation of `parts`, without concatenating them first.
 pub fn md5_hex(parts: &[&[u8]]) -> String {
+    md5_hex_prefixed("", parts)
+}
+
+/// `prefix` followed by [`md5_hex`] of `parts`, in one allocation. With a prefix that is
+/// not 32 hex digits long, never a key [`build_key`] gives: the crate's own keys are out
+/// of reach of keys built from user input.
+pub(crate) fn md5_hex_prefixed(prefix: &str, parts: &[&[u8]]) -> String {
     let mut hasher = Md5::new();
     for part in parts {
         hasher.update(part);
     }
-    to_hex(&hasher.finalize())
+    to_hex(prefix, &hasher.finalize())
 }
 
-fn to_hex(digest: &[u8]) -> String {
+fn to_hex(prefix: &str, digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // Bytes first, one conversion at the end: cheaper than a `char` push per digit, and a
     // key is built on every request.
-    let mut out = Vec::with_capacity(digest.len() * 2);
+    let mut out = Vec::with_capacity(prefix.len() + digest.len() * 2);
+    out.extend_from_slice(prefix.as_bytes());
     for byte in digest {
         out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0x0f)]]);
     }
-    // Only ASCII digits and letters: the conversion cannot fail.
+    // A `str` and ASCII digits and letters: the conversion cannot fail.
     String::from_utf8(out).unwrap_or_default()
 }
 

@@ -257,7 +257,11 @@ async fn a_purge_while_a_rejoining_server_is_being_reset_is_not_skipped() {
     assert!(!backend_b.is_server_down(0), "B still uses S");
 
     // A reaches S again; its probe's reset is slow to answer (its delete has run on S).
-    let generation_key = build_key(Some(ns), "\0generation");
+    // The layer's generation key: "g:" and the md5 of the namespace and "\0generation".
+    let generation_key = format!(
+        "g:{}",
+        tower_memcache::key::md5_hex(&[ns.as_bytes(), b"\0generation"])
+    );
     relay.hold_after(format!("delete {generation_key}").as_bytes());
     relay.partition(false);
     until("A's probe resets S", || relay.holding()).await;

@@ -36,6 +36,10 @@ pub struct Lifetime(Repr);
 enum Repr {
     Never,
     Relative(u32),
+    /// Seconds from now, more than memcached takes as relative: turned into an absolute
+    /// time when used, not when built, so a lifetime kept for days (a client's default)
+    /// does not shrink towards "already expired".
+    Long(u64),
     /// Unix seconds.
     Absolute(u64),
 }
@@ -45,7 +49,8 @@ impl Lifetime {
     pub const NEVER: Lifetime = Lifetime(Repr::Never);
 
     /// Expires `secs` seconds from now; 0 means [`Lifetime::NEVER`], as in memcached.
-    /// Values over 30 days are turned into an absolute time, at most the last second
+    /// Values over 30 days are sent as an absolute time, taken from the clock each time the
+    /// lifetime is used (a client's default stays "`secs` from the store"), at most the last second
     /// memcached can keep (Tue, 19 Jan 2038 03:14:07 GMT): a longer lifetime is capped
     /// there rather than wrapping into "expired".
     ///
@@ -61,9 +66,7 @@ impl Lifetime {
         match secs {
             0 => Self::NEVER,
             s if s <= u64::from(MAX_RELATIVE_SECS) => Self(Repr::Relative(s as u32)),
-            s => Self(Repr::Absolute(
-                unix_now().saturating_add(s).min(MAX_EXPTIME),
-            )),
+            s => Self(Repr::Long(s)),
         }
     }
 
@@ -105,6 +108,8 @@ impl Lifetime {
         match self.0 {
             Repr::Never => 0,
             Repr::Relative(secs) => secs,
+            // At most MAX_EXPTIME, a u32.
+            Repr::Long(secs) => u32::try_from(long_deadline(unix_now(), secs)).unwrap_or(u32::MAX),
             // Built by `from_secs` or `at`, at most MAX_EXPTIME; only `from_exptime` holds
             // larger numbers, and gives them back as they were.
             Repr::Absolute(unix) => u32::try_from(unix).unwrap_or(u32::MAX),
@@ -118,6 +123,10 @@ impl Lifetime {
         match self.0 {
             Repr::Never => None,
             Repr::Relative(secs) => now.checked_add(Duration::from_secs(u64::from(secs))),
+            Repr::Long(secs) => {
+                let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                UNIX_EPOCH.checked_add(Duration::from_secs(long_deadline(now, secs)))
+            }
             // A negative exptime to memcached: expired at once.
             Repr::Absolute(unix) if unix > MAX_EXPTIME => Some(UNIX_EPOCH),
             Repr::Absolute(unix) => UNIX_EPOCH.checked_add(Duration::from_secs(unix)),
@@ -135,6 +144,12 @@ impl Default for Lifetime {
     fn default() -> Self {
         Self::from_secs(3600)
     }
+}
+
+/// The absolute time memcached is sent for a lifetime of `secs` (over 30 days) counted
+/// from `now`: capped at the last second it keeps.
+fn long_deadline(now: u64, secs: u64) -> u64 {
+    now.saturating_add(secs).min(MAX_EXPTIME)
 }
 
 fn unix_now() -> u64 {

@@ -347,6 +347,41 @@ impl State {
     }
 }
 
+/// The number `incr` adds to, read as memcached reads it (`safe_strtoull` on the value and
+/// its `\r\n`): optional leading whitespace and sign, decimal digits, then whitespace, a
+/// NUL or the end. Too large for 64 bits, or negative, is not a number.
+fn incr_operand(value: &[u8]) -> Option<u64> {
+    // C's isspace: space, \t, \n, \v, \f, \r.
+    let is_space = |b: u8| b == b' ' || (b'\t'..=b'\r').contains(&b);
+    let start = value.iter().position(|&b| !is_space(b))?;
+    let rest = &value[start..];
+    let (negative, rest) = match rest.first() {
+        Some(b'-') => (true, &rest[1..]),
+        Some(b'+') => (false, &rest[1..]),
+        _ => (false, rest),
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    match rest.get(digits) {
+        None | Some(0) => {}
+        Some(&b) if is_space(b) => {}
+        Some(_) => return None,
+    }
+    let mut number: u64 = 0;
+    for &b in &rest[..digits] {
+        number = number.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    if !negative {
+        return Some(number);
+    }
+    // strtoull negates; memcached refuses the result only when it is negative as a
+    // signed number ("-0" is 0).
+    let negated = number.wrapping_neg();
+    (i64::try_from(negated).is_ok()).then_some(negated)
+}
+
 impl Default for MemoryBackend {
     fn default() -> Self {
         Self::new()
@@ -502,25 +537,30 @@ impl Backend for MemoryBackend {
         validate_key(key)?;
         let now = SystemTime::now();
         let mut state = self.lock();
+        let cas = state.next_cas;
         let Some(stored) = state.live(key, now) else {
             state.counters.incr_misses += 1;
             return Ok(None);
         };
-        // memcached accepts only decimal digits here and reports anything else as a
-        // client error.
-        let current = std::str::from_utf8(&stored.value)
-            .ok()
-            .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|text| text.parse::<u64>().ok())
-            .ok_or_else(|| {
-                BackendError::Server(
-                    "CLIENT_ERROR cannot increment or decrement non-numeric value".to_string(),
-                )
-            })?;
+        let current = incr_operand(&stored.value).ok_or_else(|| {
+            BackendError::Server(
+                "CLIENT_ERROR cannot increment or decrement non-numeric value".to_string(),
+            )
+        })?;
         let next = current.wrapping_add(delta);
+        let digits = next.to_string();
         let old_size = stored.value.len();
-        stored.value = Bytes::from(next.to_string());
+        // memcached writes a result no longer than the value in place, padded with spaces
+        // to the old length (`get` then reads "100 " after `incr` of "0099"); a longer one
+        // replaces the value. Either way the item gets a new CAS value.
+        let mut value = digits.into_bytes();
+        if value.len() < old_size {
+            value.resize(old_size, b' ');
+        }
+        stored.value = Bytes::from(value);
         let new_size = stored.value.len();
+        stored.cas = cas;
+        state.next_cas += 1;
         state.bytes = state.bytes + new_size - old_size;
         state.counters.incr_hits += 1;
         Ok(Some(next))

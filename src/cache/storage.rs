@@ -51,7 +51,7 @@ use crate::cache::entry::{
 use crate::cache::near::{Basis, Mark, NearCache, Seen};
 use crate::cache::policy::normalized_header;
 use crate::cache::stats::CacheStats;
-use crate::key::build_key;
+use crate::key::{build_key, md5_hex_prefixed};
 
 /// At most this many tags per response are kept (bounded work per store and per read).
 pub(crate) const MAX_TAGS: usize = 32;
@@ -320,7 +320,7 @@ impl<B: Backend> Storage<B> {
         local_purges: Arc<LocalPurges>,
         near: Option<NearCache>,
     ) -> Self {
-        let generation_key: Arc<str> = build_key(Some(namespace), "\0generation").into();
+        let generation_key: Arc<str> = internal_key(namespace, "\0generation").into();
         // A server that comes back may have missed purges: its copy of the generation goes,
         // and with it everything it held for this namespace.
         backend.reset_on_rejoin(&generation_key);
@@ -360,11 +360,11 @@ impl<B: Backend> Storage<B> {
     /// while a layer is built per connection by some servers.)
     fn epoch_key(&self, primary_key: &str) -> String {
         let stripe = epoch_stripe(primary_key);
-        build_key(Some(&self.namespace), &format!("\0epoch\0{stripe}"))
+        internal_key(&self.namespace, &format!("\0epoch\0{stripe}"))
     }
 
     fn tag_key(&self, tag: &str) -> String {
-        build_key(Some(&self.namespace), &format!("\0tag\0{tag}"))
+        internal_key(&self.namespace, &format!("\0tag\0{tag}"))
     }
 
     fn variant_key(&self, canonical: &str, id: u64, values: &[(String, Option<String>)]) -> String {
@@ -1250,6 +1250,14 @@ impl<B: Backend> Storage<B> {
                 after: self.timeout,
             })?
     }
+}
+
+/// The key of a generation or epoch of the layer's: `g:` and the md5 of namespace and
+/// `base`. Never 32 hex digits, so never a key `build_key` gives: a `MemcacheClient` on the
+/// same servers, whose keys a user may pick, could otherwise read a generation and, after
+/// a purge, write the old one back (the purged entries served again).
+fn internal_key(namespace: &str, base: &str) -> String {
+    md5_hex_prefixed("g:", &[namespace.as_bytes(), base.as_bytes()])
 }
 
 fn millis(time: SystemTime) -> u64 {

@@ -41,7 +41,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, BackendError, Item, Lifetime, ServerStats};
 use crate::codec::{self, CodecError, FLAG_BINCODE, FLAG_RAW};
-use crate::key::{KeyBase, build_key, md5_hex};
+use crate::key::{KeyBase, build_key, md5_hex, md5_hex_prefixed};
 
 pub use registry::CacheRegistry;
 
@@ -127,14 +127,15 @@ impl<B: Backend> MemcacheClient<B> {
     /// When on, a generation number kept in memcached is mixed into the namespace, so
     /// [`invalidate_namespace`](Self::invalidate_namespace) can drop one namespace without
     /// flushing the others. It costs one extra `get` per call, and keys are then
-    /// `md5(namespace ++ "\0" ++ generation ++ key)` rather than the plain formula, so
-    /// every client sharing a namespace must agree on this setting.
+    /// `md5(namespace ++ "\0" ++ epoch ++ "\0" ++ generation ++ key)` rather than the plain
+    /// formula, so every client sharing a namespace must agree on this setting.
     ///
     /// Each server keeps its own copy of the generation, next to the values it holds (a
     /// value and its generation are routed by the plain key): losing one of several
     /// servers costs only the values it held. An invalidation writes a new generation on
-    /// every server; one that misses it is marked down and loses its copy before it
-    /// serves again ([`Backend::reset_on_rejoin`]).
+    /// every server; one that misses it is marked down and, before it serves again, loses
+    /// its epoch ([`Backend::reset_on_rejoin`]), a number read with the generation: a new
+    /// one moves every versioned namespace on that server to new keys.
     ///
     /// ```
     /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
@@ -186,7 +187,9 @@ impl<B: Backend> MemcacheClient<B> {
     }
 
     /// Stores a value for the default lifetime and returns its memcache key. Never fails:
-    /// when the backend is gone, or the value cannot be stored, nothing is stored.
+    /// when the backend is gone, or the value cannot be stored, nothing is stored (and a
+    /// value that cannot be stored, too large or unencodable, removes the one it was to
+    /// replace, as memcached does with one too large).
     pub async fn set<K, T>(&self, key: &K, value: &T) -> String
     where
         K: KeyBase + ?Sized,
@@ -230,7 +233,13 @@ impl<B: Backend> MemcacheClient<B> {
         K: KeyBase + ?Sized,
         T: Serialize + ?Sized,
     {
-        let bytes = codec::encode_value(value)?;
+        let bytes = match codec::encode_value(value) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.drop_replaced(key).await;
+                return Err(err.into());
+            }
+        };
         self.store(key, Bytes::from(bytes), FLAG_BINCODE, lifetime)
             .await
     }
@@ -396,7 +405,7 @@ impl<B: Backend> MemcacheClient<B> {
         };
         // Every server holds its own copy, read with the values it holds: a new one on
         // each. A server that misses it is marked down and, before it serves again, loses
-        // its copy (`registered`), and with it the values of the old generation.
+        // its epoch (`registered`), which orphans the values of the old generation.
         self.backend
             .set_on_every_server(
                 &generation_key(namespace),
@@ -430,19 +439,35 @@ impl<B: Backend> MemcacheClient<B> {
         lifetime: Lifetime,
     ) -> Result<String, Error> {
         let resolved = self.resolve_key(key).await?;
-        match &resolved.route {
+        let stored = match &resolved.route {
             Some(route) => {
                 self.backend
                     .set_by_key(route, &resolved.key, value, flags, lifetime)
-                    .await?;
+                    .await
             }
             None => {
                 self.backend
                     .set(&resolved.key, value, flags, lifetime)
-                    .await?
+                    .await
             }
+        };
+        if let Err(err) = stored {
+            if matches!(err, BackendError::ValueTooLarge { .. }) {
+                // Refused before sending, where memcached would have dropped the old value.
+                let _ = self.delete_resolved(&resolved).await;
+            }
+            return Err(err.into());
         }
         Ok(resolved.key)
+    }
+
+    /// A set whose value cannot be stored drops the value it was to replace, as memcached
+    /// does with one too large: the caller must not read back what it meant to replace.
+    /// Best effort, like the set.
+    async fn drop_replaced(&self, key: &(impl KeyBase + ?Sized)) {
+        if let Err(err) = self.try_invalidate(key).await {
+            tracing::debug!(error = %err, "memcache delete after a failed set failed");
+        }
     }
 
     async fn get_resolved(&self, resolved: &Resolved) -> Result<Option<Item>, BackendError> {
@@ -474,55 +499,77 @@ impl<B: Backend> MemcacheClient<B> {
                 route: None,
             });
         };
-        let generation = self.current_generation(namespace, &plain).await?;
-        let key = md5_hex(&[namespace.as_bytes(), b"\0", &generation, &key.key_base()]);
+        let (epoch, generation) = self.current_generation(namespace, &plain).await?;
+        let key = md5_hex(&[
+            namespace.as_bytes(),
+            b"\0",
+            &epoch,
+            b"\0",
+            &generation,
+            &key.key_base(),
+        ]);
         Ok(Resolved {
             key,
             route: Some(plain),
         })
     }
 
-    /// The namespace's generation on the server of `route`, created there when absent.
-    async fn current_generation(&self, namespace: &str, route: &str) -> Result<Bytes, Error> {
+    /// The server's epoch and the namespace's generation on the server of `route`, both
+    /// read with one `get`; either is created there when absent.
+    async fn current_generation(
+        &self,
+        namespace: &str,
+        route: &str,
+    ) -> Result<(Bytes, Bytes), Error> {
         let generation_key = generation_key(namespace);
-        let read = async || -> Result<Option<Bytes>, Error> {
-            let mut found = self
-                .backend
-                .get_many_by_key(route, &[&generation_key])
-                .await?;
-            Ok(found.remove(&generation_key).map(|item| item.value))
+        let mut found = self
+            .backend
+            .get_many_by_key(route, &[EPOCH_KEY, &generation_key])
+            .await?;
+        let epoch = match found.remove(EPOCH_KEY) {
+            Some(item) => item.value,
+            None => self.create(route, EPOCH_KEY).await?,
         };
-        if let Some(generation) = read().await? {
-            return Ok(generation);
-        }
-        // Absent: never invalidated, evicted, or reset on this server. Starting from a
-        // fresh value keeps values of an earlier generation from coming back.
+        let generation = match found.remove(&generation_key) {
+            Some(item) => item.value,
+            None => self.create(route, &generation_key).await?,
+        };
+        Ok((epoch, generation))
+    }
+
+    /// A fresh value for an absent epoch or generation (never set, evicted, or reset on
+    /// this server): starting from a fresh value keeps values of an earlier one from
+    /// coming back. When another client created it first, theirs.
+    async fn create(&self, route: &str, key: &str) -> Result<Bytes, Error> {
         let fresh = fresh_generation();
         if self
             .backend
-            .add_by_key(
-                route,
-                &generation_key,
-                fresh.clone(),
-                FLAG_RAW,
-                Lifetime::NEVER,
-            )
+            .add_by_key(route, key, fresh.clone(), FLAG_RAW, Lifetime::NEVER)
             .await?
         {
             return Ok(fresh);
         }
-        Ok(read().await?.unwrap_or(fresh))
+        let mut found = self.backend.get_many_by_key(route, &[key]).await?;
+        Ok(found.remove(key).map_or(fresh, |item| item.value))
     }
 
-    /// With versioning, the generation key goes on every server that rejoins after being
-    /// marked down: it may hold a generation from before an invalidation it missed.
+    /// With versioning, the epoch key goes on every server that rejoins after being
+    /// marked down: it may hold generations from before invalidations it missed, and a
+    /// new epoch there moves every namespace on it to new keys. One key for all
+    /// namespaces: a key per namespace would stop being reset past
+    /// [`MAX_RESET_ON_REJOIN_KEYS`](crate::backend::MAX_RESET_ON_REJOIN_KEYS) of them.
     fn registered(self) -> Self {
-        if let (true, Some(namespace)) = (self.versioned, self.namespace()) {
-            self.backend.reset_on_rejoin(&generation_key(namespace));
+        if let (true, Some(_)) = (self.versioned, self.namespace()) {
+            self.backend.reset_on_rejoin(EPOCH_KEY);
         }
         self
     }
 }
+
+/// Each server's epoch of versioned namespaces, mixed into every versioned key: deleted on
+/// a server that rejoins ([`Backend::reset_on_rejoin`]), so that what it held from before
+/// is orphaned, whatever namespace it was in.
+const EPOCH_KEY: &str = "tower-memcache:namespace-epoch";
 
 /// Where a call's value lives.
 struct Resolved {
@@ -533,11 +580,11 @@ struct Resolved {
     route: Option<String>,
 }
 
+/// A namespace's generation key. Prefixed, so that no key built by
+/// [`build_key`](crate::key::build_key) (32 hex digits) names it: a crafted user key could
+/// otherwise read a generation and, after an invalidation, write the old one back.
 fn generation_key(namespace: &str) -> String {
-    md5_hex(&[
-        b"tower-memcache:namespace-generation\0",
-        namespace.as_bytes(),
-    ])
+    md5_hex_prefixed("ng:", &[namespace.as_bytes()])
 }
 
 /// A generation no earlier one is likely to equal: the clock in nanoseconds, strictly
