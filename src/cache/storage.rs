@@ -970,8 +970,11 @@ impl<B: Backend> Storage<B> {
         let cutoff = match outcome {
             _ if !tagged => None,
             StoreOutcome::Superseded { since } => Some(since),
-            // A tag purge that returned before the check read would have shown in it.
-            _ if tags_checked => Some(checked),
+            // A tag purge that returned before the check read would have shown in it, and
+            // nothing (a flush, a restart) can have removed it since: that would have
+            // refused this store's compare-and-swap. A store refused or failed proves
+            // no such thing: a tag's generation may have gone and come back meanwhile.
+            StoreOutcome::Stored if tags_checked => Some(checked),
             _ => Some(to.requested),
         };
         (outcome, cutoff)
