@@ -9,10 +9,16 @@
 //! afterwards must answer at least that version: at once for processes without a near
 //! tier, with a near tier of staleness 0, and for the purging process itself; within the
 //! near tier's `max_staleness` for the others (README, "A purge that returned holds" and
-//! "The near tier"). Nothing may panic or hang.
+//! "The near tier"). Nothing may panic or hang. GETs include HEADs (their `ETag` names
+//! the version), `no-cache` requests, URLs revalidated on every use and URLs refreshed in
+//! the background (`stale-while-revalidate`); the shared store also goes away for a few
+//! ms now and then. A second schedule runs over two memcached servers, one of which
+//! stops (SIGSTOP) and comes back, under layers of one process (sibling `TcpBackend`s).
 //!
-//! `REVIEW_S_SEED=n` runs one seed, `REVIEW_S_SEEDS=n` that many (default 10); a failure
-//! prints the seed and the schedule's history for the URL.
+//! `REVIEW_S_SEED=n` runs one seed, `REVIEW_S_SEEDS=n` that many (default 10, and 4 over
+//! memcached), `REVIEW_S_STEPS` the operations per seed; a failure prints the seed, the
+//! configuration and the schedule's log (operations in order of completion). The
+//! operations are drawn from the seed; their interleaving is the scheduler's.
 
 mod support;
 
@@ -280,9 +286,12 @@ impl Origin {
 type Svc =
     tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
-struct Process {
+struct Process<B> {
     svc: Svc,
-    purger: Purger<Faulty>,
+    purger: Purger<B>,
+    /// The process it belongs to: layers of one process share its near tier (and, over
+    /// memcached, its servers' health).
+    group: usize,
     /// The near tier's `max_staleness`, when it has one.
     near: Option<Duration>,
     /// Whether its network is clean (its invalidations by POST are then known to hold:
@@ -327,13 +336,13 @@ impl Model {
 impl Model {
     /// The version a GET of URL `i` starting now in `process` must at least answer, and
     /// the purge that demands it.
-    fn floor(&self, process: usize, near: Option<Duration>, i: usize) -> (u64, Option<String>) {
+    fn floor(&self, group: usize, near: Option<Duration>, i: usize) -> (u64, Option<String>) {
         let now = Instant::now();
         let purges = self.purges.lock().unwrap();
         let mut best = (0, None);
         for purge in purges.iter() {
             let binding = match near {
-                Some(staleness) if purge.by != process => {
+                Some(staleness) if purge.by != group => {
                     now.duration_since(purge.returned) >= staleness
                 }
                 _ => true,
@@ -351,27 +360,71 @@ impl Model {
     }
 }
 
-struct World {
+/// Takes server `n` away (`true`) or brings it back.
+type Outage = Box<dyn Fn(bool, usize) + Send + Sync>;
+
+struct World<B> {
     origin: Arc<Origin>,
-    processes: Vec<Process>,
+    processes: Vec<Process<B>>,
     model: Arc<Model>,
     faults_on: Arc<AtomicBool>,
-    store: MemoryBackend,
+    outage: Outage,
     /// Counts the store's departures and returns (odd while it is away): an invalidation
     /// by POST holds only if the store stayed (it only logs a failed delete).
     away: AtomicU64,
 }
 
-/// A seed's configuration, drawn from the seed.
-fn world(seed: u64) -> World {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let store = MemoryBackend::new();
-    let faults_on = Arc::new(AtomicBool::new(true));
-    let origin = Arc::new(Origin {
+/// A layer in front of the origin.
+fn process<B: Backend>(
+    backend: B,
+    origin: &Arc<Origin>,
+    near: Option<NearCache>,
+    clean: bool,
+    group: usize,
+) -> Process<B> {
+    let mut layer = MemcacheLayer::new(backend)
+        .namespace("review-s")
+        .mode(CacheMode::Origin)
+        .lookup_timeout(Duration::from_millis(50))
+        .lease_wait(Duration::from_millis(150), Duration::from_millis(5));
+    let staleness = near.as_ref().map(NearCache::max_staleness);
+    if let Some(near) = near {
+        layer = layer.near_cache(near);
+    }
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn({
+            let origin = Arc::clone(origin);
+            move |request: Request<()>| {
+                let origin = Arc::clone(&origin);
+                async move { Ok::<_, Infallible>(origin.respond(request).await) }
+            }
+        });
+    Process {
+        svc: tower::util::BoxCloneSyncService::new(svc),
+        purger: layer.purger(),
+        group,
+        near: staleness,
+        clean,
+        background: layer.background(),
+    }
+}
+
+fn origin(rng: &mut StdRng, seed: u64) -> Arc<Origin> {
+    Arc::new(Origin {
         versions: (0..URLS).map(|_| AtomicU64::new(1)).collect(),
         slow_ms: [0, 20, 120][rng.random_range(0..3)],
         rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
-    });
+    })
+}
+
+/// A seed's configuration, drawn from the seed: two or three processes over one
+/// `MemoryBackend`, each through a network of its own.
+fn world(seed: u64) -> World<Faulty> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let store = MemoryBackend::new();
+    let faults_on = Arc::new(AtomicBool::new(true));
+    let origin = origin(&mut rng, seed);
     let count = rng.random_range(2..=3);
     let processes = (0..count)
         .map(|p| {
@@ -393,30 +446,8 @@ fn world(seed: u64) -> World {
                 1 => Some(Duration::ZERO),
                 _ => Some(Duration::from_millis(40)),
             };
-            let mut layer = MemcacheLayer::new(backend)
-                .namespace("review-s")
-                .mode(CacheMode::Origin)
-                .lookup_timeout(Duration::from_millis(50))
-                .lease_wait(Duration::from_millis(150), Duration::from_millis(5));
-            if let Some(staleness) = near {
-                layer = layer.near_cache(NearCache::new(4 << 20, staleness));
-            }
-            let svc = tower::ServiceBuilder::new()
-                .layer(layer.clone())
-                .service_fn({
-                    let origin = Arc::clone(&origin);
-                    move |request: Request<()>| {
-                        let origin = Arc::clone(&origin);
-                        async move { Ok::<_, Infallible>(origin.respond(request).await) }
-                    }
-                });
-            Process {
-                svc: tower::util::BoxCloneSyncService::new(svc),
-                purger: layer.purger(),
-                near,
-                clean: rate == 0,
-                background: layer.background(),
-            }
+            let near = near.map(|staleness| NearCache::new(4 << 20, staleness));
+            process(backend, &origin, near, rate == 0, p)
         })
         .collect();
     World {
@@ -424,12 +455,19 @@ fn world(seed: u64) -> World {
         processes,
         model: Arc::new(Model::default()),
         faults_on,
-        store,
+        outage: Box::new(move |away, _| store.set_unreachable(away)),
         away: AtomicU64::new(0),
     }
 }
 
-async fn get(world: &World, p: usize, i: usize, lang: Option<&str>, no_cache: bool, head: bool) {
+async fn get<B: Backend>(
+    world: &World<B>,
+    p: usize,
+    i: usize,
+    lang: Option<&str>,
+    no_cache: bool,
+    head: bool,
+) {
     let process = &world.processes[p];
     let method = if head { Method::HEAD } else { Method::GET };
     let mut request = Request::builder().method(method.clone()).uri(url(i));
@@ -440,7 +478,7 @@ async fn get(world: &World, p: usize, i: usize, lang: Option<&str>, no_cache: bo
         request = request.header("cache-control", "no-cache");
     }
     let request = request.body(()).unwrap();
-    let (floor, why) = world.model.floor(p, process.near, i);
+    let (floor, why) = world.model.floor(process.group, process.near, i);
     let started = Instant::now();
     let response = process.svc.clone().oneshot(request).await.unwrap();
     let status = response.status();
@@ -492,7 +530,7 @@ async fn get(world: &World, p: usize, i: usize, lang: Option<&str>, no_cache: bo
 
 /// Bumps the versions of `urls`, then purges with `purge`; on `Ok`, records the floors
 /// (the versions as the purge started).
-async fn purge<F>(world: &World, p: usize, what: String, urls: Vec<usize>, purge: F)
+async fn purge<B: Backend, F>(world: &World<B>, p: usize, what: String, urls: Vec<usize>, purge: F)
 where
     F: Future<Output = bool>,
 {
@@ -510,7 +548,7 @@ where
     ));
     if ok {
         world.model.purges.lock().unwrap().push(Purged {
-            by: p,
+            by: world.processes[p].group,
             what: format!("{what} by {p}"),
             returned: Instant::now(),
             floors,
@@ -518,7 +556,7 @@ where
     }
 }
 
-async fn op(world: Arc<World>, seed: u64, step: usize) {
+async fn op<B: Backend>(world: Arc<World<B>>, seed: u64, step: usize) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
     let p = rng.random_range(0..world.processes.len());
     let i = rng.random_range(0..URLS);
@@ -551,7 +589,7 @@ async fn op(world: Arc<World>, seed: u64, step: usize) {
             })
             .await;
         }
-        91..=92 => {
+        91 => {
             purge(
                 &world,
                 p,
@@ -561,26 +599,36 @@ async fn op(world: Arc<World>, seed: u64, step: usize) {
             )
             .await;
         }
-        93 => {
+        92 => {
             purge(&world, p, "purge_all".into(), (0..URLS).collect(), async {
                 purger.purge_all().await.is_ok()
             })
             .await;
         }
-        94 => {
+        93..=95 => {
             // The store goes away for every process, then comes back with what it held.
+            // One outage at a time.
             let ms = rng.random_range(1..30);
-            world.away.fetch_add(1, Ordering::SeqCst);
-            world.store.set_unreachable(true);
+            let now = world.away.load(Ordering::SeqCst);
+            let ours = now % 2 == 0
+                && world
+                    .away
+                    .compare_exchange(now, now + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+            if !ours {
+                return;
+            }
+            let server = rng.random_range(0..2);
+            (world.outage)(true, server);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            world.store.set_unreachable(false);
+            (world.outage)(false, server);
             world.away.fetch_add(1, Ordering::SeqCst);
             world
                 .model
                 .log
                 .lock()
                 .unwrap()
-                .push(format!("store away {ms} ms"));
+                .push(format!("server {server} away {ms} ms"));
         }
         _ => {
             // An invalidating POST: it holds as a purge does only when its delete is known
@@ -602,7 +650,11 @@ async fn op(world: Arc<World>, seed: u64, step: usize) {
 }
 
 async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
-    let world = Arc::new(world(seed));
+    run_world(world(seed), seed, steps).await
+}
+
+async fn run_world<B: Backend>(world: World<B>, seed: u64, steps: usize) -> Result<(), String> {
+    let world = Arc::new(world);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tasks = Vec::new();
     for step in 0..steps {
@@ -873,4 +925,91 @@ async fn a_follower_after_a_tag_purge_does_not_get_a_refused_fill_when_the_tag_c
         "v2",
         "a request that started after the tag purge returned got the response before it"
     );
+}
+
+/// Two memcached servers, one of which now and then stops (SIGSTOP) for up to 30 ms and
+/// comes back (SIGCONT), under two or three layers of one process (sibling backends, one
+/// near tier or none): a purge that returned holds at once in all of them, the server
+/// that missed it included once it serves again.
+fn tcp_world(seed: u64, servers: Vec<support::Memcached>) -> World<tower_memcache::TcpBackend> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let origin = origin(&mut rng, seed);
+    let backend = tower_memcache::TcpBackend::builder()
+        .servers(servers.iter().map(support::Memcached::addr))
+        .timeout(Duration::from_millis(50))
+        .connect_timeout(Duration::from_millis(50))
+        .probe_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let near = match rng.random_range(0..3) {
+        0 => None,
+        1 => Some(Duration::ZERO),
+        _ => Some(Duration::from_millis(40)),
+    }
+    .map(|staleness| NearCache::new(4 << 20, staleness));
+    let count = rng.random_range(2..=3);
+    let processes = (0..count)
+        .map(|p| {
+            let backend = if p == 0 {
+                backend.clone()
+            } else {
+                backend.sibling()
+            };
+            process(backend, &origin, near.clone(), true, 0)
+        })
+        .collect();
+    let servers = Arc::new(servers);
+    World {
+        origin,
+        processes,
+        model: Arc::new(Model::default()),
+        faults_on: Arc::new(AtomicBool::new(true)),
+        outage: Box::new(move |away, n| {
+            use nix::sys::signal::Signal;
+            let signal = if away {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            servers[n].signal(signal);
+        }),
+        away: AtomicU64::new(0),
+    }
+}
+
+/// The random schedule over memcached servers that go away and come back.
+#[test]
+fn purges_hold_over_memcached_servers_that_go_away() {
+    let test = "review_s::purges_hold_over_memcached_servers_that_go_away";
+    let steps = std::env::var("REVIEW_S_STEPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200);
+    let mut failures = Vec::new();
+    let all = std::env::var_os("REVIEW_S_SEEDS").is_some();
+    let seeds: Vec<u64> = seeds()
+        .into_iter()
+        .take(if all { usize::MAX } else { 4 })
+        .collect();
+    for seed in seeds {
+        let a = memcached_or_skip!(test);
+        let b = memcached_or_skip!(test);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let outcome = runtime.block_on(run_world(tcp_world(seed, vec![a, b]), seed, steps));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        eprintln!(
+            "tcp seed {seed}: {:?} in {:?}",
+            outcome.as_ref().map(drop).map_err(|_| "FAILED"),
+            started.elapsed()
+        );
+        if let Err(report) = outcome {
+            failures.push(report);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
