@@ -72,6 +72,18 @@ fn build_binary() -> PathBuf {
 
 /// The proxy in front of `upstream`, on one thread unless `args` say otherwise.
 pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
+    // `free_port` frees its port before the proxy binds it, and a parallel test may take
+    // it meanwhile: the proxy then exits at once (the probe below may even reach the other
+    // test's listener). A proxy that exits while starting is started again on another port.
+    for _ in 0..5 {
+        if let Some(proxy) = try_start_proxy(upstream, args) {
+            return proxy;
+        }
+    }
+    panic!("the proxy did not start listening (five ports tried)");
+}
+
+fn try_start_proxy(upstream: SocketAddr, args: &[&str]) -> Option<Proxy> {
     let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
     let child = Command::new(proxy_binary())
         .args([
@@ -89,16 +101,25 @@ pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let proxy = Proxy { child, addr };
+    let mut proxy = Proxy { child, addr };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
+        if proxy.child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
         assert!(
             Instant::now() < deadline,
             "the proxy did not start listening"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    proxy
+    // A port taken by another listener answers the probe while this proxy fails to bind
+    // it: such a proxy has exited by now.
+    std::thread::sleep(Duration::from_millis(100));
+    match proxy.child.try_wait() {
+        Ok(None) => Some(proxy),
+        _ => None,
+    }
 }
 
 /// Sends `head` (request line and header lines, each ending in CRLF, without the blank
