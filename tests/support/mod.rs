@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod origin;
+pub mod personal;
 pub mod proxy;
 pub mod seeds;
 pub mod versioned;
