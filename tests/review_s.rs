@@ -15,8 +15,7 @@
 //! ms now and then. A second schedule runs over two memcached servers, one of which
 //! stops (SIGSTOP) and comes back, under layers of one process (sibling `TcpBackend`s).
 //!
-//! `REVIEW_S_FLUSH=1` adds flushes (`purge_all`) to the schedule: they find the bug the
-//! two ignored tests at the end reproduce, so they are off by default.
+//! Flushes (`purge_all`) are in the schedule; `REVIEW_S_FLUSH=0` leaves them out.
 //! `REVIEW_S_SEED=n` runs one seed, `REVIEW_S_SEEDS=n` that many (default 10, and 4 over
 //! memcached), `REVIEW_S_STEPS` the operations per seed; a failure prints the seed, the
 //! configuration and the schedule's log (operations in order of completion). The
@@ -601,8 +600,7 @@ async fn op<B: Backend>(world: Arc<World<B>>, seed: u64, step: usize) {
             )
             .await;
         }
-        // Flushes find the bug of the ignored tests below: off unless asked for.
-        92 if std::env::var_os("REVIEW_S_FLUSH").is_some() => {
+        92 if std::env::var_os("REVIEW_S_FLUSH").is_none_or(|flush| flush != "0") => {
             purge(&world, p, "purge_all".into(), (0..URLS).collect(), async {
                 purger.purge_all().await.is_ok()
             })
@@ -778,16 +776,10 @@ fn purges_hold_under_a_random_schedule() {
 /// joined after the tag purge: the follower gets `v1` (found by seed 8 of the schedule,
 /// in about one run of 40).
 ///
-/// Ignored: fails today. The fix (in `Storage::store`: a tag check vouches for followers
-/// only when every tag's generation was created or purged before the request; and only a
-/// store that landed vouches at all, see the next test) makes both pass, but with it
-/// `review_l::memory_near::a_namespace_purge_that_returned_holds_against_fills_on_other_threads`
-/// fails about one run in three on a loaded machine (a near hit one version behind a
-/// namespace purge of the same process), against 0 in 16 without it: the followers it
-/// turns away (they look the URL up again, or go to the origin) reach a near-tier race
-/// not found yet. See the review S report.
+/// Fixed in `Storage::store`: a tag check vouches for followers only when every tag's
+/// generation was created or purged before the request, and only a store that landed
+/// vouches at all (see the next test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a follower after a tag purge gets a refused fill's response; fix pending (see the comment)"]
 async fn a_follower_after_a_tag_purge_does_not_get_the_older_fill_when_the_tag_was_flushed() {
     let versions = Arc::new(AtomicU64::new(1));
     let arrived = Arc::new(tokio::sync::Notify::new());
@@ -860,9 +852,8 @@ async fn a_follower_after_a_tag_purge_does_not_get_the_older_fill_when_the_tag_w
 /// was taken as proof that no tag purge had returned before the check: the follower gets
 /// `v1` (found by seed 14 of the schedule, about one run in 90).
 ///
-/// Ignored: fails today; see the test above for the fix and why it is not in.
+/// Fixed with the test above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a follower after a tag purge gets a refused fill's response; fix pending (see the comment)"]
 async fn a_follower_after_a_tag_purge_does_not_get_a_refused_fill_when_the_tag_came_back() {
     let versions = Arc::new(AtomicU64::new(1));
     let arrived = Arc::new(tokio::sync::Notify::new());
@@ -899,7 +890,11 @@ async fn a_follower_after_a_tag_purge_does_not_get_a_refused_fill_when_the_tag_c
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     };
-    let tag_key = tower_memcache::key::build_key(Some("review-s"), "\0tag\0red");
+    // The layer's tag key: "g:" and the md5 of the namespace and "\0tag\0" and the tag.
+    let tag_key = format!(
+        "g:{}",
+        tower_memcache::key::md5_hex(&[b"review-s", b"\0tag\0red"])
+    );
     // A generation created before the fill's request: what the late add carries.
     let created_before = format!(
         "{}c",

@@ -223,9 +223,10 @@ pub(crate) enum Placed {
     Unknown,
 }
 
-/// The generations this process gave tags by purging them, for as long as the clock skew
-/// margin: a fill here compares its request time with them on the same clock, so needs no
-/// margin (a page purged and refilled at once by one process is stored again at once).
+/// The generations this process gave tags by purging (or creating) them, for as long as
+/// the clock skew margin: a fill here compares its request time with them on the same
+/// clock, so needs no margin (a page purged and refilled at once by one process is stored
+/// again at once, and its followers get it).
 #[derive(Default)]
 pub(crate) struct LocalPurges(Mutex<VecDeque<(u64, Instant)>>);
 
@@ -970,8 +971,11 @@ impl<B: Backend> Storage<B> {
         let cutoff = match outcome {
             _ if !tagged => None,
             StoreOutcome::Superseded { since } => Some(since),
-            // A tag purge that returned before the check read would have shown in it.
-            _ if tags_checked => Some(checked),
+            // A tag purge that returned before the check read would have shown in it, and
+            // nothing (a flush, a restart) can have removed it since: that would have
+            // refused this store's compare-and-swap. A store refused or failed proves
+            // no such thing: a tag's generation may have gone and come back meanwhile.
+            StoreOutcome::Stored if tags_checked => Some(checked),
             _ => Some(to.requested),
         };
         (outcome, cutoff)
@@ -1012,15 +1016,25 @@ impl<B: Backend> Storage<B> {
                 CLOCK_SKEW
             }
         };
-        let overtaken = (StoreOutcome::Overtaken, true);
-        let failed_checked = (StoreOutcome::Failed, true);
         // Tags: a purge newer than the request, or (for a refresh) another generation.
         let mut resolved = Vec::with_capacity(tag_names.len());
         let requested_ns = nanos(to.requested);
+        // Whether the read shows every tag purge since the request went out: not when a
+        // tag's generation was created after it (or is created now). A flush, a restart
+        // or an eviction took its purges with it, and followers that joined after such a
+        // purge must not take the read as proof that none came.
+        let mut vouched = true;
         for (tag, key) in tag_names.iter().zip(&tag_keys) {
             let (value, purged_at) = match now.get(key.as_str()).and_then(parse_tag_mark) {
+                Some((created, None)) => {
+                    if created.saturating_add(nanos_of(margin(created))) > requested_ns {
+                        vouched = false;
+                    }
+                    (created, None)
+                }
                 Some(mark) => mark,
                 None => {
+                    vouched = false;
                     // First use of the tag on this server (or an eviction): it starts here,
                     // marked as created rather than purged.
                     let fresh = unique();
@@ -1032,7 +1046,11 @@ impl<B: Backend> Storage<B> {
                         Lifetime::NEVER,
                     );
                     match self.timed("tag generation add", add).await {
-                        Some(true) => (fresh, None),
+                        Some(true) => {
+                            // On this process's clock: later fills here need no margin.
+                            self.local_purges.record(fresh);
+                            (fresh, None)
+                        }
                         // Created or purged at this very moment by someone else.
                         Some(false) => return superseded(to.requested),
                         None => return failed,
@@ -1056,6 +1074,8 @@ impl<B: Backend> Storage<B> {
             }
             resolved.push((tag.clone(), value));
         }
+        let overtaken = (StoreOutcome::Overtaken, vouched);
+        let failed_checked = (StoreOutcome::Failed, vouched);
         // Namespace purge since the lookup?
         let current = now
             .remove(&*self.generation_key)
@@ -1085,7 +1105,7 @@ impl<B: Backend> Storage<B> {
                 .backend
                 .cas(route, bytes, FLAG_HTTP_ENTRY, lifetime, primary_cas);
             return match self.timed("store", cas).await {
-                Some(CasOutcome::Stored) => (StoreOutcome::Stored, true),
+                Some(CasOutcome::Stored) => (StoreOutcome::Stored, vouched),
                 Some(_) => overtaken,
                 None => failed_checked,
             };
@@ -1130,7 +1150,7 @@ impl<B: Backend> Storage<B> {
             .backend
             .set_by_key(route, &variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
         match self.timed("variant store", set).await {
-            Some(()) => (StoreOutcome::Stored, true),
+            Some(()) => (StoreOutcome::Stored, vouched),
             None => failed_checked,
         }
     }
