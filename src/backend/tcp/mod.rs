@@ -209,8 +209,10 @@ impl TcpBackendBuilder {
     /// refused before anything is sent. Defaults to 1 MiB. A server that reports a smaller
     /// `item_size_max` (its `-I`) on connecting, or refuses an item as too large, gets a
     /// smaller limit of its own ([`Backend::item_size_limit`]).
-    /// Replies are held to it too: a server announcing a larger value (never refused below
-    /// 1 MiB) is treated as broken and its connection dropped.
+    /// Replies are bounded by it too, more loosely: a server announcing a value of more
+    /// than four times this limit (and never less than 4 MiB: clients sharing the servers
+    /// with a larger `-I` store larger values) is treated as broken and its connection
+    /// dropped. A multi-get reply holds at most one value per key asked.
     pub fn item_size_limit(mut self, bytes: usize) -> Self {
         self.item_size_limit = bytes;
         self
