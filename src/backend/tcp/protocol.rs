@@ -2481,6 +2481,148 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             let limits = if tight { TIGHT } else { Limits::default() };
             let _ = assert_sound(&input, &limits, &asked);
         }
+
+        /// Review U: one connection's replies (gets, a get cut short by an error line,
+        /// one-line replies), maybe broken, fed to one kept [`Decoder`] in any chunks,
+        /// decode as each fed whole to a fresh parse: the scratch the decoder keeps
+        /// between replies (the offsets of a get's values, left behind by an error
+        /// ending, an error or an incomplete retry) never reaches another reply.
+        #[test]
+        fn a_kept_decoder_fed_in_any_chunks_decodes_as_fresh_parses(
+            exchanges in proptest::collection::vec((get_values(), 0..3u8), 1..5),
+            edits in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<proptest::sample::Index>(),
+                    proptest::prelude::any::<u8>(),
+                    proptest::prelude::any::<u8>(),
+                ),
+                0..3,
+            ),
+            cuts in proptest::collection::vec(
+                proptest::prelude::any::<proptest::sample::Index>(),
+                0..16,
+            ),
+            tight in proptest::prelude::any::<bool>(),
+        ) {
+            let (asked, mut stream) = connection_exchanges(&exchanges);
+            mutate(&mut stream, &edits);
+            let limits = if tight { TIGHT } else { Limits::default() };
+            let whole = fresh_parses(&stream, &limits, &asked);
+            let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            proptest::prop_assert_eq!(kept_decoder(&stream, &cuts, &limits, &asked), whole.clone());
+            // And a byte at a time.
+            let every: Vec<usize> = (1..=stream.len()).collect();
+            proptest::prop_assert_eq!(kept_decoder(&stream, &every, &limits, &asked), whole);
+        }
+    }
+
+    /// What one request's reply came to on a connection.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Decoded {
+        Reply(Reply),
+        /// The stream ended inside this reply.
+        Incomplete,
+        Error(ProtocolError),
+    }
+
+    /// The values of one get reply, as [`get_values`] makes them.
+    type GetValues = Vec<(usize, u32, Vec<u8>, Option<u64>)>;
+
+    /// A connection's requests and the stream of their replies: kind 0 a get answered in
+    /// full, 1 a get whose reply ends in an error line after its values, 2 a store.
+    fn connection_exchanges(exchanges: &[(GetValues, u8)]) -> (Vec<Asked>, Vec<u8>) {
+        let mut asked = Vec::new();
+        let mut stream = Vec::new();
+        for (values, kind) in exchanges {
+            match kind {
+                0 | 1 => {
+                    let (request, mut reply) = get_exchange(values);
+                    if *kind == 1 {
+                        reply.truncate(reply.len() - b"END\r\n".len());
+                        reply.extend_from_slice(
+                            b"SERVER_ERROR out of memory writing get response\r\n",
+                        );
+                    }
+                    asked.push(request);
+                    stream.extend_from_slice(&reply);
+                }
+                _ => {
+                    asked.push(asked_of(b"set k 0 0 1\r\nx\r\n"));
+                    stream.extend_from_slice(b"STORED\r\n");
+                }
+            }
+        }
+        (asked, stream)
+    }
+
+    fn asked_of(request: &[u8]) -> Asked {
+        Asked::of_request(&Bytes::copy_from_slice(request))
+    }
+
+    /// The replies of `stream`, each parsed whole from where the last ended, as far as the
+    /// first that is incomplete or broken.
+    fn fresh_parses(stream: &[u8], limits: &Limits, asked: &[Asked]) -> Vec<Decoded> {
+        let mut decoded = Vec::new();
+        let mut pos = 0;
+        for asked in asked {
+            match parse_reply(&stream[pos..], limits, asked) {
+                Ok(Frame::Complete { reply, len }) => {
+                    decoded.push(Decoded::Reply(reply));
+                    pos += len;
+                }
+                Ok(Frame::Incomplete) => {
+                    decoded.push(Decoded::Incomplete);
+                    break;
+                }
+                Err(err) => {
+                    decoded.push(Decoded::Error(err));
+                    break;
+                }
+            }
+        }
+        decoded
+    }
+
+    /// The replies of `stream` as a connection's reader takes them: one [`Decoder`], the
+    /// bytes arriving cut at `cuts` (ascending, the last the stream's length).
+    fn kept_decoder(
+        stream: &[u8],
+        cuts: &[usize],
+        limits: &Limits,
+        asked: &[Asked],
+    ) -> Vec<Decoded> {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        let mut from = 0;
+        for &cut in cuts {
+            buf.extend_from_slice(&stream[from..cut]);
+            from = cut;
+            while let Some(asked) = asked.get(decoded.len()) {
+                if buf.is_empty() {
+                    break;
+                }
+                let before = buf.clone();
+                match decoder.decode(&mut buf, limits, asked) {
+                    Ok(Some(reply)) => decoded.push(Decoded::Reply(reply)),
+                    Ok(None) => {
+                        assert_eq!(buf, before, "an incomplete reply consumed bytes");
+                        break;
+                    }
+                    Err(err) => {
+                        assert_eq!(buf, before, "an error consumed bytes");
+                        decoded.push(Decoded::Error(err));
+                        return decoded;
+                    }
+                }
+            }
+        }
+        if decoded.len() < asked.len() {
+            decoded.push(Decoded::Incomplete);
+        }
+        decoded
     }
 
     // ---- encoders ---------------------------------------------------------------------------
