@@ -1012,13 +1012,15 @@ async fn read_replies(
                 return shared.closed_error();
             }
             pending.extend(state.asked.drain(..));
+            let count = replies.len().min(state.waiters.len());
+            answered.extend(state.waiters.drain(..count));
             // While replies keep coming the timer's branch above may not be polled: the
-            // deadlines are looked at here too.
+            // deadlines are looked at here too, after the replies just read were taken
+            // (a reply in hand is delivered, as a timer around the call polls the call
+            // first).
             if state.timer.is_elapsed() {
                 state.expire();
             }
-            let count = replies.len().min(state.waiters.len());
-            answered.extend(state.waiters.drain(..count));
             // Never true (each reply consumed a queued request's `Asked`), kept as a guard.
             count < replies.len()
         };
