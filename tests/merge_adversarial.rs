@@ -762,8 +762,19 @@ async fn callers_dropped_at_any_point_leave_the_line_and_the_slots_intact() {
 #[tokio::test]
 async fn a_parked_first_caller_is_taken_over_and_its_line_answered() {
     let server = FakeServer::start(Answer::Honest).await;
-    // Stall tick every 200 ms: the takeover comes within about 400 ms.
-    let backend = fake_backend(&server, 13, Duration::from_millis(100));
+    // Stall tick every 200 ms: the takeover comes within about 400 ms. The callers'
+    // deadline (timeout + connect timeout) past the park: a caller parked past its
+    // deadline is given up on at it, even when its reply comes before it is polled again
+    // (the connection keeps the deadlines, not a timer polled with the call).
+    let backend = TcpBackend::builder()
+        .server(server.addr.clone())
+        .connections_per_server(1)
+        .max_in_flight(13)
+        .timeout(Duration::from_millis(100))
+        .connect_timeout(Duration::from_secs(3))
+        .failure_threshold(1000)
+        .build()
+        .unwrap();
     assert!(backend.get("warm").await.unwrap().is_some());
     let calls = callers("p", 12);
     let result = merged_round(

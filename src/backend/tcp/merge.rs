@@ -17,6 +17,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::protocol::{Asked, Reply, Value};
 use crate::backend::BackendError;
@@ -32,8 +33,60 @@ const MAX_MERGED_KEYS: usize = 32;
 /// Most bytes of keys one merged line lists.
 const MAX_MERGED_KEY_BYTES: usize = 4 * 1024;
 
-/// Where a caller's reply goes.
-pub(super) type Waiter = oneshot::Sender<Result<Reply, BackendError>>;
+/// Where a caller's reply goes, until its deadline.
+pub(super) struct Waiter {
+    /// Taken when the deadline passes first: the caller sees its channel closed, and the
+    /// reply, still read in its turn, is dropped.
+    sender: Option<oneshot::Sender<Result<Reply, BackendError>>>,
+    /// When the connection gives up on the caller (see [`super::connection`]), if ever.
+    deadline: Option<Instant>,
+}
+
+impl Waiter {
+    pub(super) fn new(
+        sender: oneshot::Sender<Result<Reply, BackendError>>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Waiter {
+            sender: Some(sender),
+            deadline,
+        }
+    }
+
+    fn send(self, reply: Result<Reply, BackendError>) {
+        if let Some(sender) = self.sender {
+            let _ = sender.send(reply);
+        }
+    }
+
+    /// Gives up on the caller if its deadline is `now` or past; otherwise its deadline,
+    /// if it still waits and has one.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        self.sender.as_ref()?;
+        let deadline = self.deadline?;
+        if deadline <= now {
+            self.sender = None;
+            return None;
+        }
+        Some(deadline)
+    }
+}
+
+#[cfg(test)]
+impl From<oneshot::Sender<Result<Reply, BackendError>>> for Waiter {
+    fn from(sender: oneshot::Sender<Result<Reply, BackendError>>) -> Self {
+        Waiter::new(sender, None)
+    }
+}
+
+/// The earlier of two deadlines, where `None` is none.
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
 
 /// The callers one request on the wire answers, in its place in the connection's FIFO.
 pub(super) enum Waiting {
@@ -86,12 +139,21 @@ impl Waiting {
         }
     }
 
+    /// Gives up on the callers whose deadline is `now` or past (see [`Waiter`]); returns
+    /// the earliest deadline of those still waiting.
+    pub(super) fn expire(&mut self, now: Instant) -> Option<Instant> {
+        match self {
+            Waiting::One(waiter) => waiter.expire(now),
+            Waiting::Merged(members) => expire_members(members, now),
+        }
+    }
+
     /// Hands `reply` to the caller, or splits it between the callers of a merged line.
     /// A caller that gave up is skipped.
     pub(super) fn answer(self, reply: Result<Reply, BackendError>) {
         let members = match self {
             Waiting::One(waiter) => {
-                let _ = waiter.send(reply);
+                waiter.send(reply);
                 return;
             }
             Waiting::Merged(members) => members,
@@ -100,7 +162,7 @@ impl Waiting {
             Ok(Reply::Values(values)) => values,
             other => {
                 for member in members {
-                    let _ = member.waiter.send(other.clone());
+                    member.waiter.send(other.clone());
                 }
                 return;
             }
@@ -122,9 +184,16 @@ impl Waiting {
             if matches!(member.places, Places::Listed(_)) {
                 values.sort_unstable_by_key(|value| value.asked);
             }
-            let _ = member.waiter.send(Ok(Reply::Values(values)));
+            member.waiter.send(Ok(Reply::Values(values)));
         }
     }
+}
+
+/// [`Waiting::expire`] for the callers of a merged line.
+fn expire_members(members: &mut [Member], now: Instant) -> Option<Instant> {
+    members.iter_mut().fold(None, |next, member| {
+        earliest(next, member.waiter.expire(now))
+    })
 }
 
 /// A request that may merge with its neighbours: exactly one `get` or `gets` line.
@@ -254,6 +323,11 @@ impl OpenGets {
         Ok(())
     }
 
+    /// [`Waiting::expire`] for the callers of the open line.
+    pub(super) fn expire(&mut self, now: Instant) -> Option<Instant> {
+        expire_members(&mut self.members, now)
+    }
+
     /// Closes the line: the request to write, what it asked, and whom its reply goes to.
     pub(super) fn seal(self) -> (Bytes, Asked, Waiting) {
         let (request, waiting) = match self.line {
@@ -360,11 +434,11 @@ mod tests {
         let (second_tx, mut second_rx) = oneshot::channel();
         let (third_tx, mut third_rx) = oneshot::channel();
         let a = request(&["ns", "a"], true);
-        let mut open = OpenGets::open(a.clone(), retrieval(&a), first_tx);
+        let mut open = OpenGets::open(a.clone(), retrieval(&a), first_tx.into());
         let b = request(&["ns", "b"], true);
-        assert!(open.join(&retrieval(&b), second_tx).is_ok());
+        assert!(open.join(&retrieval(&b), second_tx.into()).is_ok());
         let c = request(&["c"], true);
-        assert!(open.join(&retrieval(&c), third_tx).is_ok());
+        assert!(open.join(&retrieval(&c), third_tx.into()).is_ok());
         let (line, asked, waiting) = open.seal();
         // `ns` listed once, for both callers that asked it.
         assert_eq!(&line[..], b"gets ns a b c\r\n");
@@ -389,7 +463,7 @@ mod tests {
     fn a_lone_line_is_written_as_it_came_and_errors_reach_every_caller() {
         let (tx, mut rx) = oneshot::channel();
         let a = request(&["a"], false);
-        let (line, _, waiting) = OpenGets::open(a.clone(), retrieval(&a), tx).seal();
+        let (line, _, waiting) = OpenGets::open(a.clone(), retrieval(&a), tx.into()).seal();
         assert_eq!(line, a);
         assert!(matches!(waiting, Waiting::One(_)));
         waiting.answer(Ok(Reply::Error));
@@ -397,9 +471,9 @@ mod tests {
 
         let (first_tx, mut first_rx) = oneshot::channel();
         let (second_tx, mut second_rx) = oneshot::channel();
-        let mut open = OpenGets::open(a.clone(), retrieval(&a), first_tx);
+        let mut open = OpenGets::open(a.clone(), retrieval(&a), first_tx.into());
         assert!(
-            open.join(&retrieval(&request(&["b"], false)), second_tx)
+            open.join(&retrieval(&request(&["b"], false)), second_tx.into())
                 .is_ok()
         );
         open.seal().2.answer(Ok(Reply::ServerError("busy".into())));
@@ -416,8 +490,14 @@ mod tests {
             receivers.push(rx);
             let request = request(keys, true);
             match open {
-                None => *open = Some(OpenGets::open(request.clone(), retrieval(&request), tx)),
-                Some(open) => assert!(open.join(&retrieval(&request), tx).is_ok()),
+                None => {
+                    *open = Some(OpenGets::open(
+                        request.clone(),
+                        retrieval(&request),
+                        tx.into(),
+                    ))
+                }
+                Some(open) => assert!(open.join(&retrieval(&request), tx.into()).is_ok()),
             }
         };
         let mut open = None;
@@ -455,20 +535,29 @@ mod tests {
     fn lines_of_another_verb_or_past_the_bounds_do_not_join() {
         let (tx, _rx) = oneshot::channel();
         let a = request(&["a"], true);
-        let mut open = OpenGets::open(a.clone(), retrieval(&a), tx);
+        let mut open = OpenGets::open(a.clone(), retrieval(&a), tx.into());
         let (tx, _rx2) = oneshot::channel();
-        assert!(open.join(&retrieval(&request(&["b"], false)), tx).is_err());
+        assert!(
+            open.join(&retrieval(&request(&["b"], false)), tx.into())
+                .is_err()
+        );
         let many: Vec<String> = (0..MAX_MERGED_KEYS).map(|i| format!("k{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let (tx, _rx3) = oneshot::channel();
-        assert!(open.join(&retrieval(&request(&many, true)), tx).is_err());
+        assert!(
+            open.join(&retrieval(&request(&many, true)), tx.into())
+                .is_err()
+        );
         // Few keys, but more bytes of them than a line takes.
         let long: Vec<String> = (0..=MAX_MERGED_KEY_BYTES / 200)
             .map(|i| format!("{i:0>200}"))
             .collect();
         let long: Vec<&str> = long.iter().map(String::as_str).collect();
         let (tx, _rx4) = oneshot::channel();
-        assert!(open.join(&retrieval(&request(&long, true)), tx).is_err());
+        assert!(
+            open.join(&retrieval(&request(&long, true)), tx.into())
+                .is_err()
+        );
         let (line, _, waiting) = open.seal();
         assert_eq!(line, a);
         assert_eq!(waiting.callers(), 1);

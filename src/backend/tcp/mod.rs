@@ -53,7 +53,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 
-use self::connection::ConnectionSettings;
+use self::connection::{ConnectionSettings, Elapsed, deadline_in};
 use self::ketama::{Ring, ServerSpec};
 use self::protocol::{Limits, Reply, StoreCommand};
 use self::server::{ProbeClaim, Server, Transition};
@@ -875,8 +875,9 @@ impl TcpBackend {
     }
 
     /// [`execute`](Self::execute), given up at `limit` (the caller's deadline) if that comes
-    /// before the operation timeout, with [`BackendError::Deadline`]: one timer serves
-    /// both, where a caller's own timeout around the call would be a second. A call given
+    /// before the operation timeout, with [`BackendError::Deadline`]: one deadline serves
+    /// both, kept by the connection's timer (no timer per call), where a caller's own
+    /// timeout around the call would be a timer of its own. A call given
     /// up so counts towards the server's health exactly as a call its caller drops.
     /// `reaches`: which servers out of use it is sent to all the same.
     async fn execute_on(
@@ -929,34 +930,34 @@ impl TcpBackend {
             },
             None => (own, None),
         };
-        let outcome =
-            match tokio::time::timeout_at(deadline, server.call(request, &inner.settings)).await {
-                Err(_) => match theirs {
-                    // The caller's deadline: the call is given up as if dropped there, and
-                    // the guard counts it (or not) as it counts a dropped call.
-                    Some(limit) => return Err(BackendError::Deadline { after: limit }),
-                    None => Err(BackendError::Timeout {
-                        server: server.name.to_string(),
-                        after: inner.timeout,
-                    }),
-                },
-                Ok(Err(err)) => Err(err),
-                Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
-                    drop(conn);
-                    Ok(reply)
-                }
-                Ok(Ok((conn, reply))) => {
-                    // A reply of the wrong kind means we no longer know which reply belongs to
-                    // which request: drop the connection.
-                    conn.close();
-                    Err(BackendError::Protocol(ProtocolViolation::new(
-                        ProtocolError::UnexpectedReply {
-                            reply: format!("{reply:?}"),
-                            expected: expect.expected(),
-                        },
-                    )))
-                }
-            };
+        // The deadline is kept by the connection's one timer, not a timer per call.
+        let outcome = match server.call(request, &inner.settings, deadline).await {
+            Err(Elapsed) => match theirs {
+                // The caller's deadline: the call is given up as if dropped there, and
+                // the guard counts it (or not) as it counts a dropped call.
+                Some(limit) => return Err(BackendError::Deadline { after: limit }),
+                None => Err(BackendError::Timeout {
+                    server: server.name.to_string(),
+                    after: inner.timeout,
+                }),
+            },
+            Ok(Err(err)) => Err(err),
+            Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
+                drop(conn);
+                Ok(reply)
+            }
+            Ok(Ok((conn, reply))) => {
+                // A reply of the wrong kind means we no longer know which reply belongs to
+                // which request: drop the connection.
+                conn.close();
+                Err(BackendError::Protocol(ProtocolViolation::new(
+                    ProtocolError::UnexpectedReply {
+                        reply: format!("{reply:?}"),
+                        expected: expect.expected(),
+                    },
+                )))
+            }
+        };
         // Finished: counted below, by its outcome.
         abandoned.armed = false;
         #[cfg(feature = "metrics")]
@@ -1090,11 +1091,13 @@ async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClaim) {
         let server = &inner.servers[index];
         let mut request = BytesMut::new();
         protocol::encode_version(&mut request);
-        let attempt = tokio::time::timeout(
-            inner.timeout + inner.settings.connect_timeout,
-            server.call(request.freeze(), &inner.settings),
-        )
-        .await;
+        let attempt = server
+            .call(
+                request.freeze(),
+                &inner.settings,
+                deadline_in(inner.timeout + inner.settings.connect_timeout),
+            )
+            .await;
         if let Ok(Ok((_, Reply::Version(version)))) = attempt {
             // It may have missed writes every server must hold while it was gone: what
             // it holds under those keys goes before it serves again. Writes from now on
@@ -1151,21 +1154,17 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
         if keys.is_empty() {
             break;
         }
+        let deadline = deadline_in(inner.timeout + inner.settings.connect_timeout);
         let deletes = keys.iter().map(|key| {
             let mut request = BytesMut::new();
             protocol::encode_delete(&mut request, key, false);
-            server.call(request.freeze(), &inner.settings)
+            server.call(request.freeze(), &inner.settings, deadline)
         });
-        let replies = tokio::time::timeout(
-            inner.timeout + inner.settings.connect_timeout,
-            join_all(deletes),
-        )
-        .await
-        .map_err(|_| BackendError::Timeout {
-            server: server.name.to_string(),
-            after: inner.timeout,
-        })?;
-        for reply in replies {
+        for reply in join_all(deletes).await {
+            let reply = reply.map_err(|Elapsed| BackendError::Timeout {
+                server: server.name.to_string(),
+                after: inner.timeout,
+            })?;
             match reply? {
                 (_, Reply::Deleted | Reply::NotFound) => {}
                 (_, other @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_))) => {
@@ -1495,7 +1494,7 @@ impl Backend for TcpBackend {
     /// One `gets` (a line per 100 keys) to the server of `route`, as
     /// [`get_many_by_key`](Backend::get_many_by_key); each value goes to the place of the
     /// key it answers, so no key is copied and no map built. `limit` joins the operation
-    /// timeout's timer: one timer per call.
+    /// timeout's deadline: one deadline per call, kept by its connection.
     async fn get_many_by_key_ordered(
         &self,
         route: &str,

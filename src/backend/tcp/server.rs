@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
-use super::connection::{Connection, ConnectionSettings};
+use tokio::time::Instant;
+
+use super::connection::{Connection, ConnectionSettings, Elapsed, deadline_in};
 use super::protocol::{self, Reply};
 use crate::backend::BackendError;
 
@@ -262,20 +264,31 @@ impl Server {
         self.health.state.load(Ordering::Acquire) == DOWN
     }
 
-    /// Sends a request on one of the pooled connections, connecting the slot if needed.
-    /// Unbounded in time: the caller applies the operation timeout.
+    /// Sends a request on one of the pooled connections, connecting the slot if needed,
+    /// and gives up at `deadline` ([`Elapsed`]).
     pub(crate) async fn call(
         &self,
         request: Bytes,
         settings: &ConnectionSettings,
-    ) -> Result<(Arc<Connection>, Reply), BackendError> {
+        deadline: Instant,
+    ) -> Result<Result<(Arc<Connection>, Reply), BackendError>, Elapsed> {
         let conn = match self.pick() {
             (_, Some(conn)) => conn,
             // Boxed: connecting is rare, and every call's future (and each future that
-            // awaits one, up to a request's) would otherwise carry its state.
-            (slot, None) => Box::pin(self.connection(slot, settings)).await?,
+            // awaits one, up to a request's) would otherwise carry its state. A timer of
+            // its own: the connection that keeps the deadlines is not there yet.
+            (slot, None) => {
+                match tokio::time::timeout_at(deadline, Box::pin(self.connection(slot, settings)))
+                    .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(err)) => return Ok(Err(err)),
+                    Err(_) => return Err(Elapsed),
+                }
+            }
         };
-        match conn.call(request).await {
+        // The connection keeps the deadline: no timer per call.
+        Ok(match conn.call(request, Some(deadline)).await? {
             Ok(reply) => Ok((conn, reply)),
             Err(err) => {
                 if conn.is_closed() {
@@ -285,7 +298,7 @@ impl Server {
                 }
                 Err(err)
             }
-        }
+        })
     }
 
     /// Empties the slot that holds `conn`, if one still does.
@@ -358,8 +371,12 @@ impl Server {
     async fn learn_settings(&self, conn: &Connection, settings: &ConnectionSettings) -> bool {
         let mut request = BytesMut::new();
         protocol::encode_stats(&mut request, Some("settings"));
-        let reply =
-            tokio::time::timeout(settings.connect_timeout, conn.call(request.freeze())).await;
+        let reply = conn
+            .call(
+                request.freeze(),
+                Some(deadline_in(settings.connect_timeout)),
+            )
+            .await;
         match reply {
             Ok(Ok(Reply::Stats(stats))) => {
                 // A settings listing: memcached itself, which answers a multi-get key by
