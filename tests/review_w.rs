@@ -204,3 +204,93 @@ async fn a_uri_purge_that_skipped_a_server_marked_down_holds_when_the_outage_is_
         after.cache_status()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Two requests sharing a placeholder's token.
+
+/// An origin whose calls wait until `open` (a request's answer is then "call N").
+#[derive(Clone, Default)]
+struct Gated {
+    calls: Arc<AtomicU64>,
+    open: Arc<AtomicBool>,
+}
+
+fn gated<B: Backend>(layer: &MemcacheLayer<B>, origin: &Gated) -> Svc {
+    let origin = origin.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |_request: Request<()>| {
+            let origin = origin.clone();
+            async move {
+                let call = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                while !origin.open.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
+                response
+                    .headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=600"));
+                Ok::<_, Infallible>(response)
+            }
+        });
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
+/// Process A's request holds the URL's placeholder and its origin is slow; process B's
+/// request waits `lease_wait` for it, then arms the placeholder again (same token, its
+/// own hold) and goes to the origin alongside. A's client then hangs up: A's release must
+/// end A's own wait only. It ended B's (matching the token alone) and cut the
+/// placeholder's life to a second: B's response, a second later, found no placeholder to
+/// store over and was lost, and requests meanwhile stopped waiting for B.
+#[tokio::test]
+async fn a_released_placeholder_does_not_end_the_fill_that_armed_it_again() {
+    use tower_memcache::backend::MemoryBackend;
+    let backend = MemoryBackend::new();
+    let process = |origin: &Gated| {
+        let layer = MemcacheLayer::new(backend.clone())
+            .namespace("review-w")
+            .mode(CacheMode::Origin)
+            .lease(Some(Duration::from_secs(30)))
+            .lease_wait(Duration::from_millis(100), Duration::from_millis(10));
+        (gated(&layer, origin), layer)
+    };
+    let (a_origin, b_origin) = (Gated::default(), Gated::default());
+    let (a, a_layer) = process(&a_origin);
+    let (b, b_layer) = process(&b_origin);
+    let url = "http://site.example/slow";
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { support::send(&a, Method::GET, url, &[]).await }
+    });
+    until("A at its origin", || {
+        a_origin.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = tokio::spawn({
+        let b = b.clone();
+        async move { support::send(&b, Method::GET, url, &[]).await }
+    });
+    until("B at its origin", || {
+        b_origin.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // A's client hangs up: its placeholder is released in the background.
+    first.abort();
+    let _ = first.await;
+    tokio::time::timeout(Duration::from_secs(2), a_layer.background().idle())
+        .await
+        .unwrap();
+    // Past the second a released placeholder lives, B's origin answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b_origin.open.store(true, Ordering::SeqCst);
+    assert_eq!(second.await.unwrap().body, "call 1");
+    support::Watch::of(&b_layer).settled().await;
+    let next = send(&b, "/slow").await;
+    assert_eq!(
+        next.body,
+        "call 1",
+        "B's response was not stored ({})",
+        next.cache_status()
+    );
+    support::assert_hit(next.cache_status());
+}
