@@ -11,10 +11,10 @@ use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
 use super::service::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
-use super::storage::{FILL_HOLD, Found, Lookup, Placed, Slot, Target, placed, unique};
+use super::storage::{FILL_HOLD, Found, Lookup, Placed, Slot, Target, arming, placed, unique};
 use super::stored::now_ms;
 use crate::backend::Backend;
-use crate::cache::entry::{Entry, Placeholder, VariantIndex};
+use crate::cache::entry::{Entry, VariantIndex};
 use crate::cache::policy::freshness::Freshness;
 
 /// How long other processes wait for a placeholder when this layer has leases off (they
@@ -153,19 +153,19 @@ impl<B: Backend> Shared<B> {
                             tracing::debug!(key = %plan.key, "the refilling request did not deliver in time; going alongside it");
                         }
                         let until = self.hold_until();
-                        let pending = Lease::new(&self.storage, &plan.key, placeholder);
+                        // Guarding what the CAS writes (this request's arming), not what
+                        // it replaces: that is another request's.
+                        let armed = arming(placeholder.token, until);
+                        let pending = Lease::new(&self.storage, &plan.key, armed);
                         let placed = self.storage.rearm(&plan.key, found.slot, until).await;
                         Some((placed, pending))
                     }
                 }
                 Slot::Absent => {
                     let token = unique();
-                    let pending =
-                        Lease::new(&self.storage, &plan.key, Placeholder { token, until_ms: 0 });
-                    let placed = self
-                        .storage
-                        .place(&plan.key, token, self.hold_until())
-                        .await;
+                    let until = self.hold_until();
+                    let pending = Lease::new(&self.storage, &plan.key, arming(token, until));
+                    let placed = self.storage.place(&plan.key, token, until).await;
                     Some((placed, pending))
                 }
             };

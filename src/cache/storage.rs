@@ -858,10 +858,7 @@ impl<B: Backend> Storage<B> {
     /// meanwhile) in a URL's primary key, where the lookup saw nothing, before its request
     /// goes to the origin. Other requests wait for it until `until`.
     pub(crate) async fn place(&self, key: &str, token: u64, until: SystemTime) -> Placed {
-        let placeholder = Placeholder {
-            token,
-            until_ms: millis(until),
-        };
+        let placeholder = arming(token, until);
         let lifetime = Lifetime::from_duration(FILL_HOLD);
         let add = self
             .backend
@@ -881,10 +878,7 @@ impl<B: Backend> Storage<B> {
         let Slot::Placeholder { cas, placeholder } = seen else {
             return Placed::Taken;
         };
-        let armed = Placeholder {
-            token: placeholder.token,
-            until_ms: millis(until),
-        };
+        let armed = arming(placeholder.token, until);
         let lifetime = Lifetime::from_duration(FILL_HOLD);
         let cas = self
             .backend
@@ -902,8 +896,8 @@ impl<B: Backend> Storage<B> {
         self.end_wait(key, mine, Duration::from_secs(1)).await;
     }
 
-    /// Rewrites `placeholder` (if it is still there, and waited for) to be waited for no
-    /// longer, with the same token, for `lifetime`.
+    /// Rewrites `placeholder` (if it is still there, as this request armed it, and waited
+    /// for) to be waited for no longer, with the same token, for `lifetime`.
     async fn end_wait(&self, key: &str, placeholder: Placeholder, lifetime: Duration) {
         let Some(Some(item)) = self.timed("placeholder read", self.backend.get(key)).await else {
             return;
@@ -917,7 +911,13 @@ impl<B: Backend> Storage<B> {
         else {
             return;
         };
-        if now.token != placeholder.token || now.until_ms == 0 {
+        // The token alone is not this request's: another request that armed the
+        // placeholder again shares it (`rearm`), and ending its arming would end its fill
+        // (nobody waits for it, and the placeholder lives a second: its store is lost).
+        if now.token != placeholder.token
+            || now.until_ms != placeholder.until_ms
+            || now.until_ms == 0
+        {
             return;
         }
         let ended = Placeholder {
@@ -1269,6 +1269,16 @@ impl<B: Backend> Storage<B> {
             .map_err(|_| BackendError::Deadline {
                 after: self.timeout,
             })?
+    }
+}
+
+/// The placeholder [`Storage::place`] or [`Storage::rearm`] writes for `token`, waited for
+/// until `until`: known before the write is sent, so that the request's lease releases
+/// what lands, and only that.
+pub(crate) fn arming(token: u64, until: SystemTime) -> Placeholder {
+    Placeholder {
+        token,
+        until_ms: millis(until),
     }
 }
 

@@ -359,7 +359,8 @@ struct Family {
     /// Keys deleted on a server that answers its probe, before it is marked up
     /// ([`Backend::reset_on_rejoin`]); at most [`MAX_RESET_ON_REJOIN_KEYS`].
     reset_on_rejoin: Mutex<Vec<String>>,
-    /// Servers marked down so far ([`Backend::outages`]).
+    /// Servers marked down so far ([`Backend::outages`]), counted before each transition
+    /// (see `Server::mark_down`).
     outages: AtomicU64,
     /// The siblings, whose connections to a server marked down are all closed.
     members: Mutex<Vec<Weak<Inner>>>,
@@ -970,7 +971,8 @@ impl TcpBackend {
     /// server is marked down and probed.
     fn account(&self, index: usize, outcome: &Result<Reply, BackendError>) {
         let server = &self.inner.servers[index];
-        if server.record(outcome, self.inner.failure_threshold) == Transition::WentDown {
+        let outages = &self.inner.family.outages;
+        if server.record(outcome, self.inner.failure_threshold, outages) == Transition::WentDown {
             tracing::warn!(server = %server.name, "memcached server marked down; probing");
             self.went_down(index);
         }
@@ -979,7 +981,7 @@ impl TcpBackend {
     /// Marks a server down at once, whatever its failure count, after it failed `err`.
     fn force_down(&self, index: usize, err: &BackendError) {
         let server = &self.inner.servers[index];
-        if server.mark_down() {
+        if server.mark_down(&self.inner.family.outages) {
             tracing::warn!(
                 server = %server.name,
                 error = %err,
@@ -989,11 +991,11 @@ impl TcpBackend {
         }
     }
 
-    /// A server was just marked down (for every sibling): its connections go, every
-    /// sibling's, the ring is rebuilt, and a probe watches for its return.
+    /// A server was just marked down (for every sibling; the outage already counted):
+    /// its connections go, every sibling's, the ring is rebuilt, and a probe watches for
+    /// its return.
     fn went_down(&self, index: usize) {
         let family = &self.inner.family;
-        family.outages.fetch_add(1, Ordering::SeqCst);
         for member in family.members() {
             member.servers[index].close_connections();
         }

@@ -15,7 +15,7 @@
 //! item size limit learned for the server ([`ItemLimit`]), so that items the server would
 //! refuse are refused before they are sent.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -444,11 +444,13 @@ impl Server {
     }
 
     /// Counts a call's outcome. Only unavailability counts as failure: a server that
-    /// answers with an error is up.
+    /// answers with an error is up. A transition to down is counted in `outages` first
+    /// (see [`mark_down`](Self::mark_down)).
     pub(crate) fn record(
         &self,
         outcome: &Result<Reply, BackendError>,
         threshold: u32,
+        outages: &AtomicU64,
     ) -> Transition {
         match outcome {
             Err(err) if err.is_unavailable() => {
@@ -457,15 +459,19 @@ impl Server {
                     .consecutive_failures
                     .fetch_add(1, Ordering::AcqRel)
                     + 1;
-                if failures >= threshold
-                    && self
+                if failures >= threshold && self.health.state.load(Ordering::Acquire) == UP {
+                    // Counted before the transition (a loser of the race counts once more:
+                    // one more forgetting, nothing worse).
+                    outages.fetch_add(1, Ordering::SeqCst);
+                    if self
                         .health
                         .state
                         // SeqCst, as `mark_down`: see `claim_probe`.
                         .compare_exchange(UP, DOWN, Ordering::SeqCst, Ordering::Acquire)
                         .is_ok()
-                {
-                    return Transition::WentDown;
+                    {
+                        return Transition::WentDown;
+                    }
                 }
                 Transition::None
             }
@@ -482,7 +488,15 @@ impl Server {
 
     /// Marks the server down whatever its failure count; true if it was up (false if it
     /// was rejoining: its probe, still running, then resets it once more).
-    pub(crate) fn mark_down(&self) -> bool {
+    ///
+    /// Counted in `outages` before the transition: a write to every server that skips
+    /// the server (it is down) and returns, then a lookup that starts, must see the count
+    /// moved, or what the near tier remembers of the server vouches for what the write
+    /// missed once the server is back. (Counted after, a thread stalled in between let a
+    /// purge skip the server, the server rejoin, and a lookup take the old generation as
+    /// current.) Rare: the count moves even when the server was not up.
+    pub(crate) fn mark_down(&self, outages: &AtomicU64) -> bool {
+        outages.fetch_add(1, Ordering::SeqCst);
         // SeqCst: a probe ending after its server's rejoin reads the state after
         // releasing its claim; this transition, followed by the marker's claim attempt,
         // is then seen by one of them (the probe watches on, or the marker starts one).

@@ -1,0 +1,296 @@
+//! Review W: memory ordering and interleavings in the consistency machinery. Each test
+//! holds one interleaving open (a thread stalled between two steps that must be seen in
+//! order, two requests sharing a placeholder) and fails if a purge that returned is undone,
+//! or one request's release ends another's fill.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use support::Answer;
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::Backend;
+use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
+
+type Svc =
+    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+
+/// The origin: every answer is `max-age=600` and says which call it was.
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Arc<AtomicU64>,
+}
+
+fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
+    let origin = origin.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |request: Request<()>| {
+            let call = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let body = format!("{} call {call}", request.uri().path());
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response
+                .headers_mut()
+                .insert("cache-control", HeaderValue::from_static("max-age=600"));
+            async move { Ok::<_, Infallible>(response) }
+        });
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
+async fn send(svc: &Svc, path: &str) -> Answer {
+    support::send(svc, Method::GET, &format!("http://site.example{path}"), &[]).await
+}
+
+/// Waits (5 s at most) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 5 s for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A thread stalled in the middle of marking a server down.
+
+/// While set, the thread that logs a server's mark-down stalls inside the log call (as
+/// one writing to a blocked stderr would), until cleared or 10 s.
+static STALL_MARK_DOWN: AtomicBool = AtomicBool::new(false);
+/// Set while a thread is stalled so.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
+/// A tracing layer that stalls the "marked down" warning (see [`STALL_MARK_DOWN`]).
+struct StallOnMarkDown;
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StallOnMarkDown {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if *event.metadata().level() != tracing::Level::WARN
+            || !STALL_MARK_DOWN.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if !message.0.contains("marked down") {
+            return;
+        }
+        STALLED.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while STALL_MARK_DOWN.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn install_stalling_subscriber() {
+    use tracing_subscriber::layer::SubscriberExt;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::registry().with(StallOnMarkDown);
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    });
+}
+
+/// A server S is marked down by a thread that stalls right after the transition (in its
+/// warning); meanwhile a purge of a URL on S skips it (it is reset before it serves again),
+/// returns, and S rejoins (reset) before the stalled thread goes on. The near tier still
+/// remembered S's namespace generation from before: a request that starts now must not
+/// take it as proof that the entry S still holds (the purge skipped it) is current.
+/// Before the fix the outage was counted only after the warning: the request saw no
+/// outage, the remembered generation vouched for the purged entry, and it was a hit.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uri_purge_that_skipped_a_server_marked_down_holds_when_the_outage_is_counted_late() {
+    use nix::sys::signal::Signal;
+    use tower_memcache::TcpBackend;
+    let test = "review_w::a_uri_purge_that_skipped_a_server_marked_down_holds";
+    let s = memcached_or_skip!(test);
+    let t = memcached_or_skip!(test);
+    install_stalling_subscriber();
+    let backend = TcpBackend::builder()
+        .servers([s.addr(), t.addr()])
+        .timeout(Duration::from_millis(100))
+        .connect_timeout(Duration::from_millis(100))
+        .failure_threshold(1)
+        .probe_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let near = NearCache::new(16 << 20, Duration::from_secs(60));
+    let layer = MemcacheLayer::new(backend.clone())
+        .namespace("review-w")
+        .mode(CacheMode::Origin)
+        .near_cache(near.clone());
+    let watch = support::Watch::of(&layer);
+    let origin = Origin::default();
+    let svc = service(&layer, &origin);
+    // A URL held by S (server 0).
+    let path = (0..10_000)
+        .map(|i| format!("/on-s-{i}"))
+        .find(|path| {
+            let key = tower_memcache::key::build_key(
+                Some("review-w"),
+                &format!("GET http://site.example{path}"),
+            );
+            backend.server_for_key(&key) == Some(0)
+        })
+        .unwrap();
+    assert_eq!(send(&svc, &path).await.body, format!("{path} call 1"));
+    watch.settled().await;
+    let hit = send(&svc, &path).await;
+    assert_eq!(hit.body, format!("{path} call 1"));
+    support::assert_hit(support::as_seen(hit.cache_status()));
+
+    // S stops answering; a call to it times out and marks it down, and the thread that
+    // does so stalls in its warning.
+    STALL_MARK_DOWN.store(true, Ordering::SeqCst);
+    s.signal(Signal::SIGSTOP);
+    let probe_key = (0..10_000)
+        .map(|i| format!("review-w-{i}"))
+        .find(|key| backend.server_for_key(key) == Some(0))
+        .unwrap();
+    // On a thread of its own (a sibling: another thread's connections, the same health),
+    // so that its stall holds up nothing else.
+    let marker = std::thread::spawn({
+        let backend = backend.sibling();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let _ = backend.get(&probe_key).await;
+            });
+        }
+    });
+    until("S marked down", || STALLED.load(Ordering::SeqCst)).await;
+    assert!(backend.is_server_down(0));
+    s.signal(Signal::SIGCONT);
+
+    // The purge skips S, returns; S rejoins (reset) while the marking thread still stalls.
+    layer
+        .purger()
+        .purge_uri(&format!("http://site.example{path}"))
+        .await
+        .expect("T took the purge");
+    until("S back in use", || !backend.is_server_down(0)).await;
+
+    let after = send(&svc, &path).await;
+    STALL_MARK_DOWN.store(false, Ordering::SeqCst);
+    marker.join().unwrap();
+    assert_ne!(
+        after.body,
+        format!("{path} call 1"),
+        "the response purged was served after the purge returned ({})",
+        after.cache_status()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Two requests sharing a placeholder's token.
+
+/// An origin whose calls wait until `open` (a request's answer is then "call N").
+#[derive(Clone, Default)]
+struct Gated {
+    calls: Arc<AtomicU64>,
+    open: Arc<AtomicBool>,
+}
+
+fn gated<B: Backend>(layer: &MemcacheLayer<B>, origin: &Gated) -> Svc {
+    let origin = origin.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |_request: Request<()>| {
+            let origin = origin.clone();
+            async move {
+                let call = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                while !origin.open.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
+                response
+                    .headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=600"));
+                Ok::<_, Infallible>(response)
+            }
+        });
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
+/// Process A's request holds the URL's placeholder and its origin is slow; process B's
+/// request waits `lease_wait` for it, then arms the placeholder again (same token, its
+/// own hold) and goes to the origin alongside. A's client then hangs up: A's release must
+/// end A's own wait only. It ended B's (matching the token alone) and cut the
+/// placeholder's life to a second: B's response, a second later, found no placeholder to
+/// store over and was lost, and requests meanwhile stopped waiting for B.
+#[tokio::test]
+async fn a_released_placeholder_does_not_end_the_fill_that_armed_it_again() {
+    use tower_memcache::backend::MemoryBackend;
+    let backend = MemoryBackend::new();
+    let process = |origin: &Gated| {
+        let layer = MemcacheLayer::new(backend.clone())
+            .namespace("review-w")
+            .mode(CacheMode::Origin)
+            .lease(Some(Duration::from_secs(30)))
+            .lease_wait(Duration::from_millis(100), Duration::from_millis(10));
+        (gated(&layer, origin), layer)
+    };
+    let (a_origin, b_origin) = (Gated::default(), Gated::default());
+    let (a, a_layer) = process(&a_origin);
+    let (b, b_layer) = process(&b_origin);
+    let url = "http://site.example/slow";
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { support::send(&a, Method::GET, url, &[]).await }
+    });
+    until("A at its origin", || {
+        a_origin.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = tokio::spawn({
+        let b = b.clone();
+        async move { support::send(&b, Method::GET, url, &[]).await }
+    });
+    until("B at its origin", || {
+        b_origin.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // A's client hangs up: its placeholder is released in the background.
+    first.abort();
+    let _ = first.await;
+    tokio::time::timeout(Duration::from_secs(2), a_layer.background().idle())
+        .await
+        .unwrap();
+    // Past the second a released placeholder lives, B's origin answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b_origin.open.store(true, Ordering::SeqCst);
+    assert_eq!(second.await.unwrap().body, "call 1");
+    support::Watch::of(&b_layer).settled().await;
+    let next = send(&b, "/slow").await;
+    assert_eq!(
+        next.body,
+        "call 1",
+        "B's response was not stored ({})",
+        next.cache_status()
+    );
+    support::assert_hit(next.cache_status());
+}
