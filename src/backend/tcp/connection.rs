@@ -1105,6 +1105,15 @@ mod tests {
         ("127.0.0.1".to_string(), port, seen)
     }
 
+    /// A connection to `host:port` with [`settings`]`(stall_timeout)`.
+    async fn connected(host: &str, port: u16, stall_timeout: Duration) -> Arc<Connection> {
+        Arc::new(
+            Connection::connect(host, port, "test".into(), &settings(stall_timeout))
+                .await
+                .unwrap(),
+        )
+    }
+
     fn settings(stall_timeout: Duration) -> ConnectionSettings {
         ConnectionSettings {
             connect_timeout: Duration::from_secs(1),
@@ -1156,11 +1165,7 @@ mod tests {
         tokio::task::JoinHandle<Result<Reply, BackendError>>,
     ) {
         let (host, port) = echo_server(Duration::from_millis(50)).await;
-        let conn = Arc::new(
-            Connection::connect(&host, port, "test".into(), &settings(stall_timeout))
-                .await
-                .unwrap(),
-        );
+        let conn = connected(&host, port, stall_timeout).await;
         let first = tokio::spawn({
             let conn = Arc::clone(&conn);
             async move { conn.call_unbounded(get("a")).await }
@@ -1174,16 +1179,7 @@ mod tests {
     #[tokio::test]
     async fn gets_queued_behind_an_owner_share_one_line_and_each_caller_gets_its_own_values() {
         let (host, port, lines) = recording_echo_server(Duration::from_millis(50)).await;
-        let conn = Arc::new(
-            Connection::connect(
-                &host,
-                port,
-                "test".into(),
-                &settings(Duration::from_secs(5)),
-            )
-            .await
-            .unwrap(),
-        );
+        let conn = connected(&host, port, Duration::from_secs(5)).await;
         conn.merge_gets();
         // In flight, its answer held back: the callers below queue behind it.
         let first = tokio::spawn({
@@ -1287,16 +1283,7 @@ mod tests {
     async fn callers_are_given_up_on_at_their_deadlines_and_late_replies_dropped() {
         // The first answer is held back well past every deadline below.
         let (host, port) = echo_server(Duration::from_millis(400)).await;
-        let conn = Arc::new(
-            Connection::connect(
-                &host,
-                port,
-                "test".into(),
-                &settings(Duration::from_secs(30)),
-            )
-            .await
-            .unwrap(),
-        );
+        let conn = connected(&host, port, Duration::from_secs(30)).await;
         let started = Instant::now();
         let call = |key: &'static str, after: Duration| {
             let conn = Arc::clone(&conn);
@@ -1335,21 +1322,10 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let conn = Arc::new(
-            runtime
-                .spawn(async move {
-                    Connection::connect(
-                        &host,
-                        port,
-                        "test".into(),
-                        &settings(Duration::from_secs(30)),
-                    )
-                    .await
-                    .unwrap()
-                })
-                .await
-                .unwrap(),
-        );
+        let conn = runtime
+            .spawn(async move { connected(&host, port, Duration::from_secs(30)).await })
+            .await
+            .unwrap();
         let waiting = tokio::spawn({
             let conn = Arc::clone(&conn);
             async move { conn.call_unbounded(get("a")).await }
@@ -1371,16 +1347,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropped_callers_leave_the_connection_in_sync() {
         let (host, port) = echo_server(Duration::ZERO).await;
-        let conn = Arc::new(
-            Connection::connect(
-                &host,
-                port,
-                "test".into(),
-                &settings(Duration::from_secs(5)),
-            )
-            .await
-            .unwrap(),
-        );
+        let conn = connected(&host, port, Duration::from_secs(5)).await;
         let mut tasks = Vec::new();
         for task in 0..8 {
             let conn = Arc::clone(&conn);
