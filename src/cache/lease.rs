@@ -69,8 +69,9 @@ impl<B: Backend> Drop for Lease<B> {
             std::mem::take(&mut self.key),
             self.placeholder,
         );
+        // Dropped during its add, or after giving up on it: the add may still land.
         self.background.spawn(async move {
-            storage.release(&key, placeholder).await;
+            storage.release_unsure(&key, placeholder).await;
         });
     }
 }

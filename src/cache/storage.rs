@@ -68,6 +68,11 @@ pub(crate) const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a fill may take and still be stored: its placeholder's lifetime in
 /// memcached.
 pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
+
+/// How long a released placeholder stays: long enough for a write that was on its way to
+/// land and find it ([`Storage::release_unsure`]), short enough to be gone soon.
+const RELEASED_FOR: Duration = Duration::from_secs(1);
+
 /// Background tasks of a layer beyond which a failed write's second epoch write is
 /// skipped.
 const MAX_LATER_BUMPS: usize = 1024;
@@ -893,7 +898,27 @@ impl<B: Backend> Storage<B> {
     /// Ends this request's placeholder without an entry: nobody waits for it any longer,
     /// and it soon goes.
     pub(crate) async fn release(&self, key: &str, mine: Placeholder) {
-        self.end_wait(key, mine, Duration::from_secs(1)).await;
+        self.end_wait(key, mine, RELEASED_FOR).await;
+    }
+
+    /// [`release`](Self::release) for a placeholder whose add (or CAS) may still be on its
+    /// way: the request was dropped during it, or gave up on its reply. Read first, the key
+    /// could be empty while that write is still to land, and what landed would then hold
+    /// the URL's requests for `lease_wait` with nobody to fill it. So an ended placeholder
+    /// with the same token is added first: a late add then finds the key taken. Only when
+    /// something is already there is it read and ended as usual.
+    pub(crate) async fn release_unsure(&self, key: &str, mine: Placeholder) {
+        let ended = Placeholder {
+            token: mine.token,
+            until_ms: 0,
+        };
+        let lifetime = Lifetime::from_duration(RELEASED_FOR);
+        let add = self
+            .backend
+            .add(key, ended.encode(), FLAG_PLACEHOLDER, lifetime);
+        if self.timed("placeholder release", add).await != Some(true) {
+            self.release(key, mine).await;
+        }
     }
 
     /// Rewrites `placeholder` (if it is still there, as this request armed it, and waited
