@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::proxy::{proxy_binary, raw_request};
+use support::proxy::{proxy_binary, raw_request, spawn_listening};
 
 /// Every flag, with the environment variable that also sets it.
 const FLAGS: [(&str, &str); 20] = [
@@ -121,31 +121,20 @@ fn answer(stream: TcpStream, calls: &AtomicUsize) {
 
 /// The proxy in front of `origin`, configured by `env` alone, with its stdout piped.
 fn spawn(env: &[(&str, String)]) -> (Child, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .unwrap();
-    let mut command = Command::new(proxy_binary());
-    // Whatever the environment of the test run says, only ours counts.
-    for (_, var) in FLAGS {
-        command.env_remove(var);
-    }
-    let child = command
-        .env("TOWER_MEMCACHE_PROXY_LISTEN", addr.to_string())
-        .env("TOWER_MEMCACHE_PROXY_THREADS", "1")
-        .envs(env.iter().map(|(name, value)| (name, value)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, addr)
+    spawn_listening(|addr| {
+        let mut command = Command::new(proxy_binary());
+        // Whatever the environment of the test run says, only ours counts.
+        for (_, var) in FLAGS {
+            command.env_remove(var);
+        }
+        command
+            .env("TOWER_MEMCACHE_PROXY_LISTEN", addr.to_string())
+            .env("TOWER_MEMCACHE_PROXY_THREADS", "1")
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        command
+    })
 }
 
 /// Waits for `child` to exit, 10 s at most.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use support::Watch;
-use support::proxy::proxy_binary;
+use support::proxy::{proxy_binary, spawn_listening};
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
@@ -103,23 +103,17 @@ fn a_stalled_access_log_reader_stops_neither_requests_nor_shutdown() {
 
     const REQUESTS: usize = 200;
     let origin = start_origin("stalled log", REQUESTS);
-    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .unwrap();
     // stdout is a pipe that this test never reads: 64 KiB and it is full.
-    let mut child = Command::new(proxy_binary())
-        .args(["--upstream", &format!("http://{origin}")])
-        .args(["--listen", &addr.to_string(), "--threads", "1"])
-        .args(["--shutdown-grace", "2s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, addr) = spawn_listening(|addr| {
+        let mut command = Command::new(proxy_binary());
+        command
+            .args(["--upstream", &format!("http://{origin}")])
+            .args(["--listen", &addr.to_string(), "--threads", "1"])
+            .args(["--shutdown-grace", "2s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        command
+    });
     // Each line carries a 2 KiB User-Agent: 200 lines are 400 KiB, six pipes' worth.
     let agent = "a".repeat(2000);
     for n in 0..REQUESTS {
@@ -160,23 +154,17 @@ fn a_stalled_stderr_reader_stops_neither_requests_nor_shutdown() {
     // Each 502 logs a warning of about 150 bytes: 1,500 of them are 3 pipes' worth.
     const REQUESTS: usize = 1_500;
     let closed = format!("127.0.0.1:{}", support::free_port());
-    let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .unwrap();
-    let mut child = Command::new(proxy_binary())
-        .args(["--upstream", &format!("http://{closed}")])
-        .args(["--listen", &addr.to_string(), "--threads", "1"])
-        .args(["--shutdown-grace", "2s", "--access-log", "off"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, addr) = spawn_listening(|addr| {
+        let mut command = Command::new(proxy_binary());
+        command
+            .args(["--upstream", &format!("http://{closed}")])
+            .args(["--listen", &addr.to_string(), "--threads", "1"])
+            .args(["--shutdown-grace", "2s", "--access-log", "off"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    });
     for n in 0..REQUESTS {
         // 5 s at most each: a blocked proxy fails here.
         let (status, _) = support::proxy::raw_request(

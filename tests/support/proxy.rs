@@ -72,54 +72,62 @@ fn build_binary() -> PathBuf {
 
 /// The proxy in front of `upstream`, on one thread unless `args` say otherwise.
 pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
-    // `free_port` frees its port before the proxy binds it, and a parallel test may take
-    // it meanwhile: the proxy then exits at once (the probe below may even reach the other
-    // test's listener). A proxy that exits while starting is started again on another port.
-    for _ in 0..5 {
-        if let Some(proxy) = try_start_proxy(upstream, args) {
-            return proxy;
-        }
-    }
-    panic!("the proxy did not start listening (five ports tried)");
+    let (child, addr) = spawn_listening(|addr| {
+        let mut command = Command::new(proxy_binary());
+        command
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--upstream",
+                &format!("http://{upstream}"),
+                "--threads",
+                "1",
+                "--access-log",
+                "off",
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    });
+    Proxy { child, addr }
 }
 
-fn try_start_proxy(upstream: SocketAddr, args: &[&str]) -> Option<Proxy> {
-    let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
-    let child = Command::new(proxy_binary())
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--threads",
-            "1",
-            "--access-log",
-            "off",
-        ])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut proxy = Proxy { child, addr };
+/// Spawns the command `command(addr)` builds, which is to listen on `addr`, and waits until
+/// it does. `free_port` frees its port before the child binds it, and a parallel test may
+/// take it meanwhile: the child then exits at once (the probe below may even reach the
+/// other test's listener). A child that exits while starting is started again on another
+/// port, five ports at most.
+pub fn spawn_listening(mut command: impl FnMut(SocketAddr) -> Command) -> (Child, SocketAddr) {
+    for _ in 0..5 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
+        let mut child = command(addr).spawn().unwrap();
+        if listening(&mut child, addr) {
+            return (child, addr);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("the child did not start listening (five ports tried)");
+}
+
+/// Whether `child` came to listen on `addr` (20 s at most) and is still running.
+fn listening(child: &mut Child, addr: SocketAddr) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
-        if proxy.child.try_wait().ok().flatten().is_some() {
-            return None;
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
         }
         assert!(
             Instant::now() < deadline,
-            "the proxy did not start listening"
+            "the child did not start listening"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // A port taken by another listener answers the probe while this proxy fails to bind
-    // it: such a proxy has exited by now.
+    // A port taken by another listener answers the probe while this child fails to bind
+    // it: such a child has exited by now.
     std::thread::sleep(Duration::from_millis(100));
-    match proxy.child.try_wait() {
-        Ok(None) => Some(proxy),
-        _ => None,
-    }
+    matches!(child.try_wait(), Ok(None))
 }
 
 /// Sends `head` (request line and header lines, each ending in CRLF, without the blank
