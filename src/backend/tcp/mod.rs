@@ -906,7 +906,8 @@ impl TcpBackend {
                 reason: UnreachableReason::MarkedDown,
             });
         }
-        let deadline = inner.timeout + inner.settings.connect_timeout;
+        // Saturating: `Duration::MAX` is no timeout (see `own` below), not a panic.
+        let deadline = inner.timeout.saturating_add(inner.settings.connect_timeout);
         // Counts the call as a timeout if its caller drops it past our timeout: a caller
         // bounding calls by the same time (`MemcacheLayer` does) gives up first, and a hung
         // server must still be marked down.
@@ -1097,7 +1098,7 @@ async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClaim) {
             .call(
                 request.freeze(),
                 &inner.settings,
-                deadline_in(inner.timeout + inner.settings.connect_timeout),
+                deadline_in(inner.timeout.saturating_add(inner.settings.connect_timeout)),
             )
             .await;
         if let Ok(Ok((_, Reply::Version(version)))) = attempt {
@@ -1156,7 +1157,7 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
         if keys.is_empty() {
             break;
         }
-        let deadline = deadline_in(inner.timeout + inner.settings.connect_timeout);
+        let deadline = deadline_in(inner.timeout.saturating_add(inner.settings.connect_timeout));
         let deletes = keys.iter().map(|key| {
             let mut request = BytesMut::new();
             protocol::encode_delete(&mut request, key, false);
