@@ -114,6 +114,10 @@ struct Shared {
     wake_writer: Notify,
     /// Mirrors `State::closed` for a lock-free check.
     closed: AtomicBool,
+    /// Set when the stall tick ended the connection with no caller left waiting to be told
+    /// (every one given up at its deadline): the server's health hears of it from
+    /// [`Connection::take_unreported_stall`] instead.
+    unreported_stall: AtomicBool,
     /// Whether queued gets may be merged into one line: only once the server showed it is
     /// memcached itself ([`Connection::merge_gets`]).
     merge_gets: AtomicBool,
@@ -487,6 +491,7 @@ impl Connection {
             max_outstanding,
             wake_writer: Notify::new(),
             closed: AtomicBool::new(false),
+            unreported_stall: AtomicBool::new(false),
             merge_gets: AtomicBool::new(false),
             tasks: OnceLock::new(),
             server: Arc::clone(&server),
@@ -520,6 +525,13 @@ impl Connection {
     /// Whether the connection has ended and must be replaced.
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.is_closed()
+    }
+
+    /// Whether the stall tick ended the connection while every caller had given up, which
+    /// nobody was told (once: cleared here). A server that answers nothing to callers
+    /// bounded tighter than its timeout is noticed so.
+    pub(crate) fn take_unreported_stall(&self) -> bool {
+        self.shared.unreported_stall.swap(false, Ordering::AcqRel)
     }
 
     /// Requests accepted and not yet answered (a snapshot).
@@ -969,6 +981,14 @@ async fn read_replies(
                 }
                 let waiting = !shared.lock().waiters.is_empty();
                 if waiting && waited_last_tick && !progress {
+                    let told = {
+                        let state = shared.lock();
+                        state.waiters.iter().any(Waiting::waits)
+                            || state.write.open.as_ref().is_some_and(OpenGets::waits)
+                    };
+                    if !told {
+                        shared.unreported_stall.store(true, Ordering::Release);
+                    }
                     return BackendError::Timeout {
                         server: server.to_string(),
                         after: settings.stall_timeout,

@@ -59,6 +59,11 @@ impl Waiter {
         }
     }
 
+    /// Whether the caller still waits for its reply (was not given up on).
+    fn waits(&self) -> bool {
+        self.sender.is_some()
+    }
+
     /// Gives up on the caller if its deadline is `now` or past; otherwise its deadline,
     /// if it still waits and has one.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
@@ -136,6 +141,14 @@ impl Waiting {
         match self {
             Waiting::One(_) => 1,
             Waiting::Merged(members) => members.len(),
+        }
+    }
+
+    /// Whether any of its callers still waits for the reply.
+    pub(super) fn waits(&self) -> bool {
+        match self {
+            Waiting::One(waiter) => waiter.waits(),
+            Waiting::Merged(members) => members.iter().any(|member| member.waiter.waits()),
         }
     }
 
@@ -321,6 +334,11 @@ impl OpenGets {
         self.keys = spans.len();
         self.key_bytes += new_bytes;
         Ok(())
+    }
+
+    /// Whether any of its callers still waits for the reply.
+    pub(super) fn waits(&self) -> bool {
+        self.members.iter().any(|member| member.waiter.waits())
     }
 
     /// [`Waiting::expire`] for the callers of the open line.

@@ -1030,7 +1030,8 @@ enum Reaches {
 
 /// A call in [`TcpBackend::execute`]; dropped unfinished (its caller gave up), it counts as
 /// a timeout once it has waited the backend's timeout. Calls given up earlier say nothing
-/// about the server.
+/// about the server, except that a stall of one of its connections noticed meanwhile counts
+/// ([`Server::take_stalls`](server::Server::take_stalls)).
 struct Abandoned<'a> {
     backend: &'a TcpBackend,
     index: usize,
@@ -1045,9 +1046,18 @@ impl Drop for Abandoned<'_> {
             return;
         }
         let inner = &self.backend.inner;
-        if self.started.elapsed() >= inner.timeout {
+        let server = &inner.servers[self.index];
+        // Given up before our timeout, the call says nothing; a connection of the server
+        // that stalled meanwhile with nobody told does (a server that answers nothing to
+        // callers bounded tighter than the timeout must still be marked down).
+        let failures = if self.started.elapsed() >= inner.timeout {
+            1
+        } else {
+            server.take_stalls()
+        };
+        for _ in 0..failures {
             let timeout = Err(BackendError::Timeout {
-                server: inner.servers[self.index].name.to_string(),
+                server: server.name.to_string(),
                 after: inner.timeout,
             });
             self.backend.account(self.index, &timeout);
