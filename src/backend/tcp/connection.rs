@@ -1423,6 +1423,46 @@ mod tests {
         assert!(!conn.is_closed());
     }
 
+    /// Review X: callers dropped by timers of their own around the call, before, at or
+    /// after their deadline, from several threads at once, with merging on: every slot
+    /// comes back, and the connection stays in sync for the next caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn review_x_callers_dropped_around_their_deadlines_leak_no_slot() {
+        let (host, port) = late_server(Duration::from_millis(4)).await;
+        let conn = connected(&host, port, Duration::from_secs(5)).await;
+        conn.merge_gets();
+        let tasks: Vec<_> = (0..6u64)
+            .map(|task| {
+                let conn = Arc::clone(&conn);
+                tokio::spawn(async move {
+                    for i in 0..150u64 {
+                        let key = format!("t{task}i{i}");
+                        let deadline = Instant::now() + Duration::from_millis(1 + (i % 5));
+                        let own = Duration::from_millis((i * 7 + task) % 8);
+                        let call = conn.call(get_keys(&["ns", &key]), Some(deadline));
+                        match tokio::time::timeout(own, call).await {
+                            Err(_) | Ok(Err(Elapsed)) => {}
+                            Ok(Ok(reply)) => assert!(
+                                matches!(&reply, Ok(Reply::Values(v)) if v.len() == 2 && v[1].data == key.as_bytes()),
+                                "{key}: {reply:?}"
+                            ),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let settled = Instant::now() + Duration::from_secs(2);
+        while conn.outstanding() > 0 && Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conn.outstanding(), 0, "slots leaked by dropped callers");
+        assert_eq!(value_of(conn.call_unbounded(get("last")).await), "last");
+        assert!(!conn.is_closed());
+    }
+
     /// A server that answers every line (merged or not) after `delay`, in order.
     async fn late_server(delay: Duration) -> (String, u16) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
