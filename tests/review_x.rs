@@ -396,3 +396,29 @@ async fn a_stopped_memcached_behind_a_shorter_lookup_timeout_is_eventually_marke
         connections.lock().unwrap()
     );
 }
+
+/// [`a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down`], the
+/// reads bounded by the callers' own timers (dropped, rather than given up on by the
+/// connection, whose deadline adds a long connect timeout): nobody is told of the stall
+/// either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_memcached_read_under_a_callers_own_shorter_timer_is_eventually_marked_down() {
+    let (addr, _) = fake_server(Answer::Never).await;
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .timeout(TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until && !memcached.is_server_down(0) {
+        let outcome = tokio::time::timeout(Duration::from_millis(50), memcached.get("k")).await;
+        assert!(!matches!(outcome, Ok(Ok(_))), "{outcome:?}");
+        // Light traffic: the stall tick mostly finds nobody waiting.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(
+        memcached.is_server_down(0),
+        "a hung server stayed in use for 3 s of reads"
+    );
+}

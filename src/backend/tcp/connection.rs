@@ -115,7 +115,7 @@ struct Shared {
     /// Mirrors `State::closed` for a lock-free check.
     closed: AtomicBool,
     /// Set when the stall tick ended the connection with no caller left waiting to be told
-    /// (every one given up at its deadline): the server's health hears of it from
+    /// (every one given up at its deadline, or gone): the server's health hears of it from
     /// [`Connection::take_unreported_stall`] instead.
     unreported_stall: AtomicBool,
     /// Whether queued gets may be merged into one line: only once the server showed it is

@@ -59,9 +59,12 @@ impl Waiter {
         }
     }
 
-    /// Whether the caller still waits for its reply (was not given up on).
+    /// Whether the caller still waits for its reply: neither given up on nor gone (its
+    /// call dropped).
     fn waits(&self) -> bool {
-        self.sender.is_some()
+        self.sender
+            .as_ref()
+            .is_some_and(|sender| !sender.is_closed())
     }
 
     /// Gives up on the caller if its deadline is `now` or past; otherwise its deadline,
