@@ -114,6 +114,10 @@ struct Shared {
     wake_writer: Notify,
     /// Mirrors `State::closed` for a lock-free check.
     closed: AtomicBool,
+    /// Set when the stall tick ended the connection with no caller left waiting to be told
+    /// (every one given up at its deadline, or gone): the server's health hears of it from
+    /// [`Connection::take_unreported_stall`] instead.
+    unreported_stall: AtomicBool,
     /// Whether queued gets may be merged into one line: only once the server showed it is
     /// memcached itself ([`Connection::merge_gets`]).
     merge_gets: AtomicBool,
@@ -487,6 +491,7 @@ impl Connection {
             max_outstanding,
             wake_writer: Notify::new(),
             closed: AtomicBool::new(false),
+            unreported_stall: AtomicBool::new(false),
             merge_gets: AtomicBool::new(false),
             tasks: OnceLock::new(),
             server: Arc::clone(&server),
@@ -520,6 +525,13 @@ impl Connection {
     /// Whether the connection has ended and must be replaced.
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.is_closed()
+    }
+
+    /// Whether the stall tick ended the connection while every caller had given up, which
+    /// nobody was told (once: cleared here). A server that answers nothing to callers
+    /// bounded tighter than its timeout is noticed so.
+    pub(crate) fn take_unreported_stall(&self) -> bool {
+        self.shared.unreported_stall.swap(false, Ordering::AcqRel)
     }
 
     /// Requests accepted and not yet answered (a snapshot).
@@ -945,11 +957,9 @@ async fn read_replies(
     // Stall detection without a timer per read: a tick every `stall_timeout`; a tick that
     // finds requests outstanding that were already outstanding at the previous tick, with no
     // byte read in between, ends the connection. A stalled reply is so noticed after one to
-    // two `stall_timeout`s.
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + settings.stall_timeout,
-        settings.stall_timeout,
-    );
+    // two `stall_timeout`s. One too large to add (`Duration::MAX`) never ticks.
+    let mut ticker =
+        tokio::time::interval_at(deadline_in(settings.stall_timeout), settings.stall_timeout);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut progress = false;
     let mut waited_last_tick = false;
@@ -971,6 +981,14 @@ async fn read_replies(
                 }
                 let waiting = !shared.lock().waiters.is_empty();
                 if waiting && waited_last_tick && !progress {
+                    let told = {
+                        let state = shared.lock();
+                        state.waiters.iter().any(Waiting::waits)
+                            || state.write.open.as_ref().is_some_and(OpenGets::waits)
+                    };
+                    if !told {
+                        shared.unreported_stall.store(true, Ordering::Release);
+                    }
                     return BackendError::Timeout {
                         server: server.to_string(),
                         after: settings.stall_timeout,
@@ -1342,6 +1360,211 @@ mod tests {
             .unwrap();
         assert!(reply.is_err(), "{reply:?}");
         assert!(conn.is_closed());
+    }
+
+    /// Review X: callers that give up (at deadlines past, short, mixed with none, in
+    /// merged gets whose members' deadlines differ) each return at their deadline, and every
+    /// slot comes back once the late replies are read: a leak would shrink the in-flight
+    /// bound call by call until every caller waits for a slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn review_x_expiring_callers_return_on_time_and_give_every_slot_back() {
+        let (host, port) = late_server(Duration::from_millis(20)).await;
+        let conn = connected(&host, port, Duration::from_secs(5)).await;
+        conn.merge_gets();
+        for round in 0..30 {
+            let started = Instant::now();
+            let callers: Vec<_> = (0..12)
+                .map(|i| {
+                    let conn = Arc::clone(&conn);
+                    tokio::spawn(async move {
+                        let deadline = match i % 4 {
+                            // Passed before the call.
+                            0 => Some(started - Duration::from_millis(1)),
+                            1 => Some(started + Duration::from_millis(3)),
+                            2 => None,
+                            _ => Some(started + Duration::from_secs(2)),
+                        };
+                        let key = format!("r{round}k{i}");
+                        let outcome = tokio::time::timeout(
+                            Duration::from_secs(3),
+                            conn.call(get_keys(&["ns", &key]), deadline),
+                        )
+                        .await
+                        .expect("a call outlived its deadline");
+                        (deadline, key, outcome, started.elapsed())
+                    })
+                })
+                .collect();
+            for caller in callers {
+                let (deadline, key, outcome, after) = caller.await.unwrap();
+                match (deadline, outcome) {
+                    (Some(deadline), Err(Elapsed)) => {
+                        let late = Instant::now().saturating_duration_since(deadline);
+                        assert!(late < Duration::from_millis(300), "{key}: {late:?} late");
+                    }
+                    (_, Ok(Ok(Reply::Values(values)))) => {
+                        let data: Vec<_> = values.iter().map(|v| v.data.clone()).collect();
+                        assert_eq!(data, vec![Bytes::from("ns"), Bytes::from(key.clone())]);
+                        assert!(
+                            deadline.is_none_or(|d| d > started + Duration::from_millis(10)),
+                            "{key}: a reply after its deadline ({after:?})"
+                        );
+                    }
+                    (_, other) => panic!("{key}: unexpected {other:?}"),
+                }
+            }
+        }
+        // The replies of the callers given up on are still read, and give their slots back.
+        let settled = Instant::now() + Duration::from_secs(2);
+        while conn.outstanding() > 0 && Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conn.outstanding(), 0, "slots leaked by callers given up on");
+        assert!(!conn.is_closed());
+    }
+
+    /// Review X: callers dropped by timers of their own around the call, before, at or
+    /// after their deadline, from several threads at once, with merging on: every slot
+    /// comes back, and the connection stays in sync for the next caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn review_x_callers_dropped_around_their_deadlines_leak_no_slot() {
+        let (host, port) = late_server(Duration::from_millis(4)).await;
+        let conn = connected(&host, port, Duration::from_secs(5)).await;
+        conn.merge_gets();
+        let tasks: Vec<_> = (0..6u64)
+            .map(|task| {
+                let conn = Arc::clone(&conn);
+                tokio::spawn(async move {
+                    for i in 0..150u64 {
+                        let key = format!("t{task}i{i}");
+                        let deadline = Instant::now() + Duration::from_millis(1 + (i % 5));
+                        let own = Duration::from_millis((i * 7 + task) % 8);
+                        let call = conn.call(get_keys(&["ns", &key]), Some(deadline));
+                        match tokio::time::timeout(own, call).await {
+                            Err(_) | Ok(Err(Elapsed)) => {}
+                            Ok(Ok(reply)) => assert!(
+                                matches!(&reply, Ok(Reply::Values(v)) if v.len() == 2 && v[1].data == key.as_bytes()),
+                                "{key}: {reply:?}"
+                            ),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let settled = Instant::now() + Duration::from_secs(2);
+        while conn.outstanding() > 0 && Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conn.outstanding(), 0, "slots leaked by dropped callers");
+        assert_eq!(value_of(conn.call_unbounded(get("last")).await), "last");
+        assert!(!conn.is_closed());
+    }
+
+    /// A server that answers every line (merged or not) after `delay`, in order.
+    async fn late_server(delay: Duration) -> (String, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            socket.set_nodelay(true).unwrap();
+            let (read, mut write) = socket.into_split();
+            let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if lines_tx.send((Instant::now(), line)).is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some((read_at, line)) = lines_rx.recv().await {
+                tokio::time::sleep_until(read_at + delay).await;
+                let keys = line.trim_start_matches("gets ").trim_start_matches("get ");
+                let mut reply = String::new();
+                for key in keys.split(' ') {
+                    reply += &format!("VALUE {key} 0 {}\r\n{key}\r\n", key.len());
+                }
+                reply += "END\r\n";
+                if write.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ("127.0.0.1".to_string(), port)
+    }
+
+    /// Review X: a caller whose deadline comes before the armed one, arriving while the
+    /// reader gives up on others (many deadlines passing at once), and a far-future
+    /// deadline armed first: each returns at its own deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn review_x_deadlines_set_around_expiries_and_far_ones_hold() {
+        // Never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let (mut read, _write) = socket.into_split();
+            let _ = read.read_to_end(&mut sink).await;
+        });
+        let conn = Arc::new(
+            Connection::connect(
+                "127.0.0.1",
+                port,
+                "test".into(),
+                &ConnectionSettings {
+                    max_in_flight: 100_000,
+                    ..settings(Duration::from_secs(30))
+                },
+            )
+            .await
+            .unwrap(),
+        );
+        // Armed for (about) never first.
+        let far = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move {
+                conn.call(get("far"), Some(deadline_in(Duration::MAX)))
+                    .await
+            }
+        });
+        for wave in 0..20u64 {
+            let started = Instant::now();
+            let callers: Vec<_> = (0..50u64)
+                .map(|i| {
+                    let conn = Arc::clone(&conn);
+                    // Many the same, some a little before or after the others.
+                    let after = Duration::from_millis(5 + (i % 3) + wave % 2);
+                    tokio::spawn(async move {
+                        let deadline = started + after;
+                        let outcome = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            conn.call(get(&format!("w{wave}k{i}")), Some(deadline)),
+                        )
+                        .await;
+                        (outcome, Instant::now().saturating_duration_since(deadline))
+                    })
+                })
+                .collect();
+            for caller in callers {
+                let (outcome, late) = caller.await.unwrap();
+                assert!(
+                    matches!(outcome, Ok(Err(Elapsed))),
+                    "wave {wave}: {:?}",
+                    outcome.map(|o| o.map(|_| ()))
+                );
+                assert!(
+                    late < Duration::from_millis(300),
+                    "wave {wave}: {late:?} late"
+                );
+            }
+        }
+        assert!(!far.is_finished());
+        assert!(!conn.is_closed());
+        far.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,14 @@ impl Waiter {
         }
     }
 
+    /// Whether the caller still waits for its reply: neither given up on nor gone (its
+    /// call dropped).
+    fn waits(&self) -> bool {
+        self.sender
+            .as_ref()
+            .is_some_and(|sender| !sender.is_closed())
+    }
+
     /// Gives up on the caller if its deadline is `now` or past; otherwise its deadline,
     /// if it still waits and has one.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
@@ -136,6 +144,14 @@ impl Waiting {
         match self {
             Waiting::One(_) => 1,
             Waiting::Merged(members) => members.len(),
+        }
+    }
+
+    /// Whether any of its callers still waits for the reply.
+    pub(super) fn waits(&self) -> bool {
+        match self {
+            Waiting::One(waiter) => waiter.waits(),
+            Waiting::Merged(members) => members.iter().any(|member| member.waiter.waits()),
         }
     }
 
@@ -321,6 +337,11 @@ impl OpenGets {
         self.keys = spans.len();
         self.key_bytes += new_bytes;
         Ok(())
+    }
+
+    /// Whether any of its callers still waits for the reply.
+    pub(super) fn waits(&self) -> bool {
+        self.members.iter().any(|member| member.waiter.waits())
     }
 
     /// [`Waiting::expire`] for the callers of the open line.

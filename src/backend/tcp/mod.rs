@@ -906,7 +906,8 @@ impl TcpBackend {
                 reason: UnreachableReason::MarkedDown,
             });
         }
-        let deadline = inner.timeout + inner.settings.connect_timeout;
+        // Saturating: `Duration::MAX` is no timeout (see `own` below), not a panic.
+        let deadline = inner.timeout.saturating_add(inner.settings.connect_timeout);
         // Counts the call as a timeout if its caller drops it past our timeout: a caller
         // bounding calls by the same time (`MemcacheLayer` does) gives up first, and a hung
         // server must still be marked down.
@@ -1029,7 +1030,8 @@ enum Reaches {
 
 /// A call in [`TcpBackend::execute`]; dropped unfinished (its caller gave up), it counts as
 /// a timeout once it has waited the backend's timeout. Calls given up earlier say nothing
-/// about the server.
+/// about the server, except that a stall of one of its connections noticed meanwhile counts
+/// ([`Server::take_stalls`](server::Server::take_stalls)).
 struct Abandoned<'a> {
     backend: &'a TcpBackend,
     index: usize,
@@ -1044,9 +1046,18 @@ impl Drop for Abandoned<'_> {
             return;
         }
         let inner = &self.backend.inner;
-        if self.started.elapsed() >= inner.timeout {
+        let server = &inner.servers[self.index];
+        // Given up before our timeout, the call says nothing; a connection of the server
+        // that stalled meanwhile with nobody told does (a server that answers nothing to
+        // callers bounded tighter than the timeout must still be marked down).
+        let failures = if self.started.elapsed() >= inner.timeout {
+            1
+        } else {
+            server.take_stalls()
+        };
+        for _ in 0..failures {
             let timeout = Err(BackendError::Timeout {
-                server: inner.servers[self.index].name.to_string(),
+                server: server.name.to_string(),
                 after: inner.timeout,
             });
             self.backend.account(self.index, &timeout);
@@ -1097,7 +1108,7 @@ async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClaim) {
             .call(
                 request.freeze(),
                 &inner.settings,
-                deadline_in(inner.timeout + inner.settings.connect_timeout),
+                deadline_in(inner.timeout.saturating_add(inner.settings.connect_timeout)),
             )
             .await;
         if let Ok(Ok((_, Reply::Version(version)))) = attempt {
@@ -1156,7 +1167,7 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
         if keys.is_empty() {
             break;
         }
-        let deadline = deadline_in(inner.timeout + inner.settings.connect_timeout);
+        let deadline = deadline_in(inner.timeout.saturating_add(inner.settings.connect_timeout));
         let deletes = keys.iter().map(|key| {
             let mut request = BytesMut::new();
             protocol::encode_delete(&mut request, key, false);

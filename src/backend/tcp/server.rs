@@ -122,6 +122,9 @@ impl ItemLimit {
 struct Slot {
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// A connection let go here had stalled with nobody told
+    /// ([`Connection::take_unreported_stall`]), for [`Server::take_stalls`].
+    unreported_stall: AtomicBool,
 }
 
 impl Slot {
@@ -129,8 +132,10 @@ impl Slot {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         // A closed connection still holds its socket: let it go, so the server sees it
         // closed instead of filling our receive buffer.
-        if current.as_ref().is_some_and(|conn| conn.is_closed()) {
-            *current = None;
+        if let Some(conn) = current.take_if(|conn| conn.is_closed()) {
+            if conn.take_unreported_stall() {
+                self.unreported_stall.store(true, Ordering::Release);
+            }
         }
         current.clone()
     }
@@ -301,6 +306,21 @@ impl Server {
         })
     }
 
+    /// How many of its connections stalled with nobody told since the last look (see
+    /// [`Connection::take_unreported_stall`]): each a failure of the server that no call
+    /// reported, its callers all given up at their deadlines first.
+    pub(crate) fn take_stalls(&self) -> u32 {
+        let mut stalls = 0;
+        for slot in self.slots.iter() {
+            // Lets a closed connection go, noting its stall.
+            let _ = slot.live();
+            if slot.unreported_stall.swap(false, Ordering::AcqRel) {
+                stalls += 1;
+            }
+        }
+        stalls
+    }
+
     /// Empties the slot that holds `conn`, if one still does.
     fn forget(&self, conn: &Arc<Connection>) {
         for slot in self.slots.iter() {
@@ -440,6 +460,8 @@ impl Server {
                 conn.close();
             }
             slot.replace(None);
+            // Stalls before the server was marked down are not held against its return.
+            slot.unreported_stall.store(false, Ordering::Release);
         }
     }
 
