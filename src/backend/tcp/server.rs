@@ -280,17 +280,11 @@ impl Server {
         let conn = match self.pick() {
             (_, Some(conn)) => conn,
             // Boxed: connecting is rare, and every call's future (and each future that
-            // awaits one, up to a request's) would otherwise carry its state. A timer of
-            // its own: the connection that keeps the deadlines is not there yet.
-            (slot, None) => {
-                match tokio::time::timeout_at(deadline, Box::pin(self.connection(slot, settings)))
-                    .await
-                {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(err)) => return Ok(Err(err)),
-                    Err(_) => return Err(Elapsed),
-                }
-            }
+            // awaits one, up to a request's) would otherwise carry its state.
+            (slot, None) => match Box::pin(self.connection(slot, settings, deadline)).await? {
+                Ok(conn) => conn,
+                Err(err) => return Ok(Err(err)),
+            },
         };
         // The connection keeps the deadline: no timer per call.
         Ok(match conn.call(request, Some(deadline)).await? {
@@ -349,28 +343,52 @@ impl Server {
         (slot, slot.live())
     }
 
+    /// The slot's connection, connected now if needed; gives up at `deadline`
+    /// ([`Elapsed`]) while waiting for another caller's connect or its own. Once connected,
+    /// the `stats settings` query is bounded by `deadline` too, but its connection's own
+    /// timer keeps that one, and a slow answer keeps the connection: a caller bounded
+    /// tighter than the connect timeout would otherwise drop every new connection to a
+    /// server that accepts and never answers (a stopped process), each call opening
+    /// another and none of them reporting anything, so the server was never marked down.
+    /// Kept, the connection's stall check ends it and counts it
+    /// ([`Connection::take_unreported_stall`]).
     async fn connection(
         &self,
         slot: &Slot,
         settings: &ConnectionSettings,
-    ) -> Result<Arc<Connection>, BackendError> {
+        deadline: Instant,
+    ) -> Result<Result<Arc<Connection>, BackendError>, Elapsed> {
         if let Some(conn) = slot.live() {
-            return Ok(conn);
+            return Ok(Ok(conn));
         }
-        let _connecting = slot.connecting.lock().await;
+        // Timers of their own: the connection that keeps the deadlines is not there yet.
+        let _connecting = tokio::time::timeout_at(deadline, slot.connecting.lock())
+            .await
+            .map_err(|_| Elapsed)?;
         // Someone else may have connected while we waited.
         if let Some(conn) = slot.live() {
-            return Ok(conn);
+            return Ok(Ok(conn));
         }
-        let mut conn = self.connect(settings).await?;
+        let connect = || async {
+            tokio::time::timeout_at(deadline, self.connect(settings))
+                .await
+                .map_err(|_| Elapsed)
+        };
+        let mut conn = match connect().await? {
+            Ok(conn) => conn,
+            Err(err) => return Ok(Err(err)),
+        };
         if self.health.ask_settings.load(Ordering::Acquire)
-            && !self.learn_settings(&conn, settings).await
+            && !self.learn_settings(&conn, settings, deadline).await
         {
             // The query cost the connection: open another, which skips it.
-            conn = self.connect(settings).await?;
+            conn = match connect().await? {
+                Ok(conn) => conn,
+                Err(err) => return Ok(Err(err)),
+            };
         }
         slot.replace(Some(Arc::clone(&conn)));
-        Ok(conn)
+        Ok(Ok(conn))
     }
 
     async fn connect(
@@ -383,20 +401,22 @@ impl Server {
     }
 
     /// Asks a new connection for `stats settings` and records the server's
-    /// `item_size_max`, within the connect timeout. False when the query closed the
+    /// `item_size_max`, within the connect timeout (and by the caller's `deadline`, see
+    /// [`connection`](Self::connection)). False when the query closed the
     /// connection or got a reply of the wrong kind: the connection is given up. An error
     /// reply, an empty listing or a slow answer leave the limit as it was and the
     /// connection in use. Part of connecting, so a server's limit is known before the
     /// requests it would refuse are sent, at the cost of one round trip per new connection.
-    async fn learn_settings(&self, conn: &Connection, settings: &ConnectionSettings) -> bool {
+    async fn learn_settings(
+        &self,
+        conn: &Connection,
+        settings: &ConnectionSettings,
+        deadline: Instant,
+    ) -> bool {
         let mut request = BytesMut::new();
         protocol::encode_stats(&mut request, Some("settings"));
-        let reply = conn
-            .call(
-                request.freeze(),
-                Some(deadline_in(settings.connect_timeout)),
-            )
-            .await;
+        let within = deadline_in(settings.connect_timeout).min(deadline);
+        let reply = conn.call(request.freeze(), Some(within)).await;
         match reply {
             Ok(Ok(Reply::Stats(stats))) => {
                 // A settings listing: memcached itself, which answers a multi-get key by
