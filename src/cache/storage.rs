@@ -905,11 +905,16 @@ impl<B: Backend> Storage<B> {
     /// way: the request was dropped during it, or gave up on its reply. Read first, the key
     /// could be empty while that write is still to land, and what landed would then hold
     /// the URL's requests for `lease_wait` with nobody to fill it. So an ended placeholder
-    /// with the same token is added first: a late add then finds the key taken. Only when
-    /// something is already there is it read and ended as usual.
+    /// is added first: a late add then finds the key taken. Only when something is already
+    /// there is it read and ended as usual.
+    ///
+    /// The added one has a token of its own, never `mine`'s: the key may be empty because
+    /// a purge deleted this request's placeholder, and a fill that still holds that token
+    /// (this request's, in the background) must find it gone, or its response, produced
+    /// before the purge, would be stored after it returned.
     pub(crate) async fn release_unsure(&self, key: &str, mine: Placeholder) {
         let ended = Placeholder {
-            token: mine.token,
+            token: unique(),
             until_ms: 0,
         };
         let lifetime = Lifetime::from_duration(RELEASED_FOR);
