@@ -897,6 +897,10 @@ fn read_line(
     if let Some(newline) = memchr::memchr(b'\n', window) {
         return match newline.checked_sub(1) {
             Some(cr) if window[cr] == b'\r' => Ok(Some((&window[..cr], start + newline + 1))),
+            // Without its `\r`, content up to the newline is already too long: the same
+            // error as when the newline has not arrived yet (below), however the bytes
+            // were split into reads.
+            _ if newline > max_line_len => Err(ProtocolError::LineTooLong { max: max_line_len }),
             _ => Err(ProtocolError::BareLineFeed {
                 line: snippet(&window[..newline]),
             }),
@@ -1760,6 +1764,31 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             error(&[b'A'; 8194]),
             ProtocolError::LineTooLong { max: 8192 }
         );
+    }
+
+    /// Found by the kept-decoder property test: a line feed right after more content than
+    /// the limit allows was a bare line feed when it came in the same read, and a line too
+    /// long when the bytes before it came first. The same error whatever the split.
+    #[test]
+    fn a_bare_line_feed_past_the_line_limit_is_too_long_however_the_bytes_arrive() {
+        let limits = Limits {
+            max_line_len: 8,
+            ..Limits::default()
+        };
+        let line = b"AAAAAAAAX\n";
+        assert_eq!(
+            error_with(&line[..9], &limits),
+            ProtocolError::LineTooLong { max: 8 }
+        );
+        assert_eq!(
+            error_with(line, &limits),
+            ProtocolError::LineTooLong { max: 8 }
+        );
+        // Within the limit, a line feed without its carriage return is one.
+        assert!(matches!(
+            error_with(b"AAAAAAAA\n", &limits),
+            ProtocolError::BareLineFeed { .. }
+        ));
     }
 
     #[test]
