@@ -344,24 +344,33 @@ async fn a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_d
         .connect_timeout(TIMEOUT)
         .build()
         .unwrap();
-    let lookup = Duration::from_millis(50);
-    // As the layer reads: bounded by its lookup timeout, one call after another.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until && !memcached.is_server_down(0) {
-        let outcome = tokio::time::timeout(
-            Duration::from_secs(2),
-            memcached.get_many_by_key_ordered("r", &["g", "e"], lookup),
-        )
-        .await
-        .expect("a read outlived its deadline");
-        assert!(outcome.is_err(), "{outcome:?}");
-        // Light traffic: the stall tick mostly finds nobody waiting.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
+    // Light traffic: the stall tick mostly finds nobody waiting.
+    lookups_until_marked_down(
+        &memcached,
+        Duration::from_secs(3),
+        Duration::from_millis(400),
+    )
+    .await;
     assert!(
         memcached.is_server_down(0),
         "a hung server stayed in use for 3 s of lookups"
     );
+}
+
+/// Reads as the layer does (bounded by a 50 ms lookup timeout, none answered), one after
+/// another `pause` apart, until the server is marked down or `within` has passed.
+async fn lookups_until_marked_down(memcached: &TcpBackend, within: Duration, pause: Duration) {
+    let until = Instant::now() + within;
+    while Instant::now() < until && !memcached.is_server_down(0) {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(2),
+            memcached.get_many_by_key_ordered("r", &["g", "e"], Duration::from_millis(50)),
+        )
+        .await
+        .expect("a read outlived its deadline");
+        assert!(outcome.is_err(), "{outcome:?}");
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// [`a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down`], the
@@ -380,17 +389,12 @@ async fn a_stopped_memcached_behind_a_shorter_lookup_timeout_is_eventually_marke
         .connect_timeout(TIMEOUT)
         .build()
         .unwrap();
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until && !memcached.is_server_down(0) {
-        let outcome = tokio::time::timeout(
-            Duration::from_secs(2),
-            memcached.get_many_by_key_ordered("r", &["g", "e"], Duration::from_millis(50)),
-        )
-        .await
-        .expect("a read outlived its deadline");
-        assert!(outcome.is_err(), "{outcome:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    lookups_until_marked_down(
+        &memcached,
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+    )
+    .await;
     assert!(
         memcached.is_server_down(0),
         "a stopped server stayed in use for 2 s of lookups ({} connections opened)",
