@@ -156,12 +156,14 @@ impl TcpBackendBuilder {
 
     /// The most one call waits for its reply (after connecting, if it had to). Defaults to
     /// 100 ms: a cache that answers later than that is slower than the work it saves.
+    /// `Duration::MAX` is no timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// The most a call waits for a new connection. Defaults to 100 ms.
+    /// The most a call waits for a new connection. Defaults to 100 ms. `Duration::MAX` is
+    /// no timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
