@@ -6,6 +6,8 @@
 //! `a_kept_decoder_fed_in_any_chunks_decodes_as_fresh_parses` in `protocol.rs`.)
 #![cfg(feature = "tcp")]
 
+mod support;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,17 +92,6 @@ async fn scripted_server(script: Vec<First>) -> (String, Arc<Mutex<usize>>) {
     (addr, connections)
 }
 
-fn one_connection_backend(addr: String) -> TcpBackend {
-    TcpBackend::builder()
-        .server(addr)
-        .connections_per_server(1)
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        .failure_threshold(1000)
-        .build()
-        .unwrap()
-}
-
 /// Asserts a get of `a b` answers each key with its own data, cas and all.
 async fn assert_answered_right(backend: &TcpBackend, context: &str) {
     let found = backend
@@ -147,7 +138,7 @@ async fn hostile_get_replies_fail_their_get_and_the_next_connection_is_right() {
         script.push(First::Proper);
     }
     let (addr, connections) = scripted_server(script).await;
-    let backend = one_connection_backend(addr);
+    let backend = support::one_connection_backend(&addr, TIMEOUT);
     for (n, hostile) in HOSTILE.iter().enumerate() {
         let context = String::from_utf8_lossy(hostile).escape_debug().to_string();
         let started = Instant::now();
@@ -172,7 +163,7 @@ async fn hostile_get_replies_fail_their_get_and_the_next_connection_is_right() {
 #[tokio::test]
 async fn replies_cut_at_every_byte_keep_their_values() {
     let (addr, connections) = scripted_server(Vec::new()).await;
-    let backend = one_connection_backend(addr);
+    let backend = support::one_connection_backend(&addr, TIMEOUT);
     for round in 0..20 {
         let keys: Vec<String> = (0..=round % 5).map(|n| format!("k{round}-{n}")).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();

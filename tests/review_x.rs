@@ -5,6 +5,8 @@
 //! a call outlives its deadline by more than a margin (every wait is bounded here).
 #![cfg(feature = "tcp")]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,12 +96,16 @@ async fn fake_server(answer: Answer) -> (String, Arc<Mutex<usize>>) {
 }
 
 fn backend(addr: &str) -> TcpBackend {
+    support::one_connection_backend(addr, TIMEOUT)
+}
+
+/// A `TcpBackend` for the fake server at `addr` with the default health settings (so a
+/// server that fails is marked down), `TIMEOUT` per reply and `connect_timeout`.
+fn health_checked(addr: &str, connect_timeout: Duration) -> TcpBackend {
     TcpBackend::builder()
         .server(addr)
-        .connections_per_server(1)
         .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        .failure_threshold(1000)
+        .connect_timeout(connect_timeout)
         .build()
         .unwrap()
 }
@@ -338,12 +344,7 @@ async fn a_timeout_of_duration_max_is_no_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down() {
     let (addr, _) = fake_server(Answer::Never).await;
-    let memcached = TcpBackend::builder()
-        .server(&addr)
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        .build()
-        .unwrap();
+    let memcached = health_checked(&addr, TIMEOUT);
     // Light traffic: the stall tick mostly finds nobody waiting.
     lookups_until_marked_down(
         &memcached,
@@ -383,12 +384,7 @@ async fn lookups_until_marked_down(memcached: &TcpBackend, within: Duration, pau
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down() {
     let (addr, connections) = fake_server(Answer::Silent).await;
-    let memcached = TcpBackend::builder()
-        .server(&addr)
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        .build()
-        .unwrap();
+    let memcached = health_checked(&addr, TIMEOUT);
     lookups_until_marked_down(
         &memcached,
         Duration::from_secs(2),
@@ -409,12 +405,7 @@ async fn a_stopped_memcached_behind_a_shorter_lookup_timeout_is_eventually_marke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_memcached_read_under_a_callers_own_shorter_timer_is_eventually_marked_down() {
     let (addr, _) = fake_server(Answer::Never).await;
-    let memcached = TcpBackend::builder()
-        .server(&addr)
-        .timeout(TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let memcached = health_checked(&addr, Duration::from_secs(2));
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until && !memcached.is_server_down(0) {
         let outcome = tokio::time::timeout(Duration::from_millis(50), memcached.get("k")).await;

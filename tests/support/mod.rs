@@ -40,6 +40,24 @@ fn running_as_root() -> bool {
         .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
+/// A `TcpBackend` for a fake server at `addr`: one connection, `timeout` for connecting
+/// and for each reply, and a failure threshold no test reaches (the server is never
+/// marked down, so every call reaches it).
+#[cfg(feature = "tcp")]
+pub fn one_connection_backend(
+    addr: &str,
+    timeout: Duration,
+) -> tower_memcache::backend::TcpBackend {
+    tower_memcache::backend::TcpBackend::builder()
+        .server(addr)
+        .connections_per_server(1)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .failure_threshold(1000)
+        .build()
+        .unwrap()
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

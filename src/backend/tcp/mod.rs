@@ -353,6 +353,14 @@ struct Inner {
     family: Arc<Family>,
 }
 
+impl Inner {
+    /// The most a call may take: connecting, then the reply. Saturating: `Duration::MAX`
+    /// is no timeout, not a panic.
+    fn call_limit(&self) -> Duration {
+        self.timeout.saturating_add(self.settings.connect_timeout)
+    }
+}
+
 /// What a backend and its [siblings](TcpBackend::sibling) share besides each server's
 /// health.
 struct Family {
@@ -908,8 +916,7 @@ impl TcpBackend {
                 reason: UnreachableReason::MarkedDown,
             });
         }
-        // Saturating: `Duration::MAX` is no timeout (see `own` below), not a panic.
-        let deadline = inner.timeout.saturating_add(inner.settings.connect_timeout);
+        let deadline = inner.call_limit();
         // Counts the call as a timeout if its caller drops it past our timeout: a caller
         // bounding calls by the same time (`MemcacheLayer` does) gives up first, and a hung
         // server must still be marked down.
@@ -1110,7 +1117,7 @@ async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClaim) {
             .call(
                 request.freeze(),
                 &inner.settings,
-                deadline_in(inner.timeout.saturating_add(inner.settings.connect_timeout)),
+                deadline_in(inner.call_limit()),
             )
             .await;
         if let Ok(Ok((_, Reply::Version(version)))) = attempt {
@@ -1169,7 +1176,7 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
         if keys.is_empty() {
             break;
         }
-        let deadline = deadline_in(inner.timeout.saturating_add(inner.settings.connect_timeout));
+        let deadline = deadline_in(inner.call_limit());
         let deletes = keys.iter().map(|key| {
             let mut request = BytesMut::new();
             protocol::encode_delete(&mut request, key, false);
