@@ -393,6 +393,54 @@ async fn rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing<B: Bac
     }
 }
 
+/// RFC 9111 §4.3.4 again, for a 304 without `ETag`: its `Last-Modified` is the validator
+/// that selects, and one other than the stored response's (to the cache's own
+/// `If-Modified-Since`) names another representation. The stored body must not go out
+/// under the new date and lifetime.
+async fn rfc9111_4_3_4_a_304_for_another_last_modified_updates_nothing<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let (svc, watch) = service(backend, &origin);
+    let (stored_date, newer_date) = (http_date(-7200), http_date(-60));
+    origin.ok(
+        "/lm",
+        &[
+            ("cache-control", "max-age=1"),
+            ("age", "5"),
+            ("last-modified", &stored_date),
+            ("x-version", "1"),
+        ],
+    );
+    origin.not_modified(
+        "/lm",
+        &[
+            ("cache-control", "max-age=600"),
+            ("last-modified", &newer_date),
+            ("x-version", "2"),
+        ],
+    );
+    let first = get(&svc, "/lm").await;
+    stores(&watch, 1).await;
+    let revalidated = get(&svc, "/lm").await;
+    assert_eq!(
+        origin.last_request()["if-modified-since"],
+        stored_date,
+        "the cache revalidates its own entry"
+    );
+    assert_eq!(revalidated.status, StatusCode::BAD_GATEWAY);
+    watch.settled().await;
+    let later = get(&svc, "/lm").await;
+    assert_ne!(later.body, first.body, "the superseded entry is not reused");
+    for answer in [&revalidated, &later] {
+        let mixed = answer.body == first.body
+            && answer.header("last-modified") == Some(newer_date.as_str());
+        assert!(
+            !mixed,
+            "the stored body went out under the new date: {:?} {}",
+            answer.headers, answer.body
+        );
+    }
+}
+
 /// A path, the origin's header lines for it, and whether it is reused fresh.
 type Case<'a> = (&'a str, Vec<(&'static str, &'a str)>, bool);
 
@@ -683,6 +731,7 @@ on_every_backend!(
     rfc9211_2_every_outcome_is_a_structured_list,
     rfc9211_2_members_from_upstream_are_kept_and_ours_is_last,
     rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing,
+    rfc9111_4_3_4_a_304_for_another_last_modified_updates_nothing,
     rfc9111_5_2_cache_control_and_freshness_parsing,
     rfc9111_4_2_2_heuristics_by_status,
     rfc9111_3_what_is_never_stored,

@@ -111,14 +111,16 @@ pub(crate) fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool
     fresh.get(header::LAST_MODIFIED) == stored.get(header::LAST_MODIFIED)
 }
 
-/// Whether a 304 names, by its `ETag`, a representation other than the stored one
-/// (RFC 9111 §4.3.4: a strong validator selects the stored responses with the same strong
-/// validator, a weak one those it corresponds to; "If none of the stored responses
-/// contain the same strong validator, then the cache MUST NOT use the new response to
-/// update any stored responses"). A 304 without `ETag` names none.
+/// Whether a 304 names a representation other than the stored one (RFC 9111 §4.3.4: a
+/// strong validator selects the stored responses with the same strong validator, a weak
+/// one those it corresponds to; "If none of the stored responses contain the same strong
+/// validator, then the cache MUST NOT use the new response to update any stored
+/// responses"). By its `ETag` when it sends one, else by its `Last-Modified`, which must
+/// be the stored one's (the same date in any of its formats). A 304 with neither names
+/// none: it answers the validators the cache sent.
 pub(crate) fn names_another_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(tag) = fresh.get(header::ETAG) else {
-        return false;
+        return fresh.contains_key(header::LAST_MODIFIED) && !same_last_modified(fresh, stored);
     };
     let Some(stored) = stored.get(header::ETAG) else {
         return true;
@@ -128,6 +130,24 @@ pub(crate) fn names_another_representation(fresh: &HeaderMap, stored: &HeaderMap
         !weak_match(tag, stored)
     } else {
         tag != stored
+    }
+}
+
+/// Whether both carry the same `Last-Modified`: the same date, or, where either is not a
+/// date, the same bytes.
+fn same_last_modified(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
+    match (
+        http_date(fresh, &header::LAST_MODIFIED),
+        http_date(stored, &header::LAST_MODIFIED),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => match (
+            fresh.get(header::LAST_MODIFIED),
+            stored.get(header::LAST_MODIFIED),
+        ) {
+            (Some(a), Some(b)) => a.as_bytes().trim_ascii() == b.as_bytes().trim_ascii(),
+            _ => false,
+        },
     }
 }
 
@@ -205,6 +225,43 @@ mod tests {
             &headers(&[("etag", "\"v1\"")]),
             &HeaderMap::new()
         ));
+    }
+
+    #[test]
+    fn rfc9111_4_3_4_a_304_without_etag_selects_by_its_last_modified() {
+        let stored = headers(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        let names = |fields: &[(&'static str, &'static str)]| {
+            names_another_representation(&headers(fields), &stored)
+        };
+        assert!(!names(&[(
+            "last-modified",
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        )]));
+        assert!(
+            !names(&[("last-modified", "Sunday, 06-Nov-94 08:49:37 GMT")]),
+            "the same date in another format"
+        );
+        assert!(names(&[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")]));
+        assert!(names(&[("last-modified", "yesterday")]));
+        assert!(!names(&[]), "a 304 with no validator answers the cache's");
+        assert!(
+            !names(&[
+                ("etag", "\"v1\""),
+                ("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")
+            ]),
+            "a strong entity tag selects, whatever the date"
+        );
+        let tag_only = headers(&[("etag", "\"v1\"")]);
+        assert!(
+            names_another_representation(
+                &headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+                &tag_only
+            ),
+            "a date the stored response does not have corresponds to nothing stored"
+        );
     }
 
     #[test]
