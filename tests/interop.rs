@@ -4,6 +4,8 @@
 //! Missing tools skip the tests with a `SKIP interop:` line, unless `MEMCACHED_REQUIRED=1`
 //! (CI), where they fail instead.
 
+#![cfg(feature = "tcp")]
+
 mod support;
 
 use std::collections::HashMap;

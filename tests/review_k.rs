@@ -316,6 +316,7 @@ fn metrics_recorder() -> metrics_exporter_prometheus::PrometheusHandle {
 /// `--memcache` refuses port 0 whatever the host's spelling: `[::1]:0` was taken (only
 /// the unbracketed form was checked), so the proxy started with a server it could never
 /// reach, every lookup a silent miss.
+#[cfg(feature = "tcp")]
 #[test]
 fn a_memcached_address_with_port_0_is_refused_in_every_spelling() {
     use tower_memcache::backend::TcpBackend;

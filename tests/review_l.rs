@@ -282,6 +282,7 @@ async fn hammer_with<B: Backend>(
         .expect("background work settles");
 }
 
+#[cfg(feature = "tcp")]
 fn tcp(server: &support::Memcached) -> tower_memcache::backend::TcpBackend {
     tower_memcache::backend::TcpBackend::builder()
         .server(server.addr())
@@ -314,6 +315,7 @@ macro_rules! hammers {
                 }
             )*
         }
+        #[cfg(feature = "tcp")]
         mod memcached {
             use super::*;
             $(
@@ -324,6 +326,7 @@ macro_rules! hammers {
                 }
             )*
         }
+        #[cfg(feature = "tcp")]
         mod memcached_near {
             use super::*;
             $(
@@ -386,6 +389,7 @@ async fn one_origin_call_per_missing_url_across_threads_memory() {
     one_origin_call_per_missing_url(MemoryBackend::new(), near()).await;
 }
 
+#[cfg(feature = "tcp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_origin_call_per_missing_url_across_threads_memcached() {
     let server = memcached_or_skip!("review_l::one_origin_call_per_missing_url");
@@ -470,6 +474,7 @@ async fn a_follower_after_the_first_of_two_tag_purges_does_not_get_the_older_fil
     two_tag_purges_during_one_fill(MemoryBackend::new(), near()).await;
 }
 
+#[cfg(feature = "tcp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_after_the_first_of_two_tag_purges_does_not_get_the_older_fill_memcached() {
     let server = memcached_or_skip!("review_l::two_tag_purges_during_one_fill");
@@ -868,6 +873,7 @@ async fn a_cancelled_leader_hands_over_to_one_follower_across_threads_memory() {
     a_cancelled_leader_hands_over_to_one_follower(MemoryBackend::new(), near()).await;
 }
 
+#[cfg(feature = "tcp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancelled_leader_hands_over_to_one_follower_across_threads_memcached() {
     let server = memcached_or_skip!("review_l::a_cancelled_leader_hands_over");
@@ -933,6 +939,7 @@ async fn the_shared_near_tier_stays_within_its_bytes_under_concurrent_inserts() 
 /// One `TcpBackend` (one connection, so lookups from different threads merge into one
 /// line) under requests for many URLs, hosts and variants, a third of them cancelled at
 /// a random point (their clients hung up): every answer that completes is its own.
+#[cfg(feature = "tcp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn merged_lookups_of_cancelled_and_live_requests_never_cross_answers() {
     let server = memcached_or_skip!("review_l::merged_lookups_never_cross");

@@ -939,6 +939,7 @@ async fn a_follower_after_a_tag_purge_does_not_get_a_refused_fill_when_the_tag_c
 /// comes back (SIGCONT), under two or three layers of one process (sibling backends, one
 /// near tier or none): a purge that returned holds at once in all of them, the server
 /// that missed it included once it serves again.
+#[cfg(feature = "tcp")]
 fn tcp_world(seed: u64, servers: Vec<support::Memcached>) -> World<tower_memcache::TcpBackend> {
     let mut rng = StdRng::seed_from_u64(seed);
     let origin = origin(&mut rng, seed);
@@ -986,6 +987,7 @@ fn tcp_world(seed: u64, servers: Vec<support::Memcached>) -> World<tower_memcach
 }
 
 /// The random schedule over memcached servers that go away and come back.
+#[cfg(feature = "tcp")]
 #[test]
 fn purges_hold_over_memcached_servers_that_go_away() {
     let test = "review_s::purges_hold_over_memcached_servers_that_go_away";

@@ -3,6 +3,9 @@
 //! order, two requests sharing a placeholder) and fails if a purge that returned is undone,
 //! or one request's release ends another's fill.
 
+// Most of the scaffolding serves the memcached scenario only.
+#![cfg_attr(not(feature = "tcp"), allow(dead_code, unused_imports))]
+
 mod support;
 
 use std::convert::Infallible;
