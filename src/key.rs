@@ -158,20 +158,23 @@ pub(crate) fn md5_hex_prefixed(prefix: &str, parts: &[&[u8]]) -> String {
     for part in parts {
         hasher.update(part);
     }
-    to_hex(prefix, &hasher.finalize())
+    to_hex(prefix, &hasher.finalize().into())
 }
 
-fn to_hex(prefix: &str, digest: &[u8]) -> String {
+fn to_hex(prefix: &str, digest: &[u8; 16]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Bytes first, one conversion at the end: cheaper than a `char` push per digit, and a
-    // key is built on every request.
-    let mut out = Vec::with_capacity(prefix.len() + digest.len() * 2);
-    out.extend_from_slice(prefix.as_bytes());
-    for byte in digest {
-        out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0x0f)]]);
+    // The digits into a fixed buffer, then one copy: a key is built on every request, and
+    // a push per digit checks the capacity each time.
+    let mut digits = [0u8; 32];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
-    // A `str` and ASCII digits and letters: the conversion cannot fail.
-    String::from_utf8(out).unwrap_or_default()
+    let mut out = String::with_capacity(prefix.len() + digits.len());
+    out.push_str(prefix);
+    // ASCII digits and letters: always a `str`.
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+    out
 }
 
 #[cfg(test)]

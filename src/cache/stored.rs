@@ -404,6 +404,14 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
+    // Nineteen digits cannot overflow: no overflow checks per digit for the numbers every
+    // lookup parses (a namespace generation is a clock in nanoseconds).
+    if digits.len() <= 19 {
+        return digits.iter().try_fold(0u64, |n, &b| {
+            let digit = b.wrapping_sub(b'0');
+            (digit < 10).then(|| n * 10 + u64::from(digit))
+        });
+    }
     digits.iter().try_fold(0u64, |n, &b| {
         let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
         n.checked_mul(10)?.checked_add(u64::from(digit))
@@ -413,6 +421,30 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn decimals_parse_up_to_the_largest_u64_and_no_further() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(
+            parse_decimal(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"18446744073709551616"), None);
+        assert_eq!(parse_decimal(b"99999999999999999999"), None);
+        assert_eq!(parse_decimal(b"0000000000000000000000042"), Some(42));
+        for not_a_number in [&b""[..], b"-1", b"+1", b"1 ", b"12a", b"1/", b"1:"] {
+            assert_eq!(parse_decimal(not_a_number), None, "{not_a_number:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decimals_parse_as_the_standard_library_does(text in "[0-9]{1,24}|[0-9/:a+-]{0,6}") {
+            prop_assert_eq!(parse_decimal(text.as_bytes()), text.parse::<u64>().ok().filter(|_| !text.starts_with('+')));
+        }
+    }
 
     #[test]
     fn age_values_are_the_decimal_seconds() {
