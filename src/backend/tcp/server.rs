@@ -41,7 +41,7 @@ pub(crate) struct Server {
     pub(crate) name: Arc<str>,
     pub(crate) host: String,
     pub(crate) port: u16,
-    slots: Box<[Slot]>,
+    slots: Box<[Arc<Slot>]>,
     next_slot: AtomicUsize,
     /// Shared by the siblings.
     health: Arc<Health>,
@@ -121,9 +121,12 @@ impl ItemLimit {
 #[derive(Default)]
 struct Slot {
     current: Mutex<Option<Arc<Connection>>>,
-    connecting: tokio::sync::Mutex<()>,
-    /// A connection let go here had stalled with nobody told
-    /// ([`Connection::take_unreported_stall`]), for [`Server::take_stalls`].
+    /// Held by whoever connects the slot: a caller, or the connect its caller gave up on,
+    /// finishing in the background.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+    /// A failure of the server here that nobody was told of, for [`Server::take_stalls`]:
+    /// a connection let go here had stalled with nobody told
+    /// ([`Connection::take_unreported_stall`]), or a connect whose caller gave up failed.
     unreported_stall: AtomicBool,
 }
 
@@ -177,7 +180,7 @@ impl Server {
             name,
             host,
             port,
-            slots: (0..connections.max(1)).map(|_| Slot::default()).collect(),
+            slots: (0..connections.max(1)).map(|_| Arc::default()).collect(),
             next_slot: AtomicUsize::new(0),
             health: Arc::new(Health {
                 consecutive_failures: AtomicU32::new(0),
@@ -197,7 +200,7 @@ impl Server {
             name: Arc::clone(&self.name),
             host: self.host.clone(),
             port: self.port,
-            slots: (0..self.slots.len()).map(|_| Slot::default()).collect(),
+            slots: (0..self.slots.len()).map(|_| Arc::default()).collect(),
             next_slot: AtomicUsize::new(0),
             health: Arc::clone(&self.health),
         }
@@ -332,7 +335,7 @@ impl Server {
     /// for both kernels, where spreading them over the connections would split every batch.
     /// The further slots take the overflow, and are only connected when there is some.
     /// When every connection is that busy, round robin.
-    fn pick(&self) -> (&Slot, Option<Arc<Connection>>) {
+    fn pick(&self) -> (&Arc<Slot>, Option<Arc<Connection>>) {
         for slot in self.slots.iter() {
             match slot.live() {
                 Some(conn) if conn.outstanding() >= SPILL_THRESHOLD => {}
@@ -352,9 +355,17 @@ impl Server {
     /// another and none of them reporting anything, so the server was never marked down.
     /// Kept, the connection's stall check ends it and counts it
     /// ([`Connection::take_unreported_stall`]).
+    ///
+    /// A connect given up at the caller's deadline goes on in the background, holding the
+    /// slot's connecting lock, until the connect timeout: one that fails then counts as a
+    /// failure of the server nobody was told of ([`take_stalls`](Self::take_stalls)), and
+    /// one that succeeds is the slot's connection (without the `stats settings` query).
+    /// Dropped there, a server whose connects hang (a host that is gone, a firewall that
+    /// drops) was never marked down under callers bounded tighter than the connect
+    /// timeout: each of their requests paid its whole limit, forever.
     async fn connection(
         &self,
-        slot: &Slot,
+        slot: &Arc<Slot>,
         settings: &ConnectionSettings,
         deadline: Instant,
     ) -> Result<Result<Arc<Connection>, BackendError>, Elapsed> {
@@ -362,19 +373,18 @@ impl Server {
             return Ok(Ok(conn));
         }
         // Timers of their own: the connection that keeps the deadlines is not there yet.
-        let _connecting = tokio::time::timeout_at(deadline, slot.connecting.lock())
-            .await
-            .map_err(|_| Elapsed)?;
+        let connecting = Arc::clone(&slot.connecting);
+        // Shared with a connect that outlives this call, if one does.
+        let connecting = Arc::new(
+            tokio::time::timeout_at(deadline, connecting.lock_owned())
+                .await
+                .map_err(|_| Elapsed)?,
+        );
         // Someone else may have connected while we waited.
         if let Some(conn) = slot.live() {
             return Ok(Ok(conn));
         }
-        let connect = || async {
-            tokio::time::timeout_at(deadline, self.connect(settings))
-                .await
-                .map_err(|_| Elapsed)
-        };
-        let mut conn = match connect().await? {
+        let mut conn = match self.connect(slot, settings, deadline, &connecting).await? {
             Ok(conn) => conn,
             Err(err) => return Ok(Err(err)),
         };
@@ -382,7 +392,7 @@ impl Server {
             && !self.learn_settings(&conn, settings, deadline).await
         {
             // The query cost the connection: open another, which skips it.
-            conn = match connect().await? {
+            conn = match self.connect(slot, settings, deadline, &connecting).await? {
                 Ok(conn) => conn,
                 Err(err) => return Ok(Err(err)),
             };
@@ -391,13 +401,37 @@ impl Server {
         Ok(Ok(conn))
     }
 
+    /// Opens a connection for `slot`, by `deadline`; past it, the attempt is left to finish
+    /// in the background, holding `connecting` (see [`connection`](Self::connection)).
     async fn connect(
         &self,
+        slot: &Arc<Slot>,
         settings: &ConnectionSettings,
-    ) -> Result<Arc<Connection>, BackendError> {
-        let conn =
-            Connection::connect(&self.host, self.port, Arc::clone(&self.name), settings).await?;
-        Ok(Arc::new(conn))
+        deadline: Instant,
+        connecting: &Arc<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<Result<Arc<Connection>, BackendError>, Elapsed> {
+        let (host, port, name) = (self.host.clone(), self.port, Arc::clone(&self.name));
+        let owned = settings.clone();
+        // Boxed: it may move to a task of its own (connecting is rare).
+        let mut attempt = Box::pin(async move {
+            Connection::connect(&host, port, name, &owned)
+                .await
+                .map(Arc::new)
+        });
+        if let Ok(connected) = tokio::time::timeout_at(deadline, &mut attempt).await {
+            return Ok(connected);
+        }
+        let slot = Arc::clone(slot);
+        let connecting = Arc::clone(connecting);
+        tokio::spawn(async move {
+            match attempt.await {
+                // Nobody connected the slot meanwhile: the lock was held throughout.
+                Ok(conn) => slot.replace(Some(conn)),
+                Err(_) => slot.unreported_stall.store(true, Ordering::Release),
+            }
+            drop(connecting);
+        });
+        Err(Elapsed)
     }
 
     /// Asks a new connection for `stats settings` and records the server's
