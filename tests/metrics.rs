@@ -7,7 +7,7 @@
 mod support;
 
 use support::Watch;
-use support::proxy::{raw_request, start_proxy};
+use support::proxy::{raw_request, start_proxy_with_metrics};
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -213,10 +213,7 @@ fn start_origin() -> SocketAddr {
 #[test]
 fn reverse_proxy_serves_metrics_for_prometheus() {
     let origin = start_origin();
-    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .unwrap();
-    let proxy = start_proxy(origin, &["--metrics", &metrics_addr.to_string()]);
+    let (proxy, metrics_addr) = start_proxy_with_metrics(origin, &[]);
     let request = "GET /page HTTP/1.1\r\nHost: example.com\r\n";
     let (mut hits, mut misses) = (0u32, 0u32);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -320,21 +317,9 @@ fn reverse_proxy_exports_memcached_and_near_tier_gauges() {
     assert!(evictions > 0, "memcached -m 2 evicted nothing");
 
     let origin = start_origin();
-    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .unwrap();
     let memcache = server.addr();
-    let proxy = start_proxy(
-        origin,
-        &[
-            "--metrics",
-            &metrics_addr.to_string(),
-            "--memcache",
-            &memcache,
-            "--near-cache",
-            "1M,30s",
-        ],
-    );
+    let (proxy, metrics_addr) =
+        start_proxy_with_metrics(origin, &["--memcache", &memcache, "--near-cache", "1M,30s"]);
     let request = "GET /page HTTP/1.1\r\nHost: example.com\r\n";
     let mut near_hits = 0;
     let deadline = Instant::now() + Duration::from_secs(10);

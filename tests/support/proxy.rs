@@ -93,6 +93,38 @@ pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
     Proxy { child, addr }
 }
 
+/// [`start_proxy`] with `--metrics` on a port of its own, which is returned: chosen anew
+/// with the listening port whenever the proxy has to be started again (see
+/// [`spawn_listening`]), as either port may have been taken meanwhile.
+#[allow(dead_code)] // Not every test file that has `support` serves metrics.
+pub fn start_proxy_with_metrics(upstream: SocketAddr, args: &[&str]) -> (Proxy, SocketAddr) {
+    let metrics = std::cell::Cell::new(None);
+    let (child, addr) = spawn_listening(|addr| {
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
+        metrics.set(Some(metrics_addr));
+        let mut command = Command::new(proxy_binary());
+        command
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--upstream",
+                &format!("http://{upstream}"),
+                "--threads",
+                "1",
+                "--access-log",
+                "off",
+                "--metrics",
+                &metrics_addr.to_string(),
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    });
+    let metrics = metrics.get().expect("spawn_listening ran the command");
+    (Proxy { child, addr }, metrics)
+}
+
 /// Spawns the command `command(addr)` builds, which is to listen on `addr`, and waits until
 /// it does. `free_port` frees its port before the child binds it, and a parallel test may
 /// take it meanwhile: the child then exits at once (the probe below may even reach the
