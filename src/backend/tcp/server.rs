@@ -423,11 +423,21 @@ impl Server {
         }
         let slot = Arc::clone(slot);
         let connecting = Arc::clone(connecting);
+        let health = Arc::clone(&self.health);
         tokio::spawn(async move {
-            match attempt.await {
-                // Nobody connected the slot meanwhile: the lock was held throughout.
-                Ok(conn) => slot.replace(Some(conn)),
-                Err(_) => slot.unreported_stall.store(true, Ordering::Release),
+            let outcome = attempt.await;
+            // Marked down meanwhile, its connections were dropped and its failures
+            // forgotten: this one is neither kept nor held against its return.
+            if health.state.load(Ordering::Acquire) != UP {
+                if let Ok(conn) = outcome {
+                    conn.close();
+                }
+            } else {
+                match outcome {
+                    // Nobody connected the slot meanwhile: the lock was held throughout.
+                    Ok(conn) => slot.replace(Some(conn)),
+                    Err(_) => slot.unreported_stall.store(true, Ordering::Release),
+                }
             }
             drop(connecting);
         });
