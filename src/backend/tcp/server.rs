@@ -17,6 +17,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -123,8 +124,13 @@ struct Slot {
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
     /// A connection let go here had stalled with nobody told
-    /// ([`Connection::take_unreported_stall`]), for [`Server::take_stalls`].
+    /// ([`Connection::take_unreported_stall`]), or connects kept failing to complete
+    /// within their callers' deadlines ([`Slot::connect_given_up`]), for
+    /// [`Server::take_stalls`].
     unreported_stall: AtomicBool,
+    /// When the first of the connects given up on by their callers since the slot last
+    /// finished one began.
+    given_up_since: Mutex<Option<Instant>>,
 }
 
 impl Slot {
@@ -142,6 +148,51 @@ impl Slot {
 
     fn replace(&self, conn: Option<Arc<Connection>>) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+    }
+
+    /// A connect begun at `started` was given up by its caller (its deadline, or dropped)
+    /// before it finished. No connect finished since the first such one for a whole
+    /// `connect_timeout` counts as a stall: a host that never completes a connect (gone,
+    /// behind a firewall that drops) to callers bounded tighter than the connect timeout
+    /// is otherwise never marked down, each call connecting anew and saying nothing.
+    fn connect_given_up(&self, started: Instant, connect_timeout: Duration) {
+        let mut since = self
+            .given_up_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let first = *since.get_or_insert(started);
+        if first.elapsed() >= connect_timeout {
+            *since = None;
+            self.unreported_stall.store(true, Ordering::Release);
+        }
+    }
+
+    /// A connect finished (connected, or failed and told its caller).
+    fn connect_finished(&self) {
+        *self
+            .given_up_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// A connect under way in [`Server::connection`]; dropped unfinished (its caller gave
+/// up), it tells its slot ([`Slot::connect_given_up`]).
+struct Connecting<'a> {
+    slot: &'a Slot,
+    started: Instant,
+    connect_timeout: Duration,
+    finished: bool,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            self.slot.connect_finished();
+        } else {
+            self.slot
+                .connect_given_up(self.started, self.connect_timeout);
+        }
     }
 }
 
@@ -370,9 +421,17 @@ impl Server {
             return Ok(Ok(conn));
         }
         let connect = || async {
-            tokio::time::timeout_at(deadline, self.connect(settings))
+            let mut connecting = Connecting {
+                slot,
+                started: Instant::now(),
+                connect_timeout: settings.connect_timeout,
+                finished: false,
+            };
+            let connected = tokio::time::timeout_at(deadline, self.connect(settings))
                 .await
-                .map_err(|_| Elapsed)
+                .map_err(|_| Elapsed)?;
+            connecting.finished = true;
+            Ok(connected)
         };
         let mut conn = match connect().await? {
             Ok(conn) => conn,
@@ -482,6 +541,7 @@ impl Server {
             slot.replace(None);
             // Stalls before the server was marked down are not held against its return.
             slot.unreported_stall.store(false, Ordering::Release);
+            slot.connect_finished();
         }
     }
 
