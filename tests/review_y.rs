@@ -71,3 +71,81 @@ mod tcp {
         );
     }
 }
+
+mod leases {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+    use tower_memcache::MemcacheLayer;
+    use tower_memcache::backend::MemoryBackend;
+
+    /// A client that asks for a hot URL nobody has filled yet and hangs up before the
+    /// origin answers, again and again, leads flight after flight: do the honest clients
+    /// waiting for the URL end up each going to the origin (a cache bypass the attacker
+    /// controls), or does one of them fill it for all?
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_hang_up_again_and_again_do_not_send_every_waiting_client_to_the_origin() {
+        let layer = MemcacheLayer::new(MemoryBackend::new()).namespace("review-y-herd");
+        let answered = Arc::new(AtomicUsize::new(0));
+        let svc = tower::ServiceBuilder::new().layer(layer).service_fn({
+            let answered = Arc::clone(&answered);
+            move |_request: Request<()>| {
+                let answered = Arc::clone(&answered);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Only origin calls nobody hung up on get here.
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    let mut response = Response::new(Full::new(Bytes::from("hot")));
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "public, max-age=60".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                }
+            }
+        });
+        let get = || Request::get("http://example.com/hot").body(()).unwrap();
+        let attacker = tokio::spawn({
+            let svc = svc.clone();
+            async move {
+                for _ in 0..400 {
+                    let svc = svc.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_millis(20), svc.oneshot(get()))
+                            .await;
+                    });
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let honest: Vec<_> = (0..20)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let response = svc.oneshot(get()).await.unwrap();
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .ok()
+                        .map(|b| b.to_bytes())
+                })
+            })
+            .collect();
+        for client in honest {
+            assert_eq!(client.await.unwrap().as_deref(), Some(&b"hot"[..]));
+        }
+        attacker.abort();
+        let answered = answered.load(Ordering::SeqCst);
+        assert!(
+            answered <= 3,
+            "{answered} origin calls answered for 20 honest clients"
+        );
+    }
+}
