@@ -70,6 +70,101 @@ mod tcp {
             "a host that never completes a connect stayed in use for 2 s of lookups"
         );
     }
+
+    /// A memcached on loopback that answers `stats` (with a settings listing) after
+    /// `stats_after`, each get at once but one of key `hold`, held back `HOLD`, recording
+    /// the get lines it reads.
+    async fn slow_settings_server(
+        stats_after: Duration,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = std::sync::Arc::clone(&lines);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let recorded = std::sync::Arc::clone(&recorded);
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut read = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = read.next_line().await {
+                        let reply = if line.starts_with("stats") {
+                            tokio::time::sleep(stats_after).await;
+                            "STAT item_size_max 1048576\r\nEND\r\n".to_string()
+                        } else if let Some(keys) = line
+                            .strip_prefix("gets ")
+                            .or_else(|| line.strip_prefix("get "))
+                        {
+                            recorded.lock().unwrap().push(line.clone());
+                            if keys.split(' ').any(|key| key == "hold") {
+                                tokio::time::sleep(HOLD).await;
+                            }
+                            "END\r\n".to_string()
+                        } else {
+                            "ERROR\r\n".to_string()
+                        };
+                        if write.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, lines)
+    }
+
+    const HOLD: Duration = Duration::from_millis(150);
+
+    /// A new connection's `stats settings` answered after its first caller's deadline
+    /// (a lookup with little of its budget left, a memcached busy a moment as connections
+    /// open) is kept, as it should be; but its answer, which shows the server is memcached,
+    /// was dropped with the call: the connection never merged gets for as long as it
+    /// lived (until it failed or the server was marked down), every get a line and a
+    /// reply of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_settings_answer_that_comes_after_its_callers_deadline_still_lets_gets_merge() {
+        let (addr, lines) = slow_settings_server(Duration::from_millis(60)).await;
+        let memcached = TcpBackend::builder()
+            .server(&addr)
+            .connections_per_server(1)
+            .timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(1))
+            .failure_threshold(1000)
+            .build()
+            .unwrap();
+        // Connects, and gives up (at 20 ms) before the settings come.
+        let first = memcached
+            .get_many_by_key_ordered("r", &["first"], Duration::from_millis(20))
+            .await;
+        assert!(first.is_err(), "{first:?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let held = tokio::spawn({
+            let memcached = memcached.clone();
+            async move { memcached.get("hold").await }
+        });
+        let until = Instant::now() + Duration::from_secs(2);
+        while !lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("hold"))
+        {
+            assert!(Instant::now() < until, "the held get never came");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
+        let gets = keys.iter().map(|key| memcached.get(key));
+        for got in futures_util::future::join_all(gets).await {
+            assert!(got.unwrap().is_none());
+        }
+        held.await.unwrap().unwrap();
+        let lines = lines.lock().unwrap().clone();
+        assert!(
+            lines.iter().any(|line| line.split(' ').count() > 2),
+            "gets queued behind another were never merged: {lines:?}"
+        );
+    }
 }
 
 mod leases {
