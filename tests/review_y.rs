@@ -165,6 +165,118 @@ mod tcp {
             "gets queued behind another were never merged: {lines:?}"
         );
     }
+
+    /// A memcached whose first connection answers the first get with `hostile` (written
+    /// in 97-byte pieces, a millisecond apart) and whose later connections answer honestly
+    /// (each key with `data of <key>`).
+    async fn hostile_first_connection(hostile: &'static [u8]) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut accepted = 0;
+            while let Ok((socket, _)) = listener.accept().await {
+                let first = accepted == 0;
+                accepted += 1;
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut read = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = read.next_line().await {
+                        if line.starts_with("stats") {
+                            let _ = write.write_all(b"END\r\n").await;
+                            continue;
+                        }
+                        let Some(keys) = line.strip_prefix("gets ") else {
+                            let _ = write.write_all(b"ERROR\r\n").await;
+                            continue;
+                        };
+                        if first {
+                            for piece in hostile.chunks(97) {
+                                if write.write_all(piece).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            continue;
+                        }
+                        let mut reply = String::new();
+                        for key in keys.split(' ') {
+                            let data = format!("data of {key}");
+                            reply += &format!("VALUE {key} 0 {} 7\r\n{data}\r\n", data.len());
+                        }
+                        reply += "END\r\n";
+                        if write.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Replies the decoder must refuse (the line-length classification of `1fe257f` among
+    /// them), arriving in pieces: the call fails within its deadline, the connection is
+    /// dropped, and the next call, on a new connection, gets its own value, never bytes
+    /// of the refused reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_replies_in_pieces_fail_their_call_and_cost_only_their_connection() {
+        let long_cr_only: &'static [u8] = {
+            let mut line = b"VALUE k 0 5 1\r".to_vec();
+            line.extend(std::iter::repeat_n(b'x', 20_000));
+            line.leak()
+        };
+        let long_bare_lf: &'static [u8] = {
+            let mut line = b"VALUE k 0 5 1 ".to_vec();
+            line.extend(std::iter::repeat_n(b' ', 9_000));
+            line.extend_from_slice(b"\nVALUE k 0 5 1\r\nhello\r\nEND\r\n");
+            line.leak()
+        };
+        let hostile: [(&str, &'static [u8]); 6] = [
+            ("a line of 20 kB with a CR and no LF", long_cr_only),
+            (
+                "a bare LF past the line limit, then a good reply",
+                long_bare_lf,
+            ),
+            (
+                "a data length beyond 64 bits",
+                b"VALUE k 0 99999999999999999999999 1\r\nhello\r\nEND\r\n",
+            ),
+            (
+                "a data length shorter than the data",
+                b"VALUE k 0 3 1\r\nhello\r\nEND\r\n",
+            ),
+            (
+                "a cas beyond 64 bits",
+                b"VALUE k 0 5 99999999999999999999999\r\nhello\r\nEND\r\n",
+            ),
+            (
+                "flags beyond 32 bits",
+                b"VALUE k 4294967296 5 1\r\nhello\r\nEND\r\n",
+            ),
+        ];
+        for (what, reply) in hostile {
+            let addr = hostile_first_connection(reply).await;
+            let memcached = crate::support::one_connection_backend(&addr, Duration::from_secs(1));
+            let started = Instant::now();
+            let refused = memcached.get("k").await;
+            assert!(refused.is_err(), "{what}: {refused:?}");
+            assert!(
+                started.elapsed() < Duration::from_millis(900),
+                "{what}: refused only at the deadline ({:?})",
+                started.elapsed()
+            );
+            let next = memcached
+                .get("other")
+                .await
+                .unwrap_or_else(|err| panic!("{what}: {err}"));
+            assert_eq!(
+                next.map(|item| item.value),
+                Some(bytes::Bytes::from("data of other")),
+                "{what}"
+            );
+        }
+    }
 }
 
 mod leases {
