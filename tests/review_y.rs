@@ -356,3 +356,121 @@ mod leases {
         );
     }
 }
+
+mod not_modified {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, Request, Response, StatusCode};
+    use http_body_util::Full;
+    use tower_memcache::backend::MemoryBackend;
+    use tower_memcache::cache::CacheMode;
+
+    use crate::support::{self, Answer, Watch};
+
+    type Svc = tower::util::BoxCloneService<
+        Request<()>,
+        Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
+        Infallible,
+    >;
+
+    const STORED_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    /// An origin that answers the first request with `v1` (stale at once, reusable stale
+    /// while revalidating) last modified at [`STORED_DATE`], and every later one with a 304
+    /// carrying `then` (no `ETag`), or `v2` when the request is unconditional. Returns the
+    /// service and the header maps of the requests the origin got.
+    fn origin(
+        then: &'static [(&'static str, &'static str)],
+    ) -> (Svc, Watch, Arc<Mutex<Vec<HeaderMap>>>) {
+        let layer = support::layer(MemoryBackend::new())
+            .namespace("review-y-304")
+            .mode(CacheMode::Origin);
+        let watch = Watch::of(&layer);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let inner = tower::service_fn({
+            let seen = Arc::clone(&seen);
+            move |request: Request<()>| {
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(request.headers().clone());
+                    seen.len() == 1
+                };
+                let conditional = request.headers().contains_key("if-modified-since");
+                let mut response =
+                    Response::new(Full::new(Bytes::from(if first { "v1" } else { "v2" })));
+                let headers = response.headers_mut();
+                if first || !conditional {
+                    headers.insert(
+                        "cache-control",
+                        "max-age=1, stale-while-revalidate=600".parse().unwrap(),
+                    );
+                    headers.insert("age", "5".parse().unwrap());
+                    headers.insert("last-modified", STORED_DATE.parse().unwrap());
+                } else {
+                    *response.status_mut() = StatusCode::NOT_MODIFIED;
+                    *response.body_mut() = Full::new(Bytes::new());
+                    for (name, value) in then {
+                        response.headers_mut().insert(*name, value.parse().unwrap());
+                    }
+                }
+                async move { Ok::<_, Infallible>(response) }
+            }
+        });
+        let svc = tower::util::BoxCloneService::new(tower::Layer::layer(&layer, inner));
+        (svc, watch, seen)
+    }
+
+    async fn get(svc: &Svc) -> Answer {
+        support::send(svc, Method::GET, "http://review-y.test/lm", &[]).await
+    }
+
+    /// A background revalidation (stale-while-revalidate) answered by a 304 without
+    /// `ETag` whose `Last-Modified` is the stored one in another HTTP-date format still
+    /// refreshes the entry: the next request is a fresh hit, the origin not asked again.
+    #[tokio::test]
+    async fn a_background_304_with_the_same_date_in_another_format_refreshes() {
+        let (svc, watch, seen) = origin(&[
+            ("cache-control", "max-age=600"),
+            ("last-modified", "Sunday, 06-Nov-94 08:49:37 GMT"),
+        ]);
+        assert_eq!(get(&svc).await.body, "v1");
+        watch.settled().await;
+        let stale = get(&svc).await;
+        assert_eq!(stale.body, "v1", "served stale while revalidating");
+        watch.settled().await;
+        let after = get(&svc).await;
+        support::assert_hit(after.cache_status());
+        assert_eq!(after.body, "v1");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "the origin was asked once more only");
+        assert_eq!(seen[1]["if-modified-since"], STORED_DATE);
+    }
+
+    /// The same with another date: the background refresh must not relabel the stored
+    /// body (it is removed), the client that triggered it still got the stale response,
+    /// and the next request fetches the whole.
+    #[tokio::test]
+    async fn a_background_304_with_another_date_removes_the_entry_and_the_next_request_refetches() {
+        let (svc, watch, seen) = origin(&[
+            ("cache-control", "max-age=600"),
+            ("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert_eq!(get(&svc).await.body, "v1");
+        watch.settled().await;
+        let stale = get(&svc).await;
+        assert_eq!(stale.status, StatusCode::OK);
+        assert_eq!(stale.body, "v1", "served stale while revalidating");
+        watch.settled().await;
+        let after = get(&svc).await;
+        assert_eq!(after.status, StatusCode::OK);
+        assert_eq!(after.body, "v2", "{:?}", after.headers);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            !seen[2].contains_key("if-modified-since"),
+            "the removed entry's validators were sent again"
+        );
+    }
+}
