@@ -476,3 +476,117 @@ mod not_modified {
         );
     }
 }
+
+mod late_release {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http::{Method, Request, Response};
+    use http_body_util::Full;
+    use tokio::sync::Semaphore;
+    use tower_memcache::MemcacheLayer;
+    use tower_memcache::backend::{Backend, BackendError, Lifetime, MemoryBackend};
+    use tower_memcache::cache::CacheMode;
+
+    use crate::support;
+
+    /// The flags the layer stores its placeholders under (`entry::FLAG_PLACEHOLDER`).
+    const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
+
+    /// MemoryBackend whose adds of an ended placeholder (`<token> 0`) wait for a permit:
+    /// the test decides when a dropped request's release lands.
+    #[derive(Clone)]
+    struct HeldRelease {
+        inner: MemoryBackend,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Backend for HeldRelease {
+        async fn add(
+            &self,
+            key: &str,
+            value: Bytes,
+            flags: u32,
+            lifetime: Lifetime,
+        ) -> Result<bool, BackendError> {
+            if flags == FLAG_PLACEHOLDER && value.ends_with(b" 0") {
+                self.gate.acquire().await.unwrap().forget();
+            }
+            self.inner.add(key, value, flags, lifetime).await
+        }
+        crate::forward_to_inner!(
+            get, get_many, set, cas, delete, touch, incr, flush_all, stats
+        );
+    }
+
+    /// A request dropped while its origin works leaves its placeholder to a release in
+    /// the background, whose ended placeholder lands here after a purge of the URL
+    /// returned (the key empty again). That late add must neither hold the URL's next
+    /// request (it goes to the origin at once) nor keep its response out of the cache,
+    /// and nothing from before the purge comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ended_placeholder_that_lands_after_a_purge_holds_nothing_and_refuses_nothing() {
+        let gate = Arc::new(Semaphore::new(0));
+        let backend = HeldRelease {
+            inner: MemoryBackend::new(),
+            gate: Arc::clone(&gate),
+        };
+        let layer = MemcacheLayer::new(backend)
+            .namespace("review-y-late-release")
+            .mode(CacheMode::Origin)
+            .lease_wait(Duration::from_secs(2), Duration::from_millis(20));
+        let purger = layer.purger();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let inner = tower::service_fn({
+            let calls = Arc::clone(&calls);
+            move |_request: Request<()>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if call == 0 {
+                        // The first request's client hangs up meanwhile.
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    let mut response = Response::new(Full::new(Bytes::from(format!("v{call}"))));
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "max-age=60".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                }
+            }
+        });
+        let svc = tower::util::BoxCloneService::new(tower::Layer::layer(&layer, inner));
+        let url = "http://review-y.test/released";
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(100),
+            support::send(&svc, Method::GET, url, &[]),
+        )
+        .await;
+        assert!(dropped.is_err(), "the first request is still at the origin");
+        // Its release waits at the gate; the purge deletes its placeholder meanwhile.
+        purger.purge_uri(url).await.unwrap();
+        gate.add_permits(1);
+        // Let the held add land in the empty key.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            gate.available_permits(),
+            0,
+            "the release added its ended placeholder"
+        );
+        let started = Instant::now();
+        let next = support::send(&svc, Method::GET, url, &[]).await;
+        assert_eq!(next.body, "v1");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the next request waited {:?} for an ended placeholder",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let again = support::send(&svc, Method::GET, url, &[]).await;
+        support::assert_hit(again.cache_status());
+        assert_eq!(again.body, "v1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
