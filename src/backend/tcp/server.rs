@@ -73,6 +73,76 @@ struct Exported {
     up: metrics::Gauge,
 }
 
+impl Health {
+    /// What a new connection's `stats settings` answered (see
+    /// [`Server::learn_settings`]): whether the connection is still of use.
+    fn settings_answered(
+        &self,
+        server: &str,
+        conn: &Connection,
+        reply: Result<Result<Reply, BackendError>, Elapsed>,
+    ) -> bool {
+        match reply {
+            Ok(Ok(Reply::Stats(stats))) => {
+                // A settings listing: memcached itself, which answers a multi-get key by
+                // key, so queued gets may share one line (twemproxy closes the
+                // connection on `stats`, and fails a whole multi-get for one dead server).
+                conn.merge_gets();
+                let item_size_max = stats
+                    .iter()
+                    .find(|(name, _)| name == "item_size_max")
+                    .and_then(|(_, value)| value.parse::<usize>().ok())
+                    .filter(|&max| max >= MIN_ITEM_SIZE_MAX);
+                match item_size_max {
+                    Some(max) => {
+                        self.item_limit.report(max);
+                        tracing::debug!(
+                            server,
+                            item_size_max = max,
+                            "memcached item size limit learned"
+                        );
+                    }
+                    None => {
+                        tracing::debug!(server, "no usable item_size_max in stats settings")
+                    }
+                }
+                true
+            }
+            // An empty listing, or an error reply: not supported here (a proxy).
+            Ok(Ok(
+                Reply::Values(_) | Reply::Error | Reply::ClientError(_) | Reply::ServerError(_),
+            )) => true,
+            // Answered, but not in sync (or not with what was asked): unusable.
+            Ok(Ok(_)) => {
+                conn.close();
+                self.stop_asking_settings(server);
+                false
+            }
+            // Too slow: the reply is discarded when it comes; the connection stays in sync.
+            Err(_) => true,
+            Ok(Err(err)) => {
+                if conn.is_closed() {
+                    tracing::debug!(server, error = %err, "stats settings closed the connection");
+                    self.stop_asking_settings(server);
+                    false
+                } else {
+                    true
+                }
+            }
+        }
+    }
+
+    fn stop_asking_settings(&self, server: &str) {
+        if self.ask_settings.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                server,
+                "memcached server does not answer stats settings; its item size limit is \
+                 learned from refusals only until it is marked down and up again"
+            );
+        }
+    }
+}
+
 /// The item size limit learned for one server; `usize::MAX` while nothing is known.
 #[derive(Debug)]
 pub(crate) struct ItemLimit {
@@ -348,8 +418,8 @@ impl Server {
 
     /// The slot's connection, connected now if needed; gives up at `deadline`
     /// ([`Elapsed`]) while waiting for another caller's connect or its own. Once connected,
-    /// the `stats settings` query is bounded by `deadline` too, but its connection's own
-    /// timer keeps that one, and a slow answer keeps the connection: a caller bounded
+    /// the caller waits for the `stats settings` answer until `deadline` too, and a slow
+    /// answer keeps the connection: a caller bounded
     /// tighter than the connect timeout would otherwise drop every new connection to a
     /// server that accepts and never answers (a stopped process), each call opening
     /// another and none of them reporting anything, so the server was never marked down.
@@ -445,75 +515,39 @@ impl Server {
     }
 
     /// Asks a new connection for `stats settings` and records the server's
-    /// `item_size_max`, within the connect timeout (and by the caller's `deadline`, see
-    /// [`connection`](Self::connection)). False when the query closed the
+    /// `item_size_max`, within the connect timeout. False when the query closed the
     /// connection or got a reply of the wrong kind: the connection is given up. An error
     /// reply, an empty listing or a slow answer leave the limit as it was and the
     /// connection in use. Part of connecting, so a server's limit is known before the
     /// requests it would refuse are sent, at the cost of one round trip per new connection.
+    ///
+    /// The caller waits until its `deadline` at most (see [`connection`](Self::connection)),
+    /// then keeps the connection; the query runs on in a task of its own, so that an
+    /// answer that comes later still lets the connection merge gets and records the limit
+    /// (dropped with the call, it left the connection unmerged for as long as it lived).
     async fn learn_settings(
         &self,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         settings: &ConnectionSettings,
         deadline: Instant,
     ) -> bool {
         let mut request = BytesMut::new();
         protocol::encode_stats(&mut request, Some("settings"));
-        let within = deadline_in(settings.connect_timeout).min(deadline);
-        let reply = conn.call(request.freeze(), Some(within)).await;
-        match reply {
-            Ok(Ok(Reply::Stats(stats))) => {
-                // A settings listing: memcached itself, which answers a multi-get key by
-                // key, so queued gets may share one line (twemproxy closes the
-                // connection on `stats`, and fails a whole multi-get for one dead server).
-                conn.merge_gets();
-                let item_size_max = stats
-                    .iter()
-                    .find(|(name, _)| name == "item_size_max")
-                    .and_then(|(_, value)| value.parse::<usize>().ok())
-                    .filter(|&max| max >= MIN_ITEM_SIZE_MAX);
-                match item_size_max {
-                    Some(max) => {
-                        self.health.item_limit.report(max);
-                        tracing::debug!(server = %self.name, item_size_max = max, "memcached item size limit learned");
-                    }
-                    None => {
-                        tracing::debug!(server = %self.name, "no usable item_size_max in stats settings")
-                    }
-                }
-                true
-            }
-            // An empty listing, or an error reply: not supported here (a proxy).
-            Ok(Ok(
-                Reply::Values(_) | Reply::Error | Reply::ClientError(_) | Reply::ServerError(_),
-            )) => true,
-            // Answered, but not in sync (or not with what was asked): unusable.
-            Ok(Ok(_)) => {
-                conn.close();
-                self.stop_asking_settings();
-                false
-            }
-            // Too slow: the reply is discarded when it comes; the connection stays in sync.
-            Err(_) => true,
-            Ok(Err(err)) => {
-                if conn.is_closed() {
-                    tracing::debug!(server = %self.name, error = %err, "stats settings closed the connection");
-                    self.stop_asking_settings();
-                    false
-                } else {
-                    true
-                }
-            }
-        }
-    }
-
-    fn stop_asking_settings(&self) {
-        if self.health.ask_settings.swap(false, Ordering::AcqRel) {
-            tracing::info!(
-                server = %self.name,
-                "memcached server does not answer stats settings; its item size limit is \
-                 learned from refusals only until it is marked down and up again"
-            );
+        let within = deadline_in(settings.connect_timeout);
+        let (conn, health, name) = (
+            Arc::clone(conn),
+            Arc::clone(&self.health),
+            Arc::clone(&self.name),
+        );
+        let query = tokio::spawn(async move {
+            let reply = conn.call(request.freeze(), Some(within)).await;
+            health.settings_answered(&name, &conn, reply)
+        });
+        match tokio::time::timeout_at(deadline, query).await {
+            Ok(Ok(kept)) => kept,
+            // Too slow for this caller (the answer is still taken when it comes), or the
+            // query's task ended with its runtime: the connection stays in sync.
+            Ok(Err(_)) | Err(_) => true,
         }
     }
 
