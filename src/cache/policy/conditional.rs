@@ -100,15 +100,23 @@ pub(crate) fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> boo
 }
 
 /// Whether a 304 or a HEAD response describes the same representation as the stored one
-/// (RFC 9111 §4.3.3, §4.3.5): its strong `ETag` if both have one, else `Last-Modified`;
-/// a response with neither validator matches only a stored response with neither.
+/// (RFC 9111 §4.3.3, §4.3.5): its strong `ETag` if both have one, else `Last-Modified`
+/// (the same date in any of its formats); a response with neither validator matches only
+/// a stored response with neither.
 pub(crate) fn same_representation(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
     match (fresh.get(header::ETAG), stored.get(header::ETAG)) {
         (Some(a), Some(b)) => return a.as_bytes().trim_ascii() == b.as_bytes().trim_ascii(),
         (Some(_), None) | (None, Some(_)) => return false,
         (None, None) => {}
     }
-    fresh.get(header::LAST_MODIFIED) == stored.get(header::LAST_MODIFIED)
+    match (
+        fresh.contains_key(header::LAST_MODIFIED),
+        stored.contains_key(header::LAST_MODIFIED),
+    ) {
+        (false, false) => true,
+        (true, true) => same_last_modified(fresh, stored),
+        _ => false,
+    }
 }
 
 /// Whether a 304 names a representation other than the stored one (RFC 9111 §4.3.4: a
@@ -223,6 +231,24 @@ mod tests {
         );
         assert!(names_another_representation(
             &headers(&[("etag", "\"v1\"")]),
+            &HeaderMap::new()
+        ));
+    }
+
+    #[test]
+    fn rfc9111_4_3_5_a_head_response_with_the_same_date_in_another_format_is_the_same() {
+        let stored = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let same = |fields: &[(&'static str, &'static str)]| {
+            same_representation(&headers(fields), &stored)
+        };
+        assert!(same(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]));
+        assert!(same(&[("last-modified", "Sunday, 06-Nov-94 08:49:37 GMT")]));
+        assert!(same(&[("last-modified", "Sun Nov  6 08:49:37 1994")]));
+        assert!(!same(&[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")]));
+        assert!(!same(&[]), "a response without the stored validator");
+        assert!(same_representation(&HeaderMap::new(), &HeaderMap::new()));
+        assert!(!same_representation(
+            &headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]),
             &HeaderMap::new()
         ));
     }
