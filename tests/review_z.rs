@@ -206,3 +206,148 @@ async fn a_connection_a_background_connect_made_merges_gets() {
         "gets queued behind another were never merged: {lines:?}"
     );
 }
+
+/// A memcached whose first connection answers `stats` only after `first_stats_after`
+/// (reading nothing meanwhile), later connections at once; gets all miss, one of key
+/// `hold` answered after [`HOLD`]. Records the get lines and counts the `stats` asked.
+async fn slow_first_settings(
+    first_stats_after: Duration,
+) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stats = Arc::new(Mutex::new(0));
+    let (recorded, asked) = (Arc::clone(&lines), Arc::clone(&stats));
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((socket, _)) = listener.accept().await {
+            let (recorded, asked) = (Arc::clone(&recorded), Arc::clone(&asked));
+            let delay = if std::mem::take(&mut first) {
+                first_stats_after
+            } else {
+                Duration::ZERO
+            };
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut read = BufReader::new(read).lines();
+                while let Ok(Some(line)) = read.next_line().await {
+                    let reply = if line.starts_with("stats") {
+                        *asked.lock().unwrap() += 1;
+                        tokio::time::sleep(delay).await;
+                        "STAT item_size_max 1048576\r\nEND\r\n".to_string()
+                    } else if let Some(keys) = line
+                        .strip_prefix("gets ")
+                        .or_else(|| line.strip_prefix("get "))
+                    {
+                        recorded.lock().unwrap().push(line.clone());
+                        if keys.split(' ').any(|key| key == "hold") {
+                            tokio::time::sleep(HOLD).await;
+                        }
+                        "END\r\n".to_string()
+                    } else {
+                        "ERROR\r\n".to_string()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines, stats)
+}
+
+/// A new connection's `stats settings` query that outlasts the connection's stall check
+/// (a memcached that pauses a moment as a connection opens, behind a connect timeout
+/// longer than twice the backend's timeout) ends with the connection closed by this
+/// client, not by the server: it was taken for a server that closes connections on
+/// `stats` (twemproxy), and no later connection asked again until the server was marked
+/// down and up, so none merged gets nor learnt the item size limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_query_that_stalls_does_not_stop_later_connections_asking() {
+    let (addr, lines, stats) = slow_first_settings(Duration::from_millis(400)).await;
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(50))
+        .connect_timeout(Duration::from_secs(1))
+        .failure_threshold(1000)
+        .build()
+        .unwrap();
+    // The first connection stalls on its settings query and is closed by its stall check.
+    let _ = memcached.get("first").await;
+    let _ = memcached.get("second").await;
+    let held = tokio::spawn({
+        let memcached = memcached.clone();
+        async move { memcached.get("hold").await }
+    });
+    let until = Instant::now() + Duration::from_secs(2);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("hold"))
+    {
+        assert!(Instant::now() < until, "the held get never came");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
+    let gets = keys.iter().map(|key| memcached.get(key));
+    for got in futures_util::future::join_all(gets).await {
+        assert!(got.unwrap().is_none());
+    }
+    held.await.unwrap().unwrap();
+    assert!(
+        *stats.lock().unwrap() >= 2,
+        "no connection after the stalled one asked stats settings"
+    );
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|line| line.split(' ').count() > 2),
+        "gets queued behind another were never merged: {lines:?}"
+    );
+}
+
+/// A memcached that accepts connections and never answers (a stopped process).
+async fn mute() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// A server that accepts and never answers, behind callers bounded tighter than the
+/// backend's timeout and a connect timeout longer than the stall check: each new
+/// connection's `stats settings` query, running on in a task of its own, is still waiting
+/// when the stall check ends the connection, and the stall must count all the same (and
+/// the query, which the server did not refuse, must not be given up for good). Held: a
+/// guard for the settings query's handling of a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mute_server_behind_a_long_connect_timeout_and_tight_callers_is_marked_down() {
+    let addr = mute().await;
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(50))
+        .connect_timeout(Duration::from_secs(1))
+        .failure_threshold(2)
+        .build()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && !memcached.is_server_down(0) {
+        let outcome = memcached
+            .get_many_by_key_ordered("r", &["k"], Duration::from_millis(20))
+            .await;
+        assert!(outcome.is_err(), "{outcome:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        memcached.is_server_down(0),
+        "a server that never answers stayed in use for 2 s of lookups"
+    );
+}

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::connection::{Connection, ConnectionSettings, Elapsed, deadline_in};
 use super::protocol::{self, Reply};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, UnreachableReason};
 
 /// The `stats settings` request a new connection sends first.
 fn settings_request() -> Bytes {
@@ -147,6 +147,16 @@ impl Health {
             }
             // Too slow: the reply is discarded when it comes; the connection stays in sync.
             Err(_) => true,
+            // Closed by this client (another caller's reply broke the protocol, the server
+            // was marked down) or by its stall check (a server slow a moment, not one that
+            // refuses the query): the next connection asks again. Its callers are told.
+            Ok(Err(
+                BackendError::Timeout { .. }
+                | BackendError::Unreachable {
+                    reason: UnreachableReason::Closed,
+                    ..
+                },
+            )) => true,
             Ok(Err(err)) => {
                 if conn.is_closed() {
                     tracing::debug!(server, error = %err, "stats settings closed the connection");
