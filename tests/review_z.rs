@@ -351,3 +351,51 @@ async fn a_mute_server_behind_a_long_connect_timeout_and_tight_callers_is_marked
         "a server that never answers stayed in use for 2 s of lookups"
     );
 }
+
+/// A connect finished in the background runs on its caller's runtime. That runtime shut
+/// down mid-connect (a per-thread runtime ending) drops the task: the slot's connecting
+/// lock it held is released, so callers on another runtime connect the slot again rather
+/// than wait on it for ever. Held.
+#[test]
+fn a_background_connect_dropped_with_its_runtime_releases_the_slot() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some((addr, listener, queued)) = main.block_on(black_hole()) else {
+        return;
+    };
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(5))
+        .failure_threshold(1000)
+        .build()
+        .unwrap();
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let given_up =
+        doomed.block_on(memcached.get_many_by_key_ordered("r", &["a"], Duration::from_millis(20)));
+    assert!(given_up.is_err(), "{given_up:?}");
+    // The connect goes on in the background, on the runtime now dropped.
+    drop(doomed);
+    main.block_on(async {
+        let (_, accepted) = serve(listener);
+        // The queue drained: a new connect is answered at once.
+        while *accepted.lock().unwrap() < queued.len() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        let got = memcached.get("b").await;
+        assert!(got.is_ok(), "{got:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "the slot waited {:?} for a connect dropped with its runtime",
+            started.elapsed()
+        );
+    });
+}
