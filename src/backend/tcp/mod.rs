@@ -163,7 +163,11 @@ impl TcpBackendBuilder {
     }
 
     /// The most a call waits for a new connection. Defaults to 100 ms. `Duration::MAX` is
-    /// no timeout.
+    /// no timeout: a connect that hangs (a host gone behind a firewall that drops) then
+    /// lasts until the operating system gives up on it (about two minutes on Linux), and
+    /// callers bounded tighter than [`timeout`](Self::timeout) (the layer's lookup timeout)
+    /// each wait their whole limit meanwhile; each such connect counts as one failure of
+    /// the server, so marking it down takes `failure_threshold` of them.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self

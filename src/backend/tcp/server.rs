@@ -24,7 +24,14 @@ use tokio::time::Instant;
 
 use super::connection::{Connection, ConnectionSettings, Elapsed, deadline_in};
 use super::protocol::{self, Reply};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, UnreachableReason};
+
+/// The `stats settings` request a new connection sends first.
+fn settings_request() -> Bytes {
+    let mut request = BytesMut::new();
+    protocol::encode_stats(&mut request, Some("settings"));
+    request.freeze()
+}
 
 /// memcached refuses an `-I` below 1 KiB; a smaller `item_size_max` is not believed.
 const MIN_ITEM_SIZE_MAX: usize = 1024;
@@ -53,6 +60,10 @@ struct Health {
     consecutive_failures: AtomicU32,
     /// [`UP`], [`DOWN`] or [`REJOINING`].
     state: AtomicU8,
+    /// Moved at each change between in use and out of use, so that a connect that ends
+    /// late can tell whether the server stayed in use since it began
+    /// ([`in_use_since`](Self::in_use_since)).
+    epoch: AtomicU32,
     /// Set while a probe task watches the server (one for all siblings); cleared when the
     /// probe ends, however it ends (its runtime may shut down while the server is down).
     probing: AtomicBool,
@@ -74,6 +85,22 @@ struct Exported {
 }
 
 impl Health {
+    /// The server's time in use now, or `None` while it is out of use: for
+    /// [`still_in_use`](Self::still_in_use).
+    fn in_use_since(&self) -> Option<u32> {
+        // The epoch first: a transition to down moves it after the state, one to up
+        // before (see `record`, `mark_down`, `finish_rejoin`).
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        (self.state.load(Ordering::SeqCst) == UP).then_some(epoch)
+    }
+
+    /// Whether the server has been in use throughout since `since` was read.
+    fn still_in_use(&self, since: Option<u32>) -> bool {
+        since.is_some()
+            && self.state.load(Ordering::SeqCst) == UP
+            && Some(self.epoch.load(Ordering::SeqCst)) == since
+    }
+
     /// What a new connection's `stats settings` answered (see
     /// [`Server::learn_settings`]): whether the connection is still of use.
     fn settings_answered(
@@ -120,6 +147,16 @@ impl Health {
             }
             // Too slow: the reply is discarded when it comes; the connection stays in sync.
             Err(_) => true,
+            // Closed by this client (another caller's reply broke the protocol, the server
+            // was marked down) or by its stall check (a server slow a moment, not one that
+            // refuses the query): the next connection asks again. Its callers are told.
+            Ok(Err(
+                BackendError::Timeout { .. }
+                | BackendError::Unreachable {
+                    reason: UnreachableReason::Closed,
+                    ..
+                },
+            )) => true,
             Ok(Err(err)) => {
                 if conn.is_closed() {
                     tracing::debug!(server, error = %err, "stats settings closed the connection");
@@ -216,6 +253,35 @@ impl Slot {
     fn replace(&self, conn: Option<Arc<Connection>>) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = conn;
     }
+
+    /// What a connect whose caller gave up came to (`None`: nothing to keep or count, see
+    /// [`Server::connect`]). Kept, or counted, only if the server stayed in use since the
+    /// connect began (`since`): one begun before an outage says nothing about the server
+    /// back in use (and a connection kept while it is out of use would outlive the
+    /// purge of its connections). Decided under the slot's lock, which
+    /// [`Server::close_connections`] takes too: either this sees the server out of use, or
+    /// its outcome is cleared there.
+    fn settle(
+        &self,
+        outcome: Option<Result<Arc<Connection>, BackendError>>,
+        health: &Health,
+        since: Option<u32>,
+    ) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if !health.still_in_use(since) {
+            drop(current);
+            if let Some(Ok(conn)) = outcome {
+                conn.close();
+            }
+            return;
+        }
+        match outcome {
+            // Nobody connected the slot meanwhile: its connecting lock was held throughout.
+            Some(Ok(conn)) => *current = Some(conn),
+            Some(Err(_)) => self.unreported_stall.store(true, Ordering::Release),
+            None => {}
+        }
+    }
 }
 
 /// The watch over a server held by its one probe; released when dropped (the probe ended,
@@ -255,6 +321,7 @@ impl Server {
             health: Arc::new(Health {
                 consecutive_failures: AtomicU32::new(0),
                 state: AtomicU8::new(UP),
+                epoch: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
                 item_limit: ItemLimit::new(),
                 ask_settings: AtomicBool::new(true),
@@ -429,7 +496,9 @@ impl Server {
     /// A connect given up at the caller's deadline goes on in the background, holding the
     /// slot's connecting lock, until the connect timeout: one that fails then counts as a
     /// failure of the server nobody was told of ([`take_stalls`](Self::take_stalls)), and
-    /// one that succeeds is the slot's connection (without the `stats settings` query).
+    /// one that succeeds is the slot's connection (once its `stats settings` query is
+    /// answered or given up), as long as the server stayed in use meanwhile
+    /// ([`Slot::settle`]).
     /// Dropped there, a server whose connects hang (a host that is gone, a firewall that
     /// drops) was never marked down under callers bounded tighter than the connect
     /// timeout: each of their requests paid its whole limit, forever.
@@ -480,8 +549,10 @@ impl Server {
         deadline: Instant,
         connecting: &Arc<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<Result<Arc<Connection>, BackendError>, Elapsed> {
+        let since = self.health.in_use_since();
         let (host, port, name) = (self.host.clone(), self.port, Arc::clone(&self.name));
         let owned = settings.clone();
+        let connect_timeout = settings.connect_timeout;
         // Boxed: it may move to a task of its own (connecting is rare).
         let mut attempt = Box::pin(async move {
             Connection::connect(&host, port, name, &owned)
@@ -493,22 +564,23 @@ impl Server {
         }
         let slot = Arc::clone(slot);
         let connecting = Arc::clone(connecting);
-        let health = Arc::clone(&self.health);
+        let (health, name) = (Arc::clone(&self.health), Arc::clone(&self.name));
         tokio::spawn(async move {
-            let outcome = attempt.await;
-            // Marked down meanwhile, its connections were dropped and its failures
-            // forgotten: this one is neither kept nor held against its return.
-            if health.state.load(Ordering::Acquire) != UP {
-                if let Ok(conn) = outcome {
-                    conn.close();
+            let outcome = match attempt.await {
+                // Asked as a caller's new connection is: without the answer the connection
+                // never merged gets (nor learnt the item size limit) for as long as it
+                // lived. Given up when the query cost it: the next caller connects again.
+                Ok(conn) if health.ask_settings.load(Ordering::Acquire) => {
+                    let reply = conn
+                        .call(settings_request(), Some(deadline_in(connect_timeout)))
+                        .await;
+                    health
+                        .settings_answered(&name, &conn, reply)
+                        .then_some(Ok(conn))
                 }
-            } else {
-                match outcome {
-                    // Nobody connected the slot meanwhile: the lock was held throughout.
-                    Ok(conn) => slot.replace(Some(conn)),
-                    Err(_) => slot.unreported_stall.store(true, Ordering::Release),
-                }
-            }
+                outcome => Some(outcome),
+            };
+            slot.settle(outcome, &health, since);
             drop(connecting);
         });
         Err(Elapsed)
@@ -531,8 +603,7 @@ impl Server {
         settings: &ConnectionSettings,
         deadline: Instant,
     ) -> bool {
-        let mut request = BytesMut::new();
-        protocol::encode_stats(&mut request, Some("settings"));
+        let request = settings_request();
         let within = deadline_in(settings.connect_timeout);
         let (conn, health, name) = (
             Arc::clone(conn),
@@ -540,7 +611,7 @@ impl Server {
             Arc::clone(&self.name),
         );
         let query = tokio::spawn(async move {
-            let reply = conn.call(request.freeze(), Some(within)).await;
+            let reply = conn.call(request, Some(within)).await;
             health.settings_answered(&name, &conn, reply)
         });
         match tokio::time::timeout_at(deadline, query).await {
@@ -554,12 +625,17 @@ impl Server {
     /// Drops every pooled connection (they are replaced on next use).
     pub(crate) fn close_connections(&self) {
         for slot in self.slots.iter() {
-            if let Some(conn) = slot.live() {
+            let conn = {
+                let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+                // Stalls before the server was marked down are not held against its
+                // return. Under the lock a connect finishing in the background settles
+                // under (see `Slot::settle`).
+                slot.unreported_stall.store(false, Ordering::Release);
+                current.take()
+            };
+            if let Some(conn) = conn {
                 conn.close();
             }
-            slot.replace(None);
-            // Stalls before the server was marked down are not held against its return.
-            slot.unreported_stall.store(false, Ordering::Release);
         }
     }
 
@@ -590,6 +666,7 @@ impl Server {
                         .compare_exchange(UP, DOWN, Ordering::SeqCst, Ordering::Acquire)
                         .is_ok()
                     {
+                        self.health.epoch.fetch_add(1, Ordering::SeqCst);
                         return Transition::WentDown;
                     }
                 }
@@ -620,7 +697,11 @@ impl Server {
         // SeqCst: a probe ending after its server's rejoin reads the state after
         // releasing its claim; this transition, followed by the marker's claim attempt,
         // is then seen by one of them (the probe watches on, or the marker starts one).
-        self.health.state.swap(DOWN, Ordering::SeqCst) == UP
+        let was_up = self.health.state.swap(DOWN, Ordering::SeqCst) == UP;
+        if was_up {
+            self.health.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        was_up
     }
 
     /// The probe got an answer and is about to reset the server: from now on writes to
@@ -649,9 +730,12 @@ impl Server {
     pub(crate) fn finish_rejoin(&self) -> bool {
         self.health.consecutive_failures.store(0, Ordering::Release);
         self.health.ask_settings.store(true, Ordering::Release);
+        // Before the state: a connect that began out of use never sees the server in use
+        // with the epoch it began in.
+        self.health.epoch.fetch_add(1, Ordering::SeqCst);
         self.health
             .state
-            .compare_exchange(REJOINING, UP, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(REJOINING, UP, Ordering::SeqCst, Ordering::Acquire)
             .is_ok()
     }
 }

@@ -1,0 +1,401 @@
+//! Review Z: an adversarial review of two changes to the TCP backend's connecting: a
+//! connect given up at its caller's deadline finishing in a task of its own (its failure
+//! counted, its success kept as the slot's connection), and a new connection's
+//! `stats settings` query running on past its caller's deadline. Attacked with a host
+//! whose connects hang, flapping while such a connect is under way, and a server that
+//! answers its connects late.
+#![cfg(feature = "tcp")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::time::Instant;
+use tower_memcache::backend::{Backend, TcpBackend};
+
+/// A memcached host that no longer completes connections: a listener whose accept queue
+/// is full (nothing accepts), so the kernel drops further SYNs and a connect hangs until
+/// its SYN is sent again (after a second on Linux). The listener and the queued
+/// connections are returned, to be kept open; `None` where the queue never fills.
+async fn black_hole() -> Option<(String, TcpListener, Vec<std::net::TcpStream>)> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        let connect = tokio::task::spawn_blocking(move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
+        });
+        match connect.await.unwrap() {
+            Ok(stream) => queued.push(stream),
+            Err(_) => return Some((addr.to_string(), listener, queued)),
+        }
+    }
+    None
+}
+
+/// Serves `listener` from now on as a memcached would: `version`, `stats` (a settings
+/// listing), gets (all misses; one of key `hold` answered after [`HOLD`]), recording the
+/// get lines it reads and counting the connections it accepts.
+fn serve(listener: TcpListener) -> (Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(Mutex::new(0));
+    let (recorded, counted) = (Arc::clone(&lines), Arc::clone(&accepted));
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            *counted.lock().unwrap() += 1;
+            let recorded = Arc::clone(&recorded);
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut read = BufReader::new(read).lines();
+                while let Ok(Some(line)) = read.next_line().await {
+                    let reply = if line.starts_with("version") {
+                        "VERSION 1.6.0\r\n".to_string()
+                    } else if line.starts_with("stats") {
+                        "STAT item_size_max 1048576\r\nEND\r\n".to_string()
+                    } else if let Some(keys) = line
+                        .strip_prefix("gets ")
+                        .or_else(|| line.strip_prefix("get "))
+                    {
+                        recorded.lock().unwrap().push(line.clone());
+                        if keys.split(' ').any(|key| key == "hold") {
+                            tokio::time::sleep(HOLD).await;
+                        }
+                        "END\r\n".to_string()
+                    } else {
+                        "ERROR\r\n".to_string()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (lines, accepted)
+}
+
+const HOLD: Duration = Duration::from_millis(150);
+
+/// A connect given up by its caller goes on in the background, and its failure counts
+/// against the server. One begun before an outage (a black-holed host) that fails after
+/// the server came back (its probe connected on a fresh SYN while the old one waited to
+/// be sent again) said nothing about the server now in use: it counted all the same, and
+/// with a failure threshold of one marked the server that had just come back down again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_begun_before_an_outage_that_fails_after_the_return_counts_nothing() {
+    let Some((addr, listener, _queued)) = black_hole().await else {
+        return;
+    };
+    let started = Instant::now();
+    let connect_timeout = Duration::from_millis(700);
+    let first = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(30))
+        .connect_timeout(connect_timeout)
+        .failure_threshold(1)
+        .probe_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    // Given up while connecting, before the backend's timeout: counts nothing, and the
+    // connect goes on in the background until the connect timeout.
+    let given_up = first
+        .get_many_by_key_ordered("r", &["a"], Duration::from_millis(10))
+        .await;
+    assert!(given_up.is_err(), "{given_up:?}");
+    assert!(!first.is_server_down(0));
+    // A sibling's caller waits past the backend's timeout: the server is marked down.
+    let marker = first.sibling();
+    let _ = marker
+        .get_many_by_key_ordered("r", &["b"], Duration::from_millis(60))
+        .await;
+    assert!(
+        first.is_server_down(0),
+        "the black hole was never marked down"
+    );
+    // Its probe ends with it (its own slot is held by its own hung connect).
+    drop(marker);
+    let outages = first.outages();
+    // The host answers again; a third sibling's probe puts it back.
+    let _served = serve(listener);
+    let third = first.sibling();
+    while third.is_server_down(0) {
+        assert!(
+            started.elapsed() < connect_timeout - Duration::from_millis(100),
+            "the server did not come back in time for the test"
+        );
+        let _ = third.get("c").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first connect, its SYN not sent again yet, fails at its connect timeout.
+    tokio::time::sleep_until(started + connect_timeout + Duration::from_millis(100)).await;
+    // A call given up before the timeout counts what nobody was told of.
+    let _ = first
+        .get_many_by_key_ordered("r", &["hold"], Duration::from_millis(10))
+        .await;
+    assert!(
+        !first.is_server_down(0),
+        "a connect begun before the outage marked the returned server down"
+    );
+    assert_eq!(first.outages(), outages);
+}
+
+/// A connect given up by its caller and finished in the background becomes the slot's
+/// connection, without the `stats settings` query that tells memcached from a proxy: such
+/// a connection never merged queued gets (nor learnt the item size limit) for as long
+/// as it lived, on a server whose connects are slow (a SYN dropped once, a listener
+/// whose accept queue was full a moment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_a_background_connect_made_merges_gets() {
+    let Some((addr, listener, queued)) = black_hole().await else {
+        return;
+    };
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(3))
+        .failure_threshold(1000)
+        .build()
+        .unwrap();
+    // Given up while connecting: the connect goes on in the background.
+    let given_up = memcached
+        .get_many_by_key_ordered("r", &["a"], Duration::from_millis(20))
+        .await;
+    assert!(given_up.is_err(), "{given_up:?}");
+    // The host accepts again; the connect's SYN, sent again, is answered.
+    let (lines, accepted) = serve(listener);
+    let until = Instant::now() + Duration::from_secs(3);
+    while *accepted.lock().unwrap() <= queued.len() {
+        assert!(Instant::now() < until, "the background connect never came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let held = tokio::spawn({
+        let memcached = memcached.clone();
+        async move { memcached.get("hold").await }
+    });
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("hold"))
+    {
+        assert!(Instant::now() < until, "the held get never came");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
+    let gets = keys.iter().map(|key| memcached.get(key));
+    for got in futures_util::future::join_all(gets).await {
+        assert!(got.unwrap().is_none());
+    }
+    held.await.unwrap().unwrap();
+    assert_eq!(
+        *accepted.lock().unwrap(),
+        queued.len() + 1,
+        "the gets went to another connection than the background connect's"
+    );
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|line| line.split(' ').count() > 2),
+        "gets queued behind another were never merged: {lines:?}"
+    );
+}
+
+/// A memcached whose first connection answers `stats` only after `first_stats_after`
+/// (reading nothing meanwhile), later connections at once; gets all miss, one of key
+/// `hold` answered after [`HOLD`]. Records the get lines and counts the `stats` asked.
+async fn slow_first_settings(
+    first_stats_after: Duration,
+) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stats = Arc::new(Mutex::new(0));
+    let (recorded, asked) = (Arc::clone(&lines), Arc::clone(&stats));
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((socket, _)) = listener.accept().await {
+            let (recorded, asked) = (Arc::clone(&recorded), Arc::clone(&asked));
+            let delay = if std::mem::take(&mut first) {
+                first_stats_after
+            } else {
+                Duration::ZERO
+            };
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut read = BufReader::new(read).lines();
+                while let Ok(Some(line)) = read.next_line().await {
+                    let reply = if line.starts_with("stats") {
+                        *asked.lock().unwrap() += 1;
+                        tokio::time::sleep(delay).await;
+                        "STAT item_size_max 1048576\r\nEND\r\n".to_string()
+                    } else if let Some(keys) = line
+                        .strip_prefix("gets ")
+                        .or_else(|| line.strip_prefix("get "))
+                    {
+                        recorded.lock().unwrap().push(line.clone());
+                        if keys.split(' ').any(|key| key == "hold") {
+                            tokio::time::sleep(HOLD).await;
+                        }
+                        "END\r\n".to_string()
+                    } else {
+                        "ERROR\r\n".to_string()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines, stats)
+}
+
+/// A new connection's `stats settings` query that outlasts the connection's stall check
+/// (a memcached that pauses a moment as a connection opens, behind a connect timeout
+/// longer than twice the backend's timeout) ends with the connection closed by this
+/// client, not by the server: it was taken for a server that closes connections on
+/// `stats` (twemproxy), and no later connection asked again until the server was marked
+/// down and up, so none merged gets nor learnt the item size limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_query_that_stalls_does_not_stop_later_connections_asking() {
+    let (addr, lines, stats) = slow_first_settings(Duration::from_millis(400)).await;
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(50))
+        .connect_timeout(Duration::from_secs(1))
+        .failure_threshold(1000)
+        .build()
+        .unwrap();
+    // The first connection stalls on its settings query and is closed by its stall check.
+    let _ = memcached.get("first").await;
+    let _ = memcached.get("second").await;
+    let held = tokio::spawn({
+        let memcached = memcached.clone();
+        async move { memcached.get("hold").await }
+    });
+    let until = Instant::now() + Duration::from_secs(2);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("hold"))
+    {
+        assert!(Instant::now() < until, "the held get never came");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
+    let gets = keys.iter().map(|key| memcached.get(key));
+    for got in futures_util::future::join_all(gets).await {
+        assert!(got.unwrap().is_none());
+    }
+    held.await.unwrap().unwrap();
+    assert!(
+        *stats.lock().unwrap() >= 2,
+        "no connection after the stalled one asked stats settings"
+    );
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|line| line.split(' ').count() > 2),
+        "gets queued behind another were never merged: {lines:?}"
+    );
+}
+
+/// A memcached that accepts connections and never answers (a stopped process).
+async fn mute() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// A server that accepts and never answers, behind callers bounded tighter than the
+/// backend's timeout and a connect timeout longer than the stall check: each new
+/// connection's `stats settings` query, running on in a task of its own, is still waiting
+/// when the stall check ends the connection, and the stall must count all the same (and
+/// the query, which the server did not refuse, must not be given up for good). Held: a
+/// guard for the settings query's handling of a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mute_server_behind_a_long_connect_timeout_and_tight_callers_is_marked_down() {
+    let addr = mute().await;
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(50))
+        .connect_timeout(Duration::from_secs(1))
+        .failure_threshold(2)
+        .build()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && !memcached.is_server_down(0) {
+        let outcome = memcached
+            .get_many_by_key_ordered("r", &["k"], Duration::from_millis(20))
+            .await;
+        assert!(outcome.is_err(), "{outcome:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        memcached.is_server_down(0),
+        "a server that never answers stayed in use for 2 s of lookups"
+    );
+}
+
+/// A connect finished in the background runs on its caller's runtime. That runtime shut
+/// down mid-connect (a per-thread runtime ending) drops the task: the slot's connecting
+/// lock it held is released, so callers on another runtime connect the slot again rather
+/// than wait on it for ever. Held.
+#[test]
+fn a_background_connect_dropped_with_its_runtime_releases_the_slot() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some((addr, listener, queued)) = main.block_on(black_hole()) else {
+        return;
+    };
+    let memcached = TcpBackend::builder()
+        .server(&addr)
+        .connections_per_server(1)
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(5))
+        .failure_threshold(1000)
+        .build()
+        .unwrap();
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let given_up =
+        doomed.block_on(memcached.get_many_by_key_ordered("r", &["a"], Duration::from_millis(20)));
+    assert!(given_up.is_err(), "{given_up:?}");
+    // The connect goes on in the background, on the runtime now dropped.
+    drop(doomed);
+    main.block_on(async {
+        let (_, accepted) = serve(listener);
+        // The queue drained: a new connect is answered at once.
+        while *accepted.lock().unwrap() < queued.len() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        let got = memcached.get("b").await;
+        assert!(got.is_ok(), "{got:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "the slot waited {:?} for a connect dropped with its runtime",
+            started.elapsed()
+        );
+    });
+}
