@@ -346,7 +346,7 @@ async fn a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_d
     let (addr, _) = fake_server(Answer::Never).await;
     let memcached = health_checked(&addr, TIMEOUT);
     // Light traffic: the stall tick mostly finds nobody waiting.
-    lookups_until_marked_down(
+    support::fake_memcached::lookups_until_marked_down(
         &memcached,
         Duration::from_secs(3),
         Duration::from_millis(400),
@@ -356,22 +356,6 @@ async fn a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_d
         memcached.is_server_down(0),
         "a hung server stayed in use for 3 s of lookups"
     );
-}
-
-/// Reads as the layer does (bounded by a 50 ms lookup timeout, none answered), one after
-/// another `pause` apart, until the server is marked down or `within` has passed.
-async fn lookups_until_marked_down(memcached: &TcpBackend, within: Duration, pause: Duration) {
-    let until = Instant::now() + within;
-    while Instant::now() < until && !memcached.is_server_down(0) {
-        let outcome = tokio::time::timeout(
-            Duration::from_secs(2),
-            memcached.get_many_by_key_ordered("r", &["g", "e"], Duration::from_millis(50)),
-        )
-        .await
-        .expect("a read outlived its deadline");
-        assert!(outcome.is_err(), "{outcome:?}");
-        tokio::time::sleep(pause).await;
-    }
 }
 
 /// [`a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down`], the
@@ -385,7 +369,7 @@ async fn lookups_until_marked_down(memcached: &TcpBackend, within: Duration, pau
 async fn a_stopped_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down() {
     let (addr, connections) = fake_server(Answer::Silent).await;
     let memcached = health_checked(&addr, TIMEOUT);
-    lookups_until_marked_down(
+    support::fake_memcached::lookups_until_marked_down(
         &memcached,
         Duration::from_secs(2),
         Duration::from_millis(10),

@@ -10,35 +10,12 @@ mod support;
 mod tcp {
     use std::time::Duration;
 
-    use tokio::net::TcpSocket;
     use tokio::time::Instant;
     use tower_memcache::backend::{Backend, TcpBackend};
 
-    const TIMEOUT: Duration = Duration::from_millis(100);
+    use crate::support;
 
-    /// A memcached host that no longer completes connections: a listener whose accept
-    /// queue is full (nothing accepts), so the kernel drops further SYNs and a connect
-    /// hangs, as it does to a host gone from the network behind a firewall that drops.
-    /// The listener and the queued connections are returned, to be kept open.
-    async fn black_hole() -> (String, tokio::net::TcpListener, Vec<std::net::TcpStream>) {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(0).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut queued = Vec::new();
-        for _ in 0..8 {
-            let connect = tokio::task::spawn_blocking(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
-            });
-            match connect.await.unwrap() {
-                Ok(stream) => queued.push(stream),
-                Err(_) => return (addr.to_string(), listener, queued),
-            }
-        }
-        // Never full (another kernel's rules): connects complete, and nothing answers on
-        // them, which must get the server marked down as well.
-        (addr.to_string(), listener, queued)
-    }
+    const TIMEOUT: Duration = Duration::from_millis(100);
 
     /// A hung connect behind a layer whose lookup timeout is shorter than the backend's
     /// (the proxy's `--cache-timeout 50ms` with its backend timeout of 100 ms): every
@@ -49,24 +26,22 @@ mod tcp {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_host_that_never_completes_a_connect_behind_a_shorter_lookup_timeout_is_marked_down()
     {
-        let (addr, _listener, _queued) = black_hole().await;
+        // Where the queue never fills, connects complete and nothing answers on them, which
+        // must get the server marked down as well.
+        let hole = support::fake_memcached::black_hole().await;
+        let addr = hole.addr.clone();
         let memcached = TcpBackend::builder()
             .server(&addr)
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
             .build()
             .unwrap();
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until && !memcached.is_server_down(0) {
-            let outcome = tokio::time::timeout(
-                Duration::from_secs(2),
-                memcached.get_many_by_key_ordered("r", &["g", "e"], Duration::from_millis(50)),
-            )
-            .await
-            .expect("a read outlived its deadline");
-            assert!(outcome.is_err(), "{outcome:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::fake_memcached::lookups_until_marked_down(
+            &memcached,
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+        )
+        .await;
         assert!(
             memcached.is_server_down(0),
             "a host that never completes a connect stayed in use for 2 s of lookups"
@@ -90,41 +65,10 @@ mod tcp {
     async fn slow_settings_server(
         stats_after: Duration,
     ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let recorded = std::sync::Arc::clone(&lines);
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let recorded = std::sync::Arc::clone(&recorded);
-                tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut read = BufReader::new(read).lines();
-                    while let Ok(Some(line)) = read.next_line().await {
-                        let reply = if line.starts_with("stats") {
-                            tokio::time::sleep(stats_after).await;
-                            "STAT item_size_max 1048576\r\nEND\r\n".to_string()
-                        } else if let Some(keys) = line
-                            .strip_prefix("gets ")
-                            .or_else(|| line.strip_prefix("get "))
-                        {
-                            recorded.lock().unwrap().push(line.clone());
-                            if keys.split(' ').any(|key| key == "hold") {
-                                tokio::time::sleep(HOLD).await;
-                            }
-                            "END\r\n".to_string()
-                        } else {
-                            "ERROR\r\n".to_string()
-                        };
-                        if write.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, lines)
+        let served = support::fake_memcached::serve(listener, move |_| stats_after, HOLD);
+        (addr, served.lines)
     }
 
     const HOLD: Duration = Duration::from_millis(150);

@@ -11,72 +11,23 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket};
+use support::fake_memcached;
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower_memcache::backend::{Backend, TcpBackend};
 
-/// A memcached host that no longer completes connections: a listener whose accept queue
-/// is full (nothing accepts), so the kernel drops further SYNs and a connect hangs until
-/// its SYN is sent again (after a second on Linux). The listener and the queued
-/// connections are returned, to be kept open; `None` where the queue never fills.
+/// [`fake_memcached::black_hole`], or `None` where the accept queue never fills.
 async fn black_hole() -> Option<(String, TcpListener, Vec<std::net::TcpStream>)> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..8 {
-        let connect = tokio::task::spawn_blocking(move || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
-        });
-        match connect.await.unwrap() {
-            Ok(stream) => queued.push(stream),
-            Err(_) => return Some((addr.to_string(), listener, queued)),
-        }
-    }
-    None
+    let hole = fake_memcached::black_hole().await;
+    hole.full.then_some((hole.addr, hole.listener, hole.queued))
 }
 
-/// Serves `listener` from now on as a memcached would: `version`, `stats` (a settings
-/// listing), gets (all misses; one of key `hold` answered after [`HOLD`]), recording the
-/// get lines it reads and counting the connections it accepts.
+/// Serves `listener` from now on as a memcached would (see [`fake_memcached::serve`]):
+/// settings answered at once, a get of key `hold` after [`HOLD`]. The get lines read and
+/// the connections accepted.
 fn serve(listener: TcpListener) -> (Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let accepted = Arc::new(Mutex::new(0));
-    let (recorded, counted) = (Arc::clone(&lines), Arc::clone(&accepted));
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            *counted.lock().unwrap() += 1;
-            let recorded = Arc::clone(&recorded);
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut read = BufReader::new(read).lines();
-                while let Ok(Some(line)) = read.next_line().await {
-                    let reply = if line.starts_with("version") {
-                        "VERSION 1.6.0\r\n".to_string()
-                    } else if line.starts_with("stats") {
-                        "STAT item_size_max 1048576\r\nEND\r\n".to_string()
-                    } else if let Some(keys) = line
-                        .strip_prefix("gets ")
-                        .or_else(|| line.strip_prefix("get "))
-                    {
-                        recorded.lock().unwrap().push(line.clone());
-                        if keys.split(' ').any(|key| key == "hold") {
-                            tokio::time::sleep(HOLD).await;
-                        }
-                        "END\r\n".to_string()
-                    } else {
-                        "ERROR\r\n".to_string()
-                    };
-                    if write.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (lines, accepted)
+    let served = fake_memcached::serve(listener, |_| Duration::ZERO, HOLD);
+    (served.lines, served.accepted)
 }
 
 const HOLD: Duration = Duration::from_millis(150);
@@ -215,46 +166,15 @@ async fn slow_first_settings(
 ) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stats = Arc::new(Mutex::new(0));
-    let (recorded, asked) = (Arc::clone(&lines), Arc::clone(&stats));
-    tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((socket, _)) = listener.accept().await {
-            let (recorded, asked) = (Arc::clone(&recorded), Arc::clone(&asked));
-            let delay = if std::mem::take(&mut first) {
-                first_stats_after
-            } else {
-                Duration::ZERO
-            };
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut read = BufReader::new(read).lines();
-                while let Ok(Some(line)) = read.next_line().await {
-                    let reply = if line.starts_with("stats") {
-                        *asked.lock().unwrap() += 1;
-                        tokio::time::sleep(delay).await;
-                        "STAT item_size_max 1048576\r\nEND\r\n".to_string()
-                    } else if let Some(keys) = line
-                        .strip_prefix("gets ")
-                        .or_else(|| line.strip_prefix("get "))
-                    {
-                        recorded.lock().unwrap().push(line.clone());
-                        if keys.split(' ').any(|key| key == "hold") {
-                            tokio::time::sleep(HOLD).await;
-                        }
-                        "END\r\n".to_string()
-                    } else {
-                        "ERROR\r\n".to_string()
-                    };
-                    if write.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    let after = move |n: usize| {
+        if n == 0 {
+            first_stats_after
+        } else {
+            Duration::ZERO
         }
-    });
-    (addr, lines, stats)
+    };
+    let served = fake_memcached::serve(listener, after, HOLD);
+    (addr, served.lines, served.stats_asked)
 }
 
 /// A new connection's `stats settings` query that outlasts the connection's stall check

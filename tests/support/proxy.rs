@@ -72,57 +72,45 @@ fn build_binary() -> PathBuf {
 
 /// The proxy in front of `upstream`, on one thread unless `args` say otherwise.
 pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> Proxy {
-    let (child, addr) = spawn_listening(|addr| {
-        let mut command = Command::new(proxy_binary());
-        command
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--upstream",
-                &format!("http://{upstream}"),
-                "--threads",
-                "1",
-                "--access-log",
-                "off",
-            ])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        command
-    });
+    let (child, addr) = spawn_listening(|addr| proxy_command(addr, upstream, args));
     Proxy { child, addr }
 }
 
 /// [`start_proxy`] with `--metrics` on a port of its own, which is returned: chosen anew
 /// with the listening port whenever the proxy has to be started again (see
 /// [`spawn_listening`]), as either port may have been taken meanwhile.
-#[allow(dead_code)] // Not every test file that has `support` serves metrics.
 pub fn start_proxy_with_metrics(upstream: SocketAddr, args: &[&str]) -> (Proxy, SocketAddr) {
     let metrics = std::cell::Cell::new(None);
     let (child, addr) = spawn_listening(|addr| {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
         metrics.set(Some(metrics_addr));
-        let mut command = Command::new(proxy_binary());
-        command
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--upstream",
-                &format!("http://{upstream}"),
-                "--threads",
-                "1",
-                "--access-log",
-                "off",
-                "--metrics",
-                &metrics_addr.to_string(),
-            ])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut command = proxy_command(addr, upstream, args);
+        command.args(["--metrics", &metrics_addr.to_string()]);
         command
     });
     let metrics = metrics.get().expect("spawn_listening ran the command");
     (Proxy { child, addr }, metrics)
+}
+
+/// The proxy on `addr` in front of `upstream`, on one thread unless `args` say otherwise,
+/// its output discarded.
+fn proxy_command(addr: SocketAddr, upstream: SocketAddr, args: &[&str]) -> Command {
+    let mut command = Command::new(proxy_binary());
+    command
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--threads",
+            "1",
+            "--access-log",
+            "off",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
 }
 
 /// Spawns the command `command(addr)` builds, which is to listen on `addr`, and waits until
