@@ -96,26 +96,7 @@ mod tcp {
             .await;
         assert!(first.is_err(), "{first:?}");
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let held = tokio::spawn({
-            let memcached = memcached.clone();
-            async move { memcached.get("hold").await }
-        });
-        let until = Instant::now() + Duration::from_secs(2);
-        while !lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.contains("hold"))
-        {
-            assert!(Instant::now() < until, "the held get never came");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
-        let gets = keys.iter().map(|key| memcached.get(key));
-        for got in futures_util::future::join_all(gets).await {
-            assert!(got.unwrap().is_none());
-        }
-        held.await.unwrap().unwrap();
+        support::fake_memcached::gets_queued_behind_a_held_one(&memcached, &lines).await;
         let lines = lines.lock().unwrap().clone();
         assert!(
             lines.iter().any(|line| line.split(' ').count() > 2),

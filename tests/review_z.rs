@@ -127,25 +127,7 @@ async fn a_connection_a_background_connect_made_merges_gets() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let held = tokio::spawn({
-        let memcached = memcached.clone();
-        async move { memcached.get("hold").await }
-    });
-    while !lines
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|line| line.contains("hold"))
-    {
-        assert!(Instant::now() < until, "the held get never came");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
-    let gets = keys.iter().map(|key| memcached.get(key));
-    for got in futures_util::future::join_all(gets).await {
-        assert!(got.unwrap().is_none());
-    }
-    held.await.unwrap().unwrap();
+    fake_memcached::gets_queued_behind_a_held_one(&memcached, &lines).await;
     assert_eq!(
         *accepted.lock().unwrap(),
         queued.len() + 1,
@@ -197,26 +179,7 @@ async fn a_settings_query_that_stalls_does_not_stop_later_connections_asking() {
     // The first connection stalls on its settings query and is closed by its stall check.
     let _ = memcached.get("first").await;
     let _ = memcached.get("second").await;
-    let held = tokio::spawn({
-        let memcached = memcached.clone();
-        async move { memcached.get("hold").await }
-    });
-    let until = Instant::now() + Duration::from_secs(2);
-    while !lines
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|line| line.contains("hold"))
-    {
-        assert!(Instant::now() < until, "the held get never came");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
-    let gets = keys.iter().map(|key| memcached.get(key));
-    for got in futures_util::future::join_all(gets).await {
-        assert!(got.unwrap().is_none());
-    }
-    held.await.unwrap().unwrap();
+    fake_memcached::gets_queued_behind_a_held_one(&memcached, &lines).await;
     assert!(
         *stats.lock().unwrap() >= 2,
         "no connection after the stalled one asked stats settings"

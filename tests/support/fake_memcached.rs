@@ -139,3 +139,37 @@ pub async fn lookups_until_marked_down(
         tokio::time::sleep(pause).await;
     }
 }
+
+/// Sends a get of key `hold` (which a [`serve`]d listener answers late) and, once the
+/// listener has read it, six gets that queue behind it, all misses; returns when all are
+/// answered. Whether the six went out merged shows in the get lines the listener read.
+#[cfg(feature = "tcp")]
+pub async fn gets_queued_behind_a_held_one(
+    memcached: &tower_memcache::backend::TcpBackend,
+    lines: &Mutex<Vec<String>>,
+) {
+    use tower_memcache::backend::Backend;
+    let held = tokio::spawn({
+        let memcached = memcached.clone();
+        async move { memcached.get("hold").await }
+    });
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("hold"))
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the held get never came"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let keys: Vec<String> = (0..6).map(|i| format!("queued{i}")).collect();
+    let gets = keys.iter().map(|key| memcached.get(key));
+    for got in futures_util::future::join_all(gets).await {
+        assert!(got.unwrap().is_none());
+    }
+    held.await.unwrap().unwrap();
+}
