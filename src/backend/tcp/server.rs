@@ -26,13 +26,6 @@ use super::connection::{Connection, ConnectionSettings, Elapsed, deadline_in};
 use super::protocol::{self, Reply};
 use crate::backend::{BackendError, UnreachableReason};
 
-/// The `stats settings` request a new connection sends first.
-fn settings_request() -> Bytes {
-    let mut request = BytesMut::new();
-    protocol::encode_stats(&mut request, Some("settings"));
-    request.freeze()
-}
-
 /// memcached refuses an `-I` below 1 KiB; a smaller `item_size_max` is not believed.
 const MIN_ITEM_SIZE_MAX: usize = 1024;
 
@@ -99,6 +92,16 @@ impl Health {
         since.is_some()
             && self.state.load(Ordering::SeqCst) == UP
             && Some(self.epoch.load(Ordering::SeqCst)) == since
+    }
+
+    /// Asks a new connection for `stats settings`, bounded by `within`, and takes the
+    /// answer ([`settings_answered`](Self::settings_answered)): whether the connection is
+    /// still of use.
+    async fn query_settings(&self, server: &str, conn: &Connection, within: Instant) -> bool {
+        let mut request = BytesMut::new();
+        protocol::encode_stats(&mut request, Some("settings"));
+        let reply = conn.call(request.freeze(), Some(within)).await;
+        self.settings_answered(server, conn, reply)
     }
 
     /// What a new connection's `stats settings` answered (see
@@ -570,14 +573,10 @@ impl Server {
                 // Asked as a caller's new connection is: without the answer the connection
                 // never merged gets (nor learnt the item size limit) for as long as it
                 // lived. Given up when the query cost it: the next caller connects again.
-                Ok(conn) if health.ask_settings.load(Ordering::Acquire) => {
-                    let reply = conn
-                        .call(settings_request(), Some(deadline_in(connect_timeout)))
-                        .await;
-                    health
-                        .settings_answered(&name, &conn, reply)
-                        .then_some(Ok(conn))
-                }
+                Ok(conn) if health.ask_settings.load(Ordering::Acquire) => health
+                    .query_settings(&name, &conn, deadline_in(connect_timeout))
+                    .await
+                    .then_some(Ok(conn)),
                 outcome => Some(outcome),
             };
             slot.settle(outcome, &health, since);
@@ -603,17 +602,13 @@ impl Server {
         settings: &ConnectionSettings,
         deadline: Instant,
     ) -> bool {
-        let request = settings_request();
         let within = deadline_in(settings.connect_timeout);
         let (conn, health, name) = (
             Arc::clone(conn),
             Arc::clone(&self.health),
             Arc::clone(&self.name),
         );
-        let query = tokio::spawn(async move {
-            let reply = conn.call(request, Some(within)).await;
-            health.settings_answered(&name, &conn, reply)
-        });
+        let query = tokio::spawn(async move { health.query_settings(&name, &conn, within).await });
         match tokio::time::timeout_at(deadline, query).await {
             Ok(Ok(kept)) => kept,
             // Too slow for this caller (the answer is still taken when it comes), or the
