@@ -359,6 +359,28 @@ async fn a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_d
 }
 
 /// [`a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down`], the
+/// server trickling its replies a byte at a time rather than sending none: bytes kept
+/// counting as progress, so the stall check never ended the connection, and every lookup
+/// for the server's keys paid its whole limit for as long as the server trickled. Only a
+/// completed reply counts now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down() {
+    // A two-key reply is about 55 bytes: over half a second, against a 200 ms stall check.
+    let (addr, _) = fake_server(Answer::Trickle(Duration::from_millis(10))).await;
+    let memcached = health_checked(&addr, TIMEOUT);
+    support::fake_memcached::lookups_until_marked_down(
+        &memcached,
+        Duration::from_secs(3),
+        Duration::from_millis(100),
+    )
+    .await;
+    assert!(
+        memcached.is_server_down(0),
+        "a trickling server stayed in use for 3 s of lookups"
+    );
+}
+
+/// [`a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down`], the
 /// server stopped before its connections were open: the new connection's `stats settings`
 /// waited for the connect timeout, longer than the lookup's limit, so every lookup gave up
 /// while connecting, dropped the half-made connection and said nothing. Each request opened

@@ -88,7 +88,7 @@ const MAX_SYNC_BATCHES: usize = 3;
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionSettings {
     pub(crate) connect_timeout: Duration,
-    /// A reply that makes no progress for this long ends the connection.
+    /// Requests outstanding with no reply completed for this long end the connection.
     pub(crate) stall_timeout: Duration,
     /// Requests accepted but not yet answered (written, or in the backlog), at most; further
     /// callers wait for a reply to free a slot.
@@ -956,8 +956,12 @@ async fn read_replies(
     let mut seen_by_ticker = None;
     // Stall detection without a timer per read: a tick every `stall_timeout`; a tick that
     // finds requests outstanding that were already outstanding at the previous tick, with no
-    // byte read in between, ends the connection. A stalled reply is so noticed after one to
-    // two `stall_timeout`s. One too large to add (`Duration::MAX`) never ticks.
+    // reply completed in between, ends the connection. A stalled reply is so noticed after
+    // one to two `stall_timeout`s. Bytes alone are not progress: a server that trickles a
+    // reply a byte at a time would otherwise hold every caller bounded tighter than the
+    // timeout (the layer's lookup limit) at its deadline, forever, and never be marked down;
+    // a reply that takes a whole `stall_timeout` to arrive has timed out its caller anyway.
+    // One too large to add (`Duration::MAX`) never ticks.
     let mut ticker =
         tokio::time::interval_at(deadline_in(settings.stall_timeout), settings.stall_timeout);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -968,7 +972,7 @@ async fn read_replies(
             biased;
             read = socket.read_buf(&mut buf) => match read {
                 Ok(0) => return unreachable(server, UnreachableReason::ClosedByPeer),
-                Ok(_) => progress = true,
+                Ok(_) => {}
                 Err(err) => return unreachable(server, UnreachableReason::Read(Arc::new(err))),
             },
             () = poll_fn(|cx| shared.poll_deadlines(cx)) => continue,
@@ -1065,6 +1069,7 @@ async fn read_replies(
             None => {}
         }
         if delivered > 0 {
+            progress = true;
             shared.take_over_stale_yield(&mut seen_by_reader);
         }
     }

@@ -252,8 +252,8 @@ impl TcpBackendBuilder {
         let ring = Ring::new(&specs);
         let settings = ConnectionSettings {
             connect_timeout: self.connect_timeout,
-            // A reply that makes no progress for twice the call timeout means the server
-            // is stuck; every caller has long given up on it.
+            // No reply completed for twice the call timeout, with requests outstanding,
+            // means the server is stuck (or trickling); every caller has long given up.
             stall_timeout: self
                 .timeout
                 .saturating_mul(2)
