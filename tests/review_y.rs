@@ -525,4 +525,52 @@ mod late_release {
         assert_eq!(again.body, "v1");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
+
+    /// Clients that hang up during their misses, faster than the releases of their
+    /// placeholders finish (a slow memcached): each release is a background task bounded
+    /// in time only, so their number grew with the rate of hang-ups. Past the layer's cap
+    /// on best-effort work a placeholder is left to expire instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn releases_of_dropped_leases_are_bounded_in_number() {
+        let gate = Arc::new(Semaphore::new(0));
+        let backend = HeldRelease {
+            inner: MemoryBackend::new(),
+            gate: Arc::clone(&gate),
+        };
+        let layer = MemcacheLayer::new(backend)
+            .namespace("review-y-many-releases")
+            .lookup_timeout(Duration::from_secs(20));
+        let background = layer.background();
+        let inner = tower::service_fn(|_request: Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("late"))))
+        });
+        let svc = tower::Layer::layer(&layer, inner);
+        let clients: Vec<_> = (0..1500)
+            .map(|i| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let url = format!("http://review-y.test/many/{i}");
+                    tokio::time::timeout(
+                        Duration::from_millis(200),
+                        support::send(&svc, Method::GET, &url, &[]),
+                    )
+                    .await
+                    .is_err()
+                })
+            })
+            .collect();
+        for client in clients {
+            assert!(client.await.unwrap(), "a request came back from the origin");
+        }
+        let running = background.running();
+        assert!(
+            running > 500 && running <= 1024,
+            "{running} background tasks for 1500 dropped leases"
+        );
+        gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        tokio::time::timeout(Duration::from_secs(10), background.idle())
+            .await
+            .expect("the releases finished once memcached answered");
+    }
 }

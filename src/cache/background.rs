@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+/// Background tasks of a layer beyond which best-effort work is skipped
+/// ([`Background::spawn_best_effort`]).
+pub(crate) const MAX_BEST_EFFORT: usize = 1024;
+
 /// A handle on a layer's background work. Get one from
 /// [`MemcacheLayer::background`](super::MemcacheLayer::background); clones share it.
 ///
@@ -84,6 +88,17 @@ impl Background {
             task.await;
         });
         true
+    }
+
+    /// [`spawn`](Self::spawn), unless the layer already runs [`MAX_BEST_EFFORT`] background
+    /// tasks: for work whose skipping has a bounded cost (a placeholder left to expire, an
+    /// epoch write the next full read makes up for), so that a dead server or clients
+    /// hanging up en masse cannot grow it with the request rate.
+    pub(crate) fn spawn_best_effort<F>(&self, task: F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.running() < MAX_BEST_EFFORT && self.spawn(task)
     }
 
     /// How many background tasks are running now.

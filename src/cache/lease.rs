@@ -70,8 +70,15 @@ impl<B: Backend> Drop for Lease<B> {
             self.placeholder,
         );
         // Dropped during its add, or after giving up on it: the add may still land.
-        self.background.spawn(async move {
+        // Best effort: skipped, the placeholder holds the URL until its own hold time
+        // ends, as one whose process died would.
+        let started = self.background.spawn_best_effort(async move {
             storage.release_unsure(&key, placeholder).await;
         });
+        if !started {
+            tracing::debug!(
+                "lease dropped; too much background work to release it, left to expire"
+            );
+        }
     }
 }

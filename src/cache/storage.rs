@@ -73,9 +73,6 @@ pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
 /// land and find it ([`Storage::release_unsure`]), short enough to be gone soon.
 const RELEASED_FOR: Duration = Duration::from_secs(1);
 
-/// Background tasks of a layer beyond which a failed write's second epoch write is
-/// skipped.
-const MAX_LATER_BUMPS: usize = 1024;
 /// Store epochs per server: a replacement makes a near tier read again in full only the
 /// entries of its stripe. Part of the layout every process sharing a namespace agrees on.
 pub(crate) const EPOCH_STRIPES: usize = 64;
@@ -829,15 +826,12 @@ impl<B: Backend> Storage<B> {
     /// a write that failed (timed out) may still land after the first bump, from the
     /// socket it was written to, and a first bump may itself have failed.
     ///
-    /// Best effort, and bounded: not when the layer already runs
-    /// [`MAX_LATER_BUMPS`] background tasks (a dead server fails every write; the full
-    /// read every 8 windows still bounds what a skipped one would have shown).
+    /// Best effort, and bounded ([`Background::spawn_best_effort`]): a dead server fails
+    /// every write; the full read every 8 windows still bounds what a skipped one would
+    /// have shown.
     fn bump_epoch_later(&self, route: &str) {
-        if self.background.running() >= MAX_LATER_BUMPS {
-            return;
-        }
         let (storage, route) = (self.clone(), route.to_owned());
-        self.background.spawn(async move {
+        self.background.spawn_best_effort(async move {
             tokio::time::sleep(storage.timeout).await;
             storage.bump_epoch(&route).await;
         });
