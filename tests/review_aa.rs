@@ -37,7 +37,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tower::ServiceExt;
 
-use tower_memcache::backend::MemoryBackend;
+use tower_memcache::backend::{Backend, MemoryBackend};
 use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, ResponseBody};
 
 // ---------------------------------------------------------------------------------------
@@ -85,6 +85,14 @@ const CACHE_CONTROLS: &[Option<&str>] = &[
     Some("max-age=60, private=\"x-made-for\""),
     Some("public, max-age=60, private"),
 ];
+const REUSABLE: &[Option<&str>] = &[
+    Some("max-age=60"),
+    Some("public, max-age=60"),
+    Some("s-maxage=60"),
+    Some("max-age=60, must-revalidate"),
+    Some("max-age=0, stale-while-revalidate=60"),
+    Some("no-cache, max-age=60"),
+];
 const CDN_CACHE_CONTROLS: &[Option<&str>] = &[
     None,
     None,
@@ -112,7 +120,11 @@ const VARIES: &[&[&str]] = &[
 fn policy() -> impl Strategy<Value = Policy> {
     (
         proptest::sample::select(STATUSES),
-        proptest::sample::select(CACHE_CONTROLS),
+        // Half the paths reusable for a while, so that requests meet stored answers.
+        prop_oneof![
+            proptest::sample::select(CACHE_CONTROLS),
+            proptest::sample::select(REUSABLE),
+        ],
         proptest::sample::select(CDN_CACHE_CONTROLS),
         proptest::sample::select(VARIES),
         any::<[bool; 6]>(),
@@ -147,6 +159,7 @@ const HOSTS: &[&str] = &[
     "example.com:80",
     "example.com.",
     "example.com:8080",
+    "example.com:443",
     "other.test",
 ];
 
@@ -159,6 +172,8 @@ enum Form {
     Absolute,
     /// `http://host/path` and the same `Host`.
     AbsoluteWithHost,
+    /// `https://host/path`, no `Host`: another scheme, another key.
+    AbsoluteHttps,
     /// `http://host/path` and `Host: other.test`.
     AbsoluteOtherHost,
     /// `/path` and two `Host` fields.
@@ -299,6 +314,7 @@ fn target() -> impl Strategy<Value = Target> {
     let form = prop_oneof![
         6 => Just(Form::Origin),
         3 => Just(Form::Absolute),
+        1 => Just(Form::AbsoluteHttps),
         1 => Just(Form::AbsoluteWithHost),
         1 => Just(Form::AbsoluteOtherHost),
         1 => Just(Form::TwoHosts),
@@ -312,9 +328,9 @@ fn target() -> impl Strategy<Value = Target> {
     )
 }
 
-/// A field of the pool one time in three.
+/// A field of the pool one time in five (most requests carry two or three).
 fn sometimes(pool: &'static [Option<&'static str>]) -> impl Strategy<Value = Option<&'static str>> {
-    prop_oneof![2 => Just(None), 1 => proptest::sample::select(pool)]
+    prop_oneof![4 => Just(None), 1 => proptest::sample::select(pool)]
 }
 
 /// A method, the index of a target in the case's pool, and request fields.
@@ -379,6 +395,8 @@ struct Case {
     /// freshness fields, never its `Vary` or validators.
     policies: Vec<Vec<Policy>>,
     steps: Vec<Step>,
+    /// The layer's `store_set_cookie`: responses with `Set-Cookie` are stored (without it).
+    store_set_cookie: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -386,8 +404,9 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::collection::vec(proptest::collection::vec(policy(), BASES.len()), 1..3),
         proptest::collection::vec(target(), TARGETS),
         proptest::collection::vec((step(), proptest::bool::weighted(0.05), purge()), 20..40),
+        any::<bool>(),
     )
-        .prop_map(|(mut policies, targets, steps)| {
+        .prop_map(|(mut policies, targets, steps, store_set_cookie)| {
             let first = policies[0].clone();
             for epoch in &mut policies[1..] {
                 for (later, first) in epoch.iter_mut().zip(&first) {
@@ -403,6 +422,7 @@ fn case() -> impl Strategy<Value = Case> {
             let mut previous: Option<(bool, usize)> = None;
             Case {
                 policies,
+                store_set_cookie,
                 steps: steps
                     .into_iter()
                     .map(|((method, target, fields, together), deploy, purge)| {
@@ -522,7 +542,8 @@ fn record(request: &Request<()>, policy: &Policy, epoch: usize) -> String {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let mut record = format!("t={target}|h={host}");
+    let scheme = request.uri().scheme_str().unwrap_or("http");
+    let mut record = format!("t={target}|h={scheme}://{host}");
     for name in policy.vary {
         if *name != "*" {
             let _ = write!(record, "|v:{name}={}", lines(headers, name));
@@ -725,10 +746,16 @@ struct Sent {
     base: Option<usize>,
 }
 
-/// `Example.COM:80` → `example.com`: the authority as the key spells it.
-fn key_authority(authority: &str) -> String {
-    let lower = authority.to_ascii_lowercase();
-    let lower = lower.strip_suffix(":80").unwrap_or(&lower);
+/// `http://Example.COM:80` → `http://example.com`: scheme and authority as the key spells
+/// them (case folded, the scheme's default port dropped).
+fn key_authority(origin: &str) -> String {
+    let lower = origin.to_ascii_lowercase();
+    let default = if lower.starts_with("https://") {
+        ":443"
+    } else {
+        ":80"
+    };
+    let lower = lower.strip_suffix(default).unwrap_or(&lower);
     lower.strip_suffix(':').unwrap_or(lower).to_string()
 }
 
@@ -1266,6 +1293,7 @@ fn request_of(step: &Step, last_etag: &HashMap<usize, String>) -> (Request<()>, 
     );
     let uri = match step.form {
         Form::Origin | Form::TwoHosts if !path.starts_with("//") => path.clone(),
+        Form::AbsoluteHttps => format!("https://{}{path}", step.host),
         _ => format!("http://{}{path}", step.host),
     };
     let mut request = Request::builder()
@@ -1279,7 +1307,7 @@ fn request_of(step: &Step, last_etag: &HashMap<usize, String>) -> (Request<()>, 
         Form::Origin | Form::AbsoluteWithHost => {
             headers.append("host", HeaderValue::from_static(step.host));
         }
-        Form::Absolute => {}
+        Form::Absolute | Form::AbsoluteHttps => {}
         Form::AbsoluteOtherHost => {
             headers.append("host", HeaderValue::from_static("other2.test"));
         }
@@ -1307,14 +1335,16 @@ fn request_of(step: &Step, last_etag: &HashMap<usize, String>) -> (Request<()>, 
         }
     }
     let hosts: Vec<HeaderValue> = headers.get_all("host").iter().cloned().collect();
+    let scheme = request.uri().scheme_str().unwrap_or("http").to_string();
+    let origin = |a: &str| key_authority(&format!("{scheme}://{a}"));
     let key = match (authority, hosts.as_slice()) {
         (_, [_, _, ..]) => None,
-        (Some(a), [h]) if key_authority(&a) != key_authority(h.to_str().unwrap()) => None,
+        (Some(a), [h]) if origin(&a) != origin(h.to_str().unwrap()) => None,
         (Some(a), _) => Some(a),
         (None, [h]) => Some(h.to_str().unwrap().to_string()),
         (None, []) => None,
     }
-    .map(|a| format!("{}|{path}", key_authority(&a)));
+    .map(|a| format!("{}|{path}", origin(&a)));
     let sent = Sent {
         step: 0,
         method: step.method.clone(),
@@ -1326,16 +1356,22 @@ fn request_of(step: &Step, last_etag: &HashMap<usize, String>) -> (Request<()>, 
     (request, sent)
 }
 
-async fn run(case: &Case, mode: CacheMode) -> Result<(), TestCaseError> {
+async fn run<B: Backend>(
+    case: &Case,
+    mode: CacheMode,
+    backend: B,
+    namespace: &str,
+) -> Result<(), TestCaseError> {
     let origin = Origin {
         policies: Arc::new(case.policies.clone()),
         epoch: Arc::default(),
         calls: Arc::default(),
     };
-    let layer = support::layer(MemoryBackend::new())
-        .namespace("review-aa")
+    let layer = support::layer(backend)
+        .namespace(namespace)
         .mode(mode)
-        .targeted_cache_control([CDN_CACHE_CONTROL]);
+        .targeted_cache_control([CDN_CACHE_CONTROL])
+        .store_set_cookie(case.store_set_cookie);
     let watch = support::Watch::of(&layer);
     let inner = {
         let origin = origin.clone();
@@ -1402,10 +1438,7 @@ async fn run(case: &Case, mode: CacheMode) -> Result<(), TestCaseError> {
             match kind {
                 Purge::Uri => sent.key.as_ref().map(|key| {
                     let (host, target) = key.split_once('|').unwrap_or_default();
-                    (
-                        PurgeScope::Key(key.clone()),
-                        format!("http://{host}{target}"),
-                    )
+                    (PurgeScope::Key(key.clone()), format!("{host}{target}"))
                 }),
                 Purge::Tag => sent
                     .base
@@ -1522,7 +1555,7 @@ fn run_blocking(case: &Case, mode: CacheMode, near: bool) -> Result<(), TestCase
         .build()
         .unwrap();
     let _near = near.then(support::NearTier::on);
-    let result = runtime.block_on(run(case, mode));
+    let result = runtime.block_on(run(case, mode, MemoryBackend::new(), "review-aa"));
     if std::env::var("REVIEW_AA_STATS").is_ok() {
         eprintln!(
             "steps {} answered from the cache {}",
@@ -1559,6 +1592,45 @@ proptest! {
     #[test]
     fn the_same_in_routes_mode(case in case()) {
         run_blocking(&case, CacheMode::Routes, false)?;
+    }
+}
+
+/// The same on a real memcached (one for the test, a namespace per case), through
+/// `TcpBackend`: entries that went through the memcached protocol and back.
+#[cfg(feature = "tcp")]
+#[test]
+fn the_same_on_memcached() {
+    let server = memcached_or_skip!("review_aa::the_same_on_memcached");
+    let addr = server.addr();
+    let cases = AtomicUsize::new(0);
+    // Fewer cases than in memory (each opens connections); `PROPTEST_CASES` still rules.
+    let cases_wanted = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(32);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases_wanted,
+        ..config()
+    });
+    let result = runner.run(&case(), |case| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = cases.fetch_add(1, Ordering::Relaxed);
+        runtime.block_on(async {
+            // As in `on_every_backend!`: a loaded machine's slow reply must not turn into a
+            // bypass that the checker would not mind, but that hides what is checked.
+            let backend = tower_memcache::backend::TcpBackend::builder()
+                .server(addr.as_str())
+                .timeout(std::time::Duration::from_secs(2))
+                .build()
+                .unwrap();
+            run(&case, CacheMode::Origin, backend, &format!("review-aa-{n}")).await
+        })
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
     }
 }
 
@@ -1610,7 +1682,7 @@ fn verdict(
         policies: vec![vec![policy.clone(), policy.clone(), policy]],
         mode: CacheMode::Origin,
         invalidated: invalidated_by
-            .map(|n| ("example.com|/a".to_string(), n))
+            .map(|n| ("http://example.com|/a".to_string(), n))
             .into_iter()
             .collect(),
         pending: Vec::new(),
@@ -1640,8 +1712,8 @@ fn verdict(
     checker.check(&sent, status, &headers, body, origin)
 }
 
-const ALICE_RECORD: &str = "t=/a|h=example.com|v:cookie=user=a|a=-|c=user=a|p=0";
-const ANONYMOUS_RECORD: &str = "t=/a|h=example.com|a=-|c=-|p=0";
+const ALICE_RECORD: &str = "t=/a|h=http://example.com|v:cookie=user=a|a=-|c=user=a|p=0";
+const ANONYMOUS_RECORD: &str = "t=/a|h=http://example.com|a=-|c=-|p=0";
 
 fn own_call(n: usize) -> Vec<(usize, Call)> {
     vec![(
