@@ -1550,10 +1550,20 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
 }
 
 fn run_blocking(case: &Case, mode: CacheMode, near: bool) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // `REVIEW_AA_THREADS=2` hunts with worker threads: other interleavings, not repeatable.
+    let runtime = match std::env::var("REVIEW_AA_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        Some(threads) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .unwrap();
     let _near = near.then(support::NearTier::on);
     let result = runtime.block_on(run(case, mode, MemoryBackend::new(), "review-aa"));
     if std::env::var("REVIEW_AA_STATS").is_ok() {
