@@ -349,7 +349,8 @@ fn step() -> impl Strategy<Value = StepParts> {
     ];
     let fields = (
         sometimes(AUTHORIZATIONS),
-        sometimes(COOKIES),
+        // Most requests come from someone: the personalised answers are what is at stake.
+        proptest::sample::select(COOKIES),
         sometimes(ACCEPT_ENCODINGS),
         sometimes(ACCEPT_LANGUAGES),
         sometimes(RANGES),
