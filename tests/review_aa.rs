@@ -7,7 +7,8 @@
 //! policy per path (status, `Cache-Control`, `CDN-Cache-Control`, `Vary`, `Set-Cookie`,
 //! validators, `Age`, fields split over lines) is drawn per case, and may change once
 //! mid-case (a deploy). Some requests go out in pairs for one URL (coalescing), some
-//! beside a purge (URI, tag, namespace).
+//! beside a purge (URI, tag, namespace), some through a second layer on the same backend
+//! (another process on the same memcached).
 //!
 //! The origin personalises and records: each body and an `x-made-for` field name the
 //! target and Host it saw, the user (`Authorization`, `Cookie`) and the value of each
@@ -279,6 +280,8 @@ struct Step {
     together: bool,
     /// A purge runs while this step's requests are in flight.
     purge: Option<Purge>,
+    /// Sent through the other layer (another process on the same memcached).
+    elsewhere: bool,
 }
 
 /// What a purge removes (`Purger`).
@@ -404,7 +407,15 @@ fn case() -> impl Strategy<Value = Case> {
     (
         proptest::collection::vec(proptest::collection::vec(policy(), BASES.len()), 1..3),
         proptest::collection::vec(target(), TARGETS),
-        proptest::collection::vec((step(), proptest::bool::weighted(0.05), purge()), 20..40),
+        proptest::collection::vec(
+            (
+                step(),
+                proptest::bool::weighted(0.05),
+                purge(),
+                proptest::bool::weighted(0.3),
+            ),
+            20..40,
+        ),
         any::<bool>(),
     )
         .prop_map(|(mut policies, targets, steps, store_set_cookie)| {
@@ -426,26 +437,29 @@ fn case() -> impl Strategy<Value = Case> {
                 store_set_cookie,
                 steps: steps
                     .into_iter()
-                    .map(|((method, target, fields, together), deploy, purge)| {
-                        let target = match previous {
-                            Some((true, before)) => before,
-                            _ => target,
-                        };
-                        previous = Some((together, target));
-                        let (base, spelling, query, host, form) = targets[target];
-                        Step {
-                            method,
-                            base,
-                            spelling,
-                            query,
-                            host,
-                            form,
-                            fields,
-                            deploy,
-                            together,
-                            purge,
-                        }
-                    })
+                    .map(
+                        |((method, target, fields, together), deploy, purge, elsewhere)| {
+                            let target = match previous {
+                                Some((true, before)) => before,
+                                _ => target,
+                            };
+                            previous = Some((together, target));
+                            let (base, spelling, query, host, form) = targets[target];
+                            Step {
+                                method,
+                                base,
+                                spelling,
+                                query,
+                                host,
+                                form,
+                                fields,
+                                deploy,
+                                together,
+                                purge,
+                                elsewhere,
+                            }
+                        },
+                    )
                     .collect(),
             }
         })
@@ -1368,12 +1382,19 @@ async fn run<B: Backend>(
         epoch: Arc::default(),
         calls: Arc::default(),
     };
-    let layer = support::layer(backend)
-        .namespace(namespace)
-        .mode(mode)
-        .targeted_cache_control([CDN_CACHE_CONTROL])
-        .store_set_cookie(case.store_set_cookie);
+    // Two layers over one backend: two processes sharing memcached (with a near tier,
+    // two layers of one process sharing it too).
+    let configure = |layer: tower_memcache::MemcacheLayer<B>| {
+        layer
+            .namespace(namespace)
+            .mode(mode)
+            .targeted_cache_control([CDN_CACHE_CONTROL])
+            .store_set_cookie(case.store_set_cookie)
+    };
+    let layer = configure(support::layer(backend.clone()));
+    let other = configure(support::layer(backend));
     let watch = support::Watch::of(&layer);
+    let watch_other = support::Watch::of(&other);
     let inner = {
         let origin = origin.clone();
         tower::service_fn(move |request: Request<()>| {
@@ -1387,7 +1408,8 @@ async fn run<B: Backend>(
             }
         })
     };
-    let svc: Svc = tower::util::BoxCloneService::new(tower::Layer::layer(&layer, inner));
+    let svc: Svc = tower::util::BoxCloneService::new(tower::Layer::layer(&layer, inner.clone()));
+    let svc_other: Svc = tower::util::BoxCloneService::new(tower::Layer::layer(&other, inner));
     let mut checker = Checker {
         policies: case.policies.clone(),
         mode,
@@ -1419,20 +1441,25 @@ async fn run<B: Backend>(
                 .insert("x-request-id", HeaderValue::from(j));
             let _ = write!(
                 log,
-                "\n#{j} {} {} {:?}",
+                "\n#{j}{} {} {} {:?}",
+                if case.steps[j].elsewhere {
+                    " (other)"
+                } else {
+                    ""
+                },
                 request.method(),
                 request.uri(),
                 request.headers()
             );
-            requests.push((request, sent));
+            requests.push((request, sent, case.steps[j].elsewhere));
         }
         let before = origin.calls.lock().unwrap().len();
         let mut sents = Vec::new();
         let mut answers = Vec::new();
         let mut futures = Vec::new();
-        for (request, sent) in requests {
+        for (request, sent, elsewhere) in requests {
             sents.push(sent);
-            futures.push(exchange(&svc, request));
+            futures.push(exchange(if elsewhere { &svc_other } else { &svc }, request));
         }
         let purge = case.steps[i].purge.map(|kind| {
             let sent = &sents[0];
@@ -1469,6 +1496,7 @@ async fn run<B: Backend>(
         }
         // Background stores and refreshes land before the next step: runs repeat.
         watch.settled().await;
+        watch_other.settled().await;
         let all_calls = origin.calls.lock().unwrap().clone();
         for ((j, sent), (parts, body)) in group.clone().zip(sents).zip(answers) {
             // The origin's answers to this request, and those to no request of ours.
@@ -1687,6 +1715,7 @@ fn verdict(
         deploy: false,
         together: false,
         purge: None,
+        elsewhere: false,
     };
     let (_, sent) = request_of(&step, &HashMap::new());
     let mut checker = Checker {
