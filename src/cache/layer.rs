@@ -340,8 +340,10 @@ impl<B: Backend> MemcacheLayer<B> {
     /// how long it is fresh or may be served stale: `max-age`, `s-maxage`, `no-store`,
     /// `no-cache`, `private`, `public`, `must-revalidate`, `proxy-revalidate`,
     /// `stale-while-revalidate`, `stale-if-error`, `must-understand`. A field that is not
-    /// a valid dictionary, or gives a known directive a value of the wrong type
-    /// (`max-age="60"`), is ignored, and `Cache-Control` applies. The fields are stored
+    /// a valid dictionary (or is empty) is ignored, and `Cache-Control` applies. A known
+    /// directive with a value of the wrong type (`max-age="60"`) is not consumed, but its
+    /// field still rules (RFC 9213 §2.1): `Cache-Control` is still set aside, and a
+    /// mistyped restrictive directive (`private=1`) still restricts. The fields are stored
     /// and forwarded unchanged, for caches downstream; a request's are never read.
     /// Lifetimes come from them only in [`CacheMode::Origin`], as from `Cache-Control`.
     /// Defaults to none (targeted fields are not obeyed; the reverse proxy example

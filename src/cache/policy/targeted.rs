@@ -8,9 +8,10 @@
 //! error handling: a field that does not parse (`max-age =60`, `MaX-aGe=60`, `max-age=1,`)
 //! is ignored as if absent, and so is an empty one. A known directive whose value has
 //! another type than the one RFC 9213 §2.1 infers for it (`max-age="60"`, `max-age=1.5`,
-//! `max-age=-1`, `no-store=?0`, `private=x`) makes the whole field invalid too (§2.1:
-//! implementations "SHOULD NOT consume values that violate these inferred constraints"),
-//! so the origin's `Cache-Control` applies rather than a guess. Unknown directives and
+//! `max-age=-1`, `private=x`) is not consumed (§2.1: implementations "SHOULD NOT consume
+//! values that violate these inferred constraints"), but the field is valid and still
+//! rules, so `Cache-Control` stays set aside; a restrictive directive with such a value
+//! still restricts (fail closed), and `?0` is simply false. Unknown directives and
 //! parameters are ignored.
 //!
 //! Targeted fields are response fields only: a request's are never read.
