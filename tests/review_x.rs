@@ -110,6 +110,21 @@ fn health_checked(addr: &str, connect_timeout: Duration) -> TcpBackend {
         .unwrap()
 }
 
+/// Lookups as the layer makes them (see `support::fake_memcached::lookups_until_marked_down`),
+/// `pause` apart for up to `within`, against a fake server answering as `answer`:
+/// whether the server was marked down, and how many connections it was sent.
+async fn marked_down_by_lookups(
+    answer: Answer,
+    within: Duration,
+    pause: Duration,
+) -> (bool, usize) {
+    let (addr, connections) = fake_server(answer).await;
+    let memcached = health_checked(&addr, TIMEOUT);
+    support::fake_memcached::lookups_until_marked_down(&memcached, within, pause).await;
+    let opened = *connections.lock().unwrap();
+    (memcached.is_server_down(0), opened)
+}
+
 /// A clone of a backend shares its connections, and so the runtime that opened them
 /// (the docs say as much). When that runtime is still there but no longer driven (a
 /// current-thread runtime that ran a warm-up `block_on` and is kept), the connection's
@@ -343,19 +358,14 @@ async fn a_timeout_of_duration_max_is_no_timeout() {
 /// down, rather than every request paying the lookup timeout for as long as it hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down() {
-    let (addr, _) = fake_server(Answer::Never).await;
-    let memcached = health_checked(&addr, TIMEOUT);
     // Light traffic: the stall tick mostly finds nobody waiting.
-    support::fake_memcached::lookups_until_marked_down(
-        &memcached,
+    let (down, _) = marked_down_by_lookups(
+        Answer::Never,
         Duration::from_secs(3),
         Duration::from_millis(400),
     )
     .await;
-    assert!(
-        memcached.is_server_down(0),
-        "a hung server stayed in use for 3 s of lookups"
-    );
+    assert!(down, "a hung server stayed in use for 3 s of lookups");
 }
 
 /// [`a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down`], the
@@ -366,18 +376,13 @@ async fn a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down() {
     // A two-key reply is about 55 bytes: over half a second, against a 200 ms stall check.
-    let (addr, _) = fake_server(Answer::Trickle(Duration::from_millis(10))).await;
-    let memcached = health_checked(&addr, TIMEOUT);
-    support::fake_memcached::lookups_until_marked_down(
-        &memcached,
+    let (down, _) = marked_down_by_lookups(
+        Answer::Trickle(Duration::from_millis(10)),
         Duration::from_secs(3),
         Duration::from_millis(100),
     )
     .await;
-    assert!(
-        memcached.is_server_down(0),
-        "a trickling server stayed in use for 3 s of lookups"
-    );
+    assert!(down, "a trickling server stayed in use for 3 s of lookups");
 }
 
 /// [`a_hung_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down`], the
@@ -389,18 +394,15 @@ async fn a_trickling_memcached_behind_a_shorter_lookup_timeout_is_eventually_mar
 /// connection, whose stall check then counts against the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_memcached_behind_a_shorter_lookup_timeout_is_eventually_marked_down() {
-    let (addr, connections) = fake_server(Answer::Silent).await;
-    let memcached = health_checked(&addr, TIMEOUT);
-    support::fake_memcached::lookups_until_marked_down(
-        &memcached,
+    let (down, opened) = marked_down_by_lookups(
+        Answer::Silent,
         Duration::from_secs(2),
         Duration::from_millis(10),
     )
     .await;
     assert!(
-        memcached.is_server_down(0),
-        "a stopped server stayed in use for 2 s of lookups ({} connections opened)",
-        connections.lock().unwrap()
+        down,
+        "a stopped server stayed in use for 2 s of lookups ({opened} connections opened)"
     );
 }
 

@@ -82,14 +82,12 @@ mod tcp {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_settings_answer_that_comes_after_its_callers_deadline_still_lets_gets_merge() {
         let (addr, lines) = slow_settings_server(Duration::from_millis(60)).await;
-        let memcached = TcpBackend::builder()
-            .server(&addr)
-            .connections_per_server(1)
-            .timeout(Duration::from_millis(500))
-            .connect_timeout(Duration::from_secs(1))
-            .failure_threshold(1000)
-            .build()
-            .unwrap();
+        let memcached = support::one_connection_backend_with(
+            &addr,
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            1000,
+        );
         // Connects, and gives up (at 20 ms) before the settings come.
         let first = memcached
             .get_many_by_key_ordered("r", &["first"], Duration::from_millis(20))
@@ -440,6 +438,18 @@ mod late_release {
         gate: Arc<Semaphore>,
     }
 
+    impl HeldRelease {
+        /// A backend whose releases wait until the test adds permits to the gate.
+        fn closed() -> (Self, Arc<Semaphore>) {
+            let gate = Arc::new(Semaphore::new(0));
+            let backend = Self {
+                inner: MemoryBackend::new(),
+                gate: Arc::clone(&gate),
+            };
+            (backend, gate)
+        }
+    }
+
     impl Backend for HeldRelease {
         async fn add(
             &self,
@@ -465,11 +475,7 @@ mod late_release {
     /// and nothing from before the purge comes back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ended_placeholder_that_lands_after_a_purge_holds_nothing_and_refuses_nothing() {
-        let gate = Arc::new(Semaphore::new(0));
-        let backend = HeldRelease {
-            inner: MemoryBackend::new(),
-            gate: Arc::clone(&gate),
-        };
+        let (backend, gate) = HeldRelease::closed();
         let layer = MemcacheLayer::new(backend)
             .namespace("review-y-late-release")
             .mode(CacheMode::Origin)
@@ -532,11 +538,7 @@ mod late_release {
     /// on best-effort work a placeholder is left to expire instead.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn releases_of_dropped_leases_are_bounded_in_number() {
-        let gate = Arc::new(Semaphore::new(0));
-        let backend = HeldRelease {
-            inner: MemoryBackend::new(),
-            gate: Arc::clone(&gate),
-        };
+        let (backend, gate) = HeldRelease::closed();
         let layer = MemcacheLayer::new(backend)
             .namespace("review-y-many-releases")
             .lookup_timeout(Duration::from_secs(20));

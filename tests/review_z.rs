@@ -106,14 +106,12 @@ async fn a_connection_a_background_connect_made_merges_gets() {
     let Some((addr, listener, queued)) = black_hole().await else {
         return;
     };
-    let memcached = TcpBackend::builder()
-        .server(&addr)
-        .connections_per_server(1)
-        .timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_secs(3))
-        .failure_threshold(1000)
-        .build()
-        .unwrap();
+    let memcached = support::one_connection_backend_with(
+        &addr,
+        Duration::from_millis(500),
+        Duration::from_secs(3),
+        1000,
+    );
     // Given up while connecting: the connect goes on in the background.
     let given_up = memcached
         .get_many_by_key_ordered("r", &["a"], Duration::from_millis(20))
@@ -168,14 +166,12 @@ async fn slow_first_settings(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settings_query_that_stalls_does_not_stop_later_connections_asking() {
     let (addr, lines, stats) = slow_first_settings(Duration::from_millis(400)).await;
-    let memcached = TcpBackend::builder()
-        .server(&addr)
-        .connections_per_server(1)
-        .timeout(Duration::from_millis(50))
-        .connect_timeout(Duration::from_secs(1))
-        .failure_threshold(1000)
-        .build()
-        .unwrap();
+    let memcached = support::one_connection_backend_with(
+        &addr,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+        1000,
+    );
     // The first connection stalls on its settings query and is closed by its stall check.
     let _ = memcached.get("first").await;
     let _ = memcached.get("second").await;
@@ -213,14 +209,12 @@ async fn mute() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mute_server_behind_a_long_connect_timeout_and_tight_callers_is_marked_down() {
     let addr = mute().await;
-    let memcached = TcpBackend::builder()
-        .server(&addr)
-        .connections_per_server(1)
-        .timeout(Duration::from_millis(50))
-        .connect_timeout(Duration::from_secs(1))
-        .failure_threshold(2)
-        .build()
-        .unwrap();
+    let memcached = support::one_connection_backend_with(
+        &addr,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+        2,
+    );
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until && !memcached.is_server_down(0) {
         let outcome = memcached
@@ -249,14 +243,12 @@ fn a_background_connect_dropped_with_its_runtime_releases_the_slot() {
     let Some((addr, listener, queued)) = main.block_on(black_hole()) else {
         return;
     };
-    let memcached = TcpBackend::builder()
-        .server(&addr)
-        .connections_per_server(1)
-        .timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_secs(5))
-        .failure_threshold(1000)
-        .build()
-        .unwrap();
+    let memcached = support::one_connection_backend_with(
+        &addr,
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+        1000,
+    );
     let doomed = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

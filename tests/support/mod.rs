@@ -49,12 +49,23 @@ pub fn one_connection_backend(
     addr: &str,
     timeout: Duration,
 ) -> tower_memcache::backend::TcpBackend {
+    one_connection_backend_with(addr, timeout, timeout, 1000)
+}
+
+/// [`one_connection_backend`] with its own connect timeout and failure threshold.
+#[cfg(feature = "tcp")]
+pub fn one_connection_backend_with(
+    addr: &str,
+    timeout: Duration,
+    connect_timeout: Duration,
+    failure_threshold: u32,
+) -> tower_memcache::backend::TcpBackend {
     tower_memcache::backend::TcpBackend::builder()
         .server(addr)
         .connections_per_server(1)
         .timeout(timeout)
-        .connect_timeout(timeout)
-        .failure_threshold(1000)
+        .connect_timeout(connect_timeout)
+        .failure_threshold(failure_threshold)
         .build()
         .unwrap()
 }
