@@ -167,6 +167,19 @@ impl Origin {
                 *response.body_mut() =
                     Full::new(Bytes::from(format!("{method} {path} #{n}{reflected}")));
             }
+            ("GET", "/redeployed") => {
+                // "r1" first, stale on arrival; then "r2", whose 304 answers any
+                // `If-None-Match` (an origin that answers conditionals loosely).
+                let first = self.calls_to("/redeployed") == 1;
+                headers.insert("cache-control", "max-age=1".parse().unwrap());
+                headers.insert("age", "5".parse().unwrap());
+                let etag = if first { "\"r1\"" } else { "\"r2\"" };
+                headers.insert("etag", etag.parse().unwrap());
+                if !first && request.headers().contains_key("if-none-match") {
+                    *response.status_mut() = StatusCode::NOT_MODIFIED;
+                    *response.body_mut() = Full::new(Bytes::new());
+                }
+            }
             ("GET", "/tagged") => {
                 headers.insert("cache-control", "max-age=60".parse().unwrap());
                 headers.insert("surrogate-key", "t1 t2".parse().unwrap());
@@ -379,6 +392,28 @@ async fn rfc9110_13_and_rfc9111_4_3_conditionals_and_revalidation() {
     assert_eq!(
         revalidated.cache_status(),
         "tower-memcache; fwd=request; fwd-status=304"
+    );
+}
+
+/// RFC 9111 §4.3.4: a 304 to the proxy's own `If-None-Match: "r1"` naming `"r2"` refreshes
+/// nothing. The client, who asked without conditions, gets the origin's whole answer to
+/// its request sent again without the proxy's validator (not the stored "r1" body under
+/// "r2", not a 304, not a 502).
+#[tokio::test]
+async fn rfc9111_4_3_4_a_304_for_another_representation_is_asked_again() {
+    let h = Harness::start().await;
+    let first = h.get("/redeployed").await;
+    h.until_stored("/redeployed", &[]).await;
+    let calls = h.origin.calls_to("/redeployed");
+    let answer = h.get("/redeployed").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_ne!(answer.body, first.body);
+    assert_eq!(answer.header("etag"), Some("\"r2\""));
+    assert_eq!(h.origin.calls_to("/redeployed"), calls + 2);
+    assert!(!h.origin.last().2.contains_key("if-none-match"));
+    assert_eq!(
+        answer.cache_status(),
+        "tower-memcache; fwd=stale; fwd-status=200"
     );
 }
 

@@ -35,6 +35,8 @@ struct Origin {
     scripts: Arc<Mutex<HashMap<String, Script>>>,
     calls: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<HeaderMap>>>,
+    /// Every request's fields, in order.
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
 }
 
 fn owned(headers: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
@@ -68,6 +70,11 @@ impl Origin {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// The fields of the `n`th request (from 1).
+    fn request(&self, n: usize) -> HeaderMap {
+        self.seen.lock().unwrap()[n - 1].clone()
+    }
+
     fn last_request(&self) -> HeaderMap {
         self.last.lock().unwrap().clone().unwrap_or_default()
     }
@@ -75,6 +82,7 @@ impl Origin {
     async fn respond(self, request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         *self.last.lock().unwrap() = Some(request.headers().clone());
+        self.seen.lock().unwrap().push(request.headers().clone());
         let script = self
             .scripts
             .lock()
@@ -371,15 +379,16 @@ async fn rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing<B: Bac
     stores(&watch, 1).await;
     let revalidated = get(&svc, "/v").await;
     assert_eq!(
-        origin.last_request()["if-none-match"],
+        origin.request(2)["if-none-match"],
         "\"v1\"",
         "the cache revalidates its own entry"
     );
     assert_eq!(
         revalidated.status,
-        StatusCode::BAD_GATEWAY,
+        StatusCode::OK,
         "a client that asked without conditions gets no 304, and no body under a wrong tag"
     );
+    assert_sent_again(&origin, &revalidated, "if-none-match");
     watch.settled().await;
     let later = get(&svc, "/v").await;
     assert_ne!(later.body, first.body, "the superseded entry is not reused");
@@ -391,6 +400,116 @@ async fn rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing<B: Bac
             answer.headers, answer.body
         );
     }
+}
+
+/// After a 304 that named another representation: the client's request went to the
+/// origin a third time, as the client sent it (without the cache's `validator`), and its
+/// answer is what the client got.
+fn assert_sent_again(origin: &Origin, answer: &Answer, validator: &str) {
+    assert_eq!(
+        origin.calls(),
+        3,
+        "the first fill, the revalidation, once more"
+    );
+    assert!(
+        !origin.last_request().contains_key(validator),
+        "sent again without the cache's validator: {:?}",
+        origin.last_request()
+    );
+    assert_eq!(answer.body, "call #3", "the origin's whole answer");
+    assert!(
+        answer.cache_status().contains("fwd=stale")
+            && answer.cache_status().contains("fwd-status=200"),
+        "{}",
+        answer.cache_status()
+    );
+}
+
+/// The two cases where a 304 for another representation still ends in a 502: the origin
+/// answers 304 even to the request sent again without conditions (an invalid answer to
+/// it), and the inner service's request body is a type the layer cannot make (so it
+/// cannot send the request again). Either way the client gets no stored body, and the
+/// superseded entry is gone.
+#[tokio::test]
+async fn rfc9111_4_3_4_a_304_for_another_representation_is_a_502_when_it_cannot_be_sent_again() {
+    /// A request body type the layer cannot make without `own_request_body`.
+    struct Opaque;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    // Stores "v1", then answers 304 naming "v2", to every request.
+    let respond = move |_: &HeaderMap| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        let (status, etag) = if n == 0 {
+            (200, "\"v1\"")
+        } else {
+            (304, "\"v2\"")
+        };
+        let mut response = Response::new(Full::new(Bytes::from(format!("call #{}", n + 1))));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        let headers = response.headers_mut();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=1"));
+        headers.insert("age", HeaderValue::from_static("5"));
+        headers.insert("etag", HeaderValue::from_static(etag));
+        Ok::<_, Infallible>(response)
+    };
+    let layer = MemcacheLayer::new(MemoryBackend::new())
+        .namespace("review-d")
+        .mode(CacheMode::Origin);
+
+    // The origin that answers 304 to anything once it has a body stored.
+    let always = respond.clone();
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(move |request: Request<()>| {
+            std::future::ready(always(request.headers()))
+        }),
+    );
+    let answer = support::send(&svc, Method::GET, "http://review-d.test/a", &[]).await;
+    assert_eq!(answer.body, "call #1");
+    layer.background().idle().await;
+    let answer = support::send(&svc, Method::GET, "http://review-d.test/a", &[]).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "sent again once, then given up"
+    );
+    assert!(
+        answer.cache_status().contains("fwd-status=304"),
+        "{answer:?}"
+    );
+
+    // A request body the layer cannot make: not sent again.
+    calls.store(0, Ordering::SeqCst);
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(move |request: Request<Opaque>| {
+            std::future::ready(respond(request.headers()))
+        }),
+    );
+    let opaque_get = || Request::get("http://review-d.test/b").body(Opaque).unwrap();
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let first = svc.clone().oneshot(opaque_get()).await.unwrap();
+    assert_eq!(
+        first.into_body().collect().await.unwrap().to_bytes(),
+        "call #1"
+    );
+    layer.background().idle().await;
+    let second = svc.clone().oneshot(opaque_get()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "not sent again");
+    layer.background().idle().await;
+    let third = svc.oneshot(opaque_get()).await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the superseded entry is gone"
+    );
+    assert_ne!(
+        third.into_body().collect().await.unwrap().to_bytes(),
+        "call #1"
+    );
 }
 
 /// RFC 9111 §4.3.4 again, for a 304 without `ETag`: its `Last-Modified` is the validator
@@ -422,11 +541,12 @@ async fn rfc9111_4_3_4_a_304_for_another_last_modified_updates_nothing<B: Backen
     stores(&watch, 1).await;
     let revalidated = get(&svc, "/lm").await;
     assert_eq!(
-        origin.last_request()["if-modified-since"],
+        origin.request(2)["if-modified-since"],
         stored_date,
         "the cache revalidates its own entry"
     );
-    assert_eq!(revalidated.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_sent_again(&origin, &revalidated, "if-modified-since");
     watch.settled().await;
     let later = get(&svc, "/lm").await;
     assert_ne!(later.body, first.body, "the superseded entry is not reused");

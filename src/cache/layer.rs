@@ -429,11 +429,14 @@ impl<B: Backend> MemcacheLayer<B> {
     /// request misses, it goes to the inner service as it is; once that answers 206 with a
     /// complete length within [`max_entry_size`](Self::max_entry_size), the layer fetches
     /// the whole representation in the background with a GET of its own, so that later
-    /// range requests are answered from the cache. That GET needs a body of the inner
-    /// service's request body type: `()`, `String`, `Vec<u8>`, `Bytes` (and, with the
+    /// range requests are answered from the cache. And when the origin answers the
+    /// layer's revalidation with a 304 for another representation than the stored one
+    /// (RFC 9111 §4.3.4), the layer sends the client's request once more without its
+    /// validators (a 502 to the client when it cannot). Those requests need a body of the
+    /// inner service's request body type: `()`, `String`, `Vec<u8>`, `Bytes` (and, with the
     /// `axum` feature, `axum::body::Body`) are made without this setting; for any other,
     /// give `make`, which must return that type (checked at run time: a mismatch, or no
-    /// maker, only means range misses fill nothing).
+    /// maker, only means range misses fill nothing and such a 304 ends in a 502).
     ///
     /// ```
     /// use bytes::Bytes;

@@ -170,7 +170,7 @@ fn multipart(
 
 /// The body of a request of the layer's own, of the inner service's type: the configured
 /// maker's, else an empty one of a few common types.
-fn own_body<R: 'static>(make: Option<&MakeBody>) -> Option<R> {
+pub(super) fn own_body<R: 'static>(make: Option<&MakeBody>) -> Option<R> {
     if let Some(make) = make {
         return make().downcast::<R>().ok().map(|b| *b);
     }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self};
-use http::{Request, Response, StatusCode};
+use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tower::Service;
 
@@ -17,6 +17,7 @@ use super::body::ResponseBody;
 use super::coalesce::Filler;
 use super::exchange::{Exchange, Sent};
 use super::fill::Refusal;
+use super::range::own_body;
 use super::service::{Answered, Counted, Shared};
 use super::status::{Detail, Forward, Outcome};
 use super::stored::{self, header_map, now_ms};
@@ -134,6 +135,7 @@ pub(super) async fn exchange<S, B, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     B: Backend,
+    ReqBody: 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
@@ -167,6 +169,9 @@ where
         request_time: SystemTime::now(),
     };
     let request_headers = &sent.request_headers;
+    // What sending the client's request again takes, should the origin answer the cache's
+    // validators with a 304 for another representation (below).
+    let resend = ours.then(|| Resend::of(&request));
     let outcome = inner.call(request).await;
     let stale_fallback = |unreachable: bool| {
         let entry = stale.as_ref()?;
@@ -236,9 +241,12 @@ where
         // cache sent updates nothing ("MUST NOT use the new response to update any stored
         // responses"): relabelled, the stored body would go out under the new ETag. The
         // stored one is no longer current: removed, so the next request fetches the whole.
-        // The client asked without conditions (the validators were the cache's): a 304 is
-        // no answer to it, and one that contradicts the validator it answers is an invalid
-        // response, so it gets a 502 it can retry.
+        // The client asked without conditions (the validators were the cache's), so a 304
+        // is no answer to it: its request goes to the origin once more, as it came, and the
+        // origin's answer passes to it unstored (the next request fills). Only when that
+        // cannot be done (no request body of the inner service's type), or the origin
+        // answers 304 again, does the client get a 502 it can retry: a 304 to a request
+        // without conditions is an invalid response.
         let another = status == StatusCode::NOT_MODIFIED
             && ours
             && names_another_representation(response.headers(), stored);
@@ -248,13 +256,30 @@ where
                 tracing::debug!(key = %plan.key, error = %err, "superseded entry not removed");
             }
             filler.release().await;
-            let mut refused = stored::bad_gateway();
+            drop(response);
+            let body = own_body::<ReqBody>(shared.config.own_request_body.as_ref());
+            let answer = match resend.zip(body) {
+                Some((resend, body)) => {
+                    let again = resend.into_request(body, request_headers.clone());
+                    futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    tracing::debug!(key = %plan.key, "the request sent again without the cache's validators");
+                    Some(inner.call(again).await?)
+                }
+                None => None,
+            };
             let mut outcome = Outcome::forwarded(fwd, detail);
             if let Outcome::Forwarded { fwd_status, .. } = &mut outcome {
-                *fwd_status = Some(304);
+                *fwd_status = Some(answer.as_ref().map_or(304, |a| a.status().as_u16()));
             }
-            shared.set_status(&mut refused, outcome);
-            return Ok(refused);
+            let mut answer = match answer {
+                Some(mut answer) if answer.status() != StatusCode::NOT_MODIFIED => {
+                    shared.drop_own_fields(&mut answer);
+                    answer.map(ResponseBody::passthrough)
+                }
+                _ => stored::bad_gateway(),
+            };
+            shared.set_status(&mut answer, outcome);
+            return Ok(answer);
         }
         if status == StatusCode::NOT_MODIFIED
             && (ours || same_representation(response.headers(), stored))
@@ -316,6 +341,37 @@ where
         filler.release().await;
     }
     Ok(response)
+}
+
+/// A client's request line and extensions, kept to send it again (with the client's own
+/// fields and a body the layer makes) after a 304 that answered the cache's validators
+/// for another representation.
+struct Resend {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    extensions: Extensions,
+}
+
+impl Resend {
+    fn of<R>(request: &Request<R>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            extensions: request.extensions().clone(),
+        }
+    }
+
+    fn into_request<R>(self, body: R, headers: http::HeaderMap) -> Request<R> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.extensions_mut() = self.extensions;
+        *request.headers_mut() = headers;
+        request
+    }
 }
 
 /// Whom an [`exchange`] with the origin is for, which decides how it is counted.
