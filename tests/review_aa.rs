@@ -102,7 +102,8 @@ const CDN_CACHE_CONTROLS: &[Option<&str>] = &[
     Some("no-store"),
     Some("private"),
     Some("max-age=0"),
-    // Not a valid dictionary member value for max-age: ignored, `Cache-Control` applies.
+    // A max-age of the wrong type: not consumed, and `Cache-Control`'s restrictions
+    // apply beside the field.
     Some("max-age=\"60\""),
 ];
 const VARIES: &[&[&str]] = &[
@@ -802,18 +803,37 @@ fn parse_record(text: &str) -> HashMap<String, String> {
 
 /// The directives this cache obeys for `policy`: `CDN-Cache-Control` when present (all
 /// ours are valid dictionaries), else `Cache-Control` (RFC 9213 §2.2). A targeted member
-/// of the wrong type (`max-age="60"`) is not consumed (§2.1), but its field still rules.
+/// of the wrong type (`max-age="60"`) is not consumed (§2.1), but its field still rules,
+/// with `Cache-Control`'s restrictive directives beside it.
 fn effective(policy: &Policy) -> Vec<String> {
-    let (field, targeted) = match policy.cdn_cache_control {
-        Some(cdn) => (cdn, true),
-        None => (policy.cache_control.unwrap_or(""), false),
+    let split = |field: &str| -> Vec<String> {
+        field
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .filter(|d| !d.is_empty())
+            .collect()
     };
-    field
-        .split(',')
-        .map(|d| d.trim().to_string())
-        .filter(|d| !d.is_empty())
-        .filter(|d| !(targeted && d.starts_with("max-age=\"")))
-        .collect()
+    let Some(cdn) = policy.cdn_cache_control else {
+        return split(policy.cache_control.unwrap_or(""));
+    };
+    let mistyped = |d: &String| d.starts_with("max-age=\"");
+    let mut directives = split(cdn);
+    if directives.iter().any(mistyped) {
+        let restrictive = [
+            "no-store",
+            "private",
+            "no-cache",
+            "must-revalidate",
+            "proxy-revalidate",
+        ];
+        directives.extend(
+            split(policy.cache_control.unwrap_or(""))
+                .into_iter()
+                .filter(|d| restrictive.contains(&d.as_str())),
+        );
+    }
+    directives.retain(|d| !mistyped(d));
+    directives
 }
 
 /// The directives of a served response's own `CDN-Cache-Control` (when it parses as ours

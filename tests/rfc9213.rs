@@ -372,6 +372,32 @@ async fn rfc9213_2_1_invalid_field_falls_back_to_cache_control<B: Backend>(backe
         vec![false; paths.len()],
         "{paths:?}"
     );
+    // A field with a mistyped member is the origin's mistake: Cache-Control's
+    // restrictions apply beside it. Before, `private` here was set aside and the response,
+    // with no lifetime left, stored with heuristic freshness (from `Last-Modified`) for
+    // everyone.
+    let old = http_date(-30 * 86_400);
+    let restricted = [
+        ("/private-heuristic", "private", "max-age=\"600\""),
+        (
+            "/no-store-lifetime",
+            "no-store",
+            "s-maxage=600, stale-if-error=\"1\"",
+        ),
+        ("/no-cache-lifetime", "no-cache", "max-age=600, public=1"),
+    ];
+    for (path, cc, value) in restricted {
+        origin.ok(
+            path,
+            &[("cache-control", cc), ("last-modified", &old), (cdn, value)],
+        );
+    }
+    let paths: Vec<&str> = restricted.iter().map(|(path, ..)| *path).collect();
+    assert_eq!(
+        second_is_hit(&svc, &watch, &paths).await,
+        vec![false; paths.len()],
+        "{paths:?}"
+    );
     // A valid member beside a mistyped one still counts, and `?0` is simply false.
     origin.ok(
         "/false-flag",

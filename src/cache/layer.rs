@@ -342,8 +342,11 @@ impl<B: Backend> MemcacheLayer<B> {
     /// `stale-while-revalidate`, `stale-if-error`, `must-understand`. A field that is not
     /// a valid dictionary (or is empty) is ignored, and `Cache-Control` applies. A known
     /// directive with a value of the wrong type (`max-age="60"`) is not consumed, but its
-    /// field still rules (RFC 9213 §2.1): `Cache-Control` is still set aside, and a
-    /// mistyped restrictive directive (`private=1`) still restricts. The fields are stored
+    /// field still rules (RFC 9213 §2.1), failing closed: a mistyped restrictive directive
+    /// (`private=1`) still restricts, and `Cache-Control`'s restrictive directives
+    /// (`no-store`, `private`, `no-cache`, `must-revalidate`, `proxy-revalidate`) apply
+    /// beside such a field, so `Cache-Control: private` next to a mistyped
+    /// `CDN-Cache-Control` keeps the response out of the cache. The fields are stored
     /// and forwarded unchanged, for caches downstream; a request's are never read.
     /// Lifetimes come from them only in [`CacheMode::Origin`], as from `Cache-Control`.
     /// Defaults to none (targeted fields are not obeyed; the reverse proxy example

@@ -60,6 +60,16 @@ impl CacheControl {
         self.public || self.s_maxage.is_some() || self.must_revalidate
     }
 
+    /// Adds `other`'s restrictive response directives (`no-store`, `private`, `no-cache`,
+    /// `must-revalidate`, `proxy-revalidate`) to these; lifetimes stay as they are.
+    pub(crate) fn restrict_by(&mut self, other: &CacheControl) {
+        self.no_store |= other.no_store;
+        self.private |= other.private;
+        self.no_cache |= other.no_cache;
+        self.must_revalidate |= other.must_revalidate;
+        self.proxy_revalidate |= other.proxy_revalidate;
+    }
+
     /// Parses every `Cache-Control` line in `headers`.
     ///
     /// A line with bytes outside visible ASCII (obs-text, which RFC 9110 §5.6.4 allows in

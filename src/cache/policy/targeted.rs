@@ -10,9 +10,14 @@
 //! another type than the one RFC 9213 §2.1 infers for it (`max-age="60"`, `max-age=1.5`,
 //! `max-age=-1`, `private=x`) is not consumed (§2.1: implementations "SHOULD NOT consume
 //! values that violate these inferred constraints"), but the field is valid and still
-//! rules, so `Cache-Control` stays set aside; a restrictive directive with such a value
-//! still restricts (fail closed), and `?0` is simply false. Unknown directives and
-//! parameters are ignored.
+//! rules. Such a field is a mistake of the origin's, and the cache fails closed on both
+//! sides of it: a restrictive directive with such a value still restricts, and the
+//! restrictive directives of the `Cache-Control` it sets aside (`no-store`, `private`,
+//! `no-cache`, `must-revalidate`, `proxy-revalidate`) apply too, so that neither a mistyped
+//! `CDN-Cache-Control: private=x` nor `Cache-Control: private` beside a mistyped
+//! `CDN-Cache-Control: max-age="60"` lets one user's response be stored for everyone.
+//! Lifetimes are still the targeted field's (its valid members'). `?0` is simply false,
+//! and no mistake. Unknown directives and parameters are ignored.
 //!
 //! Targeted fields are response fields only: a request's are never read.
 //!
@@ -57,10 +62,15 @@ impl<'h> ResponseDirectives<'h> {
     /// `targets` (most applicable first).
     pub(crate) fn of(targets: &[HeaderName], headers: &'h HeaderMap) -> Self {
         for name in targets {
-            let Some(cc) = parse_field(headers, name) else {
+            let Some(Targeted { mut cc, mistyped }) = parse_field(headers, name) else {
                 continue;
             };
             tracing::trace!(field = %name, "targeted cache-control rules this response");
+            let overridden = CacheControl::parse(headers);
+            if mistyped {
+                tracing::debug!(field = %name, "targeted cache-control field with a mistyped member: Cache-Control's restrictions apply too");
+                cc.restrict_by(&overridden);
+            }
             let view = if headers.contains_key(header::EXPIRES) {
                 let mut without = headers.clone();
                 without.remove(header::EXPIRES);
@@ -72,7 +82,7 @@ impl<'h> ResponseDirectives<'h> {
                 cc,
                 headers: view,
                 target: Some(name.clone()),
-                overridden: Some(CacheControl::parse(headers)),
+                overridden: Some(overridden),
             };
         }
         Self {
@@ -120,9 +130,18 @@ impl Policy {
     }
 }
 
+/// A valid targeted field, read.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Targeted {
+    /// Its directives (the members of the right type, and restrictive ones of any).
+    pub(crate) cc: CacheControl,
+    /// Whether a known directive had a value of another type than RFC 9213 §2.1 infers.
+    pub(crate) mistyped: bool,
+}
+
 /// A targeted field's directives; `None` when the response does not carry it, or carries
 /// it empty, too large or invalid (RFC 9213 §2.1: then "that field MUST be ignored").
-pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
+pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<Targeted> {
     let mut lines = headers
         .get_all(name)
         .iter()
@@ -169,8 +188,9 @@ pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<Cach
 /// `proxy-revalidate`) with any value but `?0` still restricts, so one mistyped member
 /// cannot turn a targeted `private` into a shared response. A repeated key was already
 /// resolved by the parser (the last wins, RFC 8941 §4.2.2).
-fn directives(dictionary: &Dictionary) -> Option<CacheControl> {
+fn directives(dictionary: &Dictionary) -> Option<Targeted> {
     let mut cc = CacheControl::default();
+    let mut mistyped = false;
     for (key, entry) in dictionary {
         // Parameters are ignored (§2.1); an inner list is no directive's type.
         let value = match entry {
@@ -194,28 +214,31 @@ fn directives(dictionary: &Dictionary) -> Option<CacheControl> {
             _ => true,
         };
         if !valid {
+            mistyped = true;
             tracing::debug!(
                 directive = key.as_str(),
                 "targeted cache-control directive with a value of the wrong type; not consumed"
             );
         }
     }
-    Some(cc)
+    Some(Targeted { cc, mistyped })
 }
 
-/// A restrictive directive: Boolean true; any other value but `?0` is of the wrong type,
-/// yet still restricts (fail closed).
+// Each of the following reads one directive's value into `to` and says whether the value
+// had the directive's type: a Boolean (`?0`, false, is valid and sets nothing), or the
+// String some take.
+
+/// A restrictive directive: a Boolean; any other value is of the wrong type, yet still
+/// restricts (fail closed).
 fn restrictive(value: Option<&BareItem>, to: &mut bool) -> bool {
-    let valid = matches!(value, Some(BareItem::Boolean(true)));
     *to |= !matches!(value, Some(BareItem::Boolean(false)));
-    valid
+    matches!(value, Some(BareItem::Boolean(_)))
 }
 
 /// A directive without a value: Boolean true.
 fn flag(value: Option<&BareItem>, to: &mut bool) -> bool {
-    let valid = matches!(value, Some(BareItem::Boolean(true)));
-    *to |= valid;
-    valid
+    *to |= matches!(value, Some(BareItem::Boolean(true)));
+    matches!(value, Some(BareItem::Boolean(_)))
 }
 
 /// `no-cache` and `private`: Boolean true, or a String listing field names.
@@ -238,8 +261,8 @@ fn flag_or_fields(value: Option<&BareItem>, to: &mut bool, fields: &mut Vec<Stri
                 fields.extend(names);
             }
         }
-        // Of the wrong type (`?0` aside): not consumed, but restrictive (fail closed).
-        Some(BareItem::Boolean(false)) => return false,
+        Some(BareItem::Boolean(false)) => {}
+        // Of the wrong type: not consumed, but restrictive (fail closed).
         _ => {
             *to = true;
             return false;
@@ -272,6 +295,10 @@ mod tests {
     const OURS: HeaderName = HeaderName::from_static("tower-memcache-cache-control");
 
     fn field(value: &str) -> Option<CacheControl> {
+        targeted(value).map(|parsed| parsed.cc)
+    }
+
+    fn targeted(value: &str) -> Option<Targeted> {
         parse_field(&headers(&[("cdn-cache-control", value)]), &CDN)
     }
 
@@ -298,7 +325,7 @@ mod tests {
             ("cdn-cache-control", ""),
             ("cdn-cache-control", "no-store"),
         ]);
-        let cc = parse_field(&lines, &CDN).unwrap();
+        let cc = parse_field(&lines, &CDN).unwrap().cc;
         assert!(cc.no_store && cc.max_age == Some(60), "lines join");
     }
 
@@ -384,6 +411,58 @@ mod tests {
         assert!(first.cc.no_store && first.cc.max_age.is_none());
     }
 
+    #[test]
+    fn a_mistyped_member_is_marked_and_a_false_boolean_is_none() {
+        for mistyped in [
+            "max-age=\"60\"",
+            "max-age=60, s-maxage=1.5",
+            "private=1",
+            "no-store=x",
+            "public=\"yes\"",
+            "stale-if-error=(1)",
+        ] {
+            assert!(targeted(mistyped).unwrap().mistyped, "{mistyped:?}");
+        }
+        for fine in [
+            "max-age=60",
+            "no-store=?0, no-cache=?0, private=?0, public=?0, must-revalidate=?0",
+            "private=\"x-user\", foo=\"anything\", bar=1.5",
+        ] {
+            assert!(!targeted(fine).unwrap().mistyped, "{fine:?}");
+        }
+    }
+
+    /// Review AA's question: a targeted field that rules with a mistyped member no longer
+    /// sets aside `Cache-Control`'s restrictions, so `Cache-Control: private` beside a
+    /// `CDN-Cache-Control` whose lifetime was written as a string keeps the response out
+    /// of the shared cache (it was stored with heuristic freshness, for everyone).
+    #[test]
+    fn a_mistyped_targeted_field_keeps_cache_controls_restrictions() {
+        let mut policy = Policy::default();
+        policy.set_targets([CDN]);
+        let directives = |cc: &str, cdn: &str| {
+            let response = headers(&[("cache-control", cc), ("cdn-cache-control", cdn)]);
+            let ruling = policy.response_directives(&response);
+            assert_eq!(ruling.target, Some(CDN), "{cc:?} / {cdn:?}");
+            ruling.cc
+        };
+        let cc = directives(
+            "private, no-cache, must-revalidate, proxy-revalidate, no-store, max-age=5",
+            "max-age=\"60\", s-maxage=600",
+        );
+        assert!(cc.private && cc.no_cache && cc.must_revalidate && cc.proxy_revalidate);
+        assert!(cc.no_store);
+        assert_eq!(
+            (cc.max_age, cc.s_maxage),
+            (None, Some(600)),
+            "lifetimes are still the targeted field's"
+        );
+        // A well-typed targeted field still sets `Cache-Control` aside (RFC 9213 §2.2).
+        let cc = directives("private, no-store", "max-age=60, no-cache=?0");
+        assert!(!cc.private && !cc.no_store && !cc.no_cache);
+        assert_eq!(cc.max_age, Some(60));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::default())]
 
@@ -397,7 +476,7 @@ mod tests {
                     map.append(CDN, value);
                 }
             }
-            if let Some(cc) = parse_field(&map, &CDN) {
+            if let Some(Targeted { cc, .. }) = parse_field(&map, &CDN) {
                 let numbers = [cc.max_age, cc.s_maxage, cc.stale_while_revalidate, cc.stale_if_error];
                 prop_assert!(numbers.into_iter().flatten().all(|n| n <= MAX_DELTA_SECONDS));
             }
