@@ -399,6 +399,9 @@ fn step() -> impl Strategy<Value = StepParts> {
     )
 }
 
+/// An earlier request of a case, for repeats: its method, target index and fields.
+type EarlierRequest = (Method, usize, Vec<(&'static str, &'static str)>);
+
 /// How a repeated request differs from the earlier one it copies: not at all (a second
 /// client with the same fields, which the cache should answer), or in who asks (the
 /// answer must then be the other user's, or shared by the RFC's leave).
@@ -497,7 +500,7 @@ fn case() -> impl Strategy<Value = Case> {
             // misses of several users for one URL).
             let mut previous: Option<(bool, usize)> = None;
             // What each earlier request was, for repeats.
-            let mut sent: Vec<(Method, usize, Vec<(&'static str, &'static str)>)> = Vec::new();
+            let mut sent: Vec<EarlierRequest> = Vec::new();
             Case {
                 policies,
                 store_set_cookie,
