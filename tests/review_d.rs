@@ -512,6 +512,35 @@ async fn rfc9111_4_3_4_a_304_for_another_representation_is_a_502_when_it_cannot_
     );
 }
 
+/// The same 304 to a background refresh (RFC 5861 `stale-while-revalidate`): the client
+/// was served the stale entry already, so the superseded entry is removed and nothing is
+/// sent again (nobody would read the answer); the next request fetches the whole.
+async fn rfc9111_4_3_4_a_304_for_another_representation_to_a_background_refresh<B: Backend>(
+    backend: B,
+) {
+    let origin = Origin::default();
+    let (svc, watch) = service(backend, &origin);
+    origin.ok(
+        "/swr",
+        &[
+            ("cache-control", "max-age=1, stale-while-revalidate=600"),
+            ("age", "5"),
+            ("etag", "\"v1\""),
+        ],
+    );
+    origin.not_modified("/swr", &[("etag", "\"v2\"")]);
+    let first = get(&svc, "/swr").await;
+    stores(&watch, 1).await;
+    let stale = get(&svc, "/swr").await;
+    assert_eq!(stale.body, first.body, "served stale while it refreshes");
+    watch.settled().await;
+    assert_eq!(origin.calls(), 2, "the refresh, and nothing sent again");
+    assert_eq!(origin.request(2)["if-none-match"], "\"v1\"");
+    let later = get(&svc, "/swr").await;
+    assert_eq!(origin.calls(), 3, "the superseded entry is gone");
+    assert_eq!(later.body, "call #3");
+}
+
 /// RFC 9111 §4.3.4 again, for a 304 without `ETag`: its `Last-Modified` is the validator
 /// that selects, and one other than the stored response's (to the cache's own
 /// `If-Modified-Since`) names another representation. The stored body must not go out
@@ -852,6 +881,7 @@ on_every_backend!(
     rfc9211_2_members_from_upstream_are_kept_and_ours_is_last,
     rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing,
     rfc9111_4_3_4_a_304_for_another_last_modified_updates_nothing,
+    rfc9111_4_3_4_a_304_for_another_representation_to_a_background_refresh,
     rfc9111_5_2_cache_control_and_freshness_parsing,
     rfc9111_4_2_2_heuristics_by_status,
     rfc9111_3_what_is_never_stored,

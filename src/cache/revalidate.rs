@@ -170,8 +170,9 @@ where
     };
     let request_headers = &sent.request_headers;
     // What sending the client's request again takes, should the origin answer the cache's
-    // validators with a 304 for another representation (below).
-    let resend = ours.then(|| Resend::of(&request));
+    // validators with a 304 for another representation (below). Not for the layer's own
+    // refreshes: nobody would read the answer.
+    let resend = (ours && caller == For::Client).then(|| Resend::of(&request));
     let outcome = inner.call(request).await;
     let stale_fallback = |unreachable: bool| {
         let entry = stale.as_ref()?;
