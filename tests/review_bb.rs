@@ -237,3 +237,66 @@ async fn a_targeted_must_understand_does_not_lift_cache_controls_no_store() {
     let second = get(&svc, "/mu", &[]).await;
     support::assert_hit(second.cache_status());
 }
+
+/// Requests waiting on the revalidation of a stale entry when the origin answers it with a
+/// 304 for another representation: the leader's client gets the answer to its request
+/// sent again; those waiting are released and look again (the entry is gone), so none of
+/// them gets the superseded body or a 502, and none costs the origin more than one call
+/// beyond its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_a_revalidation_answered_for_another_representation_get_the_new_one() {
+    let origin = Origin::new(|n, request| match n {
+        1 => (
+            200,
+            vec![
+                ("cache-control", "max-age=1"),
+                ("age", "5"),
+                ("etag", "\"v1\""),
+            ],
+        ),
+        _ if request.contains_key("if-none-match") => (
+            304,
+            vec![("cache-control", "max-age=600"), ("etag", "\"v2\"")],
+        ),
+        _ => (
+            200,
+            vec![("cache-control", "max-age=600"), ("etag", "\"v2\"")],
+        ),
+    });
+    let slow = origin.clone();
+    let layer = support::layer(MemoryBackend::new())
+        .namespace("review-bb")
+        .mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let inner = tower::service_fn(move |request: Request<()>| {
+        let slow = slow.clone();
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            slow.respond(request)
+        }
+    });
+    let svc: Svc = tower::util::BoxCloneService::new(tower::Layer::layer(&layer, inner));
+    assert_eq!(get(&svc, "/c", &[]).await.body, "call #1");
+    support::stores(&watch, 1).await;
+
+    let answers = futures_util::future::join_all((0..4).map(|_| get(&svc, "/c", &[]))).await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        assert_ne!(answer.body, "call #1", "{answer:?}");
+        assert_eq!(answer.header("etag"), Some("\"v2\""), "{answer:?}");
+    }
+    watch.settled().await;
+    let calls = origin.calls() - 1;
+    assert!(
+        calls <= 2 * answers.len(),
+        "{calls} origin calls for {} requests",
+        answers.len()
+    );
+    let seen = origin.seen.lock().unwrap().clone();
+    let resent = seen
+        .iter()
+        .skip(1)
+        .filter(|h| !h.contains_key("if-none-match"))
+        .count();
+    assert!(resent >= 1, "{seen:?}");
+}
