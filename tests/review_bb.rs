@@ -28,6 +28,7 @@ type Answering =
 struct Origin {
     answering: Arc<Answering>,
     seen: Arc<Mutex<Vec<HeaderMap>>>,
+    methods: Arc<Mutex<Vec<Method>>>,
     calls: Arc<AtomicUsize>,
 }
 
@@ -41,6 +42,7 @@ impl Origin {
         Self {
             answering: Arc::new(answering),
             seen: Arc::default(),
+            methods: Arc::default(),
             calls: Arc::default(),
         }
     }
@@ -52,6 +54,7 @@ impl Origin {
     fn respond(&self, request: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         self.seen.lock().unwrap().push(request.headers().clone());
+        self.methods.lock().unwrap().push(request.method().clone());
         let (status, fields) = (self.answering)(n, request.headers());
         let body = if status == 304 {
             String::new()
@@ -162,8 +165,7 @@ fn cdn_layer() -> MemcacheLayer<MemoryBackend> {
 /// entry, stored, goes out to whoever the origin's 304 then confirms it for). The
 /// targeted field's own `must-revalidate` still allows it.
 #[tokio::test]
-async fn cache_controls_must_revalidate_does_not_let_a_mistyped_targeted_field_share_an_authenticated_response()
- {
+async fn cache_controls_must_revalidate_gives_a_mistyped_targeted_field_no_authenticated_sharing() {
     for (cdn, stored) in [
         ("max-age=\"60\"", false),
         ("max-age=\"60\", no-transform", false),
@@ -299,4 +301,48 @@ async fn requests_waiting_on_a_revalidation_answered_for_another_representation_
         .filter(|h| !h.contains_key("if-none-match"))
         .count();
     assert!(resent >= 1, "{seen:?}");
+}
+
+/// A HEAD whose revalidation of the stored GET response the origin answers with a 304 for
+/// another representation: sent again as a HEAD (not as a GET, whose body would be read
+/// for nothing), without the cache's validators, and counted once, as a revalidation.
+#[tokio::test]
+async fn a_head_answered_for_another_representation_is_sent_again_as_a_head_and_counted_once() {
+    let origin = Origin::new(|n, request| match n {
+        1 => (
+            200,
+            vec![
+                ("cache-control", "max-age=1"),
+                ("age", "5"),
+                ("etag", "\"v1\""),
+            ],
+        ),
+        _ if request.contains_key("if-none-match") => (304, vec![("etag", "\"v2\"")]),
+        _ => (
+            200,
+            vec![("cache-control", "max-age=600"), ("etag", "\"v2\"")],
+        ),
+    });
+    let layer = support::layer(MemoryBackend::new())
+        .namespace("review-bb")
+        .mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &origin);
+    get(&svc, "/h", &[]).await;
+    support::stores(&watch, 1).await;
+    let head = support::send(&svc, Method::HEAD, "http://review-bb.test/h", &[]).await;
+    assert_eq!(head.status, StatusCode::OK, "{head:?}");
+    assert_eq!(head.header("etag"), Some("\"v2\""));
+    assert_eq!(
+        *origin.methods.lock().unwrap(),
+        [Method::GET, Method::HEAD, Method::HEAD]
+    );
+    assert!(!origin.seen.lock().unwrap()[2].contains_key("if-none-match"));
+    watch.settled().await;
+    let stats = watch.snapshot();
+    assert_eq!(
+        (stats.misses, stats.revalidations, stats.hits),
+        (1, 1, 0),
+        "{stats:?}"
+    );
 }
