@@ -902,10 +902,16 @@ fn effective(policy: &Policy) -> Vec<String> {
             "must-revalidate",
             "proxy-revalidate",
         ];
+        // As restrictions only: a `must-revalidate` comes in as `proxy-revalidate`, which
+        // grants no §3.5 permission.
         directives.extend(
             split(policy.cache_control.unwrap_or(""))
                 .into_iter()
-                .filter(|d| restrictive.contains(&d.as_str())),
+                .filter(|d| restrictive.contains(&d.as_str()))
+                .map(|d| match d.as_str() {
+                    "must-revalidate" => "proxy-revalidate".to_string(),
+                    _ => d,
+                }),
         );
     }
     directives.retain(|d| !mistyped(d));

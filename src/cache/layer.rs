@@ -345,10 +345,13 @@ impl<B: Backend> MemcacheLayer<B> {
     /// field still rules (RFC 9213 §2.1), failing closed: a mistyped restrictive directive
     /// (`private=1`) still restricts, and `Cache-Control`'s restrictive directives
     /// (`no-store`, `private`, `no-cache`, `must-revalidate`, `proxy-revalidate`) apply
-    /// beside such a field, so `Cache-Control: private` next to a mistyped
-    /// `CDN-Cache-Control` keeps the response out of the cache. The fields are stored
-    /// and forwarded unchanged, for caches downstream; a request's are never read.
-    /// Lifetimes come from them only in [`CacheMode::Origin`], as from `Cache-Control`.
+    /// beside such a field, as restrictions only (its `must-revalidate` does not let a
+    /// response to an authenticated request be stored, RFC 9111 §3.5; the field's
+    /// `must-understand` does not lift its `no-store`), so `Cache-Control: private` next
+    /// to a mistyped `CDN-Cache-Control` keeps the response out of the cache. The fields
+    /// are stored and forwarded unchanged, for caches downstream; a request's are never
+    /// read. Lifetimes come from them only in [`CacheMode::Origin`], as from
+    /// `Cache-Control`.
     /// Defaults to none (targeted fields are not obeyed; the reverse proxy example
     /// obeys `CDN-Cache-Control`).
     ///

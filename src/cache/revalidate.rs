@@ -170,8 +170,9 @@ where
     };
     let request_headers = &sent.request_headers;
     // What sending the client's request again takes, should the origin answer the cache's
-    // validators with a 304 for another representation (below). Not for the layer's own
-    // refreshes: nobody would read the answer.
+    // validators with a 304 for another representation (below). Only for a client: the
+    // layer's own exchanges (a stale-while-revalidate refresh, a range miss's whole fetch)
+    // read only what they store, and the answer to a request sent again is not stored.
     let resend = (ours && caller == For::Client).then(|| Resend::of(&request));
     let outcome = inner.call(request).await;
     let stale_fallback = |unreachable: bool| {

@@ -61,13 +61,22 @@ impl CacheControl {
     }
 
     /// Adds `other`'s restrictive response directives (`no-store`, `private`, `no-cache`,
-    /// `must-revalidate`, `proxy-revalidate`) to these; lifetimes stay as they are.
+    /// `must-revalidate`, `proxy-revalidate`) to these; lifetimes stay as they are. Only
+    /// their restrictions: `other`'s `must-revalidate` comes in as `proxy-revalidate`
+    /// (the same to a shared cache's stale responses), so it does not also grant what
+    /// RFC 9111 §3.5 lets `must-revalidate` grant (storing a response to an authenticated
+    /// request); and `other`'s `no-store` holds unless `other`'s own `must-understand`
+    /// lifts it (these ones' would lift theirs, not `other`'s).
     pub(crate) fn restrict_by(&mut self, other: &CacheControl) {
+        if other.no_store && !other.must_understand {
+            // Stored never, whatever the status: `must-understand` has nothing left to
+            // refuse or lift.
+            self.must_understand = false;
+        }
         self.no_store |= other.no_store;
         self.private |= other.private;
         self.no_cache |= other.no_cache;
-        self.must_revalidate |= other.must_revalidate;
-        self.proxy_revalidate |= other.proxy_revalidate;
+        self.proxy_revalidate |= other.must_revalidate || other.proxy_revalidate;
     }
 
     /// Parses every `Cache-Control` line in `headers`.

@@ -13,7 +13,9 @@
 //! rules. Such a field is a mistake of the origin's, and the cache fails closed on both
 //! sides of it: a restrictive directive with such a value still restricts, and the
 //! restrictive directives of the `Cache-Control` it sets aside (`no-store`, `private`,
-//! `no-cache`, `must-revalidate`, `proxy-revalidate`) apply too, so that neither a mistyped
+//! `no-cache`, `must-revalidate`, `proxy-revalidate`) apply too, as restrictions only (its
+//! `must-revalidate` grants no §3.5 permission, its `no-store` is not lifted by the
+//! targeted field's `must-understand`), so that neither a mistyped
 //! `CDN-Cache-Control: private=x` nor `Cache-Control: private` beside a mistyped
 //! `CDN-Cache-Control: max-age="60"` lets one user's response be stored for everyone.
 //! Lifetimes are still the targeted field's (its valid members'). `?0` is simply false,
@@ -450,8 +452,11 @@ mod tests {
             "private, no-cache, must-revalidate, proxy-revalidate, no-store, max-age=5",
             "max-age=\"60\", s-maxage=600",
         );
-        assert!(cc.private && cc.no_cache && cc.must_revalidate && cc.proxy_revalidate);
+        assert!(cc.private && cc.no_cache && cc.proxy_revalidate && cc.forbids_stale());
         assert!(cc.no_store);
+        // `must-revalidate` restricts stale reuse, but is not the targeted field's
+        // permission to store a response to an authenticated request (RFC 9111 §3.5).
+        assert!(!cc.must_revalidate);
         assert_eq!(
             (cc.max_age, cc.s_maxage),
             (None, Some(600)),
