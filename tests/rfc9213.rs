@@ -385,6 +385,8 @@ async fn rfc9213_2_1_invalid_field_falls_back_to_cache_control<B: Backend>(backe
             "s-maxage=600, stale-if-error=\"1\"",
         ),
         ("/no-cache-lifetime", "no-cache", "max-age=600, public=1"),
+        // No directive the layer knows: a misspelt key is as much a mistake.
+        ("/misspelt", "private", "maxage=600"),
     ];
     for (path, cc, value) in restricted {
         origin.ok(

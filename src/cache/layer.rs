@@ -342,7 +342,8 @@ impl<B: Backend> MemcacheLayer<B> {
     /// `stale-while-revalidate`, `stale-if-error`, `must-understand`. A field that is not
     /// a valid dictionary (or is empty) is ignored, and `Cache-Control` applies. A known
     /// directive with a value of the wrong type (`max-age="60"`) is not consumed, but its
-    /// field still rules (RFC 9213 §2.1), failing closed: a mistyped restrictive directive
+    /// field still rules (RFC 9213 §2.1), failing closed (as for a field that names no
+    /// directive the cache knows, `maxage=60`): a mistyped restrictive directive
     /// (`private=1`) still restricts, and `Cache-Control`'s restrictive directives
     /// (`no-store`, `private`, `no-cache`, `must-revalidate`, `proxy-revalidate`) apply
     /// beside such a field, as restrictions only (its `must-revalidate` does not let a

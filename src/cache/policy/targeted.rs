@@ -19,7 +19,8 @@
 //! `CDN-Cache-Control: private=x` nor `Cache-Control: private` beside a mistyped
 //! `CDN-Cache-Control: max-age="60"` lets one user's response be stored for everyone.
 //! Lifetimes are still the targeted field's (its valid members'). `?0` is simply false,
-//! and no mistake. Unknown directives and parameters are ignored.
+//! and no mistake. Unknown directives and parameters are ignored, but a field that names
+//! no directive the cache knows (`maxage=60`, misspelt) is taken for such a mistake too.
 //!
 //! Targeted fields are response fields only: a request's are never read.
 //!
@@ -137,7 +138,9 @@ impl Policy {
 pub(crate) struct Targeted {
     /// Its directives (the members of the right type, and restrictive ones of any).
     pub(crate) cc: CacheControl,
-    /// Whether a known directive had a value of another type than RFC 9213 §2.1 infers.
+    /// Whether a known directive had a value of another type than RFC 9213 §2.1 infers,
+    /// or the field named no directive the cache knows (`maxage=60`): a mistake of the
+    /// origin's, most likely, on which the cache fails closed.
     pub(crate) mistyped: bool,
 }
 
@@ -192,7 +195,7 @@ pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<Targ
 /// resolved by the parser (the last wins, RFC 8941 §4.2.2).
 fn directives(dictionary: &Dictionary) -> Option<Targeted> {
     let mut cc = CacheControl::default();
-    let mut mistyped = false;
+    let (mut mistyped, mut known) = (false, false);
     for (key, entry) in dictionary {
         // Parameters are ignored (§2.1); an inner list is no directive's type.
         let value = match entry {
@@ -213,8 +216,9 @@ fn directives(dictionary: &Dictionary) -> Option<Targeted> {
             "stale-while-revalidate" => seconds(value, &mut cc.stale_while_revalidate),
             "stale-if-error" => seconds(value, &mut cc.stale_if_error),
             // Unknown and request-only directives: ignored whatever their value.
-            _ => true,
+            _ => continue,
         };
+        known = true;
         if !valid {
             mistyped = true;
             tracing::debug!(
@@ -222,6 +226,12 @@ fn directives(dictionary: &Dictionary) -> Option<Targeted> {
                 "targeted cache-control directive with a value of the wrong type; not consumed"
             );
         }
+    }
+    if !known {
+        // A misspelt key (`maxage=60`) more likely than a field of extensions alone: it
+        // would set `Cache-Control` aside to say nothing.
+        tracing::debug!("targeted cache-control field names no directive this cache knows");
+        mistyped = true;
     }
     Some(Targeted { cc, mistyped })
 }
@@ -422,6 +432,9 @@ mod tests {
             "no-store=x",
             "public=\"yes\"",
             "stale-if-error=(1)",
+            // No directive the cache knows: a misspelt key, most likely.
+            "maxage=60",
+            "foo",
         ] {
             assert!(targeted(mistyped).unwrap().mistyped, "{mistyped:?}");
         }
@@ -429,6 +442,7 @@ mod tests {
             "max-age=60",
             "no-store=?0, no-cache=?0, private=?0, public=?0, must-revalidate=?0",
             "private=\"x-user\", foo=\"anything\", bar=1.5",
+            "foobar, max-age=3600",
         ] {
             assert!(!targeted(fine).unwrap().mistyped, "{fine:?}");
         }
