@@ -31,6 +31,7 @@
 //! passed through".
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName};
 use sfv::{BareItem, Dictionary, ListEntry, Parser, Version};
@@ -71,7 +72,7 @@ impl<'h> ResponseDirectives<'h> {
             tracing::trace!(field = %name, "targeted cache-control rules this response");
             let overridden = CacheControl::parse(headers);
             if mistyped {
-                tracing::debug!(field = %name, "targeted cache-control field with a mistyped member: Cache-Control's restrictions apply too");
+                report_mistake(name);
                 cc.restrict_by(&overridden);
             }
             let view = if headers.contains_key(header::EXPIRES) {
@@ -111,6 +112,24 @@ impl<'h> ResponseDirectives<'h> {
                 .as_ref()
                 .is_some_and(|cc| is_unstored_field(name, headers, cc, share_set_cookie))
     }
+}
+
+/// Says once per process, as a warning, that an origin sends a targeted field with a
+/// mistake in it (then at debug level): the operator sees why such responses are cached
+/// less than the field meant (`Cache-Control`'s restrictions apply too), and the origin's
+/// every response cannot flood the log.
+fn report_mistake(field: &HeaderName) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.swap(true, Ordering::Relaxed) {
+        tracing::debug!(%field, "targeted cache-control field with a mistyped member or no known directive: Cache-Control's restrictions apply too");
+        return;
+    }
+    tracing::warn!(
+        %field,
+        "a response's targeted cache-control field has a member of the wrong type or names \
+         no directive the cache knows; Cache-Control's no-store, private, no-cache and \
+         must-revalidate apply beside it (further ones are logged at debug level)"
+    );
 }
 
 impl Policy {
