@@ -1172,14 +1172,20 @@ impl Checker {
         if sent.method == Method::HEAD && !body.is_empty() {
             return Err(format!("a body went out for HEAD: {body:?}"));
         }
-        // A HEAD's fields describe one representation: when its `ETag` is that of the GET
-        // body its record names, so is its `Content-Length` (RFC 9110 §9.3.2); a 304's or
-        // another representation's length would misframe a GET answered from them.
-        if sent.method == Method::HEAD && status == 200 {
-            let full = body_of("GET", record);
-            let etag = headers.get("etag").and_then(|v| v.to_str().ok());
+        // The fields of one response: the origin's `ETag` is that of the GET body its
+        // `x-made-for` names, whatever answered (a 304 refreshes both, or neither). A HEAD's
+        // `Content-Length` is that body's length too (RFC 9110 §9.3.2): a 304's or another
+        // representation's would misframe a GET answered from the same fields.
+        let etag = headers.get("etag").and_then(|v| v.to_str().ok());
+        if let (Some(etag), Some(made_for)) = (etag, headers.get("x-made-for")) {
+            let full = body_of("GET", made_for.to_str().unwrap_or(""));
+            if etag != etag_of(&full) {
+                return Err(format!(
+                    "ETag {etag} beside the fields of another representation ({record})"
+                ));
+            }
             let length = headers.get("content-length").and_then(|v| v.to_str().ok());
-            if let (Some(_), Some(length)) = (etag.filter(|e| *e == etag_of(&full)), length) {
+            if let Some(length) = length.filter(|_| sent.method == Method::HEAD && status == 200) {
                 if length != full.len().to_string() {
                     return Err(format!(
                         "HEAD answered with Content-Length {length} for a {} byte representation",
@@ -1928,8 +1934,22 @@ fn verdict(
     calls: &[(usize, Call)],
     invalidated_by: Option<usize>,
 ) -> Result<(), String> {
+    let request = (Method::GET, fields);
+    verdict_for(policy, request, status, answer, body, calls, invalidated_by)
+}
+
+/// The same for a request of another method.
+fn verdict_for(
+    policy: Policy,
+    (method, fields): (Method, Vec<(&'static str, &'static str)>),
+    status: u16,
+    answer: &[(&str, &str)],
+    body: &str,
+    calls: &[(usize, Call)],
+    invalidated_by: Option<usize>,
+) -> Result<(), String> {
     let step = Step {
-        method: Method::GET,
+        method,
         base: 0,
         spelling: "/{}",
         query: "",
@@ -2136,4 +2156,33 @@ fn the_model_fails_closed_on_a_misspelt_targeted_field() {
     assert!(!has(&misspelt, "max-age") && !has(&misspelt, "must-revalidate"));
     let valid = effective(&policy("max-age=60"));
     assert_eq!(valid, ["max-age=60"]);
+}
+
+#[test]
+fn the_checker_catches_a_head_answered_with_another_representations_fields() {
+    let policy = policy_with("max-age=60", &[]);
+    let full = body_of("GET", ANONYMOUS_RECORD);
+    let (etag, length) = (etag_of(&full), full.len().to_string());
+    let head = || (Method::HEAD, vec![]);
+    let answer = |etag, length| {
+        [
+            ("x-made-for", ANONYMOUS_RECORD),
+            ("x-call", "1"),
+            ("etag", etag),
+            ("content-length", length),
+        ]
+    };
+    let right = answer(&etag, &length);
+    assert_eq!(
+        verdict_for(policy.clone(), head(), 200, &right, "", &[], None),
+        Ok(())
+    );
+    // A 304's length, for another user's representation, merged into the stored fields.
+    let other = body_of("GET", ALICE_RECORD).len().to_string();
+    let wrong_length = answer(&etag, &other);
+    assert!(verdict_for(policy.clone(), head(), 200, &wrong_length, "", &[], None).is_err());
+    // Another representation's ETag beside these fields.
+    let alice = etag_of(&body_of("GET", ALICE_RECORD));
+    let wrong_etag = answer(&alice, &length);
+    assert!(verdict_for(policy, head(), 200, &wrong_etag, "", &[], None).is_err());
 }
