@@ -17,14 +17,21 @@
 //! target and Host it saw, the user (`Authorization`, `Cookie`) and the value of each
 //! field its `Vary` names; `x-call` numbers its answers and `Set-Cookie` carries that
 //! number. It honours `X-HTTP-Method-Override`, `Range` / `If-Range` and conditionals,
-//! and its validators are honest (a strong `ETag` is a digest of the body). Lifetimes are
+//! and its validators are honest (a strong `ETag` is a digest of the body, `Last-Modified`
+//! changes with each deploy), except on a *sloppy* path (one in six): there it answers
+//! any conditional GET or HEAD with a 304 carrying its current validators and length,
+//! which may name another representation than the one asked about (a misconfigured
+//! origin, a load balancer over two deploys). Such a 304 may reach the client whose own
+//! conditional request it answers; to the cache's validators it validates nothing: the
+//! cache must not relabel its stored body with it, serve that body unvalidated, or pass
+//! the 304 to a client that asked without conditionals (RFC 9111 §4.3.4). Lifetimes are
 //! 0 or 60 s and more, so no check depends on the wall clock; background work settles
 //! after each step, so a case runs the same way every time.
 //!
 //! The checker (`Checker::check`) runs on every answer; the `the_checker_*` tests show
 //! it fails on wrong answers made by hand. Longer hunts: `PROPTEST_CASES=3000`;
 //! `REVIEW_AA_LOG=1` prints each case's exchanges, `REVIEW_AA_STATS=1` how many answers
-//! came from the cache.
+//! came from the cache and how many were sent again after a 304.
 
 mod support;
 
@@ -65,6 +72,12 @@ struct Policy {
     split_lines: bool,
     /// Sends `Age: 100`: a 60 s lifetime is over on arrival (RFC 9111 §4.2.3).
     age: bool,
+    /// A sloppy origin (misconfigured, or a load balancer over two deploys): it answers
+    /// any conditional GET or HEAD (`If-None-Match` or `If-Modified-Since`, whatever the
+    /// validator, whatever its status) with a 304 carrying its current `ETag`,
+    /// `Last-Modified` and `Content-Length`, which may name another representation than
+    /// the one asked about (another user's, another epoch's).
+    sloppy: bool,
 }
 
 const STATUSES: &[u16] = &[200, 200, 200, 203, 204, 301, 302, 404, 410, 500, 503];
@@ -108,6 +121,9 @@ const CDN_CACHE_CONTROLS: &[Option<&str>] = &[
     // A max-age of the wrong type: not consumed, and `Cache-Control`'s restrictions
     // apply beside the field.
     Some("max-age=\"60\""),
+    // A misspelt key: the field names no directive the layer knows, and fails closed the
+    // same way.
+    Some("maxage=60"),
 ];
 const VARIES: &[&[&str]] = &[
     &[],
@@ -138,9 +154,11 @@ fn policy() -> impl Strategy<Value = Policy> {
         ],
         proptest::sample::select(VARIES),
         any::<[bool; 6]>(),
+        // One path in six.
+        proptest::bool::weighted(1.0 / 6.0),
     )
         .prop_map(
-            |(status, cache_control, cdn_cache_control, vary, flags)| Policy {
+            |(status, cache_control, cdn_cache_control, vary, flags, sloppy)| Policy {
                 status,
                 cache_control,
                 cdn_cache_control,
@@ -151,6 +169,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 ranges: flags[3],
                 split_lines: flags[4],
                 age: flags[5] && flags[4],
+                sloppy,
             },
         )
 }
@@ -271,7 +290,17 @@ const IF_RANGES: &[Option<&str>] = &[
     Some("\"nope\""),
 ];
 
-const LAST_MODIFIED: &str = "Wed, 01 Jan 2025 00:00:00 GMT";
+/// The origin's `Last-Modified` per epoch: a deploy modifies every path, so that a 304
+/// carrying the current date names another representation than a stored response of the
+/// epoch before (RFC 9111 §4.3.4).
+const LAST_MODIFIED: &[&str] = &[
+    "Wed, 01 Jan 2025 00:00:00 GMT",
+    "Thu, 01 May 2025 00:00:00 GMT",
+];
+
+fn last_modified(epoch: usize) -> &'static str {
+    LAST_MODIFIED[epoch.min(LAST_MODIFIED.len() - 1)]
+}
 
 #[derive(Clone, Debug)]
 struct Step {
@@ -494,6 +523,7 @@ fn case() -> impl Strategy<Value = Case> {
                     later.last_modified = first.last_modified;
                     later.ranges = first.ranges;
                     later.split_lines = first.split_lines;
+                    later.sloppy = first.sloppy;
                 }
             }
             // A request sent beside the one before it goes to the same target (concurrent
@@ -703,7 +733,13 @@ impl Origin {
         let full = body_of("GET", &record);
         let etag = etag_of(&full);
         let mut status = policy.status;
-        let conditional = if !safe || status != 200 {
+        let modified = last_modified(epoch);
+        let sloppy = safe
+            && policy.sloppy
+            && (headers.contains_key("if-none-match") || headers.contains_key("if-modified-since"));
+        let conditional = if sloppy {
+            true
+        } else if !safe || status != 200 {
             false
         } else if let Some(inm) = headers.get("if-none-match") {
             let inm = inm.to_str().unwrap_or("");
@@ -713,7 +749,7 @@ impl Origin {
                 .to_str()
                 .ok()
                 .and_then(|d| httpdate::parse_http_date(d).ok());
-            let modified = httpdate::parse_http_date(LAST_MODIFIED).ok();
+            let modified = httpdate::parse_http_date(modified).ok();
             policy.last_modified && matches!((since, modified), (Some(s), Some(m)) if s >= m)
         } else {
             false
@@ -733,7 +769,7 @@ impl Origin {
             // If-Range (RFC 9110 §13.1.5): the range only if the validator is current.
             let if_range = headers.get("if-range").and_then(|v| v.to_str().ok());
             let current = if_range.is_none_or(|v| {
-                (policy.etag && v == etag) || (policy.last_modified && v == LAST_MODIFIED)
+                (policy.etag && v == etag) || (policy.last_modified && v == modified)
             });
             let range = headers.get("range").and_then(|r| r.to_str().ok());
             if let Some(range) = range.filter(|_| current) {
@@ -791,7 +827,7 @@ impl Origin {
             add("etag", &etag);
         }
         if policy.last_modified {
-            add("last-modified", LAST_MODIFIED);
+            add("last-modified", modified);
         }
         if policy.ranges {
             add("accept-ranges", "bytes");
@@ -799,8 +835,8 @@ impl Origin {
         if policy.age {
             add("age", "100");
         }
-        if method == Method::HEAD && status == 200 {
-            // What a GET would carry (RFC 9110 §9.3.2), as servers send it.
+        if (method == Method::HEAD && status == 200) || (sloppy && status == 304) {
+            // What a GET would carry (RFC 9110 §9.3.2, §8.6), as servers send it.
             add("content-length", &full.len().to_string());
         }
         if let Some(content_range) = content_range {
@@ -880,7 +916,8 @@ fn parse_record(text: &str) -> HashMap<String, String> {
 /// The directives this cache obeys for `policy`: `CDN-Cache-Control` when present (all
 /// ours are valid dictionaries), else `Cache-Control` (RFC 9213 §2.2). A targeted member
 /// of the wrong type (`max-age="60"`) is not consumed (§2.1), but its field still rules,
-/// with `Cache-Control`'s restrictive directives beside it.
+/// with `Cache-Control`'s restrictive directives beside it; so does a field that names no
+/// directive the layer knows (`maxage=60`, misspelt).
 fn effective(policy: &Policy) -> Vec<String> {
     let split = |field: &str| -> Vec<String> {
         field
@@ -894,7 +931,11 @@ fn effective(policy: &Policy) -> Vec<String> {
     };
     let mistyped = |d: &String| d.starts_with("max-age=\"");
     let mut directives = split(cdn);
-    if directives.iter().any(mistyped) {
+    let known = |d: &String| {
+        let key = d.split('=').next().unwrap_or("");
+        TARGETED_DIRECTIVES.contains(&key)
+    };
+    if directives.iter().any(mistyped) || !directives.iter().any(known) {
         let restrictive = [
             "no-store",
             "private",
@@ -917,6 +958,23 @@ fn effective(policy: &Policy) -> Vec<String> {
     directives.retain(|d| !mistyped(d));
     directives
 }
+
+/// The response directives the layer reads in a targeted field (RFC 9111 §5.2.2,
+/// RFC 9213 §2.1).
+const TARGETED_DIRECTIVES: &[&str] = &[
+    "no-store",
+    "public",
+    "must-revalidate",
+    "proxy-revalidate",
+    "no-transform",
+    "must-understand",
+    "no-cache",
+    "private",
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
 
 /// The directives of a served response's own `CDN-Cache-Control` (when it parses as ours
 /// do) or `Cache-Control` lines.
@@ -1035,6 +1093,23 @@ impl Checker {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let unsafe_method = !matches!(sent.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        // A 304 answers a conditional request only (RFC 9110 §15.4.5): the cache's own
+        // validators on a client's request are the cache's business, and so is a 304 the
+        // origin gives them, whatever representation it names (RFC 9111 §4.3.4).
+        if status == 304 {
+            let conditional = sent.headers.contains_key("if-none-match")
+                || sent.headers.contains_key("if-modified-since");
+            if !conditional {
+                return Err("a 304 answered a request without conditionals".into());
+            }
+            // The origin's 304 passes only to the request it answered (a sloppy origin's
+            // is its lie to that client); the cache's own are made from stored fields.
+            if x_call.is_some() && !own {
+                return Err(format!(
+                    "a 304 made for another request (x-call {x_call:?}) was passed on"
+                ));
+            }
+        }
         if sent.overridden {
             if from_cache {
                 return Err("a request with a method override was answered from the cache".into());
@@ -1097,8 +1172,31 @@ impl Checker {
         if sent.method == Method::HEAD && !body.is_empty() {
             return Err(format!("a body went out for HEAD: {body:?}"));
         }
-        // A length from another representation (a HEAD's or a 304's) framed this body.
-        if sent.method == Method::GET {
+        // The fields of one response: the origin's `ETag` is that of the GET body its
+        // `x-made-for` names, whatever answered (a 304 refreshes both, or neither). A HEAD's
+        // `Content-Length` is that body's length too (RFC 9110 §9.3.2): a 304's or another
+        // representation's would misframe a GET answered from the same fields.
+        let etag = headers.get("etag").and_then(|v| v.to_str().ok());
+        if let (Some(etag), Some(made_for)) = (etag, headers.get("x-made-for")) {
+            let full = body_of("GET", made_for.to_str().unwrap_or(""));
+            if etag != etag_of(&full) {
+                return Err(format!(
+                    "ETag {etag} beside the fields of another representation ({record})"
+                ));
+            }
+            let length = headers.get("content-length").and_then(|v| v.to_str().ok());
+            if let Some(length) = length.filter(|_| sent.method == Method::HEAD && status == 200) {
+                if length != full.len().to_string() {
+                    return Err(format!(
+                        "HEAD answered with Content-Length {length} for a {} byte representation",
+                        full.len()
+                    ));
+                }
+            }
+        }
+        // A length from another representation (a HEAD's or a 304's) framed this body. (A
+        // 304 itself may carry the length a 200 would have, RFC 9110 §8.6.)
+        if sent.method == Method::GET && status != 304 {
             let length = headers.get("content-length").and_then(|v| v.to_str().ok());
             if let Some(length) = length.filter(|l| *l != body.len().to_string()) {
                 return Err(format!(
@@ -1213,8 +1311,12 @@ impl Checker {
             let no_cache_request = field(&sent.headers, "cache-control").contains("no-cache")
                 || (!sent.headers.contains_key("cache-control")
                     && field(&sent.headers, "pragma").contains("no-cache"));
-            // (A request sent beside another may wait for that one's validation.)
-            if group_calls == 0 && status != 304 {
+            // Validated: the answer's fields came from the origin while this request's group
+            // ran (its own validation, or one it waited for). Else they were stored before,
+            // and reused without one, even if the origin was asked meanwhile (a 304 naming
+            // another representation validates nothing, RFC 9111 §4.3.4).
+            let validated = x_call.is_some_and(|n| n + group_calls > all_calls.len());
+            if !validated && status != 304 {
                 if no_cache_request {
                     return Err(format!(
                         "request no-cache answered from the cache without validation ({cache_status})"
@@ -1230,7 +1332,10 @@ impl Checker {
                     ]
                     .iter()
                     .any(|d| has(&directives, d));
-                    if !max_stale || forbids_stale {
+                    // RFC 5861 §3: served stale while a refresh runs in the background.
+                    let while_revalidating =
+                        group_calls > 0 && has(&directives, "stale-while-revalidate");
+                    if (!max_stale || forbids_stale) && !while_revalidating {
                         return Err(format!(
                             "a stale or no-cache response ({directives:?}) was served without validation ({cache_status})"
                         ));
@@ -1326,7 +1431,17 @@ impl Checker {
                 }
             }
             let rest = rest.strip_suffix("|0123456789").unwrap_or(rest);
-            check_record(&parse_record(rest), "the body")?;
+            let body_record = parse_record(rest);
+            // The same for the other validator: the body's epoch dates it.
+            if let Some(modified) = headers.get("last-modified").and_then(|v| v.to_str().ok()) {
+                let epoch = body_record.get("p").and_then(|p| p.parse::<usize>().ok());
+                if let Some(epoch) = epoch.filter(|e| modified != last_modified(*e)) {
+                    return Err(format!(
+                        "Last-Modified {modified} served with a body of epoch {epoch}: {body:?}"
+                    ));
+                }
+            }
+            check_record(&body_record, "the body")?;
             if from_cache {
                 let theirs = parse_record(rest);
                 if theirs.get("a").is_some_and(|a| a != "-") && !shareable {
@@ -1623,6 +1738,16 @@ async fn run<B: Backend>(
                 FROM_CACHE.fetch_add(1, Ordering::Relaxed);
             }
             STEPS.fetch_add(1, Ordering::Relaxed);
+            // A 304 to the cache's validators, then this request sent again (a sloppy
+            // origin's 304 for another representation).
+            let mine: Vec<u16> = calls
+                .iter()
+                .filter(|(_, c)| c.request == Some(j))
+                .map(|(_, c)| c.status)
+                .collect();
+            if mine.len() > 1 && mine[0] == 304 {
+                SENT_AGAIN.fetch_add(1, Ordering::Relaxed);
+            }
             let origin = Calls {
                 own: &calls,
                 all: &all_calls,
@@ -1650,6 +1775,7 @@ async fn run<B: Backend>(
 
 static STEPS: AtomicUsize = AtomicUsize::new(0);
 static FROM_CACHE: AtomicUsize = AtomicUsize::new(0);
+static SENT_AGAIN: AtomicUsize = AtomicUsize::new(0);
 
 fn from_cache_seen(headers: &HeaderMap, calls: &[(usize, Call)]) -> bool {
     let x_call = headers
@@ -1699,9 +1825,10 @@ fn run_blocking(case: &Case, mode: CacheMode, near: bool) -> Result<(), TestCase
     let result = runtime.block_on(run(case, mode, MemoryBackend::new(), "review-aa"));
     if std::env::var("REVIEW_AA_STATS").is_ok() {
         eprintln!(
-            "steps {} answered from the cache {}",
+            "steps {} answered from the cache {} sent again after a 304 {}",
             STEPS.load(Ordering::Relaxed),
-            FROM_CACHE.load(Ordering::Relaxed)
+            FROM_CACHE.load(Ordering::Relaxed),
+            SENT_AGAIN.load(Ordering::Relaxed)
         );
     }
     result
@@ -1791,6 +1918,7 @@ fn policy_with(cache_control: &'static str, vary: &'static [&'static str]) -> Po
         ranges: false,
         split_lines: false,
         age: false,
+        sloppy: false,
     }
 }
 
@@ -1806,8 +1934,22 @@ fn verdict(
     calls: &[(usize, Call)],
     invalidated_by: Option<usize>,
 ) -> Result<(), String> {
+    let request = (Method::GET, fields);
+    verdict_for(policy, request, status, answer, body, calls, invalidated_by)
+}
+
+/// The same for a request of another method.
+fn verdict_for(
+    policy: Policy,
+    (method, fields): (Method, Vec<(&'static str, &'static str)>),
+    status: u16,
+    answer: &[(&str, &str)],
+    body: &str,
+    calls: &[(usize, Call)],
+    invalidated_by: Option<usize>,
+) -> Result<(), String> {
     let step = Step {
-        method: Method::GET,
+        method,
         base: 0,
         spelling: "/{}",
         query: "",
@@ -1927,4 +2069,120 @@ fn the_checker_catches_an_entry_older_than_an_invalidation() {
     let answer = [("x-made-for", ANONYMOUS_RECORD), ("x-call", "1")];
     let policy = policy_with("max-age=60", &[]);
     assert!(verdict(policy, vec![], 200, &answer, &body, &[], Some(2)).is_err());
+}
+
+fn call(n: usize, status: u16) -> (usize, Call) {
+    (
+        n,
+        Call {
+            status,
+            request: None,
+            no_store: false,
+        },
+    )
+}
+
+#[test]
+fn the_checker_catches_a_304_to_a_request_without_conditionals() {
+    let answer = [("x-made-for", ANONYMOUS_RECORD), ("x-call", "1")];
+    let policy = Policy {
+        sloppy: true,
+        ..policy_with("max-age=60", &[])
+    };
+    let calls = [call(1, 304)];
+    assert!(verdict(policy.clone(), vec![], 304, &answer, "", &calls, None).is_err());
+    // A sloppy origin's 304 to a client's own conditional request is its lie, passed on.
+    let conditional = vec![("if-none-match", "\"nope\"")];
+    assert_eq!(
+        verdict(
+            policy.clone(),
+            conditional.clone(),
+            304,
+            &answer,
+            "",
+            &calls,
+            None
+        ),
+        Ok(())
+    );
+    // Not one made for another request, though.
+    assert!(verdict(policy, conditional, 304, &answer, "", &[], None).is_err());
+}
+
+#[test]
+fn the_checker_catches_a_body_under_another_epochs_validators() {
+    let body = body_of("GET", ANONYMOUS_RECORD);
+    let policy = policy_with("max-age=60", &[]);
+    let answer = |modified| {
+        [
+            ("x-made-for", ANONYMOUS_RECORD),
+            ("x-call", "1"),
+            ("last-modified", modified),
+        ]
+    };
+    let current = answer(last_modified(0));
+    assert_eq!(
+        verdict(policy.clone(), vec![], 200, &current, &body, &[], None),
+        Ok(())
+    );
+    let later = answer(last_modified(1));
+    assert!(verdict(policy, vec![], 200, &later, &body, &[], None).is_err());
+}
+
+#[test]
+fn the_checker_catches_a_stale_answer_after_a_304_that_validated_nothing() {
+    let body = body_of("GET", ANONYMOUS_RECORD);
+    let policy = policy_with("no-cache, max-age=60", &[]);
+    // The stored fields (#1) after the origin's 304 (#10) named another representation.
+    let stored = [("x-made-for", ANONYMOUS_RECORD), ("x-call", "1")];
+    let calls = [call(10, 304)];
+    assert!(verdict(policy.clone(), vec![], 200, &stored, &body, &calls, None).is_err());
+    // Refreshed by that 304: validated.
+    let refreshed = [("x-made-for", ANONYMOUS_RECORD), ("x-call", "10")];
+    assert_eq!(
+        verdict(policy, vec![], 200, &refreshed, &body, &calls, None),
+        Ok(())
+    );
+}
+
+#[test]
+fn the_model_fails_closed_on_a_misspelt_targeted_field() {
+    let policy = |cdn| Policy {
+        cdn_cache_control: Some(cdn),
+        ..policy_with("private, max-age=60, must-revalidate", &[])
+    };
+    let misspelt = effective(&policy("maxage=60"));
+    assert!(has(&misspelt, "private") && has(&misspelt, "proxy-revalidate"));
+    assert!(!has(&misspelt, "max-age") && !has(&misspelt, "must-revalidate"));
+    let valid = effective(&policy("max-age=60"));
+    assert_eq!(valid, ["max-age=60"]);
+}
+
+#[test]
+fn the_checker_catches_a_head_answered_with_another_representations_fields() {
+    let policy = policy_with("max-age=60", &[]);
+    let full = body_of("GET", ANONYMOUS_RECORD);
+    let (etag, length) = (etag_of(&full), full.len().to_string());
+    let head = || (Method::HEAD, vec![]);
+    let answer = |etag, length| {
+        [
+            ("x-made-for", ANONYMOUS_RECORD),
+            ("x-call", "1"),
+            ("etag", etag),
+            ("content-length", length),
+        ]
+    };
+    let right = answer(&etag, &length);
+    assert_eq!(
+        verdict_for(policy.clone(), head(), 200, &right, "", &[], None),
+        Ok(())
+    );
+    // A 304's length, for another user's representation, merged into the stored fields.
+    let other = body_of("GET", ALICE_RECORD).len().to_string();
+    let wrong_length = answer(&etag, &other);
+    assert!(verdict_for(policy.clone(), head(), 200, &wrong_length, "", &[], None).is_err());
+    // Another representation's ETag beside these fields.
+    let alice = etag_of(&body_of("GET", ALICE_RECORD));
+    let wrong_etag = answer(&alice, &length);
+    assert!(verdict_for(policy, head(), 200, &wrong_etag, "", &[], None).is_err());
 }
