@@ -374,7 +374,6 @@ fn sometimes(pool: &'static [Option<&'static str>]) -> impl Strategy<Value = Opt
     prop_oneof![4 => Just(None), 1 => proptest::sample::select(pool)]
 }
 
-/// A method, the index of a target in the case's pool, and request fields.
 /// A method, the index of a target in the case's pool, request fields, and whether the
 /// next request is sent while this one is in flight.
 type StepParts = (Method, usize, Vec<(&'static str, &'static str)>, bool);

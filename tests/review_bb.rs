@@ -144,21 +144,26 @@ async fn cache_controls_must_revalidate_gives_a_mistyped_targeted_field_no_authe
 /// `no-store` stands, and the response is not stored.
 #[tokio::test]
 async fn a_targeted_must_understand_does_not_lift_cache_controls_no_store() {
-    let origin = Origin::new(|_, _| {
-        (
-            200,
-            vec![
-                ("cache-control", "no-store"),
-                (
-                    "cdn-cache-control",
-                    "must-understand, s-maxage=600, max-age=\"60\"",
-                ),
-            ],
-        )
-    });
-    let layer = cdn_layer();
-    let watch = Watch::of(&layer);
-    let svc = service(&layer, &origin);
+    // Each response: this `Cache-Control` beside a mistyped targeted field with
+    // `must-understand`.
+    let serve = |cache_control: &'static str| {
+        let origin = Origin::new(move |_, _| {
+            (
+                200,
+                vec![
+                    ("cache-control", cache_control),
+                    (
+                        "cdn-cache-control",
+                        "must-understand, s-maxage=600, max-age=\"60\"",
+                    ),
+                ],
+            )
+        });
+        let layer = cdn_layer();
+        let watch = Watch::of(&layer);
+        (service(&layer, &origin), watch)
+    };
+    let (svc, watch) = serve("no-store");
     get(&svc, "/mu", &[]).await;
     watch.settled().await;
     let second = get(&svc, "/mu", &[]).await;
@@ -167,21 +172,7 @@ async fn a_targeted_must_understand_does_not_lift_cache_controls_no_store() {
 
     // `Cache-Control`'s own `must-understand` lifts its `no-store`: stored, for the
     // targeted field's lifetime.
-    let origin = Origin::new(|_, _| {
-        (
-            200,
-            vec![
-                ("cache-control", "no-store, must-understand"),
-                (
-                    "cdn-cache-control",
-                    "must-understand, s-maxage=600, max-age=\"60\"",
-                ),
-            ],
-        )
-    });
-    let layer = cdn_layer();
-    let watch = Watch::of(&layer);
-    let svc = service(&layer, &origin);
+    let (svc, watch) = serve("no-store, must-understand");
     get(&svc, "/mu", &[]).await;
     support::stores(&watch, 1).await;
     let second = get(&svc, "/mu", &[]).await;
