@@ -179,14 +179,10 @@ async fn a_targeted_must_understand_does_not_lift_cache_controls_no_store() {
     support::assert_hit(second.cache_status());
 }
 
-/// Requests waiting on the revalidation of a stale entry when the origin answers it with a
-/// 304 for another representation: the leader's client gets the answer to its request
-/// sent again; those waiting are released and look again (the entry is gone), so none of
-/// them gets the superseded body or a 502, and none costs the origin more than one call
-/// beyond its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_waiting_on_a_revalidation_answered_for_another_representation_get_the_new_one() {
-    let origin = Origin::new(|n, request| match n {
+/// An origin that first serves `"v1"`, stale on arrival, then `"v2"`: a 200 to a request
+/// without `If-None-Match`, and a 304 with `not_modified` (naming `"v2"`) to one with it.
+fn redeployed(not_modified: &'static [(&'static str, &'static str)]) -> Origin {
+    Origin::new(move |n, request| match n {
         1 => (
             200,
             vec![
@@ -195,15 +191,22 @@ async fn requests_waiting_on_a_revalidation_answered_for_another_representation_
                 ("etag", "\"v1\""),
             ],
         ),
-        _ if request.contains_key("if-none-match") => (
-            304,
-            vec![("cache-control", "max-age=600"), ("etag", "\"v2\"")],
-        ),
+        _ if request.contains_key("if-none-match") => (304, not_modified.to_vec()),
         _ => (
             200,
             vec![("cache-control", "max-age=600"), ("etag", "\"v2\"")],
         ),
-    });
+    })
+}
+
+/// Requests waiting on the revalidation of a stale entry when the origin answers it with a
+/// 304 for another representation: the leader's client gets the answer to its request
+/// sent again; those waiting are released and look again (the entry is gone), so none of
+/// them gets the superseded body or a 502, and none costs the origin more than one call
+/// beyond its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_a_revalidation_answered_for_another_representation_get_the_new_one() {
+    let origin = redeployed(&[("cache-control", "max-age=600"), ("etag", "\"v2\"")]);
     let slow = origin.clone();
     let layer = support::layer(MemoryBackend::new())
         .namespace("review-bb")
@@ -247,21 +250,7 @@ async fn requests_waiting_on_a_revalidation_answered_for_another_representation_
 /// for nothing), without the cache's validators, and counted once, as a revalidation.
 #[tokio::test]
 async fn a_head_answered_for_another_representation_is_sent_again_as_a_head_and_counted_once() {
-    let origin = Origin::new(|n, request| match n {
-        1 => (
-            200,
-            vec![
-                ("cache-control", "max-age=1"),
-                ("age", "5"),
-                ("etag", "\"v1\""),
-            ],
-        ),
-        _ if request.contains_key("if-none-match") => (304, vec![("etag", "\"v2\"")]),
-        _ => (
-            200,
-            vec![("cache-control", "max-age=600"), ("etag", "\"v2\"")],
-        ),
-    });
+    let origin = redeployed(&[("etag", "\"v2\"")]);
     let layer = support::layer(MemoryBackend::new())
         .namespace("review-bb")
         .mode(CacheMode::Origin);

@@ -52,7 +52,7 @@ pub(crate) struct Config<B> {
     pub(crate) local_purges: Arc<LocalPurges>,
     /// Makes the body of the layer's own requests (a range miss's whole-representation
     /// GET); `None`: a few common body types only.
-    pub(crate) own_request_body: Option<super::range::MakeBody>,
+    pub(crate) own_request_body: Option<super::own_request::MakeBody>,
     /// The in-process tier in front of the backend, when there is one.
     pub(crate) near: Option<NearCache>,
 }

@@ -57,6 +57,7 @@ mod key;
 mod layer;
 mod lease;
 mod near;
+mod own_request;
 mod policy;
 mod purge;
 mod range;

@@ -13,7 +13,6 @@
 //! entries (keeping 206s and combining them, §3.4) are not kept: a representation is
 //! cached whole or not at all.
 
-use std::any::Any;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +26,7 @@ use tower::Service;
 use super::body::ResponseBody;
 use super::coalesce::Coordinated;
 use super::exchange::Exchange;
+use super::own_request::{RequestHead, own_body};
 use super::revalidate::{For, drain_stored, exchange};
 use super::service::{FromCache, Shared};
 use super::status::Forward;
@@ -36,11 +36,6 @@ use crate::backend::Backend;
 use crate::cache::entry::Entry;
 use crate::cache::policy::CacheControl;
 use crate::cache::policy::range::{self, Resolved};
-
-/// Makes the body of a request of the layer's own (see
-/// [`MemcacheLayer::own_request_body`](super::MemcacheLayer::own_request_body)), type-erased
-/// because the layer is not generic over the inner service's request body.
-pub(crate) type MakeBody = Arc<dyn Fn() -> Box<dyn Any + Send> + Send + Sync>;
 
 /// Turns `response`, a stored complete 200 answered to a GET, into the answer to the
 /// request's `Range` (§14.2): a 206, a 416, or (the field ignored, `If-Range` false) left
@@ -168,30 +163,6 @@ fn multipart(
     Some((body.freeze(), boundary))
 }
 
-/// The body of a request of the layer's own, of the inner service's type: the configured
-/// maker's, else an empty one of a few common types.
-pub(super) fn own_body<R: 'static>(make: Option<&MakeBody>) -> Option<R> {
-    if let Some(make) = make {
-        return make().downcast::<R>().ok().map(|b| *b);
-    }
-    let mut slot: Option<R> = None;
-    let any: &mut dyn Any = &mut slot;
-    if let Some(s) = any.downcast_mut::<Option<()>>() {
-        *s = Some(());
-    } else if let Some(s) = any.downcast_mut::<Option<String>>() {
-        *s = Some(String::new());
-    } else if let Some(s) = any.downcast_mut::<Option<Vec<u8>>>() {
-        *s = Some(Vec::new());
-    } else if let Some(s) = any.downcast_mut::<Option<Bytes>>() {
-        *s = Some(Bytes::new());
-    }
-    #[cfg(feature = "axum")]
-    if let Some(s) = any.downcast_mut::<Option<axum::body::Body>>() {
-        *s = Some(axum::body::Body::empty());
-    }
-    slot
-}
-
 /// Request fields the whole-representation GET leaves out: it asks for the whole,
 /// unconditionally.
 const NOT_FORWARDED: [header::HeaderName; 6] = [
@@ -243,17 +214,14 @@ impl<S, R> WholeFill<S, R> {
             );
             return None;
         };
-        let mut whole = Request::new(body);
-        *whole.method_mut() = Method::GET;
-        *whole.uri_mut() = request.uri().clone();
-        *whole.version_mut() = request.version();
-        *whole.extensions_mut() = request.extensions().clone();
-        let headers = whole.headers_mut();
+        let mut headers = HeaderMap::new();
         for (name, value) in request.headers() {
             if !NOT_FORWARDED.contains(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
+        // A GET already (checked above).
+        let whole = RequestHead::of(request).into_request(body, headers);
         Some(Self {
             inner: inner.clone(),
             request: whole,
@@ -422,15 +390,5 @@ mod tests {
         assert_eq!(complete_length(&with("bytes 0-4/*")), None);
         assert_eq!(complete_length(&with("items 0-4/10")), None);
         assert_eq!(complete_length(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn own_bodies_of_common_types() {
-        assert_eq!(own_body::<String>(None), Some(String::new()));
-        assert_eq!(own_body::<()>(None), Some(()));
-        assert!(own_body::<std::fs::File>(None).is_none());
-        let make: MakeBody = Arc::new(|| Box::new(7u8));
-        assert_eq!(own_body::<u8>(Some(&make)), Some(7));
-        assert_eq!(own_body::<u16>(Some(&make)), None);
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self};
-use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
 
@@ -17,7 +17,7 @@ use super::body::ResponseBody;
 use super::coalesce::Filler;
 use super::exchange::{Exchange, Sent};
 use super::fill::Refusal;
-use super::range::own_body;
+use super::own_request::{RequestHead, own_body};
 use super::service::{Answered, Counted, Shared};
 use super::status::{Detail, Forward, Outcome};
 use super::stored::{self, header_map, now_ms};
@@ -173,7 +173,7 @@ where
     // validators with a 304 for another representation (below). Only for a client: the
     // layer's own exchanges (a stale-while-revalidate refresh, a range miss's whole fetch)
     // read only what they store, and the answer to a request sent again is not stored.
-    let resend = (ours && caller == For::Client).then(|| Resend::of(&request));
+    let resend = (ours && caller == For::Client).then(|| RequestHead::of(&request));
     let outcome = inner.call(request).await;
     let stale_fallback = |unreachable: bool| {
         let entry = stale.as_ref()?;
@@ -343,37 +343,6 @@ where
         filler.release().await;
     }
     Ok(response)
-}
-
-/// A client's request line and extensions, kept to send it again (with the client's own
-/// fields and a body the layer makes) after a 304 that answered the cache's validators
-/// for another representation.
-struct Resend {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    extensions: Extensions,
-}
-
-impl Resend {
-    fn of<R>(request: &Request<R>) -> Self {
-        Self {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            extensions: request.extensions().clone(),
-        }
-    }
-
-    fn into_request<R>(self, body: R, headers: http::HeaderMap) -> Request<R> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = self.version;
-        *request.extensions_mut() = self.extensions;
-        *request.headers_mut() = headers;
-        request
-    }
 }
 
 /// Whom an [`exchange`] with the origin is for, which decides how it is counted.
