@@ -125,6 +125,10 @@ async fn rfc9111_4_requests_are_counted_by_outcome<B: Backend>(backend: B) {
     // Registered with the first count even while still zero.
     assert_eq!(count(requests, Some("stale")), 0.0);
     assert_eq!(count("tower_memcache_store_failures_total", None), 0.0);
+    assert_eq!(
+        count("tower_memcache_mismatched_not_modified_total", None),
+        0.0
+    );
     let snapshot = watch.snapshot();
     assert_eq!(
         count("tower_memcache_invalidations_total", None),
@@ -136,7 +140,47 @@ async fn rfc9111_4_requests_are_counted_by_outcome<B: Backend>(backend: B) {
     );
 }
 
-on_every_backend!("metrics"; rfc9111_4_requests_are_counted_by_outcome);
+/// A 304 naming another representation than the stored one (RFC 9111 §4.3.4) is counted
+/// for the operator, as `tower_memcache_mismatched_not_modified_total` and in the
+/// snapshot: the origin answers the cache's `If-None-Match: "v1"` with `ETag: "v2"`.
+async fn rfc9111_4_3_4_a_304_for_another_representation_is_counted<B: Backend>(backend: B) {
+    let handle = recorder();
+    let namespace = fresh_namespace("mismatched");
+    let layer = support::layer(backend)
+        .namespace(namespace.clone())
+        .mode(tower_memcache::cache::CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        let response = if req.headers().contains_key("if-none-match") {
+            Response::builder()
+                .status(304)
+                .header("etag", "\"v2\"")
+                .body(Full::new(Bytes::new()))
+        } else {
+            Response::builder()
+                .header("cache-control", "max-age=1")
+                .header("age", "5")
+                .header("etag", "\"v1\"")
+                .body(Full::new(Bytes::from_static(b"hello")))
+        };
+        Ok::<_, Infallible>(response.unwrap())
+    }));
+    get(&service, Method::GET, "/page").await;
+    watch.settled().await;
+    let revalidated = get(&service, Method::GET, "/page").await;
+    assert!(revalidated.contains("fwd=stale"), "{revalidated}");
+    watch.settled().await;
+    let text = handle.render();
+    let name = "tower_memcache_mismatched_not_modified_total";
+    assert_eq!(
+        sample(&text, name, &[("namespace", namespace.as_str())]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(watch.snapshot().mismatched_not_modified, 1);
+}
+
+on_every_backend!("metrics"; rfc9111_4_requests_are_counted_by_outcome, rfc9111_4_3_4_a_304_for_another_representation_is_counted);
 
 /// The TCP backend times each request per server and exports whether the server is in use:
 /// 1 while it answers, 0 once it is marked down.

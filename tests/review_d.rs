@@ -390,8 +390,19 @@ async fn rfc9111_4_3_4_a_304_for_another_strong_validator_updates_nothing<B: Bac
     );
     assert_sent_again(&origin, &revalidated, "if-none-match");
     watch.settled().await;
+    let counted = watch.snapshot();
+    assert_eq!(
+        (counted.mismatched_not_modified, counted.revalidations),
+        (1, 1),
+        "counted for the operator, once: {counted:?}"
+    );
     let later = get(&svc, "/v").await;
     assert_ne!(later.body, first.body, "the superseded entry is not reused");
+    assert_eq!(
+        watch.snapshot().mismatched_not_modified,
+        1,
+        "a fill is no mismatch"
+    );
     for answer in [&revalidated, &later] {
         let mixed = answer.body == first.body && answer.header("etag") == Some("\"v2\"");
         assert!(
@@ -536,6 +547,11 @@ async fn rfc9111_4_3_4_a_304_for_another_representation_to_a_background_refresh<
     watch.settled().await;
     assert_eq!(origin.calls(), 2, "the refresh, and nothing sent again");
     assert_eq!(origin.request(2)["if-none-match"], "\"v1\"");
+    assert_eq!(
+        watch.snapshot().mismatched_not_modified,
+        1,
+        "a background refresh's mismatch counts too"
+    );
     let later = get(&svc, "/swr").await;
     assert_eq!(origin.calls(), 3, "the superseded entry is gone");
     assert_eq!(later.body, "call #3");

@@ -254,6 +254,7 @@ where
             && names_another_representation(response.headers(), stored);
         if another {
             tracing::debug!(key = %plan.key, "304 for another representation; stored response removed");
+            stats.record_mismatched_not_modified();
             if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "superseded entry not removed");
             }

@@ -53,6 +53,7 @@ struct Shard {
     revalidations: AtomicU64,
     invalidations: AtomicU64,
     near_hits: AtomicU64,
+    mismatched_not_modified: AtomicU64,
 }
 
 /// The shard this thread counts into.
@@ -101,6 +102,12 @@ pub struct StatsSnapshot {
     /// Hits answered from the near tier, without asking the backend; also counted in
     /// `hits`.
     pub near_hits: u64,
+    /// Revalidations the origin answered with a 304 naming another representation than
+    /// the stored one (another strong `ETag`, another `Last-Modified`: RFC 9111 §4.3.4).
+    /// The stored response was removed, and a client's request sent again without the
+    /// layer's validators. Many of them point at an origin whose servers disagree (a
+    /// deploy in progress behind a load balancer) or that stamps new validators on 304s.
+    pub mismatched_not_modified: u64,
 }
 
 impl StatsSnapshot {
@@ -150,6 +157,8 @@ impl CacheStats {
         record_invalidation => invalidations,
         /// Counts a hit answered from the near tier (its `hits` is counted as any hit's).
         record_near_hit => near_hits,
+        /// Counts a 304 for another representation than the stored one.
+        record_mismatched_not_modified => mismatched_not_modified,
     }
 
     /// Counts a hit that sent `body_bytes` from the cache; `stale`: a stale response
@@ -233,6 +242,7 @@ impl CacheStats {
             revalidations: sum(|c| &c.revalidations),
             invalidations: sum(|c| &c.invalidations),
             near_hits: sum(|c| &c.near_hits),
+            mismatched_not_modified: sum(|c| &c.mismatched_not_modified),
         }
     }
 }
@@ -263,6 +273,10 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     (
         "tower_memcache_near_hits_total",
         "counter; hits answered from the near tier without asking the backend (each also counted as outcome=\"hit\" above)",
+    ),
+    (
+        "tower_memcache_mismatched_not_modified_total",
+        "counter; revalidations answered with a 304 for another representation than the stored one (RFC 9111 §4.3.4): the stored response removed, a client's request sent again",
     ),
     ("tower_memcache_stores_total", "counter; entries written"),
     (
@@ -394,6 +408,7 @@ mod exported {
         pub(super) store_failures: Counter,
         pub(super) invalidations: Counter,
         pub(super) near_hits: Counter,
+        pub(super) mismatched_not_modified: Counter,
         pub(super) backend_errors: Counter,
         pub(super) bytes_served: Counter,
     }
@@ -432,6 +447,7 @@ mod exported {
                     store_failures: plain("tower_memcache_store_failures_total"),
                     invalidations: plain("tower_memcache_invalidations_total"),
                     near_hits: plain("tower_memcache_near_hits_total"),
+                    mismatched_not_modified: plain("tower_memcache_mismatched_not_modified_total"),
                     backend_errors: plain("tower_memcache_backend_errors_total"),
                     bytes_served: plain("tower_memcache_bytes_served_total"),
                 }
