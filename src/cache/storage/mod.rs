@@ -1,0 +1,464 @@
+//! How the HTTP cache lays itself out in the backend, and the rules that make a purge
+//! hold.
+//!
+//! - The **primary key** of a URL (`md5(namespace ++ canonical request key)`, the
+//!   formula) holds its entry; or, when its responses vary on request headers, a
+//!   [`VariantIndex`], each variant then living under a key made of the canonical key, the
+//!   index id and the selecting header values; or, while one request refills the URL, a
+//!   [`Placeholder`].
+//! - **Everything a lookup needs lives on the server of the entry it guards** (libmemcached's
+//!   "by key" routing): variants, the namespace generation and the tag generations are
+//!   read and written with the primary key as the route. So a lookup is one server's
+//!   business, and a dead server costs only the URLs it held. Each server keeps its own
+//!   copy of the namespace and tag generations; purges write them on every server, and a
+//!   server that was marked down has its copy of the namespace generation deleted before it
+//!   serves again ([`Backend::reset_on_rejoin`]), which orphans whatever it held.
+//! - A **generation** is a fresh unique number (the clock in nanoseconds), never a counter:
+//!   a generation that memcached evicted reads as "absent", which matches no entry (a miss,
+//!   never a resurrected one). Being a time, it also says when a purge happened.
+//! - **A store replaces exactly what its lookup saw, by compare-and-swap**: the placeholder
+//!   its request put in the primary key before going to the origin, or the stale entry it
+//!   refreshes, or (for a variant) the index whose id the variant key carries. A purge or
+//!   invalidation deletes the primary key, so every store of a response produced before it
+//!   fails. Namespace and tag generations are read before the response is produced (tags, which
+//!   only the response names, are checked for purges newer than the request instead).
+//! - A **store epoch** per server and stripe of URLs ([`EPOCH_STRIPES`] of them, the
+//!   stripe a function of the primary key) is given a fresh unique number after every
+//!   store that replaces an entry (a refresh, a variant added under an index) and every
+//!   invalidation, by every process. A near tier that read the epoch before it read an
+//!   entry, and reads the same epoch later, knows that nothing replaced or removed the
+//!   entry meanwhile (a store into an empty slot does not write it: no tier can hold what
+//!   was not there). Like a generation, an epoch that memcached evicted matches nothing.
+//!
+//! Every operation is bounded by the layer's timeout and fails open.
+//!
+//! The modules below follow a URL's life in the backend: [`lookup`] finds a request's
+//! stored response, [`placeholder`] holds the URL while one request refills it, [`store`]
+//! writes the response over what its lookup saw, and [`purge`] removes URLs and gives
+//! namespaces and tags new generations. Keys, generations and store epochs are here.
+
+mod lookup;
+mod placeholder;
+mod purge;
+mod store;
+
+pub(crate) use lookup::{Found, Lookup};
+pub(crate) use placeholder::{Placed, arming};
+pub(crate) use purge::LocalPurges;
+pub(crate) use store::{StoreOutcome, Target};
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use super::background::Background;
+use super::stored;
+use crate::backend::{Backend, BackendError, Item, Lifetime};
+use crate::cache::entry::{Entry, FLAG_PLACEHOLDER, Placeholder, VariantIndex, decode_entry};
+use crate::cache::near::NearCache;
+use crate::cache::policy::normalized_header;
+use crate::cache::stats::CacheStats;
+use crate::key::{build_key, md5_hex_prefixed};
+
+/// At most this many tags per response are kept (bounded work per store and per read).
+pub(crate) const MAX_TAGS: usize = 32;
+/// Longer tags are ignored.
+pub(crate) const MAX_TAG_LEN: usize = 128;
+/// Sets of selecting header names a URL's variant index keeps (the most recent ones).
+pub(crate) const MAX_NAME_SETS: usize = 4;
+/// How far apart the clocks of processes sharing memcached may be. A response whose
+/// request went out less than this before a purge of one of its tags counts as produced
+/// before it.
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(1);
+/// The most a purge or invalidation waits for every server to answer.
+pub(crate) const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a fill may take and still be stored: its placeholder's lifetime in
+/// memcached.
+pub(crate) const FILL_HOLD: Duration = Duration::from_secs(300);
+
+/// Store epochs per server: a replacement makes a near tier read again in full only the
+/// entries of its stripe. Part of the layout every process sharing a namespace agrees on.
+pub(crate) const EPOCH_STRIPES: usize = 64;
+
+/// The store-epoch stripe of a primary key (FNV-1a: the same in every process, unlike
+/// std's seeded hasher).
+fn epoch_stripe(primary_key: &str) -> usize {
+    let hash = primary_key
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    // The remainder is below EPOCH_STRIPES, so it fits.
+    (hash % EPOCH_STRIPES as u64) as usize
+}
+
+/// A clock that ticks once per placeholder put in place (or stale entry guarded) in this
+/// process: cheaper on every lookup than reading the time, and all the single flight needs
+/// to tell a lookup that started before a placeholder landed from one that started after.
+static PLACEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// The placement clock now.
+pub(crate) fn placements() -> u64 {
+    PLACEMENTS.load(Ordering::SeqCst)
+}
+
+/// Ticks the placement clock: lookups that start from now on count as after this.
+pub(crate) fn placed() -> u64 {
+    PLACEMENTS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// What the primary key held when a lookup read it: what a store must find there still.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Not read (the lookup failed or was skipped): nothing may be stored.
+    #[default]
+    Unknown,
+    Absent,
+    /// A refill under way (maybe this request's own).
+    Placeholder {
+        cas: u64,
+        placeholder: Placeholder,
+    },
+    /// An entry, an index, or bytes that are not ours.
+    Value {
+        cas: u64,
+    },
+}
+
+impl Slot {
+    fn of(item: &Item) -> Self {
+        let Some(cas) = item.cas else {
+            return Self::Unknown;
+        };
+        match item.flags {
+            FLAG_PLACEHOLDER => match Placeholder::decode(&item.value) {
+                Some(placeholder) => Self::Placeholder { cas, placeholder },
+                None => Self::Value { cas },
+            },
+            _ => Self::Value { cas },
+        }
+    }
+}
+
+/// The backend, seen through the cache's key layout.
+#[derive(Clone)]
+pub(crate) struct Storage<B> {
+    backend: B,
+    local_purges: Arc<LocalPurges>,
+    namespace: Arc<str>,
+    generation_key: Arc<str>,
+    timeout: Duration,
+    stats: CacheStats,
+    background: Background,
+    /// The in-process tier: what this process purges, invalidates or stores leaves it.
+    near: Option<NearCache>,
+    /// The backend's [`Backend::outages`] when the near tier's memory of generations was
+    /// last known to predate none of them.
+    outages: Arc<AtomicU64>,
+}
+
+impl<B: Backend> Storage<B> {
+    pub(crate) fn new(
+        backend: B,
+        namespace: &str,
+        timeout: Duration,
+        stats: CacheStats,
+        background: Background,
+        local_purges: Arc<LocalPurges>,
+        near: Option<NearCache>,
+    ) -> Self {
+        let generation_key: Arc<str> = internal_key(namespace, "\0generation").into();
+        // A server that comes back may have missed purges: its copy of the generation goes,
+        // and with it everything it held for this namespace.
+        backend.reset_on_rejoin(&generation_key);
+        Self {
+            generation_key,
+            local_purges,
+            namespace: namespace.into(),
+            backend,
+            timeout,
+            stats,
+            background,
+            near,
+            outages: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The in-process tier, when there is one.
+    pub(crate) fn near(&self) -> Option<&NearCache> {
+        self.near.as_ref()
+    }
+
+    pub(crate) fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Where work that outlives a request runs.
+    pub(crate) fn background(&self) -> &Background {
+        &self.background
+    }
+
+    pub(crate) fn primary_key(&self, canonical: &str) -> String {
+        build_key(Some(&self.namespace), canonical)
+    }
+
+    /// The key of the store epoch that guards `primary_key`'s entries. (Made when needed,
+    /// one md5: a near tier's lookups and confirmations and a replacing store need it,
+    /// while a layer is built per connection by some servers.)
+    fn epoch_key(&self, primary_key: &str) -> String {
+        let stripe = epoch_stripe(primary_key);
+        internal_key(&self.namespace, &format!("\0epoch\0{stripe}"))
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        internal_key(&self.namespace, &format!("\0tag\0{tag}"))
+    }
+
+    fn variant_key(&self, canonical: &str, id: u64, values: &[(String, Option<String>)]) -> String {
+        let mut base = format!("{canonical}\0{id}");
+        for (name, value) in values {
+            match value {
+                Some(value) => {
+                    let _ = write!(base, "\0{name}={value}");
+                }
+                None => {
+                    let _ = write!(base, "\0{name}");
+                }
+            }
+        }
+        build_key(Some(&self.namespace), &base)
+    }
+
+    /// The variant keys of a request under `index`, one per name set, most recent first.
+    pub(crate) fn variant_keys(
+        &self,
+        index: &VariantIndex,
+        request_headers: &HeaderMap,
+    ) -> Vec<String> {
+        index
+            .name_sets
+            .iter()
+            .map(|names| {
+                let values: Vec<_> = names
+                    .iter()
+                    .map(|name| (name.clone(), normalized_header(request_headers, name)))
+                    .collect();
+                self.variant_key(&index.canonical_key, index.id, &values)
+            })
+            .collect()
+    }
+
+    /// Runs one backend operation within the timeout; failures are logged and counted.
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        operation: impl Future<Output = Result<T, BackendError>>,
+    ) -> Option<T> {
+        let outcome = self.bounded(operation).await;
+        self.logged(what, outcome)
+    }
+
+    /// The outcome of one backend operation; a failure is logged and counted. (A function
+    /// of the outcome, not of the operation: a wrapping future would hold the operation's
+    /// future twice.)
+    fn logged<T>(&self, what: &'static str, outcome: Result<T, BackendError>) -> Option<T> {
+        outcome
+            .inspect_err(|err| {
+                tracing::debug!(error = %err, what, "cache backend failed");
+                self.stats.record_backend_error();
+            })
+            .ok()
+    }
+
+    /// Reads `N` keys from the server of `route`, in their order, within the timeout (the
+    /// backend's own timer takes it when it has one); failures are logged and counted.
+    async fn read<const N: usize>(
+        &self,
+        what: &'static str,
+        route: &str,
+        keys: &[&str; N],
+    ) -> Option<[Option<Item>; N]> {
+        let items = self.read_all(what, route, keys).await?;
+        <[Option<Item>; N]>::try_from(items).ok()
+    }
+
+    /// [`read`](Self::read), for a count known only at run time.
+    async fn read_all(
+        &self,
+        what: &'static str,
+        route: &str,
+        keys: &[&str],
+    ) -> Option<Vec<Option<Item>>> {
+        let read = self
+            .backend
+            .get_many_by_key_ordered(route, keys, self.timeout)
+            .await;
+        let items = self.logged(what, read)?;
+        // A backend that answers with another count is broken: treated as a failure.
+        if items.len() != keys.len() {
+            tracing::debug!(
+                what,
+                asked = keys.len(),
+                answered = items.len(),
+                "cache backend answered out of shape"
+            );
+            self.stats.record_backend_error();
+            return None;
+        }
+        Some(items)
+    }
+
+    /// Gives the store epoch guarding `route` a new value: after a store that replaced an
+    /// entry or an invalidation, so that near tiers that read an entry against the old
+    /// value read it again; or where a lookup found none (a fresh server, an eviction,
+    /// bytes that are not an epoch). A set, not an add: any new value is safe, only an
+    /// unchanged one across a replacement would not be. The value, once written.
+    async fn bump_epoch(&self, route: &str) -> Option<u64> {
+        let bumped = self.try_bump_epoch(route).await;
+        self.logged("epoch bump", bumped)
+    }
+
+    /// [`bump_epoch`](Self::bump_epoch), with the error (for a purge, which must not
+    /// return `Ok` while near tiers can still confirm what it removed).
+    async fn try_bump_epoch(&self, route: &str) -> Result<u64, BackendError> {
+        let fresh = unique();
+        let value = Bytes::from(fresh.to_string());
+        let key = self.epoch_key(route);
+        let set = self
+            .backend
+            .set_by_key(route, &key, value, 0, Lifetime::NEVER);
+        self.bounded(set).await.map(|()| fresh)
+    }
+
+    /// [`bump_epoch`](Self::bump_epoch) once more, a timeout from now, in the background:
+    /// a write that failed (timed out) may still land after the first bump, from the
+    /// socket it was written to, and a first bump may itself have failed.
+    ///
+    /// Best effort, and bounded ([`Background::spawn_best_effort`]): a dead server fails
+    /// every write; the full read every 8 windows still bounds what a skipped one would
+    /// have shown.
+    fn bump_epoch_later(&self, route: &str) {
+        let (storage, route) = (self.clone(), route.to_owned());
+        self.background.spawn_best_effort(async move {
+            tokio::time::sleep(storage.timeout).await;
+            storage.bump_epoch(&route).await;
+        });
+    }
+
+    /// Runs a write to every server: bounded by the backend's own timeouts (a server that
+    /// does not answer is marked down, which a purge waits for), and here by
+    /// [`PURGE_TIMEOUT`] at most.
+    pub(crate) async fn bounded_purge<T>(
+        &self,
+        operation: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let limit = PURGE_TIMEOUT.max(self.timeout);
+        tokio::time::timeout(limit, operation)
+            .await
+            .map_err(|_| BackendError::Deadline { after: limit })?
+    }
+
+    /// Runs an operation whose error the caller wants, within the timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout(self.timeout, operation)
+            .await
+            .map_err(|_| BackendError::Deadline {
+                after: self.timeout,
+            })?
+    }
+}
+
+/// The key of a generation or epoch of the layer's: `g:` and the md5 of namespace and
+/// `base`. Never 32 hex digits, so never a key `build_key` gives: a `MemcacheClient` on the
+/// same servers, whose keys a user may pick, could otherwise read a generation and, after
+/// a purge, write the old one back (the purged entries served again).
+fn internal_key(namespace: &str, base: &str) -> String {
+    md5_hex_prefixed("g:", &[namespace.as_bytes(), base.as_bytes()])
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn nanos_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn decode(value: Bytes) -> Option<Entry> {
+    decode_entry(value)
+        .inspect_err(|err| tracing::debug!(error = %err, "undecodable cache entry; miss"))
+        .ok()
+}
+
+/// Marks a tag generation created on first use, not by a purge.
+const CREATED: char = 'c';
+
+fn parse_generation(item: &Item) -> Option<u64> {
+    parse_tag_mark(item).map(|(generation, _)| generation)
+}
+
+/// A generation, and when it was purged (`None` when it was created on first use).
+fn parse_tag_mark(item: &Item) -> Option<(u64, Option<u64>)> {
+    let text = item.value.trim_ascii();
+    match text.strip_suffix(&[CREATED as u8]) {
+        Some(created) => Some((stored::parse_decimal(created)?, None)),
+        None => {
+            let purged = stored::parse_decimal(text)?;
+            Some((purged, Some(purged)))
+        }
+    }
+}
+
+/// A number no earlier call in any process is likely to have produced: the clock in
+/// nanoseconds, strictly increasing within this process.
+pub(crate) fn unique() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    now.max(previous.saturating_add(1))
+}
+
+/// The tags a response header lists (space- or comma-separated), bounded; `None` when it
+/// lists more than [`MAX_TAGS`] or one longer than [`MAX_TAG_LEN`]: an entry stored with
+/// some of its tags only would outlive a purge of the others, so such a response is not
+/// stored.
+pub(crate) fn parse_tags<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Vec<String>> {
+    let mut tags: Vec<String> = Vec::new();
+    for tag in values
+        .into_iter()
+        .flat_map(|v| v.split(|c: char| c.is_ascii_whitespace() || c == ','))
+        .filter(|tag| !tag.is_empty())
+    {
+        if tag.len() > MAX_TAG_LEN {
+            return None;
+        }
+        if !tags.iter().any(|kept| kept == tag) {
+            // Bounded work and memory whatever the header holds.
+            if tags.len() == MAX_TAGS {
+                return None;
+            }
+            tags.push(tag.to_string());
+        }
+    }
+    tags.sort();
+    Some(tags)
+}

@@ -1,0 +1,110 @@
+//! Purges and invalidations: a URL's primary key removed, a namespace's or a tag's
+//! generation bumped on every server.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::backend::{Backend, BackendError, Lifetime};
+
+use super::{CLOCK_SKEW, Storage, unique};
+
+/// The generations this process gave tags by purging (or creating) them, for as long as
+/// the clock skew margin: a fill here compares its request time with them on the same
+/// clock, so needs no margin (a page purged and refilled at once by one process is stored
+/// again at once, and its followers get it).
+#[derive(Default)]
+pub(crate) struct LocalPurges(Mutex<VecDeque<(u64, Instant)>>);
+
+impl LocalPurges {
+    /// Most purges remembered: older ones get the margin, which is only a lost store.
+    const MAX: usize = 4096;
+
+    pub(super) fn record(&self, generation: u64) {
+        let mut purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while purges
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() > CLOCK_SKEW)
+            || purges.len() >= Self::MAX
+        {
+            purges.pop_front();
+        }
+        purges.push_back((generation, Instant::now()));
+    }
+
+    pub(super) fn made_here(&self, generation: u64) -> bool {
+        let purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        purges.iter().any(|(made, _)| *made == generation)
+    }
+}
+
+impl<B: Backend> Storage<B> {
+    /// Removes a URL's entry or variant index (and so every variant), and any placeholder:
+    /// a fill under way for it can no longer store.
+    /// Deleted on every server: a copy left on another server while the URL's own was out
+    /// of the ring must not come back at the next outage.
+    pub(crate) async fn invalidate(&self, primary_key: &str) -> Result<(), BackendError> {
+        let deleted = self
+            .bounded_purge(self.backend.delete_on_every_server(primary_key))
+            .await;
+        // Even when the delete failed on some server: it may have landed on others. Once
+        // more a timeout later when either failed (see `store`).
+        let bumped = self.try_bump_epoch(primary_key).await;
+        if deleted.is_err() || bumped.is_err() {
+            self.bump_epoch_later(primary_key);
+        }
+        // After memcached (a lookup that read it before is then refused by the near tier),
+        // and even when memcached failed: this process at least forgets.
+        if let Some(near) = &self.near {
+            near.forget(primary_key);
+        }
+        deleted?;
+        // The entry is gone, but other processes' near tiers confirm what they hold by the
+        // epoch, unchanged until the later write lands (a timeout from now, if it does):
+        // the purge does not hold within their bound yet, and the caller must know. (A
+        // server marked down is another matter: it rejoins reset, its epochs orphaned with
+        // the rest, as the delete counts on.)
+        if let (Err(err), true) = (bumped, self.backend.is_available(primary_key)) {
+            self.stats.record_backend_error();
+            tracing::debug!(key = primary_key, error = %err, "store epoch not written after an invalidation");
+            return Err(err);
+        }
+        self.stats.record_invalidation();
+        Ok(())
+    }
+
+    /// Gives the namespace a new generation on every server: every entry stored before,
+    /// or produced before and stored after, is a miss.
+    pub(crate) async fn purge_namespace(&self) -> Result<(), BackendError> {
+        let bumped = self.bump(&self.generation_key.clone()).await;
+        if let Some(near) = &self.near {
+            near.forget_all();
+        }
+        bumped
+    }
+
+    /// Gives a tag a new generation on every server: every entry stored with it before is
+    /// a miss, and fills of responses requested before it are not stored.
+    pub(crate) async fn purge_tag(&self, tag: &str) -> Result<(), BackendError> {
+        let key = self.tag_key(tag);
+        let bumped = self.bump(&key).await;
+        if let Some(near) = &self.near {
+            near.forget_tag(tag, &key);
+        }
+        bumped
+    }
+
+    async fn bump(&self, key: &str) -> Result<(), BackendError> {
+        let generation = unique();
+        self.local_purges.record(generation);
+        let value = Bytes::from(generation.to_string());
+        let write = self
+            .backend
+            .set_on_every_server(key, value, 0, Lifetime::NEVER);
+        self.bounded_purge(write).await?;
+        self.stats.record_invalidation();
+        Ok(())
+    }
+}

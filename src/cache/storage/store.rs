@@ -1,0 +1,300 @@
+//! Stores: a response written by compare-and-swap over what its request's lookup saw, and
+//! the store epochs that tell near tiers an entry was replaced.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use crate::backend::{Backend, CasOutcome, Item, Lifetime};
+use crate::cache::entry::{
+    EntryMeta, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_index, encode_entry,
+    encode_index,
+};
+
+use super::{
+    CLOCK_SKEW, CREATED, MAX_NAME_SETS, Slot, Storage, nanos, nanos_of, parse_generation,
+    parse_tag_mark, unique,
+};
+
+/// Where and against what an entry is stored: the URL's primary key, what the request's
+/// lookup saw there (or the placeholder it put there), and the generation it was produced
+/// under.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) key: String,
+    pub(crate) slot: Slot,
+    pub(crate) index: Option<VariantIndex>,
+    pub(crate) generation: Option<u64>,
+    /// When the request that produced the response went to the origin.
+    pub(crate) requested: SystemTime,
+}
+
+/// How a store ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreOutcome {
+    Stored,
+    /// Not stored: the URL was purged, invalidated or refilled, or the namespace purged,
+    /// since the response's request went out. The requests that joined it in this process
+    /// looked the URL up before that (the single flight admits no other), so they may still
+    /// have it.
+    Overtaken,
+    /// Not stored: one of the response's tags was purged after its request went out.
+    /// Requests that joined after `since` (when the request went out) may not have the
+    /// response: tags are only known from it, so their lookups could not tell, and a tag
+    /// keeps only its latest purge's time, so the first purge after the request is unknown.
+    Superseded {
+        since: SystemTime,
+    },
+    /// Not stored: the backend failed, or nothing guards the write.
+    Failed,
+}
+
+impl<B: Backend> Storage<B> {
+    /// Writes an entry (and, when it varies, the URL's variant index) for `ttl`, if what
+    /// the request's lookup saw is still there and no purge touched it since the request
+    /// went out. `tags` are the response's; an entry that names none keeps those in its
+    /// metadata (a refresh), which must still be current.
+    ///
+    /// Also says which of the requests that joined this one in the process may have the
+    /// response (`Some(t)`: those that joined before `t`). Only tags need that: a purge of
+    /// the URL or of the namespace shows in a lookup, so the single flight admitted no
+    /// request that came after one; a tag purge does not.
+    pub(crate) async fn store(
+        &self,
+        to: &Target,
+        meta: &EntryMeta,
+        body: &[u8],
+        tags: &[String],
+        ttl: Duration,
+    ) -> (StoreOutcome, Option<SystemTime>) {
+        let tagged = !tags.is_empty() || !meta.tags.is_empty();
+        let checked = SystemTime::now();
+        let (outcome, tags_checked) = self.store_checked(to, meta, body, tags, ttl).await;
+        // Over an entry or an index (what a near tier may hold), and maybe written even
+        // when it failed (half way, or its reply lost): near tiers must read it again.
+        let replaced = matches!(to.slot, Slot::Value { .. })
+            && matches!(outcome, StoreOutcome::Stored | StoreOutcome::Failed);
+        if replaced {
+            let bumped = self.bump_epoch(&to.key).await.is_some();
+            // Once more a timeout later: a failed store may land late, and an epoch write
+            // that failed (refused, lost) left the old epoch vouching for the old entry.
+            if outcome == StoreOutcome::Failed || !bumped {
+                self.bump_epoch_later(&to.key);
+            }
+        }
+        // Whatever the outcome: a store that failed half way (an index written, its variant
+        // refused) or whose reply was lost may have changed memcached all the same.
+        if let Some(near) = &self.near {
+            near.forget(&to.key);
+        }
+        let cutoff = match outcome {
+            _ if !tagged => None,
+            StoreOutcome::Superseded { since } => Some(since),
+            // A tag purge that returned before the check read would have shown in it, and
+            // nothing (a flush, a restart) can have removed it since: that would have
+            // refused this store's compare-and-swap. A store refused or failed proves
+            // no such thing: a tag's generation may have gone and come back meanwhile.
+            StoreOutcome::Stored if tags_checked => Some(checked),
+            _ => Some(to.requested),
+        };
+        (outcome, cutoff)
+    }
+
+    /// [`store`](Self::store); and whether the tags were checked.
+    async fn store_checked(
+        &self,
+        to: &Target,
+        meta: &EntryMeta,
+        body: &[u8],
+        tags: &[String],
+        ttl: Duration,
+    ) -> (StoreOutcome, bool) {
+        let failed = (StoreOutcome::Failed, false);
+        let Some(generation) = to.generation else {
+            tracing::debug!(key = %to.key, "no namespace generation read before the request; not stored");
+            return failed;
+        };
+        let route = to.key.as_str();
+        let tag_names: Vec<String> = if tags.is_empty() {
+            meta.tags.iter().map(|(tag, _)| tag.clone()).collect()
+        } else {
+            tags.to_vec()
+        };
+        let tag_keys: Vec<String> = tag_names.iter().map(|tag| self.tag_key(tag)).collect();
+        let mut keys: Vec<&str> = vec![route, &self.generation_key];
+        keys.extend(tag_keys.iter().map(String::as_str));
+        let read = self.backend.get_many_by_key(route, &keys);
+        let Some(mut now) = self.timed("store check", read).await else {
+            return failed;
+        };
+        let superseded = |since: SystemTime| (StoreOutcome::Superseded { since }, true);
+        let margin = |at: u64| {
+            if self.local_purges.made_here(at) {
+                Duration::ZERO
+            } else {
+                CLOCK_SKEW
+            }
+        };
+        // Tags: a purge newer than the request, or (for a refresh) another generation.
+        let mut resolved = Vec::with_capacity(tag_names.len());
+        let requested_ns = nanos(to.requested);
+        // Whether the read shows every tag purge since the request went out: not when a
+        // tag's generation was created after it (or is created now). A flush, a restart
+        // or an eviction took its purges with it, and followers that joined after such a
+        // purge must not take the read as proof that none came.
+        let mut vouched = true;
+        for (tag, key) in tag_names.iter().zip(&tag_keys) {
+            let (value, purged_at) = match now.get(key.as_str()).and_then(parse_tag_mark) {
+                Some((created, None)) => {
+                    if created.saturating_add(nanos_of(margin(created))) > requested_ns {
+                        vouched = false;
+                    }
+                    (created, None)
+                }
+                Some(mark) => mark,
+                None => {
+                    vouched = false;
+                    // First use of the tag on this server (or an eviction): it starts here,
+                    // marked as created rather than purged.
+                    let fresh = unique();
+                    let add = self.backend.add_by_key(
+                        route,
+                        key,
+                        Bytes::from(format!("{fresh}{CREATED}")),
+                        0,
+                        Lifetime::NEVER,
+                    );
+                    match self.timed("tag generation add", add).await {
+                        Some(true) => {
+                            // On this process's clock: later fills here need no margin.
+                            self.local_purges.record(fresh);
+                            (fresh, None)
+                        }
+                        // Created or purged at this very moment by someone else.
+                        Some(false) => return superseded(to.requested),
+                        None => return failed,
+                    }
+                }
+            };
+            let kept = meta.tags.iter().find(|(t, _)| t == tag).map(|(_, g)| *g);
+            let purged_since = match (kept, purged_at) {
+                // A refresh keeps the generations its entry was read under.
+                (Some(kept), _) if tags.is_empty() => value != kept,
+                (_, Some(at)) => at.saturating_add(nanos_of(margin(at))) > requested_ns,
+                (_, None) => false,
+            };
+            if purged_since {
+                tracing::debug!(key = %to.key, tag, "tag purged during the fill; not stored");
+                // Followers that joined before the request went out may have it; not those
+                // that joined before the purge found: a tag keeps only its latest purge's
+                // time, and an earlier purge may have come (and returned) between the
+                // request and that one, with followers joining after it.
+                return superseded(to.requested);
+            }
+            resolved.push((tag.clone(), value));
+        }
+        let overtaken = (StoreOutcome::Overtaken, vouched);
+        let failed_checked = (StoreOutcome::Failed, vouched);
+        // Namespace purge since the lookup?
+        let current = now
+            .remove(&*self.generation_key)
+            .and_then(|item| parse_generation(&item));
+        if current != Some(generation) {
+            tracing::debug!(key = %to.key, "namespace purged during the fill; not stored");
+            return overtaken;
+        }
+        let mut meta = meta.clone();
+        meta.generation = generation;
+        meta.tags = resolved;
+        let primary = now.remove(route);
+        let Some(primary_cas) = self.guarded(to, primary.as_ref()) else {
+            tracing::debug!(key = %to.key, "the URL was purged or refilled during the fill; not stored");
+            return overtaken;
+        };
+        let bytes = match encode_entry(&meta, body) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::debug!(key = %to.key, error = %err, "entry not encodable");
+                return failed_checked;
+            }
+        };
+        let lifetime = Lifetime::from_duration(ttl);
+        if meta.vary.is_empty() {
+            let cas = self
+                .backend
+                .cas(route, bytes, FLAG_HTTP_ENTRY, lifetime, primary_cas);
+            return match self.timed("store", cas).await {
+                Some(CasOutcome::Stored) => (StoreOutcome::Stored, vouched),
+                Some(_) => overtaken,
+                None => failed_checked,
+            };
+        }
+        let names: Vec<String> = meta.vary.iter().map(|(name, _)| name.clone()).collect();
+        let existing = primary
+            .filter(|item| item.flags == FLAG_VARIANT_INDEX)
+            .and_then(|item| decode_index(&item.value).ok());
+        let index = match existing {
+            Some(index) if index.name_sets.first() == Some(&names) => index,
+            existing => {
+                // A new index where a placeholder or a plain entry was; this name set first
+                // in an existing one (bounded, the least recent set goes).
+                let mut index = existing.unwrap_or_else(|| VariantIndex {
+                    canonical_key: meta.canonical_key.clone(),
+                    name_sets: Vec::new(),
+                    id: unique(),
+                });
+                index.name_sets.retain(|set| *set != names);
+                index.name_sets.insert(0, names);
+                index.name_sets.truncate(MAX_NAME_SETS);
+                let Ok(encoded) = encode_index(&index) else {
+                    return failed_checked;
+                };
+                // The index outlives any one variant; memcached's LRU ages it out.
+                let cas = self.backend.cas(
+                    route,
+                    encoded,
+                    FLAG_VARIANT_INDEX,
+                    Lifetime::NEVER,
+                    primary_cas,
+                );
+                match self.timed("index store", cas).await {
+                    Some(CasOutcome::Stored) => index,
+                    Some(_) => return overtaken,
+                    None => return failed_checked,
+                }
+            }
+        };
+        let variant_key = self.variant_key(&meta.canonical_key, index.id, &meta.vary);
+        let set = self
+            .backend
+            .set_by_key(route, &variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
+        match self.timed("variant store", set).await {
+            Some(()) => (StoreOutcome::Stored, vouched),
+            None => failed_checked,
+        }
+    }
+
+    /// The CAS value to replace `now` with, if it is what the request's lookup saw (its own
+    /// placeholder, the entry it refreshed, or the index its variant belongs to).
+    fn guarded(&self, to: &Target, now: Option<&Item>) -> Option<u64> {
+        let now = now?;
+        let cas = now.cas?;
+        match (to.slot, Slot::of(now)) {
+            (
+                Slot::Placeholder {
+                    placeholder: mine, ..
+                },
+                Slot::Placeholder { placeholder, .. },
+            ) if mine.token == placeholder.token => Some(cas),
+            (Slot::Value { cas: seen }, Slot::Value { .. }) if seen == cas => Some(cas),
+            (Slot::Value { .. }, Slot::Value { .. }) => {
+                // Changed since the lookup; still the same index (another variant or name
+                // set was added) keeps its variants' keys valid.
+                let seen = to.index.as_ref()?;
+                let index = decode_index(&now.value).ok()?;
+                (now.flags == FLAG_VARIANT_INDEX && index.id == seen.id).then_some(cas)
+            }
+            _ => None,
+        }
+    }
+}
