@@ -125,6 +125,7 @@ pub mod backend;
 pub mod cache;
 pub mod client;
 pub mod codec;
+mod generation;
 pub mod key;
 
 #[doc(inline)]

@@ -32,8 +32,6 @@ mod registry;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -41,6 +39,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, BackendError, Item, Lifetime, ServerStats};
 use crate::codec::{self, CodecError, FLAG_BINCODE, FLAG_RAW};
+use crate::generation::unique;
 use crate::key::{KeyBase, build_key, md5_hex, md5_hex_prefixed};
 
 pub use registry::CacheRegistry;
@@ -587,17 +586,7 @@ fn generation_key(namespace: &str) -> String {
     md5_hex_prefixed("ng:", &[namespace.as_bytes()])
 }
 
-/// A generation no earlier one is likely to equal: the clock in nanoseconds, strictly
-/// increasing within the process (two invalidations in one clock tick still differ).
+/// A generation no earlier one is likely to equal (see [`unique`]).
 fn fresh_generation() -> Bytes {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let previous = LAST
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-            Some(now.max(last.saturating_add(1)))
-        })
-        .unwrap_or(now);
-    Bytes::from(now.max(previous.saturating_add(1)).to_string())
+    Bytes::from(unique().to_string())
 }

@@ -47,6 +47,8 @@ pub(crate) use placeholder::{Placed, arming};
 pub(crate) use purge::LocalPurges;
 pub(crate) use store::{StoreOutcome, Target};
 
+pub(crate) use crate::generation::unique;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -420,21 +422,6 @@ fn parse_tag_mark(item: &Item) -> Option<(u64, Option<u64>)> {
             Some((purged, Some(purged)))
         }
     }
-}
-
-/// A number no earlier call in any process is likely to have produced: the clock in
-/// nanoseconds, strictly increasing within this process.
-pub(crate) fn unique() -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let previous = LAST
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-            Some(now.max(last.saturating_add(1)))
-        })
-        .unwrap_or(now);
-    now.max(previous.saturating_add(1))
 }
 
 /// The tags a response header lists (space- or comma-separated), bounded; `None` when it
