@@ -682,9 +682,10 @@ const MAX_PREFERENCES: usize = 64;
 /// kept, since a refusal can change what the origin sends.
 ///
 /// Media-type parameters other than `q` keep their values' case (they may be
-/// case-sensitive); anything outside the fields' grammar (a bad weight, quoted text,
-/// bytes outside visible ASCII, more than [`MAX_PREFERENCES`] members) gives `None`, and
-/// the caller falls back to the byte-exact normalisation.
+/// case-sensitive); anything outside the fields' grammar (a bad weight, a second one or a
+/// parameter after it, white space around `=`, quoted text, bytes outside visible ASCII,
+/// more than [`MAX_PREFERENCES`] members) gives `None`, and the caller falls back to the
+/// byte-exact normalisation.
 fn normalized_preferences<'a>(
     values: impl IntoIterator<Item = &'a http::HeaderValue>,
     keep_order: bool,
@@ -712,22 +713,24 @@ fn normalized_preferences<'a>(
                 return None;
             }
             let mut canonical = name.to_ascii_lowercase();
-            let mut weight = 1000;
+            let mut weight = None;
             for parameter in parts {
+                // `name=value`, no white space around `=` (RFC 9110 §5.6.6); and nothing
+                // after the weight, which ends a member (§12.4.2, §12.5.1). Origins read
+                // such a value in different ways (a second weight, RFC 7231's
+                // `accept-ext`, or no preference at all): merged with the plain member,
+                // the variant one of them chose was stored for everyone.
                 let (key, value) = parameter.split_once('=')?;
-                let (key, value) = (
-                    key.trim_matches([' ', '\t']),
-                    value.trim_matches([' ', '\t']),
-                );
-                if key.eq_ignore_ascii_case("q") {
-                    // The weight ends the media range's parameters (RFC 9110 §12.5.1).
-                    weight = qvalue(value)?;
-                } else if key.is_empty()
+                if weight.is_some()
+                    || key.is_empty()
                     || value.is_empty()
                     || key.contains([' ', '\t'])
                     || value.contains([' ', '\t'])
                 {
                     return None;
+                }
+                if key.eq_ignore_ascii_case("q") {
+                    weight = Some(qvalue(value)?);
                 } else {
                     canonical.push(';');
                     canonical.push_str(&key.to_ascii_lowercase());
@@ -735,7 +738,7 @@ fn normalized_preferences<'a>(
                     canonical.push_str(value);
                 }
             }
-            members.push((weight, canonical));
+            members.push((weight.unwrap_or(1000), canonical));
         }
     }
     if keep_order {
