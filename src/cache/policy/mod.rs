@@ -676,7 +676,7 @@ const MAX_PREFERENCES: usize = 64;
 /// A negotiation field's lines in canonical form (RFC 9110 §12.4, §12.5; RFC 9111 §4.1):
 /// members sorted by descending weight, then by name (for `Accept`, kept in the client's
 /// order among equal weights), names lower-cased, white space
-/// dropped, weights written `q=0.xyz` (none when 1), empty members skipped. So `en, de`,
+/// dropped, weights written `q=0.xyz` (none when 1). So `en, de`,
 /// `de,en` and `DE, EN;q=1.0` share a variant, while `en;q=0.5, de` (another preference)
 /// and `de;q=0` (de refused) do not share one with `de, en`: members with weight 0 are
 /// kept, since a refusal can change what the origin sends.
@@ -684,8 +684,10 @@ const MAX_PREFERENCES: usize = 64;
 /// Media-type parameters other than `q` keep their values' case (they may be
 /// case-sensitive); anything outside the fields' grammar (a bad weight, a second one or a
 /// parameter after it, white space around `=`, quoted text, bytes outside visible ASCII,
-/// more than [`MAX_PREFERENCES`] members) gives `None`, and the caller falls back to the
-/// byte-exact normalisation.
+/// more than [`MAX_PREFERENCES`] members), and an empty element, gives `None`, and the
+/// caller falls back to the byte-exact normalisation: origins read such values in ways of
+/// their own, and merged with the plain list, the answer one of them chose was stored for
+/// every client sending that list.
 fn normalized_preferences<'a>(
     values: impl IntoIterator<Item = &'a http::HeaderValue>,
     keep_order: bool,
@@ -702,14 +704,10 @@ fn normalized_preferences<'a>(
         for member in text.split(',') {
             let mut parts = member.split(';').map(|part| part.trim_matches([' ', '\t']));
             let name = parts.next().unwrap_or("");
-            if name.is_empty() {
-                // `a, , b` is `a, b` (RFC 9110 §5.6.1); `;q=1` alone is not a member.
-                if parts.next().is_some() {
-                    return None;
-                }
-                continue;
-            }
-            if name.contains([' ', '\t']) || members.len() == MAX_PREFERENCES {
+            // An empty element (`, en`): RFC 9110 §5.6.1 skips it, but Django's parser finds
+            // no preference at all in such a value (its default language). No client sends
+            // one, so it is compared as it is rather than as the list without it.
+            if name.is_empty() || name.contains([' ', '\t']) || members.len() == MAX_PREFERENCES {
                 return None;
             }
             let mut canonical = name.to_ascii_lowercase();
@@ -1062,17 +1060,29 @@ pub(crate) mod tests {
             normalized_header(&map, name)
         };
         let language = |lines: &[&str]| norm("accept-language", lines);
-        // Order among equal weights, case, white space, lines, empty members, `q=1`.
+        // Order among equal weights, case, white space, lines, `q=1`.
         let de_en = language(&["de, en"]);
         assert_eq!(de_en.as_deref(), Some("de, en"));
         for same in [
             &["en, de"][..],
             &["EN,de"],
             &["en", "de"],
-            &[" en ,, De;Q=1.000 "],
+            &[" en , De;Q=1.000 "],
             &["de;q=1, en"],
         ] {
             assert_eq!(language(same), de_en, "{same:?}");
+        }
+        // Not an empty element, a second weight, a parameter after the weight or white
+        // space around `=`: origins read those in ways of their own (review DD).
+        for odd in [
+            &["en,, de"][..],
+            &[", de, en"],
+            &["de, en,"],
+            &["de;q=0;q=1, en"],
+            &["de;q =1, en"],
+            &["de;q=1;x=y, en"],
+        ] {
+            assert_ne!(language(odd), de_en, "{odd:?}");
         }
         // Weights order the list, and change what is asked for.
         assert_eq!(
