@@ -9,7 +9,8 @@
 //!   origin agrees on: merged with an ordinary one, the variant an origin chose for the
 //!   odd spelling was stored for everyone who sends the ordinary one.
 //!
-//! The origin here parses as common frameworks do: `Accept-Language` like Django's
+//! The origin here parses as common frameworks do: it reads a field's first line (axum's
+//! `HeaderMap::get`, Go's `Header.Get`), `Accept-Language` like Django's
 //! `parse_accept_lang_header` (a value that does not match its grammar is no preference
 //! at all: the site's default language), `Accept` like parsers written for RFC 7231
 //! (parameters after the weight are `accept-ext`, not the media range's).
@@ -178,12 +179,24 @@ fn app(
     tower::util::BoxCloneService::new(tower::Layer::layer(layer, inner))
 }
 
-/// The attacker's request, then the victim's: the victim must get the origin's answer to
+/// The attacker's request (its `field` on as many lines as `attacker` holds), then the
+/// victim's: the victim must get the origin's answer to
 /// its own value, and its own value must then be a hit.
 async fn attack(url: &str, field: &str, attacker: &str, victim: &str, victims_page: &str) {
+    attack_with_lines(url, field, &[attacker], victim, victims_page).await;
+}
+
+async fn attack_with_lines(
+    url: &str,
+    field: &str,
+    attacker: &[&str],
+    victim: &str,
+    victims_page: &str,
+) {
     let layer = layer();
     let svc = app(&layer);
-    let poisoned = send(&svc, http::Method::GET, url, &[(field, attacker)]).await;
+    let lines: Vec<_> = attacker.iter().map(|line| (field, *line)).collect();
+    let poisoned = send(&svc, http::Method::GET, url, &lines).await;
     assert_ne!(
         poisoned.body, victims_page,
         "the origin reads the attacker's {field} as another preference"
@@ -193,7 +206,7 @@ async fn attack(url: &str, field: &str, attacker: &str, victim: &str, victims_pa
     assert_eq!(
         answer.body,
         victims_page,
-        "`{field}: {victim}` was answered with the variant stored for `{attacker}` ({})",
+        "`{field}: {victim}` was answered with the variant stored for {attacker:?} ({})",
         answer.cache_status()
     );
     Watch::of(&layer).settled().await;
@@ -281,4 +294,21 @@ async fn an_empty_element_poisons_the_variant_of_a_browsers_languages() {
         )
         .await;
     }
+}
+
+/// A list field may come on several lines, whose meaning is the lines joined (RFC 9110
+/// §5.3), and the layer merged them so. An origin that reads the first line (axum's
+/// `headers.get`, Go's `Header.Get`) saw only the member the attacker put there: a German
+/// browser's list, split so that its last member comes first, got the English page stored
+/// for every German browser. No browser splits the field.
+#[tokio::test]
+async fn a_language_list_split_into_two_lines_poisons_the_variant_of_the_whole_one() {
+    attack_with_lines(
+        "http://site.example/lang",
+        "accept-language",
+        &["en;q=0.7", "de-DE,de;q=0.9,en-US;q=0.8"],
+        "de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7",
+        "lang=de",
+    )
+    .await;
 }

@@ -596,8 +596,9 @@ fn is_tchar(byte: u8) -> bool {
 /// `Accept-Language`) go further, as RFC 9111 §4.1 allows for values "known to have
 /// identical semantics": see [`normalized_preferences`].
 pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
-    let mut values = headers.get_all(name).iter().peekable();
-    values.peek()?;
+    let all = headers.get_all(name);
+    let mut values = all.iter().peekable();
+    let first = *values.peek()?;
     if NEGOTIATION_FIELDS
         .iter()
         .any(|field| field.eq_ignore_ascii_case(name))
@@ -606,7 +607,15 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
         // or JSON for `text/html, application/json`): `Accept` keeps it; the others are
         // sets whose order among equal weights says nothing.
         let keep_order = name.eq_ignore_ascii_case("accept");
-        if let Some(normalized) = normalized_preferences(headers.get_all(name), keep_order) {
+        // One line only. An origin that reads a field by its first line (axum's
+        // `headers.get`, Go's `Header.Get`) sees only that line's members, so a list
+        // split in two, merged, selected the variant of the whole list with an answer
+        // to part of it. No client splits these fields.
+        let single = all.iter().nth(1).is_none();
+        if let Some(normalized) = single
+            .then(|| normalized_preferences(first, keep_order))
+            .flatten()
+        {
             return Some(normalized);
         }
     }
@@ -673,7 +682,7 @@ const NEGOTIATION_FIELDS: [&str; 4] = [
 /// sends one) is compared as it is.
 const MAX_PREFERENCES: usize = 64;
 
-/// A negotiation field's lines in canonical form (RFC 9110 §12.4, §12.5; RFC 9111 §4.1):
+/// A negotiation field's line in canonical form (RFC 9110 §12.4, §12.5; RFC 9111 §4.1):
 /// members sorted by descending weight, then by name (for `Accept`, kept in the client's
 /// order among equal weights), names lower-cased, white space
 /// dropped, weights written `q=0.xyz` (none when 1). So `en, de`,
@@ -688,56 +697,51 @@ const MAX_PREFERENCES: usize = 64;
 /// caller falls back to the byte-exact normalisation: origins read such values in ways of
 /// their own, and merged with the plain list, the answer one of them chose was stored for
 /// every client sending that list.
-fn normalized_preferences<'a>(
-    values: impl IntoIterator<Item = &'a http::HeaderValue>,
-    keep_order: bool,
-) -> Option<String> {
+fn normalized_preferences(value: &http::HeaderValue, keep_order: bool) -> Option<String> {
     let mut members: Vec<(u16, String)> = Vec::new();
-    for value in values {
-        let text = std::str::from_utf8(value.as_bytes()).ok()?;
-        // Quoted strings (in media-type parameters) may hold commas and semicolons, and a
-        // backslash is in no token: both are left to the byte-exact comparison.
-        let plain = |b: u8| b == b'\t' || ((0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-        if !text.bytes().all(plain) {
+    let text = std::str::from_utf8(value.as_bytes()).ok()?;
+    // Quoted strings (in media-type parameters) may hold commas and semicolons, and a
+    // backslash is in no token: both are left to the byte-exact comparison.
+    let plain = |b: u8| b == b'\t' || ((0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if !text.bytes().all(plain) {
+        return None;
+    }
+    for member in text.split(',') {
+        let mut parts = member.split(';').map(|part| part.trim_matches([' ', '\t']));
+        let name = parts.next().unwrap_or("");
+        // An empty element (`, en`): RFC 9110 §5.6.1 skips it, but Django's parser finds
+        // no preference at all in such a value (its default language). No client sends
+        // one, so it is compared as it is rather than as the list without it.
+        if name.is_empty() || name.contains([' ', '\t']) || members.len() == MAX_PREFERENCES {
             return None;
         }
-        for member in text.split(',') {
-            let mut parts = member.split(';').map(|part| part.trim_matches([' ', '\t']));
-            let name = parts.next().unwrap_or("");
-            // An empty element (`, en`): RFC 9110 §5.6.1 skips it, but Django's parser finds
-            // no preference at all in such a value (its default language). No client sends
-            // one, so it is compared as it is rather than as the list without it.
-            if name.is_empty() || name.contains([' ', '\t']) || members.len() == MAX_PREFERENCES {
+        let mut canonical = name.to_ascii_lowercase();
+        let mut weight = None;
+        for parameter in parts {
+            // `name=value`, no white space around `=` (RFC 9110 §5.6.6); and nothing
+            // after the weight, which ends a member (§12.4.2, §12.5.1). Origins read
+            // such a value in different ways (a second weight, RFC 7231's
+            // `accept-ext`, or no preference at all): merged with the plain member,
+            // the variant one of them chose was stored for everyone.
+            let (key, value) = parameter.split_once('=')?;
+            if weight.is_some()
+                || key.is_empty()
+                || value.is_empty()
+                || key.contains([' ', '\t'])
+                || value.contains([' ', '\t'])
+            {
                 return None;
             }
-            let mut canonical = name.to_ascii_lowercase();
-            let mut weight = None;
-            for parameter in parts {
-                // `name=value`, no white space around `=` (RFC 9110 §5.6.6); and nothing
-                // after the weight, which ends a member (§12.4.2, §12.5.1). Origins read
-                // such a value in different ways (a second weight, RFC 7231's
-                // `accept-ext`, or no preference at all): merged with the plain member,
-                // the variant one of them chose was stored for everyone.
-                let (key, value) = parameter.split_once('=')?;
-                if weight.is_some()
-                    || key.is_empty()
-                    || value.is_empty()
-                    || key.contains([' ', '\t'])
-                    || value.contains([' ', '\t'])
-                {
-                    return None;
-                }
-                if key.eq_ignore_ascii_case("q") {
-                    weight = Some(qvalue(value)?);
-                } else {
-                    canonical.push(';');
-                    canonical.push_str(&key.to_ascii_lowercase());
-                    canonical.push('=');
-                    canonical.push_str(value);
-                }
+            if key.eq_ignore_ascii_case("q") {
+                weight = Some(qvalue(value)?);
+            } else {
+                canonical.push(';');
+                canonical.push_str(&key.to_ascii_lowercase());
+                canonical.push('=');
+                canonical.push_str(value);
             }
-            members.push((weight.unwrap_or(1000), canonical));
         }
+        members.push((weight.unwrap_or(1000), canonical));
     }
     if keep_order {
         // Stable: equal weights stay in the client's order.
@@ -986,14 +990,21 @@ pub(crate) mod tests {
 
     #[test]
     fn vary_values_are_normalised() {
-        let map = headers(&[
-            ("accept-encoding", "gzip,   br"),
-            ("accept-encoding", " deflate "),
-        ]);
+        let map = headers(&[("accept-encoding", "gzip,   br, deflate ")]);
         assert_eq!(
             normalized_header(&map, "accept-encoding").as_deref(),
             Some("br, deflate, gzip"),
             "a negotiation field: sorted"
+        );
+        // On two lines, a negotiation field's lines stay apart too (an origin may read
+        // the first only).
+        let lines = headers(&[
+            ("accept-encoding", "gzip,   br"),
+            ("accept-encoding", " deflate "),
+        ]);
+        assert_eq!(
+            normalized_header(&lines, "accept-encoding").as_deref(),
+            Some("gzip, br\ndeflate")
         );
         assert_eq!(normalized_header(&map, "accept"), None);
         let odd = headers(&[("x", "a,,\tb  c"), ("x", ""), ("y", "")]);
@@ -1060,22 +1071,23 @@ pub(crate) mod tests {
             normalized_header(&map, name)
         };
         let language = |lines: &[&str]| norm("accept-language", lines);
-        // Order among equal weights, case, white space, lines, `q=1`.
+        // Order among equal weights, case, white space, `q=1`.
         let de_en = language(&["de, en"]);
         assert_eq!(de_en.as_deref(), Some("de, en"));
         for same in [
             &["en, de"][..],
             &["EN,de"],
-            &["en", "de"],
             &[" en , De;Q=1.000 "],
             &["de;q=1, en"],
         ] {
             assert_eq!(language(same), de_en, "{same:?}");
         }
-        // Not an empty element, a second weight, a parameter after the weight or white
-        // space around `=`: origins read those in ways of their own (review DD).
+        // Not two lines, an empty element, a second weight, a parameter after the weight
+        // or white space around `=`: origins read those in ways of their own (review DD).
         for odd in [
-            &["en,, de"][..],
+            &["en", "de"][..],
+            &["de", "en"],
+            &["en,, de"],
             &[", de, en"],
             &["de, en,"],
             &["de;q=0;q=1, en"],
