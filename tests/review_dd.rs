@@ -9,6 +9,15 @@
 //!   origin agrees on: merged with an ordinary one, the variant an origin chose for the
 //!   odd spelling was stored for everyone who sends the ordinary one.
 //!
+//! - An unsafe method invalidates the URIs its response's `Location` and `Content-Location`
+//!   name on its own origin only (RFC 9111 §4.4). An origin that reflects a request field
+//!   into them lets a client name any URI there.
+//!
+//! - The layer's primary keys are the seed's formula, `md5(namespace ++ canonical key)`,
+//!   so a `MemcacheClient` in the layer's namespace reaches them with the canonical key as
+//!   its key (an application that keys its own values by a name a user picks). What it
+//!   writes there is never an answer, and what the layer wrote is never its value.
+//!
 //! The origin here parses as common frameworks do: it reads a field's first line (axum's
 //! `HeaderMap::get`, Go's `Header.Get`), `Accept-Language` like Django's
 //! `parse_accept_lang_header` (a value that does not match its grammar is no preference
@@ -22,8 +31,9 @@ use support::{Watch, send};
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::Full;
+use tower_memcache::MemcacheClient;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::MemcacheLayer;
 
@@ -105,8 +115,21 @@ fn rfc7231_media_ranges(value: &str) -> Vec<MediaRange> {
     ranges
 }
 
-/// The origin's answer: every one `public, max-age=60`, varying on what it negotiated.
-fn answer(uri: &Uri, headers: &HeaderMap) -> Response<Full<Bytes>> {
+/// The origin's answer: every GET's `public, max-age=60`, varying on what it negotiated; a
+/// POST is answered 201 with the `Location` its `x-next` field names (a form's "return
+/// to" target reflected, as sites with a redirect parameter do).
+fn answer(method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    if method == Method::POST {
+        let mut created = Response::new(Full::new(Bytes::from_static(b"created")));
+        *created.status_mut() = http::StatusCode::CREATED;
+        if let Some(next) = headers.get("x-next") {
+            created.headers_mut().insert("location", next.clone());
+            created
+                .headers_mut()
+                .insert("content-location", next.clone());
+        }
+        return created;
+    }
     let field = |name: &str| {
         headers
             .get(name)
@@ -162,7 +185,11 @@ fn answer(uri: &Uri, headers: &HeaderMap) -> Response<Full<Bytes>> {
 // The layer in an application.
 
 fn layer() -> MemcacheLayer<MemoryBackend> {
-    support::layer(MemoryBackend::new()).namespace("review-dd")
+    layer_over(MemoryBackend::new())
+}
+
+fn layer_over(backend: MemoryBackend) -> MemcacheLayer<MemoryBackend> {
+    support::layer(backend).namespace("review-dd")
 }
 
 fn app(
@@ -173,7 +200,7 @@ fn app(
     Infallible,
 > {
     let inner = tower::service_fn(|request: Request<()>| {
-        let response = answer(request.uri(), request.headers());
+        let response = answer(request.method(), request.uri(), request.headers());
         async move { Ok::<_, Infallible>(response) }
     });
     tower::util::BoxCloneService::new(tower::Layer::layer(layer, inner))
@@ -196,13 +223,13 @@ async fn attack_with_lines(
     let layer = layer();
     let svc = app(&layer);
     let lines: Vec<_> = attacker.iter().map(|line| (field, *line)).collect();
-    let poisoned = send(&svc, http::Method::GET, url, &lines).await;
+    let poisoned = send(&svc, Method::GET, url, &lines).await;
     assert_ne!(
         poisoned.body, victims_page,
         "the origin reads the attacker's {field} as another preference"
     );
     Watch::of(&layer).settled().await;
-    let answer = send(&svc, http::Method::GET, url, &[(field, victim)]).await;
+    let answer = send(&svc, Method::GET, url, &[(field, victim)]).await;
     assert_eq!(
         answer.body,
         victims_page,
@@ -210,7 +237,7 @@ async fn attack_with_lines(
         answer.cache_status()
     );
     Watch::of(&layer).settled().await;
-    let again = send(&svc, http::Method::GET, url, &[(field, victim)]).await;
+    let again = send(&svc, Method::GET, url, &[(field, victim)]).await;
     support::assert_hit(again.cache_status());
     assert_eq!(again.body, victims_page);
 }
@@ -311,4 +338,113 @@ async fn a_language_list_split_into_two_lines_poisons_the_variant_of_the_whole_o
         "lang=de",
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Invalidation by an unsafe method, of URIs its answer names.
+
+/// A client of one site POSTs with a return target of its choosing, reflected into the
+/// 201's `Location` and `Content-Location`. However it spells another site's page
+/// (scheme-relative, with user information, with its default port or in capitals, after a
+/// backslash, as an `https` or opaque URI), that page's entry is not invalidated: only
+/// the POST's own origin is (RFC 9111 §4.4).
+#[tokio::test]
+async fn a_reflected_location_invalidates_nothing_on_another_site() {
+    let layer = layer();
+    let svc = app(&layer);
+    let victim = "http://victim.example/page";
+    send(&svc, Method::GET, victim, &[]).await;
+    Watch::of(&layer).settled().await;
+    support::assert_hit(send(&svc, Method::GET, victim, &[]).await.cache_status());
+    for named in [
+        "http://victim.example/page",
+        "http://VICTIM.example:80/page",
+        "//victim.example/page",
+        "///victim.example/page",
+        "http://site.example@victim.example/page",
+        "http://site.example:80@victim.example/page",
+        "http:victim.example/page",
+        "http:/\\victim.example/page",
+        "\\victim.example/page",
+        "/\\victim.example/page",
+        " http://victim.example/page",
+        "https://victim.example/page",
+        "HTTP://victim.example/page",
+    ] {
+        let post = send(
+            &svc,
+            Method::POST,
+            "http://site.example/form",
+            &[("x-next", named)],
+        )
+        .await;
+        assert_eq!(post.status, http::StatusCode::CREATED);
+        let after = send(&svc, Method::GET, victim, &[]).await;
+        assert_eq!(
+            support::as_seen(after.cache_status()),
+            support::HIT,
+            "a POST to site.example answered with Location {named:?} invalidated victim.example's page"
+        );
+    }
+    // The same names on the POST's own origin do invalidate.
+    let own = "http://site.example/page";
+    for named in ["/page", "http://SITE.example:80/page"] {
+        send(&svc, Method::GET, own, &[]).await;
+        Watch::of(&layer).settled().await;
+        support::assert_hit(send(&svc, Method::GET, own, &[]).await.cache_status());
+        send(
+            &svc,
+            Method::POST,
+            "http://site.example/form",
+            &[("x-next", named)],
+        )
+        .await;
+        support::assert_not_hit(send(&svc, Method::GET, own, &[]).await.cache_status());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The seed's client and the layer sharing keys.
+
+/// An application stores values of its own, keyed by a name a user picks, with a
+/// `MemcacheClient` in the layer's namespace: the name `GET http://site.example/x` is the
+/// layer's primary key for that page. What the client writes there, typed or raw, is never
+/// served as the page (a miss, then the page stored again), and the client never reads the
+/// layer's entry as a value.
+#[tokio::test]
+async fn a_client_value_under_the_layers_key_is_never_an_answer() {
+    let backend = MemoryBackend::new();
+    let layer = layer_over(backend.clone());
+    let svc = app(&layer);
+    let client = MemcacheClient::new(backend).with_namespace("review-dd");
+    let url = "http://site.example/x";
+    let name = "GET http://site.example/x";
+    send(&svc, Method::GET, url, &[]).await;
+    Watch::of(&layer).settled().await;
+    support::assert_hit(send(&svc, Method::GET, url, &[]).await.cache_status());
+    assert_eq!(
+        client.query_raw(name).await,
+        None,
+        "the entry read as raw bytes"
+    );
+    assert_eq!(
+        client.query::<String>(name).await,
+        None,
+        "the entry read as a value"
+    );
+    let forged = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged";
+    for write in 0..2 {
+        if write == 0 {
+            client.set_raw(name, forged.as_bytes().to_vec()).await;
+        } else {
+            client.set(name, &forged).await;
+        }
+        let answer = send(&svc, Method::GET, url, &[]).await;
+        assert_eq!(answer.body, "GET /x", "write {write}");
+        support::assert_not_hit(answer.cache_status());
+        Watch::of(&layer).settled().await;
+        let again = send(&svc, Method::GET, url, &[]).await;
+        support::assert_hit(again.cache_status());
+        assert_eq!(again.body, "GET /x");
+    }
 }
