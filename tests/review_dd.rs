@@ -172,6 +172,28 @@ fn answer(method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Full<Byte
             };
             ("accept", body.to_string())
         }
+        // The same site negotiated by hand, as handlers often do: the first line read,
+        // `;q=` split off each member, the highest weight first (the client's order
+        // among equals), tags compared as written; English when nothing matches.
+        "/by-hand" => {
+            let value = field("accept-language");
+            let mut best: Option<(&str, f32)> = None;
+            for member in value.split(',') {
+                let tag = member.split(';').next().unwrap_or("").trim();
+                let weight = member
+                    .split_once(";q=")
+                    .and_then(|(_, q)| q.trim().parse().ok())
+                    .unwrap_or(1.0);
+                if best.is_none_or(|(_, top)| weight > top) {
+                    best = Some((tag, weight));
+                }
+            }
+            let language = best
+                .map(|(tag, _)| tag.split('-').next().unwrap_or(""))
+                .filter(|language| ["de", "en", "fr"].contains(language))
+                .unwrap_or("en");
+            ("accept-language", format!("lang={language}"))
+        }
         path => ("accept", format!("GET {path}")),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -334,6 +356,38 @@ async fn a_language_list_split_into_two_lines_poisons_the_variant_of_the_whole_o
         "http://site.example/lang",
         "accept-language",
         &["en;q=0.7", "de-DE,de;q=0.9,en-US;q=0.8"],
+        "de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7",
+        "lang=de",
+    )
+    .await;
+}
+
+/// Language tags are case-insensitive (RFC 4647 §2), and the layer lower-cased them, so
+/// `DE-de,de;q=0.9` was a German Chrome's `de-DE,de;q=0.9`. A handler that compares tags
+/// as written (`starts_with("de")`) answers the capitals in English, stored for every
+/// German Chrome. No browser changes its tags' case.
+#[tokio::test]
+async fn a_language_tag_in_capitals_poisons_the_variant_of_the_browsers_spelling() {
+    attack(
+        "http://site.example/by-hand",
+        "accept-language",
+        "DE-de,de;q=0.9",
+        "de-DE,de;q=0.9",
+        "lang=de",
+    )
+    .await;
+}
+
+/// The weight's `q` is case-insensitive in the grammar, and the layer read `Q=0.8` as
+/// `q=0.8`; the members sorted by weight, `en-US;Q=0.8,de-DE,de;q=0.9,en;q=0.7` was a
+/// German Chrome's list. A handler that splits `;q=` off sees `en-US` unweighted, first:
+/// English, stored for every German Chrome.
+#[tokio::test]
+async fn a_weight_in_capitals_poisons_the_variant_of_the_browsers_list() {
+    attack(
+        "http://site.example/by-hand",
+        "accept-language",
+        "en-US;Q=0.8,de-DE,de;q=0.9,en;q=0.7",
         "de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7",
         "lang=de",
     )

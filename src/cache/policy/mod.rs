@@ -603,17 +603,20 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
         .iter()
         .any(|field| field.eq_ignore_ascii_case(name))
     {
-        // Servers commonly break ties between media types by the client's order (HTML
-        // or JSON for `text/html, application/json`): `Accept` keeps it; the others are
-        // sets whose order among equal weights says nothing.
-        let keep_order = name.eq_ignore_ascii_case("accept");
+        // What `Accept` and `Accept-Language` choose shows (a page's format, its
+        // language), and handlers often choose by the first member, or by tags as
+        // written: their members keep the client's order and case. The encodings and
+        // charsets a client lists are all ones it reads: those lists are sorted and
+        // lower-cased.
+        let as_sent =
+            name.eq_ignore_ascii_case("accept") || name.eq_ignore_ascii_case("accept-language");
         // One line only. An origin that reads a field by its first line (axum's
         // `headers.get`, Go's `Header.Get`) sees only that line's members, so a list
         // split in two, merged, selected the variant of the whole list with an answer
         // to part of it. No client splits these fields.
         let single = all.iter().nth(1).is_none();
         if let Some(normalized) = single
-            .then(|| normalized_preferences(first, keep_order))
+            .then(|| normalized_preferences(first, as_sent))
             .flatten()
         {
             return Some(normalized);
@@ -683,21 +686,25 @@ const NEGOTIATION_FIELDS: [&str; 4] = [
 const MAX_PREFERENCES: usize = 64;
 
 /// A negotiation field's line in canonical form (RFC 9110 §12.4, §12.5; RFC 9111 §4.1):
-/// members sorted by descending weight, then by name (for `Accept`, kept in the client's
-/// order among equal weights), names lower-cased, white space
-/// dropped, weights written `q=0.xyz` (none when 1). So `en, de`,
-/// `de,en` and `DE, EN;q=1.0` share a variant, while `en;q=0.5, de` (another preference)
-/// and `de;q=0` (de refused) do not share one with `de, en`: members with weight 0 are
-/// kept, since a refusal can change what the origin sends.
+/// white space dropped, weights written `q=0.xyz` (none when 1); unless `as_sent`, members
+/// sorted by descending weight, then by name, names and parameter names lower-cased. So
+/// `gzip, br`, `br,gzip` and `BR, gzip;q=1.0` share a variant, while `gzip;q=0.5, br`
+/// (another preference) and `gzip;q=0` (gzip refused) do not share one with `br, gzip`:
+/// members with weight 0 are kept, since a refusal can change what the origin sends.
+/// `as_sent` (`Accept`, `Accept-Language`), `de, en;q=0.5` and `de,en;q=0.50` share one,
+/// `en;q=0.5, de` (the same preferences, to a parser that reads weights) and `DE, en;q=0.5`
+/// do not: a handler that takes the first member, or compares tags as written, answers
+/// them otherwise, and no browser sends its list in another order or case.
 ///
-/// Media-type parameters other than `q` keep their values' case (they may be
-/// case-sensitive); anything outside the fields' grammar (a bad weight, a second one or a
+/// Parameter values keep their case (they may be case-sensitive), and a weight is spelled
+/// `q` (a handler that splits `;q=` off reads `Q=0.5` as no weight); anything outside the
+/// fields' grammar (a bad weight, a second one or a
 /// parameter after it, white space around `=`, quoted text, bytes outside visible ASCII,
 /// more than [`MAX_PREFERENCES`] members), and an empty element, gives `None`, and the
 /// caller falls back to the byte-exact normalisation: origins read such values in ways of
 /// their own, and merged with the plain list, the answer one of them chose was stored for
 /// every client sending that list.
-fn normalized_preferences(value: &http::HeaderValue, keep_order: bool) -> Option<String> {
+fn normalized_preferences(value: &http::HeaderValue, as_sent: bool) -> Option<String> {
     let mut members: Vec<(u16, String)> = Vec::new();
     let text = std::str::from_utf8(value.as_bytes()).ok()?;
     // Quoted strings (in media-type parameters) may hold commas and semicolons, and a
@@ -715,7 +722,11 @@ fn normalized_preferences(value: &http::HeaderValue, keep_order: bool) -> Option
         if name.is_empty() || name.contains([' ', '\t']) || members.len() == MAX_PREFERENCES {
             return None;
         }
-        let mut canonical = name.to_ascii_lowercase();
+        let mut canonical = if as_sent {
+            name.to_string()
+        } else {
+            name.to_ascii_lowercase()
+        };
         let mut weight = None;
         for parameter in parts {
             // `name=value`, no white space around `=` (RFC 9110 §5.6.6); and nothing
@@ -725,6 +736,7 @@ fn normalized_preferences(value: &http::HeaderValue, keep_order: bool) -> Option
             // the variant one of them chose was stored for everyone.
             let (key, value) = parameter.split_once('=')?;
             if weight.is_some()
+                || key == "Q"
                 || key.is_empty()
                 || value.is_empty()
                 || key.contains([' ', '\t'])
@@ -732,21 +744,22 @@ fn normalized_preferences(value: &http::HeaderValue, keep_order: bool) -> Option
             {
                 return None;
             }
-            if key.eq_ignore_ascii_case("q") {
+            if key == "q" {
                 weight = Some(qvalue(value)?);
             } else {
                 canonical.push(';');
-                canonical.push_str(&key.to_ascii_lowercase());
+                if as_sent {
+                    canonical.push_str(key);
+                } else {
+                    canonical.push_str(&key.to_ascii_lowercase());
+                }
                 canonical.push('=');
                 canonical.push_str(value);
             }
         }
         members.push((weight.unwrap_or(1000), canonical));
     }
-    if keep_order {
-        // Stable: equal weights stay in the client's order.
-        members.sort_by(|(wa, _), (wb, _)| wb.cmp(wa));
-    } else {
+    if !as_sent {
         members.sort_by(|(wa, a), (wb, b)| wb.cmp(wa).then_with(|| a.cmp(b)));
     }
     let mut normalized = String::new();
@@ -1034,7 +1047,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn accept_keeps_the_clients_order_among_equal_weights() {
+    fn accept_and_accept_language_keep_the_clients_order_and_case() {
         let norm = |name: &'static str, value: &'static str| {
             let mut map = HeaderMap::new();
             map.insert(
@@ -1049,12 +1062,26 @@ pub(crate) mod tests {
             norm("accept", "application/json, text/html")
         );
         assert_eq!(
-            norm("accept", "Text/HTML,application/json;q=1.0"),
+            norm("accept", "text/html,application/json;q=1.0"),
             norm("accept", "text/html, application/json")
         );
-        assert_eq!(
+        // A handler that compares types or tags as written, or takes the first member,
+        // answers these otherwise (review DD); no browser changes its list's order or case.
+        assert_ne!(
+            norm("accept", "Text/HTML,application/json"),
+            norm("accept", "text/html, application/json")
+        );
+        assert_ne!(
             norm("accept-language", "en, de"),
             norm("accept-language", "de, en")
+        );
+        assert_ne!(
+            norm("accept-language", "en;q=0.5, de"),
+            norm("accept-language", "de, en;q=0.5")
+        );
+        assert_ne!(
+            norm("accept-language", "DE-de, en;q=0.5"),
+            norm("accept-language", "de-DE, en;q=0.5")
         );
     }
 
@@ -1071,21 +1098,20 @@ pub(crate) mod tests {
             normalized_header(&map, name)
         };
         let language = |lines: &[&str]| norm("accept-language", lines);
-        // Order among equal weights, case, white space, `q=1`.
+        // White space, `q=1`.
         let de_en = language(&["de, en"]);
         assert_eq!(de_en.as_deref(), Some("de, en"));
-        for same in [
-            &["en, de"][..],
-            &["EN,de"],
-            &[" en , De;Q=1.000 "],
-            &["de;q=1, en"],
-        ] {
+        for same in [&["de,en"][..], &[" de , en;q=1.000 "], &["de;q=1, en"]] {
             assert_eq!(language(same), de_en, "{same:?}");
         }
-        // Not two lines, an empty element, a second weight, a parameter after the weight
-        // or white space around `=`: origins read those in ways of their own (review DD).
+        // Not another order or case, two lines, an empty element, a second weight, a
+        // parameter after the weight, a weight in capitals or white space around `=`:
+        // origins read those in ways of their own (review DD).
         for odd in [
-            &["en", "de"][..],
+            &["en, de"][..],
+            &["DE, en"],
+            &["de;Q=1, en"],
+            &["en", "de"],
             &["de", "en"],
             &["en,, de"],
             &[", de, en"],
@@ -1096,12 +1122,12 @@ pub(crate) mod tests {
         ] {
             assert_ne!(language(odd), de_en, "{odd:?}");
         }
-        // Weights order the list, and change what is asked for.
+        // Weights are written one way, and change what is asked for.
         assert_eq!(
-            language(&["en;q=0.5, de"]).as_deref(),
+            language(&["de, en;q=0.5"]).as_deref(),
             Some("de, en;q=0.500")
         );
-        assert_eq!(language(&["de, en;q=0.50"]), language(&["en;q=0.5 ,de"]));
+        assert_eq!(language(&["de, en;q=0.50"]), language(&["de ,en;q=0.5"]));
         assert_ne!(language(&["en;q=0.5, de"]), de_en);
         assert_ne!(language(&["en;q=0.5, de"]), language(&["de;q=0.5, en"]));
         // A refusal (q=0) is kept.
@@ -1110,10 +1136,10 @@ pub(crate) mod tests {
             language(&["de, en, fr;q=0"]).as_deref(),
             Some("de, en, fr;q=0.000")
         );
-        // Media ranges: type and parameter names fold, parameter values keep their case.
+        // Media ranges keep their case, parameter values too.
         assert_eq!(
             norm("accept", &["Text/HTML;Level=A, */*;q=0.1"]).as_deref(),
-            Some("text/html;level=A, */*;q=0.100")
+            Some("Text/HTML;Level=A, */*;q=0.100")
         );
         assert_ne!(
             norm("accept", &["text/html;level=A"]),
@@ -1130,6 +1156,7 @@ pub(crate) mod tests {
         // Outside the grammar: compared byte for byte as before.
         for odd in [
             "en;q=2",
+            "en;Q=0.5",
             "en;q=0.5000",
             "en;q",
             "text/html;a=\"x,y\"",
@@ -1212,7 +1239,7 @@ pub(crate) mod tests {
                 prop_assert_ne!(normalise(&a), normalise(&b));
             }
 
-            /// Negotiation fields: the same members in any order, case and spacing
+            /// Lists of encodings: the same members in any order, case and spacing
             /// normalise alike; any bytes at all normalise without panic; and two lists
             /// with different sets of (lower-cased name, weight) never share a variant.
             #[test]
@@ -1236,8 +1263,8 @@ pub(crate) mod tests {
                 };
                 let normalise = |text: &str| {
                     let mut map = HeaderMap::new();
-                    map.insert("accept-language", http::HeaderValue::from_str(text).unwrap());
-                    normalized_header(&map, "accept-language")
+                    map.insert("accept-encoding", http::HeaderValue::from_str(text).unwrap());
+                    normalized_header(&map, "accept-encoding")
                 };
                 let mut rotated = members.clone();
                 let len = rotated.len();
