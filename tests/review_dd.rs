@@ -40,6 +40,9 @@ use tower_memcache::cache::MemcacheLayer;
 // ---------------------------------------------------------------------------------------
 // The origin.
 
+/// The `User-Agent` of the site's app, whose page `/app` serves.
+const APP: &str = "ShopApp/5.2 (iPhone; iOS 17.4, Scale/3.00) CFNetwork/1494.0.7 Darwin/23.4.0";
+
 /// A weight as RFC 9110 §12.4.2 spells it, in thousandths.
 fn qvalue(text: &str) -> Option<u16> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
@@ -193,6 +196,17 @@ fn answer(method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Full<Byte
                 .filter(|language| ["de", "en", "fr"].contains(language))
                 .unwrap_or("en");
             ("accept-language", format!("lang={language}"))
+        }
+        // The app's own page for the exact `User-Agent` its current release sends (a
+        // lookup by the string, as allow-lists and app-version gates do); the web page
+        // for anything else.
+        "/app" => {
+            let page = if field("user-agent") == APP {
+                "app page"
+            } else {
+                "web page"
+            };
+            ("user-agent", page.to_string())
         }
         path => ("accept", format!("GET {path}")),
     };
@@ -392,6 +406,33 @@ async fn a_weight_in_capitals_poisons_the_variant_of_the_browsers_list() {
         "lang=de",
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// White space inside other fields.
+
+/// The layer folded runs of white space inside any field's value, and wrote every comma
+/// as `, `: `iOS 17.4,Scale/3.00` or `(iPhone;  iOS` were the app's `User-Agent`. That
+/// field is no list, and the white space inside its comments is text (RFC 9110 §10.1.5,
+/// §5.6.5): an origin that looks the string up answers the web page, which every app
+/// user then got. No client sends its own field with other white space.
+#[tokio::test]
+async fn white_space_inside_a_field_poisons_the_variant_of_its_usual_spelling() {
+    for attacker in [
+        APP.replace(", ", ","),
+        APP.replace(",", " ,"),
+        APP.replace("; ", ";  "),
+        APP.replace(' ', "\t"),
+    ] {
+        attack(
+            "http://site.example/app",
+            "user-agent",
+            &attacker,
+            APP,
+            "app page",
+        )
+        .await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------

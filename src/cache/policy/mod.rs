@@ -576,9 +576,10 @@ fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
-/// A request header's value normalised for `Vary` matching: each line's list members
-/// joined with `, `, runs of white space folded, ends trimmed; lines kept apart by
-/// [`LINE_BREAK`]. `None` when absent.
+/// A request header's value normalised for `Vary` matching: each line as it is, its ends
+/// trimmed (white space inside is compared: the layer does not know where a field's
+/// syntax allows it, and a client sends its own value the same way every time); lines
+/// kept apart by [`LINE_BREAK`]. `None` when absent.
 ///
 /// Lines are not joined into one list (RFC 9111 §4.1 allows it, but only a list-based
 /// field means the same either way): `User-Agent` and `Cookie` are no comma lists, and an
@@ -631,20 +632,10 @@ pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<Strin
         if line > 0 {
             normalized.push(LINE_BREAK);
         }
-        for (index, part) in value.as_bytes().split(|b| *b == b',').enumerate() {
-            if index > 0 {
-                normalized.push_str(", ");
-            }
-            let words = part
-                .split(|b| matches!(b, b' ' | b'\t'))
-                .filter(|word| !word.is_empty());
-            for (index, word) in words.enumerate() {
-                if index > 0 {
-                    normalized.push(' ');
-                }
-                push_escaped(&mut normalized, word);
-            }
-        }
+        // Only the ends: white space inside a value the layer cannot parse may be text
+        // (in a `User-Agent` comment, a quoted string), and an origin that compares the
+        // value answers `a,b` and `a, b` apart.
+        push_escaped(&mut normalized, value.as_bytes().trim_ascii());
     }
     if credential {
         return Some(credential_digest(&normalized));
@@ -1017,11 +1008,22 @@ pub(crate) mod tests {
         ]);
         assert_eq!(
             normalized_header(&lines, "accept-encoding").as_deref(),
-            Some("gzip, br\ndeflate")
+            Some("gzip,   br\ndeflate")
         );
         assert_eq!(normalized_header(&map, "accept"), None);
-        let odd = headers(&[("x", "a,,\tb  c"), ("x", ""), ("y", "")]);
-        assert_eq!(normalized_header(&odd, "x").as_deref(), Some("a, , b c\n"));
+        // Other fields: ends trimmed, white space inside kept (review DD).
+        let odd = headers(&[("x", " a,,\tb  c "), ("x", ""), ("y", "")]);
+        assert_eq!(
+            normalized_header(&odd, "x").as_deref(),
+            Some("a,,\\x09b  c\n")
+        );
+        for (one, other) in [("a,b", "a, b"), ("a b", "a  b"), ("a b", "a\tb")] {
+            assert_ne!(
+                normalized_header(&headers(&[("x", one)]), "x"),
+                normalized_header(&headers(&[("x", other)]), "x"),
+                "{one:?} {other:?}"
+            );
+        }
         // Lines stay lines: `a` and `b` are not the one line `a, b` (whose meaning they
         // share only in a list-based field).
         let two = headers(&[("x", "a"), ("x", "b")]);
@@ -1223,7 +1225,7 @@ pub(crate) mod tests {
                 prop_assert_eq!(rule_path(&once), once.as_str());
             }
 
-            /// Two values that differ other than in white space around words never
+            /// Two values that differ other than in white space at their ends never
             /// normalise alike, whatever their bytes (no lossy decoding).
             #[test]
             fn distinct_words_stay_distinct(
