@@ -197,6 +197,24 @@ fn answer(method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Full<Byte
                 .unwrap_or("en");
             ("accept-language", format!("lang={language}"))
         }
+        // Negotiated by hand as a Rust handler would: the first line, `;q=` split off
+        // each trimmed member, `max_by_key` on the weight (the last of equals wins).
+        "/max-by-key" => {
+            let value = field("accept-language");
+            let language = value
+                .split(',')
+                .map(|member| {
+                    let member = member.trim();
+                    let (tag, weight) = member.split_once(";q=").unwrap_or((member, "1"));
+                    let weight = weight.parse::<f32>().unwrap_or(0.0);
+                    (tag.split('-').next().unwrap_or("").to_string(), weight)
+                })
+                .max_by_key(|(_, weight)| (weight * 1000.0) as u32)
+                .map(|(language, _)| language)
+                .filter(|language| ["de", "en", "fr"].contains(&language.as_str()))
+                .unwrap_or_else(|| "en".to_string());
+            ("accept-language", format!("lang={language}"))
+        }
         // The app's own page for the exact `User-Agent` its current release sends (a
         // lookup by the string, as allow-lists and app-version gates do); the web page
         // for anything else.
@@ -402,6 +420,23 @@ async fn a_weight_in_capitals_poisons_the_variant_of_the_browsers_list() {
         "http://site.example/by-hand",
         "accept-language",
         "en-US;Q=0.8,de-DE,de;q=0.9,en;q=0.7",
+        "de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7",
+        "lang=de",
+    )
+    .await;
+}
+
+/// White space before a weight is in the grammar (`OWS ";" OWS "q="`), and the layer
+/// dropped it: `…,en; q=0.7` was a German Chrome's `…,en;q=0.7`. A handler that splits
+/// `;q=` off reads that member unweighted, and `max_by_key` keeps the last of equals:
+/// English, stored for every German Chrome. Handlers disagree on every spelling a
+/// browser does not send, so these lists are compared as sent.
+#[tokio::test]
+async fn white_space_before_a_weight_poisons_the_variant_of_the_browsers_list() {
+    attack(
+        "http://site.example/max-by-key",
+        "accept-language",
+        "de-DE,de;q=0.9,en-US;q=0.8,en; q=0.7",
         "de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7",
         "lang=de",
     )

@@ -593,33 +593,23 @@ fn is_tchar(byte: u8) -> bool {
 /// `J\xfcrgen` and `J\xf6rgen`, which a lossy UTF-8 decoding would merge) never select
 /// each other's variant.
 ///
-/// The proactive negotiation fields (`Accept`, `Accept-Charset`, `Accept-Encoding`,
-/// `Accept-Language`) go further, as RFC 9111 §4.1 allows for values "known to have
-/// identical semantics": see [`normalized_preferences`].
+/// `Accept-Encoding` and `Accept-Charset` go further, as RFC 9111 §4.1 allows for values
+/// "known to have identical semantics": see [`SORTED_LISTS`] and
+/// [`normalized_preferences`].
 pub(super) fn normalized_header(headers: &HeaderMap, name: &str) -> Option<String> {
     let all = headers.get_all(name);
     let mut values = all.iter().peekable();
     let first = *values.peek()?;
-    if NEGOTIATION_FIELDS
+    if SORTED_LISTS
         .iter()
         .any(|field| field.eq_ignore_ascii_case(name))
     {
-        // What `Accept` and `Accept-Language` choose shows (a page's format, its
-        // language), and handlers often choose by the first member, or by tags as
-        // written: their members keep the client's order and case. The encodings and
-        // charsets a client lists are all ones it reads: those lists are sorted and
-        // lower-cased.
-        let as_sent =
-            name.eq_ignore_ascii_case("accept") || name.eq_ignore_ascii_case("accept-language");
         // One line only. An origin that reads a field by its first line (axum's
         // `headers.get`, Go's `Header.Get`) sees only that line's members, so a list
         // split in two, merged, selected the variant of the whole list with an answer
         // to part of it. No client splits these fields.
         let single = all.iter().nth(1).is_none();
-        if let Some(normalized) = single
-            .then(|| normalized_preferences(first, as_sent))
-            .flatten()
-        {
+        if let Some(normalized) = single.then(|| normalized_preferences(first)).flatten() {
             return Some(normalized);
         }
     }
@@ -663,29 +653,25 @@ fn credential_digest(normalized: &str) -> String {
 /// every control byte out as `\xNN`).
 const LINE_BREAK: char = '\n';
 
-/// The request fields of proactive negotiation (RFC 9110 §12.5), whose values are lists of
-/// case-insensitive tokens (or media ranges) weighted by q-values.
-const NEGOTIATION_FIELDS: [&str; 4] = [
-    "accept",
-    "accept-charset",
-    "accept-encoding",
-    "accept-language",
-];
+/// The request fields of proactive negotiation (RFC 9110 §12.5) normalised by meaning:
+/// the encodings and charsets a client lists are all ones it reads, so whatever an origin
+/// picks from another spelling of its list, it can read. `Accept` and `Accept-Language`
+/// are compared as sent, as other fields: what they choose shows (a page's format, its
+/// language), handlers choose by them in ways of their own (by the first member, by tags
+/// compared as written, splitting `;q=` off, keeping the last of equal weights), and a
+/// browser sends its list the same way every time (review DD).
+const SORTED_LISTS: [&str; 2] = ["accept-charset", "accept-encoding"];
 
 /// The most members of a negotiation field that are sorted; a longer list (no browser
 /// sends one) is compared as it is.
 const MAX_PREFERENCES: usize = 64;
 
-/// A negotiation field's line in canonical form (RFC 9110 §12.4, §12.5; RFC 9111 §4.1):
-/// white space dropped, weights written `q=0.xyz` (none when 1); unless `as_sent`, members
+/// A line of one of the [`SORTED_LISTS`] in canonical form (RFC 9110 §12.4, §12.5;
+/// RFC 9111 §4.1): white space dropped, weights written `q=0.xyz` (none when 1), members
 /// sorted by descending weight, then by name, names and parameter names lower-cased. So
 /// `gzip, br`, `br,gzip` and `BR, gzip;q=1.0` share a variant, while `gzip;q=0.5, br`
 /// (another preference) and `gzip;q=0` (gzip refused) do not share one with `br, gzip`:
 /// members with weight 0 are kept, since a refusal can change what the origin sends.
-/// `as_sent` (`Accept`, `Accept-Language`), `de, en;q=0.5` and `de,en;q=0.50` share one,
-/// `en;q=0.5, de` (the same preferences, to a parser that reads weights) and `DE, en;q=0.5`
-/// do not: a handler that takes the first member, or compares tags as written, answers
-/// them otherwise, and no browser sends its list in another order or case.
 ///
 /// Parameter values keep their case (they may be case-sensitive), and a weight is spelled
 /// `q` (a handler that splits `;q=` off reads `Q=0.5` as no weight); anything outside the
@@ -695,7 +681,7 @@ const MAX_PREFERENCES: usize = 64;
 /// caller falls back to the byte-exact normalisation: origins read such values in ways of
 /// their own, and merged with the plain list, the answer one of them chose was stored for
 /// every client sending that list.
-fn normalized_preferences(value: &http::HeaderValue, as_sent: bool) -> Option<String> {
+fn normalized_preferences(value: &http::HeaderValue) -> Option<String> {
     let mut members: Vec<(u16, String)> = Vec::new();
     let text = std::str::from_utf8(value.as_bytes()).ok()?;
     // Quoted strings (in media-type parameters) may hold commas and semicolons, and a
@@ -707,17 +693,13 @@ fn normalized_preferences(value: &http::HeaderValue, as_sent: bool) -> Option<St
     for member in text.split(',') {
         let mut parts = member.split(';').map(|part| part.trim_matches([' ', '\t']));
         let name = parts.next().unwrap_or("");
-        // An empty element (`, en`): RFC 9110 §5.6.1 skips it, but Django's parser finds
-        // no preference at all in such a value (its default language). No client sends
-        // one, so it is compared as it is rather than as the list without it.
+        // An empty element (`, gzip`): RFC 9110 §5.6.1 skips it, but parsers differ (in
+        // an `Accept-Language`, Django's finds no preference at all). No client sends one,
+        // so it is compared as it is rather than as the list without it.
         if name.is_empty() || name.contains([' ', '\t']) || members.len() == MAX_PREFERENCES {
             return None;
         }
-        let mut canonical = if as_sent {
-            name.to_string()
-        } else {
-            name.to_ascii_lowercase()
-        };
+        let mut canonical = name.to_ascii_lowercase();
         let mut weight = None;
         for parameter in parts {
             // `name=value`, no white space around `=` (RFC 9110 §5.6.6); and nothing
@@ -739,20 +721,14 @@ fn normalized_preferences(value: &http::HeaderValue, as_sent: bool) -> Option<St
                 weight = Some(qvalue(value)?);
             } else {
                 canonical.push(';');
-                if as_sent {
-                    canonical.push_str(key);
-                } else {
-                    canonical.push_str(&key.to_ascii_lowercase());
-                }
+                canonical.push_str(&key.to_ascii_lowercase());
                 canonical.push('=');
                 canonical.push_str(value);
             }
         }
         members.push((weight.unwrap_or(1000), canonical));
     }
-    if !as_sent {
-        members.sort_by(|(wa, a), (wb, b)| wb.cmp(wa).then_with(|| a.cmp(b)));
-    }
+    members.sort_by(|(wa, a), (wb, b)| wb.cmp(wa).then_with(|| a.cmp(b)));
     let mut normalized = String::new();
     for (index, (weight, member)) in members.iter().enumerate() {
         if index > 0 {
@@ -1049,7 +1025,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn accept_and_accept_language_keep_the_clients_order_and_case() {
+    fn accept_and_accept_language_are_compared_as_sent() {
         let norm = |name: &'static str, value: &'static str| {
             let mut map = HeaderMap::new();
             map.insert(
@@ -1058,37 +1034,38 @@ pub(crate) mod tests {
             );
             normalized_header(&map, name)
         };
-        // An origin choosing by the client's order sends HTML to one, JSON to the other.
-        assert_ne!(
-            norm("accept", "text/html, application/json"),
-            norm("accept", "application/json, text/html")
-        );
+        // A handler that takes the first member, compares types or tags as written,
+        // splits `;q=` off or keeps the last of equal weights answers each of these
+        // otherwise (review DD); a browser sends its list the same way every time.
+        for (one, other) in [
+            ("text/html, application/json", "application/json, text/html"),
+            ("text/html,application/json", "text/html, application/json"),
+            ("Text/HTML", "text/html"),
+            ("text/html", "text/html;q=1"),
+        ] {
+            assert_ne!(norm("accept", one), norm("accept", other), "{one} {other}");
+        }
+        for (one, other) in [
+            ("en, de", "de, en"),
+            ("en;q=0.5, de", "de, en;q=0.5"),
+            ("DE-de, en;q=0.5", "de-DE, en;q=0.5"),
+            ("de, en; q=0.5", "de, en;q=0.5"),
+            ("de, en;q=0.5", "de, en;q=0.50"),
+        ] {
+            assert_ne!(
+                norm("accept-language", one),
+                norm("accept-language", other),
+                "{one} {other}"
+            );
+        }
         assert_eq!(
-            norm("accept", "text/html,application/json;q=1.0"),
-            norm("accept", "text/html, application/json")
-        );
-        // A handler that compares types or tags as written, or takes the first member,
-        // answers these otherwise (review DD); no browser changes its list's order or case.
-        assert_ne!(
-            norm("accept", "Text/HTML,application/json"),
-            norm("accept", "text/html, application/json")
-        );
-        assert_ne!(
-            norm("accept-language", "en, de"),
-            norm("accept-language", "de, en")
-        );
-        assert_ne!(
-            norm("accept-language", "en;q=0.5, de"),
-            norm("accept-language", "de, en;q=0.5")
-        );
-        assert_ne!(
-            norm("accept-language", "DE-de, en;q=0.5"),
-            norm("accept-language", "de-DE, en;q=0.5")
+            norm("accept-language", " de-DE,de;q=0.9 "),
+            norm("accept-language", "de-DE,de;q=0.9")
         );
     }
 
     #[test]
-    fn rfc9111_4_1_negotiation_fields_are_normalised() {
+    fn rfc9111_4_1_encoding_lists_are_normalised() {
         let norm = |name: &str, lines: &[&str]| {
             let mut map = HeaderMap::new();
             for line in lines {
@@ -1099,74 +1076,74 @@ pub(crate) mod tests {
             }
             normalized_header(&map, name)
         };
-        let language = |lines: &[&str]| norm("accept-language", lines);
-        // White space, `q=1`.
-        let de_en = language(&["de, en"]);
-        assert_eq!(de_en.as_deref(), Some("de, en"));
-        for same in [&["de,en"][..], &[" de , en;q=1.000 "], &["de;q=1, en"]] {
-            assert_eq!(language(same), de_en, "{same:?}");
-        }
-        // Not another order or case, two lines, an empty element, a second weight, a
-        // parameter after the weight, a weight in capitals or white space around `=`:
-        // origins read those in ways of their own (review DD).
-        for odd in [
-            &["en, de"][..],
-            &["DE, en"],
-            &["de;Q=1, en"],
-            &["en", "de"],
-            &["de", "en"],
-            &["en,, de"],
-            &[", de, en"],
-            &["de, en,"],
-            &["de;q=0;q=1, en"],
-            &["de;q =1, en"],
-            &["de;q=1;x=y, en"],
+        let encoding = |lines: &[&str]| norm("accept-encoding", lines);
+        // Order among equal weights, case, white space, `q=1`.
+        let br_gzip = encoding(&["gzip, br"]);
+        assert_eq!(br_gzip.as_deref(), Some("br, gzip"));
+        for same in [
+            &["br, gzip"][..],
+            &["GZIP,br"],
+            &[" br , Gzip;q=1.000 "],
+            &["gzip;q=1, br"],
+            &["gzip; q=1 ,br"],
         ] {
-            assert_ne!(language(odd), de_en, "{odd:?}");
+            assert_eq!(encoding(same), br_gzip, "{same:?}");
         }
-        // Weights are written one way, and change what is asked for.
+        // Not two lines, an empty element, a second weight, a parameter after the weight,
+        // a weight in capitals or white space around `=`: origins read those in ways of
+        // their own (review DD).
+        for odd in [
+            &["gzip", "br"][..],
+            &["br", "gzip"],
+            &["gzip,, br"],
+            &[", br, gzip"],
+            &["br, gzip,"],
+            &["br;q=0;q=1, gzip"],
+            &["br;q =1, gzip"],
+            &["br;q=1;x=y, gzip"],
+            &["br;Q=1, gzip"],
+        ] {
+            assert_ne!(encoding(odd), br_gzip, "{odd:?}");
+        }
+        // Weights order the list, and change what is asked for.
         assert_eq!(
-            language(&["de, en;q=0.5"]).as_deref(),
-            Some("de, en;q=0.500")
+            encoding(&["gzip;q=0.5, br"]).as_deref(),
+            Some("br, gzip;q=0.500")
         );
-        assert_eq!(language(&["de, en;q=0.50"]), language(&["de ,en;q=0.5"]));
-        assert_ne!(language(&["en;q=0.5, de"]), de_en);
-        assert_ne!(language(&["en;q=0.5, de"]), language(&["de;q=0.5, en"]));
+        assert_eq!(
+            encoding(&["br, gzip;q=0.50"]),
+            encoding(&["gzip;q=0.5 ,br"])
+        );
+        assert_ne!(encoding(&["gzip;q=0.5, br"]), br_gzip);
+        assert_ne!(encoding(&["gzip;q=0.5, br"]), encoding(&["br;q=0.5, gzip"]));
         // A refusal (q=0) is kept.
-        assert_ne!(language(&["de, en, fr;q=0"]), de_en);
+        assert_ne!(encoding(&["br, gzip, zstd;q=0"]), br_gzip);
         assert_eq!(
-            language(&["de, en, fr;q=0"]).as_deref(),
-            Some("de, en, fr;q=0.000")
+            encoding(&["br, gzip, zstd;q=0"]).as_deref(),
+            Some("br, gzip, zstd;q=0.000")
         );
-        // Media ranges keep their case, parameter values too.
+        // Parameter names fold, their values keep their case.
         assert_eq!(
-            norm("accept", &["Text/HTML;Level=A, */*;q=0.1"]).as_deref(),
-            Some("Text/HTML;Level=A, */*;q=0.100")
+            encoding(&["Gzip;Level=A, *;q=0.1"]).as_deref(),
+            Some("gzip;level=A, *;q=0.100")
         );
-        assert_ne!(
-            norm("accept", &["text/html;level=A"]),
-            norm("accept", &["text/html;level=a"])
-        );
-        assert_eq!(
-            norm("accept-encoding", &["gzip, br"]),
-            norm("Accept-Encoding", &["BR,GZIP"])
-        );
+        assert_ne!(encoding(&["gzip;level=A"]), encoding(&["gzip;level=a"]));
         assert_eq!(
             norm("accept-charset", &["utf-8, ISO-8859-1"]).as_deref(),
             Some("iso-8859-1, utf-8")
         );
-        // Outside the grammar: compared byte for byte as before.
+        // Outside the grammar: compared byte for byte as other fields are.
         for odd in [
-            "en;q=2",
-            "en;Q=0.5",
-            "en;q=0.5000",
-            "en;q",
-            "text/html;a=\"x,y\"",
-            "en us",
+            "gzip;q=2",
+            "gzip;Q=0.5",
+            "gzip;q=0.5000",
+            "gzip;q",
+            "gzip;a=\"x,y\"",
+            "gzip br",
             ";q=1",
         ] {
             assert_eq!(
-                language(&[odd]),
+                encoding(&[odd]),
                 norm("x-other", &[odd]),
                 "{odd:?} falls back"
             );
