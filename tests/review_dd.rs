@@ -3,11 +3,13 @@
 //! that must not be answered with what the attacker's produced; each fails if the attack
 //! works.
 //!
-//! - The proactive negotiation fields (`Accept`, `Accept-Language`, …) are compared by
-//!   meaning, not byte for byte (RFC 9111 §4.1 allows it for values "known to have
-//!   identical semantics"). A value outside the fields' grammar has no meaning every
-//!   origin agrees on: merged with an ordinary one, the variant an origin chose for the
-//!   odd spelling was stored for everyone who sends the ordinary one.
+//! - `Vary` values were compared after normalising them: the proactive negotiation lists
+//!   by meaning (RFC 9111 §4.1 allows it for values "known to have identical
+//!   semantics"), every other field with its white space folded. Each merge of a
+//!   spelling no browser sends with the one it sends is a value an origin may read
+//!   otherwise (a value outside the grammar, a list on two lines, other case, order or
+//!   white space): the variant an origin chose for the attacker's spelling was stored
+//!   for everyone who sends the ordinary one.
 //!
 //! - An unsafe method invalidates the URIs its response's `Location` and `Content-Location`
 //!   name on its own origin only (RFC 9111 §4.4). An origin that reflects a request field
@@ -18,11 +20,13 @@
 //!   its key (an application that keys its own values by a name a user picks). What it
 //!   writes there is never an answer, and what the layer wrote is never its value.
 //!
-//! The origin here parses as common frameworks do: it reads a field's first line (axum's
-//! `HeaderMap::get`, Go's `Header.Get`), `Accept-Language` like Django's
+//! The origin here parses as common frameworks and handlers do: it reads a field's first
+//! line (axum's `HeaderMap::get`, Go's `Header.Get`); `Accept-Language` like Django's
 //! `parse_accept_lang_header` (a value that does not match its grammar is no preference
-//! at all: the site's default language), `Accept` like parsers written for RFC 7231
-//! (parameters after the weight are `accept-ext`, not the media range's).
+//! at all: the site's default language), or by hand (tags compared as written, `;q=`
+//! split off, the first or the last of equal weights kept); `Accept` like parsers written
+//! for RFC 7231 (parameters after the weight are `accept-ext`, not the media range's);
+//! `User-Agent` by looking the string up.
 
 mod support;
 
