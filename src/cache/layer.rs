@@ -148,7 +148,9 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
-    /// Never caches the matching routes.
+    /// Never caches the matching routes. For a private area, prefer
+    /// [`RouteMatch::Prefix`]: an [`Exact`](RouteMatch::Exact) rule leaves the paths the
+    /// application may answer alike (`/account/`, `/account/x.css`) cacheable.
     pub fn no_cache(mut self, matcher: RouteMatch) -> Self {
         let action = RouteAction::NoCache;
         self.config.policy.add_rule(RouteRule { matcher, action });

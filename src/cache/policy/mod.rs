@@ -64,7 +64,14 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RouteMatch {
-    /// The request path, exactly.
+    /// The request path, exactly: `/account/` and `/account.css` are other paths. When the
+    /// application answers those as it answers `/account` (a router that ignores a trailing
+    /// slash, a path normaliser inside the layer), a [`no_cache`] rule for a private page
+    /// needs [`Prefix`](Self::Prefix), or an attacker who lures a victim to `/account/`
+    /// then reads the victim's page from the cache (web cache deception). Per-user pages
+    /// should say `Cache-Control: private` in any case (SECURITY.md).
+    ///
+    /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
     Exact(String),
     /// Any path that starts with this prefix.
     Prefix(String),
