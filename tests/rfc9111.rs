@@ -1091,6 +1091,58 @@ async fn rfc9111_4_4_unsafe_methods_invalidate<B: Backend>(backend: B) {
         "REINDEX",
         "unknown methods are forwarded"
     );
+    // A GET that a framework runs as a DELETE (a method-override field, in any of its
+    // spellings) invalidates as the DELETE would; one overridden to a safe method, or
+    // failing, does not.
+    for path in ["/e", "/f", "/g"] {
+        origin.ok(path, &[("cache-control", "max-age=60")], "page");
+        get(&svc, path).await;
+    }
+    stores(&stats, 9).await;
+    send(
+        &svc,
+        Method::GET,
+        "/e",
+        &[("x-http-method-override", "HEAD")],
+    )
+    .await
+    .unwrap();
+    assert!(cached("/e", "").await, "overridden to a safe method");
+    origin.script(
+        "/e",
+        Script {
+            status: 404,
+            ..Script::default()
+        },
+    );
+    send(
+        &svc,
+        Method::GET,
+        "/e",
+        &[("x-http-method-override", "DELETE")],
+    )
+    .await
+    .unwrap();
+    assert!(
+        cached("/e", "").await,
+        "a failed override invalidates nothing"
+    );
+    for (path, field) in [
+        ("/f", "X-HTTP-Method-Override"),
+        ("/g", "X_Method_Override"),
+    ] {
+        origin.script(
+            path,
+            Script {
+                status: 204,
+                ..Script::default()
+            },
+        );
+        send(&svc, Method::GET, path, &[(field, "DELETE")])
+            .await
+            .unwrap();
+        assert!(!cached(path, "").await, "{field}: DELETE");
+    }
 }
 
 async fn purge_handle_uri_namespace_all<B: Backend>(backend: B) {

@@ -97,7 +97,9 @@ where
     shared.config.stats.record_bypass();
     let method = request.method().clone();
     tracing::debug!(%method, path = request.uri().path(), "cache bypassed");
-    let invalidates = Policy::invalidates(&method);
+    let invalidates = Policy::invalidates(&method)
+        || (Policy::is_cacheable_method(&method)
+            && Policy::overridden_to_unsafe(request.headers()));
     let saved = invalidates.then(|| {
         (
             // The whole target, as the lookup keys it (see `client_target`).

@@ -242,11 +242,6 @@ impl Policy {
     /// (WSGI, Rack, PHP's `$_SERVER`) read `_` and `-` alike, so the frameworks behind them
     /// follow it as the override itself.
     pub(crate) fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
-        const METHOD_OVERRIDES: [&str; 3] = [
-            "x-http-method-override",
-            "x-http-method",
-            "x-method-override",
-        ];
         // One pass over the fields instead of a hashed lookup per name: this runs on every
         // hit.
         for (name, value) in headers {
@@ -272,6 +267,22 @@ impl Policy {
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         )
+    }
+
+    /// Whether a request that [`invalidates`](Self::invalidates) nothing by its method
+    /// asks for another one through a method-override field (spelled as
+    /// [`unkeyed_request_input`](Self::unkeyed_request_input) reads it) that is not known
+    /// to be safe: a framework behind the layer runs that method's handler (a `GET` with
+    /// `X-HTTP-Method-Override: DELETE` deletes), so its success invalidates as the method
+    /// itself would. Looked at only on the bypass path, never on a hit.
+    pub(crate) fn overridden_to_unsafe(headers: &HeaderMap) -> bool {
+        headers.iter().any(|(name, value)| {
+            METHOD_OVERRIDES
+                .iter()
+                .any(|spelled| same_to_cgi(name.as_str(), spelled))
+                && Method::from_bytes(value.as_bytes().trim_ascii())
+                    .map_or(true, |method| Self::invalidates(&method))
+        })
     }
 
     /// The route's lifetime, or `None` when its rule turns caching off.
@@ -496,6 +507,14 @@ pub(super) fn is_unstored_field(
             .chain(&cc.no_cache_fields)
             .any(|field| field == name.as_str())
 }
+
+/// The request fields some frameworks read to run another method's handler than the
+/// request's (method-override middleware, API gateways).
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// Whether the field name `field` is `name` to a CGI-style gateway, which makes both
 /// `HTTP_` + the name upper-cased with `-` as `_`: equal, with `_` standing for `-`
