@@ -11,8 +11,11 @@
 //! - auth (`ValidateRequestHeaderLayer::bearer`, a cookie check): a page an authenticated
 //!   request filled, served to an unauthenticated one.
 //! - `NormalizePathLayer`: a `no_cache` page stored under another spelling of its path.
+//! - Request rewriting (a locale middleware): a variant stored under a value the handler
+//!   never read.
 //! - `SetResponseHeaderLayer`, `TimeoutLayer`, a session middleware: a field that belongs to
-//!   one response (`Set-Cookie`, a request id) or a timeout stored for everyone.
+//!   one response (`Set-Cookie`, a request id) or a timeout stored for everyone; a fill
+//!   cut short (a timeout outside, a body timeout inside) held or stored half.
 
 #![cfg(feature = "axum")]
 
@@ -419,6 +422,48 @@ async fn bearer_auth_inside_the_cache_keeps_the_page_private() {
     assert_eq!(ok.status, StatusCode::OK);
 }
 
+/// `must-revalidate` lets a response to an authenticated request be stored (§3.5), but
+/// without its own freshness every reuse is revalidated: the anonymous request's
+/// revalidation reaches the bearer check, whose 401 the anonymous client gets, never the
+/// stored page (in routes and origin mode, with or without a validator).
+#[tokio::test]
+async fn must_revalidate_pages_behind_bearer_auth_are_revalidated_for_anonymous_requests() {
+    for mode in [
+        tower_memcache::CacheMode::Routes,
+        tower_memcache::CacheMode::Origin,
+    ] {
+        for cache_control in ["must-revalidate", "must-revalidate, no-cache"] {
+            let layer = cache().mode(mode);
+            let watch = Watch::of(&layer);
+            let app = Router::new()
+                .route(
+                    "/secret",
+                    get(move || async move {
+                        (
+                            [
+                                (header::CACHE_CONTROL, cache_control),
+                                (header::ETAG, "\"s1\""),
+                            ],
+                            "the secret page for the token holder",
+                        )
+                    }),
+                )
+                .layer(bearer("token"))
+                .layer(layer);
+            get_url(&app, "/secret", &[("authorization", "Bearer token")]).await;
+            support::stores(&watch, 1).await;
+            for headers in [&[][..], &[("if-none-match", "\"s1\"")][..]] {
+                let anonymous = get_url(&app, "/secret", headers).await;
+                assert_eq!(
+                    anonymous.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{mode:?}, {cache_control}, {headers:?}: {anonymous:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Unsafe stacking, a demonstration: a blanket `Cache-Control: public` added by
 /// `SetResponseHeaderLayer` to every response, the bearer check and the cache outside it.
 /// `public` is the origin's word that a response to an authenticated request may be
@@ -569,6 +614,83 @@ async fn unsafe_order_normalize_path_inside_the_cache_stores_a_private_page() {
     let attacker = get_url(&app, "/account/", &[]).await;
     support::assert_hit(attacker.cache_status());
     assert_eq!(attacker.body, "alice's account");
+}
+
+// ---------------------------------------------------------------------------------------
+// Request rewriting
+
+/// A locale middleware: a `lang` cookie overrides `Accept-Language` for the handler, which
+/// answers by `Accept-Language` and says `Vary: accept-language`, as it should.
+async fn locale_from_cookie(mut request: AxumRequest, next: Next) -> Response {
+    let french = request
+        .headers()
+        .get(header::COOKIE)
+        .is_some_and(|v| v.as_bytes() == b"lang=fr");
+    if french {
+        request
+            .headers_mut()
+            .insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("fr"));
+    }
+    next.run(request).await
+}
+
+fn localized_app() -> Router {
+    Router::new().route(
+        "/welcome",
+        get(|headers: HeaderMap| async move {
+            let french = headers
+                .get(header::ACCEPT_LANGUAGE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"fr"));
+            (
+                [(header::VARY, "accept-language")],
+                if french { "bienvenue" } else { "welcome" },
+            )
+        }),
+    )
+}
+
+/// Safe order: the rewriting middleware outside the cache. The cache selects the variant
+/// by the `Accept-Language` the handler read.
+#[tokio::test]
+async fn request_rewriting_outside_the_cache_is_keyed_as_the_origin_reads_it() {
+    let layer = cache();
+    let watch = Watch::of(&layer);
+    let app = localized_app()
+        .layer(layer)
+        .layer(middleware::from_fn(locale_from_cookie));
+    let french = get_url(
+        &app,
+        "/welcome",
+        &[("cookie", "lang=fr"), ("accept-language", "en")],
+    )
+    .await;
+    watch.settled().await;
+    assert_eq!(french.body, "bienvenue");
+    let english = get_url(&app, "/welcome", &[("accept-language", "en")]).await;
+    assert_eq!(english.body, "welcome");
+}
+
+/// Unsafe order, a demonstration: the rewriting middleware inside the cache. The handler's
+/// `Vary: accept-language` names the value it read (`fr`, from the cookie), the cache
+/// selects by the value the client sent (`en`): the French page is stored for every
+/// English reader. The README says to rewrite requests outside the cache.
+#[tokio::test]
+async fn unsafe_order_request_rewriting_inside_the_cache_stores_a_variant_under_another_value() {
+    let layer = cache();
+    let watch = Watch::of(&layer);
+    let app = localized_app()
+        .layer(middleware::from_fn(locale_from_cookie))
+        .layer(layer);
+    get_url(
+        &app,
+        "/welcome",
+        &[("cookie", "lang=fr"), ("accept-language", "en")],
+    )
+    .await;
+    watch.settled().await;
+    let english = get_url(&app, "/welcome", &[("accept-language", "en")]).await;
+    support::assert_hit(english.cache_status());
+    assert_eq!(english.body, "bienvenue");
 }
 
 // ---------------------------------------------------------------------------------------
