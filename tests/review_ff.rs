@@ -544,6 +544,36 @@ async fn unsafe_order_cookie_auth_inside_the_cache_serves_members_pages_to_anyon
     assert_eq!(anonymous.body, "members only");
 }
 
+/// Unsafe order, a demonstration: a request validator inside the cache. A hit is answered
+/// before the validator runs, so a request it would refuse (`Accept: text/html` at a JSON
+/// endpoint: 406) gets what an accepted request stored. The README says to validate
+/// outside the cache.
+#[tokio::test]
+async fn unsafe_order_request_validation_inside_the_cache_is_skipped_on_hits() {
+    let layer = cache();
+    let watch = Watch::of(&layer);
+    let app = Router::new()
+        .route("/data", get(|| async { "{\"data\":1}" }))
+        .layer(ValidateRequestHeaderLayer::accept("application/json"))
+        .layer(layer);
+    get_url(&app, "/data", &[("accept", "application/json")]).await;
+    watch.settled().await;
+    let refused = get_url(&app, "/data", &[("accept", "text/html")]).await;
+    support::assert_hit(refused.cache_status());
+    assert_eq!(refused.status, StatusCode::OK);
+    // Outside the cache, the validator answers every request.
+    let layer = cache();
+    let watch = Watch::of(&layer);
+    let app = Router::new()
+        .route("/data", get(|| async { "{\"data\":1}" }))
+        .layer(layer)
+        .layer(ValidateRequestHeaderLayer::accept("application/json"));
+    get_url(&app, "/data", &[("accept", "application/json")]).await;
+    watch.settled().await;
+    let refused = get_url(&app, "/data", &[("accept", "text/html")]).await;
+    assert_eq!(refused.status, StatusCode::NOT_ACCEPTABLE);
+}
+
 // ---------------------------------------------------------------------------------------
 // NormalizePathLayer
 
@@ -1094,6 +1124,65 @@ async fn a_body_cut_short_by_a_timeout_inside_is_never_a_whole_page() {
         }
         if let Ok(body) = read(0).await {
             assert_eq!(body, "first half, second half", "later (near: {near})");
+        }
+    }
+}
+
+/// An origin that honours single ranges, as `ServeDir` does.
+fn ranged_app() -> Router {
+    Router::new().route(
+        "/page",
+        get(|headers: HeaderMap| async move {
+            let range = headers
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes="))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+                .filter(|&(a, b)| a <= b && b < PAGE.len());
+            match range {
+                Some((a, b)) => (
+                    StatusCode::PARTIAL_CONTENT,
+                    [(
+                        header::CONTENT_RANGE,
+                        format!("bytes {a}-{b}/{}", PAGE.len()),
+                    )],
+                    &PAGE[a..=b],
+                )
+                    .into_response(),
+                None => PAGE.into_response(),
+            }
+        }),
+    )
+}
+
+/// Cache outside compression, a range miss: the origin's 206 passes through uncompressed
+/// (compression leaves ranges alone) and the whole representation is fetched in the
+/// background with the client's `Accept-Encoding`, so the gzip body it brings back is
+/// stored for gzip clients only.
+#[tokio::test]
+async fn a_range_miss_fills_the_variant_of_the_clients_encoding() {
+    for (filler, other) in [
+        (&[("accept-encoding", "gzip")][..], &[][..]),
+        (&[][..], &[("accept-encoding", "gzip")][..]),
+    ] {
+        let layer = cache();
+        let watch = Watch::of(&layer);
+        let app = layer.layer(CompressionLayer::new().layer(ranged_app()));
+        let mut ranged = filler.to_vec();
+        ranged.push(("range", "bytes=0-9"));
+        let part = get_url(&app, "/page", &ranged).await;
+        watch.settled().await;
+        assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(part.body, &PAGE.as_bytes()[..10]);
+        assert!(watch.snapshot().stores >= 1, "{:?}", watch.snapshot());
+        for client in [other, filler, other] {
+            let got = get_url(&app, "/page", client).await;
+            watch.settled().await;
+            if client.is_empty() {
+                assert_eq!(got.header("content-encoding"), None, "{got:?}");
+            }
+            assert_eq!(got.decoded(), PAGE, "{client:?}: {got:?}");
         }
     }
 }
