@@ -60,9 +60,9 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
-/// How a route rule picks requests. `Exact` and `Prefix` see the path as an origin that
-/// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
-/// and runs of `/` as one (`//account` is `/account`).
+/// How a route rule picks requests. `Exact` and `Prefix` see the path (and read their own)
+/// as an origin that normalises it may: escaped unreserved characters decoded
+/// (`/%61ccount` is `/account`) and runs of `/` as one (`//account` is `/account`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RouteMatch {
@@ -184,7 +184,14 @@ impl Default for Policy {
 impl Policy {
     /// Adds a route rule. Exact rules win over patterns, patterns over prefixes, and the
     /// longest prefix over shorter ones.
-    pub(crate) fn add_rule(&mut self, rule: RouteRule) {
+    pub(crate) fn add_rule(&mut self, mut rule: RouteRule) {
+        // Written as request paths are read (`rule_path`), or a rule spelled with `//` or
+        // an escape would match nothing.
+        if let RouteMatch::Exact(path) | RouteMatch::Prefix(path) = &mut rule.matcher {
+            if let Cow::Owned(read) = rule_path(path) {
+                *path = read;
+            }
+        }
         self.rules.push(rule);
     }
 
@@ -1021,6 +1028,13 @@ pub(crate) mod tests {
         assert_eq!(policy.route_lifetime("/a/b/%63", Some("/a/{id}")), None);
         assert_eq!(policy.route_lifetime("/%61/b/c", None), None);
         assert_eq!(policy.route_lifetime("//a//b/c", None), None);
+        // Rules are read as paths are: one written with `//` or an escape still matches.
+        policy.add_rule(RouteRule {
+            matcher: RouteMatch::Exact("//x//%79".into()),
+            action: RouteAction::NoCache,
+        });
+        assert_eq!(policy.route_lifetime("//x//y", None), None);
+        assert_eq!(policy.route_lifetime("/x/y", None), None);
     }
 
     #[test]
