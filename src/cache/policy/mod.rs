@@ -60,7 +60,9 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
-/// How a route rule picks requests.
+/// How a route rule picks requests. `Exact` and `Prefix` see the path (and read their own)
+/// as an origin that normalises it may: escaped unreserved characters decoded
+/// (`/%61ccount` is `/account`) and runs of `/` as one (`//account` is `/account`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RouteMatch {
@@ -182,7 +184,14 @@ impl Default for Policy {
 impl Policy {
     /// Adds a route rule. Exact rules win over patterns, patterns over prefixes, and the
     /// longest prefix over shorter ones.
-    pub(crate) fn add_rule(&mut self, rule: RouteRule) {
+    pub(crate) fn add_rule(&mut self, mut rule: RouteRule) {
+        // Written as request paths are read (`rule_path`), or a rule spelled with `//` or
+        // an escape would match nothing.
+        if let RouteMatch::Exact(path) | RouteMatch::Prefix(path) = &mut rule.matcher {
+            if let Cow::Owned(read) = rule_path(path) {
+                *path = read;
+            }
+        }
         self.rules.push(rule);
     }
 
@@ -528,9 +537,30 @@ fn same_to_cgi(field: &str, name: &str) -> bool {
 }
 
 /// A request path as route rules see it: percent-encoded unreserved characters decoded
-/// (RFC 3986 §6.2.2.2), other escapes kept with upper-case hex (§6.2.2.1). The cache key
-/// keeps the path byte for byte; this is only what a rule is matched against.
+/// (RFC 3986 §6.2.2.2), other escapes kept with upper-case hex (§6.2.2.1), and runs of
+/// `/` read as one. The cache key keeps the path byte for byte; this is only what a rule
+/// is matched against.
 pub(crate) fn rule_path(path: &str) -> Cow<'_, str> {
+    let decoded = decode_unreserved(path);
+    // Path normalisers answer `//account` and `/account//x` as `/account` (tower-http's
+    // `NormalizePathLayer` trims leading slashes, nginx merges slashes): a `no_cache` rule
+    // for `/account` must hold for them too, or a victim lured there fills an entry.
+    if !decoded.contains("//") {
+        return decoded;
+    }
+    let mut merged = String::with_capacity(decoded.len());
+    let mut after_slash = false;
+    for c in decoded.chars() {
+        if !(c == '/' && after_slash) {
+            merged.push(c);
+        }
+        after_slash = c == '/';
+    }
+    Cow::Owned(merged)
+}
+
+/// `path` with percent-encoded unreserved characters decoded, other escapes upper-cased.
+fn decode_unreserved(path: &str) -> Cow<'_, str> {
     if !path.contains('%') {
         return Cow::Borrowed(path);
     }
@@ -938,10 +968,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn rule_paths_decode_unreserved_escapes_only() {
+    fn rule_paths_decode_unreserved_escapes_and_merge_slashes() {
         assert_eq!(rule_path("/account"), "/account");
         assert_eq!(rule_path("/%61ccount"), "/account");
         assert_eq!(rule_path("/a%2fb%7E%2D"), "/a%2Fb~-");
+        // Runs of `/` read as one; an escaped `/` is no `/`.
+        assert_eq!(rule_path("//account"), "/account");
+        assert_eq!(rule_path("/account///x//"), "/account/x/");
+        assert_eq!(rule_path("/%2F/%2Faccount"), "/%2F/%2Faccount");
+        assert_eq!(rule_path("/%2f%2F/%61"), "/%2F%2F/a");
         assert_eq!(rule_path("/%zz%4"), "/%zz%4");
         assert_eq!(rule_path("%"), "%");
         // One pass, like the inner service's decoder: a stray `%` stays as it is.
@@ -992,6 +1027,14 @@ pub(crate) mod tests {
         // Rules match the path an origin that decodes it sees.
         assert_eq!(policy.route_lifetime("/a/b/%63", Some("/a/{id}")), None);
         assert_eq!(policy.route_lifetime("/%61/b/c", None), None);
+        assert_eq!(policy.route_lifetime("//a//b/c", None), None);
+        // Rules are read as paths are: one written with `//` or an escape still matches.
+        policy.add_rule(RouteRule {
+            matcher: RouteMatch::Exact("//x//%79".into()),
+            action: RouteAction::NoCache,
+        });
+        assert_eq!(policy.route_lifetime("//x//y", None), None);
+        assert_eq!(policy.route_lifetime("/x/y", None), None);
     }
 
     #[test]
