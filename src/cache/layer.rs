@@ -148,9 +148,11 @@ impl<B: Backend> MemcacheLayer<B> {
         self
     }
 
-    /// Never caches the matching routes. For a private area, prefer
-    /// [`RouteMatch::Prefix`]: an [`Exact`](RouteMatch::Exact) rule leaves the paths the
-    /// application may answer alike (`/account/`, `/account/x.css`) cacheable.
+    /// Never caches the matching routes, in every spelling a lenient origin reads as
+    /// their path (`/Account`, `/x/..%2Faccount`, `/account;.css`: see [`RouteMatch`]).
+    /// For a private area, prefer [`RouteMatch::Prefix`]: an
+    /// [`Exact`](RouteMatch::Exact) rule leaves other paths the application may answer
+    /// alike (`/account.css`, `/account/x`) cacheable.
     pub fn no_cache(mut self, matcher: RouteMatch) -> Self {
         let action = RouteAction::NoCache;
         self.config.policy.add_rule(RouteRule { matcher, action });

@@ -8,16 +8,17 @@
 //! - [`targeted`]: targeted cache-control fields (RFC 9213), which rule a response
 //!   instead of its `Cache-Control` and `Expires`.
 //! - [`range`]: `Range` and `If-Range`, answered from a stored response.
-//! - this module: which responses may be stored, route rules, `Vary`, hop-by-hop fields.
+//! - [`route`]: route rules, and the two readings of a path they are matched against.
+//! - this module: which responses may be stored, `Vary`, hop-by-hop fields.
 
 pub(super) mod cache_control;
 pub(super) mod conditional;
 pub(super) mod date;
 pub(super) mod freshness;
 pub(super) mod range;
+mod route;
 pub(super) mod targeted;
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -28,6 +29,9 @@ use http::{Method, StatusCode};
 #[doc(inline)]
 pub(super) use cache_control::CacheControl;
 use freshness::{Heuristic, explicit_lifetime, heuristic_lifetime};
+pub use route::RouteMatch;
+use route::RouteRules;
+pub(crate) use route::{RouteAction, RouteRule};
 
 /// The statuses stored by default: RFC 9110's heuristically cacheable ones.
 pub(super) const DEFAULT_STATUSES: [u16; 11] = freshness::HEURISTIC_STATUSES;
@@ -58,46 +62,6 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-}
-
-/// How a route rule picks requests. `Exact` and `Prefix` see the path (and read their own)
-/// as an origin that normalises it may: escaped unreserved characters decoded
-/// (`/%61ccount` is `/account`) and runs of `/` as one (`//account` is `/account`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RouteMatch {
-    /// The request path, exactly: `/account/` and `/account.css` are other paths. When the
-    /// application answers those as it answers `/account` (a router that ignores a trailing
-    /// slash, a path normaliser inside the layer), a [`no_cache`] rule for a private page
-    /// needs [`Prefix`](Self::Prefix), or an attacker who lures a victim to `/account/`
-    /// then reads the victim's page from the cache (web cache deception). Per-user pages
-    /// should say `Cache-Control: private` in any case (SECURITY.md).
-    ///
-    /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
-    Exact(String),
-    /// Any path that starts with this prefix.
-    Prefix(String),
-    /// axum's `MatchedPath` (the route pattern, e.g. `/users/{id}`), present when the layer
-    /// is added with `route_layer` and the `axum` feature is on.
-    Pattern(String),
-}
-
-/// What a route rule decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RouteAction {
-    /// Cache for this long.
-    Lifetime(Duration),
-    /// Never cache (requests bypass the cache).
-    NoCache,
-}
-
-/// One per-route rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct RouteRule {
-    /// Which requests.
-    pub matcher: RouteMatch,
-    /// What to do with them.
-    pub action: RouteAction,
 }
 
 /// Who decides how long a response stays fresh.
@@ -156,7 +120,7 @@ pub(crate) struct Lifetimes {
 #[derive(Clone, Debug)]
 pub(crate) struct Policy {
     mode: CacheMode,
-    rules: Vec<RouteRule>,
+    rules: RouteRules,
     default_lifetime: Duration,
     statuses: HashSet<u16>,
     store_set_cookie: bool,
@@ -170,7 +134,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             mode: CacheMode::default(),
-            rules: Vec::new(),
+            rules: RouteRules::default(),
             default_lifetime: DEFAULT_LIFETIME,
             statuses: DEFAULT_STATUSES.into_iter().collect(),
             store_set_cookie: false,
@@ -184,15 +148,8 @@ impl Default for Policy {
 impl Policy {
     /// Adds a route rule. Exact rules win over patterns, patterns over prefixes, and the
     /// longest prefix over shorter ones.
-    pub(crate) fn add_rule(&mut self, mut rule: RouteRule) {
-        // Written as request paths are read (`rule_path`), or a rule spelled with `//` or
-        // an escape would match nothing.
-        if let RouteMatch::Exact(path) | RouteMatch::Prefix(path) = &mut rule.matcher {
-            if let Cow::Owned(read) = rule_path(path) {
-                *path = read;
-            }
-        }
-        self.rules.push(rule);
+    pub(crate) fn add_rule(&mut self, rule: RouteRule) {
+        self.rules.add(rule);
     }
 
     /// Sets who decides lifetimes.
@@ -296,40 +253,7 @@ impl Policy {
 
     /// The route's lifetime, or `None` when its rule turns caching off.
     pub(crate) fn route_lifetime(&self, path: &str, pattern: Option<&str>) -> Option<Duration> {
-        // Rules see the path as an origin that decodes it does: `/%61ccount` must not
-        // slip past a rule for `/account`.
-        let path = &*rule_path(path);
-        let exact = self
-            .rules
-            .iter()
-            .find(|r| matches!(&r.matcher, RouteMatch::Exact(p) if p == path));
-        let by_pattern = || {
-            let pattern = pattern?;
-            self.rules
-                .iter()
-                .find(|r| matches!(&r.matcher, RouteMatch::Pattern(p) if p == pattern))
-        };
-        let by_prefix = || {
-            self.rules
-                .iter()
-                .filter_map(|r| match &r.matcher {
-                    RouteMatch::Prefix(p) if path.starts_with(p.as_str()) => Some((p.len(), r)),
-                    _ => None,
-                })
-                .max_by_key(|(len, _)| *len)
-                .map(|(_, r)| r)
-        };
-        match exact.or_else(by_pattern).or_else(by_prefix) {
-            Some(RouteRule {
-                action: RouteAction::NoCache,
-                ..
-            }) => None,
-            Some(RouteRule {
-                action: RouteAction::Lifetime(lifetime),
-                ..
-            }) => Some(*lifetime),
-            None => Some(self.default_lifetime),
-        }
+        self.rules.lifetime(path, pattern, self.default_lifetime)
     }
 
     /// Whether a response may be stored (RFC 9111 §3), given the request's directives.
@@ -534,75 +458,6 @@ fn same_to_cgi(field: &str, name: &str) -> bool {
             .bytes()
             .zip(name.bytes())
             .all(|(f, n)| f == n || (f == b'_' && n == b'-'))
-}
-
-/// A request path as route rules see it: percent-encoded unreserved characters decoded
-/// (RFC 3986 §6.2.2.2), other escapes kept with upper-case hex (§6.2.2.1), and runs of
-/// `/` read as one. The cache key keeps the path byte for byte; this is only what a rule
-/// is matched against.
-pub(crate) fn rule_path(path: &str) -> Cow<'_, str> {
-    let decoded = decode_unreserved(path);
-    // Path normalisers answer `//account` and `/account//x` as `/account` (tower-http's
-    // `NormalizePathLayer` trims leading slashes, nginx merges slashes): a `no_cache` rule
-    // for `/account` must hold for them too, or a victim lured there fills an entry.
-    if !decoded.contains("//") {
-        return decoded;
-    }
-    let mut merged = String::with_capacity(decoded.len());
-    let mut after_slash = false;
-    for c in decoded.chars() {
-        if !(c == '/' && after_slash) {
-            merged.push(c);
-        }
-        after_slash = c == '/';
-    }
-    Cow::Owned(merged)
-}
-
-/// `path` with percent-encoded unreserved characters decoded, other escapes upper-cased.
-fn decode_unreserved(path: &str) -> Cow<'_, str> {
-    if !path.contains('%') {
-        return Cow::Borrowed(path);
-    }
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| {
-                Some((
-                    hex_value(*bytes.get(i + 1)?)?,
-                    hex_value(*bytes.get(i + 2)?)?,
-                ))
-            })
-            .flatten();
-        match escaped {
-            Some((high, low)) => {
-                let byte = high << 4 | low;
-                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-                    out.push(char::from(byte));
-                } else {
-                    out.push('%');
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(high)]));
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(low)]));
-                }
-                i += 3;
-            }
-            None => {
-                // The rest up to the next '%' as it is (a `Uri` path is ASCII).
-                let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
-                out.push_str(&path[i..next]);
-                i = next;
-            }
-        }
-    }
-    Cow::Owned(out)
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    char::from(digit)
-        .to_digit(16)
-        .and_then(|v| u8::try_from(v).ok())
 }
 
 /// The lower-cased field names a response's `Vary` lists. A line that is not visible
@@ -968,22 +823,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn rule_paths_decode_unreserved_escapes_and_merge_slashes() {
-        assert_eq!(rule_path("/account"), "/account");
-        assert_eq!(rule_path("/%61ccount"), "/account");
-        assert_eq!(rule_path("/a%2fb%7E%2D"), "/a%2Fb~-");
-        // Runs of `/` read as one; an escaped `/` is no `/`.
-        assert_eq!(rule_path("//account"), "/account");
-        assert_eq!(rule_path("/account///x//"), "/account/x/");
-        assert_eq!(rule_path("/%2F/%2Faccount"), "/%2F/%2Faccount");
-        assert_eq!(rule_path("/%2f%2F/%61"), "/%2F%2F/a");
-        assert_eq!(rule_path("/%zz%4"), "/%zz%4");
-        assert_eq!(rule_path("%"), "%");
-        // One pass, like the inner service's decoder: a stray `%` stays as it is.
-        assert_eq!(rule_path("/%a%30"), "/%a0");
-    }
-
-    #[test]
     fn hop_by_hop_includes_connection_tokens() {
         let map = headers(&[("connection", "close, X-Custom")]);
         assert!(is_hop_by_hop(&header::TRANSFER_ENCODING, &map));
@@ -1256,20 +1095,6 @@ pub(crate) mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::default())]
-
-            /// Any path: no panic. A path whose every `%` starts an escape: a rule path is its
-            /// own rule path. (A stray `%` can meet a decoded hex digit, `%a%30` → `%a0`, as
-            /// in any single-pass decoder, the inner service's included: rules match what one
-            /// decoding pass sees, never a second.)
-            #[test]
-            fn rule_paths_are_stable(
-                path in "[/a-zA-Z0-9%._~-]{0,24}",
-                escaped in "([/a-zA-Z0-9._~-]|%[0-9a-fA-F]{2}){0,12}",
-            ) {
-                let _ = rule_path(&path);
-                let once = rule_path(&escaped).into_owned();
-                prop_assert_eq!(rule_path(&once), once.as_str());
-            }
 
             /// Two values that differ other than in white space at their ends never
             /// normalise alike, whatever their bytes (no lossy decoding).

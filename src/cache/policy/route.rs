@@ -1,0 +1,564 @@
+//! Route rules: which requests a rule picks, and what it decides for them.
+//!
+//! A rule is matched against two readings of the request's path. The *rule reading*
+//! ([`rule_path`]) picks the lifetime: the path as an ordinary decoder sees it. The
+//! *origin reading* ([`origin_reading`]) only ever turns caching off: the path as the most
+//! lenient origin might resolve it (case folded, escapes decoded again, `\` as `/`, dot
+//! segments and `;` parameters gone). A private page's `no_cache` rule has to hold for
+//! every spelling some origin answers with that page, or an attacker lures a victim to
+//! `/Account`, `/x/..%2Faccount` or `/account;.css`, the victim's page is stored, and the
+//! attacker reads it (web cache deception). Caching fewer of those odd spellings is the
+//! price, never a wrong answer.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// How a route rule picks requests.
+///
+/// `Exact` and `Prefix` rules see the path (and read their own) as an origin that
+/// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
+/// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
+/// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
+/// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
+/// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), and with
+/// or without a trailing slash. A lifetime rule applies only as written.
+///
+/// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteMatch {
+    /// The request path, exactly: `/account.css` and `/account/x` are other paths (a
+    /// [`no_cache`] rule also covers `/account/` and the odd spellings above). When the
+    /// application answers other paths as it answers this one (a `.:format` suffix, a
+    /// catch-all below it), a `no_cache` rule for a private page needs
+    /// [`Prefix`](Self::Prefix), or an attacker who lures a victim to `/account.css`
+    /// then reads the victim's page from the cache (web cache deception). Per-user pages
+    /// should say `Cache-Control: private` in any case (SECURITY.md).
+    ///
+    /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
+    Exact(String),
+    /// Any path that starts with this prefix.
+    Prefix(String),
+    /// axum's `MatchedPath` (the route pattern, e.g. `/users/{id}`), present when the layer
+    /// is added with `route_layer` and the `axum` feature is on.
+    Pattern(String),
+}
+
+/// What a route rule decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteAction {
+    /// Cache for this long.
+    Lifetime(Duration),
+    /// Never cache (requests bypass the cache).
+    NoCache,
+}
+
+/// One per-route rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RouteRule {
+    /// Which requests.
+    pub matcher: RouteMatch,
+    /// What to do with them.
+    pub action: RouteAction,
+}
+
+/// The route rules of one layer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RouteRules {
+    /// Every rule, its `Exact` or `Prefix` path in the rule reading.
+    rules: Vec<RouteRule>,
+    /// The `Exact` and `Prefix` rules in the origin reading; empty while no rule turns
+    /// caching off (the origin reading can then change nothing).
+    origin_rules: Vec<OriginRule>,
+}
+
+/// An `Exact` or `Prefix` rule in the origin reading.
+#[derive(Clone, Debug)]
+struct OriginRule {
+    path: String,
+    prefix: bool,
+    /// A prefix written with a trailing `/` (`/account/`) covers whole segments only in
+    /// the origin reading, which drops trailing slashes: `/accounting` stays its own.
+    whole_segments: bool,
+    action: RouteAction,
+}
+
+impl OriginRule {
+    fn covers(&self, path: &str) -> bool {
+        if !self.prefix {
+            return path == self.path;
+        }
+        path.starts_with(&self.path)
+            && (!self.whole_segments
+                || path.len() == self.path.len()
+                || self.path.ends_with('/')
+                || path.as_bytes().get(self.path.len()) == Some(&b'/'))
+    }
+}
+
+/// Which kind of rule decided a path.
+enum Decided<'r> {
+    ByPath(&'r RouteAction),
+    ByPattern(&'r RouteAction),
+    Default,
+}
+
+impl RouteRules {
+    /// Adds a rule. Exact rules win over patterns, patterns over prefixes, and the
+    /// longest prefix over shorter ones.
+    pub(crate) fn add(&mut self, mut rule: RouteRule) {
+        // Written as request paths are read, or a rule spelled with `//` or an escape
+        // would match nothing.
+        if let RouteMatch::Exact(path) | RouteMatch::Prefix(path) = &mut rule.matcher {
+            if let Cow::Owned(read) = rule_path(path) {
+                *path = read;
+            }
+        }
+        self.rules.push(rule);
+        if self
+            .rules
+            .iter()
+            .any(|rule| rule.action == RouteAction::NoCache)
+        {
+            self.origin_rules = self
+                .rules
+                .iter()
+                .filter_map(|rule| {
+                    let (path, prefix) = match &rule.matcher {
+                        RouteMatch::Exact(path) => (path, false),
+                        RouteMatch::Prefix(path) => (path, true),
+                        RouteMatch::Pattern(_) => return None,
+                    };
+                    Some(OriginRule {
+                        path: origin_reading(path),
+                        prefix,
+                        whole_segments: prefix && path.ends_with('/'),
+                        action: rule.action,
+                    })
+                })
+                .collect();
+        }
+    }
+
+    /// The route's lifetime (`default` where no rule names it), or `None` when a rule
+    /// turns caching off for it in either reading of its path.
+    pub(crate) fn lifetime(
+        &self,
+        path: &str,
+        pattern: Option<&str>,
+        default: Duration,
+    ) -> Option<Duration> {
+        let decided = self.decide(&rule_path(path), pattern);
+        let action = match decided {
+            Decided::ByPath(action) => Some(action),
+            // The router itself resolved the path to this route: its reading is the
+            // origin's.
+            Decided::ByPattern(action) => return lifetime_of(action),
+            Decided::Default => None,
+        };
+        if !self.origin_rules.is_empty() {
+            // A path no origin reads otherwise is its own origin reading: no allocation.
+            let reading = if may_read_otherwise(path) {
+                Cow::Owned(origin_reading(path))
+            } else {
+                Cow::Borrowed(path)
+            };
+            let exact = self
+                .origin_rules
+                .iter()
+                .find(|rule| !rule.prefix && rule.covers(&reading));
+            let by_prefix = || {
+                self.origin_rules
+                    .iter()
+                    .filter(|rule| rule.prefix && rule.covers(&reading))
+                    .max_by_key(|rule| rule.path.len())
+            };
+            if exact.or_else(by_prefix).map(|rule| rule.action) == Some(RouteAction::NoCache) {
+                return None;
+            }
+        }
+        action.map_or(Some(default), lifetime_of)
+    }
+
+    /// The rule that decides `path` (in the rule reading) or the route `pattern`.
+    fn decide(&self, path: &str, pattern: Option<&str>) -> Decided<'_> {
+        let exact = self
+            .rules
+            .iter()
+            .find(|r| matches!(&r.matcher, RouteMatch::Exact(p) if p == path));
+        if let Some(rule) = exact {
+            return Decided::ByPath(&rule.action);
+        }
+        let by_pattern = pattern.and_then(|pattern| {
+            self.rules
+                .iter()
+                .find(|r| matches!(&r.matcher, RouteMatch::Pattern(p) if p == pattern))
+        });
+        if let Some(rule) = by_pattern {
+            return Decided::ByPattern(&rule.action);
+        }
+        self.rules
+            .iter()
+            .filter_map(|r| match &r.matcher {
+                RouteMatch::Prefix(p) if path.starts_with(p.as_str()) => Some((p.len(), r)),
+                _ => None,
+            })
+            .max_by_key(|(len, _)| *len)
+            .map_or(Decided::Default, |(_, rule)| Decided::ByPath(&rule.action))
+    }
+}
+
+fn lifetime_of(action: &RouteAction) -> Option<Duration> {
+    match action {
+        RouteAction::NoCache => None,
+        RouteAction::Lifetime(lifetime) => Some(*lifetime),
+    }
+}
+
+/// A request path as route rules see it: percent-encoded unreserved characters decoded
+/// (RFC 3986 §6.2.2.2), other escapes kept with upper-case hex (§6.2.2.1), and runs of
+/// `/` read as one. The cache key keeps the path byte for byte; this is only what a rule
+/// is matched against.
+pub(crate) fn rule_path(path: &str) -> Cow<'_, str> {
+    let decoded = decode_unreserved(path);
+    // Path normalisers answer `//account` and `/account//x` as `/account` (tower-http's
+    // `NormalizePathLayer` trims leading slashes, nginx merges slashes): a `no_cache` rule
+    // for `/account` must hold for them too, or a victim lured there fills an entry.
+    if !decoded.contains("//") {
+        return decoded;
+    }
+    let mut merged = String::with_capacity(decoded.len());
+    let mut after_slash = false;
+    for c in decoded.chars() {
+        if !(c == '/' && after_slash) {
+            merged.push(c);
+        }
+        after_slash = c == '/';
+    }
+    Cow::Owned(merged)
+}
+
+/// `path` with percent-encoded unreserved characters decoded, other escapes upper-cased.
+fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match escape_at(bytes, i) {
+            Some(byte) => {
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(byte));
+                } else {
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(byte >> 4)]));
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(byte & 0xf)]));
+                }
+                i += 3;
+            }
+            None => {
+                // The rest up to the next '%' as it is (a `Uri` path is ASCII).
+                let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The byte `%XY` at `at` stands for, if `bytes[at..]` starts with an escape.
+fn escape_at(bytes: &[u8], at: usize) -> Option<u8> {
+    if bytes.get(at) != Some(&b'%') {
+        return None;
+    }
+    let high = hex_value(*bytes.get(at + 1)?)?;
+    let low = hex_value(*bytes.get(at + 2)?)?;
+    Some(high << 4 | low)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
+}
+
+/// Whether an origin might read `path` as another path than its rule reading: it holds
+/// an escape, a `\`, a `;`, an upper-case letter, a dot segment, an empty segment or a
+/// trailing slash. Most paths hold none: they are their own origin reading.
+fn may_read_otherwise(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.len() > 1 && bytes.last() == Some(&b'/')
+        || bytes.iter().enumerate().any(|(i, byte)| match byte {
+            b'%' | b'\\' | b';' | b'A'..=b'Z' => true,
+            b'/' => matches!(bytes.get(i + 1), Some(b'/' | b'.')),
+            _ => false,
+        })
+}
+
+/// How many times the origin reading decodes escapes: an origin that decodes twice (a
+/// proxy and a framework, each decoding once) reads `%252F` as `/`; a third layer of
+/// escapes is no spelling any origin we know of resolves.
+const DECODING_PASSES: usize = 2;
+
+/// `path` as the most lenient origin might resolve it: escapes decoded (up to
+/// [`DECODING_PASSES`] times), `\` as `/` (IIS, Windows file servers), cut at a decoded
+/// `?`, `#` or NUL, letters in lower case (case-insensitive routers and file systems),
+/// each segment's `;` parameters dropped (Tomcat, Spring, Jetty), dot segments resolved
+/// (RFC 3986 §5.2.4), empty segments and a trailing slash dropped. Only ever used to turn
+/// caching off.
+pub(crate) fn origin_reading(path: &str) -> String {
+    let mut bytes = path.as_bytes().to_vec();
+    for _ in 0..DECODING_PASSES {
+        if !bytes.contains(&b'%') {
+            break;
+        }
+        bytes = decode_all(&bytes);
+    }
+    let end = bytes
+        .iter()
+        .position(|byte| matches!(byte, b'?' | b'#' | 0))
+        .unwrap_or(bytes.len());
+    bytes.truncate(end);
+    bytes.make_ascii_lowercase();
+    let mut segments: Vec<&[u8]> = Vec::new();
+    for segment in bytes.split(|byte| matches!(byte, b'/' | b'\\')) {
+        let segment = match segment.iter().position(|byte| *byte == b';') {
+            Some(at) => &segment[..at],
+            None => segment,
+        };
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut reading = Vec::with_capacity(bytes.len() + 1);
+    for segment in &segments {
+        reading.push(b'/');
+        reading.extend_from_slice(segment);
+    }
+    if reading.is_empty() {
+        reading.push(b'/');
+    }
+    String::from_utf8_lossy(&reading).into_owned()
+}
+
+/// Every escape in `bytes` decoded once.
+fn decode_all(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match escape_at(bytes, i) {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_paths_decode_unreserved_escapes_and_merge_slashes() {
+        assert_eq!(rule_path("/account"), "/account");
+        assert_eq!(rule_path("/%61ccount"), "/account");
+        assert_eq!(rule_path("/a%2fb%7E%2D"), "/a%2Fb~-");
+        // Runs of `/` read as one; an escaped `/` is no `/`.
+        assert_eq!(rule_path("//account"), "/account");
+        assert_eq!(rule_path("/account///x//"), "/account/x/");
+        assert_eq!(rule_path("/%2F/%2Faccount"), "/%2F/%2Faccount");
+        assert_eq!(rule_path("/%2f%2F/%61"), "/%2F%2F/a");
+        assert_eq!(rule_path("/%zz%4"), "/%zz%4");
+        assert_eq!(rule_path("%"), "%");
+        // One pass, like the inner service's decoder: a stray `%` stays as it is.
+        assert_eq!(rule_path("/%a%30"), "/%a0");
+    }
+
+    fn rules(list: &[(RouteMatch, RouteAction)]) -> RouteRules {
+        let mut rules = RouteRules::default();
+        for (matcher, action) in list {
+            rules.add(RouteRule {
+                matcher: matcher.clone(),
+                action: *action,
+            });
+        }
+        rules
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn origin_readings_resolve_what_lenient_origins_resolve() {
+        for (path, reading) in [
+            ("/account", "/account"),
+            ("/", "/"),
+            ("", "/"),
+            ("/Account/", "/account"),
+            ("//account//x/", "/account/x"),
+            ("/x/../account", "/account"),
+            ("/x/..%2Faccount", "/account"),
+            ("/x/%2e%2E/account", "/account"),
+            ("/%2Faccount", "/account"),
+            ("/%252Faccount", "/account"),
+            ("/x\\..\\account", "/account"),
+            ("/x/..;/account", "/account"),
+            ("/account;jsessionid=1", "/account"),
+            ("/account;/x.css", "/account/x.css"),
+            ("/account%3F.css", "/account"),
+            ("/account%23.css", "/account"),
+            ("/account%00.css", "/account"),
+            ("/./account/.", "/account"),
+            ("/../../account", "/account"),
+            ("/%zz%4", "/%zz%4"),
+            ("/caf%C3%A9", "/caf\u{e9}"),
+            ("/%ff", "/\u{fffd}"),
+        ] {
+            assert_eq!(origin_reading(path), reading, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn only_odd_paths_are_read_again() {
+        for odd in [
+            "/a/", "/A", "/%61", "/a\\b", "/a;b", "/a/./b", "/a/../b", "//a", "/a/.b",
+        ] {
+            assert!(may_read_otherwise(odd), "{odd:?}");
+        }
+        for plain in ["/", "/a", "/a/b.css", "/a.b/c-d_e~f", ""] {
+            assert!(!may_read_otherwise(plain), "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn no_cache_rules_hold_for_every_spelling_an_origin_resolves_to_their_path() {
+        let rules = rules(&[
+            (RouteMatch::Prefix("/account".into()), RouteAction::NoCache),
+            (RouteMatch::Exact("/stats".into()), RouteAction::NoCache),
+            (
+                RouteMatch::Prefix("/account/avatars/".into()),
+                RouteAction::Lifetime(MINUTE),
+            ),
+            (RouteMatch::Prefix("/private/".into()), RouteAction::NoCache),
+        ]);
+        for path in [
+            "/account",
+            "/Account",
+            "/ACCOUNT/settings",
+            "/x/../account",
+            "/x/..%2Faccount",
+            "/x/..%252faccount",
+            "/%2Faccount",
+            "/static\\..\\account",
+            "/static/..;/account",
+            "/account;.css",
+            "/stats/",
+            "/Stats",
+            "/stats;.css",
+            "/stats%3F.css",
+            "/x/%2e%2e/stats",
+            "/private",
+            "/Private/x",
+        ] {
+            assert_eq!(rules.lifetime(path, None, HOUR), None, "{path:?}");
+        }
+        assert_eq!(rules.lifetime("/stats.css", None, HOUR), Some(HOUR));
+        assert_eq!(rules.lifetime("/static/app.css", None, HOUR), Some(HOUR));
+        assert_eq!(rules.lifetime("/News/", None, HOUR), Some(HOUR));
+        assert_eq!(rules.lifetime("/privateer", None, HOUR), Some(HOUR));
+        assert_eq!(rules.lifetime("/Privateer/", None, HOUR), Some(HOUR));
+        // A longer lifetime rule below a `no_cache` prefix still wins in both readings.
+        assert_eq!(
+            rules.lifetime("/account/avatars/Me.png", None, HOUR),
+            Some(MINUTE)
+        );
+        // The rule reading picks the lifetime, the origin reading only turns caching off:
+        // a lenient origin reads this under the `/account/avatars/` rule, not `/account`,
+        // and as written no rule names it.
+        assert_eq!(
+            rules.lifetime("/Account/Avatars/me.png", None, HOUR),
+            Some(HOUR)
+        );
+    }
+
+    #[test]
+    fn lifetime_rules_alone_never_read_a_path_again() {
+        let rules = rules(&[(
+            RouteMatch::Prefix("/news".into()),
+            RouteAction::Lifetime(MINUTE),
+        )]);
+        assert!(rules.origin_rules.is_empty());
+        assert_eq!(rules.lifetime("/news/A", None, HOUR), Some(MINUTE));
+        assert_eq!(rules.lifetime("/NEWS/a", None, HOUR), Some(HOUR));
+    }
+
+    #[test]
+    fn a_route_pattern_is_the_routers_own_reading() {
+        let rules = rules(&[
+            (RouteMatch::Prefix("/users".into()), RouteAction::NoCache),
+            (
+                RouteMatch::Pattern("/users/{name}/avatar".into()),
+                RouteAction::Lifetime(MINUTE),
+            ),
+        ]);
+        assert_eq!(
+            rules.lifetime("/users/Alice/avatar", Some("/users/{name}/avatar"), HOUR),
+            Some(MINUTE)
+        );
+        assert_eq!(rules.lifetime("/Users/Alice", None, HOUR), None);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any path: no panic. A path whose every `%` starts an escape: a rule path is its
+            /// own rule path. (A stray `%` can meet a decoded hex digit, `%a%30` → `%a0`, as
+            /// in any single-pass decoder, the inner service's included: rules match what one
+            /// decoding pass sees, never a second.)
+            #[test]
+            fn rule_paths_are_stable(
+                path in "[/a-zA-Z0-9%._~-]{0,24}",
+                escaped in "([/a-zA-Z0-9._~-]|%[0-9a-fA-F]{2}){0,12}",
+            ) {
+                let _ = rule_path(&path);
+                let once = rule_path(&escaped).into_owned();
+                prop_assert_eq!(rule_path(&once), once.as_str());
+            }
+
+            /// A path the layer does not read again (most paths) is its own origin reading,
+            /// so skipping the reading changes no decision.
+            #[test]
+                        fn plain_paths_are_their_own_origin_reading(path in "(/[a-z0-9._~-]{1,6}){1,5}") {
+                if !may_read_otherwise(&path) {
+                    prop_assert_eq!(origin_reading(&path), path);
+                }
+            }
+
+            /// Any path: no panic, and the origin reading is its own origin reading when
+            /// it holds no escape (escapes are decoded a bounded number of times).
+            #[test]
+            fn origin_readings_are_stable(path in "[/a-zA-Z0-9%._~;\\\\-]{0,32}") {
+                let reading = origin_reading(&path);
+                if !reading.contains('%') {
+                    prop_assert_eq!(origin_reading(&reading), reading);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `no_cache` route rules against origins that resolve paths leniently (web cache
+//! deception, "path confusion"). The cache keys a request by its path as sent; an origin
+//! may answer many spellings with one page: in any letter case (IIS, case-insensitive
+//! routers), with escapes decoded once or twice (`%2F`, `%252F`), `\` read as `/`, dot
+//! segments resolved after decoding, `;` parameters dropped (Tomcat, Spring). An attacker
+//! lures a victim to such a spelling of a private page; if the cache stores the victim's
+//! answer there, the attacker reads it. Each test fails if that works.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::RouteMatch;
+
+/// Every escape decoded once (bytes that are no escape kept).
+fn decode_once(path: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < path.len() {
+        if let (b'%', Some(high), Some(low)) = (
+            path[i],
+            path.get(i + 1).copied().and_then(hex),
+            path.get(i + 2).copied().and_then(hex),
+        ) {
+            out.push(u8::try_from(high * 16 + low).unwrap());
+            i += 3;
+        } else {
+            out.push(path[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// How a lenient origin resolves a path: the union of what Tomcat (`;` parameters, then
+/// dot segments), IIS (case, `\`), a double-decoding proxy chain and a slash-merging,
+/// trailing-slash-trimming router do. Written apart from the crate's own reading.
+fn lenient(path: &str) -> String {
+    let decoded = decode_once(&decode_once(path.as_bytes()));
+    let text = String::from_utf8_lossy(&decoded)
+        .to_lowercase()
+        .replace('\\', "/");
+    let text = text.split(['?', '#', '\0']).next().unwrap_or_default();
+    let mut resolved: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        match segment.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                resolved.pop();
+            }
+            other => resolved.push(other),
+        }
+    }
+    format!("/{}", resolved.join("/"))
+}
+
+/// The origin: `/account` (and anything below it) is the page of the user whose cookie
+/// came with the request, marked by nothing (the mistake `no_cache` rules exist to catch);
+/// every other path is public.
+fn origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|request: Request<Full<Bytes>>| async move {
+        let path = lenient(request.uri().path());
+        let user = request
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("user="))
+            .unwrap_or("anonymous")
+            .to_owned();
+        let private = path == "/account"
+            || (path.starts_with("/account/") && !path.starts_with("/account/avatars/"));
+        let body = if private {
+            format!("{user}'s account")
+        } else if path == "/stats" {
+            format!("stats for {user}")
+        } else {
+            format!("public page {path}")
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    })
+}
+
+async fn get<S>(service: &S, path: &str, cookie: Option<&str>) -> (String, String)
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
+        > + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut request = Request::get(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let request = request.body(Full::default()).unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    let status = response
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (String::from_utf8(body.to_vec()).unwrap(), status)
+}
+
+/// Spellings a lenient origin answers with `/account`'s page.
+const ACCOUNT_SPELLINGS: [&str; 15] = [
+    "/static\\..\\account",
+    "/Account",
+    "/ACCOUNT/settings",
+    "/account/",
+    "/x/../account",
+    "/x/..%2Faccount",
+    "/x/..%2faccount/",
+    "/x/..%252Faccount",
+    "/%2Faccount",
+    "/static/..;/account",
+    "/account;.css",
+    "/account;v=1/x.css",
+    "/account%3F.css",
+    "/x/%2e%2e/account",
+    "/./account",
+];
+
+/// The rule the docs recommend for a private area (`Prefix`): no spelling a lenient
+/// origin resolves into it is stored.
+#[tokio::test]
+async fn a_no_cache_prefix_holds_for_every_spelling_a_lenient_origin_resolves() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Prefix("/account".into()));
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(origin());
+    for spelling in ACCOUNT_SPELLINGS {
+        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
+        assert_eq!(victim, "alice's account", "{spelling}");
+        watch.settled().await;
+        let (attacker, status) = get(&app, spelling, None).await;
+        assert_eq!(attacker, "anonymous's account", "{spelling}: {status}");
+    }
+    assert_eq!(watch.snapshot().stores, 0);
+}
+
+/// An `Exact` rule: the spellings of that one path (not of paths below it, which `Exact`
+/// does not name) are not stored either.
+#[tokio::test]
+async fn a_no_cache_exact_rule_holds_for_every_spelling_of_its_path() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Exact("/stats".into()));
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(origin());
+    for spelling in [
+        "/Stats",
+        "/stats/",
+        "/STATS/",
+        "/x/../stats",
+        "/x/..%2Fstats",
+        "/%2Fstats",
+        "/stats;.css",
+        "/stats%3F.css",
+        "/stats%23.css",
+        "/x/%2e%2e/stats",
+        "/x/..%252fstats",
+    ] {
+        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
+        assert_eq!(victim, "stats for alice", "{spelling}");
+        watch.settled().await;
+        let (attacker, status) = get(&app, spelling, None).await;
+        assert_eq!(attacker, "stats for anonymous", "{spelling}: {status}");
+    }
+    assert_eq!(watch.snapshot().stores, 0);
+}
+
+/// The price is only caching: odd spellings of public pages are still stored and served,
+/// and a lifetime rule still picks its routes' lifetime.
+#[tokio::test]
+async fn odd_spellings_of_public_pages_are_still_cached() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Prefix("/account".into()))
+        .route(
+            RouteMatch::Prefix("/account/avatars/".into()),
+            Duration::from_secs(30),
+        );
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(origin());
+    for spelling in [
+        "/News/",
+        "/news;v=1",
+        "/a/../news",
+        "/account/avatars/Me.png",
+    ] {
+        let (first, _) = get(&app, spelling, Some("user=alice")).await;
+        watch.settled().await;
+        let (second, status) = get(&app, spelling, None).await;
+        support::assert_hit(&status);
+        assert_eq!(first, second, "{spelling}");
+    }
+}
