@@ -1,0 +1,323 @@
+//! [`TcpBackendBuilder`]: a [`TcpBackend`]'s servers and settings, and server addresses
+//! read as libmemcached reads them.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use super::connection::ConnectionSettings;
+use super::ketama::{Ring, ServerSpec};
+use super::protocol::Limits;
+use super::server::Server;
+use super::{Family, Inner, TcpBackend};
+use crate::backend::DEFAULT_ITEM_SIZE_LIMIT;
+
+/// memcached's default port; libmemcached leaves it out of ketama's point names.
+const DEFAULT_PORT: u16 = 11211;
+
+/// A bad [`TcpBackendBuilder`] setting.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No server was configured.
+    #[error("no memcached server configured")]
+    NoServers,
+    /// A server address is not `host`, `host:port` or `[v6]:port`.
+    #[error("invalid memcached server address {0:?}: expected host:port")]
+    InvalidAddress(String),
+    /// A weight of 0.
+    #[error("server {0} has weight 0; weights start at 1")]
+    ZeroWeight(String),
+}
+
+/// Builds a [`TcpBackend`]; nothing connects until the first call.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct TcpBackendBuilder {
+    servers: Vec<(String, u32)>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    connections_per_server: usize,
+    max_in_flight: usize,
+    failure_threshold: u32,
+    probe_interval: Duration,
+    remove_failed_servers: bool,
+    item_size_limit: usize,
+}
+
+impl Default for TcpBackendBuilder {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(100),
+            connections_per_server: 2,
+            max_in_flight: 1024,
+            failure_threshold: 3,
+            probe_interval: Duration::from_millis(200),
+            remove_failed_servers: false,
+            item_size_limit: DEFAULT_ITEM_SIZE_LIMIT,
+        }
+    }
+}
+
+impl TcpBackendBuilder {
+    /// Adds a server with weight 1: `host:port`, `host` (port 11211) or `[v6]:port`.
+    /// Order matters: it is part of the ketama ring, as in libmemcached.
+    pub fn server(self, addr: impl Into<String>) -> Self {
+        self.weighted_server(addr, 1)
+    }
+
+    /// Adds a server with a ketama weight (libmemcached's `KETAMA_WEIGHTED`).
+    pub fn weighted_server(mut self, addr: impl Into<String>, weight: u32) -> Self {
+        self.servers.push((addr.into(), weight));
+        self
+    }
+
+    /// Adds several servers with weight 1.
+    pub fn servers<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers
+            .extend(addrs.into_iter().map(|a| (a.into(), 1)));
+        self
+    }
+
+    /// Adds the servers of a comma-separated list (`"10.0.0.1:11211, 10.0.0.2:11211"`), as
+    /// command lines and environment variables give them; blank entries are skipped. An
+    /// empty list adds none, which [`build`](Self::build) refuses.
+    ///
+    /// ```
+    /// # use tower_memcache::backend::TcpBackend;
+    /// let backend = TcpBackend::builder().server_list("127.0.0.1:11211, [::1]:11212").build()?;
+    /// assert_eq!(backend.server_names(), ["127.0.0.1:11211", "[::1]:11212"]);
+    /// assert!(TcpBackend::builder().server_list(" , ").build().is_err());
+    /// # Ok::<(), tower_memcache::backend::tcp::ConfigError>(())
+    /// ```
+    pub fn server_list(self, list: &str) -> Self {
+        self.servers(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+    }
+
+    /// The most one call waits for its reply (after connecting, if it had to). Defaults to
+    /// 100 ms: a cache that answers later than that is slower than the work it saves.
+    /// `Duration::MAX` is no timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The most a call waits for a new connection. Defaults to 100 ms. `Duration::MAX` is
+    /// no timeout: a connect that hangs (a host gone behind a firewall that drops) then
+    /// lasts until the operating system gives up on it (about two minutes on Linux), and
+    /// callers bounded tighter than [`timeout`](Self::timeout) (the layer's lookup timeout)
+    /// each wait their whole limit meanwhile; each such connect counts as one failure of
+    /// the server, so marking it down takes `failure_threshold` of them.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connections per server, at most, each pipelining many requests. Requests go to the
+    /// first connection until it has 32 outstanding, then to the next: requests that share a
+    /// connection share writes and reads, so a further connection is only opened and used
+    /// for the overflow. Defaults to 2.
+    pub fn connections_per_server(mut self, connections: usize) -> Self {
+        self.connections_per_server = connections.max(1);
+        self
+    }
+
+    /// Requests outstanding per connection (sent, or about to be sent with the next write,
+    /// and not yet answered); further callers wait until a reply frees a slot. Defaults to
+    /// 1024.
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests.max(1);
+        self
+    }
+
+    /// Consecutive failures (unreachable or timed out) that mark a server down. Defaults
+    /// to 3.
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures.max(1);
+        self
+    }
+
+    /// How often a server marked down is probed with `version`. Defaults to 200 ms.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Take servers marked down out of the ring, so their keys move to the others until
+    /// they are back (libmemcached's `REMOVE_FAILED_SERVERS`). Defaults to off: their keys
+    /// fail fast (a miss for a cache) instead of moving.
+    pub fn remove_failed_servers(mut self, remove: bool) -> Self {
+        self.remove_failed_servers = remove;
+        self
+    }
+
+    /// The largest item (key + value + memcached's overhead) sent; larger values are
+    /// refused before anything is sent. Defaults to 1 MiB. A server that reports a smaller
+    /// `item_size_max` (its `-I`) on connecting, or refuses an item as too large, gets a
+    /// smaller limit of its own ([`Backend::item_size_limit`]).
+    /// Replies are bounded by it too, more loosely: a server announcing a value of more
+    /// than four times this limit (and never less than 4 MiB: clients sharing the servers
+    /// with a larger `-I` store larger values) is treated as broken and its connection
+    /// dropped. A multi-get reply holds at most one value per key asked.
+    pub fn item_size_limit(mut self, bytes: usize) -> Self {
+        self.item_size_limit = bytes;
+        self
+    }
+
+    /// Builds the backend. Does not connect.
+    pub fn build(self) -> Result<TcpBackend, ConfigError> {
+        if self.servers.is_empty() {
+            return Err(ConfigError::NoServers);
+        }
+        let mut specs = Vec::with_capacity(self.servers.len());
+        let mut servers = Vec::with_capacity(self.servers.len());
+        for (addr, weight) in &self.servers {
+            let (host, port) = parse_address(addr)?;
+            if *weight == 0 {
+                return Err(ConfigError::ZeroWeight(addr.clone()));
+            }
+            let name: Arc<str> = Arc::from(format!("{}:{port}", display_host(&host)));
+            servers.push(Server::new(
+                host.clone(),
+                port,
+                name,
+                self.connections_per_server,
+            ));
+            specs.push(ServerSpec {
+                host,
+                port,
+                weight: *weight,
+            });
+        }
+        let ring = Ring::new(&specs);
+        let settings = ConnectionSettings {
+            connect_timeout: self.connect_timeout,
+            // No reply completed for twice the call timeout, with requests outstanding,
+            // means the server is stuck (or trickling); every caller has long given up.
+            stall_timeout: self
+                .timeout
+                .saturating_mul(2)
+                .max(Duration::from_millis(100)),
+            max_in_flight: self.max_in_flight,
+            limits: Limits {
+                // A server announcing a value beyond this is refused before its data is
+                // buffered. Four times the item size limit (and never below memcached's
+                // default): clients sharing the servers with a larger setting (`-I`) store
+                // larger values, and refusing them would drop the connection, and every
+                // call on it, on each read of such a key. A reply holds at most one value
+                // per key asked, so the bound per reply stays small.
+                max_value_len: self
+                    .item_size_limit
+                    .max(DEFAULT_ITEM_SIZE_LIMIT)
+                    .saturating_mul(4),
+                ..Limits::default()
+            },
+        };
+        let family = Arc::new(Family {
+            specs,
+            ring: RwLock::new(Arc::new(ring)),
+            reset_on_rejoin: Mutex::new(Vec::new()),
+            outages: AtomicU64::new(0),
+            members: Mutex::new(Vec::new()),
+        });
+        Ok(TcpBackend::join(Inner {
+            servers,
+            settings,
+            timeout: self.timeout,
+            failure_threshold: self.failure_threshold,
+            probe_interval: self.probe_interval,
+            remove_failed_servers: self.remove_failed_servers,
+            item_size_limit: self.item_size_limit,
+            family,
+        }))
+    }
+}
+
+/// Splits `host:port`, `host` or `[v6]:port`; the host is kept exactly as written (minus
+/// IPv6 brackets), since ketama hashes it.
+fn parse_address(addr: &str) -> Result<(String, u16), ConfigError> {
+    let invalid = || ConfigError::InvalidAddress(addr.to_string());
+    let addr = addr.trim();
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(invalid)?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().map_err(|_| invalid())?,
+            None if after.is_empty() => DEFAULT_PORT,
+            None => return Err(invalid()),
+        };
+        // The same checks as the unbracketed form: port 0 can never be connected to (the
+        // server would only ever be down, every lookup a silent miss).
+        if host.is_empty() || host.contains(char::is_whitespace) || port == 0 {
+            return Err(invalid());
+        }
+        return Ok((host.to_string(), port));
+    }
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().map_err(|_| invalid())?),
+        Some(_) => return Err(invalid()), // a bare IPv6 address needs brackets
+        None => (addr, DEFAULT_PORT),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || port == 0 {
+        return Err(invalid());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn display_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_as_libmemcached_names_them() {
+        assert_eq!(
+            parse_address("127.0.0.1:11212").unwrap(),
+            ("127.0.0.1".into(), 11212)
+        );
+        assert_eq!(parse_address("cache-a").unwrap(), ("cache-a".into(), 11211));
+        assert_eq!(parse_address("[::1]:11213").unwrap(), ("::1".into(), 11213));
+        assert_eq!(parse_address("[::1]").unwrap(), ("::1".into(), 11211));
+        for bad in [
+            "",
+            ":11211",
+            "host:",
+            "host:port",
+            "::1:11211",
+            "[::1",
+            "a b:1",
+            "h:0",
+            "h:70000",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn builder_refuses_bad_configuration() {
+        assert!(matches!(
+            TcpBackend::builder().build(),
+            Err(ConfigError::NoServers)
+        ));
+        assert!(matches!(
+            TcpBackend::builder().weighted_server("h:1", 0).build(),
+            Err(ConfigError::ZeroWeight(_))
+        ));
+        assert!(matches!(
+            TcpBackend::new(["nope:"]),
+            Err(ConfigError::InvalidAddress(_))
+        ));
+    }
+}
