@@ -1,0 +1,407 @@
+//! The command line: every flag, its environment variable, and the parsers of its values.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
+use http::header::HeaderName;
+use http::uri::{Scheme, Uri};
+use tower_memcache::cache::CDN_CACHE_CONTROL;
+
+/// A caching reverse proxy (RFC 9111 shared cache) in front of one HTTP origin, storing
+/// responses in memcached.
+///
+/// Every flag can also be given by the environment variable shown with it; a flag on the
+/// command line wins. Logs: an access log line per request on stdout, events on stderr
+/// (RUST_LOG filters them, default "info"). SIGTERM or Ctrl-C: stop accepting, finish open
+/// requests and pending stores (10 s at most), exit 0.
+#[derive(Parser, Debug)]
+// A flag given twice takes the last value, as most daemons (and the example before) do:
+// wrappers can append to a default command line.
+#[command(
+    name = "tower-memcache-proxy",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
+pub(crate) struct Args {
+    /// The origin to forward requests to: http://HOST or http://HOST:PORT.
+    ///
+    /// Plain HTTP only (no TLS to the origin) and no path prefix. One origin per process.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+    pub(crate) upstream: Uri,
+
+    /// The address and port to listen on, for HTTP/1.1 and HTTP/2 (prior knowledge).
+    ///
+    /// Port 0 picks a free port (the startup line on stderr tells which).
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:3001"
+    )]
+    pub(crate) listen: SocketAddr,
+
+    /// The memcached servers, comma-separated HOST:PORT; keys are spread over them by
+    /// consistent hashing (ketama, as libmemcached does).
+    ///
+    /// Without it, entries live in this process's memory, shared by its threads, and are
+    /// lost when it exits.
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_MEMCACHE",
+        value_name = "HOST:PORT[,HOST:PORT...]"
+    )]
+    pub(crate) memcache: Option<String>,
+
+    /// Who decides how long a response is fresh.
+    ///
+    /// "origin" follows RFC 9111: s-maxage, max-age, Expires, else a tenth of the time since
+    /// Last-Modified; a response with none of them is stored only to be revalidated.
+    /// "routes" caches every storable response for --ttl whatever the origin says (like
+    /// nginx's srcache with a fixed $memc_exptime).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MODE", value_enum, default_value_t = Mode::Origin)]
+    pub(crate) mode: Mode,
+
+    /// The lifetime of a response in "routes" mode, in seconds.
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_TTL",
+        value_name = "SECS",
+        default_value_t = 3600
+    )]
+    pub(crate) ttl: u64,
+
+    /// When the origin cannot be reached (connection refused or closed, timeout), answer
+    /// with a stored response up to this many seconds past its lifetime, as nginx's
+    /// "proxy_cache_use_stale error timeout"; 0 turns it off.
+    ///
+    /// Never a response that said must-revalidate, proxy-revalidate, no-cache or s-maxage.
+    #[arg(
+        long,
+        env = "TOWER_MEMCACHE_PROXY_STALE_IF_UNREACHABLE",
+        value_name = "SECS",
+        default_value_t = 3600
+    )]
+    pub(crate) stale_if_unreachable: u64,
+
+    /// The number of threads serving requests; default: one per CPU.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
+
+    /// How the threads share the work.
+    ///
+    /// "shared" (the default) is one multi-threaded, work-stealing runtime behind one
+    /// listener and one cache layer: a thread with nothing to do takes work queued on
+    /// another, so uneven connections (a few busy keep-alive clients, a slow origin on
+    /// some) do not leave a thread idle while another is saturated. Request coalescing
+    /// covers the whole process.
+    ///
+    /// "per-thread" is nginx's worker model: each thread runs its own single-threaded
+    /// runtime with its own listening socket (SO_REUSEPORT: the kernel spreads connections
+    /// over them), its own pool to the origin and its own cache layer and memcached
+    /// connections (the memcached servers' health is the process's: a server one thread
+    /// marks down is down for all); a hit never leaves its thread. Request coalescing is
+    /// then per thread (memcached leases keep the threads from all calling the origin for
+    /// one missing URL). As with nginx's "reuseport", a second proxy that the same user starts on the
+    /// same address shares the incoming connections instead of failing to bind. Its tail
+    /// latency over memcached is lower; its throughput is lower where connections are few
+    /// or uneven (BENCHMARKS.md).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_RUNTIME", value_enum, default_value_t = RuntimeKind::Shared)]
+    pub(crate) runtime: RuntimeKind,
+
+    /// Send the upstream's authority as Host (nginx's default $proxy_host).
+    ///
+    /// Without it the client's Host goes to the origin (nginx's "proxy_set_header Host
+    /// $host"), which keeps the cache key (built from the client's host) and what the origin
+    /// saw the same. Either way the client's authority is sent as the cache key holds it:
+    /// validated, lower-cased, without the default port.
+    ///
+    /// From the environment: true/false, yes/no, on/off or 1/0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_HOST", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub(crate) upstream_host: bool,
+
+    /// The targeted cache-control fields (RFC 9213) obeyed instead of Cache-Control and
+    /// Expires, comma-separated, most applicable first; "none" obeys none.
+    ///
+    /// The proxy is a cache on the origin's behalf, what RFC 9213 calls a CDN. Such fields
+    /// are forwarded to the client unchanged either way.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_TARGETED_CACHE_CONTROL", value_name = "NAME[,NAME...]|none", default_value = "cdn-cache-control", value_parser = parse_targeted)]
+    pub(crate) targeted_cache_control: Targeted,
+
+    /// Keep hot entries in this process's memory too, up to SIZE bytes (K, M, G: powers
+    /// of 1024), and answer them without asking memcached for at most STALENESS (default
+    /// 1s) after they were last read from it; "off" turns it off.
+    ///
+    /// Purges and invalidations through this proxy apply at once; those of other processes
+    /// sharing the memcached servers show within STALENESS. Only fresh responses are
+    /// answered from it (Cache-Status "hit; detail=near"). The threads share one tier.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_NEAR_CACHE", value_name = "SIZE[,STALENESS]|off", default_value = "off", value_parser = parse_near_cache)]
+    pub(crate) near_cache: NearSetting,
+
+    /// The largest response body stored (K, M, G: powers of 1024); larger responses are
+    /// passed through, not stored.
+    ///
+    /// memcached's item size limit (-I, 1 MiB by default) bounds it too: the proxy learns
+    /// each server's and does not copy bodies it could not store.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_size)]
+    pub(crate) max_entry_size: u64,
+
+    /// How long a request waits for memcached before going to the origin as a miss. Each
+    /// memcached call may also take this long (100 ms at least) to connect, and as long
+    /// again for its reply: stores and purges, which no request waits for in a lookup.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub(crate) cache_timeout: Duration,
+
+    /// How long the origin may take to send a response head before the client gets 504
+    /// Gateway Timeout (nginx's proxy_read_timeout for the head).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) upstream_timeout: Duration,
+
+    /// How long a client may take to send a request head: from the connection's start, or
+    /// from the end of the previous response on a kept-alive connection (nginx's
+    /// client_header_timeout and keepalive_timeout in one). Slower connections are closed,
+    /// so that clients that send nothing, or a head a byte at a time, cannot hold the
+    /// proxy's sockets. A connection (HTTP/2 too) that starts no request for that long is
+    /// closed gracefully: requests under way finish first. One that has responses to send
+    /// and takes less than 1 KiB of them in that long is closed at once (nginx's
+    /// send_timeout): a client that stops reading cannot hold them in memory.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub(crate) client_header_timeout: Duration,
+
+    /// Pass request fields whose names hold an underscore (`X_Forwarded_Host`) to the
+    /// cache and the origin. Off by default, as nginx's underscores_in_headers: CGI-style
+    /// gateways (WSGI, Rack, PHP) read `Accept_Language` as `Accept-Language`, so such a
+    /// field could choose the page stored for another variant. Even when passed, the
+    /// spellings of the forwarding fields and method overrides the proxy drops still go.
+    ///
+    /// From the environment: true/false, yes/no, on/off or 1/0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UNDERSCORES_IN_HEADERS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub(crate) underscores_in_headers: bool,
+
+    /// How many client connections the proxy holds at once, over all its threads (nginx's
+    /// worker_connections). Past it the proxy stops accepting until one closes; new
+    /// clients wait in the kernel's listen backlog. Each connection can hold a file
+    /// descriptor to the origin too: keep it under half the open-files limit.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_CONNECTIONS", value_name = "COUNT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+
+    /// How long connecting to the origin may take before the client gets 502 Bad Gateway
+    /// (nginx's proxy_connect_timeout).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) connect_timeout: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long open requests and pending stores may take to finish
+    /// before the proxy exits anyway.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) shutdown_grace: Duration,
+
+    /// Serve the cache's metrics in Prometheus' text format on http://ADDR/metrics (any
+    /// path answers), from a thread of their own.
+    ///
+    /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
+    /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_METRICS", value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
+
+    /// Write an access log line per request to stdout: nginx's "combined" format, then
+    /// the response's Cache-Status in quotes and the seconds to the response head.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_ACCESS_LOG", value_enum, default_value_t = OnOff::On)]
+    pub(crate) access_log: OnOff,
+
+    /// The format of the events on stderr; RUST_LOG chooses which (e.g.
+    /// RUST_LOG=tower_memcache=debug for every cache decision).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Mode {
+    /// Freshness from the origin's headers (RFC 9111).
+    Origin,
+    /// Every storable response for --ttl.
+    Routes,
+}
+
+/// How the proxy uses its threads (`--runtime`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum RuntimeKind {
+    /// A single-threaded runtime per thread, each with its own listener and cache layer.
+    PerThread,
+    /// One multi-threaded (work-stealing) runtime, one listener, one cache layer.
+    Shared,
+}
+
+/// `--access-log`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnOff {
+    /// Log every request.
+    On,
+    /// Log none.
+    Off,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// RFC 9213's target list (`--targeted-cache-control`).
+#[derive(Clone, Debug)]
+pub(crate) struct Targeted(pub(crate) Vec<HeaderName>);
+
+/// `--targeted-cache-control`: comma-separated field names, or `none`.
+pub(crate) fn parse_targeted(text: &str) -> Result<Targeted, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Targeted(Vec::new()));
+    }
+    let names = text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if names.is_empty() {
+        // An empty value is more likely a mistake (an unset variable) than "none".
+        return Ok(Targeted(vec![CDN_CACHE_CONTROL]));
+    }
+    Ok(Targeted(names))
+}
+
+/// `--near-cache`: off, or a size and how far behind memcached it may be.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NearSetting(pub(crate) Option<(u64, Duration)>);
+
+/// Near-tier staleness when `--near-cache` gives only a size.
+pub(crate) const DEFAULT_NEAR_STALENESS: Duration = Duration::from_secs(1);
+
+/// `--near-cache SIZE[,STALENESS]|off`.
+pub(crate) fn parse_near_cache(text: &str) -> Result<NearSetting, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") || text == "0" {
+        return Ok(NearSetting(None));
+    }
+    let (size, staleness) = match text.split_once(',') {
+        Some((size, staleness)) => (size, parse_duration(staleness)?),
+        None => (text, DEFAULT_NEAR_STALENESS),
+    };
+    let size = parse_size(size)?;
+    if size == 0 {
+        return Ok(NearSetting(None));
+    }
+    Ok(NearSetting(Some((size, staleness))))
+}
+
+/// A byte count: digits, then optionally K, M or G (powers of 1024, "KiB"/"KB"/"k" alike).
+/// Hand-written: four suffixes do not justify a dependency.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a size is digits, then K, M or G"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M or G)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+/// The longest duration a flag takes. Timeouts, the grace period and the near tier's
+/// staleness are added to clock readings (by the proxy, hyper and tokio), and
+/// `Instant + Duration` panics on overflow: `--shutdown-grace 18446744073709551615` made
+/// the proxy panic on SIGTERM, and as large a `--client-header-timeout` every connection.
+/// A year is far beyond any sensible value and far from any overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// A duration: `500ms`, `5s`, `2m`, `1h 30m`; a bare number is seconds. At most
+/// [`MAX_DURATION`].
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let duration = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}"))?,
+    };
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?}: at most 365 days"));
+    }
+    Ok(duration)
+}
+
+/// A duration of more than zero (a zero timeout would close every connection at once).
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{:?}: must be more than 0", text.trim())),
+        duration => Ok(duration),
+    }
+}
+
+/// `http://host[:port]`, nothing else.
+pub(crate) fn parse_upstream(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err("only http:// origins are supported".into());
+    }
+    if uri.authority().is_none() {
+        return Err("no host".into());
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err("a path prefix is not supported; give http://host[:port]".into());
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_and_the_near_cache_setting() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64 MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("12T").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+        let default_entry = usize::try_from(parse_size("1008K").unwrap()).unwrap();
+        assert_eq!(default_entry, tower_memcache::cache::DEFAULT_MAX_ENTRY_SIZE);
+
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert!(parse_duration("366d").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0ms").is_err());
+
+        assert!(parse_near_cache("off").unwrap().0.is_none());
+        assert!(parse_near_cache("0").unwrap().0.is_none());
+        assert_eq!(
+            parse_near_cache("64M").unwrap().0,
+            Some((64 << 20, DEFAULT_NEAR_STALENESS))
+        );
+        assert_eq!(
+            parse_near_cache("1G,500ms").unwrap().0,
+            Some((1 << 30, Duration::from_millis(500)))
+        );
+        assert!(parse_near_cache("64M,never").is_err());
+    }
+}
