@@ -63,6 +63,10 @@ impl<B: Backend> Purger<B> {
     }
 
     /// Invalidates the cached GET (and HEAD) responses of an absolute URI, every variant.
+    ///
+    /// The URI as spelled: where the origin answers other spellings with the same page
+    /// (`/News/1`, `/news/1/`), each is an entry of its own; [`purge_tag`](Self::purge_tag)
+    /// reaches them all when the page carries a tag.
     pub async fn purge_uri(&self, uri: &str) -> Result<(), PurgeError> {
         let invalid = || PurgeError::InvalidUri(uri.to_string());
         let parsed: Uri = uri.parse().map_err(|_| invalid())?;
