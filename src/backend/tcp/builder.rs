@@ -160,7 +160,7 @@ impl TcpBackendBuilder {
     /// The largest item (key + value + memcached's overhead) sent; larger values are
     /// refused before anything is sent. Defaults to 1 MiB. A server that reports a smaller
     /// `item_size_max` (its `-I`) on connecting, or refuses an item as too large, gets a
-    /// smaller limit of its own ([`Backend::item_size_limit`]).
+    /// smaller limit of its own ([`Backend::item_size_limit`](crate::backend::Backend::item_size_limit)).
     /// Replies are bounded by it too, more loosely: a server announcing a value of more
     /// than four times this limit (and never less than 4 MiB: clients sharing the servers
     /// with a larger `-I` store larger values) is treated as broken and its connection

@@ -71,7 +71,7 @@ impl TcpBackend {
 /// A call in [`TcpBackend::execute`]; dropped unfinished (its caller gave up), it counts as
 /// a timeout once it has waited the backend's timeout. Calls given up earlier say nothing
 /// about the server, except that a stall of one of its connections noticed meanwhile counts
-/// ([`Server::take_stalls`](server::Server::take_stalls)).
+/// ([`Server::take_stalls`]).
 pub(super) struct Abandoned<'a> {
     pub(super) backend: &'a TcpBackend,
     pub(super) index: usize,
@@ -179,7 +179,7 @@ pub(super) async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClai
     }
 }
 
-/// Deletes the keys registered with [`Backend::reset_on_rejoin`] on server `index`, directly
+/// Deletes the keys registered with [`Backend::reset_on_rejoin`](crate::backend::Backend::reset_on_rejoin) on server `index`, directly
 /// (it is marked down, so ordinary calls fail fast). Absent keys count as deleted.
 async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
     let server = &inner.servers[index];
