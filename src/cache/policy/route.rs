@@ -148,6 +148,11 @@ impl RouteRules {
         pattern: Option<&str>,
         default: Duration,
     ) -> Option<Duration> {
+        // No rule to match (the proxy never has one): the path is not read for them, a
+        // decoding pass and a search on every request.
+        if self.rules.is_empty() {
+            return Some(default);
+        }
         let decided = self.decide(&rule_path(path), pattern);
         let action = match decided {
             Decided::ByPath(action) => Some(action),
