@@ -1,0 +1,121 @@
+//! Review GG: a gap-finding review of surfaces the earlier reviews touched least. Each test
+//! is one scenario a client (or a monitor, or an attacker) can play with an ordinary HTTP
+//! client, and fails if the cache then answers what it must not.
+//!
+//! - A HEAD response refreshing a stored GET response (RFC 9111 §4.3.5) when neither
+//!   carries a validator: nothing ties the HEAD's metadata to the stored body, so a HEAD
+//!   (an uptime monitor's, or an attacker's, sent each time the entry goes stale) gave an
+//!   old body a new lifetime, however the page had changed at the origin.
+
+mod support;
+
+use http::{Method, StatusCode};
+
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::CacheMode;
+
+use support::Watch;
+use support::personal::{Origin, Reply, Seen, Svc};
+
+fn service_of<B: Backend>(layer: MemcacheLayer<B>, origin: &Origin) -> (Svc, Watch) {
+    support::personal::service_of(layer, origin, "review-gg")
+}
+
+async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &[u8])]) -> Seen {
+    support::personal::send(svc, method, "review-gg.test", path, headers).await
+}
+
+async fn get(svc: &Svc, path: &str, headers: &[(&str, &[u8])]) -> Seen {
+    send(svc, Method::GET, path, headers).await
+}
+
+/// A layer in origin mode (the origin's headers decide, as in the reverse proxy).
+fn origin_mode(origin: &Origin) -> (Svc, Watch) {
+    service_of(
+        MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin),
+        origin,
+    )
+}
+
+fn cache_status(seen: &Seen) -> &str {
+    seen.headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+// ---------------------------------------------------------------------------------------
+// HEAD refreshes without validators (RFC 9111 §4.3.5)
+// ---------------------------------------------------------------------------------------
+
+/// The page changes at the origin (same length, as a price or a score does); the stored
+/// response has no `ETag` or `Last-Modified`. A HEAD that reaches the origin (the entry
+/// stale inside `stale-while-revalidate`, refreshed in the background with the HEAD; or a
+/// HEAD with `no-cache`) got a 200 with the new page's fields and no validator either,
+/// and the cache took it for the stored body's: the old page was stored again, fresh for
+/// the new lifetime, and every GET after it got the old page. A GET in its place would
+/// have fetched the new one. Without a validator on both sides, a HEAD says nothing about
+/// the stored body, and must not freshen it.
+#[tokio::test]
+async fn a_head_without_validators_never_freshens_an_old_body() {
+    for (label, stored_cc, head_headers) in [
+        (
+            "stale-while-revalidate",
+            &b"max-age=1, stale-while-revalidate=600"[..],
+            &[][..],
+        ),
+        (
+            "no-cache HEAD",
+            &b"max-age=600"[..],
+            &[("cache-control", &b"no-cache"[..])][..],
+        ),
+    ] {
+        let origin = Origin::new(move |_, _| {
+            Reply::ok(
+                &[
+                    ("cache-control", stored_cc),
+                    ("age", b"5"),
+                    ("content-length", b"8"),
+                ],
+                "price 10",
+            )
+        });
+        let (svc, watch) = origin_mode(&origin);
+        assert_eq!(get(&svc, "/p", &[]).await.body, "price 10");
+        watch.settled().await;
+        // The page changes: a new price, the same length, fresh for ten minutes.
+        origin.then(|request, _| {
+            let body = if request.method() == Method::HEAD {
+                ""
+            } else {
+                "price 99"
+            };
+            let mut reply = Reply::ok(
+                &[("cache-control", b"max-age=600"), ("content-length", b"8")],
+                body,
+            );
+            reply.status = 200;
+            reply
+        });
+        let head = send(&svc, Method::HEAD, "/p", head_headers).await;
+        assert_eq!(head.status, StatusCode::OK, "{label}");
+        watch.settled().await;
+        let after = get(&svc, "/p", &[]).await;
+        let age: u64 = after
+            .headers
+            .get("age")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            after.body != "price 10" || age >= 5,
+            "{label}: the old page was dated anew by a HEAD that says nothing of it: {} {after:?}",
+            cache_status(&after)
+        );
+        if label == "stale-while-revalidate" {
+            // Served stale once more, and refreshed in the background with that GET.
+            watch.settled().await;
+            assert_eq!(get(&svc, "/p", &[]).await.body, "price 99", "{label}");
+        }
+    }
+}
