@@ -5,7 +5,8 @@
 //! - A HEAD response refreshing a stored GET response (RFC 9111 §4.3.5) when neither
 //!   carries a validator: nothing ties the HEAD's metadata to the stored body, so a HEAD
 //!   (an uptime monitor's, or an attacker's, sent each time the entry goes stale) gave an
-//!   old body a new lifetime, however the page had changed at the origin.
+//!   old body a new lifetime, however the page had changed at the origin. The same for
+//!   a 304 answering a client's own condition (`If-None-Match: *`).
 
 mod support;
 
@@ -117,5 +118,58 @@ async fn a_head_without_validators_never_freshens_an_old_body() {
             watch.settled().await;
             assert_eq!(get(&svc, "/p", &[]).await.body, "price 99", "{label}");
         }
+    }
+}
+
+/// The same through a 304: a client's own conditional (`If-None-Match: *`, which an
+/// origin such as Go's `http.ServeContent` answers 304 whenever the page exists, with no
+/// validator to send) reaches the origin when the entry is stale (a refresh in the
+/// background with the client's request) or with `no-cache`. The 304 answers the client's
+/// condition, not the stored body, which has no validator the cache could have sent; it
+/// freshened the old page all the same.
+#[tokio::test]
+async fn a_304_to_a_clients_own_condition_never_freshens_a_body_without_validators() {
+    for (label, stored_cc, extra) in [
+        (
+            "stale-while-revalidate",
+            &b"max-age=1, stale-while-revalidate=600"[..],
+            &[][..],
+        ),
+        (
+            "no-cache",
+            &b"max-age=600"[..],
+            &[("cache-control", &b"no-cache"[..])][..],
+        ),
+    ] {
+        let origin = Origin::new(move |_, _| {
+            Reply::ok(&[("cache-control", stored_cc), ("age", b"5")], "price 10")
+        });
+        let (svc, watch) = origin_mode(&origin);
+        assert_eq!(get(&svc, "/p", &[]).await.body, "price 10");
+        watch.settled().await;
+        // The page changes; the origin answers `If-None-Match: *` with a 304, as the page
+        // exists, and sends no validator (it has none).
+        origin.then(|request, _| {
+            if request.headers().contains_key("if-none-match") {
+                support::personal::not_modified(&[("cache-control", b"max-age=600")])
+            } else {
+                Reply::ok(&[("cache-control", b"max-age=600")], "price 99")
+            }
+        });
+        let mut headers = vec![("if-none-match", &b"*"[..])];
+        headers.extend_from_slice(extra);
+        get(&svc, "/p", &headers).await;
+        watch.settled().await;
+        let after = get(&svc, "/p", &[]).await;
+        let age: u64 = after
+            .headers
+            .get("age")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            after.body != "price 10" || age >= 5,
+            "{label}: the old page was dated anew by a 304 to the client's own condition: {} {after:?}",
+            cache_status(&after)
+        );
     }
 }

@@ -285,8 +285,11 @@ where
             shared.set_status(&mut answer, outcome);
             return Ok(answer);
         }
+        // A 304 to the client's own condition speaks for the stored body only through a
+        // validator they share: without one (`If-None-Match: *` answered for whatever the
+        // page now is) it would date an old body anew. It passes to its client, unstored.
         if status == StatusCode::NOT_MODIFIED
-            && (ours || same_representation(response.headers(), stored))
+            && (ours || (has_validators(stored) && same_representation(response.headers(), stored)))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
             let refreshed = shared
