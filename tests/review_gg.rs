@@ -7,8 +7,18 @@
 //!   (an uptime monitor's, or an attacker's, sent each time the entry goes stale) gave an
 //!   old body a new lifetime, however the page had changed at the origin. The same for
 //!   a 304 answering a client's own condition (`If-None-Match: *`).
+//!
+//! - The hit-rate lab reads access logs an operator hands it, whose bytes may be anything
+//!   a client put in a request line or a log shipper mangled: a line must be skipped as
+//!   malformed, never panic the lab.
 
 mod support;
+
+/// The lab's log parser, included as `tests/hit_rate_lab.rs` includes the lab (its own
+/// unit tests come along).
+#[allow(dead_code)]
+#[path = "../examples/hit_rate/lab/access_log.rs"]
+mod access_log;
 
 use http::{Method, StatusCode};
 
@@ -171,5 +181,22 @@ async fn a_304_to_a_clients_own_condition_never_freshens_a_body_without_validato
             "{label}: the old page was dated anew by a 304 to the client's own condition: {} {after:?}",
             cache_status(&after)
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The hit-rate lab's log parser
+// ---------------------------------------------------------------------------------------
+
+/// A time zone of four bytes that are not four ASCII digits (`+1é1`: a two-byte character
+/// where the hours end) was sliced by byte offset, through the middle of the character: a
+/// panic, which ended the lab's run on one mangled line. Every malformed time is now a
+/// malformed line.
+#[test]
+fn a_log_line_with_a_mangled_time_zone_is_malformed_not_a_panic() {
+    for zone in ["+1é1", "-é12", "+12é", "+ é1"] {
+        let line = format!("10.0.0.1 - - [10/Oct/2000:13:55:36 {zone}] \"GET / HTTP/1.1\" 200 5");
+        let parsed = std::panic::catch_unwind(|| access_log::parse_line(line.as_bytes()).is_ok());
+        assert_eq!(parsed.ok(), Some(false), "{zone:?}");
     }
 }
