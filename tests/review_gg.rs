@@ -1,12 +1,17 @@
 //! Review GG: a gap-finding review of surfaces the earlier reviews touched least. Each test
 //! is one scenario a client (or a monitor, or an attacker) can play with an ordinary HTTP
-//! client, and fails if the cache then answers what it must not.
+//! client, and fails if the cache then answers what it must not, or asks the origin what it
+//! need not.
 //!
 //! - A HEAD response refreshing a stored GET response (RFC 9111 §4.3.5) when neither
 //!   carries a validator: nothing ties the HEAD's metadata to the stored body, so a HEAD
 //!   (an uptime monitor's, or an attacker's, sent each time the entry goes stale) gave an
 //!   old body a new lifetime, however the page had changed at the origin. The same for
 //!   a 304 answering a client's own condition (`If-None-Match: *`).
+//!
+//! - Coalescing: a request whose own directives keep its answer out of the cache
+//!   (`no-store`) led the requests waiting for the URL, which then learnt nothing and went
+//!   to the origin all at once.
 //!
 //! - The hit-rate lab reads access logs an operator hands it, whose bytes may be anything
 //!   a client put in a request line or a log shipper mangled: a line must be skipped as
@@ -199,4 +204,45 @@ fn a_log_line_with_a_mangled_time_zone_is_malformed_not_a_panic() {
         let parsed = std::panic::catch_unwind(|| access_log::parse_line(line.as_bytes()).is_ok());
         assert_eq!(parsed.ok(), Some(false), "{zone:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Coalescing behind a request that cannot fill
+// ---------------------------------------------------------------------------------------
+
+/// Concurrent misses for a URL wait for the first one's response instead of all going to
+/// the origin. A request with `Cache-Control: no-store` cannot leave an entry behind, yet
+/// it led the wait: the requests that came during its trip to the origin waited for it,
+/// learnt nothing, and then went to the origin all at once, uncoordinated. One such
+/// request sent as a hot entry expires (any client can send it, as often as it likes)
+/// turned the requests waiting behind it into a stampede. It now goes alone, and the
+/// others coalesce behind one of their own.
+#[tokio::test]
+async fn a_no_store_request_never_leads_the_requests_waiting_for_a_url() {
+    let origin = Origin::new(|_, _| Reply::ok(&[("cache-control", b"max-age=600")], "page"));
+    origin
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let (svc, watch) = origin_mode(&origin);
+    let attacker = {
+        let svc = svc.clone();
+        tokio::spawn(async move { get(&svc, "/hot", &[("cache-control", b"no-store")]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let waiting: Vec<_> = (0..10)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { get(&svc, "/hot", &[]).await })
+        })
+        .collect();
+    assert_eq!(attacker.await.unwrap().body, "page");
+    for request in waiting {
+        assert_eq!(request.await.unwrap().body, "page");
+    }
+    watch.settled().await;
+    assert!(
+        origin.calls() <= 2,
+        "{} origin calls: the requests waiting behind the no-store one went all at once",
+        origin.calls()
+    );
 }

@@ -75,11 +75,16 @@ impl<B: Backend> Shared<B> {
             return Coordinated::Go(filler);
         }
         let flight = self.flight_key(ex, request_headers);
-        match self
-            .config
-            .flights
-            .join(&flight, self.config.max_coalesced, &ex.found)
-        {
+        let flights = &self.config.flights;
+        let joined = if plan.request_cc.no_store {
+            // Its response is never stored: it may wait for another request's entry, but
+            // none may wait for it (they would learn nothing, then go all at once), nor
+            // for a placeholder of its in other processes.
+            flights.follow(&flight, self.config.max_coalesced, &ex.found)
+        } else {
+            flights.join(&flight, self.config.max_coalesced, &ex.found)
+        };
+        match joined {
             Flight::Leader(leader) => filler.leader = Some(leader),
             Flight::Follower(rx) => {
                 self.config.stats.record_coalesced();

@@ -92,6 +92,16 @@ impl SingleFlight {
     /// Joins the flight for `key` if `seen` (this request's lookup) allows, or leads a new
     /// one.
     pub(crate) fn join(&self, key: &str, max_followers: usize, seen: &Found) -> Flight {
+        self.join_as(key, max_followers, seen, true)
+    }
+
+    /// Joins the flight for `key` as [`join`](Self::join) does, but never leads one: for a
+    /// request whose response cannot be stored, which nobody should wait for.
+    pub(crate) fn follow(&self, key: &str, max_followers: usize, seen: &Found) -> Flight {
+        self.join_as(key, max_followers, seen, false)
+    }
+
+    fn join_as(&self, key: &str, max_followers: usize, seen: &Found, may_lead: bool) -> Flight {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = state.inflight.get_mut(key) {
             if flight.mark.is_none_or(|mark| mark.admits(seen)) {
@@ -109,6 +119,9 @@ impl SingleFlight {
             }
             // The URL changed under that flight (purged, refilled): this request's response
             // must be its own. The old flight keeps its followers.
+        }
+        if !may_lead {
+            return Flight::Alone;
         }
         Flight::Leader(self.lead(&mut state, key))
     }
@@ -263,6 +276,17 @@ mod tests {
             generation: Some(1),
             ..Found::default()
         }
+    }
+
+    #[test]
+    fn a_request_that_only_follows_never_leads() {
+        let flights = SingleFlight::default();
+        let any = seen(Slot::Absent);
+        assert!(matches!(flights.follow("k", 2, &any), Flight::Alone));
+        let Flight::Leader(_leader) = flights.join("k", 2, &any) else {
+            panic!("nobody led: the first to join leads")
+        };
+        assert!(matches!(flights.follow("k", 2, &any), Flight::Follower(_)));
     }
 
     #[tokio::test]
