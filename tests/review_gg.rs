@@ -9,9 +9,9 @@
 //!   old body a new lifetime, however the page had changed at the origin. The same for
 //!   a 304 answering a client's own condition (`If-None-Match: *`).
 //!
-//! - Coalescing: a request whose own directives keep its answer out of the cache
-//!   (`no-store`) led the requests waiting for the URL, which then learnt nothing and went
-//!   to the origin all at once.
+//! - Coalescing: a request whose own directives or credentials keep its answer out of the
+//!   cache (`no-store`, a made-up `Authorization`) led the requests waiting for the URL,
+//!   which then learnt nothing and went to the origin all at once.
 //!
 //! - The hit-rate lab reads access logs an operator hands it, whose bytes may be anything
 //!   a client put in a request line or a log shipper mangled: a line must be skipped as
@@ -243,6 +243,42 @@ async fn a_no_store_request_never_leads_the_requests_waiting_for_a_url() {
     assert!(
         origin.calls() <= 2,
         "{} origin calls: the requests waiting behind the no-store one went all at once",
+        origin.calls()
+    );
+}
+
+/// The same with credentials: a response to a request with `Authorization` is stored only
+/// when it says it may be shared (RFC 9111 §3.5), so a made-up `Authorization: Bearer x`
+/// on a request for a public page (`max-age`, no `public`) keeps its answer out of the
+/// cache just as `no-store` does, and the requests waiting behind it went to the origin
+/// all at once. They now elect a leader of their own (those without credentials, whose
+/// answer can be stored).
+#[tokio::test]
+async fn a_request_with_credentials_refused_a_store_does_not_stampede_those_without() {
+    let origin = Origin::new(|_, _| Reply::ok(&[("cache-control", b"max-age=600")], "page"));
+    origin
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let (svc, watch) = origin_mode(&origin);
+    let attacker = {
+        let svc = svc.clone();
+        tokio::spawn(async move { get(&svc, "/hot", &[("authorization", b"Bearer x")]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let waiting: Vec<_> = (0..10)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { get(&svc, "/hot", &[]).await })
+        })
+        .collect();
+    assert_eq!(attacker.await.unwrap().body, "page");
+    for request in waiting {
+        assert_eq!(request.await.unwrap().body, "page");
+    }
+    watch.settled().await;
+    assert!(
+        origin.calls() <= 2,
+        "{} origin calls: the requests waiting behind the authenticated one went all at once",
         origin.calls()
     );
 }

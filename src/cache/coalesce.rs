@@ -101,6 +101,10 @@ impl<B: Backend> Shared<B> {
                     // Nothing learnt, and nobody else is asking now: one of the followers
                     // leads next, rather than all of them going at once.
                     Waited::Overtaken | Waited::Abandoned => true,
+                    // Its answer could be stored for a request like this one.
+                    Waited::NotForItsCredentials => {
+                        !request_headers.contains_key(http::header::AUTHORIZATION)
+                    }
                     Waited::Nothing => false,
                 };
                 tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, its client gone, timed out, failed or not stored)");
@@ -336,6 +340,15 @@ impl<B: Backend> Filler<B> {
     pub(super) fn publish(&self, published: Option<Published>) {
         if let Some(leader) = &self.leader {
             leader.publish(published);
+        }
+    }
+
+    /// Nothing will be stored only because this request carries credentials (RFC 9111
+    /// §3.5): its followers without them elect another leader now (the placeholder goes
+    /// with [`release`](Self::release)).
+    pub(super) fn decline_for_credentials(&mut self) {
+        if let Some(leader) = self.leader.take() {
+            leader.decline_for_credentials();
         }
     }
 

@@ -163,6 +163,10 @@ impl<B: Backend> Shared<B> {
             }
             Err(refusal) => {
                 tracing::debug!(key = %plan.key, status = %response.status(), reason = refusal.reason(), "response not stored");
+                let mut filler = filler;
+                if matches!(refusal, Refusal::Policy(NotStorable::Authorization)) {
+                    filler.decline_for_credentials();
+                }
                 (None, Some(filler))
             }
         };

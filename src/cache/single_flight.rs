@@ -19,8 +19,20 @@ use crate::cache::entry::Entry;
 /// An entry and, when a purge overtook it, the time after which joiners may not have it.
 pub(crate) type Published = (Arc<Entry>, Option<SystemTime>);
 
-/// What a leader publishes: `Some(Some(..))` an entry, `Some(None)` nothing to share.
-type Outcome = Option<Option<Published>>;
+/// What a leader publishes (`None` until it does).
+type Outcome = Option<Shared>;
+
+/// A leader's published outcome.
+#[derive(Clone)]
+enum Shared {
+    /// Its entry.
+    Entry(Published),
+    /// Nothing to share (its response is not stored).
+    Nothing,
+    /// Nothing, only because its request carried credentials (RFC 9111 §3.5): the same
+    /// response to a request without them may well be stored.
+    NotForItsCredentials,
+}
 
 struct InFlight {
     id: u64,
@@ -174,7 +186,17 @@ impl Leader {
     /// the entry is in the backend (or will not be), so later requests find it there.
     pub(crate) fn publish(&self, published: Option<Published>) {
         self.leave();
-        let _ = self.tx.send(Some(published));
+        let _ = self
+            .tx
+            .send(Some(published.map_or(Shared::Nothing, Shared::Entry)));
+    }
+
+    /// Ends the flight with nothing to share because the leader's request carried
+    /// credentials: followers without them elect a leader of their own (see
+    /// [`Waited::NotForItsCredentials`]).
+    pub(crate) fn decline_for_credentials(&self) {
+        self.leave();
+        let _ = self.tx.send(Some(Shared::NotForItsCredentials));
     }
 
     fn leave(&self) {
@@ -229,25 +251,30 @@ pub(crate) enum Waited {
     Abandoned,
     /// The leader had nothing to share (the response is not stored), or took too long.
     Nothing,
+    /// The leader's response was not stored only because its request carried credentials:
+    /// a follower without them would have it stored, and elects another leader with the
+    /// others like it, rather than all of them going to the origin at once.
+    NotForItsCredentials,
 }
 
 /// Waits at most `timeout` for the leader.
 pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
     let joined = follower.joined;
     match wait_published(follower, timeout).await {
-        Some(Some((_, Some(since)))) if joined >= since => {
+        Some(Shared::Entry((_, Some(since)))) if joined >= since => {
             tracing::debug!("the response waited for predates a purge this request followed");
             Waited::Overtaken
         }
-        Some(Some((entry, _))) => Waited::Entry(entry),
-        Some(None) => Waited::Nothing,
+        Some(Shared::Entry((entry, _))) => Waited::Entry(entry),
+        Some(Shared::Nothing) => Waited::Nothing,
+        Some(Shared::NotForItsCredentials) => Waited::NotForItsCredentials,
         None => Waited::Abandoned,
     }
 }
 
-/// The leader's outcome: `Some(published)`, or `None` when it went without publishing;
-/// `Some(None)` too when the wait timed out.
-async fn wait_published(follower: Follower, timeout: Duration) -> Option<Option<Published>> {
+/// The leader's outcome: `Some(shared)`, or `None` when it went without publishing;
+/// `Some(Shared::Nothing)` when the wait timed out.
+async fn wait_published(follower: Follower, timeout: Duration) -> Option<Shared> {
     let mut rx = follower.rx.clone();
     let waited = tokio::time::timeout(timeout, async {
         loop {
@@ -261,7 +288,7 @@ async fn wait_published(follower: Follower, timeout: Duration) -> Option<Option<
         }
     })
     .await;
-    waited.unwrap_or(Some(None))
+    waited.unwrap_or(Some(Shared::Nothing))
 }
 
 #[cfg(test)]
