@@ -9,9 +9,10 @@
 //!   old body a new lifetime, however the page had changed at the origin. The same for
 //!   a 304 answering a client's own condition (`If-None-Match: *`).
 //!
-//! - Coalescing: a request whose own directives or credentials keep its answer out of the
-//!   cache (`no-store`, a made-up `Authorization`) led the requests waiting for the URL,
-//!   which then learnt nothing and went to the origin all at once.
+//! - Coalescing: a request whose answer is kept out of the cache by what it asked (its
+//!   `no-store`, a `Range`, its own conditions, a made-up `Authorization`) led the
+//!   requests waiting for the URL, which then learnt nothing and went to the origin all
+//!   at once.
 //!
 //! - The hit-rate lab reads access logs an operator hands it, whose bytes may be anything
 //!   a client put in a request line or a log shipper mangled: a line must be skipped as
@@ -281,4 +282,66 @@ async fn a_request_with_credentials_refused_a_store_does_not_stampede_those_with
         "{} origin calls: the requests waiting behind the authenticated one went all at once",
         origin.calls()
     );
+}
+
+/// And with a request whose answer is a part or a 304 to its own condition, neither
+/// stored: a `Range: bytes=0-0`, or an `If-None-Match` with the page's current `ETag`
+/// (public, and sent by every browser that has the page), at the head of the requests
+/// that missed the URL.
+#[tokio::test]
+async fn a_range_or_conditional_request_at_the_head_does_not_stampede_the_others() {
+    for (label, head) in [
+        ("conditional", ("if-none-match", &b"\"v1\""[..])),
+        ("range", ("range", &b"bytes=0-0"[..])),
+    ] {
+        let origin = Origin::new(|request, _| {
+            if request.headers().contains_key("if-none-match") {
+                return support::personal::not_modified(&[
+                    ("cache-control", b"max-age=600"),
+                    ("etag", b"\"v1\""),
+                ]);
+            }
+            if request.headers().contains_key("range") {
+                let mut part = Reply::ok(
+                    &[
+                        ("cache-control", b"max-age=600"),
+                        ("etag", b"\"v1\""),
+                        ("content-range", b"bytes 0-0/4"),
+                    ],
+                    "p",
+                );
+                part.status = 206;
+                return part;
+            }
+            Reply::ok(
+                &[("cache-control", b"max-age=600"), ("etag", b"\"v1\"")],
+                "page",
+            )
+        });
+        origin
+            .delay_ms
+            .store(300, std::sync::atomic::Ordering::SeqCst);
+        let (svc, watch) = origin_mode(&origin);
+        let first = {
+            let svc = svc.clone();
+            tokio::spawn(async move { get(&svc, "/hot", &[head]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move { get(&svc, "/hot", &[]).await })
+            })
+            .collect();
+        first.await.unwrap();
+        for request in waiting {
+            assert_eq!(request.await.unwrap().body, "page", "{label}");
+        }
+        watch.settled().await;
+        assert!(
+            origin.calls() <= 3,
+            "{label}: {} origin calls: the requests waiting behind it went all at once",
+            origin.calls()
+        );
+    }
 }

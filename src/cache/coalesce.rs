@@ -101,9 +101,10 @@ impl<B: Backend> Shared<B> {
                     // Nothing learnt, and nobody else is asking now: one of the followers
                     // leads next, rather than all of them going at once.
                     Waited::Overtaken | Waited::Abandoned => true,
-                    // Its answer could be stored for a request like this one.
-                    Waited::NotForItsCredentials => {
-                        !request_headers.contains_key(http::header::AUTHORIZATION)
+                    // Its answer could be stored for a request like this one (one with
+                    // credentials too would have it refused for the same reason).
+                    Waited::Declined { credentials } => {
+                        !(credentials && request_headers.contains_key(http::header::AUTHORIZATION))
                     }
                     Waited::Nothing => false,
                 };
@@ -343,12 +344,12 @@ impl<B: Backend> Filler<B> {
         }
     }
 
-    /// Nothing will be stored only because this request carries credentials (RFC 9111
-    /// §3.5): its followers without them elect another leader now (the placeholder goes
-    /// with [`release`](Self::release)).
-    pub(super) fn decline_for_credentials(&mut self) {
+    /// Nothing will be stored only because of what this request was (its `Range`, its
+    /// conditions, its credentials): its followers unlike it elect another leader now
+    /// (the placeholder goes with [`release`](Self::release)).
+    pub(super) fn decline(&mut self, credentials: bool) {
         if let Some(leader) = self.leader.take() {
-            leader.decline_for_credentials();
+            leader.decline(credentials);
         }
     }
 

@@ -29,9 +29,8 @@ enum Shared {
     Entry(Published),
     /// Nothing to share (its response is not stored).
     Nothing,
-    /// Nothing, only because its request carried credentials (RFC 9111 §3.5): the same
-    /// response to a request without them may well be stored.
-    NotForItsCredentials,
+    /// Nothing, only because of what its request was (see [`Waited::Declined`]).
+    Declined { credentials: bool },
 }
 
 struct InFlight {
@@ -191,12 +190,11 @@ impl Leader {
             .send(Some(published.map_or(Shared::Nothing, Shared::Entry)));
     }
 
-    /// Ends the flight with nothing to share because the leader's request carried
-    /// credentials: followers without them elect a leader of their own (see
-    /// [`Waited::NotForItsCredentials`]).
-    pub(crate) fn decline_for_credentials(&self) {
+    /// Ends the flight with nothing to share because of what the leader's request was
+    /// (see [`Waited::Declined`]).
+    pub(crate) fn decline(&self, credentials: bool) {
         self.leave();
-        let _ = self.tx.send(Some(Shared::NotForItsCredentials));
+        let _ = self.tx.send(Some(Shared::Declined { credentials }));
     }
 
     fn leave(&self) {
@@ -251,10 +249,14 @@ pub(crate) enum Waited {
     Abandoned,
     /// The leader had nothing to share (the response is not stored), or took too long.
     Nothing,
-    /// The leader's response was not stored only because its request carried credentials:
-    /// a follower without them would have it stored, and elects another leader with the
-    /// others like it, rather than all of them going to the origin at once.
-    NotForItsCredentials,
+    /// The leader's response was not stored only because of what its request was: a part
+    /// for its `Range`, a 304 for its own conditions, or (`credentials`) a response that
+    /// does not say it may be shared for its `Authorization` (RFC 9111 §3.5). A follower
+    /// unlike it may have its answer stored, and elects another leader with the others,
+    /// rather than all of them going to the origin at once.
+    Declined {
+        credentials: bool,
+    },
 }
 
 /// Waits at most `timeout` for the leader.
@@ -267,7 +269,7 @@ pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
         }
         Some(Shared::Entry((entry, _))) => Waited::Entry(entry),
         Some(Shared::Nothing) => Waited::Nothing,
-        Some(Shared::NotForItsCredentials) => Waited::NotForItsCredentials,
+        Some(Shared::Declined { credentials }) => Waited::Declined { credentials },
         None => Waited::Abandoned,
     }
 }
