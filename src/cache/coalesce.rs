@@ -75,11 +75,16 @@ impl<B: Backend> Shared<B> {
             return Coordinated::Go(filler);
         }
         let flight = self.flight_key(ex, request_headers);
-        match self
-            .config
-            .flights
-            .join(&flight, self.config.max_coalesced, &ex.found)
-        {
+        let flights = &self.config.flights;
+        let joined = if plan.request_cc.no_store {
+            // Its response is never stored: it may wait for another request's entry, but
+            // none may wait for it (they would learn nothing, then go all at once), nor
+            // for a placeholder of its in other processes.
+            flights.follow(&flight, self.config.max_coalesced, &ex.found)
+        } else {
+            flights.join(&flight, self.config.max_coalesced, &ex.found)
+        };
+        match joined {
             Flight::Leader(leader) => filler.leader = Some(leader),
             Flight::Follower(rx) => {
                 self.config.stats.record_coalesced();
@@ -96,6 +101,11 @@ impl<B: Backend> Shared<B> {
                     // Nothing learnt, and nobody else is asking now: one of the followers
                     // leads next, rather than all of them going at once.
                     Waited::Overtaken | Waited::Abandoned => true,
+                    // Its answer could be stored for a request like this one (one with
+                    // credentials too would have it refused for the same reason).
+                    Waited::Declined { credentials } => {
+                        !(credentials && request_headers.contains_key(http::header::AUTHORIZATION))
+                    }
                     Waited::Nothing => false,
                 };
                 tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, its client gone, timed out, failed or not stored)");
@@ -331,6 +341,15 @@ impl<B: Backend> Filler<B> {
     pub(super) fn publish(&self, published: Option<Published>) {
         if let Some(leader) = &self.leader {
             leader.publish(published);
+        }
+    }
+
+    /// Nothing will be stored only because of what this request was (its `Range`, its
+    /// conditions, its credentials): its followers unlike it elect another leader now
+    /// (the placeholder goes with [`release`](Self::release)).
+    pub(super) fn decline(&mut self, credentials: bool) {
+        if let Some(leader) = self.leader.take() {
+            leader.decline(credentials);
         }
     }
 

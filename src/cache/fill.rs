@@ -22,6 +22,7 @@ use super::storage::{StoreOutcome, Target};
 use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, EntryMeta, MAX_FIELDS, MAX_SELECTING_FIELDS};
+use crate::cache::policy::conditional::has_preconditions;
 use crate::cache::policy::{CacheControl, NotStorable};
 
 /// Why a response, or a stored response refreshed by one, does not become an entry.
@@ -163,6 +164,25 @@ impl<B: Backend> Shared<B> {
             }
             Err(refusal) => {
                 tracing::debug!(key = %plan.key, status = %response.status(), reason = refusal.reason(), "response not stored");
+                let mut filler = filler;
+                // Refused only for what this request was: the requests waiting for it
+                // that are unlike it elect another leader rather than all going at once.
+                let status = response.status();
+                match refusal {
+                    Refusal::Policy(NotStorable::Authorization) => filler.decline(true),
+                    Refusal::Policy(NotStorable::Partial)
+                        if request_headers.contains_key(header::RANGE) =>
+                    {
+                        filler.decline(false);
+                    }
+                    Refusal::Policy(NotStorable::Status)
+                        if status == StatusCode::NOT_MODIFIED
+                            && has_preconditions(request_headers) =>
+                    {
+                        filler.decline(false);
+                    }
+                    _ => {}
+                }
                 (None, Some(filler))
             }
         };

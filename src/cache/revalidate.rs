@@ -24,7 +24,8 @@ use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, MAX_FIELDS};
 use crate::cache::policy::conditional::{
-    add_validators, has_preconditions, names_another_representation, same_representation,
+    add_validators, has_preconditions, has_validators, names_another_representation,
+    same_representation,
 };
 use crate::cache::policy::{NotStorable, PER_CLIENT_FIELDS};
 
@@ -284,8 +285,11 @@ where
             shared.set_status(&mut answer, outcome);
             return Ok(answer);
         }
+        // A 304 to the client's own condition speaks for the stored body only through a
+        // validator they share: without one (`If-None-Match: *` answered for whatever the
+        // page now is) it would date an old body anew. It passes to its client, unstored.
         if status == StatusCode::NOT_MODIFIED
-            && (ours || same_representation(response.headers(), stored))
+            && (ours || (has_validators(stored) && same_representation(response.headers(), stored)))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
             let refreshed = shared
@@ -326,10 +330,18 @@ where
                     len.to_str().ok().and_then(|l| l.parse::<usize>().ok())
                         == Some(entry.body.len())
                 });
-            if same_representation(response.headers(), stored) && same_length {
+            let same = same_representation(response.headers(), stored);
+            if same && same_length && has_validators(stored) {
                 shared
                     .refresh(ex, &sent, entry, &mut response, filler)
                     .await;
+            } else if same && same_length {
+                // Neither carries a validator: nothing ties the HEAD's fields to the
+                // stored body, which may be an old page of the same length. Freshened,
+                // it would be served for the new lifetime (a monitor's HEAD each time it
+                // goes stale would keep it forever); removed, anyone could evict it by
+                // asking. Left as it was: the next GET that needs the origin fetches it.
+                filler.release().await;
             } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
             }

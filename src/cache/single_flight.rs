@@ -19,8 +19,19 @@ use crate::cache::entry::Entry;
 /// An entry and, when a purge overtook it, the time after which joiners may not have it.
 pub(crate) type Published = (Arc<Entry>, Option<SystemTime>);
 
-/// What a leader publishes: `Some(Some(..))` an entry, `Some(None)` nothing to share.
-type Outcome = Option<Option<Published>>;
+/// What a leader publishes (`None` until it does).
+type Outcome = Option<Shared>;
+
+/// A leader's published outcome.
+#[derive(Clone)]
+enum Shared {
+    /// Its entry.
+    Entry(Published),
+    /// Nothing to share (its response is not stored).
+    Nothing,
+    /// Nothing, only because of what its request was (see [`Waited::Declined`]).
+    Declined { credentials: bool },
+}
 
 struct InFlight {
     id: u64,
@@ -92,6 +103,16 @@ impl SingleFlight {
     /// Joins the flight for `key` if `seen` (this request's lookup) allows, or leads a new
     /// one.
     pub(crate) fn join(&self, key: &str, max_followers: usize, seen: &Found) -> Flight {
+        self.join_as(key, max_followers, seen, true)
+    }
+
+    /// Joins the flight for `key` as [`join`](Self::join) does, but never leads one: for a
+    /// request whose response cannot be stored, which nobody should wait for.
+    pub(crate) fn follow(&self, key: &str, max_followers: usize, seen: &Found) -> Flight {
+        self.join_as(key, max_followers, seen, false)
+    }
+
+    fn join_as(&self, key: &str, max_followers: usize, seen: &Found, may_lead: bool) -> Flight {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = state.inflight.get_mut(key) {
             if flight.mark.is_none_or(|mark| mark.admits(seen)) {
@@ -109,6 +130,9 @@ impl SingleFlight {
             }
             // The URL changed under that flight (purged, refilled): this request's response
             // must be its own. The old flight keeps its followers.
+        }
+        if !may_lead {
+            return Flight::Alone;
         }
         Flight::Leader(self.lead(&mut state, key))
     }
@@ -161,7 +185,16 @@ impl Leader {
     /// the entry is in the backend (or will not be), so later requests find it there.
     pub(crate) fn publish(&self, published: Option<Published>) {
         self.leave();
-        let _ = self.tx.send(Some(published));
+        let _ = self
+            .tx
+            .send(Some(published.map_or(Shared::Nothing, Shared::Entry)));
+    }
+
+    /// Ends the flight with nothing to share because of what the leader's request was
+    /// (see [`Waited::Declined`]).
+    pub(crate) fn decline(&self, credentials: bool) {
+        self.leave();
+        let _ = self.tx.send(Some(Shared::Declined { credentials }));
     }
 
     fn leave(&self) {
@@ -216,25 +249,34 @@ pub(crate) enum Waited {
     Abandoned,
     /// The leader had nothing to share (the response is not stored), or took too long.
     Nothing,
+    /// The leader's response was not stored only because of what its request was: a part
+    /// for its `Range`, a 304 for its own conditions, or (`credentials`) a response that
+    /// does not say it may be shared for its `Authorization` (RFC 9111 §3.5). A follower
+    /// unlike it may have its answer stored, and elects another leader with the others,
+    /// rather than all of them going to the origin at once.
+    Declined {
+        credentials: bool,
+    },
 }
 
 /// Waits at most `timeout` for the leader.
 pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
     let joined = follower.joined;
     match wait_published(follower, timeout).await {
-        Some(Some((_, Some(since)))) if joined >= since => {
+        Some(Shared::Entry((_, Some(since)))) if joined >= since => {
             tracing::debug!("the response waited for predates a purge this request followed");
             Waited::Overtaken
         }
-        Some(Some((entry, _))) => Waited::Entry(entry),
-        Some(None) => Waited::Nothing,
+        Some(Shared::Entry((entry, _))) => Waited::Entry(entry),
+        Some(Shared::Nothing) => Waited::Nothing,
+        Some(Shared::Declined { credentials }) => Waited::Declined { credentials },
         None => Waited::Abandoned,
     }
 }
 
-/// The leader's outcome: `Some(published)`, or `None` when it went without publishing;
-/// `Some(None)` too when the wait timed out.
-async fn wait_published(follower: Follower, timeout: Duration) -> Option<Option<Published>> {
+/// The leader's outcome: `Some(shared)`, or `None` when it went without publishing;
+/// `Some(Shared::Nothing)` when the wait timed out.
+async fn wait_published(follower: Follower, timeout: Duration) -> Option<Shared> {
     let mut rx = follower.rx.clone();
     let waited = tokio::time::timeout(timeout, async {
         loop {
@@ -248,7 +290,7 @@ async fn wait_published(follower: Follower, timeout: Duration) -> Option<Option<
         }
     })
     .await;
-    waited.unwrap_or(Some(None))
+    waited.unwrap_or(Some(Shared::Nothing))
 }
 
 #[cfg(test)]
@@ -263,6 +305,17 @@ mod tests {
             generation: Some(1),
             ..Found::default()
         }
+    }
+
+    #[test]
+    fn a_request_that_only_follows_never_leads() {
+        let flights = SingleFlight::default();
+        let any = seen(Slot::Absent);
+        assert!(matches!(flights.follow("k", 2, &any), Flight::Alone));
+        let Flight::Leader(_leader) = flights.join("k", 2, &any) else {
+            panic!("nobody led: the first to join leads")
+        };
+        assert!(matches!(flights.follow("k", 2, &any), Flight::Follower(_)));
     }
 
     #[tokio::test]

@@ -318,7 +318,8 @@ pub fn parse_time(text: &[u8]) -> Option<i64> {
         b'-' => (-1, &zone[1..]),
         _ => return None,
     };
-    if digits.len() != 4 {
+    // Four ASCII digits, checked before slicing by byte: `+1é1` is four bytes too.
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let offset = sign
