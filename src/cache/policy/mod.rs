@@ -83,7 +83,7 @@ pub enum CacheMode {
 #[non_exhaustive]
 pub(crate) enum NotStorable {
     /// The status is not in the configured set (and, in origin mode, the response has no
-    /// explicit freshness that would allow another understood status).
+    /// explicit freshness that would allow another understood 2xx or 3xx).
     Status,
     /// `Cache-Control: no-store` on the request or response.
     NoStore,
@@ -283,8 +283,18 @@ impl Policy {
         if status == StatusCode::NOT_MODIFIED || status.is_informational() {
             return Err(NotStorable::Status);
         }
+        // Explicit freshness admits any other understood 2xx or 3xx in origin mode, but
+        // no error: a client makes an origin fail with what the key does not hold (an
+        // oversize or malformed field, an `Expect`, a rate limit, a slow body), and
+        // stored, its 400, 429 or 503 would answer everyone for the lifetime an origin
+        // stamps on every response (cache-poisoned denial of service). An error is stored
+        // only when `statuses` lists it (404, 405, 410, 414 and 501 by default).
         let status_ok = self.statuses.contains(&status.as_u16())
-            || (self.mode == CacheMode::Origin && explicit && understood);
+            || (self.mode == CacheMode::Origin
+                && explicit
+                && understood
+                && !status.is_client_error()
+                && !status.is_server_error());
         if !status_ok {
             return Err(NotStorable::Status);
         }
@@ -802,8 +812,27 @@ pub(crate) mod tests {
         );
         let mut origin = Policy::default();
         origin.set_mode(CacheMode::Origin);
+        for status in [203, 299, 302, 307] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(storable(&origin, &none, status, &explicit), Ok(()), "{status}");
+        }
+        // ... but no error beyond `statuses`: a client can make an origin answer one.
+        for status in [400, 403, 408, 417, 429, 431, 499, 500, 502, 503, 504, 599] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                storable(&origin, &none, status, &explicit),
+                Err(NotStorable::Status),
+                "{status}"
+            );
+        }
         assert_eq!(
-            storable(&origin, &none, StatusCode::BAD_GATEWAY, &explicit),
+            storable(&origin, &none, StatusCode::NOT_FOUND, &explicit),
+            Ok(())
+        );
+        let mut listed = origin.clone();
+        listed.set_statuses([200, 503]);
+        assert_eq!(
+            storable(&listed, &none, StatusCode::SERVICE_UNAVAILABLE, &explicit),
             Ok(())
         );
         assert_eq!(
