@@ -296,6 +296,11 @@ impl Policy {
 
     /// The route's lifetime, or `None` when its rule turns caching off.
     pub(crate) fn route_lifetime(&self, path: &str, pattern: Option<&str>) -> Option<Duration> {
+        // No rule to match (the proxy never has one): the path is not read for them, a
+        // decoding pass and a search on every request.
+        if self.rules.is_empty() {
+            return Some(self.default_lifetime);
+        }
         // Rules see the path as an origin that decodes it does: `/%61ccount` must not
         // slip past a rule for `/account`.
         let path = &*rule_path(path);
