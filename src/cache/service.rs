@@ -33,7 +33,7 @@ use crate::backend::Backend;
 use crate::cache::entry::Entry;
 use crate::cache::policy::cache_control::parse_delta_seconds;
 use crate::cache::policy::conditional::{
-    has_origin_preconditions, has_preconditions, not_modified,
+    has_origin_preconditions, may_be_not_modified, not_modified,
 };
 use crate::cache::policy::freshness::{Freshness, Reuse};
 use crate::cache::policy::{CacheControl, Policy, normalized_header, vary_names};
@@ -339,8 +339,8 @@ impl<B: Backend> Shared<B> {
         counted: Counted,
     ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
-        // Only a request with preconditions needs the stored headers as a map.
-        let stored_headers = (meta.status == 200 && has_preconditions(request_headers))
+        // Only a request that may be answered 304 needs the stored headers as a map.
+        let stored_headers = (meta.status == 200 && may_be_not_modified(request_headers))
             .then(|| header_map(meta))
             .filter(|map| not_modified(request_headers, map, stored::received_at(meta)));
         let readers = match answered {
