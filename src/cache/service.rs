@@ -419,11 +419,9 @@ impl<B: Backend> Shared<B> {
         }
         let stale = !freshness.is_fresh();
         // §13.2.2: a `Range` applies once the other preconditions let the 200 through.
+        let applies = range_request && !is_head && stored_headers.is_none() && meta.status == 200;
         let ranged = match fields {
-            Some(fields) if range_request && !is_head && stored_headers.is_none() => (meta.status
-                == 200)
-                .then(|| range::apply(&mut response, entry, fields.get()))
-                .flatten(),
+            Some(fields) if applies => range::apply(&mut response, entry, fields.get()),
             _ => None,
         };
         self.set_status(&mut response, answered.outcome(freshness));
