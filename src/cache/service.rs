@@ -33,7 +33,7 @@ use crate::backend::Backend;
 use crate::cache::entry::Entry;
 use crate::cache::policy::cache_control::parse_delta_seconds;
 use crate::cache::policy::conditional::{
-    has_origin_preconditions, has_preconditions, not_modified,
+    has_origin_preconditions, may_be_not_modified, not_modified,
 };
 use crate::cache::policy::freshness::{Freshness, Reuse};
 use crate::cache::policy::{CacheControl, Policy, normalized_header, vary_names};
@@ -132,6 +132,25 @@ where
 /// Marks a response the layer built from a stored one.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct FromCache;
+
+/// A request's fields as an answer from an entry reads them. Owned (the request is done
+/// with), their map, emptied, holds the response's fields unless they are still read once
+/// the response is built (a range request's): hyper hands each request the map of the
+/// previous response on its connection, so a hit then allocates no map of its own (an
+/// allocation of over a KiB, and the request's map freed).
+enum Fields<'a> {
+    Borrowed(&'a HeaderMap),
+    Owned(HeaderMap),
+}
+
+impl Fields<'_> {
+    fn get(&self) -> &HeaderMap {
+        match self {
+            Self::Borrowed(map) => map,
+            Self::Owned(map) => map,
+        }
+    }
+}
 
 /// What the layer knows once, for every request.
 pub(crate) struct Shared<B> {
@@ -328,6 +347,20 @@ impl<B: Backend> Shared<B> {
         )
     }
 
+    /// [`answer`](Self::answer) for a request that is done with: its field map, emptied,
+    /// holds the response's fields (see [`Fields`]).
+    pub(super) fn answer_taking<ResBody>(
+        &self,
+        entry: &Entry,
+        freshness: &Freshness,
+        request_headers: HeaderMap,
+        is_head: bool,
+        answered: Answered,
+    ) -> Response<ResponseBody<ResBody>> {
+        let fields = Fields::Owned(request_headers);
+        self.answer_from(entry, freshness, fields, is_head, answered, Counted::Hit)
+    }
+
     /// [`answer`](Self::answer), counted as `counted` says.
     pub(super) fn answer_counted<ResBody>(
         &self,
@@ -338,11 +371,34 @@ impl<B: Backend> Shared<B> {
         answered: Answered,
         counted: Counted,
     ) -> Response<ResponseBody<ResBody>> {
+        let fields = Fields::Borrowed(request_headers);
+        self.answer_from(entry, freshness, fields, is_head, answered, counted)
+    }
+
+    fn answer_from<ResBody>(
+        &self,
+        entry: &Entry,
+        freshness: &Freshness,
+        fields: Fields<'_>,
+        is_head: bool,
+        answered: Answered,
+        counted: Counted,
+    ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
-        // Only a request with preconditions needs the stored headers as a map.
-        let stored_headers = (meta.status == 200 && has_preconditions(request_headers))
+        let request_headers = fields.get();
+        // Only a request that may be answered 304 needs the stored headers as a map.
+        let stored_headers = (meta.status == 200 && may_be_not_modified(request_headers))
             .then(|| header_map(meta))
             .filter(|map| not_modified(request_headers, map, stored::received_at(meta)));
+        // Only a range request's fields are read once the response is built.
+        let range_request = request_headers.contains_key(http::header::RANGE);
+        let (map, fields) = match fields {
+            Fields::Owned(mut map) if !range_request => {
+                map.clear();
+                (map, None)
+            }
+            fields => (HeaderMap::new(), Some(fields)),
+        };
         let readers = match answered {
             Answered::Near => stored::Readers::Threads,
             _ => stored::Readers::One,
@@ -353,18 +409,21 @@ impl<B: Backend> Shared<B> {
             stored_headers.as_ref(),
             freshness.age,
             readers,
+            map,
         );
         // Built from the cache, not passed through from the origin: a range miss's whole
         // fill starts only for the origin's own 206. Only a range request can start one,
         // so only its answer is marked (a first extension allocates; a hit should not).
-        if request_headers.contains_key(http::header::RANGE) {
+        if range_request {
             response.extensions_mut().insert(FromCache);
         }
         let stale = !freshness.is_fresh();
         // §13.2.2: a `Range` applies once the other preconditions let the 200 through.
-        let ranged = (!is_head && stored_headers.is_none() && meta.status == 200)
-            .then(|| range::apply(&mut response, entry, request_headers))
-            .flatten();
+        let applies = range_request && !is_head && stored_headers.is_none() && meta.status == 200;
+        let ranged = match fields {
+            Some(fields) if applies => range::apply(&mut response, entry, fields.get()),
+            _ => None,
+        };
         self.set_status(&mut response, answered.outcome(freshness));
         let sent = if is_head || stored_headers.is_some() {
             0
@@ -549,7 +608,12 @@ where
                     if fresh && current {
                         shared.config.stats.record_near_hit();
                         let answered = Answered::Near;
-                        return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
+                        // Answered: the request's field map holds the response's.
+                        let mut request = request;
+                        let fields = std::mem::take(request.headers_mut());
+                        return Ok(
+                            shared.answer_taking(&entry, &freshness, fields, is_head, answered)
+                        );
                     }
                 }
                 // Before the lookup reads anything: what this process changes from now on
@@ -586,11 +650,13 @@ where
                                 Some(_) => {}
                             }
                         }
-                        let headers = request.headers();
-                        return Ok(shared.answer(
+                        // Answered: the request's field map holds the response's.
+                        let mut request = request;
+                        let fields = std::mem::take(request.headers_mut());
+                        return Ok(shared.answer_taking(
                             entry,
                             &freshness,
-                            headers,
+                            fields,
                             is_head,
                             Answered::Lookup,
                         ));
@@ -714,6 +780,54 @@ pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
 #[cfg(not(feature = "axum"))]
 pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
     request.uri()
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{self, HeaderValue};
+
+    use super::testing::{bare_entry, get, shared};
+    use super::*;
+    use crate::backend::MemoryBackend;
+
+    #[test]
+    fn an_answer_in_the_request_s_own_map_holds_the_response_s_fields_alone() {
+        let shared = shared(&MemcacheLayer::new(MemoryBackend::new()));
+        let mut entry = bare_entry();
+        entry.meta.headers = vec![
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+            (header::ETAG, HeaderValue::from_static("\"v1\"")),
+        ];
+        let freshness = stored::freshness(&entry.meta, now_ms());
+        let asks: [&[(&str, &str)]; 4] = [
+            &[("accept", "*/*"), ("x-secret", "1"), ("age", "9")],
+            &[("if-none-match", "\"v1\""), ("cookie", "a=b")],
+            &[("range", "bytes=1-2"), ("x-secret", "1")],
+            &[],
+        ];
+        for ask in asks {
+            let mut request = get("/a");
+            for (name, value) in ask {
+                let value = HeaderValue::from_static(value);
+                request.headers_mut().append(*name, value);
+            }
+            for is_head in [false, true] {
+                let headers = request.headers();
+                let fresh: Response<ResponseBody<()>> =
+                    shared.answer(&entry, &freshness, headers, is_head, Answered::Near);
+                let taking: Response<ResponseBody<()>> = shared.answer_taking(
+                    &entry,
+                    &freshness,
+                    headers.clone(),
+                    is_head,
+                    Answered::Near,
+                );
+                assert_eq!(taking.status(), fresh.status(), "{ask:?}");
+                assert_eq!(taking.headers(), fresh.headers(), "{ask:?}");
+                assert!(!taking.headers().contains_key("x-secret"));
+            }
+        }
+    }
 }
 
 /// Helpers for the lifecycle modules' unit tests: one layer's `Shared` over

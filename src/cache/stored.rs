@@ -248,13 +248,15 @@ impl Admission<'_> {
 
 /// A response answered from an entry: the stored status, headers and body (none for HEAD),
 /// or, given the stored headers as `not_modified`, a 304 with the stored validators. `age`
-/// is the entry's current age (§4.2.3).
+/// is the entry's current age (§4.2.3); `headers` is an empty map to hold the fields (a
+/// request's, emptied, has room already).
 pub(crate) fn response<B>(
     entry: &Entry,
     is_head: bool,
     not_modified: Option<&HeaderMap>,
     age: Duration,
     readers: Readers,
+    headers: HeaderMap,
 ) -> Response<ResponseBody<B>> {
     let meta = &entry.meta;
     let send_body = !is_head && not_modified.is_none();
@@ -263,6 +265,8 @@ pub(crate) fn response<B>(
     } else {
         ResponseBody::empty()
     });
+    // An empty map, perhaps with room already (see `service::Fields`).
+    *response.headers_mut() = headers;
     // The version stays the default: it belongs to the client's connection, and an
     // origin's HTTP/1.0 replayed to HTTP/1.1 clients would close their connections.
     if let Some(stored) = not_modified {
@@ -516,8 +520,14 @@ mod tests {
             body: Bytes::from_static(b"12345"),
         };
         let lengths = |stored: &[&'static str], is_head: bool| -> Vec<String> {
-            let response: Response<ResponseBody<()>> =
-                response(&entry(stored), is_head, None, Duration::ZERO, Readers::One);
+            let response: Response<ResponseBody<()>> = response(
+                &entry(stored),
+                is_head,
+                None,
+                Duration::ZERO,
+                Readers::One,
+                HeaderMap::new(),
+            );
             response
                 .headers()
                 .get_all(header::CONTENT_LENGTH)

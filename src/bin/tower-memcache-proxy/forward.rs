@@ -343,6 +343,9 @@ pub(crate) struct PeerFields {
     /// The `Forwarded` value of the first host the connection asked for, with that host:
     /// a connection mostly asks for one.
     forwarded_first: OnceLock<(HeaderValue, HeaderValue)>,
+    /// The first `Host` field the connection sent with an origin-form target, valid, and
+    /// the `Host` such a request is forwarded with (see [`check_target`]).
+    host_first: OnceLock<(HeaderValue, Option<HeaderValue>)>,
 }
 
 impl PeerFields {
@@ -359,6 +362,7 @@ impl PeerFields {
             x_forwarded_for,
             forwarded_for,
             forwarded_first: OnceLock::new(),
+            host_first: OnceLock::new(),
         }
     }
 
@@ -439,8 +443,13 @@ fn set_forwarding(headers: &mut HeaderMap, client: &PeerFields, client_host: Opt
     }
 }
 
-/// Why a request is refused before the cache sees it, if it is; else its target.
-fn check_target<B>(request: &Request<B>) -> Result<RequestTarget, InvalidTarget> {
+/// Why a request is refused before the cache sees it, if it is; else the `Host` it is
+/// forwarded with (its target's validated authority; none for an HTTP/1.0 request that
+/// named none).
+fn check_target<B>(
+    request: &Request<B>,
+    client: &PeerFields,
+) -> Result<Option<HeaderValue>, InvalidTarget> {
     // The proxy listens on plain HTTP only: an `https://` target here is a lie (and would
     // be keyed apart from the same page under `http://`).
     if request
@@ -463,11 +472,47 @@ fn check_target<B>(request: &Request<B>) -> Result<RequestTarget, InvalidTarget>
     if !form_allowed {
         return Err(InvalidTarget::NotAResource);
     }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (host, more_hosts) = (hosts.next(), hosts.next().is_some());
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
-    if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+    if request.version() == Version::HTTP_11 && host.is_none() {
         return Err(InvalidTarget::MalformedAuthority);
     }
-    RequestTarget::from_parts("http", request.uri(), request.headers())
+    // An origin-form target's authority is its one `Host` field's, validated alike
+    // whatever else the request holds. Most connections send one host: the bytes this
+    // one sent first were validated then and are not again here (the layer validates
+    // every request's target for its key anyway).
+    let origin_form = request.uri().scheme().is_none() && request.uri().authority().is_none();
+    let single_host = host.filter(|_| origin_form && !more_hosts);
+    if let (Some(host), Some((first, forwarded))) = (single_host, client.host_first.get()) {
+        if host.as_bytes() == first.as_bytes() {
+            return Ok(forwarded.clone());
+        }
+    }
+    let target = RequestTarget::from_parts("http", request.uri(), request.headers())?;
+    let forwarded = match target.authority() {
+        "" => None,
+        // Most often the `Host` field as it came: shared, not copied.
+        authority => match host {
+            Some(host) if host.as_bytes() == authority.as_bytes() => Some(host.clone()),
+            _ => HeaderValue::from_str(authority).ok(),
+        },
+    };
+    if let Some(host) = single_host {
+        // Copies: a slice would hold the connection's first read buffer for its lifetime.
+        let copy = |value: &HeaderValue| HeaderValue::from_bytes(value.as_bytes()).ok();
+        if let Some(first) = copy(host) {
+            let kept = forwarded.as_ref().map(|value| {
+                if value == host {
+                    first.clone()
+                } else {
+                    value.clone()
+                }
+            });
+            let _ = client.host_first.set((first, kept));
+        }
+    }
+    Ok(forwarded)
 }
 
 /// The 400 for a target the proxy refuses.
@@ -539,19 +584,11 @@ where
             let response = plain(StatusCode::NOT_IMPLEMENTED, "501 Not Implemented\n");
             return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
         }
-        match check_target(&request) {
+        match check_target(&request, &self.client) {
             Err(invalid) => {
                 future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
             }
-            Ok(target) => future::Either::Right({
-                let client_host = match target.authority() {
-                    "" => None,
-                    // Most often the `Host` field as it came: shared, not copied.
-                    authority => match request.headers().get(header::HOST) {
-                        Some(host) if host.as_bytes() == authority.as_bytes() => Some(host.clone()),
-                        _ => HeaderValue::from_str(authority).ok(),
-                    },
-                };
+            Ok(client_host) => future::Either::Right({
                 // A standard method's clone is a copy.
                 let method = request.method().clone();
                 let clients = ClientRequest {
@@ -622,4 +659,59 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         upstream_host: settings.upstream_host,
         head_timeout: settings.head_timeout,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(target: &str, version: Version, hosts: &[&str]) -> Request<()> {
+        let mut request = Request::get(target).version(version);
+        for host in hosts {
+            request = request.header(header::HOST, *host);
+        }
+        request.body(()).unwrap()
+    }
+
+    fn peer() -> PeerFields {
+        PeerFields::new(SocketAddr::from(([127, 0, 0, 1], 40000)))
+    }
+
+    #[test]
+    fn a_connection_checks_each_target_as_a_new_connection_would() {
+        let v11 = Version::HTTP_11;
+        let requests = [
+            request("/a", v11, &["Example.COM:80"]),
+            request("/a", v11, &["example.com"]),
+            request("/a", v11, &["example.com:8080"]),
+            request("/a", v11, &["example.com/a"]),
+            request("/a", v11, &["example.com:99999"]),
+            request("/a", v11, &["example.com", "example.com"]),
+            request("/a", v11, &[]),
+            request("/a", Version::HTTP_10, &[]),
+            request("http://other.example/a", v11, &["example.com"]),
+            request("http://example.com/a", v11, &["example.com"]),
+            request("https://example.com/a", v11, &["example.com"]),
+            request("*", v11, &["example.com"]),
+        ];
+        for first in &requests {
+            let client = peer();
+            let _ = check_target(first, &client);
+            for request in &requests {
+                assert_eq!(
+                    check_target(request, &client),
+                    check_target(request, &peer()),
+                    "{} {:?} after {} {:?}",
+                    request.uri(),
+                    request.headers(),
+                    first.uri(),
+                    first.headers()
+                );
+            }
+        }
+        let client = peer();
+        let first = check_target(&requests[0], &client);
+        assert_eq!(first, Ok(Some(HeaderValue::from_static("example.com"))));
+        assert_eq!(check_target(&requests[0], &client), first);
+    }
 }
