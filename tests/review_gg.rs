@@ -345,3 +345,57 @@ async fn a_range_or_conditional_request_at_the_head_does_not_stampede_the_others
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Cache-poisoned denial of service: errors with explicit freshness
+// ---------------------------------------------------------------------------------------
+
+/// An origin that stamps `public, max-age=600` on every response (a blanket
+/// `add_header ... always`), and fails a request for what no key holds: an oversize field
+/// (431), an `Expect` it does not know (417), a malformed cookie (400), a rate limit (429),
+/// its own upstream refusing the request (502, 503). Stored, that error answered every
+/// client of the URL for ten minutes ("Your Cache Has Fallen", CPDoS). An error is stored
+/// only when `statuses` lists it: a 404 still is, and one the operator lists.
+#[tokio::test]
+async fn an_error_a_client_provokes_is_not_stored_for_everyone() {
+    for status in [400, 417, 429, 431, 500, 502, 503] {
+        let origin = Origin::new(move |request, _| {
+            let mut reply = Reply::ok(&[("cache-control", b"public, max-age=600")], "page");
+            if request.headers().contains_key("x-oversize") {
+                reply.status = status;
+                reply.body = "error".into();
+            }
+            reply
+        });
+        let (svc, watch) = origin_mode(&origin);
+        let attacker = get(&svc, "/home", &[("x-oversize", b"AAAA")]).await;
+        assert_eq!(attacker.status.as_u16(), status);
+        watch.settled().await;
+        let innocent = get(&svc, "/home", &[]).await;
+        assert_eq!(
+            (innocent.status, innocent.body.as_str()),
+            (StatusCode::OK, "page"),
+            "{status}: {}",
+            cache_status(&innocent)
+        );
+    }
+    // A 404 is stored (a heuristically cacheable status, in `statuses` by default), and
+    // so is an error the operator lists.
+    for (status, statuses) in [(404, None), (503, Some(vec![200, 503]))] {
+        let origin = Origin::new(move |_, _| {
+            let mut reply = Reply::ok(&[("cache-control", b"public, max-age=600")], "error");
+            reply.status = status;
+            reply
+        });
+        let mut layer = MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin);
+        if let Some(statuses) = statuses {
+            layer = layer.statuses(statuses);
+        }
+        let (svc, watch) = service_of(layer, &origin);
+        get(&svc, "/gone", &[]).await;
+        watch.settled().await;
+        let again = get(&svc, "/gone", &[]).await;
+        support::assert_hit(cache_status(&again));
+        assert_eq!(origin.calls(), 1, "{status}");
+    }
+}

@@ -814,7 +814,11 @@ pub(crate) mod tests {
         origin.set_mode(CacheMode::Origin);
         for status in [203, 299, 302, 307] {
             let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(storable(&origin, &none, status, &explicit), Ok(()), "{status}");
+            assert_eq!(
+                storable(&origin, &none, status, &explicit),
+                Ok(()),
+                "{status}"
+            );
         }
         // ... but no error beyond `statuses`: a client can make an origin answer one.
         for status in [400, 403, 408, 417, 429, 431, 499, 500, 502, 503, 504, 599] {
