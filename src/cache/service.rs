@@ -3,6 +3,7 @@
 //! phases live beside it: [`coalesce`](super::coalesce), [`fill`](super::fill),
 //! [`revalidate`](super::revalidate), [`invalidate`](super::invalidate).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -132,25 +133,6 @@ where
 /// Marks a response the layer built from a stored one.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct FromCache;
-
-/// A request's fields as an answer from an entry reads them. Owned (the request is done
-/// with), their map, emptied, holds the response's fields unless they are still read once
-/// the response is built (a range request's): hyper hands each request the map of the
-/// previous response on its connection, so a hit then allocates no map of its own (an
-/// allocation of over a KiB, and the request's map freed).
-enum Fields<'a> {
-    Borrowed(&'a HeaderMap),
-    Owned(HeaderMap),
-}
-
-impl Fields<'_> {
-    fn get(&self) -> &HeaderMap {
-        match self {
-            Self::Borrowed(map) => map,
-            Self::Owned(map) => map,
-        }
-    }
-}
 
 /// What the layer knows once, for every request.
 pub(crate) struct Shared<B> {
@@ -348,7 +330,8 @@ impl<B: Backend> Shared<B> {
     }
 
     /// [`answer`](Self::answer) for a request that is done with: its field map, emptied,
-    /// holds the response's fields (see [`Fields`]).
+    /// holds the response's fields: hyper hands each request the map of the previous
+    /// response on its connection, so a hit then allocates no map of its own (over a KiB).
     pub(super) fn answer_taking<ResBody>(
         &self,
         entry: &Entry,
@@ -357,7 +340,7 @@ impl<B: Backend> Shared<B> {
         is_head: bool,
         answered: Answered,
     ) -> Response<ResponseBody<ResBody>> {
-        let fields = Fields::Owned(request_headers);
+        let fields = Cow::Owned(request_headers);
         self.answer_from(entry, freshness, fields, is_head, answered, Counted::Hit)
     }
 
@@ -371,7 +354,7 @@ impl<B: Backend> Shared<B> {
         answered: Answered,
         counted: Counted,
     ) -> Response<ResponseBody<ResBody>> {
-        let fields = Fields::Borrowed(request_headers);
+        let fields = Cow::Borrowed(request_headers);
         self.answer_from(entry, freshness, fields, is_head, answered, counted)
     }
 
@@ -379,21 +362,22 @@ impl<B: Backend> Shared<B> {
         &self,
         entry: &Entry,
         freshness: &Freshness,
-        fields: Fields<'_>,
+        fields: Cow<'_, HeaderMap>,
         is_head: bool,
         answered: Answered,
         counted: Counted,
     ) -> Response<ResponseBody<ResBody>> {
         let meta = &entry.meta;
-        let request_headers = fields.get();
+        let request_headers: &HeaderMap = &fields;
         // Only a request that may be answered 304 needs the stored headers as a map.
         let stored_headers = (meta.status == 200 && may_be_not_modified(request_headers))
             .then(|| header_map(meta))
             .filter(|map| not_modified(request_headers, map, stored::received_at(meta)));
-        // Only a range request's fields are read once the response is built.
+        // Only a range request's fields are read once the response is built; otherwise an
+        // owned map, emptied, holds the response's.
         let range_request = request_headers.contains_key(http::header::RANGE);
         let (map, fields) = match fields {
-            Fields::Owned(mut map) if !range_request => {
+            Cow::Owned(mut map) if !range_request => {
                 map.clear();
                 (map, None)
             }
@@ -421,7 +405,7 @@ impl<B: Backend> Shared<B> {
         // §13.2.2: a `Range` applies once the other preconditions let the 200 through.
         let applies = range_request && !is_head && stored_headers.is_none() && meta.status == 200;
         let ranged = match fields {
-            Some(fields) if applies => range::apply(&mut response, entry, fields.get()),
+            Some(fields) if applies => range::apply(&mut response, entry, &fields),
             _ => None,
         };
         self.set_status(&mut response, answered.outcome(freshness));
