@@ -20,11 +20,11 @@ use crate::cache::entry::Entry;
 pub(crate) type Published = (Arc<Entry>, Option<SystemTime>);
 
 /// What a leader publishes (`None` until it does).
-type Outcome = Option<Shared>;
+type Outcome = Option<LeaderOutcome>;
 
 /// A leader's published outcome.
 #[derive(Clone)]
-enum Shared {
+enum LeaderOutcome {
     /// Its entry.
     Entry(Published),
     /// Nothing to share (its response is not stored).
@@ -185,16 +185,16 @@ impl Leader {
     /// the entry is in the backend (or will not be), so later requests find it there.
     pub(crate) fn publish(&self, published: Option<Published>) {
         self.leave();
-        let _ = self
-            .tx
-            .send(Some(published.map_or(Shared::Nothing, Shared::Entry)));
+        let _ = self.tx.send(Some(
+            published.map_or(LeaderOutcome::Nothing, LeaderOutcome::Entry),
+        ));
     }
 
     /// Ends the flight with nothing to share because of what the leader's request was
     /// (see [`Waited::Declined`]).
     pub(crate) fn decline(&self, credentials: bool) {
         self.leave();
-        let _ = self.tx.send(Some(Shared::Declined { credentials }));
+        let _ = self.tx.send(Some(LeaderOutcome::Declined { credentials }));
     }
 
     fn leave(&self) {
@@ -263,20 +263,20 @@ pub(crate) enum Waited {
 pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
     let joined = follower.joined;
     match wait_published(follower, timeout).await {
-        Some(Shared::Entry((_, Some(since)))) if joined >= since => {
+        Some(LeaderOutcome::Entry((_, Some(since)))) if joined >= since => {
             tracing::debug!("the response waited for predates a purge this request followed");
             Waited::Overtaken
         }
-        Some(Shared::Entry((entry, _))) => Waited::Entry(entry),
-        Some(Shared::Nothing) => Waited::Nothing,
-        Some(Shared::Declined { credentials }) => Waited::Declined { credentials },
+        Some(LeaderOutcome::Entry((entry, _))) => Waited::Entry(entry),
+        Some(LeaderOutcome::Nothing) => Waited::Nothing,
+        Some(LeaderOutcome::Declined { credentials }) => Waited::Declined { credentials },
         None => Waited::Abandoned,
     }
 }
 
-/// The leader's outcome: `Some(shared)`, or `None` when it went without publishing;
-/// `Some(Shared::Nothing)` when the wait timed out.
-async fn wait_published(follower: Follower, timeout: Duration) -> Option<Shared> {
+/// The leader's outcome: `Some(outcome)`, or `None` when it went without publishing;
+/// `Some(LeaderOutcome::Nothing)` when the wait timed out.
+async fn wait_published(follower: Follower, timeout: Duration) -> Option<LeaderOutcome> {
     let mut rx = follower.rx.clone();
     let waited = tokio::time::timeout(timeout, async {
         loop {
@@ -290,7 +290,7 @@ async fn wait_published(follower: Follower, timeout: Duration) -> Option<Shared>
         }
     })
     .await;
-    waited.unwrap_or(Some(Shared::Nothing))
+    waited.unwrap_or(Some(LeaderOutcome::Nothing))
 }
 
 #[cfg(test)]
