@@ -6,7 +6,7 @@ use http::{Extensions, HeaderMap, Uri};
 
 use super::config::Config;
 use super::key::Canonical;
-use super::storage::Storage;
+use super::storage::{Storage, parse_tags};
 use crate::backend::{Backend, BackendError};
 
 /// Why a purge did not happen.
@@ -16,6 +16,10 @@ pub enum PurgeError {
     /// The URI is not absolute (`http://host/path`), or a key function declined it.
     #[error("cannot purge {0:?}: an absolute http(s) URI is needed")]
     InvalidUri(String),
+    /// The tag is not one tag as the tag header names them (empty, or holding white space
+    /// or a comma, or longer than 128 bytes): no entry can carry it.
+    #[error("cannot purge tag {0:?}: no entry can carry it (one tag, no white space or comma, at most 128 bytes)")]
+    InvalidTag(String),
     /// The backend failed or timed out; nothing may have been purged.
     #[error("purge failed: {0}")]
     Backend(#[from] BackendError),
@@ -84,7 +88,17 @@ impl<B: Backend> Purger<B> {
     }
 
     /// Invalidates every entry stored with `tag` (in this namespace).
+    ///
+    /// `tag` is one tag as the tag header names it: a value no entry can carry (empty,
+    /// holding white space or a comma, longer than 128 bytes) is refused with
+    /// [`PurgeError::InvalidTag`] rather than purging nothing.
     pub async fn purge_tag(&self, tag: &str) -> Result<(), PurgeError> {
+        // The tag header is read split on white space and commas: `"news\n"` from a file
+        // or `"news sports"` would bump a generation no entry reads, and an `Ok` for it
+        // would be a purge that returned and left the pages tagged `news` served.
+        if !is_one_tag(tag) {
+            return Err(PurgeError::InvalidTag(tag.to_string()));
+        }
         self.storage.purge_tag(tag).await?;
         tracing::debug!(tag, "tag purged");
         Ok(())
@@ -109,4 +123,9 @@ impl<B: Backend> Purger<B> {
         tracing::debug!("backend flushed");
         Ok(())
     }
+}
+
+/// Whether `tag` is read from a tag header as itself, alone.
+fn is_one_tag(tag: &str) -> bool {
+    parse_tags([tag]).is_some_and(|tags| matches!(tags.as_slice(), [one] if one == tag))
 }

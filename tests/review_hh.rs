@@ -1,0 +1,96 @@
+//! Review HH: a gap-finding review of the surfaces the earlier reviews touched least: the
+//! purge API's input (an operator's tags and URIs, spelled as scripts and files spell
+//! them), the proxy's command line, 304s and HEADs that would relabel a stored body, and
+//! the near tier's answers to conditional and ranged requests. Each test fails if the
+//! attack (or the operator's slip) works.
+//!
+//! - A tag purge answered `Ok` for a tag no entry can carry (`"news\n"` read from a file,
+//!   `" news"`, `"news,sports"`, `"news sports"`): the tag header is read split on white
+//!   space and commas, so such a "tag" named no entry, and the purge that returned left
+//!   every page tagged `news` served. A purge that returned must hold.
+
+mod support;
+
+use http::{Method, StatusCode};
+
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CacheMode, PurgeError};
+
+use support::Watch;
+use support::personal::{Origin, Reply, Seen, Svc};
+
+fn service_of<B: Backend>(layer: MemcacheLayer<B>, origin: &Origin) -> (Svc, Watch) {
+    support::personal::service_of(layer, origin, "review-hh")
+}
+
+async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &[u8])]) -> Seen {
+    support::personal::send(svc, method, "review-hh.test", path, headers).await
+}
+
+async fn get(svc: &Svc, path: &str, headers: &[(&str, &[u8])]) -> Seen {
+    send(svc, Method::GET, path, headers).await
+}
+
+fn cache_status(seen: &Seen) -> &str {
+    seen.headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+// ---------------------------------------------------------------------------------------
+// The purge API's input
+// ---------------------------------------------------------------------------------------
+
+/// An operator's purge script reads the tag from a file or a form (`"news\n"`, `" news"`),
+/// or passes the header's own list (`"news sports"`, `"news,sports"`). Each names no tag
+/// an entry can carry (the tag header is split on white space and commas), so an `Ok` for
+/// it is a purge that returned and did not hold: the pages tagged `news` stayed. Such a
+/// tag is refused; a tag as the header carries it purges.
+#[tokio::test]
+async fn a_tag_purge_that_returns_ok_reaches_the_tagged_pages() {
+    let origin = Origin::new(|_, n| {
+        Reply::ok(
+            &[
+                ("cache-control", b"max-age=600"),
+                ("surrogate-key", b"news sports"),
+            ],
+            &format!("version {n}"),
+        )
+    });
+    let layer = MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin);
+    let purger = layer.clone().namespace("review-hh").purger();
+    let (svc, watch) = service_of(layer, &origin);
+    for spelling in ["news\n", " news", "news ", "news,sports", "news sports", "", "\t"] {
+        let before = get(&svc, "/front", &[]).await;
+        watch.settled().await;
+        let cached = get(&svc, "/front", &[]).await;
+        assert_eq!(cached.body, before.body, "{spelling:?}: not cached");
+        match purger.purge_tag(spelling).await {
+            Ok(()) => {
+                let after = get(&svc, "/front", &[]).await;
+                assert_ne!(
+                    after.body,
+                    before.body,
+                    "purge_tag({spelling:?}) returned Ok and the page tagged news is still \
+                     served ({})",
+                    cache_status(&after)
+                );
+            }
+            Err(PurgeError::InvalidTag(tag)) => assert_eq!(tag, spelling),
+            Err(other) => panic!("{spelling:?}: {other}"),
+        }
+        watch.settled().await;
+    }
+    // The tags as the header names them purge.
+    for tag in ["news", "sports"] {
+        let before = get(&svc, "/front", &[]).await;
+        watch.settled().await;
+        purger.purge_tag(tag).await.unwrap();
+        let after = get(&svc, "/front", &[]).await;
+        assert_ne!(after.body, before.body, "{tag}");
+        assert_eq!(after.status, StatusCode::OK);
+        watch.settled().await;
+    }
+}
