@@ -8,6 +8,9 @@
 //!   `" news"`, `"news,sports"`, `"news sports"`): the tag header is read split on white
 //!   space and commas, so such a "tag" named no entry, and the purge that returned left
 //!   every page tagged `news` served. A purge that returned must hold.
+//!
+//! - `--upstream http://user:secret@origin` was taken, and the secret went out in the
+//!   `Host` of every request (`--upstream-host`) and into the proxy's log lines.
 
 mod support;
 
@@ -62,7 +65,15 @@ async fn a_tag_purge_that_returns_ok_reaches_the_tagged_pages() {
     let layer = MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin);
     let purger = layer.clone().namespace("review-hh").purger();
     let (svc, watch) = service_of(layer, &origin);
-    for spelling in ["news\n", " news", "news ", "news,sports", "news sports", "", "\t"] {
+    for spelling in [
+        "news\n",
+        " news",
+        "news ",
+        "news,sports",
+        "news sports",
+        "",
+        "\t",
+    ] {
         let before = get(&svc, "/front", &[]).await;
         watch.settled().await;
         let cached = get(&svc, "/front", &[]).await;
@@ -92,5 +103,56 @@ async fn a_tag_purge_that_returns_ok_reaches_the_tagged_pages() {
         assert_ne!(after.body, before.body, "{tag}");
         assert_eq!(after.status, StatusCode::OK);
         watch.settled().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy's command line
+// ---------------------------------------------------------------------------------------
+
+/// `--upstream http://user:secret@origin` was taken: the proxy sent no credentials (it
+/// speaks no authentication to the origin) but carried them in the upstream's authority,
+/// so `--upstream-host` sent `Host: user:secret@origin` (a `Host` RFC 9110 §7.2 forbids,
+/// which origins log or refuse) and the startup line and every "upstream request failed"
+/// warning printed the secret. Such a URL is refused at startup, as a path is.
+#[test]
+fn an_upstream_with_user_information_is_refused_at_startup() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    for upstream in [
+        "http://user:secret@127.0.0.1:9",
+        "http://user@127.0.0.1:9",
+        "http://@127.0.0.1:9",
+    ] {
+        let listen = format!("127.0.0.1:{}", support::free_port());
+        let mut child = Command::new(support::proxy::proxy_binary())
+            .args([
+                "--listen",
+                &listen,
+                "--upstream",
+                upstream,
+                "--upstream-host",
+            ])
+            .args(["--threads", "1", "--access-log", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A refused flag exits at once; one taken leaves the proxy serving.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let status = status.unwrap_or_else(|| panic!("--upstream {upstream} was taken"));
+        assert_eq!(status.code(), Some(2), "--upstream {upstream}");
     }
 }

@@ -18,7 +18,9 @@ pub enum PurgeError {
     InvalidUri(String),
     /// The tag is not one tag as the tag header names them (empty, or holding white space
     /// or a comma, or longer than 128 bytes): no entry can carry it.
-    #[error("cannot purge tag {0:?}: no entry can carry it (one tag, no white space or comma, at most 128 bytes)")]
+    #[error(
+        "cannot purge tag {0:?}: no entry can carry it (one tag, no white space or comma, at most 128 bytes)"
+    )]
     InvalidTag(String),
     /// The backend failed or timed out; nothing may have been purged.
     #[error("purge failed: {0}")]

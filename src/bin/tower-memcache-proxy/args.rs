@@ -28,7 +28,8 @@ use tower_memcache::cache::CDN_CACHE_CONTROL;
 pub(crate) struct Args {
     /// The origin to forward requests to: http://HOST or http://HOST:PORT.
     ///
-    /// Plain HTTP only (no TLS to the origin) and no path prefix. One origin per process.
+    /// Plain HTTP only (no TLS to the origin), no user information and no path prefix. One
+    /// origin per process.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
     pub(crate) upstream: Uri,
 
@@ -356,8 +357,15 @@ pub(crate) fn parse_upstream(text: &str) -> Result<Uri, String> {
     if uri.scheme() != Some(&Scheme::HTTP) {
         return Err("only http:// origins are supported".into());
     }
-    if uri.authority().is_none() {
+    let Some(authority) = uri.authority() else {
         return Err("no host".into());
+    };
+    // The proxy authenticates to no origin: user information would only be carried
+    // along, into `Host` (`--upstream-host`) and the log lines that name the upstream.
+    if authority.as_str().contains('@') {
+        return Err(
+            "user information (user:password@) is not supported; give http://host[:port]".into(),
+        );
     }
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err("a path prefix is not supported; give http://host[:port]".into());
@@ -403,5 +411,9 @@ mod tests {
             Some((1 << 30, Duration::from_millis(500)))
         );
         assert!(parse_near_cache("64M,never").is_err());
+
+        assert!(parse_upstream("http://origin:8080").is_ok());
+        assert!(parse_upstream("http://user:secret@origin:8080").is_err());
+        assert!(parse_upstream("http://@origin").is_err());
     }
 }
