@@ -156,3 +156,49 @@ fn an_upstream_with_user_information_is_refused_at_startup() {
         assert_eq!(status.code(), Some(2), "--upstream {upstream}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Held: a HEAD's error is never the GET's (a regression test)
+// ---------------------------------------------------------------------------------------
+
+/// GET and HEAD share a key. A framework that answers HEAD 405 on a GET route (Starlette's
+/// `@app.get`), behind an origin stamping `public, max-age=600` on everything, must not
+/// have that 405 stored for the GETs, on a miss or as the refresh of a stale entry.
+#[tokio::test]
+async fn a_heads_405_never_answers_the_gets() {
+    let origin = Origin::new(|request, _| {
+        let mut reply = Reply::ok(
+            &[("cache-control", b"public, max-age=0"), ("etag", b"\"v1\"")],
+            "page",
+        );
+        if request.method() == Method::HEAD {
+            reply.status = 405;
+            reply.headers = vec![("cache-control", b"public, max-age=600".to_vec())];
+        }
+        reply
+    });
+    let layer = MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin);
+    let (svc, watch) = service_of(layer, &origin);
+    // On a miss.
+    assert_eq!(
+        send(&svc, Method::HEAD, "/a", &[]).await.status.as_u16(),
+        405
+    );
+    watch.settled().await;
+    let page = get(&svc, "/a", &[]).await;
+    assert_eq!((page.status, page.body.as_str()), (StatusCode::OK, "page"));
+    watch.settled().await;
+    // On a stale entry (max-age=0: every reuse revalidates).
+    assert_eq!(
+        send(&svc, Method::HEAD, "/a", &[]).await.status.as_u16(),
+        405
+    );
+    watch.settled().await;
+    let page = get(&svc, "/a", &[]).await;
+    assert_eq!(
+        (page.status, page.body.as_str()),
+        (StatusCode::OK, "page"),
+        "{}",
+        cache_status(&page)
+    );
+}
