@@ -115,11 +115,20 @@ impl<B: Backend> Storage<B> {
             return failed;
         };
         let route = to.key.as_str();
-        let tag_names: Vec<String> = if tags.is_empty() {
+        let mut tag_names: Vec<String> = if tags.is_empty() {
             meta.tags.iter().map(|(tag, _)| tag.clone()).collect()
         } else {
             tags.to_vec()
         };
+        // The tags the entry will carry; those after them are only checked: a refresh whose
+        // 304 names other tags keeps a body stored under the entry's, and a purge of one of
+        // those since the request went out is a purge of that body, whatever the 304 says.
+        let carried = tag_names.len();
+        if !tags.is_empty() {
+            let dropped = meta.tags.iter().map(|(tag, _)| tag);
+            let dropped: Vec<String> = dropped.filter(|t| !tags.contains(t)).cloned().collect();
+            tag_names.extend(dropped);
+        }
         let tag_keys: Vec<String> = tag_names.iter().map(|tag| self.tag_key(tag)).collect();
         let mut keys: Vec<&str> = vec![route, &self.generation_key];
         keys.extend(tag_keys.iter().map(String::as_str));
@@ -143,7 +152,7 @@ impl<B: Backend> Storage<B> {
         // or an eviction took its purges with it, and followers that joined after such a
         // purge must not take the read as proof that none came.
         let mut vouched = true;
-        for (tag, key) in tag_names.iter().zip(&tag_keys) {
+        for (position, (tag, key)) in tag_names.iter().zip(&tag_keys).enumerate() {
             let (value, purged_at) = match now.get(key.as_str()).and_then(parse_tag_mark) {
                 Some((created, None)) => {
                     if created.saturating_add(nanos_of(margin(created))) > requested_ns {
@@ -191,7 +200,9 @@ impl<B: Backend> Storage<B> {
                 // request and that one, with followers joining after it.
                 return superseded(to.requested);
             }
-            resolved.push((tag.clone(), value));
+            if position < carried {
+                resolved.push((tag.clone(), value));
+            }
         }
         let overtaken = (StoreOutcome::Overtaken, vouched);
         let failed_checked = (StoreOutcome::Failed, vouched);
