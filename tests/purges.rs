@@ -6,231 +6,28 @@
 
 mod support;
 
-use support::{Answer, Watch, assert_hit, stores};
+use support::db::{Db, Svc, get, joined, send, serves_only_the_new_version, service, spawn_get};
+use support::{Watch, assert_hit, stores};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::sync::{Notify, Semaphore};
-use tower::ServiceExt;
 use tower_memcache::backend::{
     Backend, BackendError, CasOutcome, Item, Lifetime, ServerStats, UnreachableReason,
 };
-use tower_memcache::cache::{CacheMode, MemcacheLayer, ResponseBody};
-
-/// Requests held at the origin until the test opens the gate; counts who arrived.
-struct Gate {
-    arrived: AtomicUsize,
-    notify: Notify,
-    open: Semaphore,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Self {
-            arrived: AtomicUsize::new(0),
-            notify: Notify::new(),
-            open: Semaphore::new(0),
-        }
-    }
-}
-
-impl Gate {
-    /// Waits until `n` requests in all have arrived (5 s at most).
-    async fn arrivals(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let notified = self.notify.notified();
-            if self.arrived.load(Ordering::SeqCst) >= n {
-                return;
-            }
-            tokio::time::timeout_at(deadline, notified)
-                .await
-                .unwrap_or_else(|_| panic!("{n} requests never reached the origin"));
-        }
-    }
-
-    fn open(&self) {
-        self.open.add_permits(Semaphore::MAX_PERMITS / 2);
-    }
-}
-
-type Fields = Vec<(&'static str, &'static str)>;
-
-/// The origin over a database: a response says which version it was produced from.
-#[derive(Clone, Default)]
-struct Db {
-    version: Arc<AtomicU64>,
-    calls: Arc<AtomicUsize>,
-    gate: Arc<Gate>,
-    gated: Arc<AtomicBool>,
-    /// Extra response fields per path.
-    fields: Arc<Mutex<HashMap<String, Fields>>>,
-}
-
-impl Db {
-    fn hold(&self) -> Arc<Gate> {
-        self.gated.store(true, Ordering::SeqCst);
-        Arc::clone(&self.gate)
-    }
-
-    fn bump(&self) {
-        self.version.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn fields(&self, path: &str, fields: &[(&'static str, &'static str)]) {
-        self.fields
-            .lock()
-            .unwrap()
-            .insert(path.to_string(), fields.to_vec());
-    }
-
-    async fn respond(&self, request: Request<()>) -> Response<Full<Bytes>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let version = self.version.load(Ordering::SeqCst);
-        if self.gated.load(Ordering::SeqCst) {
-            self.gate.arrived.fetch_add(1, Ordering::SeqCst);
-            self.gate.notify.notify_waiters();
-            if let Ok(permit) = self.gate.open.acquire().await {
-                permit.forget();
-            }
-        }
-        let path = request.uri().path().to_string();
-        let etag = format!("\"v{version}\"");
-        let mut response = if request.method() != Method::GET && request.method() != Method::HEAD {
-            Response::new(Full::new(Bytes::from("done")))
-        } else if request
-            .headers()
-            .get("if-none-match")
-            .is_some_and(|v| v.as_bytes() == etag.as_bytes())
-        {
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            response
-        } else {
-            let language = request
-                .headers()
-                .get("accept-language")
-                .map(|v| format!(" {}", v.to_str().unwrap_or("?")))
-                .unwrap_or_default();
-            let cors = if request.headers().contains_key("origin") {
-                " cors"
-            } else {
-                ""
-            };
-            Response::new(Full::new(Bytes::from(format!(
-                "{path} v{version}{language}{cors}"
-            ))))
-        };
-        let headers = response.headers_mut();
-        headers.insert("etag", HeaderValue::from_str(&etag).unwrap());
-        let fields = self.fields.lock().unwrap().get(&path).cloned();
-        match fields {
-            Some(fields) => {
-                for (name, value) in fields {
-                    headers.append(name, HeaderValue::from_static(value));
-                }
-            }
-            None => {
-                headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
-            }
-        }
-        // CORS answers name one more selecting header than the others.
-        if request.headers().contains_key("origin") {
-            headers.insert("vary", HeaderValue::from_static("accept-encoding, origin"));
-        }
-        response
-    }
-}
-
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
-
-fn service<B: Backend>(layer: &MemcacheLayer<B>, db: &Db) -> Svc {
-    let db = db.clone();
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let db = db.clone();
-            async move { Ok::<_, Infallible>(db.respond(request).await) }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
-}
+use tower_memcache::cache::{CacheMode, MemcacheLayer};
 
 fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
     support::layer(backend)
         .namespace("purges")
         .mode(CacheMode::Origin)
-}
-
-async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://site.example{path}"))
-        .body(())
-        .unwrap();
-    for (name, value) in headers {
-        request.headers_mut().append(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    let response = svc.clone().oneshot(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-async fn get(svc: &Svc, path: &str) -> Answer {
-    send(svc, Method::GET, path, &[]).await
-}
-
-/// Sends a GET in a task of its own.
-fn spawn_get(svc: &Svc, path: &str, headers: &[(&str, &str)]) -> tokio::task::JoinHandle<Answer> {
-    let (svc, path) = (svc.clone(), path.to_string());
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    tokio::spawn(async move {
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        send(&svc, Method::GET, &path, &headers).await
-    })
-}
-
-async fn joined(handle: tokio::task::JoinHandle<Answer>) -> Answer {
-    tokio::time::timeout(Duration::from_secs(10), handle)
-        .await
-        .expect("request finished")
-        .expect("request task")
-}
-
-/// After the purge, the page is the new version, from the origin and then from the cache.
-async fn serves_only_the_new_version(svc: &Svc, watch: &Watch, path: &str, new: &str) {
-    watch.settled().await;
-    let after = get(svc, path).await;
-    assert_eq!(after.body, new, "{}", after.cache_status());
-    watch.settled().await;
-    let again = get(svc, path).await;
-    assert_eq!(again.body, new);
-    assert_hit(again.cache_status());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -256,7 +53,7 @@ async fn a_uri_purge_during_a_fill_is_not_undone_by_its_store<B: Backend>(backen
         "/p v0",
         "its own client gets it"
     );
-    serves_only_the_new_version(&svc, &watch, "/p", "/p v1").await;
+    serves_only_the_new_version(&svc, &watch, "/p", &[], "/p v1").await;
 }
 
 async fn a_tag_purge_during_a_fill_is_not_undone_by_its_store<B: Backend>(backend: B) {
@@ -275,7 +72,7 @@ async fn a_tag_purge_during_a_fill_is_not_undone_by_its_store<B: Backend>(backen
     layer.purger().purge_tag("news").await.unwrap();
     gate.open();
     assert_eq!(joined(filling).await.body, "/t v0");
-    serves_only_the_new_version(&svc, &watch, "/t", "/t v1").await;
+    serves_only_the_new_version(&svc, &watch, "/t", &[], "/t v1").await;
 }
 
 async fn an_invalidation_by_a_post_during_a_fill_is_not_undone<B: Backend>(backend: B) {
@@ -298,7 +95,7 @@ async fn an_invalidation_by_a_post_during_a_fill_is_not_undone<B: Backend>(backe
     let post = joined(post).await;
     assert_eq!(post.status, StatusCode::OK);
     assert_eq!(joined(filling).await.body, "/p v0");
-    serves_only_the_new_version(&svc, &watch, "/p", "/p v1").await;
+    serves_only_the_new_version(&svc, &watch, "/p", &[], "/p v1").await;
 }
 
 async fn a_304_after_a_purge_does_not_bring_the_entry_back<B: Backend>(backend: B) {
@@ -341,7 +138,7 @@ async fn a_namespace_purge_during_the_first_fill_after_a_cold_start_holds<B: Bac
     layer.purger().purge_namespace().await.unwrap();
     gate.open();
     assert_eq!(joined(filling).await.body, "/cold v0");
-    serves_only_the_new_version(&svc, &watch, "/cold", "/cold v1").await;
+    serves_only_the_new_version(&svc, &watch, "/cold", &[], "/cold v1").await;
 }
 
 async fn a_flush_during_a_fill_is_not_undone_by_its_store<B: Backend>(backend: B) {
@@ -356,7 +153,7 @@ async fn a_flush_during_a_fill_is_not_undone_by_its_store<B: Backend>(backend: B
     layer.purger().purge_all().await.unwrap();
     gate.open();
     assert_eq!(joined(filling).await.body, "/p v0");
-    serves_only_the_new_version(&svc, &watch, "/p", "/p v1").await;
+    serves_only_the_new_version(&svc, &watch, "/p", &[], "/p v1").await;
 }
 
 /// A fill whose lookup timed out saw no generation: it must not be stored under one read
@@ -377,7 +174,7 @@ async fn a_namespace_purge_during_a_fill_whose_lookup_timed_out_holds() {
     layer.purger().purge_namespace().await.unwrap();
     gate.open();
     assert_eq!(joined(filling).await.body, "/slow v0");
-    serves_only_the_new_version(&svc, &watch, "/slow", "/slow v1").await;
+    serves_only_the_new_version(&svc, &watch, "/slow", &[], "/slow v1").await;
 }
 
 async fn a_request_sent_after_a_purge_does_not_join_the_older_flight<B: Backend>(backend: B) {
@@ -411,7 +208,7 @@ async fn a_request_sent_after_a_purge_does_not_join_the_older_flight<B: Backend>
         early.body
     );
     assert!(!late.cache_status().contains("collapsed"));
-    serves_only_the_new_version(&svc, &watch, "/f", "/f v1").await;
+    serves_only_the_new_version(&svc, &watch, "/f", &[], "/f v1").await;
 }
 
 async fn a_request_sent_after_a_tag_purge_does_not_get_the_older_flights_response<B: Backend>(
@@ -438,7 +235,7 @@ async fn a_request_sent_after_a_tag_purge_does_not_get_the_older_flights_respons
     assert_eq!(joined(first).await.body, "/g v0");
     let late = joined(late).await;
     assert_eq!(late.body, "/g v1", "{}", late.cache_status());
-    serves_only_the_new_version(&svc, &watch, "/g", "/g v1").await;
+    serves_only_the_new_version(&svc, &watch, "/g", &[], "/g v1").await;
 }
 
 async fn a_request_after_a_purge_does_not_get_a_background_refresh_begun_before_it<B: Backend>(

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 pub mod conformance;
+pub mod db;
 pub mod fake_memcached;
 pub mod origin;
 pub mod personal;
