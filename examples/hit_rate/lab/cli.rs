@@ -14,6 +14,7 @@ use tower_memcache::cache::DEFAULT_MAX_ENTRY_SIZE;
 use super::memcached;
 use super::replay::Settings;
 use super::report::{self, TraceSummary};
+use super::size::parse_size;
 use super::sweep::{self, Axes, NearTier, Point, Target};
 use super::trace::{self, Synthetic, Trace};
 
@@ -343,28 +344,6 @@ fn is_duration(token: &str) -> bool {
             unit.trim().to_ascii_lowercase().as_str(),
             "b" | "k" | "kb" | "kib" | "m" | "mb" | "mib" | "g" | "gb" | "gib"
         )
-}
-
-/// A byte count: digits, then optionally K, M or G (powers of 1024; "KiB", "KB" and "k"
-/// alike), as the proxy's `--near-cache` reads it. Four suffixes do not need a crate.
-fn parse_size(text: &str) -> Result<u64, String> {
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: a size is digits, then K, M or G"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M or G)")),
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?}: too large"))
 }
 
 /// `--synthetic`.

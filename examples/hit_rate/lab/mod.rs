@@ -14,5 +14,8 @@ pub mod cli;
 pub mod memcached;
 pub mod replay;
 pub mod report;
+// The proxy's own parser, so that a size reads the same in the lab and in `--near-cache`.
+#[path = "../../../src/bin/tower-memcache-proxy/size.rs"]
+pub mod size;
 pub mod sweep;
 pub mod trace;

@@ -9,6 +9,8 @@ use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
 use tower_memcache::cache::CDN_CACHE_CONTROL;
 
+use crate::size::parse_size;
+
 /// A caching reverse proxy (RFC 9111 shared cache) in front of one HTTP origin, storing
 /// responses in memcached.
 ///
@@ -299,29 +301,6 @@ pub(crate) fn parse_near_cache(text: &str) -> Result<NearSetting, String> {
     Ok(NearSetting(Some((size, staleness))))
 }
 
-/// A byte count: digits, then optionally K, M or G (powers of 1024, "KiB"/"KB"/"k" alike).
-/// Hand-written: four suffixes do not justify a dependency.
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: a size is digits, then K, M or G"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M or G)")),
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?}: too large"))
-}
-
 /// The longest duration a flag takes. Timeouts, the grace period and the near tier's
 /// staleness are added to clock readings (by the proxy, hyper and tokio), and
 /// `Instant + Duration` panics on overflow: `--shutdown-grace 18446744073709551615` made
@@ -379,13 +358,6 @@ mod tests {
 
     #[test]
     fn sizes_durations_and_the_near_cache_setting() {
-        assert_eq!(parse_size("512"), Ok(512));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("64 MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("12T").is_err());
-        assert!(parse_size("99999999999999G").is_err());
         let default_entry = usize::try_from(parse_size("1008K").unwrap()).unwrap();
         assert_eq!(default_entry, tower_memcache::cache::DEFAULT_MAX_ENTRY_SIZE);
 

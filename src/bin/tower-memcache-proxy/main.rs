@@ -105,6 +105,7 @@ mod connections;
 mod first_bytes;
 mod forward;
 mod log_sink;
+mod size;
 
 use std::error::Error;
 use std::net::SocketAddr;
