@@ -2,6 +2,7 @@
 //! its purger (which is why it lives apart from all three).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -55,6 +56,9 @@ pub(crate) struct Config<B> {
     pub(crate) own_request_body: Option<super::own_request::MakeBody>,
     /// The in-process tier in front of the backend, when there is one.
     pub(crate) near: Option<NearCache>,
+    /// The backend's outages the near tier's memory was last emptied for, shared by every
+    /// service of the layer (see `Storage::new`).
+    pub(crate) outages_seen: Arc<AtomicU64>,
 }
 
 impl<B: Backend> Config<B> {
@@ -68,6 +72,7 @@ impl<B: Backend> Config<B> {
             self.background.clone(),
             Arc::clone(&self.local_purges),
             self.near.clone(),
+            Arc::clone(&self.outages_seen),
         )
     }
 }

@@ -123,6 +123,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_REFRESHES)),
                 own_request_body: None,
                 near: None,
+                outages_seen: Arc::default(),
             },
         }
     }
@@ -283,6 +284,8 @@ impl<B: Backend> MemcacheLayer<B> {
     /// ```
     pub fn near_cache(mut self, near: super::NearCache) -> Self {
         self.config.near = Some(near);
+        // What was noted of outages was for the tier a clone of this layer may still have.
+        self.config.outages_seen = Arc::default();
         self
     }
 

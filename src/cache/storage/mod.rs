@@ -159,7 +159,10 @@ pub(crate) struct Storage<B> {
     /// The in-process tier: what this process purges, invalidates or stores leaves it.
     near: Option<NearCache>,
     /// The backend's [`Backend::outages`] when the near tier's memory of generations was
-    /// last known to predate none of them.
+    /// last known to predate none of them. The layer's, shared by all its services: the
+    /// proxy makes one per connection, and one that started from zero took an old outage
+    /// for a new one, emptying that memory and refusing every lookup under way, on every
+    /// thread, for each new connection.
     outages: Arc<AtomicU64>,
 }
 
@@ -172,6 +175,7 @@ impl<B: Backend> Storage<B> {
         background: Background,
         local_purges: Arc<LocalPurges>,
         near: Option<NearCache>,
+        outages: Arc<AtomicU64>,
     ) -> Self {
         let generation_key: Arc<str> = internal_key(namespace, "\0generation").into();
         // A server that comes back may have missed purges: its copy of the generation goes,
@@ -186,7 +190,7 @@ impl<B: Backend> Storage<B> {
             stats,
             background,
             near,
-            outages: Arc::new(AtomicU64::new(0)),
+            outages,
         }
     }
 
