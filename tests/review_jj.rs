@@ -151,7 +151,11 @@ async fn a_new_connection_after_an_outage_does_not_make_the_near_tier_forget() {
     let after_outage = send(&connection(&layer, &origin), Method::GET, "/b", &[]).await;
     assert_eq!(after_outage.cache_status(), "tower-memcache; hit");
     let again = send(&victim, Method::GET, "/b", &[]).await;
-    assert_eq!(again.cache_status(), "tower-memcache; hit", "kept across an outage");
+    assert_eq!(
+        again.cache_status(),
+        "tower-memcache; hit",
+        "kept across an outage"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -180,7 +184,8 @@ fn layer_with(backend: MemoryBackend, near: &Option<NearCache>) -> MemcacheLayer
 
 /// Whether answers of this tier come from it (then `detail=near`).
 fn answers_from_near(near: &Option<NearCache>) -> bool {
-    near.as_ref().is_some_and(|near| !near.max_staleness().is_zero())
+    near.as_ref()
+        .is_some_and(|near| !near.max_staleness().is_zero())
 }
 
 /// A page varying on `Accept-Language`, answered in the language the origin read (its
@@ -235,7 +240,10 @@ async fn near_tier_variants_conditionals_ranges_and_heads_answer_as_memcached_do
                 if round == 2 && answers_from_near(&near) {
                     assert_eq!(status, NEAR_HIT, "{label} {shape:?}");
                 } else {
-                    assert!(status.starts_with("tower-memcache; hit"), "{label} {status}");
+                    assert!(
+                        status.starts_with("tower-memcache; hit"),
+                        "{label} {status}"
+                    );
                 }
             }
         }
@@ -250,7 +258,13 @@ async fn near_tier_variants_conditionals_ranges_and_heads_answer_as_memcached_do
         };
         // A weak match answers If-None-Match (weak comparison), never If-Range (strong).
         let weak: &'static str = Box::leak(format!("W/{etag}").into_boxed_str());
-        let inm = send(&svc, Method::GET, "/page", &with(&[("if-none-match", weak)])).await;
+        let inm = send(
+            &svc,
+            Method::GET,
+            "/page",
+            &with(&[("if-none-match", weak)]),
+        )
+        .await;
         assert_eq!(inm.status, http::StatusCode::NOT_MODIFIED, "{label}");
         assert_eq!(inm.body, "", "{label}");
         let ranged = with(&[("range", "bytes=0-3"), ("if-range", weak)]);
@@ -391,7 +405,10 @@ fn until_hit(addr: std::net::SocketAddr, path: &str) -> String {
         if cache_status_of(&response).starts_with("tower-memcache; hit") {
             return response;
         }
-        assert!(std::time::Instant::now() < deadline, "never a hit: {response}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never a hit: {response}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

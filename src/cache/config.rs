@@ -2,7 +2,6 @@
 //! its purger (which is why it lives apart from all three).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -12,7 +11,7 @@ use super::fill::FillBudget;
 use super::key::Canonical;
 use super::near::NearCache;
 use super::single_flight::SingleFlight;
-use super::storage::{LocalPurges, Storage};
+use super::storage::{LayerMemory, Storage};
 use crate::backend::Backend;
 use crate::cache::policy::Policy;
 use crate::cache::stats::CacheStats;
@@ -50,15 +49,12 @@ pub(crate) struct Config<B> {
     /// Background (stale-while-revalidate) refreshes under way (bounded).
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     /// Tag purges made by this layer and its purgers, recently.
-    pub(crate) local_purges: Arc<LocalPurges>,
+    pub(crate) memory: LayerMemory,
     /// Makes the body of the layer's own requests (a range miss's whole-representation
     /// GET); `None`: a few common body types only.
     pub(crate) own_request_body: Option<super::own_request::MakeBody>,
     /// The in-process tier in front of the backend, when there is one.
     pub(crate) near: Option<NearCache>,
-    /// The backend's outages the near tier's memory was last emptied for, shared by every
-    /// service of the layer (see `Storage::new`).
-    pub(crate) outages_seen: Arc<AtomicU64>,
 }
 
 impl<B: Backend> Config<B> {
@@ -70,9 +66,8 @@ impl<B: Backend> Config<B> {
             self.lookup_timeout,
             self.stats.clone(),
             self.background.clone(),
-            Arc::clone(&self.local_purges),
+            self.memory.clone(),
             self.near.clone(),
-            Arc::clone(&self.outages_seen),
         )
     }
 }
