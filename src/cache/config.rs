@@ -11,7 +11,7 @@ use super::fill::FillBudget;
 use super::key::Canonical;
 use super::near::NearCache;
 use super::single_flight::SingleFlight;
-use super::storage::{LocalPurges, Storage};
+use super::storage::{LayerMemory, Storage};
 use crate::backend::Backend;
 use crate::cache::policy::Policy;
 use crate::cache::stats::CacheStats;
@@ -49,7 +49,7 @@ pub(crate) struct Config<B> {
     /// Background (stale-while-revalidate) refreshes under way (bounded).
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     /// Tag purges made by this layer and its purgers, recently.
-    pub(crate) local_purges: Arc<LocalPurges>,
+    pub(crate) memory: LayerMemory,
     /// Makes the body of the layer's own requests (a range miss's whole-representation
     /// GET); `None`: a few common body types only.
     pub(crate) own_request_body: Option<super::own_request::MakeBody>,
@@ -66,7 +66,7 @@ impl<B: Backend> Config<B> {
             self.lookup_timeout,
             self.stats.clone(),
             self.background.clone(),
-            Arc::clone(&self.local_purges),
+            self.memory.clone(),
             self.near.clone(),
         )
     }

@@ -14,6 +14,7 @@ use super::key::{Canonical, KeyFn};
 use super::purge::Purger;
 use super::service::{Memcache, Shared};
 use super::single_flight::SingleFlight;
+use super::storage::LayerMemory;
 use crate::backend::{Backend, DEFAULT_ITEM_SIZE_LIMIT};
 use crate::cache::policy::freshness::Heuristic;
 use crate::cache::policy::{CacheMode, Policy, RouteAction, RouteMatch, RouteRule};
@@ -118,7 +119,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 flights: SingleFlight::default(),
                 fill_budget: FillBudget::new(DEFAULT_FILL_BUFFER),
                 background: Background::default(),
-                local_purges: Arc::default(),
+                memory: LayerMemory::default(),
                 whole_fills: Arc::new(tokio::sync::Semaphore::new(MAX_WHOLE_FILLS)),
                 refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_REFRESHES)),
                 own_request_body: None,
@@ -283,6 +284,8 @@ impl<B: Backend> MemcacheLayer<B> {
     /// ```
     pub fn near_cache(mut self, near: super::NearCache) -> Self {
         self.config.near = Some(near);
+        // What was noted of outages was for the tier a clone of this layer may still have.
+        self.config.memory.outages = Arc::default();
         self
     }
 

@@ -146,6 +146,16 @@ impl Slot {
     }
 }
 
+/// What the services and purgers of one layer share beside the backend: the tag purges
+/// it made recently, and the backend's outages the near tier's memory was last emptied
+/// for (shared: the proxy makes a service per connection, and one that counted from zero
+/// took an old outage for a new one).
+#[derive(Clone, Default)]
+pub(crate) struct LayerMemory {
+    pub(crate) purges: Arc<LocalPurges>,
+    pub(crate) outages: Arc<AtomicU64>,
+}
+
 /// The backend, seen through the cache's key layout.
 #[derive(Clone)]
 pub(crate) struct Storage<B> {
@@ -159,7 +169,7 @@ pub(crate) struct Storage<B> {
     /// The in-process tier: what this process purges, invalidates or stores leaves it.
     near: Option<NearCache>,
     /// The backend's [`Backend::outages`] when the near tier's memory of generations was
-    /// last known to predate none of them.
+    /// last known to predate none of them (the layer's: see [`LayerMemory`]).
     outages: Arc<AtomicU64>,
 }
 
@@ -170,7 +180,7 @@ impl<B: Backend> Storage<B> {
         timeout: Duration,
         stats: CacheStats,
         background: Background,
-        local_purges: Arc<LocalPurges>,
+        memory: LayerMemory,
         near: Option<NearCache>,
     ) -> Self {
         let generation_key: Arc<str> = internal_key(namespace, "\0generation").into();
@@ -179,14 +189,14 @@ impl<B: Backend> Storage<B> {
         backend.reset_on_rejoin(&generation_key);
         Self {
             generation_key,
-            local_purges,
+            local_purges: memory.purges,
             namespace: namespace.into(),
             backend,
             timeout,
             stats,
             background,
             near,
-            outages: Arc::new(AtomicU64::new(0)),
+            outages: memory.outages,
         }
     }
 
