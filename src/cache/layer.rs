@@ -490,6 +490,12 @@ impl<B: Backend> MemcacheLayer<B> {
 
     /// A handle that purges entries of this layer's namespace: one URL, one tag, the whole
     /// namespace, or everything in the backend.
+    ///
+    /// It purges what the layer is configured with when it is taken: take it from the
+    /// finished layer. One taken before [`namespace`](Self::namespace) purges the old
+    /// namespace, and one taken before [`near_cache`](Self::near_cache) does not empty
+    /// this process's near tier (its purges then reach the tier only within
+    /// `max_staleness`, as another process's do).
     pub fn purger(&self) -> Purger<B> {
         Purger::new(&self.config)
     }
