@@ -256,6 +256,34 @@ async fn processes_with_near_tiers_see_each_others_changes<B: Backend + Clone>(b
     }
 }
 
+/// A tag purge by this process empties its near tier of the tag's pages at once, also of
+/// a page another process has tagged since this tier kept it: the tier's copy (tagged
+/// `first`) is the page the operator purged by `second`, which memcached's entry names now.
+async fn a_local_tag_purge_reaches_a_page_another_process_tagged_since<B: Backend + Clone>(
+    backend: B,
+) {
+    let db = Db::default();
+    let tagged = |tag: &'static str| [("cache-control", "max-age=600"), ("surrogate-key", tag)];
+    db.fields("/u", &tagged("first"));
+    let a = process(backend.clone(), Duration::from_secs(3600));
+    let b = process(backend, Duration::ZERO);
+    let (a_watch, b_watch) = (Watch::of(&a), Watch::of(&b));
+    let (a_svc, b_svc) = (service(&a, &db), service(&b, &db));
+    warm(&a_svc, &a_watch, "/u", "v0").await;
+    // Another process fetches the page anew (its client asked for `no-cache`), now tagged
+    // `second`, and stores it.
+    db.bump();
+    db.fields("/u", &tagged("second"));
+    let refetched = send(&b_svc, Method::GET, "/u", &[("cache-control", "no-cache")]).await;
+    assert_eq!(refetched.body, "/u v1");
+    stores(&b_watch, 1).await;
+    // This process purges `second`: the page must come from the origin.
+    db.bump();
+    a.purger().purge_tag("second").await.unwrap();
+    let after = get(&a_svc, "/u").await;
+    assert_eq!(after.body, "/u v2", "{}", after.cache_status());
+}
+
 /// memcached restarted empty under a process with a near tier (bound zero): generations
 /// and store epochs are gone and made again, and what the tier holds from before is not
 /// vouched for by them; a tag purge by another process after the restart holds for it.
@@ -302,4 +330,5 @@ on_every_backend!("review_ii";
     a_variant_fill_during_an_invalidation_of_its_url_is_not_undone,
     a_variant_refresh_during_a_namespace_purge_is_not_undone,
     processes_with_near_tiers_see_each_others_changes,
+    a_local_tag_purge_reaches_a_page_another_process_tagged_since,
 );

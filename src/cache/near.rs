@@ -176,6 +176,10 @@ struct Kept {
     read: Instant,
     /// The store epoch it was read against, when one was known before the read.
     basis: Option<Basis>,
+    /// The tier's clearings (`Inner::cleared`) when its check began. A tag purge by this
+    /// process since may reach it though the tags it holds do not name the tag (another
+    /// process's refresh may have tagged the page since): it is checked again first.
+    cleared: u64,
 }
 
 /// What an entry was read against: its server, and that server's store epoch for the
@@ -401,12 +405,13 @@ impl NearCache {
         };
         let now = Instant::now();
         let bound = self.inner.max_staleness;
+        let cleared = self.inner.cleared.load(Ordering::SeqCst);
         let mut lapsed = None;
         for kept in &slot.kept {
             if !stored::selects(&kept.entry.meta, canonical, request_headers) {
                 continue;
             }
-            if now.saturating_duration_since(kept.checked) <= bound {
+            if kept.cleared == cleared && now.saturating_duration_since(kept.checked) <= bound {
                 return Near::Current(Arc::clone(&kept.entry));
             }
             // A renewal answers it for up to a window more: offered only while that
@@ -439,6 +444,8 @@ impl NearCache {
             return;
         };
         renewed.checked = renewed.checked.max(mark.at);
+        // Unchanged since `mark` (checked above): the confirmation saw every clearing.
+        renewed.cleared = mark.cleared;
         let slot = Slot {
             kept,
             weight: slot.weight,
@@ -477,6 +484,7 @@ impl NearCache {
             checked: mark.at,
             read: mark.at,
             basis,
+            cleared: mark.cleared,
         };
         let fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
         if self.changed_since(key, mark) {
@@ -526,13 +534,14 @@ impl NearCache {
         self.inner.changes[stripe(key)].fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A purge of the tag `tag` (whose generation lives under `key`) by this process:
-    /// every URL holding an entry with it goes, and so do its generations remembered.
-    pub(crate) fn forget_tag(&self, tag: &str, key: &str) {
+    /// A purge of the tag `tag` by this process: every URL holding an entry with it goes.
+    /// So do the generations and store epochs remembered, and every other entry is checked
+    /// in memcached before it is answered again: another process may have tagged its page
+    /// with `tag` since the tier kept it (a refresh or a new fill: its store epoch moved),
+    /// and only a store epoch read after the purge shows that.
+    pub(crate) fn forget_tag(&self, tag: &str) {
         let _fence = self.inner.fence.write().unwrap_or_else(|p| p.into_inner());
-        self.inner
-            .generations
-            .retain(|remembered, _| &*remembered.key != key);
+        self.inner.generations.clear();
         self.inner.slots.retain(|_, slot| {
             !slot
                 .kept
@@ -703,7 +712,7 @@ mod tests {
         );
         // A tag or namespace purge concerns every key.
         for purge in [NearCache::forget_all as fn(&NearCache), |near| {
-            near.forget_tag("t", "tk")
+            near.forget_tag("t")
         }] {
             let mark = near.mark("k");
             purge(&near);
@@ -742,7 +751,7 @@ mod tests {
     fn a_lookup_that_started_before_a_purge_leaves_no_generation() {
         let near = NearCache::new(1 << 20, Duration::from_secs(5));
         for purge in [NearCache::forget_all as fn(&NearCache), |near| {
-            near.forget_tag("t", "tk")
+            near.forget_tag("t")
         }] {
             let mark = near.mark("k");
             purge(&near);
@@ -755,16 +764,44 @@ mod tests {
         near.forget("k");
         near.remember(0, &[("g", 1)], mark);
         assert!(near.generation(0, "g").is_some());
-        // A tag purge drops that tag's generations (on every server), not the others.
+        // A tag purge drops every generation and store epoch remembered, on every server:
+        // another process may have tagged a page with it since they were read.
         near.remember(0, &[("tk", 2), ("other", 3)], near.mark("k"));
         near.remember(1, &[("tk", 2)], near.mark("k"));
-        near.forget_tag("t", "tk");
-        assert!(near.generation(0, "tk").is_none());
-        assert!(near.generation(1, "tk").is_none());
-        assert!(near.generation(0, "other").is_some());
-        assert!(near.generation(0, "g").is_some());
-        near.forget_all();
-        assert!(near.generation(0, "g").is_none());
+        near.forget_tag("t");
+        for (server, key) in [(0, "tk"), (1, "tk"), (0, "other"), (0, "g")] {
+            assert!(near.generation(server, key).is_none(), "{server} {key}");
+            assert!(near.epoch(server, key).is_none(), "{server} {key}");
+        }
+    }
+
+    #[test]
+    fn a_local_tag_purge_has_every_entry_checked_again() {
+        let near = NearCache::new(1 << 20, Duration::from_secs(60));
+        let entry = bare_entry();
+        let canonical = entry.meta.canonical_key.clone();
+        let basis = Basis {
+            server: 0,
+            epoch: 1,
+        };
+        near.keep("k", &entry, false, near.mark("k"), Some(basis));
+        let current = near.get("k", &canonical, &HeaderMap::new()).current();
+        let kept = current.expect("current before the purge");
+        // Not tagged with `t`: kept, but no longer answered without a check.
+        near.forget_tag("t");
+        assert_eq!(near.entries(), 1);
+        let Near::Lapsed(lapsed, offered) = near.get("k", &canonical, &HeaderMap::new()) else {
+            panic!("to be confirmed after the purge");
+        };
+        assert!(Arc::ptr_eq(&lapsed, &kept));
+        assert_eq!(offered, basis);
+        // A confirmation that began after the purge answers it again.
+        near.renew("k", &lapsed, near.mark("k"));
+        assert!(
+            near.get("k", &canonical, &HeaderMap::new())
+                .current()
+                .is_some()
+        );
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl<B: Backend> Storage<B> {
         let key = self.tag_key(tag);
         let bumped = self.bump(&key).await;
         if let Some(near) = &self.near {
-            near.forget_tag(tag, &key);
+            near.forget_tag(tag);
         }
         bumped
     }
