@@ -15,7 +15,7 @@ use crate::cache::entry::{
 use crate::cache::near::{Basis, Mark, NearCache, Seen};
 use crate::cache::stored;
 
-use super::{Slot, Storage, decode, parse_generation, placements, unique};
+use super::{Slot, Storage, parse_generation, placements, unique};
 
 /// What a lookup found.
 pub(crate) enum Lookup {
@@ -290,7 +290,7 @@ impl<B: Backend> Storage<B> {
             return Some((None, None));
         };
         match item.flags {
-            FLAG_HTTP_ENTRY => Some((decode(item.value), None)),
+            FLAG_HTTP_ENTRY => Some((self.decode(item.value), None)),
             FLAG_VARIANT_INDEX => match decode_index(&item.value) {
                 Ok(index) if index.canonical_key == canonical && !index.name_sets.is_empty() => {
                     let keys = self.variant_keys(&index, request_headers);
@@ -307,7 +307,7 @@ impl<B: Backend> Storage<B> {
                         .into_iter()
                         .flatten()
                         .filter(|item| item.flags == FLAG_HTTP_ENTRY)
-                        .filter_map(|item| decode(item.value))
+                        .filter_map(|item| self.decode(item.value))
                         .filter(|entry| stored::selects(&entry.meta, canonical, request_headers))
                         .reduce(|best, entry| {
                             if entry.meta.vary.len() > best.meta.vary.len() {

@@ -1,0 +1,183 @@
+//! Review KK: a reflecting origin and a hostile memcached, at the layer's level.
+//!
+//! - What the layer reads of memcached under its own keys: entries whose fields the layer
+//!   never writes (a cookie kept while the layer shared cookies, then replayed after the
+//!   operator turned that off; hop-by-hop fields), generations and tag marks that are not
+//!   numbers, a tag purged by a process whose clock runs far ahead, a placeholder waited
+//!   for until the end of time. A bad value is a miss, and costs a miss, not the cache.
+//! - What an origin that reflects request input into the response fields the cache reads
+//!   (`Cache-Control`, the tag header, `Location`) can make the cache do.
+//!
+//! Each test fails if the defect it names returns.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use tower::Layer;
+
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
+use tower_memcache::cache::FLAG_HTTP_ENTRY;
+use tower_memcache::key::build_key;
+
+use support::{Answer, Watch, assert_hit, send};
+
+const NAMESPACE: &str = "review-kk";
+
+fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
+    support::layer(backend).namespace(NAMESPACE)
+}
+
+fn primary_key(url: &str) -> String {
+    build_key(Some(NAMESPACE), &format!("GET {url}")[..])
+}
+
+/// An origin that answers every GET with `headers` and a body naming its call, counting
+/// calls.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    headers: Arc<Vec<(&'static str, &'static str)>>,
+}
+
+impl Origin {
+    fn new(headers: &[(&'static str, &'static str)]) -> Self {
+        Self {
+            calls: Arc::new(AtomicUsize::new(0)),
+            headers: Arc::new(headers.to_vec()),
+        }
+    }
+
+    fn service<B: Backend>(&self, layer: &MemcacheLayer<B>) -> tower_memcache::Memcache<Self, B> {
+        layer.layer(self.clone())
+    }
+}
+
+impl tower::Service<Request<()>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
+        for (name, value) in self.headers.iter() {
+            response
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+fn is_hit(answer: &Answer) -> bool {
+    answer.cache_status().starts_with("tower-memcache; hit")
+}
+
+// ---------------------------------------------------------------------------------------
+// Values under the layer's keys that the layer would not write
+// ---------------------------------------------------------------------------------------
+
+/// `share_set_cookie(true)` stores a response's cookie and replays it to everyone. An
+/// operator who turns it off again (a session cookie was being shared, say) expects no
+/// hit to carry a cookie any more; but the entries stored meanwhile stayed in memcached
+/// (up to 30 days) and were replayed as they were, `Set-Cookie` and all, to every client,
+/// by every process sharing the namespace. An entry that holds a field the layer would not
+/// store now is not one of its entries: a miss, refilled without the cookie.
+async fn a_cookie_shared_before_is_not_replayed_once_cookies_are_not_shared<B>(backend: B)
+where
+    B: Backend + Clone,
+{
+    let origin = Origin::new(&[("set-cookie", "session=alice"), ("x-page", "home")]);
+    let sharing = layer(backend.clone()).share_set_cookie(true);
+    let svc = origin.service(&sharing);
+    let url = "http://review-kk.test/shared-cookie";
+    send(&svc, Method::GET, url, &[]).await;
+    support::stores(&Watch::of(&sharing), 1).await;
+    let replayed = send(&svc, Method::GET, url, &[]).await;
+    assert!(is_hit(&replayed), "{replayed:?}");
+    assert_eq!(replayed.header("set-cookie"), Some("session=alice"));
+
+    // The operator's fix: the same namespace, cookies no longer shared.
+    let fixed = layer(backend);
+    let svc = origin.service(&fixed);
+    for attempt in 0..3 {
+        let answer = send(&svc, Method::GET, url, &[]).await;
+        assert!(
+            !(is_hit(&answer) && answer.headers.contains_key("set-cookie")),
+            "attempt {attempt}: a stored cookie replayed: {answer:?}"
+        );
+        Watch::of(&fixed).settled().await;
+    }
+}
+
+/// A value under an entry's key whose fields include ones the layer never stores
+/// (`Transfer-Encoding`, `Connection`, `Upgrade`): from another tool or a corrupt write,
+/// it was replayed as stored, to every client. Over HTTP/2 a connection-specific field
+/// makes hyper reset the stream (each hit of the URL failed); over HTTP/1.1 a
+/// `Transfer-Encoding: gzip` relabels an identity body. Such a value is a miss, and the
+/// next fill replaces it.
+#[tokio::test]
+async fn an_entry_with_hop_by_hop_fields_is_a_miss_and_replaced() {
+    let backend = MemoryBackend::new();
+    // Names of the same lengths as the hop-by-hop ones, so that the stored bytes can be
+    // edited in place (bincode prefixes each with its length).
+    let origin = Origin::new(&[
+        ("xransfer-encoding", "gzip"),
+        ("xonnection", "close"),
+        ("xpgrade", "websocket"),
+    ]);
+    let cache = layer(backend.clone());
+    let svc = origin.service(&cache);
+    let url = "http://review-kk.test/hop";
+    send(&svc, Method::GET, url, &[]).await;
+    support::stores(&Watch::of(&cache), 1).await;
+    let key = primary_key(url);
+    let item = backend.peek(&key).expect("the entry");
+    assert_eq!(item.flags, FLAG_HTTP_ENTRY);
+    let mut bytes = item.value.to_vec();
+    for (from, to) in [
+        (&b"xransfer-encoding"[..], &b"transfer-encoding"[..]),
+        (b"xonnection", b"connection"),
+        (b"xpgrade", b"upgrade"),
+    ] {
+        let at = bytes
+            .windows(from.len())
+            .position(|window| window == from)
+            .expect("the field in the entry");
+        bytes[at..at + to.len()].copy_from_slice(to);
+    }
+    backend
+        .set(&key, Bytes::from(bytes), FLAG_HTTP_ENTRY, Lifetime::NEVER)
+        .await
+        .unwrap();
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    for name in ["transfer-encoding", "connection", "upgrade"] {
+        assert!(
+            !answer.headers.contains_key(name),
+            "a stored {name} replayed: {answer:?}"
+        );
+    }
+    assert!(!is_hit(&answer), "{answer:?}");
+    Watch::of(&cache).settled().await;
+    let again = send(&svc, Method::GET, url, &[]).await;
+    assert_hit(again.cache_status());
+    assert_eq!(again.header("xransfer-encoding"), Some("gzip"));
+}
+
+on_every_backend!("review_kk";
+    a_cookie_shared_before_is_not_replayed_once_cookies_are_not_shared,
+);
