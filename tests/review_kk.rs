@@ -15,6 +15,7 @@ mod support;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
@@ -24,7 +25,7 @@ use tower::Layer;
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
 use tower_memcache::cache::FLAG_HTTP_ENTRY;
-use tower_memcache::key::build_key;
+use tower_memcache::key::{build_key, md5_hex};
 
 use support::{Answer, Watch, assert_hit, send};
 
@@ -32,6 +33,16 @@ const NAMESPACE: &str = "review-kk";
 
 fn layer<B: Backend>(backend: B) -> MemcacheLayer<B> {
     support::layer(backend).namespace(NAMESPACE)
+}
+
+/// The key of one of the layer's generations (`storage::internal_key`): `g:` and the md5
+/// of namespace and name.
+fn internal_key(base: &str) -> String {
+    format!("g:{}", md5_hex(&[NAMESPACE.as_bytes(), base.as_bytes()]))
+}
+
+fn tag_key(tag: &str) -> String {
+    internal_key(&format!("\0tag\0{tag}"))
 }
 
 fn primary_key(url: &str) -> String {
@@ -52,6 +63,10 @@ impl Origin {
             calls: Arc::new(AtomicUsize::new(0)),
             headers: Arc::new(headers.to_vec()),
         }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
     }
 
     fn service<B: Backend>(&self, layer: &MemcacheLayer<B>) -> tower_memcache::Memcache<Self, B> {
@@ -178,6 +193,102 @@ async fn an_entry_with_hop_by_hop_fields_is_a_miss_and_replaced() {
     assert_eq!(again.header("xransfer-encoding"), Some("gzip"));
 }
 
+/// The namespace generation of a server holding something that is not a number (another
+/// tool's write, a corrupt value): every lookup read it as absent, its `add` of a fresh one
+/// failed (the key is taken), and nothing was ever stored on that server again: read on
+/// every lookup, the value never aged out. Now such a value is replaced by a fresh
+/// generation (which is what a namespace purge writes: only misses).
+async fn a_namespace_generation_that_is_no_number_does_not_end_caching<B>(backend: B)
+where
+    B: Backend + Clone,
+{
+    let origin = Origin::new(&[]);
+    let cache = layer(backend.clone());
+    let svc = origin.service(&cache);
+    let url = "http://review-kk.test/generation";
+    backend
+        .set(
+            &internal_key("\0generation"),
+            Bytes::from_static(b"not a number"),
+            0,
+            Lifetime::NEVER,
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        send(&svc, Method::GET, url, &[]).await;
+        Watch::of(&cache).settled().await;
+    }
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_hit(answer.cache_status());
+    assert!(origin.calls() <= 2, "{} calls", origin.calls());
+}
+
+/// The same for a tag: a tag's mark that is not a number made every store of a response
+/// carrying the tag fail (the read saw no mark, the `add` of one found the key taken), for
+/// as long as the value stayed, and every request for those pages went to the origin.
+/// Now such a mark is replaced by a purge of the tag at that moment.
+async fn a_tag_mark_that_is_no_number_does_not_end_caching_of_its_pages<B>(backend: B)
+where
+    B: Backend + Clone,
+{
+    let origin = Origin::new(&[("surrogate-key", "news")]);
+    let cache = layer(backend.clone());
+    let svc = origin.service(&cache);
+    let url = "http://review-kk.test/tag-garbage";
+    backend
+        .set(
+            &tag_key("news"),
+            Bytes::from_static(b"garbage"),
+            0,
+            Lifetime::NEVER,
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        send(&svc, Method::GET, url, &[]).await;
+        Watch::of(&cache).settled().await;
+    }
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_hit(answer.cache_status());
+}
+
+/// A tag purged by a process whose clock runs an hour ahead (a VM resumed with a stale
+/// offset, a bad NTP source) carries a purge time an hour in everyone else's future: every
+/// store of a page with that tag, by every other process, was refused as "requested
+/// before the purge" for that hour, and every request for those pages went to the origin.
+/// The purge did happen before the mark was read, so a mark from past the tolerated skew
+/// is replaced by a purge at the reader's now: fills requested after it are stored.
+async fn a_tag_purged_by_a_clock_far_ahead_does_not_end_caching_of_its_pages<B>(backend: B)
+where
+    B: Backend + Clone,
+{
+    let origin = Origin::new(&[("surrogate-key", "sports")]);
+    let cache = layer(backend.clone());
+    let svc = origin.service(&cache);
+    let url = "http://review-kk.test/tag-future";
+    let hour_ahead = SystemTime::now() + Duration::from_secs(3600);
+    let nanos = hour_ahead.duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    backend
+        .set(
+            &tag_key("sports"),
+            Bytes::from(nanos.to_string()),
+            0,
+            Lifetime::NEVER,
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        send(&svc, Method::GET, url, &[]).await;
+        Watch::of(&cache).settled().await;
+    }
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_hit(answer.cache_status());
+}
+
 on_every_backend!("review_kk";
     a_cookie_shared_before_is_not_replayed_once_cookies_are_not_shared,
+    a_namespace_generation_that_is_no_number_does_not_end_caching,
+    a_tag_mark_that_is_no_number_does_not_end_caching_of_its_pages,
+    a_tag_purged_by_a_clock_far_ahead_does_not_end_caching_of_its_pages,
 );
