@@ -291,4 +291,121 @@ on_every_backend!("review_kk";
     a_namespace_generation_that_is_no_number_does_not_end_caching,
     a_tag_mark_that_is_no_number_does_not_end_caching_of_its_pages,
     a_tag_purged_by_a_clock_far_ahead_does_not_end_caching_of_its_pages,
+    a_placeholder_waited_for_forever_holds_a_request_lease_wait_at_most,
 );
+
+// ---------------------------------------------------------------------------------------
+// Surfaces that held (regression tests)
+// ---------------------------------------------------------------------------------------
+
+/// An origin that reflects the request's `X-Debug` into a second `Cache-Control` line and
+/// into the tag header, beside its own `private` page and tag.
+#[derive(Clone)]
+struct Reflecting;
+
+impl tower::Service<Request<()>> for Reflecting {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        let debug = request.headers().get("x-debug").cloned();
+        let user = request.headers().get("x-user").cloned();
+        let mut response = Response::new(Full::new(Bytes::from(format!(
+            "page of {}",
+            user.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nobody")
+        ))));
+        let headers = response.headers_mut();
+        headers.append(
+            "cache-control",
+            HeaderValue::from_static("private, community=\"x\""),
+        );
+        headers.append("surrogate-key", HeaderValue::from_static("account"));
+        if let Some(debug) = debug {
+            headers.append("cache-control", debug.clone());
+            headers.append("surrogate-key", debug);
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+/// Held: a client's value reflected into `Cache-Control` cannot make a `private` page
+/// shared, whether it adds `public, max-age=…` on a line of its own, repeats `max-age`,
+/// or opens a quoted string to swallow what follows (an unbalanced quote reads as
+/// `no-store`), and the tags it adds to the tag header change nothing of that.
+#[tokio::test]
+async fn reflected_directives_and_tags_never_share_a_private_page() {
+    let backend = MemoryBackend::new();
+    let cache = layer(backend.clone()).mode(tower_memcache::CacheMode::Origin);
+    let svc = cache.layer(Reflecting);
+    let many: String = (0..40).map(|n| format!("t{n} ")).collect();
+    let long = "x".repeat(200);
+    for debug in [
+        "public, max-age=31536000",
+        "public, s-maxage=31536000, must-understand",
+        "max-age=31536000, max-age=31536000",
+        "\", public, max-age=600, x=\"",
+        "x=\"\\\"",
+        many.as_str(),
+        long.as_str(),
+    ] {
+        let url = "http://review-kk.test/account";
+        send(
+            &svc,
+            Method::GET,
+            url,
+            &[("x-debug", debug), ("x-user", "alice")],
+        )
+        .await;
+        Watch::of(&cache).settled().await;
+        let bob = send(&svc, Method::GET, url, &[("x-user", "bob")]).await;
+        assert_eq!(bob.body, "page of bob", "{debug:?}: {bob:?}");
+        assert!(
+            backend
+                .peek(&primary_key(url))
+                .is_none_or(|item| item.flags != FLAG_HTTP_ENTRY),
+            "{debug:?}: stored"
+        );
+    }
+}
+
+/// Held: a placeholder that claims to be waited for until the end of time (another
+/// tool's, or a process whose clock is wrong) holds a request `lease_wait` at most; the
+/// request then arms it again for itself, fills the URL, and the next request hits.
+async fn a_placeholder_waited_for_forever_holds_a_request_lease_wait_at_most<B>(backend: B)
+where
+    B: Backend + Clone,
+{
+    const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
+    let origin = Origin::new(&[]);
+    let cache =
+        layer(backend.clone()).lease_wait(Duration::from_millis(200), Duration::from_millis(20));
+    let svc = origin.service(&cache);
+    let url = "http://review-kk.test/forever";
+    backend
+        .set(
+            &primary_key(url),
+            Bytes::from(format!("7 {}", u64::MAX)),
+            FLAG_PLACEHOLDER,
+            Lifetime::NEVER,
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), send(&svc, Method::GET, url, &[]))
+        .await
+        .expect("answered within its wait");
+    assert_eq!(first.body, "call 1");
+    Watch::of(&cache).settled().await;
+    let again = send(&svc, Method::GET, url, &[]).await;
+    assert_hit(again.cache_status());
+    assert_eq!(origin.calls(), 1);
+}
