@@ -69,5 +69,6 @@ impl<B: Backend> Config<B> {
             self.memory.clone(),
             self.near.clone(),
         )
+        .sharing_set_cookie(self.policy.shares_set_cookie())
     }
 }

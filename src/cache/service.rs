@@ -37,7 +37,7 @@ use crate::cache::policy::conditional::{
     has_origin_preconditions, may_be_not_modified, not_modified,
 };
 use crate::cache::policy::freshness::{Freshness, Reuse};
-use crate::cache::policy::{CacheControl, Policy, normalized_header, vary_names};
+use crate::cache::policy::{CacheControl, Policy, normalized_header, sets_cookie, vary_names};
 use crate::cache::stats::CacheStats;
 
 /// A tower service that answers from memcached when it can and stores what its inner
@@ -622,7 +622,14 @@ where
                 let freshness = stored::freshness(&entry.meta, now_ms());
                 match freshness.reuse(&plan.request_cc) {
                     Reuse::Fresh | Reuse::StaleAccepted => {
-                        if let Some((near, mark)) = near_mark.filter(|_| freshness.is_fresh()) {
+                        // A shared cookie stays out of the near tier: a layer of the same
+                        // namespace that does not share cookies may read it (its memcached
+                        // lookups refuse such an entry, see `Storage::decode`).
+                        let keepable = !shared.policy().shares_set_cookie()
+                            || !entry.meta.headers.iter().any(|(name, _)| sets_cookie(name));
+                        if let Some((near, mark)) =
+                            near_mark.filter(|_| keepable && freshness.is_fresh())
+                        {
                             let mark = mark.since(found.vouched);
                             // One set of selecting headers: a request selects at most one of
                             // the variants kept, as it would in memcached.

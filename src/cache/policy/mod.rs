@@ -42,17 +42,6 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Headers that describe one connection, never stored (RFC 9110 §7.6.1), plus the ones a
 /// `Connection` header names.
 pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    const HOP_BY_HOP: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ];
     if HOP_BY_HOP.contains(&name.as_str()) {
         return true;
     }
@@ -62,6 +51,35 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// The fields that describe one connection whatever the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Whether a field in an entry read back is one the layer never stores, whatever the
+/// response it came with: a hop-by-hop field of the fixed list, or a [`PER_CLIENT_FIELDS`]
+/// one (the cookie setters only when the layer does not share cookies). Such an entry is
+/// not one this layer wrote: another tool's, a corrupt one, or one kept while the layer
+/// shared cookies (the operator has turned that off since).
+pub(crate) fn is_never_stored(name: &HeaderName, share_set_cookie: bool) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+        || (PER_CLIENT_FIELDS.contains(name)
+            && !(share_set_cookie && COOKIE_SETTERS.contains(name)))
+}
+
+/// Whether a field sets a cookie (`Set-Cookie`, `Set-Cookie2`).
+pub(crate) fn sets_cookie(name: &HeaderName) -> bool {
+    COOKIE_SETTERS.contains(name)
 }
 
 /// Who decides how long a response stays fresh.

@@ -8,14 +8,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::backend::{Backend, Item, Lifetime};
+use crate::backend::{Backend, CasOutcome, Item, Lifetime};
 use crate::cache::entry::{
     Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_index,
 };
 use crate::cache::near::{Basis, Mark, NearCache, Seen};
 use crate::cache::stored;
 
-use super::{Slot, Storage, decode, parse_generation, placements, unique};
+use super::{Slot, Storage, parse_generation, placements, unique};
 
 /// What a lookup found.
 pub(crate) enum Lookup {
@@ -290,7 +290,7 @@ impl<B: Backend> Storage<B> {
             return Some((None, None));
         };
         match item.flags {
-            FLAG_HTTP_ENTRY => Some((decode(item.value), None)),
+            FLAG_HTTP_ENTRY => Some((self.decode(item.value), None)),
             FLAG_VARIANT_INDEX => match decode_index(&item.value) {
                 Ok(index) if index.canonical_key == canonical && !index.name_sets.is_empty() => {
                     let keys = self.variant_keys(&index, request_headers);
@@ -307,7 +307,7 @@ impl<B: Backend> Storage<B> {
                         .into_iter()
                         .flatten()
                         .filter(|item| item.flags == FLAG_HTTP_ENTRY)
-                        .filter_map(|item| decode(item.value))
+                        .filter_map(|item| self.decode(item.value))
                         .filter(|entry| stored::selects(&entry.meta, canonical, request_headers))
                         .reduce(|best, entry| {
                             if entry.meta.vary.len() > best.meta.vary.len() {
@@ -452,6 +452,23 @@ impl<B: Backend> Storage<B> {
             return Some(fresh);
         }
         let [generation] = self.read("generation get", route, &[key]).await?;
-        generation.as_ref().and_then(parse_generation)
+        let item = generation?;
+        if let Some(generation) = parse_generation(&item) {
+            return Some(generation);
+        }
+        // Bytes that are no generation (another tool's, a corrupt write): read on every
+        // lookup they never age out, and nothing would be stored on this server again.
+        // Replaced by a fresh generation, as a namespace purge would (only misses); by
+        // compare-and-swap, so a purge's value written meanwhile stays.
+        let fresh = unique();
+        let value = Bytes::from(fresh.to_string());
+        let cas = item.cas?;
+        let replace = self
+            .backend
+            .cas_by_key(route, key, value, 0, Lifetime::NEVER, cas);
+        match self.timed("generation repair", replace).await? {
+            CasOutcome::Stored => Some(fresh),
+            CasOutcome::Exists | CasOutcome::NotFound => None,
+        }
     }
 }

@@ -62,7 +62,7 @@ use super::stored;
 use crate::backend::{Backend, BackendError, Item, Lifetime};
 use crate::cache::entry::{Entry, FLAG_PLACEHOLDER, Placeholder, VariantIndex, decode_entry};
 use crate::cache::near::NearCache;
-use crate::cache::policy::normalized_header;
+use crate::cache::policy::{is_never_stored, normalized_header};
 use crate::cache::stats::CacheStats;
 use crate::key::{build_key, md5_hex_prefixed};
 
@@ -171,6 +171,9 @@ pub(crate) struct Storage<B> {
     /// The backend's [`Backend::outages`] when the near tier's memory of generations was
     /// last known to predate none of them (the layer's: see [`LayerMemory`]).
     outages: Arc<AtomicU64>,
+    /// The layer stores `Set-Cookie` (`share_set_cookie`): otherwise an entry holding one
+    /// is a miss.
+    shares_set_cookie: bool,
 }
 
 impl<B: Backend> Storage<B> {
@@ -197,7 +200,14 @@ impl<B: Backend> Storage<B> {
             background,
             near,
             outages: memory.outages,
+            shares_set_cookie: false,
         }
+    }
+
+    /// Entries holding `Set-Cookie` are read back (the layer's `share_set_cookie`).
+    pub(crate) fn sharing_set_cookie(mut self, share: bool) -> Self {
+        self.shares_set_cookie = share;
+        self
     }
 
     /// The in-process tier, when there is one.
@@ -409,10 +419,28 @@ fn nanos_of(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn decode(value: Bytes) -> Option<Entry> {
-    decode_entry(value)
-        .inspect_err(|err| tracing::debug!(error = %err, "undecodable cache entry; miss"))
-        .ok()
+impl<B> Storage<B> {
+    /// An entry read back, or `None` (a miss) when it does not decode or holds a field
+    /// this layer never stores ([`is_never_stored`]): a cookie kept while the layer shared
+    /// cookies would be replayed to everyone after the operator turned that off, and a
+    /// hop-by-hop field (another tool's value) would reach every client. A miss refills
+    /// the URL over it.
+    fn decode(&self, value: Bytes) -> Option<Entry> {
+        let entry = decode_entry(value)
+            .inspect_err(|err| tracing::debug!(error = %err, "undecodable cache entry; miss"))
+            .ok()?;
+        let share = self.shares_set_cookie;
+        if let Some((name, _)) = entry
+            .meta
+            .headers
+            .iter()
+            .find(|(name, _)| is_never_stored(name, share))
+        {
+            tracing::debug!(field = %name, "cache entry holds a field never stored; miss");
+            return None;
+        }
+        Some(entry)
+    }
 }
 
 /// Marks a tag generation created on first use, not by a purge.

@@ -152,15 +152,31 @@ impl<B: Backend> Storage<B> {
         // or an eviction took its purges with it, and followers that joined after such a
         // purge must not take the read as proof that none came.
         let mut vouched = true;
+        // A purge time past this is no time on a clock within the tolerated skew of ours.
+        let future = nanos(SystemTime::now()).saturating_add(nanos_of(CLOCK_SKEW));
         for (position, (tag, key)) in tag_names.iter().zip(&tag_keys).enumerate() {
-            let (value, purged_at) = match now.get(key.as_str()).and_then(parse_tag_mark) {
+            let item = now.get(key.as_str());
+            let (value, purged_at) = match item.and_then(parse_tag_mark) {
                 Some((created, None)) => {
                     if created.saturating_add(nanos_of(margin(created))) > requested_ns {
                         vouched = false;
                     }
                     (created, None)
                 }
+                // A purge by a process whose clock runs ahead, or bytes that are no mark:
+                // every store of the tag's pages was refused until that clock (or for as
+                // long as the bytes stayed, read by every fill). The purge, whenever it
+                // was, came before this read: the mark becomes a purge now, on this
+                // process's clock, and later fills are stored.
+                Some((at, Some(_))) if at > future => {
+                    self.repair_tag_mark(route, key, item).await;
+                    return superseded(to.requested);
+                }
                 Some(mark) => mark,
+                None if item.is_some() => {
+                    self.repair_tag_mark(route, key, item).await;
+                    return superseded(to.requested);
+                }
                 None => {
                     vouched = false;
                     // First use of the tag on this server (or an eviction): it starts here,
@@ -282,6 +298,25 @@ impl<B: Backend> Storage<B> {
         match self.timed("variant store", set).await {
             Some(()) => (StoreOutcome::Stored, vouched),
             None => failed_checked,
+        }
+    }
+
+    /// Replaces a tag's mark that tells no usable purge time (see
+    /// [`store`](Self::store)) by a purge now, if it is still what was read: a purge is
+    /// always safe (only misses), and one written meanwhile stays.
+    async fn repair_tag_mark(&self, route: &str, key: &str, read: Option<&Item>) {
+        let Some(cas) = read.and_then(|item| item.cas) else {
+            return;
+        };
+        let purged = unique();
+        let value = Bytes::from(purged.to_string());
+        let replace = self
+            .backend
+            .cas_by_key(route, key, value, 0, Lifetime::NEVER, cas);
+        if self.timed("tag mark repair", replace).await == Some(CasOutcome::Stored) {
+            tracing::debug!(key, "a tag mark no clock here could have written, replaced");
+            // On this process's clock: its later fills need no margin.
+            self.local_purges.record(purged);
         }
     }
 
