@@ -6,7 +6,7 @@ use http::{Extensions, HeaderMap, Uri};
 
 use super::config::Config;
 use super::key::Canonical;
-use super::storage::{Storage, parse_tags};
+use super::storage::Storage;
 use crate::backend::{Backend, BackendError};
 
 /// Why a purge did not happen.
@@ -17,10 +17,9 @@ pub enum PurgeError {
     #[error("cannot purge {0:?}: an absolute http(s) URI is needed")]
     InvalidUri(String),
     /// The tag is not one tag as the tag header names them (empty, or holding white space
-    /// or a comma, or longer than 128 bytes): no entry can carry it.
-    #[error(
-        "cannot purge tag {0:?}: no entry can carry it (one tag, no white space or comma, at most 128 bytes)"
-    )]
+    /// or a comma): no entry can carry it, and the tag meant (`"news"` for `"news\n"`)
+    /// would stay unpurged.
+    #[error("cannot purge tag {0:?}: one tag is needed, with no white space or comma")]
     InvalidTag(String),
     /// The backend failed or timed out; nothing may have been purged.
     #[error("purge failed: {0}")]
@@ -91,9 +90,10 @@ impl<B: Backend> Purger<B> {
 
     /// Invalidates every entry stored with `tag` (in this namespace).
     ///
-    /// `tag` is one tag as the tag header names it: a value no entry can carry (empty,
-    /// holding white space or a comma, longer than 128 bytes) is refused with
-    /// [`PurgeError::InvalidTag`] rather than purging nothing.
+    /// `tag` is one tag as the tag header names it: a value no header names as one tag
+    /// (empty, holding white space or a comma) is refused with [`PurgeError::InvalidTag`]
+    /// rather than purging nothing. A tag longer than 128 bytes is purged (an `Ok`): a
+    /// response naming one is never stored, so no entry has it.
     pub async fn purge_tag(&self, tag: &str) -> Result<(), PurgeError> {
         // The tag header is read split on white space and commas: `"news\n"` from a file
         // or `"news sports"` would bump a generation no entry reads, and an `Ok` for it
@@ -127,7 +127,9 @@ impl<B: Backend> Purger<B> {
     }
 }
 
-/// Whether `tag` is read from a tag header as itself, alone.
+/// Whether a tag header naming `tag` names it alone, as itself (split as
+/// `storage::parse_tags` splits it; its length bound aside: that refuses to store, not to
+/// name).
 fn is_one_tag(tag: &str) -> bool {
-    parse_tags([tag]).is_some_and(|tags| matches!(tags.as_slice(), [one] if one == tag))
+    !tag.is_empty() && !tag.contains(|c: char| c.is_ascii_whitespace() || c == ',')
 }
