@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tower_memcache::MemcacheClient;
 use bytes::Bytes;
+use tower_memcache::MemcacheClient;
 use tower_memcache::backend::{Backend, BackendError, Lifetime, TcpBackend};
 
 /// Bounds every test: none may hang.
@@ -164,12 +164,24 @@ async fn stats_and_flush_all_through_twemproxy_fail_clearly_and_cost_nothing() {
         assert_eq!(client.query::<u32>("alice").await, Some(1));
         let refused = backend.flush_all().await;
         assert!(
-            matches!(refused, Err(BackendError::Unsupported { command: "flush_all", .. })),
+            matches!(
+                refused,
+                Err(BackendError::Unsupported {
+                    command: "flush_all",
+                    ..
+                })
+            ),
             "{refused:?}"
         );
         let refused = backend.stats().await;
         assert!(
-            matches!(refused, Err(BackendError::Unsupported { command: "stats", .. })),
+            matches!(
+                refused,
+                Err(BackendError::Unsupported {
+                    command: "stats",
+                    ..
+                })
+            ),
             "{refused:?}"
         );
         assert!(client.stats().await.is_empty());
@@ -189,27 +201,60 @@ async fn hostile_inputs<B: Backend>(backend: &B) -> Vec<String> {
     // Keys that would inject a command or break the line are refused unsent, by every
     // method that takes one.
     let long = "k".repeat(251);
-    for key in ["", "a b", "a\r\nflush_all", "a\nb", "a\0b", "a\x7fb", "a\x1fb", "\t", long.as_str()] {
+    for key in [
+        "",
+        "a b",
+        "a\r\nflush_all",
+        "a\nb",
+        "a\0b",
+        "a\x7fb",
+        "a\x1fb",
+        "\t",
+        long.as_str(),
+    ] {
         let refused = |r: Result<(), BackendError>| match r {
             Err(BackendError::InvalidKey { .. }) => "refused".to_string(),
             other => format!("{other:?}"),
         };
-        note(&format!("get {key:?}"), refused(backend.get(key).await.map(drop)));
-        note(&format!("get_many {key:?}"), refused(backend.get_many(&["ok", key]).await.map(drop)));
+        note(
+            &format!("get {key:?}"),
+            refused(backend.get(key).await.map(drop)),
+        );
+        note(
+            &format!("get_many {key:?}"),
+            refused(backend.get_many(&["ok", key]).await.map(drop)),
+        );
         note(
             &format!("set {key:?}"),
             refused(backend.set(key, "v".into(), 0, Lifetime::NEVER).await),
         );
         note(
             &format!("set_by_key {key:?}"),
-            refused(backend.set_by_key("route", key, "v".into(), 0, Lifetime::NEVER).await),
+            refused(
+                backend
+                    .set_by_key("route", key, "v".into(), 0, Lifetime::NEVER)
+                    .await,
+            ),
         );
-        note(&format!("delete {key:?}"), refused(backend.delete(key).await.map(drop)));
-        note(&format!("touch {key:?}"), refused(backend.touch(key, Lifetime::NEVER).await.map(drop)));
-        note(&format!("incr {key:?}"), refused(backend.incr(key, 1).await.map(drop)));
+        note(
+            &format!("delete {key:?}"),
+            refused(backend.delete(key).await.map(drop)),
+        );
+        note(
+            &format!("touch {key:?}"),
+            refused(backend.touch(key, Lifetime::NEVER).await.map(drop)),
+        );
+        note(
+            &format!("incr {key:?}"),
+            refused(backend.incr(key, 1).await.map(drop)),
+        );
         note(
             &format!("set_on_every_server {key:?}"),
-            refused(backend.set_on_every_server(key, "v".into(), 0, Lifetime::NEVER).await),
+            refused(
+                backend
+                    .set_on_every_server(key, "v".into(), 0, Lifetime::NEVER)
+                    .await,
+            ),
         );
     }
     // The longest key in multi-byte characters, and values that hold protocol text.
@@ -222,32 +267,63 @@ async fn hostile_inputs<B: Backend>(backend: &B) -> Vec<String> {
         b"\0\xff\r\n\r\n",
     ];
     for (n, value) in values.iter().enumerate() {
-        let key = if n == 0 { wide.clone() } else { format!("value-{n}") };
+        let key = if n == 0 {
+            wide.clone()
+        } else {
+            format!("value-{n}")
+        };
         let stored = backend
-            .set(&key, Bytes::copy_from_slice(value), u32::MAX, Lifetime::from_secs(300))
+            .set(
+                &key,
+                Bytes::copy_from_slice(value),
+                u32::MAX,
+                Lifetime::from_secs(300),
+            )
             .await;
         note(&format!("set value {n}"), format!("{stored:?}"));
-        let got = backend.get(&key).await.unwrap().map(|item| (item.value, item.flags));
+        let got = backend
+            .get(&key)
+            .await
+            .unwrap()
+            .map(|item| (item.value, item.flags));
         note(
             &format!("value {n} back"),
             format!("{}", got == Some((Bytes::copy_from_slice(value), u32::MAX))),
         );
-        let many = backend.get_many(&[&key, &key, "value-absent"]).await.unwrap();
-        note(&format!("value {n} by get_many"), format!("{:?}", many.keys().collect::<Vec<_>>().len()));
+        let many = backend
+            .get_many(&[&key, &key, "value-absent"])
+            .await
+            .unwrap();
+        note(
+            &format!("value {n} by get_many"),
+            format!("{:?}", many.keys().collect::<Vec<_>>().len()),
+        );
     }
-    note("no injected key", format!("{:?}", backend.get("y").await.unwrap()));
+    note(
+        "no injected key",
+        format!("{:?}", backend.get("y").await.unwrap()),
+    );
     // Lifetimes at memcached's edges: past i32::MAX is negative (expired at once), a
     // time in the past is expired, 30 days is relative.
     for (name, lifetime) in [
         ("i32::MAX + 1", Lifetime::from_exptime(i32::MAX as u32 + 1)),
         ("u32::MAX", Lifetime::from_exptime(u32::MAX)),
-        ("in the past", Lifetime::at(std::time::SystemTime::UNIX_EPOCH)),
+        (
+            "in the past",
+            Lifetime::at(std::time::SystemTime::UNIX_EPOCH),
+        ),
         ("30 days", Lifetime::from_secs(30 * 86_400)),
         ("u64::MAX", Lifetime::from_secs(u64::MAX)),
     ] {
         backend.set("ttl", "v".into(), 0, lifetime).await.unwrap();
-        note(&format!("set for {name}, then"), format!("{}", backend.get("ttl").await.unwrap().is_some()));
-        backend.set("ttl", "v".into(), 0, Lifetime::NEVER).await.unwrap();
+        note(
+            &format!("set for {name}, then"),
+            format!("{}", backend.get("ttl").await.unwrap().is_some()),
+        );
+        backend
+            .set("ttl", "v".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
         let touched = backend.touch("ttl", lifetime).await.unwrap();
         note(
             &format!("touched for {name}, then"),
@@ -255,9 +331,14 @@ async fn hostile_inputs<B: Backend>(backend: &B) -> Vec<String> {
         );
     }
     // A cas of a value never handed out.
-    backend.set("cas", "v".into(), 0, Lifetime::NEVER).await.unwrap();
+    backend
+        .set("cas", "v".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
     for token in [0, u64::MAX] {
-        let outcome = backend.cas("cas", "w".into(), 0, Lifetime::NEVER, token).await;
+        let outcome = backend
+            .cas("cas", "w".into(), 0, Lifetime::NEVER, token)
+            .await;
         note(&format!("cas {token}"), format!("{outcome:?}"));
     }
     seen
@@ -283,7 +364,10 @@ async fn hostile_keys_values_and_lifetimes_behave_alike_everywhere() {
         memcached.flush_all();
         let proxied = hostile_inputs(&through(&proxy)).await;
         assert_eq!(fake, proxied);
-        assert!(fake.iter().any(|line| line == "no injected key: None"), "{fake:#?}");
+        assert!(
+            fake.iter().any(|line| line == "no injected key: None"),
+            "{fake:#?}"
+        );
         // Nothing refused reached the server.
         let stats = direct.stats().await.unwrap();
         assert_eq!(stats[0].get_u64("curr_items").map(|n| n > 0), Some(true));
