@@ -56,6 +56,16 @@ pub enum BackendError {
     /// The server answered with an error (`SERVER_ERROR`, `CLIENT_ERROR`, `ERROR`).
     #[error("memcached server error: {0}")]
     Server(String),
+    /// The server does not take this command: a proxy such as twemproxy, which closes
+    /// the connection on `stats` and `flush_all` (every request sharing it would fail).
+    /// Nothing was sent; the server's health is unchanged.
+    #[error("memcached server {server} does not support `{command}` (a proxy?); nothing was sent")]
+    Unsupported {
+        /// `host:port`.
+        server: String,
+        /// The command refused.
+        command: &'static str,
+    },
     /// The server's reply could not be understood; the connection was dropped.
     #[error("memcached protocol error: {0}")]
     Protocol(#[source] ProtocolViolation),

@@ -140,6 +140,7 @@ pub(super) async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClai
                 request.freeze(),
                 &inner.settings,
                 deadline_in(inner.call_limit()),
+                None,
             )
             .await;
         if let Ok(Ok((_, Reply::Version(version)))) = attempt {
@@ -202,7 +203,7 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
         let deletes = keys.iter().map(|key| {
             let mut request = BytesMut::new();
             protocol::encode_delete(&mut request, key, false);
-            server.call(request.freeze(), &inner.settings, deadline)
+            server.call(request.freeze(), &inner.settings, deadline, None)
         });
         for reply in join_all(deletes).await {
             let reply = reply.map_err(|Elapsed| BackendError::Timeout {

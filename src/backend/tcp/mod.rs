@@ -644,7 +644,11 @@ impl TcpBackend {
             None => (own, None),
         };
         // The deadline is kept by the connection's one timer, not a timer per call.
-        let outcome = match server.call(request, &inner.settings, deadline).await {
+        let proxy_closes = expect.refused_by_proxies();
+        let outcome = match server
+            .call(request, &inner.settings, deadline, proxy_closes)
+            .await
+        {
             Err(Elapsed) => match theirs {
                 // The caller's deadline: the call is given up as if dropped there, and
                 // the guard counts it (or not) as it counts a dropped call.
@@ -654,6 +658,11 @@ impl TcpBackend {
                     after: inner.timeout,
                 }),
             },
+            // Refused unsent: says nothing of the server's health.
+            Ok(Err(err @ BackendError::Unsupported { .. })) => {
+                abandoned.armed = false;
+                return Err(err);
+            }
             Ok(Err(err)) => Err(err),
             Ok(Ok((conn, reply))) if expect.accepts(&reply) => {
                 drop(conn);

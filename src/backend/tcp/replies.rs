@@ -39,6 +39,16 @@ impl Expect {
         }
     }
 
+    /// The command, when it is one a proxy closes the connection on (twemproxy supports
+    /// neither `stats` nor `flush_all`): see [`Server::call`](super::server::Server::call).
+    pub(super) fn refused_by_proxies(self) -> Option<&'static str> {
+        match self {
+            Self::Stats => Some("stats"),
+            Self::Ok => Some("flush_all"),
+            _ => None,
+        }
+    }
+
     /// The replies accepted besides errors, for [`ProtocolError::UnexpectedReply`].
     pub(super) fn expected(self) -> &'static str {
         match self {

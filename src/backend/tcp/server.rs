@@ -414,11 +414,18 @@ impl Server {
 
     /// Sends a request on one of the pooled connections, connecting the slot if needed,
     /// and gives up at `deadline` ([`Elapsed`]).
+    ///
+    /// `proxy_closes`: the command, when a proxy closes the connection on it (`stats`,
+    /// `flush_all`). Where a new connection's `stats settings` already cost it, it is
+    /// refused unsent with [`BackendError::Unsupported`]: twemproxy drops every request
+    /// pipelined with it, and a status page asking three times would mark it down (and
+    /// have the keys to reset on rejoin deleted: the whole cache orphaned).
     pub(crate) async fn call(
         &self,
         request: Bytes,
         settings: &ConnectionSettings,
         deadline: Instant,
+        proxy_closes: Option<&'static str>,
     ) -> Result<Result<(Arc<Connection>, Reply), BackendError>, Elapsed> {
         let conn = match self.pick() {
             (_, Some(conn)) => conn,
@@ -429,6 +436,15 @@ impl Server {
                 Err(err) => return Ok(Err(err)),
             },
         };
+        // Checked once connected: a first connection asks `stats settings` before this.
+        if let Some(command) = proxy_closes {
+            if !self.health.ask_settings.load(Ordering::Acquire) {
+                return Ok(Err(BackendError::Unsupported {
+                    server: self.name.to_string(),
+                    command,
+                }));
+            }
+        }
         // The connection keeps the deadline: no timer per call.
         Ok(match conn.call(request, Some(deadline)).await? {
             Ok(reply) => Ok((conn, reply)),
