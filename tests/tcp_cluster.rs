@@ -365,6 +365,62 @@ async fn rejoining_server_is_reset_before_it_serves() {
     );
 }
 
+/// A `flush_all` (the seed API's "invalidate all", `Purger::purge_all`) that a server
+/// missed while it was marked down (hung, not restarted: it still holds its values) is
+/// made on it before it serves again: no value from before the flush comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_a_server_missed_while_down_is_made_before_it_serves_again() {
+    let test = "tcp_cluster::missed_flush";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    let backend = TcpBackend::builder()
+        .servers([a.addr(), b.addr()])
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let direct = direct(&[&a, &b]);
+    for server in &direct {
+        server
+            .set("before-the-flush", "old".into(), 0, Lifetime::NEVER)
+            .await
+            .unwrap();
+    }
+    let pid = Pid::from_raw(i32::try_from(b.pid().unwrap()).unwrap());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    eventually(Duration::from_secs(5), "B stopped", || {
+        every_thread_stopped(b.pid().unwrap())
+    })
+    .await;
+    backend
+        .set_on_every_server("marker", "x".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    assert!(backend.is_server_down(1));
+    // Told that it did not reach every server.
+    assert!(backend.flush_all().await.is_err());
+    assert_eq!(direct[0].get("before-the-flush").await.unwrap(), None);
+
+    kill(pid, Signal::SIGCONT).unwrap();
+    eventually(Duration::from_secs(5), "B back in use", || {
+        !backend.is_server_down(1)
+    })
+    .await;
+    assert_eq!(
+        direct[1].get("before-the-flush").await.unwrap(),
+        None,
+        "B serves a value from before the flush it missed"
+    );
+    // Made once: what is written since stays.
+    backend
+        .set_on_every_server("after", "new".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(direct[1].get("after").await.unwrap().is_some());
+}
+
 /// A multi-get over two servers, one of them dead, answers with what the live one holds;
 /// only when both are dead does it fail.
 #[tokio::test]

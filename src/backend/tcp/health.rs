@@ -180,10 +180,60 @@ pub(super) async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClai
     }
 }
 
+/// Sends `flush_all` to server `index` directly (it is marked down).
+async fn flush(inner: &Inner, index: usize) -> Result<(), BackendError> {
+    let server = &inner.servers[index];
+    let mut request = BytesMut::new();
+    protocol::encode_flush_all(&mut request, false);
+    let deadline = deadline_in(inner.call_limit());
+    let reply = server
+        .call(
+            request.freeze(),
+            &inner.settings,
+            deadline,
+            Some("flush_all"),
+        )
+        .await
+        .map_err(|Elapsed| BackendError::Timeout {
+            server: server.name.to_string(),
+            after: inner.timeout,
+        })?;
+    match reply? {
+        (_, Reply::Ok) => Ok(()),
+        (_, other @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_))) => {
+            Err(error_reply(other, None))
+        }
+        (conn, other) => {
+            // Out of sync: this connection cannot be trusted with the next probe.
+            conn.close();
+            Err(BackendError::Protocol(ProtocolViolation::new(
+                ProtocolError::UnexpectedReply {
+                    reply: format!("{other:?}"),
+                    expected: Expect::Ok.expected(),
+                },
+            )))
+        }
+    }
+}
+
 /// Deletes the keys registered with [`Backend::reset_on_rejoin`](crate::backend::Backend::reset_on_rejoin) on server `index`, directly
 /// (it is marked down, so ordinary calls fail fast). Absent keys count as deleted.
 async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
     let server = &inner.servers[index];
+    if server.take_missed_flush() {
+        // First: the keys below are gone with it, and it holds nothing from before.
+        match flush(inner, index).await {
+            Ok(()) => {
+                tracing::info!(server = %server.name, "a flush_all it missed made on a rejoining memcached server");
+            }
+            // A proxy (twemproxy) takes no flush: there is none to make up for.
+            Err(BackendError::Unsupported { .. }) => {}
+            Err(err) => {
+                server.missed_flush();
+                return Err(err);
+            }
+        }
+    }
     let mut done = 0;
     // Keys are only ever appended, at most MAX_RESET_ON_REJOIN_KEYS of them: those
     // registered during a round are deleted in the next, so the rounds are bounded too.

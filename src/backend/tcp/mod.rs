@@ -838,13 +838,25 @@ impl Backend for TcpBackend {
             protocol::encode_flush_all(&mut request, false);
             self.execute(index, request.freeze(), Expect::Ok)
         });
-        for reply in join_all(calls).await {
-            match reply? {
-                Reply::Ok => {}
-                other => return Err(error_reply(other, None)),
-            }
+        let mut outcome = Ok(());
+        for (index, reply) in join_all(calls).await.into_iter().enumerate() {
+            let failed = match reply {
+                Ok(Reply::Ok) => continue,
+                // Refused unsent (a proxy): nothing there to make up for.
+                Err(err @ BackendError::Unsupported { .. }) => {
+                    outcome = Err(err);
+                    continue;
+                }
+                Ok(other) => error_reply(other, None),
+                Err(err) => err,
+            };
+            // Marked down (or failing): it may come back holding what was flushed
+            // everywhere else, and a client that does not version its namespace would read
+            // it. Flushed before it serves again (`health::reset`).
+            self.inner.servers[index].missed_flush();
+            outcome = Err(failed);
         }
-        Ok(())
+        outcome
     }
 
     async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {

@@ -65,6 +65,9 @@ struct Health {
     /// Cleared when `stats settings` cost a connection (twemproxy closes the connection
     /// on `stats`): new connections then skip it, until the server is marked up again.
     ask_settings: AtomicBool,
+    /// A `flush_all` failed on it (most often: it was marked down). It may still hold
+    /// what the flush removed everywhere else, so it is flushed before it serves again.
+    missed_flush: AtomicBool,
     /// Its handles into the `metrics` recorder, registered on first use.
     #[cfg(feature = "metrics")]
     exported: std::sync::OnceLock<Exported>,
@@ -328,6 +331,7 @@ impl Server {
                 probing: AtomicBool::new(false),
                 item_limit: ItemLimit::new(),
                 ask_settings: AtomicBool::new(true),
+                missed_flush: AtomicBool::new(false),
                 #[cfg(feature = "metrics")]
                 exported: std::sync::OnceLock::new(),
             }),
@@ -399,6 +403,17 @@ impl Server {
     }
 
     /// Out of use: marked down, or rejoining.
+    /// A `flush_all` failed on this server: it is flushed on its next rejoin.
+    pub(crate) fn missed_flush(&self) {
+        self.health.missed_flush.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a flush is owed (see [`missed_flush`](Self::missed_flush)), no longer owed
+    /// from now on: [`missed_flush`](Self::missed_flush) again if it cannot be made.
+    pub(crate) fn take_missed_flush(&self) -> bool {
+        self.health.missed_flush.swap(false, Ordering::SeqCst)
+    }
+
     pub(crate) fn is_down(&self) -> bool {
         self.health.state.load(Ordering::Acquire) != UP
     }
