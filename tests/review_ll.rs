@@ -193,3 +193,69 @@ fn a_request_its_client_abandons_is_still_logged() {
     );
     drop(release);
 }
+
+/// The `--metrics` listener is bounded as the main one is: a client that opens
+/// connections to it and sends nothing is closed after `--client-header-timeout`, and a
+/// few such connections at once are all it holds (the rest wait in the listen backlog).
+/// Before, the exporter's own listener accepted every connection and kept it forever
+/// (no header timeout, no limit): anyone who could reach the metrics port (a Prometheus
+/// port is often open to a whole cluster) could use up the process's file descriptors,
+/// and the proxy then accepted no client at all.
+#[cfg(all(unix, feature = "metrics"))]
+#[test]
+fn idle_metrics_connections_cannot_starve_the_proxy_of_file_descriptors() {
+    const IDLE: usize = 200;
+    let origin = reflecting_origin(2);
+    let metrics_addr = std::cell::Cell::new(None);
+    // 128 open files: a proxy that accepts every metrics connection runs out.
+    let (child, addr) = spawn_listening(|addr| {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        metrics_addr.set(Some(metrics));
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\""])
+            .arg(proxy_binary())
+            .args(["--upstream", &format!("http://{origin}")])
+            .args(["--listen", &addr.to_string(), "--threads", "1"])
+            .args(["--metrics", &metrics.to_string()])
+            .args(["--client-header-timeout", "2s", "--access-log", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    });
+    let mut proxy = support::proxy::Proxy { child, addr };
+    let metrics = metrics_addr.get().expect("spawn_listening ran the command");
+    // A scrape works.
+    let scrape = request(metrics, "GET /metrics HTTP/1.1\r\nHost: m\r\n");
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .map(|_| TcpStream::connect(metrics).unwrap())
+        .collect();
+    // Give the proxy time to accept what it will (the test asserts only the outcome).
+    std::thread::sleep(Duration::from_millis(500));
+    let response = request(addr, "GET /after HTTP/1.1\r\nHost: example.com\r\n");
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "a client of the proxy was not answered while {IDLE} idle metrics connections were open: {response:?}"
+    );
+    // An idle metrics connection is closed: the first one, within the header timeout
+    // (2 s) and a wide margin.
+    let mut first = idle.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = first.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|err| err.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle metrics connection was kept open for {:?}: {read:?}",
+        started.elapsed()
+    );
+    let _ = proxy.child.kill();
+}

@@ -105,6 +105,8 @@ mod connections;
 mod first_bytes;
 mod forward;
 mod log_sink;
+#[cfg(feature = "metrics")]
+mod metrics_listener;
 mod size;
 
 use std::error::Error;
@@ -154,7 +156,7 @@ fn main() -> Result<(), BoxError> {
         LogFormat::Json => subscriber.json().init(),
     }
     if let Some(addr) = args.metrics {
-        serve_metrics(addr)?;
+        serve_metrics(addr, args.client_header_timeout)?;
     }
     // One near tier for the whole process, whatever the runtime: one bound, and every
     // thread's purges apply to what every thread answers.
@@ -192,35 +194,16 @@ fn main() -> Result<(), BoxError> {
     }
 }
 
-/// Installs the Prometheus recorder and its HTTP listener on `addr`, before any layer
-/// counts (the layer registers its metrics with the recorder of its first count). With no
-/// runtime running yet, the exporter runs on a thread of its own, so scrapes never wait
-/// behind proxied requests.
+/// Installs the Prometheus recorder and its bounded HTTP listener on `addr`
+/// ([`metrics_listener`]), on a thread of its own.
 #[cfg(feature = "metrics")]
-fn serve_metrics(addr: SocketAddr) -> Result<(), BoxError> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    // Buckets make the backend's latency a Prometheus histogram (aggregatable over
-    // servers and proxies) rather than a summary: 100 µs (a loopback hit) to the 100 ms
-    // lookup timeout and beyond.
-    const LATENCY_BUCKETS: [f64; 12] = [
-        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-    ];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            Matcher::Full("tower_memcache_backend_request_duration_seconds".into()),
-            &LATENCY_BUCKETS,
-        )
-        .map_err(|err| format!("--metrics {addr}: {err}"))?
-        .install()
-        .map_err(|err| format!("--metrics {addr}: {err}"))?;
-    tracing::info!(%addr, "serving metrics");
-    Ok(())
+fn serve_metrics(addr: SocketAddr, within: Duration) -> Result<(), BoxError> {
+    metrics_listener::serve(addr, within)
 }
 
 /// Without the `metrics` feature the layer emits nothing: an empty endpoint would mislead.
 #[cfg(not(feature = "metrics"))]
-fn serve_metrics(_addr: SocketAddr) -> Result<(), BoxError> {
+fn serve_metrics(_addr: SocketAddr, _within: Duration) -> Result<(), BoxError> {
     Err("--metrics needs the crate's `metrics` feature (--features proxy,metrics)".into())
 }
 
