@@ -259,3 +259,64 @@ fn idle_metrics_connections_cannot_starve_the_proxy_of_file_descriptors() {
     );
     let _ = proxy.child.kill();
 }
+
+/// SIGHUP (a closed terminal, an operator's nginx habit of `kill -HUP` to reload, a log
+/// rotation script) neither kills the proxy nor cuts the request under way: the proxy has
+/// nothing to reload, says so and goes on. Before, SIGHUP's default action ended the
+/// process at once, the response in flight cut off and (without memcached) the whole
+/// cache lost.
+#[cfg(unix)]
+#[test]
+fn sighup_cuts_no_request_and_ends_no_proxy() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    // An origin that answers its first request once told to, and the others at once.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (received, arrived) = mpsc::channel();
+    let (release, mut held) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let answer = |mut stream: TcpStream| {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone",
+            );
+        };
+        let mut first = true;
+        for stream in listener.incoming().take(3) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = read_head(&mut stream);
+            if std::mem::take(&mut first) {
+                let _ = received.send(());
+                let held = std::mem::replace(&mut held, mpsc::channel().1);
+                std::thread::spawn(move || {
+                    let _ = held.recv_timeout(Duration::from_secs(20));
+                    answer(stream);
+                });
+            } else {
+                answer(stream);
+            }
+        }
+    });
+    let proxy = Logged::start(origin, &["--access-log", "off"]);
+    let addr = proxy.addr;
+    let in_flight =
+        std::thread::spawn(move || request(addr, "GET /long HTTP/1.1\r\nHost: example.com\r\n"));
+    arrived
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the request reached the origin");
+    let pid = Pid::from_raw(i32::try_from(proxy.child.id()).unwrap());
+    kill(pid, Signal::SIGHUP).unwrap();
+    // Sent, not yet handled, at worst: a request after it shows the proxy is still there.
+    let after = request(addr, "GET /after HTTP/1.1\r\nHost: example.com\r\n");
+    release.send(()).unwrap();
+    let response = in_flight.join().unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("done"),
+        "the request in flight was cut by SIGHUP: {response:?}"
+    );
+    assert!(
+        after.starts_with("HTTP/1.1 200") && after.ends_with("done"),
+        "the proxy stopped answering after SIGHUP: {after:?}"
+    );
+}

@@ -13,7 +13,8 @@
 //!
 //! Shutdown: on SIGTERM or Ctrl-C (SIGINT) the proxy stops accepting, lets the open
 //! requests finish and the cache finish its pending stores, `--shutdown-grace` (10 s) at
-//! most in all, then exits with status 0.
+//! most in all, then exits with status 0. SIGHUP is logged and ignored: there is nothing
+//! to reload.
 //!
 //! Every method, path, query and end-to-end header is forwarded, except the forwarding
 //! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
@@ -220,13 +221,31 @@ fn shutdown_signal() -> impl Future<Output = ()> {
             signal(SignalKind::interrupt()),
         )
     };
+    // SIGHUP's default action ends the process at once, cutting the responses under way
+    // (a closed terminal, a `kill -HUP` meant as nginx's reload). There is nothing to
+    // reload (flags are read once, the logs are inherited streams): said and ignored.
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     async move {
         #[cfg(unix)]
         match signals {
             (Ok(mut terminate), Ok(mut interrupt)) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
+                let mut hangup = hangup.ok();
+                loop {
+                    tokio::select! {
+                        _ = terminate.recv() => break,
+                        _ = interrupt.recv() => break,
+                        Some(()) = async {
+                            match &mut hangup {
+                                Some(hangup) => hangup.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            log_sink::stderr_line(
+                                "SIGHUP ignored: nothing to reload (restart the proxy to change its flags)".into(),
+                            );
+                        }
+                    }
                 }
             }
             (Err(err), _) | (_, Err(err)) => {
