@@ -5,9 +5,14 @@
 //! 127.0.0.1 - - [03/Dec/2026:13:52:40 +0000] "GET /index.html HTTP/1.1" 200 6 "-" "curl/8.5.0" "tower-memcache; hit" 0.000
 //! ```
 //!
-//! The cache outcome is the response's `Cache-Status` (RFC 9211), `-` when the cache did
-//! not see the request (a 400 for a target the proxy refuses). The size is the response's
-//! `Content-Length`, `-` when the body streams without one. Quotes, backslashes and bytes
+//! The cache outcome is the proxy's own member of the response's `Cache-Status` (RFC 9211:
+//! the last one), `-` when the cache did not see the request (a 400 for a target the proxy
+//! refuses); the members of caches nearer the origin go to the client but not here, so an
+//! origin (or a client whose field it reflects) cannot make a miss read as a hit. The
+//! size is the response's `Content-Length`, `-` when the body streams without one. A
+//! request whose client hangs up before the response head is logged with status 499 and
+//! `-` for size and outcome, as nginx does: a client cannot reach the origin unlogged by
+//! closing its connection first. Quotes, backslashes and bytes
 //! that are not printable ASCII are written as `\xHH`, as nginx does, so a client cannot
 //! forge a line.
 //!
@@ -96,13 +101,25 @@ where
 }
 
 pin_project! {
-    /// The inner service's future; writes the line when it completes.
+    /// The inner service's future; writes the line when it completes, or with status 499
+    /// when dropped before (its client gone).
     pub(crate) struct Logged<F> {
         #[pin]
         inner: F,
         pending: Option<Pending>,
     }
+
+    impl<F> PinnedDrop for Logged<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(pending) = this.project().pending.take() {
+                write_line(&pending, CLIENT_CLOSED, "-", "-");
+            }
+        }
+    }
 }
+
+/// nginx's status for a request whose client closed the connection before the response.
+const CLIENT_CLOSED: u16 = 499;
 
 impl<F, B> Future for Logged<F>
 where
@@ -114,19 +131,46 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
-            write_line(&pending, response);
+            log_response(&pending, response);
         }
         Poll::Ready(result)
     }
 }
 
-fn write_line<B>(pending: &Pending, response: &Response<B>) {
+fn log_response<B>(pending: &Pending, response: &Response<B>) {
     let headers = response.headers();
     let size = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .filter(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
         .unwrap_or("-");
+    let outcome = match headers.get(CACHE_STATUS) {
+        None => "-".to_string(),
+        Some(value) => {
+            let mut text = String::with_capacity(64);
+            escape_into(&mut text, own_member(value.as_bytes()));
+            text
+        }
+    };
+    write_line(pending, response.status().as_u16(), size, &outcome);
+}
+
+/// The last member of a `Cache-Status` value: the layer appends its own after those of
+/// the caches nearer the origin (which may be the origin's or its client's words), and
+/// its own never holds a comma.
+fn own_member(value: &[u8]) -> &[u8] {
+    let last = value
+        .iter()
+        .rposition(|&b| b == b',')
+        .map_or(value, |comma| &value[comma + 1..]);
+    let start = last
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(last.len());
+    &last[start..]
+}
+
+fn write_line(pending: &Pending, status: u16, size: &str, outcome: &str) {
     let mut line = String::with_capacity(
         160 + pending.request_line.len() + pending.referer.len() + pending.user_agent.len(),
     );
@@ -136,11 +180,11 @@ fn write_line<B>(pending: &Pending, response: &Response<B>) {
         pending.peer,
         clf_time(SystemTime::now()),
         pending.request_line,
-        response.status().as_u16(),
+        status,
         size,
         pending.referer,
         pending.user_agent,
-        field(headers, &CACHE_STATUS),
+        outcome,
         pending.started.elapsed().as_secs_f64(),
     );
     line.push('\n');
@@ -240,5 +284,15 @@ mod tests {
         let mut out = String::new();
         escape_into(&mut out, b"a \"b\\\n\xff");
         assert_eq!(out, "a \\x22b\\x5C\\x0A\\xFF");
+    }
+
+    #[test]
+    fn the_outcome_is_the_last_member() {
+        assert_eq!(own_member(b"tower-memcache; hit"), b"tower-memcache; hit");
+        assert_eq!(
+            own_member(b"origin; hit, tower-memcache; fwd=uri-miss"),
+            b"tower-memcache; fwd=uri-miss"
+        );
+        assert_eq!(own_member(b"a,"), b"");
     }
 }

@@ -17,7 +17,7 @@ use crate::size::parse_size;
 /// Every flag can also be given by the environment variable shown with it; a flag on the
 /// command line wins. Logs: an access log line per request on stdout, events on stderr
 /// (RUST_LOG filters them, default "info"). SIGTERM or Ctrl-C: stop accepting, finish open
-/// requests and pending stores (10 s at most), exit 0.
+/// requests and pending stores (10 s at most), exit 0. SIGHUP is ignored.
 #[derive(Parser, Debug)]
 // A flag given twice takes the last value, as most daemons (and the example before) do:
 // wrappers can append to a default command line.
@@ -201,7 +201,9 @@ pub(crate) struct Args {
     pub(crate) shutdown_grace: Duration,
 
     /// Serve the cache's metrics in Prometheus' text format on http://ADDR/metrics (any
-    /// path answers), from a thread of their own.
+    /// path answers), from a thread of their own: 16 connections at most, each one scrape
+    /// within --client-header-timeout. No authentication: bind it where only your
+    /// scrapers reach.
     ///
     /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
     /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES.
@@ -209,7 +211,8 @@ pub(crate) struct Args {
     pub(crate) metrics: Option<SocketAddr>,
 
     /// Write an access log line per request to stdout: nginx's "combined" format, then
-    /// the response's Cache-Status in quotes and the seconds to the response head.
+    /// the proxy's own Cache-Status member in quotes and the seconds to the response
+    /// head. A request whose client hangs up first is logged with status 499.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_ACCESS_LOG", value_enum, default_value_t = OnOff::On)]
     pub(crate) access_log: OnOff,
 

@@ -13,7 +13,8 @@
 //!
 //! Shutdown: on SIGTERM or Ctrl-C (SIGINT) the proxy stops accepting, lets the open
 //! requests finish and the cache finish its pending stores, `--shutdown-grace` (10 s) at
-//! most in all, then exits with status 0.
+//! most in all, then exits with status 0. SIGHUP is logged and ignored: there is nothing
+//! to reload.
 //!
 //! Every method, path, query and end-to-end header is forwarded, except the forwarding
 //! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
@@ -105,6 +106,8 @@ mod connections;
 mod first_bytes;
 mod forward;
 mod log_sink;
+#[cfg(feature = "metrics")]
+mod metrics_listener;
 mod size;
 
 use std::error::Error;
@@ -154,7 +157,7 @@ fn main() -> Result<(), BoxError> {
         LogFormat::Json => subscriber.json().init(),
     }
     if let Some(addr) = args.metrics {
-        serve_metrics(addr)?;
+        serve_metrics(addr, args.client_header_timeout)?;
     }
     // One near tier for the whole process, whatever the runtime: one bound, and every
     // thread's purges apply to what every thread answers.
@@ -192,35 +195,16 @@ fn main() -> Result<(), BoxError> {
     }
 }
 
-/// Installs the Prometheus recorder and its HTTP listener on `addr`, before any layer
-/// counts (the layer registers its metrics with the recorder of its first count). With no
-/// runtime running yet, the exporter runs on a thread of its own, so scrapes never wait
-/// behind proxied requests.
+/// Installs the Prometheus recorder and its bounded HTTP listener on `addr`
+/// ([`metrics_listener`]), on a thread of its own.
 #[cfg(feature = "metrics")]
-fn serve_metrics(addr: SocketAddr) -> Result<(), BoxError> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    // Buckets make the backend's latency a Prometheus histogram (aggregatable over
-    // servers and proxies) rather than a summary: 100 µs (a loopback hit) to the 100 ms
-    // lookup timeout and beyond.
-    const LATENCY_BUCKETS: [f64; 12] = [
-        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-    ];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            Matcher::Full("tower_memcache_backend_request_duration_seconds".into()),
-            &LATENCY_BUCKETS,
-        )
-        .map_err(|err| format!("--metrics {addr}: {err}"))?
-        .install()
-        .map_err(|err| format!("--metrics {addr}: {err}"))?;
-    tracing::info!(%addr, "serving metrics");
-    Ok(())
+fn serve_metrics(addr: SocketAddr, within: Duration) -> Result<(), BoxError> {
+    metrics_listener::serve(addr, within)
 }
 
 /// Without the `metrics` feature the layer emits nothing: an empty endpoint would mislead.
 #[cfg(not(feature = "metrics"))]
-fn serve_metrics(_addr: SocketAddr) -> Result<(), BoxError> {
+fn serve_metrics(_addr: SocketAddr, _within: Duration) -> Result<(), BoxError> {
     Err("--metrics needs the crate's `metrics` feature (--features proxy,metrics)".into())
 }
 
@@ -237,13 +221,31 @@ fn shutdown_signal() -> impl Future<Output = ()> {
             signal(SignalKind::interrupt()),
         )
     };
+    // SIGHUP's default action ends the process at once, cutting the responses under way
+    // (a closed terminal, a `kill -HUP` meant as nginx's reload). There is nothing to
+    // reload (flags are read once, the logs are inherited streams): said and ignored.
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     async move {
         #[cfg(unix)]
         match signals {
             (Ok(mut terminate), Ok(mut interrupt)) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
+                let mut hangup = hangup.ok();
+                loop {
+                    tokio::select! {
+                        _ = terminate.recv() => break,
+                        _ = interrupt.recv() => break,
+                        Some(()) = async {
+                            match &mut hangup {
+                                Some(hangup) => hangup.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            log_sink::stderr_line(
+                                "SIGHUP ignored: nothing to reload (restart the proxy to change its flags)".into(),
+                            );
+                        }
+                    }
                 }
             }
             (Err(err), _) | (_, Err(err)) => {
