@@ -72,8 +72,11 @@ pub(crate) fn backend_ttl(
         .any(|(name, _)| name == header::ETAG || name == header::LAST_MODIFIED);
     let fresh_left = meta.fresh_for_ms.saturating_sub(meta.initial_age_ms);
     let mut stale = meta.stale_while_revalidate_ms.max(meta.stale_if_error_ms);
+    // After the windows, not within them: an entry whose `stale-while-revalidate` was as
+    // long as `keep_stale` left memcached when its window closed, and was downloaded
+    // again rather than revalidated.
     if can_revalidate {
-        stale = stale.max(duration_ms(keep_stale));
+        stale = stale.saturating_add(duration_ms(keep_stale));
     }
     // Kept to stand in for an unreachable origin, unless it may never be served stale.
     if let Some(bound) = stale_if_unreachable.filter(|_| !meta.forbids_stale && !meta.no_cache) {
