@@ -86,3 +86,18 @@ async fn keep_stale_counts_after_the_stale_windows() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// The README: "Convenience methods never fail, as in the seeds … Every one has a `try_*`
+/// twin that returns the error." `set_raw` had none (only `try_set_raw_with_lifetime`).
+#[tokio::test]
+async fn set_raw_has_a_try_twin() {
+    use tower_memcache::MemcacheClient;
+
+    let backend = MemoryBackend::new();
+    let client = MemcacheClient::new(backend.clone()).with_namespace("oo");
+    let key = client.try_set_raw("raw", "bytes").await.unwrap();
+    assert_eq!(key, client.build_key("raw"));
+    assert_eq!(client.query_raw("raw").await.unwrap(), "bytes");
+    backend.set_unreachable(true);
+    assert!(client.try_set_raw("raw", "other").await.is_err());
+}

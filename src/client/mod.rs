@@ -310,6 +310,29 @@ impl<B: Backend> MemcacheClient<B> {
         self.set_raw_with_lifetime(key, value, self.lifetime).await
     }
 
+    /// [`set_raw`](Self::set_raw) that reports failure.
+    ///
+    /// ```
+    /// use tower_memcache::{MemcacheClient, backend::MemoryBackend};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let backend = MemoryBackend::new();
+    /// let client = MemcacheClient::new(backend.clone());
+    /// assert!(client.try_set_raw("page", "<p>hi</p>").await.is_ok());
+    /// backend.set_unreachable(true);
+    /// assert!(client.try_set_raw("page", "<p>hi</p>").await.is_err());
+    /// # }
+    /// ```
+    pub async fn try_set_raw(
+        &self,
+        key: &(impl KeyBase + ?Sized),
+        value: impl Into<Bytes>,
+    ) -> Result<String, Error> {
+        self.try_set_raw_with_lifetime(key, value, self.lifetime)
+            .await
+    }
+
     /// [`set_raw`](Self::set_raw) with an explicit lifetime.
     pub async fn set_raw_with_lifetime(
         &self,
