@@ -61,9 +61,11 @@
 //!
 //! The layer is plain tower, so it serves a hyper 1 server through `hyper-util`'s
 //! `TowerToHyperService`: `examples/hyper.rs`. `examples/reverse_proxy.rs` puts it in front
-//! of any HTTP origin, following the origin's headers ([`CacheMode::Origin`]), over
-//! several memcached servers; it also shows what a server in front of the layer should do
-//! (answer 400 to requests whose authority cannot be keyed, replace forwarding headers).
+//! of a hyper client, the smallest caching reverse proxy (in-process store, route mode, no
+//! more than the stacking). The proxy to deploy is the `tower-memcache-proxy` binary
+//! (feature `proxy`): it follows the origin's headers ([`CacheMode::Origin`]) over several
+//! memcached servers and does what a server in front of the layer should (answer 400 to
+//! requests whose authority cannot be keyed, replace forwarding headers).
 //!
 //! # The memcache client
 //!
@@ -108,6 +110,9 @@
 //! - `tcp` (default): `TcpBackend`, the client for real memcached servers (pulls in
 //!   tokio's networking).
 //! - `axum`: route rules by axum's `MatchedPath` (`RouteMatch::Pattern`).
+//! - `metrics`: counters and timings through the `metrics` facade
+//!   ([`METRIC_NAMES`](cache::METRIC_NAMES) lists them).
+//! - `proxy`: the `tower-memcache-proxy` binary, a caching reverse proxy.
 //!
 //! # Minimum supported Rust version
 //!

@@ -77,7 +77,13 @@ async fn keep_stale_counts_after_the_stale_windows() {
         "the stale entry left memcached before keep_stale ran out after its windows"
     );
     let mut service = service;
-    let later = service.ready().await.unwrap().call(request()).await.unwrap();
+    let later = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
     assert_eq!(later.status(), 200);
     assert_eq!(
         conditional.load(Ordering::SeqCst),

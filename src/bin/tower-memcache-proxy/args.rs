@@ -17,7 +17,7 @@ use crate::size::parse_size;
 /// Every flag can also be given by the environment variable shown with it; a flag on the
 /// command line wins. Logs: an access log line per request on stdout, events on stderr
 /// (RUST_LOG filters them, default "info"). SIGTERM or Ctrl-C: stop accepting, finish open
-/// requests and pending stores (10 s at most), exit 0. SIGHUP is ignored.
+/// requests and pending stores (--shutdown-grace at most), exit 0. SIGHUP is ignored.
 #[derive(Parser, Debug)]
 // A flag given twice takes the last value, as most daemons (and the example before) do:
 // wrappers can append to a default command line.
@@ -185,7 +185,8 @@ pub(crate) struct Args {
 
     /// How many client connections the proxy holds at once, over all its threads (nginx's
     /// worker_connections). Past it the proxy stops accepting until one closes; new
-    /// clients wait in the kernel's listen backlog. Each connection can hold a file
+    /// clients wait in the kernel's listen backlog (each listening thread holds one more,
+    /// accepted, until a place frees). Each connection can hold a file
     /// descriptor to the origin too: keep it under half the open-files limit.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_CONNECTIONS", value_name = "COUNT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections: u32,
