@@ -31,7 +31,8 @@ pub enum PurgeError {
 /// [`MemcacheLayer::purger`](super::MemcacheLayer::purger).
 ///
 /// Tag and namespace purges give the tag (or namespace) a new generation in memcached, and
-/// every read checks generations, so other processes see a purge at once.
+/// every read checks generations, so other processes see a purge at once (those with a
+/// near tier within its `max_staleness`; this process's own tier before the purge returns).
 ///
 /// ```
 /// use tower_memcache::backend::MemoryBackend;
