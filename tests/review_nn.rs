@@ -7,8 +7,6 @@ mod support;
 
 use support::Watch;
 
-use std::time::Duration;
-
 use http::{Method, StatusCode};
 
 use tower_memcache::MemcacheLayer;
@@ -49,7 +47,10 @@ fn shared_or_own(request: &http::Request<()>, _: usize) -> Reply {
         )
     } else {
         Reply::ok(
-            &[("cache-control", b"public, max-age=60"), ("etag", b"\"v1\"")],
+            &[
+                ("cache-control", b"public, max-age=60"),
+                ("etag", b"\"v1\""),
+            ],
             "the same page for all",
         )
     }
@@ -89,7 +90,62 @@ async fn a_head_with_credentials_does_not_evict_the_shared_entry() {
     }
 }
 
-#[allow(dead_code)]
-fn _uses(_: Duration) -> String {
-    user_of(&http::HeaderMap::new())
+/// Held (regression test): a range miss's whole-representation GET is made with the
+/// client's fields (its cookie, its language), and what it stores is the variant those
+/// fields select, as a GET of the whole from that client would be: Alice's whole page is
+/// hers, Bob's lookup misses it and gets his own.
+#[tokio::test]
+async fn a_range_miss_stores_the_whole_as_the_variant_of_its_client() {
+    let origin = Origin::new(|request, _| {
+        let body = format!(
+            "page of {} in {}",
+            user_of(request.headers()),
+            request
+                .headers()
+                .get("accept-language")
+                .map_or("en", |v| v.to_str().unwrap_or("?"))
+        );
+        let mut reply = Reply::ok(
+            &[
+                ("cache-control", b"public, max-age=60"),
+                ("vary", b"Cookie, Accept-Language"),
+            ],
+            "",
+        );
+        if request.headers().contains_key("range") {
+            reply.status = 206;
+            let range = format!("bytes 0-3/{}", body.len()).into_bytes();
+            reply.headers.push(("content-range", range));
+            reply.body = body[..4].to_string();
+        } else {
+            reply.body = body;
+        }
+        reply
+    });
+    let (svc, watch) = origin_mode(&origin);
+    let alice: &[(&str, &[u8])] = &[
+        ("cookie", b"user=alice"),
+        ("accept-language", b"fr"),
+        ("range", b"bytes=0-3"),
+    ];
+    let part = get(&svc, "/r", alice).await;
+    assert_eq!(
+        (part.status, part.body.as_str()),
+        (StatusCode::PARTIAL_CONTENT, "page")
+    );
+    watch.settled().await;
+    assert_eq!(origin.calls(), 2, "the whole was fetched in the background");
+    let whole = get(&svc, "/r", &alice[..2]).await;
+    assert_eq!(whole.body, "page of alice in fr");
+    assert_eq!(origin.calls(), 2, "and stored for Alice's variant");
+    let others: [&[(&str, &[u8])]; 3] = [
+        &[("cookie", b"user=bob"), ("accept-language", b"fr")],
+        &[("accept-language", b"fr")],
+        &[("cookie", b"user=alice"), ("accept-language", b"en")],
+    ];
+    for bob in others {
+        let seen = get(&svc, "/r", bob).await;
+        assert!(!seen.body.contains("alice in fr"), "{seen:?}");
+    }
+    assert_eq!(origin.calls(), 5);
 }

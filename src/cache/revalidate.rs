@@ -334,8 +334,8 @@ where
             // Its answer to credentials the stored response was not made for describes
             // that client's own page (RFC 9111 §3.5), not the shared one: taken as "the
             // stored response is not current", any account holder could evict it by asking.
-            let own_answer = request_headers.contains_key(header::AUTHORIZATION)
-                && !entry.meta.authenticated;
+            let own_answer =
+                request_headers.contains_key(header::AUTHORIZATION) && !entry.meta.authenticated;
             if same && same_length && has_validators(stored) {
                 shared
                     .refresh(ex, &sent, entry, &mut response, filler)
