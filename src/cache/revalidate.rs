@@ -331,16 +331,22 @@ where
                         == Some(entry.body.len())
                 });
             let same = same_representation(response.headers(), stored);
+            // Its answer to credentials the stored response was not made for describes
+            // that client's own page (RFC 9111 §3.5), not the shared one: taken as "the
+            // stored response is not current", any account holder could evict it by asking.
+            let own_answer =
+                request_headers.contains_key(header::AUTHORIZATION) && !entry.meta.authenticated;
             if same && same_length && has_validators(stored) {
                 shared
                     .refresh(ex, &sent, entry, &mut response, filler)
                     .await;
-            } else if same && same_length {
+            } else if (same && same_length) || own_answer {
                 // Neither carries a validator: nothing ties the HEAD's fields to the
                 // stored body, which may be an old page of the same length. Freshened,
                 // it would be served for the new lifetime (a monitor's HEAD each time it
                 // goes stale would keep it forever); removed, anyone could evict it by
                 // asking. Left as it was: the next GET that needs the origin fetches it.
+                // (So is one whose HEAD answered credentials, see `own_answer`.)
                 filler.release().await;
             } else if let Err(err) = shared.storage.invalidate(&plan.key).await {
                 tracing::debug!(key = %plan.key, error = %err, "stale GET entry not removed");
