@@ -8,16 +8,17 @@
 
 mod support;
 
+use support::nutcracker::Nutcracker;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{Memcached, free_port, memcached_required};
+use support::{Memcached, memcached_required};
 use tower_memcache::backend::{Backend, Lifetime, TcpBackend};
 
 /// Debian's python3-pylibmc is built for the system interpreter only; a `python3` earlier on
@@ -141,32 +142,6 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str, port: u16) -> Self {
-        // pid + port: unique across test processes and across tests within one.
-        let path = std::env::temp_dir().join(format!(
-            "tower-memcache-interop-{tag}-{}-{port}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -405,77 +380,6 @@ async fn pylibmc_shares_a_weighted_pool() {
     bounded(pylibmc_round_trip("interop::pylibmc_weighted", [1, 3, 2])).await;
 }
 
-/// nutcracker on a free loopback port in front of some memcached servers; killed and its
-/// config and log removed when dropped.
-struct Nutcracker {
-    // Declared first: the process stops before its directory goes.
-    _child: ChildGuard,
-    _dir: TempDir,
-    port: u16,
-}
-
-impl Nutcracker {
-    fn start(binary: &Path, backends: &[Memcached]) -> Self {
-        // A free port can be taken before nutcracker binds it; then it exits and we retry.
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            let (port, stats_port) = (free_port(), free_port());
-            if port == stats_port {
-                continue;
-            }
-            let dir = TempDir::new("nutcracker", port);
-            let servers: String = backends
-                .iter()
-                .map(|server| format!("    - {}:1\n", server.addr()))
-                .collect();
-            let config = format!(
-                "interop:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  \
-                 distribution: ketama\n  redis: false\n  auto_eject_hosts: false\n  \
-                 timeout: 400\n  servers:\n{servers}"
-            );
-            let conf = dir.path().join("nutcracker.yml");
-            let log = dir.path().join("nutcracker.log");
-            std::fs::write(&conf, config).expect("write nutcracker config");
-            let mut child = ChildGuard(
-                Command::new(binary)
-                    .arg("-c")
-                    .arg(&conf)
-                    .arg("-o")
-                    .arg(&log)
-                    // Stats on loopback and a port of our own, not 0.0.0.0:22222.
-                    .args(["-a", "127.0.0.1", "-s", &stats_port.to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn nutcracker"),
-            );
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let deadline = Instant::now() + PROCESS_DEADLINE;
-            while Instant::now() < deadline {
-                if child.0.try_wait().expect("try_wait").is_some() {
-                    break;
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Nutcracker {
-                        _child: child,
-                        _dir: dir,
-                        port,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            drop(child);
-            last_log = std::fs::read_to_string(&log).unwrap_or_default();
-        }
-        panic!("nutcracker did not start; last log:\n{last_log}");
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
 /// TcpBackend through twemproxy: it speaks the text protocol twemproxy forwards.
 ///
 /// Not tested through the proxy: nutcracker 0.5.0 does not support `stats`, `flush_all` or
@@ -491,7 +395,7 @@ async fn twemproxy_in_front_of_two_servers() {
         };
         let test = "interop::twemproxy";
         let servers = [memcached_or_skip!(test), memcached_or_skip!(test)];
-        let proxy = Nutcracker::start(&binary, &servers);
+        let proxy = Nutcracker::start_with(&binary, &servers, Duration::from_millis(400));
         let backend = tcp_builder().server(proxy.addr()).build().unwrap();
         let addrs: Vec<String> = servers.iter().map(Memcached::addr).collect();
         let direct = direct_backends(&addrs);

@@ -15,12 +15,11 @@
 
 mod support;
 
+use support::nutcracker::Nutcracker;
+
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -1489,88 +1488,6 @@ async fn real_memcached_lines_of_the_longest_keys() {
     }
 }
 
-/// nutcracker on a free loopback port in front of memcached servers, killed when dropped.
-struct Nutcracker {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Nutcracker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Nutcracker {
-    /// Starts nutcracker, or `None` (after a skip line) when it is not installed.
-    fn start(servers: &[support::Memcached]) -> Option<Self> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let binary = std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-            .map(|dir| dir.join("nutcracker"))
-            .find(|candidate| candidate.is_file());
-        let Some(binary) = binary else {
-            assert!(
-                !support::memcached_required(),
-                "MEMCACHED_REQUIRED=1 but nutcracker is not installed (apt-get install -y nutcracker)"
-            );
-            eprintln!("SKIP merge_adversarial: nutcracker not installed");
-            return None;
-        };
-        for _ in 0..5 {
-            let (port, stats_port) = (support::free_port(), support::free_port());
-            if port == stats_port {
-                continue;
-            }
-            let dir = std::env::temp_dir().join(format!(
-                "tower-memcache-merge-nutcracker-{}-{port}",
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let servers: String = servers
-                .iter()
-                .map(|server| format!("    - {}:1\n", server.addr()))
-                .collect();
-            let conf = dir.join("nutcracker.yml");
-            std::fs::write(
-                &conf,
-                format!(
-                    "merge:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  \
-                     distribution: ketama\n  redis: false\n  auto_eject_hosts: false\n  \
-                     timeout: 2000\n  servers:\n{servers}"
-                ),
-            )
-            .unwrap();
-            let mut child = Command::new(&binary)
-                .arg("-c")
-                .arg(&conf)
-                .arg("-o")
-                .arg(dir.join("nutcracker.log"))
-                .args(["-a", "127.0.0.1", "-s", &stats_port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Some(Nutcracker { child, dir, port });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        panic!("nutcracker did not start");
-    }
-}
-
 /// The stress through twemproxy in front of two servers: it splits each merged line between
 /// them and reassembles the reply, in its own order; every caller still gets its own
 /// values at its own places.
@@ -1578,10 +1495,10 @@ impl Nutcracker {
 async fn twemproxy_stress() {
     let test = "merge_adversarial::twemproxy";
     let servers = [memcached_or_skip!(test), memcached_or_skip!(test)];
-    let Some(proxy) = Nutcracker::start(&servers) else {
+    let Some(proxy) = Nutcracker::start("merge_adversarial", &servers) else {
         return;
     };
-    let backend = memcached_backend(format!("127.0.0.1:{}", proxy.port), 1024);
+    let backend = memcached_backend(format!("127.0.0.1:{}", proxy.port()), 1024);
     stress(&backend, 24, 100, true, stress_seed() + 99).await;
     assert!(!backend.is_server_down(0));
 }
@@ -1602,10 +1519,10 @@ async fn twemproxy_stress() {
 async fn twemproxy_error_for_one_callers_key_does_not_fail_the_callers_merged_with_it() {
     let test = "merge_adversarial::twemproxy_dead_server";
     let mut servers = [memcached_or_skip!(test), memcached_or_skip!(test)];
-    let Some(proxy) = Nutcracker::start(&servers) else {
+    let Some(proxy) = Nutcracker::start("merge_adversarial", &servers) else {
         return;
     };
-    let backend = memcached_backend(format!("127.0.0.1:{}", proxy.port), 1024);
+    let backend = memcached_backend(format!("127.0.0.1:{}", proxy.port()), 1024);
     let direct: Vec<TcpBackend> = servers
         .iter()
         .map(|server| memcached_backend(server.addr(), 1024))

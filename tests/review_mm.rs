@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use support::nutcracker::Nutcracker;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use tower_memcache::MemcacheClient;
@@ -19,93 +18,6 @@ async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) ->
     tokio::time::timeout(Duration::from_secs(60), future)
         .await
         .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
-}
-
-/// nutcracker on a free loopback port in front of memcached servers, killed when dropped
-/// (as in `merge_adversarial.rs`).
-struct Nutcracker {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Nutcracker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Nutcracker {
-    /// Starts nutcracker, or `None` (after a skip line) when it is not installed.
-    fn start(servers: &[support::Memcached]) -> Option<Self> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let binary = std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-            .map(|dir| dir.join("nutcracker"))
-            .find(|candidate| candidate.is_file());
-        let Some(binary) = binary else {
-            assert!(
-                !support::memcached_required(),
-                "MEMCACHED_REQUIRED=1 but nutcracker is not installed (apt-get install -y nutcracker)"
-            );
-            eprintln!("SKIP review_mm: nutcracker not installed");
-            return None;
-        };
-        for _ in 0..5 {
-            let (port, stats_port) = (support::free_port(), support::free_port());
-            if port == stats_port {
-                continue;
-            }
-            let dir = std::env::temp_dir().join(format!(
-                "tower-memcache-review-mm-nutcracker-{}-{port}",
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let servers: String = servers
-                .iter()
-                .map(|server| format!("    - {}:1\n", server.addr()))
-                .collect();
-            let conf = dir.join("nutcracker.yml");
-            std::fs::write(
-                &conf,
-                format!(
-                    "mm:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  \
-                     distribution: ketama\n  redis: false\n  auto_eject_hosts: false\n  \
-                     timeout: 2000\n  servers:\n{servers}"
-                ),
-            )
-            .unwrap();
-            let mut child = Command::new(&binary)
-                .arg("-c")
-                .arg(&conf)
-                .arg("-o")
-                .arg(dir.join("nutcracker.log"))
-                .args(["-a", "127.0.0.1", "-s", &stats_port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Some(Nutcracker { child, dir, port });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        panic!("nutcracker did not start");
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
 }
 
 /// A backend through twemproxy: the defaults (failure threshold 3) but one connection, so
@@ -135,7 +47,7 @@ async fn stats_and_flush_all_through_twemproxy_fail_clearly_and_cost_nothing() {
     let Some(memcached) = support::Memcached::start("review_mm::twemproxy_admin") else {
         return;
     };
-    let Some(proxy) = Nutcracker::start(std::slice::from_ref(&memcached)) else {
+    let Some(proxy) = Nutcracker::start("review_mm", std::slice::from_ref(&memcached)) else {
         return;
     };
     bounded("twemproxy admin", async {
@@ -353,7 +265,7 @@ async fn hostile_keys_values_and_lifetimes_behave_alike_everywhere() {
     let Some(memcached) = support::Memcached::start("review_mm::hostile_inputs") else {
         return;
     };
-    let Some(proxy) = Nutcracker::start(std::slice::from_ref(&memcached)) else {
+    let Some(proxy) = Nutcracker::start("review_mm", std::slice::from_ref(&memcached)) else {
         return;
     };
     bounded("hostile inputs", async {
