@@ -29,6 +29,17 @@ fn patient(servers: &[&Memcached]) -> TcpBackend {
         .unwrap()
 }
 
+/// A backend over `servers` that marks a server down and probes it back quickly.
+fn quick_to_rejoin(servers: &[&Memcached]) -> TcpBackend {
+    TcpBackend::builder()
+        .servers(servers.iter().map(|server| server.addr()))
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_millis(50))
+        .build()
+        .unwrap()
+}
+
 /// One backend per server, to see what each holds.
 fn direct(servers: &[&Memcached]) -> Vec<TcpBackend> {
     servers.iter().map(|server| patient(&[server])).collect()
@@ -270,13 +281,7 @@ async fn rejoining_server_is_reset_before_it_serves() {
     let test = "tcp_cluster::rejoin";
     let a = memcached_or_skip!(test);
     let b = memcached_or_skip!(test);
-    let backend = TcpBackend::builder()
-        .servers([a.addr(), b.addr()])
-        .timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(200))
-        .probe_interval(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let backend = quick_to_rejoin(&[&a, &b]);
     let direct = direct(&[&a, &b]);
     backend.reset_on_rejoin("generation");
     backend.reset_on_rejoin("generation"); // deduplicated
@@ -373,13 +378,7 @@ async fn a_flush_a_server_missed_while_down_is_made_before_it_serves_again() {
     let test = "tcp_cluster::missed_flush";
     let a = memcached_or_skip!(test);
     let b = memcached_or_skip!(test);
-    let backend = TcpBackend::builder()
-        .servers([a.addr(), b.addr()])
-        .timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(200))
-        .probe_interval(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let backend = quick_to_rejoin(&[&a, &b]);
     let direct = direct(&[&a, &b]);
     for server in &direct {
         server
