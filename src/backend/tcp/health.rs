@@ -5,8 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
+use tokio::time::Instant;
 
 use super::connection::{Elapsed, deadline_in};
 use super::ketama::Ring;
@@ -180,18 +181,22 @@ pub(super) async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClai
     }
 }
 
-/// Sends `flush_all` to server `index` directly (it is marked down).
-async fn flush(inner: &Inner, index: usize) -> Result<(), BackendError> {
+/// Sends `request` to server `index` directly (it is marked down, so ordinary calls fail
+/// fast) and takes its reply only if it is one `expect` accepts and no error.
+async fn direct(
+    inner: &Inner,
+    index: usize,
+    request: Bytes,
+    expect: Expect,
+    deadline: Instant,
+) -> Result<Reply, BackendError> {
     let server = &inner.servers[index];
-    let mut request = BytesMut::new();
-    protocol::encode_flush_all(&mut request, false);
-    let deadline = deadline_in(inner.call_limit());
     let reply = server
         .call(
-            request.freeze(),
+            request,
             &inner.settings,
             deadline,
-            Some("flush_all"),
+            expect.refused_by_proxies(),
         )
         .await
         .map_err(|Elapsed| BackendError::Timeout {
@@ -199,17 +204,17 @@ async fn flush(inner: &Inner, index: usize) -> Result<(), BackendError> {
             after: inner.timeout,
         })?;
     match reply? {
-        (_, Reply::Ok) => Ok(()),
         (_, other @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_))) => {
             Err(error_reply(other, None))
         }
+        (_, reply) if expect.accepts(&reply) => Ok(reply),
         (conn, other) => {
             // Out of sync: this connection cannot be trusted with the next probe.
             conn.close();
             Err(BackendError::Protocol(ProtocolViolation::new(
                 ProtocolError::UnexpectedReply {
                     reply: format!("{other:?}"),
-                    expected: Expect::Ok.expected(),
+                    expected: expect.expected(),
                 },
             )))
         }
@@ -222,8 +227,11 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
     let server = &inner.servers[index];
     if server.take_missed_flush() {
         // First: the keys below are gone with it, and it holds nothing from before.
-        match flush(inner, index).await {
-            Ok(()) => {
+        let mut request = BytesMut::new();
+        protocol::encode_flush_all(&mut request, false);
+        let deadline = deadline_in(inner.call_limit());
+        match direct(inner, index, request.freeze(), Expect::Ok, deadline).await {
+            Ok(_) => {
                 tracing::info!(server = %server.name, "a flush_all it missed made on a rejoining memcached server");
             }
             // A proxy (twemproxy) takes no flush: there is none to make up for.
@@ -253,29 +261,11 @@ async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
         let deletes = keys.iter().map(|key| {
             let mut request = BytesMut::new();
             protocol::encode_delete(&mut request, key, false);
-            server.call(request.freeze(), &inner.settings, deadline, None)
+            direct(inner, index, request.freeze(), Expect::Delete, deadline)
         });
+        // Deleted or not found: either way the key is gone.
         for reply in join_all(deletes).await {
-            let reply = reply.map_err(|Elapsed| BackendError::Timeout {
-                server: server.name.to_string(),
-                after: inner.timeout,
-            })?;
-            match reply? {
-                (_, Reply::Deleted | Reply::NotFound) => {}
-                (_, other @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_))) => {
-                    return Err(error_reply(other, None));
-                }
-                (conn, other) => {
-                    // Out of sync: this connection cannot be trusted with the next probe.
-                    conn.close();
-                    return Err(BackendError::Protocol(ProtocolViolation::new(
-                        ProtocolError::UnexpectedReply {
-                            reply: format!("{other:?}"),
-                            expected: Expect::Delete.expected(),
-                        },
-                    )));
-                }
-            }
+            reply?;
         }
         done += keys.len();
     }
