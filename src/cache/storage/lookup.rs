@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::backend::{Backend, CasOutcome, Item, Lifetime};
+use crate::backend::{Backend, Item, Lifetime};
 use crate::cache::entry::{
     Entry, EntryMeta, FLAG_HTTP_ENTRY, FLAG_VARIANT_INDEX, VariantIndex, decode_index,
 };
@@ -458,17 +458,7 @@ impl<B: Backend> Storage<B> {
         }
         // Bytes that are no generation (another tool's, a corrupt write): read on every
         // lookup they never age out, and nothing would be stored on this server again.
-        // Replaced by a fresh generation, as a namespace purge would (only misses); by
-        // compare-and-swap, so a purge's value written meanwhile stays.
-        let fresh = unique();
-        let value = Bytes::from(fresh.to_string());
-        let cas = item.cas?;
-        let replace = self
-            .backend
-            .cas_by_key(route, key, value, 0, Lifetime::NEVER, cas);
-        match self.timed("generation repair", replace).await? {
-            CasOutcome::Stored => Some(fresh),
-            CasOutcome::Exists | CasOutcome::NotFound => None,
-        }
+        // A fresh generation, as a namespace purge would write.
+        self.overwrite("generation repair", route, key, &item).await
     }
 }

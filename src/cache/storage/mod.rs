@@ -59,7 +59,7 @@ use http::HeaderMap;
 
 use super::background::Background;
 use super::stored;
-use crate::backend::{Backend, BackendError, Item, Lifetime};
+use crate::backend::{Backend, BackendError, CasOutcome, Item, Lifetime};
 use crate::cache::entry::{Entry, FLAG_PLACEHOLDER, Placeholder, VariantIndex, decode_entry};
 use crate::cache::near::NearCache;
 use crate::cache::policy::{is_never_stored, normalized_header};
@@ -272,6 +272,29 @@ impl<B: Backend> Storage<B> {
                 self.variant_key(&index.canonical_key, index.id, &values)
             })
             .collect()
+    }
+
+    /// Replaces what `key` holds on `route`'s server by a fresh unique value (a purge's:
+    /// only misses follow), if it is still `read` (compare-and-swap: a purge written
+    /// meanwhile stays). For values no process of ours wrote (not a number), which would
+    /// otherwise refuse stores for as long as they stayed. The value written, if it was.
+    async fn overwrite(
+        &self,
+        what: &'static str,
+        route: &str,
+        key: &str,
+        read: &Item,
+    ) -> Option<u64> {
+        let cas = read.cas?;
+        let fresh = unique();
+        let value = Bytes::from(fresh.to_string());
+        let replace = self
+            .backend
+            .cas_by_key(route, key, value, 0, Lifetime::NEVER, cas);
+        match self.timed(what, replace).await? {
+            CasOutcome::Stored => Some(fresh),
+            CasOutcome::Exists | CasOutcome::NotFound => None,
+        }
     }
 
     /// Runs one backend operation within the timeout; failures are logged and counted.

@@ -302,18 +302,12 @@ impl<B: Backend> Storage<B> {
     }
 
     /// Replaces a tag's mark that tells no usable purge time (see
-    /// [`store`](Self::store)) by a purge now, if it is still what was read: a purge is
-    /// always safe (only misses), and one written meanwhile stays.
+    /// [`store`](Self::store)) by a purge now, if it is still what was read.
     async fn repair_tag_mark(&self, route: &str, key: &str, read: Option<&Item>) {
-        let Some(cas) = read.and_then(|item| item.cas) else {
+        let Some(read) = read else {
             return;
         };
-        let purged = unique();
-        let value = Bytes::from(purged.to_string());
-        let replace = self
-            .backend
-            .cas_by_key(route, key, value, 0, Lifetime::NEVER, cas);
-        if self.timed("tag mark repair", replace).await == Some(CasOutcome::Stored) {
+        if let Some(purged) = self.overwrite("tag mark repair", route, key, read).await {
             tracing::debug!(key, "a tag mark no clock here could have written, replaced");
             // On this process's clock: its later fills need no margin.
             self.local_purges.record(purged);
