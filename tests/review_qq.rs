@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Frame;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::mpsc;
 use tower::{Layer, ServiceExt};
@@ -111,4 +112,52 @@ async fn a_body_streamed_in_small_frames_holds_no_more_than_its_bytes_while_fill
     let again = support::send(&service, http::Method::GET, "http://shop.example/streamed", &[]).await;
     support::assert_hit(again.cache_status());
     assert_eq!(again.body.len(), FRAMES);
+}
+
+/// `fill_buffer` bounds the bytes of responses being stored that wait for clients slower
+/// than the origin. Each frame waiting was counted for its data, or 64 bytes at least, but
+/// a frame waiting in the queue takes at least a `Frame` (96 bytes, its `HeaderMap`
+/// variant's size) and the queue grows by doubling: a body streamed in one-byte frames to
+/// a client that reads nothing held several times the bound. Counted here: the frames
+/// the layer pulled from the origin for a client that has read none of them, each at
+/// least a `Frame` in memory, against the layer's `fill_buffer`.
+#[tokio::test]
+async fn frames_waiting_for_a_stalled_client_are_counted_for_what_they_hold() {
+    const FILL_BUFFER: usize = 256 * 1024;
+    const MOST_FRAMES: usize = 100_000;
+    let layer = support::layer(MemoryBackend::new()).fill_buffer(FILL_BUFFER);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(tower::service_fn({
+        let pulled = Arc::clone(&pulled);
+        move |_request: Request<()>| {
+            let pulled = Arc::clone(&pulled);
+            async move {
+                // Always ready: only the layer's bound stops the reading.
+                let stream = futures_util::stream::iter(0..MOST_FRAMES).map(move |_| {
+                    pulled.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"x")))
+                });
+                let response = Response::builder()
+                    .header("cache-control", "public, max-age=60")
+                    .body(StreamBody::new(stream))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        }
+    }));
+    let request = Request::get("http://shop.example/stalled").body(()).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    // The reader runs on this (single-threaded) runtime until the bound stops it.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let frames = pulled.load(Ordering::SeqCst);
+    assert!(frames < MOST_FRAMES, "the reader was not stopped at all");
+    let held = frames * std::mem::size_of::<Frame<Bytes>>();
+    assert!(
+        held <= FILL_BUFFER,
+        "{frames} one-byte frames wait for a client that read none, at least {held} bytes, \
+         past the {FILL_BUFFER}-byte fill_buffer"
+    );
+    drop(response);
 }
