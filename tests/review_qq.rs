@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body::Frame;
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::mpsc;
 use tower::{Layer, ServiceExt};
@@ -85,7 +85,9 @@ async fn a_body_streamed_in_small_frames_holds_no_more_than_its_bytes_while_fill
     for _ in 0..FRAMES {
         feed.send(Backing::slice(READ_BUFFER, &live)).await.unwrap();
     }
-    let request = Request::get("http://shop.example/streamed").body(()).unwrap();
+    let request = Request::get("http://shop.example/streamed")
+        .body(())
+        .unwrap();
     let response = service.clone().oneshot(request).await.unwrap();
     let mut body = response.into_body();
     // The client reads (and drops) every frame sent so far: what stays alive is what the
@@ -109,7 +111,13 @@ async fn a_body_streamed_in_small_frames_holds_no_more_than_its_bytes_while_fill
     drop(feed);
     assert!(body.frame().await.is_none());
     watch.settled().await;
-    let again = support::send(&service, http::Method::GET, "http://shop.example/streamed", &[]).await;
+    let again = support::send(
+        &service,
+        http::Method::GET,
+        "http://shop.example/streamed",
+        &[],
+    )
+    .await;
     support::assert_hit(again.cache_status());
     assert_eq!(again.body.len(), FRAMES);
 }
@@ -145,7 +153,9 @@ async fn frames_waiting_for_a_stalled_client_are_counted_for_what_they_hold() {
             }
         }
     }));
-    let request = Request::get("http://shop.example/stalled").body(()).unwrap();
+    let request = Request::get("http://shop.example/stalled")
+        .body(())
+        .unwrap();
     let response = service.oneshot(request).await.unwrap();
     // The reader runs on this (single-threaded) runtime until the bound stops it.
     for _ in 0..100 {

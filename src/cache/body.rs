@@ -72,7 +72,8 @@ impl Tee {
             if self.joined.is_empty() {
                 let room = self.expected.clamp(self.len + data.len(), self.limit);
                 self.joined.reserve(room);
-                self.joined.extend_from_slice(&std::mem::take(&mut self.first));
+                self.joined
+                    .extend_from_slice(&std::mem::take(&mut self.first));
             }
             self.joined.extend_from_slice(data);
         }
