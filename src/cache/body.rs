@@ -104,7 +104,7 @@ impl Tee {
             // The common case of a body in one frame (or none): no copy at all.
             std::mem::take(&mut self.first)
         } else {
-            self.joined.split().freeze()
+            std::mem::take(&mut self.joined).freeze()
         };
         (self.on_complete)(Some(body));
     }
