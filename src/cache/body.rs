@@ -17,15 +17,22 @@ use super::fill::reader::{self, FillBudget, QueueReader};
 /// turned out not storable (too large, failed, trailers).
 pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
 
-/// A bounded copy of a body in flight: the chunks themselves (reference-counted, shared
-/// with the client's queue, not copied), joined when the body is complete. A body that
+/// A bounded copy of a body in flight: its first chunk as it came (reference-counted,
+/// shared with the client's queue, so a body of one frame is stored without a copy), and
+/// from the second on every chunk copied into one buffer. Kept as they came, many small
+/// chunks would each pin the buffer they are slices of (hyper's read buffer) and cost a
+/// handle besides: many times the entry size limit for a body within it. A body that
 /// turns out not storable is [`refuse`](Self::refuse)d; dropping the copy without either
 /// (its client went away) stores nothing and says nothing, and requests waiting for the
 /// response then elect another leader.
 pub(crate) struct Tee {
-    chunks: Vec<Bytes>,
+    first: Bytes,
+    /// The first chunk and those after it, once there is a second.
+    joined: BytesMut,
     len: usize,
     limit: usize,
+    /// The size the body declared at least (within `limit`): room for it is made at once.
+    expected: usize,
     on_complete: OnComplete,
 }
 
@@ -42,9 +49,11 @@ impl Tee {
             return None;
         }
         Some(Self {
-            chunks: Vec::new(),
+            first: Bytes::new(),
+            joined: BytesMut::new(),
             len: 0,
             limit,
+            expected: usize::try_from(size_hint.lower()).unwrap_or(limit),
             on_complete,
         })
     }
@@ -54,10 +63,21 @@ impl Tee {
         if self.len + data.len() > self.limit {
             return false;
         }
-        if !data.is_empty() {
-            self.len += data.len();
-            self.chunks.push(data.clone());
+        if data.is_empty() {
+            return true;
         }
+        if self.len == 0 {
+            self.first = data.clone();
+        } else {
+            if self.joined.is_empty() {
+                let room = self.expected.clamp(self.len + data.len(), self.limit);
+                self.joined.reserve(room);
+                self.joined
+                    .extend_from_slice(&std::mem::take(&mut self.first));
+            }
+            self.joined.extend_from_slice(data);
+        }
+        self.len += data.len();
         true
     }
 
@@ -80,17 +100,11 @@ impl Tee {
     }
 
     pub(crate) fn complete(mut self) {
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            // The common case of a body in one frame: no copy at all.
-            1 => self.chunks.swap_remove(0),
-            _ => {
-                let mut joined = BytesMut::with_capacity(self.len);
-                for chunk in &self.chunks {
-                    joined.extend_from_slice(chunk);
-                }
-                joined.freeze()
-            }
+        let body = if self.joined.is_empty() {
+            // The common case of a body in one frame (or none): no copy at all.
+            std::mem::take(&mut self.first)
+        } else {
+            std::mem::take(&mut self.joined).freeze()
         };
         (self.on_complete)(Some(body));
     }

@@ -314,7 +314,9 @@ impl<B: Backend> MemcacheLayer<B> {
     /// layer, for clients that read more slowly than the origin sends. Within it, an entry
     /// is filled at the origin's pace whatever its client does; past it, reading follows
     /// the client again (so a crowd of stalled clients costs this much memory, not an
-    /// entry each). Defaults to 64 MiB.
+    /// entry each). Each frame waiting counts its data and its place in the queue (a
+    /// couple of hundred bytes), so a body sent in tiny frames is bounded alike.
+    /// Defaults to 64 MiB.
     pub fn fill_buffer(mut self, bytes: usize) -> Self {
         self.config.fill_budget = FillBudget::new(bytes);
         self

@@ -28,8 +28,10 @@ use crate::cache::body::Tee;
 /// How far the reader runs ahead of a slow client once it no longer fills an entry.
 const QUEUE_LOW_WATER: usize = 64 * 1024;
 
-/// What a queued frame counts for at least, so empty frames cannot pile up for free.
-const FRAME_COST_FLOOR: usize = 64;
+/// What a queued frame counts for beyond its data: its place in the queue (a `Frame`
+/// holds a `HeaderMap` inline, 96 bytes), twice since the queue grows by doubling. So
+/// small or empty frames cannot pile up for less than they hold.
+const FRAME_OVERHEAD: usize = 2 * std::mem::size_of::<Result<Frame<Bytes>, ErasedError>>();
 
 /// Bytes read from origins but not yet by clients, across the fills of one layer.
 #[derive(Debug)]
@@ -70,7 +72,7 @@ fn cost(frame: &Result<Frame<Bytes>, ErasedError>) -> usize {
         Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
         Err(_) => 0,
     };
-    data.max(FRAME_COST_FLOOR)
+    data.saturating_add(FRAME_OVERHEAD)
 }
 
 /// A body error on its way through the queue. The queue is not generic over the body so
