@@ -11,8 +11,9 @@
 #   2. starts nginx with bench/nginx/nginx.conf.template: the origin (a static 1 KiB file)
 #      and, on another port, the srcache + memc cache in front of it;
 #   3. builds and starts the proxy twice: tower-memcache-proxy --upstream <origin> --memcache
-#      <memcached> --threads $WORKERS --mode routes --ttl 300 (nginx gets worker_processes
-#      $WORKERS), and the same with --near-cache $NEAR_CACHE;
+#      <memcached> --threads $PROXY_THREADS --mode routes --ttl 300 (nginx gets
+#      worker_processes $WORKERS; PROXY_THREADS defaults to $WORKERS), and the same with
+#      --near-cache $NEAR_CACHE;
 #   4. warms both caches (curl twice each) and checks the second answer is a hit on both and
 #      that both serve the same body;
 #   5. runs wrk against each in turn for $ROUNDS rounds (the order rotates every round), and
@@ -29,7 +30,8 @@
 # shared, as on a real site. The warm-up stores them all.
 #
 # Knobs (environment): ROUNDS=5 DURATION=10s WARMUP=3s CONNECTIONS=32 WRK_THREADS=1 PATHS=1
-# WORKERS=2 MEMCACHED_THREADS=2 NEAR_CACHE=64M,1s MODULES_DIR=/usr/lib/nginx/modules KEEP=1 (keep the temp
+# WORKERS=2 PROXY_THREADS=$WORKERS (each side at its own best setting for the machine: see
+# BENCHMARKS.md) MEMCACHED_THREADS=2 NEAR_CACHE=64M,1s MODULES_DIR=/usr/lib/nginx/modules KEEP=1 (keep the temp
 # dir with configs and logs) PROXY_ENV='VAR=value ...' (extra environment for the proxy,
 # e.g. PROXY_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2) PROXY_FLAGS='...'
 # (extra flags for both proxies, e.g. PROXY_FLAGS='--runtime per-thread').
@@ -46,6 +48,7 @@ WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-2}
+PROXY_THREADS=${PROXY_THREADS:-$WORKERS}
 MEMCACHED_THREADS=${MEMCACHED_THREADS:-2}
 MODULES_DIR=${MODULES_DIR:-/usr/lib/nginx/modules}
 NEAR_CACHE=${NEAR_CACHE:-64M,1s}
@@ -126,7 +129,7 @@ PIDS+=($!)
 NGINX_PID=$!
 
 PROXY_ARGS=(--listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
-    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300 --access-log off)
+    --memcache "127.0.0.1:$MC_PORT" --threads "$PROXY_THREADS" --mode routes --ttl 300 --access-log off)
 read -r -a EXTRA_FLAGS <<<"${PROXY_FLAGS:-}"
 PROXY_ARGS+=("${EXTRA_FLAGS[@]}")
 read -r -a EXTRA_ENV <<<"${PROXY_ENV:-}"
@@ -134,7 +137,7 @@ env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${PROXY_ARGS[@]}" >"$WORK/prox
 PIDS+=($!)
 PROXY_PID=$!
 NEAR_ARGS=(--listen "127.0.0.1:$NEAR_PORT" --upstream "http://127.0.0.1:$ORIGIN_PORT"
-    --memcache "127.0.0.1:$MC_PORT" --threads "$WORKERS" --mode routes --ttl 300 --access-log off
+    --memcache "127.0.0.1:$MC_PORT" --threads "$PROXY_THREADS" --mode routes --ttl 300 --access-log off
     --near-cache "$NEAR_CACHE" "${EXTRA_FLAGS[@]}")
 env RUST_LOG=warn "${EXTRA_ENV[@]}" "$PROXY_BIN" "${NEAR_ARGS[@]}" >"$WORK/near.log" 2>&1 &
 PIDS+=($!)
