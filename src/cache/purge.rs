@@ -118,7 +118,9 @@ impl<B: Backend> Purger<B> {
     /// else stored there.
     pub async fn purge_all(&self) -> Result<(), PurgeError> {
         let storage = &self.storage;
-        let flushed = storage.bounded(storage.backend().flush_all()).await;
+        // As long as the other purges wait: a server that does not answer is marked
+        // down (its flush owed) before this returns.
+        let flushed = storage.bounded_purge(storage.backend().flush_all()).await;
         if let Some(near) = storage.near() {
             near.forget_all();
         }
