@@ -60,12 +60,15 @@ fn direct(addr: &str) -> TcpBackend {
 /// A TCP relay in front of a memcached: what a client sends is passed on, except that
 /// a chunk holding a `delete` waits while deletes are held, and one holding a
 /// `flush_all` is lost while flushes are lost (the network, or a server that never got
-/// it). Replies pass unchanged.
+/// it), and every chunk is lost while the relay is cut (a partition: unlike a stopped
+/// memcached, which takes what waits in its socket when it continues, the server never
+/// gets what was sent meanwhile). Replies pass unchanged.
 struct Relay {
     addr: String,
     hold_deletes: Arc<AtomicBool>,
     held: Arc<AtomicUsize>,
     lose_flushes: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -76,11 +79,13 @@ impl Relay {
             hold_deletes: Arc::default(),
             held: Arc::default(),
             lose_flushes: Arc::default(),
+            cut: Arc::default(),
         };
-        let (hold, held, lose) = (
+        let (hold, held, lose, cut) = (
             Arc::clone(&relay.hold_deletes),
             Arc::clone(&relay.held),
             Arc::clone(&relay.lose_flushes),
+            Arc::clone(&relay.cut),
         );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -92,7 +97,8 @@ impl Relay {
                 tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
                 });
-                let (hold, held, lose) = (hold.clone(), held.clone(), lose.clone());
+                let (hold, held, lose, cut) =
+                    (hold.clone(), held.clone(), lose.clone(), cut.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
@@ -102,7 +108,9 @@ impl Relay {
                         };
                         let chunk = &buf[..n];
                         let holds = |word: &[u8]| chunk.windows(word.len()).any(|w| w == word);
-                        if lose.load(Ordering::SeqCst) && holds(b"flush_all") {
+                        if cut.load(Ordering::SeqCst)
+                            || (lose.load(Ordering::SeqCst) && holds(b"flush_all"))
+                        {
                             continue;
                         }
                         if hold.load(Ordering::SeqCst) && holds(b"delete ") {
@@ -264,6 +272,49 @@ async fn a_server_that_missed_a_purge_all_does_not_serve_what_it_removed() {
         eventually("the server back in use", || !backend.is_server_down(1)).await;
         for body in every_page(&svc, &layer).await {
             assert!(body.ends_with(" v1"), "{body}: from before the purge_all");
+        }
+    })
+    .await;
+}
+
+/// One backend shared by more namespaces than it keeps keys to reset on rejoin
+/// (`MAX_RESET_ON_REJOIN_KEYS`: a layer per tenant, or namespaces named after a deploy,
+/// over a process's life). The namespace past the bound had its generation key ignored
+/// (a warning at start-up): a server that missed its purge while stopped came back with
+/// the old generation, and every page purged there was served again after the purge had
+/// returned `Ok`. Past the bound, a rejoining server is now flushed instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_holds_for_a_namespace_past_the_reset_on_rejoin_bound() {
+    let test = "review_rr::many_namespaces";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    bounded(test, async {
+        let relay = Relay::start(b.addr()).await;
+        let backend = quick_to_rejoin(&[a.addr(), relay.addr.clone()]);
+        // Each layer registers its namespace's generation when it first makes a purger or
+        // a service.
+        for tenant in 0..tower_memcache::backend::MAX_RESET_ON_REJOIN_KEYS {
+            let _ = MemcacheLayer::new(backend.clone())
+                .namespace(format!("tenant-{tenant}"))
+                .purger();
+        }
+        let layer = layer(backend.clone());
+        let version = Arc::new(AtomicU64::new(0));
+        let svc = service(&layer, &version);
+        every_page(&svc, &layer).await;
+        let before = every_page(&svc, &layer).await;
+        assert!(before.iter().all(|body| body.ends_with(" v0")));
+
+        relay.cut.store(true, Ordering::SeqCst);
+        version.store(1, Ordering::SeqCst);
+        layer.purger().purge_namespace().await.unwrap();
+        assert!(backend.is_server_down(1), "the cut server is marked down");
+        relay.cut.store(false, Ordering::SeqCst);
+        eventually("the server back in use", || !backend.is_server_down(1)).await;
+        for _ in 0..2 {
+            for body in every_page(&svc, &layer).await {
+                assert!(body.ends_with(" v1"), "{body}: from before the purge");
+            }
         }
     })
     .await;

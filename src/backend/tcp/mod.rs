@@ -51,7 +51,7 @@ pub use super::CasOutcome;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -118,6 +118,10 @@ struct Family {
     /// Keys deleted on a server that answers its probe, before it is marked up
     /// ([`Backend::reset_on_rejoin`]); at most [`MAX_RESET_ON_REJOIN_KEYS`].
     reset_on_rejoin: Mutex<Vec<String>>,
+    /// A key past [`MAX_RESET_ON_REJOIN_KEYS`] was registered: a rejoining server is
+    /// flushed instead (the keys it would not delete could otherwise hold generations
+    /// from before purges it missed).
+    reset_overflowed: AtomicBool,
     /// Servers marked down so far ([`Backend::outages`]), counted before each transition
     /// (see `Server::mark_down`).
     outages: AtomicU64,
@@ -1096,11 +1100,22 @@ impl Backend for TcpBackend {
             return;
         }
         if keys.len() >= MAX_RESET_ON_REJOIN_KEYS {
-            tracing::warn!(
-                key,
-                max = MAX_RESET_ON_REJOIN_KEYS,
-                "too many keys to reset on rejoin; ignored"
-            );
+            // Ignored, a server that missed a purge of what the key guards would come
+            // back with its old value under it, and serve what the purge removed: the
+            // whole server is flushed instead (bounded work, at the cost of everything
+            // else it held).
+            if !self
+                .inner
+                .family
+                .reset_overflowed
+                .swap(true, Ordering::SeqCst)
+            {
+                tracing::warn!(
+                    key,
+                    max = MAX_RESET_ON_REJOIN_KEYS,
+                    "too many keys to reset on rejoin; a rejoining server is flushed instead"
+                );
+            }
             return;
         }
         keys.push(key.to_string());
