@@ -2,8 +2,10 @@
 //! them fail (stopped, resumed, refusing a command, losing a request), with `flush_all`
 //! (`Purger::purge_all`, the seed API's "invalidate all") the write under attack: a flush
 //! a server missed is made before it serves again, whenever it missed it, and a server
-//! that cannot take one is not kept out of use for it. Real servers, each test its own;
-//! every wait is bounded and polls.
+//! that cannot take one is not kept out of use for it; and purges across a partition
+//! (a relay that loses what is sent, where a stopped memcached would take it late), past
+//! the bound on keys reset on rejoin too. Real servers, each test its own; every wait is
+//! bounded and polls.
 #![cfg(feature = "tcp")]
 
 mod support;
@@ -318,4 +320,75 @@ async fn a_purge_holds_for_a_namespace_past_the_reset_on_rejoin_bound() {
         }
     })
     .await;
+}
+
+/// Purges made while a server is cut off (what was sent to it lost, not waiting in its
+/// socket as for a stopped memcached, which takes it when it continues) hold once it is
+/// back: with its keys failing or moved to the other server meanwhile, with a near tier,
+/// and after a second outage brings the copies made during the first one back into use.
+async fn purges_hold_across_a_partition(remove_failed: bool) {
+    let test = "review_rr::partition";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    bounded(test, async {
+        let relay = Relay::start(b.addr()).await;
+        let backend = TcpBackend::builder()
+            .servers([a.addr(), relay.addr.clone()])
+            .timeout(Duration::from_millis(200))
+            .connect_timeout(Duration::from_millis(200))
+            .probe_interval(Duration::from_millis(50))
+            .remove_failed_servers(remove_failed)
+            .build()
+            .unwrap();
+        let layer = layer(backend.clone()).near_cache(tower_memcache::cache::NearCache::new(
+            1 << 20,
+            Duration::from_millis(200),
+        ));
+        let version = Arc::new(AtomicU64::new(0));
+        let svc = service(&layer, &version);
+        let expect = |bodies: Vec<String>, v: u64, when: &str| {
+            for body in bodies {
+                assert!(body.ends_with(&format!(" v{v}")), "{when}: {body}");
+            }
+        };
+        every_page(&svc, &layer).await;
+        expect(every_page(&svc, &layer).await, 0, "filled");
+        for (outage, purge) in ["namespace", "uri", "namespace again"].iter().enumerate() {
+            relay.cut.store(true, Ordering::SeqCst);
+            // Found down by the pages' own lookups (and refilled on the other server, with
+            // `remove_failed_servers`), then purged.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !backend.is_server_down(1) {
+                assert!(Instant::now() < deadline, "the cut server not marked down");
+                every_page(&svc, &layer).await;
+            }
+            every_page(&svc, &layer).await;
+            let v = outage as u64 + 1;
+            version.store(v, Ordering::SeqCst);
+            if *purge == "uri" {
+                for i in 0..PAGES {
+                    let uri = format!("http://site.example/page/{i}");
+                    layer.purger().purge_uri(&uri).await.unwrap();
+                }
+            } else {
+                layer.purger().purge_namespace().await.unwrap();
+            }
+            expect(every_page(&svc, &layer).await, v, "while cut");
+            relay.cut.store(false, Ordering::SeqCst);
+            eventually("the server back in use", || !backend.is_server_down(1)).await;
+            expect(every_page(&svc, &layer).await, v, "back");
+            expect(every_page(&svc, &layer).await, v, "back, again");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_hold_across_a_partition_of_a_server_kept_in_the_ring() {
+    purges_hold_across_a_partition(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_hold_across_a_partition_of_a_server_removed_from_the_ring() {
+    purges_hold_across_a_partition(true).await;
 }
