@@ -101,8 +101,9 @@ pub enum CasOutcome {
     NotFound,
 }
 
-/// The most keys [`Backend::reset_on_rejoin`] keeps; further ones are ignored (with a
-/// warning), so the work a rejoining server waits for stays bounded.
+/// The most keys [`Backend::reset_on_rejoin`] keeps, so the work a rejoining server waits
+/// for stays bounded. Past it `TcpBackend` flushes a rejoining server instead (with a
+/// warning): everything it held goes, the keys it would not delete with the rest.
 pub const MAX_RESET_ON_REJOIN_KEYS: usize = 64;
 
 /// A memcached-like store: a cloneable handle whose async methods have memcached's
@@ -401,8 +402,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// ([`set_on_every_server`](Self::set_on_every_server): purges), so what it still holds
     /// under those keys is stale. Deleting them when it rejoins makes it hold nothing
     /// rather than an old value. Keys are deduplicated and shared by clones; at most
-    /// [`MAX_RESET_ON_REJOIN_KEYS`] are kept, and invalid or further keys are ignored with
-    /// a warning. The default, for backends whose store never leaves, does nothing.
+    /// [`MAX_RESET_ON_REJOIN_KEYS`] are kept (past them `TcpBackend` flushes a rejoining
+    /// server instead, with a warning), and invalid keys are ignored with a warning. The
+    /// default, for backends whose store never leaves, does nothing.
     fn reset_on_rejoin(&self, key: &str) {
         let _ = key;
     }

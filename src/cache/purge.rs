@@ -116,9 +116,14 @@ impl<B: Backend> Purger<B> {
 
     /// Empties the whole backend (memcached's `flush_all`): every namespace, and anything
     /// else stored there.
+    ///
+    /// An error when a server missed it (`TcpBackend`: that server is marked down and
+    /// flushed before it serves again) or refused it (memcached `-F`, a proxy).
     pub async fn purge_all(&self) -> Result<(), PurgeError> {
         let storage = &self.storage;
-        let flushed = storage.bounded(storage.backend().flush_all()).await;
+        // As long as the other purges wait: a server that does not answer is marked
+        // down (its flush owed) before this returns.
+        let flushed = storage.bounded_purge(storage.backend().flush_all()).await;
         if let Some(near) = storage.near() {
             near.forget_all();
         }

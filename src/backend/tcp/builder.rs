@@ -1,7 +1,7 @@
 //! [`TcpBackendBuilder`]: a [`TcpBackend`]'s servers and settings, and server addresses
 //! read as libmemcached reads them.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -223,6 +223,7 @@ impl TcpBackendBuilder {
             specs,
             ring: RwLock::new(Arc::new(ring)),
             reset_on_rejoin: Mutex::new(Vec::new()),
+            reset_overflowed: AtomicBool::new(false),
             outages: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
         });

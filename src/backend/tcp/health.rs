@@ -222,22 +222,36 @@ async fn direct(
 }
 
 /// Deletes the keys registered with [`Backend::reset_on_rejoin`](crate::backend::Backend::reset_on_rejoin) on server `index`, directly
-/// (it is marked down, so ordinary calls fail fast). Absent keys count as deleted.
+/// (it is marked down, so ordinary calls fail fast). Absent keys count as deleted. First
+/// a `flush_all`, when one is owed or more keys were registered than are kept.
 async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
     let server = &inner.servers[index];
-    if server.take_missed_flush() {
+    // Taken whether or not the keys overflowed: a flush made now pays the debt.
+    let owed = server.take_missed_flush();
+    if owed || inner.family.reset_overflowed.load(Ordering::SeqCst) {
         // First: the keys below are gone with it, and it holds nothing from before.
         let mut request = BytesMut::new();
         protocol::encode_flush_all(&mut request, false);
         let deadline = deadline_in(inner.call_limit());
         match direct(inner, index, request.freeze(), Expect::Ok, deadline).await {
-            Ok(_) => {
+            Ok(_) if owed => {
                 tracing::info!(server = %server.name, "a flush_all it missed made on a rejoining memcached server");
+            }
+            Ok(_) => {
+                tracing::info!(server = %server.name, "a rejoining memcached server flushed: more keys to reset than kept");
             }
             // A proxy (twemproxy) takes no flush: there is none to make up for.
             Err(BackendError::Unsupported { .. }) => {}
+            // Refused by the server (memcached `-F`): it never takes one, and a reset that
+            // waited for it would keep the server out of use for good (every one of its
+            // keys a miss, far more than its share). The keys below are reset all the same.
+            Err(BackendError::Server(reply)) => {
+                tracing::warn!(server = %server.name, %reply, "a rejoining memcached server refuses the flush_all it missed; it may hold what the flush removed elsewhere");
+            }
             Err(err) => {
-                server.missed_flush();
+                if owed {
+                    server.missed_flush();
+                }
                 return Err(err);
             }
         }

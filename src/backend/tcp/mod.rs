@@ -51,7 +51,7 @@ pub use super::CasOutcome;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -118,6 +118,10 @@ struct Family {
     /// Keys deleted on a server that answers its probe, before it is marked up
     /// ([`Backend::reset_on_rejoin`]); at most [`MAX_RESET_ON_REJOIN_KEYS`].
     reset_on_rejoin: Mutex<Vec<String>>,
+    /// A key past [`MAX_RESET_ON_REJOIN_KEYS`] was registered: a rejoining server is
+    /// flushed instead (the keys it would not delete could otherwise hold generations
+    /// from before purges it missed).
+    reset_overflowed: AtomicBool,
     /// Servers marked down so far ([`Backend::outages`]), counted before each transition
     /// (see `Server::mark_down`).
     outages: AtomicU64,
@@ -511,6 +515,45 @@ impl TcpBackend {
         .await
     }
 
+    /// See [`Backend::flush_all`] (`TcpBackend`'s).
+    async fn flush_everywhere(&self) -> Result<(), BackendError> {
+        let calls = (0..self.inner.servers.len()).map(|index| async move {
+            let mut request = BytesMut::new();
+            protocol::encode_flush_all(&mut request, false);
+            let reply = self
+                .execute_on(
+                    index,
+                    request.freeze(),
+                    Expect::Ok,
+                    None,
+                    Reaches::Rejoining,
+                )
+                .await;
+            match reply {
+                Ok(Reply::Ok) => Ok(()),
+                // Refused unsent (a proxy), or refused by the server (`-F`): it holds
+                // everything still, and always will; an error, nothing owed.
+                Err(err @ BackendError::Unsupported { .. }) => Err(err),
+                Ok(other) => Err(error_reply(other, None)),
+                Err(err) => {
+                    // Owed first, then marked down: a reset that begins after the mark
+                    // sees the debt, and one that had begun (and looked for a debt
+                    // already) is undone by the mark and made again.
+                    self.inner.servers[index].missed_flush();
+                    self.force_down(index, &err);
+                    Err(err)
+                }
+            }
+        });
+        let mut outcome = Ok(());
+        for reply in join_all(calls).await {
+            if let Err(err) = reply {
+                outcome = Err(err);
+            }
+        }
+        outcome
+    }
+
     /// Sends `request` to every server not marked down (a server whose reset on rejoin is
     /// under way gets it too); a server that fails it (`judge` says how a reply fails) is
     /// marked down at once: it missed a write every server must have, and must not serve
@@ -832,31 +875,15 @@ impl Backend for TcpBackend {
         number_reply(self.keyed(key, request, Expect::Number).await?)
     }
 
+    /// `flush_all` on every server, as a write every server must take: in a task of its
+    /// own (it is judged even if the caller gives up), sent to rejoining servers too, and a
+    /// server that misses it (marked down, or failing it) owes it and is marked down at
+    /// once, so that it is flushed before it serves again (`health::reset`). A server that
+    /// answers with a refusal (memcached `-F`) or a proxy that takes no flush owe nothing:
+    /// no rejoin could make it.
     async fn flush_all(&self) -> Result<(), BackendError> {
-        let calls = (0..self.inner.servers.len()).map(|index| {
-            let mut request = BytesMut::new();
-            protocol::encode_flush_all(&mut request, false);
-            self.execute(index, request.freeze(), Expect::Ok)
-        });
-        let mut outcome = Ok(());
-        for (index, reply) in join_all(calls).await.into_iter().enumerate() {
-            let failed = match reply {
-                Ok(Reply::Ok) => continue,
-                // Refused unsent (a proxy): nothing there to make up for.
-                Err(err @ BackendError::Unsupported { .. }) => {
-                    outcome = Err(err);
-                    continue;
-                }
-                Ok(other) => error_reply(other, None),
-                Err(err) => err,
-            };
-            // Marked down (or failing): it may come back holding what was flushed
-            // everywhere else, and a client that does not version its namespace would read
-            // it. Flushed before it serves again (`health::reset`).
-            self.inner.servers[index].missed_flush();
-            outcome = Err(failed);
-        }
-        outcome
+        let backend = self.clone();
+        detached(async move { backend.flush_everywhere().await }).await
     }
 
     async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
@@ -1073,11 +1100,22 @@ impl Backend for TcpBackend {
             return;
         }
         if keys.len() >= MAX_RESET_ON_REJOIN_KEYS {
-            tracing::warn!(
-                key,
-                max = MAX_RESET_ON_REJOIN_KEYS,
-                "too many keys to reset on rejoin; ignored"
-            );
+            // Ignored, a server that missed a purge of what the key guards would come
+            // back with its old value under it, and serve what the purge removed: the
+            // whole server is flushed instead (bounded work, at the cost of everything
+            // else it held).
+            if !self
+                .inner
+                .family
+                .reset_overflowed
+                .swap(true, Ordering::SeqCst)
+            {
+                tracing::warn!(
+                    key,
+                    max = MAX_RESET_ON_REJOIN_KEYS,
+                    "too many keys to reset on rejoin; a rejoining server is flushed instead"
+                );
+            }
             return;
         }
         keys.push(key.to_string());

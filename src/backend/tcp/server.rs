@@ -65,8 +65,9 @@ struct Health {
     /// Cleared when `stats settings` cost a connection (twemproxy closes the connection
     /// on `stats`): new connections then skip it, until the server is marked up again.
     ask_settings: AtomicBool,
-    /// A `flush_all` failed on it (most often: it was marked down). It may still hold
-    /// what the flush removed everywhere else, so it is flushed before it serves again.
+    /// A `flush_all` missed it (it was marked down, or did not answer): it may still hold
+    /// what the flush removed everywhere else, so it is flushed before it serves again
+    /// (and was marked down for that, if it was in use).
     missed_flush: AtomicBool,
     /// Its handles into the `metrics` recorder, registered on first use.
     #[cfg(feature = "metrics")]
@@ -402,8 +403,8 @@ impl Server {
             .set(if self.is_down() { 0.0 } else { 1.0 });
     }
 
-    /// Out of use: marked down, or rejoining.
-    /// A `flush_all` failed on this server: it is flushed on its next rejoin.
+    /// A `flush_all` missed this server: it is flushed on its next rejoin (the caller
+    /// marks it down, so that there is one before it serves again).
     pub(crate) fn missed_flush(&self) {
         self.health.missed_flush.store(true, Ordering::SeqCst);
     }
@@ -414,6 +415,7 @@ impl Server {
         self.health.missed_flush.swap(false, Ordering::SeqCst)
     }
 
+    /// Out of use: marked down, or rejoining.
     pub(crate) fn is_down(&self) -> bool {
         self.health.state.load(Ordering::Acquire) != UP
     }
