@@ -14,6 +14,7 @@ use futures_util::future::{self, TryFutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -120,6 +121,7 @@ pub(crate) async fn forward(
     // The pool speaks HTTP/1.1 to the origin whatever the client spoke.
     *request.version_mut() = Version::HTTP_11;
 
+    let carries_body = !request.body().is_end_stream();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     // Gone since `as_forwarded`, before the cache; made sure of rather than trusted.
@@ -131,6 +133,13 @@ pub(crate) async fn forward(
         headers.insert(header::HOST, host);
     }
     // No client host at all (HTTP/1.0): the client pool fills in the upstream's.
+    // A connection that carried a request body is not used again: an origin that answers
+    // without reading the body (a static or redirect handler: "CL.0" desync) reads it as
+    // the next request, and its answer, once the pool had sent the next client's request,
+    // answered that one (and was stored under its key).
+    if carries_body {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     let method = request.method().clone();
     match tokio::time::timeout(upstream.head_timeout, upstream.client.request(request)).await {

@@ -20,8 +20,10 @@
 //! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
 //! the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 //! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
-//! ways. Upstream connections are pooled and kept alive, and spoken to in HTTP/1.1
-//! whatever the client spoke; responses go out as the proxy's own HTTP/1.1 (HTTP/1.0
+//! ways. Upstream connections are pooled and kept alive (but for one that carried a
+//! request body, closed after its response: an origin that answered without reading the
+//! body would read it as the next request, and its answer would go to the next client
+//! sent there), and spoken to in HTTP/1.1 whatever the client spoke; responses go out as the proxy's own HTTP/1.1 (HTTP/1.0
 //! clients still get 1.0), not the origin's version. An origin that cannot be reached
 //! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
 //! (60 s) 504 Gateway Timeout; neither is cached. A response whose `Transfer-Encoding`

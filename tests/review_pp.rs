@@ -1,0 +1,482 @@
+//! Review PP: the reverse proxy's side facing the origin. Framing and connection reuse:
+//! whether any response can end up stored or served for a request it does not belong to
+//! (an origin answering twice for one request, bytes after a bodiless response, a body
+//! cut short), and what request framing and fields the proxy forwards to the origin.
+//!
+//! The origin is a raw TCP server whose script says, per request head, the exact bytes
+//! to write, so that it can say what hyper-based origins never would.
+
+mod support;
+
+use support::proxy::{Proxy, start_proxy};
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the origin does for one request head.
+struct Answer {
+    /// Written at once.
+    now: Vec<u8>,
+    /// Written after a pause (the connection otherwise idle), if any.
+    later: Option<(Duration, Vec<u8>)>,
+    /// Close the connection once written.
+    close: bool,
+    /// Read the request's `Content-Length` body before answering (an origin that answers
+    /// some paths without reading the body leaves it to be read as the next request: a
+    /// "CL.0" desync).
+    reads_body: bool,
+    /// Answer only once the next request head on the connection has arrived (a slow
+    /// handler: the proxy has sent its next request meanwhile).
+    after_next_head: bool,
+}
+
+impl Answer {
+    fn bytes(now: impl Into<Vec<u8>>) -> Self {
+        Self {
+            now: now.into(),
+            later: None,
+            close: false,
+            reads_body: true,
+            after_next_head: false,
+        }
+    }
+}
+
+type Script = dyn Fn(&str) -> Answer + Send + Sync;
+
+/// A raw origin: each request head read (and `Content-Length` body bytes skipped) gets
+/// what the script says; remembers every head and counts connections.
+struct RawOrigin {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    connections: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawOrigin {
+    async fn start(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Self {
+        let script: Arc<Script> = Arc::new(script);
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(0));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn({
+            let (heads, connections) = (Arc::clone(&heads), Arc::clone(&connections));
+            async move {
+                let mut served = tokio::task::JoinSet::new();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    *connections.lock().unwrap() += 1;
+                    served.spawn(serve(stream, Arc::clone(&script), Arc::clone(&heads)));
+                }
+            }
+        });
+        Self {
+            addr,
+            heads,
+            connections,
+            task,
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+async fn serve(mut stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<String>>>) {
+    let mut buffer = Vec::new();
+    loop {
+        let Some(end) = find(&buffer, b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
+        buffer.drain(..end + 4);
+        heads.lock().unwrap().push(head.clone());
+        let answer = script(&head);
+        let length = header_of(&head, "content-length")
+            .and_then(|value| value.parse::<usize>().ok())
+            .filter(|_| answer.reads_body)
+            .unwrap_or(0);
+        while buffer.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buffer.drain(..length);
+        if answer.after_next_head {
+            let next = async {
+                while find(&buffer, b"\r\n\r\n").is_none() {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            };
+            // Bounded: no next request within 5 s, and the answer goes out alone.
+            if let Ok(false) = tokio::time::timeout(Duration::from_secs(5), next).await {
+                return;
+            }
+        }
+        if stream.write_all(&answer.now).await.is_err() {
+            return;
+        }
+        if let Some((pause, bytes)) = answer.later {
+            tokio::time::sleep(pause).await;
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        if answer.close {
+            return;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field
+            .trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
+}
+
+fn path_of(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or("")
+}
+
+/// A page of `body`, fresh for a minute.
+fn page(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The attacker's page: what a second response for one request says.
+const EVIL: &str = "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
+
+/// One request on a fresh connection (`Connection: close`): status and body.
+async fn get(proxy: &Proxy, path: &str) -> (u16, String) {
+    support::proxy::raw(proxy, &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n")).await
+}
+
+/// One request, `only-if-cached`: the status and body the cache holds (504: nothing).
+async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {
+    support::proxy::raw(
+        proxy,
+        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n"),
+    )
+    .await
+}
+
+/// Asks `paths` one after another (each on a fresh client connection, the proxy reusing
+/// its pooled origin connection) and checks that every answer, and what is then cached,
+/// is the path's own page.
+async fn each_gets_its_own(proxy: &Proxy, paths: &[&str]) {
+    for path in paths {
+        let (status, body) = get(proxy, path).await;
+        assert!(
+            status == 502 || body == format!("page {path}"),
+            "{path} was answered {status} {body:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for path in paths {
+        loop {
+            let (status, body) = cached(proxy, path).await;
+            if status == 200 {
+                assert_eq!(body, format!("page {path}"), "{path} stored another's page");
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_two_responses_in_one_write() {
+    let origin = RawOrigin::start(|head| {
+        let path = path_of(head).to_string();
+        if path == "/first" {
+            Answer::bytes(format!("{}{EVIL}", page("page /first")))
+        } else {
+            Answer::bytes(page(&format!("page {path}")))
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    each_gets_its_own(&proxy, &["/first", "/second", "/third"]).await;
+    eprintln!("connections {}", origin.connections.lock().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_second_response_later() {
+    let origin = RawOrigin::start(|head| {
+        let path = path_of(head).to_string();
+        let mut answer = Answer::bytes(page(&format!("page {path}")));
+        if path == "/first" {
+            answer.later = Some((Duration::from_millis(50), EVIL.as_bytes().to_vec()));
+        }
+        answer
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let (_, body) = get(&proxy, "/first").await;
+    assert_eq!(body, "page /first");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    each_gets_its_own(&proxy, &["/second", "/third"]).await;
+    eprintln!("connections {}", origin.connections.lock().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_bodies_on_bodiless_answers() {
+    let origin = RawOrigin::start(|head| {
+        let path = path_of(head).to_string();
+        let method = head.split(' ').next().unwrap_or("");
+        match path.as_str() {
+            "/head" if method == "HEAD" => Answer::bytes(format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{EVIL}",
+                EVIL.len()
+            )),
+            "/204" => Answer::bytes(format!(
+                "HTTP/1.1 204 No Content\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{EVIL}",
+                EVIL.len()
+            )),
+            "/304" => Answer::bytes(format!("HTTP/1.1 304 Not Modified\r\nContent-Length: {}\r\n\r\n{EVIL}", EVIL.len())),
+            _ => Answer::bytes(page(&format!("page {path}"))),
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let _ = support::proxy::raw(&proxy, "HEAD /head HTTP/1.1\r\nHost: shop.example\r\n").await;
+    each_gets_its_own(&proxy, &["/a1", "/a2"]).await;
+    let _ = get(&proxy, "/204").await;
+    each_gets_its_own(&proxy, &["/b1", "/b2"]).await;
+    let _ = support::proxy::raw(&proxy, "GET /304 HTTP/1.1\r\nHost: shop.example\r\nIf-None-Match: \"x\"\r\n").await;
+    each_gets_its_own(&proxy, &["/c1", "/c2"]).await;
+    eprintln!("connections {}", origin.connections.lock().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_request_framing_forwarded() {
+    let origin = RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for head in [
+        "GET /g1 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n",
+        "GET /g2 HTTP/1.1\r\nHost: shop.example\r\nTE: trailers\r\nUpgrade: websocket\r\nConnection: upgrade, x-forwarded-for, te\r\n",
+        "GET /g3 HTTP/1.1\r\nHost: shop.example\r\nExpect: 100-continue\r\n",
+        "GET /g4 HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nVia: 1.1 evil\r\nMax-Forwards: 0\r\n",
+    ] {
+        let (status, body) = support::proxy::raw(&proxy, head).await;
+        eprintln!("{head:?} -> {status} {body:?}");
+    }
+    for bytes in [
+        "POST /p1 HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST /p2 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    ] {
+        eprintln!("{bytes:?} -> {:?}", exchange(&proxy, bytes.as_bytes()).await);
+    }
+    for head in origin.heads() {
+        eprintln!("ORIGIN SAW {head:?}");
+    }
+}
+
+/// Sends `bytes` as they are and reads until the proxy closes (5 s at most).
+async fn exchange(proxy: &Proxy, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Whether `response` (read to the connection's end) is framed complete: its body as long
+/// as `Content-Length` says, or chunked up to the last chunk.
+fn complete(response: &str) -> bool {
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        return false;
+    };
+    if let Some(length) = header_of(head, "content-length") {
+        return length.parse::<usize>().ok() == Some(body.len());
+    }
+    if header_of(head, "transfer-encoding").is_some() {
+        return body.ends_with("0\r\n\r\n");
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_cut_body_to_waiters() {
+    let origin = RawOrigin::start(|head| {
+        let path = path_of(head).to_string();
+        if path.starts_with("/cut") {
+            let mut answer = Answer::bytes(
+                "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 100\r\n\r\nonly ten b",
+            );
+            answer.later = Some((Duration::from_millis(600), b"more".to_vec()));
+            answer.close = true;
+            answer
+        } else if path.starts_with("/chunk") {
+            let mut answer = Answer::bytes(
+                "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nTransfer-Encoding: chunked\r\n\r\na\r\nonly ten b\r\n",
+            );
+            answer.later = Some((Duration::from_millis(600), b"4\r\nmore\r\n".to_vec()));
+            answer.close = true;
+            answer
+        } else {
+            Answer::bytes(page(&format!("page {path}")))
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for path in ["/cut", "/chunk"] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n");
+        let leader = tokio::spawn({
+            let addr = proxy.addr;
+            let head = head.clone();
+            async move { exchange_at(addr, head.as_bytes()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let follower = exchange(&proxy, head.as_bytes()).await;
+        let leader = leader.await.unwrap();
+        eprintln!("LEADER {leader:?}\nFOLLOWER {follower:?}");
+        eprintln!("leader complete {} follower complete {}", complete(&leader), complete(&follower));
+        eprintln!("cached {:?}", cached(&proxy, path).await);
+    }
+}
+
+async fn exchange_at(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_stalled_body() {
+    let origin = RawOrigin::start(|head| {
+        let path = path_of(head).to_string();
+        if path.starts_with("/stall") {
+            let mut answer = Answer::bytes(
+                "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 100\r\n\r\nonly ten b",
+            );
+            answer.later = Some((Duration::from_secs(3600), b"more".to_vec()));
+            answer
+        } else {
+            Answer::bytes(page(&format!("page {path}")))
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
+    let started = Instant::now();
+    let head = "GET /stall HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
+    let answer = exchange(&proxy, head.as_bytes()).await;
+    eprintln!("STALL after {:?}: {answer:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_malformed_heads() {
+    let cases: Vec<(&str, String)> = vec![
+        ("/cl2", "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 4\r\nContent-Length: 8\r\n\r\nEVILpage".into()),
+        ("/cl2same", "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nEVIL".into()),
+        ("/cllist", "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 4, 8\r\n\r\nEVILpage".into()),
+        ("/clplus", "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: +4\r\n\r\nEVIL".into()),
+        ("/fold", "HTTP/1.1 200 OK\r\nCache-Control: public,\r\n max-age=60\r\nContent-Length: 4\r\n\r\nEVIL".into()),
+        ("/space", "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length : 4\r\n\r\nEVIL".into()),
+        ("/lf", "HTTP/1.1 200 OK\nCache-Control: public, max-age=60\nContent-Length: 4\n\nEVIL".into()),
+        ("/storm", format!("{}{}", "HTTP/1.1 100 Continue\r\n\r\n".repeat(20000), page("page /storm"))),
+        ("/h10", "HTTP/1.0 200 OK\r\nCache-Control: public, max-age=60\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nEVIL".into()),
+    ];
+    let answers: std::collections::HashMap<String, String> =
+        cases.iter().map(|(p, a)| (p.to_string(), a.clone())).collect();
+    let origin = RawOrigin::start(move |head| {
+        let path = path_of(head).to_string();
+        match answers.get(&path) {
+            Some(answer) => Answer::bytes(answer.clone()),
+            None => Answer::bytes(page(&format!("page {path}"))),
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for (path, _) in &cases {
+        let (status, body) = get(&proxy, path).await;
+        eprintln!("{path} -> {status} {body:?}");
+        each_gets_its_own(&proxy, &[&format!("/after{path}")]).await;
+        eprintln!("   cached {:?}", cached(&proxy, path).await);
+    }
+    eprintln!("connections {}", origin.connections.lock().unwrap());
+}
+
+/// An origin that answers `/static` without reading a request body (as static-file and
+/// redirect handlers of some servers do: "CL.0" in the HTTP desync research) reads the
+/// body as the next request. A client put a whole `GET /slow` there: its answer (slow to
+/// come) went out on the pooled connection after the proxy had sent its next request
+/// there, another client's `GET /home`, and was taken as that one's: the attacker's page
+/// answered, and stored, as the home page. A connection that carried a request body is
+/// not used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_an_origin_ignores_never_answers_the_next_request() {
+    let origin = RawOrigin::start(|head| {
+        let path = path_of(head).to_string();
+        match path.as_str() {
+            "/static" => {
+                let mut answer = Answer::bytes(page("static"));
+                answer.reads_body = false;
+                answer
+            }
+            "/slow" => {
+                let mut answer = Answer::bytes(EVIL);
+                answer.after_next_head = true;
+                answer
+            }
+            _ => Answer::bytes(page(&format!("page {path}"))),
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let smuggled = "GET /slow HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+    for (method, victim) in [("POST", "/home"), ("GET", "/index")] {
+        let attack = format!(
+            "{method} /static HTTP/1.1\r\nHost: shop.example\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{smuggled}",
+            smuggled.len()
+        );
+        let answer = exchange(&proxy, attack.as_bytes()).await;
+        assert!(answer.ends_with("static"), "{answer:?}");
+        each_gets_its_own(&proxy, &[victim]).await;
+    }
+}
