@@ -183,11 +183,16 @@ fn page(body: &str) -> String {
 }
 
 /// The attacker's page: what a second response for one request says.
-const EVIL: &str = "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
+const EVIL: &str =
+    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
 
 /// One request on a fresh connection (`Connection: close`): status and body.
 async fn get(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(proxy, &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n")).await
+    support::proxy::raw(
+        proxy,
+        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n"),
+    )
+    .await
 }
 
 /// One request, `only-if-cached`: the status and body the cache holds (504: nothing).
@@ -285,14 +290,19 @@ async fn experiment_bodies_on_bodiless_answers() {
     each_gets_its_own(&proxy, &["/a1", "/a2"]).await;
     let _ = get(&proxy, "/204").await;
     each_gets_its_own(&proxy, &["/b1", "/b2"]).await;
-    let _ = support::proxy::raw(&proxy, "GET /304 HTTP/1.1\r\nHost: shop.example\r\nIf-None-Match: \"x\"\r\n").await;
+    let _ = support::proxy::raw(
+        &proxy,
+        "GET /304 HTTP/1.1\r\nHost: shop.example\r\nIf-None-Match: \"x\"\r\n",
+    )
+    .await;
     each_gets_its_own(&proxy, &["/c1", "/c2"]).await;
     eprintln!("connections {}", origin.connections.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn experiment_request_framing_forwarded() {
-    let origin = RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
+    let origin =
+        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
     let proxy = start_proxy(origin.addr, &[]);
     for head in [
         "GET /g1 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n",
@@ -307,7 +317,10 @@ async fn experiment_request_framing_forwarded() {
         "POST /p1 HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         "POST /p2 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
     ] {
-        eprintln!("{bytes:?} -> {:?}", exchange(&proxy, bytes.as_bytes()).await);
+        eprintln!(
+            "{bytes:?} -> {:?}",
+            exchange(&proxy, bytes.as_bytes()).await
+        );
     }
     for head in origin.heads() {
         eprintln!("ORIGIN SAW {head:?}");
@@ -363,7 +376,8 @@ async fn experiment_cut_body_to_waiters() {
     .await;
     let proxy = start_proxy(origin.addr, &[]);
     for path in ["/cut", "/chunk"] {
-        let head = format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n");
+        let head =
+            format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n");
         let leader = tokio::spawn({
             let addr = proxy.addr;
             let head = head.clone();
@@ -373,7 +387,11 @@ async fn experiment_cut_body_to_waiters() {
         let follower = exchange(&proxy, head.as_bytes()).await;
         let leader = leader.await.unwrap();
         eprintln!("LEADER {leader:?}\nFOLLOWER {follower:?}");
-        eprintln!("leader complete {} follower complete {}", complete(&leader), complete(&follower));
+        eprintln!(
+            "leader complete {} follower complete {}",
+            complete(&leader),
+            complete(&follower)
+        );
         eprintln!("cached {:?}", cached(&proxy, path).await);
     }
 }
@@ -421,8 +439,10 @@ async fn experiment_malformed_heads() {
         ("/storm", format!("{}{}", "HTTP/1.1 100 Continue\r\n\r\n".repeat(20000), page("page /storm"))),
         ("/h10", "HTTP/1.0 200 OK\r\nCache-Control: public, max-age=60\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nEVIL".into()),
     ];
-    let answers: std::collections::HashMap<String, String> =
-        cases.iter().map(|(p, a)| (p.to_string(), a.clone())).collect();
+    let answers: std::collections::HashMap<String, String> = cases
+        .iter()
+        .map(|(p, a)| (p.to_string(), a.clone()))
+        .collect();
     let origin = RawOrigin::start(move |head| {
         let path = path_of(head).to_string();
         match answers.get(&path) {
@@ -479,4 +499,158 @@ async fn a_request_body_an_origin_ignores_never_answers_the_next_request() {
         assert!(answer.ends_with("static"), "{answer:?}");
         each_gets_its_own(&proxy, &[victim]).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_client_framing() {
+    let origin =
+        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
+    let proxy = start_proxy(origin.addr, &[]);
+    for bytes in [
+        "POST /both HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        "POST /cl2 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 3\r\nContent-Length: 40\r\nConnection: close\r\n\r\nabc",
+        "GET /getcl HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    ] {
+        eprintln!(
+            "{bytes:?} -> {:?}",
+            exchange(&proxy, bytes.as_bytes()).await
+        );
+    }
+    for head in origin.heads() {
+        eprintln!("ORIGIN SAW {head:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_slow_upload() {
+    let origin =
+        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
+    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    eprintln!("SLOW UPLOAD -> {:?}", String::from_utf8_lossy(&response));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_slow_head_and_waiters() {
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let origin = RawOrigin::start({
+        let slow = Arc::clone(&slow);
+        move |head| {
+            let path = path_of(head).to_string();
+            if slow.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut answer = Answer::bytes("");
+                answer.later = Some((
+                    Duration::from_millis(1500),
+                    page(&format!("page {path}")).into_bytes(),
+                ));
+                answer
+            } else {
+                Answer::bytes(page(&format!("page {path}")))
+            }
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let answer = exchange_at(
+                addr,
+                b"GET /p HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            (
+                answer.split("\r\n").next().unwrap_or("").to_string(),
+                started.elapsed(),
+            )
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for task in tasks {
+        eprintln!("{:?}", task.await.unwrap());
+    }
+    slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    let t = Instant::now();
+    eprintln!("after: {:?} in {:?}", get(&proxy, "/p").await, t.elapsed());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    eprintln!("cached: {:?}", cached(&proxy, "/p").await);
+    eprintln!("heads: {}", origin.heads().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_late_answer_after_timeout() {
+    let origin = RawOrigin::start(|head| {
+        let path = path_of(head).to_string();
+        if path == "/slow" {
+            let mut answer = Answer::bytes("");
+            answer.later = Some((Duration::from_millis(1500), page("page /slow").into_bytes()));
+            answer
+        } else {
+            let mut answer = Answer::bytes(page(&format!("page {path}")));
+            answer.after_next_head = false;
+            answer
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
+    eprintln!("{:?}", get(&proxy, "/slow").await);
+    for path in ["/v1", "/v2", "/v3"] {
+        eprintln!("{path}: {:?}", get(&proxy, path).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("connections {}", origin.connections.lock().unwrap());
+}
+
+/// Sends a POST to `/upload` whose `length`-byte body goes out one byte per `pause`, then
+/// reads the answer (10 s at most): its status line.
+async fn upload(proxy: &Proxy, length: usize, sent: usize, pause: Duration) -> String {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..sent {
+        tokio::time::sleep(pause).await;
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    response.split("\r\n").next().unwrap_or("").to_string()
+}
+
+/// `--upstream-timeout` is how long the origin may take to send its response head: a
+/// request body that took longer than that to arrive (an upload over a slow link, every
+/// byte of it on its way) was cut off and answered 504, while the origin was waiting for
+/// the rest of it. The time counts from the body's last byte (and a body that stops
+/// coming for that long is still cut off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slower_than_the_upstream_timeout_still_reaches_the_origin() {
+    let origin =
+        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
+    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "2s"]);
+    // 15 bytes, 200 ms apart: 3 s in all, never a pause near 2 s.
+    let status = upload(&proxy, 15, 15, Duration::from_millis(200)).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // Half a body, then nothing: cut off after the timeout, not held for ever.
+    let started = Instant::now();
+    let status = upload(&proxy, 15, 5, Duration::from_millis(10)).await;
+    assert_eq!(status, "HTTP/1.1 504 Gateway Timeout");
+    assert!(started.elapsed() < Duration::from_secs(9));
 }

@@ -157,8 +157,9 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub(crate) cache_timeout: Duration,
 
-    /// How long the origin may take to send a response head before the client gets 504
-    /// Gateway Timeout (nginx's proxy_read_timeout for the head).
+    /// How long the origin may take to send a response head, from the request body's last
+    /// byte, before the client gets 504 Gateway Timeout (nginx's proxy_read_timeout for the
+    /// head); a request body that pauses that long on its way is cut off alike.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) upstream_timeout: Duration,
 

@@ -4,10 +4,13 @@
 
 use std::convert::Infallible;
 use std::error::Error;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{self, TryFutureExt};
@@ -20,6 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
 use tower::Service;
 use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
 
@@ -69,12 +73,13 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
 
 /// What the forwarding service knows: where the origin is and a pooled client to it.
 pub(crate) struct Upstream {
-    client: Client<HttpConnector, ProxyRequestBody>,
+    client: Client<HttpConnector, Upload>,
     authority: Authority,
     /// The authority as a `Host` value, for `--upstream-host`.
     host_value: HeaderValue,
     upstream_host: bool,
-    /// How long the origin may take to send its response head (`--upstream-timeout`).
+    /// How long the origin may take to send its response head once the request is sent,
+    /// and a request body to make progress (`--upstream-timeout`).
     head_timeout: Duration,
 }
 
@@ -84,6 +89,80 @@ pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// The client's request body, or none for a request the cache makes of its own (the whole
 /// representation after a range request's miss: see `MemcacheLayer::own_request_body`).
 pub(crate) type ProxyRequestBody = Either<Incoming, Empty<Bytes>>;
+
+pin_project! {
+    /// A request body on its way to the origin, noting when it last made progress (a
+    /// frame or its end) for [`head_in_time`]; without a clock for a request without body.
+    pub(crate) struct Upload {
+        #[pin]
+        body: ProxyRequestBody,
+        progress: Option<Arc<Progress>>,
+    }
+}
+
+/// When an upload last moved: nanoseconds after `base`.
+struct Progress {
+    base: Instant,
+    at: AtomicU64,
+}
+
+impl Progress {
+    fn mark(&self) {
+        let elapsed = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.at.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.at.load(Ordering::Relaxed))
+    }
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = <ProxyRequestBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let (Poll::Ready(_), Some(progress)) = (&polled, this.progress.as_ref()) {
+            progress.mark();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `response`, if its head comes within `timeout` of the request's last progress: its
+/// start, or with `progress`, the last frame (or the end) of its body. An upload that
+/// takes longer than `timeout` in all is no slow origin (the origin answers once it has
+/// the body); one that stops for `timeout` is cut off all the same.
+async fn head_in_time<F: Future>(
+    response: F,
+    timeout: Duration,
+    progress: Option<&Progress>,
+) -> Option<F::Output> {
+    let mut response = pin!(response);
+    let mut last = Instant::now();
+    loop {
+        match tokio::time::timeout_at((last + timeout).into(), response.as_mut()).await {
+            Ok(output) => return Some(output),
+            Err(_) => match progress.map(Progress::last) {
+                Some(moved) if moved > last => last = moved,
+                _ => return None,
+            },
+        }
+    }
+}
 
 /// The inner service: forwards one request to the origin. Never fails: trouble with the
 /// origin is a 502 or 504 response.
@@ -142,8 +221,19 @@ pub(crate) async fn forward(
     }
 
     let method = request.method().clone();
-    match tokio::time::timeout(upstream.head_timeout, upstream.client.request(request)).await {
-        Ok(Ok(mut response)) => {
+    let progress = carries_body.then(|| {
+        Arc::new(Progress {
+            base: Instant::now(),
+            at: AtomicU64::new(0),
+        })
+    });
+    let request = request.map(|body| Upload {
+        body,
+        progress: progress.clone(),
+    });
+    let response = upstream.client.request(request);
+    match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
+        Some(Ok(mut response)) => {
             // Our own version towards the client, whatever the origin spoke (hyper still
             // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
             // stored, and replayed on hits) would make HTTP/1.1 clients close the
@@ -164,11 +254,11 @@ pub(crate) async fn forward(
             strip_hop_by_hop(response.headers_mut());
             Ok(response.map(Either::Left))
         }
-        Ok(Err(err)) => {
+        Some(Err(err)) => {
             tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
             Ok(unreachable(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"))
         }
-        Err(_) => {
+        None => {
             tracing::warn!(%method, upstream = %upstream.authority, "upstream sent no response in time");
             Ok(unreachable(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -23,10 +23,11 @@
 //! ways. Upstream connections are pooled and kept alive (but for one that carried a
 //! request body, closed after its response: an origin that answered without reading the
 //! body would read it as the next request, and its answer would go to the next client
-//! sent there), and spoken to in HTTP/1.1 whatever the client spoke; responses go out as the proxy's own HTTP/1.1 (HTTP/1.0
-//! clients still get 1.0), not the origin's version. An origin that cannot be reached
+//! sent there), and spoken to in HTTP/1.1 whatever the client spoke; responses go out as
+//! the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An origin that cannot be reached
 //! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
-//! (60 s) 504 Gateway Timeout; neither is cached. A response whose `Transfer-Encoding`
+//! (60 s) of the request's last byte 504 Gateway Timeout (as does a request body that
+//! pauses that long on its way); neither is cached. A response whose `Transfer-Encoding`
 //! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
 //! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
 //! it, and the body would go on (and into the cache) still coded. An origin's
