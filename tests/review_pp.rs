@@ -32,6 +32,9 @@ struct Answer {
     /// Answer only once the next request head on the connection has arrived (a slow
     /// handler: the proxy has sent its next request meanwhile).
     after_next_head: bool,
+    /// Once written, send nothing more: wait for the proxy to close the connection (20 s
+    /// at most), and say when it did in `closed`.
+    hold: bool,
 }
 
 impl Answer {
@@ -42,6 +45,7 @@ impl Answer {
             close: false,
             reads_body: true,
             after_next_head: false,
+            hold: false,
         }
     }
 }
@@ -54,6 +58,8 @@ struct RawOrigin {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
     connections: Arc<Mutex<usize>>,
+    /// When each connection held (see [`Answer::hold`]) was closed by the proxy.
+    closed: Arc<Mutex<Vec<Instant>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,10 +74,12 @@ impl RawOrigin {
         let script: Arc<Script> = Arc::new(script);
         let heads = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
+        let closed = Arc::new(Mutex::new(Vec::new()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn({
             let (heads, connections) = (Arc::clone(&heads), Arc::clone(&connections));
+            let closed = Arc::clone(&closed);
             async move {
                 let mut served = tokio::task::JoinSet::new();
                 loop {
@@ -79,7 +87,8 @@ impl RawOrigin {
                         return;
                     };
                     *connections.lock().unwrap() += 1;
-                    served.spawn(serve(stream, Arc::clone(&script), Arc::clone(&heads)));
+                    let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
+                    served.spawn(serve(stream, script, heads, Arc::clone(&closed)));
                 }
             }
         });
@@ -87,6 +96,7 @@ impl RawOrigin {
             addr,
             heads,
             connections,
+            closed,
             task,
         }
     }
@@ -96,7 +106,12 @@ impl RawOrigin {
     }
 }
 
-async fn serve(mut stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<String>>>) {
+async fn serve(
+    mut stream: TcpStream,
+    script: Arc<Script>,
+    heads: Arc<Mutex<Vec<String>>>,
+    closed: Arc<Mutex<Vec<Instant>>>,
+) {
     let mut buffer = Vec::new();
     loop {
         let Some(end) = find(&buffer, b"\r\n\r\n") else {
@@ -147,6 +162,14 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<
             if stream.write_all(&bytes).await.is_err() {
                 return;
             }
+        }
+        if answer.hold {
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest));
+            if read.await.is_ok() {
+                closed.lock().unwrap().push(Instant::now());
+            }
+            return;
         }
         if answer.close {
             return;
@@ -653,4 +676,88 @@ async fn an_upload_slower_than_the_upstream_timeout_still_reaches_the_origin() {
     let status = upload(&proxy, 15, 5, Duration::from_millis(10)).await;
     assert_eq!(status, "HTTP/1.1 504 Gateway Timeout");
     assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+/// `--upstream-timeout` bounded only the wait for the response head: an origin that sent
+/// a head and part of a body, then nothing (a handler stuck on its database), held the
+/// request for ever. A background refresh (`stale-while-revalidate`) has no client whose
+/// send timeout would end it: its task, one of the layer's 64, and the origin connection
+/// stayed taken for good, and enough of them stopped every refresh. A body that sends
+/// nothing for `--upstream-timeout` is now cut off (nginx's `proxy_read_timeout`), and
+/// stored nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_body_that_stops_is_cut_off_after_the_upstream_timeout() {
+    let asked = Arc::new(Mutex::new(0usize));
+    let origin = RawOrigin::start({
+        let asked = Arc::clone(&asked);
+        move |_| {
+            let mut asked = asked.lock().unwrap();
+            *asked += 1;
+            let cache_control = "public, max-age=1, stale-while-revalidate=600";
+            if *asked == 1 {
+                return Answer::bytes(format!(
+                    "HTTP/1.1 200 OK\r\nCache-Control: {cache_control}\r\nContent-Length: 2\r\n\r\nv1"
+                ));
+            }
+            let mut answer = Answer::bytes(format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: {cache_control}\r\nContent-Length: 100\r\n\r\nonly ten b"
+            ));
+            answer.hold = true;
+            answer
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
+    assert_eq!(get(&proxy, "/swr").await, (200, "v1".to_string()));
+    // Stale once a second has passed: served, and refreshed in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *asked.lock().unwrap() < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, body) = get(&proxy, "/swr").await;
+        assert_eq!((status, body.as_str()), (200, "v1"));
+    }
+    let refreshed = Instant::now();
+    while origin.closed.lock().unwrap().is_empty() {
+        assert!(
+            refreshed.elapsed() < Duration::from_secs(8),
+            "the stalled refresh still holds its origin connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The cut body was not stored: still the old page.
+    assert_eq!(get(&proxy, "/swr").await, (200, "v1".to_string()));
+}
+
+/// The other side of the body timeout: only the time spent waiting for the origin counts.
+/// A client that stops reading a large uncached body for longer than `--upstream-timeout`
+/// (the origin has sent it all) still gets the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_reading_is_not_taken_for_a_stalled_origin() {
+    const SIZE: usize = 8 << 20;
+    let origin = RawOrigin::start(|_| {
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {SIZE}\r\n\r\n")
+                .into_bytes();
+        answer.resize(answer.len() + SIZE, b'x');
+        Answer::bytes(answer)
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let read = stream.read(&mut first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+        .await
+        .expect("the body within 20 s")
+        .unwrap();
+    let whole = [&first[..read], &rest[..]].concat();
+    let body_at = find(&whole, b"\r\n\r\n").expect("a head") + 4;
+    assert_eq!(whole.len() - body_at, SIZE, "the body was cut short");
 }

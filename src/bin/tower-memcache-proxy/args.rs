@@ -158,8 +158,9 @@ pub(crate) struct Args {
     pub(crate) cache_timeout: Duration,
 
     /// How long the origin may take to send a response head, from the request body's last
-    /// byte, before the client gets 504 Gateway Timeout (nginx's proxy_read_timeout for the
-    /// head); a request body that pauses that long on its way is cut off alike.
+    /// byte, before the client gets 504 Gateway Timeout, and to send the next part of a
+    /// response body before it is cut off (nginx's proxy_read_timeout); a request body
+    /// that pauses that long on its way is cut off alike.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) upstream_timeout: Duration,
 

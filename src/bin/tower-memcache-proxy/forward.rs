@@ -79,12 +79,86 @@ pub(crate) struct Upstream {
     host_value: HeaderValue,
     upstream_host: bool,
     /// How long the origin may take to send its response head once the request is sent,
-    /// and a request body to make progress (`--upstream-timeout`).
+    /// or the next frame of its body, and a request body to make progress
+    /// (`--upstream-timeout`).
     head_timeout: Duration,
 }
 
 /// The origin's body, or a short body the proxy made up (502, 504).
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<Download, Full<Bytes>>;
+
+pin_project! {
+    /// The origin's response body, cut off (an error: never stored, never complete to a
+    /// client) once the proxy has waited `--upstream-timeout` for its next frame (nginx's
+    /// `proxy_read_timeout`). Only the time spent waiting for the origin counts, not the
+    /// time the body waits for a slow client to take what it sent.
+    pub(crate) struct Download {
+        #[pin]
+        body: Incoming,
+        #[pin]
+        stalled: tokio::time::Sleep,
+        timeout: Duration,
+        waiting: bool,
+    }
+}
+
+impl Download {
+    fn new(body: Incoming, timeout: Duration) -> Self {
+        Self {
+            body,
+            // Armed when a wait starts.
+            stalled: tokio::time::sleep(timeout),
+            timeout,
+            waiting: false,
+        }
+    }
+}
+
+/// The error a [`Download`] that stopped ends with.
+#[derive(Debug)]
+struct OriginStalled;
+
+impl std::fmt::Display for OriginStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the origin sent nothing of its response body for --upstream-timeout")
+    }
+}
+
+impl Error for OriginStalled {}
+
+impl http_body::Body for Download {
+    type Data = Bytes;
+    type Error = Box<dyn Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if !*this.waiting {
+            *this.waiting = true;
+            let deadline = tokio::time::Instant::now() + *this.timeout;
+            this.stalled.as_mut().reset(deadline);
+        }
+        if this.stalled.poll(cx).is_ready() {
+            tracing::warn!("upstream stopped sending a response body: cut off");
+            return Poll::Ready(Some(Err(Box::new(OriginStalled))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// The client's request body, or none for a request the cache makes of its own (the whole
 /// representation after a range request's miss: see `MemcacheLayer::own_request_body`).
@@ -252,7 +326,8 @@ pub(crate) async fn forward(
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }
             strip_hop_by_hop(response.headers_mut());
-            Ok(response.map(Either::Left))
+            let timeout = upstream.head_timeout;
+            Ok(response.map(|body| Either::Left(Download::new(body, timeout))))
         }
         Some(Err(err)) => {
             tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");

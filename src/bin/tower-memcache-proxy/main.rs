@@ -27,7 +27,8 @@
 //! the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An origin that cannot be reached
 //! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
 //! (60 s) of the request's last byte 504 Gateway Timeout (as does a request body that
-//! pauses that long on its way); neither is cached. A response whose `Transfer-Encoding`
+//! pauses that long on its way); neither is cached. A response body of which the origin
+//! sends nothing for `--upstream-timeout` is cut off, and not stored. A response whose `Transfer-Encoding`
 //! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
 //! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
 //! it, and the body would go on (and into the cache) still coded. An origin's
