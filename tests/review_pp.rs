@@ -52,12 +52,11 @@ impl Answer {
 
 type Script = dyn Fn(&str) -> Answer + Send + Sync;
 
-/// A raw origin: each request head read (and `Content-Length` body bytes skipped) gets
-/// what the script says; remembers every head and counts connections.
+/// A raw origin: each request head read (and its `Content-Length` body, unless the answer
+/// says otherwise) gets what the script says; remembers every head.
 struct RawOrigin {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
-    connections: Arc<Mutex<usize>>,
     /// When each connection held (see [`Answer::hold`]) was closed by the proxy.
     closed: Arc<Mutex<Vec<Instant>>>,
     task: tokio::task::JoinHandle<()>,
@@ -73,12 +72,11 @@ impl RawOrigin {
     async fn start(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Self {
         let script: Arc<Script> = Arc::new(script);
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(Mutex::new(0));
         let closed = Arc::new(Mutex::new(Vec::new()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn({
-            let (heads, connections) = (Arc::clone(&heads), Arc::clone(&connections));
+            let heads = Arc::clone(&heads);
             let closed = Arc::clone(&closed);
             async move {
                 let mut served = tokio::task::JoinSet::new();
@@ -86,7 +84,6 @@ impl RawOrigin {
                     let Ok((stream, _)) = listener.accept().await else {
                         return;
                     };
-                    *connections.lock().unwrap() += 1;
                     let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
                     served.spawn(serve(stream, script, heads, Arc::clone(&closed)));
                 }
@@ -95,7 +92,6 @@ impl RawOrigin {
         Self {
             addr,
             heads,
-            connections,
             closed,
             task,
         }
@@ -254,43 +250,38 @@ async fn each_gets_its_own(proxy: &Proxy, paths: &[&str]) {
     }
 }
 
+/// Response queue poisoning by an origin that answers one request twice: the second
+/// answer, in the same write or a moment later on the idle pooled connection, must never
+/// be taken for the next request sent there, nor stored under its key. (A regression
+/// test: hyper closes a connection that sends bytes nobody asked for.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_two_responses_in_one_write() {
-    let origin = RawOrigin::start(|head| {
-        let path = path_of(head).to_string();
-        if path == "/first" {
-            Answer::bytes(format!("{}{EVIL}", page("page /first")))
-        } else {
-            Answer::bytes(page(&format!("page {path}")))
-        }
-    })
-    .await;
-    let proxy = start_proxy(origin.addr, &[]);
-    each_gets_its_own(&proxy, &["/first", "/second", "/third"]).await;
-    eprintln!("connections {}", origin.connections.lock().unwrap());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_second_response_later() {
+async fn an_origin_answering_twice_never_answers_the_next_request() {
     let origin = RawOrigin::start(|head| {
         let path = path_of(head).to_string();
         let mut answer = Answer::bytes(page(&format!("page {path}")));
-        if path == "/first" {
-            answer.later = Some((Duration::from_millis(50), EVIL.as_bytes().to_vec()));
+        match path.as_str() {
+            "/twice" => answer.now.extend_from_slice(EVIL.as_bytes()),
+            "/twice-later" => {
+                answer.later = Some((Duration::from_millis(50), EVIL.as_bytes().to_vec()));
+            }
+            _ => {}
         }
         answer
     })
     .await;
     let proxy = start_proxy(origin.addr, &[]);
-    let (_, body) = get(&proxy, "/first").await;
-    assert_eq!(body, "page /first");
+    each_gets_its_own(&proxy, &["/twice", "/a", "/b"]).await;
+    assert_eq!(get(&proxy, "/twice-later").await.1, "page /twice-later");
+    // The second answer arrives on the idle connection.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    each_gets_its_own(&proxy, &["/second", "/third"]).await;
-    eprintln!("connections {}", origin.connections.lock().unwrap());
+    each_gets_its_own(&proxy, &["/c", "/d"]).await;
 }
 
+/// Bytes after an answer that has no body (to a HEAD, a 204, a 304), whatever its
+/// `Content-Length` says, are no body: here a whole response, which must never answer
+/// the next request on the pooled connection nor be stored. (A regression test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_bodies_on_bodiless_answers() {
+async fn bytes_after_a_bodiless_answer_never_answer_the_next_request() {
     let origin = RawOrigin::start(|head| {
         let path = path_of(head).to_string();
         let method = head.split(' ').next().unwrap_or("");
@@ -319,35 +310,6 @@ async fn experiment_bodies_on_bodiless_answers() {
     )
     .await;
     each_gets_its_own(&proxy, &["/c1", "/c2"]).await;
-    eprintln!("connections {}", origin.connections.lock().unwrap());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_request_framing_forwarded() {
-    let origin =
-        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
-    let proxy = start_proxy(origin.addr, &[]);
-    for head in [
-        "GET /g1 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n",
-        "GET /g2 HTTP/1.1\r\nHost: shop.example\r\nTE: trailers\r\nUpgrade: websocket\r\nConnection: upgrade, x-forwarded-for, te\r\n",
-        "GET /g3 HTTP/1.1\r\nHost: shop.example\r\nExpect: 100-continue\r\n",
-        "GET /g4 HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nVia: 1.1 evil\r\nMax-Forwards: 0\r\n",
-    ] {
-        let (status, body) = support::proxy::raw(&proxy, head).await;
-        eprintln!("{head:?} -> {status} {body:?}");
-    }
-    for bytes in [
-        "POST /p1 HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        "POST /p2 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-    ] {
-        eprintln!(
-            "{bytes:?} -> {:?}",
-            exchange(&proxy, bytes.as_bytes()).await
-        );
-    }
-    for head in origin.heads() {
-        eprintln!("ORIGIN SAW {head:?}");
-    }
 }
 
 /// Sends `bytes` as they are and reads until the proxy closes (5 s at most).
@@ -374,8 +336,12 @@ fn complete(response: &str) -> bool {
     true
 }
 
+/// A body the origin cuts short (its connection closes before the `Content-Length` or the
+/// last chunk) reaches the request that waited for it, as well as the one that asked,
+/// as cut short (never framed complete), and is not stored. (A regression test;
+/// `review_j` has the single request.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_cut_body_to_waiters() {
+async fn a_body_cut_short_reaches_its_waiters_cut_short() {
     let origin = RawOrigin::start(|head| {
         let path = path_of(head).to_string();
         if path.starts_with("/cut") {
@@ -409,13 +375,15 @@ async fn experiment_cut_body_to_waiters() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let follower = exchange(&proxy, head.as_bytes()).await;
         let leader = leader.await.unwrap();
-        eprintln!("LEADER {leader:?}\nFOLLOWER {follower:?}");
-        eprintln!(
-            "leader complete {} follower complete {}",
-            complete(&leader),
-            complete(&follower)
+        for (who, answer) in [("leader", &leader), ("follower", &follower)] {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{who}: {answer:?}");
+            assert!(!complete(answer), "{path}: the {who} got a cut body whole");
+        }
+        assert_eq!(
+            cached(&proxy, path).await.0,
+            504,
+            "{path} was stored cut short"
         );
-        eprintln!("cached {:?}", cached(&proxy, path).await);
     }
 }
 
@@ -427,30 +395,13 @@ async fn exchange_at(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// Response heads framed ambiguously (two `Content-Length`s that disagree, a list, a
+/// sign, obs-fold, a space before the colon) are a 502 and leave nothing behind on the
+/// pooled connection; those framed one way only (a repeated equal `Content-Length`, bare
+/// LF, HTTP/1.0 kept alive, 1xx by the thousand) are answered as such. Either way the
+/// next request gets its own page. (A regression test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_stalled_body() {
-    let origin = RawOrigin::start(|head| {
-        let path = path_of(head).to_string();
-        if path.starts_with("/stall") {
-            let mut answer = Answer::bytes(
-                "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 100\r\n\r\nonly ten b",
-            );
-            answer.later = Some((Duration::from_secs(3600), b"more".to_vec()));
-            answer
-        } else {
-            Answer::bytes(page(&format!("page {path}")))
-        }
-    })
-    .await;
-    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
-    let started = Instant::now();
-    let head = "GET /stall HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
-    let answer = exchange(&proxy, head.as_bytes()).await;
-    eprintln!("STALL after {:?}: {answer:?}", started.elapsed());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_malformed_heads() {
+async fn ambiguous_origin_framing_is_a_502_and_poisons_nothing() {
     let cases: Vec<(&str, String)> = vec![
         ("/cl2", "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 4\r\nContent-Length: 8\r\n\r\nEVILpage".into()),
         ("/cl2same", "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nEVIL".into()),
@@ -475,13 +426,19 @@ async fn experiment_malformed_heads() {
     })
     .await;
     let proxy = start_proxy(origin.addr, &[]);
+    let refused = ["/cl2", "/cllist", "/clplus", "/fold", "/space"];
     for (path, _) in &cases {
         let (status, body) = get(&proxy, path).await;
-        eprintln!("{path} -> {status} {body:?}");
+        if refused.contains(path) {
+            assert_eq!(status, 502, "{path}: {body:?}");
+            assert_eq!(cached(&proxy, path).await.0, 504, "{path} was stored");
+        } else if *path == "/storm" {
+            assert_eq!(body, "page /storm");
+        } else {
+            assert_eq!((status, body.as_str()), (200, "EVIL"), "{path}");
+        }
         each_gets_its_own(&proxy, &[&format!("/after{path}")]).await;
-        eprintln!("   cached {:?}", cached(&proxy, path).await);
     }
-    eprintln!("connections {}", origin.connections.lock().unwrap());
 }
 
 /// An origin that answers `/static` without reading a request body (as static-file and
@@ -522,120 +479,36 @@ async fn a_request_body_an_origin_ignores_never_answers_the_next_request() {
         assert!(answer.ends_with("static"), "{answer:?}");
         each_gets_its_own(&proxy, &[victim]).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_client_framing() {
-    let origin =
-        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
-    let proxy = start_proxy(origin.addr, &[]);
-    for bytes in [
-        "POST /both HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
-        "POST /cl2 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 3\r\nContent-Length: 40\r\nConnection: close\r\n\r\nabc",
-        "GET /getcl HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
-    ] {
-        eprintln!(
-            "{bytes:?} -> {:?}",
-            exchange(&proxy, bytes.as_bytes()).await
-        );
-    }
-    for head in origin.heads() {
-        eprintln!("ORIGIN SAW {head:?}");
+    let heads = origin.heads();
+    let attacks = heads.iter().filter(|head| path_of(head) == "/static");
+    for head in attacks {
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head:?}");
     }
 }
 
+/// A request the proxy gave up on (504 after `--upstream-timeout`) leaves its connection
+/// waiting for an answer: the late answer must never be taken for the next request's.
+/// (A regression test: hyper closes a connection whose request was dropped.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_slow_upload() {
-    let origin =
-        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
-    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if stream.write_all(b"x").await.is_err() {
-            break;
-        }
-    }
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
-    eprintln!("SLOW UPLOAD -> {:?}", String::from_utf8_lossy(&response));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_slow_head_and_waiters() {
-    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let origin = RawOrigin::start({
-        let slow = Arc::clone(&slow);
-        move |head| {
-            let path = path_of(head).to_string();
-            if slow.load(std::sync::atomic::Ordering::SeqCst) {
-                let mut answer = Answer::bytes("");
-                answer.later = Some((
-                    Duration::from_millis(1500),
-                    page(&format!("page {path}")).into_bytes(),
-                ));
-                answer
-            } else {
-                Answer::bytes(page(&format!("page {path}")))
-            }
-        }
-    })
-    .await;
-    let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..3 {
-        let addr = proxy.addr;
-        tasks.push(tokio::spawn(async move {
-            let answer = exchange_at(
-                addr,
-                b"GET /p HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
-            )
-            .await;
-            (
-                answer.split("\r\n").next().unwrap_or("").to_string(),
-                started.elapsed(),
-            )
-        }));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for task in tasks {
-        eprintln!("{:?}", task.await.unwrap());
-    }
-    slow.store(false, std::sync::atomic::Ordering::SeqCst);
-    let t = Instant::now();
-    eprintln!("after: {:?} in {:?}", get(&proxy, "/p").await, t.elapsed());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    eprintln!("cached: {:?}", cached(&proxy, "/p").await);
-    eprintln!("heads: {}", origin.heads().len());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn experiment_late_answer_after_timeout() {
+async fn a_late_answer_to_a_request_given_up_never_answers_the_next() {
     let origin = RawOrigin::start(|head| {
         let path = path_of(head).to_string();
         if path == "/slow" {
             let mut answer = Answer::bytes("");
-            answer.later = Some((Duration::from_millis(1500), page("page /slow").into_bytes()));
+            answer.later = Some((Duration::from_millis(1500), EVIL.as_bytes().to_vec()));
             answer
         } else {
-            let mut answer = Answer::bytes(page(&format!("page {path}")));
-            answer.after_next_head = false;
-            answer
+            Answer::bytes(page(&format!("page {path}")))
         }
     })
     .await;
     let proxy = start_proxy(origin.addr, &["--upstream-timeout", "1s"]);
-    eprintln!("{:?}", get(&proxy, "/slow").await);
+    assert_eq!(get(&proxy, "/slow").await.0, 504);
+    // Before, during and after the late answer.
     for path in ["/v1", "/v2", "/v3"] {
-        eprintln!("{path}: {:?}", get(&proxy, path).await);
+        each_gets_its_own(&proxy, &[path]).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("connections {}", origin.connections.lock().unwrap());
 }
 
 /// Sends a POST to `/upload` whose `length`-byte body goes out one byte per `pause`, then
