@@ -35,6 +35,8 @@ struct Answer {
     /// Once written, send nothing more: wait for the proxy to close the connection (20 s
     /// at most), and say when it did in `closed`.
     hold: bool,
+    /// Then this many one-byte chunks, each after this pause, and the last chunk.
+    trickle: Option<(usize, Duration)>,
 }
 
 impl Answer {
@@ -46,6 +48,7 @@ impl Answer {
             reads_body: true,
             after_next_head: false,
             hold: false,
+            trickle: None,
         }
     }
 }
@@ -156,6 +159,17 @@ async fn serve(
         if let Some((pause, bytes)) = answer.later {
             tokio::time::sleep(pause).await;
             if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        if let Some((chunks, pause)) = answer.trickle {
+            for _ in 0..chunks {
+                tokio::time::sleep(pause).await;
+                if stream.write_all(b"1\r\nx\r\n").await.is_err() {
+                    return;
+                }
+            }
+            if stream.write_all(b"0\r\n\r\n").await.is_err() {
                 return;
             }
         }
@@ -633,4 +647,29 @@ async fn a_client_that_pauses_reading_is_not_taken_for_a_stalled_origin() {
     let whole = [&first[..read], &rest[..]].concat();
     let body_at = find(&whole, b"\r\n\r\n").expect("a head") + 4;
     assert_eq!(whole.len() - body_at, SIZE, "the body was cut short");
+}
+
+/// A response the origin sends slowly (server-sent events: a few bytes of heartbeat now
+/// and then) to a client that reads every byte: the connection was closed after a
+/// `--client-header-timeout` with under 1 KiB written, as if the client had stopped
+/// reading (nginx's `send_timeout`), every event stream cut every 30 to 60 s. Only a
+/// response with something to send that the client does not take counts; one waiting
+/// for its origin is bounded by `--upstream-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_origin_stream_is_not_taken_for_a_client_that_stopped_reading() {
+    let origin = RawOrigin::start(|_| {
+        let mut answer = Answer::bytes(
+            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: text/event-stream\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+        );
+        // Twelve bytes over 3.6 s.
+        answer.trickle = Some((12, Duration::from_millis(300)));
+        answer
+    })
+    .await;
+    let args = ["--client-header-timeout", "1s", "--upstream-timeout", "10s"];
+    let proxy = start_proxy(origin.addr, &args);
+    let request = b"GET /events HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
+    let answer = exchange(&proxy, request).await;
+    assert!(complete(&answer), "the stream was cut: {answer:?}");
 }

@@ -171,7 +171,8 @@ pub(crate) struct Args {
     /// proxy's sockets. A connection (HTTP/2 too) that starts no request for that long is
     /// closed gracefully: requests under way finish first. One that has responses to send
     /// and takes less than 1 KiB of them in that long is closed at once (nginx's
-    /// send_timeout): a client that stops reading cannot hold them in memory.
+    /// send_timeout): a client that stops reading cannot hold them in memory. (A response
+    /// waiting for its origin, an event stream between events, has nothing to send.)
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub(crate) client_header_timeout: Duration,
 
