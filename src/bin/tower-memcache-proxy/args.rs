@@ -157,8 +157,10 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub(crate) cache_timeout: Duration,
 
-    /// How long the origin may take to send a response head before the client gets 504
-    /// Gateway Timeout (nginx's proxy_read_timeout for the head).
+    /// How long the origin may take to send a response head, from the request body's last
+    /// byte, before the client gets 504 Gateway Timeout, and to send the next part of a
+    /// response body before it is cut off (nginx's proxy_read_timeout); a request body
+    /// that pauses that long on its way is cut off alike.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) upstream_timeout: Duration,
 
@@ -169,7 +171,8 @@ pub(crate) struct Args {
     /// proxy's sockets. A connection (HTTP/2 too) that starts no request for that long is
     /// closed gracefully: requests under way finish first. One that has responses to send
     /// and takes less than 1 KiB of them in that long is closed at once (nginx's
-    /// send_timeout): a client that stops reading cannot hold them in memory.
+    /// send_timeout): a client that stops reading cannot hold them in memory. (A response
+    /// waiting for its origin, an event stream between events, has nothing to send.)
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub(crate) client_header_timeout: Duration,
 

@@ -75,6 +75,9 @@ pub(crate) struct Activity {
     written: AtomicU64,
     /// Responses whose head is ready and whose body has not been dropped yet.
     sending: AtomicUsize,
+    /// Of those, the ones whose body was last asked for a frame and had none: they wait
+    /// for their origin (bounded by `--upstream-timeout`), not for the client.
+    waiting: AtomicUsize,
 }
 
 /// Fewer bytes than this written in a whole period while responses wait to go out: the
@@ -134,7 +137,10 @@ where
         }
         Poll::Ready(Ok(response.map(|body| Sending {
             body,
-            guard: SendingGuard(activity),
+            guard: SendingGuard {
+                activity,
+                waiting: false,
+            },
         })))
     }
 }
@@ -148,11 +154,34 @@ pin_project! {
     }
 }
 
-struct SendingGuard(Option<Arc<Activity>>);
+struct SendingGuard {
+    activity: Option<Arc<Activity>>,
+    /// Counted in [`Activity::waiting`].
+    waiting: bool,
+}
+
+impl SendingGuard {
+    /// Notes whether the body waits for its origin; atomics only on a change, so a body
+    /// that is always ready (a hit) costs a comparison per frame.
+    fn waiting(&mut self, waiting: bool) {
+        if self.waiting == waiting {
+            return;
+        }
+        self.waiting = waiting;
+        if let Some(activity) = &self.activity {
+            if waiting {
+                activity.waiting.fetch_add(1, Ordering::Relaxed);
+            } else {
+                activity.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 impl Drop for SendingGuard {
     fn drop(&mut self) {
-        if let Some(activity) = &self.0 {
+        self.waiting(false);
+        if let Some(activity) = &self.activity {
             activity.sending.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -166,7 +195,10 @@ impl<B: Body> Body for Sending<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        this.guard.waiting(polled.is_pending());
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -309,8 +341,8 @@ struct Signals {
 
 /// Says drain once `shutdown` says so (or its sender is gone) or once an `idle` period
 /// passed in which the connection started no request and had nothing to send; says close
-/// once a period passed in which it had responses to send and wrote under
-/// [`STALLED_BELOW`] bytes. Ends with the connection.
+/// once a period passed in which it had responses to send, not all of them waiting for
+/// their origin, and wrote under [`STALLED_BELOW`] bytes. Ends with the connection.
 async fn watch_connection(
     activity: Arc<Activity>,
     idle: Duration,
@@ -338,7 +370,11 @@ async fn watch_connection(
                 let started = activity.started.load(Ordering::Relaxed);
                 let written = activity.written.load(Ordering::Relaxed);
                 let sending = activity.sending.load(Ordering::Relaxed);
-                if sending > 0 && written.wrapping_sub(seen_written) < STALLED_BELOW {
+                // A response waiting for its origin (a slow event stream) is not one the
+                // client fails to take: only the others count as stalled.
+                let waiting = activity.waiting.load(Ordering::Relaxed);
+                let stalled = sending > waiting;
+                if stalled && written.wrapping_sub(seen_written) < STALLED_BELOW {
                     let _ = signals.close_now.send(());
                     return;
                 }

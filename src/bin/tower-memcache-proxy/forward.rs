@@ -4,21 +4,26 @@
 
 use std::convert::Infallible;
 use std::error::Error;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{self, TryFutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
 use tower::Service;
 use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
 
@@ -68,21 +73,170 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
 
 /// What the forwarding service knows: where the origin is and a pooled client to it.
 pub(crate) struct Upstream {
-    client: Client<HttpConnector, ProxyRequestBody>,
+    client: Client<HttpConnector, Upload>,
     authority: Authority,
     /// The authority as a `Host` value, for `--upstream-host`.
     host_value: HeaderValue,
     upstream_host: bool,
-    /// How long the origin may take to send its response head (`--upstream-timeout`).
+    /// How long the origin may take to send its response head once the request is sent,
+    /// or the next frame of its body, and a request body to make progress
+    /// (`--upstream-timeout`).
     head_timeout: Duration,
 }
 
 /// The origin's body, or a short body the proxy made up (502, 504).
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<Download, Full<Bytes>>;
+
+pin_project! {
+    /// The origin's response body, cut off (an error: never stored, never complete to a
+    /// client) once the proxy has waited `--upstream-timeout` for its next frame (nginx's
+    /// `proxy_read_timeout`). Only the time spent waiting for the origin counts, not the
+    /// time the body waits for a slow client to take what it sent.
+    pub(crate) struct Download {
+        #[pin]
+        body: Incoming,
+        #[pin]
+        stalled: tokio::time::Sleep,
+        timeout: Duration,
+        waiting: bool,
+    }
+}
+
+impl Download {
+    fn new(body: Incoming, timeout: Duration) -> Self {
+        Self {
+            body,
+            // Armed when a wait starts.
+            stalled: tokio::time::sleep(timeout),
+            timeout,
+            waiting: false,
+        }
+    }
+}
+
+/// The error a [`Download`] that stopped ends with.
+#[derive(Debug)]
+struct OriginStalled;
+
+impl std::fmt::Display for OriginStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the origin sent nothing of its response body for --upstream-timeout")
+    }
+}
+
+impl Error for OriginStalled {}
+
+impl http_body::Body for Download {
+    type Data = Bytes;
+    type Error = Box<dyn Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if !*this.waiting {
+            *this.waiting = true;
+            let deadline = tokio::time::Instant::now() + *this.timeout;
+            this.stalled.as_mut().reset(deadline);
+        }
+        if this.stalled.poll(cx).is_ready() {
+            tracing::warn!("upstream stopped sending a response body: cut off");
+            return Poll::Ready(Some(Err(Box::new(OriginStalled))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// The client's request body, or none for a request the cache makes of its own (the whole
 /// representation after a range request's miss: see `MemcacheLayer::own_request_body`).
 pub(crate) type ProxyRequestBody = Either<Incoming, Empty<Bytes>>;
+
+pin_project! {
+    /// A request body on its way to the origin, noting when it last made progress (a
+    /// frame or its end) for [`head_in_time`]; without a clock for a request without body.
+    pub(crate) struct Upload {
+        #[pin]
+        body: ProxyRequestBody,
+        progress: Option<Arc<Progress>>,
+    }
+}
+
+/// When an upload last moved: nanoseconds after `base`.
+struct Progress {
+    base: Instant,
+    at: AtomicU64,
+}
+
+impl Progress {
+    fn mark(&self) {
+        let elapsed = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.at.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.at.load(Ordering::Relaxed))
+    }
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = <ProxyRequestBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let (Poll::Ready(_), Some(progress)) = (&polled, this.progress.as_ref()) {
+            progress.mark();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `response`, if its head comes within `timeout` of the request's last progress: its
+/// start, or with `progress`, the last frame (or the end) of its body. An upload that
+/// takes longer than `timeout` in all is no slow origin (the origin answers once it has
+/// the body); one that stops for `timeout` is cut off all the same.
+async fn head_in_time<F: Future>(
+    response: F,
+    timeout: Duration,
+    progress: Option<&Progress>,
+) -> Option<F::Output> {
+    let mut response = pin!(response);
+    let mut last = Instant::now();
+    loop {
+        match tokio::time::timeout_at((last + timeout).into(), response.as_mut()).await {
+            Ok(output) => return Some(output),
+            Err(_) => match progress.map(Progress::last) {
+                Some(moved) if moved > last => last = moved,
+                _ => return None,
+            },
+        }
+    }
+}
 
 /// The inner service: forwards one request to the origin. Never fails: trouble with the
 /// origin is a 502 or 504 response.
@@ -120,6 +274,7 @@ pub(crate) async fn forward(
     // The pool speaks HTTP/1.1 to the origin whatever the client spoke.
     *request.version_mut() = Version::HTTP_11;
 
+    let carries_body = !request.body().is_end_stream();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     // Gone since `as_forwarded`, before the cache; made sure of rather than trusted.
@@ -131,10 +286,28 @@ pub(crate) async fn forward(
         headers.insert(header::HOST, host);
     }
     // No client host at all (HTTP/1.0): the client pool fills in the upstream's.
+    // A connection that carried a request body is not used again: an origin that answers
+    // without reading the body (a static or redirect handler: "CL.0" desync) reads it as
+    // the next request, and its answer, once the pool had sent the next client's request,
+    // answered that one (and was stored under its key).
+    if carries_body {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     let method = request.method().clone();
-    match tokio::time::timeout(upstream.head_timeout, upstream.client.request(request)).await {
-        Ok(Ok(mut response)) => {
+    let progress = carries_body.then(|| {
+        Arc::new(Progress {
+            base: Instant::now(),
+            at: AtomicU64::new(0),
+        })
+    });
+    let request = request.map(|body| Upload {
+        body,
+        progress: progress.clone(),
+    });
+    let response = upstream.client.request(request);
+    match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
+        Some(Ok(mut response)) => {
             // Our own version towards the client, whatever the origin spoke (hyper still
             // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
             // stored, and replayed on hits) would make HTTP/1.1 clients close the
@@ -153,13 +326,14 @@ pub(crate) async fn forward(
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }
             strip_hop_by_hop(response.headers_mut());
-            Ok(response.map(Either::Left))
+            let timeout = upstream.head_timeout;
+            Ok(response.map(|body| Either::Left(Download::new(body, timeout))))
         }
-        Ok(Err(err)) => {
+        Some(Err(err)) => {
             tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
             Ok(unreachable(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"))
         }
-        Err(_) => {
+        None => {
             tracing::warn!(%method, upstream = %upstream.authority, "upstream sent no response in time");
             Ok(unreachable(
                 StatusCode::GATEWAY_TIMEOUT,
