@@ -162,6 +162,45 @@ impl<B> ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
+    /// The bytes of a body answered from the cache that have not been read yet: such a
+    /// body holds them in memory from the moment it is made, whether or not its client
+    /// ever takes them. `0` for a body streamed from the inner service (what the cache
+    /// queues of it is bounded by [`fill_buffer`](crate::cache::MemcacheLayer::fill_buffer)).
+    /// A server that bounds what it holds for slow clients counts these.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{Layer, Service, ServiceExt};
+    /// use tower_memcache::MemcacheLayer;
+    /// use tower_memcache::backend::MemoryBackend;
+    ///
+    /// let origin = tower::service_fn(|_request: Request<Full<bytes::Bytes>>| async {
+    ///     let mut response = Response::new(Full::new(bytes::Bytes::from_static(b"hello")));
+    ///     response.headers_mut().insert("cache-control", "max-age=60".parse().unwrap());
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let layer = MemcacheLayer::new(MemoryBackend::new());
+    /// let mut service = layer.layer(origin);
+    /// let request = || Request::get("http://site.example/").body(Full::default()).unwrap();
+    /// let first = service.ready().await.unwrap().call(request()).await.unwrap();
+    /// assert_eq!(first.body().cached_len(), 0); // from the origin
+    /// // Stored once read to its end.
+    /// http_body_util::BodyExt::collect(first.into_body()).await.unwrap();
+    /// layer.background().idle().await;
+    /// let hit = service.ready().await.unwrap().call(request()).await.unwrap();
+    /// assert_eq!(hit.body().cached_len(), 5);
+    /// # }
+    /// ```
+    pub fn cached_len(&self) -> u64 {
+        match &self.inner {
+            Inner::Cached { data } => data.as_ref().map_or(0, |d| d.len() as u64),
+            Inner::Queued { .. } | Inner::Live { .. } => 0,
+        }
+    }
+
     /// Whether this body may still be copied into the cache as it is read: `false` for a
     /// body from the cache or one passed through untouched (nothing would be stored by
     /// reading it).
