@@ -266,3 +266,291 @@ async fn unsent_bytes_return_to_zero_after_every_kind_of_response() {
         "bytes still counted as unsent after every response"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Requests h2 spells differently: raw frames, for what the h2 crate will not send.
+
+mod raw {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub(super) const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    pub(super) const END_STREAM: u8 = 0x1;
+    pub(super) const END_HEADERS: u8 = 0x4;
+
+    pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn hpack_int(out: &mut Vec<u8>, flags: u8, n: u32, mut value: usize) {
+        let max = (1usize << n) - 1;
+        if value < max {
+            out.push(flags | value as u8);
+            return;
+        }
+        out.push(flags | max as u8);
+        value -= max;
+        while value >= 128 {
+            out.push((value % 128 + 128) as u8);
+            value /= 128;
+        }
+        out.push(value as u8);
+    }
+
+    /// Literal fields without indexing, in the order given (pseudo-fields included).
+    pub(super) fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in fields {
+            out.push(0x00);
+            hpack_int(&mut out, 0, 7, name.len());
+            out.extend_from_slice(name.as_bytes());
+            hpack_int(&mut out, 0, 7, value.len());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    }
+
+    pub(super) async fn connect(addr: std::net::SocketAddr) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(PREFACE).await.unwrap();
+        stream.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        stream
+    }
+
+    /// The `:status` of stream 1 if its head came (first byte of the block: `0x88` is
+    /// 200, `0x8c` 400; anything else `0`), or `None` when it was reset, the connection
+    /// went away, or `within` passed.
+    pub(super) async fn status_of_stream_1(stream: &mut TcpStream, within: Duration) -> Option<u8> {
+        let mut buf = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while buf.len() >= 9 {
+                let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let kind = buf[3];
+                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                match kind {
+                    HEADERS if id == 1 => return Some(buf.get(9).copied().unwrap_or(0)),
+                    RST_STREAM if id == 1 => return None,
+                    GOAWAY => return None,
+                    _ => {}
+                }
+                buf.drain(..9 + len);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// What an origin saw of each request: `host`, then every field name (sorted).
+async fn recording_origin() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let task = support::origin::serve_http1(listener, move |request: Request<Incoming>| {
+        let host = request
+            .headers()
+            .get_all("host")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join("|");
+        let mut names: Vec<_> = request.headers().keys().map(|n| n.to_string()).collect();
+        names.sort();
+        let line = format!("{} host={host} fields={}", request.uri(), names.join(","));
+        record.lock().unwrap().push(line.clone());
+        let mut response = Response::new(Full::new(Bytes::from(line)));
+        response
+            .headers_mut()
+            .insert("cache-control", "public, max-age=60".parse().unwrap());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    (addr, seen, task)
+}
+
+/// h2 requests that a lenient server would take and an HTTP/1.1 origin would read
+/// another way: several `host` fields (with and without `:authority`), connection-specific
+/// fields (RFC 9113 §8.2.2: `connection`, `te` other than `trailers`, `transfer-encoding`,
+/// `upgrade`, `keep-alive`, `proxy-connection`), a pseudo-field after a regular one,
+/// extended CONNECT (`:protocol`), an empty `:path`. Each is refused (a reset, or a 4xx),
+/// or reaches the origin with one `host`, the key's, and no connection-specific field.
+#[tokio::test]
+async fn h2_requests_with_odd_fields_reach_the_origin_as_keyed_or_not_at_all() {
+    let (origin, seen, _origin) = recording_origin().await;
+    let proxy = support::proxy::start_proxy(origin, &[]);
+    let get = [(":method", "GET"), (":scheme", "http")];
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "two hosts beside :authority",
+            vec![
+                (":path", "/a"),
+                (":authority", "a.example"),
+                ("host", "a.example"),
+                ("host", "b.example"),
+            ],
+        ),
+        (
+            "two hosts, no :authority",
+            vec![
+                (":path", "/b"),
+                ("host", "a.example"),
+                ("host", "b.example"),
+            ],
+        ),
+        ("host only", vec![(":path", "/c"), ("host", "b.example")]),
+        (
+            "connection",
+            vec![
+                (":path", "/d"),
+                (":authority", "a.example"),
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+            ],
+        ),
+        (
+            "te gzip",
+            vec![(":path", "/e"), (":authority", "a.example"), ("te", "gzip")],
+        ),
+        (
+            "transfer-encoding",
+            vec![
+                (":path", "/f"),
+                (":authority", "a.example"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ),
+        (
+            "upgrade",
+            vec![
+                (":path", "/g"),
+                (":authority", "a.example"),
+                ("upgrade", "websocket"),
+            ],
+        ),
+        (
+            "keep-alive",
+            vec![
+                (":path", "/h"),
+                (":authority", "a.example"),
+                ("keep-alive", "5"),
+            ],
+        ),
+        (
+            "proxy-connection",
+            vec![
+                (":path", "/i"),
+                (":authority", "a.example"),
+                ("proxy-connection", "keep-alive"),
+            ],
+        ),
+        (
+            "pseudo-field after a regular one",
+            vec![
+                (":path", "/j"),
+                ("accept", "*/*"),
+                (":authority", "b.example"),
+            ],
+        ),
+        (
+            "empty :path",
+            vec![(":path", ""), (":authority", "a.example")],
+        ),
+        (
+            "fragment",
+            vec![(":path", "/k#frag"), (":authority", "a.example")],
+        ),
+    ];
+    for (name, fields) in &cases {
+        let before = seen.lock().unwrap().len();
+        let mut all: Vec<(&str, &str)> = get.to_vec();
+        all.extend_from_slice(fields);
+        let mut stream = raw::connect(proxy.addr).await;
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(&raw::frame(
+                raw::HEADERS,
+                raw::END_STREAM | raw::END_HEADERS,
+                1,
+                &raw::block(&all),
+            ))
+            .await
+            .unwrap();
+        let status = raw::status_of_stream_1(&mut stream, Duration::from_secs(5)).await;
+        let reached: Vec<String> = seen.lock().unwrap()[before..].to_vec();
+        eprintln!("{name}: status byte {status:?}, origin saw {reached:?}");
+        for line in &reached {
+            let host = line
+                .split(" host=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or("");
+            assert!(
+                host == "a.example" || (*name == "host only" && host == "b.example"),
+                "{name}: the origin was told host {host:?}: {line}"
+            );
+            for field in [
+                "connection",
+                "te",
+                "transfer-encoding",
+                "upgrade",
+                "keep-alive",
+                "proxy-connection",
+                "x-secret",
+            ] {
+                assert!(
+                    !line
+                        .split("fields=")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(',')
+                        .any(|f| f == field),
+                    "{name}: {field} reached the origin: {line}"
+                );
+            }
+        }
+    }
+    // Extended CONNECT (RFC 8441): not enabled, so refused.
+    let before = seen.lock().unwrap().len();
+    let mut stream = raw::connect(proxy.addr).await;
+    use tokio::io::AsyncWriteExt;
+    let block = raw::block(&[
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", "/chat"),
+        (":authority", "a.example"),
+    ]);
+    stream
+        .write_all(&raw::frame(raw::HEADERS, raw::END_HEADERS, 1, &block))
+        .await
+        .unwrap();
+    let status = raw::status_of_stream_1(&mut stream, Duration::from_secs(5)).await;
+    eprintln!("extended CONNECT: {status:?}");
+    assert_ne!(status, Some(0x88), "extended CONNECT was answered 200");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "extended CONNECT reached the origin"
+    );
+}
