@@ -139,11 +139,24 @@ async fn warm(proxy: &Proxy, pages: usize, size: usize) {
 /// the budget (read through the `--metrics` gauge, not RSS).
 #[tokio::test]
 async fn h2_clients_with_shut_windows_cannot_hold_more_than_the_unsent_budget() {
+    shut_windows_against_the_budget("review_ss_unsent_budget", None).await;
+}
+
+/// The same with `Range: bytes=0-0`: each 206 is one byte, a slice of the hit's decoded
+/// entry, so it pins the whole entry (48 KiB) while it waits. Counted as the one byte it
+/// sends, 300 such streams held 14 MiB and passed for 300 bytes: the budget never
+/// tripped. A hit now counts the body it was cut from.
+#[tokio::test]
+async fn one_byte_ranges_count_the_entry_they_pin() {
+    shut_windows_against_the_budget("review_ss_unsent_ranges", Some("bytes=0-0")).await;
+}
+
+async fn shut_windows_against_the_budget(test: &str, range: Option<&str>) {
     const SIZE: usize = 48 * 1024;
     const PAGES: usize = 10;
     const STREAMS: usize = 100;
     const BUDGET: f64 = 128.0 * 64.0 * 1024.0;
-    let memcached = memcached_or_skip!("review_ss_unsent_budget");
+    let memcached = memcached_or_skip!(test);
     let (origin, _origin) = origin(SIZE).await;
     let (proxy, metrics) = start_proxy_with_metrics(
         origin,
@@ -167,9 +180,11 @@ async fn h2_clients_with_shut_windows_cannot_hold_more_than_the_unsent_budget() 
             let Ok(mut ready) = sender.clone().ready().await else {
                 break;
             };
-            let request = Request::get(format!("http://{}/p/{}", proxy.addr, stream % PAGES))
-                .body(())
-                .unwrap();
+            let mut request = Request::get(format!("http://{}/p/{}", proxy.addr, stream % PAGES));
+            if let Some(range) = range {
+                request = request.header("range", range);
+            }
+            let request = request.body(()).unwrap();
             match ready.send_request(request, true) {
                 Ok((response, _)) => responses.push(response),
                 Err(_) => break,
@@ -246,17 +261,27 @@ async fn unsent_bytes_return_to_zero_after_every_kind_of_response() {
         // Dropped with its body unread: the stream is reset.
         drop(response.await.unwrap());
     }
-    for head in [
-        "GET /p/2 HTTP/1.1\r\nHost: site.example\r\n",
-        "GET /p/h1-miss HTTP/1.1\r\nHost: site.example\r\n",
-        "HEAD /p/2 HTTP/1.1\r\nHost: site.example\r\n",
+    let host = proxy.addr;
+    for (head, expected) in [
+        (format!("GET /p/2 HTTP/1.1\r\nHost: {host}\r\n"), 200),
+        (
+            format!("GET /p/2 HTTP/1.1\r\nHost: {host}\r\nRange: bytes=0-0\r\n"),
+            206,
+        ),
+        (
+            format!("GET /p/2 HTTP/1.1\r\nHost: {host}\r\nRange: bytes=0-0,5-9\r\n"),
+            206,
+        ),
+        (
+            "GET /p/h1-miss HTTP/1.1\r\nHost: site.example\r\n".to_string(),
+            200,
+        ),
+        (format!("HEAD /p/2 HTTP/1.1\r\nHost: {host}\r\n"), 200),
     ] {
-        let proxy_addr = proxy.addr;
-        let head = head.to_string();
-        let (status, _) = tokio::task::spawn_blocking(move || raw_request(proxy_addr, &head))
+        let (status, _) = tokio::task::spawn_blocking(move || raw_request(host, &head))
             .await
             .unwrap();
-        assert_eq!(status, 200);
+        assert_eq!(status, expected);
     }
     drop(stalled);
     let unsent = scrape_until(metrics, UNSENT, Duration::from_secs(20), |v| v == 0.0).await;

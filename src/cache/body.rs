@@ -126,7 +126,9 @@ pin_project! {
 pin_project! {
     #[project = InnerProj]
     enum Inner<B> {
-        Cached { data: Option<Bytes> },
+        // `pinned`: the bytes `data` keeps in memory, more than its own when it is a slice
+        // of a larger body (a range).
+        Cached { data: Option<Bytes>, pinned: u64 },
         // Filled by a task of its own (see `fill`); the client reads the queue.
         Queued { reader: QueueReader, hint: SizeHint, sent: u64 },
         Live {
@@ -140,16 +142,27 @@ pin_project! {
 impl<B> ResponseBody<B> {
     /// A body answered from the cache (zero-copy: `data` is a slice of the entry).
     pub(crate) fn cached(data: Bytes) -> Self {
+        let len = data.len();
+        Self::slice_of(data, len)
+    }
+
+    /// A body answered from the cache that is a slice of a stored body of `whole` bytes
+    /// (a range), which it keeps in memory until it is read.
+    pub(crate) fn slice_of(data: Bytes, whole: usize) -> Self {
+        let pinned = whole.max(data.len()) as u64;
         let data = (!data.is_empty()).then_some(data);
         Self {
-            inner: Inner::Cached { data },
+            inner: Inner::Cached { data, pinned },
         }
     }
 
     /// An empty body (a HEAD answered from the cache).
     pub(crate) fn empty() -> Self {
         Self {
-            inner: Inner::Cached { data: None },
+            inner: Inner::Cached {
+                data: None,
+                pinned: 0,
+            },
         }
     }
 
@@ -162,11 +175,12 @@ impl<B> ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
-    /// The bytes of a body answered from the cache that have not been read yet: such a
-    /// body holds them in memory from the moment it is made, whether or not its client
-    /// ever takes them. `0` for a body streamed from the inner service (what the cache
-    /// queues of it is bounded by [`fill_buffer`](crate::cache::MemcacheLayer::fill_buffer)).
-    /// A server that bounds what it holds for slow clients counts these.
+    /// The bytes a body answered from the cache keeps in memory until it is read, from the
+    /// moment it is made, whether or not its client ever takes them: its own, or those of
+    /// the whole stored body when it is a slice of it (a single range). `0` once read, and
+    /// for a body streamed from the inner service (what the cache queues of it is bounded
+    /// by [`fill_buffer`](crate::cache::MemcacheLayer::fill_buffer)). A server that bounds
+    /// what it holds for slow clients counts these.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -196,7 +210,13 @@ impl<B> ResponseBody<B> {
     /// ```
     pub fn cached_len(&self) -> u64 {
         match &self.inner {
-            Inner::Cached { data } => data.as_ref().map_or(0, |d| d.len() as u64),
+            Inner::Cached { data, pinned } => {
+                if data.is_some() {
+                    *pinned
+                } else {
+                    0
+                }
+            }
             Inner::Queued { .. } | Inner::Live { .. } => 0,
         }
     }
@@ -271,7 +291,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            InnerProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            InnerProj::Cached { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             InnerProj::Queued { reader, sent, .. } => {
                 Poll::Ready(match ready!(reader.queue().poll_frame(cx)) {
                     Some(Ok(frame)) => {
@@ -306,7 +326,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Cached { data } => data.is_none(),
+            Inner::Cached { data, .. } => data.is_none(),
             Inner::Queued { reader, .. } => reader.queue().is_end_stream(),
             Inner::Live { body, .. } => body.is_end_stream(),
         }
@@ -314,7 +334,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Cached { data } => {
+            Inner::Cached { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Inner::Queued { hint, sent, .. } => reader::remaining(hint, *sent),
@@ -326,7 +346,7 @@ where
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
-            Inner::Cached { data } => f
+            Inner::Cached { data, .. } => f
                 .debug_struct("ResponseBody::Cached")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),

@@ -317,8 +317,9 @@ impl<B: Body> Body for Sending<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
+        let end = this.body.is_end_stream();
         let guard = this.guard;
         Poll::Ready(frame.map(|frame| {
             frame.map(|frame| {
@@ -328,16 +329,25 @@ impl<B: Body> Body for Sending<B> {
                             data,
                             activity: None,
                             left: 0,
+                            pinned: 0,
                         };
                     };
                     let len = data.remaining() as u64;
                     let prepaid = len.min(guard.prepaid);
                     guard.prepaid -= prepaid;
                     activity.charge(len - prepaid);
+                    // The last frame of a hit that is a slice (a range) keeps the rest of
+                    // what was counted in memory until it is written.
+                    let pinned = if end {
+                        std::mem::take(&mut guard.prepaid)
+                    } else {
+                        0
+                    };
                     Unsent {
                         data,
                         activity: Some(Arc::clone(activity)),
                         left: len,
+                        pinned,
                     }
                 })
             })
@@ -358,8 +368,11 @@ impl<B: Body> Body for Sending<B> {
 pub(crate) struct Unsent<D> {
     data: D,
     activity: Option<Arc<Activity>>,
-    /// Bytes still counted.
+    /// Bytes of `data` still counted.
     left: u64,
+    /// Bytes counted beyond `data`'s, that it keeps in memory (a range's slice of a
+    /// stored body): released with it.
+    pinned: u64,
 }
 
 impl<D: Buf> Unsent<D> {
@@ -378,7 +391,7 @@ impl<D: Buf> Unsent<D> {
 impl<D> Drop for Unsent<D> {
     fn drop(&mut self) {
         if let Some(activity) = &self.activity {
-            activity.release(self.left);
+            activity.release(self.left + self.pinned);
         }
     }
 }
