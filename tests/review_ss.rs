@@ -502,6 +502,18 @@ async fn h2_requests_with_odd_fields_reach_the_origin_as_keyed_or_not_at_all() {
             vec![(":path", ""), (":authority", "a.example")],
         ),
         (
+            "empty :authority beside host",
+            vec![(":path", "/l"), (":authority", ""), ("host", "b.example")],
+        ),
+        (
+            ":authority with user information",
+            vec![(":path", "/m"), (":authority", "b.example@a.example")],
+        ),
+        (
+            "host with a path",
+            vec![(":path", "/n"), ("host", "a.example/x")],
+        ),
+        (
             "fragment",
             vec![(":path", "/k#frag"), (":authority", "a.example")],
         ),
