@@ -590,11 +590,13 @@ async fn watch_connection(
         .max(1);
     let probe = tokio::time::sleep(idle);
     let mut probe = pin!(probe);
-    // Bytes written when the running probe started; a connection accepted while the
-    // process is over its budget is probed from the start.
+    // Bytes written when the running probe started, and whether the connection held
+    // unsent bytes then (one that just got its first response is not judged on it); a
+    // connection accepted while the process is over its budget is probed from the start.
     let mut probing = None;
+    let held_now = || activity.unsent.load(Ordering::Relaxed) > 0;
     if budget.over.load(Ordering::Relaxed) {
-        probing = Some(seen_written);
+        probing = Some((seen_written, held_now()));
         probe.as_mut().reset(Instant::now() + probe_every);
     }
     loop {
@@ -605,16 +607,17 @@ async fn watch_connection(
                 if changed.is_err() {
                     pressure_open = false;
                 } else if probing.is_none() {
-                    probing = Some(activity.written.load(Ordering::Relaxed));
+                    probing = Some((activity.written.load(Ordering::Relaxed), held_now()));
                     probe.as_mut().reset(Instant::now() + probe_every);
                 }
             }
             () = &mut probe, if probing.is_some() => {
-                let since = probing.take().unwrap_or_default();
+                let (since, held_before) = probing.take().unwrap_or_default();
                 let written = activity.written.load(Ordering::Relaxed);
                 let unsent = activity.unsent.load(Ordering::Relaxed);
                 let progress = written.wrapping_sub(since);
                 if budget.is_over()
+                    && held_before
                     && unsent > 0
                     && (progress < STALLED_BELOW
                         || progress.saturating_mul(probes_per_idle) < unsent)
@@ -631,7 +634,7 @@ async fn watch_connection(
                 // Watched for as long as the episode lasts: the process may pass its
                 // limit again without a new wake-up.
                 if budget.over.load(Ordering::Relaxed) {
-                    probing = Some(written);
+                    probing = Some((written, unsent > 0));
                     probe.as_mut().reset(Instant::now() + probe_every);
                 }
             }
