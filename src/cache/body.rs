@@ -126,7 +126,9 @@ pin_project! {
 pin_project! {
     #[project = InnerProj]
     enum Inner<B> {
-        Cached { data: Option<Bytes> },
+        // `pinned`: the bytes `data` keeps in memory, more than its own when it is a slice
+        // of a larger body (a range).
+        Cached { data: Option<Bytes>, pinned: u64 },
         // Filled by a task of its own (see `fill`); the client reads the queue.
         Queued { reader: QueueReader, hint: SizeHint, sent: u64 },
         Live {
@@ -140,16 +142,27 @@ pin_project! {
 impl<B> ResponseBody<B> {
     /// A body answered from the cache (zero-copy: `data` is a slice of the entry).
     pub(crate) fn cached(data: Bytes) -> Self {
+        let len = data.len();
+        Self::slice_of(data, len)
+    }
+
+    /// A body answered from the cache that is a slice of a stored body of `whole` bytes
+    /// (a range), which it keeps in memory until it is read.
+    pub(crate) fn slice_of(data: Bytes, whole: usize) -> Self {
+        let pinned = whole.max(data.len()) as u64;
         let data = (!data.is_empty()).then_some(data);
         Self {
-            inner: Inner::Cached { data },
+            inner: Inner::Cached { data, pinned },
         }
     }
 
     /// An empty body (a HEAD answered from the cache).
     pub(crate) fn empty() -> Self {
         Self {
-            inner: Inner::Cached { data: None },
+            inner: Inner::Cached {
+                data: None,
+                pinned: 0,
+            },
         }
     }
 
@@ -162,6 +175,52 @@ impl<B> ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
+    /// The bytes a body answered from the cache keeps in memory until it is read, from the
+    /// moment it is made, whether or not its client ever takes them: its own, or those of
+    /// the whole stored body when it is a slice of it (a single range). `0` once read, and
+    /// for a body streamed from the inner service (what the cache queues of it is bounded
+    /// by [`fill_buffer`](crate::cache::MemcacheLayer::fill_buffer)). A server that bounds
+    /// what it holds for slow clients counts these.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::{Layer, Service, ServiceExt};
+    /// use tower_memcache::MemcacheLayer;
+    /// use tower_memcache::backend::MemoryBackend;
+    ///
+    /// let origin = tower::service_fn(|_request: Request<Full<bytes::Bytes>>| async {
+    ///     let mut response = Response::new(Full::new(bytes::Bytes::from_static(b"hello")));
+    ///     response.headers_mut().insert("cache-control", "max-age=60".parse().unwrap());
+    ///     Ok::<_, std::convert::Infallible>(response)
+    /// });
+    /// let layer = MemcacheLayer::new(MemoryBackend::new());
+    /// let mut service = layer.layer(origin);
+    /// let request = || Request::get("http://site.example/").body(Full::default()).unwrap();
+    /// let first = service.ready().await.unwrap().call(request()).await.unwrap();
+    /// assert_eq!(first.body().cached_len(), 0); // from the origin
+    /// // Stored once read to its end.
+    /// http_body_util::BodyExt::collect(first.into_body()).await.unwrap();
+    /// layer.background().idle().await;
+    /// let hit = service.ready().await.unwrap().call(request()).await.unwrap();
+    /// assert_eq!(hit.body().cached_len(), 5);
+    /// # }
+    /// ```
+    pub fn cached_len(&self) -> u64 {
+        match &self.inner {
+            Inner::Cached { data, pinned } => {
+                if data.is_some() {
+                    *pinned
+                } else {
+                    0
+                }
+            }
+            Inner::Queued { .. } | Inner::Live { .. } => 0,
+        }
+    }
+
     /// Whether this body may still be copied into the cache as it is read: `false` for a
     /// body from the cache or one passed through untouched (nothing would be stored by
     /// reading it).
@@ -232,7 +291,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            InnerProj::Cached { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            InnerProj::Cached { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             InnerProj::Queued { reader, sent, .. } => {
                 Poll::Ready(match ready!(reader.queue().poll_frame(cx)) {
                     Some(Ok(frame)) => {
@@ -267,7 +326,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Cached { data } => data.is_none(),
+            Inner::Cached { data, .. } => data.is_none(),
             Inner::Queued { reader, .. } => reader.queue().is_end_stream(),
             Inner::Live { body, .. } => body.is_end_stream(),
         }
@@ -275,7 +334,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Cached { data } => {
+            Inner::Cached { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Inner::Queued { hint, sent, .. } => reader::remaining(hint, *sent),
@@ -287,7 +346,7 @@ where
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
-            Inner::Cached { data } => f
+            Inner::Cached { data, .. } => f
                 .debug_struct("ResponseBody::Cached")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),

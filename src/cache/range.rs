@@ -93,7 +93,10 @@ pub(super) fn apply<B>(
     }
     let sent = data.len();
     *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-    *response.body_mut() = ResponseBody::cached(data);
+    // One range is a slice of the stored body, which it keeps in memory until sent
+    // (`ResponseBody::cached_len` says so); several are copied into a buffer of their own.
+    let whole = if slices.len() == 1 { body.len() } else { 0 };
+    *response.body_mut() = ResponseBody::slice_of(data, whole);
     tracing::debug!(
         ranges = ranges.len(),
         bytes = sent,

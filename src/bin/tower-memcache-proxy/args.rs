@@ -194,6 +194,17 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_CONNECTIONS", value_name = "COUNT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections: u32,
 
+    /// The most bytes of response bodies the proxy holds, over all its connections, for
+    /// clients that have not taken them yet (K, M, G: powers of 1024); default 128 times
+    /// --max-entry-size (126 MiB by default), what one HTTP/2 connection's streams may
+    /// hold. An HTTP/2 client can keep its windows shut while each of its streams holds a
+    /// cache hit. Past it, the connections that hold unsent bytes and took under 1 KiB of
+    /// them in a second (or too little to take what they hold within
+    /// --client-header-timeout at that pace) are closed; the others go on, and requests
+    /// never wait for it. What clients can fetch within that second comes on top.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_UNSENT_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_unsent_bytes: Option<u64>,
+
     /// How long connecting to the origin may take before the client gets 502 Bad Gateway
     /// (nginx's proxy_connect_timeout).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -210,7 +221,9 @@ pub(crate) struct Args {
     /// scrapers reach.
     ///
     /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
-    /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES.
+    /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES, and
+    /// the proxy's own are tower_memcache_proxy_unsent_bytes (see --max-unsent-bytes) and
+    /// tower_memcache_proxy_stalled_closes_total (connections closed for not reading).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_METRICS", value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
 

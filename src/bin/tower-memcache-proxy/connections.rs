@@ -7,6 +7,14 @@
 //! such clients exhaust the process's file descriptors. Closing is graceful (hyper's
 //! GOAWAY for HTTP/2, no keep-alive for HTTP/1), so a request under way always finishes.
 //!
+//! Bytes of response bodies held for clients that have not taken them yet are counted
+//! here too, per connection and for the whole process ([`UnsentBudget`],
+//! `--max-unsent-bytes`): an HTTP/2 client that keeps its windows shut holds what it
+//! asked for (a cache hit each stream, decoded into a buffer of its own) for as long as
+//! its connection lives, and many connections could hold the process's memory. Past the
+//! budget, connections that do not take what they hold are closed, the others go on:
+//! requests never wait for the budget, so a few stalled clients cannot stall everyone.
+//!
 //! The drain on shutdown is done here too, rather than by hyper-util's
 //! `GracefulShutdown`: its `watch` takes only hyper-util's own connection types (a sealed
 //! trait), so the idle bound could not wrap what it watches.
@@ -19,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -67,9 +76,74 @@ impl ConnectionLimit {
     }
 }
 
+/// The bytes of response bodies the whole process holds for its clients and has not
+/// written yet: bodies answered from the cache and not polled (HTTP/2 polls a body only
+/// when its stream's window is open), and frames polled but still in hyper's buffers.
+/// `--max-unsent-bytes`. Past the limit the connections' watchers are woken, and close
+/// those that take what they hold too slowly (see [`watch_connection`]).
+pub(crate) struct UnsentBudget {
+    held: AtomicU64,
+    limit: u64,
+    /// Set when `held` passes `limit` (and the watchers are woken), cleared once it fell
+    /// under seven eighths of it: a process hovering at the limit wakes them once.
+    over: AtomicBool,
+    /// Bumped to wake every connection's watcher.
+    wake: watch::Sender<u64>,
+}
+
+impl UnsentBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        Self {
+            held: AtomicU64::new(0),
+            limit,
+            over: AtomicBool::new(false),
+            wake: watch::Sender::new(0),
+        }
+    }
+
+    /// The bytes held now (the `--metrics` gauge).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn is_over(&self) -> bool {
+        self.held() > self.limit
+    }
+
+    fn charge(&self, bytes: u64) {
+        let after = self
+            .held
+            .fetch_add(bytes, Ordering::Relaxed)
+            .wrapping_add(bytes);
+        // A load first: the flag's line is only written once per episode.
+        if after > self.limit
+            && !self.over.load(Ordering::Relaxed)
+            && !self.over.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                limit = self.limit,
+                "--max-unsent-bytes reached: closing connections that do not read"
+            );
+            self.wake
+                .send_modify(|episode| *episode = episode.wrapping_add(1));
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        let after = self
+            .held
+            .fetch_sub(bytes, Ordering::Relaxed)
+            .wrapping_sub(bytes);
+        if after <= self.limit - self.limit / 8 && self.over.load(Ordering::Relaxed) {
+            self.over.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What a connection has done, for [`watch_connection`]: requests started, bytes written,
-/// responses on their way out. Relaxed adds on lines only that connection's tasks touch.
-#[derive(Default)]
+/// responses on their way out, bytes of them held. Relaxed adds on lines only that
+/// connection's tasks touch (and the process's [`UnsentBudget`]).
 pub(crate) struct Activity {
     started: AtomicU64,
     written: AtomicU64,
@@ -78,6 +152,70 @@ pub(crate) struct Activity {
     /// Of those, the ones whose body was last asked for a frame and had none: they wait
     /// for their origin (bounded by `--upstream-timeout`), not for the client.
     waiting: AtomicUsize,
+    /// Bytes of their bodies held and not written yet (this connection's share of the
+    /// budget's).
+    unsent: AtomicU64,
+    budget: Arc<UnsentBudget>,
+}
+
+impl Activity {
+    pub(crate) fn new(budget: Arc<UnsentBudget>) -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            sending: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            unsent: AtomicU64::new(0),
+            budget,
+        }
+    }
+
+    fn charge(&self, bytes: u64) {
+        if bytes > 0 {
+            self.unsent.fetch_add(bytes, Ordering::Relaxed);
+            self.budget.charge(bytes);
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        if bytes > 0 {
+            self.unsent.fetch_sub(bytes, Ordering::Relaxed);
+            self.budget.release(bytes);
+        }
+    }
+}
+
+/// How long a connection is watched, once the process holds more than its
+/// [`UnsentBudget`], before it is closed for taking too little of what it holds (or
+/// `--client-header-timeout`, if shorter).
+const BUDGET_PROBE: Duration = Duration::from_secs(1);
+
+/// A response body that holds bytes in memory before it is polled: a cache hit's.
+pub(crate) trait HeldBody {
+    /// The bytes held now, not read yet.
+    fn held(&self) -> u64;
+}
+
+impl<B> HeldBody for tower_memcache::cache::ResponseBody<B> {
+    fn held(&self) -> u64 {
+        self.cached_len()
+    }
+}
+
+impl<L: HeldBody, R: HeldBody> HeldBody for http_body_util::Either<L, R> {
+    fn held(&self) -> u64 {
+        match self {
+            Self::Left(body) => body.held(),
+            Self::Right(body) => body.held(),
+        }
+    }
+}
+
+/// The proxy's own short answers (400, 502): counted once polled, like streamed bodies.
+impl HeldBody for http_body_util::Full<Bytes> {
+    fn held(&self) -> u64 {
+        0
+    }
 }
 
 /// Fewer bytes than this written in a whole period while responses wait to go out: the
@@ -95,6 +233,7 @@ pub(crate) struct CountRequests<S> {
 impl<S, R, B> Service<R> for CountRequests<S>
 where
     S: Service<R, Response = http::Response<B>>,
+    B: HeldBody,
 {
     type Response = http::Response<Sending<B>>;
     type Error = S::Error;
@@ -125,6 +264,7 @@ pin_project! {
 impl<F, B, E> Future for Counted<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
+    B: HeldBody,
 {
     type Output = Result<http::Response<Sending<B>>, E>;
 
@@ -132,21 +272,26 @@ where
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
         let activity = this.activity.take();
+        let held = response.body().held();
         if let Some(activity) = &activity {
             activity.sending.fetch_add(1, Ordering::Relaxed);
+            activity.charge(held);
         }
         Poll::Ready(Ok(response.map(|body| Sending {
             body,
             guard: SendingGuard {
                 activity,
                 waiting: false,
+                prepaid: held,
             },
         })))
     }
 }
 
 pin_project! {
-    /// A response body on its way out, counted in [`Activity`] until dropped.
+    /// A response body on its way out, counted in [`Activity`] until dropped; its bytes
+    /// are counted as unsent from the moment they are held (a hit's at once, a streamed
+    /// body's as its frames are polled) until hyper let go of them ([`Unsent`]).
     pub(crate) struct Sending<B> {
         #[pin]
         body: B,
@@ -158,6 +303,8 @@ struct SendingGuard {
     activity: Option<Arc<Activity>>,
     /// Counted in [`Activity::waiting`].
     waiting: bool,
+    /// Bytes counted when the response was ready (a hit's body) and not polled yet.
+    prepaid: u64,
 }
 
 impl SendingGuard {
@@ -183,22 +330,56 @@ impl Drop for SendingGuard {
         self.waiting(false);
         if let Some(activity) = &self.activity {
             activity.sending.fetch_sub(1, Ordering::Relaxed);
+            activity.release(self.prepaid);
         }
     }
 }
 
 impl<B: Body> Body for Sending<B> {
-    type Data = B::Data;
+    type Data = Unsent<B::Data>;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Self::Data>, B::Error>>> {
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
         this.guard.waiting(polled.is_pending());
-        polled
+        let frame = ready!(polled);
+        let end = this.body.is_end_stream();
+        let guard = this.guard;
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|frame| {
+                frame.map_data(|data| {
+                    let Some(activity) = &guard.activity else {
+                        return Unsent {
+                            data,
+                            activity: None,
+                            left: 0,
+                            pinned: 0,
+                        };
+                    };
+                    let len = data.remaining() as u64;
+                    let prepaid = len.min(guard.prepaid);
+                    guard.prepaid -= prepaid;
+                    activity.charge(len - prepaid);
+                    // The last frame of a hit that is a slice (a range) keeps the rest of
+                    // what was counted in memory until it is written.
+                    let pinned = if end {
+                        std::mem::take(&mut guard.prepaid)
+                    } else {
+                        0
+                    };
+                    Unsent {
+                        data,
+                        activity: Some(Arc::clone(activity)),
+                        left: len,
+                        pinned,
+                    }
+                })
+            })
+        }))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -207,6 +388,65 @@ impl<B: Body> Body for Sending<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A frame of a [`Sending`] body: its bytes stay counted as unsent until hyper wrote them
+/// (advanced past them) or dropped the frame.
+pub(crate) struct Unsent<D> {
+    data: D,
+    activity: Option<Arc<Activity>>,
+    /// Bytes of `data` still counted.
+    left: u64,
+    /// Bytes counted beyond `data`'s, that it keeps in memory (a range's slice of a
+    /// stored body): released with it.
+    pinned: u64,
+}
+
+impl<D: Buf> Unsent<D> {
+    /// Releases what has left the buffer.
+    fn settle(&mut self) {
+        let remaining = self.data.remaining() as u64;
+        if remaining < self.left {
+            if let Some(activity) = &self.activity {
+                activity.release(self.left - remaining);
+            }
+            self.left = remaining;
+        }
+    }
+}
+
+impl<D> Drop for Unsent<D> {
+    fn drop(&mut self) {
+        if let Some(activity) = &self.activity {
+            activity.release(self.left + self.pinned);
+        }
+    }
+}
+
+impl<D: Buf> Buf for Unsent<D> {
+    fn remaining(&self) -> usize {
+        self.data.remaining()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.data.chunk()
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [io::IoSlice<'a>]) -> usize {
+        self.data.chunks_vectored(dst)
+    }
+
+    fn advance(&mut self, cnt: usize) {
+        self.data.advance(cnt);
+        self.settle();
+    }
+
+    // `Bytes`' own (a slice, no copy), not the default's copy.
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        let bytes = self.data.copy_to_bytes(len);
+        self.settle();
+        bytes
     }
 }
 
@@ -342,7 +582,11 @@ struct Signals {
 /// Says drain once `shutdown` says so (or its sender is gone) or once an `idle` period
 /// passed in which the connection started no request and had nothing to send; says close
 /// once a period passed in which it had responses to send, not all of them waiting for
-/// their origin, and wrote under [`STALLED_BELOW`] bytes. Ends with the connection.
+/// their origin, and wrote under [`STALLED_BELOW`] bytes. While the process holds more
+/// unsent bytes than its [`UnsentBudget`], says close too once a [`BUDGET_PROBE`] passed
+/// in which the connection held unsent bytes and wrote under [`STALLED_BELOW`] of them, or
+/// too few to send what it holds within `idle` at that pace: such connections go first,
+/// the others are not held up. Ends with the connection.
 async fn watch_connection(
     activity: Arc<Activity>,
     idle: Duration,
@@ -362,10 +606,66 @@ async fn watch_connection(
     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut seen_started = activity.started.load(Ordering::Relaxed);
     let mut seen_written = activity.written.load(Ordering::Relaxed);
+
+    let budget = Arc::clone(&activity.budget);
+    let mut pressure = budget.wake.subscribe();
+    let mut pressure_open = true;
+    let probe_every = idle.min(BUDGET_PROBE);
+    // How many probes fit in `idle`: a connection that would take longer than `idle` to
+    // send what it holds, at the pace of its last probe, is closed under pressure.
+    let probes_per_idle = u64::try_from(idle.as_millis() / probe_every.as_millis().max(1))
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let probe = tokio::time::sleep(idle);
+    let mut probe = pin!(probe);
+    // Bytes written when the running probe started, and whether the connection held
+    // unsent bytes then (one that just got its first response is not judged on it); a
+    // connection accepted while the process is over its budget is probed from the start.
+    let mut probing = None;
+    let held_now = || activity.unsent.load(Ordering::Relaxed) > 0;
+    if budget.over.load(Ordering::Relaxed) {
+        probing = Some((seen_written, held_now()));
+        probe.as_mut().reset(Instant::now() + probe_every);
+    }
     loop {
         tokio::select! {
             () = signals.close_now.closed() => return,
             _ = shutdown.changed(), if signals.drain_now.is_some() => drain(&mut signals),
+            changed = pressure.changed(), if pressure_open => {
+                if changed.is_err() {
+                    pressure_open = false;
+                } else if probing.is_none() {
+                    probing = Some((activity.written.load(Ordering::Relaxed), held_now()));
+                    probe.as_mut().reset(Instant::now() + probe_every);
+                }
+            }
+            () = &mut probe, if probing.is_some() => {
+                let (since, held_before) = probing.take().unwrap_or_default();
+                let written = activity.written.load(Ordering::Relaxed);
+                let unsent = activity.unsent.load(Ordering::Relaxed);
+                let progress = written.wrapping_sub(since);
+                if budget.is_over()
+                    && held_before
+                    && unsent > 0
+                    && (progress < STALLED_BELOW
+                        || progress.saturating_mul(probes_per_idle) < unsent)
+                {
+                    tracing::debug!(
+                        unsent,
+                        progress,
+                        "closing a connection that holds unsent bytes past --max-unsent-bytes"
+                    );
+                    count_close("unsent_budget");
+                    let _ = signals.close_now.send(());
+                    return;
+                }
+                // Watched for as long as the episode lasts: the process may pass its
+                // limit again without a new wake-up.
+                if budget.over.load(Ordering::Relaxed) {
+                    probing = Some((written, unsent > 0));
+                    probe.as_mut().reset(Instant::now() + probe_every);
+                }
+            }
             _ = check.tick() => {
                 let started = activity.started.load(Ordering::Relaxed);
                 let written = activity.written.load(Ordering::Relaxed);
@@ -375,6 +675,7 @@ async fn watch_connection(
                 let waiting = activity.waiting.load(Ordering::Relaxed);
                 let stalled = sending > waiting;
                 if stalled && written.wrapping_sub(seen_written) < STALLED_BELOW {
+                    count_close("send_timeout");
                     let _ = signals.close_now.send(());
                     return;
                 }
@@ -387,4 +688,12 @@ async fn watch_connection(
             }
         }
     }
+}
+
+/// Counts a connection closed for not reading (`--metrics`).
+fn count_close(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tower_memcache_proxy_stalled_closes_total", "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
 }

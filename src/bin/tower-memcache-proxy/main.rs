@@ -134,7 +134,9 @@ use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
 use args::{Args, LogFormat, Mode, OnOff, RuntimeKind};
-use connections::{Activity, ConnectionLimit, CountRequests, CountWrites, run_bounded};
+use connections::{
+    Activity, ConnectionLimit, CountRequests, CountWrites, UnsentBudget, run_bounded,
+};
 use first_bytes::FirstBytes;
 use forward::{PeerFields, ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
 
@@ -160,8 +162,10 @@ fn main() -> Result<(), BoxError> {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
+    // One budget for the whole process, whatever the runtime.
+    let unsent = Arc::new(UnsentBudget::new(unsent_budget(&args)));
     if let Some(addr) = args.metrics {
-        serve_metrics(addr, args.client_header_timeout)?;
+        serve_metrics(addr, args.client_header_timeout, Arc::clone(&unsent))?;
     }
     // One near tier for the whole process, whatever the runtime: one bound, and every
     // thread's purges apply to what every thread answers.
@@ -187,12 +191,14 @@ fn main() -> Result<(), BoxError> {
             // Each thread's backend has its own connections (made on its own runtime), and
             // shares each server's health with the others: a server one thread marks down
             // is down for all, so a purge that skipped it holds on every thread.
-            start(&args, &description, near.as_ref(), || Ok(first.sibling()))
+            start(&args, &description, near.as_ref(), &unsent, || {
+                Ok(first.sibling())
+            })
         }
         None => {
             // One store for every thread: the cache is the process's, whatever the runtime.
             let memory = MemoryBackend::new();
-            start(&args, "in-process memory", near.as_ref(), || {
+            start(&args, "in-process memory", near.as_ref(), &unsent, || {
                 Ok(memory.clone())
             })
         }
@@ -202,14 +208,29 @@ fn main() -> Result<(), BoxError> {
 /// Installs the Prometheus recorder and its bounded HTTP listener on `addr`
 /// ([`metrics_listener`]), on a thread of its own.
 #[cfg(feature = "metrics")]
-fn serve_metrics(addr: SocketAddr, within: Duration) -> Result<(), BoxError> {
-    metrics_listener::serve(addr, within)
+fn serve_metrics(
+    addr: SocketAddr,
+    within: Duration,
+    unsent: Arc<UnsentBudget>,
+) -> Result<(), BoxError> {
+    metrics_listener::serve(addr, within, unsent)
 }
 
 /// Without the `metrics` feature the layer emits nothing: an empty endpoint would mislead.
 #[cfg(not(feature = "metrics"))]
-fn serve_metrics(_addr: SocketAddr, _within: Duration) -> Result<(), BoxError> {
+fn serve_metrics(
+    _addr: SocketAddr,
+    _within: Duration,
+    _unsent: Arc<UnsentBudget>,
+) -> Result<(), BoxError> {
     Err("--metrics needs the crate's `metrics` feature (--features proxy,metrics)".into())
+}
+
+/// `--max-unsent-bytes`, or its default: the 128 streams of one HTTP/2 connection, each
+/// holding an entry.
+fn unsent_budget(args: &Args) -> u64 {
+    args.max_unsent_bytes
+        .unwrap_or_else(|| args.max_entry_size.saturating_mul(MAX_STREAMS.into()))
 }
 
 /// Listens for SIGTERM (what systemd, Docker and Kubernetes send) and SIGINT (Ctrl-C) from
@@ -270,6 +291,7 @@ fn start<B, F>(
     args: &Args,
     description: &str,
     near: Option<&NearCache>,
+    unsent: &Arc<UnsentBudget>,
     backend: F,
 ) -> Result<(), BoxError>
 where
@@ -285,9 +307,15 @@ where
         usize::try_from(args.max_connections).unwrap_or(usize::MAX),
     ));
     match args.runtime {
-        RuntimeKind::PerThread => {
-            run_per_thread(args, threads, description, near, &connections, &backend)
-        }
+        RuntimeKind::PerThread => run_per_thread(
+            args,
+            threads,
+            description,
+            near,
+            &connections,
+            unsent,
+            &backend,
+        ),
         RuntimeKind::Shared => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
@@ -306,6 +334,7 @@ where
                     pass_underscored: args.underscores_in_headers,
                     header_timeout: args.client_header_timeout,
                     connections: Arc::clone(&connections),
+                    unsent: Arc::clone(unsent),
                     grace: args.shutdown_grace,
                     gauges: gauges(args, near, &backend)?,
                 };
@@ -329,6 +358,7 @@ fn run_per_thread<B, F>(
     description: &str,
     near: Option<&NearCache>,
     connections: &Arc<ConnectionLimit>,
+    unsent: &Arc<UnsentBudget>,
     backend: &F,
 ) -> Result<(), BoxError>
 where
@@ -364,6 +394,7 @@ where
             pass_underscored: args.underscores_in_headers,
             header_timeout: args.client_header_timeout,
             connections: Arc::clone(connections),
+            unsent: Arc::clone(unsent),
             grace: args.shutdown_grace,
             gauges: if index == 0 {
                 gauges(args, near, backend)?
@@ -505,6 +536,8 @@ struct Worker<B> {
     header_timeout: Duration,
     /// `--max-connections`, shared by every worker.
     connections: Arc<ConnectionLimit>,
+    /// `--max-unsent-bytes`, shared by every worker.
+    unsent: Arc<UnsentBudget>,
     /// `--shutdown-grace`.
     grace: Duration,
     /// With `--metrics`, one worker reads memcached's and the near tier's gauges (a
@@ -521,6 +554,9 @@ struct Gauges<B> {
 /// The most an HTTP/1 request head may take (hyper's read buffer): requests with more
 /// are refused with 431.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// The streams an HTTP/2 client may have open at once on a connection.
+const MAX_STREAMS: u32 = 128;
 
 /// How often memcached's `stats` and the near tier's size are read for `--metrics`.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -561,6 +597,7 @@ impl<B: Backend> Worker<B> {
             pass_underscored,
             header_timeout,
             connections,
+            unsent,
             grace,
             gauges,
         } = self;
@@ -586,8 +623,9 @@ impl<B: Backend> Worker<B> {
             .keep_alive_interval(header_timeout)
             .keep_alive_timeout(header_timeout)
             // nginx's http2_max_concurrent_streams (hyper's default is 200): each stream
-            // may hold a response of up to an entry while its client reads it.
-            .max_concurrent_streams(128);
+            // may hold a response of up to an entry while its client reads it (what all
+            // connections hold together is bounded by `--max-unsent-bytes`).
+            .max_concurrent_streams(MAX_STREAMS);
         // Every connection task holds a receiver until its connection ended.
         let (drain, draining) = tokio::sync::watch::channel(false);
         let mut shutdown = pin!(shutdown);
@@ -624,7 +662,7 @@ impl<B: Backend> Worker<B> {
                 client,
                 pass_underscored,
             };
-            let activity = Arc::new(Activity::default());
+            let activity = Arc::new(Activity::new(Arc::clone(&unsent)));
             let service = AccessLog {
                 inner: CountRequests {
                     inner: service,

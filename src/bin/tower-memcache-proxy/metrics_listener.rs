@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::BoxError;
+use crate::connections::UnsentBudget;
 
 /// Connections to the metrics listener held at once: a few scrapers' worth.
 const MAX_CONNECTIONS: usize = 16;
@@ -46,7 +47,11 @@ const LATENCY_BUCKETS: [f64; 12] = [
 /// Installs the Prometheus recorder and starts serving it on `addr`, before any layer
 /// counts (the layer registers its metrics with the recorder of its first count). A
 /// connection has `within` to send its request and take the answer.
-pub(crate) fn serve(addr: SocketAddr, within: Duration) -> Result<(), BoxError> {
+pub(crate) fn serve(
+    addr: SocketAddr,
+    within: Duration,
+    unsent: Arc<UnsentBudget>,
+) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -65,7 +70,7 @@ pub(crate) fn serve(addr: SocketAddr, within: Duration) -> Result<(), BoxError> 
         .map_err(|err| format!("--metrics {addr}: {err}"))?;
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || runtime.block_on(accept(listener, handle, within)))?;
+        .spawn(move || runtime.block_on(accept(listener, handle, within, unsent)))?;
     tracing::info!(%addr, "serving metrics");
     Ok(())
 }
@@ -82,7 +87,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts a connection whenever fewer than [`MAX_CONNECTIONS`] are open, forever.
-async fn accept(listener: TcpListener, handle: PrometheusHandle, within: Duration) {
+async fn accept(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    within: Duration,
+    unsent: Arc<UnsentBudget>,
+) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(UPKEEP);
@@ -108,8 +118,13 @@ async fn accept(listener: TcpListener, handle: PrometheusHandle, within: Duratio
             }
         };
         let handle = handle.clone();
+        let unsent = Arc::clone(&unsent);
         tokio::spawn(async move {
             let service = service_fn(move |_request| {
+                // Read at the scrape: kept up to date on every response, a gauge would
+                // cost the hit path a registry lookup.
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("tower_memcache_proxy_unsent_bytes").set(unsent.held() as f64);
                 let mut response = Response::new(Full::new(Bytes::from(handle.render())));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
