@@ -1,0 +1,164 @@
+//! Review TT: the layer used as a library (plain tower, hyper, axum), attacked through what
+//! an application's own inner service and the middleware stacked around the layer can do:
+//! bodies that end short of (or run past) the length their response declares, and the
+//! requests an untrusted client can send through them. Each test fails if the attack (or
+//! the sloppy inner service) gets an answer stored for others that it must not.
+
+mod support;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::StreamBody;
+use tower::Layer;
+use tower_memcache::backend::MemoryBackend;
+
+/// A body of `data` in frames of 10 bytes that reports `hint` as its size, whatever
+/// `data`'s length: an application body that lies about its length (a file that shrank
+/// while it was streamed, a hand-written body).
+struct Lying {
+    data: Bytes,
+    hint: SizeHint,
+}
+
+impl Body for Lying {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.data.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.data.len().min(10);
+        let chunk = self.data.split_to(n);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+fn stream_of(
+    data: &'static [u8],
+) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send> {
+    StreamBody::new(futures_util::stream::iter(
+        data.chunks(10)
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+const PAGE: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCD"; // 50 bytes
+
+/// The inner service declares `Content-Length: 100` and its body ends after 50 bytes (a
+/// file that shrank while streamed, an upstream copied with its length). The client that
+/// asked gets a response its server cuts off (hyper fails a body short of its
+/// `Content-Length`), but the layer stored the 50 bytes and served them to everyone after
+/// as a complete 200 with `Content-Length: 50`: a truncated page made whole. RFC 9111
+/// §3.4: a response is complete only when all the octets its framing indicates arrived.
+#[tokio::test]
+async fn a_body_short_of_its_content_length_is_not_stored() {
+    let backend = MemoryBackend::new();
+    let layer = support::layer(backend.clone());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|_request: Request<()>| async {
+        let response = Response::builder()
+            .header("cache-control", "public, max-age=60")
+            .header("content-length", "100")
+            .body(stream_of(PAGE))
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    }));
+    let first = support::send(&service, Method::GET, "http://shop.example/short", &[]).await;
+    assert_eq!(first.body.len(), 50);
+    watch.settled().await;
+    let again = support::send(&service, Method::GET, "http://shop.example/short", &[]).await;
+    assert!(
+        !again.cache_status().contains("hit"),
+        "a body cut short of its Content-Length was stored and served as complete: {:?}",
+        again.headers
+    );
+}
+
+/// The same, with the declared length in the body's exact `size_hint` only (no field):
+/// hyper frames the response by that hint and fails it when the body ends short.
+#[tokio::test]
+async fn a_body_short_of_its_exact_size_hint_is_not_stored() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|_request: Request<()>| async {
+        let response = Response::builder()
+            .header("cache-control", "public, max-age=60")
+            .body(Lying {
+                data: Bytes::from_static(PAGE),
+                hint: SizeHint::with_exact(100),
+            })
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    }));
+    let first = support::send(&service, Method::GET, "http://shop.example/hinted", &[]).await;
+    assert_eq!(first.body.len(), 50);
+    watch.settled().await;
+    let again = support::send(&service, Method::GET, "http://shop.example/hinted", &[]).await;
+    assert!(
+        !again.cache_status().contains("hit"),
+        "a body short of its exact size hint was stored: {:?}",
+        again.headers
+    );
+}
+
+/// A body that runs past its `Content-Length` (20 declared, 50 sent): the client that
+/// asked was framed 20 bytes (or cut off), but the layer stored all 50 and served them
+/// with `Content-Length: 50`.
+#[tokio::test]
+async fn a_body_past_its_content_length_is_not_stored() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|_request: Request<()>| async {
+        let response = Response::builder()
+            .header("cache-control", "public, max-age=60")
+            .header("content-length", "20")
+            .body(stream_of(PAGE))
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    }));
+    support::send(&service, Method::GET, "http://shop.example/long", &[]).await;
+    watch.settled().await;
+    let again = support::send(&service, Method::GET, "http://shop.example/long", &[]).await;
+    assert!(
+        !again.cache_status().contains("hit"),
+        "a body past its Content-Length was stored: {:?}",
+        again.headers
+    );
+}
+
+/// A body that agrees with its `Content-Length` is stored as before (and one without any
+/// declared length).
+#[tokio::test]
+async fn a_body_that_keeps_its_length_is_stored() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
+        let mut response = Response::builder().header("cache-control", "public, max-age=60");
+        if request.uri().path() == "/declared" {
+            response = response.header("content-length", "50");
+        }
+        Ok::<_, Infallible>(response.body(stream_of(PAGE)).unwrap())
+    }));
+    for path in ["/declared", "/undeclared"] {
+        let url = format!("http://shop.example{path}");
+        support::send(&service, Method::GET, &url, &[]).await;
+        watch.settled().await;
+        let again = support::send(&service, Method::GET, &url, &[]).await;
+        support::assert_hit(again.cache_status());
+        assert_eq!(again.body.as_bytes(), PAGE);
+    }
+}
