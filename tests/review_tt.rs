@@ -107,7 +107,10 @@ mod rewritten {
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -260,4 +263,85 @@ async fn a_body_that_keeps_its_length_is_stored() {
         support::assert_hit(again.cache_status());
         assert_eq!(again.body.as_bytes(), PAGE);
     }
+}
+
+/// An origin that answers `Range` requests with a 206 of a 10-byte page and others with
+/// the whole page, cacheable; it counts whole GETs.
+fn ranged_origin(
+    wholes: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<()>,
+    Response = Response<http_body_util::Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<http_body_util::Full<Bytes>>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |request: Request<()>| {
+        let wholes = Arc::clone(&wholes);
+        async move {
+            let response = if request.headers().contains_key("range") {
+                Response::builder()
+                    .status(206)
+                    .header("cache-control", "public, max-age=60")
+                    .header("content-range", "bytes 0-1/10")
+                    .body(http_body_util::Full::new(Bytes::from_static(b"01")))
+            } else {
+                wholes.fetch_add(1, Ordering::SeqCst);
+                Response::builder()
+                    .header("cache-control", "public, max-age=60")
+                    .body(http_body_util::Full::new(Bytes::from_static(b"0123456789")))
+            };
+            Ok::<_, Infallible>(response.unwrap())
+        }
+    })
+}
+
+/// `tower::limit::ConcurrencyLimit` inside the layer (an application bounding its
+/// handlers). A range miss starts the whole GET in the background: it took the URL's
+/// lead (placeholder, single flight) and only then waited for the inner service to be
+/// ready. A client request for the URL that was already ready (holding the only permit)
+/// joined that flight and waited for a fill that could not start before it let go of its
+/// permit: every such request stalled for the whole `coalesce_timeout` (here a minute),
+/// and any client could set it off with a `Range` header. The background GET waits for
+/// readiness before it leads.
+#[tokio::test]
+async fn a_range_misss_background_fill_does_not_lead_before_the_inner_service_is_ready() {
+    use tower::{Service, ServiceExt};
+
+    let layer = support::layer(MemoryBackend::new())
+        .coalesce_timeout(Duration::from_secs(60))
+        .lease_wait(Duration::from_secs(60), Duration::from_millis(50));
+    let watch = support::Watch::of(&layer);
+    let wholes = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(tower::limit::ConcurrencyLimit::new(
+        ranged_origin(Arc::clone(&wholes)),
+        1,
+    ));
+    let ranged = support::send(
+        &service,
+        Method::GET,
+        "http://shop.example/file",
+        &[("range", "bytes=0-1")],
+    )
+    .await;
+    assert_eq!(ranged.status, 206);
+    // A client whose connection is ready (the permit is its own) before the background
+    // GET runs; on a current-thread runtime that GET has not been polled yet.
+    let mut client = service.clone();
+    client.ready().await.unwrap();
+    let request = Request::get("http://shop.example/file").body(()).unwrap();
+    let answer = tokio::spawn(async move {
+        let response = client.call(request).await.unwrap();
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map(|body| body.to_bytes())
+    });
+    let body = tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("the client waited on a background fill that waited on the client's permit")
+        .unwrap()
+        .unwrap();
+    assert_eq!(body.as_ref(), b"0123456789");
+    watch.settled().await;
 }
