@@ -144,7 +144,7 @@ impl Body for Lying {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -344,4 +344,97 @@ async fn a_range_misss_background_fill_does_not_lead_before_the_inner_service_is
         .unwrap();
     assert_eq!(body.as_ref(), b"0123456789");
     watch.settled().await;
+}
+
+/// A `tower::timeout` (or any error) inside the layer: the inner service fails the
+/// leader's request with an error rather than a response. Its followers took that as a
+/// leader whose client went away and elected another leader, one after another: with a
+/// hanging origin behind a 2 s timeout, the last of the clients waiting for a hot URL
+/// waited for each round in turn (three retries, then its own request), several times
+/// the timeout the application chose. A failed exchange is something learnt, as a 5xx
+/// is: the followers go on their own at once.
+#[tokio::test]
+async fn followers_of_a_leader_whose_inner_service_failed_do_not_wait_in_turn() {
+    use tokio::sync::{Notify, Semaphore};
+
+    struct Origin {
+        calls: AtomicUsize,
+        arrived: Notify,
+        leader_may_fail: Semaphore,
+        later: AtomicUsize,
+        later_arrived: Notify,
+    }
+
+    let layer = support::layer(MemoryBackend::new())
+        .coalesce_timeout(Duration::from_secs(60))
+        .lease_wait(Duration::from_secs(60), Duration::from_millis(50));
+    let watch = support::Watch::of(&layer);
+    let origin = Arc::new(Origin {
+        calls: AtomicUsize::new(0),
+        arrived: Notify::new(),
+        leader_may_fail: Semaphore::new(0),
+        later: AtomicUsize::new(0),
+        later_arrived: Notify::new(),
+    });
+    let service = layer.layer(tower::service_fn({
+        let origin = Arc::clone(&origin);
+        move |_request: Request<()>| {
+            let origin = Arc::clone(&origin);
+            async move {
+                if origin.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    origin.arrived.notify_one();
+                    let _ = origin.leader_may_fail.acquire().await;
+                } else {
+                    // The followers' own requests fail once both have come: in parallel,
+                    // not one waiting for the other's.
+                    origin.later.fetch_add(1, Ordering::SeqCst);
+                    origin.later_arrived.notify_waiters();
+                    loop {
+                        let notified = origin.later_arrived.notified();
+                        if origin.later.load(Ordering::SeqCst) >= 2 {
+                            break;
+                        }
+                        notified.await;
+                    }
+                }
+                Err::<Response<http_body_util::Full<Bytes>>, _>(std::io::Error::other("timed out"))
+            }
+        }
+    }));
+    let leader = send(&service);
+    origin.arrived.notified().await;
+    let followers = [send(&service), send(&service)];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while watch.snapshot().coalesced < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("two requests waiting for the leader");
+    origin.leader_may_fail.add_permits(1);
+    assert!(leader.await.unwrap().is_err());
+    for follower in followers {
+        let failed = tokio::time::timeout(Duration::from_secs(20), follower)
+            .await
+            .expect("a follower waited for another follower's turn at a failing origin")
+            .unwrap();
+        assert!(failed.is_err());
+    }
+    watch.settled().await;
+}
+
+/// Sends a GET for `/hot` through `service` on a task of its own.
+fn send<S, T>(service: &S) -> tokio::task::JoinHandle<Result<(), S::Error>>
+where
+    S: tower::Service<Request<()>, Response = T> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    T: Send + 'static,
+{
+    use tower::ServiceExt;
+    let service = service.clone();
+    tokio::spawn(async move {
+        let request = Request::get("http://shop.example/hot").body(()).unwrap();
+        service.oneshot(request).await.map(|_| ())
+    })
 }

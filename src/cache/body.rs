@@ -375,17 +375,17 @@ mod tests {
     #[test]
     fn declared_size_narrows_the_hint_to_the_content_length() {
         let unknown = SizeHint::new();
-        let got = declared_size(&headers(&[("content-length", "100")]), unknown.clone());
+        let got = declared_size(&headers(&[("content-length", "100")]), unknown);
         assert_eq!(got.map(|h| h.exact()), Some(Some(100)));
         // Beside Transfer-Encoding the field frames nothing (RFC 9112 §6.3).
         let chunked = headers(&[("content-length", "100"), ("transfer-encoding", "chunked")]);
         assert_eq!(
-            declared_size(&chunked, unknown.clone()).map(|h| h.exact()),
+            declared_size(&chunked, unknown).map(|h| h.exact()),
             Some(None)
         );
         // Lengths that cannot all hold: nothing can be stored.
         let two = headers(&[("content-length", "100"), ("content-length", "50")]);
-        assert!(declared_size(&two, unknown.clone()).is_none());
+        assert!(declared_size(&two, unknown).is_none());
         assert!(declared_size(&headers(&[("content-length", "1e3")]), unknown).is_none());
         let field = headers(&[("content-length", "100")]);
         assert!(declared_size(&field, SizeHint::with_exact(50)).is_none());
