@@ -438,3 +438,52 @@ where
         service.oneshot(request).await.map(|_| ())
     })
 }
+
+/// A leader whose inner service never answers (a handler stuck on a lock, no timeout
+/// inside the layer; or a background refresh, which no client's timeout ends). Each
+/// request for the URL joined its flight, waited `coalesce_timeout` for nothing and then
+/// went alone: every later request paid the whole wait again, for as long as the stuck
+/// request lasted (forever for a background one). The first request that waits it out
+/// now ends that flight, and the next leads its own.
+#[tokio::test]
+async fn a_flight_whose_leader_never_answers_is_waited_out_once() {
+    let layer = support::layer(MemoryBackend::new())
+        .coalesce_timeout(Duration::from_millis(300))
+        .lease(None);
+    let watch = support::Watch::of(&layer);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stuck = Arc::new(tokio::sync::Notify::new());
+    let service = layer.layer(tower::service_fn({
+        let (calls, stuck) = (Arc::clone(&calls), Arc::clone(&stuck));
+        move |_request: Request<()>| {
+            let (calls, stuck) = (Arc::clone(&calls), Arc::clone(&stuck));
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    stuck.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                // Not stored: the URL stays a miss, and each request coordinates anew.
+                let response = Response::builder()
+                    .header("cache-control", "no-store")
+                    .body(http_body_util::Full::new(Bytes::from_static(b"page")))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        }
+    }));
+    let leader = send(&service);
+    stuck.notified().await;
+    for _ in 0..3 {
+        let answered = tokio::time::timeout(Duration::from_secs(20), send(&service))
+            .await
+            .expect("a request answered")
+            .unwrap();
+        assert!(answered.is_ok());
+    }
+    assert_eq!(
+        watch.snapshot().coalesced,
+        1,
+        "every request waited for the stuck leader in turn"
+    );
+    leader.abort();
+}
