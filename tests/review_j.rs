@@ -318,8 +318,10 @@ async fn an_origins_content_length_beside_chunked_never_splits_a_hit() {
 /// response says `Content-Length: 5` over a body of unknown length that holds more. The
 /// entry kept the field and every hit replayed it beside the whole stored body, which a
 /// server writes as it is told (hyper trusts the field in release builds): the rest of
-/// the body became the next response on the client's connection. A hit's length is its
-/// body's.
+/// the body became the next response on the client's connection. Since review TT a body
+/// that runs past its `Content-Length` is not stored at all (its own client was framed
+/// five bytes of it, or cut off); a hit that still finds such an entry (written before)
+/// is framed by its stored body (`stored.rs`'s unit test).
 #[tokio::test]
 async fn a_hit_is_framed_by_its_stored_body_not_a_stored_content_length() {
     use http_body_util::{BodyExt, StreamBody};
@@ -338,22 +340,20 @@ async fn a_hit_is_framed_by_its_stored_body_not_a_stored_content_length() {
             .unwrap();
         Ok::<_, std::convert::Infallible>(response)
     }));
-    for round in ["miss", "hit"] {
+    for round in ["miss", "again"] {
         let request = http::Request::get("http://shop.example/split")
             .body(())
             .unwrap();
         let response = service.clone().oneshot(request).await.unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        if round == "hit" {
-            support::assert_hit(parts.headers["cache-status"].to_str().unwrap());
-            assert_eq!(body.as_ref(), SPLIT_BODY);
-            assert_eq!(
-                parts.headers.get("content-length").map(|v| v.as_bytes()),
-                Some(SPLIT_BODY.len().to_string().as_bytes()),
-                "a hit's Content-Length is its body's"
-            );
-        }
+        let status = parts.headers["cache-status"].to_str().unwrap();
+        assert!(!status.contains("hit"), "{round}: {status}");
+        assert_eq!(
+            body.as_ref(),
+            SPLIT_BODY,
+            "passed on as the inner service sent it"
+        );
         watch.settled().await;
     }
 }

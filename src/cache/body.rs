@@ -7,15 +7,36 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::background::Background;
 use super::fill::reader::{self, FillBudget, QueueReader};
+use super::stored::parse_decimal;
 
 /// Receives the complete body of a response being stored, or `None` once the response
 /// turned out not storable (too large, failed, trailers).
 pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
+
+/// What a response declares of its body's length: the body's size hint, narrowed to its
+/// `Content-Length` where it has one that hyper would frame it by (not beside
+/// `Transfer-Encoding`, which overrides it, RFC 9112 §6.3). `None` when the lengths
+/// cannot all hold (two fields that disagree, a field the hint excludes, a field that is
+/// no number): no body is then the response its client was framed.
+pub(crate) fn declared_size(headers: &HeaderMap, mut hint: SizeHint) -> Option<SizeHint> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Some(hint);
+    }
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let length = parse_decimal(value.as_bytes())?;
+        if length < hint.lower() || hint.upper().is_some_and(|upper| length > upper) {
+            return None;
+        }
+        hint.set_exact(length);
+    }
+    Some(hint)
+}
 
 /// A bounded copy of a body in flight: its first chunk as it came (reference-counted,
 /// shared with the client's queue, so a body of one frame is stored without a copy), and
@@ -31,13 +52,29 @@ pub(crate) struct Tee {
     joined: BytesMut,
     len: usize,
     limit: usize,
-    /// The size the body declared at least (within `limit`): room for it is made at once.
+    /// The size the body declared at least (within `limit`): room for it is made at once,
+    /// and a body that ends short of it is not stored.
     expected: usize,
+    /// The length the response declared at most (its `Content-Length`, its body's exact
+    /// size hint): a body that runs past it is not the response its client was framed.
+    most: Option<u64>,
     on_complete: OnComplete,
 }
 
 impl Tee {
-    pub(crate) fn new(limit: usize, size_hint: &SizeHint, on_complete: OnComplete) -> Option<Self> {
+    /// A copy of a body that declared `size_hint` (the body's own hint, bounded by the
+    /// response's `Content-Length` where it has one: see [`declared_size`]), or `None`
+    /// when it cannot be stored whole (declared past `limit`, or lengths that disagree).
+    pub(crate) fn new(
+        limit: usize,
+        size_hint: Option<&SizeHint>,
+        on_complete: OnComplete,
+    ) -> Option<Self> {
+        let Some(size_hint) = size_hint else {
+            tracing::debug!("response declares body lengths that disagree; not stored");
+            on_complete(None);
+            return None;
+        };
         if size_hint.lower() > limit as u64 {
             // Declared larger than we keep: don't even start.
             tracing::debug!(
@@ -54,17 +91,24 @@ impl Tee {
             len: 0,
             limit,
             expected: usize::try_from(size_hint.lower()).unwrap_or(limit),
+            most: size_hint.upper(),
             on_complete,
         })
     }
 
-    /// Keeps a chunk; `false` when the body outgrew the limit.
-    fn push(&mut self, data: &Bytes) -> bool {
+    /// Keeps a chunk; a reason when the response can no longer be stored.
+    fn push(&mut self, data: &Bytes) -> Option<&'static str> {
         if self.len + data.len() > self.limit {
-            return false;
+            return Some("response body over the entry size limit");
+        }
+        if self
+            .most
+            .is_some_and(|most| (self.len + data.len()) as u64 > most)
+        {
+            return Some("response body past its declared length");
         }
         if data.is_empty() {
-            return true;
+            return None;
         }
         if self.len == 0 {
             self.first = data.clone();
@@ -78,7 +122,7 @@ impl Tee {
             self.joined.extend_from_slice(data);
         }
         self.len += data.len();
-        true
+        None
     }
 
     /// Copies what `frame` carries; a reason when the response can no longer be stored.
@@ -88,9 +132,7 @@ impl Tee {
     ) -> Option<&'static str> {
         match frame {
             Some(Ok(frame)) => match frame.data_ref() {
-                Some(data) => {
-                    (!self.push(data)).then_some("response body over the entry size limit")
-                }
+                Some(data) => self.push(data),
                 // Trailers are not stored, so neither is the response.
                 None => Some("response has trailers"),
             },
@@ -99,7 +141,18 @@ impl Tee {
         }
     }
 
+    /// The body ended: stored if it is as long as it declared (its `Content-Length`, its
+    /// exact size hint), refused if it ended short. A body cut short is one its own client
+    /// saw fail (hyper ends a connection whose body is short of its length), never a
+    /// whole page for the next (RFC 9111 §3.4).
     pub(crate) fn complete(mut self) {
+        if self.len < self.expected {
+            tracing::debug!(
+                len = self.len,
+                "response body ended short of its declared length; not stored"
+            );
+            return self.refuse();
+        }
         let body = if self.joined.is_empty() {
             // The common case of a body in one frame (or none): no copy at all.
             std::mem::take(&mut self.first)
@@ -359,5 +412,68 @@ impl<B> fmt::Debug for ResponseBody<B> {
                 .field("teeing", &tee.is_some())
                 .finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        fields
+            .iter()
+            .map(|(name, value)| {
+                (
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn declared_size_narrows_the_hint_to_the_content_length() {
+        let unknown = SizeHint::new();
+        let got = declared_size(&headers(&[("content-length", "100")]), unknown);
+        assert_eq!(got.map(|h| h.exact()), Some(Some(100)));
+        // Beside Transfer-Encoding the field frames nothing (RFC 9112 §6.3).
+        let chunked = headers(&[("content-length", "100"), ("transfer-encoding", "chunked")]);
+        assert_eq!(
+            declared_size(&chunked, unknown).map(|h| h.exact()),
+            Some(None)
+        );
+        // Lengths that cannot all hold: nothing can be stored.
+        let two = headers(&[("content-length", "100"), ("content-length", "50")]);
+        assert!(declared_size(&two, unknown).is_none());
+        assert!(declared_size(&headers(&[("content-length", "1e3")]), unknown).is_none());
+        let field = headers(&[("content-length", "100")]);
+        assert!(declared_size(&field, SizeHint::with_exact(50)).is_none());
+        assert_eq!(
+            declared_size(&field, SizeHint::with_exact(100)).map(|h| h.exact()),
+            Some(Some(100))
+        );
+    }
+
+    #[test]
+    fn a_copy_is_stored_only_at_its_declared_length() {
+        let stored = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tee = |declared: u64| {
+            let stored = Arc::clone(&stored);
+            Tee::new(
+                1024,
+                Some(&SizeHint::with_exact(declared)),
+                Box::new(move |body| stored.lock().unwrap().push(body.map(|b| b.len()))),
+            )
+            .unwrap()
+        };
+        let data = Bytes::from_static(b"0123456789");
+        for declared in [5, 10, 20] {
+            let mut copy = tee(declared);
+            match copy.take::<()>(Some(&Ok(Frame::data(data.clone())))) {
+                Some(_) => copy.refuse(),
+                None => copy.complete(),
+            }
+        }
+        assert_eq!(*stored.lock().unwrap(), [None, Some(10), None]);
     }
 }

@@ -13,7 +13,7 @@ use http::header::{self};
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 
-use super::body::{ResponseBody, Tee};
+use super::body::{ResponseBody, Tee, declared_size};
 use super::coalesce::Filler;
 use super::exchange::{Exchange, Plan, Sent};
 use super::service::Shared;
@@ -155,11 +155,8 @@ impl<B: Backend> Shared<B> {
                 let to = filler.target(ex, sent.request_time);
                 let tags = tags.unwrap_or_default();
                 let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
-                let tee = Tee::new(
-                    self.storable_body_size(),
-                    &response.body().size_hint(),
-                    on_complete,
-                );
+                let declared = declared_size(response.headers(), response.body().size_hint());
+                let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete);
                 (tee, None)
             }
             Err(refusal) => {

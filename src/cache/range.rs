@@ -335,6 +335,16 @@ async fn fill_whole<B, S, R, ResBody>(
     let Some(plan) = shared.plan(&request) else {
         return;
     };
+    // Ready before it leads: a request that joins this fill's flight may hold the inner
+    // service's only slot (a `ConcurrencyLimit` inside the layer), which it keeps until
+    // the fill it waits for answers; readiness awaited after leading held both for
+    // `coalesce_timeout`.
+    if futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .is_err()
+    {
+        return;
+    }
     let found = match shared
         .storage
         .lookup(&plan.canonical, &plan.key, request.headers())
@@ -365,13 +375,6 @@ async fn fill_whole<B, S, R, ResBody>(
         Coordinated::Go(filler) => filler,
         Coordinated::Answered(..) | Coordinated::Retry => return,
     };
-    if futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
-        .await
-        .is_err()
-    {
-        filler.release().await;
-        return;
-    }
     tracing::debug!(key = %ex.plan.key, "range miss: fetching the whole representation in the background");
     if let Ok(response) = exchange(shared, inner, request, &ex, filler, For::Background).await {
         drain_stored(response.into_body(), limit).await;

@@ -214,6 +214,11 @@ where
         Ok(response) => response,
         Err(err) => {
             tracing::debug!(key = %plan.key, "inner service failed");
+            // Something was learnt, as from a 5xx: the followers go on their own now.
+            // Dropped without a word, they took it for a client gone and elected one
+            // leader after another, each waiting out the failure in turn (an inner
+            // timeout's, three rounds over).
+            filler.release().await;
             return match stale_fallback(true) {
                 Some(response) => Ok(response),
                 None => Err(err),

@@ -271,7 +271,13 @@ impl<B: Backend> Shared<B> {
         // for `/account` must hold for the router nested there, which sees `/me`. Rules
         // written for that stripped path still hold too: in a nested router the stricter
         // reading wins (no caching, else the shorter lifetime).
-        let target = client_target(request);
+        let Some(target) = keyed_target(request) else {
+            tracing::debug!(
+                path = request.uri().path(),
+                "target rewritten after routing; cache bypassed"
+            );
+            return None;
+        };
         let pattern = matched_path(request);
         let mut lifetime = self.policy().route_lifetime(target.path(), pattern)?;
         if !std::ptr::eq(target, request.uri()) && target.path() != request.uri().path() {
@@ -771,6 +777,30 @@ pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
 #[cfg(not(feature = "axum"))]
 pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
     request.uri()
+}
+
+/// The target that keys a lookup: the client's ([`client_target`]), while the inner
+/// service reads that target or the one `Router::nest` made of it (the same query, the
+/// path less a prefix). `None` when the target was changed otherwise after axum's
+/// `Router` took it (a route middleware outside the layer putting a cookie's locale in
+/// the query, rewriting the path): the handler answers a target the client did not send,
+/// and keyed by the client's, one client's answer was stored for every other; keyed by
+/// the rewritten one, it was stored for clients who asked that target without the input
+/// that made it.
+#[cfg(feature = "axum")]
+pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
+    let original = client_target(request);
+    let seen = request.uri();
+    let nested_or_same = original.query() == seen.query()
+        && (original.path().ends_with(seen.path()) && seen.path().starts_with('/')
+            // `nest("/v1", ..)` hands `/v1` on as `/`.
+            || seen.path() == "/");
+    nested_or_same.then_some(original)
+}
+
+#[cfg(not(feature = "axum"))]
+pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
+    Some(request.uri())
 }
 
 #[cfg(test)]

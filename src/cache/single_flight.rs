@@ -290,7 +290,28 @@ async fn wait_published(follower: Follower, timeout: Duration) -> Option<LeaderO
         }
     })
     .await;
-    waited.unwrap_or(Some(LeaderOutcome::Nothing))
+    waited.unwrap_or_else(|_| {
+        follower.end_flight();
+        Some(LeaderOutcome::Nothing)
+    })
+}
+
+impl Follower {
+    /// Ends the flight this request waited for in vain: a leader that has not answered
+    /// within the wait (a hung origin request, a background refresh nobody bounds) no
+    /// longer gathers requests, each of which would wait it out in turn and then go
+    /// alone; the next request leads a flight of its own. The old leader's publish or
+    /// drop then touches nothing (`leave` checks the flight's id).
+    fn end_flight(&self) {
+        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state
+            .inflight
+            .get(&self.key)
+            .is_some_and(|f| f.id == self.id)
+        {
+            state.inflight.remove(&self.key);
+        }
+    }
 }
 
 #[cfg(test)]

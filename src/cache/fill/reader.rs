@@ -390,7 +390,7 @@ mod tests {
         let (done, stored) = oneshot::channel();
         let tee = Tee::new(
             limit,
-            &SizeHint::new(),
+            Some(&SizeHint::new()),
             Box::new(move |body| {
                 // Refused: the sender goes unused, as it did when a refusal said nothing.
                 if let Some(body) = body {
