@@ -305,3 +305,82 @@ async fn a_flapping_memcached_costs_hits_not_answers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// An origin whose bodies are `size` bytes, starting with `url <uri> `.
+async fn start_big_origin(size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    support::origin::serve_http1(listener, move |request: Request<Incoming>| async move {
+        let mut body = format!("url {} ", request.uri()).into_bytes();
+        body.resize(size, b'.');
+        let response = Response::builder()
+            .header("cache-control", "max-age=3600")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    });
+    addr
+}
+
+/// memcached out of memory (`-M`: `SERVER_ERROR out of memory storing object` instead of
+/// evicting): what it holds is still served, what it refuses is answered from the origin,
+/// and the server is not taken for down (which would cost every hit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_out_of_memory_keeps_its_hits_and_answers_the_rest() {
+    let test = "review_vv::memcached_out_of_memory_keeps_its_hits_and_answers_the_rest";
+    let server = memcached_or_skip!(test, "-M", "-m", "2");
+    let origin_addr = start_big_origin(100_000).await;
+    let proxy = start_proxy(origin_addr, &["--memcache", &server.addr()]);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            let request = Request::get(format!("http://{}{path}", proxy.addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = tokio::time::timeout(MAX_LATENCY, client.request(request))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            let status = response
+                .headers()
+                .get("cache-status")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(
+                body.starts_with(format!("url {path} ").as_bytes()),
+                "{path}"
+            );
+            status
+        }
+    };
+    for i in 0..3 {
+        get(format!("/keep/{i}")).await;
+    }
+    // Past its memory (2 MB of 100 kB bodies): later stores are refused.
+    for i in 0..60 {
+        get(format!("/fill/{i}")).await;
+    }
+    let mut hits = 0;
+    for round in 0..20 {
+        for i in 0..3 {
+            if get(format!("/keep/{i}")).await.contains("hit") {
+                hits += 1;
+            }
+        }
+        if hits >= 3 {
+            break;
+        }
+        assert!(
+            round < 19,
+            "entries stored before memory ran out are no longer hits"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        get(format!("/new/{i}")).await;
+        get(format!("/new/{i}")).await;
+    }
+}
