@@ -73,6 +73,8 @@ struct Seen {
     hits: usize,
     failures: Vec<String>,
     max_latency: Duration,
+    /// Answers slower than a second: path, latency, `Cache-Status`.
+    slow: Vec<String>,
 }
 
 /// `CLIENTS` clients, each sending `per_client` requests for the paths `path(client, i)`
@@ -117,6 +119,9 @@ async fn run_clients(
                             .to_owned();
                         if status.contains("hit") {
                             seen.hits += 1;
+                        }
+                        if latency > Duration::from_secs(1) {
+                            seen.slow.push(format!("{path} {latency:?} {status}"));
                         }
                         if parts.status != StatusCode::OK
                             || body != format!("url {path}").as_bytes()
@@ -383,4 +388,101 @@ async fn memcached_out_of_memory_keeps_its_hits_and_answers_the_rest() {
         get(format!("/new/{i}")).await;
         get(format!("/new/{i}")).await;
     }
+}
+
+/// A relay to `target` that holds every chunk `delay` before passing it on, each way.
+async fn slow_relay(target: String, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            // Pure latency: each chunk is passed on `delay` after it was read, however
+            // many are under way (a queue of chunks stamped with their time).
+            let pass = |mut from: tokio::net::tcp::OwnedReadHalf,
+                        mut to: tokio::net::tcp::OwnedWriteHalf| async move {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    while let Some((at, chunk)) = rx.recv().await {
+                        tokio::time::sleep_until((at + delay).into()).await;
+                        if to.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0; 64 * 1024];
+                while let Ok(n) = from.read(&mut buf).await {
+                    if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::spawn(pass(cr, sw));
+            tokio::spawn(pass(sr, cw));
+        }
+    });
+    addr
+}
+
+/// memcached behind a link of 40 ms and of 160 ms round trips (the second beyond the
+/// 100 ms `--cache-timeout`): every answer is its URL's, within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_memcached_costs_time_not_answers() {
+    let test = "review_vv::a_slow_memcached_costs_time_not_answers";
+    let server = memcached_or_skip!(test);
+    for delay in [20u64, 80] {
+        let relay = slow_relay(server.addr(), Duration::from_millis(delay)).await;
+        let (origin_addr, _origin) = start_origin(Duration::from_millis(2)).await;
+        let proxy = start_proxy(origin_addr, &["--memcache", &relay]);
+        let seen = run_clients(proxy.addr, 15, move |c, i| {
+            format!("/s{delay}/{}", (c + i) % 20)
+        })
+        .await;
+        assert!(seen.failures.is_empty(), "{delay} ms: {:?}", seen.failures);
+    }
+}
+
+/// memcached hung (SIGSTOP) while a fill was at the origin: its store and the release of
+/// its placeholder got no answer, and the placeholder stayed armed. Once memcached
+/// answered again, the next request for the URL, in this very process, waited the whole
+/// `lease_wait` for a fill that was over (2 s by default, 30 s here). The release is tried
+/// again in the background now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_whose_release_memcached_missed_is_released_once_it_answers() {
+    use nix::sys::signal::Signal;
+    use support::db::{Db, get, joined, service, spawn_get};
+    let test =
+        "review_vv::a_placeholder_whose_release_memcached_missed_is_released_once_it_answers";
+    let server = memcached_or_skip!(test);
+    let backend = tower_memcache::backend::TcpBackend::builder()
+        .server(server.addr())
+        .timeout(Duration::from_millis(100))
+        // Never marked down: lookups keep reading it, and find the placeholder.
+        .failure_threshold(1_000_000)
+        .build()
+        .unwrap();
+    let layer = tower_memcache::MemcacheLayer::new(backend)
+        .lease(Some(Duration::from_secs(30)))
+        .lease_wait(Duration::from_secs(30), Duration::from_millis(20));
+    let db = Db::default();
+    let svc = service(&layer, &db);
+    assert_eq!(get(&svc, "/warm").await.status, StatusCode::OK);
+    let gate = db.hold();
+    let fill = spawn_get(&svc, "/p", &[]);
+    gate.arrivals(1).await;
+    server.signal(Signal::SIGSTOP);
+    gate.open();
+    assert_eq!(joined(fill).await.body, "/p v0");
+    // Its store and release time out meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.signal(Signal::SIGCONT);
+    let again = tokio::time::timeout(Duration::from_secs(10), get(&svc, "/p"))
+        .await
+        .expect("the URL's next request waited for a fill that was over");
+    assert_eq!(again.body, "/p v0");
 }
