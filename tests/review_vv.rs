@@ -73,8 +73,6 @@ struct Seen {
     hits: usize,
     failures: Vec<String>,
     max_latency: Duration,
-    /// Answers slower than a second: path, latency, `Cache-Status`.
-    slow: Vec<String>,
 }
 
 /// `CLIENTS` clients, each sending `per_client` requests for the paths `path(client, i)`
@@ -119,9 +117,6 @@ async fn run_clients(
                             .to_owned();
                         if status.contains("hit") {
                             seen.hits += 1;
-                        }
-                        if latency > Duration::from_secs(1) {
-                            seen.slow.push(format!("{path} {latency:?} {status}"));
                         }
                         if parts.status != StatusCode::OK
                             || body != format!("url {path}").as_bytes()
@@ -485,4 +480,63 @@ async fn a_placeholder_whose_release_memcached_missed_is_released_once_it_answer
         .await
         .expect("the URL's next request waited for a fill that was over");
     assert_eq!(again.body, "/p v0");
+}
+
+/// The proxy's resident memory, in kB.
+fn rss_kb(proxy: &Proxy) -> usize {
+    std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id()))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A memcached that accepts and never answers, and a host whose connects hang: four
+/// rounds of 32 clients each, every answer its URL's within the bound, and the proxy's
+/// file descriptors and memory do not grow from round to round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mute_or_unreachable_memcached_keeps_the_proxy_bounded() {
+    // Accepts and never answers (reads, so its buffers never fill).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let hole = support::fake_memcached::black_hole().await;
+    for (name, addr) in [("mute", mute), ("hole", hole.addr.clone())] {
+        let (origin_addr, _origin) = start_origin(Duration::from_millis(20)).await;
+        let proxy = start_proxy(origin_addr, &["--memcache", &addr]);
+        let mut first = None;
+        for round in 0..4 {
+            let seen = run_clients(proxy.addr, 20, move |c, i| {
+                format!("/{round}/{}", (c + i) % 50)
+            })
+            .await;
+            assert!(seen.failures.is_empty(), "{name}: {:?}", seen.failures);
+            let (fds, rss) = (fds(&proxy), rss_kb(&proxy));
+            let (fds0, rss0) = *first.get_or_insert((fds, rss));
+            assert!(
+                fds <= fds0 + 8,
+                "{name}: file descriptors {fds0}, then {fds}"
+            );
+            assert!(
+                rss <= rss0 * 2,
+                "{name}: resident memory {rss0} kB, then {rss} kB"
+            );
+        }
+    }
 }
