@@ -540,3 +540,50 @@ async fn a_mute_or_unreachable_memcached_keeps_the_proxy_bounded() {
         }
     }
 }
+
+/// memcached hung (SIGSTOP), not yet marked down: a request that comes after the leader
+/// of a tagged page went out joins it (its lookup timed out too), and gets its response.
+/// Before, the leader's store (bound to fail: its lookup read no namespace generation) was
+/// attempted and its tags, unchecked, kept the response from every follower that joined
+/// after the request went out: they waited for it, then went to the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_page_is_still_coalesced_while_memcached_hangs() {
+    use nix::sys::signal::Signal;
+    use support::db::{Db, get, joined, service, spawn_get};
+    let test = "review_vv::a_tagged_page_is_still_coalesced_while_memcached_hangs";
+    let server = memcached_or_skip!(test);
+    let backend = tower_memcache::backend::TcpBackend::builder()
+        .server(server.addr())
+        .timeout(Duration::from_millis(100))
+        // Never marked down: every lookup waits for its timeout.
+        .failure_threshold(1_000_000)
+        .build()
+        .unwrap();
+    let layer = tower_memcache::MemcacheLayer::new(backend);
+    let db = Db::default();
+    db.fields(
+        "/t",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "news")],
+    );
+    let svc = service(&layer, &db);
+    assert_eq!(get(&svc, "/warm").await.status, StatusCode::OK);
+    server.signal(Signal::SIGSTOP);
+    let gate = db.hold();
+    let leader = spawn_get(&svc, "/t", &[]);
+    gate.arrivals(1).await;
+    let joiner = spawn_get(&svc, "/t", &[]);
+    // Its lookup times out (100 ms), then it joins: ten times that, for a loaded machine.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = db.calls();
+    gate.open();
+    let (leader, joiner) = (joined(leader).await, joined(joiner).await);
+    server.signal(Signal::SIGCONT);
+    assert_eq!(leader.body, "/t v0");
+    assert_eq!(joiner.body, "/t v0");
+    assert_eq!(
+        db.calls(),
+        calls,
+        "the joiner went to the origin: {}",
+        joiner.cache_status()
+    );
+}

@@ -143,8 +143,13 @@ impl<B: Backend> Shared<B> {
         let (chosen, handler_override) = self.response_lifetime(&mut response, plan.lifetime);
         let authenticated = request_headers.contains_key(header::AUTHORIZATION);
         let admission = self.admission(chosen, handler_override, sent.request_time, authenticated);
-        // Shared with the requests waiting for it, not stored: memcached is down.
-        let mut share_only = false;
+        // Shared with the requests waiting for it, not stored: memcached is down, or its
+        // lookup read no namespace generation (memcached hung), so no store can succeed.
+        // A flight that could not read memcached still coalesces: its followers get the
+        // response if it could have been stored (the same rules), or every request for a
+        // hot URL would go to the origin while memcached is gone or hung, each follower
+        // after waiting for the leader.
+        let mut share_only = filler.leads_unguarded() && ex.found.generation.is_none();
         let decision = if ex.is_head {
             Err(Refusal::Head)
         } else if !plan.from_cache {
@@ -152,25 +157,24 @@ impl<B: Backend> Shared<B> {
         } else if tags.is_none() {
             Err(Refusal::TagsUnkept)
         } else {
-            let vary = self.vary_values(request_headers, response.headers());
             let (status, headers) = (response.status(), response.headers());
-            match self.admit(plan, request_headers, status, headers, vary, &admission) {
-                // A flight that could not read memcached still coalesces: its followers
-                // get the response if it could have been stored (the same rules), or
-                // every request for a hot URL would go to the origin while memcached is
-                // gone, each follower after waiting for the leader.
+            let admit = |to_backend| {
+                let vary = self.vary_values(request_headers, headers);
+                let admission = &admission;
+                self.admit_to(
+                    plan,
+                    request_headers,
+                    status,
+                    headers,
+                    vary,
+                    admission,
+                    to_backend,
+                )
+            };
+            match admit(!share_only) {
                 Err(Refusal::BackendUnavailable) if filler.leads_unguarded() => {
                     share_only = true;
-                    let vary = self.vary_values(request_headers, headers);
-                    self.admit_to(
-                        plan,
-                        request_headers,
-                        status,
-                        headers,
-                        vary,
-                        &admission,
-                        false,
-                    )
+                    admit(false)
                 }
                 decision => decision,
             }
