@@ -97,7 +97,7 @@ impl Refusal {
     }
 }
 
-/// What happens when a body shared but not stored (the backend is down) is complete: the
+/// What happens when a body shared but not stored (memcached cannot take it) is complete: the
 /// followers get it, each as its own request's answer (they joined before any purge this
 /// process started since the leader went out; see `single_flight::Mark::admits`).
 fn share_on_complete<B: Backend>(meta: EntryMeta, filler: Filler<B>) -> super::body::OnComplete {
@@ -276,7 +276,7 @@ impl<B: Backend> Shared<B> {
     }
 
     /// [`admit`](Self::admit), for the backend (`to_backend`) or only for the requests
-    /// waiting in this process (the backend is down).
+    /// waiting in this process (memcached cannot take it).
     #[allow(clippy::too_many_arguments)]
     fn admit_to(
         &self,
