@@ -11,7 +11,9 @@ use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
 use super::service::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
-use super::storage::{FILL_HOLD, Found, Lookup, Placed, Slot, Target, arming, placed, unique};
+use super::storage::{
+    FILL_HOLD, Found, Lookup, Placed, Slot, Target, arming, placed, purges, unique,
+};
 use super::stored::now_ms;
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, VariantIndex};
@@ -315,8 +317,15 @@ impl<B: Backend> Filler<B> {
                 guard,
                 generation: found.generation,
                 at,
+                purges: purges(),
             });
         }
+    }
+
+    /// Whether this request leads a flight without a guard (its lookup could not read
+    /// memcached): its response can be shared with its followers, never stored.
+    pub(super) fn leads_unguarded(&self) -> bool {
+        self.leader.is_some() && self.lease.is_none() && self.guard.is_none()
     }
 
     /// Where this request's response is stored, and against what.

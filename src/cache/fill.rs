@@ -97,6 +97,16 @@ impl Refusal {
     }
 }
 
+/// What happens when a body shared but not stored (memcached cannot take it) is complete: the
+/// followers get it, each as its own request's answer (they joined before any purge this
+/// process started since the leader went out; see `single_flight::Mark::admits`).
+fn share_on_complete<B: Backend>(meta: EntryMeta, filler: Filler<B>) -> super::body::OnComplete {
+    Box::new(move |body: Option<Bytes>| match body {
+        Some(body) => filler.publish(Some((Arc::new(Entry { meta, body }), None))),
+        None => filler.publish(None),
+    })
+}
+
 impl<B: Backend> Shared<B> {
     pub(super) fn admission(
         &self,
@@ -133,6 +143,13 @@ impl<B: Backend> Shared<B> {
         let (chosen, handler_override) = self.response_lifetime(&mut response, plan.lifetime);
         let authenticated = request_headers.contains_key(header::AUTHORIZATION);
         let admission = self.admission(chosen, handler_override, sent.request_time, authenticated);
+        // Shared with the requests waiting for it, not stored: memcached is down, or its
+        // lookup read no namespace generation (memcached hung), so no store can succeed.
+        // A flight that could not read memcached still coalesces: its followers get the
+        // response if it could have been stored (the same rules), or every request for a
+        // hot URL would go to the origin while memcached is gone or hung, each follower
+        // after waiting for the leader.
+        let mut share_only = filler.leads_unguarded() && ex.found.generation.is_none();
         let decision = if ex.is_head {
             Err(Refusal::Head)
         } else if !plan.from_cache {
@@ -140,17 +157,38 @@ impl<B: Backend> Shared<B> {
         } else if tags.is_none() {
             Err(Refusal::TagsUnkept)
         } else {
-            let vary = self.vary_values(request_headers, response.headers());
-            self.admit(
-                plan,
-                request_headers,
-                response.status(),
-                response.headers(),
-                vary,
-                &admission,
-            )
+            let (status, headers) = (response.status(), response.headers());
+            let admit = |to_backend| {
+                let vary = self.vary_values(request_headers, headers);
+                let admission = &admission;
+                self.admit_to(
+                    plan,
+                    request_headers,
+                    status,
+                    headers,
+                    vary,
+                    admission,
+                    to_backend,
+                )
+            };
+            match admit(!share_only) {
+                Err(Refusal::BackendUnavailable) if filler.leads_unguarded() => {
+                    share_only = true;
+                    admit(false)
+                }
+                decision => decision,
+            }
         };
         let (tee, unused) = match decision {
+            Ok((meta, _)) if share_only => {
+                let on_complete = share_on_complete(meta, filler);
+                let tee = Tee::new(
+                    self.storable_body_size(),
+                    &response.body().size_hint(),
+                    on_complete,
+                );
+                (tee, None)
+            }
             Ok((meta, ttl)) => {
                 let to = filler.target(ex, sent.request_time);
                 let tags = tags.unwrap_or_default();
@@ -186,7 +224,7 @@ impl<B: Backend> Shared<B> {
         let outcome = Outcome::Forwarded {
             fwd: ex.fwd,
             fwd_status: None,
-            stored: tee.is_some(),
+            stored: tee.is_some() && !share_only,
             collapsed: false,
             detail: ex.detail,
         };
@@ -223,11 +261,35 @@ impl<B: Backend> Shared<B> {
         vary: Vec<(String, Option<String>)>,
         admission: &Admission<'_>,
     ) -> Result<(EntryMeta, Duration), Refusal> {
+        self.admit_to(
+            plan,
+            request_headers,
+            status,
+            headers,
+            vary,
+            admission,
+            true,
+        )
+    }
+
+    /// [`admit`](Self::admit), for the backend (`to_backend`) or only for the requests
+    /// waiting in this process (memcached cannot take it).
+    #[allow(clippy::too_many_arguments)]
+    fn admit_to(
+        &self,
+        plan: &Plan,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        headers: &HeaderMap,
+        vary: Vec<(String, Option<String>)>,
+        admission: &Admission<'_>,
+        to_backend: bool,
+    ) -> Result<(EntryMeta, Duration), Refusal> {
         let routes_mode = self.policy().mode() == crate::cache::policy::CacheMode::Routes;
         if admission.chosen.is_zero() && (admission.handler_override || routes_mode) {
             return Err(Refusal::Policy(NotStorable::ZeroLifetime));
         }
-        if !self.config.backend.is_available(&plan.key) {
+        if to_backend && !self.config.backend.is_available(&plan.key) {
             return Err(Refusal::BackendUnavailable);
         }
         // RFC 9213: a targeted field on the policy's list rules instead of Cache-Control

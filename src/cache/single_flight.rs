@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::storage::{Found, Slot};
+use super::storage::{Found, Slot, purges};
 use crate::cache::entry::Entry;
 
 /// An entry and, when a purge overtook it, the time after which joiners may not have it.
@@ -50,6 +50,8 @@ pub(crate) struct Mark {
     pub(crate) generation: Option<u64>,
     /// When the guard was in place, on the placement clock (`storage::placements`).
     pub(crate) at: u64,
+    /// The count of this process's purges (`storage::purges`) when the mark was made.
+    pub(crate) purges: u64,
 }
 
 impl Mark {
@@ -65,7 +67,12 @@ impl Mark {
         match seen.slot {
             Slot::Placeholder { placeholder, .. } => Some(placeholder.token) == self.guard,
             Slot::Value { cas } => Some(cas) == self.guard,
-            Slot::Absent | Slot::Unknown => false,
+            // Neither could read memcached (a server down or hung): nothing there can show
+            // a purge since the leader went out, and this process's own would have moved
+            // the count. Without this, every request for a hot URL went to the origin
+            // while memcached was gone (lookups failing fast never overlap a leader's).
+            Slot::Unknown => self.guard.is_none() && self.purges == purges(),
+            Slot::Absent => false,
         }
     }
 }
@@ -387,6 +394,7 @@ mod tests {
             guard: Some(7),
             generation: Some(1),
             at: crate::cache::storage::placed(),
+            purges: purges(),
         });
         // Looked before the placeholder landed: joins.
         assert!(matches!(flights.join("k", 8, &before), Flight::Follower(_)));
@@ -407,6 +415,7 @@ mod tests {
             guard: Some(9),
             generation: Some(1),
             at: crate::cache::storage::placed(),
+            purges: purges(),
         });
         let mut other_generation = seen(Slot::Value { cas: 9 });
         other_generation.generation = Some(2);
@@ -414,6 +423,44 @@ mod tests {
             flights.join("k2", 8, &other_generation),
             Flight::Leader(_)
         ));
+    }
+
+    #[test]
+    fn a_flight_memcached_could_not_guard_admits_failed_lookups_until_a_purge() {
+        let flights = SingleFlight::default();
+        let failed = Found::default();
+        let Flight::Leader(leader) = flights.join("k", 8, &failed) else {
+            panic!("leader")
+        };
+        leader.mark(Mark {
+            guard: None,
+            generation: None,
+            at: crate::cache::storage::placed(),
+            purges: purges(),
+        });
+        // Looked after the leader went out, and could not read memcached either: joins.
+        let after = Found {
+            started: crate::cache::storage::placements() + 1,
+            ..Found::default()
+        };
+        assert!(matches!(flights.join("k", 8, &after), Flight::Follower(_)));
+        // A lookup that did read memcached saw what the leader could not: its own flight.
+        let read = Found {
+            started: after.started,
+            ..seen(Slot::Absent)
+        };
+        assert!(matches!(flights.join("k", 8, &read), Flight::Leader(_)));
+        // Once a purge started in this process, a failed lookup joins no earlier flight.
+        let Flight::Leader(leader) = flights.join("k2", 8, &failed) else {
+            panic!("leader")
+        };
+        leader.mark(Mark {
+            guard: None,
+            generation: None,
+            at: crate::cache::storage::placed(),
+            purges: purges().wrapping_sub(1),
+        });
+        assert!(matches!(flights.join("k2", 8, &after), Flight::Leader(_)));
     }
 
     #[tokio::test]

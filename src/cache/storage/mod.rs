@@ -113,6 +113,16 @@ pub(crate) fn placed() -> u64 {
     PLACEMENTS.fetch_add(1, Ordering::SeqCst) + 1
 }
 
+/// Purges and invalidations started in this process (by any layer): a flight whose leader
+/// could not read memcached admits requests that come after it went out only while this
+/// stands still, since nothing in memcached can show them a purge since.
+static PURGES: AtomicU64 = AtomicU64::new(0);
+
+/// The count of purges started in this process.
+pub(crate) fn purges() -> u64 {
+    PURGES.load(Ordering::SeqCst)
+}
+
 /// What the primary key held when a lookup read it: what a store must find there still.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Slot {
@@ -401,6 +411,9 @@ impl<B: Backend> Storage<B> {
         &self,
         operation: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
+        // Counted before anything is written (`operation` is lazy): a request that joins
+        // an unguarded flight after this is refused it (`single_flight::Mark::admits`).
+        PURGES.fetch_add(1, Ordering::SeqCst);
         let limit = PURGE_TIMEOUT.max(self.timeout);
         tokio::time::timeout(limit, operation)
             .await

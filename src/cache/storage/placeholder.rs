@@ -64,7 +64,30 @@ impl<B: Backend> Storage<B> {
     /// Ends this request's placeholder without an entry: nobody waits for it any longer,
     /// and it soon goes.
     pub(crate) async fn release(&self, key: &str, mine: Placeholder) {
-        self.end_wait(key, mine, RELEASED_FOR).await;
+        if !self.end_wait(key, mine, RELEASED_FOR).await {
+            self.release_later(key, mine);
+        }
+    }
+
+    /// [`release`](Self::release) again in the background, after a release memcached did
+    /// not answer (hung a moment, or dropping the connection): left armed, the placeholder
+    /// made every request for the URL, this process's too, wait `lease_wait` for a fill
+    /// that was over. Tried at doubling intervals from the timeout on, until the
+    /// placeholder's own wait ends (a few tries; best effort, as other background work).
+    fn release_later(&self, key: &str, mine: Placeholder) {
+        let (storage, key) = (self.clone(), key.to_owned());
+        self.background.spawn_best_effort(async move {
+            let mut delay = storage.timeout;
+            loop {
+                tokio::time::sleep(delay).await;
+                if crate::cache::stored::now_ms() >= mine.until_ms
+                    || storage.end_wait(&key, mine, RELEASED_FOR).await
+                {
+                    return;
+                }
+                delay = delay.saturating_mul(2);
+            }
+        });
     }
 
     /// [`release`](Self::release) for a placeholder whose add (or CAS) may still be on its
@@ -93,10 +116,13 @@ impl<B: Backend> Storage<B> {
     }
 
     /// Rewrites `placeholder` (if it is still there, as this request armed it, and waited
-    /// for) to be waited for no longer, with the same token, for `lifetime`.
-    async fn end_wait(&self, key: &str, placeholder: Placeholder, lifetime: Duration) {
-        let Some(Some(item)) = self.timed("placeholder read", self.backend.get(key)).await else {
-            return;
+    /// for) to be waited for no longer, with the same token, for `lifetime`. False when
+    /// memcached did not answer: the placeholder may still be armed.
+    async fn end_wait(&self, key: &str, placeholder: Placeholder, lifetime: Duration) -> bool {
+        let item = match self.timed("placeholder read", self.backend.get(key)).await {
+            Some(Some(item)) => item,
+            Some(None) => return true,
+            None => return false,
         };
         let (
             Some(cas),
@@ -105,7 +131,7 @@ impl<B: Backend> Storage<B> {
             },
         ) = (item.cas, Slot::of(&item))
         else {
-            return;
+            return true;
         };
         // The token alone is not this request's: another request that armed the
         // placeholder again shares it (`rearm`), and ending its arming would end its fill
@@ -114,7 +140,7 @@ impl<B: Backend> Storage<B> {
             || now.until_ms != placeholder.until_ms
             || now.until_ms == 0
         {
-            return;
+            return true;
         }
         let ended = Placeholder {
             token: placeholder.token,
@@ -124,7 +150,7 @@ impl<B: Backend> Storage<B> {
         let cas = self
             .backend
             .cas(key, ended.encode(), FLAG_PLACEHOLDER, lifetime, cas);
-        self.timed("placeholder end", cas).await;
+        self.timed("placeholder end", cas).await.is_some()
     }
 }
 
