@@ -182,11 +182,9 @@ impl<B: Backend> Shared<B> {
         let (tee, unused) = match decision {
             Ok((meta, _)) if share_only => {
                 let on_complete = share_on_complete(meta, filler);
-                let tee = Tee::new(
-                    self.storable_body_size(),
-                    &response.body().size_hint(),
-                    on_complete,
-                );
+                // Whole bodies only, as for a store: followers take it as complete.
+                let declared = declared_size(response.headers(), response.body().size_hint());
+                let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete);
                 (tee, None)
             }
             Ok((meta, ttl)) => {
