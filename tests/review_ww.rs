@@ -1,0 +1,223 @@
+//! Review WW: what operators read to measure the cache must be true. Every request counts
+//! once in the snapshot, as a hit, a miss or a bypass (so `hit_ratio` is what it says),
+//! the specialised counters (`stale`, `coalesced`) count what their docs promise, and
+//! `Cache-Status` says what happened. A `MemoryBackend` and a gated "database" origin
+//! (`support::db`); no timing: waits poll what they wait for, each bounded.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use support::Watch;
+use support::db::{Db, Svc, get, joined, send, service, spawn_get};
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CacheMode, MemcacheLayer, StatsSnapshot};
+
+fn layer(backend: MemoryBackend) -> MemcacheLayer<MemoryBackend> {
+    support::layer(backend)
+        .namespace("review-ww")
+        .mode(CacheMode::Origin)
+}
+
+/// Every request the snapshot saw, counted once in one of its three buckets.
+fn counted(snapshot: &StatsSnapshot) -> u64 {
+    snapshot.hits + snapshot.misses + snapshot.bypasses
+}
+
+/// Sends `method path` with `headers` and waits for the layer's background work.
+async fn settled_send(
+    svc: &Svc,
+    watch: &Watch,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> support::Answer {
+    let answer = send(svc, method, path, headers).await;
+    watch.settled().await;
+    answer
+}
+
+/// RFC 9111 §5.2.1.7: `only-if-cached` with nothing usable stored gets a 504 from the
+/// cache. It is a request like any other: it missed, and was counted nowhere, so that
+/// a client sending it at will kept its requests out of every count (`hit_ratio`, and
+/// `tower_memcache_requests_total`, "one outcome per request").
+#[tokio::test]
+async fn only_if_cached_504_counts_as_a_miss() {
+    let layer = layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let db = Db::default();
+    let svc = service(&layer, &db);
+    let only = [("cache-control", "only-if-cached")];
+    let answer = settled_send(&svc, &watch, Method::GET, "/none", &only).await;
+    assert_eq!(answer.status, 504);
+    assert_eq!(
+        answer.cache_status(),
+        "tower-memcache; detail=only-if-cached"
+    );
+    let snapshot = watch.snapshot();
+    assert_eq!((snapshot.hits, snapshot.misses), (0, 1), "{snapshot:?}");
+    // A stale entry does not satisfy it either (`max-age=0` in the request): a miss.
+    get(&svc, "/stored").await;
+    watch.settled().await;
+    let stale_only = [("cache-control", "max-age=0, only-if-cached")];
+    let answer = settled_send(&svc, &watch, Method::GET, "/stored", &stale_only).await;
+    assert_eq!(answer.status, 504);
+    let snapshot = watch.snapshot();
+    assert_eq!((snapshot.hits, snapshot.misses), (0, 3), "{snapshot:?}");
+    assert_eq!(db.calls(), 1);
+}
+
+/// A stored response revalidated with the origin and replaced by its 200 is answered by
+/// the origin: a miss in the snapshot, as a first fetch is. It was counted only in
+/// `revalidations`, outside `hits + misses`, so an origin whose pages change on every
+/// revalidation (or fail them) left `hit_ratio()` at 1.0 after a single hit.
+#[tokio::test]
+async fn a_revalidation_the_origin_answers_counts_as_a_miss() {
+    let layer = layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let db = Db::default();
+    // Stored, stale at once: each later request revalidates.
+    db.fields("/r", &[("cache-control", "max-age=0")]);
+    let svc = service(&layer, &db);
+    let first = settled_send(&svc, &watch, Method::GET, "/r", &[]).await;
+    assert_eq!(first.cache_status(), "tower-memcache; fwd=uri-miss; stored");
+    // The page changes each time: each revalidation gets a 200 from the origin.
+    for round in 0..3 {
+        db.bump();
+        let again = settled_send(&svc, &watch, Method::GET, "/r", &[]).await;
+        assert_eq!(again.body, format!("/r v{}", round + 1));
+        assert_eq!(again.cache_status(), "tower-memcache; fwd=stale; stored");
+    }
+    let snapshot = watch.snapshot();
+    assert_eq!(snapshot.revalidations, 3, "{snapshot:?}");
+    assert_eq!((snapshot.hits, snapshot.misses), (0, 4), "{snapshot:?}");
+    assert_eq!(snapshot.hit_ratio(), 0.0);
+    // A 304 to the layer's validators answers from the stored response: a hit (and one
+    // more revalidation), not also a miss.
+    let validated = settled_send(&svc, &watch, Method::GET, "/r", &[]).await;
+    assert_eq!(
+        validated.cache_status(),
+        "tower-memcache; fwd=stale; fwd-status=304"
+    );
+    let snapshot = watch.snapshot();
+    assert_eq!(snapshot.revalidations, 4, "{snapshot:?}");
+    assert_eq!((snapshot.hits, snapshot.misses), (1, 4), "{snapshot:?}");
+    assert_eq!(db.calls(), 5);
+}
+
+/// Every path a request can take counts it once in `hits + misses + bypasses`: the
+/// snapshot's three buckets add up to the requests sent, whatever they asked.
+#[tokio::test]
+async fn every_request_counts_once_in_hits_misses_and_bypasses() {
+    let layer = layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let db = Db::default();
+    db.fields("/stale", &[("cache-control", "max-age=0")]);
+    let svc = service(&layer, &db);
+    let requests: &[(Method, &str, &[(&str, &str)])] = &[
+        (Method::GET, "/a", &[]),                                   // miss, stored
+        (Method::GET, "/a", &[]),                                   // hit
+        (Method::HEAD, "/a", &[]),                                  // hit
+        (Method::HEAD, "/h", &[]),                                  // miss
+        (Method::GET, "/a", &[("if-none-match", "\"v0\"")]),        // 304 from the cache
+        (Method::GET, "/a", &[("range", "bytes=0-1")]),             // 206 from the entry
+        (Method::GET, "/a", &[("if-match", "\"v0\"")]),             // origin precondition
+        (Method::GET, "/a", &[("cache-control", "no-cache")]),      // revalidated, 304
+        (Method::GET, "/a", &[("cache-control", "no-store")]),      // hit
+        (Method::GET, "/a", &[("authorization", "Basic eDp5")]),    // hit
+        (Method::GET, "/a", &[("cache-control", "only-if-cached")]), // hit
+        (Method::GET, "/b", &[("cache-control", "only-if-cached")]), // 504
+        (Method::GET, "/stale", &[]),                               // miss, stored
+        (Method::GET, "/stale", &[]),                               // revalidated, 304
+        (Method::OPTIONS, "/a", &[]),                               // bypass
+        (Method::POST, "/a", &[]),                                  // bypass, invalidates
+        (Method::GET, "/a", &[]),                                   // miss
+    ];
+    for (method, path, headers) in requests {
+        let answer = settled_send(&svc, &watch, method.clone(), path, headers).await;
+        assert!(answer.header("cache-status").is_some(), "{method} {path}");
+    }
+    let snapshot = watch.snapshot();
+    assert_eq!(counted(&snapshot), requests.len() as u64, "{snapshot:?}");
+    assert_eq!(snapshot.bypasses, 2, "{snapshot:?}");
+}
+
+/// `stale` counts hits answered with a stale response. A response the origin has just
+/// validated with a 304 is not one, however short its lifetime (`max-age=0`, or a stored
+/// `no-cache`, which revalidate on every request): counted `stale`, an operator read "the
+/// cache serves stale pages" off a cache that never did.
+#[tokio::test]
+async fn a_response_validated_by_304_is_not_counted_stale() {
+    let layer = layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let db = Db::default();
+    db.fields("/zero", &[("cache-control", "max-age=0")]);
+    db.fields("/nc", &[("cache-control", "no-cache")]);
+    let svc = service(&layer, &db);
+    for path in ["/zero", "/nc"] {
+        settled_send(&svc, &watch, Method::GET, path, &[]).await;
+        let validated = settled_send(&svc, &watch, Method::GET, path, &[]).await;
+        assert_eq!(
+            validated.cache_status(),
+            "tower-memcache; fwd=stale; fwd-status=304",
+            "{path}"
+        );
+    }
+    let snapshot = watch.snapshot();
+    assert_eq!((snapshot.hits, snapshot.revalidations), (2, 2), "{snapshot:?}");
+    assert_eq!(snapshot.stale, 0, "{snapshot:?}");
+}
+
+/// Polls `done` every 5 ms until it holds; fails after 10 s.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Memcached's `cmd_get` as the fake counts it.
+async fn gets(backend: &MemoryBackend) -> u64 {
+    let stats = backend.stats().await.unwrap();
+    stats[0].get_u64("cmd_get").unwrap()
+}
+
+/// A request that waits for another process's placeholder and is answered with that
+/// process's response (`Cache-Status: …; collapsed`) waited for another request's
+/// response to the same key, which is what `coalesced` counts; it was counted only when
+/// the request it waited for ran in the same process.
+#[tokio::test]
+async fn a_request_answered_after_waiting_for_a_placeholder_counts_as_coalesced() {
+    let backend = MemoryBackend::new();
+    // Two layers over one memcached: two processes.
+    let (one, two) = (layer(backend.clone()), layer(backend.clone()));
+    let (watch_one, watch_two) = (Watch::of(&one), Watch::of(&two));
+    let db = Db::default();
+    let (svc_one, svc_two) = (service(&one, &db), service(&two, &db));
+    let gate = db.hold();
+    let leader = spawn_get(&svc_one, "/lease", &[]);
+    gate.arrivals(1).await;
+    let before = gets(&backend).await;
+    let waiter = spawn_get(&svc_two, "/lease", &[]);
+    // Its lookup, then polls of the placeholder: it is waiting.
+    eventually("the second process polls the placeholder", || async {
+        gets(&backend).await >= before + 3
+    })
+    .await;
+    gate.open();
+    let leader = joined(leader).await;
+    let waiter = joined(waiter).await;
+    assert_eq!(leader.cache_status(), "tower-memcache; fwd=uri-miss; stored");
+    assert_eq!(
+        waiter.cache_status(),
+        "tower-memcache; fwd=uri-miss; collapsed"
+    );
+    assert_eq!(db.calls(), 1);
+    watch_one.settled().await;
+    watch_two.settled().await;
+    let snapshot = watch_two.snapshot();
+    assert_eq!((snapshot.hits, snapshot.coalesced), (1, 1), "{snapshot:?}");
+    assert_eq!(watch_one.snapshot().coalesced, 0);
+}
