@@ -221,3 +221,31 @@ async fn a_request_answered_after_waiting_for_a_placeholder_counts_as_coalesced(
     assert_eq!((snapshot.hits, snapshot.coalesced), (1, 1), "{snapshot:?}");
     assert_eq!(watch_one.snapshot().coalesced, 0);
 }
+
+/// A request with a precondition only the origin can judge (`If-Match`,
+/// `If-Unmodified-Since`) is never answered from the cache, which does not even look the
+/// URL up. `Cache-Status` said `fwd=uri-miss` ("the cache did not contain any responses
+/// that matched the request URI", RFC 9211 §2.2) for a URL it held: an operator sorting
+/// misses by `fwd` read them as a cold cache. It is the request's own semantics that
+/// ruled the cache out: `fwd=request`; still counted as a miss.
+#[tokio::test]
+async fn a_request_only_the_origin_can_answer_is_not_a_uri_miss() {
+    let layer = layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let db = Db::default();
+    let svc = service(&layer, &db);
+    settled_send(&svc, &watch, Method::GET, "/p", &[]).await;
+    for precondition in [
+        ("if-match", "\"v0\""),
+        ("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ] {
+        let answer = settled_send(&svc, &watch, Method::GET, "/p", &[precondition]).await;
+        assert_eq!(
+            answer.cache_status(),
+            "tower-memcache; fwd=request",
+            "{precondition:?}"
+        );
+    }
+    let snapshot = watch.snapshot();
+    assert_eq!((snapshot.hits, snapshot.misses), (0, 3), "{snapshot:?}");
+}

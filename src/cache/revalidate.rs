@@ -214,7 +214,8 @@ where
         }
         if unreachable && freshness.forbids_stale {
             let mut response = stored::gateway_timeout();
-            let outcome = Outcome::forwarded(Forward::Stale, Some(Detail::MustRevalidate));
+            // Why it went forward: stale, or fresh but the request asked (`no-cache`).
+            let outcome = Outcome::forwarded(fwd, Some(Detail::MustRevalidate));
             shared.set_status(&mut response, outcome);
             return Some(response);
         }

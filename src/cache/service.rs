@@ -621,7 +621,13 @@ where
             } else {
                 (Found::default(), None)
             };
-            let mut fwd = Forward::UriMiss;
+            // Not looked up (a precondition only the origin can judge): the request's own
+            // semantics rule the cache out, whatever it holds; not a `uri-miss`.
+            let mut fwd = if plan.from_cache {
+                Forward::UriMiss
+            } else {
+                Forward::Request
+            };
             if let Some(entry) = &found.entry {
                 let freshness = stored::freshness(&entry.meta, now_ms());
                 match freshness.reuse(&plan.request_cc) {
