@@ -116,23 +116,23 @@ async fn every_request_counts_once_in_hits_misses_and_bypasses() {
     db.fields("/stale", &[("cache-control", "max-age=0")]);
     let svc = service(&layer, &db);
     let requests: &[(Method, &str, &[(&str, &str)])] = &[
-        (Method::GET, "/a", &[]),                                   // miss, stored
-        (Method::GET, "/a", &[]),                                   // hit
-        (Method::HEAD, "/a", &[]),                                  // hit
-        (Method::HEAD, "/h", &[]),                                  // miss
-        (Method::GET, "/a", &[("if-none-match", "\"v0\"")]),        // 304 from the cache
-        (Method::GET, "/a", &[("range", "bytes=0-1")]),             // 206 from the entry
-        (Method::GET, "/a", &[("if-match", "\"v0\"")]),             // origin precondition
-        (Method::GET, "/a", &[("cache-control", "no-cache")]),      // revalidated, 304
-        (Method::GET, "/a", &[("cache-control", "no-store")]),      // hit
-        (Method::GET, "/a", &[("authorization", "Basic eDp5")]),    // hit
+        (Method::GET, "/a", &[]),                                    // miss, stored
+        (Method::GET, "/a", &[]),                                    // hit
+        (Method::HEAD, "/a", &[]),                                   // hit
+        (Method::HEAD, "/h", &[]),                                   // miss
+        (Method::GET, "/a", &[("if-none-match", "\"v0\"")]),         // 304 from the cache
+        (Method::GET, "/a", &[("range", "bytes=0-1")]),              // 206 from the entry
+        (Method::GET, "/a", &[("if-match", "\"v0\"")]),              // origin precondition
+        (Method::GET, "/a", &[("cache-control", "no-cache")]),       // revalidated, 304
+        (Method::GET, "/a", &[("cache-control", "no-store")]),       // hit
+        (Method::GET, "/a", &[("authorization", "Basic eDp5")]),     // hit
         (Method::GET, "/a", &[("cache-control", "only-if-cached")]), // hit
         (Method::GET, "/b", &[("cache-control", "only-if-cached")]), // 504
-        (Method::GET, "/stale", &[]),                               // miss, stored
-        (Method::GET, "/stale", &[]),                               // revalidated, 304
-        (Method::OPTIONS, "/a", &[]),                               // bypass
-        (Method::POST, "/a", &[]),                                  // bypass, invalidates
-        (Method::GET, "/a", &[]),                                   // miss
+        (Method::GET, "/stale", &[]),                                // miss, stored
+        (Method::GET, "/stale", &[]),                                // revalidated, 304
+        (Method::OPTIONS, "/a", &[]),                                // bypass
+        (Method::POST, "/a", &[]),                                   // bypass, invalidates
+        (Method::GET, "/a", &[]),                                    // miss
     ];
     for (method, path, headers) in requests {
         let answer = settled_send(&svc, &watch, method.clone(), path, headers).await;
@@ -165,12 +165,19 @@ async fn a_response_validated_by_304_is_not_counted_stale() {
         );
     }
     let snapshot = watch.snapshot();
-    assert_eq!((snapshot.hits, snapshot.revalidations), (2, 2), "{snapshot:?}");
+    assert_eq!(
+        (snapshot.hits, snapshot.revalidations),
+        (2, 2),
+        "{snapshot:?}"
+    );
     assert_eq!(snapshot.stale, 0, "{snapshot:?}");
 }
 
 /// Polls `done` every 5 ms until it holds; fails after 10 s.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done().await {
         assert!(Instant::now() < deadline, "not within 10 s: {what}");
@@ -209,7 +216,10 @@ async fn a_request_answered_after_waiting_for_a_placeholder_counts_as_coalesced(
     gate.open();
     let leader = joined(leader).await;
     let waiter = joined(waiter).await;
-    assert_eq!(leader.cache_status(), "tower-memcache; fwd=uri-miss; stored");
+    assert_eq!(
+        leader.cache_status(),
+        "tower-memcache; fwd=uri-miss; stored"
+    );
     assert_eq!(
         waiter.cache_status(),
         "tower-memcache; fwd=uri-miss; collapsed"

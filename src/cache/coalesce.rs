@@ -399,7 +399,9 @@ mod tests {
         let shared = shared(&layer);
         let request = get("http://site.example/w");
         let first = exchange_for(&shared, &request).await;
-        let Coordinated::Go(filler) = shared.coordinate(&first, request.headers(), false, &mut false).await
+        let Coordinated::Go(filler) = shared
+            .coordinate(&first, request.headers(), false, &mut false)
+            .await
         else {
             panic!("the first request goes to the origin")
         };
@@ -409,7 +411,10 @@ mod tests {
             tokio::spawn(async move {
                 let request = get("http://site.example/w");
                 let second = exchange_for(&shared, &request).await;
-                match shared.coordinate(&second, request.headers(), false, &mut false).await {
+                match shared
+                    .coordinate(&second, request.headers(), false, &mut false)
+                    .await
+                {
                     Coordinated::Answered(entry, _) => Some(entry.body.clone()),
                     Coordinated::Go(_) | Coordinated::Retry => None,
                 }
@@ -431,7 +436,10 @@ mod tests {
         let request = get("http://site.example/h");
         let mut ex = exchange_for(&shared, &request).await;
         ex.is_head = true;
-        let Coordinated::Go(filler) = shared.coordinate(&ex, request.headers(), false, &mut false).await else {
+        let Coordinated::Go(filler) = shared
+            .coordinate(&ex, request.headers(), false, &mut false)
+            .await
+        else {
             panic!("goes alone")
         };
         assert!(filler.leader.is_none() && filler.lease.is_none());

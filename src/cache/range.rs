@@ -359,7 +359,10 @@ async fn fill_whole<B, S, R, ResBody>(
         is_head: false,
     };
     // The layer's own request: never counted as a client's wait.
-    let filler = match shared.coordinate(&ex, request.headers(), false, &mut true).await {
+    let filler = match shared
+        .coordinate(&ex, request.headers(), false, &mut true)
+        .await
+    {
         Coordinated::Go(filler) => filler,
         Coordinated::Answered(..) | Coordinated::Retry => return,
     };

@@ -708,8 +708,7 @@ where
                 is_head,
             };
             let headers = request.headers();
-            let coordinate =
-                Box::pin(shared.coordinate(&ex, headers, retries > 0, &mut waited));
+            let coordinate = Box::pin(shared.coordinate(&ex, headers, retries > 0, &mut waited));
             let filler = match coordinate.await {
                 Coordinated::Answered(entry, freshness) => {
                     let headers = request.headers();
