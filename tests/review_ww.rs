@@ -259,3 +259,114 @@ async fn a_request_only_the_origin_can_answer_is_not_a_uri_miss() {
     let snapshot = watch.snapshot();
     assert_eq!((snapshot.hits, snapshot.misses), (0, 3), "{snapshot:?}");
 }
+
+/// Requests held at an origin until the test opens the gate; counts who arrived.
+struct Held {
+    arrived: std::sync::atomic::AtomicUsize,
+    open: tokio::sync::Semaphore,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            open: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Held {
+    async fn pass(&self) {
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(permit) = self.open.acquire().await {
+            permit.forget();
+        }
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        self.open.add_permits(1 << 20);
+    }
+}
+
+/// A request that waits twice (for another variant's response first, then, looking the
+/// URL up again, for a request of its own variant) waited for other requests' responses:
+/// one request in `coalesced`, not two. Three requests, one of them leading each round:
+/// two waited.
+#[tokio::test]
+async fn a_request_that_waits_twice_counts_once_as_coalesced() {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+
+    let layer = layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let (en, fr) = (Arc::new(Held::default()), Arc::new(Held::default()));
+    let gates = (Arc::clone(&en), Arc::clone(&fr));
+    let origin = tower::service_fn(move |request: Request<()>| {
+        let (en, fr) = (Arc::clone(&gates.0), Arc::clone(&gates.1));
+        async move {
+            let language = request
+                .headers()
+                .get("accept-language")
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .unwrap_or_default();
+            if language == "en" {
+                en.pass().await
+            } else {
+                fr.pass().await
+            }
+            let response = Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("vary", "accept-language")
+                .body(Full::new(Bytes::from(language)))
+                .unwrap();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let svc: Svc = tower::util::BoxCloneSyncService::new(tower::Layer::layer(&layer, origin));
+    let first = spawn_get(&svc, "/v", &[("accept-language", "en")]);
+    eventually("the first request reaches the origin", || {
+        let en = Arc::clone(&en);
+        async move { en.arrived() == 1 }
+    })
+    .await;
+    // Two requests for the other variant wait for the first (the URL's variants are not
+    // known yet).
+    let others: Vec<_> = (0..2)
+        .map(|_| spawn_get(&svc, "/v", &[("accept-language", "fr")]))
+        .collect();
+    eventually("both wait for the first", || {
+        let watch = watch.clone();
+        async move { watch.snapshot().coalesced == 2 }
+    })
+    .await;
+    en.open();
+    // The first's response is another variant's: both look again; one goes to the origin
+    // for theirs, the other waits for it.
+    eventually("one of them reaches the origin", || {
+        let fr = Arc::clone(&fr);
+        async move { fr.arrived() == 1 }
+    })
+    .await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    fr.open();
+    assert_eq!(joined(first).await.body, "en");
+    for other in others {
+        assert_eq!(joined(other).await.body, "fr");
+    }
+    watch.settled().await;
+    assert_eq!((en.arrived(), fr.arrived()), (1, 1));
+    let snapshot = watch.snapshot();
+    assert_eq!(snapshot.coalesced, 2, "{snapshot:?}");
+    assert_eq!(counted(&snapshot), 3, "{snapshot:?}");
+}
