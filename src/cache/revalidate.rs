@@ -20,7 +20,7 @@ use super::exchange::{Exchange, Sent};
 use super::fill::Refusal;
 use super::own_request::{RequestHead, own_body};
 use super::service::{Answered, Counted, Shared};
-use super::status::{Detail, Forward, Outcome};
+use super::status::{Detail, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, MAX_FIELDS};
