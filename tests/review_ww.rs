@@ -113,6 +113,29 @@ type Sent = (
     &'static [(&'static str, &'static str)],
 );
 
+/// Requests down every path the layer has for them, on a layer whose `/stale` is stored
+/// stale at once: 7 fresh hits (a HEAD, a 304 and a 206 among them), 2 revalidations the
+/// origin answers with a 304, 6 misses (an `only-if-cached` 504 among them), 2 bypasses.
+const LEDGER: &[Sent] = &[
+    (Method::GET, "/a", &[]),                                    // miss, stored
+    (Method::GET, "/a", &[]),                                    // hit
+    (Method::HEAD, "/a", &[]),                                   // hit
+    (Method::HEAD, "/h", &[]),                                   // miss
+    (Method::GET, "/a", &[("if-none-match", "\"v0\"")]),         // 304 from the cache
+    (Method::GET, "/a", &[("range", "bytes=0-1")]),              // 206 from the entry
+    (Method::GET, "/a", &[("if-match", "\"v0\"")]),              // origin precondition
+    (Method::GET, "/a", &[("cache-control", "no-cache")]),       // revalidated, 304
+    (Method::GET, "/a", &[("cache-control", "no-store")]),       // hit
+    (Method::GET, "/a", &[("authorization", "Basic eDp5")]),     // hit
+    (Method::GET, "/a", &[("cache-control", "only-if-cached")]), // hit
+    (Method::GET, "/b", &[("cache-control", "only-if-cached")]), // 504
+    (Method::GET, "/stale", &[]),                                // miss, stored
+    (Method::GET, "/stale", &[]),                                // revalidated, 304
+    (Method::OPTIONS, "/a", &[]),                                // bypass
+    (Method::POST, "/a", &[]),                                   // bypass, invalidates
+    (Method::GET, "/a", &[]),                                    // miss
+];
+
 /// Every path a request can take counts it once in `hits + misses + bypasses`: the
 /// snapshot's three buckets add up to the requests sent, whatever they asked.
 #[tokio::test]
@@ -122,25 +145,7 @@ async fn every_request_counts_once_in_hits_misses_and_bypasses() {
     let db = Db::default();
     db.fields("/stale", &[("cache-control", "max-age=0")]);
     let svc = service(&layer, &db);
-    let requests: &[Sent] = &[
-        (Method::GET, "/a", &[]),                                    // miss, stored
-        (Method::GET, "/a", &[]),                                    // hit
-        (Method::HEAD, "/a", &[]),                                   // hit
-        (Method::HEAD, "/h", &[]),                                   // miss
-        (Method::GET, "/a", &[("if-none-match", "\"v0\"")]),         // 304 from the cache
-        (Method::GET, "/a", &[("range", "bytes=0-1")]),              // 206 from the entry
-        (Method::GET, "/a", &[("if-match", "\"v0\"")]),              // origin precondition
-        (Method::GET, "/a", &[("cache-control", "no-cache")]),       // revalidated, 304
-        (Method::GET, "/a", &[("cache-control", "no-store")]),       // hit
-        (Method::GET, "/a", &[("authorization", "Basic eDp5")]),     // hit
-        (Method::GET, "/a", &[("cache-control", "only-if-cached")]), // hit
-        (Method::GET, "/b", &[("cache-control", "only-if-cached")]), // 504
-        (Method::GET, "/stale", &[]),                                // miss, stored
-        (Method::GET, "/stale", &[]),                                // revalidated, 304
-        (Method::OPTIONS, "/a", &[]),                                // bypass
-        (Method::POST, "/a", &[]),                                   // bypass, invalidates
-        (Method::GET, "/a", &[]),                                    // miss
-    ];
+    let requests = LEDGER;
     for (method, path, headers) in requests {
         let answer = settled_send(&svc, &watch, method.clone(), path, headers).await;
         assert!(answer.header("cache-status").is_some(), "{method} {path}");
@@ -377,4 +382,54 @@ async fn a_request_that_waits_twice_counts_once_as_coalesced() {
     let snapshot = watch.snapshot();
     assert_eq!(snapshot.coalesced, 2, "{snapshot:?}");
     assert_eq!(counted(&snapshot), 3, "{snapshot:?}");
+}
+
+/// The same requests in `tower_memcache_requests_total`: one outcome each.
+#[cfg(feature = "metrics")]
+mod metrics {
+    use super::*;
+
+    /// The value of `name{labels}` in a Prometheus text exposition, labels in any order.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        wanted.sort();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, label_text) = series.split_once('{')?;
+                let mut found: Vec<String> = label_text
+                    .strip_suffix('}')?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                found.sort();
+                (metric == name && found == wanted).then(|| value.parse().ok())?
+            })
+    }
+
+    #[tokio::test]
+    async fn every_request_counts_once_in_the_requests_metric() {
+        // The only recorder of this test binary, installed before this layer counts.
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the Prometheus recorder");
+        let namespace = "review-ww-metrics";
+        let layer = layer(MemoryBackend::new()).namespace(namespace);
+        let watch = Watch::of(&layer);
+        let db = Db::default();
+        db.fields("/stale", &[("cache-control", "max-age=0")]);
+        let svc = service(&layer, &db);
+        for (method, path, headers) in LEDGER {
+            settled_send(&svc, &watch, method.clone(), path, headers).await;
+        }
+        let text = handle.render();
+        let outcome = |outcome: &str| {
+            let labels = [("namespace", namespace), ("outcome", outcome)];
+            sample(&text, "tower_memcache_requests_total", &labels).unwrap_or(0.0)
+        };
+        let counts = ["hit", "stale", "miss", "revalidate", "bypass"].map(outcome);
+        assert_eq!(counts, [7.0, 0.0, 6.0, 2.0, 2.0], "{text}");
+        assert_eq!(counts.iter().sum::<f64>(), LEDGER.len() as f64);
+    }
 }
