@@ -433,3 +433,21 @@ mod metrics {
         assert_eq!(counts.iter().sum::<f64>(), LEDGER.len() as f64);
     }
 }
+
+/// Two layers made from one configured base, each with a namespace of its own (a router
+/// per namespace): each counts its own requests. Clones shared one set of counters, so
+/// each layer's `stats()` reported the other's traffic too (and with the `metrics`
+/// feature, every count carried whichever namespace was set last).
+#[tokio::test]
+async fn layers_of_different_namespaces_made_from_one_base_count_apart() {
+    let base = MemcacheLayer::new(MemoryBackend::new()).mode(CacheMode::Origin);
+    let (api, web) = (base.clone().namespace("api"), base.clone().namespace("web"));
+    let (watch_api, watch_web) = (Watch::of(&api), Watch::of(&web));
+    let db = Db::default();
+    let svc = service(&api, &db);
+    settled_send(&svc, &watch_api, Method::GET, "/x", &[]).await;
+    settled_send(&svc, &watch_api, Method::GET, "/x", &[]).await;
+    let (api, web) = (watch_api.snapshot(), watch_web.snapshot());
+    assert_eq!((api.hits, api.misses, api.stores), (1, 1, 1), "{api:?}");
+    assert_eq!(web, StatsSnapshot::default(), "{web:?}");
+}
