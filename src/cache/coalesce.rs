@@ -64,12 +64,15 @@ impl<B: Backend> Shared<B> {
     /// Coordinates with other requests for the key: in this process (lead the flight of
     /// this request's variant, or wait for its leader), then across processes (put a
     /// placeholder in place, or wait for the one there). `retry` says whether a wait that
-    /// gave nothing usable may send the request back to its lookup.
+    /// gave nothing usable may send the request back to its lookup. `waited` says whether
+    /// the request was counted in `coalesced` already (a client's request once, whatever
+    /// its rounds; the layer's own requests pass `true`, they are no request of a client).
     pub(super) async fn coordinate(
         &self,
         ex: &Exchange,
         request_headers: &HeaderMap,
         retry: bool,
+        waited: &mut bool,
     ) -> Coordinated<B> {
         let plan = &ex.plan;
         let mut filler = Filler::none();
@@ -89,7 +92,7 @@ impl<B: Backend> Shared<B> {
         match joined {
             Flight::Leader(leader) => filler.leader = Some(leader),
             Flight::Follower(rx) => {
-                self.config.stats.record_coalesced();
+                self.count_wait(waited);
                 tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
                 let changed = match single_flight::wait(rx, self.config.coalesce_timeout).await {
                     Waited::Entry(entry) => {
@@ -147,6 +150,9 @@ impl<B: Backend> Shared<B> {
                     let live = placeholder.until_ms > now_ms();
                     if live && self.config.lease.is_some() && Instant::now() < deadline {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
+                        // Waiting for another process's request, as a follower waits for
+                        // this process's: `coalesced` counts both.
+                        self.count_wait(waited);
                         tokio::time::sleep(self.config.lease_poll).await;
                         None
                     } else if live && self.config.lease.is_none() {
@@ -224,6 +230,14 @@ impl<B: Backend> Shared<B> {
         filler.guard = None;
         filler.mark(UNGUARDED, &found, placed());
         Coordinated::Go(filler)
+    }
+
+    /// Counts a request that waits for another's response in `coalesced`, once.
+    fn count_wait(&self, waited: &mut bool) {
+        if !*waited {
+            *waited = true;
+            self.config.stats.record_coalesced();
+        }
     }
 
     /// Until when other requests wait for a placeholder this request holds.
@@ -394,7 +408,9 @@ mod tests {
         let shared = shared(&layer);
         let request = get("http://site.example/w");
         let first = exchange_for(&shared, &request).await;
-        let Coordinated::Go(filler) = shared.coordinate(&first, request.headers(), false).await
+        let Coordinated::Go(filler) = shared
+            .coordinate(&first, request.headers(), false, &mut false)
+            .await
         else {
             panic!("the first request goes to the origin")
         };
@@ -404,7 +420,10 @@ mod tests {
             tokio::spawn(async move {
                 let request = get("http://site.example/w");
                 let second = exchange_for(&shared, &request).await;
-                match shared.coordinate(&second, request.headers(), false).await {
+                match shared
+                    .coordinate(&second, request.headers(), false, &mut false)
+                    .await
+                {
                     Coordinated::Answered(entry, _) => Some(entry.body.clone()),
                     Coordinated::Go(_) | Coordinated::Retry => None,
                 }
@@ -426,7 +445,10 @@ mod tests {
         let request = get("http://site.example/h");
         let mut ex = exchange_for(&shared, &request).await;
         ex.is_head = true;
-        let Coordinated::Go(filler) = shared.coordinate(&ex, request.headers(), false).await else {
+        let Coordinated::Go(filler) = shared
+            .coordinate(&ex, request.headers(), false, &mut false)
+            .await
+        else {
             panic!("goes alone")
         };
         assert!(filler.leader.is_none() && filler.lease.is_none());

@@ -486,7 +486,10 @@ mod tests {
         let request = get("http://site.example/c");
         let ex = exchange_for(&shared, &request).await;
         let response = response(&[("set-cookie", "sid=A"), ("x-kept", "1")]);
-        let Coordinated::Go(filler) = shared.coordinate(&ex, request.headers(), false).await else {
+        let Coordinated::Go(filler) = shared
+            .coordinate(&ex, request.headers(), false, &mut false)
+            .await
+        else {
             panic!("a miss goes to the origin")
         };
         assert!(filler.lease.is_some(), "with a placeholder in place");

@@ -129,8 +129,18 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The namespace put in front of every key (the key formula of [`crate::key`]). Defaults to none.
+    ///
+    /// A new namespace comes with counters of its own ([`stats`](Self::stats), and the
+    /// `metrics` feature's series labelled with it): layers made from one base layer with
+    /// namespaces of their own count apart. Take `stats` from the finished layer.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.config.namespace = namespace.into();
+        let namespace = namespace.into();
+        if namespace != self.config.namespace {
+            // Clones share their counters: kept, a sibling's requests would count here
+            // too, labelled with whichever namespace was set last.
+            self.config.stats = CacheStats::default();
+        }
+        self.config.namespace = namespace;
         self.config.stats.label_namespace(&self.config.namespace);
         self
     }
@@ -479,7 +489,8 @@ impl<B: Backend> MemcacheLayer<B> {
         &self.config
     }
 
-    /// The layer's statistics, shared by every service it builds.
+    /// The layer's statistics, shared by every service it builds (and by its clones, until
+    /// one is given another [`namespace`](Self::namespace)).
     pub fn stats(&self) -> CacheStats {
         self.config.stats.clone()
     }

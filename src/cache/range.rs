@@ -371,7 +371,11 @@ async fn fill_whole<B, S, R, ResBody>(
         detail: None,
         is_head: false,
     };
-    let filler = match shared.coordinate(&ex, request.headers(), false).await {
+    // The layer's own request: never counted as a client's wait.
+    let filler = match shared
+        .coordinate(&ex, request.headers(), false, &mut true)
+        .await
+    {
         Coordinated::Go(filler) => filler,
         Coordinated::Answered(..) | Coordinated::Retry => return,
     };

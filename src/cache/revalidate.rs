@@ -4,6 +4,7 @@
 //! refreshes (RFC 5861).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use super::exchange::{Exchange, Sent};
 use super::fill::Refusal;
 use super::own_request::{RequestHead, own_body};
 use super::service::{Answered, Counted, Shared};
-use super::status::{Detail, Forward, Outcome};
+use super::status::{Detail, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, MAX_FIELDS};
@@ -28,6 +29,7 @@ use crate::cache::policy::conditional::{
     same_representation,
 };
 use crate::cache::policy::{NotStorable, PER_CLIENT_FIELDS};
+use crate::cache::stats::CacheStats;
 
 impl<B: Backend> Shared<B> {
     /// §4.3.4, §4.3.5: `entry` refreshed by a 304 or a HEAD response (its fields, its
@@ -164,6 +166,12 @@ where
         For::Client => Counted::AfterRevalidation,
         For::Background => Counted::Nobody,
     };
+    // A client's revalidation ends as a hit (answered from the stored response) or, on
+    // every other way out, errors and a client gone included, as a miss.
+    let tally = Tally {
+        stats: (stale.is_some() && caller == For::Client).then_some(stats),
+        served: AtomicBool::new(false),
+    };
     tracing::debug!(key = %plan.key, revalidating = stale.is_some(), conditional = ours, "calling the inner service");
     let sent = Sent {
         request_headers,
@@ -180,6 +188,7 @@ where
         let entry = stale.as_ref()?;
         let freshness = stored::freshness(&entry.meta, now_ms());
         if freshness.usable_on_error(&plan.request_cc) {
+            tally.served();
             return Some(shared.answer_counted(
                 entry,
                 &freshness,
@@ -192,6 +201,7 @@ where
         if let Some(bound) = shared.config.stale_if_unreachable.filter(|_| unreachable) {
             if freshness.usable_when_unreachable(&plan.request_cc, bound) {
                 tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
+                tally.served();
                 return Some(shared.answer_counted(
                     entry,
                     &freshness,
@@ -204,7 +214,8 @@ where
         }
         if unreachable && freshness.forbids_stale {
             let mut response = stored::gateway_timeout();
-            let outcome = Outcome::forwarded(Forward::Stale, Some(Detail::MustRevalidate));
+            // Why it went forward: stale, or fresh but the request asked (`no-cache`).
+            let outcome = Outcome::forwarded(fwd, Some(Detail::MustRevalidate));
             shared.set_status(&mut response, outcome);
             return Some(response);
         }
@@ -303,6 +314,7 @@ where
             tracing::debug!(key = %plan.key, "revalidated: 304 refreshed the stored response");
             let answered = Answered::Revalidated(fwd);
             if ours {
+                tally.served();
                 let freshness = stored::freshness(&refreshed.meta, now_ms());
                 let headers = request_headers;
                 let mut answer = shared
@@ -367,6 +379,30 @@ where
         filler.release().await;
     }
     Ok(response)
+}
+
+/// A client's revalidation, counted in the snapshot when it ends: a hit when the stored
+/// response answered it (counted by [`Shared::answer_counted`]), else a miss: the origin
+/// answered. Counted on drop, so that no way out (an error, a client gone) leaves it out.
+struct Tally<'a> {
+    /// `None`: nothing to count (no revalidation, or the layer's own request).
+    stats: Option<&'a CacheStats>,
+    served: AtomicBool,
+}
+
+impl Tally<'_> {
+    /// The stored response answers the request: counted as a hit, where it is built.
+    fn served(&self) {
+        self.served.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if let (Some(stats), false) = (self.stats, *self.served.get_mut()) {
+            stats.record_revalidation_miss();
+        }
+    }
 }
 
 /// Whom an [`exchange`] with the origin is for, which decides how it is counted.

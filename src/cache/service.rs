@@ -407,7 +407,9 @@ impl<B: Backend> Shared<B> {
         if range_request {
             response.extensions_mut().insert(FromCache);
         }
-        let stale = !freshness.is_fresh();
+        // A response the origin has just validated (its 304) is not served stale, however
+        // short its lifetime (`max-age=0`, a stored `no-cache`).
+        let stale = !freshness.is_fresh() && !matches!(answered, Answered::Revalidated(_));
         // §13.2.2: a `Range` applies once the other preconditions let the 200 through.
         let applies = range_request && !is_head && stored_headers.is_none() && meta.status == 200;
         let ranged = match fields {
@@ -565,6 +567,8 @@ where
         // a few times at most: each round ends with an answer, a wait bounded by
         // `coalesce_timeout`, or the origin.
         let mut retries: u8 = 3;
+        // Counted in `coalesced` once, however many rounds it waits.
+        let mut waited = false;
         loop {
             let mut near_mark = None;
             if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
@@ -623,7 +627,13 @@ where
             } else {
                 (Found::default(), None)
             };
-            let mut fwd = Forward::UriMiss;
+            // Not looked up (a precondition only the origin can judge): the request's own
+            // semantics rule the cache out, whatever it holds; not a `uri-miss`.
+            let mut fwd = if plan.from_cache {
+                Forward::UriMiss
+            } else {
+                Forward::Request
+            };
             if let Some(entry) = &found.entry {
                 let freshness = stored::freshness(&entry.meta, now_ms());
                 match freshness.reuse(&plan.request_cc) {
@@ -687,6 +697,8 @@ where
             }
             if plan.request_cc.only_if_cached {
                 tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
+                // Nothing usable stored: a miss, as any other (only the origin is spared).
+                shared.config.stats.record_miss();
                 let mut response = stored::gateway_timeout();
                 let outcome = Outcome::Generated {
                     detail: Detail::OnlyIfCached,
@@ -701,7 +713,8 @@ where
                 detail,
                 is_head,
             };
-            let coordinate = Box::pin(shared.coordinate(&ex, request.headers(), retries > 0));
+            let headers = request.headers();
+            let coordinate = Box::pin(shared.coordinate(&ex, headers, retries > 0, &mut waited));
             let filler = match coordinate.await {
                 Coordinated::Answered(entry, freshness) => {
                     let headers = request.headers();

@@ -71,12 +71,20 @@ fn thread_shard() -> usize {
 }
 
 /// A point-in-time copy of [`CacheStats`].
+///
+/// Each request the layer saw counts once in `hits`, `misses` or `bypasses` (so their sum
+/// is the requests, and [`hit_ratio`](Self::hit_ratio) their share answered from the
+/// cache); the other counters overlap them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
-    /// Requests answered from the cache.
+    /// Requests answered from the cache: fresh, stale (see `stale`), a 304 to the client's
+    /// own conditions, a range of the entry, a wait for another request's response, and
+    /// a stored response the origin validated (its 304 to the layer's validators).
     pub hits: u64,
-    /// Cacheable requests that were not in the cache (or could not be looked up).
+    /// Cacheable requests the origin answered: nothing usable stored, a revalidation the
+    /// origin answered itself (a new 200, an error, a 304 to the client's own
+    /// conditions), a lookup that failed; also an `only-if-cached` request answered 504.
     pub misses: u64,
     /// Requests the cache did not handle (method, route rule, request directives).
     pub bypasses: u64,
@@ -88,14 +96,19 @@ pub struct StatsSnapshot {
     /// also stores, leases and purges (a failed store counts here and in
     /// `store_failures`).
     pub backend_errors: u64,
-    /// Requests that waited for another request's response to the same key.
+    /// Requests that waited for another request's response to the same key, in this
+    /// process or (a placeholder in memcached) in another; each once, however it ended.
     pub coalesced: u64,
     /// Body bytes sent from the cache.
     pub bytes_served: u64,
     /// Hits answered with a stale response (`stale-while-revalidate`, `stale-if-error`,
-    /// `max-stale`); also counted in `hits`.
+    /// `max-stale`); also counted in `hits`. A response the origin has just validated is
+    /// not stale, whatever its lifetime.
     pub stale: u64,
-    /// Conditional requests the layer sent to revalidate a stored response.
+    /// Conditional requests the layer sent to revalidate a stored response. A client's
+    /// also counts as a hit (the origin validated the stored response, or it stood in for
+    /// a failed origin) or a miss (the origin answered); a background refresh (after a
+    /// `stale-while-revalidate` hit) counts here alone.
     pub revalidations: u64,
     /// URIs, tags and namespaces invalidated (unsafe methods and purges).
     pub invalidations: u64,
@@ -203,6 +216,15 @@ impl CacheStats {
         bytes
     }
 
+    /// Counts, in the snapshot's `misses`, a client's revalidation that the cache did not
+    /// answer (the origin's 200, its error, a 304 to the client's own conditions): the
+    /// origin answered it, as it answers a miss. `tower_memcache_requests_total` counted
+    /// it already, as `revalidate`. Without it, the snapshot's buckets did not add up to
+    /// the requests, and `hit_ratio` left out every such request.
+    pub(crate) fn record_revalidation_miss(&self) {
+        self.shard().misses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a conditional request the layer sent on its own (a background refresh) for a
     /// request already counted: in the snapshot's `revalidations`, in no request outcome.
     pub(crate) fn record_background_revalidation(&self) {
@@ -268,7 +290,7 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ),
     (
         "tower_memcache_coalesced_requests_total",
-        "counter; requests that waited for another's response to the same key (each also ends as one of the outcomes above)",
+        "counter; requests that waited for another's response to the same key, in this process or (its placeholder) in another; each once, and each also ends as one of the outcomes above",
     ),
     (
         "tower_memcache_near_hits_total",
