@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, header};
+use http::{HeaderMap, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -23,9 +23,19 @@ pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
 /// `Content-Length` where it has one that hyper would frame it by (not beside
 /// `Transfer-Encoding`, which overrides it, RFC 9112 §6.3). `None` when the lengths
 /// cannot all hold (two fields that disagree, a field the hint excludes, a field that is
-/// no number): no body is then the response its client was framed.
-pub(crate) fn declared_size(headers: &HeaderMap, mut hint: SizeHint) -> Option<SizeHint> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+/// no number): no body is then the response its client was framed. A status that has no
+/// content (1xx, 204, 304) declares none whatever its fields say (RFC 9110 §8.6, §15.3.5,
+/// §15.4.5): hyper frames it empty.
+pub(crate) fn declared_size(
+    status: StatusCode,
+    headers: &HeaderMap,
+    mut hint: SizeHint,
+) -> Option<SizeHint> {
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || headers.contains_key(header::TRANSFER_ENCODING)
+    {
         return Some(hint);
     }
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -434,22 +444,42 @@ mod tests {
     #[test]
     fn declared_size_narrows_the_hint_to_the_content_length() {
         let unknown = SizeHint::new();
-        let got = declared_size(&headers(&[("content-length", "100")]), unknown);
+        let got = declared_size(
+            StatusCode::OK,
+            &headers(&[("content-length", "100")]),
+            unknown,
+        );
         assert_eq!(got.map(|h| h.exact()), Some(Some(100)));
         // Beside Transfer-Encoding the field frames nothing (RFC 9112 §6.3).
         let chunked = headers(&[("content-length", "100"), ("transfer-encoding", "chunked")]);
         assert_eq!(
-            declared_size(&chunked, unknown).map(|h| h.exact()),
+            declared_size(StatusCode::OK, &chunked, unknown).map(|h| h.exact()),
             Some(None)
         );
         // Lengths that cannot all hold: nothing can be stored.
         let two = headers(&[("content-length", "100"), ("content-length", "50")]);
-        assert!(declared_size(&two, unknown).is_none());
-        assert!(declared_size(&headers(&[("content-length", "1e3")]), unknown).is_none());
+        assert!(declared_size(StatusCode::OK, &two, unknown).is_none());
+        // A 204 or 304 has no content, whatever its Content-Length says.
+        let five = headers(&[("content-length", "5")]);
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            assert_eq!(
+                declared_size(status, &five, SizeHint::with_exact(0)).map(|h| h.exact()),
+                Some(Some(0)),
+                "{status}"
+            );
+        }
+        assert!(
+            declared_size(
+                StatusCode::OK,
+                &headers(&[("content-length", "1e3")]),
+                unknown
+            )
+            .is_none()
+        );
         let field = headers(&[("content-length", "100")]);
-        assert!(declared_size(&field, SizeHint::with_exact(50)).is_none());
+        assert!(declared_size(StatusCode::OK, &field, SizeHint::with_exact(50)).is_none());
         assert_eq!(
-            declared_size(&field, SizeHint::with_exact(100)).map(|h| h.exact()),
+            declared_size(StatusCode::OK, &field, SizeHint::with_exact(100)).map(|h| h.exact()),
             Some(Some(100))
         );
     }

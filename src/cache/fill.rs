@@ -183,7 +183,11 @@ impl<B: Backend> Shared<B> {
             Ok((meta, _)) if share_only => {
                 let on_complete = share_on_complete(meta, filler);
                 // Whole bodies only, as for a store: followers take it as complete.
-                let declared = declared_size(response.headers(), response.body().size_hint());
+                let declared = declared_size(
+                    response.status(),
+                    response.headers(),
+                    response.body().size_hint(),
+                );
                 let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete);
                 (tee, None)
             }
@@ -191,7 +195,11 @@ impl<B: Backend> Shared<B> {
                 let to = filler.target(ex, sent.request_time);
                 let tags = tags.unwrap_or_default();
                 let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
-                let declared = declared_size(response.headers(), response.body().size_hint());
+                let declared = declared_size(
+                    response.status(),
+                    response.headers(),
+                    response.body().size_hint(),
+                );
                 let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete);
                 (tee, None)
             }

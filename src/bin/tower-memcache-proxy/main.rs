@@ -20,19 +20,20 @@
 //! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
 //! the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 //! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
-//! ways. Upstream connections are pooled and kept alive (but for one that carried a
-//! request body, closed after its response: an origin that answered without reading the
-//! body would read it as the next request, and its answer would go to the next client
-//! sent there), and spoken to in HTTP/1.1 whatever the client spoke; responses go out as
-//! the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An origin that cannot be reached
-//! answers 502 Bad Gateway, one that sends no response head within `--upstream-timeout`
-//! (60 s) of the request's last byte 504 Gateway Timeout (as does a request body that
-//! pauses that long on its way); neither is cached. A response body of which the origin
-//! sends nothing for `--upstream-timeout` is cut off, and not stored. A response whose `Transfer-Encoding`
-//! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
-//! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
-//! it, and the body would go on (and into the cache) still coded. An origin's
-//! `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 §6.3).
+//! ways. Upstream connections are pooled and kept alive (but for one that carried a request
+//! body, closed after its response: an origin that answered without reading the body would
+//! read it as the next request, and its answer would go to the next client sent there), and
+//! spoken to in HTTP/1.1 whatever the client spoke; responses go out as the proxy's own
+//! HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An origin that
+//! cannot be reached answers 502 Bad Gateway, one that sends no response head within
+//! `--upstream-timeout` (60 s) of the request's last byte 504 Gateway Timeout (as does a
+//! request body that pauses that long on its way); neither is cached. A response body of
+//! which the origin sends nothing for `--upstream-timeout` is cut off, and not stored. A
+//! response whose `Transfer-Encoding` names a coding other than `chunked` (`gzip,
+//! chunked`), or `chunked` twice or not last (`chunked, chunked`, `chunked, identity`), is
+//! answered 502 too: the proxy cannot undo it, and the body would go on (and into the
+//! cache) still coded. An origin's `Content-Length` beside `Transfer-Encoding` is dropped
+//! (RFC 9112 §6.3).
 //!
 //! # Requests refused
 //!
