@@ -487,3 +487,69 @@ async fn a_flight_whose_leader_never_answers_is_waited_out_once() {
     );
     leader.abort();
 }
+
+/// A stale-while-revalidate refresh whose inner service never answers (a hung handler
+/// with no timeout inside the layer): no client waits for it, so nothing ended it, and it
+/// held one of the layer's 64 refresh places for good (and the 8 whole fills of range
+/// misses alike); once all were held, no stale entry was refreshed in the background
+/// again. `background_timeout` drops it: its place comes back, and the next stale hit
+/// refreshes again.
+#[tokio::test]
+async fn a_background_refresh_the_inner_service_never_answers_is_dropped_at_its_deadline() {
+    let layer = support::layer(MemoryBackend::new())
+        .mode(tower_memcache::CacheMode::Origin)
+        .background_timeout(Duration::from_millis(300));
+    let watch = support::Watch::of(&layer);
+    let background = layer.background();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(tower::service_fn({
+        let calls = Arc::clone(&calls);
+        move |_request: Request<()>| {
+            let calls = Arc::clone(&calls);
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                    // Every refresh hangs.
+                    std::future::pending::<()>().await;
+                }
+                // Stale as soon as stored (an `Age` past `max-age`), within its window.
+                let response = Response::builder()
+                    .header("cache-control", "max-age=1, stale-while-revalidate=600")
+                    .header("age", "5")
+                    .body(http_body_util::Full::new(Bytes::from_static(b"page")))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        }
+    }));
+    let url = "http://example.com/stale";
+    support::send(&service, http::Method::GET, url, &[]).await;
+    support::stores(&watch, 1).await;
+    for round in 1..=2 {
+        let answer = support::send(&service, http::Method::GET, url, &[]).await;
+        assert_eq!(answer.body, "page");
+        assert!(
+            answer.cache_status().contains("hit"),
+            "{}",
+            answer.cache_status()
+        );
+        // The refresh went to the inner service and hangs there...
+        let asked = tokio::time::timeout(Duration::from_secs(5), async {
+            while calls.load(Ordering::SeqCst) <= round {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            asked.is_ok(),
+            "round {round}: the stale hit started no refresh"
+        );
+        // ...until its deadline: dropped, its place given back.
+        let ended = tokio::time::timeout(Duration::from_secs(10), background.idle()).await;
+        assert!(
+            ended.is_ok(),
+            "round {round}: a refresh the inner service never answers still runs after 10 s \
+             (deadline 300 ms); {} background task(s)",
+            background.running()
+        );
+    }
+}

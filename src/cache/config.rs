@@ -28,6 +28,9 @@ pub(crate) struct Config<B> {
     pub(crate) max_entry_size: usize,
     pub(crate) lookup_timeout: Duration,
     pub(crate) coalesce_timeout: Duration,
+    /// How long a request the layer makes of its own (a refresh, a range miss's whole
+    /// representation) may run, body included, before it is dropped.
+    pub(crate) background_timeout: Duration,
     pub(crate) max_coalesced: usize,
     pub(crate) tag_header: Option<HeaderName>,
     pub(crate) keep_stale: Duration,

@@ -24,6 +24,9 @@ use crate::cache::stats::CacheStats;
 /// range misses pass through without one.
 const MAX_WHOLE_FILLS: usize = 8;
 
+/// How long a request the layer makes of its own may run ([`MemcacheLayer::background_timeout`]).
+const DEFAULT_BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Background refreshes (stale-while-revalidate) a layer runs at once. A stale hit costs
 /// its client nothing to wait for, so without a bound a client sweeping stale URLs would
 /// open an origin request (a socket, a task) per URL; past it the stale response is
@@ -108,6 +111,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 max_entry_size: DEFAULT_MAX_ENTRY_SIZE,
                 lookup_timeout: Duration::from_millis(100),
                 coalesce_timeout: Duration::from_secs(5),
+                background_timeout: DEFAULT_BACKGROUND_TIMEOUT,
                 max_coalesced: 1024,
                 tag_header: Some(HeaderName::from_static(DEFAULT_TAG_HEADER)),
                 keep_stale: Duration::from_secs(60),
@@ -303,6 +307,19 @@ impl<B: Backend> MemcacheLayer<B> {
     /// Defaults to 100 ms.
     pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
         self.config.lookup_timeout = timeout;
+        self
+    }
+
+    /// How long a request the layer makes of its own may take, from waiting for the inner
+    /// service's readiness to the end of its body, before it is dropped: a
+    /// `stale-while-revalidate` refresh, or the whole-representation GET after a range
+    /// miss. No client waits for these, so no client's timeout ends them: without this, an
+    /// inner service that never answers would hold one of the few places such requests
+    /// have (64 refreshes, 8 whole fills per layer) for good, and once all were held no
+    /// stale entry would be refreshed in the background again. Defaults to 60 s (nginx's
+    /// `proxy_read_timeout`).
+    pub fn background_timeout(mut self, timeout: Duration) -> Self {
+        self.config.background_timeout = timeout;
         self
     }
 

@@ -290,8 +290,19 @@ impl<S, R> WholeFill<S, R> {
         }
         let Self { inner, request } = self;
         let task = Arc::clone(shared);
+        let deadline = shared.config.background_timeout;
         let started = shared.config.background.spawn(async move {
-            fill_whole(&task, inner, request, limit).await;
+            // Bounded as a refresh is (`MemcacheLayer::background_timeout`): no client
+            // waits for it, and an inner service that never answers would hold the place.
+            if tokio::time::timeout(deadline, fill_whole(&task, inner, request, limit))
+                .await
+                .is_err()
+            {
+                tracing::debug!(
+                    ?deadline,
+                    "whole-representation fill dropped at its deadline"
+                );
+            }
             drop(permit);
         });
         if !started {

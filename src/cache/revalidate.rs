@@ -449,20 +449,30 @@ pub(super) fn revalidate_in_background<S, B, ReqBody, ResBody>(
     tracing::debug!(key = %plan.key, "stale served; refreshing in the background");
     let background = shared.config.background.clone();
     let shared = Arc::clone(shared);
+    let deadline = shared.config.background_timeout;
     background.spawn(async move {
         let _permit = permit;
-        // The refresh replaces the stale entry its lookup saw, by compare-and-swap; other
-        // processes may refresh it at the same time (one of them stores).
-        let filler = Filler::refreshing(leader, &ex.found);
-        let mut inner = inner;
-        let inner = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-            Ok(()) => inner,
-            Err(_) => return,
+        let refresh = async {
+            // The refresh replaces the stale entry its lookup saw, by compare-and-swap;
+            // other processes may refresh it at the same time (one of them stores).
+            let filler = Filler::refreshing(leader, &ex.found);
+            let mut inner = inner;
+            let inner = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+                Ok(()) => inner,
+                Err(_) => return,
+            };
+            let limit = shared.storable_body_size();
+            if let Ok(response) =
+                exchange(&shared, inner, request, &ex, filler, For::Background).await
+            {
+                drain_stored(response.into_body(), limit).await;
+            }
         };
-        let limit = shared.storable_body_size();
-        if let Ok(response) = exchange(&shared, inner, request, &ex, filler, For::Background).await
-        {
-            drain_stored(response.into_body(), limit).await;
+        // Dropped at the deadline (its lead, placeholder and place released): no client
+        // waits for it, so nothing else would end a refresh the inner service never
+        // answers.
+        if tokio::time::timeout(deadline, refresh).await.is_err() {
+            tracing::debug!(key = %ex.plan.key, ?deadline, "background refresh dropped at its deadline");
         }
     });
 }
