@@ -107,6 +107,15 @@ pub(crate) struct Leader {
 }
 
 impl SingleFlight {
+    /// Takes flight `id` of `key` off the map, if it is still the one there (a flight
+    /// ended early and replaced keeps its old members, whose ends touch nothing).
+    fn end(&self, key: &str, id: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.inflight.get(key).is_some_and(|f| f.id == id) {
+            state.inflight.remove(key);
+        }
+    }
+
     /// Joins the flight for `key` if `seen` (this request's lookup) allows, or leads a new
     /// one.
     pub(crate) fn join(&self, key: &str, max_followers: usize, seen: &Found) -> Flight {
@@ -205,14 +214,7 @@ impl Leader {
     }
 
     fn leave(&self) {
-        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state
-            .inflight
-            .get(&self.key)
-            .is_some_and(|f| f.id == self.id)
-        {
-            state.inflight.remove(&self.key);
-        }
+        self.flights.end(&self.key, self.id);
     }
 }
 
@@ -310,14 +312,7 @@ impl Follower {
     /// alone; the next request leads a flight of its own. The old leader's publish or
     /// drop then touches nothing (`leave` checks the flight's id).
     fn end_flight(&self) {
-        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state
-            .inflight
-            .get(&self.key)
-            .is_some_and(|f| f.id == self.id)
-        {
-            state.inflight.remove(&self.key);
-        }
+        self.flights.end(&self.key, self.id);
     }
 }
 
