@@ -54,8 +54,11 @@ impl<B: Backend> Lease<B> {
 
     /// Ends the placeholder before returning.
     pub(crate) async fn release(mut self) {
-        self.done = true;
         self.storage.release(&self.key, self.placeholder).await;
+        // Done only once the release ran: a request dropped while it waits for memcached
+        // (its client gone, a background fill at its deadline) leaves the release to the
+        // drop's, not the placeholder armed for its whole hold time.
+        self.done = true;
     }
 }
 
