@@ -121,3 +121,62 @@ async fn a_purge_of_the_public_https_url_reaches_the_pages_of_a_layer_behind_tls
     })
     .await;
 }
+
+/// A request without `Host` (HTTP/1.0, or a layer in front of an in-process service) is
+/// keyed with an empty authority, `http:///news/1`, and its answer stored; but no absolute
+/// URI names an empty authority, so no `purge_uri` could reach that entry: an attacker
+/// who sent `GET /news/1 HTTP/1.0` before a purge kept the old page served, after the
+/// purge returned `Ok`, to every client that sends no `Host`. A URI purge now reaches the
+/// Host-less spelling of its path too (the origin answered it with its default site,
+/// which may be this one; if not, the purge costs that entry a miss).
+async fn a_purge_reaches_the_entry_of_a_request_without_host<B, F>(make: F)
+where
+    B: Backend,
+    F: Fn() -> B,
+{
+    for (run, purge) in [
+        "http://example.com/news/1?a=1",
+        "https://example.com/news/1?a=1",
+        "http://other.example:8080/news/1?a=1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let layer = MemcacheLayer::new(make()).namespace(format!("review-pa-no-host-{run}"));
+        let watch = Watch::of(&layer);
+        let svc = layer.layer(Origin::default());
+        let path = "/news/1?a=1";
+        send(&svc, Method::GET, path, &[]).await;
+        watch.settled().await;
+        let before = send(&svc, Method::GET, path, &[]).await;
+        assert!(before.cache_status().contains("hit"), "{before:?}");
+        let result = layer.purger().purge_uri(purge).await;
+        assert!(result.is_ok(), "{purge}: {result:?}");
+        let after = send(&svc, Method::GET, path, &[]).await;
+        assert!(!after.cache_status().contains("hit"), "{purge}: {after:?}");
+        assert_eq!(after.body, "call 2", "{purge}");
+    }
+}
+
+#[tokio::test]
+async fn a_purge_reaches_the_entry_of_a_request_without_host_memory() {
+    a_purge_reaches_the_entry_of_a_request_without_host(MemoryBackend::new).await;
+}
+
+#[tokio::test]
+async fn a_purge_reaches_the_entry_of_a_request_without_host_tcp() {
+    let Some(one) = Memcached::start("review_pa::no_host") else {
+        return;
+    };
+    let Some(two) = Memcached::start("review_pa::no_host") else {
+        return;
+    };
+    let servers = [one.addr(), two.addr()];
+    a_purge_reaches_the_entry_of_a_request_without_host(|| {
+        TcpBackend::builder()
+            .servers(servers.clone())
+            .build()
+            .expect("backend")
+    })
+    .await;
+}

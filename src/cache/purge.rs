@@ -82,6 +82,8 @@ impl<B: Backend> Purger<B> {
     /// same page (`/News/1`, `/news/1/`, `/%6Eews/1`, `?b=2&a=1`, the host `example.com.`),
     /// each is an entry of its own; [`purge_tag`](Self::purge_tag) reaches them all when
     /// the page carries a tag. A fragment (`#top`) is ignored, as clients never send one.
+    /// The entry of a request that named no host (HTTP/1.0 without `Host`: its key has an
+    /// empty authority, which no URI can name) is purged with every URI of its path.
     pub async fn purge_uri(&self, uri: &str) -> Result<(), PurgeError> {
         let invalid = || PurgeError::InvalidUri(uri.to_string());
         let parsed: Uri = uri.parse().map_err(|_| invalid())?;
@@ -94,7 +96,18 @@ impl<B: Backend> Purger<B> {
         // (A key function that declines the respelled URI stores nothing under it.)
         let own = in_scheme(&parsed, &self.canonical.default_scheme)
             .and_then(|respelled| self.purge_key(&respelled));
-        for canonical in std::iter::once(&canonical).chain(own.as_ref()) {
+        // A request without `Host` (HTTP/1.0) is keyed with an empty authority, which no
+        // absolute URI names: purged with every URI of its path, or never (the origin
+        // answered it with its default site, maybe this page; if not, a miss).
+        let host_less = parsed
+            .path_and_query()
+            .and_then(|path| Uri::try_from(path.as_str()).ok())
+            .and_then(|origin_form| self.purge_key(&origin_form))
+            .filter(|key| *key != canonical && Some(key) != own.as_ref());
+        for canonical in std::iter::once(&canonical)
+            .chain(own.as_ref())
+            .chain(host_less.as_ref())
+        {
             let key = self.storage.primary_key(canonical);
             self.storage.invalidate(&key).await?;
             tracing::debug!(%canonical, "purged");
