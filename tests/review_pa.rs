@@ -94,6 +94,29 @@ where
     ] {
         assert!(purged(tls(), "/news/1?a=1", purge).await, "{purge}");
     }
+    // An IPv6 literal keeps its brackets when the port is dropped.
+    let v6 = MemcacheLayer::new(make()).namespace("review-pa-scheme-v6");
+    let watch = Watch::of(&v6);
+    let svc = v6.layer(Origin::default());
+    let host = [("host", "[::1]")];
+    send(&svc, Method::GET, "/v6", &host).await;
+    watch.settled().await;
+    assert!(
+        send(&svc, Method::GET, "/v6", &host)
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+    v6.purger()
+        .purge_uri("https://[::1]:443/v6")
+        .await
+        .expect("purged");
+    assert!(
+        !send(&svc, Method::GET, "/v6", &host)
+            .await
+            .cache_status()
+            .contains("hit")
+    );
     // Another port stays another page.
     assert!(!purged(plain(), "/news/1", "https://example.com:8443/news/1").await);
 }
