@@ -70,23 +70,54 @@ impl<B: Backend> Purger<B> {
 
     /// Invalidates the cached GET (and HEAD) responses of an absolute URI, every variant.
     ///
-    /// The URI as spelled: where the origin answers other spellings with the same page
-    /// (`/News/1`, `/news/1/`), each is an entry of its own; [`purge_tag`](Self::purge_tag)
-    /// reaches them all when the page carries a tag.
+    /// Scheme and host are compared without case and the scheme's default port is
+    /// dropped (`HTTPS://Example.com:443/a` is `https://example.com/a`). Whichever scheme
+    /// the URI names, the page is purged in the layer's own scheme too
+    /// ([`default_scheme`](super::MemcacheLayer::default_scheme), the only one it stores):
+    /// behind a TLS terminator the layer keys pages `http://`, while the URL purged is the
+    /// public `https://` one. (The other scheme's page, if another layer sharing the
+    /// namespace stores it, is purged as well: a miss at most.)
+    ///
+    /// Otherwise the URI as spelled: where the origin answers other spellings with the
+    /// same page (`/News/1`, `/news/1/`, `/%6Eews/1`, `?b=2&a=1`, the host `example.com.`),
+    /// each is an entry of its own; [`purge_tag`](Self::purge_tag) reaches them all when
+    /// the page carries a tag. A fragment (`#top`) is ignored, as clients never send one.
+    /// The entry of a request that named no host (HTTP/1.0 without `Host`: its key has an
+    /// empty authority, which no URI can name) is purged with every URI of its path.
     pub async fn purge_uri(&self, uri: &str) -> Result<(), PurgeError> {
         let invalid = || PurgeError::InvalidUri(uri.to_string());
         let parsed: Uri = uri.parse().map_err(|_| invalid())?;
         if parsed.authority().is_none() {
             return Err(invalid());
         }
-        let canonical = self
-            .canonical
-            .key_for_get(&parsed, &HeaderMap::new(), &Extensions::new())
-            .ok_or_else(invalid)?;
-        let key = self.storage.primary_key(&canonical);
-        self.storage.invalidate(&key).await?;
-        tracing::debug!(%canonical, "purged");
+        let canonical = self.purge_key(&parsed).ok_or_else(invalid)?;
+        // The layer only stores keys of its own scheme (`Canonical::request_key`): a URI
+        // of the other one, purged alone, returned `Ok` and reached nothing it stores.
+        // (A key function that declines the respelled URI stores nothing under it.)
+        let own = in_scheme(&parsed, &self.canonical.default_scheme)
+            .and_then(|respelled| self.purge_key(&respelled));
+        // A request without `Host` (HTTP/1.0) is keyed with an empty authority, which no
+        // absolute URI names: purged with every URI of its path, or never (the origin
+        // answered it with its default site, maybe this page; if not, a miss).
+        let host_less = parsed
+            .path_and_query()
+            .and_then(|path| Uri::try_from(path.as_str()).ok())
+            .and_then(|origin_form| self.purge_key(&origin_form))
+            .filter(|key| *key != canonical && Some(key) != own.as_ref());
+        for canonical in std::iter::once(&canonical)
+            .chain(own.as_ref())
+            .chain(host_less.as_ref())
+        {
+            let key = self.storage.primary_key(canonical);
+            self.storage.invalidate(&key).await?;
+            tracing::debug!(%canonical, "purged");
+        }
         Ok(())
+    }
+
+    fn purge_key(&self, uri: &Uri) -> Option<String> {
+        self.canonical
+            .key_for_get(uri, &HeaderMap::new(), &Extensions::new())
     }
 
     /// Invalidates every entry stored with `tag` (in this namespace).
@@ -131,6 +162,29 @@ impl<B: Backend> Purger<B> {
         tracing::debug!("backend flushed");
         Ok(())
     }
+}
+
+/// `uri` in `scheme` when it names another one (any case), its port dropped when it was
+/// the default of the scheme it named (`https://a:443/` is `http://a/`); `None` when it
+/// names `scheme` already, or cannot be respelled (then only the URI as given is purged).
+fn in_scheme(uri: &Uri, scheme: &str) -> Option<Uri> {
+    let given = uri.scheme_str()?;
+    if given.eq_ignore_ascii_case(scheme) {
+        return None;
+    }
+    let given_default = if given.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    let mut parts = uri.clone().into_parts();
+    let authority = parts.authority.as_ref()?;
+    if authority.port_u16() == Some(given_default) {
+        // `host()` keeps an IPv6 literal's brackets.
+        parts.authority = Some(authority.host().parse().ok()?);
+    }
+    parts.scheme = Some(scheme.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// Whether a tag header naming `tag` names it alone, as itself (split as

@@ -3,7 +3,9 @@
 //!
 //! The convenience methods never fail, as those utilities promise: with the server gone,
 //! [`query`](MemcacheClient::query) gives `None` and [`set`](MemcacheClient::set) stores
-//! nothing but still returns the key it would have used; the next call after the server is
+//! nothing but still returns the key it would have used ([`build_key`](MemcacheClient::build_key)'s;
+//! with namespace versioning, whose keys need the generation the server holds, that plain
+//! key rather than the versioned one a stored value gets); the next call after the server is
 //! back uses it again. Every one of them has a `try_*` twin that returns the error.
 //!
 //! ```
@@ -188,7 +190,9 @@ impl<B: Backend> MemcacheClient<B> {
     /// Stores a value for the default lifetime and returns its memcache key. Never fails:
     /// when the backend is gone, or the value cannot be stored, nothing is stored (and a
     /// value that cannot be stored, too large or unencodable, removes the one it was to
-    /// replace, as memcached does with one too large).
+    /// replace, as memcached does with one too large). A set that failed returns
+    /// [`build_key`](Self::build_key)'s key, which with namespace versioning is not the
+    /// key a stored value gets: use [`try_set`](Self::try_set) to tell them apart.
     pub async fn set<K, T>(&self, key: &K, value: &T) -> String
     where
         K: KeyBase + ?Sized,
