@@ -236,47 +236,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 // Raw frames, for what the h2 crate will not send.
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// An HPACK integer with an `n`-bit prefix, whose first byte carries `flags` above it.
-fn hpack_int(out: &mut Vec<u8>, flags: u8, n: u32, mut value: usize) {
-    let max = (1usize << n) - 1;
-    if value < max {
-        out.push(flags | value as u8);
-        return;
-    }
-    out.push(flags | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.push((value % 128 + 128) as u8);
-        value /= 128;
-    }
-    out.push(value as u8);
-}
-
-/// A literal field: without indexing (`0x00`) or with incremental indexing (`0x40`).
-fn hpack_literal(out: &mut Vec<u8>, indexing: bool, name: &[u8], value: &[u8]) {
-    out.push(if indexing { 0x40 } else { 0x00 });
-    hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name);
-    hpack_int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
-}
+use support::h2_frames::{
+    CONTINUATION, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame,
+    hpack_literal,
+};
 
 /// `:method GET`, `:scheme http`, `:path`, `:authority`, then `fields` as literals.
 fn request_block(path: &str, authority: &str, fields: &[(&str, &str)]) -> Vec<u8> {

@@ -305,46 +305,14 @@ mod raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    pub(super) const HEADERS: u8 = 0x1;
-    const RST_STREAM: u8 = 0x3;
-    const SETTINGS: u8 = 0x4;
-    const GOAWAY: u8 = 0x7;
-    pub(super) const END_STREAM: u8 = 0x1;
-    pub(super) const END_HEADERS: u8 = 0x4;
-
-    pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
-
-    fn hpack_int(out: &mut Vec<u8>, flags: u8, n: u32, mut value: usize) {
-        let max = (1usize << n) - 1;
-        if value < max {
-            out.push(flags | value as u8);
-            return;
-        }
-        out.push(flags | max as u8);
-        value -= max;
-        while value >= 128 {
-            out.push((value % 128 + 128) as u8);
-            value /= 128;
-        }
-        out.push(value as u8);
-    }
+    pub(super) use super::support::h2_frames::{END_HEADERS, END_STREAM, HEADERS, frame};
+    use super::support::h2_frames::{GOAWAY, PREFACE, RST_STREAM, SETTINGS, hpack_literal};
 
     /// Literal fields without indexing, in the order given (pseudo-fields included).
     pub(super) fn block(fields: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in fields {
-            out.push(0x00);
-            hpack_int(&mut out, 0, 7, name.len());
-            out.extend_from_slice(name.as_bytes());
-            hpack_int(&mut out, 0, 7, value.len());
-            out.extend_from_slice(value.as_bytes());
+            hpack_literal(&mut out, false, name.as_bytes(), value.as_bytes());
         }
         out
     }
