@@ -267,6 +267,63 @@ fn rfc9211_2_access_log_lines_carry_the_cache_status() {
     assert!(lines[2].contains("\"-\" \"-\" \"-\" "), "{}", lines[2]);
 }
 
+/// A request hyper refuses before any service sees it (a head it cannot parse, one larger
+/// than the proxy takes) is logged too, as nginx logs its 400s: an attacker probing for
+/// request smuggling must not leave the access log empty.
+#[test]
+fn requests_refused_while_parsing_their_head_are_logged() {
+    let origin = Origin::start();
+    let (mut child, addr) = spawn(&[(
+        "TOWER_MEMCACHE_PROXY_UPSTREAM",
+        format!("http://{}", origin.addr),
+    )]);
+    let (status, _) = raw_request(addr, "GET / HTTP/1.1\r\nHost: example.com\r\nNo Colon\r\n");
+    assert_eq!(status, 400);
+    // More fields than hyper takes (100): small enough to be read whole before the answer.
+    let many: String = (0..120).map(|n| format!("X-F{n}: 1\r\n")).collect();
+    let (status, _) = raw_request(
+        addr,
+        &format!("GET / HTTP/1.1\r\nHost: example.com\r\n{many}"),
+    );
+    assert_eq!(status, 431);
+    let (status, _) = raw_request(addr, "GET /after HTTP/1.1\r\nHost: example.com\r\n");
+    assert_eq!(status, 200);
+    // Read on a thread of its own: a line never written must fail the test, not hang it.
+    let stdout = child.stdout.take().unwrap();
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let lines: Vec<String> = (0..3)
+        .map_while(|_| received.recv_timeout(Duration::from_secs(10)).ok())
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("\"-\" 4"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{lines:?}");
+    for (line, status) in refused.iter().zip(["400", "431"]) {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.contains(&format!("] \"-\" {status} 0 \"-\" \"-\" \"-\" ")),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("\"GET /after HTTP/1.1\" 200 ")),
+        "{lines:?}"
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
 /// SIGTERM, what systemd and container runtimes send: the proxy stops accepting, lets the
 /// request in progress finish, and exits 0, in both runtime modes.
 #[cfg(unix)]

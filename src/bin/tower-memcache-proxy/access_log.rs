@@ -12,7 +12,9 @@
 //! size is the response's `Content-Length`, `-` when the body streams without one. A
 //! request whose client hangs up before the response head is logged with status 499 and
 //! `-` for size and outcome, as nginx does: a client cannot reach the origin unlogged by
-//! closing its connection first. Quotes, backslashes and bytes
+//! closing its connection first. A request whose head the HTTP server refuses to parse
+//! (malformed, or larger than the proxy takes) is logged with the server's 400 or 431 and
+//! `"-"` for the request line. Quotes, backslashes and bytes
 //! that are not printable ASCII are written as `\xHH`, as nginx does, so a client cannot
 //! forge a line.
 //!
@@ -20,6 +22,7 @@
 //! reading then costs log lines, never requests.
 
 use std::convert::Infallible;
+use std::error::Error;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::IpAddr;
@@ -135,6 +138,38 @@ where
         }
         Poll::Ready(result)
     }
+}
+
+/// Logs a request that hyper answered itself before any service saw it, from the error its
+/// connection ended with: a head it could not parse (400), too large (431) or with a target
+/// too long (414). nginx logs these too; without a line, a client probing for request
+/// smuggling with malformed heads would leave no trace. The request line is unknown (`-`);
+/// hyper's answer has no body. Other connection errors (resets, timeouts, HTTP/2 protocol
+/// errors) answered nothing and log nothing here.
+pub(crate) fn log_refused_head(peer: IpAddr, error: &(dyn Error + Send + Sync + 'static)) {
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    let status = if error.is_parse_too_large() {
+        // hyper tells a long target from a large head only in its message.
+        if error.to_string().contains("URI") {
+            414
+        } else {
+            431
+        }
+    } else if error.is_parse() && !error.is_parse_status() && !error.is_parse_version_h2() {
+        400
+    } else {
+        return;
+    };
+    let pending = Pending {
+        peer,
+        request_line: "-".to_string(),
+        referer: "-".to_string(),
+        user_agent: "-".to_string(),
+        started: Instant::now(),
+    };
+    write_line(&pending, status, "0", "-");
 }
 
 fn log_response<B>(pending: &Pending, response: &Response<B>) {

@@ -692,6 +692,9 @@ impl<B: Backend> Worker<B> {
                 )
                 .await;
                 if let Err(err) = ended {
+                    if access_log {
+                        access_log::log_refused_head(peer.ip(), &*err);
+                    }
                     tracing::debug!(%peer, error = %error_chain(&*err), "connection ended with an error");
                 }
                 drop(permit);
