@@ -11,6 +11,16 @@ enum Failure {
     Unsolicited,
 }
 
+/// The read buffer's capacity when a connection opens, and again after a large reply.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// The most free capacity the read buffer keeps past a reply it handed out. Values are
+/// views of the buffer's allocation (no copy per hit), so a reply read into the room a
+/// large one left would hold all of that allocation alive for as long as its caller keeps
+/// it (a small raw value, a tiny page a slow client leaves unread): megabytes per value,
+/// where every budget counts the value's own bytes.
+const MAX_SPARE: usize = 4 * READ_BUFFER;
+
 pub(super) fn unsolicited(server: &str) -> BackendError {
     tracing::warn!(%server, "unsolicited bytes from memcached; dropping the connection");
     BackendError::Protocol(ProtocolViolation::new(ProtocolError::Unsolicited))
@@ -46,7 +56,7 @@ async fn read_replies(
     settings: &ConnectionSettings,
 ) -> BackendError {
     let server = &*shared.server;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut decoder = protocol::Decoder::default();
     let mut replies = Vec::new();
     let mut answered = Vec::new();
@@ -173,6 +183,14 @@ async fn read_replies(
         if delivered > 0 {
             progress = true;
             shared.take_over_stale_yield(&mut seen_by_reader);
+        }
+        if delivered > 0 && buf.capacity() - buf.len() > MAX_SPARE {
+            // What a large reply left (see `MAX_SPARE`): later replies go to an allocation
+            // of their own, what is here of the next copied once (once per reply handed
+            // out, never per read of a large one).
+            let mut fresh = BytesMut::with_capacity(READ_BUFFER.max(buf.len()));
+            fresh.extend_from_slice(&buf);
+            buf = fresh;
         }
     }
 }

@@ -189,6 +189,11 @@ impl Decoder {
     /// Most value offsets kept between replies (a larger multi-get's go with it).
     const KEPT: usize = 64;
 
+    /// The largest allocation a small value may share with the reply it came in: past
+    /// it, a value under an eighth of it is copied (see [`Decoder::decode`]). Four times
+    /// a connection's first read buffer, so a hit on a small entry never copies.
+    const SHARED: usize = 64 * 1024;
+
     /// Takes one complete reply, to a request that asked `asked`, off the front of `buf`.
     ///
     /// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete; the buffer
@@ -215,8 +220,19 @@ impl Decoder {
                 reply
             }
             RawReply::Values => {
+                // At least what the frame's allocation holds: the frame and the room after.
+                let allocation = buf.capacity();
                 let frame = buf.split_to(len).freeze();
-                RawReply::Values.into_reply(&mut self.values, |range| frame.slice(range))
+                RawReply::Values.into_reply(&mut self.values, |range| {
+                    if allocation > Self::SHARED && range.len() < allocation / 8 {
+                        // A small value beside a large one (in this reply, or in the buffer
+                        // a large reply grew) would keep all of it alive as long as it is
+                        // kept: a copy of its own. Only right after large replies.
+                        Bytes::copy_from_slice(&frame[range])
+                    } else {
+                        frame.slice(range)
+                    }
+                })
             }
         }))
     }
