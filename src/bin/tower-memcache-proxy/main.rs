@@ -84,7 +84,8 @@
 //!
 //! What is stored, reused and invalidated is [`MemcacheLayer`]'s RFC 9111 shared-cache
 //! policy (see the README's directive table): GET and HEAD keyed by host, path and query
-//! (namespace `proxy`), variants by `Vary`, revalidation with `If-None-Match` /
+//! (namespace `proxy:` and the upstream's authority, or `--namespace`: proxies in front
+//! of different origins sharing memcached keep apart), variants by `Vary`, revalidation with `If-None-Match` /
 //! `If-Modified-Since`, `stale-while-revalidate` and `stale-if-error`, invalidation by
 //! POST, PUT, PATCH, DELETE and unknown methods, tags from `Surrogate-Key`. As with
 //! srcache, request cookies are not part of the key: an origin that personalises a response
@@ -508,7 +509,7 @@ fn cache_layer<B: Backend>(backend: B, args: &Args, near: Option<&NearCache>) ->
         Mode::Routes => CacheMode::Routes,
     };
     let layer = MemcacheLayer::new(backend)
-        .namespace("proxy")
+        .namespace(args.namespace())
         .mode(mode)
         .default_lifetime(Duration::from_secs(args.ttl))
         .stale_if_unreachable(

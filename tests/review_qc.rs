@@ -1,0 +1,68 @@
+//! Review QC: request identity. Every way two requests that deserve different answers
+//! could share one cache key or one stored response, in the layer and in the proxy.
+//!
+//! Each test fails if the defect it names returns. Tests that need memcached start their
+//! own and skip without the binary (unless `MEMCACHED_REQUIRED=1`).
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+use support::Memcached;
+use support::proxy::{raw, start_proxy, until_cached};
+
+/// An origin that serves one site whatever `Host` names (as most single-site apps and
+/// file servers do): `name` at every path, fresh for an hour.
+async fn single_site_origin(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    support::origin::serve_http1(listener, move |_: Request<Incoming>| async move {
+        let response = Response::builder()
+            .header("cache-control", "max-age=3600")
+            .body(Full::new(Bytes::from(name)))
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    });
+    addr
+}
+
+/// Two proxies in front of two different origins, sharing one memcached (as services
+/// share a memcached pool): a client that sends proxy A a request naming site B's host
+/// gets site A's page stored under site B's key, and proxy B then served it to every
+/// client of site B. The key holds the host the client claims, not the origin that
+/// answered; each origin now has a namespace of its own by default, while replicas in
+/// front of one origin still share their entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_in_front_of_another_origin_cannot_fill_this_ones_pages() {
+    let test = "a_proxy_in_front_of_another_origin_cannot_fill_this_ones_pages";
+    let Some(memcached) = Memcached::start(test) else {
+        return;
+    };
+    let origin_a = single_site_origin("site A").await;
+    let origin_b = single_site_origin("site B").await;
+    let memcache = memcached.addr();
+    let proxy_a = start_proxy(origin_a, &["--memcache", &memcache]);
+    let proxy_b = start_proxy(origin_b, &["--memcache", &memcache]);
+
+    // The attacker asks proxy A for site B's page; site A answers it, and it is stored.
+    let poison = "GET /index.html HTTP/1.1\r\nHost: b.example\r\n";
+    assert_eq!(raw(&proxy_a, poison).await, (200, "site A".to_string()));
+    assert_eq!(until_cached(&proxy_a, poison).await, "site A");
+
+    // Site B's visitors get site B's page.
+    let (status, body) = raw(&proxy_b, poison).await;
+    assert_eq!((status, body.as_str()), (200, "site B"));
+
+    // A replica in front of the same origin still shares proxy A's entries.
+    let replica = start_proxy(origin_a, &["--memcache", &memcache]);
+    let only_cached = format!("{poison}Cache-Control: only-if-cached\r\n");
+    let (status, body) = raw(&replica, &only_cached).await;
+    assert_eq!((status, body.as_str()), (200, "site A"));
+}
