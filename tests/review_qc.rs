@@ -66,3 +66,44 @@ async fn a_proxy_in_front_of_another_origin_cannot_fill_this_ones_pages() {
     let (status, body) = raw(&replica, &only_cached).await;
     assert_eq!((status, body.as_str()), (200, "site A"));
 }
+
+/// An application that tells its sites apart by the `Host` field (as handlers reading
+/// `headers["host"]` do), with a default site for a request that names none.
+fn virtual_hosts() -> impl tower::Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|request: Request<()>| async move {
+        let site = match request.headers().get(http::header::HOST) {
+            Some(host) => format!("site of {}", host.to_str().unwrap_or("?")),
+            None => "default site".to_string(),
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(site))))
+    })
+}
+
+/// An HTTP/2 request names its authority in `:authority` (hyper puts it in the target)
+/// and mostly sends no `Host` field; so may an HTTP/1.1 request in absolute form. Keyed
+/// by the target's authority, it went to an application that reads `Host` without one:
+/// the default site's page was stored as the named site's, and served to that site's
+/// HTTP/1.1 clients. The inner service now gets the key's authority in `Host` too.
+#[tokio::test]
+async fn a_target_authority_without_host_stores_the_named_sites_page() {
+    let layer = support::layer(tower_memcache::backend::MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let service = tower::Layer::layer(&layer, virtual_hosts());
+
+    let get = http::Method::GET;
+    let h2 = support::send(&service, get.clone(), "http://victim.example/page", &[]).await;
+    watch.settled().await;
+
+    let host = [("host", "victim.example")];
+    let h1 = support::send(&service, get, "/page", &host).await;
+    assert_eq!(h1.body, "site of victim.example", "{}", h1.cache_status());
+    // And the HTTP/2 client was answered for the site it named.
+    assert_eq!(h2.body, "site of victim.example");
+}

@@ -354,8 +354,8 @@ impl Canonical {
     }
 
     /// Gives a request about to go to the inner service the authority its key holds, in
-    /// `Host` and in an absolute target (HTTP/2's `:authority`), where the client spelled it
-    /// otherwise. The key merges `API.example.com:80` with `api.example.com`; the answer
+    /// `Host` (added when the target alone named it) and in an absolute target (HTTP/2's
+    /// `:authority`), where the client spelled it otherwise. The key merges `API.example.com:80` with `api.example.com`; the answer
     /// it stores must then be the one for the key's spelling, or an application that
     /// tells its virtual hosts apart by name (a string comparison) would answer the
     /// odd spelling with its default site, stored for every client of the named one.
@@ -370,12 +370,17 @@ impl Canonical {
         if authority.is_empty() {
             return;
         }
-        if let Some(host) = request.headers().get(header::HOST) {
-            if host.as_bytes() != authority.as_bytes() {
-                // A validated authority is a valid field value.
-                if let Ok(value) = http::HeaderValue::from_str(authority) {
-                    request.headers_mut().insert(header::HOST, value);
-                }
+        // Without a `Host` field too: an HTTP/2 request (or an absolute-form target) names
+        // its authority in the target alone, and an application that reads `Host` would
+        // answer it with its default site, stored as the named site's page.
+        let respell_host = request
+            .headers()
+            .get(header::HOST)
+            .is_none_or(|host| host.as_bytes() != authority.as_bytes());
+        if respell_host {
+            // A validated authority is a valid field value.
+            if let Ok(value) = http::HeaderValue::from_str(authority) {
+                request.headers_mut().insert(header::HOST, value);
             }
         }
         let respelled = request
