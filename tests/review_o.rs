@@ -530,7 +530,10 @@ async fn a_server_cutting_or_swapping_its_replies_costs_only_misses() {
     let relayed = relay(servers[1].addr(), Arc::clone(&mode), Arc::clone(&tampered)).await;
     let addrs = vec![servers[0].addr(), relayed, servers[2].addr()];
     let list = list(&addrs);
-    let mut proxy = start_proxy(origin, &["--memcache", &list, "--threads", "2"]);
+    let mut proxy = start_proxy(
+        origin,
+        &["--memcache", &list, "--threads", "2", "--namespace", "proxy"],
+    );
     let by_server = paths_by_server(&ring(&list), 3, 8);
     for paths in &by_server {
         for path in paths {
