@@ -532,7 +532,14 @@ async fn a_server_cutting_or_swapping_its_replies_costs_only_misses() {
     let list = list(&addrs);
     let mut proxy = start_proxy(
         origin,
-        &["--memcache", &list, "--threads", "2", "--namespace", "proxy"],
+        &[
+            "--memcache",
+            &list,
+            "--threads",
+            "2",
+            "--namespace",
+            "proxy",
+        ],
     );
     let by_server = paths_by_server(&ring(&list), 3, 8);
     for paths in &by_server {
