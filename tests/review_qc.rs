@@ -107,3 +107,53 @@ async fn a_target_authority_without_host_stores_the_named_sites_page() {
     // And the HTTP/2 client was answered for the site it named.
     assert_eq!(h2.body, "site of victim.example");
 }
+
+/// The key function `KeyFn`'s documentation showed (a tenant header and the path), as a
+/// user copies it: it left out the query, so `/search?q=b` was answered with the page of
+/// `?q=a`, and joined the tenant to the path with a `:` a tenant may hold. The example now
+/// keys the whole target and refuses a tenant that is not a plain word.
+#[tokio::test]
+async fn the_documented_tenant_key_keeps_queries_and_tenants_apart() {
+    use tower_memcache::cache::RequestHead;
+    // As the documentation of `KeyFn` has it.
+    let by_tenant = |req: &RequestHead<'_>| {
+        let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
+        if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let host = (req.uri.authority().map(|authority| authority.as_str()))
+            .or_else(|| req.headers.get("host")?.to_str().ok())
+            .unwrap_or("");
+        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        Some(format!("{tenant} {host}{target}"))
+    };
+    let layer = support::layer(tower_memcache::backend::MemoryBackend::new()).key_fn(by_tenant);
+    let watch = support::Watch::of(&layer);
+    let echo = tower::service_fn(|request: Request<()>| async move {
+        let tenant = request.headers().get("x-tenant").cloned();
+        let tenant = tenant.as_ref().and_then(|t| t.to_str().ok()).unwrap_or("-");
+        let body = format!("{tenant} asked {}", request.uri());
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    });
+    let service = tower::Layer::layer(&layer, echo);
+    let get = http::Method::GET;
+    let asks: [(&str, &str); 4] = [
+        ("acme", "/search?q=a"),
+        ("acme", "/search?q=b"),
+        ("acme:/x", "/y"),
+        ("acme", "/x:/y"),
+    ];
+    for _ in 0..2 {
+        for (tenant, target) in asks {
+            let headers = [("host", "example.com"), ("x-tenant", tenant)];
+            let answer = support::send(&service, get.clone(), target, &headers).await;
+            assert_eq!(
+                answer.body,
+                format!("{tenant} asked {target}"),
+                "{}",
+                answer.cache_status()
+            );
+            watch.settled().await;
+        }
+    }
+}

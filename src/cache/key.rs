@@ -26,14 +26,26 @@ pub struct RequestHead<'a> {
 
 /// Makes the cache key of a request; `None` lets the request bypass the cache.
 ///
-/// Implemented for closures, so a tenant header or a cookie value can key the cache:
+/// Implemented for closures, so a tenant header or a cookie value can key the cache. A
+/// key stands for everything the answer depends on: keep the host and the whole target
+/// (the query too, or `/search?q=b` is answered with the page of `?q=a`), and join the
+/// parts so that no two requests spell one key (a tenant `t:/x` asking for `/y` must not
+/// read as `t` asking for `/x:/y`):
 ///
 /// ```
 /// use tower_memcache::cache::{KeyFn, RequestHead};
 ///
 /// let by_tenant = |req: &RequestHead<'_>| {
 ///     let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
-///     Some(format!("{tenant}:{}", req.uri.path()))
+///     // A plain word: nothing in it can be taken for the host or the target.
+///     if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_alphanumeric()) {
+///         return None;
+///     }
+///     let host = (req.uri.authority().map(|authority| authority.as_str()))
+///         .or_else(|| req.headers.get("host")?.to_str().ok())
+///         .unwrap_or("");
+///     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+///     Some(format!("{tenant} {host}{target}"))
 /// };
 /// # fn check(_: impl KeyFn) {}
 /// # check(by_tenant);
