@@ -157,3 +157,41 @@ async fn the_documented_tenant_key_keeps_queries_and_tenants_apart() {
         }
     }
 }
+
+/// An origin that answers with the names of the request fields it got, fresh for an hour.
+async fn field_names_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    support::origin::serve_http1(listener, |request: Request<Incoming>| async move {
+        let names: Vec<&str> = request.headers().keys().map(|name| name.as_str()).collect();
+        let response = Response::builder()
+            .header("cache-control", "max-age=3600")
+            .body(Full::new(Bytes::from(names.join(","))))
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    });
+    addr
+}
+
+/// A client's `Proxy` field becomes `HTTP_PROXY` to a CGI-style origin (PHP, CGI, WSGI
+/// gateways), which HTTP client libraries there have taken for the proxy of their own
+/// requests ("httpoxy", CVE-2016-5385 and its siblings): the origin fetched what its page
+/// is made of through the attacker's server, and the page was stored for everyone. No
+/// HTTP field is called `Proxy`; the proxy drops it, as nginx's and Apache's advisories
+/// have them do.
+#[tokio::test]
+async fn a_proxy_field_never_reaches_the_origin() {
+    let origin = field_names_origin().await;
+    for args in [&[][..], &["--underscores-in-headers"][..]] {
+        let proxy = start_proxy(origin, args);
+        let head =
+            "GET /names HTTP/1.1\r\nHost: shop.example\r\nProxy: http://attacker.example:8080\r\n";
+        let (status, names) = raw(&proxy, head).await;
+        assert_eq!(status, 200);
+        assert!(
+            !names.split(',').any(|name| name == "proxy"),
+            "Proxy reached the origin ({args:?}): {names}"
+        );
+        assert!(names.contains("x-forwarded-host"), "{names}");
+    }
+}
