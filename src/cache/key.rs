@@ -367,10 +367,11 @@ impl Canonical {
 
     /// Gives a request about to go to the inner service the authority its key holds, in
     /// `Host` (added when the target alone named it) and in an absolute target (HTTP/2's
-    /// `:authority`), where the client spelled it otherwise. The key merges `API.example.com:80` with `api.example.com`; the answer
-    /// it stores must then be the one for the key's spelling, or an application that
-    /// tells its virtual hosts apart by name (a string comparison) would answer the
-    /// odd spelling with its default site, stored for every client of the named one.
+    /// `:authority`), where the client spelled it otherwise. The key merges
+    /// `API.example.com:80` with `api.example.com`; the answer it stores must then be the
+    /// one for the key's spelling, or an application that tells its virtual hosts apart by
+    /// name (a string comparison) would answer the odd spelling with its default site,
+    /// stored for every client of the named one.
     /// Called on the way to the origin only (misses and refreshes), never on a hit.
     pub(crate) fn spell_as_keyed<T>(&self, request: &mut http::Request<T>) {
         let Ok(target) =

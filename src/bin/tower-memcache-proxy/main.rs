@@ -85,9 +85,10 @@
 //! What is stored, reused and invalidated is [`MemcacheLayer`]'s RFC 9111 shared-cache
 //! policy (see the README's directive table): GET and HEAD keyed by host, path and query
 //! (namespace `proxy:` and the upstream's authority, or `--namespace`: proxies in front
-//! of different origins sharing memcached keep apart), variants by `Vary`, revalidation with `If-None-Match` /
-//! `If-Modified-Since`, `stale-while-revalidate` and `stale-if-error`, invalidation by
-//! POST, PUT, PATCH, DELETE and unknown methods, tags from `Surrogate-Key`. As with
+//! of different origins sharing memcached keep apart), variants by `Vary`, revalidation
+//! with `If-None-Match` / `If-Modified-Since`, `stale-while-revalidate` and
+//! `stale-if-error`, invalidation by POST, PUT, PATCH, DELETE and unknown methods, tags
+//! from `Surrogate-Key`. As with
 //! srcache, request cookies are not part of the key: an origin that personalises a response
 //! must say `private` or `Vary`. The proxy's own 502 and 504 carry
 //! [`OriginUnreachable`](tower_memcache::cache::OriginUnreachable), so a stale entry can stand in for them. `RUST_LOG=debug` shows
