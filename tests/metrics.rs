@@ -257,7 +257,7 @@ fn start_origin() -> SocketAddr {
 #[test]
 fn reverse_proxy_serves_metrics_for_prometheus() {
     let origin = start_origin();
-    let (proxy, metrics_addr) = start_proxy_with_metrics(origin, &[]);
+    let (proxy, metrics_addr) = start_proxy_with_metrics(origin, &["--namespace", "proxy"]);
     let request = "GET /page HTTP/1.1\r\nHost: example.com\r\n";
     let (mut hits, mut misses) = (0u32, 0u32);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -291,7 +291,7 @@ fn reverse_proxy_serves_metrics_for_prometheus() {
     }
     let (status, text) = raw_request(metrics_addr, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n");
     assert_eq!(status, 200, "{text}");
-    // The proxy's layer has the namespace `proxy`.
+    // The proxy's layer has the namespace `--namespace` gives it.
     let ns = ("namespace", "proxy");
     let requests = "tower_memcache_requests_total";
     let outcome = |o| sample(&text, requests, &[ns, ("outcome", o)]);
@@ -362,8 +362,17 @@ fn reverse_proxy_exports_memcached_and_near_tier_gauges() {
 
     let origin = start_origin();
     let memcache = server.addr();
-    let (proxy, metrics_addr) =
-        start_proxy_with_metrics(origin, &["--memcache", &memcache, "--near-cache", "1M,30s"]);
+    let (proxy, metrics_addr) = start_proxy_with_metrics(
+        origin,
+        &[
+            "--memcache",
+            &memcache,
+            "--near-cache",
+            "1M,30s",
+            "--namespace",
+            "proxy",
+        ],
+    );
     let request = "GET /page HTTP/1.1\r\nHost: example.com\r\n";
     let mut near_hits = 0;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use support::proxy::{proxy_binary, raw_request, spawn_listening};
 
 /// Every flag, with the environment variable that also sets it.
-const FLAGS: [(&str, &str); 20] = [
+const FLAGS: [(&str, &str); 21] = [
     ("--upstream", "TOWER_MEMCACHE_PROXY_UPSTREAM"),
+    ("--namespace", "TOWER_MEMCACHE_PROXY_NAMESPACE"),
     ("--listen", "TOWER_MEMCACHE_PROXY_LISTEN"),
     ("--memcache", "TOWER_MEMCACHE_PROXY_MEMCACHE"),
     ("--mode", "TOWER_MEMCACHE_PROXY_MODE"),

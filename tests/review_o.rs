@@ -125,7 +125,8 @@ async fn warm(proxy: &Proxy, path: &str) {
 }
 
 /// The server (index in `--memcache`) that holds `path`'s primary key: the proxy's
-/// namespace is `proxy` and its canonical key `GET http://host/path`.
+/// namespace is `proxy` (given as `--namespace`) and its canonical key
+/// `GET http://host/path`.
 fn server_of(ring: &TcpBackend, path: &str) -> usize {
     let key = build_key(Some("proxy"), &format!("GET http://{HOST}{path}"));
     ring.server_for_key(&key).unwrap()
@@ -202,7 +203,16 @@ async fn a_hung_server_of_three_costs_only_its_share_and_comes_back(runtime: &st
     let list = list(&addrs);
     let proxy = start_proxy(
         origin,
-        &["--memcache", &list, "--threads", "2", "--runtime", runtime],
+        &[
+            "--memcache",
+            &list,
+            "--threads",
+            "2",
+            "--runtime",
+            runtime,
+            "--namespace",
+            "proxy",
+        ],
     );
     let by_server = paths_by_server(&ring(&list), 3, 33);
     for (server, paths) in by_server.iter().enumerate() {
@@ -301,7 +311,14 @@ async fn purges_made_while_a_server_is_away_hold(away: Away, near: bool) {
     let origin = start_origin().await;
     let addrs: Vec<String> = servers.iter().map(Memcached::addr).collect();
     let list = list(&addrs);
-    let mut args = vec!["--memcache", &list, "--threads", "2"];
+    let mut args = vec![
+        "--memcache",
+        &list,
+        "--threads",
+        "2",
+        "--namespace",
+        "proxy",
+    ];
     if near {
         args.extend(["--near-cache", "4M,5s"]);
     }
@@ -513,7 +530,17 @@ async fn a_server_cutting_or_swapping_its_replies_costs_only_misses() {
     let relayed = relay(servers[1].addr(), Arc::clone(&mode), Arc::clone(&tampered)).await;
     let addrs = vec![servers[0].addr(), relayed, servers[2].addr()];
     let list = list(&addrs);
-    let mut proxy = start_proxy(origin, &["--memcache", &list, "--threads", "2"]);
+    let mut proxy = start_proxy(
+        origin,
+        &[
+            "--memcache",
+            &list,
+            "--threads",
+            "2",
+            "--namespace",
+            "proxy",
+        ],
+    );
     let by_server = paths_by_server(&ring(&list), 3, 8);
     for paths in &by_server {
         for path in paths {

@@ -26,14 +26,26 @@ pub struct RequestHead<'a> {
 
 /// Makes the cache key of a request; `None` lets the request bypass the cache.
 ///
-/// Implemented for closures, so a tenant header or a cookie value can key the cache:
+/// Implemented for closures, so a tenant header or a cookie value can key the cache. A
+/// key stands for everything the answer depends on: keep the host and the whole target
+/// (the query too, or `/search?q=b` is answered with the page of `?q=a`), and join the
+/// parts so that no two requests spell one key (a tenant `t:/x` asking for `/y` must not
+/// read as `t` asking for `/x:/y`):
 ///
 /// ```
 /// use tower_memcache::cache::{KeyFn, RequestHead};
 ///
 /// let by_tenant = |req: &RequestHead<'_>| {
 ///     let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
-///     Some(format!("{tenant}:{}", req.uri.path()))
+///     // A plain word: nothing in it can be taken for the host or the target.
+///     if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_alphanumeric()) {
+///         return None;
+///     }
+///     let host = (req.uri.authority().map(|authority| authority.as_str()))
+///         .or_else(|| req.headers.get("host")?.to_str().ok())
+///         .unwrap_or("");
+///     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+///     Some(format!("{tenant} {host}{target}"))
 /// };
 /// # fn check(_: impl KeyFn) {}
 /// # check(by_tenant);
@@ -354,11 +366,12 @@ impl Canonical {
     }
 
     /// Gives a request about to go to the inner service the authority its key holds, in
-    /// `Host` and in an absolute target (HTTP/2's `:authority`), where the client spelled it
-    /// otherwise. The key merges `API.example.com:80` with `api.example.com`; the answer
-    /// it stores must then be the one for the key's spelling, or an application that
-    /// tells its virtual hosts apart by name (a string comparison) would answer the
-    /// odd spelling with its default site, stored for every client of the named one.
+    /// `Host` (added when the target alone named it) and in an absolute target (HTTP/2's
+    /// `:authority`), where the client spelled it otherwise. The key merges
+    /// `API.example.com:80` with `api.example.com`; the answer it stores must then be the
+    /// one for the key's spelling, or an application that tells its virtual hosts apart by
+    /// name (a string comparison) would answer the odd spelling with its default site,
+    /// stored for every client of the named one.
     /// Called on the way to the origin only (misses and refreshes), never on a hit.
     pub(crate) fn spell_as_keyed<T>(&self, request: &mut http::Request<T>) {
         let Ok(target) =
@@ -370,12 +383,17 @@ impl Canonical {
         if authority.is_empty() {
             return;
         }
-        if let Some(host) = request.headers().get(header::HOST) {
-            if host.as_bytes() != authority.as_bytes() {
-                // A validated authority is a valid field value.
-                if let Ok(value) = http::HeaderValue::from_str(authority) {
-                    request.headers_mut().insert(header::HOST, value);
-                }
+        // Without a `Host` field too: an HTTP/2 request (or an absolute-form target) names
+        // its authority in the target alone, and an application that reads `Host` would
+        // answer it with its default site, stored as the named site's page.
+        let respell_host = request
+            .headers()
+            .get(header::HOST)
+            .is_none_or(|host| host.as_bytes() != authority.as_bytes());
+        if respell_host {
+            // A validated authority is a valid field value.
+            if let Ok(value) = http::HeaderValue::from_str(authority) {
+                request.headers_mut().insert(header::HOST, value);
             }
         }
         let respelled = request

@@ -134,6 +134,11 @@ impl<B: Backend> MemcacheLayer<B> {
 
     /// The namespace put in front of every key (the key formula of [`crate::key`]). Defaults to none.
     ///
+    /// Give each application its own: a key holds the authority a client names, not the
+    /// application that answered, so two applications sharing memcached and a namespace
+    /// let a client send one of them the other's `Host` and have its page stored as the
+    /// other site's.
+    ///
     /// A new namespace comes with counters of its own ([`stats`](Self::stats), and the
     /// `metrics` feature's series labelled with it): layers made from one base layer with
     /// namespaces of their own count apart. Take `stats` from the finished layer.

@@ -7,7 +7,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
-use tower_memcache::cache::CDN_CACHE_CONTROL;
+use tower_memcache::cache::{CDN_CACHE_CONTROL, RequestTarget};
 
 use crate::size::parse_size;
 
@@ -34,6 +34,18 @@ pub(crate) struct Args {
     /// origin per process.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
     pub(crate) upstream: Uri,
+
+    /// The namespace of the proxy's keys in memcached; default: "proxy:" and the
+    /// upstream's authority (lower-cased, without port 80), so "proxy:origin:8080".
+    ///
+    /// A key holds the host a client names, not the origin that answered: proxies in
+    /// front of different origins that shared a namespace on one memcached let a client
+    /// send one proxy another site's Host and have this origin's page stored as that
+    /// site's. Replicas in front of one origin share entries and invalidations when they
+    /// name it alike (or are given one namespace); give such replicas one namespace when
+    /// they name the origin differently (an address and a name).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_NAMESPACE", value_name = "NAME")]
+    pub(crate) namespace: Option<String>,
 
     /// The address and port to listen on, for HTTP/1.1 and HTTP/2 (prior knowledge).
     ///
@@ -350,6 +362,30 @@ pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+impl Args {
+    /// `--namespace`, or the upstream's own (see the flag).
+    pub(crate) fn namespace(&self) -> String {
+        match &self.namespace {
+            Some(namespace) => namespace.clone(),
+            None => default_namespace(&self.upstream),
+        }
+    }
+}
+
+/// `proxy:` and the upstream's authority as a cache key spells one (lower-cased, without
+/// the default port), so `http://Origin:80` and `http://origin` are one namespace.
+pub(crate) fn default_namespace(upstream: &Uri) -> String {
+    let authority = RequestTarget::from_parts("http", upstream, &http::HeaderMap::new())
+        .map(|target| target.authority().to_string())
+        // An authority `Uri` took that the key's stricter check refuses: as written.
+        .unwrap_or_else(|_| {
+            upstream.authority().map_or(String::new(), |authority| {
+                authority.as_str().to_ascii_lowercase()
+            })
+        });
+    format!("proxy:{authority}")
+}
+
 /// `http://host[:port]`, nothing else.
 pub(crate) fn parse_upstream(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
@@ -407,5 +443,11 @@ mod tests {
         assert!(parse_upstream("http://origin:8080").is_ok());
         assert!(parse_upstream("http://user:secret@origin:8080").is_err());
         assert!(parse_upstream("http://@origin").is_err());
+
+        let namespace = |upstream: &str| default_namespace(&parse_upstream(upstream).unwrap());
+        assert_eq!(namespace("http://Origin:80"), "proxy:origin");
+        assert_eq!(namespace("http://origin"), "proxy:origin");
+        assert_eq!(namespace("http://127.0.0.1:8080"), "proxy:127.0.0.1:8080");
+        assert_eq!(namespace("http://[::1]:8080"), "proxy:[::1]:8080");
     }
 }

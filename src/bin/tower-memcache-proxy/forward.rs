@@ -35,7 +35,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// asked for. ClientRequest' copies never reach the origin (see the crate docs), in any
 /// spelling a CGI-style gateway reads as theirs ([`cgi_spelling_of`]): the first four
 /// are replaced by the proxy's own values, the rest dropped.
-const FORWARDING: [HeaderName; 24] = [
+const FORWARDING: [HeaderName; 25] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -61,6 +61,10 @@ const FORWARDING: [HeaderName; 24] = [
     HeaderName::from_static("x-http-host-override"),
     HeaderName::from_static("x-original-for"),
     HeaderName::from_static("x-original-proto"),
+    // No HTTP field: to a CGI-style origin it is `HTTP_PROXY`, which its HTTP clients
+    // have taken for their own proxy ("httpoxy"), fetching a page's parts through the
+    // client's server.
+    HeaderName::from_static("proxy"),
 ];
 
 /// Headers that make some frameworks run another method's handler; dropped from GET and

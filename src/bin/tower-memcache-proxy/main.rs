@@ -65,7 +65,7 @@
 //!   `X-Url-Scheme`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Original-URL`,
 //!   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`, `X-Forwarded-Uri`,
 //!   `X-Forwarded-Path`, `X-Original-URI`, `X-HTTP-Host-Override`, `X-Original-For`,
-//!   `X-Original-Proto`.
+//!   `X-Original-Proto`, and `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy").
 //! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
 //!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
@@ -84,9 +84,11 @@
 //!
 //! What is stored, reused and invalidated is [`MemcacheLayer`]'s RFC 9111 shared-cache
 //! policy (see the README's directive table): GET and HEAD keyed by host, path and query
-//! (namespace `proxy`), variants by `Vary`, revalidation with `If-None-Match` /
-//! `If-Modified-Since`, `stale-while-revalidate` and `stale-if-error`, invalidation by
-//! POST, PUT, PATCH, DELETE and unknown methods, tags from `Surrogate-Key`. As with
+//! (namespace `proxy:` and the upstream's authority, or `--namespace`: proxies in front
+//! of different origins sharing memcached keep apart), variants by `Vary`, revalidation
+//! with `If-None-Match` / `If-Modified-Since`, `stale-while-revalidate` and
+//! `stale-if-error`, invalidation by POST, PUT, PATCH, DELETE and unknown methods, tags
+//! from `Surrogate-Key`. As with
 //! srcache, request cookies are not part of the key: an origin that personalises a response
 //! must say `private` or `Vary`. The proxy's own 502 and 504 carry
 //! [`OriginUnreachable`](tower_memcache::cache::OriginUnreachable), so a stale entry can stand in for them. `RUST_LOG=debug` shows
@@ -508,7 +510,7 @@ fn cache_layer<B: Backend>(backend: B, args: &Args, near: Option<&NearCache>) ->
         Mode::Routes => CacheMode::Routes,
     };
     let layer = MemcacheLayer::new(backend)
-        .namespace("proxy")
+        .namespace(args.namespace())
         .mode(mode)
         .default_lifetime(Duration::from_secs(args.ttl))
         .stale_if_unreachable(
