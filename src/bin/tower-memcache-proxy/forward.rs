@@ -24,8 +24,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
+
+use crate::upstream_limit::UpstreamLimit;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -82,6 +85,9 @@ pub(crate) struct Upstream {
     /// or the next frame of its body, and a request body to make progress
     /// (`--upstream-timeout`).
     head_timeout: Duration,
+    /// Places for requests under way at the origin, shared by every worker
+    /// (`--upstream-max-connections`).
+    limit: Arc<UpstreamLimit>,
 }
 
 /// The origin's body, or a short body the proxy made up (502, 504).
@@ -99,17 +105,22 @@ pin_project! {
         stalled: tokio::time::Sleep,
         timeout: Duration,
         waiting: bool,
+        // The request's place at the origin (`--upstream-max-connections`): given back
+        // once the body ended, not when the response is dropped, which a cache fill may
+        // do later.
+        place: Option<OwnedSemaphorePermit>,
     }
 }
 
 impl Download {
-    fn new(body: Incoming, timeout: Duration) -> Self {
+    fn new(body: Incoming, timeout: Duration, place: OwnedSemaphorePermit) -> Self {
         Self {
             body,
             // Armed when a wait starts.
             stalled: tokio::time::sleep(timeout),
             timeout,
             waiting: false,
+            place: Some(place),
         }
     }
 }
@@ -137,6 +148,9 @@ impl http_body::Body for Download {
         let mut this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             *this.waiting = false;
+            if !matches!(frame, Some(Ok(_))) {
+                this.place.take();
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if !*this.waiting {
@@ -145,6 +159,7 @@ impl http_body::Body for Download {
             this.stalled.as_mut().reset(deadline);
         }
         if this.stalled.poll(cx).is_ready() {
+            this.place.take();
             tracing::warn!("upstream stopped sending a response body: cut off");
             return Poll::Ready(Some(Err(Box::new(OriginStalled))));
         }
@@ -305,6 +320,16 @@ pub(crate) async fn forward(
         body,
         progress: progress.clone(),
     });
+    let place = match upstream.limit.admit().await {
+        Ok(place) => place,
+        Err(refused) => {
+            tracing::warn!(%method, upstream = %upstream.authority, reason = refused.as_str(), "no place at the origin (--upstream-max-connections): 503");
+            return Ok(unreachable(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Unavailable\n",
+            ));
+        }
+    };
     let response = upstream.client.request(request);
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
@@ -327,7 +352,7 @@ pub(crate) async fn forward(
             }
             strip_hop_by_hop(response.headers_mut());
             let timeout = upstream.head_timeout;
-            Ok(response.map(|body| Either::Left(Download::new(body, timeout))))
+            Ok(response.map(|body| Either::Left(Download::new(body, timeout, place))))
         }
         Some(Err(err)) => {
             tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
@@ -808,6 +833,8 @@ pub(crate) struct UpstreamSettings {
     pub(crate) upstream_host: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) head_timeout: Duration,
+    /// `--upstream-max-connections`, shared by every worker.
+    pub(crate) limit: Arc<UpstreamLimit>,
 }
 
 /// The pooled client to the origin (`http://host[:port]`); made inside the runtime that
@@ -824,7 +851,8 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
     let client = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
+        // Idle connections hold no place: at most as many are kept as may be busy.
+        .pool_max_idle_per_host(settings.limit.max().min(256))
         .build(connector);
     Ok(Arc::new(Upstream {
         client,
@@ -832,6 +860,7 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         authority,
         upstream_host: settings.upstream_host,
         head_timeout: settings.head_timeout,
+        limit: Arc::clone(&settings.limit),
     }))
 }
 
