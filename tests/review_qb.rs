@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -186,4 +186,183 @@ async fn places_come_back_from_timeouts_and_clients_gone() {
     }
     assert_eq!(holder.await.unwrap().0, 504);
     assert_eq!(get(&proxy, "/free2").await, (200, "/free2".to_string()));
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw origin: says what hyper-based origins never would.
+
+/// Reads each connection's request head, records it, writes what `script` says for it
+/// and closes the connection.
+async fn raw_origin(
+    script: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let script = Arc::new(script);
+    tokio::spawn({
+        let heads = Arc::clone(&heads);
+        async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    heads.lock().unwrap().push(head.clone());
+                    let _ = stream.write_all(&script(&head)).await;
+                    let _ = stream.shutdown().await;
+                    // Read until the proxy closes (5 s at most), so that the answer is
+                    // never cut by a reset.
+                    let mut rest = Vec::new();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+                            .await;
+                });
+            }
+        }
+    });
+    (addr, heads)
+}
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field
+            .trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
+}
+
+/// Reads from `stream` until `done` holds of what came (3 s at most): what came.
+async fn read_until(stream: &mut tokio::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut chunk = [0u8; 4096];
+    while !done(&String::from_utf8_lossy(&all)) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => all.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// An origin answering 101 to a request that asked for no upgrade (the proxy never
+/// forwards `Upgrade`): the 101 went to the client, which was told its connection had
+/// switched, and hyper then dropped the client's connection with the requests pipelined
+/// behind it; over HTTP/2 the stream was reset with a protocol error. Now a 502, the
+/// connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_101_is_a_502_and_the_connection_goes_on() {
+    let (origin, _heads) = raw_origin(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        match path.as_str() {
+            "/upgrade" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL".to_vec(),
+            _ => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len())
+                .into_bytes(),
+        }
+    })
+    .await;
+    let proxy = start_proxy(origin, &[]);
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: shop.example\r\n\r\n\
+              GET /second HTTP/1.1\r\nHost: shop.example\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let text = read_until(&mut stream, |text| text.ends_with("/second")).await;
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text:?}");
+    assert!(!text.contains("101") && !text.contains("EVIL"), "{text:?}");
+    assert!(text.ends_with("\r\n\r\n/second"), "{text:?}");
+
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut sender = sender.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/upgrade", proxy.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 502);
+}
+
+/// What `Connection` may not hide: an origin whose response nominates a field the cache
+/// decides by (RFC 9110 §7.6.1 forbids it for `Cache-Control`) had the field dropped
+/// before the cache saw the response, and the page stored and served for everyone: one
+/// language's page for all (`Vary`), a `private` one, one setting a cookie, one its CDN
+/// field keeps out of shared caches. The origin reflects a request field into the page:
+/// whoever asks gets their own or a miss. Other fields `Connection` names still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_hide_the_fields_the_cache_decides_by() {
+    let (origin, _heads) = raw_origin(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        let user = header_of(head, "accept-language").unwrap_or_default();
+        let fields = match path.as_str() {
+            "/vary" => "Cache-Control: public, max-age=60\r\nVary: Accept-Language\r\nConnection: vary",
+            "/private" => "Cache-Control: private\r\nLast-Modified: Sat, 01 Jan 2000 00:00:00 GMT\r\nConnection: cache-control",
+            "/cookie" => "Cache-Control: public, max-age=60\r\nSet-Cookie: session=secret\r\nConnection: set-cookie",
+            "/cdn" => "Cache-Control: public, max-age=60\r\nCDN-Cache-Control: no-store\r\nConnection: cdn-cache-control",
+            _ => "Cache-Control: public, max-age=60\r\nX-Debug: internal\r\nConnection: x-debug",
+        };
+        format!("HTTP/1.1 200 OK\r\n{fields}\r\nContent-Length: {}\r\n\r\n{user}", user.len())
+            .into_bytes()
+    })
+    .await;
+    let proxy = start_proxy(origin, &[]);
+    let ask = |path: &str, user: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nAccept-Language: {user}\r\n")
+    };
+    let response = support::proxy::raw_text(&proxy, &ask("/vary", "fr")).await;
+    assert!(
+        response.contains("\r\nvary: Accept-Language\r\n"),
+        "{response:?}"
+    );
+    assert_eq!(
+        support::proxy::until_cached(&proxy, &ask("/vary", "fr")).await,
+        "fr"
+    );
+    let (status, body) = support::proxy::raw(&proxy, &ask("/vary", "en")).await;
+    assert_eq!((status, body.as_str()), (200, "en"));
+
+    for (path, kept) in [
+        ("/private", "cache-control: private"),
+        ("/cookie", "set-cookie: session=secret"),
+        ("/cdn", "cdn-cache-control: no-store"),
+    ] {
+        let response = support::proxy::raw_text(&proxy, &ask(path, "alice")).await;
+        let cache_status = response
+            .lines()
+            .find(|line| line.starts_with("cache-status:"))
+            .unwrap_or_default();
+        assert!(
+            !cache_status.contains("stored"),
+            "{path} stored: {response:?}"
+        );
+        assert!(response.contains(kept), "{path}: {response:?}");
+        let (_, body) = support::proxy::raw(&proxy, &ask(path, "bob")).await;
+        assert_eq!(body, "bob", "{path}");
+    }
+
+    let response = support::proxy::raw_text(&proxy, &ask("/debug", "x")).await;
+    assert!(
+        !response.to_ascii_lowercase().contains("x-debug"),
+        "{response:?}"
+    );
 }

@@ -291,7 +291,7 @@ pub(crate) async fn forward(
 
     let carries_body = !request.body().is_end_stream();
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, |_| false);
     // Gone since `as_forwarded`, before the cache; made sure of rather than trusted.
     remove_spellings(headers, &FORWARDING);
     set_forwarding(headers, &client, client_host.as_ref());
@@ -333,6 +333,14 @@ pub(crate) async fn forward(
     let response = upstream.client.request(request);
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
+            // hyper skips 100 and 102–199; a 101 switched protocols for a request that
+            // asked for none (hop-by-hop `Upgrade` never reaches the origin): passed on, it
+            // told the client its connection had switched, and hyper then dropped the
+            // client's connection, requests pipelined behind included (nginx: 502).
+            if response.status().is_informational() {
+                tracing::warn!(%method, upstream = %upstream.authority, status = %response.status(), "upstream switched protocols unasked");
+                return Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
+            }
             // Our own version towards the client, whatever the origin spoke (hyper still
             // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
             // stored, and replayed on hits) would make HTTP/1.1 clients close the
@@ -350,7 +358,7 @@ pub(crate) async fn forward(
                 }
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }
-            strip_hop_by_hop(response.headers_mut());
+            strip_hop_by_hop(response.headers_mut(), decides_caching);
             let timeout = upstream.head_timeout;
             Ok(response.map(|body| Either::Left(Download::new(body, timeout, place))))
         }
@@ -396,8 +404,9 @@ fn only_chunked(headers: &HeaderMap) -> bool {
     chunked == 0 || (chunked == 1 && last_chunked)
 }
 
-/// Drops the hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Drops the hop-by-hop headers, including those the `Connection` header names but for
+/// those `kept` says stay.
+fn strip_hop_by_hop(headers: &mut HeaderMap, kept: fn(&HeaderName) -> bool) {
     // The fixed names by a look at each field, those `Connection` names by reading it
     // once (asking `is_hop_by_hop` with the request's fields would read it per field:
     // this runs on every request, hits included).
@@ -407,10 +416,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|name| is_hop_by_hop(name, &no_fields))
         .cloned()
         .collect();
-    doomed.extend(connection_named(headers));
+    doomed.extend(connection_named(headers).filter(|name| !kept(name)));
     for name in &doomed {
         headers.remove(name);
     }
+}
+
+/// Whether a response field decides whether the cache stores the response, for whom, how
+/// long, or which purges reach it. An origin's `Connection` may not make one hop-by-hop
+/// (RFC 9110 §7.6.1: "Cache-Control is never appropriate as a connection option"); the
+/// cache, in the proxy, is that hop's recipient and decides after this step, so dropped
+/// here, `Connection: vary` stored one language's page for all, `Connection:
+/// cache-control` (or `set-cookie`) a `private` page for everyone, and `Connection:
+/// surrogate-key` kept the page out of its tag's purges. Such fields stay.
+fn decides_caching(name: &HeaderName) -> bool {
+    const FIELDS: [&str; 10] = [
+        "cache-control",
+        "pragma",
+        "expires",
+        "vary",
+        "age",
+        "surrogate-control",
+        "set-cookie",
+        "set-cookie2",
+        tower_memcache::cache::DEFAULT_TAG_HEADER,
+        tower_memcache::cache::DEFAULT_LIFETIME_HEADER,
+    ];
+    // RFC 9213's targeted fields (`CDN-Cache-Control`, `--targeted-cache-control`) too.
+    FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
 }
 
 /// The fields `Connection` names (read once: `is_hop_by_hop` would read it per field).
