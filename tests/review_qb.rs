@@ -366,3 +366,27 @@ async fn connection_cannot_hide_the_fields_the_cache_decides_by() {
         "{response:?}"
     );
 }
+
+/// A response head is bounded as a request head is (64 KiB): hyper's default let each
+/// response under way hold about 400 KiB of head (`--upstream-max-connections` of them),
+/// and stored it in the entry every hit decodes. Larger heads are a 502, as nginx makes
+/// them ("upstream sent too big header"), and stored nowhere; heads under it pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_response_head_is_bounded() {
+    let (origin, _heads) = raw_origin(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        let size = match path.as_str() {
+            "/big" => 200 * 1024,
+            _ => 32 * 1024,
+        };
+        let filler = "x".repeat(size);
+        format!("HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nX-Filler: {filler}\r\nContent-Length: 2\r\n\r\nok")
+            .into_bytes()
+    })
+    .await;
+    let proxy = start_proxy(origin, &[]);
+    let (status, body) = get(&proxy, "/big").await;
+    assert_eq!((status, body.as_str()), (502, "502 Bad Gateway\n"));
+    let (status, body) = get(&proxy, "/small").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}

@@ -74,6 +74,11 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// The most an origin's response head may take (hyper's read buffer, which also bounds
+/// each read of a body): as much as a client's request head (nginx's proxy_buffer_size is
+/// 4 or 8 KiB).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// What the forwarding service knows: where the origin is and a pooled client to it.
 pub(crate) struct Upstream {
     client: Client<HttpConnector, Upload>,
@@ -886,6 +891,9 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         .pool_idle_timeout(Duration::from_secs(30))
         // Idle connections hold no place: at most as many are kept as may be busy.
         .pool_max_idle_per_host(settings.limit.max().min(256))
+        // hyper's default (about 400 KiB) let each response under way hold that much
+        // head, and the entry every hit decodes keep it. Larger heads are a 502.
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
         .build(connector);
     Ok(Arc::new(Upstream {
         client,

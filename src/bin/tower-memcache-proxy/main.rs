@@ -22,7 +22,8 @@
 //! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
 //! ways, but for the response fields the cache decides by (`Cache-Control`, `Vary`,
 //! `Set-Cookie`, `Surrogate-Key` and the like), which an origin's `Connection` cannot make
-//! hop-by-hop. An origin's 101 Switching Protocols (no `Upgrade` is forwarded) is a 502. Upstream connections are pooled and kept alive (but for one that carried a request
+//! hop-by-hop. An origin's 101 Switching Protocols (no `Upgrade` is forwarded) is a 502,
+//! as is a response head over 64 KiB. Upstream connections are pooled and kept alive (but for one that carried a request
 //! body, closed after its response: an origin that answered without reading the body would
 //! read it as the next request, and its answer would go to the next client sent there), and
 //! spoken to in HTTP/1.1 whatever the client spoke; responses go out as the proxy's own
