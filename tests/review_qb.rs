@@ -390,3 +390,52 @@ async fn an_origin_response_head_is_bounded() {
     let (status, body) = get(&proxy, "/small").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
 }
+
+/// The metrics of the bound: requests under way at the origin, and those refused a place
+/// by reason. `--upstream-queue-timeout 0` refuses at once.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_limit_has_its_metrics() {
+    let (origin, counts, release) = holding_origin().await;
+    let (proxy, metrics) = support::proxy::start_proxy_with_metrics(
+        origin,
+        &[
+            "--upstream-max-connections",
+            "1",
+            "--upstream-queue-timeout",
+            "0",
+        ],
+    );
+    let proxy = Arc::new(proxy);
+    let held = tokio::spawn({
+        let proxy = Arc::clone(&proxy);
+        async move { get(&proxy, "/held/m").await }
+    });
+    until("the held request at the origin", || {
+        counts.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(get(&proxy, "/refused").await.0, 503);
+    let scrape = tokio::task::spawn_blocking(move || {
+        support::proxy::raw_request(metrics, "GET /metrics HTTP/1.1\r\nHost: m\r\n").1
+    })
+    .await
+    .unwrap();
+    let value = |name: &str| {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        value("tower_memcache_proxy_upstream_active"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        value(r#"tower_memcache_proxy_upstream_rejected_total{reason="queue_timeout"}"#),
+        Some(1.0),
+        "{scrape}"
+    );
+    let _ = release.send(true);
+    assert_eq!(held.await.unwrap().0, 200);
+}
