@@ -321,6 +321,9 @@ pub(crate) async fn forward(
             at: AtomicU64::new(0),
         })
     });
+    // A copy to send again, for a safe request without body only (misses only: hits never
+    // get here).
+    let again = (!carries_body && method.is_safe()).then(|| bodiless_copy(&request));
     let request = request.map(|body| Upload {
         body,
         progress: progress.clone(),
@@ -335,7 +338,22 @@ pub(crate) async fn forward(
             ));
         }
     };
-    let response = upstream.client.request(request);
+    let response = async {
+        match upstream.client.request(request).await {
+            // A kept-alive connection the origin closed as the request arrived (its idle
+            // timeout, Node's 5 s or gunicorn's 2 s, firing first): no answer was begun, and
+            // a 502 for it was every such race (and, marked unreachable, a stale entry for
+            // it). nginx sends such a request again too. Once: a second close is an answer.
+            Err(err) if closed_unanswered(&err) => match again {
+                Some(again) => {
+                    tracing::debug!(%method, upstream = %upstream.authority, "upstream closed a connection without answering: sent again");
+                    upstream.client.request(again).await
+                }
+                None => Err(err),
+            },
+            answered => answered,
+        }
+    };
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
             // hyper skips 100 and 102–199; a 101 switched protocols for a request that
@@ -379,6 +397,35 @@ pub(crate) async fn forward(
             ))
         }
     }
+}
+
+/// `request` without its body, to send again ([`closed_unanswered`]).
+fn bodiless_copy(request: &Request<ProxyRequestBody>) -> Request<Upload> {
+    let mut copy = Request::new(Upload {
+        body: Either::Right(Empty::new()),
+        progress: None,
+    });
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether the origin closed the connection before a whole response head came: hyper's
+/// "connection closed before message completed".
+fn closed_unanswered(err: &(dyn Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Whether hyper undid every transfer coding the response names, so that the body it

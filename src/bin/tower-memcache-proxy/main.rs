@@ -28,7 +28,8 @@
 //! read it as the next request, and its answer would go to the next client sent there), and
 //! spoken to in HTTP/1.1 whatever the client spoke; responses go out as the proxy's own
 //! HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An origin that
-//! cannot be reached answers 502 Bad Gateway, one that sends no response head within
+//! cannot be reached answers 502 Bad Gateway (a safe request without body that a kept-alive
+//! connection closed under unanswered is sent once more first), one that sends no response head within
 //! `--upstream-timeout` (60 s) of the request's last byte 504 Gateway Timeout (as does a
 //! request body that pauses that long on its way); neither is cached. At most
 //! `--upstream-max-connections` (1024) requests are under way at the origin at once, over
