@@ -88,9 +88,16 @@ async fn until(what: &str, check: impl Fn() -> bool) {
 /// origin: the proxy opened as many as there were requests in flight. Now at most
 /// `--upstream-max-connections` are under way at the origin; as many more wait for a place
 /// (`--upstream-queue-timeout`) and get a 503 when none frees in time, the rest a 503 at
-/// once. Once the held requests end, their places serve the next requests.
+/// once. Once the held requests end, their places serve the next requests. The bound is
+/// the process's, whatever the runtime: with a runtime (and a pool) per thread too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_origin_limit_wait_a_bounded_time_then_get_503() {
+    for runtime in ["shared", "per-thread"] {
+        past_the_origin_limit(runtime).await;
+    }
+}
+
+async fn past_the_origin_limit(runtime: &str) {
     let (origin, counts, release) = holding_origin().await;
     let proxy = start_proxy(
         origin,
@@ -99,6 +106,10 @@ async fn requests_past_the_origin_limit_wait_a_bounded_time_then_get_503() {
             "2",
             "--upstream-queue-timeout",
             "1s",
+            "--runtime",
+            runtime,
+            "--threads",
+            "2",
         ],
     );
     let proxy = Arc::new(proxy);
