@@ -72,6 +72,11 @@ impl UpstreamLimit {
     /// A place for one request at the origin, held until the permit is dropped.
     pub(crate) async fn admit(&self) -> Result<OwnedSemaphorePermit, NoPlace> {
         if let Ok(place) = Arc::clone(&self.places).try_acquire_owned() {
+            // The episode ended (if its waiters all timed out, none said so). A load
+            // first: the flag's line is only written once per episode.
+            if self.full.load(Ordering::Relaxed) {
+                self.full.store(false, Ordering::Relaxed);
+            }
             return Ok(place);
         }
         let before = self.waiting.fetch_add(1, Ordering::Relaxed);
