@@ -22,26 +22,26 @@
 //! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
 //! ways, but for the response fields the cache decides by (`Cache-Control`, `Vary`,
 //! `Set-Cookie`, `Surrogate-Key` and the like), which an origin's `Connection` cannot make
-//! hop-by-hop. An origin's 101 Switching Protocols (no `Upgrade` is forwarded) is a 502,
-//! as is a response head over 64 KiB. Upstream connections are pooled and kept alive (but for one that carried a request
-//! body, closed after its response: an origin that answered without reading the body would
-//! read it as the next request, and its answer would go to the next client sent there), and
-//! spoken to in HTTP/1.1 whatever the client spoke; responses go out as the proxy's own
-//! HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An origin that
-//! cannot be reached answers 502 Bad Gateway (a safe request without body that a kept-alive
-//! connection closed under unanswered is sent once more first), one that sends no response head within
-//! `--upstream-timeout` (60 s) of the request's last byte 504 Gateway Timeout (as does a
-//! request body that pauses that long on its way); neither is cached. At most
-//! `--upstream-max-connections` (1024) requests are under way at the origin at once, over
-//! all threads; past it a request waits in order for a place, `--upstream-queue-timeout`
-//! (5 s) at most and behind no more waiters than there are places, else gets 503 Service
-//! Unavailable (not cached; a stale entry stands in within `stale-if-error`). A response body of
-//! which the origin sends nothing for `--upstream-timeout` is cut off, and not stored. A
-//! response whose `Transfer-Encoding` names a coding other than `chunked` (`gzip,
-//! chunked`), or `chunked` twice or not last (`chunked, chunked`, `chunked, identity`), is
-//! answered 502 too: the proxy cannot undo it, and the body would go on (and into the
-//! cache) still coded. An origin's `Content-Length` beside `Transfer-Encoding` is dropped
-//! (RFC 9112 §6.3).
+//! hop-by-hop. An origin's 101 Switching Protocols (no `Upgrade` is forwarded) is a 502, as
+//! is a response head over 64 KiB. Upstream connections are pooled and kept alive (but for
+//! one that carried a request body, closed after its response: an origin that answered
+//! without reading the body would read it as the next request, and its answer would go to
+//! the next client sent there), and spoken to in HTTP/1.1 whatever the client spoke;
+//! responses go out as the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the
+//! origin's version. An origin that cannot be reached answers 502 Bad Gateway (a safe
+//! request without body that a kept-alive connection closed under unanswered is sent once
+//! more first), one that sends no response head within `--upstream-timeout` (60 s) of the
+//! request's last byte 504 Gateway Timeout (as does a request body that pauses that long on
+//! its way); neither is cached. At most `--upstream-max-connections` (1024) requests are
+//! under way at the origin at once, over all threads; past it a request waits in order for
+//! a place, `--upstream-queue-timeout` (5 s) at most and behind no more waiters than there
+//! are places, else gets 503 Service Unavailable (not cached; a stale entry stands in
+//! within `stale-if-error`). A response body of which the origin sends nothing for
+//! `--upstream-timeout` is cut off, and not stored. A response whose `Transfer-Encoding`
+//! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
+//! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
+//! it, and the body would go on (and into the cache) still coded. An origin's
+//! `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 §6.3).
 //!
 //! # Requests refused
 //!
