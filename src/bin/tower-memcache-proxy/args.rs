@@ -217,6 +217,21 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_UNSENT_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub(crate) max_unsent_bytes: Option<u64>,
 
+    /// How many requests the proxy has under way at its origin at once, over all its
+    /// threads: one connection each, the pool speaking HTTP/1.1 (nginx's max_conns). Past
+    /// it a request that misses the cache waits for a place, in order, for
+    /// --upstream-queue-timeout at most, and no more requests wait than there are places;
+    /// the others get 503 Service Unavailable (a stale entry stands in within
+    /// stale-if-error). Idle kept-alive connections hold no place: each thread keeps at
+    /// most this many (and 256) of them.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_MAX_CONNECTIONS", value_name = "COUNT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) upstream_max_connections: u32,
+
+    /// How long a request waits for a place at the origin (see --upstream-max-connections)
+    /// before the client gets 503 Service Unavailable; 0 answers at once.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_QUEUE_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) upstream_queue_timeout: Duration,
+
     /// How long connecting to the origin may take before the client gets 502 Bad Gateway
     /// (nginx's proxy_connect_timeout).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -234,8 +249,10 @@ pub(crate) struct Args {
     ///
     /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
     /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES, and
-    /// the proxy's own are tower_memcache_proxy_unsent_bytes (see --max-unsent-bytes) and
-    /// tower_memcache_proxy_stalled_closes_total (connections closed for not reading).
+    /// the proxy's own are tower_memcache_proxy_unsent_bytes (see --max-unsent-bytes),
+    /// tower_memcache_proxy_stalled_closes_total (connections closed for not reading),
+    /// tower_memcache_proxy_upstream_active and tower_memcache_proxy_upstream_rejected_total
+    /// (see --upstream-max-connections).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_METRICS", value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
 

@@ -24,8 +24,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
+
+use crate::upstream_limit::UpstreamLimit;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -75,6 +78,11 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// The most an origin's response head may take (hyper's read buffer, which also bounds
+/// each read of a body): as much as a client's request head (nginx's proxy_buffer_size is
+/// 4 or 8 KiB).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// What the forwarding service knows: where the origin is and a pooled client to it.
 pub(crate) struct Upstream {
     client: Client<HttpConnector, Upload>,
@@ -86,6 +94,9 @@ pub(crate) struct Upstream {
     /// or the next frame of its body, and a request body to make progress
     /// (`--upstream-timeout`).
     head_timeout: Duration,
+    /// Places for requests under way at the origin, shared by every worker
+    /// (`--upstream-max-connections`).
+    limit: Arc<UpstreamLimit>,
 }
 
 /// The origin's body, or a short body the proxy made up (502, 504).
@@ -103,17 +114,22 @@ pin_project! {
         stalled: tokio::time::Sleep,
         timeout: Duration,
         waiting: bool,
+        // The request's place at the origin (`--upstream-max-connections`): given back
+        // once the body ended, not when the response is dropped, which a cache fill may
+        // do later.
+        place: Option<OwnedSemaphorePermit>,
     }
 }
 
 impl Download {
-    fn new(body: Incoming, timeout: Duration) -> Self {
+    fn new(body: Incoming, timeout: Duration, place: OwnedSemaphorePermit) -> Self {
         Self {
             body,
             // Armed when a wait starts.
             stalled: tokio::time::sleep(timeout),
             timeout,
             waiting: false,
+            place: Some(place),
         }
     }
 }
@@ -141,6 +157,9 @@ impl http_body::Body for Download {
         let mut this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             *this.waiting = false;
+            if !matches!(frame, Some(Ok(_))) {
+                this.place.take();
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if !*this.waiting {
@@ -149,6 +168,7 @@ impl http_body::Body for Download {
             this.stalled.as_mut().reset(deadline);
         }
         if this.stalled.poll(cx).is_ready() {
+            this.place.take();
             tracing::warn!("upstream stopped sending a response body: cut off");
             return Poll::Ready(Some(Err(Box::new(OriginStalled))));
         }
@@ -280,7 +300,7 @@ pub(crate) async fn forward(
 
     let carries_body = !request.body().is_end_stream();
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, |_| false);
     // Gone since `as_forwarded`, before the cache; made sure of rather than trusted.
     remove_spellings(headers, &FORWARDING);
     set_forwarding(headers, &client, client_host.as_ref());
@@ -305,13 +325,49 @@ pub(crate) async fn forward(
             at: AtomicU64::new(0),
         })
     });
+    // A copy to send again, for a safe request without body only (misses only: hits never
+    // get here).
+    let again = (!carries_body && method.is_safe()).then(|| bodiless_copy(&request));
     let request = request.map(|body| Upload {
         body,
         progress: progress.clone(),
     });
-    let response = upstream.client.request(request);
+    let place = match upstream.limit.admit().await {
+        Ok(place) => place,
+        Err(refused) => {
+            tracing::warn!(%method, upstream = %upstream.authority, reason = refused.as_str(), "no place at the origin (--upstream-max-connections): 503");
+            return Ok(unreachable(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Unavailable\n",
+            ));
+        }
+    };
+    let response = async {
+        match upstream.client.request(request).await {
+            // A kept-alive connection the origin closed as the request arrived (its idle
+            // timeout, Node's 5 s or gunicorn's 2 s, firing first): no answer was begun, and
+            // a 502 for it was every such race (and, marked unreachable, a stale entry for
+            // it). nginx sends such a request again too. Once: a second close is an answer.
+            Err(err) if closed_unanswered(&err) => match again {
+                Some(again) => {
+                    tracing::debug!(%method, upstream = %upstream.authority, "upstream closed a connection without answering: sent again");
+                    upstream.client.request(again).await
+                }
+                None => Err(err),
+            },
+            answered => answered,
+        }
+    };
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
+            // hyper skips 100 and 102–199; a 101 switched protocols for a request that
+            // asked for none (hop-by-hop `Upgrade` never reaches the origin): passed on, it
+            // told the client its connection had switched, and hyper then dropped the
+            // client's connection, requests pipelined behind included (nginx: 502).
+            if response.status().is_informational() {
+                tracing::warn!(%method, upstream = %upstream.authority, status = %response.status(), "upstream switched protocols unasked");
+                return Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
+            }
             // Our own version towards the client, whatever the origin spoke (hyper still
             // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
             // stored, and replayed on hits) would make HTTP/1.1 clients close the
@@ -329,9 +385,9 @@ pub(crate) async fn forward(
                 }
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }
-            strip_hop_by_hop(response.headers_mut());
+            strip_hop_by_hop(response.headers_mut(), decides_caching);
             let timeout = upstream.head_timeout;
-            Ok(response.map(|body| Either::Left(Download::new(body, timeout))))
+            Ok(response.map(|body| Either::Left(Download::new(body, timeout, place))))
         }
         Some(Err(err)) => {
             tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
@@ -345,6 +401,35 @@ pub(crate) async fn forward(
             ))
         }
     }
+}
+
+/// `request` without its body, to send again ([`closed_unanswered`]).
+fn bodiless_copy(request: &Request<ProxyRequestBody>) -> Request<Upload> {
+    let mut copy = Request::new(Upload {
+        body: Either::Right(Empty::new()),
+        progress: None,
+    });
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether the origin closed the connection before a whole response head came: hyper's
+/// "connection closed before message completed".
+fn closed_unanswered(err: &(dyn Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Whether hyper undid every transfer coding the response names, so that the body it
@@ -375,8 +460,9 @@ fn only_chunked(headers: &HeaderMap) -> bool {
     chunked == 0 || (chunked == 1 && last_chunked)
 }
 
-/// Drops the hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Drops the hop-by-hop headers, including those the `Connection` header names but for
+/// those `kept` says stay.
+fn strip_hop_by_hop(headers: &mut HeaderMap, kept: fn(&HeaderName) -> bool) {
     // The fixed names by a look at each field, those `Connection` names by reading it
     // once (asking `is_hop_by_hop` with the request's fields would read it per field:
     // this runs on every request, hits included).
@@ -386,10 +472,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|name| is_hop_by_hop(name, &no_fields))
         .cloned()
         .collect();
-    doomed.extend(connection_named(headers));
+    doomed.extend(connection_named(headers).filter(|name| !kept(name)));
     for name in &doomed {
         headers.remove(name);
     }
+}
+
+/// Whether a response field decides whether the cache stores the response, for whom, how
+/// long, or which purges reach it. An origin's `Connection` may not make one hop-by-hop
+/// (RFC 9110 §7.6.1: "Cache-Control is never appropriate as a connection option"); the
+/// cache, in the proxy, is that hop's recipient and decides after this step, so dropped
+/// here, `Connection: vary` stored one language's page for all, `Connection:
+/// cache-control` (or `set-cookie`) a `private` page for everyone, and `Connection:
+/// surrogate-key` kept the page out of its tag's purges. Such fields stay.
+fn decides_caching(name: &HeaderName) -> bool {
+    const FIELDS: [&str; 10] = [
+        "cache-control",
+        "pragma",
+        "expires",
+        "vary",
+        "age",
+        "surrogate-control",
+        "set-cookie",
+        "set-cookie2",
+        tower_memcache::cache::DEFAULT_TAG_HEADER,
+        tower_memcache::cache::DEFAULT_LIFETIME_HEADER,
+    ];
+    // RFC 9213's targeted fields (`CDN-Cache-Control`, `--targeted-cache-control`) too.
+    FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
 }
 
 /// The fields `Connection` names (read once: `is_hop_by_hop` would read it per field).
@@ -812,6 +922,8 @@ pub(crate) struct UpstreamSettings {
     pub(crate) upstream_host: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) head_timeout: Duration,
+    /// `--upstream-max-connections`, shared by every worker.
+    pub(crate) limit: Arc<UpstreamLimit>,
 }
 
 /// The pooled client to the origin (`http://host[:port]`); made inside the runtime that
@@ -828,7 +940,11 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
     let client = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
+        // Idle connections hold no place: at most as many are kept as may be busy.
+        .pool_max_idle_per_host(settings.limit.max().min(256))
+        // hyper's default (about 400 KiB) let each response under way hold that much
+        // head, and the entry every hit decodes keep it. Larger heads are a 502.
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
         .build(connector);
     Ok(Arc::new(Upstream {
         client,
@@ -836,6 +952,7 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         authority,
         upstream_host: settings.upstream_host,
         head_timeout: settings.head_timeout,
+        limit: Arc::clone(&settings.limit),
     }))
 }
 

@@ -20,20 +20,28 @@
 //! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
 //! the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 //! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
-//! ways. Upstream connections are pooled and kept alive (but for one that carried a request
-//! body, closed after its response: an origin that answered without reading the body would
-//! read it as the next request, and its answer would go to the next client sent there), and
-//! spoken to in HTTP/1.1 whatever the client spoke; responses go out as the proxy's own
-//! HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the origin's version. An origin that
-//! cannot be reached answers 502 Bad Gateway, one that sends no response head within
-//! `--upstream-timeout` (60 s) of the request's last byte 504 Gateway Timeout (as does a
-//! request body that pauses that long on its way); neither is cached. A response body of
-//! which the origin sends nothing for `--upstream-timeout` is cut off, and not stored. A
-//! response whose `Transfer-Encoding` names a coding other than `chunked` (`gzip,
-//! chunked`), or `chunked` twice or not last (`chunked, chunked`, `chunked, identity`), is
-//! answered 502 too: the proxy cannot undo it, and the body would go on (and into the
-//! cache) still coded. An origin's `Content-Length` beside `Transfer-Encoding` is dropped
-//! (RFC 9112 §6.3).
+//! ways, but for the response fields the cache decides by (`Cache-Control`, `Vary`,
+//! `Set-Cookie`, `Surrogate-Key` and the like), which an origin's `Connection` cannot make
+//! hop-by-hop. An origin's 101 Switching Protocols (no `Upgrade` is forwarded) is a 502, as
+//! is a response head over 64 KiB. Upstream connections are pooled and kept alive (but for
+//! one that carried a request body, closed after its response: an origin that answered
+//! without reading the body would read it as the next request, and its answer would go to
+//! the next client sent there), and spoken to in HTTP/1.1 whatever the client spoke;
+//! responses go out as the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the
+//! origin's version. An origin that cannot be reached answers 502 Bad Gateway (a safe
+//! request without body that a kept-alive connection closed under unanswered is sent once
+//! more first), one that sends no response head within `--upstream-timeout` (60 s) of the
+//! request's last byte 504 Gateway Timeout (as does a request body that pauses that long on
+//! its way); neither is cached. At most `--upstream-max-connections` (1024) requests are
+//! under way at the origin at once, over all threads; past it a request waits in order for
+//! a place, `--upstream-queue-timeout` (5 s) at most and behind no more waiters than there
+//! are places, else gets 503 Service Unavailable (not cached; a stale entry stands in
+//! within `stale-if-error`). A response body of which the origin sends nothing for
+//! `--upstream-timeout` is cut off, and not stored. A response whose `Transfer-Encoding`
+//! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
+//! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
+//! it, and the body would go on (and into the cache) still coded. An origin's
+//! `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 §6.3).
 //!
 //! # Requests refused
 //!
@@ -116,6 +124,7 @@ mod log_sink;
 #[cfg(feature = "metrics")]
 mod metrics_listener;
 mod size;
+mod upstream_limit;
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -142,6 +151,7 @@ use connections::{
 };
 use first_bytes::FirstBytes;
 use forward::{PeerFields, ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
+use upstream_limit::UpstreamLimit;
 
 // glibc's malloc was about a tenth of the CPU time of a cache hit here (a hit allocates
 // for the request, the entry's headers and the response); mimalloc's thread-local
@@ -165,10 +175,19 @@ fn main() -> Result<(), BoxError> {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    // One budget for the whole process, whatever the runtime.
+    // One budget and one bound on the origin for the whole process, whatever the runtime.
     let unsent = Arc::new(UnsentBudget::new(unsent_budget(&args)));
+    let origin_limit = Arc::new(UpstreamLimit::new(
+        usize::try_from(args.upstream_max_connections).unwrap_or(usize::MAX),
+        args.upstream_queue_timeout,
+    ));
     if let Some(addr) = args.metrics {
-        serve_metrics(addr, args.client_header_timeout, Arc::clone(&unsent))?;
+        serve_metrics(
+            addr,
+            args.client_header_timeout,
+            Arc::clone(&unsent),
+            Arc::clone(&origin_limit),
+        )?;
     }
     // One near tier for the whole process, whatever the runtime: one bound, and every
     // thread's purges apply to what every thread answers.
@@ -194,16 +213,22 @@ fn main() -> Result<(), BoxError> {
             // Each thread's backend has its own connections (made on its own runtime), and
             // shares each server's health with the others: a server one thread marks down
             // is down for all, so a purge that skipped it holds on every thread.
-            start(&args, &description, near.as_ref(), &unsent, || {
-                Ok(first.sibling())
-            })
+            let shared = Shared {
+                near: near.as_ref(),
+                unsent: &unsent,
+                origin_limit: &origin_limit,
+            };
+            start(&args, &description, &shared, || Ok(first.sibling()))
         }
         None => {
             // One store for every thread: the cache is the process's, whatever the runtime.
             let memory = MemoryBackend::new();
-            start(&args, "in-process memory", near.as_ref(), &unsent, || {
-                Ok(memory.clone())
-            })
+            let shared = Shared {
+                near: near.as_ref(),
+                unsent: &unsent,
+                origin_limit: &origin_limit,
+            };
+            start(&args, "in-process memory", &shared, || Ok(memory.clone()))
         }
     }
 }
@@ -215,8 +240,9 @@ fn serve_metrics(
     addr: SocketAddr,
     within: Duration,
     unsent: Arc<UnsentBudget>,
+    origin_limit: Arc<UpstreamLimit>,
 ) -> Result<(), BoxError> {
-    metrics_listener::serve(addr, within, unsent)
+    metrics_listener::serve(addr, within, unsent, origin_limit)
 }
 
 /// Without the `metrics` feature the layer emits nothing: an empty endpoint would mislead.
@@ -225,6 +251,7 @@ fn serve_metrics(
     _addr: SocketAddr,
     _within: Duration,
     _unsent: Arc<UnsentBudget>,
+    _origin_limit: Arc<UpstreamLimit>,
 ) -> Result<(), BoxError> {
     Err("--metrics needs the crate's `metrics` feature (--features proxy,metrics)".into())
 }
@@ -287,20 +314,34 @@ fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
+/// What every worker shares, whatever the runtime.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    near: Option<&'a NearCache>,
+    /// `--max-unsent-bytes`.
+    unsent: &'a Arc<UnsentBudget>,
+    /// `--upstream-max-connections`.
+    origin_limit: &'a Arc<UpstreamLimit>,
+}
+
 /// Runs the proxy on `args.threads` threads until SIGTERM or Ctrl-C. `backend` makes the
 /// backend of each cache layer: one per thread with `--runtime per-thread`, one in all with
 /// `shared`.
 fn start<B, F>(
     args: &Args,
     description: &str,
-    near: Option<&NearCache>,
-    unsent: &Arc<UnsentBudget>,
+    shared: &Shared<'_>,
     backend: F,
 ) -> Result<(), BoxError>
 where
     B: Backend,
     F: Fn() -> Result<B, BoxError> + Sync,
 {
+    let Shared {
+        near,
+        unsent,
+        origin_limit,
+    } = *shared;
     let threads = args
         .threads
         .map(usize::from)
@@ -310,15 +351,9 @@ where
         usize::try_from(args.max_connections).unwrap_or(usize::MAX),
     ));
     match args.runtime {
-        RuntimeKind::PerThread => run_per_thread(
-            args,
-            threads,
-            description,
-            near,
-            &connections,
-            unsent,
-            &backend,
-        ),
+        RuntimeKind::PerThread => {
+            run_per_thread(args, threads, description, shared, &connections, &backend)
+        }
         RuntimeKind::Shared => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
@@ -332,7 +367,7 @@ where
                 let worker = Worker {
                     listener,
                     layer: cache_layer(backend()?, args, near),
-                    upstream: forward::upstream(&upstream_settings(args))?,
+                    upstream: forward::upstream(&upstream_settings(args, origin_limit))?,
                     access_log: args.access_log == OnOff::On,
                     pass_underscored: args.underscores_in_headers,
                     header_timeout: args.client_header_timeout,
@@ -359,15 +394,19 @@ fn run_per_thread<B, F>(
     args: &Args,
     threads: usize,
     description: &str,
-    near: Option<&NearCache>,
+    shared: &Shared<'_>,
     connections: &Arc<ConnectionLimit>,
-    unsent: &Arc<UnsentBudget>,
     backend: &F,
 ) -> Result<(), BoxError>
 where
     B: Backend,
     F: Fn() -> Result<B, BoxError> + Sync,
 {
+    let Shared {
+        near,
+        unsent,
+        origin_limit,
+    } = *shared;
     // Listened for before the sockets are bound, so that a SIGTERM sent as soon as the
     // proxy accepts connections is never the default action (an exit without draining).
     let signals = tokio::runtime::Builder::new_current_thread()
@@ -392,7 +431,7 @@ where
         let worker = Worker {
             listener,
             layer: cache_layer(backend()?, args, near),
-            upstream: forward::upstream(&upstream_settings(args))?,
+            upstream: forward::upstream(&upstream_settings(args, origin_limit))?,
             access_log: args.access_log == OnOff::On,
             pass_underscored: args.underscores_in_headers,
             header_timeout: args.client_header_timeout,
@@ -495,12 +534,13 @@ where
     }))
 }
 
-fn upstream_settings(args: &Args) -> forward::UpstreamSettings {
+fn upstream_settings(args: &Args, limit: &Arc<UpstreamLimit>) -> forward::UpstreamSettings {
     forward::UpstreamSettings {
         origin: args.upstream.clone(),
         upstream_host: args.upstream_host,
         connect_timeout: args.connect_timeout,
         head_timeout: args.upstream_timeout,
+        limit: Arc::clone(limit),
     }
 }
 

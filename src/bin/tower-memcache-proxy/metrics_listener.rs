@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::BoxError;
 use crate::connections::UnsentBudget;
+use crate::upstream_limit::UpstreamLimit;
 
 /// Connections to the metrics listener held at once: a few scrapers' worth.
 const MAX_CONNECTIONS: usize = 16;
@@ -51,6 +52,7 @@ pub(crate) fn serve(
     addr: SocketAddr,
     within: Duration,
     unsent: Arc<UnsentBudget>,
+    origin_limit: Arc<UpstreamLimit>,
 ) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -70,7 +72,7 @@ pub(crate) fn serve(
         .map_err(|err| format!("--metrics {addr}: {err}"))?;
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || runtime.block_on(accept(listener, handle, within, unsent)))?;
+        .spawn(move || runtime.block_on(accept(listener, handle, within, unsent, origin_limit)))?;
     tracing::info!(%addr, "serving metrics");
     Ok(())
 }
@@ -92,6 +94,7 @@ async fn accept(
     handle: PrometheusHandle,
     within: Duration,
     unsent: Arc<UnsentBudget>,
+    origin_limit: Arc<UpstreamLimit>,
 ) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -119,12 +122,16 @@ async fn accept(
         };
         let handle = handle.clone();
         let unsent = Arc::clone(&unsent);
+        let origin_limit = Arc::clone(&origin_limit);
         tokio::spawn(async move {
             let service = service_fn(move |_request| {
                 // Read at the scrape: kept up to date on every response, a gauge would
                 // cost the hit path a registry lookup.
                 #[allow(clippy::cast_precision_loss)]
                 metrics::gauge!("tower_memcache_proxy_unsent_bytes").set(unsent.held() as f64);
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("tower_memcache_proxy_upstream_active")
+                    .set(origin_limit.active() as f64);
                 let mut response = Response::new(Full::new(Bytes::from(handle.render())));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
