@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::proxy::{proxy_binary, raw_request, spawn_listening};
 
 /// Every flag, with the environment variable that also sets it.
-const FLAGS: [(&str, &str); 21] = [
+const FLAGS: [(&str, &str); 26] = [
     ("--upstream", "TOWER_MEMCACHE_PROXY_UPSTREAM"),
     ("--namespace", "TOWER_MEMCACHE_PROXY_NAMESPACE"),
     ("--listen", "TOWER_MEMCACHE_PROXY_LISTEN"),
@@ -48,6 +48,23 @@ const FLAGS: [(&str, &str); 21] = [
     ("--metrics", "TOWER_MEMCACHE_PROXY_METRICS"),
     ("--access-log", "TOWER_MEMCACHE_PROXY_ACCESS_LOG"),
     ("--log-format", "TOWER_MEMCACHE_PROXY_LOG_FORMAT"),
+    ("--max-connections", "TOWER_MEMCACHE_PROXY_MAX_CONNECTIONS"),
+    (
+        "--max-unsent-bytes",
+        "TOWER_MEMCACHE_PROXY_MAX_UNSENT_BYTES",
+    ),
+    (
+        "--underscores-in-headers",
+        "TOWER_MEMCACHE_PROXY_UNDERSCORES_IN_HEADERS",
+    ),
+    (
+        "--upstream-max-connections",
+        "TOWER_MEMCACHE_PROXY_UPSTREAM_MAX_CONNECTIONS",
+    ),
+    (
+        "--upstream-queue-timeout",
+        "TOWER_MEMCACHE_PROXY_UPSTREAM_QUEUE_TIMEOUT",
+    ),
 ];
 
 /// A small origin on its own threads: `/slow` answers after 800 ms, everything else at
@@ -161,6 +178,18 @@ fn help_documents_every_flag_its_variable_and_default() {
     for (flag, var) in FLAGS {
         assert!(help.contains(flag), "--help does not mention {flag}");
         assert!(help.contains(var), "--help does not mention {var}");
+    }
+    // And the list is whole: a new flag is listed here, with its variable.
+    for line in help.lines() {
+        // A flag's own line is indented six spaces; its description more.
+        let Some(flag) = line.strip_prefix("      --") else {
+            continue;
+        };
+        let flag = format!("--{}", flag.split([' ', '\t']).next().unwrap_or(""));
+        assert!(
+            flag == "--help" || FLAGS.iter().any(|(listed, _)| *listed == flag),
+            "{flag} is not in FLAGS"
+        );
     }
     for default in [
         "[default: 127.0.0.1:3001]",
