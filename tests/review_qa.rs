@@ -142,3 +142,77 @@ async fn a_uri_purge_whose_first_spelling_fails_still_reaches_the_layers_own_pag
     let from_memcached = get(&service(&elsewhere, &origin), "/page").await;
     assert_eq!(from_memcached.body, "/page v1");
 }
+
+/// Another process purges a page while the page's memcached (one of two) hangs
+/// (SIGSTOP: the purge marks it down and returns); this process, whose near tier holds the
+/// page and which sends that server nothing while it hangs, must stop answering the page
+/// within its bound once the server is back and the purging process has reset it. (Held:
+/// the reset orphans what the tier would confirm; a regression test.)
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_purge_while_memcached_hangs_holds_for_a_near_tier() {
+    use nix::sys::signal::Signal;
+    use tower_memcache::backend::TcpBackend;
+    let Some(first) = support::Memcached::start("review_qa::hang") else {
+        return;
+    };
+    let second = memcached_or_skip!("review_qa::hang");
+    let backend = || {
+        TcpBackend::builder()
+            .servers([first.addr(), second.addr()])
+            .timeout(Duration::from_millis(200))
+            .probe_interval(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    // A page whose primary key lives on the second server.
+    let ring = backend();
+    let path = (0..1000)
+        .map(|i| format!("/hung{i}"))
+        .find(|path| {
+            let key = tower_memcache::key::build_key(
+                Some("review-qa"),
+                &format!("GET http://site.example{path}"),
+            );
+            ring.server_for_key(&key) == Some(1)
+        })
+        .expect("a page on the second server");
+    let origin = Origin::default();
+    let bound = Duration::from_millis(300);
+    let near = NearCache::new(16 << 20, bound);
+    let here = layer(backend(), &near);
+    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let purger_backend = backend();
+    let other = MemcacheLayer::new(purger_backend.clone())
+        .namespace("review-qa")
+        .mode(CacheMode::Origin);
+    warm(&svc, &watch, &path).await;
+    second.signal(Signal::SIGSTOP);
+    origin.version.store(1, Ordering::SeqCst);
+    let purged = other
+        .purger()
+        .purge_uri(&format!("http://site.example{path}"))
+        .await;
+    second.signal(Signal::SIGCONT);
+    assert!(purged.is_ok(), "{purged:?}");
+    // The purging process probes the server back and resets it.
+    let key = tower_memcache::key::build_key(
+        Some("review-qa"),
+        &format!("GET http://site.example{path}"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !purger_backend.is_available(&key) {
+        assert!(std::time::Instant::now() < deadline, "memcached not back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(bound + Duration::from_millis(50)).await;
+    for round in 0..3 {
+        let page = get(&svc, &path).await;
+        assert_eq!(
+            page.body,
+            format!("{path} v1"),
+            "round {round}: {}",
+            page.header("cache-status").unwrap_or("")
+        );
+    }
+}
