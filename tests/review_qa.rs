@@ -1,6 +1,6 @@
 //! Review QA: the near tier under faults and across processes, and the purges that must
-//! reach it. Most of what was tried held (see the CHANGELOG entry of this review); the
-//! tests here are the ones that failed before their fix.
+//! reach it: a URI purge whose first spelling fails (failed before its fix), and another
+//! process's purge while the page's memcached hangs (held; kept as a regression test).
 
 mod support;
 
