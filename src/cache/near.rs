@@ -259,8 +259,8 @@ impl std::fmt::Debug for NearCache {
 impl NearCache {
     /// A near tier of at most `max_bytes` (entries' bodies, headers and metadata, plus
     /// [`NEAR_ENTRY_OVERHEAD`] each), whose entries are answered for at most
-    /// `max_staleness` after they were read from memcached. `Duration::ZERO` checks every
-    /// request in memcached (the tier then only saves decoding).
+    /// `max_staleness` after they were read from memcached. `Duration::ZERO` keeps nothing:
+    /// every request is looked up in memcached, as without a tier.
     ///
     /// The map is split in shards for concurrency; an entry heavier than one shard's share
     /// of `max_bytes` (see [`max_entry_weight`](Self::max_entry_weight)) is not kept.

@@ -21,7 +21,7 @@ pub enum PurgeError {
     /// would stay unpurged.
     #[error("cannot purge tag {0:?}: one tag is needed, with no white space or comma")]
     InvalidTag(String),
-    /// The backend failed or timed out; nothing may have been purged.
+    /// The backend failed or timed out; nothing, or only part, may have been purged.
     #[error("purge failed: {0}")]
     Backend(#[from] BackendError),
 }
@@ -84,6 +84,9 @@ impl<B: Backend> Purger<B> {
     /// the page carries a tag. A fragment (`#top`) is ignored, as clients never send one.
     /// The entry of a request that named no host (HTTP/1.0 without `Host`: its key has an
     /// empty authority, which no URI can name) is purged with every URI of its path.
+    ///
+    /// Each of these spellings is purged even when an earlier one failed; the first
+    /// error is returned once all were tried.
     pub async fn purge_uri(&self, uri: &str) -> Result<(), PurgeError> {
         let invalid = || PurgeError::InvalidUri(uri.to_string());
         let parsed: Uri = uri.parse().map_err(|_| invalid())?;
@@ -104,15 +107,28 @@ impl<B: Backend> Purger<B> {
             .and_then(|path| Uri::try_from(path.as_str()).ok())
             .and_then(|origin_form| self.purge_key(&origin_form))
             .filter(|key| *key != canonical && Some(key) != own.as_ref());
+        // Every spelling, whatever an earlier one did: the first is often one the layer
+        // never stores (the public `https://` URL), and stopping at its error left the
+        // page the layer serves in memcached and the near tier, retry after retry. The
+        // first error is returned once all were tried.
+        let mut failed = None;
         for canonical in std::iter::once(&canonical)
             .chain(own.as_ref())
             .chain(host_less.as_ref())
         {
             let key = self.storage.primary_key(canonical);
-            self.storage.invalidate(&key).await?;
-            tracing::debug!(%canonical, "purged");
+            match self.storage.invalidate(&key).await {
+                Ok(()) => tracing::debug!(%canonical, "purged"),
+                Err(err) => {
+                    tracing::debug!(%canonical, error = %err, "purge failed");
+                    failed.get_or_insert(err);
+                }
+            }
         }
-        Ok(())
+        match failed {
+            Some(err) => Err(err.into()),
+            None => Ok(()),
+        }
     }
 
     fn purge_key(&self, uri: &Uri) -> Option<String> {
