@@ -152,6 +152,7 @@ pub(crate) struct Args {
     /// Purges and invalidations through this proxy apply at once; those of other processes
     /// sharing the memcached servers show within STALENESS. Only fresh responses are
     /// answered from it (Cache-Status "hit; detail=near"). The threads share one tier.
+    /// STALENESS must be more than 0 (a tier no time behind memcached keeps nothing).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_NEAR_CACHE", value_name = "SIZE[,STALENESS]|off", default_value = "off", value_parser = parse_near_cache)]
     pub(crate) near_cache: NearSetting,
 
@@ -347,6 +348,13 @@ pub(crate) fn parse_near_cache(text: &str) -> Result<NearSetting, String> {
     if size == 0 {
         return Ok(NearSetting(None));
     }
+    // A tier that may be no time behind memcached keeps nothing (every request is looked
+    // up there): refused rather than announced as on.
+    if staleness.is_zero() {
+        return Err(format!(
+            "{text:?}: a staleness of 0 keeps nothing in the near tier; say \"off\", or give more than 0"
+        ));
+    }
     Ok(NearSetting(Some((size, staleness))))
 }
 
@@ -456,6 +464,8 @@ mod tests {
             Some((1 << 30, Duration::from_millis(500)))
         );
         assert!(parse_near_cache("64M,never").is_err());
+        assert!(parse_near_cache("64M,0").is_err());
+        assert!(parse_near_cache("64M,0ms").is_err());
 
         assert!(parse_upstream("http://origin:8080").is_ok());
         assert!(parse_upstream("http://user:secret@origin:8080").is_err());
