@@ -808,3 +808,47 @@ async fn forwarding_headers_are_the_proxys_own() {
         assert_eq!(h.origin.last().2["x-http-method-override"], "PUT");
     }
 }
+
+/// RFC 9110 §9.3.8 and §7.6.2: TRACE is refused, as nginx refuses it (405): forwarded, it
+/// echoed the request as the origin got it, cookies and the proxy's own forwarding fields
+/// included, to whoever sent it (cross-site tracing). An OPTIONS with `Max-Forwards: 0` is
+/// answered by the proxy, its final recipient; with more, it goes on one lower.
+#[tokio::test]
+async fn rfc9110_7_6_2_trace_is_refused_and_max_forwards_is_obeyed() {
+    let harness = Harness::start().await;
+    let answer = harness
+        .send("TRACE", "/page", &[("cookie", "session=secret")])
+        .await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(!answer.body.contains("secret"), "{}", answer.body);
+    assert!(answer.headers.contains_key("allow"));
+    assert_eq!(harness.origin.calls_to("/page"), 0);
+
+    let answer = harness
+        .send("OPTIONS", "/page", &[("max-forwards", "0")])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.headers.contains_key("allow"));
+    assert_eq!(
+        harness.origin.calls_to("/page"),
+        0,
+        "Max-Forwards: 0 was forwarded"
+    );
+
+    let answer = harness
+        .send("OPTIONS", "/page", &[("max-forwards", "3")])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let (method, _, headers) = harness.origin.last();
+    assert_eq!(method, Method::OPTIONS);
+    assert_eq!(headers.get("max-forwards").unwrap(), "2");
+
+    // Without the field, or with another method, nothing changes.
+    harness.send("OPTIONS", "/page", &[]).await;
+    let (_, _, headers) = harness.origin.last();
+    assert!(headers.get("max-forwards").is_none());
+    harness
+        .send("GET", "/other", &[("max-forwards", "0")])
+        .await;
+    assert_eq!(harness.origin.calls_to("/other"), 1);
+}

@@ -872,6 +872,9 @@ where
             let response = plain(StatusCode::NOT_IMPLEMENTED, "501 Not Implemented\n");
             return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
         }
+        if let Some(response) = answered_here(&mut request) {
+            return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
+        }
         match check_target(&request, &self.client) {
             Err(invalid) => {
                 future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
@@ -896,6 +899,44 @@ where
             }),
         }
     }
+}
+
+/// The methods the proxy passes on, for `Allow` in what it answers itself.
+const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+
+/// What the proxy answers itself rather than forward (RFC 9110 §7.6.2, §9.3.8), and the
+/// `Max-Forwards` it lowers on the way:
+/// - TRACE: 405, as nginx answers. Forwarded, the origin echoed the request as it got it
+///   (cookies, credentials, the proxy's forwarding fields) to whoever sent it.
+/// - OPTIONS with `Max-Forwards: 0`: the proxy is its final recipient (200, `Allow`); with
+///   more, it goes on one lower. An unreadable value is left as it is.
+fn answered_here(request: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if request.method() == Method::TRACE {
+        tracing::debug!("TRACE refused: 405");
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
+        response.headers_mut().insert(header::ALLOW, ALLOW);
+        return Some(response);
+    }
+    if request.method() != Method::OPTIONS {
+        return None;
+    }
+    let remaining = request
+        .headers()
+        .get(header::MAX_FORWARDS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    if remaining == 0 {
+        let mut response = plain(StatusCode::OK, "");
+        response.headers_mut().insert(header::ALLOW, ALLOW);
+        return Some(response);
+    }
+    request
+        .headers_mut()
+        .insert(header::MAX_FORWARDS, HeaderValue::from(remaining - 1));
+    None
 }
 
 fn passed<B>(response: Response<B>) -> GuardedResponse<B> {
