@@ -896,8 +896,9 @@ where
 }
 
 /// twemproxy closes the connection on `stats`, which a new connection asks first (`stats
-/// settings`): the backend opens another connection that skips it, so calls still work,
-/// nothing counts as a failure, and later connections do not ask again.
+/// settings`): the backend opens another connection, which asks once more (one closed
+/// query may have been a restart), then one that skips it, so calls still work, nothing
+/// counts as a failure, and later connections do not ask again.
 #[tokio::test]
 async fn server_closing_the_connection_on_stats_settings_is_still_used() {
     use std::sync::Arc;
@@ -938,7 +939,7 @@ async fn server_closing_the_connection_on_stats_settings_is_still_used() {
         assert_eq!(reply.unwrap(), None);
     }
     assert!(!backend.is_server_down(0));
-    assert_eq!(asked.load(Ordering::SeqCst), 1, "asked again");
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again after the second close");
     assert_eq!(backend.item_size_limit(), 1024 * 1024);
     server.abort();
 }
@@ -1089,4 +1090,53 @@ async fn server_stays_down_until_its_keys_are_reset() {
     }
     assert_eq!(backend.get("generation").await.unwrap(), None);
     server.abort();
+}
+
+/// A server whose first connection closes on `stats settings` (memcached restarted just
+/// then) and which then answers as memcached: one closed query is not taken for a proxy
+/// that does not support `stats` (twemproxy closes on every one). Taken so, `flush_all`
+/// (`Purger::purge_all`, `MemcacheClient::invalidate_all`) and `stats` were refused as
+/// unsupported until the server happened to be marked down and up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stats_settings_lost_to_a_restart_does_not_disable_flush_all() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        for connection in 0..16 {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = match line.trim_end() {
+                        // The first connection's query: the server goes away.
+                        "stats settings" if connection == 0 => return,
+                        "stats settings" => b"STAT item_size_max 1048576\r\nEND\r\n",
+                        "stats" => b"STAT pid 1\r\nEND\r\n",
+                        "flush_all" => b"OK\r\n",
+                        _ => b"ERROR\r\n",
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let backend = TcpBackend::builder()
+        .server(addr)
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let flushed = tokio::time::timeout(Duration::from_secs(10), backend.flush_all())
+        .await
+        .expect("flush_all still running after 10 s");
+    assert!(flushed.is_ok(), "{flushed:?}");
+    let stats = tokio::time::timeout(Duration::from_secs(10), backend.stats())
+        .await
+        .expect("stats still running after 10 s");
+    assert!(stats.is_ok(), "{stats:?}");
 }

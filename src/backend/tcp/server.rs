@@ -62,9 +62,15 @@ struct Health {
     probing: AtomicBool,
     /// What this server is known to accept.
     item_limit: ItemLimit,
-    /// Cleared when `stats settings` cost a connection (twemproxy closes the connection
-    /// on `stats`): new connections then skip it, until the server is marked up again.
+    /// Cleared when `stats settings` cost a connection twice in a row (twemproxy closes
+    /// the connection on every `stats`): new connections then skip it, until the server
+    /// is marked up again.
     ask_settings: AtomicBool,
+    /// `stats settings` queries in a row that cost their connection. One alone is not
+    /// taken for a proxy: a memcached restarting as it was asked closes it too, and with
+    /// the query given up, `flush_all` and `stats` were refused as unsupported until the
+    /// server happened to be marked down and up again.
+    settings_closes: AtomicU32,
     /// A `flush_all` missed it (it was marked down, or did not answer): it may still hold
     /// what the flush removed everywhere else, so it is flushed before it serves again
     /// (and was marked down for that, if it was in use).
@@ -122,6 +128,7 @@ impl Health {
                 // key, so queued gets may share one line (twemproxy closes the
                 // connection on `stats`, and fails a whole multi-get for one dead server).
                 conn.merge_gets();
+                self.settings_closes.store(0, Ordering::Release);
                 let item_size_max = stats
                     .iter()
                     .find(|(name, _)| name == "item_size_max")
@@ -167,7 +174,10 @@ impl Health {
             Ok(Err(err)) => {
                 if conn.is_closed() {
                     tracing::debug!(server, error = %err, "stats settings closed the connection");
-                    self.stop_asking_settings(server);
+                    // Twice in a row: a proxy that does not support it, not a restart.
+                    if self.settings_closes.fetch_add(1, Ordering::AcqRel) + 1 >= 2 {
+                        self.stop_asking_settings(server);
+                    }
                     false
                 } else {
                     true
@@ -332,6 +342,7 @@ impl Server {
                 probing: AtomicBool::new(false),
                 item_limit: ItemLimit::new(),
                 ask_settings: AtomicBool::new(true),
+                settings_closes: AtomicU32::new(0),
                 missed_flush: AtomicBool::new(false),
                 #[cfg(feature = "metrics")]
                 exported: std::sync::OnceLock::new(),
@@ -563,10 +574,11 @@ impl Server {
             Ok(conn) => conn,
             Err(err) => return Ok(Err(err)),
         };
-        if self.health.ask_settings.load(Ordering::Acquire)
+        // A query that cost the connection: open another, which asks again after a first
+        // closed query and skips it after a second (see `Health::settings_closes`).
+        while self.health.ask_settings.load(Ordering::Acquire)
             && !self.learn_settings(&conn, settings, deadline).await
         {
-            // The query cost the connection: open another, which skips it.
             conn = match self.connect(slot, settings, deadline, &connecting).await? {
                 Ok(conn) => conn,
                 Err(err) => return Ok(Err(err)),
@@ -758,6 +770,7 @@ impl Server {
     pub(crate) fn finish_rejoin(&self) -> bool {
         self.health.consecutive_failures.store(0, Ordering::Release);
         self.health.ask_settings.store(true, Ordering::Release);
+        self.health.settings_closes.store(0, Ordering::Release);
         // Before the state: a connect that began out of use never sees the server in use
         // with the epoch it began in.
         self.health.epoch.fetch_add(1, Ordering::SeqCst);
