@@ -225,10 +225,17 @@ impl Policy {
     /// An override spelled with `_` (`X_HTTP_Method_Override`) counts: CGI-style gateways
     /// (WSGI, Rack, PHP's `$_SERVER`) read `_` and `-` alike, so the frameworks behind them
     /// follow it as the override itself.
+    ///
+    /// A GET asking to switch protocols (`Upgrade`, a WebSocket handshake) counts too: it
+    /// asks for a connection, not for the representation, and only the handler can give
+    /// it (a stored page answering it left the socket closed for everyone).
     pub(crate) fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
         // One pass over the fields instead of a hashed lookup per name: this runs on every
         // hit.
         for (name, value) in headers {
+            if *name == header::UPGRADE {
+                return Some("protocol upgrade");
+            }
             if *name == header::TRANSFER_ENCODING
                 || (*name == header::CONTENT_LENGTH && value.as_bytes().iter().any(|b| *b != b'0'))
             {
@@ -1225,6 +1232,9 @@ mod doc_examples {
         assert_eq!(Policy::unkeyed_request_input(&headers), None);
         headers.insert("x-http-method-override", "POST".parse().unwrap());
         assert!(Policy::unkeyed_request_input(&headers).is_some());
+        let mut handshake = HeaderMap::new();
+        handshake.insert("upgrade", "websocket".parse().unwrap());
+        assert!(Policy::unkeyed_request_input(&handshake).is_some());
     }
 
     #[test]
