@@ -121,6 +121,9 @@ pub(crate) enum NotStorable {
     /// is never stored or served as if it were. (A `206` is refused as
     /// [`Status`](Self::Status).)
     Partial,
+    /// An event stream (`text/event-stream`): events happen once, to the connection that
+    /// is open when they do, and the stream may never end.
+    EventStream,
 }
 
 /// How long a stored response lives, as [`Policy::lifetimes`] decides it.
@@ -327,6 +330,12 @@ impl Policy {
         if response_headers.contains_key(header::CONTENT_RANGE) {
             return Err(NotStorable::Partial);
         }
+        // A live stream is no representation to reuse: admitted, every client that came
+        // while it ran waited `coalesce_timeout` for an end that may never come, and a
+        // stream that ended was replayed, its old events as new, to every later client.
+        if is_event_stream(response_headers) {
+            return Err(NotStorable::EventStream);
+        }
         // §3 and §5.2.2.3: with must-understand a response is stored only when the cache
         // implements its status code's caching rules, and then its no-store is ignored.
         if cc.must_understand && !implements_status(status) {
@@ -411,6 +420,21 @@ impl Policy {
             stale_if_error: window(cc.stale_if_error),
         }
     }
+}
+
+/// Whether the response is a server-sent event stream (its media type, in any case, with
+/// or without parameters).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_TYPE).iter().any(|value| {
+        let essence = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"text/event-stream")
+    })
 }
 
 /// Statuses whose caching semantics the layer understands (§5.2.2.3): every final status
@@ -764,7 +788,13 @@ pub(crate) mod tests {
             (&[("cache-control", "no-cache")][..], NotStorable::NoCache),
             (&[("set-cookie", "a=b")][..], NotStorable::SetCookie),
             (&[("vary", "accept, *")][..], NotStorable::VaryStar),
+            (
+                &[("content-type", "Text/Event-Stream; charset=utf-8")][..],
+                NotStorable::EventStream,
+            ),
         ];
+        let page = headers(&[("content-type", "text/event-stream-page")]);
+        assert_eq!(storable(&policy, &none, StatusCode::OK, &page), Ok(()));
         for (response, reason) in cases {
             assert_eq!(
                 storable(&policy, &none, StatusCode::OK, &headers(response)),
