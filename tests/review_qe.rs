@@ -179,3 +179,82 @@ async fn clients_of_an_event_stream_each_get_their_own_at_once() {
     })
     .await;
 }
+
+/// A probe that held, kept as a regression test: a real HTTP/1.1 upgrade through the layer
+/// on a hyper server. The handler takes the connection with `hyper::upgrade::on` (what
+/// axum's `WebSocketUpgrade` does); the layer passes the request's `OnUpgrade` on and the
+/// 101 back, and the two sides then speak their own protocol over the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_through_the_layer_carries_its_own_protocol() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded("upgrade over hyper", async {
+        let layer = support::layer(MemoryBackend::new()).default_lifetime(Duration::from_secs(60));
+        let service = layer.layer(tower::service_fn(
+            |mut request: http::Request<hyper::body::Incoming>| async move {
+                if !request.headers().contains_key("upgrade") {
+                    let page = Full::new(Bytes::from_static(b"the page"));
+                    return Ok::<_, Infallible>(http::Response::new(page));
+                }
+                let on_upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return;
+                    };
+                    let mut io = TokioIo::new(upgraded);
+                    let mut ping = [0u8; 4];
+                    if io.read_exact(&mut ping).await.is_ok() && &ping == b"ping" {
+                        let _ = io.write_all(b"pong").await;
+                    }
+                });
+                let response = http::Response::builder()
+                    .status(101)
+                    .header("upgrade", "echo")
+                    .header("connection", "upgrade")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                Ok(response)
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper_util::service::TowerToHyperService::new(service.clone());
+                tokio::spawn(async move {
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        // The page first, so that one is stored for the URL.
+        for _ in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let get = "GET /live HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n";
+            stream.write_all(get.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            assert!(answer.ends_with(b"the page"));
+        }
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let handshake = "GET /live HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\n\
+                         Upgrade: echo\r\n\r\n";
+        stream.write_all(handshake.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        stream.write_all(b"ping").await.unwrap();
+        let mut pong = [0u8; 4];
+        stream.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"pong");
+    })
+    .await;
+}
