@@ -91,16 +91,17 @@ async fn a_websocket_handshake_reaches_the_handler_of_a_stored_page() {
     .await;
 }
 
+/// The body of [`event_stream`]: each event as it is sent.
+type Events = http_body_util::StreamBody<
+    futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
+>;
+
 /// An event stream (`text/event-stream`, no `Cache-Control`, as a hand-written handler
 /// sends it) whose events come when the test sends them, and which ends when the sender
 /// is dropped.
 fn event_stream(
     events: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
-) -> http::Response<
-    http_body_util::StreamBody<
-        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
-    >,
-> {
+) -> http::Response<Events> {
     use futures_util::StreamExt;
     let stream = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
