@@ -259,3 +259,52 @@ async fn an_upgraded_connection_through_the_layer_carries_its_own_protocol() {
     })
     .await;
 }
+
+/// HTTP/2's WebSocket handshake is an extended CONNECT (RFC 8441: `:method CONNECT`,
+/// `:protocol websocket`, the socket's URL in `:path`), the counterpart of HTTP/1.1's GET
+/// with `Upgrade`. CONNECT is no method RFC 9110 calls safe, so its 200 invalidated its
+/// URL as a POST's would: every client that opened the socket of a chat page removed the
+/// stored page (and waited for memcached to do so before its socket opened), so the page
+/// was a miss after every visit. Opening a tunnel changes nothing at the URL: a CONNECT
+/// passes through without invalidating.
+#[tokio::test]
+async fn an_h2_websocket_handshake_does_not_invalidate_its_page() {
+    use tower::ServiceExt;
+    bounded("extended connect", async {
+        let layer = support::layer(MemoryBackend::new()).default_lifetime(Duration::from_secs(60));
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(tower::service_fn(|request: http::Request<()>| async move {
+            let body = if request.method() == http::Method::CONNECT {
+                Bytes::new()
+            } else {
+                Bytes::from_static(b"the chat page")
+            };
+            let response = http::Response::builder()
+                .header("cache-control", "public, max-age=60")
+                .body(Full::new(body))
+                .unwrap();
+            Ok::<_, Infallible>(response)
+        }));
+        let url = "http://chat.example/room";
+        let page = support::send(&service, http::Method::GET, url, &[]).await;
+        assert_eq!(page.body, "the chat page");
+        support::stores(&watch, 1).await;
+        let again = support::send(&service, http::Method::GET, url, &[]).await;
+        support::assert_hit(again.cache_status());
+
+        let mut connect = http::Request::connect(url)
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        connect
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let tunnel = service.clone().oneshot(connect).await.unwrap();
+        assert_eq!(tunnel.status(), 200);
+        watch.settled().await;
+        let after = support::send(&service, http::Method::GET, url, &[]).await;
+        assert_eq!(after.body, "the chat page");
+        support::assert_hit(after.cache_status());
+    })
+    .await;
+}

@@ -255,11 +255,13 @@ impl Policy {
     }
 
     /// Whether a successful response to this method invalidates the target URI
-    /// (RFC 9111 §4.4): every method not known to be safe.
+    /// (RFC 9111 §4.4): every method not known to be safe, but CONNECT. A CONNECT opens
+    /// a tunnel and changes nothing at its target; HTTP/2's WebSocket handshake is one
+    /// (RFC 8441), and its every success removed the page stored at the socket's URL.
     pub(crate) fn invalidates(method: &Method) -> bool {
         !matches!(
             *method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
         )
     }
 
