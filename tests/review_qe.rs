@@ -308,3 +308,81 @@ async fn an_h2_websocket_handshake_does_not_invalidate_its_page() {
     })
     .await;
 }
+
+/// `ConcurrencyLimitLayer` inside the cache (`ServiceBuilder::new().layer(cache)
+/// .concurrency_limit(n)`), a large page whose body the origin sends slowly, and clients
+/// that ask for it meanwhile. Each of them took a slot of the limit when the layer was
+/// polled ready, and kept it while it waited for the first request's body, up to
+/// `coalesce_timeout` (5 s by default): with `n` such clients (a popular download) every
+/// slot was held by a request doing nothing, and every other request, hits included,
+/// waited in `poll_ready` until the fill or the timeout ended. A request waiting for
+/// another's response lets its slot go and takes one again when it has to go to the origin.
+#[tokio::test]
+async fn requests_waiting_for_a_slow_fill_do_not_hold_the_inner_services_slots() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    bounded("concurrency limit inside", async {
+        let layer = support::layer(MemoryBackend::new())
+            .default_lifetime(Duration::from_secs(60))
+            .coalesce_timeout(Duration::from_secs(50));
+        let watch = support::Watch::of(&layer);
+        let body = Arc::new(std::sync::Mutex::new(None));
+        let feed = Arc::clone(&body);
+        let inner = tower::service_fn(move |request: http::Request<()>| {
+            let feed = Arc::clone(&feed);
+            async move {
+                if request.uri().path() == "/other" {
+                    let page = Full::new(Bytes::from_static(b"other")).boxed();
+                    return Ok::<_, Infallible>(http::Response::new(page));
+                }
+                let (send, rest) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+                send.send("the first half, ").unwrap();
+                *feed.lock().unwrap() = Some(send);
+                let stream = futures_util::stream::unfold(rest, |mut rest| async move {
+                    let part = rest.recv().await?;
+                    Some((Ok(http_body::Frame::data(Bytes::from(part))), rest))
+                });
+                let body = http_body_util::StreamBody::new(stream).boxed();
+                Ok(http::Response::new(body))
+            }
+        });
+        let service = layer.layer(tower::limit::ConcurrencyLimit::new(inner, 1));
+        let get = |path: &str| {
+            http::Request::get(format!("http://app.example{path}"))
+                .body(())
+                .unwrap()
+        };
+        let other =
+            support::send(&service, http::Method::GET, "http://app.example/other", &[]).await;
+        assert_eq!(other.body, "other");
+        support::stores(&watch, 1).await;
+
+        // The first request for the download: its head is back, its body comes slowly.
+        let first = service.clone().oneshot(get("/download")).await.unwrap();
+        let mut first = first.into_body();
+        let part = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&part[..], b"the first half, ");
+        // A second one waits for it.
+        let waiter = tokio::spawn(service.clone().oneshot(get("/download")));
+        while watch.snapshot().coalesced == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A hit meanwhile is not held behind the waiting request's slot.
+        let hit = tokio::time::timeout(Duration::from_secs(10), async {
+            support::send(&service, http::Method::GET, "http://app.example/other", &[]).await
+        })
+        .await
+        .expect("a hit waited for the slot of a request that only waits");
+        support::assert_hit(hit.cache_status());
+
+        let rest = body.lock().unwrap().take().unwrap();
+        rest.send("the second half").unwrap();
+        drop(rest);
+        let rest = first.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"the second half");
+        let waited = waiter.await.unwrap().unwrap();
+        let waited = waited.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&waited[..], b"the first half, the second half");
+    })
+    .await;
+}
