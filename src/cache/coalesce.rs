@@ -74,6 +74,23 @@ impl<B: Backend> Shared<B> {
         retry: bool,
         waited: &mut bool,
     ) -> Coordinated<B> {
+        self.coordinate_idle(ex, request_headers, retry, waited, &mut || {})
+            .await
+    }
+
+    /// [`coordinate`](Self::coordinate), calling `idle` before each wait for another
+    /// request's response (in this process or another), so that the caller lets go of
+    /// what it holds for a request of its own to the origin: the inner service's
+    /// readiness, a slot of a `ConcurrencyLimit` or a `Buffer` inside the layer, which a
+    /// waiting request kept from every other request, hits included.
+    pub(super) async fn coordinate_idle(
+        &self,
+        ex: &Exchange,
+        request_headers: &HeaderMap,
+        retry: bool,
+        waited: &mut bool,
+        idle: &mut (dyn FnMut() + Send),
+    ) -> Coordinated<B> {
         let plan = &ex.plan;
         let mut filler = Filler::none();
         if ex.is_head || !plan.from_cache {
@@ -94,6 +111,7 @@ impl<B: Backend> Shared<B> {
             Flight::Follower(rx) => {
                 self.count_wait(waited);
                 tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
+                idle();
                 let changed = match single_flight::wait(rx, self.config.coalesce_timeout).await {
                     Waited::Entry(entry) => {
                         if let Some(freshness) = self.usable_now(&entry, plan, request_headers) {
@@ -153,6 +171,7 @@ impl<B: Backend> Shared<B> {
                         // Waiting for another process's request, as a follower waits for
                         // this process's: `coalesced` counts both.
                         self.count_wait(waited);
+                        idle();
                         tokio::time::sleep(self.config.lease_poll).await;
                         None
                     } else if live && self.config.lease.is_none() {

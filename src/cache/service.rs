@@ -569,6 +569,9 @@ where
         let mut retries: u8 = 3;
         // Counted in `coalesced` once, however many rounds it waits.
         let mut waited = false;
+        // `inner` is a clone not polled ready, its readiness let go during a wait.
+        let mut unready = false;
+        let mut inner = inner;
         loop {
             let mut near_mark = None;
             if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
@@ -714,7 +717,18 @@ where
                 is_head,
             };
             let headers = request.headers();
-            let coordinate = Box::pin(shared.coordinate(&ex, headers, retries > 0, &mut waited));
+            // A request that waits for another's response lets the inner service's
+            // readiness go (a `ConcurrencyLimit`'s slot held for nothing), keeping an
+            // unready clone, and is made ready again only if it goes to the origin.
+            let mut idle = || {
+                if !unready {
+                    inner = inner.clone();
+                    unready = true;
+                }
+            };
+            let retry = retries > 0;
+            let coordinate =
+                Box::pin(shared.coordinate_idle(&ex, headers, retry, &mut waited, &mut idle));
             let filler = match coordinate.await {
                 Coordinated::Answered(entry, freshness) => {
                     let headers = request.headers();
@@ -728,6 +742,13 @@ where
                     continue;
                 }
             };
+            if unready {
+                let ready = futures_util::future::poll_fn(|cx| inner.poll_ready(cx));
+                if let Err(err) = ready.await {
+                    filler.release().await;
+                    return Err(err);
+                }
+            }
             // The origin answers for the authority the key holds, as the key spells it.
             let mut request = request;
             shared.config.canonical.spell_as_keyed(&mut request);

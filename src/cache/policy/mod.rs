@@ -121,6 +121,9 @@ pub(crate) enum NotStorable {
     /// is never stored or served as if it were. (A `206` is refused as
     /// [`Status`](Self::Status).)
     Partial,
+    /// An event stream (`text/event-stream`): events happen once, to the connection that
+    /// is open when they do, and the stream may never end.
+    EventStream,
 }
 
 /// How long a stored response lives, as [`Policy::lifetimes`] decides it.
@@ -225,10 +228,17 @@ impl Policy {
     /// An override spelled with `_` (`X_HTTP_Method_Override`) counts: CGI-style gateways
     /// (WSGI, Rack, PHP's `$_SERVER`) read `_` and `-` alike, so the frameworks behind them
     /// follow it as the override itself.
+    ///
+    /// A GET asking to switch protocols (`Upgrade`, a WebSocket handshake) counts too: it
+    /// asks for a connection, not for the representation, and only the handler can give
+    /// it (a stored page answering it left the socket closed for everyone).
     pub(crate) fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
         // One pass over the fields instead of a hashed lookup per name: this runs on every
         // hit.
         for (name, value) in headers {
+            if *name == header::UPGRADE {
+                return Some("protocol upgrade");
+            }
             if *name == header::TRANSFER_ENCODING
                 || (*name == header::CONTENT_LENGTH && value.as_bytes().iter().any(|b| *b != b'0'))
             {
@@ -245,11 +255,13 @@ impl Policy {
     }
 
     /// Whether a successful response to this method invalidates the target URI
-    /// (RFC 9111 §4.4): every method not known to be safe.
+    /// (RFC 9111 §4.4): every method not known to be safe, but CONNECT. A CONNECT opens
+    /// a tunnel and changes nothing at its target; HTTP/2's WebSocket handshake is one
+    /// (RFC 8441), and its every success removed the page stored at the socket's URL.
     pub(crate) fn invalidates(method: &Method) -> bool {
         !matches!(
             *method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
         )
     }
 
@@ -319,6 +331,12 @@ impl Policy {
         // Any other status with a Content-Range is an origin's partial body all the same.
         if response_headers.contains_key(header::CONTENT_RANGE) {
             return Err(NotStorable::Partial);
+        }
+        // A live stream is no representation to reuse: admitted, every client that came
+        // while it ran waited `coalesce_timeout` for an end that may never come, and a
+        // stream that ended was replayed, its old events as new, to every later client.
+        if is_event_stream(response_headers) {
+            return Err(NotStorable::EventStream);
         }
         // §3 and §5.2.2.3: with must-understand a response is stored only when the cache
         // implements its status code's caching rules, and then its no-store is ignored.
@@ -404,6 +422,21 @@ impl Policy {
             stale_if_error: window(cc.stale_if_error),
         }
     }
+}
+
+/// Whether the response is a server-sent event stream (its media type, in any case, with
+/// or without parameters).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_TYPE).iter().any(|value| {
+        let essence = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"text/event-stream")
+    })
 }
 
 /// Statuses whose caching semantics the layer understands (§5.2.2.3): every final status
@@ -757,7 +790,13 @@ pub(crate) mod tests {
             (&[("cache-control", "no-cache")][..], NotStorable::NoCache),
             (&[("set-cookie", "a=b")][..], NotStorable::SetCookie),
             (&[("vary", "accept, *")][..], NotStorable::VaryStar),
+            (
+                &[("content-type", "Text/Event-Stream; charset=utf-8")][..],
+                NotStorable::EventStream,
+            ),
         ];
+        let page = headers(&[("content-type", "text/event-stream-page")]);
+        assert_eq!(storable(&policy, &none, StatusCode::OK, &page), Ok(()));
         for (response, reason) in cases {
             assert_eq!(
                 storable(&policy, &none, StatusCode::OK, &headers(response)),
@@ -1225,6 +1264,9 @@ mod doc_examples {
         assert_eq!(Policy::unkeyed_request_input(&headers), None);
         headers.insert("x-http-method-override", "POST".parse().unwrap());
         assert!(Policy::unkeyed_request_input(&headers).is_some());
+        let mut handshake = HeaderMap::new();
+        handshake.insert("upgrade", "websocket".parse().unwrap());
+        assert!(Policy::unkeyed_request_input(&handshake).is_some());
     }
 
     #[test]
