@@ -939,7 +939,11 @@ async fn server_closing_the_connection_on_stats_settings_is_still_used() {
         assert_eq!(reply.unwrap(), None);
     }
     assert!(!backend.is_server_down(0));
-    assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again after the second close");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "asked again after the second close"
+    );
     assert_eq!(backend.item_size_limit(), 1024 * 1024);
     server.abort();
 }

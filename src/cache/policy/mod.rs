@@ -231,12 +231,14 @@ impl Policy {
     ///
     /// A GET asking to switch protocols (`Upgrade`, a WebSocket handshake) counts too: it
     /// asks for a connection, not for the representation, and only the handler can give
-    /// it (a stored page answering it left the socket closed for everyone).
+    /// it (a stored page answering it left the socket closed for everyone). But for `h2c`
+    /// alone, which `curl --http2` offers with every `http://` GET and a server that does
+    /// not switch answers as any GET.
     pub(crate) fn unkeyed_request_input(headers: &HeaderMap) -> Option<&'static str> {
         // One pass over the fields instead of a hashed lookup per name: this runs on every
         // hit.
         for (name, value) in headers {
-            if *name == header::UPGRADE {
+            if *name == header::UPGRADE && !only_h2c(value.as_bytes()) {
                 return Some("protocol upgrade");
             }
             if *name == header::TRANSFER_ENCODING
@@ -422,6 +424,11 @@ impl Policy {
             stale_if_error: window(cc.stale_if_error),
         }
     }
+}
+
+/// Whether an `Upgrade` value offers `h2c` and nothing else.
+fn only_h2c(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"h2c")
 }
 
 /// Whether the response is a server-sent event stream (its media type, in any case, with
@@ -1267,6 +1274,12 @@ mod doc_examples {
         let mut handshake = HeaderMap::new();
         handshake.insert("upgrade", "websocket".parse().unwrap());
         assert!(Policy::unkeyed_request_input(&handshake).is_some());
+        handshake.insert("upgrade", "h2c, websocket".parse().unwrap());
+        assert!(Policy::unkeyed_request_input(&handshake).is_some());
+        // `curl --http2` on `http://` offers h2c with every GET: a server that does not
+        // switch answers it as any GET, so it is looked up as one.
+        handshake.insert("upgrade", "H2C".parse().unwrap());
+        assert_eq!(Policy::unkeyed_request_input(&handshake), None);
     }
 
     #[test]
