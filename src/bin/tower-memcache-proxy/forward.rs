@@ -28,6 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
 
+use crate::origin_connection::{OriginConnector, kept_alive_unanswered};
 use crate::upstream_limit::UpstreamLimit;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -85,7 +86,7 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// What the forwarding service knows: where the origin is and a pooled client to it.
 pub(crate) struct Upstream {
-    client: Client<HttpConnector, Upload>,
+    client: Client<OriginConnector, Upload>,
     authority: Authority,
     /// The authority as a `Host` value, for `--upstream-host`.
     host_value: HeaderValue,
@@ -348,13 +349,18 @@ pub(crate) async fn forward(
             // timeout, Node's 5 s or gunicorn's 2 s, firing first): no answer was begun, and
             // a 502 for it was every such race (and, marked unreachable, a stale entry for
             // it). nginx sends such a request again too. Once: a second close is an answer.
-            Err(err) if closed_unanswered(&err) => match again {
-                Some(again) => {
-                    tracing::debug!(%method, upstream = %upstream.authority, "upstream closed a connection without answering: sent again");
-                    upstream.client.request(again).await
+            // Not on a fresh connection, nor once an answer began: the origin took that
+            // request and failed on it, and would fail twice per request (a handler that
+            // crashes its worker).
+            Err(err) if closed_unanswered(&err) && kept_alive_unanswered(err.connect_info()) => {
+                match again {
+                    Some(again) => {
+                        tracing::debug!(%method, upstream = %upstream.authority, "upstream closed a connection without answering: sent again");
+                        upstream.client.request(again).await
+                    }
+                    None => Err(err),
                 }
-                None => Err(err),
-            },
+            }
             answered => answered,
         }
     };
@@ -945,7 +951,7 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         // hyper's default (about 400 KiB) let each response under way hold that much
         // head, and the entry every hit decodes keep it. Larger heads are a 502.
         .http1_max_buf_size(MAX_RESPONSE_HEAD)
-        .build(connector);
+        .build(OriginConnector(connector));
     Ok(Arc::new(Upstream {
         client,
         host_value: HeaderValue::from_str(authority.as_str())?,

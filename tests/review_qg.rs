@@ -1,0 +1,223 @@
+//! Review QG: a second look at the last merges (reviews QB, QC, QD): the origin bound's
+//! places, the retry of a request an origin closed under, `Connection` and the cache's
+//! fields, `Host` for target-named misses, the TCP reader's buffer swap.
+
+mod support;
+
+use support::proxy::{Proxy, start_proxy};
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// `GET path` (with `extra` fields) on a fresh connection: the status and the body.
+async fn get(proxy: &Proxy, path: &str, extra: &str) -> (u16, String) {
+    support::proxy::raw(
+        proxy,
+        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n{extra}"),
+    )
+    .await
+}
+
+/// A cacheable origin: every page 64 KiB, fresh for a second, stale-while-revalidate for a
+/// minute, with an ETag it answers 304 for. Counts calls.
+async fn page_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = {
+        let calls = Arc::clone(&calls);
+        move |request: Request<Incoming>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let path = request.uri().path().to_string();
+                let builder = Response::builder()
+                    .header("cache-control", "max-age=1, stale-while-revalidate=60")
+                    .header("etag", "\"v1\"");
+                let response = if request.headers().get("if-none-match").is_some() {
+                    builder.status(304).body(Full::new(Bytes::new()))
+                } else {
+                    let mut body = path.into_bytes();
+                    body.resize(64 * 1024, b'.');
+                    builder.body(Full::new(Bytes::from(body)))
+                };
+                Ok::<_, Infallible>(response.unwrap())
+            }
+        }
+    };
+    support::origin::serve_http1(listener, handle);
+    (addr, calls)
+}
+
+/// Waits (5 s at most) until a fresh miss gets its place at the origin (200, not 503).
+async fn place_free(proxy: &Proxy, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for n in 0.. {
+        let (status, _) = get(proxy, &format!("/probe/{what}/{n}"), "").await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the place never came back after {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Misses that end every way a response can (a HEAD, a 304 passed on, a range miss and
+/// its whole fill, a stale entry refreshed in the background, a client gone mid-body)
+/// each give their place at the origin back: with one place and no queue, the next miss
+/// gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_miss_ends_gives_its_place_back() {
+    let (origin, _calls) = page_origin().await;
+    let proxy = start_proxy(
+        origin,
+        &[
+            "--upstream-max-connections",
+            "1",
+            "--upstream-queue-timeout",
+            "0s",
+        ],
+    );
+    place_free(&proxy, "start").await;
+    let head = support::proxy::raw(&proxy, "HEAD /head HTTP/1.1\r\nHost: shop.example\r\n");
+    assert_eq!(head.await.0, 200);
+    place_free(&proxy, "head").await;
+    assert_eq!(
+        get(&proxy, "/cond", "If-None-Match: \"v1\"\r\n").await.0,
+        304
+    );
+    place_free(&proxy, "304").await;
+    // (The origin ignores `Range`: a 200, whose whole the layer stores.)
+    assert_eq!(get(&proxy, "/range", "Range: bytes=0-9\r\n").await.0, 200);
+    place_free(&proxy, "range").await;
+    assert_eq!(get(&proxy, "/swr", "").await.0, 200);
+    support::proxy::until_cached(&proxy, "GET /swr HTTP/1.1\r\nHost: shop.example\r\n").await;
+    // Past its second of freshness: answered stale, refreshed in the background.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(get(&proxy, "/swr", "").await.0, 200);
+    place_free(&proxy, "swr").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /gone HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut some = [0u8; 100];
+    let _ = stream.read(&mut some).await;
+    drop(stream);
+    place_free(&proxy, "gone").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The retry of a request an origin closed a connection under.
+
+/// Requests an origin saw: path and the request's index on its connection.
+type Seen = Arc<std::sync::Mutex<Vec<(String, usize)>>>;
+
+/// A raw origin: answers the first request of each connection in full (kept alive) and
+/// does `later` to each later one: the bytes to write before closing the connection
+/// (none: closed without a word). With `first_too`, the first request of a connection is
+/// treated like a later one.
+async fn scripted_origin(later: &'static [u8], first_too: bool) -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    tokio::spawn({
+        let seen = Arc::clone(&seen);
+        async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    for request in 0.. {
+                        let end = loop {
+                            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end + 4;
+                            }
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                        buffer.drain(..end);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        seen.lock().unwrap().push((path.clone(), request));
+                        if request > 0 || first_too {
+                            let _ = stream.write_all(later).await;
+                            return;
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{path}",
+                            path.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// A request whose fresh connection the origin closes without answering (a handler that
+/// crashes its worker on it: a "query of death") is no keep-alive race: it was sent once
+/// more, and each such request an attacker sent cost the origin two crashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_connection_closed_unanswered_is_not_sent_again() {
+    let (origin, seen) = scripted_origin(b"", true).await;
+    let proxy = start_proxy(origin, &[]);
+    let (status, _) = get(&proxy, "/crash", "").await;
+    assert_eq!(status, 502);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [("/crash".to_string(), 0)], "sent again: {seen:?}");
+}
+
+/// A kept-alive connection the origin closed after it began its answer (part of a
+/// response head) answered the request: no idle-timeout race, and the request was sent
+/// once more all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_in_part_is_not_sent_again() {
+    let (origin, seen) = scripted_origin(
+        b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-",
+        false,
+    )
+    .await;
+    let proxy = start_proxy(origin, &[]);
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        statuses.push(get(&proxy, &format!("/page/{n}"), "").await.0);
+    }
+    let seen = seen.lock().unwrap().clone();
+    // Some requests went on a kept-alive connection (and were answered in part).
+    let partial: Vec<&String> = seen
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!partial.is_empty(), "no connection reused: {seen:?}");
+    for n in 0..6 {
+        let path = format!("/page/{n}");
+        let times = seen.iter().filter(|(p, _)| *p == path).count();
+        assert_eq!(times, 1, "{path} sent {times} times: {seen:?}");
+        let expected = if partial.contains(&&path) { 502 } else { 200 };
+        assert_eq!(statuses[n], expected, "{path}: {statuses:?} {seen:?}");
+    }
+}
