@@ -221,3 +221,28 @@ async fn a_request_answered_in_part_is_not_sent_again() {
         assert_eq!(statuses[n], expected, "{path}: {statuses:?} {seen:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// `Connection` and the fields the cache decides by.
+
+/// An origin's `Connection: content-range` hid the `Content-Range` of a 200 that held part
+/// of its representation: the layer refuses any response with `Content-Range` (its body
+/// may not be the whole), but it never saw the field, and stored ten bytes of a hundred as
+/// the whole page for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_hide_content_range_from_the_cache() {
+    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Range: bytes 0-9/100\r\nConnection: content-range\r\nContent-Length: 10\r\n\r\n0123456789";
+    let (origin, _seen) = scripted_origin(answer, true).await;
+    let proxy = start_proxy(origin, &[]);
+    let response =
+        support::proxy::raw_text(&proxy, "GET /part HTTP/1.1\r\nHost: shop.example\r\n").await;
+    let cache_status = response
+        .lines()
+        .find(|line| line.starts_with("cache-status:"))
+        .unwrap_or_default();
+    assert!(!cache_status.contains("stored"), "stored: {response:?}");
+    assert!(
+        response.contains("content-range: bytes 0-9/100"),
+        "{response:?}"
+    );
+}

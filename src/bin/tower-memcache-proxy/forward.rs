@@ -490,9 +490,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, kept: fn(&HeaderName) -> bool) {
 /// cache, in the proxy, is that hop's recipient and decides after this step, so dropped
 /// here, `Connection: vary` stored one language's page for all, `Connection:
 /// cache-control` (or `set-cookie`) a `private` page for everyone, and `Connection:
-/// surrogate-key` kept the page out of its tag's purges. Such fields stay.
+/// surrogate-key` kept the page out of its tag's purges, `Connection: content-range` had a
+/// 200 holding part of its representation stored as the whole. Such fields stay, and so
+/// do those that tell whether a 304 is about the stored response (`ETag`,
+/// `Last-Modified`) and which entries an unsafe method's answer invalidates (`Location`,
+/// `Content-Location`).
 fn decides_caching(name: &HeaderName) -> bool {
-    const FIELDS: [&str; 10] = [
+    const FIELDS: [&str; 15] = [
         "cache-control",
         "pragma",
         "expires",
@@ -501,6 +505,11 @@ fn decides_caching(name: &HeaderName) -> bool {
         "surrogate-control",
         "set-cookie",
         "set-cookie2",
+        "content-range",
+        "etag",
+        "last-modified",
+        "location",
+        "content-location",
         tower_memcache::cache::DEFAULT_TAG_HEADER,
         tower_memcache::cache::DEFAULT_LIFETIME_HEADER,
     ];
