@@ -246,3 +246,21 @@ async fn connection_cannot_hide_content_range_from_the_cache() {
         "{response:?}"
     );
 }
+
+/// `--targeted-cache-control` names the fields the cache obeys before `Cache-Control`
+/// (RFC 9213), any names: only those ending in `-cache-control` were kept from an origin's
+/// `Connection`, so `Connection: edge-control` hid an `Edge-Control: no-store` and the page
+/// was stored by its `Cache-Control`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_hide_a_configured_targeted_field() {
+    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nEdge-Control: no-store\r\nConnection: edge-control\r\nContent-Length: 4\r\n\r\npage";
+    let (origin, _seen) = scripted_origin(answer, true).await;
+    let proxy = start_proxy(origin, &["--targeted-cache-control", "edge-control"]);
+    let response =
+        support::proxy::raw_text(&proxy, "GET /page HTTP/1.1\r\nHost: shop.example\r\n").await;
+    let cache_status = response
+        .lines()
+        .find(|line| line.starts_with("cache-status:"))
+        .unwrap_or_default();
+    assert!(!cache_status.contains("stored"), "stored: {response:?}");
+}

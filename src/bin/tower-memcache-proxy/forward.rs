@@ -98,6 +98,9 @@ pub(crate) struct Upstream {
     /// Places for requests under way at the origin, shared by every worker
     /// (`--upstream-max-connections`).
     limit: Arc<UpstreamLimit>,
+    /// `--targeted-cache-control`: fields the cache decides by, whatever their names
+    /// ([`decides_caching`]).
+    targeted: Vec<HeaderName>,
 }
 
 /// The origin's body, or a short body the proxy made up (502, 504).
@@ -391,7 +394,10 @@ pub(crate) async fn forward(
                 }
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }
-            strip_hop_by_hop(response.headers_mut(), decides_caching);
+            let targeted = &upstream.targeted;
+            strip_hop_by_hop(response.headers_mut(), |name| {
+                decides_caching(name) || targeted.contains(name)
+            });
             let timeout = upstream.head_timeout;
             Ok(response.map(|body| Either::Left(Download::new(body, timeout, place))))
         }
@@ -468,7 +474,7 @@ fn only_chunked(headers: &HeaderMap) -> bool {
 
 /// Drops the hop-by-hop headers, including those the `Connection` header names but for
 /// those `kept` says stay.
-fn strip_hop_by_hop(headers: &mut HeaderMap, kept: fn(&HeaderName) -> bool) {
+fn strip_hop_by_hop(headers: &mut HeaderMap, kept: impl Fn(&HeaderName) -> bool) {
     // The fixed names by a look at each field, those `Connection` names by reading it
     // once (asking `is_hop_by_hop` with the request's fields would read it per field:
     // this runs on every request, hits included).
@@ -513,7 +519,8 @@ fn decides_caching(name: &HeaderName) -> bool {
         tower_memcache::cache::DEFAULT_TAG_HEADER,
         tower_memcache::cache::DEFAULT_LIFETIME_HEADER,
     ];
-    // RFC 9213's targeted fields (`CDN-Cache-Control`, `--targeted-cache-control`) too.
+    // RFC 9213's targeted fields (`CDN-Cache-Control`) too; `--targeted-cache-control` may
+    // name others, which the caller keeps.
     FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
 }
 
@@ -939,6 +946,8 @@ pub(crate) struct UpstreamSettings {
     pub(crate) head_timeout: Duration,
     /// `--upstream-max-connections`, shared by every worker.
     pub(crate) limit: Arc<UpstreamLimit>,
+    /// `--targeted-cache-control`.
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 /// The pooled client to the origin (`http://host[:port]`); made inside the runtime that
@@ -968,6 +977,7 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         upstream_host: settings.upstream_host,
         head_timeout: settings.head_timeout,
         limit: Arc::clone(&settings.limit),
+        targeted: settings.targeted.clone(),
     }))
 }
 

@@ -543,6 +543,7 @@ fn upstream_settings(args: &Args, limit: &Arc<UpstreamLimit>) -> forward::Upstre
         connect_timeout: args.connect_timeout,
         head_timeout: args.upstream_timeout,
         limit: Arc::clone(limit),
+        targeted: args.targeted_cache_control.0.clone(),
     }
 }
 
