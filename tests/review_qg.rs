@@ -264,3 +264,110 @@ async fn connection_cannot_hide_a_configured_targeted_field() {
         .unwrap_or_default();
     assert!(!cache_status.contains("stored"), "stored: {response:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The origin bound's warning.
+
+/// A hyper origin: `/slow/*` is answered once the test adds a permit to `gate`, `/big` with
+/// a head over the proxy's 64 KiB, anything else at once. Counts what it answers now.
+async fn gated_origin() -> (SocketAddr, Arc<tokio::sync::Semaphore>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let handle = {
+        let gate = Arc::clone(&gate);
+        let in_flight = Arc::clone(&in_flight);
+        move |request: Request<Incoming>| {
+            let gate = Arc::clone(&gate);
+            let in_flight = Arc::clone(&in_flight);
+            async move {
+                let path = request.uri().path().to_string();
+                let mut response = Response::builder().header("cache-control", "no-store");
+                if path.starts_with("/slow/") {
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let permit = tokio::time::timeout(Duration::from_secs(10), gate.acquire());
+                    if let Ok(Ok(permit)) = permit.await {
+                        permit.forget();
+                    }
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                } else if path == "/big" {
+                    response = response.header("x-big", "b".repeat(300 * 1024));
+                }
+                Ok::<_, Infallible>(response.body(Full::new(Bytes::from(path))).unwrap())
+            }
+        }
+    };
+    support::origin::serve_http1(listener, handle);
+    (addr, gate, in_flight)
+}
+
+/// Waits (5 s at most) until `check` holds.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The warning that the origin bound is full is once per episode: an episode ends when a
+/// request finds a place without waiting. A waiter that got its place after waiting
+/// ended it too, although the bound was full throughout: under a sustained load (an
+/// attacker's slow misses) every request that waited made the next one warn again, a
+/// warning line per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_origin_bound_is_warned_of_once_while_it_stays_full() {
+    let (origin, gate, in_flight) = gated_origin().await;
+    let log = std::env::temp_dir().join(format!("review_qg_warn_{}.log", std::process::id()));
+    let (child, addr) = support::proxy::spawn_listening(|addr| {
+        let mut command = std::process::Command::new(support::proxy::proxy_binary());
+        command
+            .args(["--listen", &addr.to_string()])
+            .args(["--upstream", &format!("http://{origin}")])
+            .args(["--threads", "1", "--access-log", "off"])
+            .args(["--upstream-max-connections", "1"])
+            .args(["--upstream-queue-timeout", "10s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        command
+    });
+    let proxy = Arc::new(Proxy { child, addr });
+    let warnings = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("--upstream-max-connections reached")
+            .count()
+    };
+    let ask = |path: &'static str| {
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move { get(&proxy, path, "").await })
+    };
+    // `a` holds the place, `b` waits for it.
+    let a = ask("/slow/a");
+    until("a at the origin", || in_flight.load(Ordering::SeqCst) == 1).await;
+    let b = ask("/slow/b");
+    until("b warned of", || warnings() == 1).await;
+    // `a` answered, `b` takes its place after waiting: the bound is as full as before.
+    gate.add_permits(1);
+    assert_eq!(a.await.unwrap().0, 200);
+    until("b at the origin", || in_flight.load(Ordering::SeqCst) == 1).await;
+    let c = ask("/slow/c");
+    // Time for `c` to queue (and, before the fix, to warn); the outcome never depends on
+    // it once fixed: `c` waits or finds `b`'s place, and warns of nothing either way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.add_permits(2);
+    assert_eq!(b.await.unwrap().0, 200);
+    assert_eq!(c.await.unwrap().0, 200);
+    // A line logged after every warning `c` could have caused: the 502 of a head too large.
+    let (status, _) = get(&proxy, "/big", "").await;
+    assert_eq!(status, 502);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    until("the 502 logged", || {
+        logged().contains("upstream request failed")
+    })
+    .await;
+    let (count, text) = (warnings(), logged());
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(count, 1, "{text}");
+}
