@@ -377,6 +377,13 @@ pub(crate) async fn forward(
                 tracing::warn!(%method, upstream = %upstream.authority, status = %response.status(), "upstream switched protocols unasked");
                 return Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
             }
+            // hyper checks its buffer's bound between reads only, and one read takes it
+            // well past (a 100 KiB head passed): the bound counted here, as the fields.
+            if head_size(response.headers()) > MAX_RESPONSE_HEAD {
+                tracing::warn!(%method, upstream = %upstream.authority, "upstream sent too big a response head");
+                // As hyper's own refusal of a larger head: a stale entry may stand in.
+                return Ok(unreachable(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
+            }
             // Our own version towards the client, whatever the origin spoke (hyper still
             // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
             // stored, and replayed on hits) would make HTTP/1.1 clients close the
@@ -413,6 +420,14 @@ pub(crate) async fn forward(
             ))
         }
     }
+}
+
+/// What a head's fields take on the wire (`name: value` and CRLF each).
+fn head_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// `request` without its body, to send again ([`closed_unanswered`]).
