@@ -2,12 +2,13 @@
 //! retry of a request an origin closed a connection under depends on.
 //!
 //! A request sent on a kept-alive connection just as the origin's idle timeout closed it
-//! got nothing back, and is sent once more ([`crate::forward`]). A request on a fresh
-//! connection that the origin closed unanswered, or one whose answer had begun, is no such
-//! race: the origin took it and failed on it (a handler crashing its worker on it: a
-//! "query of death"), and sending it again cost the origin a second failure per request
-//! an attacker sent. hyper tells neither apart ("connection closed before message
-//! completed" either way), so the connector counts, per connection, the answers begun.
+//! got nothing back, and is sent once more ([`forward`](mod@crate::forward)). A request
+//! on a fresh connection that the origin closed unanswered, or one whose answer had
+//! begun, is no such race: the origin took it and failed on it (a handler crashing its
+//! worker on it: a "query of death"), and sending it again cost the origin a second
+//! failure per request an attacker sent. hyper tells neither apart ("connection closed
+//! before message completed" either way), so the connector counts, per connection, the
+//! answers begun.
 
 use std::future::Future;
 use std::io;
