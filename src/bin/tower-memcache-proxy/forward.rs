@@ -28,6 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
 
+use crate::origin_connection::{OriginConnector, kept_alive_unanswered};
 use crate::upstream_limit::UpstreamLimit;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -85,7 +86,7 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// What the forwarding service knows: where the origin is and a pooled client to it.
 pub(crate) struct Upstream {
-    client: Client<HttpConnector, Upload>,
+    client: Client<OriginConnector, Upload>,
     authority: Authority,
     /// The authority as a `Host` value, for `--upstream-host`.
     host_value: HeaderValue,
@@ -97,6 +98,9 @@ pub(crate) struct Upstream {
     /// Places for requests under way at the origin, shared by every worker
     /// (`--upstream-max-connections`).
     limit: Arc<UpstreamLimit>,
+    /// `--targeted-cache-control`: fields the cache decides by, whatever their names
+    /// ([`decides_caching`]).
+    targeted: Vec<HeaderName>,
 }
 
 /// The origin's body, or a short body the proxy made up (502, 504).
@@ -348,13 +352,18 @@ pub(crate) async fn forward(
             // timeout, Node's 5 s or gunicorn's 2 s, firing first): no answer was begun, and
             // a 502 for it was every such race (and, marked unreachable, a stale entry for
             // it). nginx sends such a request again too. Once: a second close is an answer.
-            Err(err) if closed_unanswered(&err) => match again {
-                Some(again) => {
-                    tracing::debug!(%method, upstream = %upstream.authority, "upstream closed a connection without answering: sent again");
-                    upstream.client.request(again).await
+            // Not on a fresh connection, nor once an answer began: the origin took that
+            // request and failed on it, and would fail twice per request (a handler that
+            // crashes its worker).
+            Err(err) if closed_unanswered(&err) && kept_alive_unanswered(err.connect_info()) => {
+                match again {
+                    Some(again) => {
+                        tracing::debug!(%method, upstream = %upstream.authority, "upstream closed a connection without answering: sent again");
+                        upstream.client.request(again).await
+                    }
+                    None => Err(err),
                 }
-                None => Err(err),
-            },
+            }
             answered => answered,
         }
     };
@@ -367,6 +376,13 @@ pub(crate) async fn forward(
             if response.status().is_informational() {
                 tracing::warn!(%method, upstream = %upstream.authority, status = %response.status(), "upstream switched protocols unasked");
                 return Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
+            }
+            // hyper checks its buffer's bound between reads only, and one read takes it
+            // well past (a 100 KiB head passed): the bound counted here, as the fields.
+            if head_size(response.headers()) > MAX_RESPONSE_HEAD {
+                tracing::warn!(%method, upstream = %upstream.authority, "upstream sent too big a response head");
+                // As hyper's own refusal of a larger head: a stale entry may stand in.
+                return Ok(unreachable(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
             }
             // Our own version towards the client, whatever the origin spoke (hyper still
             // answers HTTP/1.0 clients in 1.0). An origin's `HTTP/1.0` passed on (and
@@ -385,7 +401,10 @@ pub(crate) async fn forward(
                 }
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }
-            strip_hop_by_hop(response.headers_mut(), decides_caching);
+            let targeted = &upstream.targeted;
+            strip_hop_by_hop(response.headers_mut(), |name| {
+                decides_caching(name) || targeted.contains(name)
+            });
             let timeout = upstream.head_timeout;
             Ok(response.map(|body| Either::Left(Download::new(body, timeout, place))))
         }
@@ -401,6 +420,14 @@ pub(crate) async fn forward(
             ))
         }
     }
+}
+
+/// What a head's fields take on the wire (`name: value` and CRLF each).
+fn head_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// `request` without its body, to send again ([`closed_unanswered`]).
@@ -462,7 +489,7 @@ fn only_chunked(headers: &HeaderMap) -> bool {
 
 /// Drops the hop-by-hop headers, including those the `Connection` header names but for
 /// those `kept` says stay.
-fn strip_hop_by_hop(headers: &mut HeaderMap, kept: fn(&HeaderName) -> bool) {
+fn strip_hop_by_hop(headers: &mut HeaderMap, kept: impl Fn(&HeaderName) -> bool) {
     // The fixed names by a look at each field, those `Connection` names by reading it
     // once (asking `is_hop_by_hop` with the request's fields would read it per field:
     // this runs on every request, hits included).
@@ -484,9 +511,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, kept: fn(&HeaderName) -> bool) {
 /// cache, in the proxy, is that hop's recipient and decides after this step, so dropped
 /// here, `Connection: vary` stored one language's page for all, `Connection:
 /// cache-control` (or `set-cookie`) a `private` page for everyone, and `Connection:
-/// surrogate-key` kept the page out of its tag's purges. Such fields stay.
+/// surrogate-key` kept the page out of its tag's purges, `Connection: content-range` had a
+/// 200 holding part of its representation stored as the whole. Such fields stay, and so
+/// do those that tell whether a 304 is about the stored response (`ETag`,
+/// `Last-Modified`) and which entries an unsafe method's answer invalidates (`Location`,
+/// `Content-Location`).
 fn decides_caching(name: &HeaderName) -> bool {
-    const FIELDS: [&str; 10] = [
+    const FIELDS: [&str; 15] = [
         "cache-control",
         "pragma",
         "expires",
@@ -495,10 +526,16 @@ fn decides_caching(name: &HeaderName) -> bool {
         "surrogate-control",
         "set-cookie",
         "set-cookie2",
+        "content-range",
+        "etag",
+        "last-modified",
+        "location",
+        "content-location",
         tower_memcache::cache::DEFAULT_TAG_HEADER,
         tower_memcache::cache::DEFAULT_LIFETIME_HEADER,
     ];
-    // RFC 9213's targeted fields (`CDN-Cache-Control`, `--targeted-cache-control`) too.
+    // RFC 9213's targeted fields (`CDN-Cache-Control`) too; `--targeted-cache-control` may
+    // name others, which the caller keeps.
     FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
 }
 
@@ -965,6 +1002,8 @@ pub(crate) struct UpstreamSettings {
     pub(crate) head_timeout: Duration,
     /// `--upstream-max-connections`, shared by every worker.
     pub(crate) limit: Arc<UpstreamLimit>,
+    /// `--targeted-cache-control`.
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 /// The pooled client to the origin (`http://host[:port]`); made inside the runtime that
@@ -986,7 +1025,7 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         // hyper's default (about 400 KiB) let each response under way hold that much
         // head, and the entry every hit decodes keep it. Larger heads are a 502.
         .http1_max_buf_size(MAX_RESPONSE_HEAD)
-        .build(connector);
+        .build(OriginConnector(connector));
     Ok(Arc::new(Upstream {
         client,
         host_value: HeaderValue::from_str(authority.as_str())?,
@@ -994,6 +1033,7 @@ pub(crate) fn upstream(settings: &UpstreamSettings) -> Result<Arc<Upstream>, cra
         upstream_host: settings.upstream_host,
         head_timeout: settings.head_timeout,
         limit: Arc::clone(&settings.limit),
+        targeted: settings.targeted.clone(),
     }))
 }
 

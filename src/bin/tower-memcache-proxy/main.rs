@@ -30,13 +30,14 @@
 //! responses go out as the proxy's own HTTP/1.1 (HTTP/1.0 clients still get 1.0), not the
 //! origin's version. An origin that cannot be reached answers 502 Bad Gateway (a safe
 //! request without body that a kept-alive connection closed under unanswered is sent once
-//! more first), one that sends no response head within `--upstream-timeout` (60 s) of the
-//! request's last byte 504 Gateway Timeout (as does a request body that pauses that long on
-//! its way); neither is cached. At most `--upstream-max-connections` (1024) requests are
-//! under way at the origin at once, over all threads; past it a request waits in order for
-//! a place, `--upstream-queue-timeout` (5 s) at most and behind no more waiters than there
-//! are places, else gets 503 Service Unavailable (not cached; a stale entry stands in
-//! within `stale-if-error`). A response body of which the origin sends nothing for
+//! more first; not one a fresh connection closed under, nor one whose answer had begun:
+//! the origin took those), one that sends no response head within `--upstream-timeout`
+//! (60 s) of the request's last byte 504 Gateway Timeout (as does a request body that
+//! pauses that long on its way); neither is cached. At most `--upstream-max-connections`
+//! (1024) requests are under way at the origin at once, over all threads; past it a
+//! request waits in order for a place, `--upstream-queue-timeout` (5 s) at most and behind
+//! no more waiters than there are places, else gets 503 Service Unavailable (not cached; a
+//! stale entry stands in within `stale-if-error`). A response body of which the origin sends nothing for
 //! `--upstream-timeout` is cut off, and not stored. A response whose `Transfer-Encoding`
 //! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
 //! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
@@ -123,6 +124,7 @@ mod forward;
 mod log_sink;
 #[cfg(feature = "metrics")]
 mod metrics_listener;
+mod origin_connection;
 mod size;
 mod upstream_limit;
 
@@ -541,6 +543,7 @@ fn upstream_settings(args: &Args, limit: &Arc<UpstreamLimit>) -> forward::Upstre
         connect_timeout: args.connect_timeout,
         head_timeout: args.upstream_timeout,
         limit: Arc::clone(limit),
+        targeted: args.targeted_cache_control.0.clone(),
     }
 }
 

@@ -92,10 +92,10 @@ impl UpstreamLimit {
         } else {
             let place = Arc::clone(&self.places).acquire_owned();
             match tokio::time::timeout(self.queue_timeout, place).await {
-                Ok(Ok(place)) => {
-                    self.full.store(false, Ordering::Relaxed);
-                    return Ok(place);
-                }
+                // The episode goes on: this request waited, the bound was full all along
+                // (ended, the next request that waited warned again: a line per request
+                // under a sustained load). Only a place found at once ends it.
+                Ok(Ok(place)) => return Ok(place),
                 // Err(_) from the semaphore: never closed; counted as a timeout all the same.
                 Ok(Err(_)) | Err(_) => NoPlace::QueueTimeout,
             }

@@ -1,0 +1,184 @@
+//! The proxy's connections to its origin, and what each has answered: the one fact the
+//! retry of a request an origin closed a connection under depends on.
+//!
+//! A request sent on a kept-alive connection just as the origin's idle timeout closed it
+//! got nothing back, and is sent once more ([`forward`](mod@crate::forward)). A request
+//! on a fresh connection that the origin closed unanswered, or one whose answer had
+//! begun, is no such race: the origin took it and failed on it (a handler crashing its
+//! worker on it: a "query of death"), and sending it again cost the origin a second
+//! failure per request an attacker sent. hyper tells neither apart ("connection closed
+//! before message completed" either way), so the connector counts, per connection, the
+//! answers begun.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use http::Extensions;
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tower::Service;
+
+/// No byte of an answer read since the current request's first byte was written.
+const UNANSWERED: u8 = 0;
+/// Bytes of an answer read since then.
+const ANSWERING: u8 = 1;
+/// Unanswered, on a connection that answered an earlier request: kept alive.
+const KEPT_ALIVE_UNANSWERED: u8 = 2;
+
+/// Where a connection is in its exchanges; one request at a time (HTTP/1.1, no
+/// pipelining), so a write after bytes were read starts the next request.
+#[derive(Debug)]
+pub(crate) struct Exchanges(AtomicU8);
+
+impl Default for Exchanges {
+    fn default() -> Self {
+        Self(AtomicU8::new(UNANSWERED))
+    }
+}
+
+impl Exchanges {
+    fn wrote(&self) {
+        // Relaxed: one task drives the connection, and the error that is read with this
+        // state reaches the request's task through a channel.
+        if self.0.load(Ordering::Relaxed) == ANSWERING {
+            self.0.store(KEPT_ALIVE_UNANSWERED, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) {
+        self.0.store(ANSWERING, Ordering::Relaxed);
+    }
+
+    /// Whether the connection had answered an earlier request and sent nothing of the
+    /// answer to the one under way (or last under way).
+    fn kept_alive_unanswered(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == KEPT_ALIVE_UNANSWERED
+    }
+}
+
+/// Whether a request failed on a kept-alive connection that sent nothing of its answer,
+/// as the connection that carried it told (`connect_info`, from hyper's error).
+pub(crate) fn kept_alive_unanswered(connection: Option<&Connected>) -> bool {
+    let Some(connection) = connection else {
+        return false;
+    };
+    let mut extras = Extensions::new();
+    connection.get_extras(&mut extras);
+    extras
+        .get::<Arc<Exchanges>>()
+        .is_some_and(|exchanges| exchanges.kept_alive_unanswered())
+}
+
+/// hyper's connector, whose connections count their exchanges ([`Exchanges`]).
+#[derive(Clone)]
+pub(crate) struct OriginConnector(pub(crate) HttpConnector);
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<Counted>, crate::BoxError>> + Send>>;
+
+impl Service<Uri> for OriginConnector {
+    type Response = TokioIo<Counted>;
+    type Error = crate::BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let stream = connecting.await?.into_inner();
+            Ok(TokioIo::new(Counted {
+                stream,
+                exchanges: Arc::default(),
+            }))
+        })
+    }
+}
+
+/// An origin connection that keeps its [`Exchanges`].
+pub(crate) struct Counted {
+    stream: TcpStream,
+    exchanges: Arc<Exchanges>,
+}
+
+impl Connection for Counted {
+    fn connected(&self) -> Connected {
+        self.stream.connected().extra(Arc::clone(&self.exchanges))
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.exchanges.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.exchanges.wrote();
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.exchanges.wrote();
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_request_after_an_answer_with_none_of_its_own_is_kept_alive_unanswered() {
+        let exchanges = Exchanges::default();
+        // A fresh connection's request, unanswered.
+        exchanges.wrote();
+        assert!(!exchanges.kept_alive_unanswered());
+        // Answered; the next request goes out (in two writes), unanswered.
+        exchanges.read();
+        exchanges.wrote();
+        exchanges.wrote();
+        assert!(exchanges.kept_alive_unanswered());
+        // Its answer begun.
+        exchanges.read();
+        assert!(!exchanges.kept_alive_unanswered());
+    }
+}
