@@ -1,0 +1,192 @@
+//! Review QF: consistency when the ring of memcached servers changes, with
+//! `remove_failed_servers(true)` (libmemcached's behaviour: a dead server's keys move to
+//! the next server on the ring while it is out). What a `MemcacheClient` invalidation that
+//! returned `Ok` removed must stay removed when the server that was out comes back with
+//! its old content, and when the server that took its keys meanwhile is the one out next.
+//! Real servers, each test its own, stopped with SIGSTOP (they keep their content); every
+//! wait is bounded and polls.
+#![cfg(feature = "tcp")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tower_memcache::MemcacheClient;
+use tower_memcache::backend::TcpBackend;
+
+use support::Memcached;
+
+/// Bounds every test: none may hang.
+async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
+}
+
+/// Polls `done` every 10 ms until it holds; fails after 10 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Two servers, failed servers taken out of the ring, marked down and probed back quickly.
+fn removing(servers: &[&Memcached]) -> TcpBackend {
+    TcpBackend::builder()
+        .servers(servers.iter().map(|server| server.addr()))
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_millis(50))
+        .remove_failed_servers(true)
+        .build()
+        .unwrap()
+}
+
+/// A user key whose memcache key lives on server `index` while every server is in use.
+fn key_on(client: &MemcacheClient<TcpBackend>, index: usize, skip: usize) -> String {
+    (0..1000)
+        .map(|i| format!("user-{i}"))
+        .filter(|key| {
+            client
+                .backend()
+                .server_for_key(&client.build_key(key.as_str()))
+                == Some(index)
+        })
+        .nth(skip)
+        .expect("a key on the server")
+}
+
+/// Stops `server` (index `index`) and reads `key` until the backend has marked it down.
+async fn stop(server: &Memcached, index: usize, client: &MemcacheClient<TcpBackend>, key: &str) {
+    server.signal(Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.backend().is_server_down(index) {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped server not marked down"
+        );
+        let _ = client.try_query::<String>(key).await;
+    }
+}
+
+/// Continues `server` and waits until the backend uses it again.
+async fn resume(server: &Memcached, index: usize, client: &MemcacheClient<TcpBackend>) {
+    server.signal(Signal::SIGCONT);
+    eventually("the resumed server back in use", || {
+        !client.backend().is_server_down(index)
+    })
+    .await;
+}
+
+/// An invalidation made while the key's server was out of the ring went to the server
+/// that took its keys; the server comes back holding the value from before it. So does a
+/// value replaced meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_made_while_the_keys_server_was_out_holds_when_it_returns() {
+    let test = "review_qf::returns";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    bounded(test, async {
+        let client = MemcacheClient::new(removing(&[&a, &b])).with_namespace("qf");
+        let invalidated = key_on(&client, 1, 0);
+        let replaced = key_on(&client, 1, 1);
+        client.try_set(&invalidated, "before").await.unwrap();
+        client.try_set(&replaced, "before").await.unwrap();
+
+        stop(&b, 1, &client, &invalidated).await;
+        client.try_invalidate(&invalidated).await.unwrap();
+        client.try_set(&replaced, "during").await.unwrap();
+        assert_eq!(
+            client.try_query::<String>(&invalidated).await.unwrap(),
+            None
+        );
+        resume(&b, 1, &client).await;
+
+        assert_eq!(
+            client.try_query::<String>(&invalidated).await.unwrap(),
+            None,
+            "an invalidation that returned Ok undone by the returning server"
+        );
+        assert_ne!(
+            client
+                .try_query::<String>(&replaced)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("before"),
+            "a value replaced while its server was out came back"
+        );
+    })
+    .await;
+}
+
+/// A value written while its server was out stays on the server that took it; invalidated
+/// after its server is back, it must not come back when that server is out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_holds_against_the_copy_a_fallback_server_took() {
+    let test = "review_qf::fallback";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    bounded(test, async {
+        let client = MemcacheClient::new(removing(&[&a, &b])).with_namespace("qf");
+        let key = key_on(&client, 1, 0);
+
+        stop(&b, 1, &client, &key).await;
+        // Taken by the other server.
+        client.try_set(&key, "during").await.unwrap();
+        resume(&b, 1, &client).await;
+
+        client.try_set(&key, "after").await.unwrap();
+        client.try_invalidate(&key).await.unwrap();
+        assert_eq!(client.try_query::<String>(&key).await.unwrap(), None);
+
+        // Out again: its keys move to the other server once more.
+        stop(&b, 1, &client, &key).await;
+        assert_eq!(
+            client.try_query::<String>(&key).await.unwrap(),
+            None,
+            "the copy the other server took during the first outage came back"
+        );
+        b.signal(Signal::SIGCONT);
+    })
+    .await;
+}
+
+/// With namespace versioning the copy the other server took is under that server's own
+/// generation of the namespace, which a key's invalidation (on the key's server) does not
+/// name (documented on `remove_failed_servers`); a namespace invalidation, written on every
+/// server, removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_invalidation_holds_against_the_copy_a_fallback_server_took() {
+    let test = "review_qf::versioned_fallback";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    bounded(test, async {
+        let client = MemcacheClient::new(removing(&[&a, &b]))
+            .with_namespace("qf")
+            .with_versioned_namespace(true);
+        let key = key_on(&client, 1, 0);
+        client.try_set(&key, "before").await.unwrap();
+
+        stop(&b, 1, &client, &key).await;
+        client.try_set(&key, "during").await.unwrap();
+        resume(&b, 1, &client).await;
+        assert_eq!(client.try_query::<String>(&key).await.unwrap(), None);
+
+        client.try_set(&key, "after").await.unwrap();
+        client.try_invalidate_namespace().await.unwrap();
+        assert_eq!(client.try_query::<String>(&key).await.unwrap(), None);
+
+        stop(&b, 1, &client, &key).await;
+        assert_eq!(
+            client.try_query::<String>(&key).await.unwrap(),
+            None,
+            "the copy the other server took during the first outage came back"
+        );
+        b.signal(Signal::SIGCONT);
+    })
+    .await;
+}
