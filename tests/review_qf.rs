@@ -190,3 +190,92 @@ async fn a_namespace_invalidation_holds_against_the_copy_a_fallback_server_took(
     })
     .await;
 }
+
+/// Through the layer: pages refilled on the other server while theirs was out, refilled
+/// again on their own server once back, then invalidated by an unsafe method: the copies
+/// the other server took stay invalidated when their server is out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_method_invalidation_holds_against_the_copies_a_fallback_server_took() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use support::versioned::{get, service};
+    use tower::ServiceExt;
+
+    let test = "review_qf::layer_fallback";
+    let a = memcached_or_skip!(test);
+    let b = memcached_or_skip!(test);
+    bounded(test, async {
+        let backend = removing(&[&a, &b]);
+        let layer = support::layer(backend.clone())
+            .namespace("qf")
+            .mode(tower_memcache::cache::CacheMode::Origin);
+        let version = Arc::new(AtomicU64::new(0));
+        let svc = service(&layer, &version);
+        let pages: Vec<String> = (0..24)
+            .map(|i| format!("http://site.example/page/{i}"))
+            .collect();
+        let every_page = || async {
+            let mut bodies = Vec::new();
+            for page in &pages {
+                bodies.push(get(&svc, page).await.0);
+            }
+            layer.background().idle().await;
+            bodies
+        };
+        every_page().await;
+
+        b.signal(Signal::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !backend.is_server_down(1) {
+            assert!(
+                Instant::now() < deadline,
+                "the stopped server not marked down"
+            );
+            every_page().await;
+        }
+        // The stopped server's pages, refilled on the other one.
+        version.store(1, Ordering::SeqCst);
+        every_page().await;
+        b.signal(Signal::SIGCONT);
+        eventually("the resumed server back in use", || {
+            !backend.is_server_down(1)
+        })
+        .await;
+        version.store(2, Ordering::SeqCst);
+        every_page().await;
+
+        version.store(3, Ordering::SeqCst);
+        for page in &pages {
+            let request = http::Request::post(page.as_str()).body(()).unwrap();
+            let response = svc.clone().oneshot(request).await.unwrap();
+            assert!(response.status().is_success());
+        }
+        layer.background().idle().await;
+
+        b.signal(Signal::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for body in every_page().await {
+                assert!(
+                    body.ends_with(" v3"),
+                    "{body}: from before the invalidation"
+                );
+            }
+            if backend.is_server_down(1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stopped server not marked down"
+            );
+        }
+        for body in every_page().await {
+            assert!(
+                body.ends_with(" v3"),
+                "{body}: from before the invalidation"
+            );
+        }
+        b.signal(Signal::SIGCONT);
+    })
+    .await;
+}
