@@ -156,8 +156,10 @@ impl TcpBackendBuilder {
     /// What this costs, and what holds:
     /// - a server back in the ring is flushed first (`flush_all`): every write and delete of
     ///   its keys went to the others meanwhile, so what it held may have been replaced or
-    ///   invalidated (a server started with `-F`, which refuses flushes, comes back with
-    ///   its old values all the same: do not combine the two);
+    ///   invalidated. The flush takes everything on it, other applications' values too,
+    ///   whenever this process marked it down (a hang as well as a restart); a server
+    ///   started with `-F`, which refuses flushes, comes back with its old values all the
+    ///   same: do not combine the two;
     /// - a [`delete`](crate::backend::Backend::delete) (`MemcacheClient::invalidate`)
     ///   reaches every server, since a copy written on another server while the key's own
     ///   was out would come back the next time it is out; a server that misses it is
