@@ -192,13 +192,14 @@ async fn a_namespace_invalidation_holds_against_the_copy_a_fallback_server_took(
 }
 
 /// Through the layer: pages refilled on the other server while theirs was out, refilled
-/// again on their own server once back, then invalidated by an unsafe method: the copies
-/// the other server took stay invalidated when their server is out again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unsafe_method_invalidation_holds_against_the_copies_a_fallback_server_took() {
+/// again on their own server once back, then invalidated (by an unsafe method, or a purge
+/// of the tag every page carries): the copies the other server took stay invalidated when
+/// their server is out again.
+async fn layer_invalidations_hold_against_the_copies_a_fallback_server_took(by_tag: bool) {
+    use std::convert::Infallible;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use support::versioned::{get, service};
+    use support::versioned::get;
     use tower::ServiceExt;
 
     let test = "review_qf::layer_fallback";
@@ -210,7 +211,26 @@ async fn an_unsafe_method_invalidation_holds_against_the_copies_a_fallback_serve
             .namespace("qf")
             .mode(tower_memcache::cache::CacheMode::Origin);
         let version = Arc::new(AtomicU64::new(0));
-        let svc = service(&layer, &version);
+        let origin = Arc::clone(&version);
+        let svc: support::versioned::Svc = tower::util::BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .layer(layer.clone())
+                .service_fn(move |request: http::Request<()>| {
+                    let body = format!(
+                        "{} v{}",
+                        request.uri().path(),
+                        origin.load(Ordering::SeqCst)
+                    );
+                    async move {
+                        let response = http::Response::builder()
+                            .header("cache-control", "max-age=600")
+                            .header("surrogate-key", "every-page")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    }
+                }),
+        );
         let pages: Vec<String> = (0..24)
             .map(|i| format!("http://site.example/page/{i}"))
             .collect();
@@ -245,10 +265,14 @@ async fn an_unsafe_method_invalidation_holds_against_the_copies_a_fallback_serve
         every_page().await;
 
         version.store(3, Ordering::SeqCst);
-        for page in &pages {
-            let request = http::Request::post(page.as_str()).body(()).unwrap();
-            let response = svc.clone().oneshot(request).await.unwrap();
-            assert!(response.status().is_success());
+        if by_tag {
+            layer.purger().purge_tag("every-page").await.unwrap();
+        } else {
+            for page in &pages {
+                let request = http::Request::post(page.as_str()).body(()).unwrap();
+                let response = svc.clone().oneshot(request).await.unwrap();
+                assert!(response.status().is_success());
+            }
         }
         layer.background().idle().await;
 
@@ -278,4 +302,14 @@ async fn an_unsafe_method_invalidation_holds_against_the_copies_a_fallback_serve
         b.signal(Signal::SIGCONT);
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_method_invalidation_holds_against_the_copies_a_fallback_server_took() {
+    layer_invalidations_hold_against_the_copies_a_fallback_server_took(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_purge_holds_against_the_copies_a_fallback_server_took() {
+    layer_invalidations_hold_against_the_copies_a_fallback_server_took(true).await;
 }
