@@ -152,6 +152,27 @@ impl TcpBackendBuilder {
     /// Take servers marked down out of the ring, so their keys move to the others until
     /// they are back (libmemcached's `REMOVE_FAILED_SERVERS`). Defaults to off: their keys
     /// fail fast (a miss for a cache) instead of moving.
+    ///
+    /// What this costs, and what holds:
+    /// - a server back in the ring is flushed first (`flush_all`): every write and delete of
+    ///   its keys went to the others meanwhile, so what it held may have been replaced or
+    ///   invalidated. The flush takes everything on it, other applications' values too,
+    ///   whenever this process marked it down (a hang as well as a restart); a server
+    ///   started with `-F`, which refuses flushes, comes back with its old values all the
+    ///   same: do not combine the two;
+    /// - a [`delete`](crate::backend::Backend::delete) (`MemcacheClient::invalidate`)
+    ///   reaches every server, since a copy written on another server while the key's own
+    ///   was out would come back the next time it is out; a server that misses it is
+    ///   marked down, so flushed before it serves again;
+    /// - such a copy is otherwise left where it was written, until its lifetime ends: a
+    ///   value set again after its server came back can be answered in its older version
+    ///   during a later outage of that server;
+    /// - with namespace versioning (`MemcacheClient::with_versioned_namespace`) that copy
+    ///   is under the other server's generation of the namespace, which an invalidation of
+    ///   the one key does not name: it can come back during a later outage.
+    ///   `invalidate_namespace` (written on every server) does remove it;
+    /// - the HTTP cache's purges and invalidations by unsafe methods hold across these ring
+    ///   changes (they are written on every server).
     pub fn remove_failed_servers(mut self, remove: bool) -> Self {
         self.remove_failed_servers = remove;
         self

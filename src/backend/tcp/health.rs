@@ -223,17 +223,25 @@ async fn direct(
 
 /// Deletes the keys registered with [`Backend::reset_on_rejoin`](crate::backend::Backend::reset_on_rejoin) on server `index`, directly
 /// (it is marked down, so ordinary calls fail fast). Absent keys count as deleted. First
-/// a `flush_all`, when one is owed or more keys were registered than are kept.
+/// a `flush_all`, when one is owed, more keys were registered than are kept, or the
+/// server was out of the ring (`remove_failed_servers`).
 async fn reset(inner: &Inner, index: usize) -> Result<(), BackendError> {
     let server = &inner.servers[index];
     // Taken whether or not the keys overflowed: a flush made now pays the debt.
     let owed = server.take_missed_flush();
-    if owed || inner.family.reset_overflowed.load(Ordering::SeqCst) {
+    // Out of the ring, its keys lived on the others meanwhile: every write and delete of
+    // them went there, so whatever it holds may be undone by one (an invalidation that
+    // returned, a value replaced), and no key list could tell which.
+    let moved = inner.remove_failed_servers;
+    if owed || moved || inner.family.reset_overflowed.load(Ordering::SeqCst) {
         // First: the keys below are gone with it, and it holds nothing from before.
         let mut request = BytesMut::new();
         protocol::encode_flush_all(&mut request, false);
         let deadline = deadline_in(inner.call_limit());
         match direct(inner, index, request.freeze(), Expect::Ok, deadline).await {
+            Ok(_) if moved => {
+                tracing::info!(server = %server.name, "a memcached server back in the ring flushed: its keys were written elsewhere while it was out");
+            }
             Ok(_) if owed => {
                 tracing::info!(server = %server.name, "a flush_all it missed made on a rejoining memcached server");
             }

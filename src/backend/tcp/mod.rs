@@ -515,6 +515,26 @@ impl TcpBackend {
         .await
     }
 
+    /// Sends an encoded `delete` to every server, as a write every server must take (see
+    /// [`everywhere`](Self::everywhere)), in a task of its own; whether any server held the
+    /// key.
+    async fn delete_everywhere(&self, request: Bytes) -> Result<bool, BackendError> {
+        let backend = self.clone();
+        detached(async move {
+            let found = AtomicBool::new(false);
+            backend
+                .everywhere(request, Expect::Delete, |_, reply| {
+                    if delete_reply(reply)? {
+                        found.store(true, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+                .await?;
+            Ok(found.load(Ordering::Relaxed))
+        })
+        .await
+    }
+
     /// See [`Backend::flush_all`] (`TcpBackend`'s).
     async fn flush_everywhere(&self) -> Result<(), BackendError> {
         let calls = (0..self.inner.servers.len()).map(|index| async move {
@@ -850,10 +870,16 @@ impl Backend for TcpBackend {
         ))
     }
 
+    /// With `remove_failed_servers`, on every server (see
+    /// [`TcpBackendBuilder::remove_failed_servers`]): a copy written while the key's own
+    /// server was out of the ring would come back the next time it is out.
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         validate_key(key)?;
         let mut request = BytesMut::new();
         protocol::encode_delete(&mut request, key, false);
+        if self.inner.remove_failed_servers {
+            return self.delete_everywhere(request.freeze()).await;
+        }
         delete_reply(self.keyed(key, request, Expect::Delete).await?)
     }
 
@@ -1073,16 +1099,7 @@ impl Backend for TcpBackend {
         validate_key(key)?;
         let mut request = BytesMut::with_capacity(key.len() + 16);
         protocol::encode_delete(&mut request, key, false);
-        let request = request.freeze();
-        let backend = self.clone();
-        detached(async move {
-            backend
-                .everywhere(request, Expect::Delete, |_, reply| {
-                    delete_reply(reply).map(drop)
-                })
-                .await
-        })
-        .await
+        self.delete_everywhere(request.freeze()).await.map(drop)
     }
 
     fn reset_on_rejoin(&self, key: &str) {
@@ -1124,9 +1141,9 @@ impl Backend for TcpBackend {
 
 /// Runs a write to every server in a task of its own: a caller that gives up cannot leave
 /// a server that missed the write in use (it is marked down when its call ends).
-async fn detached(
-    write: impl Future<Output = Result<(), BackendError>> + Send + 'static,
-) -> Result<(), BackendError> {
+async fn detached<T: Send + 'static>(
+    write: impl Future<Output = Result<T, BackendError>> + Send + 'static,
+) -> Result<T, BackendError> {
     match tokio::spawn(write).await {
         Ok(outcome) => outcome,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
