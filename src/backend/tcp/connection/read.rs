@@ -192,5 +192,12 @@ async fn read_replies(
             fresh.extend_from_slice(&buf);
             buf = fresh;
         }
+        // A large value announced and not all here: room for all of it at once (after the
+        // swap above, which would undo it), not a doubling and a copy of what is in per
+        // read. `reserve` at least doubles, so a merged line of many values stays linear.
+        let wanted = decoder.wanted();
+        if wanted > buf.capacity() {
+            buf.reserve(wanted - buf.len());
+        }
     }
 }

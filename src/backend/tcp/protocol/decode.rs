@@ -157,7 +157,7 @@ pub(crate) fn parse_reply(
     asked: &Asked,
 ) -> Result<Frame, ProtocolError> {
     let mut values = Vec::new();
-    Ok(match parse_raw(buf, limits, asked, &mut values)? {
+    Ok(match parse_raw(buf, limits, asked, &mut values, &mut 0)? {
         None => Frame::Incomplete,
         Some((raw, len)) => Frame::Complete {
             reply: raw.into_reply(&mut values, |range| Bytes::copy_from_slice(&buf[range])),
@@ -183,6 +183,9 @@ pub(crate) fn decode(
 #[derive(Default)]
 pub(crate) struct Decoder {
     values: Vec<PendingValue>,
+    /// How many bytes the incomplete reply at the front of the buffer needs at least, as
+    /// far as its last value header says ([`wanted`](Self::wanted)).
+    wanted: usize,
 }
 
 impl Decoder {
@@ -209,7 +212,9 @@ impl Decoder {
         if self.values.capacity() > Self::KEPT {
             self.values = Vec::new();
         }
-        let Some((raw, len)) = parse_raw(buf, limits, asked, &mut self.values)? else {
+        self.wanted = 0;
+        let Some((raw, len)) = parse_raw(buf, limits, asked, &mut self.values, &mut self.wanted)?
+        else {
             return Ok(None);
         };
         Ok(Some(match raw {
@@ -235,6 +240,15 @@ impl Decoder {
                 })
             }
         }))
+    }
+
+    /// After [`decode`](Self::decode) found the reply at the front of the buffer
+    /// incomplete: the buffer length it needs at least, as the header of the value being
+    /// read declares it (0 when nothing is known). A reader that reserves this much reads a
+    /// large value into one allocation, rather than growing its buffer by doubling, a copy
+    /// each time. Bounded by the limits the header was checked against.
+    pub(crate) fn wanted(&self) -> usize {
+        self.wanted
     }
 }
 
@@ -337,6 +351,7 @@ fn parse_raw(
     limits: &Limits,
     asked: &Asked,
     values: &mut Vec<PendingValue>,
+    wanted: &mut usize,
 ) -> Result<Option<(RawReply, usize)>, ProtocolError> {
     let Some((first, next)) = read_line(buf, 0, limits.max_line_len)? else {
         return Ok(None);
@@ -350,7 +365,7 @@ fn parse_raw(
         // multi-get costs at most the vector's allocation, and a complete reply is walked
         // once.
         values.clear();
-        let Some((ending, len)) = walk(buf, section, limits, asked, |entry| {
+        let Some((ending, len)) = walk(buf, section, limits, asked, wanted, |entry| {
             if let Entry::Value(header, index, data) = entry {
                 if values.is_empty() {
                     // Room for every key asked (the walk refuses more), allocated once.
@@ -376,7 +391,7 @@ fn parse_raw(
     // Check pass: validate and measure without allocating, so the common "not all here yet"
     // case for a large listing costs no allocation however often it is retried.
     let mut count = 0usize;
-    let Some((ending, len)) = walk(buf, section, limits, asked, |_| count += 1)? else {
+    let Some((ending, len)) = walk(buf, section, limits, asked, wanted, |_| count += 1)? else {
         return Ok(None);
     };
     if let Ending::Error(reply) = ending {
@@ -389,7 +404,7 @@ fn parse_raw(
         Section::Values => RawReply::Values,
         Section::Stats => {
             let mut stats = Vec::with_capacity(count);
-            walk(buf, section, limits, asked, |entry| {
+            walk(buf, section, limits, asked, wanted, |entry| {
                 if let Entry::Stat(name, value) = entry {
                     stats.push((name.to_owned(), value.to_owned()));
                 }
@@ -402,14 +417,16 @@ fn parse_raw(
 
 /// Walks a multi-line reply from the start of `buf`, handing each entry to `visit`.
 ///
-/// Returns how the reply ended and its total length, or `Ok(None)` if it is incomplete.
-/// Every entry is checked against `asked` as soon as its header line is in, so what an
+/// Returns how the reply ended and its total length, or `Ok(None)` if it is incomplete
+/// (with `wanted` set to the length the reply needs at least, when a value's data block is
+/// what is missing). Every entry is checked against `asked` as soon as its header line is in, so what an
 /// incomplete reply has buffered is always a prefix of a reply the request allows.
 fn walk<'a>(
     buf: &'a [u8],
     section: Section,
     limits: &Limits,
     asked: &Asked,
+    wanted: &mut usize,
     mut visit: impl FnMut(Entry<'a>),
 ) -> Result<Option<(Ending, usize)>, ProtocolError> {
     let mut pos = 0;
@@ -454,6 +471,8 @@ fn walk<'a>(
                 let data_end = next.saturating_add(header.len);
                 let block_end = data_end.saturating_add(CRLF.len());
                 let Some(terminator) = buf.get(data_end..block_end) else {
+                    // The block, and at least the `END` of a reply to one key.
+                    *wanted = block_end.saturating_add(b"END\r\n".len());
                     return Ok(None);
                 };
                 if terminator != CRLF {
@@ -2208,6 +2227,30 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             }
         }
         decoded
+    }
+
+    /// An incomplete value tells the reader how much room its reply needs (its data block
+    /// and an `END`), so that it reserves it once; nothing is known before the header is
+    /// in, and a complete reply leaves nothing wanted.
+    #[test]
+    fn an_incomplete_value_says_how_long_its_reply_is() {
+        let limits = Limits::default();
+        let asked = asked(b"get k\r\n");
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(&b"VALUE k 0 100000"[..]);
+        assert_eq!(decoder.decode(&mut buf, &limits, &asked), Ok(None));
+        assert_eq!(decoder.wanted(), 0, "no header line yet");
+        buf.extend_from_slice(b"\r\nxxxx");
+        assert_eq!(decoder.decode(&mut buf, &limits, &asked), Ok(None));
+        let header = b"VALUE k 0 100000\r\n".len();
+        assert_eq!(decoder.wanted(), header + 100_000 + b"\r\nEND\r\n".len());
+        buf.extend_from_slice(&vec![b'x'; 100_000 - 4]);
+        buf.extend_from_slice(b"\r\nEND\r\n");
+        assert!(matches!(
+            decoder.decode(&mut buf, &limits, &asked),
+            Ok(Some(Reply::Values(_)))
+        ));
+        assert_eq!(decoder.wanted(), 0);
     }
 
     /// The replies of `stream` as a connection's reader takes them: one [`Decoder`], the
