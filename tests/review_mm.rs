@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::bounded;
+
 use support::nutcracker::Nutcracker;
 
 use std::time::Duration;
@@ -12,13 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tower_memcache::MemcacheClient;
 use tower_memcache::backend::{Backend, BackendError, Lifetime, TcpBackend};
-
-/// Bounds every test: none may hang.
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
-}
 
 /// A backend through twemproxy: the defaults (failure threshold 3) but one connection, so
 /// that every call shares it.

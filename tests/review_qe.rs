@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::bounded;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,13 +15,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
-
-/// Bounds every test: none may hang.
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
-}
 
 /// The handshake of a WebSocket client (RFC 6455 §4.1) for its GET.
 const HANDSHAKE: &[(&str, &str)] = &[

@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::{bounded, eventually};
+
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -16,22 +18,6 @@ use tower_memcache::MemcacheClient;
 use tower_memcache::backend::TcpBackend;
 
 use support::Memcached;
-
-/// Bounds every test: none may hang.
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
-}
-
-/// Polls `done` every 10 ms until it holds; fails after 10 s.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Two servers, failed servers taken out of the ring, marked down and probed back quickly.
 fn removing(servers: &[&Memcached]) -> TcpBackend {

@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::{bounded, eventually};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,22 +23,6 @@ use tower_memcache::backend::{Backend, Lifetime, TcpBackend};
 use tower_memcache::cache::{CacheMode, MemcacheLayer};
 
 use support::versioned::{Svc, get, service};
-
-/// Bounds every test: none may hang.
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
-}
-
-/// Polls `done` every 10 ms until it holds; fails after 10 s.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// A backend over `addrs` that marks a server down and probes it back quickly.
 fn quick_to_rejoin(addrs: &[String]) -> TcpBackend {

@@ -580,3 +580,19 @@ pub fn assert_stale_hit(cache_status: &str) {
         "{cache_status}"
     );
 }
+
+/// Bounds a test's work: none may hang. Fails after 60 s, naming `what`.
+pub async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
+}
+
+/// Polls `done` every 10 ms until it holds; fails after 10 s, naming `what`.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
