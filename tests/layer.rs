@@ -687,3 +687,44 @@ async fn axum_route_layer_rules_by_matched_path() {
         ("tower-memcache; hit", &b"post"[..])
     );
 }
+
+/// RFC 9110 §9.1: method names are case-sensitive, so `get` is not GET but an unknown
+/// method, and a 2xx to an unknown method invalidates its target (RFC 9111 §4.4). Many
+/// servers upper-case the method before routing (WSGI gateways, Werkzeug) and answer
+/// `get /page` as a GET: with no request body and no effect at the origin, any client
+/// could evict any stored page at will, each time sending the next visitor to the origin.
+/// A spelling of a safe method in another case does not invalidate.
+#[tokio::test]
+async fn a_safe_method_spelled_in_lower_case_does_not_evict_the_page() {
+    use tower::Layer;
+
+    let layer = support::layer(MemoryBackend::new()).default_lifetime(Duration::from_secs(60));
+    let watch = Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|_request: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(
+            Response::builder()
+                .header("cache-control", "public, max-age=60")
+                .body(http_body_util::Full::new(Bytes::from_static(b"the page")))
+                .unwrap(),
+        )
+    }));
+    let url = "http://shop.example/page";
+    support::send(&service, Method::GET, url, &[]).await;
+    stores(&watch, 1).await;
+    for spelling in ["get", "Get", "head", "options", "trace"] {
+        let method = Method::from_bytes(spelling.as_bytes()).unwrap();
+        support::send(&service, method, url, &[]).await;
+        watch.settled().await;
+        let again = support::send(&service, Method::GET, url, &[]).await;
+        assert_hit(again.cache_status());
+    }
+    // A real unsafe method still invalidates.
+    support::send(&service, Method::POST, url, &[]).await;
+    watch.settled().await;
+    let after = support::send(&service, Method::GET, url, &[]).await;
+    assert!(
+        !after.cache_status().contains("hit"),
+        "{}",
+        after.cache_status()
+    );
+}

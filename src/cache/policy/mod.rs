@@ -260,11 +260,21 @@ impl Policy {
     /// (RFC 9111 §4.4): every method not known to be safe, but CONNECT. A CONNECT opens
     /// a tunnel and changes nothing at its target; HTTP/2's WebSocket handshake is one
     /// (RFC 8441), and its every success removed the page stored at the socket's URL.
+    /// Nor a safe method spelled in another case (`get`): an unknown method by RFC 9110
+    /// §9.1, but many servers upper-case the method before routing and answer it as the
+    /// safe one, so any client could evict any page at will, with nothing changed at the
+    /// origin.
     pub(crate) fn invalidates(method: &Method) -> bool {
-        !matches!(
+        if matches!(
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
-        )
+        ) {
+            return false;
+        }
+        let name = method.as_str();
+        !["GET", "HEAD", "OPTIONS", "TRACE"]
+            .iter()
+            .any(|safe| name.eq_ignore_ascii_case(safe))
     }
 
     /// Whether a request that [`invalidates`](Self::invalidates) nothing by its method
