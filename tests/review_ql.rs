@@ -15,7 +15,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{Notify, Semaphore};
 use tower::{Layer, ServiceExt};
-use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::{CacheMode, OriginUnreachable};
 
@@ -119,7 +118,10 @@ async fn followers_of_a_failed_revalidation(failure: Failure) {
         })
     };
     let (status, body) = send().await.unwrap();
-    assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"stored page"[..]));
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"stored page"[..])
+    );
     support::stores(&watch, 1).await;
 
     let leader = send();
@@ -143,7 +145,9 @@ async fn followers_of_a_failed_revalidation(failure: Failure) {
         let (status, body) = tokio::time::timeout(Duration::from_secs(20), follower)
             .await
             .unwrap_or_else(|_| {
-                panic!("{failure:?}: a follower waited for another follower's turn at a failing origin")
+                panic!(
+                    "{failure:?}: a follower waited for another follower's turn at a failing origin"
+                )
             })
             .unwrap();
         assert_eq!(
