@@ -240,6 +240,9 @@ where
     let failed = unreachable || matches!(response.status().as_u16(), 500 | 502 | 503 | 504);
     if failed {
         if let Some(fallback) = stale_fallback(unreachable) {
+            // As for an inner service error above: the followers go on their own now,
+            // rather than take this for a client gone and wait out the failure in turn.
+            filler.release().await;
             return Ok(fallback);
         }
         if stale.is_some() {
