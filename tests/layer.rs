@@ -411,7 +411,9 @@ async fn vary_selects_the_variant<B: Backend>(backend: B) {
     let de = [("accept-language", "de")];
     let first = send(&svc, Method::GET, "/vary", &de).await;
     stores(&stats, 1).await;
-    let again = send(&svc, Method::GET, "/vary", &[("accept-language", " de ")]).await;
+    // The same value (white space at its ends is another value, which an HTTP/1 server
+    // trims and HTTP/2 passes on: review QK).
+    let again = send(&svc, Method::GET, "/vary", &de).await;
     assert_hit(again.cache_status());
     assert_eq!(again.body(), first.body());
     let en = send(&svc, Method::GET, "/vary", &[("accept-language", "en")]).await;

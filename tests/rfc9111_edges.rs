@@ -401,11 +401,12 @@ async fn rfc9111_4_1_negotiation_fields_share_variants<B: Backend>(backend: B) {
     let first = ask("en, de", "gzip, br").await;
     assert_not_hit(first.cache_status());
     stores(&watch, 1).await;
-    // Encodings in any order, case and spacing; languages as sent (handlers choose by
-    // their order, case and spelling in ways of their own: review DD).
+    // Encodings in any order, case and spacing; languages as sent, white space at the
+    // ends too (handlers choose by their order, case and spelling in ways of their own:
+    // review DD; HTTP/2 hands them ` en, de ` untrimmed: review QK).
     for (language, encoding) in [
         ("en, de", "br, gzip"),
-        (" en, de ", "BR,gzip"),
+        ("en, de", " BR,gzip "),
         ("en, de", "gzip;q=1 , br"),
     ] {
         let answer = ask(language, encoding).await;
@@ -422,11 +423,12 @@ async fn rfc9111_4_1_negotiation_fields_share_variants<B: Backend>(backend: B) {
         ("EN, de", "gzip, br"),
         ("en,de", "gzip, br"),
         ("en;q=1, de", "gzip, br"),
+        (" en, de ", "gzip, br"),
     ] {
         let answer = ask(language, encoding).await;
         assert_not_hit(answer.cache_status());
     }
-    assert_eq!(origin.calls(), 8);
+    assert_eq!(origin.calls(), 9);
 }
 
 on_every_backend!(
