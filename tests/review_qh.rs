@@ -139,3 +139,62 @@ async fn two_slots_closed_by_one_restart_do_not_disable_flush_all() {
     let stats = bounded("stats", backend.stats()).await;
     assert!(stats.is_ok(), "stats refused after one restart: {stats:?}");
 }
+
+/// An origin that answers every request with `answer` and closes the connection.
+async fn raw_origin(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An event stream is never stored (review QE: its clients waited for another's stream,
+/// and one that ended was replayed, old events as new, to every later client), by its
+/// `Content-Type`. An origin's `Connection: content-type` (one that reflects a client's
+/// `Connection` field does it for any client) hid that field from the cache in the proxy,
+/// and the stream was stored and replayed: `Content-Type` decides caching now, so
+/// `Connection` cannot hide it.
+#[cfg(feature = "proxy")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_hide_an_event_stream_from_the_cache() {
+    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Type: text/event-stream\r\nConnection: content-type\r\nContent-Length: 18\r\n\r\ndata: price 100\r\n\r\n";
+    let origin = raw_origin(answer).await;
+    let proxy = support::proxy::start_proxy(origin, &[]);
+    for _ in 0..2 {
+        let response = bounded(
+            "event stream",
+            support::proxy::raw_text(&proxy, "GET /events HTTP/1.1\r\nHost: shop.example\r\n"),
+        )
+        .await;
+        let cache_status = response
+            .lines()
+            .find(|line| line.starts_with("cache-status:"))
+            .unwrap_or_default();
+        assert!(
+            !cache_status.contains("stored") && !cache_status.contains("hit"),
+            "an event stream stored or replayed: {response:?}"
+        );
+        assert!(
+            response.contains("content-type: text/event-stream"),
+            "{response:?}"
+        );
+    }
+}
