@@ -198,3 +198,172 @@ async fn connection_cannot_hide_an_event_stream_from_the_cache() {
         );
     }
 }
+
+/// A server taken for a proxy without `stats` (two `stats settings` queries in a row
+/// closed their connection: a twemproxy, or a memcached crash-looping then) and then
+/// marked down is asked its settings again when it comes back, "it may be another process
+/// now" (`finish_rejoin`), but only once its reset was done: the reset's `flush_all`,
+/// which `remove_failed_servers` makes on every return (review QF: its keys were written
+/// elsewhere meanwhile), was refused as unsupported without being sent, and the memcached
+/// that answers there now served its old values. The settings are asked again when the
+/// reset begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_back_from_an_outage_is_flushed_though_once_taken_for_a_proxy() {
+    use std::sync::atomic::AtomicBool;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let broken = Arc::new(AtomicBool::new(false));
+    let flushes = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let (broken, flushes) = (Arc::clone(&broken), Arc::clone(&flushes));
+        async move {
+            for connection in 0.. {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (broken, flushes) = (Arc::clone(&broken), Arc::clone(&flushes));
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if broken.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let reply: &[u8] = match line.trim_end() {
+                            // The first two connections' queries closed: taken for a proxy.
+                            "stats settings" if connection < 2 => return,
+                            "stats settings" => b"STAT item_size_max 1048576\r\nEND\r\n",
+                            "stats" => b"STAT pid 1\r\nEND\r\n",
+                            "version" => b"VERSION 1.6.21\r\n",
+                            "flush_all" => {
+                                flushes.fetch_add(1, Ordering::SeqCst);
+                                b"OK\r\n"
+                            }
+                            line if line.starts_with("get") => b"END\r\n",
+                            _ => b"ERROR\r\n",
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let backend = TcpBackend::builder()
+        .server(addr)
+        .remove_failed_servers(true)
+        .failure_threshold(1)
+        .probe_interval(Duration::from_millis(50))
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(bounded("first get", backend.get("a")).await.unwrap(), None);
+    // Taken for a proxy: no flush_all is sent to it.
+    assert!(bounded("flush_all", backend.flush_all()).await.is_err());
+    assert_eq!(flushes.load(Ordering::SeqCst), 0);
+    // An outage: marked down, out of the ring.
+    broken.store(true, Ordering::SeqCst);
+    let _ = bounded("get in the outage", backend.get("b")).await;
+    bounded("marked down", async {
+        while !backend.is_server_down(0) {
+            let _ = backend.get("b").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Back (a memcached now), flushed before it serves again.
+    broken.store(false, Ordering::SeqCst);
+    bounded("back in use", async {
+        while backend.is_server_down(0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        flushes.load(Ordering::SeqCst),
+        1,
+        "back in the ring without the flush its return owes"
+    );
+    let flushed = bounded("flush_all after the return", backend.flush_all()).await;
+    assert!(flushed.is_ok(), "{flushed:?}");
+}
+
+/// A twemproxy-like server (every `stats` and `flush_all` closes the connection) comes
+/// back from an outage all the same with `remove_failed_servers`: its settings are asked
+/// again when its reset begins, two closed queries take it for a proxy again, and the
+/// reset's flush is skipped as unsupported rather than sent (sent, it closed the
+/// connection, the reset failed and the server never came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_without_stats_comes_back_from_an_outage() {
+    use std::sync::atomic::AtomicBool;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let broken = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let (broken, asked) = (Arc::clone(&broken), Arc::clone(&asked));
+        async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (broken, asked) = (Arc::clone(&broken), Arc::clone(&asked));
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if broken.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let reply: &[u8] = match line.trim_end() {
+                            line if line.starts_with("stats") => {
+                                asked.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            "flush_all" => return,
+                            "version" => b"VERSION 0.5.0\r\n",
+                            line if line.starts_with("get") => b"END\r\n",
+                            _ => b"ERROR\r\n",
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let backend = TcpBackend::builder()
+        .server(addr)
+        .remove_failed_servers(true)
+        .failure_threshold(1)
+        .probe_interval(Duration::from_millis(50))
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(bounded("first get", backend.get("a")).await.unwrap(), None);
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    broken.store(true, Ordering::SeqCst);
+    bounded("marked down", async {
+        while !backend.is_server_down(0) {
+            let _ = backend.get("b").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    broken.store(false, Ordering::SeqCst);
+    bounded("back in use", async {
+        while backend.is_server_down(0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(bounded("get after", backend.get("a")).await.unwrap(), None);
+    // Asked twice more on its return, and not again.
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+    assert!(bounded("flush_all", backend.flush_all()).await.is_err());
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+}

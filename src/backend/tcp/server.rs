@@ -759,10 +759,24 @@ impl Server {
     /// The probe got an answer and is about to reset the server: from now on writes to
     /// every server reach it. False if it is not marked down.
     pub(crate) fn begin_rejoin(&self) -> bool {
-        self.health
+        let begun = self
+            .health
             .state
             .compare_exchange(DOWN, REJOINING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        if begun {
+            // It may be another process now (restarted, replaced): its settings are asked
+            // again before the reset, on a connection of its own (not the probe's, made
+            // without asking). Asked only after it, a server once taken for a proxy had
+            // its reset's `flush_all` refused as unsupported unsent, and came back with
+            // values that flush was owed for.
+            self.health.ask_settings.store(true, Ordering::Release);
+            for slot in self.slots.iter() {
+                slot.settings_closes.store(0, Ordering::Release);
+            }
+            self.close_connections();
+        }
+        begun
     }
 
     /// The reset failed: the server is marked down again (writes skip it until the next
@@ -776,15 +790,11 @@ impl Server {
         );
     }
 
-    /// Marks the server up again after its reset. It may be another process now
-    /// (restarted, replaced), so its settings are asked again. False if it was marked
-    /// down meanwhile (it failed a write every server must take): it needs another reset.
+    /// Marks the server up again after its reset (whose connections asked its settings
+    /// again, see [`begin_rejoin`](Self::begin_rejoin)). False if it was marked down
+    /// meanwhile (it failed a write every server must take): it needs another reset.
     pub(crate) fn finish_rejoin(&self) -> bool {
         self.health.consecutive_failures.store(0, Ordering::Release);
-        self.health.ask_settings.store(true, Ordering::Release);
-        for slot in self.slots.iter() {
-            slot.settings_closes.store(0, Ordering::Release);
-        }
         // Before the state: a connect that began out of use never sees the server in use
         // with the epoch it began in.
         self.health.epoch.fetch_add(1, Ordering::SeqCst);
