@@ -62,15 +62,10 @@ struct Health {
     probing: AtomicBool,
     /// What this server is known to accept.
     item_limit: ItemLimit,
-    /// Cleared when `stats settings` cost a connection twice in a row (twemproxy closes
-    /// the connection on every `stats`): new connections then skip it, until the server
-    /// is marked up again.
+    /// Cleared when `stats settings` cost a slot's connection twice in a row (twemproxy
+    /// closes the connection on every `stats`): new connections then skip it, until the
+    /// server is marked up again (see [`Slot::settings_closes`]).
     ask_settings: AtomicBool,
-    /// `stats settings` queries in a row that cost their connection. One alone is not
-    /// taken for a proxy: a memcached restarting as it was asked closes it too, and with
-    /// the query given up, `flush_all` and `stats` were refused as unsupported until the
-    /// server happened to be marked down and up again.
-    settings_closes: AtomicU32,
     /// A `flush_all` missed it (it was marked down, or did not answer): it may still hold
     /// what the flush removed everywhere else, so it is flushed before it serves again
     /// (and was marked down for that, if it was in use).
@@ -107,11 +102,17 @@ impl Health {
     /// Asks a new connection for `stats settings`, bounded by `within`, and takes the
     /// answer ([`settings_answered`](Self::settings_answered)): whether the connection is
     /// still of use.
-    async fn query_settings(&self, server: &str, conn: &Connection, within: Instant) -> bool {
+    async fn query_settings(
+        &self,
+        server: &str,
+        conn: &Connection,
+        within: Instant,
+        slot: &Slot,
+    ) -> bool {
         let mut request = BytesMut::new();
         protocol::encode_stats(&mut request, Some("settings"));
         let reply = conn.call(request.freeze(), Some(within)).await;
-        self.settings_answered(server, conn, reply)
+        self.settings_answered(server, conn, reply, slot)
     }
 
     /// What a new connection's `stats settings` answered (see
@@ -121,6 +122,7 @@ impl Health {
         server: &str,
         conn: &Connection,
         reply: Result<Result<Reply, BackendError>, Elapsed>,
+        slot: &Slot,
     ) -> bool {
         match reply {
             Ok(Ok(Reply::Stats(stats))) => {
@@ -128,7 +130,7 @@ impl Health {
                 // key, so queued gets may share one line (twemproxy closes the
                 // connection on `stats`, and fails a whole multi-get for one dead server).
                 conn.merge_gets();
-                self.settings_closes.store(0, Ordering::Release);
+                slot.settings_closes.store(0, Ordering::Release);
                 let item_size_max = stats
                     .iter()
                     .find(|(name, _)| name == "item_size_max")
@@ -174,8 +176,9 @@ impl Health {
             Ok(Err(err)) => {
                 if conn.is_closed() {
                     tracing::debug!(server, error = %err, "stats settings closed the connection");
-                    // Twice in a row: a proxy that does not support it, not a restart.
-                    if self.settings_closes.fetch_add(1, Ordering::AcqRel) + 1 >= 2 {
+                    // Twice in a row on one slot: a proxy that does not support it, not a
+                    // restart (which may close the queries of several slots at once).
+                    if slot.settings_closes.fetch_add(1, Ordering::AcqRel) + 1 >= 2 {
                         self.stop_asking_settings(server);
                     }
                     false
@@ -252,6 +255,13 @@ struct Slot {
     /// a connection let go here had stalled with nobody told
     /// ([`Connection::take_unreported_stall`]), or a connect whose caller gave up failed.
     unreported_stall: AtomicBool,
+    /// `stats settings` queries in a row on this slot's new connections that cost their
+    /// connection. One alone is not taken for a proxy: a memcached restarting as it was
+    /// asked closes it too (with the query given up, `flush_all` and `stats` were refused
+    /// as unsupported until the server happened to be marked down and up again). Per
+    /// slot: a restart closes the queries of every slot connecting then, one each, which
+    /// counted per server made "two in a row".
+    settings_closes: AtomicU32,
 }
 
 impl Slot {
@@ -342,7 +352,6 @@ impl Server {
                 probing: AtomicBool::new(false),
                 item_limit: ItemLimit::new(),
                 ask_settings: AtomicBool::new(true),
-                settings_closes: AtomicU32::new(0),
                 missed_flush: AtomicBool::new(false),
                 #[cfg(feature = "metrics")]
                 exported: std::sync::OnceLock::new(),
@@ -575,9 +584,9 @@ impl Server {
             Err(err) => return Ok(Err(err)),
         };
         // A query that cost the connection: open another, which asks again after a first
-        // closed query and skips it after a second (see `Health::settings_closes`).
+        // closed query and skips it after a second (see `Slot::settings_closes`).
         while self.health.ask_settings.load(Ordering::Acquire)
-            && !self.learn_settings(&conn, settings, deadline).await
+            && !self.learn_settings(slot, &conn, settings, deadline).await
         {
             conn = match self.connect(slot, settings, deadline, &connecting).await? {
                 Ok(conn) => conn,
@@ -619,7 +628,7 @@ impl Server {
                 // never merged gets (nor learnt the item size limit) for as long as it
                 // lived. Given up when the query cost it: the next caller connects again.
                 Ok(conn) if health.ask_settings.load(Ordering::Acquire) => health
-                    .query_settings(&name, &conn, deadline_in(connect_timeout))
+                    .query_settings(&name, &conn, deadline_in(connect_timeout), &slot)
                     .await
                     .then_some(Ok(conn)),
                 outcome => Some(outcome),
@@ -643,17 +652,20 @@ impl Server {
     /// (dropped with the call, it left the connection unmerged for as long as it lived).
     async fn learn_settings(
         &self,
+        slot: &Arc<Slot>,
         conn: &Arc<Connection>,
         settings: &ConnectionSettings,
         deadline: Instant,
     ) -> bool {
         let within = deadline_in(settings.connect_timeout);
-        let (conn, health, name) = (
+        let (conn, health, name, slot) = (
             Arc::clone(conn),
             Arc::clone(&self.health),
             Arc::clone(&self.name),
+            Arc::clone(slot),
         );
-        let query = tokio::spawn(async move { health.query_settings(&name, &conn, within).await });
+        let query =
+            tokio::spawn(async move { health.query_settings(&name, &conn, within, &slot).await });
         match tokio::time::timeout_at(deadline, query).await {
             Ok(Ok(kept)) => kept,
             // Too slow for this caller (the answer is still taken when it comes), or the
@@ -747,10 +759,24 @@ impl Server {
     /// The probe got an answer and is about to reset the server: from now on writes to
     /// every server reach it. False if it is not marked down.
     pub(crate) fn begin_rejoin(&self) -> bool {
-        self.health
+        let begun = self
+            .health
             .state
             .compare_exchange(DOWN, REJOINING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        if begun {
+            // It may be another process now (restarted, replaced): its settings are asked
+            // again before the reset, on a connection of its own (not the probe's, made
+            // without asking). Asked only after it, a server once taken for a proxy had
+            // its reset's `flush_all` refused as unsupported unsent, and came back with
+            // values that flush was owed for.
+            self.health.ask_settings.store(true, Ordering::Release);
+            for slot in self.slots.iter() {
+                slot.settings_closes.store(0, Ordering::Release);
+            }
+            self.close_connections();
+        }
+        begun
     }
 
     /// The reset failed: the server is marked down again (writes skip it until the next
@@ -764,13 +790,11 @@ impl Server {
         );
     }
 
-    /// Marks the server up again after its reset. It may be another process now
-    /// (restarted, replaced), so its settings are asked again. False if it was marked
-    /// down meanwhile (it failed a write every server must take): it needs another reset.
+    /// Marks the server up again after its reset (whose connections asked its settings
+    /// again, see [`begin_rejoin`](Self::begin_rejoin)). False if it was marked down
+    /// meanwhile (it failed a write every server must take): it needs another reset.
     pub(crate) fn finish_rejoin(&self) -> bool {
         self.health.consecutive_failures.store(0, Ordering::Release);
-        self.health.ask_settings.store(true, Ordering::Release);
-        self.health.settings_closes.store(0, Ordering::Release);
         // Before the state: a connect that began out of use never sees the server in use
         // with the epoch it began in.
         self.health.epoch.fetch_add(1, Ordering::SeqCst);

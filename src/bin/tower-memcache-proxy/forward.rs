@@ -515,9 +515,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, kept: impl Fn(&HeaderName) -> bool)
 /// 200 holding part of its representation stored as the whole. Such fields stay, and so
 /// do those that tell whether a 304 is about the stored response (`ETag`,
 /// `Last-Modified`) and which entries an unsafe method's answer invalidates (`Location`,
-/// `Content-Location`).
+/// `Content-Location`), and `Content-Type`, by which an event stream is never stored
+/// (hidden, a stream was stored and replayed to every later client).
 fn decides_caching(name: &HeaderName) -> bool {
-    const FIELDS: [&str; 15] = [
+    const FIELDS: [&str; 16] = [
         "cache-control",
         "pragma",
         "expires",
@@ -531,6 +532,7 @@ fn decides_caching(name: &HeaderName) -> bool {
         "last-modified",
         "location",
         "content-location",
+        "content-type",
         tower_memcache::cache::DEFAULT_TAG_HEADER,
         tower_memcache::cache::DEFAULT_LIFETIME_HEADER,
     ];
