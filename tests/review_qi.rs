@@ -3,6 +3,10 @@
 
 mod support;
 
+#[cfg(feature = "tcp")]
+#[path = "../examples/hit_rate/lab/mod.rs"]
+mod lab;
+
 /// The value of the sample `name{labels}` in a Prometheus text exposition, whatever the
 /// order of its labels; `None` when there is no such sample.
 #[cfg(feature = "metrics")]
@@ -68,4 +72,64 @@ fn memcached_evictions_keep_counting_after_the_server_restarts() {
     assert_eq!(counted(), Some(135.0), "evictions after a restart were not counted");
     read(5);
     assert_eq!(counted(), Some(135.0));
+}
+
+/// The hit-rate lab's memcached operations per request count the cache's operations, not
+/// the lab's own: it expires entries in trace time by purging them, and took one delete
+/// per server per expired entry off the count. A purge of the lab's absolute URI costs
+/// more (its origin-form spelling is purged too, and each spelling bumps the entry's store
+/// epoch), so every expiry inflated `memcached_ops` and `ops_per_request`. Two requests
+/// for two paths, ten seconds apart, cost the cache the same operations whether the
+/// first path's entry expired in between (lifetime 1 s) or not (an hour).
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_expiry_purges_are_not_counted_as_memcached_operations() {
+    use clap::Parser;
+
+    if let Err(e) = lab::memcached::version("memcached") {
+        assert!(
+            !support::memcached_required(),
+            "MEMCACHED_REQUIRED=1 but the lab cannot run memcached: {e}"
+        );
+        eprintln!("SKIP review_qi lab: {e}");
+        return;
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("review_qi-lab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the scratch directory");
+    let log = dir.join("two.log");
+    std::fs::write(
+        &log,
+        "10.0.0.1 - - [01/Jun/2024:10:00:00 +0200] \"GET /a HTTP/1.1\" 200 1000 \"-\" \"t\"\n\
+         10.0.0.1 - - [01/Jun/2024:10:00:10 +0200] \"GET /b HTTP/1.1\" 200 1000 \"-\" \"t\"\n",
+    )
+    .expect("write the log");
+    let log = log.to_string_lossy().to_string();
+    let args = lab::cli::Args::try_parse_from([
+        "hit_rate",
+        "--log",
+        &log,
+        "--lifetime",
+        "1,3600",
+        "--servers",
+        "1",
+        "--memory",
+        "8",
+        "--concurrency",
+        "1",
+        "--no-svg",
+    ])
+    .expect("valid arguments");
+    let outcome = lab::cli::run(args).await.expect("the lab runs");
+    assert_eq!(outcome.points.len(), 2);
+    let (expiring, lasting) = (&outcome.points[0], &outcome.points[1]);
+    assert_eq!((expiring.expired, lasting.expired), (1, 0), "{outcome:?}");
+    assert_eq!((expiring.hits, lasting.hits), (0, 0));
+    assert!(lasting.memcached_ops > Some(0), "{lasting:?}");
+    assert_eq!(
+        expiring.memcached_ops, lasting.memcached_ops,
+        "the lab's expiry purge was counted as the cache's operations"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
