@@ -69,7 +69,11 @@ fn memcached_evictions_keep_counting_after_the_server_restarts() {
     // The server restarted (its count went back to 0) and has evicted 5 since.
     read(0);
     read(5);
-    assert_eq!(counted(), Some(135.0), "evictions after a restart were not counted");
+    assert_eq!(
+        counted(),
+        Some(135.0),
+        "evictions after a restart were not counted"
+    );
     read(5);
     assert_eq!(counted(), Some(135.0));
 }
@@ -149,7 +153,12 @@ fn zero_origin_timeouts_are_refused_at_startup() {
     for flag in ["--upstream-timeout", "--connect-timeout"] {
         for value in ["0", "0s", "0ms"] {
             let mut child = Command::new(support::proxy::proxy_binary())
-                .args(["--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0"])
+                .args([
+                    "--upstream",
+                    "http://127.0.0.1:9",
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
                 .args(["--threads", "1", flag, value])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

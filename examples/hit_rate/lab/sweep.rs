@@ -477,7 +477,8 @@ async fn calibrate<B: Backend + Clone>(
                 .iter()
                 .find(|(name, _)| name == server)
                 .and_then(|(_, ops)| *ops);
-            ops.zip(before).map_or(0, |(after, before)| after.saturating_sub(before))
+            ops.zip(before)
+                .map_or(0, |(after, before)| after.saturating_sub(before))
         })
         .sum();
     Ok((after, Cost(cost)))
