@@ -327,7 +327,7 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ),
     (
         "tower_memcache_memcached_evictions_total",
-        "counter; server=\"host:port\": items memcached evicted to make room (its `evictions` stat), as last read by `record_backend_gauges`",
+        "counter; server=\"host:port\": items memcached evicted to make room (its `evictions` stat, added up as read by `record_backend_gauges`: it goes on counting when a server restarts and its stat starts again at 0)",
     ),
     (
         "tower_memcache_memcached_items",
@@ -377,8 +377,8 @@ pub fn record_backend_gauges(
     for server in servers {
         let labels = [("server", server.server.clone())];
         if let Some(evictions) = server.get_u64("evictions") {
-            metrics::counter!("tower_memcache_memcached_evictions_total", &labels)
-                .absolute(evictions);
+            let since = evictions_since_last_read(&server.server, evictions);
+            metrics::counter!("tower_memcache_memcached_evictions_total", &labels).increment(since);
         }
         let gauges = [
             ("curr_items", "tower_memcache_memcached_items"),
@@ -399,6 +399,29 @@ pub fn record_backend_gauges(
             metrics::gauge!("tower_memcache_near_cache_bytes").set(near.weight() as f64);
             metrics::gauge!("tower_memcache_near_cache_entries").set(near.entries() as f64);
         }
+    }
+}
+
+/// What `server` evicted since its last read: memcached's `evictions` counts from the
+/// server's start. Not given to the counter as its absolute value: the recorder keeps the
+/// larger of the old and the new (a counter only grows), so after a restart (the stat back
+/// at 0) the series stood still until the new process had evicted as much as the old one.
+/// A value under the last read is a restart, and counts whole. By server name for the
+/// process, as the series is: two callers reading one server add each eviction once.
+#[cfg(feature = "metrics")]
+fn evictions_since_last_read(server: &str, evictions: u64) -> u64 {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    static LAST: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    let mut last = LAST
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match last.insert(server.to_string(), evictions) {
+        Some(before) if evictions >= before => evictions - before,
+        // First read (the server's whole count, as before), or a restart.
+        _ => evictions,
     }
 }
 

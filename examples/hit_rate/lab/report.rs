@@ -252,7 +252,7 @@ tier (size,staleness); near hits: requests it answered without memcached, share 
 requests; ops/req: memcached operations per request, from the servers' own counters
 (cmd_get counts keys: a lookup is at most 2, lookups merged into one line share the
 namespace generation; sets, touches, deletes, incr/decr count 1 each; the
-lab's expiry deletes left out); busiest: the busiest server's share of those operations.";
+lab's expiry purges, measured, left out); busiest: the busiest server's share of those operations.";
 
 /// `90 s`, `15 min`, `2 h 5 min`.
 pub fn duration(seconds: f64) -> String {

@@ -15,9 +15,12 @@
 //! and the namespace generation, so it counts 2, or less when lookups queued on one
 //! connection were merged into one line, which lists the generation once), `cmd_set` counts every storage command
 //! (`set`, `add`, `cas`, ...; `cas_*` are a subset of it and are not added again),
-//! `touch_*` likewise within `cmd_touch`. The deletes the lab itself sends to expire
-//! entries in trace time (one per server per expired entry, standing for memcached's own
-//! expiry, which costs no command) are taken off.
+//! `touch_*` likewise within `cmd_touch`. The purges the lab itself sends to expire
+//! entries in trace time (standing for memcached's own expiry, which costs no command)
+//! are taken off: what one costs (a purge deletes on every server and writes store
+//! epochs, for more than one spelling of the URI) is measured before the replay, by
+//! purging a path the trace never requests, and taken off once per expired entry (from
+//! the sum exactly; from each server's count, for the busiest share, an even share of it).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -247,10 +250,10 @@ pub async fn run_point(
                 builder = builder.memory_limit(usize::try_from(mb << 20).unwrap_or(usize::MAX));
             }
             let backend = builder.build();
-            let before = operations(&backend).await?;
+            let (before, expiry) = calibrate(&backend, &namespace).await?;
             let measured = replay!(backend.clone()).await?;
-            let (before, lab_deletes) = window(&measured, before);
-            let counts = server_counts(&backend, &[], &before, lab_deletes).await?;
+            let (before, expired) = window(&measured, before);
+            let counts = server_counts(&backend, &[], &before, expired * expiry).await?;
             (measured, counts)
         }
         Target::Spawn {
@@ -283,10 +286,10 @@ pub async fn run_point(
             }
             let addrs: Vec<String> = started.iter().map(memcached::Server::addr).collect();
             let backend = tcp_backend(&addrs.join(","), settings)?;
-            let before = operations(&backend).await?;
+            let (before, expiry) = calibrate(&backend, &namespace).await?;
             let measured = replay!(backend.clone()).await?;
-            let (before, lab_deletes) = window(&measured, before);
-            let counts = server_counts(&backend, &addrs, &before, lab_deletes).await?;
+            let (before, expired) = window(&measured, before);
+            let counts = server_counts(&backend, &addrs, &before, expired * expiry).await?;
             drop(started);
             (measured, counts)
         }
@@ -298,11 +301,13 @@ pub async fn run_point(
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
-            let before = operations(&backend).await?;
-            let evictions_before = server_counts(&backend, &addrs, &before, 0).await?.evictions;
+            let (before, expiry) = calibrate(&backend, &namespace).await?;
+            let evictions_before = server_counts(&backend, &addrs, &before, Cost::NONE)
+                .await?
+                .evictions;
             let measured = replay!(backend.clone()).await?;
-            let (before, lab_deletes) = window(&measured, before);
-            let mut counts = server_counts(&backend, &addrs, &before, lab_deletes).await?;
+            let (before, expired) = window(&measured, before);
+            let mut counts = server_counts(&backend, &addrs, &before, expired * expiry).await?;
             counts.evictions = counts.evictions.saturating_sub(evictions_before);
             (measured, counts)
         }
@@ -379,7 +384,7 @@ fn tcp_backend(servers: &str, settings: &Settings) -> Result<TcpBackend, String>
 }
 
 /// Where memcached operations are counted from: the servers' stats after the warm-up if
-/// there was one (else `before`), and the lab's expiry deletes on each server since.
+/// there was one (else `before`), and the entries the lab expired since.
 fn window(measured: &Measured, before: Operations) -> (Operations, u64) {
     match &measured.warm {
         Some(warm) => (
@@ -428,14 +433,67 @@ async fn operations(backend: &impl Backend) -> Result<Operations, String> {
     Ok(operations_of(&stats))
 }
 
+/// What the lab's own operations cost, to be taken off the servers' counts: the
+/// operations of one expiry purge (or of as many as were made), summed over the servers.
+#[derive(Debug, Clone, Copy)]
+struct Cost(u64);
+
+impl Cost {
+    const NONE: Self = Self(0);
+}
+
+impl std::ops::Mul<Cost> for u64 {
+    type Output = Cost;
+
+    fn mul(self, cost: Cost) -> Cost {
+        Cost(self.saturating_mul(cost.0))
+    }
+}
+
+/// A path no trace requests (a log's targets start with `/` and hold no such name).
+const CALIBRATION_PATH: &str = "/.hit-rate-lab-expiry-calibration";
+
+/// The servers' operations before a replay, and what one of the lab's expiry purges
+/// costs: read around a purge of [`CALIBRATION_PATH`], as the replay's purger (a layer of
+/// the point's namespace) sends it. Measured rather than assumed: a purge deletes on every
+/// server and writes store epochs, for each spelling of the URI it reaches.
+async fn calibrate<B: Backend + Clone>(
+    backend: &B,
+    namespace: &str,
+) -> Result<(Operations, Cost), String> {
+    let first = operations(backend).await?;
+    let purger = tower_memcache::MemcacheLayer::new(backend.clone())
+        .namespace(namespace)
+        .purger();
+    purger
+        .purge_uri(&format!("http://{}{CALIBRATION_PATH}", trace::HOST))
+        .await
+        .map_err(|e| format!("the expiry purge's calibration: {e}"))?;
+    let after = operations(backend).await?;
+    let cost = after
+        .iter()
+        .map(|(server, ops)| {
+            let before = first
+                .iter()
+                .find(|(name, _)| name == server)
+                .and_then(|(_, ops)| *ops);
+            ops.zip(before)
+                .map_or(0, |(after, before)| after.saturating_sub(before))
+        })
+        .sum();
+    Ok((after, Cost(cost)))
+}
+
 /// `evictions` and `curr_items` (read with the backend's `stats`), `total_malloced`
 /// (`stats slabs`, on a connection of its own to each of `addrs`), and the operations
-/// since `before`, less `lab_deletes` on each server (the lab's expiry deletes).
+/// since `before`, less `lab`: the lab's own (its expiry purges), taken off the sum, and
+/// an even share of them off each server's count (a purge's deletes reach every server,
+/// its epoch writes the servers of the URI's keys: even on average).
 async fn server_counts(
     backend: &impl Backend,
     addrs: &[String],
     before: &Operations,
-    lab_deletes: u64,
+    lab: Cost,
 ) -> Result<ServerCounts, String> {
     let stats = backend
         .stats()
@@ -462,14 +520,25 @@ async fn server_counts(
                 .iter()
                 .find(|(name, _)| *name == server)
                 .map_or(Some(0), |(_, ops)| *ops);
-            Some(after?.saturating_sub(before?).saturating_sub(lab_deletes))
+            Some(after?.saturating_sub(before?))
         })
         .collect();
+    let servers = u64::try_from(stats.len()).unwrap_or(u64::MAX).max(1);
+    let ops = per_server.map(|ops| {
+        let sum = ops.iter().sum::<u64>().saturating_sub(lab.0);
+        let busiest = ops
+            .iter()
+            .map(|ops| ops.saturating_sub(lab.0 / servers))
+            .max()
+            .unwrap_or(0)
+            .min(sum);
+        (sum, busiest)
+    });
     Ok(ServerCounts {
         servers: stats.len(),
         evictions: sum("evictions"),
         items: sum("curr_items"),
         malloced,
-        ops: per_server.map(|ops| (ops.iter().sum(), ops.iter().copied().max().unwrap_or(0))),
+        ops,
     })
 }

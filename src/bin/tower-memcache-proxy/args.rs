@@ -173,8 +173,8 @@ pub(crate) struct Args {
     /// How long the origin may take to send a response head, from the request body's last
     /// byte, before the client gets 504 Gateway Timeout, and to send the next part of a
     /// response body before it is cut off (nginx's proxy_read_timeout); a request body
-    /// that pauses that long on its way is cut off alike.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    /// that pauses that long on its way is cut off alike. More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub(crate) upstream_timeout: Duration,
 
     /// How long a client may take to send a request head: from the connection's start, or
@@ -234,8 +234,8 @@ pub(crate) struct Args {
     pub(crate) upstream_queue_timeout: Duration,
 
     /// How long connecting to the origin may take before the client gets 502 Bad Gateway
-    /// (nginx's proxy_connect_timeout).
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    /// (nginx's proxy_connect_timeout). More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub(crate) connect_timeout: Duration,
 
     /// On SIGTERM or Ctrl-C, how long open requests and pending stores may take to finish
@@ -379,7 +379,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// A duration of more than zero (a zero timeout would close every connection at once).
+/// A duration of more than zero: a zero timeout would close every connection at once
+/// (`--client-header-timeout`), or answer every miss 504 or 502 (`--upstream-timeout`,
+/// `--connect-timeout`: no origin answers, or is reached over a network, in no time).
 pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err(format!("{:?}: must be more than 0", text.trim())),
