@@ -13,16 +13,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
 
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still running after 60 s"))
-}
+use support::bounded;
 
 /// Serves `service` on loopback with hyper's auto server (HTTP/1 and h2c prior knowledge).
 async fn serve<S, RB>(service: S) -> SocketAddr
