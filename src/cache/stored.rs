@@ -12,6 +12,7 @@ use http::{Response, StatusCode};
 use super::body::ResponseBody;
 use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::policy::conditional::not_modified_headers;
+use crate::cache::policy::date::format_http_date;
 use crate::cache::policy::freshness::{Freshness, explicit_lifetime, initial_age};
 use crate::cache::policy::{CacheControl, CacheMode, Policy, normalized_header};
 
@@ -232,6 +233,16 @@ impl Admission<'_> {
         // times).
         if let Some(age) = update.get(header::AGE) {
             let _ = headers.try_insert(header::AGE, age.clone());
+        }
+        // RFC 9110 §6.6.1: a response without `Date` (a server without a clock) is dated
+        // when it was received. Left out, the stored `Date` stayed, and the refreshed
+        // entry's apparent age was the old one: stale again the moment it was refreshed.
+        if !update.contains_key(header::DATE) && headers.contains_key(header::DATE) {
+            if let Some(date) = format_http_date(self.response_time)
+                .and_then(|date| HeaderValue::from_str(&date).ok())
+            {
+                let _ = headers.try_insert(header::DATE, date);
+            }
         }
         headers
     }
