@@ -91,3 +91,65 @@ async fn a_304_without_date_freshens_the_entry_from_now() {
     })
     .await;
 }
+
+/// A handler's `x-memcache-lifetime` that is no plain number of seconds (a fraction, a
+/// negative number, a unit, a list, or the field twice with different values) was
+/// ignored, and the route's lifetime (an hour by default) applied instead: a response the
+/// handler meant to be fresh for half a second, or not at all, was answered from the
+/// cache for an hour. Like an invalid `max-age` (RFC 9111 §4.2.1), such a value now
+/// means stale at once, and of several values the smallest rules.
+#[tokio::test]
+async fn a_lifetime_header_that_is_no_number_of_seconds_never_lengthens_the_lifetime() {
+    support::bounded("lifetime header", async {
+        let cases: [&[&str]; 7] = [
+            &["0.5"],
+            &["-1"],
+            &["30s"],
+            &["60, 0"],
+            &["1e3"],
+            &["60", "0"],
+            &["0", "60"],
+        ];
+        for values in cases {
+            let layer = support::layer(MemoryBackend::new()).namespace("review-qn-lifetime");
+            let watch = support::Watch::of(&layer);
+            let calls = Arc::new(AtomicUsize::new(0));
+            let service = layer.layer(tower::service_fn({
+                let calls = Arc::clone(&calls);
+                move |_request: Request<()>| {
+                    let call = calls.fetch_add(1, Ordering::SeqCst);
+                    let mut response =
+                        Response::new(Full::new(Bytes::from(format!("call {call}"))));
+                    for value in values {
+                        response
+                            .headers_mut()
+                            .append("x-memcache-lifetime", value.parse().unwrap());
+                    }
+                    async move { Ok::<_, Infallible>(response) }
+                }
+            }));
+            let url = "http://review-qn.test/lifetime";
+            let first = support::send(&service, Method::GET, url, &[]).await;
+            assert_eq!(first.header("x-memcache-lifetime"), None, "{values:?}");
+            watch.settled().await;
+            let second = support::send(&service, Method::GET, url, &[]).await;
+            assert_eq!(second.body, "call 1", "{values:?} answered from the cache");
+        }
+        // A plain number still rules (the test can fail).
+        let layer = support::layer(MemoryBackend::new()).namespace("review-qn-lifetime");
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(tower::service_fn(|_request: Request<()>| async {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"kept")));
+            response
+                .headers_mut()
+                .insert("x-memcache-lifetime", "60".parse().unwrap());
+            Ok::<_, Infallible>(response)
+        }));
+        let url = "http://review-qn.test/kept";
+        support::send(&service, Method::GET, url, &[]).await;
+        support::stores(&watch, 1).await;
+        let hit = support::send(&service, Method::GET, url, &[]).await;
+        support::assert_hit(hit.cache_status());
+    })
+    .await;
+}

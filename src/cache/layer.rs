@@ -258,6 +258,8 @@ impl<B: Backend> MemcacheLayer<B> {
 
     /// The response header a handler sets to choose that response's lifetime in seconds;
     /// removed before sending. `None` turns it off. Defaults to `x-memcache-lifetime`.
+    /// A value that is no whole number of seconds (`0.5`, `-1`, `30s`) makes the response
+    /// stale at once, as an invalid `max-age` does; of several values the smallest rules.
     /// (A [`CacheLifetime`](super::CacheLifetime) response extension does the same.)
     pub fn lifetime_header(mut self, header: Option<HeaderName>) -> Self {
         self.config.lifetime_header = header;
