@@ -54,3 +54,77 @@ async fn a_lower_case_get_overridden_to_delete_invalidates_as_a_get_would() {
         );
     }
 }
+
+/// The value of the sample `name{server="…"}` in a Prometheus text exposition.
+#[cfg(feature = "metrics")]
+fn server_sample(text: &str, name: &str, server: &str) -> Option<f64> {
+    let series = format!("{name}{{server=\"{server}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+}
+
+/// Review Qi counts `evictions` read below the last read as a restart, whole. But reads
+/// arrive out of order: `record_backend_gauges` is to be called "when scraped", and two
+/// scrapes at once (a pair of Prometheus servers, as HA setups run) each read `stats`,
+/// the older answer recorded last. Taken for a restart, it added the server's whole
+/// eviction count again: the counter jumped by millions on a busy cache, an alert on
+/// `rate()` for nothing. And a real restart whose new process evicted more than the old
+/// one had (read between the two) counted only the difference. memcached says when it
+/// started (`time` - `uptime`): a restart is a new start, not a smaller number.
+#[cfg(feature = "metrics")]
+#[test]
+fn memcached_evictions_read_out_of_order_are_not_taken_for_a_restart() {
+    use std::collections::HashMap;
+    use tower_memcache::backend::ServerStats;
+    use tower_memcache::cache::record_backend_gauges;
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    // A name no other test of this process reads.
+    let server = "review-qm-evictions:11211";
+    // memcached's `time` and `uptime` for a process started at `started`, read at `now`.
+    let read = |evictions: u64, started: u64, now: u64| {
+        let stats = ServerStats {
+            server: server.into(),
+            stats: HashMap::from([
+                ("evictions".to_string(), evictions.to_string()),
+                ("time".to_string(), now.to_string()),
+                ("uptime".to_string(), (now - started).to_string()),
+                ("pid".to_string(), "1".to_string()),
+            ]),
+        };
+        metrics::with_local_recorder(&recorder, || record_backend_gauges(&[stats], None));
+    };
+    let counted = || {
+        server_sample(
+            &handle.render(),
+            "tower_memcache_memcached_evictions_total",
+            server,
+        )
+    };
+    let started = 1_700_000_000;
+    read(1_000_000, started, started + 100);
+    assert_eq!(counted(), Some(1_000_000.0));
+    read(1_000_500, started, started + 110);
+    assert_eq!(counted(), Some(1_000_500.0));
+    // A scrape's answer from a moment before, recorded after the other one's.
+    read(1_000_400, started, started + 109);
+    assert_eq!(
+        counted(),
+        Some(1_000_500.0),
+        "an older read was taken for a restart"
+    );
+    read(1_000_600, started, started + 120);
+    assert_eq!(counted(), Some(1_000_600.0));
+    // Restarted (at started + 200) and, by the next read, evicted more than the old
+    // process had: all of it is new.
+    let again = started + 200;
+    read(2_000_000, again, again + 60);
+    assert_eq!(
+        counted(),
+        Some(3_000_600.0),
+        "a restart counted by difference"
+    );
+    read(2_000_100, again, again + 70);
+    assert_eq!(counted(), Some(3_000_700.0));
+}
