@@ -128,3 +128,118 @@ fn memcached_evictions_read_out_of_order_are_not_taken_for_a_restart() {
     read(2_000_100, again, again + 70);
     assert_eq!(counted(), Some(3_000_700.0));
 }
+
+/// A `stats settings` query that costs its connection once is a restart, twice in a row
+/// on one slot a proxy (review Qh), and a server back from an outage starts counting
+/// again (review QK resets the count when its reset begins). But only the slots of the
+/// sibling whose probe saw it return were reset: a sibling (the proxy runs one per
+/// thread) whose slot had one closed query from before the outage kept it, and the first
+/// closed query after the return (memcached restarting once more) took the server for a
+/// proxy. From then on `flush_all` was refused unsent as unsupported: the purge of
+/// everything left that server's values, with nothing owed to make up for it.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_siblings_closed_settings_query_before_an_outage_does_not_count_after_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+    use tower_memcache::backend::{Backend, TcpBackend};
+
+    #[derive(Default)]
+    struct Script {
+        /// The next `stats settings` closes its connection (a restart), once.
+        close_next: AtomicBool,
+        /// ... and the server hangs from then on (it answers nothing, and closes each
+        /// connection once `hung` is cleared).
+        hang_after: AtomicBool,
+        hung: AtomicBool,
+        flushes: AtomicUsize,
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script = Arc::new(Script::default());
+    tokio::spawn({
+        let script = Arc::clone(&script);
+        async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let script = Arc::clone(&script);
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if script.hung.load(Ordering::SeqCst) {
+                            while script.hung.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            return;
+                        }
+                        let reply: &[u8] = match line.trim_end() {
+                            "stats settings" if script.close_next.swap(false, Ordering::SeqCst) => {
+                                if script.hang_after.load(Ordering::SeqCst) {
+                                    script.hung.store(true, Ordering::SeqCst);
+                                }
+                                return;
+                            }
+                            "stats settings" => b"STAT item_size_max 1048576\r\nEND\r\n",
+                            "version" => b"VERSION 1.6.21\r\n",
+                            "flush_all" => {
+                                script.flushes.fetch_add(1, Ordering::SeqCst);
+                                b"OK\r\n"
+                            }
+                            line if line.starts_with("get") => b"END\r\n",
+                            _ => b"ERROR\r\n",
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let first = TcpBackend::builder()
+        .server(addr.to_string())
+        .connections_per_server(1)
+        .failure_threshold(2)
+        .probe_interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let other = first.sibling();
+    // The first sibling's query is closed (one on its slot), and the server hangs as it
+    // connects again: a failure.
+    script.hang_after.store(true, Ordering::SeqCst);
+    script.close_next.store(true, Ordering::SeqCst);
+    assert!(
+        support::bounded("a get in the outage", first.get("a"))
+            .await
+            .is_err()
+    );
+    // The other sibling's failure marks it down; its probe watches for the return.
+    assert!(
+        support::bounded("the other get", other.get("a"))
+            .await
+            .is_err()
+    );
+    assert!(first.is_server_down(0), "not marked down");
+    // Past every query's own bound: none of them is pending when the server comes back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    script.hang_after.store(false, Ordering::SeqCst);
+    script.hung.store(false, Ordering::SeqCst);
+    support::bounded("back in use", async {
+        while first.is_server_down(0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // It restarts once more as the first sibling connects: one closed query, after the
+    // return.
+    script.close_next.store(true, Ordering::SeqCst);
+    let got = support::bounded("a get after the return", first.get("a")).await;
+    assert_eq!(got.unwrap(), None);
+    let flushed = support::bounded("flush_all", first.flush_all()).await;
+    assert!(flushed.is_ok(), "taken for a proxy: {flushed:?}");
+    assert_eq!(script.flushes.load(Ordering::SeqCst), 1);
+}
