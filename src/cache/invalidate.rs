@@ -97,9 +97,10 @@ where
     shared.config.stats.record_bypass();
     let method = request.method().clone();
     tracing::debug!(%method, path = request.uri().path(), "cache bypassed");
+    // `get` too: a server that answers it as a GET (which is why it invalidates nothing
+    // by itself) honours its override as a GET's.
     let invalidates = Policy::invalidates(&method)
-        || (Policy::is_cacheable_method(&method)
-            && Policy::overridden_to_unsafe(request.headers()));
+        || (Policy::reads_as_cacheable(&method) && Policy::overridden_to_unsafe(request.headers()));
     let saved = invalidates.then(|| {
         (
             // The whole target, as the lookup keys it (see `client_target`).

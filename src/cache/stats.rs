@@ -377,7 +377,12 @@ pub fn record_backend_gauges(
     for server in servers {
         let labels = [("server", server.server.clone())];
         if let Some(evictions) = server.get_u64("evictions") {
-            let since = evictions_since_last_read(&server.server, evictions);
+            // When the process started (see `evictions_since_last_read`).
+            let started = server
+                .get_u64("time")
+                .zip(server.get_u64("uptime"))
+                .and_then(|(time, uptime)| time.checked_sub(uptime));
+            let since = evictions_since_last_read(&server.server, evictions, started);
             metrics::counter!("tower_memcache_memcached_evictions_total", &labels).increment(since);
         }
         let gauges = [
@@ -406,23 +411,49 @@ pub fn record_backend_gauges(
 /// server's start. Not given to the counter as its absolute value: the recorder keeps the
 /// larger of the old and the new (a counter only grows), so after a restart (the stat back
 /// at 0) the series stood still until the new process had evicted as much as the old one.
-/// A value under the last read is a restart, and counts whole. By server name for the
-/// process, as the series is: two callers reading one server add each eviction once.
+/// By server name for the process, as the series is: two callers reading one server add
+/// each eviction once.
+///
+/// A restart is told by the process's start (`time` - `uptime`, `started`), not by a
+/// smaller count: reads arrive out of order (two scrapes at once, the older answer
+/// recorded last), and an older read taken for a restart added the whole count again; a
+/// new process that had evicted more than the old one by the next read was counted by
+/// the difference. A read older than the last adds nothing. Without a start (a server
+/// that reports none), a count under the last read is taken for a restart, as before.
 #[cfg(feature = "metrics")]
-fn evictions_since_last_read(server: &str, evictions: u64) -> u64 {
+fn evictions_since_last_read(server: &str, evictions: u64, started: Option<u64>) -> u64 {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
 
-    static LAST: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    /// A start one second off is the same process: `time` and `uptime` are whole
+    /// seconds, which another implementation may read a tick apart.
+    const SAME_START: u64 = 1;
+    /// Per server: its process's start, when known, and the highest count read of it.
+    type Reads = HashMap<String, (Option<u64>, u64)>;
+    static LAST: OnceLock<Mutex<Reads>> = OnceLock::new();
     let mut last = LAST
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    match last.insert(server.to_string(), evictions) {
-        Some(before) if evictions >= before => evictions - before,
-        // First read (the server's whole count, as before), or a restart.
-        _ => evictions,
+    let Some((last_started, before)) = last.get_mut(server) else {
+        // First read: the server's whole count, as before.
+        last.insert(server.to_string(), (started, evictions));
+        return evictions;
+    };
+    let restarted = match (started, *last_started) {
+        (Some(now), Some(then)) => now.abs_diff(then) > SAME_START,
+        _ => evictions < *before,
+    };
+    if restarted {
+        (*last_started, *before) = (started, evictions);
+        return evictions;
     }
+    if started.is_some() {
+        *last_started = started;
+    }
+    let since = evictions.saturating_sub(*before);
+    *before = (*before).max(evictions);
+    since
 }
 
 #[cfg(feature = "metrics")]

@@ -66,6 +66,10 @@ struct Health {
     /// closes the connection on every `stats`): new connections then skip it, until the
     /// server is marked up again (see [`Slot::settings_closes`]).
     ask_settings: AtomicBool,
+    /// Bumped when the server's reset on rejoin begins: a slot's closed `stats settings`
+    /// queries counted before it ([`Slot::settings_closes`]) no longer count, in every
+    /// sibling (the probe's [`Server::begin_rejoin`] reaches only its own slots).
+    settings_round: AtomicU32,
     /// A `flush_all` missed it (it was marked down, or did not answer): it may still hold
     /// what the flush removed everywhere else, so it is flushed before it serves again
     /// (and was marked down for that, if it was in use).
@@ -178,6 +182,11 @@ impl Health {
                     tracing::debug!(server, error = %err, "stats settings closed the connection");
                     // Twice in a row on one slot: a proxy that does not support it, not a
                     // restart (which may close the queries of several slots at once).
+                    // Those counted before the server's last return are another process's.
+                    let round = self.settings_round.load(Ordering::Acquire);
+                    if slot.settings_round.swap(round, Ordering::AcqRel) != round {
+                        slot.settings_closes.store(0, Ordering::Release);
+                    }
                     if slot.settings_closes.fetch_add(1, Ordering::AcqRel) + 1 >= 2 {
                         self.stop_asking_settings(server);
                     }
@@ -262,6 +271,8 @@ struct Slot {
     /// slot: a restart closes the queries of every slot connecting then, one each, which
     /// counted per server made "two in a row".
     settings_closes: AtomicU32,
+    /// The server's [`Health::settings_round`] that `settings_closes` counts in.
+    settings_round: AtomicU32,
 }
 
 impl Slot {
@@ -352,6 +363,7 @@ impl Server {
                 probing: AtomicBool::new(false),
                 item_limit: ItemLimit::new(),
                 ask_settings: AtomicBool::new(true),
+                settings_round: AtomicU32::new(0),
                 missed_flush: AtomicBool::new(false),
                 #[cfg(feature = "metrics")]
                 exported: std::sync::OnceLock::new(),
@@ -771,6 +783,8 @@ impl Server {
             // its reset's `flush_all` refused as unsupported unsent, and came back with
             // values that flush was owed for.
             self.health.ask_settings.store(true, Ordering::Release);
+            // Siblings' slots too (they are not in reach here): see `Health::settings_round`.
+            self.health.settings_round.fetch_add(1, Ordering::AcqRel);
             for slot in self.slots.iter() {
                 slot.settings_closes.store(0, Ordering::Release);
             }

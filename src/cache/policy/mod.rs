@@ -277,6 +277,17 @@ impl Policy {
             .any(|safe| name.eq_ignore_ascii_case(safe))
     }
 
+    /// Whether a server that upper-cases the method reads this one as GET or HEAD (`get`,
+    /// `Head`): a method-override field on it is then honoured as on GET or HEAD (see
+    /// [`overridden_to_unsafe`](Self::overridden_to_unsafe)). Never looked up: only GET
+    /// and HEAD themselves are ([`is_cacheable_method`](Self::is_cacheable_method)).
+    pub(crate) fn reads_as_cacheable(method: &Method) -> bool {
+        Self::is_cacheable_method(method)
+            || ["GET", "HEAD"]
+                .iter()
+                .any(|safe| method.as_str().eq_ignore_ascii_case(safe))
+    }
+
     /// Whether a request that [`invalidates`](Self::invalidates) nothing by its method
     /// asks for another one through a method-override field (spelled as
     /// [`unkeyed_request_input`](Self::unkeyed_request_input) reads it) that is not known
