@@ -946,11 +946,12 @@ const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH
 /// What the proxy answers itself rather than forward (RFC 9110 §7.6.2, §9.3.8), and the
 /// `Max-Forwards` it lowers on the way:
 /// - TRACE: 405, as nginx answers. Forwarded, the origin echoed the request as it got it
-///   (cookies, credentials, the proxy's forwarding fields) to whoever sent it.
+///   (cookies, credentials, the proxy's forwarding fields) to whoever sent it. In any
+///   case (`trace`): many servers upper-case the method before routing.
 /// - OPTIONS with `Max-Forwards: 0`: the proxy is its final recipient (200, `Allow`); with
 ///   more, it goes on one lower. An unreadable value is left as it is.
 fn answered_here(request: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-    if request.method() == Method::TRACE {
+    if request.method().as_str().eq_ignore_ascii_case("TRACE") {
         tracing::debug!("TRACE refused: 405");
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
         response.headers_mut().insert(header::ALLOW, ALLOW);
