@@ -958,6 +958,7 @@ pub(super) mod testing {
             },
             index: ex.found.index.clone(),
             generation: ex.found.generation,
+            tag_purges: ex.found.tag_purges,
             requested: std::time::SystemTime::now(),
         };
         let (stored, _) = shared.store(&to, &[], entry, Duration::from_secs(60)).await;

@@ -33,6 +33,9 @@ pub(crate) struct Found {
     /// The namespace generation on the entry's server, read (or created) before anything
     /// went to the origin.
     pub(crate) generation: Option<u64>,
+    /// The namespace's tag-purge mark on the entry's server, read (or created) before
+    /// anything went to the origin.
+    pub(crate) tag_purges: Option<u64>,
     /// What the primary key held.
     pub(crate) slot: Slot,
     /// When the lookup started, on the [`placements`] clock: a slot read before a
@@ -53,6 +56,7 @@ impl Default for Found {
             entry: None,
             index: None,
             generation: None,
+            tag_purges: None,
             slot: Slot::Unknown,
             started: placements(),
             vouched: None,
@@ -129,8 +133,8 @@ impl<B: Backend> Storage<B> {
         let epoch_key = epoch_key.as_deref().unwrap_or_default();
         let known_epoch = recall.as_ref().and_then(|recall| recall.epoch(epoch_key));
         let read_epoch = recall.is_some() && known_epoch.is_none();
-        let mut keys = [primary_key, "", ""];
-        let mut asked = 1;
+        let mut keys = [primary_key, &*self.tag_purges_key, "", ""];
+        let mut asked = 2;
         if cached.is_none() {
             keys[asked] = &self.generation_key;
             asked += 1;
@@ -144,6 +148,10 @@ impl<B: Backend> Storage<B> {
         };
         let mut items = items.into_iter();
         let primary = items.next().flatten();
+        let tag_purges = items
+            .next()
+            .flatten()
+            .and_then(|item| parse_generation(&item));
         let read_generation = cached.is_none().then(|| {
             items
                 .next()
@@ -196,6 +204,12 @@ impl<B: Backend> Storage<B> {
             // a purge during the fill would not reach it.
             generation = Box::pin(self.ensure_generation(primary_key)).await;
         }
+        // Absent (a cold server, a flush, an eviction): created before the request goes
+        // out, or a tag purge during the fill could not be told from no purge.
+        let tag_purges = match tag_purges {
+            Some(mark) => Some(mark),
+            None => Box::pin(self.ensure_tag_purges(primary_key)).await,
+        };
         if let Some(recall) = &recall {
             let generation_read = generation
                 .filter(|_| vouched.is_none())
@@ -217,6 +231,7 @@ impl<B: Backend> Storage<B> {
             });
         let mut found = Found {
             generation,
+            tag_purges,
             started,
             slot,
             index,
@@ -438,6 +453,26 @@ impl<B: Backend> Storage<B> {
         // What was read now was read from the recall's mark on.
         let read_now = recall.mark.at();
         Some(vouched.map_or(read_now, |at| at.min(read_now)))
+    }
+
+    /// The tag-purge mark on the server of `route`, created when absent; `None` when it
+    /// cannot be read or holds bytes that are no mark (a store then accepts no tag whose
+    /// generation it cannot vouch for; the next tag purge rewrites it).
+    async fn ensure_tag_purges(&self, route: &str) -> Option<u64> {
+        let key = &*self.tag_purges_key;
+        let fresh = unique();
+        let add = self.backend.add_by_key(
+            route,
+            key,
+            Bytes::from(fresh.to_string()),
+            0,
+            Lifetime::NEVER,
+        );
+        if self.timed("tag purge mark add", add).await? {
+            return Some(fresh);
+        }
+        let [mark] = self.read("tag purge mark get", route, &[key]).await?;
+        parse_generation(&mark?)
     }
 
     /// The namespace generation on the server of `route`, created when absent.

@@ -25,6 +25,8 @@ pub(crate) struct Target {
     pub(crate) slot: Slot,
     pub(crate) index: Option<VariantIndex>,
     pub(crate) generation: Option<u64>,
+    /// The namespace's tag-purge mark its lookup read.
+    pub(crate) tag_purges: Option<u64>,
     /// When the request that produced the response went to the origin.
     pub(crate) requested: SystemTime,
 }
@@ -131,11 +133,19 @@ impl<B: Backend> Storage<B> {
         }
         let tag_keys: Vec<String> = tag_names.iter().map(|tag| self.tag_key(tag)).collect();
         let mut keys: Vec<&str> = vec![route, &self.generation_key];
+        if !tag_names.is_empty() {
+            keys.push(&self.tag_purges_key);
+        }
         keys.extend(tag_keys.iter().map(String::as_str));
         let read = self.backend.get_many_by_key(route, &keys);
         let Some(mut now) = self.timed("store check", read).await else {
             return failed;
         };
+        // No tag purge on this server since the lookup: what a tag whose generation tells
+        // nothing of its purges (evicted, created since) needs to be stored.
+        let no_tag_purge_since = !tag_names.is_empty()
+            && to.tag_purges.is_some()
+            && now.get(&*self.tag_purges_key).and_then(parse_generation) == to.tag_purges;
         let superseded = |since: SystemTime| (StoreOutcome::Superseded { since }, true);
         let margin = |at: u64| {
             if self.local_purges.made_here(at) {
@@ -160,6 +170,12 @@ impl<B: Backend> Storage<B> {
                 Some((created, None)) => {
                     if created.saturating_add(nanos_of(margin(created))) > requested_ns {
                         vouched = false;
+                        // Created after the request went out: maybe anew, after an
+                        // eviction took a purge made during the fill with it.
+                        if !no_tag_purge_since {
+                            tracing::debug!(key = %to.key, tag, "tag created during the fill, after a tag purge; not stored");
+                            return superseded(to.requested);
+                        }
                     }
                     (created, None)
                 }
@@ -179,8 +195,9 @@ impl<B: Backend> Storage<B> {
                 }
                 None => {
                     vouched = false;
-                    // First use of the tag on this server (or an eviction): it starts here,
-                    // marked as created rather than purged.
+                    // First use of the tag on this server, or an eviction, which may have
+                    // taken a purge made during the fill with it: stored only if no tag
+                    // was purged here since the lookup. Created either way.
                     let fresh = unique();
                     let add = self.backend.add_by_key(
                         route,
@@ -190,6 +207,11 @@ impl<B: Backend> Storage<B> {
                         Lifetime::NEVER,
                     );
                     match self.timed("tag generation add", add).await {
+                        Some(true) if !no_tag_purge_since => {
+                            self.local_purges.record(fresh);
+                            tracing::debug!(key = %to.key, tag, "tag generation missing, a tag purged during the fill; not stored");
+                            return superseded(to.requested);
+                        }
                         Some(true) => {
                             // On this process's clock: later fills here need no margin.
                             self.local_purges.record(fresh);
