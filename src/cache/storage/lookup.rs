@@ -109,11 +109,13 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 impl<B: Backend> Storage<B> {
     /// Finds the stored response for a request: one round trip to the entry's server for
-    /// the entry and the namespace generation, one more for a variant, one more for tags.
+    /// the entry, the namespace generation and the tag-purge mark, one more for a variant,
+    /// one more for tags.
     ///
     /// With a near tier, generations it read from that server within its reuse window
     /// ([`NearCache::generation`]) vouch for an entry instead of being read again: the
-    /// first round trip then reads the entry alone, the tags' only those not vouched for.
+    /// first round trip then reads the entry and the mark, the tags' only those not vouched
+    /// for.
     /// A generation that does not vouch for what was found (no entry, another generation)
     /// is read after all, as it would have been.
     pub(crate) async fn lookup(
