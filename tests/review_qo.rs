@@ -37,6 +37,11 @@ fn tag_key(tag: &str) -> String {
     )
 }
 
+/// The key of the namespace's tag-purge mark (written by every tag purge, read by stores).
+fn tag_purges_key() -> String {
+    format!("g:{}", md5_hex(&[NAMESPACE.as_bytes(), b"\0tag purges"]))
+}
+
 /// The key of the namespace generation.
 fn generation_key() -> String {
     format!("g:{}", md5_hex(&[NAMESPACE.as_bytes(), b"\0generation"]))
@@ -134,6 +139,32 @@ async fn memory_a_tag_generation_evicted_after_its_purge_does_not_admit_an_older
     a_tag_generation_evicted_after_its_purge_does_not_admit_an_older_fill(
         backend,
         |key| async move {
+            evictor.delete(&key).await.expect("evict");
+        },
+    )
+    .await;
+}
+
+/// Both small keys a tag purge writes evicted (the tag-purge mark is written just before
+/// the tag's generation, so the LRU takes it first): a mark that is gone tells nothing, and
+/// the older fill is not stored either.
+#[tokio::test]
+async fn memory_a_tag_generation_evicted_with_the_tag_purge_mark_does_not_admit_an_older_fill() {
+    let backend = MemoryBackend::new();
+    let evictor = backend.clone();
+    a_tag_generation_evicted_after_its_purge_does_not_admit_an_older_fill(
+        backend,
+        |key| async move {
+            assert!(
+                evictor
+                    .get(&tag_purges_key())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                "the purge wrote the mark (the test computes its key right)"
+            );
+            evictor.delete(&tag_purges_key()).await.expect("evict");
             evictor.delete(&key).await.expect("evict");
         },
     )

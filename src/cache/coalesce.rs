@@ -47,7 +47,6 @@ pub(super) enum Coordinated<B: Backend> {
 pub(super) struct Guard {
     slot: Slot,
     generation: Option<u64>,
-    tag_purges: Option<u64>,
     index: Option<VariantIndex>,
 }
 
@@ -56,7 +55,6 @@ impl Guard {
         Self {
             slot: found.slot,
             generation: found.generation,
-            tag_purges: found.tag_purges,
             index: found.index.clone(),
         }
     }
@@ -378,7 +376,6 @@ impl<B: Backend> Filler<B> {
             slot,
             index: guard.index,
             generation: guard.generation,
-            tag_purges: guard.tag_purges,
             requested,
         }
     }

@@ -463,16 +463,32 @@ impl<B: Backend> Shared<B> {
     ) -> (Duration, bool) {
         let mut lifetime = (route, false);
         if let Some(name) = &self.config.lifetime_header {
-            if let Some(value) = response.headers_mut().remove(name) {
-                // Clamped like delta-seconds, so no lifetime overflows a time sum.
-                match value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| parse_delta_seconds(v.trim()))
-                {
-                    Some(secs) => lifetime = (Duration::from_secs(secs), true),
-                    None => tracing::debug!(header = %name, "unparseable lifetime header ignored"),
-                }
+            if response.headers().contains_key(name) {
+                // Clamped like delta-seconds, so no lifetime overflows a time sum. Like an
+                // invalid `max-age` (RFC 9111 §4.2.1), a value that is no number of seconds
+                // (`0.5`, `-1`, `30s`) means stale at once: ignored, the route's lifetime
+                // (an hour by default) outlived what the handler asked. Of several values
+                // (lines or list members) the smallest rules, as for `max-age`.
+                let secs = response
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|member| !member.is_empty())
+                    .map(|member| {
+                        std::str::from_utf8(member)
+                            .ok()
+                            .and_then(parse_delta_seconds)
+                            .unwrap_or_else(|| {
+                                tracing::debug!(header = %name, "lifetime header is no number of seconds; stale at once");
+                                0
+                            })
+                    })
+                    .min()
+                    .unwrap_or(0);
+                response.headers_mut().remove(name);
+                lifetime = (Duration::from_secs(secs), true);
             }
         }
         if let Some(CacheLifetime(chosen)) = response.extensions_mut().remove::<CacheLifetime>() {
@@ -958,7 +974,6 @@ pub(super) mod testing {
             },
             index: ex.found.index.clone(),
             generation: ex.found.generation,
-            tag_purges: ex.found.tag_purges,
             requested: std::time::SystemTime::now(),
         };
         let (stored, _) = shared.store(&to, &[], entry, Duration::from_secs(60)).await;

@@ -15,7 +15,7 @@ use crate::cache::entry::{
 use crate::cache::near::{Basis, Mark, NearCache, Seen};
 use crate::cache::stored;
 
-use super::{Slot, Storage, parse_generation, placements, unique};
+use super::{CREATED, Slot, Storage, parse_generation, placements, unique};
 
 /// What a lookup found.
 pub(crate) enum Lookup {
@@ -33,9 +33,6 @@ pub(crate) struct Found {
     /// The namespace generation on the entry's server, read (or created) before anything
     /// went to the origin.
     pub(crate) generation: Option<u64>,
-    /// The namespace's tag-purge mark on the entry's server, read (or created) before
-    /// anything went to the origin.
-    pub(crate) tag_purges: Option<u64>,
     /// What the primary key held.
     pub(crate) slot: Slot,
     /// When the lookup started, on the [`placements`] clock: a slot read before a
@@ -56,7 +53,6 @@ impl Default for Found {
             entry: None,
             index: None,
             generation: None,
-            tag_purges: None,
             slot: Slot::Unknown,
             started: placements(),
             vouched: None,
@@ -109,13 +105,11 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 impl<B: Backend> Storage<B> {
     /// Finds the stored response for a request: one round trip to the entry's server for
-    /// the entry, the namespace generation and the tag-purge mark, one more for a variant,
-    /// one more for tags.
+    /// the entry and the namespace generation, one more for a variant, one more for tags.
     ///
     /// With a near tier, generations it read from that server within its reuse window
     /// ([`NearCache::generation`]) vouch for an entry instead of being read again: the
-    /// first round trip then reads the entry and the mark, the tags' only those not vouched
-    /// for.
+    /// first round trip then reads the entry alone, the tags' only those not vouched for.
     /// A generation that does not vouch for what was found (no entry, another generation)
     /// is read after all, as it would have been.
     pub(crate) async fn lookup(
@@ -135,8 +129,8 @@ impl<B: Backend> Storage<B> {
         let epoch_key = epoch_key.as_deref().unwrap_or_default();
         let known_epoch = recall.as_ref().and_then(|recall| recall.epoch(epoch_key));
         let read_epoch = recall.is_some() && known_epoch.is_none();
-        let mut keys = [primary_key, &*self.tag_purges_key, "", ""];
-        let mut asked = 2;
+        let mut keys = [primary_key, "", ""];
+        let mut asked = 1;
         if cached.is_none() {
             keys[asked] = &self.generation_key;
             asked += 1;
@@ -150,10 +144,6 @@ impl<B: Backend> Storage<B> {
         };
         let mut items = items.into_iter();
         let primary = items.next().flatten();
-        let tag_purges = items
-            .next()
-            .flatten()
-            .and_then(|item| parse_generation(&item));
         let read_generation = cached.is_none().then(|| {
             items
                 .next()
@@ -206,12 +196,6 @@ impl<B: Backend> Storage<B> {
             // a purge during the fill would not reach it.
             generation = Box::pin(self.ensure_generation(primary_key)).await;
         }
-        // Absent (a cold server, a flush, an eviction): created before the request goes
-        // out, or a tag purge during the fill could not be told from no purge.
-        let tag_purges = match tag_purges {
-            Some(mark) => Some(mark),
-            None => Box::pin(self.ensure_tag_purges(primary_key)).await,
-        };
         if let Some(recall) = &recall {
             let generation_read = generation
                 .filter(|_| vouched.is_none())
@@ -233,7 +217,6 @@ impl<B: Backend> Storage<B> {
             });
         let mut found = Found {
             generation,
-            tag_purges,
             started,
             slot,
             index,
@@ -457,26 +440,6 @@ impl<B: Backend> Storage<B> {
         Some(vouched.map_or(read_now, |at| at.min(read_now)))
     }
 
-    /// The tag-purge mark on the server of `route`, created when absent; `None` when it
-    /// cannot be read or holds bytes that are no mark (a store then accepts no tag whose
-    /// generation it cannot vouch for; the next tag purge rewrites it).
-    async fn ensure_tag_purges(&self, route: &str) -> Option<u64> {
-        let key = &*self.tag_purges_key;
-        let fresh = unique();
-        let add = self.backend.add_by_key(
-            route,
-            key,
-            Bytes::from(fresh.to_string()),
-            0,
-            Lifetime::NEVER,
-        );
-        if self.timed("tag purge mark add", add).await? {
-            return Some(fresh);
-        }
-        let [mark] = self.read("tag purge mark get", route, &[key]).await?;
-        parse_generation(&mark?)
-    }
-
     /// The namespace generation on the server of `route`, created when absent.
     async fn ensure_generation(&self, route: &str) -> Option<u64> {
         let key = &*self.generation_key;
@@ -486,6 +449,15 @@ impl<B: Backend> Storage<B> {
             .backend
             .add_by_key(route, key, value, 0, Lifetime::NEVER);
         if self.timed("generation add", add).await? {
+            // A namespace new on this server (a cold server, a flush, an eviction): its
+            // tag-purge mark starts with it, as created (no tag purge since), or a first
+            // fill would take the mark's absence for an eviction that may hide a tag purge
+            // (`Storage::tag_purged_since`). Added: a purge's mark stays.
+            let value = Bytes::from(format!("{fresh}{CREATED}"));
+            let add =
+                self.backend
+                    .add_by_key(route, &self.tag_purges_key, value, 0, Lifetime::NEVER);
+            let _ = self.timed("tag purge mark add", add).await;
             return Some(fresh);
         }
         let [generation] = self.read("generation get", route, &[key]).await?;

@@ -110,10 +110,13 @@ impl<B: Backend> Storage<B> {
         Ok(())
     }
 
-    /// A fresh unique value under `key` on every server (the tag-purge mark: no purge of
-    /// its own, so not counted as one).
+    /// The time of this tag purge (a fresh [`unique`] stamp) as the namespace's tag-purge
+    /// mark on every server (no purge of its own, so not counted as one).
     async fn write_fresh(&self, key: &str) -> Result<(), BackendError> {
-        self.write_everywhere(key, unique()).await
+        let mark = unique();
+        // On this process's clock: its fills need no margin against it.
+        self.local_purges.record(mark);
+        self.write_everywhere(key, mark).await
     }
 
     async fn write_everywhere(&self, key: &str, value: u64) -> Result<(), BackendError> {
