@@ -15,7 +15,7 @@ use crate::cache::entry::{
 use crate::cache::near::{Basis, Mark, NearCache, Seen};
 use crate::cache::stored;
 
-use super::{Slot, Storage, parse_generation, placements, unique};
+use super::{CREATED, Slot, Storage, parse_generation, placements, unique};
 
 /// What a lookup found.
 pub(crate) enum Lookup {
@@ -449,6 +449,15 @@ impl<B: Backend> Storage<B> {
             .backend
             .add_by_key(route, key, value, 0, Lifetime::NEVER);
         if self.timed("generation add", add).await? {
+            // A namespace new on this server (a cold server, a flush, an eviction): its
+            // tag-purge mark starts with it, as created (no tag purge since), or a first
+            // fill would take the mark's absence for an eviction that may hide a tag purge
+            // (`Storage::tag_purged_since`). Added: a purge's mark stays.
+            let value = Bytes::from(format!("{fresh}{CREATED}"));
+            let add =
+                self.backend
+                    .add_by_key(route, &self.tag_purges_key, value, 0, Lifetime::NEVER);
+            let _ = self.timed("tag purge mark add", add).await;
             return Some(fresh);
         }
         let [generation] = self.read("generation get", route, &[key]).await?;

@@ -29,6 +29,14 @@
 //!   entry, and reads the same epoch later, knows that nothing replaced or removed the
 //!   entry meanwhile (a store into an empty slot does not write it: no tier can hold what
 //!   was not there). Like a generation, an epoch that memcached evicted matches nothing.
+//! - A **tag-purge mark** per server and namespace is created with the namespace's
+//!   generation there ("no tag purge since") and set to its time by every tag purge
+//!   (before the tag's generation). A tag's generation can be evicted after its purge and
+//!   created anew, which tells a store nothing of that purge: a store accepts a tag whose
+//!   generation is missing, or was created after its request went out, only if the mark
+//!   shows no tag purge on that server since the request. A mark that is gone tells
+//!   nothing: the store is refused and the mark written anew. Stores read it; lookups
+//!   do not.
 //!
 //! Every operation is bounded by the layer's timeout and fails open.
 //!
@@ -173,6 +181,10 @@ pub(crate) struct Storage<B> {
     local_purges: Arc<LocalPurges>,
     namespace: Arc<str>,
     generation_key: Arc<str>,
+    /// The namespace's tag-purge mark: the time of the latest tag purge (or "created"),
+    /// read by stores, so a store can tell that no tag purge came during its fill when a
+    /// tag's own generation cannot (evicted, or created since).
+    tag_purges_key: Arc<str>,
     timeout: Duration,
     stats: CacheStats,
     background: Background,
@@ -202,6 +214,7 @@ impl<B: Backend> Storage<B> {
         backend.reset_on_rejoin(&generation_key);
         Self {
             generation_key,
+            tag_purges_key: internal_key(namespace, "\0tag purges").into(),
             local_purges: memory.purges,
             namespace: namespace.into(),
             backend,

@@ -89,7 +89,13 @@ impl<B: Backend> Storage<B> {
     /// a miss, and fills of responses requested before it are not stored.
     pub(crate) async fn purge_tag(&self, tag: &str) -> Result<(), BackendError> {
         let key = self.tag_key(tag);
-        let bumped = self.bump(&key).await;
+        // The mark first: a fill that finds the tag's generation evicted (after this
+        // purge, or before it, and created since) is then refused by the mark.
+        let marked = self.write_fresh(&self.tag_purges_key.clone()).await;
+        let bumped = match marked {
+            Ok(()) => self.bump(&key).await,
+            Err(err) => Err(err),
+        };
         if let Some(near) = &self.near {
             near.forget_tag(tag);
         }
@@ -99,12 +105,25 @@ impl<B: Backend> Storage<B> {
     async fn bump(&self, key: &str) -> Result<(), BackendError> {
         let generation = unique();
         self.local_purges.record(generation);
-        let value = Bytes::from(generation.to_string());
+        self.write_everywhere(key, generation).await?;
+        self.stats.record_invalidation();
+        Ok(())
+    }
+
+    /// The time of this tag purge (a fresh [`unique`] stamp) as the namespace's tag-purge
+    /// mark on every server (no purge of its own, so not counted as one).
+    async fn write_fresh(&self, key: &str) -> Result<(), BackendError> {
+        let mark = unique();
+        // On this process's clock: its fills need no margin against it.
+        self.local_purges.record(mark);
+        self.write_everywhere(key, mark).await
+    }
+
+    async fn write_everywhere(&self, key: &str, value: u64) -> Result<(), BackendError> {
+        let value = Bytes::from(value.to_string());
         let write = self
             .backend
             .set_on_every_server(key, value, 0, Lifetime::NEVER);
-        self.bounded_purge(write).await?;
-        self.stats.record_invalidation();
-        Ok(())
+        self.bounded_purge(write).await
     }
 }

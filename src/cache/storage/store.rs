@@ -131,11 +131,18 @@ impl<B: Backend> Storage<B> {
         }
         let tag_keys: Vec<String> = tag_names.iter().map(|tag| self.tag_key(tag)).collect();
         let mut keys: Vec<&str> = vec![route, &self.generation_key];
+        if !tag_names.is_empty() {
+            keys.push(&self.tag_purges_key);
+        }
         keys.extend(tag_keys.iter().map(String::as_str));
         let read = self.backend.get_many_by_key(route, &keys);
         let Some(mut now) = self.timed("store check", read).await else {
             return failed;
         };
+        // Whether the namespace's tag-purge mark shows a tag purge on this server since
+        // the request went out: asked only of a tag whose generation tells nothing of its
+        // purges (evicted, created since), once.
+        let mut tag_purged_since: Option<bool> = None;
         let superseded = |since: SystemTime| (StoreOutcome::Superseded { since }, true);
         let margin = |at: u64| {
             if self.local_purges.made_here(at) {
@@ -160,6 +167,20 @@ impl<B: Backend> Storage<B> {
                 Some((created, None)) => {
                     if created.saturating_add(nanos_of(margin(created))) > requested_ns {
                         vouched = false;
+                        // Created after the request went out: maybe anew, after an
+                        // eviction took a purge made during the fill with it.
+                        let since = match tag_purged_since {
+                            Some(since) => since,
+                            None => {
+                                let mark = now.get(&*self.tag_purges_key);
+                                self.tag_purged_since(route, mark, requested_ns).await
+                            }
+                        };
+                        tag_purged_since = Some(since);
+                        if since {
+                            tracing::debug!(key = %to.key, tag, "tag created during the fill, after a tag purge; not stored");
+                            return superseded(to.requested);
+                        }
                     }
                     (created, None)
                 }
@@ -179,8 +200,17 @@ impl<B: Backend> Storage<B> {
                 }
                 None => {
                     vouched = false;
-                    // First use of the tag on this server (or an eviction): it starts here,
-                    // marked as created rather than purged.
+                    // First use of the tag on this server, or an eviction, which may have
+                    // taken a purge made during the fill with it: stored only if no tag
+                    // was purged here since the request went out. Created either way.
+                    let since = match tag_purged_since {
+                        Some(since) => since,
+                        None => {
+                            let mark = now.get(&*self.tag_purges_key);
+                            self.tag_purged_since(route, mark, requested_ns).await
+                        }
+                    };
+                    tag_purged_since = Some(since);
                     let fresh = unique();
                     let add = self.backend.add_by_key(
                         route,
@@ -190,6 +220,11 @@ impl<B: Backend> Storage<B> {
                         Lifetime::NEVER,
                     );
                     match self.timed("tag generation add", add).await {
+                        Some(true) if since => {
+                            self.local_purges.record(fresh);
+                            tracing::debug!(key = %to.key, tag, "tag generation missing, a tag purged during the fill; not stored");
+                            return superseded(to.requested);
+                        }
                         Some(true) => {
                             // On this process's clock: later fills here need no margin.
                             self.local_purges.record(fresh);
@@ -299,6 +334,56 @@ impl<B: Backend> Storage<B> {
             Some(()) => (StoreOutcome::Stored, vouched),
             None => failed_checked,
         }
+    }
+
+    /// Whether a tag purge may have come on `route`'s server after `requested_ns`, by the
+    /// namespace's tag-purge mark as the store check read it (`read`). Read by stores
+    /// only, so no lookup reads a key more. The mark is
+    /// - created with the namespace's generation on that server (`ensure_generation`): no
+    ///   tag purge since, which this store's own generation check (the one its lookup
+    ///   read) covers back to before its request;
+    /// - the time of the latest tag purge there (a [`unique`] stamp, written by every tag
+    ///   purge before the tag's own generation), with the margin of a clock not ours;
+    /// - or nothing usable (evicted, flushed, bytes that are no mark, a stamp from a clock
+    ///   too far ahead): it may hide a purge, so true, and a mark is made now, as a purge
+    ///   would make it, so fills requested from now on can tell. The worst an eviction
+    ///   costs is a store.
+    async fn tag_purged_since(&self, route: &str, read: Option<&Item>, requested_ns: u64) -> bool {
+        let future = nanos(SystemTime::now()).saturating_add(nanos_of(CLOCK_SKEW));
+        match read.and_then(parse_tag_mark) {
+            Some((_, None)) => return false,
+            Some((_, Some(at))) if at <= future => {
+                let margin = if self.local_purges.made_here(at) {
+                    Duration::ZERO
+                } else {
+                    CLOCK_SKEW
+                };
+                return at.saturating_add(nanos_of(margin)) > requested_ns;
+            }
+            _ => {}
+        }
+        let key = &*self.tag_purges_key;
+        let made = match read {
+            Some(item) => {
+                self.overwrite("tag purge mark repair", route, key, item)
+                    .await
+            }
+            None => {
+                let fresh = unique();
+                let value = Bytes::from(fresh.to_string());
+                let add = self
+                    .backend
+                    .add_by_key(route, key, value, 0, Lifetime::NEVER);
+                self.timed("tag purge mark add", add)
+                    .await
+                    .and_then(|added| added.then_some(fresh))
+            }
+        };
+        if let Some(made) = made {
+            // On this process's clock: its later fills need no margin.
+            self.local_purges.record(made);
+        }
+        true
     }
 
     /// Replaces a tag's mark that tells no usable purge time (see
