@@ -139,10 +139,9 @@ impl<B: Backend> Storage<B> {
         let Some(mut now) = self.timed("store check", read).await else {
             return failed;
         };
-        // Whether the namespace's tag-purge mark shows a tag purge on this server since
-        // the request went out: asked only of a tag whose generation tells nothing of its
-        // purges (evicted, created since), once.
-        let mut tag_purged_since: Option<bool> = None;
+        // The namespace's tag-purge mark, asked only of a tag whose generation tells
+        // nothing of its purges (evicted, created since); once true, the store returns.
+        let mark = now.get(&*self.tag_purges_key).cloned();
         let superseded = |since: SystemTime| (StoreOutcome::Superseded { since }, true);
         let margin = |at: u64| {
             if self.local_purges.made_here(at) {
@@ -169,15 +168,10 @@ impl<B: Backend> Storage<B> {
                         vouched = false;
                         // Created after the request went out: maybe anew, after an
                         // eviction took a purge made during the fill with it.
-                        let since = match tag_purged_since {
-                            Some(since) => since,
-                            None => {
-                                let mark = now.get(&*self.tag_purges_key);
-                                self.tag_purged_since(route, mark, requested_ns).await
-                            }
-                        };
-                        tag_purged_since = Some(since);
-                        if since {
+                        if self
+                            .tag_purged_since(route, mark.as_ref(), requested_ns)
+                            .await
+                        {
                             tracing::debug!(key = %to.key, tag, "tag created during the fill, after a tag purge; not stored");
                             return superseded(to.requested);
                         }
@@ -203,14 +197,9 @@ impl<B: Backend> Storage<B> {
                     // First use of the tag on this server, or an eviction, which may have
                     // taken a purge made during the fill with it: stored only if no tag
                     // was purged here since the request went out. Created either way.
-                    let since = match tag_purged_since {
-                        Some(since) => since,
-                        None => {
-                            let mark = now.get(&*self.tag_purges_key);
-                            self.tag_purged_since(route, mark, requested_ns).await
-                        }
-                    };
-                    tag_purged_since = Some(since);
+                    let since = self
+                        .tag_purged_since(route, mark.as_ref(), requested_ns)
+                        .await;
                     let fresh = unique();
                     let add = self.backend.add_by_key(
                         route,
