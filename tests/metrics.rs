@@ -33,29 +33,6 @@ fn recorder() -> &'static PrometheusHandle {
     })
 }
 
-/// The value of the sample `name{labels}` in a Prometheus text exposition, whatever the
-/// order of its labels; `None` when there is no such sample.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    wanted.sort();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let mut found: Vec<String> = label_text
-                .split(',')
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            found.sort();
-            (metric == name && found == wanted).then(|| value.parse().ok())?
-        })
-}
-
 /// A namespace no other scenario of this process uses.
 fn fresh_namespace(scenario: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -114,7 +91,8 @@ async fn rfc9111_4_requests_are_counted_by_outcome<B: Backend>(backend: B) {
     let count = |name: &str, outcome: Option<&str>| {
         let mut labels = vec![("namespace", ns)];
         labels.extend(outcome.map(|o| ("outcome", o)));
-        sample(&text, name, &labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+        support::prometheus_sample(&text, name, &labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
     };
     let requests = "tower_memcache_requests_total";
     assert_eq!(count(requests, Some("miss")), 1.0);
@@ -173,7 +151,7 @@ async fn rfc9111_4_3_4_a_304_for_another_representation_is_counted<B: Backend>(b
     let text = handle.render();
     let name = "tower_memcache_mismatched_not_modified_total";
     assert_eq!(
-        sample(&text, name, &[("namespace", namespace.as_str())]),
+        support::prometheus_sample(&text, name, &[("namespace", namespace.as_str())]),
         Some(1.0),
         "{text}"
     );
@@ -203,7 +181,7 @@ async fn backend_latency_and_health_per_server() {
     }
     let labels = [("server", name.as_str())];
     let text = handle.render();
-    let timed = sample(
+    let timed = support::prometheus_sample(
         &text,
         "tower_memcache_backend_request_duration_seconds_count",
         &labels,
@@ -211,7 +189,7 @@ async fn backend_latency_and_health_per_server() {
     .unwrap_or_else(|| panic!("no duration for {name} in\n{text}"));
     assert!(timed >= 3.0, "{timed}");
     assert_eq!(
-        sample(&text, "tower_memcache_backend_server_up", &labels),
+        support::prometheus_sample(&text, "tower_memcache_backend_server_up", &labels),
         Some(1.0)
     );
 
@@ -220,7 +198,7 @@ async fn backend_latency_and_health_per_server() {
     assert!(backend.is_server_down(0));
     let text = handle.render();
     assert_eq!(
-        sample(&text, "tower_memcache_backend_server_up", &labels),
+        support::prometheus_sample(&text, "tower_memcache_backend_server_up", &labels),
         Some(0.0),
         "{text}"
     );
@@ -294,17 +272,17 @@ fn reverse_proxy_serves_metrics_for_prometheus() {
     // The proxy's layer has the namespace `--namespace` gives it.
     let ns = ("namespace", "proxy");
     let requests = "tower_memcache_requests_total";
-    let outcome = |o| sample(&text, requests, &[ns, ("outcome", o)]);
+    let outcome = |o| support::prometheus_sample(&text, requests, &[ns, ("outcome", o)]);
     assert_eq!(outcome("hit"), Some(f64::from(hits)), "{text}");
     assert_eq!(outcome("miss"), Some(f64::from(misses)), "{text}");
     assert_eq!(outcome("bypass"), Some(1.0), "{text}");
     assert_eq!(
-        sample(&text, "tower_memcache_stores_total", &[ns]),
+        support::prometheus_sample(&text, "tower_memcache_stores_total", &[ns]),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "tower_memcache_bytes_served_total", &[ns]),
+        support::prometheus_sample(&text, "tower_memcache_bytes_served_total", &[ns]),
         Some(5.0 * f64::from(hits)),
         "{text}"
     );
@@ -399,24 +377,27 @@ fn reverse_proxy_exports_memcached_and_near_tier_gauges() {
     let at = [("server", memcache.as_str())];
     // Read when the proxy started, after the filling and before its own traffic.
     assert_eq!(
-        sample(&text, "tower_memcache_memcached_evictions_total", &at),
+        support::prometheus_sample(&text, "tower_memcache_memcached_evictions_total", &at),
         Some(evictions as f64),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "tower_memcache_memcached_limit_bytes", &at),
+        support::prometheus_sample(&text, "tower_memcache_memcached_limit_bytes", &at),
         Some(f64::from(2u32 << 20)),
         "{text}"
     );
-    assert!(sample(&text, "tower_memcache_memcached_items", &at).is_some_and(|n| n > 0.0));
+    assert!(
+        support::prometheus_sample(&text, "tower_memcache_memcached_items", &at)
+            .is_some_and(|n| n > 0.0)
+    );
     let ns = ("namespace", "proxy");
     assert_eq!(
-        sample(&text, "tower_memcache_near_hits_total", &[ns]),
+        support::prometheus_sample(&text, "tower_memcache_near_hits_total", &[ns]),
         Some(f64::from(near_hits)),
         "{text}"
     );
     assert!(
-        sample(
+        support::prometheus_sample(
             &text,
             "tower_memcache_backend_request_duration_seconds_bucket",
             &[("server", memcache.as_str()), ("le", "0.1")]

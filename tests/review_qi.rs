@@ -7,30 +7,6 @@ mod support;
 #[path = "../examples/hit_rate/lab/mod.rs"]
 mod lab;
 
-/// The value of the sample `name{labels}` in a Prometheus text exposition, whatever the
-/// order of its labels; `None` when there is no such sample.
-#[cfg(feature = "metrics")]
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    wanted.sort();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let mut found: Vec<String> = label_text
-                .split(',')
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            found.sort();
-            (metric == name && found == wanted).then(|| value.parse().ok())?
-        })
-}
-
 /// memcached's `evictions` starts again at 0 when the server restarts. Exported as the
 /// counter's absolute value, the recorder kept the larger of old and new (a counter only
 /// grows), so after a restart `tower_memcache_memcached_evictions_total` stood still until
@@ -56,7 +32,7 @@ fn memcached_evictions_keep_counting_after_the_server_restarts() {
         metrics::with_local_recorder(&recorder, || record_backend_gauges(&[stats], None));
     };
     let counted = || {
-        sample(
+        support::prometheus_sample(
             &handle.render(),
             "tower_memcache_memcached_evictions_total",
             &[("server", server)],

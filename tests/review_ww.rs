@@ -389,25 +389,6 @@ async fn a_request_that_waits_twice_counts_once_as_coalesced() {
 mod metrics {
     use super::*;
 
-    /// The value of `name{labels}` in a Prometheus text exposition, labels in any order.
-    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        wanted.sort();
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .find_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (metric, label_text) = series.split_once('{')?;
-                let mut found: Vec<String> = label_text
-                    .strip_suffix('}')?
-                    .split(',')
-                    .map(str::to_string)
-                    .collect();
-                found.sort();
-                (metric == name && found == wanted).then(|| value.parse().ok())?
-            })
-    }
-
     #[tokio::test]
     async fn every_request_counts_once_in_the_requests_metric() {
         // The only recorder of this test binary, installed before this layer counts.
@@ -426,7 +407,8 @@ mod metrics {
         let text = handle.render();
         let outcome = |outcome: &str| {
             let labels = [("namespace", namespace), ("outcome", outcome)];
-            sample(&text, "tower_memcache_requests_total", &labels).unwrap_or(0.0)
+            support::prometheus_sample(&text, "tower_memcache_requests_total", &labels)
+                .unwrap_or(0.0)
         };
         let counts = ["hit", "stale", "miss", "revalidate", "bypass"].map(outcome);
         assert_eq!(counts, [7.0, 0.0, 6.0, 2.0, 2.0], "{text}");
