@@ -90,12 +90,13 @@ impl<B: Backend> Storage<B> {
     pub(crate) async fn purge_tag(&self, tag: &str) -> Result<(), BackendError> {
         let key = self.tag_key(tag);
         // The mark first: a fill that finds the tag's generation evicted (after this
-        // purge, or before it, and created since) is then refused by the mark.
+        // purge, or before it, and created since) is then refused by the mark. Bumped even
+        // when the mark failed (on one server, a write that landed on the others): the
+        // servers that answered purge the tag's pages, as before the mark; the caller
+        // learns of the failure all the same.
         let marked = self.write_fresh(&self.tag_purges_key.clone()).await;
-        let bumped = match marked {
-            Ok(()) => self.bump(&key).await,
-            Err(err) => Err(err),
-        };
+        let bumped = self.bump(&key).await;
+        let bumped = marked.and(bumped);
         if let Some(near) = &self.near {
             near.forget_tag(tag);
         }
