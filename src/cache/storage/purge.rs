@@ -91,9 +91,9 @@ impl<B: Backend> Storage<B> {
         let key = self.tag_key(tag);
         // The mark first: a fill that finds the tag's generation evicted (after this
         // purge, or before it, and created since) is then refused by the mark. Bumped even
-        // when the mark failed (on one server, a write that landed on the others): the
-        // servers that answered purge the tag's pages, as before the mark; the caller
-        // learns of the failure all the same.
+        // when the mark failed (its deadline passed, one server hung, after the others
+        // took it): the servers that answer purge the tag's pages, as before the mark;
+        // the caller learns of the failure all the same.
         let marked = self.write_fresh(&self.tag_purges_key.clone()).await;
         let bumped = self.bump(&key).await;
         let bumped = marked.and(bumped);
