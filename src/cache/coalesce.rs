@@ -109,6 +109,7 @@ impl<B: Backend> Shared<B> {
         match joined {
             Flight::Leader(leader) => filler.leader = Some(leader),
             Flight::Follower(rx) => {
+                let validated = rx.led_since(plan.arrived);
                 self.count_wait(waited);
                 tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
                 idle();
@@ -116,6 +117,15 @@ impl<B: Backend> Shared<B> {
                     Waited::Entry(entry) => {
                         if let Some(freshness) = self.usable_now(&entry, plan, request_headers) {
                             return Coordinated::Answered(entry, freshness);
+                        }
+                        // Fetched after this request arrived: it validates the entry for
+                        // this request, whatever its `no-cache`.
+                        if validated {
+                            if let Some(freshness) =
+                                self.usable_validated(&entry, plan, request_headers)
+                            {
+                                return Coordinated::Answered(entry, freshness);
+                            }
                         }
                         // Another variant's response: its index is stored now, so a new
                         // lookup finds this request's own variant flight.

@@ -310,6 +310,7 @@ impl<B: Backend> Shared<B> {
             lifetime,
             request_cc: CacheControl::parse_request(request.headers()),
             from_cache: !has_origin_preconditions(request.headers()),
+            arrived: self.config.flights.epoch(),
         })
     }
 
@@ -452,6 +453,29 @@ impl<B: Backend> Shared<B> {
                 Reuse::Fresh | Reuse::StaleAccepted
             ))
         .then_some(freshness)
+    }
+
+    /// [`usable_now`](Self::usable_now) for an entry whose response was fetched after this
+    /// request arrived: a validation, which satisfies the request's `no-cache` and
+    /// `max-age` and the response's own `no-cache` (RFC 9111 §5.2.1.1, §5.2.1.4,
+    /// §5.2.2.4); `min-fresh` and the response's freshness still rule. Without this, a
+    /// flood of `Pragma: no-cache` requests reached the origin once per request.
+    pub(super) fn usable_validated(
+        &self,
+        entry: &Entry,
+        plan: &Plan,
+        request_headers: &HeaderMap,
+    ) -> Option<Freshness> {
+        let meta = &entry.meta;
+        let mut freshness = stored::freshness(meta, now_ms());
+        freshness.no_cache = false;
+        let mut request_cc = plan.request_cc.clone();
+        request_cc.no_cache = false;
+        request_cc.max_age = None;
+        let usable = stored::selects(meta, &plan.canonical, request_headers)
+            && freshness.reuse(&request_cc) == Reuse::Fresh;
+        // The answer's `Cache-Status` and `Age` come from the entry as it is.
+        usable.then(|| stored::freshness(meta, now_ms()))
     }
 
     /// The response's own lifetime (extension or header, the header removed) or the

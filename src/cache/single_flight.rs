@@ -128,6 +128,12 @@ impl SingleFlight {
         self.join_as(key, max_followers, seen, false)
     }
 
+    /// The id the next flight will have: a flight with an id at least this one was led
+    /// after this call (its request went out later).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).next_id
+    }
+
     fn join_as(&self, key: &str, max_followers: usize, seen: &Found, may_lead: bool) -> Flight {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = state.inflight.get_mut(key) {
@@ -232,6 +238,14 @@ pub(crate) struct Follower {
     key: String,
     id: u64,
     joined: SystemTime,
+}
+
+impl Follower {
+    /// Whether the flight followed was led after [`SingleFlight::epoch`] returned `epoch`:
+    /// its leader's request went out after that.
+    pub(crate) fn led_since(&self, epoch: u64) -> bool {
+        self.id >= epoch
+    }
 }
 
 impl Drop for Follower {
