@@ -25,8 +25,10 @@ type Outcome = Option<LeaderOutcome>;
 /// A leader's published outcome.
 #[derive(Clone)]
 enum LeaderOutcome {
-    /// Its entry.
+    /// Its entry, fetched by its request.
     Entry(Published),
+    /// An entry it found stored by another process (fetched when, it cannot tell).
+    Found(Published),
     /// Nothing to share (its response is not stored).
     Nothing,
     /// Nothing, only because of what its request was (see [`Waited::Declined`]).
@@ -212,6 +214,13 @@ impl Leader {
         ));
     }
 
+    /// Publishes an entry the leader found stored by another process instead of fetching
+    /// one: usable to its followers, but no validation made after they arrived.
+    pub(crate) fn publish_found(&self, published: Published) {
+        self.leave();
+        let _ = self.tx.send(Some(LeaderOutcome::Found(published)));
+    }
+
     /// Ends the flight with nothing to share because of what the leader's request was
     /// (see [`Waited::Declined`]).
     pub(crate) fn decline(&self, credentials: bool) {
@@ -263,7 +272,9 @@ impl Drop for Follower {
 
 /// What waiting for a leader gave.
 pub(crate) enum Waited {
-    Entry(Arc<Entry>),
+    /// The leader's entry, and whether its request fetched it (rather than finding it
+    /// stored by another process).
+    Entry(Arc<Entry>, bool),
     /// The leader's response predates a purge this request came after.
     Overtaken,
     /// The leader went away without a word (its client hung up before the response was
@@ -277,20 +288,21 @@ pub(crate) enum Waited {
     /// does not say it may be shared for its `Authorization` (RFC 9111 §3.5). A follower
     /// unlike it may have its answer stored, and elects another leader with the others,
     /// rather than all of them going to the origin at once.
-    Declined {
-        credentials: bool,
-    },
+    Declined { credentials: bool },
 }
 
 /// Waits at most `timeout` for the leader.
 pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
     let joined = follower.joined;
     match wait_published(follower, timeout).await {
-        Some(LeaderOutcome::Entry((_, Some(since)))) if joined >= since => {
+        Some(LeaderOutcome::Entry((_, Some(since))) | LeaderOutcome::Found((_, Some(since))))
+            if joined >= since =>
+        {
             tracing::debug!("the response waited for predates a purge this request followed");
             Waited::Overtaken
         }
-        Some(LeaderOutcome::Entry((entry, _))) => Waited::Entry(entry),
+        Some(LeaderOutcome::Entry((entry, _))) => Waited::Entry(entry, true),
+        Some(LeaderOutcome::Found((entry, _))) => Waited::Entry(entry, false),
         Some(LeaderOutcome::Nothing) => Waited::Nothing,
         Some(LeaderOutcome::Declined { credentials }) => Waited::Declined { credentials },
         None => Waited::Abandoned,
@@ -491,7 +503,7 @@ mod tests {
         leader.publish(Some((entry, Some(purge))));
         assert!(matches!(
             wait(early, Duration::from_secs(1)).await,
-            Waited::Entry(_)
+            Waited::Entry(..)
         ));
         assert!(matches!(
             wait(late, Duration::from_secs(1)).await,
