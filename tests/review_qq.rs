@@ -4,7 +4,8 @@
 //! (owners of buffers still alive, map lengths), never by timing.
 //!
 //! And (the second review QQ) what a client's own request directives can make the cache
-//! do (RFC 9111 §5.2.1): load the origin past coalescing with `no-cache`.
+//! do (RFC 9111 §5.2.1): load the origin past coalescing with `no-cache`, and the same
+//! load from a response's own `no-cache`.
 
 mod support;
 
@@ -270,6 +271,72 @@ async fn a_flood_of_no_cache_requests_shares_one_refresh_after_it_arrived() {
             total,
             3,
             "30 no-cache requests arriving during one refresh cost {} origin calls",
+            total - 2
+        );
+    })
+    .await;
+}
+
+/// The same load without any client's help: a response that says `no-cache` is
+/// revalidated before every reuse (RFC 9111 §5.2.2.4), and the requests waiting for a
+/// revalidation refused its answer as they refused a stored one, then went to the origin
+/// one by one. Requests that arrive during a revalidation share the next one.
+#[tokio::test]
+async fn requests_for_a_no_cache_response_share_one_revalidation_after_they_arrived() {
+    support::bounded("no-cache response", async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = {
+            let calls = calls.clone();
+            tower::service_fn(move |_request: Request<()>| {
+                let calls = calls.clone();
+                async move {
+                    let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let response = Response::builder()
+                        .header("cache-control", "no-cache, max-age=600")
+                        .header("etag", format!("\"v{call}\""))
+                        .body(http_body_util::Full::new(Bytes::from(format!(
+                            "call {call}"
+                        ))))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let layer = support::layer(MemoryBackend::new()).mode(tower_memcache::CacheMode::Origin);
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(origin);
+        let url = "http://shop.example/checked";
+        support::send(&service, http::Method::GET, url, &[]).await;
+        support::stores(&watch, 1).await;
+        let first = tokio::spawn({
+            let service = service.clone();
+            async move { support::send(&service, http::Method::GET, url, &[]).await }
+        });
+        support::eventually("the first revalidation went out", || {
+            calls.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        let burst: Vec<_> = (0..30)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(
+                    async move { support::send(&service, http::Method::GET, url, &[]).await },
+                )
+            })
+            .collect();
+        assert_eq!(first.await.unwrap().body, "call 2");
+        for answer in burst {
+            let answer = answer.await.unwrap();
+            assert_eq!(answer.status, http::StatusCode::OK);
+            assert_ne!(answer.body, "call 2");
+        }
+        watch.settled().await;
+        let total = calls.load(Ordering::SeqCst);
+        assert_eq!(
+            total,
+            3,
+            "30 requests arriving during one revalidation cost {} origin calls",
             total - 2
         );
     })
