@@ -8,6 +8,7 @@
 //! the followers that joined before the purge.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -82,12 +83,14 @@ impl Mark {
 #[derive(Clone, Default)]
 pub(crate) struct SingleFlight {
     state: Arc<Mutex<State>>,
+    /// The next flight's id. Outside the lock: every request reads it when it arrives
+    /// ([`epoch`](Self::epoch)), and a lock per hit would be shared by every thread.
+    next_id: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
 struct State {
     inflight: HashMap<String, InFlight>,
-    next_id: u64,
 }
 
 pub(crate) enum Flight {
@@ -133,7 +136,7 @@ impl SingleFlight {
     /// The id the next flight will have: a flight with an id at least this one was led
     /// after this call (its request went out later).
     pub(crate) fn epoch(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).next_id
+        self.next_id.load(Ordering::Acquire)
     }
 
     fn join_as(&self, key: &str, max_followers: usize, seen: &Found, may_lead: bool) -> Flight {
@@ -172,8 +175,7 @@ impl SingleFlight {
     }
 
     fn lead(&self, state: &mut State, key: &str) -> Leader {
-        let id = state.next_id;
-        state.next_id += 1;
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         let (tx, rx) = watch::channel(None);
         let flight = InFlight {
             id,
