@@ -2,6 +2,10 @@
 //! untrusted client, an origin streaming at its own pace or a hostile memcached can make
 //! the layer, the near tier and the TCP client hold. Growth is measured by counting
 //! (owners of buffers still alive, map lengths), never by timing.
+//!
+//! And (the second review QQ) what a client's own request directives can make the cache
+//! do (RFC 9111 §5.2.1): load the origin past coalescing with `no-cache`, without taking
+//! what the origin must judge for each request.
 
 mod support;
 
@@ -170,4 +174,187 @@ async fn frames_waiting_for_a_stalled_client_are_counted_for_what_they_hold() {
          past the {FILL_BUFFER}-byte fill_buffer"
     );
     drop(response);
+}
+
+/// An origin that counts its calls and answers after `delay`, with a cacheable response
+/// whose body names the call.
+fn counting_origin(
+    calls: Arc<AtomicUsize>,
+    delay: Duration,
+) -> impl tower::Service<
+    Request<()>,
+    Response = Response<http_body_util::Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_request: Request<()>| {
+        let calls = calls.clone();
+        async move {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(delay).await;
+            let response = Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("etag", format!("\"v{call}\""))
+                .body(http_body_util::Full::new(Bytes::from(format!(
+                    "call {call}"
+                ))))
+                .unwrap();
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+/// Origin load by `Cache-Control: no-cache` (or `Pragma: no-cache`, which any client can
+/// send): each such request refused every response another request was fetching, the one
+/// it waited for and the ones after it, and after a few rounds of waiting went to the
+/// origin itself. A flood of them reached the origin once per request, coalescing and the
+/// cache both bypassed. RFC 9111 §5.2.1.4 asks for a response validated after the request
+/// arrived, not one per request: requests that arrive while a refresh is under way share
+/// the next one, so a burst costs two origin calls, and never a response whose request
+/// went out before theirs arrived.
+#[tokio::test]
+async fn a_flood_of_no_cache_requests_shares_one_refresh_after_it_arrived() {
+    support::bounded("no-cache flood", async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(counting_origin(calls.clone(), Duration::from_millis(300)));
+        let url = "http://shop.example/hot";
+        support::send(&service, http::Method::GET, url, &[]).await;
+        support::stores(&watch, 1).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // One refresh under way (call 2), then a burst arriving after it went out.
+        let first = tokio::spawn({
+            let service = service.clone();
+            async move {
+                support::send(
+                    &service,
+                    http::Method::GET,
+                    url,
+                    &[("cache-control", "no-cache")],
+                )
+                .await
+            }
+        });
+        support::eventually("the first refresh went out", || {
+            calls.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        let burst: Vec<_> = (0..30)
+            .map(|i| {
+                let service = service.clone();
+                let header = if i % 2 == 0 {
+                    ("cache-control", "no-cache")
+                } else {
+                    ("pragma", "no-cache")
+                };
+                tokio::spawn(async move {
+                    support::send(&service, http::Method::GET, url, &[header]).await
+                })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap().body, "call 2");
+        for answer in burst {
+            let answer = answer.await.unwrap();
+            assert_eq!(answer.status, http::StatusCode::OK);
+            assert_ne!(
+                answer.body, "call 2",
+                "a response whose request went out before this one arrived is no validation for it"
+            );
+        }
+        watch.settled().await;
+        let total = calls.load(Ordering::SeqCst);
+        assert_eq!(
+            total,
+            3,
+            "30 no-cache requests arriving during one refresh cost {} origin calls",
+            total - 2
+        );
+    })
+    .await;
+}
+
+/// The limit of the fix above: a response's own `no-cache` asks for every request to be
+/// forwarded (RFC 9111 §5.2.2.4), so that the origin judges each (a paywall answering each
+/// reader's session). A request waiting for another's revalidation of such a page must
+/// not take that answer, even though it was fetched after the request arrived: the
+/// reader without a subscription would read the subscriber's article.
+#[tokio::test]
+async fn a_no_cache_response_revalidated_for_one_reader_is_not_given_to_another() {
+    support::bounded("paywall", async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = {
+            let calls = calls.clone();
+            tower::service_fn(move |request: Request<()>| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let subscriber = request
+                        .headers()
+                        .get("cookie")
+                        .is_some_and(|c| c.as_bytes() == b"session=subscriber");
+                    let response = if subscriber {
+                        Response::builder()
+                            .header("cache-control", "no-cache, max-age=600")
+                            .header("etag", "\"article\"")
+                            .body(http_body_util::Full::new(Bytes::from("the article")))
+                    } else {
+                        Response::builder()
+                            .status(403)
+                            .header("cache-control", "no-store")
+                            .body(http_body_util::Full::new(Bytes::from("subscribe")))
+                    };
+                    Ok::<_, Infallible>(response.unwrap())
+                }
+            })
+        };
+        let layer = support::layer(MemoryBackend::new()).mode(tower_memcache::CacheMode::Origin);
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(origin);
+        let url = "http://news.example/article";
+        let subscriber = [("cookie", "session=subscriber")];
+        support::send(&service, http::Method::GET, url, &subscriber).await;
+        support::stores(&watch, 1).await;
+        let first = tokio::spawn({
+            let service = service.clone();
+            async move { support::send(&service, http::Method::GET, url, &subscriber).await }
+        });
+        support::eventually("the subscriber's revalidation went out", || {
+            calls.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        // Another subscriber joins it, so the next flight is led after the reader arrived.
+        let second = tokio::spawn({
+            let service = service.clone();
+            async move { support::send(&service, http::Method::GET, url, &subscriber).await }
+        });
+        let reader = tokio::spawn({
+            let service = service.clone();
+            async move {
+                support::send(
+                    &service,
+                    http::Method::GET,
+                    url,
+                    // `no-store`: it never leads, only follows (its own answer is stored
+                    // for nobody), which an attacker may well choose.
+                    &[("cookie", "session=reader"), ("cache-control", "no-store")],
+                )
+                .await
+            }
+        });
+        assert_eq!(first.await.unwrap().body, "the article");
+        assert_eq!(second.await.unwrap().body, "the article");
+        let reader = reader.await.unwrap();
+        assert_eq!(
+            reader.status,
+            http::StatusCode::FORBIDDEN,
+            "{}",
+            reader.body
+        );
+    })
+    .await;
 }

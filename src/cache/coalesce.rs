@@ -109,13 +109,23 @@ impl<B: Backend> Shared<B> {
         match joined {
             Flight::Leader(leader) => filler.leader = Some(leader),
             Flight::Follower(rx) => {
+                let validated = rx.led_since(plan.arrived);
                 self.count_wait(waited);
                 tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
                 idle();
                 let changed = match single_flight::wait(rx, self.config.coalesce_timeout).await {
-                    Waited::Entry(entry) => {
+                    Waited::Entry(entry, fetched) => {
                         if let Some(freshness) = self.usable_now(&entry, plan, request_headers) {
                             return Coordinated::Answered(entry, freshness);
+                        }
+                        // Fetched after this request arrived: it validates the entry for
+                        // this request, whatever its `no-cache`.
+                        if validated && fetched {
+                            if let Some(freshness) =
+                                self.usable_validated(&entry, plan, request_headers)
+                            {
+                                return Coordinated::Answered(entry, freshness);
+                            }
                         }
                         // Another variant's response: its index is stored now, so a new
                         // lookup finds this request's own variant flight.
@@ -234,7 +244,7 @@ impl<B: Backend> Shared<B> {
                 Looked::Usable(entry, freshness) => {
                     // Read now: requests that joined after this read began may come after
                     // a purge, and look for themselves.
-                    filler.publish(Some((Arc::clone(&entry), Some(read))));
+                    filler.publish_found((Arc::clone(&entry), Some(read)));
                     return Coordinated::Answered(entry, freshness);
                 }
                 Looked::Slot(again) => {
@@ -383,6 +393,13 @@ impl<B: Backend> Filler<B> {
     pub(super) fn publish(&self, published: Option<Published>) {
         if let Some(leader) = &self.leader {
             leader.publish(published);
+        }
+    }
+
+    /// Publishes an entry found stored by another process (see [`Leader::publish_found`]).
+    pub(super) fn publish_found(&self, published: Published) {
+        if let Some(leader) = &self.leader {
+            leader.publish_found(published);
         }
     }
 

@@ -40,4 +40,8 @@ pub(super) struct Plan {
     /// `false` for requests with preconditions only the origin can evaluate: they are never
     /// answered from the cache, neither from a lookup nor from another request's response.
     pub(super) from_cache: bool,
+    /// The single-flight epoch when the request arrived: a flight led since then went to
+    /// the origin after it, and its response is a validation this request's `no-cache`
+    /// (or `max-age`) accepts (RFC 9111 §5.2.1.4).
+    pub(super) arrived: u64,
 }

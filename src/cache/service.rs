@@ -310,6 +310,7 @@ impl<B: Backend> Shared<B> {
             lifetime,
             request_cc: CacheControl::parse_request(request.headers()),
             from_cache: !has_origin_preconditions(request.headers()),
+            arrived: self.config.flights.epoch(),
         })
     }
 
@@ -452,6 +453,29 @@ impl<B: Backend> Shared<B> {
                 Reuse::Fresh | Reuse::StaleAccepted
             ))
         .then_some(freshness)
+    }
+
+    /// [`usable_now`](Self::usable_now) for an entry whose response was fetched after this
+    /// request arrived: a validation made since, which satisfies the request's own
+    /// `no-cache` and `max-age` (RFC 9111 §5.2.1.1, §5.2.1.4); `min-fresh` and the
+    /// response's freshness still rule. Not the response's own `no-cache` or
+    /// `must-revalidate`: those ask for each request to be forwarded (§5.2.2.4), so that
+    /// the origin may judge it (a paywall answering each reader's cookie). Without this, a
+    /// flood of `Pragma: no-cache` requests reached the origin once per request.
+    pub(super) fn usable_validated(
+        &self,
+        entry: &Entry,
+        plan: &Plan,
+        request_headers: &HeaderMap,
+    ) -> Option<Freshness> {
+        let meta = &entry.meta;
+        let freshness = stored::freshness(meta, now_ms());
+        let mut request_cc = plan.request_cc.clone();
+        request_cc.no_cache = false;
+        request_cc.max_age = None;
+        (stored::selects(meta, &plan.canonical, request_headers)
+            && freshness.reuse(&request_cc) == Reuse::Fresh)
+            .then_some(freshness)
     }
 
     /// The response's own lifetime (extension or header, the header removed) or the

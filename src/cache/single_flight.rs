@@ -8,6 +8,7 @@
 //! the followers that joined before the purge.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -25,8 +26,10 @@ type Outcome = Option<LeaderOutcome>;
 /// A leader's published outcome.
 #[derive(Clone)]
 enum LeaderOutcome {
-    /// Its entry.
+    /// Its entry, fetched by its request.
     Entry(Published),
+    /// An entry it found stored by another process (fetched when, it cannot tell).
+    Found(Published),
     /// Nothing to share (its response is not stored).
     Nothing,
     /// Nothing, only because of what its request was (see [`Waited::Declined`]).
@@ -80,12 +83,14 @@ impl Mark {
 #[derive(Clone, Default)]
 pub(crate) struct SingleFlight {
     state: Arc<Mutex<State>>,
+    /// The next flight's id. Outside the lock: every request reads it when it arrives
+    /// ([`epoch`](Self::epoch)), and a lock per hit would be shared by every thread.
+    next_id: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
 struct State {
     inflight: HashMap<String, InFlight>,
-    next_id: u64,
 }
 
 pub(crate) enum Flight {
@@ -128,6 +133,12 @@ impl SingleFlight {
         self.join_as(key, max_followers, seen, false)
     }
 
+    /// The id the next flight will have: a flight with an id at least this one was led
+    /// after this call (its request went out later).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.next_id.load(Ordering::Acquire)
+    }
+
     fn join_as(&self, key: &str, max_followers: usize, seen: &Found, may_lead: bool) -> Flight {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = state.inflight.get_mut(key) {
@@ -164,8 +175,7 @@ impl SingleFlight {
     }
 
     fn lead(&self, state: &mut State, key: &str) -> Leader {
-        let id = state.next_id;
-        state.next_id += 1;
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         let (tx, rx) = watch::channel(None);
         let flight = InFlight {
             id,
@@ -206,6 +216,13 @@ impl Leader {
         ));
     }
 
+    /// Publishes an entry the leader found stored by another process instead of fetching
+    /// one: usable to its followers, but no validation made after they arrived.
+    pub(crate) fn publish_found(&self, published: Published) {
+        self.leave();
+        let _ = self.tx.send(Some(LeaderOutcome::Found(published)));
+    }
+
     /// Ends the flight with nothing to share because of what the leader's request was
     /// (see [`Waited::Declined`]).
     pub(crate) fn decline(&self, credentials: bool) {
@@ -234,6 +251,14 @@ pub(crate) struct Follower {
     joined: SystemTime,
 }
 
+impl Follower {
+    /// Whether the flight followed was led after [`SingleFlight::epoch`] returned `epoch`:
+    /// its leader's request went out after that.
+    pub(crate) fn led_since(&self, epoch: u64) -> bool {
+        self.id >= epoch
+    }
+}
+
 impl Drop for Follower {
     fn drop(&mut self) {
         let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,7 +274,9 @@ impl Drop for Follower {
 
 /// What waiting for a leader gave.
 pub(crate) enum Waited {
-    Entry(Arc<Entry>),
+    /// The leader's entry, and whether its request fetched it (rather than finding it
+    /// stored by another process).
+    Entry(Arc<Entry>, bool),
     /// The leader's response predates a purge this request came after.
     Overtaken,
     /// The leader went away without a word (its client hung up before the response was
@@ -263,20 +290,21 @@ pub(crate) enum Waited {
     /// does not say it may be shared for its `Authorization` (RFC 9111 §3.5). A follower
     /// unlike it may have its answer stored, and elects another leader with the others,
     /// rather than all of them going to the origin at once.
-    Declined {
-        credentials: bool,
-    },
+    Declined { credentials: bool },
 }
 
 /// Waits at most `timeout` for the leader.
 pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
     let joined = follower.joined;
     match wait_published(follower, timeout).await {
-        Some(LeaderOutcome::Entry((_, Some(since)))) if joined >= since => {
+        Some(LeaderOutcome::Entry((_, Some(since))) | LeaderOutcome::Found((_, Some(since))))
+            if joined >= since =>
+        {
             tracing::debug!("the response waited for predates a purge this request followed");
             Waited::Overtaken
         }
-        Some(LeaderOutcome::Entry((entry, _))) => Waited::Entry(entry),
+        Some(LeaderOutcome::Entry((entry, _))) => Waited::Entry(entry, true),
+        Some(LeaderOutcome::Found((entry, _))) => Waited::Entry(entry, false),
         Some(LeaderOutcome::Nothing) => Waited::Nothing,
         Some(LeaderOutcome::Declined { credentials }) => Waited::Declined { credentials },
         None => Waited::Abandoned,
@@ -477,7 +505,7 @@ mod tests {
         leader.publish(Some((entry, Some(purge))));
         assert!(matches!(
             wait(early, Duration::from_secs(1)).await,
-            Waited::Entry(_)
+            Waited::Entry(..)
         ));
         assert!(matches!(
             wait(late, Duration::from_secs(1)).await,
