@@ -115,17 +115,13 @@ impl<B: Backend> Shared<B> {
                 idle();
                 let changed = match single_flight::wait(rx, self.config.coalesce_timeout).await {
                     Waited::Entry(entry, fetched) => {
-                        if let Some(freshness) = self.usable_now(&entry, plan, request_headers) {
-                            return Coordinated::Answered(entry, freshness);
-                        }
                         // Fetched after this request arrived: it validates the entry for
                         // this request, whatever its `no-cache`.
-                        if validated && fetched {
-                            if let Some(freshness) =
-                                self.usable_validated(&entry, plan, request_headers)
-                            {
-                                return Coordinated::Answered(entry, freshness);
-                            }
+                        let validated = validated && fetched;
+                        if let Some(freshness) =
+                            self.usable_now(&entry, plan, request_headers, validated)
+                        {
+                            return Coordinated::Answered(entry, freshness);
                         }
                         // Another variant's response: its index is stored now, so a new
                         // lookup finds this request's own variant flight.
@@ -304,7 +300,7 @@ impl<B: Backend> Shared<B> {
         {
             Lookup::Found(found) => {
                 if let Some(entry) = &found.entry {
-                    if let Some(freshness) = self.usable_now(entry, plan, request_headers) {
+                    if let Some(freshness) = self.usable_now(entry, plan, request_headers, false) {
                         return Looked::Usable(Arc::clone(entry), freshness);
                     }
                 }

@@ -366,7 +366,10 @@ async fn fill_whole<B, S, R, ResBody>(
         Lookup::Unavailable => return,
     };
     if let Some(entry) = &found.entry {
-        if shared.usable_now(entry, &plan, request.headers()).is_some() {
+        if shared
+            .usable_now(entry, &plan, request.headers(), false)
+            .is_some()
+        {
             return;
         }
     }

@@ -438,44 +438,35 @@ impl<B: Backend> Shared<B> {
     }
 
     /// The freshness of an entry published by another request, if it may answer this one
-    /// now.
+    /// now. `validated`: its response was fetched after this request arrived, a validation
+    /// made since, which satisfies the request's own `no-cache` and `max-age` (RFC 9111
+    /// §5.2.1.1, §5.2.1.4); `min-fresh` and the response's freshness still rule, and so
+    /// do the response's own `no-cache` or `must-revalidate`: those ask for each request
+    /// to be forwarded (§5.2.2.4), so that the origin may judge it (a paywall answering
+    /// each reader's cookie). Without it, a flood of `Pragma: no-cache` requests reached
+    /// the origin once per request.
     pub(super) fn usable_now(
         &self,
         entry: &Entry,
         plan: &Plan,
         request_headers: &HeaderMap,
+        validated: bool,
     ) -> Option<Freshness> {
         let meta = &entry.meta;
+        if !stored::selects(meta, &plan.canonical, request_headers) {
+            return None;
+        }
         let freshness = stored::freshness(meta, now_ms());
-        (stored::selects(meta, &plan.canonical, request_headers)
-            && matches!(
-                freshness.reuse(&plan.request_cc),
-                Reuse::Fresh | Reuse::StaleAccepted
-            ))
-        .then_some(freshness)
-    }
-
-    /// [`usable_now`](Self::usable_now) for an entry whose response was fetched after this
-    /// request arrived: a validation made since, which satisfies the request's own
-    /// `no-cache` and `max-age` (RFC 9111 §5.2.1.1, §5.2.1.4); `min-fresh` and the
-    /// response's freshness still rule. Not the response's own `no-cache` or
-    /// `must-revalidate`: those ask for each request to be forwarded (§5.2.2.4), so that
-    /// the origin may judge it (a paywall answering each reader's cookie). Without this, a
-    /// flood of `Pragma: no-cache` requests reached the origin once per request.
-    pub(super) fn usable_validated(
-        &self,
-        entry: &Entry,
-        plan: &Plan,
-        request_headers: &HeaderMap,
-    ) -> Option<Freshness> {
-        let meta = &entry.meta;
-        let freshness = stored::freshness(meta, now_ms());
-        let mut request_cc = plan.request_cc.clone();
-        request_cc.no_cache = false;
-        request_cc.max_age = None;
-        (stored::selects(meta, &plan.canonical, request_headers)
-            && freshness.reuse(&request_cc) == Reuse::Fresh)
-            .then_some(freshness)
+        let usable = matches!(
+            freshness.reuse(&plan.request_cc),
+            Reuse::Fresh | Reuse::StaleAccepted
+        ) || validated && {
+            let mut relaxed = plan.request_cc.clone();
+            relaxed.no_cache = false;
+            relaxed.max_age = None;
+            freshness.reuse(&relaxed) == Reuse::Fresh
+        };
+        usable.then_some(freshness)
     }
 
     /// The response's own lifetime (extension or header, the header removed) or the
