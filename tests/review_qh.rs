@@ -13,12 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tower_memcache::backend::{Backend, TcpBackend};
 
-/// Bounds every test: none may hang.
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still running after 30 s"))
-}
+use support::bounded;
 
 /// A memcached restart closes the `stats settings` queries of two slots' new connections
 /// (`connections_per_server(2)`: the second slot connected under load, the first
@@ -210,46 +205,31 @@ async fn connection_cannot_hide_an_event_stream_from_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_back_from_an_outage_is_flushed_though_once_taken_for_a_proxy() {
     use std::sync::atomic::AtomicBool;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    use support::fake_memcached::{Reply, scripted};
     let broken = Arc::new(AtomicBool::new(false));
     let flushes = Arc::new(AtomicUsize::new(0));
-    tokio::spawn({
+    let addr = scripted({
         let (broken, flushes) = (Arc::clone(&broken), Arc::clone(&flushes));
-        async move {
-            for connection in 0.. {
-                let Ok((socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let (broken, flushes) = (Arc::clone(&broken), Arc::clone(&flushes));
-                tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut lines = BufReader::new(read).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        if broken.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let reply: &[u8] = match line.trim_end() {
-                            // The first two connections' queries closed: taken for a proxy.
-                            "stats settings" if connection < 2 => return,
-                            "stats settings" => b"STAT item_size_max 1048576\r\nEND\r\n",
-                            "stats" => b"STAT pid 1\r\nEND\r\n",
-                            "version" => b"VERSION 1.6.21\r\n",
-                            "flush_all" => {
-                                flushes.fetch_add(1, Ordering::SeqCst);
-                                b"OK\r\n"
-                            }
-                            line if line.starts_with("get") => b"END\r\n",
-                            _ => b"ERROR\r\n",
-                        };
-                        if write.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+        move |connection, line| {
+            if broken.load(Ordering::SeqCst) {
+                return Reply::Close;
+            }
+            match line {
+                // The first two connections' queries closed: taken for a proxy.
+                "stats settings" if connection < 2 => Reply::Close,
+                "stats settings" => Reply::Send(b"STAT item_size_max 1048576\r\nEND\r\n"),
+                "stats" => Reply::Send(b"STAT pid 1\r\nEND\r\n"),
+                "version" => Reply::Send(b"VERSION 1.6.21\r\n"),
+                "flush_all" => {
+                    flushes.fetch_add(1, Ordering::SeqCst);
+                    Reply::Send(b"OK\r\n")
+                }
+                line if line.starts_with("get") => Reply::Send(b"END\r\n"),
+                _ => Reply::Send(b"ERROR\r\n"),
             }
         }
-    });
+    })
+    .await;
     let backend = TcpBackend::builder()
         .server(addr)
         .remove_failed_servers(true)
@@ -298,43 +278,28 @@ async fn a_server_back_from_an_outage_is_flushed_though_once_taken_for_a_proxy()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_without_stats_comes_back_from_an_outage() {
     use std::sync::atomic::AtomicBool;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    use support::fake_memcached::{Reply, scripted};
     let broken = Arc::new(AtomicBool::new(false));
     let asked = Arc::new(AtomicUsize::new(0));
-    tokio::spawn({
+    let addr = scripted({
         let (broken, asked) = (Arc::clone(&broken), Arc::clone(&asked));
-        async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let (broken, asked) = (Arc::clone(&broken), Arc::clone(&asked));
-                tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut lines = BufReader::new(read).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        if broken.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let reply: &[u8] = match line.trim_end() {
-                            line if line.starts_with("stats") => {
-                                asked.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            "flush_all" => return,
-                            "version" => b"VERSION 0.5.0\r\n",
-                            line if line.starts_with("get") => b"END\r\n",
-                            _ => b"ERROR\r\n",
-                        };
-                        if write.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+        move |_, line| {
+            if broken.load(Ordering::SeqCst) {
+                return Reply::Close;
+            }
+            match line {
+                line if line.starts_with("stats") => {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    Reply::Close
+                }
+                "flush_all" => Reply::Close,
+                "version" => Reply::Send(b"VERSION 0.5.0\r\n"),
+                line if line.starts_with("get") => Reply::Send(b"END\r\n"),
+                _ => Reply::Send(b"ERROR\r\n"),
             }
         }
-    });
+    })
+    .await;
     let backend = TcpBackend::builder()
         .server(addr)
         .remove_failed_servers(true)

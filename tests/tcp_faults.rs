@@ -7,6 +7,7 @@ mod support;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use support::fake_memcached::{Reply, scripted};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tower_memcache::backend::tcp::ProtocolError;
@@ -558,30 +559,17 @@ async fn flood_of_values_for_a_one_key_get_is_cut_off_at_once() {
 /// `get_many` must return only keys it asked for.
 #[tokio::test]
 async fn value_for_a_key_not_asked_for_drops_the_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let server = tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((socket, _)) = listener.accept().await {
-            let smuggle = std::mem::take(&mut first);
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply: &[u8] = if line.starts_with("stats") {
-                        b"END\r\n"
-                    } else if smuggle {
-                        b"VALUE a 0 1\r\n1\r\nVALUE evil 0 4\r\nevil\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
-                    } else {
-                        b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
-                    };
-                    if write.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    // The first connection smuggles a value for a key never asked.
+    let addr = scripted(|connection, line| {
+        Reply::Send(if line.starts_with("stats") {
+            b"END\r\n"
+        } else if connection == 0 {
+            b"VALUE a 0 1\r\n1\r\nVALUE evil 0 4\r\nevil\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
+        } else {
+            b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
+        })
+    })
+    .await;
     let backend = one_connection_backend(addr);
     let started = Instant::now();
     let err = backend.get_many(&["a", "b"]).await.unwrap_err();
@@ -592,7 +580,6 @@ async fn value_for_a_key_not_asked_for_drops_the_connection() {
     let mut keys: Vec<_> = found.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["a", "b"]);
-    server.abort();
 }
 
 #[tokio::test]
@@ -1103,32 +1090,15 @@ async fn server_stays_down_until_its_keys_are_reset() {
 /// unsupported until the server happened to be marked down and up again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stats_settings_lost_to_a_restart_does_not_disable_flush_all() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        for connection in 0..16 {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply: &[u8] = match line.trim_end() {
-                        // The first connection's query: the server goes away.
-                        "stats settings" if connection == 0 => return,
-                        "stats settings" => b"STAT item_size_max 1048576\r\nEND\r\n",
-                        "stats" => b"STAT pid 1\r\nEND\r\n",
-                        "flush_all" => b"OK\r\n",
-                        _ => b"ERROR\r\n",
-                    };
-                    if write.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let addr = scripted(|connection, line| match line {
+        // The first connection's query: the server goes away.
+        "stats settings" if connection == 0 => Reply::Close,
+        "stats settings" => Reply::Send(b"STAT item_size_max 1048576\r\nEND\r\n"),
+        "stats" => Reply::Send(b"STAT pid 1\r\nEND\r\n"),
+        "flush_all" => Reply::Send(b"OK\r\n"),
+        _ => Reply::Send(b"ERROR\r\n"),
+    })
+    .await;
     let backend = TcpBackend::builder()
         .server(addr)
         .timeout(Duration::from_secs(2))

@@ -173,3 +173,42 @@ pub async fn gets_queued_behind_a_held_one(
     }
     held.await.unwrap().unwrap();
 }
+
+/// What a [`scripted`] stand-in does with a line it read.
+pub enum Reply {
+    /// Writes these bytes back.
+    Send(&'static [u8]),
+    /// Closes the connection without answering (a crash, a restart, or a proxy that
+    /// does not know the command).
+    Close,
+}
+
+/// A memcached stand-in on a fresh loopback port that answers every line it reads with
+/// `script(connection, line)`: `connection` counts accepted connections from 0, `line`
+/// comes without its CR LF. Returns its address.
+pub async fn scripted(script: impl Fn(usize, &str) -> Reply + Send + Sync + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let script = Arc::clone(&script);
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let Reply::Send(reply) = script(connection, line.trim_end()) else {
+                        return;
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
