@@ -4,6 +4,7 @@
 
 mod support;
 
+use support::origin::scripted_origin;
 use support::proxy::{Proxy, start_proxy};
 
 use std::convert::Infallible;
@@ -121,61 +122,6 @@ async fn every_way_a_miss_ends_gives_its_place_back() {
 
 // ---------------------------------------------------------------------------------------
 // The retry of a request an origin closed a connection under.
-
-/// Requests an origin saw: path and the request's index on its connection.
-type Seen = Arc<std::sync::Mutex<Vec<(String, usize)>>>;
-
-/// A raw origin: answers the first request of each connection in full (kept alive) and
-/// does `later` to each later one: the bytes to write before closing the connection
-/// (none: closed without a word). With `first_too`, the first request of a connection is
-/// treated like a later one.
-async fn scripted_origin(later: &'static [u8], first_too: bool) -> (SocketAddr, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Seen = Arc::default();
-    tokio::spawn({
-        let seen = Arc::clone(&seen);
-        async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let seen = Arc::clone(&seen);
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    for request in 0.. {
-                        let end = loop {
-                            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break end + 4;
-                            }
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-                        buffer.drain(..end);
-                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                        seen.lock().unwrap().push((path.clone(), request));
-                        if request > 0 || first_too {
-                            let _ = stream.write_all(later).await;
-                            return;
-                        }
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{path}",
-                            path.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-    });
-    (addr, seen)
-}
 
 /// A request whose fresh connection the origin closes without answering (a handler that
 /// crashes its worker on it: a "query of death") is no keep-alive race: it was sent once
