@@ -96,6 +96,7 @@ type Events = http_body_util::StreamBody<
 /// is dropped.
 fn event_stream(
     events: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    content_type: &'static str,
 ) -> http::Response<Events> {
     use futures_util::StreamExt;
     let stream = futures_util::stream::unfold(events, |mut events| async move {
@@ -104,7 +105,7 @@ fn event_stream(
     })
     .boxed();
     http::Response::builder()
-        .header("content-type", "text/event-stream")
+        .header("content-type", content_type)
         .body(http_body_util::StreamBody::new(stream))
         .unwrap()
 }
@@ -114,12 +115,23 @@ fn event_stream(
 /// stream ran joined its fill and waited `coalesce_timeout` for an end that may never come
 /// (5 s by default, for each client of a live feed), and a stream that ended was stored
 /// and replayed, its old events as new, to every later client. An event stream is never
-/// stored: each client gets its own, at once.
+/// stored: each client gets its own, at once. So is a `multipart/x-mixed-replace` stream
+/// (a camera's MJPEG feed, server push: each part replaces the last, for as long as the
+/// connection lasts), which was still stored like a page.
 #[tokio::test]
 async fn clients_of_an_event_stream_each_get_their_own_at_once() {
+    for content_type in [
+        "text/event-stream",
+        "Multipart/X-Mixed-Replace; boundary=frame",
+    ] {
+        each_client_gets_its_own(content_type).await;
+    }
+}
+
+async fn each_client_gets_its_own(content_type: &'static str) {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    bounded("event streams", async {
+    bounded(content_type, async {
         let layer = support::layer(MemoryBackend::new())
             .default_lifetime(Duration::from_secs(60))
             .coalesce_timeout(Duration::from_secs(50));
@@ -132,7 +144,7 @@ async fn clients_of_an_event_stream_each_get_their_own_at_once() {
             let hello = ["data: first\n\n", "data: second\n\n", "data: third\n\n"];
             send.send(hello[kept.len().min(2)]).unwrap();
             kept.push(Some(send));
-            async move { Ok::<_, Infallible>(event_stream(events)) }
+            async move { Ok::<_, Infallible>(event_stream(events, content_type)) }
         }));
         let get = || {
             http::Request::get("http://app.example/events")

@@ -72,7 +72,7 @@ impl Refusal {
             Self::Policy(NotStorable::Authorization) => "authenticated and not shareable",
             Self::Policy(NotStorable::VaryStar) => "Vary: *",
             Self::Policy(NotStorable::Partial) => "partial content",
-            Self::Policy(NotStorable::EventStream) => "an event stream",
+            Self::Policy(NotStorable::LiveStream) => "a live stream",
             Self::Policy(NotStorable::ZeroLifetime) => {
                 "nothing to reuse: no freshness, stale window or validator"
             }

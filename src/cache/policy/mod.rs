@@ -121,9 +121,10 @@ pub(crate) enum NotStorable {
     /// is never stored or served as if it were. (A `206` is refused as
     /// [`Status`](Self::Status).)
     Partial,
-    /// An event stream (`text/event-stream`): events happen once, to the connection that
-    /// is open when they do, and the stream may never end.
-    EventStream,
+    /// A live stream (`text/event-stream`, `multipart/x-mixed-replace`): what it sends
+    /// happens once, to the connection that is open when it does, and the stream may never
+    /// end.
+    LiveStream,
 }
 
 /// How long a stored response lives, as [`Policy::lifetimes`] decides it.
@@ -358,8 +359,8 @@ impl Policy {
         // A live stream is no representation to reuse: admitted, every client that came
         // while it ran waited `coalesce_timeout` for an end that may never come, and a
         // stream that ended was replayed, its old events as new, to every later client.
-        if is_event_stream(response_headers) {
-            return Err(NotStorable::EventStream);
+        if is_live_stream(response_headers) {
+            return Err(NotStorable::LiveStream);
         }
         // §3 and §5.2.2.3: with must-understand a response is stored only when the cache
         // implements its status code's caching rules, and then its no-store is ignored.
@@ -452,18 +453,19 @@ fn only_h2c(value: &[u8]) -> bool {
     value.trim_ascii().eq_ignore_ascii_case(b"h2c")
 }
 
-/// Whether the response is a server-sent event stream (its media type, in any case, with
-/// or without parameters).
-fn is_event_stream(headers: &HeaderMap) -> bool {
+/// Whether the response is a live stream by its media type (in any case, with or without
+/// parameters): server-sent events, or server push by `multipart/x-mixed-replace` (each
+/// part replaces the one before: a camera's feed, a progress page).
+fn is_live_stream(headers: &HeaderMap) -> bool {
     headers.get_all(header::CONTENT_TYPE).iter().any(|value| {
         let essence = value
             .as_bytes()
             .split(|b| *b == b';')
             .next()
-            .unwrap_or_default();
-        essence
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"text/event-stream")
+            .unwrap_or_default()
+            .trim_ascii();
+        essence.eq_ignore_ascii_case(b"text/event-stream")
+            || essence.eq_ignore_ascii_case(b"multipart/x-mixed-replace")
     })
 }
 
@@ -825,7 +827,11 @@ pub(crate) mod tests {
             (&[("vary", "accept, *")][..], NotStorable::VaryStar),
             (
                 &[("content-type", "Text/Event-Stream; charset=utf-8")][..],
-                NotStorable::EventStream,
+                NotStorable::LiveStream,
+            ),
+            (
+                &[("content-type", "multipart/x-mixed-replace;boundary=b")][..],
+                NotStorable::LiveStream,
             ),
         ];
         let page = headers(&[("content-type", "text/event-stream-page")]);
