@@ -9,7 +9,7 @@ use http::HeaderMap;
 
 use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
-use super::service::Shared;
+use super::shared::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
 use super::storage::{
     FILL_HOLD, Found, Lookup, Placed, Slot, Target, arming, placed, purges, unique,
@@ -432,7 +432,7 @@ mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
     use crate::cache::MemcacheLayer;
-    use crate::cache::service::testing::{entry, exchange_for, get, shared};
+    use crate::cache::shared::testing::{entry, exchange_for, get, shared};
 
     #[tokio::test]
     async fn a_second_request_waits_for_the_first_and_gets_its_entry() {

@@ -16,7 +16,7 @@ use http_body::Body;
 use super::body::{ResponseBody, Tee, declared_size};
 use super::coalesce::Filler;
 use super::exchange::{Exchange, Plan, Sent};
-use super::service::Shared;
+use super::shared::Shared;
 use super::status::Outcome;
 use super::storage::{StoreOutcome, Target};
 use super::stored::{Admission, backend_ttl};
@@ -419,7 +419,7 @@ mod tests {
     use crate::cache::MemcacheLayer;
     use crate::cache::coalesce::Coordinated;
     use crate::cache::exchange::Sent;
-    use crate::cache::service::testing::{exchange_for, get, shared, stored_entry};
+    use crate::cache::shared::testing::{exchange_for, get, shared, stored_entry};
 
     fn sent() -> Sent {
         Sent {

@@ -11,8 +11,9 @@ use tower::Service;
 
 use super::body::ResponseBody;
 use super::key::RequestTarget;
-use super::service::{Shared, client_target};
+use super::shared::Shared;
 use super::status::{Forward, Outcome};
+use super::target::client_target;
 use crate::backend::Backend;
 use crate::cache::policy::Policy;
 

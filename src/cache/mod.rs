@@ -44,6 +44,7 @@
 //! # }
 //! ```
 
+mod answer;
 mod background;
 mod body;
 mod coalesce;
@@ -63,11 +64,13 @@ mod purge;
 mod range;
 mod revalidate;
 mod service;
+mod shared;
 mod single_flight;
 mod stats;
 mod status;
 mod storage;
 mod stored;
+mod target;
 
 use std::time::Duration;
 

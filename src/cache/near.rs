@@ -669,7 +669,7 @@ fn is_common(name: &http::HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::service::testing::bare_entry;
+    use crate::cache::shared::testing::bare_entry;
 
     #[test]
     fn an_entry_is_answered_within_the_bound_and_not_after() {

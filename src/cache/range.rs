@@ -23,12 +23,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
 
+use super::answer::FromCache;
 use super::body::ResponseBody;
 use super::coalesce::Coordinated;
 use super::exchange::Exchange;
 use super::own_request::{RequestHead, own_body};
 use super::revalidate::{For, drain_stored, exchange};
-use super::service::{FromCache, Shared};
+use super::shared::Shared;
 use super::status::Forward;
 use super::storage::Lookup;
 use super::stored::header_map;

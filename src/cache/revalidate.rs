@@ -14,12 +14,13 @@ use http_body::Body;
 use tower::Service;
 
 use super::OriginUnreachable;
+use super::answer::{Answered, Counted};
 use super::body::ResponseBody;
 use super::coalesce::Filler;
 use super::exchange::{Exchange, Sent};
 use super::fill::Refusal;
 use super::own_request::{RequestHead, own_body};
-use super::service::{Answered, Counted, Shared};
+use super::shared::Shared;
 use super::status::{Detail, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
@@ -512,7 +513,7 @@ mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
     use crate::cache::MemcacheLayer;
-    use crate::cache::service::testing::{entry, exchange_for, get, put, shared, stored_entry};
+    use crate::cache::shared::testing::{entry, exchange_for, get, put, shared, stored_entry};
 
     /// Stores `entry` for the request, then answers a refresh of it with a 304 carrying
     /// `fields`; whether an entry is stored afterwards, and the refreshed entry.

@@ -501,7 +501,7 @@ mod tests {
         let Flight::Follower(late) = flights.join("k", 8, &any) else {
             panic!("follower")
         };
-        let entry = Arc::new(crate::cache::service::testing::bare_entry());
+        let entry = Arc::new(crate::cache::shared::testing::bare_entry());
         leader.publish(Some((entry, Some(purge))));
         assert!(matches!(
             wait(early, Duration::from_secs(1)).await,

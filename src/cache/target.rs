@@ -1,0 +1,145 @@
+//! What a request is keyed by and whether the cache takes it at all: its [`Plan`], made
+//! from the target the client sent (not the one a nested router sees) and the route rules.
+
+use http::Request;
+
+use super::exchange::Plan;
+use super::key::{InvalidTarget, KeyOutcome, RequestHead};
+use super::shared::Shared;
+use crate::backend::Backend;
+use crate::cache::policy::conditional::has_origin_preconditions;
+use crate::cache::policy::{CacheControl, Policy};
+
+impl<B: Backend> Shared<B> {
+    /// What to do with a request: `None` to bypass the cache.
+    pub(super) fn plan<T>(&self, request: &Request<T>) -> Option<Plan> {
+        if !Policy::is_cacheable_method(request.method()) {
+            return None;
+        }
+        if let Some(reason) = Policy::unkeyed_request_input(request.headers()) {
+            tracing::debug!(
+                reason,
+                "request carries input the key cannot hold; cache bypassed"
+            );
+            return None;
+        }
+        // Rules match the path the key holds (and `MatchedPath` names): a `no_cache` rule
+        // for `/account` must hold for the router nested there, which sees `/me`. Rules
+        // written for that stripped path still hold too: in a nested router the stricter
+        // reading wins (no caching, else the shorter lifetime).
+        let Some(target) = keyed_target(request) else {
+            tracing::debug!(
+                path = request.uri().path(),
+                "target rewritten after routing; cache bypassed"
+            );
+            return None;
+        };
+        let pattern = matched_path(request);
+        let mut lifetime = self.policy().route_lifetime(target.path(), pattern)?;
+        if !std::ptr::eq(target, request.uri()) && target.path() != request.uri().path() {
+            let stripped = self
+                .policy()
+                .route_lifetime(request.uri().path(), pattern)?;
+            lifetime = lifetime.min(stripped);
+        }
+        let head = RequestHead {
+            method: request.method(),
+            uri: target,
+            headers: request.headers(),
+            extensions: request.extensions(),
+        };
+        let canonical = match self.config.canonical.request_key(&head) {
+            KeyOutcome::Key(canonical) => canonical,
+            KeyOutcome::Declined => return None,
+            KeyOutcome::Invalid(InvalidTarget::SchemeMismatch) => {
+                warn_scheme_mismatch_once(request.uri(), &self.config.canonical.default_scheme);
+                return None;
+            }
+            KeyOutcome::Invalid(invalid) => {
+                tracing::debug!(reason = %invalid, "request target cannot be keyed; cache bypassed");
+                return None;
+            }
+        };
+        Some(Plan {
+            key: self.storage.primary_key(&canonical),
+            canonical,
+            lifetime,
+            request_cc: CacheControl::parse_request(request.headers()),
+            from_cache: !has_origin_preconditions(request.headers()),
+            arrived: self.config.flights.epoch(),
+        })
+    }
+}
+
+#[cfg(feature = "axum")]
+pub(super) fn matched_path<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str)
+}
+
+#[cfg(not(feature = "axum"))]
+pub(super) fn matched_path<T>(_request: &Request<T>) -> Option<&str> {
+    None
+}
+
+/// Says once per process that a request named another scheme than the layer's: a layer
+/// behind TLS left at the default `http` sees every HTTP/2 request so (`:scheme https`),
+/// and caches none of them; on a plain listener it is a client's doing, and one line is
+/// all it gets.
+fn warn_scheme_mismatch_once(uri: &http::Uri, default_scheme: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(scheme = ?uri.scheme_str(), "target names another scheme than the layer's; cache bypassed");
+        return;
+    }
+    tracing::warn!(
+        scheme = ?uri.scheme_str(),
+        default_scheme,
+        "a request names another scheme than the layer's default_scheme and is not cached \
+         (further ones are logged at debug level); a layer serving TLS needs \
+         MemcacheLayer::default_scheme(\"https\")"
+    );
+}
+
+/// The target the client sent, which keys the request. axum's `Router::nest` hands a
+/// nested router (and a layer on it) the path without its prefix, and keeps the whole
+/// target as `OriginalUri`: keyed by the stripped path, `/v1/x` and `/v2/x` of two nested
+/// routers sharing a layer shared the key of `/x`, one's page served for the other.
+#[cfg(feature = "axum")]
+pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
+    request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or(request.uri(), |original| &original.0)
+}
+
+#[cfg(not(feature = "axum"))]
+pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
+    request.uri()
+}
+
+/// The target that keys a lookup: the client's ([`client_target`]), while the inner
+/// service reads that target or the one `Router::nest` made of it (the same query, the
+/// path less a prefix). `None` when the target was changed otherwise after axum's
+/// `Router` took it (a route middleware outside the layer putting a cookie's locale in
+/// the query, rewriting the path): the handler answers a target the client did not send,
+/// and keyed by the client's, one client's answer was stored for every other; keyed by
+/// the rewritten one, it was stored for clients who asked that target without the input
+/// that made it.
+#[cfg(feature = "axum")]
+pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
+    let original = client_target(request);
+    let seen = request.uri();
+    let nested_or_same = original.query() == seen.query()
+        && (original.path().ends_with(seen.path()) && seen.path().starts_with('/')
+            // `nest("/v1", ..)` hands `/v1` on as `/`.
+            || seen.path() == "/");
+    nested_or_same.then_some(original)
+}
+
+#[cfg(not(feature = "axum"))]
+pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
+    Some(request.uri())
+}
