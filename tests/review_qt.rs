@@ -1,0 +1,204 @@
+//! Review QT: what a hostile or reflecting origin can make the cache do to other URLs,
+//! other origins and the cache's own resources: unsafe-method invalidations through
+//! `Location` / `Content-Location`, the tag header, `Vary`, targeted cache-control fields
+//! (RFC 9213) and repeated directives, and request fields reflected into the response.
+//! The origin may be multi-tenant (one tenant's pages attacker-controlled), or reflect a
+//! client's field into a response field line of its own, as layered middleware appends
+//! lines.
+//!
+//! Each test fails if the defect it names returns.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use tower::Layer;
+
+use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, MemcacheLayer};
+
+use support::{Watch, assert_hit, assert_not_hit, send};
+
+/// The header lines an origin answers a GET with, given its request.
+type Script = dyn Fn(&Request<()>) -> Vec<(&'static str, String)> + Send + Sync;
+
+/// An origin whose every page is personal: the body and an `X-User` field name the
+/// request's `X-User`, and the script adds the rest. Counts calls.
+#[derive(Clone)]
+struct Origin {
+    script: Arc<Script>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    fn new(
+        script: impl Fn(&Request<()>) -> Vec<(&'static str, String)> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            script: Arc::new(script),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl tower::Service<Request<()>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let user = request
+            .headers()
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nobody")
+            .to_string();
+        let mut response = Response::new(Full::new(Bytes::from(format!("page of {user}"))));
+        let headers = response.headers_mut();
+        headers.insert("x-user", HeaderValue::from_str(&user).unwrap());
+        for (name, value) in (self.script)(&request) {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(&value).unwrap(),
+            );
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+/// An origin-mode layer obeying `CDN-Cache-Control`, as the reverse proxy runs by default.
+fn cdn_layer(backend: MemoryBackend) -> MemcacheLayer<MemoryBackend> {
+    support::layer(backend)
+        .namespace("review-qt")
+        .mode(CacheMode::Origin)
+        .targeted_cache_control([CDN_CACHE_CONTROL])
+}
+
+/// The request's `X-Debug`, reflected as a line of the response field `name` (as an
+/// origin that echoes a debug field, or a second middleware that appends a line).
+fn reflected(request: &Request<()>, name: &'static str) -> Option<(&'static str, String)> {
+    request
+        .headers()
+        .get("x-debug")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| (name, v.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Targeted fields: a repeated directive
+// ---------------------------------------------------------------------------------------
+
+/// Attack: an origin answers its account page `CDN-Cache-Control: private` (or
+/// `no-store`, or `no-cache` without a validator) and reflects a client's field as a
+/// line of its own of that field. An RFC 8941 dictionary keeps a repeated key's last
+/// value only, so the client's `private=?0, max-age=600` (or `no-store=?0`, or a qualified
+/// `private="x-trace"`, which replaced the bare `private` with a field list) undid the
+/// origin's restriction, and Alice's page was stored and served to Bob. `Cache-Control`
+/// holds against the same reflection (review KK); the targeted field now does too: a
+/// restriction any member of the field states holds, whatever a repeat says after it.
+#[tokio::test]
+async fn a_repeated_targeted_directive_cannot_lift_an_earlier_restriction() {
+    for (own, debug) in [
+        ("private", "private=?0, max-age=600"),
+        ("private, max-age=600", "private=\"x-trace\""),
+        ("no-store", "no-store=?0, max-age=600"),
+        ("max-age=600, no-cache", "no-cache=?0"),
+    ] {
+        let backend = MemoryBackend::new();
+        let cache = cdn_layer(backend.clone());
+        let origin = Origin::new(move |request| {
+            let mut lines = vec![("cdn-cache-control", own.to_string())];
+            lines.extend(reflected(request, "cdn-cache-control"));
+            lines
+        });
+        let svc = cache.layer(origin.clone());
+        let url = "http://tenant.test/account";
+        let alice = send(
+            &svc,
+            Method::GET,
+            url,
+            &[("x-user", "alice"), ("x-debug", debug)],
+        )
+        .await;
+        assert_eq!(alice.body, "page of alice");
+        Watch::of(&cache).settled().await;
+        let bob = send(&svc, Method::GET, url, &[("x-user", "bob")]).await;
+        assert_eq!(bob.body, "page of bob", "{own:?} + {debug:?}: {bob:?}");
+        assert_eq!(
+            origin.calls.load(Ordering::SeqCst),
+            2,
+            "{own:?} + {debug:?}"
+        );
+    }
+}
+
+/// Attack: two lines of `CDN-Cache-Control` each keep a field out of shared caches
+/// (`private="x-user"` from the application, `private="x-trace"` from a tracing
+/// middleware; or a reflected second list). The dictionary kept the last list only, so
+/// the page was stored with Alice's `X-User` and every hit gave it to Bob. Every list a
+/// repeated `private` / `no-cache` names is kept out.
+#[tokio::test]
+async fn every_field_list_of_a_repeated_targeted_directive_is_kept_out() {
+    for lines in [
+        &["max-age=600, private=\"x-user\"", "private=\"x-trace\""][..],
+        &["max-age=600, no-cache=\"x-user\", no-cache=\"x-trace\""][..],
+    ] {
+        let backend = MemoryBackend::new();
+        let cache = cdn_layer(backend.clone());
+        let origin = Origin::new(move |_| {
+            lines
+                .iter()
+                .map(|line| ("cdn-cache-control", line.to_string()))
+                .collect()
+        });
+        let svc = cache.layer(origin.clone());
+        let url = "http://tenant.test/home";
+        send(&svc, Method::GET, url, &[("x-user", "alice")]).await;
+        Watch::of(&cache).settled().await;
+        let bob = send(&svc, Method::GET, url, &[("x-user", "bob")]).await;
+        assert_hit(bob.cache_status());
+        assert_eq!(bob.header("x-user"), None, "{lines:?}: {bob:?}");
+    }
+}
+
+/// Attack: a client's `max-age=31536000` reflected as a second `CDN-Cache-Control` line
+/// beside the origin's `max-age=1` made the page (whatever the client's request got
+/// stored with it) fresh for a year instead of a second: the dictionary's last value won.
+/// A repeated lifetime counts by its smallest value, as in `Cache-Control` (RFC 9111
+/// §4.2.1 allows the first or none; never the one a later line substitutes). The origin's
+/// `Age: 5` has the one-second page stale at once, without sleeping.
+#[tokio::test]
+async fn a_repeated_targeted_lifetime_counts_by_its_smallest_value() {
+    for debug in ["max-age=31536000", "s-maxage=31536000, max-age=31536000"] {
+        let backend = MemoryBackend::new();
+        let cache = cdn_layer(backend.clone());
+        let origin = Origin::new(|request| {
+            let mut lines = vec![
+                ("cdn-cache-control", "max-age=1, s-maxage=1".to_string()),
+                ("age", "5".to_string()),
+            ];
+            lines.extend(reflected(request, "cdn-cache-control"));
+            lines
+        });
+        let svc = cache.layer(origin.clone());
+        let url = "http://tenant.test/news";
+        send(&svc, Method::GET, url, &[("x-debug", debug)]).await;
+        Watch::of(&cache).settled().await;
+        let again = send(&svc, Method::GET, url, &[]).await;
+        assert_not_hit(again.cache_status());
+        assert_eq!(origin.calls.load(Ordering::SeqCst), 2, "{debug:?}");
+    }
+}
