@@ -202,3 +202,70 @@ async fn a_repeated_targeted_lifetime_counts_by_its_smallest_value() {
         assert_eq!(origin.calls.load(Ordering::SeqCst), 2, "{debug:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Statuses that answer one request's own state
+// ---------------------------------------------------------------------------------------
+
+/// Attack: delta encoding (RFC 3229, and its `A-IM: feed` use by feed servers). A client
+/// that sends `A-IM` with an old `If-None-Match` gets a `226 IM Used`: a delta against
+/// the instance that client holds, not the representation. An origin that stamps
+/// `max-age` on every answer of the URL had that 226 stored, and every later client of
+/// the feed (none of which asked for a delta) got the attacker's chosen slice of it with
+/// status 226. RFC 3229 §10.6 lets only a cache that implements instance manipulations
+/// reuse a 226; this one does not, so a 226 is never stored, as a 206 is not.
+#[tokio::test]
+async fn a_delta_answering_one_clients_instance_is_not_stored_as_the_feed() {
+    #[derive(Clone)]
+    struct Feed(Arc<AtomicUsize>);
+    impl tower::Service<Request<()>> for Feed {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<()>) -> Self::Future {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let delta = request.headers().contains_key("a-im")
+                && request.headers().contains_key("if-none-match");
+            let mut response = if delta {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"entry 3")));
+                *response.status_mut() = http::StatusCode::from_u16(226).unwrap();
+                response
+                    .headers_mut()
+                    .insert("im", HeaderValue::from_static("feed"));
+                response
+            } else {
+                Response::new(Full::new(Bytes::from_static(b"entry 1, entry 2, entry 3")))
+            };
+            let headers = response.headers_mut();
+            headers.insert("etag", HeaderValue::from_static("\"v3\""));
+            headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+            std::future::ready(Ok(response))
+        }
+    }
+    let backend = MemoryBackend::new();
+    let cache = cdn_layer(backend);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = cache.layer(Feed(Arc::clone(&calls)));
+    let url = "http://tenant.test/feed";
+    let attacker = send(
+        &svc,
+        Method::GET,
+        url,
+        &[("a-im", "feed"), ("if-none-match", "\"v2\"")],
+    )
+    .await;
+    assert_eq!(attacker.status.as_u16(), 226);
+    Watch::of(&cache).settled().await;
+    let reader = send(&svc, Method::GET, url, &[]).await;
+    assert_eq!(reader.status.as_u16(), 200, "{reader:?}");
+    assert_eq!(reader.body, "entry 1, entry 2, entry 3");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

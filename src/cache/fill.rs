@@ -212,8 +212,10 @@ impl<B: Backend> Shared<B> {
                 let status = response.status();
                 match refusal {
                     Refusal::Policy(NotStorable::Authorization) => filler.decline(true),
+                    // A part or a delta (`A-IM`) asked for: another request gets the whole.
                     Refusal::Policy(NotStorable::Partial)
-                        if request_headers.contains_key(header::RANGE) =>
+                        if request_headers.contains_key(header::RANGE)
+                            || request_headers.contains_key("a-im") =>
                     {
                         filler.decline(false);
                     }

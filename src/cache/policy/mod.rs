@@ -327,7 +327,10 @@ impl Policy {
             || response_headers.contains_key(header::EXPIRES);
         // A 206 (single or multipart) is a part, a 304 no representation: never stored as
         // an entry, whatever `statuses` lists, or a part would be replayed as the whole.
-        if status == StatusCode::PARTIAL_CONTENT {
+        // So is a 226 (RFC 3229 delta encoding, `A-IM`): a delta against the instance one
+        // client holds, which only a cache that implements instance manipulations may
+        // reuse (§10.6). Stored, one client's chosen slice of a feed was everyone's.
+        if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::IM_USED {
             return Err(NotStorable::Partial);
         }
         // A 1xx is no final response: a 101 hands the connection to another protocol (a
@@ -468,10 +471,12 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// Statuses whose caching semantics the layer understands (§5.2.2.3): every final status
-/// but 206 (no range support) and 304 (handled as a revalidation).
+/// but 206 (no range support), 226 (no instance manipulations) and 304 (handled as a
+/// revalidation).
 fn is_understood(status: StatusCode) -> bool {
     (200..600).contains(&status.as_u16())
         && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::IM_USED
         && status != StatusCode::NOT_MODIFIED
 }
 
