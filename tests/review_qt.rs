@@ -269,3 +269,158 @@ async fn a_delta_answering_one_clients_instance_is_not_stored_as_the_feed() {
     assert_eq!(reader.body, "entry 1, entry 2, entry 3");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// Surfaces that held (regression tests)
+// ---------------------------------------------------------------------------------------
+
+/// Held: a multi-tenant origin whose tenant `a.example` answers a POST with a `Location`
+/// and `Content-Location` naming tenant `b.example`'s page, in every spelling a lenient
+/// URL parser might resolve onto it (another case and the default port, a network-path
+/// reference, user information, a bare authority, another scheme), evicts nothing of
+/// `b.example`'s; the same names on its own origin do invalidate.
+#[tokio::test]
+async fn an_unsafe_methods_locations_never_invalidate_another_origin() {
+    let backend = MemoryBackend::new();
+    let cache = support::layer(backend)
+        .namespace("review-qt")
+        .mode(CacheMode::Origin);
+    let locations: Arc<std::sync::Mutex<(String, String)>> = Arc::default();
+    let origin = {
+        let locations = Arc::clone(&locations);
+        Origin::new(move |request| {
+            if request.method() == Method::POST {
+                let (location, content_location) = locations.lock().unwrap().clone();
+                vec![
+                    ("location", location),
+                    ("content-location", content_location),
+                ]
+            } else {
+                vec![("cache-control", "max-age=600".to_string())]
+            }
+        })
+    };
+    let svc = cache.layer(origin.clone());
+    let watch = Watch::of(&cache);
+    let victim = "http://b.example/page";
+    send(&svc, Method::GET, victim, &[]).await;
+    watch.settled().await;
+    for (location, content_location) in [
+        ("http://b.example/page", "http://B.EXAMPLE:80/page"),
+        ("//b.example/page", "http://a.example@b.example/page"),
+        ("b.example", "https://b.example/page"),
+        ("http://b.example:80/page", "http://b.example./page"),
+    ] {
+        *locations.lock().unwrap() = (location.to_string(), content_location.to_string());
+        let post = send(&svc, Method::POST, "http://a.example/form", &[]).await;
+        assert!(post.status.is_success(), "{post:?}");
+        let again = send(&svc, Method::GET, victim, &[]).await;
+        assert_hit(again.cache_status());
+        assert_eq!(
+            again.body, "page of nobody",
+            "{location:?} / {content_location:?}"
+        );
+    }
+    // The same names on the request's own origin are invalidated (RFC 9111 §4.4).
+    let own = "http://a.example/page";
+    send(&svc, Method::GET, own, &[]).await;
+    watch.settled().await;
+    assert_hit(send(&svc, Method::GET, own, &[]).await.cache_status());
+    *locations.lock().unwrap() = ("/page".to_string(), "/other".to_string());
+    send(&svc, Method::POST, "http://a.example/form", &[]).await;
+    assert_not_hit(send(&svc, Method::GET, own, &[]).await.cache_status());
+}
+
+// ---------------------------------------------------------------------------------------
+// Through the reverse proxy
+// ---------------------------------------------------------------------------------------
+
+/// A feed origin behind `tower-memcache-proxy` (origin mode, `CDN-Cache-Control` obeyed):
+/// `/feed` answers `A-IM` with `If-None-Match` by a `226` delta, anything else with the
+/// whole feed, both `max-age=600`; `/account` is `CDN-Cache-Control: private` with the
+/// request's `X-Debug` reflected as a line of its own, its body the request's `X-User`.
+async fn feed_origin() -> std::net::SocketAddr {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = |request: Request<hyper::body::Incoming>| async move {
+        let headers = request.headers().clone();
+        let path = request.uri().path().to_string();
+        let _ = request.into_body().collect().await;
+        let mut response = Response::builder().header("cache-control", "max-age=600");
+        let body = if path == "/feed" {
+            response = response.header("etag", "\"v3\"");
+            if headers.contains_key("a-im") && headers.contains_key("if-none-match") {
+                response = response.status(226).header("im", "feed");
+                "entry 3".to_string()
+            } else {
+                "entry 1, entry 2, entry 3".to_string()
+            }
+        } else {
+            response = response.header("cdn-cache-control", "private");
+            if let Some(debug) = headers.get("x-debug") {
+                response = response.header("cdn-cache-control", debug.clone());
+            }
+            let user = headers.get("x-user").and_then(|v| v.to_str().ok());
+            format!("page of {}", user.unwrap_or("nobody"))
+        };
+        Ok::<_, Infallible>(response.body(Full::new(Bytes::from(body))).unwrap())
+    };
+    support::origin::serve_http1(listener, handle);
+    addr
+}
+
+/// Whether the proxy answers `GET path` from its cache within half a second (stores run
+/// in the background): `only-if-cached` gets a 504 until it does.
+async fn proxy_stored(proxy: &support::proxy::Proxy, path: &str) -> Option<(u16, String)> {
+    for _ in 0..10 {
+        let (status, body) = support::proxy::raw(
+            proxy,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: tenant.example\r\nCache-Control: only-if-cached\r\n"
+            ),
+        )
+        .await;
+        if status != 504 {
+            return Some((status, body));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The two attacks above through `tower-memcache-proxy`: a client's `A-IM` got its
+/// delta stored as the feed, and a client's `X-Debug: private=?0, max-age=600`, reflected
+/// as a second `CDN-Cache-Control` line, got the `private` page stored for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_proxy_neither_a_delta_nor_a_reflected_repeat_is_stored() {
+    let origin = feed_origin().await;
+    let proxy = support::proxy::start_proxy(origin, &[]);
+    let (status, _) = support::proxy::raw(
+        &proxy,
+        "GET /feed HTTP/1.1\r\nHost: tenant.example\r\nA-IM: feed\r\nIf-None-Match: \"v2\"\r\n",
+    )
+    .await;
+    assert_eq!(status, 226);
+    assert_eq!(
+        proxy_stored(&proxy, "/feed").await,
+        None,
+        "the delta stored"
+    );
+    let (status, body) =
+        support::proxy::raw(&proxy, "GET /feed HTTP/1.1\r\nHost: tenant.example\r\n").await;
+    assert_eq!((status, body.as_str()), (200, "entry 1, entry 2, entry 3"));
+
+    let (status, body) = support::proxy::raw(
+        &proxy,
+        "GET /account HTTP/1.1\r\nHost: tenant.example\r\nX-User: alice\r\n\
+         X-Debug: private=?0, max-age=600\r\n",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "page of alice"));
+    assert_eq!(
+        proxy_stored(&proxy, "/account").await,
+        None,
+        "Alice's private page stored"
+    );
+}
