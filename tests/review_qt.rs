@@ -270,6 +270,71 @@ async fn a_delta_answering_one_clients_instance_is_not_stored_as_the_feed() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// Attack: a client sends `A-IM` alone to a stale page. The cache revalidates it with its
+/// own `If-None-Match` (the stored ETag) beside the client's `A-IM`, which makes the
+/// request a delta request against the cache's instance: the origin's `226` (a delta the
+/// client holds no base for) went to the client as its answer, and, before 226s were
+/// refused, into the cache for everyone. The cache's validators are sent without the
+/// client's `A-IM`: the answer is a 304 (the stored page, refreshed) or the whole page.
+#[tokio::test]
+async fn a_revalidation_with_the_caches_validators_asks_for_no_delta() {
+    #[derive(Clone)]
+    struct Versions(Arc<AtomicUsize>);
+    impl tower::Service<Request<()>> for Versions {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<()>) -> Self::Future {
+            let version = self.0.load(Ordering::SeqCst);
+            let etag = format!("\"v{version}\"");
+            let sent = request
+                .headers()
+                .get("if-none-match")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let mut response = match sent {
+                Some(sent) if sent == etag => {
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = http::StatusCode::NOT_MODIFIED;
+                    response
+                }
+                Some(_) if request.headers().contains_key("a-im") => {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from(format!("delta to v{version}"))));
+                    *response.status_mut() = http::StatusCode::from_u16(226).unwrap();
+                    response
+                        .headers_mut()
+                        .insert("im", HeaderValue::from_static("feed"));
+                    response
+                }
+                _ => Response::new(Full::new(Bytes::from(format!("whole v{version}")))),
+            };
+            let headers = response.headers_mut();
+            headers.insert("etag", HeaderValue::from_str(&etag).unwrap());
+            headers.insert("cache-control", HeaderValue::from_static("max-age=0"));
+            std::future::ready(Ok(response))
+        }
+    }
+    let version = Arc::new(AtomicUsize::new(1));
+    let cache = cdn_layer(MemoryBackend::new());
+    let svc = cache.layer(Versions(Arc::clone(&version)));
+    let url = "http://tenant.test/feed";
+    assert_eq!(send(&svc, Method::GET, url, &[]).await.body, "whole v1");
+    Watch::of(&cache).settled().await;
+    version.store(2, Ordering::SeqCst);
+    let client = send(&svc, Method::GET, url, &[("a-im", "feed")]).await;
+    assert_eq!(client.status.as_u16(), 200, "{client:?}");
+    assert_eq!(client.body, "whole v2");
+}
+
 // ---------------------------------------------------------------------------------------
 // Surfaces that held (regression tests)
 // ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, EntryMeta, MAX_FIELDS, MAX_SELECTING_FIELDS};
 use crate::cache::policy::conditional::has_preconditions;
-use crate::cache::policy::{CacheControl, NotStorable};
+use crate::cache::policy::{A_IM, CacheControl, NotStorable};
 
 /// Why a response, or a stored response refreshed by one, does not become an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +215,7 @@ impl<B: Backend> Shared<B> {
                     // A part or a delta (`A-IM`) asked for: another request gets the whole.
                     Refusal::Policy(NotStorable::Partial)
                         if request_headers.contains_key(header::RANGE)
-                            || request_headers.contains_key("a-im") =>
+                            || request_headers.contains_key(A_IM) =>
                     {
                         filler.decline(false);
                     }

@@ -470,6 +470,10 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     })
 }
 
+/// RFC 3229's `A-IM`: the instance manipulations (deltas) a request accepts; a `226`
+/// answers it, never stored.
+pub(crate) const A_IM: HeaderName = HeaderName::from_static("a-im");
+
 /// Statuses whose caching semantics the layer understands (§5.2.2.3): every final status
 /// but 206 (no range support), 226 (no instance manipulations) and 304 (handled as a
 /// revalidation).
