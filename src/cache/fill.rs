@@ -23,7 +23,7 @@ use super::stored::{Admission, backend_ttl};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, EntryMeta, MAX_FIELDS, MAX_SELECTING_FIELDS};
 use crate::cache::policy::conditional::has_preconditions;
-use crate::cache::policy::{CacheControl, NotStorable};
+use crate::cache::policy::{A_IM, CacheControl, NotStorable};
 
 /// Why a response, or a stored response refreshed by one, does not become an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,8 +212,10 @@ impl<B: Backend> Shared<B> {
                 let status = response.status();
                 match refusal {
                     Refusal::Policy(NotStorable::Authorization) => filler.decline(true),
+                    // A part or a delta (`A-IM`) asked for: another request gets the whole.
                     Refusal::Policy(NotStorable::Partial)
-                        if request_headers.contains_key(header::RANGE) =>
+                        if request_headers.contains_key(header::RANGE)
+                            || request_headers.contains_key(A_IM) =>
                     {
                         filler.decline(false);
                     }

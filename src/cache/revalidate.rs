@@ -25,6 +25,7 @@ use super::status::{Detail, Outcome};
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, MAX_FIELDS};
+use crate::cache::policy::A_IM;
 use crate::cache::policy::conditional::{
     add_validators, has_preconditions, has_validators, names_another_representation,
     same_representation,
@@ -154,6 +155,12 @@ where
         }
         _ => false,
     };
+    if ours {
+        // RFC 3229: a client's `A-IM` beside the cache's `If-None-Match` asks for a delta
+        // (a 226) against the cache's instance, which the client does not hold and the
+        // cache never stores. Without it the answer is a 304 or the whole page.
+        request.headers_mut().remove(A_IM);
+    }
     // A client's request is counted once, as a miss or a revalidation, whatever comes of
     // it. The layer's own exchanges (a background refresh, a range miss's whole fetch) were
     // counted with the request they run for; a refresh is still a conditional request sent.

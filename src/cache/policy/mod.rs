@@ -328,7 +328,10 @@ impl Policy {
             || response_headers.contains_key(header::EXPIRES);
         // A 206 (single or multipart) is a part, a 304 no representation: never stored as
         // an entry, whatever `statuses` lists, or a part would be replayed as the whole.
-        if status == StatusCode::PARTIAL_CONTENT {
+        // So is a 226 (RFC 3229 delta encoding, `A-IM`): a delta against the instance one
+        // client holds, which only a cache that implements instance manipulations may
+        // reuse (§10.6). Stored, one client's chosen slice of a feed was everyone's.
+        if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::IM_USED {
             return Err(NotStorable::Partial);
         }
         // A 1xx is no final response: a 101 hands the connection to another protocol (a
@@ -469,11 +472,17 @@ fn is_live_stream(headers: &HeaderMap) -> bool {
     })
 }
 
+/// RFC 3229's `A-IM`: the instance manipulations (deltas) a request accepts; a `226`
+/// answers it, never stored.
+pub(crate) const A_IM: HeaderName = HeaderName::from_static("a-im");
+
 /// Statuses whose caching semantics the layer understands (§5.2.2.3): every final status
-/// but 206 (no range support) and 304 (handled as a revalidation).
+/// but 206 (no range support), 226 (no instance manipulations) and 304 (handled as a
+/// revalidation).
 fn is_understood(status: StatusCode) -> bool {
     (200..600).contains(&status.as_u16())
         && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::IM_USED
         && status != StatusCode::NOT_MODIFIED
 }
 

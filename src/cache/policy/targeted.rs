@@ -21,6 +21,9 @@
 //! Lifetimes are still the targeted field's (its valid members'). `?0` is simply false,
 //! and no mistake. Unknown directives and parameters are ignored, but a field that names
 //! no directive the cache knows (`maxage=60`, misspelt) is taken for such a mistake too.
+//! A repeated directive (two lines from two middlewares, or a client's value an origin
+//! reflects as a line of its own) counts the most restrictive way, as `Cache-Control`'s
+//! do, not as RFC 8941's last value: `private, private=?0` is `private`.
 //!
 //! Targeted fields are response fields only: a request's are never read.
 //!
@@ -31,10 +34,12 @@
 //! passed through".
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName};
-use sfv::{BareItem, Dictionary, ListEntry, Parser, Version};
+use sfv::visitor::{DictionaryVisitor, EntryVisitor};
+use sfv::{BareItem, Dictionary, KeyRef, ListEntry, Parser, Version};
 
 use super::cache_control::{CacheControl, MAX_DELTA_SECONDS};
 use super::{Policy, is_tchar, is_unstored_field};
@@ -194,28 +199,65 @@ pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<Targ
     // RFC 9213 §2.1 refers to RFC 8941, which has no Dates or Display Strings.
     let parsed = Parser::new(&joined)
         .with_version(Version::Rfc8941)
-        .parse_dictionary::<Dictionary>();
-    let dictionary = match parsed {
-        Ok(dictionary) if !dictionary.is_empty() => dictionary,
+        .parse_dictionary_with_visitor(Members::default());
+    let members = match parsed {
+        Ok(members) if !members.is_empty() => members,
         Ok(_) => return None,
         Err(error) => {
             tracing::debug!(field = %name, %error, "targeted cache-control field is not a structured dictionary; ignored");
             return None;
         }
     };
-    directives(&dictionary)
+    directives(&members)
 }
 
-/// The response directives of a parsed dictionary. A member whose value has the wrong
-/// type is not consumed (RFC 9213 §2.1) and the others still rule, failing closed: a
+/// A dictionary's members in order, a repeated key's every value kept, each in a
+/// one-member [`Dictionary`]. sfv's `Dictionary` keeps a key's last value only (RFC 8941
+/// §4.2.2), so a line a middleware appends, or a client's value an origin reflects as a
+/// line of its own (`private=?0`, `private="x-trace"`, `max-age=31536000`), replaced the
+/// origin's `private` or lifetime; read member by member, every restriction any of them
+/// states holds (see [`directives`]).
+#[derive(Default)]
+struct Members {
+    done: Vec<Dictionary>,
+    current: Dictionary,
+}
+
+impl<'de> DictionaryVisitor<'de> for Members {
+    type Out = Vec<Dictionary>;
+    type Error = Infallible;
+
+    fn entry(&mut self, key: &'de KeyRef) -> Result<impl EntryVisitor<'de>, Self::Error> {
+        if !self.current.is_empty() {
+            self.done.push(std::mem::take(&mut self.current));
+        }
+        DictionaryVisitor::entry(&mut self.current, key)
+    }
+
+    fn finish(mut self) -> Result<Self::Out, Self::Error> {
+        if !self.current.is_empty() {
+            self.done.push(self.current);
+        }
+        Ok(self.done)
+    }
+}
+
+/// The response directives of a parsed dictionary's members. A member whose value has the
+/// wrong type is not consumed (RFC 9213 §2.1) and the others still rule, failing closed: a
 /// restrictive directive (`no-store`, `private`, `no-cache`, `must-revalidate`,
 /// `proxy-revalidate`) with any value but `?0` still restricts, so one mistyped member
-/// cannot turn a targeted `private` into a shared response. A repeated key was already
-/// resolved by the parser (the last wins, RFC 8941 §4.2.2).
-fn directives(dictionary: &Dictionary) -> Option<Targeted> {
+/// cannot turn a targeted `private` into a shared response. A repeated key counts as
+/// `Cache-Control`'s do, the most restrictive way (RFC 9111 §4.2.1 never takes a later
+/// value over the first): a restriction any of its members states holds, its field lists
+/// add up, its lifetimes count by the smallest, and `public` / `must-understand` hold only
+/// if every member says so. (RFC 8941 §4.2.2 would keep the last value: a line appended
+/// after the origin's own then lifted its `private`.)
+fn directives(members: &[Dictionary]) -> Option<Targeted> {
     let mut cc = CacheControl::default();
     let (mut mistyped, mut known) = (false, false);
-    for (key, entry) in dictionary {
+    // `public` and `must-understand` members that did not say true.
+    let (mut not_public, mut not_understood, mut ignored) = (false, false, false);
+    for (key, entry) in members.iter().flatten() {
         // Parameters are ignored (§2.1); an inner list is no directive's type.
         let value = match entry {
             ListEntry::Item(item) => Some(&item.bare_item),
@@ -223,11 +265,11 @@ fn directives(dictionary: &Dictionary) -> Option<Targeted> {
         };
         let valid = match key.as_str() {
             "no-store" => restrictive(value, &mut cc.no_store),
-            "public" => flag(value, &mut cc.public),
+            "public" => flag(value, &mut cc.public, &mut not_public),
             "must-revalidate" => restrictive(value, &mut cc.must_revalidate),
             "proxy-revalidate" => restrictive(value, &mut cc.proxy_revalidate),
-            "no-transform" => flag(value, &mut cc.no_transform),
-            "must-understand" => flag(value, &mut cc.must_understand),
+            "no-transform" => flag(value, &mut cc.no_transform, &mut ignored),
+            "must-understand" => flag(value, &mut cc.must_understand, &mut not_understood),
             "no-cache" => flag_or_fields(value, &mut cc.no_cache, &mut cc.no_cache_fields),
             "private" => flag_or_fields(value, &mut cc.private, &mut cc.private_fields),
             "max-age" => seconds(value, &mut cc.max_age),
@@ -246,6 +288,8 @@ fn directives(dictionary: &Dictionary) -> Option<Targeted> {
             );
         }
     }
+    cc.public &= !not_public;
+    cc.must_understand &= !not_understood;
     if !known {
         // A misspelt key (`maxage=60`) more likely than a field of extensions alone: it
         // would set `Cache-Control` aside to say nothing.
@@ -266,9 +310,14 @@ fn restrictive(value: Option<&BareItem>, to: &mut bool) -> bool {
     matches!(value, Some(BareItem::Boolean(_)))
 }
 
-/// A directive without a value: Boolean true.
-fn flag(value: Option<&BareItem>, to: &mut bool) -> bool {
-    *to |= matches!(value, Some(BareItem::Boolean(true)));
+/// A directive without a value: Boolean true. A member that says otherwise (`?0`, or a
+/// value of the wrong type) sets `withdrawn`: these directives grant (`public` a §3.5
+/// permission, `must-understand` storing despite `no-store`), so a repeat that withholds
+/// them wins.
+fn flag(value: Option<&BareItem>, to: &mut bool, withdrawn: &mut bool) -> bool {
+    let said_true = matches!(value, Some(BareItem::Boolean(true)));
+    *to |= said_true;
+    *withdrawn |= !said_true;
     matches!(value, Some(BareItem::Boolean(_)))
 }
 
@@ -311,7 +360,9 @@ fn seconds(value: Option<&BareItem>, to: &mut Option<u64>) -> bool {
     let Ok(secs) = u64::try_from(i64::from(*n)) else {
         return false;
     };
-    *to = Some(secs.min(MAX_DELTA_SECONDS));
+    // A repeated lifetime counts by its smallest value, as in `Cache-Control`.
+    let secs = secs.min(MAX_DELTA_SECONDS);
+    *to = Some(to.map_or(secs, |current| current.min(secs)));
     true
 }
 
@@ -347,9 +398,22 @@ mod tests {
             Some(MAX_DELTA_SECONDS)
         );
         assert_eq!(
-            field("max-age=1, max-age=9").unwrap().max_age,
-            Some(9),
-            "a dictionary's last member wins"
+            field("max-age=9, max-age=1").unwrap().max_age,
+            Some(1),
+            "a repeated lifetime counts by its smallest"
+        );
+        assert_eq!(field("max-age=1, max-age=9").unwrap().max_age, Some(1));
+        let repeated = field("private, no-store, private=?0, no-store=?0, public, public=?0, must-understand, must-understand=?0, no-cache=\"x-a\", no-cache=\"x-b\"").unwrap();
+        assert!(repeated.private && repeated.no_store, "a restriction stays");
+        assert!(
+            !repeated.public && !repeated.must_understand,
+            "a grant withheld"
+        );
+        assert_eq!(repeated.no_cache_fields, ["x-a", "x-b"], "lists add up");
+        let listed = field("private, private=\"x-a\"").unwrap();
+        assert!(
+            listed.private,
+            "a field list does not replace the bare directive"
         );
         let lines = headers(&[
             ("cdn-cache-control", "max-age=60"),
