@@ -238,7 +238,7 @@ impl<S, R> WholeFill<S, R> {
     pub(super) fn start<B, T, ResBody>(self, shared: &Arc<Shared<B>>, answered: &Response<T>)
     where
         B: Backend,
-        S: Service<Request<R>, Response = Response<ResBody>> + Send + 'static,
+        S: Service<Request<R>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
         R: Send + 'static,
@@ -336,7 +336,7 @@ async fn fill_whole<B, S, R, ResBody>(
     limit: usize,
 ) where
     B: Backend,
-    S: Service<Request<R>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<R>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     R: Send + 'static,
@@ -385,14 +385,34 @@ async fn fill_whole<B, S, R, ResBody>(
         detail: None,
         is_head: false,
     };
+    // Waiting for another request's fill, it lets the readiness go (keeping an unready
+    // clone), as a client's request does: ready, it held a `ConcurrencyLimit`'s slot for
+    // nothing up to `coalesce_timeout`, and every other request waited behind it.
+    let mut unready = false;
+    let mut idle = || {
+        if !unready {
+            inner = inner.clone();
+            unready = true;
+        }
+    };
     // The layer's own request: never counted as a client's wait.
-    let filler = match shared
-        .coordinate(&ex, request.headers(), false, &mut true)
-        .await
-    {
+    let coordinated = shared
+        .coordinate_idle(&ex, request.headers(), false, &mut true, &mut idle)
+        .await;
+    let filler = match coordinated {
         Coordinated::Go(filler) => filler,
         Coordinated::Answered(..) | Coordinated::Retry => return,
     };
+    // Only after a wait, which leaves it leading nothing (no placeholder, no followers):
+    // readiness awaited now holds no other request up.
+    if unready
+        && futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
+            .await
+            .is_err()
+    {
+        filler.release().await;
+        return;
+    }
     tracing::debug!(key = %ex.plan.key, "range miss: fetching the whole representation in the background");
     if let Ok(response) = exchange(shared, inner, request, &ex, filler, For::Background).await {
         drain_stored(response.into_body(), limit).await;

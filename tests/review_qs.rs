@@ -1,0 +1,148 @@
+//! Review QS: range requests and partial content (RFC 9110 §14, §13.1.5, §15.3.7; RFC
+//! 9111 §3.3–3.4, §4.3.4), tried as an attacker would: the background GET of the whole a
+//! range miss starts, and what a 206 built from a stored 200 carries. Each test failed
+//! before its fix.
+
+mod support;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::{Method, Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::sync::{Notify, mpsc};
+use tower::{Layer, ServiceExt};
+use tower_memcache::backend::MemoryBackend;
+
+/// The origin's answer, boxed: its future holds a `Notified`, which the compiler cannot
+/// prove `Send` for every lifetime through `service_fn`'s inference.
+type Answer = Pin<
+    Box<dyn std::future::Future<Output = Result<Response<StreamBody<Frames>>, Infallible>> + Send>,
+>;
+
+type Frames = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
+
+fn whole_body(data: &'static [u8]) -> StreamBody<Frames> {
+    let frame = Ok::<_, Infallible>(Frame::data(Bytes::from_static(data)));
+    StreamBody::new(Box::pin(futures_util::stream::once(async move { frame })))
+}
+
+/// A body whose frames the test sends, ending when the sender is dropped.
+fn fed_body(feed: mpsc::Receiver<Bytes>) -> StreamBody<Frames> {
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let data = feed.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(data)), feed))
+    });
+    StreamBody::new(Box::pin(stream))
+}
+
+/// `tower::limit::ConcurrencyLimit` inside the layer (an application bounding its
+/// handlers), one slot. A range miss's background GET of the whole made itself ready (took
+/// the slot) and only then looked the URL up: when another request was already filling
+/// the URL, it waited for that fill (up to `coalesce_timeout`) holding the slot, and every
+/// other request of the application, for any URL, waited behind it. Any client could set
+/// it off with a `Range` request on a large page while another client fetched it whole.
+/// The GET now lets the slot go while it waits, as a client's request does.
+#[tokio::test]
+async fn a_range_misss_whole_fill_does_not_hold_the_inner_slot_while_it_waits() {
+    struct Origin {
+        ranges_seen: Notify,
+        range_gate: Notify,
+        wholes: AtomicUsize,
+        whole_answered: Notify,
+        feed: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    }
+    let (feed, fed) = mpsc::channel::<Bytes>(4);
+    let origin = Arc::new(Origin {
+        ranges_seen: Notify::new(),
+        range_gate: Notify::new(),
+        wholes: AtomicUsize::new(0),
+        whole_answered: Notify::new(),
+        feed: Mutex::new(Some(fed)),
+    });
+    let layer = support::layer(MemoryBackend::new())
+        .coalesce_timeout(Duration::from_secs(60))
+        .lease_wait(Duration::from_secs(60), Duration::from_millis(50));
+    let watch = support::Watch::of(&layer);
+    let inner = tower::service_fn({
+        let origin = Arc::clone(&origin);
+        move |request: Request<()>| {
+            let origin = Arc::clone(&origin);
+            let answer: Answer = Box::pin(async move {
+                let response = if request.uri().path() == "/other" {
+                    Response::builder()
+                        .header("cache-control", "public, max-age=60")
+                        .body(whole_body(b"other"))
+                } else if request.headers().contains_key("range") {
+                    origin.ranges_seen.notify_one();
+                    origin.range_gate.notified().await;
+                    Response::builder()
+                        .status(206)
+                        .header("cache-control", "public, max-age=60")
+                        .header("content-range", "bytes 0-1/10")
+                        .body(whole_body(b"01"))
+                } else {
+                    origin.wholes.fetch_add(1, Ordering::SeqCst);
+                    // The first whole GET streams as slowly as the test feeds it (a large
+                    // file); any later one (the background fill) answers at once.
+                    let body = match origin.feed.lock().unwrap().take() {
+                        Some(fed) => fed_body(fed),
+                        None => whole_body(b"0123456789"),
+                    };
+                    origin.whole_answered.notify_one();
+                    Response::builder()
+                        .header("cache-control", "public, max-age=60")
+                        .body(body)
+                };
+                Ok::<_, Infallible>(response.unwrap())
+            });
+            answer
+        }
+    });
+    let service = layer.layer(tower::limit::ConcurrencyLimit::new(inner, 1));
+
+    support::bounded("the scenario", async {
+        // The range request goes first and holds the slot at the origin.
+        let request = Request::get("http://shop.example/file")
+            .header("range", "bytes=0-1")
+            .body(())
+            .unwrap();
+        let ranged = tokio::spawn(service.clone().oneshot(request));
+        origin.ranges_seen.notified().await;
+        // A whole GET of the same URL queues for the slot behind it (first in line).
+        let request = Request::get("http://shop.example/file").body(()).unwrap();
+        let whole = tokio::spawn(service.clone().oneshot(request));
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        origin.range_gate.notify_one();
+        assert_eq!(ranged.await.unwrap().unwrap().status(), 206);
+        // The whole GET leads the URL's fill; its body is still coming.
+        origin.whole_answered.notified().await;
+        feed.send(Bytes::from_static(b"01234")).await.unwrap();
+        // Time for the range miss's background GET to find that fill and wait for it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Another URL: the slot is free (the whole GET's head is answered).
+        let other = tokio::time::timeout(
+            Duration::from_secs(10),
+            support::send(&service, Method::GET, "http://shop.example/other", &[]),
+        )
+        .await
+        .expect("a request for another URL waited for the slot a background fill held idle");
+        assert_eq!(other.body, "other");
+        feed.send(Bytes::from_static(b"56789")).await.unwrap();
+        drop(feed);
+        let whole = whole.await.unwrap().unwrap().into_body().collect().await;
+        assert_eq!(whole.unwrap().to_bytes().as_ref(), b"0123456789");
+        watch.settled().await;
+    })
+    .await;
+    // The background GET took the fill it waited for: the origin sent the whole once.
+    assert_eq!(origin.wholes.load(Ordering::SeqCst), 1);
+}
