@@ -146,3 +146,42 @@ async fn a_range_misss_whole_fill_does_not_hold_the_inner_slot_while_it_waits() 
     // The background GET took the fill it waited for: the origin sent the whole once.
     assert_eq!(origin.wholes.load(Ordering::SeqCst), 1);
 }
+
+/// An origin that digests its content (RFC 9530 `Content-Digest`, and the older
+/// `Content-MD5`, RFC 1864) as well as its representation (`Repr-Digest`). A 206 the cache
+/// built from the stored 200 repeated the 200's `Content-Digest` and `Content-MD5`, which
+/// are of the message content (§2 of RFC 9530): of a slice, or of a `multipart/byteranges`
+/// body, they are false, and a client that checks them rejects every range the cache
+/// answers (or, assembling a download from ranges, retries it forever). They are left out
+/// of a 206; `Repr-Digest`, of the whole representation, stays true and is kept.
+#[tokio::test]
+async fn a_206_from_the_cache_does_not_repeat_the_200s_content_digest() {
+    const DIGEST: &str = "sha-256=:ZGlnZXN0IG9mIHRoZSB3aG9sZSBib2R5IG5vdCBvZiBhIHJhbmdlIQ==:";
+    let layer = support::layer(MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|_request: Request<()>| async {
+        let body = http_body_util::Full::new(Bytes::from(vec![b'x'; 1000]));
+        let response = Response::builder()
+            .header("cache-control", "public, max-age=60")
+            .header("content-type", "application/octet-stream")
+            .header("content-digest", DIGEST)
+            .header("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ==")
+            .header("repr-digest", DIGEST)
+            .body(body);
+        Ok::<_, Infallible>(response.unwrap())
+    }));
+    let url = "http://shop.example/file";
+    support::send(&service, Method::GET, url, &[]).await;
+    support::stores(&watch, 1).await;
+    for range in ["bytes=0-9", "bytes=0-9,500-509"] {
+        let got = support::send(&service, Method::GET, url, &[("range", range)]).await;
+        assert_eq!(got.status, 206, "{range}");
+        support::assert_hit(got.cache_status());
+        assert_eq!(got.header("content-digest"), None, "{range}");
+        assert_eq!(got.header("content-md5"), None, "{range}");
+        assert_eq!(got.header("repr-digest"), Some(DIGEST), "{range}");
+    }
+    // The whole still carries them: they are true of it.
+    let whole = support::send(&service, Method::GET, url, &[]).await;
+    assert_eq!(whole.header("content-digest"), Some(DIGEST));
+}

@@ -85,6 +85,11 @@ pub(super) fn apply<B>(
     };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+    // Digests of the 200's content (RFC 9530 §2, RFC 1864) are false of a part: a client
+    // that checks them would reject it. `Repr-Digest`, of the representation, stays true.
+    for name in CONTENT_DIGESTS {
+        headers.remove(name);
+    }
     if let Some(content_range) = content_range {
         headers.insert(header::CONTENT_RANGE, content_range);
     }
@@ -104,6 +109,13 @@ pub(super) fn apply<B>(
     );
     Some(sent)
 }
+
+/// Fields that digest a message's content, not its representation: true of the stored
+/// 200, not of a 206 made from it.
+const CONTENT_DIGESTS: [header::HeaderName; 2] = [
+    header::HeaderName::from_static("content-digest"),
+    header::HeaderName::from_static("content-md5"),
+];
 
 /// `bytes first-last/len`, or `bytes */len` for a 416.
 fn content_range(range: Option<&Range<u64>>, len: u64) -> Option<HeaderValue> {
