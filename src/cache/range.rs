@@ -35,6 +35,7 @@ use super::stored::header_map;
 use crate::backend::Backend;
 use crate::cache::entry::Entry;
 use crate::cache::policy::CacheControl;
+pub(super) use crate::cache::policy::range::abusive;
 use crate::cache::policy::range::{self, Resolved};
 
 /// Turns `response`, a stored complete 200 answered to a GET, into the answer to the
