@@ -270,3 +270,62 @@ async fn an_abusive_range_set_is_not_relayed_to_the_origin_on_a_miss() {
         watch.settled().await;
     }
 }
+
+/// [`an_abusive_range_set_is_not_relayed_to_the_origin_on_a_miss`] through the
+/// `tower-memcache-proxy` binary, where the origin is reachable only through the proxy:
+/// `bytes=0-,0-,…` and a repeated `Range` field reach it without their `Range`; a single
+/// range still goes as it came.
+#[tokio::test]
+async fn the_proxy_does_not_relay_an_abusive_range_set() {
+    let seen = Arc::new(Mutex::new(Vec::<Option<String>>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let origin = support::origin::serve_http1(listener, {
+        let seen = Arc::clone(&seen);
+        move |request: Request<hyper::body::Incoming>| {
+            let ranges: Vec<String> = request
+                .headers()
+                .get_all("range")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            seen.lock()
+                .unwrap()
+                .push((!ranges.is_empty()).then(|| ranges.join(" | ")));
+            async move {
+                let parts = ranges.iter().map(|r| r.split(',').count()).sum::<usize>();
+                let response = if parts == 0 {
+                    Response::builder().header("cache-control", "public, max-age=60")
+                } else {
+                    Response::builder()
+                        .status(206)
+                        .header("cache-control", "public, max-age=60")
+                        .header("content-type", "multipart/byteranges; boundary=b")
+                };
+                let body = Bytes::from(vec![b'x'; 1000 * parts.max(1)]);
+                Ok::<_, Infallible>(response.body(http_body_util::Full::new(body)).unwrap())
+            }
+        }
+    });
+    let proxy = support::proxy::start_proxy(upstream, &[]);
+    let sixteen_times = format!("bytes={}", vec!["0-"; 16].join(","));
+    for (path, fields) in [
+        ("/overlapping", format!("Range: {sixteen_times}\r\n")),
+        (
+            "/repeated",
+            "Range: bytes=0-0\r\nRange: bytes=0-0\r\n".to_owned(),
+        ),
+    ] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n{fields}");
+        let (status, _) = support::proxy::raw(&proxy, &head).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let head = "GET /one HTTP/1.1\r\nHost: shop.example\r\nRange: bytes=0-9\r\n";
+    let (status, _) = support::proxy::raw(&proxy, head).await;
+    assert_eq!(status, 206);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![None, None, Some("bytes=0-9".to_owned())]
+    );
+    origin.abort();
+}
