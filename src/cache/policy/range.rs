@@ -105,7 +105,8 @@ pub(crate) fn abusive(headers: &HeaderMap) -> bool {
     let bytes = value
         .trim_matches([' ', '\t'])
         .split_once('=')
-        .is_some_and(|(unit, _)| unit.eq_ignore_ascii_case("bytes"));
+        // Spaces around the unit too: invalid, yet a lenient origin may read them as bytes.
+        .is_some_and(|(unit, _)| unit.trim_matches([' ', '\t']).eq_ignore_ascii_case("bytes"));
     bytes && parse_value(value).is_none_or(|specs| piles_up(&specs))
 }
 
@@ -315,6 +316,7 @@ mod tests {
         assert!(abusive("bytes=0-99,50-149,60-60"));
         assert!(abusive("BYTES=0-,0-,0-"));
         assert!(abusive("bytes=5-1"));
+        assert!(abusive("bytes =0-,0-,0-"));
         let many = format!("bytes={}", vec!["0-0"; MAX_RANGES + 1].join(","));
         assert!(abusive(&many));
         assert!(super::abusive(&headers(&[
