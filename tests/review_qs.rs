@@ -329,3 +329,75 @@ async fn the_proxy_does_not_relay_an_abusive_range_set() {
     );
     origin.abort();
 }
+
+/// RFC 9110 §14.4: `Content-Range` means something only in a 206 or a 416. An origin
+/// that answers the cache's revalidation of a range request with a 304 carrying the
+/// `Content-Range` it computed for the range (frameworks that set range fields before
+/// they evaluate preconditions do) had it merged into the stored 200's fields: the
+/// refreshed 200 went to its client with a `Content-Range` (a multipart 206 too, where
+/// RFC 9110 §14.6 forbids one), and, a stored response may not carry one, the entry was
+/// refused and removed: any client could evict a page with a `Range` and `no-cache`. A
+/// 304's (or HEAD's) `Content-Range` describes no stored body and is not merged.
+#[tokio::test]
+async fn a_304s_content_range_is_not_merged_into_the_stored_200() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = support::layer(MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn({
+        let calls = Arc::clone(&calls);
+        move |request: Request<()>| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            let range = request.headers().get("range").cloned();
+            async move {
+                let response = if first {
+                    Response::builder()
+                        .header("cache-control", "public, max-age=60")
+                        .header("etag", "\"v1\"")
+                        .body(http_body_util::Full::new(Bytes::from(vec![b'x'; 1000])))
+                } else {
+                    assert_eq!(
+                        request.headers().get("if-none-match").unwrap(),
+                        "\"v1\"",
+                        "a revalidation"
+                    );
+                    let mut response = Response::builder()
+                        .status(304)
+                        .header("cache-control", "public, max-age=60")
+                        .header("etag", "\"v1\"");
+                    if range.is_some() {
+                        response = response.header("content-range", "bytes 0-9/1000");
+                    }
+                    response.body(http_body_util::Full::new(Bytes::new()))
+                };
+                Ok::<_, Infallible>(response.unwrap())
+            }
+        }
+    }));
+    let url = "http://shop.example/page";
+    support::send(&service, Method::GET, url, &[]).await;
+    support::stores(&watch, 1).await;
+    let ranges = [
+        ("range", "bytes=0-9,500-509"),
+        ("cache-control", "no-cache"),
+    ];
+    let got = support::send(&service, Method::GET, url, &ranges).await;
+    assert_eq!(got.status, 206);
+    assert!(
+        got.header("content-type")
+            .unwrap()
+            .starts_with("multipart/byteranges"),
+    );
+    assert_eq!(
+        got.header("content-range"),
+        None,
+        "multipart with a Content-Range"
+    );
+    watch.settled().await;
+    // The page is still stored, as it was, without the 304's Content-Range.
+    let again = support::send(&service, Method::GET, url, &[]).await;
+    support::assert_hit(again.cache_status());
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("content-range"), None);
+    assert_eq!(again.body.len(), 1000);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

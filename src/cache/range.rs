@@ -91,9 +91,11 @@ pub(super) fn apply<B>(
     for name in CONTENT_DIGESTS {
         headers.remove(name);
     }
-    if let Some(content_range) = content_range {
-        headers.insert(header::CONTENT_RANGE, content_range);
-    }
+    // §14.6: a multipart 206 has no `Content-Range` of its own (each part has one).
+    match content_range {
+        Some(content_range) => headers.insert(header::CONTENT_RANGE, content_range),
+        None => headers.remove(header::CONTENT_RANGE),
+    };
     if let Some(content_type) = content_type {
         headers.insert(header::CONTENT_TYPE, content_type);
     }
