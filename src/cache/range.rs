@@ -418,8 +418,9 @@ async fn fill_whole<B, S, R, ResBody>(
         Coordinated::Go(filler) => filler,
         Coordinated::Answered(..) | Coordinated::Retry => return,
     };
-    // Only after a wait, which leaves it leading nothing (no placeholder, no followers):
-    // readiness awaited now holds no other request up.
+    // Made ready again after a wait, possibly as the URL's leader (it waited for another
+    // process's placeholder): requests that wait for it let their readiness go, so
+    // none holds the slot it waits for.
     if unready
         && futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
             .await
