@@ -61,12 +61,10 @@ impl Guard {
 }
 
 impl<B: Backend> Shared<B> {
-    /// Coordinates with other requests for the key: in this process (lead the flight of
-    /// this request's variant, or wait for its leader), then across processes (put a
-    /// placeholder in place, or wait for the one there). `retry` says whether a wait that
-    /// gave nothing usable may send the request back to its lookup. `waited` says whether
-    /// the request was counted in `coalesced` already (a client's request once, whatever
-    /// its rounds; the layer's own requests pass `true`, they are no request of a client).
+    /// [`coordinate_idle`](Self::coordinate_idle) for a caller that holds nothing to let
+    /// go while it waits (the unit tests; every request of the layer holds an inner
+    /// service's readiness).
+    #[cfg(test)]
     pub(super) async fn coordinate(
         &self,
         ex: &Exchange,
@@ -78,11 +76,17 @@ impl<B: Backend> Shared<B> {
             .await
     }
 
-    /// [`coordinate`](Self::coordinate), calling `idle` before each wait for another
-    /// request's response (in this process or another), so that the caller lets go of
-    /// what it holds for a request of its own to the origin: the inner service's
-    /// readiness, a slot of a `ConcurrencyLimit` or a `Buffer` inside the layer, which a
-    /// waiting request kept from every other request, hits included.
+    /// Coordinates with other requests for the key: in this process (lead the flight of
+    /// this request's variant, or wait for its leader), then across processes (put a
+    /// placeholder in place, or wait for the one there). `retry` says whether a wait that
+    /// gave nothing usable may send the request back to its lookup. `waited` says whether
+    /// the request was counted in `coalesced` already (a client's request once, whatever
+    /// its rounds; the layer's own requests pass `true`, they are no request of a client).
+    /// `idle` is called before each wait for another request's response (in this process
+    /// or another), so that the caller lets go of what it holds for a request of its own
+    /// to the origin: the inner service's readiness, a slot of a `ConcurrencyLimit` or a
+    /// `Buffer` inside the layer, which a waiting request kept from every other request,
+    /// hits included.
     pub(super) async fn coordinate_idle(
         &self,
         ex: &Exchange,

@@ -36,6 +36,7 @@ use super::stored::header_map;
 use crate::backend::Backend;
 use crate::cache::entry::Entry;
 use crate::cache::policy::CacheControl;
+pub(super) use crate::cache::policy::range::abusive;
 use crate::cache::policy::range::{self, Resolved};
 
 /// Turns `response`, a stored complete 200 answered to a GET, into the answer to the
@@ -86,9 +87,16 @@ pub(super) fn apply<B>(
     };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
-    if let Some(content_range) = content_range {
-        headers.insert(header::CONTENT_RANGE, content_range);
+    // Digests of the 200's content (RFC 9530 §2, RFC 1864) are false of a part: a client
+    // that checks them would reject it. `Repr-Digest`, of the representation, stays true.
+    for name in CONTENT_DIGESTS {
+        headers.remove(name);
     }
+    // §14.6: a multipart 206 has no `Content-Range` of its own (each part has one).
+    match content_range {
+        Some(content_range) => headers.insert(header::CONTENT_RANGE, content_range),
+        None => headers.remove(header::CONTENT_RANGE),
+    };
     if let Some(content_type) = content_type {
         headers.insert(header::CONTENT_TYPE, content_type);
     }
@@ -105,6 +113,13 @@ pub(super) fn apply<B>(
     );
     Some(sent)
 }
+
+/// Fields that digest a message's content, not its representation: true of the stored
+/// 200, not of a 206 made from it.
+const CONTENT_DIGESTS: [header::HeaderName; 2] = [
+    header::HeaderName::from_static("content-digest"),
+    header::HeaderName::from_static("content-md5"),
+];
 
 /// `bytes first-last/len`, or `bytes */len` for a 416.
 fn content_range(range: Option<&Range<u64>>, len: u64) -> Option<HeaderValue> {
@@ -239,7 +254,7 @@ impl<S, R> WholeFill<S, R> {
     pub(super) fn start<B, T, ResBody>(self, shared: &Arc<Shared<B>>, answered: &Response<T>)
     where
         B: Backend,
-        S: Service<Request<R>, Response = Response<ResBody>> + Send + 'static,
+        S: Service<Request<R>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
         R: Send + 'static,
@@ -337,7 +352,7 @@ async fn fill_whole<B, S, R, ResBody>(
     limit: usize,
 ) where
     B: Backend,
-    S: Service<Request<R>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<R>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     R: Send + 'static,
@@ -386,14 +401,35 @@ async fn fill_whole<B, S, R, ResBody>(
         detail: None,
         is_head: false,
     };
+    // Waiting for another request's fill, it lets the readiness go (keeping an unready
+    // clone), as a client's request does: ready, it held a `ConcurrencyLimit`'s slot for
+    // nothing up to `coalesce_timeout`, and every other request waited behind it.
+    let mut unready = false;
+    let mut idle = || {
+        if !unready {
+            inner = inner.clone();
+            unready = true;
+        }
+    };
     // The layer's own request: never counted as a client's wait.
-    let filler = match shared
-        .coordinate(&ex, request.headers(), false, &mut true)
-        .await
-    {
+    let coordinated = shared
+        .coordinate_idle(&ex, request.headers(), false, &mut true, &mut idle)
+        .await;
+    let filler = match coordinated {
         Coordinated::Go(filler) => filler,
         Coordinated::Answered(..) | Coordinated::Retry => return,
     };
+    // Made ready again after a wait, possibly as the URL's leader (it waited for another
+    // process's placeholder): requests that wait for it let their readiness go, so
+    // none holds the slot it waits for.
+    if unready
+        && futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
+            .await
+            .is_err()
+    {
+        filler.release().await;
+        return;
+    }
     tracing::debug!(key = %ex.plan.key, "range miss: fetching the whole representation in the background");
     if let Ok(response) = exchange(shared, inner, request, &ex, filler, For::Background).await {
         drain_stored(response.into_body(), limit).await;

@@ -213,8 +213,11 @@ impl Admission<'_> {
     pub(crate) fn merged_headers(&self, entry: &Entry, update: &HeaderMap) -> HeaderMap {
         let ruling = self.policy.response_directives(update);
         let mut headers = header_map(&entry.meta);
+        // `Content-Range` too: it means something only in a 206 or a 416 (RFC 9110 §14.4),
+        // never of the stored body, and a stored response may not carry one.
         let updates = update.keys().filter(|name| {
             **name != header::CONTENT_LENGTH
+                && **name != header::CONTENT_RANGE
                 && !ruling.is_unstored_field(name, update, self.policy.shares_set_cookie())
                 && !self.own_fields.contains(name)
         });

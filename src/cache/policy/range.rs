@@ -87,6 +87,50 @@ pub(crate) fn parse_value(value: &str) -> Option<Vec<Spec>> {
     (!specs.is_empty()).then_some(specs)
 }
 
+/// Whether a request's `Range` is one the cache would not answer and the origin ought
+/// not to be asked (§14.2, §17.15): a `bytes` range set that is invalid, repeated, has
+/// more than [`MAX_RANGES`] ranges, or more than two overlapping ones. Other units are
+/// the origin's to judge.
+pub(crate) fn abusive(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::RANGE).iter();
+    let Some(value) = values.next() else {
+        return false;
+    };
+    if values.next().is_some() {
+        return true;
+    }
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let bytes = value
+        .trim_matches([' ', '\t'])
+        .split_once('=')
+        // Spaces around the unit too: invalid, yet a lenient origin may read them as bytes.
+        .is_some_and(|(unit, _)| unit.trim_matches([' ', '\t']).eq_ignore_ascii_case("bytes"));
+    bytes && parse_value(value).is_none_or(|specs| piles_up(&specs))
+}
+
+/// Whether some byte lies in more than two of `specs`, whatever the length: ranges to the
+/// end and suffixes all hold the last byte; a suffix's other bytes depend on the length
+/// and are not counted.
+fn piles_up(specs: &[Spec]) -> bool {
+    let spans: Vec<(u64, u64)> = specs
+        .iter()
+        .filter_map(|spec| match *spec {
+            Spec::From { first, last } => Some((first, last.unwrap_or(u64::MAX))),
+            Spec::Suffix(0) => None,
+            Spec::Suffix(_) => Some((u64::MAX, u64::MAX)),
+        })
+        .collect();
+    spans.iter().any(|&(at, _)| {
+        spans
+            .iter()
+            .filter(|&&(first, last)| first <= at && at <= last)
+            .count()
+            > 2
+    })
+}
+
 fn parse_spec(text: &str) -> Option<Spec> {
     let (first, last) = text.split_once('-')?;
     if first.is_empty() {
@@ -256,6 +300,29 @@ mod tests {
         assert_eq!(ranges("bytes=-5", 0), Resolved::Ignore);
         // One satisfiable range is enough; the others are dropped.
         assert_eq!(ranges("bytes=20-30,0-1", 10), Resolved::Ranges(vec![0..2]));
+    }
+
+    #[test]
+    fn rfc9110_17_15_abusive_range_sets() {
+        let abusive = |value: &str| super::abusive(&headers(&[("range", value)]));
+        assert!(!super::abusive(&HeaderMap::new()));
+        // What the cache answers itself, and other units, are not.
+        assert!(!abusive("bytes=0-99"));
+        assert!(!abusive("bytes=0-99,50-149,150-199"));
+        assert!(!abusive("bytes=0-,-500"));
+        assert!(!abusive("items=0-1,0-1,0-1"));
+        // Three ranges holding one byte: two to the end and a suffix, or three spans.
+        assert!(abusive("bytes=0-,10-,-5"));
+        assert!(abusive("bytes=0-99,50-149,60-60"));
+        assert!(abusive("BYTES=0-,0-,0-"));
+        assert!(abusive("bytes=5-1"));
+        assert!(abusive("bytes =0-,0-,0-"));
+        let many = format!("bytes={}", vec!["0-0"; MAX_RANGES + 1].join(","));
+        assert!(abusive(&many));
+        assert!(super::abusive(&headers(&[
+            ("range", "bytes=0-1"),
+            ("range", "bytes=2-3")
+        ])));
     }
 
     #[test]
