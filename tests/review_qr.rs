@@ -2431,3 +2431,41 @@ async fn a_response_without_date_is_dated_when_it_was_received() {
     let age: i64 = field("age:").parse().unwrap();
     assert!(age >= 2, "{hit}");
 }
+
+/// RFC 9110 §7.6.3: "An HTTP-to-HTTP gateway MUST send an appropriate Via header field in
+/// each inbound request message", appended to any the request carries, with the protocol
+/// the request was received in. The proxy sent none: an origin behind it (or a proxy
+/// loop through it) could not tell that a cache had relayed the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_adds_its_via_to_each_request_it_forwards() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = serve_http1(listener, |request: Request<Incoming>| async move {
+        let via: Vec<String> = request
+            .headers()
+            .get_all("via")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("cache-control", "no-store")
+                .body(Full::new(Bytes::from(via.join(", "))))
+                .unwrap(),
+        )
+    });
+    let proxy = start_proxy(upstream, &[]);
+    let (status, body) =
+        support::proxy::raw(&proxy, "GET /via HTTP/1.1\r\nHost: a.example\r\n").await;
+    assert_eq!((status, body.as_str()), (200, "1.1 tower-memcache"));
+    let (status, body) = support::proxy::raw(
+        &proxy,
+        "GET /via HTTP/1.0\r\nHost: a.example\r\nVia: 1.1 fred\r\n",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "1.1 fred, 1.0 tower-memcache")
+    );
+    server.abort();
+}
