@@ -10,13 +10,17 @@
 //! missing, the body, the validators the origin saw, and that every field the origin
 //! sent reached the client as sent.
 //!
-//! Left as it is: a response is answered to its client while its copy is still on its
-//! way into memcached, so the suite's next request, sent the moment the answer ends, can
-//! find nothing stored yet. Requests for a fresh response share the first one's flight and
-//! never see this; a `no-cache` request, or one after a response stale when stored
-//! (`stale-if-error`, `stale-while-revalidate`, `no-cache` with a validator), goes to the
-//! origin as a miss instead. Holding the end of every miss's body until its store lands
-//! would close the window at a memcached round trip per miss.
+//! Left as it is (read from the code and the answers seen, not pinned by a test): a
+//! request whose lookup ran while the first request's copy was still on
+//! its way into memcached (the suite sends the next request the moment an answer ends)
+//! finds that request's placeholder, and, once the flight has ended, waits for it and
+//! looks again (`Shared::coordinate`). A fresh entry found then answers it; one it cannot
+//! use as it is (stale when stored, as with `stale-if-error`, `stale-while-revalidate` or
+//! `no-cache` and a validator, or any entry for a `no-cache` request) sends it to the
+//! origin as a plain miss: without the stored validators, and without the stale entry to
+//! stand in for a failing origin. Over memcached one or two such cases fail per run of the
+//! whole table; they wait 300 ms here ([`Step::settle`]). Going back to the lookup
+//! (`Coordinated::Retry`) when the wait ends on such an entry would close it.
 
 mod support;
 
@@ -135,12 +139,8 @@ impl Step {
         self.missing = names.to_vec();
         self
     }
-    /// Waits 300 ms after this step. The suite sends the next request at once, but a
-    /// response reaches its client before its store lands in memcached, and a request
-    /// sent right then that cannot share the first one's flight (the response was stale
-    /// when stored, or the request says `no-cache`) can miss it: over memcached, one or
-    /// two such cases in a run of the whole table (left as it is: see the module doc).
-    /// The wait keeps these cases about what they test.
+    /// Waits 300 ms after this step: the next request, sent at once as the suite sends
+    /// it, can miss the copy still on its way into memcached (see the module doc).
     fn settle(mut self) -> Self {
         self.settle = true;
         self
