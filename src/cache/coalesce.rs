@@ -158,6 +158,8 @@ impl<B: Backend> Shared<B> {
             return Coordinated::Go(filler);
         }
         let mut started = ex.found.started;
+        // Whether `found` is what a look after waiting for a placeholder saw.
+        let mut looked_again = false;
         // A wait too long to add is as good as forever: the placeholder's own time still
         // ends it.
         let deadline = Instant::now()
@@ -166,6 +168,15 @@ impl<B: Backend> Shared<B> {
         // Bounded: each round either sleeps a poll interval or changes what it saw.
         for _ in 0..self.max_placement_rounds() {
             let placed = match found.slot {
+                Slot::Value { cas } if looked_again && retry => {
+                    // The refill waited for stored what this request cannot use as it is
+                    // (stale when stored, or the request's `no-cache`; or an index without
+                    // its variant): the lookup starts over, so a stored response is
+                    // revalidated with its validators, or stands in for a failing origin,
+                    // as any is. Gone as a plain miss, it was fetched whole again.
+                    tracing::debug!(key = %plan.key, cas, "the refill waited for stored an entry not usable as it is; looking it up again");
+                    return Coordinated::Retry;
+                }
                 Slot::Value { cas } => {
                     // A stored response (stale) or an index: the store replaces it, or the
                     // variant goes under it.
@@ -250,6 +261,7 @@ impl<B: Backend> Shared<B> {
                 Looked::Slot(again) => {
                     started = again.started;
                     found = Guard::of(&again);
+                    looked_again = true;
                 }
                 Looked::Unavailable => break,
             }

@@ -134,7 +134,7 @@ impl Admission<'_> {
         // RFC 9213: a targeted field on the policy's list rules instead of Cache-Control
         // and Expires (the entry still keeps all three, for downstream caches).
         let ruling = self.policy.response_directives(headers);
-        let stored = headers
+        let mut stored: Vec<(HeaderName, HeaderValue)> = headers
             .iter()
             .filter(|(name, _)| {
                 !ruling.is_unstored_field(name, headers, self.policy.shares_set_cookie())
@@ -142,6 +142,16 @@ impl Admission<'_> {
             .filter(|(name, _)| !self.own_fields.contains(name))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
+        // RFC 9110 §6.6.1: a response without `Date` (a server without a clock) is dated
+        // when it was received before it is cached. Left out, every hit went out dated
+        // when it was answered (the server in front adds the time it sends), beside an
+        // `Age` counting from the receipt.
+        if !headers.contains_key(header::DATE)
+            && let Some(date) = format_http_date(self.response_time)
+                .and_then(|date| HeaderValue::from_str(&date).ok())
+        {
+            stored.push((header::DATE, date));
+        }
         let mut meta = EntryMeta {
             canonical_key,
             status: status.as_u16(),

@@ -299,7 +299,9 @@ pub(crate) async fn forward(
             return Ok(made_up(StatusCode::BAD_REQUEST, "400 Bad Request\n"));
         }
     };
-    // The pool speaks HTTP/1.1 to the origin whatever the client spoke.
+    // The pool speaks HTTP/1.1 to the origin whatever the client spoke; `Via` says what
+    // the client spoke.
+    let received = request.version();
     *request.version_mut() = Version::HTTP_11;
 
     let carries_body = !request.body().is_end_stream();
@@ -308,6 +310,9 @@ pub(crate) async fn forward(
     // Gone since `as_forwarded`, before the cache; made sure of rather than trusted.
     remove_spellings(headers, &FORWARDING);
     set_forwarding(headers, &client, client_host.as_ref());
+    // RFC 9110 §7.6.3: a gateway MUST send `Via` in each inbound request, after any the
+    // request carries (a line of its own reads as the list's last member).
+    headers.append(header::VIA, via(received));
     if upstream.upstream_host {
         headers.insert(header::HOST, upstream.host_value.clone());
     } else if let Some(host) = client_host {
@@ -754,6 +759,18 @@ fn remove_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
     for name in names.iter().chain(&aliases) {
         headers.remove(name);
     }
+}
+
+/// The proxy's `Via` member for a request received in `version` (RFC 9110 §7.6.3: the
+/// protocol version, then a pseudonym rather than the host's name).
+fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_09 => "0.9 tower-memcache",
+        Version::HTTP_10 => "1.0 tower-memcache",
+        Version::HTTP_2 => "2 tower-memcache",
+        Version::HTTP_3 => "3 tower-memcache",
+        _ => "1.1 tower-memcache",
+    })
 }
 
 /// Sets the proxy's own forwarding headers (see the crate docs), over any the request
