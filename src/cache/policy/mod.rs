@@ -334,6 +334,13 @@ impl Policy {
         if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::IM_USED {
             return Err(NotStorable::Partial);
         }
+        // Asked for with `Range`, only a 200 (the range ignored) is the representation:
+        // any other status may be the range's doing (a 416 without `Content-Range`, a 400
+        // for a range the origin refused), and stored under the URL, whatever `statuses`
+        // lists, it answered every client that asked for the whole.
+        if request_headers.contains_key(header::RANGE) && status != StatusCode::OK {
+            return Err(NotStorable::Partial);
+        }
         // A 1xx is no final response: a 101 hands the connection to another protocol (a
         // WebSocket handshake, with its `Sec-WebSocket-Accept` for one client's key), and
         // replayed it ends HTTP on every connection that asks. Never stored either.
