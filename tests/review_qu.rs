@@ -16,7 +16,7 @@ use http_body_util::Full;
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
-use tower_memcache::cache::{CacheMode, MemcacheLayer};
+use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, MemcacheLayer};
 
 use support::{Watch, assert_hit, send};
 
@@ -99,35 +99,45 @@ fn user(request: &Request<()>) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// The shared page of an origin that keeps `X-User` out of shared caches with
-/// `directive` on its 200, and whose 304s (to the cache's `If-None-Match`) and HEAD
-/// answers replace `Cache-Control` with a plain `max-age=600` while still carrying the
+/// `directive` in its 200's `field` (`Cache-Control`, or `CDN-Cache-Control` beside a
+/// plain `Cache-Control`), and whose 304s (to the cache's `If-None-Match`) and HEAD
+/// answers replace `field` with a plain `max-age=600` while still carrying the
 /// requester's `X-User` (a session middleware that adds it to every answer).
-fn personal_field_origin(directive: &'static str) -> Origin {
+fn personal_field_origin(field: &'static str, directive: &'static str) -> Origin {
     Origin::new(move |request| {
         let user = user(request);
         let revalidating = request.headers().get("if-none-match").is_some();
+        let mut lines = vec![("etag", "\"v1\"".to_string()), ("x-user", user)];
+        if field != "cache-control" {
+            lines.push(("cache-control", "max-age=0".to_string()));
+        }
         if revalidating || request.method() == Method::HEAD {
-            let status = if revalidating { 304 } else { 200 };
-            let mut lines = vec![
-                ("cache-control", "max-age=600".to_string()),
-                ("etag", "\"v1\"".to_string()),
-                ("x-user", user),
-            ];
+            lines.push((field, "max-age=600".to_string()));
             if !revalidating {
                 lines.push(("content-length", "11".to_string()));
             }
+            let status = if revalidating { 304 } else { 200 };
             return (status, lines, "shared page");
         }
-        (
-            200,
-            vec![
-                ("cache-control", format!("max-age=0, {directive}")),
-                ("etag", "\"v1\"".to_string()),
-                ("x-user", user),
-            ],
-            "shared page",
-        )
+        lines.push((field, format!("max-age=0, {directive}")));
+        (200, lines, "shared page")
     })
+}
+
+/// The layers and origins of the refresh tests: each list in `Cache-Control`, and in
+/// `CDN-Cache-Control` for a layer that obeys it.
+fn personal_field_cases() -> Vec<(MemcacheLayer<MemoryBackend>, Origin, &'static str)> {
+    let mut cases = Vec::new();
+    for directive in ["private=\"x-user\"", "no-cache=\"x-user\""] {
+        for field in ["cache-control", "cdn-cache-control"] {
+            let mut layer = cache(MemoryBackend::new());
+            if field == "cdn-cache-control" {
+                layer = layer.targeted_cache_control([CDN_CACHE_CONTROL]);
+            }
+            cases.push((layer, personal_field_origin(field, directive), directive));
+        }
+    }
+    cases
 }
 
 /// Attack (defect left open): the stored page kept `X-User` out with
@@ -139,10 +149,7 @@ fn personal_field_origin(directive: &'static str) -> Origin {
 /// request that makes the origin answer Carol's.
 #[tokio::test]
 async fn a_304_cannot_store_a_field_the_stored_response_kept_out() {
-    for directive in ["private=\"x-user\"", "no-cache=\"x-user\""] {
-        let backend = MemoryBackend::new();
-        let cache = cache(backend);
-        let origin = personal_field_origin(directive);
+    for (cache, origin, directive) in personal_field_cases() {
         let svc = cache.layer(origin.clone());
         let watch = Watch::of(&cache);
         let url = "http://site.test/home";
@@ -183,10 +190,7 @@ async fn a_304_cannot_store_a_field_the_stored_response_kept_out() {
 /// refreshes the stored GET response. Bob's `X-User` was stored with it.
 #[tokio::test]
 async fn a_head_refresh_cannot_store_a_field_the_stored_response_kept_out() {
-    for directive in ["private=\"x-user\"", "no-cache=\"x-user\""] {
-        let backend = MemoryBackend::new();
-        let cache = cache(backend);
-        let origin = personal_field_origin(directive);
+    for (cache, origin, directive) in personal_field_cases() {
         let svc = cache.layer(origin.clone());
         let watch = Watch::of(&cache);
         let url = "http://site.test/home";
