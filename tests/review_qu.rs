@@ -144,9 +144,9 @@ fn personal_field_cases() -> Vec<(MemcacheLayer<MemoryBackend>, Origin, &'static
 /// `private="x-user"` (or `no-cache="x-user"`); Bob's request revalidates it, and the
 /// origin's 304 replaces `Cache-Control` without the list while carrying `X-User: bob`.
 /// The refresh stored Bob's field, and every later client got `X-User: bob`. A field the
-/// stored response's own lists kept out stays out of what a refresh stores, and of what
-/// the refresh answers (fail closed); so it does on a later refresh, from a `no-cache`
-/// request that makes the origin answer Carol's.
+/// stored response's own lists kept out stays out of what a refresh stores (fail
+/// closed), and only Bob, whose request the 304 answered, gets his; so it does on a later
+/// refresh, from a `no-cache` request that makes the origin answer Carol's.
 #[tokio::test]
 async fn a_304_cannot_store_a_field_the_stored_response_kept_out() {
     for (cache, origin, directive) in personal_field_cases() {
@@ -160,6 +160,7 @@ async fn a_304_cannot_store_a_field_the_stored_response_kept_out() {
         let bob = send(&svc, Method::GET, url, &[("x-user", "bob")]).await;
         assert_eq!(bob.body, "shared page");
         assert_eq!(origin.calls(), 2, "{directive}: Bob's request revalidated");
+        assert_eq!(bob.header("x-user"), Some("bob"), "his own 304's field");
         watch.settled().await;
         let carol = send(&svc, Method::GET, url, &[("x-user", "carol")]).await;
         assert_hit(carol.cache_status());

@@ -117,9 +117,9 @@ pub(crate) enum NotStorable {
     VaryStar,
     /// Nothing to reuse: no freshness, no validator and no stale window.
     ZeroLifetime,
-    /// A response with `Content-Range`: its body may not be the whole representation, and
-    /// is never stored or served as if it were. (A `206` is refused as
-    /// [`Status`](Self::Status).)
+    /// A response that may not be the whole representation, never stored or served as if
+    /// it were: a `206`, a `226`, one with `Content-Range`, or anything but a `200` to a
+    /// request with `Range` (which the range may have caused).
     Partial,
     /// A live stream (`text/event-stream`, `multipart/x-mixed-replace`): what it sends
     /// happens once, to the connection that is open when it does, and the stream may never
