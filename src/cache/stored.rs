@@ -218,8 +218,8 @@ impl Admission<'_> {
     /// too.
     pub(crate) fn merged_headers(&self, entry: &Entry, update: &HeaderMap) -> HeaderMap {
         let ruling = self.policy.response_directives(update);
-        let mut headers = header_map(&entry.meta);
         let stored = header_map(&entry.meta);
+        let mut headers = stored.clone();
         let stored_ruling = self.policy.response_directives(&stored);
         let (private, no_cache) = stored_ruling.kept_out_fields();
         let kept_out = |name: &HeaderName| {
