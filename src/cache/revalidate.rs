@@ -341,6 +341,23 @@ where
                         answer.headers_mut().append(name.clone(), value.clone());
                     }
                 }
+                // So are the fields the stored response's own `private="…"` /
+                // `no-cache="…"` keep out (see `merged_headers`): not stored, but the 304
+                // that carried them answered this request.
+                let stored_fields = header_map(&entry.meta);
+                let stored_ruling = shared.policy().response_directives(&stored_fields);
+                let (private, no_cache) = stored_ruling.kept_out_fields();
+                for field in private.iter().chain(&no_cache) {
+                    let Ok(name) = http::HeaderName::from_bytes(field.as_bytes()) else {
+                        continue;
+                    };
+                    if answer.headers().contains_key(&name) {
+                        continue;
+                    }
+                    for value in response.headers().get_all(&name) {
+                        answer.headers_mut().append(name.clone(), value.clone());
+                    }
+                }
                 return Ok(answer);
             }
             let mut passed = response.map(ResponseBody::passthrough);

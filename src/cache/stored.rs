@@ -220,9 +220,24 @@ impl Admission<'_> {
     /// The header set of `entry` refreshed by a 304 or a HEAD response (§4.3.4, §4.3.5):
     /// the new response's fields replace the stored ones (except `Content-Length` and
     /// fields never stored). This merged set is what the admission gate judges.
+    ///
+    /// A field the stored response's own qualified `private="…"` / `no-cache="…"` kept
+    /// out stays out, whatever the update's `Cache-Control` says (fail closed: a 304
+    /// that replaced the list but carried the requester's `X-User` stored it as
+    /// everyone's), and the merged set keeps naming it, so a later refresh keeps it out
+    /// too.
     pub(crate) fn merged_headers(&self, entry: &Entry, update: &HeaderMap) -> HeaderMap {
         let ruling = self.policy.response_directives(update);
-        let mut headers = header_map(&entry.meta);
+        let stored = header_map(&entry.meta);
+        let mut headers = stored.clone();
+        let stored_ruling = self.policy.response_directives(&stored);
+        let (private, no_cache) = stored_ruling.kept_out_fields();
+        let kept_out = |name: &HeaderName| {
+            private
+                .iter()
+                .chain(&no_cache)
+                .any(|field| *field == name.as_str())
+        };
         // `Content-Range` too: it means something only in a 206 or a 416 (RFC 9110 §14.4),
         // never of the stored body, and a stored response may not carry one.
         let updates = update.keys().filter(|name| {
@@ -230,6 +245,7 @@ impl Admission<'_> {
                 && **name != header::CONTENT_RANGE
                 && !ruling.is_unstored_field(name, update, self.policy.shares_set_cookie())
                 && !self.own_fields.contains(name)
+                && !kept_out(name)
         });
         for name in updates {
             headers.remove(name);
@@ -238,6 +254,34 @@ impl Admission<'_> {
                 // each within it) `append` panics; the set is far past `MAX_FIELDS` by
                 // then, and is refused.
                 if headers.try_append(name.clone(), value.clone()).is_err() {
+                    return headers;
+                }
+            }
+        }
+        // The stored lists the merged directives no longer name are said again, as a
+        // `Cache-Control` line of their own (a targeted field's ruling still reads an
+        // overridden `Cache-Control`'s lists): dropped, the next refresh stored the field.
+        let merged_ruling = self.policy.response_directives(&headers);
+        let share = self.policy.shares_set_cookie();
+        let lost = |fields: &[&str]| -> Vec<String> {
+            fields
+                .iter()
+                .filter(|field| {
+                    HeaderName::from_bytes(field.as_bytes())
+                        .is_ok_and(|name| !merged_ruling.is_unstored_field(&name, &headers, share))
+                })
+                .map(|field| (*field).to_string())
+                .collect()
+        };
+        let (lost_private, lost_no_cache) = (lost(&private), lost(&no_cache));
+        drop(merged_ruling);
+        for (directive, fields) in [("private", lost_private), ("no-cache", lost_no_cache)] {
+            if fields.is_empty() {
+                continue;
+            }
+            let line = format!("{directive}=\"{}\"", fields.join(", "));
+            if let Ok(value) = HeaderValue::from_str(&line) {
+                if headers.try_append(header::CACHE_CONTROL, value).is_err() {
                     return headers;
                 }
             }

@@ -117,9 +117,9 @@ pub(crate) enum NotStorable {
     VaryStar,
     /// Nothing to reuse: no freshness, no validator and no stale window.
     ZeroLifetime,
-    /// A response with `Content-Range`: its body may not be the whole representation, and
-    /// is never stored or served as if it were. (A `206` is refused as
-    /// [`Status`](Self::Status).)
+    /// A response that may not be the whole representation, never stored or served as if
+    /// it were: a `206`, a `226`, one with `Content-Range`, or anything but a `200` to a
+    /// request with `Range` (which the range may have caused).
     Partial,
     /// A live stream (`text/event-stream`, `multipart/x-mixed-replace`): what it sends
     /// happens once, to the connection that is open when it does, and the stream may never
@@ -332,6 +332,13 @@ impl Policy {
         // client holds, which only a cache that implements instance manipulations may
         // reuse (§10.6). Stored, one client's chosen slice of a feed was everyone's.
         if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::IM_USED {
+            return Err(NotStorable::Partial);
+        }
+        // Asked for with `Range`, only a 200 (the range ignored) is the representation:
+        // any other status may be the range's doing (a 416 without `Content-Range`, a 400
+        // for a range the origin refused), and stored under the URL, whatever `statuses`
+        // lists, it answered every client that asked for the whole.
+        if request_headers.contains_key(header::RANGE) && status != StatusCode::OK {
             return Err(NotStorable::Partial);
         }
         // A 1xx is no final response: a 101 hands the connection to another protocol (a

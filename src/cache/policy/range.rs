@@ -99,15 +99,21 @@ pub(crate) fn abusive(headers: &HeaderMap) -> bool {
     if values.next().is_some() {
         return true;
     }
-    let Ok(value) = value.to_str() else {
-        return false;
-    };
-    let bytes = value
-        .trim_matches([' ', '\t'])
-        .split_once('=')
+    // Read as bytes first: a value with a byte past ASCII (obs-text) is no valid range
+    // set, yet a lenient origin may read its ranges up to that byte. Skipped as "not
+    // text", `bytes=0-,0-,…,0-\xff` went to the origin as it came.
+    let raw = value.as_bytes();
+    let bytes = raw
+        .iter()
+        .position(|b| *b == b'=')
         // Spaces around the unit too: invalid, yet a lenient origin may read them as bytes.
-        .is_some_and(|(unit, _)| unit.trim_matches([' ', '\t']).eq_ignore_ascii_case("bytes"));
-    bytes && parse_value(value).is_none_or(|specs| piles_up(&specs))
+        .is_some_and(|at| raw[..at].trim_ascii().eq_ignore_ascii_case(b"bytes"));
+    bytes
+        && value
+            .to_str()
+            .ok()
+            .and_then(parse_value)
+            .is_none_or(|specs| piles_up(&specs))
 }
 
 /// Whether some byte lies in more than two of `specs`, whatever the length: ranges to the

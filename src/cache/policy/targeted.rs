@@ -117,6 +117,19 @@ impl<'h> ResponseDirectives<'h> {
                 .as_ref()
                 .is_some_and(|cc| is_unstored_field(name, headers, cc, share_set_cookie))
     }
+
+    /// The field names the response's qualified `private="…"` and `no-cache="…"` keep
+    /// out of shared caches (the ruling directives' and an overridden `Cache-Control`'s),
+    /// each list as `(private, no_cache)`.
+    pub(crate) fn kept_out_fields(&self) -> (Vec<&str>, Vec<&str>) {
+        let all = std::iter::once(&self.cc).chain(self.overridden.as_ref());
+        let private = all.clone().flat_map(|cc| &cc.private_fields);
+        let no_cache = all.flat_map(|cc| &cc.no_cache_fields);
+        (
+            private.map(String::as_str).collect(),
+            no_cache.map(String::as_str).collect(),
+        )
+    }
 }
 
 /// Says once per process, as a warning, that an origin sends a targeted field with a
