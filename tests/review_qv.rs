@@ -164,3 +164,37 @@ async fn a_proxy_whose_upstream_is_itself_answers_508_at_once() {
         started.elapsed()
     );
 }
+
+/// Attack (QR's receipt `Date`, with `If-Range`): an origin without a clock sends
+/// `Last-Modified` but no `Date`; the cache dates the stored response when it receives
+/// it, by its own clock. A `Last-Modified` counted as strong when a second or more before
+/// that `Date`, so a client's `If-Range` with it got a 206 of the stored body: two
+/// versions written within one second share the `Last-Modified`, and the client spliced
+/// this one's bytes onto the other's. Before QR no `Date` was stored and such an
+/// `If-Range` got the whole. RFC 9110 §8.8.2.2: a cache counts a `Last-Modified` strong
+/// only at least 60 seconds before the entry's `Date` (which covers the slack between two
+/// clocks).
+#[tokio::test]
+async fn a_receipt_date_does_not_make_a_recent_last_modified_strong_for_if_range() {
+    let modified =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(30));
+    let lm = modified.clone();
+    let origin = Origin::new(move |_| {
+        let lines = vec![
+            ("cache-control", "max-age=600".to_string()),
+            ("last-modified", lm.clone()),
+        ];
+        (200, lines, "0123456789")
+    });
+    let cache = cache(MemoryBackend::new());
+    let svc = cache.layer(origin.clone());
+    let watch = Watch::of(&cache);
+    let url = "http://site.test/file";
+    send(&svc, Method::GET, url, &[]).await;
+    watch.settled().await;
+    let headers = [("range", "bytes=0-1"), ("if-range", modified.as_str())];
+    let ranged = send(&svc, Method::GET, url, &headers).await;
+    assert_eq!(origin.calls(), 1, "answered from the entry");
+    assert_eq!(ranged.status, StatusCode::OK, "{ranged:?}");
+    assert_eq!(ranged.body, "0123456789");
+}
