@@ -30,6 +30,7 @@ use crate::cache::policy::conditional::{
     add_validators, has_preconditions, has_validators, names_another_representation,
     same_representation,
 };
+use crate::cache::policy::is_hop_by_hop;
 use crate::cache::policy::{NotStorable, PER_CLIENT_FIELDS};
 use crate::cache::stats::CacheStats;
 
@@ -343,7 +344,10 @@ where
                 }
                 // So are the fields the stored response's own `private="…"` /
                 // `no-cache="…"` keep out (see `merged_headers`): not stored, but the 304
-                // that carried them answered this request.
+                // that carried them answered this request. Never the 304's framing or
+                // connection fields, nor the origin's words to the cache, whatever the
+                // lists name: a `Content-Length: 1` appended to the stored body's 200
+                // framed it short (the rest read as the next response on the connection).
                 let stored_fields = header_map(&entry.meta);
                 let stored_ruling = shared.policy().response_directives(&stored_fields);
                 let (private, no_cache) = stored_ruling.kept_out_fields();
@@ -351,7 +355,13 @@ where
                     let Ok(name) = http::HeaderName::from_bytes(field.as_bytes()) else {
                         continue;
                     };
-                    if answer.headers().contains_key(&name) {
+                    if answer.headers().contains_key(&name)
+                        || name == header::CONTENT_LENGTH
+                        || name == header::CONTENT_RANGE
+                        || is_hop_by_hop(&name, response.headers())
+                        || shared.own_fields.contains(&name)
+                    {
+                        tracing::debug!(key = %plan.key, field = %name, "a kept-out field of the 304 not passed on");
                         continue;
                     }
                     for value in response.headers().get_all(&name) {

@@ -764,12 +764,47 @@ fn remove_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
 /// The proxy's `Via` member for a request received in `version` (RFC 9110 §7.6.3: the
 /// protocol version, then a pseudonym rather than the host's name).
 fn via(version: Version) -> HeaderValue {
-    HeaderValue::from_static(match version {
-        Version::HTTP_09 => "0.9 tower-memcache",
-        Version::HTTP_10 => "1.0 tower-memcache",
-        Version::HTTP_2 => "2 tower-memcache",
-        Version::HTTP_3 => "3 tower-memcache",
-        _ => "1.1 tower-memcache",
+    let protocol = match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    HeaderValue::from_str(&format!("{protocol} {}", pseudonym()))
+        .unwrap_or_else(|_| HeaderValue::from_static("1.1 tower-memcache"))
+}
+
+/// This process's `Via` pseudonym: `tower-memcache-` and a random token, the same for
+/// every request, so that a request coming back to the process that relayed it is known
+/// (a loop), while a chain of several proxies is not taken for one. It names no host.
+fn pseudonym() -> &'static str {
+    static PSEUDONYM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PSEUDONYM.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // Randomly keyed per process; nothing secret rides on it.
+        let token = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("tower-memcache-{token:016x}")
+    })
+}
+
+/// Whether the request's `Via` holds this process's own member: it relayed this request
+/// already (its upstream leads back to it), and forwarding it again would loop until the
+/// client gave up, each hop waiting for the next.
+fn looped(headers: &HeaderMap) -> bool {
+    let own = pseudonym().as_bytes();
+    headers.get_all(header::VIA).iter().any(|line| {
+        line.as_bytes()
+            .split(|b| *b == b',')
+            .filter_map(|member| {
+                member
+                    .trim_ascii()
+                    .split(|b| b.is_ascii_whitespace())
+                    .nth(1)
+            })
+            .any(|received_by| received_by == own)
     })
 }
 
@@ -926,6 +961,14 @@ where
         if request.method() == Method::CONNECT {
             tracing::debug!("CONNECT refused: 501");
             let response = plain(StatusCode::NOT_IMPLEMENTED, "501 Not Implemented\n");
+            return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
+        }
+        // Before the cache: a looped request waited for its own flight at each hop.
+        if looped(request.headers()) {
+            tracing::warn!(
+                "a request came back through this proxy (its upstream leads to it): 508"
+            );
+            let response = plain(StatusCode::LOOP_DETECTED, "508 Loop Detected\n");
             return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
         }
         if let Some(response) = answered_here(&mut request) {

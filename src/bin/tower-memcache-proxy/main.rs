@@ -69,9 +69,10 @@
 //!   the first entry would otherwise answer (and the cache store) what the client claims.
 //!   Behind another proxy, the origin therefore sees that proxy's address.
 //! - `Forwarded` (RFC 7239): `for=<peer>;host="<authority>";proto=http`.
-//! - `Via` (RFC 9110 §7.6.3): `1.1 tower-memcache` (the version the client spoke),
-//!   appended to any `Via` the request carries, which stays: it names hops, not where
-//!   the client is or what it asked for.
+//! - `Via` (RFC 9110 §7.6.3): `1.1 tower-memcache-<token>` (the version the client
+//!   spoke; a random token per process), appended to any `Via` the request carries,
+//!   which stays: it names hops, not where the client is or what it asked for. A request
+//!   whose `Via` holds this process's own member looped back to it: `508 Loop Detected`.
 //! - Dropped and not replaced: `X-Forwarded-Port`, `X-Forwarded-Prefix`,
 //!   `X-Forwarded-Server`, `X-Forwarded-Scheme`, `X-Forwarded-Ssl`, `Front-End-Https`,
 //!   `X-Url-Scheme`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Original-URL`,

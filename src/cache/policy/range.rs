@@ -233,9 +233,13 @@ pub(crate) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
     ) else {
         return false;
     };
+    // RFC 9110 §8.8.2.2: for a cache, at least 60 s before the entry's `Date`. One
+    // second held for the origin's own clock; a `Date` the cache stamped when it received
+    // a response without one (RFC 9110 §6.6.1) is another clock's, and a version written
+    // in the same second as another passed for strong.
     let strong = http_date(stored, &header::DATE)
         .and_then(|date| date.duration_since(modified).ok())
-        .is_some_and(|gap| gap >= Duration::from_secs(1));
+        .is_some_and(|gap| gap >= Duration::from_secs(60));
     strong && since == modified
 }
 
