@@ -6,77 +6,16 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderValue, Method, Request, StatusCode};
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, MemcacheLayer};
 
+use support::scripted_service::Origin;
 use support::{Watch, assert_hit, send};
-
-/// What an origin answers a request with: status, header lines, body.
-type Answer = (u16, Vec<(&'static str, String)>, &'static str);
-
-/// How an origin answers a request.
-type Script = dyn Fn(&Request<()>) -> Answer + Send + Sync;
-
-/// An origin run by a script of the request; counts calls.
-#[derive(Clone)]
-struct Origin {
-    script: Arc<Script>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Origin {
-    fn new(script: impl Fn(&Request<()>) -> Answer + Send + Sync + 'static) -> Self {
-        Self {
-            script: Arc::new(script),
-            calls: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl tower::Service<Request<()>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let (status, lines, body) = (self.script)(&request);
-        let body = if request.method() == Method::HEAD {
-            Bytes::new()
-        } else {
-            Bytes::from_static(body.as_bytes())
-        };
-        let mut response = Response::new(Full::new(body));
-        *response.status_mut() = StatusCode::from_u16(status).unwrap();
-        for (name, value) in lines {
-            response.headers_mut().append(
-                HeaderName::from_static(name),
-                HeaderValue::from_str(&value).unwrap(),
-            );
-        }
-        std::future::ready(Ok(response))
-    }
-}
 
 fn cache(backend: MemoryBackend) -> MemcacheLayer<MemoryBackend> {
     support::layer(backend)

@@ -9,6 +9,7 @@ pub mod nutcracker;
 pub mod origin;
 pub mod personal;
 pub mod proxy;
+pub mod scripted_service;
 pub mod seeds;
 pub mod versioned;
 
