@@ -163,24 +163,26 @@ fn position(text: &str) -> Option<u64> {
 }
 
 /// The ranges of `specs` in a representation of `len` bytes (§14.1.2): each clipped to
-/// it, those wholly past its end dropped, the rest sorted and coalesced when they
-/// overlap or nearly touch (§14.3).
+/// it, those wholly past its end dropped, the rest coalesced when they overlap or nearly
+/// touch (§14.3), in the order the request asked for them (§14.6: a multipart response
+/// SHOULD send its parts so; a coalesced range takes the place of its first spec).
 pub(crate) fn resolve(specs: &[Spec], len: u64) -> Resolved {
-    let mut ranges: Vec<Range<u64>> = Vec::with_capacity(specs.len());
+    // Each range with the position of its spec in the request.
+    let mut ranges: Vec<(Range<u64>, usize)> = Vec::with_capacity(specs.len());
     let mut empty_suffix = false;
-    for spec in specs {
+    for (asked, spec) in specs.iter().enumerate() {
         match *spec {
             Spec::From { first, last } => {
                 if first >= len {
                     continue;
                 }
                 let end = last.map_or(len, |last| last.saturating_add(1).min(len));
-                ranges.push(first..end);
+                ranges.push((first..end, asked));
             }
             // A zero-length suffix selects nothing, ever.
             Spec::Suffix(0) => {}
             Spec::Suffix(_) if len == 0 => empty_suffix = true,
-            Spec::Suffix(n) => ranges.push(len.saturating_sub(n)..len),
+            Spec::Suffix(n) => ranges.push((len.saturating_sub(n)..len, asked)),
         }
     }
     if ranges.is_empty() {
@@ -192,17 +194,19 @@ pub(crate) fn resolve(specs: &[Spec], len: u64) -> Resolved {
             Resolved::Unsatisfiable
         };
     }
-    ranges.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
-    for range in ranges {
+    ranges.sort_by_key(|(range, _)| range.start);
+    let mut merged: Vec<(Range<u64>, usize)> = Vec::with_capacity(ranges.len());
+    for (range, asked) in ranges {
         match merged.last_mut() {
-            Some(last) if range.start <= last.end.saturating_add(COALESCE_GAP) => {
+            Some((last, first_asked)) if range.start <= last.end.saturating_add(COALESCE_GAP) => {
                 last.end = last.end.max(range.end);
+                *first_asked = (*first_asked).min(asked);
             }
-            _ => merged.push(range),
+            _ => merged.push((range, asked)),
         }
     }
-    Resolved::Ranges(merged)
+    merged.sort_by_key(|(_, asked)| *asked);
+    Resolved::Ranges(merged.into_iter().map(|(range, _)| range).collect())
 }
 
 /// Whether a request's `If-Range` lets its `Range` apply to a stored response with these
@@ -342,12 +346,29 @@ mod tests {
             Resolved::Ranges(vec![0..15])
         );
         assert_eq!(
-            ranges("bytes=500-599,0-9", 1000),
-            Resolved::Ranges(vec![0..10, 500..600])
-        );
-        assert_eq!(
             ranges("bytes=0-9,20-29", 1000),
             Resolved::Ranges(vec![0..30])
+        );
+    }
+
+    #[test]
+    fn rfc9110_14_6_parts_in_the_order_asked() {
+        assert_eq!(
+            ranges("bytes=500-599,0-9", 1000),
+            Resolved::Ranges(vec![500..600, 0..10])
+        );
+        assert_eq!(
+            ranges("bytes=-10,0-9,300-399", 1000),
+            Resolved::Ranges(vec![990..1000, 0..10, 300..400])
+        );
+        // A coalesced range takes the place of the first spec it holds.
+        assert_eq!(
+            ranges("bytes=700-799,100-199,150-249,0-9", 1000),
+            Resolved::Ranges(vec![700..800, 100..250, 0..10])
+        );
+        assert_eq!(
+            ranges("bytes=700-799,150-249,100-199", 1000),
+            Resolved::Ranges(vec![700..800, 100..250])
         );
     }
 
