@@ -118,14 +118,8 @@ where
         // the next one (tower's usual dance).
         let fresh = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, fresh);
-        // Written into its allocation rather than moved there: the future is a few KiB
-        // (the whole request's state), and `Box::pin(value)` copied it per request.
-        let future = Box::write(
-            Box::new_uninit(),
-            handle(Arc::clone(&self.shared), ready, request),
-        );
         ResponseFuture {
-            inner: Box::into_pin(future),
+            inner: Box::pin(handle(Arc::clone(&self.shared), ready, request)),
         }
     }
 }
