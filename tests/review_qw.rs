@@ -11,11 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Method, StatusCode};
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::CacheMode;
 
-use support::bounded;
+use support::scripted_service::Origin;
+use support::{Watch, assert_hit, bounded, send};
 
 /// The body of [`live`]: each part as the test sends it.
 type Parts = http_body_util::StreamBody<
@@ -112,4 +115,57 @@ async fn each_client_gets_its_own(content_type: &'static str) {
         assert_eq!(watch.snapshot().stores, 0, "{content_type}");
     })
     .await;
+}
+
+/// Defect (review QU's 304 path, the 304's own list): the stored page names no field
+/// personal; the origin's 304 to Bob's revalidation starts to, with its own
+/// `private="x-user"` (or `no-cache="x-user"`), and carries Bob's `X-User`. The refresh
+/// rightly stored none of it, but Bob's 200 got only the fields the *stored* response's
+/// lists named, so the field the origin sent him, for him alone, never reached him. The
+/// fields the 304's own lists keep out of the cache go to its client too, and still to
+/// nobody else.
+#[tokio::test]
+async fn the_revalidating_client_gets_the_fields_its_own_304_keeps_out_of_the_cache() {
+    for directive in ["private=\"x-user\"", "no-cache=\"x-user\""] {
+        let origin = Origin::new(move |request| {
+            let mut lines = vec![("etag", "\"v1\"".to_string())];
+            if request.headers().contains_key("if-none-match") {
+                lines.push(("cache-control", format!("max-age=60, {directive}")));
+                let user = request
+                    .headers()
+                    .get("x-user")
+                    .map_or("", |v| v.to_str().unwrap());
+                lines.push(("x-user", user.to_string()));
+                return (304, lines, "");
+            }
+            lines.push(("cache-control", "max-age=0".to_string()));
+            (200, lines, "shared page")
+        });
+        let cache = support::layer(MemoryBackend::new())
+            .namespace("review-qw")
+            .mode(CacheMode::Origin);
+        let svc = cache.layer(origin.clone());
+        let watch = Watch::of(&cache);
+        let url = "http://site.test/home";
+        send(&svc, Method::GET, url, &[("x-user", "alice")]).await;
+        watch.settled().await;
+        // Stale at once: Bob's request revalidates it.
+        let bob = bounded(
+            "revalidation",
+            send(&svc, Method::GET, url, &[("x-user", "bob")]),
+        )
+        .await;
+        assert_eq!(origin.calls(), 2, "{directive}: Bob's request revalidated");
+        assert_eq!(bob.status, StatusCode::OK);
+        assert_eq!(bob.body, "shared page");
+        assert_eq!(
+            bob.header("x-user"),
+            Some("bob"),
+            "{directive}: his own 304's field: {bob:?}"
+        );
+        watch.settled().await;
+        let carol = send(&svc, Method::GET, url, &[("x-user", "carol")]).await;
+        assert_hit(carol.cache_status());
+        assert_eq!(carol.header("x-user"), None, "{directive}: {carol:?}");
+    }
 }
