@@ -169,3 +169,55 @@ async fn the_revalidating_client_gets_the_fields_its_own_304_keeps_out_of_the_ca
         assert_eq!(carol.header("x-user"), None, "{directive}: {carol:?}");
     }
 }
+
+/// Defect (review QV's loop check, its reading of `Via`): a member is a protocol and a
+/// pseudonym with any run of spaces or tabs between them (RFC 9110 §7.6.3, `RWS`), but
+/// the check took the second of the fields split at each white-space byte, which for
+/// `1.1  tower-memcache-<token>` (two spaces, as a hop that re-spaces the field sends it
+/// back) was the empty one: the request was not known for this process's own, and a
+/// loop through such a hop ran as before review QV (each hop waiting for the next until
+/// the client gave up). Another proxy's member still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_via_member_spelled_with_a_run_of_white_space_is_still_known_as_this_proxys() {
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    // The origin echoes the `Via` it got, so the test learns the proxy's member.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    support::origin::serve_http1(listener, |request: Request<Incoming>| async move {
+        let via: Vec<&str> = request
+            .headers()
+            .get_all("via")
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        let response = Response::builder()
+            .header("cache-control", "no-store")
+            .body(Full::new(Bytes::from(via.join(", "))))
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    });
+    let proxy = support::proxy::start_proxy(origin, &["--access-log", "off"]);
+    let head = "GET /via HTTP/1.1\r\nHost: a.example\r\n";
+    let (status, body) = bounded("echo", support::proxy::raw(&proxy, head)).await;
+    assert_eq!(status, 200, "{body}");
+    let member = body.trim().to_string();
+    let token = member
+        .strip_prefix("1.1 ")
+        .filter(|token| token.starts_with("tower-memcache-"))
+        .unwrap_or_else(|| panic!("the proxy's Via member: {member:?}"));
+
+    let other = format!("{head}Via: 1.1 tower-memcache-0000000000000000\r\n");
+    let (status, body) = bounded("another proxy", support::proxy::raw(&proxy, &other)).await;
+    assert_eq!(status, 200, "another proxy's member passes: {body}");
+    for via in [
+        format!("1.1  {token}"),
+        format!("1.0 fred, 1.1 \t {token} (a comment)"),
+        format!("1.1 {token}  (a comment)"),
+    ] {
+        let looped = format!("{head}Via: {via}\r\n");
+        let (status, body) = bounded("looped", support::proxy::raw(&proxy, &looped)).await;
+        assert_eq!(status, 508, "Via: {via:?} got {status}: {body}");
+    }
+}
