@@ -343,15 +343,19 @@ where
                     }
                 }
                 // So are the fields the stored response's own `private="…"` /
-                // `no-cache="…"` keep out (see `merged_headers`): not stored, but the 304
-                // that carried them answered this request. Never the 304's framing or
+                // `no-cache="…"` keep out (see `merged_headers`), and those the 304's own
+                // lists keep out (left out of the merge): not stored, but the 304 that
+                // carried them answered this request. Never the 304's framing or
                 // connection fields, nor the origin's words to the cache, whatever the
                 // lists name: a `Content-Length: 1` appended to the stored body's 200
                 // framed it short (the rest read as the next response on the connection).
                 let stored_fields = header_map(&entry.meta);
                 let stored_ruling = shared.policy().response_directives(&stored_fields);
                 let (private, no_cache) = stored_ruling.kept_out_fields();
-                for field in private.iter().chain(&no_cache) {
+                let own_ruling = shared.policy().response_directives(response.headers());
+                let (own_private, own_no_cache) = own_ruling.kept_out_fields();
+                let named = private.iter().chain(&no_cache);
+                for field in named.chain(&own_private).chain(&own_no_cache) {
                     let Ok(name) = http::HeaderName::from_bytes(field.as_bytes()) else {
                         continue;
                     };

@@ -799,9 +799,11 @@ fn looped(headers: &HeaderMap) -> bool {
         line.as_bytes()
             .split(|b| *b == b',')
             .filter_map(|member| {
+                // `RWS` between protocol and pseudonym is any run of spaces and tabs:
+                // split at each byte, `1.1  <own>` had an empty second field.
                 member
-                    .trim_ascii()
                     .split(|b| b.is_ascii_whitespace())
+                    .filter(|field| !field.is_empty())
                     .nth(1)
             })
             .any(|received_by| received_by == own)

@@ -466,17 +466,25 @@ fn only_h2c(value: &[u8]) -> bool {
 /// Whether the response is a live stream by its media type (in any case, with or without
 /// parameters): server-sent events, or server push by `multipart/x-mixed-replace` (each
 /// part replaces the one before: a camera's feed, a progress page).
+///
+/// Every member of every line counts: browsers read a `Content-Type` list
+/// (`text/plain, text/event-stream`) by its last valid member (Fetch, "extract a MIME
+/// type"), so a live type anywhere in it may be what the client gets. A comma inside a
+/// quoted parameter cuts a member short, which at worst leaves a page unstored.
 fn is_live_stream(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONTENT_TYPE).iter().any(|value| {
-        let essence = value
-            .as_bytes()
-            .split(|b| *b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        essence.eq_ignore_ascii_case(b"text/event-stream")
-            || essence.eq_ignore_ascii_case(b"multipart/x-mixed-replace")
-    })
+    headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .any(|member| {
+            let essence = member
+                .split(|b| *b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            essence.eq_ignore_ascii_case(b"text/event-stream")
+                || essence.eq_ignore_ascii_case(b"multipart/x-mixed-replace")
+        })
 }
 
 /// RFC 3229's `A-IM`: the instance manipulations (deltas) a request accepts; a `226`
@@ -849,9 +857,15 @@ pub(crate) mod tests {
                 &[("content-type", "multipart/x-mixed-replace;boundary=b")][..],
                 NotStorable::LiveStream,
             ),
+            (
+                &[("content-type", "text/plain, Text/Event-Stream")][..],
+                NotStorable::LiveStream,
+            ),
         ];
-        let page = headers(&[("content-type", "text/event-stream-page")]);
-        assert_eq!(storable(&policy, &none, StatusCode::OK, &page), Ok(()));
+        for page in ["text/event-stream-page", "text/html; charset=\"a,b\""] {
+            let page = headers(&[("content-type", page)]);
+            assert_eq!(storable(&policy, &none, StatusCode::OK, &page), Ok(()));
+        }
         for (response, reason) in cases {
             assert_eq!(
                 storable(&policy, &none, StatusCode::OK, &headers(response)),

@@ -211,8 +211,8 @@ pub(crate) fn resolve(specs: &[Spec], len: u64) -> Resolved {
 
 /// Whether a request's `If-Range` lets its `Range` apply to a stored response with these
 /// headers (§13.1.5): an entity tag equal by strong comparison to a strong stored `ETag`,
-/// or a date equal to a strong stored `Last-Modified` (one at least a second before the
-/// stored `Date`, §8.8.2.2). Without `If-Range`, true.
+/// or a date equal to a strong stored `Last-Modified` (one at least 60 seconds before the
+/// stored `Date`, as §8.8.2.2 asks of a cache). Without `If-Range`, true.
 pub(crate) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let mut values = request.get_all(header::IF_RANGE).iter();
     let Some(value) = values.next() else {
