@@ -86,30 +86,6 @@ async fn a_websocket_handshake_reaches_the_handler_of_a_stored_page() {
     .await;
 }
 
-/// The body of [`event_stream`]: each event as it is sent.
-type Events = http_body_util::StreamBody<
-    futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
->;
-
-/// An event stream (`text/event-stream`, no `Cache-Control`, as a hand-written handler
-/// sends it) whose events come when the test sends them, and which ends when the sender
-/// is dropped.
-fn event_stream(
-    events: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
-    content_type: &'static str,
-) -> http::Response<Events> {
-    use futures_util::StreamExt;
-    let stream = futures_util::stream::unfold(events, |mut events| async move {
-        let event = events.recv().await?;
-        Some((Ok(http_body::Frame::data(Bytes::from(event))), events))
-    })
-    .boxed();
-    http::Response::builder()
-        .header("content-type", content_type)
-        .body(http_body_util::StreamBody::new(stream))
-        .unwrap()
-}
-
 /// Server-sent events under a layer whose routes give responses a lifetime (the default
 /// mode): the event stream was admitted like a page. Every client that came while one
 /// stream ran joined its fill and waited `coalesce_timeout` for an end that may never come
@@ -124,68 +100,8 @@ async fn clients_of_an_event_stream_each_get_their_own_at_once() {
         "text/event-stream",
         "Multipart/X-Mixed-Replace; boundary=frame",
     ] {
-        each_client_gets_its_own(content_type).await;
+        support::live_stream::each_client_gets_its_own(content_type).await;
     }
-}
-
-async fn each_client_gets_its_own(content_type: &'static str) {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    bounded(content_type, async {
-        let layer = support::layer(MemoryBackend::new())
-            .default_lifetime(Duration::from_secs(60))
-            .coalesce_timeout(Duration::from_secs(50));
-        let watch = support::Watch::of(&layer);
-        let senders = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = Arc::clone(&senders);
-        let service = layer.layer(tower::service_fn(move |_request: http::Request<()>| {
-            let (send, events) = tokio::sync::mpsc::unbounded_channel();
-            let mut kept = kept.lock().unwrap();
-            let hello = ["data: first\n\n", "data: second\n\n", "data: third\n\n"];
-            send.send(hello[kept.len().min(2)]).unwrap();
-            kept.push(Some(send));
-            async move { Ok::<_, Infallible>(event_stream(events, content_type)) }
-        }));
-        let get = || {
-            http::Request::get("http://app.example/events")
-                .body(())
-                .unwrap()
-        };
-        let first = service.clone().oneshot(get()).await.unwrap();
-        let mut first = first.into_body();
-        let event = first.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&event[..], b"data: first\n\n");
-        // Within 10 s, with `coalesce_timeout` at 50 s: not waiting for the first stream.
-        let second = tokio::time::timeout(Duration::from_secs(10), service.clone().oneshot(get()))
-            .await
-            .expect("the second client waited for the first's stream to end")
-            .unwrap();
-        let mut second = second.into_body();
-        let event = second.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&event[..], b"data: second\n\n");
-
-        // Both streams end; a third client gets a stream of its own, not a replay.
-        senders
-            .lock()
-            .unwrap()
-            .iter_mut()
-            .for_each(|send| *send = None);
-        let first = first.collect().await.unwrap().to_bytes();
-        assert!(first.is_empty());
-        drop(second);
-        watch.settled().await;
-        let third = service.clone().oneshot(get()).await.unwrap();
-        let mut third = third.into_body();
-        let event = third.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&event[..], b"data: third\n\n");
-        assert_eq!(
-            senders.lock().unwrap().len(),
-            3,
-            "the third stream is its own"
-        );
-        assert_eq!(watch.snapshot().stores, 0);
-    })
-    .await;
 }
 
 /// A probe that held, kept as a regression test: a real HTTP/1.1 upgrade through the layer

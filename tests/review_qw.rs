@@ -7,8 +7,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -19,29 +17,6 @@ use tower_memcache::cache::CacheMode;
 
 use support::scripted_service::Origin;
 use support::{Watch, assert_hit, bounded, send};
-
-/// The body of [`live`]: each part as the test sends it.
-type Parts = http_body_util::StreamBody<
-    futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
->;
-
-/// A response whose parts come when the test sends them, ending when the sender is
-/// dropped, with `content_type` as its one `Content-Type` line.
-fn live(
-    parts: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
-    content_type: &'static str,
-) -> http::Response<Parts> {
-    use futures_util::StreamExt;
-    let stream = futures_util::stream::unfold(parts, |mut parts| async move {
-        let part = parts.recv().await?;
-        Some((Ok(http_body::Frame::data(Bytes::from(part))), parts))
-    })
-    .boxed();
-    http::Response::builder()
-        .header("content-type", content_type)
-        .body(http_body_util::StreamBody::new(stream))
-        .unwrap()
-}
 
 /// Attack (a live stream the layer took for a page): an event stream whose `Content-Type`
 /// is a list, `text/plain, text/event-stream` (a handler that joins the types it set, or
@@ -57,64 +32,8 @@ async fn a_live_stream_named_in_a_content_type_list_is_never_waited_for_nor_stor
         "text/plain, text/event-stream",
         "text/html,multipart/x-mixed-replace;boundary=frame",
     ] {
-        each_client_gets_its_own(content_type).await;
+        support::live_stream::each_client_gets_its_own(content_type).await;
     }
-}
-
-async fn each_client_gets_its_own(content_type: &'static str) {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    bounded(content_type, async {
-        let layer = support::layer(MemoryBackend::new())
-            .default_lifetime(Duration::from_secs(60))
-            .coalesce_timeout(Duration::from_secs(50));
-        let watch = support::Watch::of(&layer);
-        let senders = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&senders);
-        let service = layer.layer(tower::service_fn(move |_request: http::Request<()>| {
-            let (send, parts) = tokio::sync::mpsc::unbounded_channel();
-            let mut kept = kept.lock().unwrap();
-            let first = ["data: first\n\n", "data: second\n\n", "data: third\n\n"];
-            send.send(first[kept.len().min(2)]).unwrap();
-            kept.push(Some(send));
-            async move { Ok::<_, Infallible>(live(parts, content_type)) }
-        }));
-        let get = || {
-            http::Request::get("http://app.example/feed")
-                .body(())
-                .unwrap()
-        };
-        let first = service.clone().oneshot(get()).await.unwrap();
-        let mut first = first.into_body();
-        let part = first.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&part[..], b"data: first\n\n");
-        // Within 5 s, with `coalesce_timeout` at 50 s: not waiting for the first stream.
-        let second = tokio::time::timeout(Duration::from_secs(5), service.clone().oneshot(get()))
-            .await
-            .unwrap_or_else(|_| {
-                panic!("{content_type}: the second client waited for the first's stream")
-            })
-            .unwrap();
-        let mut second = second.into_body();
-        let part = second.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&part[..], b"data: second\n\n");
-
-        // Both streams end; a third client gets a stream of its own, not a replay.
-        senders
-            .lock()
-            .unwrap()
-            .iter_mut()
-            .for_each(|send| *send = None);
-        let _ = first.collect().await;
-        drop(second);
-        watch.settled().await;
-        let third = service.clone().oneshot(get()).await.unwrap();
-        let mut third = third.into_body();
-        let part = third.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&part[..], b"data: third\n\n", "{content_type}: a replay");
-        assert_eq!(watch.snapshot().stores, 0, "{content_type}");
-    })
-    .await;
 }
 
 /// Defect (review QU's 304 path, the 304's own list): the stored page names no field

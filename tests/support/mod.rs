@@ -5,6 +5,7 @@ pub mod conformance;
 pub mod db;
 pub mod fake_memcached;
 pub mod h2_frames;
+pub mod live_stream;
 pub mod nutcracker;
 pub mod origin;
 pub mod personal;
