@@ -1,13 +1,16 @@
 //! Route rules: which requests a rule picks, and what it decides for them.
 //!
 //! A rule is matched against two readings of the request's path. The *rule reading*
-//! ([`rule_path`]) picks the lifetime: the path as an ordinary decoder sees it. The
-//! *origin reading* ([`origin_reading`]) only ever turns caching off: the path as the most
-//! lenient origin might resolve it (case folded, escapes decoded again, `\` as `/`, dot
-//! segments and `;` parameters gone). A private page's `no_cache` rule has to hold for
-//! every spelling some origin answers with that page, or an attacker lures a victim to
-//! `/Account`, `/x/..%2Faccount` or `/account;.css`, the victim's page is stored, and the
-//! attacker reads it (web cache deception). Caching fewer of those odd spellings is the
+//! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
+//! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
+//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone). Each
+//! reading picks a lifetime and the shorter wins; a `no_cache` rule in either turns
+//! caching off. A private page's `no_cache` rule has to hold for every spelling some
+//! origin answers with that page, or an attacker lures a victim to `/Account`,
+//! `/x/..%2Faccount` or `/account;.css`, the victim's page is stored, and the attacker
+//! reads it (web cache deception); and a lifetime rule must not lengthen the lifetime of
+//! a path that is under it only as written (`/static/..%2Faccount` under a rule for
+//! `/static/`, with the default lifetime 0). Caching fewer of those odd spellings is the
 //! price, never a wrong answer.
 
 use std::borrow::Cow;
@@ -21,7 +24,11 @@ use std::time::Duration;
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
 /// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
 /// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), and with
-/// or without a trailing slash. A lifetime rule applies only as written.
+/// or without a trailing slash. A lifetime rule lengthens a lifetime only where both
+/// readings put the path under it: a path that is under `/static/` as written but that a
+/// lenient origin resolves elsewhere (`/static/..%2Faccount`, its `/account`) gets the
+/// shorter of the two lifetimes, so "cache only `/static/`" (a default lifetime of 0)
+/// never stores a private page for it.
 ///
 /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,8 +74,7 @@ pub(crate) struct RouteRule {
 pub(crate) struct RouteRules {
     /// Every rule, its `Exact` or `Prefix` path in the rule reading.
     rules: Vec<RouteRule>,
-    /// The `Exact` and `Prefix` rules in the origin reading; empty while no rule turns
-    /// caching off (the origin reading can then change nothing).
+    /// The `Exact` and `Prefix` rules in the origin reading.
     origin_rules: Vec<OriginRule>,
 }
 
@@ -114,34 +120,31 @@ impl RouteRules {
                 *path = read;
             }
         }
+        // Lifetime rules too: a path that is under one as written but not as the origin
+        // reads it (`/static/..%2Faccount`) must not get its lifetime.
+        let (path, prefix) = match &rule.matcher {
+            RouteMatch::Exact(path) => (path, false),
+            RouteMatch::Prefix(path) => (path, true),
+            RouteMatch::Pattern(_) => {
+                self.rules.push(rule);
+                return;
+            }
+        };
+        self.origin_rules.push(OriginRule {
+            path: origin_reading(path),
+            prefix,
+            whole_segments: prefix && path.ends_with('/'),
+            action: rule.action,
+        });
         self.rules.push(rule);
-        if self
-            .rules
-            .iter()
-            .any(|rule| rule.action == RouteAction::NoCache)
-        {
-            self.origin_rules = self
-                .rules
-                .iter()
-                .filter_map(|rule| {
-                    let (path, prefix) = match &rule.matcher {
-                        RouteMatch::Exact(path) => (path, false),
-                        RouteMatch::Prefix(path) => (path, true),
-                        RouteMatch::Pattern(_) => return None,
-                    };
-                    Some(OriginRule {
-                        path: origin_reading(path),
-                        prefix,
-                        whole_segments: prefix && path.ends_with('/'),
-                        action: rule.action,
-                    })
-                })
-                .collect();
-        }
     }
 
-    /// The route's lifetime (`default` where no rule names it), or `None` when a rule
-    /// turns caching off for it in either reading of its path.
+    /// The route's lifetime, or `None` when a rule turns caching off for it in either
+    /// reading of its path. Each reading picks its rule's lifetime (`default` where no
+    /// rule names it) and the shorter wins: a lifetime rule that matches the path as
+    /// written lengthens nothing the origin resolves elsewhere ("cache only `/static/`"
+    /// must not store `/static/..%2Faccount`, the origin's `/account`), and one the
+    /// origin reading falls under shortens an odd spelling's lifetime like its own.
     pub(crate) fn lifetime(
         &self,
         path: &str,
@@ -154,35 +157,37 @@ impl RouteRules {
             return Some(default);
         }
         let decided = self.decide(&rule_path(path), pattern);
-        let action = match decided {
-            Decided::ByPath(action) => Some(action),
+        let as_written = match decided {
+            Decided::ByPath(action) => lifetime_of(action)?,
             // The router itself resolved the path to this route: its reading is the
             // origin's.
             Decided::ByPattern(action) => return lifetime_of(action),
-            Decided::Default => None,
+            Decided::Default => default,
         };
-        if !self.origin_rules.is_empty() {
-            // A path no origin reads otherwise is its own origin reading: no allocation.
-            let reading = if may_read_otherwise(path) {
-                Cow::Owned(origin_reading(path))
-            } else {
-                Cow::Borrowed(path)
-            };
-            let exact = self
-                .origin_rules
-                .iter()
-                .find(|rule| !rule.prefix && rule.covers(&reading));
-            let by_prefix = || {
-                self.origin_rules
-                    .iter()
-                    .filter(|rule| rule.prefix && rule.covers(&reading))
-                    .max_by_key(|rule| rule.path.len())
-            };
-            if exact.or_else(by_prefix).map(|rule| rule.action) == Some(RouteAction::NoCache) {
-                return None;
-            }
+        if self.origin_rules.is_empty() {
+            return Some(as_written);
         }
-        action.map_or(Some(default), lifetime_of)
+        // A path no origin reads otherwise is its own origin reading: no allocation.
+        let reading = if may_read_otherwise(path) {
+            Cow::Owned(origin_reading(path))
+        } else {
+            Cow::Borrowed(path)
+        };
+        let exact = self
+            .origin_rules
+            .iter()
+            .find(|rule| !rule.prefix && rule.covers(&reading));
+        let by_prefix = || {
+            self.origin_rules
+                .iter()
+                .filter(|rule| rule.prefix && rule.covers(&reading))
+                .max_by_key(|rule| rule.path.len())
+        };
+        let as_resolved = match exact.or_else(by_prefix) {
+            Some(rule) => lifetime_of(&rule.action)?,
+            None => default,
+        };
+        Some(as_written.min(as_resolved))
     }
 
     /// The rule that decides `path` (in the rule reading) or the route `pattern`.
@@ -490,24 +495,59 @@ mod tests {
             rules.lifetime("/account/avatars/Me.png", None, HOUR),
             Some(MINUTE)
         );
-        // The rule reading picks the lifetime, the origin reading only turns caching off:
-        // a lenient origin reads this under the `/account/avatars/` rule, not `/account`,
-        // and as written no rule names it.
+        // Each reading picks a lifetime and the shorter wins: a lenient origin reads this
+        // under the `/account/avatars/` rule, not `/account`; as written no rule names it.
         assert_eq!(
             rules.lifetime("/Account/Avatars/me.png", None, HOUR),
-            Some(HOUR)
+            Some(MINUTE)
         );
     }
 
     #[test]
-    fn lifetime_rules_alone_never_read_a_path_again() {
-        let rules = rules(&[(
-            RouteMatch::Prefix("/news".into()),
-            RouteAction::Lifetime(MINUTE),
-        )]);
-        assert!(rules.origin_rules.is_empty());
+    fn a_lifetime_rule_lengthens_only_what_both_readings_put_under_it() {
+        let rules = rules(&[
+            (
+                RouteMatch::Prefix("/static/".into()),
+                RouteAction::Lifetime(HOUR),
+            ),
+            (
+                RouteMatch::Prefix("/news".into()),
+                RouteAction::Lifetime(MINUTE),
+            ),
+        ]);
+        // "Cache only /static/": as written these are under it, as a lenient origin
+        // resolves them they are `/account` (review QY).
+        for path in [
+            "/static/..%2Faccount",
+            "/static/..;/account",
+            "/static/%2e%2e/account",
+            "/static/..%5Caccount",
+        ] {
+            assert_eq!(
+                rules.lifetime(path, None, Duration::ZERO),
+                Some(Duration::ZERO)
+            );
+        }
+        assert_eq!(
+            rules.lifetime("/static/app.css", None, Duration::ZERO),
+            Some(HOUR)
+        );
+        assert_eq!(
+            rules.lifetime("/static/App.css", None, Duration::ZERO),
+            Some(HOUR)
+        );
+        assert_eq!(
+            rules.lifetime("/static/x/../app.css", None, Duration::ZERO),
+            Some(HOUR)
+        );
+        assert_eq!(
+            rules.lifetime("/staticfoo", None, Duration::ZERO),
+            Some(Duration::ZERO)
+        );
         assert_eq!(rules.lifetime("/news/A", None, HOUR), Some(MINUTE));
-        assert_eq!(rules.lifetime("/NEWS/a", None, HOUR), Some(HOUR));
+        // The origin reads it under `/news`: no longer than that rule says.
+        assert_eq!(rules.lifetime("/NEWS/a", None, HOUR), Some(MINUTE));
+        assert_eq!(rules.lifetime("/other", None, HOUR), Some(HOUR));
     }
 
     #[test]
