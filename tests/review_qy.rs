@@ -141,3 +141,51 @@ async fn a_static_prefix_rule_never_stores_a_page_the_origin_resolves_outside_it
     let (_, status) = get(&app, "/static/app.css", None).await;
     assert!(status.contains("hit"), "{status}");
 }
+
+/// The origin of an nginx `location ~ ^/account$` (PCRE's `$` also matches before a final
+/// newline) reached through a decoding front: `/account%0A` is its `/account` page, of
+/// the user whose cookie came with the request.
+fn regex_location_origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|request: Request<Full<Bytes>>| async move {
+        let decoded = decode_once(request.uri().path().as_bytes());
+        let path = String::from_utf8_lossy(&decoded).into_owned();
+        let user = request
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("user="))
+            .unwrap_or("anonymous")
+            .to_owned();
+        let body = match path.strip_suffix('\n').unwrap_or(&path) {
+            "/account" => format!("{user}'s account"),
+            other => format!("public page {other:?}"),
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    })
+}
+
+/// "Gotta cache 'em all" (origin delimiters): an encoded newline ends the path for an
+/// nginx regex location, as `%00` does for OpenLiteSpeed. A `no_cache` rule for
+/// `/account` held for `%00`, `%3F` and `%23` but not for `/account%0A`: the victim's
+/// page was stored there for everyone.
+#[tokio::test]
+async fn an_encoded_newline_does_not_slip_a_private_page_past_no_cache() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Exact("/account".into()));
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(regex_location_origin());
+    for spelling in ["/account%0A", "/account%0a"] {
+        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
+        assert_eq!(victim, "alice's account", "{spelling}");
+        watch.settled().await;
+        let (attacker, status) = get(&app, spelling, None).await;
+        assert_eq!(attacker, "anonymous's account", "{spelling}: {status}");
+    }
+    assert_eq!(watch.snapshot().stores, 0);
+}

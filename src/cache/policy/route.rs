@@ -23,8 +23,9 @@ use std::time::Duration;
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
 /// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
-/// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), and with
-/// or without a trailing slash. A lifetime rule lengthens a lifetime only where both
+/// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), cut at
+/// an escaped `?`, `#`, NUL or line break (`/account%0A`), and with or without a trailing
+/// slash. A lifetime rule lengthens a lifetime only where both
 /// readings put the path under it: a path that is under `/static/` as written but that a
 /// lenient origin resolves elsewhere (`/static/..%2Faccount`, its `/account`) gets the
 /// shorter of the two lifetimes, so "cache only `/static/`" (a default lifetime of 0)
@@ -315,10 +316,11 @@ const DECODING_PASSES: usize = 2;
 
 /// `path` as the most lenient origin might resolve it: escapes decoded (up to
 /// [`DECODING_PASSES`] times), `\` as `/` (IIS, Windows file servers), cut at a decoded
-/// `?`, `#` or NUL, letters in lower case (case-insensitive routers and file systems),
-/// each segment's `;` parameters dropped (Tomcat, Spring, Jetty), dot segments resolved
-/// (RFC 3986 §5.2.4), empty segments and a trailing slash dropped. Only ever used to turn
-/// caching off.
+/// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
+/// case (case-insensitive routers and file systems), each segment's `;` parameters
+/// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
+/// segments and a trailing slash dropped. Only ever used to turn caching off or shorten
+/// a lifetime.
 pub(crate) fn origin_reading(path: &str) -> String {
     let mut bytes = path.as_bytes().to_vec();
     for _ in 0..DECODING_PASSES {
@@ -329,7 +331,8 @@ pub(crate) fn origin_reading(path: &str) -> String {
     }
     let end = bytes
         .iter()
-        .position(|byte| matches!(byte, b'?' | b'#' | 0))
+        // A newline too: PCRE's `$` (nginx regex locations) matches before a final one.
+        .position(|byte| matches!(byte, b'?' | b'#' | 0 | b'\n' | b'\r'))
         .unwrap_or(bytes.len());
     bytes.truncate(end);
     bytes.make_ascii_lowercase();
@@ -431,6 +434,8 @@ mod tests {
             ("/account%3F.css", "/account"),
             ("/account%23.css", "/account"),
             ("/account%00.css", "/account"),
+            ("/account%0A", "/account"),
+            ("/account%0d%0a.css", "/account"),
             ("/./account/.", "/account"),
             ("/../../account", "/account"),
             ("/%zz%4", "/%zz%4"),
