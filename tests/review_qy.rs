@@ -189,3 +189,59 @@ async fn an_encoded_newline_does_not_slip_a_private_page_past_no_cache() {
     }
     assert_eq!(watch.snapshot().stores, 0);
 }
+
+/// A strict origin (axum's router matches the path as sent: no decoding, no slash
+/// merging): `/static/*` are public files, and every other path gets its fallback, a page
+/// that greets the user whose cookie came with the request (a server-rendered 404 with
+/// the account menu, say).
+fn strict_origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|request: Request<Full<Bytes>>| async move {
+        let path = request.uri().path().to_owned();
+        let user = request
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("user="))
+            .unwrap_or("anonymous")
+            .to_owned();
+        let body = match path.strip_prefix("/static/") {
+            Some(file) => format!("public file {file}"),
+            None => format!("not found, {user}"),
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    })
+}
+
+/// "Gotta cache 'em all" the other way round (the cache normalises, the origin does not):
+/// rules read `/%73tatic/x` and `//static/x` as `/static/x`, so a layer caching only
+/// `/static/` stored them for an hour, while an origin that routes on the path as sent
+/// answered them with its fallback page, the victim's own. A lifetime rule now applies
+/// only where the path as sent is under it too.
+#[tokio::test]
+async fn a_static_prefix_rule_never_stores_what_a_strict_origin_routes_elsewhere() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::ZERO)
+        .route(
+            RouteMatch::Prefix("/static/".into()),
+            Duration::from_secs(3600),
+        );
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(strict_origin());
+    for spelling in ["/%73tatic/x.css", "//static/x.css", "/%73%74atic//x.css"] {
+        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
+        assert_eq!(victim, "not found, alice", "{spelling}");
+        watch.settled().await;
+        let (attacker, status) = get(&app, spelling, None).await;
+        assert_eq!(attacker, "not found, anonymous", "{spelling}: {status}");
+    }
+    let (first, _) = get(&app, "/static/app.css", None).await;
+    assert_eq!(first, "public file app.css");
+    watch.settled().await;
+    let (_, status) = get(&app, "/static/app.css", None).await;
+    assert!(status.contains("hit"), "{status}");
+}

@@ -3,14 +3,14 @@
 //! A rule is matched against two readings of the request's path. The *rule reading*
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
-//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone). Each
-//! reading picks a lifetime and the shorter wins; a `no_cache` rule in either turns
-//! caching off. A private page's `no_cache` rule has to hold for every spelling some
+//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone). The
+//! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
+//! the shortest wins; a `no_cache` rule in any turns caching off. A private page's `no_cache` rule has to hold for every spelling some
 //! origin answers with that page, or an attacker lures a victim to `/Account`,
 //! `/x/..%2Faccount` or `/account;.css`, the victim's page is stored, and the attacker
 //! reads it (web cache deception); and a lifetime rule must not lengthen the lifetime of
-//! a path that is under it only as written (`/static/..%2Faccount` under a rule for
-//! `/static/`, with the default lifetime 0). Caching fewer of those odd spellings is the
+//! a path that only some readings put under it (`/static/..%2Faccount` or `/%73tatic/x`
+//! under a rule for `/static/`, with the default lifetime 0). Caching fewer of those odd spellings is the
 //! price, never a wrong answer.
 
 use std::borrow::Cow;
@@ -25,11 +25,12 @@ use std::time::Duration;
 /// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
 /// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), cut at
 /// an escaped `?`, `#`, NUL or line break (`/account%0A`), and with or without a trailing
-/// slash. A lifetime rule lengthens a lifetime only where both
-/// readings put the path under it: a path that is under `/static/` as written but that a
-/// lenient origin resolves elsewhere (`/static/..%2Faccount`, its `/account`) gets the
-/// shorter of the two lifetimes, so "cache only `/static/`" (a default lifetime of 0)
-/// never stores a private page for it.
+/// slash. A lifetime rule lengthens a lifetime only where every reading puts the path
+/// under it: the path as sent (as axum's router matches it), as decoded above, and as a
+/// lenient origin resolves it. `/static/..%2Faccount` (a lenient origin's `/account`) and
+/// `/%73tatic/x` or `//static/x` (no `/static/` path to a strict router) get the shortest
+/// of the readings' lifetimes, so "cache only `/static/`" (a default lifetime of 0) never
+/// stores another route's page for it.
 ///
 /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,11 +141,12 @@ impl RouteRules {
         self.rules.push(rule);
     }
 
-    /// The route's lifetime, or `None` when a rule turns caching off for it in either
-    /// reading of its path. Each reading picks its rule's lifetime (`default` where no
-    /// rule names it) and the shorter wins: a lifetime rule that matches the path as
-    /// written lengthens nothing the origin resolves elsewhere ("cache only `/static/`"
-    /// must not store `/static/..%2Faccount`, the origin's `/account`), and one the
+    /// The route's lifetime, or `None` when a rule turns caching off for it in any
+    /// reading of its path. Each reading (the path as sent, the rule reading, the origin
+    /// reading) picks its rule's lifetime (`default` where no rule names it) and the
+    /// shortest wins: a lifetime rule lengthens nothing that some origin routes elsewhere
+    /// ("cache only `/static/`" must store neither `/static/..%2Faccount`, a lenient
+    /// origin's `/account`, nor `/%73tatic/x`, a strict router's fallback), and one the
     /// origin reading falls under shortens an odd spelling's lifetime like its own.
     pub(crate) fn lifetime(
         &self,
@@ -157,14 +159,25 @@ impl RouteRules {
         if self.rules.is_empty() {
             return Some(default);
         }
-        let decided = self.decide(&rule_path(path), pattern);
-        let as_written = match decided {
+        let read = rule_path(path);
+        let mut as_written = match self.decide(&read, pattern) {
             Decided::ByPath(action) => lifetime_of(action)?,
             // The router itself resolved the path to this route: its reading is the
             // origin's.
             Decided::ByPattern(action) => return lifetime_of(action),
             Decided::Default => default,
         };
+        // The path as sent is a reading too: a router that matches it as it came (axum's)
+        // takes `/%73tatic/x` or `//static/x` for no `/static/` path, and may answer it
+        // with a page of the user's own (its fallback), so a rule the decoded reading puts
+        // it under lengthens nothing.
+        if let Cow::Owned(_) = read {
+            let as_sent = match self.decide(path, None) {
+                Decided::ByPath(action) | Decided::ByPattern(action) => lifetime_of(action)?,
+                Decided::Default => default,
+            };
+            as_written = as_written.min(as_sent);
+        }
         if self.origin_rules.is_empty() {
             return Some(as_written);
         }
@@ -548,6 +561,17 @@ mod tests {
         assert_eq!(
             rules.lifetime("/staticfoo", None, Duration::ZERO),
             Some(Duration::ZERO)
+        );
+        // A strict router (the path as sent) reads these as no `/static/` path.
+        for path in ["/%73tatic/app.css", "//static/app.css", "/static%2Fapp.css"] {
+            assert_eq!(
+                rules.lifetime(path, None, Duration::ZERO),
+                Some(Duration::ZERO)
+            );
+        }
+        assert_eq!(
+            rules.lifetime("/static/%7Eapp.css", None, Duration::ZERO),
+            Some(HOUR)
         );
         assert_eq!(rules.lifetime("/news/A", None, HOUR), Some(MINUTE));
         // The origin reads it under `/news`: no longer than that rule says.
