@@ -1,13 +1,16 @@
 //! Route rules: which requests a rule picks, and what it decides for them.
 //!
 //! A rule is matched against two readings of the request's path. The *rule reading*
-//! ([`rule_path`]) picks the lifetime: the path as an ordinary decoder sees it. The
-//! *origin reading* ([`origin_reading`]) only ever turns caching off: the path as the most
-//! lenient origin might resolve it (case folded, escapes decoded again, `\` as `/`, dot
-//! segments and `;` parameters gone). A private page's `no_cache` rule has to hold for
-//! every spelling some origin answers with that page, or an attacker lures a victim to
-//! `/Account`, `/x/..%2Faccount` or `/account;.css`, the victim's page is stored, and the
-//! attacker reads it (web cache deception). Caching fewer of those odd spellings is the
+//! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
+//! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
+//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone). The
+//! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
+//! the shortest wins; a `no_cache` rule in any turns caching off. A private page's `no_cache` rule has to hold for every spelling some
+//! origin answers with that page, or an attacker lures a victim to `/Account`,
+//! `/x/..%2Faccount` or `/account;.css`, the victim's page is stored, and the attacker
+//! reads it (web cache deception); and a lifetime rule must not lengthen the lifetime of
+//! a path that only some readings put under it (`/static/..%2Faccount` or `/%73tatic/x`
+//! under a rule for `/static/`, with the default lifetime 0). Caching fewer of those odd spellings is the
 //! price, never a wrong answer.
 
 use std::borrow::Cow;
@@ -20,8 +23,14 @@ use std::time::Duration;
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
 /// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
-/// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), and with
-/// or without a trailing slash. A lifetime rule applies only as written.
+/// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), cut at
+/// an escaped `?`, `#`, NUL or line break (`/account%0A`), and with or without a trailing
+/// slash. A lifetime rule lengthens a lifetime only where every reading puts the path
+/// under it: the path as sent (as axum's router matches it), as decoded above, and as a
+/// lenient origin resolves it. `/static/..%2Faccount` (a lenient origin's `/account`) and
+/// `/%73tatic/x` or `//static/x` (no `/static/` path to a strict router) get the shortest
+/// of the readings' lifetimes, so "cache only `/static/`" (a default lifetime of 0) never
+/// stores another route's page for it.
 ///
 /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,8 +76,7 @@ pub(crate) struct RouteRule {
 pub(crate) struct RouteRules {
     /// Every rule, its `Exact` or `Prefix` path in the rule reading.
     rules: Vec<RouteRule>,
-    /// The `Exact` and `Prefix` rules in the origin reading; empty while no rule turns
-    /// caching off (the origin reading can then change nothing).
+    /// The `Exact` and `Prefix` rules in the origin reading.
     origin_rules: Vec<OriginRule>,
 }
 
@@ -114,34 +122,32 @@ impl RouteRules {
                 *path = read;
             }
         }
+        // Lifetime rules too: a path that is under one as written but not as the origin
+        // reads it (`/static/..%2Faccount`) must not get its lifetime.
+        let (path, prefix) = match &rule.matcher {
+            RouteMatch::Exact(path) => (path, false),
+            RouteMatch::Prefix(path) => (path, true),
+            RouteMatch::Pattern(_) => {
+                self.rules.push(rule);
+                return;
+            }
+        };
+        self.origin_rules.push(OriginRule {
+            path: origin_reading(path),
+            prefix,
+            whole_segments: prefix && path.ends_with('/'),
+            action: rule.action,
+        });
         self.rules.push(rule);
-        if self
-            .rules
-            .iter()
-            .any(|rule| rule.action == RouteAction::NoCache)
-        {
-            self.origin_rules = self
-                .rules
-                .iter()
-                .filter_map(|rule| {
-                    let (path, prefix) = match &rule.matcher {
-                        RouteMatch::Exact(path) => (path, false),
-                        RouteMatch::Prefix(path) => (path, true),
-                        RouteMatch::Pattern(_) => return None,
-                    };
-                    Some(OriginRule {
-                        path: origin_reading(path),
-                        prefix,
-                        whole_segments: prefix && path.ends_with('/'),
-                        action: rule.action,
-                    })
-                })
-                .collect();
-        }
     }
 
-    /// The route's lifetime (`default` where no rule names it), or `None` when a rule
-    /// turns caching off for it in either reading of its path.
+    /// The route's lifetime, or `None` when a rule turns caching off for it in any
+    /// reading of its path. Each reading (the path as sent, the rule reading, the origin
+    /// reading) picks its rule's lifetime (`default` where no rule names it) and the
+    /// shortest wins: a lifetime rule lengthens nothing that some origin routes elsewhere
+    /// ("cache only `/static/`" must store neither `/static/..%2Faccount`, a lenient
+    /// origin's `/account`, nor `/%73tatic/x`, a strict router's fallback), and one the
+    /// origin reading falls under shortens an odd spelling's lifetime like its own.
     pub(crate) fn lifetime(
         &self,
         path: &str,
@@ -153,36 +159,49 @@ impl RouteRules {
         if self.rules.is_empty() {
             return Some(default);
         }
-        let decided = self.decide(&rule_path(path), pattern);
-        let action = match decided {
-            Decided::ByPath(action) => Some(action),
+        let read = rule_path(path);
+        let mut as_written = match self.decide(&read, pattern) {
+            Decided::ByPath(action) => lifetime_of(action)?,
             // The router itself resolved the path to this route: its reading is the
             // origin's.
             Decided::ByPattern(action) => return lifetime_of(action),
-            Decided::Default => None,
+            Decided::Default => default,
         };
-        if !self.origin_rules.is_empty() {
-            // A path no origin reads otherwise is its own origin reading: no allocation.
-            let reading = if may_read_otherwise(path) {
-                Cow::Owned(origin_reading(path))
-            } else {
-                Cow::Borrowed(path)
+        // The path as sent is a reading too: a router that matches it as it came (axum's)
+        // takes `/%73tatic/x` or `//static/x` for no `/static/` path, and may answer it
+        // with a page of the user's own (its fallback), so a rule the decoded reading puts
+        // it under lengthens nothing.
+        if let Cow::Owned(_) = read {
+            let as_sent = match self.decide(path, None) {
+                Decided::ByPath(action) | Decided::ByPattern(action) => lifetime_of(action)?,
+                Decided::Default => default,
             };
-            let exact = self
-                .origin_rules
-                .iter()
-                .find(|rule| !rule.prefix && rule.covers(&reading));
-            let by_prefix = || {
-                self.origin_rules
-                    .iter()
-                    .filter(|rule| rule.prefix && rule.covers(&reading))
-                    .max_by_key(|rule| rule.path.len())
-            };
-            if exact.or_else(by_prefix).map(|rule| rule.action) == Some(RouteAction::NoCache) {
-                return None;
-            }
+            as_written = as_written.min(as_sent);
         }
-        action.map_or(Some(default), lifetime_of)
+        if self.origin_rules.is_empty() {
+            return Some(as_written);
+        }
+        // A path no origin reads otherwise is its own origin reading: no allocation.
+        let reading = if may_read_otherwise(path) {
+            Cow::Owned(origin_reading(path))
+        } else {
+            Cow::Borrowed(path)
+        };
+        let exact = self
+            .origin_rules
+            .iter()
+            .find(|rule| !rule.prefix && rule.covers(&reading));
+        let by_prefix = || {
+            self.origin_rules
+                .iter()
+                .filter(|rule| rule.prefix && rule.covers(&reading))
+                .max_by_key(|rule| rule.path.len())
+        };
+        let as_resolved = match exact.or_else(by_prefix) {
+            Some(rule) => lifetime_of(&rule.action)?,
+            None => default,
+        };
+        Some(as_written.min(as_resolved))
     }
 
     /// The rule that decides `path` (in the rule reading) or the route `pattern`.
@@ -310,10 +329,11 @@ const DECODING_PASSES: usize = 2;
 
 /// `path` as the most lenient origin might resolve it: escapes decoded (up to
 /// [`DECODING_PASSES`] times), `\` as `/` (IIS, Windows file servers), cut at a decoded
-/// `?`, `#` or NUL, letters in lower case (case-insensitive routers and file systems),
-/// each segment's `;` parameters dropped (Tomcat, Spring, Jetty), dot segments resolved
-/// (RFC 3986 §5.2.4), empty segments and a trailing slash dropped. Only ever used to turn
-/// caching off.
+/// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
+/// case (case-insensitive routers and file systems), each segment's `;` parameters
+/// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
+/// segments and a trailing slash dropped. Only ever used to turn caching off or shorten
+/// a lifetime.
 pub(crate) fn origin_reading(path: &str) -> String {
     let mut bytes = path.as_bytes().to_vec();
     for _ in 0..DECODING_PASSES {
@@ -324,7 +344,8 @@ pub(crate) fn origin_reading(path: &str) -> String {
     }
     let end = bytes
         .iter()
-        .position(|byte| matches!(byte, b'?' | b'#' | 0))
+        // A newline too: PCRE's `$` (nginx regex locations) matches before a final one.
+        .position(|byte| matches!(byte, b'?' | b'#' | 0 | b'\n' | b'\r'))
         .unwrap_or(bytes.len());
     bytes.truncate(end);
     bytes.make_ascii_lowercase();
@@ -426,6 +447,8 @@ mod tests {
             ("/account%3F.css", "/account"),
             ("/account%23.css", "/account"),
             ("/account%00.css", "/account"),
+            ("/account%0A", "/account"),
+            ("/account%0d%0a.css", "/account"),
             ("/./account/.", "/account"),
             ("/../../account", "/account"),
             ("/%zz%4", "/%zz%4"),
@@ -490,24 +513,70 @@ mod tests {
             rules.lifetime("/account/avatars/Me.png", None, HOUR),
             Some(MINUTE)
         );
-        // The rule reading picks the lifetime, the origin reading only turns caching off:
-        // a lenient origin reads this under the `/account/avatars/` rule, not `/account`,
-        // and as written no rule names it.
+        // Each reading picks a lifetime and the shorter wins: a lenient origin reads this
+        // under the `/account/avatars/` rule, not `/account`; as written no rule names it.
         assert_eq!(
             rules.lifetime("/Account/Avatars/me.png", None, HOUR),
-            Some(HOUR)
+            Some(MINUTE)
         );
     }
 
     #[test]
-    fn lifetime_rules_alone_never_read_a_path_again() {
-        let rules = rules(&[(
-            RouteMatch::Prefix("/news".into()),
-            RouteAction::Lifetime(MINUTE),
-        )]);
-        assert!(rules.origin_rules.is_empty());
+    fn a_lifetime_rule_lengthens_only_what_both_readings_put_under_it() {
+        let rules = rules(&[
+            (
+                RouteMatch::Prefix("/static/".into()),
+                RouteAction::Lifetime(HOUR),
+            ),
+            (
+                RouteMatch::Prefix("/news".into()),
+                RouteAction::Lifetime(MINUTE),
+            ),
+        ]);
+        // "Cache only /static/": as written these are under it, as a lenient origin
+        // resolves them they are `/account` (review QY).
+        for path in [
+            "/static/..%2Faccount",
+            "/static/..;/account",
+            "/static/%2e%2e/account",
+            "/static/..%5Caccount",
+        ] {
+            assert_eq!(
+                rules.lifetime(path, None, Duration::ZERO),
+                Some(Duration::ZERO)
+            );
+        }
+        assert_eq!(
+            rules.lifetime("/static/app.css", None, Duration::ZERO),
+            Some(HOUR)
+        );
+        assert_eq!(
+            rules.lifetime("/static/App.css", None, Duration::ZERO),
+            Some(HOUR)
+        );
+        assert_eq!(
+            rules.lifetime("/static/x/../app.css", None, Duration::ZERO),
+            Some(HOUR)
+        );
+        assert_eq!(
+            rules.lifetime("/staticfoo", None, Duration::ZERO),
+            Some(Duration::ZERO)
+        );
+        // A strict router (the path as sent) reads these as no `/static/` path.
+        for path in ["/%73tatic/app.css", "//static/app.css", "/static%2Fapp.css"] {
+            assert_eq!(
+                rules.lifetime(path, None, Duration::ZERO),
+                Some(Duration::ZERO)
+            );
+        }
+        assert_eq!(
+            rules.lifetime("/static/%7Eapp.css", None, Duration::ZERO),
+            Some(HOUR)
+        );
         assert_eq!(rules.lifetime("/news/A", None, HOUR), Some(MINUTE));
-        assert_eq!(rules.lifetime("/NEWS/a", None, HOUR), Some(HOUR));
+        // The origin reads it under `/news`: no longer than that rule says.
+        assert_eq!(rules.lifetime("/NEWS/a", None, HOUR), Some(MINUTE));
+        assert_eq!(rules.lifetime("/other", None, HOUR), Some(HOUR));
     }
 
     #[test]

@@ -1,0 +1,247 @@
+//! Review QY: the desync and cache-deception techniques published since the earlier
+//! reviews (Kettle's "HTTP/1.1 must die" and "Gotta cache 'em all", the "funky chunks"
+//! chunk-parsing discrepancies) against `tower-memcache-proxy` and the layer. Each test
+//! names an attack and fails if it works.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::RouteMatch;
+
+/// Every escape decoded once (bytes that are no escape kept).
+fn decode_once(path: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < path.len() {
+        if let (b'%', Some(high), Some(low)) = (
+            path[i],
+            path.get(i + 1).copied().and_then(hex),
+            path.get(i + 2).copied().and_then(hex),
+        ) {
+            out.push(u8::try_from(high * 16 + low).unwrap());
+            i += 3;
+        } else {
+            out.push(path[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// How a lenient origin resolves a path (Tomcat's `;` parameters, escapes decoded before
+/// dot segments are resolved, `\` as `/`): written apart from the crate's own reading.
+fn lenient(path: &str) -> String {
+    let decoded = decode_once(path.as_bytes());
+    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut resolved: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        match segment.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                resolved.pop();
+            }
+            other => resolved.push(other),
+        }
+    }
+    format!("/{}", resolved.join("/"))
+}
+
+/// The origin: `/account` is the page of the user whose cookie came with the request,
+/// marked by nothing; `/static/*` are public files.
+fn lenient_origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|request: Request<Full<Bytes>>| async move {
+        let path = lenient(request.uri().path());
+        let user = request
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("user="))
+            .unwrap_or("anonymous")
+            .to_owned();
+        let body = if path == "/account" {
+            format!("{user}'s account")
+        } else {
+            format!("public file {path}")
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    })
+}
+
+async fn get<S>(service: &S, path: &str, cookie: Option<&str>) -> (String, String)
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
+        > + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut request = Request::get(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let request = request.body(Full::default()).unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    let status = response
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (String::from_utf8(body.to_vec()).unwrap(), status)
+}
+
+/// "Gotta cache 'em all" (static directory rule + origin normalisation): a layer that
+/// caches only what its rules name (`default_lifetime(0)`, `/static/` for an hour) stored
+/// the victim's `/static/..%2Faccount` for an hour: the rule matched the path as written,
+/// while the origin decoded `%2F`, resolved the dot segment and answered its `/account`
+/// page. The attacker then read it from the cache. A lifetime rule now lengthens a
+/// path's lifetime only when the path also falls under it as a lenient origin reads it.
+#[tokio::test]
+async fn a_static_prefix_rule_never_stores_a_page_the_origin_resolves_outside_it() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::ZERO)
+        .route(
+            RouteMatch::Prefix("/static/".into()),
+            Duration::from_secs(3600),
+        );
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(lenient_origin());
+    for spelling in [
+        "/static/..%2Faccount",
+        "/static/..%2faccount",
+        "/static/..;/account",
+        "/static/..%5Caccount",
+        "/static/%2e%2e/account",
+        "/static/x/..%2F..%2Faccount",
+    ] {
+        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
+        assert_eq!(victim, "alice's account", "{spelling}");
+        watch.settled().await;
+        let (attacker, status) = get(&app, spelling, None).await;
+        assert_eq!(attacker, "anonymous's account", "{spelling}: {status}");
+    }
+    // The rule still caches what it names.
+    let (first, _) = get(&app, "/static/app.css", None).await;
+    assert_eq!(first, "public file /static/app.css");
+    watch.settled().await;
+    let (_, status) = get(&app, "/static/app.css", None).await;
+    assert!(status.contains("hit"), "{status}");
+}
+
+/// The origin of an nginx `location ~ ^/account$` (PCRE's `$` also matches before a final
+/// newline) reached through a decoding front: `/account%0A` is its `/account` page, of
+/// the user whose cookie came with the request.
+fn regex_location_origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|request: Request<Full<Bytes>>| async move {
+        let decoded = decode_once(request.uri().path().as_bytes());
+        let path = String::from_utf8_lossy(&decoded).into_owned();
+        let user = request
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("user="))
+            .unwrap_or("anonymous")
+            .to_owned();
+        let body = match path.strip_suffix('\n').unwrap_or(&path) {
+            "/account" => format!("{user}'s account"),
+            other => format!("public page {other:?}"),
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    })
+}
+
+/// "Gotta cache 'em all" (origin delimiters): an encoded newline ends the path for an
+/// nginx regex location, as `%00` does for OpenLiteSpeed. A `no_cache` rule for
+/// `/account` held for `%00`, `%3F` and `%23` but not for `/account%0A`: the victim's
+/// page was stored there for everyone.
+#[tokio::test]
+async fn an_encoded_newline_does_not_slip_a_private_page_past_no_cache() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Exact("/account".into()));
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(regex_location_origin());
+    for spelling in ["/account%0A", "/account%0a"] {
+        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
+        assert_eq!(victim, "alice's account", "{spelling}");
+        watch.settled().await;
+        let (attacker, status) = get(&app, spelling, None).await;
+        assert_eq!(attacker, "anonymous's account", "{spelling}: {status}");
+    }
+    assert_eq!(watch.snapshot().stores, 0);
+}
+
+/// A strict origin (axum's router matches the path as sent: no decoding, no slash
+/// merging): `/static/*` are public files, and every other path gets its fallback, a page
+/// that greets the user whose cookie came with the request (a server-rendered 404 with
+/// the account menu, say).
+fn strict_origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|request: Request<Full<Bytes>>| async move {
+        let path = request.uri().path().to_owned();
+        let user = request
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("user="))
+            .unwrap_or("anonymous")
+            .to_owned();
+        let body = match path.strip_prefix("/static/") {
+            Some(file) => format!("public file {file}"),
+            None => format!("not found, {user}"),
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    })
+}
+
+/// "Gotta cache 'em all" the other way round (the cache normalises, the origin does not):
+/// rules read `/%73tatic/x` and `//static/x` as `/static/x`, so a layer caching only
+/// `/static/` stored them for an hour, while an origin that routes on the path as sent
+/// answered them with its fallback page, the victim's own. A lifetime rule now applies
+/// only where the path as sent is under it too.
+#[tokio::test]
+async fn a_static_prefix_rule_never_stores_what_a_strict_origin_routes_elsewhere() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::ZERO)
+        .route(
+            RouteMatch::Prefix("/static/".into()),
+            Duration::from_secs(3600),
+        );
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(strict_origin());
+    for spelling in ["/%73tatic/x.css", "//static/x.css", "/%73%74atic//x.css"] {
+        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
+        assert_eq!(victim, "not found, alice", "{spelling}");
+        watch.settled().await;
+        let (attacker, status) = get(&app, spelling, None).await;
+        assert_eq!(attacker, "not found, anonymous", "{spelling}: {status}");
+    }
+    let (first, _) = get(&app, "/static/app.css", None).await;
+    assert_eq!(first, "public file app.css");
+    watch.settled().await;
+    let (_, status) = get(&app, "/static/app.css", None).await;
+    assert!(status.contains("hit"), "{status}");
+}
