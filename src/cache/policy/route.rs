@@ -1,17 +1,17 @@
 //! Route rules: which requests a rule picks, and what it decides for them.
 //!
-//! A rule is matched against two readings of the request's path. The *rule reading*
+//! A rule is matched against three readings of the request's path. The *rule reading*
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
 //! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
-//! the shortest wins; a `no_cache` rule in any turns caching off. A private page's `no_cache` rule has to hold for every spelling some
-//! origin answers with that page, or an attacker lures a victim to `/Account`,
-//! `/x/..%2Faccount` or `/account;.css`, the victim's page is stored, and the attacker
-//! reads it (web cache deception); and a lifetime rule must not lengthen the lifetime of
-//! a path that only some readings put under it (`/static/..%2Faccount` or `/%73tatic/x`
-//! under a rule for `/static/`, with the default lifetime 0). Caching fewer of those odd spellings is the
-//! price, never a wrong answer.
+//! the shortest wins; a `no_cache` rule in any turns caching off. A private page's
+//! `no_cache` rule has to hold for every spelling some origin answers with that page, or an
+//! attacker lures a victim to `/Account`, `/x/..%2Faccount` or `/account;.css`, the
+//! victim's page is stored, and the attacker reads it (web cache deception); and a lifetime
+//! rule must not lengthen the lifetime of a path that only some readings put under it
+//! (`/static/..%2Faccount` or `/%73tatic/x` under a rule for `/static/`, with the default
+//! lifetime 0). Caching fewer of those odd spellings is the price, never a wrong answer.
 
 use std::borrow::Cow;
 use std::time::Duration;
