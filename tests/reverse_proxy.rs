@@ -859,3 +859,45 @@ async fn rfc9110_7_6_2_trace_is_refused_and_max_forwards_is_obeyed() {
         .await;
     assert_eq!(harness.origin.calls_to("/other"), 1);
 }
+
+/// A client's malformed chunked upload (a chunk-size line that is no hex number) is the
+/// client's fault. It was answered `502 Bad Gateway`, marked as the origin unreachable
+/// and logged as a warning against the upstream: any client could fill the log and the
+/// operator's error figures with origin failures that never were. It is a `400` now;
+/// a well-formed upload on the same proxy still reaches the origin.
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_400_not_the_origins_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let _origin = support::origin::serve_http1(listener, |request: Request<Incoming>| async {
+        // Reads the whole upload before answering, as an upload handler does.
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => Bytes::from_static(b"broken"),
+        };
+        Ok::<_, Infallible>(Response::new(Full::new(body)))
+    });
+    let proxy = start_proxy(origin, &[]);
+    let addr = proxy.addr;
+    let upload = |body: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = "POST /upload HTTP/1.1\r\nHost: app.example\r\n\
+                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        stream
+            .write_all(format!("{head}{body}").as_bytes())
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    let good = upload("5\r\nhello\r\n0\r\n\r\n").await;
+    assert!(good.starts_with("HTTP/1.1 200"), "{good}");
+    assert!(good.ends_with("hello"), "{good}");
+    let bad = upload("5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n").await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+}

@@ -173,7 +173,8 @@ pub(crate) struct Args {
     /// How long the origin may take to send a response head, from the request body's last
     /// byte, before the client gets 504 Gateway Timeout, and to send the next part of a
     /// response body before it is cut off (nginx's proxy_read_timeout); a request body
-    /// that pauses that long on its way is cut off alike. More than 0.
+    /// that pauses that long on its way is cut off alike, with 408 Request Timeout when
+    /// the client paused. More than 0.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub(crate) upstream_timeout: Duration,
 

@@ -7,7 +7,7 @@ use std::error::Error;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -202,16 +202,29 @@ pin_project! {
     }
 }
 
-/// When an upload last moved: nanoseconds after `base`.
+/// When an upload last moved: nanoseconds after `base`; whether the client's side of it
+/// failed (a malformed chunk, a connection gone mid-body); and whether it now waits for
+/// the client (its last poll found nothing to send) rather than for the origin to take
+/// more.
 struct Progress {
     base: Instant,
     at: AtomicU64,
+    client_failed: AtomicBool,
+    waits_for_client: AtomicBool,
 }
 
 impl Progress {
     fn mark(&self) {
         let elapsed = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.at.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
+    }
+
+    fn waits_for_client(&self) -> bool {
+        self.waits_for_client.load(Ordering::Relaxed)
     }
 
     fn last(&self) -> Instant {
@@ -229,8 +242,16 @@ impl http_body::Body for Upload {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let polled = this.body.poll_frame(cx);
-        if let (Poll::Ready(_), Some(progress)) = (&polled, this.progress.as_ref()) {
-            progress.mark();
+        if let Some(progress) = this.progress.as_ref() {
+            progress
+                .waits_for_client
+                .store(polled.is_pending(), Ordering::Relaxed);
+            if let Poll::Ready(frame) = &polled {
+                progress.mark();
+                if let Some(Err(_)) = frame {
+                    progress.client_failed.store(true, Ordering::Relaxed);
+                }
+            }
         }
         polled
     }
@@ -332,6 +353,8 @@ pub(crate) async fn forward(
         Arc::new(Progress {
             base: Instant::now(),
             at: AtomicU64::new(0),
+            client_failed: AtomicBool::new(false),
+            waits_for_client: AtomicBool::new(false),
         })
     });
     // A copy to send again, for a safe request without body only (misses only: hits never
@@ -413,9 +436,33 @@ pub(crate) async fn forward(
             let timeout = upstream.head_timeout;
             Ok(response.map(|body| Either::Left(Download::new(body, timeout, place))))
         }
+        // The client's upload broke (hyper's request fails with it): the client's fault,
+        // not the origin's. Blamed on the origin (a 502, a warning, a stale entry's
+        // stand-in), any client could fill the log and the error figures with origin
+        // failures that never were.
+        Some(Err(err))
+            if progress
+                .as_ref()
+                .is_some_and(|progress| progress.client_failed()) =>
+        {
+            tracing::debug!(%method, error = %error_chain(&err), "the client's request body failed: 400");
+            Ok(made_up(StatusCode::BAD_REQUEST, "400 Bad Request\n"))
+        }
         Some(Err(err)) => {
             tracing::warn!(%method, upstream = %upstream.authority, error = %error_chain(&err), "upstream request failed");
             Ok(unreachable(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"))
+        }
+        // The upload paused for the whole timeout on the client's side: its fault, as
+        // nginx's `client_body_timeout` answers it.
+        None if progress
+            .as_ref()
+            .is_some_and(|progress| progress.waits_for_client()) =>
+        {
+            tracing::debug!(%method, "the client's request body paused too long: 408");
+            Ok(made_up(
+                StatusCode::REQUEST_TIMEOUT,
+                "408 Request Timeout\n",
+            ))
         }
         None => {
             tracing::warn!(%method, upstream = %upstream.authority, "upstream sent no response in time");
