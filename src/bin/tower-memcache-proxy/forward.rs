@@ -595,12 +595,14 @@ fn decides_caching(name: &HeaderName) -> bool {
 
 /// The fields `Connection` names (read once: `is_hop_by_hop` would read it per field).
 fn connection_named(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    // As bytes: a line holding obs-text (no `str`) still names fields in its other
+    // members (skipped whole, an origin's `Connection: x-session, café` passed
+    // `X-Session` to the client and the cache).
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
 }
 
 /// A request as the origin will see it, before the cache looks it up: the cache chooses

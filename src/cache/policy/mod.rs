@@ -45,12 +45,17 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
     if HOP_BY_HOP.contains(&name.as_str()) {
         return true;
     }
+    connection_options(headers).any(|token| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+}
+
+/// The members of a message's `Connection` lines, trimmed, as bytes: a line holding
+/// obs-text (no `str`) still names the fields in its other members.
+pub(crate) fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// The fields that describe one connection whatever the message (RFC 9110 §7.6.1).
@@ -986,6 +991,16 @@ pub(crate) mod tests {
         let map = headers(&[("connection", "close, X-Custom")]);
         assert!(is_hop_by_hop(&header::TRANSFER_ENCODING, &map));
         assert!(is_hop_by_hop(&HeaderName::from_static("x-custom"), &map));
+        assert!(!is_hop_by_hop(&header::CONTENT_TYPE, &map));
+        // A member of obs-text (RFC 9110 §5.5) in the line voids that member only: the
+        // others still name connection-only fields (the whole line was skipped, and an
+        // origin's `Connection: x-user, \xff` had its `X-User` stored for everyone).
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"X-User , caf\xe9").unwrap(),
+        );
+        assert!(is_hop_by_hop(&HeaderName::from_static("x-user"), &map));
         assert!(!is_hop_by_hop(&header::CONTENT_TYPE, &map));
     }
 
