@@ -67,6 +67,7 @@ const CACHE_CONTROLS: &[&str] = &[
     "s-maxage=60",
     "max-age=1",
     "max-age=2, stale-while-revalidate=1",
+    "max-age=1, stale-if-error=30",
     "private, max-age=60",
     "private=\"x-user\", max-age=60",
     "no-cache=\"x-user\", max-age=60",
@@ -88,6 +89,7 @@ const REUSABLE: &[&str] = &[
     "public, max-age=60",
     "s-maxage=60",
     "max-age=2, stale-while-revalidate=1",
+    "max-age=1, stale-if-error=30",
     "no-cache=\"x-user\", max-age=60",
     "private=\"set-cookie\", max-age=60",
     "max-age=60, must-revalidate",
@@ -143,6 +145,8 @@ struct Policy {
     last_modified: bool,
     set_cookie: bool,
     ranges: bool,
+    /// Fails a third of the time (503).
+    flaky: bool,
 }
 
 fn policy(rng: &mut StdRng) -> Policy {
@@ -178,6 +182,7 @@ fn policy(rng: &mut StdRng) -> Policy {
         last_modified: rng.random_bool(0.5),
         set_cookie: rng.random_bool(0.3),
         ranges: rng.random_bool(0.4),
+        flaky: rng.random_bool(0.2),
     }
 }
 
@@ -382,9 +387,12 @@ impl Origin {
             lines.push(("cache-control".into(), "no-store".into()));
             // Invalidates a neighbour too (RFC 9111 §4.4), chosen by the serial.
             let other = RESOURCES[(r + 1 + serial as usize) % RESOURCES.len()];
-            match serial % 3 {
+            match serial % 5 {
                 0 => lines.push(("location".into(), format!("/{other}"))),
                 1 => lines.push(("content-location".into(), format!("/{other}"))),
+                // Relative references, resolved against the target (RFC 3986 §5.2).
+                2 => lines.push(("location".into(), other.to_string())),
+                3 => lines.push(("content-location".into(), format!("../{other}?p=1"))),
                 _ => {}
             }
             let status = if serial % 2 == 0 { 200 } else { 204 };
@@ -463,6 +471,30 @@ impl Origin {
                 },
             };
         let mut status = policy.status;
+        if policy.flaky && serial % 3 == 0 {
+            // A failing origin: stale-if-error may stand in.
+            status = 503;
+            lines.retain(|(n, _)| n == "date" || n == "x-serial" || n == "x-user");
+            lines.push(("cache-control".into(), "no-store".into()));
+            state.records.push(Record {
+                serial,
+                at: Instant::now(),
+                method: method.into(),
+                host: host.into(),
+                path: path.into(),
+                seen,
+                status,
+                cache_control: "no-store".into(),
+                vary_fields: Vec::new(),
+                etag: None,
+                last_modified: None,
+                body: body.clone(),
+            });
+            if method == "HEAD" {
+                body.clear();
+            }
+            return (status, lines, body);
+        }
         if not_modified {
             status = 304;
             lines.retain(|(n, _)| n != "x-serial" && n != "content-type");
@@ -877,6 +909,21 @@ fn same_value(field: &str, a: Option<&str>, b: Option<&str>) -> bool {
     }
 }
 
+/// Whether `other`, a later 304 or 200 to a HEAD for `record`'s URI, names `record`'s
+/// representation by its validators (an `ETag`, else `Last-Modified`), and so refreshes
+/// the stored response's fields and freshness (RFC 9111 §4.3.4, §4.3.5).
+fn refreshes(other: &Record, record: &Record) -> bool {
+    let kind = other.status == 304 || (other.method == "HEAD" && other.status == 200);
+    let validators = match (&other.etag, &record.etag) {
+        (Some(a), Some(b)) => weak_tag(Some(a)) == weak_tag(Some(b)),
+        _ => other.last_modified.is_some() && other.last_modified == record.last_modified,
+    };
+    kind && other.serial > record.serial
+        && other.host == record.host
+        && other.path == record.path
+        && validators
+}
+
 fn weak_tag(etag: Option<&str>) -> Option<&str> {
     etag.map(|e| e.trim_start_matches("W/"))
 }
@@ -951,7 +998,7 @@ impl Oracle {
                 // A 200 to a HEAD refreshes the stored GET response's fields (§4.3.5) when
                 // it describes the same representation.
                 let (head, get) = (self.record(h)?, self.record(b)?);
-                if head.method != "HEAD" || head.etag.is_none() || head.etag != get.etag {
+                if !refreshes(head, get) || head.method != "HEAD" {
                     return Err(format!(
                         "body of response {b} under the fields of response {h}"
                     ));
@@ -1054,7 +1101,7 @@ impl Oracle {
                 record.cache_control
             ));
         }
-        if matches!(record.status, 206 | 304) {
+        if matches!(record.status, 206 | 304) || record.status >= 500 {
             return Err(format!("a {} ({serial}) reused", record.status));
         }
         if record
@@ -1082,7 +1129,13 @@ impl Oracle {
             }
         }
         // Freshness.
-        let validated = !made.is_empty();
+        // The origin answered (a 5xx validates nothing, and may let a stale one stand in).
+        let failed = made
+            .iter()
+            .any(|m| self.records.get(m).is_some_and(|r| r.status >= 500));
+        let validated = made
+            .iter()
+            .any(|m| self.records.get(m).is_some_and(|r| r.status < 500));
         let must_validate = latest.directive("no-cache") == Some(None)
             || record.directive("no-cache") == Some(None)
             || has_cc("no-cache")
@@ -1108,6 +1161,9 @@ impl Oracle {
         if let Some(swr) = effective.number("stale-while-revalidate") {
             allowed += Duration::from_secs(swr);
         }
+        if let Some(sie) = effective.number("stale-if-error").filter(|_| failed) {
+            allowed += Duration::from_secs(sie);
+        }
         let no_stale = effective.has("must-revalidate")
             || effective.has("proxy-revalidate")
             || effective.has("s-maxage");
@@ -1121,6 +1177,9 @@ impl Oracle {
                     let n = Duration::from_secs(n.parse().unwrap_or(0));
                     allowed = allowed.min(n + SLACK);
                 }
+                // On an origin failure, stale-if-error lets a stored response stand in
+                // for the answer the client asked fresher than it is (RFC 5861 §4).
+                ("min-fresh", Some(_)) if failed && effective.has("stale-if-error") => {}
                 ("min-fresh", Some(n)) => {
                     let n = Duration::from_secs(n.parse().unwrap_or(0));
                     if lifetime.saturating_sub(age) + SLACK < n {
@@ -1172,18 +1231,11 @@ impl Oracle {
         }
     }
 
-    /// The latest 304 the origin sent for `record`'s URI and validator, or `record`.
+    /// The latest 304 (or 200 to a HEAD) the origin sent for `record`'s URI and validator, or `record`.
     fn latest<'a>(&'a self, record: &'a Record) -> &'a Record {
         self.records
             .values()
-            .filter(|other| {
-                other.status == 304
-                    && other.serial > record.serial
-                    && other.host == record.host
-                    && other.path == record.path
-                    && other.etag.is_some()
-                    && weak_tag(other.etag.as_deref()) == weak_tag(record.etag.as_deref())
-            })
+            .filter(|other| refreshes(other, record))
             .max_by_key(|other| other.serial)
             .unwrap_or(record)
     }
@@ -1193,12 +1245,7 @@ impl Oracle {
     fn validated_at(&self, record: &Record) -> Instant {
         let mut at = record.at;
         for other in self.records.values() {
-            if other.status == 304
-                && other.host == record.host
-                && other.path == record.path
-                && other.etag.is_some()
-                && weak_tag(other.etag.as_deref()) == weak_tag(record.etag.as_deref())
-            {
+            if refreshes(other, record) {
                 at = at.max(other.at);
             }
         }
@@ -1466,9 +1513,7 @@ async fn run(
                 let mut paths = vec![req.path()];
                 for name in ["location", "content-location"] {
                     for value in answer.all(name) {
-                        if value.starts_with('/') {
-                            paths.push(value);
-                        }
+                        paths.push(resolve(&req.path(), &value));
                     }
                 }
                 for path in paths {
@@ -1479,6 +1524,41 @@ async fn run(
         }
     }
     Ok(reused)
+}
+
+/// A path or relative reference (no scheme, no authority) resolved against `base` (RFC
+/// 3986 §5.2): the oracle's own resolution.
+fn resolve(base: &str, reference: &str) -> String {
+    if reference.starts_with('/') {
+        return reference.to_string();
+    }
+    let base = base.split('?').next().unwrap_or("/");
+    if reference.starts_with('?') {
+        return format!("{base}{reference}");
+    }
+    let (path, query) = reference.split_once('?').unwrap_or((reference, ""));
+    let merged = format!("{}{path}", &base[..=base.rfind('/').unwrap_or(0)]);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = merged.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    out.pop();
+                }
+                if i + 1 == segments.len() {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("/{}{query}", out.join("/"))
 }
 
 fn policies(rng: &mut StdRng) -> Vec<Policy> {
@@ -1578,6 +1658,14 @@ async fn random_sequences_through_two_processes() {
     run_layers(&[21, 22], 250, 2, None, CacheMode::Origin).await;
 }
 
+/// The same over two processes, each with a near tier that asks memcached every time
+/// (`max_staleness` 0): another process's invalidation shows at once.
+#[tokio::test]
+async fn random_sequences_through_two_processes_with_near_tiers_of_staleness_zero() {
+    let near = NearCache::new(8 << 20, Duration::ZERO);
+    run_layers(&[51, 52], 250, 2, Some(near), CacheMode::Origin).await;
+}
+
 /// The same in routes mode (the layer's default): lifetimes are the route's, but for
 /// responses to authorized requests; the sharing rules are the same.
 #[tokio::test]
@@ -1589,11 +1677,21 @@ async fn random_sequences_through_the_layer_in_routes_mode() {
 /// origin.
 #[tokio::test]
 async fn random_sequences_through_the_proxy_over_memcached() {
+    through_the_proxy(&[31], &[]).await;
+}
+
+/// The same with the proxy's near tier (one process: its own invalidations apply at once).
+#[tokio::test]
+async fn random_sequences_through_the_proxy_with_a_near_tier() {
+    through_the_proxy(&[32], &["--near-cache", "8M,1s"]).await;
+}
+
+async fn through_the_proxy(default_seeds: &[u64], args: &[&str]) {
     let Some(memcached) = support::Memcached::start("review_qx_proxy") else {
         return;
     };
     let mut total_reused = 0;
-    for seed in seeds(&[31]) {
+    for seed in seeds(default_seeds) {
         memcached.flush_all();
         let origin = Origin::new(seed);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1634,7 +1732,10 @@ async fn random_sequences_through_the_proxy_over_memcached() {
                 },
             )
         };
-        let proxy = support::proxy::start_proxy(upstream, &["--memcache", &memcached.addr()]);
+        let addr = memcached.addr();
+        let mut all_args = vec!["--memcache", &addr];
+        all_args.extend_from_slice(args);
+        let proxy = support::proxy::start_proxy(upstream, &all_args);
         let target = Target::Proxy(proxy);
         let result = run(seed, steps(200), &target, &origin, false, false).await;
         served.abort();
@@ -1831,10 +1932,16 @@ fn the_oracle_refuses_what_belongs_to_one_request() {
 fn the_oracle_refuses_stale_unvalidated_and_invalidated_answers() {
     let mut old = record(1, "max-age=1", &[], &[]);
     old.at = Instant::now() - Duration::from_secs(5);
+    let mut not_modified = record(4, "no-cache", &[], &[]);
+    not_modified.status = 304;
+    let mut failed = record(5, "no-store", &[], &[]);
+    failed.status = 503;
     let oracle = oracle_of(vec![
         old,
         record(2, "no-cache", &[], &[]),
         record(3, "max-age=60", &[], &[]),
+        not_modified,
+        failed,
     ]);
     let now = Instant::now();
     assert!(
@@ -1884,4 +1991,88 @@ fn the_oracle_refuses_stale_unvalidated_and_invalidated_answers() {
             .check(&get(0, &[]), &answer_of(3, &[]), &[], now)
             .is_err()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Targeted: what the checker's model suggested
+// ---------------------------------------------------------------------------------------
+
+/// The body of a GET of `path` on `example.com`.
+async fn read(svc: &Svc, path: &str) -> String {
+    let request = Request::get(path)
+        .header("host", "example.com")
+        .body(())
+        .unwrap();
+    let response = svc.clone().oneshot(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// An origin that answers an unsafe request with a `Location` or `Content-Location` as a
+/// relative reference (`42`, `../items/42`, `?page=2`, RFC 9110 §10.2.2 allows any
+/// URI-reference, resolved against the target URI) names a same-origin URI as surely as
+/// `/items/42` does: README promises those invalidated (RFC 9111 §4.4). Before the fix
+/// only absolute paths and absolute URIs were: the page the POST changed stayed served
+/// from the cache.
+#[tokio::test]
+async fn a_relative_location_after_an_unsafe_request_is_invalidated() {
+    for (target, location, invalidated) in [
+        ("/items/", "42", "/items/42"),
+        ("/items/new", "42", "/items/42"),
+        ("/items/42/edit", "../42", "/items/42"),
+        ("/items/42/edit", "./", "/items/42/"),
+        ("/items/42", "?page=2", "/items/42?page=2"),
+        ("/items/42/edit", "../42?x=1#top", "/items/42?x=1"),
+    ] {
+        let origin = Origin::new(0);
+        {
+            let mut state = origin.0.lock().unwrap();
+            let mut fixed = policy(&mut StdRng::seed_from_u64(0));
+            fixed.status = 200;
+            fixed.cache_control = vec!["max-age=600"];
+            fixed.vary = Vec::new();
+            fixed.vary_fields = Vec::new();
+            fixed.set_cookie = false;
+            fixed.flaky = false;
+            state.policies = vec![fixed; RESOURCES.len()];
+        }
+        let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+        let watch = support::Watch::of(&layer);
+        let location = location.to_string();
+        let inner = {
+            let origin = origin.clone();
+            tower::service_fn(move |request: Request<()>| {
+                let inner = inner(origin.clone());
+                let location = location.clone();
+                async move {
+                    let unsafe_method = request.method() == Method::POST;
+                    let mut response = inner.oneshot(request).await?;
+                    if unsafe_method {
+                        let headers = response.headers_mut();
+                        headers.remove("location");
+                        headers.remove("content-location");
+                        headers.insert("location", HeaderValue::from_str(&location).unwrap());
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let svc: Svc = Svc::new(tower::Layer::layer(&layer, inner));
+        let first = read(&svc, invalidated).await;
+        watch.settled().await;
+        assert_eq!(read(&svc, invalidated).await, first, "stored");
+        let post = Request::post(target)
+            .header("host", "example.com")
+            .body(())
+            .unwrap();
+        let answer = svc.clone().oneshot(post).await.unwrap();
+        assert!(answer.status().is_success());
+        watch.settled().await;
+        assert_ne!(
+            read(&svc, invalidated).await,
+            first,
+            "POST {target} answered with Location: {} left {invalidated} stored",
+            answer.headers()["location"].to_str().unwrap()
+        );
+    }
 }
