@@ -1072,7 +1072,28 @@ impl Oracle {
         if reused && (record.vary_fields.iter().chain(&latest.vary_fields)).any(|f| f == "*") {
             return Err(format!("response {serial} (Vary: *){refreshed} reused"));
         }
-        for field in record.vary_fields.iter().chain(&latest.vary_fields) {
+        let fields: Vec<&String> = record
+            .vary_fields
+            .iter()
+            .chain(&latest.vary_fields)
+            .collect();
+        let matches = |made_for: &Record| {
+            fields.iter().all(|field| {
+                let seen = made_for.seen.get(field.as_str()).cloned().flatten();
+                same_value(field, req.field(field).as_deref(), seen.as_deref())
+            })
+        };
+        // A 304 the origin sent for this very request names the stored response's
+        // validator: the origin vouched that it is this request's representation (RFC
+        // 9111 §4.3.3), whatever it was first made for.
+        let vouched = made.iter().any(|m| {
+            ours(*m)
+                && self
+                    .records
+                    .get(m)
+                    .is_some_and(|r| r.status == 304 && refreshes(r, record) && matches(r))
+        });
+        for field in fields.iter().filter(|_| !vouched) {
             let seen = record.seen.get(field.as_str()).cloned().flatten();
             if !same_value(field, req.field(field).as_deref(), seen.as_deref()) {
                 return Err(format!(
@@ -1143,7 +1164,9 @@ impl Oracle {
             || cc
                 .iter()
                 .any(|(n, v)| n == "max-age" && v.as_deref() == Some("0"));
-        if must_validate && !validated {
+        // An origin failure lets a response with stale-if-error stand in (RFC 5861 §4).
+        let stands_in = failed && (record.has("stale-if-error") || latest.has("stale-if-error"));
+        if must_validate && !validated && !stands_in {
             return Err(format!("response {serial} reused without revalidation"));
         }
         if validated || answer.status == 304 && !reused {
