@@ -918,10 +918,24 @@ fn refreshes(other: &Record, record: &Record) -> bool {
         (Some(a), Some(b)) => weak_tag(Some(a)) == weak_tag(Some(b)),
         _ => other.last_modified.is_some() && other.last_modified == record.last_modified,
     };
+    // Made for a request of the same variant: a refresh selects the stored responses
+    // its request would be answered with (RFC 9111 §4.3.4, §4.1).
+    let variant = record.vary_fields.iter().all(|field| {
+        let (a, b) = (
+            other.seen.get(field.as_str()),
+            record.seen.get(field.as_str()),
+        );
+        same_value(
+            field,
+            a.cloned().flatten().as_deref(),
+            b.cloned().flatten().as_deref(),
+        )
+    });
     kind && other.serial > record.serial
         && other.host == record.host
         && other.path == record.path
         && validators
+        && variant
 }
 
 fn weak_tag(etag: Option<&str>) -> Option<&str> {
