@@ -1723,6 +1723,12 @@ async fn random_sequences_through_the_proxy_with_a_near_tier() {
     through_the_proxy(&[32], &["--near-cache", "8M,1s"]).await;
 }
 
+/// The same with the proxy in routes mode: every storable response for `--ttl`.
+#[tokio::test]
+async fn random_sequences_through_the_proxy_in_routes_mode() {
+    through_the_proxy(&[33], &["--mode", "routes", "--ttl", "3600"]).await;
+}
+
 async fn through_the_proxy(default_seeds: &[u64], args: &[&str]) {
     let Some(memcached) = support::Memcached::start("review_qx_proxy") else {
         return;
@@ -1774,7 +1780,8 @@ async fn through_the_proxy(default_seeds: &[u64], args: &[&str]) {
         all_args.extend_from_slice(args);
         let proxy = support::proxy::start_proxy(upstream, &all_args);
         let target = Target::Proxy(proxy);
-        let result = run(seed, steps(200), &target, &origin, false, false).await;
+        let routes = args.contains(&"routes");
+        let result = run(seed, steps(200), &target, &origin, false, routes).await;
         served.abort();
         match result {
             Ok(reused) => {
@@ -2047,7 +2054,8 @@ async fn read(svc: &Svc, path: &str) -> String {
 
 /// An origin that answers an unsafe request with a `Location` or `Content-Location` as a
 /// relative reference (`42`, `../items/42`, `?page=2`, RFC 9110 §10.2.2 allows any
-/// URI-reference, resolved against the target URI) names a same-origin URI as surely as
+/// URI-reference, resolved against the target URI; `//example.com/items/42` takes its
+/// scheme) names a same-origin URI as surely as
 /// `/items/42` does: README promises those invalidated (RFC 9111 §4.4). Before the fix
 /// only absolute paths and absolute URIs were: the page the POST changed stayed served
 /// from the cache.
@@ -2060,6 +2068,7 @@ async fn a_relative_location_after_an_unsafe_request_is_invalidated() {
         ("/items/42/edit", "./", "/items/42/"),
         ("/items/42", "?page=2", "/items/42?page=2"),
         ("/items/42/edit", "../42?x=1#top", "/items/42?x=1"),
+        ("/items/42/edit", "//Example.com/items/42", "/items/42"),
     ] {
         let origin = Origin::new(0);
         {

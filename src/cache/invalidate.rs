@@ -67,13 +67,18 @@ pub(super) fn same_origin(
     // A relative reference (`42`, `../42`, `?page=2`, RFC 9110 §10.2.2) names a URI on the
     // target's origin too: resolved against the target's path (RFC 3986 §5.2), it is an
     // absolute path. Parsed as it is, `42` would read as an authority, `../42` as nothing.
+    // A network-path reference (`//host/path`) takes the target's scheme (RFC 3986
+    // §5.2.2), and is on its origin only if its authority is.
     let resolved;
-    let text = match relative_reference(text) {
-        Some(reference) => {
-            resolved = resolve_relative(target, reference)?;
-            resolved.as_str()
-        }
-        None => text,
+    let text = if let Some(reference) = relative_reference(text) {
+        resolved = resolve_relative(target, reference)?;
+        resolved.as_str()
+    } else if text.starts_with("//") {
+        let scheme = target.scheme_str().unwrap_or(default_scheme);
+        resolved = format!("{scheme}:{text}");
+        resolved.as_str()
+    } else {
+        text
     };
     let uri: Uri = text.parse().ok()?;
     let own = RequestTarget::from_parts(default_scheme, target, request_headers).ok()?;
@@ -243,6 +248,7 @@ mod tests {
             "http://site.example:8080/c",
             "https://site.example/c",
             "mailto:x@site.example",
+            "//other.example/c",
         ] {
             assert_eq!(location("/a", Some("site.example"), other), None, "{other}");
         }
@@ -263,6 +269,7 @@ mod tests {
             ("/a", "../../b", "http://site.example/b"),
             ("/a/b", "site.example", "http://site.example/a/site.example"),
             ("/a/b", "./c:d", "http://site.example/a/c:d"),
+            ("/a", "//SITE.example/b", "http://SITE.example/b"),
         ] {
             assert_eq!(
                 location(target, Some("site.example"), value).as_deref(),
