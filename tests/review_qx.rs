@@ -2106,6 +2106,7 @@ async fn a_relative_location_after_an_unsafe_request_is_invalidated() {
         ("/items/42", "?page=2", "/items/42?page=2"),
         ("/items/42/edit", "../42?x=1#top", "/items/42?x=1"),
         ("/items/42/edit", "//Example.com/items/42", "/items/42"),
+        ("/items/42/comments", "/items/42#comments", "/items/42"),
     ] {
         let origin = Origin::new(0);
         {

@@ -63,7 +63,9 @@ pub(super) fn same_origin(
     value: &HeaderValue,
     default_scheme: &str,
 ) -> Option<Uri> {
+    // The fragment is the client's (RFC 9110 §4.2.5), in no key.
     let text = value.to_str().ok()?.trim();
+    let text = text.split('#').next().unwrap_or("");
     // A relative reference (`42`, `../42`, `?page=2`, RFC 9110 §10.2.2) names a URI on the
     // target's origin too: resolved against the target's path (RFC 3986 §5.2), it is an
     // absolute path. Parsed as it is, `42` would read as an authority, `../42` as nothing.
@@ -99,10 +101,9 @@ pub(super) fn same_origin(
     }
 }
 
-/// `reference` without its fragment when it is a relative-path or query reference (RFC
-/// 3986 §4.2): no scheme, no authority (`//`), no absolute path.
+/// `reference` when it is a relative-path or query reference (RFC 3986 §4.2): no
+/// scheme, no authority (`//`), no absolute path.
 fn relative_reference(reference: &str) -> Option<&str> {
-    let reference = reference.split('#').next().unwrap_or("");
     if reference.is_empty() || reference.starts_with('/') {
         return None;
     }
@@ -270,6 +271,8 @@ mod tests {
             ("/a/b", "site.example", "http://site.example/a/site.example"),
             ("/a/b", "./c:d", "http://site.example/a/c:d"),
             ("/a", "//SITE.example/b", "http://SITE.example/b"),
+            ("/a", "//site.example/b#top", "http://site.example/b"),
+            ("/a", "http://site.example/b#top", "http://site.example/b"),
         ] {
             assert_eq!(
                 location(target, Some("site.example"), value).as_deref(),
