@@ -962,7 +962,23 @@ fn refreshes(other: &Record, record: &Record) -> bool {
             b.cloned().flatten().as_deref(),
         )
     });
-    kind && other.serial > record.serial
+    // A 304 refreshes what its request asked about with the stored response's own
+    // validator (the cache's revalidation, or a client's that carries it): README
+    // "Validation". A 304 to a client's `If-None-Match: *` or to a date of its own passes
+    // to that client alone (the crate's documented reading; RFC 9111 §4.3.4 would have
+    // it update the response its `Last-Modified` names).
+    let asked = |name: &str| other.seen.get(name).cloned().flatten();
+    let revalidation = other.status != 304
+        || asked("if-none-match").is_some_and(|inm| {
+            inm.split(',').any(|tag| {
+                Some(tag.trim().trim_start_matches("W/")) == weak_tag(record.etag.as_deref())
+            })
+        })
+        || (asked("if-none-match").is_none()
+            && asked("if-modified-since").is_some()
+            && asked("if-modified-since") == record.last_modified);
+    kind && revalidation
+        && other.serial > record.serial
         && other.host == record.host
         && other.path == record.path
         && validators
@@ -1107,7 +1123,10 @@ impl Oracle {
         }
         // What the origin last said of this representation: a 304 updates the stored
         // fields (RFC 9111 §4.3.4).
-        let latest = self.latest(record);
+        // A refresh made while this request was under way, for another request of a
+        // burst, may have landed after this answer was read: only earlier ones count.
+        let seen_before = |other: &Record| !in_window(other.serial) || ours(other.serial);
+        let latest = self.latest(record, &seen_before);
         let refreshed = if latest.serial == record.serial {
             String::new()
         } else {
@@ -1223,7 +1242,7 @@ impl Oracle {
         effective.status = record.status;
         effective.last_modified = record.last_modified.clone();
         let lifetime = self.lifetime(&effective);
-        let checked = self.validated_at(record);
+        let checked = self.validated_at(record, &seen_before);
         let age = now.saturating_duration_since(checked);
         let mut allowed = lifetime + SLACK;
         if let Some(swr) = effective.number("stale-while-revalidate") {
@@ -1306,20 +1325,20 @@ impl Oracle {
     }
 
     /// The latest 304 (or 200 to a HEAD) the origin sent for `record`'s URI and validator, or `record`.
-    fn latest<'a>(&'a self, record: &'a Record) -> &'a Record {
+    fn latest<'a>(&'a self, record: &'a Record, counts: &dyn Fn(&Record) -> bool) -> &'a Record {
         self.records
             .values()
-            .filter(|other| refreshes(other, record))
+            .filter(|other| refreshes(other, record) && counts(other))
             .max_by_key(|other| other.serial)
             .unwrap_or(record)
     }
 
     /// When the origin last vouched for `record`'s representation for its URI: made it,
     /// or answered a 304 naming its validator.
-    fn validated_at(&self, record: &Record) -> Instant {
+    fn validated_at(&self, record: &Record, counts: &dyn Fn(&Record) -> bool) -> Instant {
         let mut at = record.at;
         for other in self.records.values() {
-            if refreshes(other, record) {
+            if refreshes(other, record) && counts(other) {
                 at = at.max(other.at);
             }
         }
