@@ -1791,7 +1791,8 @@ async fn through_the_proxy(default_seeds: &[u64], args: &[&str]) {
     };
     let mut total_reused = 0;
     for seed in seeds(default_seeds) {
-        memcached.flush_all();
+        // No flush between seeds: each has an origin of its own, on a port of its own,
+        // and so a namespace of its own (`proxy:` + the upstream's authority).
         let origin = Origin::new(seed);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = listener.local_addr().unwrap();
