@@ -63,7 +63,26 @@ pub(super) fn same_origin(
     value: &HeaderValue,
     default_scheme: &str,
 ) -> Option<Uri> {
-    let uri: Uri = value.to_str().ok()?.trim().parse().ok()?;
+    // The fragment is the client's (RFC 9110 §4.2.5), in no key.
+    let text = value.to_str().ok()?.trim();
+    let text = text.split('#').next().unwrap_or("");
+    // A relative reference (`42`, `../42`, `?page=2`, RFC 9110 §10.2.2) names a URI on the
+    // target's origin too: resolved against the target's path (RFC 3986 §5.2), it is an
+    // absolute path. Parsed as it is, `42` would read as an authority, `../42` as nothing.
+    // A network-path reference (`//host/path`) takes the target's scheme (RFC 3986
+    // §5.2.2), and is on its origin only if its authority is.
+    let resolved;
+    let text = if let Some(reference) = relative_reference(text) {
+        resolved = resolve_relative(target, reference)?;
+        resolved.as_str()
+    } else if text.starts_with("//") {
+        let scheme = target.scheme_str().unwrap_or(default_scheme);
+        resolved = format!("{scheme}:{text}");
+        resolved.as_str()
+    } else {
+        text
+    };
+    let uri: Uri = text.parse().ok()?;
     let own = RequestTarget::from_parts(default_scheme, target, request_headers).ok()?;
     match uri.authority() {
         // An absolute path: on the target's origin.
@@ -80,6 +99,71 @@ pub(super) fn same_origin(
             (theirs == own).then_some(uri)
         }
     }
+}
+
+/// `reference` when it is a relative-path or query reference (RFC 3986 §4.2): no
+/// scheme, no authority (`//`), no absolute path.
+fn relative_reference(reference: &str) -> Option<&str> {
+    if reference.is_empty() || reference.starts_with('/') {
+        return None;
+    }
+    // A scheme is letters, digits, `+`, `-` and `.` up to a `:` before any `/`, `?`.
+    let before = reference.split(['/', '?']).next().unwrap_or("");
+    let has_scheme = before.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
+    (!has_scheme).then_some(reference)
+}
+
+/// A relative reference resolved against `target`'s path (RFC 3986 §5.2.2, §5.2.3): the
+/// absolute path and query it names.
+fn resolve_relative(target: &Uri, reference: &str) -> Option<String> {
+    let base = target.path();
+    if !base.starts_with('/') {
+        return None;
+    }
+    if reference.starts_with('?') {
+        return Some(format!("{base}{reference}"));
+    }
+    let (path, query) = match reference.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (reference, None),
+    };
+    let directory = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+    let mut resolved = remove_dot_segments(&format!("{directory}{path}"));
+    if let Some(query) = query {
+        resolved.push('?');
+        resolved.push_str(query);
+    }
+    Some(resolved)
+}
+
+/// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments removed (`..` above the
+/// root stays at the root).
+fn remove_dot_segments(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => {
+                out.push(other);
+                continue;
+            }
+        }
+        // A trailing `.` or `..` leaves the path ending in `/`.
+        if last {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 /// A request the cache does not look up: other methods (which may invalidate), and
@@ -164,10 +248,39 @@ mod tests {
             "http://other.example/c",
             "http://site.example:8080/c",
             "https://site.example/c",
-            "relative/path",
+            "mailto:x@site.example",
+            "//other.example/c",
         ] {
             assert_eq!(location("/a", Some("site.example"), other), None, "{other}");
         }
+        // Relative references resolve against the target (RFC 3986 §5.2).
+        for (target, value, resolved) in [
+            ("/items/", "42", "http://site.example/items/42"),
+            (
+                "/items/42/edit",
+                "../42?x=1#top",
+                "http://site.example/items/42?x=1",
+            ),
+            ("/items/42/edit", "./", "http://site.example/items/42/"),
+            (
+                "/items/42",
+                "?page=2",
+                "http://site.example/items/42?page=2",
+            ),
+            ("/a", "../../b", "http://site.example/b"),
+            ("/a/b", "site.example", "http://site.example/a/site.example"),
+            ("/a/b", "./c:d", "http://site.example/a/c:d"),
+            ("/a", "//SITE.example/b", "http://SITE.example/b"),
+            ("/a", "//site.example/b#top", "http://site.example/b"),
+            ("/a", "http://site.example/b#top", "http://site.example/b"),
+        ] {
+            assert_eq!(
+                location(target, Some("site.example"), value).as_deref(),
+                Some(resolved),
+                "{target} {value}"
+            );
+        }
+        assert_eq!(location("/a", Some("site.example"), "#top"), None);
         // A request whose own Host cannot be keyed invalidates nothing else.
         assert_eq!(location("/a", Some("site.example/x"), "/b"), None);
     }
