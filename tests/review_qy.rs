@@ -5,36 +5,17 @@
 
 mod support;
 
+use support::path_origin::{self, decode_once, get};
+
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service};
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::RouteMatch;
-
-/// Every escape decoded once (bytes that are no escape kept).
-fn decode_once(path: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < path.len() {
-        if let (b'%', Some(high), Some(low)) = (
-            path[i],
-            path.get(i + 1).copied().and_then(hex),
-            path.get(i + 2).copied().and_then(hex),
-        ) {
-            out.push(u8::try_from(high * 16 + low).unwrap());
-            i += 3;
-        } else {
-            out.push(path[i]);
-            i += 1;
-        }
-    }
-    out
-}
 
 /// How a lenient origin resolves a path (Tomcat's `;` parameters, escapes decoded before
 /// dot segments are resolved, `\` as `/`): written apart from the crate's own reading.
@@ -62,46 +43,14 @@ fn lenient_origin() -> impl Service<
     Error = Infallible,
     Future = impl Send,
 > + Clone {
-    service_fn(|request: Request<Full<Bytes>>| async move {
-        let path = lenient(request.uri().path());
-        let user = request
-            .headers()
-            .get(header::COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("user="))
-            .unwrap_or("anonymous")
-            .to_owned();
-        let body = if path == "/account" {
+    path_origin::serving(|path, user| {
+        let path = lenient(path);
+        if path == "/account" {
             format!("{user}'s account")
         } else {
             format!("public file {path}")
-        };
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
     })
-}
-
-async fn get<S>(service: &S, path: &str, cookie: Option<&str>) -> (String, String)
-where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
-        > + Clone,
-    S::Error: std::fmt::Debug,
-{
-    let mut request = Request::get(path);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    let request = request.body(Full::default()).unwrap();
-    let response = service.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{path}");
-    let status = response
-        .headers()
-        .get("cache-status")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (String::from_utf8(body.to_vec()).unwrap(), status)
 }
 
 /// "Gotta cache 'em all" (static directory rule + origin normalisation): a layer that
@@ -151,21 +100,12 @@ fn regex_location_origin() -> impl Service<
     Error = Infallible,
     Future = impl Send,
 > + Clone {
-    service_fn(|request: Request<Full<Bytes>>| async move {
-        let decoded = decode_once(request.uri().path().as_bytes());
-        let path = String::from_utf8_lossy(&decoded).into_owned();
-        let user = request
-            .headers()
-            .get(header::COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("user="))
-            .unwrap_or("anonymous")
-            .to_owned();
-        let body = match path.strip_suffix('\n').unwrap_or(&path) {
+    path_origin::serving(|path, user| {
+        let path = String::from_utf8_lossy(&decode_once(path.as_bytes())).into_owned();
+        match path.strip_suffix('\n').unwrap_or(&path) {
             "/account" => format!("{user}'s account"),
             other => format!("public page {other:?}"),
-        };
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
     })
 }
 
@@ -200,20 +140,9 @@ fn strict_origin() -> impl Service<
     Error = Infallible,
     Future = impl Send,
 > + Clone {
-    service_fn(|request: Request<Full<Bytes>>| async move {
-        let path = request.uri().path().to_owned();
-        let user = request
-            .headers()
-            .get(header::COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("user="))
-            .unwrap_or("anonymous")
-            .to_owned();
-        let body = match path.strip_prefix("/static/") {
-            Some(file) => format!("public file {file}"),
-            None => format!("not found, {user}"),
-        };
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    path_origin::serving(|path, user| match path.strip_prefix("/static/") {
+        Some(file) => format!("public file {file}"),
+        None => format!("not found, {user}"),
     })
 }
 

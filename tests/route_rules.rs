@@ -8,36 +8,17 @@
 
 mod support;
 
+use support::path_origin::{self, decode_once, get};
+
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service};
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::RouteMatch;
-
-/// Every escape decoded once (bytes that are no escape kept).
-fn decode_once(path: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < path.len() {
-        if let (b'%', Some(high), Some(low)) = (
-            path[i],
-            path.get(i + 1).copied().and_then(hex),
-            path.get(i + 2).copied().and_then(hex),
-        ) {
-            out.push(u8::try_from(high * 16 + low).unwrap());
-            i += 3;
-        } else {
-            out.push(path[i]);
-            i += 1;
-        }
-    }
-    out
-}
 
 /// How a lenient origin resolves a path: the union of what Tomcat (`;` parameters, then
 /// dot segments), IIS (case, `\`), a double-decoding proxy chain and a slash-merging,
@@ -70,50 +51,18 @@ fn origin() -> impl Service<
     Error = Infallible,
     Future = impl Send,
 > + Clone {
-    service_fn(|request: Request<Full<Bytes>>| async move {
-        let path = lenient(request.uri().path());
-        let user = request
-            .headers()
-            .get(header::COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("user="))
-            .unwrap_or("anonymous")
-            .to_owned();
+    path_origin::serving(|path, user| {
+        let path = lenient(path);
         let private = path == "/account"
             || (path.starts_with("/account/") && !path.starts_with("/account/avatars/"));
-        let body = if private {
+        if private {
             format!("{user}'s account")
         } else if path == "/stats" {
             format!("stats for {user}")
         } else {
             format!("public page {path}")
-        };
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
     })
-}
-
-async fn get<S>(service: &S, path: &str, cookie: Option<&str>) -> (String, String)
-where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
-        > + Clone,
-    S::Error: std::fmt::Debug,
-{
-    let mut request = Request::get(path);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    let request = request.body(Full::default()).unwrap();
-    let response = service.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{path}");
-    let status = response
-        .headers()
-        .get("cache-status")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (String::from_utf8(body.to_vec()).unwrap(), status)
 }
 
 /// Spellings a lenient origin answers with `/account`'s page.

@@ -8,6 +8,7 @@ pub mod h2_frames;
 pub mod live_stream;
 pub mod nutcracker;
 pub mod origin;
+pub mod path_origin;
 pub mod personal;
 pub mod proxy;
 pub mod scripted_service;
