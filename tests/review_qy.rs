@@ -22,17 +22,7 @@ use tower_memcache::cache::RouteMatch;
 fn lenient(path: &str) -> String {
     let decoded = decode_once(path.as_bytes());
     let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
-    let mut resolved: Vec<&str> = Vec::new();
-    for segment in text.split('/') {
-        match segment.split(';').next().unwrap_or_default() {
-            "" | "." => {}
-            ".." => {
-                resolved.pop();
-            }
-            other => resolved.push(other),
-        }
-    }
-    format!("/{}", resolved.join("/"))
+    path_origin::resolve_segments(&text)
 }
 
 /// The origin: `/account` is the page of the user whose cookie came with the request,

@@ -29,17 +29,7 @@ fn lenient(path: &str) -> String {
         .to_lowercase()
         .replace('\\', "/");
     let text = text.split(['?', '#', '\0']).next().unwrap_or_default();
-    let mut resolved: Vec<&str> = Vec::new();
-    for segment in text.split('/') {
-        match segment.split(';').next().unwrap_or_default() {
-            "" | "." => {}
-            ".." => {
-                resolved.pop();
-            }
-            other => resolved.push(other),
-        }
-    }
-    format!("/{}", resolved.join("/"))
+    path_origin::resolve_segments(&text)
 }
 
 /// The origin: `/account` (and anything below it) is the page of the user whose cookie

@@ -30,6 +30,22 @@ pub fn decode_once(path: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A decoded path's segments as Tomcat resolves them: each one's `;` parameters dropped,
+/// dot segments resolved, empty segments (and a trailing slash) gone.
+pub fn resolve_segments(text: &str) -> String {
+    let mut resolved: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        match segment.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                resolved.pop();
+            }
+            other => resolved.push(other),
+        }
+    }
+    format!("/{}", resolved.join("/"))
+}
+
 /// An origin whose answer to each request is `page(path as sent, user)`: the user is the
 /// `user=` cookie's, or `anonymous`. Nothing marks a page private: the mistake route rules
 /// exist to catch.
