@@ -29,7 +29,7 @@ fn lenient(path: &str) -> String {
         .to_lowercase()
         .replace('\\', "/");
     let text = text.split(['?', '#', '\0']).next().unwrap_or_default();
-    path_origin::resolve_segments(&text)
+    path_origin::resolve_segments(text)
 }
 
 /// The origin: `/account` (and anything below it) is the page of the user whose cookie
