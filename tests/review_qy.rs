@@ -67,11 +67,10 @@ async fn a_static_prefix_rule_never_stores_a_page_the_origin_resolves_outside_it
         "/static/%2e%2e/account",
         "/static/x/..%2F..%2Faccount",
     ] {
-        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
-        assert_eq!(victim, "alice's account", "{spelling}");
-        watch.settled().await;
-        let (attacker, status) = get(&app, spelling, None).await;
-        assert_eq!(attacker, "anonymous's account", "{spelling}: {status}");
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("{user}'s account")
+        })
+        .await;
     }
     // The rule still caches what it names.
     let (first, _) = get(&app, "/static/app.css", None).await;
@@ -111,11 +110,10 @@ async fn an_encoded_newline_does_not_slip_a_private_page_past_no_cache() {
     let watch = support::Watch::of(&layer);
     let app = layer.layer(regex_location_origin());
     for spelling in ["/account%0A", "/account%0a"] {
-        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
-        assert_eq!(victim, "alice's account", "{spelling}");
-        watch.settled().await;
-        let (attacker, status) = get(&app, spelling, None).await;
-        assert_eq!(attacker, "anonymous's account", "{spelling}: {status}");
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("{user}'s account")
+        })
+        .await;
     }
     assert_eq!(watch.snapshot().stores, 0);
 }
@@ -152,11 +150,10 @@ async fn a_static_prefix_rule_never_stores_what_a_strict_origin_routes_elsewhere
     let watch = support::Watch::of(&layer);
     let app = layer.layer(strict_origin());
     for spelling in ["/%73tatic/x.css", "//static/x.css", "/%73%74atic//x.css"] {
-        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
-        assert_eq!(victim, "not found, alice", "{spelling}");
-        watch.settled().await;
-        let (attacker, status) = get(&app, spelling, None).await;
-        assert_eq!(attacker, "not found, anonymous", "{spelling}: {status}");
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("not found, {user}")
+        })
+        .await;
     }
     let (first, _) = get(&app, "/static/app.css", None).await;
     assert_eq!(first, "public file app.css");

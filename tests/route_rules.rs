@@ -84,11 +84,10 @@ async fn a_no_cache_prefix_holds_for_every_spelling_a_lenient_origin_resolves() 
     let watch = support::Watch::of(&layer);
     let app = layer.layer(origin());
     for spelling in ACCOUNT_SPELLINGS {
-        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
-        assert_eq!(victim, "alice's account", "{spelling}");
-        watch.settled().await;
-        let (attacker, status) = get(&app, spelling, None).await;
-        assert_eq!(attacker, "anonymous's account", "{spelling}: {status}");
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("{user}'s account")
+        })
+        .await;
     }
     assert_eq!(watch.snapshot().stores, 0);
 }
@@ -115,11 +114,10 @@ async fn a_no_cache_exact_rule_holds_for_every_spelling_of_its_path() {
         "/x/%2e%2e/stats",
         "/x/..%252fstats",
     ] {
-        let (victim, _) = get(&app, spelling, Some("user=alice")).await;
-        assert_eq!(victim, "stats for alice", "{spelling}");
-        watch.settled().await;
-        let (attacker, status) = get(&app, spelling, None).await;
-        assert_eq!(attacker, "stats for anonymous", "{spelling}: {status}");
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("stats for {user}")
+        })
+        .await;
     }
     assert_eq!(watch.snapshot().stores, 0);
 }

@@ -94,3 +94,25 @@ where
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (String::from_utf8(body.to_vec()).unwrap(), status)
 }
+
+/// The deception attempt at `spelling`: a victim (Alice's cookie) is lured there, then
+/// the attacker (no cookie) asks for it once the layer has settled. Each must get the page
+/// `page(user)` makes for them: the victim's was not stored for the attacker.
+pub async fn assert_each_gets_own<S>(
+    service: &S,
+    watch: &super::Watch,
+    spelling: &str,
+    page: fn(&str) -> String,
+) where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
+        > + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let (victim, _) = get(service, spelling, Some("user=alice")).await;
+    assert_eq!(victim, page("alice"), "{spelling}");
+    watch.settled().await;
+    let (attacker, status) = get(service, spelling, None).await;
+    assert_eq!(attacker, page("anonymous"), "{spelling}: {status}");
+}
