@@ -82,12 +82,20 @@ impl Background {
             return false;
         };
         self.inner.running.fetch_add(1, Ordering::AcqRel);
+        self.run_counted(&runtime, task);
+        true
+    }
+
+    /// Spawns `task` on `runtime`; the caller has already counted it in `running`.
+    fn run_counted<F>(&self, runtime: &tokio::runtime::Handle, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let running = Running(Arc::clone(&self.inner));
         runtime.spawn(async move {
             let _running = running;
             task.await;
         });
-        true
     }
 
     /// [`spawn`](Self::spawn), unless the layer already runs [`MAX_BEST_EFFORT`] background
@@ -98,7 +106,22 @@ impl Background {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.running() < MAX_BEST_EFFORT && self.spawn(task)
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        // Counted in the same step as the check: threads spawning at once cannot each
+        // see room for one more and pass the bound together.
+        let counted =
+            self.inner
+                .running
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                    (running < MAX_BEST_EFFORT).then_some(running + 1)
+                });
+        if counted.is_err() {
+            return false;
+        }
+        self.run_counted(&runtime, task);
+        true
     }
 
     /// How many background tasks are running now.
@@ -158,6 +181,60 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(background.running(), 0);
+    }
+
+    /// Threads spawning best-effort work at once near the bound: the check and the count
+    /// were two steps, so two threads could each see room for one more (CI saw 1025).
+    #[test]
+    fn best_effort_work_spawned_from_many_threads_at_once_stays_within_the_bound() {
+        const THREADS: usize = 8;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        for _round in 0..200 {
+            let background = Background::default();
+            let release = Arc::new(tokio::sync::Semaphore::new(0));
+            // Leaves a little room so that every thread arrives at the bound together.
+            for _ in 0..MAX_BEST_EFFORT - THREADS * 4 {
+                let release = Arc::clone(&release);
+                let _guard = runtime.enter();
+                assert!(background.spawn_best_effort(async move {
+                    let _ = release.acquire().await;
+                }));
+            }
+            let start = Arc::new(std::sync::Barrier::new(THREADS));
+            let spawned: usize = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        let (background, release, start) = (&background, &release, &start);
+                        let handle = runtime.handle().clone();
+                        scope.spawn(move || {
+                            let _guard = handle.enter();
+                            start.wait();
+                            (0..64)
+                                .filter(|_| {
+                                    let release = Arc::clone(release);
+                                    background.spawn_best_effort(async move {
+                                        let _ = release.acquire().await;
+                                    })
+                                })
+                                .count()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).sum()
+            });
+            assert_eq!(spawned, THREADS * 4, "spawned past the bound");
+            assert_eq!(background.running(), MAX_BEST_EFFORT);
+            release.close();
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), background.idle())
+                    .await
+                    .unwrap()
+            });
+        }
     }
 
     #[test]
