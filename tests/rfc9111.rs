@@ -1446,6 +1446,44 @@ async fn lease_waiters_see_an_entry_stored_while_their_lookup_was_in_flight() {
     assert_eq!(origin.calls(), 1);
 }
 
+/// RFC 9111 §4.4 with RFC 3986 §5.2.2: a `Location` spelled with dot segments
+/// (`/x/../b`) names `/b`, where a client that follows it goes, and a target sent with
+/// them as is (`POST /x/../c`) changes what the origin serves at `/c`. Both were
+/// invalidated only as spelled, so `/b` and `/c` stayed cached.
+async fn rfc9111_4_4_dot_segments_name_the_resolved_path<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let layer = origin_layer(backend);
+    let stats = Watch::of(&layer);
+    let svc = service(&layer, &origin);
+    for path in ["/b", "/c"] {
+        origin.ok(path, &[("cache-control", "max-age=60")], "page");
+        get(&svc, path).await;
+    }
+    stores(&stats, 2).await;
+    origin.script(
+        "/a",
+        Script {
+            status: 201,
+            headers: vec![("location", "/x/../b".into())],
+            body: "created",
+            ..Script::default()
+        },
+    );
+    send(&svc, Method::POST, "/a", &[]).await.unwrap();
+    assert!(!cached(&svc, "/b", "").await, "Location /x/../b names /b");
+    assert!(cached(&svc, "/c", "").await);
+    origin.script(
+        "/x/../c",
+        Script {
+            status: 204,
+            ..Script::default()
+        },
+    );
+    send(&svc, Method::POST, "/x/../c", &[]).await.unwrap();
+    assert_eq!(origin.last_request().0.as_str(), "POST");
+    assert!(!cached(&svc, "/c", "").await, "POST /x/../c changes /c");
+}
+
 on_every_backend!(
     "rfc9111";
     rfc9111_4_2_4_stale_when_the_origin_is_unreachable,
@@ -1463,6 +1501,7 @@ on_every_backend!(
     rfc9111_4_2_4_never_stale_when_forbidden,
     rfc9111_4_1_vary_variants_coexist,
     rfc9111_4_4_unsafe_methods_invalidate,
+    rfc9111_4_4_dot_segments_name_the_resolved_path,
     purge_handle_uri_namespace_all,
     tags_purge_across_processes,
     leases_stop_stampedes_across_processes,

@@ -28,6 +28,9 @@ impl<B: Backend> Shared<B> {
         locations: Vec<HeaderValue>,
     ) {
         let mut uris = vec![target.clone()];
+        // A target spelled with dot segments (`/a/../b`, sent as is) names the resource
+        // the origin serves at `/b` too, which the cache keys apart.
+        uris.extend(without_dot_segments(target));
         uris.extend(locations.iter().filter_map(|value| {
             same_origin(
                 target,
@@ -41,7 +44,7 @@ impl<B: Backend> Shared<B> {
                 .canonical
                 .key_for_get(uri, request_headers, extensions)
         });
-        // At the same time (three at most): each is a delete on every server, then a new
+        // At the same time (four at most): each is a delete on every server, then a new
         // store epoch, and the response waits for all of them.
         let invalidations = canonicals.map(|canonical| async move {
             let key = self.storage.primary_key(&canonical);
@@ -83,6 +86,9 @@ pub(super) fn same_origin(
         text
     };
     let uri: Uri = text.parse().ok()?;
+    // Every reference's path is resolved without its dot segments (RFC 3986 §5.2.2), so
+    // `/a/../b` names `/b`, where a client that follows it goes.
+    let uri = without_dot_segments(&uri).unwrap_or(uri);
     let own = RequestTarget::from_parts(default_scheme, target, request_headers).ok()?;
     match uri.authority() {
         // An absolute path: on the target's origin.
@@ -139,6 +145,26 @@ fn resolve_relative(target: &Uri, reference: &str) -> Option<String> {
         resolved.push_str(query);
     }
     Some(resolved)
+}
+
+/// `uri` with its path's dot segments removed, if it has any.
+fn without_dot_segments(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    let has_dots = path
+        .split('/')
+        .skip(1)
+        .any(|segment| segment == "." || segment == "..");
+    if !has_dots || !path.starts_with('/') {
+        return None;
+    }
+    let mut path_and_query = remove_dot_segments(path);
+    if let Some(query) = uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments removed (`..` above the
@@ -278,6 +304,20 @@ mod tests {
                 location(target, Some("site.example"), value).as_deref(),
                 Some(resolved),
                 "{target} {value}"
+            );
+        }
+        // Dot segments go from every path, absolute ones too (RFC 3986 §5.2.2).
+        for (value, resolved) in [
+            ("/a/../b", "http://site.example/b"),
+            ("/a/./b/..?x=/../", "http://site.example/a/?x=/../"),
+            ("http://site.example/a/../../b", "http://site.example/b"),
+            ("//site.example/a/../b", "http://site.example/b"),
+            ("/a/..b/.c", "http://site.example/a/..b/.c"),
+        ] {
+            assert_eq!(
+                location("/x", Some("site.example"), value).as_deref(),
+                Some(resolved),
+                "{value}"
             );
         }
         assert_eq!(location("/a", Some("site.example"), "#top"), None);
