@@ -234,7 +234,7 @@ async fn an_item_size_limit_the_server_states_is_learned() {
     let Some(server) = Memcached::start_with_args("cluster::item_size", &["-I", "512k"]) else {
         return;
     };
-    let backend = TcpBackend::new([server.addr()]).unwrap();
+    let backend = crate::support::patient_backend([server.addr()]);
     let layer = layer(backend.clone()).max_entry_size(4 * 1024 * 1024);
     let big = Bytes::from(vec![b'x'; 600 * 1024]);
     let svc = tower::util::BoxCloneSyncService::new(

@@ -34,7 +34,7 @@ mod tcp {
     #[tokio::test]
     async fn conformance_suite() {
         let server = memcached_or_skip!("conformance::tcp::conformance_suite");
-        let backend = TcpBackend::new([server.addr()]).unwrap();
+        let backend = crate::support::patient_backend([server.addr()]);
         let make = move || {
             let backend = backend.clone();
             let boxed: support::conformance::futures_like::BoxFuture<TcpBackend> =
@@ -53,7 +53,7 @@ mod tcp {
         let a = memcached_or_skip!("conformance::tcp::three_servers");
         let b = memcached_or_skip!("conformance::tcp::three_servers");
         let c = memcached_or_skip!("conformance::tcp::three_servers");
-        let backend = TcpBackend::new([a.addr(), b.addr(), c.addr()]).unwrap();
+        let backend = crate::support::patient_backend([a.addr(), b.addr(), c.addr()]);
         conformance::get_many_returns_present_keys_only(backend.clone()).await;
         conformance::set_get_keeps_bytes_and_flags(backend.clone()).await;
         conformance::cas_replaces_only_an_unchanged_item(backend.clone()).await;
@@ -82,10 +82,10 @@ mod tcp {
 #[tokio::test]
 async fn tcp_extra_commands() {
     use tower_memcache::backend::tcp::CasOutcome;
-    use tower_memcache::backend::{Backend, Lifetime, TcpBackend};
+    use tower_memcache::backend::{Backend, Lifetime};
 
     let server = memcached_or_skip!("conformance::tcp_extra_commands");
-    let backend = TcpBackend::new([server.addr()]).unwrap();
+    let backend = crate::support::patient_backend([server.addr()]);
 
     // cas is a Backend method now (the conformance suite runs it on every backend);
     // its outcome is still reachable under `backend::tcp`.

@@ -80,7 +80,6 @@ async fn client_lifetimes_at_the_30_day_boundary_and_beyond_store_live_values() 
 mod differential {
     use super::*;
     use crate::memcached_or_skip;
-    use tower_memcache::backend::TcpBackend;
 
     /// What both backends must agree on for one call (CAS values are each server's own).
     fn outcome<T: std::fmt::Debug>(result: &Result<T, BackendError>) -> String {
@@ -191,7 +190,7 @@ mod differential {
     #[tokio::test]
     async fn the_fake_answers_as_memcached_for_random_sequences() {
         let server = memcached_or_skip!("review_t::differential");
-        let real = TcpBackend::new([server.addr()]).unwrap();
+        let real = crate::support::patient_backend([server.addr()]);
         let fake = MemoryBackend::new();
         let keys = ["a", "b", "c", "d"];
         let started = std::time::Instant::now();
@@ -420,7 +419,7 @@ async fn the_fake_reads_counters_as_memcached() {
 #[tokio::test]
 async fn memcached_renews_cas_on_incr_and_reads_counters_so() {
     let server = memcached_or_skip!("review_t::memcached_renews_cas_on_incr");
-    let b = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    let b = crate::support::patient_backend([server.addr()]);
     on_both::cas_after_incr_is_refused(b.clone()).await;
     on_both::incr_reads_numbers_as_memcached_does(b).await;
 }
@@ -479,7 +478,7 @@ async fn a_set_that_cannot_store_leaves_no_old_value_on_the_fake() {
 #[tokio::test]
 async fn a_set_that_cannot_store_leaves_no_old_value_on_memcached() {
     let server = memcached_or_skip!("review_t::a_set_that_cannot_store");
-    let b = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    let b = crate::support::patient_backend([server.addr()]);
     a_set_that_cannot_store_leaves_no_old_value(b).await;
 }
 
@@ -505,6 +504,9 @@ async fn the_largest_item_the_fake_accepts_memcached_stores() {
         let real = TcpBackend::builder()
             .server(server.addr())
             .item_size_limit(limit)
+            // Items of up to 2 MiB into a fresh server, on a machine that may be loaded:
+            // the test is about sizes, not the default 100 ms reply timeout.
+            .timeout(Duration::from_secs(5))
             .build()
             .unwrap();
         let fake = MemoryBackend::builder().item_size_limit(limit).build();
@@ -528,7 +530,7 @@ async fn the_largest_item_the_fake_accepts_memcached_stores() {
 #[tokio::test]
 async fn expiry_and_flush_behave_alike() {
     let server = memcached_or_skip!("review_t::expiry_and_flush");
-    let real = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    let real = crate::support::patient_backend([server.addr()]);
     let fake = MemoryBackend::new();
     async fn before<B: Backend>(b: &B) {
         let past = Lifetime::at(SystemTime::now() - Duration::from_secs(5));
@@ -692,7 +694,7 @@ async fn a_versioned_namespace_survives_restarts_and_racing_invalidations() {
 #[tokio::test]
 async fn hostile_namespaces_and_keys_are_only_hashed() {
     let server = memcached_or_skip!("review_t::hostile_keys");
-    let backend = tower_memcache::backend::TcpBackend::new([server.addr()]).unwrap();
+    let backend = crate::support::patient_backend([server.addr()]);
     let huge = "n".repeat(1 << 20);
     let namespaces = ["with space", "\r\nset x 0 0 1\r\n", "ä\u{0}\u{7f}", &huge];
     let keys: [&[u8]; 4] = [b"a b", b"\r\nget x\r\n", "ü".as_bytes(), &[0xff; 300]];

@@ -90,7 +90,7 @@ mod tcp {
     use tower_memcache::backend::TcpBackend;
 
     fn backend(server: &support::Memcached) -> TcpBackend {
-        TcpBackend::new([server.addr()]).unwrap()
+        crate::support::patient_backend([server.addr()])
     }
 
     #[tokio::test]

@@ -76,6 +76,23 @@ pub fn one_connection_backend_with(
         .unwrap()
 }
 
+/// A `TcpBackend` on real memcached servers for tests of what memcached stores and
+/// answers, not of how calls fail: a 2 s reply timeout instead of the default 100 ms, so
+/// a loaded machine (CI's two cores) cannot turn a slow reply (a megabyte stored, a fresh
+/// server's first slab page) into an error the test reads as a wrong answer.
+#[cfg(feature = "tcp")]
+pub fn patient_backend<I, S>(servers: I) -> tower_memcache::backend::TcpBackend
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    tower_memcache::backend::TcpBackend::builder()
+        .servers(servers)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
