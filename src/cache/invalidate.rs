@@ -28,8 +28,8 @@ impl<B: Backend> Shared<B> {
         locations: Vec<HeaderValue>,
     ) {
         let mut uris = vec![target.clone()];
-        // A target spelled with dot segments (`/a/../b`, sent as is) names the resource
-        // the origin serves at `/b` too, which the cache keys apart.
+        // A target spelled with dot segments (`/a/../b` or `/a/%2e%2e/b`, sent as is)
+        // names the resource the origin serves at `/b` too, which the cache keys apart.
         uris.extend(without_dot_segments(target));
         uris.extend(locations.iter().filter_map(|value| {
             same_origin(
@@ -87,7 +87,7 @@ pub(super) fn same_origin(
     };
     let uri: Uri = text.parse().ok()?;
     // Every reference's path is resolved without its dot segments (RFC 3986 §5.2.2), so
-    // `/a/../b` names `/b`, where a client that follows it goes.
+    // `/a/../b` (or `/a/%2e%2e/b`) names `/b`, where a client that follows it goes.
     let uri = without_dot_segments(&uri).unwrap_or(uri);
     let own = RequestTarget::from_parts(default_scheme, target, request_headers).ok()?;
     match uri.authority() {
@@ -153,7 +153,7 @@ fn without_dot_segments(uri: &Uri) -> Option<Uri> {
     let has_dots = path
         .split('/')
         .skip(1)
-        .any(|segment| segment == "." || segment == "..");
+        .any(|segment| dot_segment(segment).is_some());
     if !has_dots || !path.starts_with('/') {
         return None;
     }
@@ -167,20 +167,45 @@ fn without_dot_segments(uri: &Uri) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-/// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments removed (`..` above the
-/// root stays at the root).
+/// A dot segment: `.` or `..`, each dot maybe percent-encoded (`%2E`, `%2e`). RFC 3986
+/// §2.3 makes `%2E` and `.` the same URI, and the URL Standard (browsers following a
+/// `Location`) reads `%2e%2e` as `..`; an origin that decodes before it resolves serves
+/// `/x/%2e%2e/c` as `/c` too.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dot {
+    One,
+    Two,
+}
+
+fn dot_segment(segment: &str) -> Option<Dot> {
+    let is_dot = |part: &str| part == "." || part.eq_ignore_ascii_case("%2e");
+    match segment.len() {
+        1 | 3 if is_dot(segment) => Some(Dot::One),
+        2 | 4 | 6 => {
+            // Split after a `.` (one byte) or an escape (three); both halves a dot.
+            [1, 3].into_iter().find_map(|at| {
+                let (first, second) = (segment.get(..at)?, segment.get(at..)?);
+                (is_dot(first) && is_dot(second)).then_some(Dot::Two)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments (see [`dot_segment`])
+/// removed (`..` above the root stays at the root).
 fn remove_dot_segments(path: &str) -> String {
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let mut out: Vec<&str> = Vec::with_capacity(segments.len());
     for (i, segment) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        match *segment {
-            "." => {}
-            ".." => {
+        match dot_segment(segment) {
+            Some(Dot::One) => {}
+            Some(Dot::Two) => {
                 out.pop();
             }
-            other => {
-                out.push(other);
+            None => {
+                out.push(segment);
                 continue;
             }
         }
@@ -313,6 +338,14 @@ mod tests {
             ("http://site.example/a/../../b", "http://site.example/b"),
             ("//site.example/a/../b", "http://site.example/b"),
             ("/a/..b/.c", "http://site.example/a/..b/.c"),
+            // Percent-encoded dots are dots (RFC 3986 §2.3), in any case.
+            ("/a/b/%2E%2e/c", "http://site.example/a/c"),
+            ("/a/.%2e/%2E./%2e/c", "http://site.example/c"),
+            (
+                "/a/%2e%2e%2e/%2ex/%252e",
+                "http://site.example/a/%2e%2e%2e/%2ex/%252e",
+            ),
+            ("//site.example/a/%2e%2e", "http://site.example/"),
         ] {
             assert_eq!(
                 location("/x", Some("site.example"), value).as_deref(),
@@ -321,6 +354,16 @@ mod tests {
             );
         }
         assert_eq!(location("/a", Some("site.example"), "#top"), None);
+        assert_eq!(
+            location("/a/b", Some("site.example"), "%2e%2E/c").as_deref(),
+            Some("http://site.example/c")
+        );
+        // Never another origin, however many dot segments climb.
+        assert_eq!(
+            location("/a", Some("site.example"), "//other.example/%2e%2e/../b"),
+            None
+        );
+
         // A request whose own Host cannot be keyed invalidates nothing else.
         assert_eq!(location("/a", Some("site.example/x"), "/b"), None);
     }

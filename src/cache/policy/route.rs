@@ -3,7 +3,8 @@
 //! A rule is matched against three readings of the request's path. The *rule reading*
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
-//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone). The
+//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone; cut
+//! at an escaped delimiter, and where it is cut, read on past it as well). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
 //! the shortest wins; a `no_cache` rule in any turns caching off. A private page's
 //! `no_cache` rule has to hold for every spelling some origin answers with that page, or an
@@ -24,8 +25,8 @@ use std::time::Duration;
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
 /// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
 /// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), cut at
-/// an escaped `?`, `#`, NUL or line break (`/account%0A`), and with or without a trailing
-/// slash. A lifetime rule lengthens a lifetime only where every reading puts the path
+/// an escaped `?`, `#`, NUL or line break (`/account%0A`) or read on past one
+/// (`/x%3F/../account`), and with or without a trailing slash. A lifetime rule lengthens a lifetime only where every reading puts the path
 /// under it: the path as sent (as axum's router matches it), as decoded above, and as a
 /// lenient origin resolves it. `/static/..%2Faccount` (a lenient origin's `/account`) and
 /// `/%73tatic/x` or `//static/x` (no `/static/` path to a strict router) get the shortest
@@ -182,26 +183,34 @@ impl RouteRules {
             return Some(as_written);
         }
         // A path no origin reads otherwise is its own origin reading: no allocation.
-        let reading = if may_read_otherwise(path) {
-            Cow::Owned(origin_reading(path))
-        } else {
-            Cow::Borrowed(path)
-        };
+        if !may_read_otherwise(path) {
+            return Some(as_written.min(self.origin_lifetime(path, default)?));
+        }
+        let (cut, read_on) = origin_readings(path);
+        let mut as_resolved = self.origin_lifetime(&cut, default)?;
+        if let Some(read_on) = read_on {
+            as_resolved = as_resolved.min(self.origin_lifetime(&read_on, default)?);
+        }
+        Some(as_written.min(as_resolved))
+    }
+
+    /// The lifetime the origin rules give a path in an origin reading (`default` where
+    /// none covers it), or `None` for a `no_cache` rule's.
+    fn origin_lifetime(&self, reading: &str, default: Duration) -> Option<Duration> {
         let exact = self
             .origin_rules
             .iter()
-            .find(|rule| !rule.prefix && rule.covers(&reading));
+            .find(|rule| !rule.prefix && rule.covers(reading));
         let by_prefix = || {
             self.origin_rules
                 .iter()
-                .filter(|rule| rule.prefix && rule.covers(&reading))
+                .filter(|rule| rule.prefix && rule.covers(reading))
                 .max_by_key(|rule| rule.path.len())
         };
-        let as_resolved = match exact.or_else(by_prefix) {
-            Some(rule) => lifetime_of(&rule.action)?,
-            None => default,
-        };
-        Some(as_written.min(as_resolved))
+        match exact.or_else(by_prefix) {
+            Some(rule) => lifetime_of(&rule.action),
+            None => Some(default),
+        }
     }
 
     /// The rule that decides `path` (in the rule reading) or the route `pattern`.
@@ -335,6 +344,14 @@ const DECODING_PASSES: usize = 2;
 /// segments and a trailing slash dropped. Only ever used to turn caching off or shorten
 /// a lifetime.
 pub(crate) fn origin_reading(path: &str) -> String {
+    origin_readings(path).0
+}
+
+/// [`origin_reading`], and where it cut the path, the reading of an origin that reads
+/// on: nginx keeps an escaped `?`, `#` or line break as a byte of its segment and
+/// resolves the dot segments after it, so `/static/x%3F/../../account` is its `/account`
+/// (the cut alone read `/static/x`).
+fn origin_readings(path: &str) -> (String, Option<String>) {
     let mut bytes = path.as_bytes().to_vec();
     for _ in 0..DECODING_PASSES {
         if !bytes.contains(&b'%') {
@@ -342,13 +359,19 @@ pub(crate) fn origin_reading(path: &str) -> String {
         }
         bytes = decode_all(&bytes);
     }
+    bytes.make_ascii_lowercase();
     let end = bytes
         .iter()
         // A newline too: PCRE's `$` (nginx regex locations) matches before a final one.
         .position(|byte| matches!(byte, b'?' | b'#' | 0 | b'\n' | b'\r'))
         .unwrap_or(bytes.len());
-    bytes.truncate(end);
-    bytes.make_ascii_lowercase();
+    let read_on = (end < bytes.len()).then(|| resolve_segments(&bytes));
+    (resolve_segments(&bytes[..end]), read_on)
+}
+
+/// Decoded, lower-cased path bytes resolved as [`origin_reading`] says: `\` as `/`, `;`
+/// parameters, dot segments, empty segments and a trailing slash gone.
+fn resolve_segments(bytes: &[u8]) -> String {
     let mut segments: Vec<&[u8]> = Vec::new();
     for segment in bytes.split(|byte| matches!(byte, b'/' | b'\\')) {
         let segment = match segment.iter().position(|byte| *byte == b';') {
@@ -456,6 +479,25 @@ mod tests {
             ("/%ff", "/\u{fffd}"),
         ] {
             assert_eq!(origin_reading(path), reading, "{path:?}");
+        }
+        // Where the path is cut, an origin that reads on is a reading too.
+        for (path, cut, read_on) in [
+            ("/account", "/account", None),
+            ("/account%3F.css", "/account", Some("/account?.css")),
+            ("/static/x%3F/../../account", "/static/x", Some("/account")),
+            (
+                "/static/X%23/..%2F../Account",
+                "/static/x",
+                Some("/account"),
+            ),
+            ("/static/x%0a/../../account", "/static/x", Some("/account")),
+        ] {
+            let readings = origin_readings(path);
+            assert_eq!(
+                (readings.0.as_str(), readings.1.as_deref()),
+                (cut, read_on),
+                "{path:?}"
+            );
         }
     }
 
