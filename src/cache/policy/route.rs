@@ -26,9 +26,9 @@ use std::time::Duration;
 /// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
 /// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), cut at
 /// an escaped `?`, `#`, NUL or line break (`/account%0A`) or read on past one
-/// (`/x%3F/../account`), and with or without a trailing slash. A lifetime rule lengthens a lifetime only where every reading puts the path
-/// under it: the path as sent (as axum's router matches it), as decoded above, and as a
-/// lenient origin resolves it. `/static/..%2Faccount` (a lenient origin's `/account`) and
+/// (`/x%3F/../account`), and with or without a trailing slash. A lifetime rule lengthens
+/// a lifetime only where every reading puts the path under it: the path as sent (as
+/// axum's router matches it), as decoded above, and as a lenient origin resolves it. `/static/..%2Faccount` (a lenient origin's `/account`) and
 /// `/%73tatic/x` or `//static/x` (no `/static/` path to a strict router) get the shortest
 /// of the readings' lifetimes, so "cache only `/static/`" (a default lifetime of 0) never
 /// stores another route's page for it.
