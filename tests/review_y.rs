@@ -431,22 +431,26 @@ mod late_release {
     const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
 
     /// MemoryBackend whose adds of an ended placeholder (`<token> 0`) wait for a permit:
-    /// the test decides when a dropped request's release lands.
+    /// the test decides when a dropped request's release lands, and sees when it has.
     #[derive(Clone)]
     struct HeldRelease {
         inner: MemoryBackend,
         gate: Arc<Semaphore>,
+        landed: Arc<AtomicUsize>,
     }
 
     impl HeldRelease {
-        /// A backend whose releases wait until the test adds permits to the gate.
-        fn closed() -> (Self, Arc<Semaphore>) {
+        /// A backend whose releases wait until the test adds permits to the gate; the
+        /// count of those adds that reached the store.
+        fn closed() -> (Self, Arc<Semaphore>, Arc<AtomicUsize>) {
             let gate = Arc::new(Semaphore::new(0));
+            let landed = Arc::new(AtomicUsize::new(0));
             let backend = Self {
                 inner: MemoryBackend::new(),
                 gate: Arc::clone(&gate),
+                landed: Arc::clone(&landed),
             };
-            (backend, gate)
+            (backend, gate, landed)
         }
     }
 
@@ -460,6 +464,9 @@ mod late_release {
         ) -> Result<bool, BackendError> {
             if flags == FLAG_PLACEHOLDER && value.ends_with(b" 0") {
                 self.gate.acquire().await.unwrap().forget();
+                let added = self.inner.add(key, value, flags, lifetime).await;
+                self.landed.fetch_add(1, Ordering::SeqCst);
+                return added;
             }
             self.inner.add(key, value, flags, lifetime).await
         }
@@ -475,12 +482,13 @@ mod late_release {
     /// and nothing from before the purge comes back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ended_placeholder_that_lands_after_a_purge_holds_nothing_and_refuses_nothing() {
-        let (backend, gate) = HeldRelease::closed();
+        let (backend, gate, landed) = HeldRelease::closed();
         let layer = MemcacheLayer::new(backend)
             .namespace("review-y-late-release")
             .mode(CacheMode::Origin)
             .lease_wait(Duration::from_secs(2), Duration::from_millis(20));
         let purger = layer.purger();
+        let watch = support::Watch::of(&layer);
         let calls = Arc::new(AtomicUsize::new(0));
         let inner = tower::service_fn({
             let calls = Arc::clone(&calls);
@@ -510,13 +518,13 @@ mod late_release {
         // Its release waits at the gate; the purge deletes its placeholder meanwhile.
         purger.purge_uri(url).await.unwrap();
         gate.add_permits(1);
-        // Let the held add land in the empty key.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            gate.available_permits(),
-            0,
-            "the release added its ended placeholder"
-        );
+        // The held add lands in the empty key (a background task: waited for, not slept
+        // for, so a loaded machine cannot start the next request before it landed).
+        support::eventually("the release added its ended placeholder", || {
+            landed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(gate.available_permits(), 0);
         let started = Instant::now();
         let next = support::send(&svc, Method::GET, url, &[]).await;
         assert_eq!(next.body, "v1");
@@ -525,7 +533,8 @@ mod late_release {
             "the next request waited {:?} for an ended placeholder",
             started.elapsed()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its store is in the background.
+        watch.settled().await;
         let again = support::send(&svc, Method::GET, url, &[]).await;
         support::assert_hit(again.cache_status());
         assert_eq!(again.body, "v1");
@@ -538,7 +547,7 @@ mod late_release {
     /// on best-effort work a placeholder is left to expire instead.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn releases_of_dropped_leases_are_bounded_in_number() {
-        let (backend, gate) = HeldRelease::closed();
+        let (backend, gate, _landed) = HeldRelease::closed();
         let layer = MemcacheLayer::new(backend)
             .namespace("review-y-many-releases")
             .lookup_timeout(Duration::from_secs(20));
