@@ -291,6 +291,78 @@ mod leases {
             "{answered} origin calls answered for 20 honest clients"
         );
     }
+
+    /// The followers of a leader whose client hung up are handed its flight, but a
+    /// `no-store` request may not lead one: it must not be handed, round after round, a
+    /// flight nobody waiting can take. Each goes to the origin in one round trip's time,
+    /// as it did when the leader was abandoned, and nobody waits past `coalesce_timeout`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_that_may_not_lead_are_not_handed_a_flight_over_and_over() {
+        let layer = MemcacheLayer::new(MemoryBackend::new())
+            .namespace("review-y-no-store-heirs")
+            .coalesce_timeout(Duration::from_secs(30));
+        let stats = layer.stats();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = tower::ServiceBuilder::new().layer(layer).service_fn({
+            let calls = Arc::clone(&calls);
+            move |_request: Request<()>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    // The first (the leader's) never answers in time; the others at once.
+                    if call == 0 {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    let mut response = Response::new(Full::new(Bytes::from("page")));
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "public, max-age=60".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                }
+            }
+        });
+        let leader = tokio::spawn({
+            let svc = svc.clone();
+            async move {
+                let request = Request::get("http://example.com/p").body(()).unwrap();
+                let _ = svc.oneshot(request).await;
+            }
+        });
+        crate::support::eventually("the leader reached the origin", || {
+            calls.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let followers: Vec<_> = (0..4)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let request = Request::get("http://example.com/p")
+                        .header("cache-control", "no-store")
+                        .body(())
+                        .unwrap();
+                    let response = svc.oneshot(request).await.unwrap();
+                    response.into_body().collect().await.unwrap().to_bytes()
+                })
+            })
+            .collect();
+        // Followers now (they wait for the leader, who is at the origin).
+        crate::support::eventually("the no-store requests wait for the leader", || {
+            stats.snapshot().coalesced == 4
+        })
+        .await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the no-store requests waited"
+        );
+        leader.abort();
+        for follower in followers {
+            let body = tokio::time::timeout(Duration::from_secs(10), follower)
+                .await
+                .expect("a no-store follower was still waiting 10 s after its leader went")
+                .unwrap();
+            assert_eq!(body, "page");
+        }
+    }
 }
 
 mod not_modified {

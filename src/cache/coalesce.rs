@@ -114,6 +114,11 @@ impl<B: Backend> Shared<B> {
             }
         };
         let mut joined = join();
+        // One `coalesce_timeout` across the rounds, however many leaders go away in turn:
+        // a request waits no longer than it did for one.
+        let waiting_until = Instant::now()
+            .checked_add(self.config.coalesce_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         // Each round waits for a leader that went away unfinished (see `Waited::Heir`).
         loop {
             match joined {
@@ -126,8 +131,8 @@ impl<B: Backend> Shared<B> {
                     self.count_wait(waited);
                     tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
                     idle();
-                    let changed = match single_flight::wait(rx, self.config.coalesce_timeout).await
-                    {
+                    let left = waiting_until.saturating_duration_since(Instant::now());
+                    let changed = match single_flight::wait(rx, left).await {
                         Waited::Entry(entry, fetched) => {
                             // Fetched after this request arrived: it validates the entry
                             // for this request, whatever its `no-cache`.
@@ -145,8 +150,8 @@ impl<B: Backend> Shared<B> {
                         // first of its followers to take it, with the others waiting for
                         // that one (no new look-up, and no request that arrives meanwhile
                         // can take the lead from them).
-                        Waited::Heir(succession) => {
-                            if let Some(leader) = may_lead.then(|| succession.take()).flatten() {
+                        Waited::Heir(succession) if may_lead => {
+                            if let Some(leader) = succession.take() {
                                 tracing::debug!(key = %plan.key, "the request waited for went away unfinished; this one leads its flight on");
                                 filler.leader = Some(leader);
                                 break;
@@ -155,6 +160,11 @@ impl<B: Backend> Shared<B> {
                             joined = join();
                             continue;
                         }
+                        // A request that may not lead (its response is never stored) is
+                        // left as by a leader gone without a word: were it to join the
+                        // flight again, a flight nobody can take would be handed to it
+                        // again, round after round.
+                        Waited::Heir(_) => true,
                         // Nothing learnt, and nobody else is asking now: one of the
                         // followers leads next, rather than all of them going at once.
                         Waited::Overtaken | Waited::Abandoned => true,
