@@ -459,11 +459,27 @@ async fn an_h2_client_that_never_opens_its_window_cannot_pin_the_proxys_memory()
     let connection = tokio::spawn(connection);
     let mut responses = Vec::new();
     for _ in 0..STREAMS {
-        sender.ready().await.unwrap();
-        let request = Request::get(format!("http://{}/big", proxy.addr))
-            .body(http_body_util::Full::default())
-            .unwrap();
-        responses.push(sender.send_request(request).await.unwrap());
+        // On a loaded machine the proxy may cut the stalled client off (after
+        // --client-header-timeout) before all its streams are open (CI-like load: three
+        // runs in four): that is an outcome the assertion below accepts (`!open`), not a
+        // failure to set the test up.
+        let sent = match sender.ready().await {
+            Ok(()) => {
+                let request = Request::get(format!("http://{}/big", proxy.addr))
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                sender.send_request(request).await
+            }
+            Err(err) => Err(err),
+        };
+        match sent {
+            Ok(response) => responses.push(response),
+            Err(err) => {
+                // Closed or reset by the proxy: `open` below is false, as it must be then.
+                eprintln!("stream {} not opened: {err:?}", responses.len());
+                break;
+            }
+        }
     }
     // Well past the client header timeout: a stalled client is long since cut off.
     tokio::time::sleep(Duration::from_secs(4)).await;

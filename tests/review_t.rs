@@ -328,9 +328,12 @@ mod differential {
                 "seed {seed}: stats differ after:\n{}",
                 log.join("\n")
             );
+            // A guard against a run that hangs or crawls, not a measure of speed: the 40
+            // seeds (some 15,000 round trips) took 13 s of a 10 s bound here beside two
+            // busy loops, and CI's machine may be slower than this one.
             assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "bounded at 10 s"
+                started.elapsed() < Duration::from_secs(60),
+                "bounded at 60 s"
             );
         }
     }
@@ -524,8 +527,10 @@ async fn the_largest_item_the_fake_accepts_memcached_stores() {
     }
 }
 
-/// One-second lifetimes and past absolute times expire on both; `flush_all` leaves a store
-/// that takes new values at once.
+/// Short lifetimes and past absolute times expire on both; `flush_all` leaves a store
+/// that takes new values at once. Two seconds, not one: memcached's clock ticks once a
+/// second and an item expires at the tick its lifetime reaches, so a one-second item may
+/// be gone a millisecond after its set (here 10 reads in 3,000, 1 ms after the set).
 #[cfg(feature = "tcp")]
 #[tokio::test]
 async fn expiry_and_flush_behave_alike() {
@@ -534,7 +539,7 @@ async fn expiry_and_flush_behave_alike() {
     let fake = MemoryBackend::new();
     async fn before<B: Backend>(b: &B) {
         let past = Lifetime::at(SystemTime::now() - Duration::from_secs(5));
-        b.set("one", "1".into(), 0, Lifetime::from_secs(1))
+        b.set("two", "2".into(), 0, Lifetime::from_secs(2))
             .await
             .unwrap();
         b.set("past", "p".into(), 0, past).await.unwrap();
@@ -544,7 +549,7 @@ async fn expiry_and_flush_behave_alike() {
         b.set("long", "l".into(), 0, Lifetime::from_secs(THIRTY_DAYS + 1))
             .await
             .unwrap();
-        assert!(b.get("one").await.unwrap().is_some());
+        assert!(b.get("two").await.unwrap().is_some());
         assert!(b.get("past").await.unwrap().is_none());
         assert!(b.get("epoch").await.unwrap().is_none());
         assert!(b.get("long").await.unwrap().is_some());
@@ -560,7 +565,7 @@ async fn expiry_and_flush_behave_alike() {
         assert!(b.get("t").await.unwrap().is_none());
     }
     async fn after<B: Backend>(b: &B) {
-        assert!(b.get("one").await.unwrap().is_none());
+        assert!(b.get("two").await.unwrap().is_none());
         assert!(b.get("long").await.unwrap().is_some());
         b.flush_all().await.unwrap();
         assert!(b.get("long").await.unwrap().is_none());
@@ -573,7 +578,7 @@ async fn expiry_and_flush_behave_alike() {
     }
     before(&real).await;
     before(&fake).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     after(&real).await;
     after(&fake).await;
 }

@@ -291,6 +291,78 @@ mod leases {
             "{answered} origin calls answered for 20 honest clients"
         );
     }
+
+    /// The followers of a leader whose client hung up are handed its flight, but a
+    /// `no-store` request may not lead one: it must not be handed, round after round, a
+    /// flight nobody waiting can take. Each goes to the origin in one round trip's time,
+    /// as it did when the leader was abandoned, and nobody waits past `coalesce_timeout`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_that_may_not_lead_are_not_handed_a_flight_over_and_over() {
+        let layer = MemcacheLayer::new(MemoryBackend::new())
+            .namespace("review-y-no-store-heirs")
+            .coalesce_timeout(Duration::from_secs(30));
+        let stats = layer.stats();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = tower::ServiceBuilder::new().layer(layer).service_fn({
+            let calls = Arc::clone(&calls);
+            move |_request: Request<()>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    // The first (the leader's) never answers in time; the others at once.
+                    if call == 0 {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    let mut response = Response::new(Full::new(Bytes::from("page")));
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "public, max-age=60".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                }
+            }
+        });
+        let leader = tokio::spawn({
+            let svc = svc.clone();
+            async move {
+                let request = Request::get("http://example.com/p").body(()).unwrap();
+                let _ = svc.oneshot(request).await;
+            }
+        });
+        crate::support::eventually("the leader reached the origin", || {
+            calls.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let followers: Vec<_> = (0..4)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let request = Request::get("http://example.com/p")
+                        .header("cache-control", "no-store")
+                        .body(())
+                        .unwrap();
+                    let response = svc.oneshot(request).await.unwrap();
+                    response.into_body().collect().await.unwrap().to_bytes()
+                })
+            })
+            .collect();
+        // Followers now (they wait for the leader, who is at the origin).
+        crate::support::eventually("the no-store requests wait for the leader", || {
+            stats.snapshot().coalesced == 4
+        })
+        .await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the no-store requests waited"
+        );
+        leader.abort();
+        for follower in followers {
+            let body = tokio::time::timeout(Duration::from_secs(10), follower)
+                .await
+                .expect("a no-store follower was still waiting 10 s after its leader went")
+                .unwrap();
+            assert_eq!(body, "page");
+        }
+    }
 }
 
 mod not_modified {
@@ -431,22 +503,26 @@ mod late_release {
     const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
 
     /// MemoryBackend whose adds of an ended placeholder (`<token> 0`) wait for a permit:
-    /// the test decides when a dropped request's release lands.
+    /// the test decides when a dropped request's release lands, and sees when it has.
     #[derive(Clone)]
     struct HeldRelease {
         inner: MemoryBackend,
         gate: Arc<Semaphore>,
+        landed: Arc<AtomicUsize>,
     }
 
     impl HeldRelease {
-        /// A backend whose releases wait until the test adds permits to the gate.
-        fn closed() -> (Self, Arc<Semaphore>) {
+        /// A backend whose releases wait until the test adds permits to the gate; the
+        /// count of those adds that reached the store.
+        fn closed() -> (Self, Arc<Semaphore>, Arc<AtomicUsize>) {
             let gate = Arc::new(Semaphore::new(0));
+            let landed = Arc::new(AtomicUsize::new(0));
             let backend = Self {
                 inner: MemoryBackend::new(),
                 gate: Arc::clone(&gate),
+                landed: Arc::clone(&landed),
             };
-            (backend, gate)
+            (backend, gate, landed)
         }
     }
 
@@ -460,6 +536,9 @@ mod late_release {
         ) -> Result<bool, BackendError> {
             if flags == FLAG_PLACEHOLDER && value.ends_with(b" 0") {
                 self.gate.acquire().await.unwrap().forget();
+                let added = self.inner.add(key, value, flags, lifetime).await;
+                self.landed.fetch_add(1, Ordering::SeqCst);
+                return added;
             }
             self.inner.add(key, value, flags, lifetime).await
         }
@@ -475,12 +554,13 @@ mod late_release {
     /// and nothing from before the purge comes back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ended_placeholder_that_lands_after_a_purge_holds_nothing_and_refuses_nothing() {
-        let (backend, gate) = HeldRelease::closed();
+        let (backend, gate, landed) = HeldRelease::closed();
         let layer = MemcacheLayer::new(backend)
             .namespace("review-y-late-release")
             .mode(CacheMode::Origin)
             .lease_wait(Duration::from_secs(2), Duration::from_millis(20));
         let purger = layer.purger();
+        let watch = support::Watch::of(&layer);
         let calls = Arc::new(AtomicUsize::new(0));
         let inner = tower::service_fn({
             let calls = Arc::clone(&calls);
@@ -510,13 +590,13 @@ mod late_release {
         // Its release waits at the gate; the purge deletes its placeholder meanwhile.
         purger.purge_uri(url).await.unwrap();
         gate.add_permits(1);
-        // Let the held add land in the empty key.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            gate.available_permits(),
-            0,
-            "the release added its ended placeholder"
-        );
+        // The held add lands in the empty key (a background task: waited for, not slept
+        // for, so a loaded machine cannot start the next request before it landed).
+        support::eventually("the release added its ended placeholder", || {
+            landed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(gate.available_permits(), 0);
         let started = Instant::now();
         let next = support::send(&svc, Method::GET, url, &[]).await;
         assert_eq!(next.body, "v1");
@@ -525,7 +605,8 @@ mod late_release {
             "the next request waited {:?} for an ended placeholder",
             started.elapsed()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its store is in the background.
+        watch.settled().await;
         let again = support::send(&svc, Method::GET, url, &[]).await;
         support::assert_hit(again.cache_status());
         assert_eq!(again.body, "v1");
@@ -538,7 +619,7 @@ mod late_release {
     /// on best-effort work a placeholder is left to expire instead.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn releases_of_dropped_leases_are_bounded_in_number() {
-        let (backend, gate) = HeldRelease::closed();
+        let (backend, gate, _landed) = HeldRelease::closed();
         let layer = MemcacheLayer::new(backend)
             .namespace("review-y-many-releases")
             .lookup_timeout(Duration::from_secs(20));

@@ -102,53 +102,89 @@ impl<B: Backend> Shared<B> {
         }
         let flight = self.flight_key(ex, request_headers);
         let flights = &self.config.flights;
-        let joined = if plan.request_cc.no_store {
-            // Its response is never stored: it may wait for another request's entry, but
-            // none may wait for it (they would learn nothing, then go all at once), nor
-            // for a placeholder of its in other processes.
-            flights.follow(&flight, self.config.max_coalesced, &ex.found)
-        } else {
-            flights.join(&flight, self.config.max_coalesced, &ex.found)
-        };
-        match joined {
-            Flight::Leader(leader) => filler.leader = Some(leader),
-            Flight::Follower(rx) => {
-                let validated = rx.led_since(plan.arrived);
-                self.count_wait(waited);
-                tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
-                idle();
-                let changed = match single_flight::wait(rx, self.config.coalesce_timeout).await {
-                    Waited::Entry(entry, fetched) => {
-                        // Fetched after this request arrived: it validates the entry for
-                        // this request, whatever its `no-cache`.
-                        let validated = validated && fetched;
-                        if let Some(freshness) =
-                            self.usable_now(&entry, plan, request_headers, validated)
-                        {
-                            return Coordinated::Answered(entry, freshness);
-                        }
-                        // Another variant's response: its index is stored now, so a new
-                        // lookup finds this request's own variant flight.
-                        true
-                    }
-                    // Nothing learnt, and nobody else is asking now: one of the followers
-                    // leads next, rather than all of them going at once.
-                    Waited::Overtaken | Waited::Abandoned => true,
-                    // Its answer could be stored for a request like this one (one with
-                    // credentials too would have it refused for the same reason).
-                    Waited::Declined { credentials } => {
-                        !(credentials && request_headers.contains_key(http::header::AUTHORIZATION))
-                    }
-                    Waited::Nothing => false,
-                };
-                tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, its client gone, timed out, failed or not stored)");
-                return if retry && changed {
-                    Coordinated::Retry
-                } else {
-                    Coordinated::Go(filler)
-                };
+        // Its response is never stored: it may wait for another request's entry, but none
+        // may wait for it (they would learn nothing, then go all at once), nor for a
+        // placeholder of its in other processes.
+        let may_lead = !plan.request_cc.no_store;
+        let join = || {
+            if may_lead {
+                flights.join(&flight, self.config.max_coalesced, &ex.found)
+            } else {
+                flights.follow(&flight, self.config.max_coalesced, &ex.found)
             }
-            Flight::Alone => return Coordinated::Go(filler),
+        };
+        let mut joined = join();
+        // One `coalesce_timeout` across the rounds, however many leaders go away in turn:
+        // a request waits no longer than it did for one.
+        let waiting_until = Instant::now()
+            .checked_add(self.config.coalesce_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        // Each round waits for a leader that went away unfinished (see `Waited::Heir`).
+        loop {
+            match joined {
+                Flight::Leader(leader) => {
+                    filler.leader = Some(leader);
+                    break;
+                }
+                Flight::Follower(rx) => {
+                    let validated = rx.led_since(plan.arrived);
+                    self.count_wait(waited);
+                    tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
+                    idle();
+                    let left = waiting_until.saturating_duration_since(Instant::now());
+                    let changed = match single_flight::wait(rx, left).await {
+                        Waited::Entry(entry, fetched) => {
+                            // Fetched after this request arrived: it validates the entry
+                            // for this request, whatever its `no-cache`.
+                            let validated = validated && fetched;
+                            if let Some(freshness) =
+                                self.usable_now(&entry, plan, request_headers, validated)
+                            {
+                                return Coordinated::Answered(entry, freshness);
+                            }
+                            // Another variant's response: its index is stored now, so a new
+                            // lookup finds this request's own variant flight.
+                            true
+                        }
+                        // Its leader went away unfinished: the flight goes on, led by the
+                        // first of its followers to take it, with the others waiting for
+                        // that one (no new look-up, and no request that arrives meanwhile
+                        // can take the lead from them).
+                        Waited::Heir(succession) if may_lead => {
+                            if let Some(leader) = succession.take() {
+                                tracing::debug!(key = %plan.key, "the request waited for went away unfinished; this one leads its flight on");
+                                filler.leader = Some(leader);
+                                break;
+                            }
+                            drop(succession);
+                            joined = join();
+                            continue;
+                        }
+                        // A request that may not lead (its response is never stored) is
+                        // left as by a leader gone without a word: were it to join the
+                        // flight again, a flight nobody can take would be handed to it
+                        // again, round after round.
+                        Waited::Heir(_) => true,
+                        // Nothing learnt, and nobody else is asking now: one of the
+                        // followers leads next, rather than all of them going at once.
+                        Waited::Overtaken | Waited::Abandoned => true,
+                        // Its answer could be stored for a request like this one (one with
+                        // credentials too would have it refused for the same reason).
+                        Waited::Declined { credentials } => {
+                            !(credentials
+                                && request_headers.contains_key(http::header::AUTHORIZATION))
+                        }
+                        Waited::Nothing => false,
+                    };
+                    tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, its client gone, timed out, failed or not stored)");
+                    return if retry && changed {
+                        Coordinated::Retry
+                    } else {
+                        Coordinated::Go(filler)
+                    };
+                }
+                Flight::Alone => return Coordinated::Go(filler),
+            }
         }
         let mut found = Guard::of(&ex.found);
         if ex.detail.is_some() {

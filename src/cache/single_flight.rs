@@ -34,6 +34,22 @@ enum LeaderOutcome {
     Nothing,
     /// Nothing, only because of what its request was (see [`Waited::Declined`]).
     Declined { credentials: bool },
+    /// The leader went away unfinished while requests waited for it: the flight goes on
+    /// under the follower that takes its new leader first (see [`Waited::Heir`]).
+    Succession(Succession),
+}
+
+/// The new leader of a flight whose leader went away unfinished, for one of its
+/// followers to take. Nobody taking it, it is dropped with the last of them, and ends (or
+/// hands on) the flight as any leader does.
+#[derive(Clone)]
+pub(crate) struct Succession(Arc<Mutex<Option<Leader>>>);
+
+impl Succession {
+    /// The flight's new leader, for the first follower that asks.
+    pub(crate) fn take(&self) -> Option<Leader> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 struct InFlight {
@@ -103,7 +119,11 @@ pub(crate) enum Flight {
 }
 
 /// The request that calls the inner service for a key. Dropping it unfinished (an error,
-/// a client that went away) releases the followers to go on their own.
+/// a client that went away) hands the flight to one of its followers, if any: the first to
+/// take it leads, the others wait for it, and so do requests that join meanwhile. Had they
+/// all looked the URL up again instead, a request arriving at that moment (a client that
+/// hangs up again and again) could lead each time, until every follower had used up its
+/// look-ups and gone to the origin on its own.
 pub(crate) struct Leader {
     flights: SingleFlight,
     key: String,
@@ -237,7 +257,23 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        self.leave();
+        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(flight) = state.inflight.get(&self.key).filter(|f| f.id == self.id) else {
+            // Published, or ended by a follower that waited in vain.
+            return;
+        };
+        if flight.followers == 0 {
+            state.inflight.remove(&self.key);
+            return;
+        }
+        // Unfinished, with followers: a new flight in its place (requests that join now
+        // wait for it), led by the follower that takes it first.
+        let heir = self.flights.lead(&mut state, &self.key);
+        drop(state);
+        let succession = Succession(Arc::new(Mutex::new(Some(heir))));
+        // Should every follower be gone by now, the heir comes back and is dropped: it has
+        // no followers either, and ends the new flight.
+        let _ = self.tx.send(Some(LeaderOutcome::Succession(succession)));
     }
 }
 
@@ -279,10 +315,14 @@ pub(crate) enum Waited {
     Entry(Arc<Entry>, bool),
     /// The leader's response predates a purge this request came after.
     Overtaken,
-    /// The leader went away without a word (its client hung up before the response was
-    /// complete): nothing was learnt of the URL, so the followers elect another leader
-    /// rather than all go to the origin at once.
+    /// The leader went away without a word and without followers to hand on to: nothing
+    /// was learnt of the URL, so the followers elect another leader rather than all go to
+    /// the origin at once.
     Abandoned,
+    /// The leader went away unfinished (its client hung up before the response was
+    /// complete): the follower that [takes](Succession::take) the new leader leads the
+    /// flight on; the others join it again (and wait for that one).
+    Heir(Succession),
     /// The leader had nothing to share (the response is not stored), or took too long.
     Nothing,
     /// The leader's response was not stored only because of what its request was: a part
@@ -307,6 +347,7 @@ pub(crate) async fn wait(follower: Follower, timeout: Duration) -> Waited {
         Some(LeaderOutcome::Found((entry, _))) => Waited::Entry(entry, false),
         Some(LeaderOutcome::Nothing) => Waited::Nothing,
         Some(LeaderOutcome::Declined { credentials }) => Waited::Declined { credentials },
+        Some(LeaderOutcome::Succession(succession)) => Waited::Heir(succession),
         None => Waited::Abandoned,
     }
 }
@@ -389,16 +430,71 @@ mod tests {
             panic!("room again")
         };
         drop(leader);
-        assert!(matches!(
-            wait(a, Duration::from_secs(1)).await,
-            Waited::Abandoned
-        ));
-        let Flight::Leader(leader) = flights.join("k", 2, &any) else {
-            panic!("new leader")
+        // The flight is handed to its followers: the first to take it leads.
+        let Waited::Heir(succession) = wait(a, Duration::from_secs(1)).await else {
+            panic!("the flight was not handed on")
         };
+        let leader = succession.take().expect("the first to ask leads");
+        assert!(succession.take().is_none(), "one leader");
         assert!(flights.try_lead("k").is_none(), "a flight is under way");
         // Published: the flight is over, the next request leads.
         leader.publish(None);
+        assert!(flights.try_lead("k").is_some());
+    }
+
+    /// A leader gone unfinished (its client hung up) hands its flight to its followers. A
+    /// request that arrived at that moment led instead (the followers looked the URL up
+    /// again, and found its flight): a client that hangs up again and again led every
+    /// flight, and the followers, their look-ups used up, each went to the origin.
+    #[tokio::test]
+    async fn a_leader_gone_unfinished_hands_its_flight_to_a_follower_not_a_newcomer() {
+        let flights = SingleFlight::default();
+        let any = seen(Slot::Absent);
+        let Flight::Leader(leader) = flights.join("k", 8, &any) else {
+            panic!("leader")
+        };
+        let Flight::Follower(follower) = flights.join("k", 8, &any) else {
+            panic!("follower")
+        };
+        drop(leader);
+        let Flight::Follower(newcomer) = flights.join("k", 8, &any) else {
+            panic!("a request arriving as the leader went took the lead from its followers")
+        };
+        let Waited::Heir(succession) = wait(follower, Duration::from_secs(1)).await else {
+            panic!("the flight was not handed on")
+        };
+        let heir = succession.take().expect("the follower leads");
+        drop(succession);
+        heir.publish(None);
+        assert!(matches!(
+            wait(newcomer, Duration::from_secs(1)).await,
+            Waited::Nothing
+        ));
+        assert!(flights.try_lead("k").is_some(), "the flight is over");
+    }
+
+    /// A flight handed to followers that all went away without taking it is handed on to
+    /// those that joined since, or ends: nobody waits for a leader that never comes.
+    #[tokio::test]
+    async fn a_flight_nobody_takes_is_handed_on_or_ends() {
+        let flights = SingleFlight::default();
+        let any = seen(Slot::Absent);
+        let Flight::Leader(leader) = flights.join("k", 8, &any) else {
+            panic!("leader")
+        };
+        let Flight::Follower(gone) = flights.join("k", 8, &any) else {
+            panic!("follower")
+        };
+        drop(leader);
+        let Flight::Follower(newcomer) = flights.join("k", 8, &any) else {
+            panic!("a follower of the heir")
+        };
+        drop(gone);
+        let Waited::Heir(succession) = wait(newcomer, Duration::from_secs(1)).await else {
+            panic!("the flight was not handed on to the one waiting")
+        };
+        drop(succession);
+        // Nobody took it, nobody waits: the flight is over.
         assert!(flights.try_lead("k").is_some());
     }
 
