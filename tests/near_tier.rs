@@ -424,8 +424,8 @@ async fn a_lapsed_entry_is_confirmed_without_reading_it<B: Backend>(backend: B) 
         (NEAR_HIT.into(), 2),
         "epoch + namespace generation, not the entry"
     );
-    // Within the generation's reuse window (187 ms).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Within the generation's reuse window (187 ms), with room for a loaded machine.
+    tokio::time::sleep(Duration::from_millis(30)).await;
     let (status, keys) = checked(&svc, &backend, "/b").await;
     assert_eq!(status, NEAR_HIT);
     assert!(keys <= 1, "its stripe's epoch at most: {keys}");
@@ -443,7 +443,7 @@ async fn a_lapsed_entry_is_confirmed_without_reading_it<B: Backend>(backend: B) 
     for path in ["/a", "/b", "/tagged/a", "/tagged/b"] {
         assert_eq!(checked(&svc, &backend, path).await, (NEAR_HIT.into(), 0));
     }
-    // /b's confirmation started 100 ms after the generation's read it relied on:
+    // /b's confirmation started 30 ms after the generation's read it relied on:
     // answered from the tier until t0 + the bound, then confirmed again.
     tokio::time::sleep_until((t0 + bound - Duration::from_millis(150)).into()).await;
     assert_eq!(checked(&svc, &backend, "/b").await, (NEAR_HIT.into(), 0));

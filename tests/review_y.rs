@@ -48,12 +48,14 @@ mod tcp {
         );
         // Marked down, its keys fail fast: a miss, not a wait.
         let started = Instant::now();
+        // A lookup that waited would take its 2 s; one that fails fast, far less even on
+        // a loaded machine.
         let outcome = memcached
-            .get_many_by_key_ordered("r", &["g", "e"], Duration::from_millis(50))
+            .get_many_by_key_ordered("r", &["g", "e"], Duration::from_secs(2))
             .await;
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(
-            started.elapsed() < Duration::from_millis(20),
+            started.elapsed() < Duration::from_millis(500),
             "a lookup on the server marked down took {:?}",
             started.elapsed()
         );

@@ -156,11 +156,9 @@ async fn silent_server_times_out_then_fails_fast() {
         ),
         "{err:?}"
     );
-    assert!(
-        started.elapsed() < Duration::from_millis(20),
-        "{:?}",
-        started.elapsed()
-    );
+    // `MarkedDown` is decided before any I/O: well within one call timeout, however
+    // loaded the machine (the bound was 20 ms).
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
     silent.abort();
 }
 
