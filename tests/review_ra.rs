@@ -1,0 +1,99 @@
+//! Review RA: the coalescing succession (a leader gone unfinished hands its flight to a
+//! follower, which leads it on): what the heir knows of the URL when it takes the lead.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::CacheMode;
+
+use support::{Watch, send};
+
+const URL: &str = "http://site.example/p";
+
+/// Attack: a purge issued while requests wait for a leader whose client then hangs up.
+/// The follower that takes the flight over led it from the lookup it made before it
+/// waited: it still held the stale entry the purge removed, and when the origin failed it
+/// served that entry as `stale-if-error`, after the purge had returned (a response whose
+/// request went out before the purge). The heir must lead from what memcached holds when
+/// it takes the lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_heir_does_not_serve_an_entry_purged_while_it_waited() {
+    let layer = support::layer(MemoryBackend::new())
+        .namespace("review-ra-heir-purge")
+        .mode(CacheMode::Origin)
+        .coalesce_timeout(Duration::from_secs(30));
+    let watch = Watch::of(&layer);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn({
+            let calls = Arc::clone(&calls);
+            move |_request: Request<()>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let response = match call {
+                        // The first fill: stale on arrival (its `Age` is past its lifetime),
+                        // usable when the origin fails.
+                        0 => Response::builder()
+                            .header("cache-control", "max-age=60, stale-if-error=600")
+                            .header("age", "120")
+                            .body(Full::new(Bytes::from("before the purge"))),
+                        // The leader's request: its client hangs up before an answer.
+                        1 => {
+                            std::future::pending::<()>().await;
+                            unreachable!()
+                        }
+                        // The heir's: the origin fails.
+                        _ => Response::builder()
+                            .status(StatusCode::SERVICE_UNAVAILABLE)
+                            .body(Full::new(Bytes::from("origin down"))),
+                    };
+                    Ok::<_, Infallible>(response.unwrap())
+                }
+            }
+        });
+    let first = send(&svc, Method::GET, URL, &[]).await;
+    assert_eq!(first.body, "before the purge");
+    support::stores(&watch, 1).await;
+
+    let leader = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, Method::GET, URL, &[]).await }
+    });
+    support::eventually("the leader reached the origin", || {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let heir = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, Method::GET, URL, &[]).await }
+    });
+    support::eventually("the second request waits for the leader", || {
+        watch.snapshot().coalesced == 1
+    })
+    .await;
+    layer.purger().purge_uri(URL).await.unwrap();
+    // The leader's client hangs up: the waiting request takes its flight over.
+    leader.abort();
+    let answer = support::bounded("the heir's answer", heir).await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the heir went to the origin"
+    );
+    assert_ne!(
+        answer.body,
+        "before the purge",
+        "a purged response was served after the purge returned ({})",
+        answer.cache_status()
+    );
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+}
