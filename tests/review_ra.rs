@@ -97,3 +97,77 @@ async fn an_heir_does_not_serve_an_entry_purged_while_it_waited() {
     );
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// The same without any handover: a request revalidating a stale entry whose origin call
+/// is under way when a purge returns, and which then fails, stood in the entry it had read
+/// before the purge (`stale-if-error`), after the purge had returned. A stale response
+/// stands in for a failing origin only if memcached still holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidation_that_fails_after_a_purge_does_not_serve_the_purged_entry() {
+    let layer = support::layer(MemoryBackend::new())
+        .namespace("review-ra-revalidation-purge")
+        .mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn({
+            let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
+            move |_request: Request<()>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                let release = Arc::clone(&release);
+                async move {
+                    let response = match call {
+                        0 => Response::builder()
+                            .header("cache-control", "max-age=60, stale-if-error=600")
+                            .header("age", "120")
+                            .body(Full::new(Bytes::from("before the purge"))),
+                        // The revalidation: held until the purge returned, then failing.
+                        _ => {
+                            if let Ok(permit) = release.acquire().await {
+                                permit.forget();
+                            }
+                            Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .body(Full::new(Bytes::from("origin down")))
+                        }
+                    };
+                    Ok::<_, Infallible>(response.unwrap())
+                }
+            }
+        });
+    let first = send(&svc, Method::GET, URL, &[]).await;
+    assert_eq!(first.body, "before the purge");
+    support::stores(&watch, 1).await;
+    // Without a purge, the failing origin is stood in for (the control).
+    release.add_permits(1);
+    let control = send(&svc, Method::GET, URL, &[]).await;
+    assert_eq!(
+        control.body,
+        "before the purge",
+        "{}",
+        control.cache_status()
+    );
+
+    let revalidating = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, Method::GET, URL, &[]).await }
+    });
+    support::eventually("the revalidation reached the origin", || {
+        calls.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    layer.purger().purge_uri(URL).await.unwrap();
+    release.add_permits(1);
+    let answer = support::bounded("the revalidation's answer", revalidating)
+        .await
+        .unwrap();
+    assert_ne!(
+        answer.body,
+        "before the purge",
+        "a purged response was served after the purge returned ({})",
+        answer.cache_status()
+    );
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -22,6 +22,7 @@ use super::fill::Refusal;
 use super::own_request::{RequestHead, own_body};
 use super::shared::Shared;
 use super::status::{Detail, Outcome};
+use super::storage::Lookup;
 use super::stored::{self, header_map, now_ms};
 use crate::backend::Backend;
 use crate::cache::entry::{Entry, MAX_FIELDS};
@@ -126,6 +127,37 @@ impl<B: Backend> Shared<B> {
     }
 }
 
+/// Whether memcached still holds the stale entry the exchange's lookup found, for it to
+/// stand in for a failing origin: the primary key unchanged since that lookup. Read again
+/// because the origin was asked in between, and a purge that returned meanwhile must hold
+/// (a request that went out before it must not answer with what it removed). When
+/// memcached cannot be read either, the entry stands in (fail open: a purge needs
+/// memcached to return, so only one just before it became unreadable is missed).
+async fn still_held<B: Backend>(
+    shared: &Shared<B>,
+    ex: &Exchange,
+    request_headers: &http::HeaderMap,
+) -> bool {
+    if ex.found.entry.is_none() {
+        return false;
+    }
+    let plan = &ex.plan;
+    match shared
+        .storage
+        .lookup(&plan.canonical, &plan.key, request_headers)
+        .await
+    {
+        Lookup::Found(found) => {
+            let held = found.entry.is_some() && found.slot == ex.found.slot;
+            if !held {
+                tracing::debug!(key = %plan.key, "the stale entry was purged or replaced while the origin was asked; not stood in");
+            }
+            held
+        }
+        Lookup::Unavailable => true,
+    }
+}
+
 /// Sends the request to the inner service (conditionally, when a stored response can be
 /// revalidated) and turns its answer into the client's: a refreshed entry on 304, the
 /// stale entry when the origin fails and that is allowed, or the new response on its way
@@ -193,10 +225,12 @@ where
     // read only what they store, and the answer to a request sent again is not stored.
     let resend = (ours && caller == For::Client).then(|| RequestHead::of(&request));
     let outcome = inner.call(request).await;
-    let stale_fallback = |unreachable: bool| {
+    // `held`: memcached still holds the stale entry (see `still_held`); one purged,
+    // invalidated or replaced while the origin was asked stands in for nothing.
+    let stale_fallback = |unreachable: bool, held: bool| {
         let entry = stale.as_ref()?;
         let freshness = stored::freshness(&entry.meta, now_ms());
-        if freshness.usable_on_error(&plan.request_cc) {
+        if held && freshness.usable_on_error(&plan.request_cc) {
             tally.served();
             return Some(shared.answer_counted(
                 entry,
@@ -207,7 +241,11 @@ where
                 counted,
             ));
         }
-        if let Some(bound) = shared.config.stale_if_unreachable.filter(|_| unreachable) {
+        if let Some(bound) = shared
+            .config
+            .stale_if_unreachable
+            .filter(|_| unreachable && held)
+        {
             if freshness.usable_when_unreachable(&plan.request_cc, bound) {
                 tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
                 tally.served();
@@ -239,7 +277,8 @@ where
             // leader after another, each waiting out the failure in turn (an inner
             // timeout's, three rounds over).
             filler.release().await;
-            return match stale_fallback(true) {
+            let held = still_held(shared, ex, request_headers).await;
+            return match stale_fallback(true, held) {
                 Some(response) => Ok(response),
                 None => Err(err),
             };
@@ -248,7 +287,8 @@ where
     let unreachable = response.extensions().get::<OriginUnreachable>().is_some();
     let failed = unreachable || matches!(response.status().as_u16(), 500 | 502 | 503 | 504);
     if failed {
-        if let Some(fallback) = stale_fallback(unreachable) {
+        let held = still_held(shared, ex, request_headers).await;
+        if let Some(fallback) = stale_fallback(unreachable, held) {
             // As for an inner service error above: the followers go on their own now,
             // rather than take this for a client gone and wait out the failure in turn.
             filler.release().await;
