@@ -18,6 +18,26 @@ use support::{Watch, send};
 
 const URL: &str = "http://site.example/p";
 
+/// The origin failing.
+fn origin_down() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from("origin down")));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+}
+
+/// The first fill: stale on arrival (its `Age` is past its lifetime), usable when the
+/// origin fails.
+fn stale_on_arrival() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from("before the purge")));
+    let headers = response.headers_mut();
+    headers.insert(
+        "cache-control",
+        "max-age=60, stale-if-error=600".parse().unwrap(),
+    );
+    headers.insert("age", "120".parse().unwrap());
+    response
+}
+
 /// Attack: a purge issued while requests wait for a leader whose client then hangs up.
 /// The follower that takes the flight over led it from the lookup it made before it
 /// waited: it still held the stale entry the purge removed, and when the origin failed it
@@ -39,24 +59,17 @@ async fn an_heir_does_not_serve_an_entry_purged_while_it_waited() {
             move |_request: Request<()>| {
                 let call = calls.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    let response = match call {
-                        // The first fill: stale on arrival (its `Age` is past its lifetime),
-                        // usable when the origin fails.
-                        0 => Response::builder()
-                            .header("cache-control", "max-age=60, stale-if-error=600")
-                            .header("age", "120")
-                            .body(Full::new(Bytes::from("before the purge"))),
+                    let response: Result<_, Infallible> = match call {
+                        0 => Ok(stale_on_arrival()),
                         // The leader's request: its client hangs up before an answer.
                         1 => {
                             std::future::pending::<()>().await;
                             unreachable!()
                         }
                         // The heir's: the origin fails.
-                        _ => Response::builder()
-                            .status(StatusCode::SERVICE_UNAVAILABLE)
-                            .body(Full::new(Bytes::from("origin down"))),
+                        _ => Ok(origin_down()),
                     };
-                    Ok::<_, Infallible>(response.unwrap())
+                    response
                 }
             }
         });
@@ -118,22 +131,17 @@ async fn a_revalidation_that_fails_after_a_purge_does_not_serve_the_purged_entry
                 let call = calls.fetch_add(1, Ordering::SeqCst);
                 let release = Arc::clone(&release);
                 async move {
-                    let response = match call {
-                        0 => Response::builder()
-                            .header("cache-control", "max-age=60, stale-if-error=600")
-                            .header("age", "120")
-                            .body(Full::new(Bytes::from("before the purge"))),
+                    let response: Result<_, Infallible> = match call {
+                        0 => Ok(stale_on_arrival()),
                         // The revalidation: held until the purge returned, then failing.
                         _ => {
                             if let Ok(permit) = release.acquire().await {
                                 permit.forget();
                             }
-                            Response::builder()
-                                .status(StatusCode::SERVICE_UNAVAILABLE)
-                                .body(Full::new(Bytes::from("origin down")))
+                            Ok(origin_down())
                         }
                     };
-                    Ok::<_, Infallible>(response.unwrap())
+                    response
                 }
             }
         });
