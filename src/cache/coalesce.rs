@@ -11,7 +11,6 @@ use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
 use super::shared::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
-use super::status::{Detail, Forward};
 use super::storage::{
     FILL_HOLD, Found, Lookup, Placed, Slot, Target, arming, placed, purges, unique,
 };
@@ -115,9 +114,6 @@ impl<B: Backend> Shared<B> {
             }
         };
         let mut joined = join();
-        // Whether this request took over the flight of a leader gone unfinished: its
-        // lookup predates its wait.
-        let mut heir = false;
         // One `coalesce_timeout` across the rounds, however many leaders go away in turn:
         // a request waits no longer than it did for one.
         let waiting_until = Instant::now()
@@ -158,7 +154,6 @@ impl<B: Backend> Shared<B> {
                             if let Some(leader) = succession.take() {
                                 tracing::debug!(key = %plan.key, "the request waited for went away unfinished; this one leads its flight on");
                                 filler.leader = Some(leader);
-                                heir = true;
                                 break;
                             }
                             drop(succession);
@@ -191,37 +186,14 @@ impl<B: Backend> Shared<B> {
                 Flight::Alone => return Coordinated::Go(filler),
             }
         }
-        // An heir holding a stored response it looked up before it waited reads the URL
-        // again: that response may have been purged, invalidated or replaced meanwhile, and
-        // revalidated, or served when the origin fails (`stale-if-error`), it answered
-        // after a purge that returned. (Placements and stores read memcached anyway.)
-        let mut relooked = None;
-        if heir && ex.found.entry.is_some() {
-            let read = SystemTime::now();
-            match self.look_again(plan, request_headers).await {
-                Looked::Usable(entry, freshness) => {
-                    filler.publish_found((Arc::clone(&entry), Some(read)));
-                    return Coordinated::Answered(entry, freshness);
-                }
-                Looked::Slot(again) => relooked = Some((again, None)),
-                Looked::Unavailable => {
-                    relooked = Some((Found::default(), Some(Detail::BackendUnavailable)));
-                }
-            }
-        }
-        let (view, detail) = relooked
-            .as_ref()
-            .map_or((&ex.found, ex.detail), |(found, detail)| (found, *detail));
-        let mut found = Guard::of(view);
-        let mut started = view.started;
-        // The caller's exchange takes this lookup in place of its own (see `Filler::adopt`).
-        filler.relooked = relooked;
-        if detail.is_some() {
+        let mut found = Guard::of(&ex.found);
+        if ex.detail.is_some() {
             // Nothing known of the URL: only requests that looked before this one goes out
             // may share its response.
             filler.mark(UNGUARDED, &found, placed());
             return Coordinated::Go(filler);
         }
+        let mut started = ex.found.started;
         // Whether `found` is what a look after waiting for a placeholder saw.
         let mut looked_again = false;
         // A wait too long to add is as good as forever: the placeholder's own time still
@@ -405,9 +377,6 @@ pub(super) struct Filler<B: Backend> {
     /// What the latest lookup before the request went out saw, when it was not the
     /// exchange's own.
     pub(super) guard: Option<Guard>,
-    /// A lookup made after the exchange's own (an heir's, when it took the lead), and
-    /// why the cache was of no help then: the exchange goes on from it.
-    relooked: Option<(Found, Option<Detail>)>,
 }
 
 impl<B: Backend> Filler<B> {
@@ -416,32 +385,7 @@ impl<B: Backend> Filler<B> {
             leader: None,
             lease: None,
             guard: None,
-            relooked: None,
         }
-    }
-
-    /// Puts the lookup this request made when it took over a flight (if it did) in its
-    /// exchange, in place of the one made before it waited: what the request revalidates,
-    /// or serves when the origin fails, is what memcached holds now.
-    pub(super) fn adopt(&mut self, ex: &mut Exchange) {
-        let Some((found, detail)) = self.relooked.take() else {
-            return;
-        };
-        // Not usable as it is (it would have answered): as the request's own lookup
-        // would have named it.
-        ex.fwd = match &found.entry {
-            Some(entry)
-                if ex.plan.request_cc.no_cache
-                    || crate::cache::stored::freshness(&entry.meta, now_ms()).is_fresh() =>
-            {
-                Forward::Request
-            }
-            Some(_) => Forward::Stale,
-            None if found.index.is_some() => Forward::VaryMiss,
-            None => Forward::UriMiss,
-        };
-        ex.found = found;
-        ex.detail = detail;
     }
 
     /// A background refresh of the stale entry `found` read: only requests that saw that
@@ -451,7 +395,6 @@ impl<B: Backend> Filler<B> {
             leader: Some(leader),
             lease: None,
             guard: None,
-            relooked: None,
         };
         if let Slot::Value { cas } = found.slot {
             filler.mark(Some(cas), &Guard::of(found), found.started);

@@ -394,7 +394,7 @@ async fn fill_whole<B, S, R, ResBody>(
     } else {
         Forward::UriMiss
     };
-    let mut ex = Exchange {
+    let ex = Exchange {
         plan,
         found,
         fwd,
@@ -416,10 +416,7 @@ async fn fill_whole<B, S, R, ResBody>(
         .coordinate_idle(&ex, request.headers(), false, &mut true, &mut idle)
         .await;
     let filler = match coordinated {
-        Coordinated::Go(mut filler) => {
-            filler.adopt(&mut ex);
-            filler
-        }
+        Coordinated::Go(filler) => filler,
         Coordinated::Answered(..) | Coordinated::Retry => return,
     };
     // Made ready again after a wait, possibly as the URL's leader (it waited for another

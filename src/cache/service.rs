@@ -296,7 +296,7 @@ where
                 shared.set_status(&mut response, outcome);
                 return Ok(response);
             }
-            let mut ex = Exchange {
+            let ex = Exchange {
                 plan,
                 found,
                 fwd,
@@ -322,10 +322,7 @@ where
                     let answered = Answered::Collapsed(ex.fwd);
                     return Ok(shared.answer(&entry, &freshness, headers, is_head, answered));
                 }
-                Coordinated::Go(mut filler) => {
-                    filler.adopt(&mut ex);
-                    filler
-                }
+                Coordinated::Go(filler) => filler,
                 Coordinated::Retry => {
                     retries = retries.saturating_sub(1);
                     plan = ex.plan;
