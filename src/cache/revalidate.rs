@@ -29,7 +29,7 @@ use crate::cache::entry::{Entry, MAX_FIELDS};
 use crate::cache::policy::A_IM;
 use crate::cache::policy::conditional::{
     add_validators, has_preconditions, has_validators, names_another_representation,
-    same_representation,
+    same_representation, selects_for_update,
 };
 use crate::cache::policy::is_hop_by_hop;
 use crate::cache::policy::{NotStorable, PER_CLIENT_FIELDS};
@@ -353,11 +353,12 @@ where
             shared.set_status(&mut answer, outcome);
             return Ok(answer);
         }
-        // A 304 to the client's own condition speaks for the stored body only through a
-        // validator they share: without one (`If-None-Match: *` answered for whatever the
-        // page now is) it would date an old body anew. It passes to its client, unstored.
+        // A 304 to the client's own condition refreshes the stored response it selects
+        // (§4.3.4, see `selects_for_update`: never one a validator-less 304 says nothing
+        // of, as to `If-None-Match: *`, which would date an old body anew). Either way
+        // it passes to its client.
         if status == StatusCode::NOT_MODIFIED
-            && (ours || (has_validators(stored) && same_representation(response.headers(), stored)))
+            && (ours || selects_for_update(response.headers(), stored, request_headers))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
             let refreshed = shared
