@@ -1,8 +1,9 @@
 //! Review RB: conformance gaps earlier sessions noticed and left standing, fixed to the
 //! RFCs: `Cache-Status: stored` for a response the fill can still abandon (RFC 9211
 //! §2.5), the stored responses a 304 to a client's own condition selects for update (RFC
-//! 9111 §4.3.4), and a multipart 206 of an entry with a content coding (RFC 9110 §8.4,
-//! §14.6). Each test failed before its fix.
+//! 9111 §4.3.4), a multipart 206 of an entry with a content coding (RFC 9110 §8.4,
+//! §14.6), and a stale stand-in for a failing origin called a hit (RFC 9211 §2.1). Each
+//! test failed before its fix.
 
 mod support;
 
@@ -345,5 +346,71 @@ async fn a_304_to_a_clients_own_condition_selects_by_rfc9111_4_3_4() {
             "{label}: {after:?}"
         );
         assert!(after.header("set-cookie").is_none(), "{label}: {after:?}");
+    }
+}
+
+/// RFC 9211 §2.1: `hit` says the request "was not forwarded"; a response that was in the
+/// cache "but not able to be used without going forward (e.g., because it was stale)
+/// is not considered a hit". A stale response standing in for a failing origin
+/// (`stale-if-error`, `stale_if_unreachable`) went forward first, yet said `hit; ttl=-N`:
+/// a monitor reading hits counted an origin outage as the cache at work. It now says
+/// `fwd=stale`, with the origin's status (`fwd-status`, when it sent one), how stale
+/// (`ttl`) and why (`detail`).
+#[tokio::test]
+async fn a_stale_stand_in_for_a_failing_origin_is_no_hit() {
+    for unreachable in [false, true] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = tower::service_fn({
+            let calls = Arc::clone(&calls);
+            move |_request: Request<()>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if call > 0 && unreachable {
+                        return Err(std::io::Error::other("connection refused"));
+                    }
+                    let mut response =
+                        Response::new(http_body_util::Full::new(Bytes::from("page")));
+                    if call > 0 {
+                        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let headers = response.headers_mut();
+                    // Stale on arrival (its age past its lifetime), usable on error (or,
+                    // by the layer's `stale_if_unreachable`, when unreachable).
+                    let cc = match unreachable {
+                        false => "max-age=1, stale-if-error=600",
+                        true => "max-age=1",
+                    };
+                    headers.insert("cache-control", HeaderValue::from_static(cc));
+                    headers.insert("age", HeaderValue::from_static("5"));
+                    headers.insert("etag", HeaderValue::from_static("\"s1\""));
+                    Ok(response)
+                }
+            }
+        });
+        let layer = support::layer(MemoryBackend::new())
+            .mode(CacheMode::Origin)
+            .stale_if_unreachable(Some(std::time::Duration::from_secs(600)));
+        let watch = Watch::of(&layer);
+        let service = layer.layer(origin);
+        let url = "http://site.example/s";
+        bounded("fill", send(&service, Method::GET, url, &[])).await;
+        watch.settled().await;
+        let stale = bounded("stand-in", send(&service, Method::GET, url, &[])).await;
+        assert_eq!(stale.body, "page", "unreachable: {unreachable}: {stale:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "it went forward");
+        let said = stale.header("cache-status").unwrap_or("").to_string();
+        let expected = if unreachable {
+            "tower-memcache; fwd=stale; ttl=-"
+        } else {
+            "tower-memcache; fwd=stale; fwd-status=503; ttl=-"
+        };
+        assert!(said.starts_with(expected), "{said}");
+        assert!(!said.contains("hit"), "{said}");
+        let detail = if unreachable {
+            "detail=origin-unreachable"
+        } else {
+            "detail=stale-if-error"
+        };
+        assert!(said.ends_with(detail), "{said}");
     }
 }
