@@ -2,8 +2,9 @@
 //! RFCs: `Cache-Status: stored` for a response the fill can still abandon (RFC 9211
 //! §2.5), the stored responses a 304 to a client's own condition selects for update (RFC
 //! 9111 §4.3.4), a multipart 206 of an entry with a content coding (RFC 9110 §8.4,
-//! §14.6), and a stale stand-in for a failing origin called a hit (RFC 9211 §2.1). Each
-//! test failed before its fix.
+//! §14.6), a stale stand-in for a failing origin called a hit (RFC 9211 §2.1), and a
+//! refresh relabelling the stored body's content coding (RFC 9111 §3.2). Each test
+//! failed before its fix.
 
 mod support;
 
@@ -413,4 +414,62 @@ async fn a_stale_stand_in_for_a_failing_origin_is_no_hit() {
         };
         assert!(said.ends_with(detail), "{said}");
     }
+}
+
+/// RFC 9111 §3.2: a cache that keeps the bytes it received "MAY omit" from a refresh the
+/// fields "necessary to assure integrity of the stored response", its example being
+/// `Content-Encoding` ("Updating that stored metadata with a different Content-Encoding
+/// header field would be problematic"). A 304 (or HEAD) carrying another coding than the
+/// stored body's (an origin that shares one `ETag` between its plain and gzip variants,
+/// revalidated by a client that accepts gzip) relabelled the stored plain body as gzip,
+/// and every later hit was undecodable. The stored body keeps its own coding.
+#[tokio::test]
+async fn a_refresh_never_relabels_the_stored_bodys_content_coding() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = tower::service_fn({
+        let calls = Arc::clone(&calls);
+        move |request: Request<()>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let conditional = request.headers().contains_key("if-none-match");
+                let body = if conditional { "" } else { "page" };
+                let mut response = Response::new(http_body_util::Full::new(Bytes::from(body)));
+                if conditional {
+                    *response.status_mut() = http::StatusCode::NOT_MODIFIED;
+                }
+                let headers = response.headers_mut();
+                headers.insert("etag", HeaderValue::from_static("\"v1\""));
+                if conditional {
+                    headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
+                    headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+                    headers.insert("x-refreshed", HeaderValue::from_static("1"));
+                } else {
+                    // Stale on arrival: the next request revalidates it.
+                    headers.insert("cache-control", HeaderValue::from_static("max-age=1"));
+                    headers.insert("age", HeaderValue::from_static("5"));
+                }
+                Ok::<_, Infallible>(response)
+            }
+        }
+    });
+    let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(origin);
+    let url = "http://site.example/plain";
+    bounded("fill", send(&service, Method::GET, url, &[])).await;
+    watch.settled().await;
+    let gzip = [("accept-encoding", "gzip")];
+    let revalidated = bounded("revalidation", send(&service, Method::GET, url, &gzip)).await;
+    watch.settled().await;
+    let hit = bounded("hit", send(&service, Method::GET, url, &[])).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "{revalidated:?} {hit:?}");
+    assert_eq!(hit.header("x-refreshed"), Some("1"), "refreshed: {hit:?}");
+    support::assert_hit(hit.cache_status());
+    assert_eq!(hit.body, "page");
+    assert_eq!(hit.header("content-encoding"), None, "relabelled: {hit:?}");
+    assert_eq!(
+        revalidated.header("content-encoding"),
+        None,
+        "{revalidated:?}"
+    );
 }
