@@ -966,7 +966,9 @@ fn refreshes(other: &Record, record: &Record) -> bool {
     // validator (the cache's revalidation, or a client's that carries it): README
     // "Validation". A 304 to a client's `If-None-Match: *` or to a date of its own passes
     // to that client alone (the crate's documented reading; RFC 9111 §4.3.4 would have
-    // it update the response its `Last-Modified` names).
+    // it update the response its `Last-Modified` names). A validator-less 304 to a date
+    // the stored `Date` vouches for refreshes too (review RB); this origin, honest, sends
+    // none (it answers `If-Modified-Since` only with a `Last-Modified`).
     let asked = |name: &str| other.seen.get(name).cloned().flatten();
     let revalidation = other.status != 304
         || asked("if-none-match").is_some_and(|inm| {

@@ -32,10 +32,14 @@ pub(super) enum Answered {
     Collapsed(Forward),
     /// The origin's 304 to this request's revalidation refreshed it.
     Revalidated(Forward),
-    /// It stands in, stale, for an origin that failed.
-    StaleIfError,
+    /// It stands in, stale, for an origin that failed, after the request went forward
+    /// for `fwd` (`fwd_status`: what the origin answered, if it did).
+    StaleIfError {
+        fwd: Forward,
+        fwd_status: Option<u16>,
+    },
     /// It stands in, stale, for an origin that could not be reached.
-    StaleIfUnreachable,
+    StaleIfUnreachable { fwd: Forward },
 }
 
 /// How an answer from an entry is counted in the statistics.
@@ -61,13 +65,17 @@ impl Answered {
                 stale_for: stale_for(),
                 detail: None,
             },
-            Self::StaleIfError => Outcome::StaleHit {
+            Self::StaleIfError { fwd, fwd_status } => Outcome::StoodIn {
+                fwd,
+                fwd_status,
                 stale_for: stale_for(),
-                detail: Some(Detail::StaleIfError),
+                detail: Detail::StaleIfError,
             },
-            Self::StaleIfUnreachable => Outcome::StaleHit {
+            Self::StaleIfUnreachable { fwd } => Outcome::StoodIn {
+                fwd,
+                fwd_status: None,
                 stale_for: stale_for(),
-                detail: Some(Detail::OriginUnreachable),
+                detail: Detail::OriginUnreachable,
             },
             Self::Collapsed(fwd) => Outcome::Forwarded {
                 fwd,

@@ -106,6 +106,14 @@ impl Tee {
         })
     }
 
+    /// Whether the body declared its length exactly (within the limit): it cannot then
+    /// outgrow the limit nor end short unnoticed by its own client, so only trailers, a
+    /// failure mid-stream (which its client sees too) or the write itself can still keep
+    /// it out of the cache.
+    pub(crate) fn length_declared(&self) -> bool {
+        self.most == Some(self.expected as u64)
+    }
+
     /// Keeps a chunk; a reason when the response can no longer be stored.
     fn push(&mut self, data: &Bytes) -> Option<&'static str> {
         if self.len + data.len() > self.limit {

@@ -230,10 +230,17 @@ impl<B: Backend> Shared<B> {
                 (None, Some(filler))
             }
         };
+        // RFC 9211 §2.5: `stored` says the response was stored, yet the header goes out
+        // before the body is read. Claimed only when storing is certain now but for what
+        // this client would see fail too (or the write): a body of unknown length may
+        // outgrow the limit, and one may end with trailers (announced by `Trailer`, or
+        // framed chunked), which abandon the store.
+        let certain = tee.as_ref().is_some_and(Tee::length_declared)
+            && !response.headers().contains_key(header::TRAILER);
         let outcome = Outcome::Forwarded {
             fwd: ex.fwd,
             fwd_status: None,
-            stored: tee.is_some() && !share_only,
+            stored: certain && !share_only,
             collapsed: false,
             detail: ex.detail,
         };

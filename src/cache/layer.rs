@@ -442,7 +442,7 @@ impl<B: Backend> MemcacheLayer<B> {
     /// closed, timeout), as nginx's `proxy_cache_use_stale error timeout` and Varnish's
     /// grace do. Never for a response that said `must-revalidate`, `proxy-revalidate`,
     /// `no-cache` or `s-maxage` (RFC 9111 §4.2.4), nor for a request with `no-cache`; the
-    /// answer says `Cache-Status: …; hit; ttl=-N; detail=origin-unreachable`. Entries stay
+    /// answer says `Cache-Status: …; fwd=stale; ttl=-N; detail=origin-unreachable`. Entries stay
     /// in memcached that much longer. Defaults to `None`: stale only within
     /// `stale-if-error`.
     ///

@@ -70,6 +70,15 @@ pub(super) fn apply<B>(
             *response.body_mut() = ResponseBody::empty();
             return Some(0);
         }
+        // §8.4, §14.6: the ranges are of the encoded representation, but the coding
+        // field describes the message's content, which would be a multipart body that
+        // is no stream of that coding: clients that decode codings (most) read garbage.
+        // Several ranges of an encoded entry get the whole (§14.2 lets a server ignore
+        // `Range`), which every client decodes; one range stays a 206 of encoded bytes.
+        Resolved::Ranges(ranges) if ranges.len() > 1 && has_content_coding(&stored) => {
+            tracing::debug!("several ranges of an encoded representation: the whole is sent");
+            return None;
+        }
         Resolved::Ranges(ranges) => ranges,
     };
     let slices = ranges
@@ -112,6 +121,17 @@ pub(super) fn apply<B>(
         "range answered from cache"
     );
     Some(sent)
+}
+
+/// Whether a response's content has a coding (`Content-Encoding` naming anything but
+/// `identity`, which is no coding, RFC 9110 §8.4.1).
+fn has_content_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
 }
 
 /// Fields that digest a message's content, not its representation: true of the stored

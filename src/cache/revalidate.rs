@@ -29,7 +29,7 @@ use crate::cache::entry::{Entry, MAX_FIELDS};
 use crate::cache::policy::A_IM;
 use crate::cache::policy::conditional::{
     add_validators, has_preconditions, has_validators, names_another_representation,
-    same_representation,
+    same_representation, selects_for_update,
 };
 use crate::cache::policy::is_hop_by_hop;
 use crate::cache::policy::{NotStorable, PER_CLIENT_FIELDS};
@@ -227,7 +227,9 @@ where
     let outcome = inner.call(request).await;
     // `held`: memcached still holds the stale entry (see `still_held`); one purged,
     // invalidated or replaced while the origin was asked stands in for nothing.
-    let stale_fallback = |unreachable: bool, held: bool| {
+    // `fwd_status`: what the origin answered, when it answered (not a gateway's own
+    // error for an origin it could not reach), said in `Cache-Status`.
+    let stale_fallback = |unreachable: bool, held: bool, fwd_status: Option<u16>| {
         let entry = stale.as_ref()?;
         let freshness = stored::freshness(&entry.meta, now_ms());
         if held && freshness.usable_on_error(&plan.request_cc) {
@@ -237,7 +239,7 @@ where
                 &freshness,
                 request_headers,
                 is_head,
-                Answered::StaleIfError,
+                Answered::StaleIfError { fwd, fwd_status },
                 counted,
             ));
         }
@@ -254,7 +256,7 @@ where
                     &freshness,
                     request_headers,
                     is_head,
-                    Answered::StaleIfUnreachable,
+                    Answered::StaleIfUnreachable { fwd },
                     counted,
                 ));
             }
@@ -278,7 +280,7 @@ where
             // timeout's, three rounds over).
             filler.release().await;
             let held = still_held(shared, ex, request_headers).await;
-            return match stale_fallback(true, held) {
+            return match stale_fallback(true, held, None) {
                 Some(response) => Ok(response),
                 None => Err(err),
             };
@@ -288,7 +290,8 @@ where
     let failed = unreachable || matches!(response.status().as_u16(), 500 | 502 | 503 | 504);
     if failed {
         let held = still_held(shared, ex, request_headers).await;
-        if let Some(fallback) = stale_fallback(unreachable, held) {
+        let fwd_status = (!unreachable).then(|| response.status().as_u16());
+        if let Some(fallback) = stale_fallback(unreachable, held, fwd_status) {
             // As for an inner service error above: the followers go on their own now,
             // rather than take this for a client gone and wait out the failure in turn.
             filler.release().await;
@@ -353,11 +356,12 @@ where
             shared.set_status(&mut answer, outcome);
             return Ok(answer);
         }
-        // A 304 to the client's own condition speaks for the stored body only through a
-        // validator they share: without one (`If-None-Match: *` answered for whatever the
-        // page now is) it would date an old body anew. It passes to its client, unstored.
+        // A 304 to the client's own condition refreshes the stored response it selects
+        // (§4.3.4, see `selects_for_update`: never one a validator-less 304 says nothing
+        // of, as to `If-None-Match: *`, which would date an old body anew). Either way
+        // it passes to its client.
         if status == StatusCode::NOT_MODIFIED
-            && (ours || (has_validators(stored) && same_representation(response.headers(), stored)))
+            && (ours || selects_for_update(response.headers(), stored, request_headers))
         {
             // §4.3.4: the stored response is still good; refresh its headers and lifetime.
             let refreshed = shared

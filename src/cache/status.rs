@@ -91,6 +91,17 @@ pub(crate) enum Outcome {
         collapsed: bool,
         detail: Option<Detail>,
     },
+    /// Answered from a stale stored response, `stale_for` seconds past its freshness,
+    /// standing in for an origin that failed or could not be reached: the request went
+    /// forward (for `fwd`), so this is no hit (RFC 9211 §2.1: a response "not able to be
+    /// used without going forward (e.g., because it was stale) is not considered a hit").
+    /// `fwd_status`: what the origin answered, when it answered.
+    StoodIn {
+        fwd: Forward,
+        fwd_status: Option<u16>,
+        stale_for: u64,
+        detail: Detail,
+    },
     /// Answered by the cache itself without a stored response (a 504).
     Generated { detail: Detail },
 }
@@ -135,6 +146,20 @@ impl Outcome {
                     text.push_str("; collapsed");
                 }
                 push_detail(text, detail);
+            }
+            Self::StoodIn {
+                fwd,
+                fwd_status,
+                stale_for,
+                detail,
+            } => {
+                text.push_str("; fwd=");
+                text.push_str(fwd.as_str());
+                if let Some(status) = fwd_status {
+                    let _ = write!(text, "; fwd-status={status}");
+                }
+                let _ = write!(text, "; ttl=-{stale_for}");
+                push_detail(text, Some(detail));
             }
             Self::Generated { detail } => push_detail(text, Some(detail)),
         }
@@ -256,6 +281,16 @@ mod tests {
             detail: Some(Detail::StaleIfError),
         };
         assert_eq!(text(stale), "edge; hit; ttl=-5; detail=stale-if-error");
+        let stood_in = Outcome::StoodIn {
+            fwd: Forward::Stale,
+            fwd_status: Some(503),
+            stale_for: 5,
+            detail: Detail::StaleIfError,
+        };
+        assert_eq!(
+            text(stood_in),
+            "edge; fwd=stale; fwd-status=503; ttl=-5; detail=stale-if-error"
+        );
         let stored = Outcome::Forwarded {
             fwd: Forward::VaryMiss,
             fwd_status: None,

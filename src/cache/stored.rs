@@ -218,8 +218,9 @@ impl Admission<'_> {
     }
 
     /// The header set of `entry` refreshed by a 304 or a HEAD response (§4.3.4, §4.3.5):
-    /// the new response's fields replace the stored ones (except `Content-Length` and
-    /// fields never stored). This merged set is what the admission gate judges.
+    /// the new response's fields replace the stored ones (except those that describe the
+    /// stored bytes, `Content-Length`, `Content-Range` and `Content-Encoding`, and fields
+    /// never stored). This merged set is what the admission gate judges.
     ///
     /// A field the stored response's own qualified `private="…"` / `no-cache="…"` kept
     /// out stays out, whatever the update's `Cache-Control` says (fail closed: a 304
@@ -239,10 +240,14 @@ impl Admission<'_> {
                 .any(|field| *field == name.as_str())
         };
         // `Content-Range` too: it means something only in a 206 or a 416 (RFC 9110 §14.4),
-        // never of the stored body, and a stored response may not carry one.
+        // never of the stored body, and a stored response may not carry one. And
+        // `Content-Encoding`, which says how the stored bytes are coded (RFC 9111 §3.2's
+        // own example of a field kept for the stored response's integrity): another
+        // coding in the update would label them as bytes they are not.
         let updates = update.keys().filter(|name| {
             **name != header::CONTENT_LENGTH
                 && **name != header::CONTENT_RANGE
+                && **name != header::CONTENT_ENCODING
                 && !ruling.is_unstored_field(name, update, self.policy.shares_set_cookie())
                 && !self.own_fields.contains(name)
                 && !kept_out(name)

@@ -150,6 +150,36 @@ pub(crate) fn names_another_representation(fresh: &HeaderMap, stored: &HeaderMap
     }
 }
 
+/// Whether a 304 answering a client's own conditional request selects the stored
+/// response for update (RFC 9111 §4.3.4): by its `ETag` (a strong one only the same
+/// strong one, a weak one any it weakly matches), else by its `Last-Modified`, which
+/// must be the stored one's; a 304 with neither validator selects a stored response
+/// with none either, and only when the client's condition vouches for it: an
+/// `If-Modified-Since` (not overruled by `If-None-Match`, RFC 9110 §13.1.3) no later
+/// than the stored response's `Date`. "Not modified since" a date before the stored
+/// response was made covers it; `If-None-Match: *` says only that some representation
+/// exists (§13.1.2), and a later date nothing of what came between, so such a 304
+/// would date an old body anew.
+pub(crate) fn selects_for_update(
+    fresh: &HeaderMap,
+    stored: &HeaderMap,
+    request: &HeaderMap,
+) -> bool {
+    if has_validators(fresh) {
+        return !names_another_representation(fresh, stored);
+    }
+    if has_validators(stored) || request.contains_key(header::IF_NONE_MATCH) {
+        return false;
+    }
+    match (
+        http_date(request, &header::IF_MODIFIED_SINCE),
+        http_date(stored, &header::DATE),
+    ) {
+        (Some(since), Some(made)) => since <= made,
+        _ => false,
+    }
+}
+
 /// Whether both carry the same `Last-Modified`: the same date, or, where either is not a
 /// date, the same bytes.
 fn same_last_modified(fresh: &HeaderMap, stored: &HeaderMap) -> bool {
@@ -262,6 +292,60 @@ mod tests {
         assert!(names_another_representation(
             &headers(&[("etag", "\"v1\"")]),
             &HeaderMap::new()
+        ));
+    }
+
+    #[test]
+    fn rfc9111_4_3_4_a_304_to_a_clients_condition_selects_what_it_vouches_for() {
+        const MADE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let bare = headers(&[("date", MADE)]);
+        let asked = |fields: &[(&'static str, &'static str)]| headers(fields);
+        let none = HeaderMap::new();
+        // No validator on either side: only a date the stored response was made after.
+        for (condition, selected) in [
+            (&[("if-modified-since", MADE)][..], true),
+            (
+                &[("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")][..],
+                true,
+            ),
+            (
+                &[("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")][..],
+                false,
+            ),
+            (&[("if-modified-since", "not a date")][..], false),
+            (&[("if-none-match", "*")][..], false),
+            (
+                &[("if-none-match", "*"), ("if-modified-since", MADE)][..],
+                false,
+            ),
+            (&[][..], false),
+        ] {
+            let request = asked(condition);
+            assert_eq!(
+                selects_for_update(&none, &bare, &request),
+                selected,
+                "{condition:?}"
+            );
+        }
+        // A stored validator the 304 does not repeat: nothing selected.
+        let tagged = headers(&[("date", MADE), ("etag", "\"v1\"")]);
+        let request = asked(&[("if-modified-since", MADE)]);
+        assert!(!selects_for_update(&none, &tagged, &request));
+        // With validators: by them, whatever the request asked.
+        let with = |fields| selects_for_update(&headers(fields), &tagged, &none);
+        assert!(with(&[("etag", "\"v1\"")]));
+        assert!(with(&[("etag", "W/\"v1\"")]));
+        assert!(!with(&[("etag", "\"v2\"")]));
+        let dated = headers(&[("etag", "\"v1\""), ("last-modified", MADE)]);
+        assert!(selects_for_update(
+            &headers(&[("last-modified", MADE)]),
+            &dated,
+            &none
+        ));
+        assert!(!selects_for_update(
+            &headers(&[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")]),
+            &dated,
+            &none
         ));
     }
 
