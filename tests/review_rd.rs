@@ -160,3 +160,97 @@ async fn a_purged_entry_does_not_stand_in_when_memcached_cannot_be_read_again() 
     );
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// Attack: a client that leads a slow URL's flight and hangs up again and again, each
+/// time with one of its own requests waiting to take the flight over, holds a waiting
+/// request that may not lead (`Cache-Control: no-store`) round after round. Such a
+/// request is let go when the flight is handed on, and looked the URL up again with a
+/// fresh `coalesce_timeout` each time (three times over): it waited four times the bound
+/// the documentation promises ("`coalesce_timeout` in all, however many leaders go away
+/// in turn"). The same for every round a wait sends a request back to its lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_is_held_no_longer_than_coalesce_timeout_by_leaders_that_hang_up() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    // Each leader hangs up three quarters of a timeout after the one before.
+    const HANG_UP_EVERY: Duration = Duration::from_millis(1500);
+    let layer = support::layer(MemoryBackend::new())
+        .namespace("review-rd-hang-up-rounds")
+        .mode(CacheMode::Origin)
+        .coalesce_timeout(TIMEOUT);
+    let watch = Watch::of(&layer);
+    let (attacker_calls, victim_calls) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn({
+            let (attacker_calls, victim_calls) =
+                (Arc::clone(&attacker_calls), Arc::clone(&victim_calls));
+            move |request: Request<()>| {
+                let victim = request.headers().contains_key("x-victim");
+                let (attacker_calls, victim_calls) =
+                    (Arc::clone(&attacker_calls), Arc::clone(&victim_calls));
+                async move {
+                    if victim {
+                        victim_calls.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        // The attacker's URL is slow: its client hangs up first.
+                        attacker_calls.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("answer"))))
+                }
+            }
+        });
+    let attacker = |svc: &_| {
+        let svc = Clone::clone(svc);
+        tokio::spawn(async move { send(&svc, Method::GET, URL, &[]).await })
+    };
+    let mut leading = attacker(&svc);
+    support::eventually("the attacker leads", || {
+        attacker_calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let arrived = tokio::time::Instant::now();
+    let victim = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            let headers = [("cache-control", "no-store"), ("x-victim", "1")];
+            send(&svc, Method::GET, URL, &headers).await
+        }
+    });
+    support::eventually("the victim waits", || watch.snapshot().coalesced == 1).await;
+    let mut next_hang_up = arrived + HANG_UP_EVERY;
+    for round in 1..=4_u64 {
+        // The attacker's next request waits too, to take the flight over.
+        let heir = attacker(&svc);
+        support::eventually("the attacker's next request waits", || {
+            watch.snapshot().coalesced == 1 + round
+        })
+        .await;
+        tokio::time::sleep_until(next_hang_up).await;
+        if victim_calls.load(Ordering::SeqCst) > 0 {
+            heir.abort();
+            break;
+        }
+        leading.abort();
+        leading = heir;
+        next_hang_up += HANG_UP_EVERY;
+        support::eventually("the attacker's next request took the flight over", || {
+            attacker_calls.load(Ordering::SeqCst) as u64 == 1 + round
+                || victim_calls.load(Ordering::SeqCst) > 0
+        })
+        .await;
+    }
+    let answer = support::bounded("the victim's answer", victim)
+        .await
+        .unwrap();
+    let waited = arrived.elapsed();
+    leading.abort();
+    assert_eq!(answer.body, "answer");
+    assert_eq!(victim_calls.load(Ordering::SeqCst), 1);
+    // Bounded by one timeout (and a margin for a loaded machine), not one per leader.
+    assert!(
+        waited < TIMEOUT + Duration::from_millis(1500),
+        "the waiting request was held {waited:?} by leaders that hung up in turn (coalesce_timeout {TIMEOUT:?})"
+    );
+}

@@ -332,7 +332,8 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The most a request waits for another request's response to the same key before
-    /// going to the inner service itself. Defaults to 5 s.
+    /// going to the inner service itself: in all, however many requests it waits for in
+    /// turn (leaders that go away, or whose response was not for it). Defaults to 5 s.
     pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
         self.config.coalesce_timeout = timeout;
         self
