@@ -443,9 +443,11 @@ impl<B: Backend> MemcacheLayer<B> {
     /// closed, timeout), as nginx's `proxy_cache_use_stale error timeout` and Varnish's
     /// grace do. Never for a response that said `must-revalidate`, `proxy-revalidate`,
     /// `no-cache` or `s-maxage` (RFC 9111 §4.2.4), nor for a request with `no-cache`; the
-    /// answer says `Cache-Status: …; hit; ttl=-N; detail=origin-unreachable`. Entries stay
-    /// in memcached that much longer. Defaults to `None`: stale only within
-    /// `stale-if-error`.
+    /// answer says `Cache-Status: …; hit; ttl=-N; detail=origin-unreachable`. As within
+    /// `stale-if-error`, only while memcached still holds the stale response (read again
+    /// after the failure; one purged meanwhile, or memcached unreadable then, gives the
+    /// origin's failure). Entries stay in memcached that much longer. Defaults to `None`:
+    /// stale only within `stale-if-error`.
     ///
     /// ```
     /// use std::time::Duration;
