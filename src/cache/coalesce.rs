@@ -60,6 +60,29 @@ impl Guard {
     }
 }
 
+/// A request's waits for other requests' responses, over all its rounds (a wait that gave
+/// nothing usable sends it back to its lookup, and it may wait again): counted in
+/// `coalesced` once, and bounded by one `coalesce_timeout` in all. A fresh timeout per
+/// round let leaders that hang up in turn (or are declined, or overtaken) hold a request
+/// that may not lead several timeouts long.
+#[derive(Default)]
+pub(super) struct Waiting {
+    /// Counted in `coalesced` already.
+    counted: bool,
+    /// When its waits for a leader end: set by the first.
+    until: Option<Instant>,
+}
+
+impl Waiting {
+    /// For the layer's own requests: no client's, never counted in `coalesced`.
+    pub(super) fn uncounted() -> Self {
+        Self {
+            counted: true,
+            until: None,
+        }
+    }
+}
+
 impl<B: Backend> Shared<B> {
     /// [`coordinate_idle`](Self::coordinate_idle) for a caller that holds nothing to let
     /// go while it waits (the unit tests; every request of the layer holds an inner
@@ -70,18 +93,20 @@ impl<B: Backend> Shared<B> {
         ex: &Exchange,
         request_headers: &HeaderMap,
         retry: bool,
-        waited: &mut bool,
+        waiting: &mut Waiting,
     ) -> Coordinated<B> {
-        self.coordinate_idle(ex, request_headers, retry, waited, &mut || {})
+        self.coordinate_idle(ex, request_headers, retry, waiting, &mut || {})
             .await
     }
 
     /// Coordinates with other requests for the key: in this process (lead the flight of
     /// this request's variant, or wait for its leader), then across processes (put a
     /// placeholder in place, or wait for the one there). `retry` says whether a wait that
-    /// gave nothing usable may send the request back to its lookup. `waited` says whether
-    /// the request was counted in `coalesced` already (a client's request once, whatever
-    /// its rounds; the layer's own requests pass `true`, they are no request of a client).
+    /// gave nothing usable may send the request back to its lookup. `waiting` holds the
+    /// request's waits over its rounds: whether it was counted in `coalesced` already (a
+    /// client's request once, whatever its rounds; the layer's own requests pass
+    /// [`Waiting::uncounted`], they are no request of a client), and when its waits for
+    /// leaders end (one `coalesce_timeout` in all).
     /// `idle` is called before each wait for another request's response (in this process
     /// or another), so that the caller lets go of what it holds for a request of its own
     /// to the origin: the inner service's readiness, a slot of a `ConcurrencyLimit` or a
@@ -92,7 +117,7 @@ impl<B: Backend> Shared<B> {
         ex: &Exchange,
         request_headers: &HeaderMap,
         retry: bool,
-        waited: &mut bool,
+        waiting: &mut Waiting,
         idle: &mut (dyn FnMut() + Send),
     ) -> Coordinated<B> {
         let plan = &ex.plan;
@@ -114,11 +139,6 @@ impl<B: Backend> Shared<B> {
             }
         };
         let mut joined = join();
-        // One `coalesce_timeout` across the rounds, however many leaders go away in turn:
-        // a request waits no longer than it did for one.
-        let waiting_until = Instant::now()
-            .checked_add(self.config.coalesce_timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         // Each round waits for a leader that went away unfinished (see `Waited::Heir`).
         loop {
             match joined {
@@ -127,11 +147,25 @@ impl<B: Backend> Shared<B> {
                     break;
                 }
                 Flight::Follower(rx) => {
+                    // One `coalesce_timeout` across the rounds, however many leaders go
+                    // away in turn: a request waits no longer than it did for one.
+                    let until = *waiting.until.get_or_insert_with(|| {
+                        Instant::now()
+                            .checked_add(self.config.coalesce_timeout)
+                            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+                    });
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        // Its wait used up: it goes on its own, and leaves the flight to
+                        // those still waiting (a wait that times out ends the flight).
+                        tracing::debug!(key = %plan.key, "waited coalesce_timeout already; not waiting again");
+                        drop(rx);
+                        return Coordinated::Go(filler);
+                    }
                     let validated = rx.led_since(plan.arrived);
-                    self.count_wait(waited);
+                    self.count_wait(waiting);
                     tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
                     idle();
-                    let left = waiting_until.saturating_duration_since(Instant::now());
                     let changed = match single_flight::wait(rx, left).await {
                         Waited::Entry(entry, fetched) => {
                             // Fetched after this request arrived: it validates the entry
@@ -227,7 +261,7 @@ impl<B: Backend> Shared<B> {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
                         // Waiting for another process's request, as a follower waits for
                         // this process's: `coalesced` counts both.
-                        self.count_wait(waited);
+                        self.count_wait(waiting);
                         idle();
                         tokio::time::sleep(self.config.lease_poll).await;
                         None
@@ -310,9 +344,9 @@ impl<B: Backend> Shared<B> {
     }
 
     /// Counts a request that waits for another's response in `coalesced`, once.
-    fn count_wait(&self, waited: &mut bool) {
-        if !*waited {
-            *waited = true;
+    fn count_wait(&self, waiting: &mut Waiting) {
+        if !waiting.counted {
+            waiting.counted = true;
             self.config.stats.record_coalesced();
         }
     }
@@ -493,7 +527,7 @@ mod tests {
         let request = get("http://site.example/w");
         let first = exchange_for(&shared, &request).await;
         let Coordinated::Go(filler) = shared
-            .coordinate(&first, request.headers(), false, &mut false)
+            .coordinate(&first, request.headers(), false, &mut Waiting::default())
             .await
         else {
             panic!("the first request goes to the origin")
@@ -505,7 +539,7 @@ mod tests {
                 let request = get("http://site.example/w");
                 let second = exchange_for(&shared, &request).await;
                 match shared
-                    .coordinate(&second, request.headers(), false, &mut false)
+                    .coordinate(&second, request.headers(), false, &mut Waiting::default())
                     .await
                 {
                     Coordinated::Answered(entry, _) => Some(entry.body.clone()),
@@ -530,7 +564,7 @@ mod tests {
         let mut ex = exchange_for(&shared, &request).await;
         ex.is_head = true;
         let Coordinated::Go(filler) = shared
-            .coordinate(&ex, request.headers(), false, &mut false)
+            .coordinate(&ex, request.headers(), false, &mut Waiting::default())
             .await
         else {
             panic!("goes alone")

@@ -426,7 +426,7 @@ mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
     use crate::cache::MemcacheLayer;
-    use crate::cache::coalesce::Coordinated;
+    use crate::cache::coalesce::{Coordinated, Waiting};
     use crate::cache::exchange::Sent;
     use crate::cache::shared::testing::{exchange_for, get, shared, stored_entry};
 
@@ -505,7 +505,7 @@ mod tests {
         let ex = exchange_for(&shared, &request).await;
         let response = response(&[("set-cookie", "sid=A"), ("x-kept", "1")]);
         let Coordinated::Go(filler) = shared
-            .coordinate(&ex, request.headers(), false, &mut false)
+            .coordinate(&ex, request.headers(), false, &mut Waiting::default())
             .await
         else {
             panic!("a miss goes to the origin")

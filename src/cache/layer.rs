@@ -332,7 +332,8 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The most a request waits for another request's response to the same key before
-    /// going to the inner service itself. Defaults to 5 s.
+    /// going to the inner service itself: in all, however many requests it waits for in
+    /// turn (leaders that go away, or whose response was not for it). Defaults to 5 s.
     pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
         self.config.coalesce_timeout = timeout;
         self
@@ -442,9 +443,11 @@ impl<B: Backend> MemcacheLayer<B> {
     /// closed, timeout), as nginx's `proxy_cache_use_stale error timeout` and Varnish's
     /// grace do. Never for a response that said `must-revalidate`, `proxy-revalidate`,
     /// `no-cache` or `s-maxage` (RFC 9111 §4.2.4), nor for a request with `no-cache`; the
-    /// answer says `Cache-Status: …; fwd=stale; ttl=-N; detail=origin-unreachable`. Entries stay
-    /// in memcached that much longer. Defaults to `None`: stale only within
-    /// `stale-if-error`.
+    /// answer says `Cache-Status: …; fwd=stale; ttl=-N; detail=origin-unreachable`. As
+    /// within `stale-if-error`, only while memcached still holds the stale response (read
+    /// again after the failure; one purged meanwhile, or memcached unreadable then, gives
+    /// the origin's failure). Entries stay in memcached that much longer. Defaults to
+    /// `None`: stale only within `stale-if-error`.
     ///
     /// ```
     /// use std::time::Duration;

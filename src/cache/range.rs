@@ -25,7 +25,7 @@ use tower::Service;
 
 use super::answer::FromCache;
 use super::body::ResponseBody;
-use super::coalesce::Coordinated;
+use super::coalesce::{Coordinated, Waiting};
 use super::exchange::Exchange;
 use super::own_request::{RequestHead, own_body};
 use super::revalidate::{For, drain_stored, exchange};
@@ -433,7 +433,13 @@ async fn fill_whole<B, S, R, ResBody>(
     };
     // The layer's own request: never counted as a client's wait.
     let coordinated = shared
-        .coordinate_idle(&ex, request.headers(), false, &mut true, &mut idle)
+        .coordinate_idle(
+            &ex,
+            request.headers(),
+            false,
+            &mut Waiting::uncounted(),
+            &mut idle,
+        )
         .await;
     let filler = match coordinated {
         Coordinated::Go(filler) => filler,

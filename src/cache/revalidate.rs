@@ -131,8 +131,10 @@ impl<B: Backend> Shared<B> {
 /// stand in for a failing origin: the primary key unchanged since that lookup. Read again
 /// because the origin was asked in between, and a purge that returned meanwhile must hold
 /// (a request that went out before it must not answer with what it removed). When
-/// memcached cannot be read either, the entry stands in (fail open: a purge needs
-/// memcached to return, so only one just before it became unreadable is missed).
+/// memcached cannot be read, nothing is known to be held, and nothing stands in (a
+/// backend failure is a miss, as it is for the lookup: the origin's answer passes). A
+/// purge that returned took memcached's answer, and an unreadable server (dead since,
+/// or slowed past the timeout, maybe on purpose) must not make up for it.
 async fn still_held<B: Backend>(
     shared: &Shared<B>,
     ex: &Exchange,
@@ -154,7 +156,10 @@ async fn still_held<B: Backend>(
             }
             held
         }
-        Lookup::Unavailable => true,
+        Lookup::Unavailable => {
+            tracing::debug!(key = %plan.key, "memcached unreadable: whether the stale entry was purged is unknown; not stood in");
+            false
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tower::Service;
 
 use super::answer::Answered;
 use super::body::ResponseBody;
-use super::coalesce::Coordinated;
+use super::coalesce::{Coordinated, Waiting};
 use super::exchange::Exchange;
 use super::future::ResponseFuture;
 use super::invalidate::bypass;
@@ -154,8 +154,9 @@ where
         // a few times at most: each round ends with an answer, a wait bounded by
         // `coalesce_timeout`, or the origin.
         let mut retries: u8 = 3;
-        // Counted in `coalesced` once, however many rounds it waits.
-        let mut waited = false;
+        // Counted in `coalesced` once, and waiting `coalesce_timeout` in all, however many
+        // rounds it waits.
+        let mut waiting = Waiting::default();
         // `inner` is a clone not polled ready, its readiness let go during a wait.
         let mut unready = false;
         let mut inner = inner;
@@ -315,7 +316,7 @@ where
             };
             let retry = retries > 0;
             let coordinate =
-                Box::pin(shared.coordinate_idle(&ex, headers, retry, &mut waited, &mut idle));
+                Box::pin(shared.coordinate_idle(&ex, headers, retry, &mut waiting, &mut idle));
             let filler = match coordinate.await {
                 Coordinated::Answered(entry, freshness) => {
                     let headers = request.headers();
