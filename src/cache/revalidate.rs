@@ -150,7 +150,11 @@ async fn still_held<B: Backend>(
         .await
     {
         Lookup::Found(found) => {
-            let held = found.entry.is_some() && found.slot == ex.found.slot;
+            // The generation too: a CAS value is unique on one server only, and after a
+            // ring change or a restart another server's entry may carry the same one.
+            let held = found.entry.is_some()
+                && found.slot == ex.found.slot
+                && found.generation == ex.found.generation;
             if !held {
                 tracing::debug!(key = %plan.key, "the stale entry was purged or replaced while the origin was asked; not stood in");
             }
