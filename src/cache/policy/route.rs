@@ -3,8 +3,10 @@
 //! A rule is matched against three readings of the request's path. The *rule reading*
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
-//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone; cut
-//! at an escaped delimiter, and where it is cut, read on past it as well). The
+//! folded, escapes decoded again, IIS's `%u` escapes, overlong UTF-8 and fullwidth forms
+//! read as ASCII, `\` as `/`, dot segments, `;` parameters and Windows' trailing dots and
+//! spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
+//! well). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
 //! the shortest wins; a `no_cache` rule in any turns caching off. A private page's
 //! `no_cache` rule has to hold for every spelling some origin answers with that page, or an
@@ -23,8 +25,10 @@ use std::time::Duration;
 /// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
-/// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
-/// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), cut at
+/// any letter case, with escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
+/// an overlong UTF-8 `%c0%ae` or a fullwidth `%ef%bc%8e` read as `.`), `\` read as `/`,
+/// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), a
+/// segment's trailing dots and spaces dropped as Windows does (`/account.`), cut at
 /// an escaped `?`, `#`, NUL or line break (`/account%0A`) or read on past one
 /// (`/x%3F/../account`), and with or without a trailing slash. A lifetime rule lengthens
 /// a lifetime only where every reading puts the path under it: the path as sent (as
@@ -327,6 +331,8 @@ fn may_read_otherwise(path: &str) -> bool {
         || bytes.iter().enumerate().any(|(i, byte)| match byte {
             b'%' | b'\\' | b';' | b'A'..=b'Z' => true,
             b'/' => matches!(bytes.get(i + 1), Some(b'/' | b'.')),
+            // A segment's trailing dot, which Windows drops (`/account.`).
+            b'.' => matches!(bytes.get(i + 1), None | Some(b'/')),
             _ => false,
         })
 }
@@ -337,7 +343,9 @@ fn may_read_otherwise(path: &str) -> bool {
 const DECODING_PASSES: usize = 2;
 
 /// `path` as the most lenient origin might resolve it: escapes decoded (up to
-/// [`DECODING_PASSES`] times), `\` as `/` (IIS, Windows file servers), cut at a decoded
+/// [`DECODING_PASSES`] times, IIS's `%uXXXX` too, with overlong UTF-8 and fullwidth
+/// forms of ASCII characters read as those characters), `\` as `/` (IIS, Windows file
+/// servers), a segment's trailing dots and spaces dropped (Windows), cut at a decoded
 /// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
 /// case (case-insensitive routers and file systems), each segment's `;` parameters
 /// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
@@ -357,7 +365,7 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
         if !bytes.contains(&b'%') {
             break;
         }
-        bytes = decode_all(&bytes);
+        bytes = fold_to_ascii(decode_all(&bytes));
     }
     bytes.make_ascii_lowercase();
     let end = bytes
@@ -370,13 +378,20 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
 }
 
 /// Decoded, lower-cased path bytes resolved as [`origin_reading`] says: `\` as `/`, `;`
-/// parameters, dot segments, empty segments and a trailing slash gone.
+/// parameters, trailing dots and spaces, dot segments, empty segments and a trailing
+/// slash gone.
 fn resolve_segments(bytes: &[u8]) -> String {
     let mut segments: Vec<&[u8]> = Vec::new();
     for segment in bytes.split(|byte| matches!(byte, b'/' | b'\\')) {
         let segment = match segment.iter().position(|byte| *byte == b';') {
             Some(at) => &segment[..at],
             None => segment,
+        };
+        // Win32 path normalisation drops a segment's trailing dots and spaces: IIS serves
+        // `/account.` and `/account%20` as `/account`.
+        let segment = match segment {
+            b"." | b".." => segment,
+            _ => without_trailing_dots_and_spaces(segment),
         };
         match segment {
             b"" | b"." => {}
@@ -397,21 +412,84 @@ fn resolve_segments(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&reading).into_owned()
 }
 
-/// Every escape in `bytes` decoded once.
+/// `segment` without the dots and spaces it ends with.
+fn without_trailing_dots_and_spaces(segment: &[u8]) -> &[u8] {
+    let end = segment
+        .iter()
+        .rposition(|byte| !matches!(byte, b'.' | b' '))
+        .map_or(0, |last| last + 1);
+    &segment[..end]
+}
+
+/// Every escape in `bytes` decoded once: `%XY`, and IIS's `%uXXXX` (as UTF-8).
 fn decode_all(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match escape_at(bytes, i) {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
+        if let Some(byte) = escape_at(bytes, i) {
+            out.push(byte);
+            i += 3;
+        } else if let Some(c) = wide_escape_at(bytes, i) {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            i += 6;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
+    }
+    out
+}
+
+/// The character IIS's `%uXXXX` at `at` stands for (U+FFFD for a lone surrogate), if
+/// `bytes[at..]` starts with one.
+fn wide_escape_at(bytes: &[u8], at: usize) -> Option<char> {
+    if bytes.get(at) != Some(&b'%') || !matches!(bytes.get(at + 1), Some(b'u' | b'U')) {
+        return None;
+    }
+    let mut code = 0u32;
+    for offset in 2..6 {
+        code = (code << 4) | u32::from(hex_value(*bytes.get(at + offset)?)?);
+    }
+    Some(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER))
+}
+
+/// Decoded bytes with the non-ASCII spellings of ASCII characters that lenient decoders
+/// read as those characters: overlong UTF-8 (`C0 AE` is `.` to IIS 4/5 and old Java
+/// decoders, CVE-2000-0884, CVE-2008-2938) and the fullwidth forms U+FF01 to U+FF5E
+/// (`．`, `／`, `＼`: Windows' best-fit mapping and NFKC read them as `.`, `/`, `\`).
+fn fold_to_ascii(bytes: Vec<u8>) -> Vec<u8> {
+    if !bytes
+        .iter()
+        .any(|byte| matches!(byte, 0xc0 | 0xc1 | 0xe0 | 0xef | 0xf0))
+    {
+        return bytes;
+    }
+    let continues = |byte: u8| byte & 0xc0 == 0x80;
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let (ascii, len) = match bytes[i..] {
+            [lead @ (0xc0 | 0xc1), second, ..] if continues(second) => {
+                (Some(((lead & 0x1f) << 6) | (second & 0x3f)), 2)
+            }
+            [0xe0, second @ (0x80 | 0x81), third, ..] if continues(third) => {
+                (Some(((second & 0x3f) << 6) | (third & 0x3f)), 3)
+            }
+            [0xf0, 0x80, third @ (0x80 | 0x81), fourth, ..] if continues(fourth) => {
+                (Some(((third & 0x3f) << 6) | (fourth & 0x3f)), 4)
+            }
+            // U+FF01..U+FF3F (EF BC 81..BF) and U+FF40..U+FF5E (EF BD 80..9E): the
+            // character 0xFEE0 below.
+            [0xef, 0xbc, third @ 0x81..=0xbf, ..] => (Some(third - 0x60), 3),
+            [0xef, 0xbd, third @ 0x80..=0x9e, ..] => (Some(third - 0x20), 3),
+            _ => (None, 1),
+        };
+        match ascii {
+            Some(byte) => out.push(byte),
+            None => out.extend_from_slice(&bytes[i..i + len]),
+        }
+        i += len;
     }
     out
 }
@@ -477,6 +555,23 @@ mod tests {
             ("/%zz%4", "/%zz%4"),
             ("/caf%C3%A9", "/caf\u{e9}"),
             ("/%ff", "/\u{fffd}"),
+            // Windows drops a segment's trailing dots and spaces (review RC).
+            ("/account.", "/account"),
+            ("/Account.%20./x", "/account/x"),
+            ("/a.b/...", "/a.b"),
+            ("/x/../.", "/"),
+            // IIS's `%u` escapes, overlong UTF-8 and fullwidth forms (review RC).
+            ("/x/%u002e%U002E/account", "/account"),
+            ("/x/..%u002Faccount", "/account"),
+            ("/%u00e9%ud800", "/\u{e9}\u{fffd}"),
+            ("/%u00", "/%u00"),
+            ("/x/%c0%ae%c0%ae%c0%afaccount", "/account"),
+            ("/x/..%c1%9caccount", "/account"),
+            ("/x/%e0%80%ae%e0%80%ae/%f0%80%80%aeaccount", "/.account"),
+            ("/x/..%ef%bc%8f%EF%BD%81ccount", "/account"),
+            ("/%c0%80x", "/"),
+            ("/%c0", "/\u{fffd}"),
+            ("/%ef%bc%80", "/\u{ff00}"),
         ] {
             assert_eq!(origin_reading(path), reading, "{path:?}");
         }
@@ -504,11 +599,12 @@ mod tests {
     #[test]
     fn only_odd_paths_are_read_again() {
         for odd in [
-            "/a/", "/A", "/%61", "/a\\b", "/a;b", "/a/./b", "/a/../b", "//a", "/a/.b",
+            "/a/", "/A", "/%61", "/a\\b", "/a;b", "/a/./b", "/a/../b", "//a", "/a/.b", "/a.",
+            "/a./b",
         ] {
             assert!(may_read_otherwise(odd), "{odd:?}");
         }
-        for plain in ["/", "/a", "/a/b.css", "/a.b/c-d_e~f", ""] {
+        for plain in ["/", "/a", "/a/b.css", "/a.b/c-d_e~f", "/a/b.c.d", ""] {
             assert!(!may_read_otherwise(plain), "{plain:?}");
         }
     }
