@@ -5,12 +5,14 @@
 mod support;
 
 use support::path_origin::{self, decode_once, get};
+use support::scripted_service::Origin;
+use support::{HIT, Watch, assert_hit, send};
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_memcache::backend::MemoryBackend;
@@ -186,4 +188,41 @@ async fn a_static_prefix_rule_never_stores_an_iis_spelling_of_another_page() {
         let (_, status) = get(&app, file, None).await;
         support::assert_hit(&status);
     }
+}
+
+/// RFC 9111 §4.4 with the URL Standard: a browser reads `\` as `/` in an http(s) URL, so
+/// a `Location: \page\b` sends it to `/page/b`, the resource the unsafe request changed
+/// (and drops a tab anywhere in it). Such a value did not parse as a URI and invalidated
+/// nothing: `/page/b` (and the others below) kept answering as before the change. Only on the request's own origin:
+/// `\\other.example\…` is another site's.
+#[tokio::test]
+async fn a_backslash_location_invalidates_the_path_a_browser_reads() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let svc = layer.layer(Origin::naming_locations());
+    let host = ("host", "site.example");
+    // The fields the POST's response names, and the path they name.
+    let cases: [(&str, &str, &str); 6] = [
+        ("x-location", "\\page\\b", "/page/b"),
+        ("x-content-location", "\\page\\x\\..\\c", "/page/c"),
+        ("x-location", "x\\..\\d", "/page/d"),
+        ("x-location", "http:\\\\site.example\\page\\e", "/page/e"),
+        ("x-location", "\\/site.example/page/f", "/page/f"),
+        // The URL Standard drops tabs anywhere in a URL too.
+        ("x-location", "/pa\tge/\tg", "/page/g"),
+    ];
+    let mut left = Vec::new();
+    for (field, value, named) in cases {
+        send(&svc, Method::GET, named, &[host]).await;
+        watch.settled().await;
+        let again = send(&svc, Method::GET, named, &[host]).await;
+        assert_hit(again.cache_status());
+        let posted = send(&svc, Method::POST, "/page/form", &[host, (field, value)]).await;
+        assert_eq!(posted.status, 201);
+        let after = send(&svc, Method::GET, named, &[host]).await;
+        if after.cache_status() == HIT {
+            left.push(format!("{field}: {value} left {named} cached"));
+        }
+    }
+    assert!(left.is_empty(), "{left:#?}");
 }
