@@ -114,7 +114,7 @@ fn windows_origin() -> impl Service<
 /// as other paths: Windows drops a segment's trailing dots and spaces, IIS decodes `%u`
 /// escapes, old decoders take an overlong UTF-8 form for its ASCII character, and
 /// Windows' best-fit mapping a fullwidth one.
-const WINDOWS_SPELLINGS: [&str; 10] = [
+const WINDOWS_SPELLINGS: [&str; 11] = [
     "/account.",
     "/account%20",
     "/Account.%20.",
@@ -125,6 +125,8 @@ const WINDOWS_SPELLINGS: [&str; 10] = [
     "/x/..%U002Faccount",
     "/x/..%ef%bc%8faccount",
     "/x/%uff0e%uff0e/%uFF41ccount",
+    // Sent raw: a request line may hold UTF-8, which `Uri` keeps.
+    "/x/\u{ff0e}\u{ff0e}/account",
 ];
 
 /// Web cache deception through Windows path spellings: a `no_cache` rule for `/account`
@@ -170,6 +172,7 @@ async fn a_static_prefix_rule_never_stores_an_iis_spelling_of_another_page() {
         "/static/%u002e%u002e/account",
         "/static/..%u005caccount",
         "/static/%uff0e%uff0e%uff0faccount",
+        "/static/\u{ff0e}\u{ff0e}\u{ff0f}account",
     ] {
         path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
             format!("{user}'s account")

@@ -323,13 +323,14 @@ fn hex_value(digit: u8) -> Option<u8> {
 }
 
 /// Whether an origin might read `path` as another path than its rule reading: it holds
-/// an escape, a `\`, a `;`, an upper-case letter, a dot segment, an empty segment or a
-/// trailing slash. Most paths hold none: they are their own origin reading.
+/// an escape, a `\`, a `;`, an upper-case letter, a non-ASCII byte, a dot segment, a
+/// segment ending in `.`, an empty segment or a trailing slash. Most paths hold none: they are their own origin reading.
 fn may_read_otherwise(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.len() > 1 && bytes.last() == Some(&b'/')
         || bytes.iter().enumerate().any(|(i, byte)| match byte {
-            b'%' | b'\\' | b';' | b'A'..=b'Z' => true,
+            // Non-ASCII: UTF-8 sent raw, which may spell an ASCII character.
+            b'%' | b'\\' | b';' | b'A'..=b'Z' | 0x80.. => true,
             b'/' => matches!(bytes.get(i + 1), Some(b'/' | b'.')),
             // A segment's trailing dot, which Windows drops (`/account.`).
             b'.' => matches!(bytes.get(i + 1), None | Some(b'/')),
@@ -360,7 +361,8 @@ pub(crate) fn origin_reading(path: &str) -> String {
 /// resolves the dot segments after it, so `/static/x%3F/../../account` is its `/account`
 /// (the cut alone read `/static/x`).
 fn origin_readings(path: &str) -> (String, Option<String>) {
-    let mut bytes = path.as_bytes().to_vec();
+    // Raw too: a request line may hold UTF-8 (`/x/．．/account`), which `Uri` keeps.
+    let mut bytes = fold_to_ascii(path.as_bytes().to_vec());
     for _ in 0..DECODING_PASSES {
         if !bytes.contains(&b'%') {
             break;
@@ -572,6 +574,7 @@ mod tests {
             ("/%c0%80x", "/"),
             ("/%c0", "/\u{fffd}"),
             ("/%ef%bc%80", "/\u{ff00}"),
+            ("/x/\u{ff0e}\u{ff0e}\u{ff0f}\u{ff21}ccount", "/account"),
         ] {
             assert_eq!(origin_reading(path), reading, "{path:?}");
         }
@@ -600,7 +603,7 @@ mod tests {
     fn only_odd_paths_are_read_again() {
         for odd in [
             "/a/", "/A", "/%61", "/a\\b", "/a;b", "/a/./b", "/a/../b", "//a", "/a/.b", "/a.",
-            "/a./b",
+            "/a./b", "/\u{e9}",
         ] {
             assert!(may_read_otherwise(odd), "{odd:?}");
         }
