@@ -229,3 +229,33 @@ async fn a_backslash_location_invalidates_the_path_a_browser_reads() {
     }
     assert!(left.is_empty(), "{left:#?}");
 }
+
+/// The target itself, sent with `\` (no browser does; any other client may): an origin
+/// that reads `\` as `/` (IIS, many Windows stacks) changed `/page/b` for `POST
+/// /page\b`, and `/page/c` for `POST /page\x\..\c`, while the cache invalidated only the
+/// spelling it was sent, and kept answering `/page/b` and `/page/c` as before the change.
+#[tokio::test]
+async fn a_backslash_target_invalidates_the_path_a_lenient_origin_reads() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let svc = layer.layer(Origin::naming_locations());
+    let host = ("host", "site.example");
+    let mut left = Vec::new();
+    for (target, named) in [
+        ("/page\\b", "/page/b"),
+        ("/page\\x\\..\\c", "/page/c"),
+        ("/page/x\\%2e%2e\\d?q=\\", "/page/d?q=\\"),
+    ] {
+        send(&svc, Method::GET, named, &[host]).await;
+        watch.settled().await;
+        let again = send(&svc, Method::GET, named, &[host]).await;
+        assert_hit(again.cache_status());
+        let posted = send(&svc, Method::POST, target, &[host]).await;
+        assert_eq!(posted.status, 201);
+        let after = send(&svc, Method::GET, named, &[host]).await;
+        if after.cache_status() == HIT {
+            left.push(format!("POST {target} left {named} cached"));
+        }
+    }
+    assert!(left.is_empty(), "{left:#?}");
+}

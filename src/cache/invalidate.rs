@@ -28,9 +28,10 @@ impl<B: Backend> Shared<B> {
         locations: Vec<HeaderValue>,
     ) {
         let mut uris = vec![target.clone()];
-        // A target spelled with dot segments (`/a/../b` or `/a/%2e%2e/b`, sent as is)
-        // names the resource the origin serves at `/b` too, which the cache keys apart.
-        uris.extend(without_dot_segments(target));
+        // A target spelled with dot segments (`/a/../b` or `/a/%2e%2e/b`) or `\`
+        // (`/a\..\b`, which IIS and other Windows stacks read as `/`), sent as is, names
+        // the resource the origin serves at `/b` too, which the cache keys apart.
+        uris.extend(lenient_target(target));
         uris.extend(locations.iter().filter_map(|value| {
             same_origin(
                 target,
@@ -165,6 +166,29 @@ fn resolve_relative(target: &Uri, reference: &str) -> Option<String> {
         resolved.push_str(query);
     }
     Some(resolved)
+}
+
+/// The target as an origin that reads `\` as `/` and resolves dot segments reads it, if
+/// that is another URI.
+fn lenient_target(target: &Uri) -> Option<Uri> {
+    let slashed = with_slashes(target);
+    without_dot_segments(slashed.as_ref().unwrap_or(target)).or(slashed)
+}
+
+/// `uri` with each `\` in its path read as `/`, if it has any (the query kept as is).
+fn with_slashes(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    if !path.contains('\\') {
+        return None;
+    }
+    let mut path_and_query = path.replace('\\', "/");
+    if let Some(query) = uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// `uri` with its path's dot segments removed, if it has any.
