@@ -259,3 +259,65 @@ async fn a_backslash_target_invalidates_the_path_a_lenient_origin_reads() {
     }
     assert!(left.is_empty(), "{left:#?}");
 }
+
+/// A `Pattern` rule decided alone: the router matched `/static/..%2Faccount` to
+/// `/static/{*path}` as sent, and the rule's lifetime applied without any other reading.
+/// But the route's handler gets `path` decoded (`../account`) and hands it on (a proxy to
+/// a file server or a legacy backend, here one that resolves dot segments), which answers
+/// `/account`: with "cache only `/static/`" the victim's page was stored for an hour, and
+/// a `no_cache` rule for `/account` did not hold either. A reading that leaves the
+/// pattern now gets the shortest lifetime, as for the other rules.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_pattern_rule_never_stores_a_page_its_handler_resolves_elsewhere() {
+    use axum::Router;
+    use axum::extract::Path;
+    use axum::http::HeaderMap;
+    use axum::routing::get as route_get;
+
+    /// The handler: hands `/static/{path}` to an origin that resolves dot segments, which
+    /// answers `/account` with the page of the user whose cookie came.
+    async fn proxied(Path(path): Path<String>, headers: HeaderMap) -> String {
+        let user = headers
+            .get("cookie")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("user="))
+            .unwrap_or("anonymous");
+        match path_origin::resolve_segments(&format!("/static/{path}")).as_str() {
+            "/account" => format!("{user}'s account"),
+            other => format!("public file {other}"),
+        }
+    }
+
+    for no_cache in [false, true] {
+        let mut layer = support::layer(MemoryBackend::new())
+            .default_lifetime(if no_cache {
+                Duration::from_secs(3600)
+            } else {
+                Duration::ZERO
+            })
+            .route(
+                RouteMatch::Pattern("/static/{*path}".into()),
+                Duration::from_secs(3600),
+            );
+        if no_cache {
+            layer = layer.no_cache(RouteMatch::Prefix("/account".into()));
+        }
+        let watch = Watch::of(&layer);
+        let app = Router::new()
+            .route("/static/{*path}", route_get(proxied))
+            .route_layer(layer);
+        for spelling in ["/static/..%2Faccount", "/static/x/..%2F..%2Faccount"] {
+            path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+                format!("{user}'s account")
+            })
+            .await;
+        }
+        // The rule still caches what the route serves.
+        let (first, _) = get(&app, "/static/app.css", None).await;
+        assert_eq!(first, "public file /static/app.css");
+        watch.settled().await;
+        let (_, status) = get(&app, "/static/app.css", None).await;
+        assert_hit(&status);
+    }
+}

@@ -54,7 +54,12 @@ pub enum RouteMatch {
     /// Any path that starts with this prefix.
     Prefix(String),
     /// axum's `MatchedPath` (the route pattern, e.g. `/users/{id}`), present when the layer
-    /// is added with `route_layer` and the `axum` feature is on.
+    /// is added with `route_layer` and the `axum` feature is on. The router matched the
+    /// path as sent; where a lenient origin reads the path (its parameters decoded, dot
+    /// segments resolved, as above) outside the pattern (`/static/..%2Faccount` for
+    /// `/static/{*path}`, whose handler may hand `../account` on to a proxy or a file
+    /// server), the shortest lifetime of the readings applies, and a `no_cache` rule the
+    /// reading falls under holds.
     Pattern(String),
 }
 
@@ -112,7 +117,8 @@ impl OriginRule {
 /// Which kind of rule decided a path.
 enum Decided<'r> {
     ByPath(&'r RouteAction),
-    ByPattern(&'r RouteAction),
+    /// The route pattern's rule, with the pattern.
+    ByPattern(&'r str, &'r RouteAction),
     Default,
 }
 
@@ -167,9 +173,9 @@ impl RouteRules {
         let read = rule_path(path);
         let mut as_written = match self.decide(&read, pattern) {
             Decided::ByPath(action) => lifetime_of(action)?,
-            // The router itself resolved the path to this route: its reading is the
-            // origin's.
-            Decided::ByPattern(action) => return lifetime_of(action),
+            Decided::ByPattern(pattern, action) => {
+                return self.pattern_lifetime(path, pattern, action, default);
+            }
             Decided::Default => default,
         };
         // The path as sent is a reading too: a router that matches it as it came (axum's)
@@ -178,7 +184,7 @@ impl RouteRules {
         // it under lengthens nothing.
         if let Cow::Owned(_) = read {
             let as_sent = match self.decide(path, None) {
-                Decided::ByPath(action) | Decided::ByPattern(action) => lifetime_of(action)?,
+                Decided::ByPath(action) | Decided::ByPattern(_, action) => lifetime_of(action)?,
                 Decided::Default => default,
             };
             as_written = as_written.min(as_sent);
@@ -196,6 +202,32 @@ impl RouteRules {
             as_resolved = as_resolved.min(self.origin_lifetime(&read_on, default)?);
         }
         Some(as_written.min(as_resolved))
+    }
+
+    /// The lifetime of a path the router matched to a route `pattern` with a rule. The
+    /// router matched the path as sent, and the route's rule decides for what it serves;
+    /// but a handler gets its parameters decoded (`/static/{*path}` gets `../account` for
+    /// `/static/..%2Faccount`) and may hand them on (a proxy, a file server) to an origin
+    /// that resolves them elsewhere. An origin reading the pattern no longer covers is
+    /// another route's path: the shortest lifetime wins, as for the other rules.
+    fn pattern_lifetime(
+        &self,
+        path: &str,
+        pattern: &str,
+        action: &RouteAction,
+        default: Duration,
+    ) -> Option<Duration> {
+        let mut lifetime = lifetime_of(action)?;
+        if !may_read_otherwise(path) {
+            return Some(lifetime);
+        }
+        let (cut, read_on) = origin_readings(path);
+        for reading in std::iter::once(cut).chain(read_on) {
+            if !pattern_covers(pattern, &reading) {
+                lifetime = lifetime.min(self.origin_lifetime(&reading, default)?);
+            }
+        }
+        Some(lifetime)
     }
 
     /// The lifetime the origin rules give a path in an origin reading (`default` where
@@ -227,12 +259,13 @@ impl RouteRules {
             return Decided::ByPath(&rule.action);
         }
         let by_pattern = pattern.and_then(|pattern| {
-            self.rules
-                .iter()
-                .find(|r| matches!(&r.matcher, RouteMatch::Pattern(p) if p == pattern))
+            self.rules.iter().find_map(|r| match &r.matcher {
+                RouteMatch::Pattern(p) if p == pattern => Some((p.as_str(), &r.action)),
+                _ => None,
+            })
         });
-        if let Some(rule) = by_pattern {
-            return Decided::ByPattern(&rule.action);
+        if let Some((pattern, action)) = by_pattern {
+            return Decided::ByPattern(pattern, action);
         }
         self.rules
             .iter()
@@ -243,6 +276,50 @@ impl RouteRules {
             .max_by_key(|(len, _)| *len)
             .map_or(Decided::Default, |(_, rule)| Decided::ByPath(&rule.action))
     }
+}
+
+/// Whether an axum route `pattern` (`/users/{id}`, `/static/{*path}`, `/{file}.png`)
+/// matches an origin reading (lower-case, so literal segments compare in any case). A
+/// segment with a parameter matches any segment that starts and ends with the literal
+/// text around it.
+fn pattern_covers(pattern: &str, reading: &str) -> bool {
+    let mut segments = reading.split('/').skip(1).filter(|s| !s.is_empty());
+    for part in pattern.split('/').skip(1).filter(|p| !p.is_empty()) {
+        // A catch-all (`{*rest}`, axum 0.7's `*rest`) takes what is left, if anything.
+        if part.starts_with("{*") || part.starts_with('*') {
+            return true;
+        }
+        let Some(segment) = segments.next() else {
+            return false;
+        };
+        let matches = match part.split_once('{') {
+            Some((before, after)) => {
+                let after = after.rsplit_once('}').map_or("", |(_, after)| after);
+                segment.len() > before.len() + after.len()
+                    && starts_with_ignore_case(segment, before)
+                    && ends_with_ignore_case(segment, after)
+            }
+            // axum 0.7's `:id`.
+            None if part.starts_with(':') => true,
+            None => segment.eq_ignore_ascii_case(part),
+        };
+        if !matches {
+            return false;
+        }
+    }
+    segments.next().is_none()
+}
+
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text
+            .get(text.len() - suffix.len()..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
 }
 
 fn lifetime_of(action: &RouteAction) -> Option<Duration> {
@@ -734,6 +811,73 @@ mod tests {
             Some(MINUTE)
         );
         assert_eq!(rules.lifetime("/Users/Alice", None, HOUR), None);
+    }
+
+    #[test]
+    fn a_route_patterns_rule_holds_only_for_what_its_pattern_covers() {
+        let rules = rules(&[
+            (RouteMatch::Prefix("/account".into()), RouteAction::NoCache),
+            (
+                RouteMatch::Pattern("/static/{*path}".into()),
+                RouteAction::Lifetime(HOUR),
+            ),
+            (
+                RouteMatch::Pattern("/img/{name}.png".into()),
+                RouteAction::Lifetime(HOUR),
+            ),
+        ]);
+        let static_files = Some("/static/{*path}");
+        for (path, lifetime) in [
+            ("/static/app.css", Some(HOUR)),
+            ("/static/App.css", Some(HOUR)),
+            ("/static/a/../b%2Fc.css", Some(HOUR)),
+            // The handler's `../account` resolves to another route (review RC).
+            ("/static/..%2Faccount", None),
+            ("/static/..%2Fnews", Some(MINUTE)),
+            ("/static/x%3F/..%2F..%2Faccount", None),
+        ] {
+            assert_eq!(
+                rules.lifetime(path, static_files, MINUTE),
+                lifetime,
+                "{path}"
+            );
+        }
+        let images = Some("/img/{name}.png");
+        for (path, lifetime) in [
+            ("/img/a.png", Some(HOUR)),
+            ("/img/A.PNG", Some(HOUR)),
+            ("/img/%61.png", Some(HOUR)),
+            ("/img/..%2F.png", Some(MINUTE)),
+            ("/img/..%2F..%2Faccount%3F.png", None),
+        ] {
+            assert_eq!(rules.lifetime(path, images, MINUTE), lifetime, "{path}");
+        }
+    }
+
+    #[test]
+    fn route_patterns_cover_what_axum_routes_to_them() {
+        for (pattern, reading, covered) in [
+            ("/users/{id}", "/users/7", true),
+            ("/users/{id}", "/users", false),
+            ("/users/{id}", "/users/7/x", false),
+            ("/Users/{id}/Avatar", "/users/7/avatar", true),
+            ("/static/{*path}", "/static/a/b", true),
+            ("/static/{*path}", "/account", false),
+            ("/static/*path", "/static/a", true),
+            ("/users/:id", "/users/a", true),
+            ("/{file}.png", "/a.png", true),
+            ("/{file}.png", "/.png", false),
+            ("/v{n}", "/v2", true),
+            ("/v{n}", "/x2", false),
+            ("/", "/", true),
+            ("/", "/a", false),
+        ] {
+            assert_eq!(
+                pattern_covers(pattern, reading),
+                covered,
+                "{pattern} {reading}"
+            );
+        }
     }
 
     mod properties {
