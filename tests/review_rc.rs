@@ -21,8 +21,9 @@ use tower_memcache::cache::RouteMatch;
 /// How an IIS-like origin on Windows resolves a path: IIS's `%uXXXX` escapes and every
 /// `%XY` decoded, an overlong UTF-8 form (`%c0%ae`, the IIS 4/5 and old Java decoders) or a
 /// fullwidth form (`%ef%bc%8e`, Windows' best-fit mapping) read as its ASCII character,
-/// `\` as `/`, letters in any case, each segment's trailing dots and spaces dropped (Win32
-/// path normalisation). Written apart from the crate's own reading.
+/// `\` as `/`, letters in any case, white space around each segment trimmed (Spring's
+/// `trimTokens`), each segment's trailing dots and spaces dropped (Win32 path
+/// normalisation). Written apart from the crate's own reading.
 fn windows(path: &str) -> String {
     // `%uXXXX` (`u` in either case) first, then the `%XY` escapes.
     let path = path.replace("%U", "%u");
@@ -84,8 +85,8 @@ fn windows(path: &str) -> String {
         .replace('\\', "/");
     let trimmed: Vec<&str> = text
         .split('/')
-        .map(|segment| match segment {
-            "." | ".." => segment,
+        .map(|segment| match segment.trim_matches(|c: char| c <= ' ') {
+            trimmed @ ("." | "..") => trimmed,
             other => other.trim_end_matches(['.', ' ']),
         })
         .collect();
@@ -114,7 +115,7 @@ fn windows_origin() -> impl Service<
 /// as other paths: Windows drops a segment's trailing dots and spaces, IIS decodes `%u`
 /// escapes, old decoders take an overlong UTF-8 form for its ASCII character, and
 /// Windows' best-fit mapping a fullwidth one.
-const WINDOWS_SPELLINGS: [&str; 11] = [
+const WINDOWS_SPELLINGS: [&str; 13] = [
     "/account.",
     "/account%20",
     "/Account.%20.",
@@ -127,6 +128,9 @@ const WINDOWS_SPELLINGS: [&str; 11] = [
     "/x/%uff0e%uff0e/%uFF41ccount",
     // Sent raw: a request line may hold UTF-8, which `Uri` keeps.
     "/x/\u{ff0e}\u{ff0e}/account",
+    // Trimmed as Java's `String.trim` does.
+    "/%20account",
+    "/%09Account%0B",
 ];
 
 /// Web cache deception through Windows path spellings: a `no_cache` rule for `/account`

@@ -4,8 +4,8 @@
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
 //! folded, escapes decoded again, IIS's `%u` escapes, overlong UTF-8 and fullwidth forms
-//! read as ASCII, `\` as `/`, dot segments, `;` parameters and Windows' trailing dots and
-//! spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
+//! read as ASCII, `\` as `/`, dot segments, `;` parameters, white space around segments
+//! and Windows' trailing dots and spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
 //! well). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
 //! the shortest wins; a `no_cache` rule in any turns caching off. A private page's
@@ -27,8 +27,9 @@ use std::time::Duration;
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
 /// any letter case, with escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
 /// an overlong UTF-8 `%c0%ae` or a fullwidth `%ef%bc%8e` read as `.`), `\` read as `/`,
-/// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), a
-/// segment's trailing dots and spaces dropped as Windows does (`/account.`), cut at
+/// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`),
+/// white space around a segment trimmed as Spring does (`/%20account`) and its trailing
+/// dots and spaces dropped as Windows does (`/account.`), cut at
 /// an escaped `?`, `#`, NUL or line break (`/account%0A`) or read on past one
 /// (`/x%3F/../account`), and with or without a trailing slash. A lifetime rule lengthens
 /// a lifetime only where every reading puts the path under it: the path as sent (as
@@ -423,7 +424,8 @@ const DECODING_PASSES: usize = 2;
 /// `path` as the most lenient origin might resolve it: escapes decoded (up to
 /// [`DECODING_PASSES`] times, IIS's `%uXXXX` too, with overlong UTF-8 and fullwidth
 /// forms of ASCII characters read as those characters), `\` as `/` (IIS, Windows file
-/// servers), a segment's trailing dots and spaces dropped (Windows), cut at a decoded
+/// servers), white space around a segment (Spring) and its trailing dots and spaces
+/// (Windows) dropped, cut at a decoded
 /// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
 /// case (case-insensitive routers and file systems), each segment's `;` parameters
 /// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
@@ -466,12 +468,7 @@ fn resolve_segments(bytes: &[u8]) -> String {
             Some(at) => &segment[..at],
             None => segment,
         };
-        // Win32 path normalisation drops a segment's trailing dots and spaces: IIS serves
-        // `/account.` and `/account%20` as `/account`.
-        let segment = match segment {
-            b"." | b".." => segment,
-            _ => without_trailing_dots_and_spaces(segment),
-        };
+        let segment = trimmed(segment);
         match segment {
             b"" | b"." => {}
             b".." => {
@@ -491,8 +488,21 @@ fn resolve_segments(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&reading).into_owned()
 }
 
-/// `segment` without the dots and spaces it ends with.
-fn without_trailing_dots_and_spaces(segment: &[u8]) -> &[u8] {
+/// A segment as lenient origins trim it: white space and control bytes around it gone
+/// (Java's `String.trim`, as Spring's `trimTokens` applies it: CVE-2016-5007), then,
+/// unless it is a dot segment, the dots and spaces it ends with (Win32 path
+/// normalisation: IIS serves `/account.` and `/account%20` as `/account`).
+fn trimmed(segment: &[u8]) -> &[u8] {
+    let kept = |byte: &u8| *byte > b' ';
+    let start = segment.iter().position(kept).unwrap_or(segment.len());
+    let end = segment
+        .iter()
+        .rposition(kept)
+        .map_or(start, |last| last + 1);
+    let segment = &segment[start..end];
+    if matches!(segment, b"." | b"..") {
+        return segment;
+    }
     let end = segment
         .iter()
         .rposition(|byte| !matches!(byte, b'.' | b' '))
@@ -639,6 +649,9 @@ mod tests {
             ("/Account.%20./x", "/account/x"),
             ("/a.b/...", "/a.b"),
             ("/x/../.", "/"),
+            // Spring trims white space around a segment (review RC).
+            ("/%20Account%09/%0b%0c", "/account"),
+            ("/x/%20..%20/account", "/account"),
             // IIS's `%u` escapes, overlong UTF-8 and fullwidth forms (review RC).
             ("/x/%u002e%U002E/account", "/account"),
             ("/x/..%u002Faccount", "/account"),
