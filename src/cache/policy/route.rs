@@ -922,6 +922,22 @@ mod tests {
                 }
             }
 
+            /// Any bytes, any text: decoding and folding never panic, and folding only
+            /// shortens; the origin reading of any text is a path (review RC's `%u`,
+            /// overlong and fullwidth forms, trimming).
+            #[test]
+            fn any_input_is_read_without_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..48),
+                text in "([/%uUcCeEfF0-9a-fA-F.;\\\\ \t]|\\PC){0,40}",
+            ) {
+                let folded = fold_to_ascii(bytes.clone());
+                prop_assert!(folded.len() <= bytes.len());
+                let _ = decode_all(&bytes);
+                let reading = origin_reading(&text);
+                prop_assert!(reading.starts_with('/'));
+                let _ = may_read_otherwise(&text);
+            }
+
             /// Any path: no panic, and the origin reading is its own origin reading when
             /// it holds no escape (escapes are decoded a bounded number of times).
             #[test]
