@@ -219,7 +219,9 @@ impl RouteRules {
         default: Duration,
     ) -> Option<Duration> {
         let mut lifetime = lifetime_of(action)?;
-        if !may_read_otherwise(path) {
+        // Where the pattern does not name the path as sent, it is a nested router's
+        // stripped path (`/users/7` for `/api/users/{id}`): the full path was checked.
+        if !may_read_otherwise(path) || !pattern_covers(pattern, path) {
             return Some(lifetime);
         }
         let (cut, read_on) = origin_readings(path);
@@ -855,6 +857,28 @@ mod tests {
                 "{path}"
             );
         }
+        // A nested router's stripped path (`/users/Alice` for `/api/users/{id}`): the
+        // pattern does not name this spelling; the full path's reading is checked.
+        assert_eq!(
+            rules.lifetime("/Users/Alice", Some("/api/users/{id}"), Duration::ZERO),
+            Some(Duration::ZERO)
+        );
+        let nested = rules_with_nested();
+        for path in ["/users/Alice", "/api/users/Alice"] {
+            assert_eq!(
+                nested.lifetime(path, Some("/api/users/{id}"), Duration::ZERO),
+                Some(HOUR),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            nested.lifetime(
+                "/api/users/..%2F..%2Faccount",
+                Some("/api/users/{id}"),
+                Duration::ZERO
+            ),
+            Some(Duration::ZERO)
+        );
         let images = Some("/img/{name}.png");
         for (path, lifetime) in [
             ("/img/a.png", Some(HOUR)),
@@ -865,6 +889,13 @@ mod tests {
         ] {
             assert_eq!(rules.lifetime(path, images, MINUTE), lifetime, "{path}");
         }
+    }
+
+    fn rules_with_nested() -> RouteRules {
+        rules(&[(
+            RouteMatch::Pattern("/api/users/{id}".into()),
+            RouteAction::Lifetime(HOUR),
+        )])
     }
 
     #[test]
