@@ -419,6 +419,7 @@ mod tests {
             ("\\\\other.example\\a", None),
             ("http:\\\\other.example\\a", None),
             ("\\/other.example/a", None),
+            ("/\\other.example\\a", None),
         ] {
             assert_eq!(
                 location("/x", Some("site.example"), value).as_deref(),
