@@ -28,9 +28,10 @@ impl<B: Backend> Shared<B> {
         locations: Vec<HeaderValue>,
     ) {
         let mut uris = vec![target.clone()];
-        // A target spelled with dot segments (`/a/../b` or `/a/%2e%2e/b`, sent as is)
-        // names the resource the origin serves at `/b` too, which the cache keys apart.
-        uris.extend(without_dot_segments(target));
+        // A target spelled with dot segments (`/a/../b` or `/a/%2e%2e/b`) or `\`
+        // (`/a\..\b`, which IIS and other Windows stacks read as `/`), sent as is, names
+        // the resource the origin serves at `/b` too, which the cache keys apart.
+        uris.extend(lenient_target(target));
         uris.extend(locations.iter().filter_map(|value| {
             same_origin(
                 target,
@@ -69,6 +70,13 @@ pub(super) fn same_origin(
     // The fragment is the client's (RFC 9110 §4.2.5), in no key.
     let text = value.to_str().ok()?.trim();
     let text = text.split('#').next().unwrap_or("");
+    let as_browsers_read;
+    let text = if text.contains(['\\', '\t']) {
+        as_browsers_read = browser_spelling(text);
+        as_browsers_read.as_str()
+    } else {
+        text
+    };
     // A relative reference (`42`, `../42`, `?page=2`, RFC 9110 §10.2.2) names a URI on the
     // target's origin too: resolved against the target's path (RFC 3986 §5.2), it is an
     // absolute path. Parsed as it is, `42` would read as an authority, `../42` as nothing.
@@ -105,6 +113,19 @@ pub(super) fn same_origin(
             (theirs == own).then_some(uri)
         }
     }
+}
+
+/// A reference as a browser reads it in an http(s) URL (the URL Standard): tabs dropped,
+/// and `\` taken for `/` before the query, so `Location: \a\b` sends it to `/a/b` and
+/// `\\host\b` to `//host/b`. Only what a client that follows the value reaches is
+/// invalidated through it; unparsed, it named nothing.
+fn browser_spelling(reference: &str) -> String {
+    let query = reference.find('?').unwrap_or(reference.len());
+    reference
+        .char_indices()
+        .filter(|(_, c)| *c != '\t')
+        .map(|(at, c)| if c == '\\' && at < query { '/' } else { c })
+        .collect()
 }
 
 /// `reference` when it is a relative-path or query reference (RFC 3986 §4.2): no
@@ -145,6 +166,29 @@ fn resolve_relative(target: &Uri, reference: &str) -> Option<String> {
         resolved.push_str(query);
     }
     Some(resolved)
+}
+
+/// The target as an origin that reads `\` as `/` and resolves dot segments reads it, if
+/// that is another URI.
+fn lenient_target(target: &Uri) -> Option<Uri> {
+    let slashed = with_slashes(target);
+    without_dot_segments(slashed.as_ref().unwrap_or(target)).or(slashed)
+}
+
+/// `uri` with each `\` in its path read as `/`, if it has any (the query kept as is).
+fn with_slashes(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    if !path.contains('\\') {
+        return None;
+    }
+    let mut path_and_query = path.replace('\\', "/");
+    if let Some(query) = uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// `uri` with its path's dot segments removed, if it has any.
@@ -363,6 +407,26 @@ mod tests {
             location("/a", Some("site.example"), "//other.example/%2e%2e/../b"),
             None
         );
+
+        // `\` is `/` before the query, as browsers read it; tabs are dropped (review RC).
+        for (value, resolved) in [
+            ("\\a\\b", Some("http://site.example/a/b")),
+            ("\\a\\..\\b?x=\\", Some("http://site.example/b?x=\\")),
+            ("c\\d", Some("http://site.example/c/d")),
+            ("\\/site.example\\e", Some("http://site.example/e")),
+            ("http:\\\\site.example\\f", Some("http://site.example/f")),
+            ("/g\th", Some("http://site.example/gh")),
+            ("\\\\other.example\\a", None),
+            ("http:\\\\other.example\\a", None),
+            ("\\/other.example/a", None),
+            ("/\\other.example\\a", None),
+        ] {
+            assert_eq!(
+                location("/x", Some("site.example"), value).as_deref(),
+                resolved,
+                "{value}"
+            );
+        }
 
         // A request whose own Host cannot be keyed invalidates nothing else.
         assert_eq!(location("/a", Some("site.example/x"), "/b"), None);

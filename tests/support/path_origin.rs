@@ -69,15 +69,15 @@ pub fn serving(
     })
 }
 
-/// A GET of `path` (with `cookie`, if any) through `service`: the body and the
-/// `Cache-Status`. Fails unless the answer is a 200.
-pub async fn get<S>(service: &S, path: &str, cookie: Option<&str>) -> (String, String)
+/// A GET of `path` (with `cookie`, if any) through `service` (the layer, or an axum
+/// router it is a route layer of): the body and the `Cache-Status`. Fails unless the
+/// answer is a 200.
+pub async fn get<S, B>(service: &S, path: &str, cookie: Option<&str>) -> (String, String)
 where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
-        > + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
     S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
 {
     let mut request = Request::get(path);
     if let Some(cookie) = cookie {
@@ -98,17 +98,16 @@ where
 /// The deception attempt at `spelling`: a victim (Alice's cookie) is lured there, then
 /// the attacker (no cookie) asks for it once the layer has settled. Each must get the page
 /// `page(user)` makes for them: the victim's was not stored for the attacker.
-pub async fn assert_each_gets_own<S>(
+pub async fn assert_each_gets_own<S, B>(
     service: &S,
     watch: &super::Watch,
     spelling: &str,
     page: fn(&str) -> String,
 ) where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<tower_memcache::cache::ResponseBody<Full<Bytes>>>,
-        > + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
     S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
 {
     let (victim, _) = get(service, spelling, Some("user=alice")).await;
     assert_eq!(victim, page("alice"), "{spelling}");

@@ -33,6 +33,30 @@ impl Origin {
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
+
+    /// An origin whose `/page/*` are cacheable pages, and whose unsafe requests answer 201
+    /// naming what the request's `x-location` / `x-content-location` say.
+    pub fn naming_locations() -> Self {
+        Self::new(|request: &Request<()>| {
+            if request.method() == Method::GET || request.method() == Method::HEAD {
+                return (
+                    200,
+                    vec![("cache-control", "max-age=600".to_owned())],
+                    "page",
+                );
+            }
+            let mut lines = Vec::new();
+            for (field, name) in [
+                ("x-location", "location"),
+                ("x-content-location", "content-location"),
+            ] {
+                if let Some(value) = request.headers().get(field) {
+                    lines.push((name, value.to_str().unwrap_or("").to_owned()));
+                }
+            }
+            (201, lines, "done")
+        })
+    }
 }
 
 impl tower::Service<Request<()>> for Origin {

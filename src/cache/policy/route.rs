@@ -3,8 +3,10 @@
 //! A rule is matched against three readings of the request's path. The *rule reading*
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
-//! folded, escapes decoded again, `\` as `/`, dot segments and `;` parameters gone; cut
-//! at an escaped delimiter, and where it is cut, read on past it as well). The
+//! folded, escapes decoded again, IIS's `%u` escapes, overlong UTF-8 and fullwidth forms
+//! read as ASCII, `\` as `/`, dot segments, `;` parameters, white space around segments
+//! and Windows' trailing dots and spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
+//! well). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
 //! the shortest wins; a `no_cache` rule in any turns caching off. A private page's
 //! `no_cache` rule has to hold for every spelling some origin answers with that page, or an
@@ -23,8 +25,11 @@ use std::time::Duration;
 /// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
-/// any letter case, with escapes decoded (twice, `%252F` as `/`), `\` read as `/`, dot
-/// segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`), cut at
+/// any letter case, with escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
+/// an overlong UTF-8 `%c0%ae` or a fullwidth `%ef%bc%8e` read as `.`), `\` read as `/`,
+/// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`),
+/// white space around a segment trimmed as Spring does (`/%20account`) and its trailing
+/// dots and spaces dropped as Windows does (`/account.`), cut at
 /// an escaped `?`, `#`, NUL or line break (`/account%0A`) or read on past one
 /// (`/x%3F/../account`), and with or without a trailing slash. A lifetime rule lengthens
 /// a lifetime only where every reading puts the path under it: the path as sent (as
@@ -50,7 +55,12 @@ pub enum RouteMatch {
     /// Any path that starts with this prefix.
     Prefix(String),
     /// axum's `MatchedPath` (the route pattern, e.g. `/users/{id}`), present when the layer
-    /// is added with `route_layer` and the `axum` feature is on.
+    /// is added with `route_layer` and the `axum` feature is on. The router matched the
+    /// path as sent; where a lenient origin reads the path (its parameters decoded, dot
+    /// segments resolved, as above) outside the pattern (`/static/..%2Faccount` for
+    /// `/static/{*path}`, whose handler may hand `../account` on to a proxy or a file
+    /// server), the shortest lifetime of the readings applies, and a `no_cache` rule the
+    /// reading falls under holds.
     Pattern(String),
 }
 
@@ -108,7 +118,8 @@ impl OriginRule {
 /// Which kind of rule decided a path.
 enum Decided<'r> {
     ByPath(&'r RouteAction),
-    ByPattern(&'r RouteAction),
+    /// The route pattern's rule, with the pattern.
+    ByPattern(&'r str, &'r RouteAction),
     Default,
 }
 
@@ -163,9 +174,9 @@ impl RouteRules {
         let read = rule_path(path);
         let mut as_written = match self.decide(&read, pattern) {
             Decided::ByPath(action) => lifetime_of(action)?,
-            // The router itself resolved the path to this route: its reading is the
-            // origin's.
-            Decided::ByPattern(action) => return lifetime_of(action),
+            Decided::ByPattern(pattern, action) => {
+                return self.pattern_lifetime(path, pattern, action, default);
+            }
             Decided::Default => default,
         };
         // The path as sent is a reading too: a router that matches it as it came (axum's)
@@ -174,7 +185,7 @@ impl RouteRules {
         // it under lengthens nothing.
         if let Cow::Owned(_) = read {
             let as_sent = match self.decide(path, None) {
-                Decided::ByPath(action) | Decided::ByPattern(action) => lifetime_of(action)?,
+                Decided::ByPath(action) | Decided::ByPattern(_, action) => lifetime_of(action)?,
                 Decided::Default => default,
             };
             as_written = as_written.min(as_sent);
@@ -192,6 +203,34 @@ impl RouteRules {
             as_resolved = as_resolved.min(self.origin_lifetime(&read_on, default)?);
         }
         Some(as_written.min(as_resolved))
+    }
+
+    /// The lifetime of a path the router matched to a route `pattern` with a rule. The
+    /// router matched the path as sent, and the route's rule decides for what it serves;
+    /// but a handler gets its parameters decoded (`/static/{*path}` gets `../account` for
+    /// `/static/..%2Faccount`) and may hand them on (a proxy, a file server) to an origin
+    /// that resolves them elsewhere. An origin reading the pattern no longer covers is
+    /// another route's path: the shortest lifetime wins, as for the other rules.
+    fn pattern_lifetime(
+        &self,
+        path: &str,
+        pattern: &str,
+        action: &RouteAction,
+        default: Duration,
+    ) -> Option<Duration> {
+        let mut lifetime = lifetime_of(action)?;
+        // Where the pattern does not name the path as sent, it is a nested router's
+        // stripped path (`/users/7` for `/api/users/{id}`): the full path was checked.
+        if !may_read_otherwise(path) || !pattern_covers(pattern, path) {
+            return Some(lifetime);
+        }
+        let (cut, read_on) = origin_readings(path);
+        for reading in std::iter::once(cut).chain(read_on) {
+            if !pattern_covers(pattern, &reading) {
+                lifetime = lifetime.min(self.origin_lifetime(&reading, default)?);
+            }
+        }
+        Some(lifetime)
     }
 
     /// The lifetime the origin rules give a path in an origin reading (`default` where
@@ -223,12 +262,13 @@ impl RouteRules {
             return Decided::ByPath(&rule.action);
         }
         let by_pattern = pattern.and_then(|pattern| {
-            self.rules
-                .iter()
-                .find(|r| matches!(&r.matcher, RouteMatch::Pattern(p) if p == pattern))
+            self.rules.iter().find_map(|r| match &r.matcher {
+                RouteMatch::Pattern(p) if p == pattern => Some((p.as_str(), &r.action)),
+                _ => None,
+            })
         });
-        if let Some(rule) = by_pattern {
-            return Decided::ByPattern(&rule.action);
+        if let Some((pattern, action)) = by_pattern {
+            return Decided::ByPattern(pattern, action);
         }
         self.rules
             .iter()
@@ -239,6 +279,50 @@ impl RouteRules {
             .max_by_key(|(len, _)| *len)
             .map_or(Decided::Default, |(_, rule)| Decided::ByPath(&rule.action))
     }
+}
+
+/// Whether an axum route `pattern` (`/users/{id}`, `/static/{*path}`, `/{file}.png`)
+/// matches an origin reading (lower-case, so literal segments compare in any case). A
+/// segment with a parameter matches any segment that starts and ends with the literal
+/// text around it.
+fn pattern_covers(pattern: &str, reading: &str) -> bool {
+    let mut segments = reading.split('/').skip(1).filter(|s| !s.is_empty());
+    for part in pattern.split('/').skip(1).filter(|p| !p.is_empty()) {
+        // A catch-all (`{*rest}`, axum 0.7's `*rest`) takes what is left, if anything.
+        if part.starts_with("{*") || part.starts_with('*') {
+            return true;
+        }
+        let Some(segment) = segments.next() else {
+            return false;
+        };
+        let matches = match part.split_once('{') {
+            Some((before, after)) => {
+                let after = after.rsplit_once('}').map_or("", |(_, after)| after);
+                segment.len() > before.len() + after.len()
+                    && starts_with_ignore_case(segment, before)
+                    && ends_with_ignore_case(segment, after)
+            }
+            // axum 0.7's `:id`.
+            None if part.starts_with(':') => true,
+            None => segment.eq_ignore_ascii_case(part),
+        };
+        if !matches {
+            return false;
+        }
+    }
+    segments.next().is_none()
+}
+
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text
+            .get(text.len() - suffix.len()..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
 }
 
 fn lifetime_of(action: &RouteAction) -> Option<Duration> {
@@ -319,14 +403,17 @@ fn hex_value(digit: u8) -> Option<u8> {
 }
 
 /// Whether an origin might read `path` as another path than its rule reading: it holds
-/// an escape, a `\`, a `;`, an upper-case letter, a dot segment, an empty segment or a
-/// trailing slash. Most paths hold none: they are their own origin reading.
+/// an escape, a `\`, a `;`, an upper-case letter, a non-ASCII byte, a dot segment, a
+/// segment ending in `.`, an empty segment or a trailing slash. Most paths hold none: they are their own origin reading.
 fn may_read_otherwise(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.len() > 1 && bytes.last() == Some(&b'/')
         || bytes.iter().enumerate().any(|(i, byte)| match byte {
-            b'%' | b'\\' | b';' | b'A'..=b'Z' => true,
+            // Non-ASCII: UTF-8 sent raw, which may spell an ASCII character.
+            b'%' | b'\\' | b';' | b'A'..=b'Z' | 0x80.. => true,
             b'/' => matches!(bytes.get(i + 1), Some(b'/' | b'.')),
+            // A segment's trailing dot, which Windows drops (`/account.`).
+            b'.' => matches!(bytes.get(i + 1), None | Some(b'/')),
             _ => false,
         })
 }
@@ -337,7 +424,10 @@ fn may_read_otherwise(path: &str) -> bool {
 const DECODING_PASSES: usize = 2;
 
 /// `path` as the most lenient origin might resolve it: escapes decoded (up to
-/// [`DECODING_PASSES`] times), `\` as `/` (IIS, Windows file servers), cut at a decoded
+/// [`DECODING_PASSES`] times, IIS's `%uXXXX` too, with overlong UTF-8 and fullwidth
+/// forms of ASCII characters read as those characters), `\` as `/` (IIS, Windows file
+/// servers), white space around a segment (Spring) and its trailing dots and spaces
+/// (Windows) dropped, cut at a decoded
 /// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
 /// case (case-insensitive routers and file systems), each segment's `;` parameters
 /// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
@@ -352,12 +442,13 @@ pub(crate) fn origin_reading(path: &str) -> String {
 /// resolves the dot segments after it, so `/static/x%3F/../../account` is its `/account`
 /// (the cut alone read `/static/x`).
 fn origin_readings(path: &str) -> (String, Option<String>) {
-    let mut bytes = path.as_bytes().to_vec();
+    // Raw too: a request line may hold UTF-8 (`/x/．．/account`), which `Uri` keeps.
+    let mut bytes = fold_to_ascii(path.as_bytes().to_vec());
     for _ in 0..DECODING_PASSES {
         if !bytes.contains(&b'%') {
             break;
         }
-        bytes = decode_all(&bytes);
+        bytes = fold_to_ascii(decode_all(&bytes));
     }
     bytes.make_ascii_lowercase();
     let end = bytes
@@ -370,7 +461,8 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
 }
 
 /// Decoded, lower-cased path bytes resolved as [`origin_reading`] says: `\` as `/`, `;`
-/// parameters, dot segments, empty segments and a trailing slash gone.
+/// parameters, trailing dots and spaces, dot segments, empty segments and a trailing
+/// slash gone.
 fn resolve_segments(bytes: &[u8]) -> String {
     let mut segments: Vec<&[u8]> = Vec::new();
     for segment in bytes.split(|byte| matches!(byte, b'/' | b'\\')) {
@@ -378,6 +470,7 @@ fn resolve_segments(bytes: &[u8]) -> String {
             Some(at) => &segment[..at],
             None => segment,
         };
+        let segment = trimmed(segment);
         match segment {
             b"" | b"." => {}
             b".." => {
@@ -397,21 +490,97 @@ fn resolve_segments(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&reading).into_owned()
 }
 
-/// Every escape in `bytes` decoded once.
+/// A segment as lenient origins trim it: white space and control bytes around it gone
+/// (Java's `String.trim`, as Spring's `trimTokens` applies it: CVE-2016-5007), then,
+/// unless it is a dot segment, the dots and spaces it ends with (Win32 path
+/// normalisation: IIS serves `/account.` and `/account%20` as `/account`).
+fn trimmed(segment: &[u8]) -> &[u8] {
+    let kept = |byte: &u8| *byte > b' ';
+    let start = segment.iter().position(kept).unwrap_or(segment.len());
+    let end = segment
+        .iter()
+        .rposition(kept)
+        .map_or(start, |last| last + 1);
+    let segment = &segment[start..end];
+    if matches!(segment, b"." | b"..") {
+        return segment;
+    }
+    let end = segment
+        .iter()
+        .rposition(|byte| !matches!(byte, b'.' | b' '))
+        .map_or(0, |last| last + 1);
+    &segment[..end]
+}
+
+/// Every escape in `bytes` decoded once: `%XY`, and IIS's `%uXXXX` (as UTF-8).
 fn decode_all(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match escape_at(bytes, i) {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
+        if let Some(byte) = escape_at(bytes, i) {
+            out.push(byte);
+            i += 3;
+        } else if let Some(c) = wide_escape_at(bytes, i) {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            i += 6;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
+    }
+    out
+}
+
+/// The character IIS's `%uXXXX` at `at` stands for (U+FFFD for a lone surrogate), if
+/// `bytes[at..]` starts with one.
+fn wide_escape_at(bytes: &[u8], at: usize) -> Option<char> {
+    if bytes.get(at) != Some(&b'%') || !matches!(bytes.get(at + 1), Some(b'u' | b'U')) {
+        return None;
+    }
+    let mut code = 0u32;
+    for offset in 2..6 {
+        code = (code << 4) | u32::from(hex_value(*bytes.get(at + offset)?)?);
+    }
+    Some(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER))
+}
+
+/// Decoded bytes with the non-ASCII spellings of ASCII characters that lenient decoders
+/// read as those characters: overlong UTF-8 (`C0 AE` is `.` to IIS 4/5 and old Java
+/// decoders, CVE-2000-0884, CVE-2008-2938) and the fullwidth forms U+FF01 to U+FF5E
+/// (`．`, `／`, `＼`: Windows' best-fit mapping and NFKC read them as `.`, `/`, `\`).
+fn fold_to_ascii(bytes: Vec<u8>) -> Vec<u8> {
+    if !bytes
+        .iter()
+        .any(|byte| matches!(byte, 0xc0 | 0xc1 | 0xe0 | 0xef | 0xf0))
+    {
+        return bytes;
+    }
+    let continues = |byte: u8| byte & 0xc0 == 0x80;
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let (ascii, len) = match bytes[i..] {
+            [lead @ (0xc0 | 0xc1), second, ..] if continues(second) => {
+                (Some(((lead & 0x1f) << 6) | (second & 0x3f)), 2)
+            }
+            [0xe0, second @ (0x80 | 0x81), third, ..] if continues(third) => {
+                (Some(((second & 0x3f) << 6) | (third & 0x3f)), 3)
+            }
+            [0xf0, 0x80, third @ (0x80 | 0x81), fourth, ..] if continues(fourth) => {
+                (Some(((third & 0x3f) << 6) | (fourth & 0x3f)), 4)
+            }
+            // U+FF01..U+FF3F (EF BC 81..BF) and U+FF40..U+FF5E (EF BD 80..9E): the
+            // character 0xFEE0 below.
+            [0xef, 0xbc, third @ 0x81..=0xbf, ..] => (Some(third - 0x60), 3),
+            [0xef, 0xbd, third @ 0x80..=0x9e, ..] => (Some(third - 0x20), 3),
+            _ => (None, 1),
+        };
+        match ascii {
+            Some(byte) => out.push(byte),
+            None => out.extend_from_slice(&bytes[i..i + len]),
+        }
+        i += len;
     }
     out
 }
@@ -477,6 +646,27 @@ mod tests {
             ("/%zz%4", "/%zz%4"),
             ("/caf%C3%A9", "/caf\u{e9}"),
             ("/%ff", "/\u{fffd}"),
+            // Windows drops a segment's trailing dots and spaces (review RC).
+            ("/account.", "/account"),
+            ("/Account.%20./x", "/account/x"),
+            ("/a.b/...", "/a.b"),
+            ("/x/../.", "/"),
+            // Spring trims white space around a segment (review RC).
+            ("/%20Account%09/%0b%0c", "/account"),
+            ("/x/%20..%20/account", "/account"),
+            // IIS's `%u` escapes, overlong UTF-8 and fullwidth forms (review RC).
+            ("/x/%u002e%U002E/account", "/account"),
+            ("/x/..%u002Faccount", "/account"),
+            ("/%u00e9%ud800", "/\u{e9}\u{fffd}"),
+            ("/%u00", "/%u00"),
+            ("/x/%c0%ae%c0%ae%c0%afaccount", "/account"),
+            ("/x/..%c1%9caccount", "/account"),
+            ("/x/%e0%80%ae%e0%80%ae/%f0%80%80%aeaccount", "/.account"),
+            ("/x/..%ef%bc%8f%EF%BD%81ccount", "/account"),
+            ("/%c0%80x", "/"),
+            ("/%c0", "/\u{fffd}"),
+            ("/%ef%bc%80", "/\u{ff00}"),
+            ("/x/\u{ff0e}\u{ff0e}\u{ff0f}\u{ff21}ccount", "/account"),
         ] {
             assert_eq!(origin_reading(path), reading, "{path:?}");
         }
@@ -504,11 +694,12 @@ mod tests {
     #[test]
     fn only_odd_paths_are_read_again() {
         for odd in [
-            "/a/", "/A", "/%61", "/a\\b", "/a;b", "/a/./b", "/a/../b", "//a", "/a/.b",
+            "/a/", "/A", "/%61", "/a\\b", "/a;b", "/a/./b", "/a/../b", "//a", "/a/.b", "/a.",
+            "/a./b", "/\u{e9}",
         ] {
             assert!(may_read_otherwise(odd), "{odd:?}");
         }
-        for plain in ["/", "/a", "/a/b.css", "/a.b/c-d_e~f", ""] {
+        for plain in ["/", "/a", "/a/b.css", "/a.b/c-d_e~f", "/a/b.c.d", ""] {
             assert!(!may_read_otherwise(plain), "{plain:?}");
         }
     }
@@ -637,6 +828,102 @@ mod tests {
         assert_eq!(rules.lifetime("/Users/Alice", None, HOUR), None);
     }
 
+    #[test]
+    fn a_route_patterns_rule_holds_only_for_what_its_pattern_covers() {
+        let rules = rules(&[
+            (RouteMatch::Prefix("/account".into()), RouteAction::NoCache),
+            (
+                RouteMatch::Pattern("/static/{*path}".into()),
+                RouteAction::Lifetime(HOUR),
+            ),
+            (
+                RouteMatch::Pattern("/img/{name}.png".into()),
+                RouteAction::Lifetime(HOUR),
+            ),
+        ]);
+        let static_files = Some("/static/{*path}");
+        for (path, lifetime) in [
+            ("/static/app.css", Some(HOUR)),
+            ("/static/App.css", Some(HOUR)),
+            ("/static/a/../b%2Fc.css", Some(HOUR)),
+            // The handler's `../account` resolves to another route (review RC).
+            ("/static/..%2Faccount", None),
+            ("/static/..%2Fnews", Some(MINUTE)),
+            ("/static/x%3F/..%2F..%2Faccount", None),
+        ] {
+            assert_eq!(
+                rules.lifetime(path, static_files, MINUTE),
+                lifetime,
+                "{path}"
+            );
+        }
+        // A nested router's stripped path (`/users/Alice` for `/api/users/{id}`): the
+        // pattern does not name this spelling; the full path's reading is checked.
+        assert_eq!(
+            rules.lifetime("/Users/Alice", Some("/api/users/{id}"), Duration::ZERO),
+            Some(Duration::ZERO)
+        );
+        let nested = rules_with_nested();
+        for path in ["/users/Alice", "/api/users/Alice"] {
+            assert_eq!(
+                nested.lifetime(path, Some("/api/users/{id}"), Duration::ZERO),
+                Some(HOUR),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            nested.lifetime(
+                "/api/users/..%2F..%2Faccount",
+                Some("/api/users/{id}"),
+                Duration::ZERO
+            ),
+            Some(Duration::ZERO)
+        );
+        let images = Some("/img/{name}.png");
+        for (path, lifetime) in [
+            ("/img/a.png", Some(HOUR)),
+            ("/img/A.PNG", Some(HOUR)),
+            ("/img/%61.png", Some(HOUR)),
+            ("/img/..%2F.png", Some(MINUTE)),
+            ("/img/..%2F..%2Faccount%3F.png", None),
+        ] {
+            assert_eq!(rules.lifetime(path, images, MINUTE), lifetime, "{path}");
+        }
+    }
+
+    fn rules_with_nested() -> RouteRules {
+        rules(&[(
+            RouteMatch::Pattern("/api/users/{id}".into()),
+            RouteAction::Lifetime(HOUR),
+        )])
+    }
+
+    #[test]
+    fn route_patterns_cover_what_axum_routes_to_them() {
+        for (pattern, reading, covered) in [
+            ("/users/{id}", "/users/7", true),
+            ("/users/{id}", "/users", false),
+            ("/users/{id}", "/users/7/x", false),
+            ("/Users/{id}/Avatar", "/users/7/avatar", true),
+            ("/static/{*path}", "/static/a/b", true),
+            ("/static/{*path}", "/account", false),
+            ("/static/*path", "/static/a", true),
+            ("/users/:id", "/users/a", true),
+            ("/{file}.png", "/a.png", true),
+            ("/{file}.png", "/.png", false),
+            ("/v{n}", "/v2", true),
+            ("/v{n}", "/x2", false),
+            ("/", "/", true),
+            ("/", "/a", false),
+        ] {
+            assert_eq!(
+                pattern_covers(pattern, reading),
+                covered,
+                "{pattern} {reading}"
+            );
+        }
+    }
+
     mod properties {
         use proptest::prelude::*;
 
@@ -664,6 +951,22 @@ mod tests {
                 if !may_read_otherwise(&path) {
                     prop_assert_eq!(origin_reading(&path), path);
                 }
+            }
+
+            /// Any bytes, any text: decoding and folding never panic, and folding only
+            /// shortens; the origin reading of any text is a path (review RC's `%u`,
+            /// overlong and fullwidth forms, trimming).
+            #[test]
+            fn any_input_is_read_without_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..48),
+                text in "([/%uUcCeEfF0-9a-fA-F.;\\\\ \t]|\\PC){0,40}",
+            ) {
+                let folded = fold_to_ascii(bytes.clone());
+                prop_assert!(folded.len() <= bytes.len());
+                let _ = decode_all(&bytes);
+                let reading = origin_reading(&text);
+                prop_assert!(reading.starts_with('/'));
+                let _ = may_read_otherwise(&text);
             }
 
             /// Any path: no panic, and the origin reading is its own origin reading when
