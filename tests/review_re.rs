@@ -86,3 +86,70 @@ async fn two_if_modified_since_lines_do_not_refresh_an_old_page() {
     assert_eq!(victim.body, "new page", "{victim:?}");
     assert_eq!(origin.calls(), 3);
 }
+
+/// Web cache deception past review RC's `Pattern` check: a reading the route pattern
+/// still covers was taken for the pattern's own, whatever rule names it. A catch-all
+/// (`/{*path}`, a gateway handing every other path to a legacy origin, cached an hour)
+/// covers every reading, `/account` too, though the router sends `/account` itself to
+/// its own route, which a `no_cache` rule keeps out. `/x/..%2Faccount` reached the
+/// catch-all, its handler handed `x/../account` on, the origin answered the victim's
+/// account, and it was stored for an hour for the attacker. A `no_cache` rule that names
+/// a reading now holds, however the pattern covers it.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_catch_all_pattern_rule_never_stores_a_page_a_no_cache_rule_names() {
+    use axum::Router;
+    use axum::extract::Path;
+    use axum::http::HeaderMap;
+    use axum::routing::get as route_get;
+    use support::path_origin;
+    use tower_memcache::cache::RouteMatch;
+
+    /// The page of the user whose cookie came.
+    fn account(headers: &HeaderMap) -> String {
+        let user = headers
+            .get("cookie")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("user="))
+            .unwrap_or("anonymous");
+        format!("{user}'s account")
+    }
+
+    /// The catch-all's handler: hands `/{path}` to an origin that resolves dot segments,
+    /// which answers `/account` as the application does.
+    async fn proxied(Path(path): Path<String>, headers: HeaderMap) -> String {
+        match path_origin::resolve_segments(&format!("/{path}")).as_str() {
+            "/account" => account(&headers),
+            other => format!("public page {other}"),
+        }
+    }
+
+    let layer = support::layer(MemoryBackend::new())
+        .no_cache(RouteMatch::Prefix("/account".into()))
+        .route(
+            RouteMatch::Pattern("/{*path}".into()),
+            Duration::from_secs(3600),
+        );
+    let watch = Watch::of(&layer);
+    let app = Router::new()
+        .route(
+            "/account",
+            route_get(|headers: HeaderMap| async move { account(&headers) }),
+        )
+        .route("/{*path}", route_get(proxied))
+        .route_layer(layer);
+    for spelling in ["/account", "/x/..%2Faccount", "/x/%2e%2e/account"] {
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("{user}'s account")
+        })
+        .await;
+    }
+    // The catch-all's rule still caches what the route serves, odd spellings too.
+    for path in ["/news", "/News.html", "/x/..%2Fnews"] {
+        let (first, _) = path_origin::get(&app, path, None).await;
+        assert!(first.starts_with("public page"), "{path}: {first}");
+        watch.settled().await;
+        let (_, status) = path_origin::get(&app, path, None).await;
+        support::assert_hit(&status);
+    }
+}
