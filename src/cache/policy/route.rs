@@ -60,7 +60,9 @@ pub enum RouteMatch {
     /// segments resolved, as above) outside the pattern (`/static/..%2Faccount` for
     /// `/static/{*path}`, whose handler may hand `../account` on to a proxy or a file
     /// server), the shortest lifetime of the readings applies, and a `no_cache` rule the
-    /// reading falls under holds.
+    /// reading falls under holds. So does one for a path inside the pattern where the
+    /// pattern still covers the reading (`/x/..%2Faccount`, routed to `/{*path}`, reads
+    /// `/account`); a pattern inside a `no_cache` area stays the exception to it.
     Pattern(String),
 }
 
@@ -210,7 +212,10 @@ impl RouteRules {
     /// but a handler gets its parameters decoded (`/static/{*path}` gets `../account` for
     /// `/static/..%2Faccount`) and may hand them on (a proxy, a file server) to an origin
     /// that resolves them elsewhere. An origin reading the pattern no longer covers is
-    /// another route's path: the shortest lifetime wins, as for the other rules.
+    /// another route's path: the shortest lifetime wins, as for the other rules. One it
+    /// still covers may be another route's too (a catch-all `/{*path}` covers `/account`,
+    /// which the router sends to its own route when asked plainly): a `no_cache` rule
+    /// for a path inside the pattern holds (see [`Self::no_cache_within`]).
     fn pattern_lifetime(
         &self,
         path: &str,
@@ -228,6 +233,8 @@ impl RouteRules {
         for reading in std::iter::once(cut).chain(read_on) {
             if !pattern_covers(pattern, &reading) {
                 lifetime = lifetime.min(self.origin_lifetime(&reading, default)?);
+            } else if self.no_cache_within(pattern, &reading) {
+                return None;
             }
         }
         Some(lifetime)
@@ -236,6 +243,15 @@ impl RouteRules {
     /// The lifetime the origin rules give a path in an origin reading (`default` where
     /// none covers it), or `None` for a `no_cache` rule's.
     fn origin_lifetime(&self, reading: &str, default: Duration) -> Option<Duration> {
+        match self.origin_rule(reading) {
+            Some(rule) => lifetime_of(&rule.action),
+            None => Some(default),
+        }
+    }
+
+    /// The origin rule that decides an origin reading: an exact one, else the longest
+    /// prefix.
+    fn origin_rule(&self, reading: &str) -> Option<&OriginRule> {
         let exact = self
             .origin_rules
             .iter()
@@ -246,10 +262,18 @@ impl RouteRules {
                 .filter(|rule| rule.prefix && rule.covers(reading))
                 .max_by_key(|rule| rule.path.len())
         };
-        match exact.or_else(by_prefix) {
-            Some(rule) => lifetime_of(&rule.action),
-            None => Some(default),
-        }
+        exact.or_else(by_prefix)
+    }
+
+    /// Whether a `no_cache` rule for a path `pattern` covers decides `reading`: a
+    /// private route inside the pattern's (`/account` in `/{*path}`), which the router
+    /// gives a route of its own when asked plainly. A pattern inside a `no_cache` rule's
+    /// area (`/users/{name}/avatar` in `/users`) is the operator's exception to it, and
+    /// keeps its lifetime.
+    fn no_cache_within(&self, pattern: &str, reading: &str) -> bool {
+        self.origin_rule(reading).is_some_and(|rule| {
+            matches!(rule.action, RouteAction::NoCache) && pattern_covers(pattern, &rule.path)
+        })
     }
 
     /// The rule that decides `path` (in the rule reading) or the route `pattern`.
@@ -288,9 +312,10 @@ impl RouteRules {
 fn pattern_covers(pattern: &str, reading: &str) -> bool {
     let mut segments = reading.split('/').skip(1).filter(|s| !s.is_empty());
     for part in pattern.split('/').skip(1).filter(|p| !p.is_empty()) {
-        // A catch-all (`{*rest}`, axum 0.7's `*rest`) takes what is left, if anything.
+        // A catch-all (`{*rest}`, axum 0.7's `*rest`) takes what is left, at least a
+        // segment (axum routes no empty one to it: `/static` is not `/static/{*path}`'s).
         if part.starts_with("{*") || part.starts_with('*') {
-            return true;
+            return segments.next().is_some();
         }
         let Some(segment) = segments.next() else {
             return false;
@@ -891,6 +916,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_no_cache_rule_holds_for_a_reading_a_catch_all_pattern_covers() {
+        let rules = rules(&[
+            (RouteMatch::Prefix("/account".into()), RouteAction::NoCache),
+            (
+                RouteMatch::Pattern("/{*path}".into()),
+                RouteAction::Lifetime(HOUR),
+            ),
+        ]);
+        let everything = Some("/{*path}");
+        // Review RE: the router sends `/account` to its own route; `/x/..%2Faccount`
+        // reaches the catch-all, whose handler hands `x/../account` on.
+        for (path, lifetime) in [
+            ("/x/..%2Faccount", None),
+            ("/Account", None),
+            ("/news", Some(HOUR)),
+            ("/News.html", Some(HOUR)),
+            ("/x/..%2Fnews", Some(HOUR)),
+        ] {
+            assert_eq!(rules.lifetime(path, everything, MINUTE), lifetime, "{path}");
+        }
+    }
+
     fn rules_with_nested() -> RouteRules {
         rules(&[(
             RouteMatch::Pattern("/api/users/{id}".into()),
@@ -907,6 +955,8 @@ mod tests {
             ("/Users/{id}/Avatar", "/users/7/avatar", true),
             ("/static/{*path}", "/static/a/b", true),
             ("/static/{*path}", "/account", false),
+            ("/static/{*path}", "/static", false),
+            ("/{*path}", "/", false),
             ("/static/*path", "/static/a", true),
             ("/users/:id", "/users/a", true),
             ("/{file}.png", "/a.png", true),
