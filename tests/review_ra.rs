@@ -8,35 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Method, Request, StatusCode};
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::CacheMode;
 
+use support::stand_in::{self, URL, origin_down, stale_on_arrival};
 use support::{Watch, send};
-
-const URL: &str = "http://site.example/p";
-
-/// The origin failing.
-fn origin_down() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from("origin down")));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    response
-}
-
-/// The first fill: stale on arrival (its `Age` is past its lifetime), usable when the
-/// origin fails.
-fn stale_on_arrival() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from("before the purge")));
-    let headers = response.headers_mut();
-    headers.insert(
-        "cache-control",
-        "max-age=60, stale-if-error=600".parse().unwrap(),
-    );
-    headers.insert("age", "120".parse().unwrap());
-    response
-}
 
 /// Attack: a purge issued while requests wait for a leader whose client then hangs up.
 /// The follower that takes the flight over led it from the lookup it made before it
@@ -120,57 +97,7 @@ async fn a_revalidation_that_fails_after_a_purge_does_not_serve_the_purged_entry
     let layer = support::layer(MemoryBackend::new())
         .namespace("review-ra-revalidation-purge")
         .mode(CacheMode::Origin);
-    let watch = Watch::of(&layer);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn({
-            let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
-            move |_request: Request<()>| {
-                let call = calls.fetch_add(1, Ordering::SeqCst);
-                let release = Arc::clone(&release);
-                async move {
-                    let response: Result<_, Infallible> = match call {
-                        0 => Ok(stale_on_arrival()),
-                        // The revalidation: held until the purge returned, then failing.
-                        _ => {
-                            if let Ok(permit) = release.acquire().await {
-                                permit.forget();
-                            }
-                            Ok(origin_down())
-                        }
-                    };
-                    response
-                }
-            }
-        });
-    let first = send(&svc, Method::GET, URL, &[]).await;
-    assert_eq!(first.body, "before the purge");
-    support::stores(&watch, 1).await;
-    // Without a purge, the failing origin is stood in for (the control).
-    release.add_permits(1);
-    let control = send(&svc, Method::GET, URL, &[]).await;
-    assert_eq!(
-        control.body,
-        "before the purge",
-        "{}",
-        control.cache_status()
-    );
-
-    let revalidating = tokio::spawn({
-        let svc = svc.clone();
-        async move { send(&svc, Method::GET, URL, &[]).await }
-    });
-    support::eventually("the revalidation reached the origin", || {
-        calls.load(Ordering::SeqCst) == 3
-    })
-    .await;
-    layer.purger().purge_uri(URL).await.unwrap();
-    release.add_permits(1);
-    let answer = support::bounded("the revalidation's answer", revalidating)
-        .await
-        .unwrap();
+    let answer = stand_in::revalidation_failing_after_a_purge(layer, || {}).await;
     assert_ne!(
         answer.body,
         "before the purge",

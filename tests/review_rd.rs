@@ -16,9 +16,8 @@ use http_body_util::Full;
 use tower_memcache::backend::{Backend, BackendError, Item, MemoryBackend};
 use tower_memcache::cache::CacheMode;
 
+use support::stand_in::{self, URL};
 use support::{Watch, send};
-
-const URL: &str = "http://site.example/p";
 
 /// MemoryBackend whose reads fail while `down` is set, as a memcached that died (or is
 /// marked down) after a purge reached it.
@@ -66,25 +65,6 @@ impl Backend for Unreadable {
     forward_to_inner!(set, add, cas, delete, touch, incr, flush_all, stats);
 }
 
-/// The origin failing.
-fn origin_down() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from("origin down")));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    response
-}
-
-/// The first fill: stale on arrival, usable when the origin fails.
-fn stale_on_arrival() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from("before the purge")));
-    let headers = response.headers_mut();
-    headers.insert(
-        "cache-control",
-        "max-age=60, stale-if-error=600".parse().unwrap(),
-    );
-    headers.insert("age", "120".parse().unwrap());
-    response
-}
-
 /// Attack: a purge (this process's own) returns while a revalidation of a stale entry is
 /// at the origin; then memcached becomes unreadable (it died after taking the purge, or
 /// an attacker slows it past the layer's timeout), and the origin fails. The stale entry
@@ -99,59 +79,11 @@ async fn a_purged_entry_does_not_stand_in_when_memcached_cannot_be_read_again() 
     let layer = support::layer(backend)
         .namespace("review-rd-unreadable-stand-in")
         .mode(CacheMode::Origin);
-    let watch = Watch::of(&layer);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn({
-            let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
-            move |_request: Request<()>| {
-                let call = calls.fetch_add(1, Ordering::SeqCst);
-                let release = Arc::clone(&release);
-                async move {
-                    let response: Result<_, Infallible> = match call {
-                        0 => Ok(stale_on_arrival()),
-                        // Revalidations: held until the test lets them fail.
-                        _ => {
-                            if let Ok(permit) = release.acquire().await {
-                                permit.forget();
-                            }
-                            Ok(origin_down())
-                        }
-                    };
-                    response
-                }
-            }
-        });
-    let first = send(&svc, Method::GET, URL, &[]).await;
-    assert_eq!(first.body, "before the purge");
-    support::stores(&watch, 1).await;
-    // The control: without a purge, the failing origin is stood in for.
-    release.add_permits(1);
-    let control = send(&svc, Method::GET, URL, &[]).await;
-    assert_eq!(
-        control.body,
-        "before the purge",
-        "{}",
-        control.cache_status()
-    );
-
-    let revalidating = tokio::spawn({
-        let svc = svc.clone();
-        async move { send(&svc, Method::GET, URL, &[]).await }
-    });
-    support::eventually("the revalidation reached the origin", || {
-        calls.load(Ordering::SeqCst) == 3
+    // Once the purge returned (memcached took it), memcached cannot be read.
+    let answer = stand_in::revalidation_failing_after_a_purge(layer, || {
+        down.store(true, Ordering::SeqCst);
     })
     .await;
-    layer.purger().purge_uri(URL).await.unwrap();
-    // Returned: memcached took the purge. Now it cannot be read.
-    down.store(true, Ordering::SeqCst);
-    release.add_permits(1);
-    let answer = support::bounded("the revalidation's answer", revalidating)
-        .await
-        .unwrap();
     assert_ne!(
         answer.body,
         "before the purge",

@@ -13,6 +13,7 @@ pub mod personal;
 pub mod proxy;
 pub mod scripted_service;
 pub mod seeds;
+pub mod stand_in;
 pub mod versioned;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
