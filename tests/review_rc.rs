@@ -144,13 +144,10 @@ async fn no_cache_holds_for_windows_and_iis_spellings_of_its_path() {
         .no_cache(RouteMatch::Exact("/account".into()));
     let watch = support::Watch::of(&layer);
     let app = layer.layer(windows_origin());
-    for spelling in WINDOWS_SPELLINGS {
-        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
-            format!("{user}'s account")
-        })
-        .await;
-    }
-    assert_eq!(watch.snapshot().stores, 0);
+    path_origin::assert_none_stored(&app, &watch, &WINDOWS_SPELLINGS, |user| {
+        format!("{user}'s account")
+    })
+    .await;
 }
 
 /// "Cache only `/static/`" (a default lifetime of 0, `/static/` for an hour) against the

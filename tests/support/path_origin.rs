@@ -115,3 +115,22 @@ pub async fn assert_each_gets_own<S, B>(
     let (attacker, status) = get(service, spelling, None).await;
     assert_eq!(attacker, page("anonymous"), "{spelling}: {status}");
 }
+
+/// [`assert_each_gets_own`] at every spelling, then nothing stored at all (a `no_cache`
+/// rule held for each, not only against the attacker's read).
+pub async fn assert_none_stored<S, B>(
+    service: &S,
+    watch: &super::Watch,
+    spellings: &[&str],
+    page: fn(&str) -> String,
+) where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    for spelling in spellings {
+        assert_each_gets_own(service, watch, spelling, page).await;
+    }
+    assert_eq!(watch.snapshot().stores, 0);
+}
