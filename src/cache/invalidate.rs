@@ -181,14 +181,7 @@ fn with_slashes(uri: &Uri) -> Option<Uri> {
     if !path.contains('\\') {
         return None;
     }
-    let mut path_and_query = path.replace('\\', "/");
-    if let Some(query) = uri.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(path_and_query.parse().ok()?);
-    Uri::from_parts(parts).ok()
+    with_path(uri, path.replace('\\', "/"))
 }
 
 /// `uri` with its path's dot segments removed, if it has any.
@@ -201,7 +194,11 @@ fn without_dot_segments(uri: &Uri) -> Option<Uri> {
     if !has_dots || !path.starts_with('/') {
         return None;
     }
-    let mut path_and_query = remove_dot_segments(path);
+    with_path(uri, remove_dot_segments(path))
+}
+
+/// `uri` with `path` in place of its own, the query kept as is.
+fn with_path(uri: &Uri, mut path_and_query: String) -> Option<Uri> {
     if let Some(query) = uri.query() {
         path_and_query.push('?');
         path_and_query.push_str(query);
