@@ -97,3 +97,15 @@ pub async fn revalidation_failing_after_a_purge<B: Backend + Clone>(
         .await
         .unwrap()
 }
+
+/// The answer of a request whose stale entry was purged before the origin failed: the
+/// origin's failure, not the purged response.
+pub fn assert_purged_not_served(answer: &Answer) {
+    assert_ne!(
+        answer.body,
+        "before the purge",
+        "a purged response was served after the purge returned ({})",
+        answer.cache_status()
+    );
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+}
