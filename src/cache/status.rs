@@ -134,11 +134,7 @@ impl Outcome {
                 collapsed,
                 detail,
             } => {
-                text.push_str("; fwd=");
-                text.push_str(fwd.as_str());
-                if let Some(status) = fwd_status {
-                    let _ = write!(text, "; fwd-status={status}");
-                }
+                push_forward(text, fwd, fwd_status);
                 if stored {
                     text.push_str("; stored");
                 }
@@ -153,16 +149,21 @@ impl Outcome {
                 stale_for,
                 detail,
             } => {
-                text.push_str("; fwd=");
-                text.push_str(fwd.as_str());
-                if let Some(status) = fwd_status {
-                    let _ = write!(text, "; fwd-status={status}");
-                }
+                push_forward(text, fwd, fwd_status);
                 let _ = write!(text, "; ttl=-{stale_for}");
                 push_detail(text, Some(detail));
             }
             Self::Generated { detail } => push_detail(text, Some(detail)),
         }
+    }
+}
+
+/// `fwd` and, when the origin answered, `fwd-status` (RFC 9211 §2.2, §2.3).
+fn push_forward(text: &mut String, fwd: Forward, fwd_status: Option<u16>) {
+    text.push_str("; fwd=");
+    text.push_str(fwd.as_str());
+    if let Some(status) = fwd_status {
+        let _ = write!(text, "; fwd-status={status}");
     }
 }
 
