@@ -51,12 +51,7 @@ fn lenient_origin() -> impl Service<
 /// path's lifetime only when the path also falls under it as a lenient origin reads it.
 #[tokio::test]
 async fn a_static_prefix_rule_never_stores_a_page_the_origin_resolves_outside_it() {
-    let layer = support::layer(MemoryBackend::new())
-        .default_lifetime(Duration::ZERO)
-        .route(
-            RouteMatch::Prefix("/static/".into()),
-            Duration::from_secs(3600),
-        );
+    let layer = path_origin::static_only_layer();
     let watch = support::Watch::of(&layer);
     let app = layer.layer(lenient_origin());
     for spelling in [
@@ -138,12 +133,7 @@ fn strict_origin() -> impl Service<
 /// only where the path as sent is under it too.
 #[tokio::test]
 async fn a_static_prefix_rule_never_stores_what_a_strict_origin_routes_elsewhere() {
-    let layer = support::layer(MemoryBackend::new())
-        .default_lifetime(Duration::ZERO)
-        .route(
-            RouteMatch::Prefix("/static/".into()),
-            Duration::from_secs(3600),
-        );
+    let layer = path_origin::static_only_layer();
     let watch = support::Watch::of(&layer);
     let app = layer.layer(strict_origin());
     for spelling in ["/%73tatic/x.css", "//static/x.css", "/%73%74atic//x.css"] {

@@ -114,12 +114,7 @@ async fn no_cache_holds_for_a_page_behind_an_escaped_delimiter_segment() {
 /// was stored for an hour, though the origin answered it with the victim's `/account`.
 #[tokio::test]
 async fn a_static_prefix_rule_never_stores_a_page_behind_an_escaped_delimiter_segment() {
-    let layer = support::layer(MemoryBackend::new())
-        .default_lifetime(Duration::ZERO)
-        .route(
-            RouteMatch::Prefix("/static/".into()),
-            Duration::from_secs(3600),
-        );
+    let layer = path_origin::static_only_layer();
     let watch = Watch::of(&layer);
     let app = layer.layer(resolving_origin());
     path_origin::assert_none_stored(&app, &watch, &BEHIND_A_DELIMITER, |user| {

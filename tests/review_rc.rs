@@ -157,12 +157,7 @@ async fn no_cache_holds_for_windows_and_iis_spellings_of_its_path() {
 /// answers them with the victim's `/account`.
 #[tokio::test]
 async fn a_static_prefix_rule_never_stores_an_iis_spelling_of_another_page() {
-    let layer = support::layer(MemoryBackend::new())
-        .default_lifetime(Duration::ZERO)
-        .route(
-            RouteMatch::Prefix("/static/".into()),
-            Duration::from_secs(3600),
-        );
+    let layer = path_origin::static_only_layer();
     let watch = support::Watch::of(&layer);
     let app = layer.layer(windows_origin());
     for spelling in [

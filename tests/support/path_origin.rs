@@ -9,6 +9,18 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt, service_fn};
 
+/// "Cache only `/static/`": a layer whose default lifetime is 0 and whose one rule gives
+/// `/static/` an hour, the set-up of the static-directory deception tests.
+pub fn static_only_layer() -> tower_memcache::MemcacheLayer<tower_memcache::backend::MemoryBackend>
+{
+    super::layer(tower_memcache::backend::MemoryBackend::new())
+        .default_lifetime(std::time::Duration::ZERO)
+        .route(
+            tower_memcache::RouteMatch::Prefix("/static/".into()),
+            std::time::Duration::from_secs(3600),
+        )
+}
+
 /// Every escape decoded once (bytes that are no escape kept).
 pub fn decode_once(path: &[u8]) -> Vec<u8> {
     let hex = |b: u8| char::from(b).to_digit(16);
