@@ -18,7 +18,7 @@ use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use support::Answer;
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::Backend;
+use tower_memcache::backend::{Backend, Item};
 use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
 
 type Svc =
@@ -296,4 +296,174 @@ async fn a_released_placeholder_does_not_end_the_fill_that_armed_it_again() {
         next.cache_status()
     );
     support::assert_hit(next.cache_status());
+}
+
+/// The storage of the next test: one `MemoryBackend` that another process "writes" to by
+/// hand. Once `flip` is set, a read that returns the entry the other process stored puts
+/// that process's placeholder back right after it (the entry purged and the URL armed
+/// again by its next request, between this process's look and its next lookup).
+#[derive(Clone)]
+struct Flipping {
+    inner: tower_memcache::backend::MemoryBackend,
+    /// The entry's key: the first `add` with flags (a placeholder placed, not a
+    /// generation counter).
+    key: Arc<std::sync::Mutex<Option<String>>>,
+    /// Flags of each key's item, as the other process wrote them: (placeholder, entry).
+    flip: Arc<std::sync::Mutex<Option<(Item, Item)>>>,
+    flips: Arc<AtomicU64>,
+}
+
+impl Flipping {
+    fn key(&self) -> String {
+        self.key
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("a placeholder was placed")
+    }
+
+    /// Writes an item the other process stored, under the entry's key.
+    async fn write(&self, item: &Item) {
+        let lifetime = tower_memcache::backend::Lifetime::from_secs(60);
+        self.inner
+            .set(&self.key(), item.value.clone(), item.flags, lifetime)
+            .await
+            .unwrap();
+    }
+}
+
+impl Backend for Flipping {
+    async fn get(&self, key: &str) -> Result<Option<Item>, tower_memcache::backend::BackendError> {
+        let got = self.inner.get(key).await;
+        if let Ok(Some(item)) = &got {
+            self.after_read(key, item).await;
+        }
+        got
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, Item>, tower_memcache::backend::BackendError>
+    {
+        let got = self.inner.get_many(keys).await;
+        if let Ok(items) = &got {
+            for (key, item) in items {
+                self.after_read(key, item).await;
+            }
+        }
+        got
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: tower_memcache::backend::Lifetime,
+    ) -> Result<bool, tower_memcache::backend::BackendError> {
+        if flags != 0 {
+            self.key
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| key.to_owned());
+        }
+        self.inner.add(key, value, flags, lifetime).await
+    }
+
+    forward_to_inner!(set, cas, delete, touch, incr, flush_all, stats);
+}
+
+impl Flipping {
+    async fn after_read(&self, key: &str, item: &Item) {
+        let flip = self.flip.lock().unwrap().clone();
+        if let Some((placeholder, entry)) = flip {
+            if item.value == entry.value && self.key.lock().unwrap().as_deref() == Some(key) {
+                self.flips.fetch_add(1, Ordering::SeqCst);
+                self.write(&placeholder).await;
+            }
+        }
+    }
+}
+
+/// Process A's requests keep the URL armed: each time its fill lands, a purge and its next
+/// request arm a placeholder again, just after process B's waiting request saw the entry
+/// (which B's `no-cache` cannot use as it is, so B looks the URL up again) and before B's
+/// next lookup. B's wait for placeholders restarted with each lookup: up to four
+/// `lease_wait`s (the first wait and three lookups more) for one request. One `lease_wait`
+/// now bounds them all, and B then goes to its origin alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholders_armed_again_hold_a_request_no_longer_than_one_lease_wait() {
+    const LEASE_WAIT: Duration = Duration::from_secs(1);
+    // Each of A's fills lands four fifths of a `lease_wait` into B's wait.
+    const FILL_EVERY: Duration = Duration::from_millis(800);
+    let storage = Flipping {
+        inner: tower_memcache::backend::MemoryBackend::new(),
+        key: Arc::default(),
+        flip: Arc::default(),
+        flips: Arc::default(),
+    };
+    let process = |origin: &Gated| {
+        let layer = MemcacheLayer::new(storage.clone())
+            .namespace("review-w-rearmed")
+            .mode(CacheMode::Origin)
+            .lease(Some(Duration::from_secs(30)))
+            .lease_wait(LEASE_WAIT, Duration::from_millis(10));
+        (gated(&layer, origin), layer)
+    };
+    let (a_origin, b_origin) = (Gated::default(), Gated::default());
+    let (a, a_layer) = process(&a_origin);
+    let (b, _b_layer) = process(&b_origin);
+    b_origin.open.store(true, Ordering::SeqCst);
+    let url = "http://site.example/rearmed";
+    // A's request places the placeholder; its fill is then stored.
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { support::send(&a, Method::GET, url, &[]).await }
+    });
+    until("A at its origin", || {
+        a_origin.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let key = storage.key();
+    let placeholder = storage.inner.get(&key).await.unwrap().unwrap();
+    a_origin.open.store(true, Ordering::SeqCst);
+    assert_eq!(first.await.unwrap().body, "call 1");
+    support::Watch::of(&a_layer).settled().await;
+    let entry = storage.inner.get(&key).await.unwrap().unwrap();
+    assert_ne!(entry.flags, placeholder.flags, "A's fill was stored");
+    storage.write(&placeholder).await;
+    *storage.flip.lock().unwrap() = Some((placeholder, entry.clone()));
+    // B's request cannot use a stored entry as it is.
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { support::send(&b, Method::GET, url, &[("cache-control", "no-cache")]).await }
+    });
+    // A's next fills, each landing while B waits (bounded: B's old waits were four).
+    for _ in 0..8 {
+        tokio::time::sleep(FILL_EVERY).await;
+        if waiting.is_finished() {
+            break;
+        }
+        let flips = storage.flips.load(Ordering::SeqCst);
+        storage.write(&entry).await;
+        until("B saw A's fill, or went to its origin", || {
+            storage.flips.load(Ordering::SeqCst) > flips || waiting.is_finished()
+        })
+        .await;
+    }
+    let answer = support::bounded("B's answer", waiting).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(answer.body, "call 1", "B's own origin answered");
+    assert!(
+        storage.flips.load(Ordering::SeqCst) >= 1,
+        "B was sent back to its lookup at least once"
+    );
+    // One `lease_wait` (and a margin for a loaded machine), not one per lookup: the old
+    // waits took three fills at least (2.4 s).
+    assert!(
+        waited < LEASE_WAIT + Duration::from_millis(1000),
+        "B waited {waited:?} for placeholders armed again in step with its lookups (lease_wait {LEASE_WAIT:?})"
+    );
 }

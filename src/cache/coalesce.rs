@@ -62,15 +62,21 @@ impl Guard {
 
 /// A request's waits for other requests' responses, over all its rounds (a wait that gave
 /// nothing usable sends it back to its lookup, and it may wait again): counted in
-/// `coalesced` once, and bounded by one `coalesce_timeout` in all. A fresh timeout per
+/// `coalesced` once, and bounded by one `coalesce_timeout` in all for leaders in this
+/// process and one `lease_wait` for other processes' placeholders. A fresh timeout per
 /// round let leaders that hang up in turn (or are declined, or overtaken) hold a request
-/// that may not lead several timeouts long.
+/// that may not lead several timeouts long, and placeholders armed again in step with its
+/// lookups hold it several `lease_wait`s.
 #[derive(Default)]
 pub(super) struct Waiting {
     /// Counted in `coalesced` already.
     counted: bool,
     /// When its waits for a leader end: set by the first.
     until: Option<Instant>,
+    /// When its waits for other processes' placeholders end: set by the first, so that
+    /// placeholders armed again in step with its lookups hold it no longer than one
+    /// `lease_wait`.
+    lease_until: Option<Instant>,
 }
 
 impl Waiting {
@@ -79,6 +85,7 @@ impl Waiting {
         Self {
             counted: true,
             until: None,
+            lease_until: None,
         }
     }
 }
@@ -106,7 +113,7 @@ impl<B: Backend> Shared<B> {
     /// request's waits over its rounds: whether it was counted in `coalesced` already (a
     /// client's request once, whatever its rounds; the layer's own requests pass
     /// [`Waiting::uncounted`], they are no request of a client), and when its waits for
-    /// leaders end (one `coalesce_timeout` in all).
+    /// leaders and placeholders end (one `coalesce_timeout` and one `lease_wait` in all).
     /// `idle` is called before each wait for another request's response (in this process
     /// or another), so that the caller lets go of what it holds for a request of its own
     /// to the origin: the inner service's readiness, a slot of a `ConcurrencyLimit` or a
@@ -230,11 +237,6 @@ impl<B: Backend> Shared<B> {
         let mut started = ex.found.started;
         // Whether `found` is what a look after waiting for a placeholder saw.
         let mut looked_again = false;
-        // A wait too long to add is as good as forever: the placeholder's own time still
-        // ends it.
-        let deadline = Instant::now()
-            .checked_add(self.config.lease_wait)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         // Bounded: each round either sleeps a poll interval or changes what it saw.
         for _ in 0..self.max_placement_rounds() {
             let placed = match found.slot {
@@ -257,6 +259,14 @@ impl<B: Backend> Shared<B> {
                 Slot::Unknown => break,
                 Slot::Placeholder { placeholder, .. } => {
                     let live = placeholder.until_ms > now_ms();
+                    // One `lease_wait` across the request's lookups, from its first wait:
+                    // a wait too long to add is as good as forever (the placeholder's own
+                    // time still ends it).
+                    let deadline = *waiting.lease_until.get_or_insert_with(|| {
+                        Instant::now()
+                            .checked_add(self.config.lease_wait)
+                            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+                    });
                     if live && self.config.lease.is_some() && Instant::now() < deadline {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
                         // Waiting for another process's request, as a follower waits for

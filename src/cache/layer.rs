@@ -472,7 +472,10 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// How long a request waits for another process's lease holder before going to the
-    /// inner service itself, and how often it looks. Defaults to 2 s, every 20 ms.
+    /// inner service itself, and how often it looks. Defaults to 2 s, every 20 ms. The
+    /// wait is one for the whole request: a request that looks the URL up again (what it
+    /// waited for could not be used as it is) and finds another lease waits only for what
+    /// is left of it.
     pub fn lease_wait(mut self, wait: Duration, poll_every: Duration) -> Self {
         self.config.lease_wait = wait;
         self.config.lease_poll = poll_every.max(Duration::from_millis(1));
