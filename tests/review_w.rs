@@ -239,6 +239,38 @@ fn gated<B: Backend>(layer: &MemcacheLayer<B>, origin: &Gated) -> Svc {
     tower::util::BoxCloneSyncService::new(svc)
 }
 
+/// Two processes (A and B) over one storage, each with its own gated origin and a
+/// long lease, and A's request for `url` holding the URL's placeholder at its origin.
+struct TwoProcesses<B: Backend> {
+    a: (Svc, MemcacheLayer<B>, Gated),
+    b: (Svc, MemcacheLayer<B>, Gated),
+    first: tokio::task::JoinHandle<Answer>,
+}
+
+async fn two_processes<B: Backend>(
+    backend: &B,
+    namespace: &'static str,
+    lease_wait: Duration,
+    url: &'static str,
+) -> TwoProcesses<B> {
+    let process = || {
+        let origin = Gated::default();
+        let layer = MemcacheLayer::new(backend.clone())
+            .namespace(namespace)
+            .mode(CacheMode::Origin)
+            .lease(Some(Duration::from_secs(30)))
+            .lease_wait(lease_wait, Duration::from_millis(10));
+        (gated(&layer, &origin), layer, origin)
+    };
+    let (a, b) = (process(), process());
+    let first = tokio::spawn({
+        let a = a.0.clone();
+        async move { support::send(&a, Method::GET, url, &[]).await }
+    });
+    until("A at its origin", || a.2.calls.load(Ordering::SeqCst) == 1).await;
+    TwoProcesses { a, b, first }
+}
+
 /// Process A's request holds the URL's placeholder and its origin is slow; process B's
 /// request waits `lease_wait` for it, then arms the placeholder again (same token, its
 /// own hold) and goes to the origin alongside. A's client then hangs up: A's release must
@@ -247,28 +279,13 @@ fn gated<B: Backend>(layer: &MemcacheLayer<B>, origin: &Gated) -> Svc {
 /// store over and was lost, and requests meanwhile stopped waiting for B.
 #[tokio::test]
 async fn a_released_placeholder_does_not_end_the_fill_that_armed_it_again() {
-    use tower_memcache::backend::MemoryBackend;
-    let backend = MemoryBackend::new();
-    let process = |origin: &Gated| {
-        let layer = MemcacheLayer::new(backend.clone())
-            .namespace("review-w")
-            .mode(CacheMode::Origin)
-            .lease(Some(Duration::from_secs(30)))
-            .lease_wait(Duration::from_millis(100), Duration::from_millis(10));
-        (gated(&layer, origin), layer)
-    };
-    let (a_origin, b_origin) = (Gated::default(), Gated::default());
-    let (a, a_layer) = process(&a_origin);
-    let (b, b_layer) = process(&b_origin);
+    let backend = tower_memcache::backend::MemoryBackend::new();
     let url = "http://site.example/slow";
-    let first = tokio::spawn({
-        let a = a.clone();
-        async move { support::send(&a, Method::GET, url, &[]).await }
-    });
-    until("A at its origin", || {
-        a_origin.calls.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let TwoProcesses {
+        a: (_, a_layer, _),
+        b: (b, b_layer, b_origin),
+        first,
+    } = two_processes(&backend, "review-w", Duration::from_millis(100), url).await;
     let second = tokio::spawn({
         let b = b.clone();
         async move { support::send(&b, Method::GET, url, &[]).await }
@@ -403,28 +420,14 @@ async fn placeholders_armed_again_hold_a_request_no_longer_than_one_lease_wait()
         flip: Arc::default(),
         flips: Arc::default(),
     };
-    let process = |origin: &Gated| {
-        let layer = MemcacheLayer::new(storage.clone())
-            .namespace("review-w-rearmed")
-            .mode(CacheMode::Origin)
-            .lease(Some(Duration::from_secs(30)))
-            .lease_wait(LEASE_WAIT, Duration::from_millis(10));
-        (gated(&layer, origin), layer)
-    };
-    let (a_origin, b_origin) = (Gated::default(), Gated::default());
-    let (a, a_layer) = process(&a_origin);
-    let (b, _b_layer) = process(&b_origin);
-    b_origin.open.store(true, Ordering::SeqCst);
     let url = "http://site.example/rearmed";
     // A's request places the placeholder; its fill is then stored.
-    let first = tokio::spawn({
-        let a = a.clone();
-        async move { support::send(&a, Method::GET, url, &[]).await }
-    });
-    until("A at its origin", || {
-        a_origin.calls.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let TwoProcesses {
+        a: (_, a_layer, a_origin),
+        b: (b, _, b_origin),
+        first,
+    } = two_processes(&storage, "review-w-rearmed", LEASE_WAIT, url).await;
+    b_origin.open.store(true, Ordering::SeqCst);
     let key = storage.key();
     let placeholder = storage.inner.get(&key).await.unwrap().unwrap();
     a_origin.open.store(true, Ordering::SeqCst);
