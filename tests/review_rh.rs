@@ -141,3 +141,193 @@ fn the_readme_proxy_table_names_every_flag_and_no_other() {
     assert!(help.len() > 20, "{help:?}");
     assert_eq!(table, help, "README's proxy table against --help");
 }
+
+/// An origin that takes `delay` to answer a cacheable page with a 40-tag `Surrogate-Key`
+/// (more than a stored response may name) when `many_tags`, and counts its calls.
+fn slow_origin(
+    delay: Duration,
+    many_tags: bool,
+) -> (
+    impl tower::Service<
+        Request<()>,
+        Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    let service = tower::service_fn(move |_: Request<()>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(delay).await;
+            let mut response = http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"page"),
+            ));
+            response
+                .headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+            if many_tags {
+                let tags: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+                response
+                    .headers_mut()
+                    .insert("surrogate-key", tags.join(" ").parse().unwrap());
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    (service, calls)
+}
+
+/// `MemcacheLayer::max_coalesced`: "`0` turns coalescing off". Two requests for one
+/// missing URL both go to the origin at once: neither waits for the other, in this
+/// process nor through the first one's placeholder (`lease_wait`, 2 s). With the default,
+/// the origin is called once (the test can fail).
+#[tokio::test]
+async fn max_coalesced_zero_turns_coalescing_off() {
+    use std::sync::atomic::Ordering;
+    bounded("max_coalesced(0)", async {
+        for (max, origin_calls) in [(0, 2), (1024, 1)] {
+            let (origin, calls) = slow_origin(Duration::from_millis(300), false);
+            let layer = support::layer(MemoryBackend::new())
+                .namespace("review-rh-coalesce")
+                .max_coalesced(max);
+            let watch = Watch::of(&layer);
+            let service = layer.layer(origin);
+            let url = "http://review-rh.test/coalesce";
+            let started = std::time::Instant::now();
+            let (a, b) = tokio::join!(
+                send(&service, Method::GET, url, &[]),
+                send(&service, Method::GET, url, &[]),
+            );
+            let took = started.elapsed();
+            assert_eq!((a.body.as_str(), b.body.as_str()), ("page", "page"));
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                origin_calls,
+                "max_coalesced({max})"
+            );
+            // Neither waited a `lease_wait` (2 s) for the other's placeholder.
+            assert!(
+                took < Duration::from_millis(1900),
+                "max_coalesced({max}): {took:?}"
+            );
+            watch.settled().await;
+        }
+    })
+    .await;
+}
+
+/// `cache_status_header(false)`, `lifetime_header(None)` and `tag_header(None)`: no
+/// `Cache-Status` is sent; the lifetime and tag headers are the origin's own fields,
+/// passed on untouched and not read (40 tags, past the 32 a stored response may name,
+/// keep nothing out of the cache; `x-memcache-lifetime: 0` stores nothing only while the
+/// layer reads it).
+#[tokio::test]
+async fn the_layers_own_headers_can_be_turned_off() {
+    bounded("own headers off", async {
+        let (origin, _) = slow_origin(Duration::ZERO, true);
+        let origin = tower::ServiceBuilder::new()
+            .map_response(|mut response: http::Response<_>| {
+                response
+                    .headers_mut()
+                    .insert("x-memcache-lifetime", "0".parse().unwrap());
+                response
+            })
+            .service(origin);
+        let layer = support::layer(MemoryBackend::new())
+            .namespace("review-rh-own-headers")
+            .cache_status_header(false)
+            .lifetime_header(None)
+            .tag_header(None);
+        let watch = Watch::of(&layer);
+        let service = layer.layer(origin);
+        let url = "http://review-rh.test/own-headers";
+        for _ in 0..2 {
+            let answer = send(&service, Method::GET, url, &[]).await;
+            assert_eq!(answer.body, "page");
+            assert_eq!(answer.header("cache-status"), None);
+            assert_eq!(answer.header("x-memcache-lifetime"), Some("0"));
+            assert!(answer.header("surrogate-key").is_some());
+            watch.settled().await;
+        }
+        let snapshot = watch.snapshot();
+        assert_eq!((snapshot.stores, snapshot.hits), (1, 1), "{snapshot:?}");
+    })
+    .await;
+}
+
+/// `MemcacheLayer::lease`: "`None` turns leases off (the single flight inside each
+/// process stays)". Two layers over one store are two processes: with leases, the second
+/// waits for the first one's placeholder and is answered with its response (one origin
+/// call); without, it goes to the origin itself.
+#[tokio::test]
+async fn lease_none_turns_leases_off_across_processes() {
+    use std::sync::atomic::Ordering;
+    bounded("lease(None)", async {
+        for (lease, origin_calls) in [(None, 2), (Some(Duration::from_secs(5)), 1)] {
+            let backend = MemoryBackend::new();
+            let (origin, calls) = slow_origin(Duration::from_millis(300), false);
+            let process = || {
+                support::layer(backend.clone())
+                    .namespace("review-rh-lease")
+                    .lease(lease)
+                    .layer(origin.clone())
+            };
+            let (first, second) = (process(), process());
+            let url = "http://review-rh.test/lease";
+            let (a, b) = tokio::join!(send(&first, Method::GET, url, &[]), async {
+                // The first is at the origin: its placeholder (if any) is in place.
+                support::eventually("the first request at the origin", || {
+                    calls.load(Ordering::SeqCst) > 0
+                })
+                .await;
+                send(&second, Method::GET, url, &[]).await
+            });
+            assert_eq!((a.body.as_str(), b.body.as_str()), ("page", "page"));
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                origin_calls,
+                "lease {lease:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// `MemcacheLayer::heuristic`: "a fraction of `0.0` turns it off". In origin mode a
+/// response with `Last-Modified` ten days back and no explicit lifetime is fresh for a
+/// day by default (a hit); with the heuristic off it is stored only to be revalidated.
+#[tokio::test]
+async fn a_heuristic_fraction_of_zero_turns_heuristic_freshness_off() {
+    bounded("heuristic(0.0)", async {
+        let modified =
+            httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(864_000));
+        for (fraction, second_status) in [
+            (0.1, "tower-memcache; hit"),
+            (0.0, "tower-memcache; fwd=stale; stored"),
+        ] {
+            let origin = Origin::new({
+                let modified = modified.clone();
+                move |_: &Request<()>| (200, vec![("last-modified", modified.clone())], "page")
+            });
+            let layer = support::layer(MemoryBackend::new())
+                .namespace("review-rh-heuristic")
+                .mode(CacheMode::Origin)
+                .heuristic(fraction, Duration::from_secs(86_400));
+            let watch = Watch::of(&layer);
+            let service = layer.layer(origin.clone());
+            let url = "http://review-rh.test/heuristic";
+            let first = send(&service, Method::GET, url, &[]).await;
+            assert_eq!(first.cache_status(), "tower-memcache; fwd=uri-miss; stored");
+            watch.settled().await;
+            let second = send(&service, Method::GET, url, &[]).await;
+            assert_eq!(second.cache_status(), second_status, "heuristic {fraction}");
+        }
+    })
+    .await;
+}
