@@ -156,6 +156,8 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The lifetime of routes no rule names. Defaults to 3600 s, the memcache client's default.
+    /// In [`CacheMode::Routes`] a lifetime of 0 (here or in a [`route`](Self::route) rule)
+    /// stores nothing, whatever validators or stale windows the response has.
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
         self.config.policy.set_default_lifetime(lifetime);
         self
@@ -181,8 +183,9 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The statuses that may be stored. Defaults to 200, 203, 204, 300, 301, 308, 404,
-    /// 405, 410, 414 and 501. A 1xx (101 Switching Protocols among them), a 206 and a 304
-    /// are never stored, whatever this lists.
+    /// 405, 410, 414 and 501. A 1xx (101 Switching Protocols among them), a 206, a 226 (an
+    /// RFC 3229 delta) and a 304 are never stored, whatever this lists, nor anything but a
+    /// 200 to a request that reached the origin with `Range`.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
         self.config.policy.set_statuses(statuses);
         self
@@ -259,9 +262,9 @@ impl<B: Backend> MemcacheLayer<B> {
 
     /// The response header a handler sets to choose that response's lifetime in seconds;
     /// removed before sending. `None` turns it off. Defaults to `x-memcache-lifetime`.
-    /// A value that is no whole number of seconds (`0.5`, `-1`, `30s`) makes the response
-    /// stale at once, as an invalid `max-age` does; of several values the smallest rules.
-    /// (A [`CacheLifetime`](super::CacheLifetime) response extension does the same.)
+    /// A value that is no whole number of seconds (`0.5`, `-1`, `30s`) counts as `0`, which
+    /// keeps the response out of the cache in either mode; of several values the smallest
+    /// rules. (A [`CacheLifetime`](super::CacheLifetime) response extension does the same.)
     pub fn lifetime_header(mut self, header: Option<HeaderName>) -> Self {
         self.config.lifetime_header = header;
         self

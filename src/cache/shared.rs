@@ -55,11 +55,12 @@ impl<B: Backend> Shared<B> {
         let mut lifetime = (route, false);
         if let Some(name) = &self.config.lifetime_header {
             if response.headers().contains_key(name) {
-                // Clamped like delta-seconds, so no lifetime overflows a time sum. Like an
-                // invalid `max-age` (RFC 9111 §4.2.1), a value that is no number of seconds
-                // (`0.5`, `-1`, `30s`) means stale at once: ignored, the route's lifetime
-                // (an hour by default) outlived what the handler asked. Of several values
-                // (lines or list members) the smallest rules, as for `max-age`.
+                // Clamped like delta-seconds, so no lifetime overflows a time sum. As an
+                // invalid `max-age` does (RFC 9111 §4.2.1), a value that is no number of
+                // seconds (`0.5`, `-1`, `30s`) counts as 0 (a handler's 0 stores nothing):
+                // ignored, the route's lifetime (an hour by default) outlived what the
+                // handler asked. Of several values (lines or list members) the smallest
+                // rules, as for `max-age`.
                 let secs = response
                     .headers()
                     .get_all(name)
@@ -72,7 +73,7 @@ impl<B: Backend> Shared<B> {
                             .ok()
                             .and_then(parse_delta_seconds)
                             .unwrap_or_else(|| {
-                                tracing::debug!(header = %name, "lifetime header is no number of seconds; stale at once");
+                                tracing::debug!(header = %name, "lifetime header is no number of seconds; counted as 0");
                                 0
                             })
                     })

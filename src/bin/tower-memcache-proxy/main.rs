@@ -120,6 +120,17 @@
 //!
 //! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
 //! cache-status: tower-memcache; fwd=uri-miss; stored
+//! $ curl -si http://127.0.0.1:3001/index.html | grep -i -e ^cache-status -e ^age
+//! age: 0
+//! cache-status: tower-memcache; fwd=stale; fwd-status=304
+//! ```
+//!
+//! The file was just written: a tenth of its age (the heuristic freshness of a response
+//! with `Last-Modified` alone) is nothing, so each request revalidates the stored copy
+//! with `If-Modified-Since` and the origin's 304 answers it from the cache without the
+//! body. A file modified ten days ago is fresh for a day: the second request says
+//! `hit`. With the origin stopped, a stale entry stands in for the proxy's 502
+//! (`--stale-if-unreachable`): `fwd=stale; ttl=-7; detail=origin-unreachable`.
 
 mod access_log;
 mod args;
