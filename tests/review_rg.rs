@@ -14,10 +14,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::Layer;
-use tower_memcache::CacheMode;
 use tower_memcache::backend::MemoryBackend;
+use tower_memcache::{CacheMode, MemcacheLayer};
 
 use support::{Watch, bounded, send};
+use tower_memcache::backend::{Backend, BackendError, CasOutcome, Item, Lifetime};
 
 /// Pulls `ttl` out of a `Cache-Status` member.
 fn ttl(cache_status: &str) -> Option<&str> {
@@ -204,4 +205,99 @@ async fn a_stale_entry_replaced_during_its_revalidation_lets_the_replacement_sta
     let answer = a_revalidation_failing_after(Meanwhile::Purged).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
     assert_eq!(answer.body, "origin down");
+}
+
+/// A memcached whose compare-and-swap never matches the unique its `gets` gave (a proxy
+/// that sends the two to different replicas; a server that sends garbage uniques), each
+/// reply a moment late.
+#[derive(Clone)]
+struct CasNeverMatches {
+    inner: MemoryBackend,
+}
+
+/// How late each of its replies is: well inside the lookup timeout.
+const LATE: std::time::Duration = std::time::Duration::from_millis(25);
+
+impl Backend for CasNeverMatches {
+    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
+        tokio::time::sleep(LATE).await;
+        self.inner.get(key).await
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, Item>, BackendError> {
+        tokio::time::sleep(LATE).await;
+        self.inner.get_many(keys).await
+    }
+
+    async fn cas(
+        &self,
+        _key: &str,
+        _value: Bytes,
+        _flags: u32,
+        _lifetime: Lifetime,
+        _cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        tokio::time::sleep(LATE).await;
+        Ok(CasOutcome::Exists)
+    }
+
+    forward_to_inner!(set, add, delete, touch, incr, flush_all, stats);
+}
+
+/// Defect: the placement loop's rounds that neither wait nor change anything were
+/// bounded by a count made for `lease_wait`'s polls (`lease_wait / lease_poll + 4`, 204
+/// for a 1 s wait polled every 5 ms), not by time. Against a placeholder past its hold
+/// (its process's request slow, or its process gone: it stays five minutes) on a
+/// memcached whose compare-and-swap never matches, each round armed it again, was told
+/// someone else had, and read it again, dead as before: two round trips a round, 204
+/// rounds, about 10 s for a request whose waits are bounded by one `lease_wait` (1 s).
+/// Such rounds now end after a few, and the request goes to its origin unguarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compare_and_swap_that_never_matches_holds_a_request_no_longer_than_a_lease_wait() {
+    const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+    let memory = MemoryBackend::new();
+    // Process A's request holds the URL's placeholder, then outlasts its hold.
+    let a_layer = MemcacheLayer::new(memory.clone())
+        .namespace("review-rg-cas")
+        .lease(Some(std::time::Duration::from_millis(50)));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let a = a_layer.layer(tower::service_fn({
+        let release = Arc::clone(&release);
+        move |_request: Request<()>| {
+            let release = Arc::clone(&release);
+            async move {
+                let _ = release.acquire().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("A's"))))
+            }
+        }
+    }));
+    let url = "http://site.example/cas";
+    let slow = tokio::spawn({
+        let a = a.clone();
+        async move { send(&a, Method::GET, url, &[]).await }
+    });
+    // Its placeholder in place, and past its hold.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b_layer = MemcacheLayer::new(CasNeverMatches {
+        inner: memory.clone(),
+    })
+    .namespace("review-rg-cas")
+    .lease_wait(LEASE_WAIT, std::time::Duration::from_millis(5));
+    let b = b_layer.layer(tower::service_fn(|_request: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("B's"))))
+    }));
+    let started = std::time::Instant::now();
+    let answer = bounded("B's answer", send(&b, Method::GET, url, &[])).await;
+    let took = started.elapsed();
+    assert_eq!(answer.body, "B's");
+    release.add_permits(1);
+    bounded("A's answer", slow).await.unwrap();
+    // One `lease_wait` and a margin for a loaded machine: the rounds took 204 × 50 ms.
+    assert!(
+        took < LEASE_WAIT + std::time::Duration::from_secs(2),
+        "held {took:?} by a placeholder nobody waits for (lease_wait {LEASE_WAIT:?})"
+    );
 }

@@ -27,6 +27,15 @@ use crate::cache::policy::freshness::Freshness;
 /// may have them on).
 const DEFAULT_HOLD: Duration = Duration::from_secs(5);
 
+/// The most add or compare-and-swap attempts of one placement that find something else in
+/// place (another request's placeholder or an entry) before the request goes unguarded.
+/// Each such round costs two round trips and waits for nothing: under honest contention
+/// another request won each (a live placeholder to wait for follows), so a few suffice;
+/// a memcached whose compare-and-swap never matches the unique its `gets` gave made
+/// every round one of them, up to the count of `lease_wait`'s polls (about 10 s for a
+/// 1 s wait polled every 5 ms, at 25 ms a reply).
+const MAX_CONTENDED_ROUNDS: u32 = 4;
+
 /// The mark of a flight whose leader holds no guard: only requests that looked before the
 /// leader went out join it.
 const UNGUARDED: Option<u64> = None;
@@ -242,6 +251,8 @@ impl<B: Backend> Shared<B> {
         let mut started = ex.found.started;
         // Whether `found` is what a look after waiting for a placeholder saw.
         let mut looked_again = false;
+        // Its adds or compare-and-swaps that found something else there.
+        let mut contended = 0;
         // Bounded: each round either sleeps a poll interval or changes what it saw.
         for _ in 0..self.max_placement_rounds() {
             let placed = match found.slot {
@@ -338,8 +349,17 @@ impl<B: Backend> Shared<B> {
                     drop(pending);
                     break;
                 }
-                // Waited a poll interval, or someone was faster: what is there now?
-                Some((Placed::Taken, pending)) => pending.not_placed(),
+                // Someone was faster: what is there now? A few times at most (see
+                // `MAX_CONTENDED_ROUNDS`).
+                Some((Placed::Taken, pending)) => {
+                    pending.not_placed();
+                    contended += 1;
+                    if contended >= MAX_CONTENDED_ROUNDS {
+                        tracing::debug!(key = %plan.key, "placeholder contended {contended} times; going unguarded");
+                        break;
+                    }
+                }
+                // Waited a poll interval: what is there now?
                 None => {}
             }
             let read = SystemTime::now();
@@ -358,8 +378,9 @@ impl<B: Backend> Shared<B> {
                 Looked::Unavailable => break,
             }
         }
-        // The backend could not tell: go unguarded (nothing will be stored), sharing the
-        // response only with requests that looked before it goes out.
+        // The backend could not tell (or kept telling of someone faster): go unguarded
+        // (nothing will be stored), sharing the response only with requests that looked
+        // before it goes out.
         filler.guard = None;
         filler.mark(UNGUARDED, &found, placed());
         Coordinated::Go(filler)
@@ -383,7 +404,9 @@ impl<B: Backend> Shared<B> {
 
     fn max_placement_rounds(&self) -> u32 {
         let polls = self.config.lease_wait.as_millis() / self.config.lease_poll.as_millis().max(1);
-        u32::try_from(polls).unwrap_or(u32::MAX).saturating_add(4)
+        u32::try_from(polls)
+            .unwrap_or(u32::MAX)
+            .saturating_add(MAX_CONTENDED_ROUNDS)
     }
 
     /// The single flight a request joins: its URL's, or, once the URL is known to vary, its
