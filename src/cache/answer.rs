@@ -56,25 +56,26 @@ pub(super) enum Counted {
 
 impl Answered {
     pub(super) fn outcome(self, freshness: &Freshness) -> Outcome {
-        // Only a stale answer says by how much (a fresh hit, the common case, skips it).
-        let stale_for = || freshness.staleness().as_secs();
+        // Only a stale or stood-in answer says its `ttl` (a fresh hit, the common case,
+        // skips it).
+        let ttl = || freshness.ttl();
         match self {
             Self::Near => Outcome::NearHit,
             Self::Lookup if freshness.is_fresh() => Outcome::Hit,
             Self::Lookup => Outcome::StaleHit {
-                stale_for: stale_for(),
+                ttl: ttl(),
                 detail: None,
             },
             Self::StaleIfError { fwd, fwd_status } => Outcome::StoodIn {
                 fwd,
                 fwd_status,
-                stale_for: stale_for(),
+                ttl: ttl(),
                 detail: Detail::StaleIfError,
             },
             Self::StaleIfUnreachable { fwd } => Outcome::StoodIn {
                 fwd,
                 fwd_status: None,
-                stale_for: stale_for(),
+                ttl: ttl(),
                 detail: Detail::OriginUnreachable,
             },
             Self::Collapsed(fwd) => Outcome::Forwarded {

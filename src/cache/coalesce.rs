@@ -3,9 +3,13 @@
 //! refilling request puts in memcached, see [`lease`](super::lease)).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
+// Tokio's clock: the deadlines bound tokio's sleeps and timeouts, so tests with paused
+// time move them too. `std`'s outside such tests (tokio's `test-util` is a dev feature),
+// and read only on a miss that waits.
+use tokio::time::Instant;
 
 use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
@@ -22,6 +26,15 @@ use crate::cache::policy::freshness::Freshness;
 /// How long other processes wait for a placeholder when this layer has leases off (they
 /// may have them on).
 const DEFAULT_HOLD: Duration = Duration::from_secs(5);
+
+/// The most add or compare-and-swap attempts of one placement that find something else in
+/// place (another request's placeholder or an entry) before the request goes unguarded.
+/// Each such round costs two round trips and waits for nothing: under honest contention
+/// another request won each (a live placeholder to wait for follows), so a few suffice;
+/// a memcached whose compare-and-swap never matches the unique its `gets` gave made
+/// every round one of them, up to the count of `lease_wait`'s polls (about 10 s for a
+/// 1 s wait polled every 5 ms, at 25 ms a reply).
+const MAX_CONTENDED_ROUNDS: u32 = 4;
 
 /// The mark of a flight whose leader holds no guard: only requests that looked before the
 /// leader went out join it.
@@ -71,11 +84,12 @@ impl Guard {
 pub(super) struct Waiting {
     /// Counted in `coalesced` already.
     counted: bool,
-    /// When its waits for a leader end: set by the first.
+    /// When its waits for a leader end: set by the first. On tokio's clock, which is
+    /// `std`'s unless a test paused it.
     until: Option<Instant>,
-    /// When its waits for other processes' placeholders end: set by the first, so that
-    /// placeholders armed again in step with its lookups hold it no longer than one
-    /// `lease_wait`.
+    /// When its waits for other processes' placeholders end: set by the first (for a live
+    /// placeholder: one nobody waits for any longer starts no wait), so that placeholders
+    /// armed again in step with its lookups hold it no longer than one `lease_wait`.
     lease_until: Option<Instant>,
 }
 
@@ -237,6 +251,8 @@ impl<B: Backend> Shared<B> {
         let mut started = ex.found.started;
         // Whether `found` is what a look after waiting for a placeholder saw.
         let mut looked_again = false;
+        // Its adds or compare-and-swaps that found something else there.
+        let mut contended = 0;
         // Bounded: each round either sleeps a poll interval or changes what it saw.
         for _ in 0..self.max_placement_rounds() {
             let placed = match found.slot {
@@ -259,15 +275,22 @@ impl<B: Backend> Shared<B> {
                 Slot::Unknown => break,
                 Slot::Placeholder { placeholder, .. } => {
                     let live = placeholder.until_ms > now_ms();
-                    // One `lease_wait` across the request's lookups, from its first wait:
+                    // One `lease_wait` across the request's lookups, from its first wait
+                    // for a live placeholder (not from the first placeholder seen: one
+                    // whose wait was over started it before the request waited at all):
                     // a wait too long to add is as good as forever (the placeholder's own
                     // time still ends it).
-                    let deadline = *waiting.lease_until.get_or_insert_with(|| {
-                        Instant::now()
-                            .checked_add(self.config.lease_wait)
-                            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
-                    });
-                    if live && self.config.lease.is_some() && Instant::now() < deadline {
+                    let waits = live && self.config.lease.is_some() && {
+                        let deadline = *waiting.lease_until.get_or_insert_with(|| {
+                            Instant::now()
+                                .checked_add(self.config.lease_wait)
+                                .unwrap_or_else(|| {
+                                    Instant::now() + Duration::from_secs(86_400 * 365)
+                                })
+                        });
+                        Instant::now() < deadline
+                    };
+                    if waits {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
                         // Waiting for another process's request, as a follower waits for
                         // this process's: `coalesced` counts both.
@@ -326,8 +349,17 @@ impl<B: Backend> Shared<B> {
                     drop(pending);
                     break;
                 }
-                // Waited a poll interval, or someone was faster: what is there now?
-                Some((Placed::Taken, pending)) => pending.not_placed(),
+                // Someone was faster: what is there now? A few times at most (see
+                // `MAX_CONTENDED_ROUNDS`).
+                Some((Placed::Taken, pending)) => {
+                    pending.not_placed();
+                    contended += 1;
+                    if contended >= MAX_CONTENDED_ROUNDS {
+                        tracing::debug!(key = %plan.key, "placeholder contended {contended} times; going unguarded");
+                        break;
+                    }
+                }
+                // Waited a poll interval: what is there now?
                 None => {}
             }
             let read = SystemTime::now();
@@ -346,8 +378,9 @@ impl<B: Backend> Shared<B> {
                 Looked::Unavailable => break,
             }
         }
-        // The backend could not tell: go unguarded (nothing will be stored), sharing the
-        // response only with requests that looked before it goes out.
+        // The backend could not tell (or kept telling of someone faster): go unguarded
+        // (nothing will be stored), sharing the response only with requests that looked
+        // before it goes out.
         filler.guard = None;
         filler.mark(UNGUARDED, &found, placed());
         Coordinated::Go(filler)
@@ -371,7 +404,9 @@ impl<B: Backend> Shared<B> {
 
     fn max_placement_rounds(&self) -> u32 {
         let polls = self.config.lease_wait.as_millis() / self.config.lease_poll.as_millis().max(1);
-        u32::try_from(polls).unwrap_or(u32::MAX).saturating_add(4)
+        u32::try_from(polls)
+            .unwrap_or(u32::MAX)
+            .saturating_add(MAX_CONTENDED_ROUNDS)
     }
 
     /// The single flight a request joins: its URL's, or, once the URL is known to vary, its
@@ -580,5 +615,176 @@ mod tests {
             panic!("goes alone")
         };
         assert!(filler.leader.is_none() && filler.lease.is_none());
+    }
+
+    /// Review RG: a follower sent back to its lookup (its leader declined) and following
+    /// the next leader waits what is left of one `coalesce_timeout`, not a fresh one.
+    /// Under tokio's paused clock only once the deadlines are on that clock: on `std`'s,
+    /// which paused time does not move, every round waited a whole timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_waits_one_coalesce_timeout_across_its_rounds() {
+        const TIMEOUT: Duration = Duration::from_secs(5);
+        let layer = MemcacheLayer::new(MemoryBackend::new())
+            .lease(None)
+            .coalesce_timeout(TIMEOUT);
+        let shared = shared(&layer);
+        let url = "http://site.example/rounds";
+        let lead = || {
+            let shared = Arc::clone(&shared);
+            async move {
+                let request = get(url);
+                let ex = exchange_for(&shared, &request).await;
+                match shared
+                    .coordinate(&ex, request.headers(), false, &mut Waiting::default())
+                    .await
+                {
+                    Coordinated::Go(filler) if filler.leader.is_some() => filler,
+                    _ => panic!("leads"),
+                }
+            }
+        };
+        let follow = |mut waiting: Waiting| {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let request = get(url);
+                let ex = exchange_for(&shared, &request).await;
+                let coordinated = shared
+                    .coordinate(&ex, request.headers(), true, &mut waiting)
+                    .await;
+                (matches!(coordinated, Coordinated::Retry), waiting)
+            })
+        };
+        // The clock paused time moves.
+        let started = tokio::time::Instant::now();
+        let mut first = lead().await;
+        let round = follow(Waiting::default());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        first.decline(false);
+        let (retry, waiting) = round.await.unwrap();
+        assert!(
+            retry,
+            "a declined leader sends its follower back to its lookup"
+        );
+        // The next leader never answers: the follower goes at the end of its one wait.
+        let _second = lead().await;
+        let (retry, _) = follow(waiting).await.unwrap();
+        assert!(!retry, "its wait used up, it goes to the origin");
+        let waited = started.elapsed();
+        assert!(
+            waited <= TIMEOUT + Duration::from_millis(50),
+            "held {waited:?} for a coalesce_timeout of {TIMEOUT:?}"
+        );
+    }
+
+    /// Review RG: the one `lease_wait` of a request starts at its first wait for another
+    /// process's placeholder. It started at the first placeholder its placement saw,
+    /// waited for or not: one whose wait was over (released) set it, and a request that
+    /// then waited for a leader in this process past that `lease_wait` found its lease
+    /// wait used up before it had waited at all, and went to the origin alongside the
+    /// next live placeholder instead of waiting for its entry.
+    #[tokio::test(start_paused = true)]
+    async fn a_placeholder_nobody_waits_for_starts_no_lease_wait() {
+        use crate::backend::Backend;
+        use crate::cache::shared::testing::put;
+        use crate::cache::storage::{Placed, Slot, Target, unique};
+
+        const LEASE_WAIT: Duration = Duration::from_secs(2);
+        let backend = MemoryBackend::new();
+        let layer = MemcacheLayer::new(backend.clone())
+            .lease(Some(Duration::from_secs(30)))
+            .lease_wait(LEASE_WAIT, Duration::from_millis(20))
+            .coalesce_timeout(Duration::from_secs(5));
+        let shared = shared(&layer);
+        let url = "http://site.example/released";
+        let request = get(url);
+        let key = exchange_for(&shared, &request).await.plan.key;
+        // A placeholder whose wait is over (released by its request).
+        let released = shared
+            .storage
+            .place(&key, unique(), SystemTime::UNIX_EPOCH)
+            .await;
+        assert!(matches!(released, Placed::Mine(..)));
+        let ex = exchange_for(&shared, &request).await;
+        assert!(matches!(ex.found.slot, Slot::Placeholder { .. }));
+        // Another process's fill lands before this request arms it again: stale, so this
+        // request looks the URL up again.
+        backend.delete(&key).await.unwrap();
+        let mut stale = entry(&ex, &[]);
+        stale.meta.fresh_for_ms = 0;
+        put(&shared, &request, &stale).await;
+        let mut waiting = Waiting::default();
+        let round = shared
+            .coordinate(&ex, request.headers(), true, &mut waiting)
+            .await;
+        assert!(matches!(round, Coordinated::Retry), "looks again");
+        // Its next round waits for a leader in this process, longer than a `lease_wait`,
+        // which declines.
+        let leading = exchange_for(&shared, &request).await;
+        let Coordinated::Go(mut leader) = shared
+            .coordinate(&leading, request.headers(), false, &mut Waiting::default())
+            .await
+        else {
+            panic!("revalidates")
+        };
+        let round = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let request = get(url);
+                let ex = exchange_for(&shared, &request).await;
+                let round = shared
+                    .coordinate(&ex, request.headers(), true, &mut waiting)
+                    .await;
+                (matches!(round, Coordinated::Retry), waiting)
+            })
+        };
+        tokio::time::sleep(LEASE_WAIT + Duration::from_secs(1)).await;
+        leader.decline(false);
+        let (retry, mut waiting) = round.await.unwrap();
+        assert!(retry, "looks again");
+        // Now another process refills the URL (after a purge): this request waits for
+        // its entry, as any that finds a live placeholder does.
+        backend.delete(&key).await.unwrap();
+        let token = unique();
+        let until = SystemTime::now() + Duration::from_secs(30);
+        let Placed::Mine(placeholder, _) = shared.storage.place(&key, token, until).await else {
+            panic!("placed")
+        };
+        let round = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let request = get(url);
+                let ex = exchange_for(&shared, &request).await;
+                match shared
+                    .coordinate(&ex, request.headers(), true, &mut waiting)
+                    .await
+                {
+                    Coordinated::Answered(entry, _) => Some(entry.body.clone()),
+                    Coordinated::Go(_) | Coordinated::Retry => None,
+                }
+            })
+        };
+        tokio::time::sleep(LEASE_WAIT / 4).await;
+        let filled = Target {
+            key: key.clone(),
+            slot: Slot::Placeholder {
+                cas: 0,
+                placeholder,
+            },
+            index: None,
+            generation: ex.found.generation,
+            requested: SystemTime::now(),
+        };
+        let mut fresh = entry(&ex, &[]);
+        fresh.body = bytes::Bytes::from_static(b"the other process's fill");
+        let (stored, _) = shared
+            .store(&filled, &[], &fresh, Duration::from_secs(60))
+            .await;
+        assert_eq!(stored, crate::cache::storage::StoreOutcome::Stored);
+        let answered = round.await.unwrap();
+        assert_eq!(
+            answered.as_deref(),
+            Some(&b"the other process's fill"[..]),
+            "went to the origin alongside a live placeholder without waiting for it"
+        );
     }
 }

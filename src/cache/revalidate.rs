@@ -127,22 +127,24 @@ impl<B: Backend> Shared<B> {
     }
 }
 
-/// Whether memcached still holds the stale entry the exchange's lookup found, for it to
-/// stand in for a failing origin: the primary key unchanged since that lookup. Read again
+/// What memcached holds for the request now, for it to stand in for a failing origin: the
+/// stale entry the exchange's lookup found, or what replaced it meanwhile. Read again
 /// because the origin was asked in between, and a purge that returned meanwhile must hold
-/// (a request that went out before it must not answer with what it removed). When
-/// memcached cannot be read, nothing is known to be held, and nothing stands in (a
-/// backend failure is a miss, as it is for the lookup: the origin's answer passes). A
-/// purge that returned took memcached's answer, and an unreadable server (dead since,
-/// or slowed past the timeout, maybe on purpose) must not make up for it.
-async fn still_held<B: Backend>(
+/// (a request that went out before it must not answer with what it removed): what the
+/// read finds is what any lookup would answer with now, stored after such a purge or
+/// untouched by it. Another process's refresh of the URL (no purge) leaves a newer
+/// response, as good a stand-in: wanting the very entry first read answered the origin's
+/// failure instead. Only a request whose lookup found an entry (a revalidation) stands
+/// in. When memcached cannot be read, nothing is known to be held, and nothing stands in
+/// (a backend failure is a miss, as it is for the lookup: the origin's answer passes). A
+/// purge that returned took memcached's answer, and an unreadable server (dead since, or
+/// slowed past the timeout, maybe on purpose) must not make up for it.
+async fn held_now<B: Backend>(
     shared: &Shared<B>,
     ex: &Exchange,
     request_headers: &http::HeaderMap,
-) -> bool {
-    if ex.found.entry.is_none() {
-        return false;
-    }
+) -> Option<Arc<Entry>> {
+    ex.found.entry.as_ref()?;
     let plan = &ex.plan;
     match shared
         .storage
@@ -150,19 +152,22 @@ async fn still_held<B: Backend>(
         .await
     {
         Lookup::Found(found) => {
-            // The generation too: a CAS value is unique on one server only, and after a
-            // ring change or a restart another server's entry may carry the same one.
-            let held = found.entry.is_some()
-                && found.slot == ex.found.slot
-                && found.generation == ex.found.generation;
-            if !held {
-                tracing::debug!(key = %plan.key, "the stale entry was purged or replaced while the origin was asked; not stood in");
+            match &found.entry {
+                None => {
+                    tracing::debug!(key = %plan.key, "the stale entry was purged while the origin was asked; not stood in");
+                }
+                Some(_)
+                    if found.slot != ex.found.slot || found.generation != ex.found.generation =>
+                {
+                    tracing::debug!(key = %plan.key, "the stale entry was replaced while the origin was asked; the replacement may stand in");
+                }
+                Some(_) => {}
             }
-            held
+            found.entry
         }
         Lookup::Unavailable => {
             tracing::debug!(key = %plan.key, "memcached unreadable: whether the stale entry was purged is unknown; not stood in");
-            false
+            None
         }
     }
 }
@@ -234,42 +239,42 @@ where
     // read only what they store, and the answer to a request sent again is not stored.
     let resend = (ours && caller == For::Client).then(|| RequestHead::of(&request));
     let outcome = inner.call(request).await;
-    // `held`: memcached still holds the stale entry (see `still_held`); one purged,
-    // invalidated or replaced while the origin was asked stands in for nothing.
+    // `held`: what memcached holds for the request once the origin failed (see
+    // `held_now`): the stale entry, or what replaced it; nothing once purged.
     // `fwd_status`: what the origin answered, when it answered (not a gateway's own
     // error for an origin it could not reach), said in `Cache-Status`.
-    let stale_fallback = |unreachable: bool, held: bool, fwd_status: Option<u16>| {
+    let stale_fallback = |unreachable: bool, held: Option<Arc<Entry>>, fwd_status: Option<u16>| {
         let entry = stale.as_ref()?;
-        let freshness = stored::freshness(&entry.meta, now_ms());
-        if held && freshness.usable_on_error(&plan.request_cc) {
-            tally.served();
-            return Some(shared.answer_counted(
-                entry,
-                &freshness,
-                request_headers,
-                is_head,
-                Answered::StaleIfError { fwd, fwd_status },
-                counted,
-            ));
-        }
-        if let Some(bound) = shared
-            .config
-            .stale_if_unreachable
-            .filter(|_| unreachable && held)
-        {
-            if freshness.usable_when_unreachable(&plan.request_cc, bound) {
-                tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
+        if let Some(held) = &held {
+            let freshness = stored::freshness(&held.meta, now_ms());
+            if freshness.usable_on_error(&plan.request_cc) {
                 tally.served();
                 return Some(shared.answer_counted(
-                    entry,
+                    held,
                     &freshness,
                     request_headers,
                     is_head,
-                    Answered::StaleIfUnreachable { fwd },
+                    Answered::StaleIfError { fwd, fwd_status },
                     counted,
                 ));
             }
+            if let Some(bound) = shared.config.stale_if_unreachable.filter(|_| unreachable) {
+                if freshness.usable_when_unreachable(&plan.request_cc, bound) {
+                    tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
+                    tally.served();
+                    return Some(shared.answer_counted(
+                        held,
+                        &freshness,
+                        request_headers,
+                        is_head,
+                        Answered::StaleIfUnreachable { fwd },
+                        counted,
+                    ));
+                }
+            }
         }
+        // Nothing stands in: a `must-revalidate` entry its lookup found answers 504.
+        let freshness = stored::freshness(&entry.meta, now_ms());
         if unreachable && freshness.forbids_stale {
             let mut response = stored::gateway_timeout();
             // Why it went forward: stale, or fresh but the request asked (`no-cache`).
@@ -288,7 +293,7 @@ where
             // leader after another, each waiting out the failure in turn (an inner
             // timeout's, three rounds over).
             filler.release().await;
-            let held = still_held(shared, ex, request_headers).await;
+            let held = held_now(shared, ex, request_headers).await;
             return match stale_fallback(true, held, None) {
                 Some(response) => Ok(response),
                 None => Err(err),
@@ -298,7 +303,7 @@ where
     let unreachable = response.extensions().get::<OriginUnreachable>().is_some();
     let failed = unreachable || matches!(response.status().as_u16(), 500 | 502 | 503 | 504);
     if failed {
-        let held = still_held(shared, ex, request_headers).await;
+        let held = held_now(shared, ex, request_headers).await;
         let fwd_status = (!unreachable).then(|| response.status().as_u16());
         if let Some(fallback) = stale_fallback(unreachable, held, fwd_status) {
             // As for an inner service error above: the followers go on their own now,

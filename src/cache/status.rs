@@ -75,11 +75,9 @@ pub(crate) enum Outcome {
     /// Answered from a fresh stored response kept in the near tier (this process's
     /// memory), without asking memcached.
     NearHit,
-    /// Answered from a stale stored response, `stale_for` seconds past its freshness.
-    StaleHit {
-        stale_for: u64,
-        detail: Option<Detail>,
-    },
+    /// Answered from a stale stored response, with its `ttl` (negative: see
+    /// `Freshness::ttl`).
+    StaleHit { ttl: i64, detail: Option<Detail> },
     /// Answered by the origin, or from another request's exchange with it.
     Forwarded {
         fwd: Forward,
@@ -91,15 +89,16 @@ pub(crate) enum Outcome {
         collapsed: bool,
         detail: Option<Detail>,
     },
-    /// Answered from a stale stored response, `stale_for` seconds past its freshness,
-    /// standing in for an origin that failed or could not be reached: the request went
+    /// Answered from a stored response standing in for an origin that failed or could not
+    /// be reached, with its `ttl` (its remaining freshness: positive when a fresh one
+    /// stood in for a request that asked for the origin): the request went
     /// forward (for `fwd`), so this is no hit (RFC 9211 §2.1: a response "not able to be
     /// used without going forward (e.g., because it was stale) is not considered a hit").
     /// `fwd_status`: what the origin answered, when it answered.
     StoodIn {
         fwd: Forward,
         fwd_status: Option<u16>,
-        stale_for: u64,
+        ttl: i64,
         detail: Detail,
     },
     /// Answered by the cache itself without a stored response (a 504).
@@ -123,8 +122,8 @@ impl Outcome {
         match self {
             Self::Hit => text.push_str("; hit"),
             Self::NearHit => text.push_str("; hit; detail=near"),
-            Self::StaleHit { stale_for, detail } => {
-                let _ = write!(text, "; hit; ttl=-{stale_for}");
+            Self::StaleHit { ttl, detail } => {
+                let _ = write!(text, "; hit; ttl={ttl}");
                 push_detail(text, detail);
             }
             Self::Forwarded {
@@ -146,11 +145,11 @@ impl Outcome {
             Self::StoodIn {
                 fwd,
                 fwd_status,
-                stale_for,
+                ttl,
                 detail,
             } => {
                 push_forward(text, fwd, fwd_status);
-                let _ = write!(text, "; ttl=-{stale_for}");
+                let _ = write!(text, "; ttl={ttl}");
                 push_detail(text, Some(detail));
             }
             Self::Generated { detail } => push_detail(text, Some(detail)),
@@ -278,14 +277,14 @@ mod tests {
         assert_eq!(text(Outcome::Hit), "edge; hit");
         assert_eq!(text(Outcome::NearHit), "edge; hit; detail=near");
         let stale = Outcome::StaleHit {
-            stale_for: 5,
+            ttl: -5,
             detail: Some(Detail::StaleIfError),
         };
         assert_eq!(text(stale), "edge; hit; ttl=-5; detail=stale-if-error");
         let stood_in = Outcome::StoodIn {
             fwd: Forward::Stale,
             fwd_status: Some(503),
-            stale_for: 5,
+            ttl: -5,
             detail: Detail::StaleIfError,
         };
         assert_eq!(

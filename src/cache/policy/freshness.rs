@@ -158,6 +158,26 @@ impl Freshness {
         self.age.saturating_sub(self.lifetime)
     }
 
+    /// Its remaining freshness lifetime in whole seconds, as RFC 9211 §2.4's `ttl` says
+    /// it: positive while fresh, negative once stale. Rounded down, so that a response
+    /// stale by less than a second says `-1`, never `-0` (which reads as zero, fresh to
+    /// the last instant), and one fresh for less than a second says `0`. Within a
+    /// Structured Field integer's 15 digits.
+    pub(crate) fn ttl(&self) -> i64 {
+        const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
+        if self.is_fresh() {
+            let remaining = self.lifetime.saturating_sub(self.age).as_secs();
+            // At most SF_INTEGER_MAX, which fits.
+            i64::try_from(remaining.min(SF_INTEGER_MAX)).unwrap_or(i64::MAX)
+        } else {
+            let stale = self.staleness();
+            let secs = stale
+                .as_secs()
+                .saturating_add(u64::from(stale.subsec_nanos() > 0));
+            -i64::try_from(secs.min(SF_INTEGER_MAX)).unwrap_or(i64::MAX)
+        }
+    }
+
     /// Whether the response is fresh.
     pub(crate) fn is_fresh(&self) -> bool {
         self.age < self.lifetime
@@ -236,6 +256,27 @@ pub(crate) mod tests {
     }
 
     const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    /// RFC 9211 §2.4: `ttl` is the remaining freshness, rounded down: never `-0`.
+    #[test]
+    fn rfc9211_ttl_is_the_remaining_freshness_rounded_down() {
+        let ms = Duration::from_millis;
+        let ttl = |lifetime, age| {
+            Freshness {
+                lifetime,
+                age,
+                ..Freshness::default()
+            }
+            .ttl()
+        };
+        assert_eq!(ttl(ms(600_000), ms(1_500)), 598);
+        assert_eq!(ttl(ms(10_000), ms(9_600)), 0);
+        assert_eq!(ttl(ms(10_000), ms(10_000)), 0);
+        assert_eq!(ttl(ms(10_000), ms(10_300)), -1);
+        assert_eq!(ttl(ms(10_000), ms(15_000)), -5);
+        assert_eq!(ttl(Duration::MAX, Duration::ZERO), 999_999_999_999_999);
+        assert_eq!(ttl(Duration::ZERO, Duration::MAX), -999_999_999_999_999);
+    }
 
     #[test]
     fn rfc9111_4_2_1_s_maxage_then_max_age_then_expires() {
