@@ -412,8 +412,8 @@ impl Flipping {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholders_armed_again_hold_a_request_no_longer_than_one_lease_wait() {
     const LEASE_WAIT: Duration = Duration::from_secs(1);
-    // Each of A's fills lands four fifths of a `lease_wait` into B's wait.
-    const FILL_EVERY: Duration = Duration::from_millis(800);
+    // Each of A's fills lands nine tenths of a `lease_wait` into B's wait.
+    const FILL_EVERY: Duration = Duration::from_millis(900);
     let storage = Flipping {
         inner: tower_memcache::backend::MemoryBackend::new(),
         key: Arc::default(),
@@ -463,10 +463,10 @@ async fn placeholders_armed_again_hold_a_request_no_longer_than_one_lease_wait()
         storage.flips.load(Ordering::SeqCst) >= 1,
         "B was sent back to its lookup at least once"
     );
-    // One `lease_wait` (and a margin for a loaded machine), not one per lookup: the old
-    // waits took three fills at least (2.4 s).
+    // One `lease_wait` (about 1 s; a margin of two for a loaded machine, where 2.3 s was
+    // seen), not one per lookup: the old waits took four fills at least (3.6 s; 4 s seen).
     assert!(
-        waited < LEASE_WAIT + Duration::from_millis(1000),
+        waited < LEASE_WAIT + Duration::from_secs(2),
         "B waited {waited:?} for placeholders armed again in step with its lookups (lease_wait {LEASE_WAIT:?})"
     );
 }
