@@ -1,0 +1,179 @@
+//! Review RF: host and path spellings the cache reads differently from origins and from
+//! purges (a host's trailing dot). Each test names an attack or defect and fails if it
+//! works.
+
+mod support;
+
+use support::{HIT, Watch, assert_hit, send};
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use tower::{Layer, Service, service_fn};
+use tower_memcache::backend::MemoryBackend;
+
+/// An origin with name-based virtual hosts compared as strings (as an application that
+/// matches `Host` against its site's name does): `example.com` is the site, any other
+/// name its default site. Its GETs are cacheable pages that say which host they were made
+/// for and which call made them; an unsafe request answers 201 naming the `Location` its
+/// `x-location` field asks for.
+fn virtual_hosts()
+-> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
++ Clone {
+    let calls = Arc::new(AtomicUsize::new(0));
+    service_fn(move |request: Request<()>| {
+        let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let site = if host == "example.com" {
+            "site"
+        } else {
+            "default site"
+        };
+        let mut response = Response::new(Full::new(Bytes::from(format!(
+            "{site} for Host {host}, call {call}"
+        ))));
+        if request.method() == Method::GET || request.method() == Method::HEAD {
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                http::HeaderValue::from_static("max-age=600"),
+            );
+        } else {
+            *response.status_mut() = StatusCode::CREATED;
+            if let Some(location) = request.headers().get("x-location") {
+                response
+                    .headers_mut()
+                    .insert(header::LOCATION, location.clone());
+            }
+        }
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
+/// The same page for one client spelling its host with DNS's trailing dot (`Host:
+/// example.com.`, a browser sends it for `http://example.com./p`) and one without it. The
+/// key kept the dot, so the FQDN spelling had an entry of its own, which the origin
+/// answered (with its default site, to an application that compares names as strings)
+/// and which no purge of `http://example.com/p` reached. One name is one key now, and the
+/// origin is asked with the key's spelling, so the entry is the named site's page.
+#[tokio::test]
+async fn a_trailing_dot_host_shares_the_entry_made_for_the_plain_host() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let svc = layer.layer(virtual_hosts());
+    let dotted = send(&svc, Method::GET, "/p", &[("host", "Example.COM.")]).await;
+    assert_eq!(dotted.body, "site for Host example.com, call 1");
+    watch.settled().await;
+    let plain = send(&svc, Method::GET, "/p", &[("host", "example.com")]).await;
+    assert_hit(plain.cache_status());
+    assert_eq!(plain.body, dotted.body);
+    // The absolute form and a port spell the same name.
+    for (target, host) in [
+        ("http://example.com./p", None),
+        ("/p", Some("example.com.:80")),
+        ("http://example.com./p", Some("example.com")),
+    ] {
+        let headers: Vec<(&str, &str)> = host.map(|h| ("host", h)).into_iter().collect();
+        let again = send(&svc, Method::GET, target, &headers).await;
+        assert_eq!(again.body, dotted.body, "{target} {host:?}");
+        assert_hit(again.cache_status());
+    }
+    // Only one trailing dot is DNS's: other names are still names of their own.
+    for host in ["example.com..", "www.example.com."] {
+        let other = send(&svc, Method::GET, "/p", &[("host", host)]).await;
+        assert_ne!(other.body, dotted.body, "{host}");
+    }
+}
+
+/// A purge that returned holds: `purge_uri("http://example.com/p")` returned `Ok` and left
+/// the entry of `Host: example.com.` served, so an attacker who filled that spelling
+/// before the purge (a takedown, a leaked page) kept reading the purged page there.
+#[tokio::test]
+async fn a_url_purge_reaches_the_trailing_dot_spelling_of_its_host() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let svc = layer.layer(virtual_hosts());
+    for (run, purge) in [
+        "http://example.com/p",
+        "https://example.com/p",
+        "http://example.com./p",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/p?run={run}");
+        let purge = format!("{purge}?run={run}");
+        send(&svc, Method::GET, &path, &[("host", "example.com.")]).await;
+        watch.settled().await;
+        let before = send(&svc, Method::GET, &path, &[("host", "example.com.")]).await;
+        assert_hit(before.cache_status());
+        let purged = layer.purger().purge_uri(&purge).await;
+        assert!(purged.is_ok(), "{purge}: {purged:?}");
+        let after = send(&svc, Method::GET, &path, &[("host", "example.com.")]).await;
+        assert_ne!(after.cache_status(), HIT, "{purge}");
+        assert_ne!(after.body, before.body, "{purge}");
+    }
+}
+
+/// RFC 9111 §4.4: a successful unsafe request invalidates its target. A `POST /p` to
+/// `example.com` left the page stored for `Host: example.com.` (and one to
+/// `example.com.` the plain host's page) answering as before the change.
+#[tokio::test]
+async fn an_unsafe_request_invalidates_the_other_spelling_of_its_host() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let svc = layer.layer(virtual_hosts());
+    for (stored, posted) in [
+        ("example.com.", "example.com"),
+        ("example.com", "Example.com."),
+    ] {
+        let path = format!("/page/{posted}");
+        send(&svc, Method::GET, &path, &[("host", stored)]).await;
+        watch.settled().await;
+        let before = send(&svc, Method::GET, &path, &[("host", stored)]).await;
+        assert_hit(before.cache_status());
+        let post = send(&svc, Method::POST, &path, &[("host", posted)]).await;
+        assert_eq!(post.status, StatusCode::CREATED);
+        let after = send(&svc, Method::GET, &path, &[("host", stored)]).await;
+        assert_ne!(
+            after.cache_status(),
+            HIT,
+            "POST with Host {posted} left the entry of Host {stored}"
+        );
+    }
+}
+
+/// RFC 9111 §4.4: the same-origin URI in `Location` is invalidated too. An origin that
+/// names its own URLs with the FQDN (`Location: http://example.com./page/b`) was taken
+/// for another site, so the page a client that follows it reads kept its old entry.
+#[tokio::test]
+async fn a_location_naming_the_fqdn_invalidates_its_page() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let svc = layer.layer(virtual_hosts());
+    let host = ("host", "example.com");
+    send(&svc, Method::GET, "/page/b", &[host]).await;
+    watch.settled().await;
+    let before = send(&svc, Method::GET, "/page/b", &[host]).await;
+    assert_hit(before.cache_status());
+    let location = ("x-location", "http://example.com./page/b");
+    let post = send(&svc, Method::POST, "/page/form", &[host, location]).await;
+    assert_eq!(post.status, StatusCode::CREATED);
+    let after = send(&svc, Method::GET, "/page/b", &[host]).await;
+    assert_ne!(after.cache_status(), HIT, "{after:?}");
+    // Another site's FQDN is still another site's.
+    send(&svc, Method::GET, "/page/c", &[host]).await;
+    watch.settled().await;
+    let other = ("x-location", "http://other.example./page/c");
+    send(&svc, Method::POST, "/page/form", &[host, other]).await;
+    let kept = send(&svc, Method::GET, "/page/c", &[host]).await;
+    assert_hit(kept.cache_status());
+}
