@@ -1,20 +1,23 @@
 //! Review RF: host and path spellings the cache reads differently from origins and from
-//! purges (a host's trailing dot). Each test names an attack or defect and fails if it
-//! works.
+//! purges (a host's trailing dot, Unicode case folds of a route rule's path). Each test
+//! names an attack or defect and fails if it works.
 
 mod support;
 
+use support::path_origin::{self, decode_once};
 use support::{HIT, Watch, assert_hit, send};
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use tower::{Layer, Service, service_fn};
 use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::RouteMatch;
 
 /// An origin with name-based virtual hosts compared as strings (as an application that
 /// matches `Host` against its site's name does): `example.com` is the site, any other
@@ -176,4 +179,91 @@ async fn a_location_naming_the_fqdn_invalidates_its_page() {
     send(&svc, Method::POST, "/page/form", &[host, other]).await;
     let kept = send(&svc, Method::GET, "/page/c", &[host]).await;
     assert_hit(kept.cache_status());
+}
+
+/// How an origin that compares paths without case by Unicode's rules reads one: decoded
+/// once, then each character folded as some runtime folds it to ASCII letters: Java's
+/// `equalsIgnoreCase` and JavaScript's and Python's `upper()` take `ſ` (U+017F) for `S`
+/// and `ı` (U+0131) for `I`; their `lower()` takes the Kelvin sign (U+212A) for `k` and
+/// Java's `İ` (U+0130) for `i`; JavaScript's `toUpperCase` and Python's `casefold` spell
+/// `ß` as `ss` and the ligatures U+FB00..U+FB06 as their letters. Written apart from the
+/// crate's own reading.
+fn unicode_fold(path: &str) -> String {
+    let decoded = decode_once(path.as_bytes());
+    let mut folded = String::new();
+    for c in String::from_utf8_lossy(&decoded).chars() {
+        match c {
+            '\u{17f}' => folded.push('s'),
+            '\u{212a}' => folded.push('k'),
+            '\u{131}' | '\u{130}' => folded.push('i'),
+            '\u{df}' | '\u{1e9e}' => folded.push_str("ss"),
+            '\u{fb00}' => folded.push_str("ff"),
+            '\u{fb01}' => folded.push_str("fi"),
+            '\u{fb02}' => folded.push_str("fl"),
+            '\u{fb03}' => folded.push_str("ffi"),
+            '\u{fb04}' => folded.push_str("ffl"),
+            '\u{fb05}' | '\u{fb06}' => folded.push_str("st"),
+            other => folded.extend(other.to_lowercase()),
+        }
+    }
+    folded
+}
+
+/// The origin: `/settings`, `/kiosk` and `/profile` are the page of the user whose cookie
+/// came with the request, marked by nothing; everything else is public.
+fn case_folding_origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    path_origin::serving(|path, user| {
+        let path = unicode_fold(path);
+        if ["/settings", "/kiosk", "/profile", "/access"].contains(&path.as_str()) {
+            format!("{user}'s private page")
+        } else {
+            format!("public page {path}")
+        }
+    })
+}
+
+/// Web cache deception through Unicode case folding: a `no_cache` rule for `/settings`
+/// read `/%C5%BFettings` (`ſettings`) as a path no rule names, so a victim lured there
+/// had the page a case-folding origin answered (the victim's own settings) stored with
+/// the default lifetime, for the attacker to read. Likewise the Kelvin sign in `/kiosk`,
+/// the dotted and dotless `i`, `ß` and the `ﬁ` ligature, escaped, `%u`-escaped or raw.
+#[tokio::test]
+async fn no_cache_holds_for_unicode_case_folds_of_its_path() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Exact("/settings".into()))
+        .no_cache(RouteMatch::Exact("/kiosk".into()))
+        .no_cache(RouteMatch::Exact("/profile".into()))
+        .no_cache(RouteMatch::Prefix("/access".into()));
+    let watch = Watch::of(&layer);
+    let app = layer.layer(case_folding_origin());
+    path_origin::assert_none_stored(
+        &app,
+        &watch,
+        &[
+            "/%C5%BFettings",
+            "/%c5%bfETTINGS",
+            "/\u{17f}ettings",
+            "/sett%C4%B1ngs",
+            "/SETT%C4%B0NGS",
+            "/%E2%84%AAiosk",
+            "/\u{212a}iosk",
+            "/pro%EF%AC%81le",
+            "/acce%C3%9F",
+            "/acce\u{1e9e}",
+        ],
+        |user| format!("{user}'s private page"),
+    )
+    .await;
+    // Paths that fold to no rule's path are cached as before.
+    let (first, _) = path_origin::get(&app, "/caf%C3%A9", None).await;
+    assert_eq!(first, "public page /caf\u{e9}");
+    watch.settled().await;
+    let (_, status) = path_origin::get(&app, "/caf%C3%A9", None).await;
+    assert_hit(&status);
 }
