@@ -1,6 +1,6 @@
 //! Review RF: host and path spellings the cache reads differently from origins and from
-//! purges (a host's trailing dot, Unicode case folds of a route rule's path). Each test
-//! names an attack or defect and fails if it works.
+//! purges (a host's trailing dot, an IPv6 address's spellings, Unicode case folds of a
+//! route rule's path). Each test names an attack or defect and fails if it works.
 
 mod support;
 
@@ -266,4 +266,41 @@ async fn no_cache_holds_for_unicode_case_folds_of_its_path() {
     watch.settled().await;
     let (_, status) = path_origin::get(&app, "/caf%C3%A9", None).await;
     assert_hit(&status);
+}
+
+/// The same IPv6 address spelled with its zeros written out (`[0:0:0:0:0:0:0:1]`,
+/// `[::0001]`) or in the RFC 5952 form (`[::1]`) was keyed apart: a purge of
+/// `http://[::1]:8080/p` left the other spellings' entries served, which an attacker
+/// fills to keep a purged page readable on a site reached by its address. The key holds
+/// the address in RFC 5952 form, and the origin is asked with it.
+#[tokio::test]
+async fn a_url_purge_reaches_every_spelling_of_an_ipv6_address() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let svc = layer.layer(virtual_hosts());
+    let first = send(
+        &svc,
+        Method::GET,
+        "/p",
+        &[("host", "[0:0:0:0:0:0:0:1]:8080")],
+    )
+    .await;
+    assert_eq!(first.body, "default site for Host [::1]:8080, call 1");
+    watch.settled().await;
+    for host in ["[::1]:8080", "[::0001]:8080", "[0::1]:08080"] {
+        let again = send(&svc, Method::GET, "/p", &[("host", host)]).await;
+        assert_hit(again.cache_status());
+        assert_eq!(again.body, first.body, "{host}");
+    }
+    let purged = layer.purger().purge_uri("http://[::1]:8080/p").await;
+    assert!(purged.is_ok(), "{purged:?}");
+    let after = send(
+        &svc,
+        Method::GET,
+        "/p",
+        &[("host", "[0:0:0:0:0:0:0:1]:8080")],
+    )
+    .await;
+    assert_ne!(after.cache_status(), HIT, "{after:?}");
+    assert_ne!(after.body, first.body);
 }

@@ -104,7 +104,8 @@ pub enum InvalidTarget {
 /// `host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered name of letters,
 /// digits, `-`, `.`, `_` and `~`, an IPv4 address, or a bracketed IPv6 address. Scheme and
 /// host are lower-cased, a name's trailing dot (DNS's fully qualified form) and the
-/// scheme's default port dropped, so `Example.COM.:80` and `example.com` are one key.
+/// scheme's default port dropped, and an IPv6 address written in RFC 5952's form, so
+/// `Example.COM.:80` and `example.com` are one key, and `[0:0::1]` and `[::1]`.
 /// A miss asks the origin with this spelling ([`MemcacheLayer`](super::MemcacheLayer)
 /// respells `Host`), so what is stored under the key is the origin's answer for it.
 ///
@@ -216,18 +217,19 @@ fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), Inva
         let literal =
             std::str::from_utf8(&raw[1..close]).map_err(|_| InvalidTarget::MalformedAuthority)?;
         // IPv6 only (no IPvFuture, no zone): what std parses is what an origin can route.
-        if literal.parse::<Ipv6Addr>().is_err() {
+        let Ok(address) = literal.parse::<Ipv6Addr>() else {
             return Err(InvalidTarget::MalformedAuthority);
-        }
+        };
         let port = match &raw[close + 1..] {
             [] => None,
             [b':', port @ ..] => Some(port),
             _ => return Err(InvalidTarget::MalformedAuthority),
         };
+        // In RFC 5952's form (std's `Display`: lower case, zeros compressed), so
+        // `[0:0:0:0:0:0:0:1]` and `[::1]` are one key, which a purge of either reaches.
         out.push('[');
-        out.push_str(literal);
+        out.push_str(&address.to_string());
         out.push(']');
-        out[start..].make_ascii_lowercase();
         port
     } else {
         let (host, port) = match memchr::memrchr(b':', raw) {
@@ -553,6 +555,18 @@ mod tests {
         assert_eq!(valid("/x", &["a:10"]), "GET http://a:10/x");
         assert_eq!(valid("/x", &["[::1]:3000"]), "GET http://[::1]:3000/x");
         assert_eq!(valid("/x", &["[FE80::1]"]), "GET http://[fe80::1]/x");
+        // An IPv6 address in RFC 5952's form, however it was written.
+        for spelling in ["[0:0:0:0:0:0:0:1]:3000", "[::0001]:3000", "[0::1]:03000"] {
+            assert_eq!(
+                valid("/x", &[spelling]),
+                "GET http://[::1]:3000/x",
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            valid("/x", &["[FE80:0:0:0:0:0:0:A]"]),
+            "GET http://[fe80::a]/x"
+        );
         assert_eq!(
             valid("/x", &["127.0.0.1:3000"]),
             "GET http://127.0.0.1:3000/x"
@@ -702,14 +716,15 @@ mod tests {
                 let close = memchr::memchr(b']', raw).ok_or(InvalidTarget::MalformedAuthority)?;
                 let literal = std::str::from_utf8(&raw[1..close])
                     .map_err(|_| InvalidTarget::MalformedAuthority)?;
-                if literal.parse::<Ipv6Addr>().is_err() {
+                let Ok(address) = literal.parse::<Ipv6Addr>() else {
                     return Err(InvalidTarget::MalformedAuthority);
-                }
-                match &raw[close + 1..] {
-                    [] => (&raw[..=close], None),
-                    [b':', port @ ..] => (&raw[..=close], Some(port)),
+                };
+                let port = match &raw[close + 1..] {
+                    [] => None,
+                    [b':', port @ ..] => Some(port),
                     _ => return Err(InvalidTarget::MalformedAuthority),
-                }
+                };
+                (format!("[{address}]").into_bytes(), port)
             } else {
                 let (host, port) = match memchr::memrchr(b':', raw) {
                     Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
@@ -720,7 +735,10 @@ mod tests {
                     return Err(InvalidTarget::MalformedAuthority);
                 }
                 let fqdn = host.len() > 1 && host.ends_with(b".") && !host.ends_with(b"..");
-                (if fqdn { &host[..host.len() - 1] } else { host }, port)
+                (
+                    if fqdn { &host[..host.len() - 1] } else { host }.to_vec(),
+                    port,
+                )
             };
             let port = match port {
                 None | Some([]) => None,
@@ -735,7 +753,7 @@ mod tests {
                     Some(port)
                 }
             };
-            let mut out = std::str::from_utf8(host).unwrap().to_ascii_lowercase();
+            let mut out = std::str::from_utf8(&host).unwrap().to_ascii_lowercase();
             let default_port = if scheme == "https" { 443 } else { 80 };
             if let Some(port) = port.filter(|port| *port != default_port) {
                 out.push_str(&format!(":{port}"));
@@ -752,7 +770,7 @@ mod tests {
             fn push_authority_agrees_with_three_passes(
                 raw in prop_oneof![
                     host_bytes(),
-                    "(Example\\.COM\\.{0,2}|\\.|127\\.0\\.0\\.1\\.?|\\[::1\\]|\\[FE80::A\\]|\\[::g\\])(:[0-9]{0,7})?"
+                    "(Example\\.COM\\.{0,2}|\\.|127\\.0\\.0\\.1\\.?|\\[::1\\]|\\[0:0:0:0:0:0:0:1\\]|\\[FE80:0::A\\]|\\[::FFFF:1\\.2\\.3\\.4\\]|\\[::g\\])(:[0-9]{0,7})?"
                         .prop_map(String::into_bytes),
                 ],
                 https in any::<bool>(),
