@@ -1,6 +1,7 @@
 //! Review RF: host and path spellings the cache reads differently from origins and from
-//! purges (a host's trailing dot, an IPv6 address's spellings, Unicode case folds of a
-//! route rule's path). Each test names an attack or defect and fails if it works.
+//! purges (a host's trailing dot, an IPv6 address's spellings, a `Location` in the other
+//! scheme, Unicode case folds of a route rule's path). Each test names an attack or
+//! defect and fails if it works.
 
 mod support;
 
@@ -303,4 +304,42 @@ async fn a_url_purge_reaches_every_spelling_of_an_ipv6_address() {
     .await;
     assert_ne!(after.cache_status(), HIT, "{after:?}");
     assert_ne!(after.body, first.body);
+}
+
+/// RFC 9111 §4.4 behind a TLS terminator: the layer keys its pages in its own scheme
+/// (`http://`, the connections it serves), while the application, told the public scheme
+/// by the terminator (`X-Forwarded-Proto: https`), names its URLs `https://`
+/// (`Location: https://example.com/page/b` after a form's POST). Such a Location was
+/// taken for another origin's, so the page a client that follows it reads kept
+/// answering as before the change; and the same for an `https` layer whose application
+/// names `http://` URLs. The same host in the other scheme now invalidates the layer's
+/// own spelling, as `purge_uri` of the public URL purges it; another host or port does not.
+#[tokio::test]
+async fn a_location_in_the_other_scheme_invalidates_the_page_the_layer_keys() {
+    for (scheme, other) in [("http", "https"), ("https", "http")] {
+        let layer = support::layer(MemoryBackend::new()).default_scheme(scheme);
+        let watch = Watch::of(&layer);
+        let svc = layer.layer(virtual_hosts());
+        let host = ("host", "example.com");
+        for path in ["/page/b", "/page/c", "/page/d"] {
+            send(&svc, Method::GET, path, &[host]).await;
+        }
+        watch.settled().await;
+        let named = format!("{other}://Example.com/page/b");
+        let location = ("x-location", named.as_str());
+        let post = send(&svc, Method::POST, "/page/form", &[host, location]).await;
+        assert_eq!(post.status, StatusCode::CREATED);
+        let after = send(&svc, Method::GET, "/page/b", &[host]).await;
+        assert_ne!(after.cache_status(), HIT, "{scheme} layer, {named}");
+        // Another host, or another port, is another origin.
+        for (path, named) in [
+            ("/page/c", format!("{other}://other.example/page/c")),
+            ("/page/d", format!("{other}://example.com:8443/page/d")),
+        ] {
+            let location = ("x-location", named.as_str());
+            send(&svc, Method::POST, "/page/form", &[host, location]).await;
+            let kept = send(&svc, Method::GET, path, &[host]).await;
+            assert_hit(kept.cache_status());
+        }
+    }
 }
