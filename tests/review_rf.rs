@@ -1,6 +1,6 @@
 //! Review RF: host and path spellings the cache reads differently from origins and from
 //! purges (a host's trailing dot, an IPv6 address's spellings, a `Location` in the other
-//! scheme, Unicode case folds of a route rule's path). Each test names an attack or
+//! scheme, Unicode letter case in a route rule's path). Each test names an attack or
 //! defect and fails if it works.
 
 mod support;
@@ -342,4 +342,49 @@ async fn a_location_in_the_other_scheme_invalidates_the_page_the_layer_keys() {
             assert_hit(kept.cache_status());
         }
     }
+}
+
+/// The origin: `/übersicht` is the page of the user whose cookie came with the request,
+/// found as ASP.NET Core's router finds routes (`OrdinalIgnoreCase`: any letter in any
+/// case, `Ü` as `ü`); everything else is public.
+fn unicode_router() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    path_origin::serving(|path, user| {
+        let path = String::from_utf8_lossy(&decode_once(path.as_bytes())).to_lowercase();
+        if path == "/\u{fc}bersicht" {
+            format!("{user}'s private page")
+        } else {
+            format!("public page {path}")
+        }
+    })
+}
+
+/// Web cache deception through a non-ASCII letter's case: the origin reading lower-cased
+/// ASCII letters only, so a `no_cache` rule for `/übersicht` (`/%C3%BCbersicht`) read
+/// `/%C3%9Cbersicht` (`/Übersicht`) as a path no rule names, and a victim lured there
+/// had the page a case-insensitive router answered (the victim's own) stored for the
+/// attacker.
+#[tokio::test]
+async fn no_cache_holds_for_a_non_ascii_letter_in_another_case() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Exact("/%C3%BCbersicht".into()));
+    let watch = Watch::of(&layer);
+    let app = layer.layer(unicode_router());
+    path_origin::assert_none_stored(
+        &app,
+        &watch,
+        &[
+            "/%C3%BCbersicht",
+            "/%C3%9Cbersicht",
+            "/%C3%9CBERSICHT",
+            "/\u{dc}bersicht",
+        ],
+        |user| format!("{user}'s private page"),
+    )
+    .await;
 }

@@ -25,8 +25,9 @@ use std::time::Duration;
 /// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
-/// any letter case (Unicode's too: `ſ`, the Kelvin sign, `ı`, `İ`, `ß` and ligatures like
-/// `ﬁ` read as the ASCII letters their case mappings give), with escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
+/// any letter case (non-ASCII letters too, `Ü` as `ü`; `ſ`, the Kelvin sign, `ı`, `İ`,
+/// `ß` and ligatures like `ﬁ` read as the ASCII letters their case mappings give), with
+/// escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
 /// an overlong UTF-8 `%c0%ae` or a fullwidth `%ef%bc%8e` read as `.`), `\` read as `/`,
 /// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`),
 /// white space around a segment trimmed as Spring does (`/%20account`) and its trailing
@@ -455,8 +456,8 @@ const DECODING_PASSES: usize = 2;
 /// servers), white space around a segment (Spring) and its trailing dots and spaces
 /// (Windows) dropped, cut at a decoded
 /// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
-/// case (case-insensitive routers and file systems; Unicode letters whose case mapping is
-/// ASCII, such as `ſ`, as that ASCII), each segment's `;` parameters
+/// case (case-insensitive routers and file systems; non-ASCII letters too, and those
+/// whose case mapping is ASCII, such as `ſ`, as that ASCII), each segment's `;` parameters
 /// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
 /// segments and a trailing slash dropped. Only ever used to turn caching off or shorten
 /// a lifetime.
@@ -483,8 +484,20 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
         // A newline too: PCRE's `$` (nginx regex locations) matches before a final one.
         .position(|byte| matches!(byte, b'?' | b'#' | 0 | b'\n' | b'\r'))
         .unwrap_or(bytes.len());
-    let read_on = (end < bytes.len()).then(|| resolve_segments(&bytes));
-    (resolve_segments(&bytes[..end]), read_on)
+    let read_on = (end < bytes.len()).then(|| lower_case(resolve_segments(&bytes)));
+    (lower_case(resolve_segments(&bytes[..end])), read_on)
+}
+
+/// A reading with its non-ASCII letters in lower case too (`Ü` as `ü`), as routers that
+/// compare without case by Unicode's rules read them (ASP.NET Core's `OrdinalIgnoreCase`,
+/// Java's `equalsIgnoreCase`). No letter left after [`fold_to_ascii`] lower-cases to an
+/// ASCII byte, so no `/` or `.` appears here that the segments were not resolved with.
+fn lower_case(reading: String) -> String {
+    if reading.is_ascii() {
+        reading
+    } else {
+        reading.to_lowercase()
+    }
 }
 
 /// Decoded, lower-cased path bytes resolved as [`origin_reading`] says: `\` as `/`, `;`
@@ -718,7 +731,9 @@ mod tests {
             ("/%c0", "/\u{fffd}"),
             ("/%ef%bc%80", "/\u{ff00}"),
             ("/x/\u{ff0e}\u{ff0e}\u{ff0f}\u{ff21}ccount", "/account"),
-            // Unicode case mappings to ASCII letters (review RF).
+            // Non-ASCII letters in lower case, and Unicode case mappings to ASCII letters
+            // (review RF).
+            ("/%C3%9Cbersicht/\u{dc}BER", "/\u{fc}bersicht/\u{fc}ber"),
             ("/%C5%BFettings", "/settings"),
             ("/\u{17f}ETTINGS", "/settings"),
             ("/%u017Fettings", "/settings"),
@@ -732,7 +747,7 @@ mod tests {
             ),
             (
                 "/%EF%AC%87%C3%9E%C5%BE%E2%84%AB",
-                "/\u{fb07}\u{de}\u{17e}\u{212b}",
+                "/\u{fb07}\u{fe}\u{17e}\u{e5}",
             ),
         ] {
             assert_eq!(origin_reading(path), reading, "{path:?}");
