@@ -419,6 +419,15 @@ mod tests {
                 "{value}"
             );
         }
+        // IIS's `%u002e` and an overlong `%c0%ae` are no dots to a client that follows
+        // the value (browsers send them as they are): invalidated as spelled (review RF).
+        for value in ["/x/%u002e%u002e/b", "/x/%c0%ae%c0%ae/b"] {
+            assert_eq!(
+                location("/a", Some("site.example"), value),
+                Some(format!("http://site.example{value}")),
+                "{value}"
+            );
+        }
         assert_eq!(location("/a", Some("site.example"), "#top"), None);
         assert_eq!(
             location("/a/b", Some("site.example"), "%2e%2E/c").as_deref(),
