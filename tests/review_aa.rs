@@ -873,8 +873,8 @@ struct Sent {
     base: Option<usize>,
 }
 
-/// `http://Example.COM:80` → `http://example.com`: scheme and authority as the key spells
-/// them (case folded, the scheme's default port dropped).
+/// `http://Example.COM.:80` → `http://example.com`: scheme and authority as the key
+/// spells them (case folded, a name's trailing dot and the scheme's default port dropped).
 fn key_authority(origin: &str) -> String {
     let lower = origin.to_ascii_lowercase();
     let default = if lower.starts_with("https://") {
@@ -883,7 +883,21 @@ fn key_authority(origin: &str) -> String {
         ":80"
     };
     let lower = lower.strip_suffix(default).unwrap_or(&lower);
-    lower.strip_suffix(':').unwrap_or(lower).to_string()
+    let lower = lower.strip_suffix(':').unwrap_or(lower);
+    let (scheme, authority) = lower.split_once("://").unwrap_or(("", lower));
+    // The pool's hosts have no IPv6 literal: a `:` is the port's.
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let host = match host.strip_suffix('.') {
+        Some(name) if !name.is_empty() && !name.ends_with('.') => name,
+        _ => host,
+    };
+    match port {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
 }
 
 /// A field value as the layer compares variants (README, "Variants"): the `Accept*` lists

@@ -20,8 +20,8 @@
 //! `Content-Location`.
 //!
 //! The oracle (`Oracle::check`), for each answer whose serial names an origin response R:
-//! same effective URI (scheme `http`, host case-folded, default port dropped, trailing dot
-//! and path and query byte for byte, as README "Keys" documents); the request's values of
+//! same effective URI (scheme `http`, host case-folded, its trailing dot and the default
+//! port dropped, path and query byte for byte, as README "Keys" documents); the request's values of
 //! R's `Vary` fields equal to those R was made for (byte for byte; `Accept-Encoding` by
 //! meaning, as README "Variants" documents); no `Vary: *`, `private`, `no-store` or
 //! unshareable authorized response reused; no `Set-Cookie` and no field R named in
@@ -732,6 +732,11 @@ fn normalise_authority(authority: &str) -> Option<String> {
     {
         return None;
     }
+    // DNS's one trailing dot names the same host.
+    let host = match host.strip_suffix('.') {
+        Some(name) if !name.is_empty() && !name.ends_with('.') => name.to_string(),
+        _ => host,
+    };
     match port.as_deref() {
         None | Some("80") => Some(host),
         Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
@@ -1954,8 +1959,11 @@ fn the_oracle_refuses_another_variant_uri_or_an_unkeyable_request() {
     other_path.target = "/A".into();
     assert!(oracle.check(&other_path, &answer, &[], now).is_err());
     let mut other_host = get(0, &[("x-tenant", "t1")]);
-    other_host.host = Some("example.com.".into());
+    other_host.host = Some("example.org".into());
     assert!(oracle.check(&other_host, &answer, &[], now).is_err());
+    let mut fqdn = get(0, &[("x-tenant", "t1")]);
+    fqdn.host = Some("Example.com.".into());
+    assert!(oracle.check(&fqdn, &answer, &[], now).is_ok());
     let mut odd = get(0, &[("x-tenant", "t1")]);
     odd.target = "http://example.com/a".into();
     odd.host = Some("other.test".into());

@@ -110,7 +110,19 @@ pub(super) fn same_origin(
         None => None,
         Some(_) => {
             let theirs = RequestTarget::from_parts(default_scheme, &uri, &HeaderMap::new()).ok()?;
-            (theirs == own).then_some(uri)
+            if theirs.authority() != own.authority() {
+                return None;
+            }
+            if theirs.scheme() == own.scheme() {
+                return Some(uri);
+            }
+            // The same host in the other scheme: behind a TLS terminator the layer keys
+            // `http://` while the application names its public `https://` URLs (and an
+            // `https` layer's may name `http://` ones). The page a client that follows
+            // it reads is the one the layer keys in its own scheme, as `purge_uri` of
+            // the public URL purges it. Another host or port is another origin.
+            let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            format!("{own}{path}").parse().ok()
         }
     }
 }
@@ -339,11 +351,24 @@ mod tests {
         for other in [
             "http://other.example/c",
             "http://site.example:8080/c",
-            "https://site.example/c",
+            "https://site.example:8443/c",
+            "https://site.example:80/c",
+            "https://other.example/c",
             "mailto:x@site.example",
             "//other.example/c",
         ] {
             assert_eq!(location("/a", Some("site.example"), other), None, "{other}");
+        }
+        // The same host in the other scheme names the page in the layer's own (review RF).
+        for (value, resolved) in [
+            ("https://Site.example/c?x", "http://site.example/c?x"),
+            ("https://site.example:443/c/../d", "http://site.example/d"),
+        ] {
+            assert_eq!(
+                location("/a", Some("site.example"), value).as_deref(),
+                Some(resolved),
+                "{value}"
+            );
         }
         // Relative references resolve against the target (RFC 3986 §5.2).
         for (target, value, resolved) in [
@@ -391,6 +416,15 @@ mod tests {
             assert_eq!(
                 location("/x", Some("site.example"), value).as_deref(),
                 Some(resolved),
+                "{value}"
+            );
+        }
+        // IIS's `%u002e` and an overlong `%c0%ae` are no dots to a client that follows
+        // the value (browsers send them as they are): invalidated as spelled (review RF).
+        for value in ["/x/%u002e%u002e/b", "/x/%c0%ae%c0%ae/b"] {
+            assert_eq!(
+                location("/a", Some("site.example"), value),
+                Some(format!("http://site.example{value}")),
                 "{value}"
             );
         }

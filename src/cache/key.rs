@@ -103,8 +103,11 @@ pub enum InvalidTarget {
 /// the single `Host` field; when both are present they must agree. It must be
 /// `host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered name of letters,
 /// digits, `-`, `.`, `_` and `~`, an IPv4 address, or a bracketed IPv6 address. Scheme and
-/// host are lower-cased and the scheme's default port dropped, so `Example.COM:80` and
-/// `example.com` are one key, while nothing an origin could tell apart is merged.
+/// host are lower-cased, a name's trailing dot (DNS's fully qualified form) and the
+/// scheme's default port dropped, and an IPv6 address written in RFC 5952's form, so
+/// `Example.COM.:80` and `example.com` are one key, and `[0:0::1]` and `[::1]`.
+/// A miss asks the origin with this spelling ([`MemcacheLayer`](super::MemcacheLayer)
+/// respells `Host`), so what is stored under the key is the origin's answer for it.
 ///
 /// A server in front of the cache can use it to refuse what the cache would not key:
 ///
@@ -112,7 +115,7 @@ pub enum InvalidTarget {
 /// use http::Request;
 /// use tower_memcache::cache::{InvalidTarget, RequestTarget};
 ///
-/// let ok = Request::get("/b").header("host", "Example.com:80").body(()).unwrap();
+/// let ok = Request::get("/b").header("host", "Example.com.:80").body(()).unwrap();
 /// let target = RequestTarget::from_parts("http", ok.uri(), ok.headers()).unwrap();
 /// assert_eq!(target.authority(), "example.com");
 ///
@@ -147,8 +150,8 @@ impl RequestTarget {
         self.scheme
     }
 
-    /// `host[:port]`, lower-cased, without the scheme's default port; empty when the
-    /// request named none.
+    /// `host[:port]`, lower-cased, without a name's trailing dot or the scheme's default
+    /// port; empty when the request named none.
     pub fn authority(&self) -> &str {
         &self.authority
     }
@@ -214,18 +217,19 @@ fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), Inva
         let literal =
             std::str::from_utf8(&raw[1..close]).map_err(|_| InvalidTarget::MalformedAuthority)?;
         // IPv6 only (no IPvFuture, no zone): what std parses is what an origin can route.
-        if literal.parse::<Ipv6Addr>().is_err() {
+        let Ok(address) = literal.parse::<Ipv6Addr>() else {
             return Err(InvalidTarget::MalformedAuthority);
-        }
+        };
         let port = match &raw[close + 1..] {
             [] => None,
             [b':', port @ ..] => Some(port),
             _ => return Err(InvalidTarget::MalformedAuthority),
         };
+        // In RFC 5952's form (std's `Display`: lower case, zeros compressed), so
+        // `[0:0:0:0:0:0:0:1]` and `[::1]` are one key, which a purge of either reaches.
         out.push('[');
-        out.push_str(literal);
+        out.push_str(&address.to_string());
         out.push(']');
-        out[start..].make_ascii_lowercase();
         port
     } else {
         let (host, port) = match memchr::memrchr(b':', raw) {
@@ -235,6 +239,14 @@ fn push_authority(scheme: &str, raw: &[u8], out: &mut String) -> Result<(), Inva
         if host.is_empty() {
             return Err(InvalidTarget::MalformedAuthority);
         }
+        // DNS's trailing dot (`example.com.`, the fully qualified spelling a browser sends
+        // for `http://example.com./`) names the same host: keyed apart, no purge or
+        // invalidation of `example.com` reached its entry. Only one dot after a label:
+        // `example.com..` and `.` are no such spelling, and stay names of their own.
+        let host = match host.split_last() {
+            Some((b'.', name)) if name.last().is_some_and(|byte| *byte != b'.') => name,
+            _ => host,
+        };
         out.reserve(raw.len());
         // One pass checks, lower-cases and copies (this runs on every request; a check, a
         // UTF-8 pass and a lower-casing pass cost three times as much, and chunks
@@ -368,7 +380,7 @@ impl Canonical {
     /// Gives a request about to go to the inner service the authority its key holds, in
     /// `Host` (added when the target alone named it) and in an absolute target (HTTP/2's
     /// `:authority`), where the client spelled it otherwise. The key merges
-    /// `API.example.com:80` with `api.example.com`; the answer it stores must then be the
+    /// `API.example.com.:80` with `api.example.com`; the answer it stores must then be the
     /// one for the key's spelling, or an application that tells its virtual hosts apart by
     /// name (a string comparison) would answer the odd spelling with its default site,
     /// stored for every client of the named one.
@@ -515,6 +527,8 @@ mod tests {
             "EXAMPLE.com:80",
             "example.com:",
             "example.com:0080",
+            "example.com.",
+            "Example.com.:80",
         ] {
             assert_eq!(valid("/x", &[host]), "GET http://example.com/x", "{host}");
         }
@@ -526,9 +540,33 @@ mod tests {
             );
         }
         assert_eq!(valid("/x", &["a:000"]), "GET http://a:0/x");
+        // One trailing dot after a label is DNS's; other dots are the name's own.
+        assert_eq!(
+            valid("/x", &["127.0.0.1.:8080"]),
+            "GET http://127.0.0.1:8080/x"
+        );
+        for odd in ["example.com..", ".", "..", ".example.com"] {
+            assert_eq!(valid("/x", &[odd]), format!("GET http://{odd}/x"), "{odd}");
+        }
+        assert_eq!(
+            valid("http://example.com./x", &["example.com"]),
+            "GET http://example.com/x"
+        );
         assert_eq!(valid("/x", &["a:10"]), "GET http://a:10/x");
         assert_eq!(valid("/x", &["[::1]:3000"]), "GET http://[::1]:3000/x");
         assert_eq!(valid("/x", &["[FE80::1]"]), "GET http://[fe80::1]/x");
+        // An IPv6 address in RFC 5952's form, however it was written.
+        for spelling in ["[0:0:0:0:0:0:0:1]:3000", "[::0001]:3000", "[0::1]:03000"] {
+            assert_eq!(
+                valid("/x", &[spelling]),
+                "GET http://[::1]:3000/x",
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            valid("/x", &["[FE80:0:0:0:0:0:0:A]"]),
+            "GET http://[fe80::a]/x"
+        );
         assert_eq!(
             valid("/x", &["127.0.0.1:3000"]),
             "GET http://127.0.0.1:3000/x"
@@ -678,14 +716,15 @@ mod tests {
                 let close = memchr::memchr(b']', raw).ok_or(InvalidTarget::MalformedAuthority)?;
                 let literal = std::str::from_utf8(&raw[1..close])
                     .map_err(|_| InvalidTarget::MalformedAuthority)?;
-                if literal.parse::<Ipv6Addr>().is_err() {
+                let Ok(address) = literal.parse::<Ipv6Addr>() else {
                     return Err(InvalidTarget::MalformedAuthority);
-                }
-                match &raw[close + 1..] {
-                    [] => (&raw[..=close], None),
-                    [b':', port @ ..] => (&raw[..=close], Some(port)),
+                };
+                let port = match &raw[close + 1..] {
+                    [] => None,
+                    [b':', port @ ..] => Some(port),
                     _ => return Err(InvalidTarget::MalformedAuthority),
-                }
+                };
+                (format!("[{address}]").into_bytes(), port)
             } else {
                 let (host, port) = match memchr::memrchr(b':', raw) {
                     Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
@@ -695,7 +734,11 @@ mod tests {
                 if host.is_empty() || !host.iter().all(reg_name) {
                     return Err(InvalidTarget::MalformedAuthority);
                 }
-                (host, port)
+                let fqdn = host.len() > 1 && host.ends_with(b".") && !host.ends_with(b"..");
+                (
+                    if fqdn { &host[..host.len() - 1] } else { host }.to_vec(),
+                    port,
+                )
             };
             let port = match port {
                 None | Some([]) => None,
@@ -710,7 +753,7 @@ mod tests {
                     Some(port)
                 }
             };
-            let mut out = std::str::from_utf8(host).unwrap().to_ascii_lowercase();
+            let mut out = std::str::from_utf8(&host).unwrap().to_ascii_lowercase();
             let default_port = if scheme == "https" { 443 } else { 80 };
             if let Some(port) = port.filter(|port| *port != default_port) {
                 out.push_str(&format!(":{port}"));
@@ -727,7 +770,7 @@ mod tests {
             fn push_authority_agrees_with_three_passes(
                 raw in prop_oneof![
                     host_bytes(),
-                    "(Example\\.COM|127\\.0\\.0\\.1|\\[::1\\]|\\[FE80::A\\]|\\[::g\\])(:[0-9]{0,7})?"
+                    "(Example\\.COM\\.{0,2}|\\.|127\\.0\\.0\\.1\\.?|\\[::1\\]|\\[0:0:0:0:0:0:0:1\\]|\\[FE80:0::A\\]|\\[::FFFF:1\\.2\\.3\\.4\\]|\\[::g\\])(:[0-9]{0,7})?"
                         .prop_map(String::into_bytes),
                 ],
                 https in any::<bool>(),

@@ -70,8 +70,10 @@ impl<B: Backend> Purger<B> {
 
     /// Invalidates the cached GET (and HEAD) responses of an absolute URI, every variant.
     ///
-    /// Scheme and host are compared without case and the scheme's default port is
-    /// dropped (`HTTPS://Example.com:443/a` is `https://example.com/a`). Whichever scheme
+    /// Scheme and host are compared without case, and a name's trailing dot and the
+    /// scheme's default port are dropped (`HTTPS://Example.com.:443/a` is
+    /// `https://example.com/a`, and purges what clients that sent `Host: example.com.`
+    /// were answered, which is keyed as `example.com`'s). Whichever scheme
     /// the URI names, the page is purged in the layer's own scheme too
     /// ([`default_scheme`](super::MemcacheLayer::default_scheme), the only one it stores):
     /// behind a TLS terminator the layer keys pages `http://`, while the URL purged is the
@@ -79,7 +81,7 @@ impl<B: Backend> Purger<B> {
     /// namespace stores it, is purged as well: a miss at most.)
     ///
     /// Otherwise the URI as spelled: where the origin answers other spellings with the
-    /// same page (`/News/1`, `/news/1/`, `/%6Eews/1`, `?b=2&a=1`, the host `example.com.`),
+    /// same page (`/News/1`, `/news/1/`, `/%6Eews/1`, `?b=2&a=1`),
     /// each is an entry of its own; [`purge_tag`](Self::purge_tag) reaches them all when
     /// the page carries a tag. A fragment (`#top`) is ignored, as clients never send one.
     /// The entry of a request that named no host (HTTP/1.0 without `Host`: its key has an

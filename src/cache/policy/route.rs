@@ -3,7 +3,7 @@
 //! A rule is matched against three readings of the request's path. The *rule reading*
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
-//! folded, escapes decoded again, IIS's `%u` escapes, overlong UTF-8 and fullwidth forms
+//! folded, Unicode letters whose case mapping is ASCII too, escapes decoded again, IIS's `%u` escapes, overlong UTF-8 and fullwidth forms
 //! read as ASCII, `\` as `/`, dot segments, `;` parameters, white space around segments
 //! and Windows' trailing dots and spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
 //! well). The
@@ -25,7 +25,9 @@ use std::time::Duration;
 /// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
-/// any letter case, with escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
+/// any letter case (non-ASCII letters too, `Ü` as `ü`; `ſ`, the Kelvin sign, `ı`, `İ`,
+/// `ß` and ligatures like `ﬁ` read as the ASCII letters their case mappings give), with
+/// escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
 /// an overlong UTF-8 `%c0%ae` or a fullwidth `%ef%bc%8e` read as `.`), `\` read as `/`,
 /// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`),
 /// white space around a segment trimmed as Spring does (`/%20account`) and its trailing
@@ -454,7 +456,8 @@ const DECODING_PASSES: usize = 2;
 /// servers), white space around a segment (Spring) and its trailing dots and spaces
 /// (Windows) dropped, cut at a decoded
 /// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
-/// case (case-insensitive routers and file systems), each segment's `;` parameters
+/// case (case-insensitive routers and file systems; non-ASCII letters too, and those
+/// whose case mapping is ASCII, such as `ſ`, as that ASCII), each segment's `;` parameters
 /// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
 /// segments and a trailing slash dropped. Only ever used to turn caching off or shorten
 /// a lifetime.
@@ -481,8 +484,20 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
         // A newline too: PCRE's `$` (nginx regex locations) matches before a final one.
         .position(|byte| matches!(byte, b'?' | b'#' | 0 | b'\n' | b'\r'))
         .unwrap_or(bytes.len());
-    let read_on = (end < bytes.len()).then(|| resolve_segments(&bytes));
-    (resolve_segments(&bytes[..end]), read_on)
+    let read_on = (end < bytes.len()).then(|| lower_case(resolve_segments(&bytes)));
+    (lower_case(resolve_segments(&bytes[..end])), read_on)
+}
+
+/// A reading with its non-ASCII letters in lower case too (`Ü` as `ü`), as routers that
+/// compare without case by Unicode's rules read them (ASP.NET Core's `OrdinalIgnoreCase`,
+/// Java's `equalsIgnoreCase`). No letter left after [`fold_to_ascii`] lower-cases to an
+/// ASCII byte, so no `/` or `.` appears here that the segments were not resolved with.
+fn lower_case(reading: String) -> String {
+    if reading.is_ascii() {
+        reading
+    } else {
+        reading.to_lowercase()
+    }
 }
 
 /// Decoded, lower-cased path bytes resolved as [`origin_reading`] says: `\` as `/`, `;`
@@ -572,39 +587,63 @@ fn wide_escape_at(bytes: &[u8], at: usize) -> Option<char> {
 
 /// Decoded bytes with the non-ASCII spellings of ASCII characters that lenient decoders
 /// read as those characters: overlong UTF-8 (`C0 AE` is `.` to IIS 4/5 and old Java
-/// decoders, CVE-2000-0884, CVE-2008-2938) and the fullwidth forms U+FF01 to U+FF5E
-/// (`．`, `／`, `＼`: Windows' best-fit mapping and NFKC read them as `.`, `/`, `\`).
+/// decoders, CVE-2000-0884, CVE-2008-2938), the fullwidth forms U+FF01 to U+FF5E (`．`,
+/// `／`, `＼`: Windows' best-fit mapping and NFKC read them as `.`, `/`, `\`), and the
+/// letters Unicode case mappings take to ASCII ones, which an origin that compares paths
+/// without case by Unicode's rules reads as those letters: `ſ` (U+017F) upper-cases to `S`
+/// and `ı` (U+0131) to `I` (Java's `equalsIgnoreCase`, JavaScript's and Python's
+/// `upper()`), the Kelvin sign (U+212A) lower-cases to `k` and `İ` (U+0130) to `i`
+/// (Java's `toLowerCase`), and `ß`, `ẞ` and the ligatures U+FB00 to U+FB06 case-fold to
+/// their letters (`ss`, `ff`, `fi`, ...: JavaScript's `toUpperCase`, Python's `casefold`).
+/// A fold is never longer than the bytes it replaces.
 fn fold_to_ascii(bytes: Vec<u8>) -> Vec<u8> {
     if !bytes
         .iter()
-        .any(|byte| matches!(byte, 0xc0 | 0xc1 | 0xe0 | 0xef | 0xf0))
+        .any(|byte| matches!(byte, 0xc0..=0xc5 | 0xe0..=0xe2 | 0xef | 0xf0))
     {
         return bytes;
     }
+    const LIGATURES: [&[u8]; 7] = [b"ff", b"fi", b"fl", b"ffi", b"ffl", b"st", b"st"];
     let continues = |byte: u8| byte & 0xc0 == 0x80;
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let (ascii, len) = match bytes[i..] {
+        // The ASCII byte an overlong or fullwidth form stands for.
+        let mut one = [0u8];
+        let (ascii, len): (&[u8], usize) = match bytes[i..] {
             [lead @ (0xc0 | 0xc1), second, ..] if continues(second) => {
-                (Some(((lead & 0x1f) << 6) | (second & 0x3f)), 2)
+                one[0] = ((lead & 0x1f) << 6) | (second & 0x3f);
+                (&one, 2)
             }
             [0xe0, second @ (0x80 | 0x81), third, ..] if continues(third) => {
-                (Some(((second & 0x3f) << 6) | (third & 0x3f)), 3)
+                one[0] = ((second & 0x3f) << 6) | (third & 0x3f);
+                (&one, 3)
             }
             [0xf0, 0x80, third @ (0x80 | 0x81), fourth, ..] if continues(fourth) => {
-                (Some(((third & 0x3f) << 6) | (fourth & 0x3f)), 4)
+                one[0] = ((third & 0x3f) << 6) | (fourth & 0x3f);
+                (&one, 4)
             }
             // U+FF01..U+FF3F (EF BC 81..BF) and U+FF40..U+FF5E (EF BD 80..9E): the
             // character 0xFEE0 below.
-            [0xef, 0xbc, third @ 0x81..=0xbf, ..] => (Some(third - 0x60), 3),
-            [0xef, 0xbd, third @ 0x80..=0x9e, ..] => (Some(third - 0x20), 3),
-            _ => (None, 1),
+            [0xef, 0xbc, third @ 0x81..=0xbf, ..] => {
+                one[0] = third - 0x60;
+                (&one, 3)
+            }
+            [0xef, 0xbd, third @ 0x80..=0x9e, ..] => {
+                one[0] = third - 0x20;
+                (&one, 3)
+            }
+            // Case mappings to ASCII letters: ß, İ and ı, ſ, ẞ, the Kelvin sign, and
+            // the ligatures U+FB00..U+FB06.
+            [0xc3, 0x9f, ..] => (b"ss", 2),
+            [0xc4, 0xb0 | 0xb1, ..] => (b"i", 2),
+            [0xc5, 0xbf, ..] => (b"s", 2),
+            [0xe1, 0xba, 0x9e, ..] => (b"ss", 3),
+            [0xe2, 0x84, 0xaa, ..] => (b"k", 3),
+            [0xef, 0xac, third @ 0x80..=0x86, ..] => (LIGATURES[usize::from(third - 0x80)], 3),
+            _ => (&bytes[i..=i], 1),
         };
-        match ascii {
-            Some(byte) => out.push(byte),
-            None => out.extend_from_slice(&bytes[i..i + len]),
-        }
+        out.extend_from_slice(ascii);
         i += len;
     }
     out
@@ -692,6 +731,24 @@ mod tests {
             ("/%c0", "/\u{fffd}"),
             ("/%ef%bc%80", "/\u{ff00}"),
             ("/x/\u{ff0e}\u{ff0e}\u{ff0f}\u{ff21}ccount", "/account"),
+            // Non-ASCII letters in lower case, and Unicode case mappings to ASCII letters
+            // (review RF).
+            ("/%C3%9Cbersicht/\u{dc}BER", "/\u{fc}bersicht/\u{fc}ber"),
+            ("/%C5%BFettings", "/settings"),
+            ("/\u{17f}ETTINGS", "/settings"),
+            ("/%u017Fettings", "/settings"),
+            ("/%25C5%25BFettings", "/settings"),
+            ("/SETT%C4%B0NGS/sett%c4%b1ngs", "/settings/settings"),
+            ("/%E2%84%AAiosk", "/kiosk"),
+            ("/acce%C3%9F/acce\u{1e9e}", "/access/access"),
+            (
+                "/%EF%AC%80%EF%AC%81%EF%AC%82%EF%AC%83%EF%AC%84%EF%AC%85%EF%AC%86",
+                "/fffiflffifflstst",
+            ),
+            (
+                "/%EF%AC%87%C3%9E%C5%BE%E2%84%AB",
+                "/\u{fb07}\u{fe}\u{17e}\u{e5}",
+            ),
         ] {
             assert_eq!(origin_reading(path), reading, "{path:?}");
         }
