@@ -247,30 +247,27 @@ where
         let entry = stale.as_ref()?;
         if let Some(held) = &held {
             let freshness = stored::freshness(&held.meta, now_ms());
-            if freshness.usable_on_error(&plan.request_cc) {
+            let answered = if freshness.usable_on_error(&plan.request_cc) {
+                Some(Answered::StaleIfError { fwd, fwd_status })
+            } else {
+                let bound = shared.config.stale_if_unreachable.filter(|_| unreachable);
+                bound
+                    .filter(|bound| freshness.usable_when_unreachable(&plan.request_cc, *bound))
+                    .map(|_| {
+                        tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
+                        Answered::StaleIfUnreachable { fwd }
+                    })
+            };
+            if let Some(answered) = answered {
                 tally.served();
                 return Some(shared.answer_counted(
                     held,
                     &freshness,
                     request_headers,
                     is_head,
-                    Answered::StaleIfError { fwd, fwd_status },
+                    answered,
                     counted,
                 ));
-            }
-            if let Some(bound) = shared.config.stale_if_unreachable.filter(|_| unreachable) {
-                if freshness.usable_when_unreachable(&plan.request_cc, bound) {
-                    tracing::debug!(key = %plan.key, "origin unreachable: stale entry served");
-                    tally.served();
-                    return Some(shared.answer_counted(
-                        held,
-                        &freshness,
-                        request_headers,
-                        is_head,
-                        Answered::StaleIfUnreachable { fwd },
-                        counted,
-                    ));
-                }
             }
         }
         // Nothing stands in: a `must-revalidate` entry its lookup found answers 504.
