@@ -444,20 +444,26 @@ impl<B: Backend> Storage<B> {
     async fn ensure_generation(&self, route: &str) -> Option<u64> {
         let key = &*self.generation_key;
         let fresh = unique();
+        // A namespace new on this server (a cold server, a flush, an eviction): its
+        // tag-purge mark starts with it, as created (no tag purge since), or a first fill
+        // would take the mark's absence for an eviction that may hide a tag purge
+        // (`Storage::tag_purged_since`) and write a purge nobody made, refusing every
+        // tagged fill requested before it. Added before the generation: a fill can only
+        // have read a generation written after it, so never finds one without its mark
+        // (written after, it was missing in between to fills that read the new one).
+        // Added: a purge's mark stays. Added when another request creates the generation
+        // meanwhile as well: that generation is as new, and a tag purge since would have
+        // written the mark first, so the add finds it.
+        let value = Bytes::from(format!("{fresh}{CREATED}"));
+        let add = self
+            .backend
+            .add_by_key(route, &self.tag_purges_key, value, 0, Lifetime::NEVER);
+        let _ = self.timed("tag purge mark add", add).await;
         let value = Bytes::from(fresh.to_string());
         let add = self
             .backend
             .add_by_key(route, key, value, 0, Lifetime::NEVER);
         if self.timed("generation add", add).await? {
-            // A namespace new on this server (a cold server, a flush, an eviction): its
-            // tag-purge mark starts with it, as created (no tag purge since), or a first
-            // fill would take the mark's absence for an eviction that may hide a tag purge
-            // (`Storage::tag_purged_since`). Added: a purge's mark stays.
-            let value = Bytes::from(format!("{fresh}{CREATED}"));
-            let add =
-                self.backend
-                    .add_by_key(route, &self.tag_purges_key, value, 0, Lifetime::NEVER);
-            let _ = self.timed("tag purge mark add", add).await;
             return Some(fresh);
         }
         let [generation] = self.read("generation get", route, &[key]).await?;
