@@ -25,7 +25,7 @@ use std::time::Duration;
 /// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
-/// any letter case (non-ASCII letters too, `Ü` as `ü`; `ſ`, the Kelvin sign, `ı`, `İ`,
+/// any letter case (non-ASCII letters too, `Ü` as `ü`, `ς` as `σ`; `ſ`, the Kelvin sign, `ı`, `İ`,
 /// `ß` and ligatures like `ﬁ` read as the ASCII letters their case mappings give), with
 /// escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
 /// an overlong UTF-8 `%c0%ae` or a fullwidth `%ef%bc%8e` read as `.`), `\` read as `/`,
@@ -492,12 +492,26 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
 /// compare without case by Unicode's rules read them (ASP.NET Core's `OrdinalIgnoreCase`,
 /// Java's `equalsIgnoreCase`). No letter left after [`fold_to_ascii`] lower-cases to an
 /// ASCII byte, so no `/` or `.` appears here that the segments were not resolved with.
+///
+/// Each character on its own, as those routers compare: `str::to_lowercase` writes `Σ`
+/// as `ς` at a word's end and `σ` elsewhere, so a rule's `/ΛΟΓΑΡΙΑΣ` read `/λογαριας`,
+/// no prefix of `/λογαριασμος`. And through its upper case: letters that upper-case
+/// alike are one to them (`ς` and `σ`, `µ` and `μ`, `ϐ` and `β`), as `Ü` and `ü` are.
 fn lower_case(reading: String) -> String {
     if reading.is_ascii() {
-        reading
-    } else {
-        reading.to_lowercase()
+        return reading;
     }
+    let mut folded = String::with_capacity(reading.len());
+    for c in reading.chars() {
+        let mut upper = c.to_uppercase();
+        // An upper case of several letters (`ŉ` is `ʼN`) is no one letter's: as it is.
+        let one = match (upper.next(), upper.next()) {
+            (Some(one), None) => one,
+            _ => c,
+        };
+        folded.extend(one.to_lowercase());
+    }
+    folded
 }
 
 /// Decoded, lower-cased path bytes resolved as [`origin_reading`] says: `\` as `/`, `;`
@@ -735,6 +749,16 @@ mod tests {
             // (review RF).
             ("/%C3%9Cbersicht/\u{dc}BER", "/\u{fc}bersicht/\u{fc}ber"),
             ("/%C5%BFettings", "/settings"),
+            // Each letter on its own, through its upper case: `Σ`, `ς` and `σ` alike
+            // wherever they stand, `µ` as `μ` (review RJ).
+            (
+                "/\u{39b}\u{3a3}/\u{3bb}\u{3c2}x",
+                "/\u{3bb}\u{3c3}/\u{3bb}\u{3c3}x",
+            ),
+            (
+                "/%CE%A3%CF%82%CF%83/%C2%B5",
+                "/\u{3c3}\u{3c3}\u{3c3}/\u{3bc}",
+            ),
             ("/\u{17f}ETTINGS", "/settings"),
             ("/%u017Fettings", "/settings"),
             ("/%25C5%25BFettings", "/settings"),
