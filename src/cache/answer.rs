@@ -40,6 +40,12 @@ pub(super) enum Answered {
     },
     /// It stands in, stale, for an origin that could not be reached.
     StaleIfUnreachable { fwd: Forward },
+    /// Stored by another request while this one was at the origin, which failed; usable
+    /// for this request as it is (fresh, or within its `max-stale`).
+    StoredMeanwhile {
+        fwd: Forward,
+        fwd_status: Option<u16>,
+    },
 }
 
 /// How an answer from an entry is counted in the statistics.
@@ -71,6 +77,12 @@ impl Answered {
                 fwd_status,
                 ttl: ttl(),
                 detail: Detail::StaleIfError,
+            },
+            Self::StoredMeanwhile { fwd, fwd_status } => Outcome::StoodIn {
+                fwd,
+                fwd_status,
+                ttl: ttl(),
+                detail: Detail::StoredMeanwhile,
             },
             Self::StaleIfUnreachable { fwd } => Outcome::StoodIn {
                 fwd,

@@ -379,8 +379,9 @@ impl<B: Backend> Shared<B> {
             }
         }
         // The backend could not tell (or kept telling of someone faster): go unguarded
-        // (nothing will be stored), sharing the response only with requests that looked
-        // before it goes out.
+        // (no placeholder of its own; stored only over what the exchange's lookup saw, if
+        // still there: another request's placeholder, alongside it, never an empty key),
+        // sharing the response only with requests that looked before it goes out.
         filler.guard = None;
         filler.mark(UNGUARDED, &found, placed());
         Coordinated::Go(filler)

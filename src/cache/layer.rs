@@ -449,8 +449,8 @@ impl<B: Backend> MemcacheLayer<B> {
     /// answer says `Cache-Status: …; fwd=stale; ttl=-N; detail=origin-unreachable`. As
     /// within `stale-if-error`, only while memcached still holds the stale response (read
     /// again after the failure; one purged meanwhile, or memcached unreadable then, gives
-    /// the origin's failure; one replaced meanwhile leaves its replacement, when usable so,
-    /// to stand in). Entries stay in memcached that much longer. Defaults to
+    /// the origin's failure; one replaced meanwhile leaves its replacement, when usable so
+    /// or fresh enough for the request, to stand in). Entries stay in memcached that much longer. Defaults to
     /// `None`: stale only within `stale-if-error`.
     ///
     /// ```

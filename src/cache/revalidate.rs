@@ -31,6 +31,7 @@ use crate::cache::policy::conditional::{
     add_validators, has_preconditions, has_validators, names_another_representation,
     same_representation, selects_for_update,
 };
+use crate::cache::policy::freshness::Reuse;
 use crate::cache::policy::is_hop_by_hop;
 use crate::cache::policy::{NotStorable, PER_CLIENT_FIELDS};
 use crate::cache::stats::CacheStats;
@@ -138,12 +139,13 @@ impl<B: Backend> Shared<B> {
 /// in. When memcached cannot be read, nothing is known to be held, and nothing stands in
 /// (a backend failure is a miss, as it is for the lookup: the origin's answer passes). A
 /// purge that returned took memcached's answer, and an unreadable server (dead since, or
-/// slowed past the timeout, maybe on purpose) must not make up for it.
+/// slowed past the timeout, maybe on purpose) must not make up for it. With the entry,
+/// whether it replaced the one first read.
 async fn held_now<B: Backend>(
     shared: &Shared<B>,
     ex: &Exchange,
     request_headers: &http::HeaderMap,
-) -> Option<Arc<Entry>> {
+) -> Option<(Arc<Entry>, bool)> {
     ex.found.entry.as_ref()?;
     let plan = &ex.plan;
     match shared
@@ -152,18 +154,17 @@ async fn held_now<B: Backend>(
         .await
     {
         Lookup::Found(found) => {
+            let replaced = found.slot != ex.found.slot || found.generation != ex.found.generation;
             match &found.entry {
                 None => {
                     tracing::debug!(key = %plan.key, "the stale entry was purged while the origin was asked; not stood in");
                 }
-                Some(_)
-                    if found.slot != ex.found.slot || found.generation != ex.found.generation =>
-                {
+                Some(_) if replaced => {
                     tracing::debug!(key = %plan.key, "the stale entry was replaced while the origin was asked; the replacement may stand in");
                 }
                 Some(_) => {}
             }
-            found.entry
+            found.entry.map(|entry| (entry, replaced))
         }
         Lookup::Unavailable => {
             tracing::debug!(key = %plan.key, "memcached unreadable: whether the stale entry was purged is unknown; not stood in");
@@ -240,14 +241,24 @@ where
     let resend = (ours && caller == For::Client).then(|| RequestHead::of(&request));
     let outcome = inner.call(request).await;
     // `held`: what memcached holds for the request once the origin failed (see
-    // `held_now`): the stale entry, or what replaced it; nothing once purged.
+    // `held_now`): the stale entry, or what replaced it (`true`); nothing once purged.
     // `fwd_status`: what the origin answered, when it answered (not a gateway's own
     // error for an origin it could not reach), said in `Cache-Status`.
-    let stale_fallback = |unreachable: bool, held: Option<Arc<Entry>>, fwd_status: Option<u16>| {
+    let stale_fallback = |unreachable: bool,
+                          held: Option<(Arc<Entry>, bool)>,
+                          fwd_status: Option<u16>| {
         let entry = stale.as_ref()?;
-        if let Some(held) = &held {
+        if let Some((held, replaced)) = &held {
             let freshness = stored::freshness(&held.meta, now_ms());
-            let answered = if freshness.usable_on_error(&plan.request_cc) {
+            let reuse = freshness.reuse(&plan.request_cc);
+            let answered = if *replaced && matches!(reuse, Reuse::Fresh | Reuse::StaleAccepted) {
+                // Stored meanwhile (another process's refresh or fill) and good for this
+                // request as it is, as any lookup now would answer it: no stale window
+                // needed. (The entry first read never is: it sent the request forward,
+                // and it only ages.)
+                tracing::debug!(key = %plan.key, "a response stored while the origin was asked answers its failure");
+                Some(Answered::StoredMeanwhile { fwd, fwd_status })
+            } else if freshness.usable_on_error(&plan.request_cc) {
                 Some(Answered::StaleIfError { fwd, fwd_status })
             } else {
                 let bound = shared.config.stale_if_unreachable.filter(|_| unreachable);

@@ -49,6 +49,9 @@ pub(crate) enum Detail {
     /// A stale response stood in for an origin that could not be reached (the layer's
     /// `stale_if_unreachable`, RFC 9111 §4.2.4).
     OriginUnreachable,
+    /// A response stored by another request while this one was at the origin answered
+    /// the origin's failure.
+    StoredMeanwhile,
     /// The origin could not be reached and the stored response may not be served stale.
     MustRevalidate,
     /// `only-if-cached` and nothing usable stored.
@@ -61,6 +64,7 @@ impl Detail {
             Self::BackendUnavailable => "backend-unavailable",
             Self::StaleIfError => "stale-if-error",
             Self::OriginUnreachable => "origin-unreachable",
+            Self::StoredMeanwhile => "stored-meanwhile",
             Self::MustRevalidate => "must-revalidate",
             Self::OnlyIfCached => "only-if-cached",
         }
