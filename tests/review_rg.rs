@@ -17,6 +17,7 @@ use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::{CacheMode, MemcacheLayer};
 
+use support::stand_in::{self, Meanwhile};
 use support::{Watch, bounded, send};
 use tower_memcache::backend::{Backend, BackendError, CasOutcome, Item, Lifetime};
 
@@ -99,82 +100,12 @@ fn stale_page(body: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-/// What happens to the URL while process A's revalidation is at its origin.
-#[derive(Clone, Copy, Debug)]
-enum Meanwhile {
-    /// Process B refreshes it (its own revalidation, stored over A's stale entry).
-    Refreshed,
-    /// A purge, then process B fills it anew.
-    PurgedAndRefilled,
-    /// A purge, and nothing since.
-    Purged,
-}
-
-/// Process A's revalidation of a stale entry, held at its origin while `meanwhile`
-/// happens through process B (same memcached), then failed with a 503: A's answer.
+/// Process A's revalidation of [`stale_page`], failing after `meanwhile` happened through
+/// process B, whose refill is usable on error too.
 async fn a_revalidation_failing_after(meanwhile: Meanwhile) -> support::Answer {
-    let backend = MemoryBackend::new();
-    let process = |backend: &MemoryBackend| {
-        support::layer(backend.clone())
-            .namespace("review-rg-stand-in")
-            .mode(CacheMode::Origin)
-    };
-    let (a_layer, b_layer) = (process(&backend), process(&backend));
-    let (a_watch, b_watch) = (Watch::of(&a_layer), Watch::of(&b_layer));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let a = a_layer.clone().layer(tower::service_fn({
-        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
-        move |_request: Request<()>| {
-            let call = calls.fetch_add(1, Ordering::SeqCst);
-            let release = Arc::clone(&release);
-            async move {
-                if call == 0 {
-                    return Ok::<_, Infallible>(stale_page("before"));
-                }
-                // The revalidation: held until the test lets it fail.
-                if let Ok(permit) = release.acquire().await {
-                    permit.forget();
-                }
-                let mut down = Response::new(Full::new(Bytes::from("origin down")));
-                *down.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                Ok(down)
-            }
-        }
-    }));
-    let b = b_layer.layer(tower::service_fn(|_request: Request<()>| async {
-        let mut response = Response::new(Full::new(Bytes::from("refilled")));
-        response.headers_mut().insert(
-            "cache-control",
-            HeaderValue::from_static("max-age=60, stale-if-error=600"),
-        );
-        Ok::<_, Infallible>(response)
-    }));
-    let url = "http://site.example/replaced";
-    let first = bounded("A's fill", send(&a, Method::GET, url, &[])).await;
-    assert_eq!(first.body, "before");
-    support::stores(&a_watch, 1).await;
-    let revalidating = tokio::spawn({
-        let a = a.clone();
-        async move { send(&a, Method::GET, url, &[]).await }
-    });
-    support::eventually("A's revalidation at its origin", || {
-        calls.load(Ordering::SeqCst) == 2
-    })
-    .await;
-    if matches!(meanwhile, Meanwhile::Purged | Meanwhile::PurgedAndRefilled) {
-        a_layer.purger().purge_uri(url).await.unwrap();
-    }
-    if matches!(
-        meanwhile,
-        Meanwhile::Refreshed | Meanwhile::PurgedAndRefilled
-    ) {
-        let b_answer = bounded("B's request", send(&b, Method::GET, url, &[])).await;
-        assert_eq!(b_answer.body, "refilled", "{meanwhile:?}");
-        support::stores(&b_watch, 1).await;
-    }
-    release.add_permits(1);
-    bounded("A's answer", revalidating).await.unwrap()
+    let first = || stale_page("before");
+    let refill = "max-age=60, stale-if-error=600";
+    stand_in::revalidation_failing_across_processes(first, meanwhile, refill, &[]).await
 }
 
 /// A stale entry replaced while its revalidation was at the origin (another process
@@ -189,7 +120,7 @@ async fn a_stale_entry_replaced_during_its_revalidation_lets_the_replacement_sta
     let answer = a_revalidation_failing_after(Meanwhile::Refreshed).await;
     assert_eq!(
         answer.body,
-        "refilled",
+        "refreshed",
         "the origin's failure, though memcached held a usable response ({})",
         answer.cache_status()
     );
@@ -201,7 +132,7 @@ async fn a_stale_entry_replaced_during_its_revalidation_lets_the_replacement_sta
     );
     // After a purge, what was filled since stands in, never what the purge removed.
     let answer = a_revalidation_failing_after(Meanwhile::PurgedAndRefilled).await;
-    assert_eq!(answer.body, "refilled", "{}", answer.cache_status());
+    assert_eq!(answer.body, "refreshed", "{}", answer.cache_status());
     // And after a purge alone, the origin's failure passes.
     let answer = a_revalidation_failing_after(Meanwhile::Purged).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");

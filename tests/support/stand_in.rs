@@ -109,3 +109,97 @@ pub fn assert_purged_not_served(answer: &Answer) {
     );
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// What happens to the URL while process A's revalidation is at its origin
+/// ([`revalidation_failing_across_processes`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Meanwhile {
+    /// Process B refreshes it (stored over A's stale entry, no purge).
+    Refreshed,
+    /// A purge, then process B fills it anew.
+    PurgedAndRefilled,
+    /// A purge, and nothing since.
+    Purged,
+}
+
+/// Two processes over one memcached (reviews RG and RK): process A stores `first`
+/// (stale on arrival), then revalidates it for a request with `headers`, held at A's
+/// origin while `meanwhile` happens through process B, whose origin answers
+/// `"refreshed"` with `Cache-Control: refreshed_with`; then A's origin fails with a 503.
+/// Returns A's answer.
+pub async fn revalidation_failing_across_processes(
+    first: fn() -> Response<Full<Bytes>>,
+    meanwhile: Meanwhile,
+    refreshed_with: &'static str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    use tower::Layer;
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let process = || {
+        super::layer(backend.clone())
+            .namespace("stand-in-across-processes")
+            .mode(tower_memcache::CacheMode::Origin)
+    };
+    let (a_layer, b_layer) = (process(), process());
+    let (a_watch, b_watch) = (Watch::of(&a_layer), Watch::of(&b_layer));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let a = a_layer.clone().layer(tower::service_fn({
+        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
+        move |_request: Request<()>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            let release = Arc::clone(&release);
+            async move {
+                if call == 0 {
+                    return Ok::<_, Infallible>(first());
+                }
+                // The revalidation: held until the test lets it fail.
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
+                Ok(origin_down())
+            }
+        }
+    }));
+    let b = b_layer.layer(tower::service_fn(move |_request: Request<()>| async move {
+        let mut response = Response::new(Full::new(Bytes::from("refreshed")));
+        let value = http::HeaderValue::from_static(refreshed_with);
+        response.headers_mut().insert("cache-control", value);
+        Ok::<_, Infallible>(response)
+    }));
+    let url = "http://site.example/across-processes";
+    let stored = super::bounded("A's fill", send(&a, Method::GET, url, &[])).await;
+    assert_eq!(stored.status, StatusCode::OK);
+    super::stores(&a_watch, 1).await;
+    let owned: Vec<(String, String)> = headers
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    let revalidating = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let fields: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
+            send(&a, Method::GET, url, &fields).await
+        }
+    });
+    super::eventually("A's revalidation at its origin", || {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    if matches!(meanwhile, Meanwhile::Purged | Meanwhile::PurgedAndRefilled) {
+        a_layer.purger().purge_uri(url).await.unwrap();
+    }
+    if matches!(
+        meanwhile,
+        Meanwhile::Refreshed | Meanwhile::PurgedAndRefilled
+    ) {
+        let b_answer = super::bounded("B's request", send(&b, Method::GET, url, &[])).await;
+        assert_eq!(b_answer.body, "refreshed", "{meanwhile:?}");
+        super::stores(&b_watch, 1).await;
+    }
+    release.add_permits(1);
+    super::bounded("A's answer", revalidating).await.unwrap()
+}
