@@ -113,14 +113,18 @@ pub(super) fn same_origin(
             if theirs.authority() != own.authority() {
                 return None;
             }
-            if theirs.scheme() == own.scheme() {
+            // Its scheme the target's, or the layer's own: the page as it names it (an
+            // absolute-form `POST https://…` to an `http` layer redirecting to its
+            // `http://` page names the page the layer keys for a client that follows).
+            if theirs.scheme() == own.scheme() || theirs.scheme() == default_scheme {
                 return Some(uri);
             }
             // The same host in the other scheme: behind a TLS terminator the layer keys
             // `http://` while the application names its public `https://` URLs (and an
             // `https` layer's may name `http://` ones). The page a client that follows
-            // it reads is the one the layer keys in its own scheme, as `purge_uri` of
-            // the public URL purges it. Another host or port is another origin.
+            // it reads is the one the layer keys in its own scheme (the target's, which
+            // is then the layer's), as `purge_uri` of the public URL purges it. Another
+            // host or port is another origin.
             let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
             format!("{own}{path}").parse().ok()
         }
@@ -359,6 +363,13 @@ mod tests {
         ] {
             assert_eq!(location("/a", Some("site.example"), other), None, "{other}");
         }
+        // An absolute-form target in the other scheme: a `Location` in the layer's own
+        // names the page as it is (not respelled into the target's scheme, where the
+        // layer keys nothing a client that follows it asks for).
+        assert_eq!(
+            location("https://site.example/a", None, "http://site.example/p").as_deref(),
+            Some("http://site.example/p")
+        );
         // The same host in the other scheme names the page in the layer's own (review RF).
         for (value, resolved) in [
             ("https://Site.example/c?x", "http://site.example/c?x"),
