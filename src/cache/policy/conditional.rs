@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::cache_control::split_directives;
+use super::date::parse_http_date;
 use super::freshness::http_date;
 
 /// The precondition fields a request may carry.
@@ -83,7 +84,7 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap, received: Sy
             .flat_map(split_directives)
             .any(|tag| tag == "*" || weak_match(tag.as_bytes(), etag.as_bytes()));
     }
-    let Some(since) = http_date(request, &header::IF_MODIFIED_SINCE) else {
+    let Some(since) = if_modified_since(request) else {
         return false;
     };
     let modified = http_date(stored, &header::LAST_MODIFIED)
@@ -170,23 +171,26 @@ pub(crate) fn selects_for_update(
     if has_validators(fresh) {
         return !names_another_representation(fresh, stored);
     }
-    if has_validators(stored)
-        || request.contains_key(header::IF_NONE_MATCH)
-        || request
-            .get_all(header::IF_MODIFIED_SINCE)
-            .iter()
-            .nth(1)
-            .is_some()
-    {
+    if has_validators(stored) || request.contains_key(header::IF_NONE_MATCH) {
         return false;
     }
-    match (
-        http_date(request, &header::IF_MODIFIED_SINCE),
-        http_date(stored, &header::DATE),
-    ) {
+    match (if_modified_since(request), http_date(stored, &header::DATE)) {
         (Some(since), Some(made)) => since <= made,
         _ => false,
     }
+}
+
+/// The request's `If-Modified-Since` date, if it has exactly one line and that line is a
+/// date. Several lines are a list of several members, which a recipient ignores (RFC 9110
+/// §13.1.3): the origin may read another of them (PHP behind FastCGI keeps the last), so
+/// neither the cache's own 304 nor a refresh may rest on the first.
+fn if_modified_since(request: &HeaderMap) -> Option<SystemTime> {
+    let mut lines = request.get_all(header::IF_MODIFIED_SINCE).iter();
+    let first = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    parse_http_date(first.to_str().ok()?, SystemTime::now())
 }
 
 /// Whether both carry the same `Last-Modified`: the same date, or, where either is not a
@@ -437,6 +441,27 @@ mod tests {
             &stored
         ));
         assert!(not_modified(&ask("sun nov  6 08:49:37 1994"), &stored));
+    }
+
+    /// Two `If-Modified-Since` lines are a list of two members, which a recipient ignores
+    /// (RFC 9110 §13.1.3): an origin may read the other one, so the cache's own 304 must
+    /// not rest on the first (a client could otherwise learn of, or keep, a page "not
+    /// modified" by a date the origin never judged).
+    #[test]
+    fn rfc9110_13_1_3_several_if_modified_since_lines_are_ignored() {
+        let stored = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let mut both = headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        both.append(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:00:00 GMT"),
+        );
+        assert!(!not_modified(&both, &stored));
+        let mut same_twice = headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        same_twice.append(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert!(!not_modified(&same_twice, &stored));
     }
 
     #[test]
