@@ -280,23 +280,28 @@ impl<B: Backend> Shared<B> {
                     // whose wait was over started it before the request waited at all):
                     // a wait too long to add is as good as forever (the placeholder's own
                     // time still ends it).
-                    let waits = live && self.config.lease.is_some() && {
-                        let deadline = *waiting.lease_until.get_or_insert_with(|| {
-                            Instant::now()
-                                .checked_add(self.config.lease_wait)
-                                .unwrap_or_else(|| {
-                                    Instant::now() + Duration::from_secs(86_400 * 365)
-                                })
-                        });
-                        Instant::now() < deadline
-                    };
-                    if waits {
+                    let wait_until = (live && self.config.lease.is_some())
+                        .then(|| {
+                            *waiting.lease_until.get_or_insert_with(|| {
+                                Instant::now()
+                                    .checked_add(self.config.lease_wait)
+                                    .unwrap_or_else(|| {
+                                        Instant::now() + Duration::from_secs(86_400 * 365)
+                                    })
+                            })
+                        })
+                        .filter(|deadline| Instant::now() < *deadline);
+                    if let Some(deadline) = wait_until {
                         tracing::debug!(key = %plan.key, "another request is refilling the URL; waiting for its entry");
                         // Waiting for another process's request, as a follower waits for
                         // this process's: `coalesced` counts both.
                         self.count_wait(waiting);
                         idle();
-                        tokio::time::sleep(self.config.lease_poll).await;
+                        // The last poll ends at the deadline, not a whole poll past it.
+                        let poll = Instant::now()
+                            .checked_add(self.config.lease_poll)
+                            .map_or(deadline, |next| next.min(deadline));
+                        tokio::time::sleep_until(poll).await;
                         None
                     } else if live && self.config.lease.is_none() {
                         // Not waiting for other processes: go now alongside it, and store
@@ -786,6 +791,38 @@ mod tests {
             answered.as_deref(),
             Some(&b"the other process's fill"[..]),
             "went to the origin alongside a live placeholder without waiting for it"
+        );
+    }
+
+    /// The last poll for another process's placeholder ends at the `lease_wait`
+    /// deadline: a request waited whole polls, so up to a `lease_poll` past it (1.4 s
+    /// for a 1 s wait polled every 0.7 s).
+    #[tokio::test(start_paused = true)]
+    async fn the_last_lease_poll_ends_at_the_lease_wait() {
+        use crate::cache::storage::{Placed, unique};
+
+        const LEASE_WAIT: Duration = Duration::from_secs(1);
+        let layer = MemcacheLayer::new(MemoryBackend::new())
+            .lease(Some(Duration::from_secs(30)))
+            .lease_wait(LEASE_WAIT, Duration::from_millis(700))
+            .coalesce_timeout(Duration::from_secs(5));
+        let shared = shared(&layer);
+        let request = get("http://site.example/polled");
+        let key = exchange_for(&shared, &request).await.plan.key;
+        // Another process's live placeholder, whose fill never comes.
+        let until = SystemTime::now() + Duration::from_secs(30);
+        let placed = shared.storage.place(&key, unique(), until).await;
+        assert!(matches!(placed, Placed::Mine(..)));
+        let ex = exchange_for(&shared, &request).await;
+        let started = tokio::time::Instant::now();
+        let went = shared
+            .coordinate(&ex, request.headers(), true, &mut Waiting::default())
+            .await;
+        let waited = started.elapsed();
+        assert!(matches!(went, Coordinated::Go(_)), "goes after its wait");
+        assert!(
+            waited >= LEASE_WAIT && waited <= LEASE_WAIT + Duration::from_millis(100),
+            "waited {waited:?} for a lease_wait of {LEASE_WAIT:?}"
         );
     }
 }
