@@ -615,6 +615,53 @@ async fn custom_key_fn_and_status_header_switch() {
     );
 }
 
+/// The `KeyFn` documentation's tenant key, built on `RequestTarget`: the spellings of a
+/// host share the tenant's entry (the origin is asked with one spelling), and an unsafe
+/// request to any of them invalidates it. Keyed on the raw `Host`, `Example.COM.` had its
+/// own entry, which a POST to `example.com` left served.
+#[tokio::test]
+async fn a_key_fn_on_the_validated_authority_keys_every_spelling_of_a_host_as_one() {
+    use tower_memcache::cache::{RequestHead, RequestTarget};
+    let origin = Origin::default();
+    let layer = support::layer(MemoryBackend::new())
+        .namespace("tenant-hosts")
+        .key_fn(|req: &RequestHead<'_>| {
+            let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
+            if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return None;
+            }
+            let site = RequestTarget::from_parts("http", req.uri, req.headers).ok()?;
+            let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            Some(format!("{tenant} {site}{target}"))
+        });
+    let stats = Watch::of(&layer);
+    let svc = service(layer, &origin);
+    let send_as = |method: Method, host: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let request = Request::builder()
+                .method(method)
+                .uri("/page")
+                .header("host", host)
+                .header("x-tenant", "a")
+                .body(())
+                .unwrap();
+            let response = svc.oneshot(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    assert_eq!(send_as(Method::GET, "Example.COM.").await, "/page call 1");
+    stores(&stats, 1).await;
+    assert_eq!(send_as(Method::GET, "example.com:80").await, "/page call 1");
+    assert_eq!(send_as(Method::GET, "example.com").await, "/page call 1");
+    send_as(Method::POST, "EXAMPLE.com").await;
+    assert_eq!(
+        send_as(Method::GET, "Example.COM.").await,
+        "/page call 3",
+        "the POST invalidated the page every spelling reads"
+    );
+}
+
 #[cfg(feature = "tcp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_memcached_still_answers_and_caching_resumes_within_a_second() {

@@ -30,10 +30,14 @@ pub struct RequestHead<'a> {
 /// key stands for everything the answer depends on: keep the host and the whole target
 /// (the query too, or `/search?q=b` is answered with the page of `?q=a`), and join the
 /// parts so that no two requests spell one key (a tenant `t:/x` asking for `/y` must not
-/// read as `t` asking for `/x:/y`):
+/// read as `t` asking for `/x:/y`). Take the host from [`RequestTarget`], not the raw
+/// `Host` field: it is spelled as the layer keys it (lower case, no trailing dot or
+/// default port), so `Example.com.` and `example.com` share entries, as the origin, asked
+/// with that spelling, answers them alike, and an unsafe request to one spelling
+/// invalidates the page all of them read:
 ///
 /// ```
-/// use tower_memcache::cache::{KeyFn, RequestHead};
+/// use tower_memcache::cache::{KeyFn, RequestHead, RequestTarget};
 ///
 /// let by_tenant = |req: &RequestHead<'_>| {
 ///     let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
@@ -41,11 +45,10 @@ pub struct RequestHead<'a> {
 ///     if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_alphanumeric()) {
 ///         return None;
 ///     }
-///     let host = (req.uri.authority().map(|authority| authority.as_str()))
-///         .or_else(|| req.headers.get("host")?.to_str().ok())
-///         .unwrap_or("");
+///     // The scheme the layer serves (its `default_scheme`).
+///     let site = RequestTarget::from_parts("http", req.uri, req.headers).ok()?;
 ///     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-///     Some(format!("{tenant} {host}{target}"))
+///     Some(format!("{tenant} {site}{target}"))
 /// };
 /// # fn check(_: impl KeyFn) {}
 /// # check(by_tenant);
