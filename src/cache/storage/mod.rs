@@ -464,6 +464,10 @@ fn nanos(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn nanos_of(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -474,10 +478,23 @@ impl<B> Storage<B> {
     /// cookies would be replayed to everyone after the operator turned that off, and a
     /// hop-by-hop field (another tool's value) would reach every client. A miss refills
     /// the URL over it.
+    ///
+    /// So is an entry received later than [`CLOCK_SKEW`] past this process's now: written
+    /// by a process whose clock runs ahead, its age would count from a time still to come
+    /// (zero until then), and a page the origin let be reused for a second was served as
+    /// fresh, never revalidated, for as long as that clock was ahead and memcached kept it.
     fn decode(&self, value: Bytes) -> Option<Entry> {
         let entry = decode_entry(value)
             .inspect_err(|err| tracing::debug!(error = %err, "undecodable cache entry; miss"))
             .ok()?;
+        let latest = stored::now_ms().saturating_add(millis_of(CLOCK_SKEW));
+        if entry.meta.stored_at_ms > latest {
+            tracing::debug!(
+                ahead_ms = entry.meta.stored_at_ms - latest,
+                "cache entry received past this clock's tolerated skew; miss"
+            );
+            return None;
+        }
         let share = self.shares_set_cookie;
         if let Some((name, _)) = entry
             .meta
