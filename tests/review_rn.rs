@@ -1,6 +1,7 @@
 //! Review RN: the stored entry's journey, field by field, through the paths the fewest
-//! reviews walked: what another process wrote into an entry's fields (its times, from a
-//! clock of its own), and what the layer makes of them when it reads them back.
+//! reviews walked: what another process wrote into an entry's fields (its receipt time,
+//! from a clock of its own; the request fields it is selected by, under a configuration
+//! of its own), and what the layer makes of them when it reads them back.
 //!
 //! Each test names the attack or defect and fails if it is there.
 
@@ -149,4 +150,48 @@ async fn an_entry_stored_by_a_clock_far_ahead_is_not_fresh_past_its_lifetime() {
         calls + 1,
         "the origin was not asked: {answer:?}"
     );
+}
+
+/// An operator finds that a page differs by tenant and adds `key_headers(["x-tenant"])`,
+/// rolling the change out process by process. The entries the old processes stored (one
+/// tenant's page, under the URL alone, or as a variant selected by `Vary` fields only)
+/// stayed in memcached, and the new processes selected them by the fields the entries
+/// named: none of them the key header, so every tenant was answered with the page stored
+/// for the first, for as long as the entry lived (an hour by default; up to 30 days). An
+/// entry not selected by every key header the layer keys by now is a miss, refilled per
+/// tenant.
+#[tokio::test]
+async fn entries_stored_before_a_key_header_was_added_are_not_served_across_it() {
+    let backend = MemoryBackend::new();
+    for (url, headers) in [
+        (
+            "http://review-rn.test/varied",
+            &[("vary", "accept-language")][..],
+        ),
+        ("http://review-rn.test/plain", &[][..]),
+    ] {
+        let origin = Origin::new(headers);
+        // The process before the change: no key header.
+        let old = support::layer(backend.clone()).namespace(NAMESPACE);
+        let old_svc = old.layer(origin.clone());
+        let first = send(&old_svc, Method::GET, url, &[("x-tenant", "alice")]).await;
+        assert_eq!(first.body, "call 1");
+        support::stores(&Watch::of(&old), 1).await;
+        // The process after it, over the same memcached and namespace.
+        let new = support::layer(backend.clone())
+            .namespace(NAMESPACE)
+            .key_headers([http::HeaderName::from_static("x-tenant")]);
+        let new_svc = new.layer(origin.clone());
+        let bob = send(&new_svc, Method::GET, url, &[("x-tenant", "bob")]).await;
+        assert_ne!(
+            bob.body, "call 1",
+            "{url}: alice's page answered bob's request: {bob:?}"
+        );
+        assert_eq!(origin.calls(), 2, "{url}");
+        // The new process's own entries hit, per tenant.
+        Watch::of(&new).settled().await;
+        let again = send(&new_svc, Method::GET, url, &[("x-tenant", "bob")]).await;
+        assert_eq!(again.body, bob.body, "{url}: {again:?}");
+        support::assert_hit(again.cache_status());
+    }
 }
