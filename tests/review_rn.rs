@@ -117,7 +117,7 @@ async fn shift_receipt(backend: &MemoryBackend, key: &str, from: u64, to: u64, s
 /// long it had been stored, so a page the origin let be reused for one second was served
 /// as fresh, unrevalidated, for the hour the writer's clock ran ahead (for as long as
 /// memcached kept it: its `stale-if-error` window, `keep_stale`). An entry received past
-/// the tolerated clock skew is not one whose age this process can tell: not fresh.
+/// the tolerated clock skew is not one whose age this process can tell: a miss.
 #[tokio::test]
 async fn an_entry_stored_by_a_clock_far_ahead_is_not_fresh_past_its_lifetime() {
     let backend = MemoryBackend::new();
