@@ -73,5 +73,6 @@ impl<B: Backend> Config<B> {
             self.near.clone(),
         )
         .sharing_set_cookie(self.policy.shares_set_cookie())
+        .keyed_by(&self.key_headers)
     }
 }

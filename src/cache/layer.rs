@@ -220,7 +220,9 @@ impl<B: Backend> MemcacheLayer<B> {
 
     /// Request headers that select among a URL's stored responses as if every response
     /// named them in `Vary` (e.g. `accept-language`): each value gets its own entry, under
-    /// the URL's key, so purging the URL purges them all. Defaults to none.
+    /// the URL's key, so purging the URL purges them all. Defaults to none. An entry not
+    /// selected by each of them (stored by a process configured without one, before a
+    /// rolling change reached it) is a miss, refilled per value.
     pub fn key_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
         self.config.key_headers = headers.into_iter().collect();
         self

@@ -196,6 +196,9 @@ pub(crate) struct Storage<B> {
     /// The layer stores `Set-Cookie` (`share_set_cookie`): otherwise an entry holding one
     /// is a miss.
     shares_set_cookie: bool,
+    /// The layer's `key_headers` (lower-case names): an entry not selected by each of
+    /// them is a miss.
+    key_headers: Arc<[String]>,
 }
 
 impl<B: Backend> Storage<B> {
@@ -224,12 +227,22 @@ impl<B: Backend> Storage<B> {
             near,
             outages: memory.outages,
             shares_set_cookie: false,
+            key_headers: Arc::from([]),
         }
     }
 
     /// Entries holding `Set-Cookie` are read back (the layer's `share_set_cookie`).
     pub(crate) fn sharing_set_cookie(mut self, share: bool) -> Self {
         self.shares_set_cookie = share;
+        self
+    }
+
+    /// The request fields every entry must be selected by (the layer's `key_headers`).
+    pub(crate) fn keyed_by(mut self, names: &[http::HeaderName]) -> Self {
+        if names.is_empty() {
+            return self;
+        }
+        self.key_headers = names.iter().map(|name| name.as_str().to_owned()).collect();
         self
     }
 
@@ -464,6 +477,10 @@ fn nanos(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn nanos_of(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -474,10 +491,25 @@ impl<B> Storage<B> {
     /// cookies would be replayed to everyone after the operator turned that off, and a
     /// hop-by-hop field (another tool's value) would reach every client. A miss refills
     /// the URL over it.
+    ///
+    /// So is an entry not selected by each of the layer's key headers (stored before one
+    /// was configured), and one received later than [`CLOCK_SKEW`] past this process's
+    /// now: written by a process whose clock runs ahead, its age would count from a time
+    /// still to come (zero until then), and a page the origin let be reused for a second
+    /// was served as fresh, never revalidated, for as long as that clock was ahead and
+    /// memcached kept it.
     fn decode(&self, value: Bytes) -> Option<Entry> {
         let entry = decode_entry(value)
             .inspect_err(|err| tracing::debug!(error = %err, "undecodable cache entry; miss"))
             .ok()?;
+        let latest = stored::now_ms().saturating_add(millis_of(CLOCK_SKEW));
+        if entry.meta.stored_at_ms > latest {
+            tracing::debug!(
+                ahead_ms = entry.meta.stored_at_ms - latest,
+                "cache entry received past this clock's tolerated skew; miss"
+            );
+            return None;
+        }
         let share = self.shares_set_cookie;
         if let Some((name, _)) = entry
             .meta
@@ -486,6 +518,17 @@ impl<B> Storage<B> {
             .find(|(name, _)| is_never_stored(name, share))
         {
             tracing::debug!(field = %name, "cache entry holds a field never stored; miss");
+            return None;
+        }
+        // Stored before the key header was configured (by a process without it, during a
+        // rolling change): selected by the other fields alone, one tenant's page answered
+        // every tenant for as long as it lived.
+        if let Some(name) = self
+            .key_headers
+            .iter()
+            .find(|name| !entry.meta.vary.iter().any(|(named, _)| named == *name))
+        {
+            tracing::debug!(field = %name, "cache entry not selected by a key header; miss");
             return None;
         }
         Some(entry)
