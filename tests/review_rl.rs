@@ -142,3 +142,221 @@ async fn nfkc_dot_leaders_are_dot_segments_in_the_origin_reading() {
     let app = layer.layer(path_origin::serving(nfkc_account));
     path_origin::assert_none_stored(&app, &watch, &encoded, page).await;
 }
+
+/// An origin that counts its calls and answers each after `delay` with a response any
+/// cache may keep for ten minutes, whose body names the call.
+fn counting_origin(
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    delay: Duration,
+) -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_request: http::Request<()>| {
+        let calls = calls.clone();
+        async move {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::time::sleep(delay).await;
+            let response = http::Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("etag", format!("\"v{call}\""))
+                .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                    "call {call}"
+                ))))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    })
+}
+
+/// Origin load past coalescing with `no-store`: review QQ made requests with `no-cache`
+/// (or `max-age=0`) share one refresh, but a request with `no-store` too never
+/// leads a flight (its response is stored for nobody), so with no other request in
+/// flight each went to the origin on its own. Any client adding `no-store` to its
+/// `no-cache` flood made one origin call per request, coalescing and the cache both
+/// bypassed. Such a request now leads a flight its response is shared with, not stored.
+#[tokio::test]
+async fn a_flood_of_no_cache_no_store_requests_shares_its_origin_calls() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    support::bounded("no-cache, no-store flood", async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = support::layer(MemoryBackend::new());
+        let watch = Watch::of(&layer);
+        let service = layer.layer(counting_origin(calls.clone(), Duration::from_millis(300)));
+        let url = "http://shop.example/hot";
+        support::send(&service, http::Method::GET, url, &[]).await;
+        support::stores(&watch, 1).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let burst: Vec<_> = (0..30)
+            .map(|i| {
+                let service = service.clone();
+                let headers: &[(&str, &str)] = if i % 2 == 0 {
+                    &[("cache-control", "no-cache, no-store")]
+                } else {
+                    &[("cache-control", "max-age=0, no-store")]
+                };
+                tokio::spawn(async move {
+                    support::send(&service, http::Method::GET, url, headers).await
+                })
+            })
+            .collect();
+        for answer in burst {
+            let answer = answer.await.unwrap();
+            assert_eq!(answer.status, http::StatusCode::OK);
+            // Validated after it arrived (its `no-cache`): never the stored call 1.
+            assert_ne!(answer.body, "call 1");
+        }
+        watch.settled().await;
+        let total = calls.load(Ordering::SeqCst);
+        assert!(
+            total <= 4,
+            "30 no-cache, no-store requests cost {} origin calls",
+            total - 1
+        );
+        // Nothing of theirs was stored: the entry is still call 1's.
+        assert_eq!(watch.snapshot().stores, 1);
+    })
+    .await;
+}
+
+/// The fix above must not let a flood of `no-store` requests keep a page from being
+/// refreshed: a request that would store its response (a reload's `max-age=0`) never
+/// waits for a `no-store` request's flight, whose response is stored for nobody; it
+/// leads its own, and its response is stored.
+#[tokio::test]
+async fn a_request_that_stores_does_not_wait_for_a_no_store_flight() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    support::bounded("reload beside a no-store flight", async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let origin = gated_origin(calls.clone(), gate.clone(), &[]);
+        // Longer than `eventually` waits: a reload waiting for the flood's flight fails.
+        let layer = support::layer(MemoryBackend::new()).coalesce_timeout(Duration::from_secs(60));
+        let watch = Watch::of(&layer);
+        let service = layer.layer(origin);
+        let get = |headers: &'static [(&'static str, &'static str)]| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                support::send(
+                    &service,
+                    http::Method::GET,
+                    "http://site.example/r",
+                    headers,
+                )
+                .await
+            })
+        };
+        assert_eq!(get(&[]).await.unwrap().body, "call 1");
+        support::stores(&watch, 1).await;
+        let flood = get(&[("cache-control", "no-cache, no-store")]);
+        support::eventually("the no-store request reached the origin", || {
+            calls.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        let reload = get(&[("cache-control", "max-age=0")]);
+        support::eventually("the reload reached the origin on its own", || {
+            calls.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        gate.add_permits(16);
+        assert_eq!(flood.await.unwrap().body, "call 2");
+        assert_eq!(reload.await.unwrap().body, "call 3");
+        support::stores(&watch, 2).await;
+    })
+    .await;
+}
+
+/// An origin whose first call answers at once and later ones once `gate` lets them, each
+/// with a response any cache may keep for ten minutes (with `fields` besides), no
+/// validator (a revalidation gets the whole page), whose body names the call.
+fn gated_origin(
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    fields: &'static [(&'static str, &'static str)],
+) -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_request: http::Request<()>| {
+        let (calls, gate) = (calls.clone(), gate.clone());
+        async move {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if call > 1 {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            let mut response = http::Response::builder().header("cache-control", "max-age=600");
+            for (name, value) in fields {
+                response = response.header(*name, *value);
+            }
+            let body = bytes::Bytes::from(format!("call {call}"));
+            Ok::<_, std::convert::Infallible>(
+                response.body(http_body_util::Full::new(body)).unwrap(),
+            )
+        }
+    })
+}
+
+/// The fix above must keep a purge that returned: a request that looks after a tag purge
+/// finds the tagged entry gone but memcached's item unchanged (a tag purge shows only in
+/// the tags' marks), so another `no-store` request may join the flight of one that went
+/// out before the purge. That response, tagged with the purged tag, is shared only with the
+/// requests that joined before its request went out; the later one gets the page anew.
+#[tokio::test]
+async fn a_no_store_flight_does_not_carry_a_response_past_a_tag_purge() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    support::bounded("tag purge during a no-store flight", async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let origin = gated_origin(calls.clone(), gate.clone(), &[("surrogate-key", "news")]);
+        let layer = support::layer(MemoryBackend::new());
+        let watch = Watch::of(&layer);
+        let service = layer.clone().layer(origin);
+        let url = "http://site.example/t";
+        let get = |headers: &'static [(&'static str, &'static str)]| {
+            let service = service.clone();
+            tokio::spawn(
+                async move { support::send(&service, http::Method::GET, url, headers).await },
+            )
+        };
+        assert_eq!(get(&[]).await.unwrap().body, "call 1");
+        support::stores(&watch, 1).await;
+
+        let leading = get(&[("cache-control", "no-cache, no-store")]);
+        support::eventually("the no-store request reached the origin", || {
+            calls.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        layer.purger().purge_tag("news").await.unwrap();
+        // Asked after the purge returned, with `no-store` too: it joins the flight under
+        // way.
+        let after = get(&[("cache-control", "no-store")]);
+        support::eventually("the later request joined the flight", || {
+            watch.snapshot().coalesced >= 1
+        })
+        .await;
+        gate.add_permits(16);
+        assert_eq!(leading.await.unwrap().body, "call 2", "its own client's");
+        let after = after.await.unwrap();
+        assert_eq!(
+            after.body,
+            "call 3",
+            "{:?}",
+            after.headers.get("cache-status")
+        );
+    })
+    .await;
+}
