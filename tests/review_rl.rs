@@ -214,8 +214,10 @@ async fn a_flood_of_no_cache_no_store_requests_shares_its_origin_calls() {
         }
         watch.settled().await;
         let total = calls.load(Ordering::SeqCst);
+        // About two (one refresh the burst arrived during, one after); a loaded machine
+        // spreading the burst out may add a round or two, never one per request.
         assert!(
-            total <= 4,
+            total <= 7,
             "30 no-cache, no-store requests cost {} origin calls",
             total - 1
         );
