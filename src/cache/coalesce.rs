@@ -148,18 +148,33 @@ impl<B: Backend> Shared<B> {
         }
         let flight = self.flight_key(ex, request_headers);
         let flights = &self.config.flights;
-        // Its response is never stored: it may wait for another request's entry, but none
-        // may wait for it (they would learn nothing, then go all at once), nor for a
-        // placeholder of its in other processes.
-        let may_lead = !plan.request_cc.no_store;
+        // A request with `no-store` (its response stored for nobody) follows a flight
+        // whose response will be stored, when there is one; else it joins or leads a
+        // flight of such requests, kept apart: their responses are shared with each other
+        // (see `on_response`), never with a request that would store its own, which an
+        // attacker's flood of them could otherwise keep from refreshing the URL. Left to
+        // follow only, a flood of `no-cache, no-store` requests went to the origin once
+        // each (review RL). No placeholder of theirs in other processes, though: they
+        // would wait for a store that never comes.
+        let no_store = plan.request_cc.no_store;
+        let unstored_flight = if no_store {
+            format!("{flight} no-store")
+        } else {
+            String::new()
+        };
+        let max = self.config.max_coalesced;
+        // With whether it is a flight of this request's own kind, which it may lead.
         let join = || {
-            if may_lead {
-                flights.join(&flight, self.config.max_coalesced, &ex.found)
+            if no_store {
+                match flights.follow(&flight, max, &ex.found) {
+                    Flight::Alone => (flights.join(&unstored_flight, max, &ex.found), true),
+                    followed => (followed, false),
+                }
             } else {
-                flights.follow(&flight, self.config.max_coalesced, &ex.found)
+                (flights.join(&flight, max, &ex.found), true)
             }
         };
-        let mut joined = join();
+        let (mut joined, mut own_kind) = join();
         // Each round waits for a leader that went away unfinished (see `Waited::Heir`).
         loop {
             match joined {
@@ -205,20 +220,19 @@ impl<B: Backend> Shared<B> {
                         // first of its followers to take it, with the others waiting for
                         // that one (no new look-up, and no request that arrives meanwhile
                         // can take the lead from them).
-                        Waited::Heir(succession) if may_lead => {
+                        Waited::Heir(succession) if own_kind => {
                             if let Some(leader) = succession.take() {
                                 tracing::debug!(key = %plan.key, "the request waited for went away unfinished; this one leads its flight on");
                                 filler.leader = Some(leader);
                                 break;
                             }
                             drop(succession);
-                            joined = join();
+                            (joined, own_kind) = join();
                             continue;
                         }
-                        // A request that may not lead (its response is never stored) is
-                        // left as by a leader gone without a word: were it to join the
-                        // flight again, a flight nobody can take would be handed to it
-                        // again, round after round.
+                        // A `no-store` request following a flight whose response will be
+                        // stored does not lead it on (its followers would have nothing
+                        // stored): it is left as by a leader gone without a word.
                         Waited::Heir(_) => true,
                         // Nothing learnt, and nobody else is asking now: one of the
                         // followers leads next, rather than all of them going at once.
@@ -246,6 +260,23 @@ impl<B: Backend> Shared<B> {
             // Nothing known of the URL: only requests that looked before this one goes out
             // may share its response.
             filler.mark(UNGUARDED, &found, placed());
+            return Coordinated::Go(filler);
+        }
+        if plan.request_cc.no_store {
+            // A response stored for nobody: no placeholder makes other processes wait for
+            // it. Requests that look later share it while memcached holds what this
+            // request's lookup saw there (nothing purged since), as for a store's guard.
+            let guard = match found.slot {
+                Slot::Value { cas } => Some(cas),
+                Slot::Placeholder { placeholder, .. } => Some(placeholder.token),
+                Slot::Absent | Slot::Unknown => UNGUARDED,
+            };
+            let at = if guard.is_some() {
+                ex.found.started
+            } else {
+                placed()
+            };
+            filler.mark(guard, &found, at);
             return Coordinated::Go(filler);
         }
         let mut started = ex.found.started;

@@ -98,12 +98,19 @@ impl Refusal {
     }
 }
 
-/// What happens when a body shared but not stored (memcached cannot take it) is complete: the
-/// followers get it, each as its own request's answer (they joined before any purge this
-/// process started since the leader went out; see `single_flight::Mark::admits`).
-fn share_on_complete<B: Backend>(meta: EntryMeta, filler: Filler<B>) -> super::body::OnComplete {
+/// What happens when a body shared but not stored (memcached cannot take it, or the
+/// request's `no-store`) is complete: the followers get it, each as its own request's
+/// answer (they joined before any purge this process started since the leader went out,
+/// or while memcached held what the leader's lookup saw; see `single_flight::Mark::admits`).
+/// `cutoff`: only those that joined before it may have it (a tagged response, whose tags
+/// no follower's lookup could check; see `Storage::store`).
+fn share_on_complete<B: Backend>(
+    meta: EntryMeta,
+    filler: Filler<B>,
+    cutoff: Option<SystemTime>,
+) -> super::body::OnComplete {
     Box::new(move |body: Option<Bytes>| match body {
-        Some(body) => filler.publish(Some((Arc::new(Entry { meta, body }), None))),
+        Some(body) => filler.publish(Some((Arc::new(Entry { meta, body }), cutoff))),
         None => filler.publish(None),
     })
 }
@@ -151,6 +158,14 @@ impl<B: Backend> Shared<B> {
         // hot URL would go to the origin while memcached is gone or hung, each follower
         // after waiting for the leader.
         let mut share_only = filler.leads_unguarded() && ex.found.generation.is_none();
+        // A `no-store` request's response is stored for nobody, but shared with the
+        // requests waiting for it (see `coordinate_idle`). Its followers may have joined
+        // after a tag purge, which their lookups cannot show: a tagged response goes only
+        // to those that joined before its request went out, as a refused store's does.
+        let no_store_share = plan.request_cc.no_store && filler.leader.is_some();
+        share_only |= no_store_share;
+        let tagged = tags.as_ref().is_none_or(|tags| !tags.is_empty());
+        let share_cutoff = (no_store_share && tagged).then_some(sent.request_time);
         let decision = if ex.is_head {
             Err(Refusal::Head)
         } else if !plan.from_cache {
@@ -182,7 +197,7 @@ impl<B: Backend> Shared<B> {
         };
         let (tee, unused) = match decision {
             Ok((meta, _)) if share_only => {
-                let on_complete = share_on_complete(meta, filler);
+                let on_complete = share_on_complete(meta, filler, share_cutoff);
                 // Whole bodies only, as for a store: followers take it as complete.
                 let declared = declared_size(
                     response.status(),
@@ -311,10 +326,22 @@ impl<B: Backend> Shared<B> {
         // RFC 9213: a targeted field on the policy's list rules instead of Cache-Control
         // and Expires.
         let ruling = self.policy().response_directives(headers);
+        // Shared only with the requests waiting for it: the request's own `no-store`
+        // forbids storing its response (RFC 9111 §5.2.1.5), not handing it to others
+        // who asked alike, for whom it is judged as if stored.
+        let shared_only;
+        let request_cc = if to_backend || !plan.request_cc.no_store {
+            &plan.request_cc
+        } else {
+            let mut cc = plan.request_cc.clone();
+            cc.no_store = false;
+            shared_only = cc;
+            &shared_only
+        };
         self.policy()
             .storable(
                 request_headers,
-                &plan.request_cc,
+                request_cc,
                 status,
                 &ruling.headers,
                 &ruling.cc,

@@ -3,8 +3,8 @@
 //! A rule is matched against three readings of the request's path. The *rule reading*
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
-//! folded, Unicode letters whose case mapping is ASCII too, escapes decoded again, IIS's `%u` escapes, overlong UTF-8 and fullwidth forms
-//! read as ASCII, `\` as `/`, dot segments, `;` parameters, white space around segments
+//! folded, Unicode letters whose case mapping is ASCII too, escapes decoded again, IIS's `%u` escapes, overlong UTF-8, fullwidth forms and
+//! NFKC's other forms of path delimiters read as ASCII, `\` as `/`, dot segments, `;` parameters, white space around segments
 //! and Windows' trailing dots and spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
 //! well). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
@@ -25,10 +25,11 @@ use std::time::Duration;
 /// normalises it may: escaped unreserved characters decoded (`/%61ccount` is `/account`)
 /// and runs of `/` as one (`//account` is `/account`). A rule that turns caching off
 /// ([`no_cache`]) also holds for every spelling a lenient origin resolves to its path: in
-/// any letter case (non-ASCII letters too, `Ü` as `ü`, `ς` as `σ`; `ſ`, the Kelvin sign, `ı`, `İ`,
-/// `ß` and ligatures like `ﬁ` read as the ASCII letters their case mappings give), with
-/// escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
-/// an overlong UTF-8 `%c0%ae` or a fullwidth `%ef%bc%8e` read as `.`), `\` read as `/`,
+/// any letter case (non-ASCII letters too, `Ü` as `ü`, `ς` as `σ`, `և` as `եւ`; `ſ`, the
+/// Kelvin sign, `ı`, `İ`, `ß` and ligatures like `ﬁ` read as the ASCII letters their case
+/// mappings give), with escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
+/// an overlong UTF-8 `%c0%ae`, a fullwidth `%ef%bc%8e` or NFKC's `‥` and `﹒` read as
+/// dots), `\` read as `/`,
 /// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`),
 /// white space around a segment trimmed as Spring does (`/%20account`) and its trailing
 /// dots and spaces dropped as Windows does (`/account.`), cut at
@@ -490,26 +491,30 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
 
 /// A reading with its non-ASCII letters in lower case too (`Ü` as `ü`), as routers that
 /// compare without case by Unicode's rules read them (ASP.NET Core's `OrdinalIgnoreCase`,
-/// Java's `equalsIgnoreCase`). No letter left after [`fold_to_ascii`] lower-cases to an
-/// ASCII byte, so no `/` or `.` appears here that the segments were not resolved with.
+/// Java's `equalsIgnoreCase`). What is left after [`fold_to_ascii`] lower-cases to no
+/// ASCII byte but a letter before a combining mark (`ǰ`'s upper case is `J̌`), so no `/`
+/// or `.` appears here that the segments were not resolved with.
 ///
 /// Each character on its own, as those routers compare: `str::to_lowercase` writes `Σ`
 /// as `ς` at a word's end and `σ` elsewhere, so a rule's `/ΛΟΓΑΡΙΑΣ` read `/λογαριας`,
 /// no prefix of `/λογαριασμος`. And through its upper case: letters that upper-case
 /// alike are one to them (`ς` and `σ`, `µ` and `μ`, `ϐ` and `β`), as `Ü` and `ü` are.
+/// An upper case of several letters is read as those letters (`և` is `ԵՒ`, so `եւ`;
+/// `ᾳ` is `ΑΙ`, so `αι`; `ŉ` is `ʼN`), as routers that compare in full upper case
+/// (JavaScript's `toUpperCase`, Python's `casefold`) read it, the way `ß` is `ss`:
+/// kept as it was, `/երևան` and `/երեւան` (two spellings of one Armenian word) were two
+/// paths, and a `no_cache` rule written with one missed the other (review RL). Those
+/// letters are never `/`, `.` or an escape, so no segment changes.
 fn lower_case(reading: String) -> String {
     if reading.is_ascii() {
         return reading;
     }
+    // Rarely longer: a few letters' upper cases are two or three (`ΐ` is three).
     let mut folded = String::with_capacity(reading.len());
     for c in reading.chars() {
-        let mut upper = c.to_uppercase();
-        // An upper case of several letters (`ŉ` is `ʼN`) is no one letter's: as it is.
-        let one = match (upper.next(), upper.next()) {
-            (Some(one), None) => one,
-            _ => c,
-        };
-        folded.extend(one.to_lowercase());
+        for upper in c.to_uppercase() {
+            folded.extend(upper.to_lowercase());
+        }
     }
     folded
 }
@@ -602,8 +607,11 @@ fn wide_escape_at(bytes: &[u8], at: usize) -> Option<char> {
 /// Decoded bytes with the non-ASCII spellings of ASCII characters that lenient decoders
 /// read as those characters: overlong UTF-8 (`C0 AE` is `.` to IIS 4/5 and old Java
 /// decoders, CVE-2000-0884, CVE-2008-2938), the fullwidth forms U+FF01 to U+FF5E (`．`,
-/// `／`, `＼`: Windows' best-fit mapping and NFKC read them as `.`, `/`, `\`), and the
-/// letters Unicode case mappings take to ASCII ones, which an origin that compares paths
+/// `／`, `＼`: Windows' best-fit mapping and NFKC read them as `.`, `/`, `\`), the other
+/// characters NFKC writes as path delimiters (`‥` U+2025 as `..`, `﹒` U+FE52 as `.`,
+/// `﹨` U+FE68 as `\`, `;` U+037E as `;`, `﹪` U+FE6A as `%`, `℀` U+2100 as `a/c`: an
+/// origin that normalises so before it resolves reads `/static/‥/account` as
+/// `/account`), and the letters Unicode case mappings take to ASCII ones, which an origin that compares paths
 /// without case by Unicode's rules reads as those letters: `ſ` (U+017F) upper-cases to `S`
 /// and `ı` (U+0131) to `I` (Java's `equalsIgnoreCase`, JavaScript's and Python's
 /// `upper()`), the Kelvin sign (U+212A) lower-cases to `k` and `İ` (U+0130) to `i`
@@ -613,11 +621,12 @@ fn wide_escape_at(bytes: &[u8], at: usize) -> Option<char> {
 fn fold_to_ascii(bytes: Vec<u8>) -> Vec<u8> {
     if !bytes
         .iter()
-        .any(|byte| matches!(byte, 0xc0..=0xc5 | 0xe0..=0xe2 | 0xef | 0xf0))
+        .any(|byte| matches!(byte, 0xc0..=0xc5 | 0xcd | 0xe0..=0xe2 | 0xef | 0xf0))
     {
         return bytes;
     }
     const LIGATURES: [&[u8]; 7] = [b"ff", b"fi", b"fl", b"ffi", b"ffl", b"st", b"st"];
+    const DOTS: [&[u8]; 3] = [b".", b"..", b"..."];
     let continues = |byte: u8| byte & 0xc0 == 0x80;
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -655,6 +664,46 @@ fn fold_to_ascii(bytes: Vec<u8>) -> Vec<u8> {
             [0xe1, 0xba, 0x9e, ..] => (b"ss", 3),
             [0xe2, 0x84, 0xaa, ..] => (b"k", 3),
             [0xef, 0xac, third @ 0x80..=0x86, ..] => (LIGATURES[usize::from(third - 0x80)], 3),
+            // NFKC's path delimiters beyond the fullwidth forms (review RL): `;`
+            // (U+037E, `;` even to NFC), the dot leaders and ellipses, `⁇`, the
+            // account-of signs (`℀` is `a/c`), and the small and vertical forms.
+            [0xcd, 0xbe, ..] => (b";", 2),
+            [0xe2, 0x80, third @ 0xa4..=0xa6, ..] => (DOTS[usize::from(third - 0xa4)], 3),
+            [0xe2, 0x81, 0x87, ..] => (b"??", 3),
+            [0xe2, 0x84, third @ (0x80 | 0x81 | 0x85 | 0x86), ..] => {
+                let sign: &[u8] = match third {
+                    0x80 => b"a/c",
+                    0x81 => b"a/s",
+                    0x85 => b"c/o",
+                    _ => b"c/u",
+                };
+                (sign, 3)
+            }
+            [0xef, 0xb8, third @ (0x94 | 0x96 | 0x99 | 0xb0), ..] => {
+                let form: &[u8] = match third {
+                    0x94 => b";",
+                    0x96 => b"?",
+                    0x99 => b"...",
+                    _ => b"..",
+                };
+                (form, 3)
+            }
+            [
+                0xef,
+                0xb9,
+                third @ (0x92 | 0x94 | 0x96 | 0x9f | 0xa8 | 0xaa),
+                ..,
+            ] => {
+                let form: &[u8] = match third {
+                    0x92 => b".",
+                    0x94 => b";",
+                    0x96 => b"?",
+                    0x9f => b"#",
+                    0xa8 => b"\\",
+                    _ => b"%",
+                };
+                (form, 3)
+            }
             _ => (&bytes[i..=i], 1),
         };
         out.extend_from_slice(ascii);
@@ -745,6 +794,23 @@ mod tests {
             ("/%c0", "/\u{fffd}"),
             ("/%ef%bc%80", "/\u{ff00}"),
             ("/x/\u{ff0e}\u{ff0e}\u{ff0f}\u{ff21}ccount", "/account"),
+            // NFKC's other path delimiters (review RL).
+            ("/x/\u{2025}/account", "/account"),
+            (
+                "/x/%E2%80%A4%E2%80%A4/y/\u{fe52}\u{fe52}/\u{fe30}/account",
+                "/account",
+            ),
+            ("/x\u{fe68}..\u{fe68}account\u{37e}.css", "/account"),
+            ("/x/%EF%B9%AA2e%ef%b9%aa2E/account%EF%B9%94x", "/account"),
+            ("/account\u{2026}/\u{fe19}", "/account"),
+            (
+                "/account\u{fe56}x/\u{fe5f}/\u{2047}\u{fe14}\u{fe16}",
+                "/account",
+            ),
+            (
+                "/dat\u{2100}ache/\u{2101}\u{2105}\u{2106}",
+                "/data/cache/a/sc/oc/u",
+            ),
             // Non-ASCII letters in lower case, and Unicode case mappings to ASCII letters
             // (review RF).
             ("/%C3%9Cbersicht/\u{dc}BER", "/\u{fc}bersicht/\u{fc}ber"),
@@ -758,6 +824,11 @@ mod tests {
             (
                 "/%CE%A3%CF%82%CF%83/%C2%B5",
                 "/\u{3c3}\u{3c3}\u{3c3}/\u{3bc}",
+            ),
+            // An upper case of several letters is those letters (review RL).
+            (
+                "/\u{587}/%D4%B5%D5%92/\u{1fb3}/\u{1fbc}/\u{149}",
+                "/\u{565}\u{582}/\u{565}\u{582}/\u{3b1}\u{3b9}/\u{3b1}\u{3b9}/\u{2bc}n",
             ),
             ("/\u{17f}ETTINGS", "/settings"),
             ("/%u017Fettings", "/settings"),
