@@ -791,3 +791,136 @@ async fn a_safe_method_spelled_in_lower_case_does_not_evict_the_page() {
         after.cache_status()
     );
 }
+
+/// An origin for one URL whose answers take `delay`, with the `Cache-Control` it is given
+/// now, counting how many of its requests ran at once at most.
+#[derive(Clone)]
+struct Overlaps {
+    cache_control: Arc<std::sync::Mutex<&'static str>>,
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+impl Overlaps {
+    fn new(cache_control: &'static str, delay: Duration) -> Self {
+        Self {
+            cache_control: Arc::new(std::sync::Mutex::new(cache_control)),
+            running: Arc::default(),
+            most: Arc::default(),
+            delay,
+        }
+    }
+
+    fn service(
+        self,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<http_body_util::Full<Bytes>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone {
+        let origin = self;
+        tower::service_fn(move |_request: Request<()>| {
+            let origin = origin.clone();
+            async move {
+                let now = origin.running.fetch_add(1, Ordering::SeqCst) + 1;
+                origin.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(origin.delay).await;
+                origin.running.fetch_sub(1, Ordering::SeqCst);
+                let cache_control = *origin.cache_control.lock().unwrap();
+                Ok(Response::builder()
+                    .header("cache-control", cache_control)
+                    .body(http_body_util::Full::new(Bytes::from_static(b"page")))
+                    .unwrap())
+            }
+        })
+    }
+
+    /// Most requests at the origin at once since the last call.
+    fn most_at_once(&self) -> usize {
+        self.most.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// Two requests for `url` through `first` and, 200 ms later, `second`, both to the end.
+async fn overlapping<S, T, B>(
+    first: &S,
+    second: &T,
+    url: &str,
+) -> (support::Answer, support::Answer)
+where
+    S: Service<Request<()>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    T: Service<Request<()>, Response = Response<B>> + Clone,
+    T::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    tokio::join!(support::send(first, Method::GET, url, &[]), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        support::send(second, Method::GET, url, &[]).await
+    })
+}
+
+/// Hit-for-miss: a request for a URL whose latest response was not stored (`private`)
+/// does not wait for another request's response to it, which it could not have. It
+/// waited: a private page asked for by two users at once took the second twice the
+/// origin's time. The first time, nothing is known: the second request waits, as for any
+/// URL. Once the page is storable again it is stored, and requests wait for each other
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_page_lately_not_stored_do_not_wait_for_each_other() {
+    let origin = Overlaps::new("private, max-age=60", Duration::from_secs(1));
+    let layer = support::layer(MemoryBackend::new()).mode(tower_memcache::cache::CacheMode::Origin);
+    let (stats, purger) = (Watch::of(&layer), layer.purger());
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(origin.clone().service());
+    let url = "http://site.example/me";
+    overlapping(&svc, &svc, url).await;
+    assert_eq!(origin.most_at_once(), 1, "unknown: the second waited");
+    let (ahead, behind) = overlapping(&svc, &svc, url).await;
+    assert_eq!(
+        (ahead.status, behind.status),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    assert_eq!(origin.most_at_once(), 2, "known not stored: side by side");
+    // Storable again: stored by the next request, which ends the memory: once the page
+    // is purged, requests for it wait for each other again.
+    *origin.cache_control.lock().unwrap() = "max-age=60";
+    overlapping(&svc, &svc, url).await;
+    stores(&stats, 1).await;
+    assert_hit(
+        support::send(&svc, Method::GET, url, &[])
+            .await
+            .cache_status(),
+    );
+    purger.purge_uri(url).await.unwrap();
+    origin.most_at_once();
+    overlapping(&svc, &svc, url).await;
+    assert_eq!(origin.most_at_once(), 1, "stored since: the second waited");
+}
+
+/// The same across processes: a process that knows the URL's responses are not stored
+/// does not wait for another process's placeholder either (it waited `lease_wait`, or
+/// until that request's response was refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_lately_not_stored_is_not_waited_for_in_another_process() {
+    let origin = Overlaps::new("private", Duration::from_secs(1));
+    let backend = MemoryBackend::new();
+    let process = || {
+        let layer = support::layer(backend.clone()).mode(tower_memcache::cache::CacheMode::Origin);
+        tower::ServiceBuilder::new()
+            .layer(layer)
+            .service(origin.clone().service())
+    };
+    let (one, two) = (process(), process());
+    let url = "http://site.example/account";
+    // The first process learns the page is not stored.
+    support::send(&one, Method::GET, url, &[]).await;
+    origin.most_at_once();
+    // The second process's request holds a placeholder; the first's goes alongside.
+    overlapping(&two, &one, url).await;
+    assert_eq!(origin.most_at_once(), 2);
+}

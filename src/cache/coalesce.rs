@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
+use super::passes::Going;
 use super::shared::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
 use super::storage::{
@@ -174,85 +175,97 @@ impl<B: Backend> Shared<B> {
                 (flights.join(&flight, max, &ex.found), true)
             }
         };
-        let (mut joined, mut own_kind) = join();
-        // Each round waits for a leader that went away unfinished (see `Waited::Heir`).
-        loop {
-            match joined {
-                Flight::Leader(leader) => {
-                    filler.leader = Some(leader);
-                    break;
-                }
-                Flight::Follower(rx) => {
-                    // One `coalesce_timeout` across the rounds, however many leaders go
-                    // away in turn: a request waits no longer than it did for one.
-                    let until = *waiting.until.get_or_insert_with(|| {
-                        Instant::now()
-                            .checked_add(self.config.coalesce_timeout)
-                            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
-                    });
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        // Its wait used up: it goes on its own, and leaves the flight to
-                        // those still waiting (a wait that times out ends the flight).
-                        tracing::debug!(key = %plan.key, "waited coalesce_timeout already; not waiting again");
-                        drop(rx);
-                        return Coordinated::Go(filler);
+        // A URL whose latest response was not stored: nobody waits for another request's
+        // response to it, in this process (no flight) or another (its placeholders are
+        // gone alongside; see `Passes`).
+        let going = (!no_store)
+            .then(|| self.config.passes.go(&flight))
+            .flatten();
+        let passes = going.is_some();
+        filler.going = going;
+        if !passes {
+            let (mut joined, mut own_kind) = join();
+            // Each round waits for a leader that went away unfinished (see `Waited::Heir`).
+            loop {
+                match joined {
+                    Flight::Leader(leader) => {
+                        filler.leader = Some(leader);
+                        break;
                     }
-                    let validated = rx.led_since(plan.arrived);
-                    self.count_wait(waiting);
-                    tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
-                    idle();
-                    let changed = match single_flight::wait(rx, left).await {
-                        Waited::Entry(entry, fetched) => {
-                            // Fetched after this request arrived: it validates the entry
-                            // for this request, whatever its `no-cache`.
-                            let validated = validated && fetched;
-                            if let Some(freshness) =
-                                self.usable_now(&entry, plan, request_headers, validated)
-                            {
-                                return Coordinated::Answered(entry, freshness);
+                    Flight::Follower(rx) => {
+                        // One `coalesce_timeout` across the rounds, however many leaders go
+                        // away in turn: a request waits no longer than it did for one.
+                        let until = *waiting.until.get_or_insert_with(|| {
+                            Instant::now()
+                                .checked_add(self.config.coalesce_timeout)
+                                .unwrap_or_else(|| {
+                                    Instant::now() + Duration::from_secs(86_400 * 365)
+                                })
+                        });
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            // Its wait used up: it goes on its own, and leaves the flight to
+                            // those still waiting (a wait that times out ends the flight).
+                            tracing::debug!(key = %plan.key, "waited coalesce_timeout already; not waiting again");
+                            drop(rx);
+                            return Coordinated::Go(filler);
+                        }
+                        let validated = rx.led_since(plan.arrived);
+                        self.count_wait(waiting);
+                        tracing::debug!(key = %plan.key, "waiting for the response of a request under way");
+                        idle();
+                        let changed = match single_flight::wait(rx, left).await {
+                            Waited::Entry(entry, fetched) => {
+                                // Fetched after this request arrived: it validates the entry
+                                // for this request, whatever its `no-cache`.
+                                let validated = validated && fetched;
+                                if let Some(freshness) =
+                                    self.usable_now(&entry, plan, request_headers, validated)
+                                {
+                                    return Coordinated::Answered(entry, freshness);
+                                }
+                                // Another variant's response: its index is stored now, so a new
+                                // lookup finds this request's own variant flight.
+                                true
                             }
-                            // Another variant's response: its index is stored now, so a new
-                            // lookup finds this request's own variant flight.
-                            true
-                        }
-                        // Its leader went away unfinished: the flight goes on, led by the
-                        // first of its followers to take it, with the others waiting for
-                        // that one (no new look-up, and no request that arrives meanwhile
-                        // can take the lead from them).
-                        Waited::Heir(succession) if own_kind => {
-                            if let Some(leader) = succession.take() {
-                                tracing::debug!(key = %plan.key, "the request waited for went away unfinished; this one leads its flight on");
-                                filler.leader = Some(leader);
-                                break;
+                            // Its leader went away unfinished: the flight goes on, led by the
+                            // first of its followers to take it, with the others waiting for
+                            // that one (no new look-up, and no request that arrives meanwhile
+                            // can take the lead from them).
+                            Waited::Heir(succession) if own_kind => {
+                                if let Some(leader) = succession.take() {
+                                    tracing::debug!(key = %plan.key, "the request waited for went away unfinished; this one leads its flight on");
+                                    filler.leader = Some(leader);
+                                    break;
+                                }
+                                drop(succession);
+                                (joined, own_kind) = join();
+                                continue;
                             }
-                            drop(succession);
-                            (joined, own_kind) = join();
-                            continue;
-                        }
-                        // A `no-store` request following a flight whose response will be
-                        // stored does not lead it on (its followers would have nothing
-                        // stored): it is left as by a leader gone without a word.
-                        Waited::Heir(_) => true,
-                        // Nothing learnt, and nobody else is asking now: one of the
-                        // followers leads next, rather than all of them going at once.
-                        Waited::Overtaken | Waited::Abandoned => true,
-                        // Its answer could be stored for a request like this one (one with
-                        // credentials too would have it refused for the same reason).
-                        Waited::Declined { credentials } => {
-                            !(credentials
-                                && request_headers.contains_key(http::header::AUTHORIZATION))
-                        }
-                        Waited::Nothing => false,
-                    };
-                    tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, its client gone, timed out, failed or not stored)");
-                    return if retry && changed {
-                        Coordinated::Retry
-                    } else {
-                        Coordinated::Go(filler)
-                    };
+                            // A `no-store` request following a flight whose response will be
+                            // stored does not lead it on (its followers would have nothing
+                            // stored): it is left as by a leader gone without a word.
+                            Waited::Heir(_) => true,
+                            // Nothing learnt, and nobody else is asking now: one of the
+                            // followers leads next, rather than all of them going at once.
+                            Waited::Overtaken | Waited::Abandoned => true,
+                            // Its answer could be stored for a request like this one (one with
+                            // credentials too would have it refused for the same reason).
+                            Waited::Declined { credentials } => {
+                                !(credentials
+                                    && request_headers.contains_key(http::header::AUTHORIZATION))
+                            }
+                            Waited::Nothing => false,
+                        };
+                        tracing::debug!(key = %plan.key, "no usable response from the request waited for (another variant, overtaken by a purge, its client gone, timed out, failed or not stored)");
+                        return if retry && changed {
+                            Coordinated::Retry
+                        } else {
+                            Coordinated::Go(filler)
+                        };
+                    }
+                    Flight::Alone => return Coordinated::Go(filler),
                 }
-                Flight::Alone => return Coordinated::Go(filler),
             }
         }
         let mut found = Guard::of(&ex.found);
@@ -311,7 +324,7 @@ impl<B: Backend> Shared<B> {
                     // whose wait was over started it before the request waited at all):
                     // a wait too long to add is as good as forever (the placeholder's own
                     // time still ends it).
-                    let wait_until = (live && self.config.lease.is_some())
+                    let wait_until = (live && self.config.lease.is_some() && !passes)
                         .then(|| {
                             *waiting.lease_until.get_or_insert_with(|| {
                                 Instant::now()
@@ -334,7 +347,7 @@ impl<B: Backend> Shared<B> {
                             .map_or(deadline, |next| next.min(deadline));
                         tokio::time::sleep_until(poll).await;
                         None
-                    } else if live && self.config.lease.is_none() {
+                    } else if live && (self.config.lease.is_none() || passes) {
                         // Not waiting for other processes: go now alongside it, and store
                         // only if its token is still there (nothing purged the URL).
                         filler.mark(Some(placeholder.token), &found, started);
@@ -493,6 +506,9 @@ pub(super) struct Filler<B: Backend> {
     /// What the latest lookup before the request went out saw, when it was not the
     /// exchange's own.
     pub(super) guard: Option<Guard>,
+    /// A place among the requests for a URL whose responses were lately not stored,
+    /// going without waiting for each other (see `Passes`).
+    pub(super) going: Option<Going>,
 }
 
 impl<B: Backend> Filler<B> {
@@ -501,6 +517,7 @@ impl<B: Backend> Filler<B> {
             leader: None,
             lease: None,
             guard: None,
+            going: None,
         }
     }
 
@@ -511,6 +528,7 @@ impl<B: Backend> Filler<B> {
             leader: Some(leader),
             lease: None,
             guard: None,
+            going: None,
         };
         if let Slot::Value { cas } = found.slot {
             filler.mark(Some(cas), &Guard::of(found), found.started);

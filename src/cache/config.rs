@@ -10,6 +10,7 @@ use super::background::Background;
 use super::fill::FillBudget;
 use super::key::Canonical;
 use super::near::NearCache;
+use super::passes::Passes;
 use super::single_flight::SingleFlight;
 use super::storage::{LayerMemory, Storage};
 use crate::backend::Backend;
@@ -42,6 +43,9 @@ pub(crate) struct Config<B> {
     pub(crate) lease_poll: Duration,
     pub(crate) stats: CacheStats,
     pub(crate) flights: SingleFlight,
+    /// URLs whose latest response was not stored: their requests do not wait for each
+    /// other.
+    pub(crate) passes: Passes,
     /// Shared by the layer's clones: what clients have not read yet of responses being
     /// stored.
     pub(crate) fill_budget: Arc<FillBudget>,

@@ -54,6 +54,27 @@ pub(super) enum Refusal {
 }
 
 impl Refusal {
+    /// Whether the response itself is why (its directives, cookies or fields), so that the
+    /// URL's next response is likely refused too: its requests stop waiting for each
+    /// other (see `Passes`). Not what the request was (its method, credentials, range,
+    /// conditions), a status (an error passes) or the backend.
+    fn is_the_responses(self) -> bool {
+        matches!(
+            self,
+            Self::Policy(
+                NotStorable::Private
+                    | NotStorable::NoStore
+                    | NotStorable::NoCache
+                    | NotStorable::SetCookie
+                    | NotStorable::VaryStar
+                    | NotStorable::ZeroLifetime
+                    | NotStorable::LiveStream
+            ) | Self::TagsUnkept
+                | Self::TooManyFields
+                | Self::TooManySelectingFields
+        )
+    }
+
     pub(super) fn reason(self) -> &'static str {
         match self {
             Self::Head => "a HEAD response has no body to store",
@@ -208,6 +229,10 @@ impl<B: Backend> Shared<B> {
                 (tee, None)
             }
             Ok((meta, ttl)) => {
+                // Storable again: its requests wait for each other again.
+                self.config
+                    .passes
+                    .forget(|| self.flight_key(ex, request_headers));
                 let to = filler.target(ex, sent.request_time);
                 let tags = tags.unwrap_or_default();
                 let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
@@ -241,6 +266,14 @@ impl<B: Backend> Shared<B> {
                         filler.decline(false);
                     }
                     _ => {}
+                }
+                // A `no-store` refusal may be the request's own directive.
+                let requests_own = matches!(refusal, Refusal::Policy(NotStorable::NoStore))
+                    && plan.request_cc.no_store;
+                if refusal.is_the_responses() && !requests_own {
+                    self.config
+                        .passes
+                        .remember(&self.flight_key(ex, request_headers));
                 }
                 (None, Some(filler))
             }

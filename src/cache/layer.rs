@@ -122,6 +122,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 lease_poll: Duration::from_millis(20),
                 stats: CacheStats::default(),
                 flights: SingleFlight::default(),
+                passes: Default::default(),
                 fill_budget: FillBudget::new(DEFAULT_FILL_BUFFER),
                 background: Background::default(),
                 memory: LayerMemory::default(),

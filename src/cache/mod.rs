@@ -59,6 +59,7 @@ mod layer;
 mod lease;
 mod near;
 mod own_request;
+mod passes;
 mod policy;
 mod purge;
 mod range;

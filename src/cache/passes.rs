@@ -1,0 +1,164 @@
+//! URLs whose latest response was one the cache never stores (`private`, `no-store`, a
+//! cookie, no lifetime…). Requests for such a URL go to the origin side by side rather
+//! than wait for each other: waiting for a response that will not be shared only added
+//! the request ahead's time to each one's (a private page asked for by two users at once
+//! took the second one twice the origin's time). Their responses are still stored when
+//! they can be, which ends the memory at once; Varnish calls this "hit-for-miss".
+//!
+//! Kept in the process (one per layer and its clones), bounded in count and time, read on
+//! misses only. A `HashMap` by hand: `quick_cache` (the near tier's) has no expiry, and
+//! `moka`'s, with its maintenance work, is more than a few hundred short-lived marks need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+// Tokio's clock, as the coalescing deadlines: tests with paused time move it.
+use tokio::time::Instant;
+
+/// How long a URL is remembered after a response the cache did not store.
+pub(crate) const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+
+/// At most this many URLs are remembered; past it, URLs no longer remembered make room,
+/// and a URL finding none is not remembered (its requests wait for each other, as
+/// before).
+pub(crate) const MAX_REMEMBERED: usize = 4096;
+
+/// At most this many requests for one remembered URL go side by side; more wait for each
+/// other as for any URL. A client can get a URL remembered (a request the origin answers
+/// `private`, its cookie say), and its next response may well be stored: the requests
+/// that went side by side until then each cost an origin call, where waiting costs one.
+pub(crate) const MAX_SIDE_BY_SIDE: usize = 8;
+
+/// The URLs (flight keys) whose requests go without waiting for each other.
+#[derive(Clone, Default)]
+pub(crate) struct Passes {
+    remembered: Arc<Mutex<HashMap<String, Remembered>>>,
+}
+
+struct Remembered {
+    until: Instant,
+    /// Requests for it going side by side now.
+    going: usize,
+}
+
+/// A request for a remembered URL going without waiting: one of [`MAX_SIDE_BY_SIDE`]
+/// until dropped.
+pub(crate) struct Going {
+    passes: Passes,
+    key: String,
+}
+
+impl Drop for Going {
+    fn drop(&mut self) {
+        let mut remembered = self.passes.lock();
+        if let Some(url) = remembered.get_mut(&self.key) {
+            url.going = url.going.saturating_sub(1);
+        }
+    }
+}
+
+impl Passes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
+        self.remembered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a request for `key` to go without waiting for others, if the URL is
+    /// remembered and fewer than [`MAX_SIDE_BY_SIDE`] are going.
+    pub(crate) fn go(&self, key: &str) -> Option<Going> {
+        let mut remembered = self.lock();
+        let url = remembered.get_mut(key)?;
+        if url.until <= Instant::now() {
+            remembered.remove(key);
+            return None;
+        }
+        if url.going >= MAX_SIDE_BY_SIDE {
+            return None;
+        }
+        url.going += 1;
+        Some(Going {
+            passes: self.clone(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Remembers that `key`'s latest response was not stored, for [`REMEMBERED_FOR`].
+    pub(crate) fn remember(&self, key: &str) {
+        let now = Instant::now();
+        let Some(until) = now.checked_add(REMEMBERED_FOR) else {
+            return;
+        };
+        let mut remembered = self.lock();
+        if let Some(url) = remembered.get_mut(key) {
+            url.until = until;
+            return;
+        }
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.retain(|_, url| now < url.until);
+            if remembered.len() >= MAX_REMEMBERED {
+                return;
+            }
+        }
+        remembered.insert(key.to_owned(), Remembered { until, going: 0 });
+    }
+
+    /// Forgets the key `key()` gives (its response was stored): its requests wait for
+    /// each other again. `key` is only called when some URL is remembered.
+    pub(crate) fn forget(&self, key: impl FnOnce() -> String) {
+        let mut remembered = self.lock();
+        if !remembered.is_empty() {
+            remembered.remove(&key());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_url_is_remembered_for_a_while_or_until_stored() {
+        let passes = Passes::default();
+        assert!(passes.go("a").is_none());
+        passes.remember("a");
+        assert!(passes.go("a").is_some() && passes.go("b").is_none());
+        tokio::time::advance(REMEMBERED_FOR - Duration::from_secs(1)).await;
+        assert!(passes.go("a").is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(passes.go("a").is_none(), "forgotten after REMEMBERED_FOR");
+        passes.remember("a");
+        passes.forget(|| "a".to_owned());
+        assert!(passes.go("a").is_none(), "forgotten once stored");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_side_by_side_are_bounded() {
+        let passes = Passes::default();
+        passes.remember("a");
+        let going: Vec<Going> = (0..MAX_SIDE_BY_SIDE)
+            .filter_map(|_| passes.go("a"))
+            .collect();
+        assert_eq!(going.len(), MAX_SIDE_BY_SIDE);
+        assert!(passes.go("a").is_none(), "the next waits");
+        drop(going);
+        assert!(passes.go("a").is_some(), "places free again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_urls_remembered_are_bounded() {
+        let passes = Passes::default();
+        for i in 0..MAX_REMEMBERED {
+            passes.remember(&i.to_string());
+        }
+        passes.remember("one more");
+        assert!(passes.go("one more").is_none(), "no room");
+        assert!(passes.go("0").is_some(), "the remembered stay");
+        tokio::time::advance(REMEMBERED_FOR).await;
+        passes.remember("one more");
+        assert!(
+            passes.go("one more").is_some(),
+            "room made by those forgotten"
+        );
+        assert_eq!(passes.lock().len(), 1);
+    }
+}
