@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::non_ascii_encoded as encoded;
+
 use support::Watch;
 use support::path_origin::{self, decode_once, resolve_segments};
 
@@ -12,19 +14,6 @@ use std::time::Duration;
 use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::RouteMatch;
-
-/// `text` with every non-ASCII byte percent-encoded, as a client sends it.
-fn encoded(text: &str) -> String {
-    text.bytes()
-        .map(|byte| {
-            if byte.is_ascii() {
-                char::from(byte).to_string()
-            } else {
-                format!("%{byte:02X}")
-            }
-        })
-        .collect()
-}
 
 /// A path as a router that compares by Unicode case without context reads it (ASP.NET
 /// Core's `OrdinalIgnoreCase`, Java's `equalsIgnoreCase`): each character on its own in

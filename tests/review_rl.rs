@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::non_ascii_encoded as encoded;
+
 use support::Watch;
 use support::path_origin::{self, decode_once, resolve_segments};
 
@@ -14,19 +16,6 @@ use std::time::Duration;
 use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::RouteMatch;
-
-/// `text` with every non-ASCII byte percent-encoded, as a client sends it.
-fn encoded(text: &str) -> String {
-    text.bytes()
-        .map(|byte| {
-            if byte.is_ascii() {
-                char::from(byte).to_string()
-            } else {
-                format!("%{byte:02X}")
-            }
-        })
-        .collect()
-}
 
 /// A path decoded once and its segments resolved, as `String`.
 fn resolved(path: &str) -> String {

@@ -640,3 +640,16 @@ pub fn prometheus_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Opt
             (metric == name && found == wanted).then(|| value.parse().ok())?
         })
 }
+
+/// `text` with every non-ASCII byte percent-encoded, as a client sends it.
+pub fn non_ascii_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii() {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
