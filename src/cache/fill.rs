@@ -177,7 +177,7 @@ impl<B: Backend> Shared<B> {
             let admit = |to_backend| {
                 let vary = self.vary_values(request_headers, headers);
                 let admission = &admission;
-                self.admit_to(
+                self.admit(
                     plan,
                     request_headers,
                     status,
@@ -282,31 +282,11 @@ impl<B: Backend> Shared<B> {
 
     /// The admission gate: every write of an entry passes here, judged on the header set
     /// it would store (a first response, or a stored one merged with a 304 or HEAD
-    /// response). Admitted, the entry's metadata and backend lifetime.
-    pub(super) fn admit(
-        &self,
-        plan: &Plan,
-        request_headers: &HeaderMap,
-        status: StatusCode,
-        headers: &HeaderMap,
-        vary: Vec<(String, Option<String>)>,
-        admission: &Admission<'_>,
-    ) -> Result<(EntryMeta, Duration), Refusal> {
-        self.admit_to(
-            plan,
-            request_headers,
-            status,
-            headers,
-            vary,
-            admission,
-            true,
-        )
-    }
-
-    /// [`admit`](Self::admit), for the backend (`to_backend`) or only for the requests
-    /// waiting in this process (memcached cannot take it).
+    /// response), for the backend (`to_backend`) or only for the requests waiting for it
+    /// in this process (memcached cannot take it, or the request's own `no-store`).
+    /// Admitted, the entry's metadata and backend lifetime.
     #[allow(clippy::too_many_arguments)]
-    fn admit_to(
+    pub(super) fn admit(
         &self,
         plan: &Plan,
         request_headers: &HeaderMap,
@@ -492,6 +472,7 @@ mod tests {
                     headers,
                     Vec::new(),
                     &admission,
+                    true,
                 )
                 .map(|_| ())
         };
@@ -517,6 +498,7 @@ mod tests {
             response.headers(),
             Vec::new(),
             &zero,
+            true,
         );
         assert!(matches!(
             refused,
