@@ -16,11 +16,13 @@ use tower_memcache::backend::MemoryBackend;
 use support::Watch;
 
 /// An origin that counts its calls and answers each after `delay`: a page any cache may
-/// keep for ten minutes with the validator `"v1"`, or a 304 to a request that holds it (as
-/// a real origin answers a revalidation).
+/// keep for ten minutes with the validator `"v1"` (and `fields`), or, when it `validates`,
+/// a 304 to a request that holds it (as a real origin answers a revalidation).
 fn validating_origin(
     calls: Arc<AtomicUsize>,
     delay: Duration,
+    fields: &'static [(&'static str, &'static str)],
+    validates: bool,
 ) -> impl tower::Service<
     http::Request<()>,
     Response = http::Response<Full<Bytes>>,
@@ -39,10 +41,13 @@ fn validating_origin(
                 .get_all(http::header::IF_NONE_MATCH)
                 .iter()
                 .any(|value| value.as_bytes().windows(4).any(|w| w == b"\"v1\""));
-            let response = http::Response::builder()
+            let mut response = http::Response::builder()
                 .header("cache-control", "max-age=600")
                 .header("etag", "\"v1\"");
-            let response = if holds && call > 1 {
+            for (name, value) in fields {
+                response = response.header(*name, *value);
+            }
+            let response = if validates && holds && call > 1 {
                 response
                     .status(http::StatusCode::NOT_MODIFIED)
                     .body(Full::new(Bytes::new()))
@@ -66,7 +71,12 @@ async fn a_no_store_flood_shares_a_304_revalidation() {
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = support::layer(MemoryBackend::new());
         let watch = Watch::of(&layer);
-        let service = layer.layer(validating_origin(calls.clone(), Duration::from_millis(300)));
+        let service = layer.layer(validating_origin(
+            calls.clone(),
+            Duration::from_millis(300),
+            &[],
+            true,
+        ));
         let url = "http://shop.example/validated";
         assert_eq!(
             support::send(&service, http::Method::GET, url, &[])
@@ -104,7 +114,8 @@ async fn a_no_store_flood_shares_a_304_revalidation() {
     .await;
 }
 
-/// An origin whose first call answers at once and later ones once `gate` lets them: a page
+/// An origin whose first call answers at once and later ones once `gate` lets them (and a
+/// round trip later): a page
 /// any cache may keep for ten minutes, tagged `news`, with the validator `"v1"` (a 304 to a
 /// request that holds it), whose body names the call.
 fn gated_validating_origin(
@@ -126,6 +137,8 @@ fn gated_validating_origin(
                 if let Ok(permit) = gate.acquire().await {
                     permit.forget();
                 }
+                // An origin's round trip, in which requests that retry join a flight.
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let holds = request
                 .headers()
@@ -194,6 +207,126 @@ async fn a_no_store_flight_s_304_does_not_carry_a_response_past_a_tag_purge() {
             "a response from before the purge: {:?}",
             after.headers.get("cache-status")
         );
+    })
+    .await;
+}
+
+/// Origin load past coalescing through a credentialed leader: a request with
+/// `Authorization` (any made-up value) leads the flight of `no-cache` requests for a
+/// stored public page, and the origin answers its revalidation with a 304. That refresh
+/// answers the leader's credentials (RFC 9111 §3.5) and is kept from the others, rightly,
+/// but the flight then ended with nothing learnt: every follower without credentials went
+/// to the origin on its own, where a full answer to the same leader elects one of them to
+/// lead instead. One attacker's request ahead of each burst of reloads cost one origin
+/// call per reload.
+#[tokio::test]
+async fn a_credentialed_leader_s_304_lets_its_followers_elect_another() {
+    support::bounded("credentialed leader answered 304", async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let layer = support::layer(MemoryBackend::new());
+        let watch = Watch::of(&layer);
+        let service = layer.layer(gated_validating_origin(calls.clone(), gate.clone()));
+        let url = "http://site.example/public";
+        let get = |headers: &'static [(&'static str, &'static str)]| {
+            let service = service.clone();
+            tokio::spawn(
+                async move { support::send(&service, http::Method::GET, url, headers).await },
+            )
+        };
+        assert_eq!(get(&[]).await.unwrap().body, "call 1");
+        support::stores(&watch, 1).await;
+
+        for reload in [
+            &[("cache-control", "no-cache")][..],
+            &[("cache-control", "no-cache, no-store")][..],
+        ] {
+            let before = calls.load(Ordering::SeqCst);
+            let coalesced = watch.snapshot().coalesced;
+            let credentials: &'static [(&'static str, &'static str)] =
+                if reload.len() == 1 && reload[0].1 == "no-cache" {
+                    &[("cache-control", "no-cache"), ("authorization", "Bearer x")]
+                } else {
+                    &[
+                        ("cache-control", "no-cache, no-store"),
+                        ("authorization", "Bearer x"),
+                    ]
+                };
+            let leading = get(credentials);
+            support::eventually("the credentialed request reached the origin", || {
+                calls.load(Ordering::SeqCst) == before + 1
+            })
+            .await;
+            let reload: &'static [(&'static str, &'static str)] = reload;
+            let followers: Vec<_> = (0..10).map(|_| get(reload)).collect();
+            support::eventually("the reloads joined its flight", || {
+                watch.snapshot().coalesced >= coalesced + 10
+            })
+            .await;
+            gate.add_permits(64);
+            assert_eq!(leading.await.unwrap().body, "call 1");
+            for follower in followers {
+                assert_eq!(follower.await.unwrap().body, "call 1");
+            }
+            watch.settled().await;
+            // Shut again for the next round.
+            gate.forget_permits(gate.available_permits());
+            let cost = calls.load(Ordering::SeqCst) - before;
+            // The leader's and one elected among the reloads; a loaded machine may add a
+            // round, never one per reload.
+            assert!(
+                cost <= 4,
+                "{reload:?}: 10 reloads behind a credentialed leader cost {cost} origin calls"
+            );
+        }
+    })
+    .await;
+}
+
+/// RL's flood, against a tagged page (`Surrogate-Key`): a `no-store` flight's tagged answer
+/// (a new page or a 304's refresh) went only to the requests that joined before its
+/// request went out, so that a tag purge holds. In a flood nearly all join while the
+/// leader's request is out: each was sent back to look the URL up again, up to three
+/// times, and then went to the origin on its own, a call per request again (and four
+/// waits longer). The answer now goes to those that joined before a read of its tags
+/// showed none purged since its request went out, as a store's does.
+#[tokio::test]
+async fn a_no_store_flood_shares_a_tagged_answer() {
+    support::bounded("no-cache, no-store flood on a tagged page", async {
+        for validates in [true, false] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let layer = support::layer(MemoryBackend::new());
+            let watch = Watch::of(&layer);
+            let origin = validating_origin(
+                calls.clone(),
+                Duration::from_millis(300),
+                &[("surrogate-key", "news")],
+                validates,
+            );
+            let service = layer.layer(origin);
+            let url = "http://shop.example/tagged";
+            support::send(&service, http::Method::GET, url, &[]).await;
+            support::stores(&watch, 1).await;
+            let burst: Vec<_> = (0..30)
+                .map(|_| {
+                    let service = service.clone();
+                    tokio::spawn(async move {
+                        let headers = [("cache-control", "no-cache, no-store")];
+                        support::send(&service, http::Method::GET, url, &headers).await
+                    })
+                })
+                .collect();
+            for answer in burst {
+                assert_eq!(answer.await.unwrap().body, "page v1");
+            }
+            watch.settled().await;
+            let total = calls.load(Ordering::SeqCst);
+            assert!(
+                total <= 7,
+                "answered 304: {validates}; 30 no-cache, no-store requests cost {} origin calls",
+                total - 1
+            );
+        }
     })
     .await;
 }

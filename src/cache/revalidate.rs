@@ -113,14 +113,28 @@ impl<B: Backend> Shared<B> {
         match verdict {
             Ok(_) if shares => {
                 // Its followers may have joined after a tag purge, which their lookups
-                // cannot show (the item is unchanged): a tagged response (the 304's tags,
-                // or the stored ones it keeps) goes only to those that joined before its
-                // request went out, as a new response's does.
-                let tagged = tags.as_ref().is_some_and(|tags| !tags.is_empty())
-                    || !refreshed.meta.tags.is_empty();
-                let cutoff = tagged.then_some(sent.request_time);
+                // cannot show (the item is unchanged): a tagged response (the stored tags
+                // it keeps, at the generations read with it, or the 304's) goes only to
+                // those that joined before a read shows none purged since (see
+                // `publish_shared`), as a store's does.
+                let mut checked: Vec<(String, Option<u64>)> = refreshed
+                    .meta
+                    .tags
+                    .iter()
+                    .map(|(tag, kept)| (tag.clone(), Some(*kept)))
+                    .collect();
+                for tag in tags.iter().flatten() {
+                    if !checked.iter().any(|(kept, _)| kept == tag) {
+                        checked.push((tag.clone(), None));
+                    }
+                }
                 tracing::debug!(key = %plan.key, "refreshed response shared with the no-store flight, not stored");
-                filler.publish(Some((Arc::clone(&refreshed), cutoff)));
+                if checked.is_empty() {
+                    filler.publish(Some((Arc::clone(&refreshed), None)));
+                } else {
+                    let tagged = (plan.key.clone(), checked, sent.request_time);
+                    self.publish_shared(tagged, Arc::clone(&refreshed), filler);
+                }
             }
             Ok((_, ttl)) => {
                 let to = filler.target(ex, sent.request_time);
@@ -133,6 +147,15 @@ impl<B: Backend> Shared<B> {
                     if let Err(err) = self.storage.invalidate(&plan.key).await {
                         tracing::debug!(key = %plan.key, error = %err, "unstorable entry not removed");
                     }
+                }
+                let mut filler = filler;
+                if refusal == Refusal::Policy(NotStorable::Authorization) {
+                    // Refused only for this request's credentials, as a full answer to
+                    // them is (see `Shared::on_response`): its followers without any elect
+                    // another leader. Ended with nothing, each went to the origin on its
+                    // own, so one made-up `Authorization` ahead of a burst of reloads cost
+                    // an origin call per reload (review RP).
+                    filler.decline(true);
                 }
                 filler.release().await;
             }
