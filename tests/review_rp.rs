@@ -292,10 +292,31 @@ async fn a_credentialed_leader_s_304_lets_its_followers_elect_another() {
 /// showed none purged since its request went out, as a store's does.
 #[tokio::test]
 async fn a_no_store_flood_shares_a_tagged_answer() {
+    tagged_flood(MemoryBackend::new).await;
+}
+
+/// [`a_no_store_flood_shares_a_tagged_answer`] against a private memcached (the tags read
+/// on the URL's server, as a store reads them).
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn a_no_store_flood_shares_a_tagged_answer_over_tcp() {
+    let server = memcached_or_skip!("review_rp::a_no_store_flood_shares_a_tagged_answer_over_tcp");
+    tagged_flood(|| {
+        server.flush_all();
+        tower_memcache::backend::TcpBackend::builder()
+            .server(server.addr())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    })
+    .await;
+}
+
+async fn tagged_flood<B: tower_memcache::backend::Backend>(backend: impl Fn() -> B) {
     support::bounded("no-cache, no-store flood on a tagged page", async {
         for validates in [true, false] {
             let calls = Arc::new(AtomicUsize::new(0));
-            let layer = support::layer(MemoryBackend::new());
+            let layer = support::layer(backend());
             let watch = Watch::of(&layer);
             let origin = validating_origin(
                 calls.clone(),
