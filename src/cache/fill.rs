@@ -119,24 +119,60 @@ impl Refusal {
     }
 }
 
-/// What happens when a body shared but not stored (memcached cannot take it, or the
-/// request's `no-store`) is complete: the followers get it, each as its own request's
-/// answer (they joined before any purge this process started since the leader went out,
-/// or while memcached held what the leader's lookup saw; see `single_flight::Mark::admits`).
-/// `cutoff`: only those that joined before it may have it (a tagged response, whose tags
-/// no follower's lookup could check; see `Storage::store`).
-fn share_on_complete<B: Backend>(
-    meta: EntryMeta,
-    filler: Filler<B>,
-    cutoff: Option<SystemTime>,
-) -> super::body::OnComplete {
-    Box::new(move |body: Option<Bytes>| match body {
-        Some(body) => filler.publish(Some((Arc::new(Entry { meta, body }), cutoff))),
-        None => filler.publish(None),
-    })
-}
+/// A response shared with a flight but stored for nobody whose tags must be checked before
+/// its followers may have it: the URL's primary key, the tags (with the generation a
+/// refreshed entry was read under), and when the response's request went out.
+pub(super) type SharedTags = (String, Vec<(String, Option<u64>)>, SystemTime);
 
 impl<B: Backend> Shared<B> {
+    /// What happens when a body shared but not stored (memcached cannot take it, or the
+    /// request's `no-store`) is complete: the followers get it, each as its own request's
+    /// answer (they joined before any purge this process started since the leader went
+    /// out, or while memcached held what the leader's lookup saw; see
+    /// `single_flight::Mark::admits`). `tagged`: a tagged response, whose tags no
+    /// follower's lookup could check (see [`publish_shared`](Self::publish_shared)).
+    fn share_on_complete(
+        self: &Arc<Self>,
+        meta: EntryMeta,
+        filler: Filler<B>,
+        tagged: Option<SharedTags>,
+    ) -> super::body::OnComplete {
+        let shared = Arc::clone(self);
+        Box::new(move |body: Option<Bytes>| match body {
+            Some(body) => {
+                let entry = Arc::new(Entry { meta, body });
+                match tagged {
+                    Some(tagged) => shared.publish_shared(tagged, entry, filler),
+                    None => filler.publish(Some((entry, None))),
+                }
+            }
+            None => filler.publish(None),
+        })
+    }
+
+    /// Hands a tagged response stored for nobody to the followers that may have it: those
+    /// that joined before a read of its tags that shows none purged since its request
+    /// went out, else only those that joined before it went out (see
+    /// `Storage::share_cutoff`). Cut off at the request alone, the followers of a flood
+    /// (which join while the leader's request is out) were each sent back to their
+    /// lookups, and then to the origin (review RP).
+    pub(super) fn publish_shared(
+        self: &Arc<Self>,
+        (key, tags, requested): SharedTags,
+        entry: Arc<Entry>,
+        filler: Filler<B>,
+    ) {
+        let shared = Arc::clone(self);
+        let published = self.config.background.spawn(async move {
+            let cutoff = shared.storage.share_cutoff(&key, &tags, requested).await;
+            filler.publish(Some((entry, Some(cutoff))));
+        });
+        if !published {
+            // A body polled outside a tokio runtime: its followers go on their own.
+            tracing::debug!("no tokio runtime to check the shared response's tags; skipped");
+        }
+    }
+
     pub(super) fn admission(
         &self,
         chosen: Duration,
@@ -182,11 +218,17 @@ impl<B: Backend> Shared<B> {
         // A `no-store` request's response is stored for nobody, but shared with the
         // requests waiting for it (see `coordinate_idle`). Its followers may have joined
         // after a tag purge, which their lookups cannot show: a tagged response goes only
-        // to those that joined before its request went out, as a refused store's does.
+        // to those that joined before a read of its tags shows none purged since its
+        // request went out (see `publish_shared`), as a store's does.
         let no_store_share = plan.request_cc.no_store && filler.leader.is_some();
         share_only |= no_store_share;
-        let tagged = tags.as_ref().is_none_or(|tags| !tags.is_empty());
-        let share_cutoff = (no_store_share && tagged).then_some(sent.request_time);
+        let share_tags = tags
+            .as_ref()
+            .filter(|tags| no_store_share && !tags.is_empty())
+            .map(|tags| {
+                let tags = tags.iter().map(|tag| (tag.clone(), None)).collect();
+                (plan.key.clone(), tags, sent.request_time)
+            });
         let decision = if ex.is_head {
             Err(Refusal::Head)
         } else if !plan.from_cache {
@@ -198,7 +240,7 @@ impl<B: Backend> Shared<B> {
             let admit = |to_backend| {
                 let vary = self.vary_values(request_headers, headers);
                 let admission = &admission;
-                self.admit_to(
+                self.admit(
                     plan,
                     request_headers,
                     status,
@@ -218,7 +260,7 @@ impl<B: Backend> Shared<B> {
         };
         let (tee, unused) = match decision {
             Ok((meta, _)) if share_only => {
-                let on_complete = share_on_complete(meta, filler, share_cutoff);
+                let on_complete = self.share_on_complete(meta, filler, share_tags);
                 // Whole bodies only, as for a store: followers take it as complete.
                 let declared = declared_size(
                     response.status(),
@@ -315,31 +357,11 @@ impl<B: Backend> Shared<B> {
 
     /// The admission gate: every write of an entry passes here, judged on the header set
     /// it would store (a first response, or a stored one merged with a 304 or HEAD
-    /// response). Admitted, the entry's metadata and backend lifetime.
-    pub(super) fn admit(
-        &self,
-        plan: &Plan,
-        request_headers: &HeaderMap,
-        status: StatusCode,
-        headers: &HeaderMap,
-        vary: Vec<(String, Option<String>)>,
-        admission: &Admission<'_>,
-    ) -> Result<(EntryMeta, Duration), Refusal> {
-        self.admit_to(
-            plan,
-            request_headers,
-            status,
-            headers,
-            vary,
-            admission,
-            true,
-        )
-    }
-
-    /// [`admit`](Self::admit), for the backend (`to_backend`) or only for the requests
-    /// waiting in this process (memcached cannot take it).
+    /// response), for the backend (`to_backend`) or only for the requests waiting for it
+    /// in this process (memcached cannot take it, or the request's own `no-store`).
+    /// Admitted, the entry's metadata and backend lifetime.
     #[allow(clippy::too_many_arguments)]
-    fn admit_to(
+    pub(super) fn admit(
         &self,
         plan: &Plan,
         request_headers: &HeaderMap,
@@ -525,6 +547,7 @@ mod tests {
                     headers,
                     Vec::new(),
                     &admission,
+                    true,
                 )
                 .map(|_| ())
         };
@@ -550,6 +573,7 @@ mod tests {
             response.headers(),
             Vec::new(),
             &zero,
+            true,
         );
         assert!(matches!(
             refused,

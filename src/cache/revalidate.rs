@@ -42,8 +42,9 @@ impl<B: Backend> Shared<B> {
     /// like a first store: admitted, it is published and put back in the background;
     /// refused for what the response now says (`private`, `no-store`, a new `Vary`, …)
     /// the stored entry is removed; refused for what this request says (its own
-    /// `no-store`, `Authorization`) the stored entry is left as it was. Returns the
-    /// refreshed entry, to answer this request with.
+    /// `no-store`, `Authorization`) the stored entry is left as it was (and a `no-store`
+    /// leader's followers get the refreshed entry all the same). Returns the refreshed
+    /// entry, to answer this request with.
     pub(super) async fn refresh<T>(
         self: &Arc<Self>,
         ex: &Exchange,
@@ -67,6 +68,12 @@ impl<B: Backend> Shared<B> {
         let merged = admission.merged_headers(entry, response.headers());
         let refreshed = Arc::new(admission.refreshed(entry, &merged));
         let status = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
+        // A `no-store` request leading a flight of such requests (see `coordinate_idle`):
+        // its refreshed response is stored for nobody, but handed to them as a new
+        // response would be (see `Shared::on_response`). Refused for the backend by the
+        // leader's own `no-store`, it went to nobody: each follower then asked the origin
+        // on its own, and a flood of them cost a call per request again (review RP).
+        let shares = plan.request_cc.no_store && filler.leader.is_some();
         // The refresh may not change which request headers select the response: the stored
         // one's values for any new name are unknown.
         let same_selection =
@@ -98,11 +105,37 @@ impl<B: Backend> Shared<B> {
                     &merged,
                     entry.meta.vary.clone(),
                     &admission,
+                    !shares,
                 )
             } else {
                 Err(Refusal::VaryChanged)
             };
         match verdict {
+            Ok(_) if shares => {
+                // Its followers may have joined after a tag purge, which their lookups
+                // cannot show (the item is unchanged): a tagged response (the stored tags
+                // it keeps, at the generations read with it, or the 304's) goes only to
+                // those that joined before a read shows none purged since (see
+                // `publish_shared`), as a store's does.
+                let mut checked: Vec<(String, Option<u64>)> = refreshed
+                    .meta
+                    .tags
+                    .iter()
+                    .map(|(tag, kept)| (tag.clone(), Some(*kept)))
+                    .collect();
+                for tag in tags.iter().flatten() {
+                    if !checked.iter().any(|(kept, _)| kept == tag) {
+                        checked.push((tag.clone(), None));
+                    }
+                }
+                tracing::debug!(key = %plan.key, "refreshed response shared with the no-store flight, not stored");
+                if checked.is_empty() {
+                    filler.publish(Some((Arc::clone(&refreshed), None)));
+                } else {
+                    let tagged = (plan.key.clone(), checked, sent.request_time);
+                    self.publish_shared(tagged, Arc::clone(&refreshed), filler);
+                }
+            }
             Ok((_, ttl)) => {
                 let to = filler.target(ex, sent.request_time);
                 let tags = tags.unwrap_or_default();
@@ -114,6 +147,15 @@ impl<B: Backend> Shared<B> {
                     if let Err(err) = self.storage.invalidate(&plan.key).await {
                         tracing::debug!(key = %plan.key, error = %err, "unstorable entry not removed");
                     }
+                }
+                let mut filler = filler;
+                if refusal == Refusal::Policy(NotStorable::Authorization) {
+                    // Refused only for this request's credentials, as a full answer to
+                    // them is (see `Shared::on_response`): its followers without any elect
+                    // another leader. Ended with nothing, each went to the origin on its
+                    // own, so one made-up `Authorization` ahead of a burst of reloads cost
+                    // an origin call per reload (review RP).
+                    filler.decline(true);
                 }
                 filler.release().await;
             }

@@ -100,6 +100,48 @@ impl<B: Backend> Storage<B> {
         (outcome, cutoff)
     }
 
+    /// Which of the requests that joined a flight may have its tagged response when it is
+    /// shared but stored for nobody (a `no-store` flight): those that joined before the
+    /// returned time. That is when this read of the tags began, if it shows none purged
+    /// since `requested` (when the response's request went out) and, for a tag `kept`
+    /// from a stored entry a 304 refreshed, the generation the entry was read under: a
+    /// purge that returned before the read shows in it, as for a store (see
+    /// [`store`](Self::store)). Otherwise (a purge, a mark created or rewritten since, a
+    /// read that failed) `requested`: only those that joined before the request went out,
+    /// whose lookups came before any purge that could touch the response.
+    pub(crate) async fn share_cutoff(
+        &self,
+        route: &str,
+        tags: &[(String, Option<u64>)],
+        requested: SystemTime,
+    ) -> SystemTime {
+        let checked = SystemTime::now();
+        let tag_keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
+        let keys: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
+        let read = self.backend.get_many_by_key(route, &keys);
+        let Some(now) = self.timed("share check", read).await else {
+            return requested;
+        };
+        let requested_ns = nanos(requested);
+        let future = nanos(SystemTime::now()).saturating_add(nanos_of(CLOCK_SKEW));
+        let margin = |at: u64| {
+            if self.local_purges.made_here(at) {
+                0
+            } else {
+                nanos_of(CLOCK_SKEW)
+            }
+        };
+        let unpurged = tags.iter().zip(&tag_keys).all(|((_, kept), key)| {
+            match (now.get(key.as_str()).and_then(parse_tag_mark), kept) {
+                (Some((value, _)), Some(kept)) => value == *kept,
+                (Some((at, Some(_))), None) if at > future => false,
+                (Some((at, _)), None) => at.saturating_add(margin(at)) <= requested_ns,
+                (None, _) => false,
+            }
+        });
+        if unpurged { checked } else { requested }
+    }
+
     /// [`store`](Self::store); and whether the tags were checked.
     async fn store_checked(
         &self,
