@@ -72,7 +72,7 @@ impl<B: Backend> Config<B> {
             self.memory.clone(),
             self.near.clone(),
         )
-        .sharing_set_cookie(self.policy.shares_set_cookie())
+        .judged_by(&self.policy)
         .keyed_by(&self.key_headers)
     }
 }
