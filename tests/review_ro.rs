@@ -321,3 +321,56 @@ async fn the_near_tier_answers_a_layer_only_with_what_its_own_settings_admitted(
         assert_eq!(origin.calls(), 2, "{url}");
     }
 }
+
+/// A purge that returned, across a change of tag settings: the origin tags its pages
+/// with `Surrogate-Key`, and processes configured without tags (`tag_header(None)`, or
+/// another header: the processes a rolling change has not reached) stored the field as
+/// any other, with no tag to purge by. The processes that read tags answered those
+/// entries, and went on answering them after their own `purge_tag("news")` returned
+/// `Ok`. An entry holding a field the reading layer consumes (its tag or lifetime
+/// header) was not written under its settings: a miss.
+#[tokio::test]
+async fn a_tag_purge_that_returned_holds_for_entries_stored_without_tags() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/tagged";
+    let origin = Origin::new(200, &[("surrogate-key", "news")]);
+    let writer = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .tag_header(None);
+    store_through(&writer, &origin, url).await;
+    let reader = support::layer(backend.clone()).namespace(NAMESPACE);
+    let svc = reader.clone().layer(origin.clone());
+    reader
+        .purger()
+        .purge_tag("news")
+        .await
+        .expect("the tag purge");
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_ne!(
+        answer.body, "call 1",
+        "a page tagged `news` was answered after purge_tag(\"news\") returned: {answer:?}"
+    );
+}
+
+/// A handler keeps a per-user page out of the cache with `x-memcache-lifetime: 0`. A
+/// process configured without the lifetime header (or with another name) stored it as
+/// any page, the field with it; the processes that honour the header answered it to
+/// everyone from that entry. An entry holding the reader's lifetime header is a miss.
+#[tokio::test]
+async fn a_page_the_readers_lifetime_header_keeps_out_is_not_served() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/lifetime-zero";
+    let origin = Origin::new(200, &[("x-memcache-lifetime", "0")]);
+    let writer = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .lifetime_header(None);
+    store_through(&writer, &origin, url).await;
+    let reader = support::layer(backend.clone()).namespace(NAMESPACE);
+    let svc = reader.layer(origin.clone());
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_ne!(
+        answer.body, "call 1",
+        "a page its handler kept out of the cache was served: {answer:?}"
+    );
+    assert_eq!(origin.calls(), 2);
+}

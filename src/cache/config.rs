@@ -73,6 +73,11 @@ impl<B: Backend> Config<B> {
             self.near.clone(),
         )
         .judged_by(&self.policy)
+        .consuming(
+            [self.lifetime_header.clone(), self.tag_header.clone()]
+                .into_iter()
+                .flatten(),
+        )
         .keyed_by(&self.key_headers)
     }
 }

@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::background::Background;
 use super::stored;
@@ -199,7 +199,11 @@ pub(crate) struct Storage<B> {
     /// The layer's `key_headers` (lower-case names): an entry not selected by each of
     /// them is a miss.
     key_headers: Arc<[String]>,
-    /// What the two above judge by, as one number: a near tier shared by layers of other
+    /// The response fields the layer consumes (its tag and lifetime headers), never in
+    /// an entry it writes: an entry holding one was stored by a process that did not read
+    /// it (no tags to purge it by; a lifetime of 0 not honoured), and is a miss.
+    own_fields: Arc<[HeaderName]>,
+    /// What the three above judge by, as one number: a near tier shared by layers of other
     /// settings answers each only with what a lookup of its own settings judged.
     reader: u64,
 }
@@ -231,6 +235,7 @@ impl<B: Backend> Storage<B> {
             outages: memory.outages,
             policy: Arc::new(Policy::default()),
             key_headers: Arc::from([]),
+            own_fields: Arc::from([]),
             reader: 0,
         }
         .with_reader()
@@ -251,6 +256,12 @@ impl<B: Backend> Storage<B> {
         self.with_reader()
     }
 
+    /// The response fields the layer consumes (its tag and lifetime headers).
+    pub(crate) fn consuming(mut self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.own_fields = fields.into_iter().collect();
+        self.with_reader()
+    }
+
     /// [`reader`](Self::reader) for the settings as they are now.
     fn with_reader(mut self) -> Self {
         use std::hash::{Hash, Hasher};
@@ -259,6 +270,10 @@ impl<B: Backend> Storage<B> {
         let mut hasher = std::hash::DefaultHasher::new();
         self.policy.hash_reading(&mut hasher);
         self.key_headers.hash(&mut hasher);
+        for name in self.own_fields.iter() {
+            name.as_str().hash(&mut hasher);
+        }
+        self.own_fields.len().hash(&mut hasher);
         self.reader = hasher.finish();
         self
     }
@@ -523,8 +538,10 @@ impl<B> Storage<B> {
     /// `must-revalidate` by this layer's directives holds for the entry, whatever the
     /// writer's directives made of it.
     ///
-    /// So is an entry not selected by each of the layer's key headers (stored before one
-    /// was configured), and one received later than [`CLOCK_SKEW`] past this process's
+    /// So is an entry holding a field the layer consumes (its tag or lifetime header:
+    /// stored by a process that did not read it, its tags unrecorded, its lifetime of 0
+    /// not honoured), one not selected by each of the layer's key headers (stored before
+    /// one was configured), and one received later than [`CLOCK_SKEW`] past this process's
     /// now: written by a process whose clock runs ahead, its age would count from a time
     /// still to come (zero until then), and a page the origin let be reused for a second
     /// was served as fresh, never revalidated, for as long as that clock was ahead and
@@ -561,6 +578,17 @@ impl<B> Storage<B> {
                 );
                 return None;
             }
+        }
+        // Stored by a process that did not consume the field: its tags were not recorded
+        // (a purge of them here would not reach it), its lifetime of 0 not honoured.
+        if let Some((name, _)) = entry
+            .meta
+            .headers
+            .iter()
+            .find(|(name, _)| self.own_fields.contains(name))
+        {
+            tracing::debug!(field = %name, "cache entry holds a field this layer consumes; miss");
+            return None;
         }
         // Stored before the key header was configured (by a process without it, during a
         // rolling change): selected by the other fields alone, one tenant's page answered
