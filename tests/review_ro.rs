@@ -374,3 +374,94 @@ async fn a_page_the_readers_lifetime_header_keeps_out_is_not_served() {
     );
     assert_eq!(origin.calls(), 2);
 }
+
+/// An origin whose first answer waits until the test lets it go.
+#[derive(Clone)]
+struct Gated {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl tower::Service<Request<()>> for Gated {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let gate = Arc::clone(&self.gate);
+        let tenant = request
+            .headers()
+            .get("x-tenant")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        Box::pin(async move {
+            if call == 1 {
+                let _ = gate.acquire().await;
+            }
+            Ok(Response::new(Full::new(Bytes::from(format!(
+                "page of {tenant}"
+            )))))
+        })
+    }
+}
+
+/// Two layers cloned from one base layer (so sharing its single flight), one keyed by
+/// `x-tenant` and one not, both in one namespace (two services of one process sharing it
+/// by mistake). Bob's request through the keyed layer arrived while alice's request
+/// through the other was at the origin, joined its flight, and was answered with
+/// alice's page: a follower takes its leader's response on the leader's settings. A
+/// request joins only flights of layers of its own settings.
+#[tokio::test]
+async fn a_request_never_follows_a_flight_of_a_layer_configured_otherwise() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/flight";
+    let origin = Gated {
+        calls: Arc::default(),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let base = tower_memcache::MemcacheLayer::new(backend.clone())
+        .namespace(NAMESPACE)
+        .lease(None);
+    let plain = base.clone().layer(origin.clone());
+    let keyed_layer = base
+        .clone()
+        .key_headers([HeaderName::from_static("x-tenant")]);
+    let keyed = keyed_layer.clone().layer(origin.clone());
+    let alice = tokio::spawn({
+        let plain = plain.clone();
+        async move { send(&plain, Method::GET, url, &[("x-tenant", "alice")]).await }
+    });
+    support::eventually("alice's request at the origin", || {
+        origin.calls.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let bob = tokio::spawn({
+        let keyed = keyed.clone();
+        async move { send(&keyed, Method::GET, url, &[("x-tenant", "bob")]).await }
+    });
+    // Bob's request either waits for alice's (the defect) or goes to the origin itself.
+    let watch = Watch::of(&keyed_layer);
+    support::eventually("bob's request waiting or at the origin", || {
+        watch.snapshot().coalesced >= 1
+            || origin.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    origin.gate.add_permits(1);
+    let alice = support::bounded("alice", alice).await.unwrap();
+    let bob = support::bounded("bob", bob).await.unwrap();
+    assert_eq!(alice.body, "page of alice");
+    assert_eq!(
+        bob.body, "page of bob",
+        "bob was answered with the response alice's request fetched: {bob:?}"
+    );
+}
