@@ -461,8 +461,15 @@ impl<B: Backend> Shared<B> {
 
     /// The single flight a request joins: its URL's, or, once the URL is known to vary, its
     /// variant's, so that requests for one variant never wait for another's response.
+    ///
+    /// Among the layers of its own settings ([`Storage::reader`]) only: clones of one layer
+    /// share its flights, and a clone configured otherwise (another key header, other
+    /// statuses or targeted fields) would take a response its settings do not admit, such
+    /// as the page another layer fetched for alice, answered to bob's keyed request.
+    ///
+    /// [`Storage::reader`]: crate::cache::storage::Storage::reader
     pub(super) fn flight_key(&self, ex: &Exchange, request_headers: &HeaderMap) -> String {
-        match &ex.found.index {
+        let key = match &ex.found.index {
             Some(index) => self
                 .storage
                 .variant_keys(index, request_headers)
@@ -470,7 +477,8 @@ impl<B: Backend> Shared<B> {
                 .next()
                 .unwrap_or_else(|| ex.plan.key.clone()),
             None => ex.plan.key.clone(),
-        }
+        };
+        format!("{:016x}{key}", self.storage.reader())
     }
 
     async fn look_again(&self, plan: &Plan, request_headers: &HeaderMap) -> Looked {

@@ -76,7 +76,12 @@ impl<B: Backend> Config<B> {
             self.memory.clone(),
             self.near.clone(),
         )
-        .sharing_set_cookie(self.policy.shares_set_cookie())
+        .judged_by(&self.policy)
+        .consuming(
+            [self.lifetime_header.clone(), self.tag_header.clone()]
+                .into_iter()
+                .flatten(),
+        )
         .keyed_by(&self.key_headers)
     }
 }

@@ -180,6 +180,12 @@ struct Kept {
     /// process since may reach it though the tags it holds do not name the tag (another
     /// process's refresh may have tagged the page since): it is checked again first.
     cleared: u64,
+    /// The settings of the layer whose lookup judged it ([`Storage::reader`]): answered
+    /// only to layers of the same, since another layer sharing the tier and namespace may
+    /// not have admitted it (other statuses, targeted fields or key headers).
+    ///
+    /// [`Storage::reader`]: crate::cache::storage::Storage::reader
+    reader: u64,
 }
 
 /// What an entry was read against: its server, and that server's store epoch for the
@@ -398,8 +404,15 @@ impl NearCache {
 
     /// The entry for this request: [`Near::Current`] if one was checked in memcached
     /// within `max_staleness`, [`Near::Lapsed`] if one past that may be confirmed. Its
-    /// HTTP freshness is the caller's business.
-    pub(crate) fn get(&self, key: &str, canonical: &str, request_headers: &HeaderMap) -> Near {
+    /// HTTP freshness is the caller's business. Only entries kept by a layer of the
+    /// `reader`'s settings count.
+    pub(crate) fn get(
+        &self,
+        key: &str,
+        canonical: &str,
+        request_headers: &HeaderMap,
+        reader: u64,
+    ) -> Near {
         let Some(slot) = self.inner.slots.get(key) else {
             return Near::Nothing;
         };
@@ -408,7 +421,9 @@ impl NearCache {
         let cleared = self.inner.cleared.load(Ordering::SeqCst);
         let mut lapsed = None;
         for kept in &slot.kept {
-            if !stored::selects(&kept.entry.meta, canonical, request_headers) {
+            if kept.reader != reader
+                || !stored::selects(&kept.entry.meta, canonical, request_headers)
+            {
                 continue;
             }
             if kept.cleared == cleared && now.saturating_duration_since(kept.checked) <= bound {
@@ -471,6 +486,7 @@ impl NearCache {
         varies: bool,
         mark: Mark,
         basis: Option<Basis>,
+        reader: u64,
     ) {
         if self.inner.max_staleness.is_zero() {
             return;
@@ -485,6 +501,7 @@ impl NearCache {
             read: mark.at,
             basis,
             cleared: mark.cleared,
+            reader,
         };
         let fence = self.inner.fence.read().unwrap_or_else(|p| p.into_inner());
         if self.changed_since(key, mark) {
@@ -676,12 +693,12 @@ mod tests {
         let near = NearCache::new(1 << 20, Duration::from_millis(50));
         let entry = bare_entry();
         let canonical = entry.meta.canonical_key.clone();
-        near.keep("k", &entry, false, near.mark("k"), None);
+        near.keep("k", &entry, false, near.mark("k"), None, 0);
         let headers = HeaderMap::new();
-        assert!(near.get("k", &canonical, &headers).current().is_some());
-        assert!(near.get("k", "another", &headers).current().is_none());
+        assert!(near.get("k", &canonical, &headers, 0).current().is_some());
+        assert!(near.get("k", "another", &headers, 0).current().is_none());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(near.get("k", &canonical, &headers).current().is_none());
+        assert!(near.get("k", &canonical, &headers, 0).current().is_none());
     }
 
     #[test]
@@ -691,9 +708,9 @@ mod tests {
         let canonical = entry.meta.canonical_key.clone();
         let mark = near.mark("k");
         near.forget("k");
-        near.keep("k", &entry, false, mark, None);
+        near.keep("k", &entry, false, mark, None, 0);
         assert!(
-            near.get("k", &canonical, &HeaderMap::new())
+            near.get("k", &canonical, &HeaderMap::new(), 0)
                 .current()
                 .is_none()
         );
@@ -704,9 +721,9 @@ mod tests {
             .unwrap();
         let mark = near.mark("k");
         near.forget(&other);
-        near.keep("k", &entry, false, mark, None);
+        near.keep("k", &entry, false, mark, None, 0);
         assert!(
-            near.get("k", &canonical, &HeaderMap::new())
+            near.get("k", &canonical, &HeaderMap::new(), 0)
                 .current()
                 .is_some()
         );
@@ -716,9 +733,9 @@ mod tests {
         }] {
             let mark = near.mark("k");
             purge(&near);
-            near.keep("k", &entry, false, mark, None);
+            near.keep("k", &entry, false, mark, None, 0);
             assert!(
-                near.get("k", &canonical, &HeaderMap::new())
+                near.get("k", &canonical, &HeaderMap::new(), 0)
                     .current()
                     .is_none()
             );
@@ -784,13 +801,13 @@ mod tests {
             server: 0,
             epoch: 1,
         };
-        near.keep("k", &entry, false, near.mark("k"), Some(basis));
-        let current = near.get("k", &canonical, &HeaderMap::new()).current();
+        near.keep("k", &entry, false, near.mark("k"), Some(basis), 0);
+        let current = near.get("k", &canonical, &HeaderMap::new(), 0).current();
         let kept = current.expect("current before the purge");
         // Not tagged with `t`: kept, but no longer answered without a check.
         near.forget_tag("t");
         assert_eq!(near.entries(), 1);
-        let Near::Lapsed(lapsed, offered) = near.get("k", &canonical, &HeaderMap::new()) else {
+        let Near::Lapsed(lapsed, offered) = near.get("k", &canonical, &HeaderMap::new(), 0) else {
             panic!("to be confirmed after the purge");
         };
         assert!(Arc::ptr_eq(&lapsed, &kept));
@@ -798,7 +815,7 @@ mod tests {
         // A confirmation that began after the purge answers it again.
         near.renew("k", &lapsed, near.mark("k"));
         assert!(
-            near.get("k", &canonical, &HeaderMap::new())
+            near.get("k", &canonical, &HeaderMap::new(), 0)
                 .current()
                 .is_some()
         );
@@ -825,15 +842,16 @@ mod tests {
             false,
             mark.since(Some(mark.at - Duration::from_millis(70))),
             None,
+            0,
         );
         assert!(
-            near.get("k", &canonical, &HeaderMap::new())
+            near.get("k", &canonical, &HeaderMap::new(), 0)
                 .current()
                 .is_some()
         );
         std::thread::sleep(Duration::from_millis(40));
         assert!(
-            near.get("k", &canonical, &HeaderMap::new())
+            near.get("k", &canonical, &HeaderMap::new(), 0)
                 .current()
                 .is_none()
         );
@@ -852,28 +870,32 @@ mod tests {
             server: 1,
             epoch: 7,
         };
-        near.keep("with", &entry, false, near.mark("with"), Some(basis));
-        near.keep("without", &entry, false, near.mark("without"), None);
+        near.keep("with", &entry, false, near.mark("with"), Some(basis), 0);
+        near.keep("without", &entry, false, near.mark("without"), None, 0);
         std::thread::sleep(bound + Duration::from_millis(5));
         assert!(matches!(
-            near.get("without", &canonical, &headers),
+            near.get("without", &canonical, &headers, 0),
             Near::Nothing
         ));
-        let Near::Lapsed(kept, offered) = near.get("with", &canonical, &headers) else {
+        let Near::Lapsed(kept, offered) = near.get("with", &canonical, &headers, 0) else {
             panic!("not offered");
         };
         assert_eq!(offered, basis);
         // Renewed: current again, for a window from the mark.
         near.renew("with", &kept, near.mark("with"));
-        assert!(near.get("with", &canonical, &headers).current().is_some());
+        assert!(
+            near.get("with", &canonical, &headers, 0)
+                .current()
+                .is_some()
+        );
         // Not after this process changed the URL since the mark.
         std::thread::sleep(bound + Duration::from_millis(5));
         let mark = near.mark("with");
         near.forget("with");
-        near.keep("with", &entry, false, near.mark("with"), Some(basis));
+        near.keep("with", &entry, false, near.mark("with"), Some(basis), 0);
         near.renew("with", &kept, mark);
         std::thread::sleep(bound + Duration::from_millis(5));
-        let Near::Lapsed(newer, _) = near.get("with", &canonical, &headers) else {
+        let Near::Lapsed(newer, _) = near.get("with", &canonical, &headers, 0) else {
             panic!("not offered");
         };
         assert!(
@@ -882,17 +904,21 @@ mod tests {
         );
         // Nor an entry the tier no longer holds.
         near.renew("with", &kept, near.mark("with"));
-        assert!(near.get("with", &canonical, &headers).current().is_none());
+        assert!(
+            near.get("with", &canonical, &headers, 0)
+                .current()
+                .is_none()
+        );
         // Read in full more than eight windows ago: no longer offered, however renewed.
         for _ in 0..RENEWABLE_WINDOWS {
             std::thread::sleep(bound + Duration::from_millis(2));
-            if let Near::Lapsed(kept, _) = near.get("with", &canonical, &headers) {
+            if let Near::Lapsed(kept, _) = near.get("with", &canonical, &headers, 0) {
                 near.renew("with", &kept, near.mark("with"));
             }
         }
         std::thread::sleep(bound + Duration::from_millis(5));
         assert!(matches!(
-            near.get("with", &canonical, &headers),
+            near.get("with", &canonical, &headers, 0),
             Near::Nothing
         ));
     }
@@ -904,7 +930,7 @@ mod tests {
         entry.body = Bytes::from(vec![b'x'; 1000]);
         for i in 0..1000 {
             let key = format!("k{i}");
-            near.keep(&key, &entry, false, near.mark(&key), None);
+            near.keep(&key, &entry, false, near.mark(&key), None, 0);
         }
         assert!(near.entries() > 0);
         assert!(near.weight() <= near.capacity(), "{near:?}");
@@ -934,7 +960,7 @@ mod tests {
                     let canonical = entry.meta.canonical_key.clone();
                     while !done.load(Ordering::SeqCst) {
                         let before = floor.load(Ordering::SeqCst);
-                        if let Some(kept) = near.get("k", &canonical, &headers).current() {
+                        if let Some(kept) = near.get("k", &canonical, &headers, 0).current() {
                             assert!(
                                 kept.meta.generation >= before,
                                 "generation {} answered after the purge to {before} returned",
@@ -952,7 +978,7 @@ mod tests {
                                 read
                             }
                         };
-                        near.keep("k", &entry, false, mark, None);
+                        near.keep("k", &entry, false, mark, None, 0);
                     }
                 })
             })

@@ -164,11 +164,12 @@ where
             let mut near_mark = None;
             if let (Some(near), true) = (shared.storage.near(), plan.from_cache) {
                 let headers = request.headers();
-                let (entry, basis) = match near.get(&plan.key, &plan.canonical, headers) {
-                    Near::Current(entry) => (Some(entry), None),
-                    Near::Lapsed(entry, basis) => (Some(entry), Some(basis)),
-                    Near::Nothing => (None, None),
-                };
+                let (entry, basis) =
+                    match near.get(&plan.key, &plan.canonical, headers, shared.storage.reader()) {
+                        Near::Current(entry) => (Some(entry), None),
+                        Near::Lapsed(entry, basis) => (Some(entry), Some(basis)),
+                        Near::Nothing => (None, None),
+                    };
                 if let Some(entry) = entry {
                     let freshness = stored::freshness(&entry.meta, now_ms());
                     let fresh = freshness.reuse(&plan.request_cc) == Reuse::Fresh;
@@ -241,9 +242,23 @@ where
                             // One set of selecting headers: a request selects at most one of
                             // the variants kept, as it would in memcached.
                             match &found.index {
-                                None => near.keep(&plan.key, entry, false, mark, found.basis),
+                                None => near.keep(
+                                    &plan.key,
+                                    entry,
+                                    false,
+                                    mark,
+                                    found.basis,
+                                    shared.storage.reader(),
+                                ),
                                 Some(index) if index.name_sets.len() == 1 => {
-                                    near.keep(&plan.key, entry, true, mark, found.basis);
+                                    near.keep(
+                                        &plan.key,
+                                        entry,
+                                        true,
+                                        mark,
+                                        found.basis,
+                                        shared.storage.reader(),
+                                    );
                                 }
                                 Some(_) => {}
                             }

@@ -71,15 +71,23 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
-/// Whether a field in an entry read back is one the layer never stores, whatever the
-/// response it came with: a hop-by-hop field of the fixed list, or a [`PER_CLIENT_FIELDS`]
-/// one (the cookie setters only when the layer does not share cookies). Such an entry is
-/// not one this layer wrote: another tool's, a corrupt one, or one kept while the layer
-/// shared cookies (the operator has turned that off since).
-pub(crate) fn is_never_stored(name: &HeaderName, share_set_cookie: bool) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-        || (PER_CLIENT_FIELDS.contains(name)
-            && !(share_set_cookie && COOKIE_SETTERS.contains(name)))
+/// What a layer makes of an entry read back, judged by its own settings
+/// ([`Policy::judge_stored`]): its revalidation flags as this layer's directives read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StoredRuling {
+    /// `no-cache` by this layer's ruling directives: revalidated before every reuse.
+    pub no_cache: bool,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage` by them: never served stale.
+    pub forbids_stale: bool,
+}
+
+/// Why a layer does not serve an entry another process stored ([`Policy::judge_stored`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NotServed {
+    /// This layer would not have stored the response.
+    Refused(NotStorable),
+    /// The entry holds a field this layer keeps out of entries.
+    Field(HeaderName),
 }
 
 /// Whether a field sets a cookie (`Set-Cookie`, `Set-Cookie2`).
@@ -416,6 +424,80 @@ impl Policy {
             return Err(NotStorable::VaryStar);
         }
         Ok(())
+    }
+
+    /// This layer's judgement of an entry read back, which a process configured otherwise
+    /// may have written (a rolling change, a canary, two services sharing a namespace):
+    /// its status and stored fields are judged as [`storable`](Self::storable) and the
+    /// entry's field filter would judge them here, by this layer's `statuses`, mode,
+    /// targeted fields and cookie sharing. An entry this layer would not have stored, or
+    /// that holds a field it keeps out, is not served on the writer's word (its `400`
+    /// after `statuses` was narrowed, its `Cache-Control: private` page stored on a
+    /// targeted field's word, the field a targeted `private="…"` names); the flags say
+    /// how this layer's directives have it revalidated. Only what the stored response
+    /// tells: the request that brought it (`Authorization`, `Range`) was judged when it
+    /// was stored, and its lifetimes are the writer's.
+    pub(crate) fn judge_stored(
+        &self,
+        status: u16,
+        stored: &[(HeaderName, http::HeaderValue)],
+    ) -> Result<StoredRuling, NotServed> {
+        let status =
+            StatusCode::from_u16(status).map_err(|_| NotServed::Refused(NotStorable::Status))?;
+        let mut headers = HeaderMap::with_capacity(stored.len());
+        for (name, value) in stored {
+            headers.append(name.clone(), value.clone());
+        }
+        let ruling = self.response_directives(&headers);
+        if let Some((name, _)) = stored
+            .iter()
+            .find(|(name, _)| ruling.is_unstored_field(name, &headers, self.share_set_cookie))
+        {
+            return Err(NotServed::Field(name.clone()));
+        }
+        self.storable(
+            &HeaderMap::new(),
+            &CacheControl::default(),
+            status,
+            &ruling.headers,
+            &ruling.cc,
+        )
+        .map_err(NotServed::Refused)?;
+        Ok(StoredRuling {
+            no_cache: ruling.cc.no_cache,
+            forbids_stale: ruling.cc.forbids_stale(),
+        })
+    }
+
+    /// This policy without its route rules: what judging an entry read back needs
+    /// ([`judge_stored`](Self::judge_stored)), cheap to keep beside every storage.
+    pub(crate) fn for_reading(&self) -> Self {
+        Self {
+            mode: self.mode,
+            rules: RouteRules::default(),
+            default_lifetime: self.default_lifetime,
+            statuses: self.statuses.clone(),
+            store_set_cookie: self.store_set_cookie,
+            share_set_cookie: self.share_set_cookie,
+            heuristic: self.heuristic,
+            targets: self.targets.clone(),
+        }
+    }
+
+    /// Feeds `hasher` what [`judge_stored`](Self::judge_stored) judges by: two policies
+    /// that feed it alike judge every entry alike.
+    pub(crate) fn hash_reading(&self, hasher: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        let mut statuses: Vec<u16> = self.statuses.iter().copied().collect();
+        statuses.sort_unstable();
+        statuses.hash(hasher);
+        (self.mode == CacheMode::Origin).hash(hasher);
+        self.store_set_cookie.hash(hasher);
+        self.share_set_cookie.hash(hasher);
+        for target in &self.targets {
+            target.as_str().hash(hasher);
+        }
+        self.targets.len().hash(hasher);
     }
 
     /// How long a response stays fresh and how long it may then be served stale.

@@ -63,14 +63,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::background::Background;
 use super::stored;
 use crate::backend::{Backend, BackendError, CasOutcome, Item, Lifetime};
 use crate::cache::entry::{Entry, FLAG_PLACEHOLDER, Placeholder, VariantIndex, decode_entry};
 use crate::cache::near::NearCache;
-use crate::cache::policy::{is_never_stored, normalized_header};
+use crate::cache::policy::{NotServed, Policy, normalized_header};
 use crate::cache::stats::CacheStats;
 use crate::key::{build_key, md5_hex_prefixed};
 
@@ -193,12 +193,19 @@ pub(crate) struct Storage<B> {
     /// The backend's [`Backend::outages`] when the near tier's memory of generations was
     /// last known to predate none of them (the layer's: see [`LayerMemory`]).
     outages: Arc<AtomicU64>,
-    /// The layer stores `Set-Cookie` (`share_set_cookie`): otherwise an entry holding one
-    /// is a miss.
-    shares_set_cookie: bool,
+    /// The layer's storage policy (without route rules): an entry it would not have
+    /// stored, or holding a field it keeps out, is a miss ([`Policy::judge_stored`]).
+    policy: Arc<Policy>,
     /// The layer's `key_headers` (lower-case names): an entry not selected by each of
     /// them is a miss.
     key_headers: Arc<[String]>,
+    /// The response fields the layer consumes (its tag and lifetime headers), never in
+    /// an entry it writes: an entry holding one was stored by a process that did not read
+    /// it (no tags to purge it by; a lifetime of 0 not honoured), and is a miss.
+    own_fields: Arc<[HeaderName]>,
+    /// What the three above judge by, as one number: a near tier shared by layers of other
+    /// settings answers each only with what a lookup of its own settings judged.
+    reader: u64,
 }
 
 impl<B: Backend> Storage<B> {
@@ -226,15 +233,18 @@ impl<B: Backend> Storage<B> {
             background,
             near,
             outages: memory.outages,
-            shares_set_cookie: false,
+            policy: Arc::new(Policy::default()),
             key_headers: Arc::from([]),
+            own_fields: Arc::from([]),
+            reader: 0,
         }
+        .with_reader()
     }
 
-    /// Entries holding `Set-Cookie` are read back (the layer's `share_set_cookie`).
-    pub(crate) fn sharing_set_cookie(mut self, share: bool) -> Self {
-        self.shares_set_cookie = share;
-        self
+    /// Entries read back are judged by `policy` (the layer's).
+    pub(crate) fn judged_by(mut self, policy: &Policy) -> Self {
+        self.policy = Arc::new(policy.for_reading());
+        self.with_reader()
     }
 
     /// The request fields every entry must be selected by (the layer's `key_headers`).
@@ -243,7 +253,36 @@ impl<B: Backend> Storage<B> {
             return self;
         }
         self.key_headers = names.iter().map(|name| name.as_str().to_owned()).collect();
+        self.with_reader()
+    }
+
+    /// The response fields the layer consumes (its tag and lifetime headers).
+    pub(crate) fn consuming(mut self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.own_fields = fields.into_iter().collect();
+        self.with_reader()
+    }
+
+    /// [`reader`](Self::reader) for the settings as they are now.
+    fn with_reader(mut self) -> Self {
+        use std::hash::{Hash, Hasher};
+        // std's `DefaultHasher::new` has fixed keys: the same settings give the same
+        // number in every layer of the process (the near tier never leaves it).
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.policy.hash_reading(&mut hasher);
+        self.key_headers.hash(&mut hasher);
+        for name in self.own_fields.iter() {
+            name.as_str().hash(&mut hasher);
+        }
+        self.own_fields.len().hash(&mut hasher);
+        self.reader = hasher.finish();
         self
+    }
+
+    /// The settings entries read back are judged by ([`Policy::judge_stored`], key
+    /// headers), as one number: what the near tier keeps for this layer it answers only
+    /// to layers of the same.
+    pub(crate) fn reader(&self) -> u64 {
+        self.reader
     }
 
     /// The in-process tier, when there is one.
@@ -486,14 +525,23 @@ fn nanos_of(duration: Duration) -> u64 {
 }
 
 impl<B> Storage<B> {
-    /// An entry read back, or `None` (a miss) when it does not decode or holds a field
-    /// this layer never stores ([`is_never_stored`]): a cookie kept while the layer shared
-    /// cookies would be replayed to everyone after the operator turned that off, and a
-    /// hop-by-hop field (another tool's value) would reach every client. A miss refills
-    /// the URL over it.
+    /// An entry read back, or `None` (a miss) when it does not decode, or when this
+    /// layer's settings would not have stored it as it is ([`Policy::judge_stored`]):
+    /// processes sharing a namespace may be configured apart (a rolling change, a
+    /// canary), and the writer's admission is not the reader's. A field the layer keeps
+    /// out (a cookie kept while the layer shared cookies would be replayed to everyone
+    /// after the operator turned that off; a field a targeted `private="…"` names, stored
+    /// by a process that did not read that field; a hop-by-hop field, another tool's
+    /// value), a status it does not store (a `400` kept after `statuses` was narrowed to
+    /// end its cache poisoning), a response its ruling directives keep out of shared
+    /// caches: each is a miss, and the URL is refilled over it. A `no-cache` or
+    /// `must-revalidate` by this layer's directives holds for the entry, whatever the
+    /// writer's directives made of it.
     ///
-    /// So is an entry not selected by each of the layer's key headers (stored before one
-    /// was configured), and one received later than [`CLOCK_SKEW`] past this process's
+    /// So is an entry holding a field the layer consumes (its tag or lifetime header:
+    /// stored by a process that did not read it, its tags unrecorded, its lifetime of 0
+    /// not honoured), one not selected by each of the layer's key headers (stored before
+    /// one was configured), and one received later than [`CLOCK_SKEW`] past this process's
     /// now: written by a process whose clock runs ahead, its age would count from a time
     /// still to come (zero until then), and a page the origin let be reused for a second
     /// was served as fresh, never revalidated, for as long as that clock was ahead and
@@ -510,14 +558,36 @@ impl<B> Storage<B> {
             );
             return None;
         }
-        let share = self.shares_set_cookie;
+        let mut entry = entry;
+        match self
+            .policy
+            .judge_stored(entry.meta.status, &entry.meta.headers)
+        {
+            Ok(ruling) => {
+                entry.meta.no_cache |= ruling.no_cache;
+                entry.meta.forbids_stale |= ruling.forbids_stale;
+            }
+            Err(NotServed::Field(name)) => {
+                tracing::debug!(field = %name, "cache entry holds a field this layer keeps out; miss");
+                return None;
+            }
+            Err(NotServed::Refused(reason)) => {
+                tracing::debug!(
+                    ?reason,
+                    "cache entry is one this layer would not store; miss"
+                );
+                return None;
+            }
+        }
+        // Stored by a process that did not consume the field: its tags were not recorded
+        // (a purge of them here would not reach it), its lifetime of 0 not honoured.
         if let Some((name, _)) = entry
             .meta
             .headers
             .iter()
-            .find(|(name, _)| is_never_stored(name, share))
+            .find(|(name, _)| self.own_fields.contains(name))
         {
-            tracing::debug!(field = %name, "cache entry holds a field never stored; miss");
+            tracing::debug!(field = %name, "cache entry holds a field this layer consumes; miss");
             return None;
         }
         // Stored before the key header was configured (by a process without it, during a

@@ -1,0 +1,467 @@
+//! Review RO: processes sharing one memcached namespace while configured differently (a
+//! rolling deploy, a canary, two services that share a namespace by mistake). An entry
+//! one process wrote under its settings is read by another under its own: what the
+//! reader's settings would have refused to store, or would keep out of an entry, must not
+//! be served by it on the writer's word.
+//!
+//! Each test stores through a layer configured one way and reads through a layer
+//! configured another way, both over one `MemoryBackend` and namespace, and fails if the
+//! defect it names is there.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::Layer;
+
+use tower_memcache::backend::MemoryBackend;
+use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode};
+
+use support::{Watch, send};
+
+const NAMESPACE: &str = "review-ro";
+
+/// A response field as an origin sends it.
+type Field = (&'static str, &'static str);
+
+/// What the origin saw and answers: every GET gets `status`, `headers` and a body naming
+/// its call.
+#[derive(Default)]
+struct Script {
+    calls: usize,
+    if_none_match: Vec<Option<String>>,
+}
+
+#[derive(Clone)]
+struct Origin {
+    status: StatusCode,
+    headers: Arc<Vec<Field>>,
+    seen: Arc<Mutex<Script>>,
+}
+
+impl Origin {
+    fn new(status: u16, headers: &[Field]) -> Self {
+        Self {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: Arc::new(headers.to_vec()),
+            seen: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.seen.lock().unwrap().calls
+    }
+
+    /// The `If-None-Match` of the last request the origin got.
+    fn last_if_none_match(&self) -> Option<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .if_none_match
+            .last()
+            .cloned()
+            .flatten()
+    }
+}
+
+impl tower::Service<Request<()>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        let mut seen = self.seen.lock().unwrap();
+        seen.calls += 1;
+        let call = seen.calls;
+        seen.if_none_match.push(
+            request
+                .headers()
+                .get("if-none-match")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
+        let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
+        *response.status_mut() = self.status;
+        for (name, value) in self.headers.iter() {
+            response
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+/// Stores `url`'s answer through `writer` (its first request: a miss) and waits for the
+/// store to land.
+async fn store_through(
+    writer: &tower_memcache::MemcacheLayer<MemoryBackend>,
+    origin: &Origin,
+    url: &str,
+) {
+    let svc = writer.clone().layer(origin.clone());
+    let first = send(&svc, Method::GET, url, &[]).await;
+    assert_eq!(first.body, "call 1", "{url}: {first:?}");
+    support::stores(&Watch::of(writer), 1).await;
+}
+
+fn cdn() -> [HeaderName; 1] {
+    [CDN_CACHE_CONTROL]
+}
+
+/// Cache-poisoned denial of service across a rolling change: an operator finds that
+/// clients get a `400` (an oversize field the key does not hold) stored for everyone, and
+/// narrows `statuses` to the defaults. The processes the change reached served the `400`
+/// the old ones had stored all the same, for its whole lifetime: a lookup trusted the
+/// writer's admission. An entry whose status the reader would not store is a miss.
+#[tokio::test]
+async fn a_status_the_reader_does_not_store_is_not_served_from_another_writers_entry() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/poisoned";
+    let origin = Origin::new(400, &[("cache-control", "max-age=600")]);
+    let old = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .statuses([200, 400]);
+    store_through(&old, &origin, url).await;
+    // The process after the change: the default statuses (no 400).
+    let new = support::layer(backend.clone()).namespace(NAMESPACE);
+    let svc = new.layer(origin.clone());
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_ne!(
+        answer.body, "call 1",
+        "a 400 the reader never stores was served from another process's entry: {answer:?}"
+    );
+    assert_eq!(origin.calls(), 2, "the origin was not asked: {answer:?}");
+}
+
+/// RFC 9213 across processes configured apart: a response that `CDN-Cache-Control`
+/// keeps out of this cache (`private`) but `Cache-Control` lets shared caches store
+/// (`max-age=600`) was stored by a process without the targeted setting, and the process
+/// with it (the reverse proxy's default) served it from that entry to every client. And
+/// the other way round: a `Cache-Control: private` page that a targeted writer stored on
+/// `CDN-Cache-Control`'s word was served by a process ruled by `Cache-Control`. An entry
+/// the reader's own directives refuse is a miss.
+#[tokio::test]
+async fn a_page_the_readers_ruling_directives_make_private_is_not_served() {
+    let backend = MemoryBackend::new();
+    for (url, headers, writer_targets, reader_targets) in [
+        (
+            "http://review-ro.test/cdn-private",
+            &[
+                ("cache-control", "max-age=600"),
+                ("cdn-cache-control", "private"),
+            ][..],
+            &[][..],
+            &cdn()[..],
+        ),
+        (
+            "http://review-ro.test/cc-private",
+            &[
+                ("cache-control", "private"),
+                ("cdn-cache-control", "max-age=600"),
+            ][..],
+            &cdn()[..],
+            &[][..],
+        ),
+        (
+            "http://review-ro.test/cdn-no-store",
+            &[
+                ("cache-control", "max-age=600"),
+                ("cdn-cache-control", "no-store"),
+            ][..],
+            &[][..],
+            &cdn()[..],
+        ),
+    ] {
+        let origin = Origin::new(200, headers);
+        let writer = support::layer(backend.clone())
+            .namespace(NAMESPACE)
+            .mode(CacheMode::Origin)
+            .targeted_cache_control(writer_targets.to_vec());
+        store_through(&writer, &origin, url).await;
+        let reader = support::layer(backend.clone())
+            .namespace(NAMESPACE)
+            .mode(CacheMode::Origin)
+            .targeted_cache_control(reader_targets.to_vec());
+        let svc = reader.layer(origin.clone());
+        let answer = send(&svc, Method::GET, url, &[]).await;
+        assert_ne!(
+            answer.body, "call 1",
+            "{url}: a page the reader's directives keep out of shared caches was served \
+             from another process's entry: {answer:?}"
+        );
+        assert_eq!(origin.calls(), 2, "{url}: the origin was not asked");
+    }
+}
+
+/// A field a targeted `private="…"` keeps out of this cache (`CDN-Cache-Control:
+/// private="x-user"`, the requester's name) was stored by a process without the targeted
+/// setting, whose `Cache-Control` names no field; the targeted process replayed it,
+/// one user's value, to everyone. An entry holding a field the reader's directives keep
+/// out is a miss.
+#[tokio::test]
+async fn a_field_the_readers_directives_keep_out_is_not_replayed() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/field";
+    let origin = Origin::new(
+        200,
+        &[
+            ("cache-control", "max-age=600"),
+            ("cdn-cache-control", "max-age=600, private=\"x-user\""),
+            ("x-user", "alice"),
+        ],
+    );
+    let writer = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .mode(CacheMode::Origin);
+    store_through(&writer, &origin, url).await;
+    let reader = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .mode(CacheMode::Origin)
+        .targeted_cache_control(cdn());
+    let svc = reader.layer(origin.clone());
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_ne!(
+        answer.body, "call 1",
+        "a field the reader keeps out of shared entries was replayed: {answer:?}"
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+/// `CDN-Cache-Control: no-cache` (revalidate every reuse with the origin, which may
+/// check who asks) beside `Cache-Control: max-age=600`: stored by a process without the
+/// targeted setting, the entry said "fresh for ten minutes", and the targeted process
+/// served it without asking the origin. The reader's own `no-cache` holds: the entry is
+/// revalidated with its validator.
+#[tokio::test]
+async fn a_no_cache_of_the_readers_directives_is_revalidated() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/no-cache";
+    let origin = Origin::new(
+        200,
+        &[
+            ("cache-control", "max-age=600"),
+            ("cdn-cache-control", "no-cache"),
+            ("etag", "\"v1\""),
+        ],
+    );
+    let writer = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .mode(CacheMode::Origin);
+    store_through(&writer, &origin, url).await;
+    let reader = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .mode(CacheMode::Origin)
+        .targeted_cache_control(cdn());
+    let svc = reader.layer(origin.clone());
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_eq!(
+        origin.calls(),
+        2,
+        "served without revalidation, against the reader's no-cache: {answer:?}"
+    );
+    assert_eq!(origin.last_if_none_match().as_deref(), Some("\"v1\""));
+}
+
+/// Two layers of one process configured apart (two services sharing a namespace by
+/// mistake, or one mounted twice with other settings) and one `NearCache`, as the README
+/// asks ("meant to be shared by all the layers of a process"). What one layer kept in the
+/// near tier was answered by the other without the checks its memcached lookups make: a
+/// layer keyed by `x-tenant` answered bob with the page the other layer stored for
+/// alice (review RN's defect, through the near tier), and a layer that does not store
+/// `400` answered the other's. A near-tier entry kept by a layer of other settings is not
+/// answered by this one (it reads memcached, and judges the entry there).
+#[tokio::test]
+async fn the_near_tier_answers_a_layer_only_with_what_its_own_settings_admitted() {
+    use std::time::Duration;
+    use tower_memcache::cache::NearCache;
+    let backend = MemoryBackend::new();
+    let near = NearCache::new(1 << 20, Duration::from_secs(60));
+    let cases: [(&str, u16, &[Field]); 2] = [
+        ("http://review-ro.test/near-tenant", 200, &[]),
+        (
+            "http://review-ro.test/near-400",
+            400,
+            &[("cache-control", "max-age=600")],
+        ),
+    ];
+    for (url, status, headers) in cases {
+        let origin = Origin::new(status, headers);
+        let writer = tower_memcache::MemcacheLayer::new(backend.clone())
+            .namespace(NAMESPACE)
+            .statuses([200, 400])
+            .near_cache(near.clone());
+        let writer_svc = writer.clone().layer(origin.clone());
+        let first = send(&writer_svc, Method::GET, url, &[("x-tenant", "alice")]).await;
+        assert_eq!(first.body, "call 1");
+        support::stores(&Watch::of(&writer), 1).await;
+        // Read back through the writer: kept in the near tier.
+        let again = send(&writer_svc, Method::GET, url, &[("x-tenant", "alice")]).await;
+        assert_eq!(again.body, "call 1", "{url}: {again:?}");
+        assert!(near.entries() >= 1, "{url}: kept in the near tier");
+        let reader = tower_memcache::MemcacheLayer::new(backend.clone())
+            .namespace(NAMESPACE)
+            .key_headers([HeaderName::from_static("x-tenant")])
+            .near_cache(near.clone());
+        let svc = reader.layer(origin.clone());
+        let bob = send(&svc, Method::GET, url, &[("x-tenant", "bob")]).await;
+        assert_ne!(
+            bob.body, "call 1",
+            "{url}: the near tier answered with another layer's admission: {bob:?}"
+        );
+        assert_eq!(origin.calls(), 2, "{url}");
+    }
+}
+
+/// A purge that returned, across a change of tag settings: the origin tags its pages
+/// with `Surrogate-Key`, and processes configured without tags (`tag_header(None)`, or
+/// another header: the processes a rolling change has not reached) stored the field as
+/// any other, with no tag to purge by. The processes that read tags answered those
+/// entries, and went on answering them after their own `purge_tag("news")` returned
+/// `Ok`. An entry holding a field the reading layer consumes (its tag or lifetime
+/// header) was not written under its settings: a miss.
+#[tokio::test]
+async fn a_tag_purge_that_returned_holds_for_entries_stored_without_tags() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/tagged";
+    let origin = Origin::new(200, &[("surrogate-key", "news")]);
+    let writer = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .tag_header(None);
+    store_through(&writer, &origin, url).await;
+    let reader = support::layer(backend.clone()).namespace(NAMESPACE);
+    let svc = reader.clone().layer(origin.clone());
+    reader
+        .purger()
+        .purge_tag("news")
+        .await
+        .expect("the tag purge");
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_ne!(
+        answer.body, "call 1",
+        "a page tagged `news` was answered after purge_tag(\"news\") returned: {answer:?}"
+    );
+}
+
+/// A handler keeps a per-user page out of the cache with `x-memcache-lifetime: 0`. A
+/// process configured without the lifetime header (or with another name) stored it as
+/// any page, the field with it; the processes that honour the header answered it to
+/// everyone from that entry. An entry holding the reader's lifetime header is a miss.
+#[tokio::test]
+async fn a_page_the_readers_lifetime_header_keeps_out_is_not_served() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/lifetime-zero";
+    let origin = Origin::new(200, &[("x-memcache-lifetime", "0")]);
+    let writer = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .lifetime_header(None);
+    store_through(&writer, &origin, url).await;
+    let reader = support::layer(backend.clone()).namespace(NAMESPACE);
+    let svc = reader.layer(origin.clone());
+    let answer = send(&svc, Method::GET, url, &[]).await;
+    assert_ne!(
+        answer.body, "call 1",
+        "a page its handler kept out of the cache was served: {answer:?}"
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+/// An origin whose first answer waits until the test lets it go.
+#[derive(Clone)]
+struct Gated {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl tower::Service<Request<()>> for Gated {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let gate = Arc::clone(&self.gate);
+        let tenant = request
+            .headers()
+            .get("x-tenant")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        Box::pin(async move {
+            if call == 1 {
+                let _ = gate.acquire().await;
+            }
+            Ok(Response::new(Full::new(Bytes::from(format!(
+                "page of {tenant}"
+            )))))
+        })
+    }
+}
+
+/// Two layers cloned from one base layer (so sharing its single flight), one keyed by
+/// `x-tenant` and one not, both in one namespace (two services of one process sharing it
+/// by mistake). Bob's request through the keyed layer arrived while alice's request
+/// through the other was at the origin, joined its flight, and was answered with
+/// alice's page: a follower takes its leader's response on the leader's settings. A
+/// request joins only flights of layers of its own settings.
+#[tokio::test]
+async fn a_request_never_follows_a_flight_of_a_layer_configured_otherwise() {
+    let backend = MemoryBackend::new();
+    let url = "http://review-ro.test/flight";
+    let origin = Gated {
+        calls: Arc::default(),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let base = tower_memcache::MemcacheLayer::new(backend.clone())
+        .namespace(NAMESPACE)
+        .lease(None);
+    let plain = base.clone().layer(origin.clone());
+    let keyed_layer = base
+        .clone()
+        .key_headers([HeaderName::from_static("x-tenant")]);
+    let keyed = keyed_layer.clone().layer(origin.clone());
+    let alice = tokio::spawn({
+        let plain = plain.clone();
+        async move { send(&plain, Method::GET, url, &[("x-tenant", "alice")]).await }
+    });
+    support::eventually("alice's request at the origin", || {
+        origin.calls.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let bob = tokio::spawn({
+        let keyed = keyed.clone();
+        async move { send(&keyed, Method::GET, url, &[("x-tenant", "bob")]).await }
+    });
+    // Bob's request either waits for alice's (the defect) or goes to the origin itself.
+    let watch = Watch::of(&keyed_layer);
+    support::eventually("bob's request waiting or at the origin", || {
+        watch.snapshot().coalesced >= 1
+            || origin.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    origin.gate.add_permits(1);
+    let alice = support::bounded("alice", alice).await.unwrap();
+    let bob = support::bounded("bob", bob).await.unwrap();
+    assert_eq!(alice.body, "page of alice");
+    assert_eq!(
+        bob.body, "page of bob",
+        "bob was answered with the response alice's request fetched: {bob:?}"
+    );
+}
