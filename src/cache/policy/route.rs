@@ -40,6 +40,14 @@ use std::time::Duration;
 /// of the readings' lifetimes, so "cache only `/static/`" (a default lifetime of 0) never
 /// stores another route's page for it.
 ///
+/// `Exact` and `Prefix` rules are literal paths. One written as other frameworks write
+/// routes, with a glob or a route parameter (`/account/*`, `/account/**`,
+/// `/account/{id}`, `/account/:id`), matches no request as text: as a `no_cache` rule it
+/// is also read as a route pattern (`*` or `**` taking the rest of the path), so that it
+/// keeps what it names out of the cache (and possibly more); as a lifetime rule it stays
+/// literal (read as a pattern it would lengthen lifetimes it does not name). Either is
+/// logged as a warning when the rule is added.
+///
 /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -65,6 +73,12 @@ pub enum RouteMatch {
     /// reading falls under holds. So does one for a path inside the pattern where the
     /// pattern still covers the reading (`/x/..%2Faccount`, routed to `/{*path}`, reads
     /// `/account`); a pattern inside a `no_cache` area stays the exception to it.
+    ///
+    /// A request that names no route pattern (a layer wrapped around the whole router
+    /// rather than added with `Router::layer` or `route_layer`, a server other than
+    /// axum, or no `axum` feature) matches no lifetime `Pattern` rule, but a `no_cache`
+    /// `Pattern` rule holds for every path its pattern covers in any of the readings
+    /// above: it protects what it names wherever the layer sits.
     Pattern(String),
 }
 
@@ -93,6 +107,60 @@ pub(crate) struct RouteRules {
     rules: Vec<RouteRule>,
     /// The `Exact` and `Prefix` rules in the origin reading.
     origin_rules: Vec<OriginRule>,
+    /// `no_cache` rules read as route patterns too (see [`NoCachePattern`]).
+    no_cache_patterns: Vec<NoCachePattern>,
+}
+
+/// A `no_cache` rule read as an axum route pattern, matched against every reading of the
+/// path: an `Exact` or `Prefix` rule written with pattern syntax (`/account/*`,
+/// `/account/{id}`, `/account/:id`, as other frameworks write routes), which as literal
+/// text matches no request, and a `Pattern` rule, for requests that name no route pattern
+/// (a layer around the whole router, a hyper server, no `axum` feature), which it could
+/// not otherwise match. Read so, such a rule may cover more paths than meant, never fewer:
+/// caching less is the price of a rule that would otherwise protect nothing.
+#[derive(Clone, Debug)]
+struct NoCachePattern {
+    pattern: String,
+    /// A `Prefix` rule: paths whose first segments the pattern covers.
+    prefix: bool,
+    /// From a `Pattern` rule: only for requests without a route pattern of their own.
+    unrouted_only: bool,
+}
+
+impl NoCachePattern {
+    fn covers(&self, reading: &str) -> bool {
+        if !self.prefix {
+            return pattern_covers(&self.pattern, reading);
+        }
+        // The reading's first segments, as many as the pattern has (a catch-all takes
+        // the rest anyway); fewer are no path under it.
+        let wanted = self.pattern.split('/').filter(|p| !p.is_empty()).count();
+        let start = reading
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .take(wanted)
+            .fold(
+                String::with_capacity(reading.len()),
+                |mut start, segment| {
+                    start.push('/');
+                    start.push_str(segment);
+                    start
+                },
+            );
+        pattern_covers(&self.pattern, &start)
+    }
+}
+
+/// Whether a rule's path is written with route-pattern syntax: a segment holding a glob
+/// (`*`), a parameter in braces (`{id}`), or starting with `:` (axum 0.7, Express).
+fn has_pattern_syntax(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        segment.contains('*')
+            || segment.starts_with(':')
+            || segment
+                .find('{')
+                .is_some_and(|open| segment[open..].contains('}'))
+    })
 }
 
 /// An `Exact` or `Prefix` rule in the origin reading.
@@ -138,6 +206,41 @@ impl RouteRules {
                 *path = read;
             }
         }
+        let no_cache = matches!(rule.action, RouteAction::NoCache);
+        match &rule.matcher {
+            RouteMatch::Pattern(pattern) if no_cache => {
+                self.no_cache_patterns.push(NoCachePattern {
+                    pattern: pattern.clone(),
+                    prefix: false,
+                    unrouted_only: true,
+                });
+            }
+            RouteMatch::Exact(path) | RouteMatch::Prefix(path) if has_pattern_syntax(path) => {
+                if no_cache {
+                    tracing::warn!(
+                        rule = ?rule.matcher,
+                        "a no_cache rule written with a glob or a route parameter is matched \
+                         as literal text and, to keep what it names out of the cache, as a \
+                         route pattern too (`*` takes the rest of the path)"
+                    );
+                    self.no_cache_patterns.push(NoCachePattern {
+                        pattern: path.clone(),
+                        prefix: matches!(rule.matcher, RouteMatch::Prefix(_)),
+                        unrouted_only: false,
+                    });
+                } else {
+                    // Read as a pattern it would lengthen lifetimes of paths it does not
+                    // name: said, and left literal (it caches less, never more).
+                    tracing::warn!(
+                        rule = ?rule.matcher,
+                        "a route lifetime rule written with a glob or a route parameter is \
+                         matched as literal text only: use RouteMatch::Prefix without the \
+                         glob, or RouteMatch::Pattern"
+                    );
+                }
+            }
+            _ => {}
+        }
         // Lifetime rules too: a path that is under one as written but not as the origin
         // reads it (`/static/..%2Faccount`) must not get its lifetime.
         let (path, prefix) = match &rule.matcher {
@@ -176,6 +279,9 @@ impl RouteRules {
             return Some(default);
         }
         let read = rule_path(path);
+        if self.no_cache_pattern_covers(path, &read, pattern) {
+            return None;
+        }
         let mut as_written = match self.decide(&read, pattern) {
             Decided::ByPath(action) => lifetime_of(action)?,
             Decided::ByPattern(pattern, action) => {
@@ -207,6 +313,33 @@ impl RouteRules {
             as_resolved = as_resolved.min(self.origin_lifetime(&read_on, default)?);
         }
         Some(as_written.min(as_resolved))
+    }
+
+    /// Whether a `no_cache` rule read as a pattern ([`NoCachePattern`]) covers a reading
+    /// of `path` (as sent, `read`, or as a lenient origin resolves it). `pattern` is the
+    /// request's own route pattern, if it names one.
+    fn no_cache_pattern_covers(&self, path: &str, read: &str, pattern: Option<&str>) -> bool {
+        let mut applicable = self
+            .no_cache_patterns
+            .iter()
+            .filter(|rule| pattern.is_none() || !rule.unrouted_only)
+            .peekable();
+        if applicable.peek().is_none() {
+            return false;
+        }
+        let (cut, read_on) = origin_readings(path);
+        let readings = [
+            Some(path),
+            Some(read),
+            Some(cut.as_str()),
+            read_on.as_deref(),
+        ];
+        applicable.any(|rule| {
+            readings
+                .iter()
+                .flatten()
+                .any(|reading| rule.covers(reading))
+        })
     }
 
     /// The lifetime of a path the router matched to a route `pattern` with a rule. The
