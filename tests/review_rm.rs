@@ -144,3 +144,100 @@ async fn a_no_cache_rule_written_with_a_glob_or_a_parameter_holds() {
     watch.settled().await;
     assert!(!status.contains("stored"), "/static/x: {status}");
 }
+
+/// Starts the proxy with `args` (and `env`) after the usual ones and waits up to 5 s for
+/// it to exit: its exit status and stderr, or `None` when it went on running (killed).
+#[cfg(feature = "proxy")]
+fn proxy_exit(args: &[&str], env: &[(&str, &str)]) -> Option<(Option<i32>, String)> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let mut child = Command::new(support::proxy::proxy_binary())
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--threads", "1", "--access-log", "off"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the proxy");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the proxy") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    status.map(|status| (status.code(), stderr))
+}
+
+/// An empty `--namespace` (`TOWER_MEMCACHE_PROXY_NAMESPACE=` left unset in a unit file or
+/// a container template) was taken as the empty namespace: the one every
+/// `MemcacheLayer` left at its default keys in, and every proxy given the same empty
+/// variable, so proxies of two origins on one memcached shared keys and a client could
+/// have one origin's page stored as the other site's (SECURITY.md's "one namespace per
+/// application"). A namespace read with its trailing newline (a mounted secret) keyed one
+/// replica apart from the others, whose invalidations then left its entries. Both are
+/// refused at startup, exit status 2, naming the flag.
+#[cfg(feature = "proxy")]
+#[test]
+fn an_empty_or_padded_namespace_is_refused_at_startup() {
+    /// A command line's extra flags and environment.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case<'_>; 4] = [
+        (&["--namespace", ""], &[]),
+        (&[], &[("TOWER_MEMCACHE_PROXY_NAMESPACE", "")]),
+        (&["--namespace", " "], &[]),
+        (&["--namespace", "proxy:origin\n"], &[]),
+    ];
+    for (args, env) in cases {
+        let (code, stderr) =
+            proxy_exit(args, env).unwrap_or_else(|| panic!("{args:?} {env:?}: accepted"));
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("--namespace"), "{args:?} {env:?}: {stderr}");
+    }
+    // A name given on purpose still starts.
+    assert!(proxy_exit(&["--namespace", "site a:1"], &[]).is_none());
+}
+
+/// `--cache-timeout 0` (an operator reading 0 as "no timeout") was accepted: memcached
+/// answers a lookup in no time only by chance, so most lookups became misses (9 hits in
+/// 30 repeated requests here) while every response was still stored, a cache that costs
+/// memcached's work and saves the origin little, with nothing said. `--max-entry-size 0`
+/// (nginx's "no limit" for body sizes) stored no response with a body, and made
+/// `--max-unsent-bytes`' default (128 entries) 0, which closes connections whose client
+/// has not yet taken every byte. Both are refused at startup, exit status 2, as review
+/// QI refused the origin timeouts of 0.
+#[cfg(feature = "proxy")]
+#[test]
+fn a_zero_cache_timeout_or_entry_size_is_refused_at_startup() {
+    for (flag, value) in [
+        ("--cache-timeout", "0"),
+        ("--cache-timeout", "0ms"),
+        ("--max-entry-size", "0"),
+        ("--max-entry-size", "0K"),
+    ] {
+        let (code, stderr) =
+            proxy_exit(&[flag, value], &[]).unwrap_or_else(|| panic!("{flag} {value}: accepted"));
+        assert_eq!(code, Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("more than 0"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}

@@ -44,7 +44,11 @@ pub(crate) struct Args {
     /// site's. Replicas in front of one origin share entries and invalidations when they
     /// name it alike (or are given one namespace); give such replicas one namespace when
     /// they name the origin differently (an address and a name).
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_NAMESPACE", value_name = "NAME")]
+    ///
+    /// Not empty (the namespace every application's cache layer keys in by default), and
+    /// without white space at its ends or control characters (a name read from a file
+    /// with its newline would part a replica from the others).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_NAMESPACE", value_name = "NAME", value_parser = parse_namespace)]
     pub(crate) namespace: Option<String>,
 
     /// The address and port to listen on, for HTTP/1.1 and HTTP/2 (prior knowledge).
@@ -160,14 +164,15 @@ pub(crate) struct Args {
     /// passed through, not stored.
     ///
     /// memcached's item size limit (-I, 1 MiB by default) bounds it too: the proxy learns
-    /// each server's and does not copy bodies it could not store.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_size)]
+    /// each server's and does not copy bodies it could not store. More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_entry_size)]
     pub(crate) max_entry_size: u64,
 
     /// How long a request waits for memcached before going to the origin as a miss. Each
     /// memcached call may also take this long (100 ms at least) to connect, and as long
     /// again for its reply: stores and purges, which no request waits for in a lookup.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    /// More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_positive_duration)]
     pub(crate) cache_timeout: Duration,
 
     /// How long the origin may take to send a response head, from the request body's last
@@ -381,13 +386,52 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration of more than zero: a zero timeout would close every connection at once
-/// (`--client-header-timeout`), or answer every miss 504 or 502 (`--upstream-timeout`,
-/// `--connect-timeout`: no origin answers, or is reached over a network, in no time).
+/// (`--client-header-timeout`), answer every miss 504 or 502 (`--upstream-timeout`,
+/// `--connect-timeout`: no origin answers, or is reached over a network, in no time), or
+/// turn most lookups into misses while every response is still stored
+/// (`--cache-timeout`: memcached answers in no time only by chance).
 pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err(format!("{:?}: must be more than 0", text.trim())),
         duration => Ok(duration),
     }
+}
+
+/// `--max-entry-size`: more than 0. A 0 (nginx's "no limit" for its body sizes) stored
+/// no response with a body, and made `--max-unsent-bytes`' default (128 entries) 0, so
+/// that every connection holding a byte its client had not yet taken could be closed.
+pub(crate) fn parse_entry_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err(format!(
+            "{:?}: must be more than 0 (0 stores nothing, and leaves no room for \
+             --max-unsent-bytes' default)",
+            text.trim()
+        )),
+        size => Ok(size),
+    }
+}
+
+/// `--namespace`: a name given on purpose. An empty one (an unset variable in a unit
+/// file or a container's environment) is the namespace of every cache layer left at its
+/// default, and of every proxy given the same empty variable: proxies of different
+/// origins would share it, and a client could have one origin's page stored as the other
+/// site's (SECURITY.md). White space at its ends or a control character (a secret read
+/// with its newline) would key one replica apart from the others, whose invalidations
+/// then leave its entries. Refused rather than trimmed: the operator says which was meant.
+pub(crate) fn parse_namespace(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(format!(
+            "{text:?}: an empty namespace is the one every application's cache layer uses by \
+             default; leave the flag out for \"proxy:\" and the upstream's authority"
+        ));
+    }
+    if text.trim() != text || text.chars().any(char::is_control) {
+        return Err(format!(
+            "{text:?}: white space at its ends or a control character (a newline read with \
+             the value?); give the name alone"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 impl Args {
@@ -469,6 +513,16 @@ mod tests {
         assert!(parse_near_cache("64M,never").is_err());
         assert!(parse_near_cache("64M,0").is_err());
         assert!(parse_near_cache("64M,0ms").is_err());
+
+        assert_eq!(parse_entry_size("1K"), Ok(1024));
+        assert!(parse_entry_size("0").is_err());
+        assert!(parse_entry_size("0K").is_err());
+
+        assert_eq!(parse_namespace("site-a"), Ok("site-a".to_owned()));
+        assert_eq!(parse_namespace("a b:c"), Ok("a b:c".to_owned()));
+        for bad in ["", " ", "site-a\n", " site-a", "site\u{0}a", "\t"] {
+            assert!(parse_namespace(bad).is_err(), "{bad:?}");
+        }
 
         assert!(parse_upstream("http://origin:8080").is_ok());
         assert!(parse_upstream("http://user:secret@origin:8080").is_err());
