@@ -241,3 +241,30 @@ fn a_zero_cache_timeout_or_entry_size_is_refused_at_startup() {
         );
     }
 }
+
+/// `--upstream http://origin:0` was accepted: no connection can be made to port 0, so
+/// the proxy started, said it forwarded to the origin, and answered every miss 502 (or
+/// a stale entry, for as long as `--stale-if-unreachable` let it). memcached servers on
+/// port 0 were already refused. `--near-cache 64` (a size without its `M`) was taken as
+/// a tier of 64 bytes, announced as on ("near tier 0 KiB"), and kept nothing: each entry
+/// counts its size and 512 bytes more, and the tier is split in shards. Both are refused
+/// at startup, exit status 2, naming the flag.
+#[cfg(feature = "proxy")]
+#[test]
+fn an_unreachable_upstream_or_a_near_tier_that_keeps_nothing_is_refused() {
+    let (code, stderr) = proxy_exit(&["--upstream", "http://127.0.0.1:0"], &[])
+        .unwrap_or_else(|| panic!("--upstream with port 0: accepted"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--upstream"), "{stderr}");
+    for value in ["64", "1", "1K", "512K,1s"] {
+        let (code, stderr) = proxy_exit(&["--near-cache", value], &[])
+            .unwrap_or_else(|| panic!("--near-cache {value}: accepted"));
+        assert_eq!(code, Some(2), "--near-cache {value}: {stderr}");
+        assert!(
+            stderr.contains("--near-cache"),
+            "--near-cache {value}: {stderr}"
+        );
+    }
+    // A tier of a size that holds pages still starts.
+    assert!(proxy_exit(&["--near-cache", "1M"], &[]).is_none());
+}

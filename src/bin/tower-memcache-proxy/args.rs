@@ -7,7 +7,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
-use tower_memcache::cache::{CDN_CACHE_CONTROL, RequestTarget};
+use tower_memcache::cache::{CDN_CACHE_CONTROL, NEAR_ENTRY_OVERHEAD, RequestTarget};
 
 use crate::size::parse_size;
 
@@ -156,7 +156,8 @@ pub(crate) struct Args {
     /// Purges and invalidations through this proxy apply at once; those of other processes
     /// sharing the memcached servers show within STALENESS. Only fresh responses are
     /// answered from it (Cache-Status "hit; detail=near"). The threads share one tier.
-    /// STALENESS must be more than 0 (a tier no time behind memcached keeps nothing).
+    /// STALENESS must be more than 0 (a tier no time behind memcached keeps nothing), SIZE
+    /// at least 1M.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_NEAR_CACHE", value_name = "SIZE[,STALENESS]|off", default_value = "off", value_parser = parse_near_cache)]
     pub(crate) near_cache: NearSetting,
 
@@ -337,6 +338,9 @@ pub(crate) fn parse_targeted(text: &str) -> Result<Targeted, String> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NearSetting(pub(crate) Option<(u64, Duration)>);
 
+/// The smallest `--near-cache` size taken: 64 shards of 16 KiB.
+pub(crate) const MIN_NEAR_CACHE: u64 = 1 << 20;
+
 /// Near-tier staleness when `--near-cache` gives only a size.
 pub(crate) const DEFAULT_NEAR_STALENESS: Duration = Duration::from_secs(1);
 
@@ -353,6 +357,15 @@ pub(crate) fn parse_near_cache(text: &str) -> Result<NearSetting, String> {
     let size = parse_size(size)?;
     if size == 0 {
         return Ok(NearSetting(None));
+    }
+    // Each entry counts its size and `NEAR_ENTRY_OVERHEAD` more, and the tier is split in
+    // up to 64 shards, each a bound of its own: a tier much smaller keeps next to nothing
+    // (`64`, a size without its `M`, kept nothing while it was announced as on).
+    if size < MIN_NEAR_CACHE {
+        return Err(format!(
+            "{text:?}: a near tier under 1M keeps next to nothing (each entry counts its \
+             size and {NEAR_ENTRY_OVERHEAD} bytes more); give a size with its unit, such as 64M"
+        ));
     }
     // A tier that may be no time behind memcached keeps nothing (every request is looked
     // up there): refused rather than announced as on.
@@ -474,6 +487,11 @@ pub(crate) fn parse_upstream(text: &str) -> Result<Uri, String> {
             "user information (user:password@) is not supported; give http://host[:port]".into(),
         );
     }
+    // No connection can be made to port 0: the proxy would start and answer every miss
+    // 502 (as `--memcache` refuses it too).
+    if uri.port_u16() == Some(0) {
+        return Err("port 0 can never be connected to; give the origin's port".into());
+    }
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err("a path prefix is not supported; give http://host[:port]".into());
     }
@@ -513,6 +531,9 @@ mod tests {
         assert!(parse_near_cache("64M,never").is_err());
         assert!(parse_near_cache("64M,0").is_err());
         assert!(parse_near_cache("64M,0ms").is_err());
+        assert!(parse_near_cache("64").is_err());
+        assert!(parse_near_cache("1023K").is_err());
+        assert!(parse_near_cache("1M").is_ok());
 
         assert_eq!(parse_entry_size("1K"), Ok(1024));
         assert!(parse_entry_size("0").is_err());
@@ -527,6 +548,8 @@ mod tests {
         assert!(parse_upstream("http://origin:8080").is_ok());
         assert!(parse_upstream("http://user:secret@origin:8080").is_err());
         assert!(parse_upstream("http://@origin").is_err());
+        assert!(parse_upstream("http://origin:0").is_err());
+        assert!(parse_upstream("http://origin:00").is_err());
 
         let namespace = |upstream: &str| default_namespace(&parse_upstream(upstream).unwrap());
         assert_eq!(namespace("http://Origin:80"), "proxy:origin");
