@@ -268,3 +268,51 @@ fn an_unreachable_upstream_or_a_near_tier_that_keeps_nothing_is_refused() {
     // A tier of a size that holds pages still starts.
     assert!(proxy_exit(&["--near-cache", "1M"], &[]).is_none());
 }
+
+/// `TcpBackendBuilder::probe_interval(Duration::ZERO)` (an operator's "probe at once")
+/// was taken as it was: a server marked down was probed with no pause at all, and one
+/// that accepts connections and drops them (a memcached out of connections, a proxy with
+/// no server behind it) was sent about 650 connections a second on this machine by a
+/// loop that kept a runtime thread busy. Probes now pause at least
+/// `MIN_PROBE_INTERVAL` (10 ms): at most a hundred a second.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_probe_interval_does_not_flood_a_server_that_is_down() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_memcache::backend::{Backend, TcpBackend};
+
+    // A server that takes each connection and closes it: every probe fails at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let backend = TcpBackend::builder()
+        .server(addr.to_string())
+        .probe_interval(Duration::ZERO)
+        .failure_threshold(1)
+        .build()
+        .expect("a valid configuration");
+    support::bounded("marking the server down", async {
+        while !backend.is_server_down(0) {
+            let _ = backend.get("k").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let before = accepted.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let probes = accepted.load(Ordering::SeqCst) - before;
+    // 10 ms apart: 200 in 2 s at most (fewer, each probe taking its own time).
+    assert!(probes <= 250, "{probes} connections in 2 s");
+    assert!(
+        backend.is_server_down(0),
+        "a server that answers nothing came back"
+    );
+}

@@ -15,6 +15,10 @@ use crate::backend::DEFAULT_ITEM_SIZE_LIMIT;
 /// memcached's default port; libmemcached leaves it out of ketama's point names.
 const DEFAULT_PORT: u16 = 11211;
 
+/// The shortest pause between two probes of a server marked down
+/// ([`TcpBackendBuilder::probe_interval`]).
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
 /// A bad [`TcpBackendBuilder`] setting.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -143,9 +147,12 @@ impl TcpBackendBuilder {
         self
     }
 
-    /// How often a server marked down is probed with `version`. Defaults to 200 ms.
+    /// How often a server marked down is probed with `version`. Defaults to 200 ms; at
+    /// least [`MIN_PROBE_INTERVAL`] (a shorter one, `Duration::ZERO` say, is taken as
+    /// that): with no pause between probes, a server that refuses or drops connections was
+    /// sent hundreds of connections a second, by a loop that kept a thread busy.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.probe_interval = interval;
+        self.probe_interval = interval.max(MIN_PROBE_INTERVAL);
         self
     }
 
