@@ -316,3 +316,82 @@ async fn a_zero_probe_interval_does_not_flood_a_server_that_is_down() {
         "a server that answers nothing came back"
     );
 }
+
+/// Two rules for one path, a lifetime and a `no_cache` (a shared base layer's
+/// `route(Exact("/account"), 1 min)`, then the application's `no_cache` for it): the one
+/// added first won for `Exact` and `Pattern` rules, the one added last for `Prefix`
+/// rules, so the `no_cache` rule was silently ignored in one order and not the other, and
+/// the victim's page stored. Whatever the order, `no_cache` now wins over a lifetime for
+/// the same matcher, and of two lifetimes the shorter.
+#[tokio::test]
+async fn no_cache_wins_over_a_lifetime_rule_for_the_same_path_in_either_order() {
+    let minute = Duration::from_secs(60);
+    let layers = |matcher: RouteMatch| {
+        let base = || support::layer(MemoryBackend::new());
+        [
+            (
+                "no_cache first",
+                base()
+                    .no_cache(matcher.clone())
+                    .route(matcher.clone(), minute),
+            ),
+            (
+                "no_cache last",
+                base().route(matcher.clone(), minute).no_cache(matcher),
+            ),
+        ]
+    };
+    for matcher in [
+        RouteMatch::Exact("/account".into()),
+        RouteMatch::Prefix("/account".into()),
+    ] {
+        // `assert_each_gets_own` names the path; the order is the loop's second round.
+        for (_order, layer) in layers(matcher) {
+            let watch = support::Watch::of(&layer);
+            let service = layer.layer(personal_origin());
+            path_origin::assert_each_gets_own(&service, &watch, "/account", |user| {
+                format!("{user}'s page")
+            })
+            .await;
+        }
+    }
+    // A `Pattern` rule, where axum's `MatchedPath` names it (`route_layer`).
+    #[cfg(feature = "axum")]
+    for (order, layer) in layers(RouteMatch::Pattern("/account".into())) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+
+        let watch = support::Watch::of(&layer);
+        let app = axum::Router::new()
+            .route(
+                "/account",
+                axum::routing::get(|headers: http::HeaderMap| async move {
+                    let user = headers
+                        .get("cookie")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or("anonymous")
+                        .to_owned();
+                    format!("{user}'s account")
+                }),
+            )
+            .route_layer(layer);
+        let call = |cookie: Option<&'static str>| {
+            let app = app.clone();
+            async move {
+                let mut request = http::Request::get("/account");
+                if let Some(cookie) = cookie {
+                    request = request.header("cookie", cookie);
+                }
+                let response = app
+                    .oneshot(request.body(axum::body::Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                String::from_utf8_lossy(&body).into_owned()
+            }
+        };
+        assert_eq!(call(Some("alice")).await, "alice's account", "{order}");
+        watch.settled().await;
+        assert_eq!(call(None).await, "anonymous's account", "Pattern, {order}");
+    }
+}

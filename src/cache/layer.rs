@@ -164,7 +164,9 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// Caches the matching routes for `lifetime`. Exact rules win over patterns, patterns
-    /// over prefixes, longer prefixes over shorter. Defaults to no rules.
+    /// over prefixes, longer prefixes over shorter; of rules with one matcher, a
+    /// [`no_cache`](Self::no_cache) rule wins, then the shortest lifetime, whatever the
+    /// order they were added in. Defaults to no rules.
     pub fn route(mut self, matcher: RouteMatch, lifetime: Duration) -> Self {
         let action = RouteAction::Lifetime(lifetime);
         self.config.policy.add_rule(RouteRule { matcher, action });

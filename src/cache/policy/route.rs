@@ -197,7 +197,8 @@ enum Decided<'r> {
 
 impl RouteRules {
     /// Adds a rule. Exact rules win over patterns, patterns over prefixes, and the
-    /// longest prefix over shorter ones.
+    /// longest prefix over shorter ones; of rules with one matcher, the strictest
+    /// (`no_cache`, else the shortest lifetime), in whatever order they were added.
     pub(crate) fn add(&mut self, mut rule: RouteRule) {
         // Written as request paths are read, or a rule spelled with `//` or an escape
         // would match nothing.
@@ -387,15 +388,25 @@ impl RouteRules {
     /// The origin rule that decides an origin reading: an exact one, else the longest
     /// prefix.
     fn origin_rule(&self, reading: &str) -> Option<&OriginRule> {
+        // The strictest of equals, whatever the order the rules were added in (see
+        // `decide`): two rules may also read alike here though written apart
+        // (`/Account` and `/account`).
         let exact = self
             .origin_rules
             .iter()
-            .find(|rule| !rule.prefix && rule.covers(reading));
+            .filter(|rule| !rule.prefix && rule.covers(reading))
+            .min_by_key(|rule| strictness(&rule.action));
         let by_prefix = || {
-            self.origin_rules
+            let longest = self
+                .origin_rules
                 .iter()
                 .filter(|rule| rule.prefix && rule.covers(reading))
-                .max_by_key(|rule| rule.path.len())
+                .map(|rule| rule.path.len())
+                .max()?;
+            self.origin_rules
+                .iter()
+                .filter(|rule| rule.prefix && rule.path.len() == longest && rule.covers(reading))
+                .min_by_key(|rule| strictness(&rule.action))
         };
         exact.or_else(by_prefix)
     }
@@ -413,30 +424,59 @@ impl RouteRules {
 
     /// The rule that decides `path` (in the rule reading) or the route `pattern`.
     fn decide(&self, path: &str, pattern: Option<&str>) -> Decided<'_> {
-        let exact = self
-            .rules
-            .iter()
-            .find(|r| matches!(&r.matcher, RouteMatch::Exact(p) if p == path));
-        if let Some(rule) = exact {
-            return Decided::ByPath(&rule.action);
+        // Of several rules with one matcher (a base layer's lifetime and an application's
+        // `no_cache` for the same path), the strictest decides, whatever the order they
+        // were added in: the first one won for `Exact` and `Pattern` rules, the last for
+        // `Prefix` rules, so a `no_cache` rule was ignored in one order.
+        let exact = strictest(self.rules.iter().filter_map(|r| match &r.matcher {
+            RouteMatch::Exact(p) if p == path => Some((&r.action, ())),
+            _ => None,
+        }));
+        if let Some((action, ())) = exact {
+            return Decided::ByPath(action);
         }
         let by_pattern = pattern.and_then(|pattern| {
-            self.rules.iter().find_map(|r| match &r.matcher {
-                RouteMatch::Pattern(p) if p == pattern => Some((p.as_str(), &r.action)),
+            strictest(self.rules.iter().filter_map(|r| match &r.matcher {
+                RouteMatch::Pattern(p) if p == pattern => Some((&r.action, p.as_str())),
                 _ => None,
-            })
+            }))
         });
-        if let Some((pattern, action)) = by_pattern {
+        if let Some((action, pattern)) = by_pattern {
             return Decided::ByPattern(pattern, action);
         }
-        self.rules
+        let longest = self
+            .rules
             .iter()
             .filter_map(|r| match &r.matcher {
-                RouteMatch::Prefix(p) if path.starts_with(p.as_str()) => Some((p.len(), r)),
+                RouteMatch::Prefix(p) if path.starts_with(p.as_str()) => Some(p.len()),
                 _ => None,
             })
-            .max_by_key(|(len, _)| *len)
-            .map_or(Decided::Default, |(_, rule)| Decided::ByPath(&rule.action))
+            .max();
+        let by_prefix = longest.and_then(|longest| {
+            strictest(self.rules.iter().filter_map(|r| match &r.matcher {
+                RouteMatch::Prefix(p) if p.len() == longest && path.starts_with(p.as_str()) => {
+                    Some((&r.action, ()))
+                }
+                _ => None,
+            }))
+        });
+        by_prefix.map_or(Decided::Default, |(action, ())| Decided::ByPath(action))
+    }
+}
+
+/// The strictest of several actions (with what goes with each): `no_cache`, else the
+/// shortest lifetime; the first of equals.
+fn strictest<'r, T>(
+    candidates: impl Iterator<Item = (&'r RouteAction, T)>,
+) -> Option<(&'r RouteAction, T)> {
+    candidates.min_by_key(|(action, _)| strictness(action))
+}
+
+/// How strict an action is, lowest first: `no_cache`, then lifetimes from the shortest.
+fn strictness(action: &RouteAction) -> (bool, Duration) {
+    match action {
+        RouteAction::NoCache => (false, Duration::ZERO),
+        RouteAction::Lifetime(lifetime) => (true, *lifetime),
     }
 }
 
