@@ -129,8 +129,7 @@ async fn a_no_cache_rule_written_with_a_glob_or_a_parameter_holds() {
         let (attacker, status) = get(&service, path, None).await;
         assert_eq!(attacker, "anonymous's page", "{rule:?} {path}: {status}");
     }
-    // Only `no_cache` rules are read so (as a pattern, a lifetime rule would lengthen the
-    // lifetime of paths it does not name): with a default lifetime of 0,
+    // Read as a pattern, a lifetime rule only caps: with a default lifetime of 0,
     // `route(Prefix("/static/*"), 1h)` stores nothing.
     let layer = support::layer(MemoryBackend::new())
         .default_lifetime(Duration::ZERO)
@@ -393,5 +392,33 @@ async fn no_cache_wins_over_a_lifetime_rule_for_the_same_path_in_either_order() 
         assert_eq!(call(Some("alice")).await, "alice's account", "{order}");
         watch.settled().await;
         assert_eq!(call(None).await, "anonymous's account", "Pattern, {order}");
+    }
+}
+
+/// A lifetime rule meant to shorten one route's lifetime that could not see its route:
+/// `route(Pattern("/quotes/{symbol}"), 1 s)` on a layer that sees no `MatchedPath` (a
+/// layer around the whole router, a hyper server), or `route(Prefix("/quotes/*"), 1 s)`
+/// (a glob, which matches no path as text), left the quotes at the default hour: a
+/// price kept an hour longer than the operator allowed, with nothing said. Such a rule
+/// now caps the lifetime of the paths its pattern covers (it can shorten, never
+/// lengthen).
+#[tokio::test]
+async fn a_lifetime_rule_that_cannot_see_its_route_still_shortens() {
+    for rule in [
+        RouteMatch::Pattern("/quotes/{symbol}".into()),
+        RouteMatch::Prefix("/quotes/*".into()),
+    ] {
+        let layer = support::layer(MemoryBackend::new())
+            .default_lifetime(Duration::from_secs(3600))
+            .route(rule.clone(), Duration::from_secs(1));
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(personal_origin());
+        let (_, first) = get(&service, "/quotes/acme", None).await;
+        assert_eq!(first, "tower-memcache; fwd=uri-miss; stored", "{rule:?}");
+        watch.settled().await;
+        // Well past the rule's second (a loaded machine's scheduling included).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (_, later) = get(&service, "/quotes/acme", None).await;
+        assert_ne!(later, support::HIT, "{rule:?}: still fresh after 2.5 s");
     }
 }

@@ -107,27 +107,30 @@ pub(crate) struct RouteRules {
     rules: Vec<RouteRule>,
     /// The `Exact` and `Prefix` rules in the origin reading.
     origin_rules: Vec<OriginRule>,
-    /// `no_cache` rules read as route patterns too (see [`NoCachePattern`]).
-    no_cache_patterns: Vec<NoCachePattern>,
+    /// Rules read as route patterns too (see [`PatternReading`]).
+    pattern_readings: Vec<PatternReading>,
 }
 
-/// A `no_cache` rule read as an axum route pattern, matched against every reading of the
-/// path: an `Exact` or `Prefix` rule written with pattern syntax (`/account/*`,
-/// `/account/{id}`, `/account/:id`, as other frameworks write routes), which as literal
-/// text matches no request, and a `Pattern` rule, for requests that name no route pattern
-/// (a layer around the whole router, a hyper server, no `axum` feature), which it could
-/// not otherwise match. Read so, such a rule may cover more paths than meant, never fewer:
-/// caching less is the price of a rule that would otherwise protect nothing.
+/// A rule read as an axum route pattern, matched against every reading of the path: an
+/// `Exact` or `Prefix` rule written with pattern syntax (`/account/*`, `/account/{id}`,
+/// `/account/:id`, as other frameworks write routes), which as literal text matches no
+/// request, and a `Pattern` rule, for requests that name no route pattern (a layer around
+/// the whole router, a hyper server, no `axum` feature), which it could not otherwise
+/// match. Read so, a rule only restricts: a `no_cache` rule turns caching off for what the
+/// pattern covers, a lifetime rule caps the lifetime there (it shortens, never lengthens).
+/// It may cover more paths than meant, never fewer: caching less is the price of a rule
+/// that would otherwise do nothing.
 #[derive(Clone, Debug)]
-struct NoCachePattern {
+struct PatternReading {
     pattern: String,
+    action: RouteAction,
     /// A `Prefix` rule: paths whose first segments the pattern covers.
     prefix: bool,
     /// From a `Pattern` rule: only for requests without a route pattern of their own.
     unrouted_only: bool,
 }
 
-impl NoCachePattern {
+impl PatternReading {
     fn covers(&self, reading: &str) -> bool {
         if !self.prefix {
             return pattern_covers(&self.pattern, reading);
@@ -207,40 +210,30 @@ impl RouteRules {
                 *path = read;
             }
         }
-        let no_cache = matches!(rule.action, RouteAction::NoCache);
         match &rule.matcher {
-            RouteMatch::Pattern(pattern) if no_cache => {
-                self.no_cache_patterns.push(NoCachePattern {
-                    pattern: pattern.clone(),
-                    prefix: false,
-                    unrouted_only: true,
+            RouteMatch::Pattern(pattern) => self.pattern_readings.push(PatternReading {
+                pattern: pattern.clone(),
+                action: rule.action,
+                prefix: false,
+                unrouted_only: true,
+            }),
+            RouteMatch::Exact(path) | RouteMatch::Prefix(path) if has_pattern_syntax(path) => {
+                tracing::warn!(
+                    rule = ?rule.matcher,
+                    action = ?rule.action,
+                    "a route rule written with a glob or a route parameter matches no path as \
+                     text; it is also read as a route pattern (`*` taking the rest of the \
+                     path), where it only restricts: no_cache turns caching off, a lifetime \
+                     caps it"
+                );
+                self.pattern_readings.push(PatternReading {
+                    pattern: path.clone(),
+                    action: rule.action,
+                    prefix: matches!(rule.matcher, RouteMatch::Prefix(_)),
+                    unrouted_only: false,
                 });
             }
-            RouteMatch::Exact(path) | RouteMatch::Prefix(path) if has_pattern_syntax(path) => {
-                if no_cache {
-                    tracing::warn!(
-                        rule = ?rule.matcher,
-                        "a no_cache rule written with a glob or a route parameter is matched \
-                         as literal text and, to keep what it names out of the cache, as a \
-                         route pattern too (`*` takes the rest of the path)"
-                    );
-                    self.no_cache_patterns.push(NoCachePattern {
-                        pattern: path.clone(),
-                        prefix: matches!(rule.matcher, RouteMatch::Prefix(_)),
-                        unrouted_only: false,
-                    });
-                } else {
-                    // Read as a pattern it would lengthen lifetimes of paths it does not
-                    // name: said, and left literal (it caches less, never more).
-                    tracing::warn!(
-                        rule = ?rule.matcher,
-                        "a route lifetime rule written with a glob or a route parameter is \
-                         matched as literal text only: use RouteMatch::Prefix without the \
-                         glob, or RouteMatch::Pattern"
-                    );
-                }
-            }
-            _ => {}
+            RouteMatch::Exact(_) | RouteMatch::Prefix(_) => {}
         }
         // Lifetime rules too: a path that is under one as written but not as the origin
         // reads it (`/static/..%2Faccount`) must not get its lifetime.
@@ -280,10 +273,21 @@ impl RouteRules {
             return Some(default);
         }
         let read = rule_path(path);
-        if self.no_cache_pattern_covers(path, &read, pattern) {
-            return None;
-        }
-        let mut as_written = match self.decide(&read, pattern) {
+        let cap = self.pattern_cap(path, &read, pattern)?;
+        let lifetime = self.lifetime_read(path, &read, pattern, default)?;
+        Some(lifetime.min(cap))
+    }
+
+    /// [`lifetime`](Self::lifetime) by the rules as written, `read` being the path's rule
+    /// reading.
+    fn lifetime_read(
+        &self,
+        path: &str,
+        read: &str,
+        pattern: Option<&str>,
+        default: Duration,
+    ) -> Option<Duration> {
+        let mut as_written = match self.decide(read, pattern) {
             Decided::ByPath(action) => lifetime_of(action)?,
             Decided::ByPattern(pattern, action) => {
                 return self.pattern_lifetime(path, pattern, action, default);
@@ -294,7 +298,7 @@ impl RouteRules {
         // takes `/%73tatic/x` or `//static/x` for no `/static/` path, and may answer it
         // with a page of the user's own (its fallback), so a rule the decoded reading puts
         // it under lengthens nothing.
-        if let Cow::Owned(_) = read {
+        if read != path {
             let as_sent = match self.decide(path, None) {
                 Decided::ByPath(action) | Decided::ByPattern(_, action) => lifetime_of(action)?,
                 Decided::Default => default,
@@ -316,17 +320,18 @@ impl RouteRules {
         Some(as_written.min(as_resolved))
     }
 
-    /// Whether a `no_cache` rule read as a pattern ([`NoCachePattern`]) covers a reading
-    /// of `path` (as sent, `read`, or as a lenient origin resolves it). `pattern` is the
-    /// request's own route pattern, if it names one.
-    fn no_cache_pattern_covers(&self, path: &str, read: &str, pattern: Option<&str>) -> bool {
+    /// What the rules read as patterns ([`PatternReading`]) that cover a reading of `path`
+    /// (as sent, `read`, or as a lenient origin resolves it) allow: `None` when one is a
+    /// `no_cache` rule, else the shortest of their lifetimes (`Duration::MAX` when none
+    /// covers it). `pattern` is the request's own route pattern, if it names one.
+    fn pattern_cap(&self, path: &str, read: &str, pattern: Option<&str>) -> Option<Duration> {
         let mut applicable = self
-            .no_cache_patterns
+            .pattern_readings
             .iter()
             .filter(|rule| pattern.is_none() || !rule.unrouted_only)
             .peekable();
         if applicable.peek().is_none() {
-            return false;
+            return Some(Duration::MAX);
         }
         let (cut, read_on) = origin_readings(path);
         let readings = [
@@ -335,12 +340,16 @@ impl RouteRules {
             Some(cut.as_str()),
             read_on.as_deref(),
         ];
-        applicable.any(|rule| {
+        let covering = applicable.filter(|rule| {
             readings
                 .iter()
                 .flatten()
                 .any(|reading| rule.covers(reading))
-        })
+        });
+        match strictest(covering.map(|rule| (&rule.action, ()))) {
+            Some((action, ())) => lifetime_of(action),
+            None => Some(Duration::MAX),
+        }
     }
 
     /// The lifetime of a path the router matched to a route `pattern` with a rule. The
