@@ -422,3 +422,21 @@ async fn a_lifetime_rule_that_cannot_see_its_route_still_shortens() {
         assert_ne!(later, support::HIT, "{rule:?}: still fresh after 2.5 s");
     }
 }
+
+/// `--max-unsent-bytes 0` (nginx's "0 is no limit" habit again) was taken as a budget of
+/// nothing: every connection holding a byte its client had not yet taken counted as over
+/// the budget, and one that took under 1 KiB in a second (a slow link, a large response
+/// read at a modest pace) was closed. Refused at startup, exit status 2.
+#[cfg(feature = "proxy")]
+#[test]
+fn a_zero_unsent_budget_is_refused_at_startup() {
+    for value in ["0", "0K"] {
+        let (code, stderr) = proxy_exit(&["--max-unsent-bytes", value], &[])
+            .unwrap_or_else(|| panic!("--max-unsent-bytes {value}: accepted"));
+        assert_eq!(code, Some(2), "--max-unsent-bytes {value}: {stderr}");
+        assert!(
+            stderr.contains("--max-unsent-bytes") && stderr.contains("more than 0"),
+            "--max-unsent-bytes {value}: {stderr}"
+        );
+    }
+}

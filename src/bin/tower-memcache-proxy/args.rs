@@ -166,7 +166,7 @@ pub(crate) struct Args {
     ///
     /// memcached's item size limit (-I, 1 MiB by default) bounds it too: the proxy learns
     /// each server's and does not copy bodies it could not store. More than 0.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_entry_size)]
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_positive_size)]
     pub(crate) max_entry_size: u64,
 
     /// How long a request waits for memcached before going to the origin as a miss. Each
@@ -222,7 +222,8 @@ pub(crate) struct Args {
     /// them in a second (or too little to take what they hold within
     /// --client-header-timeout at that pace) are closed; the others go on, and requests
     /// never wait for it. What clients can fetch within that second comes on top.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_UNSENT_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    /// More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_UNSENT_BYTES", value_name = "SIZE", value_parser = parse_positive_size)]
     pub(crate) max_unsent_bytes: Option<u64>,
 
     /// How many requests the proxy has under way at its origin at once, over all its
@@ -410,14 +411,15 @@ pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// `--max-entry-size`: more than 0. A 0 (nginx's "no limit" for its body sizes) stored
-/// no response with a body, and made `--max-unsent-bytes`' default (128 entries) 0, so
-/// that every connection holding a byte its client had not yet taken could be closed.
-pub(crate) fn parse_entry_size(text: &str) -> Result<u64, String> {
+/// A size of more than 0 (`--max-entry-size`, `--max-unsent-bytes`). A 0, nginx's "no
+/// limit" for its body sizes, was taken at its word: `--max-entry-size 0` stored no
+/// response with a body and made `--max-unsent-bytes`' default (128 entries) 0, and a
+/// budget of 0 closes connections that hold a byte their client has not yet taken and
+/// take under 1 KiB in a second.
+pub(crate) fn parse_positive_size(text: &str) -> Result<u64, String> {
     match parse_size(text)? {
         0 => Err(format!(
-            "{:?}: must be more than 0 (0 stores nothing, and leaves no room for \
-             --max-unsent-bytes' default)",
+            "{:?}: must be more than 0 (0 is no \"no limit\" here)",
             text.trim()
         )),
         size => Ok(size),
@@ -535,9 +537,9 @@ mod tests {
         assert!(parse_near_cache("1023K").is_err());
         assert!(parse_near_cache("1M").is_ok());
 
-        assert_eq!(parse_entry_size("1K"), Ok(1024));
-        assert!(parse_entry_size("0").is_err());
-        assert!(parse_entry_size("0K").is_err());
+        assert_eq!(parse_positive_size("1K"), Ok(1024));
+        assert!(parse_positive_size("0").is_err());
+        assert!(parse_positive_size("0K").is_err());
 
         assert_eq!(parse_namespace("site-a"), Ok("site-a".to_owned()));
         assert_eq!(parse_namespace("a b:c"), Ok("a b:c".to_owned()));
