@@ -440,3 +440,62 @@ fn a_zero_unsent_budget_is_refused_at_startup() {
         );
     }
 }
+
+/// `default_scheme` taken as written. `default_scheme("https://")` (the scheme as a URL
+/// begins) made every request's target unkeyable (an unknown scheme): the layer cached
+/// nothing, said only at debug level. `default_scheme("HTTPS")` keyed `https` pages, but
+/// an unsafe request's `Location` in the layer's own scheme was compared with the
+/// setting byte for byte: after an absolute-form `POST http://…` (a TLS terminator's
+/// plain side) its `Location: https://example.com/y` was respelled into `http`, where
+/// the layer keys nothing, and the stored `https` page of `/y` outlived the change. The
+/// scheme is now read as a scheme: case folded, a trailing `://` dropped.
+#[tokio::test]
+async fn default_scheme_is_read_as_a_scheme() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    for written in ["https://", "HTTPS", " https "] {
+        let version = Arc::new(AtomicUsize::new(0));
+        let origin = {
+            let version = Arc::clone(&version);
+            tower::service_fn(move |request: http::Request<()>| {
+                let version = Arc::clone(&version);
+                async move {
+                    let response = if request.method() == http::Method::POST {
+                        version.fetch_add(1, Ordering::SeqCst);
+                        http::Response::builder()
+                            .status(303)
+                            .header("location", "https://example.com/y")
+                            .body(String::new())
+                    } else {
+                        let page = format!("version {}", version.load(Ordering::SeqCst));
+                        http::Response::builder().body(page)
+                    };
+                    Ok::<_, std::convert::Infallible>(response.expect("a valid response"))
+                }
+            })
+        };
+        let layer = support::layer(MemoryBackend::new()).default_scheme(written);
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(origin);
+        let host = [("host", "example.com")];
+        let first = support::send(&service, http::Method::GET, "/y", &host).await;
+        watch.settled().await;
+        let again = support::send(&service, http::Method::GET, "/y", &host).await;
+        assert_eq!(
+            (again.body.as_str(), again.cache_status()),
+            ("version 0", support::HIT),
+            "{written:?}: {first:?}"
+        );
+        let post = support::send(&service, http::Method::POST, "http://example.com/x", &host).await;
+        assert_eq!(post.status, 303, "{written:?}");
+        watch.settled().await;
+        let after = support::send(&service, http::Method::GET, "/y", &host).await;
+        assert_eq!(
+            after.body,
+            "version 1",
+            "{written:?}: {}",
+            after.cache_status()
+        );
+    }
+}
