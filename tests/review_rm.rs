@@ -499,3 +499,30 @@ async fn default_scheme_is_read_as_a_scheme() {
         );
     }
 }
+
+/// `--ttl` without `--mode routes` was taken and ignored: the proxy's default mode,
+/// origin, takes every lifetime from the origin's headers, so an operator's `--ttl 60`
+/// (meant as "at most a minute") left pages the origin marks `max-age=86400` cached for
+/// a day, and the shipped systemd unit itself set `TOWER_MEMCACHE_PROXY_TTL` beside
+/// `MODE=origin`. Refused at startup, exit status 2, naming both flags; with
+/// `--mode routes` it starts.
+#[cfg(feature = "proxy")]
+#[test]
+fn a_ttl_that_origin_mode_would_ignore_is_refused() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case<'_>; 3] = [
+        (&["--ttl", "60"], &[]),
+        (&["--ttl", "60", "--mode", "origin"], &[]),
+        (&[], &[("TOWER_MEMCACHE_PROXY_TTL", "60")]),
+    ];
+    for (args, env) in cases {
+        let (code, stderr) =
+            proxy_exit(args, env).unwrap_or_else(|| panic!("{args:?} {env:?}: accepted"));
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains("--ttl") && stderr.contains("--mode routes"),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+    assert!(proxy_exit(&["--ttl", "60", "--mode", "routes"], &[]).is_none());
+}

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
 use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
 use tower_memcache::cache::{CDN_CACHE_CONTROL, NEAR_ENTRY_OVERHEAD, RequestTarget};
@@ -83,14 +84,12 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_MODE", value_enum, default_value_t = Mode::Origin)]
     pub(crate) mode: Mode,
 
-    /// The lifetime of a response in "routes" mode, in seconds.
-    #[arg(
-        long,
-        env = "TOWER_MEMCACHE_PROXY_TTL",
-        value_name = "SECS",
-        default_value_t = 3600
-    )]
-    pub(crate) ttl: u64,
+    /// The lifetime of a response in "routes" mode, in seconds; default 3600.
+    ///
+    /// Only with --mode routes: in origin mode the origin's headers give every lifetime,
+    /// and a --ttl there is refused rather than ignored.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_TTL", value_name = "SECS")]
+    pub(crate) ttl: Option<u64>,
 
     /// When the origin cannot be reached (connection refused or closed, timeout), answer
     /// with a stored response up to this many seconds past its lifetime, as nginx's
@@ -449,7 +448,36 @@ pub(crate) fn parse_namespace(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// `--ttl` when none is given.
+pub(crate) const DEFAULT_TTL: u64 = 3600;
+
 impl Args {
+    /// The command line and environment, parsed, with what no one flag's parser sees
+    /// refused as clap refuses a bad value (a message naming the flags, exit status 2).
+    pub(crate) fn parse_checked() -> Self {
+        let args = Self::parse();
+        // Taken and ignored, an operator's `--ttl 60` ("at most a minute") left pages the
+        // origin marks for a day cached for a day.
+        if let (Mode::Origin, Some(ttl)) = (args.mode, args.ttl) {
+            Self::command()
+                .error(
+                    ErrorKind::ArgumentConflict,
+                    format!(
+                        "--ttl {ttl} applies only with --mode routes: in origin mode (the \
+                         default) lifetimes come from the origin's headers; give --mode \
+                         routes, or leave --ttl out"
+                    ),
+                )
+                .exit();
+        }
+        args
+    }
+
+    /// `--ttl`, or its default.
+    pub(crate) fn ttl(&self) -> u64 {
+        self.ttl.unwrap_or(DEFAULT_TTL)
+    }
+
     /// `--namespace`, or the upstream's own (see the flag).
     pub(crate) fn namespace(&self) -> String {
         match &self.namespace {

@@ -150,7 +150,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -180,7 +179,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type BoxError = Box<dyn Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
-    let args = Args::parse();
+    let args = Args::parse_checked();
     // The last lines of the logs, unless their readers stopped reading, on every way out
     // of `main` (dropped before an error it returns is printed).
     let _flush = log_sink::FlushOnExit;
@@ -571,7 +570,7 @@ fn cache_layer<B: Backend>(backend: B, args: &Args, near: Option<&NearCache>) ->
     let layer = MemcacheLayer::new(backend)
         .namespace(args.namespace())
         .mode(mode)
-        .default_lifetime(Duration::from_secs(args.ttl))
+        .default_lifetime(Duration::from_secs(args.ttl()))
         .stale_if_unreachable(
             (args.stale_if_unreachable > 0).then(|| Duration::from_secs(args.stale_if_unreachable)),
         )
