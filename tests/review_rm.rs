@@ -526,3 +526,27 @@ fn a_ttl_that_origin_mode_would_ignore_is_refused() {
     }
     assert!(proxy_exit(&["--ttl", "60", "--mode", "routes"], &[]).is_none());
 }
+
+/// A glob's area includes its root where the frameworks that write them say so: Spring
+/// Security's `/account/**` (and Express's `/account*`) covers `/account` itself. Read as
+/// an axum catch-all, which needs a segment, `no_cache(Prefix("/account/**"))` left the
+/// page at `/account` cacheable: a victim lured there had it stored for the attacker.
+#[tokio::test]
+async fn a_no_cache_glob_covers_its_areas_root() {
+    for rule in [
+        RouteMatch::Prefix("/account/**".into()),
+        RouteMatch::Prefix("/account/*".into()),
+        RouteMatch::Exact("/account/**".into()),
+    ] {
+        let layer = support::layer(MemoryBackend::new()).no_cache(rule.clone());
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(personal_origin());
+        for path in ["/account", "/account/"] {
+            let (victim, _) = get(&service, path, Some("user=alice")).await;
+            assert_eq!(victim, "alice's page", "{rule:?} {path}");
+            watch.settled().await;
+            let (attacker, status) = get(&service, path, None).await;
+            assert_eq!(attacker, "anonymous's page", "{rule:?} {path}: {status}");
+        }
+    }
+}

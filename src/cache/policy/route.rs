@@ -42,11 +42,12 @@ use std::time::Duration;
 ///
 /// `Exact` and `Prefix` rules are literal paths. One written as other frameworks write
 /// routes, with a glob or a route parameter (`/account/*`, `/account/**`,
-/// `/account/{id}`, `/account/:id`), matches no request as text: as a `no_cache` rule it
-/// is also read as a route pattern (`*` or `**` taking the rest of the path), so that it
-/// keeps what it names out of the cache (and possibly more); as a lifetime rule it stays
-/// literal (read as a pattern it would lengthen lifetimes it does not name). Either is
-/// logged as a warning when the rule is added.
+/// `/account/{id}`, `/account/:id`), matches no request as text: it is also read as a
+/// route pattern (`*` or `**` taking the rest of the path, or none of it: `/account/**`
+/// covers `/account` too, as Spring's does), where it only restricts: a `no_cache` rule
+/// keeps what it names out of the cache (and possibly more), a lifetime rule caps the
+/// lifetime there (it shortens, never lengthens). Such a rule is logged as a warning
+/// when it is added.
 ///
 /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,11 +75,12 @@ pub enum RouteMatch {
     /// pattern still covers the reading (`/x/..%2Faccount`, routed to `/{*path}`, reads
     /// `/account`); a pattern inside a `no_cache` area stays the exception to it.
     ///
-    /// A request that names no route pattern (a layer wrapped around the whole router
+    /// For a request that names no route pattern (a layer wrapped around the whole router
     /// rather than added with `Router::layer` or `route_layer`, a server other than
-    /// axum, or no `axum` feature) matches no lifetime `Pattern` rule, but a `no_cache`
-    /// `Pattern` rule holds for every path its pattern covers in any of the readings
-    /// above: it protects what it names wherever the layer sits.
+    /// axum, or no `axum` feature), a `Pattern` rule only restricts, for every path its
+    /// pattern covers in any of the readings above: a `no_cache` rule turns caching off,
+    /// a lifetime rule caps the lifetime (it shortens, never lengthens). So a rule
+    /// protects what it names wherever the layer sits.
     Pattern(String),
 }
 
@@ -128,10 +130,39 @@ struct PatternReading {
     prefix: bool,
     /// From a `Pattern` rule: only for requests without a route pattern of their own.
     unrouted_only: bool,
+    /// For a glob written last (`/account/**`, `/account/*`), the pattern without it
+    /// (`/account`): Spring's `/account/**` covers `/account` itself, where an axum
+    /// catch-all needs a segment. `None` for `Pattern` rules (axum's own meaning).
+    root: Option<String>,
 }
 
 impl PatternReading {
+    fn new(pattern: &str, action: RouteAction, prefix: bool, unrouted_only: bool) -> Self {
+        let root = (!unrouted_only)
+            .then(|| {
+                let trimmed = pattern.trim_end_matches('/');
+                let (root, last) = trimmed.rsplit_once('/')?;
+                last.starts_with('*').then(|| format!("{root}/"))
+            })
+            .flatten();
+        Self {
+            pattern: pattern.to_owned(),
+            action,
+            prefix,
+            unrouted_only,
+            root,
+        }
+    }
+
     fn covers(&self, reading: &str) -> bool {
+        self.pattern_covers(reading)
+            || self
+                .root
+                .as_deref()
+                .is_some_and(|root| pattern_covers(root, reading))
+    }
+
+    fn pattern_covers(&self, reading: &str) -> bool {
         if !self.prefix {
             return pattern_covers(&self.pattern, reading);
         }
@@ -211,12 +242,10 @@ impl RouteRules {
             }
         }
         match &rule.matcher {
-            RouteMatch::Pattern(pattern) => self.pattern_readings.push(PatternReading {
-                pattern: pattern.clone(),
-                action: rule.action,
-                prefix: false,
-                unrouted_only: true,
-            }),
+            RouteMatch::Pattern(pattern) => {
+                self.pattern_readings
+                    .push(PatternReading::new(pattern, rule.action, false, true))
+            }
             RouteMatch::Exact(path) | RouteMatch::Prefix(path) if has_pattern_syntax(path) => {
                 tracing::warn!(
                     rule = ?rule.matcher,
@@ -226,12 +255,9 @@ impl RouteRules {
                      path), where it only restricts: no_cache turns caching off, a lifetime \
                      caps it"
                 );
-                self.pattern_readings.push(PatternReading {
-                    pattern: path.clone(),
-                    action: rule.action,
-                    prefix: matches!(rule.matcher, RouteMatch::Prefix(_)),
-                    unrouted_only: false,
-                });
+                let prefix = matches!(rule.matcher, RouteMatch::Prefix(_));
+                self.pattern_readings
+                    .push(PatternReading::new(path, rule.action, prefix, false));
             }
             RouteMatch::Exact(_) | RouteMatch::Prefix(_) => {}
         }
