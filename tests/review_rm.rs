@@ -550,3 +550,65 @@ async fn a_no_cache_glob_covers_its_areas_root() {
         }
     }
 }
+
+/// `--metrics 127.0.0.1:0` (a free port, as `--listen` takes port 0 and its startup line
+/// names the port chosen) was served on a port nobody could find: the log line said
+/// `serving metrics addr=127.0.0.1:0`. It names the port bound, which answers a scrape.
+#[cfg(all(feature = "proxy", feature = "metrics"))]
+#[test]
+fn the_metrics_line_names_the_port_bound() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(support::proxy::proxy_binary())
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--threads",
+            "1",
+            "--access-log",
+            "off",
+            "--log-format",
+            "json",
+        ])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the proxy");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = loop {
+        match read.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains("serving metrics") => break line,
+            Ok(_) => {}
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no \"serving metrics\" line: {err}");
+            }
+        }
+    };
+    let addr = line
+        .split("\"addr\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok());
+    let answered = addr
+        .filter(|addr| addr.port() != 0)
+        .map(|addr| support::proxy::raw_request(addr, "GET /metrics HTTP/1.1\r\nHost: m\r\n").0);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answered, Some(200), "{line}");
+}

@@ -253,7 +253,8 @@ pub(crate) struct Args {
     /// Serve the cache's metrics in Prometheus' text format on http://ADDR/metrics (any
     /// path answers), from a thread of their own: 16 connections at most, each one scrape
     /// within --client-header-timeout. No authentication: bind it where only your
-    /// scrapers reach.
+    /// scrapers reach. Port 0 picks a free port (the "serving metrics" event on stderr
+    /// tells which).
     ///
     /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
     /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES, and
