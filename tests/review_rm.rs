@@ -612,3 +612,17 @@ fn the_metrics_line_names_the_port_bound() {
     let _ = child.wait();
     assert_eq!(answered, Some(200), "{line}");
 }
+
+/// A `RUST_LOG` with a mistake in it (`tower_memcache=dbug`) was dropped without a word
+/// for the default `info`: the operator who asked for every cache decision got none and
+/// no reason why. Refused at startup, naming the variable.
+#[cfg(feature = "proxy")]
+#[test]
+fn a_rust_log_with_a_mistake_is_refused() {
+    let (code, stderr) = proxy_exit(&[], &[("RUST_LOG", "tower_memcache=dbug")])
+        .unwrap_or_else(|| panic!("RUST_LOG=tower_memcache=dbug: accepted"));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("RUST_LOG"), "{stderr}");
+    // A valid one still starts.
+    assert!(proxy_exit(&[], &[("RUST_LOG", "warn,tower_memcache=debug")]).is_none());
+}

@@ -17,7 +17,7 @@ use crate::size::parse_size;
 ///
 /// Every flag can also be given by the environment variable shown with it; a flag on the
 /// command line wins. Logs: an access log line per request on stdout, events on stderr
-/// (RUST_LOG filters them, default "info"). SIGTERM or Ctrl-C: stop accepting, finish open
+/// (RUST_LOG filters them, default "info"; one with a mistake in it is refused). SIGTERM or Ctrl-C: stop accepting, finish open
 /// requests and pending stores (--shutdown-grace at most), exit 0. SIGHUP is ignored.
 #[derive(Parser, Debug)]
 // A flag given twice takes the last value, as most daemons (and the example before) do:

@@ -183,7 +183,13 @@ fn main() -> Result<(), BoxError> {
     // The last lines of the logs, unless their readers stopped reading, on every way out
     // of `main` (dropped before an error it returns is printed).
     let _flush = log_sink::FlushOnExit;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `info` when RUST_LOG is unset; one with a mistake in it (`tower_memcache=dbug`) is
+    // refused: dropped for `info`, the operator who asked for more got none, unsaid.
+    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Err(_) => EnvFilter::new("info"),
+        Ok(text) => EnvFilter::try_new(&text)
+            .map_err(|err| format!("{}={text:?}: {err}", EnvFilter::DEFAULT_ENV))?,
+    };
     // stderr: stdout is the access log's. Off the request threads, as the access log.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
