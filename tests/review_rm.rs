@@ -626,3 +626,32 @@ fn a_rust_log_with_a_mistake_is_refused() {
     // A valid one still starts.
     assert!(proxy_exit(&[], &[("RUST_LOG", "warn,tower_memcache=debug")]).is_none());
 }
+
+/// A server listed twice (`--memcache 10.0.0.1:11211,10.0.0.2:11211,10.0.0.1:11211`, a
+/// list pasted together) was taken as two servers: ketama gave it two shares of the keys
+/// (two thirds here), so its memory filled and evicted first and its outage cost two
+/// thirds of the hits, not the third "a dead node costs only its share" promises; its two
+/// entries kept health (and the `server_up` series they share) apart. Refused, naming it.
+#[cfg(feature = "tcp")]
+#[test]
+fn a_memcached_server_listed_twice_is_refused() {
+    use tower_memcache::backend::TcpBackend;
+
+    for list in [
+        "10.0.0.1:11211,10.0.0.2:11211,10.0.0.1:11211",
+        "cache-a, CACHE-A:11211",
+        "[::1]:11212,[::1]:11212",
+    ] {
+        match TcpBackend::builder().server_list(list).build() {
+            Ok(backend) => panic!("{list}: taken as {:?}", backend.server_names()),
+            Err(err) => assert!(err.to_string().contains("listed twice"), "{list}: {err}"),
+        }
+    }
+    // Two ports of one host are two servers.
+    assert!(
+        TcpBackend::builder()
+            .server_list("10.0.0.1:11211,10.0.0.1:11212")
+            .build()
+            .is_ok()
+    );
+}

@@ -32,6 +32,13 @@ pub enum ConfigError {
     /// A weight of 0.
     #[error("server {0} has weight 0; weights start at 1")]
     ZeroWeight(String),
+    /// The same server (host in any case, and port) listed twice: ketama would give it a
+    /// share of keys per entry, and its outage would cost that many shares of the hits.
+    /// Give it a weight ([`TcpBackendBuilder::weighted_server`]) to give it more keys.
+    #[error(
+        "memcached server {0} is listed twice; list each server once (weights give one more keys)"
+    )]
+    DuplicateServer(String),
 }
 
 /// Builds a [`TcpBackend`]; nothing connects until the first call.
@@ -209,6 +216,14 @@ impl TcpBackendBuilder {
             let (host, port) = parse_address(addr)?;
             if *weight == 0 {
                 return Err(ConfigError::ZeroWeight(addr.clone()));
+            }
+            // A name and an address of one host (`localhost`, `127.0.0.1`) are not told
+            // apart here: that would take a resolver.
+            if specs
+                .iter()
+                .any(|spec: &ServerSpec| spec.port == port && spec.host.eq_ignore_ascii_case(&host))
+            {
+                return Err(ConfigError::DuplicateServer(addr.trim().to_owned()));
             }
             let name: Arc<str> = Arc::from(format!("{}:{port}", display_host(&host)));
             servers.push(Server::new(
