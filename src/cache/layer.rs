@@ -165,7 +165,9 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// Caches the matching routes for `lifetime`. Exact rules win over patterns, patterns
-    /// over prefixes, longer prefixes over shorter. Defaults to no rules.
+    /// over prefixes, longer prefixes over shorter; of rules with one matcher, a
+    /// [`no_cache`](Self::no_cache) rule wins, then the shortest lifetime, whatever the
+    /// order they were added in. Defaults to no rules.
     pub fn route(mut self, matcher: RouteMatch, lifetime: Duration) -> Self {
         let action = RouteAction::Lifetime(lifetime);
         self.config.policy.add_rule(RouteRule { matcher, action });
@@ -241,8 +243,28 @@ impl<B: Backend> MemcacheLayer<B> {
     /// of keys, since servers see origin-form targets. A request whose target names
     /// another scheme (absolute form, HTTP/2's `:scheme`) is not cached: its answer is
     /// the one for this connection. Defaults to `http`.
+    ///
+    /// Read as a scheme: in any case, around white space and a trailing `://` (`HTTPS`,
+    /// `https://` are `https`). Taken byte for byte, `https://` made every request
+    /// unkeyable (the cache stored nothing), and `HTTPS` kept an unsafe request's
+    /// `Location` in the layer's own scheme from invalidating the page it names. Anything
+    /// but `http` or `https` is logged as a warning: no request can then be keyed.
     pub fn default_scheme(mut self, scheme: impl Into<String>) -> Self {
-        self.config.canonical.default_scheme = scheme.into();
+        let written = scheme.into();
+        let trimmed = written.trim();
+        let scheme = trimmed
+            .strip_suffix("://")
+            .or_else(|| trimmed.strip_suffix(':'))
+            .unwrap_or(trimmed)
+            .to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            tracing::warn!(
+                scheme = ?written,
+                "default_scheme is neither http nor https: no request can be keyed, and the \
+                 cache stores nothing"
+            );
+        }
+        self.config.canonical.default_scheme = scheme;
         self
     }
 

@@ -15,6 +15,10 @@ use crate::backend::DEFAULT_ITEM_SIZE_LIMIT;
 /// memcached's default port; libmemcached leaves it out of ketama's point names.
 const DEFAULT_PORT: u16 = 11211;
 
+/// The shortest pause between two probes of a server marked down
+/// ([`TcpBackendBuilder::probe_interval`]).
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
 /// A bad [`TcpBackendBuilder`] setting.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -28,6 +32,13 @@ pub enum ConfigError {
     /// A weight of 0.
     #[error("server {0} has weight 0; weights start at 1")]
     ZeroWeight(String),
+    /// The same server (host in any case, and port) listed twice: ketama would give it a
+    /// share of keys per entry, and its outage would cost that many shares of the hits.
+    /// Give it a weight ([`TcpBackendBuilder::weighted_server`]) to give it more keys.
+    #[error(
+        "memcached server {0} is listed twice; list each server once (weights give one more keys)"
+    )]
+    DuplicateServer(String),
 }
 
 /// Builds a [`TcpBackend`]; nothing connects until the first call.
@@ -143,9 +154,12 @@ impl TcpBackendBuilder {
         self
     }
 
-    /// How often a server marked down is probed with `version`. Defaults to 200 ms.
+    /// How often a server marked down is probed with `version`. Defaults to 200 ms; at
+    /// least [`MIN_PROBE_INTERVAL`] (a shorter one, `Duration::ZERO` say, is taken as
+    /// that): with no pause between probes, a server that refuses or drops connections was
+    /// sent hundreds of connections a second, by a loop that kept a thread busy.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.probe_interval = interval;
+        self.probe_interval = interval.max(MIN_PROBE_INTERVAL);
         self
     }
 
@@ -202,6 +216,14 @@ impl TcpBackendBuilder {
             let (host, port) = parse_address(addr)?;
             if *weight == 0 {
                 return Err(ConfigError::ZeroWeight(addr.clone()));
+            }
+            // A name and an address of one host (`localhost`, `127.0.0.1`) are not told
+            // apart here: that would take a resolver.
+            if specs
+                .iter()
+                .any(|spec: &ServerSpec| spec.port == port && spec.host.eq_ignore_ascii_case(&host))
+            {
+                return Err(ConfigError::DuplicateServer(addr.trim().to_owned()));
             }
             let name: Arc<str> = Arc::from(format!("{}:{port}", display_host(&host)));
             servers.push(Server::new(

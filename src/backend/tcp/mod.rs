@@ -42,7 +42,7 @@ mod protocol;
 mod replies;
 mod server;
 
-pub use self::builder::{ConfigError, TcpBackendBuilder};
+pub use self::builder::{ConfigError, MIN_PROBE_INTERVAL, TcpBackendBuilder};
 
 pub use self::protocol::ProtocolError;
 /// Re-exported from [`backend`](super), where it moved with [`Backend::cas`].

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
 use http::header::HeaderName;
 use http::uri::{Scheme, Uri};
-use tower_memcache::cache::{CDN_CACHE_CONTROL, RequestTarget};
+use tower_memcache::cache::{CDN_CACHE_CONTROL, NEAR_ENTRY_OVERHEAD, RequestTarget};
 
 use crate::size::parse_size;
 
@@ -16,7 +17,7 @@ use crate::size::parse_size;
 ///
 /// Every flag can also be given by the environment variable shown with it; a flag on the
 /// command line wins. Logs: an access log line per request on stdout, events on stderr
-/// (RUST_LOG filters them, default "info"). SIGTERM or Ctrl-C: stop accepting, finish open
+/// (RUST_LOG filters them, default "info"; one with a mistake in it is refused). SIGTERM or Ctrl-C: stop accepting, finish open
 /// requests and pending stores (--shutdown-grace at most), exit 0. SIGHUP is ignored.
 #[derive(Parser, Debug)]
 // A flag given twice takes the last value, as most daemons (and the example before) do:
@@ -44,7 +45,11 @@ pub(crate) struct Args {
     /// site's. Replicas in front of one origin share entries and invalidations when they
     /// name it alike (or are given one namespace); give such replicas one namespace when
     /// they name the origin differently (an address and a name).
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_NAMESPACE", value_name = "NAME")]
+    ///
+    /// Not empty (the namespace every application's cache layer keys in by default), and
+    /// without white space at its ends or control characters (a name read from a file
+    /// with its newline would part a replica from the others).
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_NAMESPACE", value_name = "NAME", value_parser = parse_namespace)]
     pub(crate) namespace: Option<String>,
 
     /// The address and port to listen on, for HTTP/1.1 and HTTP/2 (prior knowledge).
@@ -79,14 +84,12 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_MODE", value_enum, default_value_t = Mode::Origin)]
     pub(crate) mode: Mode,
 
-    /// The lifetime of a response in "routes" mode, in seconds.
-    #[arg(
-        long,
-        env = "TOWER_MEMCACHE_PROXY_TTL",
-        value_name = "SECS",
-        default_value_t = 3600
-    )]
-    pub(crate) ttl: u64,
+    /// The lifetime of a response in "routes" mode, in seconds; default 3600.
+    ///
+    /// Only with --mode routes: in origin mode the origin's headers give every lifetime,
+    /// and a --ttl there is refused rather than ignored.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_TTL", value_name = "SECS")]
+    pub(crate) ttl: Option<u64>,
 
     /// When the origin cannot be reached (connection refused or closed, timeout), answer
     /// with a stored response up to this many seconds past its lifetime, as nginx's
@@ -152,7 +155,8 @@ pub(crate) struct Args {
     /// Purges and invalidations through this proxy apply at once; those of other processes
     /// sharing the memcached servers show within STALENESS. Only fresh responses are
     /// answered from it (Cache-Status "hit; detail=near"). The threads share one tier.
-    /// STALENESS must be more than 0 (a tier no time behind memcached keeps nothing).
+    /// STALENESS must be more than 0 (a tier no time behind memcached keeps nothing), SIZE
+    /// at least 1M.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_NEAR_CACHE", value_name = "SIZE[,STALENESS]|off", default_value = "off", value_parser = parse_near_cache)]
     pub(crate) near_cache: NearSetting,
 
@@ -160,14 +164,15 @@ pub(crate) struct Args {
     /// passed through, not stored.
     ///
     /// memcached's item size limit (-I, 1 MiB by default) bounds it too: the proxy learns
-    /// each server's and does not copy bodies it could not store.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_size)]
+    /// each server's and does not copy bodies it could not store. More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_ENTRY_SIZE", value_name = "SIZE", default_value = "1008K", value_parser = parse_positive_size)]
     pub(crate) max_entry_size: u64,
 
     /// How long a request waits for memcached before going to the origin as a miss. Each
     /// memcached call may also take this long (100 ms at least) to connect, and as long
     /// again for its reply: stores and purges, which no request waits for in a lookup.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    /// More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_CACHE_TIMEOUT", value_name = "DURATION", default_value = "100ms", value_parser = parse_positive_duration)]
     pub(crate) cache_timeout: Duration,
 
     /// How long the origin may take to send a response head, from the request body's last
@@ -216,7 +221,8 @@ pub(crate) struct Args {
     /// them in a second (or too little to take what they hold within
     /// --client-header-timeout at that pace) are closed; the others go on, and requests
     /// never wait for it. What clients can fetch within that second comes on top.
-    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_UNSENT_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    /// More than 0.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_MAX_UNSENT_BYTES", value_name = "SIZE", value_parser = parse_positive_size)]
     pub(crate) max_unsent_bytes: Option<u64>,
 
     /// How many requests the proxy has under way at its origin at once, over all its
@@ -247,7 +253,8 @@ pub(crate) struct Args {
     /// Serve the cache's metrics in Prometheus' text format on http://ADDR/metrics (any
     /// path answers), from a thread of their own: 16 connections at most, each one scrape
     /// within --client-header-timeout. No authentication: bind it where only your
-    /// scrapers reach.
+    /// scrapers reach. Port 0 picks a free port (the "serving metrics" event on stderr
+    /// tells which).
     ///
     /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
     /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES, and
@@ -332,6 +339,9 @@ pub(crate) fn parse_targeted(text: &str) -> Result<Targeted, String> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NearSetting(pub(crate) Option<(u64, Duration)>);
 
+/// The smallest `--near-cache` size taken: 64 shards of 16 KiB.
+pub(crate) const MIN_NEAR_CACHE: u64 = 1 << 20;
+
 /// Near-tier staleness when `--near-cache` gives only a size.
 pub(crate) const DEFAULT_NEAR_STALENESS: Duration = Duration::from_secs(1);
 
@@ -348,6 +358,15 @@ pub(crate) fn parse_near_cache(text: &str) -> Result<NearSetting, String> {
     let size = parse_size(size)?;
     if size == 0 {
         return Ok(NearSetting(None));
+    }
+    // Each entry counts its size and `NEAR_ENTRY_OVERHEAD` more, and the tier is split in
+    // up to 64 shards, each a bound of its own: a tier much smaller keeps next to nothing
+    // (`64`, a size without its `M`, kept nothing while it was announced as on).
+    if size < MIN_NEAR_CACHE {
+        return Err(format!(
+            "{text:?}: a near tier under 1M keeps next to nothing (each entry counts its \
+             size and {NEAR_ENTRY_OVERHEAD} bytes more); give a size with its unit, such as 64M"
+        ));
     }
     // A tier that may be no time behind memcached keeps nothing (every request is looked
     // up there): refused rather than announced as on.
@@ -381,8 +400,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration of more than zero: a zero timeout would close every connection at once
-/// (`--client-header-timeout`), or answer every miss 504 or 502 (`--upstream-timeout`,
-/// `--connect-timeout`: no origin answers, or is reached over a network, in no time).
+/// (`--client-header-timeout`), answer every miss 504 or 502 (`--upstream-timeout`,
+/// `--connect-timeout`: no origin answers, or is reached over a network, in no time), or
+/// turn most lookups into misses while every response is still stored
+/// (`--cache-timeout`: memcached answers in no time only by chance).
 pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err(format!("{:?}: must be more than 0", text.trim())),
@@ -390,7 +411,74 @@ pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A size of more than 0 (`--max-entry-size`, `--max-unsent-bytes`). A 0, nginx's "no
+/// limit" for its body sizes, was taken at its word: `--max-entry-size 0` stored no
+/// response with a body and made `--max-unsent-bytes`' default (128 entries) 0, and a
+/// budget of 0 closes connections that hold a byte their client has not yet taken and
+/// take under 1 KiB in a second.
+pub(crate) fn parse_positive_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err(format!(
+            "{:?}: must be more than 0 (0 is no \"no limit\" here)",
+            text.trim()
+        )),
+        size => Ok(size),
+    }
+}
+
+/// `--namespace`: a name given on purpose. An empty one (an unset variable in a unit
+/// file or a container's environment) is the namespace of every cache layer left at its
+/// default, and of every proxy given the same empty variable: proxies of different
+/// origins would share it, and a client could have one origin's page stored as the other
+/// site's (SECURITY.md). White space at its ends or a control character (a secret read
+/// with its newline) would key one replica apart from the others, whose invalidations
+/// then leave its entries. Refused rather than trimmed: the operator says which was meant.
+pub(crate) fn parse_namespace(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(format!(
+            "{text:?}: an empty namespace is the one every application's cache layer uses by \
+             default; leave the flag out for \"proxy:\" and the upstream's authority"
+        ));
+    }
+    if text.trim() != text || text.chars().any(char::is_control) {
+        return Err(format!(
+            "{text:?}: white space at its ends or a control character (a newline read with \
+             the value?); give the name alone"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// `--ttl` when none is given.
+pub(crate) const DEFAULT_TTL: u64 = 3600;
+
 impl Args {
+    /// The command line and environment, parsed, with what no one flag's parser sees
+    /// refused as clap refuses a bad value (a message naming the flags, exit status 2).
+    pub(crate) fn parse_checked() -> Self {
+        let args = Self::parse();
+        // Taken and ignored, an operator's `--ttl 60` ("at most a minute") left pages the
+        // origin marks for a day cached for a day.
+        if let (Mode::Origin, Some(ttl)) = (args.mode, args.ttl) {
+            Self::command()
+                .error(
+                    ErrorKind::ArgumentConflict,
+                    format!(
+                        "--ttl {ttl} applies only with --mode routes: in origin mode (the \
+                         default) lifetimes come from the origin's headers; give --mode \
+                         routes, or leave --ttl out"
+                    ),
+                )
+                .exit();
+        }
+        args
+    }
+
+    /// `--ttl`, or its default.
+    pub(crate) fn ttl(&self) -> u64 {
+        self.ttl.unwrap_or(DEFAULT_TTL)
+    }
+
     /// `--namespace`, or the upstream's own (see the flag).
     pub(crate) fn namespace(&self) -> String {
         match &self.namespace {
@@ -429,6 +517,11 @@ pub(crate) fn parse_upstream(text: &str) -> Result<Uri, String> {
         return Err(
             "user information (user:password@) is not supported; give http://host[:port]".into(),
         );
+    }
+    // No connection can be made to port 0: the proxy would start and answer every miss
+    // 502 (as `--memcache` refuses it too).
+    if uri.port_u16() == Some(0) {
+        return Err("port 0 can never be connected to; give the origin's port".into());
     }
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err("a path prefix is not supported; give http://host[:port]".into());
@@ -469,10 +562,25 @@ mod tests {
         assert!(parse_near_cache("64M,never").is_err());
         assert!(parse_near_cache("64M,0").is_err());
         assert!(parse_near_cache("64M,0ms").is_err());
+        assert!(parse_near_cache("64").is_err());
+        assert!(parse_near_cache("1023K").is_err());
+        assert!(parse_near_cache("1M").is_ok());
+
+        assert_eq!(parse_positive_size("1K"), Ok(1024));
+        assert!(parse_positive_size("0").is_err());
+        assert!(parse_positive_size("0K").is_err());
+
+        assert_eq!(parse_namespace("site-a"), Ok("site-a".to_owned()));
+        assert_eq!(parse_namespace("a b:c"), Ok("a b:c".to_owned()));
+        for bad in ["", " ", "site-a\n", " site-a", "site\u{0}a", "\t"] {
+            assert!(parse_namespace(bad).is_err(), "{bad:?}");
+        }
 
         assert!(parse_upstream("http://origin:8080").is_ok());
         assert!(parse_upstream("http://user:secret@origin:8080").is_err());
         assert!(parse_upstream("http://@origin").is_err());
+        assert!(parse_upstream("http://origin:0").is_err());
+        assert!(parse_upstream("http://origin:00").is_err());
 
         let namespace = |upstream: &str| default_namespace(&parse_upstream(upstream).unwrap());
         assert_eq!(namespace("http://Origin:80"), "proxy:origin");

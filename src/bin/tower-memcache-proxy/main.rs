@@ -150,7 +150,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -180,11 +179,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type BoxError = Box<dyn Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
-    let args = Args::parse();
+    let args = Args::parse_checked();
     // The last lines of the logs, unless their readers stopped reading, on every way out
     // of `main` (dropped before an error it returns is printed).
     let _flush = log_sink::FlushOnExit;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `info` when RUST_LOG is unset; one with a mistake in it (`tower_memcache=dbug`) is
+    // refused: dropped for `info`, the operator who asked for more got none, unsaid.
+    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Err(_) => EnvFilter::new("info"),
+        Ok(text) => EnvFilter::try_new(&text)
+            .map_err(|err| format!("{}={text:?}: {err}", EnvFilter::DEFAULT_ENV))?,
+    };
     // stderr: stdout is the access log's. Off the request threads, as the access log.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -571,7 +576,7 @@ fn cache_layer<B: Backend>(backend: B, args: &Args, near: Option<&NearCache>) ->
     let layer = MemcacheLayer::new(backend)
         .namespace(args.namespace())
         .mode(mode)
-        .default_lifetime(Duration::from_secs(args.ttl))
+        .default_lifetime(Duration::from_secs(args.ttl()))
         .stale_if_unreachable(
             (args.stale_if_unreachable > 0).then(|| Duration::from_secs(args.stale_if_unreachable)),
         )

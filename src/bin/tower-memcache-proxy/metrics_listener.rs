@@ -70,10 +70,13 @@ pub(crate) fn serve(
         .map_err(|err| format!("--metrics {addr}: {err}"))?
         .install_recorder()
         .map_err(|err| format!("--metrics {addr}: {err}"))?;
+    // The port bound, not the one asked for: `--metrics 127.0.0.1:0` takes a free one,
+    // which this line is the only way to learn.
+    let bound = listener.local_addr().unwrap_or(addr);
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || runtime.block_on(accept(listener, handle, within, unsent, origin_limit)))?;
-    tracing::info!(%addr, "serving metrics");
+    tracing::info!(addr = %bound, "serving metrics");
     Ok(())
 }
 

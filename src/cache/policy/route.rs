@@ -41,6 +41,15 @@ use std::time::Duration;
 /// of the readings' lifetimes, so "cache only `/static/`" (a default lifetime of 0) never
 /// stores another route's page for it.
 ///
+/// `Exact` and `Prefix` rules are literal paths. One written as other frameworks write
+/// routes, with a glob or a route parameter (`/account/*`, `/account/**`,
+/// `/account/{id}`, `/account/:id`), matches no request as text: it is also read as a
+/// route pattern (`*` or `**` taking the rest of the path, or none of it: `/account/**`
+/// covers `/account` too, as Spring's does), where it only restricts: a `no_cache` rule
+/// keeps what it names out of the cache (and possibly more), a lifetime rule caps the
+/// lifetime there (it shortens, never lengthens). Such a rule is logged as a warning
+/// when it is added.
+///
 /// [`no_cache`]: crate::cache::MemcacheLayer::no_cache
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -66,6 +75,13 @@ pub enum RouteMatch {
     /// reading falls under holds. So does one for a path inside the pattern where the
     /// pattern still covers the reading (`/x/..%2Faccount`, routed to `/{*path}`, reads
     /// `/account`); a pattern inside a `no_cache` area stays the exception to it.
+    ///
+    /// For a request that names no route pattern (a layer wrapped around the whole router
+    /// rather than added with `Router::layer` or `route_layer`, a server other than
+    /// axum, or no `axum` feature), a `Pattern` rule only restricts, for every path its
+    /// pattern covers in any of the readings above: a `no_cache` rule turns caching off,
+    /// a lifetime rule caps the lifetime (it shortens, never lengthens). So a rule
+    /// protects what it names wherever the layer sits.
     Pattern(String),
 }
 
@@ -94,6 +110,92 @@ pub(crate) struct RouteRules {
     rules: Vec<RouteRule>,
     /// The `Exact` and `Prefix` rules in the origin reading.
     origin_rules: Vec<OriginRule>,
+    /// Rules read as route patterns too (see [`PatternReading`]).
+    pattern_readings: Vec<PatternReading>,
+}
+
+/// A rule read as an axum route pattern, matched against every reading of the path: an
+/// `Exact` or `Prefix` rule written with pattern syntax (`/account/*`, `/account/{id}`,
+/// `/account/:id`, as other frameworks write routes), which as literal text matches no
+/// request, and a `Pattern` rule, for requests that name no route pattern (a layer around
+/// the whole router, a hyper server, no `axum` feature), which it could not otherwise
+/// match. Read so, a rule only restricts: a `no_cache` rule turns caching off for what the
+/// pattern covers, a lifetime rule caps the lifetime there (it shortens, never lengthens).
+/// It may cover more paths than meant, never fewer: caching less is the price of a rule
+/// that would otherwise do nothing.
+#[derive(Clone, Debug)]
+struct PatternReading {
+    pattern: String,
+    action: RouteAction,
+    /// A `Prefix` rule: paths whose first segments the pattern covers.
+    prefix: bool,
+    /// From a `Pattern` rule: only for requests without a route pattern of their own.
+    unrouted_only: bool,
+    /// For a glob written last (`/account/**`, `/account/*`), the pattern without it
+    /// (`/account`): Spring's `/account/**` covers `/account` itself, where an axum
+    /// catch-all needs a segment. `None` for `Pattern` rules (axum's own meaning).
+    root: Option<String>,
+}
+
+impl PatternReading {
+    fn new(pattern: &str, action: RouteAction, prefix: bool, unrouted_only: bool) -> Self {
+        let root = (!unrouted_only)
+            .then(|| {
+                let trimmed = pattern.trim_end_matches('/');
+                let (root, last) = trimmed.rsplit_once('/')?;
+                last.starts_with('*').then(|| format!("{root}/"))
+            })
+            .flatten();
+        Self {
+            pattern: pattern.to_owned(),
+            action,
+            prefix,
+            unrouted_only,
+            root,
+        }
+    }
+
+    fn covers(&self, reading: &str) -> bool {
+        self.pattern_covers(reading)
+            || self
+                .root
+                .as_deref()
+                .is_some_and(|root| pattern_covers(root, reading))
+    }
+
+    fn pattern_covers(&self, reading: &str) -> bool {
+        if !self.prefix {
+            return pattern_covers(&self.pattern, reading);
+        }
+        // The reading's first segments, as many as the pattern has (a catch-all takes
+        // the rest anyway); fewer are no path under it.
+        let wanted = self.pattern.split('/').filter(|p| !p.is_empty()).count();
+        let start = reading
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .take(wanted)
+            .fold(
+                String::with_capacity(reading.len()),
+                |mut start, segment| {
+                    start.push('/');
+                    start.push_str(segment);
+                    start
+                },
+            );
+        pattern_covers(&self.pattern, &start)
+    }
+}
+
+/// Whether a rule's path is written with route-pattern syntax: a segment holding a glob
+/// (`*`), a parameter in braces (`{id}`), or starting with `:` (axum 0.7, Express).
+fn has_pattern_syntax(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        segment.contains('*')
+            || segment.starts_with(':')
+            || segment
+                .find('{')
+                .is_some_and(|open| segment[open..].contains('}'))
+    })
 }
 
 /// An `Exact` or `Prefix` rule in the origin reading.
@@ -130,7 +232,8 @@ enum Decided<'r> {
 
 impl RouteRules {
     /// Adds a rule. Exact rules win over patterns, patterns over prefixes, and the
-    /// longest prefix over shorter ones.
+    /// longest prefix over shorter ones; of rules with one matcher, the strictest
+    /// (`no_cache`, else the shortest lifetime), in whatever order they were added.
     pub(crate) fn add(&mut self, mut rule: RouteRule) {
         // Written as request paths are read, or a rule spelled with `//` or an escape
         // would match nothing.
@@ -138,6 +241,26 @@ impl RouteRules {
             if let Cow::Owned(read) = rule_path(path) {
                 *path = read;
             }
+        }
+        match &rule.matcher {
+            RouteMatch::Pattern(pattern) => {
+                self.pattern_readings
+                    .push(PatternReading::new(pattern, rule.action, false, true))
+            }
+            RouteMatch::Exact(path) | RouteMatch::Prefix(path) if has_pattern_syntax(path) => {
+                tracing::warn!(
+                    rule = ?rule.matcher,
+                    action = ?rule.action,
+                    "a route rule written with a glob or a route parameter matches no path as \
+                     text; it is also read as a route pattern (`*` taking the rest of the \
+                     path), where it only restricts: no_cache turns caching off, a lifetime \
+                     caps it"
+                );
+                let prefix = matches!(rule.matcher, RouteMatch::Prefix(_));
+                self.pattern_readings
+                    .push(PatternReading::new(path, rule.action, prefix, false));
+            }
+            RouteMatch::Exact(_) | RouteMatch::Prefix(_) => {}
         }
         // Lifetime rules too: a path that is under one as written but not as the origin
         // reads it (`/static/..%2Faccount`) must not get its lifetime.
@@ -177,7 +300,21 @@ impl RouteRules {
             return Some(default);
         }
         let read = rule_path(path);
-        let mut as_written = match self.decide(&read, pattern) {
+        let cap = self.pattern_cap(path, &read, pattern)?;
+        let lifetime = self.lifetime_read(path, &read, pattern, default)?;
+        Some(lifetime.min(cap))
+    }
+
+    /// [`lifetime`](Self::lifetime) by the rules as written, `read` being the path's rule
+    /// reading.
+    fn lifetime_read(
+        &self,
+        path: &str,
+        read: &str,
+        pattern: Option<&str>,
+        default: Duration,
+    ) -> Option<Duration> {
+        let mut as_written = match self.decide(read, pattern) {
             Decided::ByPath(action) => lifetime_of(action)?,
             Decided::ByPattern(pattern, action) => {
                 return self.pattern_lifetime(path, pattern, action, default);
@@ -188,7 +325,7 @@ impl RouteRules {
         // takes `/%73tatic/x` or `//static/x` for no `/static/` path, and may answer it
         // with a page of the user's own (its fallback), so a rule the decoded reading puts
         // it under lengthens nothing.
-        if let Cow::Owned(_) = read {
+        if read != path {
             let as_sent = match self.decide(path, None) {
                 Decided::ByPath(action) | Decided::ByPattern(_, action) => lifetime_of(action)?,
                 Decided::Default => default,
@@ -208,6 +345,38 @@ impl RouteRules {
             as_resolved = as_resolved.min(self.origin_lifetime(&read_on, default)?);
         }
         Some(as_written.min(as_resolved))
+    }
+
+    /// What the rules read as patterns ([`PatternReading`]) that cover a reading of `path`
+    /// (as sent, `read`, or as a lenient origin resolves it) allow: `None` when one is a
+    /// `no_cache` rule, else the shortest of their lifetimes (`Duration::MAX` when none
+    /// covers it). `pattern` is the request's own route pattern, if it names one.
+    fn pattern_cap(&self, path: &str, read: &str, pattern: Option<&str>) -> Option<Duration> {
+        let mut applicable = self
+            .pattern_readings
+            .iter()
+            .filter(|rule| pattern.is_none() || !rule.unrouted_only)
+            .peekable();
+        if applicable.peek().is_none() {
+            return Some(Duration::MAX);
+        }
+        let (cut, read_on) = origin_readings(path);
+        let readings = [
+            Some(path),
+            Some(read),
+            Some(cut.as_str()),
+            read_on.as_deref(),
+        ];
+        let covering = applicable.filter(|rule| {
+            readings
+                .iter()
+                .flatten()
+                .any(|reading| rule.covers(reading))
+        });
+        match strictest(covering.map(|rule| (&rule.action, ()))) {
+            Some((action, ())) => lifetime_of(action),
+            None => Some(Duration::MAX),
+        }
     }
 
     /// The lifetime of a path the router matched to a route `pattern` with a rule. The
@@ -255,15 +424,25 @@ impl RouteRules {
     /// The origin rule that decides an origin reading: an exact one, else the longest
     /// prefix.
     fn origin_rule(&self, reading: &str) -> Option<&OriginRule> {
+        // The strictest of equals, whatever the order the rules were added in (see
+        // `decide`): two rules may also read alike here though written apart
+        // (`/Account` and `/account`).
         let exact = self
             .origin_rules
             .iter()
-            .find(|rule| !rule.prefix && rule.covers(reading));
+            .filter(|rule| !rule.prefix && rule.covers(reading))
+            .min_by_key(|rule| strictness(&rule.action));
         let by_prefix = || {
-            self.origin_rules
+            let longest = self
+                .origin_rules
                 .iter()
                 .filter(|rule| rule.prefix && rule.covers(reading))
-                .max_by_key(|rule| rule.path.len())
+                .map(|rule| rule.path.len())
+                .max()?;
+            self.origin_rules
+                .iter()
+                .filter(|rule| rule.prefix && rule.path.len() == longest && rule.covers(reading))
+                .min_by_key(|rule| strictness(&rule.action))
         };
         exact.or_else(by_prefix)
     }
@@ -281,30 +460,59 @@ impl RouteRules {
 
     /// The rule that decides `path` (in the rule reading) or the route `pattern`.
     fn decide(&self, path: &str, pattern: Option<&str>) -> Decided<'_> {
-        let exact = self
-            .rules
-            .iter()
-            .find(|r| matches!(&r.matcher, RouteMatch::Exact(p) if p == path));
-        if let Some(rule) = exact {
-            return Decided::ByPath(&rule.action);
+        // Of several rules with one matcher (a base layer's lifetime and an application's
+        // `no_cache` for the same path), the strictest decides, whatever the order they
+        // were added in: the first one won for `Exact` and `Pattern` rules, the last for
+        // `Prefix` rules, so a `no_cache` rule was ignored in one order.
+        let exact = strictest(self.rules.iter().filter_map(|r| match &r.matcher {
+            RouteMatch::Exact(p) if p == path => Some((&r.action, ())),
+            _ => None,
+        }));
+        if let Some((action, ())) = exact {
+            return Decided::ByPath(action);
         }
         let by_pattern = pattern.and_then(|pattern| {
-            self.rules.iter().find_map(|r| match &r.matcher {
-                RouteMatch::Pattern(p) if p == pattern => Some((p.as_str(), &r.action)),
+            strictest(self.rules.iter().filter_map(|r| match &r.matcher {
+                RouteMatch::Pattern(p) if p == pattern => Some((&r.action, p.as_str())),
                 _ => None,
-            })
+            }))
         });
-        if let Some((pattern, action)) = by_pattern {
+        if let Some((action, pattern)) = by_pattern {
             return Decided::ByPattern(pattern, action);
         }
-        self.rules
+        let longest = self
+            .rules
             .iter()
             .filter_map(|r| match &r.matcher {
-                RouteMatch::Prefix(p) if path.starts_with(p.as_str()) => Some((p.len(), r)),
+                RouteMatch::Prefix(p) if path.starts_with(p.as_str()) => Some(p.len()),
                 _ => None,
             })
-            .max_by_key(|(len, _)| *len)
-            .map_or(Decided::Default, |(_, rule)| Decided::ByPath(&rule.action))
+            .max();
+        let by_prefix = longest.and_then(|longest| {
+            strictest(self.rules.iter().filter_map(|r| match &r.matcher {
+                RouteMatch::Prefix(p) if p.len() == longest && path.starts_with(p.as_str()) => {
+                    Some((&r.action, ()))
+                }
+                _ => None,
+            }))
+        });
+        by_prefix.map_or(Decided::Default, |(action, ())| Decided::ByPath(action))
+    }
+}
+
+/// The strictest of several actions (with what goes with each): `no_cache`, else the
+/// shortest lifetime; the first of equals.
+fn strictest<'r, T>(
+    candidates: impl Iterator<Item = (&'r RouteAction, T)>,
+) -> Option<(&'r RouteAction, T)> {
+    candidates.min_by_key(|(action, _)| strictness(action))
+}
+
+/// How strict an action is, lowest first: `no_cache`, then lifetimes from the shortest.
+fn strictness(action: &RouteAction) -> (bool, Duration) {
+    match action {
+        RouteAction::NoCache => (false, Duration::ZERO),
+        RouteAction::Lifetime(lifetime) => (true, *lifetime),
     }
 }
 
