@@ -25,7 +25,7 @@ const MAGIC: &[u8; 4] = b"TMCE";
 const INDEX_MAGIC: &[u8; 4] = b"TMCV";
 /// Bumped whenever [`EntryMeta`] or [`VariantIndex`] changes shape; entries of other
 /// versions are misses.
-pub(super) const ENTRY_FORMAT_VERSION: u8 = 4;
+pub(super) const ENTRY_FORMAT_VERSION: u8 = 5;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// The most header fields an entry holds. A `HeaderMap` takes about 24 000 and panics
@@ -76,6 +76,10 @@ pub(crate) struct EntryMeta {
     pub generation: u64,
     /// Its tags and their generations when stored; a purge of a tag changes its generation.
     pub tags: Vec<(String, u64)>,
+    /// The settings of the layer that stored it, as one number (`Storage::reader`): a
+    /// layer of the same settings takes the writer's admission for its own, others judge
+    /// the entry again (`Policy::judge_stored`). 0: not stored yet.
+    pub judged_by: u64,
 }
 
 /// How [`EntryMeta`] is stored: the same fields, with text and bytes borrowed, so that
@@ -103,6 +107,7 @@ struct StoredMeta<'a> {
     generation: u64,
     #[serde(borrow, deserialize_with = "bounded_seq")]
     tags: Vec<(&'a str, u64)>,
+    judged_by: u64,
 }
 
 impl<'a> StoredMeta<'a> {
@@ -134,6 +139,7 @@ impl<'a> StoredMeta<'a> {
                 .iter()
                 .map(|(name, generation)| (name.as_str(), *generation))
                 .collect(),
+            judged_by: meta.judged_by,
         }
     }
 
@@ -172,6 +178,7 @@ impl<'a> StoredMeta<'a> {
                 .into_iter()
                 .map(|(name, generation)| (name.to_owned(), generation))
                 .collect(),
+            judged_by: self.judged_by,
         }
     }
 }
@@ -380,6 +387,7 @@ mod tests {
             authenticated: true,
             generation: 7,
             tags: vec![("news".into(), 3)],
+            judged_by: 11,
         }
     }
 

@@ -606,4 +606,27 @@ mod tests {
         // `date`: the response had none, so it is dated when received (RFC 9110 §6.6.1).
         assert_eq!(names, ["x-kept", "date"]);
     }
+
+    /// Review RO's judging of an entry read back runs only for entries another layer's
+    /// settings admitted: each entry carries the number of the settings that stored it,
+    /// and settings that judge otherwise have another.
+    #[tokio::test]
+    async fn an_entry_carries_the_settings_that_admitted_it() {
+        use crate::cache::shared::testing::{entry, put};
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/judged");
+        let ex = exchange_for(&shared, &request).await;
+        put(&shared, &request, &entry(&ex, &[])).await;
+        let stored = stored_entry(&shared, &request).await.expect("stored");
+        assert_eq!(stored.meta.judged_by, shared.storage.reader());
+        assert_ne!(stored.meta.judged_by, 0);
+        let narrower = super::super::shared::testing::shared(
+            &MemcacheLayer::new(MemoryBackend::new()).statuses([200]),
+        );
+        assert_ne!(narrower.storage.reader(), shared.storage.reader());
+        let alike =
+            super::super::shared::testing::shared(&MemcacheLayer::new(MemoryBackend::new()));
+        assert_eq!(alike.storage.reader(), shared.storage.reader());
+    }
 }

@@ -267,6 +267,7 @@ pub(super) mod testing {
                 authenticated: false,
                 generation: 0,
                 tags: Vec::new(),
+                judged_by: 0,
             },
             body: Bytes::from_static(b"stored"),
         }

@@ -167,6 +167,7 @@ impl Admission<'_> {
             authenticated: self.authenticated,
             generation: 0,
             tags: Vec::new(),
+            judged_by: 0,
         };
         self.set_times(&mut meta, status, &ruling.headers, &ruling.cc);
         meta
@@ -592,6 +593,7 @@ mod tests {
                 authenticated: false,
                 generation: 0,
                 tags: Vec::new(),
+                judged_by: 0,
             },
             body: Bytes::from_static(b"12345"),
         };

@@ -71,9 +71,21 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
+/// Whether a field in an entry read back is one the layer never stores, whatever the
+/// response it came with: a hop-by-hop field of the fixed list, or a [`PER_CLIENT_FIELDS`]
+/// one (the cookie setters only when the layer does not share cookies). Such an entry is
+/// not one this layer wrote, whatever its metadata says: another tool's, a corrupt one,
+/// or one kept while the layer shared cookies (the operator has turned that off since).
+/// Checked on every entry read back, also those [`Policy::judge_stored`] is spared.
+pub(crate) fn is_never_stored(name: &HeaderName, share_set_cookie: bool) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+        || (PER_CLIENT_FIELDS.contains(name)
+            && !(share_set_cookie && COOKIE_SETTERS.contains(name)))
+}
+
 /// What a layer makes of an entry read back, judged by its own settings
 /// ([`Policy::judge_stored`]): its revalidation flags as this layer's directives read them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct StoredRuling {
     /// `no-cache` by this layer's ruling directives: revalidated before every reuse.
     pub no_cache: bool,

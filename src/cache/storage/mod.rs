@@ -70,7 +70,7 @@ use super::stored;
 use crate::backend::{Backend, BackendError, CasOutcome, Item, Lifetime};
 use crate::cache::entry::{Entry, FLAG_PLACEHOLDER, Placeholder, VariantIndex, decode_entry};
 use crate::cache::near::NearCache;
-use crate::cache::policy::{NotServed, Policy, normalized_header};
+use crate::cache::policy::{NotServed, Policy, StoredRuling, is_never_stored, normalized_header};
 use crate::cache::stats::CacheStats;
 use crate::key::{build_key, md5_hex_prefixed};
 
@@ -266,8 +266,12 @@ impl<B: Backend> Storage<B> {
     fn with_reader(mut self) -> Self {
         use std::hash::{Hash, Hasher};
         // std's `DefaultHasher::new` has fixed keys: the same settings give the same
-        // number in every layer of the process (the near tier never leaves it).
+        // number in every layer of the process, and in every process of one build (the
+        // number is stored with each entry). Another build may hash otherwise: its
+        // entries are then judged again, which is slower, never wrong. The crate's
+        // version is in it, as a later one may judge alike settings otherwise.
         let mut hasher = std::hash::DefaultHasher::new();
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
         self.policy.hash_reading(&mut hasher);
         self.key_headers.hash(&mut hasher);
         for name in self.own_fields.iter() {
@@ -559,10 +563,28 @@ impl<B> Storage<B> {
             return None;
         }
         let mut entry = entry;
-        match self
-            .policy
-            .judge_stored(entry.meta.status, &entry.meta.headers)
-        {
+        // Stored by a layer of these very settings, whose admission judged it as this
+        // layer's would: judged again only when written by another's (a header map
+        // built and `Cache-Control` parsed on every remote hit otherwise).
+        let judged = if entry.meta.judged_by == self.reader {
+            // Bytes edited or written by another tool keep the number: the fields no
+            // layer stores are looked for all the same (a hop-by-hop field replayed
+            // breaks every hit of the URL).
+            let share = self.policy.shares_set_cookie();
+            match entry
+                .meta
+                .headers
+                .iter()
+                .find(|(name, _)| is_never_stored(name, share))
+            {
+                Some((name, _)) => Err(NotServed::Field(name.clone())),
+                None => Ok(StoredRuling::default()),
+            }
+        } else {
+            self.policy
+                .judge_stored(entry.meta.status, &entry.meta.headers)
+        };
+        match judged {
             Ok(ruling) => {
                 entry.meta.no_cache |= ruling.no_cache;
                 entry.meta.forbids_stale |= ruling.forbids_stale;

@@ -299,6 +299,8 @@ impl<B: Backend> Storage<B> {
         let mut meta = meta.clone();
         meta.generation = generation;
         meta.tags = resolved;
+        // Admitted by this layer's settings: a reader of the same need not judge it again.
+        meta.judged_by = self.reader;
         let primary = now.remove(route);
         let Some(primary_cas) = self.guarded(to, primary.as_ref()) else {
             tracing::debug!(key = %to.key, "the URL was purged or refilled during the fill; not stored");
