@@ -308,40 +308,22 @@ fn gated_origin(
 #[tokio::test]
 async fn a_no_store_flight_does_not_carry_a_response_past_a_tag_purge() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     support::bounded("tag purge during a no-store flight", async {
         let calls = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let origin = gated_origin(calls.clone(), gate.clone(), &[("surrogate-key", "news")]);
         let layer = support::layer(MemoryBackend::new());
-        let watch = Watch::of(&layer);
         let service = layer.clone().layer(origin);
-        let url = "http://site.example/t";
-        let get = |headers: &'static [(&'static str, &'static str)]| {
-            let service = service.clone();
-            tokio::spawn(
-                async move { support::send(&service, http::Method::GET, url, headers).await },
-            )
-        };
-        assert_eq!(get(&[]).await.unwrap().body, "call 1");
-        support::stores(&watch, 1).await;
-
-        let leading = get(&[("cache-control", "no-cache, no-store")]);
-        support::eventually("the no-store request reached the origin", || {
-            calls.load(Ordering::SeqCst) == 2
-        })
+        let (leading, after) = support::no_store_flight::tag_purge_during_flight(
+            &layer,
+            service,
+            "http://site.example/t",
+            &calls,
+            &gate,
+        )
         .await;
-        layer.purger().purge_tag("news").await.unwrap();
-        // Asked after the purge returned, with `no-store` too: it joins the flight under
-        // way.
-        let after = get(&[("cache-control", "no-store")]);
-        support::eventually("the later request joined the flight", || {
-            watch.snapshot().coalesced >= 1
-        })
-        .await;
-        gate.add_permits(16);
-        assert_eq!(leading.await.unwrap().body, "call 2", "its own client's");
-        let after = after.await.unwrap();
+        assert_eq!(leading.body, "call 2", "its own client's");
         assert_eq!(
             after.body,
             "call 3",

@@ -172,35 +172,19 @@ async fn a_no_store_flight_s_304_does_not_carry_a_response_past_a_tag_purge() {
         let calls = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let layer = support::layer(MemoryBackend::new());
-        let watch = Watch::of(&layer);
         let service = layer
             .clone()
             .layer(gated_validating_origin(calls.clone(), gate.clone()));
-        let url = "http://site.example/tagged";
-        let get = |headers: &'static [(&'static str, &'static str)]| {
-            let service = service.clone();
-            tokio::spawn(
-                async move { support::send(&service, http::Method::GET, url, headers).await },
-            )
-        };
-        assert_eq!(get(&[]).await.unwrap().body, "call 1");
-        support::stores(&watch, 1).await;
-
-        let leading = get(&[("cache-control", "no-cache, no-store")]);
-        support::eventually("the no-store request reached the origin", || {
-            calls.load(Ordering::SeqCst) == 2
-        })
+        let (leading, after) = support::no_store_flight::tag_purge_during_flight(
+            &layer,
+            service,
+            "http://site.example/tagged",
+            &calls,
+            &gate,
+        )
         .await;
-        layer.purger().purge_tag("news").await.unwrap();
-        let after = get(&[("cache-control", "no-store")]);
-        support::eventually("the later request joined the flight", || {
-            watch.snapshot().coalesced >= 1
-        })
-        .await;
-        gate.add_permits(16);
         // Its own client's: the stored response, revalidated.
-        assert_eq!(leading.await.unwrap().body, "call 1");
-        let after = after.await.unwrap();
+        assert_eq!(leading.body, "call 1");
         assert_eq!(
             after.body,
             "call 3",

@@ -6,6 +6,7 @@ pub mod db;
 pub mod fake_memcached;
 pub mod h2_frames;
 pub mod live_stream;
+pub mod no_store_flight;
 pub mod nutcracker;
 pub mod origin;
 pub mod path_origin;
