@@ -25,6 +25,14 @@ use support::{Watch, send};
 
 const NAMESPACE: &str = "review-ro";
 
+/// A process's layer over `backend`, in origin mode in the shared namespace: each test
+/// configures the writer and the reader apart from there.
+fn process(backend: &MemoryBackend) -> tower_memcache::MemcacheLayer<MemoryBackend> {
+    support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .mode(CacheMode::Origin)
+}
+
 /// A response field as an origin sends it.
 type Field = (&'static str, &'static str);
 
@@ -118,6 +126,24 @@ fn cdn() -> [HeaderName; 1] {
     [CDN_CACHE_CONTROL]
 }
 
+/// `url`'s page, answered with `headers`, stored by a process ruled by the targeted
+/// fields `writer`, then asked of one ruled by `reader`: the reader's answer, and the
+/// origin (which counts its calls).
+async fn stored_apart(
+    url: &str,
+    headers: &[Field],
+    writer: &[HeaderName],
+    reader: &[HeaderName],
+) -> (support::Answer, Origin) {
+    let backend = MemoryBackend::new();
+    let origin = Origin::new(200, headers);
+    let writer = process(&backend).targeted_cache_control(writer.to_vec());
+    store_through(&writer, &origin, url).await;
+    let reader = process(&backend).targeted_cache_control(reader.to_vec());
+    let svc = reader.layer(origin.clone());
+    (send(&svc, Method::GET, url, &[]).await, origin)
+}
+
 /// Cache-poisoned denial of service across a rolling change: an operator finds that
 /// clients get a `400` (an oversize field the key does not hold) stored for everyone, and
 /// narrows `statuses` to the defaults. The processes the change reached served the `400`
@@ -152,7 +178,6 @@ async fn a_status_the_reader_does_not_store_is_not_served_from_another_writers_e
 /// the reader's own directives refuse is a miss.
 #[tokio::test]
 async fn a_page_the_readers_ruling_directives_make_private_is_not_served() {
-    let backend = MemoryBackend::new();
     for (url, headers, writer_targets, reader_targets) in [
         (
             "http://review-ro.test/cdn-private",
@@ -182,18 +207,7 @@ async fn a_page_the_readers_ruling_directives_make_private_is_not_served() {
             &cdn()[..],
         ),
     ] {
-        let origin = Origin::new(200, headers);
-        let writer = support::layer(backend.clone())
-            .namespace(NAMESPACE)
-            .mode(CacheMode::Origin)
-            .targeted_cache_control(writer_targets.to_vec());
-        store_through(&writer, &origin, url).await;
-        let reader = support::layer(backend.clone())
-            .namespace(NAMESPACE)
-            .mode(CacheMode::Origin)
-            .targeted_cache_control(reader_targets.to_vec());
-        let svc = reader.layer(origin.clone());
-        let answer = send(&svc, Method::GET, url, &[]).await;
+        let (answer, origin) = stored_apart(url, headers, writer_targets, reader_targets).await;
         assert_ne!(
             answer.body, "call 1",
             "{url}: a page the reader's directives keep out of shared caches was served \
@@ -210,26 +224,13 @@ async fn a_page_the_readers_ruling_directives_make_private_is_not_served() {
 /// out is a miss.
 #[tokio::test]
 async fn a_field_the_readers_directives_keep_out_is_not_replayed() {
-    let backend = MemoryBackend::new();
+    let fields = [
+        ("cache-control", "max-age=600"),
+        ("cdn-cache-control", "max-age=600, private=\"x-user\""),
+        ("x-user", "alice"),
+    ];
     let url = "http://review-ro.test/field";
-    let origin = Origin::new(
-        200,
-        &[
-            ("cache-control", "max-age=600"),
-            ("cdn-cache-control", "max-age=600, private=\"x-user\""),
-            ("x-user", "alice"),
-        ],
-    );
-    let writer = support::layer(backend.clone())
-        .namespace(NAMESPACE)
-        .mode(CacheMode::Origin);
-    store_through(&writer, &origin, url).await;
-    let reader = support::layer(backend.clone())
-        .namespace(NAMESPACE)
-        .mode(CacheMode::Origin)
-        .targeted_cache_control(cdn());
-    let svc = reader.layer(origin.clone());
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, origin) = stored_apart(url, &fields, &[], &cdn()).await;
     assert_ne!(
         answer.body, "call 1",
         "a field the reader keeps out of shared entries was replayed: {answer:?}"
@@ -244,26 +245,13 @@ async fn a_field_the_readers_directives_keep_out_is_not_replayed() {
 /// revalidated with its validator.
 #[tokio::test]
 async fn a_no_cache_of_the_readers_directives_is_revalidated() {
-    let backend = MemoryBackend::new();
+    let fields = [
+        ("cache-control", "max-age=600"),
+        ("cdn-cache-control", "no-cache"),
+        ("etag", "\"v1\""),
+    ];
     let url = "http://review-ro.test/no-cache";
-    let origin = Origin::new(
-        200,
-        &[
-            ("cache-control", "max-age=600"),
-            ("cdn-cache-control", "no-cache"),
-            ("etag", "\"v1\""),
-        ],
-    );
-    let writer = support::layer(backend.clone())
-        .namespace(NAMESPACE)
-        .mode(CacheMode::Origin);
-    store_through(&writer, &origin, url).await;
-    let reader = support::layer(backend.clone())
-        .namespace(NAMESPACE)
-        .mode(CacheMode::Origin)
-        .targeted_cache_control(cdn());
-    let svc = reader.layer(origin.clone());
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, origin) = stored_apart(url, &fields, &[], &cdn()).await;
     assert_eq!(
         origin.calls(),
         2,
