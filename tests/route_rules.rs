@@ -145,3 +145,69 @@ async fn odd_spellings_of_public_pages_are_still_cached() {
         assert_eq!(first, second, "{spelling}");
     }
 }
+
+/// An origin that normalises Unicode by compatibility (NFKC) before it routes, as
+/// Python's `unicodedata.normalize("NFKC", ...)` or Java's `Normalizer` in front of a
+/// router does: `/𝐚ccount` (mathematical bold `a`), `/ⓐccount` (circled) and `/ᵃccount`
+/// (modifier) are its `/account`, and `/café` written with a combining accent is the
+/// `/café` written with `é`. Read with Unicode's own tables, apart from the crate's
+/// reading; `/account` and `/café` are the user's own pages.
+fn nfkc_origin() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    path_origin::serving(|path, user| {
+        use unicode_normalization::UnicodeNormalization;
+        let decoded: String = String::from_utf8_lossy(&decode_once(path.as_bytes()))
+            .nfkc()
+            .collect();
+        let path = path_origin::resolve_segments(&decoded.to_lowercase());
+        if path == "/account" || path.starts_with("/account/") || path == "/caf\u{e9}" {
+            format!("{user}'s account")
+        } else {
+            format!("public page {path}")
+        }
+    })
+}
+
+/// Web cache deception through NFKC: the origin reading took the fullwidth forms and
+/// the delimiters NFKC writes (review RL), but no other compatibility form, nor a
+/// letter and its combining mark as the letter they compose. A victim lured to
+/// `/𝐚ccount` or `/cafe%CC%81` had their page stored past `no_cache` rules for
+/// `/account` and `/café`, for the attacker to read; and a rule written decomposed
+/// missed the composed path.
+#[tokio::test]
+async fn no_cache_holds_for_every_nfkc_spelling_of_its_path() {
+    let ascii = [
+        "/\u{1d41a}ccount",
+        "/\u{24d0}ccount/settings",
+        "/\u{1d43}CCOUNT",
+        "/x/\u{1d7ce}/../../\u{1d400}ccount",
+    ];
+    for (cafe_rule, cafe_spellings) in [
+        (
+            "/caf\u{e9}",
+            ["/cafe\u{301}", "/CAFE\u{301}", "/caf%65%CC%81"],
+        ),
+        ("/cafe\u{301}", ["/caf\u{e9}", "/CAF\u{c9}", "/CAFE\u{301}"]),
+    ] {
+        let layer = support::layer(MemoryBackend::new())
+            .default_lifetime(Duration::from_secs(60))
+            .no_cache(RouteMatch::Prefix("/account".into()))
+            .no_cache(RouteMatch::Exact(support::non_ascii_encoded(cafe_rule)));
+        let watch = support::Watch::of(&layer);
+        let app = layer.layer(nfkc_origin());
+        let spellings: Vec<String> = ascii
+            .iter()
+            .chain(&cafe_spellings)
+            .map(|path| support::non_ascii_encoded(path))
+            .collect();
+        let spellings: Vec<&str> = spellings.iter().map(String::as_str).collect();
+        path_origin::assert_none_stored(&app, &watch, &spellings, |user| {
+            format!("{user}'s account")
+        })
+        .await;
+    }
+}

@@ -4,7 +4,7 @@
 //! ([`rule_path`]) is the path as an ordinary decoder sees it. The *origin reading*
 //! ([`origin_reading`]) is the path as the most lenient origin might resolve it (case
 //! folded, Unicode letters whose case mapping is ASCII too, escapes decoded again, IIS's `%u` escapes, overlong UTF-8, fullwidth forms and
-//! NFKC's other forms of path delimiters read as ASCII, `\` as `/`, dot segments, `;` parameters, white space around segments
+//! NFKC's other forms of path delimiters read as ASCII, the rest as NFKC writes it, `\` as `/`, dot segments, `;` parameters, white space around segments
 //! and Windows' trailing dots and spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
 //! well). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
@@ -29,7 +29,9 @@ use std::time::Duration;
 /// Kelvin sign, `ı`, `İ`, `ß` and ligatures like `ﬁ` read as the ASCII letters their case
 /// mappings give), with escapes decoded (twice, `%252F` as `/`; IIS's `%u002e` too, and
 /// an overlong UTF-8 `%c0%ae`, a fullwidth `%ef%bc%8e` or NFKC's `‥` and `﹒` read as
-/// dots), `\` read as `/`,
+/// dots), every other compatibility form as NFKC writes it (`𝐚`, `ⓐ`, `ᵃ` as `a`) and a
+/// letter with combining marks as the letter they compose (`e` + U+0301 as `é`), `\`
+/// read as `/`,
 /// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`),
 /// white space around a segment trimmed as Spring does (`/%20account`) and its trailing
 /// dots and spaces dropped as Windows does (`/account.`), cut at
@@ -661,7 +663,7 @@ const DECODING_PASSES: usize = 2;
 
 /// `path` as the most lenient origin might resolve it: escapes decoded (up to
 /// [`DECODING_PASSES`] times, IIS's `%uXXXX` too, with overlong UTF-8 and fullwidth
-/// forms of ASCII characters read as those characters), `\` as `/` (IIS, Windows file
+/// forms of ASCII characters read as those characters, and the text normalised as NFKC), `\` as `/` (IIS, Windows file
 /// servers), white space around a segment (Spring) and its trailing dots and spaces
 /// (Windows) dropped, cut at a decoded
 /// `?`, `#`, NUL (OpenLiteSpeed) or line break (nginx regex locations), letters in lower
@@ -680,12 +682,12 @@ pub(crate) fn origin_reading(path: &str) -> String {
 /// (the cut alone read `/static/x`).
 fn origin_readings(path: &str) -> (String, Option<String>) {
     // Raw too: a request line may hold UTF-8 (`/x/．．/account`), which `Uri` keeps.
-    let mut bytes = fold_to_ascii(path.as_bytes().to_vec());
+    let mut bytes = compatibility_form(fold_to_ascii(path.as_bytes().to_vec()));
     for _ in 0..DECODING_PASSES {
         if !bytes.contains(&b'%') {
             break;
         }
-        bytes = fold_to_ascii(decode_all(&bytes));
+        bytes = compatibility_form(fold_to_ascii(decode_all(&bytes)));
     }
     bytes.make_ascii_lowercase();
     let end = bytes
@@ -810,6 +812,42 @@ fn wide_escape_at(bytes: &[u8], at: usize) -> Option<char> {
         code = (code << 4) | u32::from(hex_value(*bytes.get(at + offset)?)?);
     }
     Some(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER))
+}
+
+/// Decoded bytes as an origin that normalises Unicode by compatibility (NFKC: Python's
+/// `unicodedata.normalize`, Java's `Normalizer`, applied before routing) reads them:
+/// every compatibility form as its letters (`𝐚`, `ⓐ` and `ᵃ` as `a`, `ｱ` as `ア`, `①` as
+/// `1`) and a letter followed by combining marks as the one letter they compose
+/// (`e` + U+0301 as `é`, which a rule for `/café` is written with). [`fold_to_ascii`]'s
+/// list has the delimiters among these; this is the rest (review RL's note), by Unicode's
+/// own tables. Only the text that is UTF-8 is normalised, each run apart:
+/// a byte that is not (an overlong form, half an escape yet to be decoded) stays as it
+/// is, so a later pass still reads it.
+///
+/// Never more than 18 characters for one (U+FDFA), so a path grows at most elevenfold in
+/// bytes, and only once: a normalised text is its own normal form.
+fn compatibility_form(bytes: Vec<u8>) -> Vec<u8> {
+    use unicode_normalization::UnicodeNormalization;
+    if bytes.is_ascii() {
+        return bytes;
+    }
+    let normal = |text: &str| {
+        unicode_normalization::is_nfkc_quick(text.chars())
+            == unicode_normalization::IsNormalized::Yes
+    };
+    if bytes.utf8_chunks().all(|chunk| normal(chunk.valid())) {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().nfkc() {
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+        out.extend_from_slice(chunk.invalid());
+    }
+    // What it composed may be one of the fold's letters: `I` and a combining dot above
+    // are `İ`, which the fold reads as `i`.
+    fold_to_ascii(out)
 }
 
 /// Decoded bytes with the non-ASCII spellings of ASCII characters that lenient decoders
@@ -1019,6 +1057,16 @@ mod tests {
                 "/dat\u{2100}ache/\u{2101}\u{2105}\u{2106}",
                 "/data/cache/a/sc/oc/u",
             ),
+            // Every other compatibility form, and letters with combining marks composed
+            // (NFKC).
+            ("/\u{1d41a}ccount", "/account"),
+            ("/%F0%9D%90%9Account/%E2%93%90", "/account/a"),
+            ("/\u{24b6}CCOUNT/\u{1d43}\u{1d2c}", "/account/aa"),
+            ("/caf\u{65}\u{301}/CAF%45%CC%81", "/caf\u{e9}/caf\u{e9}"),
+            ("/%C3%A9/\u{ff71}/\u{2460}", "/\u{e9}/\u{30a2}/1"),
+            ("/x/\u{1d7ce}/../\u{1d41a}ccount", "/x/account"),
+            ("/SETTI\u{307}NGS/I%CC%87", "/settings/i"),
+            ("/%c1%81%CC%81ccount", "/\u{e1}ccount"),
             // Non-ASCII letters in lower case, and Unicode case mappings to ASCII letters
             // (review RF).
             ("/%C3%9Cbersicht/\u{dc}BER", "/\u{fc}bersicht/\u{fc}ber"),
