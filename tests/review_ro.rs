@@ -310,6 +310,51 @@ async fn the_near_tier_answers_a_layer_only_with_what_its_own_settings_admitted(
     }
 }
 
+/// The near tier keeps a shared `Set-Cookie` (`share_set_cookie(true)`) for the layer
+/// that shares it; a layer of the same near tier that does not share cookies never gets
+/// it replayed from there. That used to rest on a check of its own at every keep (the
+/// cookie kept out of the tier); it rests on the settings number now.
+#[tokio::test]
+async fn a_cookie_kept_in_the_near_tier_is_replayed_only_where_cookies_are_shared() {
+    use std::time::Duration;
+    use tower_memcache::cache::NearCache;
+    let backend = MemoryBackend::new();
+    let near = NearCache::new(1 << 20, Duration::from_secs(60));
+    let url = "http://review-ro.test/near-cookie";
+    let origin = Origin::new(200, &[("set-cookie", "session=alice")]);
+    let sharing = tower_memcache::MemcacheLayer::new(backend.clone())
+        .namespace(NAMESPACE)
+        .share_set_cookie(true)
+        .near_cache(near.clone());
+    let sharing_svc = sharing.clone().layer(origin.clone());
+    send(&sharing_svc, Method::GET, url, &[]).await;
+    support::stores(&Watch::of(&sharing), 1).await;
+    for _ in 0..2 {
+        let replayed = send(&sharing_svc, Method::GET, url, &[]).await;
+        assert_eq!(replayed.body, "call 1", "{replayed:?}");
+        assert_eq!(replayed.header("set-cookie"), Some("session=alice"));
+    }
+    assert!(near.entries() >= 1, "kept in the near tier");
+    let strict = tower_memcache::MemcacheLayer::new(backend)
+        .namespace(NAMESPACE)
+        .near_cache(near.clone());
+    let strict_svc = strict.layer(origin.clone());
+    // Its own requests go to the origin (whose answer carries the cookie to that one
+    // client, never stored): the stored answer is never replayed to it.
+    for attempt in 0..2 {
+        let answer = send(&strict_svc, Method::GET, url, &[]).await;
+        assert_ne!(
+            answer.body, "call 1",
+            "attempt {attempt}: a shared cookie replayed to a layer that does not share: {answer:?}"
+        );
+        assert!(
+            !answer.cache_status().contains("hit"),
+            "attempt {attempt}: {answer:?}"
+        );
+    }
+    assert_eq!(origin.calls(), 3);
+}
+
 /// A purge that returned, across a change of tag settings: the origin tags its pages
 /// with `Surrogate-Key`, and processes configured without tags (`tag_header(None)`, or
 /// another header: the processes a rolling change has not reached) stored the field as

@@ -31,7 +31,6 @@ use super::storage::{Found, Lookup};
 use super::stored::{self, now_ms};
 use crate::backend::Backend;
 use crate::cache::policy::freshness::Reuse;
-use crate::cache::policy::sets_cookie;
 use crate::cache::stats::CacheStats;
 
 /// A tower service that answers from memcached when it can and stores what its inner
@@ -230,14 +229,10 @@ where
                 let freshness = stored::freshness(&entry.meta, now_ms());
                 match freshness.reuse(&plan.request_cc) {
                     Reuse::Fresh | Reuse::StaleAccepted => {
-                        // A shared cookie stays out of the near tier: a layer of the same
-                        // namespace that does not share cookies may read it (its memcached
-                        // lookups refuse such an entry, see `Storage::decode`).
-                        let keepable = !shared.policy().shares_set_cookie()
-                            || !entry.meta.headers.iter().any(|(name, _)| sets_cookie(name));
-                        if let Some((near, mark)) =
-                            near_mark.filter(|_| keepable && freshness.is_fresh())
-                        {
+                        // A shared cookie may be kept: what the tier keeps it answers
+                        // only to layers of this one's settings (`Storage::reader`), and
+                        // a layer that does not share cookies has other settings.
+                        if let Some((near, mark)) = near_mark.filter(|_| freshness.is_fresh()) {
                             let mark = mark.since(found.vouched);
                             // One set of selecting headers: a request selects at most one of
                             // the variants kept, as it would in memcached.

@@ -102,11 +102,6 @@ pub(crate) enum NotServed {
     Field(HeaderName),
 }
 
-/// Whether a field sets a cookie (`Set-Cookie`, `Set-Cookie2`).
-pub(crate) fn sets_cookie(name: &HeaderName) -> bool {
-    COOKIE_SETTERS.contains(name)
-}
-
 /// Who decides how long a response stays fresh.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
