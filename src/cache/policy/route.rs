@@ -341,7 +341,7 @@ impl RouteRules {
         if !may_read_otherwise(path) {
             return Some(as_written.min(self.origin_lifetime(path, default)?));
         }
-        let (cut, read_on) = origin_readings(path);
+        let (cut, read_on) = origin_readings(path)?;
         let mut as_resolved = self.origin_lifetime(&cut, default)?;
         if let Some(read_on) = read_on {
             as_resolved = as_resolved.min(self.origin_lifetime(&read_on, default)?);
@@ -362,7 +362,7 @@ impl RouteRules {
         if applicable.peek().is_none() {
             return Some(Duration::MAX);
         }
-        let (cut, read_on) = origin_readings(path);
+        let (cut, read_on) = origin_readings(path)?;
         let readings = [
             Some(path),
             Some(read),
@@ -403,7 +403,7 @@ impl RouteRules {
         if !may_read_otherwise(path) || !pattern_covers(pattern, path) {
             return Some(lifetime);
         }
-        let (cut, read_on) = origin_readings(path);
+        let (cut, read_on) = origin_readings(path)?;
         for reading in std::iter::once(cut).chain(read_on) {
             if !pattern_covers(pattern, &reading) {
                 lifetime = lifetime.min(self.origin_lifetime(&reading, default)?);
@@ -672,22 +672,26 @@ const DECODING_PASSES: usize = 2;
 /// dropped (Tomcat, Spring, Jetty), dot segments resolved (RFC 3986 §5.2.4), empty
 /// segments and a trailing slash dropped. Only ever used to turn caching off or shorten
 /// a lifetime.
+///
+/// A path NFKC would swell past [`SWELL_LIMIT`] has no reading (see
+/// [`compatibility_form`]): here, for a rule's own path, it is read as written.
 pub(crate) fn origin_reading(path: &str) -> String {
-    origin_readings(path).0
+    origin_readings(path).map_or_else(|| path.to_owned(), |(cut, _)| cut)
 }
 
 /// [`origin_reading`], and where it cut the path, the reading of an origin that reads
 /// on: nginx keeps an escaped `?`, `#` or line break as a byte of its segment and
 /// resolves the dot segments after it, so `/static/x%3F/../../account` is its `/account`
-/// (the cut alone read `/static/x`).
-fn origin_readings(path: &str) -> (String, Option<String>) {
+/// (the cut alone read `/static/x`). `None` for a path NFKC would swell past
+/// [`SWELL_LIMIT`]: a request's is not cached where rules read paths so.
+fn origin_readings(path: &str) -> Option<(String, Option<String>)> {
     // Raw too: a request line may hold UTF-8 (`/x/．．/account`), which `Uri` keeps.
-    let mut bytes = compatibility_form(fold_to_ascii(path.as_bytes().to_vec()));
+    let mut bytes = compatibility_form(fold_to_ascii(path.as_bytes().to_vec()))?;
     for _ in 0..DECODING_PASSES {
         if !bytes.contains(&b'%') {
             break;
         }
-        bytes = compatibility_form(fold_to_ascii(decode_all(&bytes)));
+        bytes = compatibility_form(fold_to_ascii(decode_all(&bytes)))?;
     }
     bytes.make_ascii_lowercase();
     let end = bytes
@@ -696,7 +700,7 @@ fn origin_readings(path: &str) -> (String, Option<String>) {
         .position(|byte| matches!(byte, b'?' | b'#' | 0 | b'\n' | b'\r'))
         .unwrap_or(bytes.len());
     let read_on = (end < bytes.len()).then(|| lower_case(resolve_segments(&bytes)));
-    (lower_case(resolve_segments(&bytes[..end])), read_on)
+    Some((lower_case(resolve_segments(&bytes[..end])), read_on))
 }
 
 /// A reading with its non-ASCII letters in lower case too (`Ü` as `ü`), as routers that
@@ -824,31 +828,41 @@ fn wide_escape_at(bytes: &[u8], at: usize) -> Option<char> {
 /// a byte that is not (an overlong form, half an escape yet to be decoded) stays as it
 /// is, so a later pass still reads it.
 ///
-/// Never more than 18 characters for one (U+FDFA), so a path grows at most elevenfold in
-/// bytes, and only once: a normalised text is its own normal form.
-fn compatibility_form(bytes: Vec<u8>) -> Vec<u8> {
+/// `None` when the normal form is more than [`SWELL_LIMIT`] bytes longer: one character
+/// may be 18 (U+FDFA), and a 64 KiB path of them took 49 ms to normalise and lower-case,
+/// thirty times its plain reading, on every request an attacker sends. No path a route is
+/// written for grows so (a halfwidth or fullwidth form is no longer, `㍿` is four
+/// characters).
+fn compatibility_form(bytes: Vec<u8>) -> Option<Vec<u8>> {
     use unicode_normalization::UnicodeNormalization;
     if bytes.is_ascii() {
-        return bytes;
+        return Some(bytes);
     }
     let normal = |text: &str| {
         unicode_normalization::is_nfkc_quick(text.chars())
             == unicode_normalization::IsNormalized::Yes
     };
     if bytes.utf8_chunks().all(|chunk| normal(chunk.valid())) {
-        return bytes;
+        return Some(bytes);
     }
+    let limit = bytes.len().saturating_add(SWELL_LIMIT);
     let mut out = Vec::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().nfkc() {
             out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            if out.len() > limit {
+                return None;
+            }
         }
         out.extend_from_slice(chunk.invalid());
     }
     // What it composed may be one of the fold's letters: `I` and a combining dot above
     // are `İ`, which the fold reads as `i`.
-    fold_to_ascii(out)
+    Some(fold_to_ascii(out))
 }
+
+/// How many bytes NFKC may add to a path before [`compatibility_form`] gives up on it.
+const SWELL_LIMIT: usize = 1024;
 
 /// Decoded bytes with the non-ASCII spellings of ASCII characters that lenient decoders
 /// read as those characters: overlong UTF-8 (`C0 AE` is `.` to IIS 4/5 and old Java
@@ -1115,13 +1129,50 @@ mod tests {
             ),
             ("/static/x%0a/../../account", "/static/x", Some("/account")),
         ] {
-            let readings = origin_readings(path);
+            let readings = origin_readings(path).unwrap();
             assert_eq!(
                 (readings.0.as_str(), readings.1.as_deref()),
                 (cut, read_on),
                 "{path:?}"
             );
         }
+    }
+
+    /// A path NFKC swells past the bound is not read (an attacker's 64 KiB of U+FDFA,
+    /// eighteen characters each, cost 49 ms a request): where rules read paths, it is not
+    /// cached, whatever rule it would fall under; one that swells less is read and
+    /// cached as before.
+    #[test]
+    fn a_path_nfkc_would_swell_past_the_bound_is_not_cached() {
+        let rules = rules(&[
+            (RouteMatch::Prefix("/account".into()), RouteAction::NoCache),
+            (
+                RouteMatch::Prefix("/news/".into()),
+                RouteAction::Lifetime(MINUTE),
+            ),
+        ]);
+        // 33 bytes each from 3: 40 of them add 1 200 bytes, 30 add 900.
+        let swelling = |count: usize| format!("/news/{}", "\u{fdfa}".repeat(count));
+        assert_eq!(origin_readings(&swelling(40)), None);
+        assert_eq!(rules.lifetime(&swelling(40), None, HOUR), None);
+        assert_eq!(
+            rules.lifetime(
+                &format!("/x/{}/../../\u{1d41a}ccount", "\u{fdfa}".repeat(40)),
+                None,
+                HOUR
+            ),
+            None
+        );
+        assert!(origin_readings(&swelling(30)).is_some());
+        assert_eq!(rules.lifetime(&swelling(30), None, HOUR), Some(MINUTE));
+        // Escaped, it swells in a decoding pass just the same.
+        let escaped = format!("/news/{}", "%EF%B7%BA".repeat(40));
+        assert_eq!(rules.lifetime(&escaped, None, HOUR), None);
+        // No rule that reads paths: nothing is read, and the default holds.
+        assert_eq!(
+            RouteRules::default().lifetime(&swelling(40), None, HOUR),
+            Some(HOUR)
+        );
     }
 
     #[test]
