@@ -151,3 +151,80 @@ async fn followers_of_a_made_up_authorization_elect_an_anonymous_leader() {
         "the attacker's request and one anonymous leader"
     );
 }
+
+/// A page kept two seconds with the validator `"v1"`: a 304 to a request that holds it,
+/// else the page; its second call answers `private` (one user's page, once).
+fn private_once(
+    call: usize,
+    request: &http::Request<()>,
+) -> (u16, &'static [(&'static str, &'static str)]) {
+    const PAGE: &[(&str, &str)] = &[("cache-control", "max-age=2"), ("etag", "\"v1\"")];
+    let holds = request
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .is_some_and(|value| value.as_bytes() == b"\"v1\"");
+    match call {
+        2 => (200, &[("cache-control", "private")]),
+        _ if holds => (304, PAGE),
+        _ => (200, PAGE),
+    }
+}
+
+/// Hit-for-miss ends when a response is stored, a 304's refresh too: the URL was still
+/// remembered as never stored after one, so for a minute the revalidations of its stored
+/// page went to the origin side by side (up to 8 at a time per process) instead of one
+/// for all, each answered with the page the first one refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_stored_ends_the_urls_memory_of_a_refusal() {
+    let (calls, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(3)));
+    let layer = support::layer(MemoryBackend::new()).mode(tower_memcache::cache::CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(gated_origin(
+        Arc::clone(&calls),
+        Arc::clone(&gate),
+        private_once,
+    ));
+    let url = "http://site.example/news";
+    let get = || {
+        let service = service.clone();
+        tokio::spawn(async move { support::send(&service, Method::GET, url, &[]).await })
+    };
+    let stale = std::time::Duration::from_millis(2200);
+    assert_eq!(get().await.unwrap().body, "page");
+    support::stores(&watch, 1).await;
+    tokio::time::sleep(stale).await;
+    // The revalidation is answered `private`: not stored, the URL remembered.
+    assert_eq!(get().await.unwrap().body, "page");
+    // The next one's 304 refreshes the stored page.
+    let refreshed = get().await.unwrap();
+    assert!(
+        refreshed.cache_status().contains("fwd=stale"),
+        "{}",
+        refreshed.cache_status()
+    );
+    support::stores(&watch, 2).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    tokio::time::sleep(stale).await;
+    // Stale again: three requests at once, one revalidation for all.
+    let requests: Vec<_> = (0..3).map(|_| get()).collect();
+    bounded("the revalidations arrive", async {
+        eventually("each is at the origin or waiting", || {
+            calls.load(Ordering::SeqCst) - 3 + watch.snapshot().coalesced as usize >= 3
+        })
+        .await;
+    })
+    .await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "the revalidations went to the origin side by side"
+    );
+    gate.add_permits(16);
+    for answer in requests {
+        let answer = bounded("an answer", answer).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (http::StatusCode::OK, "page")
+        );
+    }
+}
