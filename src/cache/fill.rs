@@ -51,6 +51,10 @@ pub(super) enum Refusal {
     /// Varies on more request fields than an entry is selected by
     /// ([`MAX_SELECTING_FIELDS`]): each is read on every lookup.
     TooManySelectingFields,
+    /// Nothing to reuse only because the request carried `Authorization`: RFC 9111 §3.5
+    /// leaves its response no lifetime but its own, and it has none, where the route's
+    /// would have kept the same response to a request without credentials.
+    CredentialsLifetime,
 }
 
 impl Refusal {
@@ -85,6 +89,9 @@ impl Refusal {
             Self::TagsUnkept => "tags that cannot all be kept",
             Self::TooManyFields => "more header fields than an entry holds",
             Self::TooManySelectingFields => "varies on more fields than an entry is selected by",
+            Self::CredentialsLifetime => {
+                "nothing to reuse for an authenticated request (no lifetime of its own)"
+            }
             Self::Policy(NotStorable::Status) => "status not stored",
             Self::Policy(NotStorable::NoStore) => "no-store",
             Self::Policy(NotStorable::Private) => "private",
@@ -114,7 +121,8 @@ impl Refusal {
             | Self::NoLongerShareable
             | Self::TagsUnkept
             | Self::TooManyFields
-            | Self::TooManySelectingFields => true,
+            | Self::TooManySelectingFields
+            | Self::CredentialsLifetime => true,
         }
     }
 }
@@ -293,7 +301,9 @@ impl<B: Backend> Shared<B> {
                 // that are unlike it elect another leader rather than all going at once.
                 let status = response.status();
                 match refusal {
-                    Refusal::Policy(NotStorable::Authorization) => filler.decline(true),
+                    Refusal::Policy(NotStorable::Authorization) | Refusal::CredentialsLifetime => {
+                        filler.decline(true);
+                    }
                     // A part or a delta (`A-IM`) asked for: another request gets the whole.
                     Refusal::Policy(NotStorable::Partial)
                         if request_headers.contains_key(header::RANGE)
@@ -414,15 +424,37 @@ impl<B: Backend> Shared<B> {
         if meta.vary.len() > MAX_SELECTING_FIELDS {
             return Err(Refusal::TooManySelectingFields);
         }
-        let ttl = backend_ttl(
-            &meta,
-            self.config.keep_stale,
-            self.config.stale_if_unreachable,
-        );
-        if ttl.is_zero() {
+        let ttl = |meta: &EntryMeta| {
+            backend_ttl(
+                meta,
+                self.config.keep_stale,
+                self.config.stale_if_unreachable,
+            )
+        };
+        let kept = ttl(&meta);
+        if kept.is_zero() {
+            // §3.5's limit on an authenticated request's response may be all that left it
+            // nothing: that is the request's doing, not the response's (a made-up
+            // `Authorization` must not get the URL remembered as never stored, nor send
+            // the leader's followers to the origin one each; see `on_response`).
+            let anonymous = Admission {
+                authenticated: false,
+                ..*admission
+            };
+            if admission.authenticated
+                && !ttl(&anonymous.meta(
+                    meta.canonical_key.clone(),
+                    status,
+                    headers,
+                    meta.vary.clone(),
+                ))
+                .is_zero()
+            {
+                return Err(Refusal::CredentialsLifetime);
+            }
             return Err(Refusal::Policy(NotStorable::ZeroLifetime));
         }
-        Ok((meta, ttl))
+        Ok((meta, kept))
     }
 
     /// What happens when a stored body is complete: followers get the entry at once, and

@@ -37,8 +37,13 @@ pub(crate) struct Passes {
 }
 
 struct Remembered {
+    /// Remembered until then; past it (or forgotten), only its places still out are.
     until: Instant,
-    /// Requests for it going side by side now.
+    /// Requests for it going side by side now. Counted until the last is back, whatever
+    /// the URL's memory does meanwhile: a record dropped while places were out and made
+    /// anew counted from zero, and the requests still out took their places back from the
+    /// new count, 8 more beside them each time a stored response and a refused one came
+    /// in turn (review RQ).
     going: usize,
 }
 
@@ -54,6 +59,10 @@ impl Drop for Going {
         let mut remembered = self.passes.lock();
         if let Some(url) = remembered.get_mut(&self.key) {
             url.going = url.going.saturating_sub(1);
+            // The last place of a URL no longer remembered: nothing left to count.
+            if url.going == 0 && url.until <= Instant::now() {
+                remembered.remove(&self.key);
+            }
         }
     }
 }
@@ -69,7 +78,10 @@ impl Passes {
         let mut remembered = self.lock();
         let url = remembered.get_mut(key)?;
         if url.until <= Instant::now() {
-            remembered.remove(key);
+            // Kept while its places are out (see `Remembered::going`).
+            if url.going == 0 {
+                remembered.remove(key);
+            }
             return None;
         }
         if url.going >= MAX_SIDE_BY_SIDE {
@@ -94,7 +106,7 @@ impl Passes {
             return;
         }
         if remembered.len() >= MAX_REMEMBERED {
-            remembered.retain(|_, url| now < url.until);
+            remembered.retain(|_, url| now < url.until || url.going > 0);
             if remembered.len() >= MAX_REMEMBERED {
                 return;
             }
@@ -106,8 +118,17 @@ impl Passes {
     /// each other again. `key` is only called when some URL is remembered.
     pub(crate) fn forget(&self, key: impl FnOnce() -> String) {
         let mut remembered = self.lock();
-        if !remembered.is_empty() {
-            remembered.remove(&key());
+        if remembered.is_empty() {
+            return;
+        }
+        let key = key();
+        if let Some(url) = remembered.get_mut(&key) {
+            if url.going == 0 {
+                remembered.remove(&key);
+            } else {
+                // Its places still out keep counting (see `Remembered::going`).
+                url.until = Instant::now();
+            }
         }
     }
 }
@@ -142,6 +163,40 @@ mod tests {
         assert!(passes.go("a").is_none(), "the next waits");
         drop(going);
         assert!(passes.go("a").is_some(), "places free again");
+    }
+
+    /// Review RQ: the requests of a URL going side by side are bounded while they are at
+    /// the origin, whatever its memory did meanwhile. Forgotten (a response stored) or
+    /// lapsed, then remembered again, the URL counted from zero, and the requests still
+    /// out took their places back from the new count as they ended: each storable
+    /// response followed by a refused one let 8 more go beside those already out.
+    #[tokio::test(start_paused = true)]
+    async fn places_held_outlive_the_urls_memory() {
+        let passes = Passes::default();
+        passes.remember("a");
+        let out: Vec<Going> = (0..MAX_SIDE_BY_SIDE)
+            .filter_map(|_| passes.go("a"))
+            .collect();
+        passes.forget(|| "a".to_owned());
+        assert!(passes.go("a").is_none(), "forgotten");
+        passes.remember("a");
+        assert!(passes.go("a").is_none(), "8 still out");
+        tokio::time::advance(REMEMBERED_FOR).await;
+        assert!(passes.go("a").is_none(), "lapsed");
+        passes.remember("a");
+        assert!(passes.go("a").is_none(), "8 still out");
+        drop(out);
+        let again: Vec<Going> = (0..MAX_SIDE_BY_SIDE + 1)
+            .filter_map(|_| passes.go("a"))
+            .collect();
+        assert_eq!(
+            again.len(),
+            MAX_SIDE_BY_SIDE,
+            "places free again, 8 of them"
+        );
+        passes.forget(|| "a".to_owned());
+        drop(again);
+        assert!(passes.lock().is_empty(), "forgotten once the last is back");
     }
 
     #[tokio::test(start_paused = true)]

@@ -137,6 +137,11 @@ impl<B: Backend> Shared<B> {
                 }
             }
             Ok((_, ttl)) => {
+                // Storable again, as a first response admitted is (see `on_response`): its
+                // requests wait for each other again.
+                self.config
+                    .passes
+                    .forget(|| self.flight_key(ex, request_headers));
                 let to = filler.target(ex, sent.request_time);
                 let tags = tags.unwrap_or_default();
                 self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
