@@ -392,6 +392,7 @@ where
                     layer: cache_layer(backend()?, args, near),
                     upstream: forward::upstream(&upstream_settings(args, origin_limit))?,
                     access_log: args.access_log == OnOff::On,
+                    log_queries: args.access_log_query == OnOff::On,
                     pass_underscored: args.underscores_in_headers,
                     header_timeout: args.client_header_timeout,
                     connections: Arc::clone(&connections),
@@ -456,6 +457,7 @@ where
             layer: cache_layer(backend()?, args, near),
             upstream: forward::upstream(&upstream_settings(args, origin_limit))?,
             access_log: args.access_log == OnOff::On,
+            log_queries: args.access_log_query == OnOff::On,
             pass_underscored: args.underscores_in_headers,
             header_timeout: args.client_header_timeout,
             connections: Arc::clone(connections),
@@ -597,6 +599,8 @@ struct Worker<B> {
     layer: MemcacheLayer<B>,
     upstream: Arc<Upstream>,
     access_log: bool,
+    /// `--access-log-query`: queries are written to the access log.
+    log_queries: bool,
     /// `--underscores-in-headers`.
     pass_underscored: bool,
     /// `--client-header-timeout`.
@@ -661,6 +665,7 @@ impl<B: Backend> Worker<B> {
             layer,
             upstream,
             access_log,
+            log_queries,
             pass_underscored,
             header_timeout,
             connections,
@@ -737,6 +742,7 @@ impl<B: Backend> Worker<B> {
                 },
                 peer: peer.ip(),
                 enabled: access_log,
+                queries: log_queries,
             };
             let connection = builder
                 .serve_connection(
