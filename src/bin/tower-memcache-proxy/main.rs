@@ -5,9 +5,9 @@
 //! environment variable and its default. `contrib/tower-memcache-proxy.service` is an
 //! example systemd unit.
 //!
-//! Logs: an access log line per request on stdout (`--access-log off` turns it off; the
-//! format is in the `access_log` module: nginx's `combined` plus the `Cache-Status` and the
-//! time to the response head); events on stderr, filtered by `RUST_LOG` (default `info`;
+//! Logs: an access log line per request on stdout (`--access-log off` turns it off,
+//! `--access-log-query off` keeps queries out of it; the format is in the `access_log`
+//! module: nginx's `combined` plus the `Cache-Status` and the time to the response head); events on stderr, filtered by `RUST_LOG` (default `info`;
 //! `RUST_LOG=tower_memcache=debug` shows every cache decision), as text or
 //! `--log-format json`.
 //!
