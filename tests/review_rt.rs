@@ -162,8 +162,8 @@ async fn the_access_log_can_keep_queries_out() {
     );
 }
 
-/// What a recording origin saw of each request: its target and its credentials.
-type Seen = Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>;
+/// What a recording origin saw of each request: its target and its fields.
+type Seen = Arc<Mutex<Vec<(String, http::HeaderMap)>>>;
 
 /// An origin on a fresh loopback port that answers a request carrying `Authorization` or
 /// `Cookie` with that user's page, `private`, and any other with the public page, fresh
@@ -176,24 +176,14 @@ async fn recording_origin() -> (std::net::SocketAddr, Seen) {
     support::origin::serve_http1(listener, move |request: Request<Incoming>| {
         let record = Arc::clone(&record);
         async move {
-            let field = |name| {
-                request
-                    .headers()
-                    .get(name)
-                    .map(|value: &http::HeaderValue| {
-                        String::from_utf8_lossy(value.as_bytes()).into_owned()
-                    })
-            };
-            let (authorization, cookie) = (
-                field(http::header::AUTHORIZATION),
-                field(http::header::COOKIE),
-            );
-            let credentialed = authorization.is_some() || cookie.is_some();
+            let headers = request.headers();
+            let credentialed = headers.contains_key(http::header::AUTHORIZATION)
+                || headers.contains_key(http::header::COOKIE);
             record
                 .lock()
                 .unwrap()
-                .push((request.uri().to_string(), authorization, cookie));
-            let user = support::personal::user_of(request.headers());
+                .push((request.uri().to_string(), headers.clone()));
+            let user = support::personal::user_of(headers);
             let (body, cache_control) = if credentialed {
                 (format!("{user}'s page"), "private")
             } else {
@@ -242,6 +232,66 @@ async fn credentials_named_in_connection_are_dropped_for_the_cache_and_the_origi
     assert_eq!((status, body.as_str()), (200, "the public page"));
     let seen = seen.lock().unwrap().clone();
     assert!(seen.len() >= 2, "{seen:?}");
-    assert_eq!(seen[0], ("/me".to_owned(), None, None), "{seen:?}");
-    assert_eq!(seen[1].1.as_deref(), Some("Bearer alice"), "{seen:?}");
+    let (target, first) = &seen[0];
+    assert_eq!(target, "/me");
+    assert!(
+        !first.contains_key("authorization") && !first.contains_key("cookie"),
+        "{first:?}"
+    );
+    assert_eq!(
+        seen[1].1.get("authorization").map(|v| v.as_bytes()),
+        Some(&b"Bearer alice"[..]),
+        "{seen:?}"
+    );
+}
+
+/// The client-address fields of the well-known "real client IP" helpers of PHP
+/// applications (`HTTP_CLIENT_IP`, `HTTP_X_FORWARDED`, `HTTP_X_CLUSTER_CLIENT_IP`,
+/// `HTTP_FORWARDED_FOR`, read before or beside `X-Forwarded-For`; Rails' `RemoteIp`
+/// reads `Client-IP` too) and the CDNs' (`CF-Connecting-IP`, `Fastly-Client-IP`) reached
+/// the origin as the client sent them, while the proxy replaces `X-Forwarded-For` and
+/// drops `X-Real-IP` and `True-Client-IP` so that the origin sees the real peer. A client
+/// claiming `Client-IP: 10.0.0.1` was an internal address to such an origin: an
+/// allow-list's page, or another country's, answered and stored for everyone. They are
+/// dropped like the others.
+#[tokio::test]
+async fn client_address_fields_of_other_names_never_reach_the_origin() {
+    let (origin, seen) = recording_origin().await;
+    let proxy = start_proxy(origin, &[]);
+    let sent = [
+        "Client-IP",
+        "X-Cluster-Client-IP",
+        "X-Forwarded",
+        "Forwarded-For",
+        "CF-Connecting-IP",
+        "Fastly-Client-IP",
+    ];
+    let mut head = String::from("GET /where HTTP/1.1\r\nHost: example.com\r\n");
+    for name in sent {
+        head.push_str(&format!("{name}: 10.0.0.1\r\n"));
+    }
+    let (status, _) = raw(&proxy, &head).await;
+    assert_eq!(status, 200);
+    // Their CGI spellings too, with `--underscores-in-headers`.
+    let proxy = start_proxy(origin, &["--underscores-in-headers"]);
+    let mut head = String::from("GET /where HTTP/1.1\r\nHost: example.com\r\n");
+    for name in sent {
+        head.push_str(&format!("{}: 10.0.0.1\r\n", name.replace('-', "_")));
+    }
+    let (status, _) = raw(&proxy, &head).await;
+    assert_eq!(status, 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (_, headers) in &seen {
+        for (name, value) in headers {
+            assert!(
+                value.as_bytes() != b"10.0.0.1",
+                "{name} reached the origin: {headers:?}"
+            );
+        }
+        assert_eq!(
+            headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"127.0.0.1"[..])
+        );
+    }
 }

@@ -79,7 +79,10 @@
 //!   `X-Url-Scheme`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Original-URL`,
 //!   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`, `X-Forwarded-Uri`,
 //!   `X-Forwarded-Path`, `X-Original-URI`, `X-HTTP-Host-Override`, `X-Original-For`,
-//!   `X-Original-Proto`, and `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy").
+//!   `X-Original-Proto`, `Client-IP`, `X-Cluster-Client-IP`, `X-Forwarded`,
+//!   `Forwarded-For`, `CF-Connecting-IP`, `Fastly-Client-IP` (what PHP's common "real
+//!   client IP" helpers read before or beside `X-Forwarded-For`, and the CDNs' own), and
+//!   `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy").
 //! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
 //!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
