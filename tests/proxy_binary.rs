@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::proxy::{proxy_binary, raw_request, spawn_listening};
 
 /// Every flag, with the environment variable that also sets it.
-const FLAGS: [(&str, &str); 26] = [
+const FLAGS: [(&str, &str); 27] = [
     ("--upstream", "TOWER_MEMCACHE_PROXY_UPSTREAM"),
     ("--namespace", "TOWER_MEMCACHE_PROXY_NAMESPACE"),
     ("--listen", "TOWER_MEMCACHE_PROXY_LISTEN"),
@@ -47,6 +47,10 @@ const FLAGS: [(&str, &str); 26] = [
     ("--shutdown-grace", "TOWER_MEMCACHE_PROXY_SHUTDOWN_GRACE"),
     ("--metrics", "TOWER_MEMCACHE_PROXY_METRICS"),
     ("--access-log", "TOWER_MEMCACHE_PROXY_ACCESS_LOG"),
+    (
+        "--access-log-query",
+        "TOWER_MEMCACHE_PROXY_ACCESS_LOG_QUERY",
+    ),
     ("--log-format", "TOWER_MEMCACHE_PROXY_LOG_FORMAT"),
     ("--max-connections", "TOWER_MEMCACHE_PROXY_MAX_CONNECTIONS"),
     (

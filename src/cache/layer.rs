@@ -15,6 +15,7 @@ use super::purge::Purger;
 use super::service::Memcache;
 use super::shared::Shared;
 use super::single_flight::SingleFlight;
+use super::status::{InvalidCacheStatusName, checked_name};
 use super::storage::LayerMemory;
 use crate::backend::{Backend, DEFAULT_ITEM_SIZE_LIMIT};
 use crate::cache::policy::freshness::Heuristic;
@@ -269,10 +270,44 @@ impl<B: Backend> MemcacheLayer<B> {
     }
 
     /// The cache's name in the RFC 9211 `Cache-Status` header. Defaults to
-    /// `tower-memcache`.
-    pub fn cache_status_name(mut self, name: impl Into<String>) -> Self {
-        self.config.cache_status = Some(name.into());
-        self
+    /// `tower-memcache`. A name that is no Token (`Example CDN`) goes out as a String.
+    ///
+    /// # Panics
+    ///
+    /// If no `Cache-Status` field can carry the name as meant: a control character (a
+    /// newline read with it), text outside printable ASCII, an empty name, or white space
+    /// at its ends. Taken, such a name turned the header off without a word. For a name
+    /// read from configuration, [`try_cache_status_name`](Self::try_cache_status_name)
+    /// returns the error instead.
+    ///
+    /// ```
+    /// # use tower_memcache::{MemcacheLayer, backend::MemoryBackend};
+    /// let layer = MemcacheLayer::new(MemoryBackend::new()).cache_status_name("Example CDN");
+    /// ```
+    pub fn cache_status_name(self, name: impl Into<String>) -> Self {
+        match self.try_cache_status_name(name) {
+            Ok(layer) => layer,
+            Err(invalid) => panic!("MemcacheLayer::cache_status_name: {invalid}"),
+        }
+    }
+
+    /// [`cache_status_name`](Self::cache_status_name), with a name no `Cache-Status` field
+    /// can carry returned as an error rather than a panic.
+    ///
+    /// ```
+    /// # use tower_memcache::{MemcacheLayer, backend::MemoryBackend};
+    /// let layer = MemcacheLayer::new(MemoryBackend::new());
+    /// assert!(layer.clone().try_cache_status_name("edge").is_ok());
+    /// assert!(layer.try_cache_status_name("edge\n").is_err());
+    /// ```
+    pub fn try_cache_status_name(
+        mut self,
+        name: impl Into<String>,
+    ) -> Result<Self, InvalidCacheStatusName> {
+        let name = name.into();
+        checked_name(&name)?;
+        self.config.cache_status = Some(name);
+        Ok(self)
     }
 
     /// Turns the `Cache-Status` header off (`false`) or on. Defaults to on.

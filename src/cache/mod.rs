@@ -104,6 +104,8 @@ pub use service::Memcache;
 pub use stats::record_backend_gauges;
 #[doc(inline)]
 pub use stats::{CacheStats, METRIC_NAMES, StatsSnapshot};
+#[doc(inline)]
+pub use status::InvalidCacheStatusName;
 
 /// A response extension a handler sets to choose how long this one response is cached;
 /// `Duration::ZERO` keeps it out of the cache.

@@ -241,6 +241,48 @@ pub(crate) fn appended<'a>(
     HeaderValue::from_bytes(&joined).ok()
 }
 
+/// A name [`MemcacheLayer::try_cache_status_name`](super::MemcacheLayer::try_cache_status_name)
+/// refuses: no `Cache-Status` field could carry it as meant.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Cache-Status name {name:?} refused: {reason}")]
+pub struct InvalidCacheStatusName {
+    name: String,
+    reason: &'static str,
+}
+
+impl InvalidCacheStatusName {
+    /// The name as it was given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// `name`, if a `Cache-Status` field can carry it as meant. A byte outside printable ASCII
+/// fits neither a Token nor a String (RFC 8941 §3.3.3), so the layer would send no header
+/// at all; an empty name (an unset variable) or one with white space at its ends (a
+/// value read with its padding) fits a String, but is no name anyone meant.
+pub(crate) fn checked_name(name: &str) -> Result<&str, InvalidCacheStatusName> {
+    let refused = |reason| InvalidCacheStatusName {
+        name: name.to_owned(),
+        reason,
+    };
+    if !name.bytes().all(|byte| (0x20..=0x7e).contains(&byte)) {
+        return Err(refused(
+            "a control character or a byte outside printable ASCII, which no Cache-Status \
+             field can carry (the header would be left out of every response)",
+        ));
+    }
+    if name.trim().is_empty() {
+        return Err(refused(
+            "empty; leave the default tower-memcache, or name the cache",
+        ));
+    }
+    if name.trim() != name {
+        return Err(refused("white space at its ends; give the name alone"));
+    }
+    Ok(name)
+}
+
 /// The cache's name as RFC 9211 §2 asks ("this identifier MUST be a String or Token"): as
 /// it is when it is an RFC 8941 Token (§3.3.4), else quoted as a String (§3.3.3), so that
 /// `Example CDN` does not make the whole field unparseable. `None` when no String can

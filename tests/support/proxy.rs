@@ -92,6 +92,39 @@ pub fn start_proxy_with_metrics(upstream: SocketAddr, args: &[&str]) -> (Proxy, 
     (Proxy { child, addr }, metrics)
 }
 
+/// [`start_proxy`] with its access log on (`args` may add to it), and its lines as they
+/// are written: read on a thread of its own, so that a test waiting for a line never
+/// written fails at its own timeout rather than hanging.
+pub fn start_proxy_with_log(
+    upstream: SocketAddr,
+    args: &[&str],
+) -> (Proxy, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+
+    let (mut child, addr) = spawn_listening(|addr| {
+        let mut command = proxy_command(addr, upstream, &[]);
+        // A flag given twice takes the last value: this one turns the log on again.
+        command
+            .args(["--access-log", "on"])
+            .args(args)
+            .stdout(Stdio::piped());
+        command
+    });
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Proxy { child, addr }, lines)
+}
+
 /// The proxy on `addr` in front of `upstream`, on one thread unless `args` say otherwise,
 /// its output discarded.
 fn proxy_command(addr: SocketAddr, upstream: SocketAddr, args: &[&str]) -> Command {

@@ -1,6 +1,7 @@
 //! [`TcpBackendBuilder`]: a [`TcpBackend`]'s servers and settings, and server addresses
 //! read as libmemcached reads them.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -39,6 +40,15 @@ pub enum ConfigError {
         "memcached server {0} is listed twice; list each server once (weights give one more keys)"
     )]
     DuplicateServer(String),
+    /// One server listed under two spellings that name one address without asking a
+    /// resolver: `localhost` and `127.0.0.1` (or `[::1]`), an IPv6 address written out
+    /// and compressed, an IPv4 address and its IPv4-mapped IPv6 form, a name with and
+    /// without DNS's trailing dot. Like [`DuplicateServer`](Self::DuplicateServer), it
+    /// would take two shares of the keys.
+    #[error(
+        "memcached servers {0} and {1} are one server under two spellings; list each server once (weights give one more keys)"
+    )]
+    SameServer(String, String),
 }
 
 /// Builds a [`TcpBackend`]; nothing connects until the first call.
@@ -217,13 +227,18 @@ impl TcpBackendBuilder {
             if *weight == 0 {
                 return Err(ConfigError::ZeroWeight(addr.clone()));
             }
-            // A name and an address of one host (`localhost`, `127.0.0.1`) are not told
-            // apart here: that would take a resolver.
-            if specs
+            if let Some(spec) = specs
                 .iter()
-                .any(|spec: &ServerSpec| spec.port == port && spec.host.eq_ignore_ascii_case(&host))
+                .find(|spec: &&ServerSpec| spec.port == port && same_host(&spec.host, &host))
             {
-                return Err(ConfigError::DuplicateServer(addr.trim().to_owned()));
+                return Err(if spec.host.eq_ignore_ascii_case(&host) {
+                    ConfigError::DuplicateServer(addr.trim().to_owned())
+                } else {
+                    ConfigError::SameServer(
+                        format!("{}:{}", display_host(&spec.host), spec.port),
+                        addr.trim().to_owned(),
+                    )
+                });
             }
             let name: Arc<str> = Arc::from(format!("{}:{port}", display_host(&host)));
             servers.push(Server::new(
@@ -311,6 +326,50 @@ fn parse_address(addr: &str) -> Result<(String, u16), ConfigError> {
         return Err(invalid());
     }
     Ok((host.to_string(), port))
+}
+
+/// What a server's host names, as far as it can be told without a resolver (a name
+/// resolved at startup may move later, and resolving is no builder's work).
+#[derive(PartialEq, Eq)]
+enum HostIdentity {
+    /// An address literal, an IPv4-mapped IPv6 address as its IPv4 address.
+    Address(IpAddr),
+    /// `localhost`, which resolves to the loopback addresses (RFC 6761 §6.3).
+    Localhost,
+    /// Any other name, lower-cased, without DNS's trailing dot.
+    Name(String),
+}
+
+impl HostIdentity {
+    fn of(host: &str) -> Self {
+        if let Ok(address) = host.parse::<IpAddr>() {
+            return Self::Address(match address {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                v4 => v4,
+            });
+        }
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        if name == "localhost" {
+            Self::Localhost
+        } else {
+            Self::Name(name)
+        }
+    }
+}
+
+/// Whether two hosts (as [`parse_address`] returns them) name one machine's address:
+/// one spelling or two. `localhost` is the same as `127.0.0.1` and as `::1`, whichever a
+/// resolver gives first (the connection tries the next when one refuses), while
+/// `127.0.0.1` and `::1` stay two: a memcached may listen on each.
+fn same_host(a: &str, b: &str) -> bool {
+    match (HostIdentity::of(a), HostIdentity::of(b)) {
+        (HostIdentity::Localhost, HostIdentity::Address(address))
+        | (HostIdentity::Address(address), HostIdentity::Localhost) => {
+            address == IpAddr::from(Ipv4Addr::LOCALHOST)
+                || address == IpAddr::from(Ipv6Addr::LOCALHOST)
+        }
+        (a, b) => a == b,
+    }
 }
 
 fn display_host(host: &str) -> String {

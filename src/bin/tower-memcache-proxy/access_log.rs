@@ -14,7 +14,9 @@
 //! `-` for size and outcome, as nginx does: a client cannot reach the origin unlogged by
 //! closing its connection first. A request whose head the HTTP server refuses to parse
 //! (malformed, or larger than the proxy takes) is logged with the server's 400 or 431 and
-//! `"-"` for the request line. Quotes, backslashes and bytes
+//! `"-"` for the request line. With `--access-log-query off`, the target is written
+//! without its query (a bare `?` where one was) and the `Referer` without its query and
+//! fragment, so that secrets sent in URLs stay out of the log. Quotes, backslashes and bytes
 //! that are not printable ASCII are written as `\xHH`, as nginx does, so a client cannot
 //! forge a line.
 //!
@@ -49,6 +51,9 @@ pub(crate) struct AccessLog<S> {
     pub(crate) peer: IpAddr,
     /// `--access-log`: off, requests pass with nothing recorded.
     pub(crate) enabled: bool,
+    /// `--access-log-query`: off, the target and the `Referer` are written without their
+    /// query ([`without_query`]).
+    pub(crate) queries: bool,
 }
 
 /// What the line needs from the request, kept until the response.
@@ -85,21 +90,47 @@ where
         let target = request
             .uri()
             .path_and_query()
-            .map_or("/", |path_and_query| path_and_query.as_str());
-        escape_into(&mut request_line, target.as_bytes());
+            .map_or("/", |path_and_query| path_and_query.as_str())
+            .as_bytes();
+        escape_into(&mut request_line, self.kept(target));
         request_line.push(' ');
         request_line.push_str(version(request.version()));
         let pending = Pending {
             peer: self.peer,
             request_line,
-            referer: field(request.headers(), &header::REFERER),
-            user_agent: field(request.headers(), &header::USER_AGENT),
+            referer: field(request.headers(), &header::REFERER, |value| {
+                self.kept(value)
+            }),
+            user_agent: field(request.headers(), &header::USER_AGENT, |value| value),
             started: Instant::now(),
         };
         Logged {
             inner: self.inner.call(request),
             pending: Some(pending),
         }
+    }
+}
+
+impl<S> AccessLog<S> {
+    /// What of a URL the log keeps: all of it, or without its query (`--access-log-query
+    /// off`).
+    fn kept<'a>(&self, url: &'a [u8]) -> &'a [u8] {
+        if self.queries {
+            url
+        } else {
+            without_query(url)
+        }
+    }
+}
+
+/// `url` without its query and fragment; a bare `?` stays where a query was, so that a
+/// reader still tells `/search?` from `/search`. Secrets travel in queries (reset tokens,
+/// signed links, API keys) and, from a browser on such a page, in `Referer`.
+fn without_query(url: &[u8]) -> &[u8] {
+    match memchr::memchr2(b'?', b'#', url) {
+        Some(at) if url[at] == b'?' => &url[..=at],
+        Some(at) => &url[..at],
+        None => url,
     }
 }
 
@@ -226,13 +257,14 @@ fn write_line(pending: &Pending, status: u16, size: &str, outcome: &str) {
     log_sink::stdout().push(line);
 }
 
-/// A header's value escaped, `-` when absent.
-fn field(headers: &HeaderMap, name: &HeaderName) -> String {
+/// A header's value (what `kept` keeps of it) escaped, `-` when absent.
+fn field(headers: &HeaderMap, name: &HeaderName, kept: impl Fn(&[u8]) -> &[u8]) -> String {
     match headers.get(name) {
         None => "-".to_string(),
         Some(value) => {
+            let value = kept(value.as_bytes());
             let mut text = String::with_capacity(value.len().min(MAX_FIELD));
-            escape_into(&mut text, value.as_bytes());
+            escape_into(&mut text, value);
             text
         }
     }
@@ -319,6 +351,15 @@ mod tests {
         let mut out = String::new();
         escape_into(&mut out, b"a \"b\\\n\xff");
         assert_eq!(out, "a \\x22b\\x5C\\x0A\\xFF");
+    }
+
+    #[test]
+    fn queries_and_fragments_are_cut_off() {
+        assert_eq!(without_query(b"/a?token=1"), b"/a?");
+        assert_eq!(without_query(b"/a"), b"/a");
+        assert_eq!(without_query(b"http://h/a#x?y"), b"http://h/a");
+        assert_eq!(without_query(b"http://h/a?y#x"), b"http://h/a?");
+        assert_eq!(without_query(b"?"), b"?");
     }
 
     #[test]

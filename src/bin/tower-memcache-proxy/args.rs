@@ -271,6 +271,15 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_ACCESS_LOG", value_enum, default_value_t = OnOff::On)]
     pub(crate) access_log: OnOff,
 
+    /// Write the query of each request's target, and of its Referer, to the access log.
+    ///
+    /// "on" is nginx's "combined" format, what log tools read. "off" writes the target's
+    /// path alone (a bare "?" where a query was) and the Referer without its query and
+    /// fragment: secrets sent in URLs (password-reset and login tokens, signed links, API
+    /// keys) then stay out of the log files and whoever reads them.
+    #[arg(long, env = "TOWER_MEMCACHE_PROXY_ACCESS_LOG_QUERY", value_enum, default_value_t = OnOff::On)]
+    pub(crate) access_log_query: OnOff,
+
     /// The format of the events on stderr; RUST_LOG chooses which (e.g.
     /// RUST_LOG=tower_memcache=debug for every cache decision).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -295,12 +304,11 @@ pub(crate) enum RuntimeKind {
     Shared,
 }
 
-/// `--access-log`.
+/// `--access-log`, `--access-log-query`. (No doc comments on the values: `--help` would
+/// list them under each flag, where the flag's own text says what they do.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OnOff {
-    /// Log every request.
     On,
-    /// Log none.
     Off,
 }
 

@@ -39,7 +39,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// asked for. ClientRequest' copies never reach the origin (see the crate docs), in any
 /// spelling a CGI-style gateway reads as theirs ([`cgi_spelling_of`]): the first four
 /// are replaced by the proxy's own values, the rest dropped.
-const FORWARDING: [HeaderName; 25] = [
+const FORWARDING: [HeaderName; 31] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -65,6 +65,16 @@ const FORWARDING: [HeaderName; 25] = [
     HeaderName::from_static("x-http-host-override"),
     HeaderName::from_static("x-original-for"),
     HeaderName::from_static("x-original-proto"),
+    // The client-address fields PHP's common "real client IP" helpers read before or
+    // beside `X-Forwarded-For` (`HTTP_CLIENT_IP` first; Rails' `RemoteIp` reads it too),
+    // and the CDNs' own: a client's `Client-IP: 10.0.0.1` was an internal address to such
+    // an origin (review RT).
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
     // No HTTP field: to a CGI-style origin it is `HTTP_PROXY`, which its HTTP clients
     // have taken for their own proxy ("httpoxy"), fetching a page's parts through the
     // client's server.

@@ -5,9 +5,9 @@
 //! environment variable and its default. `contrib/tower-memcache-proxy.service` is an
 //! example systemd unit.
 //!
-//! Logs: an access log line per request on stdout (`--access-log off` turns it off; the
-//! format is in the `access_log` module: nginx's `combined` plus the `Cache-Status` and the
-//! time to the response head); events on stderr, filtered by `RUST_LOG` (default `info`;
+//! Logs: an access log line per request on stdout (`--access-log off` turns it off,
+//! `--access-log-query off` keeps queries out of it; the format is in the `access_log`
+//! module: nginx's `combined` plus the `Cache-Status` and the time to the response head); events on stderr, filtered by `RUST_LOG` (default `info`;
 //! `RUST_LOG=tower_memcache=debug` shows every cache decision), as text or
 //! `--log-format json`.
 //!
@@ -79,7 +79,10 @@
 //!   `X-Url-Scheme`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Original-URL`,
 //!   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`, `X-Forwarded-Uri`,
 //!   `X-Forwarded-Path`, `X-Original-URI`, `X-HTTP-Host-Override`, `X-Original-For`,
-//!   `X-Original-Proto`, and `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy").
+//!   `X-Original-Proto`, `Client-IP`, `X-Cluster-Client-IP`, `X-Forwarded`,
+//!   `Forwarded-For`, `CF-Connecting-IP`, `Fastly-Client-IP` (what PHP's common "real
+//!   client IP" helpers read before or beside `X-Forwarded-For`, and the CDNs' own), and
+//!   `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy").
 //! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
 //!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
@@ -392,6 +395,7 @@ where
                     layer: cache_layer(backend()?, args, near),
                     upstream: forward::upstream(&upstream_settings(args, origin_limit))?,
                     access_log: args.access_log == OnOff::On,
+                    log_queries: args.access_log_query == OnOff::On,
                     pass_underscored: args.underscores_in_headers,
                     header_timeout: args.client_header_timeout,
                     connections: Arc::clone(&connections),
@@ -456,6 +460,7 @@ where
             layer: cache_layer(backend()?, args, near),
             upstream: forward::upstream(&upstream_settings(args, origin_limit))?,
             access_log: args.access_log == OnOff::On,
+            log_queries: args.access_log_query == OnOff::On,
             pass_underscored: args.underscores_in_headers,
             header_timeout: args.client_header_timeout,
             connections: Arc::clone(connections),
@@ -597,6 +602,8 @@ struct Worker<B> {
     layer: MemcacheLayer<B>,
     upstream: Arc<Upstream>,
     access_log: bool,
+    /// `--access-log-query`: queries are written to the access log.
+    log_queries: bool,
     /// `--underscores-in-headers`.
     pass_underscored: bool,
     /// `--client-header-timeout`.
@@ -661,6 +668,7 @@ impl<B: Backend> Worker<B> {
             layer,
             upstream,
             access_log,
+            log_queries,
             pass_underscored,
             header_timeout,
             connections,
@@ -737,6 +745,7 @@ impl<B: Backend> Worker<B> {
                 },
                 peer: peer.ip(),
                 enabled: access_log,
+                queries: log_queries,
             };
             let connection = builder
                 .serve_connection(
