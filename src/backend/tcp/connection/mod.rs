@@ -938,8 +938,11 @@ mod tests {
                 let (deadline, key, outcome, after) = caller.await.unwrap();
                 match (deadline, outcome) {
                     (Some(deadline), Err(Elapsed)) => {
-                        let late = Instant::now().saturating_duration_since(deadline);
-                        assert!(late < Duration::from_millis(300), "{key}: {late:?} late");
+                        // When the caller returned, not when this loop got to it (after
+                        // the callers before it); generous, for a loaded machine: one
+                        // that waited for the server would be held to the 3 s timeout.
+                        let late = (started + after).saturating_duration_since(deadline);
+                        assert!(late < Duration::from_secs(1), "{key}: {late:?} late");
                     }
                     (_, Ok(Ok(Reply::Values(values)))) => {
                         let data: Vec<_> = values.iter().map(|v| v.data.clone()).collect();
