@@ -9,7 +9,9 @@
 //! until a later fill). An index put over a placeholder now takes the placeholder's token
 //! as its id, so a fill still holding that token knows the index replaced its own
 //! placeholder, with no purge since, and stores its variant under it; an index written
-//! after a purge has another id, and refuses it as before.
+//! after a purge has another id, and refuses it as before. An index changed between a
+//! store's check and its compare-and-swap is read again and merged; an index of another
+//! URL in the key is replaced rather than stored under.
 
 mod support;
 
@@ -219,4 +221,81 @@ async fn a_variant_whose_index_changed_since_its_check_is_merged_and_stored() {
         assert_hit(answer.cache_status());
     }
     assert_eq!(db.calls(), 2, "one origin call per variant");
+}
+
+/// MemoryBackend that notes the keys variant indexes are written to (the primary keys of
+/// URLs that vary).
+#[derive(Clone, Default)]
+struct NotingIndexes {
+    inner: MemoryBackend,
+    indexes: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Backend for NotingIndexes {
+    async fn cas(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+        cas: u64,
+    ) -> Result<CasOutcome, BackendError> {
+        if flags == INDEX_FLAGS {
+            let mut indexes = self.indexes.lock().unwrap();
+            if !indexes.iter().any(|known| known == key) {
+                indexes.push(key.to_owned());
+            }
+        }
+        self.inner.cas(key, value, flags, lifetime, cas).await
+    }
+
+    forward_to_inner!(
+        get, get_many, set, add, delete, touch, incr, flush_all, stats
+    );
+}
+
+/// A variant index of another URL in a URL's primary key (an md5 collision, or bytes
+/// another writer put there) is replaced by the URL's own on its next store. Before, the
+/// store put its variant under the foreign index, which every lookup of the URL refuses:
+/// "stored" on every request, a miss on every one, for as long as memcached kept it.
+#[tokio::test]
+async fn a_foreign_variant_index_in_a_urls_key_is_replaced_not_stored_under() {
+    let backend = NotingIndexes::default();
+    let db = Db::default();
+    for path in ["/a", "/b"] {
+        db.fields(
+            path,
+            &[
+                ("cache-control", "max-age=600"),
+                ("vary", "accept-language"),
+            ],
+        );
+    }
+    let layer = process(backend.clone(), true);
+    let watch = Watch::of(&layer);
+    let svc = service(&layer, &db);
+    let en = [("accept-language", "en")];
+    for path in ["/a", "/b"] {
+        send(&svc, Method::GET, path, &en).await;
+        watch.settled().await;
+    }
+    let keys = backend.indexes.lock().unwrap().clone();
+    let [a, b] = <[String; 2]>::try_from(keys).expect("one index per URL");
+    // `/a`'s index where `/b`'s was.
+    let foreign = backend.inner.peek(&a).expect("the index of /a");
+    backend
+        .inner
+        .set(&b, foreign.value, foreign.flags, Lifetime::NEVER)
+        .await
+        .unwrap();
+    let calls = db.calls();
+    let refill = send(&svc, Method::GET, "/b", &en).await;
+    assert_eq!(refill.body, "/b v0 en");
+    watch.settled().await;
+    let again = send(&svc, Method::GET, "/b", &en).await;
+    assert_eq!(again.body, "/b v0 en");
+    assert_hit(again.cache_status());
+    assert_eq!(db.calls(), calls + 1, "refilled once");
+    let a = send(&svc, Method::GET, "/a", &en).await;
+    assert_hit(a.cache_status());
 }

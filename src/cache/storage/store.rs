@@ -374,10 +374,14 @@ impl<B: Backend> Storage<B> {
     ) -> Result<VariantIndex, StoreOutcome> {
         let route = to.key.as_str();
         for _ in 0..INDEX_ROUNDS {
+            // An index of another URL (an md5 collision, another writer's bytes) is no
+            // index of this one: every lookup of the URL refuses it, and a variant stored
+            // under it would never be found. Replaced, as a plain entry would be.
             let existing = primary
                 .as_ref()
                 .filter(|item| item.flags == FLAG_VARIANT_INDEX)
-                .and_then(|item| decode_index(&item.value).ok());
+                .and_then(|item| decode_index(&item.value).ok())
+                .filter(|index| index.canonical_key == canonical);
             let mut index = match existing {
                 Some(index) if index.name_sets.first() == Some(&names) => return Ok(index),
                 Some(index) => index,
