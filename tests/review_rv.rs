@@ -299,3 +299,32 @@ async fn a_foreign_variant_index_in_a_urls_key_is_replaced_not_stored_under() {
     let a = send(&svc, Method::GET, "/a", &en).await;
     assert_hit(a.cache_status());
 }
+
+/// Through twemproxy (text protocol, one address): the first fills of two variants are
+/// both stored, and a purge between them still holds.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn first_fills_of_variants_through_twemproxy() {
+    let Some(memcached) = support::Memcached::start("review_rv::twemproxy") else {
+        return;
+    };
+    let Some(proxy) = support::nutcracker::Nutcracker::start(
+        "review_rv::twemproxy",
+        std::slice::from_ref(&memcached),
+    ) else {
+        return;
+    };
+    let backend = || {
+        tower_memcache::backend::TcpBackend::builder()
+            .server(proxy.addr())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    support::bounded("twemproxy first fills", async {
+        both_first_fills_of_a_urls_variants_are_stored(backend(), false).await;
+        memcached.flush_all();
+        a_variant_produced_before_a_purge_is_not_stored_under_the_index_after_it(backend()).await;
+    })
+    .await;
+}
