@@ -18,7 +18,9 @@
 //!   never a resurrected one). Being a time, it also says when a purge happened.
 //! - **A store replaces exactly what its lookup saw, by compare-and-swap**: the placeholder
 //!   its request put in the primary key before going to the origin, or the stale entry it
-//!   refreshes, or (for a variant) the index whose id the variant key carries. A purge or
+//!   refreshes, or (for a variant) the index whose id the variant key carries (an index
+//!   put over a placeholder takes its token as id, so a fill that went out alongside under
+//!   the same token finds its variant's index there). A purge or
 //!   invalidation deletes the primary key, so every store of a response produced before it
 //!   fails. Namespace and tag generations are read before the response is produced (tags, which
 //!   only the response names, are checked for purges newer than the request instead).

@@ -16,6 +16,10 @@ use super::{
     parse_tag_mark, unique,
 };
 
+/// Compare-and-swap rounds of a variant index that find it changed since it was read (a
+/// sibling variant's store) before the variant is given up: each round reads it again.
+const INDEX_ROUNDS: usize = 3;
+
 /// Where and against what an entry is stored: the URL's primary key, what the request's
 /// lookup saw there (or the placeholder it put there), and the generation it was produced
 /// under.
@@ -72,7 +76,10 @@ impl<B: Backend> Storage<B> {
         let (outcome, tags_checked) = self.store_checked(to, meta, body, tags, ttl).await;
         // Over an entry or an index (what a near tier may hold), and maybe written even
         // when it failed (half way, or its reply lost): near tiers must read it again.
-        let replaced = matches!(to.slot, Slot::Value { .. })
+        // A variant over a placeholder may have gone under an index another fill put there
+        // (`index_for`), beside variants a near tier may hold.
+        let under_index = matches!(to.slot, Slot::Placeholder { .. }) && !meta.vary.is_empty();
+        let replaced = (matches!(to.slot, Slot::Value { .. }) || under_index)
             && matches!(outcome, StoreOutcome::Stored | StoreOutcome::Failed);
         if replaced {
             let bumped = self.bump_epoch(&to.key).await.is_some();
@@ -302,7 +309,8 @@ impl<B: Backend> Storage<B> {
         // Admitted by this layer's settings: a reader of the same need not judge it again.
         meta.judged_by = self.reader;
         let primary = now.remove(route);
-        let Some(primary_cas) = self.guarded(to, primary.as_ref()) else {
+        let varies = !meta.vary.is_empty();
+        let Some(primary_cas) = self.guarded(to, primary.as_ref(), varies) else {
             tracing::debug!(key = %to.key, "the URL was purged or refilled during the fill; not stored");
             return overtaken;
         };
@@ -314,7 +322,7 @@ impl<B: Backend> Storage<B> {
             }
         };
         let lifetime = Lifetime::from_duration(ttl);
-        if meta.vary.is_empty() {
+        if !varies {
             let cas = self
                 .backend
                 .cas(route, bytes, FLAG_HTTP_ENTRY, lifetime, primary_cas);
@@ -325,39 +333,13 @@ impl<B: Backend> Storage<B> {
             };
         }
         let names: Vec<String> = meta.vary.iter().map(|(name, _)| name.clone()).collect();
-        let existing = primary
-            .filter(|item| item.flags == FLAG_VARIANT_INDEX)
-            .and_then(|item| decode_index(&item.value).ok());
-        let index = match existing {
-            Some(index) if index.name_sets.first() == Some(&names) => index,
-            existing => {
-                // A new index where a placeholder or a plain entry was; this name set first
-                // in an existing one (bounded, the least recent set goes).
-                let mut index = existing.unwrap_or_else(|| VariantIndex {
-                    canonical_key: meta.canonical_key.clone(),
-                    name_sets: Vec::new(),
-                    id: unique(),
-                });
-                index.name_sets.retain(|set| *set != names);
-                index.name_sets.insert(0, names);
-                index.name_sets.truncate(MAX_NAME_SETS);
-                let Ok(encoded) = encode_index(&index) else {
-                    return failed_checked;
-                };
-                // The index outlives any one variant; memcached's LRU ages it out.
-                let cas = self.backend.cas(
-                    route,
-                    encoded,
-                    FLAG_VARIANT_INDEX,
-                    Lifetime::NEVER,
-                    primary_cas,
-                );
-                match self.timed("index store", cas).await {
-                    Some(CasOutcome::Stored) => index,
-                    Some(_) => return overtaken,
-                    None => return failed_checked,
-                }
-            }
+        let index = match self
+            .index_for(to, &meta.canonical_key, names, primary, primary_cas)
+            .await
+        {
+            Ok(index) => index,
+            Err(StoreOutcome::Overtaken) => return overtaken,
+            Err(_) => return failed_checked,
         };
         let variant_key = self.variant_key(&meta.canonical_key, index.id, &meta.vary);
         let set = self
@@ -367,6 +349,79 @@ impl<B: Backend> Storage<B> {
             Some(()) => (StoreOutcome::Stored, vouched),
             None => failed_checked,
         }
+    }
+
+    /// The variant index a variant of `names` goes under, written first when it does not
+    /// list `names` first (or is not there yet: where the request's placeholder, or the
+    /// stale entry it refreshes, was). `primary` is what the store check read in the
+    /// primary key, `cas` its CAS value once [`guarded`](Self::guarded).
+    ///
+    /// A new index put over a placeholder takes the placeholder's token as its id: a fill
+    /// that went out alongside this one, under the same token (leases off, or a lease wait
+    /// that ran out), finds that index where its placeholder was, knows that it replaced
+    /// the placeholder with no purge since (a purge deletes it; an index written after one
+    /// stands over another placeholder, of another token), and stores its variant under it
+    /// rather than being refused (review RV: the second of two first fills of a URL's
+    /// variants was lost). An index changed between the read and the compare-and-swap (a
+    /// sibling variant's name set added) is read again and merged, a few rounds at most.
+    async fn index_for(
+        &self,
+        to: &Target,
+        canonical: &str,
+        names: Vec<String>,
+        mut primary: Option<Item>,
+        mut cas: u64,
+    ) -> Result<VariantIndex, StoreOutcome> {
+        let route = to.key.as_str();
+        for _ in 0..INDEX_ROUNDS {
+            // An index of another URL (an md5 collision, another writer's bytes) is no
+            // index of this one: every lookup of the URL refuses it, and a variant stored
+            // under it would never be found. Replaced, as a plain entry would be.
+            let existing = primary
+                .as_ref()
+                .filter(|item| item.flags == FLAG_VARIANT_INDEX)
+                .and_then(|item| decode_index(&item.value).ok())
+                .filter(|index| index.canonical_key == canonical);
+            let mut index = match existing {
+                Some(index) if index.name_sets.first() == Some(&names) => return Ok(index),
+                Some(index) => index,
+                None => VariantIndex {
+                    canonical_key: canonical.to_owned(),
+                    name_sets: Vec::new(),
+                    id: match to.slot {
+                        Slot::Placeholder { placeholder, .. } => placeholder.token,
+                        _ => unique(),
+                    },
+                },
+            };
+            // This name set first (bounded, the least recent set goes).
+            index.name_sets.retain(|set| *set != names);
+            index.name_sets.insert(0, names.clone());
+            index.name_sets.truncate(MAX_NAME_SETS);
+            let encoded = encode_index(&index).map_err(|_| StoreOutcome::Failed)?;
+            // The index outlives any one variant; memcached's LRU ages it out.
+            let write = self
+                .backend
+                .cas(route, encoded, FLAG_VARIANT_INDEX, Lifetime::NEVER, cas);
+            match self.timed("index store", write).await {
+                Some(CasOutcome::Stored) => return Ok(index),
+                Some(CasOutcome::NotFound) => return Err(StoreOutcome::Overtaken),
+                Some(CasOutcome::Exists) => {}
+                None => return Err(StoreOutcome::Failed),
+            }
+            // Changed since the check read it: still what this request's lookup saw (the
+            // same index, or the one over its placeholder)? Then merged into it.
+            let [now] = self
+                .read("index read", route, &[route])
+                .await
+                .ok_or(StoreOutcome::Failed)?;
+            cas = self
+                .guarded(to, now.as_ref(), true)
+                .ok_or(StoreOutcome::Overtaken)?;
+            primary = now;
+        }
+        tracing::debug!(key = %to.key, "variant index contended; not stored");
+        Err(StoreOutcome::Overtaken)
     }
 
     /// Whether a tag purge may have come on `route`'s server after `requested_ns`, by the
@@ -433,8 +488,10 @@ impl<B: Backend> Storage<B> {
     }
 
     /// The CAS value to replace `now` with, if it is what the request's lookup saw (its own
-    /// placeholder, the entry it refreshed, or the index its variant belongs to).
-    fn guarded(&self, to: &Target, now: Option<&Item>) -> Option<u64> {
+    /// placeholder, the entry it refreshed, or the index its variant belongs to). A store of
+    /// a variant (`varies`) also goes under the index put over its own placeholder by a fill
+    /// that went out alongside it ([`index_for`](Self::index_for)).
+    fn guarded(&self, to: &Target, now: Option<&Item>, varies: bool) -> Option<u64> {
         let now = now?;
         let cas = now.cas?;
         match (to.slot, Slot::of(now)) {
@@ -451,6 +508,17 @@ impl<B: Backend> Storage<B> {
                 let seen = to.index.as_ref()?;
                 let index = decode_index(&now.value).ok()?;
                 (now.flags == FLAG_VARIANT_INDEX && index.id == seen.id).then_some(cas)
+            }
+            (
+                Slot::Placeholder {
+                    placeholder: mine, ..
+                },
+                Slot::Value { .. },
+            ) if varies => {
+                // The index took the token of the placeholder it replaced as its id: that
+                // was this request's, and no purge came since (it would be gone).
+                let index = decode_index(&now.value).ok()?;
+                (now.flags == FLAG_VARIANT_INDEX && index.id == mine.token).then_some(cas)
             }
             _ => None,
         }
