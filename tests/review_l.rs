@@ -1016,8 +1016,8 @@ async fn merged_lookups_of_cancelled_and_live_requests_never_cross_answers() {
         .flat_map(|url| LANGS.into_iter().map(move |lang| (url.clone(), lang)))
         .collect();
     // One store landed before the next variant's lookup: two first fills of one URL's
-    // variants race for its index, and the one overtaken is not stored (a miss later,
-    // which this part is not about).
+    // variants both land under its index (review RV), but a fill contended past a few
+    // rounds of its index is not stored (a miss later, which this part is not about).
     for (url, lang) in &pages {
         support::send(&svc, Method::GET, url, &[("accept-language", lang)]).await;
         tokio::time::timeout(Duration::from_secs(10), layer.background().idle())
