@@ -191,3 +191,53 @@ async fn a_request_s_no_cache_gets_the_origin_s_failure_not_a_stale_stand_in() {
         }
     }
 }
+
+/// RFC 9111 §4.3.1, §4.3.4: a `stale-while-revalidate` refresh is the cache's own request
+/// (its client was answered from the stale entry), yet it went out with that client's
+/// conditions. An origin that keeps `Last-Modified` off its 304s (RFC 9110 §15.4.5 lets
+/// it) answered a client's `If-Modified-Since` with a 304 that selects no stored response
+/// with a validator, so the refresh refreshed nothing: the entry stayed stale, and the
+/// next request paid for another. It now carries the stored validators, as the whole
+/// fetch after a range miss does.
+#[tokio::test]
+async fn a_background_refresh_asks_with_the_stored_validators_not_its_client_s() {
+    const MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let origin = numbered(|call, request| {
+        let conditional = request.headers().contains_key("if-modified-since")
+            || request.headers().contains_key("if-none-match");
+        match call {
+            0 => (
+                200,
+                vec![
+                    ("last-modified", MODIFIED.to_owned()),
+                    (
+                        "cache-control",
+                        "max-age=60, stale-while-revalidate=600".to_owned(),
+                    ),
+                    ("age", "120".to_owned()),
+                ],
+                "page",
+            ),
+            _ if conditional => (304, vec![("cache-control", "max-age=600".to_owned())], ""),
+            _ => (
+                200,
+                vec![("cache-control", "max-age=600".to_owned())],
+                "new",
+            ),
+        }
+    });
+    let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(origin.clone());
+    bounded("fill", send(&service, Method::GET, URL, &[])).await;
+    watch.settled().await;
+    let since = [("if-modified-since", MODIFIED)];
+    let stale = bounded("stale", send(&service, Method::GET, URL, &since)).await;
+    assert_eq!(stale.status, StatusCode::NOT_MODIFIED, "{stale:?}");
+    watch.settled().await;
+    let hit = bounded("hit", send(&service, Method::GET, URL, &[])).await;
+    watch.settled().await;
+    assert_eq!((hit.status, hit.body.as_str()), (StatusCode::OK, "page"));
+    support::assert_hit(hit.cache_status());
+    assert_eq!(origin.calls(), 2, "{hit:?}");
+}

@@ -31,6 +31,16 @@ pub(crate) const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
     header::LAST_MODIFIED,
 ];
 
+/// Removes a client's preconditions from a request the cache sends on its own behalf (a
+/// background refresh): its client was answered already, and the refresh asks with the
+/// stored validators (RFC 9111 §4.3.1). Left in, a 304 to the client's condition may
+/// select no stored response (§4.3.4), and the refresh refreshed nothing.
+pub(crate) fn strip_preconditions(headers: &mut HeaderMap) {
+    for name in &PRECONDITIONS {
+        headers.remove(name);
+    }
+}
+
 /// Whether the request carries any precondition.
 pub(crate) fn has_preconditions(headers: &HeaderMap) -> bool {
     PRECONDITIONS.iter().any(|name| headers.contains_key(name))
