@@ -241,3 +241,37 @@ async fn a_background_refresh_asks_with_the_stored_validators_not_its_client_s()
     support::assert_hit(hit.cache_status());
     assert_eq!(origin.calls(), 2, "{hit:?}");
 }
+
+/// Review RH's counters counted a stale response standing in for a failing origin as a
+/// hit (answered from the cache), with nothing to tell it from one: an origin failing
+/// every revalidation kept the hit ratio where it was. `stood_in` counts it as what it
+/// is; a stale-while-revalidate hit, which the origin did not fail, is none.
+#[tokio::test]
+async fn a_stand_in_is_counted_as_one() {
+    let origin = numbered(|call, _| match call {
+        0 => stale_json(&[("cache-control", "stale-if-error=600")]),
+        _ => (503, Vec::new(), "origin down"),
+    });
+    let layer = support::layer(MemoryBackend::new()).mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let service = layer.layer(origin.clone());
+    bounded("fill", send(&service, Method::GET, URL, &[])).await;
+    watch.settled().await;
+    let answer = bounded("failing", send(&service, Method::GET, URL, &[])).await;
+    watch.settled().await;
+    assert!(
+        answer.cache_status().contains("detail=stale-if-error"),
+        "{answer:?}"
+    );
+    let snapshot = watch.snapshot();
+    assert_eq!(
+        (
+            snapshot.stood_in,
+            snapshot.hits,
+            snapshot.stale,
+            snapshot.misses
+        ),
+        (1, 1, 1, 1),
+        "{snapshot:?}"
+    );
+}
