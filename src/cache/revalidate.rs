@@ -318,6 +318,11 @@ where
             };
             if let Some(answered) = answered {
                 tally.served();
+                // What it is: an answer from the cache (a hit in the snapshot), but no
+                // validation; told apart for operators (an origin failing, hits holding).
+                if caller == For::Client {
+                    stats.record_stood_in();
+                }
                 return Some(shared.answer_counted(
                     held,
                     &freshness,

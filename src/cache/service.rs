@@ -30,6 +30,7 @@ use super::status::{Detail, Forward, Outcome};
 use super::storage::{Found, Lookup};
 use super::stored::{self, now_ms};
 use crate::backend::Backend;
+use crate::cache::policy::conditional::strip_preconditions;
 use crate::cache::policy::freshness::Reuse;
 use crate::cache::stats::CacheStats;
 
@@ -280,9 +281,12 @@ where
                             detail: None,
                             is_head,
                         };
-                        // The refresh is for the entry, whole: a 206 would refresh nothing.
+                        // The refresh is for the entry, whole: a 206 would refresh nothing;
+                        // and the cache's own, with the stored validators: a 304 to the
+                        // client's conditions may select nothing stored (review RS).
                         let mut request = request;
                         range::strip(request.headers_mut());
+                        strip_preconditions(request.headers_mut());
                         shared.config.canonical.spell_as_keyed(&mut request);
                         revalidate_in_background(&shared, inner, request, ex);
                         return Ok(response);

@@ -54,6 +54,7 @@ struct Shard {
     invalidations: AtomicU64,
     near_hits: AtomicU64,
     mismatched_not_modified: AtomicU64,
+    stood_in: AtomicU64,
 }
 
 /// The shard this thread counts into.
@@ -121,6 +122,13 @@ pub struct StatsSnapshot {
     /// layer's validators. Many of them point at an origin whose servers disagree (a
     /// deploy in progress behind a load balancer) or that stamps new validators on 304s.
     pub mismatched_not_modified: u64,
+    /// Requests a stored response answered after the origin failed their revalidation
+    /// (`stale-if-error`, `stale_if_unreachable`, or a response stored meanwhile:
+    /// `Cache-Status: …; fwd=…; detail=stale-if-error` and the like, no hit by RFC 9211
+    /// §2.1); also counted in `hits` (answered from the cache; the stale ones in `stale`
+    /// too) and `revalidations`. Many of them mean the origin is failing, though the hit
+    /// ratio holds.
+    pub stood_in: u64,
 }
 
 impl StatsSnapshot {
@@ -172,6 +180,9 @@ impl CacheStats {
         record_near_hit => near_hits,
         /// Counts a 304 for another representation than the stored one.
         record_mismatched_not_modified => mismatched_not_modified,
+        /// Counts a stored response standing in for a failing origin (its hit is counted
+        /// as any answer's from the cache).
+        record_stood_in => stood_in,
     }
 
     /// Counts a hit that sent `body_bytes` from the cache; `stale`: a stale response
@@ -265,6 +276,7 @@ impl CacheStats {
             invalidations: sum(|c| &c.invalidations),
             near_hits: sum(|c| &c.near_hits),
             mismatched_not_modified: sum(|c| &c.mismatched_not_modified),
+            stood_in: sum(|c| &c.stood_in),
         }
     }
 }
@@ -299,6 +311,10 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     (
         "tower_memcache_mismatched_not_modified_total",
         "counter; revalidations answered with a 304 for another representation than the stored one (RFC 9111 §4.3.4): the stored response removed, a client's request sent again",
+    ),
+    (
+        "tower_memcache_stood_in_total",
+        "counter; requests a stored response answered after the origin failed their revalidation (stale-if-error, stale_if_unreachable, or a response stored meanwhile; each also counted as outcome=\"revalidate\" above)",
     ),
     ("tower_memcache_stores_total", "counter; entries written"),
     (
@@ -485,6 +501,7 @@ mod exported {
         pub(super) invalidations: Counter,
         pub(super) near_hits: Counter,
         pub(super) mismatched_not_modified: Counter,
+        pub(super) stood_in: Counter,
         pub(super) backend_errors: Counter,
         pub(super) bytes_served: Counter,
     }
@@ -524,6 +541,7 @@ mod exported {
                     invalidations: plain("tower_memcache_invalidations_total"),
                     near_hits: plain("tower_memcache_near_hits_total"),
                     mismatched_not_modified: plain("tower_memcache_mismatched_not_modified_total"),
+                    stood_in: plain("tower_memcache_stood_in_total"),
                     backend_errors: plain("tower_memcache_backend_errors_total"),
                     bytes_served: plain("tower_memcache_bytes_served_total"),
                 }

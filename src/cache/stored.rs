@@ -14,7 +14,7 @@ use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::policy::conditional::not_modified_headers;
 use crate::cache::policy::date::format_http_date;
 use crate::cache::policy::freshness::{Freshness, explicit_lifetime, initial_age};
-use crate::cache::policy::{CacheControl, CacheMode, Policy, normalized_header};
+use crate::cache::policy::{CacheControl, CacheMode, Policy, normalized_header, same_media_type};
 
 /// Milliseconds since the unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -220,8 +220,9 @@ impl Admission<'_> {
 
     /// The header set of `entry` refreshed by a 304 or a HEAD response (§4.3.4, §4.3.5):
     /// the new response's fields replace the stored ones (except those that describe the
-    /// stored bytes, `Content-Length`, `Content-Range` and `Content-Encoding`, and fields
-    /// never stored). This merged set is what the admission gate judges.
+    /// stored bytes, `Content-Length`, `Content-Range`, `Content-Encoding` and a
+    /// `Content-Type` naming another media type, and fields never stored). This merged
+    /// set is what the admission gate judges.
     ///
     /// A field the stored response's own qualified `private="…"` / `no-cache="…"` kept
     /// out stays out, whatever the update's `Cache-Control` says (fail closed: a 304
@@ -244,11 +245,18 @@ impl Admission<'_> {
         // never of the stored body, and a stored response may not carry one. And
         // `Content-Encoding`, which says how the stored bytes are coded (RFC 9111 §3.2's
         // own example of a field kept for the stored response's integrity): another
-        // coding in the update would label them as bytes they are not.
+        // coding in the update would label them as bytes they are not. And
+        // `Content-Type`, §3.2's other example, but for its parameters: a 304 carries no
+        // representation metadata but its validators' (RFC 9110 §15.4.5), yet PHP adds its
+        // default `text/html` to a script's bare 304; taken, a stored JSON document
+        // holding a user's `<script>` went out to everyone as HTML. The same media type
+        // with another `charset` is taken, as §3.2 asks.
+        let same_type = same_media_type(update, &stored);
         let updates = update.keys().filter(|name| {
             **name != header::CONTENT_LENGTH
                 && **name != header::CONTENT_RANGE
                 && **name != header::CONTENT_ENCODING
+                && (**name != header::CONTENT_TYPE || same_type)
                 && !ruling.is_unstored_field(name, update, self.policy.shares_set_cookie())
                 && !self.own_fields.contains(name)
                 && !kept_out(name)

@@ -31,6 +31,16 @@ pub(crate) const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
     header::LAST_MODIFIED,
 ];
 
+/// Removes a client's preconditions from a request the cache sends on its own behalf (a
+/// background refresh): its client was answered already, and the refresh asks with the
+/// stored validators (RFC 9111 §4.3.1). Left in, a 304 to the client's condition may
+/// select no stored response (§4.3.4), and the refresh refreshed nothing.
+pub(crate) fn strip_preconditions(headers: &mut HeaderMap) {
+    for name in &PRECONDITIONS {
+        headers.remove(name);
+    }
+}
+
 /// Whether the request carries any precondition.
 pub(crate) fn has_preconditions(headers: &HeaderMap) -> bool {
     PRECONDITIONS.iter().any(|name| headers.contains_key(name))
@@ -68,21 +78,24 @@ pub(crate) fn weak_match(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a client's `If-None-Match` / `If-Modified-Since` is satisfied by a stored 200
 /// response with these headers, received at `received`, so the answer is 304 Not Modified
-/// (RFC 9110 §13.1.2, §13.1.3, §13.2.2: `If-None-Match` wins; `If-Modified-Since` compares
-/// with `Last-Modified`, else, as RFC 9111 §4.3.2 asks of a cache, the stored `Date`, else
+/// (RFC 9110 §13.1.2, §13.1.3, §13.2.2: `If-None-Match` wins, `*` matching the stored
+/// response whether or not it has an `ETag`; `If-Modified-Since` compares with
+/// `Last-Modified`, else, as RFC 9111 §4.3.2 asks of a cache, the stored `Date`, else
 /// the time the response was received). An `If-Modified-Since` that is not a date is
 /// ignored (§13.1.3), so the full response is sent.
 pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap, received: SystemTime) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
-        let Some(etag) = stored.get(header::ETAG) else {
-            return false;
-        };
+        let etag = stored.get(header::ETAG);
+        // `*` is false when a current representation exists (§13.1.2): the stored 200
+        // is one, tagged or not (the origin answers such a page 304 too).
         return request
             .get_all(header::IF_NONE_MATCH)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(split_directives)
-            .any(|tag| tag == "*" || weak_match(tag.as_bytes(), etag.as_bytes()));
+            .any(|tag| {
+                tag == "*" || etag.is_some_and(|etag| weak_match(tag.as_bytes(), etag.as_bytes()))
+            });
     }
     let Some(since) = if_modified_since(request) else {
         return false;
@@ -250,6 +263,13 @@ mod tests {
             &stored
         ));
         assert!(not_modified(&headers(&[("if-none-match", "*")]), &stored));
+        // `*` matches any current representation, tagged or not (§13.1.2).
+        let untagged = headers(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), &untagged));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"v1\"")]),
+            &untagged
+        ));
         assert!(!not_modified(
             &headers(&[("if-none-match", "\"v2\"")]),
             &stored

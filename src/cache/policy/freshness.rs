@@ -226,7 +226,10 @@ impl Freshness {
     }
 
     /// Whether the response may be served stale because the origin failed (RFC 5861 §4,
-    /// in the response's window or the request's `stale-if-error`).
+    /// in the response's window or the request's `stale-if-error`). A request with
+    /// `no-cache` asked for the origin's word (RFC 9111 §5.2.1.4): only its own
+    /// `stale-if-error` lets a stale response answer it, as `usable_when_unreachable`
+    /// and a fresh response stored meanwhile do not.
     pub(crate) fn usable_on_error(&self, request: &CacheControl) -> bool {
         if self.forbids_stale || self.no_cache {
             return false;
@@ -234,7 +237,11 @@ impl Freshness {
         let request_window = request
             .stale_if_error
             .map_or(Duration::ZERO, Duration::from_secs);
-        let window = self.stale_if_error.max(request_window);
+        let window = if request.no_cache {
+            request_window
+        } else {
+            self.stale_if_error.max(request_window)
+        };
         // As for `stale-while-revalidate`: no window (none given, or 0) is no stale
         // response, not even where its age equals its lifetime.
         !window.is_zero() && self.staleness() <= window
@@ -392,6 +399,11 @@ pub(crate) mod tests {
         };
         assert!(!no_window.usable_on_error(&none));
         assert!(no_window.usable_on_error(&req("stale-if-error=600")));
+        // The request's `no-cache` wants the origin's word: only its own window lets a
+        // stale response stand in.
+        assert!(!very_stale.usable_on_error(&req("no-cache")));
+        assert!(very_stale.usable_on_error(&req("no-cache, stale-if-error=600")));
+        assert!(!very_stale.usable_on_error(&req("no-cache, stale-if-error=1")));
     }
 
     const SECS_2_POW_31: Duration = Duration::from_secs(MAX_DELTA_SECONDS);

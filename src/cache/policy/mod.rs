@@ -581,6 +581,26 @@ fn is_live_stream(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Whether two field sets name the same media type (RFC 9110 §8.3.1: `type/subtype`, in
+/// any case; parameters such as `charset` may differ): each one `Content-Type` line of
+/// one member. A list is read by browsers by its last valid member (Fetch, "extract a
+/// MIME type"), so it never counts as the same; nor does an absent field.
+pub(crate) fn same_media_type(a: &HeaderMap, b: &HeaderMap) -> bool {
+    fn essence(headers: &HeaderMap) -> Option<&[u8]> {
+        let mut lines = headers.get_all(header::CONTENT_TYPE).iter();
+        let line = lines.next()?.as_bytes();
+        if lines.next().is_some() || line.contains(&b',') {
+            return None;
+        }
+        let essence = line.split(|b| *b == b';').next()?.trim_ascii();
+        (!essence.is_empty()).then_some(essence)
+    }
+    match (essence(a), essence(b)) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
 /// RFC 3229's `A-IM`: the instance manipulations (deltas) a request accepts; a `226`
 /// answers it, never stored.
 pub(crate) const A_IM: HeaderName = HeaderName::from_static("a-im");
@@ -917,6 +937,22 @@ pub(crate) mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn same_media_type_reads_the_essence_of_one_member() {
+        let typed = |value: &str| headers(&[("content-type", value)]);
+        let same = |a: &str, b: &str| same_media_type(&typed(a), &typed(b));
+        assert!(same("text/plain", "text/plain;charset=utf-8"));
+        assert!(same("Text/HTML; charset=UTF-8", " text/html "));
+        assert!(!same("application/json", "text/html; charset=UTF-8"));
+        assert!(!same("text/plain", "text/plain, text/html"));
+        assert!(!same("text/plain", ""));
+        assert!(!same_media_type(&HeaderMap::new(), &typed("text/html")));
+        assert!(!same_media_type(&typed("text/html"), &HeaderMap::new()));
+        let mut two = typed("text/plain");
+        two.append(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        assert!(!same_media_type(&two, &typed("text/plain")));
     }
 
     #[test]
