@@ -11,16 +11,17 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response};
 use http_body_util::Full;
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode};
 
+use support::scripted_service::Origin;
 use support::{Watch, send};
 
 const NAMESPACE: &str = "review-ro";
@@ -35,79 +36,6 @@ fn process(backend: &MemoryBackend) -> tower_memcache::MemcacheLayer<MemoryBacke
 
 /// A response field as an origin sends it.
 type Field = (&'static str, &'static str);
-
-/// What the origin saw and answers: every GET gets `status`, `headers` and a body naming
-/// its call.
-#[derive(Default)]
-struct Script {
-    calls: usize,
-    if_none_match: Vec<Option<String>>,
-}
-
-#[derive(Clone)]
-struct Origin {
-    status: StatusCode,
-    headers: Arc<Vec<Field>>,
-    seen: Arc<Mutex<Script>>,
-}
-
-impl Origin {
-    fn new(status: u16, headers: &[Field]) -> Self {
-        Self {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: Arc::new(headers.to_vec()),
-            seen: Arc::default(),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.seen.lock().unwrap().calls
-    }
-
-    /// The `If-None-Match` of the last request the origin got.
-    fn last_if_none_match(&self) -> Option<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .if_none_match
-            .last()
-            .cloned()
-            .flatten()
-    }
-}
-
-impl tower::Service<Request<()>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        let mut seen = self.seen.lock().unwrap();
-        seen.calls += 1;
-        let call = seen.calls;
-        seen.if_none_match.push(
-            request
-                .headers()
-                .get("if-none-match")
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        );
-        let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
-        *response.status_mut() = self.status;
-        for (name, value) in self.headers.iter() {
-            response
-                .headers_mut()
-                .append(*name, HeaderValue::from_static(value));
-        }
-        std::future::ready(Ok(response))
-    }
-}
 
 /// Stores `url`'s answer through `writer` (its first request: a miss) and waits for the
 /// store to land.
@@ -136,7 +64,7 @@ async fn stored_apart(
     reader: &[HeaderName],
 ) -> (support::Answer, Origin) {
     let backend = MemoryBackend::new();
-    let origin = Origin::new(200, headers);
+    let origin = Origin::numbered(200, headers);
     let writer = process(&backend).targeted_cache_control(writer.to_vec());
     store_through(&writer, &origin, url).await;
     let reader = process(&backend).targeted_cache_control(reader.to_vec());
@@ -153,7 +81,7 @@ async fn stored_apart(
 async fn a_status_the_reader_does_not_store_is_not_served_from_another_writers_entry() {
     let backend = MemoryBackend::new();
     let url = "http://review-ro.test/poisoned";
-    let origin = Origin::new(400, &[("cache-control", "max-age=600")]);
+    let origin = Origin::numbered(400, &[("cache-control", "max-age=600")]);
     let old = support::layer(backend.clone())
         .namespace(NAMESPACE)
         .statuses([200, 400]);
@@ -257,7 +185,10 @@ async fn a_no_cache_of_the_readers_directives_is_revalidated() {
         2,
         "served without revalidation, against the reader's no-cache: {answer:?}"
     );
-    assert_eq!(origin.last_if_none_match().as_deref(), Some("\"v1\""));
+    assert_eq!(
+        origin.last_request_header("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
 }
 
 /// Two layers of one process configured apart (two services sharing a namespace by
@@ -283,7 +214,7 @@ async fn the_near_tier_answers_a_layer_only_with_what_its_own_settings_admitted(
         ),
     ];
     for (url, status, headers) in cases {
-        let origin = Origin::new(status, headers);
+        let origin = Origin::numbered(status, headers);
         let writer = tower_memcache::MemcacheLayer::new(backend.clone())
             .namespace(NAMESPACE)
             .statuses([200, 400])
@@ -321,7 +252,7 @@ async fn the_near_tier_answers_a_layer_only_with_what_its_own_settings_admitted(
 async fn a_tag_purge_that_returned_holds_for_entries_stored_without_tags() {
     let backend = MemoryBackend::new();
     let url = "http://review-ro.test/tagged";
-    let origin = Origin::new(200, &[("surrogate-key", "news")]);
+    let origin = Origin::numbered(200, &[("surrogate-key", "news")]);
     let writer = support::layer(backend.clone())
         .namespace(NAMESPACE)
         .tag_header(None);
@@ -348,7 +279,7 @@ async fn a_tag_purge_that_returned_holds_for_entries_stored_without_tags() {
 async fn a_page_the_readers_lifetime_header_keeps_out_is_not_served() {
     let backend = MemoryBackend::new();
     let url = "http://review-ro.test/lifetime-zero";
-    let origin = Origin::new(200, &[("x-memcache-lifetime", "0")]);
+    let origin = Origin::numbered(200, &[("x-memcache-lifetime", "0")]);
     let writer = support::layer(backend.clone())
         .namespace(NAMESPACE)
         .lifetime_header(None);
