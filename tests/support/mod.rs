@@ -4,11 +4,13 @@
 pub mod conformance;
 pub mod db;
 pub mod fake_memcached;
+pub mod flood;
 pub mod h2_frames;
 pub mod live_stream;
 pub mod no_store_flight;
 pub mod nutcracker;
 pub mod origin;
+pub mod paced_origin;
 pub mod path_origin;
 pub mod personal;
 pub mod proxy;

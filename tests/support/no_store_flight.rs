@@ -35,10 +35,7 @@ where
     RB::Error: std::fmt::Debug + Send,
 {
     let watch = Watch::of(layer);
-    let get = |headers: &'static [(&'static str, &'static str)]| {
-        let service = service.clone();
-        tokio::spawn(async move { super::send(&service, http::Method::GET, url, headers).await })
-    };
+    let get = |headers| super::flood::spawn_get(&service, url, headers);
     assert_eq!(get(&[]).await.unwrap().body, "call 1");
     super::stores(&watch, 1).await;
     let leading = get(&[("cache-control", "no-cache, no-store")]);

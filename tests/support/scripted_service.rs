@@ -60,6 +60,14 @@ impl Reply {
     }
 }
 
+/// Header lines as a [`Reply`] holds them.
+pub fn lines(fields: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+    fields
+        .iter()
+        .map(|(name, value)| (*name, (*value).to_owned()))
+        .collect()
+}
+
 /// How an origin answers a request, given the call's number (the first is 1).
 pub type Replies = dyn Fn(&Request<()>, usize) -> Reply + Send + Sync;
 
@@ -97,10 +105,7 @@ impl Origin {
     /// An origin that answers every request with `status`, `headers` and a body naming
     /// its call (`call 1`, `call 2`, …).
     pub fn numbered(status: u16, headers: &[(&'static str, &'static str)]) -> Self {
-        let headers: Vec<(&'static str, String)> = headers
-            .iter()
-            .map(|(name, value)| (*name, (*value).to_owned()))
-            .collect();
+        let headers = lines(headers);
         Self::replying(move |_, call| {
             Reply::with_status(status, headers.clone(), format!("call {call}"))
         })
