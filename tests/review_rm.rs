@@ -148,41 +148,10 @@ async fn a_no_cache_rule_written_with_a_glob_or_a_parameter_holds() {
 /// it to exit: its exit status and stderr, or `None` when it went on running (killed).
 #[cfg(feature = "proxy")]
 fn proxy_exit(args: &[&str], env: &[(&str, &str)]) -> Option<(Option<i32>, String)> {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    use std::time::Instant;
-
-    let mut child = Command::new(support::proxy::proxy_binary())
-        .args([
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--threads", "1", "--access-log", "off"])
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the proxy");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the proxy") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    status.map(|status| (status.code(), stderr))
+    let mut command = support::proxy::startup_command(&["--access-log", "off"]);
+    command.args(args).envs(env.iter().copied());
+    support::proxy::exit_of(&mut command, Duration::from_secs(5))
+        .map(|(status, stderr)| (status.code(), stderr))
 }
 
 /// An empty `--namespace` (`TOWER_MEMCACHE_PROXY_NAMESPACE=` left unset in a unit file or
