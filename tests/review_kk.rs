@@ -144,6 +144,30 @@ async fn an_entry_with_hop_by_hop_fields_is_a_miss_and_replaced() {
     assert_eq!(again.header("xransfer-encoding"), Some("gzip"));
 }
 
+/// `url`'s page, answered with `headers`, asked for three times through a layer over
+/// `backend` that holds `value` under `key` (as another writer left it), the first two
+/// stores let land: the third answer, and the origin (which counts its calls).
+async fn asked_past<B>(
+    backend: B,
+    headers: &[(&'static str, &'static str)],
+    url: &str,
+    key: &str,
+    value: Bytes,
+) -> (Answer, Origin)
+where
+    B: Backend + Clone,
+{
+    let origin = Origin::numbered(200, headers);
+    let cache = layer(backend.clone());
+    let svc = origin.service(&cache);
+    backend.set(key, value, 0, Lifetime::NEVER).await.unwrap();
+    for _ in 0..2 {
+        send(&svc, Method::GET, url, &[]).await;
+        Watch::of(&cache).settled().await;
+    }
+    (send(&svc, Method::GET, url, &[]).await, origin)
+}
+
 /// The namespace generation of a server holding something that is not a number (another
 /// tool's write, a corrupt value): every lookup read it as absent, its `add` of a fresh one
 /// failed (the key is taken), and nothing was ever stored on that server again: read on
@@ -153,24 +177,14 @@ async fn a_namespace_generation_that_is_no_number_does_not_end_caching<B>(backen
 where
     B: Backend + Clone,
 {
-    let origin = Origin::numbered(200, &[]);
-    let cache = layer(backend.clone());
-    let svc = origin.service(&cache);
-    let url = "http://review-kk.test/generation";
-    backend
-        .set(
-            &internal_key("\0generation"),
-            Bytes::from_static(b"not a number"),
-            0,
-            Lifetime::NEVER,
-        )
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        send(&svc, Method::GET, url, &[]).await;
-        Watch::of(&cache).settled().await;
-    }
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, origin) = asked_past(
+        backend,
+        &[],
+        "http://review-kk.test/generation",
+        &internal_key("\0generation"),
+        Bytes::from_static(b"not a number"),
+    )
+    .await;
     assert_hit(answer.cache_status());
     assert!(origin.calls() <= 2, "{} calls", origin.calls());
 }
@@ -183,24 +197,14 @@ async fn a_tag_mark_that_is_no_number_does_not_end_caching_of_its_pages<B>(backe
 where
     B: Backend + Clone,
 {
-    let origin = Origin::numbered(200, &[("surrogate-key", "news")]);
-    let cache = layer(backend.clone());
-    let svc = origin.service(&cache);
-    let url = "http://review-kk.test/tag-garbage";
-    backend
-        .set(
-            &tag_key("news"),
-            Bytes::from_static(b"garbage"),
-            0,
-            Lifetime::NEVER,
-        )
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        send(&svc, Method::GET, url, &[]).await;
-        Watch::of(&cache).settled().await;
-    }
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, _) = asked_past(
+        backend,
+        &[("surrogate-key", "news")],
+        "http://review-kk.test/tag-garbage",
+        &tag_key("news"),
+        Bytes::from_static(b"garbage"),
+    )
+    .await;
     assert_hit(answer.cache_status());
 }
 
@@ -214,26 +218,16 @@ async fn a_tag_purged_by_a_clock_far_ahead_does_not_end_caching_of_its_pages<B>(
 where
     B: Backend + Clone,
 {
-    let origin = Origin::numbered(200, &[("surrogate-key", "sports")]);
-    let cache = layer(backend.clone());
-    let svc = origin.service(&cache);
-    let url = "http://review-kk.test/tag-future";
     let hour_ahead = SystemTime::now() + Duration::from_secs(3600);
     let nanos = hour_ahead.duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    backend
-        .set(
-            &tag_key("sports"),
-            Bytes::from(nanos.to_string()),
-            0,
-            Lifetime::NEVER,
-        )
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        send(&svc, Method::GET, url, &[]).await;
-        Watch::of(&cache).settled().await;
-    }
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, _) = asked_past(
+        backend,
+        &[("surrogate-key", "sports")],
+        "http://review-kk.test/tag-future",
+        &tag_key("sports"),
+        Bytes::from(nanos.to_string()),
+    )
+    .await;
     assert_hit(answer.cache_status());
 }
 

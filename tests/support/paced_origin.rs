@@ -20,6 +20,8 @@ use super::scripted_service::{Replies, Reply};
 pub enum Pace {
     /// Every call, this long.
     Every(Duration),
+    /// The first call until `gate` gives it a permit; later ones not at all.
+    First(Arc<Semaphore>),
     /// The first call not at all; each later one until `gate` gives it a permit (which it
     /// keeps), then `then` (an origin's round trip; none when zero).
     AfterFirst {
@@ -77,7 +79,10 @@ impl tower::Service<Request<()>> for Paced {
                         tokio::time::sleep(then).await;
                     }
                 }
-                Pace::AfterFirst { .. } => {}
+                Pace::First(gate) if call == 1 => {
+                    let _ = gate.acquire().await;
+                }
+                Pace::AfterFirst { .. } | Pace::First(_) => {}
             }
             Ok(script(&request, call).into_response())
         })
