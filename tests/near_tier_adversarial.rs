@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
+use support::refused_writes::PlainWritesRefused;
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend};
@@ -407,34 +408,6 @@ async fn keep_confirmable(svc: &Svc, watch: &Watch, path: &str, bound: Duration)
     );
 }
 
-/// MemoryBackend on which a working server refuses the next `fail` plain writes with flags
-/// 0 (store epochs; `SERVER_ERROR out of memory`, which memcached answers when it cannot
-/// make room): nothing was written, and the writer is told so.
-#[derive(Clone)]
-struct EpochWritesRefused {
-    inner: MemoryBackend,
-    fail: Arc<AtomicU64>,
-}
-
-impl Backend for EpochWritesRefused {
-    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
-        let refuse = f == 0
-            && self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if refuse {
-            return Err(BackendError::Server(
-                "SERVER_ERROR out of memory storing object".into(),
-            ));
-        }
-        self.inner.set(k, v, f, l).await
-    }
-    forward_to_inner!(
-        get, get_many, server_of, add, cas, delete, touch, incr, flush_all, stats
-    );
-}
-
 /// An invalidation (a POST) and a refresh (no-cache) by another process whose store epoch
 /// write is refused once (the delete or the store itself succeeded): the change must show
 /// in this process's tier within the bound all the same, not after eight windows.
@@ -446,7 +419,7 @@ async fn a_change_whose_epoch_write_was_refused_shows_within_the_bound() {
     let near = NearCache::new(16 << 20, bound);
     let here = layer(memory.clone(), &near);
     let (svc, watch) = (service(&here, &origin), Watch::of(&here));
-    let writer_backend = EpochWritesRefused {
+    let writer_backend = PlainWritesRefused {
         inner: memory,
         fail: Arc::new(AtomicU64::new(0)),
     };

@@ -12,9 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
+use support::refused_writes::PlainWritesRefused;
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{Backend, BackendError, Lifetime, MemoryBackend};
+use tower_memcache::backend::{Backend, MemoryBackend};
 use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
 
 const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
@@ -68,34 +69,6 @@ async fn warm(svc: &Svc, watch: &Watch, path: &str) {
     get(svc, path).await;
     let near = get(svc, path).await;
     assert_eq!(near.header("cache-status"), Some(NEAR_HIT), "warm {path}");
-}
-
-/// MemoryBackend that refuses plain writes with flags 0 (store epochs, generations) while
-/// `fail` is above zero, one per write: `SERVER_ERROR out of memory storing object`, what
-/// memcached run with `-M` answers once full.
-#[derive(Clone)]
-struct PlainWritesRefused {
-    inner: MemoryBackend,
-    fail: Arc<AtomicU64>,
-}
-
-impl Backend for PlainWritesRefused {
-    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
-        let refuse = f == 0
-            && self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if refuse {
-            return Err(BackendError::Server(
-                "SERVER_ERROR out of memory storing object".into(),
-            ));
-        }
-        self.inner.set(k, v, f, l).await
-    }
-    forward_to_inner!(
-        get, get_many, server_of, add, cas, delete, touch, incr, flush_all, stats
-    );
 }
 
 /// An operator purges the public `https://` URL of a page that a layer behind a TLS
