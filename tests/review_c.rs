@@ -13,16 +13,14 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use support::refused_writes::PlainWritesRefused;
+use support::versioned::Svc;
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, MemoryBackend};
-use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
+use tower_memcache::cache::{CacheMode, NearCache};
 
 const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
 const HIT: &str = "tower-memcache; hit";
-
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
 /// The origin: `path vN`, fresh for ten minutes, tagged `news`.
 #[derive(Clone, Default)]
@@ -58,13 +56,7 @@ fn process<B: Backend>(backend: B, near: Option<&NearCache>) -> MemcacheLayer<B>
 
 fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
     let origin = origin.clone();
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let response = origin.respond(&request);
-            async move { Ok::<_, Infallible>(response) }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
+    support::versioned::serving(layer, move |request: &Request<()>| origin.respond(request))
 }
 
 async fn get(svc: &Svc, path: &str) -> Answer {
