@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,16 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
+use support::versioned::Svc;
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::Backend;
-use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
+use tower_memcache::cache::{CacheMode, NearCache};
 
 const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
 const HIT: &str = "tower-memcache; hit";
-
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
 /// The origin: a version counter bumped by the test, answered in every body; paths ask for
 /// their headers (`/short` fresh for 1 s, `/tagged...` carries a tag, `/vary` varies on
@@ -94,13 +91,7 @@ fn layer<B: Backend>(backend: B, near: &NearCache) -> MemcacheLayer<B> {
 
 fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
     let origin = origin.clone();
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let response = origin.respond(&request);
-            async move { Ok::<_, Infallible>(response) }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
+    support::versioned::serving(layer, move |request: &Request<()>| origin.respond(request))
 }
 
 async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {

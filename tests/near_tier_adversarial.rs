@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,15 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
+use support::refused_writes::PlainWritesRefused;
+use support::versioned::Svc;
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend};
-use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
+use tower_memcache::cache::{CacheMode, NearCache};
 
 const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
-
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
 /// The origin: `/page` without Vary at version 0; from version 1 on it varies on
 /// Accept-Encoding and (with `pad`) carries a header large enough that the encoded entry
@@ -64,13 +62,7 @@ fn layer<B: Backend>(backend: B, near: &NearCache) -> MemcacheLayer<B> {
 
 fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
     let origin = origin.clone();
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let response = origin.respond(&request);
-            async move { Ok::<_, Infallible>(response) }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
+    support::versioned::serving(layer, move |request: &Request<()>| origin.respond(request))
 }
 
 async fn send(svc: &Svc, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
@@ -407,34 +399,6 @@ async fn keep_confirmable(svc: &Svc, watch: &Watch, path: &str, bound: Duration)
     );
 }
 
-/// MemoryBackend on which a working server refuses the next `fail` plain writes with flags
-/// 0 (store epochs; `SERVER_ERROR out of memory`, which memcached answers when it cannot
-/// make room): nothing was written, and the writer is told so.
-#[derive(Clone)]
-struct EpochWritesRefused {
-    inner: MemoryBackend,
-    fail: Arc<AtomicU64>,
-}
-
-impl Backend for EpochWritesRefused {
-    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
-        let refuse = f == 0
-            && self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if refuse {
-            return Err(BackendError::Server(
-                "SERVER_ERROR out of memory storing object".into(),
-            ));
-        }
-        self.inner.set(k, v, f, l).await
-    }
-    forward_to_inner!(
-        get, get_many, server_of, add, cas, delete, touch, incr, flush_all, stats
-    );
-}
-
 /// An invalidation (a POST) and a refresh (no-cache) by another process whose store epoch
 /// write is refused once (the delete or the store itself succeeded): the change must show
 /// in this process's tier within the bound all the same, not after eight windows.
@@ -446,7 +410,7 @@ async fn a_change_whose_epoch_write_was_refused_shows_within_the_bound() {
     let near = NearCache::new(16 << 20, bound);
     let here = layer(memory.clone(), &near);
     let (svc, watch) = (service(&here, &origin), Watch::of(&here));
-    let writer_backend = EpochWritesRefused {
+    let writer_backend = PlainWritesRefused {
         inner: memory,
         fail: Arc::new(AtomicU64::new(0)),
     };

@@ -12,16 +12,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
+use support::refused_writes::PlainWritesRefused;
+use support::versioned::Svc;
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{Backend, BackendError, Lifetime, MemoryBackend};
-use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CacheMode, NearCache};
 
 const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
 const HIT: &str = "tower-memcache; hit";
-
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
 /// The origin: `path vN`, fresh for ten minutes, tagged `news`.
 #[derive(Clone, Default)]
@@ -57,13 +56,7 @@ fn process<B: Backend>(backend: B, near: Option<&NearCache>) -> MemcacheLayer<B>
 
 fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
     let origin = origin.clone();
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let response = origin.respond(&request);
-            async move { Ok::<_, Infallible>(response) }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
+    support::versioned::serving(layer, move |request: &Request<()>| origin.respond(request))
 }
 
 async fn get(svc: &Svc, path: &str) -> Answer {
@@ -84,33 +77,6 @@ async fn keep_confirmable(svc: &Svc, watch: &Watch, path: &str, bound: Duration)
         confirmed.header("cache-status"),
         Some(NEAR_HIT),
         "{path}: confirmed from its epoch"
-    );
-}
-
-/// MemoryBackend that refuses the next `fail` plain writes with flags 0 (store epochs and
-/// generations) with `SERVER_ERROR out of memory`: nothing written, and the writer told.
-#[derive(Clone)]
-struct PlainWritesRefused {
-    inner: MemoryBackend,
-    fail: Arc<AtomicU64>,
-}
-
-impl Backend for PlainWritesRefused {
-    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
-        let refuse = f == 0
-            && self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if refuse {
-            return Err(BackendError::Server(
-                "SERVER_ERROR out of memory storing object".into(),
-            ));
-        }
-        self.inner.set(k, v, f, l).await
-    }
-    forward_to_inner!(
-        get, get_many, server_of, add, cas, delete, touch, incr, flush_all, stats
     );
 }
 

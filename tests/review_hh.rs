@@ -118,7 +118,7 @@ async fn a_tag_purge_that_returns_ok_reaches_the_tagged_pages() {
 #[test]
 fn an_upstream_with_user_information_is_refused_at_startup() {
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     for upstream in [
         "http://user:secret@127.0.0.1:9",
@@ -140,18 +140,7 @@ fn an_upstream_with_user_information_is_refused_at_startup() {
             .spawn()
             .unwrap();
         // A refused flag exits at once; one taken leaves the proxy serving.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let status = support::proxy::exit_within(&mut child, Duration::from_secs(10));
         let status = status.unwrap_or_else(|| panic!("--upstream {upstream} was taken"));
         assert_eq!(status.code(), Some(2), "--upstream {upstream}");
     }

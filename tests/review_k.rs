@@ -7,16 +7,16 @@ mod support;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use support::Watch;
-use support::proxy::{proxy_binary, spawn_listening};
+use support::proxy::{exit_of, exit_within, proxy_binary, spawn_listening, startup_command};
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
@@ -30,23 +30,6 @@ fn start_origin(body: &'static str, connections: usize) -> SocketAddr {
         body.len()
     );
     support::origin::canned(answer.into_bytes(), connections)
-}
-
-/// Waits for `child` to exit, `limit` at most; `None` if it is still running then (it is
-/// killed).
-fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A duration flag large enough to overflow a clock reading (`Instant + Duration` panics)
@@ -66,22 +49,9 @@ fn durations_that_would_overflow_the_clock_are_refused_at_startup() {
         ("--near-cache", near.as_str()),
         ("--shutdown-grace", "600000000000000000s"),
     ] {
-        let mut child = Command::new(proxy_binary())
-            .args([
-                "--upstream",
-                "http://127.0.0.1:9",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--threads", "1", flag, value])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = exit_within(&mut child, Duration::from_secs(5));
-        let mut stderr = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-        let status = status.unwrap_or_else(|| panic!("{flag} {value}: accepted"));
+        let (status, stderr) =
+            exit_of(&mut startup_command(&[flag, value]), Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("{flag} {value}: accepted"));
         assert_eq!(status.code(), Some(2), "{flag} {value}: {status}\n{stderr}");
         assert!(
             stderr.contains(flag) && stderr.contains("at most"),

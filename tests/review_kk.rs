@@ -12,14 +12,10 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
-use http_body_util::Full;
+use http::{HeaderValue, Method};
 use tower::Layer;
 
 use tower_memcache::MemcacheLayer;
@@ -27,6 +23,7 @@ use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
 use tower_memcache::cache::FLAG_HTTP_ENTRY;
 use tower_memcache::key::{build_key, md5_hex};
 
+use support::scripted_service::{Origin, Reply};
 use support::{Answer, Watch, assert_hit, send};
 
 const NAMESPACE: &str = "review-kk";
@@ -49,55 +46,6 @@ fn primary_key(url: &str) -> String {
     build_key(Some(NAMESPACE), &format!("GET {url}")[..])
 }
 
-/// An origin that answers every GET with `headers` and a body naming its call, counting
-/// calls.
-#[derive(Clone)]
-struct Origin {
-    calls: Arc<AtomicUsize>,
-    headers: Arc<Vec<(&'static str, &'static str)>>,
-}
-
-impl Origin {
-    fn new(headers: &[(&'static str, &'static str)]) -> Self {
-        Self {
-            calls: Arc::new(AtomicUsize::new(0)),
-            headers: Arc::new(headers.to_vec()),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn service<B: Backend>(&self, layer: &MemcacheLayer<B>) -> tower_memcache::Memcache<Self, B> {
-        layer.layer(self.clone())
-    }
-}
-
-impl tower::Service<Request<()>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<()>) -> Self::Future {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
-        for (name, value) in self.headers.iter() {
-            response
-                .headers_mut()
-                .append(*name, HeaderValue::from_static(value));
-        }
-        std::future::ready(Ok(response))
-    }
-}
-
 fn is_hit(answer: &Answer) -> bool {
     answer.cache_status().starts_with("tower-memcache; hit")
 }
@@ -116,7 +64,7 @@ async fn a_cookie_shared_before_is_not_replayed_once_cookies_are_not_shared<B>(b
 where
     B: Backend + Clone,
 {
-    let origin = Origin::new(&[("set-cookie", "session=alice"), ("x-page", "home")]);
+    let origin = Origin::numbered(200, &[("set-cookie", "session=alice"), ("x-page", "home")]);
     let sharing = layer(backend.clone()).share_set_cookie(true);
     let svc = origin.service(&sharing);
     let url = "http://review-kk.test/shared-cookie";
@@ -150,11 +98,14 @@ async fn an_entry_with_hop_by_hop_fields_is_a_miss_and_replaced() {
     let backend = MemoryBackend::new();
     // Names of the same lengths as the hop-by-hop ones, so that the stored bytes can be
     // edited in place (bincode prefixes each with its length).
-    let origin = Origin::new(&[
-        ("xransfer-encoding", "gzip"),
-        ("xonnection", "close"),
-        ("xpgrade", "websocket"),
-    ]);
+    let origin = Origin::numbered(
+        200,
+        &[
+            ("xransfer-encoding", "gzip"),
+            ("xonnection", "close"),
+            ("xpgrade", "websocket"),
+        ],
+    );
     let cache = layer(backend.clone());
     let svc = origin.service(&cache);
     let url = "http://review-kk.test/hop";
@@ -193,6 +144,30 @@ async fn an_entry_with_hop_by_hop_fields_is_a_miss_and_replaced() {
     assert_eq!(again.header("xransfer-encoding"), Some("gzip"));
 }
 
+/// `url`'s page, answered with `headers`, asked for three times through a layer over
+/// `backend` that holds `value` under `key` (as another writer left it), the first two
+/// stores let land: the third answer, and the origin (which counts its calls).
+async fn asked_past<B>(
+    backend: B,
+    headers: &[(&'static str, &'static str)],
+    url: &str,
+    key: &str,
+    value: Bytes,
+) -> (Answer, Origin)
+where
+    B: Backend + Clone,
+{
+    let origin = Origin::numbered(200, headers);
+    let cache = layer(backend.clone());
+    let svc = origin.service(&cache);
+    backend.set(key, value, 0, Lifetime::NEVER).await.unwrap();
+    for _ in 0..2 {
+        send(&svc, Method::GET, url, &[]).await;
+        Watch::of(&cache).settled().await;
+    }
+    (send(&svc, Method::GET, url, &[]).await, origin)
+}
+
 /// The namespace generation of a server holding something that is not a number (another
 /// tool's write, a corrupt value): every lookup read it as absent, its `add` of a fresh one
 /// failed (the key is taken), and nothing was ever stored on that server again: read on
@@ -202,24 +177,14 @@ async fn a_namespace_generation_that_is_no_number_does_not_end_caching<B>(backen
 where
     B: Backend + Clone,
 {
-    let origin = Origin::new(&[]);
-    let cache = layer(backend.clone());
-    let svc = origin.service(&cache);
-    let url = "http://review-kk.test/generation";
-    backend
-        .set(
-            &internal_key("\0generation"),
-            Bytes::from_static(b"not a number"),
-            0,
-            Lifetime::NEVER,
-        )
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        send(&svc, Method::GET, url, &[]).await;
-        Watch::of(&cache).settled().await;
-    }
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, origin) = asked_past(
+        backend,
+        &[],
+        "http://review-kk.test/generation",
+        &internal_key("\0generation"),
+        Bytes::from_static(b"not a number"),
+    )
+    .await;
     assert_hit(answer.cache_status());
     assert!(origin.calls() <= 2, "{} calls", origin.calls());
 }
@@ -232,24 +197,14 @@ async fn a_tag_mark_that_is_no_number_does_not_end_caching_of_its_pages<B>(backe
 where
     B: Backend + Clone,
 {
-    let origin = Origin::new(&[("surrogate-key", "news")]);
-    let cache = layer(backend.clone());
-    let svc = origin.service(&cache);
-    let url = "http://review-kk.test/tag-garbage";
-    backend
-        .set(
-            &tag_key("news"),
-            Bytes::from_static(b"garbage"),
-            0,
-            Lifetime::NEVER,
-        )
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        send(&svc, Method::GET, url, &[]).await;
-        Watch::of(&cache).settled().await;
-    }
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, _) = asked_past(
+        backend,
+        &[("surrogate-key", "news")],
+        "http://review-kk.test/tag-garbage",
+        &tag_key("news"),
+        Bytes::from_static(b"garbage"),
+    )
+    .await;
     assert_hit(answer.cache_status());
 }
 
@@ -263,26 +218,16 @@ async fn a_tag_purged_by_a_clock_far_ahead_does_not_end_caching_of_its_pages<B>(
 where
     B: Backend + Clone,
 {
-    let origin = Origin::new(&[("surrogate-key", "sports")]);
-    let cache = layer(backend.clone());
-    let svc = origin.service(&cache);
-    let url = "http://review-kk.test/tag-future";
     let hour_ahead = SystemTime::now() + Duration::from_secs(3600);
     let nanos = hour_ahead.duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    backend
-        .set(
-            &tag_key("sports"),
-            Bytes::from(nanos.to_string()),
-            0,
-            Lifetime::NEVER,
-        )
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        send(&svc, Method::GET, url, &[]).await;
-        Watch::of(&cache).settled().await;
-    }
-    let answer = send(&svc, Method::GET, url, &[]).await;
+    let (answer, _) = asked_past(
+        backend,
+        &[("surrogate-key", "sports")],
+        "http://review-kk.test/tag-future",
+        &tag_key("sports"),
+        Bytes::from(nanos.to_string()),
+    )
+    .await;
     assert_hit(answer.cache_status());
 }
 
@@ -300,42 +245,27 @@ on_every_backend!("review_kk";
 
 /// An origin that reflects the request's `X-Debug` into a second `Cache-Control` line and
 /// into the tag header, beside its own `private` page and tag.
-#[derive(Clone)]
-struct Reflecting;
-
-impl tower::Service<Request<()>> for Reflecting {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        let debug = request.headers().get("x-debug").cloned();
-        let user = request.headers().get("x-user").cloned();
-        let mut response = Response::new(Full::new(Bytes::from(format!(
-            "page of {}",
-            user.as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("nobody")
-        ))));
-        let headers = response.headers_mut();
-        headers.append(
-            "cache-control",
-            HeaderValue::from_static("private, community=\"x\""),
-        );
-        headers.append("surrogate-key", HeaderValue::from_static("account"));
-        if let Some(debug) = debug {
-            headers.append("cache-control", debug.clone());
-            headers.append("surrogate-key", debug);
+fn reflecting() -> Origin {
+    Origin::replying(|request, _| {
+        let text = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let mut headers = vec![
+            ("cache-control", "private, community=\"x\"".to_owned()),
+            ("surrogate-key", "account".to_owned()),
+        ];
+        if let Some(debug) = text("x-debug") {
+            headers.push(("cache-control", debug.to_owned()));
+            headers.push(("surrogate-key", debug.to_owned()));
         }
-        std::future::ready(Ok(response))
-    }
+        Reply::ok(
+            headers,
+            format!("page of {}", text("x-user").unwrap_or("nobody")),
+        )
+    })
 }
 
 /// Held: a client's value reflected into `Cache-Control` cannot make a `private` page
@@ -346,7 +276,7 @@ impl tower::Service<Request<()>> for Reflecting {
 async fn reflected_directives_and_tags_never_share_a_private_page() {
     let backend = MemoryBackend::new();
     let cache = layer(backend.clone()).mode(tower_memcache::CacheMode::Origin);
-    let svc = cache.layer(Reflecting);
+    let svc = cache.layer(reflecting());
     let many: String = (0..40).map(|n| format!("t{n} ")).collect();
     let long = "x".repeat(200);
     for debug in [
@@ -386,7 +316,7 @@ where
     B: Backend + Clone,
 {
     const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
-    let origin = Origin::new(&[]);
+    let origin = Origin::numbered(200, &[]);
     let cache =
         layer(backend.clone()).lease_wait(Duration::from_millis(200), Duration::from_millis(20));
     let svc = origin.service(&cache);

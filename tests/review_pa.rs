@@ -5,53 +5,25 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
-use http_body_util::Full;
+use http::Method;
 use tower::Layer;
 
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, MemoryBackend, TcpBackend};
 
+use support::scripted_service::Origin;
 use support::{Memcached, Watch, send};
 
 /// An origin whose every answer is fresh for ten minutes and names its call.
-#[derive(Clone, Default)]
-struct Origin {
-    calls: Arc<AtomicUsize>,
-}
-
-impl tower::Service<Request<()>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<()>) -> Self::Future {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
-        response
-            .headers_mut()
-            .insert("cache-control", HeaderValue::from_static("max-age=600"));
-        std::future::ready(Ok(response))
-    }
+fn origin() -> Origin {
+    Origin::numbered(200, &[("cache-control", "max-age=600")])
 }
 
 /// Stores `GET path` (Host `example.com`) through `layer`, purges `purge`, and says
 /// whether the next request for the page went to the origin.
 async fn purged<B: Backend>(layer: MemcacheLayer<B>, path: &str, purge: &str) -> bool {
     let watch = Watch::of(&layer);
-    let svc = layer.layer(Origin::default());
+    let svc = layer.layer(origin());
     let host = [("host", "example.com")];
     send(&svc, Method::GET, path, &host).await;
     watch.settled().await;
@@ -97,7 +69,7 @@ where
     // An IPv6 literal keeps its brackets when the port is dropped.
     let v6 = MemcacheLayer::new(make()).namespace("review-pa-scheme-v6");
     let watch = Watch::of(&v6);
-    let svc = v6.layer(Origin::default());
+    let svc = v6.layer(origin());
     let host = [("host", "[::1]")];
     send(&svc, Method::GET, "/v6", &host).await;
     watch.settled().await;
@@ -167,7 +139,7 @@ where
     {
         let layer = MemcacheLayer::new(make()).namespace(format!("review-pa-no-host-{run}"));
         let watch = Watch::of(&layer);
-        let svc = layer.layer(Origin::default());
+        let svc = layer.layer(origin());
         let path = "/news/1?a=1";
         send(&svc, Method::GET, path, &[]).await;
         watch.settled().await;

@@ -4,57 +4,25 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
-use http_body_util::Full;
+use http::Method;
+use support::refused_writes::PlainWritesRefused;
+use support::versioned::{Svc, service};
 use support::{Answer, Watch};
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{Backend, BackendError, Lifetime, MemoryBackend};
-use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
+use tower_memcache::backend::{Backend, MemoryBackend};
+use tower_memcache::cache::{CacheMode, NearCache};
 
 const NEAR_HIT: &str = "tower-memcache; hit; detail=near";
-
-type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
-
-/// The origin: `path vN`, fresh for ten minutes.
-#[derive(Clone, Default)]
-struct Origin {
-    version: Arc<AtomicU64>,
-}
-
-impl Origin {
-    fn respond(&self, request: &Request<()>) -> Response<Full<Bytes>> {
-        let version = self.version.load(Ordering::SeqCst);
-        let body = format!("{} v{version}", request.uri().path());
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        let headers = response.headers_mut();
-        headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
-        response
-    }
-}
 
 fn layer<B: Backend>(backend: B, near: &NearCache) -> MemcacheLayer<B> {
     MemcacheLayer::new(backend)
         .namespace("review-qa")
         .mode(CacheMode::Origin)
         .near_cache(near.clone())
-}
-
-fn service<B: Backend>(layer: &MemcacheLayer<B>, origin: &Origin) -> Svc {
-    let origin = origin.clone();
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |request: Request<()>| {
-            let response = origin.respond(&request);
-            async move { Ok::<_, Infallible>(response) }
-        });
-    tower::util::BoxCloneSyncService::new(svc)
 }
 
 async fn get(svc: &Svc, path: &str) -> Answer {
@@ -70,34 +38,6 @@ async fn warm(svc: &Svc, watch: &Watch, path: &str) {
     assert_eq!(near.header("cache-status"), Some(NEAR_HIT), "warm {path}");
 }
 
-/// MemoryBackend that refuses plain writes with flags 0 (store epochs, generations) while
-/// `fail` is above zero, one per write: `SERVER_ERROR out of memory storing object`, what
-/// memcached run with `-M` answers once full.
-#[derive(Clone)]
-struct PlainWritesRefused {
-    inner: MemoryBackend,
-    fail: Arc<AtomicU64>,
-}
-
-impl Backend for PlainWritesRefused {
-    async fn set(&self, k: &str, v: Bytes, f: u32, l: Lifetime) -> Result<(), BackendError> {
-        let refuse = f == 0
-            && self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if refuse {
-            return Err(BackendError::Server(
-                "SERVER_ERROR out of memory storing object".into(),
-            ));
-        }
-        self.inner.set(k, v, f, l).await
-    }
-    forward_to_inner!(
-        get, get_many, server_of, add, cas, delete, touch, incr, flush_all, stats
-    );
-}
-
 /// An operator purges the public `https://` URL of a page that a layer behind a TLS
 /// terminator keys `http://`. The purge reaches three spellings: the URI as given, the
 /// layer's own scheme, the Host-less one. When the first one's invalidation fails (its
@@ -108,16 +48,17 @@ impl Backend for PlainWritesRefused {
 /// purged page, retry after retry.
 #[tokio::test]
 async fn a_uri_purge_whose_first_spelling_fails_still_reaches_the_layers_own_page() {
-    let origin = Origin::default();
+    // The origin: `path vN`, fresh for ten minutes.
+    let version = Arc::new(AtomicU64::new(0));
     let backend = PlainWritesRefused {
         inner: MemoryBackend::new(),
         fail: Arc::new(AtomicU64::new(0)),
     };
     let near = NearCache::new(16 << 20, Duration::from_secs(600));
     let here = layer(backend.clone(), &near);
-    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let (svc, watch) = (service(&here, &version), Watch::of(&here));
     warm(&svc, &watch, "/page").await;
-    origin.version.store(1, Ordering::SeqCst);
+    version.store(1, Ordering::SeqCst);
     // Every epoch write refused from now on: each retry fails alike.
     backend.fail.store(u64::MAX, Ordering::SeqCst);
     for attempt in 0..3 {
@@ -139,7 +80,7 @@ async fn a_uri_purge_whose_first_spelling_fails_still_reaches_the_layers_own_pag
     let elsewhere = MemcacheLayer::new(backend.inner.clone())
         .namespace("review-qa")
         .mode(CacheMode::Origin);
-    let from_memcached = get(&service(&elsewhere, &origin), "/page").await;
+    let from_memcached = get(&service(&elsewhere, &version), "/page").await;
     assert_eq!(from_memcached.body, "/page v1");
 }
 
@@ -177,18 +118,19 @@ async fn another_process_purge_while_memcached_hangs_holds_for_a_near_tier() {
             ring.server_for_key(&key) == Some(1)
         })
         .expect("a page on the second server");
-    let origin = Origin::default();
+    // The origin: `path vN`, fresh for ten minutes.
+    let version = Arc::new(AtomicU64::new(0));
     let bound = Duration::from_millis(300);
     let near = NearCache::new(16 << 20, bound);
     let here = layer(backend(), &near);
-    let (svc, watch) = (service(&here, &origin), Watch::of(&here));
+    let (svc, watch) = (service(&here, &version), Watch::of(&here));
     let purger_backend = backend();
     let other = MemcacheLayer::new(purger_backend.clone())
         .namespace("review-qa")
         .mode(CacheMode::Origin);
     warm(&svc, &watch, &path).await;
     second.signal(Signal::SIGSTOP);
-    origin.version.store(1, Ordering::SeqCst);
+    version.store(1, Ordering::SeqCst);
     let purged = other
         .purger()
         .purge_uri(&format!("http://site.example{path}"))

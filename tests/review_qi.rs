@@ -122,41 +122,15 @@ async fn the_labs_expiry_purges_are_not_counted_as_memcached_operations() {
 #[cfg(feature = "proxy")]
 #[test]
 fn zero_origin_timeouts_are_refused_at_startup() {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     for flag in ["--upstream-timeout", "--connect-timeout"] {
         for value in ["0", "0s", "0ms"] {
-            let mut child = Command::new(support::proxy::proxy_binary())
-                .args([
-                    "--upstream",
-                    "http://127.0.0.1:9",
-                    "--listen",
-                    "127.0.0.1:0",
-                ])
-                .args(["--threads", "1", flag, value])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start the proxy");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("wait for the proxy") {
-                    break Some(status);
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            let status = status.unwrap_or_else(|| panic!("{flag} {value}: accepted"));
+            let (status, stderr) = support::proxy::exit_of(
+                &mut support::proxy::startup_command(&[flag, value]),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("{flag} {value}: accepted"));
             assert_eq!(status.code(), Some(2), "{flag} {value}: {status}\n{stderr}");
             assert!(
                 stderr.contains(flag) && stderr.contains("more than 0"),

@@ -15,68 +15,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use tower::Layer;
 
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode, MemcacheLayer};
 
+use support::scripted_service::{Origin, Reply};
 use support::{Watch, assert_hit, assert_not_hit, send};
 
-/// The header lines an origin answers a GET with, given its request.
-type Script = dyn Fn(&Request<()>) -> Vec<(&'static str, String)> + Send + Sync;
-
 /// An origin whose every page is personal: the body and an `X-User` field name the
-/// request's `X-User`, and the script adds the rest. Counts calls.
-#[derive(Clone)]
-struct Origin {
-    script: Arc<Script>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Origin {
-    fn new(
-        script: impl Fn(&Request<()>) -> Vec<(&'static str, String)> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            script: Arc::new(script),
-            calls: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-}
-
-impl tower::Service<Request<()>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+/// request's `X-User`, and `script` adds the rest. Counts calls.
+fn personal(
+    script: impl Fn(&Request<()>) -> Vec<(&'static str, String)> + Send + Sync + 'static,
+) -> Origin {
+    Origin::replying(move |request, _| {
         let user = request
             .headers()
             .get("x-user")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("nobody")
             .to_string();
-        let mut response = Response::new(Full::new(Bytes::from(format!("page of {user}"))));
-        let headers = response.headers_mut();
-        headers.insert("x-user", HeaderValue::from_str(&user).unwrap());
-        for (name, value) in (self.script)(&request) {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_str(&value).unwrap(),
-            );
-        }
-        std::future::ready(Ok(response))
-    }
+        let mut headers = vec![("x-user", user.clone())];
+        headers.extend(script(request));
+        Reply::ok(headers, format!("page of {user}"))
+    })
 }
 
 /// An origin-mode layer obeying `CDN-Cache-Control`, as the reverse proxy runs by default.
@@ -119,7 +83,7 @@ async fn a_repeated_targeted_directive_cannot_lift_an_earlier_restriction() {
     ] {
         let backend = MemoryBackend::new();
         let cache = cdn_layer(backend.clone());
-        let origin = Origin::new(move |request| {
+        let origin = personal(move |request| {
             let mut lines = vec![("cdn-cache-control", own.to_string())];
             lines.extend(reflected(request, "cdn-cache-control"));
             lines
@@ -137,11 +101,7 @@ async fn a_repeated_targeted_directive_cannot_lift_an_earlier_restriction() {
         Watch::of(&cache).settled().await;
         let bob = send(&svc, Method::GET, url, &[("x-user", "bob")]).await;
         assert_eq!(bob.body, "page of bob", "{own:?} + {debug:?}: {bob:?}");
-        assert_eq!(
-            origin.calls.load(Ordering::SeqCst),
-            2,
-            "{own:?} + {debug:?}"
-        );
+        assert_eq!(origin.calls(), 2, "{own:?} + {debug:?}");
     }
 }
 
@@ -158,7 +118,7 @@ async fn every_field_list_of_a_repeated_targeted_directive_is_kept_out() {
     ] {
         let backend = MemoryBackend::new();
         let cache = cdn_layer(backend.clone());
-        let origin = Origin::new(move |_| {
+        let origin = personal(move |_| {
             lines
                 .iter()
                 .map(|line| ("cdn-cache-control", line.to_string()))
@@ -185,7 +145,7 @@ async fn a_repeated_targeted_lifetime_counts_by_its_smallest_value() {
     for debug in ["max-age=31536000", "s-maxage=31536000, max-age=31536000"] {
         let backend = MemoryBackend::new();
         let cache = cdn_layer(backend.clone());
-        let origin = Origin::new(|request| {
+        let origin = personal(|request| {
             let mut lines = vec![
                 ("cdn-cache-control", "max-age=1, s-maxage=1".to_string()),
                 ("age", "5".to_string()),
@@ -199,7 +159,7 @@ async fn a_repeated_targeted_lifetime_counts_by_its_smallest_value() {
         Watch::of(&cache).settled().await;
         let again = send(&svc, Method::GET, url, &[]).await;
         assert_not_hit(again.cache_status());
-        assert_eq!(origin.calls.load(Ordering::SeqCst), 2, "{debug:?}");
+        assert_eq!(origin.calls(), 2, "{debug:?}");
     }
 }
 
@@ -216,44 +176,21 @@ async fn a_repeated_targeted_lifetime_counts_by_its_smallest_value() {
 /// reuse a 226; this one does not, so a 226 is never stored, as a 206 is not.
 #[tokio::test]
 async fn a_delta_answering_one_clients_instance_is_not_stored_as_the_feed() {
-    #[derive(Clone)]
-    struct Feed(Arc<AtomicUsize>);
-    impl tower::Service<Request<()>> for Feed {
-        type Response = Response<Full<Bytes>>;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Infallible>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: Request<()>) -> Self::Future {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            let delta = request.headers().contains_key("a-im")
-                && request.headers().contains_key("if-none-match");
-            let mut response = if delta {
-                let mut response = Response::new(Full::new(Bytes::from_static(b"entry 3")));
-                *response.status_mut() = http::StatusCode::from_u16(226).unwrap();
-                response
-                    .headers_mut()
-                    .insert("im", HeaderValue::from_static("feed"));
-                response
-            } else {
-                Response::new(Full::new(Bytes::from_static(b"entry 1, entry 2, entry 3")))
-            };
-            let headers = response.headers_mut();
-            headers.insert("etag", HeaderValue::from_static("\"v3\""));
-            headers.insert("cache-control", HeaderValue::from_static("max-age=600"));
-            std::future::ready(Ok(response))
-        }
-    }
+    let origin = Origin::replying(|request, _| {
+        let delta = request.headers().contains_key("a-im")
+            && request.headers().contains_key("if-none-match");
+        let (status, mut headers, body) = if delta {
+            (226, vec![("im", "feed".to_owned())], "entry 3")
+        } else {
+            (200, vec![], "entry 1, entry 2, entry 3")
+        };
+        headers.push(("etag", "\"v3\"".to_owned()));
+        headers.push(("cache-control", "max-age=600".to_owned()));
+        Reply::with_status(status, headers, body)
+    });
     let backend = MemoryBackend::new();
     let cache = cdn_layer(backend);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = cache.layer(Feed(Arc::clone(&calls)));
+    let svc = cache.layer(origin.clone());
     let url = "http://tenant.test/feed";
     let attacker = send(
         &svc,
@@ -267,7 +204,7 @@ async fn a_delta_answering_one_clients_instance_is_not_stored_as_the_feed() {
     let reader = send(&svc, Method::GET, url, &[]).await;
     assert_eq!(reader.status.as_u16(), 200, "{reader:?}");
     assert_eq!(reader.body, "entry 1, entry 2, entry 3");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(origin.calls(), 2);
 }
 
 /// Attack: a client sends `A-IM` alone to a stale page. The cache revalidates it with its
@@ -278,54 +215,33 @@ async fn a_delta_answering_one_clients_instance_is_not_stored_as_the_feed() {
 /// client's `A-IM`: the answer is a 304 (the stored page, refreshed) or the whole page.
 #[tokio::test]
 async fn a_revalidation_with_the_caches_validators_asks_for_no_delta() {
-    #[derive(Clone)]
-    struct Versions(Arc<AtomicUsize>);
-    impl tower::Service<Request<()>> for Versions {
-        type Response = Response<Full<Bytes>>;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Infallible>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: Request<()>) -> Self::Future {
-            let version = self.0.load(Ordering::SeqCst);
+    let version = Arc::new(AtomicUsize::new(1));
+    let origin = {
+        let version = Arc::clone(&version);
+        Origin::replying(move |request, _| {
+            let version = version.load(Ordering::SeqCst);
             let etag = format!("\"v{version}\"");
             let sent = request
                 .headers()
                 .get("if-none-match")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let mut response = match sent {
-                Some(sent) if sent == etag => {
-                    let mut response = Response::new(Full::new(Bytes::new()));
-                    *response.status_mut() = http::StatusCode::NOT_MODIFIED;
-                    response
-                }
-                Some(_) if request.headers().contains_key("a-im") => {
-                    let mut response =
-                        Response::new(Full::new(Bytes::from(format!("delta to v{version}"))));
-                    *response.status_mut() = http::StatusCode::from_u16(226).unwrap();
-                    response
-                        .headers_mut()
-                        .insert("im", HeaderValue::from_static("feed"));
-                    response
-                }
-                _ => Response::new(Full::new(Bytes::from(format!("whole v{version}")))),
+            let (status, mut headers, body) = match sent {
+                Some(sent) if sent == etag => (304, vec![], String::new()),
+                Some(_) if request.headers().contains_key("a-im") => (
+                    226,
+                    vec![("im", "feed".to_owned())],
+                    format!("delta to v{version}"),
+                ),
+                _ => (200, vec![], format!("whole v{version}")),
             };
-            let headers = response.headers_mut();
-            headers.insert("etag", HeaderValue::from_str(&etag).unwrap());
-            headers.insert("cache-control", HeaderValue::from_static("max-age=0"));
-            std::future::ready(Ok(response))
-        }
-    }
-    let version = Arc::new(AtomicUsize::new(1));
+            headers.push(("etag", etag));
+            headers.push(("cache-control", "max-age=0".to_owned()));
+            Reply::with_status(status, headers, body)
+        })
+    };
     let cache = cdn_layer(MemoryBackend::new());
-    let svc = cache.layer(Versions(Arc::clone(&version)));
+    let svc = cache.layer(origin);
     let url = "http://tenant.test/feed";
     assert_eq!(send(&svc, Method::GET, url, &[]).await.body, "whole v1");
     Watch::of(&cache).settled().await;
@@ -353,7 +269,7 @@ async fn an_unsafe_methods_locations_never_invalidate_another_origin() {
     let locations: Arc<std::sync::Mutex<(String, String)>> = Arc::default();
     let origin = {
         let locations = Arc::clone(&locations);
-        Origin::new(move |request| {
+        personal(move |request| {
             if request.method() == Method::POST {
                 let (location, content_location) = locations.lock().unwrap().clone();
                 vec![

@@ -9,10 +9,16 @@ mod support;
 use support::non_ascii_encoded as encoded;
 
 use support::Watch;
+use support::flood;
+use support::paced_origin::{Pace, Paced};
 use support::path_origin::{self, decode_once, resolve_segments};
+use support::scripted_service::{self, Reply};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::RouteMatch;
@@ -134,31 +140,13 @@ async fn nfkc_dot_leaders_are_dot_segments_in_the_origin_reading() {
 
 /// An origin that counts its calls and answers each after `delay` with a response any
 /// cache may keep for ten minutes, whose body names the call.
-fn counting_origin(
-    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    delay: Duration,
-) -> impl tower::Service<
-    http::Request<()>,
-    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |_request: http::Request<()>| {
-        let calls = calls.clone();
-        async move {
-            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            tokio::time::sleep(delay).await;
-            let response = http::Response::builder()
-                .header("cache-control", "max-age=600")
-                .header("etag", format!("\"v{call}\""))
-                .body(http_body_util::Full::new(bytes::Bytes::from(format!(
-                    "call {call}"
-                ))))
-                .unwrap();
-            Ok::<_, std::convert::Infallible>(response)
-        }
+fn counting_origin(calls: Arc<AtomicUsize>, delay: Duration) -> Paced {
+    Paced::new(calls, Pace::Every(delay), |_, call| {
+        let headers = vec![
+            ("cache-control", "max-age=600".to_owned()),
+            ("etag", format!("\"v{call}\"")),
+        ];
+        Reply::ok(headers, format!("call {call}"))
     })
 }
 
@@ -170,8 +158,6 @@ fn counting_origin(
 /// bypassed. Such a request now leads a flight its response is shared with, not stored.
 #[tokio::test]
 async fn a_flood_of_no_cache_no_store_requests_shares_its_origin_calls() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     support::bounded("no-cache, no-store flood", async {
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = support::layer(MemoryBackend::new());
@@ -182,21 +168,15 @@ async fn a_flood_of_no_cache_no_store_requests_shares_its_origin_calls() {
         support::stores(&watch, 1).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-        let burst: Vec<_> = (0..30)
-            .map(|i| {
-                let service = service.clone();
-                let headers: &[(&str, &str)] = if i % 2 == 0 {
-                    &[("cache-control", "no-cache, no-store")]
-                } else {
-                    &[("cache-control", "max-age=0, no-store")]
-                };
-                tokio::spawn(async move {
-                    support::send(&service, http::Method::GET, url, headers).await
-                })
-            })
-            .collect();
+        let burst = flood::burst(&service, url, 30, |i| {
+            if i % 2 == 0 {
+                &[("cache-control", "no-cache, no-store")]
+            } else {
+                &[("cache-control", "max-age=0, no-store")]
+            }
+        })
+        .await;
         for answer in burst {
-            let answer = answer.await.unwrap();
             assert_eq!(answer.status, http::StatusCode::OK);
             // Validated after it arrived (its `no-cache`): never the stored call 1.
             assert_ne!(answer.body, "call 1");
@@ -222,28 +202,15 @@ async fn a_flood_of_no_cache_no_store_requests_shares_its_origin_calls() {
 /// leads its own, and its response is stored.
 #[tokio::test]
 async fn a_request_that_stores_does_not_wait_for_a_no_store_flight() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     support::bounded("reload beside a no-store flight", async {
         let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = Arc::new(Semaphore::new(0));
         let origin = gated_origin(calls.clone(), gate.clone(), &[]);
         // Longer than `eventually` waits: a reload waiting for the flood's flight fails.
         let layer = support::layer(MemoryBackend::new()).coalesce_timeout(Duration::from_secs(60));
         let watch = Watch::of(&layer);
         let service = layer.layer(origin);
-        let get = |headers: &'static [(&'static str, &'static str)]| {
-            let service = service.clone();
-            tokio::spawn(async move {
-                support::send(
-                    &service,
-                    http::Method::GET,
-                    "http://site.example/r",
-                    headers,
-                )
-                .await
-            })
-        };
+        let get = |headers| flood::spawn_get(&service, "http://site.example/r", headers);
         assert_eq!(get(&[]).await.unwrap().body, "call 1");
         support::stores(&watch, 1).await;
         let flood = get(&[("cache-control", "no-cache, no-store")]);
@@ -268,35 +235,18 @@ async fn a_request_that_stores_does_not_wait_for_a_no_store_flight() {
 /// with a response any cache may keep for ten minutes (with `fields` besides), no
 /// validator (a revalidation gets the whole page), whose body names the call.
 fn gated_origin(
-    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
     fields: &'static [(&'static str, &'static str)],
-) -> impl tower::Service<
-    http::Request<()>,
-    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |_request: http::Request<()>| {
-        let (calls, gate) = (calls.clone(), gate.clone());
-        async move {
-            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            if call > 1 {
-                if let Ok(permit) = gate.acquire().await {
-                    permit.forget();
-                }
-            }
-            let mut response = http::Response::builder().header("cache-control", "max-age=600");
-            for (name, value) in fields {
-                response = response.header(*name, *value);
-            }
-            let body = bytes::Bytes::from(format!("call {call}"));
-            Ok::<_, std::convert::Infallible>(
-                response.body(http_body_util::Full::new(body)).unwrap(),
-            )
-        }
+) -> Paced {
+    let pace = Pace::AfterFirst {
+        gate,
+        then: Duration::ZERO,
+    };
+    Paced::new(calls, pace, move |_, call| {
+        let mut headers = vec![("cache-control", "max-age=600".to_owned())];
+        headers.extend(scripted_service::lines(fields));
+        Reply::ok(headers, format!("call {call}"))
     })
 }
 
@@ -307,11 +257,9 @@ fn gated_origin(
 /// requests that joined before its request went out; the later one gets the page anew.
 #[tokio::test]
 async fn a_no_store_flight_does_not_carry_a_response_past_a_tag_purge() {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
     support::bounded("tag purge during a no-store flight", async {
         let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = Arc::new(Semaphore::new(0));
         let origin = gated_origin(calls.clone(), gate.clone(), &[("surrogate-key", "news")]);
         let layer = support::layer(MemoryBackend::new());
         let service = layer.clone().layer(origin);

@@ -25,6 +25,45 @@ fn personal_origin() -> impl tower::Service<
     path_origin::serving(|_path, user| format!("{user}'s page"))
 }
 
+/// An axum route answering the page of the user whose cookie came with the request:
+/// `{user}'s {what}` (`anonymous` without a cookie).
+#[cfg(feature = "axum")]
+fn cookie_page(what: &'static str) -> axum::routing::MethodRouter {
+    axum::routing::get(move |headers: http::HeaderMap| async move {
+        let user = headers
+            .get("cookie")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("anonymous")
+            .to_owned();
+        format!("{user}'s {what}")
+    })
+}
+
+/// `GET path` through `app`, with `cookie` when given: the body.
+#[cfg(feature = "axum")]
+async fn axum_get<S, B>(app: &S, path: &str, cookie: Option<&str>) -> String
+where
+    S: tower::Service<http::Request<axum::body::Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let mut request = http::Request::get(path);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Web cache deception through a `Pattern` rule that could not see its pattern. A
 /// `no_cache(RouteMatch::Pattern("/users/{id}"))` is matched against axum's
 /// `MatchedPath`, which only a layer inside an axum `Router` sees: on a layer wrapped
@@ -60,41 +99,12 @@ async fn a_no_cache_pattern_holds_where_no_matched_path_is_seen() {
 #[cfg(feature = "axum")]
 #[tokio::test]
 async fn a_no_cache_pattern_holds_on_a_layer_outside_the_router() {
-    use axum::Router;
-    use axum::routing::get as route_get;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
     let layer =
         support::layer(MemoryBackend::new()).no_cache(RouteMatch::Pattern("/users/{id}".into()));
     let watch = support::Watch::of(&layer);
-    let app = Router::new().route(
-        "/users/{id}",
-        route_get(|headers: http::HeaderMap| async move {
-            let user = headers
-                .get("cookie")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("anonymous")
-                .to_owned();
-            format!("{user}'s profile")
-        }),
-    );
+    let app = axum::Router::new().route("/users/{id}", cookie_page("profile"));
     let app = layer.layer(app);
-    let call = |cookie: Option<&'static str>| {
-        let app = app.clone();
-        async move {
-            let mut request = http::Request::get("/users/7");
-            if let Some(cookie) = cookie {
-                request = request.header("cookie", cookie);
-            }
-            let response = app
-                .oneshot(request.body(axum::body::Body::empty()).unwrap())
-                .await
-                .unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            String::from_utf8_lossy(&body).into_owned()
-        }
-    };
+    let call = |cookie| axum_get(&app, "/users/7", cookie);
     assert_eq!(call(Some("alice")).await, "alice's profile");
     watch.settled().await;
     assert_eq!(call(None).await, "anonymous's profile");
@@ -148,41 +158,10 @@ async fn a_no_cache_rule_written_with_a_glob_or_a_parameter_holds() {
 /// it to exit: its exit status and stderr, or `None` when it went on running (killed).
 #[cfg(feature = "proxy")]
 fn proxy_exit(args: &[&str], env: &[(&str, &str)]) -> Option<(Option<i32>, String)> {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    use std::time::Instant;
-
-    let mut child = Command::new(support::proxy::proxy_binary())
-        .args([
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--threads", "1", "--access-log", "off"])
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the proxy");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the proxy") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    status.map(|status| (status.code(), stderr))
+    let mut command = support::proxy::startup_command(&["--access-log", "off"]);
+    command.args(args).envs(env.iter().copied());
+    support::proxy::exit_of(&mut command, Duration::from_secs(5))
+        .map(|(status, stderr)| (status.code(), stderr))
 }
 
 /// An empty `--namespace` (`TOWER_MEMCACHE_PROXY_NAMESPACE=` left unset in a unit file or
@@ -357,38 +336,11 @@ async fn no_cache_wins_over_a_lifetime_rule_for_the_same_path_in_either_order() 
     // A `Pattern` rule, where axum's `MatchedPath` names it (`route_layer`).
     #[cfg(feature = "axum")]
     for (order, layer) in layers(RouteMatch::Pattern("/account".into())) {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-
         let watch = support::Watch::of(&layer);
         let app = axum::Router::new()
-            .route(
-                "/account",
-                axum::routing::get(|headers: http::HeaderMap| async move {
-                    let user = headers
-                        .get("cookie")
-                        .and_then(|value| value.to_str().ok())
-                        .unwrap_or("anonymous")
-                        .to_owned();
-                    format!("{user}'s account")
-                }),
-            )
+            .route("/account", cookie_page("account"))
             .route_layer(layer);
-        let call = |cookie: Option<&'static str>| {
-            let app = app.clone();
-            async move {
-                let mut request = http::Request::get("/account");
-                if let Some(cookie) = cookie {
-                    request = request.header("cookie", cookie);
-                }
-                let response = app
-                    .oneshot(request.body(axum::body::Body::empty()).unwrap())
-                    .await
-                    .unwrap();
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                String::from_utf8_lossy(&body).into_owned()
-            }
-        };
+        let call = |cookie| axum_get(&app, "/account", cookie);
         assert_eq!(call(Some("alice")).await, "alice's account", "{order}");
         watch.settled().await;
         assert_eq!(call(None).await, "anonymous's account", "Pattern, {order}");

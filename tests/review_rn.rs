@@ -7,20 +7,17 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
-use http_body_util::Full;
+use http::Method;
 use tower::Layer;
 
 use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
 use tower_memcache::cache::{CacheMode, FLAG_HTTP_ENTRY};
 use tower_memcache::key::build_key;
 
+use support::scripted_service::Origin;
 use support::{Watch, send};
 
 const NAMESPACE: &str = "review-rn";
@@ -37,51 +34,6 @@ fn now_ms() -> u64 {
             .as_millis(),
     )
     .unwrap_or(u64::MAX)
-}
-
-/// An origin that answers every GET with `headers` and a body naming its call, counting
-/// calls.
-#[derive(Clone)]
-struct Origin {
-    calls: Arc<AtomicUsize>,
-    headers: Arc<Vec<(&'static str, &'static str)>>,
-}
-
-impl Origin {
-    fn new(headers: &[(&'static str, &'static str)]) -> Self {
-        Self {
-            calls: Arc::new(AtomicUsize::new(0)),
-            headers: Arc::new(headers.to_vec()),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl tower::Service<Request<()>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<()>) -> Self::Future {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
-        for (name, value) in self.headers.iter() {
-            response
-                .headers_mut()
-                .append(*name, HeaderValue::from_static(value));
-        }
-        std::future::ready(Ok(response))
-    }
 }
 
 /// Moves the receipt time of the entry under `key` (stored between `from` and `to`, in
@@ -121,10 +73,13 @@ async fn shift_receipt(backend: &MemoryBackend, key: &str, from: u64, to: u64, s
 #[tokio::test]
 async fn an_entry_stored_by_a_clock_far_ahead_is_not_fresh_past_its_lifetime() {
     let backend = MemoryBackend::new();
-    let origin = Origin::new(&[
-        ("cache-control", "max-age=1, stale-if-error=3600"),
-        ("etag", "\"v1\""),
-    ]);
+    let origin = Origin::numbered(
+        200,
+        &[
+            ("cache-control", "max-age=1, stale-if-error=3600"),
+            ("etag", "\"v1\""),
+        ],
+    );
     let cache = support::layer(backend.clone())
         .namespace(NAMESPACE)
         .mode(CacheMode::Origin);
@@ -170,7 +125,7 @@ async fn entries_stored_before_a_key_header_was_added_are_not_served_across_it()
         ),
         ("http://review-rn.test/plain", &[][..]),
     ] {
-        let origin = Origin::new(headers);
+        let origin = Origin::numbered(200, headers);
         // The process before the change: no key header.
         let old = support::layer(backend.clone()).namespace(NAMESPACE);
         let old_svc = old.layer(origin.clone());

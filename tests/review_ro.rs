@@ -10,24 +10,26 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderName, Method};
+use tokio::sync::Semaphore;
 use tower::Layer;
 
+use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::MemoryBackend;
 use tower_memcache::cache::{CDN_CACHE_CONTROL, CacheMode};
 
+use support::paced_origin::{Pace, Paced};
+use support::scripted_service::{Origin, Reply};
 use support::{Watch, send};
 
 const NAMESPACE: &str = "review-ro";
 
 /// A process's layer over `backend`, in origin mode in the shared namespace: each test
 /// configures the writer and the reader apart from there.
-fn process(backend: &MemoryBackend) -> tower_memcache::MemcacheLayer<MemoryBackend> {
+fn process(backend: &MemoryBackend) -> MemcacheLayer<MemoryBackend> {
     support::layer(backend.clone())
         .namespace(NAMESPACE)
         .mode(CacheMode::Origin)
@@ -36,86 +38,9 @@ fn process(backend: &MemoryBackend) -> tower_memcache::MemcacheLayer<MemoryBacke
 /// A response field as an origin sends it.
 type Field = (&'static str, &'static str);
 
-/// What the origin saw and answers: every GET gets `status`, `headers` and a body naming
-/// its call.
-#[derive(Default)]
-struct Script {
-    calls: usize,
-    if_none_match: Vec<Option<String>>,
-}
-
-#[derive(Clone)]
-struct Origin {
-    status: StatusCode,
-    headers: Arc<Vec<Field>>,
-    seen: Arc<Mutex<Script>>,
-}
-
-impl Origin {
-    fn new(status: u16, headers: &[Field]) -> Self {
-        Self {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: Arc::new(headers.to_vec()),
-            seen: Arc::default(),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.seen.lock().unwrap().calls
-    }
-
-    /// The `If-None-Match` of the last request the origin got.
-    fn last_if_none_match(&self) -> Option<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .if_none_match
-            .last()
-            .cloned()
-            .flatten()
-    }
-}
-
-impl tower::Service<Request<()>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        let mut seen = self.seen.lock().unwrap();
-        seen.calls += 1;
-        let call = seen.calls;
-        seen.if_none_match.push(
-            request
-                .headers()
-                .get("if-none-match")
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        );
-        let mut response = Response::new(Full::new(Bytes::from(format!("call {call}"))));
-        *response.status_mut() = self.status;
-        for (name, value) in self.headers.iter() {
-            response
-                .headers_mut()
-                .append(*name, HeaderValue::from_static(value));
-        }
-        std::future::ready(Ok(response))
-    }
-}
-
 /// Stores `url`'s answer through `writer` (its first request: a miss) and waits for the
 /// store to land.
-async fn store_through(
-    writer: &tower_memcache::MemcacheLayer<MemoryBackend>,
-    origin: &Origin,
-    url: &str,
-) {
+async fn store_through(writer: &MemcacheLayer<MemoryBackend>, origin: &Origin, url: &str) {
     let svc = writer.clone().layer(origin.clone());
     let first = send(&svc, Method::GET, url, &[]).await;
     assert_eq!(first.body, "call 1", "{url}: {first:?}");
@@ -136,12 +61,28 @@ async fn stored_apart(
     reader: &[HeaderName],
 ) -> (support::Answer, Origin) {
     let backend = MemoryBackend::new();
-    let origin = Origin::new(200, headers);
+    let origin = Origin::numbered(200, headers);
     let writer = process(&backend).targeted_cache_control(writer.to_vec());
     store_through(&writer, &origin, url).await;
     let reader = process(&backend).targeted_cache_control(reader.to_vec());
     let svc = reader.layer(origin.clone());
     (send(&svc, Method::GET, url, &[]).await, origin)
+}
+
+/// `url`'s page, answered with `status` and `headers`, stored by a process whose layer
+/// `writer` configures from one in the shared namespace: the layer of a process of the
+/// default settings, to read it back, and the origin (which counts its calls).
+async fn stored_by(
+    url: &str,
+    status: u16,
+    headers: &[Field],
+    writer: impl FnOnce(MemcacheLayer<MemoryBackend>) -> MemcacheLayer<MemoryBackend>,
+) -> (MemcacheLayer<MemoryBackend>, Origin) {
+    let backend = MemoryBackend::new();
+    let origin = Origin::numbered(status, headers);
+    let shared = || support::layer(backend.clone()).namespace(NAMESPACE);
+    store_through(&writer(shared()), &origin, url).await;
+    (shared(), origin)
 }
 
 /// Cache-poisoned denial of service across a rolling change: an operator finds that
@@ -151,15 +92,10 @@ async fn stored_apart(
 /// writer's admission. An entry whose status the reader would not store is a miss.
 #[tokio::test]
 async fn a_status_the_reader_does_not_store_is_not_served_from_another_writers_entry() {
-    let backend = MemoryBackend::new();
     let url = "http://review-ro.test/poisoned";
-    let origin = Origin::new(400, &[("cache-control", "max-age=600")]);
-    let old = support::layer(backend.clone())
-        .namespace(NAMESPACE)
-        .statuses([200, 400]);
-    store_through(&old, &origin, url).await;
+    let cached = [("cache-control", "max-age=600")];
     // The process after the change: the default statuses (no 400).
-    let new = support::layer(backend.clone()).namespace(NAMESPACE);
+    let (new, origin) = stored_by(url, 400, &cached, |old| old.statuses([200, 400])).await;
     let svc = new.layer(origin.clone());
     let answer = send(&svc, Method::GET, url, &[]).await;
     assert_ne!(
@@ -257,7 +193,10 @@ async fn a_no_cache_of_the_readers_directives_is_revalidated() {
         2,
         "served without revalidation, against the reader's no-cache: {answer:?}"
     );
-    assert_eq!(origin.last_if_none_match().as_deref(), Some("\"v1\""));
+    assert_eq!(
+        origin.last_request_header("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
 }
 
 /// Two layers of one process configured apart (two services sharing a namespace by
@@ -283,7 +222,7 @@ async fn the_near_tier_answers_a_layer_only_with_what_its_own_settings_admitted(
         ),
     ];
     for (url, status, headers) in cases {
-        let origin = Origin::new(status, headers);
+        let origin = Origin::numbered(status, headers);
         let writer = tower_memcache::MemcacheLayer::new(backend.clone())
             .namespace(NAMESPACE)
             .statuses([200, 400])
@@ -364,14 +303,9 @@ async fn a_cookie_kept_in_the_near_tier_is_replayed_only_where_cookies_are_share
 /// header) was not written under its settings: a miss.
 #[tokio::test]
 async fn a_tag_purge_that_returned_holds_for_entries_stored_without_tags() {
-    let backend = MemoryBackend::new();
     let url = "http://review-ro.test/tagged";
-    let origin = Origin::new(200, &[("surrogate-key", "news")]);
-    let writer = support::layer(backend.clone())
-        .namespace(NAMESPACE)
-        .tag_header(None);
-    store_through(&writer, &origin, url).await;
-    let reader = support::layer(backend.clone()).namespace(NAMESPACE);
+    let tagged = [("surrogate-key", "news")];
+    let (reader, origin) = stored_by(url, 200, &tagged, |writer| writer.tag_header(None)).await;
     let svc = reader.clone().layer(origin.clone());
     reader
         .purger()
@@ -391,14 +325,10 @@ async fn a_tag_purge_that_returned_holds_for_entries_stored_without_tags() {
 /// everyone from that entry. An entry holding the reader's lifetime header is a miss.
 #[tokio::test]
 async fn a_page_the_readers_lifetime_header_keeps_out_is_not_served() {
-    let backend = MemoryBackend::new();
     let url = "http://review-ro.test/lifetime-zero";
-    let origin = Origin::new(200, &[("x-memcache-lifetime", "0")]);
-    let writer = support::layer(backend.clone())
-        .namespace(NAMESPACE)
-        .lifetime_header(None);
-    store_through(&writer, &origin, url).await;
-    let reader = support::layer(backend.clone()).namespace(NAMESPACE);
+    let kept_out = [("x-memcache-lifetime", "0")];
+    let (reader, origin) =
+        stored_by(url, 200, &kept_out, |writer| writer.lifetime_header(None)).await;
     let svc = reader.layer(origin.clone());
     let answer = send(&svc, Method::GET, url, &[]).await;
     assert_ne!(
@@ -406,46 +336,6 @@ async fn a_page_the_readers_lifetime_header_keeps_out_is_not_served() {
         "a page its handler kept out of the cache was served: {answer:?}"
     );
     assert_eq!(origin.calls(), 2);
-}
-
-/// An origin whose first answer waits until the test lets it go.
-#[derive(Clone)]
-struct Gated {
-    calls: Arc<std::sync::atomic::AtomicUsize>,
-    gate: Arc<tokio::sync::Semaphore>,
-}
-
-impl tower::Service<Request<()>> for Gated {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let gate = Arc::clone(&self.gate);
-        let tenant = request
-            .headers()
-            .get("x-tenant")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        Box::pin(async move {
-            if call == 1 {
-                let _ = gate.acquire().await;
-            }
-            Ok(Response::new(Full::new(Bytes::from(format!(
-                "page of {tenant}"
-            )))))
-        })
-    }
 }
 
 /// Two layers cloned from one base layer (so sharing its single flight), one keyed by
@@ -458,10 +348,16 @@ impl tower::Service<Request<()>> for Gated {
 async fn a_request_never_follows_a_flight_of_a_layer_configured_otherwise() {
     let backend = MemoryBackend::new();
     let url = "http://review-ro.test/flight";
-    let origin = Gated {
-        calls: Arc::default(),
-        gate: Arc::new(tokio::sync::Semaphore::new(0)),
-    };
+    // An origin whose first answer waits until the test lets it go.
+    let (calls, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let origin = Paced::new(calls.clone(), Pace::First(gate.clone()), |request, _| {
+        let tenant = request
+            .headers()
+            .get("x-tenant")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        Reply::ok(vec![], format!("page of {tenant}"))
+    });
     let base = tower_memcache::MemcacheLayer::new(backend.clone())
         .namespace(NAMESPACE)
         .lease(None);
@@ -475,7 +371,7 @@ async fn a_request_never_follows_a_flight_of_a_layer_configured_otherwise() {
         async move { send(&plain, Method::GET, url, &[("x-tenant", "alice")]).await }
     });
     support::eventually("alice's request at the origin", || {
-        origin.calls.load(std::sync::atomic::Ordering::SeqCst) == 1
+        calls.load(Ordering::SeqCst) == 1
     })
     .await;
     let bob = tokio::spawn({
@@ -485,11 +381,10 @@ async fn a_request_never_follows_a_flight_of_a_layer_configured_otherwise() {
     // Bob's request either waits for alice's (the defect) or goes to the origin itself.
     let watch = Watch::of(&keyed_layer);
     support::eventually("bob's request waiting or at the origin", || {
-        watch.snapshot().coalesced >= 1
-            || origin.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2
+        watch.snapshot().coalesced >= 1 || calls.load(Ordering::SeqCst) >= 2
     })
     .await;
-    origin.gate.add_permits(1);
+    gate.add_permits(1);
     let alice = support::bounded("alice", alice).await.unwrap();
     let bob = support::bounded("bob", bob).await.unwrap();
     assert_eq!(alice.body, "page of alice");

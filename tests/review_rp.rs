@@ -9,11 +9,37 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use tokio::sync::Semaphore;
 use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
 
 use support::Watch;
+use support::flood::{self, Fields};
+use support::paced_origin::{Pace, Paced};
+use support::scripted_service::{self, Reply};
+
+/// The flood's request: a reload that keeps its answer from being stored.
+const NO_CACHE_NO_STORE: Fields = &[("cache-control", "no-cache, no-store")];
+
+/// Whether `request` holds the validator `"v1"`.
+fn holds_v1(request: &http::Request<()>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::IF_NONE_MATCH)
+        .iter()
+        .any(|value| value.as_bytes().windows(4).any(|w| w == b"\"v1\""))
+}
+
+/// A page's header lines: any cache may keep it for ten minutes, with the validator
+/// `"v1"`, and `fields`.
+fn v1_fields(fields: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("cache-control", "max-age=600".to_owned()),
+        ("etag", "\"v1\"".to_owned()),
+    ];
+    headers.extend(scripted_service::lines(fields));
+    headers
+}
 
 /// An origin that counts its calls and answers each after `delay`: a page any cache may
 /// keep for ten minutes with the validator `"v1"` (and `fields`), or, when it `validates`,
@@ -23,38 +49,13 @@ fn validating_origin(
     delay: Duration,
     fields: &'static [(&'static str, &'static str)],
     validates: bool,
-) -> impl tower::Service<
-    http::Request<()>,
-    Response = http::Response<Full<Bytes>>,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |request: http::Request<()>| {
-        let calls = calls.clone();
-        async move {
-            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::time::sleep(delay).await;
-            let holds = request
-                .headers()
-                .get_all(http::header::IF_NONE_MATCH)
-                .iter()
-                .any(|value| value.as_bytes().windows(4).any(|w| w == b"\"v1\""));
-            let mut response = http::Response::builder()
-                .header("cache-control", "max-age=600")
-                .header("etag", "\"v1\"");
-            for (name, value) in fields {
-                response = response.header(*name, *value);
-            }
-            let response = if validates && holds && call > 1 {
-                response
-                    .status(http::StatusCode::NOT_MODIFIED)
-                    .body(Full::new(Bytes::new()))
-            } else {
-                response.body(Full::new(Bytes::from("page v1")))
-            };
-            Ok::<_, std::convert::Infallible>(response.unwrap())
+) -> Paced {
+    Paced::new(calls, Pace::Every(delay), move |request, call| {
+        let headers = v1_fields(fields);
+        if validates && holds_v1(request) && call > 1 {
+            Reply::with_status(304, headers, Bytes::new())
+        } else {
+            Reply::ok(headers, "page v1")
         }
     })
 }
@@ -87,17 +88,7 @@ async fn a_no_store_flood_shares_a_304_revalidation() {
         support::stores(&watch, 1).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-        let burst: Vec<_> = (0..30)
-            .map(|_| {
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let headers = [("cache-control", "no-cache, no-store")];
-                    support::send(&service, http::Method::GET, url, &headers).await
-                })
-            })
-            .collect();
-        for answer in burst {
-            let answer = answer.await.unwrap();
+        for answer in flood::burst(&service, url, 30, |_| NO_CACHE_NO_STORE).await {
             assert_eq!(answer.status, http::StatusCode::OK);
             assert_eq!(answer.body, "page v1");
         }
@@ -118,45 +109,18 @@ async fn a_no_store_flood_shares_a_304_revalidation() {
 /// round trip later): a page
 /// any cache may keep for ten minutes, tagged `news`, with the validator `"v1"` (a 304 to a
 /// request that holds it), whose body names the call.
-fn gated_validating_origin(
-    calls: Arc<AtomicUsize>,
-    gate: Arc<tokio::sync::Semaphore>,
-) -> impl tower::Service<
-    http::Request<()>,
-    Response = http::Response<Full<Bytes>>,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |request: http::Request<()>| {
-        let (calls, gate) = (calls.clone(), gate.clone());
-        async move {
-            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            if call > 1 {
-                if let Ok(permit) = gate.acquire().await {
-                    permit.forget();
-                }
-                // An origin's round trip, in which requests that retry join a flight.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let holds = request
-                .headers()
-                .get_all(http::header::IF_NONE_MATCH)
-                .iter()
-                .any(|value| value.as_bytes().windows(4).any(|w| w == b"\"v1\""));
-            let response = http::Response::builder()
-                .header("cache-control", "max-age=600")
-                .header("etag", "\"v1\"")
-                .header("surrogate-key", "news");
-            let response = if holds {
-                response
-                    .status(http::StatusCode::NOT_MODIFIED)
-                    .body(Full::new(Bytes::new()))
-            } else {
-                response.body(Full::new(Bytes::from(format!("call {call}"))))
-            };
-            Ok::<_, std::convert::Infallible>(response.unwrap())
+fn gated_validating_origin(calls: Arc<AtomicUsize>, gate: Arc<Semaphore>) -> Paced {
+    // An origin's round trip, in which requests that retry join a flight.
+    let pace = Pace::AfterFirst {
+        gate,
+        then: Duration::from_millis(200),
+    };
+    Paced::new(calls, pace, |request, call| {
+        let headers = v1_fields(&[("surrogate-key", "news")]);
+        if holds_v1(request) {
+            Reply::with_status(304, headers, Bytes::new())
+        } else {
+            Reply::ok(headers, format!("call {call}"))
         }
     })
 }
@@ -170,7 +134,7 @@ fn gated_validating_origin(
 async fn a_no_store_flight_s_304_does_not_carry_a_response_past_a_tag_purge() {
     support::bounded("tag purge during a no-store revalidation", async {
         let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = Arc::new(Semaphore::new(0));
         let layer = support::layer(MemoryBackend::new());
         let service = layer
             .clone()
@@ -207,17 +171,12 @@ async fn a_no_store_flight_s_304_does_not_carry_a_response_past_a_tag_purge() {
 async fn a_credentialed_leader_s_304_lets_its_followers_elect_another() {
     support::bounded("credentialed leader answered 304", async {
         let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = Arc::new(Semaphore::new(0));
         let layer = support::layer(MemoryBackend::new());
         let watch = Watch::of(&layer);
         let service = layer.layer(gated_validating_origin(calls.clone(), gate.clone()));
         let url = "http://site.example/public";
-        let get = |headers: &'static [(&'static str, &'static str)]| {
-            let service = service.clone();
-            tokio::spawn(
-                async move { support::send(&service, http::Method::GET, url, headers).await },
-            )
-        };
+        let get = |headers| flood::spawn_get(&service, url, headers);
         assert_eq!(get(&[]).await.unwrap().body, "call 1");
         support::stores(&watch, 1).await;
 
@@ -312,17 +271,8 @@ async fn tagged_flood<B: tower_memcache::backend::Backend>(backend: impl Fn() ->
             let url = "http://shop.example/tagged";
             support::send(&service, http::Method::GET, url, &[]).await;
             support::stores(&watch, 1).await;
-            let burst: Vec<_> = (0..30)
-                .map(|_| {
-                    let service = service.clone();
-                    tokio::spawn(async move {
-                        let headers = [("cache-control", "no-cache, no-store")];
-                        support::send(&service, http::Method::GET, url, &headers).await
-                    })
-                })
-                .collect();
-            for answer in burst {
-                assert_eq!(answer.await.unwrap().body, "page v1");
+            for answer in flood::burst(&service, url, 30, |_| NO_CACHE_NO_STORE).await {
+                assert_eq!(answer.body, "page v1");
             }
             watch.settled().await;
             let total = calls.load(Ordering::SeqCst);

@@ -176,8 +176,8 @@ impl<B: Backend> Shared<B> {
             }
         };
         // A URL whose latest response was not stored: nobody waits for another request's
-        // response to it, in this process (no flight) or another (its placeholders are
-        // gone alongside; see `Passes`).
+        // response to it, in this process (no flight) or another (such requests go
+        // alongside other processes' placeholders, not wait for them; see `Passes`).
         let going = (!no_store)
             .then(|| self.config.passes.go(&flight))
             .flatten();

@@ -4,14 +4,17 @@
 pub mod conformance;
 pub mod db;
 pub mod fake_memcached;
+pub mod flood;
 pub mod h2_frames;
 pub mod live_stream;
 pub mod no_store_flight;
 pub mod nutcracker;
 pub mod origin;
+pub mod paced_origin;
 pub mod path_origin;
 pub mod personal;
 pub mod proxy;
+pub mod refused_writes;
 pub mod scripted_service;
 pub mod seeds;
 pub mod stand_in;

@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::Backend;
 
+use super::flood::Spawnable;
 use super::{Answer, Watch};
 
 /// Through `service` (over `layer`), for `url` whose origin counts its calls in `calls`
@@ -14,31 +15,15 @@ use super::{Answer, Watch};
 /// stores the page; a `no-cache, no-store` request goes to the origin; the tag is purged;
 /// a `no-store` request asked after the purge returned joins that request's flight; then
 /// the origin answers. Returns the first `no-store` request's answer and the later one's.
-pub async fn tag_purge_during_flight<B, S, RB>(
+pub async fn tag_purge_during_flight<B: Backend, S: Spawnable>(
     layer: &MemcacheLayer<B>,
     service: S,
     url: &'static str,
     calls: &AtomicUsize,
     gate: &Semaphore,
-) -> (Answer, Answer)
-where
-    B: Backend,
-    S: tower::Service<http::Request<()>, Response = http::Response<RB>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug + Send,
-    RB: http_body::Body + Send + 'static,
-    RB::Data: Send,
-    RB::Error: std::fmt::Debug + Send,
-{
+) -> (Answer, Answer) {
     let watch = Watch::of(layer);
-    let get = |headers: &'static [(&'static str, &'static str)]| {
-        let service = service.clone();
-        tokio::spawn(async move { super::send(&service, http::Method::GET, url, headers).await })
-    };
+    let get = |headers| super::flood::spawn_get(&service, url, headers);
     assert_eq!(get(&[]).await.unwrap().body, "call 1");
     super::stores(&watch, 1).await;
     let leading = get(&[("cache-control", "no-cache, no-store")]);

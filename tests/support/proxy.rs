@@ -262,3 +262,55 @@ pub async fn until_cached(proxy: &Proxy, head: &str) -> String {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Waits for `child` to exit, `limit` at most; `None` if it is still running then (it is
+/// killed). A refused flag exits at once; one taken leaves the proxy serving.
+pub fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `command` (stdout to nowhere, stderr read) and waits `limit` at most for it to
+/// exit: its exit status and stderr, or `None` when it went on running (killed).
+pub fn exit_of(
+    command: &mut Command,
+    limit: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the child");
+    let status = exit_within(&mut child, limit);
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    status.map(|status| (status, stderr))
+}
+
+/// The proxy to start with `args` after an upstream nobody answers on, a free port and
+/// one thread: for flags refused (or taken) at startup.
+pub fn startup_command(args: &[&str]) -> Command {
+    let mut command = Command::new(proxy_binary());
+    command
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--threads", "1"])
+        .args(args);
+    command
+}

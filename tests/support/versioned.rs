@@ -49,3 +49,17 @@ pub async fn get(svc: &Svc, url: &str) -> (String, String) {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (String::from_utf8_lossy(&body).into_owned(), status)
 }
+
+/// `layer` in front of an origin that answers each request as `respond` says.
+pub fn serving<B: Backend>(
+    layer: &MemcacheLayer<B>,
+    respond: impl Fn(&Request<()>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+) -> Svc {
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |request: Request<()>| {
+            let response = respond(&request);
+            async move { Ok::<_, Infallible>(response) }
+        });
+    tower::util::BoxCloneSyncService::new(svc)
+}
