@@ -260,7 +260,7 @@ async fn a_cookie_kept_in_the_near_tier_is_replayed_only_where_cookies_are_share
     let backend = MemoryBackend::new();
     let near = NearCache::new(1 << 20, Duration::from_secs(60));
     let url = "http://review-ro.test/near-cookie";
-    let origin = Origin::new(200, &[("set-cookie", "session=alice")]);
+    let origin = Origin::numbered(200, &[("set-cookie", "session=alice")]);
     let sharing = tower_memcache::MemcacheLayer::new(backend.clone())
         .namespace(NAMESPACE)
         .share_set_cookie(true)
