@@ -146,30 +146,23 @@ async fn odd_spellings_of_public_pages_are_still_cached() {
     }
 }
 
-/// An origin that normalises Unicode by compatibility (NFKC) before it routes, as
-/// Python's `unicodedata.normalize("NFKC", ...)` or Java's `Normalizer` in front of a
-/// router does: `/𝐚ccount` (mathematical bold `a`), `/ⓐccount` (circled) and `/ᵃccount`
-/// (modifier) are its `/account`, and `/café` written with a combining accent is the
-/// `/café` written with `é`. Read with Unicode's own tables, apart from the crate's
-/// reading; `/account` and `/café` are the user's own pages.
-fn nfkc_origin() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
-    path_origin::serving(|path, user| {
-        use unicode_normalization::UnicodeNormalization;
-        let decoded: String = String::from_utf8_lossy(&decode_once(path.as_bytes()))
-            .nfkc()
-            .collect();
-        let path = path_origin::resolve_segments(&decoded.to_lowercase());
-        if path == "/account" || path.starts_with("/account/") || path == "/caf\u{e9}" {
-            format!("{user}'s account")
-        } else {
-            format!("public page {path}")
-        }
-    })
+/// The page an origin that normalises Unicode by compatibility (NFKC) before it routes
+/// answers, as Python's `unicodedata.normalize("NFKC", ...)` or Java's `Normalizer` in
+/// front of a router does: `/𝐚ccount` (mathematical bold `a`), `/ⓐccount` (circled) and
+/// `/ᵃccount` (modifier) are its `/account`, and `/café` written with a combining
+/// accent is the `/café` written with `é`. Read with Unicode's own tables, apart from the
+/// crate's reading; `/account` and `/café` are the user's own pages.
+fn nfkc_page(path: &str, user: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let decoded: String = String::from_utf8_lossy(&decode_once(path.as_bytes()))
+        .nfkc()
+        .collect();
+    let path = path_origin::resolve_segments(&decoded.to_lowercase());
+    if path == "/account" || path.starts_with("/account/") || path == "/caf\u{e9}" {
+        format!("{user}'s account")
+    } else {
+        format!("public page {path}")
+    }
 }
 
 /// Web cache deception through NFKC: the origin reading took the fullwidth forms and
@@ -198,7 +191,7 @@ async fn no_cache_holds_for_every_nfkc_spelling_of_its_path() {
             .no_cache(RouteMatch::Prefix("/account".into()))
             .no_cache(RouteMatch::Exact(support::non_ascii_encoded(cafe_rule)));
         let watch = support::Watch::of(&layer);
-        let app = layer.layer(nfkc_origin());
+        let app = layer.layer(path_origin::serving(nfkc_page));
         let spellings: Vec<String> = ascii
             .iter()
             .chain(&cafe_spellings)
