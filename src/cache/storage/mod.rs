@@ -271,9 +271,11 @@ impl<B: Backend> Storage<B> {
         // number in every layer of the process, and in every process of one build (the
         // number is stored with each entry). Another build may hash otherwise: its
         // entries are then judged again, which is slower, never wrong. The crate's
-        // version is in it, as a later one may judge alike settings otherwise.
+        // version is in it, as a later one may judge alike settings otherwise, and the
+        // revision of the admission rules ([`ADMISSION_RULES`]), for builds between versions.
         let mut hasher = std::hash::DefaultHasher::new();
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        ADMISSION_RULES.hash(&mut hasher);
         self.policy.hash_reading(&mut hasher);
         self.key_headers.hash(&mut hasher);
         for name in self.own_fields.iter() {
@@ -628,6 +630,13 @@ impl<B> Storage<B> {
         Some(entry)
     }
 }
+
+/// The revision of the rules entries are admitted and judged by (`Policy::storable`,
+/// `Policy::judge_stored`, `Admission`), in the settings number: bump it with any change
+/// to what they let in. Two builds of one crate version whose rules differ (a fix deployed
+/// without a version bump) then judge each other's entries again, rather than each
+/// taking the other's admission for its own (review RQ's note).
+const ADMISSION_RULES: u32 = 2;
 
 /// Marks a tag generation created on first use, not by a purge.
 const CREATED: char = 'c';
