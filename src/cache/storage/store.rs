@@ -73,13 +73,18 @@ impl<B: Backend> Storage<B> {
     ) -> (StoreOutcome, Option<SystemTime>) {
         let tagged = !tags.is_empty() || !meta.tags.is_empty();
         let checked = SystemTime::now();
-        let (outcome, tags_checked) = self.store_checked(to, meta, body, tags, ttl).await;
+        let mut under_anothers_index = false;
+        let (outcome, tags_checked) = self
+            .store_checked(to, meta, body, tags, ttl, &mut under_anothers_index)
+            .await;
         // Over an entry or an index (what a near tier may hold), and maybe written even
         // when it failed (half way, or its reply lost): near tiers must read it again.
-        // A variant over a placeholder may have gone under an index another fill put there
-        // (`index_for`), beside variants a near tier may hold.
-        let under_index = matches!(to.slot, Slot::Placeholder { .. }) && !meta.vary.is_empty();
-        let replaced = (matches!(to.slot, Slot::Value { .. }) || under_index)
+        // So for a variant over a placeholder that went under an index another fill put
+        // there (`index_for`), beside variants a near tier may hold; not for one that put
+        // its own index there, the first fill of a varying URL, which no tier can hold
+        // (an epoch written then would send every entry of its stripe a tier keeps back
+        // to a full read).
+        let replaced = (matches!(to.slot, Slot::Value { .. }) || under_anothers_index)
             && matches!(outcome, StoreOutcome::Stored | StoreOutcome::Failed);
         if replaced {
             let bumped = self.bump_epoch(&to.key).await.is_some();
@@ -157,6 +162,7 @@ impl<B: Backend> Storage<B> {
         body: &[u8],
         tags: &[String],
         ttl: Duration,
+        under_anothers_index: &mut bool,
     ) -> (StoreOutcome, bool) {
         let failed = (StoreOutcome::Failed, false);
         let Some(generation) = to.generation else {
@@ -334,7 +340,14 @@ impl<B: Backend> Storage<B> {
         }
         let names: Vec<String> = meta.vary.iter().map(|(name, _)| name.clone()).collect();
         let index = match self
-            .index_for(to, &meta.canonical_key, names, primary, primary_cas)
+            .index_for(
+                to,
+                &meta.canonical_key,
+                names,
+                primary,
+                primary_cas,
+                under_anothers_index,
+            )
             .await
         {
             Ok(index) => index,
@@ -364,6 +377,8 @@ impl<B: Backend> Storage<B> {
     /// rather than being refused (review RV: the second of two first fills of a URL's
     /// variants was lost). An index changed between the read and the compare-and-swap (a
     /// sibling variant's name set added) is read again and merged, a few rounds at most.
+    /// `under_anothers_index` is set once the variant may go under an index this call did
+    /// not write over its request's own placeholder (or entry).
     async fn index_for(
         &self,
         to: &Target,
@@ -371,9 +386,10 @@ impl<B: Backend> Storage<B> {
         names: Vec<String>,
         mut primary: Option<Item>,
         mut cas: u64,
+        under_anothers_index: &mut bool,
     ) -> Result<VariantIndex, StoreOutcome> {
         let route = to.key.as_str();
-        for _ in 0..INDEX_ROUNDS {
+        for round in 0..INDEX_ROUNDS {
             // An index of another URL (an md5 collision, another writer's bytes) is no
             // index of this one: every lookup of the URL refuses it, and a variant stored
             // under it would never be found. Replaced, as a plain entry would be.
@@ -382,6 +398,7 @@ impl<B: Backend> Storage<B> {
                 .filter(|item| item.flags == FLAG_VARIANT_INDEX)
                 .and_then(|item| decode_index(&item.value).ok())
                 .filter(|index| index.canonical_key == canonical);
+            *under_anothers_index |= round > 0 || existing.is_some();
             let mut index = match existing {
                 Some(index) if index.name_sets.first() == Some(&names) => return Ok(index),
                 Some(index) => index,
