@@ -265,6 +265,10 @@ async fn client_address_fields_of_other_names_never_reach_the_origin() {
         "Forwarded-For",
         "CF-Connecting-IP",
         "Fastly-Client-IP",
+        "X-Originating-IP",
+        "X-Remote-IP",
+        "X-Remote-Addr",
+        "X-ProxyUser-Ip",
     ];
     let mut head = String::from("GET /where HTTP/1.1\r\nHost: example.com\r\n");
     for name in sent {

@@ -39,7 +39,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// asked for. ClientRequest' copies never reach the origin (see the crate docs), in any
 /// spelling a CGI-style gateway reads as theirs ([`cgi_spelling_of`]): the first four
 /// are replaced by the proxy's own values, the rest dropped.
-const FORWARDING: [HeaderName; 31] = [
+const FORWARDING: [HeaderName; 35] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -75,6 +75,12 @@ const FORWARDING: [HeaderName; 31] = [
     HeaderName::from_static("forwarded-for"),
     HeaderName::from_static("cf-connecting-ip"),
     HeaderName::from_static("fastly-client-ip"),
+    // And the ones hand-written "client IP" code and WAF allow-lists read (Exchange's
+    // `X-Originating-IP` among them): read as the client's address, sent by the client.
+    HeaderName::from_static("x-originating-ip"),
+    HeaderName::from_static("x-remote-ip"),
+    HeaderName::from_static("x-remote-addr"),
+    HeaderName::from_static("x-proxyuser-ip"),
     // No HTTP field: to a CGI-style origin it is `HTTP_PROXY`, which its HTTP clients
     // have taken for their own proxy ("httpoxy"), fetching a page's parts through the
     // client's server.
