@@ -348,6 +348,9 @@ impl HostIdentity {
                 v4 => v4,
             });
         }
+        if let Some(v4) = inet_aton(host) {
+            return Self::Address(IpAddr::V4(v4));
+        }
         let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
         if name == "localhost" {
             Self::Localhost
@@ -355,6 +358,50 @@ impl HostIdentity {
             Self::Name(name)
         }
     }
+}
+
+/// An IPv4 address in the forms the C library's resolver takes besides the dotted quad
+/// (`inet_aton(3)`, which `getaddrinfo` uses for numeric hosts): fewer parts, the last
+/// filling the bytes left (`127.1`), and octal (`0177`) or hex (`0x7f`) parts. Connected
+/// through the resolver, `127.1` is `127.0.0.1`: two servers of the ring, one machine
+/// (review RT's note). By hand: `std` parses only the dotted quad, and this is ten lines.
+fn inet_aton(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
+        values.push(u32::from_str_radix(digits, radix).ok()?);
+    }
+    let (last, leading) = values.split_last()?;
+    // Each leading part is one byte; the last fills the bytes left.
+    let last_bits = 32 - 8 * leading.len() as u32;
+    if leading.iter().any(|&byte| byte > 0xff)
+        || (last_bits < 32 && u64::from(*last) >= 1u64 << last_bits)
+    {
+        return None;
+    }
+    let address = leading
+        .iter()
+        .fold(0u32, |address, &byte| (address << 8) | byte);
+    let address = if leading.is_empty() {
+        *last
+    } else {
+        (address << last_bits) | *last
+    };
+    Some(Ipv4Addr::from(address))
 }
 
 /// Whether two hosts (as [`parse_address`] returns them) name one machine's address:
@@ -406,6 +453,49 @@ mod tests {
         ] {
             assert!(parse_address(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_resolvers_other_ipv4_spellings_are_one_address() {
+        let local = Some(Ipv4Addr::LOCALHOST);
+        for spelling in [
+            "127.1",
+            "127.0.1",
+            "0x7f.0.0.1",
+            "0X7F.1",
+            "0177.0.0.01",
+            "2130706433",
+            "0x7f000001",
+        ] {
+            assert_eq!(inet_aton(spelling), local, "{spelling}");
+            assert!(same_host(spelling, "127.0.0.1"), "{spelling}");
+            assert!(same_host(spelling, "localhost"), "{spelling}");
+        }
+        assert_eq!(
+            inet_aton("10.1.65535"),
+            Some(Ipv4Addr::new(10, 1, 255, 255))
+        );
+        for not_one in [
+            "",
+            "1.2.3.4.5",
+            "256.1",
+            "1.2.65536",
+            "08.1",
+            "0x",
+            "1..2",
+            "cache-1",
+            "1e3",
+            "4294967296",
+            "1.2.3.",
+            "-1",
+        ] {
+            assert_eq!(inet_aton(not_one), None, "{not_one}");
+        }
+        assert!(!same_host("127.2", "127.0.0.1"));
+        assert!(matches!(
+            TcpBackend::new(["127.0.0.1:11211", "127.1:11211"]),
+            Err(ConfigError::SameServer(..))
+        ));
     }
 
     #[test]
