@@ -24,6 +24,12 @@ pub(crate) const REMEMBERED_FOR: Duration = Duration::from_secs(60);
 /// before).
 pub(crate) const MAX_REMEMBERED: usize = 4096;
 
+/// With the map full, room is looked for at most this often. A look is a pass over all
+/// [`MAX_REMEMBERED`] URLs under the lock: made on every refused response, a client
+/// keeping the map full of live URLs (each of its private pages asked for once a minute)
+/// made every other URL's refused response pay for one.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(4);
+
 /// At most this many requests for one remembered URL go side by side; more wait for each
 /// other as for any URL. A client can get a URL remembered (a request the origin answers
 /// `private`, its cookie say), and its next response may well be stored: the requests
@@ -33,7 +39,19 @@ pub(crate) const MAX_SIDE_BY_SIDE: usize = 8;
 /// The URLs (flight keys) whose requests go without waiting for each other.
 #[derive(Clone, Default)]
 pub(crate) struct Passes {
-    remembered: Arc<Mutex<HashMap<String, Remembered>>>,
+    remembered: Arc<Mutex<Urls>>,
+}
+
+#[derive(Default)]
+struct Urls {
+    by_key: HashMap<String, Remembered>,
+    /// With the map full, no look for room before then: none of the URLs found live at
+    /// the last look lapses sooner, and looks are [`SWEEP_INTERVAL`] apart at least.
+    /// (Room made meanwhile by `forget` and the last places of lapsed URLs needs no look.)
+    next_sweep: Option<Instant>,
+    /// Looks for room made, for the tests.
+    #[cfg(test)]
+    sweeps: usize,
 }
 
 struct Remembered {
@@ -57,18 +75,18 @@ pub(crate) struct Going {
 impl Drop for Going {
     fn drop(&mut self) {
         let mut remembered = self.passes.lock();
-        if let Some(url) = remembered.get_mut(&self.key) {
+        if let Some(url) = remembered.by_key.get_mut(&self.key) {
             url.going = url.going.saturating_sub(1);
             // The last place of a URL no longer remembered: nothing left to count.
             if url.going == 0 && url.until <= Instant::now() {
-                remembered.remove(&self.key);
+                remembered.by_key.remove(&self.key);
             }
         }
     }
 }
 
 impl Passes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Urls> {
         self.remembered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -76,11 +94,11 @@ impl Passes {
     /// remembered and fewer than [`MAX_SIDE_BY_SIDE`] are going.
     pub(crate) fn go(&self, key: &str) -> Option<Going> {
         let mut remembered = self.lock();
-        let url = remembered.get_mut(key)?;
+        let url = remembered.by_key.get_mut(key)?;
         if url.until <= Instant::now() {
             // Kept while its places are out (see `Remembered::going`).
             if url.going == 0 {
-                remembered.remove(key);
+                remembered.by_key.remove(key);
             }
             return None;
         }
@@ -101,30 +119,51 @@ impl Passes {
             return;
         };
         let mut remembered = self.lock();
-        if let Some(url) = remembered.get_mut(key) {
+        if let Some(url) = remembered.by_key.get_mut(key) {
             url.until = until;
             return;
         }
-        if remembered.len() >= MAX_REMEMBERED {
-            remembered.retain(|_, url| now < url.until || url.going > 0);
-            if remembered.len() >= MAX_REMEMBERED {
+        if remembered.by_key.len() >= MAX_REMEMBERED {
+            if remembered.next_sweep.is_some_and(|next| now < next) {
+                return;
+            }
+            let mut earliest: Option<Instant> = None;
+            remembered.by_key.retain(|_, url| {
+                let live = now < url.until;
+                if live {
+                    earliest = Some(earliest.map_or(url.until, |e| e.min(url.until)));
+                }
+                live || url.going > 0
+            });
+            #[cfg(test)]
+            {
+                remembered.sweeps += 1;
+            }
+            let soonest = now.checked_add(SWEEP_INTERVAL);
+            remembered.next_sweep = match (earliest, soonest) {
+                (Some(earliest), Some(soonest)) => Some(earliest.max(soonest)),
+                (earliest, soonest) => earliest.or(soonest),
+            };
+            if remembered.by_key.len() >= MAX_REMEMBERED {
                 return;
             }
         }
-        remembered.insert(key.to_owned(), Remembered { until, going: 0 });
+        remembered
+            .by_key
+            .insert(key.to_owned(), Remembered { until, going: 0 });
     }
 
     /// Forgets the key `key()` gives (its response was stored): its requests wait for
     /// each other again. `key` is only called when some URL is remembered.
     pub(crate) fn forget(&self, key: impl FnOnce() -> String) {
         let mut remembered = self.lock();
-        if remembered.is_empty() {
+        if remembered.by_key.is_empty() {
             return;
         }
         let key = key();
-        if let Some(url) = remembered.get_mut(&key) {
+        if let Some(url) = remembered.by_key.get_mut(&key) {
             if url.going == 0 {
-                remembered.remove(&key);
+                remembered.by_key.remove(&key);
             } else {
                 // Its places still out keep counting (see `Remembered::going`).
                 url.until = Instant::now();
@@ -196,7 +235,10 @@ mod tests {
         );
         passes.forget(|| "a".to_owned());
         drop(again);
-        assert!(passes.lock().is_empty(), "forgotten once the last is back");
+        assert!(
+            passes.lock().by_key.is_empty(),
+            "forgotten once the last is back"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -214,6 +256,40 @@ mod tests {
             passes.go("one more").is_some(),
             "room made by those forgotten"
         );
-        assert_eq!(passes.lock().len(), 1);
+        assert_eq!(passes.lock().by_key.len(), 1);
+    }
+
+    /// With the map kept full of live URLs, a refused response of another URL passed
+    /// over all 4096 of them under the lock, every time.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_map_is_not_swept_on_every_refused_response() {
+        let passes = Passes::default();
+        for i in 0..MAX_REMEMBERED {
+            passes.remember(&i.to_string());
+        }
+        for i in 0..1000 {
+            passes.remember(&format!("new {i}"));
+        }
+        assert_eq!(passes.lock().sweeps, 1, "one look, nothing lapsed");
+        tokio::time::advance(SWEEP_INTERVAL).await;
+        passes.remember("new again");
+        assert_eq!(passes.lock().sweeps, 1, "none lapses before a minute");
+        // Half of them renewed, the others lapse: room at the next look, not before.
+        for i in 0..MAX_REMEMBERED / 2 {
+            passes.remember(&i.to_string());
+        }
+        tokio::time::advance(REMEMBERED_FOR - SWEEP_INTERVAL).await;
+        passes.remember("after a minute");
+        assert_eq!(passes.lock().sweeps, 2);
+        assert!(passes.go("after a minute").is_some(), "room made");
+        assert_eq!(passes.lock().by_key.len(), MAX_REMEMBERED / 2 + 1);
+        // Room made by a forgotten URL needs no look.
+        for i in 0..MAX_REMEMBERED / 2 - 1 {
+            passes.remember(&format!("more {i}"));
+        }
+        passes.forget(|| "0".to_owned());
+        passes.remember("in its place");
+        assert!(passes.go("in its place").is_some());
+        assert_eq!(passes.lock().sweeps, 2);
     }
 }
