@@ -74,7 +74,10 @@ fn framework_answer(headers: &HeaderMap) -> Response<Full<Bytes>> {
     let prefix = field("script_name")
         .or_else(|| field("x-script-name"))
         .unwrap_or_default();
-    let host = field("host").unwrap_or_default();
+    // As Rails and Express read it (the proxy sets its own, the key's authority).
+    let host = field("x-forwarded-host")
+        .or_else(|| field("host"))
+        .unwrap_or_default();
     let body = format!("<a href=\"{scheme}://{host}{prefix}/next\">next</a>");
     public(Response::builder())
         .body(Full::new(Bytes::from(body)))
@@ -182,6 +185,48 @@ async fn their_underscore_spellings_are_dropped_when_underscores_pass() {
             assert!(
                 !headers.contains_key(name.to_ascii_lowercase().as_str()),
                 "{name} reached the origin"
+            );
+        }
+    }
+}
+
+/// The spellings of Kettle's and the CPDoS papers' requests that smuggle a forwarding
+/// field past a filter that matches names: another case, a duplicate line, white space
+/// before the colon or at the value's ends, an obs-folded continuation line that reads as
+/// a field of its own to a lenient origin. Each is refused (400, never stored) or reaches
+/// the origin without the client's value; the page stored is the URL's.
+#[tokio::test]
+async fn odd_spellings_of_a_forwarding_field_never_reach_the_origin() {
+    let (origin, seen) = framework_origin().await;
+    let proxy = start_proxy(origin, &[]);
+    let spellings = [
+        "X-FORWARDED-HOST: evil.example\r\n",
+        "x-forwarded-host: example.com\r\nX-Forwarded-Host: evil.example\r\n",
+        "X-Forwarded-Host:\tevil.example \t\r\n",
+        "X-Forwarded-Host : evil.example\r\n",
+        "X-Forwarded-Host\t: evil.example\r\n",
+        "Accept: */*\r\n X-Forwarded-Host: evil.example\r\n",
+        "Accept: */*\r\n\tX-Scheme: https\r\n",
+        "Forwarded: for=1.2.3.4;host=evil.example;proto=https\r\n",
+        "Forwarded: for=1.2.3.4\r\nFORWARDED: host=evil.example\r\n",
+    ];
+    for (n, spelling) in spellings.iter().enumerate() {
+        let page = format!("GET /odd{n} HTTP/1.1\r\nHost: example.com\r\n");
+        let (status, body) = raw(&proxy, &format!("{page}{spelling}")).await;
+        match status {
+            400 => {}
+            200 => assert_eq!(body, CLEAN, "{spelling:?}"),
+            other => panic!("{spelling:?}: {other}"),
+        }
+        let (status, body) = raw(&proxy, &page).await;
+        assert_eq!((status, body.as_str()), (200, CLEAN), "{spelling:?}");
+    }
+    for headers in seen.lock().unwrap().iter() {
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(
+                !value.contains("evil") && !value.contains("1.2.3.4"),
+                "{name}: {value} reached the origin"
             );
         }
     }
