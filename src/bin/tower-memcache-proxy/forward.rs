@@ -40,7 +40,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// origin (see the crate docs), in any spelling a CGI-style gateway reads as theirs
 /// ([`cgi_spelling_of`]): the first four are replaced by the proxy's own values, the
 /// rest dropped.
-const FORWARDING: [HeaderName; 44] = [
+const FORWARDING: [HeaderName; 42] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -105,11 +105,6 @@ const FORWARDING: [HeaderName; 44] = [
     HeaderName::from_static("x-sendfile-type"),
     HeaderName::from_static("x-accel-mapping"),
     HeaderName::from_static("surrogate-capability"),
-    // Next.js's own markers, which no client sends: a subrequest runs no middleware
-    // (CVE-2025-29927: its redirects, rewrites and headers skipped), and a route match
-    // made an uncacheable page cacheable (CVE-2024-46982).
-    HeaderName::from_static("x-middleware-subrequest"),
-    HeaderName::from_static("x-now-route-matches"),
 ];
 
 /// Headers that make some frameworks run another method's handler; dropped from GET and

@@ -85,10 +85,9 @@
 //!   `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy"), the mount point and scheme
 //!   under other servers' names (`Script-Name`, whose `SCRIPT_NAME` spelling gunicorn
 //!   reads, `X-Script-Name`, Tornado's `X-Scheme`, gunicorn's `X-Forwarded-Protocol`),
-//!   what an origin leaves to the proxy in front, which this one does not do
+//!   and what an origin leaves to the proxy in front, which this one does not do
 //!   (Rack::Sendfile's `X-Sendfile-Type` and `X-Accel-Mapping`, ESI's
-//!   `Surrogate-Capability`), and Next.js's own `x-middleware-subrequest` and
-//!   `x-now-route-matches`.
+//!   `Surrogate-Capability`).
 //! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
 //!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
