@@ -35,11 +35,12 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Request headers that tell an origin where a request came from or what it "really"
-/// asked for. ClientRequest' copies never reach the origin (see the crate docs), in any
-/// spelling a CGI-style gateway reads as theirs ([`cgi_spelling_of`]): the first four
-/// are replaced by the proxy's own values, the rest dropped.
-const FORWARDING: [HeaderName; 35] = [
+/// Request headers that tell an origin where a request came from, what it "really"
+/// asked for, or what the proxy in front does for it. Clients' copies never reach the
+/// origin (see the crate docs), in any spelling a CGI-style gateway reads as theirs
+/// ([`cgi_spelling_of`]): the first four are replaced by the proxy's own values, the
+/// rest dropped.
+const FORWARDING: [HeaderName; 42] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -85,6 +86,25 @@ const FORWARDING: [HeaderName; 35] = [
     // have taken for their own proxy ("httpoxy"), fetching a page's parts through the
     // client's server.
     HeaderName::from_static("proxy"),
+    // Where the application is mounted and which scheme the client used, by other
+    // servers' names: gunicorn takes a `SCRIPT_NAME` field (this name's `_` spelling,
+    // passed with `--underscores-in-headers`) as the mount point every link and route
+    // follows, and `X-Forwarded-Protocol: ssl` as `https`; Tornado reads `X-Scheme` before
+    // `X-Forwarded-Proto`; WSGI's "reverse proxied" recipe reads `X-Script-Name`. A
+    // client's copy had the page's links stored pointing elsewhere (review RY).
+    HeaderName::from_static("script-name"),
+    HeaderName::from_static("x-script-name"),
+    HeaderName::from_static("x-scheme"),
+    HeaderName::from_static("x-forwarded-protocol"),
+    // Work the origin leaves to the proxy in front on the proxy's word, which this proxy
+    // does not do: send a file itself (Rack::Sendfile, in Rails' default stack, takes
+    // `X-Sendfile-Type` and `X-Accel-Mapping` from the request when the application set
+    // none: CVE-2025-61780) and expand edge side includes (`Surrogate-Capability`, as
+    // Symfony reads it). A client's copy had an empty body (and the file's path), or the
+    // page's raw `<esi:include>` tags, stored for everyone.
+    HeaderName::from_static("x-sendfile-type"),
+    HeaderName::from_static("x-accel-mapping"),
+    HeaderName::from_static("surrogate-capability"),
 ];
 
 /// Headers that make some frameworks run another method's handler; dropped from GET and

@@ -81,8 +81,13 @@
 //!   `X-Forwarded-Path`, `X-Original-URI`, `X-HTTP-Host-Override`, `X-Original-For`,
 //!   `X-Original-Proto`, `Client-IP`, `X-Cluster-Client-IP`, `X-Forwarded`,
 //!   `Forwarded-For`, `CF-Connecting-IP`, `Fastly-Client-IP` (what PHP's common "real
-//!   client IP" helpers read before or beside `X-Forwarded-For`, and the CDNs' own), and
-//!   `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy").
+//!   client IP" helpers read before or beside `X-Forwarded-For`, and the CDNs' own),
+//!   `Proxy` (`HTTP_PROXY` to a CGI-style origin: "httpoxy"), the mount point and scheme
+//!   under other servers' names (`Script-Name`, whose `SCRIPT_NAME` spelling gunicorn
+//!   reads, `X-Script-Name`, Tornado's `X-Scheme`, gunicorn's `X-Forwarded-Protocol`),
+//!   and what an origin leaves to the proxy in front, which this one does not do
+//!   (Rack::Sendfile's `X-Sendfile-Type` and `X-Accel-Mapping`, ESI's
+//!   `Surrogate-Capability`).
 //! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
 //!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
