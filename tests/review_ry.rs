@@ -218,3 +218,58 @@ async fn odd_spellings_of_a_forwarding_field_never_reach_the_origin() {
         }
     }
 }
+
+/// The fields a TLS terminator in front passes a client certificate (or its verdict) in,
+/// as origins read them: ASP.NET Core's certificate forwarding (`X-Client-Cert`, Azure's
+/// `X-ARR-ClientCert`), Envoy's `X-Forwarded-Client-Cert`, Traefik's
+/// `X-Forwarded-Tls-Client-Cert`, the nginx recipes' `X-SSL-Client-Cert`,
+/// `X-SSL-Client-Verify` and `X-SSL-Client-S-DN`, Tomcat's SSLValve's `ssl_client_cert`.
+/// This proxy speaks no TLS: a client's copy can only be forged. An origin signing the
+/// client in by it answered a page of that user's, with no credential the cache knows
+/// of (no `Authorization`, no cookie), and the route's lifetime stored it for everyone.
+#[tokio::test]
+async fn client_certificate_fields_never_reach_the_origin() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    const FIELDS: [&str; 8] = [
+        "x-client-cert",
+        "x-arr-clientcert",
+        "x-forwarded-client-cert",
+        "x-forwarded-tls-client-cert",
+        "x-ssl-client-cert",
+        "x-ssl-client-verify",
+        "x-ssl-client-s-dn",
+        "ssl-client-cert",
+    ];
+    support::origin::serve_http1(listener, |request: Request<Incoming>| async move {
+        let user = FIELDS
+            .iter()
+            .find_map(|name| request.headers().get(*name))
+            .map_or("anonymous".to_owned(), |value| {
+                format!("account of {}", value.to_str().unwrap_or("?"))
+            });
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(user))))
+    });
+    let proxy = start_proxy(
+        origin,
+        &[
+            "--underscores-in-headers",
+            "--mode",
+            "routes",
+            "--ttl",
+            "60",
+        ],
+    );
+    for (n, name) in FIELDS.iter().enumerate() {
+        let page = format!("GET /home{n} HTTP/1.1\r\nHost: example.com\r\n");
+        let field = if *name == "ssl-client-cert" {
+            "ssl_client_cert".to_owned()
+        } else {
+            name.to_string()
+        };
+        let (status, body) = raw(&proxy, &format!("{page}{field}: CN=alice\r\n")).await;
+        assert_eq!((status, body.as_str()), (200, "anonymous"), "{field}");
+        let stored = until_cached(&proxy, &page).await;
+        assert_eq!(stored, "anonymous", "{field} had alice's page stored");
+    }
+}

@@ -40,7 +40,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// origin (see the crate docs), in any spelling a CGI-style gateway reads as theirs
 /// ([`cgi_spelling_of`]): the first four are replaced by the proxy's own values, the
 /// rest dropped.
-const FORWARDING: [HeaderName; 42] = [
+const FORWARDING: [HeaderName; 57] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
@@ -105,6 +105,26 @@ const FORWARDING: [HeaderName; 42] = [
     HeaderName::from_static("x-sendfile-type"),
     HeaderName::from_static("x-accel-mapping"),
     HeaderName::from_static("surrogate-capability"),
+    // The client certificate, or the verdict on it, as a TLS terminator in front passes
+    // them on: ASP.NET Core's certificate forwarding and Azure's, Envoy's, Traefik's, the
+    // nginx recipes' and Tomcat SSLValve's (`ssl_client_cert`) names. This proxy speaks no
+    // TLS, so a client's copy is forged; an origin signing the client in by it answered
+    // that user's page with no credential the cache knows of, stored for everyone.
+    HeaderName::from_static("x-client-cert"),
+    HeaderName::from_static("x-arr-clientcert"),
+    HeaderName::from_static("x-forwarded-client-cert"),
+    HeaderName::from_static("x-forwarded-tls-client-cert"),
+    HeaderName::from_static("x-forwarded-tls-client-cert-info"),
+    HeaderName::from_static("x-ssl-cert"),
+    HeaderName::from_static("x-ssl-client-cert"),
+    HeaderName::from_static("x-ssl-client-verify"),
+    HeaderName::from_static("x-ssl-client-dn"),
+    HeaderName::from_static("x-ssl-client-s-dn"),
+    HeaderName::from_static("x-client-verify"),
+    HeaderName::from_static("x-client-dn"),
+    HeaderName::from_static("ssl-client-cert"),
+    HeaderName::from_static("ssl-client-verify"),
+    HeaderName::from_static("ssl-client-s-dn"),
 ];
 
 /// Headers that make some frameworks run another method's handler; dropped from GET and

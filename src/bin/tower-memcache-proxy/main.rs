@@ -87,7 +87,9 @@
 //!   reads, `X-Script-Name`, Tornado's `X-Scheme`, gunicorn's `X-Forwarded-Protocol`),
 //!   and what an origin leaves to the proxy in front, which this one does not do
 //!   (Rack::Sendfile's `X-Sendfile-Type` and `X-Accel-Mapping`, ESI's
-//!   `Surrogate-Capability`).
+//!   `Surrogate-Capability`), and the client certificate fields a TLS terminator would
+//!   set (`X-Client-Cert`, `X-Forwarded-Client-Cert`, `X-SSL-Client-Verify` and their
+//!   kin: this proxy speaks no TLS, so a client's copy is forged).
 //! - Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`)
 //!   are dropped from GET and HEAD, the methods whose answers are stored: honoured, they
 //!   would run another handler (a POST's) whose answer is stored under the GET's key.
