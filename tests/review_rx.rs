@@ -227,3 +227,47 @@ async fn through_the_proxy_a_negotiate_token_stays_with_its_user() {
     }
     origin.abort();
 }
+
+/// An entry stored for an authenticated request that holds its `WWW-Authenticate` (by a
+/// build before the rule, or another tool: made here by respelling a field of the same
+/// length in the bytes this build stored) is a miss, refilled over, never served to Bob.
+#[tokio::test]
+async fn an_entry_holding_one_users_token_is_not_served() {
+    use tower_memcache::backend::Lifetime;
+
+    let origin = Origin::new(|request, _| {
+        let mut fields: Vec<(&'static str, &[u8])> = vec![("cache-control", b"public, max-age=60")];
+        if request.headers().contains_key("authorization") {
+            fields.push(("xxx-authenticate", b"Negotiate oYG-token-of-{user}"));
+        }
+        Reply::ok(&fields, "intranet page")
+    });
+    let memory = MemoryBackend::new();
+    let (svc, watch) = service_of(
+        MemcacheLayer::new(memory.clone()).mode(CacheMode::Origin),
+        &origin,
+    );
+    get(&svc, "/old", ALICE_AUTH).await;
+    watch.settled().await;
+    let mut respelled = 0;
+    for (key, item) in memory.entries() {
+        let value = item.value.to_vec();
+        let Some(at) = value
+            .windows(b"xxx-authenticate".len())
+            .position(|window| window == b"xxx-authenticate")
+        else {
+            continue;
+        };
+        let mut value = value;
+        value[at..at + 3].copy_from_slice(b"www");
+        memory
+            .set(&key, value.into(), item.flags, Lifetime::from_secs(60))
+            .await
+            .unwrap();
+        respelled += 1;
+    }
+    assert_eq!(respelled, 1, "the entry holds the field");
+    let bob = get(&svc, "/old", BOB).await;
+    assert_eq!(origin.calls(), 2, "a miss, refilled");
+    assert_no_alice(&bob);
+}
