@@ -460,6 +460,18 @@ where
                         answer.headers_mut().append(name.clone(), value.clone());
                     }
                 }
+                // And its `Negotiate` token, when the entry keeps none (see
+                // `answers_credentials`).
+                let challenge = header::WWW_AUTHENTICATE;
+                if request_headers.contains_key(header::AUTHORIZATION)
+                    && !answer.headers().contains_key(&challenge)
+                {
+                    for value in response.headers().get_all(&challenge) {
+                        answer
+                            .headers_mut()
+                            .append(challenge.clone(), value.clone());
+                    }
+                }
                 // So are the fields the stored response's own `private="…"` /
                 // `no-cache="…"` keep out (see `merged_headers`), and those the 304's own
                 // lists keep out (left out of the merge): not stored, but the 304 that

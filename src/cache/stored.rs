@@ -14,7 +14,9 @@ use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::policy::conditional::not_modified_headers;
 use crate::cache::policy::date::format_http_date;
 use crate::cache::policy::freshness::{Freshness, explicit_lifetime, initial_age};
-use crate::cache::policy::{CacheControl, CacheMode, Policy, normalized_header, same_media_type};
+use crate::cache::policy::{
+    CacheControl, CacheMode, Policy, answers_credentials, normalized_header, same_media_type,
+};
 
 /// Milliseconds since the unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -140,6 +142,7 @@ impl Admission<'_> {
                 !ruling.is_unstored_field(name, headers, self.policy.shares_set_cookie())
             })
             .filter(|(name, _)| !self.own_fields.contains(name))
+            .filter(|(name, _)| !answers_credentials(name, self.authenticated))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         // RFC 9110 §6.6.1: a response without `Date` (a server without a clock) is dated

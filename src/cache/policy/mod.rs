@@ -648,6 +648,20 @@ pub(crate) const PER_CLIENT_FIELDS: [HeaderName; 5] = [
     HeaderName::from_static("clear-site-data"),
 ];
 
+/// Whether `name` is, in a response to a request with `Authorization` (`authenticated`),
+/// that request's own answer, never stored: `WWW-Authenticate`, which on the success
+/// response of `Negotiate` (RFC 4559 §5: Kerberos, SPNEGO, as IIS and Apache's
+/// `mod_auth_gssapi` answer) carries the server's mutual-authentication token for that
+/// user's security context, as [`PER_CLIENT_FIELDS`]' `Authentication-Info` does for newer
+/// schemes. A `public` page shared with it (RFC 9111 §3.5) gave every later client one
+/// user's token, which a client authenticating with Kerberos itself checks against its
+/// own context, and fails. An entry first stored for such a request never holds one
+/// (refreshed, its 304's goes to the client that asked); a challenge to an anonymous
+/// request (a stored `401`, a page saying credentials could change it) is the page's own.
+pub(crate) fn answers_credentials(name: &HeaderName, authenticated: bool) -> bool {
+    authenticated && name == header::WWW_AUTHENTICATE
+}
+
 /// The response fields a shared cache does not store (RFC 9111 §3.1, §5.2.2.4, §5.2.2.7):
 /// hop-by-hop fields, `Age` (recomputed on reuse), the fields a qualified `private` or
 /// `no-cache` names, and the [`PER_CLIENT_FIELDS`], which belong to the one client they

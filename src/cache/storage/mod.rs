@@ -72,7 +72,9 @@ use super::stored;
 use crate::backend::{Backend, BackendError, CasOutcome, Item, Lifetime};
 use crate::cache::entry::{Entry, FLAG_PLACEHOLDER, Placeholder, VariantIndex, decode_entry};
 use crate::cache::near::NearCache;
-use crate::cache::policy::{NotServed, Policy, StoredRuling, is_never_stored, normalized_header};
+use crate::cache::policy::{
+    NotServed, Policy, StoredRuling, answers_credentials, is_never_stored, normalized_header,
+};
 use crate::cache::stats::CacheStats;
 use crate::key::{build_key, md5_hex_prefixed};
 
@@ -546,7 +548,9 @@ impl<B> Storage<B> {
     /// `must-revalidate` by this layer's directives holds for the entry, whatever the
     /// writer's directives made of it.
     ///
-    /// So is an entry holding a field the layer consumes (its tag or lifetime header:
+    /// So is an entry stored for a request with credentials that holds its answer to them
+    /// (`WWW-Authenticate`, see `answers_credentials`), an entry holding a field the layer
+    /// consumes (its tag or lifetime header:
     /// stored by a process that did not read it, its tags unrecorded, its lifetime of 0
     /// not honoured), one not selected by each of the layer's key headers (stored before
     /// one was configured), and one received later than [`CLOCK_SKEW`] past this process's
@@ -605,6 +609,18 @@ impl<B> Storage<B> {
                 return None;
             }
         }
+        // First stored for a request with credentials, yet holding that request's answer
+        // to them (its `Negotiate` token: see `answers_credentials`): a build before the
+        // rule, or another tool's bytes, whatever the writer's settings.
+        if let Some((name, _)) = entry
+            .meta
+            .headers
+            .iter()
+            .find(|(name, _)| answers_credentials(name, entry.meta.authenticated))
+        {
+            tracing::debug!(field = %name, "cache entry holds one user's answer to credentials; miss");
+            return None;
+        }
         // Stored by a process that did not consume the field: its tags were not recorded
         // (a purge of them here would not reach it), its lifetime of 0 not honoured.
         if let Some((name, _)) = entry
@@ -636,7 +652,7 @@ impl<B> Storage<B> {
 /// to what they let in. Two builds of one crate version whose rules differ (a fix deployed
 /// without a version bump) then judge each other's entries again, rather than each
 /// taking the other's admission for its own (review RQ's note).
-const ADMISSION_RULES: u32 = 2;
+const ADMISSION_RULES: u32 = 3;
 
 /// Marks a tag generation created on first use, not by a purge.
 const CREATED: char = 'c';
