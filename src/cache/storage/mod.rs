@@ -612,11 +612,18 @@ impl<B> Storage<B> {
         // First stored for a request with credentials, yet holding that request's answer
         // to them (its `Negotiate` token: see `answers_credentials`): a build before the
         // rule, or another tool's bytes, whatever the writer's settings.
+        // (Anonymous entries, most of them, skip the scan: this runs on every hit.)
         if let Some((name, _)) = entry
             .meta
-            .headers
-            .iter()
-            .find(|(name, _)| answers_credentials(name, entry.meta.authenticated))
+            .authenticated
+            .then(|| {
+                entry
+                    .meta
+                    .headers
+                    .iter()
+                    .find(|(name, _)| answers_credentials(name, true))
+            })
+            .flatten()
         {
             tracing::debug!(field = %name, "cache entry holds one user's answer to credentials; miss");
             return None;
