@@ -10,9 +10,15 @@
 //! carries its body's length, and one whose body is not that long is a miss, refilled by
 //! the next store.
 //!
+//! A memcached started with `-C` (CAS disabled) answers CAS 0 and refuses every `cas`:
+//! the layer cannot store there, and must not hold requests for placeholders nobody can
+//! replace or release either.
+//!
 //! Each test fails if the defect it names returns.
 
 mod support;
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
@@ -110,4 +116,38 @@ async fn bytes_appended_to_an_entry_are_not_answered_as_its_page() {
     assert_hit(healed.cache_status());
     assert_eq!(healed.body, page(2));
     assert_eq!(origin.calls(), 2);
+}
+
+/// memcached started with `-C` (CAS disabled, eight bytes saved per item) answers every
+/// `gets` with CAS 0 and refuses every `cas` (`EXISTS`): nothing the layer stores by
+/// compare-and-swap lands there, a placeholder included once it is in. A first request's
+/// placeholder could neither be replaced by its entry nor released, and every request
+/// for the URL from another process found it armed and waited `lease_wait` (2 s) for a
+/// fill that was over, then went to the origin all the same. A CAS of 0 is none (memcached
+/// numbers from 1): the slot reads as unknown, which nobody waits for.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn a_memcached_without_cas_makes_nobody_wait_for_a_fill_that_cannot_store() {
+    let Some(memcached) =
+        support::Memcached::start_with_args("review_rw::memcached_without_cas", &["-C"])
+    else {
+        return;
+    };
+    let backend = support::patient_backend([memcached.addr()]);
+    let origin = origin();
+    let url = "http://review-rw.test/no-cas";
+    // Two processes sharing the namespace.
+    let first = support::layer(backend.clone()).namespace(NAMESPACE);
+    let second = support::layer(backend).namespace(NAMESPACE);
+    let answer = send(&origin.service(&first), Method::GET, url, &[]).await;
+    assert_eq!(answer.body, page(1));
+    Watch::of(&first).settled().await;
+    let started = Instant::now();
+    let answer = send(&origin.service(&second), Method::GET, url, &[]).await;
+    let took = started.elapsed();
+    assert_eq!(answer.body, page(2));
+    assert!(
+        took < Duration::from_secs(1),
+        "waited {took:?} for a placeholder nobody could fill"
+    );
 }
