@@ -5,7 +5,9 @@
 //! (bincode) | body`.
 //! The body is served as a zero-copy slice of the bytes the backend returned. Bytes that do
 //! not start with the magic and this format version are not ours (or an older format) and
-//! decode to an error, which the layer treats as a miss.
+//! decode to an error, which the layer treats as a miss. So do bytes whose body is not the
+//! length the metadata records: a value cut short or extended by another writer would
+//! otherwise be answered as the stored response.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
@@ -25,7 +27,7 @@ const MAGIC: &[u8; 4] = b"TMCE";
 const INDEX_MAGIC: &[u8; 4] = b"TMCV";
 /// Bumped whenever [`EntryMeta`] or [`VariantIndex`] changes shape; entries of other
 /// versions are misses.
-pub(super) const ENTRY_FORMAT_VERSION: u8 = 5;
+pub(super) const ENTRY_FORMAT_VERSION: u8 = 6;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// The most header fields an entry holds. A `HeaderMap` takes about 24 000 and panics
@@ -108,10 +110,13 @@ struct StoredMeta<'a> {
     #[serde(borrow, deserialize_with = "bounded_seq")]
     tags: Vec<(&'a str, u64)>,
     judged_by: u64,
+    /// The body's length: the frame bounds the metadata, not the body, so bytes cut from
+    /// or added to the value's end would decode as the entry with another body.
+    body_len: u64,
 }
 
 impl<'a> StoredMeta<'a> {
-    fn of(meta: &'a EntryMeta) -> Self {
+    fn of(meta: &'a EntryMeta, body_len: usize) -> Self {
         Self {
             canonical_key: &meta.canonical_key,
             status: meta.status,
@@ -140,6 +145,7 @@ impl<'a> StoredMeta<'a> {
                 .map(|(name, generation)| (name.as_str(), *generation))
                 .collect(),
             judged_by: meta.judged_by,
+            body_len: body_len as u64,
         }
     }
 
@@ -249,13 +255,26 @@ pub(crate) struct Entry {
 
 /// Encodes an entry into the bytes stored in memcached.
 pub(super) fn encode_entry(meta: &EntryMeta, body: &[u8]) -> Result<Bytes, CodecError> {
-    frame(MAGIC, &encode_value(&StoredMeta::of(meta))?, body)
+    frame(
+        MAGIC,
+        &encode_value(&StoredMeta::of(meta, body.len()))?,
+        body,
+    )
 }
 
 /// Decodes stored bytes; the body shares `bytes`' allocation.
 pub(super) fn decode_entry(bytes: Bytes) -> Result<Entry, CodecError> {
     let (meta, body) = split(&bytes, MAGIC)?;
     let meta = decode_borrowed::<StoredMeta>(meta)?;
+    // Cut short or extended since it was written (another writer's `append`, a copy
+    // through a tool with a size limit): not the stored response.
+    let body_len = bytes.len().saturating_sub(body);
+    if meta.body_len != body_len as u64 {
+        return Err(CodecError(format!(
+            "a body of {body_len} bytes where {} were stored",
+            meta.body_len
+        )));
+    }
     // More fields than a hit's `HeaderMap` takes would panic the request that read them
     // (see [`MAX_FIELDS`]): never written by the layer, a miss.
     if meta.headers.len() > MAX_FIELDS {
@@ -552,7 +571,7 @@ mod tests {
     #[test]
     fn invalid_stored_fields_are_left_out() {
         let expected = meta();
-        let mut wire = StoredMeta::of(&expected);
+        let mut wire = StoredMeta::of(&expected, 0);
         wire.headers.push((b"bad name", b"v"));
         wire.headers.push((b"x-ok", b"bad\nvalue"));
         // Not UTF-8: refused by `HeaderName` as any other name that is no token (names
@@ -574,11 +593,12 @@ mod tests {
         let mut bad_len = good.to_vec();
         bad_len[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_entry(bad_len.into()).is_err());
-        for cut in 0..good.len() - 1 {
-            // Truncated metadata must fail; a truncated body just decodes shorter, which is
-            // why the layer also stores and checks the canonical key.
-            let _ = decode_entry(good.slice(..cut));
+        // Cut anywhere, metadata or body, or extended: not the entry stored.
+        for cut in 0..good.len() {
+            assert!(decode_entry(good.slice(..cut)).is_err(), "cut at {cut}");
         }
+        let extended = [&good[..], b"<script>"].concat();
+        assert!(decode_entry(extended.into()).is_err());
         let mut garbage_meta = good.to_vec();
         garbage_meta[9] = 0xff;
         garbage_meta[10] = 0xff;

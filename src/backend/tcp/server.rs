@@ -135,6 +135,17 @@ impl Health {
                 // connection on `stats`, and fails a whole multi-get for one dead server).
                 conn.merge_gets();
                 slot.settings_closes.store(0, Ordering::Release);
+                // `-C`: every `cas` is refused, so nothing stored by compare-and-swap (the
+                // HTTP cache's entries) ever lands there.
+                if stats
+                    .iter()
+                    .any(|(name, value)| name == "cas_enabled" && value == "no")
+                {
+                    tracing::warn!(
+                        server,
+                        "memcached runs with CAS disabled (-C): the HTTP cache stores nothing on it"
+                    );
+                }
                 let item_size_max = stats
                     .iter()
                     .find(|(name, _)| name == "item_size_max")

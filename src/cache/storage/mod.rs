@@ -155,7 +155,11 @@ pub(crate) enum Slot {
 
 impl Slot {
     fn of(item: &Item) -> Self {
-        let Some(cas) = item.cas else {
+        // memcached numbers CAS values from 1; a CAS of 0 is none: what a memcached
+        // started with `-C` (CAS disabled) answers, refusing every `cas` against it. A
+        // placeholder read so could never be replaced nor released, and was waited for
+        // (`lease_wait`) by every request for the URL until its time was up.
+        let Some(cas) = item.cas.filter(|cas| *cas != 0) else {
             return Self::Unknown;
         };
         match item.flags {
