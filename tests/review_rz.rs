@@ -225,3 +225,146 @@ async fn a_stalled_fill_past_the_budget_does_not_hold_other_processes() {
     drop((hog, stalled));
     watch.settled().await;
 }
+
+/// A cacheable page answering `body`, varying on `vary` when given.
+fn page(body: String, vary: Option<&'static str>) -> Response<http_body_util::Full<Bytes>> {
+    let mut response = Response::builder().header("cache-control", "public, max-age=600");
+    if let Some(vary) = vary {
+        response = response.header("vary", vary);
+    }
+    response
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// The near tier admits what lookups find in memcached, and a flood of pages requested
+/// once each (a crawler, or an attacker's scan of every product page: each is filled,
+/// then found in memcached once, which is when the tier takes it) must not push out the
+/// page every client asks for: its admission keeps a hot set against one-hit scans
+/// (S3-FIFO), and its bound counts each entry's heap, not its body alone.
+#[tokio::test]
+async fn a_flood_of_one_hit_pages_leaves_the_near_tiers_hot_page() {
+    const CAPACITY: u64 = 256 * 1024;
+    const SCANNED: usize = 1500;
+    let near = tower_memcache::cache::NearCache::new(CAPACITY, Duration::from_secs(60));
+    let layer = tower_memcache::MemcacheLayer::new(MemoryBackend::new()).near_cache(near.clone());
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
+        let body = format!("{}{}", request.uri().path(), "x".repeat(1024));
+        Ok::<_, Infallible>(page(body, None))
+    }));
+    let url = |path: &str| format!("http://shop.example{path}");
+    let get = |path: String| {
+        let service = service.clone();
+        async move { support::send(&service, http::Method::GET, &path, &[]).await }
+    };
+    // The hot page: filled, found in memcached (kept), then answered by the tier.
+    get(url("/hot")).await;
+    watch.settled().await;
+    get(url("/hot")).await;
+    assert!(
+        get(url("/hot"))
+            .await
+            .cache_status()
+            .ends_with("detail=near")
+    );
+
+    let mut hot_from_near = 0;
+    let mut hot_asked = 0;
+    for i in 0..SCANNED {
+        let scanned = url(&format!("/scan/{i}"));
+        get(scanned.clone()).await;
+        watch.settled().await;
+        // Found in memcached: the near tier takes it.
+        get(scanned).await;
+        if i % 10 == 9 {
+            hot_asked += 1;
+            let hot = get(url("/hot")).await;
+            assert_eq!(hot.body.len(), 4 + 1024);
+            if hot.cache_status().ends_with("detail=near") {
+                hot_from_near += 1;
+            }
+        }
+    }
+    assert!(
+        near.weight() <= near.capacity(),
+        "{} bytes kept, over {}",
+        near.weight(),
+        near.capacity()
+    );
+    // The scan passed through the tier many times over.
+    assert!(
+        (near.entries() as u64) * 1024 < CAPACITY,
+        "{} entries of over 1 KiB each in {CAPACITY} bytes",
+        near.entries()
+    );
+    assert!(
+        hot_from_near >= hot_asked * 9 / 10,
+        "the hot page came from the near tier {hot_from_near} times of {hot_asked} during a \
+         scan of {SCANNED} one-hit pages"
+    );
+}
+
+/// A URL whose responses vary on a field the client chooses freely: an attacker cycling
+/// `Accept-Language` through many values makes as many variants (each its own memcached
+/// item, aged out by memcached's LRU), but the URL's variant index, read on every lookup,
+/// stays one small item (a name set, not a value, per `Vary`), and the near tier keeps a
+/// few variants of the URL, not one per value.
+#[tokio::test]
+async fn cycling_a_varied_field_grows_no_index_and_no_near_slot() {
+    const VALUES: usize = 400;
+    const INDEX_FLAGS: u32 = 0x746d_0102;
+    let backend = MemoryBackend::new();
+    let near = tower_memcache::cache::NearCache::new(8 << 20, Duration::from_secs(60));
+    let layer = tower_memcache::MemcacheLayer::new(backend.clone()).near_cache(near.clone());
+    let watch = support::Watch::of(&layer);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(tower::service_fn({
+        let calls = Arc::clone(&calls);
+        move |request: Request<()>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let language = request
+                .headers()
+                .get("accept-language")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            async move { Ok::<_, Infallible>(page(language, Some("Accept-Language"))) }
+        }
+    }));
+    let index = || {
+        let indexes: Vec<_> = backend
+            .entries()
+            .into_iter()
+            .filter(|(_, item)| item.flags == INDEX_FLAGS)
+            .map(|(_, item)| item.value.len())
+            .collect();
+        assert_eq!(indexes.len(), 1, "{indexes:?}");
+        indexes[0]
+    };
+    let mut index_len = None;
+    for round in 0..2 {
+        for i in 0..VALUES {
+            let language = format!("x-{i:04}-{}", "q".repeat(200));
+            let answer = support::send(
+                &service,
+                http::Method::GET,
+                "http://shop.example/v",
+                &[("accept-language", &language)],
+            )
+            .await;
+            assert_eq!(answer.body, language, "round {round}");
+            watch.settled().await;
+            let len = index();
+            assert_eq!(*index_len.get_or_insert(len), len, "the index grew at {i}");
+        }
+    }
+    // One fill per value; the second round is answered from the cache.
+    assert_eq!(calls.load(Ordering::SeqCst), VALUES);
+    // One slot for the URL, holding a few of its variants.
+    assert_eq!(near.entries(), 1);
+    assert!(
+        near.weight() < 64 * 1024,
+        "the near tier holds {} bytes for one URL",
+        near.weight()
+    );
+}
