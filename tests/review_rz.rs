@@ -41,9 +41,9 @@ fn two_frames(half: usize) -> Response<TwoFrames> {
 /// reading (an attacker's, a few dozen connections with shut windows) spend that budget
 /// for everyone, and from then on every request waiting for a URL's refill waited for
 /// whichever client led it, however slowly that one read: `coalesce_timeout` (5 s), after
-/// which they all went to the origin at once. Now a fill that has to wait for its client
-/// hands its flight (and its placeholder's wait) on: the requests waiting for it elect a
-/// leader of their own at once.
+/// which they all went to the origin at once. Now a fill that has waited 100 ms in all for
+/// its client hands its flight (and its placeholder's wait) on: the requests waiting for
+/// it elect a leader of their own.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_fill_past_the_budget_does_not_hold_its_followers() {
     const HALF: usize = 256 * 1024;
