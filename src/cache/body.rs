@@ -19,6 +19,10 @@ use super::stored::parse_decimal;
 /// turned out not storable (too large, failed, trailers).
 pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
 
+/// Called once when the reading of a body being copied has to wait for its client (see
+/// [`Tee::stalled`]).
+pub(crate) type OnStall = Box<dyn FnOnce() + Send>;
+
 /// What a response declares of its body's length: the body's size hint, narrowed to its
 /// `Content-Length` where it has one that hyper would frame it by (not beside
 /// `Transfer-Encoding`, which overrides it, RFC 9112 §6.3). `None` when the lengths
@@ -69,6 +73,7 @@ pub(crate) struct Tee {
     /// size hint): a body that runs past it is not the response its client was framed.
     most: Option<u64>,
     on_complete: OnComplete,
+    on_stall: Option<OnStall>,
 }
 
 impl Tee {
@@ -103,7 +108,28 @@ impl Tee {
             expected: usize::try_from(size_hint.lower()).unwrap_or(limit),
             most: size_hint.upper(),
             on_complete,
+            on_stall: None,
         })
+    }
+
+    /// With `on_stall` to call the first time the copy's reading has to wait for its
+    /// client.
+    pub(crate) fn on_stall(mut self, on_stall: Option<OnStall>) -> Self {
+        self.on_stall = on_stall;
+        self
+    }
+
+    /// Whether [`stalled`](Self::stalled) would still do something.
+    pub(crate) fn may_stall(&self) -> bool {
+        self.on_stall.is_some()
+    }
+
+    /// The reading of the body has to wait for its client (the layer's `fill_buffer` is
+    /// spent): what waits for this copy must not wait for that client.
+    pub(crate) fn stalled(&mut self) {
+        if let Some(on_stall) = self.on_stall.take() {
+            on_stall();
+        }
     }
 
     /// Whether the body declared its length exactly (within the limit): it cannot then

@@ -11,6 +11,7 @@ use http::HeaderMap;
 // and read only on a miss that waits.
 use tokio::time::Instant;
 
+use super::body::OnStall;
 use super::exchange::{Exchange, Plan};
 use super::lease::Lease;
 use super::passes::Going;
@@ -559,6 +560,27 @@ impl<B: Backend> Filler<B> {
     /// memcached): its response can be shared with its followers, never stored.
     pub(super) fn leads_unguarded(&self) -> bool {
         self.leader.is_some() && self.lease.is_none() && self.guard.is_none()
+    }
+
+    /// What the fill of this request's response does when it has to wait for its client
+    /// (the layer's `fill_buffer` spent, by clients that read slowly or not at all): hand
+    /// its flight on and end its placeholder's wait, so that no request waits for this
+    /// client's reading (DESIGN: one client's latency is never set by another's reading
+    /// speed). The fill goes on at its client's pace and may still store.
+    pub(super) fn on_stall(&self) -> Option<OnStall> {
+        let flight = self.leader.as_ref().map(Leader::handoff);
+        let lease = self.lease.as_ref().map(Lease::ending_wait);
+        if flight.is_none() && lease.is_none() {
+            return None;
+        }
+        Some(Box::new(move || {
+            if let Some(flight) = flight {
+                flight.hand_on();
+            }
+            if let Some(end_wait) = lease {
+                end_wait();
+            }
+        }))
     }
 
     /// Where this request's response is stored, and against what.

@@ -268,6 +268,7 @@ impl<B: Backend> Shared<B> {
         };
         let (tee, unused) = match decision {
             Ok((meta, _)) if share_only => {
+                let on_stall = filler.on_stall();
                 let on_complete = self.share_on_complete(meta, filler, share_tags);
                 // Whole bodies only, as for a store: followers take it as complete.
                 let declared = declared_size(
@@ -275,7 +276,8 @@ impl<B: Backend> Shared<B> {
                     response.headers(),
                     response.body().size_hint(),
                 );
-                let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete);
+                let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete)
+                    .map(|tee| tee.on_stall(on_stall));
                 (tee, None)
             }
             Ok((meta, ttl)) => {
@@ -285,13 +287,15 @@ impl<B: Backend> Shared<B> {
                     .forget(|| self.flight_key(ex, request_headers));
                 let to = filler.target(ex, sent.request_time);
                 let tags = tags.unwrap_or_default();
+                let on_stall = filler.on_stall();
                 let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
                 let declared = declared_size(
                     response.status(),
                     response.headers(),
                     response.body().size_hint(),
                 );
-                let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete);
+                let tee = Tee::new(self.storable_body_size(), declared.as_ref(), on_complete)
+                    .map(|tee| tee.on_stall(on_stall));
                 (tee, None)
             }
             Err(refusal) => {

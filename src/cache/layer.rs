@@ -414,7 +414,10 @@ impl<B: Backend> MemcacheLayer<B> {
     /// is filled at the origin's pace whatever its client does; past it, reading follows
     /// the client again (so a crowd of stalled clients costs this much memory, not an
     /// entry each). Each frame waiting counts its data and its place in the queue (a
-    /// couple of hundred bytes), so a body sent in tiny frames is bounded alike.
+    /// couple of hundred bytes), so a body sent in tiny frames is bounded alike. A fill
+    /// that has waited 100 ms in all for its client so hands the requests waiting for its
+    /// entry (its single flight, other processes' waits for its placeholder) on: they
+    /// do not wait for that client.
     /// Defaults to 64 MiB.
     pub fn fill_buffer(mut self, bytes: usize) -> Self {
         self.config.fill_budget = FillBudget::new(bytes);

@@ -35,6 +35,30 @@ impl<B: Backend> Lease<B> {
         self.placeholder
     }
 
+    /// What ends the placeholder's wait from elsewhere, in the background, keeping the
+    /// placeholder and its token: a fill that has to wait for its client (see
+    /// `fill::reader`) is waited for no longer, here or in other processes. The next
+    /// request arms it again for itself and goes alongside, and whichever stores first
+    /// stores over the token, as after a wait that ran out.
+    pub(crate) fn ending_wait(&self) -> impl FnOnce() + Send + 'static {
+        let (storage, key, placeholder, background) = (
+            self.storage.clone(),
+            self.key.clone(),
+            self.placeholder,
+            self.background.clone(),
+        );
+        move || {
+            let started = background.spawn_best_effort(async move {
+                storage.stop_waits(&key, placeholder).await;
+            });
+            if !started {
+                tracing::debug!(
+                    "too much background work to end a stalled fill's placeholder wait"
+                );
+            }
+        }
+    }
+
     /// The entry replaced the placeholder.
     pub(crate) fn fulfilled(mut self) {
         self.done = true;

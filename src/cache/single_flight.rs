@@ -128,7 +128,50 @@ pub(crate) struct Leader {
     flights: SingleFlight,
     key: String,
     id: u64,
-    tx: watch::Sender<Outcome>,
+    /// Shared with [`Handoff`]s of this flight, which end it early.
+    tx: Arc<watch::Sender<Outcome>>,
+}
+
+/// What ends a leader's flight early, from where the [`Leader`] is not at hand: a fill
+/// whose reading has to wait for its client (see `fill::reader`) hands the flight on, so
+/// that the requests waiting for it do not wait for that client.
+pub(crate) struct Handoff {
+    flights: SingleFlight,
+    key: String,
+    id: u64,
+    tx: Arc<watch::Sender<Outcome>>,
+}
+
+impl Handoff {
+    /// Ends the flight if it is still this one: its followers elect a leader of their own
+    /// at once (see [`Waited::Heir`]), and requests that come from now on do not join it.
+    /// The leader's later publish reaches only followers that have not moved on; its drop
+    /// changes nothing.
+    pub(crate) fn hand_on(self) {
+        hand_on(&self.flights, &self.key, self.id, &self.tx);
+    }
+}
+
+/// Takes flight `id` of `key` off the map, if it is still there, and passes it to a new
+/// leader among its followers, if it has any.
+fn hand_on(flights: &SingleFlight, key: &str, id: u64, tx: &watch::Sender<Outcome>) {
+    let mut state = flights.state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(flight) = state.inflight.get(key).filter(|f| f.id == id) else {
+        // Published, handed on, or ended by a follower that waited in vain.
+        return;
+    };
+    if flight.followers == 0 {
+        state.inflight.remove(key);
+        return;
+    }
+    // Unfinished, with followers: a new flight in its place (requests that join now wait
+    // for it), led by the follower that takes it first.
+    let heir = flights.lead(&mut state, key);
+    drop(state);
+    let succession = Succession(Arc::new(Mutex::new(Some(heir))));
+    // Should every follower be gone by now, the heir comes back and is dropped: it has no
+    // followers either, and ends the new flight.
+    let _ = tx.send(Some(LeaderOutcome::Succession(succession)));
 }
 
 impl SingleFlight {
@@ -208,7 +251,7 @@ impl SingleFlight {
             flights: self.clone(),
             key: key.to_string(),
             id,
-            tx,
+            tx: Arc::new(tx),
         }
     }
 }
@@ -253,27 +296,21 @@ impl Leader {
     fn leave(&self) {
         self.flights.end(&self.key, self.id);
     }
+
+    /// A [`Handoff`] of this flight.
+    pub(crate) fn handoff(&self) -> Handoff {
+        Handoff {
+            flights: self.flights.clone(),
+            key: self.key.clone(),
+            id: self.id,
+            tx: Arc::clone(&self.tx),
+        }
+    }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        let mut state = self.flights.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(flight) = state.inflight.get(&self.key).filter(|f| f.id == self.id) else {
-            // Published, or ended by a follower that waited in vain.
-            return;
-        };
-        if flight.followers == 0 {
-            state.inflight.remove(&self.key);
-            return;
-        }
-        // Unfinished, with followers: a new flight in its place (requests that join now
-        // wait for it), led by the follower that takes it first.
-        let heir = self.flights.lead(&mut state, &self.key);
-        drop(state);
-        let succession = Succession(Arc::new(Mutex::new(Some(heir))));
-        // Should every follower be gone by now, the heir comes back and is dropped: it has
-        // no followers either, and ends the new flight.
-        let _ = self.tx.send(Some(LeaderOutcome::Succession(succession)));
+        hand_on(&self.flights, &self.key, self.id, &self.tx);
     }
 }
 

@@ -18,6 +18,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -229,6 +230,9 @@ impl Drop for EndOnDrop {
 
 /// Starts reading `body` on a task of its own, filling `tee`; the queue the client reads
 /// from, or the body and copy back when there is no tokio runtime to read them on.
+// The error hands back what it was given, once per body and only outside a runtime: a box
+// would cost every fill an allocation for nothing.
+#[allow(clippy::result_large_err)]
 pub(crate) fn start<B>(
     body: B,
     tee: Tee,
@@ -270,9 +274,11 @@ where
     let queue = &queue.0;
     let mut body = pin!(body);
     let mut tee = Some(tee);
+    // How long this fill has waited for its client while copying (see `STALL_GRACE`).
+    let mut waited = Duration::ZERO;
     loop {
         let filling = tee.is_some();
-        if !std::future::poll_fn(|cx| queue.poll_room(cx, filling)).await {
+        if !wait_for_room(queue, &mut tee, filling, &mut waited).await {
             tracing::debug!("client gone; origin body dropped and the response not stored");
             return;
         }
@@ -325,6 +331,48 @@ where
         }
     }
 }
+
+/// Room for the reader's next frame (`false`: the client is gone). While the body is
+/// copied for the cache, the reader waits for its client only once the layer's budget is
+/// spent (by clients that read slowly or not at all, an attacker's among them); once such
+/// waits add up to [`STALL_GRACE`], what waits for this entry (the requests following its
+/// flight, other processes waiting for its placeholder) stops waiting for this client
+/// ([`Tee::stalled`]).
+async fn wait_for_room(
+    queue: &Queue,
+    tee: &mut Option<Tee>,
+    filling: bool,
+    waited: &mut Duration,
+) -> bool {
+    // Polled once first: most often there is room, and no clock is read.
+    let now = std::future::poll_fn(|cx| Poll::Ready(queue.poll_room(cx, filling))).await;
+    if let Poll::Ready(room) = now {
+        return room;
+    }
+    let room = std::future::poll_fn(|cx| queue.poll_room(cx, filling));
+    let Some(copy) = tee.as_mut().filter(|copy| copy.may_stall()) else {
+        return room.await;
+    };
+    let since = tokio::time::Instant::now();
+    let left = STALL_GRACE.saturating_sub(*waited);
+    let mut room = pin!(room);
+    let room = match tokio::time::timeout(left, room.as_mut()).await {
+        Ok(room) => room,
+        Err(_) => {
+            copy.stalled();
+            room.await
+        }
+    };
+    *waited = waited.saturating_add(since.elapsed());
+    room
+}
+
+/// How long in all a fill may wait for its client, while it copies a body past the
+/// layer's spent `fill_buffer`, before the requests waiting for its entry stop waiting
+/// for that client: long enough for a client that reads to take a frame or two (a fill
+/// handed on at its first wait gave its flight away as soon as its reader was a frame
+/// ahead, and every heir asked the origin again), short beside any origin's time.
+const STALL_GRACE: Duration = Duration::from_millis(100);
 
 /// What one read of the origin's body gave.
 enum Read<F> {

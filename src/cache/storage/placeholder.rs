@@ -69,6 +69,14 @@ impl<B: Backend> Storage<B> {
         }
     }
 
+    /// Ends the wait for this request's placeholder, keeping it (token and all) for as
+    /// long as a fill may take: the request still fills, at its client's pace, and may
+    /// store over it, while others arm it again for themselves and go alongside. Best
+    /// effort: memcached not answering, others wait `lease_wait` as for any slow fill.
+    pub(crate) async fn stop_waits(&self, key: &str, mine: Placeholder) {
+        let _ = self.end_wait(key, mine, FILL_HOLD).await;
+    }
+
     /// [`release`](Self::release) again in the background, after a release memcached did
     /// not answer (hung a moment, or dropping the connection): left armed, the placeholder
     /// made every request for the URL, this process's too, wait `lease_wait` for a fill
