@@ -38,6 +38,13 @@ use tower_memcache::{MemcacheLayer, MemoryBackend};
 const BODY_LEN: usize = 64;
 const HOSTS: [&str; 2] = ["a.example", "b.example"];
 const PATHS: [&str; 3] = ["/p0", "/p1", "/p2?q=1"];
+/// The `Last-Modified` dates the origin sends, and the `If-Modified-Since` dates clients
+/// send (the last one before both), with their Unix times.
+const DATES: [(&str, u64); 3] = [
+    ("Sat, 05 Dec 2026 00:00:00 GMT", 1_796_428_800),
+    ("Sun, 06 Dec 2026 00:00:00 GMT", 1_796_515_200),
+    ("Thu, 01 Jan 1970 00:00:00 GMT", 0),
+];
 /// Routes mode's lifetime for every route.
 const ROUTE_LIFETIME: f64 = 2.0;
 
@@ -98,12 +105,31 @@ fn url_of(request: &Request<()>) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_default();
+    let host = canonical_host(&host);
     let pq = request
         .uri()
         .path_and_query()
         .map(|pq| pq.as_str().to_owned())
         .unwrap_or_default();
     format!("{host}{pq}")
+}
+
+/// A host as the key has it: without case, a trailing dot or the default port.
+fn canonical_host(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix(":80").unwrap_or(&host);
+    host.strip_suffix('.').unwrap_or(host).to_owned()
+}
+
+/// Another spelling of `host` that names the same authority (README: "Keys").
+fn spell(host: &str, rng: &mut Rng) -> String {
+    match rng.below(5) {
+        0 => host.to_owned(),
+        1 => host.to_ascii_uppercase(),
+        2 => format!("{host}."),
+        3 => format!("{host}:80"),
+        _ => format!("{}.:80", host.to_ascii_uppercase()),
+    }
 }
 
 fn path_index(url: &str) -> usize {
@@ -141,6 +167,7 @@ impl Origin {
                 add("etag", first);
                 304
             }
+            None if request.headers().contains_key("if-modified-since") && rng.chance(35) => 304,
             _ => match rng.below(100) {
                 0..=74 => 200,
                 75..=87 => 404,
@@ -190,6 +217,9 @@ impl Origin {
                 70..=79 => add("etag", format!("W/\"w{}\"", path_index(&url))),
                 _ => {}
             }
+        }
+        if rng.chance(25) {
+            add("last-modified", rng.pick(&DATES[..2]).0.to_owned());
         }
         if rng.chance(15) {
             add("set-cookie", format!("sid=S{serial}"));
@@ -335,6 +365,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+fn last_modified(headers: &HeaderMap) -> Option<u64> {
+    let value = header(headers, "last-modified")?;
+    DATES.iter().find(|(d, _)| *d == value).map(|(_, t)| *t)
+}
+
 fn weak_eq(a: &str, b: &str) -> bool {
     a.trim().trim_start_matches("W/") == b.trim().trim_start_matches("W/")
 }
@@ -343,7 +378,11 @@ fn weak_eq(a: &str, b: &str) -> bool {
 #[derive(Clone, Debug)]
 struct Req {
     method: Method,
+    /// The URL as the key has it: host (canonical), path and query.
     url: String,
+    /// The request target as sent (absolute form in some spelling of the host, or origin
+    /// form with a `Host` field).
+    target: String,
     headers: Vec<(String, String)>,
 }
 
@@ -432,6 +471,14 @@ impl Case {
             _ => Method::DELETE,
         };
         let mut headers = Vec::new();
+        let target = match rng.below(100) {
+            0..=59 => format!("http://{url}"),
+            60..=84 => format!("http://{}{path}", spell(host, rng)),
+            _ => {
+                headers.push(("host".to_owned(), spell(host, rng)));
+                path.to_owned()
+            }
+        };
         let mut add = |n: &str, v: String| headers.push((n.to_owned(), v));
         match rng.below(3) {
             0 => {}
@@ -460,6 +507,9 @@ impl Case {
             };
             add("if-none-match", tag);
         }
+        if rng.chance(12) {
+            add("if-modified-since", rng.pick(&DATES).0.to_owned());
+        }
         if rng.chance(15) {
             let d = *rng.pick(&[
                 "no-cache",
@@ -474,6 +524,7 @@ impl Case {
         Req {
             method,
             url,
+            target,
             headers,
         }
     }
@@ -498,11 +549,20 @@ impl Case {
                     self.requests(reqs, settle).await?;
                 }
                 85..=89 => {
-                    let url = format!("{}{}", rng.pick(&HOSTS), rng.pick(&PATHS));
+                    let (host, path) = (*rng.pick(&HOSTS), *rng.pick(&PATHS));
+                    let url = format!("{host}{path}");
+                    // README: scheme and host without case, a trailing dot and the
+                    // default port dropped, either scheme purges the layer's.
+                    let scheme = *rng.pick(&["http", "HTTP", "https"]);
+                    let spelled = if scheme == "https" {
+                        format!("https://{host}{path}")
+                    } else {
+                        format!("{scheme}://{}{path}", spell(host, rng))
+                    };
                     let watermark = self.origin.serial_now();
-                    self.log.push(format!("purge_uri {url}"));
+                    self.log.push(format!("purge_uri {spelled}"));
                     self.purger
-                        .purge_uri(&format!("http://{url}"))
+                        .purge_uri(&spelled)
                         .await
                         .map_err(|e| format!("purge_uri: {e}"))?;
                     self.purges.push(Purge {
@@ -565,8 +625,7 @@ impl Case {
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
-                let url = format!("http://{}", req.url);
-                let answer = support::send(&svc, req.method.clone(), &url, &refs).await;
+                let answer = support::send(&svc, req.method.clone(), &req.target, &refs).await;
                 (req, process, id, answer, sent, SystemTime::now())
             });
         }
@@ -579,10 +638,11 @@ impl Case {
         let mut invalidated = Vec::new();
         for (req, process, id, answer, sent, received) in answers {
             self.log.push(format!(
-                "#{id}@{process} {} {} {:?} -> {} x-serial={:?} age={:?} cache-status={:?} \
+                "#{id}@{process} {} {} ({}) {:?} -> {} x-serial={:?} age={:?} cache-status={:?} \
                  body={:?}{}",
                 req.method,
                 req.url,
+                req.target,
                 req.headers,
                 answer.status.as_u16(),
                 header(&answer.headers, "x-serial"),
@@ -756,14 +816,34 @@ impl Case {
         let origin_304 = own
             .iter()
             .any(|(_, r)| r.status == 304 && header(&r.headers, "etag") == header(headers, "etag"));
-        if status == 304 && !origin_304 {
-            let inm = req
-                .get("if-none-match")
-                .ok_or("invariant 5: a 304 to a request without preconditions")?;
+        let not_modified = || -> Result<(), String> {
             if !matches!(req.method, Method::GET | Method::HEAD) {
                 return Err("invariant 5: a 304 to an unsafe method".into());
             }
             let etag = header(headers, "etag");
+            let Some(inm) = req.get("if-none-match") else {
+                // If-Modified-Since alone (RFC 9110 §13.1.3): a stored 200 of this variant
+                // not modified since that date (its Last-Modified, else when it was
+                // received: no stored response here is older than the dates sent).
+                let since = req
+                    .get("if-modified-since")
+                    .ok_or("invariant 5: a 304 to a request without preconditions")?;
+                let since = DATES.iter().find(|(d, _)| *d == since).map_or(0, |d| d.1);
+                let recs = self.origin.recs.lock().unwrap();
+                let selected = recs.values().any(|r| {
+                    r.url == req.url
+                        && matches!(r.status, 200 | 304)
+                        && same_variant(r)
+                        && last_modified(&r.headers).is_some_and(|m| m <= since)
+                });
+                if !selected {
+                    return Err(format!(
+                        "invariant 5: 304 to If-Modified-Since {since}, no stored response \
+                         of this variant unmodified since"
+                    ));
+                }
+                return Ok(());
+            };
             let matches =
                 inm.trim() == "*" || etag.is_some_and(|e| inm.split(',').any(|t| weak_eq(t, e)));
             if !matches {
@@ -783,6 +863,10 @@ impl Case {
                     "invariant 5: 304 with ETag {etag:?}, no stored response of this variant's"
                 ));
             }
+            Ok(())
+        };
+        if status == 304 && !origin_304 {
+            not_modified()?;
         }
 
         let Some(stored_serial) = x_serial.or(body_serial) else {
@@ -908,7 +992,22 @@ impl Case {
                     }
                 }
                 (true, _) => ROUTE_LIFETIME,
-                (false, explicit) => explicit.unwrap_or(0.0),
+                // Origin mode without an explicit lifetime: the heuristic, a tenth of the
+                // time since `Last-Modified`, at most a day (README).
+                (false, Some(explicit)) => explicit,
+                (false, None) => match last_modified(&stored.headers)
+                    .or_else(|| last_modified(&content.headers))
+                {
+                    Some(modified) if matches!(content.status, 200 | 404) => {
+                        let produced = stored
+                            .produced
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs_f64();
+                        ((produced - modified as f64) / 10.0).clamp(0.0, 86_400.0)
+                    }
+                    _ => 0.0,
+                },
             };
             // Ages are whole seconds on the wire and in the layer: one second of slack.
             let staleness = age_low - lifetime - 1.0;
@@ -984,9 +1083,22 @@ async fn fuzz(config: Config) {
         let mut rng = Rng(seed);
         let result = case.run(&mut rng, 60).await;
         if let Err(failure) = result {
+            let recs = case.origin.recs.lock().unwrap();
+            let mut serials: Vec<_> = recs.iter().collect();
+            serials.sort_by_key(|(s, _)| **s);
+            let origin: Vec<String> = serials
+                .iter()
+                .map(|(s, r)| {
+                    format!(
+                        "{s}: {} {} {} -> {} {:?}",
+                        r.req_id, r.method, r.url, r.status, r.headers
+                    )
+                })
+                .collect();
             panic!(
-                "{config:?}, SA_SEED={seed}: {failure}\nsequence:\n  {}",
-                case.log.join("\n  ")
+                "{config:?}, SA_SEED={seed}: {failure}\nsequence:\n  {}\norigin:\n  {}",
+                case.log.join("\n  "),
+                origin.join("\n  ")
             );
         }
         for (kind, n) in case.tally {
