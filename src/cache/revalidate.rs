@@ -336,7 +336,7 @@ where
         // Nothing stands in: a `must-revalidate` entry its lookup found answers 504.
         let freshness = stored::freshness(&entry.meta, now_ms());
         if unreachable && freshness.forbids_stale {
-            let mut response = stored::gateway_timeout();
+            let mut response = stored::gateway_timeout(is_head);
             // Why it went forward: stale, or fresh but the request asked (`no-cache`).
             let outcome = Outcome::forwarded(fwd, Some(Detail::MustRevalidate));
             shared.set_status(&mut response, outcome);
@@ -425,7 +425,7 @@ where
                     shared.drop_own_fields(&mut answer);
                     answer.map(ResponseBody::passthrough)
                 }
-                _ => stored::bad_gateway(),
+                _ => stored::bad_gateway(is_head),
             };
             shared.set_status(&mut answer, outcome);
             return Ok(answer);

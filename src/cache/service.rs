@@ -304,7 +304,7 @@ where
                 tracing::debug!(key = %plan.key, "only-if-cached and nothing usable stored: 504");
                 // Nothing usable stored: a miss, as any other (only the origin is spared).
                 shared.config.stats.record_miss();
-                let mut response = stored::gateway_timeout();
+                let mut response = stored::gateway_timeout(is_head);
                 let outcome = Outcome::Generated {
                     detail: Detail::OnlyIfCached,
                 };
