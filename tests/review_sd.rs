@@ -155,3 +155,43 @@ async fn an_origins_personal_page_is_not_shared_under_a_lifetime_rule() {
         assert_eq!(attacker, "anonymous's page", "{marker:?}: {status}");
     }
 }
+
+/// How Rails routes a path (`get "/account(.:format)"`): a format suffix on the last
+/// segment is no part of the route (`/account.json` is `/account`, answered as JSON).
+fn rails_page(path: &str, user: &str) -> String {
+    let (route, format) = match path.rsplit_once('/') {
+        Some((dir, last)) => match last.split_once('.') {
+            Some((name, format)) => (format!("{dir}/{name}"), format),
+            None => (path.to_owned(), "html"),
+        },
+        None => (path.to_owned(), "html"),
+    };
+    if route == "/account" || route.starts_with("/account/") {
+        format!("{user}'s account as {format}")
+    } else {
+        format!("public page {route} as {format}")
+    }
+}
+
+/// A private area written `Prefix("/account/")`: the rule covers `/account` itself (a
+/// lenient origin's reading drops the trailing slash), and the docs send an origin with a
+/// `.:format` suffix to a `Prefix` rule; but `/account.json`, Rails' `/account` answered
+/// as JSON, was no path of the prefix (`.` is no segment boundary), so a victim lured
+/// there had their page stored for the attacker.
+#[tokio::test]
+async fn a_no_cache_prefix_of_whole_segments_holds_for_a_format_suffix() {
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(60))
+        .no_cache(RouteMatch::Prefix("/account/".into()));
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(path_origin::serving(rails_page));
+    path_origin::assert_each_gets_own(&app, &watch, "/account.json", |user| {
+        format!("{user}'s account as json")
+    })
+    .await;
+    path_origin::assert_each_gets_own(&app, &watch, "/account.css", |user| {
+        format!("{user}'s account as css")
+    })
+    .await;
+    assert_eq!(watch.snapshot().stores, 0);
+}

@@ -208,6 +208,9 @@ struct OriginRule {
     prefix: bool,
     /// A prefix written with a trailing `/` (`/account/`) covers whole segments only in
     /// the origin reading, which drops trailing slashes: `/accounting` stays its own.
+    /// A segment's format suffix is no part of it (Rails' `/account(.:format)` answers
+    /// `/account.json` as `/account`, which the rule covers): `/account.json` is under
+    /// it (review SD).
     whole_segments: bool,
     action: RouteAction,
 }
@@ -221,7 +224,7 @@ impl OriginRule {
             && (!self.whole_segments
                 || path.len() == self.path.len()
                 || self.path.ends_with('/')
-                || path.as_bytes().get(self.path.len()) == Some(&b'/'))
+                || matches!(path.as_bytes().get(self.path.len()), Some(b'/' | b'.')))
     }
 }
 
@@ -1246,6 +1249,9 @@ mod tests {
         assert_eq!(rules.lifetime("/static/app.css", None, HOUR), Some(HOUR));
         assert_eq!(rules.lifetime("/News/", None, HOUR), Some(HOUR));
         assert_eq!(rules.lifetime("/privateer", None, HOUR), Some(HOUR));
+        // Rails' `/private(.:format)` (review SD).
+        assert_eq!(rules.lifetime("/private.json", None, HOUR), None);
+        assert_eq!(rules.lifetime("/Private.css", None, HOUR), None);
         assert_eq!(rules.lifetime("/Privateer/", None, HOUR), Some(HOUR));
         // A longer lifetime rule below a `no_cache` prefix still wins in both readings.
         assert_eq!(
