@@ -195,3 +195,57 @@ async fn a_no_cache_prefix_of_whole_segments_holds_for_a_format_suffix() {
     .await;
     assert_eq!(watch.snapshot().stores, 0);
 }
+
+/// The same through axum: a catch-all (`/{*path}`, a gateway handing the target as sent
+/// to a Tomcat application, cached an hour) gets `/account;%2F..%2Fnews`, which the
+/// router does not send to `/account`'s own route; Tomcat answers it with the victim's
+/// account. The route pattern's rule must not store it past the `no_cache` rule.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_catch_all_pattern_rule_holds_where_tomcat_drops_parameters() {
+    use axum::Router;
+    use axum::http::{HeaderMap, Uri};
+    use axum::routing::get as route_get;
+
+    fn user(headers: &HeaderMap) -> String {
+        headers
+            .get("cookie")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("user="))
+            .unwrap_or("anonymous")
+            .to_owned()
+    }
+
+    let layer = support::layer(MemoryBackend::new())
+        .no_cache(RouteMatch::Exact("/account".into()))
+        .route(
+            RouteMatch::Pattern("/{*path}".into()),
+            Duration::from_secs(3600),
+        );
+    let watch = support::Watch::of(&layer);
+    let app = Router::new()
+        .route(
+            "/account",
+            route_get(
+                |headers: HeaderMap| async move { account_page("/account", &user(&headers)) },
+            ),
+        )
+        .route(
+            "/{*path}",
+            route_get(|uri: Uri, headers: HeaderMap| async move {
+                account_page(uri.path(), &user(&headers))
+            }),
+        )
+        .route_layer(layer);
+    for spelling in ["/account;%2F..%2Fnews", "/account;v=%2F..%2Fx.css"] {
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("{user}'s account")
+        })
+        .await;
+    }
+    // The catch-all's rule still caches what it serves.
+    let (_, _) = get(&app, "/news;v=1", None).await;
+    watch.settled().await;
+    let (_, status) = get(&app, "/news;v=1", None).await;
+    support::assert_hit(&status);
+}
