@@ -6,7 +6,7 @@
 //! folded, Unicode letters whose case mapping is ASCII too, escapes decoded again, IIS's `%u` escapes, overlong UTF-8, fullwidth forms and
 //! NFKC's other forms of path delimiters read as ASCII, the rest as NFKC writes it, `\` as `/`, dot segments, `;` parameters, white space around segments
 //! and Windows' trailing dots and spaces gone; cut at an escaped delimiter, and where it is cut, read on past it as
-//! well). The
+//! well; and with `;` parameters dropped before decoding, as Tomcat drops them). The
 //! path as sent is a third reading (a strict router's). Each reading picks a lifetime and
 //! the shortest wins; a `no_cache` rule in any turns caching off. A private page's
 //! `no_cache` rule has to hold for every spelling some origin answers with that page, or an
@@ -32,7 +32,8 @@ use std::time::Duration;
 /// dots), every other compatibility form as NFKC writes it (`𝐚`, `ⓐ`, `ᵃ` as `a`) and a
 /// letter with combining marks as the letter they compose (`e` + U+0301 as `é`), `\`
 /// read as `/`,
-/// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`),
+/// dot segments resolved (`/x/../account`), `;` parameters dropped (`/account;v=1`; also
+/// as sent, before decoding, as Tomcat does: `/account;%2F..%2Fx`),
 /// white space around a segment trimmed as Spring does (`/%20account`) and its trailing
 /// dots and spaces dropped as Windows does (`/account.`), cut at
 /// an escaped `?`, `#`, NUL or line break (`/account%0A`) or read on past one
@@ -207,6 +208,9 @@ struct OriginRule {
     prefix: bool,
     /// A prefix written with a trailing `/` (`/account/`) covers whole segments only in
     /// the origin reading, which drops trailing slashes: `/accounting` stays its own.
+    /// A segment's format suffix is no part of it (Rails' `/account(.:format)` answers
+    /// `/account.json` as `/account`, which the rule covers): `/account.json` is under
+    /// it (review SD).
     whole_segments: bool,
     action: RouteAction,
 }
@@ -220,7 +224,7 @@ impl OriginRule {
             && (!self.whole_segments
                 || path.len() == self.path.len()
                 || self.path.ends_with('/')
-                || path.as_bytes().get(self.path.len()) == Some(&b'/'))
+                || matches!(path.as_bytes().get(self.path.len()), Some(b'/' | b'.')))
     }
 }
 
@@ -341,12 +345,11 @@ impl RouteRules {
         if !may_read_otherwise(path) {
             return Some(as_written.min(self.origin_lifetime(path, default)?));
         }
-        let (cut, read_on) = origin_readings(path)?;
-        let mut as_resolved = self.origin_lifetime(&cut, default)?;
-        if let Some(read_on) = read_on {
-            as_resolved = as_resolved.min(self.origin_lifetime(&read_on, default)?);
+        let mut as_resolved = as_written;
+        for reading in every_origin_reading(path)? {
+            as_resolved = as_resolved.min(self.origin_lifetime(&reading, default)?);
         }
-        Some(as_written.min(as_resolved))
+        Some(as_resolved)
     }
 
     /// What the rules read as patterns ([`PatternReading`]) that cover a reading of `path`
@@ -362,17 +365,11 @@ impl RouteRules {
         if applicable.peek().is_none() {
             return Some(Duration::MAX);
         }
-        let (cut, read_on) = origin_readings(path)?;
-        let readings = [
-            Some(path),
-            Some(read),
-            Some(cut.as_str()),
-            read_on.as_deref(),
-        ];
+        let resolved = every_origin_reading(path)?;
         let covering = applicable.filter(|rule| {
-            readings
-                .iter()
-                .flatten()
+            [path, read]
+                .into_iter()
+                .chain(resolved.iter().map(String::as_str))
                 .any(|reading| rule.covers(reading))
         });
         match strictest(covering.map(|rule| (&rule.action, ()))) {
@@ -403,8 +400,7 @@ impl RouteRules {
         if !may_read_otherwise(path) || !pattern_covers(pattern, path) {
             return Some(lifetime);
         }
-        let (cut, read_on) = origin_readings(path)?;
-        for reading in std::iter::once(cut).chain(read_on) {
+        for reading in every_origin_reading(path)? {
             if !pattern_covers(pattern, &reading) {
                 lifetime = lifetime.min(self.origin_lifetime(&reading, default)?);
             } else if self.no_cache_within(pattern, &reading) {
@@ -677,6 +673,32 @@ const DECODING_PASSES: usize = 2;
 /// [`compatibility_form`]): here, for a rule's own path, it is read as written.
 pub(crate) fn origin_reading(path: &str) -> String {
     origin_readings(path).map_or_else(|| path.to_owned(), |(cut, _)| cut)
+}
+
+/// Every reading of `path` by a lenient origin: [`origin_readings`]', and where the path
+/// holds `;` parameters, those of the path with each one dropped as it came, up to the
+/// next `/` as sent, before anything is decoded. Tomcat (and Spring's `UrlPathHelper`)
+/// cut them so: an escaped `/` or `\` inside one is part of the parameter, so
+/// `/account;%2F..%2Fnews` is their `/account` and `/static/x/..;%2Fb/..;/account` their
+/// `/static/x/../../account`, where decoding first read `/news` and `/static/account`
+/// (review SD). The first reading is [`origin_reading`]'s. `None` as for
+/// [`origin_readings`].
+fn every_origin_reading(path: &str) -> Option<Vec<String>> {
+    let (cut, read_on) = origin_readings(path)?;
+    let mut readings = Vec::with_capacity(4);
+    readings.push(cut);
+    readings.extend(read_on);
+    if path.contains(';') {
+        let dropped = path
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("/");
+        let (cut, read_on) = origin_readings(&dropped)?;
+        readings.push(cut);
+        readings.extend(read_on);
+    }
+    Some(readings)
 }
 
 /// [`origin_reading`], and where it cut the path, the reading of an origin that reads
@@ -1215,6 +1237,9 @@ mod tests {
             "/stats;.css",
             "/stats%3F.css",
             "/x/%2e%2e/stats",
+            // Tomcat drops a parameter before decoding, escaped `/` and all (review SD).
+            "/stats;%2F..%2Fx.css",
+            "/Stats;v=%5C..%5Cx",
             "/private",
             "/Private/x",
         ] {
@@ -1224,6 +1249,9 @@ mod tests {
         assert_eq!(rules.lifetime("/static/app.css", None, HOUR), Some(HOUR));
         assert_eq!(rules.lifetime("/News/", None, HOUR), Some(HOUR));
         assert_eq!(rules.lifetime("/privateer", None, HOUR), Some(HOUR));
+        // Rails' `/private(.:format)` (review SD).
+        assert_eq!(rules.lifetime("/private.json", None, HOUR), None);
+        assert_eq!(rules.lifetime("/Private.css", None, HOUR), None);
         assert_eq!(rules.lifetime("/Privateer/", None, HOUR), Some(HOUR));
         // A longer lifetime rule below a `no_cache` prefix still wins in both readings.
         assert_eq!(
