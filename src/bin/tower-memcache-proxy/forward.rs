@@ -370,6 +370,10 @@ impl http_body::Body for Upload {
         if let Some(progress) = this.progress.as_ref() {
             if polled.is_pending() {
                 progress.wake_on_answer(cx.waker());
+                // The answer may have ended before the waker was kept.
+                if progress.answered.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
+                }
             }
             progress
                 .waits_for_client
