@@ -829,3 +829,46 @@ async fn an_origin_answering_as_it_reads_still_gets_the_whole_body() {
         vec![b"helloworld".to_vec()]
     );
 }
+
+/// The pause-based desync from an HTTP/2 client: its DATA after the origin's whole answer
+/// came reach the origin no more than an HTTP/1.1 client's body does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_body_paused_until_the_origin_answers_early_reaches_it_no_further() {
+    let origin = RawOrigin::start(|head| {
+        if path_of(head) != "/pause" {
+            return own(head);
+        }
+        let mut answer =
+            Answer::bytes("HTTP/1.1 408 Request Timeout\r\nContent-Length: 7\r\n\r\ntimeout");
+        answer.reads_body = false;
+        answer.pause = Duration::from_millis(300);
+        answer
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let length = (SMUGGLED.len() + 1).to_string();
+    let fields: Vec<Field> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"shop.example"),
+        (b":path", b"/pause"),
+        (b"content-length", length.as_bytes()),
+    ];
+    let mut stream = h2_connect(proxy.addr).await;
+    let mut bytes = frame(HEADERS, END_HEADERS, 1, &block(&fields));
+    bytes.extend_from_slice(&frame(DATA, 0, 1, b"x"));
+    stream.write_all(&bytes).await.unwrap();
+    assert!(stream_1(&mut stream).await.is_some(), "no answer");
+    // The answer's body has come by now; then the rest of the request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stream
+        .write_all(&frame(DATA, END_STREAM, 1, SMUGGLED.as_bytes()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_gets_its_own(&proxy, &["/h2v1", "/h2v2"], "a paused h2 body").await;
+    assert!(
+        smuggled_heads(&origin).is_empty(),
+        "the rest of the body reached the origin as a request: {:?}",
+        origin.heads()
+    );
+}
