@@ -178,11 +178,19 @@ pin_project! {
         // once the body ended, not when the response is dropped, which a cache fill may
         // do later.
         place: Option<OwnedSemaphorePermit>,
+        // Ends the request's upload, if one is still under way, once this answer ended
+        // (or was dropped): see [`Answered`].
+        answered: Option<Answered>,
     }
 }
 
 impl Download {
-    fn new(body: Incoming, timeout: Duration, place: OwnedSemaphorePermit) -> Self {
+    fn new(
+        body: Incoming,
+        timeout: Duration,
+        place: OwnedSemaphorePermit,
+        answered: Option<Answered>,
+    ) -> Self {
         Self {
             body,
             // Armed when a wait starts.
@@ -190,6 +198,7 @@ impl Download {
             timeout,
             waiting: false,
             place: Some(place),
+            answered,
         }
     }
 }
@@ -219,6 +228,7 @@ impl http_body::Body for Download {
             *this.waiting = false;
             if !matches!(frame, Some(Ok(_))) {
                 this.place.take();
+                this.answered.take();
             }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
@@ -229,6 +239,7 @@ impl http_body::Body for Download {
         }
         if this.stalled.poll(cx).is_ready() {
             this.place.take();
+            this.answered.take();
             tracing::warn!("upstream stopped sending a response body: cut off");
             return Poll::Ready(Some(Err(Box::new(OriginStalled))));
         }
@@ -267,9 +278,60 @@ struct Progress {
     at: AtomicU64,
     client_failed: AtomicBool,
     waits_for_client: AtomicBool,
+    /// Whether the origin's answer has ended (see [`Answered`]).
+    answered: AtomicBool,
+    /// The upload's task, waiting for the client, to wake once the answer ended.
+    upload_waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
+/// Ends an upload the origin answered before it had all of it, once that answer ended
+/// (or was dropped unread). An origin that answers early (a body read timeout, a route
+/// that reads no body) and then reads on reads the rest as its next request: a client
+/// paused mid-body until then, and the rest, sent on, reached the origin as a request of
+/// its own, its fields never seen by the proxy (any `Host`, `X-Forwarded-For`, method
+/// override): a "pause-based" desync. The connection is marked `close` and never reused,
+/// so nothing more is owed to it; an answer still streaming (an origin reading and
+/// answering at once) keeps the upload going until it ends.
+struct Answered(Arc<Progress>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.answered.store(true, Ordering::Release);
+        let waker = match self.0.upload_waker.lock() {
+            Ok(mut waker) => waker.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The error an upload cut off by [`Answered`] ends with.
+#[derive(Debug)]
+struct AnsweredBeforeUpload;
+
+impl std::fmt::Display for AnsweredBeforeUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the origin answered before it had the request body: the rest not sent")
+    }
+}
+
+impl Error for AnsweredBeforeUpload {}
+
 impl Progress {
+    /// Keeps `waker` to wake when the answer ends ([`Answered`]).
+    fn wake_on_answer(&self, waker: &std::task::Waker) {
+        let mut slot = match self.upload_waker.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match slot.as_mut() {
+            Some(kept) => kept.clone_from(waker),
+            None => *slot = Some(waker.clone()),
+        }
+    }
+
     fn mark(&self) {
         let elapsed = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.at.store(elapsed, Ordering::Relaxed);
@@ -297,8 +359,22 @@ impl http_body::Body for Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.project();
+        if let Some(progress) = this.progress.as_ref() {
+            // Not a byte more once the origin's answer ended (see [`Answered`]): the
+            // error ends the connection, already marked `close`.
+            if progress.answered.load(Ordering::Acquire) {
+                return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
+            }
+        }
         let polled = this.body.poll_frame(cx);
         if let Some(progress) = this.progress.as_ref() {
+            if polled.is_pending() {
+                progress.wake_on_answer(cx.waker());
+                // The answer may have ended before the waker was kept.
+                if progress.answered.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
+                }
+            }
             progress
                 .waits_for_client
                 .store(polled.is_pending(), Ordering::Relaxed);
@@ -411,6 +487,8 @@ pub(crate) async fn forward(
             at: AtomicU64::new(0),
             client_failed: AtomicBool::new(false),
             waits_for_client: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+            upload_waker: std::sync::Mutex::new(None),
         })
     });
     // A copy to send again, for a safe request without body only (misses only: hits never
@@ -453,6 +531,8 @@ pub(crate) async fn forward(
     };
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
+            // Dropped with this answer, or kept by its body until it ends.
+            let answered = progress.clone().map(Answered);
             // hyper skips 100 and 102–199; a 101 switched protocols for a request that
             // asked for none (hop-by-hop `Upgrade` never reaches the origin): passed on, it
             // told the client its connection had switched, and hyper then dropped the
@@ -490,7 +570,7 @@ pub(crate) async fn forward(
                 decides_caching(name) || targeted.contains(name)
             });
             let timeout = upstream.head_timeout;
-            Ok(response.map(|body| Either::Left(Download::new(body, timeout, place))))
+            Ok(response.map(|body| Either::Left(Download::new(body, timeout, place, answered))))
         }
         // The client's upload broke (hyper's request fails with it): the client's fault,
         // not the origin's. Blamed on the origin (a 502, a warning, a stale entry's
