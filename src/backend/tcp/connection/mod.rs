@@ -47,8 +47,9 @@
 //! deadline comes first. Waiting for a slot or for a connection to open is rare and has a
 //! timer of its own.
 //!
-//! When anything goes wrong (I/O error, EOF, unparseable or unsolicited bytes, a reply that
-//! stalls) the connection is marked closed, every waiter gets the error, both tasks stop,
+//! When anything goes wrong (I/O error, EOF, unparseable or unsolicited bytes, a reply of a
+//! kind its request cannot get or for a request not yet written, a reply that stalls) the
+//! connection is marked closed, every waiter gets the error, both tasks stop,
 //! and the owner replaces the connection.
 
 use std::collections::VecDeque;

@@ -79,6 +79,8 @@ async fn read_replies(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut progress = false;
     let mut waited_last_tick = false;
+    // Replies handed out since the connection opened (see `WriteTurn::begun`).
+    let mut replied: u64 = 0;
     loop {
         tokio::select! {
             biased;
@@ -118,10 +120,12 @@ async fn read_replies(
         // Every complete reply in the buffer, each bounded by what its request asked, then
         // one lock for all their waiters. A request is queued before it is written, so every
         // byte that arrives belongs to a queued request: bytes with none left to answer are
-        // something nobody asked for. Parsing stops at the first incomplete reply, so what
+        // something nobody asked for, and so is a reply for a request not yet taken to be
+        // written (checked under the lock below). Each reply must also be of a kind its
+        // request can get, whether or not its caller still waits. Parsing stops at the first incomplete reply, so what
         // stays in `buf` is a prefix of a reply its request allows: the buffer holds at most
         // what the oldest outstanding request can legitimately be sent, plus one read.
-        let failure = loop {
+        let mut failure = loop {
             if buf.is_empty() {
                 break None;
             }
@@ -146,7 +150,18 @@ async fn read_replies(
                 return shared.closed_error();
             }
             pending.extend(state.asked.drain(..));
+            // A reply for a request not yet taken to be written (waiting in the backlog)
+            // answers nothing this client sent: the peer lies or is out of step, and it
+            // must not reach that request's caller (a purge would report a delete it never
+            // sent). The replies before it are handed out; the connection goes.
+            let sent =
+                usize::try_from(state.write.begun().saturating_sub(replied)).unwrap_or(usize::MAX);
+            if replies.len() > sent {
+                replies.truncate(sent);
+                failure = Some(Failure::Unsolicited);
+            }
             let count = replies.len().min(state.waiters.len());
+            replied += count as u64;
             answered.extend(state.waiters.drain(..count));
             // While replies keep coming the timer's branch above may not be polled: the
             // deadlines are looked at here too, after the replies just read were taken

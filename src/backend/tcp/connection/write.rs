@@ -39,6 +39,14 @@ pub(super) struct WriteTurn {
     pub(super) backlog: VecDeque<Bytes>,
     /// Gets queued after the backlog that later gets may still join (see [`super::merge`]).
     pub(super) open: Option<OpenGets>,
+    /// Requests ever taken to be written (by the caller that writes its own at once, or
+    /// in a batch), counted before their first byte goes out: a reply can only answer one
+    /// of these, so the reader refuses one that would answer a request still waiting
+    /// ([`begun`](Self::begun)).
+    begun: u64,
+    /// How many requests at the front of the backlog were taken already (an owner's
+    /// unwritten rest, handed on): not counted again when taken again.
+    handed_back: usize,
 }
 
 impl WriteTurn {
@@ -48,7 +56,26 @@ impl WriteTurn {
             yield_epoch: 0,
             backlog: VecDeque::new(),
             open: None,
+            begun: 0,
+            handed_back: 0,
         }
+    }
+
+    /// How many requests have been taken to be written since the connection opened. Read
+    /// under the state lock after a reply's bytes arrived, it counts the reply's request
+    /// if that was ever sent: it is counted under the lock before its bytes are written.
+    pub(super) fn begun(&self) -> u64 {
+        self.begun
+    }
+
+    /// Moves a batch from the front of the backlog to `batch`, counting what it begins.
+    fn take(&mut self, batch: &mut VecDeque<Bytes>) {
+        let before = batch.len();
+        take_batch(&mut self.backlog, batch);
+        let moved = batch.len() - before;
+        let again = moved.min(self.handed_back);
+        self.handed_back -= again;
+        self.begun += (moved - again) as u64;
     }
 
     /// Whether nobody owns the write side: the caller that finds it so writes at once, or
@@ -66,6 +93,7 @@ impl WriteTurn {
     pub(super) fn claim_now(&mut self) {
         debug_assert!(self.is_idle());
         self.owner = Owner::Sync;
+        self.begun += 1;
     }
 
     /// The caller that found the write side idle, with replies due before its own, yields
@@ -98,7 +126,7 @@ impl WriteTurn {
             return false;
         }
         self.owner = Owner::Sync;
-        take_batch(&mut self.backlog, batch);
+        self.take(batch);
         true
     }
 
@@ -131,7 +159,7 @@ impl WriteTurn {
         *seen = None;
         debug_assert!(self.is_yield(self.yield_epoch));
         self.owner = Owner::Sync;
-        take_batch(&mut self.backlog, batch);
+        self.take(batch);
         true
     }
 
@@ -151,7 +179,7 @@ impl WriteTurn {
             self.owner = Owner::Idle;
             return false;
         }
-        take_batch(&mut self.backlog, batch);
+        self.take(batch);
         true
     }
 
@@ -163,6 +191,7 @@ impl WriteTurn {
             Owner::Sync,
             "handed on by a task that does not own it"
         );
+        self.handed_back += rest.len();
         while let Some(bytes) = rest.pop_back() {
             self.backlog.push_front(bytes);
         }
@@ -176,6 +205,7 @@ impl WriteTurn {
             "closed before the merged gets was sealed"
         );
         self.backlog.clear();
+        self.handed_back = 0;
     }
 }
 

@@ -23,8 +23,71 @@ pub(crate) enum Asked {
     },
     /// `stats`: `STAT` lines, within [`Limits`].
     Stats,
-    /// Any other command: a one-line reply (or a bare `END`).
+    /// A command answered with one line: which line, besides an error.
+    Command(Command),
+    /// Any other command (none this client sends): any one-line reply (or a bare `END`).
     Line,
+}
+
+/// What a command answered with one line may be answered with, besides an error: a reply
+/// of another kind means the connection is out of step (the reply is another request's),
+/// and is refused where it is parsed, before the replies behind it are handed out, even
+/// when the caller it is for has given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// `set`, `add`, `replace`, `append`, `prepend`, `cas`.
+    Store,
+    /// `delete`.
+    Delete,
+    /// `touch`.
+    Touch,
+    /// `incr`, `decr`.
+    Number,
+    /// `flush_all`.
+    FlushAll,
+    /// `version`.
+    Version,
+}
+
+impl Command {
+    /// The command a request line's first word names, if it is one of those above.
+    fn of_verb(verb: &[u8]) -> Option<Command> {
+        Some(match verb {
+            b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" => Command::Store,
+            b"delete" => Command::Delete,
+            b"touch" => Command::Touch,
+            b"incr" | b"decr" => Command::Number,
+            b"flush_all" => Command::FlushAll,
+            b"version" => Command::Version,
+            _ => return None,
+        })
+    }
+
+    /// Whether `reply` (not an error) answers this command.
+    fn allows(self, reply: &Reply) -> bool {
+        match self {
+            Command::Store => matches!(
+                reply,
+                Reply::Stored | Reply::NotStored | Reply::Exists | Reply::NotFound
+            ),
+            Command::Delete => matches!(reply, Reply::Deleted | Reply::NotFound),
+            Command::Touch => matches!(reply, Reply::Touched | Reply::NotFound),
+            Command::Number => matches!(reply, Reply::Number(_) | Reply::NotFound),
+            Command::FlushAll => matches!(reply, Reply::Ok),
+            Command::Version => matches!(reply, Reply::Version(_)),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Command::Store => "STORED, NOT_STORED, EXISTS or NOT_FOUND",
+            Command::Delete => "DELETED or NOT_FOUND",
+            Command::Touch => "TOUCHED or NOT_FOUND",
+            Command::Number => "a number or NOT_FOUND",
+            Command::FlushAll => "OK",
+            Command::Version => "VERSION",
+        }
+    }
 }
 
 impl Asked {
@@ -42,7 +105,33 @@ impl Asked {
         } else if after_keyword(line, b"stats").is_some() {
             Asked::Stats
         } else {
-            Asked::Line
+            let verb = &line[..memchr::memchr(b' ', line).unwrap_or(line.len())];
+            Command::of_verb(verb).map_or(Asked::Line, Asked::Command)
+        }
+    }
+
+    /// Refuses a one-line `reply` of a kind this request cannot get: a get or `stats`
+    /// only a bare `END` (or an error), a command only its own replies.
+    fn check_line(&self, reply: Reply) -> Result<Reply, ProtocolError> {
+        let (allowed, expected) = match self {
+            Asked::Keys { .. } | Asked::Stats => (
+                matches!(&reply, Reply::Values(values) if values.is_empty()),
+                "END",
+            ),
+            Asked::Command(command) => (command.allows(&reply), command.expected()),
+            Asked::Line => (true, ""),
+        };
+        let error = matches!(
+            reply,
+            Reply::Error | Reply::ClientError(_) | Reply::ServerError(_)
+        );
+        if allowed || error {
+            Ok(reply)
+        } else {
+            Err(ProtocolError::UnexpectedReply {
+                reply: format!("{reply:?}"),
+                expected,
+            })
         }
     }
 
@@ -59,7 +148,7 @@ impl Asked {
     fn keys(&self) -> &[u8] {
         match self {
             Asked::Keys { keys, .. } => keys,
-            Asked::Stats | Asked::Line => &[],
+            Asked::Stats | Asked::Command(_) | Asked::Line => &[],
         }
     }
 }
@@ -97,7 +186,7 @@ impl<'a> KeyCheck<'a> {
     fn new(asked: &'a Asked) -> Self {
         let count = match asked {
             Asked::Keys { count, .. } => *count,
-            Asked::Stats | Asked::Line => 0,
+            Asked::Stats | Asked::Command(_) | Asked::Line => 0,
         };
         KeyCheck {
             keys: asked.keys(),
@@ -357,7 +446,8 @@ fn parse_raw(
         return Ok(None);
     };
     let Some(section) = Section::of(first) else {
-        return Ok(Some((RawReply::Ready(parse_single_line(first)?), next)));
+        let reply = asked.check_line(parse_single_line(first)?)?;
+        return Ok(Some((RawReply::Ready(reply), next)));
     };
 
     if section == Section::Values {
@@ -1134,7 +1224,11 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             Ok(Some(Reply::Values(multi_get_values())))
         );
         assert_eq!(&buf[..], b"STORED\r\nVALUE k 0 2\r\nhi");
-        assert_eq!(decode_any(&mut buf, &limits), Ok(Some(Reply::Stored)));
+        // A one-line reply to a command that may get it (not to a get: that is refused).
+        assert_eq!(
+            decode(&mut buf, &limits, &Asked::Line),
+            Ok(Some(Reply::Stored))
+        );
         assert_eq!(&buf[..], b"VALUE k 0 2\r\nhi");
         assert_eq!(decode_any(&mut buf, &limits), Ok(None));
         buf.extend_from_slice(b"\r\nEND\r\n");
@@ -1505,14 +1599,20 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         );
         assert_eq!(asked(b"stats\r\n"), Asked::Stats);
         assert_eq!(asked(b"stats items\r\n"), Asked::Stats);
-        for other in [
-            &b"getx a\r\n"[..],
-            b"set get 0 0 1\r\nx\r\n",
-            b"delete gets\r\n",
-            b"version\r\n",
-            b"statsx\r\n",
-        ] {
+        for other in [&b"getx a\r\n"[..], b"statsx\r\n", b"verbosity 1\r\n"] {
             assert_eq!(Asked::of_request(&Bytes::from(other)), Asked::Line);
+        }
+        for (request, command) in [
+            (&b"set get 0 0 1\r\nx\r\n"[..], Command::Store),
+            (b"cas k 0 0 1 7 noreply\r\nx\r\n", Command::Store),
+            (b"delete gets\r\n", Command::Delete),
+            (b"touch k 10\r\n", Command::Touch),
+            (b"decr k 1\r\n", Command::Number),
+            (b"flush_all\r\n", Command::FlushAll),
+            (b"version\r\n", Command::Version),
+        ] {
+            let asked = Asked::of_request(&Bytes::from(request));
+            assert_eq!(asked, Asked::Command(command));
         }
         // The key list is a view of the request, not a copy.
         let request = Bytes::from_static(b"gets alpha beta\r\n");
@@ -1690,8 +1790,17 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                 "{request:?}"
             );
         }
-        // A bare END reads as an empty listing whatever was asked; the backend judges it.
-        for request in [&b"get k\r\n"[..], b"stats\r\n", b"version\r\n"] {
+        // A bare END reads as an empty listing to a get or `stats`; to another command it
+        // is another request's reply (review SC).
+        assert!(matches!(
+            parse_reply(
+                b"END\r\n",
+                &limits,
+                &Asked::of_request(&Bytes::from_static(b"version\r\n"))
+            ),
+            Err(ProtocolError::UnexpectedReply { .. })
+        ));
+        for request in [&b"get k\r\n"[..], b"stats\r\n"] {
             assert_eq!(
                 parse_reply(
                     b"END\r\n",
@@ -1895,7 +2004,7 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                     Reply::Values(values) => {
                         let allowed = match asked {
                             Asked::Keys { count, .. } => *count,
-                            Asked::Stats | Asked::Line => 0,
+                            Asked::Stats | Asked::Command(_) | Asked::Line => 0,
                         };
                         assert!(values.len() <= allowed, "{values:?} for {asked:?}");
                         for value in values.iter().filter(|value| !value.data.is_empty()) {
@@ -2306,5 +2415,53 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             decode_any(&mut reply, &Limits::default()),
             Ok(Some(Reply::Values(vec![value(0, 9, None, data)])))
         );
+    }
+
+    /// Review SC: a one-line reply of a kind its request cannot get (another request's)
+    /// is refused where it is parsed; errors and each command's own replies pass.
+    #[test]
+    fn one_line_replies_of_another_requests_kind_are_refused() {
+        let limits = Limits::default();
+        let refused = [
+            (&b"gets a\r\n"[..], &b"STORED\r\n"[..]),
+            (b"get a b\r\n", b"DELETED\r\n"),
+            (b"stats settings\r\n", b"OK\r\n"),
+            (b"delete a\r\n", b"END\r\n"),
+            (b"delete a\r\n", b"STORED\r\n"),
+            (b"set a 0 0 1\r\nx\r\n", b"DELETED\r\n"),
+            (b"cas a 0 0 1 9\r\nx\r\n", b"END\r\n"),
+            (b"touch a 1\r\n", b"DELETED\r\n"),
+            (b"incr a 1\r\n", b"STORED\r\n"),
+            (b"flush_all\r\n", b"VERSION 1.6.0\r\n"),
+            (b"version\r\n", b"OK\r\n"),
+        ];
+        for (request, reply) in refused {
+            let outcome = decode(&mut BytesMut::from(reply), &limits, &asked(request));
+            assert!(
+                matches!(outcome, Err(ProtocolError::UnexpectedReply { .. })),
+                "{reply:?} to {request:?}: {outcome:?}"
+            );
+        }
+        let passed = [
+            (&b"gets a\r\n"[..], &b"END\r\n"[..]),
+            (b"stats\r\n", b"END\r\n"),
+            (b"delete a\r\n", b"NOT_FOUND\r\n"),
+            (b"set a 0 0 1\r\nx\r\n", b"NOT_STORED\r\n"),
+            (b"cas a 0 0 1 9\r\nx\r\n", b"EXISTS\r\n"),
+            (b"touch a 1\r\n", b"TOUCHED\r\n"),
+            (b"decr a 1\r\n", b"7  \r\n"),
+            (b"flush_all\r\n", b"OK\r\n"),
+            (b"version\r\n", b"VERSION 1.6.0\r\n"),
+            (b"gets a\r\n", b"SERVER_ERROR out of memory\r\n"),
+            (b"delete a\r\n", b"CLIENT_ERROR bad\r\n"),
+            (b"version\r\n", b"ERROR\r\n"),
+        ];
+        for (request, reply) in passed {
+            let outcome = decode(&mut BytesMut::from(reply), &limits, &asked(request));
+            assert!(
+                matches!(outcome, Ok(Some(_))),
+                "{reply:?} to {request:?}: {outcome:?}"
+            );
+        }
     }
 }
