@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::raw_http::find;
+
 use support::proxy::{Proxy, start_proxy};
 
 use std::collections::HashMap;
@@ -98,12 +100,6 @@ async fn serve_raw(
             return;
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 /// One response read off a client connection by its own framing (`Content-Length` or

@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::raw_http::{find, header_of};
+
 use support::proxy::{Proxy, start_proxy};
 
 use std::net::SocketAddr;
@@ -185,22 +187,6 @@ async fn serve(
             return;
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|line| {
-        let (field, value) = line.split_once(':')?;
-        field
-            .trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| value.trim().to_string())
-    })
 }
 
 fn path_of(head: &str) -> &str {

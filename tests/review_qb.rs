@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::raw_http::header_of;
+
 use support::proxy::{Proxy, start_proxy};
 
 use std::convert::Infallible;
@@ -243,16 +245,6 @@ async fn raw_origin(
         }
     });
     (addr, heads)
-}
-
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|line| {
-        let (field, value) = line.split_once(':')?;
-        field
-            .trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| value.trim().to_string())
-    })
 }
 
 /// Reads from `stream` until `done` holds of what came (3 s at most): what came.

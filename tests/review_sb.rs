@@ -15,12 +15,14 @@
 
 mod support;
 
+use support::raw_http::{find, header_of};
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::h2_frames::{
-    END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame, hpack_literal,
+    END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, hpack_literal, status_of_stream_1,
 };
 use support::proxy::{Proxy, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -225,22 +227,6 @@ async fn serve(
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|line| {
-        let (field, value) = line.split_once(':')?;
-        field
-            .trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| value.trim().to_string())
-    })
-}
-
 fn path_of(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")
 }
@@ -329,35 +315,6 @@ fn block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-/// How stream 1 ended: its response head's first byte (`0x88` is 200), or `None` when it
-/// was reset, the connection went away, or 5 s passed.
-async fn stream_1(stream: &mut TcpStream) -> Option<u8> {
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        while buf.len() >= 9 {
-            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            let kind = buf[3];
-            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-            match kind {
-                HEADERS if id == 1 => return Some(buf.get(9).copied().unwrap_or(0)),
-                RST_STREAM if id == 1 => return None,
-                GOAWAY => return None,
-                _ => {}
-            }
-            buf.drain(..9 + len);
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return None,
-        }
-    }
-}
-
 /// Sends stream 1 with `fields` (after `:method` unless they name one, `:scheme` and
 /// `:authority` likewise) and `body` as one DATA frame (none: END_STREAM on the head),
 /// and waits for its head.
@@ -384,7 +341,7 @@ async fn h2_attack(proxy: &Proxy, fields: &[(&[u8], &[u8])], body: Option<&[u8]>
         bytes.extend_from_slice(&frame(DATA, END_STREAM, 1, body));
     }
     stream.write_all(&bytes).await.unwrap();
-    stream_1(&mut stream).await
+    status_of_stream_1(&mut stream, Duration::from_secs(5)).await
 }
 
 /// H2.CL and friends: an HTTP/2 request whose `content-length` disagrees with its DATA
@@ -858,7 +815,12 @@ async fn an_h2_body_paused_until_the_origin_answers_early_reaches_it_no_further(
     let mut bytes = frame(HEADERS, END_HEADERS, 1, &block(&fields));
     bytes.extend_from_slice(&frame(DATA, 0, 1, b"x"));
     stream.write_all(&bytes).await.unwrap();
-    assert!(stream_1(&mut stream).await.is_some(), "no answer");
+    assert!(
+        status_of_stream_1(&mut stream, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "no answer"
+    );
     // The answer's body has come by now; then the rest of the request.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = stream

@@ -300,13 +300,11 @@ async fn unsent_bytes_return_to_zero_after_every_kind_of_response() {
 // Requests h2 spells differently: raw frames, for what the h2 crate will not send.
 
 mod raw {
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
     pub(super) use super::support::h2_frames::{END_HEADERS, END_STREAM, HEADERS, frame};
-    use super::support::h2_frames::{GOAWAY, PREFACE, RST_STREAM, SETTINGS, hpack_literal};
+    use super::support::h2_frames::{PREFACE, SETTINGS, hpack_literal};
 
     /// Literal fields without indexing, in the order given (pseudo-fields included).
     pub(super) fn block(fields: &[(&str, &str)]) -> Vec<u8> {
@@ -322,36 +320,6 @@ mod raw {
         stream.write_all(PREFACE).await.unwrap();
         stream.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
         stream
-    }
-
-    /// The `:status` of stream 1 if its head came (first byte of the block: `0x88` is
-    /// 200, `0x8c` 400; anything else `0`), or `None` when it was reset, the connection
-    /// went away, or `within` passed.
-    pub(super) async fn status_of_stream_1(stream: &mut TcpStream, within: Duration) -> Option<u8> {
-        let mut buf = Vec::new();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            while buf.len() >= 9 {
-                let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let kind = buf[3];
-                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                match kind {
-                    HEADERS if id == 1 => return Some(buf.get(9).copied().unwrap_or(0)),
-                    RST_STREAM if id == 1 => return None,
-                    GOAWAY => return None,
-                    _ => {}
-                }
-                buf.drain(..9 + len);
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => return None,
-            }
-        }
     }
 }
 
@@ -505,7 +473,8 @@ async fn h2_requests_with_odd_fields_reach_the_origin_as_keyed_or_not_at_all() {
             ))
             .await
             .unwrap();
-        let status = raw::status_of_stream_1(&mut stream, Duration::from_secs(5)).await;
+        let status =
+            support::h2_frames::status_of_stream_1(&mut stream, Duration::from_secs(5)).await;
         let reached: Vec<String> = seen.lock().unwrap()[before..].to_vec();
         eprintln!("{name}: status byte {status:?}, origin saw {reached:?}");
         for line in &reached {
@@ -554,7 +523,7 @@ async fn h2_requests_with_odd_fields_reach_the_origin_as_keyed_or_not_at_all() {
         .write_all(&raw::frame(raw::HEADERS, raw::END_HEADERS, 1, &block))
         .await
         .unwrap();
-    let status = raw::status_of_stream_1(&mut stream, Duration::from_secs(5)).await;
+    let status = support::h2_frames::status_of_stream_1(&mut stream, Duration::from_secs(5)).await;
     eprintln!("extended CONNECT: {status:?}");
     assert_ne!(status, Some(0x88), "extended CONNECT was answered 200");
     assert_eq!(

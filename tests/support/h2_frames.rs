@@ -1,6 +1,11 @@
 //! Raw HTTP/2 frames and HPACK literals, for requests the h2 crate will not send (odd
 //! field names and orders, endless CONTINUATION, connection-specific fields).
 
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const HEADERS: u8 = 0x1;
@@ -43,4 +48,34 @@ pub fn hpack_literal(out: &mut Vec<u8>, indexing: bool, name: &[u8], value: &[u8
     out.extend_from_slice(name);
     hpack_int(out, 0, 7, value.len());
     out.extend_from_slice(value);
+}
+
+/// The `:status` of stream 1 if its head came (first byte of the block: `0x88` is
+/// 200, `0x8c` 400; anything else `0`), or `None` when it was reset, the connection
+/// went away, or `within` passed.
+pub async fn status_of_stream_1(stream: &mut TcpStream, within: Duration) -> Option<u8> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            match kind {
+                HEADERS if id == 1 => return Some(buf.get(9).copied().unwrap_or(0)),
+                RST_STREAM if id == 1 => return None,
+                GOAWAY => return None,
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod paced_origin;
 pub mod path_origin;
 pub mod personal;
 pub mod proxy;
+pub mod raw_http;
 pub mod refused_writes;
 pub mod scripted_service;
 pub mod seeds;
