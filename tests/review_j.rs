@@ -48,17 +48,9 @@ impl RawOrigin {
         let heads = Arc::new(Mutex::new(Vec::new()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn({
+        let task = support::origin::serve_each_connection(listener, {
             let heads = Arc::clone(&heads);
-            async move {
-                let mut connections = tokio::task::JoinSet::new();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    connections.spawn(serve_raw(stream, Arc::clone(&answers), Arc::clone(&heads)));
-                }
-            }
+            move |stream| serve_raw(stream, Arc::clone(&answers), Arc::clone(&heads))
         });
         Self { addr, heads, task }
     }

@@ -8,6 +8,7 @@
 
 mod support;
 
+use support::origin::serve_each_connection;
 use support::raw_http::{find, header_of};
 
 use support::proxy::{Proxy, start_proxy};
@@ -80,18 +81,11 @@ impl RawOrigin {
         let closed = Arc::new(Mutex::new(Vec::new()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn({
-            let heads = Arc::clone(&heads);
-            let closed = Arc::clone(&closed);
-            async move {
-                let mut served = tokio::task::JoinSet::new();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
-                    served.spawn(serve(stream, script, heads, Arc::clone(&closed)));
-                }
+        let task = serve_each_connection(listener, {
+            let (heads, closed) = (Arc::clone(&heads), Arc::clone(&closed));
+            move |stream| {
+                let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
+                serve(stream, script, heads, Arc::clone(&closed))
             }
         });
         Self {

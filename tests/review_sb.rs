@@ -15,6 +15,7 @@
 
 mod support;
 
+use support::origin::serve_each_connection;
 use support::raw_http::{find, header_of};
 
 use std::net::SocketAddr;
@@ -89,18 +90,11 @@ impl RawOrigin {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn({
-            let heads = Arc::clone(&heads);
-            let bodies = Arc::clone(&bodies);
-            async move {
-                let mut served = tokio::task::JoinSet::new();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
-                    served.spawn(serve(stream, script, heads, Arc::clone(&bodies)));
-                }
+        let task = serve_each_connection(listener, {
+            let (heads, bodies) = (Arc::clone(&heads), Arc::clone(&bodies));
+            move |stream| {
+                let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
+                serve(stream, script, heads, Arc::clone(&bodies))
             }
         });
         Self {

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// Serves HTTP/1.1 on `listener`, each request answered by `handle`, until the returned
@@ -36,6 +36,25 @@ where
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
+        }
+    })
+}
+
+/// Hands each connection accepted on `listener` to `serve` (an origin written on bare
+/// TCP, saying what hyper never would), until the returned task is aborted: connections
+/// live in the task, so aborting it closes them too.
+pub fn serve_each_connection<F, Fut>(listener: TcpListener, serve: F) -> JoinHandle<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            connections.spawn(serve(stream));
         }
     })
 }
