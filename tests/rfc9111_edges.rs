@@ -431,6 +431,49 @@ async fn rfc9111_4_1_negotiation_fields_share_variants<B: Backend>(backend: B) {
     assert_eq!(origin.calls(), 9);
 }
 
+/// RFC 9110 §7.6.1: "a sender MUST NOT send a connection option corresponding to a field
+/// that is intended for all recipients of the content. For example, Cache-Control is
+/// never appropriate as a connection option." An origin that names such fields in
+/// `Connection` anyway had them dropped from the entry while the layer decided by them:
+/// the hit went out without the `Vary` that keeps a cache in front of the layer (a CDN, a
+/// browser) from giving one language's page to all, without the `must-revalidate` another
+/// process judges the entry by, and without the validator it is revalidated with. The
+/// fields the cache decides by stay, as the proxy keeps them; other named fields go.
+async fn rfc9110_7_6_1_connection_never_drops_what_the_cache_decides_by<B: Backend>(backend: B) {
+    let origin = Origin::default();
+    let (svc, watch) = service(backend, &origin);
+    origin.ok(
+        "/named",
+        &[
+            ("cache-control", "max-age=60, must-revalidate"),
+            ("vary", "accept-language"),
+            ("etag", "\"v1\""),
+            ("x-per-connection", "one"),
+            ("connection", "cache-control, Vary, etag, x-per-connection"),
+        ],
+    );
+    let english = [("accept-language", "en")];
+    let first = get_with(&svc, "/named", &english).await;
+    assert_not_hit(first.cache_status());
+    stores(&watch, 1).await;
+    let hit = get_with(&svc, "/named", &english).await;
+    assert_hit(hit.cache_status());
+    assert_eq!(hit.body, first.body);
+    assert_eq!(
+        hit.header("cache-control"),
+        Some("max-age=60, must-revalidate")
+    );
+    assert_eq!(hit.header("vary"), Some("accept-language"));
+    assert_eq!(hit.header("etag"), Some("\"v1\""));
+    assert_eq!(
+        hit.header("x-per-connection"),
+        None,
+        "a field for one connection"
+    );
+    assert_eq!(hit.header("connection"), None);
+    assert_eq!(origin.calls(), 1);
+}
+
 on_every_backend!(
     "rfc9111_edges";
     rfc9111_1_2_2_and_5_3_very_long_lifetimes,
@@ -439,4 +482,5 @@ on_every_backend!(
     rfc9111_5_2_2_3_must_understand,
     rfc9111_4_3_2_if_modified_since_without_last_modified,
     rfc9111_4_1_negotiation_fields_share_variants,
+    rfc9110_7_6_1_connection_never_drops_what_the_cache_decides_by,
 );

@@ -94,7 +94,7 @@ pub use layer::{
 #[doc(inline)]
 pub use near::{NEAR_ENTRY_OVERHEAD, NearCache};
 #[doc(inline)]
-pub use policy::{CacheMode, DEFAULT_LIFETIME, RouteMatch, is_hop_by_hop};
+pub use policy::{CacheMode, DEFAULT_LIFETIME, RouteMatch, decides_caching, is_hop_by_hop};
 #[doc(inline)]
 pub use purge::{PurgeError, Purger};
 #[doc(inline)]

@@ -26,7 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
-use tower_memcache::cache::{InvalidTarget, OriginUnreachable, RequestTarget, is_hop_by_hop};
+use tower_memcache::cache::{
+    InvalidTarget, OriginUnreachable, RequestTarget, decides_caching, is_hop_by_hop,
+};
 
 use crate::origin_connection::{OriginConnector, kept_alive_unanswered};
 use crate::upstream_limit::UpstreamLimit;
@@ -567,7 +569,7 @@ pub(crate) async fn forward(
             }
             let targeted = &upstream.targeted;
             strip_hop_by_hop(response.headers_mut(), |name| {
-                decides_caching(name) || targeted.contains(name)
+                kept_from_connection(name) || targeted.contains(name)
             });
             let timeout = upstream.head_timeout;
             Ok(response.map(|body| Either::Left(Download::new(body, timeout, place, answered))))
@@ -693,40 +695,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, kept: impl Fn(&HeaderName) -> bool)
     }
 }
 
-/// Whether a response field decides whether the cache stores the response, for whom, how
-/// long, or which purges reach it. An origin's `Connection` may not make one hop-by-hop
-/// (RFC 9110 §7.6.1: "Cache-Control is never appropriate as a connection option"); the
-/// cache, in the proxy, is that hop's recipient and decides after this step, so dropped
-/// here, `Connection: vary` stored one language's page for all, `Connection:
-/// cache-control` (or `set-cookie`) a `private` page for everyone, and `Connection:
-/// surrogate-key` kept the page out of its tag's purges, `Connection: content-range` had a
-/// 200 holding part of its representation stored as the whole. Such fields stay, and so
-/// do those that tell whether a 304 is about the stored response (`ETag`,
-/// `Last-Modified`) and which entries an unsafe method's answer invalidates (`Location`,
-/// `Content-Location`), and `Content-Type`, by which an event stream is never stored
-/// (hidden, a stream was stored and replayed to every later client).
-fn decides_caching(name: &HeaderName) -> bool {
-    const FIELDS: [&str; 16] = [
-        "cache-control",
-        "pragma",
-        "expires",
-        "vary",
-        "age",
-        "surrogate-control",
-        "set-cookie",
-        "set-cookie2",
-        "content-range",
-        "etag",
-        "last-modified",
-        "location",
-        "content-location",
-        "content-type",
-        tower_memcache::cache::DEFAULT_TAG_HEADER,
-        tower_memcache::cache::DEFAULT_LIFETIME_HEADER,
-    ];
-    // RFC 9213's targeted fields (`CDN-Cache-Control`) too; `--targeted-cache-control` may
-    // name others, which the caller keeps.
-    FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
+/// Whether a response field is one the cache decides by ([`decides_caching`]: an origin's
+/// `Connection` may not make it hop-by-hop; the cache, in the proxy, is that hop's
+/// recipient and decides after this step), or the proxy's tag and lifetime fields, which
+/// the layer reads and removes.
+fn kept_from_connection(name: &HeaderName) -> bool {
+    decides_caching(name)
+        || name == tower_memcache::cache::DEFAULT_TAG_HEADER
+        || name == tower_memcache::cache::DEFAULT_LIFETIME_HEADER
 }
 
 /// The fields `Connection` names (read once: `is_hop_by_hop` would read it per field).

@@ -42,10 +42,54 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Headers that describe one connection, never stored (RFC 9110 §7.6.1), plus the ones a
 /// `Connection` header names.
 pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    if HOP_BY_HOP.contains(&name.as_str()) {
-        return true;
-    }
+    HOP_BY_HOP.contains(&name.as_str()) || connection_names(name, headers)
+}
+
+/// Whether a `Connection` line of `headers` names the field `name`.
+fn connection_names(name: &HeaderName, headers: &HeaderMap) -> bool {
     connection_options(headers).any(|token| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+}
+
+/// Whether a response field decides whether a cache stores the response, for whom, how
+/// long, or which purges reach it: a field an origin's `Connection` may not make
+/// hop-by-hop (RFC 9110 §7.6.1: "Cache-Control is never appropriate as a connection
+/// option"), which a cache keeps in the response it stores and answers with. Dropped,
+/// `Connection: vary` sent hits without the `Vary` a cache in front of this one (a CDN, a
+/// browser) keys by, `Connection: cache-control` without the directives another process
+/// judges the entry by, and `Connection: etag` without the validator to revalidate with.
+/// Besides the directives and `Vary`: `Set-Cookie` (whose presence keeps a response out
+/// of the cache), `Content-Range` (a 200 holding part of its representation),
+/// `ETag` / `Last-Modified` (whether a 304 is about the stored response), `Location` /
+/// `Content-Location` (which entries an unsafe method's answer invalidates),
+/// `Content-Type` (an event stream is never stored), and RFC 9213's targeted fields
+/// (`CDN-Cache-Control` and every `*-Cache-Control`).
+///
+/// ```
+/// use http::HeaderName;
+/// use tower_memcache::cache::decides_caching;
+///
+/// assert!(decides_caching(&HeaderName::from_static("vary")));
+/// assert!(decides_caching(&HeaderName::from_static("cdn-cache-control")));
+/// assert!(!decides_caching(&HeaderName::from_static("x-request-id")));
+/// ```
+pub fn decides_caching(name: &HeaderName) -> bool {
+    const FIELDS: [&str; 14] = [
+        "cache-control",
+        "pragma",
+        "expires",
+        "vary",
+        "age",
+        "surrogate-control",
+        "set-cookie",
+        "set-cookie2",
+        "content-range",
+        "etag",
+        "last-modified",
+        "location",
+        "content-location",
+        "content-type",
+    ];
+    FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
 }
 
 /// The members of a message's `Connection` lines, trimmed, as bytes: a line holding
@@ -676,7 +720,8 @@ pub(super) fn is_unstored_field(
     name == header::AGE
         || (PER_CLIENT_FIELDS.contains(name)
             && !(share_set_cookie && COOKIE_SETTERS.contains(name)))
-        || is_hop_by_hop(name, headers)
+        || HOP_BY_HOP.contains(&name.as_str())
+        || (connection_names(name, headers) && !decides_caching(name))
         || cc
             .private_fields
             .iter()
