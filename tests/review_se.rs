@@ -254,7 +254,21 @@ fn get(path: &str) -> Request<()> {
 #[cfg(feature = "tcp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_holds_against_a_stalled_fill_and_its_heir() {
-    let Some(memcached) = support::Memcached::start("review_se::stalled_fill_and_purge") else {
+    stalled_fill_and_its_heir_then_a_purge("review_se::stalled_fill_and_purge").await;
+}
+
+/// The same with a near tier, which must see the stores and the purge in memcached's
+/// order: a late store refused there must leave nothing here either.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_holds_against_a_stalled_fill_and_its_heir_in_the_near_tier() {
+    let _near = support::NearTier::on();
+    stalled_fill_and_its_heir_then_a_purge("review_se::stalled_fill_and_purge_near").await;
+}
+
+#[cfg(feature = "tcp")]
+async fn stalled_fill_and_its_heir_then_a_purge(test: &str) {
+    let Some(memcached) = support::Memcached::start(test) else {
         return;
     };
     let backend = support::patient_backend([memcached.addr()]);
@@ -273,11 +287,14 @@ async fn a_purge_holds_against_a_stalled_fill_and_its_heir() {
         let stalled = service.clone().oneshot(get("/hot")).await.unwrap();
         // A client that reads: it follows the stalled fill, then leads on to the origin
         // (held there, its response the page as it is).
+        let started = std::time::Instant::now();
         let heir = read(&service);
         support::eventually("the heir reaches the origin", || {
             origin.hot_calls.load(Ordering::SeqCst) >= 2
         })
         .await;
+        // Handed on, not after `coalesce_timeout` (30 s): the race under test.
+        assert!(started.elapsed() < Duration::from_secs(5), "not handed on");
         // The page changes, and is purged.
         origin.version.store(1, Ordering::SeqCst);
         purger
@@ -305,4 +322,74 @@ async fn a_purge_holds_against_a_stalled_fill_and_its_heir() {
         }
     })
     .await;
+}
+
+/// The same across processes: the stalled fill (no request of its own process waits for
+/// it) ends its placeholder's wait, and a request of another process arms the placeholder
+/// again, same token, and goes to the origin alongside. The page changes and is purged:
+/// neither process's late store of the old page may land, in either order.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_holds_against_a_stalled_fill_and_another_process_alongside_it() {
+    let Some(memcached) = support::Memcached::start("review_se::stalled_fill_across_processes")
+    else {
+        return;
+    };
+    let backend = support::patient_backend([memcached.addr()]);
+    let origin = Versioned::default();
+    let process = || {
+        support::layer(backend.clone())
+            .namespace(NAMESPACE)
+            .fill_buffer(64 * 1024)
+            .lease(Some(Duration::from_secs(30)))
+            .lease_wait(Duration::from_secs(20), Duration::from_millis(10))
+    };
+    let (one, other) = (process(), process());
+    let (watch_one, watch_other) = (Watch::of(&one), Watch::of(&other));
+    let purger = one.purger();
+    let (here, there) = (origin.behind(&one), origin.behind(&other));
+    support::bounded("the stalled fill, the other process and the purge", async {
+        let hog = here.clone().oneshot(get("/hog")).await.unwrap();
+        let stalled = here.clone().oneshot(get("/hot")).await.unwrap();
+        // The other process finds the placeholder, its wait ended, and goes alongside.
+        let started = std::time::Instant::now();
+        let alongside = read(&there);
+        support::eventually("the other process reaches the origin", || {
+            origin.hot_calls.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        // Its wait ended by the stall, not after `lease_wait` (20 s): the race under test.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the wait was not ended"
+        );
+        origin.version.store(1, Ordering::SeqCst);
+        purger
+            .purge_uri("http://shop.example/hot")
+            .await
+            .expect("purged");
+        let after = read(&there);
+        support::eventually("the request after the purge reaches the origin", || {
+            origin.hot_calls.load(Ordering::SeqCst) >= 3
+        })
+        .await;
+        origin.open();
+        assert_eq!(alongside.await.unwrap(), "v0");
+        assert_eq!(after.await.unwrap(), "v1", "answered the purged page");
+        watch_other.settled().await;
+        let body = stalled.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(version_of(&body), "v0");
+        drop(hog);
+        watch_one.settled().await;
+        for service in [&here, &there] {
+            assert_eq!(
+                read(service).await.unwrap(),
+                "v1",
+                "the purged page came back"
+            );
+        }
+    })
+    .await;
+    watch_one.settled().await;
+    watch_other.settled().await;
 }
