@@ -393,3 +393,43 @@ async fn a_purge_holds_against_a_stalled_fill_and_another_process_alongside_it()
     watch_one.settled().await;
     watch_other.settled().await;
 }
+
+/// A stalled fill whose client goes away leaves nothing held: its placeholder is waited
+/// for by nobody (another process goes at once), and its flight is gone (a request here
+/// leads at once). (The `fill_buffer` bytes its queue held go back with the client's
+/// end: `fill::reader`'s own tests.)
+#[tokio::test(start_paused = true)]
+async fn a_stalled_fill_whose_client_goes_releases_all_it_holds() {
+    const LONG: Duration = Duration::from_secs(30);
+    let backend = tower_memcache::backend::MemoryBackend::new();
+    let origin = Versioned::default();
+    origin.open();
+    let process = || {
+        support::layer(backend.clone())
+            .namespace(NAMESPACE)
+            .fill_buffer(64 * 1024)
+            .coalesce_timeout(LONG)
+            .lease(Some(LONG))
+            .lease_wait(LONG, Duration::from_millis(20))
+    };
+    let (one, other) = (process(), process());
+    let watch = Watch::of(&one);
+    let (here, there) = (origin.behind(&one), origin.behind(&other));
+    let hog = here.clone().oneshot(get("/hog")).await.unwrap();
+    let stalled = here.clone().oneshot(get("/hot")).await.unwrap();
+    // Past its grace: handed on (nobody followed) and its placeholder's wait ended.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for service in [&there, &here] {
+        let started = tokio::time::Instant::now();
+        assert_eq!(read(service).await.unwrap(), "v0");
+        let waited = started.elapsed();
+        assert!(
+            waited < LONG / 2,
+            "waited {waited:?} for a fill whose client is gone"
+        );
+    }
+    drop(hog);
+    watch.settled().await;
+}
