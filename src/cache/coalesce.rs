@@ -283,6 +283,7 @@ impl<B: Backend> Shared<B> {
             let guard = match found.slot {
                 Slot::Value { cas } => Some(cas),
                 Slot::Placeholder { placeholder, .. } => Some(placeholder.token),
+                Slot::Uncas { token } => token,
                 Slot::Absent | Slot::Unknown => UNGUARDED,
             };
             let at = if guard.is_some() {
@@ -317,7 +318,16 @@ impl<B: Backend> Shared<B> {
                     filler.guard = Some(found);
                     return Coordinated::Go(filler);
                 }
-                Slot::Unknown => break,
+                Slot::Uncas { token: Some(token) } => {
+                    // Another request's placeholder on a memcached without CAS: nothing
+                    // can replace it, so nobody waits for it (nor can this request's
+                    // response be stored). Alongside it, shared only with requests that
+                    // saw that same placeholder: no purge came between.
+                    filler.mark(Some(token), &found, started);
+                    filler.guard = Some(found);
+                    return Coordinated::Go(filler);
+                }
+                Slot::Unknown | Slot::Uncas { token: None } => break,
                 Slot::Placeholder { placeholder, .. } => {
                     let live = placeholder.until_ms > now_ms();
                     // One `lease_wait` across the request's lookups, from its first wait

@@ -91,6 +91,10 @@ impl Mark {
             // the count. Without this, every request for a hot URL went to the origin
             // while memcached was gone (lookups failing fast never overlap a leader's).
             Slot::Unknown => self.guard.is_none() && self.purges == purges(),
+            // Read from a memcached without CAS: the leader's own placeholder is the same
+            // refill (a purge would have deleted it); anything else tells nothing, and a
+            // lookup that read it is no lookup that failed.
+            Slot::Uncas { token } => token.is_some() && token == self.guard,
             Slot::Absent => false,
         }
     }

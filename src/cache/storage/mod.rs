@@ -151,23 +151,36 @@ pub(crate) enum Slot {
     Value {
         cas: u64,
     },
+    /// Read, but with no CAS value to write against: memcached numbers them from 1, and
+    /// one started with `-C` (CAS disabled) answers 0 and refuses every `cas`. Nothing
+    /// can be stored over it, released or armed again, so nobody waits for it. Yet it
+    /// was read, unlike [`Unknown`](Self::Unknown): a placeholder's `token` still tells
+    /// whose refill it is (a purge deletes it), and a flight admits by it. Read as
+    /// unknown, another process's placeholder put there after its purge let a request
+    /// that came after the purge join a flight that went out before it (review SE).
+    /// `None`: an entry, an index or bytes not ours, which tell nothing.
+    Uncas {
+        token: Option<u64>,
+    },
 }
 
 impl Slot {
     fn of(item: &Item) -> Self {
-        // memcached numbers CAS values from 1; a CAS of 0 is none: what a memcached
-        // started with `-C` (CAS disabled) answers, refusing every `cas` against it. A
-        // placeholder read so could never be replaced nor released, and was waited for
-        // (`lease_wait`) by every request for the URL until its time was up.
-        let Some(cas) = item.cas.filter(|cas| *cas != 0) else {
+        let Some(cas) = item.cas else {
             return Self::Unknown;
         };
-        match item.flags {
-            FLAG_PLACEHOLDER => match Placeholder::decode(&item.value) {
-                Some(placeholder) => Self::Placeholder { cas, placeholder },
-                None => Self::Value { cas },
+        let placeholder = match item.flags {
+            FLAG_PLACEHOLDER => Placeholder::decode(&item.value),
+            _ => None,
+        };
+        match placeholder {
+            // A placeholder read so could never be replaced nor released, and was waited
+            // for (`lease_wait`) by every request for the URL until its time was up.
+            _ if cas == 0 => Self::Uncas {
+                token: placeholder.map(|placeholder| placeholder.token),
             },
-            _ => Self::Value { cas },
+            Some(placeholder) => Self::Placeholder { cas, placeholder },
+            None => Self::Value { cas },
         }
     }
 }
