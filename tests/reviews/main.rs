@@ -93,6 +93,7 @@ mod review_sa;
 mod review_sb;
 mod review_sc;
 mod review_sd;
+mod review_se;
 mod review_ss;
 mod review_t;
 mod review_tt;

@@ -13,7 +13,7 @@
 //! Real memcached (started by the tests) and tokio's multi-threaded runtime where the
 //! races are between processes and tasks; every wait is bounded.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
