@@ -9,6 +9,12 @@
 //! the legitimate uploads that must still go through (`Expect: 100-continue`); and a
 //! body sent on the proxy's own `100 Continue` to an origin that declined it.
 //!
+//! SD read route rules as Tomcat drops `;` parameters and let a whole-segment `Prefix`
+//! cover a `.format` suffix: here, whether a lenient reading ever gives a page a longer
+//! lifetime than the rules as written (it did, through the format suffix). The cost of
+//! the readings (their count and size, whatever the path holds) is bounded by a unit test
+//! in `cache::policy::route`.
+//!
 //! The origin is a raw TCP server that reads request heads and records them; an early
 //! answer is written by a task of its own while the connection reads on (an origin with
 //! a write queue, as Netty's or Node's), so that what the origin reads after it is seen
@@ -555,4 +561,60 @@ async fn a_body_sent_on_the_proxys_100_continue_is_never_read_as_a_request() {
             "chunked: {chunked}: the body reached the origin as a request"
         );
     }
+}
+
+/// An origin that reads paths without case and knows no format suffix (IIS, a Windows
+/// file server): `/account/` is the user's own area, `/account/avatars/` a public
+/// directory inside it; `/account/avatars.json` is a file of the private area.
+fn case_blind_page(path: &str, user: &str) -> String {
+    let path = path.to_ascii_lowercase();
+    if path.starts_with("/account/avatars/") {
+        format!("public {path}")
+    } else if path == "/account" || path.starts_with("/account/") {
+        format!("{user}'s {path}")
+    } else {
+        format!("public {path}")
+    }
+}
+
+/// Review SD's format suffix (`.` ends a segment for a whole-segment `Prefix` rule) held
+/// for lifetime rules too, in the lenient origin reading, where the longest prefix
+/// decides: with `no_cache(Prefix("/account"))` and a lifetime for the public
+/// `/account/avatars/`, `/Account/avatars.json` (a case-blind origin's private
+/// `/account/avatars.json`, which the rules as written keep out of the cache) fell
+/// under the avatars rule and was stored: a lenient reading gave a lifetime where the
+/// rules said none. A format suffix only widens what a `no_cache` rule holds for.
+#[tokio::test]
+async fn a_format_suffix_gives_no_lifetime_past_a_no_cache_rule() {
+    use support::path_origin;
+    use tower::Layer;
+    use tower_memcache::backend::MemoryBackend;
+    use tower_memcache::cache::RouteMatch;
+
+    let layer = support::layer(MemoryBackend::new())
+        .default_lifetime(Duration::from_secs(3600))
+        .no_cache(RouteMatch::Prefix("/account".into()))
+        .route(
+            RouteMatch::Prefix("/account/avatars/".into()),
+            Duration::from_secs(60),
+        );
+    let watch = support::Watch::of(&layer);
+    let app = layer.layer(path_origin::serving(case_blind_page));
+    for spelling in [
+        "/account/avatars.json",
+        "/Account/avatars.json",
+        "/account/Avatars.json",
+    ] {
+        path_origin::assert_each_gets_own(&app, &watch, spelling, |user| {
+            format!("{user}'s /account/avatars.json")
+        })
+        .await;
+    }
+    assert_eq!(watch.snapshot().stores, 0);
+    // The public directory is still cached, in any case.
+    path_origin::assert_each_gets_own(&app, &watch, "/Account/Avatars/a.png", |_| {
+        "public /account/avatars/a.png".to_string()
+    })
+    .await;
+    assert_eq!(watch.snapshot().stores, 1);
 }
