@@ -282,6 +282,9 @@ struct Progress {
     waits_for_client: AtomicBool,
     /// Whether the origin's answer has ended (see [`Answered`]).
     answered: AtomicBool,
+    /// Whether the origin's answer began framed by its length: the rest of the body is
+    /// held back until the answer ends, then cut off (see [`Answered`]).
+    held: AtomicBool,
     /// The upload's task, waiting for the client, to wake once the answer ended.
     upload_waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
@@ -292,9 +295,27 @@ struct Progress {
 /// paused mid-body until then, and the rest, sent on, reached the origin as a request of
 /// its own, its fields never seen by the proxy (any `Host`, `X-Forwarded-For`, method
 /// override): a "pause-based" desync. The connection is marked `close` and never reused,
-/// so nothing more is owed to it; an answer still streaming (an origin reading and
-/// answering at once) keeps the upload going until it ends.
+/// so nothing more is owed to it; a chunked answer (an origin reading and answering at
+/// once) keeps the upload going until it ends.
+///
+/// An answer framed by its length (or by the connection's close) holds the rest of the
+/// upload back from its head on ([`Answered::new`]): its origin settled it without the
+/// rest of the body. Its end comes only as fast as the client takes it, so a client
+/// that read the head and no more (or an HTTP/2 client that opened no window) sent the
+/// rest on while the answer, all written at the origin, had not ended at the proxy. Held
+/// rather than cut: an error from the upload ends the origin connection, and the answer
+/// under way with it.
 struct Answered(Arc<Progress>);
+
+impl Answered {
+    /// The guard for `progress`'s upload, answered by `response`.
+    fn new<B>(progress: Arc<Progress>, response: &Response<B>) -> Self {
+        if !response.headers().contains_key(header::TRANSFER_ENCODING) {
+            progress.held.store(true, Ordering::Release);
+        }
+        Self(progress)
+    }
+}
 
 impl Drop for Answered {
     fn drop(&mut self) {
@@ -366,6 +387,14 @@ impl http_body::Body for Upload {
             // error ends the connection, already marked `close`.
             if progress.answered.load(Ordering::Acquire) {
                 return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
+            }
+            // Nor once an answer framed by its length began: nothing until it ended.
+            if progress.held.load(Ordering::Acquire) {
+                progress.wake_on_answer(cx.waker());
+                if progress.answered.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
+                }
+                return Poll::Pending;
             }
         }
         let polled = this.body.poll_frame(cx);
@@ -462,6 +491,11 @@ pub(crate) async fn forward(
     let carries_body = !request.body().is_end_stream();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, |_| false);
+    // The proxy meets a `100-continue` expectation itself (hyper sends `100 Continue` once
+    // the upload starts), so the body follows at once. An origin told of it that answered
+    // in place of a 100 (a 401) took it that no body would come, and read the body as its
+    // next request, one the proxy never saw. nginx clears `Expect` towards its upstreams.
+    headers.remove(header::EXPECT);
     // Gone since `as_forwarded`, before the cache; made sure of rather than trusted.
     remove_spellings(headers, &FORWARDING);
     set_forwarding(headers, &client, client_host.as_ref());
@@ -490,6 +524,7 @@ pub(crate) async fn forward(
             client_failed: AtomicBool::new(false),
             waits_for_client: AtomicBool::new(false),
             answered: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             upload_waker: std::sync::Mutex::new(None),
         })
     });
@@ -534,7 +569,9 @@ pub(crate) async fn forward(
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
             // Dropped with this answer, or kept by its body until it ends.
-            let answered = progress.clone().map(Answered);
+            let answered = progress
+                .clone()
+                .map(|progress| Answered::new(progress, &response));
             // hyper skips 100 and 102–199; a 101 switched protocols for a request that
             // asked for none (hop-by-hop `Upgrade` never reaches the origin): passed on, it
             // told the client its connection had switched, and hyper then dropped the

@@ -17,7 +17,10 @@
 //! to reload.
 //!
 //! Every method, path, query and end-to-end header is forwarded, except the forwarding
-//! headers below; the request body streams through. Hop-by-hop headers (`Connection` and
+//! headers below and `Expect` (the proxy sends `100 Continue` itself); the request body
+//! streams through until the origin's answer to it begins (framed by its length) or
+//! ends (chunked): the rest is not sent, as an origin that answered early would read it as
+//! a request. Hop-by-hop headers (`Connection` and
 //! the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 //! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
 //! ways, but for the response fields the cache decides by (`Cache-Control`, `Vary`,

@@ -210,7 +210,10 @@ struct OriginRule {
     /// the origin reading, which drops trailing slashes: `/accounting` stays its own.
     /// A segment's format suffix is no part of it (Rails' `/account(.:format)` answers
     /// `/account.json` as `/account`, which the rule covers): `/account.json` is under
-    /// it (review SD).
+    /// it (review SD), for a `no_cache` rule only. To another origin (case-blind, with no
+    /// format suffix) `/account/avatars.json` is no path under `/account/avatars/`: a
+    /// lifetime rule for that prefix, the longest, outranked `no_cache(Prefix("/account"))`
+    /// there and stored the page (review SF).
     whole_segments: bool,
     action: RouteAction,
 }
@@ -224,7 +227,11 @@ impl OriginRule {
             && (!self.whole_segments
                 || path.len() == self.path.len()
                 || self.path.ends_with('/')
-                || matches!(path.as_bytes().get(self.path.len()), Some(b'/' | b'.')))
+                || match path.as_bytes().get(self.path.len()) {
+                    Some(b'/') => true,
+                    Some(b'.') => matches!(self.action, RouteAction::NoCache),
+                    _ => false,
+                })
     }
 }
 
@@ -1195,6 +1202,38 @@ mod tests {
             RouteRules::default().lifetime(&swelling(40), None, HOUR),
             Some(HOUR)
         );
+    }
+
+    /// What a path holds (`;` parameters, escaped slashes, dot segments, in any number)
+    /// never multiplies its readings: at most four, none longer than three times the path
+    /// and NFKC's allowance (a letter's lower case may be three), so the rules cost what
+    /// the path's length does, whatever an attacker puts in it (review SF).
+    #[test]
+    fn a_path_has_few_readings_whatever_it_holds() {
+        for unit in [
+            ";",
+            ";%2F..%2F",
+            "/..;/",
+            "/./",
+            "%2F..",
+            ";a=%5C..%5C/",
+            "%3F/../",
+            "%252F..%252F",
+            "/\u{ff0e}\u{ff0e}/",
+            ";%0A/..",
+            "\u{390}",
+        ] {
+            for count in [1, 64, 4096] {
+                let path = format!("/static/{}", unit.repeat(count));
+                let readings = every_origin_reading(&path).expect("no NFKC swell");
+                assert!(readings.len() <= 4, "{unit:?} x {count}: {readings:?}");
+                let bound = 3 * (path.len() + SWELL_LIMIT);
+                assert!(
+                    readings.iter().all(|reading| reading.len() <= bound),
+                    "{unit:?} x {count}"
+                );
+            }
+        }
     }
 
     #[test]
