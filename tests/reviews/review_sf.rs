@@ -20,7 +20,7 @@
 //! a write queue, as Netty's or Node's), so that what the origin reads after it is seen
 //! whatever the answer's size.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
