@@ -1697,6 +1697,17 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
         }
     }
 
+    /// The reader reserves what [`Decoder::wanted`] says: nothing for a value skipped.
+    #[test]
+    fn a_value_over_the_limit_wants_no_room() {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(&b"VALUE big 0 100000\r\nxx"[..]);
+        let asked = asked(b"get big\r\n");
+        assert_eq!(decoder.decode(&mut buf, &SKIPPING, &asked), Ok(None));
+        assert_eq!(decoder.wanted(), 0);
+        assert!(buf.is_empty(), "{buf:?}");
+    }
+
     #[test]
     fn a_value_over_the_limit_is_checked_as_any_other() {
         let asked = asked(b"get a big\r\n");
