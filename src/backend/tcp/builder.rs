@@ -206,10 +206,12 @@ impl TcpBackendBuilder {
     /// refused before anything is sent. Defaults to 1 MiB. A server that reports a smaller
     /// `item_size_max` (its `-I`) on connecting, or refuses an item as too large, gets a
     /// smaller limit of its own ([`Backend::item_size_limit`](crate::backend::Backend::item_size_limit)).
-    /// Replies are bounded by it too, more loosely: a server announcing a value of more
-    /// than four times this limit (and never less than 4 MiB: clients sharing the servers
-    /// with a larger `-I` store larger values) is treated as broken and its connection
-    /// dropped. A multi-get reply holds at most one value per key asked.
+    /// Replies are bounded by it too, more loosely: a value of more than four times this
+    /// limit (and never less than 4 MiB: clients sharing the servers with a larger `-I`
+    /// store larger values) is not buffered: its bytes are discarded as they arrive and its
+    /// key reads as a miss, the other values of the reply and the replies behind it kept.
+    /// Only a value larger than any memcached holds (1 GiB) is taken for a broken server,
+    /// and its connection dropped. A multi-get reply holds at most one value per key asked.
     pub fn item_size_limit(mut self, bytes: usize) -> Self {
         self.item_size_limit = bytes;
         self
@@ -264,12 +266,11 @@ impl TcpBackendBuilder {
                 .max(Duration::from_millis(100)),
             max_in_flight: self.max_in_flight,
             limits: Limits {
-                // A server announcing a value beyond this is refused before its data is
-                // buffered. Four times the item size limit (and never below memcached's
-                // default): clients sharing the servers with a larger setting (`-I`) store
-                // larger values, and refusing them would drop the connection, and every
-                // call on it, on each read of such a key. A reply holds at most one value
-                // per key asked, so the bound per reply stays small.
+                // A value beyond this is never buffered: the reader discards its bytes as
+                // they arrive, and its key reads as a miss. Four times the item size limit
+                // (and never below memcached's default): clients sharing the servers with a
+                // larger setting (`-I`) store larger values, which are read. A reply holds
+                // at most one value per key asked, so the bound per reply stays small.
                 max_value_len: self
                     .item_size_limit
                     .max(DEFAULT_ITEM_SIZE_LIMIT)

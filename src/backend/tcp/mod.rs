@@ -426,6 +426,14 @@ impl TcpBackend {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
+        if keys.len() > 1 && self.inner.servers[index].is_closing_proxy() {
+            let found = self.get_each(index, keys, None).await?;
+            return Ok(keys
+                .iter()
+                .zip(found)
+                .filter_map(|(key, item)| Some((key.to_string(), item?)))
+                .collect());
+        }
         if keys.len() <= MAX_KEYS_PER_GET {
             // The common case (a lookup's few keys): one request, no futures to join.
             let mut request = BytesMut::new();
@@ -457,6 +465,35 @@ impl TcpBackend {
         Ok(found)
     }
 
+    /// One `gets` per key (all held by server `index`), pipelined, answered in the order
+    /// of `keys`, given up at `limit`: for a server taken for twemproxy
+    /// ([`Server::is_closing_proxy`]), which answers a multi-get that touches a server it
+    /// cannot reach with one error and closes the connection, failing every request
+    /// pipelined on it: a dead server behind it cost far more than the keys it held
+    /// (every lookup reads its entry and the namespace generation in one get). A key's
+    /// error fails the call, as a multi-get's does.
+    async fn get_each(
+        &self,
+        index: usize,
+        keys: &[&str],
+        limit: Option<Duration>,
+    ) -> Result<Vec<Option<Item>>, BackendError> {
+        let calls = keys.iter().map(|key| {
+            let mut request = BytesMut::with_capacity(key.len() + 8);
+            protocol::encode_get(&mut request, &[key], true);
+            self.execute_within(index, request.freeze(), Expect::Values, limit)
+        });
+        let mut found = Vec::with_capacity(keys.len());
+        for reply in join_all(calls).await {
+            match reply? {
+                // At most one value, for the one key asked (the parser checked that).
+                Reply::Values(values) => found.push(values.into_iter().next().map(into_item)),
+                other => return Err(error_reply(other, None)),
+            }
+        }
+        Ok(found)
+    }
+
     /// [`get_on`](Self::get_on), answered in the order of `keys`, given up at `limit`.
     async fn get_ordered_on(
         &self,
@@ -467,6 +504,9 @@ impl TcpBackend {
         let mut found = vec![None; keys.len()];
         if keys.is_empty() {
             return Ok(found);
+        }
+        if keys.len() > 1 && self.inner.servers[index].is_closing_proxy() {
+            return self.get_each(index, keys, Some(limit)).await;
         }
         if keys.len() <= MAX_KEYS_PER_GET {
             let mut request = BytesMut::new();

@@ -394,6 +394,14 @@ impl Server {
         }
     }
 
+    /// Whether the server was taken for a proxy that closes the connection on `stats`
+    /// (twemproxy: see [`Slot::settings_closes`]), until it is marked down and up again.
+    /// twemproxy also answers a multi-get that touches a server it cannot reach with one
+    /// error, and closes the connection with every request pipelined on it.
+    pub(crate) fn is_closing_proxy(&self) -> bool {
+        !self.health.ask_settings.load(Ordering::Acquire)
+    }
+
     /// What this server is known to accept.
     pub(crate) fn item_limit(&self) -> &ItemLimit {
         &self.health.item_limit

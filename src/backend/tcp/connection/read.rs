@@ -124,7 +124,9 @@ async fn read_replies(
         // written (checked under the lock below). Each reply must also be of a kind its
         // request can get, whether or not its caller still waits. Parsing stops at the first incomplete reply, so what
         // stays in `buf` is a prefix of a reply its request allows: the buffer holds at most
-        // what the oldest outstanding request can legitimately be sent, plus one read.
+        // what the oldest outstanding request can legitimately be sent, plus one read. (A
+        // value over the limit is not part of it: the decoder cuts its bytes out as they
+        // arrive, and wants no room for it.)
         let mut failure = loop {
             if buf.is_empty() {
                 break None;

@@ -9,6 +9,11 @@ use super::*;
 /// How much of an offending line is copied into an error, so errors stay small and printable.
 const SNIPPET_LEN: usize = 64;
 
+/// The largest value a memcached can hold: its `-I` goes up to 1 GiB. A value announced
+/// larger is refused as broken; one between [`Limits::max_value_len`] and this is skipped
+/// (see [`Decoder`]).
+const MAX_ITEM: usize = 1024 * 1024 * 1024;
+
 /// What one request allows its reply to hold, so that a reply is bounded by its request while
 /// it is parsed: a server cannot make the client buffer values nobody asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,17 +188,22 @@ struct KeyCheck<'a> {
 }
 
 impl<'a> KeyCheck<'a> {
-    fn new(asked: &'a Asked) -> Self {
+    /// A check of the keys `asked`, those at the positions `skipped` answered already.
+    fn new(asked: &'a Asked, skipped: &[usize]) -> Self {
         let count = match asked {
             Asked::Keys { count, .. } => *count,
             Asked::Stats | Asked::Command(_) | Asked::Line => 0,
         };
-        KeyCheck {
+        let mut check = KeyCheck {
             keys: asked.keys(),
             answered: 0,
             answered_beyond: vec![0; count.div_ceil(128).saturating_sub(1)],
             next: (0, 0),
+        };
+        for &index in skipped {
+            check.mark(index);
         }
+        check
     }
 
     /// Records an answer for `key`: the position of the asked key it answers, or `None` if
@@ -246,7 +256,12 @@ pub(crate) fn parse_reply(
     asked: &Asked,
 ) -> Result<Frame, ProtocolError> {
     let mut values = Vec::new();
-    Ok(match parse_raw(buf, limits, asked, &mut values, &mut 0)? {
+    let skipping = Skipping {
+        done: &[],
+        stop: None,
+    };
+    let parsed = parse_raw(buf, limits, asked, &mut values, skipping, &mut 0)?;
+    Ok(match parsed {
         None => Frame::Incomplete,
         Some((raw, len)) => Frame::Complete {
             reply: raw.into_reply(&mut values, |range| Bytes::copy_from_slice(&buf[range])),
@@ -269,12 +284,24 @@ pub(crate) fn decode(
 /// Decodes a connection's replies, keeping the scratch space of its parses: the offsets of
 /// a get reply's values are found before its bytes are split off, and would otherwise take
 /// an allocation of their own per reply.
+///
+/// A value over [`Limits::max_value_len`] (and within [`MAX_ITEM`]) is another client's
+/// on a shared memcached (one configured for larger items, or a server started with a
+/// larger `-I`): refusing it would drop the connection, every caller pipelined on it,
+/// on each read of the key. It is skipped instead, never buffered: its bytes are cut out
+/// of the buffer as they arrive, and the reply goes on without it, its key read as a miss.
 #[derive(Default)]
 pub(crate) struct Decoder {
     values: Vec<PendingValue>,
     /// How many bytes the incomplete reply at the front of the buffer needs at least, as
     /// far as its last value header says ([`wanted`](Self::wanted)).
     wanted: usize,
+    /// The value over the limit whose bytes are being cut out of the buffer, if any.
+    skip: Option<Oversized>,
+    /// The positions of the asked keys whose values were skipped in the reply being read:
+    /// the reply's bytes left in the buffer continue its values, and those keys were
+    /// answered.
+    skipped: Vec<usize>,
 }
 
 impl Decoder {
@@ -286,11 +313,13 @@ impl Decoder {
     /// a connection's first read buffer, so a hit on a small entry never copies.
     const SHARED: usize = 64 * 1024;
 
-    /// Takes one complete reply, to a request that asked `asked`, off the front of `buf`.
+    /// Takes one complete reply, to a request that asked `asked`, off the front of `buf`;
+    /// called again with the same `asked` until it is complete.
     ///
-    /// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete; the buffer
-    /// is also left untouched on error. Value data are zero-copy slices of the bytes split off
-    /// `buf`.
+    /// Returns `Ok(None)` and leaves `buf` untouched when the reply is incomplete, but for
+    /// the bytes of a value over the limit, which are cut out as they arrive. After an error
+    /// the stream is out of step: the decoder goes with its connection. Value data are
+    /// zero-copy slices of the bytes split off `buf`.
     pub(crate) fn decode(
         &mut self,
         buf: &mut BytesMut,
@@ -302,10 +331,34 @@ impl Decoder {
             self.values = Vec::new();
         }
         self.wanted = 0;
-        let Some((raw, len)) = parse_raw(buf, limits, asked, &mut self.values, &mut self.wanted)?
-        else {
-            return Ok(None);
+        let (raw, len) = loop {
+            if self.skip.is_some() && !self.skip_on(buf)? {
+                return Ok(None);
+            }
+            let mut oversized = None;
+            let skipping = Skipping {
+                done: &self.skipped,
+                stop: Some(&mut oversized),
+            };
+            match parse_raw(
+                buf,
+                limits,
+                asked,
+                &mut self.values,
+                skipping,
+                &mut self.wanted,
+            )? {
+                Some(parsed) => break parsed,
+                None => match oversized {
+                    None => return Ok(None),
+                    Some(value) => {
+                        self.skipped.push(value.index);
+                        self.skip = Some(value);
+                    }
+                },
+            }
         };
+        self.skipped.clear();
         Ok(Some(match raw {
             // Nothing refers to the consumed bytes, so skip them without creating a shared
             // handle.
@@ -339,6 +392,66 @@ impl Decoder {
     pub(crate) fn wanted(&self) -> usize {
         self.wanted
     }
+
+    /// Cuts the bytes of the value being skipped out of `buf`, as far as they are in, then
+    /// its terminator: whether it is all gone (the reply goes on where it began).
+    fn skip_on(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        let Some(skip) = self.skip.as_mut() else {
+            return Ok(true);
+        };
+        let here = buf.len().saturating_sub(skip.at).min(skip.len);
+        cut_out(buf, skip.at, here);
+        skip.len -= here;
+        if skip.len > 0 {
+            return Ok(false);
+        }
+        match buf.get(skip.at..skip.at + CRLF.len()) {
+            None => Ok(false),
+            Some(terminator) if terminator == CRLF => {
+                cut_out(buf, skip.at, CRLF.len());
+                self.skip = None;
+                Ok(true)
+            }
+            Some(_) => Err(ProtocolError::DataNotTerminated {
+                key: std::mem::take(&mut skip.key),
+            }),
+        }
+    }
+}
+
+/// Removes the `len` bytes at `at` from `buf` (`at + len` within it); the bytes after them
+/// move up, at most what the last read brought past them.
+fn cut_out(buf: &mut BytesMut, at: usize, len: usize) {
+    let end = at + len;
+    if end < buf.len() {
+        buf.copy_within(end.., at);
+    }
+    buf.truncate(buf.len() - len);
+}
+
+/// A value over [`Limits::max_value_len`] a parse stopped at, or the rest of it still to
+/// be cut out of the buffer ([`Decoder::skip`]).
+struct Oversized {
+    /// Where its header line begins in the buffer.
+    at: usize,
+    /// The position of the asked key it answers.
+    index: usize,
+    /// The length of its header line and data block, the block's terminator excluded:
+    /// what is left of them.
+    len: usize,
+    /// Its key, for the error when its block is not terminated.
+    key: String,
+}
+
+/// What a parse does at a value over [`Limits::max_value_len`], and those skipped so far.
+struct Skipping<'s> {
+    /// The positions of the asked keys whose values were skipped before: the buffer holds
+    /// the rest of a get reply, which begins inside its values.
+    done: &'s [usize],
+    /// Where to report the next one: the parse stops there, the reply incomplete, for the
+    /// [`Decoder`] to cut its bytes out. `None`: it jumps over them (all in the slice by
+    /// then), as over any value, keeping none (the slice twin, [`parse_reply`]).
+    stop: Option<&'s mut Option<Oversized>>,
 }
 
 /// A parsed reply whose value data are still offsets into the parsed buffer, so the caller
@@ -440,14 +553,20 @@ fn parse_raw(
     limits: &Limits,
     asked: &Asked,
     values: &mut Vec<PendingValue>,
+    mut skipping: Skipping<'_>,
     wanted: &mut usize,
 ) -> Result<Option<(RawReply, usize)>, ProtocolError> {
     let Some((first, next)) = read_line(buf, 0, limits.max_line_len)? else {
         return Ok(None);
     };
-    let Some(section) = Section::of(first) else {
-        let reply = asked.check_line(parse_single_line(first)?)?;
-        return Ok(Some((RawReply::Ready(reply), next)));
+    let section = match Section::of(first) {
+        Some(section) => section,
+        // The rest of a get reply, after a value cut out.
+        None if !skipping.done.is_empty() => Section::Values,
+        None => {
+            let reply = asked.check_line(parse_single_line(first)?)?;
+            return Ok(Some((RawReply::Ready(reply), next)));
+        }
     };
 
     if section == Section::Values {
@@ -455,21 +574,29 @@ fn parse_raw(
         // multi-get costs at most the vector's allocation, and a complete reply is walked
         // once.
         values.clear();
-        let Some((ending, len)) = walk(buf, section, limits, asked, wanted, |entry| {
-            if let Entry::Value(header, index, data) = entry {
-                if values.is_empty() {
-                    // Room for every key asked (the walk refuses more), allocated once.
-                    values.reserve(asked.max_entries(Section::Values, limits));
+        let walked = walk(
+            buf,
+            section,
+            limits,
+            asked,
+            wanted,
+            &mut skipping,
+            |entry| {
+                if let Entry::Value(header, index, data) = entry {
+                    if values.is_empty() {
+                        // Room for every key asked (the walk refuses more), allocated once.
+                        values.reserve(asked.max_entries(Section::Values, limits));
+                    }
+                    values.push(PendingValue {
+                        asked: index,
+                        flags: header.flags,
+                        cas: header.cas,
+                        data,
+                    });
                 }
-                values.push(PendingValue {
-                    asked: index,
-                    flags: header.flags,
-                    cas: header.cas,
-                    data,
-                });
-            }
-        })?
-        else {
+            },
+        )?;
+        let Some((ending, len)) = walked else {
             return Ok(None);
         };
         return Ok(Some(match ending {
@@ -481,7 +608,10 @@ fn parse_raw(
     // Check pass: validate and measure without allocating, so the common "not all here yet"
     // case for a large listing costs no allocation however often it is retried.
     let mut count = 0usize;
-    let Some((ending, len)) = walk(buf, section, limits, asked, wanted, |_| count += 1)? else {
+    let walked = walk(buf, section, limits, asked, wanted, &mut skipping, |_| {
+        count += 1;
+    })?;
+    let Some((ending, len)) = walked else {
         return Ok(None);
     };
     if let Ending::Error(reply) = ending {
@@ -494,11 +624,19 @@ fn parse_raw(
         Section::Values => RawReply::Values,
         Section::Stats => {
             let mut stats = Vec::with_capacity(count);
-            walk(buf, section, limits, asked, wanted, |entry| {
-                if let Entry::Stat(name, value) = entry {
-                    stats.push((name.to_owned(), value.to_owned()));
-                }
-            })?;
+            walk(
+                buf,
+                section,
+                limits,
+                asked,
+                wanted,
+                &mut skipping,
+                |entry| {
+                    if let Entry::Stat(name, value) = entry {
+                        stats.push((name.to_owned(), value.to_owned()));
+                    }
+                },
+            )?;
             RawReply::Ready(Reply::Stats(stats))
         }
     };
@@ -509,20 +647,23 @@ fn parse_raw(
 ///
 /// Returns how the reply ended and its total length, or `Ok(None)` if it is incomplete
 /// (with `wanted` set to the length the reply needs at least, when a value's data block is
-/// what is missing). Every entry is checked against `asked` as soon as its header line is in, so what an
-/// incomplete reply has buffered is always a prefix of a reply the request allows.
+/// what is missing), or stopped at a value over the limit (see [`Skipping`]; never
+/// visited). Every entry is checked against `asked` as soon as its header line is in, so
+/// what an incomplete reply has buffered is always a prefix of a reply the request allows.
 fn walk<'a>(
     buf: &'a [u8],
     section: Section,
     limits: &Limits,
     asked: &Asked,
     wanted: &mut usize,
+    skipping: &mut Skipping<'_>,
     mut visit: impl FnMut(Entry<'a>),
 ) -> Result<Option<(Ending, usize)>, ProtocolError> {
     let mut pos = 0;
-    let mut entries = 0usize;
+    // Values skipped before were entries of this reply.
+    let mut entries = skipping.done.len();
     let max_entries = asked.max_entries(section, limits);
-    let mut keys = KeyCheck::new(asked);
+    let mut keys = KeyCheck::new(asked, skipping.done);
     loop {
         let Some((line, next)) = read_line(buf, pos, limits.max_line_len)? else {
             return Ok(None);
@@ -546,7 +687,7 @@ fn walk<'a>(
         entries += 1;
         match section {
             Section::Values => {
-                let header = parse_value_header(line, limits)?;
+                let header = parse_value_header(line)?;
                 let Some(index) = keys.answer(header.key) else {
                     // Asked keys are ASCII, so only a key that matches none needs a look.
                     if std::str::from_utf8(header.key).is_err() {
@@ -556,6 +697,25 @@ fn walk<'a>(
                         key: snippet(header.key),
                     });
                 };
+                let oversized = header.len > limits.max_value_len;
+                if oversized {
+                    let max = limits.max_value_len.max(MAX_ITEM);
+                    if header.len > max {
+                        return Err(ProtocolError::ValueTooLarge {
+                            len: header.len,
+                            max,
+                        });
+                    }
+                    if let Some(stop) = skipping.stop.as_deref_mut() {
+                        *stop = Some(Oversized {
+                            at: pos,
+                            index,
+                            len: (next - pos).saturating_add(header.len),
+                            key: String::from_utf8_lossy(header.key).into_owned(),
+                        });
+                        return Ok(None);
+                    }
+                }
                 // Jump straight over the data block using the announced length: data may hold
                 // any bytes, "\r\n" included, and scanning it would make every retry O(size).
                 let data_end = next.saturating_add(header.len);
@@ -570,7 +730,9 @@ fn walk<'a>(
                         key: String::from_utf8_lossy(header.key).into_owned(),
                     });
                 }
-                visit(Entry::Value(header, index, next..data_end));
+                if !oversized {
+                    visit(Entry::Value(header, index, next..data_end));
+                }
                 pos = block_end;
             }
             Section::Stats => {
@@ -688,11 +850,9 @@ struct ValueHeader<'a> {
     cas: Option<u64>,
 }
 
-/// Parses a `VALUE` header, enforcing [`Limits::max_value_len`] before any data is awaited.
-fn parse_value_header<'a>(
-    line: &'a [u8],
-    limits: &Limits,
-) -> Result<ValueHeader<'a>, ProtocolError> {
+/// Parses a `VALUE` header; its length is checked against the limits by the caller, before
+/// any data is awaited.
+fn parse_value_header(line: &[u8]) -> Result<ValueHeader<'_>, ProtocolError> {
     let malformed = |reason: &'static str| ProtocolError::MalformedValueHeader {
         reason,
         line: snippet(line),
@@ -716,12 +876,6 @@ fn parse_value_header<'a>(
     let len = parse_u64(len)
         .and_then(|len| usize::try_from(len).ok())
         .ok_or_else(|| malformed("data length is not a decimal number"))?;
-    if len > limits.max_value_len {
-        return Err(ProtocolError::ValueTooLarge {
-            len,
-            max: limits.max_value_len,
-        });
-    }
     let cas = match cas {
         Some(cas) => Some(parse_u64(cas).ok_or_else(|| malformed("cas is not a decimal number"))?),
         None => None,
@@ -866,6 +1020,18 @@ mod tests {
     /// What `request` asks, for a request written out in a test.
     fn asked(request: &'static [u8]) -> Asked {
         Asked::of_request(&Bytes::from_static(request))
+    }
+
+    /// [`decode`], and whether a value over the limit was skipped (its bytes cut out of
+    /// `buf`, which is untouched otherwise unless the reply was complete).
+    fn decode_noting_skips(
+        buf: &mut BytesMut,
+        limits: &Limits,
+        asked: &Asked,
+    ) -> (Result<Option<Reply>, ProtocolError>, bool) {
+        let mut decoder = Decoder::default();
+        let decoded = decoder.decode(buf, limits, asked);
+        (decoded, !decoder.skipped.is_empty())
     }
 
     /// Decodes `buf` as the reply to a request that asked what its contents answer.
@@ -1434,21 +1600,163 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
     }
 
     #[test]
-    fn oversized_value_fails_before_data_arrives() {
+    fn a_value_larger_than_memcached_holds_fails_before_data_arrives() {
+        let len = MAX_ITEM + 1;
         assert_eq!(
-            error(b"VALUE k 0 1048577\r\n"),
-            ProtocolError::ValueTooLarge {
-                len: 1_048_577,
-                max: 1024 * 1024,
-            }
+            error(format!("VALUE k 0 {len}\r\n").as_bytes()),
+            ProtocolError::ValueTooLarge { len, max: MAX_ITEM }
         );
         let limits = Limits {
             max_value_len: 3,
             ..Limits::default()
         };
         assert_eq!(
-            error_with(b"VALUE a 0 1\r\nx\r\nVALUE k 0 4\r\n", &limits),
-            ProtocolError::ValueTooLarge { len: 4, max: 3 }
+            error_with(
+                format!("VALUE a 0 1\r\nx\r\nVALUE k 0 {len}\r\n").as_bytes(),
+                &limits
+            ),
+            ProtocolError::ValueTooLarge { len, max: MAX_ITEM }
+        );
+        let mut buf = BytesMut::from(format!("VALUE k 0 {len}\r\n").as_bytes());
+        assert_eq!(
+            decode(&mut buf, &Limits::default(), &asked(b"get k\r\n")),
+            Err(ProtocolError::ValueTooLarge { len, max: MAX_ITEM })
+        );
+    }
+
+    /// Limits under which a value of more than 4 bytes is skipped.
+    const SKIPPING: Limits = Limits {
+        max_value_len: 4,
+        max_line_len: 8192,
+        max_values: 10_000,
+    };
+
+    #[test]
+    fn a_value_over_the_limit_is_left_out_of_its_reply() {
+        let reply =
+            b"VALUE a 0 1\r\nx\r\nVALUE big 7 9\r\n123456789\r\nVALUE b 0 2\r\nyy\r\nEND\r\n";
+        let three = asked(b"get a big b\r\n");
+        let expected = Reply::Values(vec![value(0, 0, None, b"x"), value(2, 0, None, b"yy")]);
+        assert_eq!(
+            parse_reply(reply, &SKIPPING, &three),
+            Ok(Frame::Complete {
+                reply: expected.clone(),
+                len: reply.len(),
+            })
+        );
+        let mut buf = BytesMut::from(&reply[..]);
+        buf.extend_from_slice(b"STORED\r\n");
+        assert_eq!(decode(&mut buf, &SKIPPING, &three), Ok(Some(expected)));
+        assert_eq!(&buf[..], b"STORED\r\n");
+        // Alone: a miss.
+        let mut buf = BytesMut::from(&b"VALUE big 0 5\r\n12345\r\nEND\r\n"[..]);
+        assert_eq!(
+            decode(&mut buf, &SKIPPING, &asked(b"gets big\r\n")),
+            Ok(Some(Reply::Values(vec![])))
+        );
+        assert!(buf.is_empty());
+    }
+
+    /// Feeds `reply` to one decoder `read` bytes at a time, as a connection reads it: the
+    /// reply, and the most bytes the buffer held.
+    fn decode_in_reads(reply: &[u8], read: usize, asked: &Asked) -> (Reply, usize) {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut held = 0;
+        for chunk in reply.chunks(read) {
+            buf.extend_from_slice(chunk);
+            held = held.max(buf.len());
+            if let Some(reply) = decoder.decode(&mut buf, &SKIPPING, asked).unwrap() {
+                assert!(buf.is_empty(), "{buf:?} left");
+                return (reply, held);
+            }
+        }
+        panic!("incomplete: {buf:?} left");
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_never_buffered() {
+        let big = vec![b'\n'; 100_000];
+        let mut reply = b"VALUE a 0 3\r\none\r\nVALUE big 0 100000 9\r\n".to_vec();
+        reply.extend_from_slice(&big);
+        reply.extend_from_slice(
+            b"\r\nVALUE big2 0 7\r\n\r\nEND\r\n\r\nVALUE b 0 3\r\ntwo\r\nEND\r\n",
+        );
+        let asked = asked(b"gets a big big2 b\r\n");
+        for read in [1, 2, 3, 7, 1000, 16 * 1024, reply.len()] {
+            let (decoded, held) = decode_in_reads(&reply, read, &asked);
+            assert_eq!(
+                decoded,
+                Reply::Values(vec![value(0, 0, None, b"one"), value(3, 0, None, b"two")]),
+                "reads of {read}"
+            );
+            if read < 1000 {
+                // What is kept of the reply (its first value, part of a header), and a read.
+                assert!(held < 64 + read, "{held} bytes held, reads of {read}");
+            }
+        }
+    }
+
+    /// The reader reserves what [`Decoder::wanted`] says: nothing for a value skipped.
+    #[test]
+    fn a_value_over_the_limit_wants_no_room() {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(&b"VALUE big 0 100000\r\nxx"[..]);
+        let asked = asked(b"get big\r\n");
+        assert_eq!(decoder.decode(&mut buf, &SKIPPING, &asked), Ok(None));
+        assert_eq!(decoder.wanted(), 0);
+        assert!(buf.is_empty(), "{buf:?}");
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_checked_as_any_other() {
+        let asked = asked(b"get a big\r\n");
+        let mut decoder = Decoder::default();
+        // Its block must end with CRLF.
+        let mut buf = BytesMut::from(&b"VALUE big 0 5\r\n12345xy"[..]);
+        assert_eq!(
+            decoder.decode(&mut buf, &SKIPPING, &asked),
+            Err(ProtocolError::DataNotTerminated {
+                key: "big".to_owned()
+            })
+        );
+        // Its key may not be answered again, nor a key not asked.
+        let twice = b"VALUE big 0 5\r\n12345\r\nVALUE big 0 1\r\nx\r\nEND\r\n";
+        for (reply, error) in [
+            (
+                &twice[..],
+                ProtocolError::UnexpectedKey {
+                    key: "big".to_owned(),
+                },
+            ),
+            (
+                b"VALUE other 0 5\r\n12345\r\nEND\r\n",
+                ProtocolError::UnexpectedKey {
+                    key: "other".to_owned(),
+                },
+            ),
+            // What follows is read as the rest of a get reply.
+            (
+                b"VALUE big 0 5\r\n12345\r\nSTORED\r\n",
+                ProtocolError::UnexpectedLine {
+                    section: "get",
+                    line: "STORED".to_owned(),
+                },
+            ),
+        ] {
+            assert_eq!(parse_reply(reply, &SKIPPING, &asked), Err(error.clone()));
+            let mut buf = BytesMut::from(reply);
+            assert_eq!(
+                Decoder::default().decode(&mut buf, &SKIPPING, &asked),
+                Err(error)
+            );
+        }
+        // An error line ends the reply, as after any value.
+        let mut buf =
+            BytesMut::from(&b"VALUE big 0 5\r\n12345\r\nSERVER_ERROR out of memory\r\n"[..]);
+        assert_eq!(
+            Decoder::default().decode(&mut buf, &SKIPPING, &asked),
+            Ok(Some(Reply::ServerError("out of memory".to_owned())))
         );
     }
 
@@ -1962,7 +2270,10 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
             }
             // decode must agree with parse_reply and consume exactly `len` bytes.
             let mut buf = BytesMut::from(&input[..]);
-            match (decode(&mut buf, &limits, &asked), parsed) {
+            let (decoded, skipped) = decode_noting_skips(&mut buf, &limits, &asked);
+            // Bytes of a value over the limit are cut out as they come.
+            let untouched = |buf: &BytesMut| skipped || buf[..] == input[..];
+            match (decoded, parsed) {
                 (
                     Ok(Some(reply)),
                     Ok(Frame::Complete {
@@ -1973,10 +2284,10 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                     assert_eq!(reply, expected);
                     assert_eq!(buf.len(), input.len() - len);
                 }
-                (Ok(None), Ok(Frame::Incomplete)) => assert_eq!(&buf[..], &input[..]),
+                (Ok(None), Ok(Frame::Incomplete)) => assert!(untouched(&buf)),
                 (Err(err), Err(expected)) => {
                     assert_eq!(err, expected);
-                    assert_eq!(&buf[..], &input[..]);
+                    assert!(untouched(&buf));
                 }
                 (got, expected) => panic!("decode {got:?} vs parse_reply {expected:?}"),
             }
@@ -1989,13 +2300,15 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
 
     /// Parses `input` with both entry points and checks what must hold for any input: they
     /// agree, nothing panics, a reply spans at most the input, decode consumes exactly that
-    /// and leaves the buffer untouched otherwise, value data are views of the input, a reply
-    /// holds no more than the request allows, and what it holds is no larger than the input.
+    /// and leaves the buffer untouched otherwise (but for the bytes of a value over the
+    /// limit, cut out), value data are views of the input, a reply holds no more than the
+    /// request allows, and what it holds is no larger than the input.
     fn assert_sound(input: &[u8], limits: &Limits, asked: &Asked) -> Result<Frame, ProtocolError> {
         let parsed = parse_reply(input, limits, asked);
         let mut buf = BytesMut::from(input);
         let (base, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + input.len());
-        match (decode(&mut buf, limits, asked), &parsed) {
+        let (decoded, skipped) = decode_noting_skips(&mut buf, limits, asked);
+        match (decoded, &parsed) {
             (Ok(Some(reply)), Ok(Frame::Complete { reply: copied, len })) => {
                 assert!(*len > 0 && *len <= input.len(), "len {len} of {input:?}");
                 assert_eq!(&reply, copied);
@@ -2032,6 +2345,9 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                     _ => 0,
                 };
                 assert!(held <= *len, "{held} bytes held from a {len}-byte reply");
+            }
+            (Ok(None), Ok(Frame::Incomplete)) | (Err(_), Err(_)) if skipped => {
+                assert!(buf.len() < input.len());
             }
             (Ok(None), Ok(Frame::Incomplete)) | (Err(_), Err(_)) => {
                 assert_eq!(&buf[..], input);
@@ -2164,6 +2480,33 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                     "prefix of {} bytes", split
                 );
             }
+        }
+
+        #[test]
+        fn values_over_the_limit_are_left_out_whatever_the_reads(
+            values in get_values(),
+            read in 1..64usize,
+        ) {
+            let (asked, reply) = get_exchange(&values);
+            let expected: Vec<Value> = values
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, _, data, _))| data.len() <= SKIPPING.max_value_len)
+                .map(|(asked, (_, flags, data, cas))| value(asked, *flags, *cas, data))
+                .collect();
+            proptest::prop_assert_eq!(
+                assert_sound(&reply, &SKIPPING, &asked),
+                Ok(Frame::Complete { reply: Reply::Values(expected.clone()), len: reply.len() })
+            );
+            for split in 0..reply.len() {
+                proptest::prop_assert_eq!(
+                    assert_sound(&reply[..split], &SKIPPING, &asked),
+                    Ok(Frame::Incomplete),
+                    "prefix of {} bytes", split
+                );
+            }
+            let (decoded, _) = decode_in_reads(&reply, read, &asked);
+            proptest::prop_assert_eq!(decoded, Reply::Values(expected));
         }
 
         #[test]
@@ -2382,14 +2725,19 @@ STAT sizes_error something went wrong\r\nSTAT empty\r\nEND\r\n";
                     break;
                 }
                 let before = buf.clone();
-                match decoder.decode(&mut buf, limits, asked) {
+                let decoded_now = decoder.decode(&mut buf, limits, asked);
+                // Untouched, but for the bytes of a value over the limit, cut out as they
+                // come.
+                let kept =
+                    buf == before || (!decoder.skipped.is_empty() && buf.len() < before.len());
+                match decoded_now {
                     Ok(Some(reply)) => decoded.push(Decoded::Reply(reply)),
                     Ok(None) => {
-                        assert_eq!(buf, before, "an incomplete reply consumed bytes");
+                        assert!(kept, "an incomplete reply consumed bytes");
                         break;
                     }
                     Err(err) => {
-                        assert_eq!(buf, before, "an error consumed bytes");
+                        assert!(kept, "an error consumed bytes");
                         decoded.push(Decoded::Error(err));
                         return decoded;
                     }

@@ -9,7 +9,8 @@
 //! Grammar reference: memcached's `doc/protocol.txt`. Replies are self-describing by their first
 //! line, but a reply is also bounded by the request it answers ([`Asked`]): a get may only be
 //! answered with values for the keys it asked for, one each, so a broken or hostile server is
-//! refused at the first header too many rather than after its data has been buffered.
+//! refused at the first header too many rather than after its data has been buffered. A
+//! value larger than the client buffers is skipped as it arrives, never buffered.
 
 use bytes::Bytes;
 
@@ -94,8 +95,10 @@ pub(crate) enum Frame {
 /// without limit before the reply is rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
-    /// Largest accepted data block; checked against the announced length in the `VALUE` header.
-    /// Also bounds a whole `STAT` listing, which is a few KiB in practice.
+    /// Largest data block buffered; checked against the announced length in the `VALUE`
+    /// header. A larger one (up to the 1 GiB a memcached can hold) is skipped as it arrives
+    /// and its key reads as a miss (see [`Decoder`]). Also bounds a whole `STAT` listing,
+    /// which is a few KiB in practice.
     pub max_value_len: usize,
     /// Longest accepted text line, excluding its `\r\n`.
     pub max_line_len: usize,
@@ -157,12 +160,13 @@ pub enum ProtocolError {
         /// Key of the offending item.
         key: String,
     },
-    /// A `VALUE` header announced more data than the value size limit.
+    /// A `VALUE` header announced more data than any memcached holds (1 GiB, or the value
+    /// size limit if larger).
     #[error("memcached announced a {len}-byte value, over the {max}-byte limit")]
     ValueTooLarge {
         /// Announced length.
         len: usize,
-        /// Configured limit.
+        /// The limit.
         max: usize,
     },
     /// A line grew past the line length limit without its terminator.
