@@ -21,7 +21,7 @@
 //! Each test fails if the defect it names returns.
 #![cfg(feature = "tcp")]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
