@@ -710,18 +710,20 @@ pub(crate) fn answers_credentials(name: &HeaderName, authenticated: bool) -> boo
 /// hop-by-hop fields, `Age` (recomputed on reuse), the fields a qualified `private` or
 /// `no-cache` names, and the [`PER_CLIENT_FIELDS`], which belong to the one client they
 /// were sent to (even where storing such responses is allowed, the cookie itself never
-/// is, unless `share_set_cookie`).
+/// is, unless `share_set_cookie`). A field `Connection` names is not stored unless the
+/// cache decides by it ([`decides_caching`], or `targeted`: on the cache's target list).
 pub(super) fn is_unstored_field(
     name: &HeaderName,
     headers: &HeaderMap,
     cc: &CacheControl,
     share_set_cookie: bool,
+    targeted: bool,
 ) -> bool {
     name == header::AGE
         || (PER_CLIENT_FIELDS.contains(name)
             && !(share_set_cookie && COOKIE_SETTERS.contains(name)))
         || HOP_BY_HOP.contains(&name.as_str())
-        || (connection_names(name, headers) && !decides_caching(name))
+        || (connection_names(name, headers) && !decides_caching(name) && !targeted)
         || cc
             .private_fields
             .iter()

@@ -1,0 +1,65 @@
+//! Review SH: an adversarial second look at the two changes merged this morning.
+//!
+//! - Review SE: on a memcached without CAS (`-C`), a placeholder read with CAS 0 keeps its
+//!   token (`Slot::Uncas`), a flight admits such a lookup by that token, and a request
+//!   goes around such a placeholder without waiting.
+//! - Commit 136a921: an origin's `Connection` no longer drops the fields the cache decides
+//!   by (`cache::decides_caching`) from the layer's entries and hits.
+//!
+//! Every wait is bounded (`support::bounded`), every origin counts its calls.
+
+mod support;
+
+use http::{HeaderName, Method};
+use support::scripted_service::{Origin, Reply, lines};
+use support::{Watch, send, stores};
+use tower_memcache::backend::MemoryBackend;
+
+/// A field on the layer's own target list (RFC 9213, `targeted_cache_control`) rules the
+/// layer's decisions as much as `Cache-Control` does, whatever its name: the proxy keeps
+/// such a field from an origin's `Connection` (review QG), the layer did not. Named by
+/// `Connection`, `Edge-Control: no-cache` ruled the first store (revalidate before every
+/// reuse) but was left out of the entry; the 304 that refreshed it was merged into those
+/// fields and judged by them, by its `Cache-Control: max-age=600` for browsers, and the
+/// page was served ten minutes unrevalidated.
+#[tokio::test]
+async fn connection_cannot_drop_a_targeted_field_the_layer_rules_by() {
+    let edge = HeaderName::from_static("edge-control");
+    let layer = support::layer(MemoryBackend::new()).targeted_cache_control([edge]);
+    let watch = Watch::of(&layer);
+    let fields = [
+        ("cache-control", "public, max-age=600"),
+        ("edge-control", "no-cache"),
+        ("etag", "\"v1\""),
+        ("connection", "edge-control"),
+    ];
+    let origin = Origin::replying(move |request, _| {
+        let status = if request.headers().contains_key("if-none-match") {
+            304
+        } else {
+            200
+        };
+        Reply::with_status(status, lines(&fields), "page")
+    });
+    let svc = origin.service(&layer);
+    support::bounded("three requests", async {
+        for n in 1..=3 {
+            let answer = send(&svc, Method::GET, "http://site.example/e", &[]).await;
+            assert_eq!(answer.body, "page");
+            assert_eq!(
+                origin.calls(),
+                n,
+                "request {n} was answered by an entry its ruling field has revalidated \
+                 before every reuse ({})",
+                answer.cache_status()
+            );
+            assert_eq!(
+                answer.header("edge-control"),
+                Some("no-cache"),
+                "request {n}"
+            );
+            stores(&watch, 1).await;
+        }
+    })
+    .await;
+}
