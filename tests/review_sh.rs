@@ -63,3 +63,59 @@ async fn connection_cannot_drop_a_targeted_field_the_layer_rules_by() {
     })
     .await;
 }
+
+/// `Content-Encoding` says what the stored bytes are (RFC 9111 §3.2's own example of a
+/// field kept for the stored response's integrity), and is meant for every recipient of
+/// the content (RFC 9110 §7.6.1: never a connection option). Named by an origin's
+/// `Connection`, the miss went out labelled `gzip`, and the entry was stored without the
+/// label: every hit served the compressed bytes as if they were the page.
+#[tokio::test]
+async fn connection_cannot_strip_the_coding_of_the_stored_bytes() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = Watch::of(&layer);
+    let origin = Origin::new(|_| {
+        (
+            200,
+            lines(&[
+                ("cache-control", "public, max-age=600"),
+                ("content-encoding", "gzip"),
+                ("connection", "content-encoding"),
+            ]),
+            "\u{1f}compressed",
+        )
+    });
+    let svc = origin.service(&layer);
+    support::bounded("two requests", async {
+        let miss = send(&svc, Method::GET, "http://site.example/z", &[]).await;
+        stores(&watch, 1).await;
+        let hit = send(&svc, Method::GET, "http://site.example/z", &[]).await;
+        assert_eq!(hit.body, miss.body);
+        assert_eq!(
+            hit.header("content-encoding"),
+            miss.header("content-encoding"),
+            "the hit labels its bytes otherwise than the miss did ({})",
+            hit.cache_status()
+        );
+    })
+    .await;
+}
+
+/// The same origin answer through the proxy: the label stays (it dropped it before the
+/// cache saw the response, and every client, the miss's too, got the compressed bytes
+/// unlabelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_keeps_the_coding_connection_names() {
+    let answer = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Encoding: gzip\r\nConnection: content-encoding\r\nContent-Length: 4\r\n\r\n\x1fzip";
+    let (origin, _seen) = support::origin::scripted_origin(answer, true).await;
+    let proxy = support::proxy::start_proxy(origin, &[]);
+    support::bounded("the miss and the hit", async {
+        let head = "GET /z HTTP/1.1\r\nHost: shop.example\r\n";
+        let miss = support::proxy::raw_text(&proxy, head).await;
+        assert!(miss.contains("content-encoding: gzip"), "{miss:?}");
+        let body = support::proxy::until_cached(&proxy, head).await;
+        assert_eq!(body, "\u{1f}zip");
+        let hit = support::proxy::raw_text(&proxy, head).await;
+        assert!(hit.contains("content-encoding: gzip"), "{hit:?}");
+    })
+    .await;
+}

@@ -61,8 +61,10 @@ fn connection_names(name: &HeaderName, headers: &HeaderMap) -> bool {
 /// of the cache), `Content-Range` (a 200 holding part of its representation),
 /// `ETag` / `Last-Modified` (whether a 304 is about the stored response), `Location` /
 /// `Content-Location` (which entries an unsafe method's answer invalidates),
-/// `Content-Type` (an event stream is never stored), and RFC 9213's targeted fields
-/// (`CDN-Cache-Control` and every `*-Cache-Control`).
+/// `Content-Type` (an event stream is never stored), `Content-Encoding` (what the stored
+/// bytes are: dropped, the miss went out labelled `gzip` and every hit served the same
+/// bytes unlabelled), and RFC 9213's targeted fields (`CDN-Cache-Control` and every
+/// `*-Cache-Control`).
 ///
 /// ```
 /// use http::HeaderName;
@@ -73,7 +75,7 @@ fn connection_names(name: &HeaderName, headers: &HeaderMap) -> bool {
 /// assert!(!decides_caching(&HeaderName::from_static("x-request-id")));
 /// ```
 pub fn decides_caching(name: &HeaderName) -> bool {
-    const FIELDS: [&str; 14] = [
+    const FIELDS: [&str; 15] = [
         "cache-control",
         "pragma",
         "expires",
@@ -88,6 +90,7 @@ pub fn decides_caching(name: &HeaderName) -> bool {
         "location",
         "content-location",
         "content-type",
+        "content-encoding",
     ];
     FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
 }
