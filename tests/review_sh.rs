@@ -119,3 +119,66 @@ async fn the_proxy_keeps_the_coding_connection_names() {
     })
     .await;
 }
+
+/// Review SE's flights on a memcached without CAS admit a lookup by the token of the
+/// placeholder it read, as a purge of the URL deletes that placeholder. A tag purge does
+/// not: the placeholder another process put there before it is still read after it. A
+/// request here that came after the tag purge returned joins the flight under way there
+/// (it saw the same placeholder) and must still not be answered the page from before
+/// the purge: the leader's store check finds the tag purged since its request, and hands
+/// its response only to those that joined before its request went out.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cas_a_tag_purge_holds_against_a_flight_its_placeholder_outlived() {
+    use support::db::{self, Db};
+    const NAMESPACE: &str = "review-sh";
+    let Some(memcached) =
+        support::Memcached::start_with_args("review_sh::without_cas_a_tag_purge_holds", &["-C"])
+    else {
+        return;
+    };
+    let backend = support::patient_backend([memcached.addr()]);
+    let db = Db::default();
+    db.fields(
+        "/t",
+        &[("cache-control", "max-age=600"), ("surrogate-key", "shelf")],
+    );
+    let gate = db.hold();
+    let here = support::layer(backend.clone()).namespace(NAMESPACE);
+    let there = support::layer(backend.clone()).namespace(NAMESPACE);
+    let watch = Watch::of(&here);
+    let (svc_here, svc_there) = (db::service(&here, &db), db::service(&there, &db));
+    support::bounded("the race", async {
+        // The other process refills the page: its placeholder stays (nothing can end it).
+        let theirs = db::spawn_get(&svc_there, "/t", &[]);
+        gate.arrivals(1).await;
+        // A request here goes alongside it: the page as it is.
+        let before = db::spawn_get(&svc_here, "/t", &[]);
+        gate.arrivals(2).await;
+        // The page changes and its tag is purged (the placeholder is not deleted).
+        db.bump();
+        there.purger().purge_tag("shelf").await.unwrap();
+        // A request here after the purge returned: it reads the same placeholder.
+        let after = db::spawn_get(&svc_here, "/t", &[]);
+        support::eventually("the request after the purge goes or waits", || {
+            db.calls() >= 3 || watch.snapshot().coalesced >= 1
+        })
+        .await;
+        // It joined the flight here (it read the placeholder the flight is guarded by).
+        assert_eq!(watch.snapshot().coalesced, 1, "the attack needs the join");
+        gate.open();
+        let after = db::joined(after).await;
+        assert_eq!(
+            after.body,
+            "/t v1",
+            "a request that came after a tag purge returned was answered the page from \
+             before it ({})",
+            after.cache_status()
+        );
+        for handle in [theirs, before] {
+            db::joined(handle).await;
+        }
+    })
+    .await;
+    watch.settled().await;
+}
