@@ -61,8 +61,10 @@ fn connection_names(name: &HeaderName, headers: &HeaderMap) -> bool {
 /// of the cache), `Content-Range` (a 200 holding part of its representation),
 /// `ETag` / `Last-Modified` (whether a 304 is about the stored response), `Location` /
 /// `Content-Location` (which entries an unsafe method's answer invalidates),
-/// `Content-Type` (an event stream is never stored), and RFC 9213's targeted fields
-/// (`CDN-Cache-Control` and every `*-Cache-Control`).
+/// `Content-Type` (an event stream is never stored), `Content-Encoding` (what the stored
+/// bytes are: dropped, the miss went out labelled `gzip` and every hit served the same
+/// bytes unlabelled), and RFC 9213's targeted fields (`CDN-Cache-Control` and every
+/// `*-Cache-Control`).
 ///
 /// ```
 /// use http::HeaderName;
@@ -73,7 +75,7 @@ fn connection_names(name: &HeaderName, headers: &HeaderMap) -> bool {
 /// assert!(!decides_caching(&HeaderName::from_static("x-request-id")));
 /// ```
 pub fn decides_caching(name: &HeaderName) -> bool {
-    const FIELDS: [&str; 14] = [
+    const FIELDS: [&str; 15] = [
         "cache-control",
         "pragma",
         "expires",
@@ -88,6 +90,7 @@ pub fn decides_caching(name: &HeaderName) -> bool {
         "location",
         "content-location",
         "content-type",
+        "content-encoding",
     ];
     FIELDS.contains(&name.as_str()) || name.as_str().ends_with("-cache-control")
 }
@@ -710,18 +713,20 @@ pub(crate) fn answers_credentials(name: &HeaderName, authenticated: bool) -> boo
 /// hop-by-hop fields, `Age` (recomputed on reuse), the fields a qualified `private` or
 /// `no-cache` names, and the [`PER_CLIENT_FIELDS`], which belong to the one client they
 /// were sent to (even where storing such responses is allowed, the cookie itself never
-/// is, unless `share_set_cookie`).
+/// is, unless `share_set_cookie`). A field `Connection` names is not stored unless the
+/// cache decides by it ([`decides_caching`], or `targeted`: on the cache's target list).
 pub(super) fn is_unstored_field(
     name: &HeaderName,
     headers: &HeaderMap,
     cc: &CacheControl,
     share_set_cookie: bool,
+    targeted: bool,
 ) -> bool {
     name == header::AGE
         || (PER_CLIENT_FIELDS.contains(name)
             && !(share_set_cookie && COOKIE_SETTERS.contains(name)))
         || HOP_BY_HOP.contains(&name.as_str())
-        || (connection_names(name, headers) && !decides_caching(name))
+        || (connection_names(name, headers) && !decides_caching(name) && !targeted)
         || cc
             .private_fields
             .iter()

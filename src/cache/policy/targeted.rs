@@ -64,12 +64,15 @@ pub(crate) struct ResponseDirectives<'h> {
     /// its qualified `private="…"` / `no-cache="…"` name are still not stored (keeping a
     /// field out of shared caches is never wrong, and the origin asked for it).
     overridden: Option<CacheControl>,
+    /// The cache's target list: fields it decides by, which an origin's `Connection` may
+    /// not drop from the entry (see [`is_unstored_field`]).
+    targets: &'h [HeaderName],
 }
 
 impl<'h> ResponseDirectives<'h> {
     /// The directives of a response with `headers`, for a cache whose target list is
     /// `targets` (most applicable first).
-    pub(crate) fn of(targets: &[HeaderName], headers: &'h HeaderMap) -> Self {
+    pub(crate) fn of(targets: &'h [HeaderName], headers: &'h HeaderMap) -> Self {
         for name in targets {
             let Some(Targeted { mut cc, mistyped }) = parse_field(headers, name) else {
                 continue;
@@ -92,6 +95,7 @@ impl<'h> ResponseDirectives<'h> {
                 headers: view,
                 target: Some(name.clone()),
                 overridden: Some(overridden),
+                targets,
             };
         }
         Self {
@@ -99,6 +103,7 @@ impl<'h> ResponseDirectives<'h> {
             headers: Cow::Borrowed(headers),
             target: None,
             overridden: None,
+            targets,
         }
     }
 
@@ -111,11 +116,15 @@ impl<'h> ResponseDirectives<'h> {
         headers: &HeaderMap,
         share_set_cookie: bool,
     ) -> bool {
-        is_unstored_field(name, headers, &self.cc, share_set_cookie)
+        // A field on the target list decides as `Cache-Control` does: named by the
+        // origin's `Connection`, it stays all the same (as the proxy keeps it), or the
+        // entry, and a 304 merged into it, was judged without it (review SH).
+        let targeted = self.targets.contains(name);
+        is_unstored_field(name, headers, &self.cc, share_set_cookie, targeted)
             || self
                 .overridden
                 .as_ref()
-                .is_some_and(|cc| is_unstored_field(name, headers, cc, share_set_cookie))
+                .is_some_and(|cc| is_unstored_field(name, headers, cc, share_set_cookie, targeted))
     }
 
     /// The field names the response's qualified `private="…"` and `no-cache="…"` keep
@@ -165,7 +174,10 @@ impl Policy {
     }
 
     /// The directives that rule a response with `headers` in this cache.
-    pub(crate) fn response_directives<'h>(&self, headers: &'h HeaderMap) -> ResponseDirectives<'h> {
+    pub(crate) fn response_directives<'h>(
+        &'h self,
+        headers: &'h HeaderMap,
+    ) -> ResponseDirectives<'h> {
         ResponseDirectives::of(&self.targets, headers)
     }
 }
