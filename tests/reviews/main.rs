@@ -96,6 +96,7 @@ mod review_sd;
 mod review_se;
 mod review_sf;
 mod review_sg;
+mod review_sh;
 mod review_ss;
 mod review_t;
 mod review_tt;

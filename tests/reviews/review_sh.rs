@@ -8,7 +8,7 @@
 //!
 //! Every wait is bounded (`support::bounded`), every origin counts its calls.
 
-mod support;
+use crate::support;
 
 use http::{HeaderName, Method};
 use support::scripted_service::{Origin, Reply, lines};
