@@ -16,7 +16,7 @@
 use crate::support;
 
 use support::origin::serve_each_connection;
-use support::raw_http::{find, header_of};
+use support::raw_http::{find, header_of, more, skip_body};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -110,52 +110,6 @@ impl RawOrigin {
     }
 }
 
-/// Reads more of `stream` into `buffer`; false at its end.
-async fn more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 4096];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buffer.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
-/// Reads and drops a chunked body; false if the connection ended first or it is no
-/// chunked body.
-async fn skip_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
-    loop {
-        let Some(end) = find(buffer, b"\r\n") else {
-            if !more(stream, buffer).await {
-                return false;
-            }
-            continue;
-        };
-        let line = String::from_utf8_lossy(&buffer[..end]).into_owned();
-        let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-        else {
-            return false;
-        };
-        if size == 0 {
-            // No trailers from the proxy: the blank line.
-            while buffer.len() < end + 4 {
-                if !more(stream, buffer).await {
-                    return false;
-                }
-            }
-            buffer.drain(..end + 4);
-            return true;
-        }
-        while buffer.len() < end + 2 + size + 2 {
-            if !more(stream, buffer).await {
-                return false;
-            }
-        }
-        buffer.drain(..end + 2 + size + 2);
-    }
-}
-
 async fn serve(
     mut stream: TcpStream,
     script: Arc<Script>,
@@ -194,7 +148,7 @@ async fn serve(
         }
         if answer.reads_body {
             if header_of(&head, "transfer-encoding").is_some() {
-                if !skip_chunked(&mut stream, &mut buffer).await {
+                if !skip_body(&mut stream, &mut buffer, &head).await {
                     return;
                 }
             } else {

@@ -31,7 +31,7 @@ use support::h2_frames::{
 };
 use support::origin::serve_each_connection;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of};
+use support::raw_http::{find, header_of, more, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -95,62 +95,6 @@ impl RawOrigin {
 
 fn path_of(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")
-}
-
-/// Reads more of `reader` into `buffer`; false at its end.
-async fn more(reader: &mut (impl AsyncReadExt + Unpin), buffer: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
-    match reader.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buffer.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
-/// Reads and drops the body `head` frames (by `Content-Length`, or chunked without
-/// trailers); false if the connection ended first.
-async fn skip_body(
-    reader: &mut (impl AsyncReadExt + Unpin),
-    buffer: &mut Vec<u8>,
-    head: &str,
-) -> bool {
-    if header_of(head, "transfer-encoding").is_some() {
-        loop {
-            let Some(end) = find(buffer, b"\r\n") else {
-                if !more(reader, buffer).await {
-                    return false;
-                }
-                continue;
-            };
-            let line = String::from_utf8_lossy(&buffer[..end]).into_owned();
-            let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-            else {
-                return false;
-            };
-            let whole = end + 2 + size + 2;
-            while buffer.len() < whole {
-                if !more(reader, buffer).await {
-                    return false;
-                }
-            }
-            buffer.drain(..whole);
-            if size == 0 {
-                return true;
-            }
-        }
-    }
-    let length = header_of(head, "content-length")
-        .and_then(|value| value.parse::<usize>().ok())
-        .unwrap_or(0);
-    while buffer.len() < length {
-        if !more(reader, buffer).await {
-            return false;
-        }
-    }
-    buffer.drain(..length);
-    true
 }
 
 async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<String>>>) {

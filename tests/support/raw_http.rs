@@ -19,3 +19,64 @@ pub fn header_of(head: &str, name: &str) -> Option<String> {
             .then(|| value.trim().to_string())
     })
 }
+
+/// Reads more of `reader` into `buffer`; false at its end (or on an error).
+pub async fn more(
+    reader: &mut (impl tokio::io::AsyncReadExt + Unpin),
+    buffer: &mut Vec<u8>,
+) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    match reader.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// Reads and drops, from `buffer` and then `reader`, the body `head` frames (by
+/// `Content-Length`, or chunked without trailers); false if the connection ended first
+/// or a chunk size is no number.
+pub async fn skip_body(
+    reader: &mut (impl tokio::io::AsyncReadExt + Unpin),
+    buffer: &mut Vec<u8>,
+    head: &str,
+) -> bool {
+    if header_of(head, "transfer-encoding").is_some() {
+        loop {
+            let Some(end) = find(buffer, b"\r\n") else {
+                if !more(reader, buffer).await {
+                    return false;
+                }
+                continue;
+            };
+            let line = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            else {
+                return false;
+            };
+            // The size line, the data and its CRLF (the last chunk's: the blank line).
+            let whole = end + 2 + size + 2;
+            while buffer.len() < whole {
+                if !more(reader, buffer).await {
+                    return false;
+                }
+            }
+            buffer.drain(..whole);
+            if size == 0 {
+                return true;
+            }
+        }
+    }
+    let length = header_of(head, "content-length")
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(0);
+    while buffer.len() < length {
+        if !more(reader, buffer).await {
+            return false;
+        }
+    }
+    buffer.drain(..length);
+    true
+}
