@@ -413,3 +413,64 @@ async fn a_full_duplex_client_that_reads_as_it_sends_is_never_slowed() {
     assert_eq!(origin.echoed.lock().unwrap().len(), PIECE * PIECES);
     assert!(elapsed < Duration::from_secs(3), "slowed: {elapsed:?}");
 }
+
+/// The same full-duplex exchange from an HTTP/2 client (its windows opened as it reads):
+/// every piece goes through at once, the origin gets the whole body and the client the
+/// whole echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_full_duplex_client_that_reads_as_it_sends_is_never_slowed() {
+    const PIECE: usize = 16 * 1024;
+    const PIECES: usize = 64;
+    let origin = RawOrigin::start(0).await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://shop.example/echo")
+        .header("content-length", (PIECE * PIECES).to_string())
+        .body(())
+        .unwrap();
+    let (response, mut upload) = sender.send_request(request, false).unwrap();
+    let started = Instant::now();
+    upload
+        .send_data(bytes::Bytes::from(vec![b'~'; PIECE]), false)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the answer's head within 5 s")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut echoed = 0usize;
+    for piece in 0..PIECES {
+        if piece > 0 {
+            upload
+                .send_data(bytes::Bytes::from(vec![b'~'; PIECE]), piece + 1 == PIECES)
+                .unwrap();
+        }
+        while echoed < PIECE * (piece + 1) {
+            match tokio::time::timeout(Duration::from_secs(5), body.data()).await {
+                Ok(Some(Ok(data))) => {
+                    echoed += data.len();
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+                other => panic!("piece {piece} never came back ({echoed} bytes did): {other:?}"),
+            }
+        }
+    }
+    // Its end (an empty DATA frame may carry it).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), body.data()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(data))) if data.is_empty() => {}
+            other => panic!("the echo did not end: {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(echoed, PIECE * PIECES);
+    assert_eq!(origin.echoed.lock().unwrap().len(), PIECE * PIECES);
+    assert!(elapsed < Duration::from_secs(3), "slowed: {elapsed:?}");
+    connection.abort();
+}
