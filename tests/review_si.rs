@@ -474,3 +474,27 @@ async fn an_h2_full_duplex_client_that_reads_as_it_sends_is_never_slowed() {
     assert!(elapsed < Duration::from_secs(3), "slowed: {elapsed:?}");
     connection.abort();
 }
+
+/// A client whose upload is held (it stopped reading a chunked early answer) and that
+/// then goes away holds nothing: its request's place at the origin (one, with
+/// `--upstream-max-connections 1`) is given back, and the next client is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_its_upload_is_held_holds_no_place_at_the_origin() {
+    let origin = RawOrigin::start(LONG).await;
+    let proxy = start_proxy(origin.addr, &["--upstream-max-connections", "1"]);
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(proxy.addr).await.unwrap();
+    client
+        .write_all(post("/pause", SMUGGLED.len() + 1, "x").as_bytes())
+        .await
+        .unwrap();
+    let answered = read_until(&mut client, "\r\n\r\n").await;
+    assert!(answered.starts_with("HTTP/1.1 408"), "{answered:?}");
+    let _ = client.write_all(SMUGGLED.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(client);
+    let next = tokio::time::timeout(Duration::from_secs(5), get(&proxy, "/after")).await;
+    assert_eq!(next.ok(), Some((200, "page /after".to_string())));
+    assert_eq!(origin.smuggled(), Vec::<String>::new());
+}
