@@ -232,9 +232,10 @@ async fn get(proxy: &Proxy, path: &str) -> (u16, String) {
 
 /// The pause-based desync with a chunked early answer its client does not read: the
 /// client reads the answer's head (its cue) and no more, so that the answer never ends
-/// at the proxy, and sends the rest of its body, a whole request. It went on to the
-/// origin, which had written its whole answer and read it as a request the proxy never
-/// saw. Once the client takes the whole answer, the held upload ends with it.
+/// at the proxy, and a moment later (the proxy has filled the buffers towards it) sends
+/// the rest of its body, a whole request. It went on to the origin, which had written its
+/// whole answer and read it as a request the proxy never saw. Once the client takes the
+/// whole answer, the held upload ends with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_early_answer_its_client_does_not_read_lets_no_more_of_the_body_through() {
     let origin = RawOrigin::start(LONG).await;
@@ -248,6 +249,7 @@ async fn a_chunked_early_answer_its_client_does_not_read_lets_no_more_of_the_bod
         .unwrap();
     let answered = read_until(&mut client, "\r\n\r\n").await;
     assert!(answered.starts_with("HTTP/1.1 408"), "{answered:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = client.write_all(SMUGGLED.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
@@ -497,4 +499,45 @@ async fn a_client_gone_while_its_upload_is_held_holds_no_place_at_the_origin() {
     let next = tokio::time::timeout(Duration::from_secs(5), get(&proxy, "/after")).await;
     assert_eq!(next.ok(), Some((200, "page /after".to_string())));
     assert_eq!(origin.smuggled(), Vec::<String>::new());
+}
+
+/// A client that reads a long chunked early answer as it comes and sends the rest of its
+/// body, a whole request, once a megabyte of it came: the proxy, passing the answer on,
+/// waits for the origin between its frames (the client keeps up), but the answer runs far
+/// ahead of the body sent: it is no answer to the body, and the rest is held, then cut
+/// once the answer ended. The client gets the whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chunked_early_answer_its_client_reads_lets_no_more_of_the_body_through() {
+    let origin = RawOrigin::start(LONG).await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(post("/pause", SMUGGLED.len() + 1, "x").as_bytes())
+        .await
+        .unwrap();
+    let mut came = 0usize;
+    let mut sent = false;
+    let mut tail = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while find(&tail, b"\r\n0\r\n\r\n").is_none() {
+        match tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                came += n;
+                tail.extend_from_slice(&chunk[..n]);
+                tail.drain(..tail.len().saturating_sub(64));
+            }
+            other => panic!("the answer stopped after {came} bytes: {other:?}"),
+        }
+        if came > 1 << 20 && !sent {
+            sent = true;
+            let _ = client.write_all(SMUGGLED.as_bytes()).await;
+        }
+    }
+    assert!(came > LONG, "{came}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        origin.smuggled(),
+        Vec::<String>::new(),
+        "the rest of the body reached the origin as a request"
+    );
 }
