@@ -228,9 +228,16 @@ impl http_body::Body for Download {
         let mut this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             *this.waiting = false;
-            if !matches!(frame, Some(Ok(_))) {
-                this.place.take();
-                this.answered.take();
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(answered) = this.answered.as_ref() {
+                        answered.passed(frame.data_ref().map_or(0, Bytes::len));
+                    }
+                }
+                _ => {
+                    this.place.take();
+                    this.answered.take();
+                }
             }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
@@ -238,6 +245,10 @@ impl http_body::Body for Download {
             *this.waiting = true;
             let deadline = tokio::time::Instant::now() + *this.timeout;
             this.stalled.as_mut().reset(deadline);
+            // Everything read of the answer was taken: the client keeps up with it.
+            if let Some(answered) = this.answered.as_ref() {
+                answered.taken();
+            }
         }
         if this.stalled.poll(cx).is_ready() {
             this.place.take();
@@ -285,6 +296,16 @@ struct Progress {
     /// Whether the origin's answer began framed by its length: the rest of the body is
     /// held back until the answer ends, then cut off (see [`Answered`]).
     held: AtomicBool,
+    /// Whether a chunked answer began: the rest of the body goes on only while its
+    /// client takes it ([`Progress::answer_taken`]).
+    streaming: AtomicBool,
+    /// Whether the answer's body waits for the origin (its last poll found nothing):
+    /// the client has taken everything the proxy read of it.
+    taken: AtomicBool,
+    /// Bytes of the answer's body passed on to the client.
+    passed: AtomicU64,
+    /// Bytes of the request's body sent to the origin.
+    sent: AtomicU64,
     /// The upload's task, waiting for the client, to wake once the answer ended.
     upload_waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
@@ -305,30 +326,56 @@ struct Progress {
 /// rest on while the answer, all written at the origin, had not ended at the proxy. Held
 /// rather than cut: an error from the upload ends the origin connection, and the answer
 /// under way with it.
+///
+/// A chunked answer may be an origin's that reads and answers at once (an echo), so it
+/// does not hold the upload from its head on; but its end, too, comes only as fast as
+/// the client takes it, and a client that stopped reading it (or an HTTP/2 client that
+/// keeps its window shut) sent the rest on to an origin that had written the whole
+/// answer and read on. So while a chunked answer is under way, the rest of the body goes
+/// on only while its client takes the answer ([`Progress::answer_taken`]); otherwise it
+/// is held (and cut once the answer ended), which a client that reads as it sends never
+/// meets.
 struct Answered(Arc<Progress>);
 
 impl Answered {
     /// The guard for `progress`'s upload, answered by `response`.
     fn new<B>(progress: Arc<Progress>, response: &Response<B>) -> Self {
-        if !response.headers().contains_key(header::TRANSFER_ENCODING) {
-            progress.held.store(true, Ordering::Release);
-        }
+        let flag = if response.headers().contains_key(header::TRANSFER_ENCODING) {
+            &progress.streaming
+        } else {
+            &progress.held
+        };
+        flag.store(true, Ordering::Release);
         Self(progress)
+    }
+
+    /// `bytes` of the answer's body were passed on: the client has yet to take them.
+    fn passed(&self, bytes: usize) {
+        self.0.taken.store(false, Ordering::Release);
+        self.0.passed.fetch_add(bytes as u64, Ordering::AcqRel);
+    }
+
+    /// The answer's body waits for the origin: an upload held for its client to take
+    /// the answer may go on.
+    fn taken(&self) {
+        self.0.taken.store(true, Ordering::Release);
+        self.0.wake_upload();
     }
 }
 
 impl Drop for Answered {
     fn drop(&mut self) {
         self.0.answered.store(true, Ordering::Release);
-        let waker = match self.0.upload_waker.lock() {
-            Ok(mut waker) => waker.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.0.wake_upload();
     }
 }
+
+/// How far a chunked answer's body may run ahead of the request body sent, while the
+/// upload goes on: an origin that answers as it reads sends back no more than it read (an
+/// echo), or little more. Past it, the answer is no answer to the body: an early one,
+/// which the proxy is still passing on into the buffers of a client that may not be
+/// reading it (hyper's, the socket's: megabytes before the answer stops being polled).
+const ANSWER_AHEAD: u64 = 64 * 1024;
 
 /// The error an upload cut off by [`Answered`] ends with.
 #[derive(Debug)]
@@ -343,6 +390,29 @@ impl std::fmt::Display for AnsweredBeforeUpload {
 impl Error for AnsweredBeforeUpload {}
 
 impl Progress {
+    /// Wakes the upload, if it waits for the answer.
+    fn wake_upload(&self) {
+        let waker = match self.upload_waker.lock() {
+            Ok(mut waker) => waker.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Whether the upload may send more while a chunked answer is under way: the client
+    /// took everything the proxy read of the answer (its body waits for the origin), and
+    /// the answer did not run ahead of the body sent by more than [`ANSWER_AHEAD`].
+    fn answer_taken(&self) -> bool {
+        self.taken.load(Ordering::Acquire)
+            && self.passed.load(Ordering::Acquire)
+                <= self
+                    .sent
+                    .load(Ordering::Acquire)
+                    .saturating_add(ANSWER_AHEAD)
+    }
+
     /// Keeps `waker` to wake when the answer ends ([`Answered`]).
     fn wake_on_answer(&self, waker: &std::task::Waker) {
         let mut slot = match self.upload_waker.lock() {
@@ -396,6 +466,17 @@ impl http_body::Body for Upload {
                 }
                 return Poll::Pending;
             }
+            // While a chunked answer is under way, only as long as its client takes it.
+            if progress.streaming.load(Ordering::Acquire) && !progress.answer_taken() {
+                progress.wake_on_answer(cx.waker());
+                // The answer may have ended, or been taken, before the waker was kept.
+                if progress.answered.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
+                }
+                if !progress.answer_taken() {
+                    return Poll::Pending;
+                }
+            }
         }
         let polled = this.body.poll_frame(cx);
         if let Some(progress) = this.progress.as_ref() {
@@ -411,8 +492,13 @@ impl http_body::Body for Upload {
                 .store(polled.is_pending(), Ordering::Relaxed);
             if let Poll::Ready(frame) = &polled {
                 progress.mark();
-                if let Some(Err(_)) = frame {
-                    progress.client_failed.store(true, Ordering::Relaxed);
+                match frame {
+                    Some(Ok(frame)) => {
+                        let bytes = frame.data_ref().map_or(0, Bytes::len);
+                        progress.sent.fetch_add(bytes as u64, Ordering::AcqRel);
+                    }
+                    Some(Err(_)) => progress.client_failed.store(true, Ordering::Relaxed),
+                    None => {}
                 }
             }
         }
@@ -525,6 +611,10 @@ pub(crate) async fn forward(
             waits_for_client: AtomicBool::new(false),
             answered: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            streaming: AtomicBool::new(false),
+            taken: AtomicBool::new(false),
+            passed: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
             upload_waker: std::sync::Mutex::new(None),
         })
     });

@@ -19,8 +19,9 @@
 //! Every method, path, query and end-to-end header is forwarded, except the forwarding
 //! headers below and `Expect` (the proxy sends `100 Continue` itself); the request body
 //! streams through until the origin's answer to it begins (framed by its length) or
-//! ends (chunked): the rest is not sent, as an origin that answered early would read it as
-//! a request. Hop-by-hop headers (`Connection` and
+//! ends (chunked; while a chunked answer is under way, only as long as the client takes
+//! it and it runs no more than 64 KiB ahead of the body): the rest is not sent, as an
+//! origin that answered early would read it as a request. Hop-by-hop headers (`Connection` and
 //! the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 //! `Upgrade`, `Trailer`, `Proxy-Authorization`, `Proxy-Authenticate`) are dropped both
 //! ways, but for the response fields the cache decides by (`Cache-Control`, `Vary`,
