@@ -97,6 +97,7 @@ mod review_se;
 mod review_sf;
 mod review_sg;
 mod review_sh;
+mod review_si;
 mod review_ss;
 mod review_t;
 mod review_tt;
