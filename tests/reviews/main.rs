@@ -98,6 +98,7 @@ mod review_sf;
 mod review_sg;
 mod review_sh;
 mod review_si;
+mod review_sj;
 mod review_ss;
 mod review_t;
 mod review_tt;
