@@ -1,7 +1,7 @@
 //! Stores: a response written by compare-and-swap over what its request's lookup saw, and
 //! the store epochs that tell near tiers an entry was replaced.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -31,6 +31,8 @@ pub(crate) struct Target {
     pub(crate) generation: Option<u64>,
     /// When the request that produced the response went to the origin.
     pub(crate) requested: SystemTime,
+    /// The same moment on the monotonic clock, which no one sets.
+    pub(crate) sent: Instant,
 }
 
 /// How a store ended.
@@ -120,13 +122,19 @@ impl<B: Backend> Storage<B> {
     /// purge that returned before the read shows in it, as for a store (see
     /// [`store`](Self::store)). Otherwise (a purge, a mark created or rewritten since, a
     /// read that failed) `requested`: only those that joined before the request went out,
-    /// whose lookups came before any purge that could touch the response.
+    /// whose lookups came before any purge that could touch the response. None when the
+    /// wall clock was set back since the request went out (`sent`, monotonic).
     pub(crate) async fn share_cutoff(
         &self,
         route: &str,
         tags: &[(String, Option<u64>)],
         requested: SystemTime,
+        sent: Instant,
     ) -> SystemTime {
+        // As for a store: followers' join times are on a clock set back since.
+        if set_back_since(requested, sent) {
+            return UNIX_EPOCH;
+        }
         let checked = SystemTime::now();
         let tag_keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
         let keys: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
@@ -190,6 +198,14 @@ impl<B: Backend> Storage<B> {
             keys.push(&self.tag_purges_key);
         }
         keys.extend(tag_keys.iter().map(String::as_str));
+        // Tag purge times are compared with the request's time on the wall clock: set back
+        // since the request went out (more than the tolerated skew), it timed the request
+        // later than any purge since, which the store would outlive. Refused (a lost store,
+        // once); no follower may take it either, their join times are on that clock too.
+        if !tag_names.is_empty() && set_back_since(to.requested, to.sent) {
+            tracing::debug!(key = %to.key, "the clock was set back since the request went out; not stored");
+            return (StoreOutcome::Superseded { since: UNIX_EPOCH }, false);
+        }
         let read = self.backend.get_many_by_key(route, &keys);
         let Some(mut now) = self.timed("store check", read).await else {
             return failed;
@@ -539,5 +555,99 @@ impl<B: Backend> Storage<B> {
             }
             _ => None,
         }
+    }
+}
+
+/// Whether the wall clock was set back by more than [`CLOCK_SKEW`] since a request went out
+/// at `requested` (by it) and `sent` (by the monotonic clock, which nobody sets).
+pub(crate) fn set_back_since(requested: SystemTime, sent: Instant) -> bool {
+    let expected = requested.checked_add(sent.elapsed());
+    let latest = SystemTime::now().checked_add(CLOCK_SKEW);
+    matches!((expected, latest), (Some(expected), Some(latest)) if expected > latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use http::Request;
+
+    use super::{StoreOutcome, Target};
+    use crate::backend::MemoryBackend;
+    use crate::cache::MemcacheLayer;
+    use crate::cache::shared::Shared;
+    use crate::cache::shared::testing::{entry, exchange_for, get, shared};
+    use crate::cache::storage::{Placed, Slot, unique};
+
+    /// Stores a response tagged `news` for `request` over a placeholder of its own, as a
+    /// fill whose request went out at `requested` (wall clock) and `sent` (monotonic) would.
+    async fn store_tagged(
+        shared: &Shared<MemoryBackend>,
+        request: &Request<()>,
+        requested: SystemTime,
+        sent: Instant,
+    ) -> StoreOutcome {
+        let ex = exchange_for(shared, request).await;
+        let until = SystemTime::now() + Duration::from_secs(5);
+        let Placed::Mine(placeholder, _) =
+            shared.storage.place(&ex.plan.key, unique(), until).await
+        else {
+            panic!("no placeholder placed")
+        };
+        let to = Target {
+            key: ex.plan.key.clone(),
+            slot: Slot::Placeholder {
+                cas: 0,
+                placeholder,
+            },
+            index: None,
+            generation: ex.found.generation,
+            requested,
+            sent,
+        };
+        let tags = ["news".to_owned()];
+        let (stored, _) = shared
+            .store(&to, &tags, &entry(&ex, &[]), Duration::from_secs(60))
+            .await;
+        stored
+    }
+
+    /// Review SL: a process whose clock ran an hour ahead (a bad NTP source, a VM resumed
+    /// with a stale offset) and was then set right kept giving stamps from the wrong clock
+    /// (strictly increasing: the last one plus one) until its clock caught up, an hour on.
+    /// Each tag it purged in that hour carried a purge time an hour in every clock's
+    /// future: its own fills of the tag's pages were refused (a "purge" after their
+    /// request), and the repair of such a mark wrote another stamp from that hour, so for
+    /// the whole hour none of those pages was stored by it, and every other process,
+    /// finding the mark from its future, rewrote it and lost a store each time.
+    #[tokio::test]
+    async fn a_tag_purged_after_the_clock_was_set_back_leaves_its_pages_cacheable() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        crate::generation::testing::clock_set_back(Duration::from_secs(3600));
+        shared.storage.purge_tag("news").await.unwrap();
+        let request = get("http://site.example/set-back");
+        let outcome = store_tagged(&shared, &request, SystemTime::now(), Instant::now()).await;
+        assert_eq!(outcome, StoreOutcome::Stored);
+    }
+
+    /// Review SL: a fill whose request went out before the wall clock was set back (by more
+    /// than the tolerated skew) carries a request time from before the step, later than any
+    /// purge made after it: a purge of its tag while it was under way, after the step, was
+    /// taken for one before the request, and the response it purged was stored.
+    #[tokio::test]
+    async fn a_fill_sent_before_the_clock_was_set_back_is_not_stored_over_a_tag_purge() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/straddle");
+        // Timed an hour ahead: the clock was set back an hour since it went out.
+        let requested = SystemTime::now() + Duration::from_secs(3600);
+        let sent = Instant::now();
+        shared.storage.purge_tag("news").await.unwrap();
+        let outcome = store_tagged(&shared, &request, requested, sent).await;
+        assert!(
+            matches!(outcome, StoreOutcome::Superseded { .. }),
+            "{outcome:?}"
+        );
     }
 }
