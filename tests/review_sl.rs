@@ -7,7 +7,8 @@
 //! The defects found (a clock set back while the process runs) need a clock this process
 //! can move, so their tests are unit tests beside the code:
 //! `cache::storage::store::tests::a_tag_purged_after_the_clock_was_set_back_leaves_its_pages_cacheable`,
-//! `cache::storage::store::tests::a_fill_sent_before_the_clock_was_set_back_is_not_stored_over_a_tag_purge`
+//! `cache::storage::store::tests::a_fill_sent_before_the_clock_was_set_back_is_not_stored_over_a_tag_purge`,
+//! `cache::service::tests::a_near_entry_received_past_the_clock_set_back_is_not_answered`
 //! and `generation::tests::stamps_follow_a_clock_set_back_past_the_tolerated_skew`. Here,
 //! what other hosts write, crafted as they would write it: each test fails if the
 //! behaviour it names regresses.
@@ -144,4 +145,43 @@ async fn a_tag_purged_before_a_request_by_a_clock_behind_leaves_the_page_cacheab
     let again = send(&svc, Method::GET, url, &[]).await;
     support::assert_hit(again.cache_status());
     assert_eq!(origin.calls(), 1);
+}
+
+/// Held: a placeholder whose wait deadline a process with a clock ten seconds behind wrote
+/// (already past on this clock) holds no request here: it is armed again for this
+/// request, which fills the URL at once (an origin call beside the other process's, the
+/// cost of that skew), and the next request hits.
+#[tokio::test]
+async fn a_placeholder_from_a_clock_behind_holds_no_request() {
+    const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
+    let backend = MemoryBackend::new();
+    let url = "http://review-sl.test/placeholder-behind";
+    let until = SystemTime::now() + Duration::from_secs(5) - Duration::from_secs(10);
+    let until_ms = until.duration_since(UNIX_EPOCH).unwrap().as_millis();
+    backend
+        .set(
+            &primary_key(url),
+            Bytes::from(format!("7 {until_ms}")),
+            FLAG_PLACEHOLDER,
+            Lifetime::NEVER,
+        )
+        .await
+        .unwrap();
+    let origin =
+        support::scripted_service::Origin::numbered(200, &[("cache-control", "max-age=60")]);
+    let cache = support::layer(backend.clone())
+        .namespace(NAMESPACE)
+        .lease_wait(Duration::from_secs(5), Duration::from_millis(20));
+    let svc = origin.service(&cache);
+    let started = std::time::Instant::now();
+    let first = send(&svc, Method::GET, url, &[]).await;
+    assert_eq!(first.body, "call 1");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?} for a placeholder past its deadline",
+        started.elapsed()
+    );
+    Watch::of(&cache).settled().await;
+    let again = send(&svc, Method::GET, url, &[]).await;
+    support::assert_hit(again.cache_status());
 }
