@@ -8,7 +8,8 @@
 //! can move, so their tests are unit tests beside the code:
 //! `cache::storage::store::tests::a_tag_purged_after_the_clock_was_set_back_leaves_its_pages_cacheable`,
 //! `cache::storage::store::tests::a_fill_sent_before_the_clock_was_set_back_is_not_stored_over_a_tag_purge`,
-//! `cache::service::tests::a_near_entry_received_past_the_clock_set_back_is_not_answered`
+//! `cache::service::tests::a_near_entry_received_past_the_clock_set_back_is_not_answered`,
+//! `cache::single_flight::tests::a_follower_that_joins_after_the_cutoff_is_refused_across_a_clock_set_back`
 //! and `generation::tests::stamps_follow_a_clock_set_back_past_the_tolerated_skew`. Here,
 //! what other hosts write, crafted as they would write it: each test fails if the
 //! behaviour it names regresses.

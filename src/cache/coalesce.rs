@@ -422,7 +422,7 @@ impl<B: Backend> Shared<B> {
                 // Waited a poll interval: what is there now?
                 None => {}
             }
-            let read = SystemTime::now();
+            let read = std::time::Instant::now();
             match self.look_again(plan, request_headers).await {
                 Looked::Usable(entry, freshness) => {
                     // Read now: requests that joined after this read began may come after

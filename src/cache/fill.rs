@@ -518,7 +518,7 @@ impl<B: Backend> Shared<B> {
         tags: &[String],
         entry: &Entry,
         ttl: Duration,
-    ) -> (StoreOutcome, Option<SystemTime>) {
+    ) -> (StoreOutcome, Option<Instant>) {
         let stats = &self.config.stats;
         let key = &to.key;
         let (outcome, cutoff) = self

@@ -1,7 +1,7 @@
 //! Stores: a response written by compare-and-swap over what its request's lookup saw, and
 //! the store epochs that tell near tiers an entry was replaced.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -49,7 +49,7 @@ pub(crate) enum StoreOutcome {
     /// response: tags are only known from it, so their lookups could not tell, and a tag
     /// keeps only its latest purge's time, so the first purge after the request is unknown.
     Superseded {
-        since: SystemTime,
+        since: Instant,
     },
     /// Not stored: the backend failed, or nothing guards the write.
     Failed,
@@ -72,9 +72,9 @@ impl<B: Backend> Storage<B> {
         body: &[u8],
         tags: &[String],
         ttl: Duration,
-    ) -> (StoreOutcome, Option<SystemTime>) {
+    ) -> (StoreOutcome, Option<Instant>) {
         let tagged = !tags.is_empty() || !meta.tags.is_empty();
-        let checked = SystemTime::now();
+        let checked = Instant::now();
         let mut under_anothers_index = false;
         let (outcome, tags_checked) = self
             .store_checked(to, meta, body, tags, ttl, &mut under_anothers_index)
@@ -109,7 +109,7 @@ impl<B: Backend> Storage<B> {
             // refused this store's compare-and-swap. A store refused or failed proves
             // no such thing: a tag's generation may have gone and come back meanwhile.
             StoreOutcome::Stored if tags_checked => Some(checked),
-            _ => Some(to.requested),
+            _ => Some(to.sent),
         };
         (outcome, cutoff)
     }
@@ -122,25 +122,26 @@ impl<B: Backend> Storage<B> {
     /// purge that returned before the read shows in it, as for a store (see
     /// [`store`](Self::store)). Otherwise (a purge, a mark created or rewritten since, a
     /// read that failed) `requested`: only those that joined before the request went out,
-    /// whose lookups came before any purge that could touch the response. None when the
-    /// wall clock was set back since the request went out (`sent`, monotonic).
+    /// whose lookups came before any purge that could touch the response; those alone too
+    /// when the wall clock was set back since the request went out. Times returned are
+    /// on the monotonic clock, as followers' joins are.
     pub(crate) async fn share_cutoff(
         &self,
         route: &str,
         tags: &[(String, Option<u64>)],
         requested: SystemTime,
         sent: Instant,
-    ) -> SystemTime {
-        // As for a store: followers' join times are on a clock set back since.
+    ) -> Instant {
+        // As for a store: the request's time cannot be compared with purges since.
         if set_back_since(requested, sent) {
-            return UNIX_EPOCH;
+            return sent;
         }
-        let checked = SystemTime::now();
+        let checked = Instant::now();
         let tag_keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
         let keys: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
         let read = self.backend.get_many_by_key(route, &keys);
         let Some(now) = self.timed("share check", read).await else {
-            return requested;
+            return sent;
         };
         let requested_ns = nanos(requested);
         let future = nanos(SystemTime::now()).saturating_add(nanos_of(CLOCK_SKEW));
@@ -159,7 +160,7 @@ impl<B: Backend> Storage<B> {
                 (None, _) => false,
             }
         });
-        if unpurged { checked } else { requested }
+        if unpurged { checked } else { sent }
     }
 
     /// [`store`](Self::store); and whether the tags were checked.
@@ -201,10 +202,10 @@ impl<B: Backend> Storage<B> {
         // Tag purge times are compared with the request's time on the wall clock: set back
         // since the request went out (more than the tolerated skew), it timed the request
         // later than any purge since, which the store would outlive. Refused (a lost store,
-        // once); no follower may take it either, their join times are on that clock too.
+        // once); followers that joined before the request went out may still have it.
         if !tag_names.is_empty() && set_back_since(to.requested, to.sent) {
             tracing::debug!(key = %to.key, "the clock was set back since the request went out; not stored");
-            return (StoreOutcome::Superseded { since: UNIX_EPOCH }, false);
+            return (StoreOutcome::Superseded { since: to.sent }, false);
         }
         let read = self.backend.get_many_by_key(route, &keys);
         let Some(mut now) = self.timed("store check", read).await else {
@@ -213,7 +214,7 @@ impl<B: Backend> Storage<B> {
         // The namespace's tag-purge mark, asked only of a tag whose generation tells
         // nothing of its purges (evicted, created since); once true, the store returns.
         let mark = now.get(&*self.tag_purges_key).cloned();
-        let superseded = |since: SystemTime| (StoreOutcome::Superseded { since }, true);
+        let superseded = |since: Instant| (StoreOutcome::Superseded { since }, true);
         let margin = |at: u64| {
             if self.local_purges.made_here(at) {
                 Duration::ZERO
@@ -244,7 +245,7 @@ impl<B: Backend> Storage<B> {
                             .await
                         {
                             tracing::debug!(key = %to.key, tag, "tag created during the fill, after a tag purge; not stored");
-                            return superseded(to.requested);
+                            return superseded(to.sent);
                         }
                     }
                     (created, None)
@@ -256,12 +257,12 @@ impl<B: Backend> Storage<B> {
                 // process's clock, and later fills are stored.
                 Some((at, Some(_))) if at > future => {
                     self.repair_tag_mark(route, key, item).await;
-                    return superseded(to.requested);
+                    return superseded(to.sent);
                 }
                 Some(mark) => mark,
                 None if item.is_some() => {
                     self.repair_tag_mark(route, key, item).await;
-                    return superseded(to.requested);
+                    return superseded(to.sent);
                 }
                 None => {
                     vouched = false;
@@ -283,7 +284,7 @@ impl<B: Backend> Storage<B> {
                         Some(true) if since => {
                             self.local_purges.record(fresh);
                             tracing::debug!(key = %to.key, tag, "tag generation missing, a tag purged during the fill; not stored");
-                            return superseded(to.requested);
+                            return superseded(to.sent);
                         }
                         Some(true) => {
                             // On this process's clock: later fills here need no margin.
@@ -291,7 +292,7 @@ impl<B: Backend> Storage<B> {
                             (fresh, None)
                         }
                         // Created or purged at this very moment by someone else.
-                        Some(false) => return superseded(to.requested),
+                        Some(false) => return superseded(to.sent),
                         None => return failed,
                     }
                 }
@@ -309,7 +310,7 @@ impl<B: Backend> Storage<B> {
                 // that joined before the purge found: a tag keeps only its latest purge's
                 // time, and an earlier purge may have come (and returned) between the
                 // request and that one, with followers joining after it.
-                return superseded(to.requested);
+                return superseded(to.sent);
             }
             if position < carried {
                 resolved.push((tag.clone(), value));
