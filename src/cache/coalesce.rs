@@ -12,7 +12,7 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::body::OnStall;
-use super::exchange::{Exchange, Plan};
+use super::exchange::{Exchange, Plan, Sent};
 use super::lease::Lease;
 use super::passes::Going;
 use super::shared::Shared;
@@ -422,7 +422,7 @@ impl<B: Backend> Shared<B> {
                 // Waited a poll interval: what is there now?
                 None => {}
             }
-            let read = SystemTime::now();
+            let read = std::time::Instant::now();
             match self.look_again(plan, request_headers).await {
                 Looked::Usable(entry, freshness) => {
                     // Read now: requests that joined after this read began may come after
@@ -594,7 +594,7 @@ impl<B: Backend> Filler<B> {
     }
 
     /// Where this request's response is stored, and against what.
-    pub(super) fn target(&self, ex: &Exchange, requested: SystemTime) -> Target {
+    pub(super) fn target(&self, ex: &Exchange, sent: &Sent) -> Target {
         let guard = self.guard.clone().unwrap_or_else(|| Guard::of(&ex.found));
         let slot = match &self.lease {
             Some(lease) => Slot::Placeholder {
@@ -608,7 +608,8 @@ impl<B: Backend> Filler<B> {
             slot,
             index: guard.index,
             generation: guard.generation,
-            requested,
+            requested: sent.request_time,
+            sent: sent.sent_at,
         }
     }
 
@@ -868,6 +869,7 @@ mod tests {
             index: None,
             generation: ex.found.generation,
             requested: SystemTime::now(),
+            sent: std::time::Instant::now(),
         };
         let mut fresh = entry(&ex, &[]);
         fresh.body = bytes::Bytes::from_static(b"the other process's fill");

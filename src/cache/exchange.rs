@@ -1,7 +1,7 @@
 //! One cacheable request on its way through the cache: what was planned for it, what the
 //! lookup found, why it goes to the origin and, once it has, what was sent.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 
@@ -28,6 +28,9 @@ pub(super) struct Exchange {
 pub(super) struct Sent {
     pub(super) request_headers: HeaderMap,
     pub(super) request_time: SystemTime,
+    /// When it went, on the monotonic clock: how the wall clock moved since tells whether
+    /// it was set back meanwhile (see [`Target::sent`](super::storage::Target)).
+    pub(super) sent_at: Instant,
 }
 
 /// What the layer does with one cacheable request.

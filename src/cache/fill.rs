@@ -6,7 +6,7 @@ pub(super) mod reader;
 pub(crate) use reader::FillBudget;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self};
@@ -130,7 +130,7 @@ impl Refusal {
 /// A response shared with a flight but stored for nobody whose tags must be checked before
 /// its followers may have it: the URL's primary key, the tags (with the generation a
 /// refreshed entry was read under), and when the response's request went out.
-pub(super) type SharedTags = (String, Vec<(String, Option<u64>)>, SystemTime);
+pub(super) type SharedTags = (String, Vec<(String, Option<u64>)>, SystemTime, Instant);
 
 impl<B: Backend> Shared<B> {
     /// What happens when a body shared but not stored (memcached cannot take it, or the
@@ -166,13 +166,16 @@ impl<B: Backend> Shared<B> {
     /// lookups, and then to the origin (review RP).
     pub(super) fn publish_shared(
         self: &Arc<Self>,
-        (key, tags, requested): SharedTags,
+        (key, tags, requested, sent): SharedTags,
         entry: Arc<Entry>,
         filler: Filler<B>,
     ) {
         let shared = Arc::clone(self);
         let published = self.config.background.spawn(async move {
-            let cutoff = shared.storage.share_cutoff(&key, &tags, requested).await;
+            let cutoff = shared
+                .storage
+                .share_cutoff(&key, &tags, requested, sent)
+                .await;
             filler.publish(Some((entry, Some(cutoff))));
         });
         if !published {
@@ -235,7 +238,7 @@ impl<B: Backend> Shared<B> {
             .filter(|tags| no_store_share && !tags.is_empty())
             .map(|tags| {
                 let tags = tags.iter().map(|tag| (tag.clone(), None)).collect();
-                (plan.key.clone(), tags, sent.request_time)
+                (plan.key.clone(), tags, sent.request_time, sent.sent_at)
             });
         let decision = if ex.is_head {
             Err(Refusal::Head)
@@ -285,7 +288,7 @@ impl<B: Backend> Shared<B> {
                 self.config
                     .passes
                     .forget(|| self.flight_key(ex, request_headers));
-                let to = filler.target(ex, sent.request_time);
+                let to = filler.target(ex, sent);
                 let tags = tags.unwrap_or_default();
                 let on_stall = filler.on_stall();
                 let on_complete = self.store_on_complete(to, meta, tags, ttl, filler);
@@ -515,7 +518,7 @@ impl<B: Backend> Shared<B> {
         tags: &[String],
         entry: &Entry,
         ttl: Duration,
-    ) -> (StoreOutcome, Option<SystemTime>) {
+    ) -> (StoreOutcome, Option<Instant>) {
         let stats = &self.config.stats;
         let key = &to.key;
         let (outcome, cutoff) = self
@@ -552,6 +555,7 @@ mod tests {
         Sent {
             request_headers: HeaderMap::new(),
             request_time: std::time::SystemTime::now(),
+            sent_at: std::time::Instant::now(),
         }
     }
 

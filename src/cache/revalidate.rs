@@ -132,7 +132,7 @@ impl<B: Backend> Shared<B> {
                 if checked.is_empty() {
                     filler.publish(Some((Arc::clone(&refreshed), None)));
                 } else {
-                    let tagged = (plan.key.clone(), checked, sent.request_time);
+                    let tagged = (plan.key.clone(), checked, sent.request_time, sent.sent_at);
                     self.publish_shared(tagged, Arc::clone(&refreshed), filler);
                 }
             }
@@ -142,7 +142,7 @@ impl<B: Backend> Shared<B> {
                 self.config
                     .passes
                     .forget(|| self.flight_key(ex, request_headers));
-                let to = filler.target(ex, sent.request_time);
+                let to = filler.target(ex, sent);
                 let tags = tags.unwrap_or_default();
                 self.store_in_background(to, tags, Arc::clone(&refreshed), ttl, filler);
             }
@@ -279,6 +279,7 @@ where
     let sent = Sent {
         request_headers,
         request_time: SystemTime::now(),
+        sent_at: std::time::Instant::now(),
     };
     let request_headers = &sent.request_headers;
     // What sending the client's request again takes, should the origin answer the cache's
@@ -704,6 +705,7 @@ mod tests {
         let sent = Sent {
             request_headers: request.headers().clone(),
             request_time: SystemTime::now(),
+            sent_at: std::time::Instant::now(),
         };
         let filler = Filler::none();
         let refreshed = shared

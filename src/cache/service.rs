@@ -27,7 +27,7 @@ use super::range::{self, WholeFill};
 use super::revalidate::{For, exchange, revalidate_in_background};
 use super::shared::Shared;
 use super::status::{Detail, Forward, Outcome};
-use super::storage::{Found, Lookup};
+use super::storage::{self, Found, Lookup};
 use super::stored::{self, now_ms};
 use crate::backend::Backend;
 use crate::cache::policy::conditional::strip_preconditions;
@@ -171,8 +171,12 @@ where
                         Near::Nothing => (None, None),
                     };
                 if let Some(entry) = entry {
-                    let freshness = stored::freshness(&entry.meta, now_ms());
-                    let fresh = freshness.reuse(&plan.request_cc) == Reuse::Fresh;
+                    let now = now_ms();
+                    let freshness = stored::freshness(&entry.meta, now);
+                    // Received past the tolerated skew (this clock was set back since the
+                    // tier read it): no age to tell, as read from memcached (review SL).
+                    let fresh = freshness.reuse(&plan.request_cc) == Reuse::Fresh
+                        && !storage::received_ahead(&entry.meta, now);
                     let current = match basis {
                         None => true,
                         // Past its window: confirmed by its store epoch and generations (most
@@ -370,5 +374,65 @@ where
             }
             return response;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::Response;
+    use http_body_util::{BodyExt, Full};
+    use tower::{Layer, ServiceExt};
+
+    use crate::backend::MemoryBackend;
+    use crate::cache::MemcacheLayer;
+    use crate::cache::near::NearCache;
+    use crate::cache::shared::testing::{entry, exchange_for, get, shared};
+    use crate::cache::stored::now_ms;
+
+    /// Review SL: an entry a near tier holds was read when its receipt time was within the
+    /// tolerated second of this process's clock; the clock was then set back an hour (it
+    /// had run ahead; NTP or an operator set it right). Its age, counted from a time now an
+    /// hour to come, was zero: the tier answered it as fresh past its lifetime for as long
+    /// as renewals (store epoch and generations, the entry not read again) kept it, eight
+    /// windows of `max_staleness`, where memcached's copy, read now, is a miss (review RN).
+    #[tokio::test]
+    async fn a_near_entry_received_past_the_clock_set_back_is_not_answered() {
+        let near = NearCache::new(1 << 20, Duration::from_secs(60));
+        let layer = MemcacheLayer::new(MemoryBackend::new()).near_cache(near);
+        let shared = shared(&layer);
+        let request = get("http://site.example/near-set-back");
+        let ex = exchange_for(&shared, &request).await;
+        let mut kept = entry(&ex, &[]);
+        // Received at what the clock read before it was set back an hour.
+        kept.meta.stored_at_ms = now_ms() + 3_600_000;
+        let tier = shared.storage.near().expect("a near tier");
+        tier.keep(
+            &ex.plan.key,
+            &kept,
+            false,
+            tier.mark(&ex.plan.key),
+            None,
+            shared.storage.reader(),
+        );
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let origin = tower::service_fn(move |_: http::Request<()>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"origin")))) }
+        });
+        let answer = layer
+            .layer(origin)
+            .oneshot(get("http://site.example/near-set-back"))
+            .await
+            .unwrap();
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"origin");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -219,6 +219,7 @@ pub(super) mod testing {
             index: ex.found.index.clone(),
             generation: ex.found.generation,
             requested: std::time::SystemTime::now(),
+            sent: std::time::Instant::now(),
         };
         let (stored, _) = shared.store(&to, &[], entry, Duration::from_secs(60)).await;
         assert_eq!(stored, crate::cache::storage::StoreOutcome::Stored);

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -18,7 +18,9 @@ use super::storage::{Found, Slot, purges};
 use crate::cache::entry::Entry;
 
 /// An entry and, when a purge overtook it, the time after which joiners may not have it.
-pub(crate) type Published = (Arc<Entry>, Option<SystemTime>);
+/// An entry, and the moment (on the monotonic clock: nobody sets it back between a
+/// cutoff and a join) before which a follower must have joined to take it, if any.
+pub(crate) type Published = (Arc<Entry>, Option<Instant>);
 
 /// What a leader publishes (`None` until it does).
 type Outcome = Option<LeaderOutcome>;
@@ -219,7 +221,7 @@ impl SingleFlight {
                     flights: self.clone(),
                     key: key.to_string(),
                     id: flight.id,
-                    joined: SystemTime::now(),
+                    joined: Instant::now(),
                 });
             }
             // The URL changed under that flight (purged, refilled): this request's response
@@ -325,7 +327,7 @@ pub(crate) struct Follower {
     flights: SingleFlight,
     key: String,
     id: u64,
-    joined: SystemTime,
+    joined: Instant,
 }
 
 impl Follower {
@@ -623,6 +625,30 @@ mod tests {
         assert!(matches!(flights.join("k2", 8, &after), Flight::Leader(_)));
     }
 
+    /// Review SL: a leader's cutoff (when its store's check began) and its followers' join
+    /// times were wall-clock readings: the clock set back between them (an NTP step, an
+    /// operator) put a later join before the cutoff, and a follower whose lookup came after
+    /// a tag purge the check could not show got the response that purge predates.
+    #[tokio::test]
+    async fn a_follower_that_joins_after_the_cutoff_is_refused_across_a_clock_set_back() {
+        let flights = SingleFlight::default();
+        let any = seen(Slot::Absent);
+        let Flight::Leader(leader) = flights.join("k", 8, &any) else {
+            panic!("leader")
+        };
+        // Read before the wall clock was set back: the monotonic one was not.
+        let cutoff = Instant::now();
+        let Flight::Follower(late) = flights.join("k", 8, &any) else {
+            panic!("follower")
+        };
+        let entry = Arc::new(crate::cache::shared::testing::bare_entry());
+        leader.publish(Some((entry, Some(cutoff))));
+        assert!(matches!(
+            wait(late, Duration::from_secs(1)).await,
+            Waited::Overtaken
+        ));
+    }
+
     #[tokio::test]
     async fn a_response_overtaken_by_a_purge_reaches_only_earlier_followers() {
         let flights = SingleFlight::default();
@@ -633,7 +659,7 @@ mod tests {
         let Flight::Follower(early) = flights.join("k", 8, &any) else {
             panic!("follower")
         };
-        let purge = SystemTime::now();
+        let purge = Instant::now();
         tokio::time::sleep(Duration::from_millis(2)).await;
         let Flight::Follower(late) = flights.join("k", 8, &any) else {
             panic!("follower")

@@ -543,6 +543,13 @@ fn nanos(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Whether an entry was received later than [`CLOCK_SKEW`] past `now_ms`: by a clock
+/// further ahead than that, or by this one before it was set back. Its age cannot be told
+/// (counted from a time still to come, it would be zero until then).
+pub(crate) fn received_ahead(meta: &crate::cache::entry::EntryMeta, now_ms: u64) -> bool {
+    meta.stored_at_ms > now_ms.saturating_add(millis_of(CLOCK_SKEW))
+}
+
 fn millis_of(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -579,10 +586,9 @@ impl<B> Storage<B> {
         let entry = decode_entry(value)
             .inspect_err(|err| tracing::debug!(error = %err, "undecodable cache entry; miss"))
             .ok()?;
-        let latest = stored::now_ms().saturating_add(millis_of(CLOCK_SKEW));
-        if entry.meta.stored_at_ms > latest {
+        if received_ahead(&entry.meta, stored::now_ms()) {
             tracing::debug!(
-                ahead_ms = entry.meta.stored_at_ms - latest,
+                stored_at_ms = entry.meta.stored_at_ms,
                 "cache entry received past this clock's tolerated skew; miss"
             );
             return None;

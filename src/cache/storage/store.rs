@@ -1,7 +1,7 @@
 //! Stores: a response written by compare-and-swap over what its request's lookup saw, and
 //! the store epochs that tell near tiers an entry was replaced.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -31,6 +31,8 @@ pub(crate) struct Target {
     pub(crate) generation: Option<u64>,
     /// When the request that produced the response went to the origin.
     pub(crate) requested: SystemTime,
+    /// The same moment on the monotonic clock, which no one sets.
+    pub(crate) sent: Instant,
 }
 
 /// How a store ended.
@@ -47,7 +49,7 @@ pub(crate) enum StoreOutcome {
     /// response: tags are only known from it, so their lookups could not tell, and a tag
     /// keeps only its latest purge's time, so the first purge after the request is unknown.
     Superseded {
-        since: SystemTime,
+        since: Instant,
     },
     /// Not stored: the backend failed, or nothing guards the write.
     Failed,
@@ -70,9 +72,9 @@ impl<B: Backend> Storage<B> {
         body: &[u8],
         tags: &[String],
         ttl: Duration,
-    ) -> (StoreOutcome, Option<SystemTime>) {
+    ) -> (StoreOutcome, Option<Instant>) {
         let tagged = !tags.is_empty() || !meta.tags.is_empty();
-        let checked = SystemTime::now();
+        let checked = Instant::now();
         let mut under_anothers_index = false;
         let (outcome, tags_checked) = self
             .store_checked(to, meta, body, tags, ttl, &mut under_anothers_index)
@@ -107,7 +109,7 @@ impl<B: Backend> Storage<B> {
             // refused this store's compare-and-swap. A store refused or failed proves
             // no such thing: a tag's generation may have gone and come back meanwhile.
             StoreOutcome::Stored if tags_checked => Some(checked),
-            _ => Some(to.requested),
+            _ => Some(to.sent),
         };
         (outcome, cutoff)
     }
@@ -120,19 +122,26 @@ impl<B: Backend> Storage<B> {
     /// purge that returned before the read shows in it, as for a store (see
     /// [`store`](Self::store)). Otherwise (a purge, a mark created or rewritten since, a
     /// read that failed) `requested`: only those that joined before the request went out,
-    /// whose lookups came before any purge that could touch the response.
+    /// whose lookups came before any purge that could touch the response; those alone too
+    /// when the wall clock was set back since the request went out. Times returned are
+    /// on the monotonic clock, as followers' joins are.
     pub(crate) async fn share_cutoff(
         &self,
         route: &str,
         tags: &[(String, Option<u64>)],
         requested: SystemTime,
-    ) -> SystemTime {
-        let checked = SystemTime::now();
+        sent: Instant,
+    ) -> Instant {
+        // As for a store: the request's time cannot be compared with purges since.
+        if set_back_since(requested, sent) {
+            return sent;
+        }
+        let checked = Instant::now();
         let tag_keys: Vec<String> = tags.iter().map(|(tag, _)| self.tag_key(tag)).collect();
         let keys: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
         let read = self.backend.get_many_by_key(route, &keys);
         let Some(now) = self.timed("share check", read).await else {
-            return requested;
+            return sent;
         };
         let requested_ns = nanos(requested);
         let future = nanos(SystemTime::now()).saturating_add(nanos_of(CLOCK_SKEW));
@@ -151,7 +160,7 @@ impl<B: Backend> Storage<B> {
                 (None, _) => false,
             }
         });
-        if unpurged { checked } else { requested }
+        if unpurged { checked } else { sent }
     }
 
     /// [`store`](Self::store); and whether the tags were checked.
@@ -190,6 +199,14 @@ impl<B: Backend> Storage<B> {
             keys.push(&self.tag_purges_key);
         }
         keys.extend(tag_keys.iter().map(String::as_str));
+        // Tag purge times are compared with the request's time on the wall clock: set back
+        // since the request went out (more than the tolerated skew), it timed the request
+        // later than any purge since, which the store would outlive. Refused (a lost store,
+        // once); followers that joined before the request went out may still have it.
+        if !tag_names.is_empty() && set_back_since(to.requested, to.sent) {
+            tracing::debug!(key = %to.key, "the clock was set back since the request went out; not stored");
+            return (StoreOutcome::Superseded { since: to.sent }, false);
+        }
         let read = self.backend.get_many_by_key(route, &keys);
         let Some(mut now) = self.timed("store check", read).await else {
             return failed;
@@ -197,7 +214,7 @@ impl<B: Backend> Storage<B> {
         // The namespace's tag-purge mark, asked only of a tag whose generation tells
         // nothing of its purges (evicted, created since); once true, the store returns.
         let mark = now.get(&*self.tag_purges_key).cloned();
-        let superseded = |since: SystemTime| (StoreOutcome::Superseded { since }, true);
+        let superseded = |since: Instant| (StoreOutcome::Superseded { since }, true);
         let margin = |at: u64| {
             if self.local_purges.made_here(at) {
                 Duration::ZERO
@@ -228,7 +245,7 @@ impl<B: Backend> Storage<B> {
                             .await
                         {
                             tracing::debug!(key = %to.key, tag, "tag created during the fill, after a tag purge; not stored");
-                            return superseded(to.requested);
+                            return superseded(to.sent);
                         }
                     }
                     (created, None)
@@ -240,12 +257,12 @@ impl<B: Backend> Storage<B> {
                 // process's clock, and later fills are stored.
                 Some((at, Some(_))) if at > future => {
                     self.repair_tag_mark(route, key, item).await;
-                    return superseded(to.requested);
+                    return superseded(to.sent);
                 }
                 Some(mark) => mark,
                 None if item.is_some() => {
                     self.repair_tag_mark(route, key, item).await;
-                    return superseded(to.requested);
+                    return superseded(to.sent);
                 }
                 None => {
                     vouched = false;
@@ -267,7 +284,7 @@ impl<B: Backend> Storage<B> {
                         Some(true) if since => {
                             self.local_purges.record(fresh);
                             tracing::debug!(key = %to.key, tag, "tag generation missing, a tag purged during the fill; not stored");
-                            return superseded(to.requested);
+                            return superseded(to.sent);
                         }
                         Some(true) => {
                             // On this process's clock: later fills here need no margin.
@@ -275,7 +292,7 @@ impl<B: Backend> Storage<B> {
                             (fresh, None)
                         }
                         // Created or purged at this very moment by someone else.
-                        Some(false) => return superseded(to.requested),
+                        Some(false) => return superseded(to.sent),
                         None => return failed,
                     }
                 }
@@ -293,7 +310,7 @@ impl<B: Backend> Storage<B> {
                 // that joined before the purge found: a tag keeps only its latest purge's
                 // time, and an earlier purge may have come (and returned) between the
                 // request and that one, with followers joining after it.
-                return superseded(to.requested);
+                return superseded(to.sent);
             }
             if position < carried {
                 resolved.push((tag.clone(), value));
@@ -539,5 +556,99 @@ impl<B: Backend> Storage<B> {
             }
             _ => None,
         }
+    }
+}
+
+/// Whether the wall clock was set back by more than [`CLOCK_SKEW`] since a request went out
+/// at `requested` (by it) and `sent` (by the monotonic clock, which nobody sets).
+pub(crate) fn set_back_since(requested: SystemTime, sent: Instant) -> bool {
+    let expected = requested.checked_add(sent.elapsed());
+    let latest = SystemTime::now().checked_add(CLOCK_SKEW);
+    matches!((expected, latest), (Some(expected), Some(latest)) if expected > latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use http::Request;
+
+    use super::{StoreOutcome, Target};
+    use crate::backend::MemoryBackend;
+    use crate::cache::MemcacheLayer;
+    use crate::cache::shared::Shared;
+    use crate::cache::shared::testing::{entry, exchange_for, get, shared};
+    use crate::cache::storage::{Placed, Slot, unique};
+
+    /// Stores a response tagged `news` for `request` over a placeholder of its own, as a
+    /// fill whose request went out at `requested` (wall clock) and `sent` (monotonic) would.
+    async fn store_tagged(
+        shared: &Shared<MemoryBackend>,
+        request: &Request<()>,
+        requested: SystemTime,
+        sent: Instant,
+    ) -> StoreOutcome {
+        let ex = exchange_for(shared, request).await;
+        let until = SystemTime::now() + Duration::from_secs(5);
+        let Placed::Mine(placeholder, _) =
+            shared.storage.place(&ex.plan.key, unique(), until).await
+        else {
+            panic!("no placeholder placed")
+        };
+        let to = Target {
+            key: ex.plan.key.clone(),
+            slot: Slot::Placeholder {
+                cas: 0,
+                placeholder,
+            },
+            index: None,
+            generation: ex.found.generation,
+            requested,
+            sent,
+        };
+        let tags = ["news".to_owned()];
+        let (stored, _) = shared
+            .store(&to, &tags, &entry(&ex, &[]), Duration::from_secs(60))
+            .await;
+        stored
+    }
+
+    /// Review SL: a process whose clock ran an hour ahead (a bad NTP source, a VM resumed
+    /// with a stale offset) and was then set right kept giving stamps from the wrong clock
+    /// (strictly increasing: the last one plus one) until its clock caught up, an hour on.
+    /// Each tag it purged in that hour carried a purge time an hour in every clock's
+    /// future: its own fills of the tag's pages were refused (a "purge" after their
+    /// request), and the repair of such a mark wrote another stamp from that hour, so for
+    /// the whole hour none of those pages was stored by it, and every other process,
+    /// finding the mark from its future, rewrote it and lost a store each time.
+    #[tokio::test]
+    async fn a_tag_purged_after_the_clock_was_set_back_leaves_its_pages_cacheable() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        crate::generation::testing::clock_set_back(Duration::from_secs(3600));
+        shared.storage.purge_tag("news").await.unwrap();
+        let request = get("http://site.example/set-back");
+        let outcome = store_tagged(&shared, &request, SystemTime::now(), Instant::now()).await;
+        assert_eq!(outcome, StoreOutcome::Stored);
+    }
+
+    /// Review SL: a fill whose request went out before the wall clock was set back (by more
+    /// than the tolerated skew) carries a request time from before the step, later than any
+    /// purge made after it: a purge of its tag while it was under way, after the step, was
+    /// taken for one before the request, and the response it purged was stored.
+    #[tokio::test]
+    async fn a_fill_sent_before_the_clock_was_set_back_is_not_stored_over_a_tag_purge() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/straddle");
+        // Timed an hour ahead: the clock was set back an hour since it went out.
+        let requested = SystemTime::now() + Duration::from_secs(3600);
+        let sent = Instant::now();
+        shared.storage.purge_tag("news").await.unwrap();
+        let outcome = store_tagged(&shared, &request, requested, sent).await;
+        assert!(
+            matches!(outcome, StoreOutcome::Superseded { .. }),
+            "{outcome:?}"
+        );
     }
 }
