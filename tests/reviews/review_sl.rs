@@ -15,7 +15,7 @@
 //! behaviour it names regresses.
 
 #[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
