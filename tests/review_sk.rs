@@ -627,3 +627,31 @@ async fn an_http2_client_that_sends_everything_first_gets_the_early_answer() {
         }
     }
 }
+
+/// What is read and dropped after an early answer is bounded: a client that stops
+/// sending its body once answered (a slow loris) has its connection closed after the
+/// discard's pause (5 s), not held for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_after_its_early_answer_is_let_go() {
+    let origin = RawOrigin::start().await;
+    let proxy = proxy_before(&origin).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = "POST /early HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 1048576\r\n\r\n";
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&[b'x'; 100 * 1024]).await.unwrap();
+    let mut buffer = Vec::new();
+    while find(&buffer, EARLY).is_none() {
+        let read = tokio::time::timeout(PROMPT, more(&mut client, &mut buffer)).await;
+        assert_eq!(read, Ok(true), "no early answer: {buffer:?}");
+    }
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while more(&mut client, &mut buffer).await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the paused client's connection was kept");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "closed before the pause allowed"
+    );
+}
