@@ -18,7 +18,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -276,10 +276,56 @@ pin_project! {
     /// A request body on its way to the origin, noting when it last made progress (a
     /// frame or its end) for [`head_in_time`]; without a clock for a request without body.
     pub(crate) struct Upload {
-        #[pin]
+        // Unpin: taken out when dropped (see [`discard_rest`]).
         body: ProxyRequestBody,
         progress: Option<Arc<Progress>>,
+        // Whether the rest of a body the upload ended before (an early answer, an origin
+        // gone) is read and dropped ([`discard_rest`]): an HTTP/1.x client's. An HTTP/2
+        // stream is reset instead (with `NO_ERROR` once its answer is complete, RFC 9113
+        // §8.1), which h2 does when it is dropped.
+        discards: bool,
     }
+
+    impl PinnedDrop for Upload {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A body the client broke has nothing more to read.
+            let client_failed = this
+                .progress
+                .as_ref()
+                .is_some_and(|progress| progress.client_failed());
+            if *this.discards && !client_failed && !this.body.is_end_stream() {
+                let rest = std::mem::replace(this.body, Either::Right(Empty::new()));
+                discard_rest(rest);
+            }
+        }
+    }
+}
+
+/// How long the rest of an upload the origin no longer takes is read and dropped at most,
+/// and how long the client may pause meanwhile (nginx's `lingering_time` and
+/// `lingering_timeout`).
+const DISCARD_FOR: Duration = Duration::from_secs(30);
+const DISCARD_PAUSE: Duration = Duration::from_secs(5);
+
+/// Reads and drops the rest of a client's body that the origin answered (or failed)
+/// before it had it ([`DISCARD_FOR`] at most). Most HTTP/1.1 clients (Python's
+/// http.client, Go's, a browser's form post) write their whole body before they read the
+/// answer: dropped at once, hyper closed the connection with the body unread, the kernel
+/// reset it, and the client, its write failed, never read the early 401 or 413 (or 502)
+/// waiting for it. Read to its end, the connection goes on to the client's next request
+/// (nginx discards such a body too). Nothing of it reaches the origin, whose connection
+/// has ended.
+fn discard_rest(mut rest: ProxyRequestBody) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let drained = async {
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(DISCARD_PAUSE, rest.frame()).await {}
+        };
+        let _ = tokio::time::timeout(DISCARD_FOR, drained).await;
+    });
 }
 
 /// When an upload last moved: nanoseconds after `base`; whether the client's side of it
@@ -325,7 +371,8 @@ struct Progress {
 /// that read the head and no more (or an HTTP/2 client that opened no window) sent the
 /// rest on while the answer, all written at the origin, had not ended at the proxy. Held
 /// rather than cut: an error from the upload ends the origin connection, and the answer
-/// under way with it.
+/// under way with it. The client's body is read and dropped meanwhile, and after
+/// ([`discard_rest`]): most clients read nothing before they have written it all.
 ///
 /// A chunked answer may be an origin's that reads and answers at once (an echo), so it
 /// does not hold the upload from its head on; but its end, too, comes only as fast as
@@ -464,6 +511,11 @@ impl http_body::Body for Upload {
                 if progress.answered.load(Ordering::Acquire) {
                     return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
                 }
+                // The rest is never sent: read and dropped meanwhile, so that a client
+                // that writes its whole body before it reads gets to read the answer
+                // (held unread, a long answer waited for that client, and the client,
+                // its write or its HTTP/2 window shut, for the proxy to take its body).
+                while let Poll::Ready(Some(Ok(_))) = Pin::new(&mut *this.body).poll_frame(cx) {}
                 return Poll::Pending;
             }
             // While a chunked answer is under way, only as long as its client takes it.
@@ -478,7 +530,7 @@ impl http_body::Body for Upload {
                 }
             }
         }
-        let polled = this.body.poll_frame(cx);
+        let polled = Pin::new(&mut *this.body).poll_frame(cx);
         if let Some(progress) = this.progress.as_ref() {
             if polled.is_pending() {
                 progress.wake_on_answer(cx.waker());
@@ -624,6 +676,7 @@ pub(crate) async fn forward(
     let request = request.map(|body| Upload {
         body,
         progress: progress.clone(),
+        discards: received != Version::HTTP_2,
     });
     let place = match upstream.limit.admit().await {
         Ok(place) => place,
@@ -752,6 +805,7 @@ fn bodiless_copy(request: &Request<ProxyRequestBody>) -> Request<Upload> {
     let mut copy = Request::new(Upload {
         body: Either::Right(Empty::new()),
         progress: None,
+        discards: false,
     });
     *copy.method_mut() = request.method().clone();
     *copy.uri_mut() = request.uri().clone();
