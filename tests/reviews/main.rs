@@ -99,6 +99,7 @@ mod review_sg;
 mod review_sh;
 mod review_si;
 mod review_sj;
+mod review_sk;
 mod review_sl;
 mod review_ss;
 mod review_t;

@@ -18,7 +18,7 @@
 //!   (its side shut for writing, the rest read until the proxy ends the connection);
 //! - `/partial`: reads 64 KiB of the body, answers 303, then reads on and drops.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
