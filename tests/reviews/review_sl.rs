@@ -14,7 +14,6 @@
 //! what other hosts write, crafted as they would write it: each test fails if the
 //! behaviour it names regresses.
 
-#[path = "support/mod.rs"]
 use crate::support;
 
 use std::convert::Infallible;
