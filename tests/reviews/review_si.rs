@@ -25,7 +25,7 @@ use support::h2_frames::{
 };
 use support::origin::serve_each_connection;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of};
+use support::raw_http::{find, header_of, more};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -88,18 +88,6 @@ impl RawOrigin {
 
 fn path_of(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")
-}
-
-/// Reads more of `reader` into `buffer`; false at its end.
-async fn more(reader: &mut (impl AsyncReadExt + Unpin), buffer: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
-    match reader.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buffer.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
 }
 
 fn length_of(head: &str) -> usize {
