@@ -7,6 +7,7 @@
 //! to write, so that it can say what hyper-based origins never would.
 
 use crate::support;
+use support::desync::{get, path_of};
 
 use support::origin::serve_each_connection;
 use support::raw_http::{find, header_of};
@@ -183,10 +184,6 @@ async fn serve(
     }
 }
 
-fn path_of(head: &str) -> &str {
-    head.split(' ').nth(1).unwrap_or("")
-}
-
 /// A page of `body`, fresh for a minute.
 fn page(body: &str) -> String {
     format!(
@@ -198,15 +195,6 @@ fn page(body: &str) -> String {
 /// The attacker's page: what a second response for one request says.
 const EVIL: &str =
     "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
-
-/// One request on a fresh connection (`Connection: close`): status and body.
-async fn get(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n"),
-    )
-    .await
-}
 
 /// One request, `only-if-cached`: the status and body the cache holds (504: nothing).
 async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {

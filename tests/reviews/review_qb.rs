@@ -4,10 +4,11 @@
 //! the cache decides by) can make it serve or store.
 
 use crate::support;
+use support::desync::get;
 
 use support::raw_http::header_of;
 
-use support::proxy::{Proxy, start_proxy};
+use support::proxy::start_proxy;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,15 +67,6 @@ async fn holding_origin() -> (SocketAddr, Arc<Counts>, watch::Sender<bool>) {
     };
     support::origin::serve_http1(listener, handle);
     (addr, counts, release)
-}
-
-/// `GET path` on a fresh connection: the status and the body.
-async fn get(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n"),
-    )
-    .await
 }
 
 /// Waits (5 s at most) until `check` holds.

@@ -14,6 +14,8 @@
 //! hyper-based origin never would and record every request head it read.
 
 use crate::support;
+use support::desync::{SMUGGLED, get, path_of};
+use support::h2_frames::{DATA, literal_block};
 
 use support::origin::serve_each_connection;
 use support::raw_http::{find, header_of, more, skip_body};
@@ -23,16 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::h2_frames::{
-    END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, hpack_literal, status_of_stream_1,
+    END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, status_of_stream_1,
 };
 use support::proxy::{Proxy, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const DATA: u8 = 0x0;
-
-/// The smuggled request the attacks try to have the origin read as one of its own.
-const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: shop.example\r\n\r\n";
 
 /// The attacker's page: what a response that answers no request of the victim's says.
 const EVIL: &str =
@@ -175,10 +172,6 @@ async fn serve(
     }
 }
 
-fn path_of(head: &str) -> &str {
-    head.split(' ').nth(1).unwrap_or("")
-}
-
 /// A page of `body`, fresh for a minute.
 fn page(body: &str) -> String {
     format!(
@@ -190,15 +183,6 @@ fn page(body: &str) -> String {
 /// The page every path gets unless a script says otherwise.
 fn own(head: &str) -> Answer {
     Answer::bytes(page(&format!("page {}", path_of(head))))
-}
-
-/// One GET on a fresh connection: status and body.
-async fn get(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n"),
-    )
-    .await
 }
 
 /// Asks each of `paths` (on fresh client connections, the proxy reusing its pooled origin
@@ -254,15 +238,6 @@ async fn h2_connect(addr: SocketAddr) -> TcpStream {
 /// A field's name and value, as bytes.
 type Field<'a> = (&'a [u8], &'a [u8]);
 
-/// Literal fields without indexing, as bytes (so that names and values may hold anything).
-fn block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        hpack_literal(&mut out, false, name, value);
-    }
-    out
-}
-
 /// Sends stream 1 with `fields` (after `:method` unless they name one, `:scheme` and
 /// `:authority` likewise) and `body` as one DATA frame (none: END_STREAM on the head),
 /// and waits for its head.
@@ -284,7 +259,7 @@ async fn h2_attack(proxy: &Proxy, fields: &[(&[u8], &[u8])], body: Option<&[u8]>
     } else {
         END_HEADERS | END_STREAM
     };
-    let mut bytes = frame(HEADERS, flags, 1, &block(&all));
+    let mut bytes = frame(HEADERS, flags, 1, &literal_block(&all));
     if let Some(body) = body {
         bytes.extend_from_slice(&frame(DATA, END_STREAM, 1, body));
     }
@@ -760,7 +735,7 @@ async fn an_h2_body_paused_until_the_origin_answers_early_reaches_it_no_further(
         (b"content-length", length.as_bytes()),
     ];
     let mut stream = h2_connect(proxy.addr).await;
-    let mut bytes = frame(HEADERS, END_HEADERS, 1, &block(&fields));
+    let mut bytes = frame(HEADERS, END_HEADERS, 1, &literal_block(&fields));
     bytes.extend_from_slice(&frame(DATA, 0, 1, b"x"));
     stream.write_all(&bytes).await.unwrap();
     assert!(

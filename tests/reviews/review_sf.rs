@@ -21,24 +21,21 @@
 //! whatever the answer's size.
 
 use crate::support;
+use support::desync::{SMUGGLED, get, path_of, post, read_until};
+use support::h2_frames::{DATA, literal_block};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::h2_frames::{
-    END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, hpack_literal, status_of_stream_1,
+    END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, status_of_stream_1,
 };
 use support::origin::serve_each_connection;
-use support::proxy::{Proxy, start_proxy};
+use support::proxy::start_proxy;
 use support::raw_http::{find, header_of, more, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-const DATA: u8 = 0x0;
-
-/// The request an attacker hides in a body, hoping the origin reads it as one of its own.
-const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: shop.example\r\n\r\n";
 
 /// How the origin answers a request it does not answer with a page of its own.
 #[derive(Clone, Copy)]
@@ -91,10 +88,6 @@ impl RawOrigin {
             .cloned()
             .collect()
     }
-}
-
-fn path_of(head: &str) -> &str {
-    head.split(' ').nth(1).unwrap_or("")
 }
 
 async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<String>>>) {
@@ -160,34 +153,6 @@ async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<Stri
             }
         }
     }
-}
-
-/// The heads of a POST of `length` body bytes, then the first `sent` of them.
-fn post(path: &str, length: usize, sent: &str) -> String {
-    format!("POST {path} HTTP/1.1\r\nHost: shop.example\r\nContent-Length: {length}\r\n\r\n{sent}")
-}
-
-/// Reads `client` until `text` came (5 s at most); what came.
-async fn read_until(client: &mut TcpStream, text: &str) -> String {
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while find(&seen, text.as_bytes()).is_none() {
-        let mut chunk = [0u8; 512];
-        match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
-/// A GET on a fresh connection: status and body.
-async fn get(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n"),
-    )
-    .await
 }
 
 /// The size of an early answer no client-side buffer holds whole (the client's small
@@ -257,15 +222,6 @@ async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_throu
     assert_eq!(origin.smuggled(), Vec::<String>::new());
 }
 
-/// Literal fields without indexing, as bytes.
-fn block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        hpack_literal(&mut out, false, name, value);
-    }
-    out
-}
-
 /// The same from an HTTP/2 client, which holds the answer back by flow control (it never
 /// opens its window past the first 64 KiB) rather than by not reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +247,7 @@ async fn an_h2_early_answer_held_back_by_flow_control_lets_no_more_of_the_body_t
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let mut bytes = PREFACE.to_vec();
     bytes.extend_from_slice(&frame(SETTINGS, 0, 0, &[]));
-    bytes.extend_from_slice(&frame(HEADERS, END_HEADERS, 1, &block(&fields)));
+    bytes.extend_from_slice(&frame(HEADERS, END_HEADERS, 1, &literal_block(&fields)));
     bytes.extend_from_slice(&frame(DATA, 0, 1, b"x"));
     stream.write_all(&bytes).await.unwrap();
     assert!(

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
@@ -78,4 +79,13 @@ pub async fn status_of_stream_1(stream: &mut TcpStream, within: Duration) -> Opt
             _ => return None,
         }
     }
+}
+
+/// Literal fields without indexing, as bytes (so that names and values may hold anything).
+pub fn literal_block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        hpack_literal(&mut out, false, name, value);
+    }
+    out
 }

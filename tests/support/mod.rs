@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod db;
+pub mod desync;
 pub mod fake_memcached;
 pub mod flood;
 pub mod h2_frames;
