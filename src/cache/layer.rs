@@ -344,7 +344,7 @@ impl<B: Backend> MemcacheLayer<B> {
     /// - Only fresh entries are answered from it, with the usual `Age`, conditionals and
     ///   ranges, and `Cache-Status: …; hit; detail=near`; anything else is looked up in
     ///   memcached as without it.
-    /// - Purges ([`Purger`](crate::cache::Purger)), unsafe-method invalidations and stores
+    /// - Purges ([`Purger`]), unsafe-method invalidations and stores
     ///   made through this process (every layer and purger sharing the `NearCache`) apply
     ///   to it before they return; those of other processes show within `max_staleness`.
     /// - Past `max_staleness` an entry is confirmed by its server's store epoch and its

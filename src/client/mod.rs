@@ -607,7 +607,7 @@ struct Resolved {
 }
 
 /// A namespace's generation key. Prefixed, so that no key built by
-/// [`build_key`](crate::key::build_key) (32 hex digits) names it: a crafted user key could
+/// [`build_key`] (32 hex digits) names it: a crafted user key could
 /// otherwise read a generation and, after an invalidation, write the old one back.
 fn generation_key(namespace: &str) -> String {
     md5_hex_prefixed("ng:", &[namespace.as_bytes()])

@@ -90,7 +90,7 @@ const HOP_BY_HOP: [&str; 9] = [
 /// one (the cookie setters only when the layer does not share cookies). Such an entry is
 /// not one this layer wrote, whatever its metadata says: another tool's, a corrupt one,
 /// or one kept while the layer shared cookies (the operator has turned that off since).
-/// Checked on every entry read back, also those [`Policy::judge_stored`] is spared.
+/// Checked on every entry read back, also those [`Policy::judge_stored`](super::Policy::judge_stored) is spared.
 pub(crate) fn is_never_stored(name: &HeaderName, share_set_cookie: bool) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
         || (PER_CLIENT_FIELDS.contains(name)

@@ -37,7 +37,7 @@ pub(super) struct WriteTurn {
     pub(super) yield_epoch: u64,
     /// Requests accepted but not yet written, in order, behind whatever the owner writes.
     pub(super) backlog: VecDeque<Bytes>,
-    /// Gets queued after the backlog that later gets may still join (see [`super::merge`]).
+    /// Gets queued after the backlog that later gets may still join (see [`merge`](crate::backend::tcp::merge)).
     pub(super) open: Option<OpenGets>,
     /// Requests ever taken to be written (by the caller that writes its own at once, or
     /// in a batch), counted before their first byte goes out: a reply can only answer one

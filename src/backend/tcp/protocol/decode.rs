@@ -450,12 +450,12 @@ struct Skipping<'s> {
     done: &'s [usize],
     /// Where to report the next one: the parse stops there, the reply incomplete, for the
     /// [`Decoder`] to cut its bytes out. `None`: it jumps over them (all in the slice by
-    /// then), as over any value, keeping none (the slice twin, [`parse_reply`]).
+    /// then), as over any value, keeping none (the slice twin, `parse_reply`, a test helper).
     stop: Option<&'s mut Option<Oversized>>,
 }
 
 /// A parsed reply whose value data are still offsets into the parsed buffer, so the caller
-/// decides whether to copy them ([`parse_reply`]) or share them ([`decode`]).
+/// decides whether to copy them (`parse_reply`, in tests) or share them ([`decode`]).
 enum RawReply {
     /// A get reply with at least one value, found in the values [`parse_raw`] was given.
     Values,
