@@ -149,6 +149,8 @@
 mod access_log;
 mod args;
 mod connections;
+mod download;
+mod fields;
 mod first_bytes;
 mod forward;
 mod log_sink;
@@ -156,6 +158,8 @@ mod log_sink;
 mod metrics_listener;
 mod origin_connection;
 mod size;
+mod target;
+mod upload;
 mod upstream_limit;
 
 use std::error::Error;
@@ -180,8 +184,11 @@ use args::{Args, LogFormat, Mode, OnOff, RuntimeKind};
 use connections::{
     Activity, ConnectionLimit, CountRequests, CountWrites, UnsentBudget, run_bounded,
 };
+use fields::PeerFields;
 use first_bytes::FirstBytes;
-use forward::{PeerFields, ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
+use forward::{Upstream, error_chain, forward};
+use target::ValidTarget;
+use upload::ProxyRequestBody;
 use upstream_limit::UpstreamLimit;
 
 // glibc's malloc was about a tenth of the CPU time of a cache hit here (a hit allocates
