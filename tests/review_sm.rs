@@ -7,9 +7,11 @@
 //! other places that mix the wall clock with the monotonic one.
 //!
 //! The defect found (this process's own tag purges ordered with its requests by the wall
-//! clock with no margin, which a step back of less than a second reorders) needs a clock
-//! this process can move, so its tests are unit tests beside the code:
-//! `cache::storage::store::tests::a_tag_purged_here_after_a_small_set_back_refuses_a_fill_sent_before_it`
+//! clock with no margin, which a step back of less than a second, or any step back undone
+//! before the store, reorders) needs a clock this process can move, so its tests are unit
+//! tests beside the code:
+//! `cache::storage::store::tests::a_tag_purged_here_after_a_small_set_back_refuses_a_fill_sent_before_it`,
+//! `cache::storage::store::tests::a_tag_purged_here_while_the_clock_was_set_back_refuses_a_fill_sent_before_it`
 //! and
 //! `cache::storage::store::tests::a_shared_response_is_cut_off_at_its_request_by_a_tag_purged_here_after_a_small_set_back`.
 //! Here, what other hosts write, crafted as they would write it: each test fails if the

@@ -573,7 +573,7 @@ mod tests {
     use http::Request;
 
     use super::{StoreOutcome, Target};
-    use crate::backend::MemoryBackend;
+    use crate::backend::{Backend, Lifetime, MemoryBackend};
     use crate::cache::MemcacheLayer;
     use crate::cache::shared::Shared;
     use crate::cache::shared::testing::{entry, exchange_for, get, shared};
@@ -666,6 +666,34 @@ mod tests {
         let requested = SystemTime::now() + Duration::from_millis(500);
         let sent = Instant::now();
         shared.storage.purge_tag("news").await.unwrap();
+        let outcome = store_tagged(&shared, &request, requested, sent).await;
+        assert!(
+            matches!(outcome, StoreOutcome::Superseded { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    /// Review SM: the clock set back an hour while a fill was under way (a bad NTP source,
+    /// an operator) and forward again before its store (the step undone): a tag purged
+    /// here in between was stamped an hour before the request's time, and the wall clock,
+    /// moved as much as the monotonic one overall, showed no step back at the store
+    /// (`set_back_since`). The purge that returned was taken for one an hour before the
+    /// request, and the response it purged was stored.
+    #[tokio::test]
+    async fn a_tag_purged_here_while_the_clock_was_set_back_refuses_a_fill_sent_before_it() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/back-and-forth");
+        let (requested, sent) = (SystemTime::now(), Instant::now());
+        // The purge, made here while the clock read an hour behind: its stamp is that
+        // time (stamps restart from a clock set back), written as `purge_tag` writes it.
+        let stamp = super::nanos(SystemTime::now() - Duration::from_secs(3600));
+        shared.storage.local_purges.record(stamp);
+        let storage = &shared.storage;
+        let key = storage.tag_key("news");
+        let value = bytes::Bytes::from(stamp.to_string());
+        let written = storage.backend().set(&key, value, 0, Lifetime::NEVER);
+        written.await.unwrap();
         let outcome = store_tagged(&shared, &request, requested, sent).await;
         assert!(
             matches!(outcome, StoreOutcome::Superseded { .. }),
