@@ -12,9 +12,13 @@ use crate::backend::{Backend, BackendError, Lifetime};
 use super::{CLOCK_SKEW, Storage, unique};
 
 /// The generations this process gave tags by purging (or creating) them, for as long as
-/// the clock skew margin: a fill here compares its request time with them on the same
-/// clock, so needs no margin (a page purged and refilled at once by one process is stored
-/// again at once, and its followers get it).
+/// the clock skew margin, each with when it was recorded on the monotonic clock: a fill
+/// here compares when its request went out with that, so needs no margin (a page purged
+/// and refilled at once by one process is stored again at once, and its followers get
+/// it). Not with the stamp, a wall-clock time: a step back of the clock by less than the
+/// margin (an NTP step) went unnoticed, and a purge after the request, stamped before
+/// it, let the response it purged be stored (review SM). Recorded once the stamp is
+/// taken, never before: a request that went out in between counts as after the purge.
 #[derive(Default)]
 pub(crate) struct LocalPurges(Mutex<VecDeque<(u64, Instant)>>);
 
@@ -34,9 +38,13 @@ impl LocalPurges {
         purges.push_back((generation, Instant::now()));
     }
 
-    pub(super) fn made_here(&self, generation: u64) -> bool {
+    /// When `generation` was given here, if it was (and is still remembered).
+    pub(super) fn made_at(&self, generation: u64) -> Option<Instant> {
         let purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        purges.iter().any(|(made, _)| *made == generation)
+        purges
+            .iter()
+            .find(|(made, _)| *made == generation)
+            .map(|(_, at)| *at)
     }
 }
 

@@ -145,18 +145,11 @@ impl<B: Backend> Storage<B> {
         };
         let requested_ns = nanos(requested);
         let future = nanos(SystemTime::now()).saturating_add(nanos_of(CLOCK_SKEW));
-        let margin = |at: u64| {
-            if self.local_purges.made_here(at) {
-                0
-            } else {
-                nanos_of(CLOCK_SKEW)
-            }
-        };
         let unpurged = tags.iter().zip(&tag_keys).all(|((_, kept), key)| {
             match (now.get(key.as_str()).and_then(parse_tag_mark), kept) {
                 (Some((value, _)), Some(kept)) => value == *kept,
                 (Some((at, Some(_))), None) if at > future => false,
-                (Some((at, _)), None) => at.saturating_add(margin(at)) <= requested_ns,
+                (Some((at, _)), None) => !self.after_request(at, requested_ns, sent),
                 (None, _) => false,
             }
         });
@@ -215,13 +208,6 @@ impl<B: Backend> Storage<B> {
         // nothing of its purges (evicted, created since); once true, the store returns.
         let mark = now.get(&*self.tag_purges_key).cloned();
         let superseded = |since: Instant| (StoreOutcome::Superseded { since }, true);
-        let margin = |at: u64| {
-            if self.local_purges.made_here(at) {
-                Duration::ZERO
-            } else {
-                CLOCK_SKEW
-            }
-        };
         // Tags: a purge newer than the request, or (for a refresh) another generation.
         let mut resolved = Vec::with_capacity(tag_names.len());
         let requested_ns = nanos(to.requested);
@@ -236,12 +222,12 @@ impl<B: Backend> Storage<B> {
             let item = now.get(key.as_str());
             let (value, purged_at) = match item.and_then(parse_tag_mark) {
                 Some((created, None)) => {
-                    if created.saturating_add(nanos_of(margin(created))) > requested_ns {
+                    if self.after_request(created, requested_ns, to.sent) {
                         vouched = false;
                         // Created after the request went out: maybe anew, after an
                         // eviction took a purge made during the fill with it.
                         if self
-                            .tag_purged_since(route, mark.as_ref(), requested_ns)
+                            .tag_purged_since(route, mark.as_ref(), requested_ns, to.sent)
                             .await
                         {
                             tracing::debug!(key = %to.key, tag, "tag created during the fill, after a tag purge; not stored");
@@ -270,7 +256,7 @@ impl<B: Backend> Storage<B> {
                     // taken a purge made during the fill with it: stored only if no tag
                     // was purged here since the request went out. Created either way.
                     let since = self
-                        .tag_purged_since(route, mark.as_ref(), requested_ns)
+                        .tag_purged_since(route, mark.as_ref(), requested_ns, to.sent)
                         .await;
                     let fresh = unique();
                     let add = self.backend.add_by_key(
@@ -301,7 +287,7 @@ impl<B: Backend> Storage<B> {
             let purged_since = match (kept, purged_at) {
                 // A refresh keeps the generations its entry was read under.
                 (Some(kept), _) if tags.is_empty() => value != kept,
-                (_, Some(at)) => at.saturating_add(nanos_of(margin(at))) > requested_ns,
+                (_, Some(at)) => self.after_request(at, requested_ns, to.sent),
                 (_, None) => false,
             };
             if purged_since {
@@ -470,17 +456,18 @@ impl<B: Backend> Storage<B> {
     ///   too far ahead): it may hide a purge, so true, and a mark is made now, as a purge
     ///   would make it, so fills requested from now on can tell. The worst an eviction
     ///   costs is a store.
-    async fn tag_purged_since(&self, route: &str, read: Option<&Item>, requested_ns: u64) -> bool {
+    async fn tag_purged_since(
+        &self,
+        route: &str,
+        read: Option<&Item>,
+        requested_ns: u64,
+        sent: Instant,
+    ) -> bool {
         let future = nanos(SystemTime::now()).saturating_add(nanos_of(CLOCK_SKEW));
         match read.and_then(parse_tag_mark) {
             Some((_, None)) => return false,
             Some((_, Some(at))) if at <= future => {
-                let margin = if self.local_purges.made_here(at) {
-                    Duration::ZERO
-                } else {
-                    CLOCK_SKEW
-                };
-                return at.saturating_add(nanos_of(margin)) > requested_ns;
+                return self.after_request(at, requested_ns, sent);
             }
             _ => {}
         }
@@ -506,6 +493,18 @@ impl<B: Backend> Storage<B> {
             self.local_purges.record(made);
         }
         true
+    }
+
+    /// Whether a tag purge (or creation) stamped `at` may have come after a request that
+    /// went out at `requested_ns` (wall clock) and `sent` (monotonic). One made here is
+    /// compared on the monotonic clock, exactly, whatever steps the wall clock took
+    /// meanwhile (see [`LocalPurges`](super::LocalPurges)); another process's stamp with
+    /// the margin of a clock not ours.
+    fn after_request(&self, at: u64, requested_ns: u64, sent: Instant) -> bool {
+        match self.local_purges.made_at(at) {
+            Some(made) => made >= sent,
+            None => at.saturating_add(nanos_of(CLOCK_SKEW)) > requested_ns,
+        }
     }
 
     /// Replaces a tag's mark that tells no usable purge time (see
@@ -574,7 +573,7 @@ mod tests {
     use http::Request;
 
     use super::{StoreOutcome, Target};
-    use crate::backend::MemoryBackend;
+    use crate::backend::{Backend, Lifetime, MemoryBackend};
     use crate::cache::MemcacheLayer;
     use crate::cache::shared::Shared;
     use crate::cache::shared::testing::{entry, exchange_for, get, shared};
@@ -650,5 +649,77 @@ mod tests {
             matches!(outcome, StoreOutcome::Superseded { .. }),
             "{outcome:?}"
         );
+    }
+
+    /// Review SM: a purge made here is compared with a fill's request time with no margin
+    /// (the same clock), yet the wall clock is set back by less than the tolerated second
+    /// unnoticed (an NTP step is from 128 ms). A tag purged here half a second after the
+    /// request went out, the clock set back half a second between them, stamped a time
+    /// before the request's: the purge that returned was taken for one before it, and
+    /// the response it purged was stored over it, a hit until it expired.
+    #[tokio::test]
+    async fn a_tag_purged_here_after_a_small_set_back_refuses_a_fill_sent_before_it() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/small-step");
+        // Timed half a second ahead: the clock was set back that much since it went out.
+        let requested = SystemTime::now() + Duration::from_millis(500);
+        let sent = Instant::now();
+        shared.storage.purge_tag("news").await.unwrap();
+        let outcome = store_tagged(&shared, &request, requested, sent).await;
+        assert!(
+            matches!(outcome, StoreOutcome::Superseded { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    /// Review SM: the clock set back an hour while a fill was under way (a bad NTP source,
+    /// an operator) and forward again before its store (the step undone): a tag purged
+    /// here in between was stamped an hour before the request's time, and the wall clock,
+    /// moved as much as the monotonic one overall, showed no step back at the store
+    /// (`set_back_since`). The purge that returned was taken for one an hour before the
+    /// request, and the response it purged was stored.
+    #[tokio::test]
+    async fn a_tag_purged_here_while_the_clock_was_set_back_refuses_a_fill_sent_before_it() {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/back-and-forth");
+        let (requested, sent) = (SystemTime::now(), Instant::now());
+        // The purge, made here while the clock read an hour behind: its stamp is that
+        // time (stamps restart from a clock set back), written as `purge_tag` writes it.
+        let stamp = super::nanos(SystemTime::now() - Duration::from_secs(3600));
+        shared.storage.local_purges.record(stamp);
+        let storage = &shared.storage;
+        let key = storage.tag_key("news");
+        let value = bytes::Bytes::from(stamp.to_string());
+        let written = storage.backend().set(&key, value, 0, Lifetime::NEVER);
+        written.await.unwrap();
+        let outcome = store_tagged(&shared, &request, requested, sent).await;
+        assert!(
+            matches!(outcome, StoreOutcome::Superseded { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    /// Review SM: as for a store, a flight's response stored for nobody (`no-store`) is
+    /// shared only with followers that joined before its request went out when a tag of
+    /// it was purged here since, whatever a small step back of the clock made of the
+    /// purge's time.
+    #[tokio::test]
+    async fn a_shared_response_is_cut_off_at_its_request_by_a_tag_purged_here_after_a_small_set_back()
+     {
+        let layer = MemcacheLayer::new(MemoryBackend::new());
+        let shared = shared(&layer);
+        let request = get("http://site.example/small-step-shared");
+        let ex = exchange_for(&shared, &request).await;
+        let requested = SystemTime::now() + Duration::from_millis(500);
+        let sent = Instant::now();
+        shared.storage.purge_tag("news").await.unwrap();
+        let tags = [("news".to_owned(), None)];
+        let cutoff = shared
+            .storage
+            .share_cutoff(&ex.plan.key, &tags, requested, sent)
+            .await;
+        assert_eq!(cutoff, sent);
     }
 }
