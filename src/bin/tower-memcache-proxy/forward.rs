@@ -30,7 +30,7 @@ use tower_memcache::cache::{
     InvalidTarget, OriginUnreachable, RequestTarget, decides_caching, is_hop_by_hop,
 };
 
-use crate::origin_connection::{OriginConnector, kept_alive_unanswered};
+use crate::origin_connection::{Carriers, OriginConnector, kept_alive_unanswered};
 use crate::upstream_limit::UpstreamLimit;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -672,12 +672,18 @@ pub(crate) async fn forward(
     });
     // A copy to send again, for a safe request without body only (misses only: hits never
     // get here).
-    let again = (!carries_body && method.is_safe()).then(|| bodiless_copy(&request));
-    let request = request.map(|body| Upload {
+    let mut carriers = Carriers::default();
+    let again = (!carries_body && method.is_safe()).then(|| {
+        let mut again = bodiless_copy(&request);
+        carriers.note(&mut again);
+        again
+    });
+    let mut request = request.map(|body| Upload {
         body,
         progress: progress.clone(),
         discards: received != Version::HTTP_2,
     });
+    carriers.note(&mut request);
     let place = match upstream.limit.admit().await {
         Ok(place) => place,
         Err(refused) => {
@@ -744,6 +750,16 @@ pub(crate) async fn forward(
                 if !only_chunked(response.headers()) {
                     tracing::warn!(%method, upstream = %upstream.authority, "upstream sent a transfer coding other than one chunking");
                     return Ok(made_up(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"));
+                }
+                // Such a message "might indicate an attempt to perform ... response
+                // splitting" (§6.3): a page that names `Transfer-Encoding` itself on an
+                // origin that frames it by its `Content-Length` goes on past the last
+                // chunk hyper read, and the rest, come after the next client's request
+                // went out on the pooled connection, answered that one (and was stored
+                // under its key). Its connection is not used again.
+                if response.headers().contains_key(header::CONTENT_LENGTH) {
+                    tracing::warn!(%method, upstream = %upstream.authority, "upstream sent Content-Length beside Transfer-Encoding: connection not reused");
+                    carriers.retire();
                 }
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }

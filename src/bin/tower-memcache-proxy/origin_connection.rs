@@ -9,6 +9,9 @@
 //! failure per request an attacker sent. hyper tells neither apart ("connection closed
 //! before message completed" either way), so the connector counts, per connection, the
 //! answers begun.
+//!
+//! A connection can also be kept from the pool once an answer on it showed that the
+//! origin may frame it otherwise than hyper read it ([`Carriers`]).
 
 use std::future::Future;
 use std::io;
@@ -17,9 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use http::Extensions;
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use http::{Extensions, Request, Uri};
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector, capture_connection,
+};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -74,6 +78,28 @@ pub(crate) fn kept_alive_unanswered(connection: Option<&Connected>) -> bool {
     extras
         .get::<Arc<Exchanges>>()
         .is_some_and(|exchanges| exchanges.kept_alive_unanswered())
+}
+
+/// The connections a request (and its one retry) went out on.
+#[derive(Default)]
+pub(crate) struct Carriers(Vec<CaptureConnection>);
+
+impl Carriers {
+    /// Notes the connection `request` will go out on.
+    pub(crate) fn note<B>(&mut self, request: &mut Request<B>) {
+        self.0.push(capture_connection(request));
+    }
+
+    /// Keeps every connection noted from the pool: each is closed once its answer ended.
+    /// For an answer whose framing the origin may read otherwise than hyper did: what the
+    /// origin still sends of it must never be read as the next request's answer.
+    pub(crate) fn retire(&self) {
+        for captured in &self.0 {
+            if let Some(connected) = captured.connection_metadata().as_ref() {
+                connected.poison();
+            }
+        }
+    }
 }
 
 /// hyper's connector, whose connections count their exchanges ([`Exchanges`]).
