@@ -150,3 +150,42 @@ async fn a_connection_framed_two_ways_never_answers_the_next_request() {
         );
     }
 }
+
+/// A 204 that names a body length (other than 0) or a transfer coding, which no 204 may
+/// carry (RFC 9110 §8.6, RFC 9112 §6.1): hyper reads it, rightly, as ending at its head.
+/// An origin server that frames a page's 204 by the page's own `Content-Length` (as
+/// gunicorn does for a WSGI app that sends one, writing what the app yields as it comes)
+/// sends a body after it; what came of it after the next client's request had gone out on
+/// the pooled connection answered that request, and was stored under its key. Its
+/// connection is not used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request() {
+    let (origin, _task) = raw_origin(move |head| {
+        let framing = match path_of(head) {
+            "/empty-length" => format!("Content-Length: {}", EVIL.len()),
+            "/empty-chunked" => "Transfer-Encoding: chunked".to_string(),
+            _ => return own(head),
+        };
+        Answer::now(format!("HTTP/1.1 204 No Content\r\n{framing}\r\n\r\n"))
+            // The body the origin framed, as the page wrote it, a moment later.
+            .then(Duration::from_millis(300), EVIL)
+    })
+    .await;
+    let proxy = start_proxy(origin, &[]);
+    for path in ["/empty-length", "/empty-chunked"] {
+        let (status, body) = get(&proxy, path).await;
+        assert_eq!((status, body.as_str()), (204, ""), "{path}");
+        let victim = format!("/after{path}");
+        let (status, body) = get(&proxy, &victim).await;
+        assert!(
+            status == 502 || body == format!("page {victim}"),
+            "after {path}: {victim} was answered {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, body) = cached(&proxy, &victim).await;
+        assert!(
+            status == 504 || body == format!("page {victim}"),
+            "after {path}: {victim} stored {body:?}"
+        );
+    }
+}
