@@ -717,9 +717,9 @@ pub(crate) async fn forward(
     };
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
-            // What the origin sends past the framing hyper read this answer by, come
-            // after the next client's request went out on the pooled connection,
-            // answered that one (and was stored under its key).
+            // An answer framed two ways: what the origin sends past the framing hyper
+            // read it by, arriving once the next client's request went out on the
+            // pooled connection, would answer that request (and be stored under its key).
             if framed_two_ways(response.status(), response.headers()) {
                 tracing::warn!(%method, upstream = %upstream.authority, status = %response.status(), "upstream framed a response two ways: its connection is not used again");
                 carriers.retire();
