@@ -188,3 +188,47 @@ async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request()
         );
     }
 }
+
+/// A 1xx that names a body length or a transfer coding: a 1xx ends at its head (RFC 9110
+/// §15.2), and hyper reads what follows as the final answer. An origin server that frames
+/// a page's 103 by the page's own `Content-Length` (gunicorn writes what a WSGI app
+/// yields for any status) sends the rest of that body later; what came of it after the
+/// next client's request had gone out on the pooled connection answered that request, and
+/// was stored under its key. Its connection is not used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_informational_answer_that_frames_a_body_never_answers_the_next_request() {
+    let (origin, _task) = raw_origin(move |head| {
+        let path = path_of(head);
+        if !path.starts_with("/hints") {
+            return own(head);
+        }
+        let own_page = page(&format!("page {path}"));
+        Answer::now(format!(
+            "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
+             Content-Length: {}\r\n\r\n{own_page}",
+            own_page.len() + EVIL.len()
+        ))
+        // The rest of the body the origin framed, as the page wrote it, a moment later.
+        .then(Duration::from_millis(300), EVIL)
+    })
+    .await;
+    let proxy = start_proxy(origin, &[]);
+    for round in 0..2 {
+        // What came after the 103's head is the final answer to the same request.
+        let hints = format!("/hints{round}");
+        let (status, body) = get(&proxy, &hints).await;
+        assert_eq!((status, body), (200, format!("page {hints}")));
+        let victim = format!("/after-hints{round}");
+        let (status, body) = get(&proxy, &victim).await;
+        assert!(
+            status == 502 || body == format!("page {victim}"),
+            "{victim} was answered {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, body) = cached(&proxy, &victim).await;
+        assert!(
+            status == 504 || body == format!("page {victim}"),
+            "{victim} stored {body:?}"
+        );
+    }
+}

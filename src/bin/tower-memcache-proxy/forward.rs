@@ -30,7 +30,7 @@ use tower_memcache::cache::{
     InvalidTarget, OriginUnreachable, RequestTarget, decides_caching, is_hop_by_hop,
 };
 
-use crate::origin_connection::{Carriers, OriginConnector, kept_alive_unanswered};
+use crate::origin_connection::{Carriers, OriginConnector, framed_two_ways, kept_alive_unanswered};
 use crate::upstream_limit::UpstreamLimit;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -843,23 +843,6 @@ fn closed_unanswered(err: &(dyn Error + 'static)) -> bool {
     false
 }
 
-/// Whether a response head frames a body in a way other than the one hyper read it by,
-/// so that the origin may go on sending it: `Content-Length` beside `Transfer-Encoding`
-/// (RFC 9112 §6.3: "might indicate an attempt to perform ... response splitting"; a page
-/// that names `Transfer-Encoding` itself, on a server that frames it by its length), or a
-/// 204 with a length other than 0 or a transfer coding, which no 204 carries (RFC 9110
-/// §8.6, RFC 9112 §6.1; a server that frames a page's 204 by the page's own length, as
-/// gunicorn does, sends the body after it). hyper ends a 204 at its head, and a chunked
-/// body at its last chunk. A HEAD's or a 304's length is the representation's, no sign.
-fn framed_two_ways(status: StatusCode, headers: &HeaderMap) -> bool {
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    if status == StatusCode::NO_CONTENT {
-        return chunked || lengths.any(|length| length.as_bytes() != b"0");
-    }
-    chunked && lengths.next().is_some()
-}
-
 /// Whether hyper undid every transfer coding the response names, so that the body it
 /// hands over is the representation: `chunked` once, as the last coding (or none, the
 /// obsolete `identity` aside). Another coding (`gzip, chunked`) is left on the body, and
@@ -1488,46 +1471,6 @@ mod tests {
 
     fn peer() -> PeerFields {
         PeerFields::new(SocketAddr::from(([127, 0, 0, 1], 40000)))
-    }
-
-    #[test]
-    fn only_heads_that_frame_a_body_two_ways_keep_their_connection_from_the_pool() {
-        let head = |fields: &[(&str, &str)]| {
-            let mut headers = HeaderMap::new();
-            for (name, value) in fields {
-                headers.append(
-                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    HeaderValue::from_str(value).unwrap(),
-                );
-            }
-            headers
-        };
-        let (ok, empty, unchanged) = (
-            StatusCode::OK,
-            StatusCode::NO_CONTENT,
-            StatusCode::NOT_MODIFIED,
-        );
-        let length = head(&[("content-length", "5")]);
-        let chunked = head(&[("transfer-encoding", "chunked")]);
-        let both = head(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
-        let zero = head(&[("content-length", "0")]);
-        for (status, headers, two_ways) in [
-            (ok, &length, false),
-            (ok, &chunked, false),
-            (ok, &both, true),
-            (unchanged, &length, false),
-            (unchanged, &both, true),
-            (empty, &zero, false),
-            (empty, &HeaderMap::new(), false),
-            (empty, &length, true),
-            (empty, &chunked, true),
-        ] {
-            assert_eq!(
-                framed_two_ways(status, headers),
-                two_ways,
-                "{status} {headers:?}"
-            );
-        }
     }
 
     #[test]
