@@ -1,10 +1,12 @@
 //! Review SP: the origin's response framing and informational responses, as a tenant of a
-//! shared origin (a PHP or CGI page that sets its own header fields and body bytes) would
-//! try them against `tower-memcache-proxy`'s pooled origin connections and the entries
-//! stored for them: bytes after a framed body, `Content-Length` beside
-//! `Transfer-Encoding`, bodies cut short or reset, 1xx answers. For each: what the next
-//! clients, whose requests go out on the pooled origin connection, are answered, and what
-//! is stored under their keys.
+//! shared origin (a PHP, CGI or WSGI page that sets its own header fields and body bytes)
+//! would try them against `tower-memcache-proxy`'s pooled origin connections and the
+//! entries stored for them: bytes after a framed body, `Content-Length` beside
+//! `Transfer-Encoding`, bodies on answers that have none (1xx, 204), bodies cut short or
+//! reset, chunk sizes hyper refuses. For each: what the next clients, whose requests go
+//! out on the pooled origin connection, are answered, and what is stored under their
+//! keys. The tests here are the defects found: a head that frames a body two ways, whose
+//! connection went on to answer the next request with the rest of that body.
 //!
 //! The origin is a raw TCP server (`support::origin::serve_each_connection`) whose script
 //! says, per request head, what to write and when.
