@@ -101,6 +101,8 @@ mod review_si;
 mod review_sj;
 mod review_sk;
 mod review_sl;
+mod review_sm;
+mod review_sp;
 mod review_ss;
 mod review_t;
 mod review_tt;

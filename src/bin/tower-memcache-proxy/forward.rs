@@ -26,7 +26,7 @@ use crate::fields::{
     FORWARDING, PeerFields, kept_from_connection, remove_spellings, set_forwarding,
     strip_hop_by_hop, via,
 };
-use crate::origin_connection::{OriginConnector, kept_alive_unanswered};
+use crate::origin_connection::{Carriers, OriginConnector, framed_two_ways, kept_alive_unanswered};
 use crate::target::refused;
 use crate::upload::{Answered, Progress, ProxyRequestBody, Upload, head_in_time};
 use crate::upstream_limit::UpstreamLimit;
@@ -142,12 +142,18 @@ pub(crate) async fn forward(
     });
     // A copy to send again, for a safe request without body only (misses only: hits never
     // get here).
-    let again = (!carries_body && method.is_safe()).then(|| bodiless_copy(&request));
-    let request = request.map(|body| Upload {
+    let mut carriers = Carriers::default();
+    let again = (!carries_body && method.is_safe()).then(|| {
+        let mut again = bodiless_copy(&request);
+        carriers.note(&mut again);
+        again
+    });
+    let mut request = request.map(|body| Upload {
         body,
         progress: progress.clone(),
         discards: received != Version::HTTP_2,
     });
+    carriers.note(&mut request);
     let place = match upstream.limit.admit().await {
         Ok(place) => place,
         Err(refused) => {
@@ -181,6 +187,13 @@ pub(crate) async fn forward(
     };
     match head_in_time(response, upstream.head_timeout, progress.as_deref()).await {
         Some(Ok(mut response)) => {
+            // An answer framed two ways: what the origin sends past the framing hyper
+            // read it by, arriving once the next client's request went out on the
+            // pooled connection, would answer that request (and be stored under its key).
+            if framed_two_ways(response.status(), response.headers()) {
+                tracing::warn!(%method, upstream = %upstream.authority, status = %response.status(), "upstream framed a response two ways: its connection is not used again");
+                carriers.retire();
+            }
             // Dropped with this answer, or kept by its body until it ends.
             let answered = progress
                 .clone()

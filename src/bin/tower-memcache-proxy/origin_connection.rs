@@ -9,6 +9,9 @@
 //! failure per request an attacker sent. hyper tells neither apart ("connection closed
 //! before message completed" either way), so the connector counts, per connection, the
 //! answers begun.
+//!
+//! A connection can also be kept from the pool once an answer on it showed that the
+//! origin may frame it otherwise than hyper read it ([`Carriers`]).
 
 use std::future::Future;
 use std::io;
@@ -17,9 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use http::Extensions;
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use http::{Extensions, HeaderMap, Request, StatusCode, Uri, header};
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector, capture_connection,
+};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -74,6 +78,57 @@ pub(crate) fn kept_alive_unanswered(connection: Option<&Connected>) -> bool {
     extras
         .get::<Arc<Exchanges>>()
         .is_some_and(|exchanges| exchanges.kept_alive_unanswered())
+}
+
+/// The connections a request (and its one retry) went out on.
+#[derive(Default)]
+pub(crate) struct Carriers(Vec<CaptureConnection>);
+
+impl Carriers {
+    /// Notes the connection `request` will go out on; it is retired at once if an
+    /// informational answer on it is [`framed_two_ways`] (hyper skips those unseen).
+    pub(crate) fn note<B>(&mut self, request: &mut Request<B>) {
+        let captured = capture_connection(request);
+        let carrier = captured.clone();
+        hyper::ext::on_informational(request, move |informational| {
+            if framed_two_ways(informational.status(), informational.headers()) {
+                tracing::warn!(status = %informational.status(), "upstream framed an informational response with a body: its connection is not used again");
+                retire(&carrier);
+            }
+        });
+        self.0.push(captured);
+    }
+
+    /// Keeps every connection noted from the pool: each is closed once its answer ended.
+    /// For an answer whose framing the origin may read otherwise than hyper did: what the
+    /// origin still sends of it must never be read as the next request's answer.
+    pub(crate) fn retire(&self) {
+        self.0.iter().for_each(retire);
+    }
+}
+
+fn retire(captured: &CaptureConnection) {
+    if let Some(connected) = captured.connection_metadata().as_ref() {
+        connected.poison();
+    }
+}
+
+/// Whether a response head frames a body in a way other than the one hyper read it by,
+/// so that the origin may go on sending it: `Content-Length` beside `Transfer-Encoding`
+/// (RFC 9112 §6.3: "might indicate an attempt to perform ... response splitting"; a page
+/// that names `Transfer-Encoding` itself, on a server that frames it by its length), or a
+/// 1xx or 204 with a length other than 0 or a transfer coding, which neither carries
+/// (RFC 9110 §8.6, RFC 9112 §6.1; a server that frames a page's 204 or 103 by the page's
+/// own length, as gunicorn does, sends the body after it). hyper ends a 1xx or a 204 at
+/// its head, and a chunked body at its last chunk. A HEAD's or a 304's length is the
+/// representation's, no sign.
+pub(crate) fn framed_two_ways(status: StatusCode, headers: &HeaderMap) -> bool {
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        return chunked || lengths.any(|length| length.as_bytes() != b"0");
+    }
+    chunked && lengths.next().is_some()
 }
 
 /// hyper's connector, whose connections count their exchanges ([`Exchanges`]).
@@ -165,6 +220,50 @@ impl AsyncWrite for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_heads_that_frame_a_body_two_ways_keep_their_connection_from_the_pool() {
+        let head = |fields: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in fields {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            headers
+        };
+        let (ok, empty, unchanged, hints) = (
+            StatusCode::OK,
+            StatusCode::NO_CONTENT,
+            StatusCode::NOT_MODIFIED,
+            StatusCode::from_u16(103).unwrap(),
+        );
+        let length = head(&[("content-length", "5")]);
+        let chunked = head(&[("transfer-encoding", "chunked")]);
+        let both = head(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        let zero = head(&[("content-length", "0")]);
+        for (status, headers, two_ways) in [
+            (ok, &length, false),
+            (ok, &chunked, false),
+            (ok, &both, true),
+            (unchanged, &length, false),
+            (unchanged, &both, true),
+            (empty, &zero, false),
+            (empty, &HeaderMap::new(), false),
+            (empty, &length, true),
+            (empty, &chunked, true),
+            (hints, &HeaderMap::new(), false),
+            (hints, &length, true),
+            (hints, &chunked, true),
+        ] {
+            assert_eq!(
+                framed_two_ways(status, headers),
+                two_ways,
+                "{status} {headers:?}"
+            );
+        }
+    }
 
     #[test]
     fn only_a_request_after_an_answer_with_none_of_its_own_is_kept_alive_unanswered() {

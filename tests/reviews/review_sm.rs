@@ -17,7 +17,7 @@
 //! Here, what other hosts write, crafted as they would write it: each test fails if the
 //! behaviour it names regresses.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
