@@ -17,10 +17,13 @@ use bytes::Bytes;
 /// Line terminator for request lines, reply lines and data blocks alike.
 const CRLF: &[u8] = b"\r\n";
 
+mod asked;
 mod decode;
 mod encode;
+mod lines;
 
-pub(crate) use decode::{Asked, Decoder};
+pub(crate) use asked::Asked;
+pub(crate) use decode::Decoder;
 pub(crate) use encode::*;
 
 // ---------------------------------------------------------------------------------------------
