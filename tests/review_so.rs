@@ -671,22 +671,32 @@ fn purges_and_failover_hold_across_processes_under_random_outages() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// How the moving process of [`purge_by_another_ring`] lost server 0.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// Killed, for good: the purging process, which keeps failed servers in its ring,
+    /// finds it dead too (a rolling change of `remove_failed_servers`).
+    Killed,
+    /// Hung (SIGSTOP) while only the moving process asked it, then resumed (SIGCONT)
+    /// before its probe came back: both processes remove failed servers, and the purging
+    /// one never noticed the outage.
+    HungOnlyForOne,
+}
+
 /// Found while building the soak (by reading, not by a seed: the soak's random schedule
-/// rarely lines up the steps it needs), the soak's outage made deterministic: two
-/// processes whose rings differ, one
-/// that removes failed servers (`remove_failed_servers(true)`, with a near tier) and one
-/// that keeps them (a rolling change of the setting, or two views of one outage). Server
-/// 0 is dead; the first process moved `/pN` (whose key lives on server 0) to server 1,
-/// filled it there and keeps it in its near tier, confirmed by the store epoch it read on
-/// server 1. The second process purges the URL: the delete reaches every live server,
-/// and `Ok` is returned, but the new store epoch went only to the key's server in its own
-/// view (server 0, dead). Past its bound, the first process confirmed the purged entry by
-/// the unchanged epoch on server 1 and answered it for up to eight windows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purge_by_a_process_of_another_ring_holds_in_a_near_tier_past_its_bound() {
-    let test = "review_so::a_purge_by_a_process_of_another_ring_holds_in_a_near_tier";
-    let mut x = memcached_or_skip!(test);
-    let y = memcached_or_skip!(test);
+/// rarely lines up the steps it needs), the soak's outages made deterministic: two
+/// processes whose rings differ. The first removes failed servers and has a near tier;
+/// server 0 is out in its view, so it moved `/pN` (whose key lives on server 0) to server
+/// 1, filled it there and keeps it in its near tier, confirmed by the store epoch it read
+/// on server 1. The second process purges the URL (then invalidates it with a POST): the
+/// delete reaches every server that answers, and `Ok` is returned, but the new store
+/// epoch went only to the key's server in the purger's view (server 0). Past its bound,
+/// the first process confirmed the purged entry by the unchanged epoch on server 1 and
+/// answered it for up to eight windows.
+async fn purge_by_another_ring(outage: Outage) {
+    let test = format!("review_so::purge_by_another_ring({outage:?})");
+    let mut x = memcached_or_skip!(&test);
+    let y = memcached_or_skip!(&test);
     let bound = Duration::from_millis(200);
     let origin = Arc::new(Origin {
         versions: (0..URLS).map(|_| AtomicU64::new(0)).collect(),
@@ -694,12 +704,16 @@ async fn a_purge_by_a_process_of_another_ring_holds_in_a_near_tier_past_its_boun
     let process = |remove_failed: bool, near: Option<Duration>| {
         let backend = TcpBackend::builder()
             .servers([x.addr(), y.addr()])
-            .timeout(Duration::from_millis(500))
+            .timeout(Duration::from_millis(100))
+            .connect_timeout(Duration::from_millis(100))
+            // Server 0 stays out of the moving process's ring for the whole test.
             .probe_interval(Duration::from_secs(30))
             .remove_failed_servers(remove_failed)
             .build()
             .unwrap();
-        let mut layer = MemcacheLayer::new(backend.clone()).namespace(NS);
+        let mut layer = MemcacheLayer::new(backend.clone())
+            .namespace(NS)
+            .lookup_timeout(Duration::from_millis(300));
         if let Some(bound) = near {
             layer = layer.near_cache(NearCache::new(4 << 20, bound));
         }
@@ -710,62 +724,69 @@ async fn a_purge_by_a_process_of_another_ring_holds_in_a_near_tier_past_its_boun
         (backend, Watch::of(&layer), layer, svc)
     };
     let (moving, watch, _, svc) = process(true, Some(bound));
-    let (keeping, _, purging, purging_svc) = process(false, None);
+    let purger_removes_failed = matches!(outage, Outage::HungOnlyForOne);
+    let (purging_backend, _, purging, purging_svc) = process(purger_removes_failed, None);
     let path = (0..URLS)
         .find(|&i| moving.server_for_key(&key(i)) == Some(0))
         .expect("a URL on server 0");
-    support::bounded(test, async {
-        x.kill();
-        // The moving process finds server 0 dead and moves its keys to server 1.
+    support::bounded(&test, async {
+        match outage {
+            Outage::Killed => x.kill(),
+            Outage::HungOnlyForOne => x.signal(nix::sys::signal::Signal::SIGSTOP),
+        }
+        // The moving process finds server 0 out and moves its keys to server 1.
         while !moving.is_server_down(0) {
             get(&svc, 0, path).await;
         }
+        if let Outage::HungOnlyForOne = outage {
+            x.signal(nix::sys::signal::Signal::SIGCONT);
+        }
         assert_eq!(moving.server_for_key(&key(path)), Some(1));
-        // Filled on server 1, read back twice (the second read knows the stripe's epoch,
-        // so the entry kept can be confirmed), then confirmed past the bound.
-        get(&svc, 0, path).await;
-        watch.settled().await;
-        assert!(get(&svc, 0, path).await.cache_status.contains("hit"));
-        tokio::time::sleep(bound + Duration::from_millis(30)).await;
-        let confirmed = get(&svc, 0, path).await;
-        assert!(
-            confirmed.cache_status.contains("detail=near"),
-            "{}",
-            confirmed.cache_status
-        );
+        for (round, change) in ["purge_uri", "POST"].into_iter().enumerate() {
+            // Filled on server 1, read back (a second read knows the stripe's epoch, so
+            // the entry kept can be confirmed), then confirmed past the bound.
+            get(&svc, 0, path).await;
+            watch.settled().await;
+            assert!(get(&svc, 0, path).await.cache_status.contains("hit"));
+            tokio::time::sleep(bound + Duration::from_millis(30)).await;
+            let confirmed = get(&svc, 0, path).await;
+            assert!(
+                confirmed.cache_status.contains("detail=near"),
+                "{change}: {}",
+                confirmed.cache_status
+            );
 
-        origin.versions[path].store(1, Ordering::SeqCst);
-        purging.purger().purge_uri(&url(path)).await.unwrap();
-        assert!(keeping.is_server_down(0), "the purge found server 0 dead");
-        tokio::time::sleep(bound + Duration::from_millis(50)).await;
-        let after = get(&svc, 0, path).await;
-        assert_eq!(
-            after.body,
-            format!("/p{path} v1"),
-            "a purge by the other process returned more than the bound ago ({})",
-            after.cache_status
-        );
-        // So does an invalidating POST through the other process.
-        watch.settled().await;
-        get(&svc, 0, path).await;
-        tokio::time::sleep(bound + Duration::from_millis(30)).await;
-        assert!(
-            get(&svc, 0, path)
-                .await
-                .cache_status
-                .contains("detail=near")
-        );
-        origin.versions[path].store(2, Ordering::SeqCst);
-        let posted = support::send(&purging_svc, Method::POST, &url(path), &[]).await;
-        assert!(posted.status.is_success());
-        tokio::time::sleep(bound + Duration::from_millis(50)).await;
-        let after = get(&svc, 0, path).await;
-        assert_eq!(
-            after.body,
-            format!("/p{path} v2"),
-            "a POST by the other process returned more than the bound ago ({})",
-            after.cache_status
-        );
+            let version = round as u64 + 1;
+            origin.versions[path].store(version, Ordering::SeqCst);
+            if change == "POST" {
+                let posted = support::send(&purging_svc, Method::POST, &url(path), &[]).await;
+                assert!(posted.status.is_success());
+            } else {
+                purging.purger().purge_uri(&url(path)).await.unwrap();
+            }
+            match outage {
+                Outage::Killed => assert!(purging_backend.is_server_down(0)),
+                Outage::HungOnlyForOne => assert!(!purging_backend.is_server_down(0)),
+            }
+            tokio::time::sleep(bound + Duration::from_millis(50)).await;
+            let after = get(&svc, 0, path).await;
+            assert_eq!(
+                after.body,
+                format!("/p{path} v{version}"),
+                "{change} by the other process returned more than the bound ago ({})",
+                after.cache_status
+            );
+        }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_by_a_process_keeping_a_dead_server_in_its_ring_shows_in_a_near_tier_in_time() {
+    purge_by_another_ring(Outage::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_by_a_process_that_missed_an_outage_shows_in_a_near_tier_in_time() {
+    purge_by_another_ring(Outage::HungOnlyForOne).await;
 }
