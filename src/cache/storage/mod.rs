@@ -469,8 +469,7 @@ impl<B: Backend> Storage<B> {
         self.logged("epoch bump", bumped)
     }
 
-    /// [`bump_epoch`](Self::bump_epoch), with the error (for a purge, which must not
-    /// return `Ok` while near tiers can still confirm what it removed).
+    /// [`bump_epoch`](Self::bump_epoch), with the error.
     async fn try_bump_epoch(&self, route: &str) -> Result<u64, BackendError> {
         let fresh = unique();
         let value = Bytes::from(fresh.to_string());
@@ -481,18 +480,42 @@ impl<B: Backend> Storage<B> {
         self.bounded(set).await.map(|()| fresh)
     }
 
+    /// [`try_bump_epoch`](Self::try_bump_epoch) on every server, for an invalidation,
+    /// whose delete reached every server: a process whose ring differs from ours (it
+    /// removes failed servers and we do not, or it has noticed an outage we have not)
+    /// reads the URL's entry and epoch on another server, and an epoch left unchanged
+    /// there let its near tier confirm, for up to eight windows, the entry the delete
+    /// removed (review SO). `Ok` when at least one server took it; one that missed it is
+    /// marked down (rejoining reset, its epochs orphaned with the rest).
+    async fn try_bump_epoch_everywhere(&self, route: &str) -> Result<u64, BackendError> {
+        let fresh = unique();
+        let value = Bytes::from(fresh.to_string());
+        let key = self.epoch_key(route);
+        let set = self
+            .backend
+            .set_on_every_server(&key, value, 0, Lifetime::NEVER);
+        self.bounded_purge(set).await.map(|()| fresh)
+    }
+
     /// [`bump_epoch`](Self::bump_epoch) once more, a timeout from now, in the background:
     /// a write that failed (timed out) may still land after the first bump, from the
-    /// socket it was written to, and a first bump may itself have failed.
+    /// socket it was written to, and a first bump may itself have failed. `everywhere`:
+    /// on every server, after an invalidation (see
+    /// [`try_bump_epoch_everywhere`](Self::try_bump_epoch_everywhere)).
     ///
     /// Best effort, and bounded ([`Background::spawn_best_effort`]): a dead server fails
     /// every write; the full read every 8 windows still bounds what a skipped one would
     /// have shown.
-    fn bump_epoch_later(&self, route: &str) {
+    fn bump_epoch_later(&self, route: &str, everywhere: bool) {
         let (storage, route) = (self.clone(), route.to_owned());
         self.background.spawn_best_effort(async move {
             tokio::time::sleep(storage.timeout).await;
-            storage.bump_epoch(&route).await;
+            if everywhere {
+                let bumped = storage.try_bump_epoch_everywhere(&route).await;
+                storage.logged("epoch bump", bumped);
+            } else {
+                storage.bump_epoch(&route).await;
+            }
         });
     }
 

@@ -59,9 +59,10 @@ impl<B: Backend> Storage<B> {
             .await;
         // Even when the delete failed on some server: it may have landed on others. Once
         // more a timeout later when either failed (see `store`).
-        let bumped = self.try_bump_epoch(primary_key).await;
+        // On every server too, as the delete: see `try_bump_epoch_everywhere`.
+        let bumped = self.try_bump_epoch_everywhere(primary_key).await;
         if deleted.is_err() || bumped.is_err() {
-            self.bump_epoch_later(primary_key);
+            self.bump_epoch_later(primary_key, true);
         }
         // After memcached (a lookup that read it before is then refused by the near tier),
         // and even when memcached failed: this process at least forgets.

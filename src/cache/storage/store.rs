@@ -93,7 +93,7 @@ impl<B: Backend> Storage<B> {
             // Once more a timeout later: a failed store may land late, and an epoch write
             // that failed (refused, lost) left the old epoch vouching for the old entry.
             if outcome == StoreOutcome::Failed || !bumped {
-                self.bump_epoch_later(&to.key);
+                self.bump_epoch_later(&to.key, false);
             }
         }
         // Whatever the outcome: a store that failed half way (an index written, its variant
