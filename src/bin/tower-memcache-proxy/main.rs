@@ -177,9 +177,7 @@ use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
 use args::{Args, LogFormat, Mode, OnOff, RuntimeKind};
-use connections::{
-    Activity, ConnectionLimit, CountRequests, CountWrites, UnsentBudget, run_bounded,
-};
+use connections::{Activity, ConnectionLimit, CountRequests, UnsentBudget, run_bounded};
 use first_bytes::FirstBytes;
 use forward::{PeerFields, ProxyRequestBody, Upstream, ValidTarget, error_chain, forward};
 use upstream_limit::UpstreamLimit;
@@ -760,10 +758,7 @@ impl<B: Backend> Worker<B> {
             };
             let connection = builder
                 .serve_connection(
-                    TokioIo::new(FirstBytes::new(
-                        CountWrites::new(stream, Arc::clone(&activity)),
-                        header_timeout,
-                    )),
+                    TokioIo::new(FirstBytes::new(stream, header_timeout)),
                     TowerToHyperService::new(service),
                 )
                 .into_owned();
