@@ -2,21 +2,24 @@
 //! no longer takes is read and dropped, bounded) and at the upload holds of reviews SF
 //! and SI, as a resource attacker and as a desync attacker: what a held or discarded
 //! upload keeps busy (a connection, an origin connection and its place), for how long,
-//! and whether anything of it reaches the origin.
+//! and whether anything of it reaches the origin (an HTTP/2 upload its client reset
+//! among it).
 //!
 //! The origin is a raw TCP server: `/early-long` answers 401 on the head with a body of
 //! 4 MiB framed by its length, without reading the request's body, and reads on (an
 //! origin that keeps its connection); any other path reads its body (by
-//! `Content-Length`) and answers `page <path>`.
+//! `Content-Length`, or chunked) and answers `page <path>`, noting that it had it whole.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::desync::{get, path_of};
 use support::h2_frames::{
-    DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, literal_block, status_of_stream_1,
+    DATA, END_HEADERS, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame, literal_block,
+    status_of_stream_1,
 };
 use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
@@ -32,6 +35,8 @@ const LONG: usize = 4 << 20;
 
 struct RawOrigin {
     addr: SocketAddr,
+    /// The paths of the requests whose bodies the origin read whole.
+    whole: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,12 +50,16 @@ impl RawOrigin {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, serve);
-        Self { addr, task }
+        let whole = Arc::new(Mutex::new(Vec::new()));
+        let task = serve_each_connection(listener, {
+            let whole = Arc::clone(&whole);
+            move |stream| serve(stream, Arc::clone(&whole))
+        });
+        Self { addr, whole, task }
     }
 }
 
-async fn serve(mut stream: TcpStream) {
+async fn serve(mut stream: TcpStream, whole: Arc<Mutex<Vec<String>>>) {
     let mut buffer = Vec::new();
     loop {
         let Some(end) = find(&buffer, b"\r\n\r\n") else {
@@ -76,6 +85,7 @@ async fn serve(mut stream: TcpStream) {
         if !skip_body(&mut stream, &mut buffer, &head).await {
             return;
         }
+        whole.lock().unwrap().push(path.clone());
         let text = format!("page {path}");
         let answer = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
@@ -189,4 +199,51 @@ async fn an_h2_client_that_takes_nothing_but_pings_is_closed_as_stalled() {
         (true, Some((200, "page /after".to_string()))),
         "a client that took nothing of its answer was kept (and the next client answered?)"
     );
+}
+
+/// An HTTP/2 client that sends part of its POST's body and then resets the stream with
+/// `NO_ERROR`. hyper hands such a reset over as the body's END: without a length, the
+/// proxy ended the chunked body it was sending on, and the origin took the cut upload
+/// for a whole one (a file stored short, a form without its last fields); with one, the
+/// origin connection failed on the short body and the proxy answered 502 and warned of
+/// an upstream failure, the client's doing blamed on the origin. A stream reset before
+/// its END_STREAM is a broken body: the origin never gets an end for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upload_reset_with_no_error_is_no_whole_body() {
+    let origin = RawOrigin::start().await;
+    let (proxy, log) = support::proxy::start_proxy_with_log(origin.addr, &[]);
+    for length in [None, Some("100")] {
+        let mut fields: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"shop.example"),
+            (b":path", b"/upload"),
+        ];
+        if let Some(length) = length {
+            fields.push((b"content-length", length.as_bytes()));
+        }
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&frame(SETTINGS, 0, 0, &[]));
+        bytes.extend_from_slice(&frame(HEADERS, END_HEADERS, 1, &literal_block(&fields)));
+        bytes.extend_from_slice(&frame(DATA, 0, 1, &[b'x'; 10]));
+        client.write_all(&bytes).await.unwrap();
+        // The ten bytes on their way to the origin first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // RST_STREAM, NO_ERROR.
+        client
+            .write_all(&frame(RST_STREAM, 0, 1, &[0, 0, 0, 0]))
+            .await
+            .unwrap();
+        let line = log
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an access log line");
+        assert!(!line.contains("\" 502 "), "{length:?}: {line}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            origin.whole.lock().unwrap().clone(),
+            Vec::<String>::new(),
+            "{length:?}: the origin took the cut upload for a whole one"
+        );
+    }
 }

@@ -37,7 +37,8 @@
 //! more first; not one a fresh connection closed under, nor one whose answer had begun:
 //! the origin took those), one that sends no response head within `--upstream-timeout`
 //! (60 s) of the request's last byte 504 Gateway Timeout (a request body that pauses that
-//! long on its way gets 408 Request Timeout, and one the client breaks, a malformed chunk,
+//! long on its way gets 408 Request Timeout, and one the client breaks, a malformed chunk
+//! or an HTTP/2 stream reset before its end,
 //! 400 Bad Request: the client's fault, not the origin's); none is cached. At most `--upstream-max-connections`
 //! (1024) requests are under way at the origin at once, over all threads; past it a
 //! request waits in order for a place, `--upstream-queue-timeout` (5 s) at most and behind
