@@ -247,3 +247,38 @@ async fn an_h2_upload_reset_with_no_error_is_no_whole_body() {
         );
     }
 }
+
+/// A client that writes its whole body before it reads (Python's http.client, Go's, a
+/// form post) gets the answers the proxy makes itself before the origin sees a request:
+/// 405 for TRACE, 400 for a `Host` it refuses, 508 for a request come back through it.
+/// Review SK reads and drops the rest of a body the origin no longer takes; these bodies
+/// were dropped unread, hyper closed the connection with them unread, and the client's
+/// write failed on the reset before it read a byte of the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_writes_its_whole_body_first_reads_the_proxys_own_refusal() {
+    let origin = RawOrigin::start().await;
+    let proxy = start_proxy(origin.addr, &[]);
+    let size = 8 << 20;
+    for (head, status) in [
+        ("TRACE /x HTTP/1.1\r\nHost: shop.example\r\n", "405"),
+        ("POST /x HTTP/1.1\r\nHost: shop.example/a\r\n", "400"),
+    ] {
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut request = format!("{head}Content-Length: {size}\r\n\r\n").into_bytes();
+        request.extend(std::iter::repeat_n(b'x', size));
+        let written = tokio::time::timeout(Duration::from_secs(10), client.write_all(&request))
+            .await
+            .expect("the body's writing hung");
+        assert!(written.is_ok(), "{head:?}: {written:?}");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while find(&answer, b"\r\n").is_none() && more(&mut client, &mut answer).await {}
+        })
+        .await;
+        let line = String::from_utf8_lossy(&answer).into_owned();
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{head:?}: {line:?}"
+        );
+    }
+}
