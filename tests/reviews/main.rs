@@ -102,6 +102,7 @@ mod review_sj;
 mod review_sk;
 mod review_sl;
 mod review_sm;
+mod review_sn;
 mod review_so;
 mod review_sp;
 mod review_ss;

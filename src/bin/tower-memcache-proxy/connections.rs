@@ -30,7 +30,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::Service;
@@ -141,12 +140,17 @@ impl UnsentBudget {
     }
 }
 
-/// What a connection has done, for [`watch_connection`]: requests started, bytes written,
-/// responses on their way out, bytes of them held. Relaxed adds on lines only that
-/// connection's tasks touch (and the process's [`UnsentBudget`]).
+/// What a connection has done, for [`watch_connection`]: requests started, bytes of
+/// responses taken, responses on their way out, bytes of them held. Relaxed adds on lines
+/// only that connection's tasks touch (and the process's [`UnsentBudget`]).
 pub(crate) struct Activity {
     started: AtomicU64,
-    written: AtomicU64,
+    /// Bytes of response bodies hyper took to send ([`Unsent`] advanced past them): what
+    /// the client's socket or window let go. Not the bytes written to the socket: those
+    /// count the acknowledgements of an HTTP/2 client's PINGs and the window the proxy
+    /// grants it, which a client that takes nothing of its responses has the proxy write
+    /// as fast as it likes.
+    taken: AtomicU64,
     /// Responses whose head is ready and whose body has not been dropped yet.
     sending: AtomicUsize,
     /// Of those, the ones whose body was last asked for a frame and had none: they wait
@@ -162,7 +166,7 @@ impl Activity {
     pub(crate) fn new(budget: Arc<UnsentBudget>) -> Self {
         Self {
             started: AtomicU64::new(0),
-            written: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
             sending: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             unsent: AtomicU64::new(0),
@@ -218,8 +222,8 @@ impl HeldBody for http_body_util::Full<Bytes> {
     }
 }
 
-/// Fewer bytes than this written in a whole period while responses wait to go out: the
-/// client has stopped reading (HTTP/2 keep-alive pings alone write a few dozen).
+/// Fewer bytes of its responses than this taken in a whole period while they wait to go
+/// out: the client has stopped reading.
 const STALLED_BELOW: u64 = 1024;
 
 /// Counts the requests that reach `inner` in its connection's [`Activity`], and the
@@ -409,6 +413,9 @@ impl<D: Buf> Unsent<D> {
         let remaining = self.data.remaining() as u64;
         if remaining < self.left {
             if let Some(activity) = &self.activity {
+                activity
+                    .taken
+                    .fetch_add(self.left - remaining, Ordering::Relaxed);
                 activity.release(self.left - remaining);
             }
             self.left = remaining;
@@ -450,74 +457,10 @@ impl<D: Buf> Buf for Unsent<D> {
     }
 }
 
-/// `io` whose writes are counted in its connection's [`Activity`].
-pub(crate) struct CountWrites<T> {
-    io: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> CountWrites<T> {
-    pub(crate) fn new(io: T, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
-    }
-
-    fn count(&self, polled: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(written)) = polled {
-            self.activity
-                .written
-                .fetch_add(*written as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for CountWrites<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for CountWrites<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.count(&polled);
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.count(&polled);
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// Drives `connection` to its end, draining it (`drain`: hyper's graceful shutdown) once
 /// `shutdown` says so or once a whole `idle` period passed in which it started no request
 /// and sent nothing, and dropping it (closing the socket) once a whole period passed in
-/// which it had responses to send and wrote almost nothing of them: a client that stopped
+/// which it had responses to send and took almost nothing of them: a client that stopped
 /// reading (an HTTP/2 receive window kept shut, pipelined requests never read) would
 /// otherwise hold their bodies, up to an entry each, for as long as it likes (nginx's
 /// `send_timeout`). A receiver of `shutdown` is held until the connection ended, so that
@@ -582,11 +525,11 @@ struct Signals {
 /// Says drain once `shutdown` says so (or its sender is gone) or once an `idle` period
 /// passed in which the connection started no request and had nothing to send; says close
 /// once a period passed in which it had responses to send, not all of them waiting for
-/// their origin, and wrote under [`STALLED_BELOW`] bytes. While the process holds more
-/// unsent bytes than its [`UnsentBudget`], says close too once a [`BUDGET_PROBE`] passed
-/// in which the connection held unsent bytes and wrote under [`STALLED_BELOW`] of them, or
-/// too few to send what it holds within `idle` at that pace: such connections go first,
-/// the others are not held up. Ends with the connection.
+/// their origin, and took under [`STALLED_BELOW`] bytes of them. While the process holds
+/// more unsent bytes than its [`UnsentBudget`], says close too once a [`BUDGET_PROBE`]
+/// passed in which the connection held unsent bytes and took under [`STALLED_BELOW`] of
+/// them, or too few to send what it holds within `idle` at that pace: such connections go
+/// first, the others are not held up. Ends with the connection.
 async fn watch_connection(
     activity: Arc<Activity>,
     idle: Duration,
@@ -605,7 +548,7 @@ async fn watch_connection(
     let mut check = tokio::time::interval_at(Instant::now() + idle, idle);
     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut seen_started = activity.started.load(Ordering::Relaxed);
-    let mut seen_written = activity.written.load(Ordering::Relaxed);
+    let mut seen_taken = activity.taken.load(Ordering::Relaxed);
 
     let budget = Arc::clone(&activity.budget);
     let mut pressure = budget.wake.subscribe();
@@ -618,13 +561,13 @@ async fn watch_connection(
         .max(1);
     let probe = tokio::time::sleep(idle);
     let mut probe = pin!(probe);
-    // Bytes written when the running probe started, and whether the connection held
+    // Bytes taken when the running probe started, and whether the connection held
     // unsent bytes then (one that just got its first response is not judged on it); a
     // connection accepted while the process is over its budget is probed from the start.
     let mut probing = None;
     let held_now = || activity.unsent.load(Ordering::Relaxed) > 0;
     if budget.over.load(Ordering::Relaxed) {
-        probing = Some((seen_written, held_now()));
+        probing = Some((seen_taken, held_now()));
         probe.as_mut().reset(Instant::now() + probe_every);
     }
     loop {
@@ -635,15 +578,15 @@ async fn watch_connection(
                 if changed.is_err() {
                     pressure_open = false;
                 } else if probing.is_none() {
-                    probing = Some((activity.written.load(Ordering::Relaxed), held_now()));
+                    probing = Some((activity.taken.load(Ordering::Relaxed), held_now()));
                     probe.as_mut().reset(Instant::now() + probe_every);
                 }
             }
             () = &mut probe, if probing.is_some() => {
                 let (since, held_before) = probing.take().unwrap_or_default();
-                let written = activity.written.load(Ordering::Relaxed);
+                let taken = activity.taken.load(Ordering::Relaxed);
                 let unsent = activity.unsent.load(Ordering::Relaxed);
-                let progress = written.wrapping_sub(since);
+                let progress = taken.wrapping_sub(since);
                 if budget.is_over()
                     && held_before
                     && unsent > 0
@@ -662,19 +605,19 @@ async fn watch_connection(
                 // Watched for as long as the episode lasts: the process may pass its
                 // limit again without a new wake-up.
                 if budget.over.load(Ordering::Relaxed) {
-                    probing = Some((written, unsent > 0));
+                    probing = Some((taken, unsent > 0));
                     probe.as_mut().reset(Instant::now() + probe_every);
                 }
             }
             _ = check.tick() => {
                 let started = activity.started.load(Ordering::Relaxed);
-                let written = activity.written.load(Ordering::Relaxed);
+                let taken = activity.taken.load(Ordering::Relaxed);
                 let sending = activity.sending.load(Ordering::Relaxed);
                 // A response waiting for its origin (a slow event stream) is not one the
                 // client fails to take: only the others count as stalled.
                 let waiting = activity.waiting.load(Ordering::Relaxed);
                 let stalled = sending > waiting;
-                if stalled && written.wrapping_sub(seen_written) < STALLED_BELOW {
+                if stalled && taken.wrapping_sub(seen_taken) < STALLED_BELOW {
                     count_close("send_timeout");
                     let _ = signals.close_now.send(());
                     return;
@@ -684,7 +627,7 @@ async fn watch_connection(
                     drain(&mut signals);
                 }
                 seen_started = started;
-                seen_written = written;
+                seen_taken = taken;
             }
         }
     }

@@ -37,7 +37,8 @@
 //! more first; not one a fresh connection closed under, nor one whose answer had begun:
 //! the origin took those), one that sends no response head within `--upstream-timeout`
 //! (60 s) of the request's last byte 504 Gateway Timeout (a request body that pauses that
-//! long on its way gets 408 Request Timeout, and one the client breaks, a malformed chunk,
+//! long on its way gets 408 Request Timeout, and one the client breaks, a malformed chunk
+//! or an HTTP/2 stream reset before its end,
 //! 400 Bad Request: the client's fault, not the origin's); none is cached. At most `--upstream-max-connections`
 //! (1024) requests are under way at the origin at once, over all threads; past it a
 //! request waits in order for a place, `--upstream-queue-timeout` (5 s) at most and behind
@@ -181,9 +182,7 @@ use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
 use args::{Args, LogFormat, Mode, OnOff, RuntimeKind};
-use connections::{
-    Activity, ConnectionLimit, CountRequests, CountWrites, UnsentBudget, run_bounded,
-};
+use connections::{Activity, ConnectionLimit, CountRequests, UnsentBudget, run_bounded};
 use fields::PeerFields;
 use first_bytes::FirstBytes;
 use forward::{Upstream, error_chain, forward};
@@ -767,10 +766,7 @@ impl<B: Backend> Worker<B> {
             };
             let connection = builder
                 .serve_connection(
-                    TokioIo::new(FirstBytes::new(
-                        CountWrites::new(stream, Arc::clone(&activity)),
-                        header_timeout,
-                    )),
+                    TokioIo::new(FirstBytes::new(stream, header_timeout)),
                     TowerToHyperService::new(service),
                 )
                 .into_owned();

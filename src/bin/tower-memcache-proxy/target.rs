@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::future::{self, TryFutureExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tower::Service;
@@ -17,7 +18,7 @@ use tower_memcache::cache::{InvalidTarget, RequestTarget};
 
 use crate::fields::{ClientRequest, PeerFields, as_forwarded, looped};
 use crate::forward::plain;
-use crate::upload::ProxyRequestBody;
+use crate::upload::{ProxyRequestBody, discard_rest};
 
 /// Why a request is refused before the cache sees it, if it is; else the `Host` it is
 /// forwarded with (its target's validated authority; none for an HTTP/1.0 request that
@@ -133,7 +134,7 @@ where
         if request.method() == Method::CONNECT {
             tracing::debug!("CONNECT refused: 501");
             let response = plain(StatusCode::NOT_IMPLEMENTED, "501 Not Implemented\n");
-            return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
+            return answered_unread(request, response);
         }
         // Before the cache: a looped request waited for its own flight at each hop.
         if looped(request.headers()) {
@@ -141,15 +142,13 @@ where
                 "a request came back through this proxy (its upstream leads to it): 508"
             );
             let response = plain(StatusCode::LOOP_DETECTED, "508 Loop Detected\n");
-            return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
+            return answered_unread(request, response);
         }
         if let Some(response) = answered_here(&mut request) {
-            return future::Either::Left(future::ready(Ok(response.map(Either::Right))));
+            return answered_unread(request, response);
         }
         match check_target(&request, &self.client) {
-            Err(invalid) => {
-                future::Either::Left(future::ready(Ok(refused(invalid).map(Either::Right))))
-            }
+            Err(invalid) => answered_unread(request, refused(invalid)),
             Ok(client_host) => future::Either::Right({
                 // A standard method's clone is a copy.
                 let method = request.method().clone();
@@ -170,6 +169,23 @@ where
             }),
         }
     }
+}
+
+/// `response`, the proxy's own answer to `request`, whose body is read and dropped
+/// ([`discard_rest`]) rather than dropped unread: a client that writes its whole body
+/// before it reads would otherwise have its connection reset under its writes, the
+/// answer never read.
+fn answered_unread<F, B>(
+    request: Request<Incoming>,
+    response: Response<Full<Bytes>>,
+) -> future::Either<future::Ready<Result<GuardedResponse<B>, Infallible>>, F> {
+    let version = request.version();
+    let body = request.into_body();
+    // An HTTP/2 stream is reset instead, as h2 does when its body is dropped.
+    if version != Version::HTTP_2 && !body.is_end_stream() {
+        discard_rest(Either::Left(body));
+    }
+    future::Either::Left(future::ready(Ok(response.map(Either::Right))))
 }
 
 /// The methods the proxy passes on, for `Allow` in what it answers itself.

@@ -66,7 +66,7 @@ const DISCARD_PAUSE: Duration = Duration::from_secs(5);
 /// waiting for it. Read to its end, the connection goes on to the client's next request
 /// (nginx discards such a body too). Nothing of it reaches the origin, whose connection
 /// has ended.
-fn discard_rest(mut rest: ProxyRequestBody) {
+pub(crate) fn discard_rest(mut rest: ProxyRequestBody) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -186,6 +186,19 @@ impl std::fmt::Display for AnsweredBeforeUpload {
 
 impl Error for AnsweredBeforeUpload {}
 
+/// The error an HTTP/2 upload whose client reset its stream before END_STREAM ends with
+/// (see [`Upload`]'s `poll_frame`).
+#[derive(Debug)]
+struct UploadReset;
+
+impl std::fmt::Display for UploadReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client reset its stream before the end of the request body")
+    }
+}
+
+impl Error for UploadReset {}
+
 impl Progress {
     /// Wakes the upload, if it waits for the answer.
     fn wake_upload(&self) {
@@ -280,7 +293,18 @@ impl http_body::Body for Upload {
                 }
             }
         }
-        let polled = Pin::new(&mut *this.body).poll_frame(cx);
+        let polled = match Pin::new(&mut *this.body).poll_frame(cx) {
+            // hyper hands an HTTP/2 client's RST_STREAM(NO_ERROR) over as the body's end
+            // (RFC 9113 §8.1 gives it that meaning from a server only): ended so, the
+            // chunked body sent on was whole to the origin, which took the cut upload
+            // for the client's. Only a stream that received END_STREAM has ended (an
+            // HTTP/2 client's body is the one that `discards` nothing; an HTTP/1.x body
+            // that ends short is hyper's error already).
+            Poll::Ready(None) if !*this.discards && !this.body.is_end_stream() => {
+                Poll::Ready(Some(Err(Box::new(UploadReset).into())))
+            }
+            polled => polled,
+        };
         if let Some(progress) = this.progress.as_ref() {
             if polled.is_pending() {
                 progress.wake_on_answer(cx.waker());
