@@ -475,3 +475,30 @@ fn the_sources_keep_to_the_stated_minimum_rust_version() {
     }
     assert!(chains.is_empty(), "let chains need Rust 1.88: {chains:#?}");
 }
+
+/// README ("Metrics") lists the layer's series, and says `cache::METRIC_NAMES` lists
+/// every one: each name of `METRIC_NAMES` is in the README's list too. Review RS added
+/// `tower_memcache_stood_in_total` to the code and `METRIC_NAMES`, not to the README.
+#[test]
+fn the_readme_metrics_list_names_every_series_of_metric_names() {
+    let readme = readme();
+    let section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README's Metrics section");
+    let missing: Vec<&str> = tower_memcache::cache::METRIC_NAMES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !section.contains(&format!("`{name}")))
+        .collect();
+    assert!(
+        tower_memcache::cache::METRIC_NAMES.len() > 15,
+        "{:?}",
+        tower_memcache::cache::METRIC_NAMES
+    );
+    assert!(
+        missing.is_empty(),
+        "not in the README's Metrics section: {missing:?}"
+    );
+}
