@@ -546,3 +546,40 @@ async fn selecting_values_keep_the_white_space_at_their_ends() {
     })
     .await;
 }
+
+/// SECURITY.md gives the defaults of the flags its bounds rest on in parentheses
+/// (`--client-header-timeout` (30 s), `--max-connections` (10 000), ...): each is the
+/// default `--help` gives (spaces aside: `30 s` is `30s`, `10 000` is `10000`).
+#[test]
+fn the_flag_defaults_security_md_states_are_the_binarys() {
+    let entries = help_entries(&help());
+    let security = joined(&security());
+    let mut checked = 0;
+    for piece in security.split("`--").skip(1) {
+        let Some((name, rest)) = piece.split_once("` (") else {
+            continue;
+        };
+        let Some((stated, _)) = rest.split_once(')') else {
+            continue;
+        };
+        if !stated.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let flag = format!("--{name}");
+        let entry = entries
+            .get(&flag)
+            .unwrap_or_else(|| panic!("SECURITY.md names {flag}, which --help does not"));
+        let default = entry
+            .split("[default: ")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_else(|| panic!("{flag} has no default in --help"));
+        assert_eq!(
+            stated.replace(' ', ""),
+            default,
+            "{flag}: SECURITY.md says {stated}, --help {default}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} defaults checked");
+}
