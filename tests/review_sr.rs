@@ -583,3 +583,80 @@ fn the_flag_defaults_security_md_states_are_the_binarys() {
     }
     assert!(checked >= 5, "{checked} defaults checked");
 }
+
+/// README: `contrib/tower-memcache-proxy.service` is an example systemd unit. Each
+/// variable it sets (or shows commented out) is one `--help` lists, each value shown
+/// commented out as the default is the binary's default, and the binary starts with the
+/// values it sets (the listening address moved to a free loopback port): a flag renamed
+/// or a value refused would leave the unit failing at its first start.
+#[test]
+fn the_example_systemd_unit_names_real_variables_and_starts() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/tower-memcache-proxy.service"
+    ))
+    .unwrap();
+    let help = help();
+    let entries = help_entries(&help);
+    let mut set = Vec::new();
+    for line in unit.lines() {
+        let (commented, rest) = match line.strip_prefix("#Environment=") {
+            Some(rest) => (true, rest),
+            None => match line.strip_prefix("Environment=") {
+                Some(rest) => (false, rest),
+                None => continue,
+            },
+        };
+        let (var, value) = rest.split_once('=').unwrap();
+        if var == "RUST_LOG" {
+            set.push((var.to_owned(), value.to_owned()));
+            continue;
+        }
+        let entry = entries
+            .values()
+            .find(|entry| entry.contains(&format!("[env: {var}=")))
+            .unwrap_or_else(|| panic!("the unit's {var} is no variable --help lists"));
+        // The near tier's line shows an example size (its comment says it is off by
+        // default); the other lines commented out show the defaults.
+        if commented && var != "TOWER_MEMCACHE_PROXY_NEAR_CACHE" {
+            // Shown as the default: the binary's, stated as `[default: …]` or in words.
+            let stated = entry
+                .split("[default: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next());
+            match stated {
+                Some(default) => assert_eq!(default, value, "{var}"),
+                None => assert!(
+                    entry.contains(&format!("default {value}"))
+                        || entry.contains("default: one per CPU")
+                        || entry.contains("Off by default")
+                        || !entry.contains("default"),
+                    "{var}={value}: {entry}"
+                ),
+            }
+        } else if !commented {
+            set.push((var.to_owned(), value.to_owned()));
+        }
+    }
+    assert!(set.len() > 8, "{set:?}");
+    let mut command = std::process::Command::new(support::proxy::proxy_binary());
+    for (var, _) in std::env::vars() {
+        if var.starts_with("TOWER_MEMCACHE_PROXY_") {
+            command.env_remove(var);
+        }
+    }
+    for (var, value) in &set {
+        let value = if var == "TOWER_MEMCACHE_PROXY_LISTEN" {
+            "127.0.0.1:0"
+        } else {
+            value.as_str()
+        };
+        command.env(var, value);
+    }
+    command.env("TOWER_MEMCACHE_PROXY_THREADS", "1");
+    let exited = support::proxy::exit_of(&mut command, Duration::from_secs(2));
+    assert!(
+        exited.is_none(),
+        "the proxy did not run with the unit's settings: {exited:?}"
+    );
+}
