@@ -660,3 +660,60 @@ fn the_example_systemd_unit_names_real_variables_and_starts() {
         "the proxy did not run with the unit's settings: {exited:?}"
     );
 }
+
+/// README ("From the Python seeds"): "Convenience methods never fail ... with the server
+/// gone a query is a miss and a set stores nothing. Every one of `MemcacheClient`'s has a
+/// `try_*` twin that returns the error." (It said every one, `CacheRegistry`'s
+/// invalidations included, which have no twin.) With the server gone, each convenience
+/// method returns quietly and each twin returns an error.
+#[tokio::test]
+async fn every_client_convenience_method_has_a_twin_that_returns_the_error() {
+    use tower_memcache::MemcacheClient;
+    use tower_memcache::backend::Lifetime;
+    let backend = MemoryBackend::new();
+    let client = MemcacheClient::new(backend.clone())
+        .with_namespace("review-sr")
+        .with_versioned_namespace(true);
+    let lifetime = Lifetime::from_secs(60);
+    assert!(client.try_set(&1, &"one").await.is_ok());
+    backend.set_unreachable(true);
+
+    // The convenience methods: a miss, nothing stored, no error.
+    let key = client.set(&1, &"two").await;
+    assert_eq!(key, client.build_key(&1));
+    client.set_with_lifetime(&1, &"two", lifetime).await;
+    client.set_raw(&2, "raw").await;
+    client.set_raw_with_lifetime(&2, "raw", lifetime).await;
+    assert_eq!(client.query::<String>(&1).await, None);
+    assert_eq!(client.query_raw(&2).await, None);
+    client.invalidate(&1).await;
+    client.invalidate_all().await;
+    client.invalidate_namespace().await;
+    assert!(client.stats().await.is_empty());
+
+    // Their twins: the error.
+    assert!(client.try_set(&1, &"two").await.is_err());
+    assert!(
+        client
+            .try_set_with_lifetime(&1, &"two", lifetime)
+            .await
+            .is_err()
+    );
+    assert!(client.try_set_raw(&2, "raw").await.is_err());
+    assert!(
+        client
+            .try_set_raw_with_lifetime(&2, "raw", lifetime)
+            .await
+            .is_err()
+    );
+    assert!(client.try_query::<String>(&1).await.is_err());
+    assert!(client.try_query_raw(&2).await.is_err());
+    assert!(client.try_invalidate(&1).await.is_err());
+    assert!(client.try_invalidate_all().await.is_err());
+    assert!(client.try_invalidate_namespace().await.is_err());
+    assert!(client.try_stats().await.is_err());
+
+    // Back: the value stored before the outage is still there.
+    backend.set_unreachable(false);
+    assert_eq!(client.query::<String>(&1).await.as_deref(), Some("one"));
+}
