@@ -2,10 +2,14 @@
 //! hold? Review RH pinned the claims of 2026-12-06; this review takes those added or
 //! rewritten since (uploads, clocks, memcached without CAS, twemproxy, values over the
 //! read limit, `Connection`, targeted fields, the near tier, ranges, route readings,
-//! `Expect`, origin framing, the proxy's flags and defaults). Each test pins a claim that
-//! no other test said: the README's flag table against `--help` flag by flag, the numbers
-//! the docs state against the public constants, and the `Vary: Accept-Charset`
-//! normalisation the README promises beside `Accept-Encoding`'s.
+//! `Expect`, origin framing, the proxy's flags and defaults). Each test pins a claim no
+//! other test said: the README's flag table and SECURITY.md's stated defaults against
+//! `--help` flag by flag, the example systemd unit against the binary, the numbers the
+//! docs state against the public constants, the Metrics list against `METRIC_NAMES`, the
+//! stated minimum Rust version against the sources, the `Vary` values compared as sent
+//! (white space at their ends too) and the `Accept-Charset` lists normalised, the tag and
+//! lifetime fields a `Connection` line cannot hide, the access log's 2 KiB fields, a
+//! near-tier staleness of 0 refused, and the client's `try_*` twins.
 
 mod support;
 
