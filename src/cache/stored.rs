@@ -148,12 +148,14 @@ impl Admission<'_> {
         // RFC 9110 §6.6.1: a response without `Date` (a server without a clock) is dated
         // when it was received before it is cached. Left out, every hit went out dated
         // when it was answered (the server in front adds the time it sends), beside an
-        // `Age` counting from the receipt.
-        if !headers.contains_key(header::DATE)
-            && let Some(date) = format_http_date(self.response_time)
+        // `Age` counting from the receipt. (Nested, not a `let` chain: those need Rust
+        // 1.88, and the crate's rust-version is 1.85.)
+        if !headers.contains_key(header::DATE) {
+            if let Some(date) = format_http_date(self.response_time)
                 .and_then(|date| HeaderValue::from_str(&date).ok())
-        {
-            stored.push((header::DATE, date));
+            {
+                stored.push((header::DATE, date));
+            }
         }
         let mut meta = EntryMeta {
             canonical_key,
