@@ -105,6 +105,7 @@ mod review_sm;
 mod review_sn;
 mod review_so;
 mod review_sp;
+mod review_sq;
 mod review_sr;
 mod review_ss;
 mod review_t;

@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service;
 
+use crate::response_heads::ResponseHeads;
+
 /// No byte of an answer read since the current request's first byte was written.
 const UNANSWERED: u8 = 0;
 /// Bytes of an answer read since then.
@@ -153,15 +155,34 @@ impl Service<Uri> for OriginConnector {
             Ok(TokioIo::new(Counted {
                 stream,
                 exchanges: Arc::default(),
+                heads: ResponseHeads::default(),
+                released: Vec::new(),
+                read_since_write: false,
             }))
         })
     }
 }
 
-/// An origin connection that keeps its [`Exchanges`].
+/// An origin connection that keeps its [`Exchanges`], and hands hyper the response
+/// heads it reads whole, closing the connection after one that frames a body otherwise
+/// than hyper reads it ([`ResponseHeads`]).
 pub(crate) struct Counted {
     stream: TcpStream,
     exchanges: Arc<Exchanges>,
+    heads: ResponseHeads,
+    /// Read and held, for hyper to read next.
+    released: Vec<u8>,
+    /// Bytes read since the last write: the next write starts another exchange.
+    read_since_write: bool,
+}
+
+impl Counted {
+    fn wrote(&mut self, written: &[u8]) {
+        self.exchanges.wrote();
+        if std::mem::take(&mut self.read_since_write) {
+            self.heads.wrote_after_read(written);
+        }
+    }
 }
 
 impl Connection for Counted {
@@ -176,12 +197,35 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.exchanges.read();
+        let this = &mut *self;
+        loop {
+            if !this.released.is_empty() {
+                let handed = this.released.len().min(buf.remaining());
+                buf.put_slice(&this.released[..handed]);
+                this.released.drain(..handed);
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                // The end: what is held first, as it is.
+                this.released = this.heads.ended();
+                if this.released.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            this.exchanges.read();
+            this.read_since_write = true;
+            if !this.heads.watching() {
+                return Poll::Ready(Ok(()));
+            }
+            // Taken back from hyper's buffer until the head is whole: once hyper has
+            // parsed a bodiless answer's head, its connection may be back in the pool.
+            let read = buf.filled()[before..].to_vec();
+            buf.set_filled(before);
+            this.released = this.heads.read(&read);
         }
-        polled
     }
 }
 
@@ -191,7 +235,7 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.exchanges.wrote();
+        self.wrote(buf);
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -200,7 +244,11 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.exchanges.wrote();
+        let first = bufs
+            .iter()
+            .find(|buf| !buf.is_empty())
+            .map_or(&[][..], |buf| &**buf);
+        self.wrote(first);
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
