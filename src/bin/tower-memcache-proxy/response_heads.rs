@@ -70,6 +70,12 @@ impl ResponseHeads {
     /// them framed a body two ways), and what followed them.
     pub(crate) fn read(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.held.extend_from_slice(bytes);
+        // A head ends with a line end: without one in these bytes, none can have ended.
+        // Parsed anyway, every read of an origin trickling its head a byte at a time
+        // parsed all of it again (quadratic in the head's size, 128 KiB at most).
+        if memchr::memchr(b'\n', bytes).is_none() && self.held.len() <= MAX_HEAD {
+            return Vec::new();
+        }
         loop {
             let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
             let mut head = httparse::Response::new(&mut fields);
@@ -197,6 +203,18 @@ mod tests {
             &[b"HTTP/1.1 204 No Content\r\nContent"],
         ] {
             assert_eq!(handed(reads).as_bytes(), reads.concat(), "{reads:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_trickled_a_byte_at_a_time_is_handed_over_as_one_read_would_be() {
+        for head in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        ] {
+            let bytes: Vec<&[u8]> = head.as_bytes().chunks(1).collect();
+            assert_eq!(handed(&bytes), handed(&[head.as_bytes()]), "{head:?}");
         }
     }
 
