@@ -383,8 +383,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `Ok` when at least one server stored it. A server that is marked down is skipped,
     /// and a server that fails the write is marked down at once: either way it has missed
     /// the value, so it must not serve until [`reset_on_rejoin`](Self::reset_on_rejoin)'s
-    /// keys are deleted on it. The default, for backends with a single store, is
-    /// [`set`](Self::set).
+    /// keys are deleted on it. A server that refuses it for lack of memory (memcached run
+    /// with `-M`, full) has the key deleted instead, as if it had evicted it (which every
+    /// such value must already survive), and is not marked down. The default, for
+    /// backends with a single store, is [`set`](Self::set).
     fn set_on_every_server(
         &self,
         key: &str,

@@ -15,20 +15,26 @@ use crate::backend::{BackendError, UnreachableReason};
 impl TcpBackend {
     /// Sets an encoded `set` request on every server that is not marked down, marking down
     /// each that fails it. See [`Backend::set_on_every_server`](crate::backend::Backend::set_on_every_server).
+    /// `delete` (the key's) goes instead to a server that refuses the set for memory (run
+    /// with `-M`, full): it then holds no value for the key, as if it had evicted it,
+    /// which every value written everywhere (a generation, a store epoch) is read to mean
+    /// (nothing matches it), so it is not marked down (review ST).
     pub(super) async fn set_everywhere(
         &self,
         request: Bytes,
+        delete: Bytes,
         key_len: usize,
         value_len: usize,
     ) -> Result<(), BackendError> {
-        self.everywhere(request, Expect::Store, |index, reply| match reply {
+        let judge = |index, reply| match reply {
             Reply::Stored => Ok(()),
             reply @ (Reply::Error | Reply::ClientError(_) | Reply::ServerError(_)) => {
                 Err(self.store_error(index, key_len, value_len, reply))
             }
             other => Err(BackendError::Server(format!("set not stored: {other:?}"))),
-        })
-        .await
+        };
+        self.everywhere(request, Expect::Store, judge, Some(delete))
+            .await
     }
 
     /// Sends an encoded `delete` to every server, as a write every server must take (see
@@ -39,12 +45,17 @@ impl TcpBackend {
         detached(async move {
             let found = AtomicBool::new(false);
             backend
-                .everywhere(request, Expect::Delete, |_, reply| {
-                    if delete_reply(reply)? {
-                        found.store(true, Ordering::Relaxed);
-                    }
-                    Ok(())
-                })
+                .everywhere(
+                    request,
+                    Expect::Delete,
+                    |_, reply| {
+                        if delete_reply(reply)? {
+                            found.store(true, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    },
+                    None,
+                )
                 .await?;
             Ok(found.load(Ordering::Relaxed))
         })
@@ -94,13 +105,16 @@ impl TcpBackend {
     /// under way gets it too); a server that fails it (`judge` says how a reply fails) is
     /// marked down at once: it missed a write every server must have, and must not serve
     /// until it has been reset (again, if its reset was under way). `Ok` when at least one
-    /// server took it.
+    /// server took it. A server that refuses it for memory gets `instead`, when there is
+    /// one (a `delete`), and took the write if that succeeds.
     pub(super) async fn everywhere(
         &self,
         request: Bytes,
         expect: Expect,
         judge: impl Fn(usize, Reply) -> Result<(), BackendError>,
+        instead: Option<Bytes>,
     ) -> Result<(), BackendError> {
+        let instead = &instead;
         let judge = &judge;
         let calls = (0..self.inner.servers.len()).map(|index| {
             let request = request.clone();
@@ -114,10 +128,26 @@ impl TcpBackend {
                     }
                     return None;
                 }
-                let outcome = self
+                let outcome = match self
                     .execute_on(index, request, expect, None, Reaches::Rejoining)
                     .await
-                    .and_then(|reply| judge(index, reply));
+                {
+                    Ok(Reply::ServerError(msg)) if msg.contains("out of memory") => match instead {
+                        Some(delete) => self
+                            .execute_on(
+                                index,
+                                delete.clone(),
+                                Expect::Delete,
+                                None,
+                                Reaches::Rejoining,
+                            )
+                            .await
+                            .and_then(delete_reply)
+                            .map(drop),
+                        None => judge(index, Reply::ServerError(msg)),
+                    },
+                    replied => replied.and_then(|reply| judge(index, reply)),
+                };
                 if let Err(err) = &outcome {
                     self.force_down(index, err);
                 }

@@ -747,9 +747,17 @@ impl Backend for TcpBackend {
             false,
         );
         let request = request.freeze();
+        let mut delete = BytesMut::with_capacity(key.len() + 16);
+        protocol::encode_delete(&mut delete, key, false);
+        let delete = delete.freeze();
         let backend = self.clone();
         let (key_len, value_len) = (key.len(), value.len());
-        detached(async move { backend.set_everywhere(request, key_len, value_len).await }).await
+        detached(async move {
+            backend
+                .set_everywhere(request, delete, key_len, value_len)
+                .await
+        })
+        .await
     }
 
     async fn delete_on_every_server(&self, key: &str) -> Result<(), BackendError> {
