@@ -108,6 +108,7 @@ mod review_sp;
 mod review_sq;
 mod review_sr;
 mod review_ss;
+mod review_st;
 mod review_t;
 mod review_tt;
 mod review_u;

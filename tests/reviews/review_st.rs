@@ -5,7 +5,7 @@
 
 #![cfg_attr(not(feature = "tcp"), allow(dead_code, unused_imports))]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
