@@ -11,10 +11,12 @@
 //! - nothing panics and the layer's background work ends.
 //!
 //! Paths: a miss and its fill (alone and with a follower), a hit, a near-tier hit, a
+//! stale-while-revalidate answer and its refresh, a conditional revalidation (304), a
 //! range request after a miss, an unsafe-method invalidation, and `Purger` calls, over
 //! `MemoryBackend` on a paused clock; the invalidation and a hit over `TcpBackend`
-//! (with a near tier) against a real memcached. (Stale answers are not swept here: the
-//! layer ages entries by the wall clock, which the paused clock does not move.)
+//! (with a near tier) against a real memcached. The layer ages entries by the wall
+//! clock, which the paused clock does not move: stale entries come stale from the origin
+//! (`Age`).
 
 // Most of the scaffolding serves the memcached scenarios too.
 #![cfg_attr(not(feature = "tcp"), allow(dead_code, unused_imports))]
@@ -31,14 +33,56 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_memcache::MemcacheLayer;
 use tower_memcache::backend::{Backend, MemoryBackend};
-use tower_memcache::cache::{NearCache, ResponseBody};
+use tower_memcache::cache::{CacheMode, NearCache, ResponseBody};
 
 type Svc =
-    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Chunks>>, Infallible>;
+
+/// The origin's body: its bytes in `parts` frames, each after a millisecond (the
+/// first at once), so that a fill's body has points to be dropped at.
+struct Chunks {
+    parts: std::collections::VecDeque<Bytes>,
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Chunks {
+    fn new(bytes: Bytes, parts: usize) -> Self {
+        let size = bytes.len().div_ceil(parts.max(1)).max(1);
+        let parts = bytes
+            .chunks(size)
+            .map(|part| bytes.slice_ref(part))
+            .collect();
+        Self { parts, wait: None }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(wait) = self.wait.as_mut() {
+            std::task::ready!(wait.as_mut().poll(cx));
+        }
+        let Some(part) = self.parts.pop_front() else {
+            return Poll::Ready(None);
+        };
+        self.wait = (!self.parts.is_empty())
+            .then(|| Box::pin(tokio::time::sleep(Duration::from_millis(1))));
+        Poll::Ready(Some(Ok(http_body::Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+}
 
 /// The origin: a GET answers `path vN` (N the data version), with the `reuse` headers
 /// and an `ETag` of the version; a conditional GET whose `If-None-Match` names the current
@@ -50,6 +94,8 @@ struct Origin {
     calls: Arc<AtomicU64>,
     delay: Duration,
     reuse: &'static str,
+    /// Frames of a 200's body.
+    parts: usize,
 }
 
 impl Origin {
@@ -59,6 +105,7 @@ impl Origin {
             calls: Arc::default(),
             delay: Duration::from_millis(3),
             reuse,
+            parts: 1,
         }
     }
 
@@ -79,28 +126,36 @@ impl Origin {
                     }
                     if request.method() == Method::POST {
                         origin.version.fetch_add(1, Ordering::SeqCst);
-                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))));
+                        return Ok::<_, Infallible>(Response::new(Chunks::new(
+                            Bytes::from("done"),
+                            1,
+                        )));
                     }
                     let version = origin.version.load(Ordering::SeqCst);
                     let etag = format!("\"v{version}\"");
                     let body = origin.body(request.uri().path());
-                    let builder = Response::builder()
+                    let mut builder = Response::builder()
                         .header("cache-control", origin.reuse)
                         .header("etag", &etag);
+                    // The layer ages entries by the wall clock, which the paused tokio
+                    // clock does not move: a short-lived answer comes already stale.
+                    if origin.reuse.starts_with("max-age=1") {
+                        builder = builder.header("age", "5");
+                    }
                     let response = if request
                         .headers()
                         .get("if-none-match")
                         .is_some_and(|v| v.as_bytes() == etag.as_bytes())
                     {
-                        builder.status(304).body(Full::new(Bytes::new()))
+                        builder.status(304).body(Chunks::new(Bytes::new(), 1))
                     } else if request.headers().contains_key("range") {
                         let part = body.as_bytes()[..4].to_vec();
                         builder
                             .status(206)
                             .header("content-range", format!("bytes 0-3/{}", body.len()))
-                            .body(Full::new(Bytes::from(part)))
+                            .body(Chunks::new(Bytes::from(part), 1))
                     } else {
-                        builder.body(Full::new(Bytes::from(body)))
+                        builder.body(Chunks::new(Bytes::from(body), origin.parts))
                     };
                     Ok(response.unwrap())
                 }
@@ -185,6 +240,8 @@ struct Scenario {
     victim: fn() -> Request<()>,
     /// A request started alongside the victim (a coalescing follower), if any.
     follower: Option<fn() -> Request<()>>,
+    /// Frames of the origin's 200 bodies.
+    parts: usize,
 }
 
 struct Fixture {
@@ -193,12 +250,19 @@ struct Fixture {
     svc: Svc,
 }
 
-async fn prepare(scenario: &Scenario, before: &[Request<()>]) -> Fixture {
-    let mut layer = MemcacheLayer::new(MemoryBackend::new());
+/// A memcached call's round trip in the slow runs: each call a point to drop at.
+const SLOW: Duration = Duration::from_millis(1);
+
+async fn prepare(scenario: &Scenario, before: &[Request<()>], latency: Duration) -> Fixture {
+    let backend = MemoryBackend::new();
+    backend.set_latency(latency);
+    // The origin's headers rule freshness (the reverse proxy's mode).
+    let mut layer = MemcacheLayer::new(backend).mode(CacheMode::Origin);
     if scenario.near {
         layer = layer.near_cache(NearCache::new(1 << 20, Duration::from_secs(1)));
     }
-    let origin = Origin::new(scenario.reuse);
+    let mut origin = Origin::new(scenario.reuse);
+    origin.parts = scenario.parts;
     let svc = origin.service(&layer);
     for request in before {
         let request = clone_request(request);
@@ -220,21 +284,31 @@ fn clone_request(request: &Request<()>) -> Request<()> {
     copy
 }
 
+/// The sweep over a backend that answers at once, then over one that takes [`SLOW`].
 async fn sweep(scenario: Scenario) {
+    for latency in [Duration::ZERO, SLOW] {
+        sweep_with(&scenario, latency).await;
+    }
+}
+
+async fn sweep_with(scenario: &Scenario, latency: Duration) {
     let before: Vec<Request<()>> = scenario.before.iter().map(clone_request).collect();
     // The full run: how many polls it takes.
-    let fixture = prepare(&scenario, &before).await;
+    let fixture = prepare(scenario, &before, latency).await;
     let (_, total) = poll_then_drop(
         exchange(fixture.svc.clone(), (scenario.victim)()),
         FULL_RUN_BOUND,
     )
     .await
     .unwrap_or_else(|()| panic!("{}: the full run did not end", scenario.name));
-    eprintln!("{}: {total} polls", scenario.name);
+    eprintln!("{} ({latency:?}): {total} polls", scenario.name);
     settled(&fixture.layer).await;
     for polls in 0..total {
-        let what = format!("{} dropped after {polls} polls", scenario.name);
-        let fixture = prepare(&scenario, &before).await;
+        let what = format!(
+            "{} ({latency:?}) dropped after {polls} polls",
+            scenario.name
+        );
+        let fixture = prepare(scenario, &before, latency).await;
         let follower = scenario.follower.map(|make| {
             let svc = fixture.svc.clone();
             tokio::spawn(exchange(svc, make()))
@@ -249,9 +323,21 @@ async fn sweep(scenario: Scenario) {
             assert_eq!(status, 200, "{what}: follower");
             assert_eq!(body, fixture.origin.body("/page"), "{what}: follower");
         }
-        check(&what, &scenario, &fixture).await;
+        // What the dropped request left running (a store, a refresh, an unsafe
+        // request's invalidation) ends first: a request racing it has no order to keep.
+        settled(&fixture.layer).await;
+        check(&what, scenario, &fixture).await;
         settled(&fixture.layer).await;
         assert_eq!(fixture.layer.background().running(), 0, "{what}");
+        // Each request counts once in hits, misses or bypasses: every one that got its
+        // answer, the dropped one at most once.
+        let stats = fixture.layer.stats().snapshot();
+        let counted = stats.hits + stats.misses + stats.bypasses;
+        let answered = (before.len() + usize::from(scenario.follower.is_some()) + 3) as u64;
+        assert!(
+            (answered..=answered + 1).contains(&counted),
+            "{what}: {counted} counted of {answered} answered: {stats:?}"
+        );
     }
 }
 
@@ -307,6 +393,7 @@ async fn a_miss_and_its_fill_dropped_at_every_point() {
         age: Duration::ZERO,
         victim: get,
         follower: None,
+        parts: 1,
     })
     .await;
 }
@@ -321,6 +408,58 @@ async fn a_coalescing_leader_dropped_at_every_point_hands_over() {
         age: Duration::ZERO,
         victim: get,
         follower: Some(get),
+        parts: 1,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_fill_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "streamed miss",
+        reuse: fresh(),
+        near: false,
+        before: vec![],
+        age: Duration::ZERO,
+        victim: get,
+        follower: None,
+        parts: 4,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_fill_with_a_follower_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "streamed miss with a follower",
+        reuse: fresh(),
+        near: true,
+        before: vec![],
+        age: Duration::ZERO,
+        victim: get,
+        follower: Some(get),
+        parts: 4,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_revalidation_with_a_follower_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "streamed revalidation with a follower",
+        reuse: "max-age=1",
+        near: false,
+        before: vec![get()],
+        age: Duration::ZERO,
+        victim: || {
+            request(
+                Method::GET,
+                "http://localhost/page",
+                &[("cache-control", "no-cache")],
+            )
+        },
+        follower: Some(get),
+        parts: 4,
     })
     .await;
 }
@@ -335,6 +474,7 @@ async fn a_hit_dropped_at_every_point() {
         age: Duration::ZERO,
         victim: get,
         follower: None,
+        parts: 1,
     })
     .await;
 }
@@ -349,6 +489,52 @@ async fn a_near_hit_dropped_at_every_point() {
         age: Duration::from_secs(2),
         victim: get,
         follower: None,
+        parts: 1,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_while_revalidate_answer_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "stale while revalidate",
+        reuse: "max-age=1, stale-while-revalidate=600",
+        near: false,
+        before: vec![get()],
+        age: Duration::ZERO,
+        victim: get,
+        follower: None,
+        parts: 1,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revalidation_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "revalidation",
+        reuse: "max-age=1",
+        near: false,
+        before: vec![get()],
+        age: Duration::ZERO,
+        victim: get,
+        follower: None,
+        parts: 1,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revalidation_with_a_follower_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "revalidation with a follower",
+        reuse: "max-age=1",
+        near: false,
+        before: vec![get()],
+        age: Duration::ZERO,
+        victim: get,
+        follower: Some(get),
+        parts: 1,
     })
     .await;
 }
@@ -369,6 +555,7 @@ async fn a_range_request_after_a_miss_dropped_at_every_point() {
             )
         },
         follower: None,
+        parts: 1,
     })
     .await;
 }
@@ -383,6 +570,7 @@ async fn an_unsafe_request_dropped_at_every_point() {
         age: Duration::ZERO,
         victim: || request(Method::POST, "http://localhost/page", &[]),
         follower: None,
+        parts: 1,
     })
     .await;
 }
@@ -399,9 +587,10 @@ async fn purges_dropped_at_every_point() {
         age: Duration::ZERO,
         victim: get,
         follower: None,
+        parts: 1,
     };
     let before: Vec<Request<()>> = scenario.before.iter().map(clone_request).collect();
-    for kind in 0..3 {
+    for (kind, latency) in (0..3).flat_map(|kind| [(kind, Duration::ZERO), (kind, SLOW)]) {
         let run = |purger: tower_memcache::cache::Purger<MemoryBackend>| async move {
             match kind {
                 0 => purger.purge_uri("http://localhost/page").await,
@@ -409,13 +598,13 @@ async fn purges_dropped_at_every_point() {
                 _ => purger.purge_namespace().await,
             }
         };
-        let fixture = prepare(&scenario, &before).await;
+        let fixture = prepare(&scenario, &before, latency).await;
         let (_, total) = poll_then_drop(run(fixture.layer.purger()), FULL_RUN_BOUND)
             .await
             .expect("purge did not end");
         for polls in 0..total {
-            let what = format!("purge {kind} dropped after {polls} polls");
-            let fixture = prepare(&scenario, &before).await;
+            let what = format!("purge {kind} ({latency:?}) dropped after {polls} polls");
+            let fixture = prepare(&scenario, &before, latency).await;
             let _ = poll_then_drop(run(fixture.layer.purger()), polls).await;
             fixture.origin.version.fetch_add(1, Ordering::SeqCst);
             prompt(
@@ -433,7 +622,7 @@ async fn purges_dropped_at_every_point() {
 /// The memcached sweep: a layer with a near tier over `TcpBackend`, the entry filled and
 /// confirmed, then `victim` dropped after N polls for every N up to its full run.
 #[cfg(feature = "tcp")]
-async fn tcp_sweep(name: &str, victim: fn() -> Request<()>) {
+async fn tcp_sweep(name: &str, filled: bool, victim: fn() -> Request<()>) {
     let Some(memcached) = support::Memcached::start(name) else {
         assert!(!support::memcached_required(), "memcached required");
         return;
@@ -443,12 +632,13 @@ async fn tcp_sweep(name: &str, victim: fn() -> Request<()>) {
     while total.is_none_or(|total| polls < total) {
         memcached.flush_all();
         let layer = MemcacheLayer::new(support::patient_backend([memcached.addr()]))
+            .mode(CacheMode::Origin)
             .namespace(format!("su{polls}"))
             .near_cache(NearCache::new(1 << 20, Duration::from_secs(1)));
         let mut origin = Origin::new(fresh());
         origin.delay = Duration::ZERO;
         let svc = origin.service(&layer);
-        for _ in 0..2 {
+        for _ in 0..if filled { 2 } else { 0 } {
             exchange(svc.clone(), get()).await;
             settled(&layer).await;
         }
@@ -487,7 +677,7 @@ async fn tcp_sweep(name: &str, victim: fn() -> Request<()>) {
 #[cfg(feature = "tcp")]
 #[tokio::test]
 async fn over_memcached_an_unsafe_request_dropped_at_every_point_still_invalidates() {
-    tcp_sweep("review_su::post", || {
+    tcp_sweep("review_su::post", true, || {
         request(Method::POST, "http://localhost/page", &[])
     })
     .await;
@@ -496,7 +686,13 @@ async fn over_memcached_an_unsafe_request_dropped_at_every_point_still_invalidat
 #[cfg(feature = "tcp")]
 #[tokio::test]
 async fn over_memcached_a_hit_dropped_at_every_point() {
-    tcp_sweep("review_su::hit", get).await;
+    tcp_sweep("review_su::hit", true, get).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn over_memcached_a_miss_dropped_at_every_point() {
+    tcp_sweep("review_su::miss", false, get).await;
 }
 
 /// The sweep's failing point, minimised: the origin has answered a POST with success
@@ -512,7 +708,8 @@ async fn a_post_whose_client_goes_during_its_invalidation_still_invalidates() {
     };
     for near in [false, true] {
         memcached.flush_all();
-        let mut layer = MemcacheLayer::new(support::patient_backend([memcached.addr()]));
+        let mut layer = MemcacheLayer::new(support::patient_backend([memcached.addr()]))
+            .mode(CacheMode::Origin);
         if near {
             layer = layer.near_cache(NearCache::new(1 << 20, Duration::from_secs(1)));
         }
