@@ -242,6 +242,8 @@ struct Scenario {
     follower: Option<fn() -> Request<()>>,
     /// Frames of the origin's 200 bodies.
     parts: usize,
+    /// Whether the other request starts first (the victim is the follower).
+    follows: bool,
 }
 
 struct Fixture {
@@ -291,16 +293,34 @@ async fn sweep(scenario: Scenario) {
     }
 }
 
+/// The scenario's other request, spawned; when the victim follows, run up to its first
+/// wait (so that it leads).
+async fn start_other(
+    scenario: &Scenario,
+    fixture: &Fixture,
+) -> Option<tokio::task::JoinHandle<(u16, String)>> {
+    let make = scenario.follower?;
+    let other = tokio::spawn(exchange(fixture.svc.clone(), make()));
+    if scenario.follows {
+        tokio::task::yield_now().await;
+    }
+    Some(other)
+}
+
 async fn sweep_with(scenario: &Scenario, latency: Duration) {
     let before: Vec<Request<()>> = scenario.before.iter().map(clone_request).collect();
     // The full run: how many polls it takes.
     let fixture = prepare(scenario, &before, latency).await;
+    let other = start_other(scenario, &fixture).await;
     let (_, total) = poll_then_drop(
         exchange(fixture.svc.clone(), (scenario.victim)()),
         FULL_RUN_BOUND,
     )
     .await
     .unwrap_or_else(|()| panic!("{}: the full run did not end", scenario.name));
+    if let Some(other) = other {
+        other.await.unwrap();
+    }
     eprintln!("{} ({latency:?}): {total} polls", scenario.name);
     settled(&fixture.layer).await;
     for polls in 0..total {
@@ -309,10 +329,7 @@ async fn sweep_with(scenario: &Scenario, latency: Duration) {
             scenario.name
         );
         let fixture = prepare(scenario, &before, latency).await;
-        let follower = scenario.follower.map(|make| {
-            let svc = fixture.svc.clone();
-            tokio::spawn(exchange(svc, make()))
-        });
+        let follower = start_other(scenario, &fixture).await;
         let dropped =
             poll_then_drop(exchange(fixture.svc.clone(), (scenario.victim)()), polls).await;
         assert!(dropped.is_err(), "{what}: ended early");
@@ -394,6 +411,7 @@ async fn a_miss_and_its_fill_dropped_at_every_point() {
         victim: get,
         follower: None,
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -409,6 +427,7 @@ async fn a_coalescing_leader_dropped_at_every_point_hands_over() {
         victim: get,
         follower: Some(get),
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -424,6 +443,7 @@ async fn a_streamed_fill_dropped_at_every_point() {
         victim: get,
         follower: None,
         parts: 4,
+        follows: false,
     })
     .await;
 }
@@ -439,6 +459,7 @@ async fn a_streamed_fill_with_a_follower_dropped_at_every_point() {
         victim: get,
         follower: Some(get),
         parts: 4,
+        follows: false,
     })
     .await;
 }
@@ -460,6 +481,39 @@ async fn a_streamed_revalidation_with_a_follower_dropped_at_every_point() {
         },
         follower: Some(get),
         parts: 4,
+        follows: false,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_coalesced_follower_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "follower",
+        reuse: fresh(),
+        near: true,
+        before: vec![],
+        age: Duration::ZERO,
+        victim: get,
+        follower: Some(get),
+        parts: 4,
+        follows: true,
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_of_a_revalidation_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "follower of a revalidation",
+        reuse: "max-age=1",
+        near: false,
+        before: vec![get()],
+        age: Duration::ZERO,
+        victim: get,
+        follower: Some(get),
+        parts: 4,
+        follows: true,
     })
     .await;
 }
@@ -475,6 +529,7 @@ async fn a_hit_dropped_at_every_point() {
         victim: get,
         follower: None,
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -490,6 +545,7 @@ async fn a_near_hit_dropped_at_every_point() {
         victim: get,
         follower: None,
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -505,6 +561,7 @@ async fn a_stale_while_revalidate_answer_dropped_at_every_point() {
         victim: get,
         follower: None,
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -520,6 +577,7 @@ async fn a_revalidation_dropped_at_every_point() {
         victim: get,
         follower: None,
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -535,6 +593,7 @@ async fn a_revalidation_with_a_follower_dropped_at_every_point() {
         victim: get,
         follower: Some(get),
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -556,6 +615,7 @@ async fn a_range_request_after_a_miss_dropped_at_every_point() {
         },
         follower: None,
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -571,6 +631,7 @@ async fn an_unsafe_request_dropped_at_every_point() {
         victim: || request(Method::POST, "http://localhost/page", &[]),
         follower: None,
         parts: 1,
+        follows: false,
     })
     .await;
 }
@@ -588,6 +649,7 @@ async fn purges_dropped_at_every_point() {
         victim: get,
         follower: None,
         parts: 1,
+        follows: false,
     };
     let before: Vec<Request<()>> = scenario.before.iter().map(clone_request).collect();
     for (kind, latency) in (0..3).flat_map(|kind| [(kind, Duration::ZERO), (kind, SLOW)]) {
@@ -740,5 +802,72 @@ async fn a_post_whose_client_goes_during_its_invalidation_still_invalidates() {
         let (status, body) = exchange(svc.clone(), get()).await;
         assert_eq!(status, 200);
         assert_eq!(body, "/page v2", "near tier: {near}");
+    }
+}
+
+/// Purges over memcached, each dropped after N polls for every N: the layer is left
+/// sound (the next requests answered at once), and a purge that then returns holds.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn over_memcached_purges_dropped_at_every_point() {
+    let Some(memcached) = support::Memcached::start("review_su::purges") else {
+        assert!(!support::memcached_required(), "memcached required");
+        return;
+    };
+    let mut round = 0;
+    for kind in 0..3 {
+        let mut total = None;
+        let mut polls = 0;
+        while total.is_none_or(|total| polls < total) {
+            round += 1;
+            let layer = MemcacheLayer::new(support::patient_backend([memcached.addr()]))
+                .mode(CacheMode::Origin)
+                .namespace(format!("su-purge{round}"))
+                .near_cache(NearCache::new(1 << 20, Duration::from_secs(1)));
+            let mut origin = Origin::new(fresh());
+            origin.delay = Duration::ZERO;
+            let svc = origin.service(&layer);
+            for _ in 0..2 {
+                exchange(svc.clone(), get()).await;
+                settled(&layer).await;
+            }
+            let purger = layer.purger();
+            let purge = async move {
+                match kind {
+                    0 => purger.purge_uri("http://localhost/page").await,
+                    1 => purger.purge_tag("none").await,
+                    _ => purger.purge_namespace().await,
+                }
+            };
+            let what = format!("purge {kind} dropped after {polls} polls");
+            match poll_then_drop(purge, total.map_or(FULL_RUN_BOUND, |_| polls)).await {
+                Ok((_, took)) if total.is_none() => {
+                    total = Some(took);
+                    continue;
+                }
+                Ok(_) => panic!("{what}: ended early"),
+                Err(()) if total.is_none() => panic!("purge {kind}: the full run did not end"),
+                Err(()) => {}
+            }
+            settled(&layer).await;
+            origin.version.fetch_add(1, Ordering::SeqCst);
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                layer.purger().purge_uri("http://localhost/page"),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the next purge took over a second"))
+            .unwrap();
+            for round in 0..2 {
+                let (status, body) =
+                    tokio::time::timeout(Duration::from_secs(1), exchange(svc.clone(), get()))
+                        .await
+                        .unwrap_or_else(|_| panic!("{what}: GET {round} took over a second"));
+                assert_eq!(status, 200, "{what}: GET {round}");
+                assert_eq!(body, origin.body("/page"), "{what}: GET {round}");
+                settled(&layer).await;
+            }
+            polls += 1;
+        }
     }
 }
