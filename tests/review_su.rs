@@ -244,6 +244,8 @@ struct Scenario {
     parts: usize,
     /// Whether the other request starts first (the victim is the follower).
     follows: bool,
+    /// How long the near tier (when `near`) answers before it confirms with memcached.
+    near_for: Duration,
 }
 
 struct Fixture {
@@ -261,7 +263,7 @@ async fn prepare(scenario: &Scenario, before: &[Request<()>], latency: Duration)
     // The origin's headers rule freshness (the reverse proxy's mode).
     let mut layer = MemcacheLayer::new(backend).mode(CacheMode::Origin);
     if scenario.near {
-        layer = layer.near_cache(NearCache::new(1 << 20, Duration::from_secs(1)));
+        layer = layer.near_cache(NearCache::new(1 << 20, scenario.near_for));
     }
     let mut origin = Origin::new(scenario.reuse);
     origin.parts = scenario.parts;
@@ -412,6 +414,7 @@ async fn a_miss_and_its_fill_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -428,6 +431,7 @@ async fn a_coalescing_leader_dropped_at_every_point_hands_over() {
         follower: Some(get),
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -444,6 +448,7 @@ async fn a_streamed_fill_dropped_at_every_point() {
         follower: None,
         parts: 4,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -460,6 +465,7 @@ async fn a_streamed_fill_with_a_follower_dropped_at_every_point() {
         follower: Some(get),
         parts: 4,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -482,6 +488,7 @@ async fn a_streamed_revalidation_with_a_follower_dropped_at_every_point() {
         follower: Some(get),
         parts: 4,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -498,6 +505,7 @@ async fn a_coalesced_follower_dropped_at_every_point() {
         follower: Some(get),
         parts: 4,
         follows: true,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -514,6 +522,7 @@ async fn a_follower_of_a_revalidation_dropped_at_every_point() {
         follower: Some(get),
         parts: 4,
         follows: true,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -530,6 +539,7 @@ async fn a_hit_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -546,6 +556,26 @@ async fn a_near_hit_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
+    })
+    .await;
+}
+
+/// The near tier keeps entries a microsecond of real time: each near hit is confirmed
+/// with memcached first (the paused clock does not move `std::time::Instant`).
+#[tokio::test(start_paused = true)]
+async fn a_near_hit_being_confirmed_dropped_at_every_point() {
+    sweep(Scenario {
+        name: "near hit confirmed",
+        reuse: fresh(),
+        near: true,
+        before: vec![get(), get()],
+        age: Duration::ZERO,
+        victim: get,
+        follower: None,
+        parts: 1,
+        follows: false,
+        near_for: Duration::from_micros(1),
     })
     .await;
 }
@@ -562,6 +592,7 @@ async fn a_stale_while_revalidate_answer_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -578,6 +609,7 @@ async fn a_revalidation_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -594,6 +626,7 @@ async fn a_revalidation_with_a_follower_dropped_at_every_point() {
         follower: Some(get),
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -616,6 +649,7 @@ async fn a_range_request_after_a_miss_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -632,6 +666,7 @@ async fn an_unsafe_request_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     })
     .await;
 }
@@ -650,6 +685,7 @@ async fn purges_dropped_at_every_point() {
         follower: None,
         parts: 1,
         follows: false,
+        near_for: Duration::from_secs(1),
     };
     let before: Vec<Request<()>> = scenario.before.iter().map(clone_request).collect();
     for (kind, latency) in (0..3).flat_map(|kind| [(kind, Duration::ZERO), (kind, SLOW)]) {
@@ -870,4 +906,32 @@ async fn over_memcached_purges_dropped_at_every_point() {
             polls += 1;
         }
     }
+}
+
+/// Followers dropped while they wait give their place back: with room for two waiting
+/// requests, five that joined and went leave room for two more, which share the
+/// leader's one origin call.
+#[tokio::test(start_paused = true)]
+async fn followers_dropped_while_waiting_leave_room_for_others() {
+    let layer = MemcacheLayer::new(MemoryBackend::new())
+        .mode(CacheMode::Origin)
+        .max_coalesced(2);
+    let mut origin = Origin::new(fresh());
+    origin.delay = Duration::from_millis(50);
+    let svc = origin.service(&layer);
+    let leader = tokio::spawn(exchange(svc.clone(), get()));
+    tokio::task::yield_now().await;
+    for _ in 0..5 {
+        let gone = poll_then_drop(exchange(svc.clone(), get()), 2).await;
+        assert!(gone.is_err());
+    }
+    let others: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(exchange(svc.clone(), get())))
+        .collect();
+    for other in others {
+        assert_eq!(other.await.unwrap(), (200, "/page v1".to_owned()));
+    }
+    assert_eq!(leader.await.unwrap(), (200, "/page v1".to_owned()));
+    assert_eq!(origin.calls.load(Ordering::SeqCst), 1, "one origin call");
+    settled(&layer).await;
 }
