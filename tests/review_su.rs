@@ -10,13 +10,15 @@
 //! - a purge dropped midway leaves nothing stuck: a later purge that returns holds;
 //! - nothing panics and the layer's background work ends.
 //!
-//! Paths: a miss and its fill (alone and with a follower), a hit, a near-tier hit, a
-//! stale-while-revalidate answer and its refresh, a conditional revalidation (304), a
-//! range request after a miss, an unsafe-method invalidation, and `Purger` calls, over
-//! `MemoryBackend` on a paused clock; the invalidation and a hit over `TcpBackend`
-//! (with a near tier) against a real memcached. The layer ages entries by the wall
-//! clock, which the paused clock does not move: stale entries come stale from the origin
-//! (`Age`).
+//! Paths: a miss and its fill (alone, streamed, with a follower, and the follower itself
+//! dropped), a hit, a near-tier hit (answered from the tier, and confirmed with memcached),
+//! a stale-while-revalidate answer and its refresh, a conditional revalidation (304
+//! merged; with a follower, and the follower dropped), a range request after a miss, an
+//! unsafe-method invalidation, and `Purger` calls, over `MemoryBackend` on a paused clock,
+//! answering at once and with a millisecond per call; a miss, a hit, a revalidation, a
+//! stale answer, an invalidation and purges over `TcpBackend` (with a near tier) against a
+//! real memcached. The layer ages entries by the wall clock, which the paused clock does
+//! not move: stale entries come stale from the origin (`Age`).
 
 // Most of the scaffolding serves the memcached scenarios too.
 #![cfg_attr(not(feature = "tcp"), allow(dead_code, unused_imports))]
@@ -720,7 +722,7 @@ async fn purges_dropped_at_every_point() {
 /// The memcached sweep: a layer with a near tier over `TcpBackend`, the entry filled and
 /// confirmed, then `victim` dropped after N polls for every N up to its full run.
 #[cfg(feature = "tcp")]
-async fn tcp_sweep(name: &str, filled: bool, victim: fn() -> Request<()>) {
+async fn tcp_sweep(name: &str, filled: bool, reuse: &'static str, victim: fn() -> Request<()>) {
     let Some(memcached) = support::Memcached::start(name) else {
         assert!(!support::memcached_required(), "memcached required");
         return;
@@ -733,7 +735,7 @@ async fn tcp_sweep(name: &str, filled: bool, victim: fn() -> Request<()>) {
             .mode(CacheMode::Origin)
             .namespace(format!("su{polls}"))
             .near_cache(NearCache::new(1 << 20, Duration::from_secs(1)));
-        let mut origin = Origin::new(fresh());
+        let mut origin = Origin::new(reuse);
         origin.delay = Duration::ZERO;
         let svc = origin.service(&layer);
         for _ in 0..if filled { 2 } else { 0 } {
@@ -775,7 +777,7 @@ async fn tcp_sweep(name: &str, filled: bool, victim: fn() -> Request<()>) {
 #[cfg(feature = "tcp")]
 #[tokio::test]
 async fn over_memcached_an_unsafe_request_dropped_at_every_point_still_invalidates() {
-    tcp_sweep("review_su::post", true, || {
+    tcp_sweep("review_su::post", true, fresh(), || {
         request(Method::POST, "http://localhost/page", &[])
     })
     .await;
@@ -784,13 +786,31 @@ async fn over_memcached_an_unsafe_request_dropped_at_every_point_still_invalidat
 #[cfg(feature = "tcp")]
 #[tokio::test]
 async fn over_memcached_a_hit_dropped_at_every_point() {
-    tcp_sweep("review_su::hit", true, get).await;
+    tcp_sweep("review_su::hit", true, fresh(), get).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn over_memcached_a_revalidation_dropped_at_every_point() {
+    tcp_sweep("review_su::revalidation", true, "max-age=1", get).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn over_memcached_a_stale_while_revalidate_answer_dropped_at_every_point() {
+    tcp_sweep(
+        "review_su::swr",
+        true,
+        "max-age=1, stale-while-revalidate=600",
+        get,
+    )
+    .await;
 }
 
 #[cfg(feature = "tcp")]
 #[tokio::test]
 async fn over_memcached_a_miss_dropped_at_every_point() {
-    tcp_sweep("review_su::miss", false, get).await;
+    tcp_sweep("review_su::miss", false, fresh(), get).await;
 }
 
 /// The sweep's failing point, minimised: the origin has answered a POST with success
