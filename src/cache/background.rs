@@ -1,5 +1,6 @@
 //! [`Background`]: the layer's work that outlives a response (stores, refreshes, lease
-//! releases, bodies being read into the cache), counted so that a caller can wait for it.
+//! releases, bodies being read into the cache, an unsafe request's invalidation whose
+//! client went), counted so that a caller can wait for it.
 
 use std::fmt;
 use std::future::Future;

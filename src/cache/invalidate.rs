@@ -311,9 +311,7 @@ where
                 .iter()
                 .filter_map(|name| response.headers().get(name).cloned())
                 .collect();
-            shared
-                .invalidate_after(&uri, &headers, &extensions, locations)
-                .await;
+            invalidate_to_the_end(shared, uri, headers, extensions, locations).await;
         }
     }
     let fwd = if Policy::is_cacheable_method(&method) {
@@ -324,6 +322,37 @@ where
     let mut response = response.map(ResponseBody::passthrough);
     shared.set_status(&mut response, Outcome::forwarded(fwd, None));
     Ok(response)
+}
+
+/// [`Shared::invalidate_after`] as a background task the response waits for: the origin
+/// has already acted on the request, so a client that goes away (its response future
+/// dropped by hyper or a timeout) must not cut the invalidation off halfway, its entry
+/// deleted in memcached but the store epoch and the near tier left to serve the old page.
+async fn invalidate_to_the_end<B: Backend>(
+    shared: &Arc<Shared<B>>,
+    uri: Uri,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+    locations: Vec<HeaderValue>,
+) {
+    // Without a runtime to spawn on (the layer driven by another executor), here.
+    if tokio::runtime::Handle::try_current().is_err() {
+        shared
+            .invalidate_after(&uri, &headers, &extensions, locations)
+            .await;
+        return;
+    }
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let owned = Arc::clone(shared);
+    // Counted, never skipped: an invalidation is not best effort.
+    shared.config.background.spawn(async move {
+        owned
+            .invalidate_after(&uri, &headers, &extensions, locations)
+            .await;
+        let _ = done.send(());
+    });
+    // Ends when the task does (or is dropped with its runtime).
+    let _ = finished.await;
 }
 
 #[cfg(test)]
