@@ -158,6 +158,7 @@ mod log_sink;
 #[cfg(feature = "metrics")]
 mod metrics_listener;
 mod origin_connection;
+mod request_writes;
 mod response_heads;
 mod size;
 mod target;

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service;
 
+use crate::request_writes::RequestWrites;
 use crate::response_heads::ResponseHeads;
 
 /// No byte of an answer read since the current request's first byte was written.
@@ -156,6 +157,7 @@ impl Service<Uri> for OriginConnector {
                 stream,
                 exchanges: Arc::default(),
                 heads: ResponseHeads::default(),
+                requests: RequestWrites::default(),
                 released: Vec::new(),
                 read_since_write: false,
             }))
@@ -170,16 +172,21 @@ pub(crate) struct Counted {
     stream: TcpStream,
     exchanges: Arc<Exchanges>,
     heads: ResponseHeads,
+    /// How much of the request being written is still to go.
+    requests: RequestWrites,
     /// Read and held, for hyper to read next.
     released: Vec<u8>,
-    /// Bytes read since the last write: the next write starts another exchange.
+    /// Bytes read since the last write that could start a request: the next such write
+    /// starts another exchange.
     read_since_write: bool,
 }
 
 impl Counted {
     fn wrote(&mut self, written: &[u8]) {
         self.exchanges.wrote();
-        if std::mem::take(&mut self.read_since_write) {
+        // The rest of a request written as its answer arrives starts no exchange, however
+        // it starts (an upload holding a request line): its answer's body is no head.
+        if self.requests.at_start() && std::mem::take(&mut self.read_since_write) {
             self.heads.wrote_after_read(written);
         }
     }
@@ -236,7 +243,11 @@ impl AsyncWrite for Counted {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.wrote(buf);
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = polled {
+            self.requests.wrote(buf, written);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -249,7 +260,11 @@ impl AsyncWrite for Counted {
             .find(|buf| !buf.is_empty())
             .map_or(&[][..], |buf| &**buf);
         self.wrote(first);
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = polled {
+            self.requests.wrote(first, written);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

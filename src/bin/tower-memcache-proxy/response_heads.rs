@@ -101,10 +101,18 @@ impl ResponseHeads {
             if self.two_ways {
                 tracing::warn!(%status, "upstream framed a response two ways: its connection is closed after it");
                 // After the status line: hyper honours any `Connection` line that says close.
-                let line_end = self.held[self.head_at..]
+                // Found as hyper finds it, past the empty lines before it (httparse skips
+                // them): after the first line end, the field stood before the status line
+                // there, and hyper failed the answer (review SV).
+                let status_at = self.head_at
+                    + self.held[self.head_at..]
+                        .iter()
+                        .take_while(|&&byte| matches!(byte, b'\r' | b'\n'))
+                        .count();
+                let line_end = self.held[status_at..]
                     .iter()
                     .position(|&byte| byte == b'\n')
-                    .map_or(self.head_at, |end| self.head_at + end + 1);
+                    .map_or(status_at, |end| status_at + end + 1);
                 self.held.splice(line_end..line_end, CLOSE.iter().copied());
             }
             return self.release();
@@ -177,6 +185,11 @@ mod tests {
             handed(&[both.as_bytes(), b"0\r\n\r\n"]),
             "HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 5\r\n\
              transfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        );
+        // Empty lines before the status line, which hyper skips: the field after it.
+        assert_eq!(
+            handed(&[b"\r\n\nHTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"]),
+            "\r\n\nHTTP/1.1 204 No Content\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
         );
         // A 1xx framing a body: the final head closes the connection.
         assert_eq!(
