@@ -110,6 +110,7 @@ mod review_sr;
 mod review_ss;
 mod review_st;
 mod review_su;
+mod review_sv;
 mod review_t;
 mod review_tt;
 mod review_u;

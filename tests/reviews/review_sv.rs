@@ -15,7 +15,7 @@
 
 #![cfg(feature = "proxy")]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
