@@ -18,7 +18,7 @@ use support::desync::{SMUGGLED, get, path_of};
 use support::h2_frames::{DATA, literal_block};
 
 use support::origin::serve_each_connection;
-use support::raw_http::{find, header_of, more, skip_body};
+use support::raw_http::{header_of, more, next_head, skip_body};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -115,14 +115,9 @@ async fn serve(
 ) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            if !more(&mut stream, &mut buffer).await {
-                return;
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         heads.lock().unwrap().push(head.clone());
         let answer = script(&head);
         tokio::time::sleep(answer.pause).await;

@@ -33,7 +33,7 @@ use support::h2_frames::{
 };
 use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
-use support::raw_http::{find, header_of, more, skip_body};
+use support::raw_http::{header_of, next_head, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -95,14 +95,9 @@ async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<Stri
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            if !more(&mut reader, &mut buffer).await {
-                return;
-            }
-            continue;
+        let Some(head) = next_head(&mut reader, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         heads.lock().unwrap().push(head.clone());
         match script(&head) {
             None => {

@@ -27,7 +27,7 @@ use support::h2_frames::{
 };
 use support::origin::serve_each_connection;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of, more};
+use support::raw_http::{find, header_of, more, next_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -99,14 +99,9 @@ async fn serve(
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            if !more(&mut reader, &mut buffer).await {
-                return;
-            }
-            continue;
+        let Some(head) = next_head(&mut reader, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         heads.lock().unwrap().push(head.clone());
         match path_of(&head) {
             "/pause" => {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use support::origin::serve_each_connection;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of, more, skip_body};
+use support::raw_http::{find, header_of, more, next_head, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -93,14 +93,9 @@ async fn read_on(reader: &mut TcpStream) {
 async fn serve(mut stream: TcpStream) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            if !more(&mut stream, &mut buffer).await {
-                return;
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
         match path.as_str() {
             "/early" | "/early-chunked" => {

@@ -23,7 +23,7 @@ use support::h2_frames::{
 };
 use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
-use support::raw_http::{find, more, skip_body};
+use support::raw_http::{find, more, next_head, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -62,14 +62,9 @@ impl RawOrigin {
 async fn serve(mut stream: TcpStream, whole: Arc<Mutex<Vec<String>>>) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            if !more(&mut stream, &mut buffer).await {
-                return;
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         let path = path_of(&head).to_string();
         if path == "/early-long" {
             let mut answer =

@@ -20,7 +20,7 @@ use std::time::Duration;
 use support::desync::{get, path_of};
 use support::origin::serve_each_connection;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, more, skip_body};
+use support::raw_http::{next_head, skip_body};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,14 +60,9 @@ async fn raw_origin(
 async fn serve(mut stream: TcpStream, script: Arc<Script>) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            if !more(&mut stream, &mut buffer).await {
-                return;
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         if !skip_body(&mut stream, &mut buffer, &head).await {
             return;
         }

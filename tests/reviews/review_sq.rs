@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use support::desync::{get, path_of};
 use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
-use support::raw_http::{find, more, skip_body};
+use support::raw_http::{next_head, skip_body};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -62,14 +62,9 @@ fn framing_evil(path: &str) -> Option<String> {
 async fn serve(mut stream: TcpStream) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            if !more(&mut stream, &mut buffer).await {
-                return;
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         if !skip_body(&mut stream, &mut buffer, &head).await {
             return;
         }

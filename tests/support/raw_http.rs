@@ -35,6 +35,24 @@ pub async fn more(
     }
 }
 
+/// The next request (or response) head from `buffer` and then `reader`, taken out of
+/// `buffer` with its blank line; `None` once the connection ended first.
+pub async fn next_head(
+    reader: &mut (impl tokio::io::AsyncReadExt + Unpin),
+    buffer: &mut Vec<u8>,
+) -> Option<String> {
+    loop {
+        if let Some(end) = find(buffer, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
+            buffer.drain(..end + 4);
+            return Some(head);
+        }
+        if !more(reader, buffer).await {
+            return None;
+        }
+    }
+}
+
 /// Reads and drops, from `buffer` and then `reader`, the body `head` frames (by
 /// `Content-Length`, or chunked without trailers); false if the connection ended first
 /// or a chunk size is no number.
