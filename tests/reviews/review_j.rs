@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A raw origin: answers `GET <path>` with the canned bytes for `<path>` (a 404 for
 /// others), or for `<path>#range` when the request has a `Range`, keeps the connection
@@ -28,13 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct RawOrigin {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
@@ -46,13 +41,16 @@ impl RawOrigin {
                 .collect(),
         );
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = support::origin::serve_each_connection(listener, {
+        let serving = support::origin::RawOrigin::start({
             let heads = Arc::clone(&heads);
             move |stream| serve_raw(stream, Arc::clone(&answers), Arc::clone(&heads))
-        });
-        Self { addr, heads, task }
+        })
+        .await;
+        Self {
+            addr: serving.addr,
+            heads,
+            _serving: serving,
+        }
     }
 
     fn heads(&self) -> Vec<String> {

@@ -9,7 +9,6 @@
 use crate::support;
 use support::desync::{get, path_of};
 
-use support::origin::serve_each_connection;
 use support::raw_http::{find, header_of};
 
 use support::proxy::{Proxy, start_proxy};
@@ -19,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What the origin does for one request head.
 struct Answer {
@@ -66,13 +65,8 @@ struct RawOrigin {
     heads: Arc<Mutex<Vec<String>>>,
     /// When each connection held (see [`Answer::hold`]) was closed by the proxy.
     closed: Arc<Mutex<Vec<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
@@ -80,20 +74,19 @@ impl RawOrigin {
         let script: Arc<Script> = Arc::new(script);
         let heads = Arc::new(Mutex::new(Vec::new()));
         let closed = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
+        let serving = support::origin::RawOrigin::start({
             let (heads, closed) = (Arc::clone(&heads), Arc::clone(&closed));
             move |stream| {
                 let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
                 serve(stream, script, heads, Arc::clone(&closed))
             }
-        });
+        })
+        .await;
         Self {
-            addr,
+            addr: serving.addr,
             heads,
             closed,
-            task,
+            _serving: serving,
         }
     }
 

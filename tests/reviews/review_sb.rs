@@ -17,7 +17,6 @@ use crate::support;
 use support::desync::{SMUGGLED, get, path_of};
 use support::h2_frames::{DATA, literal_block};
 
-use support::origin::serve_each_connection;
 use support::raw_http::{header_of, more, next_head, skip_body};
 
 use std::net::SocketAddr;
@@ -29,7 +28,7 @@ use support::h2_frames::{
 };
 use support::proxy::{Proxy, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The attacker's page: what a response that answers no request of the victim's says.
 const EVIL: &str =
@@ -71,13 +70,8 @@ struct RawOrigin {
     heads: Arc<Mutex<Vec<String>>>,
     /// The bodies read by `duplex` answers.
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
@@ -85,20 +79,19 @@ impl RawOrigin {
         let script: Arc<Script> = Arc::new(script);
         let heads = Arc::new(Mutex::new(Vec::new()));
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
+        let serving = support::origin::RawOrigin::start({
             let (heads, bodies) = (Arc::clone(&heads), Arc::clone(&bodies));
             move |stream| {
                 let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
                 serve(stream, script, heads, Arc::clone(&bodies))
             }
-        });
+        })
+        .await;
         Self {
-            addr,
+            addr: serving.addr,
             heads,
             bodies,
-            task,
+            _serving: serving,
         }
     }
 

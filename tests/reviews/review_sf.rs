@@ -31,7 +31,6 @@ use std::time::Duration;
 use support::h2_frames::{
     END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, status_of_stream_1,
 };
-use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
 use support::raw_http::{header_of, next_head, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,26 +55,24 @@ type Script = dyn Fn(&str) -> Option<Early> + Send + Sync;
 struct RawOrigin {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
     async fn start(script: impl Fn(&str) -> Option<Early> + Send + Sync + 'static) -> Self {
         let script: Arc<Script> = Arc::new(script);
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
+        let serving = support::origin::RawOrigin::start({
             let heads = Arc::clone(&heads);
             move |stream| serve(stream, Arc::clone(&script), Arc::clone(&heads))
-        });
-        Self { addr, heads, task }
+        })
+        .await;
+        Self {
+            addr: serving.addr,
+            heads,
+            _serving: serving,
+        }
     }
 
     /// The heads the origin read that nobody but the attacker wrote.

@@ -25,11 +25,10 @@ use std::time::{Duration, Instant};
 use support::h2_frames::{
     END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, status_of_stream_1,
 };
-use support::origin::serve_each_connection;
 use support::proxy::{Proxy, start_proxy};
 use support::raw_http::{find, header_of, more, next_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The size of an early answer no client-side buffer holds whole (the client's small
 /// receive buffer, the proxy's send buffer and hyper's write buffer).
@@ -43,31 +42,25 @@ struct RawOrigin {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
     echoed: Arc<Mutex<Vec<u8>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
     async fn start(early: usize) -> Self {
         let heads = Arc::new(Mutex::new(Vec::new()));
         let echoed = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
+        let serving = support::origin::RawOrigin::start({
             let heads = Arc::clone(&heads);
             let echoed = Arc::clone(&echoed);
             move |stream| serve(stream, early, Arc::clone(&heads), Arc::clone(&echoed))
-        });
+        })
+        .await;
         Self {
-            addr,
+            addr: serving.addr,
             heads,
             echoed,
-            task,
+            _serving: serving,
         }
     }
 

@@ -8,21 +8,20 @@
 //! keys. The tests here are the defects found: a head that frames a body two ways, whose
 //! connection went on to answer the next request with the rest of that body.
 //!
-//! The origin is a raw TCP server (`support::origin::serve_each_connection`) whose script
-//! says, per request head, what to write and when.
+//! The origin is a raw TCP server (`support::origin::RawOrigin`) whose script says, per
+//! request head, what to write and when.
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use support::desync::{get, path_of};
-use support::origin::serve_each_connection;
+use support::origin::RawOrigin;
 use support::proxy::{Proxy, start_proxy};
 use support::raw_http::{next_head, skip_body};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The attacker's page, written where another request's answer is awaited.
 const EVIL: &str =
@@ -46,15 +45,10 @@ type Script = dyn Fn(&str) -> Answer + Send + Sync;
 
 /// A raw origin on a loopback port answering each request head read (its body skipped) as
 /// `script` says, one request at a time per connection, as a worker does; stopped when
-/// the returned task is aborted.
-async fn raw_origin(
-    script: impl Fn(&str) -> Answer + Send + Sync + 'static,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// dropped.
+async fn raw_origin(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> RawOrigin {
     let script: Arc<Script> = Arc::new(script);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = serve_each_connection(listener, move |stream| serve(stream, Arc::clone(&script)));
-    (addr, task)
+    RawOrigin::start(move |stream| serve(stream, Arc::clone(&script))).await
 }
 
 async fn serve(mut stream: TcpStream, script: Arc<Script>) {
@@ -110,7 +104,7 @@ async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_framed_two_ways_never_answers_the_next_request() {
     let chunked = "5\r\nhello\r\n0\r\n\r\n";
-    let (origin, _task) = raw_origin(move |head| {
+    let origin = raw_origin(move |head| {
         if path_of(head) != "/split" {
             return own(head);
         }
@@ -123,7 +117,7 @@ async fn a_connection_framed_two_ways_never_answers_the_next_request() {
         .then(Duration::from_millis(300), EVIL)
     })
     .await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     for round in 0..2 {
         let (status, body) = get(&proxy, "/split").await;
         // Passed on chunked, as hyper read it.
@@ -156,7 +150,7 @@ async fn a_connection_framed_two_ways_never_answers_the_next_request() {
 /// connection is not used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request() {
-    let (origin, _task) = raw_origin(move |head| {
+    let origin = raw_origin(move |head| {
         let framing = match path_of(head) {
             "/empty-length" => format!("Content-Length: {}", EVIL.len()),
             "/empty-chunked" => "Transfer-Encoding: chunked".to_string(),
@@ -167,7 +161,7 @@ async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request()
             .then(Duration::from_millis(300), EVIL)
     })
     .await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     for path in ["/empty-length", "/empty-chunked"] {
         let (status, body) = get(&proxy, path).await;
         assert_eq!((status, body.as_str()), (204, ""), "{path}");
@@ -194,7 +188,7 @@ async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request()
 /// was stored under its key. Its connection is not used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_informational_answer_that_frames_a_body_never_answers_the_next_request() {
-    let (origin, _task) = raw_origin(move |head| {
+    let origin = raw_origin(move |head| {
         let path = path_of(head);
         if !path.starts_with("/hints") {
             return own(head);
@@ -209,7 +203,7 @@ async fn an_informational_answer_that_frames_a_body_never_answers_the_next_reque
         .then(Duration::from_millis(300), EVIL)
     })
     .await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     for round in 0..2 {
         // What came after the 103's head is the final answer to the same request.
         let hints = format!("/hints{round}");

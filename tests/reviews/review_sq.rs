@@ -12,17 +12,16 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::desync::{get, path_of};
-use support::origin::serve_each_connection;
+use support::origin::RawOrigin;
 use support::proxy::start_proxy;
 use support::raw_http::{next_head, skip_body};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The attacker's page, written where another request's answer is awaited.
 const EVIL: &str =
@@ -31,13 +30,10 @@ const EVIL: &str =
 /// An origin that answers `/empty…` with a 204 framing `EVIL` by its length, and
 /// `/split…` with a page whose `Content-Length` frames a last chunk and `EVIL` after it,
 /// `EVIL` sent a moment after the rest (as gunicorn writes what a page yields); every
-/// other path with a page of its own at once; one request at a time per connection.
-async fn origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Runs until the test's runtime ends.
-    let _task = serve_each_connection(listener, serve);
-    addr
+/// other path with a page of its own at once; one request at a time per connection;
+/// stopped when dropped.
+async fn origin() -> RawOrigin {
+    RawOrigin::start(serve).await
 }
 
 /// What the origin writes at once for `path`, if it writes `EVIL` after it.
@@ -94,7 +90,7 @@ async fn serve(mut stream: TcpStream) {
 /// were answered `EVIL`, and after how many tries (stopped at the first).
 async fn race(page: &str, tries: usize) -> (usize, usize) {
     let origin = origin().await;
-    let proxy = Arc::new(start_proxy(origin, &["--threads", "2"]));
+    let proxy = Arc::new(start_proxy(origin.addr, &["--threads", "2"]));
     let stop = Arc::new(AtomicBool::new(false));
     let stolen = Arc::new(AtomicUsize::new(0));
     let mut flood = Vec::new();
