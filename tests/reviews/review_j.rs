@@ -9,6 +9,7 @@
 
 use crate::support;
 
+use support::desync::page;
 use support::raw_http::find;
 
 use support::proxy::{Proxy, start_proxy};
@@ -475,14 +476,6 @@ async fn a_transfer_coding_the_proxy_cannot_undo_never_reaches_a_client_undone()
     }
 }
 
-fn page(text: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{text}",
-        text.len()
-    )
-    .into_bytes()
-}
-
 /// An absolute-form target with an empty path and a query (`GET http://shop.example?x=1
 /// HTTP/1.1`; RFC 9110 §4.2.3: the path is `/`) reached the origin as `/?x=1`, but was
 /// keyed as `http://shop.example?x=1`, apart from `/?x=1`: a purge or an invalidation of
@@ -490,8 +483,8 @@ fn page(text: &str) -> Vec<u8> {
 /// asks that way. The key is `/?x=1`'s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
-    let home = page("home");
-    let query = page("home with x");
+    let home = page("home").into_bytes();
+    let query = page("home with x").into_bytes();
     let origin = RawOrigin::start(&[("/", &home), ("/?x=1", &query)]).await;
     let proxy = start_proxy(origin.addr, &[]);
     for (target, expected) in [

@@ -7,7 +7,7 @@
 //! to write, so that it can say what hyper-based origins never would.
 
 use crate::support;
-use support::desync::{get, path_of};
+use support::desync::{EVIL, cached, get, own_page, page, path_of};
 
 use support::raw_http::{find, header_of};
 
@@ -175,27 +175,6 @@ async fn serve(
             return;
         }
     }
-}
-
-/// A page of `body`, fresh for a minute.
-fn page(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// The attacker's page: what a second response for one request says.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
-
-/// One request, `only-if-cached`: the status and body the cache holds (504: nothing).
-async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n"),
-    )
-    .await
 }
 
 /// Asks `paths` one after another (each on a fresh client connection, the proxy reusing
@@ -513,8 +492,7 @@ async fn upload(proxy: &Proxy, length: usize, sent: usize, pause: Duration) -> S
 /// coming for that long is still cut off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_slower_than_the_upstream_timeout_still_reaches_the_origin() {
-    let origin =
-        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
+    let origin = RawOrigin::start(|head| Answer::bytes(own_page(head))).await;
     let proxy = start_proxy(origin.addr, &["--upstream-timeout", "2s"]);
     // 15 bytes, 200 ms apart: 3 s in all, never a pause near 2 s.
     let status = upload(&proxy, 15, 15, Duration::from_millis(200)).await;

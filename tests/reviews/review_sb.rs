@@ -14,7 +14,7 @@
 //! hyper-based origin never would and record every request head it read.
 
 use crate::support;
-use support::desync::{SMUGGLED, get, path_of};
+use support::desync::{EVIL, SMUGGLED, cached, get, own_page, page, path_of};
 use support::h2_frames::{DATA, literal_block};
 
 use support::raw_http::{header_of, more, next_head, skip_body};
@@ -29,10 +29,6 @@ use support::h2_frames::{
 use support::proxy::{Proxy, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The attacker's page: what a response that answers no request of the victim's says.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
 
 /// What the origin does for one request head.
 struct Answer {
@@ -160,17 +156,9 @@ async fn serve(
     }
 }
 
-/// A page of `body`, fresh for a minute.
-fn page(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 /// The page every path gets unless a script says otherwise.
 fn own(head: &str) -> Answer {
-    Answer::bytes(page(&format!("page {}", path_of(head))))
+    Answer::bytes(own_page(head))
 }
 
 /// Asks each of `paths` (on fresh client connections, the proxy reusing its pooled origin
@@ -186,13 +174,7 @@ async fn each_gets_its_own(proxy: &Proxy, paths: &[&str], after: &str) {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     for path in paths {
-        let (status, body) = support::proxy::raw(
-            proxy,
-            &format!(
-                "GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n"
-            ),
-        )
-        .await;
+        let (status, body) = cached(proxy, path).await;
         if status == 200 {
             assert_eq!(
                 body,

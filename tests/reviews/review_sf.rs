@@ -21,7 +21,7 @@
 //! whatever the answer's size.
 
 use crate::support;
-use support::desync::{SMUGGLED, get, path_of, post, read_until};
+use support::desync::{SMUGGLED, get, own_page, path_of, post, read_until};
 use support::h2_frames::{DATA, literal_block};
 
 use std::net::SocketAddr;
@@ -101,11 +101,7 @@ async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<Stri
                 if !skip_body(&mut reader, &mut buffer, &head).await {
                     return;
                 }
-                let body = format!("page {}", path_of(&head));
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let answer = own_page(&head);
                 if writer
                     .lock()
                     .await

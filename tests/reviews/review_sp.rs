@@ -16,16 +16,12 @@ use crate::support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::desync::{get, path_of};
+use support::desync::{EVIL, cached, get, own_page, path_of};
 use support::origin::RawOrigin;
-use support::proxy::{Proxy, start_proxy};
+use support::proxy::start_proxy;
 use support::raw_http::{next_head, skip_body};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// The attacker's page, written where another request's answer is awaited.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
 
 /// What the origin writes for one request head, each write after its pause.
 struct Answer(Vec<(Duration, Vec<u8>)>);
@@ -69,26 +65,9 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>) {
     }
 }
 
-/// A page of `body`, fresh for a minute.
-fn page(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 /// The page every path gets unless a script says otherwise.
 fn own(head: &str) -> Answer {
-    Answer::now(page(&format!("page {}", path_of(head))))
-}
-
-/// What the cache holds for `path` (`only-if-cached`): status and body (504: nothing).
-async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n"),
-    )
-    .await
+    Answer::now(own_page(head))
 }
 
 /// `Content-Length` beside `Transfer-Encoding: chunked` (RFC 9112 §6.3: "might indicate an
@@ -193,11 +172,11 @@ async fn an_informational_answer_that_frames_a_body_never_answers_the_next_reque
         if !path.starts_with("/hints") {
             return own(head);
         }
-        let own_page = page(&format!("page {path}"));
+        let own = own_page(head);
         Answer::now(format!(
             "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
-             Content-Length: {}\r\n\r\n{own_page}",
-            own_page.len() + EVIL.len()
+             Content-Length: {}\r\n\r\n{own}",
+            own.len() + EVIL.len()
         ))
         // The rest of the body the origin framed, as the page wrote it, a moment later.
         .then(Duration::from_millis(300), EVIL)

@@ -16,16 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::desync::{get, path_of};
+use support::desync::{EVIL, get, path_of};
 use support::origin::RawOrigin;
 use support::proxy::start_proxy;
 use support::raw_http::{next_head, skip_body};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// The attacker's page, written where another request's answer is awaited.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
 
 /// An origin that answers `/empty…` with a 204 framing `EVIL` by its length, and
 /// `/split…` with a page whose `Content-Length` frames a last chunk and `EVIL` after it,
