@@ -26,7 +26,7 @@ use support::h2_frames::{
     END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, status_of_stream_1,
 };
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of, more, next_head};
+use support::raw_http::{find, header_of, more, next_head, ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -152,11 +152,7 @@ async fn serve(
                     }
                 }
                 buffer.drain(..length);
-                let body = format!("page {path}");
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let answer = ok("Cache-Control: no-store\r\n", &format!("page {path}"));
                 if writer
                     .lock()
                     .await

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use support::origin::RawOrigin;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of, more, next_head, skip_body};
+use support::raw_http::{find, header_of, more, next_head, ok, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -119,11 +119,7 @@ async fn serve(mut stream: TcpStream) {
                 let Some(got) = body_length(&mut stream, &mut buffer, &head).await else {
                     return;
                 };
-                let text = format!("got {got}\n");
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
-                    text.len()
-                );
+                let answer = ok("", &format!("got {got}\n"));
                 if stream.write_all(answer.as_bytes()).await.is_err() {
                     return;
                 }

@@ -22,7 +22,7 @@ use support::h2_frames::{
     status_of_stream_1,
 };
 use support::proxy::start_proxy;
-use support::raw_http::{find, more, next_head, skip_body};
+use support::raw_http::{find, more, next_head, ok, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -78,11 +78,7 @@ async fn serve(mut stream: TcpStream, whole: Arc<Mutex<Vec<String>>>) {
             return;
         }
         whole.lock().unwrap().push(path.clone());
-        let text = format!("page {path}");
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
-            text.len()
-        );
+        let answer = ok("", &format!("page {path}"));
         if stream.write_all(answer.as_bytes()).await.is_err() {
             return;
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use support::desync::{EVIL, get, path_of};
 use support::origin::RawOrigin;
 use support::proxy::start_proxy;
-use support::raw_http::{next_head, skip_body};
+use support::raw_http::{next_head, ok, skip_body};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -68,11 +68,7 @@ async fn serve(mut stream: TcpStream) {
             tokio::time::sleep(Duration::from_millis(30)).await;
             stream.write_all(EVIL.as_bytes()).await
         } else {
-            let body = format!("page {path}");
-            let page = format!(
-                "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
+            let page = ok("Cache-Control: no-store\r\n", &format!("page {path}"));
             stream.write_all(page.as_bytes()).await
         };
         if written.is_err() {

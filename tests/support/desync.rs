@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::proxy::Proxy;
-use super::raw_http::find;
+use super::raw_http::{find, ok};
 
 /// The request an attacker hides in a body, hoping the origin reads it as one of its own.
 pub const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: shop.example\r\n\r\n";
@@ -23,10 +23,7 @@ pub const EVIL: &str =
 
 /// A raw origin's answer: a 200 of `body`, framed by its length, fresh for a minute.
 pub fn page(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    ok("Cache-Control: public, max-age=60\r\n", body)
 }
 
 /// A raw origin's answer to a request `head` when the test asks nothing else of it: the

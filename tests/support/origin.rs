@@ -153,10 +153,7 @@ pub async fn scripted_origin(later: &'static [u8], first_too: bool) -> (SocketAd
                             let _ = stream.write_all(later).await;
                             return;
                         }
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{path}",
-                            path.len()
-                        );
+                        let answer = super::raw_http::ok("Cache-Control: no-store\r\n", &path);
                         if stream.write_all(answer.as_bytes()).await.is_err() {
                             return;
                         }
