@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use support::desync::{EVIL, cached, get, own_page, path_of};
 use support::origin::RawOrigin;
-use support::proxy::start_proxy;
-use support::raw_http::{next_head, skip_body};
+use support::proxy::{Proxy, start_proxy};
+use support::raw_http::next_request;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -50,12 +50,9 @@ async fn raw_origin(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> 
 async fn serve(mut stream: TcpStream, script: Arc<Script>) {
     let mut buffer = Vec::new();
     loop {
-        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+        let Some(head) = next_request(&mut stream, &mut buffer).await else {
             return;
         };
-        if !skip_body(&mut stream, &mut buffer, &head).await {
-            return;
-        }
         for (pause, bytes) in script(&head).0 {
             tokio::time::sleep(pause).await;
             if stream.write_all(&bytes).await.is_err() {
@@ -68,6 +65,23 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>) {
 /// The page every path gets unless a script says otherwise.
 fn own(head: &str) -> Answer {
     Answer::now(own_page(head))
+}
+
+/// The next client's `victim`, asked while the rest of a body the origin framed is on its
+/// way: answered its own page (or a 502), and half a second later, nothing but its own
+/// page stored under its key. `context` begins the failure messages.
+async fn next_gets_its_own(proxy: &Proxy, victim: &str, context: &str) {
+    let (status, body) = get(proxy, victim).await;
+    assert!(
+        status == 502 || body == format!("page {victim}"),
+        "{context}{victim} was answered {status} {body:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = cached(proxy, victim).await;
+    assert!(
+        status == 504 || body == format!("page {victim}"),
+        "{context}{victim} stored {body:?}"
+    );
 }
 
 /// `Content-Length` beside `Transfer-Encoding: chunked` (RFC 9112 §6.3: "might indicate an
@@ -105,18 +119,7 @@ async fn a_connection_framed_two_ways_never_answers_the_next_request() {
             "round {round}: {status} {body:?}"
         );
         // The next client, while the rest of that body is on its way.
-        let victim = format!("/victim{round}");
-        let (status, body) = get(&proxy, &victim).await;
-        assert!(
-            status == 502 || body == format!("page {victim}"),
-            "{victim} was answered {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = cached(&proxy, &victim).await;
-        assert!(
-            status == 504 || body == format!("page {victim}"),
-            "{victim} stored {body:?}"
-        );
+        next_gets_its_own(&proxy, &format!("/victim{round}"), "").await;
     }
 }
 
@@ -144,18 +147,7 @@ async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request()
     for path in ["/empty-length", "/empty-chunked"] {
         let (status, body) = get(&proxy, path).await;
         assert_eq!((status, body.as_str()), (204, ""), "{path}");
-        let victim = format!("/after{path}");
-        let (status, body) = get(&proxy, &victim).await;
-        assert!(
-            status == 502 || body == format!("page {victim}"),
-            "after {path}: {victim} was answered {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = cached(&proxy, &victim).await;
-        assert!(
-            status == 504 || body == format!("page {victim}"),
-            "after {path}: {victim} stored {body:?}"
-        );
+        next_gets_its_own(&proxy, &format!("/after{path}"), &format!("after {path}: ")).await;
     }
 }
 
@@ -188,17 +180,6 @@ async fn an_informational_answer_that_frames_a_body_never_answers_the_next_reque
         let hints = format!("/hints{round}");
         let (status, body) = get(&proxy, &hints).await;
         assert_eq!((status, body), (200, format!("page {hints}")));
-        let victim = format!("/after-hints{round}");
-        let (status, body) = get(&proxy, &victim).await;
-        assert!(
-            status == 502 || body == format!("page {victim}"),
-            "{victim} was answered {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = cached(&proxy, &victim).await;
-        assert!(
-            status == 504 || body == format!("page {victim}"),
-            "{victim} stored {body:?}"
-        );
+        next_gets_its_own(&proxy, &format!("/after-hints{round}"), "").await;
     }
 }

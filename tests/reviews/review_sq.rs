@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use support::desync::{EVIL, get, path_of};
 use support::origin::RawOrigin;
 use support::proxy::start_proxy;
-use support::raw_http::{next_head, ok, skip_body};
+use support::raw_http::{next_request, ok};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -54,12 +54,9 @@ fn framing_evil(path: &str) -> Option<String> {
 async fn serve(mut stream: TcpStream) {
     let mut buffer = Vec::new();
     loop {
-        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+        let Some(head) = next_request(&mut stream, &mut buffer).await else {
             return;
         };
-        if !skip_body(&mut stream, &mut buffer, &head).await {
-            return;
-        }
         let path = path_of(&head);
         let written = if let Some(first) = framing_evil(path) {
             if stream.write_all(first.as_bytes()).await.is_err() {

@@ -62,6 +62,16 @@ pub async fn next_head(
     }
 }
 
+/// The next request head, as [`next_head`], its body read and dropped ([`skip_body`]);
+/// `None` once the connection ended first or the body's framing broke.
+pub async fn next_request(
+    reader: &mut (impl tokio::io::AsyncReadExt + Unpin),
+    buffer: &mut Vec<u8>,
+) -> Option<String> {
+    let head = next_head(reader, buffer).await?;
+    skip_body(reader, buffer, &head).await.then_some(head)
+}
+
 /// Reads and drops, from `buffer` and then `reader`, the body `head` frames (by
 /// `Content-Length`, or chunked without trailers); false if the connection ended first
 /// or a chunk size is no number.
