@@ -9,14 +9,14 @@
 
 use crate::support;
 
-use support::desync::page;
+use support::desync::{Heads, page};
 use support::raw_http::find;
 
 use support::proxy::{Proxy, start_proxy};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 /// every request head.
 struct RawOrigin {
     addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     /// Stops the origin when dropped.
     _serving: support::origin::RawOrigin,
 }
@@ -41,10 +41,10 @@ impl RawOrigin {
                 .map(|(path, bytes)| ((*path).to_string(), bytes.to_vec()))
                 .collect(),
         );
-        let heads = Arc::new(Mutex::new(Vec::new()));
+        let heads = Heads::default();
         let serving = support::origin::RawOrigin::start({
-            let heads = Arc::clone(&heads);
-            move |stream| serve_raw(stream, Arc::clone(&answers), Arc::clone(&heads))
+            let heads = heads.clone();
+            move |stream| serve_raw(stream, Arc::clone(&answers), heads.clone())
         })
         .await;
         Self {
@@ -53,19 +53,11 @@ impl RawOrigin {
             _serving: serving,
         }
     }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
 }
 
 /// One origin connection: each request head (bodies are not expected) gets its path's
 /// canned answer.
-async fn serve_raw(
-    mut stream: TcpStream,
-    answers: Arc<HashMap<String, Vec<u8>>>,
-    heads: Arc<Mutex<Vec<String>>>,
-) {
+async fn serve_raw(mut stream: TcpStream, answers: Arc<HashMap<String, Vec<u8>>>, heads: Heads) {
     let mut buffer = Vec::new();
     loop {
         let Some(end) = find(&buffer, b"\r\n\r\n") else {
@@ -82,7 +74,7 @@ async fn serve_raw(
         if head.to_ascii_lowercase().contains("\r\nrange:") {
             path.push_str("#range");
         }
-        heads.lock().unwrap().push(head);
+        heads.push(head);
         let answer = answers
             .get(&path)
             .cloned()
@@ -501,7 +493,7 @@ async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
             expected,
             "{target}: {} (the origin saw {:?})",
             answer.head,
-            origin.heads()
+            origin.heads.all()
         );
     }
     // Both were stored under the keys of `/` and `/?x=1`.
@@ -522,7 +514,7 @@ async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
             expected,
             "{target}: {} {:?}",
             answer.head,
-            origin.heads()
+            origin.heads.all()
         );
     }
 }

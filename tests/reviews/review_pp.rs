@@ -7,7 +7,7 @@
 //! to write, so that it can say what hyper-based origins never would.
 
 use crate::support;
-use support::desync::{EVIL, cached, get, own_page, page, path_of};
+use support::desync::{EVIL, Heads, cached, get, own_page, page, path_of};
 
 use support::raw_http::{find, header_of};
 
@@ -62,7 +62,7 @@ type Script = dyn Fn(&str) -> Answer + Send + Sync;
 /// says otherwise) gets what the script says; remembers every head.
 struct RawOrigin {
     addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     /// When each connection held (see [`Answer::hold`]) was closed by the proxy.
     closed: Arc<Mutex<Vec<Instant>>>,
     /// Stops the origin when dropped.
@@ -72,12 +72,12 @@ struct RawOrigin {
 impl RawOrigin {
     async fn start(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Self {
         let script: Arc<Script> = Arc::new(script);
-        let heads = Arc::new(Mutex::new(Vec::new()));
+        let heads = Heads::default();
         let closed = Arc::new(Mutex::new(Vec::new()));
         let serving = support::origin::RawOrigin::start({
-            let (heads, closed) = (Arc::clone(&heads), Arc::clone(&closed));
+            let (heads, closed) = (heads.clone(), Arc::clone(&closed));
             move |stream| {
-                let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
+                let (script, heads) = (Arc::clone(&script), heads.clone());
                 serve(stream, script, heads, Arc::clone(&closed))
             }
         })
@@ -89,16 +89,12 @@ impl RawOrigin {
             _serving: serving,
         }
     }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
 }
 
 async fn serve(
     mut stream: TcpStream,
     script: Arc<Script>,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     closed: Arc<Mutex<Vec<Instant>>>,
 ) {
     let mut buffer = Vec::new();
@@ -113,7 +109,7 @@ async fn serve(
         };
         let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
         buffer.drain(..end + 4);
-        heads.lock().unwrap().push(head.clone());
+        heads.push(head.clone());
         let answer = script(&head);
         let length = header_of(&head, "content-length")
             .and_then(|value| value.parse::<usize>().ok())
@@ -433,7 +429,7 @@ async fn a_request_body_an_origin_ignores_never_answers_the_next_request() {
         assert!(answer.ends_with("static"), "{answer:?}");
         each_gets_its_own(&proxy, &[victim]).await;
     }
-    let heads = origin.heads();
+    let heads = origin.heads.all();
     let attacks = heads.iter().filter(|head| path_of(head) == "/static");
     for head in attacks {
         assert!(head.contains("\r\nconnection: close\r\n"), "{head:?}");

@@ -21,11 +21,11 @@
 //! whatever the answer's size.
 
 use crate::support;
-use support::desync::{SMUGGLED, get, own_page, path_of, post, read_until};
+use support::desync::{Heads, SMUGGLED, get, own_page, path_of, post, read_until};
 use support::h2_frames::{DATA, literal_block};
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::h2_frames::{
@@ -54,7 +54,7 @@ type Script = dyn Fn(&str) -> Option<Early> + Send + Sync;
 /// A raw origin: every request head it read, in order.
 struct RawOrigin {
     addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     /// Stops the origin when dropped.
     _serving: support::origin::RawOrigin,
 }
@@ -62,10 +62,10 @@ struct RawOrigin {
 impl RawOrigin {
     async fn start(script: impl Fn(&str) -> Option<Early> + Send + Sync + 'static) -> Self {
         let script: Arc<Script> = Arc::new(script);
-        let heads = Arc::new(Mutex::new(Vec::new()));
+        let heads = Heads::default();
         let serving = support::origin::RawOrigin::start({
-            let heads = Arc::clone(&heads);
-            move |stream| serve(stream, Arc::clone(&script), Arc::clone(&heads))
+            let heads = heads.clone();
+            move |stream| serve(stream, Arc::clone(&script), heads.clone())
         })
         .await;
         Self {
@@ -74,20 +74,9 @@ impl RawOrigin {
             _serving: serving,
         }
     }
-
-    /// The heads the origin read that nobody but the attacker wrote.
-    fn smuggled(&self) -> Vec<String> {
-        self.heads
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|head| head.contains("/smuggled"))
-            .cloned()
-            .collect()
-    }
 }
 
-async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<String>>>) {
+async fn serve(stream: TcpStream, script: Arc<Script>, heads: Heads) {
     let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let mut buffer = Vec::new();
@@ -95,7 +84,7 @@ async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<Stri
         let Some(head) = next_head(&mut reader, &mut buffer).await else {
             return;
         };
-        heads.lock().unwrap().push(head.clone());
+        heads.push(head.clone());
         match script(&head) {
             None => {
                 if !skip_body(&mut reader, &mut buffer, &head).await {
@@ -178,7 +167,7 @@ async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_throu
     let _ = client.write_all(SMUGGLED.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        origin.smuggled(),
+        origin.heads.smuggled(),
         Vec::<String>::new(),
         "the rest of the body reached the origin as a request"
     );
@@ -207,7 +196,7 @@ async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_throu
     for path in ["/after1", "/after2"] {
         assert_eq!(get(&proxy, path).await, (200, format!("page {path}")));
     }
-    assert_eq!(origin.smuggled(), Vec::<String>::new());
+    assert_eq!(origin.heads.smuggled(), Vec::<String>::new());
 }
 
 /// The same from an HTTP/2 client, which holds the answer back by flow control (it never
@@ -249,7 +238,7 @@ async fn an_h2_early_answer_held_back_by_flow_control_lets_no_more_of_the_body_t
         .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        origin.smuggled(),
+        origin.heads.smuggled(),
         Vec::<String>::new(),
         "the rest of the body reached the origin as a request"
     );
@@ -279,7 +268,7 @@ async fn an_upload_the_proxy_timed_out_lets_no_more_of_the_body_through() {
     assert!(answered.starts_with("HTTP/1.1 408"), "{answered:?}");
     let _ = client.write_all(SMUGGLED.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(origin.smuggled(), Vec::<String>::new());
+    assert_eq!(origin.heads.smuggled(), Vec::<String>::new());
     for path in ["/after1", "/after2"] {
         assert_eq!(get(&proxy, path).await, (200, format!("page {path}")));
     }
@@ -340,7 +329,7 @@ async fn a_body_sent_after_an_early_413_is_never_read_as_a_request() {
                 answers == 1 || (answers == 2 && seen.ends_with("page /after")),
                 "{head:?} then its body (after the answer: {pause}): {seen:?}"
             );
-            assert_eq!(origin.smuggled(), Vec::<String>::new(), "{head:?}");
+            assert_eq!(origin.heads.smuggled(), Vec::<String>::new(), "{head:?}");
         }
     }
 }
@@ -444,7 +433,7 @@ async fn a_body_sent_on_the_proxys_100_continue_is_never_read_as_a_request() {
         assert!(!rest.contains("page /smuggled"), "{rest:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
-            origin.smuggled(),
+            origin.heads.smuggled(),
             Vec::<String>::new(),
             "chunked: {chunked}: the body reached the origin as a request"
         );

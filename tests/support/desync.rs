@@ -4,6 +4,7 @@
 //! origin answers with, raw requests to `shop.example` through the proxy, and reading
 //! their answers.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -30,6 +31,35 @@ pub fn page(body: &str) -> String {
 /// [`page`] `page <path>`, so that a client can tell whose answer it got.
 pub fn own_page(head: &str) -> String {
     page(&format!("page {}", path_of(head)))
+}
+
+/// The request heads a raw origin read, on any of its connections, in order; its clones
+/// (one for the test, one for each connection) share them.
+#[derive(Clone, Default)]
+pub struct Heads(Arc<Mutex<Vec<String>>>);
+
+impl Heads {
+    /// Notes a head read.
+    pub fn push(&self, head: String) {
+        self.0.lock().unwrap().push(head);
+    }
+
+    /// Every head read so far.
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The heads read that nobody but the attacker wrote (their text holds `/smuggled`, as
+    /// [`SMUGGLED`] does).
+    pub fn smuggled(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|head| head.contains("/smuggled"))
+            .cloned()
+            .collect()
+    }
 }
 
 /// The target of a request head.
