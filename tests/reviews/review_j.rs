@@ -10,7 +10,7 @@
 use crate::support;
 
 use support::desync::{Heads, page};
-use support::raw_http::find;
+use support::raw_http::{find, next_head};
 
 use support::proxy::{Proxy, start_proxy};
 
@@ -60,16 +60,9 @@ impl RawOrigin {
 async fn serve_raw(mut stream: TcpStream, answers: Arc<HashMap<String, Vec<u8>>>, heads: Heads) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         let mut path = head.split(' ').nth(1).unwrap_or("").to_string();
         if head.to_ascii_lowercase().contains("\r\nrange:") {
             path.push_str("#range");

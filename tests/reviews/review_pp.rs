@@ -9,7 +9,7 @@
 use crate::support;
 use support::desync::{EVIL, Heads, cached, get, own_page, page, path_of};
 
-use support::raw_http::{find, header_of};
+use support::raw_http::{find, header_of, more, next_head};
 
 use support::proxy::{Proxy, start_proxy};
 
@@ -99,16 +99,9 @@ async fn serve(
 ) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         heads.push(head.clone());
         let answer = script(&head);
         let length = header_of(&head, "content-length")
@@ -116,20 +109,16 @@ async fn serve(
             .filter(|_| answer.reads_body)
             .unwrap_or(0);
         while buffer.len() < length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            if !more(&mut stream, &mut buffer).await {
+                return;
             }
         }
         buffer.drain(..length);
         if answer.after_next_head {
             let next = async {
                 while find(&buffer, b"\r\n\r\n").is_none() {
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    if !more(&mut stream, &mut buffer).await {
+                        return false;
                     }
                 }
                 true
