@@ -9,13 +9,12 @@
 
 use crate::support;
 
-use support::desync::{Heads, page};
+use support::desync::{Heads, NotingOrigin, page};
 use support::raw_http::{find, next_head};
 
 use support::proxy::{Proxy, start_proxy};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,33 +25,14 @@ use tokio::net::TcpStream;
 /// others), or for `<path>#range` when the request has a `Range`, keeps the connection
 /// open (but closes it after answering a path that starts with `/close`), and remembers
 /// every request head.
-struct RawOrigin {
-    addr: SocketAddr,
-    heads: Heads,
-    /// Stops the origin when dropped.
-    _serving: support::origin::RawOrigin,
-}
-
-impl RawOrigin {
-    async fn start(answers: &[(&str, &[u8])]) -> Self {
-        let answers: Arc<HashMap<String, Vec<u8>>> = Arc::new(
-            answers
-                .iter()
-                .map(|(path, bytes)| ((*path).to_string(), bytes.to_vec()))
-                .collect(),
-        );
-        let heads = Heads::default();
-        let serving = support::origin::RawOrigin::start({
-            let heads = heads.clone();
-            move |stream| serve_raw(stream, Arc::clone(&answers), heads.clone())
-        })
-        .await;
-        Self {
-            addr: serving.addr,
-            heads,
-            _serving: serving,
-        }
-    }
+async fn raw_origin(answers: &[(&str, &[u8])]) -> NotingOrigin {
+    let answers: Arc<HashMap<String, Vec<u8>>> = Arc::new(
+        answers
+            .iter()
+            .map(|(path, bytes)| ((*path).to_string(), bytes.to_vec()))
+            .collect(),
+    );
+    NotingOrigin::start(move |stream, heads| serve_raw(stream, Arc::clone(&answers), heads)).await
 }
 
 /// One origin connection: each request head (bodies are not expected) gets its path's
@@ -239,7 +219,7 @@ async fn an_origins_content_length_beside_chunked_never_splits_a_hit() {
          Content-Range: bytes 0-1/{}\r\nContent-Length: 2\r\n\r\nhe",
         SPLIT_BODY.len()
     );
-    let origin = RawOrigin::start(&[
+    let origin = raw_origin(&[
         ("/split", &answer),
         ("/split#range", range.as_bytes()),
         ("/miss", &answer),
@@ -342,7 +322,7 @@ async fn a_body_cut_short_by_the_origin_is_never_stored() {
     let short_chunked = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\n\
         Transfer-Encoding: chunked\r\n\r\na\r\nonly ten b\r\n"
         .to_vec();
-    let origin = RawOrigin::start(&[
+    let origin = raw_origin(&[
         ("/close-length", &short_length),
         ("/close-chunked", &short_chunked),
     ])
@@ -445,7 +425,7 @@ async fn a_transfer_coding_the_proxy_cannot_undo_never_reaches_a_client_undone()
     .into_bytes();
     coded.extend_from_slice(GZIPPED);
     coded.extend_from_slice(b"\r\n0\r\n\r\n");
-    let origin = RawOrigin::start(&[("/coded", &coded)]).await;
+    let origin = raw_origin(&[("/coded", &coded)]).await;
     let proxy = start_proxy(origin.addr, &[]);
     for attempt in ["first", "second"] {
         let mut client = Client::connect(&proxy).await;
@@ -470,7 +450,7 @@ async fn a_transfer_coding_the_proxy_cannot_undo_never_reaches_a_client_undone()
 async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
     let home = page("home").into_bytes();
     let query = page("home with x").into_bytes();
-    let origin = RawOrigin::start(&[("/", &home), ("/?x=1", &query)]).await;
+    let origin = raw_origin(&[("/", &home), ("/?x=1", &query)]).await;
     let proxy = start_proxy(origin.addr, &[]);
     for (target, expected) in [
         ("http://shop.example", "home"),

@@ -21,10 +21,9 @@
 //! whatever the answer's size.
 
 use crate::support;
-use support::desync::{Heads, SMUGGLED, get, own_page, path_of, post, read_until};
+use support::desync::{Heads, NotingOrigin, SMUGGLED, get, own_page, path_of, post, read_until};
 use support::h2_frames::{DATA, literal_block};
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,29 +50,13 @@ struct Early {
 
 type Script = dyn Fn(&str) -> Option<Early> + Send + Sync;
 
-/// A raw origin: every request head it read, in order.
-struct RawOrigin {
-    addr: SocketAddr,
-    heads: Heads,
-    /// Stops the origin when dropped.
-    _serving: support::origin::RawOrigin,
-}
-
-impl RawOrigin {
-    async fn start(script: impl Fn(&str) -> Option<Early> + Send + Sync + 'static) -> Self {
-        let script: Arc<Script> = Arc::new(script);
-        let heads = Heads::default();
-        let serving = support::origin::RawOrigin::start({
-            let heads = heads.clone();
-            move |stream| serve(stream, Arc::clone(&script), heads.clone())
-        })
-        .await;
-        Self {
-            addr: serving.addr,
-            heads,
-            _serving: serving,
-        }
-    }
+/// A raw origin answering as `script` says (see [`serve`]), noting every request head it
+/// read, in order.
+async fn raw_origin(
+    script: impl Fn(&str) -> Option<Early> + Send + Sync + 'static,
+) -> NotingOrigin {
+    let script: Arc<Script> = Arc::new(script);
+    NotingOrigin::start(move |stream, heads| serve(stream, Arc::clone(&script), heads)).await
 }
 
 async fn serve(stream: TcpStream, script: Arc<Script>, heads: Heads) {
@@ -145,7 +128,7 @@ const LONG: usize = 8 << 20;
 /// never saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_through() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/pause").then_some(Early {
             pause: Duration::from_millis(300),
             status: "408 Request Timeout",
@@ -203,7 +186,7 @@ async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_throu
 /// opens its window past the first 64 KiB) rather than by not reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_early_answer_held_back_by_flow_control_lets_no_more_of_the_body_through() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/pause").then_some(Early {
             pause: Duration::from_millis(300),
             status: "408 Request Timeout",
@@ -249,7 +232,7 @@ async fn an_h2_early_answer_held_back_by_flow_control_lets_no_more_of_the_body_t
 /// late and reads on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_the_proxy_timed_out_lets_no_more_of_the_body_through() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/slow").then_some(Early {
             pause: Duration::from_millis(1500),
             status: "200 OK",
@@ -281,7 +264,7 @@ async fn an_upload_the_proxy_timed_out_lets_no_more_of_the_body_through() {
 /// origin's; the pipelined request is answered its own page or the connection closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_after_an_early_413_is_never_read_as_a_request() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/upload").then_some(Early {
             pause: Duration::ZERO,
             status: "413 Content Too Large",
@@ -390,7 +373,7 @@ async fn an_upload_that_waits_for_100_continue_reaches_the_origin_whole() {
 /// (as nginx clears `Expect` towards its upstreams) and reads the body as a body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_on_the_proxys_100_continue_is_never_read_as_a_request() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         let expects = header_of(head, "expect")
             .is_some_and(|value| value.eq_ignore_ascii_case("100-continue"));
         (path_of(head) == "/upload" && expects).then_some(Early {

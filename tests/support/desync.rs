@@ -1,15 +1,18 @@
 //! What the request-smuggling and response-queue reviews of the proxy (J, PP, QB, SB, SF,
 //! SI, SN, SP, SQ) share: the request an attacker hides in a body, the response an
 //! attacker's origin writes where another request's answer is awaited, the pages a raw
-//! origin answers with, raw requests to `shop.example` through the proxy, and reading
-//! their answers.
+//! origin answers with and the request heads it read, raw requests to `shop.example`
+//! through the proxy, and reading their answers.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use super::origin::RawOrigin;
 use super::proxy::Proxy;
 use super::raw_http::{find, ok};
 
@@ -59,6 +62,36 @@ impl Heads {
             .filter(|head| head.contains("/smuggled"))
             .cloned()
             .collect()
+    }
+}
+
+/// A [`RawOrigin`] whose connections note the request heads they read in `heads`;
+/// stopped when dropped.
+pub struct NotingOrigin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    pub heads: Heads,
+    _serving: RawOrigin,
+}
+
+impl NotingOrigin {
+    /// Starts it: `serve` gets each connection, and the [`Heads`] to note its heads in.
+    pub async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: Fn(TcpStream, Heads) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let heads = Heads::default();
+        let serving = RawOrigin::start({
+            let heads = heads.clone();
+            move |stream| serve(stream, heads.clone())
+        })
+        .await;
+        Self {
+            addr: serving.addr,
+            heads,
+            _serving: serving,
+        }
     }
 }
 
