@@ -9,81 +9,45 @@
 
 use crate::support;
 
-use support::raw_http::find;
+use support::desync::{Heads, NotingOrigin, page};
+use support::raw_http::{find, next_head};
 
 use support::proxy::{Proxy, start_proxy};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A raw origin: answers `GET <path>` with the canned bytes for `<path>` (a 404 for
 /// others), or for `<path>#range` when the request has a `Range`, keeps the connection
 /// open (but closes it after answering a path that starts with `/close`), and remembers
 /// every request head.
-struct RawOrigin {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl RawOrigin {
-    async fn start(answers: &[(&str, &[u8])]) -> Self {
-        let answers: Arc<HashMap<String, Vec<u8>>> = Arc::new(
-            answers
-                .iter()
-                .map(|(path, bytes)| ((*path).to_string(), bytes.to_vec()))
-                .collect(),
-        );
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = support::origin::serve_each_connection(listener, {
-            let heads = Arc::clone(&heads);
-            move |stream| serve_raw(stream, Arc::clone(&answers), Arc::clone(&heads))
-        });
-        Self { addr, heads, task }
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
+async fn raw_origin(answers: &[(&str, &[u8])]) -> NotingOrigin {
+    let answers: Arc<HashMap<String, Vec<u8>>> = Arc::new(
+        answers
+            .iter()
+            .map(|(path, bytes)| ((*path).to_string(), bytes.to_vec()))
+            .collect(),
+    );
+    NotingOrigin::start(move |stream, heads| serve_raw(stream, Arc::clone(&answers), heads)).await
 }
 
 /// One origin connection: each request head (bodies are not expected) gets its path's
 /// canned answer.
-async fn serve_raw(
-    mut stream: TcpStream,
-    answers: Arc<HashMap<String, Vec<u8>>>,
-    heads: Arc<Mutex<Vec<String>>>,
-) {
+async fn serve_raw(mut stream: TcpStream, answers: Arc<HashMap<String, Vec<u8>>>, heads: Heads) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
         let mut path = head.split(' ').nth(1).unwrap_or("").to_string();
         if head.to_ascii_lowercase().contains("\r\nrange:") {
             path.push_str("#range");
         }
-        heads.lock().unwrap().push(head);
+        heads.push(head);
         let answer = answers
             .get(&path)
             .cloned()
@@ -255,7 +219,7 @@ async fn an_origins_content_length_beside_chunked_never_splits_a_hit() {
          Content-Range: bytes 0-1/{}\r\nContent-Length: 2\r\n\r\nhe",
         SPLIT_BODY.len()
     );
-    let origin = RawOrigin::start(&[
+    let origin = raw_origin(&[
         ("/split", &answer),
         ("/split#range", range.as_bytes()),
         ("/miss", &answer),
@@ -358,7 +322,7 @@ async fn a_body_cut_short_by_the_origin_is_never_stored() {
     let short_chunked = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\n\
         Transfer-Encoding: chunked\r\n\r\na\r\nonly ten b\r\n"
         .to_vec();
-    let origin = RawOrigin::start(&[
+    let origin = raw_origin(&[
         ("/close-length", &short_length),
         ("/close-chunked", &short_chunked),
     ])
@@ -461,7 +425,7 @@ async fn a_transfer_coding_the_proxy_cannot_undo_never_reaches_a_client_undone()
     .into_bytes();
     coded.extend_from_slice(GZIPPED);
     coded.extend_from_slice(b"\r\n0\r\n\r\n");
-    let origin = RawOrigin::start(&[("/coded", &coded)]).await;
+    let origin = raw_origin(&[("/coded", &coded)]).await;
     let proxy = start_proxy(origin.addr, &[]);
     for attempt in ["first", "second"] {
         let mut client = Client::connect(&proxy).await;
@@ -477,14 +441,6 @@ async fn a_transfer_coding_the_proxy_cannot_undo_never_reaches_a_client_undone()
     }
 }
 
-fn page(text: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{text}",
-        text.len()
-    )
-    .into_bytes()
-}
-
 /// An absolute-form target with an empty path and a query (`GET http://shop.example?x=1
 /// HTTP/1.1`; RFC 9110 §4.2.3: the path is `/`) reached the origin as `/?x=1`, but was
 /// keyed as `http://shop.example?x=1`, apart from `/?x=1`: a purge or an invalidation of
@@ -492,9 +448,9 @@ fn page(text: &str) -> Vec<u8> {
 /// asks that way. The key is `/?x=1`'s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
-    let home = page("home");
-    let query = page("home with x");
-    let origin = RawOrigin::start(&[("/", &home), ("/?x=1", &query)]).await;
+    let home = page("home").into_bytes();
+    let query = page("home with x").into_bytes();
+    let origin = raw_origin(&[("/", &home), ("/?x=1", &query)]).await;
     let proxy = start_proxy(origin.addr, &[]);
     for (target, expected) in [
         ("http://shop.example", "home"),
@@ -510,7 +466,7 @@ async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
             expected,
             "{target}: {} (the origin saw {:?})",
             answer.head,
-            origin.heads()
+            origin.heads.all()
         );
     }
     // Both were stored under the keys of `/` and `/?x=1`.
@@ -531,7 +487,7 @@ async fn an_empty_path_before_a_query_is_keyed_as_a_slash() {
             expected,
             "{target}: {} {:?}",
             answer.head,
-            origin.heads()
+            origin.heads.all()
         );
     }
 }

@@ -7,10 +7,9 @@
 //! to write, so that it can say what hyper-based origins never would.
 
 use crate::support;
-use support::desync::{get, path_of};
+use support::desync::{EVIL, Heads, cached, get, own_page, page, path_of};
 
-use support::origin::serve_each_connection;
-use support::raw_http::{find, header_of};
+use support::raw_http::{find, header_of, more, next_head};
 
 use support::proxy::{Proxy, start_proxy};
 
@@ -19,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What the origin does for one request head.
 struct Answer {
@@ -63,84 +62,63 @@ type Script = dyn Fn(&str) -> Answer + Send + Sync;
 /// says otherwise) gets what the script says; remembers every head.
 struct RawOrigin {
     addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     /// When each connection held (see [`Answer::hold`]) was closed by the proxy.
     closed: Arc<Mutex<Vec<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
     async fn start(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Self {
         let script: Arc<Script> = Arc::new(script);
-        let heads = Arc::new(Mutex::new(Vec::new()));
+        let heads = Heads::default();
         let closed = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
-            let (heads, closed) = (Arc::clone(&heads), Arc::clone(&closed));
+        let serving = support::origin::RawOrigin::start({
+            let (heads, closed) = (heads.clone(), Arc::clone(&closed));
             move |stream| {
-                let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
+                let (script, heads) = (Arc::clone(&script), heads.clone());
                 serve(stream, script, heads, Arc::clone(&closed))
             }
-        });
+        })
+        .await;
         Self {
-            addr,
+            addr: serving.addr,
             heads,
             closed,
-            task,
+            _serving: serving,
         }
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
     }
 }
 
 async fn serve(
     mut stream: TcpStream,
     script: Arc<Script>,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     closed: Arc<Mutex<Vec<Instant>>>,
 ) {
     let mut buffer = Vec::new();
     loop {
-        let Some(end) = find(&buffer, b"\r\n\r\n") else {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-            continue;
+        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
-        buffer.drain(..end + 4);
-        heads.lock().unwrap().push(head.clone());
+        heads.push(head.clone());
         let answer = script(&head);
         let length = header_of(&head, "content-length")
             .and_then(|value| value.parse::<usize>().ok())
             .filter(|_| answer.reads_body)
             .unwrap_or(0);
         while buffer.len() < length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            if !more(&mut stream, &mut buffer).await {
+                return;
             }
         }
         buffer.drain(..length);
         if answer.after_next_head {
             let next = async {
                 while find(&buffer, b"\r\n\r\n").is_none() {
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    if !more(&mut stream, &mut buffer).await {
+                        return false;
                     }
                 }
                 true
@@ -182,27 +160,6 @@ async fn serve(
             return;
         }
     }
-}
-
-/// A page of `body`, fresh for a minute.
-fn page(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// The attacker's page: what a second response for one request says.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
-
-/// One request, `only-if-cached`: the status and body the cache holds (504: nothing).
-async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n"),
-    )
-    .await
 }
 
 /// Asks `paths` one after another (each on a fresh client connection, the proxy reusing
@@ -461,7 +418,7 @@ async fn a_request_body_an_origin_ignores_never_answers_the_next_request() {
         assert!(answer.ends_with("static"), "{answer:?}");
         each_gets_its_own(&proxy, &[victim]).await;
     }
-    let heads = origin.heads();
+    let heads = origin.heads.all();
     let attacks = heads.iter().filter(|head| path_of(head) == "/static");
     for head in attacks {
         assert!(head.contains("\r\nconnection: close\r\n"), "{head:?}");
@@ -520,8 +477,7 @@ async fn upload(proxy: &Proxy, length: usize, sent: usize, pause: Duration) -> S
 /// coming for that long is still cut off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_slower_than_the_upstream_timeout_still_reaches_the_origin() {
-    let origin =
-        RawOrigin::start(|head| Answer::bytes(page(&format!("page {}", path_of(head))))).await;
+    let origin = RawOrigin::start(|head| Answer::bytes(own_page(head))).await;
     let proxy = start_proxy(origin.addr, &["--upstream-timeout", "2s"]);
     // 15 bytes, 200 ms apart: 3 s in all, never a pause near 2 s.
     let status = upload(&proxy, 15, 15, Duration::from_millis(200)).await;

@@ -6,7 +6,7 @@
 use crate::support;
 use support::desync::get;
 
-use support::raw_http::header_of;
+use support::raw_http::{header_of, ok};
 
 use support::proxy::start_proxy;
 
@@ -264,8 +264,7 @@ async fn an_unasked_101_is_a_502_and_the_connection_goes_on() {
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
         match path.as_str() {
             "/upgrade" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\nEVIL".to_vec(),
-            _ => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len())
-                .into_bytes(),
+            _ => ok("", &path).into_bytes(),
         }
     })
     .await;

@@ -14,10 +14,9 @@
 //! hyper-based origin never would and record every request head it read.
 
 use crate::support;
-use support::desync::{SMUGGLED, get, path_of};
+use support::desync::{EVIL, Heads, SMUGGLED, cached, get, own_page, page, path_of};
 use support::h2_frames::{DATA, literal_block};
 
-use support::origin::serve_each_connection;
 use support::raw_http::{header_of, more, next_head, skip_body};
 
 use std::net::SocketAddr;
@@ -29,11 +28,7 @@ use support::h2_frames::{
 };
 use support::proxy::{Proxy, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// The attacker's page: what a response that answers no request of the victim's says.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
+use tokio::net::TcpStream;
 
 /// What the origin does for one request head.
 struct Answer {
@@ -68,49 +63,39 @@ type Script = dyn Fn(&str) -> Answer + Send + Sync;
 /// A raw origin: every head it read, in order.
 struct RawOrigin {
     addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     /// The bodies read by `duplex` answers.
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
     async fn start(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Self {
         let script: Arc<Script> = Arc::new(script);
-        let heads = Arc::new(Mutex::new(Vec::new()));
+        let heads = Heads::default();
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
-            let (heads, bodies) = (Arc::clone(&heads), Arc::clone(&bodies));
+        let serving = support::origin::RawOrigin::start({
+            let (heads, bodies) = (heads.clone(), Arc::clone(&bodies));
             move |stream| {
-                let (script, heads) = (Arc::clone(&script), Arc::clone(&heads));
+                let (script, heads) = (Arc::clone(&script), heads.clone());
                 serve(stream, script, heads, Arc::clone(&bodies))
             }
-        });
+        })
+        .await;
         Self {
-            addr,
+            addr: serving.addr,
             heads,
             bodies,
-            task,
+            _serving: serving,
         }
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
     }
 }
 
 async fn serve(
     mut stream: TcpStream,
     script: Arc<Script>,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 ) {
     let mut buffer = Vec::new();
@@ -118,7 +103,7 @@ async fn serve(
         let Some(head) = next_head(&mut stream, &mut buffer).await else {
             return;
         };
-        heads.lock().unwrap().push(head.clone());
+        heads.push(head.clone());
         let answer = script(&head);
         tokio::time::sleep(answer.pause).await;
         if answer.duplex {
@@ -167,17 +152,9 @@ async fn serve(
     }
 }
 
-/// A page of `body`, fresh for a minute.
-fn page(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 /// The page every path gets unless a script says otherwise.
 fn own(head: &str) -> Answer {
-    Answer::bytes(page(&format!("page {}", path_of(head))))
+    Answer::bytes(own_page(head))
 }
 
 /// Asks each of `paths` (on fresh client connections, the proxy reusing its pooled origin
@@ -193,13 +170,7 @@ async fn each_gets_its_own(proxy: &Proxy, paths: &[&str], after: &str) {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     for path in paths {
-        let (status, body) = support::proxy::raw(
-            proxy,
-            &format!(
-                "GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n"
-            ),
-        )
-        .await;
+        let (status, body) = cached(proxy, path).await;
         if status == 200 {
             assert_eq!(
                 body,
@@ -213,7 +184,8 @@ async fn each_gets_its_own(proxy: &Proxy, paths: &[&str], after: &str) {
 /// The request heads the origin read that the attacker smuggled (in a body or a field).
 fn smuggled_heads(origin: &RawOrigin) -> Vec<String> {
     origin
-        .heads()
+        .heads
+        .all()
         .into_iter()
         .filter(|head| path_of(head).contains("smuggled") || head.contains("injected"))
         .collect()
@@ -318,7 +290,7 @@ async fn h2_bodies_framed_two_ways_never_smuggle_a_request() {
         assert!(
             smuggled_heads(&origin).is_empty(),
             "{name}: the origin read the body as a request: {:?}",
-            origin.heads()
+            origin.heads.all()
         );
         each_gets_its_own(&proxy, &[&format!("/v{n}a"), &format!("/v{n}b")], name).await;
     }
@@ -450,9 +422,9 @@ async fn h2_fields_holding_line_breaks_never_split_the_origins_request() {
         ),
     ];
     for (n, (name, fields)) in cases.iter().enumerate() {
-        let before = origin.heads().len();
+        let before = origin.heads.all().len();
         let status = h2_attack(&proxy, fields, None).await;
-        let heads = origin.heads()[before..].to_vec();
+        let heads = origin.heads.all()[before..].to_vec();
         eprintln!("{name}: {status:?}, origin read {heads:?}");
         assert!(
             smuggled_heads(&origin).is_empty(),
@@ -521,7 +493,7 @@ async fn a_body_paused_until_the_origin_answers_early_reaches_it_no_further() {
         assert!(
             smuggled_heads(&origin).is_empty(),
             "round {round}: the rest of the body reached the origin as a request: {:?}",
-            origin.heads()
+            origin.heads.all()
         );
     }
 }
@@ -749,6 +721,6 @@ async fn an_h2_body_paused_until_the_origin_answers_early_reaches_it_no_further(
     assert!(
         smuggled_heads(&origin).is_empty(),
         "the rest of the body reached the origin as a request: {:?}",
-        origin.heads()
+        origin.heads.all()
     );
 }

@@ -21,17 +21,15 @@
 //! whatever the answer's size.
 
 use crate::support;
-use support::desync::{SMUGGLED, get, path_of, post, read_until};
+use support::desync::{Heads, NotingOrigin, SMUGGLED, get, own_page, path_of, post, read_until};
 use support::h2_frames::{DATA, literal_block};
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::h2_frames::{
     END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, status_of_stream_1,
 };
-use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
 use support::raw_http::{header_of, next_head, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,45 +50,16 @@ struct Early {
 
 type Script = dyn Fn(&str) -> Option<Early> + Send + Sync;
 
-/// A raw origin: every request head it read, in order.
-struct RawOrigin {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
+/// A raw origin answering as `script` says (see [`serve`]), noting every request head it
+/// read, in order.
+async fn raw_origin(
+    script: impl Fn(&str) -> Option<Early> + Send + Sync + 'static,
+) -> NotingOrigin {
+    let script: Arc<Script> = Arc::new(script);
+    NotingOrigin::start(move |stream, heads| serve(stream, Arc::clone(&script), heads)).await
 }
 
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl RawOrigin {
-    async fn start(script: impl Fn(&str) -> Option<Early> + Send + Sync + 'static) -> Self {
-        let script: Arc<Script> = Arc::new(script);
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
-            let heads = Arc::clone(&heads);
-            move |stream| serve(stream, Arc::clone(&script), Arc::clone(&heads))
-        });
-        Self { addr, heads, task }
-    }
-
-    /// The heads the origin read that nobody but the attacker wrote.
-    fn smuggled(&self) -> Vec<String> {
-        self.heads
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|head| head.contains("/smuggled"))
-            .cloned()
-            .collect()
-    }
-}
-
-async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<String>>>) {
+async fn serve(stream: TcpStream, script: Arc<Script>, heads: Heads) {
     let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let mut buffer = Vec::new();
@@ -98,17 +67,13 @@ async fn serve(stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<Stri
         let Some(head) = next_head(&mut reader, &mut buffer).await else {
             return;
         };
-        heads.lock().unwrap().push(head.clone());
+        heads.push(head.clone());
         match script(&head) {
             None => {
                 if !skip_body(&mut reader, &mut buffer, &head).await {
                     return;
                 }
-                let body = format!("page {}", path_of(&head));
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let answer = own_page(&head);
                 if writer
                     .lock()
                     .await
@@ -163,7 +128,7 @@ const LONG: usize = 8 << 20;
 /// never saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_through() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/pause").then_some(Early {
             pause: Duration::from_millis(300),
             status: "408 Request Timeout",
@@ -185,7 +150,7 @@ async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_throu
     let _ = client.write_all(SMUGGLED.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        origin.smuggled(),
+        origin.heads.smuggled(),
         Vec::<String>::new(),
         "the rest of the body reached the origin as a request"
     );
@@ -214,14 +179,14 @@ async fn an_early_answer_its_client_does_not_read_lets_no_more_of_the_body_throu
     for path in ["/after1", "/after2"] {
         assert_eq!(get(&proxy, path).await, (200, format!("page {path}")));
     }
-    assert_eq!(origin.smuggled(), Vec::<String>::new());
+    assert_eq!(origin.heads.smuggled(), Vec::<String>::new());
 }
 
 /// The same from an HTTP/2 client, which holds the answer back by flow control (it never
 /// opens its window past the first 64 KiB) rather than by not reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_early_answer_held_back_by_flow_control_lets_no_more_of_the_body_through() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/pause").then_some(Early {
             pause: Duration::from_millis(300),
             status: "408 Request Timeout",
@@ -256,7 +221,7 @@ async fn an_h2_early_answer_held_back_by_flow_control_lets_no_more_of_the_body_t
         .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        origin.smuggled(),
+        origin.heads.smuggled(),
         Vec::<String>::new(),
         "the rest of the body reached the origin as a request"
     );
@@ -267,7 +232,7 @@ async fn an_h2_early_answer_held_back_by_flow_control_lets_no_more_of_the_body_t
 /// late and reads on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_the_proxy_timed_out_lets_no_more_of_the_body_through() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/slow").then_some(Early {
             pause: Duration::from_millis(1500),
             status: "200 OK",
@@ -286,7 +251,7 @@ async fn an_upload_the_proxy_timed_out_lets_no_more_of_the_body_through() {
     assert!(answered.starts_with("HTTP/1.1 408"), "{answered:?}");
     let _ = client.write_all(SMUGGLED.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(origin.smuggled(), Vec::<String>::new());
+    assert_eq!(origin.heads.smuggled(), Vec::<String>::new());
     for path in ["/after1", "/after2"] {
         assert_eq!(get(&proxy, path).await, (200, format!("page {path}")));
     }
@@ -299,7 +264,7 @@ async fn an_upload_the_proxy_timed_out_lets_no_more_of_the_body_through() {
 /// origin's; the pipelined request is answered its own page or the connection closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_after_an_early_413_is_never_read_as_a_request() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         (path_of(head) == "/upload").then_some(Early {
             pause: Duration::ZERO,
             status: "413 Content Too Large",
@@ -347,7 +312,7 @@ async fn a_body_sent_after_an_early_413_is_never_read_as_a_request() {
                 answers == 1 || (answers == 2 && seen.ends_with("page /after")),
                 "{head:?} then its body (after the answer: {pause}): {seen:?}"
             );
-            assert_eq!(origin.smuggled(), Vec::<String>::new(), "{head:?}");
+            assert_eq!(origin.heads.smuggled(), Vec::<String>::new(), "{head:?}");
         }
     }
 }
@@ -408,7 +373,7 @@ async fn an_upload_that_waits_for_100_continue_reaches_the_origin_whole() {
 /// (as nginx clears `Expect` towards its upstreams) and reads the body as a body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_on_the_proxys_100_continue_is_never_read_as_a_request() {
-    let origin = RawOrigin::start(|head| {
+    let origin = raw_origin(|head| {
         let expects = header_of(head, "expect")
             .is_some_and(|value| value.eq_ignore_ascii_case("100-continue"));
         (path_of(head) == "/upload" && expects).then_some(Early {
@@ -451,7 +416,7 @@ async fn a_body_sent_on_the_proxys_100_continue_is_never_read_as_a_request() {
         assert!(!rest.contains("page /smuggled"), "{rest:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
-            origin.smuggled(),
+            origin.heads.smuggled(),
             Vec::<String>::new(),
             "chunked: {chunked}: the body reached the origin as a request"
         );

@@ -15,7 +15,7 @@
 //! a write queue), so what it reads after is seen whatever the answer's size.
 
 use crate::support;
-use support::desync::{SMUGGLED, get, path_of, post, read_until};
+use support::desync::{Heads, SMUGGLED, get, path_of, post, read_until};
 use support::h2_frames::{DATA, literal_block};
 
 use std::net::SocketAddr;
@@ -25,11 +25,10 @@ use std::time::{Duration, Instant};
 use support::h2_frames::{
     END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame, status_of_stream_1,
 };
-use support::origin::serve_each_connection;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of, more, next_head};
+use support::raw_http::{find, header_of, more, next_head, ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The size of an early answer no client-side buffer holds whole (the client's small
 /// receive buffer, the proxy's send buffer and hyper's write buffer).
@@ -41,45 +40,28 @@ const LONG: usize = 8 << 20;
 /// any other path reads its body and answers `page <path>`.
 struct RawOrigin {
     addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
+    heads: Heads,
     echoed: Arc<Mutex<Vec<u8>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
     async fn start(early: usize) -> Self {
-        let heads = Arc::new(Mutex::new(Vec::new()));
+        let heads = Heads::default();
         let echoed = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, {
-            let heads = Arc::clone(&heads);
+        let serving = support::origin::RawOrigin::start({
+            let heads = heads.clone();
             let echoed = Arc::clone(&echoed);
-            move |stream| serve(stream, early, Arc::clone(&heads), Arc::clone(&echoed))
-        });
+            move |stream| serve(stream, early, heads.clone(), Arc::clone(&echoed))
+        })
+        .await;
         Self {
-            addr,
+            addr: serving.addr,
             heads,
             echoed,
-            task,
+            _serving: serving,
         }
-    }
-
-    /// The heads the origin read that nobody but the attacker wrote.
-    fn smuggled(&self) -> Vec<String> {
-        self.heads
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|head| head.contains("/smuggled"))
-            .cloned()
-            .collect()
     }
 }
 
@@ -89,12 +71,7 @@ fn length_of(head: &str) -> usize {
         .unwrap_or(0)
 }
 
-async fn serve(
-    stream: TcpStream,
-    early: usize,
-    heads: Arc<Mutex<Vec<String>>>,
-    echoed: Arc<Mutex<Vec<u8>>>,
-) {
+async fn serve(stream: TcpStream, early: usize, heads: Heads, echoed: Arc<Mutex<Vec<u8>>>) {
     let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let mut buffer = Vec::new();
@@ -102,7 +79,7 @@ async fn serve(
         let Some(head) = next_head(&mut reader, &mut buffer).await else {
             return;
         };
-        heads.lock().unwrap().push(head.clone());
+        heads.push(head.clone());
         match path_of(&head) {
             "/pause" => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -159,11 +136,7 @@ async fn serve(
                     }
                 }
                 buffer.drain(..length);
-                let body = format!("page {path}");
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let answer = ok("Cache-Control: no-store\r\n", &format!("page {path}"));
                 if writer
                     .lock()
                     .await
@@ -201,7 +174,7 @@ async fn a_chunked_early_answer_its_client_does_not_read_lets_no_more_of_the_bod
     let _ = client.write_all(SMUGGLED.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        origin.smuggled(),
+        origin.heads.smuggled(),
         Vec::<String>::new(),
         "the rest of the body reached the origin as a request"
     );
@@ -234,7 +207,7 @@ async fn a_chunked_early_answer_its_client_does_not_read_lets_no_more_of_the_bod
     for path in ["/after1", "/after2"] {
         assert_eq!(get(&proxy, path).await, (200, format!("page {path}")));
     }
-    assert_eq!(origin.smuggled(), Vec::<String>::new());
+    assert_eq!(origin.heads.smuggled(), Vec::<String>::new());
 }
 
 /// Reads what the proxy sends until it has sent nothing for `quiet` (5 s at most): a
@@ -294,7 +267,7 @@ async fn an_h2_chunked_early_answer_held_back_by_flow_control_lets_no_more_of_th
         .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        origin.smuggled(),
+        origin.heads.smuggled(),
         Vec::<String>::new(),
         "the rest of the body reached the origin as a request"
     );
@@ -435,7 +408,7 @@ async fn a_client_gone_while_its_upload_is_held_holds_no_place_at_the_origin() {
     drop(client);
     let next = tokio::time::timeout(Duration::from_secs(5), get(&proxy, "/after")).await;
     assert_eq!(next.ok(), Some((200, "page /after".to_string())));
-    assert_eq!(origin.smuggled(), Vec::<String>::new());
+    assert_eq!(origin.heads.smuggled(), Vec::<String>::new());
 }
 
 /// A client that reads a long chunked early answer as it comes and sends the rest of its
@@ -473,7 +446,7 @@ async fn a_long_chunked_early_answer_its_client_reads_lets_no_more_of_the_body_t
     assert!(came > LONG, "{came}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        origin.smuggled(),
+        origin.heads.smuggled(),
         Vec::<String>::new(),
         "the rest of the body reached the origin as a request"
     );

@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use support::origin::serve_each_connection;
+use support::origin::RawOrigin;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{find, header_of, more, next_head, skip_body};
+use support::raw_http::{find, header_of, more, next_head, ok, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The body sizes tried: below the sockets' buffers, above them, far above.
 const SIZES: [usize; 3] = [1024, 256 * 1024, 8 << 20];
@@ -44,26 +44,6 @@ const EARLY: &[u8] = b"no credentials\n";
 
 /// The size of an early answer no socket buffer holds whole (`/early-long`).
 const LONG: usize = 4 << 20;
-
-struct RawOrigin {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl RawOrigin {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = serve_each_connection(listener, serve);
-        Self { addr, task }
-    }
-}
 
 fn early_401(chunked: bool) -> Vec<u8> {
     if chunked {
@@ -139,11 +119,7 @@ async fn serve(mut stream: TcpStream) {
                 let Some(got) = body_length(&mut stream, &mut buffer, &head).await else {
                     return;
                 };
-                let text = format!("got {got}\n");
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
-                    text.len()
-                );
+                let answer = ok("", &format!("got {got}\n"));
                 if stream.write_all(answer.as_bytes()).await.is_err() {
                     return;
                 }
@@ -324,7 +300,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 /// client's write failed (a broken pipe) before it read a byte of the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_writes_its_whole_body_first_reads_the_early_answer() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let addr = proxy.addr;
     let mut failures = Vec::new();
@@ -361,7 +337,7 @@ async fn a_client_that_writes_its_whole_body_first_reads_the_early_answer() {
 /// client to read it, and the client for the proxy to take its body: both hung.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_early_answer_reaches_a_client_that_writes_its_whole_body_first() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let addr = proxy.addr;
     for size in [256 * 1024, 8 << 20] {
@@ -382,7 +358,7 @@ async fn a_long_early_answer_reaches_a_client_that_writes_its_whole_body_first()
 /// and its connection serves its next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_after_part_of_the_body_reaches_a_client_that_writes_it_all_first() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let addr = proxy.addr;
     for size in [256 * 1024, 8 << 20] {
@@ -400,7 +376,7 @@ async fn a_redirect_after_part_of_the_body_reaches_a_client_that_writes_it_all_f
 /// the 303), not a broken pipe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_http_client_reads_the_early_answer_to_a_large_upload() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let script = r#"
 import http.client, sys
@@ -443,7 +419,7 @@ except Exception as e:
 /// the early 401 promptly, and the exit status of a complete transfer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reads_the_early_answer_to_a_large_upload() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let file = std::env::temp_dir().join(format!("review-sk-{}.bin", std::process::id()));
     std::fs::write(&file, vec![b'x'; 8 << 20]).unwrap();
@@ -484,7 +460,7 @@ async fn curl_reads_the_early_answer_to_a_large_upload() {
 /// meanwhile: the early 401 for 8 MiB, and ordinary uploads (both framings) whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_client_uploads_and_early_answers() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -518,7 +494,7 @@ async fn hyper_client_uploads_and_early_answers() {
 /// framings, with and without `Expect: 100-continue`, on one kept-alive connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordinary_uploads_are_whole_and_prompt() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let addr = proxy.addr;
     for size in SIZES {
@@ -562,7 +538,7 @@ async fn ordinary_uploads_are_whole_and_prompt() {
 /// longer than its receive window, it reads as it sends, as HTTP/2 clients do.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_sends_everything_first_gets_the_early_answer() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut sender, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -644,7 +620,7 @@ async fn an_http2_client_that_sends_everything_first_gets_the_early_answer() {
 /// discard's pause (5 s), not held for as long as it likes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_pauses_after_its_early_answer_is_let_go() {
-    let origin = RawOrigin::start().await;
+    let origin = RawOrigin::start(serve).await;
     let proxy = proxy_before(&origin).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let head = "POST /early HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 1048576\r\n\r\n";

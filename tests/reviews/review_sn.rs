@@ -21,11 +21,10 @@ use support::h2_frames::{
     DATA, END_HEADERS, HEADERS, PREFACE, RST_STREAM, SETTINGS, frame, literal_block,
     status_of_stream_1,
 };
-use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
-use support::raw_http::{find, more, next_head, skip_body};
+use support::raw_http::{find, more, next_head, ok, skip_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const PING: u8 = 0x6;
 const ACK: u8 = 0x1;
@@ -37,25 +36,23 @@ struct RawOrigin {
     addr: SocketAddr,
     /// The paths of the requests whose bodies the origin read whole.
     whole: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops the origin when dropped.
+    _serving: support::origin::RawOrigin,
 }
 
 impl RawOrigin {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let whole = Arc::new(Mutex::new(Vec::new()));
-        let task = serve_each_connection(listener, {
+        let serving = support::origin::RawOrigin::start({
             let whole = Arc::clone(&whole);
             move |stream| serve(stream, Arc::clone(&whole))
-        });
-        Self { addr, whole, task }
+        })
+        .await;
+        Self {
+            addr: serving.addr,
+            whole,
+            _serving: serving,
+        }
     }
 }
 
@@ -81,11 +78,7 @@ async fn serve(mut stream: TcpStream, whole: Arc<Mutex<Vec<String>>>) {
             return;
         }
         whole.lock().unwrap().push(path.clone());
-        let text = format!("page {path}");
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
-            text.len()
-        );
+        let answer = ok("", &format!("page {path}"));
         if stream.write_all(answer.as_bytes()).await.is_err() {
             return;
         }

@@ -8,25 +8,20 @@
 //! keys. The tests here are the defects found: a head that frames a body two ways, whose
 //! connection went on to answer the next request with the rest of that body.
 //!
-//! The origin is a raw TCP server (`support::origin::serve_each_connection`) whose script
-//! says, per request head, what to write and when.
+//! The origin is a raw TCP server (`support::origin::RawOrigin`) whose script says, per
+//! request head, what to write and when.
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::desync::{get, path_of};
-use support::origin::serve_each_connection;
+use support::desync::{EVIL, cached, get, own_page, path_of};
+use support::origin::RawOrigin;
 use support::proxy::{Proxy, start_proxy};
-use support::raw_http::{next_head, skip_body};
+use support::raw_http::next_request;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-
-/// The attacker's page, written where another request's answer is awaited.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
+use tokio::net::TcpStream;
 
 /// What the origin writes for one request head, each write after its pause.
 struct Answer(Vec<(Duration, Vec<u8>)>);
@@ -46,26 +41,18 @@ type Script = dyn Fn(&str) -> Answer + Send + Sync;
 
 /// A raw origin on a loopback port answering each request head read (its body skipped) as
 /// `script` says, one request at a time per connection, as a worker does; stopped when
-/// the returned task is aborted.
-async fn raw_origin(
-    script: impl Fn(&str) -> Answer + Send + Sync + 'static,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// dropped.
+async fn raw_origin(script: impl Fn(&str) -> Answer + Send + Sync + 'static) -> RawOrigin {
     let script: Arc<Script> = Arc::new(script);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = serve_each_connection(listener, move |stream| serve(stream, Arc::clone(&script)));
-    (addr, task)
+    RawOrigin::start(move |stream| serve(stream, Arc::clone(&script))).await
 }
 
 async fn serve(mut stream: TcpStream, script: Arc<Script>) {
     let mut buffer = Vec::new();
     loop {
-        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+        let Some(head) = next_request(&mut stream, &mut buffer).await else {
             return;
         };
-        if !skip_body(&mut stream, &mut buffer, &head).await {
-            return;
-        }
         for (pause, bytes) in script(&head).0 {
             tokio::time::sleep(pause).await;
             if stream.write_all(&bytes).await.is_err() {
@@ -75,26 +62,26 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>) {
     }
 }
 
-/// A page of `body`, fresh for a minute.
-fn page(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 /// The page every path gets unless a script says otherwise.
 fn own(head: &str) -> Answer {
-    Answer::now(page(&format!("page {}", path_of(head))))
+    Answer::now(own_page(head))
 }
 
-/// What the cache holds for `path` (`only-if-cached`): status and body (504: nothing).
-async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {
-    support::proxy::raw(
-        proxy,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nCache-Control: only-if-cached\r\n"),
-    )
-    .await
+/// The next client's `victim`, asked while the rest of a body the origin framed is on its
+/// way: answered its own page (or a 502), and half a second later, nothing but its own
+/// page stored under its key. `context` begins the failure messages.
+async fn next_gets_its_own(proxy: &Proxy, victim: &str, context: &str) {
+    let (status, body) = get(proxy, victim).await;
+    assert!(
+        status == 502 || body == format!("page {victim}"),
+        "{context}{victim} was answered {status} {body:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = cached(proxy, victim).await;
+    assert!(
+        status == 504 || body == format!("page {victim}"),
+        "{context}{victim} stored {body:?}"
+    );
 }
 
 /// `Content-Length` beside `Transfer-Encoding: chunked` (RFC 9112 §6.3: "might indicate an
@@ -110,7 +97,7 @@ async fn cached(proxy: &Proxy, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_framed_two_ways_never_answers_the_next_request() {
     let chunked = "5\r\nhello\r\n0\r\n\r\n";
-    let (origin, _task) = raw_origin(move |head| {
+    let origin = raw_origin(move |head| {
         if path_of(head) != "/split" {
             return own(head);
         }
@@ -123,7 +110,7 @@ async fn a_connection_framed_two_ways_never_answers_the_next_request() {
         .then(Duration::from_millis(300), EVIL)
     })
     .await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     for round in 0..2 {
         let (status, body) = get(&proxy, "/split").await;
         // Passed on chunked, as hyper read it.
@@ -132,18 +119,7 @@ async fn a_connection_framed_two_ways_never_answers_the_next_request() {
             "round {round}: {status} {body:?}"
         );
         // The next client, while the rest of that body is on its way.
-        let victim = format!("/victim{round}");
-        let (status, body) = get(&proxy, &victim).await;
-        assert!(
-            status == 502 || body == format!("page {victim}"),
-            "{victim} was answered {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = cached(&proxy, &victim).await;
-        assert!(
-            status == 504 || body == format!("page {victim}"),
-            "{victim} stored {body:?}"
-        );
+        next_gets_its_own(&proxy, &format!("/victim{round}"), "").await;
     }
 }
 
@@ -156,7 +132,7 @@ async fn a_connection_framed_two_ways_never_answers_the_next_request() {
 /// connection is not used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request() {
-    let (origin, _task) = raw_origin(move |head| {
+    let origin = raw_origin(move |head| {
         let framing = match path_of(head) {
             "/empty-length" => format!("Content-Length: {}", EVIL.len()),
             "/empty-chunked" => "Transfer-Encoding: chunked".to_string(),
@@ -167,22 +143,11 @@ async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request()
             .then(Duration::from_millis(300), EVIL)
     })
     .await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     for path in ["/empty-length", "/empty-chunked"] {
         let (status, body) = get(&proxy, path).await;
         assert_eq!((status, body.as_str()), (204, ""), "{path}");
-        let victim = format!("/after{path}");
-        let (status, body) = get(&proxy, &victim).await;
-        assert!(
-            status == 502 || body == format!("page {victim}"),
-            "after {path}: {victim} was answered {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = cached(&proxy, &victim).await;
-        assert!(
-            status == 504 || body == format!("page {victim}"),
-            "after {path}: {victim} stored {body:?}"
-        );
+        next_gets_its_own(&proxy, &format!("/after{path}"), &format!("after {path}: ")).await;
     }
 }
 
@@ -194,38 +159,27 @@ async fn a_no_content_answer_that_frames_a_body_never_answers_the_next_request()
 /// was stored under its key. Its connection is not used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_informational_answer_that_frames_a_body_never_answers_the_next_request() {
-    let (origin, _task) = raw_origin(move |head| {
+    let origin = raw_origin(move |head| {
         let path = path_of(head);
         if !path.starts_with("/hints") {
             return own(head);
         }
-        let own_page = page(&format!("page {path}"));
+        let own = own_page(head);
         Answer::now(format!(
             "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
-             Content-Length: {}\r\n\r\n{own_page}",
-            own_page.len() + EVIL.len()
+             Content-Length: {}\r\n\r\n{own}",
+            own.len() + EVIL.len()
         ))
         // The rest of the body the origin framed, as the page wrote it, a moment later.
         .then(Duration::from_millis(300), EVIL)
     })
     .await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     for round in 0..2 {
         // What came after the 103's head is the final answer to the same request.
         let hints = format!("/hints{round}");
         let (status, body) = get(&proxy, &hints).await;
         assert_eq!((status, body), (200, format!("page {hints}")));
-        let victim = format!("/after-hints{round}");
-        let (status, body) = get(&proxy, &victim).await;
-        assert!(
-            status == 502 || body == format!("page {victim}"),
-            "{victim} was answered {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = cached(&proxy, &victim).await;
-        assert!(
-            status == 504 || body == format!("page {victim}"),
-            "{victim} stored {body:?}"
-        );
+        next_gets_its_own(&proxy, &format!("/after-hints{round}"), "").await;
     }
 }

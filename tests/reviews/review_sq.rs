@@ -12,32 +12,24 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::desync::{get, path_of};
-use support::origin::serve_each_connection;
+use support::desync::{EVIL, get, path_of};
+use support::origin::RawOrigin;
 use support::proxy::start_proxy;
-use support::raw_http::{next_head, skip_body};
+use support::raw_http::{next_request, ok};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-
-/// The attacker's page, written where another request's answer is awaited.
-const EVIL: &str =
-    "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\nContent-Length: 4\r\n\r\nEVIL";
+use tokio::net::TcpStream;
 
 /// An origin that answers `/empty…` with a 204 framing `EVIL` by its length, and
 /// `/split…` with a page whose `Content-Length` frames a last chunk and `EVIL` after it,
 /// `EVIL` sent a moment after the rest (as gunicorn writes what a page yields); every
-/// other path with a page of its own at once; one request at a time per connection.
-async fn origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Runs until the test's runtime ends.
-    let _task = serve_each_connection(listener, serve);
-    addr
+/// other path with a page of its own at once; one request at a time per connection;
+/// stopped when dropped.
+async fn origin() -> RawOrigin {
+    RawOrigin::start(serve).await
 }
 
 /// What the origin writes at once for `path`, if it writes `EVIL` after it.
@@ -62,12 +54,9 @@ fn framing_evil(path: &str) -> Option<String> {
 async fn serve(mut stream: TcpStream) {
     let mut buffer = Vec::new();
     loop {
-        let Some(head) = next_head(&mut stream, &mut buffer).await else {
+        let Some(head) = next_request(&mut stream, &mut buffer).await else {
             return;
         };
-        if !skip_body(&mut stream, &mut buffer, &head).await {
-            return;
-        }
         let path = path_of(&head);
         let written = if let Some(first) = framing_evil(path) {
             if stream.write_all(first.as_bytes()).await.is_err() {
@@ -76,11 +65,7 @@ async fn serve(mut stream: TcpStream) {
             tokio::time::sleep(Duration::from_millis(30)).await;
             stream.write_all(EVIL.as_bytes()).await
         } else {
-            let body = format!("page {path}");
-            let page = format!(
-                "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
+            let page = ok("Cache-Control: no-store\r\n", &format!("page {path}"));
             stream.write_all(page.as_bytes()).await
         };
         if written.is_err() {
@@ -94,7 +79,7 @@ async fn serve(mut stream: TcpStream) {
 /// were answered `EVIL`, and after how many tries (stopped at the first).
 async fn race(page: &str, tries: usize) -> (usize, usize) {
     let origin = origin().await;
-    let proxy = Arc::new(start_proxy(origin, &["--threads", "2"]));
+    let proxy = Arc::new(start_proxy(origin.addr, &["--threads", "2"]));
     let stop = Arc::new(AtomicBool::new(false));
     let stolen = Arc::new(AtomicUsize::new(0));
     let mut flood = Vec::new();

@@ -17,14 +17,13 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::origin::serve_each_connection;
+use support::origin::RawOrigin;
 use support::proxy::start_proxy;
-use support::raw_http::{find, more};
+use support::raw_http::{find, more, next_head};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What the echo origin sends back as its answer's one chunk: text that reads as a 204
 /// framing a body by its length (a page about HTTP, an echoed capture).
@@ -40,20 +39,12 @@ const FIRST: &str = "hello";
 /// An origin that answers a POST at once with a chunked answer whose one chunk's size
 /// line comes first, reads the whole body, then sends the chunk's data ([`ECHOED`]) and
 /// the last chunk.
-async fn echo_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _task = serve_each_connection(listener, |mut stream: TcpStream| async move {
+async fn echo_origin() -> RawOrigin {
+    RawOrigin::start(|mut stream: TcpStream| async move {
         let mut buffer = Vec::new();
-        let end = loop {
-            if let Some(end) = find(&buffer, b"\r\n\r\n") {
-                break end;
-            }
-            if !more(&mut stream, &mut buffer).await {
-                return;
-            }
-        };
-        buffer.drain(..end + 4);
+        if next_head(&mut stream, &mut buffer).await.is_none() {
+            return;
+        }
         let head = format!(
             "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
             ECHOED.len()
@@ -71,8 +62,8 @@ async fn echo_origin() -> SocketAddr {
         let _ = stream.write_all(rest.as_bytes()).await;
         // Held open: the answer is framed, the connection is not closed by the origin.
         tokio::time::sleep(Duration::from_secs(5)).await;
-    });
-    addr
+    })
+    .await
 }
 
 /// A client that streams its upload and reads the answer as it comes (an echo) gets the
@@ -81,7 +72,7 @@ async fn echo_origin() -> SocketAddr {
 #[tokio::test]
 async fn the_rest_of_an_upload_starting_with_a_request_line_leaves_the_answer_body_alone() {
     let origin = echo_origin().await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let head = format!(
         "POST /echo HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n{FIRST}",
@@ -126,20 +117,16 @@ async fn the_rest_of_an_upload_starting_with_a_request_line_leaves_the_answer_bo
 
 /// An origin that answers every request with a 204 framing a body by its length, the
 /// status line after an empty line (which hyper, as httparse, skips), and closes.
-async fn leading_empty_line_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _task = serve_each_connection(listener, |mut stream: TcpStream| async move {
+async fn leading_empty_line_origin() -> RawOrigin {
+    RawOrigin::start(|mut stream: TcpStream| async move {
         let mut buffer = Vec::new();
-        while find(&buffer, b"\r\n\r\n").is_none() {
-            if !more(&mut stream, &mut buffer).await {
-                return;
-            }
+        if next_head(&mut stream, &mut buffer).await.is_none() {
+            return;
         }
         let answer = "\r\nHTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello";
         let _ = stream.write_all(answer.as_bytes()).await;
-    });
-    addr
+    })
+    .await
 }
 
 /// `Connection: close` goes after the status line of a head framed two ways, found as
@@ -149,7 +136,7 @@ async fn leading_empty_line_origin() -> SocketAddr {
 #[tokio::test]
 async fn a_head_framed_two_ways_after_an_empty_line_is_still_answered() {
     let origin = leading_empty_line_origin().await;
-    let proxy = start_proxy(origin, &[]);
+    let proxy = start_proxy(origin.addr, &[]);
     let (status, response) =
         support::proxy::raw(&proxy, "GET /empty HTTP/1.1\r\nHost: example.com\r\n").await;
     assert_eq!(status, 204, "{response:?}");

@@ -59,6 +59,34 @@ where
     })
 }
 
+/// A raw origin (see [`serve_each_connection`]) on a free loopback port, each connection
+/// it accepts handed to `serve`; dropping it stops the origin and closes its connections.
+pub struct RawOrigin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RawOrigin {
+    /// Binds a free port on 127.0.0.1 and serves it.
+    pub async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = serve_each_connection(listener, serve);
+        Self { addr, task }
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// An origin on a thread of its own that reads each request head and answers it with
 /// `answer`, as is, then closes the connection; it serves `connections` connections at
 /// most, so it ends by itself.
@@ -125,10 +153,7 @@ pub async fn scripted_origin(later: &'static [u8], first_too: bool) -> (SocketAd
                             let _ = stream.write_all(later).await;
                             return;
                         }
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{path}",
-                            path.len()
-                        );
+                        let answer = super::raw_http::ok("Cache-Control: no-store\r\n", &path);
                         if stream.write_all(answer.as_bytes()).await.is_err() {
                             return;
                         }

@@ -1,5 +1,14 @@
-//! Reading raw HTTP/1.1 heads, for origins and clients written on bare TCP (what hyper
-//! would never send or accept).
+//! Reading raw HTTP/1.1 heads, and writing plain answers, for origins and clients written
+//! on bare TCP (what hyper would never send or accept).
+
+/// A `200 OK` of `body`, framed by its length; `fields` (whole lines, each ending in CRLF,
+/// or nothing) come before `Content-Length`.
+pub fn ok(fields: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\n{fields}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
 
 /// Where `needle` first starts in `haystack`.
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -51,6 +60,16 @@ pub async fn next_head(
             return None;
         }
     }
+}
+
+/// The next request head, as [`next_head`], its body read and dropped ([`skip_body`]);
+/// `None` once the connection ended first or the body's framing broke.
+pub async fn next_request(
+    reader: &mut (impl tokio::io::AsyncReadExt + Unpin),
+    buffer: &mut Vec<u8>,
+) -> Option<String> {
+    let head = next_head(reader, buffer).await?;
+    skip_body(reader, buffer, &head).await.then_some(head)
 }
 
 /// Reads and drops, from `buffer` and then `reader`, the body `head` frames (by
