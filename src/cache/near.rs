@@ -1003,6 +1003,24 @@ mod tests {
         assert!(near.weight() <= near.capacity(), "{near:?}");
     }
 
+    /// The map's tables keep the size the most entries gave them (review SY): once grown,
+    /// they are counted in the weight and taken off what entries may weigh, purged or not.
+    #[test]
+    fn the_maps_tables_stay_counted_once_grown() {
+        let near = NearCache::new(1 << 20, Duration::from_secs(5));
+        let entry = bare_entry();
+        for i in 0..2000 {
+            let key = format!("k{i}");
+            near.keep(&key, &entry, false, near.mark(&key), None, 0);
+        }
+        assert!(near.weight() <= near.capacity(), "{near:?}");
+        near.forget_all();
+        assert_eq!(near.entries(), 0);
+        let tables = near.weight();
+        assert!(tables > 16 << 10, "{near:?}");
+        assert!(near.inner.slots.capacity() <= near.capacity() - tables);
+    }
+
     /// A purge moves the tier's counters only once what it removes is gone: a lookup
     /// whose mark already shows the purge must not find a generation it removed, or what
     /// that lookup keeps outlives the purge. (review_l's namespace hammer found a mark
