@@ -111,7 +111,6 @@ pub struct NearCache {
 struct Inner {
     slots: Cache<Box<str>, Arc<Slot>, ByBytes, DefaultHashBuilder>,
     capacity: u64,
-    max_entry: u64,
     max_staleness: Duration,
     /// Taken shared by insertions, exclusively by purges: an insertion checks the change
     /// counters and inserts as one step with respect to a purge's remove-then-bump.
@@ -318,12 +317,10 @@ impl NearCache {
                 Default::default(),
             ),
         };
-        let max_entry = slots.shard_capacity();
         Self {
             inner: Arc::new(Inner {
                 slots,
                 capacity: max_bytes,
-                max_entry,
                 max_staleness,
                 fence: RwLock::new(()),
                 changes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
@@ -347,9 +344,10 @@ impl NearCache {
         self.inner.max_staleness
     }
 
-    /// The heaviest entry (all variants of a URL together) the tier keeps.
+    /// The heaviest entry (all variants of a URL together) the tier keeps: one shard's
+    /// share of the size, less once the map's tables grew (taken off every shard's share).
     pub fn max_entry_weight(&self) -> u64 {
-        self.inner.max_entry
+        self.inner.slots.shard_capacity()
     }
 
     /// URLs held now.
@@ -520,7 +518,8 @@ impl NearCache {
             return;
         }
         // Too heavy to keep: known before copying it.
-        if weight_of(entry) > self.inner.max_entry {
+        let max_entry = self.max_entry_weight();
+        if weight_of(entry) > max_entry {
             return;
         }
         let kept = Kept {
@@ -560,7 +559,7 @@ impl NearCache {
             .iter()
             .map(|kept| weight_of(&kept.entry))
             .fold(key.len() as u64, u64::saturating_add);
-        if weight > self.inner.max_entry {
+        if weight > max_entry {
             return;
         }
         self.inner
