@@ -32,7 +32,7 @@
 //! against `moka` in `benches/near_tier.rs` (see BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,14 +46,25 @@ use super::stored;
 /// Variants of one URL the near tier keeps at most.
 const MAX_VARIANTS: usize = 8;
 
-/// Bytes counted for each entry beyond what the entry itself owns: the map's slot, its key,
-/// the slot's variant list, the admission policy's bookkeeping and the allocator's
-/// fragmentation under churn. Measured with `bench/near/rss.sh` (1 KiB bodies): with this
-/// figure a full tier's resident memory stays within its size plus a few MiB.
+/// Bytes counted for each entry beyond what the entry itself owns: its slot (the `Arc`, its
+/// key, its variant list), its share of the map's tables and the admission policy's
+/// bookkeeping, and the allocator's fragmentation under churn. Measured with
+/// `bench/near/rss.sh` (1 KiB bodies): with this figure a full tier's resident memory stays
+/// within its size plus a few MiB. The tables are also counted whole (they keep the size
+/// the most entries gave them): see `NearCache::count_tables`.
 pub const NEAR_ENTRY_OVERHEAD: u64 = 512;
 
 /// Typical weight of an entry, to size the map's bookkeeping (ghost keys) before it fills.
 const TYPICAL_ENTRY: u64 = 4096;
+
+/// The map's tables are measured again after this many insertions (measuring reads every
+/// shard).
+const TABLES_MEASURED_EVERY: u64 = 16;
+
+/// What the map's tables take is taken off the entries' capacity in steps of this share of
+/// it: each change of the capacity also shrinks the map's count of ghost keys by one (it
+/// rounds down), so it changes a few times at most, not with every slot the tables add.
+const TABLES_STEPS: u64 = 64;
 
 /// Generations (namespace and tags, per server) remembered at most: a few hundred KiB.
 const MAX_GENERATIONS: usize = 4096;
@@ -100,7 +111,6 @@ pub struct NearCache {
 struct Inner {
     slots: Cache<Box<str>, Arc<Slot>, ByBytes, DefaultHashBuilder>,
     capacity: u64,
-    max_entry: u64,
     max_staleness: Duration,
     /// Taken shared by insertions, exclusively by purges: an insertion checks the change
     /// counters and inserts as one step with respect to a purge's remove-then-bump.
@@ -115,6 +125,14 @@ struct Inner {
     cleared: AtomicU64,
     /// Generations lookups read, by server and key, with when their read started.
     generations: Cache<GenKey, Seen>,
+    /// Insertions so far: every [`TABLES_MEASURED_EVERY`]th measures the map's tables.
+    insertions: AtomicU64,
+    /// The bytes of the map's tables when last measured (see [`NearCache::count_tables`]).
+    tables: AtomicU64,
+    /// What is taken off the entries' capacity for them so far: as much, rounded up.
+    reserved: AtomicU64,
+    /// Held by the one insertion measuring the tables.
+    measuring: Mutex<()>,
 }
 
 /// A generation's key on one server (each server holds its own copy).
@@ -299,17 +317,19 @@ impl NearCache {
                 Default::default(),
             ),
         };
-        let max_entry = slots.shard_capacity();
         Self {
             inner: Arc::new(Inner {
                 slots,
                 capacity: max_bytes,
-                max_entry,
                 max_staleness,
                 fence: RwLock::new(()),
                 changes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 cleared: AtomicU64::new(0),
                 generations: Cache::new(MAX_GENERATIONS),
+                insertions: AtomicU64::new(0),
+                tables: AtomicU64::new(0),
+                reserved: AtomicU64::new(0),
+                measuring: Mutex::new(()),
             }),
         }
     }
@@ -324,9 +344,10 @@ impl NearCache {
         self.inner.max_staleness
     }
 
-    /// The heaviest entry (all variants of a URL together) the tier keeps.
+    /// The heaviest entry (all variants of a URL together) the tier keeps: one shard's
+    /// share of the size, less once the map's tables grew (taken off every shard's share).
     pub fn max_entry_weight(&self) -> u64 {
-        self.inner.max_entry
+        self.inner.slots.shard_capacity()
     }
 
     /// URLs held now.
@@ -334,9 +355,14 @@ impl NearCache {
         self.inner.slots.len()
     }
 
-    /// Bytes held now, as counted against [`capacity`](Self::capacity).
+    /// Bytes held now, as counted against [`capacity`](Self::capacity): the entries'
+    /// weights, and the map's own tables (sized for the most entries it ever held; as last
+    /// measured, a few insertions ago at most).
     pub fn weight(&self) -> u64 {
-        self.inner.slots.weight()
+        self.inner
+            .slots
+            .weight()
+            .saturating_add(self.inner.tables.load(Ordering::Relaxed))
     }
 
     /// Where this tier's history stands for `key`, before a lookup of it.
@@ -492,7 +518,8 @@ impl NearCache {
             return;
         }
         // Too heavy to keep: known before copying it.
-        if weight_of(entry) > self.inner.max_entry {
+        let max_entry = self.max_entry_weight();
+        if weight_of(entry) > max_entry {
             return;
         }
         let kept = Kept {
@@ -532,13 +559,47 @@ impl NearCache {
             .iter()
             .map(|kept| weight_of(&kept.entry))
             .fold(key.len() as u64, u64::saturating_add);
-        if weight > self.inner.max_entry {
+        if weight > max_entry {
             return;
         }
         self.inner
             .slots
             .insert(key.into(), Arc::new(Slot { kept: all, weight }));
         drop(fence);
+        self.count_tables();
+    }
+
+    /// Takes what the map's own tables hold off what its entries may weigh. They are a
+    /// slab of slots and an index per shard, sized for the most entries (and ghost keys)
+    /// the map ever held, and never shrink: after a scan of small pages (a client's to
+    /// choose) they stay that size under big ones, which would otherwise fill the whole
+    /// capacity beside them. They only grow, so the capacity left only shrinks.
+    fn count_tables(&self) {
+        let insertions = self.inner.insertions.fetch_add(1, Ordering::Relaxed);
+        if insertions % TABLES_MEASURED_EVERY != 0 {
+            return;
+        }
+        // One insertion measures at a time; the others go on (the next will measure).
+        let Ok(_measuring) = self.inner.measuring.try_lock() else {
+            return;
+        };
+        let tables = u64::try_from(self.inner.slots.memory_used().total()).unwrap_or(u64::MAX);
+        self.inner.tables.store(tables, Ordering::Relaxed);
+        let step = (self.inner.capacity / TABLES_STEPS).max(1);
+        let reserve = tables.div_ceil(step).saturating_mul(step);
+        if reserve <= self.inner.reserved.load(Ordering::Relaxed) {
+            return;
+        }
+        // Never below half: the tables of the smallest entries take a tenth of it at most.
+        let left = self
+            .inner
+            .capacity
+            .saturating_sub(reserve)
+            .max(self.inner.capacity / 2);
+        self.inner.slots.set_capacity(left);
+        self.inner
+            .reserved
+            .store(self.inner.capacity - left, Ordering::Relaxed);
     }
 
     /// A purge, invalidation or store of `key` by this process, once memcached has it:
@@ -641,15 +702,20 @@ fn weight_of(entry: &Entry) -> u64 {
         .saturating_add(NEAR_ENTRY_OVERHEAD)
 }
 
-/// One heap allocation of `len` bytes as the allocator spends it: rounded up to its size
-/// class (a sixteenth of the size, at least 16 bytes) plus the shared pointer's header
-/// where `Bytes` and `Arc` add one.
+/// One heap allocation of `len` bytes as the allocator spends it, plus the shared
+/// pointer's header where `Bytes` and `Arc` add one: rounded up to its size class (a
+/// sixteenth of the size, at least 16 bytes: mimalloc's, the proxy's), or to glibc's chunk
+/// (8 bytes of header, a multiple of 16, 32 at least: the default allocator's) when that is
+/// more. A one-byte header name costs 64 bytes under glibc, not 48: a page of thousands of
+/// them was held for more than it weighed.
 fn allocation(len: usize) -> usize {
     if len == 0 {
         return 0;
     }
     let class = (len / 16).next_power_of_two().max(16);
-    len.div_ceil(class) * class + 32
+    let classed = len.div_ceil(class) * class;
+    let chunk = (len + 8).next_multiple_of(16).max(32);
+    classed.max(chunk) + 32
 }
 
 /// A header name outside `http`'s standard set owns a copy of its bytes. Which names are
@@ -934,6 +1000,24 @@ mod tests {
         }
         assert!(near.entries() > 0);
         assert!(near.weight() <= near.capacity(), "{near:?}");
+    }
+
+    /// The map's tables keep the size the most entries gave them (review SY): once grown,
+    /// they are counted in the weight and taken off what entries may weigh, purged or not.
+    #[test]
+    fn the_maps_tables_stay_counted_once_grown() {
+        let near = NearCache::new(1 << 20, Duration::from_secs(5));
+        let entry = bare_entry();
+        for i in 0..2000 {
+            let key = format!("k{i}");
+            near.keep(&key, &entry, false, near.mark(&key), None, 0);
+        }
+        assert!(near.weight() <= near.capacity(), "{near:?}");
+        near.forget_all();
+        assert_eq!(near.entries(), 0);
+        let tables = near.weight();
+        assert!(tables > 16 << 10, "{near:?}");
+        assert!(near.inner.slots.capacity() <= near.capacity() - tables);
     }
 
     /// A purge moves the tier's counters only once what it removes is gone: a lookup
