@@ -177,9 +177,11 @@ impl<B: Backend> Storage<B> {
         self.advance_everywhere(key).await
     }
 
-    /// Advances `key` on every server past a fresh stamp (a max-register): a purge whose
-    /// write lands after a later purge's does not set its time back (review SX). On this
-    /// process's clock: its fills need no margin against it (see [`LocalPurges`]).
+    /// Advances `key` on every server to a fresh stamp at least, and past what it held (a
+    /// max-register): a purge whose write lands after a later purge's does not set its
+    /// time back (review SX). Recorded as this process's (see [`LocalPurges`]): its fills
+    /// are ordered with it on the monotonic clock, with what it advanced over by the
+    /// margin.
     async fn advance_everywhere(&self, key: &str) -> Result<(), BackendError> {
         let stamp = unique();
         let began = self.local_purges.begin(stamp);
