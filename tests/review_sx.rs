@@ -302,6 +302,41 @@ mod tcp {
         assert_eq!(backend.outages(), 0);
     }
 
+    /// A burst of purges of different tags all advance the namespace's tag-purge mark on
+    /// every server: each returns, and none takes a server for failed (a compare-and-swap
+    /// lost every round would mark it down, its share of hits gone and its contents
+    /// orphaned at its rejoin).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_tag_purges_marks_no_server_down() {
+        let test = "review_sx::tcp::a_burst_of_tag_purges_marks_no_server_down";
+        let one = memcached_or_skip!(test);
+        let two = memcached_or_skip!(test);
+        let backend = tower_memcache::TcpBackend::builder()
+            .servers([one.addr(), two.addr()])
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let purgers = [
+            support::layer(backend.clone())
+                .namespace(NAMESPACE)
+                .purger(),
+            support::layer(backend.clone())
+                .namespace(NAMESPACE)
+                .purger(),
+        ];
+        let purges = (0..96).map(|i| {
+            let purger = purgers[i % 2].clone();
+            tokio::spawn(async move { purger.purge_tag(&format!("tag-{i}")).await })
+        });
+        support::bounded(test, async {
+            for purge in futures_util::future::join_all(purges).await {
+                purge.unwrap().unwrap();
+            }
+        })
+        .await;
+        assert_eq!(backend.outages(), 0);
+    }
+
     /// memcached run with `-C` gives no CAS values (0): the value is set, still moved on.
     #[tokio::test]
     async fn a_server_without_cas_values_is_advanced_by_a_set() {
