@@ -38,6 +38,19 @@ pub struct Advanced {
 }
 
 impl Advanced {
+    /// The outcome of an advance, for backends that implement
+    /// [`Backend::advance_on_every_server`] themselves.
+    ///
+    /// ```
+    /// use tower_memcache::backend::Advanced;
+    ///
+    /// let advanced = Advanced::new(301, Some(300));
+    /// assert_eq!((advanced.value, advanced.absorbed), (301, Some(300)));
+    /// ```
+    pub fn new(value: u64, absorbed: Option<u64>) -> Self {
+        Self { value, absorbed }
+    }
+
     /// The outcome over two servers: the highest of each.
     pub(crate) fn merge(self, other: Self) -> Self {
         Self {
