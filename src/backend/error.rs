@@ -66,6 +66,17 @@ pub enum BackendError {
         /// The command refused.
         command: &'static str,
     },
+    /// A read-modify-write ([`Backend::advance_on_every_server`](super::Backend::advance_on_every_server))
+    /// found the value changed by another writer at each of its rounds, and gave up.
+    #[error(
+        "memcached key {key:?} kept changing under compare-and-swap; given up after {rounds} rounds"
+    )]
+    Contended {
+        /// The key, escaped and shortened for display.
+        key: String,
+        /// The rounds tried.
+        rounds: usize,
+    },
     /// The server's reply could not be understood; the connection was dropped.
     #[error("memcached protocol error: {0}")]
     Protocol(#[source] ProtocolViolation),

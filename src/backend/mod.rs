@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+mod advance;
 mod error;
 mod lifetime;
 pub mod memory;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use advance::Advanced;
 pub use error::{BackendError, ProtocolViolation, UnreachableReason};
 pub use lifetime::Lifetime;
 #[doc(inline)]
@@ -123,7 +125,9 @@ pub const MAX_RESET_ON_REJOIN_KEYS: usize = 64;
 ///   server of another key, its `route`, so that a lookup that needs several keys (an
 ///   entry and the copies of what validates it) asks one server only;
 /// - [`set_on_every_server`](Self::set_on_every_server) writes a key to every server, for
-///   values every server must hold (a purge);
+///   values every server must hold (a purge), and
+///   [`advance_on_every_server`](Self::advance_on_every_server) moves such a value on
+///   (a generation, which concurrent purges must not set back);
 /// - [`reset_on_rejoin`](Self::reset_on_rejoin) names keys to delete on a server that was
 ///   unreachable before it is used again, since it may have missed such writes.
 pub trait Backend: Clone + Send + Sync + 'static {
@@ -395,6 +399,57 @@ pub trait Backend: Clone + Send + Sync + 'static {
         lifetime: Lifetime,
     ) -> impl Future<Output = Result<(), BackendError>> + Send {
         self.set(key, value, flags, lifetime)
+    }
+
+    /// Advances a decimal counter on every server, as a max-register: each server's value
+    /// becomes the larger of `stamp` and its value plus one, so that it always changes
+    /// (a generation is compared by equality: even a stamp below the value held, from a
+    /// clock set back, must change it) and never goes below the stamp of any advance that
+    /// returned, whatever order concurrent advances land in. For generations written by
+    /// several processes at once, where [`set_on_every_server`](Self::set_on_every_server)
+    /// is last-writer-wins: a purge whose write landed last set back the time of a later
+    /// purge that had returned.
+    ///
+    /// On each server: read the value (`gets`); `add` the stamp where it is absent, or
+    /// `cas` the next value over it; when another writer came first, read again after a
+    /// short random wait, and stop there if that writer moved the value past the stamp
+    /// (it holds this advance's stamp as well). At most 16 rounds, then
+    /// [`BackendError::Contended`] for that server. A value that is no decimal number (or
+    /// is `u64::MAX`) is overwritten with the stamp, as if absent; a server that gives no
+    /// CAS value (memcached run with `-C`) gets a plain `set` of the next value (last
+    /// writer wins there, as before). Values are stored with flags 0.
+    ///
+    /// As for [`set_on_every_server`](Self::set_on_every_server): `Ok` when at least one
+    /// server took it; a server marked down is skipped, one that fails is marked down at
+    /// once, and one that refuses it for memory has the key deleted instead. The outcome
+    /// tells what the key holds and which others' values that stands for ([`Advanced`]).
+    /// The default, for backends with a single store, runs those rounds with
+    /// [`get`](Self::get), [`add`](Self::add), [`cas`](Self::cas) and [`set`](Self::set).
+    ///
+    /// ```
+    /// use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_memcache::backend::BackendError> {
+    /// let backend = MemoryBackend::new();
+    /// // Two purges stamp 200 then 300; the later one's write lands first.
+    /// backend.advance_on_every_server("generation", 300, Lifetime::NEVER).await?;
+    /// let late = backend.advance_on_every_server("generation", 200, Lifetime::NEVER).await?;
+    /// // The earlier stamp, landing last, does not set the value back.
+    /// assert_eq!(late.value, 301);
+    /// assert_eq!(late.absorbed, Some(300));
+    /// let held = backend.get("generation").await?.expect("written");
+    /// assert_eq!(&held.value[..], b"301");
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn advance_on_every_server(
+        &self,
+        key: &str,
+        stamp: u64,
+        lifetime: Lifetime,
+    ) -> impl Future<Output = Result<Advanced, BackendError>> + Send {
+        advance::on_one_store(self, key, stamp, lifetime)
     }
 
     /// Registers a key to delete on a server that comes back after being marked down,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use support::db::{Db, get, service};
 use support::{Watch, assert_hit};
-use tower_memcache::backend::{Backend, BackendError, Lifetime, MemoryBackend};
+use tower_memcache::backend::{Advanced, Backend, BackendError, Lifetime, MemoryBackend};
 use tower_memcache::cache::{CacheMode, MemcacheLayer};
 
 const NAMESPACE: &str = "review-qp";
@@ -50,6 +50,23 @@ impl Backend for OneServerFails {
             std::future::pending::<()>().await;
         }
         Ok(())
+    }
+
+    /// Purges advance generations (review SX): the same hang.
+    async fn advance_on_every_server(
+        &self,
+        key: &str,
+        stamp: u64,
+        lifetime: Lifetime,
+    ) -> Result<Advanced, BackendError> {
+        let advanced = self
+            .inner
+            .advance_on_every_server(key, stamp, lifetime)
+            .await?;
+        if self.armed.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(advanced)
     }
 }
 

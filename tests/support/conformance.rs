@@ -539,6 +539,32 @@ pub async fn ordered_reads_match_the_map<B: Backend>(b: B) {
     }
 }
 
+/// `advance_on_every_server` is a max-register on a backend of one server: the stamp
+/// where the key is absent or holds no number, else the larger of the stamp and the value
+/// plus one (review SX); bad input is refused.
+pub async fn advance_on_every_server_is_a_max_register<B: Backend>(b: B) {
+    let advance = |stamp| b.advance_on_every_server("advanced", stamp, Lifetime::NEVER);
+    let held = || async { b.get("advanced").await.unwrap().unwrap().value };
+    let first = advance(500).await.unwrap();
+    assert_eq!((first.value, first.absorbed), (500, None));
+    let later = advance(900).await.unwrap();
+    assert_eq!((later.value, later.absorbed), (900, Some(500)));
+    let earlier = advance(700).await.unwrap();
+    assert_eq!((earlier.value, earlier.absorbed), (901, Some(900)));
+    assert_eq!(&held().await[..], b"901");
+    b.set("advanced", "123c".into(), 0, Lifetime::NEVER)
+        .await
+        .unwrap();
+    let over = advance(5).await.unwrap();
+    assert_eq!((over.value, over.absorbed), (5, None));
+    assert_eq!(&held().await[..], b"5");
+    assert!(matches!(
+        b.advance_on_every_server("bad key", 1, Lifetime::NEVER)
+            .await,
+        Err(BackendError::InvalidKey { .. })
+    ));
+}
+
 /// `set_on_every_server` stores like `set` on a backend of one server; bad input is refused.
 pub async fn set_on_every_server_stores_everywhere<B: Backend>(b: B) {
     b.set_on_every_server("everywhere", "g1".into(), 9, Lifetime::NEVER)
@@ -609,6 +635,7 @@ pub async fn all<B: Backend>(make: impl Fn() -> futures_like::BoxFuture<B>, limi
     routed_calls_keep_their_semantics(make().await).await;
     ordered_reads_match_the_map(make().await).await;
     set_on_every_server_stores_everywhere(make().await).await;
+    advance_on_every_server_is_a_max_register(make().await).await;
     item_size_limit_is_reported(make().await, limit).await;
     lifetimes_expire(make().await).await;
 }

@@ -1,5 +1,5 @@
-//! Writes every server must take (purges, `flush_all`): a server that misses one is
-//! marked down at once, and reset before it serves again.
+//! Writes every server must take (purges, `flush_all`, generations advanced): a server
+//! that misses one is marked down at once, and reset before it serves again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -8,9 +8,10 @@ use futures_util::future::join_all;
 
 use super::TcpBackend;
 use super::execute::Reaches;
-use super::protocol::{self, Reply};
-use super::replies::{Expect, delete_reply, error_reply};
-use crate::backend::{BackendError, UnreachableReason};
+use super::protocol::{self, Reply, StoreCommand};
+use super::replies::{Expect, delete_reply, error_reply, into_item};
+use crate::backend::advance::{ADVANCE_ROUNDS, Advance, Plan, Write, contended, encoded};
+use crate::backend::{Advanced, BackendError, UnreachableReason};
 
 impl TcpBackend {
     /// Sets an encoded `set` request on every server that is not marked down, marking down
@@ -114,62 +115,188 @@ impl TcpBackend {
         judge: impl Fn(usize, Reply) -> Result<(), BackendError>,
         instead: Option<Bytes>,
     ) -> Result<(), BackendError> {
-        let instead = &instead;
-        let judge = &judge;
-        let calls = (0..self.inner.servers.len()).map(|index| {
-            let request = request.clone();
-            async move {
-                let server = &self.inner.servers[index];
-                if server.misses_writes_to_every_server() {
-                    // Skipped: it is reset before it serves again (its reset has not
-                    // begun: one under way gets the write).
-                    if !server.is_probed() {
-                        self.watch(index);
-                    }
-                    return None;
-                }
-                let outcome = match self
-                    .execute_on(index, request, expect, None, Reaches::Rejoining)
-                    .await
+        let (request, instead, judge) = (&request, instead.as_ref(), &judge);
+        let outcomes = self
+            .on_every_server(|index| async move {
+                match self
+                    .write_on(index, request.clone(), expect, instead)
+                    .await?
                 {
-                    Ok(Reply::ServerError(msg)) if msg.contains("out of memory") => match instead {
-                        Some(delete) => self
-                            .execute_on(
-                                index,
-                                delete.clone(),
-                                Expect::Delete,
-                                None,
-                                Reaches::Rejoining,
-                            )
-                            .await
-                            .and_then(delete_reply)
-                            .map(drop),
-                        None => judge(index, Reply::ServerError(msg)),
-                    },
-                    replied => replied.and_then(|reply| judge(index, reply)),
-                };
-                if let Err(err) = &outcome {
-                    self.force_down(index, err);
+                    Some(reply) => judge(index, reply),
+                    None => Ok(()),
                 }
-                Some(outcome)
+            })
+            .await;
+        took_any(outcomes).map(drop)
+    }
+
+    /// Advances `key` on every server as a max-register (see
+    /// [`Backend::advance_on_every_server`](crate::backend::Backend::advance_on_every_server)),
+    /// as a write every server must take ([`on_every_server`](Self::on_every_server)).
+    pub(super) async fn advance_everywhere(
+        &self,
+        key: &str,
+        stamp: u64,
+        exptime: u32,
+    ) -> Result<Advanced, BackendError> {
+        let mut delete = BytesMut::with_capacity(key.len() + 16);
+        protocol::encode_delete(&mut delete, key, false);
+        let delete = &delete.freeze();
+        let outcomes = self
+            .on_every_server(|index| self.advance_on(index, key, stamp, exptime, delete))
+            .await;
+        let advanced = took_any(outcomes)?
+            .into_iter()
+            .flatten()
+            .reduce(Advanced::merge);
+        // Deleted instead everywhere it was asked (out of memory): nothing written.
+        Ok(advanced.unwrap_or(Advanced {
+            value: stamp,
+            absorbed: None,
+        }))
+    }
+
+    /// The advance on server `index`: rounds of `gets` and the write
+    /// [`Advance::plan`] says (`add` where the key is absent, `cas` where it is not, a
+    /// plain `set` where the server gives no CAS value: run with `-C`), again from the
+    /// read when another writer came first. `None` when the server refused the write for
+    /// memory and had the key deleted instead.
+    async fn advance_on(
+        &self,
+        index: usize,
+        key: &str,
+        stamp: u64,
+        exptime: u32,
+        delete: &Bytes,
+    ) -> Result<Option<Advanced>, BackendError> {
+        let mut advance = Advance::new(stamp);
+        for round in 0..ADVANCE_ROUNDS {
+            if round > 0 {
+                advance.back_off(round).await;
             }
+            let mut gets = BytesMut::with_capacity(key.len() + 8);
+            protocol::encode_get(&mut gets, &[key], true);
+            let read = self
+                .execute_on(
+                    index,
+                    gets.freeze(),
+                    Expect::Values,
+                    None,
+                    Reaches::Rejoining,
+                )
+                .await?;
+            let item = match read {
+                // At most one value, for the one key asked (the parser checked that).
+                Reply::Values(values) => values.into_iter().next().map(into_item),
+                other => return Err(error_reply(other, None)),
+            };
+            let (write, advanced) = match advance.plan(item.as_ref()) {
+                Plan::Done(advanced) => return Ok(Some(advanced)),
+                Plan::Write(write, advanced) => (write, advanced),
+            };
+            let command = match write {
+                Write::Add => StoreCommand::Add,
+                Write::Cas(cas) => StoreCommand::Cas(cas),
+                Write::Set => StoreCommand::Set,
+            };
+            let value = encoded(advanced.value);
+            let mut request = BytesMut::with_capacity(key.len() + value.len() + 64);
+            protocol::encode_store(&mut request, command, key, 0, exptime, &value, false);
+            let written = self
+                .write_on(index, request.freeze(), Expect::Store, Some(delete))
+                .await?;
+            match written {
+                None => return Ok(None),
+                Some(Reply::Stored) => return Ok(Some(advanced)),
+                // Another writer came first: again, from what it wrote.
+                Some(Reply::NotStored | Reply::Exists | Reply::NotFound) => {}
+                Some(reply) => return Err(self.store_error(index, key.len(), value.len(), reply)),
+            }
+        }
+        Err(contended(key))
+    }
+
+    /// Runs `write` on every server not marked down (a server whose reset on rejoin is
+    /// under way too), marking down at once each whose write fails: it missed a write
+    /// every server must have, and must not serve until it has been reset (again, if its
+    /// reset was under way). The outcomes of the servers asked.
+    async fn on_every_server<T, W>(
+        &self,
+        write: impl Fn(usize) -> W,
+    ) -> Vec<Result<T, BackendError>>
+    where
+        W: Future<Output = Result<T, BackendError>>,
+    {
+        let write = &write;
+        let calls = (0..self.inner.servers.len()).map(|index| async move {
+            let server = &self.inner.servers[index];
+            if server.misses_writes_to_every_server() {
+                // Skipped: it is reset before it serves again (its reset has not
+                // begun: one under way gets the write).
+                if !server.is_probed() {
+                    self.watch(index);
+                }
+                return None;
+            }
+            let outcome = write(index).await;
+            if let Err(err) = &outcome {
+                self.force_down(index, err);
+            }
+            Some(outcome)
         });
-        let mut stored = false;
-        let mut last_error = None;
-        for outcome in join_all(calls).await.into_iter().flatten() {
-            match outcome {
-                Ok(()) => stored = true,
-                Err(err) => last_error = Some(err),
-            }
+        join_all(calls).await.into_iter().flatten().collect()
+    }
+
+    /// `request` on server `index`, as a write every server must take (sent to a server
+    /// whose reset on rejoin is under way too): its reply, or `None` when the server
+    /// refused it for memory and took `instead` (a `delete`). Without `instead`, that
+    /// refusal is the reply.
+    async fn write_on(
+        &self,
+        index: usize,
+        request: Bytes,
+        expect: Expect,
+        instead: Option<&Bytes>,
+    ) -> Result<Option<Reply>, BackendError> {
+        let reply = self
+            .execute_on(index, request, expect, None, Reaches::Rejoining)
+            .await?;
+        match (reply, instead) {
+            (Reply::ServerError(msg), Some(delete)) if msg.contains("out of memory") => self
+                .execute_on(
+                    index,
+                    delete.clone(),
+                    Expect::Delete,
+                    None,
+                    Reaches::Rejoining,
+                )
+                .await
+                .and_then(delete_reply)
+                .map(|_| None),
+            (reply, _) => Ok(Some(reply)),
         }
-        match (stored, last_error) {
-            (true, _) => Ok(()),
-            (false, Some(err)) => Err(err),
-            (false, None) => Err(BackendError::Unreachable {
-                server: "(none)".to_string(),
-                reason: UnreachableReason::NoServerLeft,
-            }),
+    }
+}
+
+/// Whether a write every server must take was taken: the outcomes of the servers that
+/// did, when at least one did; otherwise the last error (or, when no server was asked,
+/// that none is left).
+fn took_any<T>(outcomes: Vec<Result<T, BackendError>>) -> Result<Vec<T>, BackendError> {
+    let mut took = Vec::with_capacity(outcomes.len());
+    let mut last_error = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(value) => took.push(value),
+            Err(err) => last_error = Some(err),
         }
+    }
+    match last_error {
+        Some(err) if took.is_empty() => Err(err),
+        None if took.is_empty() => Err(BackendError::Unreachable {
+            server: "(none)".to_string(),
+            reason: UnreachableReason::NoServerLeft,
+        }),
+        _ => Ok(took),
     }
 }
 

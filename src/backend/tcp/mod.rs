@@ -70,8 +70,8 @@ use self::replies::{
 };
 use self::server::Server;
 use super::{
-    Backend, BackendError, ITEM_OVERHEAD, Item, Lifetime, MAX_RESET_ON_REJOIN_KEYS, ServerStats,
-    UnreachableReason, check_item_size, validate_key, validate_route,
+    Advanced, Backend, BackendError, ITEM_OVERHEAD, Item, Lifetime, MAX_RESET_ON_REJOIN_KEYS,
+    ServerStats, UnreachableReason, check_item_size, validate_key, validate_route,
 };
 
 /// Keys per `gets` line: long multi-gets are split so no request line grows unbounded.
@@ -758,6 +758,23 @@ impl Backend for TcpBackend {
                 .await
         })
         .await
+    }
+
+    /// On every configured server at once, those out of the ring included, in a task of
+    /// its own (as [`set_on_every_server`](Self::set_on_every_server)).
+    async fn advance_on_every_server(
+        &self,
+        key: &str,
+        stamp: u64,
+        lifetime: Lifetime,
+    ) -> Result<Advanced, BackendError> {
+        validate_key(key)?;
+        // Every server must take it: held to the smallest limit (a u64 has 20 digits).
+        check_item_size(key, 20, self.item_size_limit())?;
+        let backend = self.clone();
+        let key = key.to_owned();
+        let exptime = lifetime.exptime();
+        detached(async move { backend.advance_everywhere(&key, stamp, exptime).await }).await
     }
 
     async fn delete_on_every_server(&self, key: &str) -> Result<(), BackendError> {

@@ -5,9 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bytes::Bytes;
-
-use crate::backend::{Backend, BackendError, Lifetime};
+use crate::backend::{Advanced, Backend, BackendError, Lifetime};
 
 use super::{CLOCK_SKEW, Storage, unique};
 
@@ -19,32 +17,87 @@ use super::{CLOCK_SKEW, Storage, unique};
 /// margin (an NTP step) went unnoticed, and a purge after the request, stamped before
 /// it, let the response it purged be stored (review SM). Recorded once the stamp is
 /// taken, never before: a request that went out in between counts as after the purge.
+///
+/// A purge's write advances each server's value past what it held
+/// ([`Backend::advance_on_every_server`]): the value written may be another than the
+/// stamp, and stands for the purges it advanced over too, maybe another process's that
+/// came after a fill here went out (and returned before the fill's store). So each value
+/// is kept with what it replaced ([`Over`]): the instant is this purge's (taken with the
+/// stamp, before anything was written, as above), and what it replaced is compared as
+/// another process's purge, with the margin (review SX).
 #[derive(Default)]
-pub(crate) struct LocalPurges(Mutex<VecDeque<(u64, Instant)>>);
+pub(crate) struct LocalPurges(Mutex<VecDeque<Made>>);
+
+/// A value this process wrote, and when (see [`LocalPurges`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Made {
+    value: u64,
+    /// When the purge (or creation) that wrote it began, once its stamp was taken.
+    pub(crate) at: Instant,
+    pub(crate) over: Over,
+}
+
+/// What a value this process wrote replaced, besides its own purge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Over {
+    /// Nothing that was a purge: created where there was none (an `add`), or written
+    /// over bytes that told no usable time.
+    Nothing,
+    /// At most this purge time (the highest replaced on any server).
+    Purge(u64),
+    /// Not known yet: the write is under way, and may be landing over a purge made
+    /// after this one began.
+    Unknown,
+}
 
 impl LocalPurges {
     /// Most purges remembered: older ones get the margin, which is only a lost store.
     const MAX: usize = 4096;
 
+    /// A value created or written here, over nothing that was a purge.
     pub(super) fn record(&self, generation: u64) {
+        self.push(generation, Instant::now(), Over::Nothing);
+    }
+
+    /// A purge's stamp, about to be written: when it began (returned, for
+    /// [`written`](Self::written)).
+    fn begin(&self, stamp: u64) -> Instant {
+        let at = Instant::now();
+        self.push(stamp, at, Over::Unknown);
+        at
+    }
+
+    /// What the purge stamped `stamp` and begun `at` left: the stamp, and the value
+    /// where it differs, each over what it absorbed.
+    fn written(&self, stamp: u64, at: Instant, advanced: Advanced) {
+        let over = advanced.absorbed.map_or(Over::Nothing, Over::Purge);
+        self.push(stamp, at, over);
+        if advanced.value != stamp {
+            self.push(advanced.value, at, over);
+        }
+    }
+
+    fn push(&self, value: u64, at: Instant, over: Over) {
         let mut purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
         while purges
             .front()
-            .is_some_and(|(_, at)| at.elapsed() > CLOCK_SKEW)
+            .is_some_and(|made| made.at.elapsed() > CLOCK_SKEW)
             || purges.len() >= Self::MAX
         {
             purges.pop_front();
         }
-        purges.push_back((generation, Instant::now()));
+        purges.push_back(Made { value, at, over });
     }
 
-    /// When `generation` was given here, if it was (and is still remembered).
-    pub(super) fn made_at(&self, generation: u64) -> Option<Instant> {
+    /// When `generation` was written here and over what, if it was (and is still
+    /// remembered): the latest record of it.
+    pub(super) fn made(&self, generation: u64) -> Option<Made> {
         let purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
         purges
             .iter()
-            .find(|(made, _)| *made == generation)
-            .map(|(_, at)| *at)
+            .rev()
+            .find(|made| made.value == generation)
+            .copied()
     }
 }
 
@@ -113,9 +166,7 @@ impl<B: Backend> Storage<B> {
     }
 
     async fn bump(&self, key: &str) -> Result<(), BackendError> {
-        let generation = unique();
-        self.local_purges.record(generation);
-        self.write_everywhere(key, generation).await?;
+        self.advance_everywhere(key).await?;
         self.stats.record_invalidation();
         Ok(())
     }
@@ -123,17 +174,22 @@ impl<B: Backend> Storage<B> {
     /// The time of this tag purge (a fresh [`unique`] stamp) as the namespace's tag-purge
     /// mark on every server (no purge of its own, so not counted as one).
     async fn write_fresh(&self, key: &str) -> Result<(), BackendError> {
-        let mark = unique();
-        // On this process's clock: its fills need no margin against it.
-        self.local_purges.record(mark);
-        self.write_everywhere(key, mark).await
+        self.advance_everywhere(key).await
     }
 
-    async fn write_everywhere(&self, key: &str, value: u64) -> Result<(), BackendError> {
-        let value = Bytes::from(value.to_string());
+    /// Advances `key` on every server to a fresh stamp at least, and past what it held (a
+    /// max-register): a purge whose write lands after a later purge's does not set its
+    /// time back (review SX). Recorded as this process's (see [`LocalPurges`]): its fills
+    /// are ordered with it on the monotonic clock, with what it advanced over by the
+    /// margin.
+    async fn advance_everywhere(&self, key: &str) -> Result<(), BackendError> {
+        let stamp = unique();
+        let began = self.local_purges.begin(stamp);
         let write = self
             .backend
-            .set_on_every_server(key, value, 0, Lifetime::NEVER);
-        self.bounded_purge(write).await
+            .advance_on_every_server(key, stamp, Lifetime::NEVER);
+        let advanced = self.bounded_purge(write).await?;
+        self.local_purges.written(stamp, began, advanced);
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ use crate::cache::entry::{
     encode_index,
 };
 
+use super::purge::Over;
 use super::{
     CLOCK_SKEW, CREATED, MAX_NAME_SETS, Slot, Storage, nanos, nanos_of, parse_generation,
     parse_tag_mark, unique,
@@ -498,12 +499,25 @@ impl<B: Backend> Storage<B> {
     /// Whether a tag purge (or creation) stamped `at` may have come after a request that
     /// went out at `requested_ns` (wall clock) and `sent` (monotonic). One made here is
     /// compared on the monotonic clock, exactly, whatever steps the wall clock took
-    /// meanwhile (see [`LocalPurges`](super::LocalPurges)); another process's stamp with
-    /// the margin of a clock not ours.
+    /// meanwhile (see [`LocalPurges`](super::LocalPurges)), and what its write replaced
+    /// with the margin (it stands for those purges too, maybe another process's, later
+    /// than the request); another process's stamp with the margin of a clock not ours.
     fn after_request(&self, at: u64, requested_ns: u64, sent: Instant) -> bool {
-        match self.local_purges.made_at(at) {
-            Some(made) => made >= sent,
-            None => at.saturating_add(nanos_of(CLOCK_SKEW)) > requested_ns,
+        let margin = |at: u64| at.saturating_add(nanos_of(CLOCK_SKEW)) > requested_ns;
+        match self.local_purges.made(at) {
+            Some(made) if made.at >= sent => true,
+            Some(made) => match made.over {
+                Over::Nothing => false,
+                // What it replaced is no purge of ours: compared as another process's.
+                // Every value replaced is at most this one, so the margin covers them
+                // all. (An earlier purge of ours gets the margin too: a store lost when
+                // two purges came within a second of the request.)
+                Over::Purge(replaced) => margin(replaced),
+                // Under way: it may be landing over a purge later than the request,
+                // whose time is not known yet; at most this one's.
+                Over::Unknown => margin(at),
+            },
+            None => margin(at),
         }
     }
 
