@@ -13,7 +13,7 @@
 //! without one, unless `MEMCACHED_REQUIRED=1`). The generation write itself is checked on
 //! real servers too: one started with `-C` (no CAS values), and through twemproxy.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
