@@ -6,8 +6,18 @@
 
 mod support;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use tokio::sync::Semaphore;
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{Backend, BackendError, Lifetime, MemoryBackend};
 
 use support::origin::serve_each_connection;
 use support::proxy::start_proxy;
@@ -129,5 +139,106 @@ async fn a_chunked_upload_of_request_lines_leaves_the_answer_body_alone() {
         text.ends_with("\r\n0\r\n\r\n"),
         "the answer was cut: {:?}",
         &text[text.len().saturating_sub(300)..]
+    );
+}
+
+/// The flags the layer stores its placeholders under (`entry::FLAG_PLACEHOLDER`).
+const FLAG_PLACEHOLDER: u32 = 0x746d_0103;
+
+/// MemoryBackend whose deletes (an invalidation's) wait for a permit, and which counts
+/// the adds of an ended placeholder (`<token> 0`): a dropped request's lease released.
+#[derive(Clone)]
+struct HeldDeletes {
+    inner: MemoryBackend,
+    gate: Arc<Semaphore>,
+    released: Arc<AtomicUsize>,
+}
+
+impl Backend for HeldDeletes {
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        let _permit = self.gate.acquire().await;
+        self.inner.delete(key).await
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        if flags == FLAG_PLACEHOLDER && value.ends_with(b" 0") {
+            self.released.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.add(key, value, flags, lifetime).await
+    }
+
+    forward_to_inner!(get, get_many, set, cas, touch, incr, flush_all, stats);
+}
+
+/// Clients that send a POST and go at once, while memcached is slow to take the
+/// invalidations: each invalidation runs on as counted background work (review SU), and
+/// the client holds nothing, so one client makes as many as it sends. They counted
+/// towards the cap on best-effort work, and past it that work was skipped for everyone:
+/// here a dropped request's lease release (the URL's requests then wait out the
+/// placeholder), and the epoch writes invalidations and purges make again after a
+/// failed one. Best-effort work is now capped by its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_of_clients_gone_do_not_crowd_out_best_effort_work() {
+    let gate = Arc::new(Semaphore::new(0));
+    let released = Arc::new(AtomicUsize::new(0));
+    let backend = HeldDeletes {
+        inner: MemoryBackend::new(),
+        gate: Arc::clone(&gate),
+        released: Arc::clone(&released),
+    };
+    let layer = MemcacheLayer::new(backend).namespace("review-sw-invalidations");
+    let background = layer.background();
+    let inner = tower::service_fn(|request: Request<()>| async move {
+        if request.method() != Method::POST {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
+    });
+    let svc = tower::Layer::layer(&layer, inner);
+    const POSTS: usize = 1100;
+    let clients: Vec<_> = (0..POSTS)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let url = format!("http://review-sw.test/posted/{i}");
+                tokio::time::timeout(
+                    Duration::from_millis(300),
+                    support::send(&svc, Method::POST, &url, &[]),
+                )
+                .await
+                .is_err()
+            })
+        })
+        .collect();
+    for client in clients {
+        assert!(client.await.unwrap(), "an invalidation returned while held");
+    }
+    // What one client that holds no connection keeps running: every invalidation.
+    assert!(
+        background.running() >= POSTS,
+        "{} background tasks for {POSTS} invalidations",
+        background.running()
+    );
+    // A request dropped during its miss: its lease is released in the background.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(300),
+        support::send(&svc, Method::GET, "http://review-sw.test/slow", &[]),
+    )
+    .await;
+    assert!(dropped.is_err(), "the slow miss came back");
+    gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    tokio::time::timeout(Duration::from_secs(10), background.idle())
+        .await
+        .expect("the invalidations ended once memcached took them");
+    assert_eq!(
+        released.load(Ordering::SeqCst),
+        1,
+        "the dropped request's lease was left armed"
     );
 }
