@@ -272,21 +272,23 @@ fn size_line() -> At {
 
 /// `body` with the head line `line` read: its `Content-Length` or `Transfer-Encoding`.
 fn framed(body: Framing, line: &Line) -> Framing {
-    let Some((name, value)) = line.whole().and_then(|whole| {
-        let colon = whole.iter().position(|&byte| byte == b':')?;
-        Some((&whole[..colon], whole[colon + 1..].trim_ascii()))
-    }) else {
-        // A line longer than kept: a framing field's is never that long.
-        let name = &line.kept[..line.length.min(KEPT)];
-        let framing = [b"content-length".as_slice(), b"transfer-encoding"];
-        return if framing.iter().any(|field| {
-            name.len() > field.len() && name[..field.len()].eq_ignore_ascii_case(field)
-        }) {
-            Framing::Unknown
-        } else {
-            body
-        };
+    // The name, whole within what is kept: a framing field's is far shorter. Any other
+    // field, however long (a `Content-Length-Digest`), leaves the framing alone.
+    let kept = &line.kept[..line.length.min(KEPT)];
+    let Some(colon) = kept.iter().position(|&byte| byte == b':') else {
+        return body;
     };
+    let name = &kept[..colon];
+    if !name.eq_ignore_ascii_case(b"content-length")
+        && !name.eq_ignore_ascii_case(b"transfer-encoding")
+    {
+        return body;
+    }
+    // A framing value longer than kept is none hyper writes.
+    let Some(whole) = line.whole() else {
+        return Framing::Unknown;
+    };
+    let value = whole[colon + 1..].trim_ascii();
     if name.eq_ignore_ascii_case(b"content-length") {
         let length = std::str::from_utf8(value)
             .ok()
@@ -340,6 +342,13 @@ mod tests {
         assert_eq!(starts(get.as_bytes(), &[10]), [false, true]);
         let many = format!("POST / HTTP/1.1\r\n{fields}content-length: 3\r\n\r\nabc");
         assert_eq!(starts(many.as_bytes(), &[many.len() - 3]), [false, true]);
+        // Long fields named like the framing ones, but other.
+        let long = "x".repeat(200);
+        let named = format!(
+            "POST / HTTP/1.1\r\ncontent-length-digest: {long}\r\ntransfer-encodings{long}: x\r\n\
+             content-length: 3\r\n\r\nabc"
+        );
+        assert_eq!(starts(named.as_bytes(), &[named.len() - 3]), [false, true]);
     }
 
     /// A write that ends just after a chunk's size line: the next one starts with the
@@ -389,6 +398,10 @@ mod tests {
             format!("{head}0\r\n{}", "x".repeat(70_000)),
             "POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".into(),
             "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n".into(),
+            format!(
+                "POST / HTTP/1.1\r\ncontent-length: {}5\r\n\r\n",
+                " ".repeat(80)
+            ),
         ] {
             let mut writes = RequestWrites::default();
             writes.wrote(bad.as_bytes());
