@@ -172,7 +172,7 @@ pub(crate) struct Counted {
     stream: TcpStream,
     exchanges: Arc<Exchanges>,
     heads: ResponseHeads,
-    /// How much of the request being written is still to go.
+    /// Where the request being written stands.
     requests: RequestWrites,
     /// Read and held, for hyper to read next.
     released: Vec<u8>,
@@ -182,13 +182,23 @@ pub(crate) struct Counted {
 }
 
 impl Counted {
-    fn wrote(&mut self, written: &[u8]) {
+    /// A write beginning with `first` is about to go out.
+    fn wrote(&mut self, first: &[u8]) -> io::Result<()> {
+        // Where the request written stands is no longer known: no byte more goes out, and
+        // hyper drops the connection, rather than a guess made of where an answer starts.
+        if self.requests.lost() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a request written to the origin left the framing the proxy follows",
+            ));
+        }
         self.exchanges.wrote();
         // The rest of a request written as its answer arrives starts no exchange, however
         // it starts (an upload holding a request line): its answer's body is no head.
         if self.requests.at_start() && std::mem::take(&mut self.read_since_write) {
-            self.heads.wrote_after_read(written);
+            self.heads.wrote_after_read(first);
         }
+        Ok(())
     }
 }
 
@@ -242,10 +252,11 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.wrote(buf);
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        let this = &mut *self;
+        this.wrote(buf)?;
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = polled {
-            self.requests.wrote(buf, written);
+            this.requests.wrote(buf.get(..written).unwrap_or(buf));
         }
         polled
     }
@@ -255,14 +266,25 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
         let first = bufs
             .iter()
             .find(|buf| !buf.is_empty())
             .map_or(&[][..], |buf| &**buf);
-        self.wrote(first);
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        this.wrote(first)?;
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(written)) = polled {
-            self.requests.wrote(first, written);
+            // Every byte that went out, across the buffers: a chunk's size line and data
+            // are buffers apart, and a write may end between them.
+            let mut left = written;
+            for buf in bufs {
+                let taken = left.min(buf.len());
+                this.requests.wrote(&buf[..taken]);
+                left -= taken;
+                if left == 0 {
+                    break;
+                }
+            }
         }
         polled
     }
