@@ -111,6 +111,7 @@ mod review_ss;
 mod review_st;
 mod review_su;
 mod review_sv;
+mod review_sw;
 mod review_sx;
 mod review_t;
 mod review_tt;
