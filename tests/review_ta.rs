@@ -186,9 +186,24 @@ async fn a_small_tier_scanned_by_tiny_pages_weighs_no_more_than_its_capacity() {
 /// request), so the page must not be stored.
 #[tokio::test]
 async fn a_purge_settled_by_a_local_write_under_way_holds_for_the_local_fills() {
+    settled_by_a_local_write("sports", tag_purges_key(), true).await;
+}
+
+/// The same with the tag's own generation: purge A (this process) of `news` too, its
+/// write of the tag's generation held; B's advance of it stops at A's value, and the
+/// fill's store, which compares the generation with its request, must not be stored.
+#[tokio::test]
+async fn a_tag_generation_settled_by_a_local_write_under_way_holds_for_the_local_fills() {
+    settled_by_a_local_write("news", tag_key("news"), false).await;
+}
+
+/// Purge A (this process, of `tag_here`), its write of `gated` held; a fill of a page
+/// tagged `news`; purge B (another process, its clock behind) of `news`, its write of
+/// `gated` held until A's landed; then (`evicted`) the tag's generation evicted.
+async fn settled_by_a_local_write(tag_here: &'static str, gated: String, evicted: bool) {
     let backend = MemoryBackend::new();
-    let gate_here = Gate::new(tag_purges_key());
-    let gate_there = Gate::new(tag_purges_key());
+    let gate_here = Gate::new(gated.clone());
+    let gate_there = Gate::new(gated);
     let here = support::layer(Held {
         inner: backend.clone(),
         gate: Arc::clone(&gate_here),
@@ -226,7 +241,7 @@ async fn a_purge_settled_by_a_local_write_under_way_holds_for_the_local_fills() 
     support::bounded("review_ta::settled_by_a_local_write", async {
         // Purge A: stamped, its write of the mark held.
         let purger = here.purger();
-        let purge_a = tokio::spawn(async move { purger.purge_tag("sports").await });
+        let purge_a = tokio::spawn(async move { purger.purge_tag(tag_here).await });
         gate_here.caught().await;
         // The fill: its request goes out after A's stamp.
         let service = service_here.clone();
@@ -245,7 +260,9 @@ async fn a_purge_settled_by_a_local_write_under_way_holds_for_the_local_fills() 
         purge_a.await.unwrap().unwrap();
         gate_there.release();
         purge_b.await.unwrap().unwrap();
-        backend.delete(&tag_key("news")).await.unwrap();
+        if evicted {
+            backend.delete(&tag_key("news")).await.unwrap();
+        }
         // The response produced before B's purge comes back and is offered for storage.
         origin_gate.add_permits(1);
         let first = fill.await.unwrap();
