@@ -24,7 +24,12 @@ use super::{CLOCK_SKEW, Storage, unique};
 /// came after a fill here went out (and returned before the fill's store). So each value
 /// is kept with what it replaced ([`Over`]): the instant is this purge's (taken with the
 /// stamp, before anything was written, as above), and what it replaced is compared as
-/// another process's purge, with the margin (review SX).
+/// another process's purge, with the margin (review SX). And a request that went out
+/// while the write was under way is compared with the value itself, with the margin:
+/// another process's purge begun after the request, stamped by a clock a little behind,
+/// may have read the key before the value landed and found it past its stamp after,
+/// and stopped there (its advance settled by this value, which then stands for it too:
+/// review TA).
 #[derive(Default)]
 pub(crate) struct LocalPurges(Mutex<VecDeque<Made>>);
 
@@ -34,6 +39,10 @@ pub(crate) struct Made {
     value: u64,
     /// When the purge (or creation) that wrote it began, once its stamp was taken.
     pub(crate) at: Instant,
+    /// When its write was known to have landed (for a creation, `at`): a request that
+    /// went out before may be followed by another process's purge that this value stands
+    /// for (see [`LocalPurges`]).
+    pub(crate) landed: Instant,
     pub(crate) over: Over,
 }
 
@@ -56,14 +65,15 @@ impl LocalPurges {
 
     /// A value created or written here, over nothing that was a purge.
     pub(super) fn record(&self, generation: u64) {
-        self.push(generation, Instant::now(), Over::Nothing);
+        let now = Instant::now();
+        self.push(generation, now, now, Over::Nothing);
     }
 
     /// A purge's stamp, about to be written: when it began (returned, for
     /// [`written`](Self::written)).
     fn begin(&self, stamp: u64) -> Instant {
         let at = Instant::now();
-        self.push(stamp, at, Over::Unknown);
+        self.push(stamp, at, at, Over::Unknown);
         at
     }
 
@@ -71,13 +81,14 @@ impl LocalPurges {
     /// where it differs, each over what it absorbed.
     fn written(&self, stamp: u64, at: Instant, advanced: Advanced) {
         let over = advanced.absorbed.map_or(Over::Nothing, Over::Purge);
-        self.push(stamp, at, over);
+        let landed = Instant::now();
+        self.push(stamp, at, landed, over);
         if advanced.value != stamp {
-            self.push(advanced.value, at, over);
+            self.push(advanced.value, at, landed, over);
         }
     }
 
-    fn push(&self, value: u64, at: Instant, over: Over) {
+    fn push(&self, value: u64, at: Instant, landed: Instant, over: Over) {
         let mut purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
         while purges
             .front()
@@ -86,7 +97,12 @@ impl LocalPurges {
         {
             purges.pop_front();
         }
-        purges.push_back(Made { value, at, over });
+        purges.push_back(Made {
+            value,
+            at,
+            landed,
+            over,
+        });
     }
 
     /// When `generation` was written here and over what, if it was (and is still

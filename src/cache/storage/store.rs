@@ -506,6 +506,11 @@ impl<B: Backend> Storage<B> {
         let margin = |at: u64| at.saturating_add(nanos_of(CLOCK_SKEW)) > requested_ns;
         match self.local_purges.made(at) {
             Some(made) if made.at >= sent => true,
+            // Sent while its write was under way: another process's purge, begun after
+            // the request (its clock a little behind), may have found this value past its
+            // stamp once it landed and stopped there, so it stands for that purge too,
+            // whose time is at most this value (review TA).
+            Some(made) if made.landed > sent => margin(at),
             Some(made) => match made.over {
                 Over::Nothing => false,
                 // What it replaced is no purge of ours: compared as another process's.
