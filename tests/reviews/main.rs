@@ -114,6 +114,7 @@ mod review_sv;
 mod review_sw;
 mod review_sx;
 mod review_t;
+mod review_ta;
 mod review_tt;
 mod review_u;
 mod review_vv;

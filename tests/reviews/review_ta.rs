@@ -2,7 +2,7 @@
 //! mark as max-registers on every server) and SY (the near tier counts its map's tables
 //! and takes them off its capacity).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
