@@ -16,7 +16,7 @@
 use crate::support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,108 +24,13 @@ use http::Method;
 use tokio::sync::Semaphore;
 use tower::Layer;
 
-use tower_memcache::backend::{Backend, BackendError, CasOutcome, Lifetime, MemoryBackend};
-use tower_memcache::key::md5_hex;
+use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
 
+use support::held_writes::{Gate, Held, tag_key, tag_purges_key};
 use support::paced_origin::{Pace, Paced};
 use support::scripted_service::{Reply, lines};
 
 const NAMESPACE: &str = "review-sx";
-
-/// A generation or mark key of the namespace (`Storage::internal_key`).
-fn internal_key(base: &str) -> String {
-    format!("g:{}", md5_hex(&[NAMESPACE.as_bytes(), base.as_bytes()]))
-}
-
-fn tag_key(tag: &str) -> String {
-    internal_key(&format!("\0tag\0{tag}"))
-}
-
-fn tag_purges_key() -> String {
-    internal_key("\0tag purges")
-}
-
-/// Holds the first write (`set`, `add` or `cas`) to one key once armed, until released:
-/// a purge's write delayed on its way to the server.
-struct Gate {
-    key: String,
-    armed: AtomicBool,
-    caught: Semaphore,
-    release: Semaphore,
-}
-
-impl Gate {
-    fn new(key: String) -> Arc<Self> {
-        Arc::new(Self {
-            key,
-            armed: AtomicBool::new(true),
-            caught: Semaphore::new(0),
-            release: Semaphore::new(0),
-        })
-    }
-
-    async fn pass(&self, key: &str) {
-        if key == self.key && self.armed.swap(false, Ordering::SeqCst) {
-            self.caught.add_permits(1);
-            let _ = self.release.acquire().await.map(|permit| permit.forget());
-        }
-    }
-
-    /// Until a write is held.
-    async fn caught(&self) {
-        let _ = self.caught.acquire().await.map(|permit| permit.forget());
-    }
-
-    fn release(&self) {
-        self.release.add_permits(1);
-    }
-}
-
-/// `inner`, with writes to the gate's key passing the gate. Everything else (and every
-/// default method, which goes through these) as `inner`.
-#[derive(Clone)]
-struct Held<B> {
-    inner: B,
-    gate: Arc<Gate>,
-}
-
-impl<B: Backend> Backend for Held<B> {
-    forward_to_inner!(get, get_many, delete, touch, incr, flush_all, stats);
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<(), BackendError> {
-        self.gate.pass(key).await;
-        self.inner.set(key, value, flags, lifetime).await
-    }
-
-    async fn add(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<bool, BackendError> {
-        self.gate.pass(key).await;
-        self.inner.add(key, value, flags, lifetime).await
-    }
-
-    async fn cas(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-        cas: u64,
-    ) -> Result<CasOutcome, BackendError> {
-        self.gate.pass(key).await;
-        self.inner.cas(key, value, flags, lifetime, cas).await
-    }
-}
 
 /// Purge A (this process, over `held`) is under way, its write of `gated` held; a fill of
 /// a page tagged `news` goes out here; purge B (another process) purges the tag and
@@ -179,7 +84,7 @@ async fn purge_undone_by_an_earlier_one<B: Backend>(backend: B, gated: String, e
         gate.release();
         purge_a.await.unwrap().unwrap();
         if evicted {
-            backend.delete(&tag_key("news")).await.unwrap();
+            backend.delete(&tag_key(NAMESPACE, "news")).await.unwrap();
         }
         // The response produced before B's purge comes back and is offered for storage.
         origin_gate.add_permits(1);
@@ -204,7 +109,7 @@ async fn purge_undone_by_an_earlier_one<B: Backend>(backend: B, gated: String, e
 /// The tag's generation: A's write, landing after B's, put A's time back, and the fill
 /// (requested after A's purge, before B's) was stored under it.
 async fn a_tag_purge_holds_when_an_earlier_purge_lands_after_it<B: Backend>(backend: B) {
-    purge_undone_by_an_earlier_one(backend, tag_key("news"), false).await;
+    purge_undone_by_an_earlier_one(backend, tag_key(NAMESPACE, "news"), false).await;
 }
 
 /// The namespace's tag-purge mark (what a store asks when the tag's generation is
@@ -213,7 +118,7 @@ async fn a_tag_purge_holds_when_an_earlier_purge_lands_after_it<B: Backend>(back
 async fn a_tag_purge_holds_past_an_eviction_when_an_earlier_purge_lands_after_it<B: Backend>(
     backend: B,
 ) {
-    purge_undone_by_an_earlier_one(backend, tag_purges_key(), true).await;
+    purge_undone_by_an_earlier_one(backend, tag_purges_key(NAMESPACE), true).await;
 }
 
 mod memory {

@@ -5,126 +5,30 @@
 use crate::support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request};
 use tokio::sync::Semaphore;
 use tower::Layer;
 
+use support::held_writes::{Gate, Held, tag_key, tag_purges_key};
 use support::paced_origin::{Pace, Paced};
 use support::scripted_service::{Origin, Reply, lines};
 use support::{Watch, send};
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{
-    Advanced, Backend, BackendError, CasOutcome, Lifetime, MemoryBackend,
-};
+use tower_memcache::backend::{Advanced, Backend, BackendError, Lifetime, MemoryBackend};
 use tower_memcache::cache::NearCache;
-use tower_memcache::key::md5_hex;
 
 const NAMESPACE: &str = "review-ta";
 
-/// A generation or mark key of the namespace (`Storage::internal_key`).
-fn internal_key(base: &str) -> String {
-    format!("g:{}", md5_hex(&[NAMESPACE.as_bytes(), base.as_bytes()]))
-}
-
-fn tag_key(tag: &str) -> String {
-    internal_key(&format!("\0tag\0{tag}"))
-}
-
-fn tag_purges_key() -> String {
-    internal_key("\0tag purges")
-}
-
-/// Holds the first write (`set`, `add` or `cas`) to one key until released: a purge's
-/// write delayed on its way to the server.
-struct Gate {
-    key: String,
-    armed: AtomicBool,
-    caught: Semaphore,
-    release: Semaphore,
-}
-
-impl Gate {
-    fn new(key: String) -> Arc<Self> {
-        Arc::new(Self {
-            key,
-            armed: AtomicBool::new(true),
-            caught: Semaphore::new(0),
-            release: Semaphore::new(0),
-        })
-    }
-
-    async fn pass(&self, key: &str) {
-        if key == self.key && self.armed.swap(false, Ordering::SeqCst) {
-            self.caught.add_permits(1);
-            let _ = self.release.acquire().await.map(|permit| permit.forget());
-        }
-    }
-
-    async fn caught(&self) {
-        let _ = self.caught.acquire().await.map(|permit| permit.forget());
-    }
-
-    fn release(&self) {
-        self.release.add_permits(1);
-    }
-}
-
-/// `inner`, with the first write to the gate's key held at the gate, and purges stamped
-/// `behind` nanoseconds earlier than this process's clock says (another host's clock, a
-/// little behind: within the skew the layer allows).
-#[derive(Clone)]
-struct Held<B> {
-    inner: B,
-    gate: Arc<Gate>,
-    behind: u64,
-}
-
-impl<B: Backend> Backend for Held<B> {
-    forward_to_inner!(get, get_many, delete, touch, incr, flush_all, stats);
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<(), BackendError> {
-        self.gate.pass(key).await;
-        self.inner.set(key, value, flags, lifetime).await
-    }
-
-    async fn add(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<bool, BackendError> {
-        self.gate.pass(key).await;
-        self.inner.add(key, value, flags, lifetime).await
-    }
-
-    async fn cas(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-        cas: u64,
-    ) -> Result<CasOutcome, BackendError> {
-        self.gate.pass(key).await;
-        self.inner.cas(key, value, flags, lifetime, cas).await
-    }
-}
-
-/// [`Held`], whose advances take their stamps from a clock `behind` this one.
+/// [`Held`], whose advances take their stamps from a clock `behind` nanoseconds earlier
+/// than this process's (another host's clock, a little behind: within the skew the layer
+/// allows).
 #[derive(Clone)]
 struct Behind<B> {
     inner: Held<B>,
+    behind: u64,
 }
 
 impl<B: Backend> Backend for Behind<B> {
@@ -138,7 +42,7 @@ impl<B: Backend> Backend for Behind<B> {
         stamp: u64,
         lifetime: Lifetime,
     ) -> Result<Advanced, BackendError> {
-        let stamp = stamp.saturating_sub(self.inner.behind);
+        let stamp = stamp.saturating_sub(self.behind);
         self.inner
             .advance_on_every_server(key, stamp, lifetime)
             .await
@@ -186,7 +90,7 @@ async fn a_small_tier_scanned_by_tiny_pages_weighs_no_more_than_its_capacity() {
 /// request), so the page must not be stored.
 #[tokio::test]
 async fn a_purge_settled_by_a_local_write_under_way_holds_for_the_local_fills() {
-    settled_by_a_local_write("sports", tag_purges_key(), true).await;
+    settled_by_a_local_write("sports", tag_purges_key(NAMESPACE), true).await;
 }
 
 /// The same with the tag's own generation: purge A (this process) of `news` too, its
@@ -194,7 +98,7 @@ async fn a_purge_settled_by_a_local_write_under_way_holds_for_the_local_fills() 
 /// fill's store, which compares the generation with its request, must not be stored.
 #[tokio::test]
 async fn a_tag_generation_settled_by_a_local_write_under_way_holds_for_the_local_fills() {
-    settled_by_a_local_write("news", tag_key("news"), false).await;
+    settled_by_a_local_write("news", tag_key(NAMESPACE, "news"), false).await;
 }
 
 /// Purge A (this process, of `tag_here`), its write of `gated` held; a fill of a page
@@ -207,15 +111,14 @@ async fn settled_by_a_local_write(tag_here: &'static str, gated: String, evicted
     let here = support::layer(Held {
         inner: backend.clone(),
         gate: Arc::clone(&gate_here),
-        behind: 0,
     })
     .namespace(NAMESPACE);
     let there = support::layer(Behind {
         inner: Held {
             inner: backend.clone(),
             gate: Arc::clone(&gate_there),
-            behind: Duration::from_millis(50).as_nanos() as u64,
         },
+        behind: Duration::from_millis(50).as_nanos() as u64,
     })
     .namespace(NAMESPACE);
     let watch = Watch::of(&here);
@@ -261,7 +164,7 @@ async fn settled_by_a_local_write(tag_here: &'static str, gated: String, evicted
         gate_there.release();
         purge_b.await.unwrap().unwrap();
         if evicted {
-            backend.delete(&tag_key("news")).await.unwrap();
+            backend.delete(&tag_key(NAMESPACE, "news")).await.unwrap();
         }
         // The response produced before B's purge comes back and is offered for storage.
         origin_gate.add_permits(1);

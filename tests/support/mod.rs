@@ -7,6 +7,7 @@ pub mod desync;
 pub mod fake_memcached;
 pub mod flood;
 pub mod h2_frames;
+pub mod held_writes;
 pub mod live_stream;
 pub mod no_store_flight;
 pub mod nutcracker;
