@@ -23,8 +23,8 @@ use tower_memcache::cache::{OriginUnreachable, RequestTarget};
 
 use crate::download::Download;
 use crate::fields::{
-    FORWARDING, PeerFields, kept_from_connection, remove_spellings, set_forwarding,
-    strip_hop_by_hop, via,
+    FORWARDING, PeerFields, canonical_length, kept_from_connection, remove_spellings,
+    set_forwarding, strip_hop_by_hop, via,
 };
 use crate::origin_connection::{Carriers, OriginConnector, framed_two_ways, kept_alive_unanswered};
 use crate::target::refused;
@@ -99,6 +99,7 @@ pub(crate) async fn forward(
     let carries_body = !request.body().is_end_stream();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, |_| false);
+    canonical_length(headers);
     // The proxy meets a `100-continue` expectation itself (hyper sends `100 Continue` once
     // the upload starts), so the body follows at once. An origin told of it that answered
     // in place of a 100 (a 401) took it that no body would come, and read the body as its
