@@ -132,6 +132,47 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, kept: impl Fn(&HeaderNam
     }
 }
 
+/// Writes the request's `Content-Length` as the one decimal number hyper frames its body
+/// by, or drops it when it is none. hyper forwards the lines as the client wrote them:
+/// `1*DIGIT` with any number of leading zeros (RFC 9110 §8.6), repeated, or (from an
+/// HTTP/2 client, which h2 reads as 0) empty. Past the head line bytes the origin
+/// connection follows (`request_writes`), such a request was "lost" once written whole,
+/// and its connection, back in the pool, failed the next request sent on it, anyone's
+/// (review TB); and an origin may frame an odd spelling otherwise than hyper does.
+pub(crate) fn canonical_length(headers: &mut HeaderMap) {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let digits = value.as_bytes();
+        let parsed = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| {
+                digits.iter().try_fold(0u64, |n, &digit| {
+                    n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+                })
+            })
+            .flatten();
+        match (parsed, length) {
+            (Some(parsed), None) => length = Some(parsed),
+            (Some(parsed), Some(first)) if parsed == first => {}
+            // Unequal lengths hyper's server refuses; one it frames nothing by goes.
+            _ => {
+                length = None;
+                break;
+            }
+        }
+    }
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        return;
+    }
+    match length {
+        Some(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+}
+
 /// Whether a response field is one the cache decides by ([`decides_caching`]: an origin's
 /// `Connection` may not make it hop-by-hop; the cache, in the proxy, is that hop's
 /// recipient and decides after this step), or the proxy's tag and lifetime fields, which

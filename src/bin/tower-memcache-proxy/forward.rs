@@ -23,8 +23,8 @@ use tower_memcache::cache::{OriginUnreachable, RequestTarget};
 
 use crate::download::Download;
 use crate::fields::{
-    FORWARDING, PeerFields, kept_from_connection, remove_spellings, set_forwarding,
-    strip_hop_by_hop, via,
+    FORWARDING, PeerFields, canonical_length, kept_from_connection, remove_spellings,
+    set_forwarding, strip_hop_by_hop, via,
 };
 use crate::origin_connection::{Carriers, OriginConnector, framed_two_ways, kept_alive_unanswered};
 use crate::target::refused;
@@ -99,6 +99,7 @@ pub(crate) async fn forward(
     let carries_body = !request.body().is_end_stream();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, |_| false);
+    canonical_length(headers);
     // The proxy meets a `100-continue` expectation itself (hyper sends `100 Continue` once
     // the upload starts), so the body follows at once. An origin told of it that answered
     // in place of a 100 (a 401) took it that no body would come, and read the body as its
@@ -313,15 +314,16 @@ fn closed_unanswered(err: &(dyn Error + 'static)) -> bool {
     false
 }
 
-/// Whether hyper undid every transfer coding the response names, so that the body it
-/// hands over is the representation: `chunked` once, as the last coding (or none, the
-/// obsolete `identity` aside). Another coding (`gzip, chunked`) is left on the body, and
+/// Whether hyper undid every transfer coding the message (a response, or a request:
+/// [`ValidTarget`](crate::target::ValidTarget)) names, so that the body it hands over
+/// is the representation: `chunked` once, as the last coding (or none, the obsolete
+/// `identity` aside). Another coding (`gzip, chunked`) is left on the body, and
 /// so is a second chunking (`chunked, chunked`), or all of the framing when `chunked` is
 /// not last (`chunked, identity`: hyper then reads to the connection's close); dropping
 /// the hop-by-hop field would pass that on, and store it, as if it were the
 /// representation. Such a response is a 502, as nginx makes it ("upstream sent unknown
 /// Transfer-Encoding").
-fn only_chunked(headers: &HeaderMap) -> bool {
+pub(crate) fn only_chunked(headers: &HeaderMap) -> bool {
     let (mut chunked, mut last_chunked) = (0usize, false);
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         let Ok(codings) = value.to_str() else {

@@ -57,7 +57,11 @@
 //! not `host[:port]` (`127.0.0.1:3001/a` would otherwise let `GET /b` be stored as
 //! `/a/b`), user information, more than one `Host`, a `Host` that disagrees with an
 //! absolute-form target; also an HTTP/1.1 request without `Host`, and an absolute-form
-//! target whose scheme is not `http` (the proxy only listens on plain HTTP).
+//! target whose scheme is not `http` (the proxy only listens on plain HTTP). A request
+//! body whose `Transfer-Encoding` names a coding besides its one `chunked` (`gzip,
+//! chunked`, `chunked, chunked`) is answered `501 Not Implemented` (RFC 9112 §6.1), as
+//! nginx answers it: the proxy undoes the chunking only, and the origin would take the
+//! still-coded bytes for the body.
 //!
 //! # Forwarding headers
 //!

@@ -187,10 +187,7 @@ impl Counted {
         // Where the request written stands is no longer known: no byte more goes out, and
         // hyper drops the connection, rather than a guess made of where an answer starts.
         if self.requests.lost() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a request written to the origin left the framing the proxy follows",
-            ));
+            return Err(lost_request());
         }
         self.exchanges.wrote();
         // The rest of a request written as its answer arrives starts no exchange, however
@@ -200,6 +197,14 @@ impl Counted {
         }
         Ok(())
     }
+}
+
+/// The error of a connection whose request left the framing the proxy follows.
+fn lost_request() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "a request written to the origin left the framing the proxy follows",
+    )
 }
 
 impl Connection for Counted {
@@ -294,6 +299,12 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A request lost by its last write fails its own exchange here (hyper flushes
+        // each request it writes), rather than its connection going back to the pool
+        // and the next request on it, anyone's, failing at its first write (review TB).
+        if self.requests.lost() {
+            return Poll::Ready(Err(lost_request()));
+        }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
@@ -348,6 +359,39 @@ mod tests {
                 "{status} {headers:?}"
             );
         }
+    }
+
+    /// A request that left the framing followed once written whole (its last write): the
+    /// flush that ends its writing fails, so that its own exchange ends with the
+    /// connection, rather than the connection going back to the pool and failing the next
+    /// request sent on it, another client's (review TB).
+    #[tokio::test]
+    async fn a_request_lost_by_its_last_write_fails_its_own_flush() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let _origin = listener.accept().await.unwrap();
+        let mut counted = Counted {
+            stream,
+            exchanges: Arc::default(),
+            heads: ResponseHeads::default(),
+            requests: RequestWrites::default(),
+            released: Vec::new(),
+            read_since_write: false,
+        };
+        counted
+            .write_all(b"GET / HTTP/1.1\r\nhost: origin\r\n\r\n")
+            .await
+            .unwrap();
+        counted.flush().await.unwrap();
+        // A framing the watch does not follow, on a bodiless request.
+        counted
+            .write_all(b"GET / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(counted.flush().await.is_err(), "the lost request's flush");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tower::Service;
 use tower_memcache::cache::{InvalidTarget, RequestTarget};
 
 use crate::fields::{ClientRequest, PeerFields, as_forwarded, looped};
-use crate::forward::plain;
+use crate::forward::{only_chunked, plain};
 use crate::upload::{ProxyRequestBody, discard_rest};
 
 /// Why a request is refused before the cache sees it, if it is; else the `Host` it is
@@ -133,6 +133,15 @@ where
         // itself be a forward proxy) to open a tunnel for any client.
         if request.method() == Method::CONNECT {
             tracing::debug!("CONNECT refused: 501");
+            let response = plain(StatusCode::NOT_IMPLEMENTED, "501 Not Implemented\n");
+            return answered_unread(request, response);
+        }
+        // A transfer coding besides its one `chunked` (`gzip, chunked`) stays on the body
+        // hyper hands over: forwarded without the hop-by-hop field that names it, the
+        // origin took the coded bytes for the representation. RFC 9112 §6.1: 501, as
+        // nginx answers (review TB).
+        if !only_chunked(request.headers()) {
+            tracing::debug!("request transfer coding other than chunked: 501");
             let response = plain(StatusCode::NOT_IMPLEMENTED, "501 Not Implemented\n");
             return answered_unread(request, response);
         }
