@@ -115,6 +115,7 @@ mod review_sw;
 mod review_sx;
 mod review_t;
 mod review_ta;
+mod review_tb;
 mod review_tt;
 mod review_u;
 mod review_vv;

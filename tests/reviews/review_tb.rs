@@ -7,7 +7,7 @@
 
 #![cfg(feature = "proxy")]
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
