@@ -5,7 +5,7 @@
 use crate::support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use http::{Method, Request};
 use tokio::sync::Semaphore;
 use tower::Layer;
 
+use support::gate::Gate;
 use support::paced_origin::{Pace, Paced};
 use support::scripted_service::{Origin, Reply, lines};
 use support::{Watch, send};
@@ -36,41 +37,6 @@ fn tag_key(tag: &str) -> String {
 
 fn tag_purges_key() -> String {
     internal_key("\0tag purges")
-}
-
-/// Holds the first write (`set`, `add` or `cas`) to one key until released: a purge's
-/// write delayed on its way to the server.
-struct Gate {
-    key: String,
-    armed: AtomicBool,
-    caught: Semaphore,
-    release: Semaphore,
-}
-
-impl Gate {
-    fn new(key: String) -> Arc<Self> {
-        Arc::new(Self {
-            key,
-            armed: AtomicBool::new(true),
-            caught: Semaphore::new(0),
-            release: Semaphore::new(0),
-        })
-    }
-
-    async fn pass(&self, key: &str) {
-        if key == self.key && self.armed.swap(false, Ordering::SeqCst) {
-            self.caught.add_permits(1);
-            let _ = self.release.acquire().await.map(|permit| permit.forget());
-        }
-    }
-
-    async fn caught(&self) {
-        let _ = self.caught.acquire().await.map(|permit| permit.forget());
-    }
-
-    fn release(&self) {
-        self.release.add_permits(1);
-    }
 }
 
 /// `inner`, with the first write to the gate's key held at the gate, and purges stamped

@@ -6,6 +6,7 @@ pub mod db;
 pub mod desync;
 pub mod fake_memcached;
 pub mod flood;
+pub mod gate;
 pub mod h2_frames;
 pub mod live_stream;
 pub mod no_store_flight;
