@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -25,7 +26,12 @@ pub fn tag_purges_key(namespace: &str) -> String {
     internal_key(namespace, "\0tag purges")
 }
 
-/// Holds the first write (`set`, `add` or `cas`) to one key until released.
+/// How long a held write waits for its release at most (a schedule that never releases
+/// it must not hang the test).
+const MOST: Duration = Duration::from_secs(2);
+
+/// Holds the first write (`set`, `add` or `cas`) to one key until released (or [`MOST`]
+/// passed), so that a test orders it with others (reviews SX, TA and TC).
 pub struct Gate {
     key: String,
     armed: AtomicBool,
@@ -47,13 +53,27 @@ impl Gate {
     pub async fn pass(&self, key: &str) {
         if key == self.key && self.armed.swap(false, Ordering::SeqCst) {
             self.caught.add_permits(1);
-            let _ = self.release.acquire().await.map(|permit| permit.forget());
+            let release = self.release.acquire();
+            if let Ok(Ok(permit)) = tokio::time::timeout(MOST, release).await {
+                permit.forget();
+            }
         }
     }
 
     /// Until a write is held.
     pub async fn caught(&self) {
         let _ = self.caught.acquire().await.map(|permit| permit.forget());
+    }
+
+    /// Until a write is held; false if none was within `within`.
+    pub async fn caught_within(&self, within: Duration) -> bool {
+        match tokio::time::timeout(within, self.caught.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Lets the held write (or the next one to come) go on.
