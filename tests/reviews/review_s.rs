@@ -23,7 +23,8 @@
 
 use crate::support;
 
-use std::collections::HashMap;
+use support::lossy_network::{Fault, Network, Through};
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,40 +37,24 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tower::ServiceExt;
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{
-    Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend, ServerStats,
-};
+use tower_memcache::backend::{Backend, Lifetime, MemoryBackend};
 use tower_memcache::cache::{CacheMode, NearCache, Purger, ResponseBody};
 
 // ---------------------------------------------------------------------------------------
 // The faults: each process sees the shared store through a network of its own.
 
-/// What happens to one backend call.
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    /// Runs as usual.
-    None,
-    /// Fails before reaching the store: nothing happens.
-    Lost,
-    /// Reaches the store, but the reply is lost (an error is returned).
-    ReplyLost,
-    /// Reaches the store `ms` later, in a task of its own: a caller that gives up (its
-    /// timeout) does not stop it, as a request already on the wire is not stopped.
-    Late(u64),
-}
-
-/// A process's view of the shared store: `MemoryBackend`'s clone behind random faults.
+/// A process's network: per mille `rate` of calls go wrong, while `on` is set (the final
+/// check turns faults off).
 #[derive(Clone)]
-struct Faulty {
-    inner: MemoryBackend,
+struct Faults {
     rng: Arc<Mutex<StdRng>>,
     /// Per mille of calls that go wrong; 0 for a clean network.
     rate: u32,
-    /// Faults happen only while this is set (the final check turns them off).
+    /// Faults happen only while this is set.
     on: Arc<AtomicBool>,
 }
 
-impl Faulty {
+impl Network for Faults {
     fn fault(&self) -> Fault {
         if self.rate == 0 || !self.on.load(Ordering::SeqCst) {
             return Fault::None;
@@ -84,109 +69,10 @@ impl Faulty {
             _ => Fault::Late(rng.random_range(1..200)),
         }
     }
-
-    async fn run<T, F>(&self, call: impl FnOnce(MemoryBackend) -> F) -> Result<T, BackendError>
-    where
-        F: Future<Output = Result<T, BackendError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let error = || BackendError::Timeout {
-            server: "faulty".into(),
-            after: Duration::from_millis(1),
-        };
-        match self.fault() {
-            Fault::None => call(self.inner.clone()).await,
-            Fault::Lost => Err(error()),
-            Fault::ReplyLost => {
-                let _ = call(self.inner.clone()).await;
-                Err(error())
-            }
-            Fault::Late(ms) => {
-                let call = call(self.inner.clone());
-                let task = tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    call.await
-                });
-                task.await.unwrap_or_else(|_| Err(error()))
-            }
-        }
-    }
 }
 
-impl Backend for Faulty {
-    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.get(&key).await }).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Item>, BackendError> {
-        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-        self.run(move |b| async move {
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            b.get_many(&keys).await
-        })
-        .await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<(), BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.set(&key, value, flags, lifetime).await })
-            .await
-    }
-    async fn add(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<bool, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.add(&key, value, flags, lifetime).await })
-            .await
-    }
-    async fn cas(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-        cas: u64,
-    ) -> Result<CasOutcome, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.cas(&key, value, flags, lifetime, cas).await })
-            .await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.delete(&key).await }).await
-    }
-    async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.touch(&key, lifetime).await })
-            .await
-    }
-    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.incr(&key, delta).await })
-            .await
-    }
-    async fn flush_all(&self) -> Result<(), BackendError> {
-        self.run(move |b| async move { b.flush_all().await }).await
-    }
-    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
-        self.inner.stats().await
-    }
-    fn server_of(&self, route: &str) -> Option<usize> {
-        self.inner.server_of(route)
-    }
-    fn outages(&self) -> u64 {
-        self.inner.outages()
-    }
-}
+/// A process's view of the shared store: `MemoryBackend`'s clone behind random faults.
+type Faulty = Through<Faults>;
 
 // ---------------------------------------------------------------------------------------
 // The origin: a version per URL.
@@ -436,11 +322,13 @@ fn world(seed: u64) -> World<Faulty> {
             };
             let backend = Faulty {
                 inner: store.clone(),
-                rng: Arc::new(Mutex::new(StdRng::seed_from_u64(
-                    seed.wrapping_add(p as u64),
-                ))),
-                rate,
-                on: Arc::clone(&faults_on),
+                network: Faults {
+                    rng: Arc::new(Mutex::new(StdRng::seed_from_u64(
+                        seed.wrapping_add(p as u64),
+                    ))),
+                    rate,
+                    on: Arc::clone(&faults_on),
+                },
             };
             let near = match rng.random_range(0..3) {
                 0 => None,

@@ -55,12 +55,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tower::ServiceExt;
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{
-    Advanced, Backend, BackendError, CasOutcome, Item, Lifetime, MemoryBackend, ServerStats,
-};
+use tower_memcache::backend::{Advanced, Backend, BackendError, Lifetime, MemoryBackend};
 use tower_memcache::cache::{CacheMode, Purger, ResponseBody};
 
 use support::held_writes::{self, Gate};
+use support::lossy_network::{Fault, Network, Through};
 
 const NAMESPACE: &str = "review-tc";
 const URLS: usize = 6;
@@ -69,18 +68,27 @@ const TAGS: [&str; 2] = ["red", "blue"];
 // ---------------------------------------------------------------------------------------
 // A process's network: every call delayed by a seeded amount, in a task of its own.
 
+/// A process's network: half the calls go at once, the others up to 15 ms late, some up
+/// to 80 ms; and where the schedule holds one write of this process (see [`contend`]).
 #[derive(Clone)]
-struct Delayed {
-    inner: MemoryBackend,
+struct Delays {
     rng: Arc<Mutex<StdRng>>,
-    /// Where the schedule holds one write of this process (see [`contend`]).
     gate: Slot,
 }
 
 type Slot = Arc<Mutex<Option<Arc<Gate>>>>;
 
-impl Delayed {
-    async fn pass(&self, key: &str) {
+impl Network for Delays {
+    fn fault(&self) -> Fault {
+        let mut rng = self.rng.lock().unwrap();
+        match rng.random_range(0..100) {
+            0..=49 => Fault::None,
+            50..=84 => Fault::Late(rng.random_range(1..15)),
+            _ => Fault::Late(rng.random_range(15..80)),
+        }
+    }
+
+    async fn before_write(&self, key: &str) {
         let gate = self.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
             gate.pass(key).await;
@@ -88,115 +96,9 @@ impl Delayed {
     }
 }
 
-impl Delayed {
-    /// Half the calls go at once; the others up to 15 ms late, some up to 80 ms.
-    fn delay(&self) -> u64 {
-        let mut rng = self.rng.lock().unwrap();
-        match rng.random_range(0..100) {
-            0..=49 => 0,
-            50..=84 => rng.random_range(1..15),
-            _ => rng.random_range(15..80),
-        }
-    }
-
-    async fn run<T, F>(&self, call: impl FnOnce(MemoryBackend) -> F) -> Result<T, BackendError>
-    where
-        F: Future<Output = Result<T, BackendError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let ms = self.delay();
-        let call = call(self.inner.clone());
-        if ms == 0 {
-            return call.await;
-        }
-        // On the wire: a caller that gives up does not stop it.
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            call.await
-        });
-        task.await.unwrap_or_else(|_| {
-            Err(BackendError::Timeout {
-                server: "delayed".into(),
-                after: Duration::from_millis(ms),
-            })
-        })
-    }
-}
-
-impl Backend for Delayed {
-    async fn get(&self, key: &str) -> Result<Option<Item>, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.get(&key).await }).await
-    }
-    async fn get_many(
-        &self,
-        keys: &[&str],
-    ) -> Result<std::collections::HashMap<String, Item>, BackendError> {
-        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-        self.run(move |b| async move {
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            b.get_many(&keys).await
-        })
-        .await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<(), BackendError> {
-        self.pass(key).await;
-        let key = key.to_owned();
-        self.run(move |b| async move { b.set(&key, value, flags, lifetime).await })
-            .await
-    }
-    async fn add(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<bool, BackendError> {
-        self.pass(key).await;
-        let key = key.to_owned();
-        self.run(move |b| async move { b.add(&key, value, flags, lifetime).await })
-            .await
-    }
-    async fn cas(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-        cas: u64,
-    ) -> Result<CasOutcome, BackendError> {
-        self.pass(key).await;
-        let key = key.to_owned();
-        self.run(move |b| async move { b.cas(&key, value, flags, lifetime, cas).await })
-            .await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.delete(&key).await }).await
-    }
-    async fn touch(&self, key: &str, lifetime: Lifetime) -> Result<bool, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.touch(&key, lifetime).await })
-            .await
-    }
-    async fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>, BackendError> {
-        let key = key.to_owned();
-        self.run(move |b| async move { b.incr(&key, delta).await })
-            .await
-    }
-    async fn flush_all(&self) -> Result<(), BackendError> {
-        self.run(move |b| async move { b.flush_all().await }).await
-    }
-    async fn stats(&self) -> Result<Vec<ServerStats>, BackendError> {
-        self.inner.stats().await
-    }
-}
+/// A process's view of the shared store: every call delayed by a seeded amount, in a
+/// task of its own.
+type Delayed = Through<Delays>;
 
 // ---------------------------------------------------------------------------------------
 // A process's clock, as its stamps show it.
@@ -412,10 +314,12 @@ fn world(seed: u64, steps: usize, contend_only: bool) -> World {
             let backend = Skewed {
                 inner: Delayed {
                     inner: store.clone(),
-                    rng: Arc::new(Mutex::new(StdRng::seed_from_u64(
-                        seed.wrapping_mul(31).wrapping_add(p as u64),
-                    ))),
-                    gate: Arc::clone(&gate),
+                    network: Delays {
+                        rng: Arc::new(Mutex::new(StdRng::seed_from_u64(
+                            seed.wrapping_mul(31).wrapping_add(p as u64),
+                        ))),
+                        gate: Arc::clone(&gate),
+                    },
                 },
                 offset: Arc::clone(&clock),
             };

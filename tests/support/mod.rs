@@ -9,6 +9,7 @@ pub mod flood;
 pub mod h2_frames;
 pub mod held_writes;
 pub mod live_stream;
+pub mod lossy_network;
 pub mod no_store_flight;
 pub mod nutcracker;
 pub mod origin;
