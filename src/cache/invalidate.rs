@@ -19,14 +19,15 @@ use crate::cache::policy::Policy;
 
 impl<B: Backend> Shared<B> {
     /// RFC 9111 §4.4: a successful response to an unsafe method invalidates the target
-    /// URI and the same-origin URIs in `Location` and `Content-Location`.
-    pub(super) async fn invalidate_after(
+    /// URI and the same-origin URIs in `Location` and `Content-Location`. Their keys (four
+    /// at most), made now: what invalidates them later holds nothing of the request.
+    pub(super) fn invalidated_keys(
         &self,
         target: &Uri,
         request_headers: &HeaderMap,
         extensions: &http::Extensions,
-        locations: Vec<HeaderValue>,
-    ) {
+        locations: &[HeaderValue],
+    ) -> Vec<String> {
         let mut uris = vec![target.clone()];
         // A target spelled with dot segments (`/a/../b` or `/a/%2e%2e/b`) or `\`
         // (`/a\..\b`, which IIS and other Windows stacks read as `/`), sent as is, names
@@ -40,18 +41,24 @@ impl<B: Backend> Shared<B> {
                 &self.config.canonical.default_scheme,
             )
         }));
-        let canonicals = uris.iter().filter_map(|uri| {
-            self.config
-                .canonical
-                .key_for_get(uri, request_headers, extensions)
-        });
-        // At the same time (four at most): each is a delete on every server, then a new
-        // store epoch, and the response waits for all of them.
-        let invalidations = canonicals.map(|canonical| async move {
-            let key = self.storage.primary_key(&canonical);
-            match self.storage.invalidate(&key).await {
-                Ok(()) => tracing::debug!(%canonical, "invalidated by an unsafe method"),
-                Err(err) => tracing::debug!(%canonical, error = %err, "invalidation failed"),
+        uris.iter()
+            .filter_map(|uri| {
+                self.config
+                    .canonical
+                    .key_for_get(uri, request_headers, extensions)
+            })
+            .map(|canonical| self.storage.primary_key(&canonical))
+            .collect()
+    }
+
+    /// Invalidates `keys` ([`invalidated_keys`](Self::invalidated_keys)) at the same
+    /// time: each is a delete on every server, then a new store epoch, and the response
+    /// waits for all of them.
+    pub(super) async fn invalidate_keys(&self, keys: &[String]) {
+        let invalidations = keys.iter().map(|key| async move {
+            match self.storage.invalidate(key).await {
+                Ok(()) => tracing::debug!(%key, "invalidated by an unsafe method"),
+                Err(err) => tracing::debug!(%key, error = %err, "invalidation failed"),
             }
         });
         futures_util::future::join_all(invalidations).await;
@@ -307,11 +314,15 @@ where
     if let Some((uri, headers, extensions)) = saved {
         let status = response.status();
         if status.is_success() || status.is_redirection() {
-            let locations = [header::LOCATION, header::CONTENT_LOCATION]
+            let locations: Vec<HeaderValue> = [header::LOCATION, header::CONTENT_LOCATION]
                 .iter()
                 .filter_map(|name| response.headers().get(name).cloned())
                 .collect();
-            invalidate_to_the_end(shared, uri, headers, extensions, locations).await;
+            let keys = shared.invalidated_keys(&uri, &headers, &extensions, &locations);
+            // Gone before the invalidations run: a client that leaves at once leaves
+            // behind only its keys, however large its head was.
+            drop((uri, headers, extensions, locations));
+            invalidate_to_the_end(shared, keys).await;
         }
     }
     let fwd = if Policy::is_cacheable_method(&method) {
@@ -324,31 +335,22 @@ where
     Ok(response)
 }
 
-/// [`Shared::invalidate_after`] as a background task the response waits for: the origin
+/// [`Shared::invalidate_keys`] as a background task the response waits for: the origin
 /// has already acted on the request, so a client that goes away (its response future
 /// dropped by hyper or a timeout) must not cut the invalidation off halfway, its entry
 /// deleted in memcached but the store epoch and the near tier left to serve the old page.
-async fn invalidate_to_the_end<B: Backend>(
-    shared: &Arc<Shared<B>>,
-    uri: Uri,
-    headers: HeaderMap,
-    extensions: http::Extensions,
-    locations: Vec<HeaderValue>,
-) {
+/// Such tasks are not capped (an invalidation is not skipped); each holds its keys only.
+async fn invalidate_to_the_end<B: Backend>(shared: &Arc<Shared<B>>, keys: Vec<String>) {
     // Without a runtime to spawn on (the layer driven by another executor), here.
     if tokio::runtime::Handle::try_current().is_err() {
-        shared
-            .invalidate_after(&uri, &headers, &extensions, locations)
-            .await;
+        shared.invalidate_keys(&keys).await;
         return;
     }
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
     let owned = Arc::clone(shared);
     // Counted, never skipped: an invalidation is not best effort.
     shared.config.background.spawn(async move {
-        owned
-            .invalidate_after(&uri, &headers, &extensions, locations)
-            .await;
+        owned.invalidate_keys(&keys).await;
         let _ = done.send(());
     });
     // Ends when the task does (or is dropped with its runtime).
