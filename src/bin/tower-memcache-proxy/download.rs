@@ -7,12 +7,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::connections::Place;
+use crate::upload::Answered;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
-
-use crate::upload::Answered;
 
 pin_project! {
     /// The origin's response body, cut off (an error: never stored, never complete to a
@@ -29,7 +28,7 @@ pin_project! {
         // The request's place at the origin (`--upstream-max-connections`): given back
         // once the body ended, not when the response is dropped, which a cache fill may
         // do later.
-        place: Option<OwnedSemaphorePermit>,
+        place: Option<Place>,
         // Ends the request's upload, if one is still under way, once this answer ended
         // (or was dropped): see [`Answered`].
         answered: Option<Answered>,
@@ -40,7 +39,7 @@ impl Download {
     pub(crate) fn new(
         body: Incoming,
         timeout: Duration,
-        place: OwnedSemaphorePermit,
+        place: Place,
         answered: Option<Answered>,
     ) -> Self {
         Self {

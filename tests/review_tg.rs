@@ -1,0 +1,300 @@
+//! Review TG: the reverse proxy's resource bounds against a hostile client ("Bounded
+//! everywhere": one client's latency is bounded by the origin's, never by another
+//! client's pace). Idle and half-open connections, slowloris on heads, pipelining,
+//! HTTP/2 floods and resets, shut windows and coalesced waiters were tried by earlier
+//! reviews (H, N, LL, QB, RZ, SN, SS); here: the origin's places
+//! (`--upstream-max-connections`) held at a pace the client chooses, by request bodies
+//! that trickle in (HTTP/1.1 and many HTTP/2 streams of one connection), so that every
+//! other client's miss waits and gets 503.
+//!
+//! Each test runs the proxy binary over the in-process memory backend (no memcached),
+//! on loopback, and ends by itself within seconds.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::Incoming;
+use support::h2_frames::{DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, literal_block};
+use support::proxy::{Proxy, start_proxy};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// An origin that reads a request body whole before it answers (`took N`), and answers
+/// anything else with a page nobody may store, so that every GET is a miss that needs a
+/// place at the origin; `/slow` after 2.5 s.
+async fn start_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = support::origin::serve_http1(listener, |request: Request<Incoming>| async move {
+        let path = request.uri().path().to_string();
+        if path == "/slow" {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        if path == "/download" {
+            // 256 MiB, more than any buffer on the way holds.
+            let chunk = Bytes::from(vec![b'd'; 1 << 20]);
+            let frames = futures_util::stream::iter(
+                (0..256).map(move |_| Ok::<_, Infallible>(hyper::body::Frame::data(chunk.clone()))),
+            );
+            return Ok::<_, Infallible>(
+                Response::builder()
+                    .header("cache-control", "no-store")
+                    .body(Either::Right(StreamBody::new(frames)))
+                    .unwrap(),
+            );
+        }
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let text = if body.is_empty() {
+            format!("page {path}")
+        } else {
+            format!("took {}", body.len())
+        };
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("cache-control", "no-store")
+                .body(Either::Left(Full::new(Bytes::from(text))))
+                .unwrap(),
+        )
+    });
+    (addr, serving)
+}
+
+/// The proxy with two places at the origin, and a queue that waits long enough for the
+/// proxy to take a place back from a client that holds it at its own pace.
+fn two_places(origin: SocketAddr) -> Proxy {
+    start_proxy(
+        origin,
+        &[
+            "--upstream-max-connections",
+            "2",
+            "--upstream-queue-timeout",
+            "4s",
+        ],
+    )
+}
+
+/// Writes `bytes` (a byte of each body) every `every` until `until`; ends quietly once
+/// the proxy closed the connection.
+async fn trickle<W>(mut write: W, bytes: Vec<u8>, every: Duration, until: Duration)
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + until;
+    while tokio::time::Instant::now() < deadline {
+        if write.write_all(&bytes).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Another client's GET, a miss: its status, `None` if no answer came within 8 s.
+async fn victim(proxy: &Proxy) -> Option<u16> {
+    let head = "GET /victim HTTP/1.1\r\nHost: shop.example\r\n";
+    tokio::time::timeout(Duration::from_secs(8), support::proxy::raw(proxy, head))
+        .await
+        .ok()
+        .map(|(status, _)| status)
+}
+
+/// Slowloris on request bodies. Each upload below takes a place at the origin when its
+/// head arrives and keeps it until the origin answered; the proxy cut one off only when
+/// its client paused for `--upstream-timeout` (60 s: 408), so a client that sends a
+/// byte a second (a few bytes a second for all of them) kept every place for as long as
+/// it liked, and every other client's miss waited `--upstream-queue-timeout` for a place
+/// and got 503. Bounded by the origin's pace, a miss must not wait on how slowly another
+/// client sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_uploads_cannot_hold_every_place_at_the_origin() {
+    let (origin, _serving) = start_origin().await;
+    let proxy = two_places(origin);
+    let mut uploads = Vec::new();
+    for _ in 0..2 {
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        client
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 100000\r\n\r\nx",
+            )
+            .await
+            .unwrap();
+        uploads.push(tokio::spawn(trickle(
+            client,
+            b"x".to_vec(),
+            Duration::from_millis(500),
+            Duration::from_secs(12),
+        )));
+    }
+    // Both uploads hold their places by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = victim(&proxy).await;
+    for upload in uploads {
+        upload.abort();
+    }
+    assert_eq!(
+        status,
+        Some(200),
+        "a miss waited for places held by uploads trickling at a byte per half second"
+    );
+}
+
+/// Slow reading: each client below takes its download (256 MiB the origin sends as fast
+/// as it is taken) at 640 bytes a second, over a small receive buffer: more than the
+/// 1 KiB per `--client-header-timeout` (10 s here) under which a client counts as
+/// stalled, and far too little to deserve the origin connection it keeps busy. Each held its place
+/// for as long as it liked, and every other client's miss got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cannot_hold_every_place_at_the_origin() {
+    let (origin, _serving) = start_origin().await;
+    let proxy = start_proxy(
+        origin,
+        &[
+            "--upstream-max-connections",
+            "2",
+            "--upstream-queue-timeout",
+            "4s",
+            "--client-header-timeout",
+            "10s",
+        ],
+    );
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(proxy.addr).await.unwrap();
+        client
+            .write_all(b"GET /download HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+            .await
+            .unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut buffer = [0; 256];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while tokio::time::Instant::now() < deadline {
+                match tokio::io::AsyncReadExt::read(&mut client, &mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(400)).await,
+                }
+            }
+        }));
+    }
+    // Past the buffers on the way, and one stall period: both still held.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = victim(&proxy).await;
+    for reader in readers {
+        reader.abort();
+    }
+    assert_eq!(
+        status,
+        Some(200),
+        "a miss waited for places held by clients reading 640 bytes a second"
+    );
+}
+
+/// The same over HTTP/2, from one connection: each stream's upload holds a place, and
+/// the connection as a whole moves a few bytes a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_of_trickling_uploads_cannot_hold_every_place_at_the_origin() {
+    let (origin, _serving) = start_origin().await;
+    let proxy = two_places(origin);
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend_from_slice(&frame(SETTINGS, 0, 0, &[]));
+    for stream in [1u32, 3] {
+        let fields: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"shop.example"),
+            (b":path", b"/upload"),
+            (b"content-length", b"100000"),
+        ];
+        bytes.extend_from_slice(&frame(
+            HEADERS,
+            END_HEADERS,
+            stream,
+            &literal_block(&fields),
+        ));
+        bytes.extend_from_slice(&frame(DATA, 0, stream, b"x"));
+    }
+    client.write_all(&bytes).await.unwrap();
+    let (mut read, write) = client.into_split();
+    // What the proxy says (its SETTINGS, their acknowledgement) is read and dropped.
+    let reading = tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut read, &mut sink).await;
+    });
+    let mut each = frame(DATA, 0, 1, b"x");
+    each.extend_from_slice(&frame(DATA, 0, 3, b"x"));
+    let uploads = tokio::spawn(trickle(
+        write,
+        each,
+        Duration::from_millis(500),
+        Duration::from_secs(12),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = victim(&proxy).await;
+    uploads.abort();
+    reading.abort();
+    assert_eq!(
+        status,
+        Some(200),
+        "a miss waited for places held by one HTTP/2 connection's trickling uploads"
+    );
+}
+
+/// What the places are not taken back from: requests that wait for their origin (a slow
+/// page), and uploads whose clients send at an honest pace, while another request waits
+/// for a place. Each gets its whole answer; the waiting request gets its place when one
+/// of them ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_held_for_a_slow_origin_or_an_honest_upload_are_kept() {
+    let (origin, _serving) = start_origin().await;
+    let proxy = two_places(origin);
+    let slow = tokio::task::spawn_blocking({
+        let addr = proxy.addr;
+        move || support::proxy::raw_request(addr, "GET /slow HTTP/1.1\r\nHost: shop.example\r\n")
+    });
+    // 64 KiB every 200 ms: 320 KiB a second, 1 MiB in all.
+    let size = 1 << 20;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let upload = tokio::spawn(async move {
+        for _ in 0..size / (64 << 10) {
+            client.write_all(&[b'x'; 64 << 10]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut answer),
+        )
+        .await
+        .expect("the upload's answer within 5 s")
+        .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = victim(&proxy).await;
+    let slow = slow.await.unwrap();
+    let upload = upload.await.unwrap();
+    assert_eq!(
+        (status, slow.0, upload.ends_with(&format!("took {size}"))),
+        (Some(200), 200, true),
+        "slow page: {slow:?}; upload answered {upload:?}"
+    );
+}
