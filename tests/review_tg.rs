@@ -486,3 +486,96 @@ async fn pipelined_requests_never_read_hold_one_answer_and_are_closed() {
         "a connection that read nothing of its answers was kept"
     );
 }
+
+/// One HTTP/2 connection as a browser's: eight requests waiting for a slow page, and a
+/// download it takes at 3 KiB a second, while another client waits for a place. Only the
+/// download waits for the client; the eight ask nothing of it, and must not make the
+/// pace expected of the connection eight times as high (closed, its eight requests
+/// would fail with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_their_origin_ask_no_pace_of_their_connection() {
+    let (origin, _serving) = start_origin().await;
+    let proxy = start_proxy(
+        origin,
+        &[
+            "--upstream-max-connections",
+            "9",
+            "--upstream-queue-timeout",
+            "4s",
+        ],
+    );
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(4096)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driving = tokio::spawn(connection);
+    let get = |path: &str| {
+        Request::get(format!("http://shop.example{path}"))
+            .body(())
+            .unwrap()
+    };
+    let mut slow = Vec::new();
+    // Eight URLs: the same one would be one request at the origin, the others waiting
+    // for its answer in the cache.
+    for n in 0..8 {
+        let (response, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get(&format!("/slow?n={n}")), true)
+            .unwrap();
+        slow.push(tokio::spawn(async move {
+            let response = response.await.ok()?;
+            let mut body = response.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.ok()?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                text.extend_from_slice(&chunk);
+            }
+            Some(String::from_utf8_lossy(&text).into_owned())
+        }));
+    }
+    let (response, _) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(get("/download"), true)
+        .unwrap();
+    let download = tokio::spawn(async move {
+        let mut body = response.await.ok()?.into_body();
+        let mut taken = 0usize;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            let chunk = body.data().await?.ok()?;
+            // 1 KiB every third of a second: 3 KiB a second.
+            for start in (0..chunk.len()).step_by(1024) {
+                let len = (chunk.len() - start).min(1024);
+                tokio::time::sleep(Duration::from_millis(333)).await;
+                let _ = body.flow_control().release_capacity(len);
+                taken += len;
+            }
+        }
+        Some(taken)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = victim(&proxy).await;
+    let mut answers = Vec::new();
+    for slow in slow {
+        answers.push(slow.await.unwrap());
+    }
+    let taken = download.await.unwrap();
+    driving.abort();
+    assert_eq!(status, Some(200));
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer.as_deref() == Some("page /slow")),
+        "{answers:?}"
+    );
+    assert!(taken.is_some_and(|taken| taken > 8 << 10), "{taken:?}");
+}

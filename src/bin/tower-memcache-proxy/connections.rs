@@ -18,6 +18,7 @@
 //! Places at the origin (`--upstream-max-connections`) are held at the client's pace
 //! too: while a request body comes in, while a response goes out. While requests wait
 //! for a place, connections that hold places and move under 1 KiB a second through each
+//! that waits for their client
 //! (bodies sent, responses taken) are closed, so that clients who trickle their bytes
 //! cannot keep every place and have every other miss wait and get 503.
 //!
@@ -224,11 +225,15 @@ impl Activity {
             .wrapping_add(self.received.load(Ordering::Relaxed))
     }
 
-    /// Whether something of it waits for its client: a request body for the next bytes,
-    /// or a response, not waiting for its origin, for the client to take it.
-    fn waits_for_client(&self) -> bool {
-        self.uploads_waiting.load(Ordering::Relaxed) > 0
-            || self.sending.load(Ordering::Relaxed) > self.waiting.load(Ordering::Relaxed)
+    /// How many of its requests wait for its client: request bodies for the next bytes,
+    /// responses (not waiting for their origin) for the client to take them.
+    fn waiting_for_client(&self) -> u64 {
+        let uploads = self.uploads_waiting.load(Ordering::Relaxed);
+        let responses = self
+            .sending
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.waiting.load(Ordering::Relaxed));
+        uploads.saturating_add(responses) as u64
     }
 
     fn charge(&self, bytes: u64) {
@@ -678,13 +683,14 @@ async fn watch_connection(
                 let moved = activity.moved();
                 let places = places_now();
                 let progress = moved.wrapping_sub(since);
-                // Under 1 KiB a second through each place it holds (an HTTP/2
-                // connection's streams are judged together, not one by the others).
+                // Under 1 KiB a second through each place it holds at its client's pace
+                // (an HTTP/2 connection's streams are judged together, not one by the
+                // others; those waiting for the origin ask nothing of the client).
+                let at_clients_pace = places.min(activity.waiting_for_client());
                 if origin.has_waiters()
                     && held_before
-                    && places > 0
-                    && activity.waits_for_client()
-                    && progress < STALLED_BELOW.saturating_mul(places)
+                    && at_clients_pace > 0
+                    && progress < STALLED_BELOW.saturating_mul(at_clients_pace)
                 {
                     tracing::debug!(
                         places,

@@ -44,7 +44,8 @@
 //! request waits in order for a place, `--upstream-queue-timeout` (5 s) at most and behind
 //! no more waiters than there are places, else gets 503 Service Unavailable (not cached; a
 //! stale entry stands in within `stale-if-error`); while requests wait, connections that
-//! hold places and move under 1 KiB a second through each are closed. A response body of which the origin sends nothing for
+//! hold places and move under 1 KiB a second through each that waits for their client
+//! are closed. A response body of which the origin sends nothing for
 //! `--upstream-timeout` is cut off, and not stored. A response whose `Transfer-Encoding`
 //! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
 //! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
