@@ -233,8 +233,9 @@ pub(crate) struct Args {
     /// stale-if-error). Idle kept-alive connections hold no place: each thread keeps at
     /// most this many (and 256) of them. A place is held while the client sends its
     /// request body and takes the response, so while requests wait, connections that
-    /// hold places and move under 1 KiB a second through each that waits for them (body bytes sent, response
-    /// bytes taken) are closed: no client holds places at a pace of its own.
+    /// hold places and move under 1 KiB a second through each that waits for them (body
+    /// bytes sent, response bytes taken) are closed: no client holds places at a pace
+    /// of its own.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_MAX_CONNECTIONS", value_name = "COUNT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) upstream_max_connections: u32,
 

@@ -18,9 +18,9 @@
 //! Places at the origin (`--upstream-max-connections`) are held at the client's pace
 //! too: while a request body comes in, while a response goes out. While requests wait
 //! for a place, connections that hold places and move under 1 KiB a second through each
-//! that waits for their client
-//! (bodies sent, responses taken) are closed, so that clients who trickle their bytes
-//! cannot keep every place and have every other miss wait and get 503.
+//! that waits for their client (bodies sent, responses taken) are closed, so that
+//! clients who trickle their bytes cannot keep every place and have every other miss
+//! wait and get 503.
 //!
 //! The drain on shutdown is done here too, rather than by hyper-util's
 //! `GracefulShutdown`: its `watch` takes only hyper-util's own connection types (a sealed

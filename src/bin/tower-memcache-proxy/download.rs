@@ -7,11 +7,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::connections::Place;
-use crate::upload::Answered;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+
+use crate::connections::Place;
+use crate::upload::Answered;
 
 pin_project! {
     /// The origin's response body, cut off (an error: never stored, never complete to a
