@@ -231,7 +231,11 @@ pub(crate) struct Args {
     /// --upstream-queue-timeout at most, and no more requests wait than there are places;
     /// the others get 503 Service Unavailable (a stale entry stands in within
     /// stale-if-error). Idle kept-alive connections hold no place: each thread keeps at
-    /// most this many (and 256) of them.
+    /// most this many (and 256) of them. A place is held while the client sends its
+    /// request body and takes the response, so while requests wait, connections that
+    /// hold places and move under 1 KiB a second through each that waits for them (body
+    /// bytes sent, response bytes taken) are closed: no client holds places at a pace
+    /// of its own.
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_UPSTREAM_MAX_CONNECTIONS", value_name = "COUNT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) upstream_max_connections: u32,
 
@@ -259,7 +263,8 @@ pub(crate) struct Args {
     /// Needs the crate's "metrics" feature (cargo install tower-memcache --features
     /// proxy,metrics); the names are listed in tower_memcache::cache::METRIC_NAMES, and
     /// the proxy's own are tower_memcache_proxy_unsent_bytes (see --max-unsent-bytes),
-    /// tower_memcache_proxy_stalled_closes_total (connections closed for not reading),
+    /// tower_memcache_proxy_stalled_closes_total (connections closed for not reading,
+    /// or for holding places at the origin at their own pace),
     /// tower_memcache_proxy_upstream_active and tower_memcache_proxy_upstream_rejected_total
     /// (see --upstream-max-connections).
     #[arg(long, env = "TOWER_MEMCACHE_PROXY_METRICS", value_name = "ADDR")]

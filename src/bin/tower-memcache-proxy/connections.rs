@@ -15,6 +15,13 @@
 //! budget, connections that do not take what they hold are closed, the others go on:
 //! requests never wait for the budget, so a few stalled clients cannot stall everyone.
 //!
+//! Places at the origin (`--upstream-max-connections`) are held at the client's pace
+//! too: while a request body comes in, while a response goes out. While requests wait
+//! for a place, connections that hold places and move under 1 KiB a second through each
+//! that waits for their client (bodies sent, responses taken) are closed, so that
+//! clients who trickle their bytes cannot keep every place and have every other miss
+//! wait and get 503.
+//!
 //! The drain on shutdown is done here too, rather than by hyper-util's
 //! `GracefulShutdown`: its `watch` takes only hyper-util's own connection types (a sealed
 //! trait), so the idle bound could not wrap what it watches.
@@ -33,6 +40,8 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::Service;
+
+use crate::upstream_limit::UpstreamLimit;
 
 /// The connections the whole process may hold at once, shared by every worker.
 pub(crate) struct ConnectionLimit {
@@ -160,10 +169,18 @@ pub(crate) struct Activity {
     /// budget's).
     unsent: AtomicU64,
     budget: Arc<UnsentBudget>,
+    /// Places at the origin its requests hold ([`Place`]).
+    places: AtomicUsize,
+    /// Bytes of request bodies its client sent on their way to the origin.
+    received: AtomicU64,
+    /// Request bodies on their way to the origin that wait for their client's next bytes.
+    uploads_waiting: AtomicUsize,
+    /// `--upstream-max-connections`, whose waiting requests make places worth taking back.
+    origin: Arc<UpstreamLimit>,
 }
 
 impl Activity {
-    pub(crate) fn new(budget: Arc<UnsentBudget>) -> Self {
+    pub(crate) fn new(budget: Arc<UnsentBudget>, origin: Arc<UpstreamLimit>) -> Self {
         Self {
             started: AtomicU64::new(0),
             taken: AtomicU64::new(0),
@@ -171,7 +188,52 @@ impl Activity {
             waiting: AtomicUsize::new(0),
             unsent: AtomicU64::new(0),
             budget,
+            places: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            uploads_waiting: AtomicUsize::new(0),
+            origin,
         }
+    }
+
+    /// Counts `permit`, a place at the origin, as this connection's until it is dropped.
+    pub(crate) fn hold(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Place {
+        self.places.fetch_add(1, Ordering::Relaxed);
+        Place {
+            _permit: permit,
+            activity: Arc::clone(self),
+        }
+    }
+
+    /// `bytes` of a request body came from the client.
+    pub(crate) fn received(&self, bytes: u64) {
+        self.received.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A request body began (`true`) or stopped (`false`) waiting for its client.
+    pub(crate) fn upload_waits(&self, waits: bool) {
+        if waits {
+            self.uploads_waiting.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.uploads_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes its client moved: of request bodies sent, of responses taken.
+    fn moved(&self) -> u64 {
+        self.taken
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.received.load(Ordering::Relaxed))
+    }
+
+    /// How many of its requests wait for its client: request bodies for the next bytes,
+    /// responses (not waiting for their origin) for the client to take them.
+    fn waiting_for_client(&self) -> u64 {
+        let uploads = self.uploads_waiting.load(Ordering::Relaxed);
+        let responses = self
+            .sending
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.waiting.load(Ordering::Relaxed));
+        uploads.saturating_add(responses) as u64
     }
 
     fn charge(&self, bytes: u64) {
@@ -186,6 +248,18 @@ impl Activity {
             self.unsent.fetch_sub(bytes, Ordering::Relaxed);
             self.budget.release(bytes);
         }
+    }
+}
+
+/// A request's place at the origin, counted in its connection's [`Activity`] while held.
+pub(crate) struct Place {
+    _permit: OwnedSemaphorePermit,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.activity.places.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -570,6 +644,20 @@ async fn watch_connection(
         probing = Some((seen_taken, held_now()));
         probe.as_mut().reset(Instant::now() + probe_every);
     }
+
+    // The same for places at the origin while requests wait for one: bytes moved when
+    // the running probe started, and whether the connection held a place then.
+    let origin = Arc::clone(&activity.origin);
+    let mut origin_pressure = origin.pressure();
+    let mut origin_open = true;
+    let origin_probe = tokio::time::sleep(idle);
+    let mut origin_probe = pin!(origin_probe);
+    let places_now = || activity.places.load(Ordering::Relaxed) as u64;
+    let mut origin_probing = None;
+    if origin.is_pressed() {
+        origin_probing = Some((activity.moved(), places_now() > 0));
+        origin_probe.as_mut().reset(Instant::now() + probe_every);
+    }
     loop {
         tokio::select! {
             () = signals.close_now.closed() => return,
@@ -580,6 +668,42 @@ async fn watch_connection(
                 } else if probing.is_none() {
                     probing = Some((activity.taken.load(Ordering::Relaxed), held_now()));
                     probe.as_mut().reset(Instant::now() + probe_every);
+                }
+            }
+            changed = origin_pressure.changed(), if origin_open => {
+                if changed.is_err() {
+                    origin_open = false;
+                } else if origin_probing.is_none() {
+                    origin_probing = Some((activity.moved(), places_now() > 0));
+                    origin_probe.as_mut().reset(Instant::now() + probe_every);
+                }
+            }
+            () = &mut origin_probe, if origin_probing.is_some() => {
+                let (since, held_before) = origin_probing.take().unwrap_or_default();
+                let moved = activity.moved();
+                let places = places_now();
+                let progress = moved.wrapping_sub(since);
+                // Under 1 KiB a second through each place it holds at its client's pace
+                // (an HTTP/2 connection's streams are judged together, not one by the
+                // others; those waiting for the origin ask nothing of the client).
+                let at_clients_pace = places.min(activity.waiting_for_client());
+                if origin.has_waiters()
+                    && held_before
+                    && at_clients_pace > 0
+                    && progress < STALLED_BELOW.saturating_mul(at_clients_pace)
+                {
+                    tracing::debug!(
+                        places,
+                        progress,
+                        "closing a connection that holds places at the origin at its own pace while requests wait for one"
+                    );
+                    count_close("origin_places");
+                    let _ = signals.close_now.send(());
+                    return;
+                }
+                if origin.is_pressed() {
+                    origin_probing = Some((moved, places > 0));
+                    origin_probe.as_mut().reset(Instant::now() + probe_every);
                 }
             }
             () = &mut probe, if probing.is_some() => {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 
+use crate::connections::Place;
 use crate::upload::Answered;
 
 pin_project! {
@@ -29,7 +29,7 @@ pin_project! {
         // The request's place at the origin (`--upstream-max-connections`): given back
         // once the body ended, not when the response is dropped, which a cache fill may
         // do later.
-        place: Option<OwnedSemaphorePermit>,
+        place: Option<Place>,
         // Ends the request's upload, if one is still under way, once this answer ended
         // (or was dropped): see [`Answered`].
         answered: Option<Answered>,
@@ -40,7 +40,7 @@ impl Download {
     pub(crate) fn new(
         body: Incoming,
         timeout: Duration,
-        place: OwnedSemaphorePermit,
+        place: Place,
         answered: Option<Answered>,
     ) -> Self {
         Self {

@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_memcache::cache::{OriginUnreachable, RequestTarget};
 
+use crate::connections::Activity;
 use crate::download::Download;
 use crate::fields::{
     FORWARDING, PeerFields, canonical_length, kept_from_connection, remove_spellings,
@@ -55,14 +56,23 @@ pub(crate) struct Upstream {
     targeted: Vec<HeaderName>,
 }
 
+impl Upstream {
+    /// `--upstream-max-connections`.
+    pub(crate) fn limit(&self) -> &Arc<UpstreamLimit> {
+        &self.limit
+    }
+}
+
 /// The origin's body, or a short body the proxy made up (502, 504).
 pub(crate) type ProxyBody = Either<Download, Full<Bytes>>;
 
 /// The inner service: forwards one request to the origin. Never fails: trouble with the
-/// origin is a 502 or 504 response.
+/// origin is a 502 or 504 response. `connection` counts the place it takes at the origin
+/// and its request body's progress (see `connections::watch_connection`).
 pub(crate) async fn forward(
     upstream: Arc<Upstream>,
     client: Arc<PeerFields>,
+    connection: Arc<Activity>,
     mut request: Request<ProxyRequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // `ValidTarget` lets only valid targets through; checked again rather than trusted.
@@ -139,6 +149,7 @@ pub(crate) async fn forward(
             passed: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             upload_waker: std::sync::Mutex::new(None),
+            connection: Arc::clone(&connection),
         })
     });
     // A copy to send again, for a safe request without body only (misses only: hits never
@@ -156,7 +167,7 @@ pub(crate) async fn forward(
     });
     carriers.note(&mut request);
     let place = match upstream.limit.admit().await {
-        Ok(place) => place,
+        Ok(place) => connection.hold(place),
         Err(refused) => {
             tracing::warn!(%method, upstream = %upstream.authority, reason = refused.as_str(), "no place at the origin (--upstream-max-connections): 503");
             return Ok(unreachable(

@@ -43,7 +43,9 @@
 //! (1024) requests are under way at the origin at once, over all threads; past it a
 //! request waits in order for a place, `--upstream-queue-timeout` (5 s) at most and behind
 //! no more waiters than there are places, else gets 503 Service Unavailable (not cached; a
-//! stale entry stands in within `stale-if-error`). A response body of which the origin sends nothing for
+//! stale entry stands in within `stale-if-error`); while requests wait, connections that
+//! hold places and move under 1 KiB a second through each that waits for their client
+//! are closed. A response body of which the origin sends nothing for
 //! `--upstream-timeout` is cut off, and not stored. A response whose `Transfer-Encoding`
 //! names a coding other than `chunked` (`gzip, chunked`), or `chunked` twice or not last
 //! (`chunked, chunked`, `chunked, identity`), is answered 502 too: the proxy cannot undo
@@ -752,15 +754,26 @@ impl<B: Backend> Worker<B> {
             // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
             let upstream = Arc::clone(&upstream);
             let client = Arc::new(PeerFields::new(peer));
+            let activity = Arc::new(Activity::new(
+                Arc::clone(&unsent),
+                Arc::clone(upstream.limit()),
+            ));
             let service = ValidTarget {
                 inner: layer.layer(tower::service_fn({
                     let client = Arc::clone(&client);
-                    move |request| forward(Arc::clone(&upstream), Arc::clone(&client), request)
+                    let activity = Arc::clone(&activity);
+                    move |request| {
+                        forward(
+                            Arc::clone(&upstream),
+                            Arc::clone(&client),
+                            Arc::clone(&activity),
+                            request,
+                        )
+                    }
                 })),
                 client,
                 pass_underscored,
             };
-            let activity = Arc::new(Activity::new(Arc::clone(&unsent)));
             let service = AccessLog {
                 inner: CountRequests {
                     inner: service,

@@ -18,6 +18,8 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::connections::Activity;
+
 /// The client's request body, or none for a request the cache makes of its own (the whole
 /// representation after a range request's miss: see `MemcacheLayer::own_request_body`).
 pub(crate) type ProxyRequestBody = Either<Incoming, Empty<Bytes>>;
@@ -44,6 +46,13 @@ pin_project! {
                 .progress
                 .as_ref()
                 .is_some_and(|progress| progress.client_failed());
+            // No longer waiting for its client, whatever the flag (read after this by
+            // `forward`) says.
+            if let Some(progress) = this.progress.as_ref() {
+                if progress.waits_for_client() {
+                    progress.connection.upload_waits(false);
+                }
+            }
             if *this.discards && !client_failed && !this.body.is_end_stream() {
                 let rest = std::mem::replace(this.body, Either::Right(Empty::new()));
                 discard_rest(rest);
@@ -104,6 +113,9 @@ pub(crate) struct Progress {
     pub(crate) sent: AtomicU64,
     /// The upload's task, waiting for the client, to wake once the answer ended.
     pub(crate) upload_waker: std::sync::Mutex<Option<std::task::Waker>>,
+    /// The client connection's: bytes received and uploads waiting for their client,
+    /// which judge a place at the origin held at the client's pace.
+    pub(crate) connection: Arc<Activity>,
 }
 
 /// Ends an upload the origin answered before it had all of it, once that answer ended
@@ -313,15 +325,17 @@ impl http_body::Body for Upload {
                     return Poll::Ready(Some(Err(Box::new(AnsweredBeforeUpload))));
                 }
             }
-            progress
-                .waits_for_client
-                .store(polled.is_pending(), Ordering::Relaxed);
+            let waits = polled.is_pending();
+            if progress.waits_for_client.swap(waits, Ordering::Relaxed) != waits {
+                progress.connection.upload_waits(waits);
+            }
             if let Poll::Ready(frame) = &polled {
                 progress.mark();
                 match frame {
                     Some(Ok(frame)) => {
                         let bytes = frame.data_ref().map_or(0, Bytes::len);
                         progress.sent.fetch_add(bytes as u64, Ordering::AcqRel);
+                        progress.connection.received(bytes as u64);
                     }
                     Some(Err(_)) => progress.client_failed.store(true, Ordering::Relaxed),
                     None => {}

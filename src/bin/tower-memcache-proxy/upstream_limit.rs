@@ -10,12 +10,19 @@
 //! `--upstream-queue-timeout`, and no more requests wait than there are places. The others
 //! get the proxy's own 503, marked [`OriginUnreachable`](tower_memcache::cache::OriginUnreachable)
 //! so that a stale entry may stand in. Cache hits never take a place.
+//!
+//! A place is held at the client's pace too: while its request body comes in, and while
+//! its response goes out. So that clients who send or take their bytes slowly (a byte a
+//! second) cannot keep every place and have every other miss wait and get 503, requests
+//! that wait for a place wake the connections' watchers ([`UpstreamLimit::pressure`]),
+//! which close the connections that hold places and move too little through them (see
+//! `connections::watch_connection`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Places for requests at the origin, shared by every worker.
 #[derive(Debug)]
@@ -27,6 +34,9 @@ pub(crate) struct UpstreamLimit {
     queue_timeout: Duration,
     /// Whether the limit is reached: warned of once per episode, not per request.
     full: AtomicBool,
+    /// Bumped once per episode, when the limit is reached: wakes every connection's
+    /// watcher.
+    pressure: watch::Sender<u64>,
 }
 
 /// Why a request got no place.
@@ -66,7 +76,24 @@ impl UpstreamLimit {
             waiting: AtomicUsize::new(0),
             queue_timeout,
             full: AtomicBool::new(false),
+            pressure: watch::Sender::new(0),
         }
+    }
+
+    /// Changes once per episode in which requests wait for a place.
+    pub(crate) fn pressure(&self) -> watch::Receiver<u64> {
+        self.pressure.subscribe()
+    }
+
+    /// Whether the episode goes on: the limit was reached, and no request has found a
+    /// place at once since.
+    pub(crate) fn is_pressed(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests wait for a place now.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// A place for one request at the origin, held until the permit is dropped.
@@ -86,6 +113,8 @@ impl UpstreamLimit {
                 max = self.max,
                 "--upstream-max-connections reached: requests to the origin wait for a place"
             );
+            self.pressure
+                .send_modify(|episode| *episode = episode.wrapping_add(1));
         }
         let refused = if before >= self.max {
             NoPlace::QueueFull
