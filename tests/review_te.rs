@@ -134,3 +134,58 @@ async fn an_abusive_range_set_is_not_relayed_on_a_bypassed_get() {
         Some("bytes=0-4")
     );
 }
+
+/// The background refresh a `stale-while-revalidate` answer starts is the cache's own
+/// request for the whole: it went with the client's `Request-Range`, and an origin that
+/// honours it answered a part that refreshed nothing (the entry stayed stale, and the
+/// next request started the same refresh).
+#[tokio::test]
+async fn a_background_refresh_goes_without_the_clients_request_range() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    let origin = Paced::new(
+        Arc::clone(&calls),
+        Pace::Every(Duration::ZERO),
+        move |request: &Request<()>, call| {
+            let headers = vec![
+                (
+                    "cache-control",
+                    "max-age=0, stale-while-revalidate=600".to_owned(),
+                ),
+                ("etag", format!("\"v{call}\"")),
+            ];
+            if request.headers().contains_key("request-range") {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut headers = headers;
+                headers.push(("content-range", format!("bytes 0-0/{}", PAGE.len())));
+                return Reply::with_status(206, headers, &PAGE[..1]);
+            }
+            Reply::ok(headers, PAGE)
+        },
+    );
+    let layer = support::layer(MemoryBackend::new())
+        .namespace("te-swr-request-range")
+        .mode(CacheMode::Origin);
+    let watch = Watch::of(&layer);
+    let svc = tower::Layer::layer(&layer, origin);
+    let url = "http://site.example/stale";
+    send(&svc, Method::GET, url, &[]).await;
+    watch.settled().await;
+    let stale = send(&svc, Method::GET, url, &[("request-range", "bytes=0-0")]).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.header("etag"), Some("\"v1\""), "not answered stale");
+    watch.settled().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "no background refresh");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "Request-Range refreshed with"
+    );
+    let next = send(&svc, Method::GET, url, &[]).await;
+    assert_eq!(
+        next.header("etag"),
+        Some("\"v2\""),
+        "the refresh stored nothing"
+    );
+}
