@@ -11,6 +11,7 @@ use tower::Service;
 
 use super::body::ResponseBody;
 use super::key::RequestTarget;
+use super::range;
 use super::shared::Shared;
 use super::status::{Forward, Outcome};
 use super::target::client_target;
@@ -309,6 +310,12 @@ where
             request.extensions().clone(),
         )
     });
+    // Not looked up is no licence to relay what a miss would not (see `range::tame`):
+    // any field that makes a GET bypass the cache took an abusive range set past it.
+    let mut request = request;
+    if Policy::reads_as_cacheable(&method) && range::tame(request.headers_mut()) {
+        tracing::debug!("abusive or invalid Range of a bypassed request not forwarded");
+    }
     let mut response = inner.call(request).await?;
     shared.drop_own_fields(&mut response);
     if let Some((uri, headers, extensions)) = saved {

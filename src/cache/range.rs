@@ -213,11 +213,35 @@ const NOT_FORWARDED: [header::HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
-/// Removes what makes a request ask for part of the representation (`Range`, and the
-/// `If-Range` that only qualifies it), for requests that refresh a whole entry.
+/// Removes what makes a request ask for part of the representation (`Range`, the
+/// `If-Range` that only qualifies it, and the old `Request-Range`), for requests that
+/// refresh a whole entry.
 pub(super) fn strip(headers: &mut HeaderMap) {
     headers.remove(header::RANGE);
     headers.remove(header::IF_RANGE);
+    headers.remove(REQUEST_RANGE);
+}
+
+/// `Request-Range`: `Range` as a pre-standard draft named it, which Apache httpd still
+/// honours when a request has no `Range` (a 206, `multipart/x-byteranges` for several).
+const REQUEST_RANGE: header::HeaderName = header::HeaderName::from_static("request-range");
+
+/// Makes a GET or HEAD fit to relay to the origin, looked up or not (RFC 9110 §14.2 lets
+/// any server ignore `Range`): without `Request-Range`, and without a `Range` the cache
+/// would not answer itself, which asks for many times the page for a few bytes of
+/// request (§17.15; see [`abusive`]). Returns whether that `Range` was removed.
+///
+/// `Request-Range` is no standard field, in no key and named by no `Vary`, yet it changes
+/// an origin's answer: relayed, it passed any range set to such an origin past
+/// [`abusive`], and its part (never stored) left the requests waiting for it with
+/// nothing, each going to the origin on its own.
+pub(super) fn tame(headers: &mut HeaderMap) -> bool {
+    headers.remove(REQUEST_RANGE);
+    let abusive = abusive(headers);
+    if abusive {
+        strip(headers);
+    }
+    abusive
 }
 
 /// The GET of the whole representation a range request's miss may start, ready before

@@ -360,10 +360,9 @@ where
             shared.config.canonical.spell_as_keyed(&mut request);
             // A range set the cache itself would ignore, many times the page for a few
             // bytes of request (§17.15): the origin is asked for the whole (stored, and
-            // the client gets the 200 a hit would give it).
-            if range::abusive(request.headers()) {
+            // the client gets the 200 a hit would give it). Only `Range` asks for a part.
+            if range::tame(request.headers_mut()) {
                 tracing::debug!(key = %ex.plan.key, "abusive or invalid Range not forwarded");
-                range::strip(request.headers_mut());
             }
             // A range miss: the range goes as it is, the whole may follow (see `range`).
             let whole = WholeFill::for_request(&shared, &inner, &request, &ex);
