@@ -220,7 +220,8 @@ fn tagged_origin() -> Origin {
 }
 
 /// Whether a page of `service` is stored within `tries` requests (each after the last
-/// one's store settled).
+/// one's store settled, 300 ms apart: a fill requested within the clock-skew margin of
+/// a purge may be refused, once).
 async fn stored_within<S, B>(service: &S, watch: &Watch, url: &str, tries: usize) -> bool
 where
     S: tower::Service<http::Request<()>, Response = http::Response<B>> + Clone,
@@ -234,7 +235,7 @@ where
             return true;
         }
         watch.settled().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     false
 }
@@ -348,4 +349,128 @@ async fn a_server_that_never_takes_an_advance_is_marked_down_and_comes_back() {
     for url in &urls {
         assert_eq!(send(&service, Method::GET, url, &[]).await.status, 200);
     }
+}
+
+/// Many tag purges at once, from three processes (an editor's tool purging a release's
+/// tags): each advances the namespace's one tag-purge mark. The advances settle one
+/// another: none gives up on a working server (which would take it out of use, and
+/// orphan its whole contents at its rejoin).
+#[tokio::test]
+async fn a_burst_of_tag_purges_from_several_processes_takes_no_server_down() {
+    let server = memcached_or_skip!("review_td::a_burst_of_tag_purges_from_several_processes");
+    let processes: Vec<TcpBackend> = (0..3)
+        .map(|_| support::patient_backend([server.addr()]))
+        .collect();
+    let purges = processes
+        .iter()
+        .enumerate()
+        .flat_map(|(process, memcached)| {
+            let purger = support::layer(memcached.clone())
+                .namespace(NAMESPACE)
+                .purger();
+            (0..150).map(move |tag| {
+                let purger = purger.clone();
+                async move { purger.purge_tag(&format!("tag-{process}-{tag}")).await }
+            })
+        });
+    let outcomes = support::bounded(
+        "the burst of purges",
+        futures_util::future::join_all(purges),
+    )
+    .await;
+    for outcome in outcomes {
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    for memcached in &processes {
+        assert_eq!(memcached.outages(), 0, "a working server was marked down");
+    }
+}
+
+/// Bytes a tenant (or another tool) leaves in a generation, the tag-purge mark or a tag's
+/// generation, each tried before a page's first fill: the page is stored within a few
+/// requests, a tag purge returns `Ok` and holds (what was served before is not served
+/// after), and the page is stored again within a few requests (no state a key can hold
+/// refuses a tag's or a namespace's fills for good).
+#[tokio::test]
+async fn whatever_a_tenant_leaves_in_a_generation_purges_hold_and_fills_are_stored_again() {
+    let server = memcached_or_skip!("review_td::whatever_a_tenant_leaves_in_a_generation");
+    let memcached = support::patient_backend([server.addr()]);
+    let hour = nanos_in(Duration::from_secs(3600));
+    let soon = nanos_in(Duration::from_millis(500));
+    let values: Vec<String> = [
+        "18446744073709551615",
+        "18446744073709551614",
+        "18446744073709551615c",
+        "18446744073709551614c",
+        "0",
+        "0c",
+        "c",
+        "",
+        " 12 ",
+        "-5",
+        "abc",
+        "1e9",
+        "999999999999999999999999999999",
+        "999999999999999999999999999999c",
+        "\0\r\n",
+    ]
+    .iter()
+    .map(|value| (*value).to_owned())
+    .chain([
+        hour.to_string(),
+        format!("{hour}c"),
+        format!("{hour}cc"),
+        soon.to_string(),
+        format!("{soon}c"),
+    ])
+    .collect();
+    let cases = values.iter().enumerate().flat_map(|(case, value)| {
+        ["namespace generation", "tag-purge mark", "tag generation"]
+            .into_iter()
+            .enumerate()
+            .map(move |(place, kind)| (case, place, value.clone(), kind))
+    });
+    let runs = cases.map(|(case, place, value, kind)| {
+        let memcached = memcached.clone();
+        async move {
+            let namespace = format!("{NAMESPACE}-{case}-{place}");
+            let key = match kind {
+                "namespace generation" => {
+                    support::held_writes::internal_key(&namespace, "\0generation")
+                }
+                "tag-purge mark" => support::held_writes::tag_purges_key(&namespace),
+                _ => tag_key(&namespace, "news"),
+            };
+            let what = format!("{value:?} in the {kind}");
+            memcached
+                .set(&key, Bytes::from(value), 0, Lifetime::NEVER)
+                .await
+                .unwrap();
+            let layer = support::layer(memcached.clone()).namespace(namespace);
+            let watch = Watch::of(&layer);
+            let service = tagged_origin().service(&layer);
+            let url = "http://site.example/news";
+            assert!(
+                stored_within(&service, &watch, url, 8).await,
+                "{what}: never stored"
+            );
+            let before = send(&service, Method::GET, url, &[]).await.body;
+            let purged =
+                tokio::time::timeout(Duration::from_secs(12), layer.purger().purge_tag("news"))
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: the purge outlived its deadlines"));
+            assert!(purged.is_ok(), "{what}: {purged:?}");
+            let after = send(&service, Method::GET, url, &[]).await;
+            assert_ne!(
+                after.body, before,
+                "{what}: served after its purge returned"
+            );
+            assert!(
+                stored_within(&service, &watch, url, 8).await,
+                "{what}: never stored again after the purge"
+            );
+        }
+    });
+    support::bounded("the cases", futures_util::future::join_all(runs)).await;
+    assert_eq!(memcached.outages(), 0);
 }
