@@ -144,6 +144,20 @@ async fn an_advance_survives_every_garbage_reply_within_its_deadline() {
             false,
         ),
         (
+            "the key's value twice",
+            leak(format!(
+                "VALUE {KEY} 0 3 5\r\n100\r\nVALUE {KEY} 0 3 6\r\n200\r\nEND\r\n"
+            )),
+            b"STORED\r\n",
+            false,
+        ),
+        (
+            "a value with no end",
+            leak(format!("VALUE {KEY} 0 3 5\r\n100\r\n")),
+            b"STORED\r\n",
+            false,
+        ),
+        (
             "another key's value",
             b"VALUE other 0 3 5\r\n100\r\nEND\r\n",
             b"STORED\r\n",
@@ -473,4 +487,56 @@ async fn whatever_a_tenant_leaves_in_a_generation_purges_hold_and_fills_are_stor
     });
     support::bounded("the cases", futures_util::future::join_all(runs)).await;
     assert_eq!(memcached.outages(), 0);
+}
+
+/// The only memcached answers garbage (a line of noise, a value cut short, a value of a
+/// key never asked, `EXISTS` to every write): every request is answered by the origin,
+/// and every purge returns, with an error, within its deadlines.
+#[tokio::test]
+async fn a_memcached_that_answers_garbage_leaves_the_layer_answering_from_the_origin() {
+    let garbage: [(&str, &'static [u8], &'static [u8]); 4] = [
+        ("noise", b"HELLO WORLD\r\n", b"HELLO WORLD\r\n"),
+        ("a value cut short", b"VALUE x 0 30 5\r\nabc", b"STORED\r\n"),
+        (
+            "a value of a key never asked",
+            b"VALUE never-asked 0 3 5\r\n100\r\nEND\r\n",
+            b"STORED\r\n",
+        ),
+        ("absent, and taken by nobody", b"END\r\n", b"EXISTS\r\n"),
+    ];
+    for (what, gets, write) in garbage {
+        let broken = stand_in(gets, write).await;
+        let memcached = backend(&[broken]);
+        let layer = support::layer(memcached.clone()).namespace(NAMESPACE);
+        let origin = tagged_origin();
+        let service = origin.service(&layer);
+        for round in 0..6 {
+            let url = format!("http://site.example/news?round={}", round % 2);
+            let answer = send(&service, Method::GET, &url, &[]).await;
+            assert_eq!(answer.status, 200, "{what}");
+            assert!(!answer.cache_status().contains("hit"), "{what}");
+        }
+        assert_eq!(origin.calls(), 6, "{what}");
+        let purger = layer.purger();
+        let started = Instant::now();
+        let purges = async {
+            (
+                purger.purge_tag("news").await,
+                purger.purge_namespace().await,
+                purger.purge_uri("http://site.example/news?round=0").await,
+            )
+        };
+        let (tag, namespace, uri) = tokio::time::timeout(Duration::from_secs(30), purges)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the purges outlived their deadlines"));
+        assert!(tag.is_err() && namespace.is_err() && uri.is_err(), "{what}");
+        assert!(started.elapsed() < Duration::from_secs(12), "{what}");
+        assert_eq!(
+            send(&service, Method::GET, "http://site.example/news", &[])
+                .await
+                .status,
+            200,
+            "{what}"
+        );
+    }
 }
