@@ -117,6 +117,7 @@ mod review_t;
 mod review_ta;
 mod review_tb;
 mod review_tc;
+mod review_td;
 mod review_te;
 mod review_tg;
 mod review_th;

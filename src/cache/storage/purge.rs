@@ -209,3 +209,24 @@ impl<B: Backend> Storage<B> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tag an origin names is created on its first fill, and recorded: a stream of
+    /// new tags (a crawl of pages tagged by product) must not grow the record without
+    /// bound, and the latest values stay (review TD).
+    #[test]
+    fn the_values_remembered_stay_bounded_under_many_distinct_tags() {
+        let purges = LocalPurges::default();
+        for value in 0..3 * LocalPurges::MAX as u64 {
+            purges.record(value);
+        }
+        let held = purges.0.lock().unwrap_or_else(|p| p.into_inner()).len();
+        assert!(held <= LocalPurges::MAX, "{held}");
+        let last = 3 * LocalPurges::MAX as u64 - 1;
+        assert!(purges.made(last).is_some());
+        assert!(purges.made(0).is_none());
+    }
+}

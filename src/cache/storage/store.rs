@@ -222,6 +222,17 @@ impl<B: Backend> Storage<B> {
         for (position, (tag, key)) in tag_names.iter().zip(&tag_keys).enumerate() {
             let item = now.get(key.as_str());
             let (value, purged_at) = match item.and_then(parse_tag_mark) {
+                // A purge or creation by a process whose clock runs ahead, or bytes that
+                // are no mark: every store of the tag's pages was refused until that clock
+                // (a creation counts as during every fill, and asks the tag-purge mark,
+                // which tells of a purge of any tag within the skew: review TD), or for as
+                // long as the bytes stayed, read by every fill. The purge (or creation),
+                // whenever it was, came before this read: the mark becomes a purge now, on
+                // this process's clock, and later fills are stored.
+                Some((at, _)) if at > future => {
+                    self.repair_tag_mark(route, key, item).await;
+                    return superseded(to.sent);
+                }
                 Some((created, None)) => {
                     if self.after_request(created, requested_ns, to.sent) {
                         vouched = false;
@@ -236,15 +247,6 @@ impl<B: Backend> Storage<B> {
                         }
                     }
                     (created, None)
-                }
-                // A purge by a process whose clock runs ahead, or bytes that are no mark:
-                // every store of the tag's pages was refused until that clock (or for as
-                // long as the bytes stayed, read by every fill). The purge, whenever it
-                // was, came before this read: the mark becomes a purge now, on this
-                // process's clock, and later fills are stored.
-                Some((at, Some(_))) if at > future => {
-                    self.repair_tag_mark(route, key, item).await;
-                    return superseded(to.sent);
                 }
                 Some(mark) => mark,
                 None if item.is_some() => {
