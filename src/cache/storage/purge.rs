@@ -1,7 +1,7 @@
 //! Purges and invalidations: a URL's primary key removed, a namespace's or a tag's
 //! generation bumped on every server.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -31,10 +31,20 @@ use super::{CLOCK_SKEW, Storage, unique};
 /// and stopped there (its advance settled by this value, which then stands for it too:
 /// review TA).
 #[derive(Default)]
-pub(crate) struct LocalPurges(Mutex<VecDeque<Made>>);
+pub(crate) struct LocalPurges(Mutex<Records>);
+
+/// [`LocalPurges`]' records in the order made, and the latest of each value by value: a
+/// tagged store asks for each of its tags' values, most of them made by no purge here,
+/// and a scan of the whole record for each (4096 of them once an origin named that many
+/// new tags within the margin) held the lock for as long (review TD).
+#[derive(Default)]
+struct Records {
+    in_order: VecDeque<Made>,
+    latest: HashMap<u64, Made>,
+}
 
 /// A value this process wrote, and when (see [`LocalPurges`]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Made {
     value: u64,
     /// When the purge (or creation) that wrote it began, once its stamp was taken.
@@ -89,31 +99,39 @@ impl LocalPurges {
     }
 
     fn push(&self, value: u64, at: Instant, landed: Instant, over: Over) {
-        let mut purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while purges
+        let mut records = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Records { in_order, latest } = &mut *records;
+        while in_order
             .front()
             .is_some_and(|made| made.at.elapsed() > CLOCK_SKEW)
-            || purges.len() >= Self::MAX
+            || in_order.len() >= Self::MAX
         {
-            purges.pop_front();
+            let Some(oldest) = in_order.pop_front() else {
+                break;
+            };
+            // Unless a later record of the same value replaced it there.
+            if latest
+                .get(&oldest.value)
+                .is_some_and(|kept| *kept == oldest)
+            {
+                latest.remove(&oldest.value);
+            }
         }
-        purges.push_back(Made {
+        let made = Made {
             value,
             at,
             landed,
             over,
-        });
+        };
+        in_order.push_back(made);
+        latest.insert(value, made);
     }
 
     /// When `generation` was written here and over what, if it was (and is still
     /// remembered): the latest record of it.
     pub(super) fn made(&self, generation: u64) -> Option<Made> {
-        let purges = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        purges
-            .iter()
-            .rev()
-            .find(|made| made.value == generation)
-            .copied()
+        let records = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        records.latest.get(&generation).copied()
     }
 }
 
@@ -223,10 +241,30 @@ mod tests {
         for value in 0..3 * LocalPurges::MAX as u64 {
             purges.record(value);
         }
-        let held = purges.0.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let records = purges.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (held, indexed) = (records.in_order.len(), records.latest.len());
+        drop(records);
         assert!(held <= LocalPurges::MAX, "{held}");
+        assert!(indexed <= held, "{indexed} indexed of {held}");
         let last = 3 * LocalPurges::MAX as u64 - 1;
         assert!(purges.made(last).is_some());
         assert!(purges.made(0).is_none());
+    }
+
+    /// A value written again is found by its latest record once the first is evicted.
+    #[test]
+    fn a_value_written_again_outlives_its_first_record() {
+        let purges = LocalPurges::default();
+        purges.record(7);
+        for value in 100..100 + LocalPurges::MAX as u64 - 2 {
+            purges.record(value);
+        }
+        purges.record(7);
+        let again = purges.made(7).map(|made| made.at);
+        // Evicts the first record of 7 (and one more), not the second.
+        purges.record(1);
+        purges.record(2);
+        assert!(purges.made(100).is_none(), "the oldest was not evicted");
+        assert_eq!(purges.made(7).map(|made| made.at), again);
     }
 }
