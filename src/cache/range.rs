@@ -125,7 +125,7 @@ pub(super) fn apply<B>(
 
 /// Whether a response's content has a coding (`Content-Encoding` naming anything but
 /// `identity`, which is no coding, RFC 9110 §8.4.1).
-fn has_content_coding(headers: &HeaderMap) -> bool {
+pub(super) fn has_content_coding(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONTENT_ENCODING)
         .iter()

@@ -115,9 +115,16 @@ impl<B: Backend> Shared<B> {
         tags
     }
     /// The names of the selecting request headers: the response's `Vary` plus the
-    /// configured key headers, sorted, once each.
+    /// configured key headers, sorted, once each; and `Accept-Encoding` for a response
+    /// with a content coding. An origin that codes by the client's `Accept-Encoding` and
+    /// forgets `Vary` (nginx's `gzip_vary` is off by default) had one client's `br` bytes
+    /// stored as the page for everyone, clients that refused `br` too (review TJ); coded
+    /// by `Accept-Encoding` or not, the answer is one that client's list chose.
     pub(super) fn selecting_names(&self, response_headers: &HeaderMap) -> Vec<String> {
         let mut names: Vec<String> = vary_names(response_headers).collect();
+        if super::range::has_content_coding(response_headers) {
+            names.push(http::header::ACCEPT_ENCODING.as_str().to_string());
+        }
         names.extend(
             self.config
                 .key_headers
