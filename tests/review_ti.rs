@@ -18,15 +18,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Either, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use support::proxy::{raw, start_proxy};
 use tokio::net::{TcpListener, TcpStream};
 
 /// `/big-page`: 512 KiB stored for ten minutes; `/page`: 896 KiB stored for ten minutes,
 /// sent at the origin's own pace (512 KiB at once, then 64 KiB a second: some 6 s in
-/// all); `/slow...`: a
-/// page nobody may store, after 3 s.
+/// all); `/download`: 64 MiB nobody may store; a POST: read whole, then a page nobody
+/// may store; anything else: that page after 3 s.
 async fn start_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -35,7 +35,7 @@ async fn start_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             return Ok::<_, Infallible>(
                 Response::builder()
                     .header("cache-control", "max-age=600")
-                    .body(Either::Left(Full::new(Bytes::from(vec![b'p'; 512 << 10]))))
+                    .body(Full::new(Bytes::from(vec![b'p'; 512 << 10])).boxed())
                     .unwrap(),
             );
         }
@@ -57,15 +57,32 @@ async fn start_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             return Ok::<_, Infallible>(
                 Response::builder()
                     .header("cache-control", "max-age=600")
-                    .body(Either::Right(StreamBody::new(frames)))
+                    .body(StreamBody::new(frames).boxed())
                     .unwrap(),
             );
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        if request.uri().path() == "/download" {
+            // 64 MiB, more than any buffer on the way holds.
+            let chunk = Bytes::from(vec![b'd'; 1 << 20]);
+            let frames = futures_util::stream::iter(
+                (0..64).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+            );
+            return Ok::<_, Infallible>(
+                Response::builder()
+                    .header("cache-control", "no-store")
+                    .body(StreamBody::new(frames).boxed())
+                    .unwrap(),
+            );
+        }
+        if request.method() == http::Method::POST {
+            let _ = request.into_body().collect().await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         Ok::<_, Infallible>(
             Response::builder()
                 .header("cache-control", "no-store")
-                .body(Either::Left(Full::new(Bytes::from_static(b"slow page"))))
+                .body(Full::new(Bytes::from_static(b"slow page")).boxed())
                 .unwrap(),
         )
     });
@@ -257,4 +274,96 @@ async fn a_slow_hit_beside_a_miss_waiting_for_its_origin_is_not_closed() {
     driving.abort();
     assert_eq!(miss.as_deref(), Some("slow page"), "page taken: {taken:?}");
     assert!(taken.is_some_and(|taken| taken >= 2048), "{taken:?}");
+}
+
+/// Held: the counts of places that wait for their client go back when a request ends
+/// however it ends. An HTTP/2 client resets an upload that waits for its next bytes and
+/// a download that waits for it to take more (each had a place, counted as waiting for
+/// the client); then, on the same connection, a miss waits for a slow origin while an
+/// attacker makes requests wait for a place. Had either count stayed, the miss's place
+/// would have been judged at the client's pace and the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_of_reset_streams_leave_no_count_behind() {
+    let (origin, _serving) = start_origin().await;
+    let proxy = start_proxy(
+        origin,
+        &[
+            "--upstream-max-connections",
+            "2",
+            "--upstream-queue-timeout",
+            "5s",
+        ],
+    );
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(4096)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driving = tokio::spawn(connection);
+    let (upload, mut sending) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(
+            Request::post("http://shop.example/upload")
+                .header("content-length", "100000")
+                .body(())
+                .unwrap(),
+            false,
+        )
+        .unwrap();
+    sending.send_data(Bytes::from_static(b"x"), false).unwrap();
+    let (download, _) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(
+            Request::get("http://shop.example/download")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    let mut download = download.await.unwrap().into_body();
+    // Its window full, the download waits for the client.
+    let first = download.data().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sending.send_reset(h2::Reason::CANCEL);
+    drop(upload);
+    drop(download);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (miss, _) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(
+            Request::get("http://shop.example/slow?mine")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    let miss = tokio::spawn(async move {
+        let mut body = miss.await.ok()?.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.ok()?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        Some(String::from_utf8_lossy(&text).into_owned())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let attackers = attack(&proxy);
+    let miss = miss.await.unwrap();
+    for attacker in attackers {
+        let _ = attacker.await;
+    }
+    driving.abort();
+    assert_eq!(miss.as_deref(), Some("slow page"));
 }
