@@ -121,6 +121,7 @@ mod review_td;
 mod review_te;
 mod review_tg;
 mod review_th;
+mod review_ti;
 mod review_tj;
 mod review_tt;
 mod review_u;

@@ -175,6 +175,9 @@ pub(crate) struct Activity {
     received: AtomicU64,
     /// Request bodies on their way to the origin that wait for their client's next bytes.
     uploads_waiting: AtomicUsize,
+    /// Origin response bodies whose last frame was taken and that have not been asked for
+    /// the next one: they wait for whoever reads them ([`Place::downloads`]).
+    downloads_waiting: AtomicUsize,
     /// `--upstream-max-connections`, whose waiting requests make places worth taking back.
     origin: Arc<UpstreamLimit>,
 }
@@ -191,6 +194,7 @@ impl Activity {
             places: AtomicUsize::new(0),
             received: AtomicU64::new(0),
             uploads_waiting: AtomicUsize::new(0),
+            downloads_waiting: AtomicUsize::new(0),
             origin,
         }
     }
@@ -201,6 +205,7 @@ impl Activity {
         Place {
             _permit: permit,
             activity: Arc::clone(self),
+            waits_for_reader: false,
         }
     }
 
@@ -225,15 +230,14 @@ impl Activity {
             .wrapping_add(self.received.load(Ordering::Relaxed))
     }
 
-    /// How many of its requests wait for its client: request bodies for the next bytes,
-    /// responses (not waiting for their origin) for the client to take them.
+    /// How many of its places wait for its client: request bodies for the next bytes,
+    /// origin responses for their next frame to be asked for. Not the responses it is
+    /// sending: a hit holds no place, and a cache fill reads its origin's body at the
+    /// origin's pace, whatever the client takes of it.
     fn waiting_for_client(&self) -> u64 {
         let uploads = self.uploads_waiting.load(Ordering::Relaxed);
-        let responses = self
-            .sending
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.waiting.load(Ordering::Relaxed));
-        uploads.saturating_add(responses) as u64
+        let downloads = self.downloads_waiting.load(Ordering::Relaxed);
+        uploads.saturating_add(downloads) as u64
     }
 
     fn charge(&self, bytes: u64) {
@@ -255,10 +259,34 @@ impl Activity {
 pub(crate) struct Place {
     _permit: OwnedSemaphorePermit,
     activity: Arc<Activity>,
+    /// Counted in [`Activity::downloads_waiting`].
+    waits_for_reader: bool,
+}
+
+impl Place {
+    /// Notes whether the origin's response body waits for its reader (`true`: a frame
+    /// was taken and the next not asked for yet) or for its origin (`false`); atomics
+    /// only on a change.
+    pub(crate) fn downloads(&mut self, waits_for_reader: bool) {
+        if self.waits_for_reader == waits_for_reader {
+            return;
+        }
+        self.waits_for_reader = waits_for_reader;
+        if waits_for_reader {
+            self.activity
+                .downloads_waiting
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.activity
+                .downloads_waiting
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
+        self.downloads(false);
         self.activity.places.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -83,6 +83,11 @@ impl http_body::Body for Download {
                     if let Some(answered) = this.answered.as_ref() {
                         answered.passed(frame.data_ref().map_or(0, Bytes::len));
                     }
+                    // Until asked for the next frame, the place waits for the reader: the
+                    // client, or a cache fill that reads at the origin's pace.
+                    if let Some(place) = this.place.as_mut() {
+                        place.downloads(true);
+                    }
                 }
                 _ => {
                     this.place.take();
@@ -90,6 +95,9 @@ impl http_body::Body for Download {
                 }
             }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if let Some(place) = this.place.as_mut() {
+            place.downloads(false);
         }
         if !*this.waiting {
             *this.waiting = true;
