@@ -1,0 +1,878 @@
+//! Review TF: the near tier's promises, checked as an operator running several processes
+//! would (`src/cache/near.rs`, `src/cache/storage/`, README "The near tier").
+//!
+//! The checker: two or three processes (layers on one namespace, each with a near tier
+//! of its own, `max_staleness` = [`BOUND`]) share one `MemoryBackend`, each through a
+//! network of its own (`support::lossy_network`) that delays calls by a seeded amount
+//! (in a task of their own, so they land in another order than they were sent) and now
+//! and then loses a reply (the call landed). Each process stamps what it writes under
+//! generation keys (its purges, the generations, marks and store epochs it creates) with
+//! a clock of its own, within the documented second of skew, one of them stepped back
+//! during the run. The origin answers each URL with a version (bumped by a purge, an
+//! unsafe method or a refresh); half the URLs vary on `Accept-Language`, most carry tags.
+//!
+//! Operations: GETs; purges of a URI, a tag, the namespace and everything (`purge_all`);
+//! POSTs (an unsafe method: its 2xx invalidates the URL); refreshes (`no-cache` GETs that
+//! bump the version and store it over the entry); a purge whose generation write is held
+//! (`support::held_writes`) while every process reads; memcached going away (every call
+//! lost, each process counting an outage, as a `TcpBackend` marks it down) and coming
+//! back empty (a restart); and an operator's `flush_all` behind every process's back.
+//!
+//! The oracle (README, "The near tier"): once a purge, an invalidation or a refresh
+//! returned, a GET that starts afterwards in the process that made it answers at least
+//! the version it was made for ("this process: at once"); a GET that starts
+//! `max_staleness` after it returned, in any process, too ("others within
+//! `max_staleness`"; the stated tolerance, [`TOLERANCE`], is zero: an entry is answered
+//! for at most the bound after the lookup that read it *started*, which was before the
+//! change returned). An operator's flush counts as a purge of everything by nobody. A
+//! refresh's store finishes in the background: its floor counts from when memcached is
+//! seen holding it plus [`STORE_SLACK`] (its epoch write and the tier's forgetting follow
+//! the write, each bounded by the lookup timeout), and only if it was stored.
+//! Changes made while memcached was away (they fail: no floor) promise nothing.
+//!
+//! Beside it, by hand: `Age` grows on near-tier answers; `Cache-Status` names the near
+//! tier; a `stale-while-revalidate` or `must-revalidate` entry kept there goes stale as it
+//! would from memcached (revalidated in the background, or at the origin), and an entry
+//! past its freshness is never answered fresh from the tier.
+//!
+//! `REVIEW_TF_SEED=n` runs one seed, `REVIEW_TF_SEEDS=n` that many, `REVIEW_TF_STEPS` the
+//! operations per seed, `REVIEW_TF_LOG=1` prints every seed's log.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tower::ServiceExt;
+use tower_memcache::MemcacheLayer;
+use tower_memcache::backend::{Advanced, Backend, BackendError, Lifetime, MemoryBackend};
+use tower_memcache::cache::{CacheMode, NearCache, Purger, ResponseBody};
+
+use support::held_writes::{self, Gate};
+use support::lossy_network::{Fault, Network, Through};
+
+const NAMESPACE: &str = "review-tf";
+const URLS: usize = 6;
+const TAGS: [&str; 2] = ["red", "blue"];
+const LANGS: [&str; 2] = ["en", "fr"];
+/// Each process's near tier's `max_staleness`.
+const BOUND: Duration = Duration::from_millis(250);
+/// What another process's change may take beyond [`BOUND`] to show.
+const TOLERANCE: Duration = Duration::ZERO;
+/// A refresh's store is seen in memcached; its epoch write and the process's forgetting
+/// follow within this.
+const STORE_SLACK: Duration = Duration::from_millis(250);
+const MS: i64 = 1_000_000;
+
+// ---------------------------------------------------------------------------------------
+// A process's network and clock.
+
+type GateSlot = Arc<Mutex<Option<Arc<Gate>>>>;
+
+/// Half the calls go at once, the others up to 40 ms late, a few lose their reply (after
+/// landing); none while memcached is away.
+#[derive(Clone)]
+struct Net {
+    rng: Arc<Mutex<StdRng>>,
+    down: Arc<AtomicBool>,
+    gate: GateSlot,
+}
+
+impl Network for Net {
+    fn fault(&self) -> Fault {
+        if self.down.load(Ordering::SeqCst) {
+            return Fault::Lost;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        match rng.random_range(0..100) {
+            0..=54 => Fault::None,
+            55..=84 => Fault::Late(rng.random_range(1..10)),
+            85..=96 => Fault::Late(rng.random_range(10..40)),
+            _ => Fault::ReplyLost,
+        }
+    }
+
+    async fn before_write(&self, key: &str) {
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.pass(key).await;
+        }
+    }
+}
+
+/// A process's view of memcached: through its network, its generation stamps shifted by
+/// its clock's offset, and the outages it noticed.
+#[derive(Clone)]
+struct Proc {
+    inner: Through<Net>,
+    offset: Arc<AtomicI64>,
+    outages: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+}
+
+impl Proc {
+    fn shift(&self, stamp: u64) -> u64 {
+        stamp.saturating_add_signed(self.offset.load(Ordering::SeqCst))
+    }
+
+    /// A time-valued generation, mark or epoch (`g:` keys), shifted.
+    fn shift_value(&self, key: &str, value: Bytes) -> Bytes {
+        if !key.starts_with("g:") {
+            return value;
+        }
+        let text = std::str::from_utf8(&value).unwrap_or_default();
+        let (digits, suffix) = match text.strip_suffix('c') {
+            Some(digits) => (digits, "c"),
+            None => (text, ""),
+        };
+        match digits.parse::<u64>() {
+            Ok(stamp) => Bytes::from(format!("{}{suffix}", self.shift(stamp))),
+            Err(_) => value,
+        }
+    }
+}
+
+impl Backend for Proc {
+    forward_to_inner!(get, get_many, cas, delete, touch, incr, flush_all, stats);
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<(), BackendError> {
+        let value = self.shift_value(key, value);
+        self.inner.set(key, value, flags, lifetime).await
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u32,
+        lifetime: Lifetime,
+    ) -> Result<bool, BackendError> {
+        let value = self.shift_value(key, value);
+        self.inner.add(key, value, flags, lifetime).await
+    }
+
+    async fn advance_on_every_server(
+        &self,
+        key: &str,
+        stamp: u64,
+        lifetime: Lifetime,
+    ) -> Result<Advanced, BackendError> {
+        let stamp = self.shift(stamp);
+        self.inner
+            .advance_on_every_server(key, stamp, lifetime)
+            .await
+    }
+
+    fn server_of(&self, route: &str) -> Option<usize> {
+        self.inner.server_of(route)
+    }
+
+    // A `TcpBackend` marks the server down once it fails: counted here when memcached
+    // goes away, by every process.
+    fn outages(&self) -> u64 {
+        self.outages.load(Ordering::SeqCst)
+    }
+
+    fn is_available(&self, _key: &str) -> bool {
+        !self.down.load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The origin: a version per URL.
+
+fn url(i: usize) -> String {
+    format!("http://site.example/p{i}")
+}
+
+/// URL `i`'s tags: none, red, or red and blue.
+fn tags_of(i: usize) -> &'static [&'static str] {
+    match i % 3 {
+        0 => &[],
+        1 => &TAGS[..1],
+        _ => &TAGS[..],
+    }
+}
+
+/// Whether URL `i`'s responses vary on `Accept-Language`.
+fn varies(i: usize) -> bool {
+    i % 2 == 1
+}
+
+/// The variant a request for URL `i` selects: its language, or `-`.
+fn variant(i: usize, rng: &mut StdRng) -> &'static str {
+    if varies(i) {
+        LANGS[rng.random_range(0..LANGS.len())]
+    } else {
+        "-"
+    }
+}
+
+struct Origin {
+    versions: Vec<AtomicU64>,
+    rng: Mutex<StdRng>,
+}
+
+impl Origin {
+    async fn respond(&self, request: Request<()>) -> Response<Full<Bytes>> {
+        let i: usize = match request.uri().path().strip_prefix("/p").map(str::parse) {
+            Some(Ok(i)) if i < URLS => i,
+            _ => {
+                return Response::builder()
+                    .status(404)
+                    .body(Full::default())
+                    .unwrap();
+            }
+        };
+        let ms = self.rng.lock().unwrap().random_range(0..8);
+        if request.method() == Method::POST {
+            self.versions[i].fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Response::new(Full::new(Bytes::from_static(b"posted")));
+        }
+        if request.headers().contains_key("x-bump") {
+            self.versions[i].fetch_add(1, Ordering::SeqCst);
+        }
+        // The version the response is made of: read when the request arrives.
+        let version = self.versions[i].load(Ordering::SeqCst);
+        let lang = match varies(i) {
+            true => request
+                .headers()
+                .get("accept-language")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned(),
+            false => "-".to_owned(),
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let mut builder = Response::builder().header("cache-control", "max-age=600");
+        if varies(i) {
+            builder = builder.header("vary", "accept-language");
+        }
+        if !tags_of(i).is_empty() {
+            builder = builder.header("surrogate-key", tags_of(i).join(" "));
+        }
+        builder
+            .body(Full::new(Bytes::from(format!("p{i} {lang} v{version}"))))
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The processes and the model.
+
+type Svc =
+    tower::util::BoxCloneSyncService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
+
+struct Process {
+    svc: Svc,
+    purger: Purger<Proc>,
+    clock: Arc<AtomicI64>,
+    gate: GateSlot,
+    background: tower_memcache::cache::Background,
+}
+
+/// A change that returned: by which process (`None`: an operator behind every process's
+/// back), when, and the version each URL (one variant, or every one) must answer since.
+struct Floor {
+    what: String,
+    by: Option<usize>,
+    returned: Instant,
+    covers: Vec<(usize, Option<&'static str>, u64)>,
+}
+
+struct World {
+    store: MemoryBackend,
+    origin: Arc<Origin>,
+    processes: Vec<Process>,
+    floors: Mutex<Vec<Floor>>,
+    violations: Mutex<Vec<String>>,
+    log: Mutex<Vec<String>>,
+    /// memcached is away: every call is lost.
+    down: Arc<AtomicBool>,
+    /// Outages so far (every process counts them, as its backend marks the server down).
+    outages: Arc<AtomicU64>,
+    /// Bumped when memcached goes away and when it comes back: a change that saw it move
+    /// may have failed on its way.
+    upheavals: AtomicU64,
+    /// One outage, one held purge at a time.
+    exclusive: tokio::sync::Mutex<()>,
+    /// Which process's clock steps back, at which step, to which offset.
+    step_back: (usize, usize, i64),
+    /// Only changes of one URL (no tag, namespace or whole purges, outages or flushes,
+    /// which send every tier back to memcached): a near entry then lives long enough to
+    /// be confirmed by its store epoch, again and again.
+    calm: bool,
+}
+
+impl World {
+    /// The version a GET of `(i, lang)` by `p` starting at `start` must at least answer,
+    /// and why.
+    fn floor(&self, p: usize, i: usize, lang: &str, start: Instant) -> (u64, Option<String>) {
+        let floors = self.floors.lock().unwrap();
+        let mut best = (0, None);
+        for floor in floors.iter() {
+            let applies = match floor.by {
+                Some(by) if by == p => floor.returned <= start,
+                _ => floor.returned + BOUND + TOLERANCE <= start,
+            };
+            if !applies {
+                continue;
+            }
+            for &(u, variant, version) in &floor.covers {
+                if u == i && variant.is_none_or(|v| v == lang) && version > best.0 {
+                    best = (version, Some(floor.what.clone()));
+                }
+            }
+        }
+        best
+    }
+
+    fn note(&self, line: String) {
+        self.log.lock().unwrap().push(line);
+    }
+
+    fn push(&self, floor: Floor) {
+        self.floors.lock().unwrap().push(floor);
+    }
+
+    /// The versions of every URL (each variant), for a change of them all.
+    fn all(&self) -> Vec<(usize, Option<&'static str>, u64)> {
+        (0..URLS)
+            .map(|i| (i, None, self.origin.versions[i].load(Ordering::SeqCst)))
+            .collect()
+    }
+}
+
+fn world(seed: u64, steps: usize, calm: bool) -> World {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let store = MemoryBackend::new();
+    let origin = Arc::new(Origin {
+        versions: (0..URLS).map(|_| AtomicU64::new(1)).collect(),
+        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x7f)),
+    });
+    let down = Arc::new(AtomicBool::new(false));
+    let outages = Arc::new(AtomicU64::new(0));
+    let count = rng.random_range(2..=3);
+    let processes: Vec<Process> = (0..count)
+        .map(|p| {
+            // Offsets within [-500 ms, +450 ms]: any two clocks within the second of skew.
+            let offset = rng.random_range(-500..=450) * MS;
+            let clock = Arc::new(AtomicI64::new(offset));
+            let gate = GateSlot::default();
+            let backend = Proc {
+                inner: Through {
+                    inner: store.clone(),
+                    network: Net {
+                        rng: Arc::new(Mutex::new(StdRng::seed_from_u64(
+                            seed.wrapping_mul(31).wrapping_add(p as u64),
+                        ))),
+                        down: Arc::clone(&down),
+                        gate: Arc::clone(&gate),
+                    },
+                },
+                offset: Arc::clone(&clock),
+                outages: Arc::clone(&outages),
+                down: Arc::clone(&down),
+            };
+            let layer = MemcacheLayer::new(backend)
+                .namespace(NAMESPACE)
+                .mode(CacheMode::Origin)
+                .lookup_timeout(Duration::from_millis(50))
+                .lease_wait(Duration::from_millis(150), Duration::from_millis(5))
+                .near_cache(NearCache::new(1 << 20, BOUND));
+            let svc = tower::ServiceBuilder::new()
+                .layer(layer.clone())
+                .service_fn({
+                    let origin = Arc::clone(&origin);
+                    move |request: Request<()>| {
+                        let origin = Arc::clone(&origin);
+                        async move { Ok::<_, Infallible>(origin.respond(request).await) }
+                    }
+                });
+            Process {
+                svc: tower::util::BoxCloneSyncService::new(svc),
+                purger: layer.purger(),
+                clock,
+                gate,
+                background: layer.background(),
+            }
+        })
+        .collect();
+    let stepped = rng.random_range(0..count);
+    let from = processes[stepped].clock.load(Ordering::SeqCst) / MS;
+    let to = rng.random_range(-500..from.max(-499)) * MS;
+    World {
+        store,
+        origin,
+        processes,
+        floors: Mutex::default(),
+        violations: Mutex::default(),
+        log: Mutex::default(),
+        down,
+        outages,
+        upheavals: AtomicU64::new(0),
+        exclusive: tokio::sync::Mutex::default(),
+        step_back: (stepped, rng.random_range(0..steps.max(1)), to),
+        calm,
+    }
+}
+
+/// A request for URL `i`'s variant `lang` by process `p`: status, body, `Cache-Status`.
+async fn send(
+    world: &World,
+    p: usize,
+    method: Method,
+    i: usize,
+    lang: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut request = Request::builder().method(method).uri(url(i));
+    if lang != "-" {
+        request = request.header("accept-language", lang);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = world.processes[p]
+        .svc
+        .clone()
+        .oneshot(request.body(()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let cache_status = response
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        cache_status,
+    )
+}
+
+/// The version in a body `p{i} {lang} v{n}` for `(i, lang)`.
+fn version_in(body: &str, i: usize, lang: &str) -> Option<u64> {
+    let rest = body.strip_prefix(&format!("p{i} {lang} v"))?;
+    rest.parse().ok()
+}
+
+/// A GET, checked against the floors that apply to it.
+async fn get(world: &World, p: usize, i: usize, lang: &str) {
+    let started = Instant::now();
+    let (floor, why) = world.floor(p, i, lang, started);
+    let (status, body, cache_status) = send(world, p, Method::GET, i, lang, &[]).await;
+    let line = format!(
+        "+{:?} GET p{i} {lang} by {p}: {status} {body:?} ({cache_status}), floor {floor} from {why:?}",
+        started.elapsed()
+    );
+    world.note(line.clone());
+    let fine = status == 200 && version_in(&body, i, lang).is_some_and(|v| v >= floor);
+    if !fine {
+        world.violations.lock().unwrap().push(line);
+    }
+}
+
+/// Whether memcached was steady (up, and neither going nor coming) since `upheavals`.
+fn steady(world: &World, upheavals: u64) -> bool {
+    !world.down.load(Ordering::SeqCst) && world.upheavals.load(Ordering::SeqCst) == upheavals
+}
+
+/// A purge by `p` of `what` (`uri i`, `tag t`, `namespace`, `all`): the versions it covers
+/// bumped first; on `Ok`, they are floors from its return on.
+async fn purge(world: &World, p: usize, what: &str, i: usize) {
+    let urls: Vec<usize> = match what.strip_prefix("tag ") {
+        Some(tag) => (0..URLS).filter(|&u| tags_of(u).contains(&tag)).collect(),
+        None if what == "uri" => vec![i],
+        None => (0..URLS).collect(),
+    };
+    for &u in &urls {
+        world.origin.versions[u].fetch_add(1, Ordering::SeqCst);
+    }
+    let covers = urls
+        .iter()
+        .map(|&u| (u, None, world.origin.versions[u].load(Ordering::SeqCst)))
+        .collect();
+    let purger = &world.processes[p].purger;
+    let outcome = match what.strip_prefix("tag ") {
+        Some(tag) => purger.purge_tag(tag).await,
+        None => match what {
+            "uri" => purger.purge_uri(&url(i)).await,
+            "namespace" => purger.purge_namespace().await,
+            _ => purger.purge_all().await,
+        },
+    };
+    let what = match what {
+        "uri" => format!("purge_uri p{i} by {p}"),
+        _ => format!("purge {what} by {p}"),
+    };
+    world.note(format!(
+        "{what}: {:?}",
+        outcome.as_ref().map_err(|e| e.to_string())
+    ));
+    if outcome.is_ok() {
+        world.push(Floor {
+            what,
+            by: Some(p),
+            returned: Instant::now(),
+            covers,
+        });
+    }
+}
+
+/// A POST to URL `i` by `p`: the origin bumps its version; a 2xx invalidates the URL
+/// (RFC 9111 §4.4) before the response goes out.
+async fn post(world: &World, p: usize, i: usize) {
+    let upheavals = world.upheavals.load(Ordering::SeqCst);
+    let (status, _, _) = send(world, p, Method::POST, i, "-", &[]).await;
+    let version = world.origin.versions[i].load(Ordering::SeqCst);
+    let what = format!("POST p{i} by {p}");
+    world.note(format!("{what}: {status}, now v{version}"));
+    // Its invalidation's delete and epoch write landed (a reply lost is landed all the
+    // same); while memcached moved, they may not have.
+    if status == 200 && steady(world, upheavals) {
+        world.push(Floor {
+            what,
+            by: Some(p),
+            returned: Instant::now(),
+            covers: vec![(i, None, version)],
+        });
+    }
+}
+
+/// The newest version memcached holds for `(i, lang)`, in any entry (a scan of the raw
+/// values: the body is stored as it is).
+fn stored_version(world: &World, i: usize, lang: &str) -> Option<u64> {
+    let needle = format!("p{i} {lang} v");
+    world
+        .store
+        .entries()
+        .iter()
+        .filter_map(|(_, item)| {
+            let value = &item.value[..];
+            let at = value
+                .windows(needle.len())
+                .rposition(|window| window == needle.as_bytes())?;
+            let digits: String = value[at + needle.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|&b| char::from(b))
+                .collect();
+            digits.parse().ok()
+        })
+        .max()
+}
+
+/// A refresh by `p`: a `no-cache` GET that makes the origin bump the version, stored over
+/// the entry in the background. Once memcached is seen holding it (and a slack for the
+/// rest of the store), its version is the variant's floor.
+async fn refresh(world: &World, p: usize, i: usize, lang: &'static str) {
+    let upheavals = world.upheavals.load(Ordering::SeqCst);
+    let headers = [("cache-control", "no-cache"), ("x-bump", "1")];
+    let (status, body, cache_status) = send(world, p, Method::GET, i, lang, &headers).await;
+    let what = format!("refresh p{i} {lang} by {p}");
+    world.note(format!("{what}: {status} {body:?} ({cache_status})"));
+    let Some(version) = version_in(&body, i, lang) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_millis(400);
+    while Instant::now() < deadline {
+        if stored_version(world, i, lang).is_some_and(|v| v >= version) {
+            tokio::time::sleep(STORE_SLACK).await;
+            if steady(world, upheavals) {
+                world.note(format!("{what}: v{version} stored"));
+                world.push(Floor {
+                    what,
+                    by: Some(p),
+                    returned: Instant::now(),
+                    covers: vec![(i, Some(lang), version)],
+                });
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Another process `q` holds `(i, lang)` in its near tier (read twice) when `p` changes
+/// it (a refresh, a POST, a purge of the URL or of its tag); `q` reads it again once the
+/// change is past its bound, and on.
+async fn watched(world: &World, p: usize, i: usize, lang: &'static str, rng: &mut StdRng) {
+    let q = (p + rng.random_range(1..world.processes.len())) % world.processes.len();
+    get(world, q, i, lang).await;
+    get(world, q, i, lang).await;
+    world.note(format!("watched p{i} {lang}: held by {q}, changed by {p}"));
+    // Calm: no tag or namespace purge.
+    match rng.random_range(0..if world.calm { 3 } else { 4 }) {
+        0 => refresh(world, p, i, lang).await,
+        1 => post(world, p, i).await,
+        2 => purge(world, p, "uri", i).await,
+        _ => match tags_of(i).first() {
+            Some(tag) => purge(world, p, &format!("tag {tag}"), i).await,
+            None => purge(world, p, "namespace", i).await,
+        },
+    }
+    for _ in 0..3 {
+        tokio::time::sleep(BOUND / 2 + Duration::from_millis(5)).await;
+        get(world, q, i, lang).await;
+    }
+}
+
+/// A purge whose generation write by `p` is held (`held_writes`) while every process
+/// reads the URLs it covers, then released.
+async fn held_purge(world: &World, p: usize, rng: &mut StdRng) {
+    let _alone = world.exclusive.lock().await;
+    let (what, key) = match rng.random_range(0..3) {
+        0 => (
+            "namespace".to_owned(),
+            held_writes::internal_key(NAMESPACE, "\0generation"),
+        ),
+        n => {
+            let tag = TAGS[n - 1];
+            (format!("tag {tag}"), held_writes::tag_key(NAMESPACE, tag))
+        }
+    };
+    let gate = Gate::new(key);
+    *world.processes[p].gate.lock().unwrap() = Some(Arc::clone(&gate));
+    world.note(format!("held purge {what} by {p}"));
+    let reads = async {
+        if gate.caught_within(Duration::from_millis(300)).await {
+            let mut reads = Vec::new();
+            for q in 0..world.processes.len() {
+                for i in 0..URLS {
+                    let lang = if varies(i) { LANGS[q % 2] } else { "-" };
+                    reads.push(get(world, q, i, lang));
+                }
+            }
+            futures_util::future::join_all(reads).await;
+        }
+        gate.release();
+    };
+    tokio::join!(purge(world, p, &what, 0), reads);
+    *world.processes[p].gate.lock().unwrap() = None;
+}
+
+/// memcached goes away (every call lost; every process counts an outage), and comes back
+/// empty, a restart: what was in flight lands before it does.
+async fn outage(world: &World, ms: u64) {
+    let _alone = world.exclusive.lock().await;
+    world.upheavals.fetch_add(1, Ordering::SeqCst);
+    world.down.store(true, Ordering::SeqCst);
+    world.outages.fetch_add(1, Ordering::SeqCst);
+    world.note("memcached away".into());
+    // Longer than the latest call in flight, which then lands before the restart.
+    tokio::time::sleep(Duration::from_millis(ms.max(60))).await;
+    world.store.flush_all().await.unwrap();
+    world.down.store(false, Ordering::SeqCst);
+    world.upheavals.fetch_add(1, Ordering::SeqCst);
+    world.note("memcached back, empty".into());
+}
+
+/// An operator's `flush_all`, behind every process's back: a purge of everything by
+/// nobody (the versions bumped first, as for a purge).
+async fn operator_flush(world: &World) {
+    for version in &world.origin.versions {
+        version.fetch_add(1, Ordering::SeqCst);
+    }
+    let covers = world.all();
+    world.store.flush_all().await.unwrap();
+    world.note("operator flush_all".into());
+    world.push(Floor {
+        what: "operator flush_all".into(),
+        by: None,
+        returned: Instant::now(),
+        covers,
+    });
+}
+
+async fn op(world: Arc<World>, seed: u64, step: usize) {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
+    let p = rng.random_range(0..world.processes.len());
+    let i = rng.random_range(0..URLS);
+    let lang = variant(i, &mut rng);
+    let (stepped, at, to) = world.step_back;
+    if step == at {
+        let from = world.processes[stepped].clock.swap(to, Ordering::SeqCst);
+        world.note(format!(
+            "process {stepped}'s clock stepped back from {} ms to {} ms",
+            from / MS,
+            to / MS
+        ));
+    }
+    let choice = match world.calm {
+        // GETs, URI purges, POSTs, refreshes, watched changes of one URL.
+        true => match rng.random_range(0..100) {
+            0..=59 => 0,
+            60..=64 => 152,
+            65..=72 => 168,
+            73..=84 => 178,
+            _ => 185,
+        },
+        false => rng.random_range(0..200),
+    };
+    match choice {
+        // Mostly a few in a row: the second is the near tier's.
+        0..=151 => {
+            for _ in 0..rng.random_range(1..=3) {
+                get(&world, p, i, lang).await;
+            }
+        }
+        152..=159 => purge(&world, p, "uri", i).await,
+        160..=164 => {
+            let tag = TAGS[rng.random_range(0..TAGS.len())];
+            purge(&world, p, &format!("tag {tag}"), i).await;
+        }
+        165..=166 => purge(&world, p, "namespace", i).await,
+        167 => purge(&world, p, "all", i).await,
+        168..=177 => post(&world, p, i).await,
+        178..=184 => refresh(&world, p, i, lang).await,
+        185..=189 => watched(&world, p, i, lang, &mut rng).await,
+        190..=194 => held_purge(&world, p, &mut rng).await,
+        195..=196 => outage(&world, rng.random_range(20..120)).await,
+        _ => operator_flush(&world).await,
+    }
+}
+
+async fn run_seed(seed: u64, steps: usize, calm: bool) -> Result<String, String> {
+    let world = Arc::new(world(seed, steps, calm));
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5c4ed);
+    let mut tasks = Vec::new();
+    for step in 0..steps {
+        tasks.push(tokio::spawn(op(Arc::clone(&world), seed, step)));
+        let gap = rng.random_range(0..6);
+        if gap > 0 {
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+        }
+    }
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => return Err(format!("seed {seed}: an operation panicked: {panic}")),
+            Err(_) => return Err(format!("seed {seed}: an operation hung for 10 s")),
+        }
+    }
+    for process in &world.processes {
+        if tokio::time::timeout(Duration::from_secs(10), process.background.idle())
+            .await
+            .is_err()
+        {
+            return Err(format!("seed {seed}: background work hung for 10 s"));
+        }
+    }
+    // Settled: a purge of everything's tag by each process, then every URL from each,
+    // twice (the second from the near tier).
+    for p in 0..world.processes.len() {
+        purge(&world, p, "tag red", 0).await;
+    }
+    tokio::time::sleep(BOUND).await;
+    for _ in 0..2 {
+        for p in 0..world.processes.len() {
+            for i in 0..URLS {
+                for lang in LANGS {
+                    let lang = if varies(i) { lang } else { "-" };
+                    get(&world, p, i, lang).await;
+                }
+            }
+        }
+    }
+    let log = world.log.lock().unwrap();
+    let count = |what: &str| log.iter().filter(|line| line.contains(what)).count();
+    let summary = format!(
+        "{} GETs under a floor ({} near hits, {} hits), {} floors, {} changes failed",
+        count("from Some("),
+        count("detail=near"),
+        count("; hit"),
+        world.floors.lock().unwrap().len(),
+        count(": Err("),
+    );
+    if std::env::var_os("REVIEW_TF_LOG").is_some() {
+        eprintln!("seed {seed} log:\n  {}", log.join("\n  "));
+    }
+    let violations = world.violations.lock().unwrap();
+    if violations.is_empty() {
+        if count("detail=near") == 0 {
+            return Err(format!(
+                "seed {seed}: the near tier answered nothing ({summary})"
+            ));
+        }
+        return Ok(summary);
+    }
+    Err(format!(
+        "seed {seed}: {} violation(s) ({summary})\n{}\nstep back {:?}\nlog:\n  {}",
+        violations.len(),
+        violations.join("\n"),
+        world.step_back,
+        log.join("\n  "),
+    ))
+}
+
+fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(seed) = std::env::var("REVIEW_TF_SEED") {
+        return vec![seed.parse().expect("REVIEW_TF_SEED: a number")];
+    }
+    let count = std::env::var("REVIEW_TF_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default);
+    (1..=count).collect()
+}
+
+fn steps(default: usize) -> usize {
+    std::env::var("REVIEW_TF_STEPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs the seeds, each on a multi-threaded runtime (two workers) of its own.
+fn run(seeds: Vec<u64>, steps: usize, calm: bool) {
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let outcome = runtime.block_on(run_seed(seed, steps, calm));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        match outcome {
+            Ok(summary) => eprintln!("seed {seed}: ok in {:?}: {summary}", started.elapsed()),
+            Err(report) => {
+                eprintln!("seed {seed}: FAILED in {:?}", started.elapsed());
+                failures.push(report);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The random schedule: every kind of change, outages and flushes.
+#[test]
+fn near_tiers_of_several_processes_keep_their_promises() {
+    run(seeds(3), steps(300), false);
+}
+
+/// Changes of one URL at a time only, so that entries live past their window and are
+/// confirmed by their store epochs.
+#[test]
+fn near_tiers_confirming_by_epoch_keep_their_promises() {
+    run(seeds(2), steps(200), true);
+}
