@@ -26,9 +26,22 @@
 //! for at most the bound after the lookup that read it *started*, which was before the
 //! change returned). An operator's flush counts as a purge of everything by nobody. A
 //! refresh's store finishes in the background: its floor counts from when memcached is
-//! seen holding it plus [`STORE_SLACK`] (its epoch write and the tier's forgetting follow
-//! the write, each bounded by the lookup timeout), and only if it was stored.
-//! Changes made while memcached was away (they fail: no floor) promise nothing.
+//! seen answering it (a layer without a tier, `only-if-cached`) plus [`STORE_SLACK`] (its
+//! epoch write and the tier's forgetting follow the write, each bounded by the lookup
+//! timeout), and only if it was stored. Changes made while memcached was away (they
+//! fail: no floor) promise nothing.
+//!
+//! Each process has a second layer sharing its tier and backend, configured otherwise
+//! (only 200s stored, a key header `x-tenant`): it must answer only its tenant's pages,
+//! never the first layer's, and never a 404 the first layer stored and its tier kept
+//! (README: "answered from it only to layers of the settings that judged it").
+//!
+//! Undone in a scratch tree, each of these is caught (timings decide which seed): the
+//! tier's forgetting in `Storage::invalidate` (2 seeds of 3), the fence in
+//! `NearCache::keep` (a lookup under way across a purge kept: 3 of 10), answering for
+//! twice `max_staleness` in `NearCache::get` (1 of 3), the store epoch written after a
+//! replacing store (`Storage::store`: only by the calm schedule, 2 of 4), the settings
+//! check in `NearCache::get` (every seed).
 //!
 //! Beside it, by hand: `Age` grows on near-tier answers; `Cache-Status` names the near
 //! tier; a `stale-while-revalidate` or `must-revalidate` entry kept there goes stale as it
@@ -230,10 +243,12 @@ impl Origin {
     async fn respond(&self, request: Request<()>) -> Response<Full<Bytes>> {
         let i: usize = match request.uri().path().strip_prefix("/p").map(str::parse) {
             Some(Ok(i)) if i < URLS => i,
+            // Gone, for as long as anyone cares: a 404 only some layers store.
             _ => {
                 return Response::builder()
                     .status(404)
-                    .body(Full::default())
+                    .header("cache-control", "max-age=600")
+                    .body(Full::new(Bytes::from_static(b"gone")))
                     .unwrap();
             }
         };
@@ -265,8 +280,15 @@ impl Origin {
         if !tags_of(i).is_empty() {
             builder = builder.header("surrogate-key", tags_of(i).join(" "));
         }
+        // The tenant, when asked for one: the strict layer keys by it.
+        let tenant = match request.headers().get("x-tenant") {
+            Some(tenant) => format!(" t{}", tenant.to_str().unwrap_or("?")),
+            None => String::new(),
+        };
         builder
-            .body(Full::new(Bytes::from(format!("p{i} {lang} v{version}"))))
+            .body(Full::new(Bytes::from(format!(
+                "p{i} {lang} v{version}{tenant}"
+            ))))
             .unwrap()
     }
 }
@@ -279,6 +301,9 @@ type Svc =
 
 struct Process {
     svc: Svc,
+    /// A second layer of the process, sharing its near tier and backend, configured
+    /// otherwise: only 200s stored, and a key header (`x-tenant`).
+    strict: Svc,
     purger: Purger<Proc>,
     clock: Arc<AtomicI64>,
     gate: GateSlot,
@@ -296,6 +321,8 @@ struct Floor {
 
 struct World {
     store: MemoryBackend,
+    /// A layer on `store` itself, without a near tier: what memcached answers.
+    probe: Svc,
     origin: Arc<Origin>,
     processes: Vec<Process>,
     floors: Mutex<Vec<Floor>>,
@@ -394,17 +421,26 @@ fn world(seed: u64, steps: usize, calm: bool) -> World {
                 .lookup_timeout(Duration::from_millis(50))
                 .lease_wait(Duration::from_millis(150), Duration::from_millis(5))
                 .near_cache(NearCache::new(1 << 20, BOUND));
+            let strict = layer
+                .clone()
+                .statuses([200])
+                .key_headers([http::HeaderName::from_static("x-tenant")]);
+            let origin = {
+                let origin = Arc::clone(&origin);
+                move |request: Request<()>| {
+                    let origin = Arc::clone(&origin);
+                    async move { Ok::<_, Infallible>(origin.respond(request).await) }
+                }
+            };
             let svc = tower::ServiceBuilder::new()
                 .layer(layer.clone())
-                .service_fn({
-                    let origin = Arc::clone(&origin);
-                    move |request: Request<()>| {
-                        let origin = Arc::clone(&origin);
-                        async move { Ok::<_, Infallible>(origin.respond(request).await) }
-                    }
-                });
+                .service_fn(origin.clone());
+            let strict = tower::ServiceBuilder::new()
+                .layer(strict)
+                .service_fn(origin);
             Process {
                 svc: tower::util::BoxCloneSyncService::new(svc),
+                strict: tower::util::BoxCloneSyncService::new(strict),
                 purger: layer.purger(),
                 clock,
                 gate,
@@ -415,7 +451,24 @@ fn world(seed: u64, steps: usize, calm: bool) -> World {
     let stepped = rng.random_range(0..count);
     let from = processes[stepped].clock.load(Ordering::SeqCst) / MS;
     let to = rng.random_range(-500..from.max(-499)) * MS;
+    let probe = MemcacheLayer::new(store.clone())
+        .namespace(NAMESPACE)
+        .mode(CacheMode::Origin)
+        .lease_wait(Duration::from_millis(5), Duration::from_millis(1));
+    let probe =
+        tower::ServiceBuilder::new()
+            .layer(probe)
+            .service_fn(|_request: Request<()>| async {
+                // `only-if-cached`: never asked.
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(500)
+                        .body(Full::default())
+                        .unwrap(),
+                )
+            });
     World {
+        probe: tower::util::BoxCloneSyncService::new(probe),
         store,
         origin,
         processes,
@@ -440,6 +493,17 @@ async fn send(
     lang: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, String) {
+    send_to(&world.processes[p].svc, method, i, lang, headers).await
+}
+
+/// [`send`], through `svc`.
+async fn send_to(
+    svc: &Svc,
+    method: Method,
+    i: usize,
+    lang: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut request = Request::builder().method(method).uri(url(i));
     if lang != "-" {
         request = request.header("accept-language", lang);
@@ -447,8 +511,7 @@ async fn send(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = world.processes[p]
-        .svc
+    let response = svc
         .clone()
         .oneshot(request.body(()).unwrap())
         .await
@@ -471,20 +534,41 @@ async fn send(
 /// The version in a body `p{i} {lang} v{n}` for `(i, lang)`.
 fn version_in(body: &str, i: usize, lang: &str) -> Option<u64> {
     let rest = body.strip_prefix(&format!("p{i} {lang} v"))?;
-    rest.parse().ok()
+    rest.split(' ').next()?.parse().ok()
 }
 
 /// A GET, checked against the floors that apply to it.
 async fn get(world: &World, p: usize, i: usize, lang: &str) {
+    get_as(world, p, i, lang, None).await;
+}
+
+/// A GET, through the process's strict layer for `tenant` (which must answer that
+/// tenant's page, never another layer's), or its plain layer (never a tenant's page).
+async fn get_as(world: &World, p: usize, i: usize, lang: &str, tenant: Option<&str>) {
     let started = Instant::now();
     let (floor, why) = world.floor(p, i, lang, started);
-    let (status, body, cache_status) = send(world, p, Method::GET, i, lang, &[]).await;
+    let process = &world.processes[p];
+    let (status, body, cache_status) = match tenant {
+        Some(tenant) => {
+            let headers = [("x-tenant", tenant)];
+            send_to(&process.strict, Method::GET, i, lang, &headers).await
+        }
+        None => send_to(&process.svc, Method::GET, i, lang, &[]).await,
+    };
+    let by = match tenant {
+        Some(tenant) => format!("{p} (strict, {tenant})"),
+        None => p.to_string(),
+    };
     let line = format!(
-        "+{:?} GET p{i} {lang} by {p}: {status} {body:?} ({cache_status}), floor {floor} from {why:?}",
+        "+{:?} GET p{i} {lang} by {by}: {status} {body:?} ({cache_status}), floor {floor} from {why:?}",
         started.elapsed()
     );
     world.note(line.clone());
-    let fine = status == 200 && version_in(&body, i, lang).is_some_and(|v| v >= floor);
+    let whose = match tenant {
+        Some(tenant) => body.ends_with(&format!(" t{tenant}")),
+        None => !body.contains(" t"),
+    };
+    let fine = status == 200 && whose && version_in(&body, i, lang).is_some_and(|v| v >= floor);
     if !fine {
         world.violations.lock().unwrap().push(line);
     }
@@ -557,32 +641,20 @@ async fn post(world: &World, p: usize, i: usize) {
     }
 }
 
-/// The newest version memcached holds for `(i, lang)`, in any entry (a scan of the raw
-/// values: the body is stored as it is).
-fn stored_version(world: &World, i: usize, lang: &str) -> Option<u64> {
-    let needle = format!("p{i} {lang} v");
-    world
-        .store
-        .entries()
-        .iter()
-        .filter_map(|(_, item)| {
-            let value = &item.value[..];
-            let at = value
-                .windows(needle.len())
-                .rposition(|window| window == needle.as_bytes())?;
-            let digits: String = value[at + needle.len()..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .map(|&b| char::from(b))
-                .collect();
-            digits.parse().ok()
-        })
-        .max()
+/// The version memcached answers for `(i, lang)` now, as a layer without a near tier
+/// (and without a network between) reads it: `only-if-cached`, never the origin.
+async fn stored_version(world: &World, i: usize, lang: &str) -> Option<u64> {
+    let headers = [("cache-control", "only-if-cached")];
+    let (status, body, _) = send_to(&world.probe, Method::GET, i, lang, &headers).await;
+    (status == 200)
+        .then(|| version_in(&body, i, lang))
+        .flatten()
 }
 
 /// A refresh by `p`: a `no-cache` GET that makes the origin bump the version, stored over
-/// the entry in the background. Once memcached is seen holding it (and a slack for the
-/// rest of the store), its version is the variant's floor.
+/// the entry in the background. Once memcached is seen answering it (and a slack for the
+/// rest of the store), its version is the variant's floor. (A store that lost its race
+/// changed nothing: no floor.)
 async fn refresh(world: &World, p: usize, i: usize, lang: &'static str) {
     let upheavals = world.upheavals.load(Ordering::SeqCst);
     let headers = [("cache-control", "no-cache"), ("x-bump", "1")];
@@ -594,7 +666,10 @@ async fn refresh(world: &World, p: usize, i: usize, lang: &'static str) {
     };
     let deadline = Instant::now() + Duration::from_millis(400);
     while Instant::now() < deadline {
-        if stored_version(world, i, lang).is_some_and(|v| v >= version) {
+        if stored_version(world, i, lang)
+            .await
+            .is_some_and(|v| v >= version)
+        {
             tokio::time::sleep(STORE_SLACK).await;
             if steady(world, upheavals) {
                 world.note(format!("{what}: v{version} stored"));
@@ -608,6 +683,29 @@ async fn refresh(world: &World, p: usize, i: usize, lang: &'static str) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The page that is gone (a 404 for `max-age=600`), twice, through the plain layer (which
+/// stores 404s, and may answer it from the tier) or the strict one (which stores only
+/// 200s, and must never answer it from memcached or the tier the plain layer shares).
+async fn gone(world: &World, p: usize, strict: bool) {
+    let process = &world.processes[p];
+    let svc = if strict {
+        &process.strict
+    } else {
+        &process.svc
+    };
+    let headers = [("x-tenant", "a")];
+    let headers: &[(&str, &str)] = if strict { &headers } else { &[] };
+    for _ in 0..2 {
+        let (status, body, cache_status) = send_to(svc, Method::GET, URLS, "-", headers).await;
+        let line =
+            format!("GET gone by {p} (strict: {strict}): {status} {body:?} ({cache_status})");
+        world.note(line.clone());
+        if status != 404 || (strict && cache_status.contains("hit")) {
+            world.violations.lock().unwrap().push(line);
+        }
     }
 }
 
@@ -730,8 +828,17 @@ async fn op(world: Arc<World>, seed: u64, step: usize) {
     match choice {
         // Mostly a few in a row: the second is the near tier's.
         0..=151 => {
+            // A quarter through the process's strict layer, for one of two tenants.
+            let tenant = match rng.random_range(0..8) {
+                0 => Some("a"),
+                1 => Some("b"),
+                _ => None,
+            };
             for _ in 0..rng.random_range(1..=3) {
-                get(&world, p, i, lang).await;
+                get_as(&world, p, i, lang, tenant).await;
+            }
+            if rng.random_range(0..10) == 0 {
+                gone(&world, p, tenant.is_some()).await;
             }
         }
         152..=159 => purge(&world, p, "uri", i).await,
@@ -875,4 +982,161 @@ fn near_tiers_of_several_processes_keep_their_promises() {
 #[test]
 fn near_tiers_confirming_by_epoch_keep_their_promises() {
     run(seeds(2), steps(200), true);
+}
+
+// ---------------------------------------------------------------------------------------
+// By hand: what a near-tier answer says of itself, and how its entries go stale.
+
+/// One layer with a near tier (bound `bound`) and one without, on one `MemoryBackend`; an
+/// origin that answers `cache_control` (and `Age: 5`, and an `ETag`) with a version bumped
+/// per request.
+fn pair(
+    cache_control: &'static str,
+    bound: Duration,
+) -> (Svc, Svc, support::Watch, Arc<AtomicU64>) {
+    let store = MemoryBackend::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let origin = {
+        let calls = Arc::clone(&calls);
+        move |_request: Request<()>| {
+            let version = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let response = Response::builder()
+                    .header("cache-control", cache_control)
+                    .header("age", "5")
+                    // A validator: memcached keeps the entry past its freshness.
+                    .header("etag", format!("\"{version}\""))
+                    .body(Full::new(Bytes::from(format!("v{version}"))))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        }
+    };
+    let near = MemcacheLayer::new(store.clone())
+        .mode(CacheMode::Origin)
+        .near_cache(NearCache::new(1 << 20, bound));
+    let plain = MemcacheLayer::new(store).mode(CacheMode::Origin);
+    let watch = support::Watch::of(&near);
+    let near = tower::ServiceBuilder::new()
+        .layer(near)
+        .service_fn(origin.clone());
+    let plain = tower::ServiceBuilder::new().layer(plain).service_fn(origin);
+    (
+        tower::util::BoxCloneSyncService::new(near),
+        tower::util::BoxCloneSyncService::new(plain),
+        watch,
+        calls,
+    )
+}
+
+/// A GET of the page: body, `Cache-Status`, `Age`.
+async fn fetch(svc: &Svc) -> (String, String, Option<u64>) {
+    let request = Request::get("http://site.example/page").body(()).unwrap();
+    let response = svc.clone().oneshot(request).await.unwrap();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (status, age) = (header("cache-status"), header("age"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        String::from_utf8_lossy(&body).into_owned(),
+        status.unwrap_or_default(),
+        age.and_then(|age| age.parse().ok()),
+    )
+}
+
+/// Fills the page and has the near tier keep it: a miss, then a hit in memcached (kept),
+/// then the near tier's answer.
+async fn keep_near(svc: &Svc, watch: &support::Watch) {
+    let (_, status, _) = fetch(svc).await;
+    assert!(status.contains("fwd=uri-miss"), "{status}");
+    watch.settled().await;
+    let (_, status, _) = fetch(svc).await;
+    assert_eq!(status, "tower-memcache; hit", "from memcached, kept");
+    let (_, status, _) = fetch(svc).await;
+    assert_eq!(status, "tower-memcache; hit; detail=near");
+}
+
+/// `Age` on a near-tier answer is the entry's age now (the origin's `Age` plus the time
+/// since it was received), as memcached's answer says at the same moment, not the age it
+/// had when the tier kept it; and `Cache-Status` names the tier.
+#[tokio::test]
+async fn age_grows_on_near_answers_as_on_memcached_ones() {
+    let (near, plain, watch, _) = pair("max-age=100", Duration::from_secs(30));
+    keep_near(&near, &watch).await;
+    let (_, _, kept_age) = fetch(&near).await;
+    assert!(kept_age.is_some_and(|age| age >= 5), "{kept_age:?}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (body, status, near_age) = fetch(&near).await;
+    let (plain_body, plain_status, plain_age) = fetch(&plain).await;
+    assert_eq!(status, "tower-memcache; hit; detail=near");
+    assert_eq!(plain_status, "tower-memcache; hit");
+    assert_eq!((body.as_str(), plain_body.as_str()), ("v1", "v1"));
+    let (near_age, plain_age) = (near_age.unwrap(), plain_age.unwrap());
+    assert!(
+        near_age >= kept_age.unwrap() + 2,
+        "{near_age} after {kept_age:?}"
+    );
+    assert!(
+        near_age.abs_diff(plain_age) <= 1,
+        "{near_age} vs {plain_age}"
+    );
+}
+
+/// An entry past its HTTP freshness is never answered from the near tier, however long
+/// the tier's own bound: it goes to memcached and the origin as without the tier.
+#[tokio::test]
+async fn an_entry_past_its_freshness_is_not_answered_from_the_near_tier() {
+    // `Age: 5` of `max-age=7`: two seconds of freshness left.
+    let (near, _, watch, calls) = pair("max-age=7", Duration::from_secs(60));
+    keep_near(&near, &watch).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (body, status, _) = fetch(&near).await;
+    assert!(status.contains("fwd=stale"), "{status}");
+    assert_eq!(body, "v2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A `stale-while-revalidate` entry kept in the near tier goes stale as from memcached:
+/// the stale answer (not the tier's) with a refresh in the background, whose store this
+/// process's tier then answers.
+#[tokio::test]
+async fn a_stale_while_revalidate_entry_from_the_near_tier_goes_stale_as_from_memcached() {
+    let (near, _, watch, calls) = pair(
+        "max-age=7, stale-while-revalidate=60",
+        Duration::from_secs(60),
+    );
+    keep_near(&near, &watch).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (body, status, _) = fetch(&near).await;
+    assert_eq!(body, "v1");
+    assert!(
+        status.contains("hit; ttl=-") && !status.contains("near"),
+        "{status}"
+    );
+    watch.settled().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "refreshed in the background"
+    );
+    let (body, status, _) = fetch(&near).await;
+    assert_eq!(body, "v2", "{status}");
+}
+
+/// A `must-revalidate` entry kept in the near tier is revalidated at the origin once
+/// stale, as from memcached, never answered stale.
+#[tokio::test]
+async fn a_must_revalidate_entry_from_the_near_tier_goes_to_the_origin_once_stale() {
+    let (near, _, watch, calls) = pair("max-age=7, must-revalidate", Duration::from_secs(60));
+    keep_near(&near, &watch).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (body, status, _) = fetch(&near).await;
+    assert_eq!(body, "v2", "{status}");
+    assert!(status.contains("fwd=stale"), "{status}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
