@@ -43,6 +43,15 @@
 //! replacing store (`Storage::store`: only by the calm schedule, 2 of 4), the settings
 //! check in `NearCache::get` (every seed).
 //!
+//! What it found (the calm schedule, about one run in three): two refreshes (or first
+//! fills) of one variant in flight, the older answer stored last by a plain `set` under
+//! the unchanged index, so that memcached (and every tier after it) went back from a
+//! newer response to an older one. Fixed in `Storage::store` (a variant is written over
+//! what its lookup read under its key: `add` or `cas`);
+//! [`an_older_refresh_of_a_variant_does_not_replace_a_newer_one`] and
+//! [`an_older_fill_of_a_variant_does_not_replace_a_newer_one`] are the same race, by
+//! hand.
+//!
 //! Beside it, by hand: `Age` grows on near-tier answers; `Cache-Status` names the near
 //! tier; a `stale-while-revalidate` or `must-revalidate` entry kept there goes stale as it
 //! would from memcached (revalidated in the background, or at the origin), and an entry
@@ -237,6 +246,25 @@ fn variant(i: usize, rng: &mut StdRng) -> &'static str {
 struct Origin {
     versions: Vec<AtomicU64>,
     rng: Mutex<StdRng>,
+    /// The world's log, where each request's arrival is noted.
+    log: Log,
+}
+
+/// The log of a run: lines with the time since it began.
+#[derive(Clone)]
+struct Log {
+    lines: Arc<Mutex<Vec<String>>>,
+    start: Instant,
+}
+
+impl Log {
+    fn note(&self, line: String) {
+        let at = self.start.elapsed().as_micros() as f64 / 1000.0;
+        self.lines
+            .lock()
+            .unwrap()
+            .push(format!("[{at:8.2} ms] {line}"));
+    }
 }
 
 impl Origin {
@@ -254,15 +282,22 @@ impl Origin {
         };
         let ms = self.rng.lock().unwrap().random_range(0..8);
         if request.method() == Method::POST {
-            self.versions[i].fetch_add(1, Ordering::SeqCst);
+            let version = self.versions[i].fetch_add(1, Ordering::SeqCst) + 1;
+            self.log.note(format!("origin: POST p{i}, now v{version}"));
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            return Response::new(Full::new(Bytes::from_static(b"posted")));
+            // The version it made: what its invalidation must show from its return on
+            // (later ones may be requested while it is under way).
+            return Response::new(Full::new(Bytes::from(format!("posted v{version}"))));
         }
         if request.headers().contains_key("x-bump") {
             self.versions[i].fetch_add(1, Ordering::SeqCst);
         }
         // The version the response is made of: read when the request arrives.
         let version = self.versions[i].load(Ordering::SeqCst);
+        self.log.note(format!(
+            "origin: GET p{i} {:?} -> v{version}",
+            request.headers()
+        ));
         let lang = match varies(i) {
             true => request
                 .headers()
@@ -327,7 +362,7 @@ struct World {
     processes: Vec<Process>,
     floors: Mutex<Vec<Floor>>,
     violations: Mutex<Vec<String>>,
-    log: Mutex<Vec<String>>,
+    log: Log,
     /// memcached is away: every call is lost.
     down: Arc<AtomicBool>,
     /// Outages so far (every process counts them, as its backend marks the server down).
@@ -348,7 +383,16 @@ struct World {
 impl World {
     /// The version a GET of `(i, lang)` by `p` starting at `start` must at least answer,
     /// and why.
-    fn floor(&self, p: usize, i: usize, lang: &str, start: Instant) -> (u64, Option<String>) {
+    /// (`tenant`: through the strict layer, whose variants a refresh through the plain
+    /// one does not touch.)
+    fn floor(
+        &self,
+        p: usize,
+        i: usize,
+        lang: &str,
+        tenant: Option<&str>,
+        start: Instant,
+    ) -> (u64, Option<String>) {
         let floors = self.floors.lock().unwrap();
         let mut best = (0, None);
         for floor in floors.iter() {
@@ -360,7 +404,11 @@ impl World {
                 continue;
             }
             for &(u, variant, version) in &floor.covers {
-                if u == i && variant.is_none_or(|v| v == lang) && version > best.0 {
+                let covered = match variant {
+                    None => true,
+                    Some(variant) => variant == lang && tenant.is_none(),
+                };
+                if u == i && covered && version > best.0 {
                     best = (version, Some(floor.what.clone()));
                 }
             }
@@ -369,7 +417,7 @@ impl World {
     }
 
     fn note(&self, line: String) {
-        self.log.lock().unwrap().push(line);
+        self.log.note(line);
     }
 
     fn push(&self, floor: Floor) {
@@ -387,9 +435,14 @@ impl World {
 fn world(seed: u64, steps: usize, calm: bool) -> World {
     let mut rng = StdRng::seed_from_u64(seed);
     let store = MemoryBackend::new();
+    let log = Log {
+        lines: Arc::default(),
+        start: Instant::now(),
+    };
     let origin = Arc::new(Origin {
         versions: (0..URLS).map(|_| AtomicU64::new(1)).collect(),
         rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x7f)),
+        log: log.clone(),
     });
     let down = Arc::new(AtomicBool::new(false));
     let outages = Arc::new(AtomicU64::new(0));
@@ -474,7 +527,7 @@ fn world(seed: u64, steps: usize, calm: bool) -> World {
         processes,
         floors: Mutex::default(),
         violations: Mutex::default(),
-        log: Mutex::default(),
+        log,
         down,
         outages,
         upheavals: AtomicU64::new(0),
@@ -546,7 +599,7 @@ async fn get(world: &World, p: usize, i: usize, lang: &str) {
 /// tenant's page, never another layer's), or its plain layer (never a tenant's page).
 async fn get_as(world: &World, p: usize, i: usize, lang: &str, tenant: Option<&str>) {
     let started = Instant::now();
-    let (floor, why) = world.floor(p, i, lang, started);
+    let (floor, why) = world.floor(p, i, lang, tenant, started);
     let process = &world.processes[p];
     let (status, body, cache_status) = match tenant {
         Some(tenant) => {
@@ -625,13 +678,13 @@ async fn purge(world: &World, p: usize, what: &str, i: usize) {
 /// (RFC 9111 §4.4) before the response goes out.
 async fn post(world: &World, p: usize, i: usize) {
     let upheavals = world.upheavals.load(Ordering::SeqCst);
-    let (status, _, _) = send(world, p, Method::POST, i, "-", &[]).await;
-    let version = world.origin.versions[i].load(Ordering::SeqCst);
+    let (status, body, _) = send(world, p, Method::POST, i, "-", &[]).await;
+    let version = body.strip_prefix("posted v").and_then(|v| v.parse().ok());
     let what = format!("POST p{i} by {p}");
-    world.note(format!("{what}: {status}, now v{version}"));
+    world.note(format!("{what}: {status}, made v{version:?}"));
     // Its invalidation's delete and epoch write landed (a reply lost is landed all the
     // same); while memcached moved, they may not have.
-    if status == 200 && steady(world, upheavals) {
+    if let (200, Some(version), true) = (status, version, steady(world, upheavals)) {
         world.push(Floor {
             what,
             by: Some(p),
@@ -899,7 +952,7 @@ async fn run_seed(seed: u64, steps: usize, calm: bool) -> Result<String, String>
             }
         }
     }
-    let log = world.log.lock().unwrap();
+    let log = world.log.lines.lock().unwrap();
     let count = |what: &str| log.iter().filter(|line| line.contains(what)).count();
     let summary = format!(
         "{} GETs under a floor ({} near hits, {} hits), {} floors, {} changes failed",
@@ -1139,4 +1192,101 @@ async fn a_must_revalidate_entry_from_the_near_tier_goes_to_the_origin_once_stal
     assert_eq!(body, "v2", "{status}");
     assert!(status.contains("fwd=stale"), "{status}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Found by the checker: an older refresh of a variant stored over a newer one.
+
+/// Two processes refresh one variant of a URL whose responses vary (`no-cache` requests:
+/// an administrator's reload after an update, say). The first one's request reaches the
+/// origin first, and its answer comes back last: its store must not replace the newer
+/// response the second one stored meanwhile, as it cannot for a URL that does not vary
+/// (the entry's compare-and-swap). A variant was written by a plain `set` under its
+/// index, so the older answer was kept (fresh for its whole lifetime) and answered to
+/// everyone after the newer one had been: memcached went back in time, and every near
+/// tier with it.
+#[tokio::test]
+async fn an_older_refresh_of_a_variant_does_not_replace_a_newer_one() {
+    two_fills_of_one_variant("en", true).await;
+}
+
+/// The same with two first fills of a variant the URL's index has no entry for yet (two
+/// processes' misses of it: no placeholder holds a URL whose index is in place).
+#[tokio::test]
+async fn an_older_fill_of_a_variant_does_not_replace_a_newer_one() {
+    two_fills_of_one_variant("fr", false).await;
+}
+
+/// The URL's `en` variant stored; then two processes ask for `lang` (`reload`: with
+/// `no-cache`): the first one's answer (`v2`) is held at the origin until the second's
+/// (`v3`) is stored; the newer must stay.
+async fn two_fills_of_one_variant(lang: &'static str, reload: bool) {
+    let store = MemoryBackend::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let origin = {
+        let (calls, release) = (Arc::clone(&calls), Arc::clone(&release));
+        move |request: Request<()>| {
+            let version = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let release = Arc::clone(&release);
+            let lang = request.headers().get("accept-language").cloned();
+            async move {
+                // The first one asked for: answered once the second one is stored.
+                if version == 2 {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), release.notified()).await;
+                }
+                let lang = lang.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
+                let response = Response::builder()
+                    .header("cache-control", "max-age=600")
+                    .header("vary", "accept-language")
+                    .body(Full::new(Bytes::from(format!("{lang} v{version}"))))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        }
+    };
+    let process = |store: &MemoryBackend| {
+        let layer = MemcacheLayer::new(store.clone()).mode(CacheMode::Origin);
+        let watch = support::Watch::of(&layer);
+        let svc = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(origin.clone());
+        (tower::util::BoxCloneSyncService::new(svc) as Svc, watch)
+    };
+    let ((first, first_watch), (second, second_watch)) = (process(&store), process(&store));
+    let get = |svc: &Svc, lang: &str, reload: bool| {
+        let mut request = Request::get("http://site.example/news").header("accept-language", lang);
+        if reload {
+            request = request.header("cache-control", "no-cache");
+        }
+        let response = svc.clone().oneshot(request.body(()).unwrap());
+        async move {
+            let body = response.await.unwrap().into_body().collect().await.unwrap();
+            String::from_utf8_lossy(&body.to_bytes()).into_owned()
+        }
+    };
+    assert_eq!(get(&first, "en", false).await, "en v1");
+    first_watch.settled().await;
+    assert_eq!(get(&second, "en", false).await, "en v1", "stored");
+    // The first goes out, and is held at the origin.
+    let held = tokio::spawn(get(&first, lang, reload));
+    support::eventually("the first at the origin", || {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // The second goes out later, is answered at once, and stored.
+    let newer = format!("{lang} v3");
+    assert_eq!(get(&second, lang, reload).await, newer);
+    second_watch.settled().await;
+    assert_eq!(get(&second, lang, false).await, newer, "the newer stored");
+    // Then the first's answer, older, comes back.
+    release.notify_one();
+    assert_eq!(held.await.unwrap(), format!("{lang} v2"));
+    first_watch.settled().await;
+    assert_eq!(
+        get(&second, lang, false).await,
+        newer,
+        "the older answer replaced the newer one"
+    );
+    assert_eq!(get(&first, lang, false).await, newer);
 }
