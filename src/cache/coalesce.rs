@@ -18,7 +18,7 @@ use super::passes::Going;
 use super::shared::Shared;
 use super::single_flight::{self, Flight, Leader, Mark, Published, Waited};
 use super::storage::{
-    FILL_HOLD, Found, Lookup, Placed, Slot, Target, arming, placed, purges, unique,
+    FILL_HOLD, Found, Lookup, Placed, Slot, Target, VariantRead, arming, placed, purges, unique,
 };
 use super::stored::now_ms;
 use crate::backend::Backend;
@@ -63,6 +63,7 @@ pub(super) struct Guard {
     slot: Slot,
     generation: Option<u64>,
     index: Option<VariantIndex>,
+    variants: Vec<VariantRead>,
 }
 
 impl Guard {
@@ -71,6 +72,7 @@ impl Guard {
             slot: found.slot,
             generation: found.generation,
             index: found.index.clone(),
+            variants: found.variants.clone(),
         }
     }
 }
@@ -607,6 +609,7 @@ impl<B: Backend> Filler<B> {
             key: ex.plan.key.clone(),
             slot,
             index: guard.index,
+            variants: guard.variants,
             generation: guard.generation,
             requested: sent.request_time,
             sent: sent.sent_at,
@@ -867,6 +870,7 @@ mod tests {
                 placeholder,
             },
             index: None,
+            variants: Vec::new(),
             generation: ex.found.generation,
             requested: SystemTime::now(),
             sent: std::time::Instant::now(),

@@ -224,6 +224,7 @@ pub(super) mod testing {
                 placeholder,
             },
             index: ex.found.index.clone(),
+            variants: ex.found.variants.clone(),
             generation: ex.found.generation,
             requested: std::time::SystemTime::now(),
             sent: std::time::Instant::now(),

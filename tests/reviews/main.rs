@@ -119,6 +119,7 @@ mod review_tb;
 mod review_tc;
 mod review_td;
 mod review_te;
+mod review_tf;
 mod review_tg;
 mod review_th;
 mod review_ti;

@@ -45,6 +45,18 @@ pub(crate) struct Found {
     /// The store epoch the entry was read against, when the near tier knew it before the
     /// read.
     pub(crate) basis: Option<Basis>,
+    /// The variant keys the lookup read and what each held: a store of the variant
+    /// under one of them replaces only what the lookup saw there ([`Storage::store`]).
+    pub(crate) variants: Vec<VariantRead>,
+}
+
+/// A variant key a lookup read, and what it held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VariantRead {
+    pub(crate) key: String,
+    /// `None`: nothing; else the CAS value of what was there (an entry this request
+    /// selects or not, or bytes that are no entry).
+    pub(crate) cas: Option<u64>,
 }
 
 impl Default for Found {
@@ -57,6 +69,7 @@ impl Default for Found {
             started: placements(),
             vouched: None,
             basis: None,
+            variants: Vec::new(),
         }
     }
 }
@@ -163,7 +176,7 @@ impl<B: Backend> Storage<B> {
             None
         };
         let slot = primary.as_ref().map_or(Slot::Absent, Slot::of);
-        let Some((entry, index)) = self
+        let Some((entry, index, variants)) = self
             .entry_of(primary, canonical, primary_key, request_headers)
             .await
         else {
@@ -222,6 +235,7 @@ impl<B: Backend> Storage<B> {
             index,
             vouched,
             basis,
+            variants,
             ..Found::default()
         };
         let Some(entry) = entry else {
@@ -277,20 +291,21 @@ impl<B: Backend> Storage<B> {
         })
     }
 
-    /// The entry (or the variant this request selects) in what the primary key held, and
-    /// the URL's variant index; `None` when the variant read failed.
+    /// The entry (or the variant this request selects) in what the primary key held, the
+    /// URL's variant index, and the variant keys read; `None` when the variant read
+    /// failed.
     async fn entry_of(
         &self,
         primary: Option<Item>,
         canonical: &str,
         primary_key: &str,
         request_headers: &HeaderMap,
-    ) -> Option<(Option<Entry>, Option<VariantIndex>)> {
+    ) -> Option<(Option<Entry>, Option<VariantIndex>, Vec<VariantRead>)> {
         let Some(item) = primary else {
-            return Some((None, None));
+            return Some((None, None, Vec::new()));
         };
         match item.flags {
-            FLAG_HTTP_ENTRY => Some((self.decode(item.value), None)),
+            FLAG_HTTP_ENTRY => Some((self.decode(item.value), None, Vec::new())),
             FLAG_VARIANT_INDEX => match decode_index(&item.value) {
                 Ok(index) if index.canonical_key == canonical && !index.name_sets.is_empty() => {
                     let keys = self.variant_keys(&index, request_headers);
@@ -303,6 +318,19 @@ impl<B: Backend> Storage<B> {
                     // Of the variants this request selects, the one stored for the most
                     // selecting headers (a response the origin chose for a request like
                     // this in more ways), then the most recent name set.
+                    // What each key held (a store replaces only that), read without
+                    // its CAS value: unknown, not remembered.
+                    let reads = keys
+                        .into_iter()
+                        .zip(&variants)
+                        .filter_map(|(key, item)| match item {
+                            None => Some(VariantRead { key, cas: None }),
+                            Some(item) => item.cas.map(|cas| VariantRead {
+                                key,
+                                cas: Some(cas),
+                            }),
+                        })
+                        .collect();
                     let entry = variants
                         .into_iter()
                         .flatten()
@@ -316,11 +344,11 @@ impl<B: Backend> Storage<B> {
                                 best
                             }
                         });
-                    Some((entry, Some(index)))
+                    Some((entry, Some(index), reads))
                 }
-                _ => Some((None, None)),
+                _ => Some((None, None, Vec::new())),
             },
-            _ => Some((None, None)),
+            _ => Some((None, None, Vec::new())),
         }
     }
 

@@ -20,7 +20,9 @@
 //!   its request put in the primary key before going to the origin, or the stale entry it
 //!   refreshes, or (for a variant) the index whose id the variant key carries (an index
 //!   put over a placeholder takes its token as id, so a fill that went out alongside under
-//!   the same token finds its variant's index there). A purge or
+//!   the same token finds its variant's index there), and the variant's own key as the
+//!   lookup read it (`add` over nothing, `cas` over a value: of two fills of one variant
+//!   in flight, the older answer never lands over the newer). A purge or
 //!   invalidation deletes the primary key, so every store of a response produced before it
 //!   fails. Namespace and tag generations are read before the response is produced (tags, which
 //!   only the response names, are checked for purges newer than the request instead).
@@ -52,7 +54,7 @@ mod placeholder;
 mod purge;
 mod store;
 
-pub(crate) use lookup::{Found, Lookup};
+pub(crate) use lookup::{Found, Lookup, VariantRead};
 pub(crate) use placeholder::{Placed, arming};
 pub(crate) use purge::LocalPurges;
 pub(crate) use store::{StoreOutcome, Target};

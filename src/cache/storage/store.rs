@@ -13,8 +13,8 @@ use crate::cache::entry::{
 
 use super::purge::Over;
 use super::{
-    CLOCK_SKEW, CREATED, MAX_NAME_SETS, Slot, Storage, nanos, nanos_of, parse_generation,
-    parse_tag_mark, unique,
+    CLOCK_SKEW, CREATED, MAX_NAME_SETS, Slot, Storage, VariantRead, nanos, nanos_of,
+    parse_generation, parse_tag_mark, unique,
 };
 
 /// Compare-and-swap rounds of a variant index that find it changed since it was read (a
@@ -29,6 +29,9 @@ pub(crate) struct Target {
     pub(crate) key: String,
     pub(crate) slot: Slot,
     pub(crate) index: Option<VariantIndex>,
+    /// The variant keys the lookup read and what each held: a variant stored under one
+    /// replaces only that.
+    pub(crate) variants: Vec<VariantRead>,
     pub(crate) generation: Option<u64>,
     /// When the request that produced the response went to the origin.
     pub(crate) requested: SystemTime,
@@ -361,11 +364,47 @@ impl<B: Backend> Storage<B> {
             Err(_) => return failed_checked,
         };
         let variant_key = self.variant_key(&meta.canonical_key, index.id, &meta.vary);
-        let set = self
-            .backend
-            .set_by_key(route, &variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
-        match self.timed("variant store", set).await {
-            Some(()) => (StoreOutcome::Stored, vouched),
+        // Replaces only what its lookup read there, as a plain entry does (its placeholder,
+        // or the entry it refreshes): nothing (`add`), or that value (`cas`). Two fills or
+        // refreshes of one variant in flight (two processes' misses of it, or reloads, or
+        // a background revalidation beside one) each found the index unchanged, and the
+        // one whose answer came back last was written last by a plain `set`, however old:
+        // memcached went back to an older response after a newer one had been answered
+        // (review TF). Now the first to land is kept. A key the lookup did not read (the
+        // response names another set of fields) is written as it comes.
+        let read = to.variants.iter().find(|read| read.key == variant_key);
+        let written = match read.map(|read| read.cas) {
+            Some(Some(cas)) => {
+                let cas = self.backend.cas_by_key(
+                    route,
+                    &variant_key,
+                    bytes,
+                    FLAG_HTTP_ENTRY,
+                    lifetime,
+                    cas,
+                );
+                match self.timed("variant store", cas).await {
+                    Some(CasOutcome::Stored) => Some(true),
+                    Some(CasOutcome::Exists | CasOutcome::NotFound) => Some(false),
+                    None => None,
+                }
+            }
+            Some(None) => {
+                let add =
+                    self.backend
+                        .add_by_key(route, &variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
+                self.timed("variant store", add).await
+            }
+            None => {
+                let set =
+                    self.backend
+                        .set_by_key(route, &variant_key, bytes, FLAG_HTTP_ENTRY, lifetime);
+                self.timed("variant store", set).await.map(|()| true)
+            }
+        };
+        match written {
+            Some(true) => (StoreOutcome::Stored, vouched),
+            Some(false) => overtaken,
             None => failed_checked,
         }
     }
@@ -622,6 +661,7 @@ mod tests {
                 placeholder,
             },
             index: None,
+            variants: Vec::new(),
             generation: ex.found.generation,
             requested,
             sent,
