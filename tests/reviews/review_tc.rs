@@ -55,11 +55,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tower::ServiceExt;
 use tower_memcache::MemcacheLayer;
-use tower_memcache::backend::{Advanced, Backend, BackendError, Lifetime, MemoryBackend};
+use tower_memcache::backend::{Backend, MemoryBackend};
 use tower_memcache::cache::{CacheMode, Purger, ResponseBody};
 
 use support::held_writes::{self, Gate};
 use support::lossy_network::{Fault, Network, Through};
+use support::seeded;
+use support::skewed_clock;
 
 const NAMESPACE: &str = "review-tc";
 const URLS: usize = 6;
@@ -100,78 +102,8 @@ impl Network for Delays {
 /// task of its own.
 type Delayed = Through<Delays>;
 
-// ---------------------------------------------------------------------------------------
-// A process's clock, as its stamps show it.
-
-/// [`Delayed`], with the times this process writes (its purges' stamps, and the tag and
-/// mark generations it creates, `"{stamp}c"` or `"{stamp}"` under `g:` keys) taken from a
-/// clock `offset` ns off the host's (negative: behind). The offset may be stepped back
-/// while the process runs.
-#[derive(Clone)]
-struct Skewed {
-    inner: Delayed,
-    offset: Arc<AtomicI64>,
-}
-
-impl Skewed {
-    fn shift(&self, stamp: u64) -> u64 {
-        stamp.saturating_add_signed(self.offset.load(Ordering::SeqCst))
-    }
-
-    /// A time-valued generation (`g:` keys: digits, maybe `c` for "created"), shifted.
-    fn shift_value(&self, key: &str, value: Bytes) -> Bytes {
-        if !key.starts_with("g:") {
-            return value;
-        }
-        let text = std::str::from_utf8(&value).unwrap_or_default();
-        let (digits, suffix) = match text.strip_suffix('c') {
-            Some(digits) => (digits, "c"),
-            None => (text, ""),
-        };
-        match digits.parse::<u64>() {
-            Ok(stamp) => Bytes::from(format!("{}{suffix}", self.shift(stamp))),
-            Err(_) => value,
-        }
-    }
-}
-
-impl Backend for Skewed {
-    forward_to_inner!(get, get_many, cas, delete, touch, incr, flush_all, stats);
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<(), BackendError> {
-        let value = self.shift_value(key, value);
-        self.inner.set(key, value, flags, lifetime).await
-    }
-
-    async fn add(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<bool, BackendError> {
-        let value = self.shift_value(key, value);
-        self.inner.add(key, value, flags, lifetime).await
-    }
-
-    async fn advance_on_every_server(
-        &self,
-        key: &str,
-        stamp: u64,
-        lifetime: Lifetime,
-    ) -> Result<Advanced, BackendError> {
-        let stamp = self.shift(stamp);
-        self.inner
-            .advance_on_every_server(key, stamp, lifetime)
-            .await
-    }
-}
+/// [`Delayed`], with the times this process writes taken from a clock of its own.
+type Skewed = skewed_clock::Skewed<Delayed>;
 
 // ---------------------------------------------------------------------------------------
 // The origin: a version per URL; some answers held until the next purge returns.
@@ -659,44 +591,15 @@ async fn run_seed(seed: u64, steps: usize, contend_only: bool) -> Result<String,
 }
 
 fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(seed) = std::env::var("REVIEW_TC_SEED") {
-        return vec![seed.parse().expect("REVIEW_TC_SEED: a number")];
-    }
-    let count = std::env::var("REVIEW_TC_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default);
-    (1..=count).collect()
+    seeded::seeds("TC", default)
 }
 
 fn steps(default: usize) -> usize {
-    std::env::var("REVIEW_TC_STEPS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
+    seeded::steps("TC", default)
 }
 
-/// Runs the seeds, each on a multi-threaded runtime (two workers) of its own.
 fn run(seeds: Vec<u64>, steps: usize, contend_only: bool) {
-    let mut failures = Vec::new();
-    for seed in seeds {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        let outcome = runtime.block_on(run_seed(seed, steps, contend_only));
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        match outcome {
-            Ok(summary) => eprintln!("seed {seed}: ok in {:?}: {summary}", started.elapsed()),
-            Err(report) => {
-                eprintln!("seed {seed}: FAILED in {:?}", started.elapsed());
-                failures.push(report);
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    seeded::run(seeds, |seed| run_seed(seed, steps, contend_only));
 }
 
 /// The random schedule: GETs, URI, tag and namespace purges, evictions, and now and then

@@ -79,6 +79,8 @@ use tower_memcache::cache::{CacheMode, NearCache, Purger, ResponseBody};
 
 use support::held_writes::{self, Gate};
 use support::lossy_network::{Fault, Network, Through};
+use support::seeded;
+use support::skewed_clock::Skewed;
 
 const NAMESPACE: &str = "review-tf";
 const URLS: usize = 6;
@@ -133,58 +135,15 @@ impl Network for Net {
 /// its clock's offset, and the outages it noticed.
 #[derive(Clone)]
 struct Proc {
-    inner: Through<Net>,
-    offset: Arc<AtomicI64>,
+    inner: Skewed<Through<Net>>,
     outages: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
 }
 
-impl Proc {
-    fn shift(&self, stamp: u64) -> u64 {
-        stamp.saturating_add_signed(self.offset.load(Ordering::SeqCst))
-    }
-
-    /// A time-valued generation, mark or epoch (`g:` keys), shifted.
-    fn shift_value(&self, key: &str, value: Bytes) -> Bytes {
-        if !key.starts_with("g:") {
-            return value;
-        }
-        let text = std::str::from_utf8(&value).unwrap_or_default();
-        let (digits, suffix) = match text.strip_suffix('c') {
-            Some(digits) => (digits, "c"),
-            None => (text, ""),
-        };
-        match digits.parse::<u64>() {
-            Ok(stamp) => Bytes::from(format!("{}{suffix}", self.shift(stamp))),
-            Err(_) => value,
-        }
-    }
-}
-
 impl Backend for Proc {
-    forward_to_inner!(get, get_many, cas, delete, touch, incr, flush_all, stats);
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<(), BackendError> {
-        let value = self.shift_value(key, value);
-        self.inner.set(key, value, flags, lifetime).await
-    }
-
-    async fn add(
-        &self,
-        key: &str,
-        value: Bytes,
-        flags: u32,
-        lifetime: Lifetime,
-    ) -> Result<bool, BackendError> {
-        let value = self.shift_value(key, value);
-        self.inner.add(key, value, flags, lifetime).await
-    }
+    forward_to_inner!(
+        get, get_many, set, add, cas, delete, touch, incr, flush_all, stats
+    );
 
     async fn advance_on_every_server(
         &self,
@@ -192,14 +151,13 @@ impl Backend for Proc {
         stamp: u64,
         lifetime: Lifetime,
     ) -> Result<Advanced, BackendError> {
-        let stamp = self.shift(stamp);
         self.inner
             .advance_on_every_server(key, stamp, lifetime)
             .await
     }
 
     fn server_of(&self, route: &str) -> Option<usize> {
-        self.inner.server_of(route)
+        self.inner.inner.server_of(route)
     }
 
     // A `TcpBackend` marks the server down once it fails: counted here when memcached
@@ -454,17 +412,19 @@ fn world(seed: u64, steps: usize, calm: bool) -> World {
             let clock = Arc::new(AtomicI64::new(offset));
             let gate = GateSlot::default();
             let backend = Proc {
-                inner: Through {
-                    inner: store.clone(),
-                    network: Net {
-                        rng: Arc::new(Mutex::new(StdRng::seed_from_u64(
-                            seed.wrapping_mul(31).wrapping_add(p as u64),
-                        ))),
-                        down: Arc::clone(&down),
-                        gate: Arc::clone(&gate),
+                inner: Skewed {
+                    inner: Through {
+                        inner: store.clone(),
+                        network: Net {
+                            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(
+                                seed.wrapping_mul(31).wrapping_add(p as u64),
+                            ))),
+                            down: Arc::clone(&down),
+                            gate: Arc::clone(&gate),
+                        },
                     },
+                    offset: Arc::clone(&clock),
                 },
-                offset: Arc::clone(&clock),
                 outages: Arc::clone(&outages),
                 down: Arc::clone(&down),
             };
@@ -984,44 +944,15 @@ async fn run_seed(seed: u64, steps: usize, calm: bool) -> Result<String, String>
 }
 
 fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(seed) = std::env::var("REVIEW_TF_SEED") {
-        return vec![seed.parse().expect("REVIEW_TF_SEED: a number")];
-    }
-    let count = std::env::var("REVIEW_TF_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default);
-    (1..=count).collect()
+    seeded::seeds("TF", default)
 }
 
 fn steps(default: usize) -> usize {
-    std::env::var("REVIEW_TF_STEPS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
+    seeded::steps("TF", default)
 }
 
-/// Runs the seeds, each on a multi-threaded runtime (two workers) of its own.
 fn run(seeds: Vec<u64>, steps: usize, calm: bool) {
-    let mut failures = Vec::new();
-    for seed in seeds {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        let outcome = runtime.block_on(run_seed(seed, steps, calm));
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        match outcome {
-            Ok(summary) => eprintln!("seed {seed}: ok in {:?}: {summary}", started.elapsed()),
-            Err(report) => {
-                eprintln!("seed {seed}: FAILED in {:?}", started.elapsed());
-                failures.push(report);
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    seeded::run(seeds, |seed| run_seed(seed, steps, calm));
 }
 
 /// The random schedule: every kind of change, outages and flushes.

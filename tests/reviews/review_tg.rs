@@ -28,6 +28,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::Incoming;
+use support::h2_client;
 use support::h2_frames::{DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, literal_block};
 use support::proxy::{Proxy, start_proxy};
 use tokio::io::AsyncWriteExt;
@@ -506,13 +507,7 @@ async fn requests_waiting_for_their_origin_ask_no_pace_of_their_connection() {
             "4s",
         ],
     );
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(4096)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let driving = tokio::spawn(connection);
+    let (client, driving) = h2_client::connect(proxy.addr, 4096).await;
     let get = |path: &str| {
         Request::get(format!("http://shop.example{path}"))
             .body(())
@@ -522,47 +517,17 @@ async fn requests_waiting_for_their_origin_ask_no_pace_of_their_connection() {
     // Eight URLs: the same one would be one request at the origin, the others waiting
     // for its answer in the cache.
     for n in 0..8 {
-        let (response, _) = client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(get(&format!("/slow?n={n}")), true)
-            .unwrap();
-        slow.push(tokio::spawn(async move {
-            let response = response.await.ok()?;
-            let mut body = response.into_body();
-            let mut text = Vec::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk.ok()?;
-                let _ = body.flow_control().release_capacity(chunk.len());
-                text.extend_from_slice(&chunk);
-            }
-            Some(String::from_utf8_lossy(&text).into_owned())
-        }));
+        let (response, _) = h2_client::send(&client, get(&format!("/slow?n={n}")), true).await;
+        slow.push(tokio::spawn(h2_client::read_all(response)));
     }
-    let (response, _) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get("/download"), true)
-        .unwrap();
+    let (response, _) = h2_client::send(&client, get("/download"), true).await;
     let download = tokio::spawn(async move {
         let mut body = response.await.ok()?.into_body();
-        let mut taken = 0usize;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline {
-            let chunk = body.data().await?.ok()?;
-            // 1 KiB every third of a second: 3 KiB a second.
-            for start in (0..chunk.len()).step_by(1024) {
-                let len = (chunk.len() - start).min(1024);
-                tokio::time::sleep(Duration::from_millis(333)).await;
-                let _ = body.flow_control().release_capacity(len);
-                taken += len;
-            }
-        }
-        Some(taken)
+        // 1 KiB every third of a second: 3 KiB a second.
+        let every = Duration::from_millis(333);
+        h2_client::read_paced(&mut body, 1024, every, Duration::from_secs(5))
+            .await
+            .ok()
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = victim(&proxy).await;

@@ -20,8 +20,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
+use support::h2_client;
 use support::proxy::{raw, start_proxy};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// `/big-page`: 512 KiB stored for ten minutes; `/page`: 896 KiB stored for ten minutes,
 /// sent at the origin's own pace (512 KiB at once, then 64 KiB a second: some 6 s in
@@ -126,43 +127,14 @@ async fn a_slow_client_of_a_fill_at_the_origins_pace_is_not_closed() {
             "5s",
         ],
     );
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(4096)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let driving = tokio::spawn(connection);
-    let (page, _) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(
-            Request::get("http://shop.example/page").body(()).unwrap(),
-            true,
-        )
-        .unwrap();
+    let (client, driving) = h2_client::connect(proxy.addr, 4096).await;
+    let page = Request::get("http://shop.example/page").body(()).unwrap();
+    let (page, _) = h2_client::send(&client, page, true).await;
     let reading = tokio::spawn(async move {
         let mut body = page.await.map_err(|_| 0usize)?.into_body();
-        let mut taken = 0usize;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         // 256 bytes every half second.
-        while tokio::time::Instant::now() < deadline {
-            let chunk = match body.data().await {
-                Some(Ok(chunk)) => chunk,
-                _ => return Err(taken),
-            };
-            let mut left = chunk.len();
-            while left > 0 && tokio::time::Instant::now() < deadline {
-                let len = left.min(256);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = body.flow_control().release_capacity(len);
-                taken += len;
-                left -= len;
-            }
-            let _ = body.flow_control().release_capacity(left);
-        }
+        let every = Duration::from_millis(500);
+        let taken = h2_client::read_paced(&mut body, 256, every, Duration::from_secs(5)).await?;
         // Past what the client's window had let in before: 16 KiB more, read at once.
         let more = async {
             let mut more = 0;
@@ -213,57 +185,22 @@ async fn a_slow_hit_beside_a_miss_waiting_for_its_origin_is_not_closed() {
     let (status, _) = raw(&proxy, "GET /big-page HTTP/1.1\r\nHost: shop.example\r\n").await;
     assert_eq!(status, 200);
 
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(4096)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let driving = tokio::spawn(connection);
+    let (client, driving) = h2_client::connect(proxy.addr, 4096).await;
     let get = |path: &str| {
         Request::get(format!("http://shop.example{path}"))
             .body(())
             .unwrap()
     };
-    let (page, _) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get("/big-page"), true)
-        .unwrap();
+    let (page, _) = h2_client::send(&client, get("/big-page"), true).await;
     let page = tokio::spawn(async move {
         let mut body = page.await.ok()?.into_body();
-        let mut taken = 0usize;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline {
-            let chunk = body.data().await?.ok()?;
-            for start in (0..chunk.len()).step_by(256) {
-                let len = (chunk.len() - start).min(256);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = body.flow_control().release_capacity(len);
-                taken += len;
-            }
-        }
-        Some(taken)
+        let every = Duration::from_millis(500);
+        h2_client::read_paced(&mut body, 256, every, Duration::from_secs(5))
+            .await
+            .ok()
     });
-    let (miss, _) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(get("/slow?phone"), true)
-        .unwrap();
-    let miss = tokio::spawn(async move {
-        let mut body = miss.await.ok()?.into_body();
-        let mut text = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.ok()?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            text.extend_from_slice(&chunk);
-        }
-        Some(String::from_utf8_lossy(&text).into_owned())
-    });
+    let (miss, _) = h2_client::send(&client, get("/slow?phone"), true).await;
+    let miss = tokio::spawn(h2_client::read_all(miss));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let attackers = attack(&proxy);
     let miss = miss.await.unwrap();
@@ -294,39 +231,17 @@ async fn places_of_reset_streams_leave_no_count_behind() {
             "5s",
         ],
     );
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(4096)
-        .handshake::<_, Bytes>(tcp)
-        .await
+    let (client, driving) = h2_client::connect(proxy.addr, 4096).await;
+    let upload = Request::post("http://shop.example/upload")
+        .header("content-length", "100000")
+        .body(())
         .unwrap();
-    let driving = tokio::spawn(connection);
-    let (upload, mut sending) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(
-            Request::post("http://shop.example/upload")
-                .header("content-length", "100000")
-                .body(())
-                .unwrap(),
-            false,
-        )
-        .unwrap();
+    let (upload, mut sending) = h2_client::send(&client, upload, false).await;
     sending.send_data(Bytes::from_static(b"x"), false).unwrap();
-    let (download, _) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(
-            Request::get("http://shop.example/download")
-                .body(())
-                .unwrap(),
-            true,
-        )
+    let download = Request::get("http://shop.example/download")
+        .body(())
         .unwrap();
+    let (download, _) = h2_client::send(&client, download, true).await;
     let mut download = download.await.unwrap().into_body();
     // Its window full, the download waits for the client.
     let first = download.data().await.unwrap().unwrap();
@@ -336,28 +251,11 @@ async fn places_of_reset_streams_leave_no_count_behind() {
     drop(upload);
     drop(download);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (miss, _) = client
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(
-            Request::get("http://shop.example/slow?mine")
-                .body(())
-                .unwrap(),
-            true,
-        )
+    let miss = Request::get("http://shop.example/slow?mine")
+        .body(())
         .unwrap();
-    let miss = tokio::spawn(async move {
-        let mut body = miss.await.ok()?.into_body();
-        let mut text = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.ok()?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            text.extend_from_slice(&chunk);
-        }
-        Some(String::from_utf8_lossy(&text).into_owned())
-    });
+    let (miss, _) = h2_client::send(&client, miss, true).await;
+    let miss = tokio::spawn(h2_client::read_all(miss));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let attackers = attack(&proxy);
     let miss = miss.await.unwrap();

@@ -6,6 +6,7 @@ pub mod db;
 pub mod desync;
 pub mod fake_memcached;
 pub mod flood;
+pub mod h2_client;
 pub mod h2_frames;
 pub mod held_writes;
 pub mod live_stream;
@@ -20,7 +21,9 @@ pub mod proxy;
 pub mod raw_http;
 pub mod refused_writes;
 pub mod scripted_service;
+pub mod seeded;
 pub mod seeds;
+pub mod skewed_clock;
 pub mod stand_in;
 pub mod versioned;
 
