@@ -590,28 +590,25 @@ async fn run_seed(seed: u64, steps: usize, contend_only: bool) -> Result<String,
     ))
 }
 
-fn seeds(default: u64) -> Vec<u64> {
-    seeded::seeds("TC", default)
-}
-
-fn steps(default: usize) -> usize {
-    seeded::steps("TC", default)
-}
-
-fn run(seeds: Vec<u64>, steps: usize, contend_only: bool) {
-    seeded::run(seeds, |seed| run_seed(seed, steps, contend_only));
+/// Runs `seeds` seeds of `steps` steps each (unless `REVIEW_TC_SEED`, `_SEEDS` or
+/// `_STEPS` say otherwise).
+fn run(seeds: u64, steps: usize, contend_only: bool) {
+    let steps = seeded::steps("TC", steps);
+    seeded::run(seeded::seeds("TC", seeds), |seed| {
+        run_seed(seed, steps, contend_only)
+    });
 }
 
 /// The random schedule: GETs, URI, tag and namespace purges, evictions, and now and then
 /// two purges of a tag racing a fill ([`contend`]).
 #[test]
 fn concurrent_purges_from_skewed_processes_hold() {
-    run(seeds(3), steps(150), false);
+    run(3, 150, false);
 }
 
 /// Only races of two purges of a tag and a fill, one at a time, each with its random
 /// processes, clocks, order of writes and eviction.
 #[test]
 fn racing_tag_purges_from_skewed_processes_hold() {
-    run(seeds(2), steps(20), true);
+    run(2, 20, true);
 }

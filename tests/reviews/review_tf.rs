@@ -943,29 +943,26 @@ async fn run_seed(seed: u64, steps: usize, calm: bool) -> Result<String, String>
     ))
 }
 
-fn seeds(default: u64) -> Vec<u64> {
-    seeded::seeds("TF", default)
-}
-
-fn steps(default: usize) -> usize {
-    seeded::steps("TF", default)
-}
-
-fn run(seeds: Vec<u64>, steps: usize, calm: bool) {
-    seeded::run(seeds, |seed| run_seed(seed, steps, calm));
+/// Runs `seeds` seeds of `steps` steps each (unless `REVIEW_TF_SEED`, `_SEEDS` or
+/// `_STEPS` say otherwise).
+fn run(seeds: u64, steps: usize, calm: bool) {
+    let steps = seeded::steps("TF", steps);
+    seeded::run(seeded::seeds("TF", seeds), |seed| {
+        run_seed(seed, steps, calm)
+    });
 }
 
 /// The random schedule: every kind of change, outages and flushes.
 #[test]
 fn near_tiers_of_several_processes_keep_their_promises() {
-    run(seeds(3), steps(300), false);
+    run(3, 300, false);
 }
 
 /// Changes of one URL at a time only, so that entries live past their window and are
 /// confirmed by their store epochs.
 #[test]
 fn near_tiers_confirming_by_epoch_keep_their_promises() {
-    run(seeds(2), steps(200), true);
+    run(2, 200, true);
 }
 
 // ---------------------------------------------------------------------------------------
