@@ -94,7 +94,12 @@ async fn serve(stream: TcpStream, early: usize, heads: Heads, echoed: Arc<Mutex<
                     let mut head =
                         b"HTTP/1.1 408 Request Timeout\r\nTransfer-Encoding: chunked\r\n\r\n"
                             .to_vec();
-                    let block = vec![b'e'; 64 * 1024];
+                    // Chunks well past the 64 KiB an answer may run ahead of the body sent
+                    // and still pass for an echo's (`ANSWER_AHEAD`): with chunks of just
+                    // that size, a proxy that had passed one and waited for the next (the
+                    // origin's task late on a loaded machine) let the rest go on, as it
+                    // would to an echo, and the test raced it.
+                    let block = vec![b'e'; 256 * 1024];
                     let mut left = early;
                     while left > 0 {
                         let n = left.min(block.len());
