@@ -21,8 +21,9 @@
 //!   refreshes, or (for a variant) the index whose id the variant key carries (an index
 //!   put over a placeholder takes its token as id, so a fill that went out alongside under
 //!   the same token finds its variant's index there), and the variant's own key as the
-//!   lookup read it (`add` over nothing, `cas` over a value: of two fills of one variant
-//!   in flight, the older answer never lands over the newer). A purge or
+//!   lookup read it (`add` over nothing, `cas` over a value; `add` under an index over
+//!   its own placeholder, which no lookup read: of two fills of one variant in flight,
+//!   the older answer never lands over the newer). A purge or
 //!   invalidation deletes the primary key, so every store of a response produced before it
 //!   fails. Namespace and tag generations are read before the response is produced (tags, which
 //!   only the response names, are checked for purges newer than the request instead).

@@ -370,10 +370,21 @@ impl<B: Backend> Storage<B> {
         // a background revalidation beside one) each found the index unchanged, and the
         // one whose answer came back last was written last by a plain `set`, however old:
         // memcached went back to an older response after a newer one had been answered
-        // (review TF). Now the first to land is kept. A key the lookup did not read (the
-        // response names another set of fields) is written as it comes.
+        // (review TF). Now the first to land is kept. So for a first fill, whose lookup
+        // read no index: under an index whose id is its placeholder's token (unique to
+        // that placeholder), only a fill alongside it under the same token (a lease wait
+        // run out, leases off) can have written, and the first to land is kept, as over a
+        // plain placeholder (review TK). Another key the lookup did not read (the response
+        // names another set of fields) is written as it comes.
+        let first_fill = matches!(
+            to.slot,
+            Slot::Placeholder { placeholder, .. } if placeholder.token == index.id
+        );
         let read = to.variants.iter().find(|read| read.key == variant_key);
-        let written = match read.map(|read| read.cas) {
+        let read = read
+            .map(|read| read.cas)
+            .or_else(|| first_fill.then_some(None));
+        let written = match read {
             Some(Some(cas)) => {
                 let cas = self.backend.cas_by_key(
                     route,
