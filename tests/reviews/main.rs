@@ -124,6 +124,7 @@ mod review_tg;
 mod review_th;
 mod review_ti;
 mod review_tj;
+mod review_tk;
 mod review_tt;
 mod review_u;
 mod review_vv;

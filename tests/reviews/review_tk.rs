@@ -10,7 +10,7 @@
 //! - Review TJ: a coded response is selected by `Accept-Encoding` even without `Vary`.
 //! - Review TD: a tag generation created by a clock far ahead is rewritten as a purge now.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
