@@ -519,30 +519,9 @@ async fn evict(world: &World, n: usize) {
 
 async fn run_seed(seed: u64, steps: usize, contend_only: bool) -> Result<String, String> {
     let world = Arc::new(world(seed, steps, contend_only));
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5c4ed);
-    let mut tasks = Vec::new();
-    for step in 0..steps {
-        tasks.push(tokio::spawn(op(Arc::clone(&world), seed, step)));
-        let gap = rng.random_range(0..8);
-        if gap > 0 {
-            tokio::time::sleep(Duration::from_millis(gap)).await;
-        }
-    }
-    for task in tasks {
-        match tokio::time::timeout(Duration::from_secs(10), task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(panic)) => return Err(format!("seed {seed}: an operation panicked: {panic}")),
-            Err(_) => return Err(format!("seed {seed}: an operation hung for 10 s")),
-        }
-    }
-    for process in &world.processes {
-        if tokio::time::timeout(Duration::from_secs(10), process.background.idle())
-            .await
-            .is_err()
-        {
-            return Err(format!("seed {seed}: background work hung for 10 s"));
-        }
-    }
+    let backgrounds = world.processes.iter().map(|process| &process.background);
+    let op_of = |step| op(Arc::clone(&world), seed, step);
+    seeded::run_steps(seed, steps, 8, op_of, backgrounds).await?;
     // Settled: every URL from every process, after a last purge of a tag from each.
     for p in 0..world.processes.len() {
         let urls = (0..URLS).filter(|&u| tags_of(u).contains(&"red")).collect();

@@ -872,30 +872,9 @@ async fn op(world: Arc<World>, seed: u64, step: usize) {
 
 async fn run_seed(seed: u64, steps: usize, calm: bool) -> Result<String, String> {
     let world = Arc::new(world(seed, steps, calm));
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5c4ed);
-    let mut tasks = Vec::new();
-    for step in 0..steps {
-        tasks.push(tokio::spawn(op(Arc::clone(&world), seed, step)));
-        let gap = rng.random_range(0..6);
-        if gap > 0 {
-            tokio::time::sleep(Duration::from_millis(gap)).await;
-        }
-    }
-    for task in tasks {
-        match tokio::time::timeout(Duration::from_secs(10), task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(panic)) => return Err(format!("seed {seed}: an operation panicked: {panic}")),
-            Err(_) => return Err(format!("seed {seed}: an operation hung for 10 s")),
-        }
-    }
-    for process in &world.processes {
-        if tokio::time::timeout(Duration::from_secs(10), process.background.idle())
-            .await
-            .is_err()
-        {
-            return Err(format!("seed {seed}: background work hung for 10 s"));
-        }
-    }
+    let backgrounds = world.processes.iter().map(|process| &process.background);
+    let op_of = |step| op(Arc::clone(&world), seed, step);
+    seeded::run_steps(seed, steps, 6, op_of, backgrounds).await?;
     // Settled: a purge of everything's tag by each process, then every URL from each,
     // twice (the second from the near tier).
     for p in 0..world.processes.len() {

@@ -53,3 +53,47 @@ where
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Starts `steps` operations (`op(step)`), each in a task of its own, 0 to `max_gap` ms
+/// apart as `seed` draws them; then waits for each (10 s at most) and for every
+/// layer's background work to end: `Err` says which hung or panicked.
+pub async fn run_steps<F, Fut>(
+    seed: u64,
+    steps: usize,
+    max_gap: u64,
+    mut op: F,
+    backgrounds: impl IntoIterator<Item = &tower_memcache::cache::Background>,
+) -> Result<(), String>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5c4ed);
+    let mut tasks = Vec::new();
+    for step in 0..steps {
+        tasks.push(tokio::spawn(op(step)));
+        let gap = rng.random_range(0..max_gap);
+        if gap > 0 {
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+        }
+    }
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => return Err(format!("seed {seed}: an operation panicked: {panic}")),
+            Err(_) => return Err(format!("seed {seed}: an operation hung for 10 s")),
+        }
+    }
+    for background in backgrounds {
+        if tokio::time::timeout(Duration::from_secs(10), background.idle())
+            .await
+            .is_err()
+        {
+            return Err(format!("seed {seed}: background work hung for 10 s"));
+        }
+    }
+    Ok(())
+}
