@@ -122,21 +122,61 @@ pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
 
 /// The target that keys a lookup: the client's ([`client_target`]), while the inner
 /// service reads that target or the one `Router::nest` made of it (the same query, the
-/// path less a prefix). `None` when the target was changed otherwise after axum's
-/// `Router` took it (a route middleware outside the layer putting a cookie's locale in
-/// the query, rewriting the path): the handler answers a target the client did not send,
-/// and keyed by the client's, one client's answer was stored for every other; keyed by
-/// the rewritten one, it was stored for clients who asked that target without the input
-/// that made it.
+/// path less the prefix the nest's `NestedPath` names). `None` when the target was
+/// changed otherwise after axum's `Router` took it (a route middleware outside the layer
+/// putting a cookie's locale in the query, rewriting the path): the handler answers a
+/// target the client did not send, and keyed by the client's, one client's answer was
+/// stored for every other; keyed by the rewritten one, it was stored for clients who
+/// asked that target without the input that made it. A rewrite to `/` or to a tail of the
+/// client's path (`/fr/news` to `/news`) is such a change too unless a nest made it: read
+/// as a nest's stripping, a guest's request a login wall rewrote to `/` was answered a
+/// member's page stored under the client's target (review TN).
 #[cfg(feature = "axum")]
 pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
     let original = client_target(request);
     let seen = request.uri();
-    let nested_or_same = original.query() == seen.query()
-        && (original.path().ends_with(seen.path()) && seen.path().starts_with('/')
-            // `nest("/v1", ..)` hands `/v1` on as `/`.
-            || seen.path() == "/");
-    nested_or_same.then_some(original)
+    if original.query() != seen.query() {
+        return None;
+    }
+    let as_routed = match request.extensions().get::<axum::extract::NestedPath>() {
+        Some(nested) => {
+            nested_path_of(original.path(), nested.as_str()).as_deref() == Some(seen.path())
+        }
+        None => original.path() == seen.path(),
+    };
+    as_routed.then_some(original)
+}
+
+/// `path` as `Router::nest` at `prefix` hands it on (axum's `StripPrefix`): the segments
+/// the prefix names taken off (a `{param}` segment takes any one), `/` for nothing left;
+/// `None` when the prefix does not match.
+#[cfg(feature = "axum")]
+fn nested_path_of(path: &str, prefix: &str) -> Option<String> {
+    let is_capture = |segment: &str| {
+        segment.starts_with('{')
+            && segment.ends_with('}')
+            && !segment.starts_with("{{")
+            && !segment.ends_with("}}")
+            && !segment.starts_with("{*")
+    };
+    let mut taken = 0usize;
+    let mut path_segments = path.strip_prefix('/')?.split('/');
+    for prefix_segment in prefix.strip_prefix('/')?.split('/') {
+        match path_segments.next() {
+            Some(segment) if is_capture(prefix_segment) || segment == prefix_segment => {
+                taken += 1 + segment.len();
+            }
+            // A prefix ending in `/` matches whatever follows.
+            Some(_) if prefix_segment.is_empty() => break,
+            _ => return None,
+        }
+    }
+    let rest = path.get(taken..)?;
+    Some(if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    })
 }
 
 #[cfg(not(feature = "axum"))]
