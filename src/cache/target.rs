@@ -139,19 +139,17 @@ pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
         return None;
     }
     let as_routed = match request.extensions().get::<axum::extract::NestedPath>() {
-        Some(nested) => {
-            nested_path_of(original.path(), nested.as_str()).as_deref() == Some(seen.path())
-        }
+        Some(nested) => nest_hands_on(original.path(), nested.as_str(), seen.path()),
         None => original.path() == seen.path(),
     };
     as_routed.then_some(original)
 }
 
-/// `path` as `Router::nest` at `prefix` hands it on (axum's `StripPrefix`): the segments
-/// the prefix names taken off (a `{param}` segment takes any one), `/` for nothing left;
-/// `None` when the prefix does not match.
+/// Whether `Router::nest` at `prefix` hands `path` on as `seen` (axum's `StripPrefix`):
+/// the segments the prefix names taken off (a `{param}` segment takes any one), `/` for
+/// nothing left. Compared in place: this runs on every request of a nested router.
 #[cfg(feature = "axum")]
-fn nested_path_of(path: &str, prefix: &str) -> Option<String> {
+fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
     let is_capture = |segment: &str| {
         segment.starts_with('{')
             && segment.ends_with('}')
@@ -159,24 +157,89 @@ fn nested_path_of(path: &str, prefix: &str) -> Option<String> {
             && !segment.ends_with("}}")
             && !segment.starts_with("{*")
     };
+    let (Some(segments), Some(prefix)) = (path.strip_prefix('/'), prefix.strip_prefix('/')) else {
+        return false;
+    };
+    let mut path_segments = segments.split('/');
     let mut taken = 0usize;
-    let mut path_segments = path.strip_prefix('/')?.split('/');
-    for prefix_segment in prefix.strip_prefix('/')?.split('/') {
+    // Whether a `/` after the prefix is taken too, as axum takes it when the path goes
+    // on past the prefix (`/v1//x` is handed on as `/x`).
+    let mut past = false;
+    for prefix_segment in prefix.split('/') {
         match path_segments.next() {
             Some(segment) if is_capture(prefix_segment) || segment == prefix_segment => {
                 taken += 1 + segment.len();
             }
             // A prefix ending in `/` matches whatever follows.
-            Some(_) if prefix_segment.is_empty() => break,
-            _ => return None,
+            Some(_) if prefix_segment.is_empty() => {
+                past = true;
+                break;
+            }
+            // No match: axum hands the path on as it is.
+            _ => return path == seen,
         }
     }
-    let rest = path.get(taken..)?;
-    Some(if rest.starts_with('/') {
-        rest.to_owned()
-    } else {
-        format!("/{rest}")
-    })
+    past = past || path_segments.next().is_some();
+    match path.get(taken + usize::from(past)..) {
+        Some(rest) if rest.starts_with('/') => rest == seen,
+        Some(rest) => seen.strip_prefix('/') == Some(rest),
+        None => false,
+    }
+}
+
+#[cfg(all(test, feature = "axum"))]
+mod tests {
+    use super::nest_hands_on;
+
+    #[test]
+    fn a_nest_hands_on_the_path_less_its_prefix_and_nothing_else() {
+        for (path, prefix, seen) in [
+            ("/v1/x", "/v1", "/x"),
+            ("/v1", "/v1", "/"),
+            ("/v1/", "/v1", "/"),
+            ("/v1/x/y", "/v1", "/x/y"),
+            ("/acme/api/x", "/{tenant}/api", "/x"),
+            ("/a/b/x", "/a/b", "/x"),
+            ("/v1/x", "/v1/", "/x"),
+            ("/v1/", "/v1/", "/"),
+            ("/v1//x", "/v1/", "/x"),
+            ("/v1//x", "/v1", "/x"),
+            ("/{{a}}/x", "/{{a}}", "/x"),
+            // A prefix axum does not match leaves the path as it is.
+            ("/v1", "/v1/", "/v1"),
+        ] {
+            assert!(nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
+        }
+        for (path, prefix, seen) in [
+            // A rewrite to the root or to a tail is no nest's.
+            ("/members", "/v1", "/"),
+            ("/v1/fr/news", "/v1", "/news"),
+            ("/v2/x", "/v1", "/x"),
+            ("/v1x", "/v1", "x"),
+            ("/v1x", "/v1", "/x"),
+            ("/acme/x", "/{tenant}/api", "/x"),
+            ("/v1//x", "/v1", "//x"),
+            ("", "/v1", "/"),
+            ("/v1/x", "", "/x"),
+        ] {
+            assert!(!nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any client path and nest prefix: no panic, and a nest only ever takes a path's
+        /// start off, never hands on more than the client sent.
+        #[test]
+        fn any_path_is_compared_without_panic(
+            path in "[/a-z{}%.]{0,16}",
+            prefix in "(/([a-z]{1,3}|\\{[a-z]\\}|\\{\\{a\\}\\})){1,3}/?",
+            seen in "[/a-z{}%.]{0,16}",
+        ) {
+            if nest_hands_on(&path, &prefix, &seen) {
+                proptest::prop_assert!(seen.len() <= path.len(), "{path} {prefix} {seen}");
+            }
+        }
+    }
 }
 
 #[cfg(not(feature = "axum"))]
