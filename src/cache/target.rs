@@ -122,21 +122,124 @@ pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
 
 /// The target that keys a lookup: the client's ([`client_target`]), while the inner
 /// service reads that target or the one `Router::nest` made of it (the same query, the
-/// path less a prefix). `None` when the target was changed otherwise after axum's
-/// `Router` took it (a route middleware outside the layer putting a cookie's locale in
-/// the query, rewriting the path): the handler answers a target the client did not send,
-/// and keyed by the client's, one client's answer was stored for every other; keyed by
-/// the rewritten one, it was stored for clients who asked that target without the input
-/// that made it.
+/// path less the prefix the nest's `NestedPath` names). `None` when the target was
+/// changed otherwise after axum's `Router` took it (a route middleware outside the layer
+/// putting a cookie's locale in the query, rewriting the path): the handler answers a
+/// target the client did not send, and keyed by the client's, one client's answer was
+/// stored for every other; keyed by the rewritten one, it was stored for clients who
+/// asked that target without the input that made it. A rewrite to `/` or to a tail of the
+/// client's path (`/fr/news` to `/news`) is such a change too unless a nest made it: read
+/// as a nest's stripping, a guest's request a login wall rewrote to `/` was answered a
+/// member's page stored under the client's target (review TN).
 #[cfg(feature = "axum")]
 pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
     let original = client_target(request);
     let seen = request.uri();
-    let nested_or_same = original.query() == seen.query()
-        && (original.path().ends_with(seen.path()) && seen.path().starts_with('/')
-            // `nest("/v1", ..)` hands `/v1` on as `/`.
-            || seen.path() == "/");
-    nested_or_same.then_some(original)
+    if original.query() != seen.query() {
+        return None;
+    }
+    let as_routed = match request.extensions().get::<axum::extract::NestedPath>() {
+        Some(nested) => nest_hands_on(original.path(), nested.as_str(), seen.path()),
+        None => original.path() == seen.path(),
+    };
+    as_routed.then_some(original)
+}
+
+/// Whether `Router::nest` at `prefix` hands `path` on as `seen` (axum's `StripPrefix`):
+/// the segments the prefix names taken off (a `{param}` segment takes any one), `/` for
+/// nothing left. Compared in place: this runs on every request of a nested router.
+#[cfg(feature = "axum")]
+fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
+    let is_capture = |segment: &str| {
+        segment.starts_with('{')
+            && segment.ends_with('}')
+            && !segment.starts_with("{{")
+            && !segment.ends_with("}}")
+            && !segment.starts_with("{*")
+    };
+    let (Some(segments), Some(prefix)) = (path.strip_prefix('/'), prefix.strip_prefix('/')) else {
+        return false;
+    };
+    let mut path_segments = segments.split('/');
+    let mut taken = 0usize;
+    // Whether a `/` after the prefix is taken too, as axum takes it when the path goes
+    // on past the prefix (`/v1//x` is handed on as `/x`).
+    let mut past = false;
+    for prefix_segment in prefix.split('/') {
+        match path_segments.next() {
+            Some(segment) if is_capture(prefix_segment) || segment == prefix_segment => {
+                taken += 1 + segment.len();
+            }
+            // A prefix ending in `/` matches whatever follows.
+            Some(_) if prefix_segment.is_empty() => {
+                past = true;
+                break;
+            }
+            // No match: axum hands the path on as it is.
+            _ => return path == seen,
+        }
+    }
+    past = past || path_segments.next().is_some();
+    match path.get(taken + usize::from(past)..) {
+        Some(rest) if rest.starts_with('/') => rest == seen,
+        Some(rest) => seen.strip_prefix('/') == Some(rest),
+        None => false,
+    }
+}
+
+#[cfg(all(test, feature = "axum"))]
+mod tests {
+    use super::nest_hands_on;
+
+    #[test]
+    fn a_nest_hands_on_the_path_less_its_prefix_and_nothing_else() {
+        for (path, prefix, seen) in [
+            ("/v1/x", "/v1", "/x"),
+            ("/v1", "/v1", "/"),
+            ("/v1/", "/v1", "/"),
+            ("/v1/x/y", "/v1", "/x/y"),
+            ("/acme/api/x", "/{tenant}/api", "/x"),
+            ("/a/b/x", "/a/b", "/x"),
+            ("/v1/x", "/v1/", "/x"),
+            ("/v1/", "/v1/", "/"),
+            ("/v1//x", "/v1/", "/x"),
+            ("/v1//x", "/v1", "/x"),
+            ("/{{a}}/x", "/{{a}}", "/x"),
+            // A prefix axum does not match leaves the path as it is.
+            ("/v1", "/v1/", "/v1"),
+        ] {
+            assert!(nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
+        }
+        for (path, prefix, seen) in [
+            // A rewrite to the root or to a tail is no nest's.
+            ("/members", "/v1", "/"),
+            ("/v1/fr/news", "/v1", "/news"),
+            ("/v2/x", "/v1", "/x"),
+            ("/v1x", "/v1", "x"),
+            ("/v1x", "/v1", "/x"),
+            ("/acme/x", "/{tenant}/api", "/x"),
+            ("/v1//x", "/v1", "//x"),
+            ("", "/v1", "/"),
+            ("/v1/x", "", "/x"),
+        ] {
+            assert!(!nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any client path and nest prefix: no panic, and a nest only ever takes a path's
+        /// start off, never hands on more than the client sent.
+        #[test]
+        fn any_path_is_compared_without_panic(
+            path in "[/a-z{}%.]{0,16}",
+            prefix in "(/([a-z]{1,3}|\\{[a-z]\\}|\\{\\{a\\}\\})){1,3}/?",
+            seen in "[/a-z{}%.]{0,16}",
+        ) {
+            if nest_hands_on(&path, &prefix, &seen) {
+                proptest::prop_assert!(seen.len() <= path.len(), "{path} {prefix} {seen}");
+            }
+        }
+    }
 }
 
 #[cfg(not(feature = "axum"))]
