@@ -6,8 +6,9 @@
 //! The check is differential: an origin that answers each request with what it was asked
 //! (the target, `Host`, the forwarding fields), and for each spelling of a request, its
 //! answer through the cache is compared with the origin's answer to that same spelling.
+#![cfg(feature = "proxy")]
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
