@@ -26,6 +26,12 @@ use crate::cache::stats::CacheStats;
 /// range misses pass through without one.
 const MAX_WHOLE_FILLS: usize = 8;
 
+/// Unsafe requests whose clients left before the origin answered that a layer follows
+/// to their answer at once (see `invalidate::Unanswered`); past it such a call goes with
+/// its client, as a client that sends unsafe requests and leaves at once would otherwise
+/// hold origin requests without holding a connection.
+const MAX_UNANSWERED: usize = 256;
+
 /// How long a request the layer makes of its own may run ([`MemcacheLayer::background_timeout`]).
 const DEFAULT_BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -128,6 +134,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 background: Background::default(),
                 memory: LayerMemory::default(),
                 whole_fills: Arc::new(tokio::sync::Semaphore::new(MAX_WHOLE_FILLS)),
+                unanswered: Arc::new(tokio::sync::Semaphore::new(MAX_UNANSWERED)),
                 refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_REFRESHES)),
                 own_request_body: None,
                 near: None,
