@@ -6,7 +6,8 @@
 //!
 //! Found: an unsafe request whose client left before the origin answered was dropped
 //! with its call to the origin, which had the request already and acted on it, and
-//! nothing was invalidated: the old page stayed a hit for its whole lifetime.
+//! nothing was invalidated: the old page stayed a hit for its whole lifetime (through
+//! the layer and through the reverse proxy, whose client closes its connection).
 
 mod support;
 
@@ -175,4 +176,58 @@ async fn an_unsafe_call_whose_client_left_is_given_up_at_the_background_deadline
     tokio::time::timeout(Duration::from_secs(5), background.idle())
         .await
         .expect("a call the origin never answers still runs past its deadline");
+}
+
+/// The same through the reverse proxy: a client that sends its POST and closes its
+/// connection before the origin answers (hyper drops the request's future). The origin,
+/// which had the whole request, made the change; the proxy still answered the old page
+/// from its cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_proxy_a_post_whose_client_closed_still_invalidates() {
+    use tokio::io::AsyncWriteExt;
+
+    let version = Arc::new(AtomicUsize::new(1));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = listener.local_addr().unwrap();
+    let origin = support::origin::serve_http1(listener, {
+        let version = Arc::clone(&version);
+        move |request: Request<hyper::body::Incoming>| {
+            let version = Arc::clone(&version);
+            async move {
+                if request.method() == Method::GET {
+                    let body = format!("v{}", version.load(Ordering::SeqCst));
+                    let response = Response::builder()
+                        .header("cache-control", "max-age=600")
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap();
+                    return Ok::<_, Infallible>(response);
+                }
+                // The change is made as the request arrives; the answer takes a while.
+                version.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(Response::new(Full::new(Bytes::from("done"))))
+            }
+        }
+    });
+    let proxy = support::proxy::start_proxy(origin_addr, &[]);
+    const GET: &str = "GET /article HTTP/1.1\r\nHost: review-tl.test\r\n";
+    assert_eq!(support::proxy::raw(&proxy, GET).await.1, "v1");
+    assert_eq!(support::proxy::until_cached(&proxy, GET).await, "v1");
+
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"POST /article HTTP/1.1\r\nHost: review-tl.test\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(version.load(Ordering::SeqCst), 2, "the POST did not arrive");
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, body) = support::proxy::raw(&proxy, GET).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body, "v2",
+        "the proxy answered the page a POST whose client closed had changed"
+    );
+    origin.abort();
 }
