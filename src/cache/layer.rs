@@ -394,8 +394,10 @@ impl<B: Backend> MemcacheLayer<B> {
     /// miss. No client waits for these, so no client's timeout ends them: without this, an
     /// inner service that never answers would hold one of the few places such requests
     /// have (64 refreshes, 8 whole fills per layer) for good, and once all were held no
-    /// stale entry would be refreshed in the background again. Defaults to 60 s (nginx's
-    /// `proxy_read_timeout`).
+    /// stale entry would be refreshed in the background again. It also bounds how long an
+    /// unsafe request whose client left before the origin answered is still waited for
+    /// (its success invalidates, RFC 9111 §4.4; 256 such calls per layer at once).
+    /// Defaults to 60 s (nginx's `proxy_read_timeout`).
     pub fn background_timeout(mut self, timeout: Duration) -> Self {
         self.config.background_timeout = timeout;
         self
