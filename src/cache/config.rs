@@ -53,6 +53,8 @@ pub(crate) struct Config<B> {
     pub(crate) background: Background,
     /// Whole-representation fills after range misses under way (bounded).
     pub(crate) whole_fills: Arc<tokio::sync::Semaphore>,
+    /// Unsafe requests followed to the origin's answer after their clients left (bounded).
+    pub(crate) unanswered: Arc<tokio::sync::Semaphore>,
     /// Background (stale-while-revalidate) refreshes under way (bounded).
     pub(crate) refreshes: Arc<tokio::sync::Semaphore>,
     /// Tag purges made by this layer and its purgers, recently.

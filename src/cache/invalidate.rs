@@ -1,7 +1,9 @@
 //! Invalidation: what a successful unsafe request removes (RFC 9111 §4.4), and the
 //! requests the cache does not look up.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -282,6 +284,10 @@ fn remove_dot_segments(path: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// What an unsafe request's invalidation is made of, taken before the request goes: its
+/// target as the lookup keys it, its head and extensions (for the key function).
+type Saved = (Uri, HeaderMap, http::Extensions);
+
 /// A request the cache does not look up: other methods (which may invalidate), and
 /// routes or keys that opt out.
 pub(super) async fn bypass<S, B, ReqBody, ResBody>(
@@ -291,6 +297,8 @@ pub(super) async fn bypass<S, B, ReqBody, ResBody>(
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Backend,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
@@ -302,7 +310,7 @@ where
     // by itself) honours its override as a GET's.
     let invalidates = Policy::invalidates(&method)
         || (Policy::reads_as_cacheable(&method) && Policy::overridden_to_unsafe(request.headers()));
-    let saved = invalidates.then(|| {
+    let saved: Option<Saved> = invalidates.then(|| {
         (
             // The whole target, as the lookup keys it (see `client_target`).
             client_target(&request).clone(),
@@ -316,22 +324,31 @@ where
     if Policy::reads_as_cacheable(&method) && range::tame(request.headers_mut()) {
         tracing::debug!("abusive or invalid Range of a bypassed request not forwarded");
     }
-    let mut response = inner.call(request).await?;
-    shared.drop_own_fields(&mut response);
-    if let Some((uri, headers, extensions)) = saved {
-        let status = response.status();
-        if status.is_success() || status.is_redirection() {
-            let locations: Vec<HeaderValue> = [header::LOCATION, header::CONTENT_LOCATION]
-                .iter()
-                .filter_map(|name| response.headers().get(name).cloned())
-                .collect();
-            let keys = shared.invalidated_keys(&uri, &headers, &extensions, &locations);
-            // Gone before the invalidations run: a client that leaves at once leaves
-            // behind only its keys, however large its head was.
-            drop((uri, headers, extensions, locations));
-            invalidate_to_the_end(shared, keys).await;
+    let response = match saved {
+        None => {
+            let mut response = inner.call(request).await?;
+            shared.drop_own_fields(&mut response);
+            response
         }
-    }
+        Some(saved) => {
+            // Followed to its answer should its client leave first (see `Unanswered`).
+            let mut call = Unanswered {
+                call: Some(Box::pin(inner.call(request))),
+                saved: Some(saved),
+                shared: Arc::clone(shared),
+            };
+            let outcome = std::future::poll_fn(|cx| call.poll_answer(cx)).await;
+            let saved = call.saved.take();
+            drop(call);
+            let mut response = outcome?;
+            shared.drop_own_fields(&mut response);
+            if let Some(keys) = saved.and_then(|saved| shared.keys_invalidated_by(saved, &response))
+            {
+                invalidate_to_the_end(shared, keys).await;
+            }
+            response
+        }
+    };
     let fwd = if Policy::is_cacheable_method(&method) {
         Forward::Bypass
     } else {
@@ -340,6 +357,105 @@ where
     let mut response = response.map(ResponseBody::passthrough);
     shared.set_status(&mut response, Outcome::forwarded(fwd, None));
     Ok(response)
+}
+
+impl<B: Backend> Shared<B> {
+    /// The keys a response to an unsafe request invalidates: none unless it is a success
+    /// or a redirection (RFC 9111 §4.4). What was saved of the request is gone when this
+    /// returns: a client that leaves at once leaves behind only its keys, however large
+    /// its head was.
+    fn keys_invalidated_by<T>(&self, saved: Saved, response: &Response<T>) -> Option<Vec<String>> {
+        let status = response.status();
+        if !(status.is_success() || status.is_redirection()) {
+            return None;
+        }
+        let locations: Vec<HeaderValue> = [header::LOCATION, header::CONTENT_LOCATION]
+            .iter()
+            .filter_map(|name| response.headers().get(name).cloned())
+            .collect();
+        let (uri, headers, extensions) = saved;
+        Some(self.invalidated_keys(&uri, &headers, &extensions, &locations))
+    }
+}
+
+/// An unsafe request's call to the origin, which goes on to the origin's answer if its
+/// client leaves first (hyper drops the response future, a timeout does): the origin has
+/// the request, and most act on it whoever waits for the answer. Dropped with the client
+/// as any call, its success came back to nobody and invalidated nothing, and the page it
+/// changed was a hit for the rest of its lifetime. Followed, it invalidates as if the
+/// client had stayed, and only then (a client leaving makes no invalidation of an answer
+/// that was none, or any client could evict any page): for at most
+/// `background_timeout` after the client left, and `layer::MAX_UNANSWERED` such calls at
+/// once (past it a call goes with its client, as before).
+struct Unanswered<B, F, T, E>
+where
+    B: Backend,
+    F: Future<Output = Result<Response<T>, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    /// The call, until it answered.
+    call: Option<Pin<Box<F>>>,
+    saved: Option<Saved>,
+    shared: Arc<Shared<B>>,
+}
+
+impl<B, F, T, E> Unanswered<B, F, T, E>
+where
+    B: Backend,
+    F: Future<Output = Result<Response<T>, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    /// The origin's answer, once; pending for good after it (never polled again).
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<T>, E>> {
+        let Some(call) = self.call.as_mut() else {
+            return Poll::Pending;
+        };
+        let outcome = std::task::ready!(call.as_mut().poll(cx));
+        self.call = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl<B, F, T, E> Drop for Unanswered<B, F, T, E>
+where
+    B: Backend,
+    F: Future<Output = Result<Response<T>, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn drop(&mut self) {
+        let (Some(call), Some(saved)) = (self.call.take(), self.saved.take()) else {
+            return;
+        };
+        let Ok(permit) = Arc::clone(&self.shared.config.unanswered).try_acquire_owned() else {
+            tracing::debug!("enough unsafe requests followed after their clients left; dropped");
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let deadline = shared.config.background_timeout;
+        // Counted, never skipped (an invalidation is not best effort); bounded above.
+        let started = self.shared.config.background.spawn(async move {
+            let answered = tokio::time::timeout(deadline, call).await;
+            let Ok(Ok(mut response)) = answered else {
+                tracing::debug!("an unsafe request whose client left got no answer in time");
+                return;
+            };
+            shared.drop_own_fields(&mut response);
+            let keys = shared.keys_invalidated_by(saved, &response);
+            // The answer's body, which nobody reads, and its connection go first.
+            drop(response);
+            if let Some(keys) = keys {
+                tracing::debug!("invalidating after an unsafe request whose client left");
+                shared.invalidate_keys(&keys).await;
+            }
+            drop(permit);
+        });
+        if !started {
+            tracing::debug!("no tokio runtime: an unsafe request went with its client");
+        }
+    }
 }
 
 /// [`Shared::invalidate_keys`] as a background task the response waits for: the origin

@@ -26,6 +26,12 @@ use crate::cache::stats::CacheStats;
 /// range misses pass through without one.
 const MAX_WHOLE_FILLS: usize = 8;
 
+/// Unsafe requests whose clients left before the origin answered that a layer follows
+/// to their answer at once (see `invalidate::Unanswered`); past it such a call goes with
+/// its client, as a client that sends unsafe requests and leaves at once would otherwise
+/// hold origin requests without holding a connection.
+const MAX_UNANSWERED: usize = 256;
+
 /// How long a request the layer makes of its own may run ([`MemcacheLayer::background_timeout`]).
 const DEFAULT_BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -128,6 +134,7 @@ impl<B: Backend> MemcacheLayer<B> {
                 background: Background::default(),
                 memory: LayerMemory::default(),
                 whole_fills: Arc::new(tokio::sync::Semaphore::new(MAX_WHOLE_FILLS)),
+                unanswered: Arc::new(tokio::sync::Semaphore::new(MAX_UNANSWERED)),
                 refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_REFRESHES)),
                 own_request_body: None,
                 near: None,
@@ -387,8 +394,10 @@ impl<B: Backend> MemcacheLayer<B> {
     /// miss. No client waits for these, so no client's timeout ends them: without this, an
     /// inner service that never answers would hold one of the few places such requests
     /// have (64 refreshes, 8 whole fills per layer) for good, and once all were held no
-    /// stale entry would be refreshed in the background again. Defaults to 60 s (nginx's
-    /// `proxy_read_timeout`).
+    /// stale entry would be refreshed in the background again. It also bounds how long an
+    /// unsafe request whose client left before the origin answered is still waited for
+    /// (its success invalidates, RFC 9111 §4.4; 256 such calls per layer at once).
+    /// Defaults to 60 s (nginx's `proxy_read_timeout`).
     pub fn background_timeout(mut self, timeout: Duration) -> Self {
         self.config.background_timeout = timeout;
         self

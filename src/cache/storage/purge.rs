@@ -267,4 +267,101 @@ mod tests {
         assert!(purges.made(100).is_none(), "the oldest was not evicted");
         assert_eq!(purges.made(7).map(|made| made.at), again);
     }
+
+    /// The index answers exactly what the scan it replaced answered (review TL): pushes of
+    /// values written once and again, records past the margin among fresh ones (a purge's
+    /// record taken at its beginning lands behind later ones), and more records than
+    /// [`LocalPurges::MAX`], each seed against a plain queue scanned from its newest end.
+    #[test]
+    fn the_index_answers_as_the_scan_of_every_record() {
+        use std::time::Duration;
+
+        /// The queue as it was before the index (review TD's `d4dd119`).
+        #[derive(Default)]
+        struct Scanned(VecDeque<Made>);
+
+        impl Scanned {
+            fn push(&mut self, made: Made) {
+                while self
+                    .0
+                    .front()
+                    .is_some_and(|made| made.at.elapsed() > CLOCK_SKEW)
+                    || self.0.len() >= LocalPurges::MAX
+                {
+                    self.0.pop_front();
+                }
+                self.0.push_back(made);
+            }
+
+            fn made(&self, value: u64) -> Option<Made> {
+                self.0
+                    .iter()
+                    .rev()
+                    .find(|made| made.value == value)
+                    .copied()
+            }
+        }
+
+        // Instants an hour away: the records past the margin or within it stay so for
+        // the whole run, however long it takes, in both.
+        let base = Instant::now();
+        let hour = Duration::from_secs(3600);
+        for seed in 1..=4u64 {
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut draw = |below: u64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state % below
+            };
+            let purges = LocalPurges::default();
+            let mut scanned = Scanned::default();
+            let mut values = Vec::new();
+            for step in 0..3 * LocalPurges::MAX as u64 {
+                // Most from a few values (written again), the rest each new.
+                let value = if draw(10) < 7 { draw(32) } else { 1_000 + step };
+                values.push(value);
+                // Each record its own instants: no two alike, as `Instant::now` makes them.
+                let offset = Duration::from_nanos(step + 1);
+                let at = if draw(10) < 3 {
+                    base - hour - offset
+                } else {
+                    base + hour + offset
+                };
+                let over = match draw(3) {
+                    0 => Over::Nothing,
+                    1 => Over::Unknown,
+                    _ => Over::Purge(draw(1 << 20)),
+                };
+                purges.push(value, at, at + offset, over);
+                scanned.push(Made {
+                    value,
+                    at,
+                    landed: at + offset,
+                    over,
+                });
+                let asked = [value, draw(32), values[draw(values.len() as u64) as usize]];
+                for asked in asked {
+                    assert_eq!(
+                        purges.made(asked),
+                        scanned.made(asked),
+                        "seed {seed}, step {step}: {asked}"
+                    );
+                }
+            }
+            let records = purges.0.lock().unwrap_or_else(|p| p.into_inner());
+            assert!(records.in_order.len() <= LocalPurges::MAX);
+            let distinct: std::collections::HashSet<u64> =
+                records.in_order.iter().map(|made| made.value).collect();
+            assert_eq!(records.latest.len(), distinct.len(), "seed {seed}");
+            drop(records);
+            for value in values {
+                assert_eq!(
+                    purges.made(value),
+                    scanned.made(value),
+                    "seed {seed}: {value}"
+                );
+            }
+        }
+    }
 }
