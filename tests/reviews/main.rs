@@ -125,6 +125,7 @@ mod review_th;
 mod review_ti;
 mod review_tj;
 mod review_tk;
+mod review_tl;
 mod review_tn;
 mod review_tt;
 mod review_u;

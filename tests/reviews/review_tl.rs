@@ -9,7 +9,7 @@
 //! nothing was invalidated: the old page stayed a hit for its whole lifetime (through
 //! the layer and through the reverse proxy, whose client closes its connection).
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;
