@@ -86,15 +86,15 @@ async fn victim(proxy: &Proxy) -> Option<u16> {
         .map(|(status, _)| status)
 }
 
-/// An HTTP/2 client that opens its streams with no window at all
+/// Held: an HTTP/2 client that opens its streams with no window at all
 /// (`SETTINGS_INITIAL_WINDOW_SIZE` 0, RFC 9113 §6.5.2) and asks for two downloads
 /// nobody may store: each takes a place at the origin, and its response head comes
-/// back. hyper asks a response body for its first frame only once its stream has
-/// window, so neither origin body was ever polled, and a place whose body had never
-/// handed over a frame did not count as waiting for its client: the connection,
-/// moving nothing, kept both places for as long as it liked (until the 30 s stall
-/// check, and then again on a new connection), and every other miss waited
-/// `--upstream-queue-timeout` and got 503.
+/// back. A place counts as waiting for its client only once its origin body handed over
+/// a frame not asked past yet (`Place::downloads`); had hyper waited for window before
+/// asking the body for its first frame (as it once reserved capacity first, hyper
+/// #4003), neither body would ever be polled, the places would not count, and the
+/// connection, moving nothing, would keep both until the 30 s stall check. hyper asks
+/// for the frame first and holds it: the places count, and are taken back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_whose_windows_never_open_cannot_hold_every_place() {
     let (origin, _serving) = start_origin().await;
