@@ -143,6 +143,42 @@ fn attack(proxy: &Proxy) -> Vec<tokio::task::JoinHandle<(u16, String)>> {
         .collect()
 }
 
+/// A client on a slow network that downloads `/download` over HTTP/1.1 through a small
+/// receive buffer, 2 KiB every 125 ms (16 KiB a second) for `paced`, then the rest at
+/// once: the whole response as it came (short if the proxy cut it off).
+fn slow_download(proxy: &Proxy, paced: Duration) -> tokio::task::JoinHandle<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let addr = proxy.addr;
+    tokio::spawn(async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let mut client = socket.connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /download HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        let mut buffer = vec![0; 2 << 10];
+        let paced_until = tokio::time::Instant::now() + paced;
+        while tokio::time::Instant::now() < paced_until {
+            match client.read(&mut buffer).await {
+                Ok(0) | Err(_) => return response,
+                Ok(n) => response.extend_from_slice(&buffer[..n]),
+            }
+            tokio::time::sleep(Duration::from_millis(125)).await;
+        }
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut response)).await;
+        response
+    })
+}
+
+/// Whether `response` is the whole of `/download`.
+fn whole(response: &[u8]) -> bool {
+    response.len() > DOWNLOAD && response.ends_with(b"\r\n0\r\n\r\n")
+}
+
 /// An honest client on a slow network (16 KiB a second, sixteen times the pace asked of
 /// a place) downloads a large file nobody may store over HTTP/1.1, while an attacker
 /// makes requests wait for a place at no cost (two misses to a slow URL). The kernel's
@@ -151,8 +187,6 @@ fn attack(proxy: &Proxy) -> Vec<tokio::task::JoinHandle<(u16, String)>> {
 /// the first one-second probe closed the connection, cutting the download off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_honest_slow_download_is_not_closed_under_pressure() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let (origin, _serving) = start_origin().await;
     let proxy = start_proxy(
         origin,
@@ -163,30 +197,7 @@ async fn an_honest_slow_download_is_not_closed_under_pressure() {
             "5s",
         ],
     );
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 << 10).unwrap();
-    let mut client = socket.connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /download HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let reading = tokio::spawn(async move {
-        let mut response = Vec::new();
-        let mut buffer = vec![0; 2 << 10];
-        // 2 KiB every 125 ms for 6 s: 16 KiB a second.
-        let paced_until = tokio::time::Instant::now() + Duration::from_secs(6);
-        while tokio::time::Instant::now() < paced_until {
-            match client.read(&mut buffer).await {
-                Ok(0) | Err(_) => return response,
-                Ok(n) => response.extend_from_slice(&buffer[..n]),
-            }
-            tokio::time::sleep(Duration::from_millis(125)).await;
-        }
-        // Then the rest at once: a connection cut off ends short.
-        let _ =
-            tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut response)).await;
-        response
-    });
+    let reading = slow_download(&proxy, Duration::from_secs(6));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let attackers = attack(&proxy);
     let response = reading.await.unwrap();
@@ -194,7 +205,23 @@ async fn an_honest_slow_download_is_not_closed_under_pressure() {
         let _ = attacker.await;
     }
     assert!(
-        response.len() > DOWNLOAD && response.ends_with(b"\r\n0\r\n\r\n"),
+        whole(&response),
+        "the download was cut off after {} bytes",
+        response.len()
+    );
+}
+
+/// The same lumps without any pressure, against the stall check (nginx's `send_timeout`:
+/// under 1 KiB taken in a `--client-header-timeout`, 2 s here): the client taking 16 KiB
+/// a second took nothing for longer than that, as far as the proxy could tell, and was
+/// closed as one that stopped reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_slow_download_is_not_closed_as_stalled() {
+    let (origin, _serving) = start_origin().await;
+    let proxy = start_proxy(origin, &["--client-header-timeout", "2s"]);
+    let response = slow_download(&proxy, Duration::from_secs(7)).await.unwrap();
+    assert!(
+        whole(&response),
         "the download was cut off after {} bytes",
         response.len()
     );
