@@ -291,6 +291,26 @@ impl Drop for Place {
     }
 }
 
+/// The most bytes of its responses the kernel keeps for a client and has not sent yet
+/// (`TCP_NOTSENT_LOWAT`), beyond what is on its way: Cloudflare's value.
+const UNSENT_IN_KERNEL: u32 = 16 * 1024;
+
+/// Has the kernel keep little of what `stream`'s client has not taken yet. Its send
+/// buffer grows to megabytes (4 MiB on loopback, the size of the congestion window on a
+/// slow network with deep queues), and once full it lets the proxy write again only
+/// when a third of it left: a client taking 100 KiB a second took nothing, as far as
+/// the proxy could tell, for seconds on end, and was closed as one that holds places at
+/// the origin at its own pace ([`watch_connection`]). Kept small, what hyper writes
+/// follows what the client takes; what leaves at once (the congestion window) is not
+/// bounded by it.
+pub(crate) fn keep_little_unsent(stream: &tokio::net::TcpStream) {
+    // Best effort: a socket that refuses is judged on lumps, as before.
+    #[cfg(any(target_os = "android", target_os = "linux"))]
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_IN_KERNEL);
+    #[cfg(not(any(target_os = "android", target_os = "linux")))]
+    let _ = stream;
+}
+
 /// How long a connection is watched, once the process holds more than its
 /// [`UnsentBudget`], before it is closed for taking too little of what it holds (or
 /// `--client-header-timeout`, if shorter).
@@ -327,6 +347,15 @@ impl HeldBody for http_body_util::Full<Bytes> {
 /// Fewer bytes of its responses than this taken in a whole period while they wait to go
 /// out: the client has stopped reading.
 const STALLED_BELOW: u64 = 1024;
+
+/// How many probes a connection that holds places at the origin is judged over, each
+/// [`STALLED_BELOW`] bytes per place: the one just ended and the one before (what
+/// `watch_connection` keeps of them). A client's bytes leave the proxy in lumps, not
+/// byte by byte: hyper writes again only once the socket takes more (see
+/// [`keep_little_unsent`]), and a receiver opens its window by a share of its buffer at
+/// a time. Judged on one second alone, a client taking 16 KiB a second could move
+/// nothing within it, and was closed.
+const ORIGIN_PROBES: u64 = 2;
 
 /// Counts the requests that reach `inner` in its connection's [`Activity`], and the
 /// responses it is sending.
@@ -673,17 +702,19 @@ async fn watch_connection(
         probe.as_mut().reset(Instant::now() + probe_every);
     }
 
-    // The same for places at the origin while requests wait for one: bytes moved when
-    // the running probe started, and whether the connection held a place then.
+    // The same for places at the origin while requests wait for one, judged over the
+    // last [`ORIGIN_PROBES`] probes: bytes moved when each started, and whether the
+    // connection held a place then (the earlier's `None` on the episode's first probe).
     let origin = Arc::clone(&activity.origin);
     let mut origin_pressure = origin.pressure();
     let mut origin_open = true;
     let origin_probe = tokio::time::sleep(idle);
     let mut origin_probe = pin!(origin_probe);
     let places_now = || activity.places.load(Ordering::Relaxed) as u64;
+    let origin_start = || (activity.moved(), places_now() > 0);
     let mut origin_probing = None;
     if origin.is_pressed() {
-        origin_probing = Some((activity.moved(), places_now() > 0));
+        origin_probing = Some((None, origin_start()));
         origin_probe.as_mut().reset(Instant::now() + probe_every);
     }
     loop {
@@ -702,24 +733,32 @@ async fn watch_connection(
                 if changed.is_err() {
                     origin_open = false;
                 } else if origin_probing.is_none() {
-                    origin_probing = Some((activity.moved(), places_now() > 0));
+                    origin_probing = Some((None, origin_start()));
                     origin_probe.as_mut().reset(Instant::now() + probe_every);
                 }
             }
             () = &mut origin_probe, if origin_probing.is_some() => {
-                let (since, held_before) = origin_probing.take().unwrap_or_default();
+                let (earlier, latest) = origin_probing.take().unwrap_or_default();
                 let moved = activity.moved();
                 let places = places_now();
-                let progress = moved.wrapping_sub(since);
                 // Under 1 KiB a second through each place it holds at its client's pace
                 // (an HTTP/2 connection's streams are judged together, not one by the
-                // others; those waiting for the origin ask nothing of the client).
+                // others; those waiting for the origin ask nothing of the client), over
+                // the last probes: a client's bytes leave in lumps (see
+                // [`ORIGIN_PROBES`]).
                 let at_clients_pace = places.min(activity.waiting_for_client());
-                if origin.has_waiters()
-                    && held_before
-                    && at_clients_pace > 0
-                    && progress < STALLED_BELOW.saturating_mul(at_clients_pace)
-                {
+                // Judged once a whole span of probes passed, if it held a place then.
+                let progress = earlier
+                    .filter(|&(_, held_before)| held_before)
+                    .map(|(since, _)| moved.wrapping_sub(since));
+                if let Some(progress) = progress.filter(|&progress| {
+                    origin.has_waiters()
+                        && at_clients_pace > 0
+                        && progress
+                            < STALLED_BELOW
+                                .saturating_mul(ORIGIN_PROBES)
+                                .saturating_mul(at_clients_pace)
+                }) {
                     tracing::debug!(
                         places,
                         progress,
@@ -730,7 +769,7 @@ async fn watch_connection(
                     return;
                 }
                 if origin.is_pressed() {
-                    origin_probing = Some((moved, places > 0));
+                    origin_probing = Some((Some(latest), (moved, places > 0)));
                     origin_probe.as_mut().reset(Instant::now() + probe_every);
                 }
             }

@@ -190,7 +190,9 @@ use tracing_subscriber::EnvFilter;
 
 use access_log::AccessLog;
 use args::{Args, LogFormat, Mode, OnOff, RuntimeKind};
-use connections::{Activity, ConnectionLimit, CountRequests, UnsentBudget, run_bounded};
+use connections::{
+    Activity, ConnectionLimit, CountRequests, UnsentBudget, keep_little_unsent, run_bounded,
+};
 use fields::PeerFields;
 use first_bytes::FirstBytes;
 use forward::{Upstream, error_chain, forward};
@@ -750,6 +752,7 @@ impl<B: Backend> Worker<B> {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            keep_little_unsent(&stream);
             // A cache service per connection, so the forwarding service knows the client's
             // address (for X-Forwarded-For) at no cost per request: cache hits never need it.
             let upstream = Arc::clone(&upstream);
