@@ -126,6 +126,7 @@ mod review_ti;
 mod review_tj;
 mod review_tk;
 mod review_tl;
+mod review_tm;
 mod review_tn;
 mod review_tt;
 mod review_u;

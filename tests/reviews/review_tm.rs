@@ -12,7 +12,7 @@
 
 #![cfg(feature = "proxy")]
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
