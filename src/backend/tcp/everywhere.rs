@@ -239,8 +239,16 @@ impl TcpBackend {
                 return None;
             }
             let outcome = write(index).await;
-            if let Err(err) = &outcome {
-                self.force_down(index, err);
+            match &outcome {
+                // An error line from twemproxy is its forward of the one server behind it
+                // that the key hashes to and it could not reach: the proxy itself answered.
+                // Marked down, it failed every lookup, on every server, and its reset
+                // deleted the namespace's generation through it (every entry orphaned), on
+                // each such purge, or each POST to a URL on that server (review TO). The
+                // caller gets the error; a reset of the proxy cannot reach that server.
+                Err(BackendError::Server(_)) if server.is_closing_proxy() => {}
+                Err(err) => self.force_down(index, err),
+                Ok(_) => {}
             }
             Some(outcome)
         });
