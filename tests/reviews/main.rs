@@ -128,6 +128,7 @@ mod review_tk;
 mod review_tl;
 mod review_tm;
 mod review_tn;
+mod review_to;
 mod review_tt;
 mod review_u;
 mod review_vv;

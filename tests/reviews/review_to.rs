@@ -13,7 +13,7 @@
 //! POST to a URL on the dead server emptied the whole cache, again on every such POST.
 #![cfg(feature = "tcp")]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
