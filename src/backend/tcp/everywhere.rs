@@ -126,7 +126,7 @@ impl TcpBackend {
                     None => Ok(()),
                 }
             })
-            .await;
+            .await?;
         took_any(outcomes).map(drop)
     }
 
@@ -144,7 +144,7 @@ impl TcpBackend {
         let delete = &delete.freeze();
         let outcomes = self
             .on_every_server(|index| self.advance_on(index, key, stamp, exptime, delete))
-            .await;
+            .await?;
         let advanced = took_any(outcomes)?
             .into_iter()
             .flatten()
@@ -219,11 +219,13 @@ impl TcpBackend {
     /// Runs `write` on every server not marked down (a server whose reset on rejoin is
     /// under way too), marking down at once each whose write fails: it missed a write
     /// every server must have, and must not serve until it has been reset (again, if its
-    /// reset was under way). The outcomes of the servers asked.
+    /// reset was under way). The outcomes of the servers asked; an error when a server
+    /// that failed it was left in use (a proxy's error line): nothing makes up for the
+    /// write it missed, so the write as a whole was not made, whoever else took it.
     async fn on_every_server<T, W>(
         &self,
         write: impl Fn(usize) -> W,
-    ) -> Vec<Result<T, BackendError>>
+    ) -> Result<Vec<Result<T, BackendError>>, BackendError>
     where
         W: Future<Output = Result<T, BackendError>>,
     {
@@ -239,20 +241,39 @@ impl TcpBackend {
                 return None;
             }
             let outcome = write(index).await;
-            match &outcome {
+            let left_in_use = match &outcome {
                 // An error line from twemproxy is its forward of the one server behind it
                 // that the key hashes to and it could not reach: the proxy itself answered.
                 // Marked down, it failed every lookup, on every server, and its reset
                 // deleted the namespace's generation through it (every entry orphaned), on
                 // each such purge, or each POST to a URL on that server (review TO). The
                 // caller gets the error; a reset of the proxy cannot reach that server.
-                Err(BackendError::Server(_)) if server.is_closing_proxy() => {}
-                Err(err) => self.force_down(index, err),
-                Ok(_) => {}
-            }
-            Some(outcome)
+                Err(BackendError::Server(_)) if server.is_closing_proxy() => true,
+                Err(err) => {
+                    self.force_down(index, err);
+                    false
+                }
+                Ok(_) => false,
+            };
+            Some((outcome, left_in_use))
         });
-        join_all(calls).await.into_iter().flatten().collect()
+        let mut outcomes = Vec::with_capacity(self.inner.servers.len());
+        let mut missed = None;
+        for (outcome, left_in_use) in join_all(calls).await.into_iter().flatten() {
+            match outcome {
+                // Not `Ok` because another server took it (review TQ): the purge that
+                // returned would not hold once the server behind the proxy answers again
+                // with its content.
+                Err(err) if left_in_use => {
+                    missed.get_or_insert(err);
+                }
+                outcome => outcomes.push(outcome),
+            }
+        }
+        match missed {
+            Some(err) => Err(err),
+            None => Ok(outcomes),
+        }
     }
 
     /// `request` on server `index`, as a write every server must take (sent to a server
