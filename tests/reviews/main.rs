@@ -129,6 +129,7 @@ mod review_tl;
 mod review_tm;
 mod review_tn;
 mod review_to;
+mod review_tq;
 mod review_tt;
 mod review_u;
 mod review_vv;

@@ -16,7 +16,7 @@
 //! the server behind twemproxy, back with its content, answered the old page again.
 #![cfg(feature = "tcp")]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
