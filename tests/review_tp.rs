@@ -1,0 +1,106 @@
+//! Review TP: a second look at reviews TL and TN.
+//!
+//! TL follows an unsafe request whose client left to the origin's answer: the call must
+//! not outlive what it was before in ways a client can use (a future that panicked is not
+//! polled again in the background).
+//!
+//! TN keys a nested router's request by the client's target only where the nest's own
+//! stripping made the target the handler sees. A request that went through a nest whose
+//! prefix the client's path does not even start with was routed by a target the client
+//! did not send (a middleware rewrote it before a router inside routed it again): the
+//! handler answered that target, and keyed by the client's, one client's page was stored
+//! for every other.
+
+mod support;
+
+#[cfg(feature = "axum")]
+mod rewritten_into_a_nest {
+    use axum::Router;
+    use axum::extract::Request;
+    use axum::middleware::{self, Next};
+    use axum::response::Response;
+    use axum::routing::get;
+    use http::Uri;
+    use tower::Layer;
+    use tower_memcache::backend::MemoryBackend;
+
+    use super::support;
+
+    /// Members and guests see the same URLs, each served by the area their cookie opens:
+    /// the target is rewritten into that area's nest before the site's router routes it
+    /// (axum's advice for a rewrite that must change the routing: a middleware around
+    /// the router, here the site served as the app's fallback).
+    async fn choose_area(mut request: Request, next: Next) -> Response {
+        let area = if request.headers().contains_key(http::header::COOKIE) {
+            "/members"
+        } else {
+            "/public"
+        };
+        let target = format!(
+            "{area}{}",
+            request
+                .uri()
+                .path_and_query()
+                .map_or("/", |target| target.as_str())
+        );
+        *request.uri_mut() = target.parse::<Uri>().unwrap();
+        next.run(request).await
+    }
+
+    fn app(cache: &tower_memcache::MemcacheLayer<MemoryBackend>) -> Router {
+        let area = |name: &'static str| {
+            Router::new()
+                .route("/news", get(move || async move { format!("{name} news") }))
+                .layer(cache.clone())
+        };
+        let site = Router::new()
+            .nest("/members", area("members"))
+            .nest("/public", area("public"));
+        Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .fallback_service(middleware::from_fn(choose_area).layer(site))
+    }
+
+    /// A member reads `/news` (the members' page, through the nest at `/members`, which
+    /// hands on `/news` again); a guest asking `/news` must get the public page, not the
+    /// members' one stored under the client's `/news`.
+    #[tokio::test]
+    async fn a_target_rewritten_into_a_nest_is_not_stored_under_the_clients_target() {
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let app = app(&layer);
+        let member = send(&app, "http://club.example/news", &[("cookie", "id=1")]).await;
+        assert_eq!(member.body, "members news");
+        watch.settled().await;
+        let guest = send(&app, "http://club.example/news", &[]).await;
+        assert_eq!(
+            guest.body,
+            "public news",
+            "a guest was answered the members' page ({})",
+            guest.cache_status()
+        );
+    }
+
+    /// `support::send` for an axum app (its requests carry axum's `Body`).
+    async fn send(app: &Router, url: &str, headers: &[(&str, &str)]) -> support::Answer {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let mut request = http::Request::get(url)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let response = app.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        support::Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
