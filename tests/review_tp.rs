@@ -104,3 +104,62 @@ mod rewritten_into_a_nest {
         }
     }
 }
+
+mod followed_after_a_panic {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower::{Layer, ServiceExt};
+    use tower_memcache::backend::MemoryBackend;
+
+    use super::support;
+
+    /// An origin call that panics when polled (a handler's bug an input sets off), counting
+    /// its polls.
+    struct Panics(Arc<AtomicUsize>);
+
+    impl Future for Panics {
+        type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            panic!("the handler panicked");
+        }
+    }
+
+    /// A POST whose handler panicked unwinds through the layer (to a `CatchPanicLayer`,
+    /// or hyper's task): review TL's follow-up of an unsafe request whose client left took
+    /// the unwinding for a client leaving, and polled the call that had panicked again in
+    /// the background, where a future's behaviour is undefined (an `async fn` panics a
+    /// second time, a hand-written one may act again).
+    #[tokio::test]
+    async fn a_call_that_panicked_is_not_polled_again_in_the_background() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let service = layer.layer(tower::service_fn({
+            let polls = Arc::clone(&polls);
+            move |_request: Request<Full<Bytes>>| Panics(Arc::clone(&polls))
+        }));
+        let request = Request::post("http://site.example/account")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        let call = tokio::spawn(service.oneshot(request));
+        assert!(call.await.unwrap_err().is_panic());
+        watch.settled().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "polled again after it panicked"
+        );
+    }
+}
