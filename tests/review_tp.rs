@@ -9,7 +9,8 @@
 //! prefix the client's path does not even start with was routed by a target the client
 //! did not send (a middleware rewrote it before a router inside routed it again): the
 //! handler answered that target, and keyed by the client's, one client's page was stored
-//! for every other.
+//! for every other. So was a rewrite of only the value of a `{param}` segment of the
+//! nest's prefix, which the nest strips whatever its value.
 
 mod support;
 
@@ -79,6 +80,76 @@ mod rewritten_into_a_nest {
             "a guest was answered the members' page ({})",
             guest.cache_status()
         );
+    }
+
+    /// A member whose cookie asks for English is served `/fr/news` as `/en/news` (the
+    /// rewrite before the site's router, which nests the language at `/{lang}`).
+    async fn english_for_en_cookie(mut request: Request, next: Next) -> Response {
+        let english = request
+            .headers()
+            .get(http::header::COOKIE)
+            .is_some_and(|value| value.as_bytes() == b"lang=en");
+        if english {
+            let path = request.uri().path().replacen("/fr/", "/en/", 1);
+            *request.uri_mut() = path.parse::<Uri>().unwrap();
+        }
+        next.run(request).await
+    }
+
+    fn languages(cache: &tower_memcache::MemcacheLayer<MemoryBackend>) -> Router {
+        use axum::extract::Path;
+        let pages = Router::new()
+            .route(
+                "/news",
+                get(|Path(lang): Path<String>| async move { format!("{lang} news") }),
+            )
+            .layer(cache.clone());
+        let site = Router::new().nest("/{lang}", pages);
+        Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .fallback_service(middleware::from_fn(english_for_en_cookie).layer(site))
+    }
+
+    /// The same rewrite changing only the value of the nest's `{lang}`: the nest strips
+    /// `/en` as it would have stripped `/fr`, and the English page was stored under
+    /// `/fr/news` for everyone.
+    #[tokio::test]
+    async fn a_capture_of_a_nest_rewritten_is_not_stored_under_the_clients_target() {
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let app = languages(&layer);
+        let english = send(
+            &app,
+            "http://club.example/fr/news",
+            &[("cookie", "lang=en")],
+        )
+        .await;
+        assert_eq!(english.body, "en news");
+        watch.settled().await;
+        let french = send(&app, "http://club.example/fr/news", &[]).await;
+        assert_eq!(french.body, "fr news", "{}", french.cache_status());
+    }
+
+    /// The nest's own captures still key their pages, percent-encoded values too.
+    #[tokio::test]
+    async fn pages_of_a_nest_with_a_capture_are_still_cached() {
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let app = languages(&layer);
+        for (url, page) in [
+            ("/fr/news", "fr news"),
+            ("/de/news", "de news"),
+            ("/pt%2Dbr/news", "pt-br news"),
+            ("/%C3%A9/news", "\u{e9} news"),
+        ] {
+            let url = format!("http://club.example{url}");
+            let first = send(&app, &url, &[]).await;
+            assert_eq!(first.body, page, "{url}");
+            watch.settled().await;
+            let again = send(&app, &url, &[]).await;
+            assert_eq!(again.body, page, "{url}");
+            assert_eq!(again.cache_status(), support::HIT, "{url}");
+        }
     }
 
     /// `support::send` for an axum app (its requests carry axum's `Body`).
