@@ -408,13 +408,18 @@ where
     E: Send + 'static,
 {
     /// The origin's answer, once; pending for good after it (never polled again).
+    /// The call is out of `self` while polled: one that panics unwinds through the
+    /// drop of this, which must not take it for a client that left and poll it again in
+    /// the background (review TP).
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<T>, E>> {
-        let Some(call) = self.call.as_mut() else {
+        let Some(mut call) = self.call.take() else {
             return Poll::Pending;
         };
-        let outcome = std::task::ready!(call.as_mut().poll(cx));
-        self.call = None;
-        Poll::Ready(outcome)
+        let outcome = call.as_mut().poll(cx);
+        if outcome.is_pending() {
+            self.call = Some(call);
+        }
+        outcome
     }
 }
 

@@ -139,24 +139,96 @@ pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
         return None;
     }
     let as_routed = match request.extensions().get::<axum::extract::NestedPath>() {
-        Some(nested) => nest_hands_on(original.path(), nested.as_str(), seen.path()),
+        Some(nested) => {
+            nest_hands_on(original.path(), nested.as_str(), seen.path())
+                && nest_captures_hold(request, original.path(), nested.as_str())
+        }
         None => original.path() == seen.path(),
     };
     as_routed.then_some(original)
 }
 
+/// A segment of a route or nest path that captures a `{param}` (axum's `is_capture`).
+#[cfg(feature = "axum")]
+fn is_capture(segment: &str) -> bool {
+    segment.starts_with('{')
+        && segment.ends_with('}')
+        && !segment.starts_with("{{")
+        && !segment.ends_with("}}")
+        && !segment.starts_with("{*")
+}
+
+/// Whether each `{param}` segment of the nest's `prefix` took, when the request was
+/// routed, the value the client's `path` holds there. A nest strips any value from such a
+/// segment, so a middleware that changed only that value before a router inside routed
+/// the request again (`/fr/news` made `/en/news` for a nest at `/{lang}`) had the
+/// handler answer the other value's page, handed on as the client's (review TP). The
+/// value routed is the last of that name axum noted (a router inside notes its own after
+/// the outer ones'); none, or one that differs, is a rewrite. Only nests with captures
+/// pay for the look (a copy of the request's extensions, for axum's extractor).
+#[cfg(feature = "axum")]
+fn nest_captures_hold<T>(request: &Request<T>, path: &str, prefix: &str) -> bool {
+    use axum::extract::{FromRequestParts, RawPathParams};
+    use futures_util::FutureExt;
+    if !prefix.split('/').any(is_capture) {
+        return true;
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.extensions = request.extensions().clone();
+    // Ready at once: axum reads its extension.
+    let Some(Ok(params)) = RawPathParams::from_request_parts(&mut parts, &()).now_or_never() else {
+        return false;
+    };
+    prefix
+        .split('/')
+        .zip(path.split('/'))
+        .filter(|(prefix_segment, _)| is_capture(prefix_segment))
+        .all(|(prefix_segment, segment)| {
+            let name = &prefix_segment[1..prefix_segment.len() - 1];
+            let routed = params.iter().filter(|(key, _)| *key == name).last();
+            match (routed, percent_decoded(segment)) {
+                (Some((_, value)), Some(decoded)) => value == decoded,
+                _ => false,
+            }
+        })
+}
+
+/// `segment` percent-decoded as axum decodes a captured value (a `%` not followed by two
+/// hex digits kept as it is); `None` if the bytes are no UTF-8.
+#[cfg(feature = "axum")]
+fn percent_decoded(segment: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !segment.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let hex = |at: usize| {
+        bytes
+            .get(at)
+            .and_then(|byte| char::from(*byte).to_digit(16))
+    };
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        if let (b'%', Some(high), Some(low)) = (byte, hex(at + 1), hex(at + 2)) {
+            if let Ok(byte) = u8::try_from(high * 16 + low) {
+                decoded.push(byte);
+                at += 3;
+                continue;
+            }
+        }
+        decoded.push(byte);
+        at += 1;
+    }
+    String::from_utf8(decoded).ok().map(std::borrow::Cow::Owned)
+}
+
 /// Whether `Router::nest` at `prefix` hands `path` on as `seen` (axum's `StripPrefix`):
 /// the segments the prefix names taken off (a `{param}` segment takes any one), `/` for
-/// nothing left. Compared in place: this runs on every request of a nested router.
+/// nothing left; never for a path the prefix does not match, which only a rewrite can
+/// have routed into the nest. Compared in place: this runs on every request of a nested
+/// router.
 #[cfg(feature = "axum")]
 fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
-    let is_capture = |segment: &str| {
-        segment.starts_with('{')
-            && segment.ends_with('}')
-            && !segment.starts_with("{{")
-            && !segment.ends_with("}}")
-            && !segment.starts_with("{*")
-    };
     let (Some(segments), Some(prefix)) = (path.strip_prefix('/'), prefix.strip_prefix('/')) else {
         return false;
     };
@@ -175,8 +247,12 @@ fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
                 past = true;
                 break;
             }
-            // No match: axum hands the path on as it is.
-            _ => return path == seen,
+            // No match: the client's path never reached this nest by routing (`nest`
+            // routes only paths under its prefix), so a middleware rewrote it before a
+            // router inside routed it again. The nest's stripping may hand on the client's
+            // path again (`/news` made `/members/news`, handed on as `/news`), but the
+            // handler answered the rewritten target (review TP).
+            _ => return false,
         }
     }
     past = past || path_segments.next().is_some();
@@ -189,7 +265,22 @@ fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
 
 #[cfg(all(test, feature = "axum"))]
 mod tests {
-    use super::nest_hands_on;
+    use super::{nest_hands_on, percent_decoded};
+
+    #[test]
+    fn a_segment_is_decoded_as_axum_decodes_a_capture() {
+        for (segment, decoded) in [
+            ("fr", Some("fr")),
+            ("pt%2Dbr", Some("pt-br")),
+            ("%c3%A9", Some("\u{e9}")),
+            ("100%", Some("100%")),
+            ("%zz%4", Some("%zz%4")),
+            ("%2F", Some("/")),
+            ("%FF", None),
+        ] {
+            assert_eq!(percent_decoded(segment).as_deref(), decoded, "{segment}");
+        }
+    }
 
     #[test]
     fn a_nest_hands_on_the_path_less_its_prefix_and_nothing_else() {
@@ -205,8 +296,6 @@ mod tests {
             ("/v1//x", "/v1/", "/x"),
             ("/v1//x", "/v1", "/x"),
             ("/{{a}}/x", "/{{a}}", "/x"),
-            // A prefix axum does not match leaves the path as it is.
-            ("/v1", "/v1/", "/v1"),
         ] {
             assert!(nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
         }
@@ -221,6 +310,11 @@ mod tests {
             ("/v1//x", "/v1", "//x"),
             ("", "/v1", "/"),
             ("/v1/x", "", "/x"),
+            // A path the nest's prefix does not match was rewritten into the nest before
+            // a router inside routed it (review TP), whatever the stripping handed on.
+            ("/v1", "/v1/", "/v1"),
+            ("/news", "/members", "/news"),
+            ("/x/news", "/members", "/x/news"),
         ] {
             assert!(!nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
         }
