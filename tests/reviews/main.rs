@@ -129,6 +129,7 @@ mod review_tl;
 mod review_tm;
 mod review_tn;
 mod review_to;
+mod review_tp;
 mod review_tq;
 mod review_tt;
 mod review_u;

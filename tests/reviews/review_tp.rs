@@ -12,7 +12,7 @@
 //! for every other. So was a rewrite of only the value of a `{param}` segment of the
 //! nest's prefix, which the nest strips whatever its value.
 
-mod support;
+use crate::support;
 
 #[cfg(feature = "axum")]
 mod rewritten_into_a_nest {
