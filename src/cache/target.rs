@@ -162,9 +162,10 @@ fn is_capture(segment: &str) -> bool {
 /// routed, the value the client's `path` holds there. A nest strips any value from such a
 /// segment, so a middleware that changed only that value before a router inside routed
 /// the request again (`/fr/news` made `/en/news` for a nest at `/{lang}`) had the
-/// handler answer the other value's page, handed on as the client's (review TP). The
-/// value routed is the last of that name axum noted (a router inside notes its own after
-/// the outer ones'); none, or one that differs, is a rewrite. Only nests with captures
+/// handler answer the other value's page, handed on as the client's (review TP). Every
+/// value of that name axum noted must be the client's (a router or route inside notes its
+/// own after the nest's, which the params do not tell apart): none, or one that differs,
+/// is taken for a rewrite. Only nests with captures
 /// pay for the look (a copy of the request's extensions, for axum's extractor).
 #[cfg(feature = "axum")]
 fn nest_captures_hold<T>(request: &Request<T>, path: &str, prefix: &str) -> bool {
@@ -185,11 +186,14 @@ fn nest_captures_hold<T>(request: &Request<T>, path: &str, prefix: &str) -> bool
         .filter(|(prefix_segment, _)| is_capture(prefix_segment))
         .all(|(prefix_segment, segment)| {
             let name = &prefix_segment[1..prefix_segment.len() - 1];
-            let routed = params.iter().filter(|(key, _)| *key == name).last();
-            match (routed, percent_decoded(segment)) {
-                (Some((_, value)), Some(decoded)) => value == decoded,
-                _ => false,
-            }
+            let Some(decoded) = percent_decoded(segment) else {
+                return false;
+            };
+            // Every value of that name, not the last: a route inside the nest naming
+            // `{lang}` again (`/{lang}/compare/{lang}`) is noted after the nest's, and
+            // the route's value, the client's, hid a rewritten nest value (review TR).
+            let mut routed = params.iter().filter(|(key, _)| *key == name).peekable();
+            routed.peek().is_some() && routed.all(|(_, value)| value == decoded)
         })
 }
 

@@ -1,0 +1,165 @@
+//! Review TR: an adversarial second look at reviews TP and TQ.
+//!
+//! - Review TQ: a write every server must take fails when a server that missed it (a
+//!   twemproxy whose server behind is dead) was left in use, whoever else took it.
+//! - Review TP: a nest's `{param}` segment must have been routed with the client's value
+//!   (`RawPathParams`), or the request bypasses the cache (axum).
+
+mod support;
+
+#[cfg(feature = "axum")]
+mod a_nest_capture_named_again_inside {
+    use axum::Router;
+    use axum::extract::{RawPathParams, Request};
+    use axum::middleware::{self, Next};
+    use axum::response::Response;
+    use axum::routing::get;
+    use http::Uri;
+    use tower::Layer;
+    use tower_memcache::backend::MemoryBackend;
+
+    use super::support;
+
+    /// A member whose cookie asks for English is served `/fr/...` as `/en/...` (review
+    /// TP's rewrite before the site's router, which nests the language at `/{lang}`).
+    async fn english_for_en_cookie(mut request: Request, next: Next) -> Response {
+        let english = request
+            .headers()
+            .get(http::header::COOKIE)
+            .is_some_and(|value| value.as_bytes() == b"lang=en");
+        if english {
+            let path = request.uri().path().replacen("/fr/", "/en/", 1);
+            *request.uri_mut() = path.parse::<Uri>().unwrap();
+        }
+        next.run(request).await
+    }
+
+    /// Pages of a language nested at `/{lang}`, whose routes inside name a capture
+    /// `{lang}` again (the language of a translation shown beside the page: `/fr/compare/de`);
+    /// the handler reads every capture as axum routed it.
+    fn site(cache: &tower_memcache::MemcacheLayer<MemoryBackend>) -> Router {
+        let pages = Router::new()
+            .route(
+                "/compare/{lang}",
+                get(|params: RawPathParams| async move {
+                    let values: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+                    values.join(" beside ")
+                }),
+            )
+            .layer(cache.clone());
+        let site = Router::new().nest("/{lang}", pages);
+        Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .fallback_service(middleware::from_fn(english_for_en_cookie).layer(site))
+    }
+
+    /// The English reader of `/fr/compare/fr` is answered `/en/compare/fr`: axum notes
+    /// the nest's `lang` (`en`) and the route's (`fr`), and the last of that name, the
+    /// route's, was taken for the nest's: the English page was stored under
+    /// `/fr/compare/fr` for everyone.
+    #[tokio::test]
+    async fn a_rewritten_capture_named_again_inside_the_nest_is_not_stored_under_the_clients_target()
+     {
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let app = site(&layer);
+        let url = "http://club.example/fr/compare/fr";
+        let english = send(&app, url, &[("cookie", "lang=en")]).await;
+        assert_eq!(english.body, "en beside fr");
+        watch.settled().await;
+        let french = send(&app, url, &[]).await;
+        assert_eq!(
+            french.body,
+            "fr beside fr",
+            "a French reader was answered the English page ({})",
+            french.cache_status()
+        );
+    }
+
+    /// Without a rewrite, such pages are still cached.
+    #[tokio::test]
+    async fn pages_whose_capture_is_named_again_inside_the_nest_are_still_cached() {
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let app = site(&layer);
+        for (url, page) in [
+            ("/fr/compare/fr", "fr beside fr"),
+            ("/de/compare/de", "de beside de"),
+        ] {
+            let url = format!("http://club.example{url}");
+            let first = send(&app, &url, &[]).await;
+            assert_eq!(first.body, page, "{url}");
+            watch.settled().await;
+            let again = send(&app, &url, &[]).await;
+            assert_eq!(again.body, page, "{url}");
+            assert_eq!(again.cache_status(), support::HIT, "{url}");
+        }
+    }
+
+    /// Nested routers kept their hits (review TP's checks): a router with a capture in
+    /// `nest_service` and in `nest`, its routes and its fallback, two nests deep.
+    #[tokio::test]
+    async fn nested_routers_with_captures_and_fallbacks_keep_their_hits() {
+        let layer = support::layer(MemoryBackend::new());
+        let watch = support::Watch::of(&layer);
+        let routes = || {
+            Router::new().route(
+                "/x/{item}",
+                get(|params: RawPathParams| async move {
+                    let values: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+                    values.join("/")
+                }),
+            )
+        };
+        let inner = |cache: &tower_memcache::MemcacheLayer<MemoryBackend>| {
+            routes()
+                .fallback(|uri: Uri| async move { format!("fallback {}", uri.path()) })
+                .layer(cache.clone())
+        };
+        let app = Router::new()
+            .nest_service("/s/{tenant}", inner(&layer))
+            .nest("/n/{tenant}", inner(&layer))
+            .nest(
+                "/d/{tenant}",
+                Router::new().nest("/{lang}", routes().layer(layer.clone())),
+            );
+        for (url, page) in [
+            ("/s/acme/x/1", "acme/1"),
+            ("/s/acme/other", "fallback /other"),
+            ("/n/acme/x/1", "acme/1"),
+            ("/n/acme/other", "fallback /other"),
+            ("/d/acme/fr/x/1", "acme/fr/1"),
+        ] {
+            let url = format!("http://club.example{url}");
+            let first = send(&app, &url, &[]).await;
+            assert_eq!(first.body, page, "{url}");
+            watch.settled().await;
+            let again = send(&app, &url, &[]).await;
+            assert_eq!(again.body, page, "{url}");
+            assert_eq!(again.cache_status(), support::HIT, "{url}");
+        }
+    }
+
+    /// `support::send` for an axum app (its requests carry axum's `Body`).
+    async fn send(app: &Router, url: &str, headers: &[(&str, &str)]) -> support::Answer {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let mut request = http::Request::get(url)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let response = app.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        support::Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
