@@ -158,19 +158,34 @@ fn is_capture(segment: &str) -> bool {
         && !segment.starts_with("{*")
 }
 
+/// The literal start and the name of the `{param}` a segment of a route or nest path
+/// captures (`{id}`, `v{version}`; matchit takes no literal after it), if it captures one.
+#[cfg(feature = "axum")]
+fn captured(segment: &str) -> Option<(&str, &str)> {
+    if is_capture(segment) {
+        return Some(("", &segment[1..segment.len() - 1]));
+    }
+    let (literal, param) = segment.split_once('{')?;
+    let name = param.strip_suffix('}')?;
+    let plain = |text: &str| !text.contains(['{', '}']);
+    (plain(literal) && !name.is_empty() && plain(name) && !name.starts_with('*'))
+        .then_some((literal, name))
+}
+
 /// Whether each `{param}` segment of the nest's `prefix` took, when the request was
 /// routed, the value the client's `path` holds there. A nest strips any value from such a
 /// segment, so a middleware that changed only that value before a router inside routed
 /// the request again (`/fr/news` made `/en/news` for a nest at `/{lang}`) had the
-/// handler answer the other value's page, handed on as the client's (review TP). The
-/// value routed is the last of that name axum noted (a router inside notes its own after
-/// the outer ones'); none, or one that differs, is a rewrite. Only nests with captures
+/// handler answer the other value's page, handed on as the client's (review TP). Every
+/// value of that name axum noted must be the client's (a router or route inside notes its
+/// own after the nest's, which the params do not tell apart): none, or one that differs,
+/// is taken for a rewrite. Only nests with captures
 /// pay for the look (a copy of the request's extensions, for axum's extractor).
 #[cfg(feature = "axum")]
 fn nest_captures_hold<T>(request: &Request<T>, path: &str, prefix: &str) -> bool {
     use axum::extract::{FromRequestParts, RawPathParams};
     use futures_util::FutureExt;
-    if !prefix.split('/').any(is_capture) {
+    if !prefix.split('/').any(|segment| captured(segment).is_some()) {
         return true;
     }
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -182,14 +197,16 @@ fn nest_captures_hold<T>(request: &Request<T>, path: &str, prefix: &str) -> bool
     prefix
         .split('/')
         .zip(path.split('/'))
-        .filter(|(prefix_segment, _)| is_capture(prefix_segment))
-        .all(|(prefix_segment, segment)| {
-            let name = &prefix_segment[1..prefix_segment.len() - 1];
-            let routed = params.iter().filter(|(key, _)| *key == name).last();
-            match (routed, percent_decoded(segment)) {
-                (Some((_, value)), Some(decoded)) => value == decoded,
-                _ => false,
-            }
+        .filter_map(|(prefix_segment, segment)| Some((captured(prefix_segment)?, segment)))
+        .all(|((literal, name), segment)| {
+            let Some(decoded) = segment.strip_prefix(literal).and_then(percent_decoded) else {
+                return false;
+            };
+            // Every value of that name, not the last: a route inside the nest naming
+            // `{lang}` again (`/{lang}/compare/{lang}`) is noted after the nest's, and
+            // the route's value, the client's, hid a rewritten nest value (review TR).
+            let mut routed = params.iter().filter(|(key, _)| *key == name).peekable();
+            routed.peek().is_some() && routed.all(|(_, value)| value == decoded)
         })
 }
 
@@ -247,6 +264,11 @@ fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
                 past = true;
                 break;
             }
+            // A segment axum routes as a capture after a literal start (`v{version}`)
+            // or an escape (`{{a}}`) but its stripping compares as written: it never
+            // matches, and the nest hands on the path as it got it (review TR). The
+            // value captured is checked with the others' (`nest_captures_hold`).
+            Some(_) if prefix_segment.contains('{') => return path == seen,
             // No match: the client's path never reached this nest by routing (`nest`
             // routes only paths under its prefix), so a middleware rewrote it before a
             // router inside routed it again. The nest's stripping may hand on the client's
@@ -265,7 +287,22 @@ fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
 
 #[cfg(all(test, feature = "axum"))]
 mod tests {
-    use super::{nest_hands_on, percent_decoded};
+    use super::{captured, nest_hands_on, percent_decoded};
+
+    #[test]
+    fn a_segment_captures_as_matchit_reads_it() {
+        for (segment, expected) in [
+            ("{id}", Some(("", "id"))),
+            ("v{version}", Some(("v", "version"))),
+            ("v1", None),
+            ("{{a}}", None),
+            ("a{{b}}", None),
+            ("{*rest}", None),
+            ("v{}", None),
+        ] {
+            assert_eq!(captured(segment), expected, "{segment}");
+        }
+    }
 
     #[test]
     fn a_segment_is_decoded_as_axum_decodes_a_capture() {
@@ -296,6 +333,8 @@ mod tests {
             ("/v1//x", "/v1/", "/x"),
             ("/v1//x", "/v1", "/x"),
             ("/{{a}}/x", "/{{a}}", "/x"),
+            // Never stripped by axum: handed on as it came (review TR).
+            ("/api/v7/x", "/api/v{version}", "/api/v7/x"),
         ] {
             assert!(nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
         }
@@ -315,6 +354,9 @@ mod tests {
             ("/v1", "/v1/", "/v1"),
             ("/news", "/members", "/news"),
             ("/x/news", "/members", "/x/news"),
+            ("/api/v7/x", "/api/v{version}", "/x"),
+            ("/api/v7/x", "/api/v{version}", "/api/v8/x"),
+            ("/web/v7/x", "/api/v{version}", "/web/v7/x"),
         ] {
             assert!(!nest_hands_on(path, prefix, seen), "{path} {prefix} {seen}");
         }
