@@ -372,7 +372,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// out of the ring (`remove_failed_servers`), a stale copy can wait for the next
     /// outage. Like [`set_on_every_server`](Self::set_on_every_server), a server that
     /// misses the delete is marked down until it has been reset; `Ok` when at least one
-    /// server answered. The default deletes on the key's server.
+    /// server answered and none that missed it is still in use. The default deletes on the
+    /// key's server.
     fn delete_on_every_server(
         &self,
         key: &str,
@@ -387,7 +388,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `Ok` when at least one server stored it. A server that is marked down is skipped,
     /// and a server that fails the write is marked down at once: either way it has missed
     /// the value, so it must not serve until [`reset_on_rejoin`](Self::reset_on_rejoin)'s
-    /// keys are deleted on it. A server that refuses it for lack of memory (memcached run
+    /// keys are deleted on it. A server that answers for others and is left in use when
+    /// one behind it missed the write (`TcpBackend` over twemproxy, which answers
+    /// `SERVER_ERROR` for a memcached it cannot reach) makes the call fail with that
+    /// error, whoever else took it: nothing makes up for the write that server missed. A server that refuses it for lack of memory (memcached run
     /// with `-M`, full) has the key deleted instead, as if it had evicted it (which every
     /// such value must already survive), and is not marked down. The default, for
     /// backends with a single store, is [`set`](Self::set).
@@ -420,8 +424,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// writer wins there, as before). Values are stored with flags 0.
     ///
     /// As for [`set_on_every_server`](Self::set_on_every_server): `Ok` when at least one
-    /// server took it; a server marked down is skipped, one that fails is marked down at
-    /// once, and one that refuses it for memory has the key deleted instead. The outcome
+    /// server took it and none that missed it is still in use; a server marked down is
+    /// skipped, one that fails is marked down at once, and one that refuses it for memory
+    /// has the key deleted instead. The outcome
     /// tells what the key holds and which others' values that stands for ([`Advanced`]).
     /// The default, for backends with a single store, runs those rounds with
     /// [`get`](Self::get), [`add`](Self::add), [`cas`](Self::cas) and [`set`](Self::set).

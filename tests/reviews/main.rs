@@ -131,6 +131,7 @@ mod review_tn;
 mod review_to;
 mod review_tp;
 mod review_tq;
+mod review_tr;
 mod review_tt;
 mod review_u;
 mod review_vv;

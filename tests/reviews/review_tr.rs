@@ -5,7 +5,7 @@
 //! - Review TP: a nest's `{param}` segment must have been routed with the client's value
 //!   (`RawPathParams`), or the request bypasses the cache (axum).
 
-mod support;
+use crate::support;
 
 #[cfg(feature = "axum")]
 mod a_nest_capture_named_again_inside {
