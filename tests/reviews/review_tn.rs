@@ -265,10 +265,11 @@ mod rewritten_to_a_suffix {
         let layer = support::layer(MemoryBackend::new());
         let watch = support::Watch::of(&layer);
         let app = app(layer);
-        let member = send(&app, "http://club.example/members", &[("cookie", "id=1")]).await;
+        let member =
+            support::send_axum(&app, "http://club.example/members", &[("cookie", "id=1")]).await;
         assert_eq!(member.body, "page /members");
         watch.settled().await;
-        let guest = send(&app, "http://club.example/members", &[]).await;
+        let guest = support::send_axum(&app, "http://club.example/members", &[]).await;
         assert_eq!(
             guest.body,
             "page /",
@@ -284,7 +285,7 @@ mod rewritten_to_a_suffix {
         let layer = support::layer(MemoryBackend::new());
         let watch = support::Watch::of(&layer);
         let app = app(layer);
-        let english = send(
+        let english = support::send_axum(
             &app,
             "http://club.example/fr/news",
             &[("cookie", "lang=en")],
@@ -292,7 +293,7 @@ mod rewritten_to_a_suffix {
         .await;
         assert_eq!(english.body, "page /news");
         watch.settled().await;
-        let french = send(
+        let french = support::send_axum(
             &app,
             "http://club.example/fr/news",
             &[("cookie", "lang=fr")],
@@ -332,35 +333,12 @@ mod rewritten_to_a_suffix {
             ("/files/", "/"),
         ] {
             let url = format!("http://club.example{url}");
-            let first = send(&app, &url, &[]).await;
+            let first = support::send_axum(&app, &url, &[]).await;
             assert_eq!(first.body, format!("page {seen}"), "{url}");
             watch.settled().await;
-            let again = send(&app, &url, &[]).await;
+            let again = support::send_axum(&app, &url, &[]).await;
             assert_eq!(again.body, format!("page {seen}"), "{url}");
             assert_eq!(again.cache_status(), support::HIT, "{url}");
-        }
-    }
-
-    /// `support::send` for an axum app (its requests carry axum's `Body`).
-    async fn send(app: &Router, url: &str, headers: &[(&str, &str)]) -> support::Answer {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let mut request = http::Request::get(url)
-            .body(axum::body::Body::empty())
-            .unwrap();
-        for (name, value) in headers {
-            request.headers_mut().append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        let response = app.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        support::Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
 }

@@ -70,10 +70,11 @@ mod rewritten_into_a_nest {
         let layer = support::layer(MemoryBackend::new());
         let watch = support::Watch::of(&layer);
         let app = app(&layer);
-        let member = send(&app, "http://club.example/news", &[("cookie", "id=1")]).await;
+        let member =
+            support::send_axum(&app, "http://club.example/news", &[("cookie", "id=1")]).await;
         assert_eq!(member.body, "members news");
         watch.settled().await;
-        let guest = send(&app, "http://club.example/news", &[]).await;
+        let guest = support::send_axum(&app, "http://club.example/news", &[]).await;
         assert_eq!(
             guest.body,
             "public news",
@@ -118,7 +119,7 @@ mod rewritten_into_a_nest {
         let layer = support::layer(MemoryBackend::new());
         let watch = support::Watch::of(&layer);
         let app = languages(&layer);
-        let english = send(
+        let english = support::send_axum(
             &app,
             "http://club.example/fr/news",
             &[("cookie", "lang=en")],
@@ -126,7 +127,7 @@ mod rewritten_into_a_nest {
         .await;
         assert_eq!(english.body, "en news");
         watch.settled().await;
-        let french = send(&app, "http://club.example/fr/news", &[]).await;
+        let french = support::send_axum(&app, "http://club.example/fr/news", &[]).await;
         assert_eq!(french.body, "fr news", "{}", french.cache_status());
     }
 
@@ -143,35 +144,12 @@ mod rewritten_into_a_nest {
             ("/%C3%A9/news", "\u{e9} news"),
         ] {
             let url = format!("http://club.example{url}");
-            let first = send(&app, &url, &[]).await;
+            let first = support::send_axum(&app, &url, &[]).await;
             assert_eq!(first.body, page, "{url}");
             watch.settled().await;
-            let again = send(&app, &url, &[]).await;
+            let again = support::send_axum(&app, &url, &[]).await;
             assert_eq!(again.body, page, "{url}");
             assert_eq!(again.cache_status(), support::HIT, "{url}");
-        }
-    }
-
-    /// `support::send` for an axum app (its requests carry axum's `Body`).
-    async fn send(app: &Router, url: &str, headers: &[(&str, &str)]) -> support::Answer {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let mut request = http::Request::get(url)
-            .body(axum::body::Body::empty())
-            .unwrap();
-        for (name, value) in headers {
-            request.headers_mut().append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        let response = app.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        support::Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
 }

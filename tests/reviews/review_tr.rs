@@ -64,10 +64,10 @@ mod a_nest_capture_named_again_inside {
         let watch = support::Watch::of(&layer);
         let app = site(&layer);
         let url = "http://club.example/fr/compare/fr";
-        let english = send(&app, url, &[("cookie", "lang=en")]).await;
+        let english = support::send_axum(&app, url, &[("cookie", "lang=en")]).await;
         assert_eq!(english.body, "en beside fr");
         watch.settled().await;
-        let french = send(&app, url, &[]).await;
+        let french = support::send_axum(&app, url, &[]).await;
         assert_eq!(
             french.body,
             "fr beside fr",
@@ -87,10 +87,10 @@ mod a_nest_capture_named_again_inside {
             ("/de/compare/de", "de beside de"),
         ] {
             let url = format!("http://club.example{url}");
-            let first = send(&app, &url, &[]).await;
+            let first = support::send_axum(&app, &url, &[]).await;
             assert_eq!(first.body, page, "{url}");
             watch.settled().await;
-            let again = send(&app, &url, &[]).await;
+            let again = support::send_axum(&app, &url, &[]).await;
             assert_eq!(again.body, page, "{url}");
             assert_eq!(again.cache_status(), support::HIT, "{url}");
         }
@@ -136,35 +136,12 @@ mod a_nest_capture_named_again_inside {
             ("/api/v7/x/1", "7/1"),
         ] {
             let url = format!("http://club.example{url}");
-            let first = send(&app, &url, &[]).await;
+            let first = support::send_axum(&app, &url, &[]).await;
             assert_eq!(first.body, page, "{url}");
             watch.settled().await;
-            let again = send(&app, &url, &[]).await;
+            let again = support::send_axum(&app, &url, &[]).await;
             assert_eq!(again.body, page, "{url}");
             assert_eq!(again.cache_status(), support::HIT, "{url}");
-        }
-    }
-
-    /// `support::send` for an axum app (its requests carry axum's `Body`).
-    async fn send(app: &Router, url: &str, headers: &[(&str, &str)]) -> support::Answer {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let mut request = http::Request::get(url)
-            .body(axum::body::Body::empty())
-            .unwrap();
-        for (name, value) in headers {
-            request.headers_mut().append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        let response = app.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        support::Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
 }

@@ -64,7 +64,7 @@ mod rewritten {
         let layer = support::layer(MemoryBackend::new());
         let watch = support::Watch::of(&layer);
         let app = app(layer);
-        let french = send(
+        let french = support::send_axum(
             &app,
             "http://shop.example/welcome",
             &[("cookie", "lang=fr")],
@@ -72,37 +72,14 @@ mod rewritten {
         .await;
         assert_eq!(french.body, "bienvenue");
         watch.settled().await;
-        let english = send(&app, "http://shop.example/welcome", &[]).await;
+        let english = support::send_axum(&app, "http://shop.example/welcome", &[]).await;
         assert_eq!(english.body, "welcome", "{:?}", english.headers);
         // Asked as the handler reads it, the French page is the French page.
-        let asked = send(&app, "http://shop.example/welcome?lang=fr", &[]).await;
+        let asked = support::send_axum(&app, "http://shop.example/welcome?lang=fr", &[]).await;
         assert_eq!(asked.body, "bienvenue");
     }
 
     use super::support;
-
-    /// `support::send` for an axum app (its requests carry axum's `Body`).
-    async fn send(app: &Router, url: &str, headers: &[(&str, &str)]) -> support::Answer {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let mut request = http::Request::get(url)
-            .body(axum::body::Body::empty())
-            .unwrap();
-        for (name, value) in headers {
-            request.headers_mut().append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        let response = app.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        support::Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
 }
 
 use std::convert::Infallible;

@@ -566,12 +566,42 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
+    send_with(service, method, url, headers, ()).await
+}
+
+/// [`send`] of a GET for an axum app (its requests carry axum's `Body`).
+#[cfg(feature = "axum")]
+pub async fn send_axum(app: &axum::Router, url: &str, headers: &[(&str, &str)]) -> Answer {
+    send_with(
+        app,
+        http::Method::GET,
+        url,
+        headers,
+        axum::body::Body::empty(),
+    )
+    .await
+}
+
+/// [`send`] with a request body of the service's type.
+async fn send_with<S, R, B>(
+    service: &S,
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: R,
+) -> Answer
+where
+    S: tower::Service<http::Request<R>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     use http_body_util::BodyExt;
     use tower::ServiceExt;
     let mut request = http::Request::builder()
         .method(method)
         .uri(url)
-        .body(())
+        .body(body)
         .unwrap();
     for (name, value) in headers {
         request.headers_mut().append(
