@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::Incoming;
 use support::h2_client;
 use support::h2_frames::{DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, literal_block};
-use support::proxy::{Proxy, start_proxy};
+use support::proxy::start_proxy;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -86,20 +86,6 @@ async fn start_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, serving)
 }
 
-/// The proxy with two places at the origin, and a queue that waits long enough for the
-/// proxy to take a place back from a client that holds it at its own pace.
-fn two_places(origin: SocketAddr) -> Proxy {
-    start_proxy(
-        origin,
-        &[
-            "--upstream-max-connections",
-            "2",
-            "--upstream-queue-timeout",
-            "4s",
-        ],
-    )
-}
-
 /// Writes `bytes` (a byte of each body) every `every` until `until`; ends quietly once
 /// the proxy closed the connection.
 async fn trickle<W>(mut write: W, bytes: Vec<u8>, every: Duration, until: Duration)
@@ -115,15 +101,6 @@ where
     }
 }
 
-/// Another client's GET, a miss: its status, `None` if no answer came within 8 s.
-async fn victim(proxy: &Proxy) -> Option<u16> {
-    let head = "GET /victim HTTP/1.1\r\nHost: shop.example\r\n";
-    tokio::time::timeout(Duration::from_secs(8), support::proxy::raw(proxy, head))
-        .await
-        .ok()
-        .map(|(status, _)| status)
-}
-
 /// Slowloris on request bodies. Each upload below takes a place at the origin when its
 /// head arrives and keeps it until the origin answered; the proxy cut one off only when
 /// its client paused for `--upstream-timeout` (60 s: 408), so a client that sends a
@@ -134,7 +111,7 @@ async fn victim(proxy: &Proxy) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickling_uploads_cannot_hold_every_place_at_the_origin() {
     let (origin, _serving) = start_origin().await;
-    let proxy = two_places(origin);
+    let proxy = support::origin_places::two_places(origin);
     let mut uploads = Vec::new();
     for _ in 0..2 {
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
@@ -153,7 +130,7 @@ async fn trickling_uploads_cannot_hold_every_place_at_the_origin() {
     }
     // Both uploads hold their places by now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = victim(&proxy).await;
+    let status = support::origin_places::victim(&proxy).await;
     for upload in uploads {
         upload.abort();
     }
@@ -205,7 +182,7 @@ async fn slow_readers_cannot_hold_every_place_at_the_origin() {
     }
     // Past the buffers on the way, and one stall period: both still held.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let status = victim(&proxy).await;
+    let status = support::origin_places::victim(&proxy).await;
     for reader in readers {
         reader.abort();
     }
@@ -221,7 +198,7 @@ async fn slow_readers_cannot_hold_every_place_at_the_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_connection_of_trickling_uploads_cannot_hold_every_place_at_the_origin() {
     let (origin, _serving) = start_origin().await;
-    let proxy = two_places(origin);
+    let proxy = support::origin_places::two_places(origin);
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let mut bytes = PREFACE.to_vec();
     bytes.extend_from_slice(&frame(SETTINGS, 0, 0, &[]));
@@ -257,7 +234,7 @@ async fn an_h2_connection_of_trickling_uploads_cannot_hold_every_place_at_the_or
         Duration::from_secs(12),
     ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = victim(&proxy).await;
+    let status = support::origin_places::victim(&proxy).await;
     uploads.abort();
     reading.abort();
     assert_eq!(
@@ -274,7 +251,7 @@ async fn an_h2_connection_of_trickling_uploads_cannot_hold_every_place_at_the_or
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn places_held_for_a_slow_origin_or_an_honest_upload_are_kept() {
     let (origin, _serving) = start_origin().await;
-    let proxy = two_places(origin);
+    let proxy = support::origin_places::two_places(origin);
     let slow = tokio::task::spawn_blocking({
         let addr = proxy.addr;
         move || support::proxy::raw_request(addr, "GET /slow HTTP/1.1\r\nHost: shop.example\r\n")
@@ -307,7 +284,7 @@ async fn places_held_for_a_slow_origin_or_an_honest_upload_are_kept() {
         String::from_utf8_lossy(&answer).into_owned()
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = victim(&proxy).await;
+    let status = support::origin_places::victim(&proxy).await;
     let slow = slow.await.unwrap();
     let upload = upload.await.unwrap();
     assert_eq!(
@@ -363,7 +340,7 @@ async fn streams_the_proxy_resets_for_a_window_overflow_end_their_origin_request
         }
     });
     let proxy = start_proxy(origin, &[]);
-    assert_eq!(victim(&proxy).await, Some(200));
+    assert_eq!(support::origin_places::victim(&proxy).await, Some(200));
 
     // 1000 in all: h2 closes a connection after 1024 streams it had to reset.
     const ROUNDS: u32 = 10;
@@ -411,7 +388,7 @@ async fn streams_the_proxy_resets_for_a_window_overflow_end_their_origin_request
         }
         sent += PER_ROUND;
     }
-    let status = victim(&proxy).await;
+    let status = support::origin_places::victim(&proxy).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (most, left) = (
         most.load(Ordering::SeqCst),
@@ -530,7 +507,7 @@ async fn requests_waiting_for_their_origin_ask_no_pace_of_their_connection() {
             .ok()
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = victim(&proxy).await;
+    let status = support::origin_places::victim(&proxy).await;
     let mut answers = Vec::new();
     for slow in slow {
         answers.push(slow.await.unwrap());

@@ -90,23 +90,6 @@ async fn start_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, serving)
 }
 
-/// The attacker's pressure at no cost: two misses to the slow URL on connections of
-/// their own, one that takes the other of two places and one that waits for a place.
-fn attack(proxy: &support::proxy::Proxy) -> Vec<tokio::task::JoinHandle<(u16, String)>> {
-    (0..2)
-        .map(|n| {
-            let addr = proxy.addr;
-            std::thread::sleep(Duration::from_millis(100));
-            tokio::task::spawn_blocking(move || {
-                support::proxy::raw_request(
-                    addr,
-                    &format!("GET /slow?attacker={n} HTTP/1.1\r\nHost: shop.example\r\n"),
-                )
-            })
-        })
-        .collect()
-}
-
 /// An honest phone (HTTP/2) takes an uncached page of 896 KiB, a miss the cache fills,
 /// at 512 bytes a second. Its place at the origin is held at the origin's pace, not the
 /// phone's: the cache's fill reads the origin's body as it comes, whatever the client
@@ -151,7 +134,7 @@ async fn a_slow_client_of_a_fill_at_the_origins_pace_is_not_closed() {
         }
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let attackers = attack(&proxy);
+    let attackers = support::origin_places::attack(&proxy);
     let read = reading.await.unwrap();
     for attacker in attackers {
         let _ = attacker.await;
@@ -202,7 +185,7 @@ async fn a_slow_hit_beside_a_miss_waiting_for_its_origin_is_not_closed() {
     let (miss, _) = h2_client::send(&client, get("/slow?phone"), true).await;
     let miss = tokio::spawn(h2_client::read_all(miss));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let attackers = attack(&proxy);
+    let attackers = support::origin_places::attack(&proxy);
     let miss = miss.await.unwrap();
     let taken = page.await.unwrap();
     for attacker in attackers {
@@ -257,7 +240,7 @@ async fn places_of_reset_streams_leave_no_count_behind() {
     let (miss, _) = h2_client::send(&client, miss, true).await;
     let miss = tokio::spawn(h2_client::read_all(miss));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let attackers = attack(&proxy);
+    let attackers = support::origin_places::attack(&proxy);
     let miss = miss.await.unwrap();
     for attacker in attackers {
         let _ = attacker.await;

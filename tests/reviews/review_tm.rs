@@ -63,29 +63,6 @@ async fn start_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, serving)
 }
 
-/// The proxy with two places at the origin, and a queue that waits long enough for the
-/// proxy to take a place back from a client that holds it at its own pace.
-fn two_places(origin: SocketAddr) -> Proxy {
-    start_proxy(
-        origin,
-        &[
-            "--upstream-max-connections",
-            "2",
-            "--upstream-queue-timeout",
-            "4s",
-        ],
-    )
-}
-
-/// Another client's GET, a miss: its status, `None` if no answer came within 8 s.
-async fn victim(proxy: &Proxy) -> Option<u16> {
-    let head = "GET /victim HTTP/1.1\r\nHost: shop.example\r\n";
-    tokio::time::timeout(Duration::from_secs(8), support::proxy::raw(proxy, head))
-        .await
-        .ok()
-        .map(|(status, _)| status)
-}
-
 /// Held: an HTTP/2 client that opens its streams with no window at all
 /// (`SETTINGS_INITIAL_WINDOW_SIZE` 0, RFC 9113 §6.5.2) and asks for two downloads
 /// nobody may store: each takes a place at the origin, and its response head comes
@@ -98,7 +75,7 @@ async fn victim(proxy: &Proxy) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_whose_windows_never_open_cannot_hold_every_place() {
     let (origin, _serving) = start_origin().await;
-    let proxy = two_places(origin);
+    let proxy = support::origin_places::two_places(origin);
     let (client, driving) = h2_client::connect(proxy.addr, 0).await;
     let mut heads = Vec::new();
     for n in 0..2 {
@@ -117,30 +94,13 @@ async fn an_h2_client_whose_windows_never_open_cannot_hold_every_place() {
             .status();
         assert_eq!(status, 200);
     }
-    let status = victim(&proxy).await;
+    let status = support::origin_places::victim(&proxy).await;
     driving.abort();
     assert_eq!(
         status,
         Some(200),
         "a miss waited for places held by an HTTP/2 connection whose windows never opened"
     );
-}
-
-/// The attacker's pressure at no cost: two misses to the slow URL on connections of
-/// their own, one that takes the other of two places and one that waits for a place.
-fn attack(proxy: &Proxy) -> Vec<tokio::task::JoinHandle<(u16, String)>> {
-    (0..2)
-        .map(|n| {
-            let addr = proxy.addr;
-            std::thread::sleep(Duration::from_millis(100));
-            tokio::task::spawn_blocking(move || {
-                support::proxy::raw_request(
-                    addr,
-                    &format!("GET /slow?attacker={n} HTTP/1.1\r\nHost: shop.example\r\n"),
-                )
-            })
-        })
-        .collect()
 }
 
 /// A client on a slow network that downloads `/download` over HTTP/1.1 through a small
@@ -199,7 +159,7 @@ async fn an_honest_slow_download_is_not_closed_under_pressure() {
     );
     let reading = slow_download(&proxy, Duration::from_secs(6));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let attackers = attack(&proxy);
+    let attackers = support::origin_places::attack(&proxy);
     let response = reading.await.unwrap();
     for attacker in attackers {
         let _ = attacker.await;

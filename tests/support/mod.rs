@@ -14,6 +14,7 @@ pub mod lossy_network;
 pub mod no_store_flight;
 pub mod nutcracker;
 pub mod origin;
+pub mod origin_places;
 pub mod paced_origin;
 pub mod path_origin;
 pub mod personal;
