@@ -119,11 +119,17 @@ impl<B: Backend> Shared<B> {
     /// with a content coding. An origin that codes by the client's `Accept-Encoding` and
     /// forgets `Vary` (nginx's `gzip_vary` is off by default) had one client's `br` bytes
     /// stored as the page for everyone, clients that refused `br` too (review TJ); coded
-    /// by `Accept-Encoding` or not, the answer is one that client's list chose.
+    /// by `Accept-Encoding` or not, the answer is one that client's list chose. Likewise
+    /// `Origin` for a response that allows one origin (`Access-Control-Allow-Origin` other
+    /// than `*`): an origin that reflects the request's `Origin` and forgets `Vary` had one
+    /// attacker's `Origin` served to every caller, whose browsers then refused the answer.
     pub(super) fn selecting_names(&self, response_headers: &HeaderMap) -> Vec<String> {
         let mut names: Vec<String> = vary_names(response_headers).collect();
         if super::range::has_content_coding(response_headers) {
             names.push(http::header::ACCEPT_ENCODING.as_str().to_string());
+        }
+        if allows_one_origin(response_headers) {
+            names.push(http::header::ORIGIN.as_str().to_string());
         }
         names.extend(
             self.config
@@ -150,6 +156,16 @@ impl<B: Backend> Shared<B> {
             })
             .collect()
     }
+}
+
+/// Whether a response's `Access-Control-Allow-Origin` names an origin (anything but the
+/// wildcard `*`, which allows every caller alike; the Fetch standard's CORS
+/// check compares any other value with the caller's own `Origin`).
+fn allows_one_origin(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .iter()
+        .any(|value| value.as_bytes().trim_ascii() != b"*")
 }
 
 /// Helpers for the lifecycle modules' unit tests: one layer's `Shared` over

@@ -65,6 +65,64 @@ async fn a_coded_answer_without_vary_is_not_served_to_a_client_that_refused_the_
     }
 }
 
+/// An origin that reflects the request's `Origin` into `Access-Control-Allow-Origin` and
+/// forgets `Vary: Origin` (a common hand-written CORS handler). Stored without a variant,
+/// one attacker's request with `Origin: https://evil.example` was the page for everyone:
+/// the application's own cross-origin calls got `evil.example` back and the browser
+/// refused them (cache-poisoned denial of service). A response that allows one origin
+/// (anything but `*`) is now selected by `Origin` as if its `Vary` named it.
+#[tokio::test]
+async fn an_allowed_origin_without_vary_is_not_served_to_another_origin() {
+    use tower::Layer;
+
+    let layer = support::layer(MemoryBackend::new()).default_lifetime(Duration::from_secs(60));
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
+        let mut response = Response::builder().header("cache-control", "public, max-age=60");
+        if let Some(origin) = request.headers().get("origin") {
+            response = response
+                .header("access-control-allow-origin", origin)
+                .header("access-control-allow-credentials", "true");
+        }
+        Ok::<_, std::convert::Infallible>(
+            response
+                .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+    }));
+    let url = "http://api.example/me";
+    let evil = [("origin", "https://evil.example")];
+    let poison = support::send(&service, Method::GET, url, &evil).await;
+    assert_eq!(
+        poison.header("access-control-allow-origin"),
+        Some("https://evil.example")
+    );
+    support::stores(&watch, 1).await;
+    // The attacker's own repeat is a hit: the answer is stored, as its variant.
+    let again = support::send(&service, Method::GET, url, &evil).await;
+    support::assert_hit(again.cache_status());
+    let app = support::send(
+        &service,
+        Method::GET,
+        url,
+        &[("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(
+        app.header("access-control-allow-origin"),
+        Some("https://app.example"),
+        "{}",
+        app.cache_status()
+    );
+    let none = support::send(&service, Method::GET, url, &[]).await;
+    assert_eq!(
+        none.header("access-control-allow-origin"),
+        None,
+        "{}",
+        none.cache_status()
+    );
+}
+
 /// A fat GET over HTTP/2 (RFC 9110 §9.3.1: a GET's body has no meaning, but some origins
 /// read it as parameters): HTTP/2 frames a body by its DATA frames, so a client may send
 /// one with neither `Content-Length` nor `Transfer-Encoding`, and the layer, which
