@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use http::Uri;
+use tower::Layer;
 use tower_memcache::backend::MemoryBackend;
 
 /// An operator previewing a tenant's site: the `preview` cookie names the tenant whose
@@ -170,4 +171,45 @@ async fn crafted_paths_through_nests_are_each_answered_their_own_page() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Most of them are cached: the check compared something.
     assert!(hits >= urls.len() / 2, "{hits} hits of {}", urls.len());
+}
+
+/// A middleware that adds a slash after the nest's prefix for requests with a cookie
+/// (`/v1/x` made `/v1//x`), before the site's router routes them again.
+async fn extra_slash_for_cookie(mut request: Request, next: Next) -> Response {
+    if request.headers().contains_key(http::header::COOKIE) {
+        let mut parts = request.uri().clone().into_parts();
+        let path = request.uri().path().replacen("/v1/", "/v1//", 1);
+        parts.path_and_query = path.parse().ok();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    next.run(request).await
+}
+
+/// Not fixed: a nest hands on `/v1/x` and `/v1//x` alike (`/x`), but axum routes them
+/// apart (the route `/x`, the nested router's fallback). A rewrite that only adds that
+/// slash, made before a router inside routes the request again, cannot be told from the
+/// nest's own stripping by the target the handler sees: the fallback's page was stored
+/// under `/v1/x`. Telling them apart needs the route axum chose (no `MatchedPath` for a
+/// fallback), or routing the client's target again.
+#[tokio::test]
+#[ignore = "review TS: a rewrite that only adds a slash after a nest's prefix is not detected"]
+async fn a_slash_added_after_a_nests_prefix_is_not_stored_under_the_clients_target() {
+    let layer = support::layer(MemoryBackend::new());
+    let watch = support::Watch::of(&layer);
+    let pages = Router::new()
+        .route("/x", get(|| async { "x" }))
+        .fallback(|uri: Uri| async move { format!("fallback {uri}") })
+        .layer(layer.clone());
+    let site = Router::new().nest("/v1", pages);
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .fallback_service(middleware::from_fn(extra_slash_for_cookie).layer(site));
+    let url = "http://club.example/v1/x";
+    let rewritten = support::send_axum(&app, url, &[("cookie", "c=1")]).await;
+    assert_eq!(rewritten.body, "fallback http://club.example/x");
+    watch.settled().await;
+    let visitor = support::send_axum(&app, url, &[]).await;
+    assert_eq!(visitor.body, "x", "{}", visitor.cache_status());
 }
