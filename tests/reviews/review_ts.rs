@@ -7,6 +7,10 @@
 //! noted `OriginalUri`) that changed the target's authority, not its path or query, was
 //! not taken for a rewrite: the handler answered the other authority, and its page was
 //! stored under the client's.
+//!
+//! Not fixed (ignored test): a rewrite that only adds a slash after a nest's prefix
+//! (`/v1/x` made `/v1//x`, which axum routes to the nested router's fallback) hands the
+//! handler the target the nest's stripping makes of the client's (`/x`).
 #![cfg(feature = "axum")]
 
 use crate::support;
