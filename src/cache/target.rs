@@ -120,13 +120,13 @@ pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
     request.uri()
 }
 
-/// The target that keys a lookup: the client's ([`client_target`]), while the inner
-/// service reads that target or the one `Router::nest` made of it (the same query, the
-/// path less the prefix the nest's `NestedPath` names). `None` when the target was
-/// changed otherwise after axum's `Router` took it (a route middleware outside the layer
-/// putting a cookie's locale in the query, rewriting the path): the handler answers a
-/// target the client did not send, and keyed by the client's, one client's answer was
-/// stored for every other; keyed by the rewritten one, it was stored for clients who
+/// The target that keys a lookup: the client's ([`client_target`]), while the inner service
+/// reads that target or the one `Router::nest` made of it (the same query, the path less
+/// the prefix the nest's `NestedPath` names). `None` when the target was changed otherwise
+/// after axum's `Router` took it (a route middleware outside the layer putting a cookie's
+/// locale in the query, rewriting the path, the authority or the scheme): the handler
+/// answers a target the client did not send, and keyed by the client's, one client's answer
+/// was stored for every other; keyed by the rewritten one, it was stored for clients who
 /// asked that target without the input that made it. A rewrite to `/` or to a tail of the
 /// client's path (`/fr/news` to `/news`) is such a change too unless a nest made it: read
 /// as a nest's stripping, a guest's request a login wall rewrote to `/` was answered a
@@ -135,7 +135,13 @@ pub(super) fn client_target<T>(request: &Request<T>) -> &http::Uri {
 pub(super) fn keyed_target<T>(request: &Request<T>) -> Option<&http::Uri> {
     let original = client_target(request);
     let seen = request.uri();
-    if original.query() != seen.query() {
+    // The whole target: a handler that serves by the host of its target (HTTP/2's
+    // `:authority`, an absolute form) answered the authority a middleware gave it, stored
+    // under the client's (review TS).
+    if original.query() != seen.query()
+        || original.authority() != seen.authority()
+        || original.scheme() != seen.scheme()
+    {
         return None;
     }
     let as_routed = match request.extensions().get::<axum::extract::NestedPath>() {
@@ -287,7 +293,31 @@ fn nest_hands_on(path: &str, prefix: &str, seen: &str) -> bool {
 
 #[cfg(all(test, feature = "axum"))]
 mod tests {
-    use super::{captured, nest_hands_on, percent_decoded};
+    use super::{captured, keyed_target, nest_hands_on, percent_decoded};
+
+    /// A target given another scheme or authority after routing is no target of the
+    /// client's (review TS); the one axum routed, stripped by a nest or not, is.
+    #[test]
+    fn a_target_is_the_clients_only_with_its_scheme_and_authority() {
+        let routed = |original: &str, seen: &str| {
+            let mut request = http::Request::get(seen).body(()).unwrap();
+            let original = axum::extract::OriginalUri(original.parse().unwrap());
+            request.extensions_mut().insert(original);
+            keyed_target(&request).map(ToString::to_string)
+        };
+        let client = "http://a.example/p?q";
+        assert_eq!(routed(client, client).as_deref(), Some(client));
+        assert_eq!(routed("/p?q", "/p?q").as_deref(), Some("/p?q"));
+        for seen in [
+            "http://b.example/p?q",
+            "https://a.example/p?q",
+            "http://a.example:8080/p?q",
+            "/p?q",
+        ] {
+            assert_eq!(routed(client, seen), None, "{seen}");
+        }
+        assert_eq!(routed("/p?q", "http://a.example/p?q"), None);
+    }
 
     #[test]
     fn a_segment_captures_as_matchit_reads_it() {

@@ -132,6 +132,7 @@ mod review_to;
 mod review_tp;
 mod review_tq;
 mod review_tr;
+mod review_ts;
 mod review_tt;
 mod review_u;
 mod review_vv;
