@@ -15,7 +15,8 @@ use crate::cache::policy::conditional::not_modified_headers;
 use crate::cache::policy::date::format_http_date;
 use crate::cache::policy::freshness::{Freshness, explicit_lifetime, initial_age};
 use crate::cache::policy::{
-    CacheControl, CacheMode, Policy, answers_credentials, normalized_header, same_media_type,
+    CacheControl, CacheMode, MAX_DELTA_SECONDS, Policy, answers_credentials, normalized_header,
+    same_media_type,
 };
 
 /// Milliseconds since the unix epoch.
@@ -391,9 +392,11 @@ pub(crate) fn response<B>(
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         }
     }
-    response
-        .headers_mut()
-        .insert(header::AGE, age_value(age.as_secs()));
+    // RFC 9111 §1.2.2: an age past 2^31 s (a `Date` a century behind) is written as
+    // 2^31, delta-seconds' "infinity": a recipient reading `Age` into 32 bits would wrap
+    // a larger one to a young (or negative) age.
+    let secs = age.as_secs().min(MAX_DELTA_SECONDS);
+    response.headers_mut().insert(header::AGE, age_value(secs));
     response
 }
 

@@ -134,6 +134,7 @@ mod review_tq;
 mod review_tr;
 mod review_ts;
 mod review_tt;
+mod review_tv;
 mod review_u;
 mod review_vv;
 mod review_x;

@@ -32,6 +32,7 @@ use http::{Method, StatusCode};
 
 #[doc(inline)]
 pub(super) use cache_control::CacheControl;
+pub(super) use cache_control::MAX_DELTA_SECONDS;
 use fields::{COOKIE_SETTERS, is_unstored_field};
 pub(crate) use fields::{PER_CLIENT_FIELDS, answers_credentials, is_never_stored};
 pub use fields::{decides_caching, is_hop_by_hop};
