@@ -430,7 +430,7 @@ async fn every_backend_method_answers_on_the_fake_as_on_memcached() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(default)
     };
-    for seed in 0..from_env("REVIEW_TW_SEEDS", 5) {
+    for seed in 0..from_env("REVIEW_TW_SEEDS", 10) {
         let mut real = Side {
             backend: crate::support::patient_backend([server.addr()]),
             seen: Seen::default(),
