@@ -545,24 +545,29 @@ async fn the_client_answers_on_the_fake_as_on_memcached() {
     let fake = MemcacheClient::new(MemoryBackend::new());
     real.try_invalidate_all().await.unwrap();
     let huge = vec![7u8; DEFAULT_ITEM_SIZE_LIMIT];
+    // Sliced from 0 to 15 bytes in: 8 over to 7 under the largest raw value of a
+    // 32-digit key.
+    let near = vec![8u8; DEFAULT_ITEM_SIZE_LIMIT - 32 - ITEM_OVERHEAD + 8];
     let mut rng = StdRng::seed_from_u64(0x7e57);
     let mut log = Vec::new();
     let steps = std::env::var("REVIEW_TW_STEPS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .map_or(150, |n: u64| 3 * n);
+        .map_or(120, |n: u64| 3 * n);
     for _ in 0..steps {
         let ns = [None, Some("ns"), Some("ns\0x"), Some("é")][rng.random_range(0..4)];
         let versioned = rng.random_bool(0.5);
         let key = ["k", "", "with space", "é\r\n"][rng.random_range(0..4)];
         let (lifetime_name, lifetime) = lifetime(&mut rng);
-        let op = rng.random_range(0..9);
+        let op = rng.random_range(0..11);
+        let edge = rng.random_range(0..16);
         async fn one<B: Backend>(
             client: &MemcacheClient<B>,
             op: u32,
             key: &str,
             lifetime: Lifetime,
             huge: &[u8],
+            near: &[u8],
         ) -> String {
             match op {
                 0 => format!(
@@ -619,10 +624,24 @@ async fn the_client_answers_on_the_fake_as_on_memcached() {
                         .map_err(|e| e.to_string())
                         .map(|v| v.map(|v| v.len()))
                 ),
+                8 => format!(
+                    "{:?}",
+                    client.try_invalidate_all().await.map_err(|e| e.to_string())
+                ),
+                // About the largest value that fits under a 32-digit key, encoded (a
+                // length prefix) and raw, each side of the limit.
+                9 => format!(
+                    "{:?}",
+                    client
+                        .try_set_with_lifetime(key, near, lifetime)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                ),
                 _ => format!(
                     "{:?}",
                     client
-                        .try_set_raw_with_lifetime(key, Bytes::from(huge.to_vec()), lifetime)
+                        .try_set_raw_with_lifetime(key, Bytes::copy_from_slice(near), lifetime)
                         .await
                         .map(drop)
                         .map_err(|e| e.to_string())
@@ -631,10 +650,10 @@ async fn the_client_answers_on_the_fake_as_on_memcached() {
         }
         let r = real.with_namespace(ns).with_versioned_namespace(versioned);
         let f = fake.with_namespace(ns).with_versioned_namespace(versioned);
-        let a = one(&r, op, key, lifetime, &huge).await;
-        let b = one(&f, op, key, lifetime, &huge).await;
+        let a = one(&r, op, key, lifetime, &huge, &near[edge..]).await;
+        let b = one(&f, op, key, lifetime, &huge, &near[edge..]).await;
         log.push(format!(
-            "ns {ns:?} versioned {versioned} op {op} key {key:?} for {lifetime_name} -> {a}"
+            "ns {ns:?} versioned {versioned} op {op} ({edge}) key {key:?} for {lifetime_name} -> {a}"
         ));
         assert_eq!(
             a,
