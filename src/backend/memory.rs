@@ -17,8 +17,8 @@
 //!   fake and fails at times on memcached: wait past `n` seconds for "gone", read within
 //!   `n - 1` for "still there".
 //! - **Eviction is one LRU over bytes.** memcached evicts per slab class and may evict
-//!   an item while the fake, counting key, value and [`ITEM_OVERHEAD`](super::ITEM_OVERHEAD)
-//!   against [`memory_limit`](MemoryBackendBuilder::memory_limit), still holds it.
+//!   an item while the fake, counting key, value and [`ITEM_OVERHEAD`] against
+//!   [`memory_limit`](MemoryBackendBuilder::memory_limit), still holds it.
 //! - **`incr` always writes in place.** memcached pads a shorter result with spaces to the
 //!   old length only while no other connection holds the item, else it stores it
 //!   unpadded: compare counters read back with trailing spaces trimmed.
