@@ -147,10 +147,15 @@ impl Advance {
     }
 }
 
-/// A value as the advance reads it: a decimal `u64` (ASCII digits only), or `None`
-/// (then overwritten with the stamp, as if absent). `u64::MAX` has no successor, so is
-/// read as no number too.
+/// A value as the advance reads it: a decimal `u64` (ASCII digits, then nothing but the
+/// spaces `incr` pads with), or `None` (then overwritten with the stamp, as if absent).
+/// `u64::MAX` has no successor, so is read as no number too.
 pub(crate) fn counter(value: &[u8]) -> Option<u64> {
+    // memcached writes a shorter `incr` result in place, padded with spaces, unless
+    // another connection still holds the item (then it stores it unpadded): one number
+    // either way, so that the advance does not depend on that race (review TW).
+    let end = value.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    let value = &value[..end];
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -230,6 +235,7 @@ mod tests {
             Some(1_765_000_000_000_000_000)
         );
         assert_eq!(counter(b"18446744073709551614"), Some(u64::MAX - 1));
+        assert_eq!(counter(b"100 "), Some(100), "padded by incr");
         for bytes in [
             &b""[..],
             b"18446744073709551615",
@@ -238,7 +244,8 @@ mod tests {
             b" 12",
             b"-1",
             b"+1",
-            b"1 ",
+            b" ",
+            b"1 2",
         ] {
             assert_eq!(counter(bytes), None, "{bytes:?}");
         }

@@ -4,6 +4,28 @@
 //! absent, flags, CAS values, decimal counters, LRU eviction under a memory limit, stats
 //! under memcached's names), lets tests look inside like p01.memcache's `getFakeBackend(..)
 //! .cache`, and can be made unreachable or slow to test fail-open paths.
+//!
+//! Every [`Backend`] method answers as `TcpBackend` over one memcached does, in what
+//! review TW's differential checker compares (values and flags, `Ok` values, error
+//! kinds, counters) over seeded random sequences of all of them. Where it deliberately
+//! differs:
+//!
+//! - **Lifetimes run to the instant.** memcached's clock ticks once a second, and an item
+//!   expires at the first tick its lifetime reaches: an item of `n` seconds lives more
+//!   than `n - 1` and at most `n` seconds there, while the fake keeps it exactly `n`. A
+//!   test that reads an item later than `n - 1` seconds after storing it passes on the
+//!   fake and fails at times on memcached: wait past `n` seconds for "gone", read within
+//!   `n - 1` for "still there".
+//! - **Eviction is one LRU over bytes.** memcached evicts per slab class and may evict
+//!   an item while the fake, counting key, value and [`ITEM_OVERHEAD`] against
+//!   [`memory_limit`](MemoryBackendBuilder::memory_limit), still holds it.
+//! - **`incr` always writes in place.** memcached pads a shorter result with spaces to the
+//!   old length only while no other connection holds the item, else it stores it
+//!   unpadded: compare counters read back with trailing spaces trimmed.
+//! - **Stats** are a subset under memcached's names (see [`Backend::stats`]); `flush_all`
+//!   removes the items at once rather than when next read, so `curr_items` drops with it.
+//! - **Faults are injected**, never real: [`MemoryBackend::set_unreachable`] and
+//!   [`MemoryBackend::set_latency`].
 
 use std::collections::HashMap;
 use std::fmt;

@@ -135,6 +135,7 @@ mod review_tr;
 mod review_ts;
 mod review_tt;
 mod review_tv;
+mod review_tw;
 mod review_u;
 mod review_vv;
 mod review_x;

@@ -360,14 +360,17 @@ impl TcpBackend {
         flags: u32,
         lifetime: Lifetime,
     ) -> Result<Reply, BackendError> {
+        // The route first, as the trait's defaults (`MemoryBackend`'s) and the reads and
+        // deletes by key check it: a call with several faults is refused for the same one
+        // by every backend (review TW).
+        if let Some(route) = route {
+            validate_route(route)?;
+        }
         validate_key(key)?;
         // Bad input is refused before a server is chosen (which fails while none is left).
         check_item_size(key, value.len(), self.inner.item_size_limit)?;
         let index = match route {
-            Some(route) => {
-                validate_route(route)?;
-                self.server_index(route)?
-            }
+            Some(route) => self.server_index(route)?,
             None => self.server_index(key)?,
         };
         check_item_size(key, value.len(), self.limit_of(index))?;
