@@ -133,6 +133,7 @@ mod review_tp;
 mod review_tq;
 mod review_tr;
 mod review_tt;
+mod review_tu;
 mod review_u;
 mod review_vv;
 mod review_x;
