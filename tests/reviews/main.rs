@@ -136,6 +136,7 @@ mod review_ts;
 mod review_tt;
 mod review_tv;
 mod review_tw;
+mod review_tu;
 mod review_u;
 mod review_vv;
 mod review_x;

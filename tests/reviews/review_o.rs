@@ -44,10 +44,10 @@ use support::proxy::{Proxy, raw_text, start_proxy};
 use tower_memcache::backend::TcpBackend;
 use tower_memcache::key::build_key;
 
-const HOST: &str = "review-o.example";
+pub(crate) const HOST: &str = "review-o.example";
 
 /// The origin: `path vN`, fresh for an hour, where N counts the POSTs to that path so far.
-async fn start_origin() -> SocketAddr {
+pub(crate) async fn start_origin() -> SocketAddr {
     let versions: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -74,14 +74,14 @@ async fn start_origin() -> SocketAddr {
 }
 
 /// One answer of the proxy.
-struct Answer {
-    status: u16,
-    body: String,
-    hit: bool,
-    took: Duration,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) hit: bool,
+    pub(crate) took: Duration,
 }
 
-async fn send(proxy: &Proxy, method: &str, path: &str) -> Answer {
+pub(crate) async fn send(proxy: &Proxy, method: &str, path: &str) -> Answer {
     let started = Instant::now();
     let text = raw_text(
         proxy,
@@ -106,12 +106,12 @@ async fn send(proxy: &Proxy, method: &str, path: &str) -> Answer {
     }
 }
 
-async fn get(proxy: &Proxy, path: &str) -> Answer {
+pub(crate) async fn get(proxy: &Proxy, path: &str) -> Answer {
     send(proxy, "GET", path).await
 }
 
 /// GETs `path` until the proxy answers it from its cache (stores run in the background).
-async fn warm(proxy: &Proxy, path: &str) {
+pub(crate) async fn warm(proxy: &Proxy, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let answer = get(proxy, path).await;
@@ -127,13 +127,13 @@ async fn warm(proxy: &Proxy, path: &str) {
 /// The server (index in `--memcache`) that holds `path`'s primary key: the proxy's
 /// namespace is `proxy` (given as `--namespace`) and its canonical key
 /// `GET http://host/path`.
-fn server_of(ring: &TcpBackend, path: &str) -> usize {
+pub(crate) fn server_of(ring: &TcpBackend, path: &str) -> usize {
     let key = build_key(Some("proxy"), &format!("GET http://{HOST}{path}"));
     ring.server_for_key(&key).unwrap()
 }
 
 /// `count` paths on each of `servers` servers, in order.
-fn paths_by_server(ring: &TcpBackend, servers: usize, count: usize) -> Vec<Vec<String>> {
+pub(crate) fn paths_by_server(ring: &TcpBackend, servers: usize, count: usize) -> Vec<Vec<String>> {
     let mut by_server = vec![Vec::new(); servers];
     for i in 0..10_000 {
         let path = format!("/o{i}");
@@ -150,7 +150,7 @@ fn paths_by_server(ring: &TcpBackend, servers: usize, count: usize) -> Vec<Vec<S
 
 /// Whether memcached at `addr` holds `path`'s primary key (checks the test's idea of
 /// where the proxy puts what).
-fn holds(addr: &str, path: &str) -> bool {
+pub(crate) fn holds(addr: &str, path: &str) -> bool {
     use std::io::{Read, Write};
     let key = build_key(Some("proxy"), &format!("GET http://{HOST}{path}"));
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -170,7 +170,7 @@ fn holds(addr: &str, path: &str) -> bool {
     reply.starts_with(b"VALUE ")
 }
 
-fn start_three(test: &str) -> Option<[Memcached; 3]> {
+pub(crate) fn start_three(test: &str) -> Option<[Memcached; 3]> {
     Some([
         Memcached::start(test)?,
         Memcached::start(test)?,
@@ -178,18 +178,18 @@ fn start_three(test: &str) -> Option<[Memcached; 3]> {
     ])
 }
 
-fn list(servers: &[String]) -> String {
+pub(crate) fn list(servers: &[String]) -> String {
     servers.join(",")
 }
 
-fn ring(list: &str) -> TcpBackend {
+pub(crate) fn ring(list: &str) -> TcpBackend {
     TcpBackend::builder().server_list(list).build().unwrap()
 }
 
 /// The most a request may take while a server hangs: `--cache-timeout` (100 ms) and a
 /// loopback origin, with room for a debug build on a shared machine (a request that
 /// waits for the hung server without bound fails at 5 s in `raw_text`).
-const BOUND: Duration = Duration::from_millis(1000);
+pub(crate) const BOUND: Duration = Duration::from_millis(1000);
 
 /// One of three servers SIGSTOPped: every request answered within [`BOUND`] with the right
 /// body, every URL on the two others still a hit; after SIGCONT its URLs are cached again.

@@ -20,8 +20,16 @@ pub struct BlackHole {
 }
 
 pub async fn black_hole() -> BlackHole {
+    black_hole_on("127.0.0.1:0").await
+}
+
+/// [`black_hole`] on `addr` (the port of a memcached just killed, to stand for its host
+/// gone from the network).
+pub async fn black_hole_on(addr: &str) -> BlackHole {
     let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // The port may hold connections of a process just killed (TIME_WAIT).
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr.parse().unwrap()).unwrap();
     let listener = socket.listen(0).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut queued = Vec::new();

@@ -167,7 +167,10 @@ impl TcpBackendBuilder {
     /// How often a server marked down is probed with `version`. Defaults to 200 ms; at
     /// least [`MIN_PROBE_INTERVAL`] (a shorter one, `Duration::ZERO` say, is taken as
     /// that): with no pause between probes, a server that refuses or drops connections was
-    /// sent hundreds of connections a second, by a loop that kept a thread busy.
+    /// sent hundreds of connections a second, by a loop that kept a thread busy. A server
+    /// that is marked down again before it answered a single call since a probe put it
+    /// back (it answers `version`, not lookups) is probed twice as slowly each time, up to
+    /// 16 times the interval, until it answers one.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval.max(MIN_PROBE_INTERVAL);
         self

@@ -126,7 +126,9 @@ pub(super) fn rebuild_ring(inner: &Inner) {
 pub(super) async fn probe(inner: Weak<Inner>, index: usize, mut claim: ProbeClaim) {
     loop {
         let interval = match inner.upgrade() {
-            Some(inner) => inner.probe_interval,
+            // Longer for a server that failed again before answering a call since the
+            // last time a probe put it back (review TU).
+            Some(inner) => inner.servers[index].probe_wait(inner.probe_interval),
             None => return,
         };
         tokio::time::sleep(interval).await;

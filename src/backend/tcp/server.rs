@@ -74,10 +74,24 @@ struct Health {
     /// what the flush removed everywhere else, so it is flushed before it serves again
     /// (and was marked down for that, if it was in use).
     missed_flush: AtomicBool,
+    /// Cleared when it is put back in use, set by the first call it answers since. Marked
+    /// down with it still clear, the probe that put it back was wrong about it (it
+    /// answers `version` and not lookups: a worker thread stuck on a lock), and
+    /// `relapses` grows (review TU).
+    answered: AtomicBool,
+    /// Outages in a row that began before it answered a call since its rejoin: its probe
+    /// waits twice as long for each (up to [`MAX_RELAPSE_SHIFT`] doublings), or every
+    /// probe interval it was put back and the requests in flight paid the timeout again,
+    /// for as long as it stayed in that state. Cleared by an outage after an answer.
+    relapses: AtomicU32,
     /// Its handles into the `metrics` recorder, registered on first use.
     #[cfg(feature = "metrics")]
     exported: std::sync::OnceLock<Exported>,
 }
+
+/// The most doublings of the probe interval for a server that keeps failing right after
+/// its rejoin (16 times: 3.2 s at the default 200 ms).
+const MAX_RELAPSE_SHIFT: u32 = 4;
 
 /// A server's latency histogram and health gauge.
 #[cfg(feature = "metrics")]
@@ -369,6 +383,8 @@ impl Server {
             next_slot: AtomicUsize::new(0),
             health: Arc::new(Health {
                 consecutive_failures: AtomicU32::new(0),
+                answered: AtomicBool::new(true),
+                relapses: AtomicU32::new(0),
                 state: AtomicU8::new(UP),
                 epoch: AtomicU32::new(0),
                 probing: AtomicBool::new(false),
@@ -750,6 +766,7 @@ impl Server {
                         .is_ok()
                     {
                         self.health.epoch.fetch_add(1, Ordering::SeqCst);
+                        self.count_relapse();
                         return Transition::WentDown;
                     }
                 }
@@ -760,6 +777,9 @@ impl Server {
                 // the threads calling this server.
                 if self.health.consecutive_failures.load(Ordering::Acquire) != 0 {
                     self.health.consecutive_failures.store(0, Ordering::Release);
+                }
+                if !self.health.answered.load(Ordering::Acquire) {
+                    self.health.answered.store(true, Ordering::Release);
                 }
                 Transition::None
             }
@@ -783,8 +803,29 @@ impl Server {
         let was_up = self.health.state.swap(DOWN, Ordering::SeqCst) == UP;
         if was_up {
             self.health.epoch.fetch_add(1, Ordering::SeqCst);
+            self.count_relapse();
         }
         was_up
+    }
+
+    /// At an outage: whether it began before the server answered a call since its last
+    /// rejoin (see [`Health::relapses`]).
+    fn count_relapse(&self) {
+        if self.health.answered.load(Ordering::Acquire) {
+            self.health.relapses.store(0, Ordering::Release);
+        } else {
+            let relapses = self.health.relapses.load(Ordering::Acquire);
+            self.health
+                .relapses
+                .store((relapses + 1).min(MAX_RELAPSE_SHIFT), Ordering::Release);
+        }
+    }
+
+    /// How long its probe waits between attempts: `interval`, doubled for each outage in
+    /// a row that began before the server answered a call since its rejoin.
+    pub(crate) fn probe_wait(&self, interval: std::time::Duration) -> std::time::Duration {
+        let shift = self.health.relapses.load(Ordering::Acquire);
+        interval.saturating_mul(1 << shift)
     }
 
     /// The probe got an answer and is about to reset the server: from now on writes to
@@ -828,6 +869,8 @@ impl Server {
     /// meanwhile (it failed a write every server must take): it needs another reset.
     pub(crate) fn finish_rejoin(&self) -> bool {
         self.health.consecutive_failures.store(0, Ordering::Release);
+        // Before the state: a call answered once it is in use counts.
+        self.health.answered.store(false, Ordering::Release);
         // Before the state: a connect that began out of use never sees the server in use
         // with the epoch it began in.
         self.health.epoch.fetch_add(1, Ordering::SeqCst);
