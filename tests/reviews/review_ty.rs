@@ -78,7 +78,7 @@ async fn back_after_restart(backend: &TcpBackend, server: &mut Memcached) -> Dur
 async fn a_restarted_server_is_back_within_its_probe_wait_and_one_answer_ends_the_backoff() {
     let mut server =
         memcached_or_skip!("review_ty::a_restarted_server_is_back_within_its_probe_wait");
-    let interval = Duration::from_millis(250);
+    let interval = Duration::from_millis(400);
     let backend = TcpBackend::builder()
         .server(server.addr())
         .connections_per_server(1)
@@ -101,8 +101,9 @@ async fn a_restarted_server_is_back_within_its_probe_wait_and_one_answer_ends_th
         "review_ty: back in use after {first:?} (first outage), {idle:?} (again, no call \
          between), {answered:?} (again, after an answer); probe interval {interval:?}"
     );
-    // Slack for a loaded machine: the restart itself, the probe, the reset.
-    let slack = Duration::from_millis(150);
+    // Slack for a loaded machine (the restart itself, the probe, the reset), kept below
+    // the interval so that one wait and two stay apart.
+    let slack = Duration::from_millis(350);
     assert!(first <= interval + slack, "first outage: {first:?}");
     assert!(
         idle >= interval + interval / 2 && idle <= 2 * interval + slack,

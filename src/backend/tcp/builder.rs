@@ -170,7 +170,8 @@ impl TcpBackendBuilder {
     /// sent hundreds of connections a second, by a loop that kept a thread busy. A server
     /// that is marked down again before it answered a single call since a probe put it
     /// back (it answers `version`, not lookups) is probed twice as slowly each time, up to
-    /// 16 times the interval, until it answers one.
+    /// 16 times the interval but no longer than 3.2 s (or the interval, when longer), until
+    /// it answers one. A server restarted twice with no call to it between counts as such.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval.max(MIN_PROBE_INTERVAL);
         self

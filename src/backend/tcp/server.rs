@@ -93,6 +93,12 @@ struct Health {
 /// its rejoin (16 times: 3.2 s at the default 200 ms).
 const MAX_RELAPSE_SHIFT: u32 = 4;
 
+/// The longest a relapsed server's probe waits, whatever the interval: a server restarted
+/// twice with no traffic between counts as relapsed too, and with a 30 s interval sixteen
+/// times that kept a healthy server out for 8 minutes (review TY). An interval above it is
+/// kept as it is.
+const MAX_RELAPSE_WAIT: std::time::Duration = std::time::Duration::from_millis(3200);
+
 /// A server's latency histogram and health gauge.
 #[cfg(feature = "metrics")]
 struct Exported {
@@ -822,10 +828,13 @@ impl Server {
     }
 
     /// How long its probe waits between attempts: `interval`, doubled for each outage in
-    /// a row that began before the server answered a call since its rejoin.
+    /// a row that began before the server answered a call since its rejoin, up to
+    /// [`MAX_RELAPSE_WAIT`] (or `interval` when that is longer).
     pub(crate) fn probe_wait(&self, interval: std::time::Duration) -> std::time::Duration {
         let shift = self.health.relapses.load(Ordering::Acquire);
-        interval.saturating_mul(1 << shift)
+        interval
+            .saturating_mul(1 << shift)
+            .min(interval.max(MAX_RELAPSE_WAIT))
     }
 
     /// The probe got an answer and is about to reset the server: from now on writes to
@@ -884,6 +893,26 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    #[test]
+    fn a_relapsed_servers_probe_waits_longer_up_to_a_bound() {
+        let server = Server::new("127.0.0.1".into(), 1, Arc::from("s"), 1);
+        let wait = |relapses: u32, interval: Duration| {
+            server.health.relapses.store(relapses, Ordering::Release);
+            server.probe_wait(interval)
+        };
+        let default = Duration::from_millis(200);
+        assert_eq!(wait(0, default), default);
+        assert_eq!(wait(1, default), 2 * default);
+        assert_eq!(wait(MAX_RELAPSE_SHIFT, default), MAX_RELAPSE_WAIT);
+        // A long interval is not multiplied into minutes (review TY), nor shortened.
+        let long = Duration::from_secs(30);
+        assert_eq!(wait(0, long), long);
+        assert_eq!(wait(MAX_RELAPSE_SHIFT, long), long);
+        assert_eq!(wait(2, Duration::from_secs(1)), MAX_RELAPSE_WAIT);
+    }
 
     #[test]
     fn item_limit_is_the_smaller_of_report_and_refusals() {
