@@ -24,7 +24,12 @@ impl TcpBackend {
         let server = &self.inner.servers[index];
         let outages = &self.inner.family.outages;
         if server.record(outcome, self.inner.failure_threshold, outages) == Transition::WentDown {
-            tracing::warn!(server = %server.name, "memcached server marked down; probing");
+            let probe_wait = server.probe_wait(self.inner.probe_interval);
+            tracing::warn!(
+                server = %server.name,
+                ?probe_wait,
+                "memcached server marked down; probing"
+            );
             self.went_down(index);
         }
     }
@@ -36,6 +41,7 @@ impl TcpBackend {
             tracing::warn!(
                 server = %server.name,
                 error = %err,
+                probe_wait = ?server.probe_wait(self.inner.probe_interval),
                 "memcached server missed a write every server must hold; marked down until reset"
             );
             self.went_down(index);
