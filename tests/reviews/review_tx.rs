@@ -121,3 +121,46 @@ async fn an_entry_stored_before_origin_selected_it_is_not_served_to_another_orig
         support::assert_hit(again.cache_status());
     }
 }
+
+/// A shared answer (stored for a request without `Origin`, so without the field) that
+/// the origin revalidates with a 304 reflecting each caller's `Origin`: the refresh would
+/// make the entry select by `Origin` with values it was not stored with, so it is not
+/// stored, and each caller is answered its own allowed origin, never another's.
+#[tokio::test]
+async fn a_304_reflecting_origin_refreshes_no_caller_into_anothers_answer() {
+    let layer = support::layer(MemoryBackend::new()).mode(tower_memcache::CacheMode::Origin);
+    let watch = support::Watch::of(&layer);
+    let service = layer.layer(tower::service_fn(|request: Request<()>| async move {
+        let revalidation = request.headers().contains_key("if-none-match");
+        let mut response = Response::builder()
+            .status(if revalidation { 304 } else { 200 })
+            .header("cache-control", "public, max-age=0")
+            .header("etag", "\"v1\"");
+        if let Some(origin) = request.headers().get("origin") {
+            response = response.header("access-control-allow-origin", origin);
+        }
+        Ok::<_, std::convert::Infallible>(
+            response
+                .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+    }));
+    let url = "http://api.example/data";
+    support::send(&service, Method::GET, url, &[]).await;
+    support::stores(&watch, 1).await;
+    for round in 0..2 {
+        for origin in ["https://app.example", "https://evil.example"] {
+            let answer = support::send(&service, Method::GET, url, &[("origin", origin)]).await;
+            watch.settled().await;
+            assert_eq!(answer.status, 200, "{round} {origin}");
+            assert_eq!(
+                answer.header("access-control-allow-origin"),
+                Some(origin),
+                "{round}: {}",
+                answer.cache_status()
+            );
+        }
+    }
+    let none = support::send(&service, Method::GET, url, &[]).await;
+    assert_eq!(none.header("access-control-allow-origin"), None);
+}
