@@ -129,7 +129,14 @@ pub(super) fn has_content_coding(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .any(names_a_coding)
+}
+
+/// Whether one `Content-Encoding` line names a coding (see [`has_content_coding`]).
+pub(super) fn names_a_coding(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|byte| *byte == b',')
         .map(<[u8]>::trim_ascii)
         .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
 }

@@ -9,6 +9,7 @@ use http::{HeaderMap, Response};
 
 use super::CacheLifetime;
 use super::config::Config;
+use super::entry::EntryMeta;
 use super::status::CacheStatus;
 use super::storage::{Storage, parse_tags};
 use crate::backend::Backend;
@@ -165,7 +166,36 @@ fn allows_one_origin(headers: &HeaderMap) -> bool {
     headers
         .get_all(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .iter()
-        .any(|value| value.as_bytes().trim_ascii() != b"*")
+        .any(names_one_origin)
+}
+
+/// Whether one `Access-Control-Allow-Origin` line names an origin (see
+/// [`allows_one_origin`]).
+fn names_one_origin(value: &http::HeaderValue) -> bool {
+    value.as_bytes().trim_ascii() != b"*"
+}
+
+/// Whether a stored response is selected by each request field its own fields call for
+/// without `Vary` naming it (`Accept-Encoding` for a coding, `Origin` for one allowed
+/// origin; see [`Shared::selecting_names`]). Not so for an entry stored before a rule was
+/// added: kept with no such value, it answered every request, the poisoned answer the
+/// rule closes included, for its lifetime (review TX). One pass over the stored fields,
+/// on every read of an entry.
+pub(super) fn selects_as_its_fields_call_for(meta: &EntryMeta) -> bool {
+    let selected_by = |name: &http::HeaderName| {
+        meta.vary
+            .iter()
+            .any(|(selecting, _)| selecting == name.as_str())
+    };
+    meta.headers.iter().all(|(name, value)| {
+        if name == http::header::CONTENT_ENCODING {
+            !super::range::names_a_coding(value) || selected_by(&http::header::ACCEPT_ENCODING)
+        } else if name == http::header::ACCESS_CONTROL_ALLOW_ORIGIN {
+            !names_one_origin(value) || selected_by(&http::header::ORIGIN)
+        } else {
+            true
+        }
+    })
 }
 
 /// Helpers for the lifecycle modules' unit tests: one layer's `Shared` over

@@ -90,9 +90,11 @@ pub(crate) fn backend_ttl(
 }
 
 /// Whether `meta` was stored for this request: the same canonical key, and the same
-/// values of the request headers it varies on.
+/// values of the request headers it varies on, among them every one its stored fields
+/// call for.
 pub(crate) fn selects(meta: &EntryMeta, canonical: &str, request_headers: &HeaderMap) -> bool {
     meta.canonical_key == canonical
+        && super::shared::selects_as_its_fields_call_for(meta)
         && meta
             .vary
             .iter()

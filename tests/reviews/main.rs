@@ -137,6 +137,7 @@ mod review_tt;
 mod review_tu;
 mod review_tv;
 mod review_tw;
+mod review_tx;
 mod review_ty;
 mod review_u;
 mod review_vv;
