@@ -145,6 +145,26 @@ impl Tally {
             .max()
             .unwrap_or_default()
     }
+
+    /// The live servers' URLs kept their hits: none missed fast, at most two missed when
+    /// their own lookup ran out of time (a loaded machine), and no request took `BOUND`.
+    fn assert_live_servers_kept_their_hits(&self, what: &str) {
+        assert_eq!(
+            self.fast_healthy_misses(),
+            0,
+            "{what}: the live servers' URLs lost hits"
+        );
+        assert!(
+            self.healthy_misses() <= 2,
+            "{what}: {} of the live servers' URLs missed",
+            self.healthy_misses()
+        );
+        assert!(
+            self.slowest() < BOUND,
+            "{what}: a request took {:?}",
+            self.slowest()
+        );
+    }
 }
 
 /// The POSTs begun and those that returned.
@@ -245,21 +265,7 @@ async fn an_unaccepting_port_costs_only_its_share_and_its_timeout_a_few_times() 
     let back = recovery(&proxy, &by_server[1], |_| 0).await;
     eprintln!("review_tu unaccepting: server 1's URLs all hits again {back:?} after its restart");
 
-    assert_eq!(
-        tally.fast_healthy_misses(),
-        0,
-        "the live servers' URLs lost hits"
-    );
-    assert!(
-        tally.healthy_misses() <= 2,
-        "{} misses",
-        tally.healthy_misses()
-    );
-    assert!(
-        tally.slowest() < BOUND,
-        "a request took {:?}",
-        tally.slowest()
-    );
+    tally.assert_live_servers_kept_their_hits("unaccepting port");
     // Marked down after three failures (the threshold), then failed fast; a probe that
     // never gets an answer must not put it back.
     assert!(
@@ -362,21 +368,7 @@ async fn a_flapping_server_costs_only_its_share(flap: Flap, more: &[&str]) {
 
     // A live server's URL misses only when its own lookup ran out of time (a loaded
     // machine), and rarely.
-    assert_eq!(
-        tally.fast_healthy_misses(),
-        0,
-        "the live servers' URLs lost hits"
-    );
-    assert!(
-        tally.healthy_misses() <= 2,
-        "{} of the live servers' URLs missed",
-        tally.healthy_misses()
-    );
-    assert!(
-        tally.slowest() < BOUND,
-        "a request took {:?}",
-        tally.slowest()
-    );
+    tally.assert_live_servers_kept_their_hits("flapping");
     assert!(back < Duration::from_secs(3), "back after {back:?}");
     drop((first, flapping, third));
 }
@@ -589,21 +581,7 @@ async fn behind_twemproxy(hung: bool) {
         if hung { "hung" } else { "killed" },
         on[victim].len()
     ));
-    assert_eq!(
-        tally.fast_healthy_misses(),
-        0,
-        "the live servers' URLs lost hits behind twemproxy"
-    );
-    assert!(
-        tally.healthy_misses() <= 2,
-        "{} misses",
-        tally.healthy_misses()
-    );
-    assert!(
-        tally.slowest() < BOUND,
-        "a request took {:?}",
-        tally.slowest()
-    );
+    tally.assert_live_servers_kept_their_hits("twemproxy");
 }
 
 /// A relay in front of memcached at `server` that, once `stall` is set, forwards nothing
